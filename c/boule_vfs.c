@@ -1,0 +1,530 @@
+/*
+** The "boule" VFS: SQLite's unix VFS, plus change tracking for replication.
+**
+** Journals, temp files, and databases that are not replicated are opened
+** straight through the unix VFS: SQLite then calls unix's own methods and
+** this file is never on their path. Only main database files that are
+** replicated get the wrapper methods below, and those forward every call to
+** the unix file, in C. The wrapper adds three things:
+**
+**   - before the first write of a transaction, it captures the database
+**     header, size and ctime, and creates the spool's transaction marker
+**     (see spool/doc.go for why);
+**   - every write and truncate sets bits in a bitmap of dirty 64 KiB chunks;
+**   - when a write lock is released (xUnlock to SHARED or NONE), it first
+**     downgrades to SHARED, then makes ONE call into Go, bouleGoSnapshot,
+**     which updates the spool while SQLite's SHARED lock keeps every writer
+**     out, and only then releases the lock further.
+**
+** The same source builds three ways: linked into a Go program next to
+** another SQLite (default), as a loadable extension that reaches SQLite
+** through the sqlite3_api_routines table (BOULE_EXTENSION), and inside a
+** static archive for C programs (also the default mode).
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifdef BOULE_EXTENSION
+#include "sqlite3ext.h"
+SQLITE_EXTENSION_INIT1
+#else
+#include "sqlite3.h"
+#endif
+
+#include "boule_vfs.h"
+
+/* Implemented in Go (package vfs, callbacks.go). */
+extern uint64_t bouleGoOpen(char *zPath, char *zMarker, int nMarker);
+extern int bouleGoSnapshot(uint64_t handle, void *file, uint64_t *dirty,
+                           int64_t nWords, BoulePre *pre, int flags);
+extern void bouleGoClose(uint64_t handle);
+
+#define BOULE_MAX_MARKER 4096
+#define BOULE_TEMPNAME_MAX 512 /* tempdirs longer than 480 bytes are refused */
+
+_Static_assert(sizeof(uint64_t) == 8, "bitmap words are 64 bits");
+_Static_assert(BOULE_CHUNK_SIZE == 65536, "chunks are 64 KiB");
+
+typedef struct BouleFile {
+  sqlite3_file base;   /* pMethods == &boule_io_methods */
+  sqlite3_file *real;  /* the unix file, stored right after this struct */
+  uint64_t handle;     /* Go-side handle (never 0 for a wrapped file) */
+  const char *zPath;   /* owned by SQLite until xClose */
+  char *zMarker;       /* transaction marker path, sqlite3_malloc'd */
+  int eLock;           /* lock level currently held */
+  int txnActive;       /* pre-transaction state captured */
+  int preOk;           /* pre holds valid data */
+  int forceFull;       /* a rebuild is required */
+  int unknown;         /* spool not checked since open */
+  int anyDirty;        /* at least one bit set */
+  BoulePre pre;
+  uint64_t *dirty;     /* bitmap of dirty chunk indexes */
+  int64_t nWords;      /* allocated words in dirty */
+  int64_t hiWord;      /* one past the highest word that may be non-zero */
+} BouleFile;
+
+static sqlite3_vfs *unix_vfs;
+static sqlite3_vfs boule_vfs;
+static const sqlite3_io_methods boule_io_methods;
+static int64_t go_calls;
+static char *temp_dir; /* config "tempdir"; NULL means unix's default */
+
+int64_t boule_go_calls(void) { return __atomic_load_n(&go_calls, __ATOMIC_RELAXED); }
+
+#define ROUND8(x) (((x) + 7) & ~(size_t)7)
+
+/* ---- dirty bitmap -------------------------------------------------------- */
+
+static int mark_dirty(BouleFile *p, int64_t first, int64_t last) {
+  /* Marks chunks first..last inclusive. */
+  int64_t needWords = (last >> 6) + 1;
+  if (first < 0 || last < first) return SQLITE_OK;
+  if (needWords > p->nWords) {
+    int64_t n = p->nWords ? p->nWords : 16;
+    uint64_t *d;
+    while (n < needWords) n *= 2;
+    d = sqlite3_realloc64(p->dirty, (sqlite3_uint64)n * sizeof(uint64_t));
+    if (d == 0) return SQLITE_NOMEM;
+    memset(d + p->nWords, 0, (size_t)(n - p->nWords) * sizeof(uint64_t));
+    p->dirty = d;
+    p->nWords = n;
+  }
+  for (int64_t i = first; i <= last; i++) {
+    p->dirty[i >> 6] |= (uint64_t)1 << (i & 63);
+  }
+  if (needWords > p->hiWord) p->hiWord = needWords;
+  p->anyDirty = 1;
+  return SQLITE_OK;
+}
+
+static void clear_dirty(BouleFile *p) {
+  if (p->hiWord > 0) memset(p->dirty, 0, (size_t)p->hiWord * sizeof(uint64_t));
+  p->hiWord = 0;
+  p->anyDirty = 0;
+}
+
+/* ---- transaction start --------------------------------------------------- */
+
+/* Called before the first write or truncate of a transaction. Captures what
+** the spool needs to decide whether an incremental update is safe, and
+** creates the marker that tells other processes a transaction is in flight
+** (so that a crash before its snapshot forces a rebuild). Any failure here
+** only forces a rebuild: it never fails the user's write. */
+static void begin_txn(BouleFile *p) {
+  struct stat st;
+  sqlite3_int64 sz = 0;
+  int fd;
+
+  p->txnActive = 1;
+  p->preOk = 0;
+  memset(&p->pre, 0, sizeof(p->pre));
+  if (p->real->pMethods->xFileSize(p->real, &sz) != SQLITE_OK) {
+    p->forceFull = 1;
+  } else {
+    p->pre.size = sz;
+    if (sz >= BOULE_HEADER_SIZE) {
+      if (p->real->pMethods->xRead(p->real, p->pre.header, BOULE_HEADER_SIZE, 0) != SQLITE_OK) {
+        p->forceFull = 1;
+      }
+    }
+    if (stat(p->zPath, &st) != 0) {
+      p->forceFull = 1;
+    } else {
+      p->pre.ctime_sec = (int64_t)st.st_ctim.tv_sec;
+      p->pre.ctime_nsec = (int64_t)st.st_ctim.tv_nsec;
+    }
+    if (!p->forceFull) p->preOk = 1;
+  }
+  fd = open(p->zMarker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd >= 0) {
+    close(fd);
+  } else {
+    /* EEXIST: an earlier transaction's snapshot never completed. Anything
+    ** else (missing spool directory, full disk): nobody will be told if we
+    ** crash, so do not trust the staged state either. */
+    p->forceFull = 1;
+  }
+}
+
+/* Calls Go once, while SQLite holds (at least) SHARED. Errors are Go's to
+** report; the user's transaction has already committed. */
+static void snapshot(BouleFile *p) {
+  int flags = 0;
+  if (p->txnActive || p->anyDirty) flags |= BOULE_SNAP_WROTE;
+  if (p->forceFull) flags |= BOULE_SNAP_FORCE;
+  if (p->preOk) flags |= BOULE_SNAP_PRE_OK;
+  __atomic_add_fetch(&go_calls, 1, __ATOMIC_RELAXED);
+  bouleGoSnapshot(p->handle, p, p->dirty, p->hiWord, &p->pre, flags);
+  clear_dirty(p);
+  p->txnActive = 0;
+  p->preOk = 0;
+  p->forceFull = 0;
+  p->unknown = 0;
+}
+
+/* ---- helpers called from Go during bouleGoSnapshot ----------------------- */
+
+int boule_file_read(void *file, void *buf, int n, int64_t off) {
+  BouleFile *p = (BouleFile *)file;
+  return p->real->pMethods->xRead(p->real, buf, n, off);
+}
+
+int boule_file_size(void *file, int64_t *size) {
+  BouleFile *p = (BouleFile *)file;
+  sqlite3_int64 sz = 0;
+  int rc = p->real->pMethods->xFileSize(p->real, &sz);
+  *size = sz;
+  return rc;
+}
+
+int boule_file_reserved(void *file, int *out) {
+  BouleFile *p = (BouleFile *)file;
+  return p->real->pMethods->xCheckReservedLock(p->real, out);
+}
+
+/* ---- io methods for replicated main database files ----------------------- */
+
+static int bClose(sqlite3_file *f) {
+  BouleFile *p = (BouleFile *)f;
+  int rc = p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
+  bouleGoClose(p->handle);
+  sqlite3_free(p->dirty);
+  sqlite3_free(p->zMarker);
+  p->dirty = 0;
+  p->zMarker = 0;
+  return rc;
+}
+
+static int bRead(sqlite3_file *f, void *buf, int n, sqlite3_int64 off) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xRead(p->real, buf, n, off);
+}
+
+static int bWrite(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off) {
+  BouleFile *p = (BouleFile *)f;
+  if (!p->txnActive) begin_txn(p);
+  if (n > 0 && mark_dirty(p, off >> BOULE_CHUNK_SHIFT, (off + n - 1) >> BOULE_CHUNK_SHIFT) != SQLITE_OK) {
+    p->forceFull = 1; /* out of memory for the bitmap: rebuild instead */
+  }
+  return p->real->pMethods->xWrite(p->real, buf, n, off);
+}
+
+static int bTruncate(sqlite3_file *f, sqlite3_int64 size) {
+  BouleFile *p = (BouleFile *)f;
+  sqlite3_int64 old = 0;
+  if (!p->txnActive) begin_txn(p);
+  if (p->real->pMethods->xFileSize(p->real, &old) != SQLITE_OK) {
+    p->forceFull = 1;
+  } else {
+    sqlite3_int64 lo = old < size ? old : size;
+    sqlite3_int64 hi = old < size ? size : old;
+    if (hi > lo && mark_dirty(p, lo >> BOULE_CHUNK_SHIFT, (hi - 1) >> BOULE_CHUNK_SHIFT) != SQLITE_OK) {
+      p->forceFull = 1;
+    }
+  }
+  p->anyDirty = 1;
+  return p->real->pMethods->xTruncate(p->real, size);
+}
+
+static int bSync(sqlite3_file *f, int flags) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xSync(p->real, flags);
+}
+
+static int bFileSize(sqlite3_file *f, sqlite3_int64 *size) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xFileSize(p->real, size);
+}
+
+static int bLock(sqlite3_file *f, int level) {
+  BouleFile *p = (BouleFile *)f;
+  int rc = p->real->pMethods->xLock(p->real, level);
+  if (rc == SQLITE_OK && level > p->eLock) p->eLock = level;
+  return rc;
+}
+
+static int bUnlock(sqlite3_file *f, int level) {
+  BouleFile *p = (BouleFile *)f;
+  int rc;
+  if (level <= SQLITE_LOCK_SHARED && p->eLock > SQLITE_LOCK_SHARED &&
+      (p->txnActive || p->anyDirty || p->unknown)) {
+    /* End of a write transaction: keep SHARED while the snapshot runs, so
+    ** readers proceed and the next writer waits only for EXCLUSIVE. */
+    rc = p->real->pMethods->xUnlock(p->real, SQLITE_LOCK_SHARED);
+    if (rc != SQLITE_OK) return rc;
+    p->eLock = SQLITE_LOCK_SHARED;
+    snapshot(p);
+  } else if (level == SQLITE_LOCK_NONE && p->eLock == SQLITE_LOCK_SHARED && p->unknown) {
+    /* First transaction since open, a read: bring the spool up to date
+    ** with a database that may have been written without us. */
+    snapshot(p);
+  }
+  if (level < p->eLock) {
+    rc = p->real->pMethods->xUnlock(p->real, level);
+    if (rc != SQLITE_OK) return rc;
+    p->eLock = level;
+  }
+  return SQLITE_OK;
+}
+
+static int bCheckReservedLock(sqlite3_file *f, int *out) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xCheckReservedLock(p->real, out);
+}
+
+static int bFileControl(sqlite3_file *f, int op, void *arg) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xFileControl(p->real, op, arg);
+}
+
+static int bSectorSize(sqlite3_file *f) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xSectorSize(p->real);
+}
+
+static int bDeviceCharacteristics(sqlite3_file *f) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xDeviceCharacteristics(p->real);
+}
+
+static int bShmMap(sqlite3_file *f, int pg, int sz, int extend, void volatile **pp) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xShmMap(p->real, pg, sz, extend, pp);
+}
+
+static int bShmLock(sqlite3_file *f, int offset, int n, int flags) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xShmLock(p->real, offset, n, flags);
+}
+
+static void bShmBarrier(sqlite3_file *f) {
+  BouleFile *p = (BouleFile *)f;
+  p->real->pMethods->xShmBarrier(p->real);
+}
+
+static int bShmUnmap(sqlite3_file *f, int deleteFlag) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xShmUnmap(p->real, deleteFlag);
+}
+
+static int bFetch(sqlite3_file *f, sqlite3_int64 off, int amt, void **pp) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xFetch(p->real, off, amt, pp);
+}
+
+static int bUnfetch(sqlite3_file *f, sqlite3_int64 off, void *ptr) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xUnfetch(p->real, off, ptr);
+}
+
+static const sqlite3_io_methods boule_io_methods = {
+    3, bClose, bRead, bWrite, bTruncate, bSync, bFileSize, bLock, bUnlock,
+    bCheckReservedLock, bFileControl, bSectorSize, bDeviceCharacteristics,
+    bShmMap, bShmLock, bShmBarrier, bShmUnmap, bFetch, bUnfetch};
+
+/* ---- VFS methods --------------------------------------------------------- */
+
+static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags, int *outFlags) {
+  BouleFile *p = (BouleFile *)f;
+  uint64_t handle = 0;
+  char marker[BOULE_MAX_MARKER];
+  int rc;
+  (void)vfs;
+
+  /* Only named main databases with normal locking are replicated. With
+  ** nolock or immutable, SQLite's locks cannot order our snapshots. */
+  if ((flags & SQLITE_OPEN_MAIN_DB) && zName && !(flags & SQLITE_OPEN_DELETEONCLOSE) &&
+      !sqlite3_uri_boolean(zName, "nolock", 0) && !sqlite3_uri_boolean(zName, "immutable", 0)) {
+    marker[0] = 0;
+    handle = bouleGoOpen((char *)zName, marker, (int)sizeof(marker));
+  }
+  if (handle == 0) {
+    /* Not replicated: the file is a plain unix file, methods and all. */
+    const char *zDir = __atomic_load_n(&temp_dir, __ATOMIC_ACQUIRE);
+    if (zName == 0 && zDir != 0 && (flags & SQLITE_OPEN_DELETEONCLOSE)) {
+      /* A nameless temp file: name it in the configured tempdir. unix
+      ** unlinks DELETEONCLOSE files as soon as they are open, but keeps a
+      ** pointer to the name, so it lives in the file's own memory: the
+      ** last BOULE_TEMPNAME_MAX bytes of szOsFile, after the unix file. */
+      char *zTemp = (char *)f + boule_vfs.szOsFile - BOULE_TEMPNAME_MAX;
+      unsigned char r[12];
+      unix_vfs->xRandomness(unix_vfs, (int)sizeof(r), (char *)r);
+      sqlite3_snprintf(BOULE_TEMPNAME_MAX, zTemp,
+                       "%s/etilqs_boule_%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x", zDir,
+                       r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]);
+      return unix_vfs->xOpen(unix_vfs, zTemp, f, flags, outFlags);
+    }
+    return unix_vfs->xOpen(unix_vfs, zName, f, flags, outFlags);
+  }
+
+  memset(p, 0, sizeof(*p));
+  p->real = (sqlite3_file *)((char *)f + ROUND8(sizeof(BouleFile)));
+  p->handle = handle;
+  p->zPath = zName;
+  p->unknown = 1;
+  p->zMarker = sqlite3_mprintf("%s", marker);
+  if (p->zMarker == 0) {
+    bouleGoClose(handle);
+    return SQLITE_NOMEM;
+  }
+  rc = unix_vfs->xOpen(unix_vfs, zName, p->real, flags, outFlags);
+  if (rc != SQLITE_OK) {
+    bouleGoClose(handle);
+    sqlite3_free(p->zMarker);
+    p->zMarker = 0;
+    p->base.pMethods = 0; /* SQLite will not call xClose */
+    return rc;
+  }
+  p->base.pMethods = &boule_io_methods;
+  return SQLITE_OK;
+}
+
+static int bDelete(sqlite3_vfs *vfs, const char *zName, int syncDir) {
+  (void)vfs;
+  return unix_vfs->xDelete(unix_vfs, zName, syncDir);
+}
+
+static int bAccess(sqlite3_vfs *vfs, const char *zName, int flags, int *out) {
+  (void)vfs;
+  return unix_vfs->xAccess(unix_vfs, zName, flags, out);
+}
+
+static int bFullPathname(sqlite3_vfs *vfs, const char *zName, int n, char *out) {
+  (void)vfs;
+  return unix_vfs->xFullPathname(unix_vfs, zName, n, out);
+}
+
+static void *bDlOpen(sqlite3_vfs *vfs, const char *zPath) {
+  (void)vfs;
+  return unix_vfs->xDlOpen(unix_vfs, zPath);
+}
+
+static void bDlError(sqlite3_vfs *vfs, int n, char *zErr) {
+  (void)vfs;
+  unix_vfs->xDlError(unix_vfs, n, zErr);
+}
+
+static void (*bDlSym(sqlite3_vfs *vfs, void *h, const char *z))(void) {
+  (void)vfs;
+  return unix_vfs->xDlSym(unix_vfs, h, z);
+}
+
+static void bDlClose(sqlite3_vfs *vfs, void *h) {
+  (void)vfs;
+  unix_vfs->xDlClose(unix_vfs, h);
+}
+
+static int bRandomness(sqlite3_vfs *vfs, int n, char *out) {
+  (void)vfs;
+  return unix_vfs->xRandomness(unix_vfs, n, out);
+}
+
+static int bSleep(sqlite3_vfs *vfs, int us) {
+  (void)vfs;
+  return unix_vfs->xSleep(unix_vfs, us);
+}
+
+static int bCurrentTime(sqlite3_vfs *vfs, double *out) {
+  (void)vfs;
+  return unix_vfs->xCurrentTime(unix_vfs, out);
+}
+
+static int bGetLastError(sqlite3_vfs *vfs, int n, char *out) {
+  (void)vfs;
+  return unix_vfs->xGetLastError ? unix_vfs->xGetLastError(unix_vfs, n, out) : 0;
+}
+
+static int bCurrentTimeInt64(sqlite3_vfs *vfs, sqlite3_int64 *out) {
+  (void)vfs;
+  return unix_vfs->xCurrentTimeInt64(unix_vfs, out);
+}
+
+static int bSetSystemCall(sqlite3_vfs *vfs, const char *z, sqlite3_syscall_ptr fn) {
+  (void)vfs;
+  return unix_vfs->xSetSystemCall(unix_vfs, z, fn);
+}
+
+static sqlite3_syscall_ptr bGetSystemCall(sqlite3_vfs *vfs, const char *z) {
+  (void)vfs;
+  return unix_vfs->xGetSystemCall(unix_vfs, z);
+}
+
+static const char *bNextSystemCall(sqlite3_vfs *vfs, const char *z) {
+  (void)vfs;
+  return unix_vfs->xNextSystemCall(unix_vfs, z);
+}
+
+int boule_set_tempdir(const char *dir) {
+  char *copy = 0;
+  if (dir && strlen(dir) > BOULE_TEMPNAME_MAX - 32) return SQLITE_TOOBIG;
+  if (dir && dir[0]) {
+    copy = sqlite3_mprintf("%s", dir);
+    if (copy == 0) return SQLITE_NOMEM;
+  }
+  /* Another thread may be reading the old string in bOpen: leak it rather
+  ** than free it under that thread. Reconfiguration is rare. */
+  __atomic_store_n(&temp_dir, copy, __ATOMIC_RELEASE);
+  return SQLITE_OK;
+}
+
+int boule_register(int make_default) {
+  if (unix_vfs == 0) {
+    sqlite3_vfs *u = sqlite3_vfs_find("unix");
+    if (u == 0) return SQLITE_ERROR;
+    if (u->iVersion < 3) return SQLITE_ERROR;
+    boule_vfs.iVersion = 3;
+    boule_vfs.szOsFile = (int)(ROUND8(sizeof(BouleFile)) + ROUND8((size_t)u->szOsFile) + BOULE_TEMPNAME_MAX);
+    boule_vfs.mxPathname = u->mxPathname;
+    boule_vfs.zName = "boule";
+    boule_vfs.xOpen = bOpen;
+    boule_vfs.xDelete = bDelete;
+    boule_vfs.xAccess = bAccess;
+    boule_vfs.xFullPathname = bFullPathname;
+    boule_vfs.xDlOpen = bDlOpen;
+    boule_vfs.xDlError = bDlError;
+    boule_vfs.xDlSym = bDlSym;
+    boule_vfs.xDlClose = bDlClose;
+    boule_vfs.xRandomness = bRandomness;
+    boule_vfs.xSleep = bSleep;
+    boule_vfs.xCurrentTime = bCurrentTime;
+    boule_vfs.xGetLastError = bGetLastError;
+    boule_vfs.xCurrentTimeInt64 = bCurrentTimeInt64;
+    boule_vfs.xSetSystemCall = bSetSystemCall;
+    boule_vfs.xGetSystemCall = bGetSystemCall;
+    boule_vfs.xNextSystemCall = bNextSystemCall;
+    unix_vfs = u;
+  }
+  return sqlite3_vfs_register(&boule_vfs, make_default);
+}
+
+#ifdef BOULE_EXTENSION
+/* Implemented in Go (package vfs, ext.go): registers both VFSes from
+** BOULE_CONFIG. Returns 0, or an SQLite code with *pzErr set to a message
+** allocated with malloc. */
+extern int bouleGoExtInit(char **pzErr);
+
+/* Entry point of the loadable extension: ".load libboule" finds it by name. */
+int sqlite3_boule_init(sqlite3 *db, char **pzErrMsg, const sqlite3_api_routines *pApi) {
+  char *zErr = 0;
+  int rc;
+  (void)db;
+  SQLITE_EXTENSION_INIT2(pApi);
+  if (sqlite3_libversion_number() < 3031000) {
+    *pzErrMsg = sqlite3_mprintf("boule: SQLite 3.31.0 or later is required, this is %s", sqlite3_libversion());
+    return SQLITE_ERROR;
+  }
+  rc = bouleGoExtInit(&zErr);
+  if (rc != SQLITE_OK) {
+    *pzErrMsg = sqlite3_mprintf("boule: %s", zErr ? zErr : "initialization failed");
+    free(zErr);
+    return rc;
+  }
+  return SQLITE_OK_LOAD_PERMANENTLY;
+}
+#endif

@@ -1,0 +1,52 @@
+/*
+** Internal interface between the C half of the boule VFS (boule_vfs.c) and
+** its Go half (package vfs). Not part of the public API: see boule.h.
+**
+** The contract: SQLite calls into C for every page; C calls into Go at most
+** once per transaction (bouleGoSnapshot), plus once per open and close.
+*/
+#ifndef BOULE_VFS_H
+#define BOULE_VFS_H
+
+#include <stdint.h>
+
+#define BOULE_CHUNK_SHIFT 16
+#define BOULE_CHUNK_SIZE (1 << BOULE_CHUNK_SHIFT)
+#define BOULE_HEADER_SIZE 100
+
+/* Flags passed to bouleGoSnapshot. */
+#define BOULE_SNAP_WROTE 0x01   /* the transaction wrote or truncated the file */
+#define BOULE_SNAP_FORCE 0x02   /* incremental update is unsafe: rebuild */
+#define BOULE_SNAP_PRE_OK 0x04  /* the pre-transaction state below is valid */
+
+/* What the C side captured just before the first write of a transaction. */
+typedef struct BoulePre {
+  unsigned char header[BOULE_HEADER_SIZE];
+  int64_t size;
+  int64_t ctime_sec;
+  int64_t ctime_nsec;
+} BoulePre;
+
+/* Reads n bytes at off from the main database file, through the wrapped
+** unix file. Only valid during bouleGoSnapshot. Returns an SQLite code. */
+int boule_file_read(void *file, void *buf, int n, int64_t off);
+
+/* Size of the main database file. Only valid during bouleGoSnapshot. */
+int boule_file_size(void *file, int64_t *size);
+
+/* Whether any connection holds RESERVED or more on the main database file.
+** Only valid during bouleGoSnapshot. */
+int boule_file_reserved(void *file, int *out);
+
+/* Registers the "boule" VFS on top of "unix". Safe to call again, e.g. to
+** make it the default later. Returns an SQLite code. */
+int boule_register(int make_default);
+
+/* Sets the directory for nameless temp files; NULL or "" restores the
+** unix default. */
+int boule_set_tempdir(const char *dir);
+
+/* Test and benchmark counters: how often C called into Go. */
+int64_t boule_go_calls(void);
+
+#endif /* BOULE_VFS_H */

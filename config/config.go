@@ -1,0 +1,233 @@
+package config
+
+import (
+	"log/slog"
+	"os"
+)
+
+// EnvVar is the environment variable from which entry points read the
+// configuration and hand its value to [Load].
+const EnvVar = "BOULE_CONFIG"
+
+// DefaultMaxRequestsPerSecond is the rate of API calls per second
+// allowed to each replication target when
+// [Config.MaxRequestsPerSecond] is zero. It matches the rate that
+// Verneuil hard-codes.
+const DefaultMaxRequestsPerSecond = 30
+
+// DefaultBurst is the number of API calls that a replication target may
+// make at once before the rate limit applies. It matches Verneuil's.
+const DefaultBurst = 100
+
+// Config is Boule's configuration. The zero Config is valid: it
+// registers Boule without making it the default VFS, uses SQLite's
+// temporary directory, and does not replicate.
+//
+// The JSON key of each field is given in its comment.
+type Config struct {
+	// MakeDefault ("make_default") registers Boule as the process's
+	// default VFS.
+	MakeDefault bool
+
+	// Tempdir ("tempdir") is the absolute path of the directory for
+	// temporary files; "" means SQLite's default.
+	Tempdir string
+
+	// ReplicationSpoolingDir ("replication_spooling_dir") is the
+	// absolute path of the directory where changes are spooled before
+	// they are copied to the replication targets. "" disables
+	// replication: the VFS then behaves exactly like SQLite's unix VFS.
+	ReplicationSpoolingDir string
+
+	// ReplicationSpoolingDirPermissions
+	// ("replication_spooling_dir_permissions") are the Unix permission
+	// bits, at most 0o7777, given to the spooling directory when Boule
+	// creates it. They are ORed with 0o700; zero means 0o700. JSON has
+	// no octal literals, so 0o755 is written 493. See
+	// [Config.Permissions].
+	ReplicationSpoolingDirPermissions uint32
+
+	// ReplicationTargets ("replication_targets") lists where spooled
+	// data is copied to, and where snapshots are read from.
+	ReplicationTargets []Target
+
+	// SnapshotLoadingPolicy ("snapshot_loading_policy") says how much
+	// of a snapshot is fetched before it is opened.
+	SnapshotLoadingPolicy LoadingPolicy
+
+	// MaxRequestsPerSecond ("max_requests_per_second") limits the API
+	// calls made to each replication target, with bursts of up to
+	// [DefaultBurst]. Zero means [DefaultMaxRequestsPerSecond]; any
+	// other value must be positive and finite. This key is Boule's
+	// addition: Verneuil hard-codes the rate. See [Config.Rate].
+	MaxRequestsPerSecond float64
+
+	// Logger receives Boule's log records. It is not read from JSON;
+	// nil means that records are discarded.
+	Logger *slog.Logger `json:"-"`
+}
+
+// Target is one replication target. Exactly one of its fields is
+// non-nil in a valid Target; its JSON form is an object with exactly
+// one key, the target's kind, such as {"s3": {...}}.
+type Target struct {
+	// S3 ("s3") replicates to a pair of S3-compatible buckets.
+	S3 *S3Target `json:"s3,omitempty"`
+	// Dir ("dir") replicates to a directory of the local file system.
+	Dir *DirTarget `json:"dir,omitempty"`
+	// Local ("local") is a local cache of chunks, shared between
+	// processes, that is consulted before the remote targets.
+	Local *LocalTarget `json:"local,omitempty"`
+	// ReadOnly ("read_only") is a directory that is read from but
+	// never written to.
+	ReadOnly *ReadOnlyTarget `json:"read_only,omitempty"`
+}
+
+// S3Target is a replication target in S3 or an S3-compatible store.
+// Credentials are not part of it: they come only from the AWS SDK's
+// default chain (environment, shared config files, instance role).
+type S3Target struct {
+	// Region ("region", required) is the store's region, such as
+	// "us-east-1", or a name like "minio" for a custom endpoint.
+	Region string `json:"region"`
+
+	// Endpoint ("endpoint", optional) overrides the store's URL. When
+	// set it must be an absolute http or https URL with a host and no
+	// user information, such as "http://127.0.0.1:9000".
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// ChunkBucket ("chunk_bucket", required) is the name of the bucket
+	// for content-addressed chunks.
+	ChunkBucket string `json:"chunk_bucket"`
+
+	// ManifestBucket ("manifest_bucket", required) is the name of the
+	// bucket for manifests.
+	ManifestBucket string `json:"manifest_bucket"`
+
+	// DomainAddressing ("domain_addressing", required) selects
+	// virtual-hosted-style requests (bucket.host/key) when true, and
+	// path-style requests (host/bucket/key) when false.
+	DomainAddressing bool `json:"domain_addressing"`
+
+	// CreateBucketsOnDemand ("create_buckets_on_demand", default
+	// false) creates missing buckets, with private access.
+	CreateBucketsOnDemand bool `json:"create_buckets_on_demand"`
+}
+
+// DirTarget is a replication target in a directory of the local file
+// system, laid out like a bucket.
+type DirTarget struct {
+	// Path ("path", required) is the absolute path of the directory.
+	// Validate cleans it with filepath.Clean.
+	Path string `json:"path"`
+}
+
+// LocalTarget is a local, size-bounded cache of chunks that is
+// consulted before the remote targets and filled from them.
+type LocalTarget struct {
+	// Directory ("directory", required) is the absolute path of the
+	// cache directory.
+	Directory string `json:"directory"`
+	// NumShards ("num_shards", required) is the number of
+	// subdirectories the cache is split into; at least 1.
+	NumShards uint32 `json:"num_shards"`
+	// Capacity ("capacity", required) is the cache's size in chunks of
+	// 64 KiB; at least 1.
+	Capacity uint64 `json:"capacity"`
+}
+
+// ReadOnlyTarget is a directory of chunks that is read from but never
+// written to or evicted from, for example a pre-populated cache.
+type ReadOnlyTarget struct {
+	// Directory ("directory", required) is the absolute path of the
+	// directory.
+	Directory string `json:"directory"`
+	// NumShards ("num_shards", default 0) is the number of
+	// subdirectories the directory is split into; 0 means a plain
+	// directory.
+	NumShards uint32 `json:"num_shards"`
+}
+
+// LoadingPolicy says how much of a snapshot is fetched before it is
+// opened; the rest is fetched on demand. Its JSON forms follow
+// Verneuil's: "default", {"eager": null} (or "eager") and
+// {"partial": {"min": N, "max": M}}, where min and max are optional.
+type LoadingPolicy struct {
+	// Kind is "default" or "" (let Boule decide), "eager" (fetch
+	// everything) or "partial" (fetch between Min and Max chunks).
+	Kind string
+	// Min is the least number of chunks fetched up front by the
+	// "partial" policy; 0 means the implementation's default.
+	Min uint32
+	// Max is the most number of chunks fetched up front by the
+	// "partial" policy; 0 means the implementation's default. A Max
+	// below Min is raised to Min.
+	Max uint32
+}
+
+// Target kinds, as used in JSON and returned by [Target.Kind].
+const (
+	kindS3       = "s3"
+	kindDir      = "dir"
+	kindLocal    = "local"
+	kindReadOnly = "read_only"
+)
+
+// Loading policy kinds, as stored in [LoadingPolicy.Kind].
+const (
+	policyDefault = "default"
+	policyEager   = "eager"
+	policyPartial = "partial"
+)
+
+// Kind returns the kind of t: "s3", "dir", "local" or "read_only". If
+// more than one field is set (t is then invalid) it returns the first
+// of them in that order, and "" if none is.
+func (t Target) Kind() string {
+	switch {
+	case t.S3 != nil:
+		return kindS3
+	case t.Dir != nil:
+		return kindDir
+	case t.Local != nil:
+		return kindLocal
+	case t.ReadOnly != nil:
+		return kindReadOnly
+	}
+	return ""
+}
+
+// kinds returns the kinds set in t, sorted by name.
+func (t Target) kinds() []string {
+	var out []string
+	if t.Dir != nil {
+		out = append(out, kindDir)
+	}
+	if t.Local != nil {
+		out = append(out, kindLocal)
+	}
+	if t.ReadOnly != nil {
+		out = append(out, kindReadOnly)
+	}
+	if t.S3 != nil {
+		out = append(out, kindS3)
+	}
+	return out
+}
+
+// Permissions returns the mode with which the spooling directory is
+// created: ReplicationSpoolingDirPermissions ORed with 0o700, keeping
+// only the permission bits (0o777).
+func (c Config) Permissions() os.FileMode {
+	return os.FileMode((c.ReplicationSpoolingDirPermissions | 0o700) & 0o777)
+}
+
+// Rate returns the rate limit in API calls per second for each
+// replication target: MaxRequestsPerSecond, or
+// [DefaultMaxRequestsPerSecond] when that is zero.
+func (c Config) Rate() float64 {
+	if c.MaxRequestsPerSecond == 0 {
+		return DefaultMaxRequestsPerSecond
+	}
+	return c.MaxRequestsPerSecond
+}

@@ -1,0 +1,232 @@
+package manifest
+
+import (
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+)
+
+// Wire format v1 constants; see doc/FORMAT.md.
+const (
+	magic         = "BOULEMF\x00"
+	formatVersion = 1
+
+	headerSize   = 68 // fixed part, up to and including the created field
+	checksumSize = 32
+	// minEncodedSize is the smallest possible encoding: the fixed header,
+	// three empty strings, the two counts and the checksum.
+	minEncodedSize = headerSize + 3*2 + 4 + 4 + checksumSize
+
+	inlineEntryHeader = 8 // chunk index and length
+)
+
+// MarshalBinary validates m (see [Manifest.Validate]) and returns its
+// format v1 encoding. It implements encoding.BinaryMarshaler.
+func (m *Manifest) MarshalBinary() ([]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	keys := slices.Sorted(maps.Keys(m.Inline))
+	size := headerSize + 2 + len(m.Hostname) + 2 + len(m.SourcePath) + 2 + len(m.Generator) +
+		4 + len(m.Chunks)*FingerprintSize + 4 + checksumSize
+	for _, k := range keys {
+		size += inlineEntryHeader + len(m.Inline[k])
+	}
+
+	b := make([]byte, 0, size)
+	b = append(b, magic...)
+	b = binary.BigEndian.AppendUint16(b, formatVersion)
+	b = binary.BigEndian.AppendUint16(b, 0) // flags
+	b = binary.BigEndian.AppendUint32(b, ChunkSize)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
+	b = binary.BigEndian.AppendUint32(b, m.PageSize)
+	b = binary.BigEndian.AppendUint32(b, m.ChangeCounter)
+	b = append(b, m.VersionID[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.SourceCtime.Unix()))
+	b = binary.BigEndian.AppendUint32(b, uint32(m.SourceCtime.Nanosecond()))
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Created.UnixNano()))
+	for _, s := range [...]string{m.Hostname, m.SourcePath, m.Generator} {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
+		b = append(b, s...)
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Chunks)))
+	for i := range m.Chunks {
+		b = append(b, m.Chunks[i][:]...)
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(keys)))
+	for _, k := range keys {
+		data := m.Inline[k]
+		b = binary.BigEndian.AppendUint32(b, k)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		b = append(b, data...)
+	}
+	sum := Sum(b)
+	b = append(b, sum[:]...)
+	return b, nil
+}
+
+// Decode parses a format v1 manifest. It checks the magic, version and
+// flags, then the trailing checksum, and only then parses the rest, so a
+// corrupted manifest is reported as ErrChecksum. The result satisfies
+// [Manifest.Validate]; it shares no memory with b.
+//
+// Decode never panics, and it allocates no more than a small multiple of
+// len(b) whatever the input claims.
+func Decode(b []byte) (*Manifest, error) {
+	if len(b) < minEncodedSize {
+		return nil, fmt.Errorf("manifest: %d bytes, need at least %d: %w", len(b), minEncodedSize, ErrTruncated)
+	}
+	if string(b[:len(magic)]) != magic {
+		return nil, ErrMagic
+	}
+	if v := binary.BigEndian.Uint16(b[8:]); v != formatVersion {
+		return nil, fmt.Errorf("manifest: version %d: %w", v, ErrVersion)
+	}
+	if f := binary.BigEndian.Uint16(b[10:]); f != 0 {
+		return nil, fmt.Errorf("manifest: flags %#04x: %w", f, ErrFlags)
+	}
+	body := b[:len(b)-checksumSize]
+	if Sum(body) != Fingerprint(b[len(body):]) {
+		return nil, ErrChecksum
+	}
+
+	// The fixed header lies within minEncodedSize, so it can be read at
+	// fixed offsets without further bounds checks.
+	m := new(Manifest)
+	if cs := binary.BigEndian.Uint32(body[12:]); cs != ChunkSize {
+		return nil, invalidf("chunk size", "%d, format v1 requires %d", cs, ChunkSize)
+	}
+	size := binary.BigEndian.Uint64(body[16:])
+	if size > MaxSize {
+		return nil, invalidf("size", "%d exceeds %d", size, uint64(MaxSize))
+	}
+	m.Size = int64(size)
+	m.PageSize = binary.BigEndian.Uint32(body[24:])
+	m.ChangeCounter = binary.BigEndian.Uint32(body[28:])
+	copy(m.VersionID[:], body[32:48])
+	ctimeSec := int64(binary.BigEndian.Uint64(body[48:]))
+	ctimeNsec := binary.BigEndian.Uint32(body[56:])
+	if ctimeNsec >= 1e9 {
+		return nil, invalidf("source ctime", "nanoseconds %d out of range [0, 1e9)", ctimeNsec)
+	}
+	m.SourceCtime = time.Unix(ctimeSec, int64(ctimeNsec)).UTC()
+	m.Created = time.Unix(0, int64(binary.BigEndian.Uint64(body[60:]))).UTC()
+
+	r := reader{buf: body[headerSize:]}
+	var err error
+	if m.Hostname, err = r.str("hostname"); err != nil {
+		return nil, err
+	}
+	if m.SourcePath, err = r.str("source path"); err != nil {
+		return nil, err
+	}
+	if m.Generator, err = r.str("generator"); err != nil {
+		return nil, err
+	}
+
+	nc, ok := r.u32()
+	if !ok {
+		return nil, truncated("chunk count")
+	}
+	n := NumChunks(m.Size)
+	if uint64(nc) != uint64(n) {
+		return nil, invalidf("chunk count", "%d for size %d, want %d", nc, m.Size, n)
+	}
+	// Check the input holds all n fingerprints before allocating for them.
+	if uint64(r.remaining()) < uint64(n)*FingerprintSize {
+		return nil, truncated("chunk fingerprints")
+	}
+	if n > 0 {
+		m.Chunks = make([]Fingerprint, n)
+		for i := range m.Chunks {
+			copy(m.Chunks[i][:], r.bytes(FingerprintSize))
+		}
+	}
+
+	k, ok := r.u32()
+	if !ok {
+		return nil, truncated("inline chunk count")
+	}
+	if uint64(k) > uint64(n) {
+		return nil, invalidf("inline chunk count", "%d exceeds chunk count %d", k, n)
+	}
+	if uint64(r.remaining()) < uint64(k)*inlineEntryHeader {
+		return nil, truncated("inline chunks")
+	}
+	if k > 0 {
+		m.Inline = make(map[uint32][]byte, k)
+	}
+	var last uint32
+	for j := uint32(0); j < k; j++ {
+		idx, ok1 := r.u32()
+		length, ok2 := r.u32()
+		if !ok1 || !ok2 {
+			return nil, truncated("inline chunk header")
+		}
+		field := fmt.Sprintf("inline chunk %d", idx)
+		if uint64(idx) >= uint64(n) {
+			return nil, invalidf(field, "index out of range [0, %d)", n)
+		}
+		if j > 0 && idx <= last {
+			return nil, invalidf(field, "index not strictly increasing (follows %d)", last)
+		}
+		last = idx
+		if want := ChunkLen(m.Size, int(idx)); uint64(length) != uint64(want) {
+			return nil, invalidf(field, "length %d, want %d", length, want)
+		}
+		if uint64(r.remaining()) < uint64(length) {
+			return nil, truncated(field)
+		}
+		m.Inline[idx] = append([]byte(nil), r.bytes(int(length))...)
+	}
+	if r.remaining() != 0 {
+		return nil, invalidf("trailer", "%d unexpected bytes before the checksum", r.remaining())
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// reader consumes big-endian fields from the variable part of a manifest.
+// Callers check remaining before calling bytes.
+type reader struct {
+	buf []byte
+}
+
+func (r *reader) remaining() int { return len(r.buf) }
+
+// bytes returns the next n bytes; n must not exceed r.remaining().
+func (r *reader) bytes(n int) []byte {
+	p := r.buf[:n:n]
+	r.buf = r.buf[n:]
+	return p
+}
+
+func (r *reader) u16() (uint16, bool) {
+	if len(r.buf) < 2 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint16(r.bytes(2)), true
+}
+
+func (r *reader) u32() (uint32, bool) {
+	if len(r.buf) < 4 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(r.bytes(4)), true
+}
+
+// str reads a string with a 2-byte length prefix.
+func (r *reader) str(field string) (string, error) {
+	n, ok := r.u16()
+	if !ok {
+		return "", truncated(field + " length")
+	}
+	if int(n) > r.remaining() {
+		return "", truncated(field)
+	}
+	return string(r.bytes(int(n))), nil
+}

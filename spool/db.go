@@ -1,0 +1,696 @@
+package spool
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/zeebo/blake3"
+)
+
+// HeaderSize is the size of the SQLite database header.
+const HeaderSize = 100
+
+var sqliteMagic = []byte("SQLite format 3\x00")
+
+// journalMagic starts every hot rollback journal.
+var journalMagic = []byte{0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7}
+
+// Source is the database file as the VFS sees it. Reads go through the
+// VFS's own file handle: opening and closing another descriptor on the file
+// would drop the process's POSIX locks on it.
+type Source interface {
+	ReadAt(p []byte, off int64) (int, error)
+	Size() (int64, error)
+	// Reserved reports whether any connection holds a RESERVED or greater
+	// lock: then a journal belongs to a live writer and is not hot.
+	Reserved() (bool, error)
+}
+
+// Change describes one transaction, as captured by the VFS.
+type Change struct {
+	// Wrote reports that the transaction wrote to or truncated the file.
+	// When false, Snapshot only brings the spool up to date if it is stale.
+	Wrote bool
+	// Force requires a rebuild: the VFS could not capture the state before
+	// the transaction, or found the txn marker of an unfinished one.
+	Force bool
+	// PreOK reports that the Pre* fields are valid.
+	PreOK bool
+	// PreHeader, PreSize and PreCtime are the file's header, size and ctime
+	// just before the transaction's first write.
+	PreHeader [HeaderSize]byte
+	PreSize   int64
+	PreCtime  time.Time
+	// Dirty is a bitmap of the 64 KiB chunks written: bit i%64 of word i/64.
+	Dirty []uint64
+}
+
+// Stats are counters for one database, for status and metrics.
+type Stats struct {
+	Snapshots    int64     // snapshots published
+	Incremental  int64     // of which incremental
+	Failures     int64     // snapshots that failed
+	ChunksStaged int64     // chunk files written
+	BytesStaged  int64     // bytes of chunk files written
+	LastSnapshot time.Time // when the last snapshot was published
+	LastError    string    // the last failure, "" after a success
+}
+
+// DB is the spool state of one source database.
+type DB struct {
+	s    *Spool
+	path string
+	dir  string
+
+	mu          sync.Mutex
+	ensured     bool
+	cur         *cached // staged manifest, nil when unknown
+	buf         []byte
+	walWarned   bool
+	failing     bool
+	stats       Stats
+	cleanedTemp bool
+}
+
+// cached is the staged manifest as last read or written, with what
+// identifies the file it came from and a reference count per chunk.
+type cached struct {
+	m    *manifest.Manifest
+	id   fileID
+	refs map[manifest.Fingerprint]int32
+}
+
+type fileID struct {
+	ino, size      int64
+	mtime, ctime   int64
+	dev            uint64
+}
+
+func newDB(s *Spool, path string) *DB {
+	return &DB{s: s, path: path, dir: filepath.Join(s.bootDir, MangleName(path))}
+}
+
+// Path is the source database path.
+func (d *DB) Path() string { return d.path }
+
+// Dir is the database's spool directory.
+func (d *DB) Dir() string { return d.dir }
+
+// MarkerPath is the transaction marker the VFS creates before the first
+// write of each transaction.
+func (d *DB) MarkerPath() string { return filepath.Join(d.dir, "txn") }
+
+// StagingManifestPath is the staged snapshot's manifest.
+func (d *DB) StagingManifestPath() string { return filepath.Join(d.dir, "staging", "manifest") }
+
+// StagingChunksDir holds staged chunk files.
+func (d *DB) StagingChunksDir() string { return filepath.Join(d.dir, "staging", "chunks") }
+
+func (d *DB) tmpDir() string       { return filepath.Join(d.dir, "tmp") }
+func (d *DB) readyDir() string     { return filepath.Join(d.dir, "ready") }
+func (d *DB) consumingDir() string { return filepath.Join(d.dir, "consuming") }
+
+// Stats returns a copy of the database's counters.
+func (d *DB) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stats
+}
+
+// Snapshot brings the staged snapshot up to date with the database after a
+// transaction, and publishes it for upload when the uploader has room. The
+// caller must hold at least a SHARED lock on the database for the whole
+// call. Errors leave the spool consistent: the next transaction rebuilds.
+func (d *DB) Snapshot(src Source, ch Change) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	published, err := d.snapshot(src, ch)
+	log := d.s.log
+	switch {
+	case err == nil:
+		if published {
+			d.stats.Snapshots++
+			d.stats.LastSnapshot = time.Now()
+		}
+		d.stats.LastError = ""
+		if d.failing {
+			d.failing = false
+			log.Info("spool: replication resumed", logKeyDB, d.path)
+		}
+		if published && d.s.opts.Notify != nil {
+			d.s.opts.Notify(d.dir)
+		}
+	case errors.Is(err, ErrWAL):
+		if !d.walWarned {
+			d.walWarned = true
+			log.Warn("spool: database is in WAL mode; WAL databases are not replicated yet, so no snapshot is taken",
+				logKeyDB, d.path)
+		}
+	case errors.Is(err, ErrHotJournal):
+		// The transaction did not commit; the next one rebuilds.
+	default:
+		d.stats.Failures++
+		d.stats.LastError = err.Error()
+		if !d.failing {
+			d.failing = true
+			log.Error("spool: replication paused: snapshot failed; the transaction itself committed, and replication resumes once the cause is gone",
+				logKeyDB, d.path, logKeyErr, err)
+		}
+	}
+	return err
+}
+
+func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
+	size, err := src.Size()
+	if err != nil {
+		return false, fmt.Errorf("spool: size of %s: %w", d.path, err)
+	}
+	if size > manifest.MaxSize {
+		return false, fmt.Errorf("spool: %s: %d bytes exceeds the %d-byte limit", d.path, size, int64(manifest.MaxSize))
+	}
+	var hdr [HeaderSize]byte
+	if size > 0 {
+		n := min(int64(HeaderSize), size)
+		if _, err := src.ReadAt(hdr[:n], 0); err != nil {
+			return false, fmt.Errorf("spool: read header of %s: %w", d.path, err)
+		}
+		if n == HeaderSize && !bytes.Equal(hdr[:16], sqliteMagic) {
+			return false, fmt.Errorf("%w: %s", ErrNotDatabase, d.path)
+		}
+	}
+	if size >= HeaderSize && (hdr[18] == 2 || hdr[19] == 2) {
+		_ = os.Remove(d.MarkerPath())
+		return false, ErrWAL
+	}
+	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {
+		return false, err
+	} else if hot {
+		if live, err := src.Reserved(); err != nil || !live {
+			return false, ErrHotJournal
+		}
+	}
+	st, err := os.Stat(d.path)
+	if err != nil {
+		return false, fmt.Errorf("spool: stat %s: %w", d.path, err)
+	}
+	ctime := statCtime(st)
+	mode := st.Mode().Perm()
+	if err := d.ensureDirs(mode); err != nil {
+		return false, err
+	}
+
+	version := versionID(hdr)
+	cur := d.loadCached()
+	if cur != nil && cur.m.SourcePath != d.path {
+		cur = nil
+	}
+	incremental := false
+	switch {
+	case cur == nil || ch.Force:
+	case ch.Wrote:
+		incremental = ch.PreOK && cur.m.VersionID == versionID(ch.PreHeader) &&
+			cur.m.Size == ch.PreSize && cur.m.SourceCtime.Equal(ch.PreCtime)
+	default:
+		// No write: only a check. Up to date unless another program wrote,
+		// or a transaction never finished its snapshot.
+		if cur.m.VersionID == version && cur.m.Size == size && cur.m.SourceCtime.Equal(ctime) {
+			if _, err := os.Lstat(d.MarkerPath()); errors.Is(err, fs.ErrNotExist) {
+				return false, nil
+			}
+		}
+	}
+	if !incremental {
+		// A rebuild trusts nothing cached: re-read what is staged.
+		d.cur = nil
+		cur = d.loadCached()
+		if cur != nil && cur.m.SourcePath != d.path {
+			cur = nil
+		}
+	}
+
+	m := &manifest.Manifest{
+		Hostname:      d.s.host,
+		SourcePath:    d.path,
+		Generator:     d.s.opts.Generator,
+		Size:          size,
+		PageSize:      pageSize(hdr, size),
+		ChangeCounter: be32(hdr[24:28]),
+		VersionID:     version,
+		SourceCtime:   ctime,
+		Created:       time.Now().UTC(),
+	}
+	n := manifest.NumChunks(size)
+	m.Chunks = make([]manifest.Fingerprint, n)
+
+	var refs map[manifest.Fingerprint]int32
+	var toHash []int
+	oldN := 0
+	if cur != nil {
+		oldN = len(cur.m.Chunks)
+	}
+	if incremental {
+		copy(m.Chunks, cur.m.Chunks)
+		refs = cur.refs
+		toHash = dirtyIndexes(ch.Dirty, n)
+		if size != cur.m.Size {
+			// The old last chunk may have grown or the new one shrunk; any
+			// chunk past the old end is new.
+			from := min(oldN, n) - 1
+			toHash = append(toHash, seq(max(from, 0), n)...)
+		}
+	} else {
+		refs = make(map[manifest.Fingerprint]int32, n)
+		toHash = seq(0, n)
+	}
+
+	// Chunks known to be uploaded or spooled: everything the staged
+	// manifest references.
+	known := func(fp manifest.Fingerprint) bool { return cur != nil && cur.refs[fp] > 0 }
+	if !incremental && cur != nil {
+		// refs is being rebuilt from empty; keep the old counts to decide.
+		old := cur.refs
+		known = func(fp manifest.Fingerprint) bool { return old[fp] > 0 }
+	}
+
+	if cap(d.buf) < manifest.ChunkSize {
+		d.buf = make([]byte, manifest.ChunkSize)
+	}
+	var replaced []manifest.Fingerprint
+	staged := make(map[manifest.Fingerprint]bool)
+	seen := make(map[int]bool, len(toHash))
+	for _, i := range toHash {
+		if i >= n || seen[i] {
+			continue
+		}
+		seen[i] = true
+		buf := d.buf[:manifest.ChunkLen(size, i)]
+		if _, err := src.ReadAt(buf, m.ChunkOffset(i)); err != nil {
+			return false, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
+		}
+		fp := manifest.Sum(buf)
+		if incremental && i < oldN {
+			old := cur.m.Chunks[i]
+			if old == fp {
+				continue
+			}
+			replaced = append(replaced, old)
+		}
+		m.Chunks[i] = fp
+		if !known(fp) && !staged[fp] {
+			if err := d.stageChunk(fp, buf, mode); err != nil {
+				return false, err
+			}
+			staged[fp] = true
+		}
+	}
+	if incremental {
+		// Chunks cut off by a shrink are replaced too.
+		for i := n; i < oldN; i++ {
+			replaced = append(replaced, cur.m.Chunks[i])
+		}
+		for _, fp := range replaced {
+			refs[fp]--
+		}
+		for i := range seen {
+			if i < oldN && cur.m.Chunks[i] == m.Chunks[i] {
+				continue
+			}
+			refs[m.Chunks[i]]++
+		}
+	} else {
+		for _, fp := range m.Chunks {
+			refs[fp]++
+		}
+	}
+	// From here on the cached state is being changed; drop it on failure.
+	d.cur = nil
+	id, err := d.writeManifest(m, mode)
+	if err != nil {
+		return false, err
+	}
+	for fp, c := range refs {
+		if c <= 0 {
+			delete(refs, fp)
+		}
+	}
+	d.cur = &cached{m: m, id: id, refs: refs}
+	if incremental {
+		d.stats.Incremental++
+		for _, fp := range replaced {
+			if refs[fp] == 0 {
+				_ = d.remove(filepath.Join(d.StagingChunksDir(), fp.String()))
+			}
+		}
+	} else {
+		d.gcStaging(refs)
+	}
+	d.maybePublishReady(refs)
+	if !d.cleanedTemp {
+		d.cleanedTemp = true
+		removeStaleTemps(d.tmpDir(), time.Now())
+	}
+	if err := d.remove(d.MarkerPath()); err != nil {
+		return false, fmt.Errorf("spool: remove txn marker of %s: %w", d.path, err)
+	}
+	return true, nil
+}
+
+// loadCached returns the staged manifest, from memory when the file has not
+// changed since it was last read or written. A missing, unreadable or
+// corrupt manifest reads as nil: the caller rebuilds.
+func (d *DB) loadCached() *cached {
+	p := d.StagingManifestPath()
+	st, err := os.Stat(p)
+	if err != nil {
+		d.cur = nil
+		return nil
+	}
+	id := identity(st)
+	if d.cur != nil && d.cur.id == id {
+		return d.cur
+	}
+	d.cur = nil
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		d.s.log.Warn("spool: staged manifest is unreadable; rebuilding", logKeyDB, d.path, logKeyErr, err)
+		return nil
+	}
+	refs := make(map[manifest.Fingerprint]int32, len(m.Chunks))
+	for _, fp := range m.Chunks {
+		refs[fp]++
+	}
+	d.cur = &cached{m: m, id: id, refs: refs}
+	return d.cur
+}
+
+func (d *DB) ensureDirs(mode fs.FileMode) error {
+	if d.ensured {
+		if _, err := os.Lstat(d.StagingChunksDir()); err == nil {
+			return nil
+		}
+		d.ensured = false
+	}
+	if err := d.s.Check(); err != nil {
+		return err
+	}
+	dm := dirMode(mode)
+	for _, p := range []string{d.dir, filepath.Join(d.dir, "staging"), d.StagingChunksDir(), d.tmpDir()} {
+		if err := d.s.fault("mkdir", p); err != nil {
+			return fmt.Errorf("spool: create %s: %w", p, err)
+		}
+		if err := os.Mkdir(p, dm); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("spool: create %s: %w", p, err)
+		}
+		_ = os.Chmod(p, dm) // umask-proof
+	}
+	src := filepath.Join(d.dir, "source")
+	if b, err := os.ReadFile(src); err != nil || string(b) != d.path {
+		if err := d.writeFile(src, []byte(d.path), fileMode(mode)); err != nil {
+			return err
+		}
+	}
+	d.ensured = true
+	return nil
+}
+
+// stageChunk writes a chunk file under its fingerprint.
+func (d *DB) stageChunk(fp manifest.Fingerprint, b []byte, mode fs.FileMode) error {
+	if err := d.writeFile(filepath.Join(d.StagingChunksDir(), fp.String()), b, fileMode(mode)); err != nil {
+		return err
+	}
+	d.stats.ChunksStaged++
+	d.stats.BytesStaged += int64(len(b))
+	return nil
+}
+
+func (d *DB) writeManifest(m *manifest.Manifest, mode fs.FileMode) (fileID, error) {
+	b, err := m.MarshalBinary()
+	if err != nil {
+		return fileID{}, fmt.Errorf("spool: encode manifest of %s: %w", d.path, err)
+	}
+	p := d.StagingManifestPath()
+	if err := d.writeFile(p, b, fileMode(mode)); err != nil {
+		return fileID{}, err
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return fileID{}, fmt.Errorf("spool: stat %s: %w", p, err)
+	}
+	return identity(st), nil
+}
+
+// writeFile writes b whole to a temp file, makes it read-only, and renames
+// it to dst. Readers see the old file or the new one, never a torn one.
+func (d *DB) writeFile(dst string, b []byte, perm fs.FileMode) (err error) {
+	tmp := filepath.Join(d.tmpDir(), uniqueName())
+	if err := d.s.fault("create", tmp); err != nil {
+		return fmt.Errorf("spool: create %s: %w", tmp, err)
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool: create %s: %w", tmp, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err = d.s.fault("write", tmp); err == nil {
+		_, err = f.Write(b)
+	}
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("spool: write %s: %w", tmp, err)
+	}
+	if err = d.s.fault("rename", dst); err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		return fmt.Errorf("spool: publish %s: %w", dst, err)
+	}
+	return nil
+}
+
+func (d *DB) remove(p string) error {
+	if err := d.s.fault("remove", p); err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// gcStaging deletes staged chunks that the staged manifest does not use.
+func (d *DB) gcStaging(refs map[manifest.Fingerprint]int32) {
+	entries, err := os.ReadDir(d.StagingChunksDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		fp, err := manifest.ParseFingerprint(e.Name())
+		if err == nil && refs[fp] > 0 {
+			continue
+		}
+		_ = d.remove(filepath.Join(d.StagingChunksDir(), e.Name()))
+	}
+}
+
+// maybePublishReady hands the staged snapshot to the uploader when it has
+// nothing waiting: ready/ gets, atomically, a directory holding hard links
+// to the manifest and to the staged chunks, which then leave staging. A
+// snapshot that finds ready/ occupied is squashed into a later one.
+func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
+	if !dirEmpty(d.readyDir()) {
+		return
+	}
+	top := filepath.Join(d.tmpDir(), uniqueName())
+	snap := filepath.Join(top, uniqueName())
+	fail := func(err error) {
+		_ = os.RemoveAll(top)
+		d.s.log.Debug("spool: ready publication skipped", logKeyDB, d.path, logKeyErr, err)
+	}
+	dm := dirMode(0o777)
+	if err := os.MkdirAll(filepath.Join(snap, "chunks"), dm); err != nil {
+		fail(err)
+		return
+	}
+	if err := os.Link(d.StagingManifestPath(), filepath.Join(snap, "manifest")); err != nil {
+		fail(err)
+		return
+	}
+	entries, err := os.ReadDir(d.StagingChunksDir())
+	if err != nil {
+		fail(err)
+		return
+	}
+	var moved []string
+	for _, e := range entries {
+		fp, err := manifest.ParseFingerprint(e.Name())
+		if err != nil || refs[fp] <= 0 {
+			continue
+		}
+		if err := os.Link(filepath.Join(d.StagingChunksDir(), e.Name()), filepath.Join(snap, "chunks", e.Name())); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // taken by a concurrent publisher of the same state
+			}
+			fail(err)
+			return
+		}
+		moved = append(moved, e.Name())
+	}
+	if err := d.s.fault("rename", d.readyDir()); err != nil {
+		fail(err)
+		return
+	}
+	if err := os.Rename(top, d.readyDir()); err != nil {
+		fail(err) // ENOTEMPTY/EEXIST: another process published first
+		return
+	}
+	for _, name := range moved {
+		_ = d.remove(filepath.Join(d.StagingChunksDir(), name))
+	}
+}
+
+func hasHotJournal(p string) (bool, error) {
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("spool: open journal %s: %w", p, err)
+	}
+	defer f.Close()
+	var b [8]byte
+	if _, err := io.ReadFull(f, b[:]); err != nil {
+		return false, nil // empty or truncated: not hot
+	}
+	return bytes.Equal(b[:], journalMagic), nil
+}
+
+// versionID identifies a database state by its header, which covers the
+// change counter, page count, freelist and schema cookie.
+func versionID(hdr [HeaderSize]byte) (v [16]byte) {
+	sum := blake3.Sum256(hdr[:])
+	copy(v[:], sum[:16])
+	return v
+}
+
+func pageSize(hdr [HeaderSize]byte, size int64) uint32 {
+	if size < HeaderSize || !bytes.Equal(hdr[:16], sqliteMagic) {
+		return 0
+	}
+	ps := uint32(hdr[16])<<8 | uint32(hdr[17])
+	if ps == 1 {
+		return 65536
+	}
+	if ps < 512 || ps&(ps-1) != 0 {
+		return 0
+	}
+	return ps
+}
+
+func be32(b []byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+
+func dirtyIndexes(words []uint64, n int) []int {
+	var out []int
+	for w, bits := range words {
+		for bits != 0 {
+			b := bits & -bits
+			i := w*64 + trailingZeros(b)
+			if i >= n {
+				return out
+			}
+			out = append(out, i)
+			bits &^= b
+		}
+	}
+	return out
+}
+
+func trailingZeros(x uint64) int {
+	n := 0
+	for x&1 == 0 {
+		x >>= 1
+		n++
+	}
+	return n
+}
+
+func seq(from, to int) []int {
+	out := make([]int, 0, max(to-from, 0))
+	for i := from; i < to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+func statCtime(st fs.FileInfo) time.Time {
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		return time.Unix(s.Ctim.Sec, s.Ctim.Nsec).UTC()
+	}
+	return st.ModTime().UTC()
+}
+
+func identity(st fs.FileInfo) fileID {
+	id := fileID{size: st.Size(), mtime: st.ModTime().UnixNano()}
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		id.ino = int64(s.Ino)
+		id.dev = uint64(s.Dev)
+		id.ctime = s.Ctim.Nano()
+	}
+	return id
+}
+
+// fileMode is the mode of spool files: the database's read bits.
+func fileMode(db fs.FileMode) fs.FileMode { return db & 0o444 }
+
+// dirMode gives directories the database's access: read and write bits
+// become rwx for each class, and the owner always has rwx.
+func dirMode(db fs.FileMode) fs.FileMode {
+	m := fs.FileMode(0o700)
+	for _, shift := range []uint{3, 0} {
+		if db&(0o6<<shift) != 0 {
+			m |= 0o7 << shift
+		}
+	}
+	return m
+}
+
+func dirEmpty(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return true
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(1)
+	return len(names) == 0
+}
+
+// uniqueName is never reused: pid, time and 64 random bits.
+func uniqueName() string {
+	var r [8]byte
+	_, _ = rand.Read(r[:])
+	return fmt.Sprintf("%d.%d.%s", os.Getpid(), time.Now().UnixNano(), hex.EncodeToString(r[:]))
+}
+

@@ -1,0 +1,22 @@
+package spool
+
+import "errors"
+
+var (
+	// ErrWAL is returned by [DB.Snapshot] when the database is in WAL mode,
+	// which this version does not replicate.
+	ErrWAL = errors.New("spool: WAL databases are not replicated")
+
+	// ErrHotJournal is returned by [DB.Snapshot] when a hot rollback journal
+	// exists: the transaction did not commit, and the file is not in a state
+	// worth replicating. The next transaction rebuilds the snapshot.
+	ErrHotJournal = errors.New("spool: hot journal present")
+
+	// ErrNotDatabase is returned by [DB.Snapshot] when the file does not
+	// start with the SQLite header.
+	ErrNotDatabase = errors.New("spool: not an SQLite database")
+
+	// ErrBootID is returned by [Open] when the kernel boot id cannot be
+	// read; without it the spool cannot tell a crashed boot's state apart.
+	ErrBootID = errors.New("spool: cannot read the boot id")
+)

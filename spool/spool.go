@@ -1,0 +1,306 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zeebo/blake3"
+)
+
+// Log attribute keys.
+const (
+	logKeyDB    = "db"
+	logKeySpool = "spool"
+	logKeyErr   = "err"
+)
+
+const (
+	bootDirPrefix = "boule-v1."
+	// maxShortName is the longest mangled path kept whole. Longer paths get
+	// a hashed name of hashedNameLen bytes, so the two forms never collide
+	// and every name fits NAME_MAX (255).
+	maxShortName  = 200
+	hashedKeepLen = 80
+	hashedNameLen = hashedKeepLen + 1 + 64 + 1 + hashedKeepLen
+)
+
+// Options configure a [Spool].
+type Options struct {
+	// Dir is the replication_spooling_dir. Required.
+	Dir string
+	// Perm is the mode of Dir when it has to be created. Zero means 0o700;
+	// 0o700 is always added.
+	Perm fs.FileMode
+	// Hostname recorded in manifests. Empty means os.Hostname.
+	Hostname string
+	// BootID overrides the kernel boot id, for tests. Empty means read
+	// /proc/sys/kernel/random/boot_id.
+	BootID string
+	// Logger receives errors and state changes, never per-page events.
+	// Nil means discard.
+	Logger *slog.Logger
+	// Notify, when set, is called after each snapshot is published with the
+	// database's spool directory. It must not block.
+	Notify func(dir string)
+	// Fault, when set, is called before each filesystem step with the step's
+	// name and path; a non-nil result makes the step fail with it. For
+	// tests that inject faults at exact points.
+	Fault func(op, path string) error
+	// Generator is recorded in manifests. Empty means "boule".
+	Generator string
+}
+
+// Spool is the replication buffer under one replication_spooling_dir.
+type Spool struct {
+	opts    Options
+	root    string // Dir
+	bootDir string // Dir/boule-v1.<boot id>
+	log     *slog.Logger
+	host    string
+
+	mu  sync.Mutex
+	dbs map[string]*DB
+
+	cleanOnce sync.Once
+	cleanDone chan struct{}
+}
+
+// Open prepares the spool under opts.Dir: it creates the directory and the
+// current boot's subdirectory, and deletes, in the background, state left by
+// earlier boots. It does not fail when the directory cannot be created yet:
+// snapshots retry, and the error is logged and returned by [Spool.Check].
+func Open(opts Options) (*Spool, error) {
+	if opts.Dir == "" || !filepath.IsAbs(opts.Dir) {
+		return nil, fmt.Errorf("spool: replication_spooling_dir %q must be an absolute path", opts.Dir)
+	}
+	boot := opts.BootID
+	if boot == "" {
+		b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBootID, err)
+		}
+		boot = strings.TrimSpace(string(b))
+	}
+	if boot == "" || strings.ContainsAny(boot, "/\x00") || boot == "." || boot == ".." {
+		return nil, fmt.Errorf("%w: bad boot id %q", ErrBootID, boot)
+	}
+	host := opts.Hostname
+	if host == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "localhost"
+		}
+		host = h
+	}
+	if opts.Generator == "" {
+		opts.Generator = "boule"
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Spool{
+		opts:      opts,
+		root:      filepath.Clean(opts.Dir),
+		log:       log,
+		host:      host,
+		dbs:       make(map[string]*DB),
+		cleanDone: make(chan struct{}),
+	}
+	s.bootDir = filepath.Join(s.root, bootDirPrefix+boot)
+	if err := s.Check(); err != nil {
+		s.log.Error("spool: replication paused until the spool directory is usable", logKeySpool, s.root, logKeyErr, err)
+	}
+	return s, nil
+}
+
+// Root is the replication_spooling_dir.
+func (s *Spool) Root() string { return s.root }
+
+// BootDir is the directory holding this boot's state.
+func (s *Spool) BootDir() string { return s.bootDir }
+
+// Hostname is the host name recorded in manifests.
+func (s *Spool) Hostname() string { return s.host }
+
+// Check creates the spool directories if needed and reports whether they
+// are usable. On success it also starts, once, the background deletion of
+// earlier boots' state.
+func (s *Spool) Check() error {
+	perm := (s.opts.Perm | 0o700) & 0o777
+	if err := s.fault("mkdir", s.root); err != nil {
+		return fmt.Errorf("spool: create %s: %w", s.root, err)
+	}
+	if err := os.MkdirAll(s.root, perm); err != nil {
+		return fmt.Errorf("spool: create %s: %w", s.root, err)
+	}
+	if err := s.fault("mkdir", s.bootDir); err != nil {
+		return fmt.Errorf("spool: create %s: %w", s.bootDir, err)
+	}
+	if err := os.Mkdir(s.bootDir, 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("spool: create %s: %w", s.bootDir, err)
+	}
+	s.cleanOnce.Do(func() { go s.removeOldBoots() })
+	return nil
+}
+
+// WaitCleaned waits until the deletion of earlier boots' state has finished
+// (or ctx is done). For tests and tools.
+func (s *Spool) WaitCleaned(ctx context.Context) error {
+	select {
+	case <-s.cleanDone:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// removeOldBoots deletes the state of other boots. They describe a machine
+// that has since restarted: their snapshots may be torn, and every database
+// opened in this boot is snapshotted again from scratch.
+func (s *Spool) removeOldBoots() {
+	defer close(s.cleanDone)
+	entries, err := os.ReadDir(s.root)
+	if err != nil {
+		s.log.Warn("spool: cannot list old boots", logKeySpool, s.root, logKeyErr, err)
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, bootDirPrefix) && !strings.HasPrefix(name, ".del.") {
+			continue
+		}
+		p := filepath.Join(s.root, name)
+		if p == s.bootDir {
+			continue
+		}
+		// Rename first so that nothing in this boot can mistake a
+		// half-deleted tree for live state.
+		victim := p
+		if !strings.HasPrefix(name, ".del.") {
+			victim = filepath.Join(s.root, ".del."+name)
+			if err := os.Rename(p, victim); err != nil {
+				s.log.Warn("spool: cannot retire old boot", logKeySpool, p, logKeyErr, err)
+				continue
+			}
+		}
+		if err := os.RemoveAll(victim); err != nil {
+			s.log.Warn("spool: cannot delete old boot", logKeySpool, victim, logKeyErr, err)
+		}
+	}
+}
+
+// DB returns the spool state of the database at sourcePath, an absolute
+// path (the VFS passes SQLite's full pathname). Connections to one database
+// in one process share it. It does no I/O.
+func (s *Spool) DB(sourcePath string) (*DB, error) {
+	if !filepath.IsAbs(sourcePath) || strings.ContainsRune(sourcePath, 0) {
+		return nil, fmt.Errorf("spool: source path %q must be absolute", sourcePath)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, ok := s.dbs[sourcePath]; ok {
+		return d, nil
+	}
+	d := newDB(s, sourcePath)
+	s.dbs[sourcePath] = d
+	return d, nil
+}
+
+// DBs returns the databases this process has opened.
+func (s *Spool) DBs() []*DB {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*DB, 0, len(s.dbs))
+	for _, d := range s.dbs {
+		out = append(out, d)
+	}
+	return out
+}
+
+func (s *Spool) fault(op, path string) error {
+	if s.opts.Fault == nil {
+		return nil
+	}
+	return s.opts.Fault(op, path)
+}
+
+// MangleName returns the spool directory name for an absolute source path.
+// Short names are an invertible escape of the path ('/' becomes '#'; '#',
+// '%' and bytes outside a safe set are percent-encoded); paths whose escape
+// exceeds 200 bytes keep 80 bytes from each end around a BLAKE3 hash of the
+// whole path. Two distinct paths never share a name.
+func MangleName(path string) string {
+	var b strings.Builder
+	for i := 0; i < len(path); i++ {
+		c := path[i]
+		switch {
+		case c == '/':
+			b.WriteByte('#')
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9',
+			c == '.', c == '_', c == '-', c == '+', c == ',', c == '=', c == '@', c == '~':
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	name := b.String()
+	if len(name) <= maxShortName {
+		return name
+	}
+	sum := blake3.Sum256([]byte(path))
+	return fmt.Sprintf("%s^%x^%s", name[:hashedKeepLen], sum, name[len(name)-hashedKeepLen:])
+}
+
+// UnmangleName inverts MangleName for short names. It reports false for
+// hashed names, whose source path is in the directory's "source" file.
+func UnmangleName(name string) (string, bool) {
+	if len(name) > maxShortName {
+		return "", false
+	}
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch c {
+		case '#':
+			b.WriteByte('/')
+		case '%':
+			if i+2 >= len(name) {
+				return "", false
+			}
+			var v byte
+			if _, err := fmt.Sscanf(name[i+1:i+3], "%02X", &v); err != nil {
+				return "", false
+			}
+			b.WriteByte(v)
+			i += 2
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String(), true
+}
+
+// removeStaleTemps deletes scratch files older than a minute: leftovers of
+// a process that crashed mid-write. Live temp files exist for milliseconds.
+func removeStaleTemps(dir string, now time.Time) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || now.Sub(info.ModTime()) < time.Minute {
+			continue
+		}
+		_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+}

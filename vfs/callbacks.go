@@ -1,0 +1,136 @@
+package vfs
+
+/*
+#include <stdint.h>
+#include <stdlib.h>
+#include "boule_vfs.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"time"
+	"unsafe"
+
+	"github.com/boule-vfs/boule/spool"
+)
+
+// cSource reads the main database file through the VFS's own handle. It is
+// valid only during bouleGoSnapshot.
+type cSource struct{ file unsafe.Pointer }
+
+func (s cSource) ReadAt(p []byte, off int64) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if rc := C.boule_file_read(s.file, unsafe.Pointer(&p[0]), C.int(len(p)), C.int64_t(off)); rc != 0 {
+		return 0, sqliteError("read", int(rc))
+	}
+	return len(p), nil
+}
+
+func (s cSource) Size() (int64, error) {
+	var n C.int64_t
+	if rc := C.boule_file_size(s.file, &n); rc != 0 {
+		return 0, sqliteError("size", int(rc))
+	}
+	return int64(n), nil
+}
+
+func (s cSource) Reserved() (bool, error) {
+	var out C.int
+	if rc := C.boule_file_reserved(s.file, &out); rc != 0 {
+		return false, sqliteError("check reserved lock", int(rc))
+	}
+	return out != 0, nil
+}
+
+//export bouleGoOpen
+func bouleGoOpen(zPath *C.char, zMarker *C.char, nMarker C.int) (h C.uint64_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic in open; the database is not replicated", logKeyErr, fmt.Sprint(r))
+			h = 0
+		}
+	}()
+	c, err := openConn(C.GoString(zPath))
+	if c == nil || err != nil {
+		return 0
+	}
+	marker := c.db.MarkerPath()
+	if len(marker)+1 > int(nMarker) {
+		logger().Error("vfs: spool path too long; the database is not replicated", logKeyDB, c.db.Path())
+		closeConn(c.handle)
+		return 0
+	}
+	dst := unsafe.Slice((*byte)(unsafe.Pointer(zMarker)), int(nMarker))
+	copy(dst, marker)
+	dst[len(marker)] = 0
+	return C.uint64_t(c.handle)
+}
+
+//export bouleGoSnapshot
+func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWords C.int64_t, pre *C.BoulePre, flags C.int) (rc C.int) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic in snapshot; the transaction committed, replication of it did not", logKeyErr, fmt.Sprint(r))
+			rc = 1
+		}
+	}()
+	c := lookupConn(uint64(h))
+	if c == nil {
+		return 1
+	}
+	ch := spool.Change{
+		Wrote: flags&C.BOULE_SNAP_WROTE != 0,
+		Force: flags&C.BOULE_SNAP_FORCE != 0,
+		PreOK: flags&C.BOULE_SNAP_PRE_OK != 0,
+	}
+	if ch.PreOK {
+		copy(ch.PreHeader[:], unsafe.Slice((*byte)(unsafe.Pointer(&pre.header[0])), spool.HeaderSize))
+		ch.PreSize = int64(pre.size)
+		ch.PreCtime = time.Unix(int64(pre.ctime_sec), int64(pre.ctime_nsec)).UTC()
+	}
+	if nWords > 0 {
+		ch.Dirty = unsafe.Slice((*uint64)(unsafe.Pointer(dirty)), int(nWords))
+	}
+	if err := c.db.Snapshot(cSource{file}, ch); err != nil {
+		return 1
+	}
+	return 0
+}
+
+//export bouleGoClose
+func bouleGoClose(h C.uint64_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic in close", logKeyErr, fmt.Sprint(r))
+		}
+	}()
+	closeConn(uint64(h))
+}
+
+// GoCalls reports how many times the C VFS has called into Go for
+// snapshots since the process started. Benchmarks use it to show that Go is
+// entered once per transaction, never per page.
+func GoCalls() int64 { return int64(C.boule_go_calls()) }
+
+func registerC(makeDefault bool) int {
+	d := C.int(0)
+	if makeDefault {
+		d = 1
+	}
+	return int(C.boule_register(d))
+}
+
+func setTempdir(dir string) error {
+	var cs *C.char
+	if dir != "" {
+		cs = C.CString(dir)
+		defer C.free(unsafe.Pointer(cs))
+	}
+	if rc := C.boule_set_tempdir(cs); rc != 0 {
+		return fmt.Errorf("vfs: tempdir %q: %w", dir, sqliteError("set tempdir", int(rc)))
+	}
+	return nil
+}

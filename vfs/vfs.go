@@ -1,0 +1,158 @@
+package vfs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/spool"
+)
+
+// Name is the name of the replicating VFS.
+const Name = "boule"
+
+// Log attribute keys.
+const (
+	logKeyDB  = "db"
+	logKeyErr = "err"
+)
+
+// Config is Boule's configuration; see package config and doc/CONFIG.md.
+type Config = config.Config
+
+// ErrRegister is returned when SQLite refuses to register the VFS, for
+// example because no "unix" VFS exists.
+var ErrRegister = errors.New("vfs: cannot register the boule VFS")
+
+// runtime is the configuration in force. Register swaps it atomically;
+// connections keep the spool they were opened with.
+type runtime struct {
+	cfg   Config
+	log   *slog.Logger
+	spool *spool.Spool // nil: replication disabled
+}
+
+var (
+	regMu   sync.Mutex
+	current atomic.Pointer[runtime]
+	spools  = map[string]*spool.Spool{} // by directory, so that connections share per-database state
+)
+
+// Register registers the "boule" VFS with cfg, or applies cfg to the VFS
+// already registered: connections opened afterwards use it. It is safe to
+// call from many goroutines and to call again. The cfg is validated first;
+// an invalid one changes nothing. Without ReplicationSpoolingDir, boule
+// behaves exactly like the unix VFS and replicates nothing.
+func Register(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	regMu.Lock()
+	defer regMu.Unlock()
+	rt := &runtime{cfg: cfg, log: log}
+	if cfg.ReplicationSpoolingDir != "" {
+		sp, ok := spools[cfg.ReplicationSpoolingDir]
+		if !ok {
+			var err error
+			sp, err = spool.Open(spool.Options{
+				Dir:    cfg.ReplicationSpoolingDir,
+				Perm:   cfg.Permissions(),
+				Logger: log,
+			})
+			if err != nil {
+				return fmt.Errorf("vfs: %w", err)
+			}
+			spools[cfg.ReplicationSpoolingDir] = sp
+		}
+		rt.spool = sp
+	}
+	if rc := registerC(cfg.MakeDefault); rc != 0 {
+		return fmt.Errorf("%w: %w", ErrRegister, sqliteError("register", rc))
+	}
+	if err := setTempdir(cfg.Tempdir); err != nil {
+		return err
+	}
+	current.Store(rt)
+	return nil
+}
+
+// RegisterFromEnv registers the VFS with the configuration in the
+// BOULE_CONFIG environment variable: the JSON itself, or "@/path/to.json".
+// An unset or empty variable registers boule without replication.
+func RegisterFromEnv() error {
+	cfg, err := config.Load(os.Getenv(config.EnvVar))
+	if err != nil {
+		return err
+	}
+	return Register(cfg)
+}
+
+// Spool returns the spool in use, or nil when replication is disabled.
+func Spool() *spool.Spool {
+	if rt := current.Load(); rt != nil {
+		return rt.spool
+	}
+	return nil
+}
+
+func logger() *slog.Logger {
+	if rt := current.Load(); rt != nil {
+		return rt.log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// conn is one open, replicated main database file.
+type conn struct {
+	handle uint64
+	db     *spool.DB
+}
+
+var (
+	connMu     sync.Mutex
+	conns      = map[uint64]*conn{}
+	nextHandle uint64
+)
+
+func openConn(path string) (*conn, error) {
+	rt := current.Load()
+	if rt == nil || rt.spool == nil {
+		return nil, nil
+	}
+	db, err := rt.spool.DB(path)
+	if err != nil {
+		rt.log.Error("vfs: database is not replicated", logKeyDB, path, logKeyErr, err)
+		return nil, err
+	}
+	connMu.Lock()
+	defer connMu.Unlock()
+	nextHandle++
+	c := &conn{handle: nextHandle, db: db}
+	conns[c.handle] = c
+	return c, nil
+}
+
+func lookupConn(h uint64) *conn {
+	connMu.Lock()
+	defer connMu.Unlock()
+	return conns[h]
+}
+
+func closeConn(h uint64) {
+	connMu.Lock()
+	defer connMu.Unlock()
+	delete(conns, h)
+}
+
+// sqliteError describes an SQLite result code from the C side.
+func sqliteError(op string, rc int) error {
+	return fmt.Errorf("vfs: %s: sqlite error code %d", op, rc)
+}
