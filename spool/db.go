@@ -190,7 +190,10 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 		}
 	}
 	if size >= HeaderSize && (hdr[18] == 2 || hdr[19] == 2) {
-		_ = os.Remove(d.MarkerPath())
+		// Whatever is staged predates WAL mode and is stale from now on.
+		_ = d.remove(d.StagingManifestPath())
+		d.cur = nil
+		_ = d.remove(d.MarkerPath())
 		return false, ErrWAL
 	}
 	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {
@@ -665,13 +668,16 @@ func identity(st fs.FileInfo) fileID {
 // fileMode is the mode of spool files: the database's read bits.
 func fileMode(db fs.FileMode) fs.FileMode { return db & 0o444 }
 
-// dirMode gives directories the database's access: read and write bits
-// become rwx for each class, and the owner always has rwx.
+// dirMode gives directories the database's access: for group and others,
+// read becomes r-x and write becomes -wx; the owner always has rwx.
 func dirMode(db fs.FileMode) fs.FileMode {
 	m := fs.FileMode(0o700)
 	for _, shift := range []uint{3, 0} {
-		if db&(0o6<<shift) != 0 {
-			m |= 0o7 << shift
+		if db&(0o4<<shift) != 0 {
+			m |= 0o5 << shift
+		}
+		if db&(0o2<<shift) != 0 {
+			m |= 0o3 << shift
 		}
 	}
 	return m

@@ -117,7 +117,7 @@ func Open(opts Options) (*Spool, error) {
 	}
 	s.bootDir = filepath.Join(s.root, bootDirPrefix+boot)
 	if err := s.Check(); err != nil {
-		s.log.Error("spool: replication paused until the spool directory is usable", logKeySpool, s.root, logKeyErr, err)
+		s.log.Warn("spool: spool directory not usable yet; replication waits for it", logKeySpool, s.root, logKeyErr, err)
 	}
 	return s, nil
 }

@@ -40,6 +40,9 @@ var (
 	regMu   sync.Mutex
 	current atomic.Pointer[runtime]
 	spools  = map[string]*spool.Spool{} // by directory, so that connections share per-database state
+
+	// faultHook is set only by tests (export_test.go).
+	faultHook func(op, path string) error
 )
 
 // Register registers the "boule" VFS with cfg, or applies cfg to the VFS
@@ -66,6 +69,7 @@ func Register(cfg Config) error {
 				Dir:    cfg.ReplicationSpoolingDir,
 				Perm:   cfg.Permissions(),
 				Logger: log,
+				Fault:  faultHook,
 			})
 			if err != nil {
 				return fmt.Errorf("vfs: %w", err)

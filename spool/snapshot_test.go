@@ -1,0 +1,1010 @@
+package spool
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+)
+
+func TestFirstSnapshotIsRebuild(t *testing.T) {
+	tests := []struct {
+		name     string
+		file     string
+		size     int
+		pageSize int
+		check    bool // first snapshot by a read transaction's check
+	}{
+		{name: "one page", file: "a.db", size: 4096, pageSize: 4096},
+		{name: "header only", file: "a.db", size: HeaderSize, pageSize: 4096},
+		{name: "ten full chunks", file: "a.db", size: 10 * cs, pageSize: 4096},
+		{name: "partial last chunk", file: "a.db", size: 10*cs + 1234, pageSize: 512},
+		{name: "page size 65536", file: "a.db", size: 3 * cs, pageSize: 65536},
+		{name: "read check", file: "a.db", size: 4*cs + 7, pageSize: 1024, check: true},
+		{name: "special characters in path", file: "dir #1 é/a%2Fb ~^.db", size: 2 * cs, pageSize: 4096},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sp := openSpool(t, testOptions(t))
+			src := newDBFile(t, tt.file, makeDB(newRand(t), tt.size, tt.pageSize), 0o644)
+			db, err := sp.DB(src.path)
+			if err != nil {
+				t.Fatalf("DB(%q)=%v, want nil", src.path, err)
+			}
+			if tt.check {
+				err = db.Snapshot(src, Change{})
+			} else {
+				err = txn(t, db, src, unchanged)
+			}
+			if err != nil {
+				t.Fatalf("Snapshot()=%v, want nil", err)
+			}
+			data := src.bytes()
+			n := manifest.NumChunks(int64(len(data)))
+			st := db.Stats()
+			if st.Snapshots != 1 || st.Incremental != 0 {
+				t.Errorf("Stats() Snapshots=%d Incremental=%d, want 1 and 0", st.Snapshots, st.Incremental)
+			}
+			if st.ChunksStaged != int64(n) || st.BytesStaged != int64(len(data)) {
+				t.Errorf("Stats() ChunksStaged=%d BytesStaged=%d, want %d and %d", st.ChunksStaged, st.BytesStaged, n, len(data))
+			}
+			m := assertExact(t, db, src)
+			if m.Size != int64(len(data)) {
+				t.Errorf("Size=%d, want %d", m.Size, len(data))
+			}
+			if m.PageSize != uint32(tt.pageSize) {
+				t.Errorf("PageSize=%d, want %d", m.PageSize, tt.pageSize)
+			}
+			if want := counter(data); m.ChangeCounter != want {
+				t.Errorf("ChangeCounter=%d, want %d", m.ChangeCounter, want)
+			}
+			if m.SourcePath != src.path {
+				t.Errorf("SourcePath=%q, want %q", m.SourcePath, src.path)
+			}
+			if m.Hostname != "h" {
+				t.Errorf("Hostname=%q, want %q", m.Hostname, "h")
+			}
+			if m.Generator != "boule" {
+				t.Errorf("Generator=%q, want %q", m.Generator, "boule")
+			}
+			if len(m.Chunks) != n {
+				t.Errorf("len(Chunks)=%d, want %d", len(m.Chunks), n)
+			}
+			if want := ctimeOf(t, src.path); !m.SourceCtime.Equal(want) {
+				t.Errorf("SourceCtime=%v, want %v", m.SourceCtime, want)
+			}
+			if exists(db.MarkerPath()) {
+				t.Errorf("marker %s left after a successful snapshot", db.MarkerPath())
+			}
+			if b, err := os.ReadFile(filepath.Join(db.Dir(), "source")); err != nil || string(b) != src.path {
+				t.Errorf("source file = %q, %v; want %q", b, err, src.path)
+			}
+			if filepath.Dir(db.Dir()) != sp.BootDir() {
+				t.Errorf("Dir()=%q, want it directly under %q", db.Dir(), sp.BootDir())
+			}
+		})
+	}
+}
+
+func TestIncremental(t *testing.T) {
+	compose := func(fs ...func([]byte) []byte) func([]byte) []byte {
+		return func(b []byte) []byte {
+			for _, f := range fs {
+				b = f(b)
+			}
+			return b
+		}
+	}
+	tests := []struct {
+		name       string
+		size       int
+		mutate     func(rng *rand.Rand) func([]byte) []byte
+		dirty      []int
+		wantStaged int64 // chunk 0 always changes: the change counter
+	}{
+		{
+			name:       "rewrite chunk 3",
+			size:       10 * cs,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return rewrite(r, 3*cs+100, 4096) },
+			dirty:      []int{3},
+			wantStaged: 2,
+		},
+		{
+			name: "rewrite chunks 3 and 7",
+			size: 10 * cs,
+			mutate: func(r *rand.Rand) func([]byte) []byte {
+				return compose(rewrite(r, 3*cs, 4096), rewrite(r, 8*cs-4096, 4096))
+			},
+			dirty:      []int{3, 7},
+			wantStaged: 3,
+		},
+		{
+			name:       "dirty but unchanged chunk",
+			size:       10 * cs,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return rewrite(r, 3*cs, 4096) },
+			dirty:      []int{3, 5},
+			wantStaged: 2,
+		},
+		{
+			name:       "write across a chunk boundary",
+			size:       10 * cs,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return rewrite(r, 4*cs-2048, 4096) },
+			dirty:      []int{3, 4},
+			wantStaged: 3,
+		},
+		{
+			name:       "grow partial last chunk",
+			size:       9*cs + 1000,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return resize(r, 9*cs+5000) },
+			wantStaged: 2,
+		},
+		{
+			name:       "append chunks",
+			size:       10 * cs,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return resize(r, 12*cs+100) },
+			wantStaged: 4, // 0, 10, 11, 12
+		},
+		{
+			name: "grow and rewrite",
+			size: 9*cs + 1000,
+			mutate: func(r *rand.Rand) func([]byte) []byte {
+				return compose(rewrite(r, 2*cs, 100), resize(r, 11*cs))
+			},
+			dirty:      []int{2},
+			wantStaged: 4, // 0, 2, 9, 10
+		},
+		{
+			name:       "shrink mid-chunk",
+			size:       10 * cs,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return resize(r, 7*cs+300) },
+			wantStaged: 2, // 0, 7
+		},
+		{
+			name:       "shrink to a chunk boundary",
+			size:       10 * cs,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return resize(r, 6*cs) },
+			wantStaged: 1,
+		},
+		{
+			name:       "shrink within the last chunk",
+			size:       9*cs + 5000,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return resize(r, 9*cs+1000) },
+			wantStaged: 2,
+		},
+		{
+			name:       "shrink to the header",
+			size:       10 * cs,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return resize(r, HeaderSize) },
+			wantStaged: 1,
+		},
+		{
+			name:       "shrink to empty",
+			size:       10 * cs,
+			mutate:     func(r *rand.Rand) func([]byte) []byte { return resize(r, 0) },
+			wantStaged: 0,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := snapshotted(t, tt.size)
+			before := d.db.Stats()
+			mustTxn(t, d.db, d.src, tt.mutate(d.rng), tt.dirty...)
+			after := d.db.Stats()
+			if got := after.Incremental - before.Incremental; got != 1 {
+				t.Errorf("Stats().Incremental grew by %d, want 1", got)
+			}
+			if got := after.Snapshots - before.Snapshots; got != 1 {
+				t.Errorf("Stats().Snapshots grew by %d, want 1", got)
+			}
+			if got := after.ChunksStaged - before.ChunksStaged; got != tt.wantStaged {
+				t.Errorf("Stats().ChunksStaged grew by %d, want %d", got, tt.wantStaged)
+			}
+			m := assertExact(t, d.db, d.src)
+			if want := int64(len(d.src.bytes())); m.Size != want {
+				t.Errorf("Size=%d, want %d", m.Size, want)
+			}
+			assertStagingReferenced(t, d.db)
+			if exists(d.db.MarkerPath()) {
+				t.Errorf("marker left after a successful snapshot")
+			}
+		})
+	}
+
+	t.Run("long run stays incremental", func(t *testing.T) {
+		d := snapshotted(t, 10*cs+500)
+		for i := range 30 {
+			c := d.rng.IntN(10)
+			before := d.db.Stats().Incremental
+			mustTxn(t, d.db, d.src, rewrite(d.rng, c*cs+d.rng.IntN(cs-512), 512), c)
+			if got := d.db.Stats().Incremental; got != before+1 {
+				t.Fatalf("txn %d: Stats().Incremental=%d, want %d", i, got, before+1)
+			}
+			assertExact(t, d.db, d.src)
+		}
+		assertStagingReferenced(t, d.db)
+	})
+}
+
+func TestStalePreStateForcesRebuild(t *testing.T) {
+	tests := []struct {
+		name    string
+		outside func(d *testDB) func([]byte) []byte // nil: no outside write
+		adjust  func(*Change)
+	}{
+		{
+			name: "counter changed by another writer",
+			outside: func(d *testDB) func([]byte) []byte {
+				return func(b []byte) []byte {
+					fillRandom(d.rng, b[6*cs:6*cs+4096])
+					b[27]++
+					return b
+				}
+			},
+		},
+		{
+			// The important case: the header is untouched, only the ctime
+			// tells that the staged manifest is stale.
+			name: "ctime changed by another writer",
+			outside: func(d *testDB) func([]byte) []byte {
+				return func(b []byte) []byte {
+					b[6*cs+10] ^= 0xff
+					return b
+				}
+			},
+		},
+		{
+			name: "size changed by another writer",
+			outside: func(d *testDB) func([]byte) []byte {
+				return func(b []byte) []byte { return resize(d.rng, len(b)+3000)(b) }
+			},
+		},
+		{
+			name:   "pre-state not captured",
+			adjust: func(ch *Change) { ch.PreOK = false },
+		},
+		{
+			name: "pre-state of another file",
+			adjust: func(ch *Change) {
+				ch.PreCtime = ch.PreCtime.Add(-time.Second)
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := snapshotted(t, 10*cs)
+			staged := stagedManifest(t, d.db)
+			if tt.outside != nil {
+				outsideWrite(t, d.src, tt.outside(d))
+				// The test is about the spool, not about the kernel's
+				// timestamp granularity: make sure the write is visible.
+				for i := 0; ctimeOf(t, d.src.path).Equal(staged.SourceCtime); i++ {
+					if i == 100 {
+						t.Fatalf("the ctime of %s does not change", d.src.path)
+					}
+					time.Sleep(10 * time.Millisecond)
+					outsideWrite(t, d.src, unchanged)
+				}
+			}
+			before := d.db.Stats()
+			err := txnWith(t, d.db, d.src, tt.adjust, rewrite(d.rng, 2*cs, 4096), 2)
+			if err != nil {
+				t.Fatalf("Snapshot()=%v, want nil", err)
+			}
+			after := d.db.Stats()
+			if after.Incremental != before.Incremental {
+				t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", after.Incremental, before.Incremental)
+			}
+			if after.Snapshots != before.Snapshots+1 {
+				t.Errorf("Stats().Snapshots=%d, want %d", after.Snapshots, before.Snapshots+1)
+			}
+			assertExact(t, d.db, d.src)
+			assertStagingReferenced(t, d.db)
+		})
+	}
+}
+
+func TestMarker(t *testing.T) {
+	t.Run("crashed transaction forces rebuild", func(t *testing.T) {
+		d := snapshotted(t, 10*cs)
+		// A transaction creates the marker, writes, and dies before its
+		// snapshot.
+		_ = preChange(t, d.db, d.src)
+		outsideWrite(t, d.src, func(b []byte) []byte {
+			b[27]++
+			return rewrite(d.rng, 4*cs, 4096)(b)
+		})
+		before := d.db.Stats()
+		ch := preChange(t, d.db, d.src)
+		if !ch.Force {
+			t.Fatalf("marker creation succeeded, want EEXIST")
+		}
+		if err := d.db.Snapshot(d.src, ch); err != nil {
+			t.Fatalf("Snapshot()=%v, want nil", err)
+		}
+		if got := d.db.Stats().Incremental; got != before.Incremental {
+			t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
+		}
+		assertExact(t, d.db, d.src)
+		if exists(d.db.MarkerPath()) {
+			t.Errorf("marker left after a successful snapshot")
+		}
+	})
+
+	t.Run("leftover marker alone forces rebuild", func(t *testing.T) {
+		d := snapshotted(t, 10*cs)
+		if err := os.WriteFile(d.db.MarkerPath(), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before := d.db.Stats()
+		var forced bool
+		err := txnWith(t, d.db, d.src, func(ch *Change) { forced = ch.Force }, rewrite(d.rng, 2*cs, 100), 2)
+		if err != nil {
+			t.Fatalf("Snapshot()=%v, want nil", err)
+		}
+		if !forced {
+			t.Fatalf("Change.Force=false, want true: the marker existed")
+		}
+		if got := d.db.Stats().Incremental; got != before.Incremental {
+			t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
+		}
+		assertExact(t, d.db, d.src)
+		if exists(d.db.MarkerPath()) {
+			t.Errorf("marker left after a successful snapshot")
+		}
+	})
+
+	t.Run("check with leftover marker rebuilds", func(t *testing.T) {
+		d := snapshotted(t, 5*cs)
+		if err := os.WriteFile(d.db.MarkerPath(), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before := d.db.Stats()
+		if err := d.db.Snapshot(d.src, Change{}); err != nil {
+			t.Fatalf("Snapshot()=%v, want nil", err)
+		}
+		after := d.db.Stats()
+		if after.Snapshots != before.Snapshots+1 || after.Incremental != before.Incremental {
+			t.Errorf("Stats() Snapshots=%d Incremental=%d, want %d and %d",
+				after.Snapshots, after.Incremental, before.Snapshots+1, before.Incremental)
+		}
+		if exists(d.db.MarkerPath()) {
+			t.Errorf("marker left after a successful snapshot")
+		}
+		assertExact(t, d.db, d.src)
+	})
+
+	t.Run("check when up to date does nothing", func(t *testing.T) {
+		d := snapshotted(t, 5*cs)
+		mustTxn(t, d.db, d.src, rewrite(d.rng, cs, 10), 1)
+		st1, err := os.Stat(d.db.StagingManifestPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := d.db.Stats()
+		for range 3 {
+			if err := d.db.Snapshot(d.src, Change{}); err != nil {
+				t.Fatalf("Snapshot()=%v, want nil", err)
+			}
+		}
+		after := d.db.Stats()
+		if after.Snapshots != before.Snapshots || after.ChunksStaged != before.ChunksStaged {
+			t.Errorf("Stats() Snapshots=%d ChunksStaged=%d, want %d and %d (unchanged)",
+				after.Snapshots, after.ChunksStaged, before.Snapshots, before.ChunksStaged)
+		}
+		st2, err := os.Stat(d.db.StagingManifestPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st2.ModTime().Equal(st1.ModTime()) || !os.SameFile(st1, st2) {
+			t.Errorf("staged manifest rewritten by a check: mtime %v -> %v", st1.ModTime(), st2.ModTime())
+		}
+	})
+
+	t.Run("check after another writer rebuilds", func(t *testing.T) {
+		d := snapshotted(t, 5*cs)
+		outsideWrite(t, d.src, func(b []byte) []byte {
+			b[3*cs+1] ^= 1
+			return b
+		})
+		before := d.db.Stats()
+		if err := d.db.Snapshot(d.src, Change{}); err != nil {
+			t.Fatalf("Snapshot()=%v, want nil", err)
+		}
+		if got := d.db.Stats().Snapshots; got != before.Snapshots+1 {
+			t.Errorf("Stats().Snapshots=%d, want %d", got, before.Snapshots+1)
+		}
+		assertExact(t, d.db, d.src)
+	})
+}
+
+var journalMagicBytes = []byte{0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7}
+
+func TestSnapshotErrors(t *testing.T) {
+	for _, b := range [][2]byte{{2, 2}, {1, 2}, {2, 1}} {
+		t.Run(fmt.Sprintf("WAL on a new database %d-%d", b[0], b[1]), func(t *testing.T) {
+			d := newTestDB(t, 3*cs)
+			// The spool directory may exist (made by another process).
+			if err := os.MkdirAll(d.db.Dir(), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			err := txn(t, d.db, d.src, func(x []byte) []byte {
+				x[18], x[19] = b[0], b[1]
+				return x
+			})
+			if !errors.Is(err, ErrWAL) {
+				t.Fatalf("Snapshot() with bytes 18/19 = %v: %v, want ErrWAL", b, err)
+			}
+			if exists(d.db.MarkerPath()) {
+				t.Errorf("marker left after ErrWAL")
+			}
+			if exists(d.db.StagingManifestPath()) {
+				t.Errorf("staging manifest created for a WAL database")
+			}
+			if st := d.db.Stats(); st.Snapshots != 0 || st.Failures != 0 {
+				t.Errorf("Stats() Snapshots=%d Failures=%d, want 0 and 0", st.Snapshots, st.Failures)
+			}
+		})
+	}
+
+	t.Run("WAL after rollback", func(t *testing.T) {
+		d := snapshotted(t, 3*cs)
+		old, err := os.ReadFile(d.db.StagingManifestPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = txn(t, d.db, d.src, func(x []byte) []byte {
+			x[18], x[19] = 2, 2
+			return x
+		})
+		if !errors.Is(err, ErrWAL) {
+			t.Fatalf("Snapshot()=%v, want ErrWAL", err)
+		}
+		if exists(d.db.MarkerPath()) {
+			t.Errorf("marker left after ErrWAL")
+		}
+		if cur, err := os.ReadFile(d.db.StagingManifestPath()); err != nil || !bytes.Equal(cur, old) {
+			t.Errorf("staged manifest changed by a WAL snapshot (err %v)", err)
+		}
+		// Back to rollback mode: the header differs from the staged one.
+		before := d.db.Stats()
+		mustTxn(t, d.db, d.src, func(x []byte) []byte {
+			x[18], x[19] = 1, 1
+			return x
+		})
+		if got := d.db.Stats().Incremental; got != before.Incremental {
+			t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
+		}
+		assertExact(t, d.db, d.src)
+	})
+
+	journalTests := []struct {
+		name     string
+		journal  []byte
+		reserved bool
+		want     error
+	}{
+		{name: "hot journal", journal: append(bytes.Clone(journalMagicBytes), make([]byte, 504)...), want: ErrHotJournal},
+		{name: "journal of a live writer", journal: append(bytes.Clone(journalMagicBytes), make([]byte, 504)...), reserved: true},
+		{name: "zeroed journal header", journal: make([]byte, 512)},
+		{name: "short journal", journal: journalMagicBytes[:5]},
+		{name: "empty journal", journal: []byte{}},
+	}
+	for _, tt := range journalTests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := snapshotted(t, 3*cs)
+			if err := os.WriteFile(d.src.path+"-journal", tt.journal, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d.src.setReserved(tt.reserved)
+			before := d.db.Stats()
+			err := txn(t, d.db, d.src, rewrite(d.rng, cs, 100), 1)
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("Snapshot()=%v, want %v", err, tt.want)
+			}
+			if tt.want == nil {
+				assertExact(t, d.db, d.src)
+				return
+			}
+			if !exists(d.db.MarkerPath()) {
+				t.Errorf("marker removed after %v; the next transaction would not rebuild", err)
+			}
+			if got := d.db.Stats(); got.Snapshots != before.Snapshots || got.Failures != before.Failures {
+				t.Errorf("Stats() Snapshots=%d Failures=%d, want %d and %d",
+					got.Snapshots, got.Failures, before.Snapshots, before.Failures)
+			}
+			// The journal is rolled back and removed; the next transaction
+			// rebuilds.
+			if err := os.Remove(d.src.path + "-journal"); err != nil {
+				t.Fatal(err)
+			}
+			mustTxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 100), 2)
+			if got := d.db.Stats().Incremental; got != before.Incremental {
+				t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
+			}
+			assertExact(t, d.db, d.src)
+		})
+	}
+
+	t.Run("not a database", func(t *testing.T) {
+		d := newTestDB(t, 200)
+		outsideWrite(t, d.src, func(b []byte) []byte {
+			copy(b, "SQLite format 2\x00")
+			return b
+		})
+		err := d.db.Snapshot(d.src, Change{})
+		if !errors.Is(err, ErrNotDatabase) {
+			t.Fatalf("Snapshot()=%v, want ErrNotDatabase", err)
+		}
+		if exists(d.db.StagingManifestPath()) {
+			t.Errorf("staging manifest created for a file that is not a database")
+		}
+		if st := d.db.Stats(); st.Failures != 1 || st.LastError == "" {
+			t.Errorf("Stats() Failures=%d LastError=%q, want 1 and an error", st.Failures, st.LastError)
+		}
+	})
+}
+
+func TestFaults(t *testing.T) {
+	enospc := syscall.ENOSPC
+	tests := []struct {
+		name  string
+		fault func(d *DB) func(op, path string) error
+	}{
+		{name: "write", fault: func(*DB) func(string, string) error { return failOp("write", enospc) }},
+		{name: "rename", fault: func(*DB) func(string, string) error { return failOp("rename", enospc) }},
+		{name: "create", fault: func(*DB) func(string, string) error { return failOp("create", enospc) }},
+		{name: "rename of the staged manifest", fault: func(d *DB) func(string, string) error {
+			return func(op, p string) error {
+				if op == "rename" && p == d.StagingManifestPath() {
+					return enospc
+				}
+				return nil
+			}
+		}},
+		{name: "remove of the marker", fault: func(d *DB) func(string, string) error {
+			return func(op, p string) error {
+				if op == "remove" && p == d.MarkerPath() {
+					return enospc
+				}
+				return nil
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := snapshotted(t, 10*cs)
+			old := d.src.bytes()
+			d.fault.set(tt.fault(d.db))
+			err := txn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3)
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("Snapshot()=%v, want an error wrapping ENOSPC", err)
+			}
+			if left := names(t, d.db.tmpDir()); len(left) != 0 {
+				t.Errorf("tmp holds %v after a failed snapshot, want nothing", left)
+			}
+			if !exists(d.db.MarkerPath()) {
+				t.Errorf("marker removed by a failed snapshot")
+			}
+			if st := d.db.Stats(); st.Failures != 1 || st.LastError == "" {
+				t.Errorf("Stats() Failures=%d LastError=%q, want 1 and the error", st.Failures, st.LastError)
+			}
+			// The spool stays consistent: it describes the file before or
+			// after the transaction.
+			if got, _ := assembled(t, d.db); !bytes.Equal(got, old) && !bytes.Equal(got, d.src.bytes()) {
+				t.Errorf("after the failure Assemble() gives neither the old nor the new file")
+			}
+
+			d.fault.clear()
+			before := d.db.Stats()
+			mustTxn(t, d.db, d.src, rewrite(d.rng, 5*cs, 4096), 5)
+			after := d.db.Stats()
+			if after.Incremental != before.Incremental {
+				t.Errorf("Stats().Incremental=%d, want %d (a rebuild after a failure)", after.Incremental, before.Incremental)
+			}
+			if after.LastError != "" {
+				t.Errorf("Stats().LastError=%q after a success, want \"\"", after.LastError)
+			}
+			assertExact(t, d.db, d.src)
+			assertStagingReferenced(t, d.db)
+			if exists(d.db.MarkerPath()) {
+				t.Errorf("marker left after a successful snapshot")
+			}
+		})
+	}
+
+	t.Run("mkdir of the spool root", func(t *testing.T) {
+		fsw := &faultSwitch{}
+		opts := testOptions(t)
+		opts.Fault = fsw.fault
+		fsw.set(func(op, p string) error {
+			if op == "mkdir" && p == opts.Dir {
+				return enospc
+			}
+			return nil
+		})
+		sp := openSpool(t, opts) // Open does not fail: snapshots retry
+		if err := sp.Check(); !errors.Is(err, syscall.ENOSPC) {
+			t.Errorf("Check()=%v, want an error wrapping ENOSPC", err)
+		}
+		src := newDBFile(t, "a.db", makeDB(newRand(t), 3*cs+10, 4096), 0o644)
+		db, err := sp.DB(src.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = txn(t, db, src, unchanged)
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("Snapshot()=%v, want an error wrapping ENOSPC", err)
+		}
+		if exists(opts.Dir) {
+			t.Errorf("spool root created despite the fault")
+		}
+		fsw.clear()
+		if err := sp.Check(); err != nil {
+			t.Errorf("Check()=%v, want nil", err)
+		}
+		mustTxn(t, db, src, rewrite(newRand(t), cs, 10), 1)
+		assertExact(t, db, src)
+		if st := db.Stats(); st.Snapshots != 1 || st.Failures != 1 || st.LastError != "" {
+			t.Errorf("Stats() Snapshots=%d Failures=%d LastError=%q, want 1, 1, \"\"", st.Snapshots, st.Failures, st.LastError)
+		}
+	})
+
+	t.Run("rename of ready", func(t *testing.T) {
+		d := newTestDB(t, 4*cs)
+		d.fault.set(func(op, p string) error {
+			if op == "rename" && p == d.db.readyDir() {
+				return enospc
+			}
+			return nil
+		})
+		// Publication for upload is best effort: the snapshot succeeds.
+		mustTxn(t, d.db, d.src, unchanged)
+		if got := names(t, d.db.readyDir()); len(got) != 0 {
+			t.Fatalf("ready holds %v despite the fault", got)
+		}
+		if got := len(names(t, d.db.StagingChunksDir())); got != 4 {
+			t.Errorf("staging holds %d chunks, want 4", got)
+		}
+		if left := names(t, d.db.tmpDir()); len(left) != 0 {
+			t.Errorf("tmp holds %v after a failed publication, want nothing", left)
+		}
+		assertExact(t, d.db, d.src)
+		d.fault.clear()
+		mustTxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 10), 2)
+		if got := names(t, d.db.readyDir()); len(got) != 1 {
+			t.Fatalf("ready holds %v, want one snapshot", got)
+		}
+		if got := names(t, d.db.StagingChunksDir()); len(got) != 0 {
+			t.Errorf("staging holds %v after publication, want nothing", got)
+		}
+		assertExact(t, d.db, d.src)
+	})
+}
+
+// uploader simulates the uploader: it takes ready/ as consuming/, copies
+// its chunks to a remote store, and deletes it.
+type uploader struct {
+	remote map[string][]byte
+}
+
+func (u *uploader) take(t *testing.T, db *DB) {
+	t.Helper()
+	if err := os.Rename(db.readyDir(), db.consumingDir()); err != nil {
+		t.Fatalf("rename ready to consuming: %v", err)
+	}
+}
+
+func (u *uploader) finish(t *testing.T, db *DB) {
+	t.Helper()
+	for _, snap := range names(t, db.consumingDir()) {
+		dir := filepath.Join(db.consumingDir(), snap)
+		if _, err := os.Stat(filepath.Join(dir, "manifest")); err != nil {
+			t.Fatalf("consuming/%s has no manifest: %v", snap, err)
+		}
+		for _, c := range names(t, filepath.Join(dir, "chunks")) {
+			b, err := os.ReadFile(filepath.Join(dir, "chunks", c))
+			if err != nil {
+				t.Fatal(err)
+			}
+			u.remote[c] = b
+		}
+	}
+	if err := os.RemoveAll(db.consumingDir()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// assertExactWithRemote reassembles the staged manifest from the spool and
+// the uploaded chunks.
+func (u *uploader) assertExact(t *testing.T, db *DB, fake *fakeSource) {
+	t.Helper()
+	m := stagedManifest(t, db)
+	dirs := []string{db.StagingChunksDir()}
+	for _, state := range []string{db.readyDir(), db.consumingDir()} {
+		for _, s := range names(t, state) {
+			dirs = append(dirs, filepath.Join(state, s, "chunks"))
+		}
+	}
+	var out []byte
+	for i, fp := range m.Chunks {
+		data, ok := u.remote[fp.String()]
+		for _, d := range dirs {
+			if ok {
+				break
+			}
+			if b, err := os.ReadFile(filepath.Join(d, fp.String())); err == nil {
+				data, ok = b, true
+			}
+		}
+		if !ok {
+			t.Fatalf("chunk %d (%s) is neither spooled nor uploaded", i, fp)
+		}
+		out = append(out, data...)
+	}
+	if want := fake.bytes(); !bytes.Equal(out, want) {
+		t.Fatalf("reassembled %d bytes, want the %d-byte file: %s", len(out), len(want), firstDiff(out, want))
+	}
+}
+
+func TestReadyPublication(t *testing.T) {
+	d := newTestDB(t, 6*cs+99)
+	mustTxn(t, d.db, d.src, unchanged)
+
+	ready := names(t, d.db.readyDir())
+	if len(ready) != 1 {
+		t.Fatalf("ready holds %v after the first snapshot, want one snapshot", ready)
+	}
+	first := ready[0]
+	snapDir := filepath.Join(d.db.readyDir(), first)
+	if got := names(t, snapDir); len(got) != 2 || got[0] != "chunks" || got[1] != "manifest" {
+		t.Fatalf("ready/%s holds %v, want [chunks manifest]", first, got)
+	}
+	m := stagedManifest(t, d.db)
+	readyManifest, err := os.ReadFile(filepath.Join(snapDir, "manifest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if staged, _ := os.ReadFile(d.db.StagingManifestPath()); !bytes.Equal(readyManifest, staged) {
+		t.Errorf("ready/%s/manifest differs from the staged manifest", first)
+	}
+	chunks := names(t, filepath.Join(snapDir, "chunks"))
+	if len(chunks) != len(m.Chunks) {
+		t.Errorf("ready/%s/chunks holds %d chunks, want %d", first, len(chunks), len(m.Chunks))
+	}
+	for _, fp := range m.Chunks {
+		if !exists(filepath.Join(snapDir, "chunks", fp.String())) {
+			t.Errorf("ready/%s/chunks lacks %s", first, fp)
+		}
+	}
+	if got := names(t, d.db.StagingChunksDir()); len(got) != 0 {
+		t.Errorf("staging/chunks holds %v after publication, want nothing", got)
+	}
+
+	// Without an uploader, ready/ keeps the first snapshot and staging
+	// holds only what the staged manifest references.
+	for i := range 8 {
+		c := 1 + i%3
+		mustTxn(t, d.db, d.src, rewrite(d.rng, c*cs+100*i, 100), c)
+		if got := names(t, d.db.readyDir()); len(got) != 1 || got[0] != first {
+			t.Fatalf("txn %d: ready holds %v, want [%s]", i, got, first)
+		}
+		if b, _ := os.ReadFile(filepath.Join(snapDir, "manifest")); !bytes.Equal(b, readyManifest) {
+			t.Fatalf("txn %d: ready/%s/manifest changed", i, first)
+		}
+		assertStagingReferenced(t, d.db)
+		assertExact(t, d.db, d.src)
+	}
+	if got := len(names(t, d.db.StagingChunksDir())); got != 4 {
+		t.Errorf("staging holds %d chunks, want 4 (chunks 0 to 3)", got)
+	}
+
+	// The uploader takes ready/, a transaction publishes a new snapshot
+	// meanwhile, then the uploader finishes and takes the next one.
+	up := &uploader{remote: make(map[string][]byte)}
+	seen := map[string]bool{first: true}
+	up.take(t, d.db)
+	for round := range 4 {
+		c := 1 + round%5
+		mustTxn(t, d.db, d.src, rewrite(d.rng, c*cs, 4096), c)
+		got := names(t, d.db.readyDir())
+		if len(got) != 1 {
+			t.Fatalf("round %d: ready holds %v, want one snapshot", round, got)
+		}
+		if seen[got[0]] {
+			t.Fatalf("round %d: ready/%s reuses an earlier name", round, got[0])
+		}
+		seen[got[0]] = true
+		if left := names(t, d.db.StagingChunksDir()); len(left) != 0 {
+			t.Errorf("round %d: staging holds %v after publication, want nothing", round, left)
+		}
+		assertExact(t, d.db, d.src)
+		up.finish(t, d.db)
+		up.assertExact(t, d.db, d.src)
+		up.take(t, d.db)
+	}
+	up.finish(t, d.db)
+	// Nothing is waiting: the next transaction is published at once, and
+	// what it does not carry was uploaded.
+	mustTxn(t, d.db, d.src, rewrite(d.rng, 5*cs, 10), 5)
+	if got := names(t, d.db.readyDir()); len(got) != 1 || seen[got[0]] {
+		t.Fatalf("ready holds %v, want one snapshot with a new name", got)
+	}
+	up.assertExact(t, d.db, d.src)
+	// A forced rebuild does not stage again what was uploaded.
+	up.take(t, d.db)
+	up.finish(t, d.db)
+	before := d.db.Stats().ChunksStaged
+	if err := os.WriteFile(d.db.MarkerPath(), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustTxn(t, d.db, d.src, rewrite(d.rng, 3*cs, 10), 3)
+	if got := d.db.Stats().ChunksStaged - before; got != 2 {
+		t.Errorf("a rebuild staged %d chunks, want 2 (0 and 3)", got)
+	}
+	up.assertExact(t, d.db, d.src)
+}
+
+// randomTxn applies one random transaction, keeping the size within
+// [lo, hi].
+func randomTxn(t *testing.T, d *testDB, lo, hi int) {
+	t.Helper()
+	b := d.src.bytes()
+	var mutate func([]byte) []byte
+	var dirty []int
+	switch op := d.rng.IntN(10); {
+	case op < 6:
+		var fs []func([]byte) []byte
+		for range 1 + d.rng.IntN(3) {
+			off := HeaderSize + d.rng.IntN(len(b)-HeaderSize-4096)
+			fs = append(fs, rewrite(d.rng, off, 4096))
+			dirty = append(dirty, off/cs, (off+4095)/cs)
+		}
+		mutate = func(x []byte) []byte {
+			for _, f := range fs {
+				x = f(x)
+			}
+			return x
+		}
+	case op < 8:
+		mutate = resize(d.rng, min(hi, len(b)+1+d.rng.IntN(2*cs)))
+	default:
+		mutate = resize(d.rng, max(lo, len(b)-1-d.rng.IntN(2*cs)))
+	}
+	mustTxn(t, d.db, d.src, mutate, dirty...)
+}
+
+func TestSpoolSizeBound(t *testing.T) {
+	const (
+		lo, hi = 6 * cs, 8 * cs
+		txns   = 300
+	)
+	for _, stuck := range []bool{false, true} {
+		name := "no uploader"
+		if stuck {
+			name = "stuck uploader"
+		}
+		t.Run(name, func(t *testing.T) {
+			d := snapshotted(t, 7*cs+1234)
+			if stuck {
+				(&uploader{}).take(t, d.db)
+			}
+			maxRatio := 0.0
+			for i := range txns {
+				randomTxn(t, d, lo, hi)
+				size := int64(len(d.src.bytes()))
+				used := spoolBytes(t, d.db.Dir())
+				ratio := float64(used) / float64(size)
+				maxRatio = max(maxRatio, ratio)
+				if used > 4*size {
+					t.Fatalf("txn %d: spool holds %d bytes for a %d-byte database (%.2fx), want at most 4x", i, used, size, ratio)
+				}
+				assertExact(t, d.db, d.src)
+			}
+			assertStagingReferenced(t, d.db)
+			t.Logf("%s: maximum spool size %.3f times the database size", name, maxRatio)
+		})
+	}
+}
+
+// TestSpoolSizeAfterShrink: the snapshots waiting in ready/ and consuming/
+// keep the size the database had when they were taken, so after a large
+// shrink the spool is bounded by those sizes, not by the current one.
+func TestSpoolSizeAfterShrink(t *testing.T) {
+	d := snapshotted(t, 12*cs)
+	(&uploader{}).take(t, d.db)
+	mustTxn(t, d.db, d.src, rewrite(d.rng, 5*cs, 10), 5) // ready: 12 chunks
+	mustTxn(t, d.db, d.src, resize(d.rng, cs+500))
+	mustTxn(t, d.db, d.src, rewrite(d.rng, cs, 10), 1)
+	assertExact(t, d.db, d.src)
+	size := int64(len(d.src.bytes()))
+	used := spoolBytes(t, d.db.Dir())
+	var held int64
+	for _, state := range []string{d.db.readyDir(), d.db.consumingDir()} {
+		for _, s := range names(t, state) {
+			b, err := os.ReadFile(filepath.Join(state, s, "manifest"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := manifest.Decode(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held += m.Size
+		}
+	}
+	const overhead = 16 << 10 // manifests and the source file
+	if used > size+held+overhead {
+		t.Errorf("spool holds %d bytes, want at most %d (database) + %d (waiting snapshots) + %d",
+			used, size, held, overhead)
+	}
+	t.Logf("after shrinking to %d bytes the spool holds %d bytes (%.1fx the database)", size, used, float64(used)/float64(size))
+}
+
+func TestConcurrentChecks(t *testing.T) {
+	t.Run("up to date", func(t *testing.T) {
+		d := snapshotted(t, 5*cs)
+		before := d.db.Stats()
+		errs := make(chan error, 200)
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				for range 50 {
+					if err := d.db.Snapshot(d.src, Change{}); err != nil {
+						errs <- err
+					}
+					_ = d.db.Stats()
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("Snapshot()=%v, want nil", err)
+		}
+		if got := d.db.Stats(); got.Snapshots != before.Snapshots {
+			t.Errorf("Stats().Snapshots=%d, want %d", got.Snapshots, before.Snapshots)
+		}
+		assertExact(t, d.db, d.src)
+	})
+
+	t.Run("stale", func(t *testing.T) {
+		d := snapshotted(t, 5*cs)
+		if err := os.WriteFile(d.db.MarkerPath(), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before := d.db.Stats()
+		errs := make(chan error, 4)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				db, err := d.sp.DB(d.src.path)
+				if err == nil && db != d.db {
+					t.Errorf("DB(%q) returned a second *DB", d.src.path)
+				}
+				if err == nil {
+					err = db.Snapshot(d.src, Change{})
+				}
+				if err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("Snapshot()=%v, want nil", err)
+		}
+		if got := d.db.Stats(); got.Snapshots != before.Snapshots+1 {
+			t.Errorf("Stats().Snapshots=%d, want %d (one rebuild)", got.Snapshots, before.Snapshots+1)
+		}
+		assertExact(t, d.db, d.src)
+	})
+}

@@ -1,0 +1,376 @@
+package vfs_test
+
+import (
+	"bufio"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/vfs"
+)
+
+func init() {
+	children["writer"] = childWriter
+	children["crashpoint"] = childCrashpoint
+	children["verifier"] = childVerifyingWriter
+}
+
+// childEnv reads the parameters the parent passes to a child.
+type childEnv struct {
+	db, spool, params string
+	seed              uint64
+	steps             int
+}
+
+func readChildEnv() childEnv {
+	seed, _ := strconv.ParseUint(os.Getenv("BOULE_TEST_SEED"), 10, 64)
+	steps, _ := strconv.Atoi(os.Getenv("BOULE_TEST_STEPS"))
+	return childEnv{
+		db:     os.Getenv("BOULE_TEST_DB"),
+		spool:  os.Getenv("BOULE_TEST_SPOOL"),
+		params: os.Getenv("BOULE_TEST_PARAMS"),
+		seed:   seed,
+		steps:  steps,
+	}
+}
+
+func (c childEnv) open() (*sql.DB, error) {
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: c.spool}); err != nil {
+		return nil, err
+	}
+	dsn := "file:" + c.db + "?vfs=boule&_busy_timeout=20000"
+	if c.params != "" {
+		dsn += "&" + c.params
+	}
+	db, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(1)
+	return db, nil
+}
+
+// loggedTxn runs one transaction that appends a row to log and does random
+// DML, and returns the new log seq once it has committed.
+func loggedTxn(db *sql.DB, w *workload) (int64, error) {
+	tx, err := db.Begin()
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	res, err := tx.Exec("INSERT INTO log DEFAULT VALUES")
+	if err != nil {
+		return 0, err
+	}
+	seq, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	if err := w.dml(tx); err != nil {
+		return 0, err
+	}
+	return seq, tx.Commit()
+}
+
+func setupLogged(db *sql.DB) error {
+	if err := newWorkload(0).setup(db); err != nil {
+		return err
+	}
+	_, err := db.Exec("CREATE TABLE IF NOT EXISTS log(seq INTEGER PRIMARY KEY)")
+	return err
+}
+
+// childWriter commits logged transactions until killed, printing each
+// committed seq on stdout.
+func childWriter() error {
+	c := readChildEnv()
+	db, err := c.open()
+	if err != nil {
+		return err
+	}
+	w := newWorkload(c.seed)
+	fmt.Println("ready")
+	for i := 0; c.steps == 0 || i < c.steps; i++ {
+		if w.rng.IntN(50) == 0 {
+			if _, err := db.Exec("VACUUM"); err != nil {
+				return err
+			}
+			continue
+		}
+		seq, err := loggedTxn(db, w)
+		if err != nil {
+			return err
+		}
+		fmt.Println(seq)
+	}
+	return nil
+}
+
+// childCrashpoint is childWriter with a SIGKILL at the Nth spool
+// filesystem step: it dies at an exact point of the snapshot code.
+func childCrashpoint() error {
+	n, _ := strconv.Atoi(os.Getenv("BOULE_TEST_CRASH_AT"))
+	var count atomic.Int64
+	vfs.SetFaultHook(func(op, path string) error {
+		if count.Add(1) == int64(n) {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+		return nil
+	})
+	return childWriter()
+}
+
+// child starts the test binary as a child process running name.
+func startChild(t testing.TB, name string, env ...string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append([]string{"BOULE_TEST_CHILD=" + name}, env...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, bufio.NewScanner(stdout)
+}
+
+// verifyAfterCrash checks what must hold after any crash: the next commit
+// (here, by a long-lived connection of this process, so that no
+// first-transaction check runs before it) heals the snapshot, the database
+// is intact, and every transaction the writer reported committed is there.
+func verifyAfterCrash(t *testing.T, db *sql.DB, path string, committed map[int64]bool) {
+	t.Helper()
+	mustExec(t, db, "INSERT INTO t(k, v) VALUES (-1, randomblob(100))")
+	checkSnapshot(t, db, path)
+	for seq := range committed {
+		var n int
+		if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("committed transaction %d missing after crash (count %d, %v)", seq, n, err)
+		}
+	}
+}
+
+// parentConn opens the long-lived connection the parent verifies with, and
+// runs its first transaction now, while no child is running.
+func parentConn(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	db.SetConnMaxIdleTime(0)
+	db.SetConnMaxLifetime(0)
+	if err := setupLogged(db); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// TestSIGKILLWriter kills a writer at random points, at least 200 times.
+func TestSIGKILLWriter(t *testing.T) {
+	kills := 200
+	if testing.Short() {
+		kills = 40
+	}
+	e := newEnv(t)
+	path := e.path("crash.db")
+	db := parentConn(t, path)
+	committed := map[int64]bool{}
+	rng := rand.New(rand.NewPCG(42, 43))
+	midCommit := 0
+	for i := range kills {
+		cmd, out := startChild(t, "writer",
+			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+			fmt.Sprint("BOULE_TEST_SEED=", i), "BOULE_TEST_PARAMS=_sync=OFF")
+		if !out.Scan() || out.Text() != "ready" {
+			t.Fatalf("child %d did not start: %q", i, out.Text())
+		}
+		// Let it commit a random number of transactions, then kill it
+		// while it is in the middle of the next one.
+		target := rng.IntN(30)
+		for range target {
+			if !out.Scan() {
+				t.Fatalf("child %d exited early", i)
+			}
+			seq, err := strconv.ParseInt(out.Text(), 10, 64)
+			if err != nil {
+				t.Fatalf("child %d printed %q", i, out.Text())
+			}
+			committed[seq] = true
+		}
+		time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond) // where in the transaction to kill: random
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		// Whatever it printed before dying committed too.
+		for out.Scan() {
+			if seq, err := strconv.ParseInt(out.Text(), 10, 64); err == nil {
+				committed[seq] = true
+				midCommit++
+			}
+		}
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("child %d: %v, want killed by SIGKILL", i, err)
+		}
+		verifyAfterCrash(t, db, path, committed)
+	}
+	t.Logf("%d kills, %d transactions committed", kills, len(committed))
+}
+
+// TestCrashAtEverySpoolStep kills the writer at each filesystem step of the
+// snapshot code in turn: between a chunk's write and its rename, between
+// the chunks and the manifest, during ready publication, before the marker
+// is removed.
+func TestCrashAtEverySpoolStep(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("steps.db")
+	db := parentConn(t, path)
+	committed := map[int64]bool{}
+	steps := 60
+	if testing.Short() {
+		steps = 20
+	}
+	for n := 1; n <= steps; n++ {
+		cmd, out := startChild(t, "crashpoint",
+			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+			fmt.Sprint("BOULE_TEST_SEED=", n), fmt.Sprint("BOULE_TEST_CRASH_AT=", n))
+		for out.Scan() {
+			if seq, err := strconv.ParseInt(out.Text(), 10, 64); err == nil {
+				committed[seq] = true
+			}
+		}
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("crash at step %d: %v, want killed by SIGKILL", n, err)
+		}
+		verifyAfterCrash(t, db, path, committed)
+	}
+}
+
+// childVerifyingWriter writes through boule while other processes do the
+// same, and after each of its commits checks, under a SHARED lock, that the
+// staged snapshot equals the file.
+func childVerifyingWriter() error {
+	c := readChildEnv()
+	db, err := c.open()
+	if err != nil {
+		return err
+	}
+	// One descriptor for the whole run: closing a descriptor on the file
+	// would drop this process's locks on it.
+	f, err := os.Open(c.db)
+	if err != nil {
+		return err
+	}
+	w := newWorkload(c.seed)
+	checked := 0
+	for range c.steps {
+		if _, err := loggedTxn(db, w); err != nil {
+			return err
+		}
+		ok, err := verifyUnderSharedLock(db, f, c.db)
+		if err != nil {
+			return err
+		}
+		if ok {
+			checked++
+		}
+	}
+	fmt.Println("checked", checked)
+	return nil
+}
+
+// verifyUnderSharedLock holds a read transaction (SHARED) and compares the
+// staged snapshot with the file. It reports false without checking when
+// another writer's snapshot is still in flight (its txn marker exists).
+func verifyUnderSharedLock(db *sql.DB, f *os.File, path string) (bool, error) {
+	tx, err := db.Begin()
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRow("SELECT count(*) FROM log").Scan(&n); err != nil {
+		return false, err
+	}
+	d, err := vfs.Spool().DB(path)
+	if err != nil {
+		return false, err
+	}
+	if _, err := os.Lstat(d.MarkerPath()); err == nil {
+		return false, nil
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	want := make([]byte, st.Size())
+	if _, err := f.ReadAt(want, 0); err != nil && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	got, err := assemble(path)
+	if err != nil {
+		return false, err
+	}
+	if string(got) != string(want) {
+		return false, fmt.Errorf("snapshot (%d bytes) differs from the file (%d bytes) at %d", len(got), len(want), firstDiff(got, want))
+	}
+	return true, nil
+}
+
+// TestSeveralProcesses runs writers in three OS processes on one database.
+func TestSeveralProcesses(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("procs.db")
+	db := open(t, path, "boule", "")
+	if err := setupLogged(db); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	type result struct {
+		out string
+		err error
+	}
+	results := make(chan result, 3)
+	for i := range 3 {
+		cmd, out := startChild(t, "verifier",
+			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+			fmt.Sprint("BOULE_TEST_SEED=", 1000+i), "BOULE_TEST_STEPS=80")
+		go func() {
+			var lines []string
+			for out.Scan() {
+				lines = append(lines, out.Text())
+			}
+			results <- result{strings.Join(lines, "\n"), cmd.Wait()}
+		}()
+	}
+	for range 3 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("writer process: %v", r.err)
+		}
+		if !strings.HasPrefix(r.out, "checked ") || r.out == "checked 0" {
+			t.Fatalf("writer process output %q, want some verified snapshots", r.out)
+		}
+		t.Log(r.out)
+	}
+	db = open(t, path, "boule", "")
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM log").Scan(&n); err != nil || n != 240 {
+		t.Fatalf("log rows=%d, %v; want 240", n, err)
+	}
+	checkSnapshot(t, db, path)
+}
+

@@ -1,0 +1,14 @@
+package vfs
+
+// SetFaultHook installs a hook called before each spool filesystem step,
+// for spools opened after the call. Tests use it to inject errors (ENOSPC)
+// or to crash the process at an exact step.
+func SetFaultHook(f func(op, path string) error) { faultHook = f }
+
+// ResetSpools forgets the spools opened so far, so that the next Register
+// opens a fresh one (with the current fault hook).
+func ResetSpools() {
+	regMu.Lock()
+	defer regMu.Unlock()
+	clear(spools)
+}

@@ -1,0 +1,192 @@
+package vfs_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	_ "github.com/mattn/go-sqlite3"
+
+	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// TestMain lets the test binary double as a child process for the tests
+// that need several OS processes or that kill a writer.
+func TestMain(m *testing.M) {
+	if name := os.Getenv("BOULE_TEST_CHILD"); name != "" {
+		child, ok := children[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown child %q\n", name)
+			os.Exit(2)
+		}
+		if err := child(); err != nil {
+			fmt.Fprintf(os.Stderr, "child %s: %v\n", name, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// children are entry points for child processes, by name.
+var children = map[string]func() error{}
+
+// env is one test's directory, spool and log.
+type env struct {
+	dir   string
+	spool string
+	log   *logCounter
+}
+
+// newEnv registers boule with a fresh spool under a temp directory.
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log)})
+	return e
+}
+
+func register(t testing.TB, cfg vfs.Config) {
+	t.Helper()
+	if err := vfs.Register(cfg); err != nil {
+		t.Fatalf("Register()=%v, want nil", err)
+	}
+	t.Cleanup(func() { _ = vfs.Register(vfs.Config{}) })
+}
+
+func (e *env) path(name string) string { return filepath.Join(e.dir, name) }
+
+// open opens path through vfsName with mattn/go-sqlite3. Extra URI
+// parameters go in params ("_journal_mode=TRUNCATE&_sync=OFF").
+func open(t testing.TB, path, vfsName, params string) *sql.DB {
+	t.Helper()
+	dsn := "file:" + path + "?vfs=" + vfsName + "&_busy_timeout=10000"
+	if params != "" {
+		dsn += "&" + params
+	}
+	db, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func mustExec(t testing.TB, db *sql.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := db.Exec(q, args...); err != nil {
+		t.Fatalf("Exec(%q)=%v", q, err)
+	}
+}
+
+// checkSnapshot asserts that the staged snapshot of path, reassembled from
+// its chunks, is byte-identical to the file, and that the database passes
+// integrity_check. No transaction may be open on path in this process:
+// reading the file opens and closes a descriptor, which drops the
+// process's POSIX locks on it.
+func checkSnapshot(t testing.TB, db *sql.DB, path string) {
+	t.Helper()
+	var ok string
+	if err := db.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check=%q, %v", ok, err)
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := assemble(path)
+	if err != nil {
+		t.Fatalf("assemble(%s)=%v", path, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("snapshot of %s: %d bytes, file %d bytes; first difference at %d", path, len(got), len(want), firstDiff(got, want))
+	}
+}
+
+func assemble(path string) ([]byte, error) {
+	sp := vfs.Spool()
+	if sp == nil {
+		return nil, fmt.Errorf("replication is not enabled")
+	}
+	d, err := sp.DB(path)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if _, err := spool.Assemble(d.Dir(), &buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// spoolDir is the spool directory of a database.
+func spoolDir(t testing.TB, path string) string {
+	t.Helper()
+	d, err := vfs.Spool().DB(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.Dir()
+}
+
+// logCounter is an slog.Handler that keeps the records it receives.
+type logCounter struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (l *logCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logCounter) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.records = append(l.records, r.Clone())
+	return nil
+}
+func (l *logCounter) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logCounter) WithGroup(string) slog.Handler      { return l }
+
+// count returns how many records at level contain substr.
+func (l *logCounter) count(level slog.Level, substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range l.records {
+		if r.Level == level && strings.Contains(r.Message, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+func (l *logCounter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b strings.Builder
+	for _, r := range l.records {
+		fmt.Fprintf(&b, "%s %s", r.Level, r.Message)
+		r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
+		b.WriteByte('\n')
+	}
+	return b.String()
+}

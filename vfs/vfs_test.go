@@ -1,0 +1,412 @@
+package vfs_test
+
+import (
+	"bytes"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+func init() {
+	children["default"] = childMakeDefault
+}
+
+// rebuilds is how many snapshots of path were rebuilt from scratch.
+func rebuilds(t testing.TB, path string) int64 {
+	st := mustDB(t, path).Stats()
+	return st.Snapshots - st.Incremental
+}
+
+// TestOutsideWriter: a write by the plain sqlite3 shell between two boule
+// commits is detected, and the snapshot rebuilt.
+func TestOutsideWriter(t *testing.T) {
+	sqlite3 := sqlite3Shell(t)
+	e := newEnv(t)
+	path := e.path("outside.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+	for range 20 {
+		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(30000))")
+	}
+	checkSnapshot(t, db, path)
+
+	// The shell changes a row in a chunk that the next boule transaction
+	// does not touch.
+	out, err := exec.Command(sqlite3, path, "UPDATE t SET v = randomblob(30000) WHERE id = 3").CombinedOutput()
+	if err != nil {
+		t.Fatalf("sqlite3: %v: %s", err, out)
+	}
+	before := rebuilds(t, path)
+	mustExec(t, db, "INSERT INTO t(v) VALUES (x'01')")
+	if got := rebuilds(t, path); got != before+1 {
+		t.Fatalf("rebuilds after an outside write=%d, want %d", got, before+1)
+	}
+	checkSnapshot(t, db, path)
+
+	// The next transaction is incremental again.
+	mustExec(t, db, "INSERT INTO t(v) VALUES (x'02')")
+	if got := rebuilds(t, path); got != before+1 {
+		t.Fatalf("rebuilds after a normal commit=%d, want %d", got, before+1)
+	}
+	checkSnapshot(t, db, path)
+}
+
+// TestOutsideRawWrite: a byte changed in the file by something that is not
+// SQLite at all (no header change) is caught by the ctime check.
+func TestOutsideRawWrite(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("raw.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+	for range 10 {
+		mustExec(t, db, "INSERT INTO t(v) VALUES (zeroblob(30000))")
+	}
+	checkSnapshot(t, db, path)
+	// Flip a byte inside a blob's payload, well past chunk 0.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0x5a}, 200000); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	before := rebuilds(t, path)
+	mustExec(t, db, "INSERT INTO t(v) VALUES (x'01')")
+	if got := rebuilds(t, path); got != before+1 {
+		t.Fatalf("rebuilds after a raw write=%d, want %d", got, before+1)
+	}
+	checkSnapshot(t, db, path)
+}
+
+// TestLeftoverMarkerForcesRebuild: a transaction marker left behind (by a
+// writer that crashed or whose snapshot failed) makes the next writer
+// rebuild even when header, size and ctime look unchanged.
+func TestLeftoverMarkerForcesRebuild(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("marker.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	mustExec(t, db, "INSERT INTO t VALUES (1)")
+	marker := mustDB(t, path).MarkerPath()
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Fatalf("marker after a snapshot: %v, want it gone", err)
+	}
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := rebuilds(t, path)
+	mustExec(t, db, "INSERT INTO t VALUES (2)")
+	if got := rebuilds(t, path); got != before+1 {
+		t.Fatalf("rebuilds with a leftover marker=%d, want %d", got, before+1)
+	}
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Fatalf("marker after the rebuild: %v, want it gone", err)
+	}
+	checkSnapshot(t, db, path)
+}
+
+// TestWAL: WAL databases work locally, are not replicated, and say so once.
+func TestWAL(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("wal.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	for i := range 50 {
+		mustExec(t, db, "INSERT INTO t VALUES (?)", i)
+	}
+	mustExec(t, db, "PRAGMA wal_checkpoint(TRUNCATE)")
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 50 {
+		t.Fatalf("count=%d, %v; want 50", n, err)
+	}
+	if got := e.log.count(slog.LevelWarn, "WAL mode"); got != 1 {
+		t.Fatalf("WAL warnings=%d, want 1; log:\n%s", got, e.log)
+	}
+	if _, err := os.Stat(mustDB(t, path).StagingManifestPath()); !os.IsNotExist(err) {
+		t.Fatalf("staging manifest of a WAL database: %v, want none", err)
+	}
+	// Back to rollback mode: replication starts.
+	mustExec(t, db, "PRAGMA journal_mode=DELETE")
+	mustExec(t, db, "INSERT INTO t VALUES (50)")
+	checkSnapshot(t, db, path)
+}
+
+// TestNoSpoolDir: without replication_spooling_dir boule is plain unix.
+func TestNoSpoolDir(t *testing.T) {
+	dir := t.TempDir()
+	register(t, vfs.Config{})
+	path := filepath.Join(dir, "plain.db")
+	db := open(t, path, "boule", "")
+	calls := vfs.GoCalls()
+	mustExec(t, db, "CREATE TABLE t(v)")
+	mustExec(t, db, "INSERT INTO t VALUES (1)")
+	if got := vfs.GoCalls(); got != calls {
+		t.Fatalf("Go calls without replication=%d, want %d", got, calls)
+	}
+	if vfs.Spool() != nil {
+		t.Fatal("Spool() != nil without a spooling dir")
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 { // plain.db only: no journal left, no spool
+		t.Fatalf("files in %s: %v, want only plain.db", dir, entries)
+	}
+}
+
+// TestOneGoCallPerCommit: Go is entered once per write transaction and
+// never for reads.
+func TestOneGoCallPerCommit(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("calls.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	calls := vfs.GoCalls()
+	for i := range 100 {
+		mustExec(t, db, "INSERT INTO t VALUES (randomblob(5000 + ?))", i)
+	}
+	if got := vfs.GoCalls() - calls; got != 100 {
+		t.Fatalf("Go calls for 100 commits=%d, want 100", got)
+	}
+	calls = vfs.GoCalls()
+	for range 100 {
+		var n int
+		if err := db.QueryRow("SELECT sum(length(v)) FROM t").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := vfs.GoCalls() - calls; got != 0 {
+		t.Fatalf("Go calls for 100 reads=%d, want 0", got)
+	}
+}
+
+// TestFirstTransactionCheck: a database written without boule, then opened
+// through boule and only read, gets a snapshot (the first transaction of a
+// connection checks the spool).
+func TestFirstTransactionCheck(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("first.db")
+	plain := open(t, path, "unix", "")
+	mustExec(t, plain, "CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(100000))")
+	plain.Close()
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("count=%d, %v", n, err)
+	}
+	checkSnapshot(t, db, path)
+}
+
+// TestPermissions: spool files take the database's permission bits.
+func TestPermissions(t *testing.T) {
+	for _, tc := range []struct {
+		db, file, dir os.FileMode
+	}{
+		{0o640, 0o440, 0o750},
+		{0o600, 0o400, 0o700},
+		{0o644, 0o444, 0o755},
+	} {
+		t.Run(tc.db.String(), func(t *testing.T) {
+			e := newEnv(t)
+			path := e.path("perm.db")
+			if err := os.WriteFile(path, nil, tc.db); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(path, tc.db); err != nil {
+				t.Fatal(err)
+			}
+			db := open(t, path, "boule", "")
+			mustExec(t, db, "CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(200000))")
+			dir := spoolDir(t, path)
+			checkMode(t, dir, tc.dir)
+			checkMode(t, mustDB(t, path).StagingManifestPath(), tc.file)
+			err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+				if err != nil {
+					return err
+				}
+				if info.Mode().IsRegular() && strings.Contains(p, "chunks") {
+					checkMode(t, p, tc.file)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func checkMode(t *testing.T, p string, want os.FileMode) {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Mode().Perm(); got != want {
+		t.Fatalf("mode of %s=%v, want %v", p, got, want)
+	}
+}
+
+// TestLongPath: a database path longer than a file name may be (but within
+// the unix VFS's 512-byte limit) still gets a spool directory, and distinct
+// long paths do not collide.
+func TestLongPath(t *testing.T) {
+	e := newEnv(t)
+	long := e.dir
+	for i := 0; len(long) < 400; i++ {
+		long = filepath.Join(long, strings.Repeat(fmt.Sprint(i%10), 60))
+	}
+	if err := os.MkdirAll(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a, b := filepath.Join(long, "a.db"), filepath.Join(long, "b.db")
+	for _, p := range []string{a, b} {
+		db := open(t, p, "boule", "")
+		mustExec(t, db, "CREATE TABLE t(v); INSERT INTO t VALUES (?)", p)
+		checkSnapshot(t, db, p)
+	}
+	if spoolDir(t, a) == spoolDir(t, b) {
+		t.Fatal("two long paths share a spool directory")
+	}
+	if n := len(filepath.Base(spoolDir(t, a))); n > 255 {
+		t.Fatalf("spool directory name is %d bytes, want ≤ 255", n)
+	}
+}
+
+// TestRegisterConcurrently: Register is idempotent and safe from many
+// goroutines.
+func TestRegisterConcurrently(t *testing.T) {
+	dir := t.TempDir()
+	cfg := vfs.Config{ReplicationSpoolingDir: filepath.Join(dir, "spool")}
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for range 32 {
+		wg.Go(func() { errs <- vfs.Register(cfg) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("Register()=%v, want nil", err)
+		}
+	}
+	t.Cleanup(func() { _ = vfs.Register(vfs.Config{}) })
+	path := filepath.Join(dir, "x.db")
+	db := open(t, path, "boule", "")
+	mustExec(t, db, "CREATE TABLE t(v)")
+	checkSnapshot(t, db, path)
+}
+
+// TestBadConfig: a bad configuration is an error naming what is wrong, and
+// leaves the configuration in force unchanged.
+func TestBadConfig(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name, json, want string
+	}{
+		{"unknown key", `{"replication_spooling_dri": "/tmp"}`, `replication_spooling_dri`},
+		{"wrong type", `{"make_default": "yes"}`, `make_default`},
+		{"relative spool", `{"replication_spooling_dir": "spool"}`, `replication_spooling_dir`},
+		{"bad target", `{"replication_targets": [{"gcs": {}}]}`, `gcs`},
+		{"not json", `{`, `config`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(config.EnvVar, tc.json)
+			err := vfs.RegisterFromEnv()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("RegisterFromEnv()=%v, want an error naming %q", err, tc.want)
+			}
+			if got := vfs.Spool(); got == nil || got.Root() != e.spool {
+				t.Fatalf("spool after a bad config: %v, want the previous one", got)
+			}
+		})
+	}
+	t.Run("from file", func(t *testing.T) {
+		p := filepath.Join(e.dir, "cfg.json")
+		if err := os.WriteFile(p, []byte(`{"replication_spooling_dir": "`+e.spool+`"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv(config.EnvVar, "@"+p)
+		if err := vfs.RegisterFromEnv(); err != nil {
+			t.Fatalf("RegisterFromEnv(@file)=%v", err)
+		}
+	})
+}
+
+// childMakeDefault registers boule as the default VFS and writes a database
+// without naming a VFS.
+func childMakeDefault() error {
+	c := readChildEnv()
+	if err := vfs.Register(vfs.Config{MakeDefault: true, ReplicationSpoolingDir: c.spool}); err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite3", "file:"+c.db)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var name string
+	if _, err := db.Exec("CREATE TABLE t(v); INSERT INTO t VALUES (1)"); err != nil {
+		return err
+	}
+	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&name); err != nil {
+		return err
+	}
+	d, err := vfs.Spool().DB(c.db)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	if _, err := spool.Assemble(d.Dir(), &buf); err != nil {
+		return err
+	}
+	want, err := os.ReadFile(c.db)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(buf.Bytes(), want) {
+		return fmt.Errorf("snapshot differs from the file")
+	}
+	fmt.Println("replicated")
+	return nil
+}
+
+// TestMakeDefault runs in a child process: the default VFS is global.
+func TestMakeDefault(t *testing.T) {
+	dir := t.TempDir()
+	cmd, out := startChild(t, "default", "BOULE_TEST_DB="+filepath.Join(dir, "d.db"), "BOULE_TEST_SPOOL="+filepath.Join(dir, "spool"))
+	var lines []string
+	for out.Scan() {
+		lines = append(lines, out.Text())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	if strings.Join(lines, "\n") != "replicated" {
+		t.Fatalf("child said %q, want %q", lines, "replicated")
+	}
+}
+
+func sqlite3Shell(t testing.TB) string {
+	t.Helper()
+	p, err := exec.LookPath("sqlite3")
+	if err != nil {
+		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
+	}
+	return p
+}
