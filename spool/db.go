@@ -92,9 +92,9 @@ type cached struct {
 }
 
 type fileID struct {
-	ino, size      int64
-	mtime, ctime   int64
-	dev            uint64
+	ino, size    int64
+	mtime, ctime int64
+	dev          uint64
 }
 
 func newDB(s *Spool, path string) *DB {
@@ -613,7 +613,9 @@ func pageSize(hdr [HeaderSize]byte, size int64) uint32 {
 	return ps
 }
 
-func be32(b []byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+func be32(b []byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
 
 func dirtyIndexes(words []uint64, n int) []int {
 	var out []int
@@ -699,4 +701,3 @@ func uniqueName() string {
 	_, _ = rand.Read(r[:])
 	return fmt.Sprintf("%d.%d.%s", os.Getpid(), time.Now().UnixNano(), hex.EncodeToString(r[:]))
 }
-

@@ -373,4 +373,3 @@ func TestSeveralProcesses(t *testing.T) {
 	}
 	checkSnapshot(t, db, path)
 }
-
