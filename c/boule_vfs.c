@@ -8,7 +8,7 @@
 ** the unix file, in C. The wrapper adds three things:
 **
 **   - before the first write of a transaction, it captures the database
-**     header, size and ctime, and creates the spool's transaction marker
+**     header, size and ctime, and sets the spool's transaction marker
 **     (see spool/doc.go for why);
 **   - every write and truncate sets bits in a bitmap of dirty 64 KiB chunks;
 **   - when a write lock is released (xUnlock to SHARED or NONE), it first
@@ -57,6 +57,7 @@ typedef struct BouleFile {
   uint64_t handle;     /* Go-side handle (never 0 for a wrapped file) */
   const char *zPath;   /* owned by SQLite until xClose */
   char *zMarker;       /* transaction marker path, sqlite3_malloc'd */
+  int markerFd;        /* open marker file, or -1 */
   int eLock;           /* lock level currently held */
   int txnActive;       /* pre-transaction state captured */
   int preOk;           /* pre holds valid data */
@@ -111,15 +112,36 @@ static void clear_dirty(BouleFile *p) {
 
 /* ---- transaction start --------------------------------------------------- */
 
+/* Sets the transaction marker: the first byte of the spool's "txn" file
+** becomes '1' until the snapshot is published (Go sets it back to '0').
+** Reports whether it was already set, i.e. whether an earlier transaction
+** never finished its snapshot, or whether the marker is unusable: either
+** way the staged state cannot be trusted. The file is kept open, so that a
+** transaction costs a read and a write, not a file creation. */
+static int set_marker(BouleFile *p) {
+  char c = 0;
+  struct stat st;
+  if (p->markerFd >= 0 && (fstat(p->markerFd, &st) != 0 || st.st_nlink == 0)) {
+    close(p->markerFd); /* the spool was deleted under us: reopen */
+    p->markerFd = -1;
+  }
+  if (p->markerFd < 0) {
+    p->markerFd = open(p->zMarker, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (p->markerFd < 0) return 1; /* no spool directory yet, full disk... */
+  }
+  if (pread(p->markerFd, &c, 1, 0) < 0) return 1;
+  if (pwrite(p->markerFd, "1", 1, 0) != 1) return 1;
+  return c == '1';
+}
+
 /* Called before the first write or truncate of a transaction. Captures what
-** the spool needs to decide whether an incremental update is safe, and
-** creates the marker that tells other processes a transaction is in flight
-** (so that a crash before its snapshot forces a rebuild). Any failure here
-** only forces a rebuild: it never fails the user's write. */
+** the spool needs to decide whether an incremental update is safe, and sets
+** the marker that tells every process a transaction is in flight (so that a
+** crash before its snapshot forces a rebuild). Any failure here only forces
+** a rebuild: it never fails the user's write. */
 static void begin_txn(BouleFile *p) {
   struct stat st;
   sqlite3_int64 sz = 0;
-  int fd;
 
   p->txnActive = 1;
   p->preOk = 0;
@@ -141,15 +163,7 @@ static void begin_txn(BouleFile *p) {
     }
     if (!p->forceFull) p->preOk = 1;
   }
-  fd = open(p->zMarker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd >= 0) {
-    close(fd);
-  } else {
-    /* EEXIST: an earlier transaction's snapshot never completed. Anything
-    ** else (missing spool directory, full disk): nobody will be told if we
-    ** crash, so do not trust the staged state either. */
-    p->forceFull = 1;
-  }
+  if (set_marker(p)) p->forceFull = 1;
 }
 
 /* Calls Go once, while SQLite holds (at least) SHARED. Errors are Go's to
@@ -194,6 +208,8 @@ static int bClose(sqlite3_file *f) {
   BouleFile *p = (BouleFile *)f;
   int rc = p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
   bouleGoClose(p->handle);
+  if (p->markerFd >= 0) close(p->markerFd);
+  p->markerFd = -1;
   sqlite3_free(p->dirty);
   sqlite3_free(p->zMarker);
   p->dirty = 0;
@@ -368,6 +384,7 @@ static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
   p->handle = handle;
   p->zPath = zName;
   p->unknown = 1;
+  p->markerFd = -1;
   p->zMarker = sqlite3_mprintf("%s", marker);
   if (p->zMarker == 0) {
     bouleGoClose(handle);

@@ -21,6 +21,11 @@ import (
 // HeaderSize is the size of the SQLite database header.
 const HeaderSize = 100
 
+// inlineChunks is how many leading chunks the staged manifest carries
+// inline. Chunk 0 holds the header, whose change counter changes with every
+// commit: inline, it costs no file in the spool and no object in the store.
+const inlineChunks = 1
+
 var sqliteMagic = []byte("SQLite format 3\x00")
 
 // journalMagic starts every hot rollback journal.
@@ -193,7 +198,7 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 		// Whatever is staged predates WAL mode and is stale from now on.
 		_ = d.remove(d.StagingManifestPath())
 		d.cur = nil
-		_ = d.remove(d.MarkerPath())
+		_ = d.clearMarker()
 		return false, ErrWAL
 	}
 	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {
@@ -227,10 +232,8 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 	default:
 		// No write: only a check. Up to date unless another program wrote,
 		// or a transaction never finished its snapshot.
-		if cur.m.VersionID == version && cur.m.Size == size && cur.m.SourceCtime.Equal(ctime) {
-			if _, err := os.Lstat(d.MarkerPath()); errors.Is(err, fs.ErrNotExist) {
-				return false, nil
-			}
+		if cur.m.VersionID == version && cur.m.Size == size && cur.m.SourceCtime.Equal(ctime) && !d.markerSet() {
+			return false, nil
 		}
 	}
 	if !incremental {
@@ -255,44 +258,35 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 	}
 	n := manifest.NumChunks(size)
 	m.Chunks = make([]manifest.Fingerprint, n)
-
-	var refs map[manifest.Fingerprint]int32
-	var toHash []int
 	oldN := 0
+	var oldRefs map[manifest.Fingerprint]int32
 	if cur != nil {
 		oldN = len(cur.m.Chunks)
-	}
-	if incremental {
-		copy(m.Chunks, cur.m.Chunks)
-		refs = cur.refs
-		toHash = dirtyIndexes(ch.Dirty, n)
-		if size != cur.m.Size {
-			// The old last chunk may have grown or the new one shrunk; any
-			// chunk past the old end is new.
-			from := min(oldN, n) - 1
-			toHash = append(toHash, seq(max(from, 0), n)...)
-		}
-	} else {
-		refs = make(map[manifest.Fingerprint]int32, n)
-		toHash = seq(0, n)
+		oldRefs = cur.refs
 	}
 
-	// Chunks known to be uploaded or spooled: everything the staged
-	// manifest references.
-	known := func(fp manifest.Fingerprint) bool { return cur != nil && cur.refs[fp] > 0 }
-	if !incremental && cur != nil {
-		// refs is being rebuilt from empty; keep the old counts to decide.
-		old := cur.refs
-		known = func(fp manifest.Fingerprint) bool { return old[fp] > 0 }
+	// Which chunks to read: all of them for a rebuild. For an incremental
+	// update, the dirty ones, the inline ones (their bytes go in the
+	// manifest), and those whose extent changed with the file size.
+	var toRead []int
+	if incremental {
+		copy(m.Chunks, cur.m.Chunks)
+		toRead = dirtyIndexes(ch.Dirty, n)
+		toRead = append(toRead, seq(0, min(inlineChunks, n))...)
+		if size != cur.m.Size {
+			toRead = append(toRead, seq(max(min(oldN, n)-1, 0), n)...)
+		}
+	} else {
+		toRead = seq(0, n)
 	}
 
 	if cap(d.buf) < manifest.ChunkSize {
 		d.buf = make([]byte, manifest.ChunkSize)
 	}
-	var replaced []manifest.Fingerprint
+	var changed []int // blob slots whose fingerprint changed
 	staged := make(map[manifest.Fingerprint]bool)
-	seen := make(map[int]bool, len(toHash))
-	for _, i := range toHash {
+	seen := make(map[int]bool, len(toRead))
+	for _, i := range toRead {
 		if i >= n || seen[i] {
 			continue
 		}
@@ -302,38 +296,51 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 			return false, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
 		}
 		fp := manifest.Sum(buf)
-		if incremental && i < oldN {
-			old := cur.m.Chunks[i]
-			if old == fp {
-				continue
-			}
-			replaced = append(replaced, old)
-		}
 		m.Chunks[i] = fp
-		if !known(fp) && !staged[fp] {
+		if i < inlineChunks {
+			if m.Inline == nil {
+				m.Inline = make(map[uint32][]byte, inlineChunks)
+			}
+			m.Inline[uint32(i)] = bytes.Clone(buf)
+			continue
+		}
+		if incremental && i < oldN && cur.m.Chunks[i] == fp {
+			continue
+		}
+		changed = append(changed, i)
+		// A fingerprint in a blob slot of the staged manifest is uploaded
+		// or spooled already.
+		if oldRefs[fp] == 0 && !staged[fp] {
 			if err := d.stageChunk(fp, buf, mode); err != nil {
 				return false, err
 			}
 			staged[fp] = true
 		}
 	}
+
+	// Reference counts over blob slots (index ≥ inlineChunks).
+	var refs map[manifest.Fingerprint]int32
+	var replaced []manifest.Fingerprint
 	if incremental {
-		// Chunks cut off by a shrink are replaced too.
-		for i := n; i < oldN; i++ {
+		refs = oldRefs // updated in place; d.cur is dropped below until the manifest is written
+		for _, i := range changed {
+			if i < oldN {
+				replaced = append(replaced, cur.m.Chunks[i])
+			}
+		}
+		for i := max(n, inlineChunks); i < oldN; i++ { // cut off by a shrink
 			replaced = append(replaced, cur.m.Chunks[i])
 		}
 		for _, fp := range replaced {
 			refs[fp]--
 		}
-		for i := range seen {
-			if i < oldN && cur.m.Chunks[i] == m.Chunks[i] {
-				continue
-			}
+		for _, i := range changed {
 			refs[m.Chunks[i]]++
 		}
 	} else {
-		for _, fp := range m.Chunks {
-			refs[fp]++
+		refs = make(map[manifest.Fingerprint]int32, n)
+		for i := inlineChunks; i < n; i++ {
+			refs[m.Chunks[i]]++
 		}
 	}
 	// From here on the cached state is being changed; drop it on failure.
@@ -363,10 +370,48 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 		d.cleanedTemp = true
 		removeStaleTemps(d.tmpDir(), time.Now())
 	}
-	if err := d.remove(d.MarkerPath()); err != nil {
-		return false, fmt.Errorf("spool: remove txn marker of %s: %w", d.path, err)
+	if err := d.clearMarker(); err != nil {
+		return false, err
 	}
 	return true, nil
+}
+
+// markerSet reports whether the txn marker says a transaction is in
+// flight, or never finished its snapshot.
+func (d *DB) markerSet() bool {
+	f, err := os.Open(d.MarkerPath())
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var b [1]byte
+	n, _ := f.ReadAt(b[:], 0)
+	return n == 1 && b[0] == '1'
+}
+
+// clearMarker records that the staged snapshot is complete. The marker
+// file is only rewritten in place, never created or removed: creating files
+// is the slow part of a commit.
+func (d *DB) clearMarker() error {
+	p := d.MarkerPath()
+	if err := d.s.fault("write", p); err != nil {
+		return fmt.Errorf("spool: clear txn marker of %s: %w", d.path, err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("spool: clear txn marker of %s: %w", d.path, err)
+	}
+	_, err = f.WriteAt([]byte{'0'}, 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("spool: clear txn marker of %s: %w", d.path, err)
+	}
+	return nil
 }
 
 // loadCached returns the staged manifest, from memory when the file has not
@@ -394,8 +439,10 @@ func (d *DB) loadCached() *cached {
 		return nil
 	}
 	refs := make(map[manifest.Fingerprint]int32, len(m.Chunks))
-	for _, fp := range m.Chunks {
-		refs[fp]++
+	for i, fp := range m.Chunks {
+		if _, inline := m.Inline[uint32(i)]; !inline {
+			refs[fp]++
+		}
 	}
 	d.cur = &cached{m: m, id: id, refs: refs}
 	return d.cur

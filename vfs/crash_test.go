@@ -309,7 +309,7 @@ func verifyUnderSharedLock(db *sql.DB, f *os.File, path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if _, err := os.Lstat(d.MarkerPath()); err == nil {
+	if b, err := os.ReadFile(d.MarkerPath()); err == nil && len(b) > 0 && b[0] == '1' {
 		return false, nil
 	}
 	st, err := f.Stat()

@@ -102,10 +102,10 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	mustExec(t, db, "CREATE TABLE t(v)")
 	mustExec(t, db, "INSERT INTO t VALUES (1)")
 	marker := mustDB(t, path).MarkerPath()
-	if _, err := os.Stat(marker); !os.IsNotExist(err) {
-		t.Fatalf("marker after a snapshot: %v, want it gone", err)
+	if b, err := os.ReadFile(marker); err != nil || string(b) != "0" {
+		t.Fatalf("marker after a snapshot=%q, %v; want %q", b, err, "0")
 	}
-	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+	if err := os.WriteFile(marker, []byte("1"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	before := rebuilds(t, path)
@@ -113,8 +113,8 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	if got := rebuilds(t, path); got != before+1 {
 		t.Fatalf("rebuilds with a leftover marker=%d, want %d", got, before+1)
 	}
-	if _, err := os.Stat(marker); !os.IsNotExist(err) {
-		t.Fatalf("marker after the rebuild: %v, want it gone", err)
+	if b, err := os.ReadFile(marker); err != nil || string(b) != "0" {
+		t.Fatalf("marker after the rebuild=%q, %v; want %q", b, err, "0")
 	}
 	checkSnapshot(t, db, path)
 }

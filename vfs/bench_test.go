@@ -1,0 +1,153 @@
+package vfs_test
+
+import (
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// The benchmarks run each workload on the plain unix VFS and on boule, in
+// the same process and the same run, so their ratio is meaningful on a
+// noisy machine. make bench runs them; doc/BENCHMARKS.md has the figures.
+
+var benchVFS = []string{"unix", "boule"}
+
+// benchDB opens a fresh database through vfsName, preloaded with rows of
+// ~1 KiB up to about size bytes.
+func benchDB(b *testing.B, vfsName, params string, size int) (*sql.DB, string) {
+	b.Helper()
+	dir, err := filepath.EvalSymlinks(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if vfsName == "boule" {
+		if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: filepath.Join(dir, "spool")}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "bench.db")
+	db := open(b, path, vfsName, params)
+	db.SetMaxOpenConns(1)
+	mustExec(b, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
+	tx, err := db.Begin()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range size / 1100 {
+		if _, err := tx.Exec("INSERT INTO t(k, v) VALUES (?, randomblob(1000))", i); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		b.Fatal(err)
+	}
+	return db, path
+}
+
+func reportGoCalls(b *testing.B, before int64) {
+	b.ReportMetric(float64(vfs.GoCalls()-before)/float64(b.N), "gocalls/op")
+}
+
+// BenchmarkCommit: one small transaction (update one row, insert one) on a
+// 10 MB database, at synchronous=FULL and OFF.
+func BenchmarkCommit(b *testing.B) {
+	for _, sync := range []string{"FULL", "OFF"} {
+		for _, name := range benchVFS {
+			b.Run(fmt.Sprintf("sync=%s/vfs=%s", sync, name), func(b *testing.B) {
+				db, _ := benchDB(b, name, "_journal_mode=DELETE&_sync="+sync, 10<<20)
+				rng := rand.New(rand.NewPCG(1, 2))
+				calls := vfs.GoCalls()
+				b.ResetTimer()
+				for range b.N {
+					tx, err := db.Begin()
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := tx.Exec("UPDATE t SET v = randomblob(1000) WHERE id = ?", 1+rng.IntN(9000)); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := tx.Exec("INSERT INTO t(k, v) VALUES (?, randomblob(100))", rng.IntN(1000)); err != nil {
+						b.Fatal(err)
+					}
+					if err := tx.Commit(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				reportGoCalls(b, calls)
+			})
+		}
+	}
+}
+
+// BenchmarkBulkLoad: one transaction inserting 4 MiB (4096 rows of 1 KiB).
+func BenchmarkBulkLoad(b *testing.B) {
+	for _, name := range benchVFS {
+		b.Run("vfs="+name, func(b *testing.B) {
+			db, _ := benchDB(b, name, "_journal_mode=DELETE&_sync=NORMAL", 0)
+			calls := vfs.GoCalls()
+			b.SetBytes(4096 * 1024)
+			b.ResetTimer()
+			for i := range b.N {
+				tx, err := db.Begin()
+				if err != nil {
+					b.Fatal(err)
+				}
+				stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1024))")
+				if err != nil {
+					b.Fatal(err)
+				}
+				for j := range 4096 {
+					if _, err := stmt.Exec(i*4096 + j); err != nil {
+						b.Fatal(err)
+					}
+				}
+				stmt.Close()
+				if err := tx.Commit(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			reportGoCalls(b, calls)
+		})
+	}
+}
+
+// BenchmarkReadMix: read-only queries on a 20 MB database: 50 point
+// lookups, an index range count and a scan of 1,000 rows.
+func BenchmarkReadMix(b *testing.B) {
+	for _, name := range benchVFS {
+		b.Run("vfs="+name, func(b *testing.B) {
+			db, _ := benchDB(b, name, "_journal_mode=DELETE", 20<<20)
+			rng := rand.New(rand.NewPCG(3, 4))
+			point, err := db.Prepare("SELECT length(v) FROM t WHERE id = ?")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer point.Close()
+			calls := vfs.GoCalls()
+			b.ResetTimer()
+			for range b.N {
+				var n int
+				for range 50 {
+					if err := point.QueryRow(1 + rng.IntN(18000)).Scan(&n); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := db.QueryRow("SELECT count(*) FROM t WHERE k BETWEEN ? AND ?", 100, 5000).Scan(&n); err != nil {
+					b.Fatal(err)
+				}
+				lo := rng.IntN(17000)
+				if err := db.QueryRow("SELECT sum(length(v)) FROM t WHERE id BETWEEN ? AND ?", lo, lo+1000).Scan(&n); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			reportGoCalls(b, calls)
+		})
+	}
+}
