@@ -44,6 +44,7 @@ extern uint64_t bouleGoOpen(char *zPath, char *zMarker, int nMarker);
 extern int bouleGoSnapshot(uint64_t handle, void *file, uint64_t *dirty,
                            int64_t nWords, BoulePre *pre, int flags);
 extern void bouleGoClose(uint64_t handle);
+extern int bouleGoFlush(uint64_t handle);
 
 #define BOULE_MAX_MARKER 4096
 #define BOULE_TEMPNAME_MAX 512 /* tempdirs longer than 480 bytes are refused */
@@ -64,6 +65,7 @@ typedef struct BouleFile {
   int forceFull;       /* a rebuild is required */
   int unknown;         /* spool not checked since open */
   int anyDirty;        /* at least one bit set */
+  int flushOnClose;    /* PRAGMA boule_flush_replication_data=1 */
   BoulePre pre;
   uint64_t *dirty;     /* bitmap of dirty chunk indexes */
   int64_t nWords;      /* allocated words in dirty */
@@ -207,6 +209,7 @@ int boule_file_reserved(void *file, int *out) {
 static int bClose(sqlite3_file *f) {
   BouleFile *p = (BouleFile *)f;
   int rc = p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
+  if (p->flushOnClose) bouleGoFlush(p->handle);
   bouleGoClose(p->handle);
   if (p->markerFd >= 0) close(p->markerFd);
   p->markerFd = -1;
@@ -294,8 +297,39 @@ static int bCheckReservedLock(sqlite3_file *f, int *out) {
   return p->real->pMethods->xCheckReservedLock(p->real, out);
 }
 
+/* Parses a pragma's boolean argument as SQLite does: on/off, yes/no,
+** true/false, or a number. Returns -1 when it is none of these. */
+static int parse_bool(const char *z) {
+  static const char *yes[] = {"1", "on", "yes", "true"};
+  static const char *no[] = {"0", "off", "no", "false"};
+  for (unsigned i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+    if (sqlite3_stricmp(z, yes[i]) == 0) return 1;
+    if (sqlite3_stricmp(z, no[i]) == 0) return 0;
+  }
+  return -1;
+}
+
 static int bFileControl(sqlite3_file *f, int op, void *arg) {
   BouleFile *p = (BouleFile *)f;
+  if (op == SQLITE_FCNTL_PRAGMA) {
+    char **a = (char **)arg;
+    if (a[1] && sqlite3_stricmp(a[1], "boule_flush_replication_data") == 0) {
+      const char *v = a[2];
+      if (v == 0 || sqlite3_stricmp(v, "now") == 0 || sqlite3_stricmp(v, "force") == 0 || strcmp(v, "2") == 0) {
+        /* Flush now: upload everything this database has spooled. */
+        a[0] = sqlite3_mprintf("%d", bouleGoFlush(p->handle) ? 1 : 0);
+      } else {
+        int b = parse_bool(v);
+        if (b < 0) {
+          a[0] = sqlite3_mprintf("boule_flush_replication_data: want 0, 1 or no argument, got '%s'", v);
+          return SQLITE_ERROR;
+        }
+        a[0] = sqlite3_mprintf("%d", p->flushOnClose);
+        p->flushOnClose = b;
+      }
+      return a[0] ? SQLITE_OK : SQLITE_NOMEM;
+    }
+  }
   return p->real->pMethods->xFileControl(p->real, op, arg);
 }
 

@@ -61,10 +61,12 @@ func (f *fakeSource) Reserved() (bool, error) {
 	return f.reserved, nil
 }
 
+// bytes returns the current content. Callers must not modify it: set
+// replaces the slice, nothing writes into it.
 func (f *fakeSource) bytes() []byte {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return bytes.Clone(f.data)
+	return f.data
 }
 
 func (f *fakeSource) set(b []byte) {
@@ -133,7 +135,7 @@ func (s *faultSwitch) fault(op, path string) error {
 }
 
 func (s *faultSwitch) set(f func(op, path string) error) { s.f.Store(&f) }
-func (s *faultSwitch) clear()                           { s.f.Store(nil) }
+func (s *faultSwitch) clear()                            { s.f.Store(nil) }
 
 // failOp fails every step named op with err.
 func failOp(op string, err error) func(string, string) error {
@@ -165,10 +167,21 @@ func openSpool(t *testing.T, opts Options) *Spool {
 	return sp
 }
 
-// writeDBFile writes b as the whole database file, keeping its mode.
+// writeDBFile writes b as the whole database file in place, as SQLite
+// does (no truncation to zero first), keeping its mode.
 func writeDBFile(t testing.TB, path string, b []byte) {
 	t.Helper()
-	if err := os.WriteFile(path, b, 0o600); err != nil {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err == nil {
+		_, err = f.WriteAt(b, 0)
+		if err == nil {
+			err = f.Truncate(int64(len(b)))
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
 		t.Fatalf("write %s: %v", path, err)
 	}
 }
@@ -216,8 +229,8 @@ func chunkOf(b []byte, i int) []byte {
 }
 
 // txn simulates the C side of one write transaction: it captures the
-// pre-state, creates the txn marker (Force when that fails, as begin_txn
-// does), applies mutate to a copy of the file and bumps the change counter
+// pre-state, sets the txn marker (Force when it was already set or cannot
+// be set, as begin_txn does), applies mutate to a copy of the file and bumps the change counter
 // (marking chunk 0 dirty), writes the file and calls Snapshot with the
 // given dirty chunks. It fails the test if mutate changed a chunk of the
 // unchanged-size range that is not listed in dirty: that would be a bug of
@@ -247,7 +260,9 @@ func txnWith(t testing.TB, db *DB, fake *fakeSource, adjust func(*Change), mutat
 	return db.Snapshot(fake, ch)
 }
 
-// preChange captures what begin_txn captures and creates the marker.
+// preChange captures what begin_txn captures and sets the marker as
+// set_marker does: the first byte of the txn file becomes '1'; Force when it
+// already was '1' or the marker is unusable (no spool directory yet).
 func preChange(t testing.TB, db *DB, fake *fakeSource) Change {
 	t.Helper()
 	old := fake.bytes()
@@ -255,13 +270,60 @@ func preChange(t testing.TB, db *DB, fake *fakeSource) Change {
 	if len(old) >= HeaderSize {
 		copy(ch.PreHeader[:], old)
 	}
-	f, err := os.OpenFile(db.MarkerPath(), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
-	if err != nil {
-		ch.Force = true
-	} else {
-		f.Close()
-	}
+	ch.Force = setMarker(db)
 	return ch
+}
+
+// setMarker sets the txn marker and reports whether it was already set or
+// could not be set.
+func setMarker(db *DB) (force bool) {
+	f, err := os.OpenFile(db.MarkerPath(), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return true
+	}
+	defer f.Close()
+	var c [1]byte
+	if _, err := f.ReadAt(c[:], 0); err != nil && !errors.Is(err, io.EOF) {
+		return true
+	}
+	if _, err := f.WriteAt([]byte{'1'}, 0); err != nil {
+		return true
+	}
+	return c[0] == '1'
+}
+
+// leaveMarker leaves the marker set, as a transaction that crashed before
+// its snapshot does.
+func leaveMarker(t testing.TB, db *DB) {
+	t.Helper()
+	if err := os.WriteFile(db.MarkerPath(), []byte{'1'}, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// markerIsSet reports whether the marker says a transaction is in flight.
+func markerIsSet(t testing.TB, db *DB) bool {
+	t.Helper()
+	b, err := os.ReadFile(db.MarkerPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(b) > 0 && b[0] == '1'
+}
+
+// blobCount counts the chunk indexes in idx that m does not carry inline:
+// those staged as files.
+func blobCount(m *manifest.Manifest, idx ...int) int64 {
+	var n int64
+	for _, i := range idx {
+		if _, inline := m.Inline[uint32(i)]; !inline {
+			n++
+		}
+	}
+	return n
 }
 
 func checkDirty(t testing.TB, old, nb []byte, dirty []int) {
@@ -286,12 +348,22 @@ func mustTxn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte,
 }
 
 // outsideWrite changes the file as a program outside Boule would: no
-// marker, no snapshot.
+// marker, no snapshot. The tests are about the spool, not about the
+// kernel's timestamp granularity, so it makes sure the ctime changed (on a
+// kernel with coarse timestamps a quick second write may not change it).
 func outsideWrite(t testing.TB, fake *fakeSource, mutate func([]byte) []byte) {
 	t.Helper()
-	nb := mutate(fake.bytes())
+	before := ctimeOf(t, fake.path)
+	nb := mutate(bytes.Clone(fake.bytes()))
 	writeDBFile(t, fake.path, nb)
 	fake.set(nb)
+	for i := 0; ctimeOf(t, fake.path).Equal(before); i++ {
+		if i == 100 {
+			t.Fatalf("the ctime of %s does not change", fake.path)
+		}
+		time.Sleep(10 * time.Millisecond)
+		writeDBFile(t, fake.path, nb)
+	}
 }
 
 func unchanged(b []byte) []byte { return b }
@@ -322,6 +394,9 @@ func resize(rng *rand.Rand, size int) func([]byte) []byte {
 func assembled(t testing.TB, db *DB) ([]byte, *manifest.Manifest) {
 	t.Helper()
 	var buf bytes.Buffer
+	if m, err := manifest.Decode(must(os.ReadFile(db.StagingManifestPath()))); err == nil {
+		buf.Grow(int(m.Size))
+	}
 	m, err := Assemble(db.Dir(), &buf)
 	if err != nil {
 		t.Fatalf("Assemble(%s)=%v, want nil", db.Dir(), err)
@@ -388,11 +463,19 @@ func assertStagingReferenced(t testing.TB, db *DB) {
 		if err != nil {
 			t.Fatalf("staging/chunks/%s: %v", name, err)
 		}
-		if !slices.Contains(m.Chunks, fp) {
+		referenced := false
+		for i, c := range m.Chunks {
+			if _, inline := m.Inline[uint32(i)]; c == fp && !inline {
+				referenced = true
+			}
+		}
+		if !referenced {
 			t.Fatalf("staging/chunks/%s is not referenced by the staged manifest", name)
 		}
 	}
 }
+
+func must[T any](v T, _ error) T { return v }
 
 func exists(p string) bool {
 	_, err := os.Lstat(p)

@@ -304,3 +304,50 @@ func removeStaleTemps(dir string, now time.Time) {
 		_ = os.RemoveAll(filepath.Join(dir, e.Name()))
 	}
 }
+
+// DBDir is a database's spool directory found by [List].
+type DBDir struct {
+	Dir    string // the spool directory
+	Source string // the source database path ("" if unknown)
+}
+
+// BootDirFor returns the current boot's directory under root.
+func BootDirFor(root string) (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBootID, err)
+	}
+	return filepath.Join(root, bootDirPrefix+strings.TrimSpace(string(b))), nil
+}
+
+// List returns the databases spooled under root in the current boot.
+func List(root string) ([]DBDir, error) {
+	boot, err := BootDirFor(root)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(boot)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Stat(root); err != nil {
+			return nil, fmt.Errorf("spool: %s: %w", root, err)
+		}
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spool: list %s: %w", boot, err)
+	}
+	var out []DBDir
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		d := DBDir{Dir: filepath.Join(boot, e.Name())}
+		if b, err := os.ReadFile(filepath.Join(d.Dir, "source")); err == nil {
+			d.Source = string(b)
+		} else if p, ok := UnmangleName(e.Name()); ok {
+			d.Source = p
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}

@@ -8,6 +8,7 @@ package vfs
 import "C"
 
 import (
+	"context"
 	"fmt"
 	"time"
 	"unsafe"
@@ -98,6 +99,27 @@ func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWord
 		return 1
 	}
 	return 0
+}
+
+//export bouleGoFlush
+func bouleGoFlush(h C.uint64_t) (ok C.int) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic in flush", logKeyErr, fmt.Sprint(r))
+			ok = 0
+		}
+	}()
+	c := lookupConn(uint64(h))
+	if c == nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer cancel()
+	if err := flushDB(ctx, c.rt, c.db); err != nil {
+		c.rt.log.Error("vfs: flush failed", logKeyDB, c.db.Path(), logKeyErr, err)
+		return 0
+	}
+	return 1
 }
 
 //export bouleGoClose

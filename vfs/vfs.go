@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/spool"
 )
 
@@ -33,7 +34,8 @@ var ErrRegister = errors.New("vfs: cannot register the boule VFS")
 type runtime struct {
 	cfg   Config
 	log   *slog.Logger
-	spool *spool.Spool // nil: replication disabled
+	spool *spool.Spool          // nil: replication disabled
+	up    *replicate.Uploader // nil: nothing to upload to
 }
 
 var (
@@ -70,6 +72,7 @@ func Register(cfg Config) error {
 				Perm:   cfg.Permissions(),
 				Logger: log,
 				Fault:  faultHook,
+				Notify: notify,
 			})
 			if err != nil {
 				return fmt.Errorf("vfs: %w", err)
@@ -78,14 +81,45 @@ func Register(cfg Config) error {
 		}
 		rt.spool = sp
 	}
+	if rt.spool != nil {
+		up, err := newUploader(cfg, log)
+		if err != nil {
+			return err
+		}
+		rt.up = up
+	}
 	if rc := registerC(cfg.MakeDefault); rc != 0 {
+		closeUploader(rt.up)
 		return fmt.Errorf("%w: %w", ErrRegister, sqliteError("register", rc))
 	}
 	if err := setTempdir(cfg.Tempdir); err != nil {
+		closeUploader(rt.up)
 		return err
 	}
-	current.Store(rt)
+	old := current.Swap(rt)
+	if rt.up != nil {
+		for _, d := range rt.spool.DBs() {
+			rt.up.Add(d.Dir())
+		}
+		rt.up.Start()
+	}
+	if old != nil {
+		closeUploader(old.up)
+	}
 	return nil
+}
+
+// notify is the spool's hook after each published snapshot.
+func notify(dir string) {
+	if rt := current.Load(); rt != nil && rt.up != nil {
+		rt.up.Notify(dir)
+	}
+}
+
+func closeUploader(up *replicate.Uploader) {
+	if up != nil {
+		_ = up.Close()
+	}
 }
 
 // RegisterFromEnv registers the VFS with the configuration in the
@@ -118,6 +152,7 @@ func logger() *slog.Logger {
 type conn struct {
 	handle uint64
 	db     *spool.DB
+	rt     *runtime // the configuration it was opened with
 }
 
 var (
@@ -139,8 +174,11 @@ func openConn(path string) (*conn, error) {
 	connMu.Lock()
 	defer connMu.Unlock()
 	nextHandle++
-	c := &conn{handle: nextHandle, db: db}
+	c := &conn{handle: nextHandle, db: db, rt: rt}
 	conns[c.handle] = c
+	if rt.up != nil {
+		rt.up.Add(db.Dir())
+	}
 	return c, nil
 }
 

@@ -1,0 +1,149 @@
+// Command vfsctl operates Boule replication from the command line.
+//
+//	vfsctl [--config JSON|@FILE] COMMAND [ARGS]
+//
+// Commands:
+//
+//	flush SPOOL_DIR    upload everything spooled under SPOOL_DIR
+//	sync DB            upload a fresh snapshot of DB and print its manifest name
+//	status SPOOL_DIR   replication lag, pending bytes and errors per database
+//
+// The configuration comes from --config or BOULE_CONFIG (see doc/CONFIG.md).
+//
+// Exit codes: 0 success, 1 the operation failed, 2 bad usage or
+// configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+// usageError is a command-line or configuration problem: exit code 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+type command struct {
+	name, args, summary string
+	run                 func(ctx context.Context, g *globals, args []string) error
+}
+
+var commands = []command{
+	{"flush", "SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
+	{"sync", "[--hostname H] DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
+	{"status", "[--json] SPOOL_DIR", "show replication lag, pending bytes, calls and errors per database", cmdStatus},
+}
+
+// globals are the options before the command.
+type globals struct {
+	config string
+	log    string
+	stdout io.Writer
+	stderr io.Writer
+	logger *slog.Logger
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	fs := flag.NewFlagSet("vfsctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&g.config, "config", "", "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG)")
+	fs.StringVar(&g.log, "log", "warn", "log level on stderr: debug, info, warn or error")
+	fs.Usage = func() { usage(fs) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.log)); err != nil {
+		fmt.Fprintf(stderr, "vfsctl: --log %q: want debug, info, warn or error\n", g.log)
+		return exitUsage
+	}
+	g.logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if fs.NArg() == 0 {
+		usage(fs)
+		return exitUsage
+	}
+	name := fs.Arg(0)
+	for _, c := range commands {
+		if c.name != name {
+			continue
+		}
+		err := c.run(ctx, g, fs.Args()[1:])
+		var ue usageError
+		switch {
+		case err == nil:
+			return exitOK
+		case errors.Is(err, flag.ErrHelp):
+			return exitOK
+		case errors.As(err, &ue):
+			fmt.Fprintf(stderr, "vfsctl %s: %v\n", name, err)
+			return exitUsage
+		default:
+			fmt.Fprintf(stderr, "vfsctl %s: %v\n", name, err)
+			return exitFail
+		}
+	}
+	fmt.Fprintf(stderr, "vfsctl: unknown command %q\n", name)
+	usage(fs)
+	return exitUsage
+}
+
+func usage(fs *flag.FlagSet) {
+	w := fs.Output()
+	fmt.Fprintln(w, "usage: vfsctl [--config JSON|@FILE] [--log LEVEL] COMMAND [ARGS]")
+	fmt.Fprintln(w, "\nCommands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-8s %-22s %s\n", c.name, c.args, c.summary)
+	}
+	fmt.Fprintln(w, "\nGlobal options:")
+	fs.PrintDefaults()
+	fmt.Fprintln(w, "\nExit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.")
+	fmt.Fprintln(w, "Run 'vfsctl COMMAND --help' for a command's options.")
+}
+
+// subcommand parses a command's own flags; it reports flag.ErrHelp after
+// printing help for --help.
+func subcommand(g *globals, name, argsUsage, summary string, args []string, define func(*flag.FlagSet)) (*flag.FlagSet, error) {
+	fs := flag.NewFlagSet("vfsctl "+name, flag.ContinueOnError)
+	fs.SetOutput(g.stderr)
+	if define != nil {
+		define(fs)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(g.stderr, "usage: vfsctl %s %s\n\n%s\n", name, argsUsage, summary)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usagef("%v", err)
+	}
+	return fs, nil
+}

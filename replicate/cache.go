@@ -1,0 +1,223 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// LocalCache is a chunk cache in a local directory, shared by the processes
+// of a host: the uploader fills it as it uploads, and read replicas look in
+// it before the network. Chunks are stored raw (uncompressed, so they can
+// be mapped into memory) under <dir>/<shard>/<fingerprint>, and verified
+// against their fingerprint when read. It holds at most about capacity
+// chunks: when a shard outgrows its share, its least recently used tenth is
+// evicted (reads refresh a chunk's modification time).
+//
+// It is a [Store] for chunks only; it holds no manifests.
+type LocalCache struct {
+	dir      string
+	shards   int
+	perShard int
+
+	mu    sync.Mutex
+	count map[int]int // approximate files per shard; -1 unknown
+}
+
+// NewLocalCache returns a cache in dir with numShards subdirectories
+// (zero means 1) and room for about capacity chunks.
+func NewLocalCache(dir string, numShards int, capacity int64) (*LocalCache, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("replicate: local cache directory %q must be absolute", dir)
+	}
+	if numShards <= 0 {
+		numShards = 1
+	}
+	if capacity <= 0 {
+		return nil, fmt.Errorf("replicate: local cache %s: capacity must be at least 1 chunk", dir)
+	}
+	per := int((capacity + int64(numShards) - 1) / int64(numShards))
+	return &LocalCache{dir: dir, shards: numShards, perShard: max(per, 1), count: map[int]int{}}, nil
+}
+
+var _ Store = (*LocalCache)(nil)
+
+// Dir is the cache directory.
+func (c *LocalCache) Dir() string { return c.dir }
+
+func (c *LocalCache) String() string { return "local:" + c.dir }
+
+func (c *LocalCache) shard(fp manifest.Fingerprint) int {
+	return int(uint16(fp[0])<<8|uint16(fp[1])) % c.shards
+}
+
+// Path is where the chunk fp lives in the cache, if it is there.
+func (c *LocalCache) Path(fp manifest.Fingerprint) string {
+	return filepath.Join(c.dir, fmt.Sprintf("%03d", c.shard(fp)), fp.String())
+}
+
+// PutChunk stores data under fp, atomically, unless it is already there.
+func (c *LocalCache) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
+	p := c.Path(fp)
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	sdir := filepath.Dir(p)
+	if err := os.MkdirAll(sdir, 0o755); err != nil {
+		return c.fail("put chunk", fp.String(), nil, err)
+	}
+	tmp, err := os.CreateTemp(sdir, ".tmp-*")
+	if err != nil {
+		return c.fail("put chunk", fp.String(), nil, err)
+	}
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(0o444)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), p)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return c.fail("put chunk", fp.String(), nil, err)
+	}
+	c.noteAdded(c.shard(fp))
+	return nil
+}
+
+// GetChunk reads and verifies the chunk fp; ErrNotFound when absent. A
+// corrupt file is deleted and reported as ErrCorrupt.
+func (c *LocalCache) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	p := c.Path(fp)
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, c.fail("get chunk", fp.String(), ErrNotFound, nil)
+	}
+	if err != nil {
+		return nil, c.fail("get chunk", fp.String(), nil, err)
+	}
+	if len(data) > manifest.ChunkSize || manifest.Sum(data) != fp {
+		_ = os.Remove(p)
+		return nil, c.fail("get chunk", fp.String(), ErrCorrupt, nil)
+	}
+	now := time.Now()
+	_ = os.Chtimes(p, now, now)
+	return data, nil
+}
+
+// TouchChunk refreshes the chunk's time, so eviction spares it.
+func (c *LocalCache) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
+	now := time.Now()
+	if err := os.Chtimes(c.Path(fp), now, now); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return c.fail("touch chunk", fp.String(), ErrNotFound, nil)
+		}
+		return c.fail("touch chunk", fp.String(), nil, err)
+	}
+	return nil
+}
+
+func (c *LocalCache) noManifests(op, key string) error { return c.fail(op, key, ErrNotFound, nil) }
+
+// fail describes a failed cache operation; kind is a sentinel or nil.
+func (c *LocalCache) fail(op, key string, kind, cause error) error {
+	e := &Error{Op: "local cache " + op, Key: key, Target: c.dir, Kind: kind, Err: cause}
+	switch {
+	case kind == ErrNotFound:
+		e.Detail = "not found"
+	case kind == ErrCorrupt:
+		e.Detail = "cached chunk does not match its fingerprint (deleted)"
+	case cause != nil:
+		e.Detail = cause.Error()
+	default:
+		e.Detail = "failed"
+	}
+	return e
+}
+
+// PutManifest is not supported: a cache holds chunks only.
+func (c *LocalCache) PutManifest(ctx context.Context, key string, data []byte) error {
+	e := c.fail("put manifest", key, ErrPermanent, nil)
+	e.(*Error).Detail = "a local cache holds no manifests"
+	return e
+}
+
+// GetManifest always reports ErrNotFound.
+func (c *LocalCache) GetManifest(ctx context.Context, key string) ([]byte, error) {
+	return nil, c.noManifests("get manifest", key)
+}
+
+// ListManifests lists nothing.
+func (c *LocalCache) ListManifests(ctx context.Context, prefix string) ([]ManifestInfo, error) {
+	return nil, nil
+}
+
+// ManifestVersions lists nothing.
+func (c *LocalCache) ManifestVersions(ctx context.Context, key string) ([]Version, error) {
+	return nil, nil
+}
+
+// GetManifestVersion always reports ErrNotFound.
+func (c *LocalCache) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
+	return nil, c.noManifests("get manifest version", key)
+}
+
+// noteAdded counts a new file in shard s and evicts when it is over its
+// share of the capacity.
+func (c *LocalCache) noteAdded(s int) {
+	c.mu.Lock()
+	n, known := c.count[s]
+	if known {
+		n++
+		c.count[s] = n
+	}
+	c.mu.Unlock()
+	if known && n <= c.perShard {
+		return
+	}
+	c.evict(s)
+}
+
+// evict lists shard s and, if it holds more than its share, deletes the
+// least recently used tenth beyond it.
+func (c *LocalCache) evict(s int) {
+	sdir := filepath.Join(c.dir, fmt.Sprintf("%03d", s))
+	entries, err := os.ReadDir(sdir)
+	if err != nil {
+		return
+	}
+	type file struct {
+		name string
+		mod  time.Time
+	}
+	files := make([]file, 0, len(entries))
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+			files = append(files, file{e.Name(), info.ModTime()})
+		}
+	}
+	n := len(files)
+	if n > c.perShard {
+		sort.Slice(files, func(i, j int) bool { return files[i].mod.Before(files[j].mod) })
+		drop := n - c.perShard + c.perShard/10
+		for _, f := range files[:min(drop, n)] {
+			if os.Remove(filepath.Join(sdir, f.name)) == nil {
+				n--
+			}
+		}
+	}
+	c.mu.Lock()
+	c.count[s] = n
+	c.mu.Unlock()
+}

@@ -1,0 +1,565 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// Subdirectories of a directory store.
+const (
+	dirChunks    = "chunks"
+	dirManifests = "manifests"
+	dirVersions  = "versions"
+	dirTmp       = "tmp"
+)
+
+// Retention of manifest versions in a directory store: at most
+// maxVersions are kept, and versions older than versionMaxAge are
+// deleted unless they are among the newest minVersions.
+const (
+	maxVersions   = 1000
+	minVersions   = 10
+	versionMaxAge = 7 * 24 * time.Hour
+	// staleTmpAge is the age beyond which NewDirStore removes temporary
+	// files left behind by a crash.
+	staleTmpAge = 24 * time.Hour
+)
+
+// versionIDLen is the length of a directory store's version IDs: Unix
+// nanoseconds, zero-padded to 20 digits.
+const versionIDLen = 20
+
+// DirStore is a Store in a directory of the local file system, laid out
+// like a pair of buckets (see doc/FORMAT.md):
+//
+//	<root>/chunks/<chunk key>
+//	<root>/manifests/<manifest key>
+//	<root>/versions/<manifest key>/<version ID>
+//	<root>/tmp/
+//
+// Every write goes to a temporary file in tmp/ that is then renamed into
+// place, so readers never see a partial blob.
+type DirStore struct {
+	root string
+	// now is the clock for version IDs, touches and pruning.
+	now func() time.Time
+}
+
+var _ Store = (*DirStore)(nil)
+
+// NewDirStore returns a store rooted at path, a directory; its
+// subdirectories are created on demand. It removes temporary files left
+// over by crashed writers. A path that exists but is not a directory is
+// an error; a missing one is not, but operations fail with ErrPermanent
+// until it exists.
+func NewDirStore(path string) (*DirStore, error) {
+	root, err := filepath.Abs(path)
+	if err != nil {
+		return nil, &Error{Op: "dir open", Target: path, Detail: err.Error(), Kind: ErrPermanent, Err: err}
+	}
+	s := &DirStore{root: root, now: time.Now}
+	// A missing root is not an error yet: a store that is not there yet
+	// (a late mount) must not keep the VFS from registering. Until it
+	// appears, every operation fails with ErrPermanent naming it; the
+	// store never creates its root itself.
+	if fi, err := os.Stat(root); err == nil {
+		if !fi.IsDir() {
+			return nil, &Error{Op: "dir open", Target: root, Detail: "not a directory", Kind: ErrPermanent}
+		}
+		s.removeStaleTemps()
+	}
+	return s, nil
+}
+
+// String returns "dir:" and the store's root.
+func (s *DirStore) String() string { return "dir:" + s.root }
+
+// Root returns the store's root directory.
+func (s *DirStore) Root() string { return s.root }
+
+func (s *DirStore) chunkPath(fp manifest.Fingerprint) string {
+	return filepath.Join(s.root, dirChunks, filepath.FromSlash(ChunkKey(fp)))
+}
+
+func (s *DirStore) manifestPath(key string) string {
+	return filepath.Join(s.root, dirManifests, filepath.FromSlash(key))
+}
+
+func (s *DirStore) versionDir(key string) string {
+	return filepath.Join(s.root, dirVersions, filepath.FromSlash(key))
+}
+
+// PutChunk implements Store.
+func (s *DirStore) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
+	const op = "dir put chunk"
+	if err := ctx.Err(); err != nil {
+		return s.err(op, ChunkKey(fp), err)
+	}
+	key := ChunkKey(fp)
+	tmp, err := s.writeTemp(EncodeBlob(data))
+	if err != nil {
+		return s.err(op, key, err)
+	}
+	defer os.Remove(tmp)
+	if err := s.mkdirs(dirChunks, key[:2]); err != nil {
+		return s.err(op, key, err)
+	}
+	if err := os.Rename(tmp, s.chunkPath(fp)); err != nil {
+		return s.err(op, key, err)
+	}
+	return nil
+}
+
+// GetChunk implements Store.
+func (s *DirStore) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	const op = "dir get chunk"
+	key := ChunkKey(fp)
+	if err := ctx.Err(); err != nil {
+		return nil, s.err(op, key, err)
+	}
+	blob, err := readFileMax(s.chunkPath(fp), maxChunkBlob)
+	if err != nil {
+		return nil, s.err(op, key, err)
+	}
+	data, err := DecodeChunk(fp, blob)
+	if err != nil {
+		return nil, s.err(op, key, err)
+	}
+	return data, nil
+}
+
+// TouchChunk implements Store: it sets the chunk file's access and
+// modification times to now.
+func (s *DirStore) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
+	const op = "dir touch chunk"
+	key := ChunkKey(fp)
+	if err := ctx.Err(); err != nil {
+		return s.err(op, key, err)
+	}
+	now := s.now()
+	if err := os.Chtimes(s.chunkPath(fp), now, now); err != nil {
+		return s.err(op, key, err)
+	}
+	return nil
+}
+
+// PutManifest implements Store. Besides replacing the latest manifest, it
+// keeps the new one as a version, a hard link to the same file (a copy
+// where links are not supported), and prunes old versions.
+func (s *DirStore) PutManifest(ctx context.Context, key string, data []byte) error {
+	const op = "dir put manifest"
+	if err := checkManifestKey(key); err != nil {
+		return s.keyErr(op, key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return s.err(op, key, err)
+	}
+	blob := EncodeManifestBlob(data)
+	tmp, err := s.writeTemp(blob)
+	if err != nil {
+		return s.err(op, key, err)
+	}
+	defer os.Remove(tmp)
+
+	hostPart, namePart, _ := strings.Cut(key, "/")
+	if err := s.mkdirs(dirVersions, hostPart, namePart); err != nil {
+		return s.err(op, key, err)
+	}
+	vdir := s.versionDir(key)
+	ids, err := s.versionIDs(vdir)
+	if err != nil {
+		return s.err(op, key, err)
+	}
+	id, err := s.addVersion(vdir, tmp, blob, ids)
+	if err != nil {
+		return s.err(op, key, err)
+	}
+	ns, _ := parseVersionID(id)
+	ids = append(ids, ns) // the largest, so ids stays sorted
+
+	if err := s.mkdirs(dirManifests, hostPart); err != nil {
+		return s.err(op, key, err)
+	}
+	if err := os.Rename(tmp, s.manifestPath(key)); err != nil {
+		return s.err(op, key, err)
+	}
+	s.prune(vdir, ids)
+	return nil
+}
+
+// addVersion links tmp into vdir under a version ID later than every ID
+// in ids (sorted) and than the clock, and returns that ID.
+func (s *DirStore) addVersion(vdir, tmp string, blob []byte, ids []int64) (string, error) {
+	ns := s.now().UnixNano()
+	if n := len(ids); n > 0 && ids[n-1] >= ns {
+		ns = ids[n-1] + 1
+	}
+	for range 100 {
+		id := formatVersionID(ns)
+		err := os.Link(tmp, filepath.Join(vdir, id))
+		if err == nil {
+			return id, nil
+		}
+		if errors.Is(err, fs.ErrExist) {
+			ns++ // another writer took this ID
+			continue
+		}
+		// No hard links here (some network and FUSE file systems): copy.
+		vtmp, werr := s.writeTemp(blob)
+		if werr != nil {
+			return "", werr
+		}
+		if _, serr := os.Lstat(filepath.Join(vdir, id)); serr == nil {
+			os.Remove(vtmp)
+			ns++
+			continue
+		}
+		if rerr := os.Rename(vtmp, filepath.Join(vdir, id)); rerr != nil {
+			os.Remove(vtmp)
+			return "", rerr
+		}
+		return id, nil
+	}
+	return "", errors.New("could not allocate a version ID")
+}
+
+// prune deletes the versions that the retention rules drop. ids holds
+// every version ID in vdir, in increasing order.
+func (s *DirStore) prune(vdir string, ids []int64) {
+	n := len(ids)
+	drop := max(n-maxVersions, 0)
+	cutoff := s.now().Add(-versionMaxAge).UnixNano()
+	for drop < n-minVersions && ids[drop] < cutoff {
+		drop++
+	}
+	for _, ns := range ids[:drop] {
+		_ = os.Remove(filepath.Join(vdir, formatVersionID(ns)))
+	}
+}
+
+// GetManifest implements Store.
+func (s *DirStore) GetManifest(ctx context.Context, key string) ([]byte, error) {
+	return s.getManifestFile(ctx, "dir get manifest", key, s.manifestPath(key))
+}
+
+// GetManifestVersion implements Store. An empty versionID means the
+// latest manifest.
+func (s *DirStore) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
+	const op = "dir get manifest version"
+	if versionID == "" {
+		return s.getManifestFile(ctx, op, key, s.manifestPath(key))
+	}
+	if _, ok := parseVersionID(versionID); !ok {
+		return nil, &Error{Op: op, Key: key, Target: s.root, Kind: ErrNotFound,
+			Detail: fmt.Sprintf("version %q: not a directory store version ID", versionID)}
+	}
+	return s.getManifestFile(ctx, op, key, filepath.Join(s.versionDir(key), versionID))
+}
+
+func (s *DirStore) getManifestFile(ctx context.Context, op, key, path string) ([]byte, error) {
+	if err := checkManifestKey(key); err != nil {
+		return nil, s.keyErr(op, key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, s.err(op, key, err)
+	}
+	blob, err := readFileMax(path, maxManifestDecoded)
+	if err != nil {
+		return nil, s.err(op, key, err)
+	}
+	data, err := DecodeManifestBlob(blob)
+	if err != nil {
+		return nil, s.err(op, key, err)
+	}
+	return data, nil
+}
+
+// ListManifests implements Store. It reads only the host directories
+// that can hold keys starting with prefix.
+func (s *DirStore) ListManifests(ctx context.Context, prefix string) ([]ManifestInfo, error) {
+	const op = "dir list manifests"
+	if err := ctx.Err(); err != nil {
+		return nil, s.err(op, prefix, err)
+	}
+	base := filepath.Join(s.root, dirManifests)
+	hosts, err := readDirNames(base)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && s.rootExists() {
+			return nil, nil // nothing stored yet
+		}
+		return nil, s.err(op, prefix, err)
+	}
+	var out []ManifestInfo
+	for _, h := range hosts {
+		hp := h + "/"
+		if !strings.HasPrefix(hp, prefix) && !strings.HasPrefix(prefix, hp) {
+			continue
+		}
+		names, err := readDirNames(filepath.Join(base, h))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+				continue
+			}
+			return nil, s.err(op, prefix, err)
+		}
+		for _, n := range names {
+			key := hp + n
+			if !strings.HasPrefix(key, prefix) || checkManifestKey(key) != nil {
+				continue
+			}
+			fi, err := os.Stat(filepath.Join(base, h, n))
+			if err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+			out = append(out, ManifestInfo{Key: key, LastModified: fi.ModTime(), Size: fi.Size()})
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, s.err(op, prefix, err)
+		}
+	}
+	slices.SortFunc(out, func(a, b ManifestInfo) int { return strings.Compare(a.Key, b.Key) })
+	return out, nil
+}
+
+// ManifestVersions implements Store. A manifest written without a version
+// (by hand, say) is listed as one version with an empty ID.
+func (s *DirStore) ManifestVersions(ctx context.Context, key string) ([]Version, error) {
+	const op = "dir list manifest versions"
+	if err := checkManifestKey(key); err != nil {
+		return nil, s.keyErr(op, key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, s.err(op, key, err)
+	}
+	vdir := s.versionDir(key)
+	ids, err := s.versionIDs(vdir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, s.err(op, key, err)
+	}
+	latest, lerr := os.Stat(s.manifestPath(key))
+	if len(ids) == 0 {
+		if lerr != nil {
+			return nil, s.err(op, key, lerr)
+		}
+		return []Version{{LastModified: latest.ModTime(), IsLatest: true}}, nil
+	}
+	out := make([]Version, len(ids))
+	found := false
+	for i := range ids {
+		ns := ids[len(ids)-1-i]
+		id := formatVersionID(ns)
+		out[i] = Version{ID: id, LastModified: time.Unix(0, ns)}
+		if lerr == nil && !found {
+			if fi, err := os.Stat(filepath.Join(vdir, id)); err == nil && os.SameFile(fi, latest) {
+				out[i].IsLatest = true
+				found = true
+			}
+		}
+	}
+	if lerr == nil && !found {
+		// Versions copied rather than linked: the newest is the latest.
+		out[0].IsLatest = true
+	}
+	return out, nil
+}
+
+// versionIDs returns the version IDs in vdir, as integers, in increasing
+// order. Other files are ignored.
+func (s *DirStore) versionIDs(vdir string) ([]int64, error) {
+	names, err := readDirNames(vdir)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]int64, 0, len(names))
+	for _, n := range names {
+		if ns, ok := parseVersionID(n); ok {
+			ids = append(ids, ns)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+func formatVersionID(ns int64) string {
+	return fmt.Sprintf("%0*d", versionIDLen, ns)
+}
+
+func parseVersionID(id string) (int64, bool) {
+	if len(id) != versionIDLen {
+		return 0, false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < '0' || id[i] > '9' {
+			return 0, false
+		}
+	}
+	ns, err := strconv.ParseInt(id, 10, 64)
+	return ns, err == nil && ns >= 0
+}
+
+// writeTemp writes blob to a new file in tmp/, synced, and returns its
+// path.
+func (s *DirStore) writeTemp(blob []byte) (string, error) {
+	if err := s.mkdirs(dirTmp); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(filepath.Join(s.root, dirTmp), "put-*")
+	if err != nil {
+		return "", err
+	}
+	name := f.Name()
+	_, err = f.Write(blob)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(name)
+		return "", err
+	}
+	return name, nil
+}
+
+// mkdirs creates the directories root/elem[0], root/elem[0]/elem[1], …
+// that do not exist yet, with mode 0755. Unlike os.MkdirAll it never
+// creates the root itself: a missing root (an unmounted file system,
+// say) is an error.
+func (s *DirStore) mkdirs(elem ...string) error {
+	dir := s.root
+	for _, e := range elem {
+		dir = filepath.Join(dir, e)
+		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *DirStore) rootExists() bool {
+	fi, err := os.Stat(s.root)
+	return err == nil && fi.IsDir()
+}
+
+func (s *DirStore) removeStaleTemps() {
+	dir := filepath.Join(s.root, dirTmp)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	cutoff := s.now().Add(-staleTmpAge)
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// readFileMax reads a file of at most limit bytes; a larger file is
+// reported as corrupt without being read.
+func readFileMax(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file: %w", path, ErrCorrupt)
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%d bytes, more than the %d a blob may have: %w", fi.Size(), limit, ErrCorrupt)
+	}
+	b := make([]byte, 0, fi.Size()+1)
+	for {
+		n, err := f.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if int64(len(b)) > limit {
+			return nil, fmt.Errorf("more than the %d bytes a blob may have: %w", limit, ErrCorrupt)
+		}
+		if len(b) == cap(b) {
+			b = slices.Grow(b, 4096)
+		}
+	}
+}
+
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+func (s *DirStore) keyErr(op, key string, err error) error {
+	return &Error{Op: op, Key: key, Target: s.root, Detail: err.Error(), Kind: ErrPermanent, Err: err}
+}
+
+// err wraps a file system error, classifying it.
+func (s *DirStore) err(op, key string, err error) error {
+	e := &Error{Op: op, Key: key, Target: s.root, Err: err}
+	var pe *fs.PathError
+	detail := err.Error()
+	if errors.As(err, &pe) {
+		// The path is in the message already via Target and Key.
+		detail = pe.Op + " " + pe.Path + ": " + pe.Err.Error()
+	}
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		e.Detail = detail
+	case errors.Is(err, ErrCorrupt):
+		e.Kind = ErrCorrupt
+		e.Detail = detail
+	case errors.Is(err, fs.ErrNotExist):
+		if !s.rootExists() {
+			e.Kind = ErrPermanent
+			e.Detail = "store directory " + s.root + " does not exist: " + detail
+		} else {
+			e.Kind = ErrNotFound
+			e.Detail = "not found"
+		}
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EROFS):
+		e.Kind = ErrPermanent
+		e.Detail = "store directory " + s.root + " is not writable or readable: " + detail
+	case errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.ENAMETOOLONG), errors.Is(err, syscall.EINVAL),
+		errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ELOOP):
+		e.Kind = ErrPermanent
+		e.Detail = detail
+	default:
+		// ENOSPC, EIO, EMFILE, ESTALE and the like may clear up.
+		e.Retryable = true
+		e.Detail = detail
+	}
+	return e
+}

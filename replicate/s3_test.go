@@ -1,0 +1,420 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/faultproxy"
+	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// bucketName returns a fresh bucket name.
+func bucketName(prefix string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// s3Target returns a target at endpoint with fresh bucket names.
+func s3Target(endpoint string, create bool) config.S3Target {
+	return config.S3Target{
+		Region:                miniotest.Region,
+		Endpoint:              endpoint,
+		ChunkBucket:           bucketName("chunks"),
+		ManifestBucket:        bucketName("manifests"),
+		CreateBucketsOnDemand: create,
+	}
+}
+
+func newS3(t *testing.T, tg config.S3Target, opts S3Options) *S3Store {
+	t.Helper()
+	s, err := NewS3Store(context.Background(), tg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestS3 runs every test that needs a MinIO server against one server.
+func TestS3(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+
+	t.Run("Conformance", func(t *testing.T) {
+		s := newS3(t, s3Target(srv.Endpoint, true), S3Options{})
+		runConformance(t, s3Harness(t, s, srv.SecretKey))
+	})
+	t.Run("LimitedConformance", func(t *testing.T) {
+		s := newS3(t, s3Target(srv.Endpoint, true), S3Options{})
+		h := s3Harness(t, s, srv.SecretKey)
+		h.store = NewLimited(s, nil, RetryOptions{Clock: &fakeClock{}})
+		runConformance(t, h)
+	})
+	t.Run("WrongCredentials", func(t *testing.T) { testWrongCredentials(t, srv) })
+	t.Run("MissingBucket", func(t *testing.T) { testMissingBucket(t, srv) })
+	t.Run("CreateBuckets", func(t *testing.T) { testCreateBuckets(t, srv) })
+	t.Run("UnversionedVersions", func(t *testing.T) { testUnversioned(t, srv) })
+	t.Run("CABundle", func(t *testing.T) { testCABundle(t, srv) })
+	t.Run("CABundleTLS", func(t *testing.T) { testCABundleTLS(t, srv) })
+	t.Run("PayloadSigned", func(t *testing.T) { testPayloadSigned(t, srv) })
+	t.Run("RequestTimeout", func(t *testing.T) { testRequestTimeout(t, srv) })
+	t.Run("Limited", func(t *testing.T) { testLimitedMinio(t, srv) })
+}
+
+func s3Harness(t *testing.T, s *S3Store, secret string) harness {
+	ctx := context.Background()
+	if err := s.EnsureBuckets(ctx); err != nil {
+		t.Fatal(err)
+	}
+	head := func(t *testing.T, fp manifest.Fingerprint) time.Time {
+		out, err := s.Client().HeadObject(ctx, &s3.HeadObjectInput{
+			Bucket: aws.String(s.ChunkBucket()), Key: aws.String(ChunkKey(fp)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return aws.ToTime(out.LastModified)
+	}
+	return harness{
+		store: s,
+		tamper: func(t *testing.T, fp manifest.Fingerprint, blob []byte) {
+			_, err := s.Client().PutObject(ctx, &s3.PutObjectInput{
+				Bucket: aws.String(s.ChunkBucket()), Key: aws.String(ChunkKey(fp)),
+				Body: bytes.NewReader(blob),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		},
+		enableVersions: func(t *testing.T) {
+			if err := s.EnableVersioning(ctx); err != nil {
+				t.Fatal(err)
+			}
+		},
+		chunkModTime: head,
+		secret:       secret,
+	}
+}
+
+func testWrongCredentials(t *testing.T, srv *miniotest.Server) {
+	const secret = "not-the-secret-c4f3b4b3"
+	for name, env := range map[string][2]string{
+		"secret":     {srv.AccessKey, secret},
+		"access key": {"UNKNOWNKEY", secret},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("AWS_ACCESS_KEY_ID", env[0])
+			t.Setenv("AWS_SECRET_ACCESS_KEY", env[1])
+			for _, create := range []bool{false, true} {
+				s := newS3(t, s3Target(srv.Endpoint, create), S3Options{})
+				err := s.PutChunk(context.Background(), manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
+				if !errors.Is(err, ErrPermanent) || IsRetryable(err) {
+					t.Fatalf("create=%v: err %v, want a permanent error", create, err)
+				}
+				msg := err.Error()
+				if !strings.Contains(msg, "access denied") || !strings.Contains(msg, "check credentials") ||
+					!strings.HasPrefix(msg, "replicate: s3 ") || !strings.Contains(msg, "403") {
+					t.Errorf("message %q does not say access was denied", msg)
+				}
+				if strings.Contains(msg, secret) || strings.Contains(msg, srv.SecretKey) {
+					t.Errorf("message %q leaks a secret", msg)
+				}
+				t.Logf("create=%v: %v", create, err)
+			}
+		})
+	}
+	t.Run("none", func(t *testing.T) {
+		t.Setenv("AWS_ACCESS_KEY_ID", "")
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+		s := newS3(t, s3Target(srv.Endpoint, false), S3Options{})
+		err := s.PutChunk(context.Background(), manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
+		if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "credentials") {
+			t.Fatalf("no credentials: %v", err)
+		}
+		t.Logf("no credentials: %v", err)
+	})
+}
+
+func testMissingBucket(t *testing.T, srv *miniotest.Server) {
+	tg := s3Target(srv.Endpoint, false)
+	s := newS3(t, tg, S3Options{})
+	ctx := context.Background()
+	err := s.PutChunk(ctx, manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
+	if !errors.Is(err, ErrPermanent) || IsRetryable(err) {
+		t.Fatalf("PutChunk to a missing bucket: %v", err)
+	}
+	for _, want := range []string{fmt.Sprintf("%q", tg.ChunkBucket), "does not exist", "create_buckets_on_demand is off"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message %q lacks %q", err, want)
+		}
+	}
+	// A read is not "not found" but the same permanent error.
+	_, err = s.GetChunk(ctx, manifest.ZeroChunk)
+	if !errors.Is(err, ErrPermanent) || errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetChunk from a missing bucket: %v", err)
+	}
+	_, err = s.GetManifest(ctx, mustKey(t, "h", "/p"))
+	if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), tg.ManifestBucket) {
+		t.Fatalf("GetManifest from a missing bucket: %v", err)
+	}
+	if err := s.EnsureBuckets(ctx); !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "create_buckets_on_demand is off") {
+		t.Fatalf("EnsureBuckets: %v", err)
+	}
+	t.Log(err)
+}
+
+func testCreateBuckets(t *testing.T, srv *miniotest.Server) {
+	tg := s3Target(srv.Endpoint, true)
+	tg.ManifestBucket = tg.ChunkBucket // one bucket for both is allowed
+	ctx := context.Background()
+	s := newS3(t, tg, S3Options{})
+	data := randomBytes(20, 1000)
+	if err := s.PutChunk(ctx, manifest.Sum(data), data); err != nil {
+		t.Fatal(err)
+	}
+	key := mustKey(t, "h", "/p")
+	if err := s.PutManifest(ctx, key, testManifest(t, "h", "/p", 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// A second store finds the buckets already there.
+	s2 := newS3(t, tg, S3Options{})
+	got, err := s2.GetChunk(ctx, manifest.Sum(data))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("second store: %v", err)
+	}
+	// The bucket vanishing later is noticed and fixed by the next call.
+	if _, err := s.Client().DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(tg.ChunkBucket), Key: aws.String(ChunkKey(manifest.Sum(data)))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Client().DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(tg.ChunkBucket), Key: aws.String(key)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Client().DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(tg.ChunkBucket)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutChunk(ctx, manifest.Sum(data), data); !errors.Is(err, ErrPermanent) {
+		t.Fatalf("PutChunk after the bucket was deleted: %v", err)
+	}
+	if err := s.PutChunk(ctx, manifest.Sum(data), data); err != nil {
+		t.Fatalf("PutChunk did not recreate the bucket: %v", err)
+	}
+}
+
+func testUnversioned(t *testing.T, srv *miniotest.Server) {
+	s := newS3(t, s3Target(srv.Endpoint, true), S3Options{})
+	ctx := context.Background()
+	key := mustKey(t, "h", "/unversioned.db")
+	for i := range 3 {
+		if err := s.PutManifest(ctx, key, testManifest(t, "h", "/unversioned.db", 1, uint32(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vs, err := s.ManifestVersions(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 1 || !vs[0].IsLatest {
+		t.Fatalf("unversioned bucket lists %+v, want the latest only", vs)
+	}
+	got, err := s.GetManifestVersion(ctx, key, vs[0].ID)
+	if err != nil || !bytes.Equal(got, testManifest(t, "h", "/unversioned.db", 1, 2)) {
+		t.Fatalf("GetManifestVersion(%q): %v", vs[0].ID, err)
+	}
+	t.Logf("unversioned version ID %q", vs[0].ID)
+}
+
+// testCABundle checks that a store works with AWS_CA_BUNDLE set to a
+// valid bundle, against a plain-HTTP endpoint, and that the trap the
+// store avoids is real: the SDK refuses a plain *http.Client then.
+func testCABundle(t *testing.T, srv *miniotest.Server) {
+	bundle := "/etc/ssl/certs/ca-certificates.crt"
+	if _, err := os.Stat(bundle); err != nil {
+		bundle = writeSelfSignedPEM(t)
+	}
+	t.Setenv("AWS_CA_BUNDLE", bundle)
+	ctx := context.Background()
+	s := newS3(t, s3Target(srv.Endpoint, true), S3Options{Timeout: 10 * time.Second})
+	data := compressible(10000)
+	if err := s.PutChunk(ctx, manifest.Sum(data), data); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetChunk(ctx, manifest.Sum(data)); err != nil || !bytes.Equal(got, data) {
+		t.Fatal(err)
+	}
+	_, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithHTTPClient(&http.Client{}))
+	if err == nil || !strings.Contains(err.Error(), "unable to add custom RootCAs HTTPClient") {
+		t.Errorf("plain http.Client with AWS_CA_BUNDLE: %v; the SDK changed", err)
+	}
+	// A bundle that is not there is a permanent configuration error.
+	t.Setenv("AWS_CA_BUNDLE", filepath.Join(t.TempDir(), "missing.pem"))
+	if _, err := NewS3Store(ctx, s3Target(srv.Endpoint, true), S3Options{}); !errors.Is(err, ErrPermanent) {
+		t.Errorf("missing CA bundle: %v", err)
+	}
+}
+
+func writeSelfSignedPEM(t *testing.T) string {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer srv.Close()
+	p := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// testCABundleTLS reaches MinIO over HTTPS through a proxy whose
+// certificate only AWS_CA_BUNDLE vouches for.
+func testCABundleTLS(t *testing.T, srv *miniotest.Server) {
+	p := faultproxy.Start(t, srv.Endpoint)
+	tlsSrv := httptest.NewUnstartedServer(p)
+	tlsSrv.StartTLS()
+	t.Cleanup(tlsSrv.Close)
+	endpoint := strings.Replace(tlsSrv.URL, "https://127.0.0.1", "https://127.0.0.1", 1)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	data := compressible(3000)
+
+	// Without the bundle, the certificate is refused, permanently.
+	t.Setenv("AWS_CA_BUNDLE", "")
+	s := newS3(t, s3Target(endpoint, true), S3Options{Timeout: 10 * time.Second})
+	err := s.PutChunk(ctx, manifest.Sum(data), data)
+	if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("untrusted certificate: %v", err)
+	}
+	t.Log(err)
+
+	t.Setenv("AWS_CA_BUNDLE", ca)
+	s = newS3(t, s3Target(endpoint, true), S3Options{Timeout: 10 * time.Second})
+	if err := s.PutChunk(ctx, manifest.Sum(data), data); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetChunk(ctx, manifest.Sum(data)); err != nil || !bytes.Equal(got, data) {
+		t.Fatal(err)
+	}
+	if p.Count(http.MethodPut) == 0 {
+		t.Error("no PUT went through the TLS proxy")
+	}
+}
+
+// testPayloadSigned checks that uploads are protected in transit by
+// SigV4's payload hash, since the SDK's CRC checksums are turned off.
+func testPayloadSigned(t *testing.T, srv *miniotest.Server) {
+	p := faultproxy.Start(t, srv.Endpoint)
+	hashes := make(chan string, 100)
+	p.Observe(func(r *http.Request) {
+		if r.Method == http.MethodPut {
+			hashes <- r.Header.Get("X-Amz-Content-Sha256")
+		}
+	})
+	s := newS3(t, s3Target(p.URL, true), S3Options{})
+	data := randomBytes(21, 2000)
+	if err := s.PutChunk(context.Background(), manifest.Sum(data), data); err != nil {
+		t.Fatal(err)
+	}
+	close(hashes)
+	n := 0
+	for h := range hashes {
+		n++
+		if len(h) != 64 {
+			t.Errorf("PUT with x-amz-content-sha256 %q, want a payload hash", h)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no PUT observed")
+	}
+}
+
+func testRequestTimeout(t *testing.T, srv *miniotest.Server) {
+	p := faultproxy.Start(t, srv.Endpoint)
+	s := newS3(t, s3Target(p.URL, true), S3Options{Timeout: 300 * time.Millisecond})
+	ctx := context.Background()
+	if err := s.EnsureBuckets(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Set(faultproxy.StallNext(time.Minute, 1))
+	err := s.PutChunk(ctx, manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
+	if !IsRetryable(err) || !strings.Contains(err.Error(), "timed out") {
+		t.Fatalf("stalled PUT: %v, want a retryable timeout", err)
+	}
+	t.Log(err)
+
+	// Nothing listening: retryable.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + l.Addr().String()
+	l.Close()
+	s = newS3(t, s3Target(dead, false), S3Options{Timeout: 2 * time.Second})
+	err = s.PutChunk(ctx, manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
+	if !IsRetryable(err) || errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("nothing listening: %v, want a retryable connection error", err)
+	}
+	t.Log(err)
+	s = newS3(t, s3Target(dead, true), S3Options{Timeout: 2 * time.Second})
+	if _, err := s.GetChunk(ctx, manifest.ZeroChunk); !IsRetryable(err) {
+		t.Fatalf("nothing listening, create on demand: %v", err)
+	}
+
+	// The caller's cancellation is not retryable.
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	s = newS3(t, s3Target(p.URL, true), S3Options{Timeout: 10 * time.Second})
+	if err := s.EnsureBuckets(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Set(faultproxy.StallNext(time.Minute, 1))
+	err = s.PutChunk(cctx, manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
+	if IsRetryable(err) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("caller's deadline: %v", err)
+	}
+}
+
+func TestS3StoreString(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDSTRING")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret-string-value")
+	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	s, err := NewS3Store(context.Background(), config.S3Target{
+		Region: "us-east-1", Endpoint: "http://127.0.0.1:9000",
+		ChunkBucket: "c", ManifestBucket: "m",
+	}, S3Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.String(); got != "s3://c,m@127.0.0.1:9000" {
+		t.Errorf("String() = %q", got)
+	}
+	s, err = NewS3Store(context.Background(), config.S3Target{Region: "eu-west-3", ChunkBucket: "c", ManifestBucket: "m"}, S3Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.String(); got != "s3://c,m@aws:eu-west-3" {
+		t.Errorf("String() = %q", got)
+	}
+	if _, err := NewS3Store(context.Background(), config.S3Target{Region: "r", Endpoint: "http://user:pw@host", ChunkBucket: "c", ManifestBucket: "m"}, S3Options{}); !errors.Is(err, ErrPermanent) || strings.Contains(err.Error(), "pw") {
+		t.Errorf("endpoint with user info: %v", err)
+	}
+}

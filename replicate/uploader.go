@@ -1,0 +1,940 @@
+package replicate
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// Log attribute keys.
+const (
+	logKeyDB     = "db"
+	logKeyErr    = "err"
+	logKeyTarget = "target"
+)
+
+// Defaults for [UploaderOptions].
+const (
+	DefaultWorkers       = 4
+	DefaultScanPeriod    = 5 * time.Second
+	DefaultRecentTTL     = time.Hour
+	DefaultTouchPeriod   = 24 * time.Hour
+	DefaultManifestGap   = 1100 * time.Millisecond
+	DefaultFlushRate     = 1000
+	recentMemory         = 200_000
+	uploadedManifestFile = "uploaded"
+	uploadLockFile       = "upload.lock"
+)
+
+// Target is one place snapshots are uploaded to.
+type Target struct {
+	// Name identifies the target in logs and status, e.g. "dir:/backups".
+	Name string
+	// Store receives the chunks and manifests.
+	Store Store
+	// Cache marks a local chunk cache: it is filled on the way, but an
+	// upload does not wait for it or fail because of it.
+	Cache bool
+}
+
+// UploaderOptions configure an [Uploader]. Zero values mean the defaults.
+type UploaderOptions struct {
+	Targets []Target
+	// Rate is the calls per second allowed to each target in the
+	// background; zero means 30. Burst zero means 100.
+	Rate  float64
+	Burst int
+	// FlushRate applies to synchronous flushes, which a caller waits for;
+	// zero means DefaultFlushRate.
+	FlushRate float64
+	// Workers is the number of background upload goroutines.
+	Workers int
+	// ScanPeriod is how often every known database is looked at, as a
+	// backstop for lost wake-ups. Zero means DefaultScanPeriod.
+	ScanPeriod time.Duration
+	// ManifestGap is the least time between two uploads of one database's
+	// manifest (some S3 clones reorder overwrites closer than a second).
+	// Zero means DefaultManifestGap; negative means none.
+	ManifestGap time.Duration
+	// RecentTTL: a chunk uploaded by this process within RecentTTL is not
+	// uploaded again. Zero means DefaultRecentTTL.
+	RecentTTL time.Duration
+	// TouchPeriod: every chunk of a database's last uploaded manifest is
+	// touched once per TouchPeriod, so that a lifecycle rule can expire
+	// chunks no manifest uses. Zero means DefaultTouchPeriod; negative
+	// disables touching.
+	TouchPeriod time.Duration
+	Retry       RetryOptions
+	Logger      *slog.Logger
+	Now         func() time.Time
+}
+
+// Uploader uploads the spooled snapshots of databases to the targets.
+type Uploader struct {
+	opts    UploaderOptions
+	log     *slog.Logger
+	bg      []limitedTarget // background: the configured rate
+	flush   []limitedTarget // synchronous flushes: FlushRate
+	wake    chan string
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	started bool
+
+	mu     sync.Mutex
+	dbs    map[string]*dbState // by spool directory
+	recent map[manifest.Fingerprint]time.Time
+}
+
+type limitedTarget struct {
+	Target
+	lim *Limited
+}
+
+// dbState is the uploader's view of one database's spool directory.
+type dbState struct {
+	dir    string
+	upload sync.Mutex // one upload of this database at a time in this process
+	queued bool       // under Uploader.mu
+
+	mu            sync.Mutex // guards the fields below
+	status        Status
+	lastManifest  time.Time // when a manifest was last uploaded
+	uploadedSum   [32]byte  // SHA-256 of the last uploaded manifest bytes
+	lastTouch     time.Time
+	retryAt       time.Time     // background uploads wait until then after a failure
+	backoff       time.Duration // the current wait after a failure
+	blocked       error         // a permanent error: stop until reconfigured or flushed
+	blockedOnce   bool
+	failingLogged bool
+}
+
+// Status describes the replication of one database, for the Go API,
+// vfsctl status and metrics. The uploader also saves it in the database's
+// spool directory (status.json), so that other processes can read it.
+type Status struct {
+	Dir          string        `json:"dir"`                  // spool directory
+	Source       string        `json:"source"`               // source database path, when known
+	Lag          time.Duration `json:"lag_ns"`               // age of the oldest snapshot not yet uploaded; 0 when current
+	PendingBytes int64         `json:"pending_bytes"`        // bytes in the spool waiting for upload
+	Uploads      int64         `json:"uploads"`              // snapshots (manifests) uploaded
+	Chunks       int64         `json:"chunks"`               // chunks uploaded
+	Calls        int64         `json:"calls"`                // store calls made for this database
+	Failures     int64         `json:"failures"`             // failed uploads
+	LastUpload   time.Time     `json:"last_upload,omitzero"` // when the last manifest was uploaded
+	LastError    string        `json:"last_error,omitempty"` // the last failure, "" after a success
+	Blocked      bool          `json:"blocked"`              // stopped on a permanent error
+}
+
+const statusFile = "status.json"
+
+// ReadStatus reads the status a database's uploader saved in its spool
+// directory, with the lag and pending bytes computed now from the spool.
+func ReadStatus(dir string, now time.Time) (Status, error) {
+	s := Status{Dir: dir}
+	if b, err := os.ReadFile(filepath.Join(dir, statusFile)); err == nil {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return s, fmt.Errorf("replicate: %s: %w", filepath.Join(dir, statusFile), err)
+		}
+		s.Dir = dir
+	}
+	if s.Source == "" {
+		if b, err := os.ReadFile(filepath.Join(dir, "source")); err == nil {
+			s.Source = string(b)
+		}
+	}
+	var sum [32]byte
+	if b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
+		sum = sha256.Sum256(b)
+	}
+	s.Lag, s.PendingBytes = SpoolLag(dir, sum, now)
+	return s, nil
+}
+
+func (u *Uploader) saveStatus(st *dbState) {
+	st.mu.Lock()
+	s := st.status
+	s.Blocked = st.blocked != nil
+	st.mu.Unlock()
+	s.Lag, s.PendingBytes = 0, 0 // computed by readers
+	b, err := json.Marshal(s)
+	if err == nil {
+		_ = writeFileAtomic(filepath.Join(st.dir, statusFile), b)
+	}
+}
+
+// NewUploader returns an uploader; call Start to run its workers.
+func NewUploader(opts UploaderOptions) (*Uploader, error) {
+	if len(opts.Targets) == 0 {
+		return nil, errors.New("replicate: no replication targets")
+	}
+	nonCache := 0
+	for _, t := range opts.Targets {
+		if !t.Cache {
+			nonCache++
+		}
+	}
+	if nonCache == 0 {
+		return nil, errors.New("replicate: only cache targets are configured; nothing to upload to")
+	}
+	if opts.Rate <= 0 {
+		opts.Rate = 30
+	}
+	if opts.Burst <= 0 {
+		opts.Burst = 100
+	}
+	if opts.FlushRate <= 0 {
+		opts.FlushRate = DefaultFlushRate
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = DefaultWorkers
+	}
+	if opts.ScanPeriod <= 0 {
+		opts.ScanPeriod = DefaultScanPeriod
+	}
+	if opts.ManifestGap == 0 {
+		opts.ManifestGap = DefaultManifestGap
+	}
+	if opts.RecentTTL <= 0 {
+		opts.RecentTTL = DefaultRecentTTL
+	}
+	if opts.TouchPeriod == 0 {
+		opts.TouchPeriod = DefaultTouchPeriod
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	u := &Uploader{
+		opts:   opts,
+		log:    log,
+		wake:   make(chan string, 1024),
+		stop:   make(chan struct{}),
+		dbs:    make(map[string]*dbState),
+		recent: make(map[manifest.Fingerprint]time.Time),
+	}
+	for _, t := range opts.Targets {
+		u.bg = append(u.bg, limitedTarget{t, NewLimited(t.Store, rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst), opts.Retry)})
+		u.flush = append(u.flush, limitedTarget{t, NewLimited(t.Store, rate.NewLimiter(rate.Limit(opts.FlushRate), int(opts.FlushRate)), opts.Retry)})
+	}
+	return u, nil
+}
+
+// Start runs the background workers and the periodic scan until Close.
+func (u *Uploader) Start() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.started {
+		return
+	}
+	u.started = true
+	ctx, cancel := context.WithCancel(context.Background())
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		<-u.stop
+		cancel()
+	}()
+	for range u.opts.Workers {
+		u.wg.Add(1)
+		go func() {
+			defer u.wg.Done()
+			u.worker(ctx)
+		}()
+	}
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		u.scanner(ctx)
+	}()
+}
+
+// Close stops the workers and waits for them. Spooled data stays spooled.
+func (u *Uploader) Close() error {
+	u.mu.Lock()
+	started := u.started
+	u.started = false
+	u.mu.Unlock()
+	if started {
+		close(u.stop)
+		u.wg.Wait()
+	}
+	return nil
+}
+
+// Add makes the uploader responsible for a database's spool directory, and
+// schedules an upload of whatever it holds (a crashed process may have left
+// snapshots behind).
+func (u *Uploader) Add(dir string) {
+	u.state(dir)
+	u.Notify(dir)
+}
+
+// Notify wakes a worker for dir. It never blocks: a lost wake-up is
+// caught by the periodic scan.
+func (u *Uploader) Notify(dir string) {
+	st := u.state(dir)
+	u.mu.Lock()
+	if st.queued {
+		u.mu.Unlock()
+		return
+	}
+	st.queued = true
+	u.mu.Unlock()
+	select {
+	case u.wake <- dir:
+	default:
+		u.mu.Lock()
+		st.queued = false
+		u.mu.Unlock()
+	}
+}
+
+func (u *Uploader) state(dir string) *dbState {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st, ok := u.dbs[dir]
+	if !ok {
+		st = &dbState{dir: dir}
+		st.status.Dir = dir
+		if b, err := os.ReadFile(filepath.Join(dir, "source")); err == nil {
+			st.status.Source = string(b)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
+			st.uploadedSum = sha256.Sum256(b)
+		}
+		u.dbs[dir] = st
+	}
+	return st
+}
+
+func (u *Uploader) worker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case dir := <-u.wake:
+			st := u.state(dir)
+			u.mu.Lock()
+			st.queued = false
+			u.mu.Unlock()
+			if st.waiting(u.opts.Now()) {
+				continue // backing off after a failure; the scan comes back
+			}
+			if !st.upload.TryLock() {
+				continue // another worker has it; it will see the new data
+			}
+			err := u.handle(ctx, st, u.bg, false)
+			if err != nil && ctx.Err() == nil {
+				u.noteFailure(st, err)
+			}
+			u.saveStatus(st)
+			st.upload.Unlock()
+		}
+	}
+}
+
+func (u *Uploader) scanner(ctx context.Context) {
+	for {
+		d := u.opts.ScanPeriod + time.Duration(rand.Int64N(int64(u.opts.ScanPeriod)/2+1))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		u.mu.Lock()
+		dirs := make([]string, 0, len(u.dbs))
+		for dir := range u.dbs {
+			dirs = append(dirs, dir)
+		}
+		u.mu.Unlock()
+		for _, dir := range dirs {
+			u.Notify(dir)
+		}
+	}
+}
+
+// Flush uploads everything the spool directory dir holds, now, and reports
+// whether it all reached every non-cache target. It retries a database
+// that a permanent error had stopped.
+func (u *Uploader) Flush(ctx context.Context, dir string) error {
+	st := u.state(dir)
+	st.upload.Lock()
+	defer st.upload.Unlock()
+	st.mu.Lock()
+	st.blocked = nil
+	st.mu.Unlock()
+	err := u.handle(ctx, st, u.flush, true)
+	if err != nil {
+		u.noteFailure(st, err)
+	}
+	u.saveStatus(st)
+	return err
+}
+
+// FlushAll flushes every database the uploader knows, and returns the
+// errors joined.
+func (u *Uploader) FlushAll(ctx context.Context) error {
+	u.mu.Lock()
+	dirs := make([]string, 0, len(u.dbs))
+	for dir := range u.dbs {
+		dirs = append(dirs, dir)
+	}
+	u.mu.Unlock()
+	sort.Strings(dirs)
+	var errs []error
+	for _, dir := range dirs {
+		if err := u.Flush(ctx, dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Status reports on every database the uploader knows, sorted by source.
+func (u *Uploader) Status() []Status {
+	u.mu.Lock()
+	sts := make([]*dbState, 0, len(u.dbs))
+	for _, st := range u.dbs {
+		sts = append(sts, st)
+	}
+	u.mu.Unlock()
+	out := make([]Status, 0, len(sts))
+	now := u.opts.Now()
+	for _, st := range sts {
+		st.mu.Lock()
+		s := st.status
+		s.Blocked = st.blocked != nil
+		st.mu.Unlock()
+		s.Lag, s.PendingBytes = SpoolLag(st.dir, st.uploadedSumCopy(), now)
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Source < out[j].Source })
+	return out
+}
+
+// TargetStats reports the store calls made to each target.
+func (u *Uploader) TargetStats() map[string]Stats {
+	out := make(map[string]Stats, len(u.bg))
+	for i, t := range u.bg {
+		s := t.lim.Stats()
+		f := u.flush[i].lim.Stats()
+		s.Calls += f.Calls
+		s.Retries += f.Retries
+		s.Failures += f.Failures
+		s.BytesUp += f.BytesUp
+		s.BytesDown += f.BytesDown
+		if f.LastErrorTime.After(s.LastErrorTime) {
+			s.LastError, s.LastErrorTime = f.LastError, f.LastErrorTime
+		}
+		out[t.Name] = s
+	}
+	return out
+}
+
+func (st *dbState) uploadedSumCopy() [32]byte {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.uploadedSum
+}
+
+// Backoff after a failed background upload of a database: a store that is
+// down is not asked again on every commit.
+const (
+	minFailureBackoff = time.Second
+	maxFailureBackoff = time.Minute
+)
+
+func (st *dbState) waiting(now time.Time) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return now.Before(st.retryAt)
+}
+
+func (u *Uploader) noteFailure(st *dbState, err error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.backoff = min(max(2*st.backoff, minFailureBackoff), maxFailureBackoff)
+	st.retryAt = u.opts.Now().Add(st.backoff)
+	st.status.Failures++
+	st.status.LastError = err.Error()
+	if errors.Is(err, ErrPermanent) {
+		st.blocked = err
+		if !st.blockedOnce {
+			st.blockedOnce = true
+			u.log.Error("replicate: replication of this database stopped on a permanent error; fix the configuration or credentials, then re-register or flush",
+				logKeyDB, st.status.Source, logKeyErr, err)
+		}
+		return
+	}
+	if !st.failingLogged {
+		st.failingLogged = true
+		u.log.Warn("replicate: upload failed; retrying in the background", logKeyDB, st.status.Source, logKeyErr, err)
+	}
+}
+
+func (u *Uploader) noteSuccess(st *dbState, m *manifest.Manifest, sum [32]byte) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.status.Uploads++
+	st.backoff, st.retryAt = 0, time.Time{}
+	st.status.LastUpload = u.opts.Now()
+	st.status.LastError = ""
+	st.status.Source = m.SourcePath
+	st.uploadedSum = sum
+	st.lastManifest = u.opts.Now()
+	if st.failingLogged || st.blockedOnce {
+		u.log.Info("replicate: uploads succeed again", logKeyDB, m.SourcePath)
+	}
+	st.failingLogged = false
+	st.blockedOnce = false
+}
+
+// handle uploads what dir holds: first the snapshots already handed over
+// (consuming/, then ready/), then, when no newer snapshot is in flight, the
+// staged one, so that a quiet database ends up exactly current in the
+// store. Only one process uploads a database at a time (an advisory lock).
+func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTarget, flush bool) error {
+	st.mu.Lock()
+	blocked := st.blocked
+	st.mu.Unlock()
+	if blocked != nil && !flush {
+		return nil // reported when it happened
+	}
+	if _, err := os.Stat(st.dir); errors.Is(err, fs.ErrNotExist) {
+		u.forget(st.dir)
+		return nil
+	}
+	unlock, err := lockDir(ctx, filepath.Join(st.dir, uploadLockFile), flush)
+	if err != nil {
+		return err
+	}
+	if unlock == nil {
+		return nil // another process is uploading this database
+	}
+	defer unlock()
+
+	if err := u.consume(ctx, st, targets); err != nil {
+		return err
+	}
+	if err := u.uploadStaging(ctx, st, targets); err != nil {
+		return err
+	}
+	// A snapshot published while we uploaded the staged one is at least as
+	// recent: upload it too, so that replication never goes backwards.
+	if err := u.consume(ctx, st, targets); err != nil {
+		return err
+	}
+	if !flush {
+		u.maybeTouch(ctx, st, targets)
+	}
+	return nil
+}
+
+func (u *Uploader) forget(dir string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	delete(u.dbs, dir)
+}
+
+// consume uploads consuming/<snapshot>, then moves ready/ to consuming/
+// and uploads that, until neither holds anything.
+func (u *Uploader) consume(ctx context.Context, st *dbState, targets []limitedTarget) error {
+	consuming := filepath.Join(st.dir, "consuming")
+	ready := filepath.Join(st.dir, "ready")
+	for range 4 {
+		subs, err := os.ReadDir(consuming)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("replicate: list %s: %w", consuming, err)
+		}
+		for _, s := range subs {
+			if err := u.uploadSnapshot(ctx, st, filepath.Join(consuming, s.Name()), targets); err != nil {
+				return err
+			}
+		}
+		if err := os.Remove(consuming); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil // not empty: something new arrived; the next round takes it
+		}
+		if err := os.Rename(ready, consuming); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return fmt.Errorf("replicate: take %s: %w", ready, err)
+		}
+	}
+	return nil
+}
+
+// uploadSnapshot uploads a published snapshot directory (its chunks, then
+// its manifest), then deletes it.
+func (u *Uploader) uploadSnapshot(ctx context.Context, st *dbState, snap string, targets []limitedTarget) error {
+	chunks := filepath.Join(snap, "chunks")
+	if err := u.uploadChunkDir(ctx, st, chunks, targets); err != nil {
+		return err
+	}
+	mb, err := os.ReadFile(filepath.Join(snap, "manifest"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return os.RemoveAll(snap)
+	}
+	if err != nil {
+		return fmt.Errorf("replicate: read %s: %w", snap, err)
+	}
+	if err := u.uploadManifest(ctx, st, mb, targets); err != nil {
+		return err
+	}
+	return os.RemoveAll(snap)
+}
+
+// uploadChunkDir uploads and deletes every chunk file in dir. Each is
+// verified against its name first: a corrupt spool file is never uploaded.
+func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, targets []limitedTarget) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("replicate: list %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		fp, err := manifest.ParseFingerprint(e.Name())
+		if err != nil {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if !u.recentlyUploaded(fp) {
+			data, err := os.ReadFile(p)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // garbage-collected meanwhile: no manifest needs it
+			}
+			if err != nil {
+				return fmt.Errorf("replicate: read %s: %w", p, err)
+			}
+			if manifest.Sum(data) != fp {
+				return fmt.Errorf("%w: spool chunk %s does not match its fingerprint", ErrSpoolCorrupt, p)
+			}
+			if err := u.putChunk(ctx, st, fp, data, targets); err != nil {
+				return err
+			}
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("replicate: remove %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func (u *Uploader) putChunk(ctx context.Context, st *dbState, fp manifest.Fingerprint, data []byte, targets []limitedTarget) error {
+	for _, t := range targets {
+		err := t.lim.PutChunk(ctx, fp, data)
+		st.countCall()
+		if err != nil {
+			if t.Cache {
+				u.log.Debug("replicate: cache put failed", logKeyTarget, t.Name, logKeyErr, err)
+				continue
+			}
+			return err
+		}
+	}
+	u.mu.Lock()
+	if len(u.recent) >= recentMemory {
+		clear(u.recent) // crude but bounded; costs only re-uploads
+	}
+	u.recent[fp] = u.opts.Now()
+	u.mu.Unlock()
+	st.mu.Lock()
+	st.status.Chunks++
+	st.mu.Unlock()
+	return nil
+}
+
+func (st *dbState) countCall() {
+	st.mu.Lock()
+	st.status.Calls++
+	st.mu.Unlock()
+}
+
+func (u *Uploader) recentlyUploaded(fp manifest.Fingerprint) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	t, ok := u.recent[fp]
+	return ok && u.opts.Now().Sub(t) < u.opts.RecentTTL
+}
+
+// uploadManifest uploads encoded manifest bytes to every non-cache target,
+// then records them as the database's last uploaded manifest.
+func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, targets []limitedTarget) error {
+	m, err := manifest.Decode(mb)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrSpoolCorrupt, err)
+	}
+	key, err := ManifestKey(m.Hostname, m.SourcePath)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(mb)
+	if gap := u.opts.ManifestGap; gap > 0 {
+		st.mu.Lock()
+		wait := gap - u.opts.Now().Sub(st.lastManifest)
+		st.mu.Unlock()
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+	}
+	for _, t := range targets {
+		if t.Cache {
+			continue
+		}
+		err := t.lim.PutManifest(ctx, key, mb)
+		st.countCall()
+		if err != nil {
+			return err
+		}
+	}
+	tap := filepath.Join(st.dir, uploadedManifestFile)
+	if err := writeFileAtomic(tap, mb); err != nil {
+		u.log.Warn("replicate: cannot record the uploaded manifest", logKeyDB, m.SourcePath, logKeyErr, err)
+	}
+	u.noteSuccess(st, m, sum)
+	return nil
+}
+
+// uploadStaging uploads the staged snapshot when no newer one is in
+// flight. It reads the manifest first, then uploads and removes every
+// staged chunk, then checks, in the order chunks move (staging, ready,
+// consuming), that nothing new arrived: then every chunk the manifest
+// references is uploaded, and the manifest can be.
+func (u *Uploader) uploadStaging(ctx context.Context, st *dbState, targets []limitedTarget) error {
+	mb, err := os.ReadFile(filepath.Join(st.dir, "staging", "manifest"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("replicate: read staged manifest: %w", err)
+	}
+	if sha256.Sum256(mb) == st.uploadedSumCopy() {
+		return nil // already in the store, byte for byte
+	}
+	if err := u.uploadChunkDir(ctx, st, filepath.Join(st.dir, "staging", "chunks"), targets); err != nil {
+		return err
+	}
+	for _, d := range []string{filepath.Join("staging", "chunks"), "ready", "consuming"} {
+		if !dirEmpty(filepath.Join(st.dir, d)) {
+			return nil // a newer snapshot is on its way; it will be uploaded
+		}
+	}
+	return u.uploadManifest(ctx, st, mb, targets)
+}
+
+// maybeTouch refreshes, spread over TouchPeriod, the chunks of the last
+// uploaded manifest, so that a lifecycle rule on the chunk bucket expires
+// only chunks no live manifest uses. A chunk found missing is re-uploaded
+// on the next transaction: the staged snapshot is invalidated.
+func (u *Uploader) maybeTouch(ctx context.Context, st *dbState, targets []limitedTarget) {
+	if u.opts.TouchPeriod < 0 {
+		return
+	}
+	st.mu.Lock()
+	now := u.opts.Now()
+	if st.lastTouch.IsZero() {
+		st.lastTouch = now // the first pass after start waits a full period
+	}
+	due := now.Sub(st.lastTouch) >= u.opts.TouchPeriod
+	st.mu.Unlock()
+	if !due {
+		return
+	}
+	mb, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile))
+	if err != nil {
+		return
+	}
+	m, err := manifest.Decode(mb)
+	if err != nil {
+		return
+	}
+	seen := map[manifest.Fingerprint]bool{}
+	for i, fp := range m.Chunks {
+		if _, inline := m.Inline[uint32(i)]; inline || seen[fp] {
+			continue
+		}
+		seen[fp] = true
+		for _, t := range targets {
+			if t.Cache {
+				continue
+			}
+			err := t.lim.TouchChunk(ctx, fp)
+			st.countCall()
+			if errors.Is(err, ErrNotFound) {
+				u.log.Warn("replicate: a chunk of the last uploaded snapshot is missing from the store; the next transaction re-uploads everything",
+					logKeyDB, m.SourcePath, logKeyTarget, t.Name, "chunk", fp.String())
+				u.invalidate(st)
+				return
+			}
+			if err != nil {
+				return // retried next period
+			}
+		}
+	}
+	st.mu.Lock()
+	st.lastTouch = now
+	st.mu.Unlock()
+}
+
+// invalidate makes the next transaction rebuild and re-upload the whole
+// snapshot: the staged manifest is deleted, the txn marker set, and the
+// memory of recent uploads cleared.
+func (u *Uploader) invalidate(st *dbState) {
+	_ = os.Remove(filepath.Join(st.dir, "staging", "manifest"))
+	_ = os.WriteFile(filepath.Join(st.dir, "txn"), []byte("1"), 0o644)
+	_ = os.Remove(filepath.Join(st.dir, uploadedManifestFile))
+	st.mu.Lock()
+	st.uploadedSum = [32]byte{}
+	st.mu.Unlock()
+	u.mu.Lock()
+	clear(u.recent)
+	u.mu.Unlock()
+}
+
+// ErrSpoolCorrupt is returned when a spooled file does not match its
+// fingerprint or does not decode: it is not uploaded.
+var ErrSpoolCorrupt = errors.New("replicate: spool file corrupt")
+
+// lockDir takes the advisory lock that keeps two processes from uploading
+// one database at once. In the background it gives up at once (returning a
+// nil unlock); a flush waits for it.
+func lockDir(ctx context.Context, path string, wait bool) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("replicate: open lock %s: %w", path, err)
+	}
+	backoff := time.Millisecond
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() {
+				_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+				f.Close()
+			}, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("replicate: lock %s: %w", path, err)
+		}
+		if !wait {
+			f.Close()
+			return nil, nil
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f.Close()
+			return nil, fmt.Errorf("replicate: waiting for another process's upload of %s: %w", filepath.Dir(path), ctx.Err())
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 100*time.Millisecond)
+	}
+}
+
+func dirEmpty(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return true
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(1)
+	return len(names) == 0
+}
+
+func writeFileAtomic(dst string, b []byte) error {
+	tmp := fmt.Sprintf("%s.tmp.%d.%d", dst, os.Getpid(), rand.Uint64())
+	if err := os.WriteFile(tmp, b, 0o444); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// SpoolLag reports, for a database's spool directory, the age of the
+// oldest snapshot not yet uploaded (the replication lag: the commit that
+// made it is the oldest one the store lacks) and the bytes waiting. A
+// staged snapshot counts only if it differs from uploadedSum.
+func SpoolLag(dir string, uploadedSum [32]byte, now time.Time) (lag time.Duration, pending int64) {
+	var oldest time.Time
+	consider := func(manifestPath string) {
+		b, err := os.ReadFile(manifestPath)
+		if err != nil {
+			return
+		}
+		if sha256.Sum256(b) == uploadedSum {
+			return
+		}
+		m, err := manifest.Decode(b)
+		if err != nil {
+			return
+		}
+		if oldest.IsZero() || m.Created.Before(oldest) {
+			oldest = m.Created
+		}
+		pending += int64(len(b))
+	}
+	for _, state := range []string{"consuming", "ready"} {
+		subs, _ := os.ReadDir(filepath.Join(dir, state))
+		for _, s := range subs {
+			snap := filepath.Join(dir, state, s.Name())
+			consider(filepath.Join(snap, "manifest"))
+			pending += dirBytes(filepath.Join(snap, "chunks"))
+		}
+	}
+	consider(filepath.Join(dir, "staging", "manifest"))
+	pending += dirBytes(filepath.Join(dir, "staging", "chunks"))
+	if oldest.IsZero() {
+		return 0, pending
+	}
+	return max(now.Sub(oldest), 0), pending
+}
+
+func dirBytes(dir string) int64 {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil {
+			n += info.Size()
+		}
+	}
+	return n
+}

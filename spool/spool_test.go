@@ -1,0 +1,196 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestOpenRejects(t *testing.T) {
+	tests := []struct {
+		name    string
+		dir     string // relative to a temporary directory unless absolute is false
+		rel     bool
+		boot    string
+		bootErr bool
+	}{
+		{name: "relative dir", dir: "spool", rel: true, boot: "b"},
+		{name: "dot-relative dir", dir: "./spool", rel: true, boot: "b"},
+		{name: "empty dir", dir: "", rel: true, boot: "b"},
+		{name: "boot id with slash", dir: "spool", boot: "a/b", bootErr: true},
+		{name: "boot id dot-dot", dir: "spool", boot: "..", bootErr: true},
+		{name: "boot id with NUL", dir: "spool", boot: "a\x00b", bootErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := tt.dir
+			if !tt.rel {
+				dir = filepath.Join(t.TempDir(), tt.dir)
+			}
+			sp, err := Open(Options{Dir: dir, BootID: tt.boot, Hostname: "h"})
+			if err == nil || sp != nil {
+				t.Fatalf("Open(Dir %q, BootID %q)=%v, %v; want nil and an error", dir, tt.boot, sp, err)
+			}
+			if tt.bootErr && !errors.Is(err, ErrBootID) {
+				t.Errorf("Open()=%v, want ErrBootID", err)
+			}
+			if !tt.rel && exists(dir) {
+				t.Errorf("rejected Open created %s", dir)
+			}
+		})
+	}
+}
+
+func TestOpenCreatesDirs(t *testing.T) {
+	opts := testOptions(t)
+	opts.Perm = 0o750
+	sp := openSpool(t, opts)
+	if sp.Root() != opts.Dir {
+		t.Errorf("Root()=%q, want %q", sp.Root(), opts.Dir)
+	}
+	if want := filepath.Join(opts.Dir, "boule-v1.test-boot"); sp.BootDir() != want {
+		t.Errorf("BootDir()=%q, want %q", sp.BootDir(), want)
+	}
+	if st, err := os.Stat(sp.BootDir()); err != nil || !st.IsDir() {
+		t.Errorf("boot directory: %v", err)
+	}
+	if _, err := sp.DB("relative.db"); err == nil {
+		t.Errorf("DB(relative path)=nil error, want an error")
+	}
+	a, err := sp.DB("/x/a.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := sp.DB("/x/a.db"); a != b {
+		t.Errorf("DB() returned two *DB for one path")
+	}
+	if got := sp.DBs(); len(got) != 1 || got[0] != a {
+		t.Errorf("DBs()=%v, want [%p]", got, a)
+	}
+}
+
+func TestBootID(t *testing.T) {
+	opts := testOptions(t)
+	opts.BootID = "old"
+	old := openSpool(t, opts)
+	src := newDBFile(t, "a.db", makeDB(newRand(t), 3*cs, 4096), 0o644)
+	db, err := old.DB(src.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustTxn(t, db, src, unchanged)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := old.WaitCleaned(ctx); err != nil {
+		t.Fatalf("WaitCleaned()=%v, want nil", err)
+	}
+	oldDir := old.BootDir()
+	if !exists(db.StagingManifestPath()) {
+		t.Fatalf("no staged manifest under the old boot")
+	}
+	// A deletion interrupted by a crash, and a file that is not ours.
+	leftover := filepath.Join(opts.Dir, ".del.boule-v1.older", "x", "y")
+	if err := os.MkdirAll(leftover, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(leftover, "f"), []byte("x"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	keep := filepath.Join(opts.Dir, "not-boule")
+	if err := os.WriteFile(keep, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	opts.BootID = "new"
+	sp := openSpool(t, opts)
+	if err := sp.WaitCleaned(ctx); err != nil {
+		t.Fatalf("WaitCleaned()=%v, want nil", err)
+	}
+	if got := names(t, opts.Dir); len(got) != 2 || got[0] != "boule-v1.new" || got[1] != "not-boule" {
+		t.Errorf("spool root holds %v after cleaning, want [boule-v1.new not-boule]", got)
+	}
+	if exists(oldDir) {
+		t.Errorf("old boot state %s not deleted", oldDir)
+	}
+
+	db2, err := sp.DB(src.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(db2.Dir(), sp.BootDir()+"/") {
+		t.Errorf("Dir()=%q, want it under %q", db2.Dir(), sp.BootDir())
+	}
+	mustTxn(t, db2, src, rewrite(newRand(t), cs, 10), 1)
+	m := assertExact(t, db2, src)
+	if st, want := db2.Stats(), blobCount(m, 0, 1, 2); st.Incremental != 0 || st.ChunksStaged != want {
+		t.Errorf("Stats() Incremental=%d ChunksStaged=%d, want a rebuild staging %d chunks", st.Incremental, st.ChunksStaged, want)
+	}
+	if exists(oldDir) {
+		t.Errorf("old boot state %s recreated", oldDir)
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	tests := []struct {
+		dbMode, file, dir fs.FileMode
+	}{
+		{dbMode: 0o640, file: 0o440, dir: 0o750},
+		{dbMode: 0o600, file: 0o400, dir: 0o700},
+		{dbMode: 0o660, file: 0o440, dir: 0o770},
+		{dbMode: 0o644, file: 0o444, dir: 0o755},
+	}
+	for _, umask := range []int{0, 0o077} {
+		for _, tt := range tests {
+			t.Run(tt.dbMode.String()+"/umask "+fs.FileMode(umask).String(), func(t *testing.T) {
+				old := syscall.Umask(umask)
+				defer syscall.Umask(old)
+				d := newTestDB(t, 3*cs)
+				if err := os.Chmod(d.src.path, tt.dbMode); err != nil {
+					t.Fatal(err)
+				}
+				mustTxn(t, d.db, d.src, unchanged)
+				mustTxn(t, d.db, d.src, rewrite(d.rng, cs, 10), 1) // stages into staging/
+				files := []string{d.db.StagingManifestPath(), filepath.Join(d.db.Dir(), "source")}
+				for _, state := range []string{d.db.StagingChunksDir()} {
+					for _, n := range names(t, state) {
+						files = append(files, filepath.Join(state, n))
+					}
+				}
+				for _, snap := range names(t, d.db.readyDir()) {
+					dir := filepath.Join(d.db.readyDir(), snap)
+					files = append(files, filepath.Join(dir, "manifest"))
+					for _, n := range names(t, filepath.Join(dir, "chunks")) {
+						files = append(files, filepath.Join(dir, "chunks", n))
+					}
+				}
+				if len(files) < 5 {
+					t.Fatalf("only %d spool files, want at least 5", len(files))
+				}
+				for _, p := range files {
+					st, err := os.Stat(p)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got := st.Mode().Perm(); got != tt.file {
+						t.Errorf("mode of %s = %v, want %v", strings.TrimPrefix(p, d.db.Dir()), got, tt.file)
+					}
+				}
+				for _, p := range []string{d.db.Dir(), filepath.Join(d.db.Dir(), "staging"), d.db.StagingChunksDir()} {
+					st, err := os.Stat(p)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got := st.Mode().Perm(); got != tt.dir {
+						t.Errorf("mode of directory %s = %v, want %v", p, got, tt.dir)
+					}
+				}
+			})
+		}
+	}
+}

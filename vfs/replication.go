@@ -1,0 +1,131 @@
+package vfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/spool"
+)
+
+// flushTimeout bounds a flush requested through the pragma or on close.
+const flushTimeout = 10 * time.Minute
+
+// ErrNoTargets is returned by the flush functions when the configuration
+// has no replication target to upload to.
+var ErrNoTargets = errors.New("vfs: no replication targets are configured")
+
+// ErrNotReplicated is returned by Flush for a database this process has
+// not opened through boule with replication enabled.
+var ErrNotReplicated = errors.New("vfs: database is not replicated by this process")
+
+// newUploader builds the targets of cfg and an uploader for them, or
+// returns nil when cfg has no target to upload to.
+func newUploader(cfg Config, log *slog.Logger) (*replicate.Uploader, error) {
+	targets, err := Targets(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	upload := 0
+	for _, t := range targets {
+		if !t.Cache {
+			upload++
+		}
+	}
+	if upload == 0 {
+		return nil, nil
+	}
+	return replicate.NewUploader(replicate.UploaderOptions{
+		Targets: targets,
+		Rate:    cfg.Rate(),
+		Logger:  log,
+	})
+}
+
+// Targets builds the stores of cfg's replication targets: every s3 and
+// dir target, and local caches (marked Cache). read_only targets are only
+// read from, so they are not upload targets. No network call is made.
+func Targets(ctx context.Context, cfg Config) ([]replicate.Target, error) {
+	var out []replicate.Target
+	for i, t := range cfg.ReplicationTargets {
+		switch {
+		case t.S3 != nil:
+			s, err := replicate.NewS3Store(ctx, *t.S3, replicate.S3Options{})
+			if err != nil {
+				return nil, fmt.Errorf("vfs: replication_targets[%d]: %w", i, err)
+			}
+			out = append(out, replicate.Target{Name: s.String(), Store: s})
+		case t.Dir != nil:
+			s, err := replicate.NewDirStore(t.Dir.Path)
+			if err != nil {
+				return nil, fmt.Errorf("vfs: replication_targets[%d]: %w", i, err)
+			}
+			out = append(out, replicate.Target{Name: s.String(), Store: s})
+		case t.Local != nil:
+			s, err := replicate.NewLocalCache(t.Local.Directory, int(t.Local.NumShards), int64(t.Local.Capacity))
+			if err != nil {
+				return nil, fmt.Errorf("vfs: replication_targets[%d]: %w", i, err)
+			}
+			out = append(out, replicate.Target{Name: s.String(), Store: s, Cache: true})
+		}
+	}
+	return out, nil
+}
+
+func flushDB(ctx context.Context, rt *runtime, db *spool.DB) error {
+	if cur := current.Load(); cur != nil && cur.spool == rt.spool {
+		rt = cur // flush with the configuration in force
+	}
+	if rt.up == nil {
+		return ErrNoTargets
+	}
+	return rt.up.Flush(ctx, db.Dir())
+}
+
+// Flush synchronously uploads everything spooled for the database at path
+// (opened through boule by this process) to every replication target.
+func Flush(ctx context.Context, path string) error {
+	rt := current.Load()
+	if rt == nil || rt.spool == nil {
+		return ErrNotReplicated
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("vfs: flush %s: %w", path, err)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	db, err := rt.spool.DB(abs)
+	if err != nil {
+		return err
+	}
+	return flushDB(ctx, rt, db)
+}
+
+// FlushAll synchronously uploads everything spooled for every database
+// this process has opened through boule.
+func FlushAll(ctx context.Context) error {
+	rt := current.Load()
+	if rt == nil || rt.spool == nil {
+		return ErrNotReplicated
+	}
+	if rt.up == nil {
+		return ErrNoTargets
+	}
+	return rt.up.FlushAll(ctx)
+}
+
+// ReplicationStatus reports, for each database this process replicates,
+// its lag, pending bytes, calls, failures and last error.
+func ReplicationStatus() []replicate.Status {
+	rt := current.Load()
+	if rt == nil || rt.up == nil {
+		return nil
+	}
+	return rt.up.Status()
+}

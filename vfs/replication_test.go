@@ -1,0 +1,456 @@
+package vfs_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/faultproxy"
+	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// replEnv registers boule with a spool and the given targets.
+func replEnv(t *testing.T, targets ...config.Target) *env {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targets, Logger: slog.New(e.log)})
+	return e
+}
+
+func dirTarget(t *testing.T) (config.Target, replicate.Store) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "store")
+	if err := os.Mkdir(p, 0o755); err != nil { // a dir store never creates its root
+		t.Fatal(err)
+	}
+	s, err := replicate.NewDirStore(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return config.Target{Dir: &config.DirTarget{Path: p}}, s
+}
+
+func s3Target(t *testing.T, endpoint string, create bool) (config.Target, replicate.Store) {
+	t.Helper()
+	tg := config.S3Target{
+		Region: miniotest.Region, Endpoint: endpoint,
+		ChunkBucket: "chunks", ManifestBucket: "manifests",
+		CreateBucketsOnDemand: create,
+	}
+	s, err := replicate.NewS3Store(context.Background(), tg, replicate.S3Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return config.Target{S3: &tg}, s
+}
+
+// replica reassembles the newest manifest of path from s.
+func replica(t testing.TB, s replicate.Store, path string) []byte {
+	t.Helper()
+	b, err := fetchReplica(s, path)
+	if err != nil {
+		t.Fatalf("replica of %s: %v", path, err)
+	}
+	return b
+}
+
+func fetchReplica(s replicate.Store, path string) ([]byte, error) {
+	key, err := replicate.ManifestKey(vfs.Spool().Hostname(), path)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	m, _, err := replicate.FetchManifest(ctx, []replicate.Store{s}, key)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if err := replicate.Reassemble(ctx, []replicate.Store{s}, m, &buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// checkReplica asserts the store holds exactly the file's bytes.
+func checkReplica(t testing.TB, s replicate.Store, path string) {
+	t.Helper()
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := replica(t, s, path)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("replica of %s: %d bytes, file %d bytes, first difference at %d", path, len(got), len(want), firstDiff(got, want))
+	}
+}
+
+func flushPragma(t testing.TB, db *sql.DB) string {
+	t.Helper()
+	var r string
+	if err := db.QueryRow("PRAGMA boule_flush_replication_data").Scan(&r); err != nil {
+		t.Fatalf("PRAGMA boule_flush_replication_data: %v", err)
+	}
+	return r
+}
+
+func runWorkload(t testing.TB, db *sql.DB, seed uint64, steps int) {
+	t.Helper()
+	w := newWorkload(seed)
+	if err := w.setup(db); err != nil {
+		t.Fatal(err)
+	}
+	for i := range steps {
+		if what, err := w.step(db); err != nil {
+			t.Fatalf("step %d (%s): %v", i, what, err)
+		}
+	}
+}
+
+func TestReplicateEndToEnd(t *testing.T) {
+	for _, kind := range []string{"dir", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			var tg config.Target
+			var store replicate.Store
+			if kind == "dir" {
+				tg, store = dirTarget(t)
+			} else {
+				srv := miniotest.Start(t)
+				srv.SetEnv(t)
+				tg, store = s3Target(t, srv.Endpoint, true)
+			}
+			e := replEnv(t, tg)
+			path := e.path("e2e.db")
+			db := open(t, path, "boule", "")
+			db.SetMaxOpenConns(1)
+			runWorkload(t, db, 7, 150)
+			if r := flushPragma(t, db); r != "1" {
+				t.Fatalf("flush pragma=%q, want 1; log:\n%s", r, e.log)
+			}
+			checkReplica(t, store, path)
+			// More commits, flushed through the Go API this time.
+			runWorkload(t, db, 8, 50)
+			if err := vfs.Flush(context.Background(), path); err != nil {
+				t.Fatalf("Flush()=%v", err)
+			}
+			checkReplica(t, store, path)
+			st := vfs.ReplicationStatus()
+			i := slices.IndexFunc(st, func(s replicate.Status) bool { return s.Source == path })
+			if i < 0 || st[i].Uploads == 0 || st[i].Lag != 0 || st[i].LastError != "" {
+				t.Fatalf("status=%+v, want uploads, no lag, no error", st)
+			}
+		})
+	}
+}
+
+// TestBackgroundUpload: with no flush at all, the uploader brings the store
+// to exactly the database's state once writes stop.
+func TestBackgroundUpload(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("bg.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	runWorkload(t, db, 9, 100)
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := fetchReplica(store, path)
+		if err == nil && bytes.Equal(got, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("store not current 30 s after the last commit: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the store for an asynchronous upload
+	}
+}
+
+// TestFlushOnClose: PRAGMA boule_flush_replication_data=1 makes closing the
+// connection upload everything; the setter returns the previous value.
+func TestFlushOnClose(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("close.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	var prev string
+	if err := db.QueryRow("PRAGMA boule_flush_replication_data=1").Scan(&prev); err != nil || prev != "0" {
+		t.Fatalf("PRAGMA boule_flush_replication_data=1 returned %q, %v; want 0", prev, err)
+	}
+	if err := db.QueryRow("PRAGMA boule_flush_replication_data=on").Scan(&prev); err != nil || prev != "1" {
+		t.Fatalf("second setter returned %q, %v; want 1", prev, err)
+	}
+	if err := db.QueryRow("PRAGMA boule_flush_replication_data=maybe").Scan(&prev); err == nil {
+		t.Fatal("PRAGMA boule_flush_replication_data=maybe succeeded, want an error")
+	}
+	runWorkload(t, db, 10, 60)
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkReplica(t, store, path)
+}
+
+// spoolBytes is the disk used by a database's spool directory, each inode
+// counted once.
+func spoolBytes(t testing.TB, dir string) int64 {
+	t.Helper()
+	seen := map[uint64]bool{}
+	var n int64
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while walking
+			}
+			return err
+		}
+		info, err := d.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			return nil
+		}
+		st := info.Sys().(*syscall.Stat_t)
+		if !seen[st.Ino] {
+			seen[st.Ino] = true
+			n += info.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func timedCommits(t testing.TB, db *sql.DB, n int, path string, maxRatio *float64) []time.Duration {
+	t.Helper()
+	out := make([]time.Duration, 0, n)
+	dir := spoolDir(t, path)
+	for i := range n {
+		start := time.Now()
+		if _, err := db.Exec("INSERT INTO t(k, v) VALUES (?, randomblob(2000))", i); err != nil {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+		out = append(out, time.Since(start))
+		if maxRatio != nil && i%10 == 0 {
+			st, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			*maxRatio = max(*maxRatio, float64(spoolBytes(t, dir))/float64(st.Size()))
+		}
+	}
+	return out
+}
+
+// TestMinioOutage stops minio in the middle of a workload: commits never
+// fail and are not slowed, the spool stays bounded, and after the restart
+// replication catches up with nothing lost.
+func TestMinioOutage(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	tg, store := s3Target(t, srv.Endpoint, true)
+	e := replEnv(t, tg)
+	path := e.path("outage.db")
+	db := open(t, path, "boule", "_sync=NORMAL")
+	db.SetMaxOpenConns(1)
+	runWorkload(t, db, 11, 30)
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush before the outage=%q", r)
+	}
+	before := timedCommits(t, db, 300, path, nil)
+
+	srv.Stop()
+	var ratio float64
+	during := timedCommits(t, db, 300, path, &ratio)
+	if r := flushPragma(t, db); r != "0" {
+		t.Fatalf("flush with minio down=%q, want 0", r)
+	}
+	after := timedCommits(t, db, 300, path, nil)
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	mb, md, ma := median(before), median(during), median(after)
+	t.Logf("median commit: %v before, %v during the outage, %v after; spool at most %.2f× the database", mb, md, ma, ratio)
+	// The outage must not slow commits: compare with the better of the
+	// two baselines around it (the machine is noisy), allowing 10%.
+	if base := min(mb, ma); float64(md) > 1.10*float64(base) {
+		t.Errorf("median commit during the outage %v > 1.10 × %v", md, base)
+	}
+	if ratio > 4 {
+		t.Errorf("spool reached %.2f× the database, want ≤ 4", ratio)
+	}
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush after the restart=%q, want 1; log:\n%s", r, e.log)
+	}
+	checkReplica(t, store, path)
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM t WHERE k >= 0").Scan(&n); err != nil || n < 900 {
+		t.Fatalf("rows=%d, %v", n, err)
+	}
+}
+
+// TestFaultProxy: 500s, 429s, connection resets, truncated bodies and 2 s
+// stalls are retried; flushes succeed and commits are unaffected.
+func TestFaultProxy(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	proxy := faultproxy.Start(t, srv.Endpoint)
+	tg, _ := s3Target(t, proxy.URL, true)
+	_, store := s3Target(t, srv.Endpoint, true) // reads bypass the proxy
+	e := replEnv(t, tg)
+	path := e.path("faults.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	runWorkload(t, db, 12, 20)
+	for _, f := range []faultproxy.Fault{
+		faultproxy.Fail(500, 3),
+		faultproxy.Fail(503, 2),
+		faultproxy.Fail(429, 3),
+		faultproxy.ResetNext(3),
+		faultproxy.TruncateNext(2),
+		faultproxy.StallNext(2*time.Second, 2),
+	} {
+		t.Run(f.Kind.String(), func(t *testing.T) {
+			faulted := proxy.Faulted()
+			proxy.Set(f)
+			runWorkload(t, db, 13, 10)
+			if err := vfs.Flush(context.Background(), path); err != nil {
+				t.Fatalf("Flush() with %v=%v", f.Kind, err)
+			}
+			if got := proxy.Faulted() - faulted; got != f.Count {
+				t.Fatalf("faults injected=%d, want %d", got, f.Count)
+			}
+			checkReplica(t, store, path)
+		})
+	}
+}
+
+// TestWrongCredentials: a clear error, the database unaffected, and
+// replication stopped until the configuration changes.
+func TestWrongCredentials(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	const badSecret = "not-the-secret-0123456789"
+	t.Setenv("AWS_SECRET_ACCESS_KEY", badSecret)
+	tg, _ := s3Target(t, srv.Endpoint, true)
+	e := replEnv(t, tg)
+	path := e.path("creds.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	runWorkload(t, db, 14, 20)
+	if r := flushPragma(t, db); r != "0" {
+		t.Fatalf("flush with wrong credentials=%q, want 0", r)
+	}
+	err := vfs.Flush(context.Background(), path)
+	if !errors.Is(err, replicate.ErrPermanent) || strings.Contains(err.Error(), badSecret) {
+		t.Fatalf("Flush()=%v, want a permanent error without the secret", err)
+	}
+	if msg := strings.ToLower(err.Error()); !strings.Contains(msg, "credential") && !strings.Contains(msg, "access") && !strings.Contains(msg, "signature") {
+		t.Fatalf("Flush()=%v, want it to say credentials or access were refused", err)
+	}
+	runWorkload(t, db, 15, 10) // the database is unaffected
+	checkSnapshot(t, db, path)
+	if st := vfs.ReplicationStatus(); len(st) == 0 || !st[0].Blocked {
+		t.Fatalf("status=%+v, want blocked", st)
+	}
+	// Fixed credentials and a new configuration: replication resumes.
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	tg2, store := s3Target(t, srv.Endpoint, true)
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg2}, Logger: slog.New(e.log)})
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatalf("Flush() after fixing the credentials=%v", err)
+	}
+	checkReplica(t, store, path)
+}
+
+// TestMissingBucket: without create_buckets_on_demand a missing bucket is a
+// clear error naming it; with it, the bucket is created.
+func TestMissingBucket(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	tg, _ := s3Target(t, srv.Endpoint, false)
+	e := replEnv(t, tg)
+	path := e.path("bucket.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	runWorkload(t, db, 16, 10)
+	err := vfs.Flush(context.Background(), path)
+	if !errors.Is(err, replicate.ErrPermanent) || !strings.Contains(err.Error(), `bucket "`) || !strings.Contains(err.Error(), "create_buckets_on_demand") {
+		t.Fatalf("Flush()=%v, want a permanent error naming the bucket and the option", err)
+	}
+	checkSnapshot(t, db, path)
+
+	tg2, store := s3Target(t, srv.Endpoint, true)
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg2}, Logger: slog.New(e.log)})
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatalf("Flush() with create_buckets_on_demand=%v", err)
+	}
+	checkReplica(t, store, path)
+}
+
+// TestAPIBudget: 1,000 small commits at full speed, each dirtying chunks
+// spread over a 16 MB database, so that uploads have far more to do than
+// the limiter allows; the background uploader stays within it (30 calls/s,
+// burst 100), and snapshots squash.
+func TestAPIBudget(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	proxy := faultproxy.Start(t, srv.Endpoint)
+	tg, store := s3Target(t, proxy.URL, true)
+	e := replEnv(t, tg)
+	path := e.path("budget.db")
+	db := open(t, path, "boule", "_sync=OFF")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB)")
+	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 4000) INSERT INTO t(k, v) SELECT i, randomblob(4000) FROM n")
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	proxy.ResetCounts()
+	start := time.Now()
+	for i := range 1000 {
+		// Three rows far apart: about three chunks per commit.
+		mustExec(t, db, "UPDATE t SET v = randomblob(4000) WHERE id IN (?, ?, ?)", 1+i%4000, 1+(i*7+1333)%4000, 1+(i*13+2666)%4000)
+	}
+	elapsed := time.Since(start)
+	calls := proxy.Total()
+	limit := 100 + int(30*elapsed.Seconds()*1.05) + 2
+	t.Logf("1,000 commits in %v: %d store requests in the background (limit %d), %v", elapsed, calls, limit, proxy.Counts())
+	if calls > limit {
+		t.Fatalf("%d requests in %v, more than the limiter allows (%d)", calls, elapsed, limit)
+	}
+	if calls < 100 {
+		t.Fatalf("only %d requests: the workload did not reach the limiter", calls)
+	}
+	proxy.ResetCounts()
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	checkReplica(t, store, path)
+	t.Logf("the final flush: %d requests %v", proxy.Total(), proxy.Counts())
+}
