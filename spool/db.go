@@ -86,6 +86,8 @@ type DB struct {
 	failing     bool
 	stats       Stats
 	cleanedTemp bool
+	stagedNow   []manifest.Fingerprint // chunks staged by the snapshot in progress
+	mode        fs.FileMode            // the database's permission bits, as last seen
 }
 
 // cached is the staged manifest as last read or written, with what
@@ -140,7 +142,11 @@ func (d *DB) Stats() Stats {
 func (d *DB) Snapshot(src Source, ch Change) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.stagedNow = d.stagedNow[:0]
 	published, err := d.snapshot(src, ch)
+	if err != nil && len(d.stagedNow) > 0 {
+		d.dropUnreferenced(d.stagedNow)
+	}
 	log := d.s.log
 	switch {
 	case err == nil:
@@ -214,6 +220,7 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 	}
 	ctime := statCtime(st)
 	mode := st.Mode().Perm()
+	d.mode = mode
 	if err := d.ensureDirs(mode); err != nil {
 		return false, err
 	}
@@ -483,6 +490,7 @@ func (d *DB) stageChunk(fp manifest.Fingerprint, b []byte, mode fs.FileMode) err
 	if err := d.writeFile(filepath.Join(d.StagingChunksDir(), fp.String()), b, fileMode(mode)); err != nil {
 		return err
 	}
+	d.stagedNow = append(d.stagedNow, fp)
 	d.stats.ChunksStaged++
 	d.stats.BytesStaged += int64(len(b))
 	return nil
@@ -551,6 +559,20 @@ func (d *DB) remove(p string) error {
 	return nil
 }
 
+// dropUnreferenced deletes, after a failed snapshot, the chunks it staged
+// that the staged manifest on disk does not reference (another process may
+// have published one that does), so that failures cannot grow the spool.
+func (d *DB) dropUnreferenced(fps []manifest.Fingerprint) {
+	d.cur = nil
+	cur := d.loadCached()
+	for _, fp := range fps {
+		if cur != nil && cur.refs[fp] > 0 {
+			continue
+		}
+		_ = d.remove(filepath.Join(d.StagingChunksDir(), fp.String()))
+	}
+}
+
 // gcStaging deletes staged chunks that the staged manifest does not use.
 func (d *DB) gcStaging(refs map[manifest.Fingerprint]int32) {
 	entries, err := os.ReadDir(d.StagingChunksDir())
@@ -580,10 +602,13 @@ func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
 		_ = os.RemoveAll(top)
 		d.s.log.Debug("spool: ready publication skipped", logKeyDB, d.path, logKeyErr, err)
 	}
-	dm := dirMode(0o777)
-	if err := os.MkdirAll(filepath.Join(snap, "chunks"), dm); err != nil {
-		fail(err)
-		return
+	dm := dirMode(d.mode)
+	for _, p := range []string{top, snap, filepath.Join(snap, "chunks")} {
+		if err := os.Mkdir(p, dm); err != nil {
+			fail(err)
+			return
+		}
+		_ = os.Chmod(p, dm) // umask-proof
 	}
 	if err := os.Link(d.StagingManifestPath(), filepath.Join(snap, "manifest")); err != nil {
 		fail(err)

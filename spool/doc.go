@@ -9,7 +9,7 @@
 //	boule-v1.<boot id>/            state of this boot only
 //	  <mangled source path>/       one directory per source database
 //	    source                     the absolute source path, for tools
-//	    txn                        marker: a write transaction is in flight
+//	    txn                        marker: '1' while a write transaction is in flight
 //	    staging/manifest           the current snapshot's manifest
 //	    staging/chunks/<fp>        chunks not yet handed to the uploader
 //	    ready/<unique>/            a snapshot published for upload
@@ -37,10 +37,11 @@
 //     the ctime captured before the transaction's first write equal what the
 //     staged manifest recorded; a write by any other program (the sqlite3
 //     shell, a restore) changes at least the counter or the ctime;
-//   - the txn marker did not exist before the transaction's first write. A
-//     writer creates it before writing and removes it after its snapshot is
-//     published, so a transaction that crashed, or whose snapshot failed
-//     (full disk), leaves it behind, and the next writer rebuilds.
+//   - the txn marker was not set before the transaction's first write. A
+//     writer sets its byte to '1' before writing and back to '0' after its
+//     snapshot is published (the file is rewritten in place, never created
+//     per transaction), so a transaction that crashed, or whose snapshot
+//     failed (full disk), leaves it set, and the next writer rebuilds.
 //
 // Otherwise the snapshot is rebuilt from scratch, which is always correct.
 //
@@ -48,6 +49,10 @@
 //
 // staging/chunks holds only chunks referenced by the staged manifest (at
 // most the database size), and ready/ and consuming/ hold one snapshot each
-// (each at most the database size), so the spool of a database stays within
-// about three times the database size however long the uploader is stuck.
+// (each at most the database's size when it was taken), so the spool of a
+// database stays within about three times the database size however long
+// the uploader is stuck. A snapshot that fails deletes the chunks it staged.
+// The one exception to the bound is a database that shrinks a lot while a
+// larger snapshot waits in ready/ or consuming/: that snapshot keeps its
+// size until it is uploaded.
 package spool

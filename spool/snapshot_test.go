@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -1101,4 +1102,51 @@ func TestNonUTF8SourcePath(t *testing.T) {
 				i, err, used, size)
 		}
 	}
+}
+
+// TestFailedSnapshotsDoNotGrowTheSpool: when every manifest write fails,
+// the chunks each snapshot staged are deleted again, so a persistent
+// failure cannot fill the disk; once it clears, the snapshot is exact.
+func TestFailedSnapshotsDoNotGrowTheSpool(t *testing.T) {
+	var sw faultSwitch
+	opts := testOptions(t)
+	opts.Fault = sw.fault
+	sp := openSpool(t, opts)
+	rng := newRand(t)
+	src := newDBFile(t, "fail.db", makeDB(rng, 8*cs, 4096), 0o644)
+	db, err := sp.DB(src.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustTxn(t, db, src, unchanged)
+	manifestPath := db.StagingManifestPath()
+	sw.set(func(op, path string) error {
+		if op == "rename" && path == manifestPath {
+			return syscall.ENOSPC
+		}
+		return nil
+	})
+	size := int64(len(src.bytes()))
+	for i := range 40 {
+		c := 1 + i%7
+		if err := txn(t, db, src, rewrite(rng, c*cs, 100), c); !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("txn %d: Snapshot()=%v, want ENOSPC", i, err)
+		}
+		if used := spoolBytes(t, db.Dir()); used > 4*size {
+			t.Fatalf("txn %d: spool holds %d bytes for a %d-byte database", i, used, size)
+		}
+	}
+	entries, err := os.ReadDir(db.StagingChunksDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		fp, _ := manifest.ParseFingerprint(e.Name())
+		if _, m := assembled(t, db); m != nil && !slices.Contains(m.Chunks, fp) {
+			t.Fatalf("staged chunk %s is referenced by no manifest after failed snapshots", e.Name())
+		}
+	}
+	sw.clear()
+	mustTxn(t, db, src, rewrite(rng, 2*cs, 100), 2)
+	assertExact(t, db, src)
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/zeebo/blake3"
 )
@@ -23,6 +24,7 @@ const (
 )
 
 const (
+	maxSourcePath = 4096 // the manifest's limit
 	bootDirPrefix = "boule-v1."
 	// maxShortName is the longest mangled path kept whole. Longer paths get
 	// a hashed name of hashedNameLen bytes, so the two forms never collide
@@ -204,6 +206,10 @@ func (s *Spool) removeOldBoots() {
 func (s *Spool) DB(sourcePath string) (*DB, error) {
 	if !filepath.IsAbs(sourcePath) || strings.ContainsRune(sourcePath, 0) {
 		return nil, fmt.Errorf("spool: source path %q must be absolute", sourcePath)
+	}
+	// Refuse what a manifest cannot carry, rather than fail every snapshot.
+	if !utf8.ValidString(sourcePath) || len(sourcePath) > maxSourcePath {
+		return nil, fmt.Errorf("spool: source path %q cannot be replicated: manifests hold UTF-8 paths of at most %d bytes", sourcePath, maxSourcePath)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -129,3 +129,13 @@ func ReplicationStatus() []replicate.Status {
 	}
 	return rt.up.Status()
 }
+
+// TargetStats reports the store calls made to each replication target
+// (attempts, retries, failures, bytes), by target name.
+func TargetStats() map[string]replicate.Stats {
+	rt := current.Load()
+	if rt == nil || rt.up == nil {
+		return nil
+	}
+	return rt.up.TargetStats()
+}

@@ -34,6 +34,8 @@ func replEnv(t *testing.T, targets ...config.Target) *env {
 	return e
 }
 
+func targetsOf(ts ...config.Target) []config.Target { return ts }
+
 func dirTarget(t *testing.T) (config.Target, replicate.Store) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "store")
@@ -47,7 +49,7 @@ func dirTarget(t *testing.T) (config.Target, replicate.Store) {
 	return config.Target{Dir: &config.DirTarget{Path: p}}, s
 }
 
-func s3Target(t *testing.T, endpoint string, create bool) (config.Target, replicate.Store) {
+func s3Target(t testing.TB, endpoint string, create bool) (config.Target, replicate.Store) {
 	t.Helper()
 	tg := config.S3Target{
 		Region: miniotest.Region, Endpoint: endpoint,
