@@ -148,7 +148,7 @@ func allocated(f func()) uint64 {
 
 func TestZstdBombChunk(t *testing.T) {
 	for name, blob := range map[string][]byte{
-		"64MiB of zeros":   bomb(t, 64<<20),
+		"8MiB of zeros":    bomb(t, 8<<20),
 		"64KiB+1 of zeros": bomb(t, manifest.ChunkSize+1),
 		"claims 1 TiB":     rleFrame(1<<40, 8),
 		"claims 64 KiB":    rleFrame(manifest.ChunkSize, 64), // lies: holds 8 MiB
@@ -202,7 +202,7 @@ func TestManifestBlobBomb(t *testing.T) {
 	t.Cleanup(func() { manifestDecodeLimit = old })
 
 	var err error
-	blob := bomb(t, 64<<20)
+	blob := bomb(t, 8<<20)
 	n := allocated(func() { _, err = DecodeManifestBlob(blob) })
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("bomb: %v, want ErrCorrupt", err)

@@ -138,11 +138,16 @@ func TestDirVersionPruning(t *testing.T) {
 	if len(vs) != minVersions {
 		t.Fatalf("%d versions kept, want %d", len(vs), minVersions)
 	}
-	// Many quick puts: at most maxVersions stay.
-	for range maxVersions + 5 {
-		if err := d.PutManifest(ctx, key, m); err != nil {
+	// Many recent versions: at most maxVersions stay after a put.
+	vdir := d.versionDir(key)
+	for i := range maxVersions + 5 {
+		id := formatVersionID(now.Add(-time.Hour).UnixNano() + int64(i))
+		if err := os.WriteFile(filepath.Join(vdir, id), m, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := d.PutManifest(ctx, key, m); err != nil {
+		t.Fatal(err)
 	}
 	vs, err = d.ManifestVersions(ctx, key)
 	if err != nil {
@@ -154,11 +159,23 @@ func TestDirVersionPruning(t *testing.T) {
 	if !vs[0].IsLatest {
 		t.Error("newest version not latest")
 	}
-	// Same clock reading: IDs still strictly increase.
 	for i := 1; i < len(vs); i++ {
 		if vs[i].ID >= vs[i-1].ID {
 			t.Fatalf("version IDs not decreasing at %d: %s, %s", i, vs[i-1].ID, vs[i].ID)
 		}
+	}
+	// Puts at the same clock reading still get increasing IDs.
+	for range 3 {
+		if err := d.PutManifest(ctx, key, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vs2, err := d.ManifestVersions(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs2) != maxVersions || vs2[0].ID <= vs[0].ID || vs2[1].ID <= vs[0].ID || vs2[2].ID <= vs[0].ID {
+		t.Fatalf("versions after same-instant puts: %d, newest %v", len(vs2), vs2[:3])
 	}
 }
 

@@ -70,8 +70,10 @@ func (e *Error) Error() string {
 		b.WriteString(shortKey(e.Key))
 	}
 	if e.Target != "" {
-		b.WriteByte(' ')
-		b.WriteString(preposition(e.Op))
+		if p := preposition(e.Op); p != "" {
+			b.WriteByte(' ')
+			b.WriteString(p)
+		}
 		b.WriteByte(' ')
 		b.WriteString(e.Target)
 	}
@@ -113,14 +115,24 @@ func isLowerHex(s string) bool {
 	return true
 }
 
+// preposition links an operation to its target, by the operation's verb
+// (its second word): "s3 put chunk K to bucket", "dir open /path".
 func preposition(op string) string {
-	switch {
-	case strings.Contains(op, " put "), strings.HasSuffix(op, " put"):
-		return "to"
-	case strings.Contains(op, " get "), strings.HasSuffix(op, " get"):
-		return "from"
+	verb := op
+	if _, rest, ok := strings.Cut(op, " "); ok {
+		verb, _, _ = strings.Cut(rest, " ")
 	}
-	return "in"
+	switch verb {
+	case "put":
+		return "to"
+	case "get":
+		return "from"
+	case "touch", "list":
+		return "in"
+	case "check", "create", "open":
+		return ""
+	}
+	return "on"
 }
 
 // IsRetryable reports whether err is a transient failure that may go away
@@ -150,12 +162,14 @@ func retryableCause(err error) bool {
 		// reported as an *Error with Retryable set.
 		return false
 	}
+	// The SDK wraps even a request that was never answered in a
+	// response error, with status 0.
 	var re *awshttp.ResponseError
-	if errors.As(err, &re) {
+	if errors.As(err, &re) && re.HTTPStatusCode() != 0 {
 		return retryableStatus(re.HTTPStatusCode())
 	}
 	var sre *smithyhttp.ResponseError
-	if errors.As(err, &sre) {
+	if errors.As(err, &sre) && sre.HTTPStatusCode() != 0 {
 		return retryableStatus(sre.HTTPStatusCode())
 	}
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||

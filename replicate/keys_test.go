@@ -206,8 +206,8 @@ func TestParseManifestKeyRejects(t *testing.T) {
 		"nokey",
 		good + "/extra",
 		"/" + good,
-		strings.Replace(good, "a0e4", "a0e5", 1),                 // wrong host hash
-		strings.Replace(good, "98f2", "98F2", 1),                 // uppercase hash
+		strings.Replace(good, "a0e4", "a0e5", 1), // wrong host hash
+		strings.Replace(good, "98f2", "98F2", 1), // uppercase hash
 		strings.Replace(good, "%2Fvar", "%2fvar", 1),             // lowercase escape
 		strings.Replace(good, "%2Fvar", "/var", 1),               // raw slash
 		strings.Replace(good, "app.db", "app%2Edb", 1),           // needless escape

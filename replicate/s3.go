@@ -3,6 +3,10 @@ package replicate
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -91,14 +95,19 @@ func NewS3Store(ctx context.Context, t config.S3Target, opts S3Options) (*S3Stor
 	// to the HTTP client's root CAs, which it can only do to a
 	// BuildableClient: a plain *http.Client fails with "unable to add
 	// custom RootCAs HTTPClient".
+	//
+	// Each request runs under a context with the timeout; the client's
+	// own timeouts are a looser backstop, so that the context's fires
+	// first and timeouts are reported the same way.
+	backstop := opts.Timeout + opts.Timeout/2
 	httpClient := awshttp.NewBuildableClient().
-		WithTimeout(opts.Timeout).
+		WithTimeout(backstop).
 		WithDialerOptions(func(d *net.Dialer) {
-			d.Timeout = min(opts.Timeout, 10*time.Second)
+			d.Timeout = min(backstop, 10*time.Second)
 		}).
 		WithTransportOptions(func(tr *http.Transport) {
-			tr.ResponseHeaderTimeout = opts.Timeout
-			tr.TLSHandshakeTimeout = min(opts.Timeout, 10*time.Second)
+			tr.ResponseHeaderTimeout = backstop
+			tr.TLSHandshakeTimeout = min(backstop, 10*time.Second)
 			tr.MaxIdleConnsPerHost = 64
 		})
 
@@ -324,20 +333,25 @@ func (s *S3Store) EnableVersioning(ctx context.Context) error {
 // before its first request to each bucket.
 func (s *S3Store) EnsureBuckets(ctx context.Context) error {
 	for _, b := range []string{s.target.ChunkBucket, s.target.ManifestBucket} {
-		if err := s.ensureBucket(ctx, b, true); err != nil {
+		if err := s.ensureBucket(ctx, b); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// put uploads blob. Content-MD5 lets the server reject a body damaged in
+// transit: over HTTPS the SDK does not sign the payload.
 func (s *S3Store) put(ctx context.Context, op, bucket, key string, blob []byte) error {
+	sum := md5.Sum(blob)
+	contentMD5 := base64.StdEncoding.EncodeToString(sum[:])
 	return s.do(ctx, op, bucket, key, func(ctx context.Context) error {
 		_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
 			Bucket:        aws.String(bucket),
 			Key:           aws.String(key),
 			Body:          bytes.NewReader(blob),
 			ContentLength: aws.Int64(int64(len(blob))),
+			ContentMD5:    aws.String(contentMD5),
 			ContentType:   aws.String("application/octet-stream"),
 		})
 		return err
@@ -386,7 +400,7 @@ func (s *S3Store) get(ctx context.Context, op, bucket, key, versionID string, li
 // demand, and classifies its error.
 func (s *S3Store) do(ctx context.Context, op, bucket, key string, f func(context.Context) error) error {
 	if s.target.CreateBucketsOnDemand {
-		if err := s.ensureBucket(ctx, bucket, false); err != nil {
+		if err := s.ensureBucket(ctx, bucket); err != nil {
 			return err
 		}
 	}
@@ -400,20 +414,24 @@ func (s *S3Store) do(ctx context.Context, op, bucket, key string, f func(context
 }
 
 // ensureBucket checks once that bucket exists, creating it if
-// CreateBucketsOnDemand is set. With force it checks even if the target
-// does not create buckets.
-func (s *S3Store) ensureBucket(ctx context.Context, bucket string, force bool) error {
+// CreateBucketsOnDemand is set; otherwise a missing bucket is a permanent
+// error.
+func (s *S3Store) ensureBucket(ctx context.Context, bucket string) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ensured[bucket] {
+	done := s.ensured[bucket]
+	s.mu.Unlock()
+	if done {
 		return nil
 	}
-	const op = "s3 check bucket"
+	// Concurrent first calls may each check (and create): that is
+	// harmless, and holding no lock over requests keeps classify, which
+	// may call forget, free of deadlocks.
+	const op = "s3 check"
 	rctx, cancel := context.WithTimeoutCause(ctx, s.timeout, errRequestTimeout)
 	defer cancel()
 	_, err := s.client.HeadBucket(rctx, &s3.HeadBucketInput{Bucket: aws.String(bucket)})
 	if err == nil {
-		s.ensured[bucket] = true
+		s.markEnsured(bucket)
 		return nil
 	}
 	if status, _, _ := apiError(err); status != http.StatusNotFound || ctx.Err() != nil {
@@ -432,11 +450,17 @@ func (s *S3Store) ensureBucket(ctx context.Context, bucket string, force bool) e
 	_, err = s.client.CreateBucket(rctx, in)
 	if err != nil {
 		if _, code, _ := apiError(err); code != "BucketAlreadyOwnedByYou" {
-			return s.classify(ctx, rctx, "s3 create bucket", bucket, "", err)
+			return s.classify(ctx, rctx, "s3 create", bucket, "", err)
 		}
 	}
-	s.ensured[bucket] = true
+	s.markEnsured(bucket)
 	return nil
+}
+
+func (s *S3Store) markEnsured(bucket string) {
+	s.mu.Lock()
+	s.ensured[bucket] = true
+	s.mu.Unlock()
 }
 
 // forget drops what ensureBucket learnt about bucket, after it vanished.
@@ -484,6 +508,18 @@ var credentialCodes = map[string]bool{
 	"Forbidden":             true,
 }
 
+// 4xx error codes that are worth retrying: the request was damaged or
+// too slow in transit (S3 answers 400 RequestTimeout to a client that
+// stops sending its body).
+var transientCodes = map[string]bool{
+	"BadDigest":                 true,
+	"IncompleteBody":            true,
+	"RequestTimeout":            true,
+	"XAmzContentSHA256Mismatch": true,
+	"SlowDown":                  true,
+	"InternalError":             true,
+}
+
 // Error codes that mean the region or endpoint is wrong.
 var regionCodes = map[string]bool{
 	"PermanentRedirect":                  true,
@@ -510,7 +546,11 @@ func (s *S3Store) classify(ctx, rctx context.Context, op, bucket, key string, er
 	if errors.Is(err, ErrCorrupt) {
 		return s.newError(op, bucket, key, err, ErrCorrupt, err.Error())
 	}
-	if context.Cause(rctx) == errRequestTimeout {
+	// With the caller's context alive, any deadline is the request's own
+	// (the context's, or the HTTP client's backstop).
+	var ne net.Error
+	if context.Cause(rctx) == errRequestTimeout || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout()) {
 		e := s.newError(op, bucket, key, err, nil, fmt.Sprintf("timed out after %v", s.timeout))
 		e.Retryable = true
 		return e
@@ -523,6 +563,9 @@ func (s *S3Store) classify(ctx, rctx context.Context, op, bucket, key string, er
 		case strings.Contains(txt, "get identity:") || strings.Contains(txt, "failed to retrieve credentials"):
 			e.Kind = ErrPermanent
 			e.Detail = "no usable credentials from the AWS default chain (environment, shared config, instance role): " + innermost(err)
+		case isTLSConfigError(err):
+			e.Kind = ErrPermanent
+			e.Detail = "TLS certificate verification failed (check the endpoint and AWS_CA_BUNDLE): " + innermost(err)
 		case retryableCause(err):
 			e.Retryable = true
 			e.Detail = "transport error: " + innermost(err)
@@ -552,13 +595,19 @@ func (s *S3Store) classify(ctx, rctx context.Context, op, bucket, key string, er
 	case retryableStatus(status):
 		e.Retryable = true
 		e.Detail = "server error (" + what + withMsg(msg) + ")"
+	case transientCodes[code]:
+		e.Retryable = true
+		e.Detail = "request damaged or timed out in transit (" + what + withMsg(msg) + ")"
 	case credentialCodes[code] || (status == http.StatusForbidden && code == "") || status == http.StatusUnauthorized:
 		e.Kind = ErrPermanent
 		e.Detail = "access denied (" + what + "): check credentials"
 		if code == "AccessDenied" || code == "Forbidden" {
 			e.Detail += " and the bucket policy"
 		}
-	case regionCodes[code] || (status >= 300 && status < 400):
+	case regionCodes[code] || (status >= 300 && status < 400) ||
+		(status == http.StatusBadRequest && op == "s3 check"):
+		// An answer to HEAD has no body, hence no code; S3 and MinIO
+		// answer 400 or 301 to a request signed for the wrong region.
 		e.Kind = ErrPermanent
 		e.Detail = "wrong region or endpoint (" + what + withMsg(msg) + "): check region and endpoint"
 	case code == "BucketAlreadyExists":
@@ -569,6 +618,19 @@ func (s *S3Store) classify(ctx, rctx context.Context, op, bucket, key string, er
 		e.Detail = "rejected (" + what + withMsg(msg) + ")"
 	}
 	return e
+}
+
+// isTLSConfigError reports whether err is a TLS failure that retrying
+// cannot fix: an untrusted or mismatched certificate, or an endpoint
+// that does not speak TLS.
+func isTLSConfigError(err error) bool {
+	var cve *tls.CertificateVerificationError
+	var uae x509.UnknownAuthorityError
+	var hne x509.HostnameError
+	var cie x509.CertificateInvalidError
+	var rhe tls.RecordHeaderError
+	return errors.As(err, &cve) || errors.As(err, &uae) || errors.As(err, &hne) ||
+		errors.As(err, &cie) || errors.As(err, &rhe)
 }
 
 func withMsg(msg string) string {

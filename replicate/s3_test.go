@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -72,6 +73,7 @@ func TestS3(t *testing.T) {
 	t.Run("WrongCredentials", func(t *testing.T) { testWrongCredentials(t, srv) })
 	t.Run("MissingBucket", func(t *testing.T) { testMissingBucket(t, srv) })
 	t.Run("CreateBuckets", func(t *testing.T) { testCreateBuckets(t, srv) })
+	t.Run("WrongRegion", func(t *testing.T) { testWrongRegion(t, srv) })
 	t.Run("UnversionedVersions", func(t *testing.T) { testUnversioned(t, srv) })
 	t.Run("CABundle", func(t *testing.T) { testCABundle(t, srv) })
 	t.Run("CABundleTLS", func(t *testing.T) { testCABundleTLS(t, srv) })
@@ -201,6 +203,20 @@ func testCreateBuckets(t *testing.T, srv *miniotest.Server) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("second store: %v", err)
 	}
+	// Concurrent first uses of a fresh store race to create the buckets.
+	fresh := newS3(t, s3Target(srv.Endpoint, true), S3Options{})
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := randomBytes(uint64(30+i), 100)
+			if err := fresh.PutChunk(ctx, manifest.Sum(d), d); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
 	// The bucket vanishing later is noticed and fixed by the next call.
 	if _, err := s.Client().DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(tg.ChunkBucket), Key: aws.String(ChunkKey(manifest.Sum(data)))}); err != nil {
 		t.Fatal(err)
@@ -216,6 +232,19 @@ func testCreateBuckets(t *testing.T, srv *miniotest.Server) {
 	}
 	if err := s.PutChunk(ctx, manifest.Sum(data), data); err != nil {
 		t.Fatalf("PutChunk did not recreate the bucket: %v", err)
+	}
+}
+
+func testWrongRegion(t *testing.T, srv *miniotest.Server) {
+	for _, create := range []bool{false, true} {
+		tg := s3Target(srv.Endpoint, create)
+		tg.Region = "eu-west-3"
+		s := newS3(t, tg, S3Options{})
+		err := s.PutChunk(context.Background(), manifest.ZeroChunk, make([]byte, 100))
+		if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "check region") {
+			t.Errorf("create=%v: %v, want a permanent region error", create, err)
+		}
+		t.Logf("create=%v: %v", create, err)
 	}
 }
 
@@ -288,7 +317,7 @@ func testCABundleTLS(t *testing.T, srv *miniotest.Server) {
 	tlsSrv := httptest.NewUnstartedServer(p)
 	tlsSrv.StartTLS()
 	t.Cleanup(tlsSrv.Close)
-	endpoint := strings.Replace(tlsSrv.URL, "https://127.0.0.1", "https://127.0.0.1", 1)
+	endpoint := tlsSrv.URL
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o644); err != nil {
 		t.Fatal(err)
@@ -305,6 +334,30 @@ func testCABundleTLS(t *testing.T, srv *miniotest.Server) {
 	}
 	t.Log(err)
 
+	// Over TLS the SDK does not sign the payload; Content-MD5 protects
+	// uploads instead.
+	var mu sync.Mutex
+	var puts []string
+	p.Observe(func(r *http.Request) {
+		if r.Method == http.MethodPut && r.ContentLength > 0 {
+			mu.Lock()
+			puts = append(puts, r.Header.Get("X-Amz-Content-Sha256")+" md5="+r.Header.Get("Content-Md5"))
+			mu.Unlock()
+		}
+	})
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		t.Logf("uploads over TLS: %q", puts)
+		if len(puts) == 0 {
+			t.Error("no upload observed")
+		}
+		for _, h := range puts {
+			if _, md5, _ := strings.Cut(h, " md5="); len(md5) != 24 {
+				t.Errorf("PUT over TLS without Content-MD5: %q", h)
+			}
+		}
+	}()
 	t.Setenv("AWS_CA_BUNDLE", ca)
 	s = newS3(t, s3Target(endpoint, true), S3Options{Timeout: 10 * time.Second})
 	if err := s.PutChunk(ctx, manifest.Sum(data), data); err != nil {
@@ -318,14 +371,18 @@ func testCABundleTLS(t *testing.T, srv *miniotest.Server) {
 	}
 }
 
-// testPayloadSigned checks that uploads are protected in transit by
-// SigV4's payload hash, since the SDK's CRC checksums are turned off.
+// testPayloadSigned checks that uploads are protected in transit, since
+// the SDK's CRC checksums are turned off: over plain HTTP by SigV4's
+// payload hash, and always by Content-MD5.
 func testPayloadSigned(t *testing.T, srv *miniotest.Server) {
 	p := faultproxy.Start(t, srv.Endpoint)
 	hashes := make(chan string, 100)
 	p.Observe(func(r *http.Request) {
-		if r.Method == http.MethodPut {
+		if r.Method == http.MethodPut && r.ContentLength > 0 {
 			hashes <- r.Header.Get("X-Amz-Content-Sha256")
+			if len(r.Header.Get("Content-Md5")) != 24 {
+				t.Errorf("PUT without Content-MD5")
+			}
 		}
 	})
 	s := newS3(t, s3Target(p.URL, true), S3Options{})

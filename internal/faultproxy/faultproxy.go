@@ -11,7 +11,6 @@ package faultproxy
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -42,6 +41,10 @@ const (
 	// (with the full Content-Length) and only the first half of its body
 	// before closing the connection.
 	Truncate
+	// CorruptRequest forwards the request with one bit of its body
+	// flipped (requests without a body pass unchanged), as a damaged
+	// upload.
+	CorruptRequest
 )
 
 func (k Kind) String() string {
@@ -56,6 +59,8 @@ func (k Kind) String() string {
 		return "stall"
 	case Truncate:
 		return "truncate"
+	case CorruptRequest:
+		return "corrupt-request"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
@@ -89,6 +94,12 @@ func ResetNext(n int) Fault { return Fault{Kind: Reset, Count: n} }
 // TruncateNext returns a fault that truncates the answers to the next n
 // requests (all of them if n is 0).
 func TruncateNext(n int) Fault { return Fault{Kind: Truncate, Count: n} }
+
+// CorruptNext returns a fault that flips a bit in the bodies of the next
+// n requests that have one (all of them if n is 0).
+func CorruptNext(n int) Fault {
+	return Fault{Kind: CorruptRequest, Count: n, Match: func(r *http.Request) bool { return r.ContentLength != 0 }}
+}
 
 // StallNext returns a fault that delays the next n requests (all of them
 // if n is 0) by d.
@@ -164,13 +175,9 @@ func New(target string) (*Proxy, error) {
 	return p, nil
 }
 
-// Close stops the proxy.
+// Close stops the proxy, dropping the connections in progress.
 func (p *Proxy) Close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := p.srv.Shutdown(ctx); err != nil {
-		p.srv.Close()
-	}
+	p.srv.Close()
 	p.tr.CloseIdleConnections()
 }
 
@@ -269,6 +276,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reset(w)
 		return
 	case Stall:
+		// Read the body first, so that the server notices when the
+		// client gives up and hangs up.
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		t := time.NewTimer(f.Delay)
 		select {
 		case <-t.C:
@@ -276,6 +290,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			t.Stop()
 			return
 		}
+	}
+	if f.Kind == CorruptRequest {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		if len(body) > 0 {
+			body[len(body)/2] ^= 0x01
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	resp, err := p.forward(r)
 	if err != nil {

@@ -140,3 +140,20 @@ func TestStall(t *testing.T) {
 		t.Fatalf("short stall: %v", err)
 	}
 }
+
+func TestCorruptRequest(t *testing.T) {
+	p := Start(t, backend(t).URL)
+	p.Set(CorruptNext(1))
+	// A GET without a body is not counted against the fault.
+	if _, body, err := do(t, "GET", p.URL+"/b/k", ""); err != nil || !strings.HasPrefix(string(body), "body::") {
+		t.Fatalf("GET: %q %v", body[:10], err)
+	}
+	_, body, err := do(t, "PUT", p.URL+"/b/k", "hello")
+	if err != nil || !strings.HasPrefix(string(body), "body:hemlo:") {
+		t.Fatalf("corrupted PUT: %q, %v", body[:12], err)
+	}
+	_, body, _ = do(t, "PUT", p.URL+"/b/k", "hello")
+	if !strings.HasPrefix(string(body), "body:hello:") {
+		t.Fatalf("second PUT corrupted too: %q", body[:12])
+	}
+}

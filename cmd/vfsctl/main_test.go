@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// vfsctl runs the command in-process and returns its exit code and output.
+func vfsctl(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+type fixture struct {
+	dir, spool, store, db string
+}
+
+// newFixture writes a database through boule with a spool and no target,
+// so that everything stays spooled for vfsctl.
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "app.db")}
+	if err := os.Mkdir(f.store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: f.spool}); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite3", "file:"+f.db+"?vfs=boule")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+		"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300) INSERT INTO t(v) SELECT randomblob(1000) FROM n",
+		"UPDATE t SET v = randomblob(10) WHERE id = 7",
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	return f
+}
+
+func (f *fixture) config() string {
+	return fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, f.spool, f.store)
+}
+
+// checkStore asserts the dir store holds exactly the database's bytes.
+func (f *fixture) checkStore(t *testing.T, host string) {
+	t.Helper()
+	s, err := replicate.NewDirStore(f.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := replicate.ManifestKey(host, f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	m, _, err := replicate.FetchManifest(ctx, []replicate.Store{s}, key)
+	if err != nil {
+		t.Fatalf("manifest %s: %v", key, err)
+	}
+	var buf bytes.Buffer
+	if err := replicate.Reassemble(ctx, []replicate.Store{s}, m, &buf); err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), want) {
+		t.Fatalf("store holds %d bytes, the database %d", buf.Len(), len(want))
+	}
+}
+
+func hostname(t *testing.T) string {
+	t.Helper()
+	h, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestUsage(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no command", nil, exitUsage, "usage: vfsctl"},
+		{"help", []string{"--help"}, exitOK, "Commands:"},
+		{"unknown command", []string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
+		{"flush help", []string{"flush", "--help"}, exitOK, "usage: vfsctl flush SPOOL_DIR"},
+		{"sync help", []string{"sync", "--help"}, exitOK, "usage: vfsctl sync DB"},
+		{"status help", []string{"status", "--help"}, exitOK, "-json"},
+		{"flush without dir", []string{"flush"}, exitUsage, "want exactly one SPOOL_DIR"},
+		{"sync two dbs", []string{"sync", "a", "b"}, exitUsage, "want exactly one DB"},
+		{"status bad flag", []string{"status", "--jsn", "x"}, exitUsage, "flag provided but not defined: -jsn"},
+		{"bad log level", []string{"--log", "loud", "status", "x"}, exitUsage, `--log "loud"`},
+		{"bad config key", []string{"--config", `{"replication_targetz": []}`, "flush", "/tmp"}, exitUsage, `unknown key "replication_targetz"`},
+		{"no targets", []string{"--config", `{}`, "flush", "/tmp"}, exitUsage, "no replication targets"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("BOULE_CONFIG", "")
+			code, out, errs := vfsctl(t, tc.args...)
+			if code != tc.code || !strings.Contains(out+errs, tc.want) {
+				t.Fatalf("vfsctl %q = %d, %q %q; want %d and %q", tc.args, code, out, errs, tc.code, tc.want)
+			}
+		})
+	}
+}
+
+func TestFlushAndStatus(t *testing.T) {
+	f := newFixture(t)
+	// Before the flush: one database, pending bytes, never uploaded.
+	code, out, errs := vfsctl(t, "status", "--json", f.spool)
+	if code != exitOK {
+		t.Fatalf("status=%d %s", code, errs)
+	}
+	var st []statusJSON
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 1 || st[0].Source != f.db || st[0].PendingBytes == 0 || st[0].LagSeconds <= 0 {
+		t.Fatalf("status before flush=%s (%v), want one pending database with a lag", out, err)
+	}
+
+	code, out, errs = vfsctl(t, "--config", f.config(), "flush", f.spool)
+	if code != exitOK || !strings.Contains(out, "ok      "+f.db) {
+		t.Fatalf("flush=%d %q %q", code, out, errs)
+	}
+	f.checkStore(t, hostname(t))
+
+	code, out, _ = vfsctl(t, "status", "--json", f.spool)
+	st = nil
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != exitOK || len(st) != 1 || st[0].LagSeconds != 0 || st[0].Uploads == 0 || st[0].LastUpload == "" {
+		t.Fatalf("status after flush=%d %s (%v), want no lag and an upload", code, out, err)
+	}
+	code, out, _ = vfsctl(t, "status", f.spool)
+	if code != exitOK || !strings.Contains(out, "SOURCE") || !strings.Contains(out, f.db) {
+		t.Fatalf("status table=%d %q", code, out)
+	}
+}
+
+func TestFlushFailure(t *testing.T) {
+	f := newFixture(t)
+	missing := filepath.Join(f.dir, "no-such-store")
+	cfg := fmt.Sprintf(`{"replication_targets": [{"dir": {"path": %q}}]}`, missing)
+	code, out, errs := vfsctl(t, "--config", cfg, "flush", f.spool)
+	if code != exitFail || !strings.Contains(errs, "does not exist") || !strings.Contains(out, "FAILED") {
+		t.Fatalf("flush to a missing store=%d %q %q; want exit 1 saying it does not exist", code, out, errs)
+	}
+	code, _, errs = vfsctl(t, "status", filepath.Join(f.dir, "no-spool"))
+	if code != exitFail || !strings.Contains(errs, "no-spool") {
+		t.Fatalf("status of a missing spool=%d %q; want exit 1 naming it", code, errs)
+	}
+}
+
+// TestSync: a database written without boule at all gets uploaded.
+func TestSync(t *testing.T) {
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "plain.db")}
+	if err := os.Mkdir(f.store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sqlite3, err := exec.LookPath("sqlite3")
+	if err != nil {
+		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
+	}
+	if out, err := exec.Command(sqlite3, f.db, "CREATE TABLE t(x); INSERT INTO t VALUES (zeroblob(200000)), ('hello');").CombinedOutput(); err != nil {
+		t.Fatalf("sqlite3: %v %s", err, out)
+	}
+	code, out, errs := vfsctl(t, "--config", f.config(), "sync", f.db)
+	want, _ := replicate.ManifestKey(hostname(t), f.db)
+	if code != exitOK || strings.TrimSpace(out) != want {
+		t.Fatalf("sync=%d %q %q; want the manifest name %q", code, out, errs, want)
+	}
+	f.checkStore(t, hostname(t))
+
+	// The file changes outside boule; sync again uploads the new state.
+	if out, err := exec.Command(sqlite3, f.db, "INSERT INTO t VALUES (randomblob(100000));").CombinedOutput(); err != nil {
+		t.Fatalf("sqlite3: %v %s", err, out)
+	}
+	if code, _, errs := vfsctl(t, "--config", f.config(), "sync", f.db); code != exitOK {
+		t.Fatalf("second sync=%d %q", code, errs)
+	}
+	f.checkStore(t, hostname(t))
+
+	if code, _, errs := vfsctl(t, "--config", f.config(), "sync", filepath.Join(dir, "nope.db")); code != exitFail || !strings.Contains(errs, "nope.db") {
+		t.Fatalf("sync of a missing file=%d %q; want exit 1 naming it", code, errs)
+	}
+}
+
+// TestBinary runs the real vfsctl binary once, to check the exit code
+// reaches the shell.
+func TestBinary(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "vfsctl")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v %s", err, out)
+	}
+	cmd := exec.Command(bin, "frobnicate")
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitUsage || !strings.Contains(string(out), "unknown command") {
+		t.Fatalf("vfsctl frobnicate: %v %q, want exit %d", err, out, exitUsage)
+	}
+}
