@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -119,6 +120,7 @@ type dbState struct {
 	retryAt       time.Time     // background uploads wait until then after a failure
 	backoff       time.Duration // the current wait after a failure
 	blocked       error         // a permanent error: stop until reconfigured or flushed
+	rerun         bool          // a wake-up came while the upload was busy
 	blockedOnce   bool
 	failingLogged bool
 }
@@ -338,16 +340,40 @@ func (u *Uploader) worker(ctx context.Context) {
 			if st.waiting(u.opts.Now()) {
 				continue // backing off after a failure; the scan comes back
 			}
+			// Set before TryLock, cleared once the lock is ours: an upload
+			// that holds the lock meanwhile may have looked at the spool
+			// for the last time already, so it queues dir again when done
+			// (requeue).
+			st.setRerun(true)
 			if !st.upload.TryLock() {
-				continue // another worker has it; it will see the new data
+				continue
 			}
+			st.setRerun(false)
 			err := u.handle(ctx, st, u.bg, false)
 			if err != nil && ctx.Err() == nil {
 				u.noteFailure(st, err)
 			}
 			u.saveStatus(st)
 			st.upload.Unlock()
+			u.requeue(st)
 		}
+	}
+}
+
+func (st *dbState) setRerun(v bool) {
+	st.mu.Lock()
+	st.rerun = v
+	st.mu.Unlock()
+}
+
+// requeue wakes a worker for st if a wake-up found its upload busy. It is
+// called after the upload lock is released.
+func (u *Uploader) requeue(st *dbState) {
+	st.mu.Lock()
+	again := st.rerun
+	st.mu.Unlock()
+	if again {
+		u.Notify(st.dir)
 	}
 }
 
@@ -379,7 +405,6 @@ func (u *Uploader) scanner(ctx context.Context) {
 func (u *Uploader) Flush(ctx context.Context, dir string) error {
 	st := u.state(dir)
 	st.upload.Lock()
-	defer st.upload.Unlock()
 	st.mu.Lock()
 	st.blocked = nil
 	st.mu.Unlock()
@@ -388,6 +413,8 @@ func (u *Uploader) Flush(ctx context.Context, dir string) error {
 		u.noteFailure(st, err)
 	}
 	u.saveStatus(st)
+	st.upload.Unlock()
+	u.requeue(st)
 	return err
 }
 
@@ -425,7 +452,9 @@ func (u *Uploader) Status() []Status {
 		s := st.status
 		s.Blocked = st.blocked != nil
 		st.mu.Unlock()
-		s.Lag, s.PendingBytes = SpoolLag(st.dir, st.uploadedSumCopy(), now)
+		// The uploaded file, not this process's memory: another process
+		// may be the one uploading this database.
+		s.Lag, s.PendingBytes = SpoolLag(st.dir, uploadedFileSum(st.dir), now)
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Source < out[j].Source })
@@ -449,6 +478,16 @@ func (u *Uploader) TargetStats() map[string]Stats {
 		out[t.Name] = s
 	}
 	return out
+}
+
+// uploadedFileSum returns the SHA-256 of the database's uploaded file, the
+// manifest last put in the store by any process; zero when there is none.
+func uploadedFileSum(dir string) [32]byte {
+	b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile))
+	if err != nil {
+		return [32]byte{}
+	}
+	return sha256.Sum256(b)
 }
 
 func (st *dbState) uploadedSumCopy() [32]byte {
@@ -509,10 +548,9 @@ func (u *Uploader) noteSuccess(st *dbState, m *manifest.Manifest, sum [32]byte) 
 	st.blockedOnce = false
 }
 
-// handle uploads what dir holds: first the snapshots already handed over
-// (consuming/, then ready/), then, when no newer snapshot is in flight, the
-// staged one, so that a quiet database ends up exactly current in the
-// store. Only one process uploads a database at a time (an advisory lock).
+// handle uploads what dir holds. Only one process uploads a database at a
+// time (an advisory lock); each pass uploads at most one manifest, the
+// newest (see pass).
 func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTarget, flush bool) error {
 	st.mu.Lock()
 	blocked := st.blocked
@@ -532,17 +570,14 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 		return nil // another process is uploading this database
 	}
 	defer unlock()
-
-	if err := u.consume(ctx, st, targets); err != nil {
-		return err
-	}
-	if err := u.uploadStaging(ctx, st, targets); err != nil {
-		return err
-	}
-	// A snapshot published while we uploaded the staged one is at least as
-	// recent: upload it too, so that replication never goes backwards.
-	if err := u.consume(ctx, st, targets); err != nil {
-		return err
+	for range 3 {
+		more, err := u.pass(ctx, st, targets)
+		if err != nil {
+			return err
+		}
+		if !more {
+			break
+		}
 	}
 	if !flush {
 		u.maybeTouch(ctx, st, targets)
@@ -556,57 +591,251 @@ func (u *Uploader) forget(dir string) {
 	delete(u.dbs, dir)
 }
 
-// consume uploads consuming/<snapshot>, then moves ready/ to consuming/
-// and uploads that, until neither holds anything.
-func (u *Uploader) consume(ctx context.Context, st *dbState, targets []limitedTarget) error {
+// pass uploads the newest snapshot of the database, and reports whether a
+// newer one may be waiting.
+//
+// It reads the staged manifest first (or, when there is none, the newest
+// handed-over one), then sweeps chunk files in the order the spool moves
+// them: staging/chunks, then ready/ (which it takes into consuming/), then
+// consuming/. Chunks only move forward, so after the sweep every chunk the
+// manifest references is in the store, and the manifest can follow, unless
+// the spool staged a newer snapshot meanwhile: it deletes the staged chunks
+// that snapshot replaced, so the newest snapshot handed over since the
+// manifest was read is uploaded instead. Chunk files of older snapshots
+// (handed over before the manifest was read) that the uploaded manifest
+// does not reference are obsolete (a newer manifest that needs the same
+// bytes stages them anew): they are deleted without upload, so snapshots
+// squash at upload time as well as in the spool, and at most one manifest
+// is uploaded per pass.
+func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarget) (more bool, err error) {
+	staged := filepath.Join(st.dir, "staging", "manifest")
 	consuming := filepath.Join(st.dir, "consuming")
-	ready := filepath.Join(st.dir, "ready")
-	for range 4 {
-		subs, err := os.ReadDir(consuming)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("replicate: list %s: %w", consuming, err)
+	uploaded := st.uploadedSumCopy()
+	if b, err := os.ReadFile(staged); err == nil && sha256.Sum256(b) == uploaded &&
+		dirEmpty(filepath.Join(st.dir, "ready")) && dirEmpty(consuming) {
+		return false, nil // nothing new
+	}
+	if err := u.waitManifestGap(ctx, st); err != nil {
+		return false, err
+	}
+
+	// Snapshots handed over before the manifest is read (in consuming/, or
+	// still in ready/): after the upload, they are entirely obsolete.
+	// Snapshots published later may be newer than the manifest: they stay.
+	before, err := listDirs(consuming)
+	if err != nil {
+		return false, err
+	}
+	inReady, err := listDirs(filepath.Join(st.dir, "ready"))
+	if err != nil {
+		return false, err
+	}
+	before = append(before, inReady...)
+	mb, err := os.ReadFile(staged)
+	fromStaging := err == nil
+	if errors.Is(err, fs.ErrNotExist) {
+		mb, err = u.newestHandedOver(st.dir)
+	}
+	if err != nil {
+		return false, fmt.Errorf("replicate: read manifest of %s: %w", st.status.Source, err)
+	}
+	if mb == nil {
+		return false, nil // no snapshot at all yet
+	}
+	if sha256.Sum256(mb) == uploaded {
+		// Already in the store: whatever waited before is older.
+		if err := takeReady(st.dir); err != nil {
+			return false, err
 		}
-		for _, s := range subs {
-			if err := u.uploadSnapshot(ctx, st, filepath.Join(consuming, s.Name()), targets); err != nil {
-				return err
+		if err := removeSnapshots(consuming, before); err != nil {
+			return false, err
+		}
+		return !dirEmpty(consuming), nil // newer snapshots arrived meanwhile
+	}
+	m, err := manifest.Decode(mb)
+	if err != nil {
+		return false, fmt.Errorf("%w: %w", ErrSpoolCorrupt, err)
+	}
+	// Staged chunks belong to the newest snapshot: all are uploaded.
+	if err := u.uploadChunkDir(ctx, st, filepath.Join(st.dir, "staging", "chunks"), nil, targets); err != nil {
+		return false, err
+	}
+	if err := takeReady(st.dir); err != nil {
+		return false, err
+	}
+	if err := u.sweep(ctx, st, consuming, m, targets); err != nil {
+		return false, err
+	}
+	if fromStaging {
+		if b, err := os.ReadFile(staged); err != nil || string(b) != string(mb) {
+			// A newer snapshot was staged meanwhile, and the spool deletes
+			// the staged chunks a snapshot replaces: a chunk of this one
+			// may have gone before it was uploaded. Upload instead the
+			// newest snapshot handed over since it was read, whose chunks
+			// are all in consuming/ or in the store, or look again.
+			mb, m, err = newestSince(consuming, before)
+			if err != nil || mb == nil {
+				return err == nil, err
+			}
+			if err := u.sweep(ctx, st, consuming, m, targets); err != nil {
+				return false, err
 			}
 		}
-		if err := os.Remove(consuming); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil // not empty: something new arrived; the next round takes it
+	}
+	if err := u.uploadManifest(ctx, st, mb, targets); err != nil {
+		return false, err
+	}
+	if err := removeSnapshots(consuming, before); err != nil {
+		return false, err
+	}
+	// A snapshot staged or published after the manifest was read is newer:
+	// look again (the next pass returns at once if nothing is new).
+	return true, nil
+}
+
+// sweep uploads the chunks of m that the snapshots in consuming/ hold.
+func (u *Uploader) sweep(ctx context.Context, st *dbState, consuming string, m *manifest.Manifest, targets []limitedTarget) error {
+	need := make(map[manifest.Fingerprint]bool, len(m.Chunks))
+	for i, fp := range m.Chunks {
+		if _, inline := m.Inline[uint32(i)]; !inline {
+			need[fp] = true
 		}
-		if err := os.Rename(ready, consuming); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return fmt.Errorf("replicate: take %s: %w", ready, err)
+	}
+	snaps, err := listDirs(consuming)
+	if err != nil {
+		return err
+	}
+	for _, snap := range snaps {
+		if err := u.uploadChunkDir(ctx, st, filepath.Join(consuming, snap, "chunks"), need, targets); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// uploadSnapshot uploads a published snapshot directory (its chunks, then
-// its manifest), then deletes it.
-func (u *Uploader) uploadSnapshot(ctx context.Context, st *dbState, snap string, targets []limitedTarget) error {
-	chunks := filepath.Join(snap, "chunks")
-	if err := u.uploadChunkDir(ctx, st, chunks, targets); err != nil {
-		return err
-	}
-	mb, err := os.ReadFile(filepath.Join(snap, "manifest"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return os.RemoveAll(snap)
-	}
+// newestSince returns the manifest of the newest snapshot in consuming/
+// that is not named in before, or nil if there is none.
+func newestSince(consuming string, before []string) ([]byte, *manifest.Manifest, error) {
+	snaps, err := listDirs(consuming)
 	if err != nil {
-		return fmt.Errorf("replicate: read %s: %w", snap, err)
+		return nil, nil, err
 	}
-	if err := u.uploadManifest(ctx, st, mb, targets); err != nil {
-		return err
+	var newest []byte
+	var nm *manifest.Manifest
+	for _, s := range snaps {
+		if slices.Contains(before, s) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(consuming, s, "manifest"))
+		if err != nil {
+			continue
+		}
+		m, err := manifest.Decode(b)
+		if err != nil {
+			continue
+		}
+		if nm == nil || m.Created.After(nm.Created) {
+			newest, nm = b, m
+		}
 	}
-	return os.RemoveAll(snap)
+	return newest, nm, nil
 }
 
-// uploadChunkDir uploads and deletes every chunk file in dir. Each is
-// verified against its name first: a corrupt spool file is never uploaded.
-func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, targets []limitedTarget) error {
+// newestHandedOver returns the manifest of the newest snapshot in ready/
+// or consuming/, or nil: the upload source when nothing is staged (the
+// database switched to WAL, or a crash lost the staged manifest).
+func (u *Uploader) newestHandedOver(dir string) ([]byte, error) {
+	var newest []byte
+	var when time.Time
+	for _, state := range []string{"consuming", "ready"} {
+		snaps, err := listDirs(filepath.Join(dir, state))
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range snaps {
+			b, err := os.ReadFile(filepath.Join(dir, state, s, "manifest"))
+			if err != nil {
+				continue
+			}
+			m, err := manifest.Decode(b)
+			if err != nil {
+				continue
+			}
+			if newest == nil || m.Created.After(when) {
+				newest, when = b, m.Created
+			}
+		}
+	}
+	return newest, nil
+}
+
+// takeReady moves every snapshot in ready/ into consuming/, then removes
+// ready/, so the spool may publish the next snapshot there at once: it
+// renames a directory onto ready/ with os.Rename, which refuses any
+// existing directory, even an empty one.
+func takeReady(dir string) error {
+	ready := filepath.Join(dir, "ready")
+	snaps, err := listDirs(ready)
+	if err != nil {
+		return err
+	}
+	if len(snaps) > 0 {
+		consuming := filepath.Join(dir, "consuming")
+		if err := os.Mkdir(consuming, 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("replicate: create %s: %w", consuming, err)
+		}
+		for _, s := range snaps {
+			if err := os.Rename(filepath.Join(ready, s), filepath.Join(consuming, s)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("replicate: take %s: %w", filepath.Join(ready, s), err)
+			}
+		}
+	}
+	// Fails, harmlessly, when a snapshot was published meanwhile (a
+	// publication never leaves ready/ empty) or ready/ is already gone.
+	_ = os.Remove(ready)
+	return nil
+}
+
+// removeSnapshots deletes the snapshot directories in consuming/ named in
+// only.
+func removeSnapshots(consuming string, only []string) error {
+	snaps, err := listDirs(consuming)
+	if err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		if !slices.Contains(only, s) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(consuming, s)); err != nil {
+			return fmt.Errorf("replicate: remove %s: %w", filepath.Join(consuming, s), err)
+		}
+	}
+	return nil
+}
+
+func listDirs(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("replicate: list %s: %w", dir, err)
+	}
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// uploadChunkDir uploads the chunk files in dir that need selects (all of
+// them when need is nil), deleting each once it is in every target. Each
+// is verified against its name first: a corrupt spool file is never
+// uploaded.
+func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, need map[manifest.Fingerprint]bool, targets []limitedTarget) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -619,14 +848,14 @@ func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, 
 			return err
 		}
 		fp, err := manifest.ParseFingerprint(e.Name())
-		if err != nil {
+		if err != nil || (need != nil && !need[fp]) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
 		if !u.recentlyUploaded(fp) {
 			data, err := os.ReadFile(p)
 			if errors.Is(err, fs.ErrNotExist) {
-				continue // garbage-collected meanwhile: no manifest needs it
+				continue // moved on to ready/, or no longer referenced
 			}
 			if err != nil {
 				return fmt.Errorf("replicate: read %s: %w", p, err)
@@ -682,6 +911,31 @@ func (u *Uploader) recentlyUploaded(fp manifest.Fingerprint) bool {
 	return ok && u.opts.Now().Sub(t) < u.opts.RecentTTL
 }
 
+// waitManifestGap waits until ManifestGap has passed since the database's
+// last manifest upload (some S3 clones order overwrites by the second). It
+// waits before the manifest is read, so that the upload is as fresh as it
+// can be.
+func (u *Uploader) waitManifestGap(ctx context.Context, st *dbState) error {
+	gap := u.opts.ManifestGap
+	if gap <= 0 {
+		return nil
+	}
+	st.mu.Lock()
+	wait := gap - u.opts.Now().Sub(st.lastManifest)
+	st.mu.Unlock()
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // uploadManifest uploads encoded manifest bytes to every non-cache target,
 // then records them as the database's last uploaded manifest.
 func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, targets []limitedTarget) error {
@@ -694,20 +948,6 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, t
 		return err
 	}
 	sum := sha256.Sum256(mb)
-	if gap := u.opts.ManifestGap; gap > 0 {
-		st.mu.Lock()
-		wait := gap - u.opts.Now().Sub(st.lastManifest)
-		st.mu.Unlock()
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
-			}
-		}
-	}
 	for _, t := range targets {
 		if t.Cache {
 			continue
@@ -724,33 +964,6 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, t
 	}
 	u.noteSuccess(st, m, sum)
 	return nil
-}
-
-// uploadStaging uploads the staged snapshot when no newer one is in
-// flight. It reads the manifest first, then uploads and removes every
-// staged chunk, then checks, in the order chunks move (staging, ready,
-// consuming), that nothing new arrived: then every chunk the manifest
-// references is uploaded, and the manifest can be.
-func (u *Uploader) uploadStaging(ctx context.Context, st *dbState, targets []limitedTarget) error {
-	mb, err := os.ReadFile(filepath.Join(st.dir, "staging", "manifest"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("replicate: read staged manifest: %w", err)
-	}
-	if sha256.Sum256(mb) == st.uploadedSumCopy() {
-		return nil // already in the store, byte for byte
-	}
-	if err := u.uploadChunkDir(ctx, st, filepath.Join(st.dir, "staging", "chunks"), targets); err != nil {
-		return err
-	}
-	for _, d := range []string{filepath.Join("staging", "chunks"), "ready", "consuming"} {
-		if !dirEmpty(filepath.Join(st.dir, d)) {
-			return nil // a newer snapshot is on its way; it will be uploaded
-		}
-	}
-	return u.uploadManifest(ctx, st, mb, targets)
 }
 
 // maybeTouch refreshes, spread over TouchPeriod, the chunks of the last

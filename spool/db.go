@@ -638,8 +638,11 @@ func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
 		fail(err)
 		return
 	}
-	if err := os.Rename(top, d.readyDir()); err != nil {
-		fail(err) // ENOTEMPTY/EEXIST: another process published first
+	// rename(2) itself, not os.Rename, which refuses to replace even an
+	// empty directory: an empty ready/ is replaced atomically, and a
+	// non-empty one (another process published first) makes this fail.
+	if err := syscall.Rename(top, d.readyDir()); err != nil {
+		fail(err)
 		return
 	}
 	for _, name := range moved {

@@ -1150,3 +1150,35 @@ func TestFailedSnapshotsDoNotGrowTheSpool(t *testing.T) {
 	mustTxn(t, db, src, rewrite(rng, 2*cs, 100), 2)
 	assertExact(t, db, src)
 }
+
+// TestPublishIntoEmptyReady: an empty ready/ (left by an uploader that took
+// its snapshot) does not block the next publication.
+func TestPublishIntoEmptyReady(t *testing.T) {
+	sp := openSpool(t, testOptions(t))
+	rng := newRand(t)
+	src := newDBFile(t, "ready.db", makeDB(rng, 4*cs, 4096), 0o644)
+	db, err := sp.DB(src.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustTxn(t, db, src, unchanged)
+	ready := filepath.Join(db.Dir(), "ready")
+	// The uploader takes the snapshot and leaves ready/ empty.
+	subs, err := os.ReadDir(ready)
+	if err != nil || len(subs) != 1 {
+		t.Fatalf("ready/ after the first snapshot: %v, %v; want one snapshot", subs, err)
+	}
+	consuming := filepath.Join(db.Dir(), "consuming")
+	if err := os.Mkdir(consuming, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(ready, subs[0].Name()), filepath.Join(consuming, subs[0].Name())); err != nil {
+		t.Fatal(err)
+	}
+	mustTxn(t, db, src, rewrite(rng, 2*cs, 100), 2)
+	subs, err = os.ReadDir(ready)
+	if err != nil || len(subs) != 1 {
+		t.Fatalf("ready/ after publishing into an empty ready/: %v, %v; want one snapshot", subs, err)
+	}
+	assertExact(t, db, src)
+}

@@ -34,7 +34,7 @@ var ErrRegister = errors.New("vfs: cannot register the boule VFS")
 type runtime struct {
 	cfg   Config
 	log   *slog.Logger
-	spool *spool.Spool          // nil: replication disabled
+	spool *spool.Spool        // nil: replication disabled
 	up    *replicate.Uploader // nil: nothing to upload to
 }
 

@@ -1,0 +1,240 @@
+package metrics
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/boule-vfs/boule/replicate"
+)
+
+// header returns the HELP and TYPE lines of the metric named name.
+func header(t *testing.T, name string) string {
+	t.Helper()
+	lines := func(help string, typ prometheus.ValueType) string {
+		kind := map[prometheus.ValueType]string{prometheus.GaugeValue: "gauge", prometheus.CounterValue: "counter"}[typ]
+		return fmt.Sprintf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+	}
+	for _, m := range dbMetrics {
+		if m.name == name {
+			return lines(m.help, m.typ)
+		}
+	}
+	for _, m := range targetMetrics {
+		if m.name == name {
+			return lines(m.help, m.typ)
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return ""
+}
+
+var (
+	lastUpload = time.Unix(1700000000, 250_000_000)
+	statuses   = []replicate.Status{
+		{
+			Dir: "/spool/%23x.db", Source: "/x.db", Lag: 1500 * time.Millisecond, PendingBytes: 65536 + 120,
+			Uploads: 7, Chunks: 30, Calls: 41, Failures: 2, LastUpload: lastUpload, LastError: "boom",
+		},
+		{
+			Dir: "/spool/%23y.db", Source: "/y.db", Blocked: true, Failures: 1,
+		},
+		{
+			// Same source as the first: dropped.
+			Dir: "/other/%23x.db", Source: "/x.db", Lag: time.Hour,
+		},
+		{
+			// No source known: labelled with the spool directory.
+			Dir: "/spool/unknown", Uploads: 1,
+		},
+	}
+	stats = map[string]replicate.Stats{
+		"s3:backup": {Calls: 100, Retries: 4, Failures: 1, BytesUp: 1 << 20, BytesDown: 512},
+		"dir:/mnt":  {Calls: 3, BytesUp: 10},
+	}
+)
+
+func TestCollectorValues(t *testing.T) {
+	c := NewCollector(func() []replicate.Status { return statuses }, func() map[string]replicate.Stats { return stats })
+	tests := []struct {
+		name   string
+		series string
+	}{
+		{"boule_replication_lag_seconds", `
+boule_replication_lag_seconds{db="/spool/unknown"} 0
+boule_replication_lag_seconds{db="/x.db"} 1.5
+boule_replication_lag_seconds{db="/y.db"} 0
+`},
+		{"boule_replication_pending_bytes", `
+boule_replication_pending_bytes{db="/spool/unknown"} 0
+boule_replication_pending_bytes{db="/x.db"} 65656
+boule_replication_pending_bytes{db="/y.db"} 0
+`},
+		{"boule_replication_uploads_total", `
+boule_replication_uploads_total{db="/spool/unknown"} 1
+boule_replication_uploads_total{db="/x.db"} 7
+boule_replication_uploads_total{db="/y.db"} 0
+`},
+		{"boule_replication_chunks_total", `
+boule_replication_chunks_total{db="/spool/unknown"} 0
+boule_replication_chunks_total{db="/x.db"} 30
+boule_replication_chunks_total{db="/y.db"} 0
+`},
+		{"boule_replication_calls_total", `
+boule_replication_calls_total{db="/spool/unknown"} 0
+boule_replication_calls_total{db="/x.db"} 41
+boule_replication_calls_total{db="/y.db"} 0
+`},
+		{"boule_replication_failures_total", `
+boule_replication_failures_total{db="/spool/unknown"} 0
+boule_replication_failures_total{db="/x.db"} 2
+boule_replication_failures_total{db="/y.db"} 1
+`},
+		{"boule_replication_blocked", `
+boule_replication_blocked{db="/spool/unknown"} 0
+boule_replication_blocked{db="/x.db"} 0
+boule_replication_blocked{db="/y.db"} 1
+`},
+		{"boule_replication_last_upload_timestamp_seconds", `
+boule_replication_last_upload_timestamp_seconds{db="/spool/unknown"} 0
+boule_replication_last_upload_timestamp_seconds{db="/x.db"} 1.70000000025e+09
+boule_replication_last_upload_timestamp_seconds{db="/y.db"} 0
+`},
+		{"boule_store_calls_total", `
+boule_store_calls_total{target="dir:/mnt"} 3
+boule_store_calls_total{target="s3:backup"} 100
+`},
+		{"boule_store_retries_total", `
+boule_store_retries_total{target="dir:/mnt"} 0
+boule_store_retries_total{target="s3:backup"} 4
+`},
+		{"boule_store_failures_total", `
+boule_store_failures_total{target="dir:/mnt"} 0
+boule_store_failures_total{target="s3:backup"} 1
+`},
+		{"boule_store_bytes_up_total", `
+boule_store_bytes_up_total{target="dir:/mnt"} 10
+boule_store_bytes_up_total{target="s3:backup"} 1.048576e+06
+`},
+		{"boule_store_bytes_down_total", `
+boule_store_bytes_down_total{target="dir:/mnt"} 0
+boule_store_bytes_down_total{target="s3:backup"} 512
+`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := header(t, tt.name) + strings.TrimPrefix(tt.series, "\n")
+			if err := testutil.CollectAndCompare(c, strings.NewReader(want), tt.name); err != nil {
+				t.Errorf("CollectAndCompare(%s)=%v, want nil", tt.name, err)
+			}
+		})
+	}
+	if n, want := testutil.CollectAndCount(c), 3*len(dbMetrics)+2*len(targetMetrics); n != want {
+		t.Errorf("CollectAndCount()=%d, want %d", n, want)
+	}
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil || len(problems) != 0 {
+		t.Errorf("CollectAndLint()=%v, %v, want no problems", problems, err)
+	}
+}
+
+func TestCollectorDescriptions(t *testing.T) {
+	tests := []struct {
+		name string
+		want string // a phrase the description must contain
+	}{
+		{"boule_replication_lag_seconds", "oldest commit"},
+		{"boule_replication_pending_bytes", "waiting for upload"},
+		{"boule_replication_blocked", "permanent error"},
+		{"boule_replication_last_upload_timestamp_seconds", "Unix epoch"},
+		{"boule_store_retries_total", "retried"},
+		{"boule_store_bytes_up_total", "before compression"},
+		{"boule_store_bytes_down_total", "after decompression"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if h := header(t, tt.name); !strings.Contains(h, tt.want) {
+				t.Errorf("description %q does not say %q", h, tt.want)
+			}
+		})
+	}
+}
+
+func TestCollectorNilFuncs(t *testing.T) {
+	tests := []struct {
+		name    string
+		status  func() []replicate.Status
+		targets func() map[string]replicate.Stats
+		want    int
+	}{
+		{"both nil", nil, nil, 0},
+		{"no targets", func() []replicate.Status { return statuses[:1] }, nil, len(dbMetrics)},
+		{"no databases", nil, func() map[string]replicate.Stats { return stats }, 2 * len(targetMetrics)},
+		{"empty", func() []replicate.Status { return nil }, func() map[string]replicate.Stats { return nil }, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := NewCollector(tt.status, tt.targets)
+			if n := testutil.CollectAndCount(c); n != tt.want {
+				t.Errorf("CollectAndCount()=%d, want %d", n, tt.want)
+			}
+			// Registering describes every metric, with or without values.
+			reg := prometheus.NewPedanticRegistry()
+			if err := reg.Register(c); err != nil {
+				t.Fatalf("Register()=%v", err)
+			}
+			if _, err := reg.Gather(); err != nil {
+				t.Errorf("Gather()=%v", err)
+			}
+		})
+	}
+}
+
+func TestHandler(t *testing.T) {
+	calls := 0
+	c := NewCollector(func() []replicate.Status {
+		calls++
+		return []replicate.Status{{Source: "/x.db", Lag: 1500 * time.Millisecond}}
+	}, func() map[string]replicate.Stats { return stats })
+	srv := httptest.NewServer(Handler(c))
+	defer srv.Close()
+
+	for i := 1; i <= 2; i++ {
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+			t.Fatalf("GET=%d %q, want 200 text/plain", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		text := string(body)
+		for _, want := range []string{
+			`boule_replication_lag_seconds{db="/x.db"} 1.5` + "\n",
+			"# TYPE boule_replication_lag_seconds gauge\n",
+			`boule_store_calls_total{target="s3:backup"} 100` + "\n",
+		} {
+			if !strings.Contains(text, want) {
+				t.Errorf("scrape %d lacks %q:\n%s", i, want, text)
+			}
+		}
+		// Only the collector's metrics: no Go runtime or process ones.
+		if strings.Contains(text, "go_goroutines") || strings.Contains(text, "process_") {
+			t.Errorf("scrape %d serves more than the collector:\n%s", i, text)
+		}
+		if calls != i {
+			t.Errorf("status called %d times after %d scrapes, want once per scrape", calls, i)
+		}
+	}
+}
