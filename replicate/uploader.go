@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -194,10 +196,10 @@ func NewUploader(opts UploaderOptions) (*Uploader, error) {
 		return nil, errors.New("replicate: only cache targets are configured; nothing to upload to")
 	}
 	if opts.Rate <= 0 {
-		opts.Rate = 30
+		opts.Rate = config.DefaultMaxRequestsPerSecond
 	}
 	if opts.Burst <= 0 {
-		opts.Burst = 100
+		opts.Burst = config.DefaultBurst
 	}
 	if opts.FlushRate <= 0 {
 		opts.FlushRate = DefaultFlushRate
@@ -612,7 +614,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 	consuming := filepath.Join(st.dir, "consuming")
 	uploaded := st.uploadedSumCopy()
 	if b, err := os.ReadFile(staged); err == nil && sha256.Sum256(b) == uploaded &&
-		dirEmpty(filepath.Join(st.dir, "ready")) && dirEmpty(consuming) {
+		fsutil.DirEmpty(filepath.Join(st.dir, "ready")) && fsutil.DirEmpty(consuming) {
 		return false, nil // nothing new
 	}
 	if err := u.waitManifestGap(ctx, st); err != nil {
@@ -650,7 +652,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 		if err := removeSnapshots(consuming, before); err != nil {
 			return false, err
 		}
-		return !dirEmpty(consuming), nil // newer snapshots arrived meanwhile
+		return !fsutil.DirEmpty(consuming), nil // newer snapshots arrived meanwhile
 	}
 	m, err := manifest.Decode(mb)
 	if err != nil {
@@ -1074,16 +1076,6 @@ func lockDir(ctx context.Context, path string, wait bool) (func(), error) {
 		}
 		backoff = min(backoff*2, 100*time.Millisecond)
 	}
-}
-
-func dirEmpty(p string) bool {
-	f, err := os.Open(p)
-	if err != nil {
-		return true
-	}
-	defer f.Close()
-	names, _ := f.Readdirnames(1)
-	return len(names) == 0
 }
 
 func writeFileAtomic(dst string, b []byte) error {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -187,7 +188,7 @@ func (d *testSpool) publish(state string, s *snap, only ...manifest.Fingerprint)
 func (d *testSpool) commit(s *snap, newChunks ...manifest.Fingerprint) (published bool) {
 	d.t.Helper()
 	d.stage(s, newChunks...)
-	if !dirEmpty(filepath.Join(d.dir, "ready")) {
+	if !fsutil.DirEmpty(filepath.Join(d.dir, "ready")) {
 		return false
 	}
 	top := filepath.Join(d.dir, "tmp", uniqueName())

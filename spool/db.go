@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/zeebo/blake3"
 )
@@ -593,7 +594,7 @@ func (d *DB) gcStaging(refs map[manifest.Fingerprint]int32) {
 // to the manifest and to the staged chunks, which then leave staging. A
 // snapshot that finds ready/ occupied is squashed into a later one.
 func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
-	if !dirEmpty(d.readyDir()) {
+	if !fsutil.DirEmpty(d.readyDir()) {
 		return
 	}
 	top := filepath.Join(d.tmpDir(), uniqueName())
@@ -758,16 +759,6 @@ func dirMode(db fs.FileMode) fs.FileMode {
 		}
 	}
 	return m
-}
-
-func dirEmpty(p string) bool {
-	f, err := os.Open(p)
-	if err != nil {
-		return true
-	}
-	defer f.Close()
-	names, _ := f.Readdirnames(1)
-	return len(names) == 0
 }
 
 // uniqueName is never reused: pid, time and 64 random bits.
