@@ -675,9 +675,25 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 			// may have gone before it was uploaded. Upload instead the
 			// newest snapshot handed over since it was read, whose chunks
 			// are all in consuming/ or in the store, or look again.
-			mb, m, err = newestSince(consuming, before)
+			//
+			// Take ready/ once more: under continuous writes the only
+			// snapshot handed over during this pass may be sitting there.
+			// The newest handed-over snapshot, whenever it was taken, is
+			// complete once swept for its own manifest: its chunks are in
+			// its directory, in an older one, or in the store; and every
+			// snapshot left in consuming/ is older, so all of them go.
+			if err := takeReady(st.dir); err != nil {
+				return false, err
+			}
+			if before, err = listDirs(consuming); err != nil {
+				return false, err
+			}
+			mb, m, err = newestSince(consuming, nil)
 			if err != nil || mb == nil {
 				return err == nil, err
+			}
+			if sha256.Sum256(mb) == uploaded {
+				return true, removeSnapshots(consuming, before)
 			}
 			if err := u.sweep(ctx, st, consuming, m, targets); err != nil {
 				return false, err

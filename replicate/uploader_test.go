@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -1445,4 +1446,59 @@ func TestUploaderManifestGap(t *testing.T) {
 		t.Errorf("Flush(cancelled)=%v, want context.Canceled", err)
 	}
 	checkStored(t, store, d, s2)
+}
+
+// TestUploaderProgressUnderContinuousWrites: a writer commits during every
+// chunk upload, so the staged manifest always changes while a pass runs and
+// ready/ is never empty when a pass starts. Each flush must still upload a
+// complete snapshot (no livelock), never going backwards.
+func TestUploaderProgressUnderContinuousWrites(t *testing.T) {
+	now := newTestNow()
+	store := newFakeStore("s3")
+	u := newTestUploader(t, uploadOpts(now, target(store)))
+	d := newTestSpool(t, t.TempDir(), "/data/busy.db")
+	data := testData(40, 12*manifest.ChunkSize)
+	prev := d.snapshot(data, now.Now())
+	if !d.commit(prev, prev.fps()...) {
+		t.Fatal("test setup: the first snapshot did not publish")
+	}
+	// Then a second one is staged: ready/ is occupied when the flush starts.
+	var mu sync.Mutex
+	seq := 0
+	next := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		seq++
+		data = withChunk(data, 1+seq%11, uint64(100+seq))
+		s := d.snapshot(data, now.Now().Add(time.Duration(seq)*time.Millisecond))
+		var added []manifest.Fingerprint
+		for fp := range s.files {
+			if _, ok := prev.files[fp]; !ok {
+				added = append(added, fp)
+			}
+		}
+		d.commit(s, added...)
+		prev = s
+	}
+	next()
+	store.addHook(func(_ context.Context, op, _ string) error {
+		if op == opPutChunk {
+			next()
+		}
+		return nil
+	})
+	for i := range 3 {
+		before := len(store.manifestPuts())
+		if err := u.Flush(context.Background(), d.dir); err != nil {
+			t.Fatalf("Flush() %d=%v", i, err)
+		}
+		if len(store.manifestPuts()) == before {
+			t.Fatalf("Flush() %d uploaded no manifest while the writer kept committing: livelock", i)
+		}
+	}
+	got := manifestCounters(store.manifestPuts())
+	if !slices.IsSorted(got) {
+		t.Errorf("manifests put in order %v: the store went backwards", got)
+	}
+	store.checkIntegrity(t) // every manifest's chunks were stored before it
 }
