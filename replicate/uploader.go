@@ -706,6 +706,12 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 	if err := removeSnapshots(consuming, before); err != nil {
 		return false, err
 	}
+	// Snapshots taken later but not newer than the one uploaded are
+	// obsolete too; left behind, a later pass could upload one and make
+	// the store go backwards.
+	if err := removeNotNewer(consuming, m); err != nil {
+		return false, err
+	}
 	// A snapshot staged or published after the manifest was read is newer:
 	// look again (the next pass returns at once if nothing is new).
 	return true, nil
@@ -832,6 +838,29 @@ func removeSnapshots(consuming string, only []string) error {
 	return nil
 }
 
+// removeNotNewer deletes the snapshots in consuming/ whose manifest was
+// created before m's.
+func removeNotNewer(consuming string, m *manifest.Manifest) error {
+	snaps, err := listDirs(consuming)
+	if err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		b, err := os.ReadFile(filepath.Join(consuming, s, "manifest"))
+		if err != nil {
+			continue
+		}
+		sm, err := manifest.Decode(b)
+		if err != nil || !sm.Created.Before(m.Created) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(consuming, s)); err != nil {
+			return fmt.Errorf("replicate: remove %s: %w", filepath.Join(consuming, s), err)
+		}
+	}
+	return nil
+}
+
 func listDirs(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -939,10 +968,16 @@ func (u *Uploader) waitManifestGap(ctx context.Context, st *dbState) error {
 		return nil
 	}
 	st.mu.Lock()
-	wait := gap - u.opts.Now().Sub(st.lastManifest)
+	last := st.lastManifest
 	st.mu.Unlock()
-	if wait <= 0 {
-		return nil
+	// Another process may have uploaded last: its upload left its mark on
+	// the shared uploaded file.
+	if fi, err := os.Stat(filepath.Join(st.dir, uploadedManifestFile)); err == nil && fi.ModTime().After(last) {
+		last = fi.ModTime()
+	}
+	wait := gap - u.opts.Now().Sub(last)
+	if wait <= 0 || wait > gap {
+		return nil // wait > gap: a clock step; do not stall on it
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -966,6 +1001,14 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, t
 		return err
 	}
 	sum := sha256.Sum256(mb)
+	// Never make the store go backwards: a snapshot taken before the last
+	// uploaded one (left behind in consuming/, say) is not uploaded.
+	if prev, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil {
+		if pm, err := manifest.Decode(prev); err == nil && m.Created.Before(pm.Created) {
+			u.log.Debug("replicate: skipping a snapshot older than the last uploaded one", logKeyDB, m.SourcePath)
+			return nil
+		}
+	}
 	for _, t := range targets {
 		if t.Cache {
 			continue

@@ -1502,3 +1502,29 @@ func TestUploaderProgressUnderContinuousWrites(t *testing.T) {
 	}
 	store.checkIntegrity(t) // every manifest's chunks were stored before it
 }
+
+// TestUploaderNeverGoesBackwards: a snapshot older than the last uploaded
+// one, left behind in consuming/ while nothing is staged (the database
+// switched to WAL), is not uploaded over the newer one.
+func TestUploaderNeverGoesBackwards(t *testing.T) {
+	now := newTestNow()
+	store := newFakeStore("s3")
+	u := newTestUploader(t, uploadOpts(now, target(store)))
+	d := newTestSpool(t, t.TempDir(), "/data/back.db")
+	data := testData(50, 3*manifest.ChunkSize)
+	older := d.snapshot(data, now.Now())
+	newer := d.snapshot(withChunk(data, 1, 51), now.Now().Add(time.Hour))
+	d.stage(newer)
+	mustFlush(t, u, d.dir)
+	checkStored(t, store, d, newer)
+
+	d.publish("consuming", older)
+	if err := os.Remove(filepath.Join(d.dir, "staging", "manifest")); err != nil {
+		t.Fatal(err)
+	}
+	mustFlush(t, u, d.dir)
+	checkStored(t, store, d, newer)
+	if got := manifestCounters(store.manifestPuts()); len(got) != 1 {
+		t.Fatalf("manifests put %v, want only the newer one", got)
+	}
+}

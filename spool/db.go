@@ -488,8 +488,14 @@ func (d *DB) ensureDirs(mode fs.FileMode) error {
 
 // stageChunk writes a chunk file under its fingerprint.
 func (d *DB) stageChunk(fp manifest.Fingerprint, b []byte, mode fs.FileMode) error {
-	if err := d.writeFile(filepath.Join(d.StagingChunksDir(), fp.String()), b, fileMode(mode)); err != nil {
+	created, err := d.publishFile(filepath.Join(d.StagingChunksDir(), fp.String()), b, fileMode(mode), false)
+	if err != nil {
 		return err
+	}
+	if !created {
+		// Another process snapshotting the same state staged it: it is
+		// theirs, and must survive a failure of this snapshot.
+		return nil
 	}
 	d.stagedNow = append(d.stagedNow, fp)
 	d.stats.ChunksStaged++
@@ -515,14 +521,23 @@ func (d *DB) writeManifest(m *manifest.Manifest, mode fs.FileMode) (fileID, erro
 
 // writeFile writes b whole to a temp file, makes it read-only, and renames
 // it to dst. Readers see the old file or the new one, never a torn one.
-func (d *DB) writeFile(dst string, b []byte, perm fs.FileMode) (err error) {
+func (d *DB) writeFile(dst string, b []byte, perm fs.FileMode) error {
+	_, err := d.publishFile(dst, b, perm, true)
+	return err
+}
+
+// publishFile writes b to a temp file, makes it read-only, and publishes
+// it as dst: by rename when replace is set, else by link(2), which leaves
+// an existing dst alone (and reports created false). Content-addressed
+// chunks use link, so that a snapshot only ever owns the files it made.
+func (d *DB) publishFile(dst string, b []byte, perm fs.FileMode, replace bool) (created bool, err error) {
 	tmp := filepath.Join(d.tmpDir(), uniqueName())
 	if err := d.s.fault("create", tmp); err != nil {
-		return fmt.Errorf("spool: create %s: %w", tmp, err)
+		return false, fmt.Errorf("spool: create %s: %w", tmp, err)
 	}
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return fmt.Errorf("spool: create %s: %w", tmp, err)
+		return false, fmt.Errorf("spool: create %s: %w", tmp, err)
 	}
 	defer func() {
 		if err != nil {
@@ -539,15 +554,26 @@ func (d *DB) writeFile(dst string, b []byte, perm fs.FileMode) (err error) {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("spool: write %s: %w", tmp, err)
+		return false, fmt.Errorf("spool: write %s: %w", tmp, err)
 	}
 	if err = d.s.fault("rename", dst); err == nil {
-		err = os.Rename(tmp, dst)
+		if replace {
+			err = os.Rename(tmp, dst)
+		} else {
+			err = os.Link(tmp, dst)
+			if errors.Is(err, fs.ErrExist) {
+				_ = os.Remove(tmp)
+				return false, nil
+			}
+			if err == nil {
+				_ = os.Remove(tmp)
+			}
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("spool: publish %s: %w", dst, err)
+		return false, fmt.Errorf("spool: publish %s: %w", dst, err)
 	}
-	return nil
+	return true, nil
 }
 
 func (d *DB) remove(p string) error {

@@ -1182,3 +1182,52 @@ func TestPublishIntoEmptyReady(t *testing.T) {
 	}
 	assertExact(t, db, src)
 }
+
+// TestConcurrentFailureKeepsOthersChunks: two processes snapshot the same
+// state (both under SHARED). B stages the chunks and is about to publish
+// its manifest when A, staging the same chunks, fails: A must not delete
+// chunks it did not create, or B's manifest would reference missing ones.
+func TestConcurrentFailureKeepsOthersChunks(t *testing.T) {
+	opts := testOptions(t)
+	var a, b faultSwitch
+	optsA, optsB := opts, opts
+	optsA.Fault, optsB.Fault = a.fault, b.fault
+	spA, spB := openSpool(t, optsA), openSpool(t, optsB)
+	rng := newRand(t)
+	src := newDBFile(t, "shared.db", makeDB(rng, 6*cs, 4096), 0o644)
+	dbA, err := spA.DB(src.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbB, err := spB.DB(src.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifestPath := dbB.StagingManifestPath()
+	bStaged, aDone := make(chan struct{}), make(chan struct{})
+	b.set(func(op, path string) error {
+		if op == "rename" && path == manifestPath {
+			close(bStaged)
+			<-aDone
+		}
+		return nil
+	})
+	bErr := make(chan error, 1)
+	go func() { bErr <- dbB.Snapshot(src, Change{}) }()
+	<-bStaged
+	a.set(func(op, path string) error { // A stages, then fails on its manifest
+		if op == "rename" && path == manifestPath {
+			return syscall.ENOSPC
+		}
+		return nil
+	})
+	if err := dbA.Snapshot(src, Change{}); err == nil {
+		t.Fatal("A's Snapshot()=nil, want an injected failure")
+	}
+	close(aDone)
+	if err := <-bErr; err != nil {
+		t.Fatalf("B's Snapshot()=%v", err)
+	}
+	b.clear()
+	assertExact(t, dbB, src)
+}
