@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/spool"
 )
 
 // Log attribute keys.
@@ -114,17 +116,18 @@ type dbState struct {
 	upload sync.Mutex // one upload of this database at a time in this process
 	queued bool       // under Uploader.mu
 
-	mu            sync.Mutex // guards the fields below
-	status        Status
-	lastManifest  time.Time // when a manifest was last uploaded
-	uploadedSum   [32]byte  // SHA-256 of the last uploaded manifest bytes
-	lastTouch     time.Time
-	retryAt       time.Time     // background uploads wait until then after a failure
-	backoff       time.Duration // the current wait after a failure
-	blocked       error         // a permanent error: stop until reconfigured or flushed
-	rerun         bool          // a wake-up came while the upload was busy
-	blockedOnce   bool
-	failingLogged bool
+	mu             sync.Mutex // guards the fields below
+	status         Status
+	lastManifest   time.Time // when a manifest was last uploaded
+	uploadedSum    [32]byte  // SHA-256 of the last uploaded manifest bytes
+	lastTouch      time.Time
+	retryAt        time.Time     // background uploads wait until then after a failure
+	backoff        time.Duration // the current wait after a failure
+	blocked        error         // a permanent error: stop until reconfigured or flushed
+	rerun          bool          // a wake-up came while the upload was busy
+	targetsChecked bool          // the spool's targets file matches ours
+	blockedOnce    bool
+	failingLogged  bool
 }
 
 // Status describes the replication of one database, for the Go API,
@@ -572,6 +575,12 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 		return nil // another process is uploading this database
 	}
 	defer unlock()
+	if !st.targetsChecked {
+		if err := u.checkTargets(st); err != nil {
+			return err
+		}
+		st.targetsChecked = true
+	}
 	for range 3 {
 		more, err := u.pass(ctx, st, targets)
 		if err != nil {
@@ -1085,15 +1094,44 @@ func (u *Uploader) maybeTouch(ctx context.Context, st *dbState, targets []limite
 // snapshot: the staged manifest is deleted, the txn marker set, and the
 // memory of recent uploads cleared.
 func (u *Uploader) invalidate(st *dbState) {
-	_ = os.Remove(filepath.Join(st.dir, "staging", "manifest"))
-	_ = os.WriteFile(filepath.Join(st.dir, "txn"), []byte("1"), 0o644)
-	_ = os.Remove(filepath.Join(st.dir, uploadedManifestFile))
+	if err := spool.Invalidate(st.dir); err != nil {
+		u.log.Error("replicate: cannot invalidate the spool", logKeyDB, st.status.Source, logKeyErr, err)
+	}
 	st.mu.Lock()
 	st.uploadedSum = [32]byte{}
 	st.mu.Unlock()
 	u.mu.Lock()
 	clear(u.recent)
 	u.mu.Unlock()
+}
+
+// targetsFile records, in a database's spool directory, the non-cache
+// targets its chunks were uploaded to.
+const targetsFile = "targets"
+
+// checkTargets invalidates the spool when its chunks were uploaded to other
+// targets than the uploader's: the staged snapshot assumes the store holds
+// every chunk it does not stage, which is true only of the old targets.
+func (u *Uploader) checkTargets(st *dbState) error {
+	var names []string
+	for _, t := range u.opts.Targets {
+		if !t.Cache {
+			names = append(names, t.Name)
+		}
+	}
+	slices.Sort(names)
+	want := strings.Join(names, "\n") + "\n"
+	p := filepath.Join(st.dir, targetsFile)
+	got, err := os.ReadFile(p)
+	if err == nil && string(got) == want {
+		return nil
+	}
+	if err == nil || fsutil.Exists(filepath.Join(st.dir, uploadedManifestFile)) {
+		u.log.Warn("replicate: the replication targets changed; this database's snapshot is uploaded again in full",
+			logKeyDB, st.status.Source)
+		u.invalidate(st)
+	}
+	return writeFileAtomic(p, []byte(want))
 }
 
 // ErrSpoolCorrupt is returned when a spooled file does not match its

@@ -1528,3 +1528,39 @@ func TestUploaderNeverGoesBackwards(t *testing.T) {
 		t.Fatalf("manifests put %v, want only the newer one", got)
 	}
 }
+
+// TestUploaderTargetsChanged: the staged snapshot assumes the store has
+// every chunk it does not stage. After the targets change, the spool is
+// invalidated, so that the next transaction stages, and the uploader sends
+// to the new store, every chunk.
+func TestUploaderTargetsChanged(t *testing.T) {
+	now := newTestNow()
+	old, store := newFakeStore("old"), newFakeStore("new")
+	d := newTestSpool(t, t.TempDir(), "/data/moved.db")
+	data := testData(60, 4*manifest.ChunkSize)
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	mustFlush(t, newTestUploader(t, uploadOpts(now, target(old))), d.dir)
+	checkStored(t, old, d, s1)
+
+	u := newTestUploader(t, uploadOpts(now, target(store)))
+	mustFlush(t, u, d.dir)
+	if d.exists("staging/manifest") || d.exists("uploaded") {
+		t.Fatal("spool not invalidated after the targets changed")
+	}
+	if b, err := os.ReadFile(filepath.Join(d.dir, "txn")); err != nil || string(b) != "1" {
+		t.Fatalf("txn marker=%q, %v; want 1", b, err)
+	}
+	// The next transaction rebuilds: every chunk is staged again.
+	s2 := d.snapshot(withChunk(data, 2, 61), now.Now().Add(time.Second))
+	d.stage(s2)
+	mustFlush(t, u, d.dir)
+	checkStored(t, store, d, s2)
+	store.checkIntegrity(t)
+	// Same targets again: no invalidation.
+	before := store.numCalls()
+	mustFlush(t, newTestUploader(t, uploadOpts(now, target(store))), d.dir)
+	if !d.exists("staging/manifest") || store.numCalls() != before {
+		t.Fatalf("flush with unchanged targets invalidated or uploaded again: calls %v", store.callsSince(before))
+	}
+}

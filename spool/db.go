@@ -88,6 +88,7 @@ type DB struct {
 	stats       Stats
 	cleanedTemp bool
 	stagedNow   []manifest.Fingerprint // chunks staged by the snapshot in progress
+	lockFile    *os.File               // the spool lock, kept open
 	mode        fs.FileMode            // the database's permission bits, as last seen
 }
 
@@ -145,9 +146,6 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 	defer d.mu.Unlock()
 	d.stagedNow = d.stagedNow[:0]
 	published, err := d.snapshot(src, ch)
-	if err != nil && len(d.stagedNow) > 0 {
-		d.dropUnreferenced(d.stagedNow)
-	}
 	log := d.s.log
 	switch {
 	case err == nil:
@@ -225,6 +223,18 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 	if err := d.ensureDirs(mode); err != nil {
 		return false, err
 	}
+	// Snapshots and invalidations of this database, in every process, take
+	// turns: see Invalidate.
+	unlock, err := d.lockSpool()
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		if err != nil && len(d.stagedNow) > 0 {
+			d.dropUnreferenced(d.stagedNow)
+		}
+		unlock()
+	}()
 
 	version := versionID(hdr)
 	cur := d.loadCached()
@@ -584,6 +594,30 @@ func (d *DB) remove(p string) error {
 		return err
 	}
 	return nil
+}
+
+// lockSpool takes the database's spool lock. The file stays open between
+// snapshots, so taking the lock costs two system calls.
+func (d *DB) lockSpool() (func(), error) {
+	if d.lockFile != nil {
+		var st syscall.Stat_t
+		if syscall.Fstat(int(d.lockFile.Fd()), &st) != nil || st.Nlink == 0 {
+			d.lockFile.Close() // the spool was deleted under us: reopen
+			d.lockFile = nil
+		}
+	}
+	if d.lockFile == nil {
+		f, err := openLockFile(filepath.Join(d.dir, LockFile))
+		if err != nil {
+			return nil, err
+		}
+		d.lockFile = f
+	}
+	if err := flock(d.lockFile, syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("spool: lock %s: %w", d.dir, err)
+	}
+	f := d.lockFile
+	return func() { _ = flock(f, syscall.LOCK_UN) }, nil
 }
 
 // dropUnreferenced deletes, after a failed snapshot, the chunks it staged

@@ -1185,8 +1185,10 @@ func TestPublishIntoEmptyReady(t *testing.T) {
 
 // TestConcurrentFailureKeepsOthersChunks: two processes snapshot the same
 // state (both under SHARED). B stages the chunks and is about to publish
-// its manifest when A, staging the same chunks, fails: A must not delete
-// chunks it did not create, or B's manifest would reference missing ones.
+// its manifest when A, which stages the same chunks, starts and fails. The
+// spool lock makes A wait for B; and A, which created none of the chunk
+// files, must delete none of them either, or B's manifest would reference
+// missing chunks.
 func TestConcurrentFailureKeepsOthersChunks(t *testing.T) {
 	opts := testOptions(t)
 	var a, b faultSwitch
@@ -1204,29 +1206,30 @@ func TestConcurrentFailureKeepsOthersChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	manifestPath := dbB.StagingManifestPath()
-	bStaged, aDone := make(chan struct{}), make(chan struct{})
+	bStaged, release := make(chan struct{}), make(chan struct{})
 	b.set(func(op, path string) error {
 		if op == "rename" && path == manifestPath {
 			close(bStaged)
-			<-aDone
+			<-release
 		}
 		return nil
 	})
-	bErr := make(chan error, 1)
-	go func() { bErr <- dbB.Snapshot(src, Change{}) }()
-	<-bStaged
 	a.set(func(op, path string) error { // A stages, then fails on its manifest
 		if op == "rename" && path == manifestPath {
 			return syscall.ENOSPC
 		}
 		return nil
 	})
-	if err := dbA.Snapshot(src, Change{}); err == nil {
-		t.Fatal("A's Snapshot()=nil, want an injected failure")
-	}
-	close(aDone)
+	bErr, aErr := make(chan error, 1), make(chan error, 1)
+	go func() { bErr <- dbB.Snapshot(src, Change{}) }()
+	<-bStaged
+	go func() { aErr <- dbA.Snapshot(src, Change{Wrote: true, Force: true}) }() // a rebuild: it stages every chunk
+	close(release)
 	if err := <-bErr; err != nil {
 		t.Fatalf("B's Snapshot()=%v", err)
+	}
+	if err := <-aErr; err == nil {
+		t.Fatal("A's Snapshot()=nil, want an injected failure")
 	}
 	b.clear()
 	assertExact(t, dbB, src)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -356,4 +357,61 @@ func List(root string) ([]DBDir, error) {
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// LockFile is the name, in a database's spool directory, of the lock that
+// snapshots and invalidations take (flock(2), exclusive).
+const LockFile = "spool.lock"
+
+func openLockFile(p string) (*os.File, error) {
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("spool: open lock %s: %w", p, err)
+	}
+	return f, nil
+}
+
+func flock(f *os.File, how int) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), how)
+		if !errors.Is(err, syscall.EINTR) {
+			return err
+		}
+	}
+}
+
+// Invalidate makes the next transaction on the database whose spool
+// directory is dir rebuild its snapshot from scratch and stage every chunk
+// again: the staged manifest, the snapshots waiting for upload and the
+// record of the last upload are deleted, and the txn marker is set. The
+// uploader calls it when the store lacks a chunk the last upload relied
+// on, or when the replication targets changed. It takes the spool lock,
+// so it cannot interleave with a snapshot in any process.
+func Invalidate(dir string) error {
+	f, err := openLockFile(filepath.Join(dir, LockFile))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := flock(f, syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("spool: lock %s: %w", dir, err)
+	}
+	var errs []error
+	for _, p := range []string{filepath.Join(dir, "staging", "manifest"), filepath.Join(dir, "uploaded")} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range []string{filepath.Join(dir, "ready"), filepath.Join(dir, "consuming")} {
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "txn"), []byte("1"), 0o644); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("spool: invalidate %s: %w", dir, err)
+	}
+	return nil
 }

@@ -14,3 +14,9 @@ func DirEmpty(p string) bool {
 	names, _ := f.Readdirnames(1)
 	return len(names) == 0
 }
+
+// Exists reports whether p exists.
+func Exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
