@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"unsafe"
 
 	"github.com/boule-vfs/boule/config"
 )
@@ -59,5 +58,3 @@ func bouleGoExtInit(pzErr **C.char) (rc C.int) {
 	}
 	return 0
 }
-
-var _ = unsafe.Pointer(nil)

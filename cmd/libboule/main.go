@@ -12,8 +12,6 @@ package main
 import "C"
 
 import (
-	"unsafe"
-
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -42,5 +40,3 @@ func boule_configure(json *C.char, errmsg **C.char) C.int {
 }
 
 func main() {}
-
-var _ = unsafe.Pointer(nil)
