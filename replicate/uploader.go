@@ -116,18 +116,17 @@ type dbState struct {
 	upload sync.Mutex // one upload of this database at a time in this process
 	queued bool       // under Uploader.mu
 
-	mu             sync.Mutex // guards the fields below
-	status         Status
-	lastManifest   time.Time // when a manifest was last uploaded
-	uploadedSum    [32]byte  // SHA-256 of the last uploaded manifest bytes
-	lastTouch      time.Time
-	retryAt        time.Time     // background uploads wait until then after a failure
-	backoff        time.Duration // the current wait after a failure
-	blocked        error         // a permanent error: stop until reconfigured or flushed
-	rerun          bool          // a wake-up came while the upload was busy
-	targetsChecked bool          // the spool's targets file matches ours
-	blockedOnce    bool
-	failingLogged  bool
+	mu            sync.Mutex // guards the fields below
+	status        Status
+	lastManifest  time.Time // when a manifest was last uploaded
+	uploadedSum   [32]byte  // SHA-256 of the last uploaded manifest bytes
+	lastTouch     time.Time
+	retryAt       time.Time     // background uploads wait until then after a failure
+	backoff       time.Duration // the current wait after a failure
+	blocked       error         // a permanent error: stop until reconfigured or flushed
+	rerun         bool          // a wake-up came while the upload was busy
+	blockedOnce   bool
+	failingLogged bool
 }
 
 // Status describes the replication of one database, for the Go API,
@@ -575,11 +574,10 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 		return nil // another process is uploading this database
 	}
 	defer unlock()
-	if !st.targetsChecked {
-		if err := u.checkTargets(st); err != nil {
-			return err
-		}
-		st.targetsChecked = true
+	// Every pass, under upload.lock: another process (a rolling deploy)
+	// may have changed the targets since.
+	if err := u.checkTargets(st); err != nil {
+		return err
 	}
 	for range 3 {
 		more, err := u.pass(ctx, st, targets)
@@ -644,6 +642,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 	before = append(before, inReady...)
 	mb, err := os.ReadFile(staged)
 	fromStaging := err == nil
+	handedOver := !fromStaging
 	if errors.Is(err, fs.ErrNotExist) {
 		mb, err = u.newestHandedOver(st.dir)
 	}
@@ -701,6 +700,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 			if err != nil || mb == nil {
 				return err == nil, err
 			}
+			handedOver = true
 			if sha256.Sum256(mb) == uploaded {
 				return true, removeSnapshots(consuming, before)
 			}
@@ -709,18 +709,13 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 			}
 		}
 	}
-	if err := u.uploadManifest(ctx, st, mb, targets); err != nil {
+	if err := u.uploadManifest(ctx, st, mb, handedOver, targets); err != nil {
 		return false, err
 	}
 	if err := removeSnapshots(consuming, before); err != nil {
 		return false, err
 	}
-	// Snapshots taken later but not newer than the one uploaded are
-	// obsolete too; left behind, a later pass could upload one and make
-	// the store go backwards.
-	if err := removeNotNewer(consuming, m); err != nil {
-		return false, err
-	}
+
 	// A snapshot staged or published after the manifest was read is newer:
 	// look again (the next pass returns at once if nothing is new).
 	return true, nil
@@ -838,29 +833,6 @@ func removeSnapshots(consuming string, only []string) error {
 	}
 	for _, s := range snaps {
 		if !slices.Contains(only, s) {
-			continue
-		}
-		if err := os.RemoveAll(filepath.Join(consuming, s)); err != nil {
-			return fmt.Errorf("replicate: remove %s: %w", filepath.Join(consuming, s), err)
-		}
-	}
-	return nil
-}
-
-// removeNotNewer deletes the snapshots in consuming/ whose manifest was
-// created before m's.
-func removeNotNewer(consuming string, m *manifest.Manifest) error {
-	snaps, err := listDirs(consuming)
-	if err != nil {
-		return err
-	}
-	for _, s := range snaps {
-		b, err := os.ReadFile(filepath.Join(consuming, s, "manifest"))
-		if err != nil {
-			continue
-		}
-		sm, err := manifest.Decode(b)
-		if err != nil || !sm.Created.Before(m.Created) {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(consuming, s)); err != nil {
@@ -1000,7 +972,10 @@ func (u *Uploader) waitManifestGap(ctx context.Context, st *dbState) error {
 
 // uploadManifest uploads encoded manifest bytes to every non-cache target,
 // then records them as the database's last uploaded manifest.
-func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, targets []limitedTarget) error {
+// A manifest that does not come from staging/ (the newest by construction)
+// but was handed over is uploaded only if it is not older than the last
+// one uploaded, so that the store never goes backwards.
+func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, handedOver bool, targets []limitedTarget) error {
 	m, err := manifest.Decode(mb)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrSpoolCorrupt, err)
@@ -1012,9 +987,9 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, t
 	sum := sha256.Sum256(mb)
 	// Never make the store go backwards: a snapshot taken before the last
 	// uploaded one (left behind in consuming/, say) is not uploaded.
-	if prev, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil {
+	if prev, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil && handedOver {
 		if pm, err := manifest.Decode(prev); err == nil && m.Created.Before(pm.Created) {
-			u.log.Debug("replicate: skipping a snapshot older than the last uploaded one", logKeyDB, m.SourcePath)
+			u.log.Warn("replicate: not uploading a snapshot older than the last uploaded one", logKeyDB, m.SourcePath)
 			return nil
 		}
 	}
@@ -1093,9 +1068,10 @@ func (u *Uploader) maybeTouch(ctx context.Context, st *dbState, targets []limite
 // invalidate makes the next transaction rebuild and re-upload the whole
 // snapshot: the staged manifest is deleted, the txn marker set, and the
 // memory of recent uploads cleared.
-func (u *Uploader) invalidate(st *dbState) {
+func (u *Uploader) invalidate(st *dbState) error {
 	if err := spool.Invalidate(st.dir); err != nil {
 		u.log.Error("replicate: cannot invalidate the spool", logKeyDB, st.status.Source, logKeyErr, err)
+		return err
 	}
 	st.mu.Lock()
 	st.uploadedSum = [32]byte{}
@@ -1103,6 +1079,7 @@ func (u *Uploader) invalidate(st *dbState) {
 	u.mu.Lock()
 	clear(u.recent)
 	u.mu.Unlock()
+	return nil
 }
 
 // targetsFile records, in a database's spool directory, the non-cache
@@ -1129,7 +1106,9 @@ func (u *Uploader) checkTargets(st *dbState) error {
 	if err == nil || fsutil.Exists(filepath.Join(st.dir, uploadedManifestFile)) {
 		u.log.Warn("replicate: the replication targets changed; this database's snapshot is uploaded again in full",
 			logKeyDB, st.status.Source)
-		u.invalidate(st)
+		if err := u.invalidate(st); err != nil {
+			return err // the targets file stays as it was: retried next pass
+		}
 	}
 	return writeFileAtomic(p, []byte(want))
 }

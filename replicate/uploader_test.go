@@ -1564,3 +1564,43 @@ func TestUploaderTargetsChanged(t *testing.T) {
 		t.Fatalf("flush with unchanged targets invalidated or uploaded again: calls %v", store.callsSince(before))
 	}
 }
+
+// TestUploaderClockStep: after the clock steps back, a newly staged
+// manifest has an older Created than the last uploaded one; it is still the
+// newest state and must be uploaded (the age check is only for snapshots
+// left behind in ready/ or consuming/).
+func TestUploaderClockStep(t *testing.T) {
+	now := newTestNow()
+	store := newFakeStore("s3")
+	u := newTestUploader(t, uploadOpts(now, target(store)))
+	d := newTestSpool(t, t.TempDir(), "/data/clock.db")
+	data := testData(70, 3*manifest.ChunkSize)
+	before := d.snapshot(data, now.Now().Add(time.Hour))
+	d.stage(before)
+	mustFlush(t, u, d.dir)
+	after := d.snapshot(withChunk(data, 1, 71), now.Now()) // the clock went back
+	d.stage(after)
+	mustFlush(t, u, d.dir)
+	checkStored(t, store, d, after)
+}
+
+// TestUploaderTargetsChangedByAnotherProcess: during a rolling deploy an
+// uploader with the old targets must not drain the spool into the old
+// store after one with the new targets invalidated it.
+func TestUploaderTargetsChangedByAnotherProcess(t *testing.T) {
+	now := newTestNow()
+	old, store := newFakeStore("old"), newFakeStore("new")
+	d := newTestSpool(t, t.TempDir(), "/data/deploy.db")
+	data := testData(80, 4*manifest.ChunkSize)
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	uOld := newTestUploader(t, uploadOpts(now, target(old)))
+	mustFlush(t, uOld, d.dir)
+	mustFlush(t, newTestUploader(t, uploadOpts(now, target(store))), d.dir) // invalidates
+	s2 := d.snapshot(withChunk(data, 2, 81), now.Now().Add(time.Second))
+	d.stage(s2) // the rebuild stages every chunk
+	mustFlush(t, uOld, d.dir)
+	if d.exists("staging/manifest") {
+		t.Fatal("the old-targets uploader consumed a snapshot meant for the new targets instead of invalidating")
+	}
+}

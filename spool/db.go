@@ -88,7 +88,6 @@ type DB struct {
 	stats       Stats
 	cleanedTemp bool
 	stagedNow   []manifest.Fingerprint // chunks staged by the snapshot in progress
-	lockFile    *os.File               // the spool lock, kept open
 	mode        fs.FileMode            // the database's permission bits, as last seen
 }
 
@@ -596,28 +595,19 @@ func (d *DB) remove(p string) error {
 	return nil
 }
 
-// lockSpool takes the database's spool lock. The file stays open between
-// snapshots, so taking the lock costs two system calls.
+// lockSpool takes the database's spool lock. The lock file is opened for
+// each snapshot and closed after it, so that a process that opens many
+// databases holds no descriptor per database between transactions.
 func (d *DB) lockSpool() (func(), error) {
-	if d.lockFile != nil {
-		var st syscall.Stat_t
-		if syscall.Fstat(int(d.lockFile.Fd()), &st) != nil || st.Nlink == 0 {
-			d.lockFile.Close() // the spool was deleted under us: reopen
-			d.lockFile = nil
-		}
+	f, err := openLockFile(filepath.Join(d.dir, LockFile))
+	if err != nil {
+		return nil, err
 	}
-	if d.lockFile == nil {
-		f, err := openLockFile(filepath.Join(d.dir, LockFile))
-		if err != nil {
-			return nil, err
-		}
-		d.lockFile = f
-	}
-	if err := flock(d.lockFile, syscall.LOCK_EX); err != nil {
+	if err := flock(f, syscall.LOCK_EX); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("spool: lock %s: %w", d.dir, err)
 	}
-	f := d.lockFile
-	return func() { _ = flock(f, syscall.LOCK_UN) }, nil
+	return func() { f.Close() }, nil // closing releases the lock
 }
 
 // dropUnreferenced deletes, after a failed snapshot, the chunks it staged
