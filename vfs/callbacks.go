@@ -142,7 +142,10 @@ func registerC(makeDefault bool) int {
 	if makeDefault {
 		d = 1
 	}
-	return int(C.boule_register(d))
+	if rc := C.boule_register(d); rc != 0 {
+		return int(rc)
+	}
+	return int(C.boule_snapshot_register())
 }
 
 func setTempdir(dir string) error {

@@ -1,0 +1,213 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+)
+
+// ErrCorrupt is wrapped by the errors for chunks whose bytes do not match
+// their fingerprint in every place they were found.
+var ErrCorrupt = replicate.ErrCorrupt
+
+// ReadOnlyDir is a directory of raw chunks that is read but never written,
+// laid out as a local cache: <dir>/<shard>/<fingerprint>, or
+// <dir>/<fingerprint> when Shards is 0.
+type ReadOnlyDir struct {
+	Dir    string
+	Shards int
+}
+
+func (d ReadOnlyDir) path(fp manifest.Fingerprint) string {
+	if d.Shards <= 0 {
+		return filepath.Join(d.Dir, fp.String())
+	}
+	s := int(uint16(fp[0])<<8|uint16(fp[1])) % d.Shards
+	return filepath.Join(d.Dir, fmt.Sprintf("%03d", s), fp.String())
+}
+
+// A mapping is one chunk's bytes, mapped read-only into memory outside the
+// Go heap, so that C may read them. Mappings are shared by fingerprint
+// across snapshots and connections, and unmapped when the last user lets
+// go.
+type mapping struct {
+	b    []byte
+	refs int
+}
+
+type flight struct {
+	done chan struct{}
+	m    *mapping
+	err  error
+}
+
+// chunkMaps deduplicates mappings by fingerprint.
+type chunkMaps struct {
+	mu       sync.Mutex
+	maps     map[manifest.Fingerprint]*mapping
+	inflight map[manifest.Fingerprint]*flight
+}
+
+// acquire returns the mapping of chunk fp (want bytes long), loading it
+// with load unless it is mapped already, and counts a reference to it.
+func (c *chunkMaps) acquire(ctx context.Context, fp manifest.Fingerprint, load func() ([]byte, error)) (*mapping, error) {
+	for {
+		c.mu.Lock()
+		if m, ok := c.maps[fp]; ok {
+			m.refs++
+			c.mu.Unlock()
+			return m, nil
+		}
+		if f, ok := c.inflight[fp]; ok {
+			c.mu.Unlock()
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if f.err != nil {
+				return nil, f.err
+			}
+			continue // take a reference under the lock
+		}
+		f := &flight{done: make(chan struct{})}
+		c.inflight[fp] = f
+		c.mu.Unlock()
+
+		b, err := load()
+		c.mu.Lock()
+		delete(c.inflight, fp)
+		if err != nil {
+			f.err = err
+		} else {
+			f.m = &mapping{b: b, refs: 1}
+			c.maps[fp] = f.m
+		}
+		c.mu.Unlock()
+		close(f.done)
+		return f.m, err
+	}
+}
+
+// release drops a reference to the mapping of fp, unmapping it at zero.
+func (c *chunkMaps) release(fp manifest.Fingerprint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.maps[fp]
+	if !ok {
+		return
+	}
+	m.refs--
+	if m.refs == 0 {
+		delete(c.maps, fp)
+		_ = syscall.Munmap(m.b)
+	}
+}
+
+// mapped reports how many chunks are mapped; for tests and status.
+func (c *chunkMaps) mapped() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.maps)
+}
+
+// loadChunk finds chunk fp, of want bytes, and maps it: from the writable
+// cache, then the read-only directories, then each remote store in turn.
+// Whatever it maps has been verified against fp. A chunk fetched from a
+// remote store is written to the cache, so that other processes on the
+// host find it; when that fails the chunk is mapped from memory instead.
+func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int) ([]byte, error) {
+	var errs []error
+	if r.cache != nil {
+		p := r.cache.Path(fp)
+		b, err := mapVerified(p, fp, want)
+		if err == nil {
+			return b, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			r.log.Warn("snapshot: dropping a bad chunk from the cache", "chunk", fp.String(), "path", p, "err", err)
+			_ = os.Remove(p)
+		}
+	}
+	for _, d := range r.readOnly {
+		p := d.path(fp)
+		b, err := mapVerified(p, fp, want)
+		if err == nil {
+			return b, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("read_only %s: %w", p, err))
+		}
+	}
+	for _, s := range r.remote {
+		data, err := s.GetChunk(ctx, fp)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(data) != want {
+			errs = append(errs, fmt.Errorf("%s: chunk %s is %d bytes, want %d: %w", s, fp, len(data), want, ErrCorrupt))
+			continue
+		}
+		if r.cache != nil {
+			if err := r.cache.PutChunk(ctx, fp, data); err == nil {
+				if b, err := mapVerified(r.cache.Path(fp), fp, want); err == nil {
+					return b, nil
+				}
+			}
+		}
+		return mapBytes(data)
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("snapshot: chunk %s: no store to read it from", fp)
+	}
+	return nil, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(errs...))
+}
+
+// mapVerified maps the file at p read-only and checks that it holds the
+// want bytes of chunk fp.
+func mapVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() || st.Size() != int64(want) {
+		return nil, fmt.Errorf("%s is %d bytes, want %d: %w", p, st.Size(), want, ErrCorrupt)
+	}
+	b, err := syscall.Mmap(int(f.Fd()), 0, want, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map %s: %w", p, err)
+	}
+	if manifest.Sum(b) != fp {
+		_ = syscall.Munmap(b)
+		return nil, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
+	}
+	return b, nil
+}
+
+// mapBytes copies data into a fresh read-only anonymous mapping.
+func mapBytes(data []byte) ([]byte, error) {
+	b, err := syscall.Mmap(-1, 0, len(data), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: map %d bytes: %w", len(data), err)
+	}
+	copy(b, data)
+	if err := syscall.Mprotect(b, syscall.PROT_READ); err != nil {
+		_ = syscall.Munmap(b)
+		return nil, fmt.Errorf("snapshot: protect mapping: %w", err)
+	}
+	return b, nil
+}
