@@ -49,6 +49,12 @@ var commands = []command{
 	{"flush", "SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
 	{"sync", "[--hostname H] DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
 	{"status", "[--json] SPOOL_DIR", "show replication lag, pending bytes, calls and errors per database", cmdStatus},
+	{"restore", "--manifest URI|--source-path P [--at T] [--out F]", "write a replicated database (or an older version) to a file", cmdRestore},
+	{"manifest", "[--json] [--out F] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
+	{"manifest-name", "SOURCE", "print the key of a database's manifest", cmdManifestName},
+	{"ls-versions", "[--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},
+	{"ls", "[--hostname H|--all] [--json]", "list the databases a store holds", cmdLs},
+	{"verify", "[--json] SOURCE", "check every chunk of a manifest is stored and matches its fingerprint", cmdVerify},
 }
 
 // globals are the options before the command.
@@ -119,7 +125,7 @@ func usage(fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: vfsctl [--config JSON|@FILE] [--log LEVEL] COMMAND [ARGS]")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %-22s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  %-14s %-50s %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nGlobal options:")
 	fs.PrintDefaults()
