@@ -58,6 +58,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzDecodeChunk$$' -fuzztime 30s ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzManifestKey$$' -fuzztime 30s ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzMangle$$' -fuzztime 30s ./spool
+	$(GO) test -run XXX -fuzz '^FuzzParseName$$' -fuzztime 30s ./snapshot
 
 clean:
 	rm -rf $(BUILD)

@@ -82,6 +82,7 @@ type Reader struct {
 	log      *slog.Logger
 
 	chunks chunkMaps
+	tick   func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 
 	mu       sync.Mutex
 	replicas map[string]*Replica
@@ -127,6 +128,10 @@ func NewReader(opts Options) *Reader {
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
+	}
+	r.tick = func() (<-chan time.Time, func()) {
+		t := time.NewTicker(r.poll)
+		return t.C, t.Stop
 	}
 	return r
 }
@@ -469,13 +474,13 @@ func (rp *Replica) setAuto(delta int) {
 // poller fetches the manifest every poll interval: one request per
 // interval for the replica, whatever the number of connections.
 func (rp *Replica) poller(stop chan struct{}) {
-	t := time.NewTicker(rp.r.poll)
-	defer t.Stop()
+	tick, stopTick := rp.r.tick()
+	defer stopTick()
 	for {
 		select {
 		case <-stop:
 			return
-		case <-t.C:
+		case <-tick:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), rp.r.openTO)
 		if s, err := rp.fetch(ctx, false); err == nil {
