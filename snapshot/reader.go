@@ -191,9 +191,8 @@ func (r *Reader) Open(ctx context.Context, name string) (*Conn, error) {
 		return nil, err
 	}
 	if err := s.load(ctx, r.upFront(len(s.M.Chunks))); err != nil {
-		s.unref()
-		rep.dropConn()
-		return nil, err
+		// Reads of the chunks that failed will report their own errors.
+		r.log.Warn("snapshot: chunks the loading policy wanted at open are missing", "replica", id, "err", err)
 	}
 	return &Conn{rep: rep, snap: s}, nil
 }
@@ -540,8 +539,7 @@ func (c *Conn) Refresh(ctx context.Context, mode int) error {
 			return err
 		}
 		if err := s.load(ctx, c.rep.r.upFront(len(s.M.Chunks))); err != nil {
-			s.unref()
-			return err
+			c.rep.r.log.Warn("snapshot: chunks the loading policy wanted at refresh are missing", "replica", c.rep.id, "err", err)
 		}
 		s.unref()
 	}
