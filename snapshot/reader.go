@@ -601,3 +601,40 @@ func (c *Conn) Close() {
 
 // errClosed is returned for chunks of a snapshot nobody uses any more.
 var errClosed = errors.New("snapshot: snapshot released")
+
+// Stores returns the stores chunks are read from, in order: the cache,
+// then the remote stores.
+func (r *Reader) Stores() []replicate.Store {
+	var out []replicate.Store
+	if r.cache != nil {
+		out = append(out, r.cache)
+	}
+	return append(out, r.remote...)
+}
+
+// Manifest fetches the newest manifest of the replica name (see
+// ParseName), or reads the manifest file it names.
+func (r *Reader) Manifest(ctx context.Context, name string) (*manifest.Manifest, error) {
+	src, err := r.Resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	rp := &Replica{r: r, src: src, id: src.String()}
+	if src.ManifestFile == "" {
+		if rp.key, err = replicate.ManifestKey(src.Hostname, src.Path); err != nil {
+			return nil, fmt.Errorf("snapshot: %s: %w", rp.id, err)
+		}
+	}
+	_, m, err := rp.fetchManifest(ctx)
+	return m, err
+}
+
+// Restore writes the newest snapshot of the replica name to the file out,
+// atomically (see replicate.RestoreFile).
+func (r *Reader) Restore(ctx context.Context, name, out string, opts replicate.RestoreOptions) error {
+	m, err := r.Manifest(ctx, name)
+	if err != nil {
+		return err
+	}
+	return replicate.RestoreFile(ctx, r.Stores(), m, out, opts)
+}

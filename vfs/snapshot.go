@@ -110,3 +110,14 @@ func openReplica(ctx context.Context, name string) (*snapshot.Conn, error) {
 	}
 	return rt.reader.Open(ctx, name)
 }
+
+// Restore writes the newest snapshot of the replica name ("boule://HOST/
+// abs/path", or a manifest file) to the file out, atomically, with every
+// chunk verified, using the configuration in force.
+func Restore(ctx context.Context, name, out string) error {
+	rt := current.Load()
+	if rt == nil || rt.reader == nil {
+		return fmt.Errorf("vfs: restore %s: boule is not registered", name)
+	}
+	return rt.reader.Restore(ctx, name, out, replicate.RestoreOptions{})
+}
