@@ -28,6 +28,7 @@ const (
 	envDB    = "BOULE_TORTURE_DB"    // the writer's database
 	envSeed  = "BOULE_TORTURE_SEED"  // the writer's random seed
 	envPad   = "BOULE_TORTURE_PAD"   // the largest blob a writer's row carries
+	envChurn = "BOULE_TORTURE_CHURN" // the largest blob beyond 100 bytes a churn row gets; 0 means 3*pad
 )
 
 // TestMain lets the test binary double as the writer and uploader
@@ -53,9 +54,10 @@ var children = map[string]func() error{
 	"uploader": childUploader,
 }
 
-// childLogger logs warnings and errors on stderr, which the parent keeps.
+// childLogger logs on stderr, which the parent keeps. Boule logs at Info
+// only rare events, such as replication resuming.
 func childLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // churnRows is the number of rows in the churn table, which every writer
@@ -89,6 +91,10 @@ func childWriter() error {
 	seed, _ := strconv.ParseUint(os.Getenv(envSeed), 10, 64)
 	pad, _ := strconv.Atoi(os.Getenv(envPad))
 	pad = max(pad, 1)
+	churn, _ := strconv.Atoi(os.Getenv(envChurn))
+	if churn <= 0 {
+		churn = 3 * pad
+	}
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	// _sync=OFF: a killed process loses nothing the OS has, and only
 	// processes die here.
@@ -105,7 +111,7 @@ func childWriter() error {
 			}
 			continue
 		}
-		seq, err := appendRow(db, rng.IntN(pad), rng.IntN(churnRows), 100+rng.IntN(3*pad))
+		seq, err := appendRow(db, rng.IntN(pad), rng.IntN(churnRows), 100+rng.IntN(churn))
 		if err != nil {
 			return err
 		}

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -468,19 +467,6 @@ func remountTmpfs(t testing.TB, dir, size string) {
 	if out, err := exec.Command("mount", "-o", "remount,size="+size, dir).CombinedOutput(); err != nil {
 		t.Fatalf("remount %s: %v: %s", dir, err, out)
 	}
-}
-
-// tmpfsBytes parses sizes like "640k" as mount does.
-func tmpfsBytes(size string) int64 {
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(size, "k"):
-		mult, size = 1<<10, strings.TrimSuffix(size, "k")
-	case strings.HasSuffix(size, "m"):
-		mult, size = 1<<20, strings.TrimSuffix(size, "m")
-	}
-	n, _ := strconv.ParseInt(size, 10, 64)
-	return n * mult
 }
 
 func mustEvalTempDir(t testing.TB) string {
