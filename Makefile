@@ -1,4 +1,4 @@
-# Boule. `make test` is what CI runs (.ci/run); `make demo` shows the main job.
+# Boule. CI runs `make test`, then `make fuzz` (.ci/run); `make demo` shows the main job.
 GO        ?= go
 TOOLS     := $(CURDIR)/.tools
 BUILD     := $(CURDIR)/build
