@@ -85,7 +85,6 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-
 // cfg is the configuration JSON for the fixture.
 func (f *fixture) cfg() string {
 	return fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, f.spool, f.store)
