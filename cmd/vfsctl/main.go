@@ -4,9 +4,19 @@
 //
 // Commands:
 //
-//	flush SPOOL_DIR    upload everything spooled under SPOOL_DIR
-//	sync DB            upload a fresh snapshot of DB and print its manifest name
-//	status SPOOL_DIR   replication lag, pending bytes and errors per database
+//	flush SPOOL_DIR        upload everything spooled under SPOOL_DIR
+//	sync DB                upload a fresh snapshot of DB and print its manifest name
+//	status SPOOL_DIR       replication lag, pending bytes and errors per database
+//	restore                write a replicated database, or an older version, to a file
+//	manifest SOURCE        fetch the manifest of a replicated database
+//	manifest-name SOURCE   print the key of a database's manifest
+//	ls-versions SOURCE     list the points in time a database can be restored to
+//	ls                     list the databases a store holds
+//	verify SOURCE          check every chunk of a manifest
+//	shell SOURCE           open the sqlite3 shell on a read replica
+//
+// Run "vfsctl COMMAND --help" for each command's options. Commands whose
+// output is data take --json. Progress bars appear only on a terminal.
 //
 // The configuration comes from --config or BOULE_CONFIG (see doc/CONFIG.md).
 //
@@ -55,12 +65,14 @@ var commands = []command{
 	{"ls-versions", "[--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},
 	{"ls", "[--hostname H|--all] [--json]", "list the databases a store holds", cmdLs},
 	{"verify", "[--json] SOURCE", "check every chunk of a manifest is stored and matches its fingerprint", cmdVerify},
+	{"shell", "SOURCE [-- SQLITE3_ARGS]", "open the sqlite3 shell on a read replica", cmdShell},
 }
 
 // globals are the options before the command.
 type globals struct {
 	config string
 	log    string
+	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
 	logger *slog.Logger
@@ -73,7 +85,7 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	g := &globals{stdout: stdout, stderr: stderr}
+	g := &globals{stdin: os.Stdin, stdout: stdout, stderr: stderr}
 	fs := flag.NewFlagSet("vfsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&g.config, "config", "", "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG)")

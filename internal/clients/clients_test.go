@@ -221,3 +221,28 @@ func TestCExample(t *testing.T) {
 		t.Fatalf("example without arguments: %v %q", err, stderr)
 	}
 }
+
+// TestVfsctlShell: vfsctl shell opens the stock sqlite3 shell on a replica.
+func TestVfsctlShell(t *testing.T) {
+	need(t, "sqlite3")
+	lib := extension(t)
+	f := newFixture(t)
+	env := []string{"BOULE_CONFIG=" + f.cfg()}
+	script := fmt.Sprintf(".load %s\n.open file:%s?vfs=boule\nCREATE TABLE t(x); INSERT INTO t VALUES ('from the source');\nPRAGMA boule_flush_replication_data;\n", strings.TrimSuffix(lib, ".so"), f.db)
+	if out, errs, err := run(t, env, script, "sqlite3", "-batch"); err != nil || strings.TrimSpace(out) != "1" {
+		t.Fatalf("write: %v %q %q", err, out, errs)
+	}
+	out, errs, err := run(t, env, "SELECT x FROM t;\n", vfsctl(t), "shell", "--vfs", lib, f.db, "--", "-batch")
+	if err != nil || out != "from the source\n" {
+		t.Fatalf("vfsctl shell: %v, stdout %q, stderr %q", err, out, errs)
+	}
+	// The shell's own failure is reported with its status.
+	_, errs, err = run(t, env, "SELECT nope FROM t;\n", vfsctl(t), "shell", "--vfs", lib, f.db, "--", "-batch", "-bail")
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(errs, "no such column: nope") {
+		t.Fatalf("failing query: %v %q", err, errs)
+	}
+	_, errs, err = run(t, env, "", vfsctl(t), "shell", "--executable", "no-such-shell", f.db)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(errs, "no-such-shell") {
+		t.Fatalf("missing shell: %v %q", err, errs)
+	}
+}
