@@ -246,3 +246,17 @@ func TestVfsctlShell(t *testing.T) {
 		t.Fatalf("missing shell: %v %q", err, errs)
 	}
 }
+
+// TestDemo runs make demo's program end to end.
+func TestDemo(t *testing.T) {
+	demo := build(t, "demo", "./cmd/demo")
+	out, errs, err := run(t, nil, "", demo, "-dir", t.TempDir())
+	if err != nil {
+		t.Fatalf("demo: %v\n%s\n%s", err, out, errs)
+	}
+	for _, want := range []string{"caught up", `refresh: 501 rows, the newest says "hello from the writer"`, "is byte-identical to"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
