@@ -210,7 +210,9 @@ var ErrNoVersion = errors.New("replicate: no manifest version at or before that 
 // ManifestAt returns the version of the manifest under key that was the
 // newest at time at: the newest version stored at or before it, from the
 // first store that keeps versions of key.
-func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (*manifest.Manifest, Version, error) {
+//
+// It returns the decoded manifest and its encoding, as FetchManifest does.
+func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (*manifest.Manifest, []byte, Version, error) {
 	var errs []error
 	for _, s := range stores {
 		vs, err := s.ManifestVersions(ctx, key)
@@ -224,22 +226,22 @@ func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (
 			}
 			b, err := s.GetManifestVersion(ctx, key, v.ID)
 			if err != nil {
-				return nil, v, err
+				return nil, nil, v, err
 			}
 			m, err := manifest.Decode(b)
 			if err != nil {
-				return nil, v, fmt.Errorf("replicate: manifest %s version %s in %s: %w", key, v.ID, s, err)
+				return nil, nil, v, fmt.Errorf("replicate: manifest %s version %s in %s: %w", key, v.ID, s, err)
 			}
-			return m, v, nil
+			return m, b, v, nil
 		}
 		oldest := "none"
 		if len(vs) > 0 {
 			oldest = vs[len(vs)-1].LastModified.UTC().Format(time.RFC3339Nano)
 		}
-		return nil, Version{}, fmt.Errorf("%w: %s in %s at %s (oldest kept: %s)", ErrNoVersion, key, s, at.UTC().Format(time.RFC3339Nano), oldest)
+		return nil, nil, Version{}, fmt.Errorf("%w: %s in %s at %s (oldest kept: %s)", ErrNoVersion, key, s, at.UTC().Format(time.RFC3339Nano), oldest)
 	}
 	if len(errs) == 0 {
-		return nil, Version{}, fmt.Errorf("replicate: manifest %s: no store to read from", key)
+		return nil, nil, Version{}, fmt.Errorf("replicate: manifest %s: no store to read from", key)
 	}
-	return nil, Version{}, errors.Join(errs...)
+	return nil, nil, Version{}, errors.Join(errs...)
 }

@@ -136,37 +136,43 @@ func manifestSource(arg string) (source, error) {
 // fetch returns the source's manifest: from the file, the version at at
 // (unless at is zero), or the newest.
 func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, error) {
+	m, _, err := s.fetchRaw(ctx, stores, at)
+	return m, err
+}
+
+// fetchRaw is fetch, also returning the manifest's encoding.
+func (s source) fetchRaw(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, []byte, error) {
 	if s.file != "" {
 		if !at.IsZero() {
-			return nil, usagef("--at needs a database, not a manifest file")
+			return nil, nil, usagef("--at needs a database, not a manifest file")
 		}
 		b, err := os.ReadFile(s.file)
 		if err != nil {
-			return nil, fmt.Errorf("manifest file: %w", err)
+			return nil, nil, fmt.Errorf("manifest file: %w", err)
 		}
 		raw, err := replicate.DecodeManifestBlob(b)
 		if err != nil {
-			return nil, fmt.Errorf("manifest file %s: %w", s.file, err)
+			return nil, nil, fmt.Errorf("manifest file %s: %w", s.file, err)
 		}
 		m, err := manifest.Decode(raw)
 		if err != nil {
-			return nil, fmt.Errorf("manifest file %s: %w", s.file, err)
+			return nil, nil, fmt.Errorf("manifest file %s: %w", s.file, err)
 		}
-		return m, nil
+		return m, raw, nil
 	}
 	ms := manifestStores(stores)
 	if !at.IsZero() {
-		m, _, err := replicate.ManifestAt(ctx, ms, s.key, at)
+		m, raw, _, err := replicate.ManifestAt(ctx, ms, s.key, at)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", s, err)
+			return nil, nil, fmt.Errorf("%s: %w", s, err)
 		}
-		return m, nil
+		return m, raw, nil
 	}
-	m, _, err := replicate.FetchManifest(ctx, ms, s.key)
+	m, raw, err := replicate.FetchManifest(ctx, ms, s.key)
 	if err != nil {
-		return nil, fmt.Errorf("%s (manifest %s): %w", s, s.key, err)
+		return nil, nil, fmt.Errorf("%s (manifest %s): %w", s, s.key, err)
 	}
-	return m, nil
+	return m, raw, nil
 }
 
 // parseTime parses --at: RFC 3339, Unix seconds, or a negative duration
@@ -385,19 +391,15 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	m, err := src.fetch(ctx, stores, when)
+	m, data, err := src.fetchRaw(ctx, stores, when)
 	if err != nil {
 		return err
 	}
-	var data []byte
 	if asJSON {
-		data, err = json.MarshalIndent(describeManifest(src.key, m), "", "  ")
+		if data, err = json.MarshalIndent(describeManifest(src.key, m), "", "  "); err != nil {
+			return err
+		}
 		data = append(data, '\n')
-	} else {
-		data, err = m.MarshalBinary()
-	}
-	if err != nil {
-		return err
 	}
 	if out == "" || out == "-" {
 		if !asJSON && isTerminal(g.stdout) {
