@@ -312,3 +312,12 @@ func TestRestoreAtS3(t *testing.T) {
 		t.Fatalf("verify --at=%d %q %q", code, out, errs)
 	}
 }
+
+func TestFlushJSON(t *testing.T) {
+	f := newFixture(t)
+	code, out, errs := vfsctl(t, "--config", f.config(), "flush", "--json", f.spool)
+	var res []flushJSON
+	if code != exitOK || json.Unmarshal([]byte(out), &res) != nil || len(res) != 1 || !res[0].OK || res[0].Source != f.db {
+		t.Fatalf("flush --json=%d %q %q", code, out, errs)
+	}
+}
