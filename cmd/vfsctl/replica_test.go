@@ -321,3 +321,14 @@ func TestFlushJSON(t *testing.T) {
 		t.Fatalf("flush --json=%d %q %q", code, out, errs)
 	}
 }
+
+// TestEveryCommandHasHelp: --help on every subcommand prints its usage
+// and exits 0.
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range commands {
+		code, out, errs := vfsctl(t, c.name, "--help")
+		if code != exitOK || !strings.Contains(out+errs, "usage: vfsctl "+c.name) {
+			t.Errorf("vfsctl %s --help = %d %q %q", c.name, code, out, errs)
+		}
+	}
+}
