@@ -55,6 +55,27 @@ static int sClose(sqlite3_file *f) {
   return SQLITE_OK;
 }
 
+/* When two snapshots a connection switches between have the same header
+** bytes 24..39, the pager would keep the old snapshot's cached pages: it
+** trusts its cache while the file change counter (offset 24) is unchanged.
+** Go then patches the new view: reads of the change counter and of its
+** copy, the version-valid-for number (offset 92), return view->patch
+** instead, the same in both places, so the header stays self-consistent
+** and the pager drops its cache. This happens only in that rare case (a
+** database recreated or restored at its path); otherwise replicas read
+** exactly the source's bytes. */
+static void patch_counter(BouleView *v, unsigned char *out, int64_t off, int64_t n) {
+  static const int64_t at[2] = {24, 92};
+  uint32_t x = __atomic_load_n(&v->patch, __ATOMIC_ACQUIRE);
+  unsigned char be[4] = {(unsigned char)(x >> 24), (unsigned char)(x >> 16), (unsigned char)(x >> 8), (unsigned char)x};
+  for (int k = 0; k < 2; k++) {
+    for (int64_t j = 0; j < 4; j++) {
+      int64_t pos = at[k] + j;
+      if (pos >= off && pos < off + n) out[pos - off] = be[j];
+    }
+  }
+}
+
 static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
   SnapFile *p = (SnapFile *)f;
   BouleView *v = p->view;
@@ -83,6 +104,7 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
     memcpy(out + done, c + co, (size_t)n);
     done += n;
   }
+  if (__atomic_load_n(&v->patched, __ATOMIC_ACQUIRE)) patch_counter(v, out, off, avail);
   if (avail < amt) {
     memset(out + avail, 0, (size_t)(amt - avail));
     return SQLITE_IOERR_SHORT_READ;

@@ -61,6 +61,8 @@ typedef struct BouleView {
   uint64_t handle;               /* Go handle, for bouleGoSnapChunk */
   uint64_t gen;                  /* the snapshot's generation in its replica */
   const unsigned char **chunks;  /* mapped chunk bytes, or NULL: ask Go */
+  uint32_t patch;                /* if patched: the change counter reads return */
+  int patched;                   /* set by Go (atomic), see boule_snapshot.c */
 } BouleView;
 
 /* What Go returns to C when a connection opens, adopts a snapshot, or runs

@@ -31,66 +31,67 @@ type RestoreOptions struct {
 // each, every one verified against its fingerprint. Identical chunks are
 // fetched once.
 func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Writer, opts RestoreOptions) error {
-	n := len(m.Chunks)
 	conc := opts.Concurrency
 	if conc <= 0 {
 		conc = DefaultRestoreConcurrency
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	var wg sync.WaitGroup
+	// Cancel first, then wait: an early return must stop the feeder and
+	// the workers before it waits for them.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 
-	// Fetch ahead of the writer by at most 2*conc chunks, so memory stays
-	// bounded by about 2*conc*64 KiB whatever the database size.
+	// The feeder hands each chunk to the workers and, in file order, to
+	// the writer through a queue of 2*conc slots: fetching runs at most
+	// that far ahead of writing, so memory stays near 2*conc*64 KiB
+	// whatever the database size.
 	type slot struct {
-		data     []byte
-		err      error
-		done     chan struct{} // fetched
-		consumed chan struct{} // written
+		i    int
+		data []byte
+		err  error
+		done chan struct{} // fetched
 	}
 	window := 2 * conc
-	slots := make([]*slot, n)
-	for i := range slots {
-		slots[i] = &slot{done: make(chan struct{}), consumed: make(chan struct{})}
-	}
+	ordered := make(chan *slot, window)
+	work := make(chan *slot)
 	dedup := newChunkDedup()
-	next := make(chan int)
-	var wg sync.WaitGroup
 	for range conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range next {
-				s := slots[i]
-				s.data, s.err = dedup.fetch(ctx, m.Chunks[i], func() ([]byte, error) {
-					return FetchChunk(ctx, stores, m, i)
+			for s := range work {
+				s.data, s.err = dedup.fetch(ctx, m.Chunks[s.i], func() ([]byte, error) {
+					return FetchChunk(ctx, stores, m, s.i)
 				})
 				close(s.done)
 			}
 		}()
 	}
+	wg.Add(1)
 	go func() {
-		defer close(next)
-		for i := range n {
-			if i >= window {
-				// Wait for the writer to have consumed chunk i-window.
-				select {
-				case <-slots[i-window].consumed:
-				case <-ctx.Done():
-					return
-				}
+		defer wg.Done()
+		defer close(work)
+		defer close(ordered)
+		for i := range m.Chunks {
+			s := &slot{i: i, done: make(chan struct{})}
+			select {
+			case ordered <- s: // blocks while the writer is window chunks behind
+			case <-ctx.Done():
+				return
 			}
 			select {
-			case next <- i:
+			case work <- s:
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
-	defer wg.Wait()
 
 	var written int64
-	for i := range n {
-		s := slots[i]
+	for s := range ordered {
 		select {
 		case <-s.done:
 		case <-ctx.Done():
@@ -103,12 +104,14 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 			return fmt.Errorf("replicate: restore: write: %w", err)
 		}
 		written += int64(len(s.data))
-		dedup.done(m.Chunks[i])
+		dedup.done(m.Chunks[s.i])
 		s.data = nil
-		close(s.consumed)
 		if opts.Progress != nil {
 			opts.Progress(written, m.Size)
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if written != m.Size {
 		return fmt.Errorf("replicate: restore: wrote %d bytes, manifest says %d", written, m.Size)
@@ -167,7 +170,15 @@ func (d *chunkDedup) done(fp manifest.Fingerprint) {
 // RestoreFile restores m to the file at path atomically: it writes a temp
 // file in the same directory, syncs it, and renames it over path, so that
 // a failed restore never leaves a partial file at path.
+//
+// It refuses to restore over a database that has a journal, WAL or shm
+// file next to it: SQLite would apply them to the restored file.
 func RestoreFile(ctx context.Context, stores []Store, m *manifest.Manifest, path string, opts RestoreOptions) error {
+	for _, suffix := range []string{"-journal", "-wal", "-shm"} {
+		if _, err := os.Lstat(path + suffix); err == nil {
+			return fmt.Errorf("replicate: restore %s: %s exists and SQLite would apply it to the restored database; move it away first", path, path+suffix)
+		}
+	}
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.boule-restore")
 	if err != nil {
@@ -238,7 +249,8 @@ func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (
 		if len(vs) > 0 {
 			oldest = vs[len(vs)-1].LastModified.UTC().Format(time.RFC3339Nano)
 		}
-		return nil, nil, Version{}, fmt.Errorf("%w: %s in %s at %s (oldest kept: %s)", ErrNoVersion, key, s, at.UTC().Format(time.RFC3339Nano), oldest)
+		// Another store may keep a longer history.
+		errs = append(errs, fmt.Errorf("%w: %s in %s at %s (oldest kept: %s)", ErrNoVersion, key, s, at.UTC().Format(time.RFC3339Nano), oldest))
 	}
 	if len(errs) == 0 {
 		return nil, nil, Version{}, fmt.Errorf("replicate: manifest %s: no store to read from", key)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -44,9 +45,10 @@ type mapping struct {
 }
 
 type flight struct {
-	done chan struct{}
-	m    *mapping
-	err  error
+	done    chan struct{}
+	m       *mapping
+	err     error
+	waiters int // callers waiting for it; under chunkMaps.mu
 }
 
 // chunkMaps deduplicates mappings by fingerprint.
@@ -56,9 +58,11 @@ type chunkMaps struct {
 	inflight map[manifest.Fingerprint]*flight
 }
 
-// acquire returns the mapping of chunk fp (want bytes long), loading it
-// with load unless it is mapped already, and counts a reference to it.
-func (c *chunkMaps) acquire(ctx context.Context, fp manifest.Fingerprint, load func() ([]byte, error)) (*mapping, error) {
+// acquire returns the mapping of chunk fp, loading it with load unless it
+// is mapped or being loaded already, and counts a reference to it. The
+// load runs on its own: a caller that gives up (ctx) does not stop it for
+// the others waiting, and load must bound itself.
+func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest.Fingerprint, load func() ([]byte, error)) (*mapping, error) {
 	for {
 		c.mu.Lock()
 		if m, ok := c.maps[fp]; ok {
@@ -66,35 +70,65 @@ func (c *chunkMaps) acquire(ctx context.Context, fp manifest.Fingerprint, load f
 			c.mu.Unlock()
 			return m, nil
 		}
-		if f, ok := c.inflight[fp]; ok {
-			c.mu.Unlock()
-			select {
-			case <-f.done:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			if f.err != nil {
-				return nil, f.err
-			}
-			continue // take a reference under the lock
-		}
-		f := &flight{done: make(chan struct{})}
-		c.inflight[fp] = f
-		c.mu.Unlock()
-
-		b, err := load()
-		c.mu.Lock()
-		delete(c.inflight, fp)
-		if err != nil {
-			f.err = err
+		f, ok := c.inflight[fp]
+		if ok {
+			f.waiters++
 		} else {
-			f.m = &mapping{b: b, refs: 1}
-			c.maps[fp] = f.m
+			f = &flight{done: make(chan struct{}), waiters: 1}
+			c.inflight[fp] = f
+			bg.Add(1)
+			go func() {
+				defer bg.Done()
+				c.run(fp, f, load)
+			}()
 		}
 		c.mu.Unlock()
-		close(f.done)
-		return f.m, err
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			c.mu.Lock()
+			f.waiters--
+			c.mu.Unlock()
+			return nil, ctx.Err()
+		}
+		if f.err != nil {
+			return nil, f.err
+		}
+		// Mapped: take a reference under the lock (it may already have
+		// been released and unmapped by the others, then load again).
 	}
+}
+
+// run loads fp for flight f and publishes the result: the mapping, with
+// no reference yet, for the waiters to take theirs. If every caller gave
+// up meanwhile, it is unmapped at once.
+func (c *chunkMaps) run(fp manifest.Fingerprint, f *flight, load func() ([]byte, error)) {
+	b, err := safeLoad(load)
+	c.mu.Lock()
+	delete(c.inflight, fp)
+	switch {
+	case err != nil:
+		f.err = err
+	case f.waiters == 0:
+		_ = syscall.Munmap(b)
+		f.err = errClosed
+	default:
+		f.m = &mapping{b: b}
+		c.maps[fp] = f.m
+	}
+	c.mu.Unlock()
+	close(f.done)
+}
+
+// safeLoad runs load, turning a panic into an error, so that a failed
+// load never leaves its flight registered.
+func safeLoad(load func() ([]byte, error)) (b []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			b, err = nil, fmt.Errorf("snapshot: panic loading a chunk: %v", r)
+		}
+	}()
+	return load()
 }
 
 // release drops a reference to the mapping of fp, unmapping it at zero.
@@ -110,6 +144,16 @@ func (c *chunkMaps) release(fp manifest.Fingerprint) {
 		delete(c.maps, fp)
 		_ = syscall.Munmap(m.b)
 	}
+}
+
+// waiting reports how many callers wait for the load of fp; for tests.
+func (c *chunkMaps) waiting(fp manifest.Fingerprint) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.inflight[fp]; ok {
+		return f.waiters
+	}
+	return 0
 }
 
 // mapped reports how many chunks are mapped; for tests and status.
@@ -138,10 +182,12 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		}
 	}
 	for _, d := range r.readOnly {
+		// Someone else owns these files and may rewrite or truncate them
+		// in place: copy the verified bytes rather than map the file.
 		p := d.path(fp)
-		b, err := mapVerified(p, fp, want)
+		data, err := readVerified(p, fp, want)
 		if err == nil {
-			return b, nil
+			return mapBytes(data)
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("read_only %s: %w", p, err))
@@ -196,6 +242,25 @@ func mapVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
 		return nil, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
 	}
 	return b, nil
+}
+
+// readVerified reads the file at p and checks that it holds the want
+// bytes of chunk fp.
+func readVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data := make([]byte, want+1)
+	n, err := io.ReadFull(f, data)
+	if err != io.ErrUnexpectedEOF && err != nil {
+		return nil, err
+	}
+	if n != want || manifest.Sum(data[:n]) != fp {
+		return nil, fmt.Errorf("%s does not hold chunk %s: %w", p, fp, ErrCorrupt)
+	}
+	return data[:n], nil
 }
 
 // mapBytes copies data into a fresh read-only anonymous mapping.

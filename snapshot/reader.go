@@ -82,6 +82,9 @@ type Reader struct {
 	log      *slog.Logger
 
 	chunks chunkMaps
+	ctx    context.Context // ends with Close; loads run under it, not their callers'
+	cancel context.CancelFunc
+	bg     sync.WaitGroup // loads and prefetches
 	tick   func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 
 	mu       sync.Mutex
@@ -129,11 +132,19 @@ func NewReader(opts Options) *Reader {
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.tick = func() (<-chan time.Time, func()) {
 		t := time.NewTicker(r.poll)
 		return t.C, t.Stop
 	}
 	return r
+}
+
+// Close stops the reader's background work (chunk loads, prefetches) and
+// waits for it. Connections still open fail the reads that need a fetch.
+func (r *Reader) Close() {
+	r.cancel()
+	r.bg.Wait()
 }
 
 // Hostname is the host that "boule:///path" names refer to.

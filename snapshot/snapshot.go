@@ -46,8 +46,12 @@ func (s *Snapshot) Gen() uint64 { return s.gen }
 func (s *Snapshot) Fetched() time.Time { return time.Unix(0, s.fetched.Load()) }
 
 func (s *Snapshot) setFetched(t time.Time) {
-	if ns := t.UnixNano(); ns > s.fetched.Load() {
-		s.fetched.Store(ns)
+	ns := t.UnixNano()
+	for {
+		old := s.fetched.Load()
+		if ns <= old || s.fetched.CompareAndSwap(old, ns) {
+			return
+		}
 	}
 }
 
@@ -87,17 +91,18 @@ func (s *Snapshot) unref() {
 		s.mu.Unlock()
 		return
 	}
-	s.closed = true
+	s.closed = true // from now on, Chunk never calls onChunk
 	if s.cancel != nil {
 		s.cancel()
 	}
-	if s.onClose != nil {
-		s.onClose()
-	}
+	onClose := s.onClose
 	s.onChunk, s.onClose = nil, nil
 	maps := s.maps
 	s.maps = nil
 	s.mu.Unlock()
+	if onClose != nil {
+		onClose()
+	}
 	for i, m := range maps {
 		if m != nil {
 			s.rep.r.chunks.release(s.M.Chunks[i])
@@ -126,13 +131,17 @@ func (s *Snapshot) Chunk(ctx context.Context, i int) ([]byte, error) {
 	r := s.rep.r
 	fp := s.M.Chunks[i]
 	want := manifest.ChunkLen(s.M.Size, i)
-	ctx, cancel := context.WithTimeout(ctx, r.chunkTO)
+	wait, cancel := context.WithTimeout(ctx, r.chunkTO)
 	defer cancel()
-	m, err := r.chunks.acquire(ctx, fp, func() ([]byte, error) {
+	m, err := r.chunks.acquire(wait, &r.bg, fp, func() ([]byte, error) {
 		if data, ok := s.M.Inline[uint32(i)]; ok {
 			return mapBytes(data) // verified by manifest.Decode
 		}
-		return r.loadChunk(ctx, fp, want)
+		// Other snapshots and connections may wait for this load: it
+		// must not end when the caller that started it gives up.
+		load, cancel := context.WithTimeout(r.ctx, r.chunkTO)
+		defer cancel()
+		return r.loadChunk(load, fp, want)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
@@ -201,7 +210,7 @@ func (s *Snapshot) startPrefetch() {
 	if r.prefetch < 0 || (r.policy.Kind != "" && r.policy.Kind != "default") || len(s.M.Chunks) == 0 {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(r.ctx)
 	s.mu.Lock()
 	s.cancel = cancel
 	s.mu.Unlock()
@@ -209,7 +218,9 @@ func (s *Snapshot) startPrefetch() {
 	for i := range idx {
 		idx[i] = i
 	}
+	r.bg.Add(1)
 	go func() {
+		defer r.bg.Done()
 		defer cancel()
 		if err := s.each(ctx, idx, r.prefetch); err != nil && ctx.Err() == nil {
 			r.log.Warn("snapshot: prefetch stopped; chunks will be fetched when read", "replica", s.rep.id, "err", err)

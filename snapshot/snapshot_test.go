@@ -93,6 +93,7 @@ func publish(t testing.TB, s replicate.Store, path string, image []byte, created
 }
 
 type fixture struct {
+	t     *testing.T
 	dir   string
 	store *counting
 	cache *replicate.LocalCache
@@ -113,7 +114,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{dir: dir, store: &counting{Store: ds}, cache: cache}
+	return &fixture{t: t, dir: dir, store: &counting{Store: ds}, cache: cache}
 }
 
 func (f *fixture) reader(opts Options) *Reader {
@@ -122,7 +123,9 @@ func (f *fixture) reader(opts Options) *Reader {
 		opts.Cache = f.cache
 	}
 	opts.Hostname = testHost
-	return NewReader(opts)
+	r := NewReader(opts)
+	f.t.Cleanup(r.Close)
+	return r
 }
 
 // read returns the whole database as the connection sees it.
@@ -470,5 +473,65 @@ func TestConcurrentReadsAndSwitches(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// gated blocks chunk fetches until the gate opens, and says when one is
+// waiting.
+type gated struct {
+	*counting
+	gate    chan struct{}
+	entered chan struct{}
+}
+
+func (g *gated) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.counting.GetChunk(ctx, fp)
+}
+
+// TestSharedLoadOutlivesItsStarter: a chunk load started by one caller and
+// joined by another (another snapshot sharing the chunk) completes for the
+// second even when the first gives up.
+func TestSharedLoadOutlivesItsStarter(t *testing.T) {
+	f := newFixture(t)
+	img := db(1, 3)
+	m := publish(t, f.store, "/x.db", img, time.Now())
+	g := &gated{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	r := NewReader(Options{Remote: []replicate.Store{g}, Cache: f.cache, Hostname: testHost, Prefetch: -1})
+	t.Cleanup(r.Close)
+	a, err := r.Open(context.Background(), "boule:///x.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Open(context.Background(), "boule:///x.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctxA, cancelA := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { _, err := a.Snapshot().Chunk(ctxA, 1); first <- err }()
+	<-g.entered // a's load is in the store
+	second := make(chan error, 1)
+	go func() { _, err := b.Snapshot().Chunk(context.Background(), 1); second <- err }()
+	for r.chunks.waiting(m.Chunks[1]) < 2 { // b has joined a's load
+		time.Sleep(time.Millisecond)
+	}
+	cancelA()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the canceled caller got %v, want its own cancellation", err)
+	}
+	a.Close()
+	close(g.gate)
+	if err := <-second; err != nil {
+		t.Fatalf("the caller that joined the load failed: %v", err)
 	}
 }

@@ -523,3 +523,57 @@ func TestReplicaStoreDown(t *testing.T) {
 	}
 	t.Logf("open with the store down failed after %v", time.Since(start).Round(time.Millisecond))
 }
+
+// TestReplicaSwitchSameHeader: two snapshots whose header bytes 24..39
+// are equal (here two databases with the same history but different
+// data, swapped behind a manifest file) must not leave the old snapshot's
+// pages in a connection's cache after a refresh.
+func TestReplicaSwitchSameHeader(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	manifestOf := func(name, val string) []byte {
+		t.Helper()
+		path := e.path(name)
+		db := open(t, path, "boule", "")
+		mustExec(t, db, "CREATE TABLE t(x TEXT)")
+		mustExec(t, db, "INSERT INTO t VALUES (?)", val)
+		db.Close()
+		if err := vfs.Flush(context.Background(), path); err != nil {
+			t.Fatal(err)
+		}
+		key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
+		b, err := store.GetManifest(context.Background(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ma, mb := manifestOf("a.db", "AAAA"), manifestOf("b.db", "BBBB")
+	mf := filepath.Join(e.dir, "saved.manifest")
+	if err := os.WriteFile(mf, ma, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rdb := open(t, mf, "boule_snapshot", "")
+	rdb.SetMaxOpenConns(1)
+	var x string
+	if err := rdb.QueryRow("SELECT x FROM t").Scan(&x); err != nil || x != "AAAA" {
+		t.Fatalf("before: %q, %v", x, err)
+	}
+	if err := os.WriteFile(mf+".new", mb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(mf+".new", mf); err != nil {
+		t.Fatal(err)
+	}
+	var ts string
+	if err := rdb.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.QueryRow("SELECT x FROM t").Scan(&x); err != nil || x != "BBBB" {
+		t.Fatalf("after the refresh the connection reads %q (%v), want BBBB", x, err)
+	}
+	var ok string
+	if err := rdb.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check after the switch: %q, %v", ok, err)
+	}
+}

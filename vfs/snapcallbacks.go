@@ -10,6 +10,7 @@ import "C"
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -62,11 +63,18 @@ func viewFor(s *snapshot.Snapshot) *view {
 		nextSnapH++
 		v = &view{s: s}
 		v.c = (*C.BouleView)(C.calloc(1, C.size_t(unsafe.Sizeof(C.BouleView{}))))
+		chunks := C.calloc(C.size_t(max(n, 1)), C.size_t(unsafe.Sizeof(uintptr(0))))
+		if v.c == nil || chunks == nil {
+			C.free(unsafe.Pointer(v.c))
+			C.free(chunks)
+			snapMu.Unlock()
+			panic("out of memory for a replica view") // recovered by the export
+		}
 		v.c.size = C.int64_t(s.M.Size)
 		v.c.nChunks = C.int64_t(n)
 		v.c.handle = C.uint64_t(nextSnapH)
 		v.c.gen = C.uint64_t(s.Gen())
-		v.c.chunks = (**C.uchar)(C.calloc(C.size_t(max(n, 1)), C.size_t(unsafe.Sizeof(uintptr(0)))))
+		v.c.chunks = (**C.uchar)(chunks)
 		views[nextSnapH] = v
 		viewOf[s] = v
 	}
@@ -150,14 +158,21 @@ func bouleGoSnapOpen(zName *C.char, flags C.int, out *C.BouleSnapOut) (rc C.int)
 		setMsg(out, err.Error())
 		return sqliteCantOpen
 	}
+	registered := false
+	defer func() {
+		if !registered {
+			c.Close() // fillOut panicked: nothing refers to c
+		}
+	}()
+	out.newestGen = newestGen(c.Replica())
+	fillOut(out, c)
 	snapMu.Lock()
 	nextSnapH++
 	h := nextSnapH
 	snapConns[h] = c
 	snapMu.Unlock()
+	registered = true
 	out.conn = C.uint64_t(h)
-	out.newestGen = newestGen(c.Replica())
-	fillOut(out, c)
 	return sqliteOK
 }
 
@@ -197,9 +212,64 @@ func bouleGoSnapAdopt(h C.uint64_t, out *C.BouleSnapOut) (rc C.int) {
 	if c == nil {
 		return sqliteErr
 	}
-	c.Adopt()
+	switchSnapshot(c, func() error { c.Adopt(); return nil })
 	fillOut(out, c)
 	return sqliteOK
+}
+
+// switchSnapshot runs change, which may move c to another snapshot, and
+// makes sure SQLite notices a move: if the new snapshot's header bytes
+// 24..39 read the same as the old one's, SQLite would keep the old
+// snapshot's pages, so the new view's change counter is patched (see
+// patch_counter in boule_snapshot.c).
+func switchSnapshot(c *snapshot.Conn, change func() error) error {
+	old := c.Snapshot()
+	oldHdr, ok := presentedHeader(old)
+	err := change()
+	if s := c.Snapshot(); ok && s != old {
+		v := viewFor(s)
+		for k := uint32(1); ; k++ {
+			hdr, ok := presentedHeader(s)
+			if !ok || hdr != oldHdr {
+				break
+			}
+			orig := binary.BigEndian.Uint32(hdr[:4])
+			if atomic.LoadInt32((*int32)(unsafe.Pointer(&v.c.patched))) != 0 {
+				orig = origCounter(s)
+			}
+			atomic.StoreUint32((*uint32)(unsafe.Pointer(&v.c.patch)), orig^(uint32(s.Gen())*2654435761+k*40503|1))
+			atomic.StoreInt32((*int32)(unsafe.Pointer(&v.c.patched)), 1)
+		}
+	}
+	return err
+}
+
+// presentedHeader returns header bytes 24..39 as the view of s presents
+// them to SQLite, or false when there is no such header.
+func presentedHeader(s *snapshot.Snapshot) ([16]byte, bool) {
+	var hdr [16]byte
+	if s.M.Size < 100 {
+		return hdr, false
+	}
+	b, err := s.Chunk(context.Background(), 0)
+	if err != nil {
+		return hdr, false
+	}
+	copy(hdr[:], b[24:40])
+	v := viewFor(s)
+	if atomic.LoadInt32((*int32)(unsafe.Pointer(&v.c.patched))) != 0 {
+		binary.BigEndian.PutUint32(hdr[:4], atomic.LoadUint32((*uint32)(unsafe.Pointer(&v.c.patch))))
+	}
+	return hdr, true
+}
+
+// origCounter is s's own change counter.
+func origCounter(s *snapshot.Snapshot) uint32 {
+	b, err := s.Chunk(context.Background(), 0)
+	if err != nil || len(b) < 28 {
+		return 0
+	}
+	return binary.BigEndian.Uint32(b[24:28])
 }
 
 //export bouleGoSnapPragma
@@ -253,7 +323,7 @@ func snapPragma(c *snapshot.Conn, name, arg string, hasArg, locked bool) (string
 		if locked {
 			return "boule_snapshot_refresh: a replica may not be refreshed inside a transaction", sqliteLocked
 		}
-		if err := c.Refresh(context.Background(), mode); err != nil {
+		if err := switchSnapshot(c, func() error { return c.Refresh(context.Background(), mode) }); err != nil {
 			return "boule_snapshot_refresh: " + err.Error(), sqliteErr
 		}
 		return formatTime(c.Snapshot().Fetched()), sqliteOK
@@ -261,7 +331,9 @@ func snapPragma(c *snapshot.Conn, name, arg string, hasArg, locked bool) (string
 		if locked {
 			return "boule_snapshot_async_reload: a replica may not be refreshed inside a transaction", sqliteLocked
 		}
-		if c.AsyncReload() {
+		var switched bool
+		_ = switchSnapshot(c, func() error { switched = c.AsyncReload(); return nil })
+		if switched {
 			return "1", sqliteOK
 		}
 		return "0", sqliteOK

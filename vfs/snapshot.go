@@ -87,7 +87,7 @@ func tempChunkCache(tempdir string) (string, error) {
 		return "", fmt.Errorf("chunk cache %s: %w", dir, err)
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o022 != 0 {
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
 		return "", fmt.Errorf("chunk cache %s: not a directory private to this user", dir)
 	}
 	return dir, nil

@@ -332,3 +332,20 @@ func TestEveryCommandHasHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreRefusesStaleJournal: a leftover journal next to --out would
+// be rolled into the restored file by the next open.
+func TestRestoreRefusesStaleJournal(t *testing.T) {
+	f := flushed(t)
+	out := filepath.Join(f.dir, "target.db")
+	if err := os.WriteFile(out+"-journal", []byte("stale"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", out)
+	if code != exitFail || !strings.Contains(errs, "target.db-journal exists") {
+		t.Fatalf("restore over a stale journal=%d %q; want exit 1 naming it", code, errs)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("restore wrote %s anyway", out)
+	}
+}
