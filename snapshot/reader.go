@@ -84,7 +84,7 @@ type Reader struct {
 	chunks chunkMaps
 	ctx    context.Context // ends with Close; loads run under it, not their callers'
 	cancel context.CancelFunc
-	bg     sync.WaitGroup // loads and prefetches
+	bg     sync.WaitGroup                    // loads and prefetches
 	tick   func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 
 	mu       sync.Mutex
