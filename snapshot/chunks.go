@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -51,11 +53,31 @@ type flight struct {
 	waiters int // callers waiting for it; under chunkMaps.mu
 }
 
-// chunkMaps deduplicates mappings by fingerprint.
+// chunkMaps deduplicates mappings by fingerprint, and keeps their number
+// under limit: each chunk is one memory mapping, and Linux allows a
+// process vm.max_map_count of them (65530 by default), shared with the Go
+// runtime, SQLite and the C library.
 type chunkMaps struct {
 	mu       sync.Mutex
 	maps     map[manifest.Fingerprint]*mapping
 	inflight map[manifest.Fingerprint]*flight
+	limit    int
+}
+
+// ErrTooManyChunks is returned for a chunk that would take the process
+// over its limit of mapped chunks.
+var ErrTooManyChunks = errors.New("snapshot: too many chunks mapped for this process; raise vm.max_map_count")
+
+// defaultMapLimit leaves a quarter of vm.max_map_count, and at least 4096
+// mappings, to the rest of the process.
+func defaultMapLimit() int {
+	n := 65530
+	if b, err := os.ReadFile("/proc/sys/vm/max_map_count"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			n = v
+		}
+	}
+	return max(n-max(n/4, 4096), 1)
 }
 
 // acquire returns the mapping of chunk fp, loading it with load unless it
@@ -73,6 +95,9 @@ func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest
 		f, ok := c.inflight[fp]
 		if ok {
 			f.waiters++
+		} else if len(c.maps)+len(c.inflight) >= c.limit {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("%w (%d chunks, %d MiB, mapped)", ErrTooManyChunks, c.limit, c.limit/16)
 		} else {
 			f = &flight{done: make(chan struct{}), waiters: 1}
 			c.inflight[fp] = f

@@ -64,7 +64,11 @@ type Options struct {
 	// OpenTimeout and ChunkTimeout default to DefaultOpenTimeout and
 	// DefaultChunkTimeout.
 	OpenTimeout, ChunkTimeout time.Duration
-	Logger                    *slog.Logger
+	// MaxMappedChunks bounds the chunks mapped at once by the process;
+	// zero means three quarters of vm.max_map_count. The background
+	// prefetch stops at 90% of it, so that reads keep some room.
+	MaxMappedChunks int
+	Logger          *slog.Logger
 }
 
 // A Reader opens replicas. One serves a whole process: replicas, their
@@ -107,6 +111,7 @@ func NewReader(opts Options) *Reader {
 		chunks: chunkMaps{
 			maps:     map[manifest.Fingerprint]*mapping{},
 			inflight: map[manifest.Fingerprint]*flight{},
+			limit:    opts.MaxMappedChunks,
 		},
 		replicas: map[string]*Replica{},
 	}
@@ -131,6 +136,9 @@ func NewReader(opts Options) *Reader {
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.chunks.limit <= 0 {
+		r.chunks.limit = defaultMapLimit()
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.tick = func() (<-chan time.Time, func()) {

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -169,11 +170,16 @@ func (s *Snapshot) load(ctx context.Context, idx []int) error {
 	if len(idx) == 0 {
 		return nil
 	}
-	return s.each(ctx, idx, max(s.rep.r.prefetch, 1))
+	return s.each(ctx, idx, max(s.rep.r.prefetch, 1), nil)
 }
 
+// errPrefetchFull stops a prefetch that would crowd out reads.
+var errPrefetchFull = errors.New("snapshot: mapped-chunk limit nearly reached")
+
 // each maps the chunks idx with n workers, and returns the first error.
-func (s *Snapshot) each(ctx context.Context, idx []int, n int) error {
+// If room is not nil, it stops with errPrefetchFull when room reports
+// false.
+func (s *Snapshot) each(ctx context.Context, idx []int, n int, room func() bool) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -184,6 +190,10 @@ func (s *Snapshot) each(ctx context.Context, idx []int, n int) error {
 			for {
 				k := int(next.Add(1)) - 1
 				if k >= len(idx) || ctx.Err() != nil {
+					return
+				}
+				if room != nil && !room() {
+					errs <- errPrefetchFull
 					return
 				}
 				if _, err := s.Chunk(ctx, idx[k]); err != nil {
@@ -222,7 +232,12 @@ func (s *Snapshot) startPrefetch() {
 	go func() {
 		defer r.bg.Done()
 		defer cancel()
-		if err := s.each(ctx, idx, r.prefetch); err != nil && ctx.Err() == nil {
+		err := s.each(ctx, idx, r.prefetch, func() bool { return r.chunks.mapped() < r.chunks.limit*9/10 })
+		switch {
+		case errors.Is(err, errPrefetchFull):
+			r.log.Warn("snapshot: prefetch stopped at 90% of the process's mapped-chunk limit; the rest is fetched when read",
+				"replica", s.rep.id, "limit", r.chunks.limit)
+		case err != nil && ctx.Err() == nil:
 			r.log.Warn("snapshot: prefetch stopped; chunks will be fetched when read", "replica", s.rep.id, "err", err)
 		}
 	}()

@@ -535,3 +535,39 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 		t.Fatalf("the caller that joined the load failed: %v", err)
 	}
 }
+
+// TestMappedChunkLimit: past the process's limit of mapped chunks, reads
+// fail with a clear error instead of exhausting the memory map, and the
+// prefetch stops short of the limit.
+func TestMappedChunkLimit(t *testing.T) {
+	f := newFixture(t)
+	image := db(20, 30)
+	publish(t, f.store, "/big.db", image, time.Now())
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 10})
+	c, err := r.Open(context.Background(), "boule:///big.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var failed error
+	for i := range 30 {
+		if _, err := c.Snapshot().Chunk(context.Background(), i); err != nil {
+			failed = err
+			break
+		}
+	}
+	if !errors.Is(failed, ErrTooManyChunks) || r.MappedChunks() != 10 {
+		t.Fatalf("reading 30 chunks with a limit of 10: %v, %d mapped", failed, r.MappedChunks())
+	}
+
+	r2 := f.reader(Options{MaxMappedChunks: 20})
+	c2, err := r2.Open(context.Background(), "boule:///big.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	r2.bg.Wait() // none of the prefetch is left (Open's load ran, the prefetch stopped)
+	if n := r2.MappedChunks(); n < 17 || n > 19 {
+		t.Fatalf("prefetch mapped %d chunks with a limit of 20, want it to stop near 90%%", n)
+	}
+}
