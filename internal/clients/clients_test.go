@@ -260,3 +260,44 @@ func TestDemo(t *testing.T) {
 		}
 	}
 }
+
+// TestExtensionLinksNoSQLite: the extension defines no SQLite of its own
+// (every call goes through the loader's API table) and exports only its
+// entry point, its API table pointer (sqlite3_api) and the C API.
+func TestExtensionLinksNoSQLite(t *testing.T) {
+	nm := need(t, "nm")
+	out, errs, err := run(t, nil, "", nm, "-D", "--defined-only", extension(t))
+	if err != nil {
+		t.Fatalf("nm: %v %s", err, errs)
+	}
+	var sqliteSyms []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && strings.HasPrefix(f[2], "sqlite3") && f[2] != "sqlite3_boule_init" && f[2] != "sqlite3_api" {
+			sqliteSyms = append(sqliteSyms, f[2])
+		}
+	}
+	if len(sqliteSyms) > 0 {
+		t.Fatalf("the extension defines SQLite symbols %v: it would run a second SQLite", sqliteSyms)
+	}
+	if !strings.Contains(out, " sqlite3_boule_init\n") {
+		t.Fatalf("no sqlite3_boule_init entry point in:\n%s", out)
+	}
+}
+
+// TestExtensionLogging: BOULE_LOG sets the level of the extension's log on
+// standard error; errors show by default, and a bad level fails the load.
+func TestExtensionLogging(t *testing.T) {
+	shell := need(t, "sqlite3")
+	lib := strings.TrimSuffix(extension(t), ".so")
+	f := newFixture(t)
+	script := fmt.Sprintf(".load %s\n.open file:boule:///no/such/db.sqlite?vfs=boule_snapshot\nSELECT 1 FROM sqlite_schema;\n", lib)
+	_, errs, _ := run(t, []string{"BOULE_CONFIG=" + f.cfg()}, script, shell, "-batch")
+	if !strings.Contains(errs, "cannot open replica") || !strings.Contains(errs, "/no/such/db.sqlite") {
+		t.Fatalf("a failed replica open logged nothing useful on stderr: %q", errs)
+	}
+	_, errs, err := run(t, []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG=chatty"}, ".load "+lib+"\n", shell, "-batch", "-bail")
+	if err == nil || !strings.Contains(errs, `BOULE_LOG="chatty"`) {
+		t.Fatalf("a bad BOULE_LOG: %v %q; want the load to fail naming it", err, errs)
+	}
+}
