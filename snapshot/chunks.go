@@ -84,7 +84,10 @@ func defaultMapLimit() int {
 // is mapped or being loaded already, and counts a reference to it. The
 // load runs on its own: a caller that gives up (ctx) does not stop it for
 // the others waiting, and load must bound itself.
-func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest.Fingerprint, load func() ([]byte, error)) (*mapping, error) {
+//
+// A prefetch (soft) load is refused with errPrefetchFull once 90% of the
+// limit is used, so that reads keep some room.
+func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest.Fingerprint, soft bool, load func() ([]byte, error)) (*mapping, error) {
 	for {
 		c.mu.Lock()
 		if m, ok := c.maps[fp]; ok {
@@ -95,7 +98,10 @@ func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest
 		f, ok := c.inflight[fp]
 		if ok {
 			f.waiters++
-		} else if len(c.maps)+len(c.inflight) >= c.limit {
+		} else if used := len(c.maps) + len(c.inflight); soft && used >= c.limit*9/10 {
+			c.mu.Unlock()
+			return nil, errPrefetchFull
+		} else if used >= c.limit {
 			c.mu.Unlock()
 			return nil, fmt.Errorf("%w (%d chunks, %d MiB, mapped)", ErrTooManyChunks, c.limit, c.limit/16)
 		} else {

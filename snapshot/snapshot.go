@@ -115,6 +115,12 @@ func (s *Snapshot) unref() {
 // snapshot is referenced. It fetches the chunk if needed, waiting at most
 // the reader's chunk timeout.
 func (s *Snapshot) Chunk(ctx context.Context, i int) ([]byte, error) {
+	return s.chunk(ctx, i, false)
+}
+
+// chunk is Chunk; soft marks a prefetch, which stops short of the
+// process's mapped-chunk limit.
+func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) {
 	if i < 0 || i >= len(s.M.Chunks) {
 		return nil, fmt.Errorf("snapshot: chunk %d out of range [0, %d)", i, len(s.M.Chunks))
 	}
@@ -134,7 +140,7 @@ func (s *Snapshot) Chunk(ctx context.Context, i int) ([]byte, error) {
 	want := manifest.ChunkLen(s.M.Size, i)
 	wait, cancel := context.WithTimeout(ctx, r.chunkTO)
 	defer cancel()
-	m, err := r.chunks.acquire(wait, &r.bg, fp, func() ([]byte, error) {
+	m, err := r.chunks.acquire(wait, &r.bg, fp, soft, func() ([]byte, error) {
 		if data, ok := s.M.Inline[uint32(i)]; ok {
 			return mapBytes(data) // verified by manifest.Decode
 		}
@@ -170,16 +176,15 @@ func (s *Snapshot) load(ctx context.Context, idx []int) error {
 	if len(idx) == 0 {
 		return nil
 	}
-	return s.each(ctx, idx, max(s.rep.r.prefetch, 1), nil)
+	return s.each(ctx, idx, max(s.rep.r.prefetch, 1), false)
 }
 
 // errPrefetchFull stops a prefetch that would crowd out reads.
 var errPrefetchFull = errors.New("snapshot: mapped-chunk limit nearly reached")
 
-// each maps the chunks idx with n workers, and returns the first error.
-// If room is not nil, it stops with errPrefetchFull when room reports
-// false.
-func (s *Snapshot) each(ctx context.Context, idx []int, n int, room func() bool) error {
+// each maps the chunks idx with n workers, and returns the first error;
+// soft marks a prefetch (see chunkMaps.acquire).
+func (s *Snapshot) each(ctx context.Context, idx []int, n int, soft bool) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -192,11 +197,7 @@ func (s *Snapshot) each(ctx context.Context, idx []int, n int, room func() bool)
 				if k >= len(idx) || ctx.Err() != nil {
 					return
 				}
-				if room != nil && !room() {
-					errs <- errPrefetchFull
-					return
-				}
-				if _, err := s.Chunk(ctx, idx[k]); err != nil {
+				if _, err := s.chunk(ctx, idx[k], soft); err != nil {
 					errs <- err
 					return
 				}
@@ -232,7 +233,7 @@ func (s *Snapshot) startPrefetch() {
 	go func() {
 		defer r.bg.Done()
 		defer cancel()
-		err := s.each(ctx, idx, r.prefetch, func() bool { return r.chunks.mapped() < r.chunks.limit*9/10 })
+		err := s.each(ctx, idx, r.prefetch, true)
 		switch {
 		case errors.Is(err, errPrefetchFull):
 			r.log.Warn("snapshot: prefetch stopped at 90% of the process's mapped-chunk limit; the rest is fetched when read",

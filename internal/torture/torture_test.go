@@ -241,8 +241,12 @@ func run(t *testing.T, sc scenario) *outcome {
 		out.uploaderUploads += uplUploads.Load()
 	}
 
+	// Run for dur and every action once; on a slow machine, go on (up to
+	// four times as long) until at least two manifests reached the store,
+	// so that the checks below have something to check.
 	end := time.Now().Add(dur)
-	for ; time.Now().Before(end) || out.rounds < len(sc.actions); out.rounds++ {
+	hardEnd := time.Now().Add(4 * dur)
+	for ; time.Now().Before(end) || out.rounds < len(sc.actions) || (rec.count() < 2 && time.Now().Before(hardEnd)); out.rounds++ {
 		if writer == nil {
 			startWriter()
 		}
