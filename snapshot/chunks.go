@@ -234,19 +234,55 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 			errs = append(errs, fmt.Errorf("%s: chunk %s is %d bytes, want %d: %w", s, fp, len(data), want, ErrCorrupt))
 			continue
 		}
-		if r.cache != nil {
-			if err := r.cache.PutChunk(ctx, fp, data); err == nil {
-				if b, err := mapVerified(r.cache.Path(fp), fp, want); err == nil {
-					return b, nil
-				}
-			}
-		}
+		// Creating a file costs a few hundred microseconds on some file
+		// systems: the cache file, for the other processes of the host,
+		// is written off the read path.
+		r.cacheLater(fp, data)
 		return mapBytes(data)
 	}
 	if len(errs) == 0 {
 		return nil, fmt.Errorf("snapshot: chunk %s: no store to read it from", fp)
 	}
 	return nil, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(errs...))
+}
+
+// cacheLater queues a verified chunk for writing to the local cache; when
+// the queue is full the chunk is not cached.
+func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
+	if r.cache == nil {
+		return
+	}
+	r.cacheOnce.Do(func() {
+		r.cacheQ = make(chan cacheItem, 256)
+		for range 2 {
+			r.bg.Add(1)
+			go func() {
+				defer r.bg.Done()
+				for {
+					select {
+					case it := <-r.cacheQ:
+						if err := r.cache.PutChunk(r.ctx, it.fp, it.data); err != nil {
+							r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
+						}
+						r.cachePending.Done()
+					case <-r.ctx.Done():
+						return
+					}
+				}
+			}()
+		}
+	})
+	r.cachePending.Add(1)
+	select {
+	case r.cacheQ <- cacheItem{fp, data}:
+	default:
+		r.cachePending.Done()
+	}
+}
+
+type cacheItem struct {
+	fp   manifest.Fingerprint
+	data []byte
 }
 
 // mapVerified maps the file at p read-only and checks that it holds the

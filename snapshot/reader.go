@@ -24,7 +24,7 @@ const (
 	DefaultPollInterval = time.Second
 	// DefaultPrefetch is the number of chunks fetched at once in the
 	// background.
-	DefaultPrefetch = 4
+	DefaultPrefetch = 8
 	// DefaultOpenTimeout bounds the manifest fetch of an open.
 	DefaultOpenTimeout = 30 * time.Second
 	// DefaultChunkTimeout bounds the fetch of one chunk a read waits for.
@@ -88,8 +88,12 @@ type Reader struct {
 	chunks chunkMaps
 	ctx    context.Context // ends with Close; loads run under it, not their callers'
 	cancel context.CancelFunc
-	bg     sync.WaitGroup                    // loads and prefetches
-	tick   func() (<-chan time.Time, func()) // the poller's clock; tests replace it
+	bg     sync.WaitGroup // loads, prefetches, cache writers
+
+	cacheOnce    sync.Once
+	cacheQ       chan cacheItem
+	cachePending sync.WaitGroup                    // chunks queued for the cache, not yet written
+	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 
 	mu       sync.Mutex
 	replicas map[string]*Replica
@@ -148,9 +152,11 @@ func NewReader(opts Options) *Reader {
 	return r
 }
 
-// Close stops the reader's background work (chunk loads, prefetches) and
-// waits for it. Connections still open fail the reads that need a fetch.
+// Close writes the chunks still queued for the local cache, then stops
+// the reader's background work (chunk loads, prefetches) and waits for it.
+// Connections still open fail the reads that need a fetch.
 func (r *Reader) Close() {
+	r.cachePending.Wait()
 	r.cancel()
 	r.bg.Wait()
 }

@@ -22,14 +22,15 @@ type Snapshot struct {
 
 	fetched atomic.Int64 // Unix ns when the newest fetch that returned M started
 
-	mu      sync.Mutex
-	refs    int
-	closed  bool
-	maps    []*mapping // by chunk index; nil until mapped
-	nMapped int
-	cancel  context.CancelFunc // stops the prefetch
-	onChunk func(i int, b []byte)
-	onClose func()
+	mu         sync.Mutex
+	refs       int
+	closed     bool
+	maps       []*mapping // by chunk index; nil until mapped
+	nMapped    int
+	cancel     context.CancelFunc // stops the prefetch
+	prefetched chan struct{}      // closed when the prefetch ends; nil without one
+	onChunk    func(i int, b []byte)
+	onClose    func()
 }
 
 func newSnapshot(rp *Replica, m *manifest.Manifest, raw []byte, fetched time.Time) *Snapshot {
@@ -222,8 +223,10 @@ func (s *Snapshot) startPrefetch() {
 		return
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
+	done := make(chan struct{})
 	s.mu.Lock()
 	s.cancel = cancel
+	s.prefetched = done
 	s.mu.Unlock()
 	idx := make([]int, len(s.M.Chunks))
 	for i := range idx {
@@ -232,6 +235,7 @@ func (s *Snapshot) startPrefetch() {
 	r.bg.Add(1)
 	go func() {
 		defer r.bg.Done()
+		defer close(done)
 		defer cancel()
 		err := s.each(ctx, idx, r.prefetch, true)
 		switch {

@@ -170,7 +170,8 @@ func TestLazyOpen(t *testing.T) {
 	}
 
 	// A second reader in "another process" finds everything in the
-	// shared cache.
+	// shared cache, once it is written.
+	r.cachePending.Wait()
 	r2 := f.reader(Options{Prefetch: -1})
 	c2, err := r2.Open(context.Background(), "boule://"+testHost+"/data/a.db")
 	if err != nil {
@@ -335,6 +336,7 @@ func TestCorruptChunk(t *testing.T) {
 	}
 
 	// A bad file in the local cache is dropped and fetched again.
+	r.cachePending.Wait()
 	p := f.cache.Path(m.Chunks[1])
 	_ = os.Chmod(p, 0o644)
 	if err := os.WriteFile(p, make([]byte, manifest.ChunkSize), 0o644); err != nil {
@@ -566,7 +568,7 @@ func TestMappedChunkLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	r2.bg.Wait() // none of the prefetch is left (Open's load ran, the prefetch stopped)
+	<-c2.Snapshot().prefetched
 	if n := r2.MappedChunks(); n != 18 {
 		t.Fatalf("prefetch mapped %d chunks with a limit of 20, want it to stop near 90%%", n)
 	}

@@ -198,8 +198,12 @@ func childReplica() error {
 	if err != nil {
 		return err
 	}
-	_, err = os.Stdout.WriteString(s)
-	return err
+	if _, err := os.Stdout.WriteString(s); err != nil {
+		return err
+	}
+	db.Close()
+	vfs.Reader().Close() // write what is queued for the chunk cache
+	return nil
 }
 
 // TestReplicaOtherProcess: a replica opened by another OS process, with
