@@ -5,7 +5,7 @@ BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
 
-.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench fuzz clean minio
+.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench fuzz clean minio conformance
 
 all: ext lib
 
@@ -49,6 +49,13 @@ demo:
 ## bench: the write-path benchmarks, side by side with the plain unix VFS.
 bench:
 	$(GO) test -run XXX -bench . -benchtime 2000x -count 6 ./vfs | tee $(BUILD)/bench.txt
+
+## conformance: SQLite's own TCL test suite (veryquick) with boule as the
+## default VFS, replicating and validating every snapshot, compared with
+## the plain unix VFS. Runs as root: it installs packages with apt-get.
+## doc/CONFORMANCE.md has the details and the last results.
+conformance:
+	scripts/conformance.sh
 
 ## fuzz: each fuzz target for 30 s.
 fuzz:

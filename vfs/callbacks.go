@@ -98,6 +98,7 @@ func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWord
 	if err := c.db.Snapshot(cSource{file}, ch); err != nil {
 		return 1
 	}
+	validateSnapshot(c, cSource{file})
 	return 0
 }
 
