@@ -4,6 +4,10 @@ TOOLS     := $(CURDIR)/.tools
 BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
+# The C sources in c/ are #included by vfs/cgo.go, and Go's build cache
+# does not see them change: put their hash in the C flags, so that an edit
+# to c/ rebuilds what depends on it.
+export CGO_CFLAGS := -O2 -g -DBOULE_C_SOURCES=$(shell cat c/*.c c/*.h | sha256sum | cut -c1-16)
 
 .PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench fuzz clean minio conformance
 
