@@ -23,7 +23,7 @@ import (
 func TestFailedExclusiveReleasesPending(t *testing.T) {
 	shell, err := exec.LookPath("sqlite3")
 	if err != nil {
-		t.Skip("no sqlite3 shell")
+		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
 	}
 	e := newEnv(t)
 	ext := e.path("libboule.so")
