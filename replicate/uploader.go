@@ -886,33 +886,37 @@ func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, 
 		fps = append(fps, fp)
 	}
 	// Background uploads go one at a time (the limiter allows a few per
-	// second anyway); flushes keep several requests in flight.
-	workers := 1
-	if u.hurried(st, targets) {
-		workers = flushConcurrency
-	}
+	// second anyway); flushes keep several requests in flight, and so
+	// does a background upload as soon as a flush waits for it.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var once sync.Once
 	var first error // the cause; the other workers' errors are its cancellation
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := int(next.Add(1)) - 1
-				if k >= len(fps) {
-					return
-				}
-				if err := u.uploadChunkFile(ctx, st, dir, fps[k], targets); err != nil {
-					once.Do(func() { first = err; cancel() })
-					return
+	var helpers atomic.Bool
+	var work func(lead bool)
+	work = func(lead bool) {
+		defer wg.Done()
+		for {
+			if lead && u.hurried(st, targets) && helpers.CompareAndSwap(false, true) {
+				for range flushConcurrency - 1 {
+					wg.Add(1)
+					go work(false)
 				}
 			}
-		}()
+			k := int(next.Add(1)) - 1
+			if k >= len(fps) {
+				return
+			}
+			if err := u.uploadChunkFile(ctx, st, dir, fps[k], targets); err != nil {
+				once.Do(func() { first = err; cancel() })
+				return
+			}
+		}
 	}
+	wg.Add(1)
+	go work(true)
 	wg.Wait()
 	return first
 }
