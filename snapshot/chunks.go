@@ -44,6 +44,7 @@ func (d ReadOnlyDir) path(fp manifest.Fingerprint) string {
 type mapping struct {
 	b    []byte
 	refs int
+	free func() // unmaps b or frees its slab slot
 }
 
 type flight struct {
@@ -87,7 +88,7 @@ func defaultMapLimit() int {
 //
 // A prefetch (soft) load is refused with errPrefetchFull once 90% of the
 // limit is used, so that reads keep some room.
-func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest.Fingerprint, soft bool, load func() ([]byte, error)) (*mapping, error) {
+func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest.Fingerprint, soft bool, load loadFunc) (*mapping, error) {
 	for {
 		c.mu.Lock()
 		if m, ok := c.maps[fp]; ok {
@@ -133,30 +134,34 @@ func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest
 // run loads fp for flight f and publishes the result: the mapping, with
 // no reference yet, for the waiters to take theirs. If every caller gave
 // up meanwhile, it is unmapped at once.
-func (c *chunkMaps) run(fp manifest.Fingerprint, f *flight, load func() ([]byte, error)) {
-	b, err := safeLoad(load)
+func (c *chunkMaps) run(fp manifest.Fingerprint, f *flight, load loadFunc) {
+	b, free, err := safeLoad(load)
 	c.mu.Lock()
 	delete(c.inflight, fp)
 	switch {
 	case err != nil:
 		f.err = err
 	case f.waiters == 0:
-		_ = syscall.Munmap(b)
+		free()
 		f.err = errClosed
 	default:
-		f.m = &mapping{b: b}
+		f.m = &mapping{b: b, free: free}
 		c.maps[fp] = f.m
 	}
 	c.mu.Unlock()
 	close(f.done)
 }
 
+// A loadFunc returns a chunk's bytes, outside the Go heap, and the
+// function that releases them.
+type loadFunc func() ([]byte, func(), error)
+
 // safeLoad runs load, turning a panic into an error, so that a failed
 // load never leaves its flight registered.
-func safeLoad(load func() ([]byte, error)) (b []byte, err error) {
+func safeLoad(load loadFunc) (b []byte, free func(), err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			b, err = nil, fmt.Errorf("snapshot: panic loading a chunk: %v", r)
+			b, free, err = nil, nil, fmt.Errorf("snapshot: panic loading a chunk: %v", r)
 		}
 	}()
 	return load()
@@ -173,7 +178,7 @@ func (c *chunkMaps) release(fp manifest.Fingerprint) {
 	m.refs--
 	if m.refs == 0 {
 		delete(c.maps, fp)
-		_ = syscall.Munmap(m.b)
+		m.free()
 	}
 }
 
@@ -199,13 +204,13 @@ func (c *chunkMaps) mapped() int {
 // Whatever it maps has been verified against fp. A chunk fetched from a
 // remote store is written to the cache, so that other processes on the
 // host find it; when that fails the chunk is mapped from memory instead.
-func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int) ([]byte, error) {
+func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int) ([]byte, func(), error) {
 	var errs []error
 	if r.cache != nil {
 		p := r.cache.Path(fp)
 		b, err := mapVerified(p, fp, want)
 		if err == nil {
-			return b, nil
+			return b, func() { _ = syscall.Munmap(b) }, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			r.log.Warn("snapshot: dropping a bad chunk from the cache", "chunk", fp.String(), "path", p, "err", err)
@@ -218,7 +223,7 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		p := d.path(fp)
 		data, err := readVerified(p, fp, want)
 		if err == nil {
-			return mapBytes(data)
+			return r.slabs.copy(data)
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("read_only %s: %w", p, err))
@@ -238,12 +243,12 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		// systems: the cache file, for the other processes of the host,
 		// is written off the read path.
 		r.cacheLater(fp, data)
-		return mapBytes(data)
+		return r.slabs.copy(data)
 	}
 	if len(errs) == 0 {
-		return nil, fmt.Errorf("snapshot: chunk %s: no store to read it from", fp)
+		return nil, nil, fmt.Errorf("snapshot: chunk %s: no store to read it from", fp)
 	}
-	return nil, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(errs...))
+	return nil, nil, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(errs...))
 }
 
 // cacheLater queues a verified chunk for writing to the local cache; when
@@ -272,6 +277,11 @@ func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
 			}()
 		}
 	})
+	r.cacheMu.Lock()
+	defer r.cacheMu.Unlock()
+	if r.cacheClosed {
+		return
+	}
 	r.cachePending.Add(1)
 	select {
 	case r.cacheQ <- cacheItem{fp, data}:
@@ -328,18 +338,4 @@ func readVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
 		return nil, fmt.Errorf("%s does not hold chunk %s: %w", p, fp, ErrCorrupt)
 	}
 	return data[:n], nil
-}
-
-// mapBytes copies data into a fresh read-only anonymous mapping.
-func mapBytes(data []byte) ([]byte, error) {
-	b, err := syscall.Mmap(-1, 0, len(data), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot: map %d bytes: %w", len(data), err)
-	}
-	copy(b, data)
-	if err := syscall.Mprotect(b, syscall.PROT_READ); err != nil {
-		_ = syscall.Munmap(b)
-		return nil, fmt.Errorf("snapshot: protect mapping: %w", err)
-	}
-	return b, nil
 }

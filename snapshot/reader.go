@@ -86,13 +86,16 @@ type Reader struct {
 	log      *slog.Logger
 
 	chunks chunkMaps
+	slabs  slabs
 	ctx    context.Context // ends with Close; loads run under it, not their callers'
 	cancel context.CancelFunc
 	bg     sync.WaitGroup // loads, prefetches, cache writers
 
 	cacheOnce    sync.Once
 	cacheQ       chan cacheItem
-	cachePending sync.WaitGroup                    // chunks queued for the cache, not yet written
+	cachePending sync.WaitGroup // chunks queued for the cache, not yet written
+	cacheMu      sync.Mutex     // orders cachePending.Add before Close's Wait
+	cacheClosed  bool
 	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 
 	mu       sync.Mutex
@@ -156,6 +159,9 @@ func NewReader(opts Options) *Reader {
 // the reader's background work (chunk loads, prefetches) and waits for it.
 // Connections still open fail the reads that need a fetch.
 func (r *Reader) Close() {
+	r.cacheMu.Lock()
+	r.cacheClosed = true
+	r.cacheMu.Unlock()
 	r.cachePending.Wait()
 	r.cancel()
 	r.bg.Wait()

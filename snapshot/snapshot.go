@@ -141,9 +141,9 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 	want := manifest.ChunkLen(s.M.Size, i)
 	wait, cancel := context.WithTimeout(ctx, r.chunkTO)
 	defer cancel()
-	m, err := r.chunks.acquire(wait, &r.bg, fp, soft, func() ([]byte, error) {
+	m, err := r.chunks.acquire(wait, &r.bg, fp, soft, func() ([]byte, func(), error) {
 		if data, ok := s.M.Inline[uint32(i)]; ok {
-			return mapBytes(data) // verified by manifest.Decode
+			return r.slabs.copy(data) // verified by manifest.Decode
 		}
 		// Other snapshots and connections may wait for this load: it
 		// must not end when the caller that started it gives up.

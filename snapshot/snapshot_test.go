@@ -201,6 +201,7 @@ func TestPrefetchAndPolicies(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cache, _ := replicate.NewLocalCache(filepath.Join(t.TempDir(), "c"), 1, 100)
 			r := f.reader(Options{Policy: tc.policy, Cache: cache})
+			t.Cleanup(r.Close) // before the cache's temp dir goes
 			c, err := r.Open(context.Background(), "boule:///p.db")
 			if err != nil {
 				t.Fatal(err)
@@ -214,6 +215,7 @@ func TestPrefetchAndPolicies(t *testing.T) {
 	t.Run("background", func(t *testing.T) {
 		cache, _ := replicate.NewLocalCache(filepath.Join(t.TempDir(), "c"), 1, 100)
 		r := f.reader(Options{Cache: cache})
+		t.Cleanup(r.Close)
 		c, err := r.Open(context.Background(), "boule:///p.db")
 		if err != nil {
 			t.Fatal(err)

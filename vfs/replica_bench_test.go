@@ -235,6 +235,7 @@ func BenchmarkCold(b *testing.B) {
 			}
 			b.StopTimer()
 			db.Close()
+			vfs.Reader().Close()
 		}
 		b.ReportMetric(float64(f.size>>20), "MiB")
 	})
@@ -266,6 +267,7 @@ func BenchmarkCold(b *testing.B) {
 			}
 			b.StopTimer()
 			db.Close()
+			vfs.Reader().Close()
 		}
 	})
 	b.Run("op=copy/tool=cp", func(b *testing.B) {
