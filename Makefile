@@ -9,7 +9,7 @@ export BOULE_MINIO := $(TOOLS)/bin/minio
 # to c/ rebuilds what depends on it.
 export CGO_CFLAGS := -O2 -g -DBOULE_C_SOURCES=$(shell cat c/*.c c/*.h | sha256sum | cut -c1-16)
 
-.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench fuzz clean minio conformance
+.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench bench-replica fuzz clean minio conformance
 
 all: ext lib
 
@@ -60,6 +60,12 @@ bench:
 ## doc/CONFORMANCE.md has the details and the last results.
 conformance:
 	scripts/conformance.sh
+
+## bench-replica: read replicas and restore on a 1 GiB database in minio,
+## side by side with the same queries on the local file and with cp.
+bench-replica: minio
+	$(GO) test -run XXX -bench 'BenchmarkReplicaQuery' -benchtime 3000x -count 6 ./vfs | tee $(BUILD)/bench-replica-query.txt
+	BOULE_BENCH_MB=1024 $(GO) test -run XXX -bench 'BenchmarkCold' -benchtime 3x -count 1 -timeout 60m ./vfs | tee $(BUILD)/bench-cold-1g.txt
 
 ## fuzz: each fuzz target for 30 s.
 fuzz:
