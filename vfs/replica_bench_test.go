@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,6 +281,40 @@ func BenchmarkCold(b *testing.B) {
 			if out, err := exec.Command("sync", dst).CombinedOutput(); err != nil {
 				b.Fatalf("sync: %v %s", err, out)
 			}
+		}
+	})
+	// The ceiling: every chunk fetched (and verified) by 64 goroutines at
+	// once, nothing written. Restore cannot beat it with this key layout.
+	b.Run("op=copy/tool=get-only", func(b *testing.B) {
+		b.SetBytes(f.size)
+		key, err := replicate.ManifestKey(vfs.Reader().Hostname(), f.path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{f.store}, key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range b.N {
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			for range 64 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := int(next.Add(1)) - 1
+						if i >= len(m.Chunks) {
+							return
+						}
+						if _, err := replicate.FetchChunk(context.Background(), []replicate.Store{f.store}, m, i); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
 		}
 	})
 	b.Run("op=copy/tool=restore", func(b *testing.B) {
