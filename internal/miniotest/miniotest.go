@@ -256,7 +256,9 @@ func (s *Server) waitReady(exited <-chan struct{}) error {
 	deadline := time.Now().Add(readyTimeout)
 	delay := 20 * time.Millisecond
 	for {
-		resp, err := client.Get(s.Endpoint + "/minio/health/live")
+		// cluster, not live: live answers before the object layer is up,
+		// and bucket calls then get 503 for a moment.
+		resp, err := client.Get(s.Endpoint + "/minio/health/cluster")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
