@@ -5,7 +5,7 @@ BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
 
-.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench fuzz clean minio
+.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench bench-peers fuzz clean minio
 
 all: ext lib
 
@@ -61,3 +61,14 @@ fuzz:
 
 clean:
 	rm -rf $(BUILD)
+
+## bench-peers: Boule against Litestream v0.5.18, same workloads, same
+## minio on loopback (about 40 minutes; BENCH_PEERS_FLAGS='-idle 1m' for
+## a quick run). Results and plots go to doc/bench.
+LITESTREAM := $(TOOLS)/bin/litestream
+BENCH_PEERS_FLAGS ?=
+bench-peers: minio $(LITESTREAM)
+	@mkdir -p $(BUILD)
+	$(GO) run ./cmd/benchpeers -litestream $(LITESTREAM) -out doc/bench $(BENCH_PEERS_FLAGS) | tee $(BUILD)/bench-peers.txt
+$(LITESTREAM):
+	GOBIN=$(TOOLS)/bin $(GO) install github.com/benbjohnson/litestream/cmd/litestream@v0.5.18

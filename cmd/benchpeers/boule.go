@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// bouleSide is Boule with its defaults: the boule VFS registered in this
+// process, SQLite's default rollback journal (DELETE), the spool next to
+// the database on the same file system, and the default limiter (30
+// calls/s, burst 100). Only the S3 endpoint (the counting proxy) and the
+// bucket names are set.
+type bouleSide struct {
+	b      *bench
+	dir    string
+	bucket string
+
+	c      *counter
+	path   string
+	db     *sql.DB
+	direct replicate.Store // minio itself, for polling: not counted
+	viaCtr replicate.Store // through the proxy, for restores: counted
+	key    string
+}
+
+func (s *bouleSide) target(endpoint string) config.S3Target {
+	return config.S3Target{
+		Region: miniotest.Region, Endpoint: endpoint,
+		ChunkBucket: s.bucket + "-chunks", ManifestBucket: s.bucket + "-manifests",
+	}
+}
+
+func (s *bouleSide) Open(ctx context.Context, preload int64) (*sql.DB, int64, error) {
+	var err error
+	if s.c, err = startCounter(s.b.minio.Endpoint); err != nil {
+		return nil, 0, err
+	}
+	mk := s.target(s.b.minio.Endpoint)
+	mk.CreateBucketsOnDemand = true
+	creator, err := replicate.NewS3Store(ctx, mk, replicate.S3Options{})
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := creator.EnsureBuckets(ctx); err != nil {
+		return nil, 0, err
+	}
+	s.direct = creator
+	proxied := s.target(s.c.URL)
+	if s.viaCtr, err = replicate.NewS3Store(ctx, proxied, replicate.S3Options{}); err != nil {
+		return nil, 0, err
+	}
+	err = vfs.Register(vfs.Config{
+		ReplicationSpoolingDir: filepath.Join(s.dir, "spool"),
+		ReplicationTargets:     []config.Target{{S3: &proxied}},
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	s.path = filepath.Join(s.dir, "bench.db")
+	s.db, err = openDB("file:" + s.path + "?vfs=boule&_journal_mode=DELETE&_sync=NORMAL&_busy_timeout=10000")
+	if err != nil {
+		return nil, 0, err
+	}
+	var seq int64
+	if err := fill(s.db, preload, &seq); err != nil {
+		return nil, 0, err
+	}
+	if s.key, err = replicate.ManifestKey(vfs.Spool().Hostname(), s.path); err != nil {
+		return nil, 0, err
+	}
+	return s.db, seq, waitVisible(ctx, s, seq)
+}
+
+// Flush uploads everything spooled, with the flush limiter. The
+// benchmark uses it only to reach a known state before measuring.
+func (s *bouleSide) Flush(ctx context.Context) error { return vfs.Flush(ctx, s.path) }
+
+// Visible reads the newest manifest and finds the marker in chunk 0,
+// which the manifest carries inline: one GET, like the lag benchmark in
+// package vfs (which reads the change counter instead).
+func (s *bouleSide) Visible(ctx context.Context) (int64, time.Time, error) {
+	m, _, err := replicate.FetchManifest(ctx, []replicate.Store{s.direct}, s.key)
+	at := time.Now()
+	if err != nil {
+		return -1, at, err
+	}
+	c0, err := replicate.FetchChunk(ctx, []replicate.Store{s.direct}, m, 0)
+	if err != nil {
+		return -1, at, err
+	}
+	return findMarker(c0), at, nil
+}
+
+func (s *bouleSide) Counts() counts {
+	if s.c == nil {
+		return counts{}
+	}
+	return s.c.Snapshot()
+}
+
+func (s *bouleSide) Overhead() (int64, int64) {
+	return dirSize(filepath.Join(s.dir, "spool")) + fileSize(s.path+"-journal"), 0
+}
+
+func (s *bouleSide) Restore(ctx context.Context, dst string) error {
+	return restoreBoule(ctx, []replicate.Store{s.viaCtr}, s.key, dst)
+}
+
+// restoreBoule restores the newest manifest under key into dst. It is
+// the one place to switch to the parallel restore (or `vfsctl restore`)
+// once that lands in main; for now it reassembles chunk after chunk with
+// replicate.Reassemble.
+func restoreBoule(ctx context.Context, stores []replicate.Store, key, dst string) error {
+	m, _, err := replicate.FetchManifest(ctx, stores, key)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	err = replicate.Reassemble(ctx, stores, m, w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
+}
+
+// errPending is returned by measurements whose Boule side is not in main
+// yet.
+var errPending = errors.New("pending: not in main yet")
+
+// coldQueryBouleSnapshot is meant to time the first query on a cold read
+// replica through the boule_snapshot VFS (open
+// "file:boule://host/path?vfs=boule_snapshot", run one query). PENDING:
+// that VFS is being written concurrently and is not in main; until then
+// the benchmark reports restore-then-query for both tools (runRestore).
+func coldQueryBouleSnapshot(ctx context.Context, key string) (time.Duration, error) {
+	return 0, fmt.Errorf("boule_snapshot cold query for %s: %w", key, errPending)
+}
+
+func (s *bouleSide) Close() error {
+	var err error
+	if s.db != nil {
+		err = s.db.Close()
+	}
+	// Stops the uploader; the spool stays registered by directory, which
+	// is never reused.
+	err = errors.Join(err, vfs.Register(vfs.Config{}))
+	if s.c != nil {
+		s.c.Close()
+	}
+	os.RemoveAll(s.dir)
+	return err
+}
