@@ -89,7 +89,7 @@ func (s *lsSide) Open(ctx context.Context, preload int64) (*sql.DB, int64, error
 	if err != nil {
 		return nil, 0, err
 	}
-	if err := st.EnsureBuckets(ctx); err != nil {
+	if err := ensureBuckets(ctx, st); err != nil {
 		return nil, 0, err
 	}
 	s.s3 = st.Client()
@@ -235,7 +235,35 @@ func (s *lsSide) Restore(ctx context.Context, dst string) error {
 	return nil
 }
 
-func (s *lsSide) Close() error {
+// coldVFS times a first query on a cold read replica through Litestream's
+// own VFS: the sqlite3 shell loads the extension built from
+// cmd/litestream-vfs of v0.5.18 (`make vfs` in Litestream's tree; see
+// doc/BENCHMARKS.md), opens the replica through the counting proxy, and
+// looks up row id. The time includes the shell's start and the
+// extension's load.
+func (s *lsSide) coldVFS(ctx context.Context, so string, id int64) (time.Duration, counts, error) {
+	u := fmt.Sprintf("s3://%s/%s?endpoint=%s&region=%s&force-path-style=true", s.bucket, lsReplicaPath, s.c.URL, miniotest.Region)
+	script := fmt.Sprintf(".bail on\n.load %s\n.open file:replica.db?vfs=litestream\nSELECT count(*) FROM t WHERE id = %d;\n", so, id)
+	cmd := exec.CommandContext(ctx, "sqlite3")
+	cmd.Dir = s.dir
+	cmd.Env = append(lsEnv(), "LITESTREAM_REPLICA_URL="+u)
+	cmd.Stdin = strings.NewReader(script)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	before := s.Counts()
+	t0 := time.Now()
+	out, err := cmd.Output()
+	d := time.Since(t0)
+	c := s.Counts().Sub(before)
+	if err != nil || strings.TrimSpace(string(out)) != "1" {
+		return d, c, fmt.Errorf("sqlite3 with the litestream VFS: %v: %q %q", err, out, stderr.Bytes())
+	}
+	return d, c, nil
+}
+
+// StopReplication closes the writer and stops `litestream replicate`
+// (SIGTERM: it syncs what it has, then exits).
+func (s *lsSide) StopReplication() error {
 	var err error
 	if s.db != nil {
 		err = s.db.Close()
@@ -249,6 +277,11 @@ func (s *lsSide) Close() error {
 			<-s.exited
 		}
 	}
+	return err
+}
+
+func (s *lsSide) Close() error {
+	err := s.StopReplication()
 	if s.c != nil {
 		s.c.Close()
 	}

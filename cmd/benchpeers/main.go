@@ -60,10 +60,11 @@ type side interface {
 var errNoReplication = errors.New("not replicated")
 
 type bench struct {
-	work       string
-	litestream string
-	minio      *miniotest.Server
-	seq        int // for unique bucket names
+	work          string
+	litestream    string
+	litestreamVFS string // the loadable extension, or ""
+	minio         *miniotest.Server
+	seq           int // for unique bucket names
 }
 
 func main() {
@@ -79,6 +80,9 @@ func main() {
 		only        = flag.String("only", "rate10,rate100,bulk,restore,idle", "comma-separated runs")
 		baselines   = flag.Bool("baselines", true, "also run the commit-rate runs on plain SQLite (rollback and WAL, no replication)")
 	)
+	lsVFS := flag.String("litestream-vfs", "", "Litestream's VFS as a loadable extension (.so), for the cold-replica query")
+	toolsFlag := flag.String("tools", "boule,litestream", "replicating tools to run")
+	merge := flag.Bool("merge", false, "keep the results in <out>/results.json that this run does not replace")
 	replot := flag.Bool("replot", false, "only redraw the plots and tables from <out>/results.json")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
@@ -136,7 +140,7 @@ func main() {
 		k, v, _ := strings.Cut(kv, "=")
 		os.Setenv(k, v)
 	}
-	b := &bench{work: w, litestream: bin, minio: srv}
+	b := &bench{work: w, litestream: bin, litestreamVFS: *lsVFS, minio: srv}
 	ctx := context.Background()
 	runs := map[string]bool{}
 	for r := range strings.SplitSeq(*only, ",") {
@@ -144,14 +148,25 @@ func main() {
 	}
 
 	var results []result
+	if *merge {
+		if b, err := os.ReadFile(filepath.Join(*out, "results.json")); err == nil {
+			if err := json.Unmarshal(b, &results); err != nil {
+				log.Fatal(err)
+			}
+		}
+	}
 	record := func(r result) {
 		log.Printf("%s", r)
-		results = append(results, r)
+		if i := slices.IndexFunc(results, func(o result) bool { return o.Tool == r.Tool && o.Workload == r.Workload }); i >= 0 {
+			results[i] = r
+		} else {
+			results = append(results, r)
+		}
 		if err := save(*out, results); err != nil {
 			log.Fatal(err)
 		}
 	}
-	tools := []string{"boule", "litestream"}
+	tools := strings.Split(*toolsFlag, ",")
 	for _, rate := range []int{10, 100} {
 		name := fmt.Sprintf("rate%d", rate)
 		if !runs[name] {
@@ -171,8 +186,12 @@ func main() {
 		}
 	}
 	if runs["bulk"] || runs["restore"] {
-		for _, tool := range tools {
-			bres, rres, err := runBulkRestore(ctx, b, tool, *bulk, *restoreSize, runs["restore"])
+		ts := tools
+		if *baselines && runs["bulk"] {
+			ts = append(slices.Clone(tools), "sqlite-rollback", "sqlite-wal")
+		}
+		for _, tool := range ts {
+			bres, rres, err := runBulkRestore(ctx, b, tool, *bulk, *restoreSize, runs["restore"] && slices.Contains(tools, tool))
 			if err != nil {
 				log.Fatalf("%s bulk/restore: %v", tool, err)
 			}
@@ -502,6 +521,11 @@ func runBulkRestore(ctx context.Context, b *bench, tool string, bulk, restoreSiz
 		return br, nil, nil
 	}
 	log.Printf("%s: growing to %d MiB for the restore", tool, restoreSize>>20)
+	if u, ok := s.(interface{ Unthrottle() error }); ok {
+		if err := u.Unthrottle(); err != nil {
+			return br, nil, err
+		}
+	}
 	for {
 		var size int64
 		if err := db.QueryRow("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()").Scan(&size); err != nil {
@@ -521,8 +545,30 @@ func runBulkRestore(ctx context.Context, b *bench, tool string, bulk, restoreSiz
 	if err := waitVisible(ctx, s, seq); err != nil {
 		return br, nil, err
 	}
+	// The primary is gone: stop the writer and the replicator, so the
+	// restore shares neither the CPU nor the proxy's counts with them.
+	if err := s.(interface{ StopReplication() error }).StopReplication(); err != nil {
+		return br, nil, err
+	}
 	rr, err := runRestore(ctx, s, filepath.Join(b.work, fmt.Sprintf("restored-%s.db", tool)), rows)
 	rr.Tool, rr.Workload = tool, fmt.Sprintf("restore %d MiB", restoreSize>>20)
+	if bs, ok := s.(*bouleSide); ok && err == nil {
+		// The read-replica VFS, once it exists, needs no restore.
+		if d, cerr := coldQueryBouleSnapshot(ctx, bs.key); cerr != nil {
+			rr.ColdVFS = cerr.Error()
+		} else {
+			rr.ColdVFS = dur(d)
+		}
+	}
+	if ls, ok := s.(*lsSide); ok && err == nil {
+		if b.litestreamVFS == "" {
+			rr.ColdVFS = "not measured: the litestream VFS is a separate build (make vfs in Litestream's tree); pass -litestream-vfs"
+		} else if d, c, cerr := ls.coldVFS(ctx, b.litestreamVFS, rows); cerr != nil {
+			rr.ColdVFS = cerr.Error()
+		} else {
+			rr.ColdVFS = fmt.Sprintf("%s, %d requests %s, %.1f MiB down", dur(d), c.Requests, methods(c, 1), float64(c.BytesDown)/(1<<20))
+		}
+	}
 	return br, &rr, err
 }
 
@@ -639,6 +685,7 @@ type result struct {
 	Restore       time.Duration `json:"restore,omitempty"`
 	FirstQuery    time.Duration `json:"first_query,omitempty"`
 	RestoredBytes int64         `json:"restored_bytes,omitempty"`
+	ColdVFS       string        `json:"cold_vfs,omitempty"` // first query through a read-replica VFS
 }
 
 func (r result) String() string {
