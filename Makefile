@@ -1,11 +1,15 @@
-# Boule. `make test` is what CI runs (.ci/run); `make demo` shows the main job.
+# Boule. CI runs `make test`, then `make fuzz` (.ci/run); `make demo` shows the main job.
 GO        ?= go
 TOOLS     := $(CURDIR)/.tools
 BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
+# The C sources in c/ are #included by vfs/cgo.go, and Go's build cache
+# does not see them change: put their hash in the C flags, so that an edit
+# to c/ rebuilds what depends on it.
+export CGO_CFLAGS := -O2 -g -DBOULE_C_SOURCES=$(shell cat c/*.c c/*.h | sha256sum | cut -c1-16)
 
-.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench bench-peers fuzz clean minio
+.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench bench-peers fuzz clean minio conformance
 
 all: ext lib
 
@@ -50,6 +54,13 @@ demo:
 bench:
 	$(GO) test -run XXX -bench . -benchtime 2000x -count 6 ./vfs | tee $(BUILD)/bench.txt
 
+## conformance: SQLite's own TCL test suite (veryquick) with boule as the
+## default VFS, replicating and validating every snapshot, compared with
+## the plain unix VFS. Runs as root: it installs packages with apt-get.
+## doc/CONFORMANCE.md has the details and the last results.
+conformance:
+	scripts/conformance.sh
+
 ## fuzz: each fuzz target for 30 s.
 fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime 30s ./manifest
@@ -58,6 +69,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzDecodeChunk$$' -fuzztime 30s ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzManifestKey$$' -fuzztime 30s ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzMangle$$' -fuzztime 30s ./spool
+	$(GO) test -run XXX -fuzz '^FuzzParseName$$' -fuzztime 30s ./snapshot
 
 clean:
 	rm -rf $(BUILD)

@@ -265,6 +265,11 @@ static int bLock(sqlite3_file *f, int level) {
   BouleFile *p = (BouleFile *)f;
   int rc = p->real->pMethods->xLock(p->real, level);
   if (rc == SQLITE_OK && level > p->eLock) p->eLock = level;
+  /* unix keeps the PENDING lock it took for a failed EXCLUSIVE request;
+  ** SQLite drops it by unlocking to SHARED, which must then reach unix. */
+  if (rc != SQLITE_OK && level == SQLITE_LOCK_EXCLUSIVE && p->eLock < SQLITE_LOCK_PENDING) {
+    p->eLock = SQLITE_LOCK_PENDING;
+  }
   return rc;
 }
 

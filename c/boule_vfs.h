@@ -49,4 +49,33 @@ int boule_set_tempdir(const char *dir);
 /* Test and benchmark counters: how often C called into Go. */
 int64_t boule_go_calls(void);
 
+
+/* ---- the boule_snapshot VFS (boule_snapshot.c) --------------------------- */
+
+/* One snapshot of a replica as C reads it. Go allocates it (with calloc),
+** fills chunks[i] atomically as chunks get mapped, and frees it when no
+** connection reads the snapshot any more. */
+typedef struct BouleView {
+  int64_t size;                  /* database size in bytes */
+  int64_t nChunks;               /* entries in chunks */
+  uint64_t handle;               /* Go handle, for bouleGoSnapChunk */
+  uint64_t gen;                  /* the snapshot's generation in its replica */
+  const unsigned char **chunks;  /* mapped chunk bytes, or NULL: ask Go */
+  uint32_t patch;                /* if patched: the change counter reads return */
+  int patched;                   /* set by Go (atomic), see boule_snapshot.c */
+} BouleView;
+
+/* What Go returns to C when a connection opens, adopts a snapshot, or runs
+** a pragma. */
+typedef struct BouleSnapOut {
+  uint64_t conn;          /* Go handle of the connection */
+  BouleView *view;        /* the snapshot the connection reads */
+  uint64_t *newestGen;    /* the replica's newest generation, bumped by Go */
+  int autoRefresh;        /* adopt the newest snapshot at each transaction */
+  char msg[512];          /* pragma result or error message */
+} BouleSnapOut;
+
+/* Registers the "boule_snapshot" VFS. Returns an SQLite code. */
+int boule_snapshot_register(void);
+
 #endif /* BOULE_VFS_H */

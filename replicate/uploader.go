@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -113,8 +114,9 @@ type limitedTarget struct {
 // dbState is the uploader's view of one database's spool directory.
 type dbState struct {
 	dir    string
-	upload sync.Mutex // one upload of this database at a time in this process
-	queued bool       // under Uploader.mu
+	upload sync.Mutex   // one upload of this database at a time in this process
+	queued bool         // under Uploader.mu
+	hurry  atomic.Int32 // flushes waiting: a background upload switches to the flush rate
 
 	mu            sync.Mutex // guards the fields below
 	status        Status
@@ -408,6 +410,10 @@ func (u *Uploader) scanner(ctx context.Context) {
 // that a permanent error had stopped.
 func (u *Uploader) Flush(ctx context.Context, dir string) error {
 	st := u.state(dir)
+	// An upload already under way finishes at the flush rate, so that the
+	// caller does not wait behind the background limiter.
+	st.hurry.Add(1)
+	defer st.hurry.Add(-1)
 	st.upload.Lock()
 	st.mu.Lock()
 	st.blocked = nil
@@ -871,33 +877,86 @@ func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, 
 	if err != nil {
 		return fmt.Errorf("replicate: list %s: %w", dir, err)
 	}
+	var fps []manifest.Fingerprint
 	for _, e := range entries {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
 		fp, err := manifest.ParseFingerprint(e.Name())
 		if err != nil || (need != nil && !need[fp]) {
 			continue
 		}
-		p := filepath.Join(dir, e.Name())
-		if !u.recentlyUploaded(fp) {
-			data, err := os.ReadFile(p)
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // moved on to ready/, or no longer referenced
+		fps = append(fps, fp)
+	}
+	// Background uploads go one at a time (the limiter allows a few per
+	// second anyway); flushes keep several requests in flight, and so
+	// does a background upload as soon as a flush waits for it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error // the cause; the other workers' errors are its cancellation
+	var helpers atomic.Bool
+	var work func(lead bool)
+	work = func(lead bool) {
+		defer wg.Done()
+		for {
+			if lead && u.hurried(st, targets) && helpers.CompareAndSwap(false, true) {
+				for range flushConcurrency - 1 {
+					wg.Add(1)
+					go work(false)
+				}
 			}
-			if err != nil {
-				return fmt.Errorf("replicate: read %s: %w", p, err)
+			k := int(next.Add(1)) - 1
+			if k >= len(fps) {
+				return
 			}
-			if manifest.Sum(data) != fp {
-				return fmt.Errorf("%w: spool chunk %s does not match its fingerprint", ErrSpoolCorrupt, p)
-			}
-			if err := u.putChunk(ctx, st, fp, data, targets); err != nil {
-				return err
+			if err := u.uploadChunkFile(ctx, st, dir, fps[k], targets); err != nil {
+				once.Do(func() { first = err; cancel() })
+				return
 			}
 		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("replicate: remove %s: %w", p, err)
+	}
+	wg.Add(1)
+	go work(true)
+	wg.Wait()
+	return first
+}
+
+// flushConcurrency is the number of chunk uploads a flush keeps in flight.
+const flushConcurrency = 8
+
+// hurried reports whether an upload of st should use the flush targets:
+// it is a flush, or a flush waits for it.
+func (u *Uploader) hurried(st *dbState, targets []limitedTarget) bool {
+	return st.hurry.Load() > 0 || (len(targets) > 0 && len(u.flush) > 0 && &targets[0] == &u.flush[0])
+}
+
+// uploadChunkFile uploads the spool chunk file dir/fp unless it was
+// uploaded recently, verified against its name first, and deletes it.
+func (u *Uploader) uploadChunkFile(ctx context.Context, st *dbState, dir string, fp manifest.Fingerprint, targets []limitedTarget) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p := filepath.Join(dir, fp.String())
+	if !u.recentlyUploaded(fp) {
+		data, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // moved on to ready/, or no longer referenced
 		}
+		if err != nil {
+			return fmt.Errorf("replicate: read %s: %w", p, err)
+		}
+		if manifest.Sum(data) != fp {
+			return fmt.Errorf("%w: spool chunk %s does not match its fingerprint", ErrSpoolCorrupt, p)
+		}
+		if st.hurry.Load() > 0 {
+			targets = u.flush
+		}
+		if err := u.putChunk(ctx, st, fp, data, targets); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replicate: remove %s: %w", p, err)
 	}
 	return nil
 }
@@ -992,6 +1051,9 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, h
 			u.log.Warn("replicate: not uploading a snapshot older than the last uploaded one", logKeyDB, m.SourcePath)
 			return nil
 		}
+	}
+	if st.hurry.Load() > 0 {
+		targets = u.flush
 	}
 	for _, t := range targets {
 		if t.Cache {

@@ -98,6 +98,7 @@ func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWord
 	if err := c.db.Snapshot(cSource{file}, ch); err != nil {
 		return 1
 	}
+	validateSnapshot(c, cSource{file})
 	return 0
 }
 
@@ -142,7 +143,10 @@ func registerC(makeDefault bool) int {
 	if makeDefault {
 		d = 1
 	}
-	return int(C.boule_register(d))
+	if rc := C.boule_register(d); rc != 0 {
+		return int(rc)
+	}
+	return int(C.boule_snapshot_register())
 }
 
 func setTempdir(dir string) error {

@@ -7,5 +7,6 @@ package vfs
 /*
 #cgo CFLAGS: -I${SRCDIR}/../c -O2 -Wall -Wextra -Wno-unused-parameter
 #include "boule_vfs.c"
+#include "boule_snapshot.c"
 */
 import "C"

@@ -15,16 +15,10 @@ import "C"
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/boule-vfs/boule/config"
 )
-
-// LogEnvVar sets the extension's log level: debug, info, warn or error
-// (the default).
-const LogEnvVar = "BOULE_LOG"
 
 //export bouleGoExtInit
 func bouleGoExtInit(pzErr **C.char) (rc C.int) {
@@ -38,20 +32,16 @@ func bouleGoExtInit(pzErr **C.char) (rc C.int) {
 		*pzErr = C.CString(err.Error())
 		return 1 // SQLITE_ERROR
 	}
-	var level slog.Level
-	if v := strings.TrimSpace(os.Getenv(LogEnvVar)); v != "" {
-		if err := level.UnmarshalText([]byte(v)); err != nil {
-			return fail(fmt.Errorf("%s=%q: want debug, info, warn or error", LogEnvVar, v))
-		}
-	} else {
-		level = slog.LevelError
+	log, err := StderrLogger()
+	if err != nil {
+		return fail(err)
 	}
 	cfg, err := config.Load(os.Getenv(config.EnvVar))
 	if err != nil {
 		return fail(err)
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+		cfg.Logger = log
 	}
 	if err := Register(cfg); err != nil {
 		return fail(err)

@@ -33,8 +33,15 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	for _, f := range afterAll {
+		f()
+	}
+	os.Exit(code)
 }
+
+// afterAll runs after every test and benchmark, for fixtures they share.
+var afterAll []func()
 
 // children are entry points for child processes, by name.
 var children = map[string]func() error{}

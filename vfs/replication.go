@@ -25,11 +25,7 @@ var ErrNotReplicated = errors.New("vfs: database is not replicated by this proce
 
 // newUploader builds the targets of cfg and an uploader for them, or
 // returns nil when cfg has no target to upload to.
-func newUploader(cfg Config, log *slog.Logger) (*replicate.Uploader, error) {
-	targets, err := Targets(context.Background(), cfg)
-	if err != nil {
-		return nil, err
-	}
+func newUploader(cfg Config, targets []replicate.Target, log *slog.Logger) (*replicate.Uploader, error) {
 	upload := 0
 	for _, t := range targets {
 		if !t.Cache {

@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/snapshot"
 	"github.com/boule-vfs/boule/spool"
 )
 
@@ -32,10 +34,11 @@ var ErrRegister = errors.New("vfs: cannot register the boule VFS")
 // runtime is the configuration in force. Register swaps it atomically;
 // connections keep the spool they were opened with.
 type runtime struct {
-	cfg   Config
-	log   *slog.Logger
-	spool *spool.Spool        // nil: replication disabled
-	up    *replicate.Uploader // nil: nothing to upload to
+	cfg    Config
+	log    *slog.Logger
+	spool  *spool.Spool        // nil: replication disabled
+	up     *replicate.Uploader // nil: nothing to upload to
+	reader *snapshot.Reader    // serves boule_snapshot opens
 }
 
 var (
@@ -81,8 +84,15 @@ func Register(cfg Config) error {
 		}
 		rt.spool = sp
 	}
+	targets, err := Targets(context.Background(), cfg)
+	if err != nil {
+		return err
+	}
+	if rt.reader, err = newReader(cfg, targets, log); err != nil {
+		return err
+	}
 	if rt.spool != nil {
-		up, err := newUploader(cfg, log)
+		up, err := newUploader(cfg, targets, log)
 		if err != nil {
 			return err
 		}

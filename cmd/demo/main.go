@@ -1,22 +1,29 @@
-// Command demo shows Boule's main job on the embedded default, a dir store
-// in a temp folder: it writes a database through the boule VFS, shows what
-// each commit left in the spool, flushes it to the store, and proves that
-// the replica reassembled from the store is byte-identical to the file.
+// Command demo tells Boule's story on the embedded default, a dir store in
+// a temp folder, with nothing to configure: it writes a database through
+// the boule VFS, shows what each commit left in the spool and the
+// replication lag until the store caught up, opens a read replica in a
+// second process and shows a fresh commit arriving there, then restores
+// the database and proves the restore byte-identical.
 //
 //	go run ./cmd/demo [-dir DIR]
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	_ "github.com/mattn/go-sqlite3"
 
@@ -28,7 +35,15 @@ import (
 
 func main() {
 	dir := flag.String("dir", "", "working directory (default: a new temp dir, removed at exit)")
+	replica := flag.String("replica", "", "run as the read-replica process for this database (used by the demo itself)")
 	flag.Parse()
+	if *replica != "" {
+		if err := replicaMain(*replica); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*dir); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
@@ -121,37 +136,161 @@ func run(dir string) error {
 		m.Hostname, m.SourcePath, m.Size, m.PageSize, m.ChangeCounter, len(m.Chunks), len(m.Inline))
 
 	ctx := context.Background()
-	if err := vfs.Flush(ctx, path); err != nil {
-		return fmt.Errorf("flush: %w", err)
+	fmt.Println("\n5. Replication runs in the background, rate-limited; its lag, until the store has the last commit:")
+	start := time.Now()
+	for {
+		st := vfs.ReplicationStatus()
+		if len(st) == 1 && st[0].Lag == 0 && st[0].Uploads > 0 {
+			fmt.Printf("   caught up %v after the last commit: %d manifests and %d chunks uploaded in %d calls, %d failures\n",
+				time.Since(start).Round(time.Millisecond), st[0].Uploads, st[0].Chunks, st[0].Calls, st[0].Failures)
+			break
+		}
+		if len(st) == 1 && time.Since(start) < 30*time.Second {
+			fmt.Printf("   %6v  lag %-8v pending %d bytes\n", time.Since(start).Round(time.Millisecond), st[0].Lag.Round(time.Millisecond), st[0].PendingBytes)
+			time.Sleep(250 * time.Millisecond)
+			continue
+		}
+		return fmt.Errorf("replication did not catch up in 30 s: %+v", st)
 	}
-	fmt.Println("\n5. After PRAGMA boule_flush_replication_data (here vfs.Flush), the uploader's status:")
-	for _, st := range vfs.ReplicationStatus() {
-		fmt.Printf("   %s: lag %v, %d manifests and %d chunks uploaded in %d calls, %d failures\n",
-			st.Source, st.Lag, st.Uploads, st.Chunks, st.Calls, st.Failures)
-	}
-	store, err := replicate.NewDirStore(storeDir)
+
+	fmt.Println("\n6. A read replica in a second process (boule_snapshot), as the writer commits:")
+	child, err := startReplica(path, cfg)
 	if err != nil {
 		return err
+	}
+	defer child.close()
+	if err := child.ask("count"); err != nil {
+		return err
+	}
+	if _, err := db.Exec("INSERT INTO notes(body) VALUES ('hello from the writer')"); err != nil {
+		return err
+	}
+	fmt.Println("   writer: INSERT 'hello from the writer'; PRAGMA boule_flush_replication_data")
+	if r := flushPragma(db); r != "1" {
+		return fmt.Errorf("flush pragma returned %q", r)
+	}
+	if err := child.ask("refresh"); err != nil {
+		return err
+	}
+
+	fmt.Println("\n7. Restore (as vfsctl restore does), every chunk verified:")
+	out := filepath.Join(dir, "restored.db")
+	if err := vfs.Restore(ctx, "boule://"+path, out); err != nil {
+		return err
+	}
+	want, err = os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, want) {
+		return fmt.Errorf("the restored file differs from the database")
 	}
 	key, err := replicate.ManifestKey(vfs.Spool().Hostname(), path)
 	if err != nil {
 		return err
 	}
-	stores := []replicate.Store{store}
-	rm, _, err := replicate.FetchManifest(ctx, stores, key)
+	fmt.Printf("   %s (%d bytes) is byte-identical to %s.\n   Its manifest is %s in %s.\n", out, len(got), path, key, storeDir)
+	return nil
+}
+
+func flushPragma(db *sql.DB) string {
+	var r string
+	if err := db.QueryRow("PRAGMA boule_flush_replication_data").Scan(&r); err != nil {
+		return err.Error()
+	}
+	return r
+}
+
+// replicaProc is this program re-run as a reader in a second process.
+type replicaProc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+func startReplica(path string, cfg vfs.Config) (*replicaProc, error) {
+	cfg.Logger = nil
+	cfg.ReplicationSpoolingDir = "" // a reader needs only the targets
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "-replica", path)
+	cmd.Env = append(os.Environ(), config.EnvVar+"="+string(js))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &replicaProc{cmd: cmd, in: in, out: bufio.NewScanner(out)}, nil
+}
+
+// ask sends the reader a command and prints its one-line answer.
+func (p *replicaProc) ask(what string) error {
+	if _, err := fmt.Fprintln(p.in, what); err != nil {
+		return err
+	}
+	if !p.out.Scan() {
+		return fmt.Errorf("the replica process stopped: %v", p.out.Err())
+	}
+	line := p.out.Text()
+	if strings.HasPrefix(line, "error") {
+		return fmt.Errorf("replica process: %s", line)
+	}
+	fmt.Printf("   reader (pid %d): %s\n", p.cmd.Process.Pid, line)
+	return nil
+}
+
+func (p *replicaProc) close() {
+	p.in.Close()
+	_ = p.cmd.Wait()
+}
+
+// replicaMain is the second process: it opens a read replica of path with
+// the configuration in BOULE_CONFIG and answers commands on stdin.
+func replicaMain(path string) error {
+	if err := vfs.RegisterFromEnv(); err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite3", "file:boule://"+path+"?vfs=boule_snapshot")
 	if err != nil {
 		return err
 	}
-	var replica bytes.Buffer
-	if err := replicate.Reassemble(ctx, stores, rm, &replica); err != nil {
-		return err
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "refresh" {
+			var ts string
+			if err := db.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
+				fmt.Println("error:", err)
+				continue
+			}
+		}
+		var n int
+		var last string
+		if err := db.QueryRow("SELECT count(*), (SELECT body FROM notes ORDER BY id DESC LIMIT 1) FROM notes").Scan(&n, &last); err != nil {
+			fmt.Println("error:", err)
+			continue
+		}
+		fmt.Printf("%s: %d rows, the newest says %q\n", in.Text(), n, last)
 	}
-	if !bytes.Equal(replica.Bytes(), want) {
-		return fmt.Errorf("the replica in the store differs from the database")
-	}
-	fmt.Printf("\n6. The store holds manifest %s;\n   reassembled from the store, every chunk verified, the replica is byte-identical to %s.\n", key, filepath.Base(path))
-	fmt.Println("\nNext (later issues): read replicas (boule_snapshot) and vfsctl restore read it back.")
-	return nil
+	return in.Err()
 }
 
 func printTree(root string) error {

@@ -4,9 +4,19 @@
 //
 // Commands:
 //
-//	flush SPOOL_DIR    upload everything spooled under SPOOL_DIR
-//	sync DB            upload a fresh snapshot of DB and print its manifest name
-//	status SPOOL_DIR   replication lag, pending bytes and errors per database
+//	flush SPOOL_DIR        upload everything spooled under SPOOL_DIR
+//	sync DB                upload a fresh snapshot of DB and print its manifest name
+//	status SPOOL_DIR       replication lag, pending bytes and errors per database
+//	restore                write a replicated database, or an older version, to a file
+//	manifest SOURCE        fetch the manifest of a replicated database
+//	manifest-name SOURCE   print the key of a database's manifest
+//	ls-versions SOURCE     list the points in time a database can be restored to
+//	ls                     list the databases a store holds
+//	verify SOURCE          check every chunk of a manifest
+//	shell SOURCE           open the sqlite3 shell on a read replica
+//
+// Run "vfsctl COMMAND --help" for each command's options. Commands whose
+// output is data take --json. Progress bars appear only on a terminal.
 //
 // The configuration comes from --config or BOULE_CONFIG (see doc/CONFIG.md).
 //
@@ -49,12 +59,20 @@ var commands = []command{
 	{"flush", "SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
 	{"sync", "[--hostname H] DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
 	{"status", "[--json] SPOOL_DIR", "show replication lag, pending bytes, calls and errors per database", cmdStatus},
+	{"restore", "--manifest URI|--source-path P [--at T] [--out F]", "write a replicated database (or an older version) to a file", cmdRestore},
+	{"manifest", "[--json] [--out F] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
+	{"manifest-name", "SOURCE", "print the key of a database's manifest", cmdManifestName},
+	{"ls-versions", "[--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},
+	{"ls", "[--hostname H|--all] [--json]", "list the databases a store holds", cmdLs},
+	{"verify", "[--json] SOURCE", "check every chunk of a manifest is stored and matches its fingerprint", cmdVerify},
+	{"shell", "SOURCE [-- SQLITE3_ARGS]", "open the sqlite3 shell on a read replica", cmdShell},
 }
 
 // globals are the options before the command.
 type globals struct {
 	config string
 	log    string
+	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
 	logger *slog.Logger
@@ -67,7 +85,7 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	g := &globals{stdout: stdout, stderr: stderr}
+	g := &globals{stdin: os.Stdin, stdout: stdout, stderr: stderr}
 	fs := flag.NewFlagSet("vfsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&g.config, "config", "", "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG)")
@@ -119,7 +137,7 @@ func usage(fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: vfsctl [--config JSON|@FILE] [--log LEVEL] COMMAND [ARGS]")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %-22s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  %-14s %-50s %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nGlobal options:")
 	fs.PrintDefaults()

@@ -112,7 +112,7 @@ func TestUsage(t *testing.T) {
 		{"no command", nil, exitUsage, "usage: vfsctl"},
 		{"help", []string{"--help"}, exitOK, "Commands:"},
 		{"unknown command", []string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
-		{"flush help", []string{"flush", "--help"}, exitOK, "usage: vfsctl flush SPOOL_DIR"},
+		{"flush help", []string{"flush", "--help"}, exitOK, "usage: vfsctl flush [--json] SPOOL_DIR"},
 		{"sync help", []string{"sync", "--help"}, exitOK, "usage: vfsctl sync DB"},
 		{"status help", []string{"status", "--help"}, exitOK, "-json"},
 		{"flush without dir", []string{"flush"}, exitUsage, "want exactly one SPOOL_DIR"},

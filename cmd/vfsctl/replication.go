@@ -47,9 +47,18 @@ func uploader(ctx context.Context, cfg config.Config, g *globals) (*replicate.Up
 	return up, nil
 }
 
+// flushJSON is one line of vfsctl flush --json.
+type flushJSON struct {
+	Source string `json:"source"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+}
+
 func cmdFlush(ctx context.Context, g *globals, args []string) error {
-	fs, err := subcommand(g, "flush", "SPOOL_DIR",
-		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) to the\nconfigured targets, and exits 1 with a message if anything fails.", args, nil)
+	var asJSON bool
+	fs, err := subcommand(g, "flush", "[--json] SPOOL_DIR",
+		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) to the\nconfigured targets, and exits 1 with a message if anything fails.", args,
+		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
 	if err != nil {
 		return err
 	}
@@ -70,13 +79,27 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	}
 	defer up.Close()
 	var failed []error
+	results := make([]flushJSON, 0, len(dbs))
 	for _, d := range dbs {
 		if err := up.Flush(ctx, d.Dir); err != nil {
 			failed = append(failed, fmt.Errorf("%s: %w", d.Source, err))
-			fmt.Fprintf(g.stdout, "FAILED  %s\n", d.Source)
+			results = append(results, flushJSON{Source: d.Source, Error: err.Error()})
+			if !asJSON {
+				fmt.Fprintf(g.stdout, "FAILED  %s\n", d.Source)
+			}
 			continue
 		}
-		fmt.Fprintf(g.stdout, "ok      %s\n", d.Source)
+		results = append(results, flushJSON{Source: d.Source, OK: true})
+		if !asJSON {
+			fmt.Fprintf(g.stdout, "ok      %s\n", d.Source)
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(results); err != nil {
+			return err
+		}
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("%d of %d databases not flushed:\n%w", len(failed), len(dbs), errors.Join(failed...))

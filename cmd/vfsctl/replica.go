@@ -1,0 +1,697 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/snapshot"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// readStores builds the stores to read from: local caches first, then the
+// remote targets, all behind one generous read limiter with bounded
+// retries, so that a store that is down fails a command in seconds.
+func readStores(ctx context.Context, cfg config.Config) ([]replicate.Store, error) {
+	targets, err := vfs.Targets(ctx, cfg)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	lim := rate.NewLimiter(2000, 200)
+	var caches, remote []replicate.Store
+	for _, t := range targets {
+		if t.Cache {
+			caches = append(caches, t.Store)
+			continue
+		}
+		remote = append(remote, replicate.NewLimited(t.Store, lim, replicate.RetryOptions{MaxAttempts: 4}))
+	}
+	if len(remote) == 0 {
+		return nil, usagef("no replication target to read from (set replication_targets with --config or %s)", config.EnvVar)
+	}
+	return append(caches, remote...), nil
+}
+
+// manifestStores are the stores that hold manifests: not the caches.
+func manifestStores(stores []replicate.Store) []replicate.Store {
+	var out []replicate.Store
+	for _, s := range stores {
+		if _, ok := s.(*replicate.LocalCache); !ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func defaultHostname() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "localhost"
+}
+
+// source is a database to read from the stores: a manifest key, or a
+// manifest file.
+type source struct {
+	host, path string // when key is set
+	key        string
+	file       string // a manifest file
+}
+
+func (s source) String() string {
+	if s.file != "" {
+		return s.file
+	}
+	return snapshot.Scheme + s.host + s.path
+}
+
+// parseSource turns SOURCE (a database path or a boule:// name) and
+// --hostname into a source. Relative paths are made absolute, and symlinks
+// resolved when the file exists here, as the writer does.
+func parseSource(arg, host string) (source, error) {
+	if strings.HasPrefix(arg, snapshot.Scheme) {
+		src, err := snapshot.ParseName(arg)
+		if err != nil {
+			return source{}, usageError{err.Error()}
+		}
+		if host != "" && src.Hostname != "" && host != src.Hostname {
+			return source{}, usagef("--hostname %q contradicts the host in %s", host, arg)
+		}
+		if src.Hostname == "" {
+			src.Hostname = host
+		}
+		arg, host = src.Path, src.Hostname
+	} else if !filepath.IsAbs(arg) {
+		abs, err := filepath.Abs(arg)
+		if err != nil {
+			return source{}, err
+		}
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			abs = real
+		}
+		arg = abs
+	}
+	if host == "" {
+		host = defaultHostname()
+	}
+	if err := snapshot.CheckHostname(host); err != nil {
+		return source{}, usageError{err.Error()}
+	}
+	if err := snapshot.CheckPath(arg); err != nil {
+		return source{}, usageError{err.Error()}
+	}
+	key, err := replicate.ManifestKey(host, arg)
+	if err != nil {
+		return source{}, usageError{err.Error()}
+	}
+	return source{host: host, path: arg, key: key}, nil
+}
+
+// manifestSource parses --manifest: a boule:// name or a manifest file.
+func manifestSource(arg string) (source, error) {
+	if strings.HasPrefix(arg, snapshot.Scheme) {
+		return parseSource(arg, "")
+	}
+	if _, err := os.Stat(arg); err != nil {
+		return source{}, fmt.Errorf("manifest file: %w", err)
+	}
+	return source{file: arg}, nil
+}
+
+// fetch returns the source's manifest: from the file, the version at at
+// (unless at is zero), or the newest.
+func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, error) {
+	m, _, err := s.fetchRaw(ctx, stores, at)
+	return m, err
+}
+
+// fetchRaw is fetch, also returning the manifest's encoding.
+func (s source) fetchRaw(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, []byte, error) {
+	if s.file != "" {
+		if !at.IsZero() {
+			return nil, nil, usagef("--at needs a database, not a manifest file")
+		}
+		b, err := os.ReadFile(s.file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("manifest file: %w", err)
+		}
+		raw, err := replicate.DecodeManifestBlob(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("manifest file %s: %w", s.file, err)
+		}
+		m, err := manifest.Decode(raw)
+		if err != nil {
+			return nil, nil, fmt.Errorf("manifest file %s: %w", s.file, err)
+		}
+		return m, raw, nil
+	}
+	ms := manifestStores(stores)
+	if !at.IsZero() {
+		m, raw, _, err := replicate.ManifestAt(ctx, ms, s.key, at)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", s, err)
+		}
+		return m, raw, nil
+	}
+	m, raw, err := replicate.FetchManifest(ctx, ms, s.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s (manifest %s): %w", s, s.key, err)
+	}
+	return m, raw, nil
+}
+
+// parseTime parses --at: RFC 3339, Unix seconds, or a negative duration
+// from now such as -90m.
+func parseTime(v string, now time.Time) (time.Time, error) {
+	if strings.HasPrefix(v, "-") {
+		if d, err := time.ParseDuration(v); err == nil {
+			return now.Add(d), nil
+		}
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	if f, err := strconv.ParseFloat(v, 64); err == nil && f > 0 {
+		sec := int64(f)
+		return time.Unix(sec, int64((f-float64(sec))*1e9)), nil
+	}
+	return time.Time{}, usagef("--at %q: want RFC 3339 (2026-11-23T17:00:00Z), Unix seconds, or a duration ago (-90m)", v)
+}
+
+// isTerminal reports whether f is a terminal, for progress bars.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// progressBar draws a progress bar on w, at most ten times a second.
+func progressBar(w io.Writer, label string) (update func(done, total int64), finish func()) {
+	start := time.Now()
+	var last time.Time
+	draw := func(done, total int64) {
+		pct := 100.0
+		if total > 0 {
+			pct = 100 * float64(done) / float64(total)
+		}
+		const width = 30
+		n := int(pct / 100 * width)
+		rate := float64(done) / max(time.Since(start).Seconds(), 1e-3) / 1e6
+		fmt.Fprintf(w, "\r%s [%s%s] %5.1f%% %d/%d MiB %.0f MB/s ", label,
+			strings.Repeat("=", n), strings.Repeat(" ", width-n), pct, done>>20, total>>20, rate)
+	}
+	var lastDone, lastTotal int64
+	update = func(done, total int64) {
+		lastDone, lastTotal = done, total
+		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond {
+			last = now
+			draw(done, total)
+		}
+	}
+	finish = func() {
+		draw(lastDone, lastTotal)
+		fmt.Fprintln(w)
+	}
+	return update, finish
+}
+
+func cmdRestore(ctx context.Context, g *globals, args []string) error {
+	var manifestArg, host, srcPath, out, at string
+	var conc int
+	fs, err := subcommand(g, "restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE]",
+		"Writes a replicated database to --out (default: standard output), every chunk\nverified against its fingerprint. The file appears atomically: a failed restore\nleaves nothing at --out. With --at, restores the newest version stored at or\nbefore TIME (see ls-versions).", args,
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")
+			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
+			fs.StringVar(&srcPath, "source-path", "", "the source database's absolute path on its host")
+			fs.StringVar(&out, "out", "", "output file (default: standard output)")
+			fs.StringVar(&at, "at", "", "point in time: RFC 3339, Unix seconds, or a duration ago (-1h)")
+			fs.IntVar(&conc, "concurrency", replicate.DefaultRestoreConcurrency, "chunks fetched at once")
+		})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("unexpected arguments %q", fs.Args())
+	}
+	var src source
+	switch {
+	case manifestArg != "" && (srcPath != "" || host != ""):
+		return usagef("give --manifest, or --source-path and --hostname, not both")
+	case manifestArg != "":
+		src, err = manifestSource(manifestArg)
+	case srcPath != "":
+		src, err = parseSource(srcPath, host)
+	default:
+		return usagef("want --manifest or --source-path")
+	}
+	if err != nil {
+		return err
+	}
+	if conc < 1 || conc > 256 {
+		return usagef("--concurrency %d: want 1 to 256", conc)
+	}
+	var when time.Time
+	if at != "" {
+		if when, err = parseTime(at, time.Now()); err != nil {
+			return err
+		}
+	}
+	cfg, err := loadConfig(g)
+	if err != nil {
+		return err
+	}
+	stores, err := readStores(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	m, err := src.fetch(ctx, stores, when)
+	if err != nil {
+		return err
+	}
+	opts := replicate.RestoreOptions{Concurrency: conc}
+	if isTerminal(g.stderr) {
+		update, finish := progressBar(g.stderr, "restore")
+		opts.Progress = update
+		defer finish()
+	}
+	if out == "" || out == "-" {
+		if isTerminal(g.stdout) {
+			return usagef("refusing to write a database to a terminal; use --out FILE or a pipe")
+		}
+		return replicate.Restore(ctx, stores, m, g.stdout, opts)
+	}
+	return replicate.RestoreFile(ctx, stores, m, out, opts)
+}
+
+func cmdManifestName(ctx context.Context, g *globals, args []string) error {
+	var host string
+	fs, err := subcommand(g, "manifest-name", "[--hostname H] SOURCE",
+		"Prints the key under which the manifest of the database SOURCE (a path or a\nboule:// name) is stored. No network access.", args,
+		func(fs *flag.FlagSet) { fs.StringVar(&host, "hostname", "", "the source's host (default: this one)") })
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("want exactly one SOURCE, got %d arguments", fs.NArg())
+	}
+	src, err := parseSource(fs.Arg(0), host)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(g.stdout, src.key)
+	return nil
+}
+
+// manifestJSON is vfsctl manifest --json.
+type manifestJSON struct {
+	Key           string   `json:"key,omitempty"`
+	Hostname      string   `json:"hostname"`
+	SourcePath    string   `json:"source_path"`
+	Generator     string   `json:"generator"`
+	Size          int64    `json:"size"`
+	PageSize      uint32   `json:"page_size"`
+	ChangeCounter uint32   `json:"change_counter"`
+	VersionID     string   `json:"version_id"`
+	SourceCtime   string   `json:"source_ctime"`
+	Created       string   `json:"created"`
+	Chunks        []string `json:"chunks"`
+	Inline        []uint32 `json:"inline_chunks"`
+}
+
+func describeManifest(key string, m *manifest.Manifest) manifestJSON {
+	j := manifestJSON{
+		Key: key, Hostname: m.Hostname, SourcePath: m.SourcePath, Generator: m.Generator,
+		Size: m.Size, PageSize: m.PageSize, ChangeCounter: m.ChangeCounter,
+		VersionID:   fmt.Sprintf("%x", m.VersionID),
+		SourceCtime: m.SourceCtime.UTC().Format(time.RFC3339Nano),
+		Created:     m.Created.UTC().Format(time.RFC3339Nano),
+		Chunks:      make([]string, len(m.Chunks)),
+		Inline:      []uint32{},
+	}
+	for i, fp := range m.Chunks {
+		j.Chunks[i] = fp.String()
+	}
+	for k := range m.Inline {
+		j.Inline = append(j.Inline, k)
+	}
+	return j
+}
+
+func cmdManifest(ctx context.Context, g *globals, args []string) error {
+	var host, out, at string
+	var asJSON bool
+	fs, err := subcommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE",
+		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\nwrites it, as the binary manifest of doc/FORMAT.md, to --out or standard\noutput; with --json, prints it decoded instead.", args,
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
+			fs.StringVar(&out, "out", "", "output file (default: standard output)")
+			fs.StringVar(&at, "at", "", "the version stored at or before this time (see restore)")
+			fs.BoolVar(&asJSON, "json", false, "print the decoded manifest as JSON")
+		})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("want exactly one SOURCE, got %d arguments", fs.NArg())
+	}
+	src, err := parseSource(fs.Arg(0), host)
+	if err != nil {
+		return err
+	}
+	var when time.Time
+	if at != "" {
+		if when, err = parseTime(at, time.Now()); err != nil {
+			return err
+		}
+	}
+	cfg, err := loadConfig(g)
+	if err != nil {
+		return err
+	}
+	stores, err := readStores(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	m, data, err := src.fetchRaw(ctx, stores, when)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if data, err = json.MarshalIndent(describeManifest(src.key, m), "", "  "); err != nil {
+			return err
+		}
+		data = append(data, '\n')
+	}
+	if out == "" || out == "-" {
+		if !asJSON && isTerminal(g.stdout) {
+			return usagef("refusing to write a binary manifest to a terminal; use --out FILE, a pipe, or --json")
+		}
+		_, err = g.stdout.Write(data)
+		return err
+	}
+	return writeFileAtomic(out, data)
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// versionJSON is one line of vfsctl ls-versions --json.
+type versionJSON struct {
+	ID     string `json:"id"`
+	Stored string `json:"stored"`
+	Latest bool   `json:"latest"`
+}
+
+func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
+	var host string
+	var asJSON bool
+	fs, err := subcommand(g, "ls-versions", "[--hostname H] [--json] SOURCE",
+		"Lists the kept versions of the manifest of the database SOURCE, newest first:\nthe points in time restore --at can go back to. S3 keeps versions when the\nmanifest bucket has versioning enabled; a dir store keeps its own.", args,
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
+			fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+		})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("want exactly one SOURCE, got %d arguments", fs.NArg())
+	}
+	src, err := parseSource(fs.Arg(0), host)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(g)
+	if err != nil {
+		return err
+	}
+	stores, err := readStores(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range manifestStores(stores) {
+		vs, err := s.ManifestVersions(ctx, src.key)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out := make([]versionJSON, len(vs))
+		for i, v := range vs {
+			out[i] = versionJSON{ID: v.ID, Stored: v.LastModified.UTC().Format(time.RFC3339Nano), Latest: v.IsLatest}
+		}
+		if asJSON {
+			enc := json.NewEncoder(g.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(out)
+		}
+		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "STORED\tVERSION\tLATEST")
+		for _, v := range out {
+			latest := ""
+			if v.Latest {
+				latest = "*"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Stored, v.ID, latest)
+		}
+		return tw.Flush()
+	}
+	return fmt.Errorf("%s (manifest %s): %w", src, src.key, errors.Join(errs...))
+}
+
+// lsJSON is one line of vfsctl ls --json.
+type lsJSON struct {
+	Hostname string `json:"hostname"`
+	Path     string `json:"path"`
+	Key      string `json:"key"`
+	Updated  string `json:"updated"`
+	Bytes    int64  `json:"manifest_bytes"`
+}
+
+func cmdLs(ctx context.Context, g *globals, args []string) error {
+	var host string
+	var all, asJSON bool
+	fs, err := subcommand(g, "ls", "[--hostname H | --all] [--json]",
+		"Lists the databases the first replication target holds, by host and path, with\nthe time of their last update.", args,
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&host, "hostname", "", "list this host's databases (default: this one)")
+			fs.BoolVar(&all, "all", false, "list every host's databases")
+			fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+		})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("unexpected arguments %q", fs.Args())
+	}
+	if all && host != "" {
+		return usagef("give --hostname or --all, not both")
+	}
+	prefix := ""
+	if !all {
+		if host == "" {
+			host = defaultHostname()
+		}
+		if prefix, err = replicate.HostPrefix(host); err != nil {
+			return usageError{err.Error()}
+		}
+	}
+	cfg, err := loadConfig(g)
+	if err != nil {
+		return err
+	}
+	stores, err := readStores(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	ms := manifestStores(stores)
+	infos, err := ms[0].ListManifests(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	out := make([]lsJSON, 0, len(infos))
+	for _, in := range infos {
+		h, p, hashed, err := replicate.ParseManifestKey(in.Key)
+		if err != nil {
+			g.logger.Warn("vfsctl: skipping a key that is not a manifest key", "key", in.Key, "err", err)
+			continue
+		}
+		if hashed {
+			// Too long to fit a key: the manifest has the real names.
+			if m, _, err := replicate.FetchManifest(ctx, ms[:1], in.Key); err == nil {
+				h, p = m.Hostname, m.SourcePath
+			}
+		}
+		out = append(out, lsJSON{Hostname: h, Path: p, Key: in.Key, Updated: in.LastModified.UTC().Format(time.RFC3339), Bytes: in.Size})
+	}
+	if asJSON {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tPATH\tUPDATED")
+	for _, o := range out {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Hostname, o.Path, o.Updated)
+	}
+	return tw.Flush()
+}
+
+// verifyJSON is vfsctl verify --json.
+type verifyJSON struct {
+	Source  string   `json:"source"`
+	Chunks  int      `json:"chunks"`
+	Unique  int      `json:"unique_chunks"`
+	OK      int      `json:"ok"`
+	Missing []string `json:"missing"`
+	Corrupt []string `json:"corrupt"`
+	Errors  []string `json:"errors"`
+}
+
+func cmdVerify(ctx context.Context, g *globals, args []string) error {
+	var host, manifestArg, at string
+	var asJSON bool
+	fs, err := subcommand(g, "verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)",
+		"Checks that every chunk of the manifest of SOURCE is in the store and matches its\nfingerprint. Exits 1 and names the bad chunks otherwise.", args,
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
+			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")
+			fs.StringVar(&at, "at", "", "verify the version stored at or before this time")
+			fs.BoolVar(&asJSON, "json", false, "print JSON")
+		})
+	if err != nil {
+		return err
+	}
+	var src source
+	switch {
+	case manifestArg != "" && fs.NArg() == 0:
+		src, err = manifestSource(manifestArg)
+	case manifestArg == "" && fs.NArg() == 1:
+		src, err = parseSource(fs.Arg(0), host)
+	default:
+		return usagef("want one SOURCE or --manifest")
+	}
+	if err != nil {
+		return err
+	}
+	var when time.Time
+	if at != "" {
+		if when, err = parseTime(at, time.Now()); err != nil {
+			return err
+		}
+	}
+	cfg, err := loadConfig(g)
+	if err != nil {
+		return err
+	}
+	stores, err := readStores(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	m, err := src.fetch(ctx, stores, when)
+	if err != nil {
+		return err
+	}
+	res := verifyJSON{Source: src.String(), Chunks: len(m.Chunks), Missing: []string{}, Corrupt: []string{}, Errors: []string{}}
+	// Only the remote stores: a cache hit says nothing about the bucket.
+	remote := manifestStores(stores)
+	seen := map[manifest.Fingerprint]bool{}
+	var todo []manifest.Fingerprint
+	for i, fp := range m.Chunks {
+		if _, inline := m.Inline[uint32(i)]; inline || seen[fp] {
+			continue
+		}
+		seen[fp] = true
+		todo = append(todo, fp)
+	}
+	res.Unique = len(todo)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := make(chan manifest.Fingerprint)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for fp := range next {
+				_, err := remote[0].GetChunk(ctx, fp)
+				mu.Lock()
+				switch {
+				case err == nil:
+					res.OK++
+				case errors.Is(err, replicate.ErrNotFound):
+					res.Missing = append(res.Missing, fp.String())
+				case errors.Is(err, replicate.ErrCorrupt):
+					res.Corrupt = append(res.Corrupt, fp.String())
+				default:
+					res.Errors = append(res.Errors, err.Error())
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, fp := range todo {
+		next <- fp
+	}
+	close(next)
+	wg.Wait()
+	bad := len(res.Missing) + len(res.Corrupt) + len(res.Errors)
+	if asJSON {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(g.stdout, "%s: %d chunks, %d distinct stored, %d ok, %d missing, %d corrupt, %d unreadable\n",
+			res.Source, res.Chunks, res.Unique, res.OK, len(res.Missing), len(res.Corrupt), len(res.Errors))
+		for _, fp := range res.Missing {
+			fmt.Fprintf(g.stdout, "missing  %s\n", fp)
+		}
+		for _, fp := range res.Corrupt {
+			fmt.Fprintf(g.stdout, "corrupt  %s\n", fp)
+		}
+		for _, e := range res.Errors {
+			fmt.Fprintf(g.stdout, "error    %s\n", e)
+		}
+	}
+	if bad > 0 {
+		return fmt.Errorf("%s: %d of %d chunks missing or corrupt in %s", src, bad, res.Unique, remote[0])
+	}
+	return nil
+}

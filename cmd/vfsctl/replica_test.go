@@ -1,0 +1,351 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+)
+
+// flushed returns a fixture whose database is uploaded to its dir store.
+func flushed(t *testing.T) *fixture {
+	t.Helper()
+	f := newFixture(t)
+	if code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
+		t.Fatalf("flush=%d %q %q", code, out, errs)
+	}
+	return f
+}
+
+func (f *fixture) bytes(t *testing.T) []byte {
+	t.Helper()
+	b, err := os.ReadFile(f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// write commits more rows to the fixture's database through boule.
+func (f *fixture) write(t *testing.T, q string) {
+	t.Helper()
+	db, err := sql.Open("sqlite3", "file:"+f.db+"?vfs=boule")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(q); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRestore(t *testing.T) {
+	f := flushed(t)
+	want := f.bytes(t)
+	out := filepath.Join(f.dir, "restored.db")
+	code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", out)
+	if code != exitOK {
+		t.Fatalf("restore=%d %q", code, errs)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
+		t.Fatalf("restored %d bytes differ from the source's %d", len(got), len(want))
+	}
+
+	// To standard output, by boule:// name, with one worker.
+	var stdout bytes.Buffer
+	var stderr bytes.Buffer
+	code = run(context.Background(), []string{"--config", f.config(), "restore", "--concurrency", "1", "--manifest", "boule://" + hostname(t) + f.db}, &stdout, &stderr)
+	if code != exitOK || !bytes.Equal(stdout.Bytes(), want) {
+		t.Fatalf("restore to stdout=%d, %d bytes (want %d); %s", code, stdout.Len(), len(want), stderr.String())
+	}
+
+	// From a saved manifest file.
+	mf := filepath.Join(f.dir, "saved.manifest")
+	if code, _, errs := vfsctl(t, "--config", f.config(), "manifest", "--out", mf, f.db); code != exitOK {
+		t.Fatalf("manifest --out=%d %q", code, errs)
+	}
+	out2 := filepath.Join(f.dir, "from-file.db")
+	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--manifest", mf, "--out", out2); code != exitOK {
+		t.Fatalf("restore --manifest FILE=%d %q", code, errs)
+	}
+	if got, _ := os.ReadFile(out2); !bytes.Equal(got, want) {
+		t.Fatal("restore from a manifest file differs from the source")
+	}
+}
+
+// TestRestoreAt restores older versions, byte-identical to what the source
+// was then.
+func TestRestoreAt(t *testing.T) {
+	f := flushed(t)
+	v1 := f.bytes(t)
+	t1 := time.Now()
+	f.write(t, "INSERT INTO t(v) SELECT randomblob(3000) FROM t LIMIT 100")
+	if code, _, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
+		t.Fatalf("second flush=%d %q", code, errs)
+	}
+	v2 := f.bytes(t)
+	if bytes.Equal(v1, v2) {
+		t.Fatal("the write changed nothing")
+	}
+
+	code, out, errs := vfsctl(t, "--config", f.config(), "ls-versions", "--json", f.db)
+	var vs []versionJSON
+	if code != exitOK || json.Unmarshal([]byte(out), &vs) != nil || len(vs) != 2 || !vs[0].Latest || vs[1].Latest {
+		t.Fatalf("ls-versions=%d %q %q; want two versions, the first latest", code, out, errs)
+	}
+
+	for _, tc := range []struct {
+		at   string
+		want []byte
+	}{
+		{t1.UTC().Format(time.RFC3339Nano), v1},
+		{time.Now().UTC().Format(time.RFC3339Nano), v2},
+	} {
+		out := filepath.Join(f.dir, "at.db")
+		code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--at", tc.at, "--out", out)
+		if code != exitOK {
+			t.Fatalf("restore --at %s=%d %q", tc.at, code, errs)
+		}
+		if got, _ := os.ReadFile(out); !bytes.Equal(got, tc.want) {
+			t.Fatalf("restore --at %s: %d bytes, not the source's bytes at that time", tc.at, len(got))
+		}
+	}
+
+	// Before the first version: nothing to restore, and no file appears.
+	out = filepath.Join(f.dir, "too-early.db")
+	code, _, errs = vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--at", "2001-01-01T00:00:00Z", "--out", out)
+	if code != exitFail || !strings.Contains(errs, "no manifest version") {
+		t.Fatalf("restore --at 2001=%d %q; want exit 1, no version", code, errs)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("a failed restore left %s behind: %v", out, err)
+	}
+}
+
+func TestManifestCommands(t *testing.T) {
+	f := flushed(t)
+	key, _ := replicate.ManifestKey(hostname(t), f.db)
+	code, out, _ := vfsctl(t, "manifest-name", f.db)
+	if code != exitOK || strings.TrimSpace(out) != key {
+		t.Fatalf("manifest-name=%d %q, want %q", code, out, key)
+	}
+	code, out, _ = vfsctl(t, "manifest-name", "--hostname", "other.example", f.db)
+	if want, _ := replicate.ManifestKey("other.example", f.db); code != exitOK || strings.TrimSpace(out) != want {
+		t.Fatalf("manifest-name --hostname=%d %q, want %q", code, out, want)
+	}
+
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--config", f.config(), "manifest", f.db}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("manifest=%d %s", code, stderr.String())
+	}
+	m, err := manifest.Decode(stdout.Bytes())
+	if err != nil || m.SourcePath != f.db || m.Size != int64(len(f.bytes(t))) {
+		t.Fatalf("manifest output decodes to %+v, %v", m, err)
+	}
+	code, out, _ = vfsctl(t, "--config", f.config(), "manifest", "--json", f.db)
+	var mj manifestJSON
+	if code != exitOK || json.Unmarshal([]byte(out), &mj) != nil || mj.SourcePath != f.db || len(mj.Chunks) != len(m.Chunks) {
+		t.Fatalf("manifest --json=%d %q", code, out)
+	}
+
+	code, out, _ = vfsctl(t, "--config", f.config(), "ls", "--json")
+	var ls []lsJSON
+	if code != exitOK || json.Unmarshal([]byte(out), &ls) != nil || len(ls) != 1 || ls[0].Path != f.db || ls[0].Hostname != hostname(t) {
+		t.Fatalf("ls=%d %q, want the one database", code, out)
+	}
+	code, out, _ = vfsctl(t, "--config", f.config(), "ls", "--hostname", "nobody.example")
+	if code != exitOK || strings.Contains(out, f.db) {
+		t.Fatalf("ls of another host=%d %q, want no database", code, out)
+	}
+
+	code, out, errs := vfsctl(t, "--config", f.config(), "verify", f.db)
+	if code != exitOK || !strings.Contains(out, "0 missing, 0 corrupt") {
+		t.Fatalf("verify=%d %q %q", code, out, errs)
+	}
+}
+
+// TestTampering: a flipped byte in a stored chunk, or in the manifest,
+// makes verify and restore fail with a message, and restore leaves no
+// file.
+func TestTampering(t *testing.T) {
+	f := flushed(t)
+	key, _ := replicate.ManifestKey(hostname(t), f.db)
+	s, _ := replicate.NewDirStore(f.store)
+	m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{s}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Flip a byte in the blob of chunk 2 (not inline).
+	blob := filepath.Join(f.store, "chunks", replicate.ChunkKey(m.Chunks[2]))
+	flip(t, blob, 40)
+
+	code, out, errs := vfsctl(t, "--config", f.config(), "verify", f.db)
+	if code != exitFail || !strings.Contains(out, "corrupt  "+m.Chunks[2].String()) {
+		t.Fatalf("verify with a bad chunk=%d %q %q; want exit 1 naming it", code, out, errs)
+	}
+	dst := filepath.Join(f.dir, "r.db")
+	code, _, errs = vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", dst)
+	if code != exitFail || !strings.Contains(errs, "corrupt") {
+		t.Fatalf("restore with a bad chunk=%d %q; want exit 1, corrupt", code, errs)
+	}
+	if _, err := os.Stat(dst); !os.IsNotExist(err) {
+		t.Fatalf("a failed restore left %s: %v", dst, err)
+	}
+
+	// Now the manifest.
+	flip(t, filepath.Join(f.store, "manifests", key), 30)
+	code, _, errs = vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", dst)
+	if code != exitFail || !strings.Contains(errs, "manifest") {
+		t.Fatalf("restore with a bad manifest=%d %q; want exit 1 about the manifest", code, errs)
+	}
+}
+
+// flip inverts one byte of the file at p.
+func flip(t *testing.T, p string, off int) {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off >= len(b) {
+		off = len(b) - 1
+	}
+	b[off] ^= 0xff
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReplicaUsage(t *testing.T) {
+	f := flushed(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"restore nothing", []string{"restore"}, exitUsage, "want --manifest or --source-path"},
+		{"restore both", []string{"restore", "--manifest", "x", "--source-path", "/y"}, exitUsage, "not both"},
+		{"restore bad at", []string{"restore", "--source-path", "/y", "--at", "yesterday"}, exitUsage, `--at "yesterday"`},
+		{"restore hostile path", []string{"restore", "--source-path", "/a/../etc/passwd"}, exitUsage, "not a clean file path"},
+		{"restore hostile name", []string{"restore", "--manifest", "boule://h/a\x00b"}, exitUsage, "control character"},
+		{"restore missing", []string{"--config", f.config(), "restore", "--source-path", "/no/such.db", "--out", filepath.Join(f.dir, "x")}, exitFail, "/no/such.db"},
+		{"restore help", []string{"restore", "--help"}, exitOK, "--at"},
+		{"manifest-name none", []string{"manifest-name"}, exitUsage, "want exactly one SOURCE"},
+		{"ls-versions missing", []string{"--config", f.config(), "ls-versions", "/no/such.db"}, exitFail, "not found"},
+		{"verify nothing", []string{"--config", f.config(), "verify"}, exitUsage, "want one SOURCE or --manifest"},
+		{"ls both", []string{"ls", "--all", "--hostname", "h"}, exitUsage, "not both"},
+		{"no targets", []string{"--config", "{}", "restore", "--source-path", f.db, "--out", filepath.Join(f.dir, "y")}, exitUsage, "no replication target"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("BOULE_CONFIG", "")
+			code, out, errs := vfsctl(t, tc.args...)
+			if code != tc.code || !strings.Contains(out+errs, tc.want) {
+				t.Fatalf("vfsctl %q = %d, %q %q; want %d and %q", tc.args, code, out, errs, tc.code, tc.want)
+			}
+		})
+	}
+}
+
+// TestRestoreAtS3: point-in-time restores from a versioned manifest bucket
+// in minio, byte-identical to what the source was at each time.
+func TestRestoreAtS3(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	tg := config.S3Target{Region: miniotest.Region, Endpoint: srv.Endpoint, ChunkBucket: "chunks", ManifestBucket: "manifests", CreateBucketsOnDemand: true}
+	s, err := replicate.NewS3Store(context.Background(), tg, replicate.S3Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EnsureBuckets(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EnableVersioning(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t)
+	cfg := fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"s3": {"region": %q, "endpoint": %q,
+		"chunk_bucket": "chunks", "manifest_bucket": "manifests", "domain_addressing": false}}]}`, f.spool, miniotest.Region, srv.Endpoint)
+	var versions [][]byte
+	var times []time.Time
+	for i := range 3 {
+		if i > 0 {
+			f.write(t, fmt.Sprintf("INSERT INTO t(v) SELECT randomblob(%d) FROM t LIMIT 50", 100*i))
+		}
+		if code, _, errs := vfsctl(t, "--config", cfg, "flush", f.spool); code != exitOK {
+			t.Fatalf("flush %d=%d %q", i, code, errs)
+		}
+		versions = append(versions, f.bytes(t))
+		times = append(times, time.Now())
+	}
+	code, out, errs := vfsctl(t, "--config", cfg, "ls-versions", "--json", f.db)
+	var vs []versionJSON
+	if code != exitOK || json.Unmarshal([]byte(out), &vs) != nil || len(vs) != 3 {
+		t.Fatalf("ls-versions=%d %q %q; want 3 versions", code, out, errs)
+	}
+	for i, at := range times {
+		dst := filepath.Join(f.dir, fmt.Sprintf("at%d.db", i))
+		code, _, errs := vfsctl(t, "--config", cfg, "restore", "--source-path", f.db, "--at", at.UTC().Format(time.RFC3339Nano), "--out", dst)
+		if code != exitOK {
+			t.Fatalf("restore --at version %d=%d %q", i, code, errs)
+		}
+		if got, _ := os.ReadFile(dst); !bytes.Equal(got, versions[i]) {
+			t.Fatalf("restore --at version %d: %d bytes, not the source's bytes then", i, len(got))
+		}
+	}
+	// verify --at checks an older version's chunks.
+	if code, out, errs := vfsctl(t, "--config", cfg, "verify", "--at", times[0].UTC().Format(time.RFC3339Nano), f.db); code != exitOK {
+		t.Fatalf("verify --at=%d %q %q", code, out, errs)
+	}
+}
+
+func TestFlushJSON(t *testing.T) {
+	f := newFixture(t)
+	code, out, errs := vfsctl(t, "--config", f.config(), "flush", "--json", f.spool)
+	var res []flushJSON
+	if code != exitOK || json.Unmarshal([]byte(out), &res) != nil || len(res) != 1 || !res[0].OK || res[0].Source != f.db {
+		t.Fatalf("flush --json=%d %q %q", code, out, errs)
+	}
+}
+
+// TestEveryCommandHasHelp: --help on every subcommand prints its usage
+// and exits 0.
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range commands {
+		code, out, errs := vfsctl(t, c.name, "--help")
+		if code != exitOK || !strings.Contains(out+errs, "usage: vfsctl "+c.name) {
+			t.Errorf("vfsctl %s --help = %d %q %q", c.name, code, out, errs)
+		}
+	}
+}
+
+// TestRestoreRefusesStaleJournal: a leftover journal next to --out would
+// be rolled into the restored file by the next open.
+func TestRestoreRefusesStaleJournal(t *testing.T) {
+	f := flushed(t)
+	out := filepath.Join(f.dir, "target.db")
+	if err := os.WriteFile(out+"-journal", []byte("stale"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", out)
+	if code != exitFail || !strings.Contains(errs, "target.db-journal exists") {
+		t.Fatalf("restore over a stale journal=%d %q; want exit 1 naming it", code, errs)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("restore wrote %s anyway", out)
+	}
+}

@@ -1,0 +1,303 @@
+package clients
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// Built once per test binary, into a temp directory, from the sources
+// under test (never from a possibly stale build/).
+var (
+	artifacts string // directory holding libboule.so, libboule.a, vfsctl
+	repoRoot  string
+)
+
+func TestMain(m *testing.M) {
+	_, file, _, _ := runtime.Caller(0)
+	repoRoot = filepath.Join(filepath.Dir(file), "..", "..")
+	dir, err := os.MkdirTemp("", "boule-clients-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	artifacts = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// build runs go build once per artifact and returns its path.
+func build(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out := filepath.Join(artifacts, name)
+	if _, err := os.Stat(out); err == nil {
+		return out
+	}
+	cmd := exec.Command("go", append([]string{"build", "-o", out}, args...)...)
+	cmd.Dir = repoRoot
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", name, err, b)
+	}
+	return out
+}
+
+func extension(t *testing.T) string {
+	return build(t, "libboule.so", "-buildmode=c-shared", "-tags", "boule_ext", "./cmd/libboule")
+}
+
+func archive(t *testing.T) string {
+	return build(t, "libboule.a", "-buildmode=c-archive", "-tags", "boule_lib", "./cmd/libboule")
+}
+
+func vfsctl(t *testing.T) string { return build(t, "vfsctl", "./cmd/vfsctl") }
+
+// need returns the path of a real client, failing (not skipping) when it
+// is missing: .ci/run installs them.
+func need(t *testing.T, path string) string {
+	t.Helper()
+	p, err := exec.LookPath(path)
+	if err != nil {
+		t.Fatalf("%s is required (.ci/run installs it with apt-get): %v", path, err)
+	}
+	return p
+}
+
+type fixture struct {
+	dir, spool, store, db string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "x.db")}
+	if err := os.Mkdir(f.store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// cfg is the configuration JSON for the fixture.
+func (f *fixture) cfg() string {
+	return fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, f.spool, f.store)
+}
+
+func run(t *testing.T, env []string, stdin string, name string, args ...string) (string, string, error) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// restoreAndCompare restores f.db with the vfsctl binary and checks the
+// result is byte-identical to the file.
+func (f *fixture) restoreAndCompare(t *testing.T) {
+	t.Helper()
+	out := filepath.Join(f.dir, "restored.db")
+	if o, e, err := run(t, []string{"BOULE_CONFIG=" + f.cfg()}, "", vfsctl(t), "restore", "--source-path", f.db, "--out", out); err != nil {
+		t.Fatalf("vfsctl restore: %v %s %s", err, o, e)
+	}
+	want, err := os.ReadFile(f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("restored %d bytes differ from the database's %d", len(got), len(want))
+	}
+}
+
+func TestSqlite3Shell(t *testing.T) {
+	shell := need(t, "sqlite3")
+	lib := strings.TrimSuffix(extension(t), ".so")
+	f := newFixture(t)
+	env := []string{"BOULE_CONFIG=" + f.cfg()}
+	script := fmt.Sprintf(`.load %s
+.open file:%s?vfs=boule
+CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 2000) INSERT INTO t(v) SELECT randomblob(300) FROM c;
+UPDATE t SET v = zeroblob(10) WHERE id %% 7 = 0;
+PRAGMA boule_flush_replication_data;
+`, lib, f.db)
+	out, errs, err := run(t, env, script, shell, "-batch")
+	if err != nil || strings.TrimSpace(out) != "1" {
+		t.Fatalf("sqlite3 shell: %v, stdout %q, stderr %q; want the flush pragma to print 1", err, out, errs)
+	}
+	f.restoreAndCompare(t)
+
+	// A read replica in the shell.
+	script = fmt.Sprintf(`.load %s
+.open file:boule://%s?vfs=boule_snapshot
+SELECT count(*), sum(length(v)) FROM t;
+PRAGMA integrity_check;
+`, lib, f.db)
+	out, errs, err = run(t, env, script, shell, "-batch")
+	want := fmt.Sprintf("2000|%d\nok\n", 2000*300-285*300+285*10)
+	if err != nil || out != want {
+		t.Fatalf("replica in the shell: %v, stdout %q (want %q), stderr %q", err, out, want, errs)
+	}
+
+	// A bad configuration makes .load fail with a message naming the key.
+	bad := []string{`BOULE_CONFIG={"replication_spooling_dirr": "/tmp"}`}
+	out, errs, err = run(t, bad, ".load "+lib+"\nSELECT 'still here';\n", shell, "-batch", "-bail")
+	if err == nil || !strings.Contains(errs, `"replication_spooling_dirr"`) || strings.Contains(out, "still here") {
+		t.Fatalf(".load with a bad config: %v, stdout %q, stderr %q; want a failure naming the key", err, out, errs)
+	}
+}
+
+func TestPython(t *testing.T) {
+	py := need(t, "/usr/bin/python3")
+	lib := extension(t)
+	f := newFixture(t)
+	script := fmt.Sprintf(`
+import sqlite3
+loader = sqlite3.connect(":memory:")
+loader.enable_load_extension(True)
+loader.load_extension(%q)
+db = sqlite3.connect("file:%s?vfs=boule", uri=True)
+db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT)")
+db.executemany("INSERT INTO t(name) VALUES (?)", [("row %%d" %% i,) for i in range(5000)])
+db.commit()
+print(db.execute("PRAGMA boule_flush_replication_data").fetchone()[0])
+db.close()
+r = sqlite3.connect("file:boule://%s?vfs=boule_snapshot", uri=True)
+print(r.execute("SELECT count(*), max(name) FROM t").fetchone())
+try:
+    r.execute("INSERT INTO t(name) VALUES ('nope')")
+    print("wrote to a replica")
+except sqlite3.OperationalError as e:
+    print("refused:", e)
+`, lib, f.db, f.db)
+	out, errs, err := run(t, []string{"BOULE_CONFIG=" + f.cfg()}, script, py, "-")
+	want := "1\n(5000, 'row 999')\nrefused: attempt to write a readonly database\n"
+	if err != nil || out != want {
+		t.Fatalf("python: %v\nstdout %q\nwant   %q\nstderr %s", err, out, want, errs)
+	}
+	f.restoreAndCompare(t)
+}
+
+func TestCExample(t *testing.T) {
+	cc := need(t, "cc")
+	lib := archive(t)
+	exe := filepath.Join(artifacts, "example")
+	cmd := exec.Command(cc, "-Wall", "-Werror", "-I", filepath.Join(repoRoot, "c"),
+		filepath.Join(repoRoot, "examples", "c", "example.c"), lib, "-lsqlite3", "-lpthread", "-lm", "-o", exe)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v\n%s", err, b)
+	}
+	f := newFixture(t)
+	out := filepath.Join(f.dir, "out.db")
+	stdout, stderr, err := run(t, nil, "", exe, f.db, f.spool, f.store, out)
+	if err != nil {
+		t.Fatalf("example: %v\n%s%s", err, stdout, stderr)
+	}
+	for _, want := range []string{`"source":"` + f.db + `"`, `"lag_seconds":0`, "restored " + out + ": 1000 rows", "replica file:boule://" + f.db + "?vfs=boule_snapshot: 1000 rows"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("example output lacks %q:\n%s", want, stdout)
+		}
+	}
+	a, _ := os.ReadFile(f.db)
+	b, _ := os.ReadFile(out)
+	if len(a) == 0 || !bytes.Equal(a, b) {
+		t.Fatalf("restored file (%d bytes) differs from the database (%d bytes)", len(b), len(a))
+	}
+	// Bad arguments: the documented usage, exit 2.
+	if _, stderr, err := run(t, nil, "", exe); err == nil || !strings.Contains(stderr, "usage: example") {
+		t.Fatalf("example without arguments: %v %q", err, stderr)
+	}
+}
+
+// TestVfsctlShell: vfsctl shell opens the stock sqlite3 shell on a replica.
+func TestVfsctlShell(t *testing.T) {
+	need(t, "sqlite3")
+	lib := extension(t)
+	f := newFixture(t)
+	env := []string{"BOULE_CONFIG=" + f.cfg()}
+	script := fmt.Sprintf(".load %s\n.open file:%s?vfs=boule\nCREATE TABLE t(x); INSERT INTO t VALUES ('from the source');\nPRAGMA boule_flush_replication_data;\n", strings.TrimSuffix(lib, ".so"), f.db)
+	if out, errs, err := run(t, env, script, "sqlite3", "-batch"); err != nil || strings.TrimSpace(out) != "1" {
+		t.Fatalf("write: %v %q %q", err, out, errs)
+	}
+	out, errs, err := run(t, env, "SELECT x FROM t;\n", vfsctl(t), "shell", "--vfs", lib, f.db, "--", "-batch")
+	if err != nil || out != "from the source\n" {
+		t.Fatalf("vfsctl shell: %v, stdout %q, stderr %q", err, out, errs)
+	}
+	// The shell's own failure is reported with its status.
+	_, errs, err = run(t, env, "SELECT nope FROM t;\n", vfsctl(t), "shell", "--vfs", lib, f.db, "--", "-batch", "-bail")
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(errs, "no such column: nope") {
+		t.Fatalf("failing query: %v %q", err, errs)
+	}
+	_, errs, err = run(t, env, "", vfsctl(t), "shell", "--executable", "no-such-shell", f.db)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(errs, "no-such-shell") {
+		t.Fatalf("missing shell: %v %q", err, errs)
+	}
+}
+
+// TestDemo runs make demo's program end to end.
+func TestDemo(t *testing.T) {
+	demo := build(t, "demo", "./cmd/demo")
+	out, errs, err := run(t, nil, "", demo, "-dir", t.TempDir())
+	if err != nil {
+		t.Fatalf("demo: %v\n%s\n%s", err, out, errs)
+	}
+	for _, want := range []string{"caught up", `refresh: 501 rows, the newest says "hello from the writer"`, "is byte-identical to"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestExtensionLinksNoSQLite: the extension defines no SQLite of its own
+// (every call goes through the loader's API table) and exports only its
+// entry point, its API table pointer (sqlite3_api) and the C API.
+func TestExtensionLinksNoSQLite(t *testing.T) {
+	nm := need(t, "nm")
+	out, errs, err := run(t, nil, "", nm, "-D", "--defined-only", extension(t))
+	if err != nil {
+		t.Fatalf("nm: %v %s", err, errs)
+	}
+	var sqliteSyms []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && strings.HasPrefix(f[2], "sqlite3") && f[2] != "sqlite3_boule_init" && f[2] != "sqlite3_api" {
+			sqliteSyms = append(sqliteSyms, f[2])
+		}
+	}
+	if len(sqliteSyms) > 0 {
+		t.Fatalf("the extension defines SQLite symbols %v: it would run a second SQLite", sqliteSyms)
+	}
+	if !strings.Contains(out, " sqlite3_boule_init\n") {
+		t.Fatalf("no sqlite3_boule_init entry point in:\n%s", out)
+	}
+}
+
+// TestExtensionLogging: BOULE_LOG sets the level of the extension's log on
+// standard error; errors show by default, and a bad level fails the load.
+func TestExtensionLogging(t *testing.T) {
+	shell := need(t, "sqlite3")
+	lib := strings.TrimSuffix(extension(t), ".so")
+	f := newFixture(t)
+	script := fmt.Sprintf(".load %s\n.open file:boule:///no/such/db.sqlite?vfs=boule_snapshot\nSELECT 1 FROM sqlite_schema;\n", lib)
+	_, errs, _ := run(t, []string{"BOULE_CONFIG=" + f.cfg()}, script, shell, "-batch")
+	if !strings.Contains(errs, "cannot open replica") || !strings.Contains(errs, "/no/such/db.sqlite") {
+		t.Fatalf("a failed replica open logged nothing useful on stderr: %q", errs)
+	}
+	_, errs, err := run(t, []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG=chatty"}, ".load "+lib+"\n", shell, "-batch", "-bail")
+	if err == nil || !strings.Contains(errs, `BOULE_LOG="chatty"`) {
+		t.Fatalf("a bad BOULE_LOG: %v %q; want the load to fail naming it", err, errs)
+	}
+}

@@ -1,0 +1,259 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// DefaultRestoreConcurrency is the number of chunks Restore fetches at once.
+const DefaultRestoreConcurrency = 16
+
+// RestoreOptions tune Restore.
+type RestoreOptions struct {
+	// Concurrency bounds the chunks fetched at once; zero means
+	// DefaultRestoreConcurrency.
+	Concurrency int
+	// Progress, if set, is called after each chunk is written with the
+	// bytes written so far and the total. Calls are sequential.
+	Progress func(done, total int64)
+}
+
+// Restore writes the database that m describes to w, in order, fetching up
+// to opts.Concurrency chunks at once from the first of stores that has
+// each, every one verified against its fingerprint. Identical chunks are
+// fetched once.
+func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Writer, opts RestoreOptions) error {
+	conc := opts.Concurrency
+	if conc <= 0 {
+		conc = DefaultRestoreConcurrency
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	// Cancel first, then wait: an early return must stop the feeder and
+	// the workers before it waits for them.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	// The feeder hands each chunk to the workers and, in file order, to
+	// the writer through a queue of 2*conc slots: fetching runs at most
+	// that far ahead of writing, so memory stays near 2*conc*64 KiB
+	// whatever the database size.
+	type slot struct {
+		i    int
+		data []byte
+		err  error
+		done chan struct{} // fetched
+	}
+	window := 2 * conc
+	ordered := make(chan *slot, window)
+	work := make(chan *slot)
+	dedup := newChunkDedup()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s := range work {
+				s.data, s.err = dedup.fetch(ctx, m.Chunks[s.i], func() ([]byte, error) {
+					return FetchChunk(ctx, stores, m, s.i)
+				})
+				close(s.done)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(work)
+		defer close(ordered)
+		for i := range m.Chunks {
+			s := &slot{i: i, done: make(chan struct{})}
+			select {
+			case ordered <- s: // blocks while the writer is window chunks behind
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case work <- s:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	var written int64
+	for s := range ordered {
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if s.err != nil {
+			return s.err
+		}
+		if _, err := w.Write(s.data); err != nil {
+			return fmt.Errorf("replicate: restore: write: %w", err)
+		}
+		written += int64(len(s.data))
+		dedup.done(m.Chunks[s.i])
+		s.data = nil
+		if opts.Progress != nil {
+			opts.Progress(written, m.Size)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if written != m.Size {
+		return fmt.Errorf("replicate: restore: wrote %d bytes, manifest says %d", written, m.Size)
+	}
+	return nil
+}
+
+// chunkDedup fetches each fingerprint once while it is in the window.
+type chunkDedup struct {
+	mu sync.Mutex
+	m  map[manifest.Fingerprint]*dedupEntry
+}
+
+type dedupEntry struct {
+	users int
+	done  chan struct{}
+	data  []byte
+	err   error
+}
+
+func newChunkDedup() *chunkDedup { return &chunkDedup{m: map[manifest.Fingerprint]*dedupEntry{}} }
+
+func (d *chunkDedup) fetch(ctx context.Context, fp manifest.Fingerprint, f func() ([]byte, error)) ([]byte, error) {
+	d.mu.Lock()
+	e, ok := d.m[fp]
+	if ok {
+		e.users++
+		d.mu.Unlock()
+		select {
+		case <-e.done:
+			return e.data, e.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	e = &dedupEntry{users: 1, done: make(chan struct{})}
+	d.m[fp] = e
+	d.mu.Unlock()
+	e.data, e.err = f()
+	close(e.done)
+	return e.data, e.err
+}
+
+// done forgets fp once every chunk that shares it has been written.
+func (d *chunkDedup) done(fp manifest.Fingerprint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e, ok := d.m[fp]; ok {
+		e.users--
+		if e.users <= 0 {
+			delete(d.m, fp)
+		}
+	}
+}
+
+// RestoreFile restores m to the file at path atomically: it writes a temp
+// file in the same directory, syncs it, and renames it over path, so that
+// a failed restore never leaves a partial file at path.
+//
+// It refuses to restore over a database that has a journal, WAL or shm
+// file next to it: SQLite would apply them to the restored file.
+func RestoreFile(ctx context.Context, stores []Store, m *manifest.Manifest, path string, opts RestoreOptions) error {
+	for _, suffix := range []string{"-journal", "-wal", "-shm"} {
+		if _, err := os.Lstat(path + suffix); err == nil {
+			return fmt.Errorf("replicate: restore %s: %s exists and SQLite would apply it to the restored database; move it away first", path, path+suffix)
+		}
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.boule-restore")
+	if err != nil {
+		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := Restore(ctx, stores, m, tmp, opts); err != nil {
+		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("replicate: restore %s: sync: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	}
+	ok = true
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// ErrNoVersion is returned by ManifestAt when no version of the manifest
+// is old enough.
+var ErrNoVersion = errors.New("replicate: no manifest version at or before that time")
+
+// ManifestAt returns the version of the manifest under key that was the
+// newest at time at: the newest version stored at or before it, from the
+// first store that keeps versions of key.
+//
+// It returns the decoded manifest and its encoding, as FetchManifest does.
+func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (*manifest.Manifest, []byte, Version, error) {
+	var errs []error
+	for _, s := range stores {
+		vs, err := s.ManifestVersions(ctx, key)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, v := range vs { // newest first
+			if v.LastModified.After(at) {
+				continue
+			}
+			b, err := s.GetManifestVersion(ctx, key, v.ID)
+			if err != nil {
+				return nil, nil, v, err
+			}
+			m, err := manifest.Decode(b)
+			if err != nil {
+				return nil, nil, v, fmt.Errorf("replicate: manifest %s version %s in %s: %w", key, v.ID, s, err)
+			}
+			return m, b, v, nil
+		}
+		oldest := "none"
+		if len(vs) > 0 {
+			oldest = vs[len(vs)-1].LastModified.UTC().Format(time.RFC3339Nano)
+		}
+		// Another store may keep a longer history.
+		errs = append(errs, fmt.Errorf("%w: %s in %s at %s (oldest kept: %s)", ErrNoVersion, key, s, at.UTC().Format(time.RFC3339Nano), oldest))
+	}
+	if len(errs) == 0 {
+		return nil, nil, Version{}, fmt.Errorf("replicate: manifest %s: no store to read from", key)
+	}
+	return nil, nil, Version{}, errors.Join(errs...)
+}

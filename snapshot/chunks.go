@@ -1,0 +1,345 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+)
+
+// ErrCorrupt is wrapped by the errors for chunks whose bytes do not match
+// their fingerprint in every place they were found.
+var ErrCorrupt = replicate.ErrCorrupt
+
+// ReadOnlyDir is a directory of raw chunks that is read but never written,
+// laid out as a local cache: <dir>/<shard>/<fingerprint>, or
+// <dir>/<fingerprint> when Shards is 0.
+type ReadOnlyDir struct {
+	Dir    string
+	Shards int
+}
+
+func (d ReadOnlyDir) path(fp manifest.Fingerprint) string {
+	if d.Shards <= 0 {
+		return filepath.Join(d.Dir, fp.String())
+	}
+	s := int(uint16(fp[0])<<8|uint16(fp[1])) % d.Shards
+	return filepath.Join(d.Dir, fmt.Sprintf("%03d", s), fp.String())
+}
+
+// A mapping is one chunk's bytes, mapped read-only into memory outside the
+// Go heap, so that C may read them. Mappings are shared by fingerprint
+// across snapshots and connections, and unmapped when the last user lets
+// go.
+type mapping struct {
+	b    []byte
+	refs int
+}
+
+type flight struct {
+	done    chan struct{}
+	m       *mapping
+	err     error
+	waiters int // callers waiting for it; under chunkMaps.mu
+}
+
+// chunkMaps deduplicates mappings by fingerprint, and keeps their number
+// under limit: each chunk is one memory mapping, and Linux allows a
+// process vm.max_map_count of them (65530 by default), shared with the Go
+// runtime, SQLite and the C library.
+type chunkMaps struct {
+	mu       sync.Mutex
+	maps     map[manifest.Fingerprint]*mapping
+	inflight map[manifest.Fingerprint]*flight
+	limit    int
+}
+
+// ErrTooManyChunks is returned for a chunk that would take the process
+// over its limit of mapped chunks.
+var ErrTooManyChunks = errors.New("snapshot: too many chunks mapped for this process; raise vm.max_map_count")
+
+// defaultMapLimit leaves a quarter of vm.max_map_count, and at least 4096
+// mappings, to the rest of the process.
+func defaultMapLimit() int {
+	n := 65530
+	if b, err := os.ReadFile("/proc/sys/vm/max_map_count"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			n = v
+		}
+	}
+	return max(n-max(n/4, 4096), 1)
+}
+
+// acquire returns the mapping of chunk fp, loading it with load unless it
+// is mapped or being loaded already, and counts a reference to it. The
+// load runs on its own: a caller that gives up (ctx) does not stop it for
+// the others waiting, and load must bound itself.
+//
+// A prefetch (soft) load is refused with errPrefetchFull once 90% of the
+// limit is used, so that reads keep some room.
+func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest.Fingerprint, soft bool, load func() ([]byte, error)) (*mapping, error) {
+	for {
+		c.mu.Lock()
+		if m, ok := c.maps[fp]; ok {
+			m.refs++
+			c.mu.Unlock()
+			return m, nil
+		}
+		f, ok := c.inflight[fp]
+		if ok {
+			f.waiters++
+		} else if used := len(c.maps) + len(c.inflight); soft && used >= c.limit*9/10 {
+			c.mu.Unlock()
+			return nil, errPrefetchFull
+		} else if used >= c.limit {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("%w (%d chunks, %d MiB, mapped)", ErrTooManyChunks, c.limit, c.limit/16)
+		} else {
+			f = &flight{done: make(chan struct{}), waiters: 1}
+			c.inflight[fp] = f
+			bg.Add(1)
+			go func() {
+				defer bg.Done()
+				c.run(fp, f, load)
+			}()
+		}
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			c.mu.Lock()
+			f.waiters--
+			c.mu.Unlock()
+			return nil, ctx.Err()
+		}
+		if f.err != nil {
+			return nil, f.err
+		}
+		// Mapped: take a reference under the lock (it may already have
+		// been released and unmapped by the others, then load again).
+	}
+}
+
+// run loads fp for flight f and publishes the result: the mapping, with
+// no reference yet, for the waiters to take theirs. If every caller gave
+// up meanwhile, it is unmapped at once.
+func (c *chunkMaps) run(fp manifest.Fingerprint, f *flight, load func() ([]byte, error)) {
+	b, err := safeLoad(load)
+	c.mu.Lock()
+	delete(c.inflight, fp)
+	switch {
+	case err != nil:
+		f.err = err
+	case f.waiters == 0:
+		_ = syscall.Munmap(b)
+		f.err = errClosed
+	default:
+		f.m = &mapping{b: b}
+		c.maps[fp] = f.m
+	}
+	c.mu.Unlock()
+	close(f.done)
+}
+
+// safeLoad runs load, turning a panic into an error, so that a failed
+// load never leaves its flight registered.
+func safeLoad(load func() ([]byte, error)) (b []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			b, err = nil, fmt.Errorf("snapshot: panic loading a chunk: %v", r)
+		}
+	}()
+	return load()
+}
+
+// release drops a reference to the mapping of fp, unmapping it at zero.
+func (c *chunkMaps) release(fp manifest.Fingerprint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.maps[fp]
+	if !ok {
+		return
+	}
+	m.refs--
+	if m.refs == 0 {
+		delete(c.maps, fp)
+		_ = syscall.Munmap(m.b)
+	}
+}
+
+// waiting reports how many callers wait for the load of fp; for tests.
+func (c *chunkMaps) waiting(fp manifest.Fingerprint) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.inflight[fp]; ok {
+		return f.waiters
+	}
+	return 0
+}
+
+// mapped reports how many chunks are mapped; for tests and status.
+func (c *chunkMaps) mapped() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.maps)
+}
+
+// loadChunk finds chunk fp, of want bytes, and maps it: from the writable
+// cache, then the read-only directories, then each remote store in turn.
+// Whatever it maps has been verified against fp. A chunk fetched from a
+// remote store is written to the cache, so that other processes on the
+// host find it; when that fails the chunk is mapped from memory instead.
+func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int) ([]byte, error) {
+	var errs []error
+	if r.cache != nil {
+		p := r.cache.Path(fp)
+		b, err := mapVerified(p, fp, want)
+		if err == nil {
+			return b, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			r.log.Warn("snapshot: dropping a bad chunk from the cache", "chunk", fp.String(), "path", p, "err", err)
+			_ = os.Remove(p)
+		}
+	}
+	for _, d := range r.readOnly {
+		// Someone else owns these files and may rewrite or truncate them
+		// in place: copy the verified bytes rather than map the file.
+		p := d.path(fp)
+		data, err := readVerified(p, fp, want)
+		if err == nil {
+			return mapBytes(data)
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("read_only %s: %w", p, err))
+		}
+	}
+	for _, s := range r.remote {
+		data, err := s.GetChunk(ctx, fp)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(data) != want {
+			errs = append(errs, fmt.Errorf("%s: chunk %s is %d bytes, want %d: %w", s, fp, len(data), want, ErrCorrupt))
+			continue
+		}
+		// Creating a file costs a few hundred microseconds on some file
+		// systems: the cache file, for the other processes of the host,
+		// is written off the read path.
+		r.cacheLater(fp, data)
+		return mapBytes(data)
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("snapshot: chunk %s: no store to read it from", fp)
+	}
+	return nil, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(errs...))
+}
+
+// cacheLater queues a verified chunk for writing to the local cache; when
+// the queue is full the chunk is not cached.
+func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
+	if r.cache == nil {
+		return
+	}
+	r.cacheOnce.Do(func() {
+		r.cacheQ = make(chan cacheItem, 256)
+		for range 2 {
+			r.bg.Add(1)
+			go func() {
+				defer r.bg.Done()
+				for {
+					select {
+					case it := <-r.cacheQ:
+						if err := r.cache.PutChunk(r.ctx, it.fp, it.data); err != nil {
+							r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
+						}
+						r.cachePending.Done()
+					case <-r.ctx.Done():
+						return
+					}
+				}
+			}()
+		}
+	})
+	r.cachePending.Add(1)
+	select {
+	case r.cacheQ <- cacheItem{fp, data}:
+	default:
+		r.cachePending.Done()
+	}
+}
+
+type cacheItem struct {
+	fp   manifest.Fingerprint
+	data []byte
+}
+
+// mapVerified maps the file at p read-only and checks that it holds the
+// want bytes of chunk fp.
+func mapVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() || st.Size() != int64(want) {
+		return nil, fmt.Errorf("%s is %d bytes, want %d: %w", p, st.Size(), want, ErrCorrupt)
+	}
+	b, err := syscall.Mmap(int(f.Fd()), 0, want, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map %s: %w", p, err)
+	}
+	if manifest.Sum(b) != fp {
+		_ = syscall.Munmap(b)
+		return nil, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
+	}
+	return b, nil
+}
+
+// readVerified reads the file at p and checks that it holds the want
+// bytes of chunk fp.
+func readVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data := make([]byte, want+1)
+	n, err := io.ReadFull(f, data)
+	if err != io.ErrUnexpectedEOF && err != nil {
+		return nil, err
+	}
+	if n != want || manifest.Sum(data[:n]) != fp {
+		return nil, fmt.Errorf("%s does not hold chunk %s: %w", p, fp, ErrCorrupt)
+	}
+	return data[:n], nil
+}
+
+// mapBytes copies data into a fresh read-only anonymous mapping.
+func mapBytes(data []byte) ([]byte, error) {
+	b, err := syscall.Mmap(-1, 0, len(data), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: map %d bytes: %w", len(data), err)
+	}
+	copy(b, data)
+	if err := syscall.Mprotect(b, syscall.PROT_READ); err != nil {
+		_ = syscall.Munmap(b)
+		return nil, fmt.Errorf("snapshot: protect mapping: %w", err)
+	}
+	return b, nil
+}

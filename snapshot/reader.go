@@ -1,0 +1,665 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+)
+
+// Defaults of Options.
+const (
+	// DefaultPollInterval is how often a replica with auto-refreshing
+	// connections fetches its manifest, and how long a fetched manifest
+	// is reused by new connections.
+	DefaultPollInterval = time.Second
+	// DefaultPrefetch is the number of chunks fetched at once in the
+	// background.
+	DefaultPrefetch = 8
+	// DefaultOpenTimeout bounds the manifest fetch of an open.
+	DefaultOpenTimeout = 30 * time.Second
+	// DefaultChunkTimeout bounds the fetch of one chunk a read waits for.
+	DefaultChunkTimeout = 60 * time.Second
+	// maxManifestFile bounds the size of a manifest file opened by path:
+	// a 4 TiB database's manifest is 2 GiB, a 64 GiB one's 32 MiB.
+	maxManifestFile = 256 << 20
+)
+
+// ErrNoManifest is wrapped by the errors of opening a replica whose
+// manifest does not exist.
+var ErrNoManifest = replicate.ErrNotFound
+
+// Options configure a Reader.
+type Options struct {
+	// Remote are the stores holding manifests and chunks, tried in
+	// order. They should be rate-limited (replicate.Limited).
+	Remote []replicate.Store
+	// Cache is where fetched chunks are kept, shared with the other
+	// processes of the host; nil keeps them in memory only.
+	Cache *replicate.LocalCache
+	// ReadOnly are directories of chunks looked in after Cache.
+	ReadOnly []ReadOnlyDir
+	// Hostname replaces the empty host of "boule:///path" names;
+	// default os.Hostname().
+	Hostname string
+	// Policy says how much of a snapshot is fetched before an open
+	// returns: "default" fetches only the manifest and prefetches the
+	// rest in the background, "eager" fetches everything, "partial"
+	// fetches between Min and Max chunks and the rest on demand.
+	Policy config.LoadingPolicy
+	// PollInterval defaults to DefaultPollInterval.
+	PollInterval time.Duration
+	// Prefetch defaults to DefaultPrefetch; negative disables the
+	// background prefetch.
+	Prefetch int
+	// OpenTimeout and ChunkTimeout default to DefaultOpenTimeout and
+	// DefaultChunkTimeout.
+	OpenTimeout, ChunkTimeout time.Duration
+	// MaxMappedChunks bounds the chunks mapped at once by the process;
+	// zero means three quarters of vm.max_map_count. The background
+	// prefetch stops at 90% of it, so that reads keep some room.
+	MaxMappedChunks int
+	Logger          *slog.Logger
+}
+
+// A Reader opens replicas. One serves a whole process: replicas, their
+// snapshots and their chunk mappings are shared by all its connections.
+type Reader struct {
+	remote   []replicate.Store
+	cache    *replicate.LocalCache
+	readOnly []ReadOnlyDir
+	host     string
+	policy   config.LoadingPolicy
+	poll     time.Duration
+	prefetch int
+	openTO   time.Duration
+	chunkTO  time.Duration
+	log      *slog.Logger
+
+	chunks chunkMaps
+	ctx    context.Context // ends with Close; loads run under it, not their callers'
+	cancel context.CancelFunc
+	bg     sync.WaitGroup // loads, prefetches, cache writers
+
+	cacheOnce    sync.Once
+	cacheQ       chan cacheItem
+	cachePending sync.WaitGroup                    // chunks queued for the cache, not yet written
+	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
+
+	mu       sync.Mutex
+	replicas map[string]*Replica
+}
+
+// NewReader returns a Reader with opts.
+func NewReader(opts Options) *Reader {
+	r := &Reader{
+		remote:   opts.Remote,
+		cache:    opts.Cache,
+		readOnly: opts.ReadOnly,
+		host:     opts.Hostname,
+		policy:   opts.Policy,
+		poll:     opts.PollInterval,
+		prefetch: opts.Prefetch,
+		openTO:   opts.OpenTimeout,
+		chunkTO:  opts.ChunkTimeout,
+		log:      opts.Logger,
+		chunks: chunkMaps{
+			maps:     map[manifest.Fingerprint]*mapping{},
+			inflight: map[manifest.Fingerprint]*flight{},
+			limit:    opts.MaxMappedChunks,
+		},
+		replicas: map[string]*Replica{},
+	}
+	if r.host == "" {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			r.host = h
+		} else {
+			r.host = "localhost"
+		}
+	}
+	if r.poll <= 0 {
+		r.poll = DefaultPollInterval
+	}
+	if r.prefetch == 0 {
+		r.prefetch = DefaultPrefetch
+	}
+	if r.openTO <= 0 {
+		r.openTO = DefaultOpenTimeout
+	}
+	if r.chunkTO <= 0 {
+		r.chunkTO = DefaultChunkTimeout
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.chunks.limit <= 0 {
+		r.chunks.limit = defaultMapLimit()
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.tick = func() (<-chan time.Time, func()) {
+		t := time.NewTicker(r.poll)
+		return t.C, t.Stop
+	}
+	return r
+}
+
+// Close writes the chunks still queued for the local cache, then stops
+// the reader's background work (chunk loads, prefetches) and waits for it.
+// Connections still open fail the reads that need a fetch.
+func (r *Reader) Close() {
+	r.cachePending.Wait()
+	r.cancel()
+	r.bg.Wait()
+}
+
+// Hostname is the host that "boule:///path" names refer to.
+func (r *Reader) Hostname() string { return r.host }
+
+// MappedChunks reports how many distinct chunks the process has mapped.
+func (r *Reader) MappedChunks() int { return r.chunks.mapped() }
+
+// Resolve parses name and fills in this machine's host name.
+func (r *Reader) Resolve(name string) (Source, error) {
+	src, err := ParseName(name)
+	if err != nil {
+		return Source{}, err
+	}
+	if src.ManifestFile == "" && src.Hostname == "" {
+		src.Hostname = r.host
+	}
+	return src, nil
+}
+
+// Open opens a connection to the replica name (see ParseName). It returns
+// once the replica's manifest is known: fetched now, or fetched by another
+// connection of the process within the poll interval.
+func (r *Reader) Open(ctx context.Context, name string) (*Conn, error) {
+	src, err := r.Resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	id := src.String()
+	key := ""
+	if src.ManifestFile == "" {
+		if key, err = replicate.ManifestKey(src.Hostname, src.Path); err != nil {
+			return nil, fmt.Errorf("snapshot: %s: %w", id, err)
+		}
+	} else if id, err = filepath.Abs(src.ManifestFile); err != nil {
+		return nil, fmt.Errorf("snapshot: %s: %w", src.ManifestFile, err)
+	}
+
+	r.mu.Lock()
+	rep, ok := r.replicas[id]
+	if !ok {
+		rep = &Replica{r: r, src: src, id: id, key: key}
+		r.replicas[id] = rep
+	}
+	rep.mu.Lock()
+	rep.conns++
+	rep.mu.Unlock()
+	r.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, r.openTO)
+	defer cancel()
+	s, err := rep.current(ctx)
+	if err != nil {
+		rep.dropConn()
+		return nil, err
+	}
+	if err := s.load(ctx, r.upFront(len(s.M.Chunks))); err != nil {
+		// Reads of the chunks that failed will report their own errors.
+		r.log.Warn("snapshot: chunks the loading policy wanted at open are missing", "replica", id, "err", err)
+	}
+	return &Conn{rep: rep, snap: s}, nil
+}
+
+// upFront returns the chunk indexes of an n-chunk snapshot that the
+// loading policy fetches before an open returns.
+func (r *Reader) upFront(n int) []int {
+	var k int
+	switch r.policy.Kind {
+	case "eager":
+		k = n
+	case "partial":
+		// As Verneuil does: about sqrt(n), clamped, plus the last chunk.
+		k = isqrtCeil(n)
+		lo, hi := max(int(r.policy.Min), 1), int(r.policy.Max)
+		if hi == 0 {
+			hi = 16
+		}
+		hi = max(hi, lo)
+		k = min(max(k, lo), hi)
+	default:
+		return nil
+	}
+	k = min(k, n)
+	idx := make([]int, 0, k+1)
+	for i := range k {
+		idx = append(idx, i)
+	}
+	if k < n {
+		idx = append(idx, n-1)
+	}
+	return idx
+}
+
+func isqrtCeil(n int) int {
+	k := 0
+	for k*k < n {
+		k++
+	}
+	return k
+}
+
+// Replica is one replicated database as seen by this process: the newest
+// snapshot fetched, and the fetch under way, if any.
+type Replica struct {
+	r   *Reader
+	src Source
+	id  string // ManifestFile's absolute path, or boule://host/path
+	key string // manifest key; empty for a manifest file
+
+	mu        sync.Mutex
+	conns     int
+	autoConns int
+	newest    *Snapshot // holds a reference while conns > 0
+	gen       uint64
+	fetching  *fetchCall
+	lastBytes []byte    // the newest manifest, kept while conns == 0
+	lastStart time.Time // when the fetch of lastBytes started
+	stopPoll  chan struct{}
+	onNewest  []func(gen uint64)
+}
+
+type fetchCall struct {
+	done chan struct{}
+	s    *Snapshot // with a reference for the caller that started it
+	err  error
+}
+
+// Name is the replica's name: "boule://host/path" or the manifest file.
+func (rp *Replica) Name() string { return rp.id }
+
+// Gen counts the snapshots the replica has adopted as its newest.
+func (rp *Replica) Gen() uint64 {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	return rp.gen
+}
+
+// OnNewest registers f, called with the new generation whenever the
+// replica's newest snapshot changes.
+func (rp *Replica) OnNewest(f func(gen uint64)) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	rp.onNewest = append(rp.onNewest, f)
+}
+
+// current returns the newest snapshot, with a reference, fetching one if
+// the replica has none fresher than the poll interval.
+func (rp *Replica) current(ctx context.Context) (*Snapshot, error) {
+	rp.mu.Lock()
+	if rp.newest != nil {
+		s := rp.newest
+		s.ref()
+		rp.mu.Unlock()
+		return s, nil
+	}
+	if rp.lastBytes != nil && time.Since(rp.lastStart) < rp.r.poll {
+		m, err := manifest.Decode(rp.lastBytes)
+		if err == nil {
+			s, old := rp.adoptLocked(m, rp.lastBytes, rp.lastStart)
+			s.ref()
+			rp.mu.Unlock()
+			if old != nil {
+				old.unref()
+			}
+			return s, nil
+		}
+	}
+	rp.mu.Unlock()
+	return rp.fetch(ctx, false)
+}
+
+// fetch fetches the manifest and returns the replica's newest snapshot
+// afterwards, with a reference. Unless force is set, it joins a fetch
+// already under way instead of starting one.
+func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
+	for {
+		rp.mu.Lock()
+		if fc := rp.fetching; fc != nil {
+			rp.mu.Unlock()
+			select {
+			case <-fc.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if !force {
+				if fc.err != nil {
+					return nil, fc.err
+				}
+				return rp.current(ctx)
+			}
+			force = false // a fetch that started after ours was asked for
+			continue
+		}
+		fc := &fetchCall{done: make(chan struct{})}
+		rp.fetching = fc
+		rp.mu.Unlock()
+
+		start := time.Now()
+		b, m, err := rp.fetchManifest(ctx)
+		rp.mu.Lock()
+		rp.fetching = nil
+		var s, old *Snapshot
+		if err == nil {
+			s, old = rp.adoptLocked(m, b, start)
+			s.ref()
+		}
+		rp.mu.Unlock()
+		if old != nil {
+			old.unref()
+		}
+		fc.err = err
+		close(fc.done)
+		if err != nil {
+			rp.r.log.Warn("snapshot: manifest fetch failed", "replica", rp.id, "err", err)
+		}
+		return s, err
+	}
+}
+
+// adoptLocked makes the snapshot of m (encoded as b, fetched from start)
+// the newest, unless it is the newest already or older than it, and
+// returns the newest. The caller must unref old, if not nil, after
+// unlocking rp.mu.
+func (rp *Replica) adoptLocked(m *manifest.Manifest, b []byte, start time.Time) (s, old *Snapshot) {
+	if cur := rp.newest; cur != nil {
+		if bytes.Equal(cur.raw, b) {
+			cur.setFetched(start)
+			return cur, nil
+		}
+		if rp.src.ManifestFile == "" && m.Created.Before(cur.M.Created) {
+			// A store lagging behind another: keep the newer.
+			return cur, nil
+		}
+	}
+	s = newSnapshot(rp, m, b, start)
+	rp.gen++
+	s.gen = rp.gen
+	old = rp.newest
+	rp.newest = s
+	rp.lastBytes, rp.lastStart = b, start
+	if rp.conns > 0 {
+		s.ref() // the replica's own reference
+		s.startPrefetch()
+	} else {
+		rp.newest = nil
+	}
+	for _, f := range rp.onNewest {
+		f(rp.gen)
+	}
+	return s, old
+}
+
+func (rp *Replica) fetchManifest(ctx context.Context) ([]byte, *manifest.Manifest, error) {
+	if rp.src.ManifestFile != "" {
+		b, err := readManifestFile(rp.src.ManifestFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		m, err := manifest.Decode(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("snapshot: manifest file %s: %w", rp.src.ManifestFile, err)
+		}
+		return b, m, nil
+	}
+	if len(rp.r.remote) == 0 {
+		return nil, nil, fmt.Errorf("snapshot: %s: no replication target to read the manifest %s from: %w", rp.id, rp.key, ErrNoManifest)
+	}
+	m, b, err := replicate.FetchManifest(ctx, rp.r.remote, rp.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("snapshot: %s (manifest %s): %w", rp.id, rp.key, err)
+	}
+	if m.Hostname != rp.src.Hostname || m.SourcePath != rp.src.Path {
+		return nil, nil, fmt.Errorf("snapshot: %s: manifest %s describes %s%s%s: %w",
+			rp.id, rp.key, Scheme, m.Hostname, m.SourcePath, manifest.ErrInvalid)
+	}
+	return b, m, nil
+}
+
+// readManifestFile reads a manifest file, as saved by "vfsctl manifest"
+// (possibly still zstd-compressed, as stored).
+func readManifestFile(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: manifest file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: manifest file: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("snapshot: manifest file %s is not a regular file", p)
+	}
+	if st.Size() > maxManifestFile {
+		return nil, fmt.Errorf("snapshot: manifest file %s is %d bytes, more than %d", p, st.Size(), maxManifestFile)
+	}
+	b := make([]byte, st.Size())
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("snapshot: manifest file: %w", err)
+	}
+	raw, err := replicate.DecodeManifestBlob(b)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: manifest file %s: %w", p, err)
+	}
+	return raw, nil
+}
+
+func (rp *Replica) dropConn() {
+	rp.mu.Lock()
+	rp.conns--
+	var s *Snapshot
+	if rp.conns == 0 && rp.newest != nil {
+		s, rp.newest = rp.newest, nil
+	}
+	rp.mu.Unlock()
+	if s != nil {
+		s.unref()
+	}
+}
+
+// setAuto counts connections with auto-refresh on, and runs the poller
+// while there is at least one.
+func (rp *Replica) setAuto(delta int) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	rp.autoConns += delta
+	switch {
+	case rp.autoConns > 0 && rp.stopPoll == nil:
+		rp.stopPoll = make(chan struct{})
+		go rp.poller(rp.stopPoll)
+	case rp.autoConns == 0 && rp.stopPoll != nil:
+		close(rp.stopPoll)
+		rp.stopPoll = nil
+	}
+}
+
+// poller fetches the manifest every poll interval: one request per
+// interval for the replica, whatever the number of connections.
+func (rp *Replica) poller(stop chan struct{}) {
+	tick, stopTick := rp.r.tick()
+	defer stopTick()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), rp.r.openTO)
+		if s, err := rp.fetch(ctx, false); err == nil {
+			s.unref()
+		}
+		cancel()
+	}
+}
+
+// Conn is one connection's view of a replica: the snapshot it reads, which
+// changes only when the connection asks (between transactions).
+type Conn struct {
+	rep  *Replica
+	snap *Snapshot
+	auto bool
+}
+
+// Replica returns the replica c reads.
+func (c *Conn) Replica() *Replica { return c.rep }
+
+// Snapshot returns the snapshot c reads.
+func (c *Conn) Snapshot() *Snapshot { return c.snap }
+
+// Adopt switches c to the newest snapshot the process has fetched, with no
+// network I/O, and reports whether it changed. Call it between
+// transactions only.
+func (c *Conn) Adopt() bool {
+	c.rep.mu.Lock()
+	s := c.rep.newest
+	if s == nil || s == c.snap {
+		c.rep.mu.Unlock()
+		return false
+	}
+	s.ref()
+	c.rep.mu.Unlock()
+	old := c.snap
+	c.snap = s
+	old.unref()
+	return true
+}
+
+// Refresh modes, as the boule_snapshot_refresh pragma's argument.
+const (
+	RefreshCached = 0 // use the newest snapshot already fetched
+	RefreshFetch  = 1 // fetch, unless a fetch is under way: then wait for it
+	RefreshForce  = 2 // always fetch
+)
+
+// Refresh fetches the manifest as mode says, then adopts the newest
+// snapshot. Call it between transactions only.
+func (c *Conn) Refresh(ctx context.Context, mode int) error {
+	if mode != RefreshCached {
+		ctx, cancel := context.WithTimeout(ctx, c.rep.r.openTO)
+		defer cancel()
+		s, err := c.rep.fetch(ctx, mode == RefreshForce)
+		if err != nil {
+			return err
+		}
+		if err := s.load(ctx, c.rep.r.upFront(len(s.M.Chunks))); err != nil {
+			c.rep.r.log.Warn("snapshot: chunks the loading policy wanted at refresh are missing", "replica", c.rep.id, "err", err)
+		}
+		s.unref()
+	}
+	c.Adopt()
+	return nil
+}
+
+// AsyncReload adopts a newer snapshot if the process has one and reports
+// true; otherwise it starts a background fetch, unless one is under way,
+// and reports false.
+func (c *Conn) AsyncReload() bool {
+	if c.Adopt() {
+		return true
+	}
+	c.rep.mu.Lock()
+	busy := c.rep.fetching != nil
+	c.rep.mu.Unlock()
+	if !busy {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), c.rep.r.openTO)
+			defer cancel()
+			if s, err := c.rep.fetch(ctx, false); err == nil {
+				s.unref()
+			}
+		}()
+	}
+	return false
+}
+
+// AutoRefresh reports whether c adopts the newest snapshot at each
+// transaction.
+func (c *Conn) AutoRefresh() bool { return c.auto }
+
+// SetAutoRefresh sets auto-refresh and returns its previous value. While
+// on, the replica's manifest is polled every poll interval.
+func (c *Conn) SetAutoRefresh(on bool) bool {
+	prev := c.auto
+	if on != prev {
+		c.auto = on
+		if on {
+			c.rep.setAuto(1)
+		} else {
+			c.rep.setAuto(-1)
+		}
+	}
+	return prev
+}
+
+// Close releases c's snapshot.
+func (c *Conn) Close() {
+	if c.snap == nil {
+		return
+	}
+	c.SetAutoRefresh(false)
+	c.snap.unref()
+	c.snap = nil
+	c.rep.dropConn()
+}
+
+// errClosed is returned for chunks of a snapshot nobody uses any more.
+var errClosed = errors.New("snapshot: snapshot released")
+
+// Stores returns the stores chunks are read from, in order: the cache,
+// then the remote stores.
+func (r *Reader) Stores() []replicate.Store {
+	var out []replicate.Store
+	if r.cache != nil {
+		out = append(out, r.cache)
+	}
+	return append(out, r.remote...)
+}
+
+// Manifest fetches the newest manifest of the replica name (see
+// ParseName), or reads the manifest file it names.
+func (r *Reader) Manifest(ctx context.Context, name string) (*manifest.Manifest, error) {
+	src, err := r.Resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	rp := &Replica{r: r, src: src, id: src.String()}
+	if src.ManifestFile == "" {
+		if rp.key, err = replicate.ManifestKey(src.Hostname, src.Path); err != nil {
+			return nil, fmt.Errorf("snapshot: %s: %w", rp.id, err)
+		}
+	}
+	_, m, err := rp.fetchManifest(ctx)
+	return m, err
+}
+
+// Restore writes the newest snapshot of the replica name to the file out,
+// atomically (see replicate.RestoreFile).
+func (r *Reader) Restore(ctx context.Context, name, out string, opts replicate.RestoreOptions) error {
+	m, err := r.Manifest(ctx, name)
+	if err != nil {
+		return err
+	}
+	return replicate.RestoreFile(ctx, r.Stores(), m, out, opts)
+}

@@ -1,0 +1,575 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+)
+
+const testHost = "host.test"
+
+// counting wraps a store and counts its calls.
+type counting struct {
+	replicate.Store
+	manifests, chunks atomic.Int64
+	down              atomic.Bool
+}
+
+var errDown = errors.New("store is down")
+
+func (c *counting) GetManifest(ctx context.Context, key string) ([]byte, error) {
+	c.manifests.Add(1)
+	if c.down.Load() {
+		return nil, errDown
+	}
+	return c.Store.GetManifest(ctx, key)
+}
+
+func (c *counting) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	c.chunks.Add(1)
+	if c.down.Load() {
+		return nil, errDown
+	}
+	return c.Store.GetChunk(ctx, fp)
+}
+
+// db builds a database image of n chunks (the last one short) with
+// distinct contents, and one duplicated chunk.
+func db(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, (n-1)*manifest.ChunkSize+1000)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	if n > 3 {
+		copy(b[2*manifest.ChunkSize:3*manifest.ChunkSize], b[manifest.ChunkSize:2*manifest.ChunkSize])
+	}
+	return b
+}
+
+// publish stores image as the newest snapshot of path.
+func publish(t testing.TB, s replicate.Store, path string, image []byte, created time.Time) *manifest.Manifest {
+	t.Helper()
+	ctx := context.Background()
+	n := manifest.NumChunks(int64(len(image)))
+	m := &manifest.Manifest{
+		Hostname: testHost, SourcePath: path, Generator: "test",
+		Size: int64(len(image)), Created: created, SourceCtime: created,
+		Chunks: make([]manifest.Fingerprint, n),
+		Inline: map[uint32][]byte{},
+	}
+	for i := range n {
+		off := i * manifest.ChunkSize
+		c := image[off : off+manifest.ChunkLen(m.Size, i)]
+		m.Chunks[i] = manifest.Sum(c)
+		if i == 0 {
+			m.Inline[0] = c
+			continue
+		}
+		if err := s.PutChunk(ctx, m.Chunks[i], c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := replicate.ManifestKey(testHost, path)
+	if err := s.PutManifest(ctx, key, b); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+type fixture struct {
+	t     *testing.T
+	dir   string
+	store *counting
+	cache *replicate.LocalCache
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "store")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := replicate.NewDirStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := replicate.NewLocalCache(filepath.Join(dir, "cache"), 4, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, dir: dir, store: &counting{Store: ds}, cache: cache}
+}
+
+func (f *fixture) reader(opts Options) *Reader {
+	opts.Remote = []replicate.Store{f.store}
+	if opts.Cache == nil {
+		opts.Cache = f.cache
+	}
+	opts.Hostname = testHost
+	r := NewReader(opts)
+	f.t.Cleanup(r.Close)
+	return r
+}
+
+// read returns the whole database as the connection sees it.
+func read(t testing.TB, s *Snapshot) []byte {
+	t.Helper()
+	var out []byte
+	for i := range s.M.Chunks {
+		b, err := s.Chunk(context.Background(), i)
+		if err != nil {
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+		out = append(out, b...)
+	}
+	return out
+}
+
+func TestLazyOpen(t *testing.T) {
+	f := newFixture(t)
+	image := db(1, 20)
+	publish(t, f.store, "/data/a.db", image, time.Now())
+	r := f.reader(Options{Prefetch: -1})
+	c, err := r.Open(context.Background(), "boule:///data/a.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if n := f.store.chunks.Load(); n != 0 {
+		t.Fatalf("open fetched %d chunks, want 0 (lazy)", n)
+	}
+	if b, err := c.Snapshot().Chunk(context.Background(), 5); err != nil || !bytes.Equal(b, image[5*manifest.ChunkSize:6*manifest.ChunkSize]) {
+		t.Fatalf("chunk 5: %v", err)
+	}
+	if n := f.store.chunks.Load(); n != 1 {
+		t.Fatalf("one read fetched %d chunks, want 1", n)
+	}
+	if got := read(t, c.Snapshot()); !bytes.Equal(got, image) {
+		t.Fatal("replica differs from the image")
+	}
+	// Chunk 0 is inline and chunks 1 and 2 are equal: 18 fetches.
+	if n := f.store.chunks.Load(); n != 18 {
+		t.Fatalf("whole read fetched %d chunks, want 18", n)
+	}
+
+	// A second reader in "another process" finds everything in the
+	// shared cache, once it is written.
+	r.cachePending.Wait()
+	r2 := f.reader(Options{Prefetch: -1})
+	c2, err := r2.Open(context.Background(), "boule://"+testHost+"/data/a.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if got := read(t, c2.Snapshot()); !bytes.Equal(got, image) {
+		t.Fatal("second replica differs")
+	}
+	if n := f.store.chunks.Load(); n != 18 {
+		t.Fatalf("second reader fetched %d more chunks, want 0", n-18)
+	}
+}
+
+func TestPrefetchAndPolicies(t *testing.T) {
+	f := newFixture(t)
+	image := db(2, 30)
+	publish(t, f.store, "/p.db", image, time.Now())
+	for _, tc := range []struct {
+		name   string
+		policy config.LoadingPolicy
+		atOpen int // chunks mapped when Open returns, at least
+	}{
+		{"eager", config.LoadingPolicy{Kind: "eager"}, 30},
+		{"partial", config.LoadingPolicy{Kind: "partial", Min: 2, Max: 4}, 5}, // 4 + the last
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache, _ := replicate.NewLocalCache(filepath.Join(t.TempDir(), "c"), 1, 100)
+			r := f.reader(Options{Policy: tc.policy, Cache: cache})
+			c, err := r.Open(context.Background(), "boule:///p.db")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := c.Snapshot().Mapped(); got != tc.atOpen {
+				t.Fatalf("mapped at open=%d, want %d", got, tc.atOpen)
+			}
+		})
+	}
+	t.Run("background", func(t *testing.T) {
+		cache, _ := replicate.NewLocalCache(filepath.Join(t.TempDir(), "c"), 1, 100)
+		r := f.reader(Options{Cache: cache})
+		c, err := r.Open(context.Background(), "boule:///p.db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// The prefetch maps everything without any read.
+		deadline := time.Now().Add(20 * time.Second)
+		for c.Snapshot().Mapped() < 30 {
+			if time.Now().After(deadline) {
+				t.Fatalf("prefetch mapped %d of 30 chunks", c.Snapshot().Mapped())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+}
+
+// TestConnectionsShareFetches: many connections, one manifest request per
+// poll, and snapshots switch only when a connection asks.
+func TestConnectionsShareFetches(t *testing.T) {
+	f := newFixture(t)
+	img1, img2 := db(3, 6), db(4, 7)
+	t0 := time.Now()
+	publish(t, f.store, "/s.db", img1, t0)
+	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
+	var conns []*Conn
+	for range 20 {
+		c, err := r.Open(context.Background(), "boule:///s.db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	if n := f.store.manifests.Load(); n != 1 {
+		t.Fatalf("20 opens fetched the manifest %d times, want 1", n)
+	}
+
+	publish(t, f.store, "/s.db", img2, t0.Add(time.Second))
+	if got := read(t, conns[3].Snapshot()); !bytes.Equal(got, img1) {
+		t.Fatal("a connection changed snapshot on its own")
+	}
+	if err := conns[0].Refresh(context.Background(), RefreshFetch); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, conns[0].Snapshot()); !bytes.Equal(got, img2) {
+		t.Fatal("refresh did not bring the new snapshot")
+	}
+	if got := read(t, conns[1].Snapshot()); !bytes.Equal(got, img1) {
+		t.Fatal("another connection switched without asking")
+	}
+	if !conns[1].Adopt() || !bytes.Equal(read(t, conns[1].Snapshot()), img2) {
+		t.Fatal("Adopt did not switch to the snapshot fetched by another connection")
+	}
+	if n := f.store.manifests.Load(); n != 2 {
+		t.Fatalf("manifest fetched %d times, want 2", n)
+	}
+	if err := conns[2].Refresh(context.Background(), RefreshCached); err != nil || conns[2].Snapshot().Gen() != conns[0].Snapshot().Gen() {
+		t.Fatalf("refresh 0: %v", err)
+	}
+	if n := f.store.manifests.Load(); n != 2 {
+		t.Fatalf("refresh 0 fetched: %d manifest requests, want 2", n)
+	}
+}
+
+// TestPollOncePerInterval: the poller makes one request per tick for the
+// replica, whatever the number of auto-refreshing connections.
+func TestPollOncePerInterval(t *testing.T) {
+	f := newFixture(t)
+	publish(t, f.store, "/q.db", db(5, 3), time.Now())
+	ticks := make(chan time.Time)
+	r := f.reader(Options{Prefetch: -1})
+	r.tick = func() (<-chan time.Time, func()) { return ticks, func() {} }
+	var conns []*Conn
+	for range 10 {
+		c, err := r.Open(context.Background(), "boule:///q.db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetAutoRefresh(true)
+		conns = append(conns, c)
+	}
+	before := f.store.manifests.Load()
+	for range 5 {
+		ticks <- time.Now()
+	}
+	ticks <- time.Now() // returns once the fifth poll is done
+	if n := f.store.manifests.Load() - before; n < 5 || n > 6 {
+		t.Fatalf("6 ticks with 10 auto-refreshing connections made %d manifest requests, want 5 or 6", n)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func TestCorruptChunk(t *testing.T) {
+	f := newFixture(t)
+	image := db(6, 4)
+	m := publish(t, f.store, "/c.db", image, time.Now())
+	// Damage chunk 3's blob in the store.
+	blob := filepath.Join(f.dir, "store", "chunks", replicate.ChunkKey(m.Chunks[3]))
+	b, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(blob, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := f.reader(Options{Prefetch: -1})
+	c, err := r.Open(context.Background(), "boule:///c.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Snapshot().Chunk(context.Background(), 3); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("chunk with flipped bits: err=%v, want ErrCorrupt", err)
+	}
+	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
+		t.Fatalf("good chunk: %v", err)
+	}
+
+	// A bad file in the local cache is dropped and fetched again.
+	r.cachePending.Wait()
+	p := f.cache.Path(m.Chunks[1])
+	_ = os.Chmod(p, 0o644)
+	if err := os.WriteFile(p, make([]byte, manifest.ChunkSize), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r2 := f.reader(Options{Prefetch: -1})
+	c2, err := r2.Open(context.Background(), "boule:///c.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	got, err := c2.Snapshot().Chunk(context.Background(), 1)
+	if err != nil || !bytes.Equal(got, image[manifest.ChunkSize:2*manifest.ChunkSize]) {
+		t.Fatalf("chunk behind a bad cache file: %v", err)
+	}
+}
+
+func TestStoreDown(t *testing.T) {
+	f := newFixture(t)
+	image := db(7, 5)
+	publish(t, f.store, "/d.db", image, time.Now())
+	r := f.reader(Options{Prefetch: -1})
+	c, err := r.Open(context.Background(), "boule:///d.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	f.store.down.Store(true)
+	// What is mapped keeps serving; what is not fails, naming the cause.
+	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
+		t.Fatalf("mapped chunk with the store down: %v", err)
+	}
+	if _, err := c.Snapshot().Chunk(context.Background(), 3); !errors.Is(err, errDown) {
+		t.Fatalf("unmapped chunk with the store down: %v, want the store's error", err)
+	}
+	if err := c.Refresh(context.Background(), RefreshForce); !errors.Is(err, errDown) {
+		t.Fatalf("refresh with the store down: %v", err)
+	}
+	if got, err := c.Snapshot().Chunk(context.Background(), 1); err != nil || !bytes.Equal(got, image[manifest.ChunkSize:2*manifest.ChunkSize]) {
+		t.Fatalf("after a failed refresh the old snapshot must still serve: %v", err)
+	}
+	// A new process cannot open it.
+	r2 := f.reader(Options{Prefetch: -1})
+	if _, err := r2.Open(context.Background(), "boule:///d.db"); !errors.Is(err, errDown) {
+		t.Fatalf("open with the store down: %v", err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	f := newFixture(t)
+	r := f.reader(Options{})
+	_, err := r.Open(context.Background(), "boule:///nothing/here.db")
+	if !errors.Is(err, ErrNoManifest) || !bytes.Contains([]byte(err.Error()), []byte("/nothing/here.db")) {
+		t.Fatalf("open without a manifest: %v, want not found naming the path", err)
+	}
+	for _, name := range []string{"boule://h/../x.db", "boule://h/a//b", "boule://h", "boule://a/b/c/\x01", "boule://" + string(bytes.Repeat([]byte("h"), 300)) + "/x"} {
+		if _, err := r.Open(context.Background(), name); !errors.Is(err, ErrBadName) {
+			t.Errorf("open %q: %v, want ErrBadName", name, err)
+		}
+	}
+	garbage := filepath.Join(f.dir, "garbage.manifest")
+	if err := os.WriteFile(garbage, []byte("not a manifest at all"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Open(context.Background(), garbage); !errors.Is(err, manifest.ErrTruncated) {
+		t.Fatalf("open a garbage manifest file: %v", err)
+	}
+	if _, err := r.Open(context.Background(), filepath.Join(f.dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("open a missing manifest file: %v", err)
+	}
+}
+
+// TestConcurrentReadsAndSwitches hammers one replica from many goroutines
+// while snapshots change; run under -race.
+func TestConcurrentReadsAndSwitches(t *testing.T) {
+	f := newFixture(t)
+	images := [][]byte{db(10, 8), db(11, 9), db(12, 8), db(13, 10)}
+	t0 := time.Now()
+	publish(t, f.store, "/r.db", images[0], t0)
+	r := f.reader(Options{})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errs := make(chan error, 8)
+	for g := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := r.Open(context.Background(), "boule:///r.db")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s := c.Snapshot()
+				var got []byte
+				for i := range s.M.Chunks {
+					b, err := s.Chunk(context.Background(), i)
+					if err != nil {
+						errs <- err
+						return
+					}
+					got = append(got, b...)
+				}
+				if !bytes.Equal(got, images[s.Gen()-1]) {
+					errs <- errors.New("a snapshot read back bytes of another")
+					return
+				}
+				if (k+g)%3 == 0 {
+					c.Adopt()
+				}
+			}
+		}()
+	}
+	for i := 1; i < len(images); i++ {
+		publish(t, f.store, "/r.db", images[i], t0.Add(time.Duration(i)*time.Second))
+		c, err := r.Open(context.Background(), "boule:///r.db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Refresh(context.Background(), RefreshForce); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// gated blocks chunk fetches until the gate opens, and says when one is
+// waiting.
+type gated struct {
+	*counting
+	gate    chan struct{}
+	entered chan struct{}
+}
+
+func (g *gated) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.counting.GetChunk(ctx, fp)
+}
+
+// TestSharedLoadOutlivesItsStarter: a chunk load started by one caller and
+// joined by another (another snapshot sharing the chunk) completes for the
+// second even when the first gives up.
+func TestSharedLoadOutlivesItsStarter(t *testing.T) {
+	f := newFixture(t)
+	img := db(1, 3)
+	m := publish(t, f.store, "/x.db", img, time.Now())
+	g := &gated{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	r := NewReader(Options{Remote: []replicate.Store{g}, Cache: f.cache, Hostname: testHost, Prefetch: -1})
+	t.Cleanup(r.Close)
+	a, err := r.Open(context.Background(), "boule:///x.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Open(context.Background(), "boule:///x.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctxA, cancelA := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { _, err := a.Snapshot().Chunk(ctxA, 1); first <- err }()
+	<-g.entered // a's load is in the store
+	second := make(chan error, 1)
+	go func() { _, err := b.Snapshot().Chunk(context.Background(), 1); second <- err }()
+	for r.chunks.waiting(m.Chunks[1]) < 2 { // b has joined a's load
+		time.Sleep(time.Millisecond)
+	}
+	cancelA()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the canceled caller got %v, want its own cancellation", err)
+	}
+	a.Close()
+	close(g.gate)
+	if err := <-second; err != nil {
+		t.Fatalf("the caller that joined the load failed: %v", err)
+	}
+}
+
+// TestMappedChunkLimit: past the process's limit of mapped chunks, reads
+// fail with a clear error instead of exhausting the memory map, and the
+// prefetch stops short of the limit.
+func TestMappedChunkLimit(t *testing.T) {
+	f := newFixture(t)
+	image := db(20, 30)
+	publish(t, f.store, "/big.db", image, time.Now())
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 10})
+	c, err := r.Open(context.Background(), "boule:///big.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var failed error
+	for i := range 30 {
+		if _, err := c.Snapshot().Chunk(context.Background(), i); err != nil {
+			failed = err
+			break
+		}
+	}
+	if !errors.Is(failed, ErrTooManyChunks) || r.MappedChunks() != 10 {
+		t.Fatalf("reading 30 chunks with a limit of 10: %v, %d mapped", failed, r.MappedChunks())
+	}
+
+	r2 := f.reader(Options{MaxMappedChunks: 20})
+	c2, err := r2.Open(context.Background(), "boule:///big.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	<-c2.Snapshot().prefetched
+	if n := r2.MappedChunks(); n != 18 {
+		t.Fatalf("prefetch mapped %d chunks with a limit of 20, want it to stop near 90%%", n)
+	}
+}

@@ -1,0 +1,301 @@
+package vfs_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// The replica benchmarks compare a boule_snapshot replica with the same
+// database read locally through unix, and a restore with cp, in one run.
+// make bench-replica runs them on a 1 GiB database (BOULE_BENCH_MB=1024);
+// doc/BENCHMARKS.md has the figures.
+
+// BenchmarkReplicaQuery: indexed point lookups and short range scans on a
+// warm replica (every chunk mapped) and on the source file.
+func BenchmarkReplicaQuery(b *testing.B) {
+	tg, _ := dirTargetB(b)
+	dir, err := filepath.EvalSymlinks(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	register(b, vfs.Config{ReplicationSpoolingDir: filepath.Join(dir, "spool"), ReplicationTargets: []config.Target{tg}})
+	path := filepath.Join(dir, "q.db")
+	src := open(b, path, "boule", "")
+	const rows = 60000 // about 64 MiB
+	fill(b, src, rows)
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		b.Fatal(err)
+	}
+	rep := openReplica(b, path, "")
+	rep.SetMaxOpenConns(1)
+	var n int64
+	if err := rep.QueryRow("SELECT sum(length(v)) FROM t").Scan(&n); err != nil { // map every chunk
+		b.Fatal(err)
+	}
+	local := open(b, path, "unix", "mode=ro")
+	local.SetMaxOpenConns(1)
+	for _, q := range []struct{ name, sql string }{
+		{"point", "SELECT length(v) FROM t WHERE k = ?"},
+		{"range100", "SELECT sum(length(v)) FROM (SELECT v FROM t WHERE k >= ? ORDER BY k LIMIT 100)"},
+	} {
+		for _, target := range []struct {
+			name string
+			db   *sql.DB
+		}{{"unix", local}, {"replica", rep}} {
+			b.Run(fmt.Sprintf("q=%s/vfs=%s", q.name, target.name), func(b *testing.B) {
+				stmt, err := target.db.Prepare(q.sql)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer stmt.Close()
+				rng := rand.New(rand.NewPCG(3, 4))
+				calls := vfs.GoCalls()
+				b.ResetTimer()
+				for range b.N {
+					var x int64
+					if err := stmt.QueryRow(rng.IntN(rows)).Scan(&x); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				reportGoCalls(b, calls)
+			})
+		}
+	}
+}
+
+func dirTargetB(b *testing.B) (config.Target, replicate.Store) {
+	b.Helper()
+	p := filepath.Join(b.TempDir(), "store")
+	if err := os.Mkdir(p, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	s, err := replicate.NewDirStore(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return config.Target{Dir: &config.DirTarget{Path: p}}, s
+}
+
+// fill inserts rows of ~1 KiB of incompressible data, indexed by k.
+func fill(b testing.TB, db *sql.DB, rows int) {
+	b.Helper()
+	mustExec(b, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
+	tx, err := db.Begin()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1000))")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range rows {
+		if _, err := stmt.Exec(i); err != nil {
+			b.Fatal(err)
+		}
+	}
+	stmt.Close()
+	if err := tx.Commit(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// coldFixture is one database of BOULE_BENCH_MB (default 64) MiB
+// replicated to a minio server, shared by the cold benchmarks.
+type coldFixture struct {
+	srv      *miniotest.Server
+	dir      string
+	path     string
+	rows     int
+	size     int64
+	target   config.Target
+	store    replicate.Store
+	manifest string
+}
+
+var (
+	coldOnce sync.Once
+	cold     *coldFixture
+	coldErr  error
+)
+
+func coldSetup(b *testing.B) *coldFixture {
+	b.Helper()
+	coldOnce.Do(func() { cold, coldErr = newColdFixture() })
+	if coldErr != nil {
+		b.Fatal(coldErr)
+	}
+	return cold
+}
+
+func newColdFixture() (*coldFixture, error) {
+	mb := 64
+	if v := os.Getenv("BOULE_BENCH_MB"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("BOULE_BENCH_MB=%q", v)
+		}
+		mb = n
+	}
+	srv, err := miniotest.Launch()
+	if err != nil {
+		return nil, err
+	}
+	afterAll = append(afterAll, srv.Close)
+	for _, kv := range srv.Env() {
+		k, v, _ := cutEnv(kv)
+		os.Setenv(k, v)
+	}
+	dir, err := os.MkdirTemp("", "boule-cold-")
+	if err != nil {
+		return nil, err
+	}
+	afterAll = append(afterAll, func() { os.RemoveAll(dir) })
+	f := &coldFixture{srv: srv, dir: dir, path: filepath.Join(dir, "cold.db"), rows: mb << 20 / 1100}
+	tg := config.S3Target{Region: miniotest.Region, Endpoint: srv.Endpoint, ChunkBucket: "chunks", ManifestBucket: "manifests", CreateBucketsOnDemand: true}
+	f.target = config.Target{S3: &tg}
+	if f.store, err = replicate.NewS3Store(context.Background(), tg, replicate.S3Options{}); err != nil {
+		return nil, err
+	}
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: filepath.Join(dir, "spool"), ReplicationTargets: []config.Target{f.target}}); err != nil {
+		return nil, err
+	}
+	db, err := sql.Open("sqlite3", "file:"+f.path+"?vfs=boule")
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(1)
+	fill(&testing.B{}, db, f.rows)
+	db.Close()
+	start := time.Now()
+	if err := vfs.Flush(context.Background(), f.path); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(f.path)
+	if err != nil {
+		return nil, err
+	}
+	f.size = st.Size()
+	fmt.Fprintf(os.Stderr, "cold fixture: %d MiB database, %d rows, flushed to minio in %v\n", f.size>>20, f.rows, time.Since(start).Round(time.Millisecond))
+	return f, nil
+}
+
+func cutEnv(kv string) (string, string, bool) {
+	for i := range len(kv) {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+	}
+	return kv, "", false
+}
+
+// freshReader registers boule with an empty chunk cache: a new process on
+// a host that never read the replica.
+func (f *coldFixture) freshReader(b *testing.B) {
+	b.Helper()
+	cache := config.Target{Local: &config.LocalTarget{Directory: b.TempDir(), NumShards: 16, Capacity: 1 << 20}}
+	if err := vfs.Register(vfs.Config{ReplicationTargets: []config.Target{cache, f.target}}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkCold measures, on a replica of the cold fixture, the time to
+// the first query result from a fresh process (open + one indexed
+// lookup), a full scan against the same scan of the local file, and a
+// restore against cp.
+func BenchmarkCold(b *testing.B) {
+	f := coldSetup(b)
+	const scan = "SELECT sum(length(v)) FROM t"
+	b.Run("op=first-query", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			f.freshReader(b)
+			b.StartTimer()
+			db, err := sql.Open("sqlite3", "file:boule://"+f.path+"?vfs=boule_snapshot")
+			if err != nil {
+				b.Fatal(err)
+			}
+			var n int64
+			if err := db.QueryRow("SELECT length(v) FROM t WHERE k = ?", f.rows/2).Scan(&n); err != nil || n != 1000 {
+				b.Fatalf("first query: %d, %v", n, err)
+			}
+			b.StopTimer()
+			db.Close()
+		}
+		b.ReportMetric(float64(f.size>>20), "MiB")
+	})
+	var want int64
+	b.Run("op=scan/vfs=unix", func(b *testing.B) {
+		db, err := sql.Open("sqlite3", "file:"+f.path+"?vfs=unix&mode=ro")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer db.Close()
+		for range b.N {
+			if err := db.QueryRow(scan).Scan(&want); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("op=scan/vfs=replica-cold", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			f.freshReader(b)
+			b.StartTimer()
+			db, err := sql.Open("sqlite3", "file:boule://"+f.path+"?vfs=boule_snapshot")
+			if err != nil {
+				b.Fatal(err)
+			}
+			var got int64
+			if err := db.QueryRow(scan).Scan(&got); err != nil || got != want {
+				b.Fatalf("cold scan: %d, %v; want %d", got, err, want)
+			}
+			b.StopTimer()
+			db.Close()
+		}
+	})
+	b.Run("op=copy/tool=cp", func(b *testing.B) {
+		b.SetBytes(f.size)
+		for range b.N {
+			dst := filepath.Join(b.TempDir(), "copy.db")
+			if out, err := exec.Command("cp", f.path, dst).CombinedOutput(); err != nil {
+				b.Fatalf("cp: %v %s", err, out)
+			}
+			if out, err := exec.Command("sync", dst).CombinedOutput(); err != nil {
+				b.Fatalf("sync: %v %s", err, out)
+			}
+		}
+	})
+	b.Run("op=copy/tool=restore", func(b *testing.B) {
+		b.SetBytes(f.size)
+		stores := []replicate.Store{f.store}
+		key, err := replicate.ManifestKey(vfs.Reader().Hostname(), f.path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range b.N {
+			dst := filepath.Join(b.TempDir(), "restored.db")
+			m, _, err := replicate.FetchManifest(context.Background(), stores, key)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := replicate.RestoreFile(context.Background(), stores, m, dst, replicate.RestoreOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

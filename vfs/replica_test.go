@@ -1,0 +1,583 @@
+package vfs_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// openReplica opens the replica of path on this host through
+// boule_snapshot.
+func openReplica(t testing.TB, path, params string) *sql.DB {
+	t.Helper()
+	return open(t, "boule://"+path, "boule_snapshot", params)
+}
+
+type querier interface {
+	Query(string, ...any) (*sql.Rows, error)
+}
+
+// dump returns every row of the workload's tables, in a canonical order.
+func dump(t testing.TB, db querier) string {
+	t.Helper()
+	s, err := dumpDB(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func dumpDB(db querier) (string, error) {
+	var b strings.Builder
+	rows, err := db.Query("SELECT name FROM sqlite_schema WHERE type='table' ORDER BY name")
+	if err != nil {
+		return "", fmt.Errorf("list tables: %w", err)
+	}
+	var tables []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return "", err
+		}
+		tables = append(tables, n)
+	}
+	rows.Close()
+	for _, tb := range tables {
+		rows, err := db.Query(fmt.Sprintf("SELECT * FROM %q ORDER BY 1", tb))
+		if err != nil {
+			return "", fmt.Errorf("dump %s: %w", tb, err)
+		}
+		cols, _ := rows.Columns()
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		for rows.Next() {
+			if err := rows.Scan(ptrs...); err != nil {
+				return "", err
+			}
+			fmt.Fprintf(&b, "%s %v\n", tb, vals)
+		}
+		if err := rows.Err(); err != nil {
+			return "", fmt.Errorf("dump %s: %w", tb, err)
+		}
+		rows.Close()
+	}
+	return b.String(), nil
+}
+
+func sqliteCode(err error) sqlite3.ErrNo {
+	var se sqlite3.Error
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return -1
+}
+
+// TestReplicaQueries: a replica answers queries exactly as the source does,
+// sees new commits after a flush and a refresh, and refuses writes.
+func TestReplicaQueries(t *testing.T) {
+	for _, kind := range []string{"dir", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			var tg config.Target
+			if kind == "dir" {
+				tg, _ = dirTarget(t)
+			} else {
+				srv := miniotest.Start(t)
+				srv.SetEnv(t)
+				tg, _ = s3Target(t, srv.Endpoint, true)
+			}
+			e := replEnv(t, tg)
+			path := e.path("src.db")
+			db := open(t, path, "boule", "")
+			db.SetMaxOpenConns(1)
+			runWorkload(t, db, 11, 120)
+			if err := vfs.Flush(context.Background(), path); err != nil {
+				t.Fatal(err)
+			}
+			want := dump(t, db)
+
+			rdb := openReplica(t, path, "")
+			rdb.SetMaxOpenConns(1)
+			if got := dump(t, rdb); got != want {
+				t.Fatalf("replica differs from source:\nreplica %d bytes, source %d bytes", len(got), len(want))
+			}
+			var ok string
+			if err := rdb.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
+				t.Fatalf("integrity_check=%q, %v", ok, err)
+			}
+			_, err := rdb.Exec("CREATE TABLE nope(x)")
+			if code := sqliteCode(err); code != sqlite3.ErrReadonly {
+				t.Fatalf("write to a replica: err=%v (code %d), want SQLITE_READONLY", err, code)
+			}
+
+			// New commits appear after a flush and a refresh, not before.
+			runWorkload(t, db, 12, 40)
+			if err := vfs.Flush(context.Background(), path); err != nil {
+				t.Fatal(err)
+			}
+			want2 := dump(t, db)
+			if want2 == want {
+				t.Fatal("the workload changed nothing")
+			}
+			if got := dump(t, rdb); got != want {
+				t.Fatal("the replica changed without a refresh")
+			}
+			var ts string
+			if err := rdb.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
+				t.Fatalf("refresh: %v", err)
+			}
+			if got := dump(t, rdb); got != want2 {
+				t.Fatalf("after refresh the replica differs from the source")
+			}
+		})
+	}
+}
+
+// TestReplicaManifestFile: a replica opens from a manifest file.
+func TestReplicaManifestFile(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("mf.db")
+	db := open(t, path, "boule", "")
+	runWorkload(t, db, 3, 60)
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
+	b, err := store.GetManifest(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf := filepath.Join(e.dir, "saved.manifest")
+	if err := os.WriteFile(mf, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rdb := open(t, mf, "boule_snapshot", "")
+	if got, want := dump(t, rdb), dump(t, db); got != want {
+		t.Fatal("replica from a manifest file differs from the source")
+	}
+}
+
+func init() {
+	children["replica"] = childReplica
+}
+
+// childReplica opens the replica named by BOULE_TEST_DB with BOULE_CONFIG
+// and prints its dump.
+func childReplica() error {
+	if err := vfs.RegisterFromEnv(); err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule_snapshot")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	s, err := dumpDB(db)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stdout.WriteString(s); err != nil {
+		return err
+	}
+	db.Close()
+	vfs.Reader().Close() // write what is queued for the chunk cache
+	return nil
+}
+
+// TestReplicaOtherProcess: a replica opened by another OS process, with
+// its own chunk cache, returns the same query results as the source.
+func TestReplicaOtherProcess(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	tg, _ := s3Target(t, srv.Endpoint, true)
+	e := replEnv(t, tg)
+	path := e.path("other.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	runWorkload(t, db, 21, 100)
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`{"replication_targets": [{"s3": {"region": %q, "endpoint": %q, "chunk_bucket": "chunks", "manifest_bucket": "manifests", "domain_addressing": false}},
+		{"local": {"directory": %q, "num_shards": 2, "capacity": 1000}}]}`, miniotest.Region, srv.Endpoint, filepath.Join(e.dir, "child-cache"))
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "BOULE_TEST_CHILD=replica", "BOULE_CONFIG="+cfg, "BOULE_TEST_DB=boule://"+path)
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("child: %v %s", err, stderr)
+	}
+	if want := dump(t, db); string(out) != want {
+		t.Fatalf("the replica in another process returned %d bytes of rows, the source %d", len(out), len(want))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.dir, "child-cache")); len(ents) == 0 {
+		t.Fatal("the child's local cache is empty: chunks were not cached")
+	}
+}
+
+// TestReplicaTransactionsSeeOneSnapshot: while the source commits and
+// other connections refresh and auto-refresh, every read transaction on a
+// replica sees one whole snapshot: two tables that every commit grows
+// together always have equal counts and sums within a transaction.
+func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("txn.db")
+	src := open(t, path, "boule", "")
+	src.SetMaxOpenConns(1)
+	mustExec(t, src, "CREATE TABLE a(i INTEGER PRIMARY KEY, v BLOB, n INT); CREATE TABLE b(i INTEGER PRIMARY KEY, v BLOB, n INT)")
+	commit := func(k int) {
+		tx, err := src.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{"INSERT INTO a(v, n) VALUES (randomblob(1500), ?)", "INSERT INTO b(v, n) VALUES (randomblob(1500), ?)"} {
+			if _, err := tx.Exec(q, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit(0)
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	var checked atomic.Int64
+	for r := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rdb, err := sql.Open("sqlite3", "file:boule://"+path+"?vfs=boule_snapshot")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer rdb.Close()
+			rdb.SetMaxOpenConns(1)
+			if r%2 == 0 {
+				if _, err := rdb.Exec("PRAGMA boule_snapshot_auto_refresh=1"); err != nil {
+					errs <- err
+					return
+				}
+			}
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if r%2 == 1 {
+					if _, err := rdb.Exec("PRAGMA boule_snapshot_refresh=2"); err != nil {
+						errs <- fmt.Errorf("refresh: %w", err)
+						return
+					}
+				}
+				tx, err := rdb.Begin()
+				if err != nil {
+					errs <- err
+					return
+				}
+				var na, sa, nb, sb int64
+				if err := tx.QueryRow("SELECT count(*), total(n) FROM a").Scan(&na, &sa); err != nil {
+					errs <- err
+					return
+				}
+				// Inside the transaction, refreshing is refused.
+				if _, err := tx.Exec("PRAGMA boule_snapshot_refresh=2"); err == nil {
+					errs <- errors.New("refresh inside a transaction succeeded")
+					return
+				}
+				if err := tx.QueryRow("SELECT count(*), total(n) FROM b").Scan(&nb, &sb); err != nil {
+					errs <- err
+					return
+				}
+				tx.Rollback()
+				if na != nb || sa != sb {
+					errs <- fmt.Errorf("one transaction saw a: %d rows (sum %d) and b: %d rows (sum %d)", na, sa, nb, sb)
+					return
+				}
+				checked.Add(1)
+			}
+		}()
+	}
+	for k := 1; k <= 60; k++ {
+		commit(k)
+		if k%5 == 0 {
+			if err := vfs.Flush(context.Background(), path); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if checked.Load() < 4 {
+		t.Fatalf("only %d transactions checked", checked.Load())
+	}
+	// Finally the replica catches up exactly.
+	rdb := openReplica(t, path, "")
+	if got, want := dump(t, rdb), dump(t, src); got != want {
+		t.Fatal("replica differs from the source after the last flush")
+	}
+}
+
+func TestReplicaPragmas(t *testing.T) {
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("pragmas.db")
+	src := open(t, path, "boule", "")
+	mustExec(t, src, "CREATE TABLE t(x)")
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	rdb := openReplica(t, path, "")
+	rdb.SetMaxOpenConns(1)
+	str := func(q string) string {
+		t.Helper()
+		var s string
+		if err := rdb.QueryRow(q).Scan(&s); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return s
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if got, want := str("PRAGMA boule_snapshot_ctime"), fmt.Sprintf("%d.%09d", sys.Ctim.Sec, sys.Ctim.Nsec); got != want {
+		t.Errorf("ctime=%s, want the source file's %s", got, want)
+	}
+	upd := str("PRAGMA boule_snapshot_updated")
+	var sec, nsec int64
+	if _, err := fmt.Sscanf(upd, "%d.%d", &sec, &nsec); err != nil || time.Unix(sec, nsec).Before(before.Add(-time.Second)) {
+		t.Errorf("updated=%q, want about now", upd)
+	}
+	if got := str("PRAGMA boule_snapshot_auto_refresh"); got != "0" {
+		t.Errorf("auto_refresh=%s, want 0 by default", got)
+	}
+	if got := str("PRAGMA boule_snapshot_auto_refresh=on"); got != "0" {
+		t.Errorf("setting auto_refresh returned %s, want the previous value 0", got)
+	}
+	if got := str("PRAGMA boule_snapshot_auto_refresh"); got != "1" {
+		t.Errorf("auto_refresh=%s after setting it", got)
+	}
+	if got := str("PRAGMA boule_snapshot_async_reload"); got != "0" {
+		t.Errorf("async_reload with nothing newer=%s, want 0", got)
+	}
+	if _, err := rdb.Exec("PRAGMA boule_snapshot_refresh=maybe"); err == nil || !strings.Contains(err.Error(), "want 0, 1, 2") {
+		t.Errorf("refresh=maybe: %v", err)
+	}
+	// New data arrives with auto-refresh once something fetched it.
+	mustExec(t, src, "INSERT INTO t VALUES (42)")
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	other := openReplica(t, path, "")
+	if _, err := other.Exec("PRAGMA boule_snapshot_refresh=2"); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := rdb.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("auto-refreshing replica sees %d rows, %v; want 1", n, err)
+	}
+	// Temp tables and big sorts work, on local disk.
+	mustExec(t, rdb, "PRAGMA temp_store=FILE")
+	mustExec(t, rdb, "CREATE TEMP TABLE big AS WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 20000) SELECT i, randomblob(200) AS v FROM c")
+	var s int64
+	if err := rdb.QueryRow("SELECT sum(i) FROM (SELECT i FROM big ORDER BY v)").Scan(&s); err != nil || s != 20000*20001/2 {
+		t.Fatalf("sort over a temp table: %d, %v", s, err)
+	}
+}
+
+func TestReplicaOpenErrors(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("errs.db")
+	src := open(t, path, "boule", "")
+	mustExec(t, src, "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000))")
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, params string }{
+		{"boule://" + e.path("never-written.db"), ""},
+		{"boule://h/a/../etc/passwd", ""},
+		{"boule://" + strings.Repeat("x", 300) + "/a.db", ""},
+		{"boule:///" + strings.Repeat("d/", 2100) + "x.db", ""},
+		{e.path("no-such.manifest"), ""},
+		{"boule://" + path, "mode=rw"},
+	} {
+		db := open(t, tc.name, "boule_snapshot", tc.params)
+		var n int
+		err := db.QueryRow("SELECT count(*) FROM sqlite_schema").Scan(&n)
+		if code := sqliteCode(err); code != sqlite3.ErrCantOpen {
+			t.Errorf("open %.60q %s: %v (code %d), want SQLITE_CANTOPEN", tc.name, tc.params, err, code)
+		}
+	}
+	if e.log.count(slog.LevelError, "cannot open replica") < 6 || !strings.Contains(e.log.String(), "never-written.db (manifest ") {
+		t.Errorf("no error logged naming the missing database and its manifest")
+	}
+
+	// A chunk flipped in the store: SQLITE_CORRUPT, not wrong data.
+	key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
+	b, err := store.GetManifest(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := filepath.Join(store.(*replicate.DirStore).Root(), "chunks", replicate.ChunkKey(m.Chunks[len(m.Chunks)-1]))
+	raw, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)/2] ^= 0x40
+	if err := os.WriteFile(blob, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Use a fresh, empty cache, so that the chunk comes from the store.
+	lc := config.Target{Local: &config.LocalTarget{Directory: filepath.Join(e.dir, "cache2"), NumShards: 1, Capacity: 100}}
+	register(t, vfs.Config{ReplicationTargets: []config.Target{lc, tg}, Logger: slog.New(e.log)})
+	rdb := openReplica(t, path, "")
+	var n int
+	err = rdb.QueryRow("SELECT sum(length(hex(x))) FROM t").Scan(&n)
+	if code := sqliteCode(err); code != sqlite3.ErrCorrupt && code != sqlite3.ErrIoErr {
+		t.Fatalf("query over a tampered chunk: %v (code %d), want SQLITE_CORRUPT or SQLITE_IOERR", err, code)
+	}
+}
+
+// TestReplicaStoreDown: with minio stopped, open replicas keep answering
+// from the chunks they have, and a new process's open fails in bounded
+// time.
+func TestReplicaStoreDown(t *testing.T) {
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	tg, _ := s3Target(t, srv.Endpoint, true)
+	e := replEnv(t, tg)
+	path := e.path("down.db")
+	src := open(t, path, "boule", "")
+	runWorkload(t, src, 31, 60)
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	want := dump(t, src)
+	rdb := openReplica(t, path, "")
+	rdb.SetMaxOpenConns(1)
+	if got := dump(t, rdb); got != want {
+		t.Fatal("replica differs")
+	}
+	srv.Stop()
+	if got := dump(t, rdb); got != want {
+		t.Fatal("with the store down, the open replica stopped answering")
+	}
+	if _, err := rdb.Exec("PRAGMA boule_snapshot_refresh=2"); err == nil {
+		t.Fatal("refresh with the store down succeeded")
+	}
+	if got := dump(t, rdb); got != want {
+		t.Fatal("after a failed refresh the replica stopped answering")
+	}
+	// A new process (a fresh registration) cannot open it.
+	register(t, vfs.Config{ReplicationTargets: []config.Target{tg}, Logger: slog.New(e.log)})
+	start := time.Now()
+	db2 := openReplica(t, path, "")
+	var n int
+	err := db2.QueryRow("SELECT count(*) FROM sqlite_schema").Scan(&n)
+	if code := sqliteCode(err); code != sqlite3.ErrCantOpen {
+		t.Fatalf("open with the store down: %v (code %d), want SQLITE_CANTOPEN", err, code)
+	}
+	if d := time.Since(start); d > 45*time.Second {
+		t.Fatalf("the failed open took %v", d)
+	}
+	t.Logf("open with the store down failed after %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestReplicaSwitchSameHeader: two snapshots whose header bytes 24..39
+// are equal (here two databases with the same history but different
+// data, swapped behind a manifest file) must not leave the old snapshot's
+// pages in a connection's cache after a refresh.
+func TestReplicaSwitchSameHeader(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	manifestOf := func(name, val string) []byte {
+		t.Helper()
+		path := e.path(name)
+		db := open(t, path, "boule", "")
+		mustExec(t, db, "CREATE TABLE t(x TEXT)")
+		mustExec(t, db, "INSERT INTO t VALUES (?)", val)
+		db.Close()
+		if err := vfs.Flush(context.Background(), path); err != nil {
+			t.Fatal(err)
+		}
+		key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
+		b, err := store.GetManifest(context.Background(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ma, mb := manifestOf("a.db", "AAAA"), manifestOf("b.db", "BBBB")
+	mf := filepath.Join(e.dir, "saved.manifest")
+	if err := os.WriteFile(mf, ma, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rdb := open(t, mf, "boule_snapshot", "")
+	rdb.SetMaxOpenConns(1)
+	var x string
+	if err := rdb.QueryRow("SELECT x FROM t").Scan(&x); err != nil || x != "AAAA" {
+		t.Fatalf("before: %q, %v", x, err)
+	}
+	if err := os.WriteFile(mf+".new", mb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(mf+".new", mf); err != nil {
+		t.Fatal(err)
+	}
+	var ts string
+	if err := rdb.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.QueryRow("SELECT x FROM t").Scan(&x); err != nil || x != "BBBB" {
+		t.Fatalf("after the refresh the connection reads %q (%v), want BBBB", x, err)
+	}
+	var ok string
+	if err := rdb.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check after the switch: %q, %v", ok, err)
+	}
+}

@@ -1,0 +1,391 @@
+package vfs
+
+/*
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "boule_vfs.h"
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/snapshot"
+)
+
+// SQLite result codes the snapshot VFS returns.
+const (
+	sqliteOK         = 0
+	sqliteErr        = 1
+	sqliteLocked     = 6
+	sqliteReadonly   = 8
+	sqliteCorrupt    = 11
+	sqliteNotFound   = 12
+	sqliteCantOpen   = 14
+	sqliteIOErrRead  = 10 | 1<<8
+	sqliteOpenRW     = 0x00000002
+	sqliteOpenCreate = 0x00000004
+)
+
+// view is the C side of one snapshot: the BouleView C reads, filled in as
+// chunks get mapped, freed when the snapshot is released.
+type view struct {
+	c    *C.BouleView
+	s    *snapshot.Snapshot
+	once sync.Once
+}
+
+var (
+	snapMu     sync.Mutex
+	snapConns  = map[uint64]*snapshot.Conn{}
+	views      = map[uint64]*view{}
+	viewOf     = map[*snapshot.Snapshot]*view{}
+	newestGens = map[*snapshot.Replica]*C.uint64_t{}
+	nextSnapH  uint64
+)
+
+// viewFor returns the C view of s, creating and binding it on first use.
+func viewFor(s *snapshot.Snapshot) *view {
+	snapMu.Lock()
+	v, ok := viewOf[s]
+	if !ok {
+		n := len(s.M.Chunks)
+		nextSnapH++
+		v = &view{s: s}
+		v.c = (*C.BouleView)(C.calloc(1, C.size_t(unsafe.Sizeof(C.BouleView{}))))
+		chunks := C.calloc(C.size_t(max(n, 1)), C.size_t(unsafe.Sizeof(uintptr(0))))
+		if v.c == nil || chunks == nil {
+			C.free(unsafe.Pointer(v.c))
+			C.free(chunks)
+			snapMu.Unlock()
+			panic("out of memory for a replica view") // recovered by the export
+		}
+		v.c.size = C.int64_t(s.M.Size)
+		v.c.nChunks = C.int64_t(n)
+		v.c.handle = C.uint64_t(nextSnapH)
+		v.c.gen = C.uint64_t(s.Gen())
+		v.c.chunks = (**C.uchar)(chunks)
+		views[nextSnapH] = v
+		viewOf[s] = v
+	}
+	snapMu.Unlock()
+	v.once.Do(func() {
+		slots := unsafe.Slice((*uintptr)(unsafe.Pointer(v.c.chunks)), max(int(v.c.nChunks), 1))
+		h := uint64(v.c.handle)
+		s.Bind(func(i int, b []byte) {
+			// b is mapped outside the Go heap: C may keep the pointer.
+			atomic.StoreUintptr(&slots[i], uintptr(unsafe.Pointer(&b[0])))
+		}, func() {
+			snapMu.Lock()
+			delete(views, h)
+			delete(viewOf, s)
+			snapMu.Unlock()
+			C.free(unsafe.Pointer(v.c.chunks))
+			C.free(unsafe.Pointer(v.c))
+		})
+	})
+	return v
+}
+
+// newestGen returns the C word that mirrors rep's newest generation.
+func newestGen(rep *snapshot.Replica) *C.uint64_t {
+	snapMu.Lock()
+	defer snapMu.Unlock()
+	g, ok := newestGens[rep]
+	if !ok {
+		// One word per replica for the life of the process.
+		g = (*C.uint64_t)(C.calloc(1, 8))
+		newestGens[rep] = g
+		w := (*uint64)(unsafe.Pointer(g))
+		rep.OnNewest(func(gen uint64) { atomic.StoreUint64(w, gen) })
+		atomic.StoreUint64(w, rep.Gen())
+	}
+	return g
+}
+
+// setMsg copies s into out's message buffer, truncated.
+func setMsg(out *C.BouleSnapOut, s string) {
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&out.msg[0])), len(out.msg))
+	n := copy(buf[:len(buf)-1], s)
+	buf[n] = 0
+}
+
+func fillOut(out *C.BouleSnapOut, c *snapshot.Conn) {
+	out.view = viewFor(c.Snapshot()).c
+	out.autoRefresh = 0
+	if c.AutoRefresh() {
+		out.autoRefresh = 1
+	}
+}
+
+func lookupSnapConn(h C.uint64_t) *snapshot.Conn {
+	snapMu.Lock()
+	defer snapMu.Unlock()
+	return snapConns[uint64(h)]
+}
+
+//export bouleGoSnapOpen
+func bouleGoSnapOpen(zName *C.char, flags C.int, out *C.BouleSnapOut) (rc C.int) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic in replica open", logKeyErr, fmt.Sprint(r))
+			setMsg(out, fmt.Sprint("panic: ", r))
+			rc = sqliteCantOpen
+		}
+	}()
+	name := C.GoString(zName)
+	if flags&sqliteOpenRW != 0 && flags&sqliteOpenCreate == 0 {
+		// mode=rw asks for a writable database, which a replica is not.
+		// (The default, read-write-create, is downgraded to read-only.)
+		msg := "replicas are read-only: open with mode=ro"
+		logger().Error("vfs: cannot open replica", logKeyDB, name, logKeyErr, msg)
+		setMsg(out, msg)
+		return sqliteCantOpen
+	}
+	c, err := openReplica(context.Background(), name)
+	if err != nil {
+		logger().Error("vfs: cannot open replica", logKeyDB, name, logKeyErr, err)
+		setMsg(out, err.Error())
+		return sqliteCantOpen
+	}
+	registered := false
+	defer func() {
+		if !registered {
+			c.Close() // fillOut panicked: nothing refers to c
+		}
+	}()
+	out.newestGen = newestGen(c.Replica())
+	fillOut(out, c)
+	snapMu.Lock()
+	nextSnapH++
+	h := nextSnapH
+	snapConns[h] = c
+	snapMu.Unlock()
+	registered = true
+	out.conn = C.uint64_t(h)
+	return sqliteOK
+}
+
+//export bouleGoSnapChunk
+func bouleGoSnapChunk(vh C.uint64_t, i C.int64_t) (rc C.int) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic reading a replica chunk", logKeyErr, fmt.Sprint(r))
+			rc = sqliteIOErrRead
+		}
+	}()
+	snapMu.Lock()
+	v := views[uint64(vh)]
+	snapMu.Unlock()
+	if v == nil {
+		return sqliteIOErrRead
+	}
+	if _, err := v.s.Chunk(context.Background(), int(i)); err != nil {
+		logger().Error("vfs: replica read failed", logKeyDB, v.s.M.SourcePath, "chunk", int64(i), logKeyErr, err)
+		if errors.Is(err, replicate.ErrCorrupt) {
+			return sqliteCorrupt
+		}
+		return sqliteIOErrRead
+	}
+	return sqliteOK
+}
+
+//export bouleGoSnapAdopt
+func bouleGoSnapAdopt(h C.uint64_t, out *C.BouleSnapOut) (rc C.int) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic adopting a snapshot", logKeyErr, fmt.Sprint(r))
+			rc = sqliteErr
+		}
+	}()
+	c := lookupSnapConn(h)
+	if c == nil {
+		return sqliteErr
+	}
+	switchSnapshot(c, func() error { c.Adopt(); return nil })
+	fillOut(out, c)
+	return sqliteOK
+}
+
+// switchSnapshot runs change, which may move c to another snapshot, and
+// makes sure SQLite notices a move: if the new snapshot's header bytes
+// 24..39 read the same as the old one's, SQLite would keep the old
+// snapshot's pages, so the new view's change counter is patched (see
+// patch_counter in boule_snapshot.c).
+func switchSnapshot(c *snapshot.Conn, change func() error) error {
+	old := c.Snapshot()
+	oldHdr, ok := presentedHeader(old)
+	err := change()
+	if s := c.Snapshot(); ok && s != old {
+		v := viewFor(s)
+		for k := uint32(1); ; k++ {
+			hdr, ok := presentedHeader(s)
+			if !ok || hdr != oldHdr {
+				break
+			}
+			orig := binary.BigEndian.Uint32(hdr[:4])
+			if atomic.LoadInt32((*int32)(unsafe.Pointer(&v.c.patched))) != 0 {
+				orig = origCounter(s)
+			}
+			atomic.StoreUint32((*uint32)(unsafe.Pointer(&v.c.patch)), orig^(uint32(s.Gen())*2654435761+k*40503|1))
+			atomic.StoreInt32((*int32)(unsafe.Pointer(&v.c.patched)), 1)
+		}
+	}
+	return err
+}
+
+// presentedHeader returns header bytes 24..39 as the view of s presents
+// them to SQLite, or false when there is no such header.
+func presentedHeader(s *snapshot.Snapshot) ([16]byte, bool) {
+	var hdr [16]byte
+	if s.M.Size < 100 {
+		return hdr, false
+	}
+	b, err := s.Chunk(context.Background(), 0)
+	if err != nil {
+		return hdr, false
+	}
+	copy(hdr[:], b[24:40])
+	v := viewFor(s)
+	if atomic.LoadInt32((*int32)(unsafe.Pointer(&v.c.patched))) != 0 {
+		binary.BigEndian.PutUint32(hdr[:4], atomic.LoadUint32((*uint32)(unsafe.Pointer(&v.c.patch))))
+	}
+	return hdr, true
+}
+
+// origCounter is s's own change counter.
+func origCounter(s *snapshot.Snapshot) uint32 {
+	b, err := s.Chunk(context.Background(), 0)
+	if err != nil || len(b) < 28 {
+		return 0
+	}
+	return binary.BigEndian.Uint32(b[24:28])
+}
+
+//export bouleGoSnapPragma
+func bouleGoSnapPragma(h C.uint64_t, zName, zArg *C.char, locked C.int, out *C.BouleSnapOut) (rc C.int) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic in a replica pragma", logKeyErr, fmt.Sprint(r))
+			setMsg(out, fmt.Sprint("panic: ", r))
+			rc = sqliteErr
+		}
+	}()
+	c := lookupSnapConn(h)
+	if c == nil {
+		setMsg(out, "unknown connection")
+		return sqliteErr
+	}
+	name := strings.ToLower(C.GoString(zName))
+	arg, hasArg := "", zArg != nil
+	if hasArg {
+		arg = strings.TrimSpace(C.GoString(zArg))
+	}
+	res, code := snapPragma(c, name, arg, hasArg, locked != 0)
+	setMsg(out, res)
+	if code == sqliteOK {
+		fillOut(out, c)
+	}
+	return C.int(code)
+}
+
+// snapPragma runs one boule_snapshot_* pragma for c and returns its result
+// (or error message) and an SQLite code.
+func snapPragma(c *snapshot.Conn, name, arg string, hasArg, locked bool) (string, int) {
+	switch name {
+	case "boule_snapshot_ctime":
+		return formatTime(c.Snapshot().M.SourceCtime), sqliteOK
+	case "boule_snapshot_updated":
+		return formatTime(c.Snapshot().Fetched()), sqliteOK
+	case "boule_snapshot_refresh":
+		mode := snapshot.RefreshCached
+		if hasArg {
+			switch b, ok := parseBool(arg); {
+			case arg == "2" || strings.HasPrefix(strings.ToLower(arg), "force"):
+				mode = snapshot.RefreshForce
+			case ok && b:
+				mode = snapshot.RefreshFetch
+			case ok:
+			default:
+				return fmt.Sprintf("boule_snapshot_refresh: want 0, 1, 2 or force, got %q", arg), sqliteErr
+			}
+		}
+		if locked {
+			return "boule_snapshot_refresh: a replica may not be refreshed inside a transaction", sqliteLocked
+		}
+		if err := switchSnapshot(c, func() error { return c.Refresh(context.Background(), mode) }); err != nil {
+			return "boule_snapshot_refresh: " + err.Error(), sqliteErr
+		}
+		return formatTime(c.Snapshot().Fetched()), sqliteOK
+	case "boule_snapshot_async_reload":
+		if locked {
+			return "boule_snapshot_async_reload: a replica may not be refreshed inside a transaction", sqliteLocked
+		}
+		var switched bool
+		_ = switchSnapshot(c, func() error { switched = c.AsyncReload(); return nil })
+		if switched {
+			return "1", sqliteOK
+		}
+		return "0", sqliteOK
+	case "boule_snapshot_auto_refresh":
+		prev := c.AutoRefresh()
+		if hasArg {
+			b, ok := parseBool(arg)
+			if !ok {
+				return fmt.Sprintf("boule_snapshot_auto_refresh: want a boolean, got %q", arg), sqliteErr
+			}
+			c.SetAutoRefresh(b)
+		}
+		return boolString(prev), sqliteOK
+	}
+	return "", sqliteNotFound
+}
+
+func boolString(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// parseBool parses a pragma boolean as SQLite does.
+func parseBool(s string) (v, ok bool) {
+	switch strings.ToLower(s) {
+	case "1", "on", "yes", "true":
+		return true, true
+	case "0", "off", "no", "false":
+		return false, true
+	}
+	return false, false
+}
+
+// formatTime formats t as Verneuil's pragmas do: "<sec>.<9-digit ns>".
+func formatTime(t time.Time) string {
+	return fmt.Sprintf("%d.%09d", t.Unix(), t.Nanosecond())
+}
+
+//export bouleGoSnapClose
+func bouleGoSnapClose(h C.uint64_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger().Error("vfs: panic closing a replica", logKeyErr, fmt.Sprint(r))
+		}
+	}()
+	snapMu.Lock()
+	c := snapConns[uint64(h)]
+	delete(snapConns, uint64(h))
+	snapMu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}

@@ -1,0 +1,171 @@
+//go:build boule_validate
+
+package vfs
+
+// Built with -tags boule_validate (the conformance testfixture, see
+// scripts/conformance.sh), every successful snapshot is checked: the
+// staged snapshot, reassembled from the spool and the store, must be the
+// database byte for byte. A mismatch aborts the process, so that SQLite's
+// test suite, which knows nothing of replication, fails loudly.
+
+/*
+#include <stdlib.h>
+*/
+import "C"
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/spool"
+)
+
+// validateSnapshot runs after each successful snapshot, while the VFS still
+// holds its SHARED lock, so the database cannot change under it.
+func validateSnapshot(c *conn, src cSource) {
+	err := checkStaged(c, src)
+	var unreadable unreadableError
+	if errors.As(err, &unreadable) {
+		// The database could not be read back, for instance because a
+		// test injects I/O errors: nothing to compare with.
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "boule_validate: the staged snapshot of %s is not the database: %v\n", c.db.Path(), err)
+		C.abort()
+	}
+}
+
+func checkStaged(c *conn, src cSource) error {
+	dir := c.db.Dir()
+	// The spool lock keeps out snapshots of other processes and the
+	// uploader's invalidations while the spool is read.
+	lf, err := os.Open(filepath.Join(dir, spool.LockFile))
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("lock spool: %w", err)
+	}
+
+	b, err := os.ReadFile(c.db.StagingManifestPath())
+	if errors.Is(err, fs.ErrNotExist) && invalidated(c.db.MarkerPath()) {
+		return nil // the uploader invalidated the spool; the next transaction rebuilds
+	}
+	if err != nil {
+		return err
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		return fmt.Errorf("staged manifest: %w", err)
+	}
+	size, err := src.Size()
+	if err != nil {
+		return unreadableError{err}
+	}
+	if m.SourcePath != c.db.Path() || m.Size != size {
+		return fmt.Errorf("manifest describes %s, %d bytes; the database has %d bytes", m.SourcePath, m.Size, size)
+	}
+	var stores []replicate.Store // built only when a chunk has left the spool
+	want := make([]byte, manifest.ChunkSize)
+	for i, fp := range m.Chunks {
+		n := manifest.ChunkLen(size, i)
+		if _, err := src.ReadAt(want[:n], m.ChunkOffset(i)); err != nil {
+			return unreadableError{err}
+		}
+		data, ok := m.Inline[uint32(i)]
+		if !ok {
+			if data, err = spooledChunk(dir, fp); err != nil {
+				return fmt.Errorf("chunk %d: %w", i, err)
+			}
+		}
+		if data == nil {
+			if stores == nil {
+				if stores, err = uploadStores(c.rt.cfg); err != nil {
+					return err
+				}
+			}
+			if data, err = replicate.FetchChunk(context.Background(), stores, m, i); err != nil {
+				return fmt.Errorf("chunk %d is neither in the spool nor in the store: %w", i, err)
+			}
+		}
+		if len(data) != n || manifest.Sum(data) != fp {
+			return fmt.Errorf("chunk %d (%s): %d bytes that do not match its fingerprint", i, fp, len(data))
+		}
+		if !bytes.Equal(data, want[:n]) {
+			j := 0
+			for data[j] == want[j] {
+				j++
+			}
+			return fmt.Errorf("chunk %d (%s) differs from the database at byte %d", i, fp, m.ChunkOffset(i)+int64(j))
+		}
+	}
+	return nil
+}
+
+// unreadableError is a failure to read the database itself.
+type unreadableError struct{ err error }
+
+func (e unreadableError) Error() string { return "read database: " + e.err.Error() }
+func (e unreadableError) Unwrap() error { return e.err }
+
+// spooledChunk looks for a chunk where the spool keeps it, in the order
+// chunks move (staging, then ready, then consuming, then the store), so
+// that a chunk the uploader moves meanwhile is still found. It returns nil
+// when the chunk is in none of them.
+func spooledChunk(dir string, fp manifest.Fingerprint) ([]byte, error) {
+	name := fp.String()
+	if data, err := readIfExists(filepath.Join(dir, "staging", "chunks", name)); data != nil || err != nil {
+		return data, err
+	}
+	for _, state := range []string{"ready", "consuming"} {
+		subs, _ := os.ReadDir(filepath.Join(dir, state))
+		for _, s := range subs {
+			if data, err := readIfExists(filepath.Join(dir, state, s.Name(), "chunks", name)); data != nil || err != nil {
+				return data, err
+			}
+		}
+	}
+	return nil, nil
+}
+
+func readIfExists(p string) ([]byte, error) {
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if b == nil && err == nil {
+		b = []byte{}
+	}
+	return b, err
+}
+
+// invalidated reports whether the txn marker is set, as spool.Invalidate
+// leaves it.
+func invalidated(marker string) bool {
+	b, err := os.ReadFile(marker)
+	return err == nil && len(b) > 0 && b[0] == '1'
+}
+
+func uploadStores(cfg Config) ([]replicate.Store, error) {
+	targets, err := Targets(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	var out []replicate.Store
+	for _, t := range targets {
+		if !t.Cache {
+			out = append(out, t.Store)
+		}
+	}
+	return out, nil
+}
