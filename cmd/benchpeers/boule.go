@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"errors"
@@ -32,6 +31,8 @@ type bouleSide struct {
 	direct replicate.Store // minio itself, for polling: not counted
 	viaCtr replicate.Store // through the proxy, for restores: counted
 	key    string
+	// hostname is the spool's, which names the replica: boule://HOST/path.
+	hostname string
 }
 
 func (s *bouleSide) target(endpoint string) config.S3Target {
@@ -76,7 +77,8 @@ func (s *bouleSide) Open(ctx context.Context, preload int64) (*sql.DB, int64, er
 	if err := fill(s.db, preload, &seq); err != nil {
 		return nil, 0, err
 	}
-	if s.key, err = replicate.ManifestKey(vfs.Spool().Hostname(), s.path); err != nil {
+	s.hostname = vfs.Spool().Hostname()
+	if s.key, err = replicate.ManifestKey(s.hostname, s.path); err != nil {
 		return nil, 0, err
 	}
 	return s.db, seq, waitVisible(ctx, s, seq)
@@ -117,28 +119,15 @@ func (s *bouleSide) Restore(ctx context.Context, dst string) error {
 	return restoreBoule(ctx, []replicate.Store{s.viaCtr}, s.key, dst)
 }
 
-// restoreBoule restores the newest manifest under key into dst. It is
-// the one place to switch to the parallel restore (or `vfsctl restore`)
-// once that lands in main; for now it reassembles chunk after chunk with
-// replicate.Reassemble.
+// restoreBoule restores the newest manifest under key into dst with
+// replicate.RestoreFile, the parallel restore behind `vfsctl restore`
+// (default concurrency; written to a temp file, synced, renamed).
 func restoreBoule(ctx context.Context, stores []replicate.Store, key, dst string) error {
 	m, _, err := replicate.FetchManifest(ctx, stores, key)
 	if err != nil {
 		return err
 	}
-	f, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriterSize(f, 1<<20)
-	err = replicate.Reassemble(ctx, stores, m, w)
-	if err == nil {
-		err = w.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	return errors.Join(err, f.Close())
+	return replicate.RestoreFile(ctx, stores, m, dst, replicate.RestoreOptions{})
 }
 
 // ensureBuckets creates st's buckets, retrying while a freshly started
@@ -154,17 +143,36 @@ func ensureBuckets(ctx context.Context, st *replicate.S3Store) error {
 	return err
 }
 
-// errPending is returned by measurements whose Boule side is not in main
-// yet.
-var errPending = errors.New("pending: not in main yet")
-
-// coldQueryBouleSnapshot is meant to time the first query on a cold read
-// replica through the boule_snapshot VFS (open
-// "file:boule://host/path?vfs=boule_snapshot", run one query). PENDING:
-// that VFS is being written concurrently and is not in main; until then
-// the benchmark reports restore-then-query for both tools (runRestore).
-func coldQueryBouleSnapshot(ctx context.Context, key string) (time.Duration, error) {
-	return 0, fmt.Errorf("boule_snapshot cold query for %s: %w", key, errPending)
+// coldQueryBouleSnapshot times a first query on a cold read replica
+// through the boule_snapshot VFS: boule is registered with only the
+// store (through the counting proxy) and a fresh temp directory, so the
+// chunk cache starts empty; then it opens "boule://HOST/path" and looks
+// up row id. The time includes the registration.
+func (s *bouleSide) coldQueryBouleSnapshot(ctx context.Context, id int64) (time.Duration, counts, error) {
+	tmp := filepath.Join(s.dir, "cold-tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return 0, counts{}, err
+	}
+	proxied := s.target(s.c.URL)
+	before := s.Counts()
+	t0 := time.Now()
+	if err := vfs.Register(vfs.Config{Tempdir: tmp, ReplicationTargets: []config.Target{{S3: &proxied}}}); err != nil {
+		return 0, counts{}, err
+	}
+	defer vfs.Register(vfs.Config{})
+	db, err := sql.Open("sqlite3", "file:boule://"+s.hostname+s.path+"?vfs="+vfs.SnapshotName)
+	if err != nil {
+		return 0, counts{}, err
+	}
+	defer db.Close()
+	var n int64
+	err = db.QueryRowContext(ctx, "SELECT count(*) FROM t WHERE id = ?", id).Scan(&n)
+	d := time.Since(t0)
+	c := s.Counts().Sub(before)
+	if err == nil && n != 1 {
+		err = fmt.Errorf("row %d: %d rows", id, n)
+	}
+	return d, c, err
 }
 
 // Unthrottle raises the limiter to 1,000 calls/s, to upload the 1 GiB

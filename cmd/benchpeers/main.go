@@ -553,11 +553,10 @@ func runBulkRestore(ctx context.Context, b *bench, tool string, bulk, restoreSiz
 	rr, err := runRestore(ctx, s, filepath.Join(b.work, fmt.Sprintf("restored-%s.db", tool)), rows)
 	rr.Tool, rr.Workload = tool, fmt.Sprintf("restore %d MiB", restoreSize>>20)
 	if bs, ok := s.(*bouleSide); ok && err == nil {
-		// The read-replica VFS, once it exists, needs no restore.
-		if d, cerr := coldQueryBouleSnapshot(ctx, bs.key); cerr != nil {
+		if d, c, cerr := bs.coldQueryBouleSnapshot(ctx, rows); cerr != nil {
 			rr.ColdVFS = cerr.Error()
 		} else {
-			rr.ColdVFS = dur(d)
+			rr.ColdVFS = fmt.Sprintf("%s, %d requests %s, %.1f MiB down", dur(d), c.Requests, methods(c, 1), float64(c.BytesDown)/(1<<20))
 		}
 	}
 	if ls, ok := s.(*lsSide); ok && err == nil {
