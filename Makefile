@@ -9,7 +9,7 @@ export BOULE_MINIO := $(TOOLS)/bin/minio
 # to c/ rebuilds what depends on it.
 export CGO_CFLAGS := -O2 -g -DBOULE_C_SOURCES=$(shell cat c/*.c c/*.h | sha256sum | cut -c1-16)
 
-.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench bench-replica fuzz clean minio conformance
+.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
 
 all: ext lib
 
@@ -79,3 +79,24 @@ fuzz:
 
 clean:
 	rm -rf $(BUILD)
+
+## bench-peers: Boule against Litestream v0.5.18, same workloads, same
+## minio on loopback (about 40 minutes; BENCH_PEERS_FLAGS='-idle 1m' for
+## a quick run). Results and plots go to doc/bench.
+LITESTREAM := $(TOOLS)/bin/litestream
+LITESTREAM_VFS := $(TOOLS)/lib/litestream-vfs.so
+BENCH_PEERS_FLAGS ?=
+bench-peers: minio $(LITESTREAM) $(LITESTREAM_VFS)
+	@mkdir -p $(BUILD)
+	$(GO) run ./cmd/benchpeers -litestream $(LITESTREAM) -litestream-vfs $(LITESTREAM_VFS) -out doc/bench $(BENCH_PEERS_FLAGS) | tee $(BUILD)/bench-peers.txt
+$(LITESTREAM):
+	GOBIN=$(TOOLS)/bin $(GO) install github.com/benbjohnson/litestream/cmd/litestream@v0.5.18
+# Litestream's read-replica VFS as a loadable extension, built the way its
+# own Makefile's vfs target does, from the module's source.
+$(LITESTREAM_VFS):
+	@mkdir -p $(TOOLS)/lib
+	tmp=$$(mktemp -d) && src=$$(cd $$tmp && $(GO) mod download -json github.com/benbjohnson/litestream@v0.5.18 | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && \
+	cp -r $$src $$tmp/src && chmod -R u+w $$tmp/src && cd $$tmp/src && \
+	$(GO) build -tags vfs,SQLITE3VFS_LOADABLE_EXT -buildmode=c-archive -o dist/litestream-vfs.a ./cmd/litestream-vfs && \
+	gcc -DSQLITE3VFS_LOADABLE_EXT -fPIC -shared -Idist -o $@ src/litestream-vfs.c dist/litestream-vfs.a -lpthread -ldl -lm; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
