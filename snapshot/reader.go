@@ -24,7 +24,7 @@ const (
 	DefaultPollInterval = time.Second
 	// DefaultPrefetch is the number of chunks fetched at once in the
 	// background.
-	DefaultPrefetch = 8
+	DefaultPrefetch = 16
 	// DefaultOpenTimeout bounds the manifest fetch of an open.
 	DefaultOpenTimeout = 30 * time.Second
 	// DefaultChunkTimeout bounds the fetch of one chunk a read waits for.
