@@ -32,13 +32,10 @@ const (
 	defaultChunkCacheShards   = 16
 )
 
-// newReader builds the snapshot reader for cfg: remote stores first
-// wrapped in one read limiter, the local cache (or a temp-dir cache), and
-// the read_only directories.
-func newReader(cfg Config, targets []replicate.Target, log *slog.Logger) (*snapshot.Reader, error) {
+// readSide splits targets for reading: the remote stores, wrapped in one
+// read limiter with bounded retries, and the first local cache.
+func readSide(targets []replicate.Target) (remote []replicate.Store, cache *replicate.LocalCache) {
 	lim := rate.NewLimiter(readRequestsPerSecond, readBurst)
-	var remote []replicate.Store
-	var cache *replicate.LocalCache
 	for _, t := range targets {
 		if lc, ok := t.Store.(*replicate.LocalCache); ok {
 			if cache == nil {
@@ -48,6 +45,30 @@ func newReader(cfg Config, targets []replicate.Target, log *slog.Logger) (*snaps
 		}
 		remote = append(remote, replicate.NewLimited(t.Store, lim, replicate.RetryOptions{MaxAttempts: readMaxAttempts}))
 	}
+	return remote, cache
+}
+
+// ReadStores builds the stores that replicas and restores read from, in
+// the order they are tried: the local cache, if cfg has one, then the
+// remote targets, behind the read limiter (2000 GETs/s, bursts of 200, at
+// most 4 attempts per request). No network call is made.
+func ReadStores(ctx context.Context, cfg Config) ([]replicate.Store, error) {
+	targets, err := Targets(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	remote, cache := readSide(targets)
+	if cache == nil {
+		return remote, nil
+	}
+	return append([]replicate.Store{cache}, remote...), nil
+}
+
+// newReader builds the snapshot reader for cfg: the remote stores behind
+// the read limiter, the local cache (or a temp-dir cache), and the
+// read_only directories.
+func newReader(cfg Config, targets []replicate.Target, log *slog.Logger) (*snapshot.Reader, error) {
+	remote, cache := readSide(targets)
 	var ro []snapshot.ReadOnlyDir
 	for _, t := range cfg.ReplicationTargets {
 		if t.ReadOnly != nil {

@@ -15,8 +15,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/replicate"
@@ -24,27 +22,51 @@ import (
 	"github.com/boule-vfs/boule/vfs"
 )
 
-// readStores builds the stores to read from: local caches first, then the
-// remote targets, all behind one generous read limiter with bounded
-// retries, so that a store that is down fails a command in seconds.
-func readStores(ctx context.Context, cfg config.Config) ([]replicate.Store, error) {
-	targets, err := vfs.Targets(ctx, cfg)
+// readStores builds the stores to read from, as replicas do: the local
+// cache first, then the remote targets behind the read limiter, with
+// bounded retries, so that a store that is down fails a command in
+// seconds.
+func readStores(ctx context.Context, g *globals) ([]replicate.Store, error) {
+	cfg, err := loadConfig(g)
+	if err != nil {
+		return nil, err
+	}
+	stores, err := vfs.ReadStores(ctx, cfg)
 	if err != nil {
 		return nil, usageError{err.Error()}
 	}
-	lim := rate.NewLimiter(2000, 200)
-	var caches, remote []replicate.Store
-	for _, t := range targets {
-		if t.Cache {
-			caches = append(caches, t.Store)
-			continue
-		}
-		remote = append(remote, replicate.NewLimited(t.Store, lim, replicate.RetryOptions{MaxAttempts: 4}))
-	}
-	if len(remote) == 0 {
+	if len(manifestStores(stores)) == 0 {
 		return nil, usagef("no replication target to read from (set replication_targets with --config or %s)", config.EnvVar)
 	}
-	return append(caches, remote...), nil
+	return stores, nil
+}
+
+// fetchSource parses at (unless empty), builds the read stores and
+// fetches src's manifest with its encoding.
+func fetchSource(ctx context.Context, g *globals, src source, at string) (*manifest.Manifest, []byte, []replicate.Store, error) {
+	var when time.Time
+	if at != "" {
+		var err error
+		if when, err = parseTime(at, time.Now()); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	stores, err := readStores(ctx, g)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	m, raw, err := src.fetch(ctx, stores, when)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return m, raw, stores, nil
+}
+
+// writeJSON prints v as indented JSON, for --json.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // manifestStores are the stores that hold manifests: not the caches.
@@ -133,15 +155,9 @@ func manifestSource(arg string) (source, error) {
 	return source{file: arg}, nil
 }
 
-// fetch returns the source's manifest: from the file, the version at at
-// (unless at is zero), or the newest.
-func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, error) {
-	m, _, err := s.fetchRaw(ctx, stores, at)
-	return m, err
-}
-
-// fetchRaw is fetch, also returning the manifest's encoding.
-func (s source) fetchRaw(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, []byte, error) {
+// fetch returns the source's manifest and its encoding: from the file,
+// the version at at (unless at is zero), or the newest.
+func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, []byte, error) {
 	if s.file != "" {
 		if !at.IsZero() {
 			return nil, nil, usagef("--at needs a database, not a manifest file")
@@ -269,21 +285,7 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	if conc < 1 || conc > 256 {
 		return usagef("--concurrency %d: want 1 to 256", conc)
 	}
-	var when time.Time
-	if at != "" {
-		if when, err = parseTime(at, time.Now()); err != nil {
-			return err
-		}
-	}
-	cfg, err := loadConfig(g)
-	if err != nil {
-		return err
-	}
-	stores, err := readStores(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	m, err := src.fetch(ctx, stores, when)
+	m, _, stores, err := fetchSource(ctx, g, src, at)
 	if err != nil {
 		return err
 	}
@@ -377,21 +379,7 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	var when time.Time
-	if at != "" {
-		if when, err = parseTime(at, time.Now()); err != nil {
-			return err
-		}
-	}
-	cfg, err := loadConfig(g)
-	if err != nil {
-		return err
-	}
-	stores, err := readStores(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	m, data, err := src.fetchRaw(ctx, stores, when)
+	m, data, _, err := fetchSource(ctx, g, src, at)
 	if err != nil {
 		return err
 	}
@@ -457,11 +445,7 @@ func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(g)
-	if err != nil {
-		return err
-	}
-	stores, err := readStores(ctx, cfg)
+	stores, err := readStores(ctx, g)
 	if err != nil {
 		return err
 	}
@@ -477,9 +461,7 @@ func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 			out[i] = versionJSON{ID: v.ID, Stored: v.LastModified.UTC().Format(time.RFC3339Nano), Latest: v.IsLatest}
 		}
 		if asJSON {
-			enc := json.NewEncoder(g.stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(out)
+			return writeJSON(g.stdout, out)
 		}
 		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "STORED\tVERSION\tLATEST")
@@ -532,11 +514,7 @@ func cmdLs(ctx context.Context, g *globals, args []string) error {
 			return usageError{err.Error()}
 		}
 	}
-	cfg, err := loadConfig(g)
-	if err != nil {
-		return err
-	}
-	stores, err := readStores(ctx, cfg)
+	stores, err := readStores(ctx, g)
 	if err != nil {
 		return err
 	}
@@ -561,9 +539,7 @@ func cmdLs(ctx context.Context, g *globals, args []string) error {
 		out = append(out, lsJSON{Hostname: h, Path: p, Key: in.Key, Updated: in.LastModified.UTC().Format(time.RFC3339), Bytes: in.Size})
 	}
 	if asJSON {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return writeJSON(g.stdout, out)
 	}
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tPATH\tUPDATED")
@@ -610,21 +586,7 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	var when time.Time
-	if at != "" {
-		if when, err = parseTime(at, time.Now()); err != nil {
-			return err
-		}
-	}
-	cfg, err := loadConfig(g)
-	if err != nil {
-		return err
-	}
-	stores, err := readStores(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	m, err := src.fetch(ctx, stores, when)
+	m, _, stores, err := fetchSource(ctx, g, src, at)
 	if err != nil {
 		return err
 	}
@@ -672,9 +634,7 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	wg.Wait()
 	bad := len(res.Missing) + len(res.Corrupt) + len(res.Errors)
 	if asJSON {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
+		if err := writeJSON(g.stdout, res); err != nil {
 			return err
 		}
 	} else {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -95,9 +94,7 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 		}
 	}
 	if asJSON {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(results); err != nil {
+		if err := writeJSON(g.stdout, results); err != nil {
 			return err
 		}
 	}
@@ -224,9 +221,7 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 		out = append(out, j)
 	}
 	if asJSON {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return writeJSON(g.stdout, out)
 	}
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SOURCE\tLAG\tPENDING\tUPLOADS\tCALLS\tFAILURES\tLAST UPLOAD\tLAST ERROR")
