@@ -217,6 +217,9 @@ func TestReplicaOtherProcess(t *testing.T) {
 	db := open(t, path, "boule", "")
 	db.SetMaxOpenConns(1)
 	runWorkload(t, db, 21, 100)
+	// Past chunk 0 (inline in the manifest) whatever the workload's random
+	// sizes: the child must fetch, and so cache, some chunks.
+	mustExec(t, db, "CREATE TABLE bulk AS WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 300) SELECT i, randomblob(1000) AS v FROM c")
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)
 	}
