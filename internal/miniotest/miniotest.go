@@ -261,7 +261,7 @@ func (s *Server) waitReady(exited <-chan struct{}) error {
 		resp, err := client.Get(s.Endpoint + "/minio/health/cluster")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK && s.apiReady(client) {
 				return nil
 			}
 		}
@@ -276,6 +276,18 @@ func (s *Server) waitReady(exited <-chan struct{}) error {
 		time.Sleep(delay) // readiness polling, not test synchronization
 		delay = min(2*delay, 250*time.Millisecond)
 	}
+}
+
+// apiReady reports whether the S3 API answers: an anonymous ListBuckets
+// gets 403 once the server is up, and 503 (XMinioServerNotInitialized)
+// for a moment after the health checks already pass.
+func (s *Server) apiReady(client *http.Client) bool {
+	resp, err := client.Get(s.Endpoint + "/")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode != http.StatusServiceUnavailable
 }
 
 func (s *Server) logTail() string {
