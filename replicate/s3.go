@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -24,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/boule-vfs/boule/config"
@@ -39,6 +41,10 @@ type S3Options struct {
 	// Timeout bounds each request; zero means DefaultS3Timeout. A request
 	// that times out fails with a retryable error.
 	Timeout time.Duration
+	// Logger receives the SDK's own log lines (such as a response body
+	// that could not be drained), at debug level; nil discards them. The
+	// SDK would otherwise print them to stderr, in the user's process.
+	Logger *slog.Logger
 }
 
 // S3Store is a Store in a pair of S3 buckets, chunks in the target's
@@ -113,6 +119,7 @@ func NewS3Store(ctx context.Context, t config.S3Target, opts S3Options) (*S3Stor
 
 	loadOpts := []func(*awsconfig.LoadOptions) error{
 		awsconfig.WithHTTPClient(httpClient),
+		awsconfig.WithLogger(sdkLogger(opts.Logger)),
 		// One attempt per call: Limited retries, so that every attempt is
 		// rate-limited and counted.
 		awsconfig.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
@@ -580,7 +587,15 @@ func (s *S3Store) classify(ctx, rctx context.Context, op, bucket, key string, er
 	if code != "" {
 		what += " " + code
 	}
+	var de *smithy.DeserializationError
 	switch {
+	case code == "" && (errors.As(err, &de) || errors.Is(err, io.ErrUnexpectedEOF)):
+		// An error status whose body could not be read or parsed: the
+		// answer was cut or mangled on the way (MinIO closes the
+		// connection after a BadDigest, and a proxy may cut the body
+		// short), so the request may well succeed if sent again.
+		e.Retryable = true
+		e.Detail = "unreadable error response (" + what + "): " + innermost(err)
 	case status == http.StatusNotFound && code == "NoSuchBucket":
 		s.forget(bucket)
 		e.Kind = ErrPermanent
@@ -665,4 +680,14 @@ func redactURL(raw string) string {
 	u.User = nil
 	u.RawQuery = ""
 	return u.String()
+}
+
+// sdkLogger adapts log to the SDK's logger interface.
+func sdkLogger(log *slog.Logger) logging.Logger {
+	if log == nil {
+		return logging.Nop{}
+	}
+	return logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
+		log.Debug("replicate: aws sdk: "+fmt.Sprintf(format, v...), "class", string(c))
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -473,5 +474,56 @@ func TestS3StoreString(t *testing.T) {
 	}
 	if _, err := NewS3Store(context.Background(), config.S3Target{Region: "r", Endpoint: "http://user:pw@host", ChunkBucket: "c", ManifestBucket: "m"}, S3Options{}); !errors.Is(err, ErrPermanent) || strings.Contains(err.Error(), "pw") {
 		t.Errorf("endpoint with user info: %v", err)
+	}
+}
+
+// TestS3CutErrorResponse: an error answer whose body is cut short (MinIO
+// hangs up after a BadDigest; a proxy may do the same) says nothing about
+// the request, so it is retried rather than taken as a permanent refusal
+// that would stop replication until the configuration changes.
+func TestS3CutErrorResponse(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDCUT")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	cut := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			return // the bucket exists
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Length", "4096")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>BadDig`)
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			conn.Close()
+		}
+	}))
+	defer cut.Close()
+	s := newS3(t, config.S3Target{Region: "us-east-1", Endpoint: cut.URL, ChunkBucket: "c", ManifestBucket: "m"}, S3Options{})
+	data := compressible(1000)
+	err := s.PutChunk(context.Background(), manifest.Sum(data), data)
+	if err == nil {
+		t.Fatal("PutChunk succeeded")
+	}
+	if !IsRetryable(err) || errors.Is(err, ErrPermanent) {
+		t.Fatalf("err %v: want a retryable error", err)
+	}
+	if !strings.Contains(err.Error(), "unreadable error response (400)") {
+		t.Errorf("err %v: want it to say the answer was unreadable", err)
+	}
+
+	// A whole error answer with a code that means the request is wrong
+	// stays permanent.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			return
+		}
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument</Code><Message>no</Message></Error>`)
+	}))
+	defer srv.Close()
+	s = newS3(t, config.S3Target{Region: "us-east-1", Endpoint: srv.URL, ChunkBucket: "c", ManifestBucket: "m"}, S3Options{})
+	if err := s.PutChunk(context.Background(), manifest.Sum(data), data); !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "InvalidArgument") {
+		t.Errorf("err %v: want a permanent InvalidArgument", err)
 	}
 }

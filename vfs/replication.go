@@ -50,7 +50,7 @@ func Targets(ctx context.Context, cfg Config) ([]replicate.Target, error) {
 	for i, t := range cfg.ReplicationTargets {
 		switch {
 		case t.S3 != nil:
-			s, err := replicate.NewS3Store(ctx, *t.S3, replicate.S3Options{})
+			s, err := replicate.NewS3Store(ctx, *t.S3, replicate.S3Options{Logger: cfg.Logger})
 			if err != nil {
 				return nil, fmt.Errorf("vfs: replication_targets[%d]: %w", i, err)
 			}
