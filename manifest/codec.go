@@ -19,7 +19,9 @@ const (
 	// three empty strings, the two counts and the checksum.
 	minEncodedSize = headerSize + 3*2 + 4 + 4 + checksumSize
 
-	inlineEntryHeader = 8 // chunk index and length
+	inlineEntryHeader = 8  // chunk index and length
+	packHeader        = 34 // pack ID and member count
+	packMemberSize    = 12 // chunk index, offset and length
 )
 
 // MarshalBinary validates m (see [Manifest.Validate]) and returns its
@@ -34,11 +36,19 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 	for _, k := range keys {
 		size += inlineEntryHeader + len(m.Inline[k])
 	}
+	var flags uint16
+	if len(m.Packs) > 0 {
+		flags |= FlagPacks
+		size += 4
+		for _, p := range m.Packs {
+			size += packHeader + len(p.Members)*packMemberSize
+		}
+	}
 
 	b := make([]byte, 0, size)
 	b = append(b, magic...)
 	b = binary.BigEndian.AppendUint16(b, formatVersion)
-	b = binary.BigEndian.AppendUint16(b, 0) // flags
+	b = binary.BigEndian.AppendUint16(b, flags)
 	b = binary.BigEndian.AppendUint32(b, ChunkSize)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
 	b = binary.BigEndian.AppendUint32(b, m.PageSize)
@@ -62,6 +72,18 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 		b = append(b, data...)
 	}
+	if flags&FlagPacks != 0 {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(m.Packs)))
+		for _, p := range m.Packs {
+			b = append(b, p.ID[:]...)
+			b = binary.BigEndian.AppendUint16(b, uint16(len(p.Members)))
+			for _, mb := range p.Members {
+				b = binary.BigEndian.AppendUint32(b, mb.Index)
+				b = binary.BigEndian.AppendUint32(b, mb.Offset)
+				b = binary.BigEndian.AppendUint32(b, mb.Length)
+			}
+		}
+	}
 	sum := Sum(b)
 	b = append(b, sum[:]...)
 	return b, nil
@@ -84,8 +106,9 @@ func Decode(b []byte) (*Manifest, error) {
 	if v := binary.BigEndian.Uint16(b[8:]); v != formatVersion {
 		return nil, fmt.Errorf("manifest: version %d: %w", v, ErrVersion)
 	}
-	if f := binary.BigEndian.Uint16(b[10:]); f != 0 {
-		return nil, fmt.Errorf("manifest: flags %#04x: %w", f, ErrFlags)
+	flags := binary.BigEndian.Uint16(b[10:])
+	if flags&^FlagPacks != 0 {
+		return nil, fmt.Errorf("manifest: flags %#04x: %w", flags, ErrFlags)
 	}
 	body := b[:len(b)-checksumSize]
 	if Sum(body) != Fingerprint(b[len(body):]) {
@@ -181,6 +204,11 @@ func Decode(b []byte) (*Manifest, error) {
 		}
 		m.Inline[idx] = append([]byte(nil), r.bytes(int(length))...)
 	}
+	if flags&FlagPacks != 0 {
+		if m.Packs, err = r.packs(n); err != nil {
+			return nil, err
+		}
+	}
 	if r.remaining() != 0 {
 		return nil, invalidf("trailer", "%d unexpected bytes before the checksum", r.remaining())
 	}
@@ -188,6 +216,46 @@ func Decode(b []byte) (*Manifest, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// packs reads the pack table of a manifest with n chunks. Members are
+// checked by Validate; here only counts and bounds.
+func (r *reader) packs(n int) ([]Pack, error) {
+	q, ok := r.u32()
+	if !ok {
+		return nil, truncated("pack count")
+	}
+	if q == 0 {
+		return nil, invalidf("pack count", "0 with the packs flag set")
+	}
+	if uint64(q) > uint64(n) {
+		return nil, invalidf("pack count", "%d exceeds chunk count %d", q, n)
+	}
+	if uint64(r.remaining()) < uint64(q)*(packHeader+packMemberSize) {
+		return nil, truncated("packs")
+	}
+	packs := make([]Pack, q)
+	for k := range packs {
+		if r.remaining() < packHeader {
+			return nil, truncated("pack header")
+		}
+		copy(packs[k].ID[:], r.bytes(FingerprintSize))
+		nm, _ := r.u16()
+		if nm == 0 || nm > MaxPackMembers {
+			return nil, invalidf(fmt.Sprintf("pack %s", packs[k].ID), "%d members, want 1 to %d", nm, MaxPackMembers)
+		}
+		if r.remaining() < int(nm)*packMemberSize {
+			return nil, truncated(fmt.Sprintf("pack %s members", packs[k].ID))
+		}
+		packs[k].Members = make([]PackMember, nm)
+		for j := range packs[k].Members {
+			idx, _ := r.u32()
+			off, _ := r.u32()
+			length, _ := r.u32()
+			packs[k].Members[j] = PackMember{Index: idx, Offset: off, Length: length}
+		}
+	}
+	return packs, nil
 }
 
 // reader consumes big-endian fields from the variable part of a manifest.

@@ -19,6 +19,7 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		mustMarshal(t, newManifest(20, 0)),
 		mustMarshal(t, newManifest(ChunkSize+10, 1)),
 		mustMarshal(t, uni),
+		mustMarshal(t, packedManifest()),
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"maps"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -109,5 +110,8 @@ func sameManifest(t *testing.T, got, want *Manifest) {
 	if !maps.EqualFunc(got.Inline, want.Inline, bytes.Equal) {
 		t.Errorf("inline: got keys %v, want %v, or contents differ",
 			slices.Sorted(maps.Keys(got.Inline)), slices.Sorted(maps.Keys(want.Inline)))
+	}
+	if !reflect.DeepEqual(got.Packs, want.Packs) {
+		t.Errorf("packs: got %+v, want %+v", got.Packs, want.Packs)
 	}
 }

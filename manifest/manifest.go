@@ -29,7 +29,8 @@ var (
 
 // Manifest describes one snapshot of a database file.
 //
-// Decode returns times in UTC, and nil Chunks and Inline when they are empty.
+// Decode returns times in UTC, and nil Chunks, Inline and Packs when they
+// are empty.
 type Manifest struct {
 	// Hostname is the name of the host the database lives on: 1 to 255
 	// bytes of valid UTF-8, with no NUL and no '/'.
@@ -76,6 +77,10 @@ type Manifest struct {
 	// keyed by chunk index. Each value must be exactly ChunkLen(Size, index)
 	// bytes long and hash to Chunks[index].
 	Inline map[uint32][]byte
+	// Packs optionally lists pack objects and the chunks stored in them,
+	// by strictly increasing ID. Chunks in no pack are stored one object
+	// each. See [Pack].
+	Packs []Pack
 }
 
 // NumChunks returns the number of chunks a file of size bytes is cut into:
@@ -158,7 +163,7 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("manifest: inline chunk %d: %w", idx, ErrInlineMismatch)
 		}
 	}
-	return nil
+	return m.validatePacks()
 }
 
 // checkString checks the rules shared by the manifest's strings.
