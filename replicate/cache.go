@@ -116,6 +116,22 @@ func (c *LocalCache) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]b
 	return data, nil
 }
 
+// PutPack implements Store: a cache holds chunks one file each, never
+// packs; the uploader puts a pack's chunks into caches one by one.
+func (c *LocalCache) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return c.fail("put pack", id.String(), ErrPermanent, errors.New("a chunk cache holds no packs"))
+}
+
+// GetPack implements Store: always ErrNotFound.
+func (c *LocalCache) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	return nil, c.fail("get pack", id.String(), ErrNotFound, nil)
+}
+
+// TouchPack implements Store: always ErrNotFound.
+func (c *LocalCache) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
+	return c.fail("touch pack", id.String(), ErrNotFound, nil)
+}
+
 // TouchChunk refreshes the chunk's time, so eviction spares it.
 func (c *LocalCache) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
 	now := time.Now()

@@ -136,6 +136,52 @@ func runConformance(t *testing.T, h harness) {
 		}
 	})
 
+	t.Run("Packs", func(t *testing.T) {
+		chunks := []PackedChunk{
+			{Data: compressible(manifest.ChunkSize)},
+			{Data: randomBytes(15, manifest.ChunkSize)},
+			{Data: randomBytes(16, 777)},
+		}
+		for i := range chunks {
+			chunks[i].FP = manifest.Sum(chunks[i].Data)
+		}
+		blob, id, refs := EncodePack(chunks)
+		if id != manifest.Sum(blob) {
+			t.Fatal("pack ID is not the hash of its bytes")
+		}
+		check(t, s.PutPack(ctx, id, blob))
+		check(t, s.PutPack(ctx, id, blob)) // idempotent
+		got, err := s.GetPack(ctx, id)
+		check(t, err)
+		if !bytes.Equal(got, blob) {
+			t.Fatalf("GetPack returned %d different bytes", len(got))
+		}
+		for i, c := range chunks {
+			data, err := DecodePackMember(got, refs[i], c.FP)
+			check(t, err)
+			if !bytes.Equal(data, c.Data) {
+				t.Fatalf("member %d differs", i)
+			}
+		}
+		// A member is never found as a chunk object of its own.
+		_, err = s.GetChunk(ctx, chunks[1].FP)
+		wantKind(t, err, ErrNotFound)
+		check(t, s.TouchPack(ctx, id))
+		_, err = s.GetPack(ctx, manifest.Sum([]byte("no such pack")))
+		wantKind(t, err, ErrNotFound)
+		err = s.TouchPack(ctx, manifest.Sum([]byte("no such pack")))
+		wantKind(t, err, ErrNotFound)
+		// A member whose bytes changed, or that is named wrongly, is corrupt.
+		bad := bytes.Clone(got)
+		bad[refs[1].Offset+100] ^= 1
+		_, err = DecodePackMember(bad, refs[1], chunks[1].FP)
+		wantKind(t, err, ErrCorrupt)
+		_, err = DecodePackMember(got, refs[1], chunks[2].FP)
+		wantKind(t, err, ErrCorrupt)
+		_, err = DecodePackMember(got[:len(got)-1], refs[2], chunks[2].FP)
+		wantKind(t, err, ErrCorrupt)
+	})
+
 	hostA, hostB := "alpha.example", "beta.example"
 	keyA1 := mustKey(t, hostA, "/srv/one.db")
 	keyA2 := mustKey(t, hostA, "/srv/two with space.db")

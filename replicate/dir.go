@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -103,23 +104,58 @@ func (s *DirStore) versionDir(key string) string {
 
 // PutChunk implements Store.
 func (s *DirStore) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
-	const op = "dir put chunk"
+	return s.putObject(ctx, "dir put chunk", ChunkKey(fp), EncodeBlob(data))
+}
+
+// PutPack implements Store: packs live in the chunks directory, under
+// their keys.
+func (s *DirStore) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return s.putObject(ctx, "dir put pack", PackKey(id), blob)
+}
+
+// GetPack implements Store.
+func (s *DirStore) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	const op = "dir get pack"
+	key := PackKey(id)
 	if err := ctx.Err(); err != nil {
-		return s.err(op, ChunkKey(fp), err)
+		return nil, s.err(op, key, err)
 	}
-	key := ChunkKey(fp)
-	tmp, err := s.writeTemp(EncodeBlob(data))
+	blob, err := readFileMax(s.objectPath(key), manifest.MaxPackSize)
+	if err != nil {
+		return nil, s.err(op, key, err)
+	}
+	return blob, nil
+}
+
+// TouchPack implements Store, as TouchChunk.
+func (s *DirStore) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
+	return s.touchObject(ctx, "dir touch pack", PackKey(id))
+}
+
+// putObject writes blob under key in the chunks directory.
+func (s *DirStore) putObject(ctx context.Context, op, key string, blob []byte) error {
+	if err := ctx.Err(); err != nil {
+		return s.err(op, key, err)
+	}
+	tmp, err := s.writeTemp(blob)
 	if err != nil {
 		return s.err(op, key, err)
 	}
 	defer os.Remove(tmp)
-	if err := s.mkdirs(dirChunks, key[:2]); err != nil {
+	dir, _ := path.Split(key)
+	if err := s.mkdirs(append([]string{dirChunks}, strings.Split(strings.TrimSuffix(dir, "/"), "/")...)...); err != nil {
 		return s.err(op, key, err)
 	}
-	if err := os.Rename(tmp, s.chunkPath(fp)); err != nil {
+	if err := os.Rename(tmp, s.objectPath(key)); err != nil {
 		return s.err(op, key, err)
 	}
 	return nil
+}
+
+// objectPath returns the path of the object under key in the chunks
+// directory.
+func (s *DirStore) objectPath(key string) string {
+	return filepath.Join(s.root, dirChunks, filepath.FromSlash(key))
 }
 
 // GetChunk implements Store.
@@ -143,13 +179,15 @@ func (s *DirStore) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byt
 // TouchChunk implements Store: it sets the chunk file's access and
 // modification times to now.
 func (s *DirStore) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
-	const op = "dir touch chunk"
-	key := ChunkKey(fp)
+	return s.touchObject(ctx, "dir touch chunk", ChunkKey(fp))
+}
+
+func (s *DirStore) touchObject(ctx context.Context, op, key string) error {
 	if err := ctx.Err(); err != nil {
 		return s.err(op, key, err)
 	}
 	now := s.now()
-	if err := os.Chtimes(s.chunkPath(fp), now, now); err != nil {
+	if err := os.Chtimes(s.objectPath(key), now, now); err != nil {
 		return s.err(op, key, err)
 	}
 	return nil

@@ -17,6 +17,9 @@ const (
 	opPutChunk    = "PutChunk"
 	opGetChunk    = "GetChunk"
 	opTouchChunk  = "TouchChunk"
+	opPutPack     = "PutPack"
+	opGetPack     = "GetPack"
+	opTouchPack   = "TouchPack"
 	opPutManifest = "PutManifest"
 	opGetManifest = "GetManifest"
 	opList        = "ListManifests"
@@ -54,6 +57,7 @@ type fakeStore struct {
 
 	mu        sync.Mutex
 	chunks    map[manifest.Fingerprint][]byte
+	packs     map[manifest.Fingerprint][]byte
 	manifests map[string][]byte
 	calls     []fakeCall
 	touches   map[manifest.Fingerprint]int
@@ -73,6 +77,7 @@ func newFakeStore(name string) *fakeStore {
 	return &fakeStore{
 		name:      name,
 		chunks:    make(map[manifest.Fingerprint][]byte),
+		packs:     make(map[manifest.Fingerprint][]byte),
 		manifests: make(map[string][]byte),
 		touches:   make(map[manifest.Fingerprint]int),
 		changed:   make(chan struct{}),
@@ -239,11 +244,51 @@ func (s *fakeStore) TouchChunk(ctx context.Context, fp manifest.Fingerprint) err
 	})
 }
 
+func (s *fakeStore) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return s.do(ctx, opPutPack, id.String(), func() error {
+		if manifest.Sum(blob) != id {
+			s.badPuts = append(s.badPuts, "pack "+id.String())
+		}
+		s.packs[id] = append([]byte(nil), blob...)
+		return nil
+	})
+}
+
+func (s *fakeStore) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	var out []byte
+	err := s.do(ctx, opGetPack, id.String(), func() error {
+		d, ok := s.packs[id]
+		if !ok {
+			return s.notFound("get pack", id.String())
+		}
+		out = append([]byte(nil), d...)
+		return nil
+	})
+	return out, err
+}
+
+func (s *fakeStore) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
+	return s.do(ctx, opTouchPack, id.String(), func() error {
+		if _, ok := s.packs[id]; !ok {
+			return s.notFound("touch pack", id.String())
+		}
+		s.touches[id]++
+		return nil
+	})
+}
+
 func (s *fakeStore) PutManifest(ctx context.Context, key string, data []byte) error {
 	return s.do(ctx, opPutManifest, key, func() error {
 		if m, err := manifest.Decode(data); err == nil {
+			refs := m.PackRefs()
 			for i, fp := range m.Chunks {
 				if _, inline := m.Inline[uint32(i)]; inline {
+					continue
+				}
+				if ref, ok := refs[uint32(i)]; ok {
+					if _, err := DecodePackMember(s.packs[ref.ID], ref, fp); err != nil {
+						s.missing = append(s.missing, fmt.Sprintf("manifest %d of %s: chunk %d (%s) in pack: %v", m.ChangeCounter, key, i, fp.String()[:8], err))
+					}
 					continue
 				}
 				if _, ok := s.chunks[fp]; !ok {

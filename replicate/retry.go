@@ -287,6 +287,34 @@ func (l *Limited) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error
 	return l.run(ctx, false, func(ctx context.Context) error { return l.s.TouchChunk(ctx, fp) })
 }
 
+// PutPack implements Store.
+func (l *Limited) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	err := l.run(ctx, false, func(ctx context.Context) error { return l.s.PutPack(ctx, id, blob) })
+	if err == nil {
+		l.bytesUp.Add(int64(len(blob)))
+	}
+	return err
+}
+
+// GetPack implements Store.
+func (l *Limited) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	var out []byte
+	err := l.run(ctx, true, func(ctx context.Context) (err error) {
+		out, err = l.s.GetPack(ctx, id)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.bytesDown.Add(int64(len(out)))
+	return out, nil
+}
+
+// TouchPack implements Store.
+func (l *Limited) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
+	return l.run(ctx, false, func(ctx context.Context) error { return l.s.TouchPack(ctx, id) })
+}
+
 // PutManifest implements Store.
 func (l *Limited) PutManifest(ctx context.Context, key string, data []byte) error {
 	err := l.run(ctx, false, func(ctx context.Context) error { return l.s.PutManifest(ctx, key, data) })

@@ -52,9 +52,14 @@ func (s *scriptStore) GetChunk(context.Context, manifest.Fingerprint) ([]byte, e
 	}
 	return s.data, nil
 }
-func (s *scriptStore) TouchChunk(context.Context, manifest.Fingerprint) error { return s.next() }
-func (s *scriptStore) PutManifest(context.Context, string, []byte) error      { return s.next() }
-func (s *scriptStore) GetManifest(context.Context, string) ([]byte, error)    { return s.data, s.next() }
+func (s *scriptStore) TouchChunk(context.Context, manifest.Fingerprint) error      { return s.next() }
+func (s *scriptStore) PutPack(context.Context, manifest.Fingerprint, []byte) error { return s.next() }
+func (s *scriptStore) GetPack(context.Context, manifest.Fingerprint) ([]byte, error) {
+	return s.data, s.next()
+}
+func (s *scriptStore) TouchPack(context.Context, manifest.Fingerprint) error { return s.next() }
+func (s *scriptStore) PutManifest(context.Context, string, []byte) error     { return s.next() }
+func (s *scriptStore) GetManifest(context.Context, string) ([]byte, error)   { return s.data, s.next() }
 func (s *scriptStore) GetManifestVersion(context.Context, string, string) ([]byte, error) {
 	return s.data, s.next()
 }

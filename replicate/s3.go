@@ -184,8 +184,11 @@ func (s *S3Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte
 // its metadata, which sets its Last-Modified time. The chunk bucket
 // should not be versioned, or each touch keeps another copy.
 func (s *S3Store) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
-	const op = "s3 touch chunk"
-	bucket, key := s.target.ChunkBucket, ChunkKey(fp)
+	return s.touch(ctx, "s3 touch chunk", ChunkKey(fp))
+}
+
+func (s *S3Store) touch(ctx context.Context, op, key string) error {
+	bucket := s.target.ChunkBucket
 	return s.do(ctx, op, bucket, key, func(ctx context.Context) error {
 		_, err := s.client.CopyObject(ctx, &s3.CopyObjectInput{
 			Bucket:            aws.String(bucket),
@@ -196,6 +199,21 @@ func (s *S3Store) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error
 		})
 		return err
 	})
+}
+
+// PutPack implements Store.
+func (s *S3Store) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return s.put(ctx, "s3 put pack", s.target.ChunkBucket, PackKey(id), blob)
+}
+
+// GetPack implements Store.
+func (s *S3Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	return s.get(ctx, "s3 get pack", s.target.ChunkBucket, PackKey(id), "", manifest.MaxPackSize)
+}
+
+// TouchPack implements Store, as TouchChunk.
+func (s *S3Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
+	return s.touch(ctx, "s3 touch pack", PackKey(id))
 }
 
 // PutManifest implements Store.

@@ -33,6 +33,19 @@ type Store interface {
 	// ErrNotFound if the chunk is missing.
 	TouchChunk(ctx context.Context, fp manifest.Fingerprint) error
 
+	// PutPack stores blob, a pack made by EncodePack, under PackKey(id)
+	// in the chunk bucket, as is (its members are compressed already).
+	PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error
+
+	// GetPack returns the bytes of pack id, as stored. Callers verify
+	// each chunk they take from it (DecodePackMember). Caches return
+	// ErrNotFound: they hold chunks only.
+	GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error)
+
+	// TouchPack refreshes the pack's modification time, as TouchChunk
+	// does for a chunk.
+	TouchPack(ctx context.Context, id manifest.Fingerprint) error
+
 	// PutManifest stores data, an encoded manifest (see
 	// manifest.Manifest.MarshalBinary), under key, a key returned by
 	// ManifestKey. The store may compress it.
