@@ -20,7 +20,7 @@ const (
 	minEncodedSize = headerSize + 3*2 + 4 + 4 + checksumSize
 
 	inlineEntryHeader = 8  // chunk index and length
-	packHeader        = 34 // pack ID and member count
+	packHeader        = 36 // pack ID and member count
 	packMemberSize    = 12 // chunk index, offset and length
 )
 
@@ -76,7 +76,7 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(m.Packs)))
 		for _, p := range m.Packs {
 			b = append(b, p.ID[:]...)
-			b = binary.BigEndian.AppendUint16(b, uint16(len(p.Members)))
+			b = binary.BigEndian.AppendUint32(b, uint32(len(p.Members)))
 			for _, mb := range p.Members {
 				b = binary.BigEndian.AppendUint32(b, mb.Index)
 				b = binary.BigEndian.AppendUint32(b, mb.Offset)
@@ -240,11 +240,11 @@ func (r *reader) packs(n int) ([]Pack, error) {
 			return nil, truncated("pack header")
 		}
 		copy(packs[k].ID[:], r.bytes(FingerprintSize))
-		nm, _ := r.u16()
-		if nm == 0 || nm > MaxPackMembers {
-			return nil, invalidf(fmt.Sprintf("pack %s", packs[k].ID), "%d members, want 1 to %d", nm, MaxPackMembers)
+		nm, _ := r.u32()
+		if nm == 0 || uint64(nm) > uint64(n) {
+			return nil, invalidf(fmt.Sprintf("pack %s", packs[k].ID), "%d members, want 1 to %d", nm, n)
 		}
-		if r.remaining() < int(nm)*packMemberSize {
+		if uint64(r.remaining()) < uint64(nm)*packMemberSize {
 			return nil, truncated(fmt.Sprintf("pack %s members", packs[k].ID))
 		}
 		packs[k].Members = make([]PackMember, nm)

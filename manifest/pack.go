@@ -9,13 +9,8 @@ import (
 // each. See doc/FORMAT.md.
 const FlagPacks = 1
 
-// Limits on the pack table.
-const (
-	// MaxPackMembers is the most chunks one pack may hold.
-	MaxPackMembers = 256
-	// MaxPackSize bounds the size of a pack object in bytes.
-	MaxPackSize = 64 << 20
-)
+// MaxPackSize bounds the size of a pack object in bytes.
+const MaxPackSize = 64 << 20
 
 // A Pack is one object of the store holding the encoded blobs of several
 // chunks end to end. Its ID names the object (the BLAKE3-256 of its
@@ -59,7 +54,7 @@ func (m *Manifest) PackRefs() map[uint32]PackRef {
 }
 
 // validatePacks checks the pack table: packs by strictly increasing ID,
-// each with 1 to MaxPackMembers members by strictly increasing chunk
+// each with at least one member, by strictly increasing chunk
 // index, every member a chunk of the manifest that is not inline and in
 // no other pack, and every blob non-empty and inside MaxPackSize.
 func (m *Manifest) validatePacks() error {
@@ -70,8 +65,8 @@ func (m *Manifest) validatePacks() error {
 		if k > 0 && string(p.ID[:]) <= string(m.Packs[k-1].ID[:]) {
 			return invalidf(field, "pack IDs not strictly increasing")
 		}
-		if len(p.Members) == 0 || len(p.Members) > MaxPackMembers {
-			return invalidf(field, "%d members, want 1 to %d", len(p.Members), MaxPackMembers)
+		if len(p.Members) == 0 {
+			return invalidf(field, "no members")
 		}
 		for j, mb := range p.Members {
 			mfield := fmt.Sprintf("%s member %d", field, mb.Index)

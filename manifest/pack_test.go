@@ -60,7 +60,6 @@ func TestPacksValidate(t *testing.T) {
 		{"IDs out of order", func(m *Manifest) { m.Packs[0], m.Packs[1] = m.Packs[1], m.Packs[0] }},
 		{"duplicate ID", func(m *Manifest) { m.Packs[1].ID = m.Packs[0].ID }},
 		{"no members", func(m *Manifest) { m.Packs[1].Members = nil }},
-		{"too many members", func(m *Manifest) { m.Packs[1].Members = make([]PackMember, MaxPackMembers+1) }},
 		{"index out of range", func(m *Manifest) { m.Packs[1].Members[0].Index = 6 }},
 		{"indices not increasing", func(m *Manifest) { m.Packs[0].Members[1].Index = 1 }},
 		{"inline chunk packed", func(m *Manifest) { m.Packs[0].Members[0].Index = 0 }},
@@ -96,11 +95,12 @@ func TestPacksDecodeRejects(t *testing.T) {
 		{"zero packs", patch(plain, func(b []byte) []byte { b[11] = FlagPacks; return append(b, 0, 0, 0, 0) }), ErrInvalid},
 		{"more packs than chunks", patch(enc, func(b []byte) []byte { b[tableAt+3] = 7; return b }), ErrInvalid},
 		{"pack count past the end", patch(enc, func(b []byte) []byte { b[tableAt+3] = 3; return b }), ErrTruncated},
-		{"member count 0", patch(enc, func(b []byte) []byte { b[tableAt+4+32+1] = 0; return b }), ErrInvalid},
-		{"member count past the end", patch(enc, func(b []byte) []byte { b[tableAt+4+32+1] = 200; return b }), ErrTruncated},
+		{"member count 0", patch(enc, func(b []byte) []byte { b[tableAt+4+32+3] = 0; return b }), ErrInvalid},
+		{"more members than chunks", patch(enc, func(b []byte) []byte { b[tableAt+4+32+3] = 7; return b }), ErrInvalid},
+		{"member count past the end", patch(enc, func(b []byte) []byte { b[tableAt+4+32+3] = 5; return b }), ErrTruncated},
 		{"cut member", patch(enc, func(b []byte) []byte { return b[:len(b)-1] }), ErrTruncated},
 		{"trailing byte", patch(enc, func(b []byte) []byte { return append(b, 0) }), ErrInvalid},
-		{"member is inline chunk", patch(enc, func(b []byte) []byte { b[tableAt+4+34+3] = 0; return b }), ErrInvalid},
+		{"member is inline chunk", patch(enc, func(b []byte) []byte { b[tableAt+4+36+3] = 0; return b }), ErrInvalid},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m, err := Decode(c.in)

@@ -33,25 +33,68 @@ func FetchManifest(ctx context.Context, stores []Store, key string) (*manifest.M
 }
 
 // FetchChunk returns chunk i of m, from the manifest itself when inline,
-// else from the first store that has it, verified against its fingerprint.
+// else from the first store that has it, verified against its
+// fingerprint. A chunk that m places in a pack is looked for in caches
+// (which hold chunks) and then in the pack, which is fetched whole.
 func FetchChunk(ctx context.Context, stores []Store, m *manifest.Manifest, i int) ([]byte, error) {
+	return fetchChunk(ctx, stores, m, m.PackRefs(), i, nil)
+}
+
+// lastPack keeps the pack fetched last, for sequential readers.
+type lastPack struct {
+	id   manifest.Fingerprint
+	data []byte
+}
+
+func fetchChunk(ctx context.Context, stores []Store, m *manifest.Manifest, refs map[uint32]manifest.PackRef, i int, last *lastPack) ([]byte, error) {
 	if data, ok := m.Inline[uint32(i)]; ok {
 		return data, nil
 	}
 	fp := m.Chunks[i]
 	want := manifest.ChunkLen(m.Size, i)
+	ref, packed := refs[uint32(i)]
 	var errs []error
+	check := func(data []byte, where string) bool {
+		if len(data) != want {
+			errs = append(errs, fmt.Errorf("replicate: chunk %d (%s) in %s: %d bytes, want %d: %w", i, fp, where, len(data), want, ErrCorrupt))
+			return false
+		}
+		return true
+	}
 	for _, s := range stores {
+		if packed && !IsCache(s) {
+			continue
+		}
 		data, err := s.GetChunk(ctx, fp)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if len(data) != want {
-			errs = append(errs, fmt.Errorf("replicate: chunk %d (%s) in %s: %d bytes, want %d", i, fp, s, len(data), want))
-			continue
+		if check(data, s.String()) {
+			return data, nil
 		}
-		return data, nil
+	}
+	if packed {
+		var pack []byte
+		if last != nil && last.id == ref.ID {
+			pack = last.data
+		} else {
+			p, err := FetchPack(ctx, stores, ref.ID)
+			if err != nil {
+				return nil, fmt.Errorf("replicate: chunk %d of %s: %w", i, m.SourcePath, err)
+			}
+			pack = p
+			if last != nil {
+				last.id, last.data = ref.ID, p
+			}
+		}
+		data, err := DecodePackMember(pack, ref, fp)
+		if err == nil && check(data, "pack "+ref.ID.String()) {
+			return data, nil
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return nil, fmt.Errorf("replicate: chunk %d of %s: %w", i, m.SourcePath, errors.Join(errs...))
 }
@@ -59,8 +102,10 @@ func FetchChunk(ctx context.Context, stores []Store, m *manifest.Manifest, i int
 // Reassemble writes the database that m describes to w, chunk by chunk,
 // each verified against its fingerprint.
 func Reassemble(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Writer) error {
+	refs := m.PackRefs()
+	var last lastPack
 	for i := range m.Chunks {
-		data, err := FetchChunk(ctx, stores, m, i)
+		data, err := fetchChunk(ctx, stores, m, refs, i, &last)
 		if err != nil {
 			return err
 		}

@@ -85,9 +85,13 @@ type UploaderOptions struct {
 	// chunks no manifest uses. Zero means DefaultTouchPeriod; negative
 	// disables touching.
 	TouchPeriod time.Duration
-	Retry       RetryOptions
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// PackChunks is the most chunks put together in one pack object;
+	// zero means PackChunks, and 1 puts every chunk in an object of its
+	// own.
+	PackChunks int
+	Retry      RetryOptions
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // Uploader uploads the spooled snapshots of databases to the targets.
@@ -103,7 +107,14 @@ type Uploader struct {
 
 	mu     sync.Mutex
 	dbs    map[string]*dbState // by spool directory
-	recent map[manifest.Fingerprint]time.Time
+	recent map[manifest.Fingerprint]recentUpload
+}
+
+// recentUpload records a chunk upload: when, and in which pack (a zero
+// ID for an object of its own).
+type recentUpload struct {
+	at  time.Time
+	ref manifest.PackRef
 }
 
 type limitedTarget struct {
@@ -129,6 +140,9 @@ type dbState struct {
 	rerun         bool          // a wake-up came while the upload was busy
 	blockedOnce   bool
 	failingLogged bool
+	// placed holds the chunks this database's uploads put in packs that
+	// no uploaded manifest lists yet (see packing.go).
+	placed map[manifest.Fingerprint]manifest.PackRef
 }
 
 // Status describes the replication of one database, for the Go API,
@@ -141,6 +155,7 @@ type Status struct {
 	PendingBytes int64         `json:"pending_bytes"`        // bytes in the spool waiting for upload
 	Uploads      int64         `json:"uploads"`              // snapshots (manifests) uploaded
 	Chunks       int64         `json:"chunks"`               // chunks uploaded
+	Packs        int64         `json:"packs"`                // packs uploaded (holding some of those chunks)
 	Calls        int64         `json:"calls"`                // store calls made for this database
 	Failures     int64         `json:"failures"`             // failed uploads
 	LastUpload   time.Time     `json:"last_upload,omitzero"` // when the last manifest was uploaded
@@ -167,7 +182,7 @@ func ReadStatus(dir string, now time.Time) (Status, error) {
 	}
 	var sum [32]byte
 	if b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
-		sum = sha256.Sum256(b)
+		sum = spoolSum(b)
 	}
 	s.Lag, s.PendingBytes = SpoolLag(dir, sum, now)
 	return s, nil
@@ -217,6 +232,9 @@ func NewUploader(opts UploaderOptions) (*Uploader, error) {
 	if opts.ManifestGap == 0 {
 		opts.ManifestGap = DefaultManifestGap
 	}
+	if opts.PackChunks <= 0 {
+		opts.PackChunks = PackChunks
+	}
 	if opts.RecentTTL <= 0 {
 		opts.RecentTTL = DefaultRecentTTL
 	}
@@ -236,7 +254,7 @@ func NewUploader(opts UploaderOptions) (*Uploader, error) {
 		wake:   make(chan string, 1024),
 		stop:   make(chan struct{}),
 		dbs:    make(map[string]*dbState),
-		recent: make(map[manifest.Fingerprint]time.Time),
+		recent: make(map[manifest.Fingerprint]recentUpload),
 	}
 	for _, t := range opts.Targets {
 		u.bg = append(u.bg, limitedTarget{t, NewLimited(t.Store, rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst), opts.Retry)})
@@ -326,7 +344,7 @@ func (u *Uploader) state(dir string) *dbState {
 			st.status.Source = string(b)
 		}
 		if b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
-			st.uploadedSum = sha256.Sum256(b)
+			st.uploadedSum = spoolSum(b)
 		}
 		u.dbs[dir] = st
 	}
@@ -497,7 +515,7 @@ func uploadedFileSum(dir string) [32]byte {
 	if err != nil {
 		return [32]byte{}
 	}
-	return sha256.Sum256(b)
+	return spoolSum(b)
 }
 
 func (st *dbState) uploadedSumCopy() [32]byte {
@@ -585,6 +603,20 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 	if err := u.checkTargets(st); err != nil {
 		return err
 	}
+	// Another process may have uploaded since: its placements are in the
+	// file.
+	placed, err := loadPlacements(st.dir)
+	if err != nil {
+		// The next manifest could not say where those chunks are.
+		u.log.Error("replicate: cannot read the pack placements; re-uploading the database", logKeyDB, st.status.Source, logKeyErr, err)
+		if ierr := u.invalidate(st); ierr != nil {
+			return ierr
+		}
+		return err
+	}
+	st.mu.Lock()
+	st.placed = placed
+	st.mu.Unlock()
 	for range 3 {
 		more, err := u.pass(ctx, st, targets)
 		if err != nil {
@@ -673,7 +705,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 		return false, fmt.Errorf("%w: %w", ErrSpoolCorrupt, err)
 	}
 	// Staged chunks belong to the newest snapshot: all are uploaded.
-	if err := u.uploadChunkDir(ctx, st, filepath.Join(st.dir, "staging", "chunks"), nil, targets); err != nil {
+	if err := u.uploadChunkDir(ctx, st, filepath.Join(st.dir, "staging", "chunks"), nil, m, targets); err != nil {
 		return false, err
 	}
 	if err := takeReady(st.dir); err != nil {
@@ -740,7 +772,7 @@ func (u *Uploader) sweep(ctx context.Context, st *dbState, consuming string, m *
 		return err
 	}
 	for _, snap := range snaps {
-		if err := u.uploadChunkDir(ctx, st, filepath.Join(consuming, snap, "chunks"), need, targets); err != nil {
+		if err := u.uploadChunkDir(ctx, st, filepath.Join(consuming, snap, "chunks"), need, m, targets); err != nil {
 			return err
 		}
 	}
@@ -868,8 +900,9 @@ func listDirs(dir string) ([]string, error) {
 // uploadChunkDir uploads the chunk files in dir that need selects (all of
 // them when need is nil), deleting each once it is in every target. Each
 // is verified against its name first: a corrupt spool file is never
-// uploaded.
-func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, need map[manifest.Fingerprint]bool, targets []limitedTarget) error {
+// uploaded. Chunks go up in packs of up to PackChunks, in the order of
+// their first index in m, so that a pack holds neighbouring chunks.
+func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, need map[manifest.Fingerprint]bool, m *manifest.Manifest, targets []limitedTarget) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -885,6 +918,27 @@ func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, 
 		}
 		fps = append(fps, fp)
 	}
+	if len(fps) == 0 {
+		return nil
+	}
+	first := make(map[manifest.Fingerprint]int, len(m.Chunks))
+	for i := len(m.Chunks) - 1; i >= 0; i-- {
+		first[m.Chunks[i]] = i
+	}
+	pos := func(fp manifest.Fingerprint) int {
+		if i, ok := first[fp]; ok {
+			return i
+		}
+		return len(m.Chunks) // not in m: a newer snapshot's, last
+	}
+	slices.SortFunc(fps, func(a, b manifest.Fingerprint) int { return pos(a) - pos(b) })
+	var units [][]manifest.Fingerprint
+	for len(fps) > 0 {
+		n := min(len(fps), u.opts.PackChunks)
+		units = append(units, fps[:n])
+		fps = fps[n:]
+	}
+
 	// Background uploads go one at a time (the limiter allows a few per
 	// second anyway); flushes keep several requests in flight, and so
 	// does a background upload as soon as a flush waits for it.
@@ -893,7 +947,7 @@ func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, 
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var once sync.Once
-	var first error // the cause; the other workers' errors are its cancellation
+	var firstErr error // the cause; the other workers' errors are its cancellation
 	var helpers atomic.Bool
 	var work func(lead bool)
 	work = func(lead bool) {
@@ -906,11 +960,11 @@ func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, 
 				}
 			}
 			k := int(next.Add(1)) - 1
-			if k >= len(fps) {
+			if k >= len(units) {
 				return
 			}
-			if err := u.uploadChunkFile(ctx, st, dir, fps[k], targets); err != nil {
-				once.Do(func() { first = err; cancel() })
+			if err := u.uploadUnit(ctx, st, dir, units[k], targets); err != nil {
+				once.Do(func() { firstErr = err; cancel() })
 				return
 			}
 		}
@@ -918,10 +972,10 @@ func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, 
 	wg.Add(1)
 	go work(true)
 	wg.Wait()
-	return first
+	return firstErr
 }
 
-// flushConcurrency is the number of chunk uploads a flush keeps in flight.
+// flushConcurrency is the number of uploads a flush keeps in flight.
 const flushConcurrency = 8
 
 // hurried reports whether an upload of st should use the flush targets:
@@ -930,17 +984,27 @@ func (u *Uploader) hurried(st *dbState, targets []limitedTarget) bool {
 	return st.hurry.Load() > 0 || (len(targets) > 0 && len(u.flush) > 0 && &targets[0] == &u.flush[0])
 }
 
-// uploadChunkFile uploads the spool chunk file dir/fp unless it was
-// uploaded recently, verified against its name first, and deletes it.
-func (u *Uploader) uploadChunkFile(ctx context.Context, st *dbState, dir string, fp manifest.Fingerprint, targets []limitedTarget) error {
+// uploadUnit uploads the spool chunk files dir/fp of unit that were not
+// uploaded recently, verified against their names first, in one pack when
+// there are several, and deletes them.
+func (u *Uploader) uploadUnit(ctx context.Context, st *dbState, dir string, unit []manifest.Fingerprint, targets []limitedTarget) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	p := filepath.Join(dir, fp.String())
-	if !u.recentlyUploaded(fp) {
+	var chunks []PackedChunk
+	var reused []manifest.Fingerprint // recently put in a pack
+	var reusedRefs []manifest.PackRef
+	for _, fp := range unit {
+		if ref, ok := u.recentlyUploaded(fp); ok {
+			if ref.ID != (manifest.Fingerprint{}) {
+				reused, reusedRefs = append(reused, fp), append(reusedRefs, ref)
+			}
+			continue
+		}
+		p := filepath.Join(dir, fp.String())
 		data, err := os.ReadFile(p)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil // moved on to ready/, or no longer referenced
+			continue // moved on to ready/, or no longer referenced
 		}
 		if err != nil {
 			return fmt.Errorf("replicate: read %s: %w", p, err)
@@ -948,15 +1012,32 @@ func (u *Uploader) uploadChunkFile(ctx context.Context, st *dbState, dir string,
 		if manifest.Sum(data) != fp {
 			return fmt.Errorf("%w: spool chunk %s does not match its fingerprint", ErrSpoolCorrupt, p)
 		}
-		if st.hurry.Load() > 0 {
-			targets = u.flush
-		}
-		if err := u.putChunk(ctx, st, fp, data, targets); err != nil {
+		chunks = append(chunks, PackedChunk{FP: fp, Data: data})
+	}
+	if len(reused) > 0 {
+		if err := st.recordPlacements(reused, reusedRefs); err != nil {
 			return err
 		}
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("replicate: remove %s: %w", p, err)
+	if st.hurry.Load() > 0 {
+		targets = u.flush
+	}
+	switch len(chunks) {
+	case 0:
+	case 1:
+		if err := u.putChunk(ctx, st, chunks[0].FP, chunks[0].Data, targets); err != nil {
+			return err
+		}
+	default:
+		if err := u.putPack(ctx, st, chunks, targets); err != nil {
+			return err
+		}
+	}
+	for _, fp := range unit {
+		p := filepath.Join(dir, fp.String())
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("replicate: remove %s: %w", p, err)
+		}
 	}
 	return nil
 }
@@ -973,16 +1054,66 @@ func (u *Uploader) putChunk(ctx context.Context, st *dbState, fp manifest.Finger
 			return err
 		}
 	}
-	u.mu.Lock()
-	if len(u.recent) >= recentMemory {
-		clear(u.recent) // crude but bounded; costs only re-uploads
-	}
-	u.recent[fp] = u.opts.Now()
-	u.mu.Unlock()
+	u.remember([]manifest.Fingerprint{fp}, nil)
 	st.mu.Lock()
 	st.status.Chunks++
 	st.mu.Unlock()
 	return nil
+}
+
+// putPack uploads chunks as one pack to every store target, and one by
+// one to caches, then records where they are.
+func (u *Uploader) putPack(ctx context.Context, st *dbState, chunks []PackedChunk, targets []limitedTarget) error {
+	blob, id, refs := EncodePack(chunks)
+	for _, t := range targets {
+		if t.Cache {
+			for _, c := range chunks {
+				if err := t.lim.PutChunk(ctx, c.FP, c.Data); err != nil {
+					u.log.Debug("replicate: cache put failed", logKeyTarget, t.Name, logKeyErr, err)
+					break
+				}
+			}
+			continue
+		}
+		err := t.lim.PutPack(ctx, id, blob)
+		st.countCall()
+		if err != nil {
+			return err
+		}
+	}
+	fps := make([]manifest.Fingerprint, len(chunks))
+	for i, c := range chunks {
+		fps[i] = c.FP
+	}
+	// Recorded before the spool files go: the manifest must say where
+	// these chunks are, even after a restart.
+	if err := st.recordPlacements(fps, refs); err != nil {
+		return err
+	}
+	u.remember(fps, refs)
+	st.mu.Lock()
+	st.status.Chunks += int64(len(chunks))
+	st.status.Packs++
+	st.mu.Unlock()
+	return nil
+}
+
+// remember notes chunks just uploaded, in packs refs (nil: one object
+// each).
+func (u *Uploader) remember(fps []manifest.Fingerprint, refs []manifest.PackRef) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.recent)+len(fps) > recentMemory {
+		clear(u.recent) // crude but bounded; costs only re-uploads
+	}
+	now := u.opts.Now()
+	for i, fp := range fps {
+		r := recentUpload{at: now}
+		if refs != nil {
+			r.ref = refs[i]
+		}
+		u.recent[fp] = r
+	}
 }
 
 func (st *dbState) countCall() {
@@ -991,11 +1122,13 @@ func (st *dbState) countCall() {
 	st.mu.Unlock()
 }
 
-func (u *Uploader) recentlyUploaded(fp manifest.Fingerprint) bool {
+// recentlyUploaded reports whether fp was uploaded within RecentTTL, and
+// where it went.
+func (u *Uploader) recentlyUploaded(fp manifest.Fingerprint) (manifest.PackRef, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	t, ok := u.recent[fp]
-	return ok && u.opts.Now().Sub(t) < u.opts.RecentTTL
+	r, ok := u.recent[fp]
+	return r.ref, ok && u.opts.Now().Sub(r.at) < u.opts.RecentTTL
 }
 
 // waitManifestGap waits until ManifestGap has passed since the database's
@@ -1044,12 +1177,33 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, h
 		return err
 	}
 	sum := sha256.Sum256(mb)
+	// The last uploaded manifest says where the chunks this snapshot
+	// shares with it are: without it, nothing can be relied on.
+	var prev *manifest.Manifest
+	if b, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil {
+		if prev, err = manifest.Decode(b); err != nil {
+			if ierr := u.invalidate(st); ierr != nil {
+				return ierr
+			}
+			return fmt.Errorf("%w: the last uploaded manifest: %w", ErrSpoolCorrupt, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replicate: read the last uploaded manifest of %s: %w", m.SourcePath, err)
+	}
 	// Never make the store go backwards: a snapshot taken before the last
 	// uploaded one (left behind in consuming/, say) is not uploaded.
-	if prev, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil && handedOver {
-		if pm, err := manifest.Decode(prev); err == nil && m.Created.Before(pm.Created) {
-			u.log.Warn("replicate: not uploading a snapshot older than the last uploaded one", logKeyDB, m.SourcePath)
-			return nil
+	if prev != nil && handedOver && m.Created.Before(prev.Created) {
+		u.log.Warn("replicate: not uploading a snapshot older than the last uploaded one", logKeyDB, m.SourcePath)
+		return nil
+	}
+	// Say where packed chunks are: placements of this upload and earlier
+	// ones, then the last uploaded manifest's pack table.
+	st.mu.Lock()
+	packed := withPacks(m, st.placed, prev)
+	st.mu.Unlock()
+	if len(packed.Packs) > 0 {
+		if mb, err = packed.MarshalBinary(); err != nil {
+			return fmt.Errorf("replicate: encode the manifest of %s with its packs: %w", m.SourcePath, err)
 		}
 	}
 	if st.hurry.Load() > 0 {
@@ -1068,6 +1222,9 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, h
 	tap := filepath.Join(st.dir, uploadedManifestFile)
 	if err := writeFileAtomic(tap, mb); err != nil {
 		u.log.Warn("replicate: cannot record the uploaded manifest", logKeyDB, m.SourcePath, logKeyErr, err)
+	}
+	if err := st.forgetPlacements(packed); err != nil {
+		u.log.Warn("replicate: cannot update the pack placements", logKeyDB, m.SourcePath, logKeyErr, err)
 	}
 	u.noteSuccess(st, m, sum)
 	return nil
@@ -1099,21 +1256,33 @@ func (u *Uploader) maybeTouch(ctx context.Context, st *dbState, targets []limite
 	if err != nil {
 		return
 	}
+	// Each object once: a chunk of its own, or the pack holding it.
+	refs := m.PackRefs()
 	seen := map[manifest.Fingerprint]bool{}
 	for i, fp := range m.Chunks {
-		if _, inline := m.Inline[uint32(i)]; inline || seen[fp] {
+		ref, packed := refs[uint32(i)]
+		obj, what := fp, "chunk"
+		if packed {
+			obj, what = ref.ID, "pack"
+		}
+		if _, inline := m.Inline[uint32(i)]; inline || seen[obj] {
 			continue
 		}
-		seen[fp] = true
+		seen[obj] = true
 		for _, t := range targets {
 			if t.Cache {
 				continue
 			}
-			err := t.lim.TouchChunk(ctx, fp)
+			var err error
+			if packed {
+				err = t.lim.TouchPack(ctx, obj)
+			} else {
+				err = t.lim.TouchChunk(ctx, obj)
+			}
 			st.countCall()
 			if errors.Is(err, ErrNotFound) {
-				u.log.Warn("replicate: a chunk of the last uploaded snapshot is missing from the store; the next transaction re-uploads everything",
-					logKeyDB, m.SourcePath, logKeyTarget, t.Name, "chunk", fp.String())
+				u.log.Warn("replicate: a "+what+" of the last uploaded snapshot is missing from the store; the next transaction re-uploads everything",
+					logKeyDB, m.SourcePath, logKeyTarget, t.Name, what, obj.String())
 				u.invalidate(st)
 				return
 			}
@@ -1137,7 +1306,11 @@ func (u *Uploader) invalidate(st *dbState) error {
 	}
 	st.mu.Lock()
 	st.uploadedSum = [32]byte{}
+	st.placed = nil
 	st.mu.Unlock()
+	if err := os.Remove(filepath.Join(st.dir, packedFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		u.log.Warn("replicate: cannot remove the pack placements", logKeyDB, st.status.Source, logKeyErr, err)
+	}
 	u.mu.Lock()
 	clear(u.recent)
 	u.mu.Unlock()

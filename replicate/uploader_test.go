@@ -286,6 +286,7 @@ func uploadOpts(now *testNow, targets ...Target) UploaderOptions {
 		ScanPeriod:  time.Hour,
 		ManifestGap: -1,
 		TouchPeriod: -1,
+		PackChunks:  1, // most tests count chunk puts; TestUploaderPacks* pack
 		Retry: RetryOptions{
 			MaxAttempts:   2,
 			NotFoundDelay: -1,
@@ -1602,5 +1603,182 @@ func TestUploaderTargetsChangedByAnotherProcess(t *testing.T) {
 	mustFlush(t, uOld, d.dir)
 	if d.exists("staging/manifest") {
 		t.Fatal("the old-targets uploader consumed a snapshot meant for the new targets instead of invalidating")
+	}
+}
+
+// TestUploaderPacks: a snapshot's chunks go up in packs of PackChunks, in
+// file order; the manifest says where each is; a later snapshot keeps the
+// places of the chunks it shares, across a restart of the uploader too,
+// and the touch refreshes packs.
+func TestUploaderPacks(t *testing.T) {
+	now := newTestNow()
+	store := newFakeStore("s3")
+	opts := uploadOpts(now, target(store))
+	opts.PackChunks = 4
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, t.TempDir(), "/data/packed.db")
+	data := testData(40, 10*manifest.ChunkSize+9) // chunk 0 inline, 10 in files
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	mustFlush(t, u, d.dir)
+	calls := store.callLog()
+	if n, c := countOps(calls, opPutPack), countOps(calls, opPutChunk); n != 3 || c != 0 {
+		t.Fatalf("%d pack puts and %d chunk puts, want 3 packs (4+4+2) and no chunk; calls %v", n, c, calls)
+	}
+	stored := func() *manifest.Manifest {
+		t.Helper()
+		m, err := manifest.Decode(store.manifestAt(d.key()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	m1 := stored()
+	refs := m1.PackRefs()
+	if len(refs) != 10 {
+		t.Fatalf("%d packed chunks, want 10", len(refs))
+	}
+	// File order: chunks 1-4 share a pack, 5-8 another.
+	if refs[1].ID != refs[4].ID || refs[5].ID != refs[8].ID || refs[4].ID == refs[5].ID || refs[9].ID != refs[10].ID {
+		t.Errorf("packs not in file order: %v", refs)
+	}
+	m1.Packs = nil
+	if plain, _ := m1.MarshalBinary(); !bytes.Equal(plain, s1.mb) {
+		t.Error("the stored manifest, without its pack table, differs from the spool's")
+	}
+	checkReassembled(t, store, d, s1)
+	store.checkIntegrity(t)
+	if d.exists(packedFile) {
+		t.Error("placements file left after its manifest was uploaded")
+	}
+	if st := u.Status(); len(st) != 1 || st[0].Packs != 3 || st[0].Chunks != 10 {
+		t.Errorf("status %+v, want 3 packs and 10 chunks", st)
+	}
+
+	// Change chunk 6: one chunk put, and the other places carried over
+	// from the uploaded manifest.
+	s2 := d.snapshot(withChunk(data, 6, 41), now.Now())
+	d.stage(s2, s2.m.Chunks[6])
+	before := store.numCalls()
+	mustFlush(t, u, d.dir)
+	calls = store.callsSince(before)
+	if n, c := countOps(calls, opPutPack), countOps(calls, opPutChunk); n != 0 || c != 1 {
+		t.Fatalf("calls %v, want one chunk put and the manifest", calls)
+	}
+	if r := stored().PackRefs(); len(r) != 9 || r[5] != refs[5] {
+		t.Errorf("second manifest places %d chunks (chunk 5 at %+v), want 9 (at %+v)", len(r), r[5], refs[5])
+	}
+	checkReassembled(t, store, d, s2)
+	store.checkIntegrity(t)
+
+	// Packs uploaded, then the manifest put fails and the process goes:
+	// the next process finds the places in the placements file, since
+	// the chunk files are gone from the spool.
+	s3 := d.snapshot(withChunk(withChunk(s2.data, 2, 42), 3, 43), now.Now())
+	d.stage(s3, s3.m.Chunks[2], s3.m.Chunks[3])
+	failManifest := func(ctx context.Context, op, key string) error {
+		if op == opPutManifest {
+			return errForbidden
+		}
+		return nil
+	}
+	store.addHook(failManifest)
+	if err := u.Flush(context.Background(), d.dir); err == nil {
+		t.Fatal("Flush succeeded with the manifest put failing")
+	}
+	store.clearHooks()
+	if got := d.files("staging/chunks"); len(got) != 0 {
+		t.Fatalf("staging/chunks=%v, want the packed chunks uploaded and gone", got)
+	}
+	if !d.exists(packedFile) {
+		t.Fatal("no placements file while a pack waits for its manifest")
+	}
+	u2 := newTestUploader(t, opts)
+	mustFlush(t, u2, d.dir)
+	m3 := stored()
+	if m3.ChangeCounter != s3.m.ChangeCounter {
+		t.Fatalf("stored manifest #%d, want #%d", m3.ChangeCounter, s3.m.ChangeCounter)
+	}
+	if r := m3.PackRefs(); r[2].ID != r[3].ID || r[2].ID == refs[2].ID {
+		t.Errorf("chunks 2 and 3 at %+v and %+v, want a new pack of their own", r[2], r[3])
+	}
+	checkReassembled(t, store, d, s3)
+	store.checkIntegrity(t)
+
+}
+
+// TestUploaderTouchPacks: the touch refreshes each pack of the uploaded
+// manifest once, and a missing pack makes the next transaction upload
+// everything again, as a missing chunk does.
+func TestUploaderTouchPacks(t *testing.T) {
+	const period = 24 * time.Hour
+	for _, missing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("missing=%v", missing), func(t *testing.T) {
+			e := newBGEnv(t, func(o *UploaderOptions) { o.TouchPeriod = period; o.PackChunks = 3 })
+			s := e.db.snapshot(testData(85, 8*manifest.ChunkSize), e.now.Now()) // 7 files: packs of 3, 3, 1
+			e.db.stage(s)
+			mustFlush(t, e.u, e.db.dir)
+			m, err := manifest.Decode(e.store.manifestAt(e.db.key()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			packs := map[manifest.Fingerprint]bool{}
+			for _, ref := range m.PackRefs() {
+				packs[ref.ID] = true
+			}
+			if len(packs) != 2 {
+				t.Fatalf("%d packs, want 2 (and one chunk alone)", len(packs))
+			}
+			if err := os.WriteFile(filepath.Join(e.db.dir, "txn"), []byte("0"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			e.u.Start()
+			e.u.Notify(e.db.dir)
+			e.sync() // starts the period
+			if missing {
+				e.store.mu.Lock()
+				delete(e.store.packs, m.Packs[1].ID)
+				e.store.mu.Unlock()
+			}
+			e.now.advance(period)
+			n := e.store.numCalls()
+			e.u.Notify(e.db.dir)
+			e.sync()
+			got := e.callsForDB(n)
+			if missing {
+				if !slices.ContainsFunc(got, func(c fakeCall) bool { return c.Op == opTouchPack && errors.Is(c.Err, ErrNotFound) }) {
+					t.Fatalf("calls %v, want a pack touch that finds it missing", got)
+				}
+				if e.db.exists("staging/manifest") || e.db.exists(uploadedManifestFile) {
+					t.Error("staging/manifest or uploaded kept after a missing pack, want them removed")
+				}
+				return
+			}
+			for id := range packs {
+				if n := e.store.touchCount(id); n != 1 {
+					t.Errorf("pack %s touched %d times, want 1", id.String()[:8], n)
+				}
+			}
+			if n, c := countOps(got, opTouchPack), countOps(got, opTouchChunk); n != 2 || c != 1 {
+				t.Errorf("%d pack and %d chunk touches, want 2 and 1; calls %v", n, c, got)
+			}
+		})
+	}
+}
+
+// checkReassembled checks that the store's manifest of d restores want's
+// bytes.
+func checkReassembled(t testing.TB, store *fakeStore, d *testSpool, want *snap) {
+	t.Helper()
+	m, _, err := FetchManifest(context.Background(), []Store{store}, d.key())
+	if err != nil {
+		t.Fatalf("FetchManifest()=%v", err)
+	}
+	var buf bytes.Buffer
+	if err := Reassemble(context.Background(), []Store{store}, m, &buf); err != nil {
+		t.Fatalf("Reassemble()=%v", err)
+	}
+	if !bytes.Equal(buf.Bytes(), want.data) {
+		t.Fatalf("reassembled %d bytes differ from the snapshot's %d", buf.Len(), len(want.data))
 	}
 }
