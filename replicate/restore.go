@@ -44,13 +44,14 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 		wg.Wait()
 	}()
 
-	// The feeder hands each chunk to the workers and, in file order, to
-	// the writer through a queue of 2*conc slots: fetching runs at most
-	// that far ahead of writing, so memory stays near 2*conc*64 KiB
-	// whatever the database size.
+	// The work is in segments: a chunk, or a run of chunks from one pack,
+	// which is fetched once. The feeder hands each segment to the workers
+	// and, in file order, to the writer through a queue of 2*conc slots:
+	// fetching runs at most that far ahead of writing, so memory stays
+	// near 2*conc segments whatever the database size.
 	type slot struct {
-		i    int
-		data []byte
+		seg  segment
+		data [][]byte
 		err  error
 		done chan struct{} // fetched
 	}
@@ -58,14 +59,21 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 	ordered := make(chan *slot, window)
 	work := make(chan *slot)
 	dedup := newChunkDedup()
+	refs := m.PackRefs()
 	for range conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for s := range work {
-				s.data, s.err = dedup.fetch(ctx, m.Chunks[s.i], func() ([]byte, error) {
-					return FetchChunk(ctx, stores, m, s.i)
-				})
+				if s.seg.packed {
+					s.data, s.err = fetchSegment(ctx, stores, m, refs, s.seg)
+				} else {
+					var d []byte
+					d, s.err = dedup.fetch(ctx, m.Chunks[s.seg.first], func() ([]byte, error) {
+						return fetchChunk(ctx, stores, m, refs, s.seg.first, nil)
+					})
+					s.data = [][]byte{d}
+				}
 				close(s.done)
 			}
 		}()
@@ -75,10 +83,10 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 		defer wg.Done()
 		defer close(work)
 		defer close(ordered)
-		for i := range m.Chunks {
-			s := &slot{i: i, done: make(chan struct{})}
+		for _, seg := range segments(m, refs) {
+			s := &slot{seg: seg, done: make(chan struct{})}
 			select {
-			case ordered <- s: // blocks while the writer is window chunks behind
+			case ordered <- s: // blocks while the writer is window segments behind
 			case <-ctx.Done():
 				return
 			}
@@ -100,11 +108,15 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 		if s.err != nil {
 			return s.err
 		}
-		if _, err := w.Write(s.data); err != nil {
-			return fmt.Errorf("replicate: restore: write: %w", err)
+		for _, d := range s.data {
+			if _, err := w.Write(d); err != nil {
+				return fmt.Errorf("replicate: restore: write: %w", err)
+			}
+			written += int64(len(d))
 		}
-		written += int64(len(s.data))
-		dedup.done(m.Chunks[s.i])
+		if !s.seg.packed {
+			dedup.done(m.Chunks[s.seg.first])
+		}
 		s.data = nil
 		if opts.Progress != nil {
 			opts.Progress(written, m.Size)
@@ -117,6 +129,60 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 		return fmt.Errorf("replicate: restore: wrote %d bytes, manifest says %d", written, m.Size)
 	}
 	return nil
+}
+
+// A segment is chunks first to first+n-1 of a manifest: one chunk, or a
+// run of chunks in one pack.
+type segment struct {
+	first, n int
+	packed   bool
+}
+
+// maxSegment bounds the chunks of a segment.
+const maxSegment = 64
+
+// segments cuts m's chunks into segments, in file order.
+func segments(m *manifest.Manifest, refs map[uint32]manifest.PackRef) []segment {
+	var out []segment
+	for i := 0; i < len(m.Chunks); {
+		ref, packed := refs[uint32(i)]
+		j := i + 1
+		if packed {
+			for j < len(m.Chunks) && j-i < maxSegment {
+				if r, ok := refs[uint32(j)]; !ok || r.ID != ref.ID {
+					break
+				}
+				j++
+			}
+		}
+		out = append(out, segment{first: i, n: j - i, packed: packed})
+		i = j
+	}
+	return out
+}
+
+// fetchSegment fetches the pack of a packed segment once and returns its
+// chunks, each verified; a chunk the pack does not yield is looked for
+// chunk by chunk, caches first.
+func fetchSegment(ctx context.Context, stores []Store, m *manifest.Manifest, refs map[uint32]manifest.PackRef, seg segment) ([][]byte, error) {
+	pack, perr := FetchPack(ctx, stores, refs[uint32(seg.first)].ID)
+	out := make([][]byte, seg.n)
+	for k := range out {
+		i := seg.first + k
+		if perr == nil {
+			d, err := DecodePackMember(pack, refs[uint32(i)], m.Chunks[i])
+			if err == nil && len(d) == manifest.ChunkLen(m.Size, i) {
+				out[k] = d
+				continue
+			}
+		}
+		d, err := fetchChunk(ctx, stores, m, refs, i, nil)
+		if err != nil {
+			return nil, err
+		}
+		out[k] = d
+	}
+	return out, nil
 }
 
 // chunkDedup fetches each fingerprint once while it is in the window.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,4 +112,97 @@ func (f failingWriter) Write(p []byte) (int, error) {
 		return 0, errors.New("disk full")
 	}
 	return len(p), nil
+}
+
+// packedStore returns a fake store holding a database of n random chunks
+// (chunk 0 inline), with chunks 1 to n-2 in packs of per chunks and the
+// last one alone, and the manifest that describes it.
+func packedStore(t *testing.T, n, per int) (*fakeStore, *manifest.Manifest, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	s := newFakeStore("packs")
+	data := randomBytes(90, n*manifest.ChunkSize-5)
+	m := &manifest.Manifest{Hostname: "h", SourcePath: "/p.db", Size: int64(len(data)), Created: time.Unix(1, 0)}
+	var chunks []PackedChunk
+	for i := range manifest.NumChunks(m.Size) {
+		c := data[i*manifest.ChunkSize : i*manifest.ChunkSize+manifest.ChunkLen(m.Size, i)]
+		m.Chunks = append(m.Chunks, manifest.Sum(c))
+		switch {
+		case i == 0:
+			m.Inline = map[uint32][]byte{0: c}
+		case i == n-1:
+			if err := s.PutChunk(ctx, m.Chunks[i], c); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			chunks = append(chunks, PackedChunk{FP: m.Chunks[i], Data: c})
+		}
+	}
+	placed := map[manifest.Fingerprint]manifest.PackRef{}
+	for len(chunks) > 0 {
+		k := min(per, len(chunks))
+		blob, id, refs := EncodePack(chunks[:k])
+		if err := s.PutPack(ctx, id, blob); err != nil {
+			t.Fatal(err)
+		}
+		for j, c := range chunks[:k] {
+			placed[c.FP] = refs[j]
+		}
+		chunks = chunks[k:]
+	}
+	return s, withPacks(m, placed, nil), data
+}
+
+// TestRestorePacks: a packed database restores byte for byte with one GET
+// per pack; a damaged pack member is an error, unless a cache has the
+// chunk.
+func TestRestorePacks(t *testing.T) {
+	ctx := context.Background()
+	s, m, data := packedStore(t, 100, 32) // packs of 32, 32, 32, 2 and a lone chunk
+	if len(m.Packs) != 4 {
+		t.Fatalf("%d packs, want 4", len(m.Packs))
+	}
+	var buf bytes.Buffer
+	if err := Restore(ctx, []Store{s}, m, &buf, RestoreOptions{Concurrency: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), data) {
+		t.Fatal("restored bytes differ")
+	}
+	calls := s.callLog()
+	if g, c := countOps(calls, opGetPack), countOps(calls, opGetChunk); g != 4 || c != 1 {
+		t.Errorf("%d pack and %d chunk GETs, want 4 and 1; calls %v", g, c, calls)
+	}
+
+	// Flip a byte of chunk 40's blob in its pack.
+	ref := m.PackRefs()[40]
+	s.mu.Lock()
+	s.packs[ref.ID][ref.Offset+ref.Length/2] ^= 1
+	s.mu.Unlock()
+	err := Restore(ctx, []Store{s}, m, io.Discard, RestoreOptions{})
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "chunk 40") {
+		t.Fatalf("Restore with a damaged pack member: %v, want ErrCorrupt naming chunk 40", err)
+	}
+	// A cache that holds the chunk heals the restore.
+	cache, err := NewLocalCache(t.TempDir(), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.PutChunk(ctx, m.Chunks[40], data[40*manifest.ChunkSize:41*manifest.ChunkSize]); err != nil {
+		t.Fatal(err)
+	}
+	buf.Reset()
+	if err := Restore(ctx, []Store{cache, s}, m, &buf, RestoreOptions{}); err != nil || !bytes.Equal(buf.Bytes(), data) {
+		t.Fatalf("Restore with the chunk cached: %v (equal %v)", err, bytes.Equal(buf.Bytes(), data))
+	}
+	// FetchChunk and Reassemble read packs too.
+	if got, err := FetchChunk(ctx, []Store{s}, m, 77); err != nil || !bytes.Equal(got, data[77*manifest.ChunkSize:78*manifest.ChunkSize]) {
+		t.Errorf("FetchChunk(77): %v", err)
+	}
+	s.mu.Lock()
+	delete(s.packs, m.PackRefs()[70].ID)
+	s.mu.Unlock()
+	if _, err := FetchChunk(ctx, []Store{s}, m, 70); !errors.Is(err, ErrNotFound) {
+		t.Errorf("FetchChunk of a chunk whose pack is gone: %v, want ErrNotFound", err)
+	}
 }
