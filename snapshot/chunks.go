@@ -200,11 +200,12 @@ func (c *chunkMaps) mapped() int {
 }
 
 // loadChunk finds chunk fp, of want bytes, and maps it: from the writable
-// cache, then the read-only directories, then each remote store in turn.
+// cache, then the read-only directories, then each remote store in turn,
+// from the pack that ref names if it is not nil.
 // Whatever it maps has been verified against fp. A chunk fetched from a
 // remote store is written to the cache, so that other processes on the
 // host find it; when that fails the chunk is mapped from memory instead.
-func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int) ([]byte, func(), error) {
+func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef) ([]byte, func(), error) {
 	var errs []error
 	if r.cache != nil {
 		p := r.cache.Path(fp)
@@ -228,6 +229,14 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		if !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("read_only %s: %w", p, err))
 		}
+	}
+	if ref != nil {
+		data, err := r.packedChunk(ctx, fp, want, *ref)
+		if err != nil {
+			return nil, nil, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(append(errs, err)...))
+		}
+		r.cacheLater(fp, data)
+		return r.slabs.copy(data)
 	}
 	for _, s := range r.remote {
 		data, err := s.GetChunk(ctx, fp)

@@ -87,6 +87,7 @@ type Reader struct {
 
 	chunks chunkMaps
 	slabs  slabs
+	packs  *packCache
 	ctx    context.Context // ends with Close; loads run under it, not their callers'
 	cancel context.CancelFunc
 	bg     sync.WaitGroup // loads, prefetches, cache writers
@@ -122,6 +123,7 @@ func NewReader(opts Options) *Reader {
 		},
 		replicas: map[string]*Replica{},
 	}
+	r.packs = newPackCache(defaultPackCacheBytes, &r.bg)
 	if r.host == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			r.host = h

@@ -15,10 +15,11 @@ import (
 // chunks it has mapped so far. Connections share it.
 type Snapshot struct {
 	// M is the manifest. Callers must not modify it.
-	M   *manifest.Manifest
-	rep *Replica
-	raw []byte
-	gen uint64
+	M     *manifest.Manifest
+	rep   *Replica
+	raw   []byte
+	gen   uint64
+	packs map[uint32]manifest.PackRef // M.PackRefs()
 
 	fetched atomic.Int64 // Unix ns when the newest fetch that returned M started
 
@@ -34,7 +35,7 @@ type Snapshot struct {
 }
 
 func newSnapshot(rp *Replica, m *manifest.Manifest, raw []byte, fetched time.Time) *Snapshot {
-	s := &Snapshot{M: m, rep: rp, raw: raw, maps: make([]*mapping, len(m.Chunks))}
+	s := &Snapshot{M: m, rep: rp, raw: raw, maps: make([]*mapping, len(m.Chunks)), packs: m.PackRefs()}
 	s.fetched.Store(fetched.UnixNano())
 	return s
 }
@@ -149,7 +150,10 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 		// must not end when the caller that started it gives up.
 		load, cancel := context.WithTimeout(r.ctx, r.chunkTO)
 		defer cancel()
-		return r.loadChunk(load, fp, want)
+		if ref, ok := s.packs[uint32(i)]; ok {
+			return r.loadChunk(load, fp, want, &ref)
+		}
+		return r.loadChunk(load, fp, want, nil)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
@@ -177,15 +181,20 @@ func (s *Snapshot) load(ctx context.Context, idx []int) error {
 	if len(idx) == 0 {
 		return nil
 	}
-	return s.each(ctx, idx, max(s.rep.r.prefetch, 1), false)
+	groups := make([][]int, len(idx))
+	for k, i := range idx {
+		groups[k] = []int{i}
+	}
+	return s.each(ctx, groups, max(s.rep.r.prefetch, 1), false)
 }
 
 // errPrefetchFull stops a prefetch that would crowd out reads.
 var errPrefetchFull = errors.New("snapshot: mapped-chunk limit nearly reached")
 
-// each maps the chunks idx with n workers, and returns the first error;
-// soft marks a prefetch (see chunkMaps.acquire).
-func (s *Snapshot) each(ctx context.Context, idx []int, n int, soft bool) error {
+// each maps the chunks in groups with n workers, each taking a group at a
+// time and its chunks in order, and returns the first error; soft marks
+// a prefetch (see chunkMaps.acquire).
+func (s *Snapshot) each(ctx context.Context, groups [][]int, n int, soft bool) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -195,12 +204,14 @@ func (s *Snapshot) each(ctx context.Context, idx []int, n int, soft bool) error 
 			defer wg.Done()
 			for {
 				k := int(next.Add(1)) - 1
-				if k >= len(idx) || ctx.Err() != nil {
+				if k >= len(groups) || ctx.Err() != nil {
 					return
 				}
-				if _, err := s.chunk(ctx, idx[k], soft); err != nil {
-					errs <- err
-					return
+				for _, i := range groups[k] {
+					if _, err := s.chunk(ctx, i, soft); err != nil {
+						errs <- err
+						return
+					}
 				}
 			}
 		}()
@@ -228,16 +239,28 @@ func (s *Snapshot) startPrefetch() {
 	s.cancel = cancel
 	s.prefetched = done
 	s.mu.Unlock()
-	idx := make([]int, len(s.M.Chunks))
-	for i := range idx {
-		idx[i] = i
+	// A group is a chunk, or the run of chunks in one pack, so that the
+	// workers fetch different packs at once rather than wait on one.
+	var groups [][]int
+	for i := 0; i < len(s.M.Chunks); {
+		g := []int{i}
+		if ref, ok := s.packs[uint32(i)]; ok {
+			for j := i + 1; j < len(s.M.Chunks) && len(g) < 64; j++ {
+				if r, ok := s.packs[uint32(j)]; !ok || r.ID != ref.ID {
+					break
+				}
+				g = append(g, j)
+			}
+		}
+		groups = append(groups, g)
+		i += len(g)
 	}
 	r.bg.Add(1)
 	go func() {
 		defer r.bg.Done()
 		defer close(done)
 		defer cancel()
-		err := s.each(ctx, idx, r.prefetch, true)
+		err := s.each(ctx, groups, r.prefetch, true)
 		switch {
 		case errors.Is(err, errPrefetchFull):
 			r.log.Warn("snapshot: prefetch stopped at 90% of the process's mapped-chunk limit; the rest is fetched when read",

@@ -1,0 +1,175 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+)
+
+// countingPacks counts pack GETs on top of counting.
+type countingPacks struct {
+	*counting
+	packs atomic.Int64
+}
+
+func (c *countingPacks) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	c.packs.Add(1)
+	if c.down.Load() {
+		return nil, errDown
+	}
+	return c.Store.GetPack(ctx, id)
+}
+
+// publishPacked stores image as the newest snapshot of path with every
+// chunk but 0 (inline) in packs of per chunks, in file order, as the
+// uploader does.
+func publishPacked(t testing.TB, s replicate.Store, path string, image []byte, per int) *manifest.Manifest {
+	t.Helper()
+	ctx := context.Background()
+	m := &manifest.Manifest{
+		Hostname: testHost, SourcePath: path, Generator: "test",
+		Size: int64(len(image)), Created: time.Now(), SourceCtime: time.Now(),
+		Inline: map[uint32][]byte{},
+	}
+	var chunks []replicate.PackedChunk
+	var idx []uint32
+	for i := range manifest.NumChunks(m.Size) {
+		c := image[i*manifest.ChunkSize : i*manifest.ChunkSize+manifest.ChunkLen(m.Size, i)]
+		m.Chunks = append(m.Chunks, manifest.Sum(c))
+		if i == 0 {
+			m.Inline[0] = c
+			continue
+		}
+		chunks = append(chunks, replicate.PackedChunk{FP: m.Chunks[i], Data: c})
+		idx = append(idx, uint32(i))
+	}
+	for len(chunks) > 0 {
+		k := min(per, len(chunks))
+		blob, id, refs := replicate.EncodePack(chunks[:k])
+		if err := s.PutPack(ctx, id, blob); err != nil {
+			t.Fatal(err)
+		}
+		p := manifest.Pack{ID: id}
+		for j := range k {
+			p.Members = append(p.Members, manifest.PackMember{Index: idx[j], Offset: refs[j].Offset, Length: refs[j].Length})
+		}
+		m.Packs = append(m.Packs, p)
+		chunks, idx = chunks[k:], idx[k:]
+	}
+	for i := 1; i < len(m.Packs); i++ { // sort by ID
+		for j := i; j > 0 && bytes.Compare(m.Packs[j].ID[:], m.Packs[j-1].ID[:]) < 0; j-- {
+			m.Packs[j], m.Packs[j-1] = m.Packs[j-1], m.Packs[j]
+		}
+	}
+	b, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := replicate.ManifestKey(testHost, path)
+	if err := s.PutManifest(ctx, key, b); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestPackedReplica: a read of a packed chunk fetches its whole pack once,
+// which then serves the pack's other chunks; the prefetch fetches each
+// pack once; the chunks land in the shared cache one by one; a damaged
+// member is ErrCorrupt and the pack's other chunks still read.
+func TestPackedReplica(t *testing.T) {
+	f := newFixture(t)
+	store := &countingPacks{counting: f.store}
+	image := db(30, 41) // 40 chunks in files: packs of 8
+	m := publishPacked(t, store, "/data/p.db", image, 8)
+	if len(m.Packs) != 5 {
+		t.Fatalf("%d packs, want 5", len(m.Packs))
+	}
+	open := func(opts Options) (*Reader, *Conn) {
+		t.Helper()
+		opts.Remote = []replicate.Store{store}
+		opts.Cache = f.cache
+		opts.Hostname = testHost
+		r := NewReader(opts)
+		t.Cleanup(r.Close)
+		c, err := r.Open(context.Background(), "boule:///data/p.db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return r, c
+	}
+
+	r, c := open(Options{Prefetch: -1})
+	if b, err := c.Snapshot().Chunk(context.Background(), 10); err != nil || !bytes.Equal(b, image[10*manifest.ChunkSize:11*manifest.ChunkSize]) {
+		t.Fatalf("chunk 10: %v", err)
+	}
+	if n, k := store.packs.Load(), store.chunks.Load(); n != 1 || k != 0 {
+		t.Fatalf("one read made %d pack and %d chunk GETs, want 1 and 0", n, k)
+	}
+	for i := 9; i <= 16; i++ { // chunk 10's pack
+		if _, err := c.Snapshot().Chunk(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := store.packs.Load(); n != 1 {
+		t.Fatalf("reading the rest of the pack made %d pack GETs, want still 1", n)
+	}
+	if got := read(t, c.Snapshot()); !bytes.Equal(got, image) {
+		t.Fatal("replica differs from the image")
+	}
+	if n := store.packs.Load(); n != 5 {
+		t.Fatalf("whole read made %d pack GETs, want 5", n)
+	}
+	r.cachePending.Wait()
+	if _, err := os.Stat(f.cache.Path(m.Chunks[20])); err != nil {
+		t.Errorf("chunk 20 not in the shared cache: %v", err)
+	}
+
+	// The prefetch of a fresh process fetches each pack once; the cache
+	// answers instead for chunks it has.
+	if err := os.RemoveAll(filepath.Join(f.dir, "cache")); err != nil {
+		t.Fatal(err)
+	}
+	cache2, err := replicate.NewLocalCache(filepath.Join(f.dir, "cache2"), 4, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cache = cache2
+	store.packs.Store(0)
+	_, c2 := open(Options{Prefetch: 4})
+	<-c2.Snapshot().prefetched
+	if n := store.packs.Load(); n != 5 {
+		t.Errorf("prefetch made %d pack GETs, want 5", n)
+	}
+	if got := c2.Snapshot().Mapped(); got != len(m.Chunks) {
+		t.Errorf("prefetch mapped %d chunks, want %d", got, len(m.Chunks))
+	}
+
+	// Damage chunk 30's blob in its pack.
+	ref := m.PackRefs()[30]
+	p := filepath.Join(f.dir, "store", "chunks", replicate.PackKey(ref.ID))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[ref.Offset+ref.Length/2] ^= 1
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.cache, _ = replicate.NewLocalCache(filepath.Join(f.dir, "cache3"), 4, 1000)
+	_, c3 := open(Options{Prefetch: -1})
+	if _, err := c3.Snapshot().Chunk(context.Background(), 30); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("damaged member: err=%v, want ErrCorrupt", err)
+	}
+	if got, err := c3.Snapshot().Chunk(context.Background(), 31); err != nil || !bytes.Equal(got, image[31*manifest.ChunkSize:32*manifest.ChunkSize]) {
+		t.Fatalf("healthy member of the damaged pack: %v", err)
+	}
+}
