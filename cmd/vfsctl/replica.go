@@ -554,6 +554,7 @@ type verifyJSON struct {
 	Source  string   `json:"source"`
 	Chunks  int      `json:"chunks"`
 	Unique  int      `json:"unique_chunks"`
+	Packs   int      `json:"packs"`
 	OK      int      `json:"ok"`
 	Missing []string `json:"missing"`
 	Corrupt []string `json:"corrupt"`
@@ -590,45 +591,91 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	res := verifyJSON{Source: src.String(), Chunks: len(m.Chunks), Missing: []string{}, Corrupt: []string{}, Errors: []string{}}
+	res := verifyJSON{Source: src.String(), Chunks: len(m.Chunks), Packs: len(m.Packs), Missing: []string{}, Corrupt: []string{}, Errors: []string{}}
 	// Only the remote stores: a cache hit says nothing about the bucket.
 	remote := manifestStores(stores)
+	// The work: each distinct chunk, grouped by the object that holds it
+	// (a chunk object, or a pack fetched once for all its members).
+	type member struct {
+		fp  manifest.Fingerprint
+		ref manifest.PackRef
+	}
+	type object struct {
+		pack    bool
+		id      manifest.Fingerprint
+		members []member
+	}
+	refs := m.PackRefs()
 	seen := map[manifest.Fingerprint]bool{}
-	var todo []manifest.Fingerprint
+	byPack := map[manifest.Fingerprint]int{}
+	var todo []*object
 	for i, fp := range m.Chunks {
 		if _, inline := m.Inline[uint32(i)]; inline || seen[fp] {
 			continue
 		}
 		seen[fp] = true
-		todo = append(todo, fp)
+		res.Unique++
+		ref, packed := refs[uint32(i)]
+		if !packed {
+			todo = append(todo, &object{id: fp, members: []member{{fp: fp}}})
+			continue
+		}
+		k, ok := byPack[ref.ID]
+		if !ok {
+			k = len(todo)
+			byPack[ref.ID] = k
+			todo = append(todo, &object{pack: true, id: ref.ID})
+		}
+		todo[k].members = append(todo[k].members, member{fp, ref})
 	}
-	res.Unique = len(todo)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	next := make(chan manifest.Fingerprint)
+	next := make(chan *object)
+	note := func(fp manifest.Fingerprint, err error) {
+		switch {
+		case err == nil:
+			res.OK++
+		case errors.Is(err, replicate.ErrNotFound):
+			res.Missing = append(res.Missing, fp.String())
+		case errors.Is(err, replicate.ErrCorrupt):
+			res.Corrupt = append(res.Corrupt, fp.String())
+		default:
+			res.Errors = append(res.Errors, err.Error())
+		}
+	}
 	for range 16 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for fp := range next {
-				_, err := remote[0].GetChunk(ctx, fp)
+			for o := range next {
+				if !o.pack {
+					_, err := remote[0].GetChunk(ctx, o.id)
+					mu.Lock()
+					note(o.id, err)
+					mu.Unlock()
+					continue
+				}
+				pack, perr := remote[0].GetPack(ctx, o.id)
 				mu.Lock()
-				switch {
-				case err == nil:
-					res.OK++
-				case errors.Is(err, replicate.ErrNotFound):
-					res.Missing = append(res.Missing, fp.String())
-				case errors.Is(err, replicate.ErrCorrupt):
-					res.Corrupt = append(res.Corrupt, fp.String())
-				default:
-					res.Errors = append(res.Errors, err.Error())
+				if perr != nil && !errors.Is(perr, replicate.ErrNotFound) {
+					// Unreadable, not known bad: one error for the pack.
+					res.Errors = append(res.Errors, fmt.Sprintf("pack %s (%d chunks): %v", o.id, len(o.members), perr))
+					mu.Unlock()
+					continue
+				}
+				for _, mb := range o.members {
+					err := perr
+					if err == nil {
+						_, err = replicate.DecodePackMember(pack, mb.ref, mb.fp)
+					}
+					note(mb.fp, err)
 				}
 				mu.Unlock()
 			}
 		}()
 	}
-	for _, fp := range todo {
-		next <- fp
+	for _, o := range todo {
+		next <- o
 	}
 	close(next)
 	wg.Wait()

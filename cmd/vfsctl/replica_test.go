@@ -186,9 +186,12 @@ func TestTampering(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Flip a byte in the blob of chunk 2 (not inline).
-	blob := filepath.Join(f.store, "chunks", replicate.ChunkKey(m.Chunks[2]))
-	flip(t, blob, 40)
+	// Flip a byte in the blob of chunk 2 (not inline), in its pack.
+	ref, packed := m.PackRefs()[2]
+	if !packed {
+		t.Fatal("chunk 2 is not in a pack")
+	}
+	flip(t, filepath.Join(f.store, "chunks", replicate.PackKey(ref.ID)), int(ref.Offset)+40)
 
 	code, out, errs := vfsctl(t, "--config", f.config(), "verify", f.db)
 	if code != exitFail || !strings.Contains(out, "corrupt  "+m.Chunks[2].String()) {
