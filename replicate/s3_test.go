@@ -47,7 +47,7 @@ func s3Target(endpoint string, create bool) config.S3Target {
 	}
 }
 
-func newS3(t *testing.T, tg config.S3Target, opts S3Options) *S3Store {
+func newS3(t testing.TB, tg config.S3Target, opts S3Options) *S3Store {
 	t.Helper()
 	s, err := NewS3Store(context.Background(), tg, opts)
 	if err != nil {

@@ -383,7 +383,8 @@ func flock(f *os.File, how int) error {
 // Invalidate makes the next transaction on the database whose spool
 // directory is dir rebuild its snapshot from scratch and stage every chunk
 // again: the staged manifest, the snapshots waiting for upload and the
-// record of the last upload are deleted, and the txn marker is set. The
+// records of the last upload and of pack placements are deleted, and the
+// txn marker is set. The
 // uploader calls it when the store lacks a chunk the last upload relied
 // on, or when the replication targets changed. It takes the spool lock,
 // so it cannot interleave with a snapshot in any process.
@@ -397,7 +398,7 @@ func Invalidate(dir string) error {
 		return fmt.Errorf("spool: lock %s: %w", dir, err)
 	}
 	var errs []error
-	for _, p := range []string{filepath.Join(dir, "staging", "manifest"), filepath.Join(dir, "uploaded")} {
+	for _, p := range []string{filepath.Join(dir, "staging", "manifest"), filepath.Join(dir, "uploaded"), filepath.Join(dir, "packed")} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
