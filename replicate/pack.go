@@ -12,11 +12,13 @@ import (
 // restore or a cold scan makes one GET per pack instead of one per 64 KiB
 // chunk. doc/FORMAT.md specifies them.
 
-// PackChunks is the most chunks the uploader puts in one pack: 2 MiB of
-// raw chunks. Larger objects are served faster (minio on loopback here:
-// 160 MB/s with 64 KiB objects, about 800 MB/s with 1 MiB, 1 GB/s with
-// 4 MiB), but a read replica fetches a whole pack for any chunk of it.
-const PackChunks = 32
+// PackChunks is the most chunks the uploader puts in one pack: 4 MiB of
+// raw chunks. Larger objects are served faster (minio on loopback here,
+// BenchmarkObjectSize: 115 MB/s with one chunk per object, 520 MB/s with
+// 16, 720 MB/s with 32), and S3 charges per request; but a read replica
+// fetches a whole pack for any chunk of it. doc/BENCHMARKS.md compares
+// 32 and 64 on the 1 GiB restore, cold scan and first query.
+const PackChunks = 64
 
 // PackKey returns the key of pack id in the chunk bucket: "packs/", its
 // first two hex digits, '/', and all 64.

@@ -46,16 +46,17 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 
 	// The work is in segments: a chunk, or a run of chunks from one pack,
 	// which is fetched once. The feeder hands each segment to the workers
-	// and, in file order, to the writer through a queue of 2*conc slots:
+	// and, in file order, to the writer through a queue of conc+4 slots:
 	// fetching runs at most that far ahead of writing, so memory stays
-	// near 2*conc segments whatever the database size.
+	// near conc+4 segments (4 MiB each at most, with the default packs)
+	// whatever the database size.
 	type slot struct {
 		seg  segment
 		data [][]byte
 		err  error
 		done chan struct{} // fetched
 	}
-	window := 2 * conc
+	window := conc + 4
 	ordered := make(chan *slot, window)
 	work := make(chan *slot)
 	dedup := newChunkDedup()
@@ -257,7 +258,7 @@ func RestoreFile(ctx context.Context, stores []Store, m *manifest.Manifest, path
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := Restore(ctx, stores, m, tmp, opts); err != nil {
+	if err := Restore(ctx, stores, m, newWritebackWriter(tmp, m.Size), opts); err != nil {
 		return fmt.Errorf("replicate: restore %s: %w", path, err)
 	}
 	if err := tmp.Chmod(0o644); err != nil {

@@ -402,7 +402,9 @@ func (s *S3Store) get(ctx context.Context, op, bucket, key, versionID string, li
 		}
 		var buf bytes.Buffer
 		if n := aws.ToInt64(out.ContentLength); n > 0 {
-			buf.Grow(int(n))
+			// ReadFrom asks for MinRead more bytes before it sees EOF:
+			// room for them saves copying the whole blob once more.
+			buf.Grow(int(n) + bytes.MinRead)
 		}
 		n, err := io.Copy(&buf, io.LimitReader(out.Body, limit+1))
 		if err != nil {

@@ -30,7 +30,7 @@ type packFlight struct {
 	err  error
 }
 
-// defaultPackCacheBytes keeps 32 packs of 2 MiB: more than the prefetch
+// defaultPackCacheBytes keeps 16 packs of 4 MiB: more than the prefetch
 // works on at once.
 const defaultPackCacheBytes = 64 << 20
 

@@ -23,7 +23,8 @@ const (
 	// is reused by new connections.
 	DefaultPollInterval = time.Second
 	// DefaultPrefetch is the number of chunks fetched at once in the
-	// background.
+	// background; packs (of up to 64 chunks) are fetched a quarter as
+	// many at once, at least 2.
 	DefaultPrefetch = 16
 	// DefaultOpenTimeout bounds the manifest fetch of an open.
 	DefaultOpenTimeout = 30 * time.Second

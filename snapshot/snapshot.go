@@ -181,11 +181,19 @@ func (s *Snapshot) load(ctx context.Context, idx []int) error {
 	if len(idx) == 0 {
 		return nil
 	}
-	groups := make([][]int, len(idx))
+	groups := make([]group, len(idx))
 	for k, i := range idx {
-		groups[k] = []int{i}
+		groups[k] = group{idx: []int{i}}
 	}
-	return s.each(ctx, groups, max(s.rep.r.prefetch, 1), false)
+	return s.each(ctx, groups, max(s.rep.r.prefetch, 1), nil, false)
+}
+
+// A group is chunks that a worker maps in turn: one chunk, or the run of
+// chunks in one pack.
+type group struct {
+	idx    []int
+	packed bool
+	pack   manifest.Fingerprint
 }
 
 // errPrefetchFull stops a prefetch that would crowd out reads.
@@ -193,8 +201,10 @@ var errPrefetchFull = errors.New("snapshot: mapped-chunk limit nearly reached")
 
 // each maps the chunks in groups with n workers, each taking a group at a
 // time and its chunks in order, and returns the first error; soft marks
-// a prefetch (see chunkMaps.acquire).
-func (s *Snapshot) each(ctx context.Context, groups [][]int, n int, soft bool) error {
+// a prefetch (see chunkMaps.acquire). A worker holds a slot of packSlots,
+// if not nil, while it maps a packed group, and then drops the pack from
+// the reader's memory: its chunks are mapped.
+func (s *Snapshot) each(ctx context.Context, groups []group, n int, packSlots chan struct{}, soft bool) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -207,11 +217,9 @@ func (s *Snapshot) each(ctx context.Context, groups [][]int, n int, soft bool) e
 				if k >= len(groups) || ctx.Err() != nil {
 					return
 				}
-				for _, i := range groups[k] {
-					if _, err := s.chunk(ctx, i, soft); err != nil {
-						errs <- err
-						return
-					}
+				if err := s.mapGroup(ctx, groups[k], packSlots, soft); err != nil {
+					errs <- err
+					return
 				}
 			}
 		}()
@@ -222,6 +230,26 @@ func (s *Snapshot) each(ctx context.Context, groups [][]int, n int, soft bool) e
 		return err
 	}
 	return ctx.Err()
+}
+
+func (s *Snapshot) mapGroup(ctx context.Context, g group, packSlots chan struct{}, soft bool) error {
+	if g.packed && packSlots != nil {
+		select {
+		case packSlots <- struct{}{}:
+			defer func() { <-packSlots }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, i := range g.idx {
+		if _, err := s.chunk(ctx, i, soft); err != nil {
+			return err
+		}
+	}
+	if g.packed {
+		s.rep.r.packs.drop(g.pack)
+	}
+	return nil
 }
 
 // startPrefetch maps every chunk in the background, in file order (a scan
@@ -241,26 +269,31 @@ func (s *Snapshot) startPrefetch() {
 	s.mu.Unlock()
 	// A group is a chunk, or the run of chunks in one pack, so that the
 	// workers fetch different packs at once rather than wait on one.
-	var groups [][]int
+	var groups []group
 	for i := 0; i < len(s.M.Chunks); {
-		g := []int{i}
+		g := group{idx: []int{i}}
 		if ref, ok := s.packs[uint32(i)]; ok {
-			for j := i + 1; j < len(s.M.Chunks) && len(g) < 64; j++ {
+			g.packed, g.pack = true, ref.ID
+			for j := i + 1; j < len(s.M.Chunks) && len(g.idx) < 64; j++ {
 				if r, ok := s.packs[uint32(j)]; !ok || r.ID != ref.ID {
 					break
 				}
-				g = append(g, j)
+				g.idx = append(g.idx, j)
 			}
 		}
 		groups = append(groups, g)
-		i += len(g)
+		i += len(g.idx)
 	}
+	// A pack is up to 64 chunks: a quarter as many packs as chunks in
+	// flight keeps the store busy without queueing a read that waits,
+	// such as an open's first query, behind megabytes of prefetch.
+	packSlots := make(chan struct{}, max(2, r.prefetch/4))
 	r.bg.Add(1)
 	go func() {
 		defer r.bg.Done()
 		defer close(done)
 		defer cancel()
-		err := s.each(ctx, groups, r.prefetch, true)
+		err := s.each(ctx, groups, r.prefetch, packSlots, true)
 		switch {
 		case errors.Is(err, errPrefetchFull):
 			r.log.Warn("snapshot: prefetch stopped at 90% of the process's mapped-chunk limit; the rest is fetched when read",

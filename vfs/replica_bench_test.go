@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -283,8 +285,9 @@ func BenchmarkCold(b *testing.B) {
 			}
 		}
 	})
-	// The ceiling: every chunk fetched (and verified) by 64 goroutines at
-	// once, nothing written. Restore cannot beat it with this key layout.
+	// The store's ceiling: every object (pack, or chunk alone) fetched
+	// and every chunk verified, by 64 goroutines at once, nothing
+	// written.
 	b.Run("op=copy/tool=get-only", func(b *testing.B) {
 		b.SetBytes(f.size)
 		key, err := replicate.ManifestKey(vfs.Reader().Hostname(), f.path)
@@ -295,6 +298,23 @@ func BenchmarkCold(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		refs := m.PackRefs()
+		byPack := map[manifest.Fingerprint][]int{}
+		var alone []int
+		for i := range m.Chunks {
+			if ref, ok := refs[uint32(i)]; ok {
+				byPack[ref.ID] = append(byPack[ref.ID], i)
+			} else {
+				alone = append(alone, i)
+			}
+		}
+		var groups [][]int
+		for _, idx := range byPack {
+			groups = append(groups, idx)
+		}
+		for _, i := range alone {
+			groups = append(groups, []int{i})
+		}
 		for range b.N {
 			var next atomic.Int64
 			var wg sync.WaitGroup
@@ -303,18 +323,48 @@ func BenchmarkCold(b *testing.B) {
 				go func() {
 					defer wg.Done()
 					for {
-						i := int(next.Add(1)) - 1
-						if i >= len(m.Chunks) {
+						k := int(next.Add(1)) - 1
+						if k >= len(groups) {
 							return
 						}
-						if _, err := replicate.FetchChunk(context.Background(), []replicate.Store{f.store}, m, i); err != nil {
+						g := groups[k]
+						ref, packed := refs[uint32(g[0])]
+						if !packed {
+							if _, err := replicate.FetchChunk(context.Background(), []replicate.Store{f.store}, m, g[0]); err != nil {
+								b.Error(err)
+								return
+							}
+							continue
+						}
+						pack, err := f.store.GetPack(context.Background(), ref.ID)
+						if err != nil {
 							b.Error(err)
 							return
+						}
+						for _, i := range g {
+							if _, err := replicate.DecodePackMember(pack, refs[uint32(i)], m.Chunks[i]); err != nil {
+								b.Error(err)
+								return
+							}
 						}
 					}
 				}()
 			}
 			wg.Wait()
+		}
+	})
+	b.Run("op=copy/tool=restore-discard", func(b *testing.B) {
+		b.SetBytes(f.size)
+		stores := []replicate.Store{f.store}
+		key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), f.path)
+		for range b.N {
+			m, _, err := replicate.FetchManifest(context.Background(), stores, key)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := replicate.Restore(context.Background(), stores, m, io.Discard, replicate.RestoreOptions{}); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 	b.Run("op=copy/tool=restore", func(b *testing.B) {
