@@ -1220,15 +1220,19 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, h
 		}
 	}
 	tap := filepath.Join(st.dir, uploadedManifestFile)
-	if err := writeFileAtomic(tap, mb); err != nil {
+	if err := recordUploaded(tap, mb); err != nil {
+		// The placements stay: without this record of the manifest's
+		// pack table, they are the only one the next upload has.
 		u.log.Warn("replicate: cannot record the uploaded manifest", logKeyDB, m.SourcePath, logKeyErr, err)
-	}
-	if err := st.forgetPlacements(packed); err != nil {
+	} else if err := st.forgetPlacements(packed); err != nil {
 		u.log.Warn("replicate: cannot update the pack placements", logKeyDB, m.SourcePath, logKeyErr, err)
 	}
 	u.noteSuccess(st, m, sum)
 	return nil
 }
+
+// recordUploaded writes the uploaded file; tests make it fail.
+var recordUploaded = writeFileAtomic
 
 // maybeTouch refreshes, spread over TouchPeriod, the chunks of the last
 // uploaded manifest, so that a lifecycle rule on the chunk bucket expires

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1780,5 +1781,44 @@ func checkReassembled(t testing.TB, store *fakeStore, d *testSpool, want *snap) 
 	}
 	if !bytes.Equal(buf.Bytes(), want.data) {
 		t.Fatalf("reassembled %d bytes differ from the snapshot's %d", buf.Len(), len(want.data))
+	}
+}
+
+// TestUploaderPacksUploadedNotRecorded: when the record of an uploaded
+// manifest cannot be written (a full disk), the placements of its packs
+// stay, and the next manifest still says where those chunks are.
+func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
+	now := newTestNow()
+	store := newFakeStore("s3")
+	opts := uploadOpts(now, target(store))
+	opts.PackChunks = 4
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, t.TempDir(), "/data/full.db")
+	data := testData(50, 9*manifest.ChunkSize)
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	mustFlush(t, u, d.dir)
+
+	// Chunks 2 and 3 change and go up as a pack; the uploaded file then
+	// cannot be written.
+	s2 := d.snapshot(withChunk(withChunk(data, 2, 51), 3, 52), now.Now())
+	d.stage(s2, s2.m.Chunks[2], s2.m.Chunks[3])
+	recordUploaded = func(string, []byte) error { return syscall.ENOSPC }
+	mustFlush(t, u, d.dir)
+	recordUploaded = writeFileAtomic
+	checkReassembled(t, store, d, s2)
+	if !d.exists(packedFile) {
+		t.Fatal("placements dropped although the uploaded file was not written")
+	}
+
+	// The next snapshot keeps chunks 2 and 3: the uploaded file still
+	// describes s1, and only the placements know where they are.
+	s3 := d.snapshot(withChunk(s2.data, 7, 53), now.Now())
+	d.stage(s3, s3.m.Chunks[7])
+	mustFlush(t, newTestUploader(t, opts), d.dir)
+	checkReassembled(t, store, d, s3)
+	store.checkIntegrity(t)
+	if d.exists(packedFile) {
+		t.Error("placements left after an upload that was recorded")
 	}
 }
