@@ -15,6 +15,13 @@ const EnvVar = "BOULE_CONFIG"
 // Verneuil hard-codes.
 const DefaultMaxRequestsPerSecond = 30
 
+// DefaultPackChunks and MaxPackChunks bound [Config.PackChunks]: packs
+// of 64 chunks are 4 MiB; a manifest allows packs of up to 64 MiB.
+const (
+	DefaultPackChunks = 64
+	MaxPackChunks     = 1024
+)
+
 // DefaultBurst is the number of API calls that a replication target may
 // make at once before the rate limit applies. It matches Verneuil's.
 const DefaultBurst = 100
@@ -61,6 +68,13 @@ type Config struct {
 	// other value must be positive and finite. This key is Boule's
 	// addition: Verneuil hard-codes the rate. See [Config.Rate].
 	MaxRequestsPerSecond float64
+
+	// PackChunks ("pack_chunks") is the most chunks the uploader puts
+	// in one pack object, from 1 to [MaxPackChunks]. Zero means
+	// [DefaultPackChunks]; 1 stores every chunk as an object of its own
+	// and writes manifests without a pack table, which readers older
+	// than packs can read. This key is Boule's addition.
+	PackChunks int
 
 	// Logger receives Boule's log records. It is not read from JSON;
 	// nil means that records are discarded.

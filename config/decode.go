@@ -40,7 +40,29 @@ func decodeConfig(raw json.RawMessage) (Config, error) {
 	if c.MaxRequestsPerSecond, err = decodeRate(o); err != nil {
 		return Config{}, err
 	}
+	if c.PackChunks, err = decodePackChunks(o); err != nil {
+		return Config{}, err
+	}
 	return c, nil
+}
+
+// decodePackChunks decodes pack_chunks.
+func decodePackChunks(o *object) (int, error) {
+	const key = "pack_chunks"
+	raw, ok, _ := o.get(key, false)
+	if !ok {
+		return 0, nil
+	}
+	if jsonType(raw) != "number" {
+		return 0, typeError(key, "a number", raw)
+	}
+	v, msg := parseUint(string(raw), MaxPackChunks)
+	if msg != "" || v == 0 {
+		return 0, &Error{Key: key, Msg: fmt.Sprintf(
+			"expected an integer from 1 (no packs) to %d, got %s (omit the key for the default of %d)",
+			MaxPackChunks, string(raw), DefaultPackChunks)}
+	}
+	return int(v), nil
 }
 
 // decodePermissions decodes replication_spooling_dir_permissions.

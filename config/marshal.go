@@ -15,6 +15,7 @@ type wireConfig struct {
 	ReplicationTargets     []Target        `json:"replication_targets"`
 	SnapshotLoadingPolicy  json.RawMessage `json:"snapshot_loading_policy,omitempty"`
 	MaxRequestsPerSecond   float64         `json:"max_requests_per_second,omitempty"`
+	PackChunks             int             `json:"pack_chunks,omitempty"`
 }
 
 // wirePartial is the body of the "partial" loading policy.
@@ -39,6 +40,7 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		Permissions:            c.ReplicationSpoolingDirPermissions,
 		ReplicationTargets:     c.ReplicationTargets,
 		MaxRequestsPerSecond:   c.MaxRequestsPerSecond,
+		PackChunks:             c.PackChunks,
 	}
 	if w.ReplicationTargets == nil {
 		w.ReplicationTargets = []Target{}

@@ -25,6 +25,7 @@ var topKeys = []string{
 	"replication_targets",
 	"snapshot_loading_policy",
 	"max_requests_per_second",
+	"pack_chunks",
 }
 
 // targetKinds lists the kinds of replication targets in the order used

@@ -48,6 +48,10 @@ func (c *Config) Validate() error {
 		return &Error{Key: "max_requests_per_second", Msg: fmt.Sprintf(
 			"must be positive and finite, got %v", r)}
 	}
+	if p := c.PackChunks; p < 0 || p > MaxPackChunks {
+		return &Error{Key: "pack_chunks", Msg: fmt.Sprintf(
+			"must be from 1 to %d (0 for the default), got %d", MaxPackChunks, p)}
+	}
 	return nil
 }
 

@@ -466,12 +466,22 @@ func TestReplicaOpenErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob := filepath.Join(store.(*replicate.DirStore).Root(), "chunks", replicate.ChunkKey(m.Chunks[len(m.Chunks)-1]))
+	// The last chunk's blob: in its pack, or an object of its own.
+	last := len(m.Chunks) - 1
+	blob := filepath.Join(store.(*replicate.DirStore).Root(), "chunks", replicate.ChunkKey(m.Chunks[last]))
+	off := -1
+	if ref, ok := m.PackRefs()[uint32(last)]; ok {
+		blob = filepath.Join(store.(*replicate.DirStore).Root(), "chunks", replicate.PackKey(ref.ID))
+		off = int(ref.Offset + ref.Length/2)
+	}
 	raw, err := os.ReadFile(blob)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw[len(raw)/2] ^= 0x40
+	if off < 0 {
+		off = len(raw) / 2
+	}
+	raw[off] ^= 0x40
 	if err := os.WriteFile(blob, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}

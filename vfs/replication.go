@@ -36,9 +36,10 @@ func newUploader(cfg Config, targets []replicate.Target, log *slog.Logger) (*rep
 		return nil, nil
 	}
 	return replicate.NewUploader(replicate.UploaderOptions{
-		Targets: targets,
-		Rate:    cfg.Rate(),
-		Logger:  log,
+		Targets:    targets,
+		Rate:       cfg.Rate(),
+		PackChunks: cfg.PackChunks,
+		Logger:     log,
 	})
 }
 

@@ -455,13 +455,16 @@ func TestMissingBucket(t *testing.T) {
 // each dirtying chunks spread over a 16 MB database, so that uploads have
 // far more to do than the limiter allows; the background uploader goes
 // past its burst and stays within the limit (30 calls/s, burst 100), and
-// snapshots squash.
+// snapshots squash. Packs would put each upload's chunks in one object,
+// far under the limit: pack_chunks 1 turns them off, which also shows
+// that it writes manifests without a pack table.
 func TestAPIBudget(t *testing.T) {
 	srv := miniotest.Start(t)
 	srv.SetEnv(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, store := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg}, PackChunks: 1, Logger: slog.New(e.log)})
 	path := e.path("budget.db")
 	db := open(t, path, "boule", "_sync=OFF")
 	db.SetMaxOpenConns(1)
@@ -494,4 +497,8 @@ func TestAPIBudget(t *testing.T) {
 	}
 	checkReplica(t, store, path)
 	t.Logf("the final flush: %d requests %v", proxy.Total(), proxy.Counts())
+	key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
+	if m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{store}, key); err != nil || len(m.Packs) != 0 {
+		t.Fatalf("with pack_chunks 1, the manifest has packs (%v)", err)
+	}
 }
