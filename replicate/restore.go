@@ -61,13 +61,15 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 	work := make(chan *slot)
 	dedup := newChunkDedup()
 	refs := m.PackRefs()
+	segs := segments(m, refs)
+	shared := newPackShare(segs, refs, restorePackMemory)
 	for range conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for s := range work {
 				if s.seg.packed {
-					s.data, s.err = fetchSegment(ctx, stores, m, refs, s.seg)
+					s.data, s.err = fetchSegment(ctx, stores, m, refs, s.seg, shared)
 				} else {
 					var d []byte
 					d, s.err = dedup.fetch(ctx, m.Chunks[s.seg.first], func() ([]byte, error) {
@@ -84,7 +86,7 @@ func Restore(ctx context.Context, stores []Store, m *manifest.Manifest, w io.Wri
 		defer wg.Done()
 		defer close(work)
 		defer close(ordered)
-		for _, seg := range segments(m, refs) {
+		for _, seg := range segs {
 			s := &slot{seg: seg, done: make(chan struct{})}
 			select {
 			case ordered <- s: // blocks while the writer is window segments behind
@@ -162,11 +164,13 @@ func segments(m *manifest.Manifest, refs map[uint32]manifest.PackRef) []segment 
 	return out
 }
 
-// fetchSegment fetches the pack of a packed segment once and returns its
-// chunks, each verified; a chunk the pack does not yield is looked for
-// chunk by chunk, caches first.
-func fetchSegment(ctx context.Context, stores []Store, m *manifest.Manifest, refs map[uint32]manifest.PackRef, seg segment) ([][]byte, error) {
-	pack, perr := FetchPack(ctx, stores, refs[uint32(seg.first)].ID)
+// fetchSegment gets the pack of a packed segment through shared and
+// returns its chunks, each verified; a chunk the pack does not yield is
+// looked for chunk by chunk, caches first.
+func fetchSegment(ctx context.Context, stores []Store, m *manifest.Manifest, refs map[uint32]manifest.PackRef, seg segment, shared *packShare) ([][]byte, error) {
+	id := refs[uint32(seg.first)].ID
+	pack, perr := shared.get(ctx, id, func() ([]byte, error) { return FetchPack(ctx, stores, id) })
+	defer shared.done(id)
 	out := make([][]byte, seg.n)
 	for k := range out {
 		i := seg.first + k
@@ -184,6 +188,103 @@ func fetchSegment(ctx context.Context, stores []Store, m *manifest.Manifest, ref
 		out[k] = d
 	}
 	return out, nil
+}
+
+// restorePackMemory bounds the packs a restore keeps for the segments
+// still to come.
+const restorePackMemory = 128 << 20
+
+// packShare fetches a pack once for all the segments that read from it:
+// a pack whose chunks were replaced here and there since it was uploaded
+// is cut into several segments. It keeps a pack until its last segment is
+// done, within a memory bound; past it, a later segment fetches again.
+type packShare struct {
+	mu      sync.Mutex
+	entries map[manifest.Fingerprint]*shareEntry
+	kept    int
+	limit   int
+}
+
+type shareEntry struct {
+	left int          // segments still to read from the pack
+	f    *shareFlight // nil until fetched, or again once let go
+	kept bool         // f's bytes count in packShare.kept
+}
+
+type shareFlight struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+func newPackShare(segs []segment, refs map[uint32]manifest.PackRef, limit int) *packShare {
+	p := &packShare{entries: map[manifest.Fingerprint]*shareEntry{}, limit: limit}
+	for _, s := range segs {
+		if !s.packed {
+			continue
+		}
+		id := refs[uint32(s.first)].ID
+		e := p.entries[id]
+		if e == nil {
+			e = &shareEntry{}
+			p.entries[id] = e
+		}
+		e.left++
+	}
+	return p
+}
+
+// get returns pack id, fetched by fetch unless it is kept or on its way.
+func (p *packShare) get(ctx context.Context, id manifest.Fingerprint, fetch func() ([]byte, error)) ([]byte, error) {
+	p.mu.Lock()
+	e := p.entries[id]
+	if f := e.f; f != nil {
+		p.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.data, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &shareFlight{done: make(chan struct{})}
+	e.f = f
+	p.mu.Unlock()
+	f.data, f.err = fetch()
+	p.mu.Lock()
+	if f.err == nil && e.left > 1 && e.f == f && p.kept+len(f.data) <= p.limit {
+		e.kept = true
+		p.kept += len(f.data)
+	}
+	p.mu.Unlock()
+	close(f.done)
+	return f.data, f.err
+}
+
+// done notes that a segment of pack id has its chunks. The pack is let
+// go after its last segment, at once if it is not kept or failed; a later
+// segment then fetches it again.
+func (p *packShare) done(id manifest.Fingerprint) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.entries[id]
+	e.left--
+	f := e.f
+	if f == nil {
+		return
+	}
+	select {
+	case <-f.done:
+	default:
+		return // on its way for another segment
+	}
+	if e.left > 0 && e.kept && f.err == nil {
+		return
+	}
+	if e.kept {
+		p.kept -= len(f.data)
+	}
+	e.f, e.kept = nil, false
 }
 
 // chunkDedup fetches each fingerprint once while it is in the window.

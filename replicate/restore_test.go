@@ -206,3 +206,67 @@ func TestRestorePacks(t *testing.T) {
 		t.Errorf("FetchChunk of a chunk whose pack is gone: %v, want ErrNotFound", err)
 	}
 }
+
+// TestRestoreFragmentedPack: a pack whose chunks were partly replaced by
+// later uploads is cut into several segments, and still fetched once.
+func TestRestoreFragmentedPack(t *testing.T) {
+	ctx := context.Background()
+	s := newFakeStore("frag")
+	data := randomBytes(91, 9*manifest.ChunkSize)
+	m := &manifest.Manifest{Hostname: "h", SourcePath: "/f.db", Size: int64(len(data)), Created: time.Unix(1, 0)}
+	var all []PackedChunk
+	for i := range 9 {
+		c := data[i*manifest.ChunkSize : (i+1)*manifest.ChunkSize]
+		m.Chunks = append(m.Chunks, manifest.Sum(c))
+		if i == 0 {
+			m.Inline = map[uint32][]byte{0: c}
+		} else {
+			all = append(all, PackedChunk{FP: m.Chunks[i], Data: c})
+		}
+	}
+	// P holds chunks 1 to 8; Q, uploaded later, chunks 3 and 6.
+	pBlob, pID, pRefs := EncodePack(all)
+	qBlob, qID, qRefs := EncodePack([]PackedChunk{all[2], all[5]})
+	for _, p := range []struct {
+		id   manifest.Fingerprint
+		blob []byte
+	}{{pID, pBlob}, {qID, qBlob}} {
+		if err := s.PutPack(ctx, p.id, p.blob); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pm, qm []manifest.PackMember
+	for i := 1; i <= 8; i++ {
+		switch i {
+		case 3:
+			qm = append(qm, manifest.PackMember{Index: 3, Offset: qRefs[0].Offset, Length: qRefs[0].Length})
+		case 6:
+			qm = append(qm, manifest.PackMember{Index: 6, Offset: qRefs[1].Offset, Length: qRefs[1].Length})
+		default:
+			pm = append(pm, manifest.PackMember{Index: uint32(i), Offset: pRefs[i-1].Offset, Length: pRefs[i-1].Length})
+		}
+	}
+	m.Packs = []manifest.Pack{{ID: pID, Members: pm}, {ID: qID, Members: qm}}
+	if bytes.Compare(pID[:], qID[:]) > 0 {
+		m.Packs[0], m.Packs[1] = m.Packs[1], m.Packs[0]
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(segments(m, m.PackRefs())); n != 6 {
+		t.Fatalf("%d segments, want 6 (chunk 0, then P, Q, P, Q, P)", n)
+	}
+	for _, conc := range []int{1, 4} {
+		before := len(s.callLog())
+		var buf bytes.Buffer
+		if err := Restore(ctx, []Store{s}, m, &buf, RestoreOptions{Concurrency: conc}); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf.Bytes(), data) {
+			t.Fatalf("concurrency %d: restored bytes differ", conc)
+		}
+		if n := countOps(s.callLog()[before:], opGetPack); n != 2 {
+			t.Errorf("concurrency %d: %d pack GETs, want 2", conc, n)
+		}
+	}
+}

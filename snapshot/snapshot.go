@@ -267,22 +267,25 @@ func (s *Snapshot) startPrefetch() {
 	s.cancel = cancel
 	s.prefetched = done
 	s.mu.Unlock()
-	// A group is a chunk, or the run of chunks in one pack, so that the
-	// workers fetch different packs at once rather than wait on one.
+	// A group is a chunk, or every chunk of one pack (not only a run: a
+	// pack whose other chunks were replaced since is fetched once), in
+	// the order of their first chunk, so that the workers fetch
+	// different packs at once rather than wait on one.
 	var groups []group
-	for i := 0; i < len(s.M.Chunks); {
-		g := group{idx: []int{i}}
-		if ref, ok := s.packs[uint32(i)]; ok {
-			g.packed, g.pack = true, ref.ID
-			for j := i + 1; j < len(s.M.Chunks) && len(g.idx) < 64; j++ {
-				if r, ok := s.packs[uint32(j)]; !ok || r.ID != ref.ID {
-					break
-				}
-				g.idx = append(g.idx, j)
-			}
+	byPack := map[manifest.Fingerprint]int{}
+	for i := range s.M.Chunks {
+		ref, ok := s.packs[uint32(i)]
+		if !ok {
+			groups = append(groups, group{idx: []int{i}})
+			continue
 		}
-		groups = append(groups, g)
-		i += len(g.idx)
+		k, seen := byPack[ref.ID]
+		if !seen {
+			k = len(groups)
+			byPack[ref.ID] = k
+			groups = append(groups, group{packed: true, pack: ref.ID})
+		}
+		groups[k].idx = append(groups[k].idx, i)
 	}
 	// A pack is up to 64 chunks: a quarter as many packs as chunks in
 	// flight keeps the store busy without queueing a read that waits,
