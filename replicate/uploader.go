@@ -720,7 +720,10 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 			// the staged chunks a snapshot replaces: a chunk of this one
 			// may have gone before it was uploaded. Upload instead the
 			// newest snapshot handed over since it was read, whose chunks
-			// are all in consuming/ or in the store, or look again.
+			// are all in consuming/ or in the store, or look again;
+			// unless it is older than this one and every chunk of this
+			// one is known to be in the store (under continuous writes
+			// the handed-over snapshot is a manifest gap old).
 			//
 			// Take ready/ once more: under continuous writes the only
 			// snapshot handed over during this pass may be sitting there.
@@ -731,19 +734,25 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 			if err := takeReady(st.dir); err != nil {
 				return false, err
 			}
-			if before, err = listDirs(consuming); err != nil {
+			all, err := listDirs(consuming)
+			if err != nil {
 				return false, err
 			}
-			mb, m, err = newestSince(consuming, nil)
-			if err != nil || mb == nil {
-				return err == nil, err
-			}
-			handedOver = true
-			if sha256.Sum256(mb) == uploaded {
-				return true, removeSnapshots(consuming, before)
-			}
-			if err := u.sweep(ctx, st, consuming, m, targets); err != nil {
+			hmb, hm, err := newestSince(consuming, nil)
+			if err != nil {
 				return false, err
+			}
+			if (hm != nil && hm.Created.After(m.Created)) || !u.inStore(st, m) {
+				if hmb == nil {
+					return true, nil // look again
+				}
+				before, mb, m, handedOver = all, hmb, hm, true
+				if sha256.Sum256(mb) == uploaded {
+					return true, removeSnapshots(consuming, before)
+				}
+				if err := u.sweep(ctx, st, consuming, m, targets); err != nil {
+					return false, err
+				}
 			}
 		}
 	}
@@ -757,6 +766,42 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 	// A snapshot staged or published after the manifest was read is newer:
 	// look again (the next pass returns at once if nothing is new).
 	return true, nil
+}
+
+// inStore reports whether every chunk of m that is not inline is known to
+// be in the store: uploaded by this process within RecentTTL, placed in a
+// pack by st's uploads, or used by the last uploaded manifest. Under
+// continuous writes the staged manifest changes during every pass, and a
+// chunk of the one a pass read may have been replaced in staging before
+// it was uploaded; when none was, that manifest can go up rather than an
+// older handed-over one, a manifest gap staler.
+func (u *Uploader) inStore(st *dbState, m *manifest.Manifest) bool {
+	var prev map[manifest.Fingerprint]bool
+	if b, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil {
+		if pm, err := manifest.Decode(b); err == nil {
+			prev = make(map[manifest.Fingerprint]bool, len(pm.Chunks))
+			for _, fp := range pm.Chunks {
+				prev[fp] = true
+			}
+		}
+	}
+	var rest []manifest.Fingerprint
+	st.mu.Lock()
+	for i, fp := range m.Chunks {
+		if _, inline := m.Inline[uint32(i)]; inline || prev[fp] {
+			continue
+		}
+		if _, ok := st.placed[fp]; !ok {
+			rest = append(rest, fp)
+		}
+	}
+	st.mu.Unlock()
+	for _, fp := range rest {
+		if _, ok := u.recentlyUploaded(fp); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // sweep uploads the chunks of m that the snapshots in consuming/ hold.

@@ -1822,3 +1822,44 @@ func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
 		t.Error("placements left after an upload that was recorded")
 	}
 }
+
+// TestUploaderFreshestUnderWrites: when a newer transaction is staged
+// during a pass, the manifest the pass read still goes up if all its
+// chunks are in the store, rather than the older snapshot waiting in
+// consuming/: under continuous writes, that one is a manifest gap stale.
+func TestUploaderFreshestUnderWrites(t *testing.T) {
+	now := newTestNow()
+	store := newFakeStore("s3")
+	u := newTestUploader(t, uploadOpts(now, target(store)))
+	d := newTestSpool(t, t.TempDir(), "/data/fresh.db")
+	data0 := testData(60, 3*manifest.ChunkSize)
+	s0 := d.snapshot(data0, now.Now())
+	d.publish("ready", s0) // handed over, not uploaded yet
+	data1 := withChunk(data0, 2, 61)
+	s1 := d.snapshot(data1, now.Now().Add(time.Second))
+	d.stage(s1)
+	// The next transaction appends a chunk: every chunk of s1 stays.
+	s2 := d.snapshot(append(bytes.Clone(data1), testData(62, 100)...), now.Now().Add(2*time.Second))
+	var added []manifest.Fingerprint
+	for fp := range s2.files {
+		if _, ok := s1.files[fp]; !ok {
+			added = append(added, fp)
+		}
+	}
+
+	gate := store.blockOnce(opPutChunk, nil)
+	errc := make(chan error, 1)
+	go func() { errc <- u.Flush(context.Background(), d.dir) }()
+	gate.wait(t)
+	d.stage(s2, added...)
+	gate.open()
+	if err := <-errc; err != nil {
+		t.Fatalf("Flush()=%v", err)
+	}
+	got := manifestCounters(store.manifestPuts())
+	if len(got) == 0 || got[0] != s1.m.ChangeCounter || slices.Contains(got, s0.m.ChangeCounter) {
+		t.Errorf("manifests put %v; want #%d first (the one the pass read, complete), never the older #%d", got, s1.m.ChangeCounter, s0.m.ChangeCounter)
+	}
+	checkStored(t, store, d, s2)
+	store.checkIntegrity(t)
+}
