@@ -65,7 +65,7 @@ conformance:
 ## side by side with the same queries on the local file and with cp.
 bench-replica: minio
 	$(GO) test -run XXX -bench 'BenchmarkReplicaQuery' -benchtime 3000x -count 6 ./vfs | tee $(BUILD)/bench-replica-query.txt
-	BOULE_BENCH_MB=1024 $(GO) test -run XXX -bench 'BenchmarkCold' -benchtime 3x -count 1 -timeout 60m ./vfs | tee $(BUILD)/bench-cold-1g.txt
+	BOULE_BENCH_MB=1024 $(GO) test -run XXX -bench 'BenchmarkCold' -benchtime 3x -count 3 -timeout 60m ./vfs | tee $(BUILD)/bench-cold-1g.txt
 
 ## fuzz: each fuzz target for 30 s.
 fuzz:
