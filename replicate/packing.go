@@ -170,3 +170,33 @@ func spoolSum(b []byte) [32]byte {
 	}
 	return sha256.Sum256(b)
 }
+
+// SpoolPlaces returns where the chunks of the database whose spool
+// directory is dir went in packs, as far as the spool knows: its
+// placements, then the last uploaded manifest's pack table. A chunk not
+// in the result was stored as an object of its own. The placements are
+// read first: the uploader records the uploaded manifest before it drops
+// the placements that manifest lists.
+func SpoolPlaces(dir string) (map[manifest.Fingerprint]manifest.PackRef, error) {
+	places, err := loadPlacements(dir)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return places, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("replicate: read the last uploaded manifest: %w", err)
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("replicate: the last uploaded manifest: %w", err)
+	}
+	for idx, ref := range m.PackRefs() {
+		if _, ok := places[m.Chunks[idx]]; !ok {
+			places[m.Chunks[idx]] = ref
+		}
+	}
+	return places, nil
+}

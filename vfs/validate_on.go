@@ -75,7 +75,8 @@ func checkStaged(c *conn, src cSource) error {
 	if m.SourcePath != c.db.Path() || m.Size != size {
 		return fmt.Errorf("manifest describes %s, %d bytes; the database has %d bytes", m.SourcePath, m.Size, size)
 	}
-	var stores []replicate.Store // built only when a chunk has left the spool
+	var stores []replicate.Store                         // built only when a chunk has left the spool
+	var places map[manifest.Fingerprint]manifest.PackRef // likewise
 	want := make([]byte, manifest.ChunkSize)
 	for i, fp := range m.Chunks {
 		n := manifest.ChunkLen(size, i)
@@ -94,7 +95,20 @@ func checkStaged(c *conn, src cSource) error {
 					return err
 				}
 			}
-			if data, err = replicate.FetchChunk(context.Background(), stores, m, i); err != nil {
+			if places == nil {
+				if places, err = replicate.SpoolPlaces(dir); err != nil {
+					return err
+				}
+			}
+			if ref, ok := places[fp]; ok {
+				pack, err := replicate.FetchPack(context.Background(), stores, ref.ID)
+				if err == nil {
+					data, err = replicate.DecodePackMember(pack, ref, fp)
+				}
+				if err != nil {
+					return fmt.Errorf("chunk %d is neither in the spool nor in its pack: %w", i, err)
+				}
+			} else if data, err = replicate.FetchChunk(context.Background(), stores, m, i); err != nil {
 				return fmt.Errorf("chunk %d is neither in the spool nor in the store: %w", i, err)
 			}
 		}
