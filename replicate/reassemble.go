@@ -1,10 +1,12 @@
 package replicate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/boule-vfs/boule/manifest"
 )
@@ -37,7 +39,26 @@ func FetchManifest(ctx context.Context, stores []Store, key string) (*manifest.M
 // fingerprint. A chunk that m places in a pack is looked for in caches
 // (which hold chunks) and then in the pack, which is fetched whole.
 func FetchChunk(ctx context.Context, stores []Store, m *manifest.Manifest, i int) ([]byte, error) {
-	return fetchChunk(ctx, stores, m, m.PackRefs(), i, nil)
+	var refs map[uint32]manifest.PackRef
+	if ref, ok := packRefOf(m, i); ok {
+		refs = map[uint32]manifest.PackRef{uint32(i): ref}
+	}
+	return fetchChunk(ctx, stores, m, refs, i, nil)
+}
+
+// packRefOf finds where chunk i of m is packed, without building the
+// whole table that PackRefs returns: FetchChunk is called chunk by chunk.
+func packRefOf(m *manifest.Manifest, i int) (manifest.PackRef, bool) {
+	for _, p := range m.Packs {
+		k, found := slices.BinarySearchFunc(p.Members, uint32(i), func(mb manifest.PackMember, t uint32) int {
+			return cmp.Compare(mb.Index, t)
+		})
+		if found {
+			mb := p.Members[k]
+			return manifest.PackRef{ID: p.ID, Offset: mb.Offset, Length: mb.Length}, true
+		}
+	}
+	return manifest.PackRef{}, false
 }
 
 // lastPack keeps the pack fetched last, for sequential readers.

@@ -330,17 +330,7 @@ func checkStored(t testing.TB, store *fakeStore, d *testSpool, want *snap) {
 		}
 		t.Fatalf("%s: stored manifest is #%d (%d bytes), want #%d", store.name, gotN, len(got), want.m.ChangeCounter)
 	}
-	m, _, err := FetchManifest(context.Background(), []Store{store}, d.key())
-	if err != nil {
-		t.Fatalf("FetchManifest()=%v", err)
-	}
-	var buf bytes.Buffer
-	if err := Reassemble(context.Background(), []Store{store}, m, &buf); err != nil {
-		t.Fatalf("Reassemble()=%v", err)
-	}
-	if !bytes.Equal(buf.Bytes(), want.data) {
-		t.Fatalf("%s: reassembled %d bytes differ from the snapshot's %d", store.name, buf.Len(), len(want.data))
-	}
+	checkReassembled(t, store, d, want)
 }
 
 func manifestCounters(puts [][]byte) []uint32 {
@@ -1780,7 +1770,7 @@ func checkReassembled(t testing.TB, store *fakeStore, d *testSpool, want *snap) 
 		t.Fatalf("Reassemble()=%v", err)
 	}
 	if !bytes.Equal(buf.Bytes(), want.data) {
-		t.Fatalf("reassembled %d bytes differ from the snapshot's %d", buf.Len(), len(want.data))
+		t.Fatalf("%s: reassembled %d bytes differ from the snapshot's %d", store.name, buf.Len(), len(want.data))
 	}
 }
 
