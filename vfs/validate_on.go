@@ -76,7 +76,7 @@ func checkStaged(c *conn, src cSource) error {
 		return fmt.Errorf("manifest describes %s, %d bytes; the database has %d bytes", m.SourcePath, m.Size, size)
 	}
 	var stores []replicate.Store                         // built only when a chunk has left the spool
-	var places map[manifest.Fingerprint]manifest.PackRef // likewise
+	var places map[manifest.Fingerprint]manifest.PackRef // read again on a miss
 	want := make([]byte, manifest.ChunkSize)
 	for i, fp := range m.Chunks {
 		n := manifest.ChunkLen(size, i)
@@ -95,12 +95,18 @@ func checkStaged(c *conn, src cSource) error {
 					return err
 				}
 			}
-			if places == nil {
+			// The placements are read after the chunk was found gone
+			// from the spool: the uploader records a chunk's placement
+			// before it deletes the chunk's file, so a fresh read knows
+			// it. A cached read from an earlier chunk may not.
+			ref, ok := places[fp]
+			if !ok {
 				if places, err = replicate.SpoolPlaces(dir); err != nil {
 					return err
 				}
+				ref, ok = places[fp]
 			}
-			if ref, ok := places[fp]; ok {
+			if ok {
 				pack, err := replicate.FetchPack(context.Background(), stores, ref.ID)
 				if err == nil {
 					data, err = replicate.DecodePackMember(pack, ref, fp)
