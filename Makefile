@@ -73,6 +73,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzDecodeBody$$' -fuzztime 30s ./manifest
 	$(GO) test -run XXX -fuzz '^FuzzParse$$' -fuzztime 30s ./config
 	$(GO) test -run XXX -fuzz '^FuzzDecodeChunk$$' -fuzztime 30s ./replicate
+	$(GO) test -run XXX -fuzz '^FuzzDecodePackMember$$' -fuzztime 30s ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzManifestKey$$' -fuzztime 30s ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzMangle$$' -fuzztime 30s ./spool
 	$(GO) test -run XXX -fuzz '^FuzzParseName$$' -fuzztime 30s ./snapshot
