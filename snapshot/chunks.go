@@ -88,7 +88,7 @@ func defaultMapLimit() int {
 //
 // A prefetch (soft) load is refused with errPrefetchFull once 90% of the
 // limit is used, so that reads keep some room.
-func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest.Fingerprint, soft bool, load loadFunc) (*mapping, error) {
+func (c *chunkMaps) acquire(ctx context.Context, spawn func(func()) bool, fp manifest.Fingerprint, soft bool, load loadFunc) (*mapping, error) {
 	for {
 		c.mu.Lock()
 		if m, ok := c.maps[fp]; ok {
@@ -107,12 +107,11 @@ func (c *chunkMaps) acquire(ctx context.Context, bg *sync.WaitGroup, fp manifest
 			return nil, fmt.Errorf("%w (%d chunks, %d MiB, mapped)", ErrTooManyChunks, c.limit, c.limit/16)
 		} else {
 			f = &flight{done: make(chan struct{}), waiters: 1}
+			if !spawn(func() { c.run(fp, f, load) }) {
+				c.mu.Unlock()
+				return nil, errReaderClosed
+			}
 			c.inflight[fp] = f
-			bg.Add(1)
-			go func() {
-				defer bg.Done()
-				c.run(fp, f, load)
-			}()
 		}
 		c.mu.Unlock()
 		select {
@@ -271,9 +270,7 @@ func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
 	}
 	r.cacheOnce.Do(func() {
 		r.cacheQ = make(chan cacheItem, 256)
-		r.bg.Add(1)
-		go func() {
-			defer r.bg.Done()
+		r.goBG(func() {
 			for {
 				select {
 				case it := <-r.cacheQ:
@@ -285,7 +282,7 @@ func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
 					return
 				}
 			}
-		}()
+		})
 	})
 	r.cacheMu.Lock()
 	defer r.cacheMu.Unlock()

@@ -15,7 +15,7 @@ import (
 // a pack just fetched (a scan's next reads, the prefetch) cost no GET.
 type packCache struct {
 	maxBytes int
-	bg       *sync.WaitGroup // the reader's: fetches end before Close returns
+	spawn    func(func()) bool // the reader's goBG: fetches end before Close returns
 
 	mu       sync.Mutex
 	inflight map[manifest.Fingerprint]*packFlight
@@ -34,10 +34,10 @@ type packFlight struct {
 // works on at once.
 const defaultPackCacheBytes = 64 << 20
 
-func newPackCache(maxBytes int, bg *sync.WaitGroup) *packCache {
+func newPackCache(maxBytes int, spawn func(func()) bool) *packCache {
 	return &packCache{
 		maxBytes: maxBytes,
-		bg:       bg,
+		spawn:    spawn,
 		inflight: map[manifest.Fingerprint]*packFlight{},
 		kept:     map[manifest.Fingerprint][]byte{},
 	}
@@ -55,10 +55,7 @@ func (c *packCache) get(ctx, fctx context.Context, id manifest.Fingerprint, fetc
 	f, ok := c.inflight[id]
 	if !ok {
 		f = &packFlight{done: make(chan struct{})}
-		c.inflight[id] = f
-		c.bg.Add(1)
-		go func() {
-			defer c.bg.Done()
+		started := c.spawn(func() {
 			b, err := fetch(fctx)
 			c.mu.Lock()
 			delete(c.inflight, id)
@@ -68,7 +65,12 @@ func (c *packCache) get(ctx, fctx context.Context, id manifest.Fingerprint, fetc
 			}
 			c.mu.Unlock()
 			close(f.done)
-		}()
+		})
+		if !started {
+			c.mu.Unlock()
+			return nil, errReaderClosed
+		}
+		c.inflight[id] = f // before the fetch can end: c.mu is held
 	}
 	c.mu.Unlock()
 	select {

@@ -91,7 +91,10 @@ type Reader struct {
 	packs  *packCache
 	ctx    context.Context // ends with Close; loads run under it, not their callers'
 	cancel context.CancelFunc
-	bg     sync.WaitGroup // loads, prefetches, cache writers
+	bg     sync.WaitGroup // loads, prefetches, cache writers, pollers: started only by goBG
+
+	lifeMu sync.Mutex // orders goBG's bg.Add before Close's bg.Wait
+	closed bool
 
 	cacheOnce    sync.Once
 	cacheQ       chan cacheItem
@@ -124,7 +127,7 @@ func NewReader(opts Options) *Reader {
 		},
 		replicas: map[string]*Replica{},
 	}
-	r.packs = newPackCache(defaultPackCacheBytes, &r.bg)
+	r.packs = newPackCache(defaultPackCacheBytes, r.goBG)
 	if r.host == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			r.host = h
@@ -166,9 +169,33 @@ func (r *Reader) Close() {
 	r.cacheClosed = true
 	r.cacheMu.Unlock()
 	r.cachePending.Wait()
+	r.lifeMu.Lock()
+	r.closed = true
+	r.lifeMu.Unlock()
 	r.cancel()
 	r.bg.Wait()
 }
+
+// goBG runs f in a goroutine that Close waits for, and reports false,
+// running nothing, once Close has begun: no work of a closed reader
+// outlives its Close, such as a poller's fetch that would start a
+// prefetch and write to a cache directory its owner is removing.
+func (r *Reader) goBG(f func()) bool {
+	r.lifeMu.Lock()
+	defer r.lifeMu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		f()
+	}()
+	return true
+}
+
+// errReaderClosed is returned for work asked of a closed Reader.
+var errReaderClosed = errors.New("snapshot: reader closed")
 
 // Hostname is the host that "boule:///path" names refer to.
 func (r *Reader) Hostname() string { return r.host }
@@ -380,7 +407,7 @@ func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
 		}
 		fc.err = err
 		close(fc.done)
-		if err != nil {
+		if err != nil && rp.r.ctx.Err() == nil {
 			rp.r.log.Warn("snapshot: manifest fetch failed", "replica", rp.id, "err", err)
 		}
 		return s, err
@@ -497,7 +524,8 @@ func (rp *Replica) setAuto(delta int) {
 	switch {
 	case rp.autoConns > 0 && rp.stopPoll == nil:
 		rp.stopPoll = make(chan struct{})
-		go rp.poller(rp.stopPoll)
+		stop := rp.stopPoll
+		rp.r.goBG(func() { rp.poller(stop) })
 	case rp.autoConns == 0 && rp.stopPoll != nil:
 		close(rp.stopPoll)
 		rp.stopPoll = nil
@@ -513,9 +541,11 @@ func (rp *Replica) poller(stop chan struct{}) {
 		select {
 		case <-stop:
 			return
+		case <-rp.r.ctx.Done():
+			return
 		case <-tick:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), rp.r.openTO)
+		ctx, cancel := context.WithTimeout(rp.r.ctx, rp.r.openTO)
 		if s, err := rp.fetch(ctx, false); err == nil {
 			s.unref()
 		}
@@ -592,13 +622,13 @@ func (c *Conn) AsyncReload() bool {
 	busy := c.rep.fetching != nil
 	c.rep.mu.Unlock()
 	if !busy {
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), c.rep.r.openTO)
+		c.rep.r.goBG(func() {
+			ctx, cancel := context.WithTimeout(c.rep.r.ctx, c.rep.r.openTO)
 			defer cancel()
 			if s, err := c.rep.fetch(ctx, false); err == nil {
 				s.unref()
 			}
-		}()
+		})
 	}
 	return false
 }

@@ -142,7 +142,7 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 	want := manifest.ChunkLen(s.M.Size, i)
 	wait, cancel := context.WithTimeout(ctx, r.chunkTO)
 	defer cancel()
-	m, err := r.chunks.acquire(wait, &r.bg, fp, soft, func() ([]byte, func(), error) {
+	m, err := r.chunks.acquire(wait, r.goBG, fp, soft, func() ([]byte, func(), error) {
 		if data, ok := s.M.Inline[uint32(i)]; ok {
 			return r.slabs.copy(data) // verified by manifest.Decode
 		}
@@ -291,9 +291,7 @@ func (s *Snapshot) startPrefetch() {
 	// flight keeps the store busy without queueing a read that waits,
 	// such as an open's first query, behind megabytes of prefetch.
 	packSlots := make(chan struct{}, max(2, r.prefetch/4))
-	r.bg.Add(1)
-	go func() {
-		defer r.bg.Done()
+	started := r.goBG(func() {
 		defer close(done)
 		defer cancel()
 		err := s.each(ctx, groups, r.prefetch, packSlots, true)
@@ -304,5 +302,9 @@ func (s *Snapshot) startPrefetch() {
 		case err != nil && ctx.Err() == nil:
 			r.log.Warn("snapshot: prefetch stopped; chunks will be fetched when read", "replica", s.rep.id, "err", err)
 		}
-	}()
+	})
+	if !started { // the reader is closing
+		cancel()
+		close(done)
+	}
 }

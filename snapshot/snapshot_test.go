@@ -575,3 +575,61 @@ func TestMappedChunkLimit(t *testing.T) {
 		t.Fatalf("prefetch mapped %d chunks with a limit of 20, want it to stop near 90%%", n)
 	}
 }
+
+// stalling blocks manifest fetches, once armed, until their context ends,
+// and counts those under way.
+type stalling struct {
+	*counting
+	armed   atomic.Bool
+	active  atomic.Int64
+	entered chan struct{}
+}
+
+func (s *stalling) GetManifest(ctx context.Context, key string) ([]byte, error) {
+	if !s.armed.Load() {
+		return s.counting.GetManifest(ctx, key)
+	}
+	s.active.Add(1)
+	defer s.active.Add(-1)
+	s.entered <- struct{}{}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestCloseEndsBackgroundWork: Close cancels and waits for the fetches a
+// connection started in the background, and a closed reader starts no
+// new work, so nothing of it runs on, against a store or a cache
+// directory its owner is removing.
+func TestCloseEndsBackgroundWork(t *testing.T) {
+	f := newFixture(t)
+	publish(t, f.store, "/c.db", db(7, 3), time.Now())
+	s := &stalling{counting: f.store, entered: make(chan struct{}, 1)}
+	r := NewReader(Options{Remote: []replicate.Store{s}, Cache: f.cache, Hostname: testHost, Prefetch: -1, OpenTimeout: time.Hour})
+	c, err := r.Open(context.Background(), "boule:///c.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s.armed.Store(true)
+	if c.AsyncReload() {
+		t.Fatal("AsyncReload adopted a snapshot without fetching one")
+	}
+	<-s.entered // the background fetch is in the store
+	r.Close()
+	if n := s.active.Load(); n != 0 {
+		t.Fatalf("%d manifest fetches still under way after Close", n)
+	}
+	before := f.store.manifests.Load()
+	c.AsyncReload()
+	if _, err := c.Snapshot().Chunk(context.Background(), 1); err == nil {
+		t.Fatal("a closed reader fetched a chunk")
+	}
+	select {
+	case <-s.entered:
+		t.Fatal("a closed reader started a manifest fetch")
+	default:
+	}
+	if n := s.active.Load() + f.store.manifests.Load() - before; n != 0 {
+		t.Fatalf("a closed reader made %d manifest requests", n)
+	}
+}
