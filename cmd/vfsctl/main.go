@@ -56,16 +56,16 @@ type command struct {
 }
 
 var commands = []command{
-	{"flush", "SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
-	{"sync", "[--hostname H] DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
+	{"flush", "[--json] SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
+	{"sync", "DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
 	{"status", "[--json] SPOOL_DIR", "show replication lag, pending bytes, calls and errors per database", cmdStatus},
-	{"restore", "--manifest URI|--source-path P [--at T] [--out F]", "write a replicated database (or an older version) to a file", cmdRestore},
-	{"manifest", "[--json] [--out F] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
-	{"manifest-name", "SOURCE", "print the key of a database's manifest", cmdManifestName},
-	{"ls-versions", "[--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},
-	{"ls", "[--hostname H|--all] [--json]", "list the databases a store holds", cmdLs},
-	{"verify", "[--json] SOURCE", "check every chunk of a manifest is stored and matches its fingerprint", cmdVerify},
-	{"shell", "SOURCE [-- SQLITE3_ARGS]", "open the sqlite3 shell on a read replica", cmdShell},
+	{"restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE] [--concurrency N]", "write a replicated database (or an older version) to a file", cmdRestore},
+	{"manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
+	{"manifest-name", "[--hostname H] SOURCE", "print the key of a database's manifest", cmdManifestName},
+	{"ls-versions", "[--hostname H] [--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},
+	{"ls", "[--hostname H | --all] [--json]", "list the databases a store holds", cmdLs},
+	{"verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)", "check every chunk of a manifest is stored and matches its fingerprint", cmdVerify},
+	{"shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]", "open the sqlite3 shell on a read replica", cmdShell},
 }
 
 // globals are the options before the command.
@@ -137,7 +137,7 @@ func usage(fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: vfsctl [--config JSON|@FILE] [--log LEVEL] COMMAND [ARGS]")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-14s %-50s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  %s %s\n        %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nGlobal options:")
 	fs.PrintDefaults()

@@ -252,7 +252,7 @@ func progressBar(w io.Writer, label string) (update func(done, total int64), fin
 func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	var manifestArg, host, srcPath, out, at string
 	var conc int
-	fs, err := subcommand(g, "restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE]",
+	fs, err := subcommand(g, "restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE] [--concurrency N]",
 		"Writes a replicated database to --out (default: standard output), every chunk\nverified against its fingerprint. The file appears atomically: a failed restore\nleaves nothing at --out. With --at, restores the newest version stored at or\nbefore TIME (see ls-versions).", args,
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")

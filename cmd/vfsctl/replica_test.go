@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -326,13 +327,27 @@ func TestFlushJSON(t *testing.T) {
 }
 
 // TestEveryCommandHasHelp: --help on every subcommand prints its usage
-// and exits 0.
+// and exits 0; the command list shows the same usage, and it names every
+// flag the command defines.
 func TestEveryCommandHasHelp(t *testing.T) {
+	flagLine := regexp.MustCompile(`(?m)^  -([a-z][a-z-]*)`)
 	for _, c := range commands {
-		code, out, errs := vfsctl(t, c.name, "--help")
-		if code != exitOK || !strings.Contains(out+errs, "usage: vfsctl "+c.name) {
-			t.Errorf("vfsctl %s --help = %d %q %q", c.name, code, out, errs)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			code, out, errs := vfsctl(t, c.name, "--help")
+			help := out + errs
+			if code != exitOK || !strings.Contains(help, "usage: vfsctl "+c.name) {
+				t.Fatalf("vfsctl %s --help = %d %q", c.name, code, help)
+			}
+			first, _, _ := strings.Cut(help, "\n")
+			if want := "usage: vfsctl " + c.name + " " + c.args; first != want {
+				t.Errorf("vfsctl %s --help says %q, the command list %q", c.name, first, want)
+			}
+			for _, m := range flagLine.FindAllStringSubmatch(help, -1) {
+				if !strings.Contains(c.args, "--"+m[1]+" ") && !strings.Contains(c.args, "--"+m[1]+"]") {
+					t.Errorf("the usage of %s, %q, does not mention its flag --%s", c.name, c.args, m[1])
+				}
+			}
+		})
 	}
 }
 
