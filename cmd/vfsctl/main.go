@@ -33,6 +33,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -164,4 +165,20 @@ func subcommand(g *globals, name, argsUsage, summary string, args []string, defi
 		return nil, usagef("%v", err)
 	}
 	return fs, nil
+}
+
+// uriPath escapes a path for a file: URI (sync's sql.Open, shell's .open):
+// the characters SQLite's URI parser gives a meaning to, controls, and the
+// space and quote the sqlite3 shell's argument parser would split on.
+func uriPath(p string) string {
+	var b strings.Builder
+	for i := range len(p) {
+		c := p[i]
+		if c < 0x20 || c == 0x7f || strings.IndexByte("%?#&=' \"", c) >= 0 {
+			fmt.Fprintf(&b, "%%%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }

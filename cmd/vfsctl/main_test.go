@@ -213,6 +213,54 @@ func TestSync(t *testing.T) {
 	}
 }
 
+// TestSyncOddName: a database whose name holds characters a file: URI
+// gives a meaning to (%XX escapes, the query and fragment marks) is synced
+// under its own name, and restores byte for byte.
+func TestSyncOddName(t *testing.T) {
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "a%41 b?x=1#frag.db")}
+	if err := os.Mkdir(f.store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sqlite3, err := exec.LookPath("sqlite3")
+	if err != nil {
+		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
+	}
+	// The shell takes a plain file name literally.
+	if out, err := exec.Command(sqlite3, f.db, "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000));").CombinedOutput(); err != nil {
+		t.Fatalf("sqlite3: %v %s", err, out)
+	}
+	code, out, errs := vfsctl(t, "--config", f.config(), "sync", f.db)
+	want, _ := replicate.ManifestKey(hostname(t), f.db)
+	if code != exitOK || strings.TrimSpace(out) != want {
+		t.Fatalf("sync=%d %q %q; want the manifest name %q", code, out, errs, want)
+	}
+	restored := filepath.Join(dir, "restored.db")
+	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", restored); code != exitOK {
+		t.Fatalf("restore=%d %q", code, errs)
+	}
+	got, err := os.ReadFile(restored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src, _ := os.ReadFile(f.db); len(src) == 0 || !bytes.Equal(got, src) {
+		t.Fatalf("restored %d bytes, want the %d bytes of %s", len(got), len(src), f.db)
+	}
+	// Nothing else appeared: no database opened under a mangled name.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if n := e.Name(); n != "spool" && n != "store" && n != "restored.db" && n != filepath.Base(f.db) {
+			t.Errorf("sync left %s in %s", n, dir)
+		}
+	}
+}
+
 // TestBinary runs the real vfsctl binary once, to check the exit code
 // reaches the shell.
 func TestBinary(t *testing.T) {

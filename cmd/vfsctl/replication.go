@@ -142,8 +142,9 @@ func cmdSync(ctx context.Context, g *globals, args []string) error {
 		return usageError{err.Error()}
 	}
 	// A read transaction through boule brings the spool up to date with
-	// the file: its first transaction checks, and rebuilds if stale.
-	db, err := sql.Open("sqlite3", "file:"+path+"?vfs=boule&mode=ro&_busy_timeout=10000")
+	// the file: its first transaction checks, and rebuilds if stale. The
+	// path is escaped, or a %, ? or # in it would name another file.
+	db, err := sql.Open("sqlite3", "file:"+uriPath(path)+"?vfs=boule&mode=ro&_busy_timeout=10000")
 	if err != nil {
 		return err
 	}

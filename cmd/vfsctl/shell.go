@@ -26,22 +26,6 @@ func extensionCandidates() []string {
 	return out
 }
 
-// uriPath escapes a path for a file: URI: the characters SQLite's URI
-// parser gives a meaning to, controls, and the space and quote the shell's
-// argument parser would split on.
-func uriPath(p string) string {
-	var b strings.Builder
-	for i := range len(p) {
-		c := p[i]
-		if c < 0x20 || c == 0x7f || strings.IndexByte("%?#&=' \"", c) >= 0 {
-			fmt.Fprintf(&b, "%%%02X", c)
-			continue
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
-}
-
 func cmdShell(ctx context.Context, g *globals, args []string) error {
 	var host, manifestArg, exe, lib string
 	fs, err := subcommand(g, "shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]",
