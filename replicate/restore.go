@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -335,13 +336,62 @@ func (d *chunkDedup) done(fp manifest.Fingerprint) {
 	}
 }
 
+// ErrNotRegularFile is returned by RestoreFile when something other than a
+// regular file is at the output path: a directory, a named pipe, a device,
+// a socket or a symbolic link, which renaming the restored file over it
+// would replace (as root, over /dev/null).
+var ErrNotRegularFile = errors.New("replicate: output is not a regular file")
+
+// fileKind names the type of a file mode for messages: "a named pipe
+// (FIFO)", "a character device", "a regular file".
+func fileKind(mode fs.FileMode) string {
+	switch t := mode.Type(); {
+	case t == 0:
+		return "a regular file"
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case t&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case t&fs.ModeSocket != 0:
+		return "a socket"
+	case t&fs.ModeCharDevice != 0:
+		return "a character device"
+	case t&fs.ModeDevice != 0:
+		return "a block device"
+	default:
+		return "an irregular file"
+	}
+}
+
+// checkReplaceable returns an error wrapping ErrNotRegularFile when path
+// exists and is not a regular file; it does not follow a symbolic link.
+func checkReplaceable(path string) error {
+	st, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("%w: %s is %s; refusing to replace it", ErrNotRegularFile, path, fileKind(st.Mode()))
+	}
+	return nil
+}
+
 // RestoreFile restores m to the file at path atomically: it writes a temp
 // file in the same directory, syncs it, and renames it over path, so that
 // a failed restore never leaves a partial file at path.
 //
 // It refuses to restore over a database that has a journal, WAL or shm
-// file next to it: SQLite would apply them to the restored file.
+// file next to it: SQLite would apply them to the restored file. It
+// refuses, with ErrNotRegularFile, to replace anything at path but a
+// regular file, and leaves it untouched.
 func RestoreFile(ctx context.Context, stores []Store, m *manifest.Manifest, path string, opts RestoreOptions) error {
+	if err := checkReplaceable(path); err != nil {
+		return err
+	}
 	for _, suffix := range []string{"-journal", "-wal", "-shm"} {
 		if _, err := os.Lstat(path + suffix); err == nil {
 			return fmt.Errorf("replicate: restore %s: %s exists and SQLite would apply it to the restored database; move it away first", path, path+suffix)
@@ -370,6 +420,10 @@ func RestoreFile(ctx context.Context, stores []Store, m *manifest.Manifest, path
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	}
+	// Again: the restore took a while, and something may have appeared.
+	if err := checkReplaceable(path); err != nil {
+		return err
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("replicate: restore %s: %w", path, err)

@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -268,5 +271,77 @@ func TestRestoreFragmentedPack(t *testing.T) {
 		if n := countOps(s.callLog()[before:], opGetPack); n != 2 {
 			t.Errorf("concurrency %d: %d pack GETs, want 2", conc, n)
 		}
+	}
+}
+
+// TestRestoreFileRefusesNonRegular: RestoreFile replaces a regular file,
+// and refuses anything else at the path (a FIFO, a directory, a symbolic
+// link), leaving it as it was and fetching nothing.
+func TestRestoreFileRefusesNonRegular(t *testing.T) {
+	m := synthetic(3)
+	for _, tc := range []struct {
+		name string
+		make func(t *testing.T, p string)
+		kind string // "" when the restore must succeed
+	}{
+		{"regular file", func(t *testing.T, p string) { writeFile(t, p, "old") }, ""},
+		{"absent", func(t *testing.T, p string) {}, ""},
+		{"fifo", func(t *testing.T, p string) {
+			if err := syscall.Mkfifo(p, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, "a named pipe (FIFO)"},
+		{"directory", func(t *testing.T, p string) {
+			if err := os.Mkdir(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}, "a directory"},
+		{"symlink", func(t *testing.T, p string) {
+			writeFile(t, p+".target", "old")
+			if err := os.Symlink(p+".target", p); err != nil {
+				t.Fatal(err)
+			}
+		}, "a symbolic link"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "out.db")
+			tc.make(t, p)
+			before, _ := os.Lstat(p)
+			src := &chunkSource{}
+			err := RestoreFile(context.Background(), []Store{src}, m, p, RestoreOptions{})
+			if tc.kind == "" {
+				if err != nil {
+					t.Fatalf("RestoreFile()=%v, want nil", err)
+				}
+				if st, err := os.Lstat(p); err != nil || !st.Mode().IsRegular() || st.Size() != m.Size {
+					t.Fatalf("after RestoreFile, %s: %v, %v; want a regular file of %d bytes", p, st, err, m.Size)
+				}
+				return
+			}
+			if !errors.Is(err, ErrNotRegularFile) || !strings.Contains(err.Error(), p+" is "+tc.kind) {
+				t.Fatalf("RestoreFile()=%v, want ErrNotRegularFile saying %s is %s", err, p, tc.kind)
+			}
+			after, lerr := os.Lstat(p)
+			if lerr != nil || after.Mode() != before.Mode() || !os.SameFile(before, after) {
+				t.Fatalf("RestoreFile changed %s: %v, %v; want it untouched (%v)", p, after, lerr, before.Mode())
+			}
+			if n := src.calls.Load(); n != 0 {
+				t.Errorf("RestoreFile fetched %d chunks before refusing", n)
+			}
+			entries, _ := os.ReadDir(dir)
+			for _, e := range entries {
+				if strings.Contains(e.Name(), "boule-restore") {
+					t.Errorf("RestoreFile left %s behind", e.Name())
+				}
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, p, s string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -285,6 +286,11 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	if conc < 1 || conc > 256 {
 		return usagef("--concurrency %d: want 1 to 256", conc)
 	}
+	if out != "" && out != "-" {
+		if err := checkOut(out); err != nil {
+			return err
+		}
+	}
 	m, _, stores, err := fetchSource(ctx, g, src, at)
 	if err != nil {
 		return err
@@ -301,7 +307,48 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		}
 		return replicate.Restore(ctx, stores, m, g.stdout, opts)
 	}
-	return replicate.RestoreFile(ctx, stores, m, out, opts)
+	err = replicate.RestoreFile(ctx, stores, m, out, opts)
+	if errors.Is(err, replicate.ErrNotRegularFile) {
+		// It appeared during the restore, after checkOut.
+		return usageError{err.Error()}
+	}
+	return err
+}
+
+// checkOut returns a usage error when something other than a regular file
+// is at --out: the atomic rename would replace a named pipe, a device or a
+// symbolic link (as root, /dev/null) rather than write into it.
+func checkOut(path string) error {
+	st, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("--out: %w", err)
+	case st.Mode().IsRegular():
+		return nil
+	}
+	var kind, hint string
+	switch t := st.Mode().Type(); {
+	case t&fs.ModeDir != 0:
+		kind = "a directory"
+	case t&fs.ModeSymlink != 0:
+		kind, hint = "a symbolic link", " (give the path it points to)"
+	case t&fs.ModeNamedPipe != 0:
+		kind = "a named pipe (FIFO)"
+	case t&fs.ModeSocket != 0:
+		kind = "a socket"
+	case t&fs.ModeCharDevice != 0:
+		kind = "a character device"
+	case t&fs.ModeDevice != 0:
+		kind = "a block device"
+	default:
+		kind = "an irregular file"
+	}
+	if hint == "" && kind != "a directory" {
+		hint = " (to write into it, leave out --out and redirect standard output)"
+	}
+	return usagef("--out %s is %s, not a regular file; refusing to replace it%s", path, kind, hint)
 }
 
 func cmdManifestName(ctx context.Context, g *globals, args []string) error {
@@ -379,6 +426,11 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
+	if out != "" && out != "-" {
+		if err := checkOut(out); err != nil {
+			return err
+		}
+	}
 	m, data, _, err := fetchSource(ctx, g, src, at)
 	if err != nil {
 		return err
@@ -399,6 +451,8 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	return writeFileAtomic(out, data)
 }
 
+// writeFileAtomic writes data to a temp file next to path and renames it
+// over path, unless something other than a regular file is there.
 func writeFileAtomic(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
@@ -414,6 +468,9 @@ func writeFileAtomic(path string, data []byte) error {
 		return err
 	}
 	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := checkOut(path); err != nil {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)

@@ -6,10 +6,12 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -365,5 +367,37 @@ func TestRestoreRefusesStaleJournal(t *testing.T) {
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Fatalf("restore wrote %s anyway", out)
+	}
+}
+
+// TestOutNotRegular: restore --out and manifest --out refuse to replace
+// a named pipe (or a device: as root, /dev/null), exit 2 naming it, and
+// leave it as it was.
+func TestOutNotRegular(t *testing.T) {
+	f := flushed(t)
+	fifo := filepath.Join(f.dir, "pipe")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"restore", "--source-path", f.db, "--out", fifo},
+		{"manifest", "--out", fifo, f.db},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			code, out, errs := vfsctl(t, append([]string{"--config", f.config()}, args...)...)
+			want := "--out " + fifo + " is a named pipe (FIFO), not a regular file; refusing to replace it"
+			if code != exitUsage || !strings.Contains(errs, want) {
+				t.Fatalf("vfsctl %s --out FIFO=%d %q %q; want exit %d and %q", args[0], code, out, errs, exitUsage, want)
+			}
+			if st, err := os.Lstat(fifo); err != nil || st.Mode().Type() != fs.ModeNamedPipe {
+				t.Fatalf("after vfsctl %s, %s: %v, %v; want it still a FIFO", args[0], fifo, st, err)
+			}
+		})
+	}
+	entries, _ := os.ReadDir(f.dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("a refused --out left %s behind", e.Name())
+		}
 	}
 }
