@@ -437,6 +437,9 @@ func (u *Uploader) Flush(ctx context.Context, dir string) error {
 	st.blocked = nil
 	st.mu.Unlock()
 	err := u.handle(ctx, st, u.flush, true)
+	if err == nil {
+		err = staged(st)
+	}
 	if err != nil {
 		u.noteFailure(st, err)
 	}
@@ -444,6 +447,36 @@ func (u *Uploader) Flush(ctx context.Context, dir string) error {
 	st.upload.Unlock()
 	u.requeue(st)
 	return err
+}
+
+// ErrNotStaged is returned by Flush for a database with no staged
+// snapshot: nothing it uploads can be the database's current state.
+var ErrNotStaged = errors.New("replicate: no snapshot of the database is staged")
+
+// staged returns ErrNotStaged, with what may have caused it, when the
+// database has neither a staged manifest nor an uploaded one: the spool
+// was never written (a path no boule connection opened, or an unusable
+// spooling directory) or was invalidated (the targets changed, or the
+// store lost a chunk), and the store may lack the database's current
+// state. A flush that found nothing to upload must not pass for one that
+// uploaded it.
+func staged(st *dbState) error {
+	_, err := os.Stat(filepath.Join(st.dir, "staging", "manifest"))
+	if errors.Is(err, fs.ErrNotExist) {
+		_, err = os.Stat(filepath.Join(st.dir, uploadedManifestFile))
+	}
+	if err == nil {
+		return nil
+	}
+	src := st.status.Source
+	if src == "" {
+		src = st.dir
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s: the spool is empty or was invalidated (the targets changed, or the store lost a chunk), "+
+			"or its last snapshot failed; the next transaction on the database stages one, or run vfsctl sync on it now", ErrNotStaged, src)
+	}
+	return fmt.Errorf("replicate: flush %s: %w", src, err)
 }
 
 // FlushAll flushes every database the uploader knows, and returns the
@@ -459,6 +492,9 @@ func (u *Uploader) FlushAll(ctx context.Context) error {
 	var errs []error
 	for _, dir := range dirs {
 		if err := u.Flush(ctx, dir); err != nil {
+			if _, serr := os.Stat(dir); errors.Is(err, ErrNotStaged) && errors.Is(serr, fs.ErrNotExist) {
+				continue // the database was deleted, and is now forgotten
+			}
 			errs = append(errs, err)
 		}
 	}

@@ -1114,8 +1114,10 @@ func TestUploaderLockDir(t *testing.T) {
 	if err := <-errc1; err != nil {
 		t.Fatalf("first Flush()=%v, want nil", err)
 	}
-	if err := <-errc2; err != nil {
-		t.Fatalf("second Flush()=%v, want nil", err)
+	// Its targets differ from the first's: it invalidates the spool, and
+	// says that nothing it could upload is the database's state.
+	if err := <-errc2; !errors.Is(err, ErrNotStaged) {
+		t.Fatalf("second Flush()=%v, want ErrNotStaged", err)
 	}
 	checkStored(t, s1, d, snap1)
 	s1.checkIntegrity(t)
@@ -1398,7 +1400,12 @@ func TestUploaderForgetsRemovedDir(t *testing.T) {
 	if err := os.RemoveAll(d.dir); err != nil {
 		t.Fatal(err)
 	}
-	mustFlush(t, u, d.dir)
+	if err := u.FlushAll(context.Background()); err != nil {
+		t.Fatalf("FlushAll()=%v with a deleted database, want nil", err)
+	}
+	if err := u.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) {
+		t.Fatalf("Flush()=%v of a deleted database, want ErrNotStaged", err)
+	}
 	if got := u.Status(); len(got) != 0 {
 		t.Errorf("Status()=%v after the directory went, want none", got)
 	}
@@ -1536,7 +1543,10 @@ func TestUploaderTargetsChanged(t *testing.T) {
 	checkStored(t, old, d, s1)
 
 	u := newTestUploader(t, uploadOpts(now, target(store)))
-	mustFlush(t, u, d.dir)
+	// The new store has nothing yet: the flush must not report success.
+	if err := u.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) || !strings.Contains(err.Error(), "/data/moved.db") {
+		t.Fatalf("Flush()=%v after the targets changed, want ErrNotStaged naming the database", err)
+	}
 	if d.exists("staging/manifest") || d.exists("uploaded") {
 		t.Fatal("spool not invalidated after the targets changed")
 	}
@@ -1588,10 +1598,14 @@ func TestUploaderTargetsChangedByAnotherProcess(t *testing.T) {
 	d.stage(s1)
 	uOld := newTestUploader(t, uploadOpts(now, target(old)))
 	mustFlush(t, uOld, d.dir)
-	mustFlush(t, newTestUploader(t, uploadOpts(now, target(store))), d.dir) // invalidates
+	if err := newTestUploader(t, uploadOpts(now, target(store))).Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) {
+		t.Fatalf("Flush()=%v with new targets, want ErrNotStaged (it invalidates)", err)
+	}
 	s2 := d.snapshot(withChunk(data, 2, 81), now.Now().Add(time.Second))
 	d.stage(s2) // the rebuild stages every chunk
-	mustFlush(t, uOld, d.dir)
+	if err := uOld.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) {
+		t.Fatalf("Flush()=%v with the old targets, want ErrNotStaged (it invalidates)", err)
+	}
 	if d.exists("staging/manifest") {
 		t.Fatal("the old-targets uploader consumed a snapshot meant for the new targets instead of invalidating")
 	}
