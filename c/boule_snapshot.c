@@ -224,6 +224,10 @@ static int sOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
   if (rc != SQLITE_OK) {
     out.msg[sizeof(out.msg) - 1] = 0;
     sqlite3_log(rc, "boule_snapshot: cannot open %s: %s", zName, out.msg);
+    /* SQLite reports errno (unix's xGetLastError) with a failed open, and
+    ** whatever system call last failed in this thread, unrelated to why a
+    ** replica did not open, would read as its cause. */
+    errno = 0;
     return rc;
   }
   p->conn = out.conn;

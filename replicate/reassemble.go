@@ -15,8 +15,15 @@ import (
 // first of stores that has it. Stores that fail with anything but
 // ErrNotFound make it fail only if no store has the manifest.
 func FetchManifest(ctx context.Context, stores []Store, key string) (*manifest.Manifest, []byte, error) {
+	m, b, _, err := FetchManifestFrom(ctx, stores, key)
+	return m, b, err
+}
+
+// FetchManifestFrom is FetchManifest, and also returns the index in
+// stores of the store that answered.
+func FetchManifestFrom(ctx context.Context, stores []Store, key string) (*manifest.Manifest, []byte, int, error) {
 	var errs []error
-	for _, s := range stores {
+	for i, s := range stores {
 		b, err := s.GetManifest(ctx, key)
 		if err != nil {
 			errs = append(errs, err)
@@ -24,14 +31,14 @@ func FetchManifest(ctx context.Context, stores []Store, key string) (*manifest.M
 		}
 		m, err := manifest.Decode(b)
 		if err != nil {
-			return nil, nil, fmt.Errorf("replicate: manifest %s in %s: %w", key, s, err)
+			return nil, nil, -1, fmt.Errorf("replicate: manifest %s in %s: %w", key, s, err)
 		}
-		return m, b, nil
+		return m, b, i, nil
 	}
 	if len(errs) == 0 {
-		return nil, nil, fmt.Errorf("replicate: manifest %s: no store to read from", key)
+		return nil, nil, -1, fmt.Errorf("replicate: manifest %s: no store to read from", key)
 	}
-	return nil, nil, errors.Join(errs...)
+	return nil, nil, -1, errors.Join(errs...)
 }
 
 // FetchChunk returns chunk i of m, from the manifest itself when inline,

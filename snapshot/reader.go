@@ -70,6 +70,11 @@ type Options struct {
 	// prefetch stops at 90% of it, so that reads keep some room.
 	MaxMappedChunks int
 	Logger          *slog.Logger
+	// OnReplicaGone, if set, is called, outside the Reader's locks, with
+	// each replica the Reader forgets: one with no connection left whose
+	// manifest is older than the poll interval. A later open of the same
+	// name gets a new Replica.
+	OnReplicaGone func(*Replica)
 }
 
 // A Reader opens replicas. One serves a whole process: replicas, their
@@ -102,9 +107,12 @@ type Reader struct {
 	cacheMu      sync.Mutex     // orders cachePending.Add before Close's Wait
 	cacheClosed  bool
 	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
+	now          func() time.Time                  // the freshness clock; tests replace it
 
-	mu       sync.Mutex
-	replicas map[string]*Replica
+	mu        sync.Mutex
+	replicas  map[string]*Replica
+	lastSweep time.Time // of replicas, for those nobody uses
+	onGone    func(*Replica)
 }
 
 // NewReader returns a Reader with opts.
@@ -126,6 +134,7 @@ func NewReader(opts Options) *Reader {
 			limit:    opts.MaxMappedChunks,
 		},
 		replicas: map[string]*Replica{},
+		onGone:   opts.OnReplicaGone,
 	}
 	r.packs = newPackCache(defaultPackCacheBytes, r.goBG)
 	if r.host == "" {
@@ -154,6 +163,7 @@ func NewReader(opts Options) *Reader {
 		r.chunks.limit = defaultMapLimit()
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.now = time.Now
 	r.tick = func() (<-chan time.Time, func()) {
 		t := time.NewTicker(r.poll)
 		return t.C, t.Stop
@@ -196,6 +206,37 @@ func (r *Reader) goBG(f func()) bool {
 
 // errReaderClosed is returned for work asked of a closed Reader.
 var errReaderClosed = errors.New("snapshot: reader closed")
+
+// sweepLocked forgets, at most once per poll interval, the replicas that
+// have no connection, no fetch or poller under way, and a manifest older
+// than the poll interval (which an open would fetch again anyway), so
+// that a process opening many databases over its life does not keep a
+// manifest for each. It returns them; the caller holds r.mu.
+func (r *Reader) sweepLocked() []*Replica {
+	now := r.now()
+	if now.Sub(r.lastSweep) < r.poll {
+		return nil
+	}
+	r.lastSweep = now
+	var gone []*Replica
+	for id, rp := range r.replicas {
+		rp.mu.Lock()
+		idle := rp.conns == 0 && rp.fetching == nil && rp.stopPoll == nil && now.Sub(rp.lastStart) >= r.poll
+		rp.mu.Unlock()
+		if idle {
+			delete(r.replicas, id)
+			gone = append(gone, rp)
+		}
+	}
+	return gone
+}
+
+// Replicas reports how many replicas the Reader keeps.
+func (r *Reader) Replicas() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.replicas)
+}
 
 // Hostname is the host that "boule:///path" names refer to.
 func (r *Reader) Hostname() string { return r.host }
@@ -242,7 +283,13 @@ func (r *Reader) Open(ctx context.Context, name string) (*Conn, error) {
 	rep.mu.Lock()
 	rep.conns++
 	rep.mu.Unlock()
+	gone := r.sweepLocked()
 	r.mu.Unlock()
+	if r.onGone != nil {
+		for _, g := range gone {
+			r.onGone(g)
+		}
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, r.openTO)
 	defer cancel()
@@ -311,7 +358,8 @@ type Replica struct {
 	gen       uint64
 	fetching  *fetchCall
 	lastBytes []byte    // the newest manifest, kept while conns == 0
-	lastStart time.Time // when the fetch of lastBytes started
+	lastFrom  int       // the store lastBytes came from
+	lastStart time.Time // when the newest fetch that returned lastBytes started
 	stopPoll  chan struct{}
 	onNewest  []func(gen uint64)
 }
@@ -341,19 +389,23 @@ func (rp *Replica) OnNewest(f func(gen uint64)) {
 }
 
 // current returns the newest snapshot, with a reference, fetching one if
-// the replica has none fresher than the poll interval.
+// the replica has none fresher than the poll interval. When that fetch
+// fails, a snapshot the open connections hold is returned all the same:
+// a store outage fails the opens that have nothing to serve, not those
+// that do.
 func (rp *Replica) current(ctx context.Context) (*Snapshot, error) {
 	rp.mu.Lock()
-	if rp.newest != nil {
+	fresh := rp.r.now().Sub(rp.lastStart) < rp.r.poll
+	if rp.newest != nil && fresh {
 		s := rp.newest
 		s.ref()
 		rp.mu.Unlock()
 		return s, nil
 	}
-	if rp.lastBytes != nil && time.Since(rp.lastStart) < rp.r.poll {
+	if rp.newest == nil && rp.lastBytes != nil && fresh {
 		m, err := manifest.Decode(rp.lastBytes)
 		if err == nil {
-			s, old := rp.adoptLocked(m, rp.lastBytes, rp.lastStart)
+			s, old := rp.adoptLocked(m, rp.lastBytes, rp.lastFrom, rp.lastStart)
 			s.ref()
 			rp.mu.Unlock()
 			if old != nil {
@@ -363,7 +415,17 @@ func (rp *Replica) current(ctx context.Context) (*Snapshot, error) {
 		}
 	}
 	rp.mu.Unlock()
-	return rp.fetch(ctx, false)
+	s, err := rp.fetch(ctx, false)
+	if err != nil {
+		rp.mu.Lock()
+		if held := rp.newest; held != nil {
+			held.ref()
+			rp.mu.Unlock()
+			return held, nil
+		}
+		rp.mu.Unlock()
+	}
+	return s, err
 }
 
 // fetch fetches the manifest and returns the replica's newest snapshot
@@ -392,13 +454,13 @@ func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
 		rp.fetching = fc
 		rp.mu.Unlock()
 
-		start := time.Now()
-		b, m, err := rp.fetchManifest(ctx)
+		start := rp.r.now()
+		b, m, from, err := rp.fetchManifest(ctx)
 		rp.mu.Lock()
 		rp.fetching = nil
 		var s, old *Snapshot
 		if err == nil {
-			s, old = rp.adoptLocked(m, b, start)
+			s, old = rp.adoptLocked(m, b, from, start)
 			s.ref()
 		}
 		rp.mu.Unlock()
@@ -418,23 +480,37 @@ func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
 // the newest, unless it is the newest already or older than it, and
 // returns the newest. The caller must unref old, if not nil, after
 // unlocking rp.mu.
-func (rp *Replica) adoptLocked(m *manifest.Manifest, b []byte, start time.Time) (s, old *Snapshot) {
+func (rp *Replica) adoptLocked(m *manifest.Manifest, b []byte, from int, start time.Time) (s, old *Snapshot) {
 	if cur := rp.newest; cur != nil {
 		if bytes.Equal(cur.raw, b) {
 			cur.setFetched(start)
+			if start.After(rp.lastStart) {
+				rp.lastStart = start
+			}
 			return cur, nil
 		}
-		if rp.src.ManifestFile == "" && m.Created.Before(cur.M.Created) {
-			// A store lagging behind another: keep the newer.
-			return cur, nil
+		if m.Created.Before(cur.M.Created) {
+			if from != cur.from {
+				// Another store, lagging behind the one read before
+				// (which failed this time): keep the newer.
+				if start.After(rp.lastStart) {
+					rp.lastStart = start
+				}
+				return cur, nil
+			}
+			// The same store went back in time: the writer's clock
+			// stepped back, or another writer took over the path. What
+			// the store holds now is the database.
+			rp.r.log.Info("snapshot: the store's newest manifest was created before the one read earlier; adopting it",
+				"replica", rp.id, "created", m.Created, "before", cur.M.Created)
 		}
 	}
-	s = newSnapshot(rp, m, b, start)
+	s = newSnapshot(rp, m, b, from, start)
 	rp.gen++
 	s.gen = rp.gen
 	old = rp.newest
 	rp.newest = s
-	rp.lastBytes, rp.lastStart = b, start
+	rp.lastBytes, rp.lastFrom, rp.lastStart = b, from, start
 	if rp.conns > 0 {
 		s.ref() // the replica's own reference
 		s.startPrefetch()
@@ -447,30 +523,32 @@ func (rp *Replica) adoptLocked(m *manifest.Manifest, b []byte, start time.Time) 
 	return s, old
 }
 
-func (rp *Replica) fetchManifest(ctx context.Context) ([]byte, *manifest.Manifest, error) {
+// fetchManifest returns the replica's manifest, and the index of the
+// store it came from (-1 for a manifest file).
+func (rp *Replica) fetchManifest(ctx context.Context) ([]byte, *manifest.Manifest, int, error) {
 	if rp.src.ManifestFile != "" {
 		b, err := readManifestFile(rp.src.ManifestFile)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, -1, err
 		}
 		m, err := manifest.Decode(b)
 		if err != nil {
-			return nil, nil, fmt.Errorf("snapshot: manifest file %s: %w", rp.src.ManifestFile, err)
+			return nil, nil, -1, fmt.Errorf("snapshot: manifest file %s: %w", rp.src.ManifestFile, err)
 		}
-		return b, m, nil
+		return b, m, -1, nil
 	}
 	if len(rp.r.remote) == 0 {
-		return nil, nil, fmt.Errorf("snapshot: %s: no replication target to read the manifest %s from: %w", rp.id, rp.key, ErrNoManifest)
+		return nil, nil, -1, fmt.Errorf("snapshot: %s: no replication target to read the manifest %s from: %w", rp.id, rp.key, ErrNoManifest)
 	}
-	m, b, err := replicate.FetchManifest(ctx, rp.r.remote, rp.key)
+	m, b, from, err := replicate.FetchManifestFrom(ctx, rp.r.remote, rp.key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("snapshot: %s (manifest %s): %w", rp.id, rp.key, err)
+		return nil, nil, -1, fmt.Errorf("snapshot: %s (manifest %s): %w", rp.id, rp.key, err)
 	}
 	if m.Hostname != rp.src.Hostname || m.SourcePath != rp.src.Path {
-		return nil, nil, fmt.Errorf("snapshot: %s: manifest %s describes %s%s%s: %w",
+		return nil, nil, -1, fmt.Errorf("snapshot: %s: manifest %s describes %s%s%s: %w",
 			rp.id, rp.key, Scheme, m.Hostname, m.SourcePath, manifest.ErrInvalid)
 	}
-	return b, m, nil
+	return b, m, from, nil
 }
 
 // readManifestFile reads a manifest file, as saved by "vfsctl manifest"
@@ -689,7 +767,7 @@ func (r *Reader) Manifest(ctx context.Context, name string) (*manifest.Manifest,
 			return nil, fmt.Errorf("snapshot: %s: %w", rp.id, err)
 		}
 	}
-	_, m, err := rp.fetchManifest(ctx)
+	_, m, _, err := rp.fetchManifest(ctx)
 	return m, err
 }
 

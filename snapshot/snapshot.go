@@ -20,6 +20,7 @@ type Snapshot struct {
 	raw   []byte
 	gen   uint64
 	packs map[uint32]manifest.PackRef // M.PackRefs()
+	from  int                         // index of the store M came from; -1 for a manifest file
 
 	fetched atomic.Int64 // Unix ns when the newest fetch that returned M started
 
@@ -34,8 +35,8 @@ type Snapshot struct {
 	onClose    func()
 }
 
-func newSnapshot(rp *Replica, m *manifest.Manifest, raw []byte, fetched time.Time) *Snapshot {
-	s := &Snapshot{M: m, rep: rp, raw: raw, maps: make([]*mapping, len(m.Chunks)), packs: m.PackRefs()}
+func newSnapshot(rp *Replica, m *manifest.Manifest, raw []byte, from int, fetched time.Time) *Snapshot {
+	s := &Snapshot{M: m, rep: rp, raw: raw, from: from, maps: make([]*mapping, len(m.Chunks)), packs: m.PackRefs()}
 	s.fetched.Store(fetched.UnixNano())
 	return s
 }

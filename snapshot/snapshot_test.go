@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -631,5 +632,146 @@ func TestCloseEndsBackgroundWork(t *testing.T) {
 	}
 	if n := s.active.Load() + f.store.manifests.Load() - before; n != 0 {
 		t.Fatalf("a closed reader made %d manifest requests", n)
+	}
+}
+
+// TestOpenFetchesAfterPollInterval: an open reuses the manifest another
+// connection fetched within the poll interval, and fetches after it, even
+// while other connections keep the replica open; when that fetch fails,
+// the open gets the snapshot the others hold.
+func TestOpenFetchesAfterPollInterval(t *testing.T) {
+	f := newFixture(t)
+	img1, img2 := db(11, 3), db(12, 3)
+	t0 := time.Now()
+	publish(t, f.store, "/p.db", img1, t0)
+	r := f.reader(Options{Prefetch: -1, PollInterval: time.Minute})
+	clock := t0
+	r.now = func() time.Time { return clock }
+	open := func() *Conn {
+		t.Helper()
+		c, err := r.Open(context.Background(), "boule:///p.db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	a := open()
+	publish(t, f.store, "/p.db", img2, t0.Add(time.Second))
+	before := f.store.manifests.Load()
+	clock = t0.Add(59 * time.Second)
+	if b := open(); !bytes.Equal(read(t, b.Snapshot()), img1) || f.store.manifests.Load() != before {
+		t.Fatal("an open within the poll interval did not reuse the fetched manifest")
+	}
+	clock = t0.Add(61 * time.Second)
+	if c := open(); !bytes.Equal(read(t, c.Snapshot()), img2) {
+		t.Fatal("an open after the poll interval, with another connection open, got the old snapshot")
+	}
+	if !bytes.Equal(read(t, a.Snapshot()), img1) {
+		t.Fatal("an open connection switched snapshot without asking")
+	}
+	f.store.down.Store(true)
+	clock = t0.Add(200 * time.Second)
+	if d := open(); !bytes.Equal(read(t, d.Snapshot()), img2) {
+		t.Fatal("with the store down, an open did not get the snapshot the process holds")
+	}
+}
+
+// TestClockStepBack: the store's newest manifest is the database even
+// when it was created before the one read earlier (the writer's clock
+// went back); but an older manifest from another, lagging store does not
+// replace a newer one.
+func TestClockStepBack(t *testing.T) {
+	f := newFixture(t)
+	img1, img2, img3 := db(21, 3), db(22, 3), db(23, 3)
+	t0 := time.Now()
+	publish(t, f.store, "/k.db", img1, t0)
+	r := f.reader(Options{Prefetch: -1})
+	c, err := r.Open(context.Background(), "boule:///k.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	publish(t, f.store, "/k.db", img2, t0.Add(-time.Minute)) // the clock went back
+	if err := c.Refresh(context.Background(), RefreshForce); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(read(t, c.Snapshot()), img2) {
+		t.Fatal("after a clock step back, the replica kept the snapshot the store replaced")
+	}
+
+	// A second store lagging behind: with the first down, its older
+	// manifest is not adopted.
+	root := filepath.Join(f.dir, "lagging")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := replicate.NewDirStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lagging := &counting{Store: ds}
+	publish(t, lagging, "/k.db", img3, t0.Add(-time.Hour))
+	r2 := NewReader(Options{Remote: []replicate.Store{f.store, lagging}, Hostname: testHost, Prefetch: -1})
+	t.Cleanup(r2.Close)
+	c2, err := r2.Open(context.Background(), "boule:///k.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	f.store.down.Store(true)
+	if err := c2.Refresh(context.Background(), RefreshForce); err != nil {
+		t.Fatal(err)
+	}
+	if lagging.manifests.Load() == 0 {
+		t.Fatal("the refresh did not read the second store")
+	}
+	f.store.down.Store(false)
+	if !bytes.Equal(read(t, c2.Snapshot()), img2) {
+		t.Fatal("a lagging store's older manifest replaced the newer one")
+	}
+}
+
+// TestIdleReplicasForgotten: a process that opens many databases over
+// its life keeps only those in use or fetched within the poll interval.
+func TestIdleReplicasForgotten(t *testing.T) {
+	f := newFixture(t)
+	var gone atomic.Int64
+	r := NewReader(Options{Remote: []replicate.Store{f.store}, Cache: f.cache, Hostname: testHost, Prefetch: -1,
+		PollInterval: time.Minute, OnReplicaGone: func(*Replica) { gone.Add(1) }})
+	t.Cleanup(r.Close)
+	clock := time.Now()
+	r.now = func() time.Time { return clock }
+	img := db(31, 2)
+	for i := range 20 {
+		name := fmt.Sprintf("/many/%d.db", i)
+		publish(t, f.store, name, img, clock)
+		c, err := r.Open(context.Background(), "boule://"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	kept, err := r.Open(context.Background(), "boule:///many/0.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	if n := r.Replicas(); n != 20 {
+		t.Fatalf("%d replicas kept within the poll interval, want 20", n)
+	}
+	clock = clock.Add(2 * time.Minute)
+	publish(t, f.store, "/many/last.db", img, clock)
+	c, err := r.Open(context.Background(), "boule:///many/last.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Kept: the one with a connection, and the one just opened.
+	if n, g := r.Replicas(), gone.Load(); n != 2 || g != 19 {
+		t.Fatalf("after the poll interval: %d replicas kept, %d reported gone; want 2 and 19", n, g)
+	}
+	if got := read(t, kept.Snapshot()); !bytes.Equal(got, img) {
+		t.Fatal("the replica in use stopped reading")
 	}
 }

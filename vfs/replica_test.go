@@ -1,6 +1,7 @@
 package vfs_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -451,17 +452,51 @@ func TestReplicaOpenErrors(t *testing.T) {
 		if code := sqliteCode(err); code != sqlite3.ErrCantOpen {
 			t.Errorf("open %.60q %s: %v (code %d), want SQLITE_CANTOPEN", tc.name, tc.params, err, code)
 		}
+		// No stale errno from an unrelated system call posing as the cause.
+		if err != nil && strings.Contains(err.Error(), "no such file") {
+			t.Errorf("open %.60q %s: %v: a system error that is not the cause", tc.name, tc.params, err)
+		}
 	}
 	if e.log.count(slog.LevelError, "cannot open replica") < 6 || !strings.Contains(e.log.String(), "never-written.db (manifest ") {
 		t.Errorf("no error logged naming the missing database and its manifest")
 	}
 
-	// A chunk flipped in the store: SQLITE_CORRUPT, not wrong data.
 	key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
 	b, err := store.GetManifest(context.Background(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// A garbage or truncated manifest, in a file or in the store:
+	// SQLITE_CORRUPT, at open.
+	garbage := e.path("garbage.manifest")
+	if err := os.WriteFile(garbage, bytes.Repeat([]byte("not a manifest "), 100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	truncated := e.path("truncated.manifest")
+	if err := os.WriteFile(truncated, b[:len(b)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	flipped := bytes.Clone(b)
+	flipped[len(flipped)/2] ^= 0x10
+	if err := store.PutManifest(context.Background(), key, flipped); err != nil {
+		t.Fatal(err)
+	}
+	register(t, vfs.Config{ReplicationTargets: []config.Target{tg}, Logger: slog.New(e.log)}) // no manifest remembered
+	for _, name := range []string{garbage, truncated, "boule://" + path} {
+		db := open(t, name, "boule_snapshot", "")
+		var n int
+		err := db.QueryRow("SELECT count(*) FROM sqlite_schema").Scan(&n)
+		if code := sqliteCode(err); code != sqlite3.ErrCorrupt {
+			t.Errorf("open %s with a damaged manifest: %v (code %d), want SQLITE_CORRUPT", name, err, code)
+		}
+		db.Close()
+	}
+	if err := store.PutManifest(context.Background(), key, b); err != nil {
+		t.Fatal(err)
+	}
+
+	// A chunk flipped in the store: SQLITE_CORRUPT, not wrong data.
 	m, err := manifest.Decode(b)
 	if err != nil {
 		t.Fatal(err)

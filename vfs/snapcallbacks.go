@@ -19,6 +19,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/snapshot"
 )
@@ -32,6 +33,7 @@ const (
 	sqliteCorrupt    = 11
 	sqliteNotFound   = 12
 	sqliteCantOpen   = 14
+	sqliteIOErr      = 10
 	sqliteIOErrRead  = 10 | 1<<8
 	sqliteOpenRW     = 0x00000002
 	sqliteOpenCreate = 0x00000004
@@ -103,14 +105,32 @@ func newestGen(rep *snapshot.Replica) *C.uint64_t {
 	defer snapMu.Unlock()
 	g, ok := newestGens[rep]
 	if !ok {
-		// One word per replica for the life of the process.
+		// One word per replica, until the reader forgets the replica
+		// (replicaGone).
 		g = (*C.uint64_t)(C.calloc(1, 8))
+		if g == nil {
+			panic("out of memory for a replica") // recovered by the export
+		}
 		newestGens[rep] = g
 		w := (*uint64)(unsafe.Pointer(g))
 		rep.OnNewest(func(gen uint64) { atomic.StoreUint64(w, gen) })
 		atomic.StoreUint64(w, rep.Gen())
 	}
 	return g
+}
+
+// replicaGone frees the word of a replica the reader forgot. Nothing
+// refers to it any more: the reader forgets only a replica with no
+// connection (so no C file holds the word) and no fetch under way (so
+// no new snapshot will be announced to it).
+func replicaGone(rep *snapshot.Replica) {
+	snapMu.Lock()
+	g, ok := newestGens[rep]
+	delete(newestGens, rep)
+	snapMu.Unlock()
+	if ok {
+		C.free(unsafe.Pointer(g))
+	}
 }
 
 // setMsg copies s into out's message buffer, truncated.
@@ -156,7 +176,7 @@ func bouleGoSnapOpen(zName *C.char, flags C.int, out *C.BouleSnapOut) (rc C.int)
 	if err != nil {
 		logger().Error("vfs: cannot open replica", logKeyDB, name, logKeyErr, err)
 		setMsg(out, err.Error())
-		return sqliteCantOpen
+		return openErrorCode(err)
 	}
 	registered := false
 	defer func() {
@@ -174,6 +194,29 @@ func bouleGoSnapOpen(zName *C.char, flags C.int, out *C.BouleSnapOut) (rc C.int)
 	registered = true
 	out.conn = C.uint64_t(h)
 	return sqliteOK
+}
+
+// openErrorCode is the SQLite result code for a failed replica open:
+// SQLITE_CORRUPT for a manifest whose bytes are damaged or invalid (a
+// tampered or bit-rotted store), SQLITE_CANTOPEN for a replica that does
+// not exist, a name that is refused, or a manifest in a format this
+// version does not read, and SQLITE_IOERR when the store could not be
+// read (down, timing out, refusing the credentials).
+func openErrorCode(err error) C.int {
+	switch {
+	case errors.Is(err, manifest.ErrVersion), errors.Is(err, manifest.ErrFlags):
+		return sqliteCantOpen
+	case errors.Is(err, replicate.ErrCorrupt), errors.Is(err, manifest.ErrTruncated),
+		errors.Is(err, manifest.ErrMagic), errors.Is(err, manifest.ErrChecksum),
+		errors.Is(err, manifest.ErrInvalid), errors.Is(err, manifest.ErrInlineMismatch),
+		errors.Is(err, manifest.ErrFingerprint):
+		return sqliteCorrupt
+	case errors.Is(err, replicate.ErrNotFound):
+		return sqliteCantOpen
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, new(*replicate.Error)):
+		return sqliteIOErr
+	}
+	return sqliteCantOpen
 }
 
 //export bouleGoSnapChunk

@@ -89,6 +89,8 @@ func newReader(cfg Config, targets []replicate.Target, log *slog.Logger) (*snaps
 		ReadOnly: ro,
 		Policy:   cfg.SnapshotLoadingPolicy,
 		Logger:   log,
+
+		OnReplicaGone: replicaGone,
 	}), nil
 }
 
