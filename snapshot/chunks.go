@@ -210,6 +210,9 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		p := r.cache.Path(fp)
 		b, err := mapVerified(p, fp, want)
 		if err == nil {
+			// The cache evicts the least recently used chunks by mtime:
+			// a read here is a use.
+			_ = r.cache.TouchChunk(ctx, fp)
 			return b, func() { _ = syscall.Munmap(b) }, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {

@@ -775,3 +775,40 @@ func TestIdleReplicasForgotten(t *testing.T) {
 		t.Fatal("the replica in use stopped reading")
 	}
 }
+
+// TestCacheHitIsAUse: a chunk mapped from the host's cache has its mtime
+// refreshed, so that the cache's least-recently-used eviction keeps the
+// chunks replicas read.
+func TestCacheHitIsAUse(t *testing.T) {
+	f := newFixture(t)
+	img := db(41, 3)
+	m := publish(t, f.store, "/lru.db", img, time.Now())
+	if err := f.cache.PutChunk(context.Background(), m.Chunks[1], img[manifest.ChunkSize:2*manifest.ChunkSize]); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	p := f.cache.Path(m.Chunks[1])
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	r := f.reader(Options{Prefetch: -1})
+	c, err := r.Open(context.Background(), "boule:///lru.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	before := f.store.chunks.Load()
+	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if f.store.chunks.Load() != before {
+		t.Fatal("the chunk was fetched from the store, not the cache")
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ModTime().Before(time.Now().Add(-time.Hour)) {
+		t.Fatalf("cache file mtime %v after a read, want it refreshed", st.ModTime())
+	}
+}
