@@ -359,6 +359,68 @@ func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 	}
 }
 
+// TestReplicaSwitchesBetweenTransactions: deterministically, a newer
+// snapshot that the process fetched in the middle of an auto-refreshing
+// connection's transaction is not seen by that transaction, and is seen
+// by its next one.
+func TestReplicaSwitchesBetweenTransactions(t *testing.T) {
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("switch.db")
+	src := open(t, path, "boule", "")
+	mustExec(t, src, "CREATE TABLE a(x); CREATE TABLE b(x); INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)")
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	reader := openReplica(t, path, "")
+	rc, err := reader.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := rc.ExecContext(ctx, "PRAGMA boule_snapshot_auto_refresh=1"); err != nil {
+		t.Fatal(err)
+	}
+	other := openReplica(t, path, "")
+	sum := func(q interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	}, table string) int {
+		t.Helper()
+		var n int
+		if err := q.QueryRowContext(ctx, "SELECT total(x) FROM "+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	tx, err := rc.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sum(tx, "a"); got != 1 {
+		t.Fatalf("a=%d, want 1", got)
+	}
+	mustExec(t, src, "UPDATE a SET x = 2; UPDATE b SET x = 2")
+	if err := vfs.Flush(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Exec("PRAGMA boule_snapshot_refresh=2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := sum(other, "b"); got != 2 {
+		t.Fatalf("the refreshed connection reads b=%d, want 2", got)
+	}
+	if got := sum(tx, "b"); got != 1 {
+		t.Fatalf("mid-transaction, b=%d: the transaction saw the newer snapshot", got)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if got := sum(rc, "a") + sum(rc, "b"); got != 4 {
+		t.Fatalf("next transaction: a+b=%d, want 4 (the newer snapshot)", got)
+	}
+}
+
 func TestReplicaPragmas(t *testing.T) {
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
