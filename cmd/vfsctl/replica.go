@@ -145,49 +145,62 @@ func parseSource(arg, host string) (source, error) {
 	return source{host: host, path: arg, key: key}, nil
 }
 
-// manifestSource parses --manifest: a boule:// name or a manifest file.
+// manifestSource parses --manifest: a boule:// name or a manifest file,
+// which must be a regular file (opening a named pipe would block, and a
+// device such as /dev/zero never ends).
 func manifestSource(arg string) (source, error) {
 	if strings.HasPrefix(arg, snapshot.Scheme) {
 		return parseSource(arg, "")
 	}
-	if _, err := os.Stat(arg); err != nil {
+	st, err := os.Stat(arg)
+	if err != nil {
 		return source{}, fmt.Errorf("manifest file: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return source{}, usagef("--manifest %s is not a regular file; want a manifest file saved by vfsctl manifest --out, or a %sHOST/path name", arg, snapshot.Scheme)
 	}
 	return source{file: arg}, nil
 }
 
 // fetch returns the source's manifest and its encoding: from the file,
-// the version at at (unless at is zero), or the newest.
+// the version at at (unless at is zero), or the newest. A fetched
+// manifest must describe the host and path it was fetched for.
 func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, []byte, error) {
 	if s.file != "" {
 		if !at.IsZero() {
 			return nil, nil, usagef("--at needs a database, not a manifest file")
 		}
-		b, err := os.ReadFile(s.file)
+		// The snapshot VFS's reader of manifest files: it refuses what is
+		// not a regular file, and caps the size before reading.
+		r := snapshot.NewReader(snapshot.Options{})
+		defer r.Close()
+		m, err := r.Manifest(ctx, s.file)
 		if err != nil {
-			return nil, nil, fmt.Errorf("manifest file: %w", err)
+			return nil, nil, err
 		}
-		raw, err := replicate.DecodeManifestBlob(b)
-		if err != nil {
-			return nil, nil, fmt.Errorf("manifest file %s: %w", s.file, err)
-		}
-		m, err := manifest.Decode(raw)
+		raw, err := m.MarshalBinary()
 		if err != nil {
 			return nil, nil, fmt.Errorf("manifest file %s: %w", s.file, err)
 		}
 		return m, raw, nil
 	}
 	ms := manifestStores(stores)
+	var m *manifest.Manifest
+	var raw []byte
+	var err error
 	if !at.IsZero() {
-		m, raw, _, err := replicate.ManifestAt(ctx, ms, s.key, at)
-		if err != nil {
+		if m, raw, _, err = replicate.ManifestAt(ctx, ms, s.key, at); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", s, err)
 		}
-		return m, raw, nil
-	}
-	m, raw, err := replicate.FetchManifest(ctx, ms, s.key)
-	if err != nil {
+	} else if m, raw, err = replicate.FetchManifest(ctx, ms, s.key); err != nil {
 		return nil, nil, fmt.Errorf("%s (manifest %s): %w", s, s.key, err)
+	}
+	// As the snapshot VFS checks: a manifest stored under another
+	// database's key (a copy, a hash collision of a long path, tampering)
+	// must not pass for it.
+	if m.Hostname != s.host || m.SourcePath != s.path {
+		return nil, nil, fmt.Errorf("%s: manifest %s describes %s%s%s instead: %w",
+			s, s.key, snapshot.Scheme, m.Hostname, m.SourcePath, manifest.ErrInvalid)
 	}
 	return m, raw, nil
 }

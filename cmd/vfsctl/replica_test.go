@@ -401,3 +401,90 @@ func TestOutNotRegular(t *testing.T) {
 		}
 	}
 }
+
+// TestManifestFileLimits: --manifest takes a regular file of bounded
+// size; a device or a named pipe is refused at once (reading /dev/zero
+// would never end, opening a FIFO would block), and so is a file larger
+// than a manifest can be, before it is read.
+func TestManifestFileLimits(t *testing.T) {
+	f := flushed(t)
+	fifo := filepath.Join(f.dir, "pipe")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	huge := filepath.Join(f.dir, "huge.manifest")
+	if err := os.WriteFile(huge, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(huge, 1<<30); err != nil { // sparse: no disk used
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, file string
+		code       int
+		want       string
+	}{
+		{"device", "/dev/zero", exitUsage, "--manifest /dev/zero is not a regular file"},
+		{"fifo", fifo, exitUsage, "--manifest " + fifo + " is not a regular file"},
+		{"too large", huge, exitFail, huge + " is 1073741824 bytes, more than"},
+	} {
+		for _, cmd := range []string{"restore", "verify"} {
+			t.Run(tc.name+"/"+cmd, func(t *testing.T) {
+				args := []string{"--config", f.config(), cmd, "--manifest", tc.file}
+				if cmd == "restore" {
+					args = append(args, "--out", filepath.Join(f.dir, "out.db"))
+				}
+				code, out, errs := vfsctl(t, args...)
+				if code != tc.code || !strings.Contains(errs, tc.want) {
+					t.Fatalf("vfsctl %s --manifest %s=%d %q %q; want %d and %q", cmd, tc.file, code, out, errs, tc.code, tc.want)
+				}
+			})
+		}
+	}
+}
+
+// TestManifestNamesItsSource: a manifest stored under another database's
+// key (copied there, or a hash collision) is refused, newest or --at,
+// rather than restored as that database.
+func TestManifestNamesItsSource(t *testing.T) {
+	f := flushed(t)
+	ctx := context.Background()
+	s, err := replicate.NewDirStore(f.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := replicate.ManifestKey(hostname(t), f.db)
+	_, raw, err := replicate.FetchManifest(ctx, []replicate.Store{s}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(f.dir, "other.db")
+	for _, tc := range []struct {
+		name, host, path string
+	}{
+		{"path", hostname(t), other},
+		{"host", "elsewhere.example", f.db},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k, _ := replicate.ManifestKey(tc.host, tc.path)
+			if err := s.PutManifest(ctx, k, raw); err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("manifest %s describes boule://%s%s instead", k, hostname(t), f.db)
+			for _, args := range [][]string{
+				{"restore", "--hostname", tc.host, "--source-path", tc.path, "--out", filepath.Join(f.dir, "out.db")},
+				{"restore", "--hostname", tc.host, "--source-path", tc.path, "--at", time.Now().UTC().Format(time.RFC3339Nano), "--out", filepath.Join(f.dir, "out.db")},
+				{"manifest", "--hostname", tc.host, "--json", tc.path},
+				{"verify", "--hostname", tc.host, tc.path},
+			} {
+				code, out, errs := vfsctl(t, append([]string{"--config", f.config()}, args...)...)
+				if code != exitFail || !strings.Contains(errs, want) {
+					t.Errorf("vfsctl %q=%d %q %q; want exit 1 and %q", args, code, out, errs, want)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(f.dir, "out.db")); !os.IsNotExist(err) {
+				t.Errorf("a refused restore wrote out.db: %v", err)
+			}
+		})
+	}
+}
