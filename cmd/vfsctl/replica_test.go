@@ -209,11 +209,22 @@ func TestTampering(t *testing.T) {
 		t.Fatalf("a failed restore left %s: %v", dst, err)
 	}
 
-	// Now the manifest.
+	// Now the manifest (stored as is in a dir store, not compressed): a
+	// byte flipped past the header fails its checksum. Not a "not found",
+	// and no fallback to another version or store.
 	flip(t, filepath.Join(f.store, "manifests", key), 30)
-	code, _, errs = vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", dst)
-	if code != exitFail || !strings.Contains(errs, "manifest") {
-		t.Fatalf("restore with a bad manifest=%d %q; want exit 1 about the manifest", code, errs)
+	want := fmt.Sprintf("manifest %s in dir:%s: %v", key, f.store, manifest.ErrChecksum)
+	for _, args := range [][]string{
+		{"restore", "--source-path", f.db, "--out", dst},
+		{"verify", f.db},
+	} {
+		code, _, errs = vfsctl(t, append([]string{"--config", f.config()}, args...)...)
+		if code != exitFail || !strings.Contains(errs, want) {
+			t.Fatalf("%s with a bad manifest=%d %q; want exit 1 and %q", args[0], code, errs, want)
+		}
+	}
+	if _, err := os.Stat(dst); !os.IsNotExist(err) {
+		t.Fatalf("a failed restore left %s: %v", dst, err)
 	}
 }
 
