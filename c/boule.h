@@ -20,6 +20,46 @@
 ** The configuration keys are documented in doc/CONFIG.md; examples/c has
 ** a complete program. Logs go to standard error, at the level the
 ** BOULE_LOG environment variable sets (error by default).
+**
+** ORDER. Call boule_configure first. Until it has succeeded once, SQLite
+** knows neither VFS (opens naming them fail with "no such vfs"),
+** boule_flush fails ("database is not replicated by this process"),
+** boule_restore fails ("boule is not registered"), and
+** boule_replication_info succeeds with "[]".
+**
+** RESULTS AND ERRORS. Every function returns 0 on success and 1 on
+** failure, never another value. On failure, if errmsg is not NULL, *errmsg
+** is set to a message allocated with malloc(), which the caller releases
+** with free(); whatever *errmsg held before is overwritten, not freed. On
+** success *errmsg is not touched, so set it to NULL before the call if you
+** test it afterwards. Other output pointers (the *out of
+** boule_replication_info) are set only on success. A Go panic inside the
+** library is returned as a failure ("boule: panic: ...") and does not
+** cross into the caller.
+**
+** THREADS. Every function may be called from any thread, and concurrently
+** with each other and with SQLite calls on other threads. Concurrent calls
+** to boule_configure are serialized inside the library, and each one
+** swaps the configuration in force atomically. boule_configure calls
+** sqlite3_vfs_register, with the thread-safety SQLite gives that function
+** (none when SQLite is built with SQLITE_THREADSAFE=0). boule_flush,
+** boule_replication_info and boule_restore make no SQLite call and hold
+** no SQLite lock, so connections keep working while they run; two flushes
+** of one database wait for each other, flushes of different databases
+** run in parallel. No function calls back into the caller. None is
+** async-signal-safe: they allocate and enter the Go runtime, so do not
+** call them from a signal handler. A process runs one Go runtime: do not
+** also load the extension (libboule.so) into a program linked with
+** libboule.a.
+**
+** BLOCKING. boule_flush and boule_restore block the calling thread until
+** they finish, with no overall timeout (unlike PRAGMA
+** boule_flush_replication_data, which gives up after 10 minutes). Each
+** store request is retried a bounded number of times (S3 requests also
+** have a per-request timeout), so a store that keeps failing makes them
+** fail; but a large upload or download takes as long as it takes, and
+** boule_flush first waits, for as long as it lasts, for an upload of the
+** same database already under way in this process or another.
 */
 #ifndef BOULE_H
 #define BOULE_H
@@ -29,28 +69,40 @@ extern "C" {
 #endif
 
 /*
-** Registers the "boule" VFS. json is the configuration as JSON, or
+** Registers both VFSes, "boule" (replicating) and "boule_snapshot" (read
+** replicas), neither as SQLite's default unless the configuration sets
+** make_default. json is the configuration as JSON, or
 ** "@/path/to/file.json", or NULL to read the BOULE_CONFIG environment
-** variable. Safe to call again; later calls apply to databases opened
-** afterwards. Returns 0 on success. On failure returns non-zero and, if
-** errmsg is not NULL, stores there a message naming what was wrong, which
-** the caller releases with free().
+** variable; an empty configuration (NULL with BOULE_CONFIG unset)
+** registers boule without replication. BOULE_LOG is read at each call, and
+** a bad level fails it. Safe to call again: a later call applies to
+** databases opened afterwards. A configuration that does not parse or
+** validate changes nothing; the message names the bad key.
+** Returns 0 on success, 1 on failure with *errmsg set (see RESULTS AND
+** ERRORS above).
 */
 int boule_configure(const char *json, char **errmsg);
 
 /*
 ** Uploads everything spooled for the database at path (as opened through
-** boule), or for every database this process replicates when path is
-** NULL, and waits until it is in every replication target. Returns 0 on
-** success, non-zero with *errmsg set (as above) otherwise.
+** boule; a relative path is made absolute and symlinks are resolved), or
+** for every database this process replicates when path is NULL, and waits
+** until it is in every replication target. Fails when the configuration
+** has no replication_spooling_dir or no replication target, and when the
+** upload fails (store missing, down, or refusing the credentials); with
+** path NULL, the message joins the failures of every database.
+** Returns 0 on success, 1 on failure with *errmsg set. Blocks with no
+** timeout (see BLOCKING above).
 */
 int boule_flush(const char *path, char **errmsg);
 
 /*
 ** Stores in *out a JSON array with one object per database this process
 ** replicates: {"source", "lag_seconds", "pending_bytes", "uploads",
-** "failures", "last_error"}. The caller releases *out with free().
-** Returns 0 on success.
+** "failures", "last_error"}, last_error only when there is one; "[]"
+** before boule_configure or without replication. The caller releases
+** *out with free(). Returns 0 on success; 1 on failure (out is NULL),
+** with *errmsg set and *out untouched.
 */
 int boule_replication_info(char **out, char **errmsg);
 
@@ -58,8 +110,12 @@ int boule_replication_info(char **out, char **errmsg);
 ** Writes the newest replicated snapshot of name to the file at out:
 ** name is "boule://HOST/abs/path/to.db", "boule:///abs/path/to.db" for
 ** this host, or the path of a manifest file. The file appears atomically
-** (a temp file renamed over out) and every chunk is verified against its
-** fingerprint. Returns 0 on success.
+** (a temp file in out's directory, synced, then renamed over out) and
+** every chunk is verified against its fingerprint. On failure, out is left
+** as it was and the temp file is removed. It refuses to write out when a
+** -journal, -wal or -shm file sits next to it, as SQLite would apply it
+** to the restored file. Returns 0 on success, 1 on failure with *errmsg
+** set. Blocks with no timeout (see BLOCKING above).
 */
 int boule_restore(const char *name, const char *out, char **errmsg);
 
