@@ -8,9 +8,12 @@
 ** status, restores the replica to OUT, and checks that OUT holds the same
 ** rows. It also reads the replica through the "boule_snapshot" VFS.
 **
-** Build (see the Makefile's example target):
+** Build, after `make lib` (internal/clients TestCExample runs this very
+** command, with -Wall -Werror, on the output of `make lib`):
 **     cc -I build examples/c/example.c build/libboule.a -lsqlite3 -lpthread -lm -o example
 */
+#define _XOPEN_SOURCE 700 /* realpath */
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,9 +53,78 @@ static int count_rows(const char *uri, const char *vfs, long long *n) {
   return rc != SQLITE_OK;
 }
 
+/* utf8_len returns the length of the well-formed UTF-8 sequence at s, or
+** 0 if there is none (a stray byte, an overlong form, a surrogate). */
+static size_t utf8_len(const unsigned char *s) {
+  size_t n, i;
+  unsigned long c = s[0], min;
+  if (c < 0x80) return 1;
+  if (c < 0xC2) return 0;
+  if (c < 0xE0) n = 2, min = 0x80, c &= 0x1F;
+  else if (c < 0xF0) n = 3, min = 0x800, c &= 0x0F;
+  else if (c < 0xF5) n = 4, min = 0x10000, c &= 0x07;
+  else return 0;
+  for (i = 1; i < n; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0; /* also stops at the NUL */
+    c = (c << 6) | (s[i] & 0x3F);
+  }
+  return c < min || (c >= 0xD800 && c <= 0xDFFF) || c > 0x10FFFF ? 0 : n;
+}
+
+/* json_string writes s into dst (of size n) as a JSON string, quotes
+** included: '"', '\\' and control characters are escaped. JSON text is
+** UTF-8, so a path that is not (Linux allows any bytes but '/' and NUL)
+** cannot be written in the configuration; it is refused rather than
+** handed to a decoder that would replace its bytes and name another
+** directory. Returns 0, or -1 for such a path or when dst is too small. */
+static int json_string(char *dst, size_t n, const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  size_t o = 0, k;
+  if (n < 3) return -1;
+  dst[o++] = '"';
+  while (*p) {
+    if (*p == '"' || *p == '\\') {
+      if (o + 2 >= n) return -1;
+      dst[o++] = '\\';
+      dst[o++] = (char)*p++;
+    } else if (*p < 0x20) {
+      if (o + 6 >= n) return -1;
+      snprintf(dst + o, 7, "\\u%04x", *p++);
+      o += 6;
+    } else {
+      if ((k = utf8_len(p)) == 0 || o + k >= n) return -1;
+      memcpy(dst + o, p, k);
+      o += k, p += k;
+    }
+  }
+  if (o + 2 > n) return -1;
+  dst[o++] = '"';
+  dst[o] = 0;
+  return 0;
+}
+
+/* uri_path writes s into dst (of size n) escaped for the path of an
+** SQLite URI: '?' and '#' would end the path, '%' starts an escape.
+** Returns 0, or -1 when dst is too small. */
+static int uri_path(char *dst, size_t n, const char *s) {
+  size_t o = 0;
+  for (; *s; s++) {
+    if (*s == '?' || *s == '#' || *s == '%') {
+      if (o + 3 >= n) return -1;
+      snprintf(dst + o, 4, "%%%02X", (unsigned char)*s);
+      o += 3;
+    } else {
+      if (o + 1 >= n) return -1;
+      dst[o++] = *s;
+    }
+  }
+  dst[o] = 0;
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  char config[8192], name[4200];
-  char *err = NULL, *info = NULL;
+  static char config[65536], spool[24600], store[24600], uri[16384], name[16384 + 64];
+  char *err = NULL, *info = NULL, *db_path = NULL;
   sqlite3 *db = NULL;
   long long restored = 0, replica = 0;
 
@@ -60,9 +132,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: example DB SPOOL_DIR STORE_DIR OUT\n");
     return 2;
   }
+  if (json_string(spool, sizeof(spool), argv[2]) || json_string(store, sizeof(store), argv[3])) {
+    return fail("configuration", "SPOOL_DIR or STORE_DIR is too long, or not UTF-8, which JSON cannot carry");
+  }
   snprintf(config, sizeof(config),
-           "{\"replication_spooling_dir\": \"%s\", \"replication_targets\": [{\"dir\": {\"path\": \"%s\"}}]}",
-           argv[2], argv[3]);
+           "{\"replication_spooling_dir\": %s, \"replication_targets\": [{\"dir\": {\"path\": %s}}]}",
+           spool, store);
   if (boule_configure(config, &err)) return fail("boule_configure", err);
 
   if (sqlite3_open_v2(argv[1], &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "boule") != SQLITE_OK) {
@@ -80,12 +155,17 @@ int main(int argc, char **argv) {
   printf("replication: %s\n", info);
   free(info);
 
-  snprintf(name, sizeof(name), "boule://%s", argv[1]);
+  /* A replica is named by the database's absolute path, symlinks
+  ** resolved, as SQLite's full pathname (the one replicated) has them. */
+  if ((db_path = realpath(argv[1], NULL)) == NULL) return fail(argv[1], "realpath failed");
+  snprintf(name, sizeof(name), "boule://%s", db_path);
   if (boule_restore(name, argv[4], &err)) return fail("boule_restore", err);
   if (count_rows(argv[4], NULL, &restored)) return 1;
   printf("restored %s: %lld rows\n", argv[4], restored);
 
-  snprintf(name, sizeof(name), "file:boule://%s?vfs=boule_snapshot", argv[1]);
+  if (uri_path(uri, sizeof(uri), db_path)) return fail(db_path, "path too long");
+  snprintf(name, sizeof(name), "file:boule://%s?vfs=boule_snapshot", uri);
+  free(db_path);
   if (count_rows(name, NULL, &replica)) return 1;
   printf("replica %s: %lld rows\n", name, replica);
   return restored == 1000 && replica == 1000 ? 0 : fail("row counts", "not 1000");

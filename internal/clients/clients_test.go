@@ -2,6 +2,7 @@ package clients
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,7 +15,7 @@ import (
 // Built once per test binary, into a temp directory, from the sources
 // under test (never from a possibly stale build/).
 var (
-	artifacts string // directory holding libboule.so, libboule.a, vfsctl
+	artifacts string // directory holding libboule.so, vfsctl, the C example
 	repoRoot  string
 )
 
@@ -49,10 +50,6 @@ func build(t *testing.T, name string, args ...string) string {
 
 func extension(t *testing.T) string {
 	return build(t, "libboule.so", "-buildmode=c-shared", "-tags", "boule_ext", "./cmd/libboule")
-}
-
-func archive(t *testing.T) string {
-	return build(t, "libboule.a", "-buildmode=c-archive", "-tags", "boule_lib", "./cmd/libboule")
 }
 
 func vfsctl(t *testing.T) string { return build(t, "vfsctl", "./cmd/vfsctl") }
@@ -191,35 +188,119 @@ except sqlite3.OperationalError as e:
 	f.restoreAndCompare(t)
 }
 
-func TestCExample(t *testing.T) {
-	cc := need(t, "cc")
-	lib := archive(t)
-	exe := filepath.Join(artifacts, "example")
-	cmd := exec.Command(cc, "-Wall", "-Werror", "-I", filepath.Join(repoRoot, "c"),
-		filepath.Join(repoRoot, "examples", "c", "example.c"), lib, "-lsqlite3", "-lpthread", "-lm", "-o", exe)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cc: %v\n%s", err, b)
+// cExample builds examples/c/example.c with the command README.md
+// documents (and the example's comment repeats), run in a directory whose
+// build/ is what `make lib` produced, plus -Wall -Werror. It returns the
+// program's path.
+func cExample(t *testing.T) string {
+	t.Helper()
+	cc, mk := need(t, "cc"), need(t, "make")
+	work := filepath.Join(artifacts, "c-example")
+	exe := filepath.Join(work, "example")
+	if _, err := os.Stat(exe); err == nil {
+		return exe
 	}
-	f := newFixture(t)
-	out := filepath.Join(f.dir, "out.db")
-	stdout, stderr, err := run(t, nil, "", exe, f.db, f.spool, f.store, out)
+	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
 	if err != nil {
-		t.Fatalf("example: %v\n%s%s", err, stdout, stderr)
+		t.Fatal(err)
 	}
-	for _, want := range []string{`"source":"` + f.db + `"`, `"lag_seconds":0`, "restored " + out + ": 1000 rows", "replica file:boule://" + f.db + "?vfs=boule_snapshot: 1000 rows"} {
-		if !strings.Contains(stdout, want) {
-			t.Errorf("example output lacks %q:\n%s", want, stdout)
+	var cmdline string
+	for _, line := range strings.Split(string(readme), "\n") {
+		if strings.HasPrefix(line, "cc ") && strings.Contains(line, "examples/c/example.c") {
+			cmdline = line
+			break
 		}
 	}
-	a, _ := os.ReadFile(f.db)
-	b, _ := os.ReadFile(out)
-	if len(a) == 0 || !bytes.Equal(a, b) {
-		t.Fatalf("restored file (%d bytes) differs from the database (%d bytes)", len(b), len(a))
+	src, err := os.ReadFile(filepath.Join(repoRoot, "examples", "c", "example.c"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	if cmdline == "" || !strings.Contains(string(src), "**     "+cmdline+"\n") {
+		t.Fatalf("README.md's command to build the C example, %q, is not the one in examples/c/example.c's comment", cmdline)
+	}
+	build := filepath.Join(work, "build")
+	if err := os.MkdirAll(build, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(repoRoot, "examples"), filepath.Join(work, "examples")); err != nil && !os.IsExist(err) {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(mk, "lib", "BUILD="+build)
+	cmd.Dir = repoRoot
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make lib: %v\n%s", err, b)
+	}
+	cmd = exec.Command(cc, append(strings.Fields(cmdline)[1:], "-Wall", "-Werror")...)
+	cmd.Dir = work
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s -Wall -Werror: %v\n%s", cmdline, err, b)
+	}
+	return exe
+}
+
+// TestCExample runs the C example, including on paths that JSON and
+// SQLite URIs must escape.
+func TestCExample(t *testing.T) {
+	exe := cExample(t)
+	for _, c := range []struct{ name, db, spool, store string }{
+		{"plain", "x.db", "spool", "store"},
+		{"awkward paths", `d"b\ ?#%.db`, "sp\tool\n\"", `st"o\re`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.db, f.spool, f.store = filepath.Join(f.dir, c.db), filepath.Join(f.dir, c.spool), filepath.Join(f.dir, c.store)
+			if err := os.MkdirAll(f.store, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(f.dir, "out.db")
+			stdout, stderr, err := run(t, nil, "", exe, f.db, f.spool, f.store, out)
+			if err != nil {
+				t.Fatalf("example: %v\n%s%s", err, stdout, stderr)
+			}
+			var status []struct {
+				Source       string  `json:"source"`
+				LagSeconds   float64 `json:"lag_seconds"`
+				PendingBytes int64   `json:"pending_bytes"`
+				Uploads      int64   `json:"uploads"`
+				LastError    string  `json:"last_error"`
+			}
+			line, _, _ := strings.Cut(stdout, "\n")
+			js, ok := strings.CutPrefix(line, "replication: ")
+			if !ok || json.Unmarshal([]byte(js), &status) != nil || len(status) != 1 {
+				t.Fatalf("example's first line=%q, want \"replication: \" and the status of one database", line)
+			}
+			if s := status[0]; s.Source != f.db || s.LagSeconds != 0 || s.PendingBytes != 0 || s.Uploads == 0 || s.LastError != "" {
+				t.Errorf("status after boule_flush=%+v, want source %q, no lag, nothing pending, uploads, no error", s, f.db)
+			}
+			uri := "file:boule://" + strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23").Replace(f.db) + "?vfs=boule_snapshot"
+			for _, want := range []string{"restored " + out + ": 1000 rows\n", "replica " + uri + ": 1000 rows\n"} {
+				if !strings.Contains(stdout, want) {
+					t.Errorf("example output lacks %q:\n%s", want, stdout)
+				}
+			}
+			a, _ := os.ReadFile(f.db)
+			b, _ := os.ReadFile(out)
+			if len(a) == 0 || !bytes.Equal(a, b) {
+				t.Fatalf("restored file (%d bytes) differs from the database (%d bytes)", len(b), len(a))
+			}
+		})
+	}
+	// JSON cannot carry a path that is not UTF-8: refused, not mangled.
+	t.Run("not UTF-8", func(t *testing.T) {
+		f := newFixture(t)
+		spool := filepath.Join(f.dir, "sp\xffool")
+		_, stderr, err := run(t, nil, "", exe, f.db, spool, f.store, filepath.Join(f.dir, "out.db"))
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(stderr, "not UTF-8") {
+			t.Fatalf("example with a spool path that is not UTF-8: %v %q, want exit 1 saying so", err, stderr)
+		}
+	})
 	// Bad arguments: the documented usage, exit 2.
-	if _, stderr, err := run(t, nil, "", exe); err == nil || !strings.Contains(stderr, "usage: example") {
-		t.Fatalf("example without arguments: %v %q", err, stderr)
-	}
+	t.Run("usage", func(t *testing.T) {
+		_, stderr, err := run(t, nil, "", exe)
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(stderr, "usage: example") {
+			t.Fatalf("example without arguments: %v %q, want exit 2 and the usage", err, stderr)
+		}
+	})
 }
 
 // TestVfsctlShell: vfsctl shell opens the stock sqlite3 shell on a replica.
@@ -286,16 +367,44 @@ func TestExtensionLinksNoSQLite(t *testing.T) {
 }
 
 // TestExtensionLogging: BOULE_LOG sets the level of the extension's log on
-// standard error; errors show by default, and a bad level fails the load.
+// standard error: errors show by default, warnings only from
+// BOULE_LOG=warn down, and a bad level fails the load.
 func TestExtensionLogging(t *testing.T) {
 	shell := need(t, "sqlite3")
 	lib := strings.TrimSuffix(extension(t), ".so")
 	f := newFixture(t)
 	script := fmt.Sprintf(".load %s\n.open file:boule:///no/such/db.sqlite?vfs=boule_snapshot\nSELECT 1 FROM sqlite_schema;\n", lib)
-	_, errs, _ := run(t, []string{"BOULE_CONFIG=" + f.cfg()}, script, shell, "-batch")
-	if !strings.Contains(errs, "cannot open replica") || !strings.Contains(errs, "/no/such/db.sqlite") {
+	_, errs, _ := run(t, []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG="}, script, shell, "-batch")
+	if !strings.Contains(errs, "level=ERROR") || !strings.Contains(errs, "cannot open replica") || !strings.Contains(errs, "/no/such/db.sqlite") {
 		t.Fatalf("a failed replica open logged nothing useful on stderr: %q", errs)
 	}
+
+	// A warning when the extension loads: the chunk cache under tempdir is
+	// not private to the user, so replicas keep their chunks in memory.
+	tmp := filepath.Join(f.dir, "tmp")
+	cache := filepath.Join(tmp, fmt.Sprintf("boule-chunks-%d", os.Getuid()))
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(cache, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`{"tempdir": %q, "replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, tmp, f.spool, f.store)
+	for _, c := range []struct {
+		level string
+		warns bool
+	}{{"", false}, {"error", false}, {"warn", true}, {"info", true}} {
+		t.Run("BOULE_LOG="+c.level, func(t *testing.T) {
+			out, errs, err := run(t, []string{"BOULE_CONFIG=" + cfg, "BOULE_LOG=" + c.level}, ".load "+lib+"\nSELECT 'loaded';\n", shell, "-batch", "-bail")
+			if err != nil || out != "loaded\n" {
+				t.Fatalf("load: %v, stdout %q, stderr %q", err, out, errs)
+			}
+			if got := strings.Contains(errs, "level=WARN") && strings.Contains(errs, cache); got != c.warns {
+				t.Fatalf("BOULE_LOG=%q: stderr %q; want the warning naming %s: %v", c.level, errs, cache, c.warns)
+			}
+		})
+	}
+
 	_, errs, err := run(t, []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG=chatty"}, ".load "+lib+"\n", shell, "-batch", "-bail")
 	if err == nil || !strings.Contains(errs, `BOULE_LOG="chatty"`) {
 		t.Fatalf("a bad BOULE_LOG: %v %q; want the load to fail naming it", err, errs)
