@@ -65,7 +65,7 @@ var commands = []command{
 	{"manifest-name", "[--hostname H] SOURCE", "print the key of a database's manifest", cmdManifestName},
 	{"ls-versions", "[--hostname H] [--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},
 	{"ls", "[--hostname H | --all] [--json]", "list the databases a store holds", cmdLs},
-	{"verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)", "check every chunk of a manifest is stored and matches its fingerprint", cmdVerify},
+	{"verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)", "check every chunk of a manifest is in every target and matches its fingerprint", cmdVerify},
 	{"shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]", "open the sqlite3 shell on a read replica", cmdShell},
 }
 

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -619,23 +621,38 @@ func cmdLs(ctx context.Context, g *globals, args []string) error {
 	return tw.Flush()
 }
 
-// verifyJSON is vfsctl verify --json.
-type verifyJSON struct {
-	Source  string   `json:"source"`
-	Chunks  int      `json:"chunks"`
-	Unique  int      `json:"unique_chunks"`
-	Packs   int      `json:"packs"`
+// verifyTargetJSON is one target's result in vfsctl verify --json.
+type verifyTargetJSON struct {
+	Target  string   `json:"target"`
 	OK      int      `json:"ok"`
 	Missing []string `json:"missing"`
 	Corrupt []string `json:"corrupt"`
 	Errors  []string `json:"errors"`
 }
 
+// verifyJSON is vfsctl verify --json. OK, Missing, Corrupt and Errors sum
+// up Targets: OK counts the distinct chunks intact in every target,
+// Missing and Corrupt list the chunks missing or corrupt in any, and
+// Errors each target's errors prefixed with its name.
+type verifyJSON struct {
+	Source  string             `json:"source"`
+	Chunks  int                `json:"chunks"`
+	Unique  int                `json:"unique_chunks"`
+	Packs   int                `json:"packs"`
+	OK      int                `json:"ok"`
+	Missing []string           `json:"missing"`
+	Corrupt []string           `json:"corrupt"`
+	Errors  []string           `json:"errors"`
+	Targets []verifyTargetJSON `json:"targets"`
+}
+
+func (t *verifyTargetJSON) bad() int { return len(t.Missing) + len(t.Corrupt) + len(t.Errors) }
+
 func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	var host, manifestArg, at string
 	var asJSON bool
 	fs, err := subcommand(g, "verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)",
-		"Checks that every chunk of the manifest of SOURCE is in the store and matches its\nfingerprint. Exits 1 and names the bad chunks otherwise.", args,
+		"Checks that every chunk of the manifest of SOURCE is in every replication target\n(caches aside) and matches its fingerprint. Exits 1 and names the bad chunks,\nand the targets they are bad in, otherwise.", args,
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
 			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")
@@ -662,10 +679,15 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	res := verifyJSON{Source: src.String(), Chunks: len(m.Chunks), Packs: len(m.Packs), Missing: []string{}, Corrupt: []string{}, Errors: []string{}}
-	// Only the remote stores: a cache hit says nothing about the bucket.
+	// Only the remote stores, every one of them: a cache hit says nothing
+	// about a bucket, and one good target says nothing about another.
 	remote := manifestStores(stores)
+	for _, s := range remote {
+		res.Targets = append(res.Targets, verifyTargetJSON{Target: s.String(), Missing: []string{}, Corrupt: []string{}, Errors: []string{}})
+	}
 	// The work: each distinct chunk, grouped by the object that holds it
-	// (a chunk object, or a pack fetched once for all its members).
+	// (a chunk object, or a pack fetched once for all its members), in
+	// each target.
 	type member struct {
 		fp  manifest.Fingerprint
 		ref manifest.PackRef
@@ -678,7 +700,7 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	refs := m.PackRefs()
 	seen := map[manifest.Fingerprint]bool{}
 	byPack := map[manifest.Fingerprint]int{}
-	var todo []*object
+	var objects []*object
 	for i, fp := range m.Chunks {
 		if _, inline := m.Inline[uint32(i)]; inline || seen[fp] {
 			continue
@@ -687,49 +709,56 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 		res.Unique++
 		ref, packed := refs[uint32(i)]
 		if !packed {
-			todo = append(todo, &object{id: fp, members: []member{{fp: fp}}})
+			objects = append(objects, &object{id: fp, members: []member{{fp: fp}}})
 			continue
 		}
 		k, ok := byPack[ref.ID]
 		if !ok {
-			k = len(todo)
+			k = len(objects)
 			byPack[ref.ID] = k
-			todo = append(todo, &object{pack: true, id: ref.ID})
+			objects = append(objects, &object{pack: true, id: ref.ID})
 		}
-		todo[k].members = append(todo[k].members, member{fp, ref})
+		objects[k].members = append(objects[k].members, member{fp, ref})
+	}
+	type job struct {
+		target int
+		o      *object
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	next := make(chan *object)
-	note := func(fp manifest.Fingerprint, err error) {
+	next := make(chan job)
+	okIn := map[manifest.Fingerprint]int{} // the targets a chunk is intact in
+	note := func(t *verifyTargetJSON, fp manifest.Fingerprint, err error) {
 		switch {
 		case err == nil:
-			res.OK++
+			t.OK++
+			okIn[fp]++
 		case errors.Is(err, replicate.ErrNotFound):
-			res.Missing = append(res.Missing, fp.String())
+			t.Missing = append(t.Missing, fp.String())
 		case errors.Is(err, replicate.ErrCorrupt):
-			res.Corrupt = append(res.Corrupt, fp.String())
+			t.Corrupt = append(t.Corrupt, fp.String())
 		default:
-			res.Errors = append(res.Errors, err.Error())
+			t.Errors = append(t.Errors, err.Error())
 		}
 	}
 	for range 16 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for o := range next {
+			for j := range next {
+				s, t, o := remote[j.target], &res.Targets[j.target], j.o
 				if !o.pack {
-					_, err := remote[0].GetChunk(ctx, o.id)
+					_, err := s.GetChunk(ctx, o.id)
 					mu.Lock()
-					note(o.id, err)
+					note(t, o.id, err)
 					mu.Unlock()
 					continue
 				}
-				pack, perr := remote[0].GetPack(ctx, o.id)
+				pack, perr := s.GetPack(ctx, o.id)
 				mu.Lock()
 				if perr != nil && !errors.Is(perr, replicate.ErrNotFound) {
 					// Unreadable, not known bad: one error for the pack.
-					res.Errors = append(res.Errors, fmt.Sprintf("pack %s (%d chunks): %v", o.id, len(o.members), perr))
+					t.Errors = append(t.Errors, fmt.Sprintf("pack %s (%d chunks): %v", o.id, len(o.members), perr))
 					mu.Unlock()
 					continue
 				}
@@ -738,37 +767,77 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 					if err == nil {
 						_, err = replicate.DecodePackMember(pack, mb.ref, mb.fp)
 					}
-					note(mb.fp, err)
+					note(t, mb.fp, err)
 				}
 				mu.Unlock()
 			}
 		}()
 	}
-	for _, o := range todo {
-		next <- o
+	for _, o := range objects {
+		for k := range remote {
+			next <- job{k, o}
+		}
 	}
 	close(next)
 	wg.Wait()
-	bad := len(res.Missing) + len(res.Corrupt) + len(res.Errors)
+
+	// The summary over every target, and the failure naming the bad ones.
+	missing, corrupt := map[string]bool{}, map[string]bool{}
+	var failed []string
+	for i := range res.Targets {
+		t := &res.Targets[i]
+		slices.Sort(t.Missing)
+		slices.Sort(t.Corrupt)
+		for _, fp := range t.Missing {
+			missing[fp] = true
+		}
+		for _, fp := range t.Corrupt {
+			corrupt[fp] = true
+		}
+		for _, e := range t.Errors {
+			res.Errors = append(res.Errors, t.Target+": "+e)
+		}
+		if n := t.bad(); n > 0 {
+			failed = append(failed, fmt.Sprintf("%d of %d chunks missing, corrupt or unreadable in %s", n, res.Unique, t.Target))
+		}
+	}
+	res.Missing = slices.Sorted(maps.Keys(missing))
+	res.Corrupt = slices.Sorted(maps.Keys(corrupt))
+	if res.Missing == nil {
+		res.Missing = []string{}
+	}
+	if res.Corrupt == nil {
+		res.Corrupt = []string{}
+	}
+	for _, n := range okIn {
+		if n == len(remote) {
+			res.OK++
+		}
+	}
 	if asJSON {
 		if err := writeJSON(g.stdout, res); err != nil {
 			return err
 		}
 	} else {
-		fmt.Fprintf(g.stdout, "%s: %d chunks, %d distinct stored, %d ok, %d missing, %d corrupt, %d unreadable\n",
-			res.Source, res.Chunks, res.Unique, res.OK, len(res.Missing), len(res.Corrupt), len(res.Errors))
-		for _, fp := range res.Missing {
-			fmt.Fprintf(g.stdout, "missing  %s\n", fp)
+		fmt.Fprintf(g.stdout, "%s: %d chunks, %d distinct stored, %d targets\n", res.Source, res.Chunks, res.Unique, len(res.Targets))
+		for _, t := range res.Targets {
+			fmt.Fprintf(g.stdout, "  %s: %d ok, %d missing, %d corrupt, %d unreadable\n",
+				t.Target, t.OK, len(t.Missing), len(t.Corrupt), len(t.Errors))
 		}
-		for _, fp := range res.Corrupt {
-			fmt.Fprintf(g.stdout, "corrupt  %s\n", fp)
-		}
-		for _, e := range res.Errors {
-			fmt.Fprintf(g.stdout, "error    %s\n", e)
+		for _, t := range res.Targets {
+			for _, fp := range t.Missing {
+				fmt.Fprintf(g.stdout, "missing  %s  %s\n", fp, t.Target)
+			}
+			for _, fp := range t.Corrupt {
+				fmt.Fprintf(g.stdout, "corrupt  %s  %s\n", fp, t.Target)
+			}
+			for _, e := range t.Errors {
+				fmt.Fprintf(g.stdout, "error    %s: %s\n", t.Target, e)
+			}
 		}
 	}
-	if bad > 0 {
-		return fmt.Errorf("%s: %d of %d chunks missing or corrupt in %s", src, bad, res.Unique, remote[0])
+	if len(failed) > 0 {
+		return fmt.Errorf("%s: %s", src, strings.Join(failed, "; "))
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -497,5 +498,77 @@ func TestManifestNamesItsSource(t *testing.T) {
 				t.Errorf("a refused restore wrote out.db: %v", err)
 			}
 		})
+	}
+}
+
+// TestVerifyEveryTarget: verify checks each replication target, not only
+// the first: a pack deleted from the second is reported for that target,
+// in the table and in JSON, and fails the command.
+func TestVerifyEveryTarget(t *testing.T) {
+	f := newFixture(t)
+	store2 := filepath.Join(f.dir, "store2")
+	if err := os.Mkdir(store2, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}, {"dir": {"path": %q}}]}`, f.spool, f.store, store2)
+	if code, out, errs := vfsctl(t, "--config", cfg, "flush", f.spool); code != exitOK {
+		t.Fatalf("flush=%d %q %q", code, out, errs)
+	}
+	if code, out, errs := vfsctl(t, "--config", cfg, "verify", f.db); code != exitOK || strings.Count(out, " 0 missing, 0 corrupt, 0 unreadable\n") != 2 {
+		t.Fatalf("verify of two good targets=%d %q %q; want exit 0 and two good lines", code, out, errs)
+	}
+
+	key, _ := replicate.ManifestKey(hostname(t), f.db)
+	s, _ := replicate.NewDirStore(store2)
+	m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{s}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, packed := m.PackRefs()[2]
+	if !packed {
+		t.Fatal("chunk 2 is not in a pack")
+	}
+	var lost []string // the chunks of that pack
+	for i, fp := range m.Chunks {
+		if r, ok := m.PackRefs()[uint32(i)]; ok && r.ID == ref.ID && !slices.Contains(lost, fp.String()) {
+			lost = append(lost, fp.String())
+		}
+	}
+	slices.Sort(lost)
+	if err := os.Remove(filepath.Join(store2, "chunks", replicate.PackKey(ref.ID))); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errs := vfsctl(t, "--config", cfg, "verify", "--json", f.db)
+	var res verifyJSON
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != exitFail {
+		t.Fatalf("verify --json with a pack gone from the second target=%d %q %q (%v); want exit 1", code, out, errs, err)
+	}
+	if len(res.Targets) != 2 || res.Targets[0].Target != "dir:"+f.store || res.Targets[1].Target != "dir:"+store2 {
+		t.Fatalf("verify --json targets=%+v, want dir:%s and dir:%s", res.Targets, f.store, store2)
+	}
+	if first := res.Targets[0]; first.OK != res.Unique || first.bad() != 0 {
+		t.Errorf("first target=%+v, want all %d chunks ok", first, res.Unique)
+	}
+	if second := res.Targets[1]; !slices.Equal(second.Missing, lost) || second.OK != res.Unique-len(lost) || len(second.Corrupt)+len(second.Errors) != 0 {
+		t.Errorf("second target=%+v, want %v missing and the rest ok", second, lost)
+	}
+	if !slices.Equal(res.Missing, lost) || res.OK != res.Unique-len(lost) {
+		t.Errorf("summary: %d ok, missing %v; want %d and %v", res.OK, res.Missing, res.Unique-len(lost), lost)
+	}
+	if want := fmt.Sprintf("%d of %d chunks missing, corrupt or unreadable in dir:%s", len(lost), res.Unique, store2); !strings.Contains(errs, want) || strings.Count(errs, "unreadable in") != 1 {
+		t.Errorf("verify error %q, want %q, and no other target", errs, want)
+	}
+
+	code, out, _ = vfsctl(t, "--config", cfg, "verify", f.db)
+	wantLines := []string{
+		fmt.Sprintf("  dir:%s: %d ok, 0 missing, 0 corrupt, 0 unreadable\n", f.store, res.Unique),
+		fmt.Sprintf("  dir:%s: %d ok, %d missing, 0 corrupt, 0 unreadable\n", store2, res.Unique-len(lost), len(lost)),
+		fmt.Sprintf("missing  %s  dir:%s\n", lost[0], store2),
+	}
+	for _, w := range wantLines {
+		if code != exitFail || !strings.Contains(out, w) {
+			t.Errorf("verify table=%d %q, want a line %q", code, out, w)
+		}
 	}
 }
