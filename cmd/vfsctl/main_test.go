@@ -274,3 +274,89 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("vfsctl frobnicate: %v %q, want exit %d", err, out, exitUsage)
 	}
 }
+
+// TestShellSetup: vfsctl shell fails, with a message and a non-zero exit,
+// when the replica cannot open, instead of leaving the sqlite3 shell on an
+// empty in-memory database and exiting 0.
+func TestShellSetup(t *testing.T) {
+	f := flushed(t)
+	// A stand-in for sqlite3 that records that it ran, and succeeds.
+	ran := filepath.Join(f.dir, "ran")
+	fake := filepath.Join(f.dir, "fake-sqlite3")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\ntouch '"+ran+"'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	missingLib := filepath.Join(f.dir, "lib", "libboule.so")
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"missing source", []string{"--config", f.config(), "shell", "--executable", fake, "/no/such.db"}, exitFail, "boule://" + hostname(t) + "/no/such.db"},
+		{"missing manifest file", []string{"--config", f.config(), "shell", "--executable", fake, "--manifest", filepath.Join(f.dir, "no.manifest")}, exitFail, "no.manifest"},
+		{"no targets", []string{"--config", "{}", "shell", "--executable", fake, f.db}, exitUsage, "no replication target"},
+		{"missing library", []string{"--config", f.config(), "shell", "--executable", fake, "--vfs", missingLib, f.db}, exitUsage, "--vfs " + missingLib + ": no such library"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("BOULE_CONFIG", "")
+			code, out, errs := vfsctl(t, tc.args...)
+			if code != tc.code || !strings.Contains(errs, tc.want) {
+				t.Fatalf("vfsctl %q=%d %q %q; want %d and %q", tc.args, code, out, errs, tc.code, tc.want)
+			}
+			if _, err := os.Stat(ran); err == nil {
+				t.Fatalf("vfsctl %q started the shell", tc.args)
+			}
+		})
+	}
+	// The checks pass: the shell runs.
+	if code, out, errs := vfsctl(t, "--config", f.config(), "shell", "--executable", fake, f.db); code != exitOK {
+		t.Fatalf("vfsctl shell with a good source=%d %q %q", code, out, errs)
+	}
+	if _, err := os.Stat(ran); err != nil {
+		t.Fatalf("vfsctl shell with a good source did not start the shell: %v", err)
+	}
+
+	// What vfsctl cannot check, a library the dynamic loader does not
+	// find, ends the real shell with an error: the setup bails out.
+	sqlite3, err := exec.LookPath("sqlite3")
+	if err != nil {
+		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
+	}
+	code, out, errs := vfsctl(t, "--config", f.config(), "shell", "--executable", sqlite3, "--vfs", "libboule-no-such-library", f.db, "--", "-batch")
+	if code != exitFail || !strings.Contains(errs, "libboule-no-such-library") || !strings.Contains(errs, "sqlite3 exited with status 1") {
+		t.Fatalf("vfsctl shell with a library the loader cannot find=%d %q %q; want exit 1 and the shell's error", code, out, errs)
+	}
+}
+
+// TestOpenedCheck: the statement shell runs after .open fails on the
+// in-memory database the sqlite3 shell falls back to, and returns nothing
+// on a database file.
+func TestOpenedCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name, dsn string
+		fails     bool
+	}{
+		{"in memory", ":memory:", true},
+		{"file", filepath.Join(t.TempDir(), "x.db"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db, err := sql.Open("sqlite3", tc.dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			rows, err := db.Query(openedCheck)
+			if err == nil {
+				for rows.Next() {
+					t.Errorf("openedCheck returned a row")
+				}
+				err = rows.Err()
+				rows.Close()
+			}
+			if (err != nil) != tc.fails {
+				t.Fatalf("openedCheck on %s: %v, want failure %v", tc.dsn, err, tc.fails)
+			}
+		})
+	}
+}

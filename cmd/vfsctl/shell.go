@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/boule-vfs/boule/config"
@@ -26,10 +27,34 @@ func extensionCandidates() []string {
 	return out
 }
 
+// openedCheck is a statement that fails when the shell's main database
+// is in memory: a failed .open only prints an error and falls back to an
+// in-memory database, which .bail does not catch. It prints nothing when
+// the replica is open. Only core SQL (abs of the smallest integer
+// overflows), so that it works in every shell; the shell's own error line
+// before it says why the replica did not open.
+const openedCheck = "SELECT 1 FROM pragma_database_list WHERE name = 'main' AND abs(CASE file WHEN '' THEN -9223372036854775807 - 1 ELSE 0 END);"
+
+// checkExtension returns a usage error when --vfs names a file, by a path
+// with a slash, that exists neither as given nor with ".so" appended (as
+// the shell's .load tries it). A bare name is left to the dynamic loader's
+// search path.
+func checkExtension(lib string) error {
+	if !strings.Contains(lib, "/") {
+		return nil
+	}
+	for _, p := range []string{lib, lib + ".so"} {
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return nil
+		}
+	}
+	return usagef("--vfs %s: no such library (nor %s.so)", lib, lib)
+}
+
 func cmdShell(ctx context.Context, g *globals, args []string) error {
 	var host, manifestArg, exe, lib string
 	fs, err := subcommand(g, "shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]",
-		"Opens the sqlite3 shell on a read replica of SOURCE (a database path or a\nboule:// name): it loads the extension and opens the replica with the\nboule_snapshot VFS, with this configuration in BOULE_CONFIG.", args,
+		"Opens the sqlite3 shell on a read replica of SOURCE (a database path or a\nboule:// name): it loads the extension and opens the replica with the\nboule_snapshot VFS, with this configuration in BOULE_CONFIG. It fails, without\nstarting the shell, when the replica's manifest cannot be fetched, and exits\nwith an error when the shell cannot load the extension or open the replica.", args,
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
 			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")
@@ -75,18 +100,35 @@ func cmdShell(ctx context.Context, g *globals, args []string) error {
 		if lib == "" {
 			lib = "libboule"
 		}
+	} else if err := checkExtension(lib); err != nil {
+		return err
 	}
 	path, err := exec.LookPath(exe)
 	if err != nil {
 		return usagef("--executable %q: %v", exe, err)
 	}
+	// The shell only prints an error when the replica does not open, and
+	// goes on with an empty in-memory database: check first that its
+	// manifest can be fetched, so that a typo fails here.
+	if _, _, _, err := fetchSource(ctx, g, src, ""); err != nil {
+		return err
+	}
 	name := src.file
 	if name == "" {
 		name = src.String()
 	}
+	// The setup steps bail out, so that a failure the checks above cannot
+	// see (a library the loader cannot find or load, a replica that fails
+	// to open all the same) ends the shell with an error. Then bail is off
+	// again, unless the caller asked for -bail.
 	shellArgs := []string{
+		"-cmd", ".bail on",
 		"-cmd", ".load '" + strings.TrimSuffix(lib, ".so") + "'",
 		"-cmd", ".open 'file:" + uriPath(name) + "?vfs=boule_snapshot'",
+		"-cmd", openedCheck,
+	}
+	if !slices.Contains(rest, "-bail") && !slices.Contains(rest, "--bail") {
+		shellArgs = append(shellArgs, "-cmd", ".bail off")
 	}
 	shellArgs = append(shellArgs, rest...)
 	cmd := exec.CommandContext(ctx, path, shellArgs...)
