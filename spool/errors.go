@@ -16,6 +16,11 @@ var (
 	// start with the SQLite header.
 	ErrNotDatabase = errors.New("spool: not an SQLite database")
 
+	// ErrNotSpool is returned by [List] when the directory given is not a
+	// replication_spooling_dir: it holds neither the current boot's
+	// directory nor an earlier boot's, and is not empty.
+	ErrNotSpool = errors.New("spool: not a spool directory")
+
 	// ErrBootID is returned by [Open] when the kernel boot id cannot be
 	// read; without it the spool cannot tell a crashed boot's state apart.
 	ErrBootID = errors.New("spool: cannot read the boot id")

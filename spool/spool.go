@@ -328,17 +328,21 @@ func BootDirFor(root string) (string, error) {
 }
 
 // List returns the databases spooled under root in the current boot.
+//
+// A root with no directory for the current boot is a valid, empty spool
+// (after a reboot, until a process opens a database, there is nothing to
+// upload) as long as it looks like a replication_spooling_dir: it is
+// empty (made, but not used yet), or it holds a boot directory
+// ("boule-v1.*") of an earlier boot. Any other directory, or a file, is
+// not a spool: List returns an error wrapping [ErrNotSpool] naming it.
 func List(root string) ([]DBDir, error) {
 	boot, err := BootDirFor(root)
 	if err != nil {
 		return nil, err
 	}
 	entries, err := os.ReadDir(boot)
-	if errors.Is(err, fs.ErrNotExist) {
-		if _, err := os.Stat(root); err != nil {
-			return nil, fmt.Errorf("spool: %s: %w", root, err)
-		}
-		return nil, nil
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil, checkRoot(root)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("spool: list %s: %w", boot, err)
@@ -357,6 +361,32 @@ func List(root string) ([]DBDir, error) {
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// checkRoot reports whether root, which has no directory for the current
+// boot, looks like a spool: an empty directory, or one holding an earlier
+// boot's directory.
+func checkRoot(root string) error {
+	st, err := os.Stat(root)
+	if err != nil {
+		return fmt.Errorf("spool: %s: %w", root, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory", ErrNotSpool, root)
+	}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("spool: list %s: %w", root, err)
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), bootDirPrefix) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s holds no %s* boot directory", ErrNotSpool, root, bootDirPrefix)
 }
 
 // LockFile is the name, in a database's spool directory, of the lock that

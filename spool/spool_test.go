@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -191,6 +192,90 @@ func TestPermissions(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestList: List finds the current boot's databases; a spool root with
+// nothing for this boot (after a reboot, or never used) is an empty
+// spool; any other directory is not a spool.
+func TestList(t *testing.T) {
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T, root string) // makes root, or not
+		sources []string                        // want these databases
+		notRoot bool                            // want ErrNotSpool
+		err     bool                            // want another error
+	}{
+		{name: "empty", setup: func(t *testing.T, root string) { mkdirs(t, root) }},
+		{name: "earlier boot only", setup: func(t *testing.T, root string) {
+			mkdirs(t, filepath.Join(root, "boule-v1.earlier-boot", MangleName("/x/a.db")))
+		}},
+		{name: "current boot", setup: func(t *testing.T, root string) {
+			boot, err := BootDirFor(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mkdirs(t, filepath.Join(boot, MangleName("/x/a.db")), filepath.Join(root, "boule-v1.earlier-boot"))
+			if err := os.WriteFile(filepath.Join(boot, "stray-file"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, sources: []string{"/x/a.db"}},
+		{name: "current boot, empty", setup: func(t *testing.T, root string) {
+			boot, err := BootDirFor(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mkdirs(t, boot)
+		}},
+		{name: "other files", setup: func(t *testing.T, root string) {
+			mkdirs(t, filepath.Join(root, "some-dir"))
+			if err := os.WriteFile(filepath.Join(root, "boule-v1.not-a-dir"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, notRoot: true},
+		{name: "a file", setup: func(t *testing.T, root string) {
+			if err := os.WriteFile(root, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, notRoot: true},
+		{name: "missing", setup: func(t *testing.T, root string) {}, err: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := filepath.Join(t.TempDir(), "spool")
+			tt.setup(t, root)
+			dbs, err := List(root)
+			switch {
+			case tt.notRoot:
+				if !errors.Is(err, ErrNotSpool) || !strings.Contains(err.Error(), "not a spool directory: "+root) {
+					t.Fatalf("List()=%v, %v; want ErrNotSpool naming %s", dbs, err, root)
+				}
+				return
+			case tt.err:
+				if err == nil || errors.Is(err, ErrNotSpool) || !strings.Contains(err.Error(), root) {
+					t.Fatalf("List()=%v, %v; want an error naming %s", dbs, err, root)
+				}
+				return
+			case err != nil:
+				t.Fatalf("List()=%v, want nil", err)
+			}
+			var got []string
+			for _, d := range dbs {
+				got = append(got, d.Source)
+			}
+			if !slices.Equal(got, tt.sources) {
+				t.Errorf("List() sources=%q, want %q", got, tt.sources)
+			}
+		})
+	}
+}
+
+func mkdirs(t *testing.T, dirs ...string) {
+	t.Helper()
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

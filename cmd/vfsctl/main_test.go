@@ -360,3 +360,44 @@ func TestOpenedCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestNotASpool: flush and status refuse a directory that is not a spool
+// (a typo such as /tmp exited 0 saying nothing), and accept a spool with
+// nothing for this boot, saying so.
+func TestNotASpool(t *testing.T) {
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	notSpool := filepath.Join(dir, "not-a-spool")
+	if err := os.MkdirAll(filepath.Join(notSpool, "something"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rebooted := filepath.Join(dir, "rebooted") // an earlier boot's state only
+	if err := os.MkdirAll(filepath.Join(rebooted, "boule-v1.earlier-boot", "#x#a.db"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(dir, "store")
+	if err := os.Mkdir(store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`{"replication_targets": [{"dir": {"path": %q}}]}`, store)
+	for _, cmd := range [][]string{{"flush"}, {"status"}, {"status", "--json"}} {
+		t.Run(strings.Join(cmd, " "), func(t *testing.T) {
+			args := append([]string{"--config", cfg}, cmd...)
+			code, out, errs := vfsctl(t, append(args, notSpool)...)
+			if want := "not a spool directory: " + notSpool; code != exitUsage || !strings.Contains(errs, want) {
+				t.Fatalf("vfsctl %s on a plain directory=%d %q %q; want exit %d and %q", cmd, code, out, errs, exitUsage, want)
+			}
+			code, out, errs = vfsctl(t, append(args, rebooted)...)
+			if want := "nothing spooled for this boot in " + rebooted; code != exitOK || !strings.Contains(errs, want) || strings.Contains(out, "a.db") {
+				t.Fatalf("vfsctl %s on a spool of an earlier boot=%d %q %q; want exit 0, nothing listed, and %q", cmd, code, out, errs, want)
+			}
+		})
+	}
+	// A spool with databases says nothing of the kind.
+	f := newFixture(t)
+	if code, _, errs := vfsctl(t, "status", f.spool); code != exitOK || errs != "" {
+		t.Fatalf("status of a live spool=%d %q; want exit 0 and nothing on stderr", code, errs)
+	}
+}

@@ -46,6 +46,24 @@ func uploader(ctx context.Context, cfg config.Config, g *globals) (*replicate.Up
 	return up, nil
 }
 
+// listSpool lists the databases spooled in this boot under dir. A
+// directory that is not a spool is a usage error; a spool with nothing for
+// this boot is not an error, but is said on stderr, so that an empty
+// result is not mistaken for a check that found nothing wrong.
+func listSpool(g *globals, cmd, dir string) ([]spool.DBDir, error) {
+	dbs, err := spool.List(dir)
+	if errors.Is(err, spool.ErrNotSpool) {
+		return nil, usagef("%v; want a replication_spooling_dir", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(dbs) == 0 {
+		fmt.Fprintf(g.stderr, "vfsctl %s: nothing spooled for this boot in %s (normal after a reboot, until a database is written)\n", cmd, dir)
+	}
+	return dbs, nil
+}
+
 // flushJSON is one line of vfsctl flush --json.
 type flushJSON struct {
 	Source string `json:"source"`
@@ -56,7 +74,7 @@ type flushJSON struct {
 func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	var asJSON bool
 	fs, err := subcommand(g, "flush", "[--json] SPOOL_DIR",
-		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) to the\nconfigured targets, and exits 1 with a message if anything fails.", args,
+		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets, and exits 1 with a message if anything fails.\nA directory that does not look like a spool is an error (exit 2).", args,
 		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
 	if err != nil {
 		return err
@@ -68,15 +86,16 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	dbs, err := spool.List(fs.Arg(0))
-	if err != nil {
-		return err
-	}
+	// The configuration first: its errors stand whatever the directory.
 	up, err := uploader(ctx, cfg, g)
 	if err != nil {
 		return err
 	}
 	defer up.Close()
+	dbs, err := listSpool(g, "flush", fs.Arg(0))
+	if err != nil {
+		return err
+	}
 	var failed []error
 	results := make([]flushJSON, 0, len(dbs))
 	for _, d := range dbs {
@@ -189,7 +208,7 @@ type statusJSON struct {
 func cmdStatus(ctx context.Context, g *globals, args []string) error {
 	var asJSON bool
 	fs, err := subcommand(g, "status", "[--json] SPOOL_DIR",
-		"Shows, for each database spooled under SPOOL_DIR, its replication lag (the age of\nthe oldest commit not yet in the store), the bytes waiting, and the uploader's\ncalls, failures and last error.", args,
+		"Shows, for each database spooled under SPOOL_DIR in this boot, its replication lag\n(the age of the oldest commit not yet in the store), the bytes waiting, and the\nuploader's calls, failures and last error. A directory that does not look like a\nspool is an error (exit 2).", args,
 		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
 	if err != nil {
 		return err
@@ -197,7 +216,7 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
 	}
-	dbs, err := spool.List(fs.Arg(0))
+	dbs, err := listSpool(g, "status", fs.Arg(0))
 	if err != nil {
 		return err
 	}
