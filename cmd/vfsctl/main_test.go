@@ -386,8 +386,8 @@ func TestNotASpool(t *testing.T) {
 		t.Run(strings.Join(cmd, " "), func(t *testing.T) {
 			args := append([]string{"--config", cfg}, cmd...)
 			code, out, errs := vfsctl(t, append(args, notSpool)...)
-			if want := "not a spool directory: " + notSpool; code != exitUsage || !strings.Contains(errs, want) {
-				t.Fatalf("vfsctl %s on a plain directory=%d %q %q; want exit %d and %q", cmd, code, out, errs, exitUsage, want)
+			if want := "not a spool directory: " + notSpool; code != exitFail || !strings.Contains(errs, want) {
+				t.Fatalf("vfsctl %s on a plain directory=%d %q %q; want exit %d and %q", cmd, code, out, errs, exitFail, want)
 			}
 			code, out, errs = vfsctl(t, append(args, rebooted)...)
 			if want := "nothing spooled for this boot in " + rebooted; code != exitOK || !strings.Contains(errs, want) || strings.Contains(out, "a.db") {

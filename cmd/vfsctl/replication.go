@@ -47,13 +47,14 @@ func uploader(ctx context.Context, cfg config.Config, g *globals) (*replicate.Up
 }
 
 // listSpool lists the databases spooled in this boot under dir. A
-// directory that is not a spool is a usage error; a spool with nothing for
-// this boot is not an error, but is said on stderr, so that an empty
-// result is not mistaken for a check that found nothing wrong.
+// directory that is not a spool fails, as a missing one does (exit 1:
+// found by looking); a spool with nothing for this boot is not an error,
+// but is said on stderr, so that an empty result is not mistaken for a
+// check that found nothing wrong.
 func listSpool(g *globals, cmd, dir string) ([]spool.DBDir, error) {
 	dbs, err := spool.List(dir)
 	if errors.Is(err, spool.ErrNotSpool) {
-		return nil, usagef("%v; want a replication_spooling_dir", err)
+		return nil, fmt.Errorf("%w; want a replication_spooling_dir", err)
 	}
 	if err != nil {
 		return nil, err
@@ -74,7 +75,7 @@ type flushJSON struct {
 func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	var asJSON bool
 	fs, err := subcommand(g, "flush", "[--json] SPOOL_DIR",
-		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets, and exits 1 with a message if anything fails.\nA directory that does not look like a spool is an error (exit 2).", args,
+		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets, and exits 1 with a message if anything fails,\nor if SPOOL_DIR does not look like a spool.", args,
 		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
 	if err != nil {
 		return err
@@ -208,7 +209,7 @@ type statusJSON struct {
 func cmdStatus(ctx context.Context, g *globals, args []string) error {
 	var asJSON bool
 	fs, err := subcommand(g, "status", "[--json] SPOOL_DIR",
-		"Shows, for each database spooled under SPOOL_DIR in this boot, its replication lag\n(the age of the oldest commit not yet in the store), the bytes waiting, and the\nuploader's calls, failures and last error. A directory that does not look like a\nspool is an error (exit 2).", args,
+		"Shows, for each database spooled under SPOOL_DIR in this boot, its replication lag\n(the age of the oldest commit not yet in the store), the bytes waiting, and the\nuploader's calls, failures and last error. Exits 1 if SPOOL_DIR does not look\nlike a spool.", args,
 		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
 	if err != nil {
 		return err
