@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/boule-vfs/boule/config"
@@ -554,7 +555,9 @@ func (rp *Replica) fetchManifest(ctx context.Context) ([]byte, *manifest.Manifes
 // readManifestFile reads a manifest file, as saved by "vfsctl manifest"
 // (possibly still zstd-compressed, as stored).
 func readManifestFile(p string) ([]byte, error) {
-	f, err := os.Open(p)
+	// O_NONBLOCK: opening a FIFO would otherwise wait for a writer
+	// before the file type can be checked.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: manifest file: %w", err)
 	}

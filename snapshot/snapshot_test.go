@@ -8,8 +8,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -810,5 +812,33 @@ func TestCacheHitIsAUse(t *testing.T) {
 	}
 	if st.ModTime().Before(time.Now().Add(-time.Hour)) {
 		t.Fatalf("cache file mtime %v after a read, want it refreshed", st.ModTime())
+	}
+}
+
+// TestManifestFileFIFO: a manifest "file" that is a FIFO is refused at
+// once, not waited on until something writes to it.
+func TestManifestFileFIFO(t *testing.T) {
+	f := newFixture(t)
+	p := filepath.Join(f.dir, "m.fifo")
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := f.reader(Options{Prefetch: -1})
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Open(context.Background(), p)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("open of a FIFO as a manifest file: %v, want a refusal", err)
+		}
+	case <-time.After(10 * time.Second):
+		// Unblock the open so the test can end.
+		if w, err := os.OpenFile(p, os.O_WRONLY, 0); err == nil {
+			w.Close()
+		}
+		t.Fatal("open of a FIFO as a manifest file blocked")
 	}
 }
