@@ -326,6 +326,13 @@ func TestVfsctlShell(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(errs, "no-such-shell") {
 		t.Fatalf("missing shell: %v %q", err, errs)
 	}
+	// A database the store does not have: a failure naming it, not a
+	// session on an empty in-memory database.
+	missing := filepath.Join(f.dir, "no-such.db")
+	out, errs, err = run(t, env, "SELECT 1;\n", vfsctl(t), "shell", "--vfs", lib, missing, "--", "-batch")
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(errs, "no-such.db") || out != "" {
+		t.Fatalf("shell on a database the store lacks: %v, stdout %q, stderr %q; want exit 1 naming it", err, out, errs)
+	}
 }
 
 // TestDemo runs make demo's program end to end.
