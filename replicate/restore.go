@@ -465,6 +465,12 @@ func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (
 			if err != nil {
 				return nil, nil, v, fmt.Errorf("replicate: manifest %s version %s in %s: %w", key, v.ID, s, err)
 			}
+			// Some stores (S3's listings among them) give times to the
+			// second: a version stored later within at's second looks
+			// stored before at. One created after at was stored after it.
+			if v.LastModified.Nanosecond() == 0 && at.Sub(v.LastModified) < time.Second && m.Created.After(at) {
+				continue
+			}
 			return m, b, v, nil
 		}
 		oldest := "none"

@@ -345,3 +345,59 @@ func writeFile(t *testing.T, p, s string) {
 		t.Fatal(err)
 	}
 }
+
+// secondStore keeps manifest versions and reports their times truncated
+// to the second, as S3 listings do.
+type secondStore struct {
+	Store
+	vs     []Version // newest first
+	bodies map[string][]byte
+}
+
+func (s *secondStore) ManifestVersions(ctx context.Context, key string) ([]Version, error) {
+	return s.vs, nil
+}
+
+func (s *secondStore) GetManifestVersion(ctx context.Context, key, id string) ([]byte, error) {
+	return s.bodies[id], nil
+}
+
+func (s *secondStore) String() string { return "seconds" }
+
+// TestManifestAtWithinASecond: with store times truncated to the second,
+// --at picks the version that was the newest at that instant, not one
+// stored later within the same second.
+func TestManifestAtWithinASecond(t *testing.T) {
+	base := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
+	s := &secondStore{bodies: map[string][]byte{}}
+	for i, off := range []time.Duration{700 * time.Millisecond, 100 * time.Millisecond, -2 * time.Second} {
+		data := bytes.Repeat([]byte{byte(i)}, 100)
+		m := &manifest.Manifest{Hostname: "h", SourcePath: "/a.db", Generator: "test", Size: 100,
+			Created: base.Add(off), SourceCtime: base.Add(off),
+			Chunks: []manifest.Fingerprint{manifest.Sum(data)}, Inline: map[uint32][]byte{0: data}}
+		b, err := m.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := string(rune('a' + i))
+		s.bodies[id] = b
+		s.vs = append(s.vs, Version{ID: id, LastModified: base.Add(off).Truncate(time.Second)})
+	}
+	for _, tc := range []struct {
+		at   time.Duration
+		want time.Duration
+	}{
+		{300 * time.Millisecond, 100 * time.Millisecond},
+		{800 * time.Millisecond, 700 * time.Millisecond},
+		{50 * time.Millisecond, -2 * time.Second},
+		{5 * time.Second, 700 * time.Millisecond},
+	} {
+		m, _, _, err := ManifestAt(context.Background(), []Store{s}, "k", base.Add(tc.at))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.Created.Equal(base.Add(tc.want)) {
+			t.Errorf("at +%v: the version created at %v, want +%v", tc.at, m.Created.Sub(base), tc.want)
+		}
+	}
+}
