@@ -92,6 +92,10 @@ type UploaderOptions struct {
 	Retry      RetryOptions
 	Logger     *slog.Logger
 	Now        func() time.Time
+	// OnManifest, if set, is called with the hostname and source path of
+	// each manifest once every store target has it, so that read
+	// replicas in the same process see their own writes at once.
+	OnManifest func(hostname, sourcePath string)
 }
 
 // Uploader uploads the spooled snapshots of databases to the targets.
@@ -1299,6 +1303,9 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, h
 		if err != nil {
 			return err
 		}
+	}
+	if u.opts.OnManifest != nil {
+		u.opts.OnManifest(m.Hostname, m.SourcePath)
 	}
 	tap := filepath.Join(st.dir, uploadedManifestFile)
 	if err := recordUploaded(tap, mb); err != nil {

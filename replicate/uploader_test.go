@@ -1867,3 +1867,26 @@ func TestUploaderFreshestUnderWrites(t *testing.T) {
 	checkStored(t, store, d, s2)
 	store.checkIntegrity(t)
 }
+
+// TestUploaderOnManifest: OnManifest is called for each uploaded
+// manifest, with its host and path, once the store holds it.
+func TestUploaderOnManifest(t *testing.T) {
+	now := newTestNow()
+	store := newFakeStore("s3")
+	opts := uploadOpts(now, target(store))
+	d := newTestSpool(t, t.TempDir(), "/data/own.db")
+	var calls []string
+	opts.OnManifest = func(host, path string) {
+		store.mu.Lock()
+		_, stored := store.manifests[d.key()]
+		store.mu.Unlock()
+		calls = append(calls, fmt.Sprintf("%s %s %v", host, path, stored))
+	}
+	u := newTestUploader(t, opts)
+	d.stage(d.snapshot(testData(90, 2*manifest.ChunkSize), now.Now()))
+	mustFlush(t, u, d.dir)
+	mustFlush(t, u, d.dir) // nothing new: no call
+	if want := testHost + " /data/own.db true"; len(calls) != 1 || calls[0] != want {
+		t.Fatalf("OnManifest calls %q, want [%q]", calls, want)
+	}
+}

@@ -232,6 +232,22 @@ func (r *Reader) sweepLocked() []*Replica {
 	return gone
 }
 
+// Stale tells the Reader that the store holds a newer manifest for the
+// database at path on hostname: the next open of its replica fetches it,
+// whatever the poll interval says. Connections already open keep their
+// snapshot until they refresh.
+func (r *Reader) Stale(hostname, path string) {
+	r.mu.Lock()
+	rp := r.replicas[Source{Hostname: hostname, Path: path}.String()]
+	r.mu.Unlock()
+	if rp == nil {
+		return
+	}
+	rp.mu.Lock()
+	rp.staleAt = r.now()
+	rp.mu.Unlock()
+}
+
 // Replicas reports how many replicas the Reader keeps.
 func (r *Reader) Replicas() int {
 	r.mu.Lock()
@@ -361,6 +377,7 @@ type Replica struct {
 	lastBytes []byte    // the newest manifest, kept while conns == 0
 	lastFrom  int       // the store lastBytes came from
 	lastStart time.Time // when the newest fetch that returned lastBytes started
+	staleAt   time.Time // when the store was known to hold a newer manifest (Stale)
 	stopPoll  chan struct{}
 	onNewest  []func(gen uint64)
 }
@@ -396,7 +413,9 @@ func (rp *Replica) OnNewest(f func(gen uint64)) {
 // that do.
 func (rp *Replica) current(ctx context.Context) (*Snapshot, error) {
 	rp.mu.Lock()
-	fresh := rp.r.now().Sub(rp.lastStart) < rp.r.poll
+	// A fetch that started before Stale may have missed what Stale
+	// announced.
+	fresh := rp.r.now().Sub(rp.lastStart) < rp.r.poll && rp.lastStart.After(rp.staleAt)
 	if rp.newest != nil && fresh {
 		s := rp.newest
 		s.ref()

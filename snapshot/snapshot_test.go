@@ -842,3 +842,41 @@ func TestManifestFileFIFO(t *testing.T) {
 		t.Fatal("open of a FIFO as a manifest file blocked")
 	}
 }
+
+// TestStale: after Stale (the process's own uploader put a newer
+// manifest), the next open fetches, within the poll interval too.
+func TestStale(t *testing.T) {
+	f := newFixture(t)
+	img1, img2 := db(51, 3), db(52, 3)
+	t0 := time.Now()
+	publish(t, f.store, "/s.db", img1, t0)
+	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
+	clock := t0
+	r.now = func() time.Time { return clock }
+	a, err := r.Open(context.Background(), "boule:///s.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	publish(t, f.store, "/s.db", img2, t0.Add(time.Second))
+	clock = t0.Add(time.Millisecond)
+	r.Stale(testHost, "/s.db")
+	clock = t0.Add(2 * time.Millisecond)
+	b, err := r.Open(context.Background(), "boule:///s.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if !bytes.Equal(read(t, b.Snapshot()), img2) {
+		t.Fatal("an open after Stale got the snapshot from before it")
+	}
+	before := f.store.manifests.Load()
+	c, err := r.Open(context.Background(), "boule:///s.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if f.store.manifests.Load() != before {
+		t.Fatal("the open after a fresh fetch fetched again")
+	}
+}
