@@ -223,6 +223,12 @@ func (r *Reader) sweepLocked() []*Replica {
 	for id, rp := range r.replicas {
 		rp.mu.Lock()
 		idle := rp.conns == 0 && rp.fetching == nil && rp.stopPoll == nil && now.Sub(rp.lastStart) >= r.poll
+		if idle {
+			// A background fetch queued before the last connection
+			// closed may still adopt a snapshot: it must not announce
+			// it to callbacks whose state OnReplicaGone frees.
+			rp.onNewest = nil
+		}
 		rp.mu.Unlock()
 		if idle {
 			delete(r.replicas, id)
@@ -383,9 +389,11 @@ type Replica struct {
 }
 
 type fetchCall struct {
-	done chan struct{}
-	s    *Snapshot // with a reference for the caller that started it
-	err  error
+	done    chan struct{}
+	start   time.Time
+	joiners int       // callers waiting for it besides its starter; under Replica.mu
+	s       *Snapshot // with a reference for the caller that started it
+	err     error
 }
 
 // Name is the replica's name: "boule://host/path" or the manifest file.
@@ -455,6 +463,7 @@ func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
 	for {
 		rp.mu.Lock()
 		if fc := rp.fetching; fc != nil {
+			fc.joiners++
 			rp.mu.Unlock()
 			select {
 			case <-fc.done:
@@ -465,16 +474,27 @@ func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
 				if fc.err != nil {
 					return nil, fc.err
 				}
+				// The fetch joined is as fresh as one of our own, even
+				// if it took longer than the poll interval: taking its
+				// result, not fetching again, keeps N waiting opens
+				// from making N fetches one after another.
+				rp.mu.Lock()
+				if s := rp.newest; s != nil && fc.start.After(rp.staleAt) {
+					s.ref()
+					rp.mu.Unlock()
+					return s, nil
+				}
+				rp.mu.Unlock()
 				return rp.current(ctx)
 			}
 			force = false // a fetch that started after ours was asked for
 			continue
 		}
-		fc := &fetchCall{done: make(chan struct{})}
+		start := rp.r.now()
+		fc := &fetchCall{done: make(chan struct{}), start: start}
 		rp.fetching = fc
 		rp.mu.Unlock()
 
-		start := rp.r.now()
 		b, m, from, err := rp.fetchManifest(ctx)
 		rp.mu.Lock()
 		rp.fetching = nil

@@ -880,3 +880,124 @@ func TestStale(t *testing.T) {
 		t.Fatal("the open after a fresh fetch fetched again")
 	}
 }
+
+// gatedManifests blocks manifest fetches, once armed, until the gate
+// opens, and says when one is waiting.
+type gatedManifests struct {
+	*counting
+	armed   atomic.Bool
+	gate    chan struct{}
+	entered chan struct{}
+}
+
+func (g *gatedManifests) GetManifest(ctx context.Context, key string) ([]byte, error) {
+	if g.armed.Load() {
+		select {
+		case g.entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-g.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return g.counting.GetManifest(ctx, key)
+}
+
+// TestSlowFetchIsShared: opens that join a manifest fetch take its
+// result even when it took longer than the poll interval, instead of
+// each fetching again in turn.
+func TestSlowFetchIsShared(t *testing.T) {
+	f := newFixture(t)
+	t0 := time.Now()
+	publish(t, f.store, "/slow.db", db(61, 2), t0)
+	g := &gatedManifests{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	r := NewReader(Options{Remote: []replicate.Store{g}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute})
+	t.Cleanup(r.Close)
+	var mu sync.Mutex
+	clock := t0
+	r.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	setClock := func(c time.Time) { mu.Lock(); clock = c; mu.Unlock() }
+	hold, err := r.Open(context.Background(), "boule:///slow.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	setClock(t0.Add(2 * time.Minute))
+	g.armed.Store(true)
+	before := f.store.manifests.Load()
+	var wg sync.WaitGroup
+	open := func() {
+		defer wg.Done()
+		c, err := r.Open(context.Background(), "boule:///slow.db")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		c.Close()
+	}
+	wg.Add(1)
+	go open()
+	<-g.entered // the first open's fetch is in the store
+	for range 4 {
+		wg.Add(1)
+		go open()
+	}
+	rp := hold.Replica()
+	for {
+		rp.mu.Lock()
+		n := rp.fetching.joiners
+		rp.mu.Unlock()
+		if n == 4 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	setClock(t0.Add(4 * time.Minute)) // the fetch outlasted the poll interval
+	close(g.gate)
+	wg.Wait()
+	if n := f.store.manifests.Load() - before; n != 1 {
+		t.Fatalf("5 concurrent opens made %d manifest fetches, want 1", n)
+	}
+}
+
+// TestEvictedReplicaAnnouncesNothing: a fetch queued before a replica's
+// last connection closed, and finishing after the Reader forgot the
+// replica, does not call the replica's OnNewest callbacks, whose state
+// OnReplicaGone has freed.
+func TestEvictedReplicaAnnouncesNothing(t *testing.T) {
+	f := newFixture(t)
+	t0 := time.Now()
+	publish(t, f.store, "/e.db", db(71, 2), t0)
+	var gone atomic.Int64
+	r := NewReader(Options{Remote: []replicate.Store{f.store}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute,
+		OnReplicaGone: func(*Replica) { gone.Add(1) }})
+	t.Cleanup(r.Close)
+	clock := t0
+	r.now = func() time.Time { return clock }
+	c, err := r.Open(context.Background(), "boule:///e.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := c.Replica()
+	var announced atomic.Int64
+	rp.OnNewest(func(uint64) { announced.Add(1) })
+	c.Close()
+	clock = t0.Add(2 * time.Minute)
+	r.mu.Lock()
+	r.sweepLocked()
+	r.mu.Unlock()
+	if n := r.Replicas(); n != 0 {
+		t.Fatalf("%d replicas kept, want the idle one forgotten", n)
+	}
+	// What the queued fetch does when it finally runs:
+	s, err := rp.fetch(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.unref()
+	if n := announced.Load(); n != 0 {
+		t.Fatalf("OnNewest called %d times after the replica was forgotten", n)
+	}
+}
