@@ -441,15 +441,17 @@ func (u *Uploader) Flush(ctx context.Context, dir string) error {
 	st.blocked = nil
 	st.mu.Unlock()
 	err := u.handle(ctx, st, u.flush, true)
-	if err == nil {
-		err = staged(st)
-	}
 	if err != nil {
 		u.noteFailure(st, err)
 	}
 	u.saveStatus(st)
 	st.upload.Unlock()
 	u.requeue(st)
+	if err == nil {
+		// Not an upload failure: no backoff, nothing in the status. The
+		// next snapshot is uploaded as soon as it is staged.
+		err = staged(st)
+	}
 	return err
 }
 
@@ -465,6 +467,9 @@ var ErrNotStaged = errors.New("replicate: no snapshot of the database is staged"
 // state. A flush that found nothing to upload must not pass for one that
 // uploaded it.
 func staged(st *dbState) error {
+	if st.uploadedSumCopy() != ([32]byte{}) {
+		return nil // uploaded by this process, even if not recorded on disk
+	}
 	_, err := os.Stat(filepath.Join(st.dir, "staging", "manifest"))
 	if errors.Is(err, fs.ErrNotExist) {
 		_, err = os.Stat(filepath.Join(st.dir, uploadedManifestFile))
@@ -484,7 +489,9 @@ func staged(st *dbState) error {
 }
 
 // FlushAll flushes every database the uploader knows, and returns the
-// errors joined.
+// errors joined. Databases with nothing staged (ErrNotStaged) are
+// skipped: deleted, in WAL mode, or not written since the spool was
+// invalidated.
 func (u *Uploader) FlushAll(ctx context.Context) error {
 	u.mu.Lock()
 	dirs := make([]string, 0, len(u.dbs))
@@ -496,8 +503,10 @@ func (u *Uploader) FlushAll(ctx context.Context) error {
 	var errs []error
 	for _, dir := range dirs {
 		if err := u.Flush(ctx, dir); err != nil {
-			if _, serr := os.Stat(dir); errors.Is(err, ErrNotStaged) && errors.Is(serr, fs.ErrNotExist) {
-				continue // the database was deleted, and is now forgotten
+			if errors.Is(err, ErrNotStaged) {
+				// Nothing to upload: deleted, in WAL mode, or waiting
+				// for its next transaction. Flush on it says so.
+				continue
 			}
 			errs = append(errs, err)
 		}

@@ -1547,6 +1547,10 @@ func TestUploaderTargetsChanged(t *testing.T) {
 	if err := u.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) || !strings.Contains(err.Error(), "/data/moved.db") {
 		t.Fatalf("Flush()=%v after the targets changed, want ErrNotStaged naming the database", err)
 	}
+	// It is not an upload failure: no backoff, no error in the status.
+	if st := u.Status(); len(st) != 1 || st[0].Failures != 0 || st[0].LastError != "" {
+		t.Fatalf("status after ErrNotStaged: %+v, want no failure", st)
+	}
 	if d.exists("staging/manifest") || d.exists("uploaded") {
 		t.Fatal("spool not invalidated after the targets changed")
 	}

@@ -211,12 +211,31 @@ func openErrorCode(err error) C.int {
 		errors.Is(err, manifest.ErrInvalid), errors.Is(err, manifest.ErrInlineMismatch),
 		errors.Is(err, manifest.ErrFingerprint):
 		return sqliteCorrupt
-	case errors.Is(err, replicate.ErrNotFound):
-		return sqliteCantOpen
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, new(*replicate.Error)):
+	case errors.Is(err, context.DeadlineExceeded), storeFailed(err):
+		// Before "not found": with several stores, the one that failed
+		// may be the one that has the manifest.
 		return sqliteIOErr
 	}
 	return sqliteCantOpen
+}
+
+// storeFailed reports whether err holds a store error other than "not
+// found", looking into every error that err joins.
+func storeFailed(err error) bool {
+	if se, ok := err.(*replicate.Error); ok {
+		return !errors.Is(se, replicate.ErrNotFound)
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if storeFailed(e) {
+				return true
+			}
+		}
+	case interface{ Unwrap() error }:
+		return storeFailed(u.Unwrap())
+	}
+	return false
 }
 
 //export bouleGoSnapChunk
