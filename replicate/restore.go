@@ -342,9 +342,9 @@ func (d *chunkDedup) done(fp manifest.Fingerprint) {
 // would replace (as root, over /dev/null).
 var ErrNotRegularFile = errors.New("replicate: output is not a regular file")
 
-// fileKind names the type of a file mode for messages: "a named pipe
+// FileKind names the type of a file mode for messages: "a named pipe
 // (FIFO)", "a character device", "a regular file".
-func fileKind(mode fs.FileMode) string {
+func FileKind(mode fs.FileMode) string {
 	switch t := mode.Type(); {
 	case t == 0:
 		return "a regular file"
@@ -375,7 +375,7 @@ func checkReplaceable(path string) error {
 	case err != nil:
 		return fmt.Errorf("replicate: restore %s: %w", path, err)
 	case !st.Mode().IsRegular():
-		return fmt.Errorf("%w: %s is %s; refusing to replace it", ErrNotRegularFile, path, fileKind(st.Mode()))
+		return fmt.Errorf("%w: %s is %s; refusing to replace it", ErrNotRegularFile, path, FileKind(st.Mode()))
 	}
 	return nil
 }

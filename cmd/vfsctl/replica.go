@@ -343,24 +343,11 @@ func checkOut(path string) error {
 	case st.Mode().IsRegular():
 		return nil
 	}
-	var kind, hint string
-	switch t := st.Mode().Type(); {
-	case t&fs.ModeDir != 0:
-		kind = "a directory"
-	case t&fs.ModeSymlink != 0:
-		kind, hint = "a symbolic link", " (give the path it points to)"
-	case t&fs.ModeNamedPipe != 0:
-		kind = "a named pipe (FIFO)"
-	case t&fs.ModeSocket != 0:
-		kind = "a socket"
-	case t&fs.ModeCharDevice != 0:
-		kind = "a character device"
-	case t&fs.ModeDevice != 0:
-		kind = "a block device"
-	default:
-		kind = "an irregular file"
-	}
-	if hint == "" && kind != "a directory" {
+	kind, hint := replicate.FileKind(st.Mode()), ""
+	switch {
+	case st.Mode()&fs.ModeSymlink != 0:
+		hint = " (give the path it points to)"
+	case !st.IsDir():
 		hint = " (to write into it, leave out --out and redirect standard output)"
 	}
 	return usagef("--out %s is %s, not a regular file; refusing to replace it%s", path, kind, hint)
