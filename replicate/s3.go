@@ -92,6 +92,11 @@ func NewS3Store(ctx context.Context, t config.S3Target, opts S3Options) (*S3Stor
 			return nil, &Error{Op: "s3 open", Target: "endpoint", Kind: ErrPermanent,
 				Detail: "endpoint must not contain user information; credentials come from the AWS default chain"}
 		}
+		if u.RawQuery != "" || u.ForceQuery {
+			// The SDK refuses it at the first request, quoting it whole.
+			return nil, &Error{Op: "s3 open", Target: "endpoint", Kind: ErrPermanent,
+				Detail: fmt.Sprintf("endpoint %q must not have a query", redactURL(t.Endpoint))}
+		}
 		host = u.Host
 		s.where = " at " + u.Host
 	}
