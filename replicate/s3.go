@@ -695,15 +695,18 @@ func innermost(err error) string {
 	return err.Error()
 }
 
-// redactURL removes any user information and query from a URL, so that
-// presigned parameters or passwords never reach a log.
+// redactURL removes any user information, query, fragment and opaque
+// part (the "secret" of "key:secret") from a URL, so that presigned
+// parameters or passwords never reach a log.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable URL)"
 	}
 	u.User = nil
-	u.RawQuery = ""
+	u.RawQuery, u.ForceQuery = "", false
+	u.Fragment, u.RawFragment = "", ""
+	u.Opaque = ""
 	return u.String()
 }
 

@@ -282,22 +282,30 @@ func TestRestoreAtFutureVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	f.write(t, "INSERT INTO t(v) SELECT randomblob(2000) FROM t LIMIT 40")
-	if code, _, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
-		t.Fatalf("flush=%d %q", code, errs)
+	// Two more versions by a clock put right: the dir store names them
+	// after the future-dated one.
+	var v [][]byte
+	var times []time.Time
+	for i := range 2 {
+		f.write(t, fmt.Sprintf("INSERT INTO t(v) SELECT randomblob(%d) FROM t LIMIT 40", 1000*(i+1)))
+		if code, _, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
+			t.Fatalf("flush=%d %q", code, errs)
+		}
+		v = append(v, f.bytes(t))
+		times = append(times, time.Now())
 	}
-	v2 := f.bytes(t)
-	t2 := time.Now()
+	v2, v3, t2, t3 := v[0], v[1], times[0], times[1]
 
 	for _, tc := range []struct {
 		name string
 		at   []string
 		want []byte
 	}{
-		{"latest", nil, v2},
+		{"latest", nil, v3},
 		{"after the second flush", []string{"--at", t2.UTC().Format(time.RFC3339Nano)}, v2},
-		{"ten seconds from now", []string{"--at", t2.Add(10 * time.Second).UTC().Format(time.RFC3339Nano)}, v2},
-		{"between the flushes", []string{"--at", t1.UTC().Format(time.RFC3339Nano)}, v1},
+		{"after the third flush", []string{"--at", t3.UTC().Format(time.RFC3339Nano)}, v3},
+		{"ten seconds from now", []string{"--at", t3.Add(10 * time.Second).UTC().Format(time.RFC3339Nano)}, v3},
+		{"between the first flushes", []string{"--at", t1.UTC().Format(time.RFC3339Nano)}, v1},
 	} {
 		out := filepath.Join(t.TempDir(), "at.db")
 		code, _, errs := vfsctl(t, append([]string{"--config", f.config(), "restore", "--source-path", f.db, "--out", out}, tc.at...)...)
@@ -305,22 +313,22 @@ func TestRestoreAtFutureVersion(t *testing.T) {
 			t.Fatalf("restore %s=%d %q", tc.name, code, errs)
 		}
 		if got, _ := os.ReadFile(out); !bytes.Equal(got, tc.want) {
-			t.Errorf("restore %s: not the database's bytes then (%d bytes; v1 %d, v2 %d)", tc.name, len(got), len(v1), len(v2))
+			t.Errorf("restore %s: not the database's bytes then (%d bytes; v1 %d, v2 %d, v3 %d)", tc.name, len(got), len(v1), len(v2), len(v3))
 		}
 	}
 
 	code, out, errs := vfsctl(t, "--config", f.config(), "ls-versions", "--json", f.db)
 	var vs []versionJSON
-	if code != exitOK || json.Unmarshal([]byte(out), &vs) != nil || len(vs) != 3 {
-		t.Fatalf("ls-versions=%d %q %q; want 3 versions", code, out, errs)
+	if code != exitOK || json.Unmarshal([]byte(out), &vs) != nil || len(vs) != 4 {
+		t.Fatalf("ls-versions=%d %q %q; want 4 versions", code, out, errs)
 	}
 	stored, serr := time.Parse(time.RFC3339Nano, vs[0].Stored)
 	created, cerr := time.Parse(time.RFC3339Nano, vs[0].Created)
-	if serr != nil || cerr != nil || stored.After(t2) || created.After(stored) || !vs[0].Latest {
-		t.Errorf("ls-versions: newest %+v; want it latest, stored before %v, created before it was stored", vs[0], t2)
+	if serr != nil || cerr != nil || stored.After(t3) || created.After(stored) || !vs[0].Latest {
+		t.Errorf("ls-versions: newest %+v; want it latest, stored before %v, created before it was stored", vs[0], t3)
 	}
-	if got, err := time.Parse(time.RFC3339Nano, vs[1].Created); err != nil || !got.Equal(future.UTC()) {
-		t.Errorf("ls-versions: future-dated %+v; want created %v", vs[1], future.UTC())
+	if got, err := time.Parse(time.RFC3339Nano, vs[2].Created); err != nil || !got.Equal(future.UTC()) {
+		t.Errorf("ls-versions: future-dated %+v; want created %v", vs[2], future.UTC())
 	}
 	code, out, _ = vfsctl(t, "--config", f.config(), "ls-versions", f.db)
 	if code != exitOK || !strings.HasPrefix(out, "STORED") || !strings.Contains(out, "CREATED") || !strings.Contains(out, vs[0].Created) {
