@@ -465,7 +465,12 @@ func createRestoreTemp(path string, perm fs.FileMode) (*os.File, error) {
 			return nil, err
 		}
 		locked, err := lockTemp(f)
-		if err == nil && locked {
+		if err != nil {
+			// A file system without flock: the sweeps of other
+			// restores cannot lock either, and remove nothing.
+			return f, nil
+		}
+		if locked {
 			// Another restore's sweep may have taken it for a leftover
 			// between its creation and the lock, and removed it.
 			st, serr := f.Stat()
@@ -475,10 +480,6 @@ func createRestoreTemp(path string, perm fs.FileMode) (*os.File, error) {
 			}
 		}
 		f.Close()
-		if err != nil {
-			os.Remove(name)
-			return nil, err
-		}
 	}
 	return nil, errors.New("could not create a temp file")
 }

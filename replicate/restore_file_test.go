@@ -54,7 +54,7 @@ func restoreTemps(t testing.TB, dir, base string) []string {
 	return out
 }
 
-// restoreChild restores synthetic(killedChunks) to out and, a quarter of
+// restoreChild restores synthetic(killedChunks) to out and, an eighth of
 // the way, prints "ready BYTES" and waits for its standard input to close:
 // the parent kills it there.
 func restoreChild(out string) {
@@ -62,7 +62,7 @@ func restoreChild(out string) {
 	err := RestoreFile(context.Background(), []Store{&chunkSource{}}, m, out, RestoreOptions{
 		Concurrency: 2,
 		Progress: func(done, total int64) {
-			if done >= total/4 {
+			if done >= total/8 {
 				fmt.Printf("ready %d\n", done)
 				_, _ = io.Copy(io.Discard, os.Stdin)
 				os.Exit(3)
@@ -119,8 +119,11 @@ func TestRestoreFileKilled(t *testing.T) {
 			if err := syscall.Stat(tmp, &st); err != nil {
 				t.Fatal(err)
 			}
-			if allocated := st.Blocks * 512; st.Size != written || allocated > written+1<<20 {
-				t.Fatalf("temp file of a restore %d bytes in: size %d, %d bytes allocated; want no more than what was written (the database has %d)",
+			// Half the database: room for what was written and for a file
+			// system's own allocation past the end (XFS's speculative
+			// preallocation), not for the whole database.
+			if allocated := st.Blocks * 512; st.Size != written || allocated > m.Size/2 {
+				t.Fatalf("temp file of a restore %d bytes in: size %d, %d bytes allocated; want about what was written (the database has %d)",
 					written, st.Size, allocated, m.Size)
 			}
 
