@@ -12,6 +12,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/superfly/ltx v0.5.2 // cmd/benchpeers: reads Litestream's LTX files to date each commit's arrival
 	github.com/zeebo/blake3 v0.2.4
+	golang.org/x/term v0.46.0 // cmd/vfsctl: tells a terminal from /dev/null
 	golang.org/x/time v0.16.0
 	gonum.org/v1/plot v0.17.0 // cmd/benchpeers: draws the charts in doc/bench
 )

@@ -114,8 +114,10 @@ int boule_replication_info(char **out, char **errmsg);
 ** every chunk is verified against its fingerprint. On failure, out is left
 ** as it was and the temp file is removed. It refuses to write out when a
 ** -journal, -wal or -shm file sits next to it, as SQLite would apply it
-** to the restored file. Returns 0 on success, 1 on failure with *errmsg
-** set. Blocks with no timeout (see BLOCKING above).
+** to the restored file, and when a process has out open or holds a SQLite
+** lock on it. The file's mode is 0600 less the umask, and no more than
+** what a file it replaces grants. Returns 0 on success, 1 on failure
+** with *errmsg set. Blocks with no timeout (see BLOCKING above).
 */
 int boule_restore(const char *name, const char *out, char **errmsg);
 

@@ -22,6 +22,10 @@ const (
 	MaxPackChunks     = 1024
 )
 
+// MaxLocalCapacity bounds [LocalTarget.Capacity]: 2^47 chunks of 64 KiB
+// are 8 EiB, and the size in bytes still fits an int64.
+const MaxLocalCapacity = 1 << 47
+
 // DefaultBurst is the number of API calls that a replication target may
 // make at once before the rate limit applies. It matches Verneuil's.
 const DefaultBurst = 100
@@ -146,7 +150,7 @@ type LocalTarget struct {
 	// subdirectories the cache is split into; at least 1.
 	NumShards uint32 `json:"num_shards"`
 	// Capacity ("capacity", required) is the cache's size in chunks of
-	// 64 KiB; at least 1.
+	// 64 KiB; at least 1 and at most [MaxLocalCapacity].
 	Capacity uint64 `json:"capacity"`
 }
 

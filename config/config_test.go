@@ -149,10 +149,10 @@ var validCases = []validCase{
 	},
 	{
 		name: "largest integers",
-		json: `{"replication_spooling_dir_permissions":4095,"replication_targets":[{"local":{"directory":"/c","num_shards":4294967295,"capacity":18446744073709551615}}]}`,
+		json: `{"replication_spooling_dir_permissions":4095,"replication_targets":[{"local":{"directory":"/c","num_shards":4294967295,"capacity":140737488355328}}]}`,
 		want: Config{
 			ReplicationSpoolingDirPermissions: 0o7777,
-			ReplicationTargets:                []Target{{Local: &LocalTarget{Directory: "/c", NumShards: math.MaxUint32, Capacity: math.MaxUint64}}},
+			ReplicationTargets:                []Target{{Local: &LocalTarget{Directory: "/c", NumShards: math.MaxUint32, Capacity: MaxLocalCapacity}}},
 		},
 	},
 	{
@@ -275,6 +275,18 @@ var invalidCases = []invalidCase{
 	{name: "s3 endpoint with only a port", json: s3(map[string]any{"endpoint": "http://:9000"}), key: "replication_targets[0].s3.endpoint", want: []string{"must have a host"}},
 	{name: "s3 endpoint with user info", json: s3(map[string]any{"endpoint": "https://key:secret@s3.example.com"}), key: "replication_targets[0].s3.endpoint", want: []string{"user information"}},
 	{name: "s3 endpoint unparsable", json: s3(map[string]any{"endpoint": "http://[::1"}), key: "replication_targets[0].s3.endpoint", want: []string{"invalid URL"}},
+	{name: "s3 endpoint with query", json: s3(map[string]any{"endpoint": "http://127.0.0.1:9000/?x=1"}), key: "replication_targets[0].s3.endpoint", want: []string{"must not have a query", `"http://127.0.0.1:9000/?x=REDACTED"`}},
+	{name: "s3 endpoint with empty query", json: s3(map[string]any{"endpoint": "http://127.0.0.1:9000/?"}), key: "replication_targets[0].s3.endpoint", want: []string{"must not have a query"}},
+	{name: "s3 endpoint port too large", json: s3(map[string]any{"endpoint": "http://127.0.0.1:99999"}), key: "replication_targets[0].s3.endpoint", want: []string{`invalid port "99999"`}},
+	{name: "s3 endpoint port zero", json: s3(map[string]any{"endpoint": "http://127.0.0.1:0"}), key: "replication_targets[0].s3.endpoint", want: []string{`invalid port "0"`}},
+	{name: "s3 region with a space", json: s3(map[string]any{"region": "us east 1"}), key: "replication_targets[0].s3.region", want: []string{`invalid region "us east 1"`}},
+	{name: "s3 region with an underscore", json: s3(map[string]any{"region": "us_east_1"}), key: "replication_targets[0].s3.region", want: []string{"invalid region"}},
+	{name: "s3 region with an empty label", json: s3(map[string]any{"region": "a..b"}), key: "replication_targets[0].s3.region", want: []string{"invalid region"}},
+	{name: "s3 region label ends with a dash", json: s3(map[string]any{"region": "us-east-"}), key: "replication_targets[0].s3.region", want: []string{"invalid region"}},
+	{name: "s3 bucket two dots", json: s3(map[string]any{"chunk_bucket": "a..b"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{`must not contain ".."`}},
+	{name: "s3 bucket dot dash", json: s3(map[string]any{"chunk_bucket": "a.-b"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{`must not contain ".-"`}},
+	{name: "s3 bucket dash dot", json: s3(map[string]any{"manifest_bucket": "a-.b"}), key: "replication_targets[0].s3.manifest_bucket", want: []string{`must not contain "-."`}},
+	{name: "s3 bucket IP address", json: s3(map[string]any{"chunk_bucket": "192.168.5.4"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"IP address"}},
 	{name: "s3 bucket uppercase", json: s3(map[string]any{"chunk_bucket": "Chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{`invalid S3 bucket name "Chunks"`}},
 	{name: "s3 bucket too short", json: s3(map[string]any{"manifest_bucket": "ab"}), key: "replication_targets[0].s3.manifest_bucket", want: []string{"3 to 63 characters"}},
 	{name: "s3 bucket too long", json: s3(map[string]any{"manifest_bucket": strings.Repeat("a", 64)}), key: "replication_targets[0].s3.manifest_bucket", want: []string{"3 to 63 characters"}},
@@ -295,6 +307,8 @@ var invalidCases = []invalidCase{
 	{name: "local relative directory", json: `{"replication_targets":[{"local":{"directory":"c","num_shards":1,"capacity":1}}]}`, key: "replication_targets[0].local.directory", want: []string{"must be an absolute path"}},
 	{name: "local zero num_shards", json: `{"replication_targets":[{"local":{"directory":"/c","num_shards":0,"capacity":1}}]}`, key: "replication_targets[0].local.num_shards", want: []string{"must be at least 1"}},
 	{name: "local zero capacity", json: `{"replication_targets":[{"local":{"directory":"/c","num_shards":1,"capacity":0}}]}`, key: "replication_targets[0].local.capacity", want: []string{"must be at least 1"}},
+	{name: "local largest uint64 capacity", json: `{"replication_targets":[{"local":{"directory":"/c","num_shards":1,"capacity":18446744073709551615}}]}`, key: "replication_targets[0].local.capacity", want: []string{"too large (the maximum is 140737488355328)"}},
+	{name: "local capacity just too large", json: `{"replication_targets":[{"local":{"directory":"/c","num_shards":1,"capacity":140737488355329}}]}`, key: "replication_targets[0].local.capacity", want: []string{"too large"}},
 	{name: "local fractional num_shards", json: `{"replication_targets":[{"local":{"directory":"/c","num_shards":1.5,"capacity":1}}]}`, key: "replication_targets[0].local.num_shards", want: []string{"expected an integer, got 1.5"}},
 	{name: "local fractional exponent", json: `{"replication_targets":[{"local":{"directory":"/c","num_shards":15e-1,"capacity":1}}]}`, key: "replication_targets[0].local.num_shards", want: []string{"expected an integer, got 15e-1"}},
 	{name: "local tiny exponent", json: `{"replication_targets":[{"local":{"directory":"/c","num_shards":1e-99999999999999999999,"capacity":1}}]}`, key: "replication_targets[0].local.num_shards", want: []string{"expected an integer"}},
@@ -415,6 +429,10 @@ func TestValidate(t *testing.T) {
 		{name: "s3 bad endpoint", cfg: Config{ReplicationTargets: []Target{{S3: func() *S3Target { t := valid(); t.Endpoint = "s3.example.com"; return &t }()}}}, key: "replication_targets[0].s3.endpoint", want: "absolute http or https URL"},
 		{name: "s3 empty bucket", cfg: Config{ReplicationTargets: []Target{{S3: func() *S3Target { t := valid(); t.ManifestBucket = ""; return &t }()}}}, key: "replication_targets[0].s3.manifest_bucket", want: "3 to 63"},
 		{name: "local zero shards", cfg: Config{ReplicationTargets: []Target{{Local: &LocalTarget{Directory: "/c", Capacity: 1}}}}, key: "replication_targets[0].local.num_shards", want: "at least 1"},
+		{name: "local capacity 2^64-1", cfg: Config{ReplicationTargets: []Target{{Local: &LocalTarget{Directory: "/c", NumShards: 1, Capacity: math.MaxUint64}}}}, key: "replication_targets[0].local.capacity", want: "too large"},
+		{name: "local largest capacity", cfg: Config{ReplicationTargets: []Target{{Local: &LocalTarget{Directory: "/c", NumShards: 7, Capacity: MaxLocalCapacity}}}}},
+		{name: "s3 endpoint with query", cfg: Config{ReplicationTargets: []Target{{S3: func() *S3Target { t := valid(); t.Endpoint = "https://s3.example.com?a=b"; return &t }()}}}, key: "replication_targets[0].s3.endpoint", want: "must not have a query"},
+		{name: "s3 bad region", cfg: Config{ReplicationTargets: []Target{{S3: func() *S3Target { t := valid(); t.Region = "eu/west"; return &t }()}}}, key: "replication_targets[0].s3.region", want: "invalid region"},
 		{name: "permissions too large", cfg: Config{ReplicationSpoolingDirPermissions: 0o10000}, key: "replication_spooling_dir_permissions", want: "more than 4095"},
 		{name: "negative rate", cfg: Config{MaxRequestsPerSecond: -1}, key: "max_requests_per_second", want: "positive and finite"},
 		{name: "pack_chunks too large", cfg: Config{PackChunks: 5000}, key: "pack_chunks", want: "from 1 to 1024"},
@@ -443,6 +461,41 @@ func TestValidate(t *testing.T) {
 			}
 			if !errors.Is(err, ErrInvalid) {
 				t.Errorf("errors.Is(%v, ErrInvalid)=false, want true", err)
+			}
+		})
+	}
+}
+
+// TestEndpointErrorsHideSecrets: an endpoint the check rejects is quoted
+// without its user information, query values or fragment, whether it
+// parses or not.
+func TestEndpointErrorsHideSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		name, endpoint, want string
+	}{
+		{"bad escape in the password", "http://AKIAUSER:TopSecret%zz@s3.example.com", `invalid URL "http://REDACTED@s3.example.com": invalid %-escape`},
+		{"bad escape in the query", "http://s3.example.com/?X-Amz-Signature=TopSecret%zz", `must not have a query, got "http://s3.example.com/?X-Amz-Signature=REDACTED"`},
+		{"bad port after user information", "http://AKIAUSER:TopSecret@s3.example.com:x", `invalid URL "http://REDACTED@s3.example.com:x"`},
+		{"user information", "https://AKIAUSER:TopSecret@s3.example.com", "must not contain user information"},
+		{"query", "https://s3.example.com/?token=TopSecret&x", `must not have a query, got "https://s3.example.com/?token=REDACTED&REDACTED"`},
+		{"query and fragment", "https://s3.example.com/p?TopSecret#TopSecret", `must not have a query, got "https://s3.example.com/p?REDACTED#REDACTED"`},
+		{"other scheme with user information", "ftp://AKIAUSER:TopSecret@host", "must not contain user information"},
+		{"other scheme, password in the path", "ftp:AKIAUSER:TopSecret@host", "got another scheme"},
+		{"no scheme, user information", "AKIAUSER:TopSecret@host:9000", "got another scheme"},
+		{"relative, user information", "AKIAUSER@host:9000/x", `invalid URL "REDACTED@host:9000/x"`},
+		{"no host, user information", "http://AKIAUSER:TopSecret@", "must not contain user information"},
+		{"key and secret alone", "AKIAUSER:TopSecret", "got another scheme"},
+		{"no slashes", "http:AKIAUSER:TopSecret", "must have a host (http://HOST), got no '//'"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(s3(map[string]any{"endpoint": tc.endpoint})))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse()=%v, want an error containing %q", err, tc.want)
+			}
+			for _, secret := range []string{"topsecret", "akiauser", "%zz"} {
+				if strings.Contains(strings.ToLower(err.Error()), secret) {
+					t.Errorf("Parse()=%v: the message contains %q", err, secret)
+				}
 			}
 		})
 	}

@@ -251,7 +251,7 @@ func decodeLocal(raw json.RawMessage, path string) (*LocalTarget, error) {
 		return nil, err
 	}
 	t.NumShards = uint32(shards)
-	if t.Capacity, err = o.uint("capacity", true, math.MaxUint64); err != nil {
+	if t.Capacity, err = o.uint("capacity", true, MaxLocalCapacity); err != nil {
 		return nil, err
 	}
 	return &t, nil

@@ -1,10 +1,13 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -82,6 +85,10 @@ func (t *Target) validate(path string) error {
 		if t.Local.Capacity < 1 {
 			return &Error{Key: joinKey(p, "capacity"), Msg: "must be at least 1 (chunk of 64 KiB), got 0"}
 		}
+		if c := t.Local.Capacity; c > MaxLocalCapacity {
+			return &Error{Key: joinKey(p, "capacity"), Msg: fmt.Sprintf(
+				"%d is too large (the maximum is %d)", c, uint64(MaxLocalCapacity))}
+		}
 	case t.ReadOnly != nil:
 		p := joinKey(path, kindReadOnly)
 		return checkPath(joinKey(p, "directory"), t.ReadOnly.Directory, true)
@@ -93,6 +100,10 @@ func (t *Target) validate(path string) error {
 func (t *S3Target) validate(path string) error {
 	if t.Region == "" {
 		return &Error{Key: joinKey(path, "region"), Msg: "must not be empty"}
+	}
+	if !validRegion(t.Region) {
+		return &Error{Key: joinKey(path, "region"), Msg: fmt.Sprintf(
+			"invalid region %q: want labels of letters, digits and '-' separated by '.', such as \"us-east-1\"", t.Region)}
 	}
 	if t.Endpoint != "" {
 		if msg := checkEndpoint(t.Endpoint); msg != "" {
@@ -141,33 +152,116 @@ func checkPath(key, p string, required bool) error {
 }
 
 // checkEndpoint returns why endpoint is not an absolute http or https
-// URL with a host and no user information, or "".
+// URL with a host, a valid port if any, no user information and no query,
+// or "". The message never contains user information or query values
+// (see redactURL).
 func checkEndpoint(endpoint string) string {
 	u, err := url.Parse(endpoint)
 	switch {
 	case err != nil:
-		return fmt.Sprintf("invalid URL %q: %v", endpoint, unwrapURLError(err))
-	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Sprintf("must be an absolute http or https URL, got %q", endpoint)
-	case u.Opaque != "" || u.Hostname() == "":
-		return fmt.Sprintf("must have a host, got %q", endpoint)
+		return fmt.Sprintf("invalid URL %q: %s", redactURL(endpoint), urlErrorReason(err))
 	case u.User != nil:
 		return "must not contain user information; credentials never come from the configuration"
+	case u.Scheme == "":
+		return fmt.Sprintf("must be an absolute http or https URL, got %q", redactURL(endpoint))
+	case u.Scheme != "http" && u.Scheme != "https":
+		// Not even the scheme: in "key:secret", "key" is the scheme.
+		return "must be an absolute http or https URL (http://HOST or https://HOST), got another scheme"
+	case u.Opaque != "":
+		return "must have a host (" + u.Scheme + "://HOST), got no '//'"
+	case u.Hostname() == "":
+		return fmt.Sprintf("must have a host, got %q", redactURL(endpoint))
+	case u.RawQuery != "" || u.ForceQuery:
+		return fmt.Sprintf("must not have a query, got %q", redactURL(endpoint))
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Sprintf("invalid port %q: want 1 to 65535", p)
+		}
 	}
 	return ""
 }
 
-// unwrapURLError drops the operation and URL that *url.Error repeats.
-func unwrapURLError(err error) error {
-	if ue, ok := err.(*url.Error); ok {
-		return ue.Err
+// urlErrorReason says why url.Parse failed, without the URL that
+// *url.Error repeats, nor the bad escape that url.EscapeError quotes,
+// which may be part of a password.
+func urlErrorReason(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
 	}
-	return err
+	var ee url.EscapeError
+	if errors.As(err, &ee) {
+		return "invalid %-escape"
+	}
+	return err.Error()
+}
+
+// redactURL returns raw with what may be a secret replaced by
+// "REDACTED": the user information (what comes before an '@' in the
+// authority), the value of each query parameter, and the fragment. It
+// works on strings that do not parse as URLs too, so that an error
+// message can quote any endpoint.
+func redactURL(raw string) string {
+	const redacted = "REDACTED"
+	prefix, rest := "", raw
+	if i := strings.Index(rest, "://"); i >= 0 {
+		prefix, rest = rest[:i+3], rest[i+3:]
+	}
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	auth, tail := rest[:end], rest[end:]
+	if at := strings.LastIndexByte(auth, '@'); at >= 0 {
+		auth = redacted + auth[at:]
+	}
+	tail, frag, hasFrag := strings.Cut(tail, "#")
+	path, query, hasQuery := strings.Cut(tail, "?")
+	var b strings.Builder
+	b.WriteString(prefix)
+	b.WriteString(auth)
+	b.WriteString(path)
+	if hasQuery {
+		b.WriteByte('?')
+		for i, kv := range strings.Split(query, "&") {
+			if i > 0 {
+				b.WriteByte('&')
+			}
+			if k, _, ok := strings.Cut(kv, "="); ok {
+				b.WriteString(k + "=" + redacted)
+			} else if kv != "" {
+				b.WriteString(redacted)
+			}
+		}
+	}
+	if hasFrag && frag != "" {
+		b.WriteString("#" + redacted)
+	}
+	return b.String()
+}
+
+// validRegion reports whether region is a host name, as the AWS SDK
+// requires before it sends a request: labels of 1 to 63 letters, digits
+// and '-', neither first nor last, separated by '.'.
+func validRegion(region string) bool {
+	for _, label := range strings.Split(region, ".") {
+		if n := len(label); n == 0 || n > 63 || label[0] == '-' || label[n-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			if b := label[i]; !isLowerAlnum(b) && !(b >= 'A' && b <= 'Z') && b != '-' {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // checkBucket returns why name is not a valid S3 bucket name, or "":
 // 3 to 63 characters, lowercase letters, digits, '.' and '-', starting
-// and ending with a letter or digit.
+// and ending with a letter or digit, with no '.' next to another '.' or a
+// '-', and not an IP address (S3 and MinIO refuse those).
 func checkBucket(name string) string {
 	if n := len(name); n < 3 || n > 63 {
 		return fmt.Sprintf("invalid S3 bucket name %q: must be 3 to 63 characters long", name)
@@ -179,6 +273,14 @@ func checkBucket(name string) string {
 	}
 	if !isLowerAlnum(name[0]) || !isLowerAlnum(name[len(name)-1]) {
 		return fmt.Sprintf("invalid S3 bucket name %q: must start and end with a lowercase letter or digit", name)
+	}
+	for _, bad := range []string{"..", ".-", "-."} {
+		if strings.Contains(name, bad) {
+			return fmt.Sprintf("invalid S3 bucket name %q: must not contain %q", name, bad)
+		}
+	}
+	if net.ParseIP(name) != nil {
+		return fmt.Sprintf("invalid S3 bucket name %q: must not be an IP address", name)
 	}
 	return ""
 }

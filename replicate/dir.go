@@ -238,9 +238,15 @@ func (s *DirStore) PutManifest(ctx context.Context, key string, data []byte) err
 }
 
 // addVersion links tmp into vdir under a version ID later than every ID
-// in ids (sorted) and than the clock, and returns that ID.
+// in ids (sorted) and than the clock, and returns that ID. The ID orders
+// the versions; after a version named by a writer whose clock ran ahead,
+// it is later than the clock, and ManifestVersions takes the version's
+// time from its file's modification time instead.
 func (s *DirStore) addVersion(vdir, tmp string, blob []byte, ids []int64) (string, error) {
-	ns := s.now().UnixNano()
+	now := s.now()
+	// The version's time, whatever its name.
+	_ = os.Chtimes(tmp, now, now)
+	ns := now.UnixNano()
 	if n := len(ids); n > 0 && ids[n-1] >= ns {
 		ns = ids[n-1] + 1
 	}
@@ -264,6 +270,7 @@ func (s *DirStore) addVersion(vdir, tmp string, blob []byte, ids []int64) (strin
 			ns++
 			continue
 		}
+		_ = os.Chtimes(vtmp, now, now)
 		if rerr := os.Rename(vtmp, filepath.Join(vdir, id)); rerr != nil {
 			os.Remove(vtmp)
 			return "", rerr
@@ -399,11 +406,20 @@ func (s *DirStore) ManifestVersions(ctx context.Context, key string) ([]Version,
 		ns := ids[len(ids)-1-i]
 		id := formatVersionID(ns)
 		out[i] = Version{ID: id, LastModified: time.Unix(0, ns)}
-		if lerr == nil && !found {
-			if fi, err := os.Stat(filepath.Join(vdir, id)); err == nil && os.SameFile(fi, latest) {
-				out[i].IsLatest = true
-				found = true
-			}
+		fi, err := os.Stat(filepath.Join(vdir, id))
+		if err != nil {
+			continue
+		}
+		// A version's name orders it, and is its time unless a writer
+		// whose clock ran ahead named the one before it (addVersion then
+		// names it just after that one): the file's modification time,
+		// set when it was written, is then the earlier and the truer.
+		if mt := fi.ModTime(); mt.Before(out[i].LastModified) {
+			out[i].LastModified = mt
+		}
+		if lerr == nil && !found && os.SameFile(fi, latest) {
+			out[i].IsLatest = true
+			found = true
 		}
 	}
 	if lerr == nil && !found {

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +28,14 @@ type RestoreOptions struct {
 	// Progress, if set, is called after each chunk is written with the
 	// bytes written so far and the total. Calls are sequential.
 	Progress func(done, total int64)
+	// Replace lets RestoreFile replace a file at its output path; without
+	// it, RestoreFile fails with ErrOutputExists. It never replaces a
+	// database in use (see RestoreFile).
+	Replace bool
+	// Perm is the permission bits of the file RestoreFile creates, less
+	// the umask; zero means 0600. A manifest records no mode: give the
+	// source database's bits when they are known.
+	Perm fs.FileMode
 }
 
 // Restore writes the database that m describes to w, in order, fetching up
@@ -380,56 +391,231 @@ func checkReplaceable(path string) error {
 	return nil
 }
 
-// RestoreFile restores m to the file at path atomically: it writes a temp
-// file in the same directory, syncs it, and renames it over path, so that
-// a failed restore never leaves a partial file at path.
-//
-// It refuses to restore over a database that has a journal, WAL or shm
-// file next to it: SQLite would apply them to the restored file. It
-// refuses, with ErrNotRegularFile, to replace anything at path but a
-// regular file, and leaves it untouched.
-func RestoreFile(ctx context.Context, stores []Store, m *manifest.Manifest, path string, opts RestoreOptions) error {
-	if err := checkReplaceable(path); err != nil {
-		return err
+// ErrOutputExists is returned by RestoreFile when a file is at the output
+// path and RestoreOptions.Replace is not set.
+var ErrOutputExists = errors.New("replicate: output file exists")
+
+// ErrInUse is returned by RestoreFile when a process has the database at
+// the output path open or holds a SQLite lock on it: replacing the file
+// under it would lose what it writes next.
+var ErrInUse = errors.New("replicate: output database is in use")
+
+// restoreTempSuffix ends the names of RestoreFile's temp files:
+// ".NAME.DIGITS.boule-restore", next to NAME.
+const restoreTempSuffix = ".boule-restore"
+
+// isRestoreTemp reports whether name is a temp file of a restore to base.
+func isRestoreTemp(name, base string) bool {
+	digits, ok := strings.CutPrefix(name, "."+base+".")
+	if !ok {
+		return false
 	}
+	digits, ok = strings.CutSuffix(digits, restoreTempSuffix)
+	if !ok || digits == "" {
+		return false
+	}
+	for i := 0; i < len(digits); i++ {
+		if digits[i] < '0' || digits[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// removeStaleTemps removes the temp files that killed restores to base
+// left in dir: those no running restore holds locked.
+func removeStaleTemps(dir, base string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !isRestoreTemp(e.Name(), base) || !e.Type().IsRegular() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		f, err := os.OpenFile(p, sweepOpenFlags, 0)
+		if err != nil {
+			continue
+		}
+		if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+			if locked, err := lockTemp(f); err == nil && locked {
+				// Still the file locked, not a new one under its name.
+				if cur, err := os.Lstat(p); err == nil && os.SameFile(cur, st) {
+					_ = os.Remove(p)
+				}
+			}
+		}
+		f.Close()
+	}
+}
+
+// createRestoreTemp creates a new temp file for a restore to path with
+// permission bits perm (less the umask), locked for as long as it stays
+// open.
+func createRestoreTemp(path string, perm fs.FileMode) (*os.File, error) {
+	dir, base := filepath.Split(path)
+	for range 100 {
+		name := filepath.Join(dir, "."+base+"."+strconv.FormatUint(uint64(rand.Uint32()), 10)+restoreTempSuffix)
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		locked, err := lockTemp(f)
+		if err != nil {
+			// A file system without flock: the sweeps of other
+			// restores cannot lock either, and remove nothing.
+			return f, nil
+		}
+		if locked {
+			// Another restore's sweep may have taken it for a leftover
+			// between its creation and the lock, and removed it.
+			st, serr := f.Stat()
+			cur, lerr := os.Lstat(name)
+			if serr == nil && lerr == nil && os.SameFile(st, cur) {
+				return f, nil
+			}
+		}
+		f.Close()
+	}
+	return nil, errors.New("could not create a temp file")
+}
+
+// checkJournals refuses to restore over a database with a journal, WAL or
+// shm file next to it.
+func checkJournals(path string) error {
 	for _, suffix := range []string{"-journal", "-wal", "-shm"} {
 		if _, err := os.Lstat(path + suffix); err == nil {
 			return fmt.Errorf("replicate: restore %s: %s exists and SQLite would apply it to the restored database; move it away first", path, path+suffix)
 		}
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.boule-restore")
+	return nil
+}
+
+// checkInUse returns an error wrapping ErrInUse when a process has the
+// file at path open (as far as /proc shows) or holds a SQLite lock on it.
+func checkInUse(path string) error {
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("replicate: restore %s: %w", path, err)
 	}
+	// Openers first: when this process has the file open, opening and
+	// closing it here would drop its SQLite locks.
+	if pids := openersOf(st); len(pids) > 0 {
+		return fmt.Errorf("%w: %s is open in process %s; replacing it would lose what it writes next; stop it first",
+			ErrInUse, path, joinInts(pids))
+	}
+	pid, held, err := sqliteLockHolder(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	}
+	if held {
+		who := "a process"
+		if pid > 0 {
+			who = "process " + strconv.Itoa(pid)
+		}
+		return fmt.Errorf("%w: %s holds a SQLite lock on %s; replacing it would lose what it writes next; stop it first",
+			ErrInUse, who, path)
+	}
+	return nil
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
+}
+
+// checkOutput checks what is at path before RestoreFile writes, and again
+// before it renames the restored file there.
+func checkOutput(path string, replace bool) error {
+	if err := checkReplaceable(path); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(path); err == nil && !replace {
+		return fmt.Errorf("%w: %s; refusing to replace it", ErrOutputExists, path)
+	}
+	if err := checkJournals(path); err != nil {
+		return err
+	}
+	return checkInUse(path)
+}
+
+// RestoreFile restores m to the file at path atomically: it writes a temp
+// file in the same directory, syncs it, and renames it to path, so that a
+// failed restore never leaves a partial file at path. It first removes the
+// temp files that killed restores to path left behind.
+//
+// The file's permission bits are opts.Perm, or 0600, less the umask; when
+// it replaces a file, also less what that file's bits do not grant.
+//
+// It refuses, with ErrOutputExists, a file already at path unless
+// opts.Replace is set. Even then it refuses to restore over a database
+// that has a journal, WAL or shm file next to it (SQLite would apply them
+// to the restored file), and, with ErrInUse, one that a process has open
+// or holds a SQLite lock on. It refuses, with ErrNotRegularFile, to
+// replace anything but a regular file. It makes these checks before it
+// starts and again just before the rename; what it refuses, it leaves
+// untouched.
+func RestoreFile(ctx context.Context, stores []Store, m *manifest.Manifest, path string, opts RestoreOptions) error {
+	dir, base := filepath.Split(path)
+	removeStaleTemps(filepath.Clean(dir), base)
+	if err := checkOutput(path, opts.Replace); err != nil {
+		return err
+	}
+	perm := opts.Perm.Perm() & 0o666
+	if opts.Perm == 0 {
+		perm = 0o600
+	}
+	if st, err := os.Lstat(path); err == nil {
+		perm &= st.Mode().Perm()
+	}
+	tmp, err := createRestoreTemp(path, perm)
+	if err != nil {
+		return fmt.Errorf("replicate: restore %s: %w", path, err)
+	}
+	// The temp file stays open, hence locked against the sweep of
+	// another restore, until it is renamed or removed.
+	defer tmp.Close()
 	ok := false
 	defer func() {
 		if !ok {
-			tmp.Close()
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := Restore(ctx, stores, m, newWritebackWriter(tmp, m.Size), opts); err != nil {
-		return fmt.Errorf("replicate: restore %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := Restore(ctx, stores, m, newWritebackWriter(tmp), opts); err != nil {
 		return fmt.Errorf("replicate: restore %s: %w", path, err)
 	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("replicate: restore %s: sync: %w", path, err)
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("replicate: restore %s: %w", path, err)
-	}
 	// Again: the restore took a while, and something may have appeared.
-	if err := checkReplaceable(path); err != nil {
+	if err := checkOutput(path, opts.Replace); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	rename := renameNoReplace
+	if opts.Replace {
+		rename = os.Rename
+	}
+	if err := rename(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%w: %s appeared during the restore; refusing to replace it", ErrOutputExists, path)
+		}
 		return fmt.Errorf("replicate: restore %s: %w", path, err)
 	}
 	ok = true
-	if d, err := os.Open(dir); err == nil {
+	if d, err := os.Open(filepath.Clean(dir)); err == nil {
 		_ = d.Sync()
 		d.Close()
 	}
@@ -442,7 +628,12 @@ var ErrNoVersion = errors.New("replicate: no manifest version at or before that 
 
 // ManifestAt returns the version of the manifest under key that was the
 // newest at time at: the newest version stored at or before it, from the
-// first store that keeps versions of key.
+// first store that keeps versions of key, or the newest version of all
+// when at is at or after the time that version's manifest was created.
+//
+// Versions are taken in the store's order, newest first, never sorted by
+// time: a version with a time in the future (a dir store's version named
+// by a writer whose clock ran ahead) never hides the newer ones.
 //
 // It returns the decoded manifest and its encoding, as FetchManifest does.
 func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (*manifest.Manifest, []byte, Version, error) {
@@ -453,8 +644,9 @@ func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (
 			errs = append(errs, err)
 			continue
 		}
-		for _, v := range vs { // newest first
-			if v.LastModified.After(at) {
+		for i, v := range vs { // newest first
+			stored := !v.LastModified.After(at)
+			if !stored && i > 0 {
 				continue
 			}
 			b, err := s.GetManifestVersion(ctx, key, v.ID)
@@ -464,6 +656,15 @@ func ManifestAt(ctx context.Context, stores []Store, key string, at time.Time) (
 			m, err := manifest.Decode(b)
 			if err != nil {
 				return nil, nil, v, fmt.Errorf("replicate: manifest %s version %s in %s: %w", key, v.ID, s, err)
+			}
+			if !stored {
+				// The newest version, stored after at: it is the one
+				// when it was created at or before at (the upload took a
+				// while, or the store's clock is ahead of the writer's).
+				if !m.Created.After(at) {
+					return m, b, v, nil
+				}
+				continue
 			}
 			// Some stores (S3's listings among them) give times to the
 			// second: a version stored later within at's second looks

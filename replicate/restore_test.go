@@ -274,9 +274,10 @@ func TestRestoreFragmentedPack(t *testing.T) {
 	}
 }
 
-// TestRestoreFileRefusesNonRegular: RestoreFile replaces a regular file,
-// and refuses anything else at the path (a FIFO, a directory, a symbolic
-// link), leaving it as it was and fetching nothing.
+// TestRestoreFileRefusesNonRegular: RestoreFile replaces a regular file
+// when told to, refuses it otherwise, and refuses anything else at the
+// path (a FIFO, a directory, a symbolic link) even when told to replace,
+// leaving it as it was and fetching nothing.
 func TestRestoreFileRefusesNonRegular(t *testing.T) {
 	m := synthetic(3)
 	for _, tc := range []struct {
@@ -285,6 +286,7 @@ func TestRestoreFileRefusesNonRegular(t *testing.T) {
 		kind string // "" when the restore must succeed
 	}{
 		{"regular file", func(t *testing.T, p string) { writeFile(t, p, "old") }, ""},
+		{"regular file, not to be replaced", func(t *testing.T, p string) { writeFile(t, p, "old") }, "exists"},
 		{"absent", func(t *testing.T, p string) {}, ""},
 		{"fifo", func(t *testing.T, p string) {
 			if err := syscall.Mkfifo(p, 0o644); err != nil {
@@ -309,7 +311,8 @@ func TestRestoreFileRefusesNonRegular(t *testing.T) {
 			tc.make(t, p)
 			before, _ := os.Lstat(p)
 			src := &chunkSource{}
-			err := RestoreFile(context.Background(), []Store{src}, m, p, RestoreOptions{})
+			replace := tc.kind != "exists"
+			err := RestoreFile(context.Background(), []Store{src}, m, p, RestoreOptions{Replace: replace})
 			if tc.kind == "" {
 				if err != nil {
 					t.Fatalf("RestoreFile()=%v, want nil", err)
@@ -319,7 +322,12 @@ func TestRestoreFileRefusesNonRegular(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, ErrNotRegularFile) || !strings.Contains(err.Error(), p+" is "+tc.kind) {
+			switch {
+			case !replace:
+				if !errors.Is(err, ErrOutputExists) || !strings.Contains(err.Error(), p+"; refusing to replace it") {
+					t.Fatalf("RestoreFile()=%v, want ErrOutputExists naming %s", err, p)
+				}
+			case !errors.Is(err, ErrNotRegularFile) || !strings.Contains(err.Error(), p+" is "+tc.kind):
 				t.Fatalf("RestoreFile()=%v, want ErrNotRegularFile saying %s is %s", err, p, tc.kind)
 			}
 			after, lerr := os.Lstat(p)

@@ -92,6 +92,11 @@ func NewS3Store(ctx context.Context, t config.S3Target, opts S3Options) (*S3Stor
 			return nil, &Error{Op: "s3 open", Target: "endpoint", Kind: ErrPermanent,
 				Detail: "endpoint must not contain user information; credentials come from the AWS default chain"}
 		}
+		if u.RawQuery != "" || u.ForceQuery {
+			// The SDK refuses it at the first request, quoting it whole.
+			return nil, &Error{Op: "s3 open", Target: "endpoint", Kind: ErrPermanent,
+				Detail: fmt.Sprintf("endpoint %q must not have a query", redactURL(t.Endpoint))}
+		}
 		host = u.Host
 		s.where = " at " + u.Host
 	}
@@ -690,15 +695,18 @@ func innermost(err error) string {
 	return err.Error()
 }
 
-// redactURL removes any user information and query from a URL, so that
-// presigned parameters or passwords never reach a log.
+// redactURL removes any user information, query, fragment and opaque
+// part (the "secret" of "key:secret") from a URL, so that presigned
+// parameters or passwords never reach a log.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable URL)"
 	}
 	u.User = nil
-	u.RawQuery = ""
+	u.RawQuery, u.ForceQuery = "", false
+	u.Fragment, u.RawFragment = "", ""
+	u.Opaque = ""
 	return u.String()
 }
 

@@ -477,6 +477,35 @@ func TestS3StoreString(t *testing.T) {
 	}
 }
 
+// TestS3EndpointRefused: NewS3Store refuses an endpoint that no request
+// could use, at once and without quoting a secret it holds: the SDK would
+// accept one with a query, then fail every request with a message that
+// quotes it whole.
+func TestS3EndpointRefused(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDSTRING")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret-string-value")
+	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	for _, tc := range []struct{ name, endpoint, want string }{
+		{"query", "http://127.0.0.1:9000/?X-Amz-Signature=TopSecret", "must not have a query"},
+		{"empty query", "http://127.0.0.1:9000/?", "must not have a query"},
+		{"user information", "http://AKIAUSER:TopSecret@127.0.0.1:9000", "must not contain user information"},
+		{"bad escape in the password", "http://AKIAUSER:TopSecret%zz@127.0.0.1:9000", "not an absolute http or https URL"},
+		{"key and secret alone", "AKIAUSER:TopSecret", "not an absolute http or https URL"},
+		{"no host, fragment", "http:///#TopSecret", "not an absolute http or https URL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewS3Store(context.Background(), config.S3Target{Region: "r", Endpoint: tc.endpoint, ChunkBucket: "c", ManifestBucket: "m"}, S3Options{})
+			if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("NewS3Store(%q)=%v, want ErrPermanent saying %q", tc.endpoint, err, tc.want)
+			}
+			if strings.Contains(err.Error(), "TopSecret") {
+				t.Errorf("NewS3Store(%q)=%v: the message quotes a secret", tc.endpoint, err)
+			}
+		})
+	}
+}
+
 // TestS3CutErrorResponse: an error answer whose body is cut short (MinIO
 // hangs up after a BadDigest; a proxy may do the same) says nothing about
 // the request, so it is retried rather than taken as a permanent refusal

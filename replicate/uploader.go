@@ -593,6 +593,10 @@ func (u *Uploader) noteFailure(st *dbState, err error) {
 	st.retryAt = u.opts.Now().Add(st.backoff)
 	st.status.Failures++
 	st.status.LastError = err.Error()
+	if st.status.Source == "" { // registered at open, before its first transaction wrote the file
+		b, _ := os.ReadFile(filepath.Join(st.dir, "source"))
+		st.status.Source = string(b)
+	}
 	if errors.Is(err, ErrPermanent) {
 		st.blocked = err
 		if !st.blockedOnce {

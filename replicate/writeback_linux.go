@@ -15,17 +15,16 @@ const writebackEvery = 32 << 20
 // SYNC_FILE_RANGE_WRITE), so that the disk works while the restore
 // fetches, and the final fsync waits only for the tail. Its errors are
 // ignored: the fsync that follows is what makes the file durable.
+//
+// It allocates no space ahead of what it writes: a restore that is
+// killed leaves a temp file no larger than what it had fetched, which the
+// next restore to the same path removes.
 type writebackWriter struct {
 	f               *os.File
 	written, queued int64
 }
 
-func newWritebackWriter(f *os.File, size int64) *writebackWriter {
-	if size > 0 {
-		// Allocate the file's blocks at once rather than a write at a
-		// time; a file system that cannot is no worse off.
-		_ = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, size)
-	}
+func newWritebackWriter(f *os.File) *writebackWriter {
 	return &writebackWriter{f: f}
 }
 

@@ -7,4 +7,4 @@ import (
 	"os"
 )
 
-func newWritebackWriter(f *os.File, size int64) io.Writer { return f }
+func newWritebackWriter(f *os.File) io.Writer { return f }

@@ -136,11 +136,12 @@ func openReplica(ctx context.Context, name string) (*snapshot.Conn, error) {
 
 // Restore writes the newest snapshot of the replica name ("boule://HOST/
 // abs/path", or a manifest file) to the file out, atomically, with every
-// chunk verified, using the configuration in force.
+// chunk verified, using the configuration in force. It replaces a file at
+// out, but not a database in use (see replicate.RestoreFile).
 func Restore(ctx context.Context, name, out string) error {
 	rt := current.Load()
 	if rt == nil || rt.reader == nil {
 		return fmt.Errorf("vfs: restore %s: boule is not registered", name)
 	}
-	return rt.reader.Restore(ctx, name, out, replicate.RestoreOptions{})
+	return rt.reader.Restore(ctx, name, out, replicate.RestoreOptions{Replace: true})
 }

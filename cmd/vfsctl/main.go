@@ -60,7 +60,7 @@ var commands = []command{
 	{"flush", "[--json] SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
 	{"sync", "DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
 	{"status", "[--json] SPOOL_DIR", "show replication lag, pending bytes, calls and errors per database", cmdStatus},
-	{"restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE] [--concurrency N]", "write a replicated database (or an older version) to a file", cmdRestore},
+	{"restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE [--force]] [--concurrency N]", "write a replicated database (or an older version) to a file", cmdRestore},
 	{"manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
 	{"manifest-name", "[--hostname H] SOURCE", "print the key of a database's manifest", cmdManifestName},
 	{"ls-versions", "[--hostname H] [--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,6 +24,7 @@ import (
 	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/snapshot"
 	"github.com/boule-vfs/boule/vfs"
+	"golang.org/x/term"
 )
 
 // readStores builds the stores to read from, as replicas do: the local
@@ -225,14 +227,25 @@ func parseTime(v string, now time.Time) (time.Time, error) {
 	return time.Time{}, usagef("--at %q: want RFC 3339 (2026-11-23T17:00:00Z), Unix seconds, or a duration ago (-90m)", v)
 }
 
-// isTerminal reports whether f is a terminal, for progress bars.
+// isTerminal reports whether w is a terminal, for progress bars and the
+// refusal to print a database on one. Other character devices, such as
+// /dev/null, are not.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// outPerm is the mode of a file written with --out from m: a manifest
+// records none, so the source database's permission bits when it is on
+// this host, and 0600 otherwise. Both are less the umask when the file is
+// created.
+func outPerm(m *manifest.Manifest) fs.FileMode {
+	if m.Hostname == defaultHostname() {
+		if st, err := os.Stat(m.SourcePath); err == nil && st.Mode().IsRegular() {
+			return st.Mode().Perm() & 0o666
+		}
 	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return 0o600
 }
 
 // progressBar draws a progress bar on w, at most ten times a second.
@@ -268,13 +281,22 @@ func progressBar(w io.Writer, label string) (update func(done, total int64), fin
 func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	var manifestArg, host, srcPath, out, at string
 	var conc int
-	fs, err := subcommand(g, "restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE] [--concurrency N]",
-		"Writes a replicated database to --out (default: standard output), every chunk\nverified against its fingerprint. The file appears atomically: a failed restore\nleaves nothing at --out. With --at, restores the newest version stored at or\nbefore TIME (see ls-versions).", args,
+	var force bool
+	fs, err := subcommand(g, "restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE [--force]] [--concurrency N]",
+		"Writes a replicated database to --out (default: standard output), every chunk\n"+
+			"verified against its fingerprint. The file appears atomically: a failed restore\n"+
+			"leaves nothing at --out. It refuses an existing --out unless --force, and even\n"+
+			"then a database that has a journal, WAL or shm file, or that a process has open\n"+
+			"or locked. The file gets the source database's permission bits when the source\n"+
+			"is on this host, 0600 otherwise, less the umask. With --at, restores the newest\n"+
+			"version stored at or before TIME, or the newest of all when TIME is at or after\n"+
+			"its creation (see ls-versions).", args,
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")
 			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
 			fs.StringVar(&srcPath, "source-path", "", "the source database's absolute path on its host")
 			fs.StringVar(&out, "out", "", "output file (default: standard output)")
+			fs.BoolVar(&force, "force", false, "replace an existing --out (never a database in use)")
 			fs.StringVar(&at, "at", "", "point in time: RFC 3339, Unix seconds, or a duration ago (-1h)")
 			fs.IntVar(&conc, "concurrency", replicate.DefaultRestoreConcurrency, "chunks fetched at once")
 		})
@@ -301,29 +323,36 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	if conc < 1 || conc > 256 {
 		return usagef("--concurrency %d: want 1 to 256", conc)
 	}
-	if out != "" && out != "-" {
+	toFile := out != "" && out != "-"
+	if force && !toFile {
+		return usagef("--force needs --out FILE")
+	}
+	if toFile {
 		if err := checkOut(out); err != nil {
 			return err
+		}
+		if _, err := os.Lstat(out); err == nil && !force {
+			return usagef("--out %s exists; refusing to replace it (give --force to replace it; see doc/OPERATIONS.md, \"Restores\")", out)
 		}
 	}
 	m, _, stores, err := fetchSource(ctx, g, src, at)
 	if err != nil {
 		return err
 	}
-	opts := replicate.RestoreOptions{Concurrency: conc}
+	opts := replicate.RestoreOptions{Concurrency: conc, Replace: force, Perm: outPerm(m)}
 	if isTerminal(g.stderr) {
 		update, finish := progressBar(g.stderr, "restore")
 		opts.Progress = update
 		defer finish()
 	}
-	if out == "" || out == "-" {
+	if !toFile {
 		if isTerminal(g.stdout) {
 			return usagef("refusing to write a database to a terminal; use --out FILE or a pipe")
 		}
 		return replicate.Restore(ctx, stores, m, g.stdout, opts)
 	}
 	err = replicate.RestoreFile(ctx, stores, m, out, opts)
-	if errors.Is(err, replicate.ErrNotRegularFile) {
+	if errors.Is(err, replicate.ErrNotRegularFile) || errors.Is(err, replicate.ErrOutputExists) {
 		// It appeared during the restore, after checkOut.
 		return usageError{err.Error()}
 	}
@@ -450,22 +479,29 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 		_, err = g.stdout.Write(data)
 		return err
 	}
-	return writeFileAtomic(out, data)
+	// The manifest holds the first chunk of the database inline: it is
+	// as private as the database.
+	return writeFileAtomic(out, data, outPerm(m))
 }
 
-// writeFileAtomic writes data to a temp file next to path and renames it
-// over path, unless something other than a regular file is there.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+// writeFileAtomic writes data to a temp file next to path, created with
+// permission bits perm less the umask, and renames it over path, unless
+// something other than a regular file is there.
+func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
+	var tmp *os.File
+	var err error
+	for range 100 {
+		name := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"."+strconv.FormatUint(uint64(rand.Uint32()), 10)+".tmp")
+		tmp, err = os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -478,18 +514,53 @@ func writeFileAtomic(path string, data []byte) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// versionJSON is one line of vfsctl ls-versions --json.
+// versionJSON is one line of vfsctl ls-versions --json. Stored is the
+// store's time for the version, Created the time its manifest says the
+// snapshot was taken, by the writer's clock ("" with Error when the
+// version could not be read).
 type versionJSON struct {
-	ID     string `json:"id"`
-	Stored string `json:"stored"`
-	Latest bool   `json:"latest"`
+	ID      string `json:"id"`
+	Stored  string `json:"stored"`
+	Created string `json:"created"`
+	Latest  bool   `json:"latest"`
+	Error   string `json:"error,omitempty"`
+}
+
+// versionCreated reads the creation time of each version in vs of the
+// manifest under key in s, a few at once, into out.
+func versionCreated(ctx context.Context, s replicate.Store, key string, vs []replicate.Version, out []versionJSON) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, v := range vs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			b, err := s.GetManifestVersion(ctx, key, v.ID)
+			var m *manifest.Manifest
+			if err == nil {
+				m, err = manifest.Decode(b)
+			}
+			if err != nil {
+				out[i].Error = err.Error()
+				return
+			}
+			out[i].Created = m.Created.UTC().Format(time.RFC3339Nano)
+		}()
+	}
+	wg.Wait()
 }
 
 func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 	var host string
 	var asJSON bool
 	fs, err := subcommand(g, "ls-versions", "[--hostname H] [--json] SOURCE",
-		"Lists the kept versions of the manifest of the database SOURCE, newest first:\nthe points in time restore --at can go back to. S3 keeps versions when the\nmanifest bucket has versioning enabled; a dir store keeps its own.", args,
+		"Lists the kept versions of the manifest of the database SOURCE, newest first:\n"+
+			"the points in time restore --at can go back to. STORED is the store's time\n"+
+			"for each, CREATED the time the writer's clock gave its snapshot. S3 keeps\n"+
+			"versions when the manifest bucket has versioning enabled; a dir store keeps\n"+
+			"its own.", args,
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
 			fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
@@ -519,17 +590,21 @@ func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 		for i, v := range vs {
 			out[i] = versionJSON{ID: v.ID, Stored: v.LastModified.UTC().Format(time.RFC3339Nano), Latest: v.IsLatest}
 		}
+		versionCreated(ctx, s, src.key, vs, out)
 		if asJSON {
 			return writeJSON(g.stdout, out)
 		}
 		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "STORED\tVERSION\tLATEST")
+		fmt.Fprintln(tw, "STORED\tCREATED\tVERSION\tLATEST")
 		for _, v := range out {
-			latest := ""
+			latest, created := "", v.Created
 			if v.Latest {
 				latest = "*"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Stored, v.ID, latest)
+			if v.Error != "" {
+				created = "? (" + v.Error + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Stored, created, v.ID, latest)
 		}
 		return tw.Flush()
 	}

@@ -117,7 +117,7 @@ func TestRestoreAt(t *testing.T) {
 		{time.Now().UTC().Format(time.RFC3339Nano), v2},
 	} {
 		out := filepath.Join(f.dir, "at.db")
-		code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--at", tc.at, "--out", out)
+		code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--at", tc.at, "--out", out, "--force")
 		if code != exitOK {
 			t.Fatalf("restore --at %s=%d %q", tc.at, code, errs)
 		}
