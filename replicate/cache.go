@@ -82,19 +82,19 @@ func (c *LocalCache) Path(fp manifest.Fingerprint) string {
 func (c *LocalCache) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
 	p := c.Path(fp)
 	perm := FilePerm(SourcePerm(ctx))
+	sdir := filepath.Dir(p)
+	c.narrowShard(c.shard(fp), sdir)
 	if fi, err := os.Lstat(p); err == nil {
 		if cur := fi.Mode().Perm(); fi.Mode().IsRegular() && cur&^perm != 0 && ownedByMe(fi) {
 			_ = os.Chmod(p, cur&perm)
 		}
 		return nil
 	}
-	sdir := filepath.Dir(p)
 	// 0700 whatever the umask lets through: another user must not be
 	// able to list the cache, nor to change it under a reader.
 	if err := os.MkdirAll(sdir, 0o700); err != nil {
 		return c.fail("put chunk", fp.String(), nil, err)
 	}
-	c.narrowShard(c.shard(fp), sdir)
 	tmp, err := createTemp(sdir, ".tmp-", perm)
 	if err != nil {
 		return c.fail("put chunk", fp.String(), nil, err)
