@@ -28,8 +28,9 @@ func mkfifo(t testing.TB, p string) {
 }
 
 // promptly runs f and returns its error, failing t if it is still running
-// after 10 seconds: then it opens the named pipe at fifo for writing,
-// which lets an open(2) blocked on it return, so that the test ends.
+// after 10 seconds: then it opens the named pipe at fifo for writing, for
+// a few seconds, which lets each open(2) blocked on it return, so that
+// the test ends.
 func promptly(t testing.TB, fifo string, f func() error) error {
 	t.Helper()
 	done := make(chan error, 1)
@@ -38,13 +39,21 @@ func promptly(t testing.TB, fifo string, f func() error) error {
 	case err := <-done:
 		return err
 	case <-time.After(10 * time.Second):
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for range 500 {
 		if w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
 			w.Close()
 		}
-		<-done
-		t.Fatalf("blocked on the named pipe %s", fifo)
-		return nil
+		select {
+		case <-done:
+			t.Fatalf("blocked on the named pipe %s until something opened it for writing", fifo)
+		case <-tick.C:
+		}
 	}
+	t.Fatalf("blocked on the named pipe %s", fifo)
+	return nil
 }
 
 // wantNamedPipe fails t unless err says that p is a named pipe.
