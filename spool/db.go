@@ -398,7 +398,7 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 func (d *DB) markerSet() bool {
 	f, _, err := fsutil.Open(d.MarkerPath())
 	if err != nil {
-		return false
+		return errors.Is(err, fsutil.ErrNotRegular) // unusable: as if set
 	}
 	defer f.Close()
 	var b [1]byte
@@ -414,7 +414,7 @@ func (d *DB) clearMarker() error {
 	if err := d.s.fault("write", p); err != nil {
 		return fmt.Errorf("spool: clear txn marker of %s: %w", d.path, err)
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
