@@ -1493,9 +1493,11 @@ func lockDir(ctx context.Context, path string, wait bool) (func(), error) {
 	}
 }
 
+// writeFileAtomic writes b to dst, a file of a database's spool
+// directory, by rename; the file is at most as readable as the database.
 func writeFileAtomic(dst string, b []byte) error {
 	tmp := fmt.Sprintf("%s.tmp.%d.%d", dst, os.Getpid(), rand.Uint64())
-	if err := os.WriteFile(tmp, b, 0o444); err != nil {
+	if err := os.WriteFile(tmp, b, FilePerm(spoolPerm(filepath.Dir(dst)))); err != nil {
 		_ = os.Remove(tmp)
 		return err
 	}
