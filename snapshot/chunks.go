@@ -219,10 +219,15 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		if !errors.Is(err, fs.ErrNotExist) {
 			p := r.cache.Path(fp)
 			errs = append(errs, fmt.Errorf("%s: %w", r.cache, err))
-			if errors.Is(err, fsutil.ErrNotRegular) {
+			switch {
+			case errors.Is(err, fs.ErrPermission):
+				// Another user's cache (a cache is private to its user):
+				// the chunk comes from elsewhere.
+				r.log.Debug("snapshot: cannot read the cache", "chunk", fp.String(), "path", p, "err", err)
+			case errors.Is(err, fsutil.ErrNotRegular):
 				// Not a file this cache wrote: left alone.
 				r.log.Warn("snapshot: skipping a cache entry that is not a regular file", "chunk", fp.String(), "path", p, "err", err)
-			} else {
+			default:
 				r.log.Warn("snapshot: dropping a bad chunk from the cache", "chunk", fp.String(), "path", p, "err", err)
 				_ = os.Remove(p)
 			}

@@ -22,6 +22,9 @@
 //
 // Exit codes: 0 success, 1 the operation failed, 2 bad usage or
 // configuration.
+//
+// SIGTERM or SIGINT stops the command: every command exits, with status 1,
+// within a second of the signal.
 package main
 
 import (
