@@ -41,7 +41,7 @@ type LocalCache struct {
 
 	mu      sync.Mutex
 	count   map[int]int  // approximate files per shard; -1 unknown
-	private map[int]bool // shards seen with mode 0700 (or made so)
+	private map[int]bool // shards whose mode narrowShard checked
 }
 
 // NewLocalCache returns a cache in dir with numShards subdirectories
