@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -22,14 +26,22 @@ import (
 // chunks: when a shard outgrows its share, its least recently used tenth is
 // evicted (reads refresh a chunk's modification time).
 //
+// A cache belongs to one user. Its directories are created 0700 and its
+// files are read-only, at most as readable as the database they came from
+// (WithSourcePerm; owner only when the put does not say), within the
+// umask. Every file is opened without blocking, checked to be a regular
+// file, and verified; it is mapped into memory only when nobody but its
+// user can change it (OpenChunk), and read into memory otherwise.
+//
 // It is a [Store] for chunks only; it holds no manifests.
 type LocalCache struct {
 	dir      string
 	shards   int
 	perShard int
 
-	mu    sync.Mutex
-	count map[int]int // approximate files per shard; -1 unknown
+	mu      sync.Mutex
+	count   map[int]int  // approximate files per shard; -1 unknown
+	private map[int]bool // shards whose mode narrowShard checked
 }
 
 // NewLocalCache returns a cache in dir with numShards subdirectories
@@ -45,7 +57,7 @@ func NewLocalCache(dir string, numShards int, capacity int64) (*LocalCache, erro
 		return nil, fmt.Errorf("replicate: local cache %s: capacity must be at least 1 chunk", dir)
 	}
 	per := int((capacity + int64(numShards) - 1) / int64(numShards))
-	return &LocalCache{dir: dir, shards: numShards, perShard: max(per, 1), count: map[int]int{}}, nil
+	return &LocalCache{dir: filepath.Clean(dir), shards: numShards, perShard: max(per, 1), count: map[int]int{}, private: map[int]bool{}}, nil
 }
 
 var _ Store = (*LocalCache)(nil)
@@ -64,24 +76,30 @@ func (c *LocalCache) Path(fp manifest.Fingerprint) string {
 	return filepath.Join(c.dir, fmt.Sprintf("%03d", c.shard(fp)), fp.String())
 }
 
-// PutChunk stores data under fp, atomically, unless it is already there.
+// PutChunk stores data under fp, atomically, unless it is already there:
+// then it only takes away from the file's mode what the database (ctx,
+// WithSourcePerm) does not give, if the file is this user's.
 func (c *LocalCache) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
 	p := c.Path(fp)
-	if _, err := os.Stat(p); err == nil {
+	perm := FilePerm(SourcePerm(ctx))
+	sdir := filepath.Dir(p)
+	c.narrowShard(c.shard(fp), sdir)
+	if fi, err := os.Lstat(p); err == nil {
+		if cur := fi.Mode().Perm(); fi.Mode().IsRegular() && cur&^perm != 0 && ownedByMe(fi) {
+			_ = os.Chmod(p, cur&perm)
+		}
 		return nil
 	}
-	sdir := filepath.Dir(p)
-	if err := os.MkdirAll(sdir, 0o755); err != nil {
+	// 0700 whatever the umask lets through: another user must not be
+	// able to list the cache, nor to change it under a reader.
+	if err := os.MkdirAll(sdir, 0o700); err != nil {
 		return c.fail("put chunk", fp.String(), nil, err)
 	}
-	tmp, err := os.CreateTemp(sdir, ".tmp-*")
+	tmp, err := createTemp(sdir, ".tmp-", perm)
 	if err != nil {
 		return c.fail("put chunk", fp.String(), nil, err)
 	}
 	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(0o444)
-	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -100,14 +118,20 @@ func (c *LocalCache) PutChunk(ctx context.Context, fp manifest.Fingerprint, data
 // corrupt file is deleted and reported as ErrCorrupt.
 func (c *LocalCache) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
 	p := c.Path(fp)
-	data, err := os.ReadFile(p)
+	data, err := fsutil.ReadFileMax(p, manifest.ChunkSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, c.fail("get chunk", fp.String(), ErrNotFound, nil)
 	}
-	if err != nil {
+	if errors.Is(err, fsutil.ErrNotRegular) {
+		// Not something this cache wrote: report it, leave it.
+		return nil, c.fail("get chunk", fp.String(), ErrCorrupt, err)
+	}
+	if errors.Is(err, fsutil.ErrTooLarge) {
+		data = nil // a chunk is never larger: deleted as corrupt below
+	} else if err != nil {
 		return nil, c.fail("get chunk", fp.String(), nil, err)
 	}
-	if len(data) > manifest.ChunkSize || manifest.Sum(data) != fp {
+	if data == nil || manifest.Sum(data) != fp {
 		_ = os.Remove(p)
 		return nil, c.fail("get chunk", fp.String(), ErrCorrupt, nil)
 	}
@@ -152,6 +176,8 @@ func (c *LocalCache) fail(op, key string, kind, cause error) error {
 	switch {
 	case kind == ErrNotFound:
 		e.Detail = "not found"
+	case kind == ErrCorrupt && cause != nil:
+		e.Detail = cause.Error()
 	case kind == ErrCorrupt:
 		e.Detail = "cached chunk does not match its fingerprint (deleted)"
 	case cause != nil:
@@ -209,7 +235,7 @@ func (c *LocalCache) noteAdded(s int) {
 // least recently used tenth beyond it.
 func (c *LocalCache) evict(s int) {
 	sdir := filepath.Join(c.dir, fmt.Sprintf("%03d", s))
-	entries, err := os.ReadDir(sdir)
+	entries, err := fsutil.ReadDir(sdir)
 	if err != nil {
 		return
 	}
@@ -236,4 +262,86 @@ func (c *LocalCache) evict(s int) {
 	c.mu.Lock()
 	c.count[s] = n
 	c.mu.Unlock()
+}
+
+// narrowShard makes the shard directory sdir 0700 if it is this user's and
+// wider (made by an older version, which gave it 0755), once per shard.
+func (c *LocalCache) narrowShard(s int, sdir string) {
+	c.mu.Lock()
+	done := c.private[s]
+	c.private[s] = true
+	c.mu.Unlock()
+	if done {
+		return
+	}
+	if fi, err := os.Lstat(sdir); err == nil && fi.IsDir() && fi.Mode().Perm()&0o077 != 0 && ownedByMe(fi) {
+		_ = os.Chmod(sdir, fi.Mode().Perm()&0o700)
+	}
+}
+
+// OpenChunk opens the cache file of chunk fp for reading, without
+// blocking in open(2) and without following a symbolic link, and returns
+// it with its status. Anything but a regular file is an error wrapping
+// fsutil.ErrNotRegular; a missing one wraps fs.ErrNotExist. The caller
+// verifies what it reads.
+//
+// mappable reports whether the file may be mapped into memory and served
+// from there after it was verified: nobody but this process's user (and
+// root) can change or truncate it. That holds when the open file is owned
+// by this process's effective user and has no write bit (changing it
+// takes a chmod, which only its owner may do), and every directory from
+// the file's up to the cache directory is owned by that user and writable
+// by nobody else, so that nobody else can have put it there. Otherwise
+// the caller reads the file into memory and serves that copy.
+func (c *LocalCache) OpenChunk(fp manifest.Fingerprint) (f *os.File, fi fs.FileInfo, mappable bool, err error) {
+	p := c.Path(fp)
+	f, fi, err = fsutil.Open(p)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return f, fi, fi.Mode().Perm()&0o222 == 0 && ownedByMe(fi) && c.privateDirs(filepath.Dir(p)), nil
+}
+
+// privateDirs reports whether dir and each directory above it up to the
+// cache directory (inclusive, followed if it is a symbolic link) are owned
+// by this process's effective user and not writable by group or others.
+func (c *LocalCache) privateDirs(dir string) bool {
+	for {
+		stat := os.Lstat
+		if dir == c.dir {
+			stat = os.Stat
+		}
+		fi, err := stat(dir)
+		if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 || !ownedByMe(fi) {
+			return false
+		}
+		if dir == c.dir {
+			return true
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir || len(parent) < len(c.dir) {
+			return false // not under the cache directory
+		}
+		dir = parent
+	}
+}
+
+// ownedByMe reports whether fi is owned by this process's effective user.
+func ownedByMe(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid()
+}
+
+// createTemp creates a new file in dir, named prefix and a random suffix,
+// with mode perm less what the umask takes away (a file created read-only
+// is still open for writing).
+func createTemp(dir, prefix string, perm fs.FileMode) (f *os.File, err error) {
+	for range 100 {
+		name := filepath.Join(dir, prefix+strconv.FormatUint(rand.Uint64(), 36))
+		f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, perm)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
+	return f, err
 }

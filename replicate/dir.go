@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -15,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -52,6 +52,13 @@ const versionIDLen = 20
 //
 // Every write goes to a temporary file in tmp/ that is then renamed into
 // place, so readers never see a partial blob.
+//
+// Files and directories are at most as readable as the database they hold
+// data of (the put's context says which, WithSourcePerm), within the
+// umask; a chunk or pack that databases of different modes share, and a
+// directory they share, keeps the narrowest access any of them asked for.
+// Every file is opened without blocking and checked to be a regular file
+// before it is read.
 type DirStore struct {
 	root string
 	// now is the clock for version IDs, touches and pruning.
@@ -133,20 +140,29 @@ func (s *DirStore) TouchPack(ctx context.Context, id manifest.Fingerprint) error
 }
 
 // putObject writes blob under key in the chunks directory.
+//
+// Objects are shared by every database that holds the same bytes: one
+// already there keeps the narrowest of its mode and the one asked for.
 func (s *DirStore) putObject(ctx context.Context, op, key string, blob []byte) error {
 	if err := ctx.Err(); err != nil {
 		return s.err(op, key, err)
 	}
-	tmp, err := s.writeTemp(blob)
+	src := SourcePerm(ctx)
+	perm := FilePerm(src)
+	dst := s.objectPath(key)
+	if fi, err := os.Lstat(dst); err == nil && fi.Mode().IsRegular() {
+		perm &= fi.Mode().Perm() | 0o400
+	}
+	tmp, err := s.writeTemp(blob, perm)
 	if err != nil {
 		return s.err(op, key, err)
 	}
 	defer os.Remove(tmp)
 	dir, _ := path.Split(key)
-	if err := s.mkdirs(append([]string{dirChunks}, strings.Split(strings.TrimSuffix(dir, "/"), "/")...)...); err != nil {
+	if err := s.mkdirs(DirPerm(src), append([]string{dirChunks}, strings.Split(strings.TrimSuffix(dir, "/"), "/")...)...); err != nil {
 		return s.err(op, key, err)
 	}
-	if err := os.Rename(tmp, s.objectPath(key)); err != nil {
+	if err := os.Rename(tmp, dst); err != nil {
 		return s.err(op, key, err)
 	}
 	return nil
@@ -205,14 +221,16 @@ func (s *DirStore) PutManifest(ctx context.Context, key string, data []byte) err
 		return s.err(op, key, err)
 	}
 	blob := EncodeManifestBlob(data)
-	tmp, err := s.writeTemp(blob)
+	src := SourcePerm(ctx)
+	perm := FilePerm(src)
+	tmp, err := s.writeTemp(blob, perm)
 	if err != nil {
 		return s.err(op, key, err)
 	}
 	defer os.Remove(tmp)
 
 	hostPart, namePart, _ := strings.Cut(key, "/")
-	if err := s.mkdirs(dirVersions, hostPart, namePart); err != nil {
+	if err := s.mkdirs(DirPerm(src), dirVersions, hostPart, namePart); err != nil {
 		return s.err(op, key, err)
 	}
 	vdir := s.versionDir(key)
@@ -220,14 +238,14 @@ func (s *DirStore) PutManifest(ctx context.Context, key string, data []byte) err
 	if err != nil {
 		return s.err(op, key, err)
 	}
-	id, err := s.addVersion(vdir, tmp, blob, ids)
+	id, err := s.addVersion(vdir, tmp, blob, perm, ids)
 	if err != nil {
 		return s.err(op, key, err)
 	}
 	ns, _ := parseVersionID(id)
 	ids = append(ids, ns) // the largest, so ids stays sorted
 
-	if err := s.mkdirs(dirManifests, hostPart); err != nil {
+	if err := s.mkdirs(DirPerm(src), dirManifests, hostPart); err != nil {
 		return s.err(op, key, err)
 	}
 	if err := os.Rename(tmp, s.manifestPath(key)); err != nil {
@@ -241,8 +259,9 @@ func (s *DirStore) PutManifest(ctx context.Context, key string, data []byte) err
 // in ids (sorted) and than the clock, and returns that ID. The ID orders
 // the versions; after a version named by a writer whose clock ran ahead,
 // it is later than the clock, and ManifestVersions takes the version's
-// time from its file's modification time instead.
-func (s *DirStore) addVersion(vdir, tmp string, blob []byte, ids []int64) (string, error) {
+// time from its file's modification time instead. Where it must copy
+// instead of link, the copy has mode perm.
+func (s *DirStore) addVersion(vdir, tmp string, blob []byte, perm fs.FileMode, ids []int64) (string, error) {
 	now := s.now()
 	// The version's time, whatever its name.
 	_ = os.Chtimes(tmp, now, now)
@@ -261,7 +280,7 @@ func (s *DirStore) addVersion(vdir, tmp string, blob []byte, ids []int64) (strin
 			continue
 		}
 		// No hard links here (some network and FUSE file systems): copy.
-		vtmp, werr := s.writeTemp(blob)
+		vtmp, werr := s.writeTemp(blob, perm)
 		if werr != nil {
 			return "", werr
 		}
@@ -463,21 +482,20 @@ func parseVersionID(id string) (int64, bool) {
 	return ns, err == nil && ns >= 0
 }
 
-// writeTemp writes blob to a new file in tmp/, synced, and returns its
-// path.
-func (s *DirStore) writeTemp(blob []byte) (string, error) {
-	if err := s.mkdirs(dirTmp); err != nil {
+// writeTemp writes blob to a new file in tmp/ with mode perm (less what
+// the umask takes away), synced, and returns its path. tmp/ itself is
+// private to the store's owner.
+func (s *DirStore) writeTemp(blob []byte, perm fs.FileMode) (string, error) {
+	if err := s.mkdirs(0o700, dirTmp); err != nil {
 		return "", err
 	}
-	f, err := os.CreateTemp(filepath.Join(s.root, dirTmp), "put-*")
+	// Created with its final mode, so that the umask applies.
+	f, err := createTemp(filepath.Join(s.root, dirTmp), "put-", perm)
 	if err != nil {
 		return "", err
 	}
 	name := f.Name()
 	_, err = f.Write(blob)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -492,14 +510,18 @@ func (s *DirStore) writeTemp(blob []byte) (string, error) {
 }
 
 // mkdirs creates the directories root/elem[0], root/elem[0]/elem[1], …
-// that do not exist yet, with mode 0755. Unlike os.MkdirAll it never
-// creates the root itself: a missing root (an unmounted file system,
-// say) is an error.
-func (s *DirStore) mkdirs(elem ...string) error {
+// that do not exist yet, with mode perm less the umask, and narrows those
+// that exist to at most perm's read and search bits (narrowDir). Unlike
+// os.MkdirAll it never creates the root itself: a missing root (an
+// unmounted file system, say) is an error.
+func (s *DirStore) mkdirs(perm fs.FileMode, elem ...string) error {
 	dir := s.root
 	for _, e := range elem {
 		dir = filepath.Join(dir, e)
-		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		err := os.Mkdir(dir, perm)
+		if errors.Is(err, fs.ErrExist) {
+			narrowDir(dir, perm)
+		} else if err != nil {
 			return err
 		}
 	}
@@ -513,7 +535,7 @@ func (s *DirStore) rootExists() bool {
 
 func (s *DirStore) removeStaleTemps() {
 	dir := filepath.Join(s.root, dirTmp)
-	entries, err := os.ReadDir(dir)
+	entries, err := fsutil.ReadDir(dir)
 	if err != nil {
 		return
 	}
@@ -525,54 +547,29 @@ func (s *DirStore) removeStaleTemps() {
 	}
 }
 
-// readFileMax reads a file of at most limit bytes; a larger file is
-// reported as corrupt without being read.
+// readFileMax reads a regular file of at most limit bytes, never
+// blocking in open(2) (a named pipe at a key) and never following a
+// symbolic link. A file that is not regular, or larger than limit, is
+// reported as corrupt, without being read.
 func readFileMax(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
+	b, err := fsutil.ReadFileMax(path, limit)
+	if errors.Is(err, fsutil.ErrNotRegular) || errors.Is(err, fsutil.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file: %w", path, ErrCorrupt)
-	}
-	if fi.Size() > limit {
-		return nil, fmt.Errorf("%d bytes, more than the %d a blob may have: %w", fi.Size(), limit, ErrCorrupt)
-	}
-	b := make([]byte, 0, fi.Size()+1)
-	for {
-		n, err := f.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		if int64(len(b)) > limit {
-			return nil, fmt.Errorf("more than the %d bytes a blob may have: %w", limit, ErrCorrupt)
-		}
-		if len(b) == cap(b) {
-			b = slices.Grow(b, 4096)
-		}
-	}
+	return b, err
 }
 
+// readDirNames lists the directory dir, sorted, never blocking in
+// open(2).
 func readDirNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
+	entries, err := fsutil.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, err
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Name()
 	}
-	slices.Sort(names)
 	return names, nil
 }
 

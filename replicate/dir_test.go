@@ -57,7 +57,7 @@ func TestLimitedDirConformance(t *testing.T) {
 
 func TestDirLayout(t *testing.T) {
 	d, _ := newDirHarness(t)
-	ctx := context.Background()
+	ctx := WithSourcePerm(context.Background(), 0o644)
 	data := compressible(manifest.ChunkSize)
 	fp := manifest.Sum(data)
 	if err := d.PutChunk(ctx, fp, data); err != nil {
@@ -90,10 +90,10 @@ func TestDirLayout(t *testing.T) {
 	if !os.SameFile(a, b) {
 		t.Error("the version is not a hard link of the latest manifest")
 	}
-	for _, dir := range []string{"chunks", "manifests", "versions", "tmp"} {
+	for dir, perm := range map[string]os.FileMode{"chunks": 0o755, "manifests": 0o755, "versions": 0o755, "tmp": 0o700} {
 		fi, err := os.Stat(filepath.Join(d.Root(), dir))
-		if err != nil || fi.Mode().Perm() != 0o755&^currentUmask() {
-			t.Errorf("%s: %v %v", dir, fi.Mode(), err)
+		if err != nil || fi.Mode().Perm() != perm&^currentUmask() {
+			t.Errorf("%s: %v %v, want %v", dir, fi.Mode(), err, perm&^currentUmask())
 		}
 	}
 	if tmp, _ := readDirNames(filepath.Join(d.Root(), "tmp")); len(tmp) != 0 {

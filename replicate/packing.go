@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -39,7 +40,7 @@ const (
 // loadPlacements reads a database's placements file; a missing file is
 // an empty one, and a torn last record (a crash mid-append) is ignored.
 func loadPlacements(dir string) (map[manifest.Fingerprint]manifest.PackRef, error) {
-	b, err := os.ReadFile(filepath.Join(dir, packedFile))
+	b, err := fsutil.ReadFile(filepath.Join(dir, packedFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return map[manifest.Fingerprint]manifest.PackRef{}, nil
 	}
@@ -182,7 +183,7 @@ func SpoolPlaces(dir string) (map[manifest.Fingerprint]manifest.PackRef, error) 
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile))
+	b, err := fsutil.ReadFile(filepath.Join(dir, uploadedManifestFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return places, nil
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -355,26 +356,7 @@ var ErrNotRegularFile = errors.New("replicate: output is not a regular file")
 
 // FileKind names the type of a file mode for messages: "a named pipe
 // (FIFO)", "a character device", "a regular file".
-func FileKind(mode fs.FileMode) string {
-	switch t := mode.Type(); {
-	case t == 0:
-		return "a regular file"
-	case t&fs.ModeDir != 0:
-		return "a directory"
-	case t&fs.ModeSymlink != 0:
-		return "a symbolic link"
-	case t&fs.ModeNamedPipe != 0:
-		return "a named pipe (FIFO)"
-	case t&fs.ModeSocket != 0:
-		return "a socket"
-	case t&fs.ModeCharDevice != 0:
-		return "a character device"
-	case t&fs.ModeDevice != 0:
-		return "a block device"
-	default:
-		return "an irregular file"
-	}
-}
+func FileKind(mode fs.FileMode) string { return fsutil.FileKind(mode) }
 
 // checkReplaceable returns an error wrapping ErrNotRegularFile when path
 // exists and is not a regular file; it does not follow a symbolic link.

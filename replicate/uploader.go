@@ -173,19 +173,19 @@ const statusFile = "status.json"
 // directory, with the lag and pending bytes computed now from the spool.
 func ReadStatus(dir string, now time.Time) (Status, error) {
 	s := Status{Dir: dir}
-	if b, err := os.ReadFile(filepath.Join(dir, statusFile)); err == nil {
+	if b, err := fsutil.ReadFile(filepath.Join(dir, statusFile)); err == nil {
 		if err := json.Unmarshal(b, &s); err != nil {
 			return s, fmt.Errorf("replicate: %s: %w", filepath.Join(dir, statusFile), err)
 		}
 		s.Dir = dir
 	}
 	if s.Source == "" {
-		if b, err := os.ReadFile(filepath.Join(dir, "source")); err == nil {
+		if b, err := fsutil.ReadFile(filepath.Join(dir, "source")); err == nil {
 			s.Source = string(b)
 		}
 	}
 	var sum [32]byte
-	if b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
+	if b, err := fsutil.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
 		sum = spoolSum(b)
 	}
 	s.Lag, s.PendingBytes = SpoolLag(dir, sum, now)
@@ -344,10 +344,10 @@ func (u *Uploader) state(dir string) *dbState {
 	if !ok {
 		st = &dbState{dir: dir}
 		st.status.Dir = dir
-		if b, err := os.ReadFile(filepath.Join(dir, "source")); err == nil {
+		if b, err := fsutil.ReadFile(filepath.Join(dir, "source")); err == nil {
 			st.status.Source = string(b)
 		}
-		if b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
+		if b, err := fsutil.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
 			st.uploadedSum = spoolSum(b)
 		}
 		u.dbs[dir] = st
@@ -560,7 +560,7 @@ func (u *Uploader) TargetStats() map[string]Stats {
 // uploadedFileSum returns the SHA-256 of the database's uploaded file, the
 // manifest last put in the store by any process; zero when there is none.
 func uploadedFileSum(dir string) [32]byte {
-	b, err := os.ReadFile(filepath.Join(dir, uploadedManifestFile))
+	b, err := fsutil.ReadFile(filepath.Join(dir, uploadedManifestFile))
 	if err != nil {
 		return [32]byte{}
 	}
@@ -651,6 +651,9 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 		return nil // another process is uploading this database
 	}
 	defer unlock()
+	// What the stores write for this database is at most as readable as
+	// the database itself.
+	ctx = WithSourcePerm(ctx, spoolPerm(st.dir))
 	// Every pass, under upload.lock: another process (a rolling deploy)
 	// may have changed the targets since.
 	if err := u.checkTargets(st); err != nil {
@@ -711,7 +714,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 	staged := filepath.Join(st.dir, "staging", "manifest")
 	consuming := filepath.Join(st.dir, "consuming")
 	uploaded := st.uploadedSumCopy()
-	if b, err := os.ReadFile(staged); err == nil && sha256.Sum256(b) == uploaded &&
+	if b, err := fsutil.ReadFile(staged); err == nil && sha256.Sum256(b) == uploaded &&
 		fsutil.DirEmpty(filepath.Join(st.dir, "ready")) && fsutil.DirEmpty(consuming) {
 		return false, nil // nothing new
 	}
@@ -731,7 +734,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 		return false, err
 	}
 	before = append(before, inReady...)
-	mb, err := os.ReadFile(staged)
+	mb, err := fsutil.ReadFile(staged)
 	fromStaging := err == nil
 	handedOver := !fromStaging
 	if errors.Is(err, fs.ErrNotExist) {
@@ -768,7 +771,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 		return false, err
 	}
 	if fromStaging {
-		if b, err := os.ReadFile(staged); err != nil || string(b) != string(mb) {
+		if b, err := fsutil.ReadFile(staged); err != nil || string(b) != string(mb) {
 			// A newer snapshot was staged meanwhile, and the spool deletes
 			// the staged chunks a snapshot replaces: a chunk of this one
 			// may have gone before it was uploaded. Upload instead the
@@ -830,7 +833,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 // older handed-over one, a manifest gap staler.
 func (u *Uploader) inStore(st *dbState, m *manifest.Manifest) bool {
 	var prev map[manifest.Fingerprint]bool
-	if b, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil {
+	if b, err := fsutil.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil {
 		if pm, err := manifest.Decode(b); err == nil {
 			prev = make(map[manifest.Fingerprint]bool, len(pm.Chunks))
 			for _, fp := range pm.Chunks {
@@ -890,7 +893,7 @@ func newestSince(consuming string, before []string) ([]byte, *manifest.Manifest,
 		if slices.Contains(before, s) {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(consuming, s, "manifest"))
+		b, err := fsutil.ReadFile(filepath.Join(consuming, s, "manifest"))
 		if err != nil {
 			continue
 		}
@@ -917,7 +920,7 @@ func (u *Uploader) newestHandedOver(dir string) ([]byte, error) {
 			return nil, err
 		}
 		for _, s := range snaps {
-			b, err := os.ReadFile(filepath.Join(dir, state, s, "manifest"))
+			b, err := fsutil.ReadFile(filepath.Join(dir, state, s, "manifest"))
 			if err != nil {
 				continue
 			}
@@ -979,7 +982,7 @@ func removeSnapshots(consuming string, only []string) error {
 }
 
 func listDirs(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
+	entries, err := fsutil.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -1001,7 +1004,7 @@ func listDirs(dir string) ([]string, error) {
 // uploaded. Chunks go up in packs of up to PackChunks, in the order of
 // their first index in m, so that a pack holds neighbouring chunks.
 func (u *Uploader) uploadChunkDir(ctx context.Context, st *dbState, dir string, need map[manifest.Fingerprint]bool, m *manifest.Manifest, targets []limitedTarget) error {
-	entries, err := os.ReadDir(dir)
+	entries, err := fsutil.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -1100,7 +1103,7 @@ func (u *Uploader) uploadUnit(ctx context.Context, st *dbState, dir string, unit
 			continue
 		}
 		p := filepath.Join(dir, fp.String())
-		data, err := os.ReadFile(p)
+		data, err := fsutil.ReadFile(p)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // moved on to ready/, or no longer referenced
 		}
@@ -1278,7 +1281,7 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, mb []byte, h
 	// The last uploaded manifest says where the chunks this snapshot
 	// shares with it are: without it, nothing can be relied on.
 	var prev *manifest.Manifest
-	if b, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil {
+	if b, err := fsutil.ReadFile(filepath.Join(st.dir, uploadedManifestFile)); err == nil {
 		if prev, err = manifest.Decode(b); err != nil {
 			if ierr := u.invalidate(st); ierr != nil {
 				return ierr
@@ -1353,7 +1356,7 @@ func (u *Uploader) maybeTouch(ctx context.Context, st *dbState, targets []limite
 	if !due {
 		return
 	}
-	mb, err := os.ReadFile(filepath.Join(st.dir, uploadedManifestFile))
+	mb, err := fsutil.ReadFile(filepath.Join(st.dir, uploadedManifestFile))
 	if err != nil {
 		return
 	}
@@ -1439,7 +1442,7 @@ func (u *Uploader) checkTargets(st *dbState) error {
 	slices.Sort(names)
 	want := strings.Join(names, "\n") + "\n"
 	p := filepath.Join(st.dir, targetsFile)
-	got, err := os.ReadFile(p)
+	got, err := fsutil.ReadFile(p)
 	if err == nil && string(got) == want {
 		return nil
 	}
@@ -1494,9 +1497,11 @@ func lockDir(ctx context.Context, path string, wait bool) (func(), error) {
 	}
 }
 
+// writeFileAtomic writes b to dst, a file of a database's spool
+// directory, by rename; the file is at most as readable as the database.
 func writeFileAtomic(dst string, b []byte) error {
 	tmp := fmt.Sprintf("%s.tmp.%d.%d", dst, os.Getpid(), rand.Uint64())
-	if err := os.WriteFile(tmp, b, 0o444); err != nil {
+	if err := os.WriteFile(tmp, b, FilePerm(spoolPerm(filepath.Dir(dst)))); err != nil {
 		_ = os.Remove(tmp)
 		return err
 	}
@@ -1514,7 +1519,7 @@ func writeFileAtomic(dst string, b []byte) error {
 func SpoolLag(dir string, uploadedSum [32]byte, now time.Time) (lag time.Duration, pending int64) {
 	var oldest time.Time
 	consider := func(manifestPath string) {
-		b, err := os.ReadFile(manifestPath)
+		b, err := fsutil.ReadFile(manifestPath)
 		if err != nil {
 			return
 		}
@@ -1531,7 +1536,7 @@ func SpoolLag(dir string, uploadedSum [32]byte, now time.Time) (lag time.Duratio
 		pending += int64(len(b))
 	}
 	for _, state := range []string{"consuming", "ready"} {
-		subs, _ := os.ReadDir(filepath.Join(dir, state))
+		subs, _ := fsutil.ReadDir(filepath.Join(dir, state))
 		for _, s := range subs {
 			snap := filepath.Join(dir, state, s.Name())
 			consider(filepath.Join(snap, "manifest"))
@@ -1547,7 +1552,7 @@ func SpoolLag(dir string, uploadedSum [32]byte, now time.Time) (lag time.Duratio
 }
 
 func dirBytes(dir string) int64 {
-	entries, err := os.ReadDir(dir)
+	entries, err := fsutil.ReadDir(dir)
 	if err != nil {
 		return 0
 	}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/replicate"
 )
@@ -201,23 +202,35 @@ func (c *chunkMaps) mapped() int {
 // loadChunk finds chunk fp, of want bytes, and maps it: from the writable
 // cache, then the read-only directories, then each remote store in turn,
 // from the pack that ref names if it is not nil.
-// Whatever it maps has been verified against fp. A chunk fetched from a
-// remote store is written to the cache, so that other processes on the
-// host find it; when that fails the chunk is mapped from memory instead.
+// Whatever it maps has been verified against fp, and nobody but this
+// process's user can change it: a cache file that someone else could
+// change is copied into memory after it is verified, as are chunks from
+// read-only directories and stores.
 func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef) ([]byte, func(), error) {
 	var errs []error
 	if r.cache != nil {
-		p := r.cache.Path(fp)
-		b, err := mapVerified(p, fp, want)
+		b, free, err := r.loadCached(fp, want)
 		if err == nil {
 			// The cache evicts the least recently used chunks by mtime:
 			// a read here is a use.
 			_ = r.cache.TouchChunk(ctx, fp)
-			return b, func() { _ = syscall.Munmap(b) }, nil
+			return b, free, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
-			r.log.Warn("snapshot: dropping a bad chunk from the cache", "chunk", fp.String(), "path", p, "err", err)
-			_ = os.Remove(p)
+			p := r.cache.Path(fp)
+			errs = append(errs, fmt.Errorf("%s: %w", r.cache, err))
+			switch {
+			case errors.Is(err, fs.ErrPermission):
+				// Another user's cache (a cache is private to its user):
+				// the chunk comes from elsewhere.
+				r.log.Debug("snapshot: cannot read the cache", "chunk", fp.String(), "path", p, "err", err)
+			case errors.Is(err, fsutil.ErrNotRegular):
+				// Not a file this cache wrote: left alone.
+				r.log.Warn("snapshot: skipping a cache entry that is not a regular file", "chunk", fp.String(), "path", p, "err", err)
+			default:
+				r.log.Warn("snapshot: dropping a bad chunk from the cache", "chunk", fp.String(), "path", p, "err", err)
+				_ = os.Remove(p)
+			}
 		}
 	}
 	for _, d := range r.readOnly {
@@ -305,43 +318,59 @@ type cacheItem struct {
 	data []byte
 }
 
-// mapVerified maps the file at p read-only and checks that it holds the
-// want bytes of chunk fp.
-func mapVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
-	f, err := os.Open(p)
+// loadCached returns the want bytes of chunk fp from the local cache,
+// verified: mapped when nobody but this process's user can change the
+// file afterwards (LocalCache.OpenChunk), so that processes share the
+// page cache; otherwise read, verified, and copied, so that a file
+// another user rewrites or truncates later changes nothing, and cannot
+// fault a reader (SIGBUS).
+func (r *Reader) loadCached(fp manifest.Fingerprint, want int) ([]byte, func(), error) {
+	f, st, mappable, err := r.cache.OpenChunk(fp)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
+	p := f.Name()
+	if st.Size() != int64(want) {
+		return nil, nil, fmt.Errorf("%s is %d bytes, want %d: %w", p, st.Size(), want, ErrCorrupt)
 	}
-	if !st.Mode().IsRegular() || st.Size() != int64(want) {
-		return nil, fmt.Errorf("%s is %d bytes, want %d: %w", p, st.Size(), want, ErrCorrupt)
+	if !mappable {
+		data, err := readAllVerified(f, p, fp, want)
+		if err != nil {
+			return nil, nil, err
+		}
+		return r.slabs.copy(data)
 	}
 	b, err := syscall.Mmap(int(f.Fd()), 0, want, syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("map %s: %w", p, err)
+		return nil, nil, fmt.Errorf("map %s: %w", p, err)
 	}
 	if manifest.Sum(b) != fp {
 		_ = syscall.Munmap(b)
-		return nil, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
+		return nil, nil, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
 	}
-	return b, nil
+	return b, func() { _ = syscall.Munmap(b) }, nil
 }
 
-// readVerified reads the file at p and checks that it holds the want
+// readVerified reads the file at p, without blocking in open(2) and only
+// if it is a regular file (or a symbolic link to one: read-only
+// directories are someone else's), and checks that it holds the want
 // bytes of chunk fp.
 func readVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
-	f, err := os.Open(p)
+	f, _, err := fsutil.OpenFollow(p)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	return readAllVerified(f, p, fp, want)
+}
+
+// readAllVerified reads f, the file at p, and checks that it holds the
+// want bytes of chunk fp, no more.
+func readAllVerified(f *os.File, p string, fp manifest.Fingerprint, want int) ([]byte, error) {
 	data := make([]byte, want+1)
 	n, err := io.ReadFull(f, data)
-	if err != io.ErrUnexpectedEOF && err != nil {
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return nil, err
 	}
 	if n != want || manifest.Sum(data[:n]) != fp {

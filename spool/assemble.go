@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -21,7 +21,7 @@ var ErrChunkMissing = errors.New("spool: chunk missing")
 // manifest. Chunks the uploader has already uploaded and removed are not in
 // the spool: this is for tests and tools that run without an uploader.
 func Assemble(dbDir string, w io.Writer) (*manifest.Manifest, error) {
-	b, err := os.ReadFile(filepath.Join(dbDir, "staging", "manifest"))
+	b, err := fsutil.ReadFile(filepath.Join(dbDir, "staging", "manifest"))
 	if err != nil {
 		return nil, fmt.Errorf("spool: read manifest: %w", err)
 	}
@@ -31,7 +31,7 @@ func Assemble(dbDir string, w io.Writer) (*manifest.Manifest, error) {
 	}
 	dirs := []string{filepath.Join(dbDir, "staging", "chunks")}
 	for _, state := range []string{"ready", "consuming"} {
-		subs, _ := os.ReadDir(filepath.Join(dbDir, state))
+		subs, _ := fsutil.ReadDir(filepath.Join(dbDir, state))
 		for _, s := range subs {
 			dirs = append(dirs, filepath.Join(dbDir, state, s.Name(), "chunks"))
 		}
@@ -43,7 +43,7 @@ func Assemble(dbDir string, w io.Writer) (*manifest.Manifest, error) {
 			if ok {
 				break
 			}
-			data, err = os.ReadFile(filepath.Join(d, fp.String()))
+			data, err = fsutil.ReadFile(filepath.Join(d, fp.String()))
 			if err == nil {
 				ok = true
 			} else if !errors.Is(err, fs.ErrNotExist) {

@@ -396,9 +396,9 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 // markerSet reports whether the txn marker says a transaction is in
 // flight, or never finished its snapshot.
 func (d *DB) markerSet() bool {
-	f, err := os.Open(d.MarkerPath())
+	f, _, err := fsutil.Open(d.MarkerPath())
 	if err != nil {
-		return false
+		return errors.Is(err, fsutil.ErrNotRegular) // unusable: as if set
 	}
 	defer f.Close()
 	var b [1]byte
@@ -414,7 +414,7 @@ func (d *DB) clearMarker() error {
 	if err := d.s.fault("write", p); err != nil {
 		return fmt.Errorf("spool: clear txn marker of %s: %w", d.path, err)
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -446,7 +446,7 @@ func (d *DB) loadCached() *cached {
 		return d.cur
 	}
 	d.cur = nil
-	b, err := os.ReadFile(p)
+	b, err := fsutil.ReadFile(p)
 	if err != nil {
 		return nil
 	}
@@ -486,7 +486,7 @@ func (d *DB) ensureDirs(mode fs.FileMode) error {
 		_ = os.Chmod(p, dm) // umask-proof
 	}
 	src := filepath.Join(d.dir, "source")
-	if b, err := os.ReadFile(src); err != nil || string(b) != d.path {
+	if b, err := fsutil.ReadFile(src); err != nil || string(b) != d.path {
 		if err := d.writeFile(src, []byte(d.path), fileMode(mode)); err != nil {
 			return err
 		}
@@ -626,7 +626,7 @@ func (d *DB) dropUnreferenced(fps []manifest.Fingerprint) {
 
 // gcStaging deletes staged chunks that the staged manifest does not use.
 func (d *DB) gcStaging(refs map[manifest.Fingerprint]int32) {
-	entries, err := os.ReadDir(d.StagingChunksDir())
+	entries, err := fsutil.ReadDir(d.StagingChunksDir())
 	if err != nil {
 		return
 	}
@@ -665,7 +665,7 @@ func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
 		fail(err)
 		return
 	}
-	entries, err := os.ReadDir(d.StagingChunksDir())
+	entries, err := fsutil.ReadDir(d.StagingChunksDir())
 	if err != nil {
 		fail(err)
 		return

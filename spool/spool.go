@@ -15,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/zeebo/blake3"
+
+	"github.com/boule-vfs/boule/internal/fsutil"
 )
 
 // Log attribute keys.
@@ -171,7 +173,7 @@ func (s *Spool) WaitCleaned(ctx context.Context) error {
 // opened in this boot is snapshotted again from scratch.
 func (s *Spool) removeOldBoots() {
 	defer close(s.cleanDone)
-	entries, err := os.ReadDir(s.root)
+	entries, err := fsutil.ReadDir(s.root)
 	if err != nil {
 		s.log.Warn("spool: cannot list old boots", logKeySpool, s.root, logKeyErr, err)
 		return
@@ -299,7 +301,7 @@ func UnmangleName(name string) (string, bool) {
 // removeStaleTemps deletes scratch files older than a minute: leftovers of
 // a process that crashed mid-write. Live temp files exist for milliseconds.
 func removeStaleTemps(dir string, now time.Time) {
-	entries, err := os.ReadDir(dir)
+	entries, err := fsutil.ReadDir(dir)
 	if err != nil {
 		return
 	}
@@ -340,7 +342,7 @@ func List(root string) ([]DBDir, error) {
 	if err != nil {
 		return nil, err
 	}
-	entries, err := os.ReadDir(boot)
+	entries, err := fsutil.ReadDir(boot)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil, checkRoot(root)
 	}
@@ -353,7 +355,7 @@ func List(root string) ([]DBDir, error) {
 			continue
 		}
 		d := DBDir{Dir: filepath.Join(boot, e.Name())}
-		if b, err := os.ReadFile(filepath.Join(d.Dir, "source")); err == nil {
+		if b, err := fsutil.ReadFile(filepath.Join(d.Dir, "source")); err == nil {
 			d.Source = string(b)
 		} else if p, ok := UnmangleName(e.Name()); ok {
 			d.Source = p
@@ -374,7 +376,7 @@ func checkRoot(root string) error {
 	if !st.IsDir() {
 		return fmt.Errorf("%w: %s is not a directory", ErrNotSpool, root)
 	}
-	entries, err := os.ReadDir(root)
+	entries, err := fsutil.ReadDir(root)
 	if err != nil {
 		return fmt.Errorf("spool: list %s: %w", root, err)
 	}

@@ -22,6 +22,9 @@
 //
 // Exit codes: 0 success, 1 the operation failed, 2 bad usage or
 // configuration.
+//
+// SIGTERM or SIGINT stops the command: every command exits, with status 1,
+// within a second of the signal.
 package main
 
 import (
@@ -35,6 +38,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Exit codes.
@@ -79,10 +83,39 @@ type globals struct {
 	logger *slog.Logger
 }
 
+// stopGrace is how long a command may take to stop after SIGTERM or
+// SIGINT cancelled its context, before vfsctl exits without it: every
+// command ends within a second of the signal, even one stuck in a call
+// that no context reaches (a busy SQLite lock, a read of a --config
+// pipe, a hung network file system).
+const stopGrace = 700 * time.Millisecond
+
 func main() {
+	os.Exit(runUntilSignal(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// runUntilSignal runs the command until it ends, or until stopGrace after
+// the first SIGTERM or SIGINT; a second one kills vfsctl at once.
+func runUntilSignal(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, args, stdout, stderr) }()
+	select {
+	case code := <-done:
+		return code
+	case <-ctx.Done():
+	}
+	stop() // the next signal has its default effect
+	t := time.NewTimer(stopGrace)
+	defer t.Stop()
+	select {
+	case code := <-done:
+		return code
+	case <-t.C:
+		fmt.Fprintf(stderr, "vfsctl: interrupted; exiting without waiting for the command to stop\n")
+		return exitFail
+	}
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	_ "github.com/mattn/go-sqlite3"
+	"github.com/mattn/go-sqlite3"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/replicate"
@@ -124,6 +124,14 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	return nil
 }
 
+// How long sync waits for another process's lock on the database, and
+// how long at a time SQLite's busy handler, which no context reaches, may
+// wait.
+const (
+	syncBusyWait = 10 * time.Second
+	syncBusyStep = 100 * time.Millisecond
+)
+
 func cmdSync(ctx context.Context, g *globals, args []string) error {
 	fs, err := subcommand(g, "sync", "DB",
 		"Uploads a fresh snapshot of the database file DB, whether or not it was written\nthrough boule, and prints its manifest name. Opens DB read-only.", args, nil)
@@ -164,14 +172,29 @@ func cmdSync(ctx context.Context, g *globals, args []string) error {
 	// A read transaction through boule brings the spool up to date with
 	// the file: its first transaction checks, and rebuilds if stale. The
 	// path is escaped, or a %, ? or # in it would name another file.
-	db, err := sql.Open("sqlite3", "file:"+uriPath(path)+"?vfs=boule&mode=ro&_busy_timeout=10000")
+	//
+	// SQLite's busy handler does not see the context: it waits at most
+	// syncBusyStep at a time, and the loop below waits up to syncBusyWait
+	// for a writer's lock, so that a signal ends the wait at once.
+	db, err := sql.Open("sqlite3", fmt.Sprintf("file:%s?vfs=boule&mode=ro&_busy_timeout=%d", uriPath(path), syncBusyStep.Milliseconds()))
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	var n int
-	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&n); err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+	for deadline := time.Now().Add(syncBusyWait); ; {
+		err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&n)
+		var se sqlite3.Error
+		if errors.As(err, &se) && se.Code == sqlite3.ErrBusy && ctx.Err() == nil && time.Now().Before(deadline) {
+			continue
+		}
+		if cerr := ctx.Err(); cerr != nil && err != nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+		break
 	}
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err == nil && mode == "wal" {

@@ -1,12 +1,168 @@
-// Package fsutil holds small file system helpers shared by the spool and
-// the uploader.
+// Package fsutil holds small file system helpers shared by the spool, the
+// stores, the caches and the uploader.
+//
+// Every file Boule reads from a store, a cache, a read_only directory or
+// the spool is opened with [Open] (or [OpenFollow]) and read with
+// [ReadFile] or [ReadFileMax]: open(2) never waits (a named pipe at a
+// file's name would otherwise block until something writes to it, where
+// no signal can reach), and anything but a regular file is an error that
+// names it. Directories are opened with [ReadDir], which never blocks
+// either.
 package fsutil
 
-import "os"
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// ErrNotRegular is returned, wrapped in an *fs.PathError that names the
+// file and says what it is, when a file that should be a regular file is
+// a named pipe, a device, a socket, a directory, or a symbolic link that
+// is not followed.
+var ErrNotRegular = errors.New("not a regular file")
+
+// ErrTooLarge is returned, wrapped, by ReadFileMax when the file holds more
+// than the limit.
+var ErrTooLarge = errors.New("file too large")
+
+// openFlags are the flags every read of a regular file uses. O_NONBLOCK
+// makes open(2) return at once for a named pipe with no writer (reads of
+// regular files ignore it); O_CLOEXEC keeps the descriptor from children.
+const openFlags = os.O_RDONLY | syscall.O_NONBLOCK | syscall.O_CLOEXEC
+
+// Open opens the regular file at path for reading, without blocking and
+// without following a symbolic link at path (a link is never where Boule
+// writes a file). It returns the file's status, taken from the open file.
+// Anything but a regular file is an error wrapping ErrNotRegular; a
+// symbolic link is one too, where the system reports ELOOP.
+func Open(path string) (*os.File, fs.FileInfo, error) {
+	return open(path, openFlags|syscall.O_NOFOLLOW)
+}
+
+// OpenFollow is Open for a directory that someone else fills, where a
+// file may be a symbolic link to a regular file: it follows links.
+func OpenFollow(path string) (*os.File, fs.FileInfo, error) {
+	return open(path, openFlags)
+}
+
+func open(path string, flags int) (*os.File, fs.FileInfo, error) {
+	f, err := os.OpenFile(path, flags, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) && flags&syscall.O_NOFOLLOW != 0 {
+			if fi, lerr := os.Lstat(path); lerr == nil && fi.Mode().Type() == fs.ModeSymlink {
+				return nil, nil, notRegular(path, fi.Mode())
+			}
+		}
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, notRegular(path, fi.Mode())
+	}
+	return f, fi, nil
+}
+
+func notRegular(path string, mode fs.FileMode) error {
+	return &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("is %s, %w", FileKind(mode), ErrNotRegular)}
+}
+
+// ReadFile reads the whole regular file at path, opened as Open opens it.
+// A missing file is an error wrapping fs.ErrNotExist, as for os.ReadFile.
+func ReadFile(path string) ([]byte, error) {
+	return ReadFileMax(path, -1)
+}
+
+// ReadFileMax is ReadFile for a file of at most limit bytes (no limit when
+// negative): a larger file is an error wrapping ErrTooLarge, refused from
+// its size when it is opened, or once more than limit bytes were read
+// from a file that grew meanwhile.
+func ReadFileMax(path string, limit int64) ([]byte, error) {
+	f, fi, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readAll(f, path, fi.Size(), limit)
+}
+
+// readAll reads f, a regular file of about size bytes opened with Open,
+// to its end, at most limit bytes (no limit when negative).
+func readAll(f *os.File, path string, size, limit int64) ([]byte, error) {
+	if limit >= 0 && size > limit {
+		return nil, &fs.PathError{Op: "read", Path: path,
+			Err: fmt.Errorf("%d bytes, more than the %d it may have: %w", size, limit, ErrTooLarge)}
+	}
+	b := make([]byte, 0, size+1)
+	for {
+		n, err := f.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if limit >= 0 && int64(len(b)) > limit {
+			return nil, &fs.PathError{Op: "read", Path: path,
+				Err: fmt.Errorf("more than the %d bytes it may have: %w", limit, ErrTooLarge)}
+		}
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(b) == cap(b) {
+			b = slices.Grow(b, 4096)
+		}
+	}
+}
+
+// ReadDir reads the directory at path, as os.ReadDir does (entries sorted
+// by name), but never blocks in open(2): anything but a directory (a
+// named pipe, say) is an error, ENOTDIR. It follows a symbolic link.
+func ReadDir(path string) ([]fs.DirEntry, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	entries, err := f.ReadDir(-1)
+	slices.SortFunc(entries, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	return entries, err
+}
+
+// FileKind names the type of a file mode for messages: "a named pipe
+// (FIFO)", "a character device", "a regular file".
+func FileKind(mode fs.FileMode) string {
+	switch t := mode.Type(); {
+	case t == 0:
+		return "a regular file"
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case t&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case t&fs.ModeSocket != 0:
+		return "a socket"
+	case t&fs.ModeCharDevice != 0:
+		return "a character device"
+	case t&fs.ModeDevice != 0:
+		return "a block device"
+	default:
+		return "an irregular file"
+	}
+}
 
 // DirEmpty reports whether the directory p is empty or does not exist.
 func DirEmpty(p string) bool {
-	f, err := os.Open(p)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return true
 	}

@@ -1,0 +1,293 @@
+package snapshot
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/internal/osuser"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/replicate"
+)
+
+// mappedFiles returns the files this process has mapped, from
+// /proc/self/maps.
+func mappedFiles(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// chunkBytes returns chunk i of image.
+func chunkBytes(image []byte, i int) []byte {
+	off := i * manifest.ChunkSize
+	return image[off:min(off+manifest.ChunkSize, len(image))]
+}
+
+// TestCacheMapsOnlyWhatNobodyElseCanChange: a cache file is mapped (and
+// the page cache shared) only when nobody but this process's user can
+// change it; otherwise it is read, verified and copied. Either way the
+// bytes served are the chunk's.
+func TestCacheMapsOnlyWhatNobodyElseCanChange(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		spoil  func(t *testing.T, cacheDir, p string)
+		mapped bool
+	}{
+		{"private cache", func(*testing.T, string, string) {}, true},
+		{"file with a write bit", func(t *testing.T, _, p string) { chmod(t, p, 0o644) }, false},
+		{"shard writable by others", func(t *testing.T, _, p string) { chmod(t, filepath.Dir(p), 0o777) }, false},
+		{"cache directory writable by its group", func(t *testing.T, dir, _ string) { chmod(t, dir, 0o770) }, false},
+		{"file of another user", func(t *testing.T, _, p string) {
+			if err := os.Chown(p, 54321, 54321); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if os.Geteuid() != 0 && tc.name == "file of another user" {
+				t.Skip("chown takes root")
+			}
+			f := newFixture(t)
+			image := db(51, 3)
+			m := publish(t, f.store, "/map.db", image, time.Now())
+			want := chunkBytes(image, 1)
+			if err := f.cache.PutChunk(context.Background(), m.Chunks[1], want); err != nil {
+				t.Fatal(err)
+			}
+			p := f.cache.Path(m.Chunks[1])
+			tc.spoil(t, f.cache.Dir(), p)
+			r := f.reader(Options{Prefetch: -1})
+			c, err := r.Open(context.Background(), "boule:///map.db")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			before := f.store.chunks.Load()
+			got, err := c.Snapshot().Chunk(context.Background(), 1)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("Chunk(1)=%d bytes, %v, want the chunk's %d bytes", len(got), err, len(want))
+			}
+			if n := f.store.chunks.Load() - before; n != 0 {
+				t.Errorf("the chunk was fetched %d times from the store, want it read from the cache", n)
+			}
+			if mapped := strings.Contains(mappedFiles(t), p); mapped != tc.mapped {
+				t.Errorf("cache file mapped=%v, want %v", mapped, tc.mapped)
+			}
+		})
+	}
+}
+
+func chmod(t *testing.T, p string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Environment of the child process of TestCacheChangedByAnotherUser.
+const (
+	envCacheChild = "BOULE_TEST_CACHE_CHILD" // "store dir|cache dir|chunk index"
+)
+
+// TestCacheChangedByAnotherUser: in a cache directory another user can
+// write, a cache file of theirs is verified when a replica first reads it;
+// rewriting it in place afterwards must not change what new connections
+// read, and truncating it must not kill the reader (SIGBUS).
+func TestCacheChangedByAnotherUser(t *testing.T) {
+	if v := os.Getenv(envCacheChild); v != "" {
+		cacheChild(t, v)
+		return
+	}
+	other := osuser.Other(t)
+	for _, tc := range []struct {
+		name  string
+		shell string // run by the other user on the cache file "$1"
+	}{
+		{"rewritten in place", `chmod u+w "$1" && printf HACKED | dd of="$1" bs=1 seek=100 conv=notrunc 2>/dev/null`},
+		{"truncated", `chmod u+w "$1" && truncate -s 0 "$1"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			image := db(52, 3)
+			m := publish(t, f.store, "/shared.db", image, time.Now())
+			// The other user's file, in a shard and a cache directory
+			// anyone may write.
+			if err := f.cache.PutChunk(context.Background(), m.Chunks[1], chunkBytes(image, 1)); err != nil {
+				t.Fatal(err)
+			}
+			p := f.cache.Path(m.Chunks[1])
+			chmod(t, f.cache.Dir(), 0o777)
+			chmod(t, filepath.Dir(p), 0o777)
+			if err := os.Chown(p, other.UID, other.GID); err != nil {
+				t.Fatal(err)
+			}
+			osuser.Reachable(t, filepath.Dir(p))
+
+			// The reader runs in a child process, so that a SIGBUS kills
+			// only the child.
+			cmd := exec.Command(os.Args[0], "-test.run=^TestCacheChangedByAnotherUser$", "-test.v")
+			cmd.Env = append(os.Environ(), envCacheChild+"="+filepath.Join(f.dir, "store")+"|"+f.cache.Dir()+"|1")
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Process.Kill()
+			lines := bufio.NewScanner(stdout)
+			var out strings.Builder
+			waitFor := func(want string) {
+				t.Helper()
+				for lines.Scan() {
+					out.WriteString(lines.Text() + "\n")
+					if lines.Text() == want {
+						return
+					}
+				}
+				t.Fatalf("child ended before %q: %v\nstdout:\n%s\nstderr:\n%s", want, cmd.Wait(), out.String(), stderr.String())
+			}
+			waitFor("verified")
+			if _, err := other.Run("sh", "-c", tc.shell, "sh", p); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintln(stdin, "again")
+			waitFor("same bytes")
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("child: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), stderr.String())
+			}
+		})
+	}
+}
+
+// cacheChild is the reader of TestCacheChangedByAnotherUser: it reads the
+// chunk once through a replica, says "verified", waits for a line on
+// stdin, reads it again through a new connection, and says "same bytes"
+// if they are unchanged.
+func cacheChild(t *testing.T, arg string) {
+	parts := strings.Split(arg, "|")
+	ds, err := replicate.NewDirStore(parts[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := replicate.NewLocalCache(parts[1], 4, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(Options{Remote: []replicate.Store{ds}, Cache: cache, Hostname: testHost, Prefetch: -1})
+	defer r.Close()
+	ctx := context.Background()
+	c1, err := r.Open(ctx, "boule:///shared.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	first, err := c1.Snapshot().Chunk(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(first)
+	fmt.Println("verified")
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := r.Open(ctx, "boule:///shared.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	got, err := c2.Snapshot().Chunk(ctx, 1)
+	if err != nil {
+		t.Fatalf("chunk 1 through a new connection: %v", err)
+	}
+	if !bytes.Equal(got, want) || manifest.Sum(got) != c2.Snapshot().M.Chunks[1] {
+		t.Fatalf("chunk 1 through a new connection changed: %q…", got[:min(len(got), 120)])
+	}
+	fmt.Println("same bytes")
+}
+
+// TestChunkFIFO: a named pipe at a chunk's name in the local cache or in
+// a read_only directory is refused at once, named, and the chunk is read
+// from the store; without the store the error names the pipe.
+func TestChunkFIFO(t *testing.T) {
+	for _, where := range []string{"local cache", "read_only directory"} {
+		for _, inStore := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s, in the store %v", where, inStore), func(t *testing.T) {
+				f := newFixture(t)
+				image := db(53, 3)
+				m := publish(t, f.store, "/fifo.db", image, time.Now())
+				ro := ReadOnlyDir{Dir: filepath.Join(f.dir, "seed")}
+				p := ro.path(m.Chunks[1])
+				if where == "local cache" {
+					p = f.cache.Path(m.Chunks[1])
+				}
+				if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := syscall.Mkfifo(p, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if !inStore {
+					if err := os.Remove(filepath.Join(f.dir, "store", "chunks", replicate.ChunkKey(m.Chunks[1]))); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r := f.reader(Options{Prefetch: -1, ReadOnly: []ReadOnlyDir{ro}})
+				c, err := r.Open(context.Background(), "boule:///fifo.db")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				type result struct {
+					b   []byte
+					err error
+				}
+				done := make(chan result, 1)
+				go func() {
+					b, err := c.Snapshot().Chunk(context.Background(), 1)
+					done <- result{b, err}
+				}()
+				var res result
+				select {
+				case res = <-done:
+				case <-time.After(10 * time.Second):
+					// Let the blocked open go, so that the test can end.
+					if w, err := os.OpenFile(p, os.O_WRONLY, 0); err == nil {
+						w.Close()
+					}
+					t.Fatalf("reading a chunk whose %s file is a named pipe blocked", where)
+				}
+				if inStore {
+					if res.err != nil || !bytes.Equal(res.b, chunkBytes(image, 1)) {
+						t.Fatalf("Chunk(1)=%d bytes, %v, want the chunk from the store", len(res.b), res.err)
+					}
+					return
+				}
+				if res.err == nil || !strings.Contains(res.err.Error(), p+": is a named pipe") {
+					t.Fatalf("Chunk(1)=%v, want an error naming the named pipe %s", res.err, p)
+				}
+				if fi, err := os.Lstat(p); err != nil || fi.Mode().Type() != os.ModeNamedPipe {
+					t.Errorf("the named pipe was removed or replaced: %v %v", fi, err)
+				}
+			})
+		}
+	}
+}
