@@ -117,7 +117,7 @@ func (d *DB) Dir() string { return d.dir }
 
 // MarkerPath is the transaction marker the VFS creates before the first
 // write of each transaction.
-func (d *DB) MarkerPath() string { return filepath.Join(d.dir, "txn") }
+func (d *DB) MarkerPath() string { return markerPath(d.dir) }
 
 // StagingManifestPath is the staged snapshot's manifest.
 func (d *DB) StagingManifestPath() string { return filepath.Join(d.dir, "staging", "manifest") }
@@ -155,15 +155,21 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 		d.stats.LastError = ""
 		if d.failing {
 			d.failing = false
-			log.Info("spool: replication resumed", logKeyDB, d.path)
+			log.Warn("spool: replication resumed: snapshots succeed again", logKeyDB, d.path)
+		}
+		if d.walWarned {
+			d.walWarned = false
+			log.Warn("spool: replication resumed: the database left WAL mode", logKeyDB, d.path)
 		}
 		if published && d.s.opts.Notify != nil {
 			d.s.opts.Notify(d.dir)
 		}
 	case errors.Is(err, ErrWAL):
+		d.markState(markerWAL, nil)
 		if !d.walWarned {
 			d.walWarned = true
-			log.Warn("spool: database is in WAL mode; WAL databases are not replicated yet, so no snapshot is taken",
+			log.Error("spool: replication stopped: the database is in WAL mode, which this version does not replicate; "+
+				"the store keeps its state from before the switch, and flushes fail; PRAGMA journal_mode=DELETE resumes replication",
 				logKeyDB, d.path)
 		}
 	case errors.Is(err, ErrHotJournal):
@@ -171,6 +177,7 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 	default:
 		d.stats.Failures++
 		d.stats.LastError = err.Error()
+		d.markState(markerFailed, err)
 		if !d.failing {
 			d.failing = true
 			log.Error("spool: replication paused: snapshot failed; the transaction itself committed, and replication resumes once the cause is gone",
@@ -200,9 +207,10 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 	}
 	if size >= HeaderSize && (hdr[18] == 2 || hdr[19] == 2) {
 		// Whatever is staged predates WAL mode and is stale from now on.
+		// The marker says WAL (see Snapshot), so that flushes and status
+		// in every process know.
 		_ = d.remove(d.StagingManifestPath())
 		d.cur = nil
-		_ = d.clearMarker()
 		return false, ErrWAL
 	}
 	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {
@@ -394,16 +402,10 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 }
 
 // markerSet reports whether the txn marker says a transaction is in
-// flight, or never finished its snapshot.
+// flight, never finished its snapshot, or that the last snapshot failed.
 func (d *DB) markerSet() bool {
-	f, err := os.Open(d.MarkerPath())
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	var b [1]byte
-	n, _ := f.ReadAt(b[:], 0)
-	return n == 1 && b[0] == '1'
+	m, err := ReadMarker(d.dir)
+	return err != nil || m.State != MarkerClean
 }
 
 // clearMarker records that the staged snapshot is complete. The marker
