@@ -2,6 +2,7 @@ package vfs_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 
 func init() {
 	children["killedwriter"] = childKilledWriter
+	children["nologger"] = childNoLogger
 }
 
 // mountTmpfs mounts a tmpfs of size on dir until the test ends.
@@ -242,5 +244,40 @@ func TestFlushWAL(t *testing.T) {
 	checkReplica(t, store, path)
 	if st := statusOf(t, path); st.NotReplicated || st.Lag != 0 {
 		t.Fatalf("status back in rollback mode=%+v, want replicated and no lag", st)
+	}
+}
+
+// childNoLogger is a program that configures no logger: it switches a
+// database to WAL mode.
+func childNoLogger() error {
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: os.Getenv("BOULE_TEST_SPOOL")}); err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for _, q := range []string{"CREATE TABLE t(v)", "PRAGMA journal_mode=WAL", "INSERT INTO t VALUES (1)"} {
+		if _, err := db.Exec(q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestDefaultLogger: a Go program that sets no Logger is told on stderr,
+// at ERROR, that a database stopped being replicated.
+func TestDefaultLogger(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "quiet.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "BOULE_TEST_CHILD=nologger", "BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+filepath.Join(dir, "spool"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "ERROR") || !strings.Contains(string(out), "WAL mode") || !strings.Contains(string(out), path) {
+		t.Fatalf("a program without a Logger got %q on stderr; want an ERROR line saying %s is in WAL mode", out, path)
 	}
 }
