@@ -595,7 +595,11 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 		case errors.Is(err, ErrSourceGone):
 			return wanted{}, fmt.Errorf("%w: flush %s: %w", ErrNotStaged, src, err)
 		}
-		return wanted{}, fmt.Errorf("%w: %s: %s, and a new snapshot failed too: %w", ErrSnapshotFailed, src, lacking(mk, merr), err)
+		why := lacking(mk, merr)
+		if mk.State == spool.MarkerFailed {
+			why = "its last snapshot failed" // the new failure says why
+		}
+		return wanted{}, fmt.Errorf("%w: %s: %s, and a new snapshot failed too: %w", ErrSnapshotFailed, src, why, err)
 	}
 	if w, ok := stagedNow(st.dir); ok {
 		return w, nil

@@ -548,7 +548,7 @@ func (d *DB) publishFile(dst string, b []byte, perm fs.FileMode, replace bool) (
 	}
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return false, fmt.Errorf("spool: create %s: %w", tmp, err)
+		return false, fmt.Errorf("spool: create %s: %w", tmp, pathless(err))
 	}
 	defer func() {
 		if err != nil {
@@ -565,7 +565,7 @@ func (d *DB) publishFile(dst string, b []byte, perm fs.FileMode, replace bool) (
 		err = cerr
 	}
 	if err != nil {
-		return false, fmt.Errorf("spool: write %s: %w", tmp, err)
+		return false, fmt.Errorf("spool: write %s: %w", tmp, pathless(err))
 	}
 	if err = d.s.fault("rename", dst); err == nil {
 		if replace {
@@ -585,6 +585,16 @@ func (d *DB) publishFile(dst string, b []byte, perm fs.FileMode, replace bool) (
 		return false, fmt.Errorf("spool: publish %s: %w", dst, err)
 	}
 	return true, nil
+}
+
+// pathless strips an *fs.PathError to its cause, for messages that name
+// the path already.
+func pathless(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func (d *DB) remove(p string) error {
