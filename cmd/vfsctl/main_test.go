@@ -412,22 +412,7 @@ func TestFlushRestages(t *testing.T) {
 		t.Fatalf("first flush=%d %q %q", code, out, errs)
 	}
 	// The killed writer's transaction: it set the marker, wrote, committed.
-	dirs, err := os.ReadDir(filepath.Join(f.spool))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var marker string
-	for _, d := range dirs {
-		if m, _ := filepath.Glob(filepath.Join(f.spool, d.Name(), "*", "txn")); len(m) == 1 {
-			marker = m[0]
-		}
-	}
-	if marker == "" {
-		t.Fatalf("no txn marker under %s", f.spool)
-	}
-	if err := os.WriteFile(marker, []byte("1"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	f.leaveMarker(t)
 	plain, err := sql.Open("sqlite3", "file:"+f.db)
 	if err != nil {
 		t.Fatal(err)
@@ -485,5 +470,33 @@ func TestStatusNotReplicated(t *testing.T) {
 	code, out, errs = vfsctl(t, "status", g.spool)
 	if code != exitFail || !strings.Contains(out, "BLOCKED") || !strings.Contains(errs, g.db) {
 		t.Fatalf("status of a blocked database=%d %q %q; want exit 1, BLOCKED, and its name", code, out, errs)
+	}
+}
+
+// TestFlushGone: a database deleted while its last snapshot was unfinished
+// is reported as gone, and does not fail the flush of the others.
+func TestFlushGone(t *testing.T) {
+	f := newFixture(t)
+	f.leaveMarker(t)
+	if err := os.Remove(f.db); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool)
+	if code != exitOK || !strings.Contains(out, "gone    "+f.db) {
+		t.Fatalf("flush of a deleted database=%d %q %q; want exit 0 and gone", code, out, errs)
+	}
+}
+
+// leaveMarker sets the database's txn marker as a writer does before its
+// transaction, and leaves it so, as a writer killed before its snapshot
+// does.
+func (f *fixture) leaveMarker(t *testing.T) {
+	t.Helper()
+	markers, err := filepath.Glob(filepath.Join(f.spool, "*", "*", "txn"))
+	if err != nil || len(markers) != 1 {
+		t.Fatalf("txn markers under %s: %v, %v; want one", f.spool, markers, err)
+	}
+	if err := os.WriteFile(markers[0], []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

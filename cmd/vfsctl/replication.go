@@ -112,6 +112,7 @@ func spoolRoot(dir string) (string, error) {
 type flushJSON struct {
 	Source string `json:"source"`
 	OK     bool   `json:"ok"`
+	Gone   bool   `json:"gone,omitempty"` // the database no longer exists
 	Error  string `json:"error,omitempty"`
 }
 
@@ -147,7 +148,17 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	var failed []error
 	results := make([]flushJSON, 0, len(dbs))
 	for _, d := range dbs {
-		if err := up.Flush(ctx, d.Dir); err != nil {
+		err := up.Flush(ctx, d.Dir)
+		if errors.Is(err, replicate.ErrSourceGone) {
+			// Deleted since it was spooled: nothing to flush, and no
+			// state of it to vouch for.
+			results = append(results, flushJSON{Source: d.Source, Gone: true, Error: err.Error()})
+			if !asJSON {
+				fmt.Fprintf(g.stdout, "gone    %s\n", d.Source)
+			}
+			continue
+		}
+		if err != nil {
 			failed = append(failed, fmt.Errorf("%s: %w", d.Source, err))
 			results = append(results, flushJSON{Source: d.Source, Error: err.Error()})
 			if !asJSON {
