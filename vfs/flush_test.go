@@ -281,3 +281,38 @@ func TestDefaultLogger(t *testing.T) {
 		t.Fatalf("a program without a Logger got %q on stderr; want an ERROR line saying %s is in WAL mode", out, path)
 	}
 }
+
+// TestFlushInsideWriteTransaction: a flush from a transaction that has
+// already written the file (its cache spilled) fails at once, saying to
+// commit first, instead of waiting for its own lock.
+func TestFlushInsideWriteTransaction(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("spill.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "PRAGMA cache_size=2")
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 500) INSERT INTO t(v) SELECT randomblob(3000) FROM n"); err != nil {
+		t.Fatal(err)
+	}
+	var r string
+	if err := tx.QueryRow("PRAGMA boule_flush_replication_data").Scan(&r); err != nil || r != "0" {
+		t.Fatalf("flush pragma inside a transaction that wrote the file=%q, %v; want 0", r, err)
+	}
+	if got := e.log.count(slog.LevelError, "commit it first"); got != 1 {
+		t.Fatalf("errors saying to commit first=%d, want 1; log:\n%s", got, e.log)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma after the commit=%q, want 1; log:\n%s", r, e.log)
+	}
+	checkReplica(t, store, path)
+}
