@@ -305,8 +305,8 @@ func TestUploaderFailureLogging(t *testing.T) {
 			store.failOn(opPutChunk, nil, tc.err)
 			for _, step := range tc.steps {
 				now.advance(step)
-				if err := u.Flush(context.Background(), d.dir); err == nil {
-					t.Fatal("Flush()=nil with the store failing")
+				if err := u.Flush(context.Background(), d.dir); err == nil || !strings.Contains(err.Error(), d.path) {
+					t.Fatalf("Flush()=%v with the store failing, want an error naming %s", err, d.path)
 				}
 			}
 			warns := 1

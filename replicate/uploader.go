@@ -497,7 +497,7 @@ func (u *Uploader) Flush(ctx context.Context, dir string) error {
 			return err
 		}
 		if err := u.flushUpload(ctx, st); err != nil {
-			return err
+			return fmt.Errorf("replicate: flush %s: %w", st.source(), err)
 		}
 		if u.holds(st, want) {
 			return nil

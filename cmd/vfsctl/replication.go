@@ -159,7 +159,7 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 			continue
 		}
 		if err != nil {
-			failed = append(failed, fmt.Errorf("%s: %w", d.Source, err))
+			failed = append(failed, err) // it names the database
 			results = append(results, flushJSON{Source: d.Source, Error: err.Error()})
 			if !asJSON {
 				fmt.Fprintf(g.stdout, "FAILED  %s\n", d.Source)
