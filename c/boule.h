@@ -19,7 +19,8 @@
 **
 ** The configuration keys are documented in doc/CONFIG.md; examples/c has
 ** a complete program. Logs go to standard error, at the level the
-** BOULE_LOG environment variable sets (error by default).
+** BOULE_LOG environment variable sets (warn by default: what stops the
+** replication of a database is one ERROR line, its recovery one WARN).
 **
 ** ORDER. Call boule_configure first. Until it has succeeded once, SQLite
 ** knows neither VFS (opens naming them fail with "no such vfs"),
@@ -74,7 +75,7 @@ extern "C" {
 ** make_default. json is the configuration as JSON, or
 ** "@/path/to/file.json", or NULL to read the BOULE_CONFIG environment
 ** variable; an empty configuration (NULL with BOULE_CONFIG unset)
-** registers boule without replication. BOULE_LOG is read at each call, and
+** registers boule without replication, and logs a warning saying so. BOULE_LOG is read at each call, and
 ** a bad level fails it. Safe to call again: a later call applies to
 ** databases opened afterwards. A configuration that does not parse or
 ** validate changes nothing; the message names the bad key.
@@ -87,10 +88,17 @@ int boule_configure(const char *json, char **errmsg);
 ** Uploads everything spooled for the database at path (as opened through
 ** boule; a relative path is made absolute and symlinks are resolved), or
 ** for every database this process replicates when path is NULL, and waits
-** until it is in every replication target. Fails when the configuration
-** has no replication_spooling_dir or no replication target, and when the
-** upload fails (store missing, down, or refusing the credentials); with
-** path NULL, the message joins the failures of every database.
+** until it is in every replication target. Succeeds only if every
+** replication target then holds a snapshot with every transaction
+** committed through boule before the call; when the database's last
+** snapshot failed or never finished, it first takes a new one (opening
+** the database through boule for a read transaction). Fails when the
+** configuration has no replication_spooling_dir or no replication target,
+** when the upload fails (store missing, down, or refusing the
+** credentials), when a snapshot cannot be taken (a full spool disk), and
+** when the database is in WAL mode, which is not replicated; the message
+** names the database and the cause. With path NULL, the message joins the
+** failures of every database (databases deleted since are skipped).
 ** Returns 0 on success, 1 on failure with *errmsg set. Blocks with no
 ** timeout (see BLOCKING above).
 */
@@ -99,7 +107,11 @@ int boule_flush(const char *path, char **errmsg);
 /*
 ** Stores in *out a JSON array with one object per database this process
 ** replicates: {"source", "lag_seconds", "pending_bytes", "uploads",
-** "failures", "last_error"}, last_error only when there is one; "[]"
+** "failures", "last_error", "blocked", "not_replicated", "problem"},
+** last_error and problem only when there is one. not_replicated is true
+** when the database's commits cannot reach the store whatever it does
+** (failing snapshots, WAL mode), problem says why; blocked, when a
+** permanent store error stopped its uploads. "[]"
 ** before boule_configure or without replication. The caller releases
 ** *out with free(). Returns 0 on success; 1 on failure (out is NULL),
 ** with *errmsg set and *out untouched.

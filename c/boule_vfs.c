@@ -25,9 +25,11 @@
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef BOULE_EXTENSION
@@ -44,9 +46,10 @@ extern uint64_t bouleGoOpen(char *zPath, char *zMarker, int nMarker);
 extern int bouleGoSnapshot(uint64_t handle, void *file, uint64_t *dirty,
                            int64_t nWords, BoulePre *pre, int flags);
 extern void bouleGoClose(uint64_t handle);
-extern int bouleGoFlush(uint64_t handle);
+extern int bouleGoFlush(uint64_t handle, int inWrite);
 
 #define BOULE_MAX_MARKER 4096
+#define BOULE_MARKER_TIME_LEN 20 /* digits of the marker's time: spool/marker.go */
 #define BOULE_TEMPNAME_MAX 512 /* tempdirs longer than 480 bytes are refused */
 
 _Static_assert(sizeof(uint64_t) == 8, "bitmap words are 64 bits");
@@ -114,15 +117,21 @@ static void clear_dirty(BouleFile *p) {
 
 /* ---- transaction start --------------------------------------------------- */
 
-/* Sets the transaction marker: the first byte of the spool's "txn" file
-** becomes '1' until the snapshot is published (Go sets it back to '0').
-** Reports whether it was already set, i.e. whether an earlier transaction
-** never finished its snapshot, or whether the marker is unusable: either
-** way the staged state cannot be trusted. The file is kept open, so that a
-** transaction costs a read and a write, not a file creation. */
+/* Sets the transaction marker (its format is in spool/marker.go): a clean
+** marker ('0', or an empty file) becomes '1' and the time, in Unix
+** nanoseconds, until the snapshot is published (Go sets it back to '0').
+** Any other state is left as it is, time included: '1' (a transaction
+** never finished its snapshot), 'F' (the last snapshot failed) or 'W' (the
+** database was in WAL mode) all keep meaning that the staged snapshot
+** lacks transactions since that time. Reports whether the marker was not
+** clean, or is unusable: either way the staged state cannot be trusted.
+** The file is kept open, so that a transaction costs a read and a write,
+** not a file creation. */
 static int set_marker(BouleFile *p) {
   char c = 0;
+  char rec[1 + BOULE_MARKER_TIME_LEN + 1];
   struct stat st;
+  struct timespec now;
   if (p->markerFd >= 0 && (fstat(p->markerFd, &st) != 0 || st.st_nlink == 0)) {
     close(p->markerFd); /* the spool was deleted under us: reopen */
     p->markerFd = -1;
@@ -132,8 +141,12 @@ static int set_marker(BouleFile *p) {
     if (p->markerFd < 0) return 1; /* no spool directory yet, full disk... */
   }
   if (pread(p->markerFd, &c, 1, 0) < 0) return 1;
-  if (pwrite(p->markerFd, "1", 1, 0) != 1) return 1;
-  return c == '1';
+  if (c != 0 && c != '0') return 1;
+  if (clock_gettime(CLOCK_REALTIME, &now) != 0) return 1;
+  snprintf(rec, sizeof(rec), "1%0*lld", BOULE_MARKER_TIME_LEN,
+           (long long)now.tv_sec * 1000000000LL + (long long)now.tv_nsec);
+  if (pwrite(p->markerFd, rec, 1 + BOULE_MARKER_TIME_LEN, 0) != 1 + BOULE_MARKER_TIME_LEN) return 1;
+  return 0;
 }
 
 /* Called before the first write or truncate of a transaction. Captures what
@@ -204,12 +217,54 @@ int boule_file_reserved(void *file, int *out) {
   return p->real->pMethods->xCheckReservedLock(p->real, out);
 }
 
+/* ---- re-staging, for flushes ---------------------------------------------- */
+
+/* Brings the spool of the database at zPath up to date with the file, for
+** a flush that found its staged snapshot missing, failed or unfinished:
+** opens the database through boule (never creating it), and runs the
+** check snapshot of a connection's first transaction while a read
+** transaction holds SHARED, so that no writer can change the file
+** meanwhile. In WAL mode SQLite keeps SHARED for as long as the connection
+** is open, and the check would only run at close: it runs here, explicitly.
+** On success *ppDb is the open connection, which the caller closes with
+** boule_restage_close once it has read the snapshot's result from Go, and
+** *pHandle the Go handle of its main file (0 when boule does not replicate
+** it). On failure zErr holds SQLite's message. */
+int boule_restage_open(const char *zPath, int busyMs, void **ppDb, uint64_t *pHandle, char *zErr, int nErr) {
+  sqlite3 *db = 0;
+  sqlite3_file *f = 0;
+  int rc;
+  *ppDb = 0;
+  *pHandle = 0;
+  if (nErr > 0) zErr[0] = 0;
+  rc = sqlite3_open_v2(zPath, &db, SQLITE_OPEN_READWRITE, "boule");
+  if (rc == SQLITE_OK) rc = sqlite3_busy_timeout(db, busyMs);
+  if (rc == SQLITE_OK) rc = sqlite3_exec(db, "BEGIN; SELECT count(*) FROM sqlite_master", 0, 0, 0);
+  if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f);
+  if (rc == SQLITE_OK && f != 0 && f->pMethods == &boule_io_methods) {
+    BouleFile *p = (BouleFile *)f;
+    if (p->unknown && p->eLock >= SQLITE_LOCK_SHARED) snapshot(p);
+    *pHandle = p->handle;
+  }
+  if (rc == SQLITE_OK) rc = sqlite3_exec(db, "COMMIT", 0, 0, 0);
+  if (rc != SQLITE_OK) {
+    if (nErr > 0) sqlite3_snprintf(nErr, zErr, "%s", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    sqlite3_close(db);
+    *pHandle = 0;
+    return rc;
+  }
+  *ppDb = db;
+  return SQLITE_OK;
+}
+
+void boule_restage_close(void *db) { sqlite3_close((sqlite3 *)db); }
+
 /* ---- io methods for replicated main database files ----------------------- */
 
 static int bClose(sqlite3_file *f) {
   BouleFile *p = (BouleFile *)f;
   int rc = p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
-  if (p->flushOnClose) bouleGoFlush(p->handle);
+  if (p->flushOnClose) bouleGoFlush(p->handle, 0);
   bouleGoClose(p->handle);
   if (p->markerFd >= 0) close(p->markerFd);
   p->markerFd = -1;
@@ -321,8 +376,11 @@ static int bFileControl(sqlite3_file *f, int op, void *arg) {
     if (a[1] && sqlite3_stricmp(a[1], "boule_flush_replication_data") == 0) {
       const char *v = a[2];
       if (v == 0 || sqlite3_stricmp(v, "now") == 0 || sqlite3_stricmp(v, "force") == 0 || strcmp(v, "2") == 0) {
-        /* Flush now: upload everything this database has spooled. */
-        a[0] = sqlite3_mprintf("%d", bouleGoFlush(p->handle) ? 1 : 0);
+        /* Flush now: upload everything this database has spooled. Inside
+        ** a transaction that has written the file, the marker is this
+        ** transaction's, and re-staging would wait for its own lock: Go
+        ** says so and fails. */
+        a[0] = sqlite3_mprintf("%d", bouleGoFlush(p->handle, p->txnActive) ? 1 : 0);
       } else {
         int b = parse_bool(v);
         if (b < 0) {

@@ -46,6 +46,13 @@ int boule_register(int make_default);
 ** unix default. */
 int boule_set_tempdir(const char *dir);
 
+/* Opens the database at zPath through boule and runs a read transaction
+** whose check snapshot brings the spool up to date; see boule_vfs.c. */
+int boule_restage_open(const char *zPath, int busyMs, void **ppDb, uint64_t *pHandle, char *zErr, int nErr);
+
+/* Closes a connection boule_restage_open opened. */
+void boule_restage_close(void *db);
+
 /* Test and benchmark counters: how often C called into Go. */
 int64_t boule_go_calls(void);
 

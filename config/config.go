@@ -81,7 +81,8 @@ type Config struct {
 	PackChunks int
 
 	// Logger receives Boule's log records. It is not read from JSON;
-	// nil means that records are discarded.
+	// nil means slog.Default(), so that what stops replication reaches
+	// the stderr of a program that configured nothing.
 	Logger *slog.Logger `json:"-"`
 }
 

@@ -18,6 +18,7 @@
 //	boule_replication_calls_total                     counter
 //	boule_replication_failures_total                  counter
 //	boule_replication_blocked                         gauge, 0 or 1
+//	boule_replication_not_replicated                  gauge, 0 or 1
 //	boule_replication_last_upload_timestamp_seconds   gauge
 //
 // Per replication target (label "target", the target's name):

@@ -64,6 +64,9 @@ var dbMetrics = []metric[replicate.Status]{
 	newMetric("replication", "blocked",
 		"1 if replication of the database stopped on a permanent error (such as bad credentials) until it is flushed or reconfigured, else 0.",
 		labelDB, prometheus.GaugeValue, func(s replicate.Status) float64 { return boolValue(s.Blocked) }),
+	newMetric("replication", "not_replicated",
+		"1 if the database's commits cannot reach the store whatever the store does (its snapshots fail, say on a full spool disk, or it is in WAL mode, which is not replicated), else 0.",
+		labelDB, prometheus.GaugeValue, func(s replicate.Status) float64 { return boolValue(s.NotReplicated) }),
 	newMetric("replication", "last_upload_timestamp_seconds",
 		"When this process last uploaded a snapshot of the database, in seconds since the Unix epoch; 0 if it has not yet.",
 		labelDB, prometheus.GaugeValue, func(s replicate.Status) float64 {

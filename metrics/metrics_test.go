@@ -44,7 +44,7 @@ var (
 			Uploads: 7, Chunks: 30, Calls: 41, Failures: 2, LastUpload: lastUpload, LastError: "boom",
 		},
 		{
-			Dir: "/spool/%23y.db", Source: "/y.db", Blocked: true, Failures: 1,
+			Dir: "/spool/%23y.db", Source: "/y.db", Blocked: true, Failures: 1, NotReplicated: true, Problem: "snapshots fail",
 		},
 		{
 			// Same source as the first: dropped.
@@ -102,6 +102,11 @@ boule_replication_blocked{db="/spool/unknown"} 0
 boule_replication_blocked{db="/x.db"} 0
 boule_replication_blocked{db="/y.db"} 1
 `},
+		{"boule_replication_not_replicated", `
+boule_replication_not_replicated{db="/spool/unknown"} 0
+boule_replication_not_replicated{db="/x.db"} 0
+boule_replication_not_replicated{db="/y.db"} 1
+`},
 		{"boule_replication_last_upload_timestamp_seconds", `
 boule_replication_last_upload_timestamp_seconds{db="/spool/unknown"} 0
 boule_replication_last_upload_timestamp_seconds{db="/x.db"} 1.70000000025e+09
@@ -153,6 +158,7 @@ func TestCollectorDescriptions(t *testing.T) {
 		{"boule_replication_lag_seconds", "oldest commit"},
 		{"boule_replication_pending_bytes", "waiting for upload"},
 		{"boule_replication_blocked", "permanent error"},
+		{"boule_replication_not_replicated", "WAL mode"},
 		{"boule_replication_last_upload_timestamp_seconds", "Unix epoch"},
 		{"boule_store_retries_total", "retried"},
 		{"boule_store_bytes_up_total", "before compression"},

@@ -90,12 +90,21 @@ type UploaderOptions struct {
 	// own.
 	PackChunks int
 	Retry      RetryOptions
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// Logger receives what stops or resumes replication, once per
+	// episode, never a line per transaction. Nil means slog.Default().
+	Logger *slog.Logger
+	Now    func() time.Time
 	// OnManifest, if set, is called with the hostname and source path of
 	// each manifest once every store target has it, so that read
 	// replicas in the same process see their own writes at once.
 	OnManifest func(hostname, sourcePath string)
+	// Restage, if set, brings the spool directory dir of the database at
+	// source up to date with the file, under a SHARED lock, and returns
+	// the error of the snapshot it took (see vfs.Restage). Flush calls it
+	// when the spool's txn marker says the staged snapshot lacks
+	// committed transactions (a snapshot failed or never finished), or
+	// nothing is staged. Without it, such a flush fails.
+	Restage func(ctx context.Context, dir, source string) error
 }
 
 // Uploader uploads the spooled snapshots of databases to the targets.
@@ -143,7 +152,10 @@ type dbState struct {
 	blocked       error         // a permanent error: stop until reconfigured or flushed
 	rerun         bool          // a wake-up came while the upload was busy
 	blockedOnce   bool
-	failingLogged bool
+	failingLogged bool      // the episode's first failure was logged (WARN)
+	failingSince  time.Time // the first failure of the current episode
+	outageLogged  bool      // the episode outlasted failingErrorAfter: logged at ERROR
+	uploadedAt    time.Time // Created of the manifest uploadedSum describes
 	// placed holds the chunks this database's uploads put in packs that
 	// no uploaded manifest lists yet (see packing.go).
 	placed map[manifest.Fingerprint]manifest.PackRef
@@ -165,6 +177,42 @@ type Status struct {
 	LastUpload   time.Time     `json:"last_upload,omitzero"` // when the last manifest was uploaded
 	LastError    string        `json:"last_error,omitempty"` // the last failure, "" after a success
 	Blocked      bool          `json:"blocked"`              // stopped on a permanent error
+	// NotReplicated reports that the database's commits cannot reach the
+	// store whatever the store does: its snapshots fail (a full spool
+	// disk, say), or it is in WAL mode, which is not replicated yet.
+	// Problem says which, and why.
+	NotReplicated bool   `json:"not_replicated"`
+	Problem       string `json:"problem,omitempty"`
+}
+
+// withSpool completes s with what the spool directory says now: the lag
+// (the age of the oldest commit not in the store, counting commits whose
+// snapshots failed), the pending bytes, and whether the database is
+// replicated at all.
+func withSpool(s Status, dir string, uploadedSum [32]byte, now time.Time) Status {
+	s.Lag, s.PendingBytes = SpoolLag(dir, uploadedSum, now)
+	mk, err := spool.ReadMarker(dir)
+	if err != nil {
+		s.NotReplicated, s.Problem = true, err.Error()
+		return s
+	}
+	switch mk.State {
+	case spool.MarkerFailed:
+		s.NotReplicated = true
+		s.Problem = "snapshots fail"
+		if mk.Err != "" {
+			s.Problem += ": " + mk.Err
+		}
+	case spool.MarkerWAL:
+		s.NotReplicated = true
+		s.Problem = "the database is in WAL mode, which is not replicated yet"
+	default:
+		return s
+	}
+	if !mk.Since.IsZero() {
+		s.Lag = max(s.Lag, now.Sub(mk.Since))
+	}
+	return s
 }
 
 const statusFile = "status.json"
@@ -188,8 +236,7 @@ func ReadStatus(dir string, now time.Time) (Status, error) {
 	if b, err := fsutil.ReadFile(filepath.Join(dir, uploadedManifestFile)); err == nil {
 		sum = spoolSum(b)
 	}
-	s.Lag, s.PendingBytes = SpoolLag(dir, sum, now)
-	return s, nil
+	return withSpool(s, dir, sum, now), nil
 }
 
 func (u *Uploader) saveStatus(st *dbState) {
@@ -198,6 +245,7 @@ func (u *Uploader) saveStatus(st *dbState) {
 	s.Blocked = st.blocked != nil
 	st.mu.Unlock()
 	s.Lag, s.PendingBytes = 0, 0 // computed by readers
+	s.NotReplicated, s.Problem = false, ""
 	b, err := json.Marshal(s)
 	if err == nil {
 		_ = writeFileAtomic(filepath.Join(st.dir, statusFile), b)
@@ -250,7 +298,7 @@ func NewUploader(opts UploaderOptions) (*Uploader, error) {
 	}
 	log := opts.Logger
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = slog.Default()
 	}
 	u := &Uploader{
 		opts:   opts,
@@ -427,15 +475,44 @@ func (u *Uploader) scanner(ctx context.Context) {
 	}
 }
 
-// Flush uploads everything the spool directory dir holds, now, and reports
-// whether it all reached every non-cache target. It retries a database
-// that a permanent error had stopped.
+// Flush uploads everything the spool directory dir holds, now, and
+// succeeds only if the store then holds a snapshot that includes every
+// transaction committed through boule before the flush began. When the
+// spool's txn marker says the staged snapshot lacks some (a snapshot
+// failed or never finished), or nothing is staged, it first has Restage
+// take a snapshot of the file; when that fails too, or the database is in
+// WAL mode, it fails with an error naming the database and the cause. It
+// retries a database that a permanent error had stopped.
 func (u *Uploader) Flush(ctx context.Context, dir string) error {
 	st := u.state(dir)
 	// An upload already under way finishes at the flush rate, so that the
 	// caller does not wait behind the background limiter.
 	st.hurry.Add(1)
 	defer st.hurry.Add(-1)
+	for attempt := 0; ; attempt++ {
+		want, err := u.mustHold(ctx, st)
+		if err != nil {
+			// Not an upload failure: no backoff, nothing in the status
+			// (which shows the spool's state on its own).
+			return err
+		}
+		if err := u.flushUpload(ctx, st); err != nil {
+			return fmt.Errorf("replicate: flush %s: %w", st.source(), err)
+		}
+		if u.holds(st, want) {
+			return nil
+		}
+		if attempt > 0 {
+			return fmt.Errorf("%w: %s: the store does not hold the snapshot staged when the flush began: "+
+				"the spool was invalidated meanwhile (the targets changed, or the store lost a chunk)", ErrNotStaged, st.source())
+		}
+		// The upload invalidated the spool (the targets changed, or the
+		// store lost a chunk): stage and upload everything again.
+	}
+}
+
+// flushUpload is one synchronous upload of st, at the flush rate.
+func (u *Uploader) flushUpload(ctx context.Context, st *dbState) error {
 	st.upload.Lock()
 	st.mu.Lock()
 	st.blocked = nil
@@ -447,51 +524,174 @@ func (u *Uploader) Flush(ctx context.Context, dir string) error {
 	u.saveStatus(st)
 	st.upload.Unlock()
 	u.requeue(st)
-	if err == nil {
-		// Not an upload failure: no backoff, nothing in the status. The
-		// next snapshot is uploaded as soon as it is staged.
-		err = staged(st)
-	}
 	return err
 }
 
-// ErrNotStaged is returned by Flush for a database with no staged
-// snapshot: nothing it uploads can be the database's current state.
-var ErrNotStaged = errors.New("replicate: no snapshot of the database is staged")
+// Errors of Flush.
+var (
+	// ErrNotStaged is returned by Flush when nothing staged can be the
+	// database's current state, and it could not stage it: the spool
+	// was never written or was invalidated, or a transaction never
+	// finished its snapshot, and there is no Restage to take one.
+	ErrNotStaged = errors.New("replicate: no current snapshot of the database is staged")
 
-// staged returns ErrNotStaged, with what may have caused it, when the
-// database has neither a staged manifest nor an uploaded one: the spool
-// was never written (a path no boule connection opened, or an unusable
-// spooling directory) or was invalidated (the targets changed, or the
-// store lost a chunk), and the store may lack the database's current
-// state. A flush that found nothing to upload must not pass for one that
-// uploaded it.
-func staged(st *dbState) error {
-	if st.uploadedSumCopy() != ([32]byte{}) {
-		return nil // uploaded by this process, even if not recorded on disk
+	// ErrSnapshotFailed is returned by Flush when the database's staged
+	// snapshot lacks committed transactions (its last snapshot failed, or
+	// never finished) and taking one again failed: the cause, such as a
+	// full spool disk, is wrapped.
+	ErrSnapshotFailed = errors.New("replicate: the store lacks committed transactions")
+
+	// ErrSourceGone is returned by Flush, together with ErrNotStaged,
+	// when the database file or its spool directory no longer exists:
+	// there is nothing to flush. FlushAll skips such databases.
+	ErrSourceGone = errors.New("replicate: the database no longer exists")
+)
+
+// wanted is the snapshot a flush must find in the store once it is done:
+// the one staged when the spool was known to hold every transaction
+// committed before the flush began.
+type wanted struct {
+	sum     [32]byte
+	created time.Time
+	// any: the spool cannot say (nothing staged, a clean marker, no
+	// Restage); any upload will do, as before markers told the state.
+	any bool
+}
+
+func (st *dbState) source() string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.status.Source != "" {
+		return st.status.Source
 	}
-	_, err := os.Stat(filepath.Join(st.dir, "staging", "manifest"))
-	if errors.Is(err, fs.ErrNotExist) {
-		_, err = os.Stat(filepath.Join(st.dir, uploadedManifestFile))
+	return st.dir
+}
+
+// mustHold returns the snapshot the store must hold for a flush of st to
+// succeed, re-staging the database first when its spool cannot vouch for
+// the staged snapshot.
+func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
+	src := st.source()
+	if _, err := os.Stat(st.dir); errors.Is(err, fs.ErrNotExist) {
+		u.forget(st.dir)
+		return wanted{}, fmt.Errorf("%w: %w: %s: its spool directory %s is gone", ErrNotStaged, ErrSourceGone, src, st.dir)
 	}
-	if err == nil {
-		return nil
+	// The marker first, then the manifest: a clean marker means every
+	// transaction committed so far is in the manifest staged now, or in
+	// a newer one.
+	mk, merr := spool.ReadMarker(st.dir)
+	if merr == nil && mk.State == spool.MarkerClean {
+		if w, ok := stagedNow(st.dir); ok {
+			return w, nil
+		}
 	}
-	src := st.status.Source
-	if src == "" {
-		src = st.dir
+	if u.opts.Restage == nil {
+		return u.unrestaged(st, src, mk, merr)
 	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %s: the spool is empty or was invalidated (the targets changed, or the store lost a chunk), "+
-			"or its last snapshot failed; the next transaction on the database stages one, or run vfsctl sync on it now", ErrNotStaged, src)
+	if err := u.opts.Restage(ctx, st.dir, src); err != nil {
+		switch {
+		case errors.Is(err, spool.ErrWAL):
+			return wanted{}, walError(src)
+		case errors.Is(err, ErrSourceGone):
+			return wanted{}, fmt.Errorf("%w: flush %s: %w", ErrNotStaged, src, err)
+		}
+		why := lacking(mk, merr)
+		if mk.State == spool.MarkerFailed {
+			why = "its last snapshot failed" // the new failure says why
+		}
+		return wanted{}, fmt.Errorf("%w: %s: %s, and a new snapshot failed too: %w", ErrSnapshotFailed, src, why, err)
 	}
-	return fmt.Errorf("replicate: flush %s: %w", src, err)
+	if w, ok := stagedNow(st.dir); ok {
+		return w, nil
+	}
+	return wanted{}, fmt.Errorf("%w: %s: nothing is staged even after a fresh snapshot (the spool was invalidated meanwhile?)", ErrNotStaged, src)
+}
+
+// unrestaged is mustHold without Restage: it says what the marker says.
+func (u *Uploader) unrestaged(st *dbState, src string, mk spool.Marker, merr error) (wanted, error) {
+	switch {
+	case merr != nil:
+		return wanted{}, fmt.Errorf("replicate: flush %s: %w", src, merr)
+	case mk.State == spool.MarkerWAL:
+		return wanted{}, walError(src)
+	case mk.State == spool.MarkerFailed:
+		return wanted{}, fmt.Errorf("%w: %s: %s; vfsctl flush or sync takes a new one", ErrSnapshotFailed, src, lacking(mk, nil))
+	case mk.State == spool.MarkerSet:
+		return wanted{}, fmt.Errorf("%w: %s: %s; the next transaction on the database stages one, or run vfsctl sync on it now", ErrNotStaged, src, lacking(mk, nil))
+	}
+	// A clean marker and no staged manifest: handed-over snapshots, or
+	// none. Any upload is as good as this flush can know.
+	if st.uploadedSumCopy() != ([32]byte{}) || fsutil.Exists(filepath.Join(st.dir, uploadedManifestFile)) ||
+		!fsutil.DirEmpty(filepath.Join(st.dir, "ready")) || !fsutil.DirEmpty(filepath.Join(st.dir, "consuming")) {
+		return wanted{any: true}, nil
+	}
+	return wanted{}, fmt.Errorf("%w: %s: the spool is empty or was invalidated (the targets changed, or the store lost a chunk); "+
+		"the next transaction on the database stages a snapshot, or run vfsctl sync on it now", ErrNotStaged, src)
+}
+
+// lacking says why the staged snapshot of a database lacks transactions.
+func lacking(mk spool.Marker, merr error) string {
+	switch {
+	case merr != nil:
+		return "its txn marker is unreadable (" + merr.Error() + ")"
+	case mk.State == spool.MarkerFailed && mk.Err != "":
+		return "its last snapshot failed (" + mk.Err + ")"
+	case mk.State == spool.MarkerFailed:
+		return "its last snapshot failed"
+	case mk.State == spool.MarkerSet:
+		return "its last snapshot never finished (a transaction is in flight, or its writer died)"
+	}
+	return "nothing is staged"
+}
+
+// walError is the error of a flush of a database in WAL mode.
+func walError(src string) error {
+	return fmt.Errorf("replicate: flush %s: the database is in WAL mode, which is not replicated yet: "+
+		"the store holds its state from before the switch, if any; PRAGMA journal_mode=DELETE resumes replication (%w)", src, spool.ErrWAL)
+}
+
+// stagedNow returns the staged manifest of the spool directory dir.
+func stagedNow(dir string) (wanted, bool) {
+	b, err := fsutil.ReadFile(filepath.Join(dir, "staging", "manifest"))
+	if err != nil {
+		return wanted{}, false
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		return wanted{}, false
+	}
+	return wanted{sum: sha256.Sum256(b), created: m.Created}, true
+}
+
+// holds reports whether the store holds w, or a newer snapshot: the last
+// manifest this process uploaded, or the one the uploaded file records.
+func (u *Uploader) holds(st *dbState, w wanted) bool {
+	st.mu.Lock()
+	sum, at := st.uploadedSum, st.uploadedAt
+	st.mu.Unlock()
+	file := filepath.Join(st.dir, uploadedManifestFile)
+	if w.any {
+		return sum != ([32]byte{}) || fsutil.Exists(file)
+	}
+	// This process's memory: its record of the upload may have failed
+	// (a full disk).
+	if sum == w.sum || (sum != ([32]byte{}) && !at.Before(w.created)) {
+		return true
+	}
+	b, err := fsutil.ReadFile(file)
+	if err != nil {
+		return false
+	}
+	if spoolSum(b) == w.sum {
+		return true
+	}
+	m, err := manifest.Decode(b)
+	return err == nil && !m.Created.Before(w.created)
 }
 
 // FlushAll flushes every database the uploader knows, and returns the
-// errors joined. Databases with nothing staged (ErrNotStaged) are
-// skipped: deleted, in WAL mode, or not written since the spool was
-// invalidated.
+// errors joined. Databases that no longer exist (ErrSourceGone) are
+// skipped.
 func (u *Uploader) FlushAll(ctx context.Context) error {
 	u.mu.Lock()
 	dirs := make([]string, 0, len(u.dbs))
@@ -502,12 +702,7 @@ func (u *Uploader) FlushAll(ctx context.Context) error {
 	sort.Strings(dirs)
 	var errs []error
 	for _, dir := range dirs {
-		if err := u.Flush(ctx, dir); err != nil {
-			if errors.Is(err, ErrNotStaged) {
-				// Nothing to upload: deleted, in WAL mode, or waiting
-				// for its next transaction. Flush on it says so.
-				continue
-			}
+		if err := u.Flush(ctx, dir); err != nil && !errors.Is(err, ErrSourceGone) {
 			errs = append(errs, err)
 		}
 	}
@@ -531,8 +726,7 @@ func (u *Uploader) Status() []Status {
 		st.mu.Unlock()
 		// The uploaded file, not this process's memory: another process
 		// may be the one uploading this database.
-		s.Lag, s.PendingBytes = SpoolLag(st.dir, uploadedFileSum(st.dir), now)
-		out = append(out, s)
+		out = append(out, withSpool(s, st.dir, uploadedFileSum(st.dir), now))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Source < out[j].Source })
 	return out
@@ -586,16 +780,25 @@ func (st *dbState) waiting(now time.Time) bool {
 	return now.Before(st.retryAt)
 }
 
+// failingErrorAfter is how long uploads of a database may fail before
+// the failure is logged at ERROR: a store down that long stops
+// replication, where a shorter outage only delays it.
+const failingErrorAfter = time.Minute
+
 func (u *Uploader) noteFailure(st *dbState, err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	now := u.opts.Now()
 	st.backoff = min(max(2*st.backoff, minFailureBackoff), maxFailureBackoff)
-	st.retryAt = u.opts.Now().Add(st.backoff)
+	st.retryAt = now.Add(st.backoff)
 	st.status.Failures++
 	st.status.LastError = err.Error()
 	if st.status.Source == "" { // registered at open, before its first transaction wrote the file
-		b, _ := os.ReadFile(filepath.Join(st.dir, "source"))
+		b, _ := fsutil.ReadFile(filepath.Join(st.dir, "source"))
 		st.status.Source = string(b)
+	}
+	if st.failingSince.IsZero() {
+		st.failingSince = now
 	}
 	if errors.Is(err, ErrPermanent) {
 		st.blocked = err
@@ -610,6 +813,11 @@ func (u *Uploader) noteFailure(st *dbState, err error) {
 		st.failingLogged = true
 		u.log.Warn("replicate: upload failed; retrying in the background", logKeyDB, st.status.Source, logKeyErr, err)
 	}
+	if down := now.Sub(st.failingSince); down >= failingErrorAfter && !st.outageLogged && !st.blockedOnce {
+		st.outageLogged = true
+		u.log.Error("replicate: replication stopped: uploads have failed for over a minute; commits wait in the spool until the store answers",
+			logKeyDB, st.status.Source, "for", down.Round(time.Second).String(), logKeyErr, err)
+	}
 }
 
 func (u *Uploader) noteSuccess(st *dbState, m *manifest.Manifest, sum [32]byte) {
@@ -621,12 +829,16 @@ func (u *Uploader) noteSuccess(st *dbState, m *manifest.Manifest, sum [32]byte) 
 	st.status.LastError = ""
 	st.status.Source = m.SourcePath
 	st.uploadedSum = sum
+	st.uploadedAt = m.Created
 	st.lastManifest = u.opts.Now()
-	if st.failingLogged || st.blockedOnce {
-		u.log.Info("replicate: uploads succeed again", logKeyDB, m.SourcePath)
+	if st.failingLogged || st.blockedOnce || st.outageLogged {
+		u.log.Warn("replicate: replication resumed: uploads succeed again", logKeyDB, m.SourcePath,
+			"after", u.opts.Now().Sub(st.failingSince).Round(time.Second).String())
 	}
 	st.failingLogged = false
 	st.blockedOnce = false
+	st.outageLogged = false
+	st.failingSince = time.Time{}
 }
 
 // handle uploads what dir holds. Only one process uploads a database at a
@@ -1414,6 +1626,7 @@ func (u *Uploader) invalidate(st *dbState) error {
 	}
 	st.mu.Lock()
 	st.uploadedSum = [32]byte{}
+	st.uploadedAt = time.Time{}
 	st.placed = nil
 	st.mu.Unlock()
 	if err := os.Remove(filepath.Join(st.dir, packedFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -150,6 +151,24 @@ func (d *testSpool) stage(s *snap, only ...manifest.Fingerprint) {
 		d.writeFile(filepath.Join(d.dir, "staging", "chunks", fp.String()), s.files[fp])
 	}
 	d.writeFile(filepath.Join(d.dir, "staging", "manifest"), s.mb)
+	d.clearMarker()
+}
+
+// clearMarker does what a snapshot does once its manifest is staged: a txn
+// marker, if there is one, goes back to clean.
+func (d *testSpool) clearMarker() {
+	d.t.Helper()
+	f, err := os.OpenFile(filepath.Join(d.dir, "txn"), os.O_WRONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte{'0'}, 0); err != nil {
+		d.t.Fatal(err)
+	}
 }
 
 // publish puts s, with the given chunk files (all if none are given),
@@ -293,7 +312,8 @@ func uploadOpts(now *testNow, targets ...Target) UploaderOptions {
 			NotFoundDelay: -1,
 			Jitter:        func() float64 { return 0 },
 		},
-		Now: now.Now,
+		Now:    now.Now,
+		Logger: slog.New(slog.DiscardHandler),
 	}
 }
 

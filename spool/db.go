@@ -117,7 +117,7 @@ func (d *DB) Dir() string { return d.dir }
 
 // MarkerPath is the transaction marker the VFS creates before the first
 // write of each transaction.
-func (d *DB) MarkerPath() string { return filepath.Join(d.dir, "txn") }
+func (d *DB) MarkerPath() string { return markerPath(d.dir) }
 
 // StagingManifestPath is the staged snapshot's manifest.
 func (d *DB) StagingManifestPath() string { return filepath.Join(d.dir, "staging", "manifest") }
@@ -155,15 +155,21 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 		d.stats.LastError = ""
 		if d.failing {
 			d.failing = false
-			log.Info("spool: replication resumed", logKeyDB, d.path)
+			log.Warn("spool: replication resumed: snapshots succeed again", logKeyDB, d.path)
+		}
+		if d.walWarned {
+			d.walWarned = false
+			log.Warn("spool: replication resumed: the database left WAL mode", logKeyDB, d.path)
 		}
 		if published && d.s.opts.Notify != nil {
 			d.s.opts.Notify(d.dir)
 		}
 	case errors.Is(err, ErrWAL):
+		d.markState(markerWAL, nil)
 		if !d.walWarned {
 			d.walWarned = true
-			log.Warn("spool: database is in WAL mode; WAL databases are not replicated yet, so no snapshot is taken",
+			log.Error("spool: replication stopped: the database is in WAL mode, which this version does not replicate; "+
+				"the store keeps its state from before the switch, and flushes fail; PRAGMA journal_mode=DELETE resumes replication",
 				logKeyDB, d.path)
 		}
 	case errors.Is(err, ErrHotJournal):
@@ -171,6 +177,7 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 	default:
 		d.stats.Failures++
 		d.stats.LastError = err.Error()
+		d.markState(markerFailed, err)
 		if !d.failing {
 			d.failing = true
 			log.Error("spool: replication paused: snapshot failed; the transaction itself committed, and replication resumes once the cause is gone",
@@ -200,9 +207,10 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 	}
 	if size >= HeaderSize && (hdr[18] == 2 || hdr[19] == 2) {
 		// Whatever is staged predates WAL mode and is stale from now on.
+		// The marker says WAL (see Snapshot), so that flushes and status
+		// in every process know.
 		_ = d.remove(d.StagingManifestPath())
 		d.cur = nil
-		_ = d.clearMarker()
 		return false, ErrWAL
 	}
 	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {
@@ -394,16 +402,10 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 }
 
 // markerSet reports whether the txn marker says a transaction is in
-// flight, or never finished its snapshot.
+// flight, never finished its snapshot, or that the last snapshot failed.
 func (d *DB) markerSet() bool {
-	f, _, err := fsutil.Open(d.MarkerPath())
-	if err != nil {
-		return errors.Is(err, fsutil.ErrNotRegular) // unusable: as if set
-	}
-	defer f.Close()
-	var b [1]byte
-	n, _ := f.ReadAt(b[:], 0)
-	return n == 1 && b[0] == '1'
+	m, err := ReadMarker(d.dir)
+	return err != nil || m.State != MarkerClean // unusable: as if set
 }
 
 // clearMarker records that the staged snapshot is complete. The marker
@@ -546,7 +548,7 @@ func (d *DB) publishFile(dst string, b []byte, perm fs.FileMode, replace bool) (
 	}
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return false, fmt.Errorf("spool: create %s: %w", tmp, err)
+		return false, fmt.Errorf("spool: create %s: %w", tmp, pathless(err))
 	}
 	defer func() {
 		if err != nil {
@@ -563,7 +565,7 @@ func (d *DB) publishFile(dst string, b []byte, perm fs.FileMode, replace bool) (
 		err = cerr
 	}
 	if err != nil {
-		return false, fmt.Errorf("spool: write %s: %w", tmp, err)
+		return false, fmt.Errorf("spool: write %s: %w", tmp, pathless(err))
 	}
 	if err = d.s.fault("rename", dst); err == nil {
 		if replace {
@@ -583,6 +585,16 @@ func (d *DB) publishFile(dst string, b []byte, perm fs.FileMode, replace bool) (
 		return false, fmt.Errorf("spool: publish %s: %w", dst, err)
 	}
 	return true, nil
+}
+
+// pathless strips an *fs.PathError to its cause, for messages that name
+// the path already.
+func pathless(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func (d *DB) remove(p string) error {
@@ -702,7 +714,7 @@ func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
 }
 
 func hasHotJournal(p string) (bool, error) {
-	f, err := os.Open(p)
+	f, _, err := fsutil.Open(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}

@@ -9,7 +9,8 @@
 //	boule-v1.<boot id>/            state of this boot only
 //	  <mangled source path>/       one directory per source database
 //	    source                     the absolute source path, for tools
-//	    txn                        marker: '1' while a write transaction is in flight
+//	    txn                        marker: '0' clean, '1' a transaction in flight
+//	                               or unfinished, 'F' failed, 'W' WAL (marker.go)
 //	    staging/manifest           the current snapshot's manifest
 //	    staging/chunks/<fp>        chunks not yet handed to the uploader
 //	    ready/<unique>/            a snapshot published for upload
@@ -37,11 +38,16 @@
 //     the ctime captured before the transaction's first write equal what the
 //     staged manifest recorded; a write by any other program (the sqlite3
 //     shell, a restore) changes at least the counter or the ctime;
-//   - the txn marker was not set before the transaction's first write. A
-//     writer sets its byte to '1' before writing and back to '0' after its
-//     snapshot is published (the file is rewritten in place, never created
-//     per transaction), so a transaction that crashed, or whose snapshot
-//     failed (full disk), leaves it set, and the next writer rebuilds.
+//   - the txn marker was clean before the transaction's first write. A
+//     writer turns a clean marker into '1' and the time before writing, and
+//     a published snapshot makes it '0' again (the file is rewritten in
+//     place, never created per transaction), so a transaction that crashed
+//     leaves it '1', one whose snapshot failed (full disk) 'F' with the
+//     error, one that found the database in WAL mode 'W', and the next
+//     writer rebuilds. The time stays that of the first transaction the
+//     staged snapshot lacks: flushes and status read the marker
+//     ([ReadMarker]) to tell whether the staged snapshot is current, and
+//     since when it is not.
 //
 // Otherwise the snapshot is rebuilt from scratch, which is always correct.
 //

@@ -261,8 +261,8 @@ func txnWith(t testing.TB, db *DB, fake *fakeSource, adjust func(*Change), mutat
 }
 
 // preChange captures what begin_txn captures and sets the marker as
-// set_marker does: the first byte of the txn file becomes '1'; Force when it
-// already was '1' or the marker is unusable (no spool directory yet).
+// set_marker does: a clean marker becomes '1' and the time; Force when it
+// was not clean or is unusable (no spool directory yet).
 func preChange(t testing.TB, db *DB, fake *fakeSource) Change {
 	t.Helper()
 	old := fake.bytes()
@@ -274,8 +274,8 @@ func preChange(t testing.TB, db *DB, fake *fakeSource) Change {
 	return ch
 }
 
-// setMarker sets the txn marker and reports whether it was already set or
-// could not be set.
+// setMarker sets the txn marker as set_marker in c/boule_vfs.c does, and
+// reports whether it was not clean or could not be set.
 func setMarker(db *DB) (force bool) {
 	f, err := os.OpenFile(db.MarkerPath(), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
@@ -286,10 +286,13 @@ func setMarker(db *DB) (force bool) {
 	if _, err := f.ReadAt(c[:], 0); err != nil && !errors.Is(err, io.EOF) {
 		return true
 	}
-	if _, err := f.WriteAt([]byte{'1'}, 0); err != nil {
+	if c[0] != 0 && c[0] != '0' {
 		return true
 	}
-	return c[0] == '1'
+	if _, err := f.WriteAt(append([]byte{'1'}, markerTime(time.Now())...), 0); err != nil {
+		return true
+	}
+	return false
 }
 
 // leaveMarker leaves the marker set, as a transaction that crashed before
@@ -301,17 +304,21 @@ func leaveMarker(t testing.TB, db *DB) {
 	}
 }
 
-// markerIsSet reports whether the marker says a transaction is in flight.
+// markerIsSet reports whether the marker says the staged snapshot may
+// lack transactions: one in flight or unfinished, a failed snapshot, WAL.
 func markerIsSet(t testing.TB, db *DB) bool {
 	t.Helper()
-	b, err := os.ReadFile(db.MarkerPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return false
-	}
+	return markerState(t, db) != MarkerClean
+}
+
+// markerState reads the marker's state.
+func markerState(t testing.TB, db *DB) MarkerState {
+	t.Helper()
+	m, err := ReadMarker(db.Dir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(b) > 0 && b[0] == '1'
+	return m.State
 }
 
 // blobCount counts the chunk indexes in idx that m does not carry inline:

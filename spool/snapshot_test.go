@@ -500,8 +500,8 @@ func TestSnapshotErrors(t *testing.T) {
 			if !errors.Is(err, ErrWAL) {
 				t.Fatalf("Snapshot() with bytes 18/19 = %v: %v, want ErrWAL", b, err)
 			}
-			if markerIsSet(t, d.db) {
-				t.Errorf("marker still set after ErrWAL")
+			if got := markerState(t, d.db); got != MarkerWAL {
+				t.Errorf("marker %v after ErrWAL, want %v", got, MarkerWAL)
 			}
 			if exists(d.db.StagingManifestPath()) {
 				t.Errorf("staging manifest created for a WAL database")
@@ -521,8 +521,8 @@ func TestSnapshotErrors(t *testing.T) {
 		if !errors.Is(err, ErrWAL) {
 			t.Fatalf("Snapshot()=%v, want ErrWAL", err)
 		}
-		if markerIsSet(t, d.db) {
-			t.Errorf("marker still set after ErrWAL")
+		if got := markerState(t, d.db); got != MarkerWAL {
+			t.Errorf("marker %v after ErrWAL, want %v", got, MarkerWAL)
 		}
 		// What is staged predates WAL mode: it is dropped, not kept stale.
 		if exists(d.db.StagingManifestPath()) {

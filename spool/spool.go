@@ -50,7 +50,7 @@ type Options struct {
 	// /proc/sys/kernel/random/boot_id.
 	BootID string
 	// Logger receives errors and state changes, never per-page events.
-	// Nil means discard.
+	// Nil means slog.Default().
 	Logger *slog.Logger
 	// Notify, when set, is called after each snapshot is published with the
 	// database's spool directory. It must not block.
@@ -110,7 +110,7 @@ func Open(opts Options) (*Spool, error) {
 	}
 	log := opts.Logger
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = slog.Default()
 	}
 	s := &Spool{
 		opts:      opts,

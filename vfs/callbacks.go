@@ -95,7 +95,9 @@ func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWord
 	if nWords > 0 {
 		ch.Dirty = unsafe.Slice((*uint64)(unsafe.Pointer(dirty)), int(nWords))
 	}
-	if err := c.db.Snapshot(cSource{file}, ch); err != nil {
+	err := c.db.Snapshot(cSource{file}, ch)
+	c.setSnapErr(err)
+	if err != nil {
 		return 1
 	}
 	validateSnapshot(c, cSource{file})
@@ -103,7 +105,7 @@ func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWord
 }
 
 //export bouleGoFlush
-func bouleGoFlush(h C.uint64_t) (ok C.int) {
+func bouleGoFlush(h C.uint64_t, inWrite C.int) (ok C.int) {
 	defer func() {
 		if r := recover(); r != nil {
 			logger().Error("vfs: panic in flush", logKeyErr, fmt.Sprint(r))
@@ -112,6 +114,11 @@ func bouleGoFlush(h C.uint64_t) (ok C.int) {
 	}()
 	c := lookupConn(uint64(h))
 	if c == nil {
+		return 0
+	}
+	if inWrite != 0 {
+		c.rt.log.Error("vfs: flush failed: PRAGMA boule_flush_replication_data ran inside a transaction that has written to the database; commit it first",
+			logKeyDB, c.db.Path())
 		return 0
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)

@@ -36,7 +36,8 @@ func bouleGoExtInit(pzErr **C.char) (rc C.int) {
 	if err != nil {
 		return fail(err)
 	}
-	cfg, err := config.Load(os.Getenv(config.EnvVar))
+	src := os.Getenv(config.EnvVar)
+	cfg, err := config.Load(src)
 	if err != nil {
 		return fail(err)
 	}
@@ -46,5 +47,6 @@ func bouleGoExtInit(pzErr **C.char) (rc C.int) {
 	if err := Register(cfg); err != nil {
 		return fail(err)
 	}
+	WarnUnconfigured(cfg.Logger, src)
 	return 0
 }

@@ -60,7 +60,7 @@ func commitsSurvive(t *testing.T, e *env, name string, n int, fail *atomic.Bool)
 
 	fail.Store(false)
 	mustExec(t, db, "INSERT INTO t(v) VALUES (x'00')")
-	if got := e.log.count(slog.LevelInfo, "replication resumed"); got != 1 {
+	if got := e.log.count(slog.LevelWarn, "replication resumed"); got != 1 {
 		t.Fatalf("resumed messages=%d, want 1; log:\n%s", got, e.log)
 	}
 	checkSnapshot(t, db, path)
@@ -119,7 +119,7 @@ func TestFullTmpfs(t *testing.T) {
 	}
 	mustExec(t, db, "INSERT INTO t(v) VALUES (x'00')")
 	checkSnapshot(t, db, path)
-	if got := e.log.count(slog.LevelInfo, "replication resumed"); got != 1 {
+	if got := e.log.count(slog.LevelWarn, "replication resumed"); got != 1 {
 		t.Fatalf("resumed messages=%d, want 1", got)
 	}
 }

@@ -40,6 +40,7 @@ func newUploader(cfg Config, targets []replicate.Target, log *slog.Logger) (*rep
 		Rate:       cfg.Rate(),
 		PackChunks: cfg.PackChunks,
 		Logger:     log,
+		Restage:    Restage,
 		// A replica opened in this process after a flush sees it.
 		OnManifest: func(hostname, path string) {
 			if rt := current.Load(); rt != nil && rt.reader != nil {

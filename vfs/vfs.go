@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -61,7 +62,9 @@ func Register(cfg Config) error {
 	}
 	log := cfg.Logger
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		// What stops replication reaches the stderr of a program that
+		// configured nothing.
+		log = slog.Default()
 	}
 	regMu.Lock()
 	defer regMu.Unlock()
@@ -143,6 +146,20 @@ func RegisterFromEnv() error {
 	return Register(cfg)
 }
 
+// WarnUnconfigured logs, for the entry points that read their
+// configuration from BOULE_CONFIG, that it was empty (src is its value):
+// boule then replicates nothing, which a missing variable must not hide.
+func WarnUnconfigured(log *slog.Logger, src string) {
+	if strings.TrimSpace(src) != "" {
+		return
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("vfs: " + config.EnvVar + " is not set: the boule VFS is registered without replication, and nothing written through it is replicated " +
+		"(its flush pragma returns no row); set " + config.EnvVar + " to the configuration, or to @/path/to/config.json, before loading")
+}
+
 // Spool returns the spool in use, or nil when replication is disabled.
 func Spool() *spool.Spool {
 	if rt := current.Load(); rt != nil {
@@ -155,7 +172,7 @@ func logger() *slog.Logger {
 	if rt := current.Load(); rt != nil {
 		return rt.log
 	}
-	return slog.New(slog.DiscardHandler)
+	return slog.Default()
 }
 
 // conn is one open, replicated main database file.
@@ -163,6 +180,21 @@ type conn struct {
 	handle uint64
 	db     *spool.DB
 	rt     *runtime // the configuration it was opened with
+
+	snapMu  sync.Mutex
+	snapErr error // the result of its last snapshot, for Restage
+}
+
+func (c *conn) setSnapErr(err error) {
+	c.snapMu.Lock()
+	c.snapErr = err
+	c.snapMu.Unlock()
+}
+
+func (c *conn) lastSnapErr() error {
+	c.snapMu.Lock()
+	defer c.snapMu.Unlock()
+	return c.snapErr
 }
 
 var (

@@ -61,6 +61,9 @@ func boule_configure(js *C.char, errmsg **C.char) (rc C.int) {
 	if err := vfs.Register(cfg); err != nil {
 		return fail(errmsg, err)
 	}
+	if js == nil {
+		vfs.WarnUnconfigured(cfg.Logger, src)
+	}
 	return 0
 }
 
@@ -90,16 +93,19 @@ func boule_flush(path *C.char, errmsg **C.char) (rc C.int) {
 func boule_replication_info(out **C.char, errmsg **C.char) (rc C.int) {
 	defer guard(errmsg, &rc)
 	type info struct {
-		Source       string  `json:"source"`
-		LagSeconds   float64 `json:"lag_seconds"`
-		PendingBytes int64   `json:"pending_bytes"`
-		Uploads      int64   `json:"uploads"`
-		Failures     int64   `json:"failures"`
-		LastError    string  `json:"last_error,omitempty"`
+		Source        string  `json:"source"`
+		LagSeconds    float64 `json:"lag_seconds"`
+		PendingBytes  int64   `json:"pending_bytes"`
+		Uploads       int64   `json:"uploads"`
+		Failures      int64   `json:"failures"`
+		LastError     string  `json:"last_error,omitempty"`
+		Blocked       bool    `json:"blocked"`
+		NotReplicated bool    `json:"not_replicated"`
+		Problem       string  `json:"problem,omitempty"`
 	}
 	list := []info{}
 	for _, s := range vfs.ReplicationStatus() {
-		list = append(list, info{s.Source, s.Lag.Seconds(), s.PendingBytes, s.Uploads, s.Failures, s.LastError})
+		list = append(list, info{s.Source, s.Lag.Seconds(), s.PendingBytes, s.Uploads, s.Failures, s.LastError, s.Blocked, s.NotReplicated, s.Problem})
 	}
 	b, err := json.Marshal(list)
 	if err != nil {

@@ -401,3 +401,102 @@ func TestNotASpool(t *testing.T) {
 		t.Fatalf("status of a live spool=%d %q; want exit 0 and nothing on stderr", code, errs)
 	}
 }
+
+// TestFlushRestages: the state a writer killed between its commit and its
+// snapshot leaves (the file ahead of the staged snapshot, the txn marker
+// set). vfsctl flush takes a new snapshot of the file before uploading:
+// the store holds the killed writer's commit, not the previous one.
+func TestFlushRestages(t *testing.T) {
+	f := newFixture(t)
+	if code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
+		t.Fatalf("first flush=%d %q %q", code, out, errs)
+	}
+	// The killed writer's transaction: it set the marker, wrote, committed.
+	f.leaveMarker(t)
+	plain, err := sql.Open("sqlite3", "file:"+f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plain.Exec("INSERT INTO t(v) SELECT randomblob(1000) FROM t"); err != nil {
+		t.Fatal(err)
+	}
+	plain.Close()
+
+	code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool)
+	if code != exitOK || !strings.Contains(out, "ok      "+f.db) {
+		t.Fatalf("flush after the killed writer=%d %q %q", code, out, errs)
+	}
+	f.checkStore(t, hostname(t))
+	if code, out, errs := vfsctl(t, "status", f.spool); code != exitOK {
+		t.Fatalf("status after the flush=%d %q %q; want exit 0", code, out, errs)
+	}
+}
+
+// TestStatusNotReplicated: a database in WAL mode is shown as not
+// replicated, and makes vfsctl status and flush exit 1 naming it; so does
+// a database whose uploads a permanent error blocked.
+func TestStatusNotReplicated(t *testing.T) {
+	f := newFixture(t)
+	db, err := sql.Open("sqlite3", "file:"+f.db+"?vfs=boule")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"PRAGMA journal_mode=WAL", "INSERT INTO t(v) VALUES (randomblob(100))"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	code, out, errs := vfsctl(t, "status", f.spool)
+	if code != exitFail || !strings.Contains(out, "NOT REPLICATED") || !strings.Contains(out, "WAL mode") || !strings.Contains(errs, f.db) {
+		t.Fatalf("status of a WAL database=%d %q %q; want exit 1, NOT REPLICATED, WAL mode, and its name on stderr", code, out, errs)
+	}
+	code, out, _ = vfsctl(t, "status", "--json", f.spool)
+	var st []statusJSON
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != exitFail || len(st) != 1 || !st[0].NotReplicated || !strings.Contains(st[0].Problem, "WAL mode") {
+		t.Fatalf("status --json of a WAL database=%d %s (%v); want exit 1 and not_replicated", code, out, err)
+	}
+	code, out, errs = vfsctl(t, "--config", f.config(), "flush", f.spool)
+	if code != exitFail || !strings.Contains(out, "FAILED  "+f.db) || !strings.Contains(errs, "WAL mode") {
+		t.Fatalf("flush of a WAL database=%d %q %q; want exit 1 saying WAL mode", code, out, errs)
+	}
+
+	g := newFixture(t)
+	missing := filepath.Join(g.dir, "no-such-store")
+	cfg := fmt.Sprintf(`{"replication_targets": [{"dir": {"path": %q}}]}`, missing)
+	if code, _, _ := vfsctl(t, "--config", cfg, "flush", g.spool); code != exitFail {
+		t.Fatalf("flush to a missing store=%d, want %d", code, exitFail)
+	}
+	code, out, errs = vfsctl(t, "status", g.spool)
+	if code != exitFail || !strings.Contains(out, "BLOCKED") || !strings.Contains(errs, g.db) {
+		t.Fatalf("status of a blocked database=%d %q %q; want exit 1, BLOCKED, and its name", code, out, errs)
+	}
+}
+
+// TestFlushGone: a database deleted while its last snapshot was unfinished
+// is reported as gone, and does not fail the flush of the others.
+func TestFlushGone(t *testing.T) {
+	f := newFixture(t)
+	f.leaveMarker(t)
+	if err := os.Remove(f.db); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool)
+	if code != exitOK || !strings.Contains(out, "gone    "+f.db) {
+		t.Fatalf("flush of a deleted database=%d %q %q; want exit 0 and gone", code, out, errs)
+	}
+}
+
+// leaveMarker sets the database's txn marker as a writer does before its
+// transaction, and leaves it so, as a writer killed before its snapshot
+// does.
+func (f *fixture) leaveMarker(t *testing.T) {
+	t.Helper()
+	markers, err := filepath.Glob(filepath.Join(f.spool, "*", "*", "txn"))
+	if err != nil || len(markers) != 1 {
+		t.Fatalf("txn markers under %s: %v, %v; want one", f.spool, markers, err)
+	}
+	if err := os.WriteFile(markers[0], []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

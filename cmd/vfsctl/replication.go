@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -33,13 +35,19 @@ func loadConfig(g *globals) (config.Config, error) {
 	return cfg, nil
 }
 
-// uploader builds an uploader for the configuration's targets.
-func uploader(ctx context.Context, cfg config.Config, g *globals) (*replicate.Uploader, error) {
+// uploader builds an uploader for the configuration's targets. Given a
+// spool root, its flushes re-stage databases whose staged snapshot lacks
+// committed transactions, through boule registered on that spool.
+func uploader(ctx context.Context, cfg config.Config, g *globals, root string) (*replicate.Uploader, error) {
 	targets, err := vfs.Targets(ctx, cfg)
 	if err != nil {
 		return nil, usageError{err.Error()}
 	}
-	up, err := replicate.NewUploader(replicate.UploaderOptions{Targets: targets, Rate: cfg.Rate(), Logger: g.logger})
+	opts := replicate.UploaderOptions{Targets: targets, Rate: cfg.Rate(), Logger: g.logger}
+	if root != "" {
+		opts.Restage = restager(cfg, root)
+	}
+	up, err := replicate.NewUploader(opts)
 	if err != nil {
 		return nil, usagef("%v (set replication_targets with --config or %s)", err, config.EnvVar)
 	}
@@ -65,17 +73,53 @@ func listSpool(g *globals, cmd, dir string) ([]spool.DBDir, error) {
 	return dbs, nil
 }
 
+// restager returns a Restage hook that registers boule on the spool root
+// (without targets: the flush uploads) the first time it is needed.
+func restager(cfg config.Config, root string) func(ctx context.Context, dir, source string) error {
+	var once sync.Once
+	var regErr error
+	return func(ctx context.Context, dir, source string) error {
+		once.Do(func() {
+			c := cfg
+			c.ReplicationSpoolingDir = root
+			c.ReplicationTargets = nil
+			c.MakeDefault = false
+			if err := vfs.Register(c); err != nil {
+				regErr = fmt.Errorf("register boule on %s to re-stage databases: %w", root, err)
+			}
+		})
+		if regErr != nil {
+			return regErr
+		}
+		return vfs.Restage(ctx, dir, source)
+	}
+}
+
+// spoolRoot makes a SPOOL_DIR argument absolute, symlinks resolved, as the
+// spool names it.
+func spoolRoot(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	return abs, nil
+}
+
 // flushJSON is one line of vfsctl flush --json.
 type flushJSON struct {
 	Source string `json:"source"`
 	OK     bool   `json:"ok"`
+	Gone   bool   `json:"gone,omitempty"` // the database no longer exists
 	Error  string `json:"error,omitempty"`
 }
 
 func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	var asJSON bool
 	fs, err := subcommand(g, "flush", "[--json] SPOOL_DIR",
-		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets, and exits 1 with a message if anything fails,\nor if SPOOL_DIR does not look like a spool.", args,
+		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets. A database whose last snapshot failed or never\nfinished is snapshotted again first (read through boule). Exits 1 with a message\nif the store does not then hold every database's committed state (a failed\nsnapshot, a WAL database, a store error), or if SPOOL_DIR does not look like a\nspool.", args,
 		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
 	if err != nil {
 		return err
@@ -87,21 +131,35 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
+	root, err := spoolRoot(fs.Arg(0))
+	if err != nil {
+		return err
+	}
 	// The configuration first: its errors stand whatever the directory.
-	up, err := uploader(ctx, cfg, g)
+	up, err := uploader(ctx, cfg, g, root)
 	if err != nil {
 		return err
 	}
 	defer up.Close()
-	dbs, err := listSpool(g, "flush", fs.Arg(0))
+	dbs, err := listSpool(g, "flush", root)
 	if err != nil {
 		return err
 	}
 	var failed []error
 	results := make([]flushJSON, 0, len(dbs))
 	for _, d := range dbs {
-		if err := up.Flush(ctx, d.Dir); err != nil {
-			failed = append(failed, fmt.Errorf("%s: %w", d.Source, err))
+		err := up.Flush(ctx, d.Dir)
+		if errors.Is(err, replicate.ErrSourceGone) {
+			// Deleted since it was spooled: nothing to flush, and no
+			// state of it to vouch for.
+			results = append(results, flushJSON{Source: d.Source, Gone: true, Error: err.Error()})
+			if !asJSON {
+				fmt.Fprintf(g.stdout, "gone    %s\n", d.Source)
+			}
+			continue
+		}
+		if err != nil {
+			failed = append(failed, err) // it names the database
 			results = append(results, flushJSON{Source: d.Source, Error: err.Error()})
 			if !asJSON {
 				fmt.Fprintf(g.stdout, "FAILED  %s\n", d.Source)
@@ -227,12 +285,31 @@ type statusJSON struct {
 	LastUpload   string  `json:"last_upload,omitempty"`
 	LastError    string  `json:"last_error,omitempty"`
 	Blocked      bool    `json:"blocked"`
+	// NotReplicated: the database's commits cannot reach the store (its
+	// snapshots fail, or it is in WAL mode); Problem says why.
+	NotReplicated bool   `json:"not_replicated"`
+	Problem       string `json:"problem,omitempty"`
+}
+
+// state is the STATE column of vfsctl status.
+func (s statusJSON) state() string {
+	switch {
+	case s.NotReplicated:
+		return "NOT REPLICATED"
+	case s.Blocked:
+		return "BLOCKED"
+	case s.LastError != "":
+		return "failing"
+	case s.LagSeconds > 0:
+		return "pending"
+	}
+	return "ok"
 }
 
 func cmdStatus(ctx context.Context, g *globals, args []string) error {
 	var asJSON bool
 	fs, err := subcommand(g, "status", "[--json] SPOOL_DIR",
-		"Shows, for each database spooled under SPOOL_DIR in this boot, its replication lag\n(the age of the oldest commit not yet in the store), the bytes waiting, and the\nuploader's calls, failures and last error. Exits 1 if SPOOL_DIR does not look\nlike a spool.", args,
+		"Shows, for each database spooled under SPOOL_DIR in this boot, its state, its\nreplication lag (the age of the oldest commit not yet in the store, counting\ncommits whose snapshots failed), the bytes waiting, and the uploader's calls,\nfailures and last error. Exits 1 if any database is not replicated (its\nsnapshots fail, or it is in WAL mode) or blocked (a permanent store error), or\nif SPOOL_DIR does not look like a spool.", args,
 		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
 	if err != nil {
 		return err
@@ -255,6 +332,7 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 			Source: s.Source, SpoolDir: d.Dir, LagSeconds: s.Lag.Seconds(), PendingBytes: s.PendingBytes,
 			Uploads: s.Uploads, Chunks: s.Chunks, Calls: s.Calls, Failures: s.Failures,
 			LastError: s.LastError, Blocked: s.Blocked,
+			NotReplicated: s.NotReplicated, Problem: s.Problem,
 		}
 		if !s.LastUpload.IsZero() {
 			j.LastUpload = s.LastUpload.UTC().Format(time.RFC3339)
@@ -264,11 +342,28 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 		}
 		out = append(out, j)
 	}
-	if asJSON {
-		return writeJSON(g.stdout, out)
+	var bad []string
+	for _, s := range out {
+		if s.NotReplicated || s.Blocked {
+			bad = append(bad, s.Source)
+		}
 	}
+	if asJSON {
+		if err := writeJSON(g.stdout, out); err != nil {
+			return err
+		}
+	} else if err := statusTable(g, out); err != nil {
+		return err
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%d of %d databases are not replicated or blocked: %s", len(bad), len(out), strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+func statusTable(g *globals, out []statusJSON) error {
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tLAG\tPENDING\tUPLOADS\tCALLS\tFAILURES\tLAST UPLOAD\tLAST ERROR")
+	fmt.Fprintln(tw, "SOURCE\tSTATE\tLAG\tPENDING\tUPLOADS\tCALLS\tFAILURES\tLAST UPLOAD\tLAST ERROR")
 	for _, s := range out {
 		last := s.LastUpload
 		if last == "" {
@@ -279,10 +374,10 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 			lag = (time.Duration(s.LagSeconds * float64(time.Second))).Round(time.Millisecond).String()
 		}
 		errText := s.LastError
-		if s.Blocked {
-			errText = "BLOCKED: " + errText
+		if s.NotReplicated {
+			errText = s.Problem
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Source, lag, s.PendingBytes, s.Uploads, s.Calls, s.Failures, last, errText)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Source, s.state(), lag, s.PendingBytes, s.Uploads, s.Calls, s.Failures, last, errText)
 	}
 	return tw.Flush()
 }

@@ -1,0 +1,116 @@
+package spool
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseMarker(t *testing.T) {
+	since := time.Date(2031, 3, 1, 12, 0, 0, 123, time.UTC)
+	digits := string(markerTime(since))
+	for _, tc := range []struct {
+		name string
+		b    string
+		want Marker
+	}{
+		{"empty", "", Marker{}},
+		{"clean", "0", Marker{}},
+		{"clean with an old time", "0" + digits, Marker{}},
+		{"set by Invalidate", "1", Marker{State: MarkerSet}},
+		{"set by the VFS", "1" + digits, Marker{State: MarkerSet, Since: since}},
+		{"failed", "F" + digits + "\nspool: write x: no space left on device\n", Marker{State: MarkerFailed, Since: since, Err: "spool: write x: no space left on device"}},
+		{"failed, no room for the error", "F" + digits, Marker{State: MarkerFailed, Since: since}},
+		{"WAL", "W" + digits, Marker{State: MarkerWAL, Since: since}},
+		{"WAL after a failure", "W" + digits + "\nold error\n", Marker{State: MarkerWAL, Since: since}},
+		{"garbage", "?xyz", Marker{State: MarkerSet}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := parseMarker([]byte(tc.b)); got != tc.want {
+				t.Fatalf("parseMarker(%q)=%+v, want %+v", tc.b, got, tc.want)
+			}
+		})
+	}
+}
+
+// sinceOf reads the marker's time.
+func sinceOf(t testing.TB, db *DB) time.Time {
+	t.Helper()
+	m, err := ReadMarker(db.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Since
+}
+
+// TestMarkerRecordsFailures: a failed snapshot leaves the marker failed,
+// with its error and the time of the first transaction it lacks, which
+// later failures keep; a success makes it clean; WAL mode leaves it WAL.
+func TestMarkerRecordsFailures(t *testing.T) {
+	d := snapshotted(t, 6*cs)
+	if got := markerState(t, d.db); got != MarkerClean {
+		t.Fatalf("marker after a snapshot=%v, want clean", got)
+	}
+	d.fault.set(failOp("create", syscall.ENOSPC))
+	var first time.Time
+	err := txnWith(t, d.db, d.src, func(*Change) { first = sinceOf(t, d.db) }, rewrite(d.rng, 2*cs, 4096), 2)
+	if !errors.Is(err, syscall.ENOSPC) || first.IsZero() {
+		t.Fatalf("Snapshot()=%v with the marker's time %v, want ENOSPC and a time", err, first)
+	}
+	m, err := ReadMarker(d.db.Dir())
+	if err != nil || m.State != MarkerFailed || !m.Since.Equal(first) || !strings.Contains(m.Err, "no space left on device") {
+		t.Fatalf("ReadMarker()=%+v, %v; want failed since %v with the error", m, err, first)
+	}
+	if err := txn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("second Snapshot()=%v, want ENOSPC", err)
+	}
+	if m, err := ReadMarker(d.db.Dir()); err != nil || m.State != MarkerFailed || !m.Since.Equal(first) {
+		t.Fatalf("ReadMarker() after a second failure=%+v, %v; want failed since %v, the first", m, err, first)
+	}
+
+	d.fault.clear()
+	mustTxn(t, d.db, d.src, rewrite(d.rng, 4*cs, 4096), 4)
+	if got := markerState(t, d.db); got != MarkerClean {
+		t.Fatalf("marker after a success=%v, want clean", got)
+	}
+
+	var walSince time.Time
+	err = txnWith(t, d.db, d.src, func(*Change) { walSince = sinceOf(t, d.db) }, func(b []byte) []byte {
+		b[18], b[19] = 2, 2
+		return b
+	})
+	if !errors.Is(err, ErrWAL) {
+		t.Fatalf("Snapshot() of a WAL database=%v, want ErrWAL", err)
+	}
+	if m, err := ReadMarker(d.db.Dir()); err != nil || m.State != MarkerWAL || !m.Since.Equal(walSince) || walSince.Equal(first) {
+		t.Fatalf("ReadMarker() in WAL mode=%+v, %v; want WAL since %v", m, err, walSince)
+	}
+	// A check in WAL mode (a new connection's first read) keeps it so.
+	if err := d.db.Snapshot(d.src, Change{}); !errors.Is(err, ErrWAL) {
+		t.Fatalf("check of a WAL database=%v, want ErrWAL", err)
+	}
+	if m, err := ReadMarker(d.db.Dir()); err != nil || m.State != MarkerWAL || !m.Since.Equal(walSince) {
+		t.Fatalf("ReadMarker() after a check=%+v, %v; want WAL since %v", m, err, walSince)
+	}
+}
+
+// TestMarkerFirstCheckFails: a first read that cannot stage the database
+// (no transaction ever set the marker) still leaves a failed marker.
+func TestMarkerFirstCheckFails(t *testing.T) {
+	d := newTestDB(t, 3*cs)
+	if err := os.MkdirAll(d.db.Dir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	d.fault.set(failOp("create", syscall.ENOSPC))
+	before := time.Now()
+	if err := d.db.Snapshot(d.src, Change{}); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Snapshot()=%v, want ENOSPC", err)
+	}
+	m, err := ReadMarker(d.db.Dir())
+	if err != nil || m.State != MarkerFailed || m.Since.Before(before) || !strings.Contains(m.Err, "no space left on device") {
+		t.Fatalf("ReadMarker()=%+v, %v; want failed since the check, with the error", m, err)
+	}
+}

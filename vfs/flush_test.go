@@ -1,0 +1,318 @@
+package vfs_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// The flushes of these tests must tell the truth: they succeed only if the
+// store then holds every transaction committed before them.
+
+func init() {
+	children["killedwriter"] = childKilledWriter
+	children["nologger"] = childNoLogger
+}
+
+// mountTmpfs mounts a tmpfs of size on dir until the test ends.
+func mountTmpfs(t testing.TB, dir, size string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+}
+
+// statusOf returns the replication status of path.
+func statusOf(t testing.TB, path string) replicate.Status {
+	t.Helper()
+	st := vfs.ReplicationStatus()
+	i := slices.IndexFunc(st, func(s replicate.Status) bool { return s.Source == path })
+	if i < 0 {
+		t.Fatalf("ReplicationStatus()=%+v, want %s in it", st, path)
+	}
+	return st[i]
+}
+
+// flushes are the Go flushes of path, by name.
+func flushes(path string) map[string]func() error {
+	return map[string]func() error{
+		"Flush":    func() error { return vfs.Flush(context.Background(), path) },
+		"FlushAll": func() error { return vfs.FlushAll(context.Background()) },
+	}
+}
+
+// TestFlushFullSpool: a snapshot that fails for want of room (a 20 MB
+// transaction through a 12 MB spool) after an earlier one succeeded. Every
+// flush fails, naming the database and the cause, even though the store
+// holds a snapshot; the status says the database is not replicated, with a
+// lag. Once there is room, a flush takes a new snapshot itself and the
+// store holds all 5,001 rows.
+func TestFlushFullSpool(t *testing.T) {
+	tg, store := dirTarget(t)
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	mountTmpfs(t, e.spool, "12m")
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targetsOf(tg), Logger: slog.New(e.log)})
+	path := e.path("full.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(100))")
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma with room=%q, want 1; log:\n%s", r, e.log)
+	}
+	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 5000) INSERT INTO t(v) SELECT randomblob(4000) FROM n")
+	if got := e.log.count(slog.LevelError, "replication paused"); got != 1 {
+		t.Fatalf("snapshot failures logged=%d, want 1; log:\n%s", got, e.log)
+	}
+
+	if r := flushPragma(t, db); r != "0" {
+		t.Fatalf("flush pragma with the spool full=%q, want 0", r)
+	}
+	if got := e.log.count(slog.LevelError, "flush failed"); got != 1 {
+		t.Fatalf("flush failures logged=%d, want 1; log:\n%s", got, e.log)
+	}
+	for name, flush := range flushes(path) {
+		err := flush()
+		if !errors.Is(err, replicate.ErrSnapshotFailed) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "no space left on device") {
+			t.Fatalf("%s()=%v, want ErrSnapshotFailed naming %s and the full disk", name, err, path)
+		}
+	}
+	st := statusOf(t, path)
+	if !st.NotReplicated || !strings.Contains(st.Problem, "no space left on device") || st.Lag <= 0 {
+		t.Fatalf("status with the spool full=%+v, want not replicated, the cause, and a lag", st)
+	}
+
+	if out, err := exec.Command("mount", "-o", "remount,size=128m", e.spool).CombinedOutput(); err != nil {
+		t.Fatalf("remount: %v: %s", err, out)
+	}
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma once there is room=%q, want 1; log:\n%s", r, e.log)
+	}
+	checkReplica(t, store, path)
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 5001 {
+		t.Fatalf("rows=%d, %v; want 5001", n, err)
+	}
+	if st := statusOf(t, path); st.NotReplicated || st.Lag != 0 {
+		t.Fatalf("status after the flush=%+v, want replicated and no lag", st)
+	}
+	if got := e.log.count(slog.LevelWarn, "replication resumed"); got != 1 {
+		t.Fatalf("recoveries logged=%d, want 1; log:\n%s", got, e.log)
+	}
+}
+
+// childKilledWriter commits one transaction, then a large one, and dies
+// by SIGKILL in that one's snapshot, just before its manifest is
+// published: its txn marker stays set, and the staged snapshot is the
+// first transaction's.
+func childKilledWriter() error {
+	c := readChildEnv()
+	var armed atomic.Bool
+	manifest := filepath.Join("staging", "manifest")
+	vfs.SetFaultHook(func(op, path string) error {
+		if armed.Load() && op == "rename" && strings.HasSuffix(path, manifest) {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+		return nil
+	})
+	db, err := c.open()
+	if err != nil {
+		return err
+	}
+	for _, q := range []string{"CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)", "INSERT INTO t(v) VALUES (randomblob(100))"} {
+		if _, err := db.Exec(q); err != nil {
+			return err
+		}
+	}
+	fmt.Println("first committed")
+	armed.Store(true)
+	_, err = db.Exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000) INSERT INTO t(v) SELECT randomblob(1000) FROM n")
+	return fmt.Errorf("still alive after the second commit (%v)", err)
+}
+
+// TestFlushAfterKilledWriter: a writer killed between its commit and the
+// end of its snapshot leaves the marker set and the previous snapshot
+// staged. A flush in another process takes a new snapshot of the file, and
+// the store holds the killed writer's commit.
+func TestFlushAfterKilledWriter(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("killed.db")
+	cmd, out := startChild(t, "killedwriter", "BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool)
+	if !out.Scan() || out.Text() != "first committed" {
+		t.Fatalf("child printed %q, want %q", out.Text(), "first committed")
+	}
+	for out.Scan() {
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("child: %v, want killed by SIGKILL", err)
+	}
+	mk, err := spool.ReadMarker(mustDB(t, path).Dir())
+	if err != nil || mk.State != spool.MarkerSet {
+		t.Fatalf("ReadMarker()=%+v, %v; want the marker left set", mk, err)
+	}
+
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatalf("Flush() after the writer died=%v, want nil; log:\n%s", err, e.log)
+	}
+	checkReplica(t, store, path)
+	db := open(t, path, "boule", "mode=ro")
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 2001 {
+		t.Fatalf("rows=%d, %v; want 2001 (the killed writer's commit)", n, err)
+	}
+}
+
+// TestFlushWAL: a database in WAL mode is not replicated. Every flush
+// fails saying so, for a database switched to WAL and one created in WAL
+// mode; the status says it is not replicated; the log says it once, at
+// ERROR. Back in rollback mode, flushes succeed and the store is current.
+func TestFlushWAL(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("switched.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma in rollback mode=%q, want 1; log:\n%s", r, e.log)
+	}
+	mustExec(t, db, "PRAGMA journal_mode=WAL")
+	for range 20 {
+		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
+	}
+	if r := flushPragma(t, db); r != "0" {
+		t.Fatalf("flush pragma in WAL mode=%q, want 0", r)
+	}
+	for name, flush := range flushes(path) {
+		if err := flush(); !errors.Is(err, spool.ErrWAL) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "WAL mode") {
+			t.Fatalf("%s() in WAL mode=%v, want ErrWAL naming %s", name, err, path)
+		}
+	}
+	if st := statusOf(t, path); !st.NotReplicated || !strings.Contains(st.Problem, "WAL mode") || st.Lag <= 0 {
+		t.Fatalf("status in WAL mode=%+v, want not replicated because of WAL mode, with a lag", st)
+	}
+	if got := e.log.count(slog.LevelError, "WAL mode"); got != 1 {
+		t.Fatalf("WAL errors logged=%d, want 1; log:\n%s", got, e.log)
+	}
+
+	created := e.path("created.db")
+	wal := open(t, created, "boule", "_journal_mode=WAL")
+	wal.SetMaxOpenConns(1)
+	mustExec(t, wal, "CREATE TABLE t(v)")
+	mustExec(t, wal, "INSERT INTO t VALUES (1)")
+	if r := flushPragma(t, wal); r != "0" {
+		t.Fatalf("flush pragma of a database created in WAL mode=%q, want 0", r)
+	}
+	if err := vfs.Flush(context.Background(), created); !errors.Is(err, spool.ErrWAL) || !strings.Contains(err.Error(), created) {
+		t.Fatalf("Flush() of a database created in WAL mode=%v, want ErrWAL naming %s", err, created)
+	}
+
+	mustExec(t, db, "PRAGMA journal_mode=DELETE")
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma back in rollback mode=%q, want 1; log:\n%s", r, e.log)
+	}
+	checkReplica(t, store, path)
+	if st := statusOf(t, path); st.NotReplicated || st.Lag != 0 {
+		t.Fatalf("status back in rollback mode=%+v, want replicated and no lag", st)
+	}
+}
+
+// childNoLogger is a program that configures no logger: it switches a
+// database to WAL mode.
+func childNoLogger() error {
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: os.Getenv("BOULE_TEST_SPOOL")}); err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for _, q := range []string{"CREATE TABLE t(v)", "PRAGMA journal_mode=WAL", "INSERT INTO t VALUES (1)"} {
+		if _, err := db.Exec(q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestDefaultLogger: a Go program that sets no Logger is told on stderr,
+// at ERROR, that a database stopped being replicated.
+func TestDefaultLogger(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "quiet.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "BOULE_TEST_CHILD=nologger", "BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+filepath.Join(dir, "spool"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "ERROR") || !strings.Contains(string(out), "WAL mode") || !strings.Contains(string(out), path) {
+		t.Fatalf("a program without a Logger got %q on stderr; want an ERROR line saying %s is in WAL mode", out, path)
+	}
+}
+
+// TestFlushInsideWriteTransaction: a flush from a transaction that has
+// already written the file (its cache spilled) fails at once, saying to
+// commit first, instead of waiting for its own lock.
+func TestFlushInsideWriteTransaction(t *testing.T) {
+	tg, store := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("spill.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "PRAGMA cache_size=2")
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 500) INSERT INTO t(v) SELECT randomblob(3000) FROM n"); err != nil {
+		t.Fatal(err)
+	}
+	var r string
+	if err := tx.QueryRow("PRAGMA boule_flush_replication_data").Scan(&r); err != nil || r != "0" {
+		t.Fatalf("flush pragma inside a transaction that wrote the file=%q, %v; want 0", r, err)
+	}
+	if got := e.log.count(slog.LevelError, "commit it first"); got != 1 {
+		t.Fatalf("errors saying to commit first=%d, want 1; log:\n%s", got, e.log)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma after the commit=%q, want 1; log:\n%s", r, e.log)
+	}
+	checkReplica(t, store, path)
+}
