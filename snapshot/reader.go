@@ -376,7 +376,7 @@ type Replica struct {
 	lastSum   manifest.Fingerprint // its checksum
 	lastFrom  int                  // the store lastM came from
 	lastStart time.Time            // when the newest fetch that returned lastM started
-	staleAt   time.Time // when the store was known to hold a newer manifest (Stale)
+	staleAt   time.Time            // when the store was known to hold a newer manifest (Stale)
 	stopPoll  chan struct{}
 	onNewest  []func(gen uint64)
 }
