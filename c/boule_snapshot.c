@@ -76,13 +76,6 @@ static void patch_counter(BouleView *v, unsigned char *out, int64_t off, int64_t
   }
 }
 
-/* The mapped bytes of chunk ci of v, or NULL. */
-static const unsigned char *view_chunk(BouleView *v, int64_t ci) {
-  const unsigned char **page = __atomic_load_n(&v->pages[ci >> BOULE_VIEW_PAGE_SHIFT], __ATOMIC_ACQUIRE);
-  if (page == 0) return 0;
-  return __atomic_load_n(&page[ci & (BOULE_VIEW_PAGE - 1)], __ATOMIC_ACQUIRE);
-}
-
 static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
   SnapFile *p = (SnapFile *)f;
   BouleView *v = p->view;
@@ -97,12 +90,12 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
     int64_t co = pos & (BOULE_CHUNK_SIZE - 1);
     int64_t clen = v->size - (ci << BOULE_CHUNK_SHIFT);
     int64_t n;
-    const unsigned char *c = view_chunk(v, ci);
+    const unsigned char *c = boule_view_chunk(v, ci);
     if (c == 0) {
       /* The slow path: Go fetches, verifies and maps the chunk. */
       int rc = bouleGoSnapChunk(v->handle, ci);
       if (rc != SQLITE_OK) return rc;
-      c = view_chunk(v, ci);
+      c = boule_view_chunk(v, ci);
       if (c == 0) return SQLITE_IOERR_READ;
     }
     if (clen > BOULE_CHUNK_SIZE) clen = BOULE_CHUNK_SIZE;

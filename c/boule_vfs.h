@@ -73,6 +73,13 @@ typedef struct BouleView {
   int patched;                   /* set by Go (atomic), see boule_snapshot.c */
 } BouleView;
 
+/* The mapped bytes of chunk ci of v, or NULL: ask Go. */
+static inline const unsigned char *boule_view_chunk(BouleView *v, int64_t ci) {
+  const unsigned char **page = __atomic_load_n(&v->pages[ci >> BOULE_VIEW_PAGE_SHIFT], __ATOMIC_ACQUIRE);
+  if (page == 0) return 0;
+  return __atomic_load_n(&page[ci & (BOULE_VIEW_PAGE - 1)], __ATOMIC_ACQUIRE);
+}
+
 /* What Go returns to C when a connection opens, adopts a snapshot, or runs
 ** a pragma. */
 typedef struct BouleSnapOut {

@@ -85,19 +85,19 @@ func viewFor(s *snapshot.Snapshot) *view {
 		h := uint64(v.c.handle)
 		s.Bind(func(i int, b []byte) {
 			// Called under the snapshot's lock: one caller at a time.
-			page := atomic.LoadPointer(&pages[i>>C.BOULE_VIEW_PAGE_SHIFT])
+			page := atomic.LoadPointer(&pages[i/viewPage])
 			if page == nil {
-				if page = C.calloc(C.BOULE_VIEW_PAGE, C.size_t(unsafe.Sizeof(uintptr(0)))); page == nil {
+				if page = C.calloc(viewPage, C.size_t(unsafe.Sizeof(uintptr(0)))); page == nil {
 					// C finds no pointer and fails the read: no
 					// panic here, which may run in the prefetch.
 					logger().Error("vfs: out of memory for a page of a replica view")
 					return
 				}
-				atomic.StorePointer(&pages[i>>C.BOULE_VIEW_PAGE_SHIFT], page)
+				atomic.StorePointer(&pages[i/viewPage], page)
 			}
 			// b is mapped outside the Go heap: C may keep the pointer.
-			slots := unsafe.Slice((*uintptr)(page), C.BOULE_VIEW_PAGE)
-			atomic.StoreUintptr(&slots[i&(C.BOULE_VIEW_PAGE-1)], uintptr(unsafe.Pointer(&b[0])))
+			slots := unsafe.Slice((*uintptr)(page), viewPage)
+			atomic.StoreUintptr(&slots[i%viewPage], uintptr(unsafe.Pointer(&b[0])))
 		}, func() {
 			snapMu.Lock()
 			delete(views, h)
@@ -113,10 +113,19 @@ func viewFor(s *snapshot.Snapshot) *view {
 	return v
 }
 
+// mapped returns the address C reads chunk i of v at, 0 if it asks Go.
+func (v *view) mapped(i int) uintptr {
+	return uintptr(unsafe.Pointer(C.boule_view_chunk(v.c, C.int64_t(i))))
+}
+
+// viewPage is the number of chunk pointers in a page of a view (see
+// BouleView).
+const viewPage = C.BOULE_VIEW_PAGE
+
 // viewPages is the number of pages of chunk pointers a view of n chunks
-// has (see BouleView).
+// has.
 func viewPages(n int) int {
-	return (n + C.BOULE_VIEW_PAGE - 1) >> C.BOULE_VIEW_PAGE_SHIFT
+	return (n + viewPage - 1) / viewPage
 }
 
 // newestGen returns the C word that mirrors rep's newest generation.
