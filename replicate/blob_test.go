@@ -345,7 +345,7 @@ func FuzzDecodeChunk(f *testing.F) {
 		}
 		var out []byte
 		var err error
-		if n := memtest.Roughly(func() { out, err = DecodeChunk(fp, blob) }); n > maxChunkDecodeAlloc {
+		if n, ok := memtest.AtMost(maxChunkDecodeAlloc, func() { out, err = DecodeChunk(fp, blob) }); !ok {
 			t.Fatalf("DecodeChunk of %d bytes allocated %d, want at most %d", len(blob), n, maxChunkDecodeAlloc)
 		}
 		if err != nil {
@@ -382,18 +382,17 @@ func FuzzDecodeManifestBlob(f *testing.F) {
 	f.Fuzz(func(t *testing.T, blob []byte) {
 		var out []byte
 		var err error
-		n := memtest.Roughly(func() { out, err = DecodeManifestBlob(blob) })
+		// A frame that declares its size, and the streaming decoder's
+		// window for those that do not or have several frames.
+		const bound = 2*(1<<20) + maxManifestWindow + 1<<20
+		if n, ok := memtest.AtMost(bound, func() { out, err = DecodeManifestBlob(blob) }); !ok {
+			t.Fatalf("DecodeManifestBlob of %d bytes allocated %d, want at most %d", len(blob), n, bound)
+		}
 		if err != nil && !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("error %v does not wrap ErrCorrupt", err)
 		}
 		if len(out) > 1<<20 {
 			t.Fatalf("decoded %d bytes, more than the limit", len(out))
-		}
-		// A frame that declares its size, and the streaming decoder's
-		// window for those that do not or have several frames.
-		const bound = 2*(1<<20) + maxManifestWindow + 1<<20
-		if n > bound {
-			t.Fatalf("DecodeManifestBlob of %d bytes allocated %d, want at most %d", len(blob), n, bound)
 		}
 	})
 }

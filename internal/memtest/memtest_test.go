@@ -18,3 +18,22 @@ func TestCounts(t *testing.T) {
 		})
 	}
 }
+
+// TestAtMost: AtMost tells an allocation over the limit from one within.
+func TestAtMost(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		limit uint64
+		ok    bool
+	}{
+		{"within", 2 << 20, true},
+		{"over", 512 << 10, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n, ok := AtMost(c.limit, func() { sink = make([]byte, 1<<20) })
+			if ok != c.ok || n < 1<<20 {
+				t.Errorf("AtMost(%d, 1 MiB)=%d, %v, want %v", c.limit, n, ok, c.ok)
+			}
+		})
+	}
+}
