@@ -77,6 +77,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzParse$$' $(FUZZFLAGS) ./config
 	$(GO) test -run XXX -fuzz '^FuzzDecodeChunk$$' $(FUZZFLAGS) ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzDecodePackMember$$' $(FUZZFLAGS) ./replicate
+	$(GO) test -run XXX -fuzz '^FuzzDecodeManifestBlob$$' $(FUZZFLAGS) ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzManifestKey$$' $(FUZZFLAGS) ./replicate
 	$(GO) test -run XXX -fuzz '^FuzzMangle$$' $(FUZZFLAGS) ./spool
 	$(GO) test -run XXX -fuzz '^FuzzParseName$$' $(FUZZFLAGS) ./snapshot

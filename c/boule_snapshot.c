@@ -90,12 +90,12 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
     int64_t co = pos & (BOULE_CHUNK_SIZE - 1);
     int64_t clen = v->size - (ci << BOULE_CHUNK_SHIFT);
     int64_t n;
-    const unsigned char *c = __atomic_load_n(&v->chunks[ci], __ATOMIC_ACQUIRE);
+    const unsigned char *c = boule_view_chunk(v, ci);
     if (c == 0) {
       /* The slow path: Go fetches, verifies and maps the chunk. */
       int rc = bouleGoSnapChunk(v->handle, ci);
       if (rc != SQLITE_OK) return rc;
-      c = __atomic_load_n(&v->chunks[ci], __ATOMIC_ACQUIRE);
+      c = boule_view_chunk(v, ci);
       if (c == 0) return SQLITE_IOERR_READ;
     }
     if (clen > BOULE_CHUNK_SIZE) clen = BOULE_CHUNK_SIZE;

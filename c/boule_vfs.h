@@ -59,18 +59,33 @@ int64_t boule_go_calls(void);
 
 /* ---- the boule_snapshot VFS (boule_snapshot.c) --------------------------- */
 
+/* A BouleView's chunk pointers come in pages of BOULE_VIEW_PAGE, each
+** allocated when one of its chunks is first mapped: the view of a 4 TiB
+** snapshot costs 128 KiB, not 512 MiB, until it is read. */
+#define BOULE_VIEW_PAGE_SHIFT 12
+#define BOULE_VIEW_PAGE (1 << BOULE_VIEW_PAGE_SHIFT)
+
 /* One snapshot of a replica as C reads it. Go allocates it (with calloc),
-** fills chunks[i] atomically as chunks get mapped, and frees it when no
-** connection reads the snapshot any more. */
+** fills the pages and their entries atomically as chunks get mapped, and
+** frees it when no connection reads the snapshot any more. Chunk i's bytes
+** are pages[i >> BOULE_VIEW_PAGE_SHIFT][i & (BOULE_VIEW_PAGE - 1)]. */
 typedef struct BouleView {
   int64_t size;                  /* database size in bytes */
-  int64_t nChunks;               /* entries in chunks */
+  int64_t nChunks;               /* chunks in the snapshot */
   uint64_t handle;               /* Go handle, for bouleGoSnapChunk */
   uint64_t gen;                  /* the snapshot's generation in its replica */
-  const unsigned char **chunks;  /* mapped chunk bytes, or NULL: ask Go */
+  const unsigned char ***pages;  /* pages of mapped chunk bytes; a NULL page
+                                 ** or entry: ask Go */
   uint32_t patch;                /* if patched: the change counter reads return */
   int patched;                   /* set by Go (atomic), see boule_snapshot.c */
 } BouleView;
+
+/* The mapped bytes of chunk ci of v, or NULL: ask Go. */
+static inline const unsigned char *boule_view_chunk(BouleView *v, int64_t ci) {
+  const unsigned char **page = __atomic_load_n(&v->pages[ci >> BOULE_VIEW_PAGE_SHIFT], __ATOMIC_ACQUIRE);
+  if (page == 0) return 0;
+  return __atomic_load_n(&page[ci & (BOULE_VIEW_PAGE - 1)], __ATOMIC_ACQUIRE);
+}
 
 /* What Go returns to C when a connection opens, adopts a snapshot, or runs
 ** a pragma. */

@@ -188,19 +188,18 @@ func Decode(b []byte) (*Manifest, error) {
 		if !ok1 || !ok2 {
 			return nil, truncated("inline chunk header")
 		}
-		field := fmt.Sprintf("inline chunk %d", idx)
 		if uint64(idx) >= uint64(n) {
-			return nil, invalidf(field, "index out of range [0, %d)", n)
+			return nil, invalidf(inlineField(idx), "index out of range [0, %d)", n)
 		}
 		if j > 0 && idx <= last {
-			return nil, invalidf(field, "index not strictly increasing (follows %d)", last)
+			return nil, invalidf(inlineField(idx), "index not strictly increasing (follows %d)", last)
 		}
 		last = idx
 		if want := ChunkLen(m.Size, int(idx)); uint64(length) != uint64(want) {
-			return nil, invalidf(field, "length %d, want %d", length, want)
+			return nil, invalidf(inlineField(idx), "length %d, want %d", length, want)
 		}
 		if uint64(r.remaining()) < uint64(length) {
-			return nil, truncated(field)
+			return nil, truncated(inlineField(idx))
 		}
 		m.Inline[idx] = append([]byte(nil), r.bytes(int(length))...)
 	}
@@ -217,6 +216,11 @@ func Decode(b []byte) (*Manifest, error) {
 	}
 	return m, nil
 }
+
+// inlineField names inline chunk idx in errors. It is formatted only for
+// an error, so that decoding allocates nothing per chunk beyond the
+// chunk's own bytes.
+func inlineField(idx uint32) string { return fmt.Sprintf("inline chunk %d", idx) }
 
 // packs reads the pack table of a manifest with n chunks. Members are
 // checked by Validate; here only counts and bounds.

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/memtest"
 )
 
 // Offsets in the encoding of newManifest(...) with its default strings.
@@ -175,5 +177,63 @@ func TestDecodeBitFlips(t *testing.T) {
 				t.Fatalf("flip byte %d bit %d: Decode = %v, want %v", i, bit, err, want)
 			}
 		}
+	}
+}
+
+// manyPacks returns a valid manifest of n chunks (n a multiple of 64),
+// all of them in packs of 64.
+func manyPacks(n int) *Manifest {
+	m := newManifest(int64(n) * ChunkSize)
+	for k := range n / 64 {
+		p := Pack{ID: Fingerprint{byte(k >> 16), byte(k >> 8), byte(k)}}
+		for j := range 64 {
+			p.Members = append(p.Members, PackMember{Index: uint32(64*k + j), Offset: uint32(1000 * j), Length: 1000})
+		}
+		m.Packs = append(m.Packs, p)
+	}
+	return m
+}
+
+// TestDecodeAllocs: decoding allocates about the size of its input, never
+// more than twice it plus a little, and nothing per chunk beyond the
+// decoded fields; a count that the input cannot hold is refused before
+// anything is allocated for it.
+func TestDecodeAllocs(t *testing.T) {
+	big := mustMarshal(t, newManifest(1<<18*ChunkSize, 0))
+	packed := mustMarshal(t, manyPacks(1<<16))
+	for _, c := range []struct {
+		name    string
+		in      []byte
+		wantErr bool
+		bound   uint64
+	}{
+		// 2^18 chunks, one inline: 8 MiB of fingerprints.
+		{"16 GiB database", big, false, uint64(len(big)) + 64<<10},
+		// 2^16 chunks in 1024 packs: 2 MiB of fingerprints, 768 KiB
+		// of members.
+		{"4 GiB database in packs", packed, false, uint64(len(packed))*9/8 + 64<<10},
+		// The chunk count matches a 4 TiB size, but the input holds
+		// the fingerprints of 2^18 chunks only.
+		{"claims 2^26 chunks", patch(big, func(b []byte) []byte {
+			binary.BigEndian.PutUint64(b[16:], MaxSize)
+			binary.BigEndian.PutUint32(b[offChunkCount(b):], 1<<26)
+			return b
+		}), true, 64 << 10},
+		{"claims 2^26 packs", patch(packed, func(b []byte) []byte {
+			off := len(b) - (1<<16*packMemberSize + 1024*packHeader) - 4
+			binary.BigEndian.PutUint32(b[off:], 1<<26)
+			return b
+		}), true, uint64(len(packed)) + 64<<10},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var err error
+			n := memtest.Allocated(func() { _, err = Decode(c.in) })
+			if (err != nil) != c.wantErr {
+				t.Fatalf("Decode()=%v, want error %v", err, c.wantErr)
+			}
+			if n > c.bound {
+				t.Errorf("Decode() of %d bytes allocated %d, want at most %d", len(c.in), n, c.bound)
+			}
+		})
 	}
 }

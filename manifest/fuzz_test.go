@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"reflect"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/memtest"
 )
 
 // fuzzSeeds returns small valid encodings. They are kept small on purpose:
@@ -23,11 +25,17 @@ func fuzzSeeds(t testing.TB) [][]byte {
 	}
 }
 
-// checkRoundTrip asserts the property shared by the fuzz targets: whatever
-// Decode accepts re-encodes to exactly the same bytes, which decode to an
-// equal manifest.
+// checkRoundTrip asserts the properties shared by the fuzz targets:
+// Decode allocates at most twice its input, plus a little, whatever the
+// input claims; and whatever it accepts re-encodes to exactly the same
+// bytes, which decode to an equal manifest.
 func checkRoundTrip(t *testing.T, in []byte) {
-	m, err := Decode(in)
+	var m *Manifest
+	var err error
+	bound := 2*uint64(len(in)) + 64<<10
+	if n, ok := memtest.AtMost(bound, func() { m, err = Decode(in) }); !ok {
+		t.Fatalf("Decode of %d bytes allocated %d, want at most %d", len(in), n, bound)
+	}
 	if err != nil {
 		if m != nil {
 			t.Fatalf("Decode returned a manifest with error %v", err)

@@ -1,7 +1,9 @@
 package manifest
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 )
 
 // FlagPacks is the flag bit that marks a manifest with a pack table: some
@@ -57,36 +59,102 @@ func (m *Manifest) PackRefs() map[uint32]PackRef {
 // each with at least one member, by strictly increasing chunk
 // index, every member a chunk of the manifest that is not inline and in
 // no other pack, and every blob non-empty and inside MaxPackSize.
+//
+// It allocates one bit per chunk, and only when there are packs.
 func (m *Manifest) validatePacks() error {
+	if len(m.Packs) == 0 {
+		return nil
+	}
 	n := len(m.Chunks)
-	seen := make(map[uint32]bool)
+	seen := make([]uint64, (n+63)/64)
 	for k, p := range m.Packs {
-		field := fmt.Sprintf("pack %s", p.ID)
 		if k > 0 && string(p.ID[:]) <= string(m.Packs[k-1].ID[:]) {
-			return invalidf(field, "pack IDs not strictly increasing")
+			return invalidf(packField(p.ID), "pack IDs not strictly increasing")
 		}
 		if len(p.Members) == 0 {
-			return invalidf(field, "no members")
+			return invalidf(packField(p.ID), "no members")
 		}
 		for j, mb := range p.Members {
-			mfield := fmt.Sprintf("%s member %d", field, mb.Index)
 			if uint64(mb.Index) >= uint64(n) {
-				return invalidf(mfield, "chunk index out of range [0, %d)", n)
+				return invalidf(memberField(p.ID, mb.Index), "chunk index out of range [0, %d)", n)
 			}
 			if j > 0 && mb.Index <= p.Members[j-1].Index {
-				return invalidf(mfield, "chunk index not strictly increasing")
+				return invalidf(memberField(p.ID, mb.Index), "chunk index not strictly increasing")
 			}
 			if _, inline := m.Inline[mb.Index]; inline {
-				return invalidf(mfield, "chunk is inline")
+				return invalidf(memberField(p.ID, mb.Index), "chunk is inline")
 			}
-			if seen[mb.Index] {
-				return invalidf(mfield, "chunk is in another pack too")
+			w, bit := mb.Index/64, uint64(1)<<(mb.Index%64)
+			if seen[w]&bit != 0 {
+				return invalidf(memberField(p.ID, mb.Index), "chunk is in another pack too")
 			}
-			seen[mb.Index] = true
+			seen[w] |= bit
 			if mb.Length == 0 || uint64(mb.Offset)+uint64(mb.Length) > MaxPackSize {
-				return invalidf(mfield, "blob at %d+%d outside (0, %d]", mb.Offset, mb.Length, MaxPackSize)
+				return invalidf(memberField(p.ID, mb.Index), "blob at %d+%d outside (0, %d]", mb.Offset, mb.Length, MaxPackSize)
 			}
 		}
 	}
 	return nil
+}
+
+// packField and memberField name a pack and a member in errors; they are
+// formatted only for an error.
+func packField(id Fingerprint) string { return fmt.Sprintf("pack %s", id) }
+
+func memberField(id Fingerprint, idx uint32) string {
+	return fmt.Sprintf("pack %s member %d", id, idx)
+}
+
+// A PackIndex finds the pack that holds a chunk in four bytes per chunk of
+// a manifest with packs (none without), where the map PackRefs returns
+// takes tens of bytes per packed chunk. Build it with
+// [Manifest.PackIndex]; it is safe for concurrent use.
+type PackIndex struct {
+	m    *Manifest
+	pack []uint32 // by chunk index: 1 + index in m.Packs of the chunk's pack, or 0
+}
+
+// PackIndex returns the index of m's pack table. m must satisfy
+// [Manifest.Validate] (Decode's results do) and not change afterwards.
+func (m *Manifest) PackIndex() *PackIndex {
+	x := &PackIndex{m: m}
+	if len(m.Packs) == 0 {
+		return x
+	}
+	x.pack = make([]uint32, len(m.Chunks))
+	for k, p := range m.Packs {
+		for _, mb := range p.Members {
+			if int(mb.Index) < len(x.pack) {
+				x.pack[mb.Index] = uint32(k + 1)
+			}
+		}
+	}
+	return x
+}
+
+// Pack returns the index in the manifest's Packs of the pack holding
+// chunk i, and false if no pack does.
+func (x *PackIndex) Pack(i int) (int, bool) {
+	if i < 0 || i >= len(x.pack) || x.pack[i] == 0 {
+		return 0, false
+	}
+	return int(x.pack[i] - 1), true
+}
+
+// Ref returns where chunk i's blob is, as PackRefs()[i] would, and false
+// if it is in no pack.
+func (x *PackIndex) Ref(i int) (PackRef, bool) {
+	k, ok := x.Pack(i)
+	if !ok {
+		return PackRef{}, false
+	}
+	p := &x.m.Packs[k]
+	j, found := slices.BinarySearchFunc(p.Members, uint32(i), func(mb PackMember, idx uint32) int {
+		return cmp.Compare(mb.Index, idx)
+	})
+	if !found {
+		return PackRef{}, false
+	}
+	mb := p.Members[j]
+	return PackRef{ID: p.ID, Offset: mb.Offset, Length: mb.Length}, true
 }

@@ -113,3 +113,34 @@ func TestPacksDecodeRejects(t *testing.T) {
 		t.Fatal("packed and plain encodings are equal")
 	}
 }
+
+// TestPackIndex: PackIndex answers as PackRefs's map does, for every
+// chunk, with and without packs.
+func TestPackIndex(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		m    *Manifest
+	}{
+		{"packed", packedManifest()},
+		{"no packs", newManifest(5*ChunkSize+77, 0)},
+		{"empty", newManifest(0)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			refs, x := c.m.PackRefs(), c.m.PackIndex()
+			for i := -1; i <= len(c.m.Chunks); i++ {
+				want, wantOK := refs[uint32(i)]
+				if i < 0 {
+					want, wantOK = PackRef{}, false
+				}
+				got, ok := x.Ref(i)
+				if got != want || ok != wantOK {
+					t.Errorf("Ref(%d)=%+v, %v, want %+v, %v", i, got, ok, want, wantOK)
+				}
+				k, ok := x.Pack(i)
+				if ok != wantOK || ok && c.m.Packs[k].ID != want.ID {
+					t.Errorf("Pack(%d)=%d, %v, want the pack of %+v, %v", i, k, ok, want, wantOK)
+				}
+			}
+		})
+	}
+}

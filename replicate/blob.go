@@ -36,7 +36,8 @@ const (
 var manifestDecodeLimit int64 = maxManifestDecoded
 
 // Encoders and decoders. EncodeAll and DecodeAll are safe for concurrent
-// use; streaming manifest decoders are pooled.
+// use; streaming manifest decoders, for the frames that do not declare
+// their size, are pooled.
 var (
 	chunkEncoder = mustEncoder(zstd.SpeedDefault)
 	fastEncoder  = mustEncoder(zstd.SpeedFastest)
@@ -44,6 +45,15 @@ var (
 	chunkDecoder = mustDecoder(
 		zstd.WithDecoderConcurrency(0),
 		zstd.WithDecoderMaxMemory(maxChunkWindow),
+		zstd.WithDecodeAllCapLimit(true),
+	)
+
+	// manifestDecoder decodes in memory the frames that declare their
+	// size, into a buffer of that size: it allocates no window.
+	manifestDecoder = mustDecoder(
+		zstd.WithDecoderConcurrency(0),
+		zstd.WithDecoderMaxMemory(maxManifestDecoded),
+		zstd.WithDecoderMaxWindow(maxManifestWindow),
 		zstd.WithDecodeAllCapLimit(true),
 	)
 
@@ -137,31 +147,92 @@ func DecodeChunk(fp manifest.Fingerprint, blob []byte) ([]byte, error) {
 
 // DecodeManifestBlob returns the encoded manifest stored as blob: blob
 // decompressed if it starts with the zstd magic, blob itself otherwise.
-// Decompression is capped at 2 GiB of output, and the decoder's window at
-// 64 MiB, whatever the frame claims; memory grows only with the bytes
-// actually produced. The manifest's own checksum is the integrity check:
-// pass the result to manifest.Decode.
+// The manifest's own checksum is the integrity check: pass the result to
+// manifest.Decode.
+//
+// Decompression produces at most 2 GiB, with a window of at most 64 MiB,
+// whatever the frame claims, and allocates the decoded bytes once: a frame
+// that declares its content size (Boule's always do) is refused at once if
+// that is over the limit, and otherwise decoded into a buffer of that size
+// plus one block; a blob that declares none, or holds more frames than the
+// first declares, is decoded twice, first to count its bytes (refused past
+// the limit) and then into a buffer of exactly that size.
 func DecodeManifestBlob(blob []byte) ([]byte, error) {
 	if !hasZstdMagic(blob) {
 		return blob, nil
 	}
+	limit := manifestDecodeLimit
+	var h zstd.Header
+	if err := h.Decode(blob); err != nil {
+		return nil, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
+	}
+	if h.HasFCS {
+		if h.FrameContentSize > uint64(limit) {
+			return nil, fmt.Errorf("zstd manifest blob of %d bytes declares %d bytes, more than %d: %w",
+				len(blob), h.FrameContentSize, limit, ErrCorrupt)
+		}
+		// A block adds at most zstdMaxBlock bytes, and the decoder stops
+		// at the first block that ends past the declared size: the
+		// buffer never grows.
+		out, err := manifestDecoder.DecodeAll(blob, make([]byte, 0, int(h.FrameContentSize)+zstdMaxBlock+zstdOverAlloc))
+		switch {
+		case err == nil && int64(len(out)) <= limit:
+			return out, nil
+		case err == nil:
+			return nil, fmt.Errorf("zstd manifest blob of %d bytes expands beyond %d bytes: %w", len(blob), limit, ErrCorrupt)
+		case !errors.Is(err, zstd.ErrDecoderSizeExceeded):
+			return nil, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
+		}
+		// More frames follow the first than it declares: count them all.
+	}
+	n, err := decodeStream(blob, nil, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, n)
+	if _, err := decodeStream(blob, out, n); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Sizes of zstd blocks (RFC 8878).
+const (
+	zstdMaxBlock = 128 << 10 // the most bytes a block decodes to
+	// zstdOverAlloc is the slack the decoder wants past a block's end.
+	zstdOverAlloc = 16
+)
+
+// decodeStream decodes blob with a pooled streaming decoder, whose memory
+// is bounded by the frame's window, not by its output. With out nil, it
+// counts the decoded bytes, refusing more than limit; otherwise it fills
+// out, which must then be exactly the decoded length, limit.
+func decodeStream(blob, out []byte, limit int64) (int64, error) {
 	d := manifestDecoders.Get().(*zstd.Decoder)
 	defer func() {
 		_ = d.Reset(nil)
 		manifestDecoders.Put(d)
 	}()
 	if err := d.Reset(bytes.NewReader(blob)); err != nil {
-		return nil, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
+		return 0, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
 	}
-	var buf bytes.Buffer
-	buf.Grow(min(4*len(blob), 1<<20))
-	limit := manifestDecodeLimit
-	n, err := io.Copy(&buf, io.LimitReader(d, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
+	if out == nil {
+		n, err := io.Copy(io.Discard, io.LimitReader(d, limit+1))
+		if err != nil {
+			return 0, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
+		}
+		if n > limit {
+			return 0, fmt.Errorf("zstd manifest blob of %d bytes expands beyond %d bytes: %w", len(blob), limit, ErrCorrupt)
+		}
+		return n, nil
 	}
-	if n > limit {
-		return nil, fmt.Errorf("zstd manifest blob of %d bytes expands beyond %d bytes: %w", len(blob), limit, ErrCorrupt)
+	// The same bytes as the count found, and then their end.
+	var extra [1]byte
+	if _, err := io.ReadFull(d, out); err != nil {
+		return 0, fmt.Errorf("zstd manifest blob of %d bytes: second pass: %v: %w", len(blob), err, ErrCorrupt)
 	}
-	return buf.Bytes(), nil
+	if k, err := d.Read(extra[:]); k != 0 || err != io.EOF {
+		return 0, fmt.Errorf("zstd manifest blob of %d bytes: second pass: more than the %d bytes counted: %w", len(blob), len(out), ErrCorrupt)
+	}
+	return int64(len(out)), nil
 }

@@ -5,12 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
-	"runtime"
 	"sync"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/boule-vfs/boule/internal/bigmanifest"
+	"github.com/boule-vfs/boule/internal/memtest"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -136,16 +137,6 @@ func rleFrame(fcs uint64, blocks int) []byte {
 	return b
 }
 
-// allocated returns the bytes allocated while running f.
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
-
 func TestZstdBombChunk(t *testing.T) {
 	for name, blob := range map[string][]byte{
 		"8MiB of zeros":    bomb(t, 8<<20),
@@ -154,7 +145,7 @@ func TestZstdBombChunk(t *testing.T) {
 		"claims 64 KiB":    rleFrame(manifest.ChunkSize, 64), // lies: holds 8 MiB
 	} {
 		var err error
-		n := allocated(func() { _, err = DecodeChunk(manifest.ZeroChunk, blob) })
+		n := memtest.Allocated(func() { _, err = DecodeChunk(manifest.ZeroChunk, blob) })
 		if !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s (%d bytes): err %v, want ErrCorrupt", name, len(blob), err)
 		}
@@ -196,28 +187,108 @@ func TestManifestBlob(t *testing.T) {
 	}
 }
 
+// TestManifestBlobBomb: small blobs that expand past the limit are
+// refused, a frame that declares so before anything is allocated for its
+// content, one that does not within the memory of its window.
 func TestManifestBlobBomb(t *testing.T) {
 	old := manifestDecodeLimit
 	manifestDecodeLimit = 1 << 20
 	t.Cleanup(func() { manifestDecodeLimit = old })
 
-	var err error
-	blob := bomb(t, 8<<20)
-	n := allocated(func() { _, err = DecodeManifestBlob(blob) })
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("bomb: %v, want ErrCorrupt", err)
+	for _, c := range []struct {
+		name  string
+		blob  []byte
+		bound uint64
+	}{
+		{"declares 8 MiB", bomb(t, 8<<20), 64 << 10},
+		{"declares nothing, holds 8 MiB", streamed(t, make([]byte, 8<<20), 1<<20), 4 << 20},
+		// The frame claims a 1 TiB window: refused before allocating it.
+		{"declares 1 TiB", rleFrame(1<<40, 1), 64 << 10},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var err error
+			n := memtest.Allocated(func() { _, err = DecodeManifestBlob(c.blob) })
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("DecodeManifestBlob()=%v, want ErrCorrupt", err)
+			}
+			if n > c.bound {
+				t.Errorf("DecodeManifestBlob() allocated %d bytes, want at most %d", n, c.bound)
+			}
+		})
 	}
-	if n > 16<<20 {
-		t.Errorf("decoding a bomb allocated %d bytes with a 1 MiB cap", n)
+}
+
+// streamed returns data as one zstd frame that does not declare its
+// size, as a streaming encoder with a window of window bytes writes it.
+func streamed(t testing.TB, data []byte, window int) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	e, err := zstd.NewWriter(&b, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(window))
+	if err != nil {
+		t.Fatal(err)
 	}
-	// A frame claiming a huge window is refused before allocating it.
-	huge := rleFrame(1<<40, 1)
-	n = allocated(func() { _, err = DecodeManifestBlob(huge) })
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("huge window: %v, want ErrCorrupt", err)
+	if _, err := e.Write(data); err != nil {
+		t.Fatal(err)
 	}
-	if n > 4<<20 {
-		t.Errorf("decoding a huge-window frame allocated %d bytes", n)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestManifestBlobAllocs: a manifest blob of a few kilobytes that
+// decodes to 32 MiB (a 64 GiB database of zero chunks) allocates those
+// 32 MiB once, plus a block, or plus the frame's window when the frame
+// does not declare its size; and one that declares more than the limit is
+// refused before anything is allocated for it.
+func TestManifestBlobAllocs(t *testing.T) {
+	spec := bigmanifest.Spec{Size: 64 << 30}
+	size := uint64(spec.EncodedLen())
+	var raw bytes.Buffer
+	if _, err := spec.WriteTo(&raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		declare bool
+		limit   int64
+		bound   uint64 // beyond the frame's window
+	}{
+		{"declares its size", true, maxManifestDecoded, size + 1<<20},
+		{"declares nothing", false, maxManifestDecoded, size + 1<<20},
+		{"declares one byte too many", true, int64(size) - 1, 64 << 10},
+		{"declares nothing, one byte too many", false, int64(size) - 1, 1 << 20},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			old := manifestDecodeLimit
+			manifestDecodeLimit = c.limit
+			t.Cleanup(func() { manifestDecodeLimit = old })
+			var z bytes.Buffer
+			if err := spec.Zstd(&z, c.declare); err != nil {
+				t.Fatal(err)
+			}
+			var h zstd.Header
+			if err := h.Decode(z.Bytes()); err != nil || h.HasFCS != c.declare {
+				t.Fatalf("frame header: %v, declares size %v, want %v", err, h.HasFCS, c.declare)
+			}
+			var got []byte
+			var err error
+			n := memtest.Allocated(func() { got, err = DecodeManifestBlob(z.Bytes()) })
+			if c.limit < int64(size) {
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("DecodeManifestBlob()=%v, want ErrCorrupt", err)
+				}
+			} else if err != nil || !bytes.Equal(got, raw.Bytes()) {
+				t.Fatalf("DecodeManifestBlob()=%v, or not the encoding", err)
+			}
+			bound := c.bound
+			if !c.declare {
+				bound += h.WindowSize
+			}
+			if n > bound {
+				t.Errorf("DecodeManifestBlob() of %d bytes decoding to %d allocated %d bytes, want at most %d", z.Len(), size, n, bound)
+			}
+		})
 	}
 }
 
@@ -246,6 +317,11 @@ func TestCodecConcurrent(t *testing.T) {
 	wg.Wait()
 }
 
+// maxChunkDecodeAlloc bounds what decoding one chunk blob may allocate,
+// whatever it claims: the chunk, and the first use of one of the zstd
+// decoder's block buffers.
+const maxChunkDecodeAlloc = 2*manifest.ChunkSize + 256<<10
+
 func FuzzDecodeChunk(f *testing.F) {
 	f.Add(EncodeBlob(make([]byte, manifest.ChunkSize)), false)
 	f.Add(EncodeBlob(compressible(3000)), false)
@@ -267,7 +343,11 @@ func FuzzDecodeChunk(f *testing.F) {
 				fp = manifest.Sum(d)
 			}
 		}
-		out, err := DecodeChunk(fp, blob)
+		var out []byte
+		var err error
+		if n, ok := memtest.AtMost(maxChunkDecodeAlloc, func() { out, err = DecodeChunk(fp, blob) }); !ok {
+			t.Fatalf("DecodeChunk of %d bytes allocated %d, want at most %d", len(blob), n, maxChunkDecodeAlloc)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("error %v does not wrap ErrCorrupt", err)
@@ -279,6 +359,40 @@ func FuzzDecodeChunk(f *testing.F) {
 		}
 		if len(out) > manifest.ChunkSize {
 			t.Fatalf("decoded %d bytes, more than a chunk", len(out))
+		}
+	})
+}
+
+// FuzzDecodeManifestBlob feeds DecodeManifestBlob hostile blobs, with the
+// limit lowered to 1 MiB: it must never panic, fail only with ErrCorrupt,
+// return at most the limit, and allocate no more than twice the limit
+// plus the largest window, whatever the blob claims.
+func FuzzDecodeManifestBlob(f *testing.F) {
+	old := manifestDecodeLimit
+	manifestDecodeLimit = 1 << 20
+	f.Cleanup(func() { manifestDecodeLimit = old })
+	f.Add(EncodeManifestBlob(testManifest(f, "h", "/db", 100, 1)))
+	f.Add(streamed(f, compressible(5000), 1<<10))
+	f.Add(bomb(f, 2<<20))
+	f.Add(streamed(f, make([]byte, 2<<20), 1<<10))
+	f.Add(rleFrame(1<<40, 2))
+	f.Add(rleFrame(1000, 1)) // declares less than it holds
+	f.Add(append(bomb(f, 1000), bomb(f, 1000)...))
+	f.Add([]byte("BOULEMF\x00"))
+	f.Fuzz(func(t *testing.T, blob []byte) {
+		var out []byte
+		var err error
+		// A frame that declares its size, and the streaming decoder's
+		// window for those that do not or have several frames.
+		const bound = 2*(1<<20) + maxManifestWindow + 1<<20
+		if n, ok := memtest.AtMost(bound, func() { out, err = DecodeManifestBlob(blob) }); !ok {
+			t.Fatalf("DecodeManifestBlob of %d bytes allocated %d, want at most %d", len(blob), n, bound)
+		}
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("error %v does not wrap ErrCorrupt", err)
+		}
+		if len(out) > 1<<20 {
+			t.Fatalf("decoded %d bytes, more than the limit", len(out))
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/boule-vfs/boule/internal/memtest"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -39,7 +40,11 @@ func FuzzDecodePackMember(f *testing.F) {
 			fp = manifest.Sum(pack[off:end])
 		}
 		ref := manifest.PackRef{ID: manifest.Sum(pack), Offset: off, Length: length}
-		out, err := DecodePackMember(pack, ref, fp)
+		var out []byte
+		var err error
+		if n, ok := memtest.AtMost(maxChunkDecodeAlloc, func() { out, err = DecodePackMember(pack, ref, fp) }); !ok {
+			t.Fatalf("DecodePackMember of %d bytes allocated %d, want at most %d", len(pack), n, maxChunkDecodeAlloc)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("error %v does not wrap ErrCorrupt", err)

@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -328,9 +327,10 @@ func (r *Reader) Open(ctx context.Context, name string) (*Conn, error) {
 	return &Conn{rep: rep, snap: s}, nil
 }
 
-// upFront returns the chunk indexes of an n-chunk snapshot that the
-// loading policy fetches before an open returns.
-func (r *Reader) upFront(n int) []int {
+// upFront returns how many chunks of an n-chunk snapshot the loading
+// policy fetches before an open returns: none if 0, otherwise the first
+// k, and the last one too when k < n (see Snapshot.load).
+func (r *Reader) upFront(n int) int {
 	var k int
 	switch r.policy.Kind {
 	case "eager":
@@ -345,17 +345,9 @@ func (r *Reader) upFront(n int) []int {
 		hi = max(hi, lo)
 		k = min(max(k, lo), hi)
 	default:
-		return nil
+		return 0
 	}
-	k = min(k, n)
-	idx := make([]int, 0, k+1)
-	for i := range k {
-		idx = append(idx, i)
-	}
-	if k < n {
-		idx = append(idx, n-1)
-	}
-	return idx
+	return min(k, n)
 }
 
 func isqrtCeil(n int) int {
@@ -380,10 +372,11 @@ type Replica struct {
 	newest    *Snapshot // holds a reference while conns > 0
 	gen       uint64
 	fetching  *fetchCall
-	lastBytes []byte    // the newest manifest, kept while conns == 0
-	lastFrom  int       // the store lastBytes came from
-	lastStart time.Time // when the newest fetch that returned lastBytes started
-	staleAt   time.Time // when the store was known to hold a newer manifest (Stale)
+	lastM     *manifest.Manifest   // the newest manifest, kept while conns == 0
+	lastSum   manifest.Fingerprint // its checksum
+	lastFrom  int                  // the store lastM came from
+	lastStart time.Time            // when the newest fetch that returned lastM started
+	staleAt   time.Time            // when the store was known to hold a newer manifest (Stale)
 	stopPoll  chan struct{}
 	onNewest  []func(gen uint64)
 }
@@ -430,17 +423,14 @@ func (rp *Replica) current(ctx context.Context) (*Snapshot, error) {
 		rp.mu.Unlock()
 		return s, nil
 	}
-	if rp.newest == nil && rp.lastBytes != nil && fresh {
-		m, err := manifest.Decode(rp.lastBytes)
-		if err == nil {
-			s, old := rp.adoptLocked(m, rp.lastBytes, rp.lastFrom, rp.lastStart)
-			s.ref()
-			rp.mu.Unlock()
-			if old != nil {
-				old.unref()
-			}
-			return s, nil
+	if rp.newest == nil && rp.lastM != nil && fresh {
+		s, old := rp.adoptLocked(rp.lastM, rp.lastSum, rp.lastFrom, rp.lastStart)
+		s.ref()
+		rp.mu.Unlock()
+		if old != nil {
+			old.unref()
 		}
+		return s, nil
 	}
 	rp.mu.Unlock()
 	s, err := rp.fetch(ctx, false)
@@ -500,7 +490,7 @@ func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
 		rp.fetching = nil
 		var s, old *Snapshot
 		if err == nil {
-			s, old = rp.adoptLocked(m, b, from, start)
+			s, old = rp.adoptLocked(m, checksum(b), from, start)
 			s.ref()
 		}
 		rp.mu.Unlock()
@@ -516,13 +506,21 @@ func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
 	}
 }
 
-// adoptLocked makes the snapshot of m (encoded as b, fetched from start)
-// the newest, unless it is the newest already or older than it, and
-// returns the newest. The caller must unref old, if not nil, after
-// unlocking rp.mu.
-func (rp *Replica) adoptLocked(m *manifest.Manifest, b []byte, from int, start time.Time) (s, old *Snapshot) {
+// checksum returns the checksum that ends b, an encoding manifest.Decode
+// accepted: the BLAKE3-256 of the rest, so equal checksums mean equal
+// encodings. Snapshots keep it, and not the encoding, which is as large
+// as the decoded manifest.
+func checksum(b []byte) manifest.Fingerprint {
+	return manifest.Fingerprint(b[len(b)-manifest.FingerprintSize:])
+}
+
+// adoptLocked makes the snapshot of m (whose encoding has checksum sum,
+// fetched from start) the newest, unless it is the newest already or
+// older than it, and returns the newest. The caller must unref old, if
+// not nil, after unlocking rp.mu.
+func (rp *Replica) adoptLocked(m *manifest.Manifest, sum manifest.Fingerprint, from int, start time.Time) (s, old *Snapshot) {
 	if cur := rp.newest; cur != nil {
-		if bytes.Equal(cur.raw, b) {
+		if cur.sum == sum {
 			cur.setFetched(start)
 			if start.After(rp.lastStart) {
 				rp.lastStart = start
@@ -545,12 +543,12 @@ func (rp *Replica) adoptLocked(m *manifest.Manifest, b []byte, from int, start t
 				"replica", rp.id, "created", m.Created, "before", cur.M.Created)
 		}
 	}
-	s = newSnapshot(rp, m, b, from, start)
+	s = newSnapshot(rp, m, sum, from, start)
 	rp.gen++
 	s.gen = rp.gen
 	old = rp.newest
 	rp.newest = s
-	rp.lastBytes, rp.lastFrom, rp.lastStart = b, from, start
+	rp.lastM, rp.lastSum, rp.lastFrom, rp.lastStart = m, sum, from, start
 	if rp.conns > 0 {
 		s.ref() // the replica's own reference
 		s.startPrefetch()

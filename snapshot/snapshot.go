@@ -13,21 +13,27 @@ import (
 
 // Snapshot is one manifest of a replica, as this process reads it: the
 // chunks it has mapped so far. Connections share it.
+//
+// Opening a snapshot allocates nothing per chunk: the chunks' mappings
+// are kept in pages allocated as chunks get mapped, and the index of the
+// pack table is built when a chunk is first looked up in it.
 type Snapshot struct {
 	// M is the manifest. Callers must not modify it.
-	M     *manifest.Manifest
-	rep   *Replica
-	raw   []byte
-	gen   uint64
-	packs map[uint32]manifest.PackRef // M.PackRefs()
-	from  int                         // index of the store M came from; -1 for a manifest file
+	M    *manifest.Manifest
+	rep  *Replica
+	sum  manifest.Fingerprint // M's checksum: equal for equal encodings
+	gen  uint64
+	from int // index of the store M came from; -1 for a manifest file
+
+	packsOnce sync.Once
+	packs     *manifest.PackIndex // built by packIndex
 
 	fetched atomic.Int64 // Unix ns when the newest fetch that returned M started
 
 	mu         sync.Mutex
 	refs       int
 	closed     bool
-	maps       []*mapping // by chunk index; nil until mapped
+	maps       mapTable // by chunk index
 	nMapped    int
 	cancel     context.CancelFunc // stops the prefetch
 	prefetched chan struct{}      // closed when the prefetch ends; nil without one
@@ -35,10 +41,58 @@ type Snapshot struct {
 	onClose    func()
 }
 
-func newSnapshot(rp *Replica, m *manifest.Manifest, raw []byte, from int, fetched time.Time) *Snapshot {
-	s := &Snapshot{M: m, rep: rp, raw: raw, from: from, maps: make([]*mapping, len(m.Chunks)), packs: m.PackRefs()}
+func newSnapshot(rp *Replica, m *manifest.Manifest, sum manifest.Fingerprint, from int, fetched time.Time) *Snapshot {
+	s := &Snapshot{M: m, rep: rp, sum: sum, from: from, maps: newMapTable(len(m.Chunks))}
 	s.fetched.Store(fetched.UnixNano())
 	return s
+}
+
+// packIndex returns the index of M's pack table, building it on first
+// use: four bytes per chunk, and only for a manifest with packs.
+func (s *Snapshot) packIndex() *manifest.PackIndex {
+	s.packsOnce.Do(func() { s.packs = s.M.PackIndex() })
+	return s.packs
+}
+
+// mapPage is the number of chunks whose mappings one page of a mapTable
+// holds (32 KiB of pointers).
+const mapPage = 4096
+
+// A mapTable holds a snapshot's chunk mappings by chunk index, in pages
+// allocated when one of their chunks is first mapped: the table of a
+// snapshot of 2^26 chunks starts at 384 KiB rather than 512 MiB.
+type mapTable struct {
+	pages [][]*mapping // each nil or mapPage long
+}
+
+func newMapTable(n int) mapTable {
+	return mapTable{pages: make([][]*mapping, (n+mapPage-1)/mapPage)}
+}
+
+func (t *mapTable) get(i int) *mapping {
+	if p := t.pages[i/mapPage]; p != nil {
+		return p[i%mapPage]
+	}
+	return nil
+}
+
+func (t *mapTable) set(i int, m *mapping) {
+	p := &t.pages[i/mapPage]
+	if *p == nil {
+		*p = make([]*mapping, mapPage)
+	}
+	(*p)[i%mapPage] = m
+}
+
+// each calls f with every mapped chunk, by increasing index.
+func (t *mapTable) each(f func(i int, m *mapping)) {
+	for k, p := range t.pages {
+		for j, m := range p {
+			if m != nil {
+				f(k*mapPage+j, m)
+			}
+		}
+	}
 }
 
 // Gen is the snapshot's generation in its replica: later snapshots have
@@ -74,11 +128,7 @@ func (s *Snapshot) Bind(onChunk func(i int, b []byte), onClose func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.onChunk, s.onClose = onChunk, onClose
-	for i, m := range s.maps {
-		if m != nil {
-			onChunk(i, m.b)
-		}
-	}
+	s.maps.each(func(i int, m *mapping) { onChunk(i, m.b) })
 }
 
 func (s *Snapshot) ref() {
@@ -102,16 +152,12 @@ func (s *Snapshot) unref() {
 	onClose := s.onClose
 	s.onChunk, s.onClose = nil, nil
 	maps := s.maps
-	s.maps = nil
+	s.maps = mapTable{}
 	s.mu.Unlock()
 	if onClose != nil {
 		onClose()
 	}
-	for i, m := range maps {
-		if m != nil {
-			s.rep.r.chunks.release(s.M.Chunks[i])
-		}
-	}
+	maps.each(func(i int, _ *mapping) { s.rep.r.chunks.release(s.M.Chunks[i]) })
 }
 
 // Chunk returns chunk i, mapped read-only; the bytes stay valid while the
@@ -132,7 +178,7 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 		s.mu.Unlock()
 		return nil, errClosed
 	}
-	if m := s.maps[i]; m != nil {
+	if m := s.maps.get(i); m != nil {
 		s.mu.Unlock()
 		return m.b, nil
 	}
@@ -151,7 +197,7 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 		// must not end when the caller that started it gives up.
 		load, cancel := context.WithTimeout(r.ctx, r.chunkTO)
 		defer cancel()
-		if ref, ok := s.packs[uint32(i)]; ok {
+		if ref, ok := s.packIndex().Ref(i); ok {
 			return r.loadChunk(load, fp, want, &ref)
 		}
 		return r.loadChunk(load, fp, want, nil)
@@ -165,11 +211,11 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 		r.chunks.release(fp)
 		return nil, errClosed
 	}
-	if s.maps[i] != nil {
+	if had := s.maps.get(i); had != nil {
 		r.chunks.release(fp) // mapped meanwhile: keep one reference
-		return s.maps[i].b, nil
+		return had.b, nil
 	}
-	s.maps[i] = m
+	s.maps.set(i, m)
 	s.nMapped++
 	if s.onChunk != nil {
 		s.onChunk(i, m.b)
@@ -177,35 +223,35 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 	return m.b, nil
 }
 
-// load maps the chunks idx before an open or refresh returns.
-func (s *Snapshot) load(ctx context.Context, idx []int) error {
-	if len(idx) == 0 {
+// load maps, before an open or refresh returns, the chunks that the
+// loading policy wants up front: none if k is 0, otherwise the first k,
+// and the last one too when k is less than all of them.
+func (s *Snapshot) load(ctx context.Context, k int) error {
+	n := len(s.M.Chunks)
+	if k <= 0 {
 		return nil
 	}
-	groups := make([]group, len(idx))
-	for k, i := range idx {
-		groups[k] = group{idx: []int{i}}
+	count := k
+	if k < n {
+		count++
 	}
-	return s.each(ctx, groups, max(s.rep.r.prefetch, 1), nil, false)
-}
-
-// A group is chunks that a worker maps in turn: one chunk, or the run of
-// chunks in one pack.
-type group struct {
-	idx    []int
-	packed bool
-	pack   manifest.Fingerprint
+	return s.each(ctx, count, max(s.rep.r.prefetch, 1), func(ctx context.Context, j int) error {
+		i := j
+		if j == k {
+			i = n - 1
+		}
+		_, err := s.chunk(ctx, i, false)
+		return err
+	})
 }
 
 // errPrefetchFull stops a prefetch that would crowd out reads.
 var errPrefetchFull = errors.New("snapshot: mapped-chunk limit nearly reached")
 
-// each maps the chunks in groups with n workers, each taking a group at a
-// time and its chunks in order, and returns the first error; soft marks
-// a prefetch (see chunkMaps.acquire). A worker holds a slot of packSlots,
-// if not nil, while it maps a packed group, and then drops the pack from
-// the reader's memory: its chunks are mapped.
-func (s *Snapshot) each(ctx context.Context, groups []group, n int, packSlots chan struct{}, soft bool) error {
+// each runs work(ctx, j) for j from 0 to count-1 with n workers, each
+// taking the next j in turn, and returns the first error. It allocates
+// nothing per j.
+func (s *Snapshot) each(ctx context.Context, count, n int, work func(ctx context.Context, j int) error) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -214,11 +260,11 @@ func (s *Snapshot) each(ctx context.Context, groups []group, n int, packSlots ch
 		go func() {
 			defer wg.Done()
 			for {
-				k := int(next.Add(1)) - 1
-				if k >= len(groups) || ctx.Err() != nil {
+				j := int(next.Add(1)) - 1
+				if j >= count || ctx.Err() != nil {
 					return
 				}
-				if err := s.mapGroup(ctx, groups[k], packSlots, soft); err != nil {
+				if err := work(ctx, j); err != nil {
 					errs <- err
 					return
 				}
@@ -233,30 +279,42 @@ func (s *Snapshot) each(ctx context.Context, groups []group, n int, packSlots ch
 	return ctx.Err()
 }
 
-func (s *Snapshot) mapGroup(ctx context.Context, g group, packSlots chan struct{}, soft bool) error {
-	if g.packed && packSlots != nil {
-		select {
-		case packSlots <- struct{}{}:
-			defer func() { <-packSlots }()
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+// prefetchChunk is the prefetch's work for chunk i: map it, or, if it is
+// the first chunk of a pack, map every chunk of the pack (not only a run:
+// a pack whose other chunks were replaced since is fetched once), holding
+// a slot of packSlots meanwhile, and then drop the pack from the reader's
+// memory: its chunks are mapped. The other chunks of a pack are skipped.
+func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan struct{}) error {
+	k, packed := s.packIndex().Pack(i)
+	if !packed {
+		_, err := s.chunk(ctx, i, true)
+		return err
 	}
-	for _, i := range g.idx {
-		if _, err := s.chunk(ctx, i, soft); err != nil {
+	p := &s.M.Packs[k]
+	if int(p.Members[0].Index) != i {
+		return nil
+	}
+	select {
+	case packSlots <- struct{}{}:
+		defer func() { <-packSlots }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	for _, mb := range p.Members {
+		if _, err := s.chunk(ctx, int(mb.Index), true); err != nil {
 			return err
 		}
 	}
-	if g.packed {
-		s.rep.r.packs.drop(g.pack)
-	}
+	s.rep.r.packs.drop(p.ID)
 	return nil
 }
 
 // startPrefetch maps every chunk in the background, in file order (a scan
 // then finds them ready), with the reader's prefetch concurrency, through
-// the same rate-limited stores as reads. It stops when the snapshot is
-// released. Only the default loading policy prefetches.
+// the same rate-limited stores as reads; a pack is mapped whole when its
+// first chunk's turn comes, so that the workers fetch different packs at
+// once rather than wait on one. It stops when the snapshot is released.
+// Only the default loading policy prefetches.
 func (s *Snapshot) startPrefetch() {
 	r := s.rep.r
 	if r.prefetch < 0 || (r.policy.Kind != "" && r.policy.Kind != "default") || len(s.M.Chunks) == 0 {
@@ -268,26 +326,6 @@ func (s *Snapshot) startPrefetch() {
 	s.cancel = cancel
 	s.prefetched = done
 	s.mu.Unlock()
-	// A group is a chunk, or every chunk of one pack (not only a run: a
-	// pack whose other chunks were replaced since is fetched once), in
-	// the order of their first chunk, so that the workers fetch
-	// different packs at once rather than wait on one.
-	var groups []group
-	byPack := map[manifest.Fingerprint]int{}
-	for i := range s.M.Chunks {
-		ref, ok := s.packs[uint32(i)]
-		if !ok {
-			groups = append(groups, group{idx: []int{i}})
-			continue
-		}
-		k, seen := byPack[ref.ID]
-		if !seen {
-			k = len(groups)
-			byPack[ref.ID] = k
-			groups = append(groups, group{packed: true, pack: ref.ID})
-		}
-		groups[k].idx = append(groups[k].idx, i)
-	}
 	// A pack is up to 64 chunks: a quarter as many packs as chunks in
 	// flight keeps the store busy without queueing a read that waits,
 	// such as an open's first query, behind megabytes of prefetch.
@@ -295,7 +333,9 @@ func (s *Snapshot) startPrefetch() {
 	started := r.goBG(func() {
 		defer close(done)
 		defer cancel()
-		err := s.each(ctx, groups, r.prefetch, packSlots, true)
+		err := s.each(ctx, len(s.M.Chunks), r.prefetch, func(ctx context.Context, i int) error {
+			return s.prefetchChunk(ctx, i, packSlots)
+		})
 		switch {
 		case errors.Is(err, errPrefetchFull):
 			r.log.Warn("snapshot: prefetch stopped at 90% of the process's mapped-chunk limit; the rest is fetched when read",

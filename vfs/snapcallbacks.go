@@ -61,42 +61,71 @@ func viewFor(s *snapshot.Snapshot) *view {
 	snapMu.Lock()
 	v, ok := viewOf[s]
 	if !ok {
-		n := len(s.M.Chunks)
 		nextSnapH++
 		v = &view{s: s}
 		v.c = (*C.BouleView)(C.calloc(1, C.size_t(unsafe.Sizeof(C.BouleView{}))))
-		chunks := C.calloc(C.size_t(max(n, 1)), C.size_t(unsafe.Sizeof(uintptr(0))))
-		if v.c == nil || chunks == nil {
+		pages := C.calloc(C.size_t(max(viewPages(len(s.M.Chunks)), 1)), C.size_t(unsafe.Sizeof(uintptr(0))))
+		if v.c == nil || pages == nil {
 			C.free(unsafe.Pointer(v.c))
-			C.free(chunks)
+			C.free(pages)
 			snapMu.Unlock()
 			panic("out of memory for a replica view") // recovered by the export
 		}
 		v.c.size = C.int64_t(s.M.Size)
-		v.c.nChunks = C.int64_t(n)
+		v.c.nChunks = C.int64_t(len(s.M.Chunks))
 		v.c.handle = C.uint64_t(nextSnapH)
 		v.c.gen = C.uint64_t(s.Gen())
-		v.c.chunks = (**C.uchar)(chunks)
+		v.c.pages = (***C.uchar)(pages)
 		views[nextSnapH] = v
 		viewOf[s] = v
 	}
 	snapMu.Unlock()
 	v.once.Do(func() {
-		slots := unsafe.Slice((*uintptr)(unsafe.Pointer(v.c.chunks)), max(int(v.c.nChunks), 1))
+		pages := unsafe.Slice((*unsafe.Pointer)(unsafe.Pointer(v.c.pages)), max(viewPages(int(v.c.nChunks)), 1))
 		h := uint64(v.c.handle)
 		s.Bind(func(i int, b []byte) {
+			// Called under the snapshot's lock: one caller at a time.
+			page := atomic.LoadPointer(&pages[i/viewPage])
+			if page == nil {
+				if page = C.calloc(viewPage, C.size_t(unsafe.Sizeof(uintptr(0)))); page == nil {
+					// C finds no pointer and fails the read: no
+					// panic here, which may run in the prefetch.
+					logger().Error("vfs: out of memory for a page of a replica view")
+					return
+				}
+				atomic.StorePointer(&pages[i/viewPage], page)
+			}
 			// b is mapped outside the Go heap: C may keep the pointer.
-			atomic.StoreUintptr(&slots[i], uintptr(unsafe.Pointer(&b[0])))
+			slots := unsafe.Slice((*uintptr)(page), viewPage)
+			atomic.StoreUintptr(&slots[i%viewPage], uintptr(unsafe.Pointer(&b[0])))
 		}, func() {
 			snapMu.Lock()
 			delete(views, h)
 			delete(viewOf, s)
 			snapMu.Unlock()
-			C.free(unsafe.Pointer(v.c.chunks))
+			for _, p := range pages {
+				C.free(p)
+			}
+			C.free(unsafe.Pointer(v.c.pages))
 			C.free(unsafe.Pointer(v.c))
 		})
 	})
 	return v
+}
+
+// mapped returns the address C reads chunk i of v at, 0 if it asks Go.
+func (v *view) mapped(i int) uintptr {
+	return uintptr(unsafe.Pointer(C.boule_view_chunk(v.c, C.int64_t(i))))
+}
+
+// viewPage is the number of chunk pointers in a page of a view (see
+// BouleView).
+const viewPage = C.BOULE_VIEW_PAGE
+
+// viewPages is the number of pages of chunk pointers a view of n chunks
+// has.
+func viewPages(n int) int {
+	return (n + viewPage - 1) / viewPage
 }
 
 // newestGen returns the C word that mirrors rep's newest generation.

@@ -168,7 +168,9 @@ func manifestSource(arg string) (source, error) {
 
 // fetch returns the source's manifest and its encoding: from the file,
 // the version at at (unless at is zero), or the newest. A fetched
-// manifest must describe the host and path it was fetched for.
+// manifest must describe the host and path it was fetched for. The
+// encoding is nil for a manifest file: nothing prints it, and a second
+// copy of a manifest can cost gigabytes.
 func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, []byte, error) {
 	if s.file != "" {
 		if !at.IsZero() {
@@ -182,11 +184,7 @@ func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Tim
 		if err != nil {
 			return nil, nil, err
 		}
-		raw, err := m.MarshalBinary()
-		if err != nil {
-			return nil, nil, fmt.Errorf("manifest file %s: %w", s.file, err)
-		}
-		return m, raw, nil
+		return m, nil, nil
 	}
 	ms := manifestStores(stores)
 	var m *manifest.Manifest
