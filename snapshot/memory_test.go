@@ -62,15 +62,25 @@ func TestOpenAllocs(t *testing.T) {
 			if err := os.WriteFile(path, replicate.EncodeManifestBlob(raw), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			// No store: the prefetch stops at its first chunk.
-			r := NewReader(Options{Prefetch: c.prefetch})
-			t.Cleanup(r.Close)
-			var conn *Conn
-			got := memtest.Allocated(func() { conn, err = r.Open(context.Background(), path) })
-			if err != nil {
-				t.Fatalf("Open()=%v", err)
+			// No store: the prefetch stops at its first chunk. A fresh
+			// reader for each of three opens (a reader keeps what it
+			// opened), and the least of the three: other tests'
+			// goroutines allocate meanwhile too.
+			var got uint64
+			for i := range 3 {
+				r := NewReader(Options{Prefetch: c.prefetch})
+				var conn *Conn
+				n := memtest.Allocated(func() { conn, err = r.Open(context.Background(), path) })
+				if err != nil {
+					r.Close()
+					t.Fatalf("Open()=%v", err)
+				}
+				conn.Close()
+				r.Close()
+				if i == 0 || n < got {
+					got = n
+				}
 			}
-			t.Cleanup(conn.Close)
 			// The decoded blob, then the decoded manifest: twice the
 			// encoding; then the pack index.
 			if bound := 2*uint64(len(raw)) + 4*n + 1<<20; got > bound {
