@@ -3,10 +3,10 @@ package metrics
 import (
 	"net/http"
 
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/upload"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/boule-vfs/boule/replicate"
 )
 
 const (
@@ -42,34 +42,34 @@ func boolValue(b bool) float64 {
 }
 
 // dbMetrics are exported once per replicated database.
-var dbMetrics = []metric[replicate.Status]{
+var dbMetrics = []metric[upload.Status]{
 	newMetric("replication", "lag_seconds",
 		"Replication lag: the age in seconds of the oldest commit of the database that is not yet in the store (0 when the store is current).",
-		labelDB, prometheus.GaugeValue, func(s replicate.Status) float64 { return s.Lag.Seconds() }),
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return s.Lag.Seconds() }),
 	newMetric("replication", "pending_bytes",
 		"Bytes of snapshots (chunks and manifests) in the database's spool that are waiting for upload.",
-		labelDB, prometheus.GaugeValue, func(s replicate.Status) float64 { return float64(s.PendingBytes) }),
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return float64(s.PendingBytes) }),
 	newMetric("replication", "uploads_total",
 		"Snapshots of the database (manifests) uploaded by this process.",
-		labelDB, prometheus.CounterValue, func(s replicate.Status) float64 { return float64(s.Uploads) }),
+		labelDB, prometheus.CounterValue, func(s upload.Status) float64 { return float64(s.Uploads) }),
 	newMetric("replication", "chunks_total",
 		"Chunks of the database uploaded by this process.",
-		labelDB, prometheus.CounterValue, func(s replicate.Status) float64 { return float64(s.Chunks) }),
+		labelDB, prometheus.CounterValue, func(s upload.Status) float64 { return float64(s.Chunks) }),
 	newMetric("replication", "calls_total",
 		"Store calls made by this process to replicate the database, all targets together.",
-		labelDB, prometheus.CounterValue, func(s replicate.Status) float64 { return float64(s.Calls) }),
+		labelDB, prometheus.CounterValue, func(s upload.Status) float64 { return float64(s.Calls) }),
 	newMetric("replication", "failures_total",
 		"Uploads of the database that failed (each after the store calls' own retries).",
-		labelDB, prometheus.CounterValue, func(s replicate.Status) float64 { return float64(s.Failures) }),
+		labelDB, prometheus.CounterValue, func(s upload.Status) float64 { return float64(s.Failures) }),
 	newMetric("replication", "blocked",
 		"1 if replication of the database stopped on a permanent error (such as bad credentials) until it is flushed or reconfigured, else 0.",
-		labelDB, prometheus.GaugeValue, func(s replicate.Status) float64 { return boolValue(s.Blocked) }),
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return boolValue(s.Blocked) }),
 	newMetric("replication", "not_replicated",
 		"1 if the database's commits cannot reach the store whatever the store does (its snapshots fail, say on a full spool disk, or it is in WAL mode, which is not replicated), else 0.",
-		labelDB, prometheus.GaugeValue, func(s replicate.Status) float64 { return boolValue(s.NotReplicated) }),
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return boolValue(s.NotReplicated) }),
 	newMetric("replication", "last_upload_timestamp_seconds",
 		"When this process last uploaded a snapshot of the database, in seconds since the Unix epoch; 0 if it has not yet.",
-		labelDB, prometheus.GaugeValue, func(s replicate.Status) float64 {
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 {
 			if s.LastUpload.IsZero() {
 				return 0
 			}
@@ -78,27 +78,27 @@ var dbMetrics = []metric[replicate.Status]{
 }
 
 // targetMetrics are exported once per replication target.
-var targetMetrics = []metric[replicate.Stats]{
+var targetMetrics = []metric[store.Stats]{
 	newMetric("store", "calls_total",
 		"Calls made to the target's store, each attempt counted, retries included.",
-		labelTgt, prometheus.CounterValue, func(s replicate.Stats) float64 { return float64(s.Calls) }),
+		labelTgt, prometheus.CounterValue, func(s store.Stats) float64 { return float64(s.Calls) }),
 	newMetric("store", "retries_total",
 		"Attempts that retried a failed call to the target's store.",
-		labelTgt, prometheus.CounterValue, func(s replicate.Stats) float64 { return float64(s.Retries) }),
+		labelTgt, prometheus.CounterValue, func(s store.Stats) float64 { return float64(s.Retries) }),
 	newMetric("store", "failures_total",
 		"Calls to the target's store that failed for good, after their retries (not-found answers aside).",
-		labelTgt, prometheus.CounterValue, func(s replicate.Stats) float64 { return float64(s.Failures) }),
+		labelTgt, prometheus.CounterValue, func(s store.Stats) float64 { return float64(s.Failures) }),
 	newMetric("store", "bytes_up_total",
 		"Bytes sent to the target's store by successful puts, before compression.",
-		labelTgt, prometheus.CounterValue, func(s replicate.Stats) float64 { return float64(s.BytesUp) }),
+		labelTgt, prometheus.CounterValue, func(s store.Stats) float64 { return float64(s.BytesUp) }),
 	newMetric("store", "bytes_down_total",
 		"Bytes received from the target's store by successful gets, after decompression.",
-		labelTgt, prometheus.CounterValue, func(s replicate.Stats) float64 { return float64(s.BytesDown) }),
+		labelTgt, prometheus.CounterValue, func(s store.Stats) float64 { return float64(s.BytesDown) }),
 }
 
 type collector struct {
-	status  func() []replicate.Status
-	targets func() map[string]replicate.Stats
+	status  func() []upload.Status
+	targets func() map[string]store.Stats
 }
 
 // NewCollector returns a collector of Boule's replication metrics (see the
@@ -110,7 +110,7 @@ type collector struct {
 // A database is labelled with its source path, or its spool directory
 // when the source is unknown; should two report the same label, the first
 // is kept.
-func NewCollector(status func() []replicate.Status, targets func() map[string]replicate.Stats) prometheus.Collector {
+func NewCollector(status func() []upload.Status, targets func() map[string]store.Stats) prometheus.Collector {
 	return &collector{status: status, targets: targets}
 }
 

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/upload"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"github.com/boule-vfs/boule/replicate"
 )
 
 // header returns the HELP and TYPE lines of the metric named name.
@@ -38,7 +38,7 @@ func header(t *testing.T, name string) string {
 
 var (
 	lastUpload = time.Unix(1700000000, 250_000_000)
-	statuses   = []replicate.Status{
+	statuses   = []upload.Status{
 		{
 			Dir: "/spool/%23x.db", Source: "/x.db", Lag: 1500 * time.Millisecond, PendingBytes: 65536 + 120,
 			Uploads: 7, Chunks: 30, Calls: 41, Failures: 2, LastUpload: lastUpload, LastError: "boom",
@@ -55,14 +55,14 @@ var (
 			Dir: "/spool/unknown", Uploads: 1,
 		},
 	}
-	stats = map[string]replicate.Stats{
+	stats = map[string]store.Stats{
 		"s3:backup": {Calls: 100, Retries: 4, Failures: 1, BytesUp: 1 << 20, BytesDown: 512},
 		"dir:/mnt":  {Calls: 3, BytesUp: 10},
 	}
 )
 
 func TestCollectorValues(t *testing.T) {
-	c := NewCollector(func() []replicate.Status { return statuses }, func() map[string]replicate.Stats { return stats })
+	c := NewCollector(func() []upload.Status { return statuses }, func() map[string]store.Stats { return stats })
 	tests := []struct {
 		name   string
 		series string
@@ -176,14 +176,14 @@ func TestCollectorDescriptions(t *testing.T) {
 func TestCollectorNilFuncs(t *testing.T) {
 	tests := []struct {
 		name    string
-		status  func() []replicate.Status
-		targets func() map[string]replicate.Stats
+		status  func() []upload.Status
+		targets func() map[string]store.Stats
 		want    int
 	}{
 		{"both nil", nil, nil, 0},
-		{"no targets", func() []replicate.Status { return statuses[:1] }, nil, len(dbMetrics)},
-		{"no databases", nil, func() map[string]replicate.Stats { return stats }, 2 * len(targetMetrics)},
-		{"empty", func() []replicate.Status { return nil }, func() map[string]replicate.Stats { return nil }, 0},
+		{"no targets", func() []upload.Status { return statuses[:1] }, nil, len(dbMetrics)},
+		{"no databases", nil, func() map[string]store.Stats { return stats }, 2 * len(targetMetrics)},
+		{"empty", func() []upload.Status { return nil }, func() map[string]store.Stats { return nil }, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,10 +205,10 @@ func TestCollectorNilFuncs(t *testing.T) {
 
 func TestHandler(t *testing.T) {
 	calls := 0
-	c := NewCollector(func() []replicate.Status {
+	c := NewCollector(func() []upload.Status {
 		calls++
-		return []replicate.Status{{Source: "/x.db", Lag: 1500 * time.Millisecond}}
-	}, func() map[string]replicate.Stats { return stats })
+		return []upload.Status{{Source: "/x.db", Lag: 1500 * time.Millisecond}}
+	}, func() map[string]store.Stats { return stats })
 	srv := httptest.NewServer(Handler(c))
 	defer srv.Close()
 

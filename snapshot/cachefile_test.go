@@ -15,7 +15,9 @@ import (
 
 	"github.com/boule-vfs/boule/internal/osuser"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/cache"
+	"github.com/boule-vfs/boule/store/dir"
 )
 
 // mappedFiles returns the files this process has mapped, from
@@ -48,7 +50,7 @@ func TestCacheMapsOnlyWhatNobodyElseCanChange(t *testing.T) {
 		{"private cache", func(*testing.T, string, string) {}, true},
 		{"file with a write bit", func(t *testing.T, _, p string) { chmod(t, p, 0o644) }, false},
 		{"shard writable by others", func(t *testing.T, _, p string) { chmod(t, filepath.Dir(p), 0o777) }, false},
-		{"cache directory writable by its group", func(t *testing.T, dir, _ string) { chmod(t, dir, 0o770) }, false},
+		{"cache directory writable by its group", func(t *testing.T, tmpdir, _ string) { chmod(t, tmpdir, 0o770) }, false},
 		{"file of another user", func(t *testing.T, _, p string) {
 			if err := os.Chown(p, 54321, 54321); err != nil {
 				t.Fatal(err)
@@ -184,15 +186,15 @@ func TestCacheChangedByAnotherUser(t *testing.T) {
 // if they are unchanged.
 func cacheChild(t *testing.T, arg string) {
 	parts := strings.Split(arg, "|")
-	ds, err := replicate.NewDirStore(parts[0])
+	ds, err := dir.New(parts[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache, err := replicate.NewLocalCache(parts[1], 4, 1000)
+	cache, err := cache.New(parts[1], 4, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := NewReader(Options{Remote: []replicate.Store{ds}, Cache: cache, Hostname: testHost, Prefetch: -1})
+	r := NewReader(Options{Remote: []store.Store{ds}, Cache: cache, Hostname: testHost, Prefetch: -1})
 	defer r.Close()
 	ctx := context.Background()
 	c1, err := r.Open(ctx, "boule:///shared.db")
@@ -246,7 +248,7 @@ func TestChunkFIFO(t *testing.T) {
 					t.Fatal(err)
 				}
 				if !inStore {
-					if err := os.Remove(filepath.Join(f.dir, "store", "chunks", replicate.ChunkKey(m.Chunks[1]))); err != nil {
+					if err := os.Remove(filepath.Join(f.dir, "store", "chunks", store.ChunkKey(m.Chunks[1]))); err != nil {
 						t.Fatal(err)
 					}
 				}

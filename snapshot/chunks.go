@@ -15,12 +15,12 @@ import (
 
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
 )
 
 // ErrCorrupt is wrapped by the errors for chunks whose bytes do not match
 // their fingerprint in every place they were found.
-var ErrCorrupt = replicate.ErrCorrupt
+var ErrCorrupt = store.ErrCorrupt
 
 // ReadOnlyDir is a directory of raw chunks that is read but never written,
 // laid out as a local cache: <dir>/<shard>/<fingerprint>, or

@@ -9,7 +9,7 @@ import (
 
 	"github.com/boule-vfs/boule/internal/memtest"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
 )
 
 // bigManifest returns a valid manifest of a database of n chunks of
@@ -59,7 +59,7 @@ func TestOpenAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 			path := filepath.Join(t.TempDir(), "m")
-			if err := os.WriteFile(path, replicate.EncodeManifestBlob(raw), 0o644); err != nil {
+			if err := os.WriteFile(path, store.EncodeManifestBlob(raw), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			// No store: the prefetch stops at its first chunk. A fresh

@@ -7,7 +7,7 @@ import (
 	"sync"
 
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
 )
 
 // packCache fetches each pack once for all the chunks that need it, and
@@ -120,7 +120,7 @@ func (c *packCache) drop(id manifest.Fingerprint) {
 func (r *Reader) packedChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref manifest.PackRef) ([]byte, error) {
 	var errs []error
 	for _, s := range r.remote {
-		if replicate.IsCache(s) {
+		if store.IsCache(s) {
 			continue
 		}
 		pack, err := r.packs.get(ctx, r.ctx, ref.ID, func(fctx context.Context) ([]byte, error) {
@@ -132,7 +132,7 @@ func (r *Reader) packedChunk(ctx context.Context, fp manifest.Fingerprint, want 
 			errs = append(errs, err)
 			continue
 		}
-		data, err := replicate.DecodePackMember(pack, ref, fp)
+		data, err := store.DecodePackMember(pack, ref, fp)
 		if err == nil && len(data) != want {
 			err = fmt.Errorf("pack %s: chunk %s is %d bytes, want %d: %w", ref.ID, fp, len(data), want, ErrCorrupt)
 		}

@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/cache"
 )
 
 // countingPacks counts pack GETs on top of counting.
@@ -31,7 +32,7 @@ func (c *countingPacks) GetPack(ctx context.Context, id manifest.Fingerprint) ([
 // publishPacked stores image as the newest snapshot of path with every
 // chunk but 0 (inline) in packs of per chunks, in file order, as the
 // uploader does.
-func publishPacked(t testing.TB, s replicate.Store, path string, image []byte, per int) *manifest.Manifest {
+func publishPacked(t testing.TB, s store.Store, path string, image []byte, per int) *manifest.Manifest {
 	t.Helper()
 	ctx := context.Background()
 	m := &manifest.Manifest{
@@ -39,7 +40,7 @@ func publishPacked(t testing.TB, s replicate.Store, path string, image []byte, p
 		Size: int64(len(image)), Created: time.Now(), SourceCtime: time.Now(),
 		Inline: map[uint32][]byte{},
 	}
-	var chunks []replicate.PackedChunk
+	var chunks []store.PackedChunk
 	var idx []uint32
 	for i := range manifest.NumChunks(m.Size) {
 		c := image[i*manifest.ChunkSize : i*manifest.ChunkSize+manifest.ChunkLen(m.Size, i)]
@@ -48,12 +49,12 @@ func publishPacked(t testing.TB, s replicate.Store, path string, image []byte, p
 			m.Inline[0] = c
 			continue
 		}
-		chunks = append(chunks, replicate.PackedChunk{FP: m.Chunks[i], Data: c})
+		chunks = append(chunks, store.PackedChunk{FP: m.Chunks[i], Data: c})
 		idx = append(idx, uint32(i))
 	}
 	for len(chunks) > 0 {
 		k := min(per, len(chunks))
-		blob, id, refs := replicate.EncodePack(chunks[:k])
+		blob, id, refs := store.EncodePack(chunks[:k])
 		if err := s.PutPack(ctx, id, blob); err != nil {
 			t.Fatal(err)
 		}
@@ -73,7 +74,7 @@ func publishPacked(t testing.TB, s replicate.Store, path string, image []byte, p
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _ := replicate.ManifestKey(testHost, path)
+	key, _ := store.ManifestKey(testHost, path)
 	if err := s.PutManifest(ctx, key, b); err != nil {
 		t.Fatal(err)
 	}
@@ -86,15 +87,15 @@ func publishPacked(t testing.TB, s replicate.Store, path string, image []byte, p
 // member is ErrCorrupt and the pack's other chunks still read.
 func TestPackedReplica(t *testing.T) {
 	f := newFixture(t)
-	store := &countingPacks{counting: f.store}
+	sto := &countingPacks{counting: f.store}
 	image := db(30, 41) // 40 chunks in files: packs of 8
-	m := publishPacked(t, store, "/data/p.db", image, 8)
+	m := publishPacked(t, sto, "/data/p.db", image, 8)
 	if len(m.Packs) != 5 {
 		t.Fatalf("%d packs, want 5", len(m.Packs))
 	}
 	open := func(opts Options) (*Reader, *Conn) {
 		t.Helper()
-		opts.Remote = []replicate.Store{store}
+		opts.Remote = []store.Store{sto}
 		opts.Cache = f.cache
 		opts.Hostname = testHost
 		r := NewReader(opts)
@@ -111,7 +112,7 @@ func TestPackedReplica(t *testing.T) {
 	if b, err := c.Snapshot().Chunk(context.Background(), 10); err != nil || !bytes.Equal(b, image[10*manifest.ChunkSize:11*manifest.ChunkSize]) {
 		t.Fatalf("chunk 10: %v", err)
 	}
-	if n, k := store.packs.Load(), store.chunks.Load(); n != 1 || k != 0 {
+	if n, k := sto.packs.Load(), sto.chunks.Load(); n != 1 || k != 0 {
 		t.Fatalf("one read made %d pack and %d chunk GETs, want 1 and 0", n, k)
 	}
 	for i := 9; i <= 16; i++ { // chunk 10's pack
@@ -119,13 +120,13 @@ func TestPackedReplica(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := store.packs.Load(); n != 1 {
+	if n := sto.packs.Load(); n != 1 {
 		t.Fatalf("reading the rest of the pack made %d pack GETs, want still 1", n)
 	}
 	if got := read(t, c.Snapshot()); !bytes.Equal(got, image) {
 		t.Fatal("replica differs from the image")
 	}
-	if n := store.packs.Load(); n != 5 {
+	if n := sto.packs.Load(); n != 5 {
 		t.Fatalf("whole read made %d pack GETs, want 5", n)
 	}
 	r.cachePending.Wait()
@@ -138,15 +139,15 @@ func TestPackedReplica(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(f.dir, "cache")); err != nil {
 		t.Fatal(err)
 	}
-	cache2, err := replicate.NewLocalCache(filepath.Join(f.dir, "cache2"), 4, 1000)
+	cache2, err := cache.New(filepath.Join(f.dir, "cache2"), 4, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.cache = cache2
-	store.packs.Store(0)
+	sto.packs.Store(0)
 	_, c2 := open(Options{Prefetch: 4})
 	<-c2.Snapshot().prefetched
-	if n := store.packs.Load(); n != 5 {
+	if n := sto.packs.Load(); n != 5 {
 		t.Errorf("prefetch made %d pack GETs, want 5", n)
 	}
 	if got := c2.Snapshot().Mapped(); got != len(m.Chunks) {
@@ -155,7 +156,7 @@ func TestPackedReplica(t *testing.T) {
 
 	// Damage chunk 30's blob in its pack.
 	ref := m.PackRefs()[30]
-	p := filepath.Join(f.dir, "store", "chunks", replicate.PackKey(ref.ID))
+	p := filepath.Join(f.dir, "store", "chunks", store.PackKey(ref.ID))
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +165,7 @@ func TestPackedReplica(t *testing.T) {
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f.cache, _ = replicate.NewLocalCache(filepath.Join(f.dir, "cache3"), 4, 1000)
+	f.cache, _ = cache.New(filepath.Join(f.dir, "cache3"), 4, 1000)
 	_, c3 := open(Options{Prefetch: -1})
 	if _, err := c3.Snapshot().Chunk(context.Background(), 30); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("damaged member: err=%v, want ErrCorrupt", err)

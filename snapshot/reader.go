@@ -13,7 +13,9 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/cache"
 )
 
 // Defaults of Options.
@@ -37,16 +39,16 @@ const (
 
 // ErrNoManifest is wrapped by the errors of opening a replica whose
 // manifest does not exist.
-var ErrNoManifest = replicate.ErrNotFound
+var ErrNoManifest = store.ErrNotFound
 
 // Options configure a Reader.
 type Options struct {
 	// Remote are the stores holding manifests and chunks, tried in
-	// order. They should be rate-limited (replicate.Limited).
-	Remote []replicate.Store
+	// order. They should be rate-limited (store.Limited).
+	Remote []store.Store
 	// Cache is where fetched chunks are kept, shared with the other
 	// processes of the host; nil keeps them in memory only.
-	Cache *replicate.LocalCache
+	Cache *cache.Store
 	// ReadOnly are directories of chunks looked in after Cache.
 	ReadOnly []ReadOnlyDir
 	// Hostname replaces the empty host of "boule:///path" names;
@@ -80,8 +82,8 @@ type Options struct {
 // A Reader opens replicas. One serves a whole process: replicas, their
 // snapshots and their chunk mappings are shared by all its connections.
 type Reader struct {
-	remote   []replicate.Store
-	cache    *replicate.LocalCache
+	remote   []store.Store
+	cache    *cache.Store
 	readOnly []ReadOnlyDir
 	host     string
 	policy   config.LoadingPolicy
@@ -289,7 +291,7 @@ func (r *Reader) Open(ctx context.Context, name string) (*Conn, error) {
 	id := src.String()
 	key := ""
 	if src.ManifestFile == "" {
-		if key, err = replicate.ManifestKey(src.Hostname, src.Path); err != nil {
+		if key, err = store.ManifestKey(src.Hostname, src.Path); err != nil {
 			return nil, fmt.Errorf("snapshot: %s: %w", id, err)
 		}
 	} else if id, err = filepath.Abs(src.ManifestFile); err != nil {
@@ -578,7 +580,7 @@ func (rp *Replica) fetchManifest(ctx context.Context) ([]byte, *manifest.Manifes
 	if len(rp.r.remote) == 0 {
 		return nil, nil, -1, fmt.Errorf("snapshot: %s: no replication target to read the manifest %s from: %w", rp.id, rp.key, ErrNoManifest)
 	}
-	m, b, from, err := replicate.FetchManifestFrom(ctx, rp.r.remote, rp.key)
+	m, b, from, err := store.FetchManifestFrom(ctx, rp.r.remote, rp.key)
 	if err != nil {
 		return nil, nil, -1, fmt.Errorf("snapshot: %s (manifest %s): %w", rp.id, rp.key, err)
 	}
@@ -613,7 +615,7 @@ func readManifestFile(p string) ([]byte, error) {
 	if _, err := f.ReadAt(b, 0); err != nil {
 		return nil, fmt.Errorf("snapshot: manifest file: %w", err)
 	}
-	raw, err := replicate.DecodeManifestBlob(b)
+	raw, err := store.DecodeManifestBlob(b)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: manifest file %s: %w", p, err)
 	}
@@ -786,8 +788,8 @@ var errClosed = errors.New("snapshot: snapshot released")
 
 // Stores returns the stores chunks are read from, in order: the cache,
 // then the remote stores.
-func (r *Reader) Stores() []replicate.Store {
-	var out []replicate.Store
+func (r *Reader) Stores() []store.Store {
+	var out []store.Store
 	if r.cache != nil {
 		out = append(out, r.cache)
 	}
@@ -803,7 +805,7 @@ func (r *Reader) Manifest(ctx context.Context, name string) (*manifest.Manifest,
 	}
 	rp := &Replica{r: r, src: src, id: src.String()}
 	if src.ManifestFile == "" {
-		if rp.key, err = replicate.ManifestKey(src.Hostname, src.Path); err != nil {
+		if rp.key, err = store.ManifestKey(src.Hostname, src.Path); err != nil {
 			return nil, fmt.Errorf("snapshot: %s: %w", rp.id, err)
 		}
 	}
@@ -812,11 +814,11 @@ func (r *Reader) Manifest(ctx context.Context, name string) (*manifest.Manifest,
 }
 
 // Restore writes the newest snapshot of the replica name to the file out,
-// atomically (see replicate.RestoreFile).
-func (r *Reader) Restore(ctx context.Context, name, out string, opts replicate.RestoreOptions) error {
+// atomically (see restore.File).
+func (r *Reader) Restore(ctx context.Context, name, out string, opts restore.Options) error {
 	m, err := r.Manifest(ctx, name)
 	if err != nil {
 		return err
 	}
-	return replicate.RestoreFile(ctx, r.Stores(), m, out, opts)
+	return restore.File(ctx, r.Stores(), m, out, opts)
 }

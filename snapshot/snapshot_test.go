@@ -17,14 +17,16 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/cache"
+	"github.com/boule-vfs/boule/store/dir"
 )
 
 const testHost = "host.test"
 
 // counting wraps a store and counts its calls.
 type counting struct {
-	replicate.Store
+	store.Store
 	manifests, chunks atomic.Int64
 	down              atomic.Bool
 }
@@ -62,7 +64,7 @@ func db(seed uint64, n int) []byte {
 }
 
 // publish stores image as the newest snapshot of path.
-func publish(t testing.TB, s replicate.Store, path string, image []byte, created time.Time) *manifest.Manifest {
+func publish(t testing.TB, s store.Store, path string, image []byte, created time.Time) *manifest.Manifest {
 	t.Helper()
 	ctx := context.Background()
 	n := manifest.NumChunks(int64(len(image)))
@@ -88,7 +90,7 @@ func publish(t testing.TB, s replicate.Store, path string, image []byte, created
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _ := replicate.ManifestKey(testHost, path)
+	key, _ := store.ManifestKey(testHost, path)
 	if err := s.PutManifest(ctx, key, b); err != nil {
 		t.Fatal(err)
 	}
@@ -99,29 +101,29 @@ type fixture struct {
 	t     *testing.T
 	dir   string
 	store *counting
-	cache *replicate.LocalCache
+	cache *cache.Store
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	root := filepath.Join(dir, "store")
+	tmpdir := t.TempDir()
+	root := filepath.Join(tmpdir, "store")
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ds, err := replicate.NewDirStore(root)
+	ds, err := dir.New(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache, err := replicate.NewLocalCache(filepath.Join(dir, "cache"), 4, 1000)
+	cache, err := cache.New(filepath.Join(tmpdir, "cache"), 4, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, dir: dir, store: &counting{Store: ds}, cache: cache}
+	return &fixture{t: t, dir: tmpdir, store: &counting{Store: ds}, cache: cache}
 }
 
 func (f *fixture) reader(opts Options) *Reader {
-	opts.Remote = []replicate.Store{f.store}
+	opts.Remote = []store.Store{f.store}
 	if opts.Cache == nil {
 		opts.Cache = f.cache
 	}
@@ -202,7 +204,7 @@ func TestPrefetchAndPolicies(t *testing.T) {
 		{"partial", config.LoadingPolicy{Kind: "partial", Min: 2, Max: 4}, 5}, // 4 + the last
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cache, _ := replicate.NewLocalCache(filepath.Join(t.TempDir(), "c"), 1, 100)
+			cache, _ := cache.New(filepath.Join(t.TempDir(), "c"), 1, 100)
 			r := f.reader(Options{Policy: tc.policy, Cache: cache})
 			t.Cleanup(r.Close) // before the cache's temp dir goes
 			c, err := r.Open(context.Background(), "boule:///p.db")
@@ -216,7 +218,7 @@ func TestPrefetchAndPolicies(t *testing.T) {
 		})
 	}
 	t.Run("background", func(t *testing.T) {
-		cache, _ := replicate.NewLocalCache(filepath.Join(t.TempDir(), "c"), 1, 100)
+		cache, _ := cache.New(filepath.Join(t.TempDir(), "c"), 1, 100)
 		r := f.reader(Options{Cache: cache})
 		t.Cleanup(r.Close)
 		c, err := r.Open(context.Background(), "boule:///p.db")
@@ -318,7 +320,7 @@ func TestCorruptChunk(t *testing.T) {
 	image := db(6, 4)
 	m := publish(t, f.store, "/c.db", image, time.Now())
 	// Damage chunk 3's blob in the store.
-	blob := filepath.Join(f.dir, "store", "chunks", replicate.ChunkKey(m.Chunks[3]))
+	blob := filepath.Join(f.dir, "store", "chunks", store.ChunkKey(m.Chunks[3]))
 	b, err := os.ReadFile(blob)
 	if err != nil {
 		t.Fatal(err)
@@ -512,7 +514,7 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 	img := db(1, 3)
 	m := publish(t, f.store, "/x.db", img, time.Now())
 	g := &gated{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
-	r := NewReader(Options{Remote: []replicate.Store{g}, Cache: f.cache, Hostname: testHost, Prefetch: -1})
+	r := NewReader(Options{Remote: []store.Store{g}, Cache: f.cache, Hostname: testHost, Prefetch: -1})
 	t.Cleanup(r.Close)
 	a, err := r.Open(context.Background(), "boule:///x.db")
 	if err != nil {
@@ -607,7 +609,7 @@ func TestCloseEndsBackgroundWork(t *testing.T) {
 	f := newFixture(t)
 	publish(t, f.store, "/c.db", db(7, 3), time.Now())
 	s := &stalling{counting: f.store, entered: make(chan struct{}, 1)}
-	r := NewReader(Options{Remote: []replicate.Store{s}, Cache: f.cache, Hostname: testHost, Prefetch: -1, OpenTimeout: time.Hour})
+	r := NewReader(Options{Remote: []store.Store{s}, Cache: f.cache, Hostname: testHost, Prefetch: -1, OpenTimeout: time.Hour})
 	c, err := r.Open(context.Background(), "boule:///c.db")
 	if err != nil {
 		t.Fatal(err)
@@ -708,13 +710,13 @@ func TestClockStepBack(t *testing.T) {
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ds, err := replicate.NewDirStore(root)
+	ds, err := dir.New(root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lagging := &counting{Store: ds}
 	publish(t, lagging, "/k.db", img3, t0.Add(-time.Hour))
-	r2 := NewReader(Options{Remote: []replicate.Store{f.store, lagging}, Hostname: testHost, Prefetch: -1})
+	r2 := NewReader(Options{Remote: []store.Store{f.store, lagging}, Hostname: testHost, Prefetch: -1})
 	t.Cleanup(r2.Close)
 	c2, err := r2.Open(context.Background(), "boule:///k.db")
 	if err != nil {
@@ -739,7 +741,7 @@ func TestClockStepBack(t *testing.T) {
 func TestIdleReplicasForgotten(t *testing.T) {
 	f := newFixture(t)
 	var gone atomic.Int64
-	r := NewReader(Options{Remote: []replicate.Store{f.store}, Cache: f.cache, Hostname: testHost, Prefetch: -1,
+	r := NewReader(Options{Remote: []store.Store{f.store}, Cache: f.cache, Hostname: testHost, Prefetch: -1,
 		PollInterval: time.Minute, OnReplicaGone: func(*Replica) { gone.Add(1) }})
 	t.Cleanup(r.Close)
 	clock := time.Now()
@@ -913,7 +915,7 @@ func TestSlowFetchIsShared(t *testing.T) {
 	t0 := time.Now()
 	publish(t, f.store, "/slow.db", db(61, 2), t0)
 	g := &gatedManifests{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
-	r := NewReader(Options{Remote: []replicate.Store{g}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute})
+	r := NewReader(Options{Remote: []store.Store{g}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute})
 	t.Cleanup(r.Close)
 	var mu sync.Mutex
 	clock := t0
@@ -971,7 +973,7 @@ func TestEvictedReplicaAnnouncesNothing(t *testing.T) {
 	t0 := time.Now()
 	publish(t, f.store, "/e.db", db(71, 2), t0)
 	var gone atomic.Int64
-	r := NewReader(Options{Remote: []replicate.Store{f.store}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute,
+	r := NewReader(Options{Remote: []store.Store{f.store}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute,
 		OnReplicaGone: func(*Replica) { gone.Add(1) }})
 	t.Cleanup(r.Close)
 	clock := t0

@@ -448,3 +448,17 @@ func Invalidate(dir string) error {
 	}
 	return nil
 }
+
+// Perm returns the permission bits of the database whose spool
+// directory is dir: the spool gives its staged manifest the database's
+// read bits as of its last snapshot (and its directory the matching r-x
+// bits). When neither can be read, the database's owner's only.
+func Perm(dir string) fs.FileMode {
+	if fi, err := os.Lstat(filepath.Join(dir, stagingDir, manifestFile)); err == nil && fi.Mode().IsRegular() {
+		return 0o400 | fi.Mode().Perm()&0o444
+	}
+	if fi, err := os.Lstat(dir); err == nil && fi.IsDir() {
+		return 0o400 | fi.Mode().Perm()&0o444
+	}
+	return 0o400
+}

@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/upload"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -29,25 +29,25 @@ func init() {
 }
 
 // mountTmpfs mounts a tmpfs of size on dir until the test ends.
-func mountTmpfs(t testing.TB, dir, size string) {
+func mountTmpfs(t testing.TB, tmpdir, size string) {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(tmpdir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", tmpdir).CombinedOutput(); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
 		}
 		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
 	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", tmpdir).Run() })
 }
 
 // statusOf returns the replication status of path.
-func statusOf(t testing.TB, path string) replicate.Status {
+func statusOf(t testing.TB, path string) upload.Status {
 	t.Helper()
 	st := vfs.ReplicationStatus()
-	i := slices.IndexFunc(st, func(s replicate.Status) bool { return s.Source == path })
+	i := slices.IndexFunc(st, func(s upload.Status) bool { return s.Source == path })
 	if i < 0 {
 		t.Fatalf("ReplicationStatus()=%+v, want %s in it", st, path)
 	}
@@ -69,12 +69,12 @@ func flushes(path string) map[string]func() error {
 // lag. Once there is room, a flush takes a new snapshot itself and the
 // store holds all 5,001 rows.
 func TestFlushFullSpool(t *testing.T) {
-	tg, store := dirTarget(t)
-	dir, err := filepath.EvalSymlinks(t.TempDir())
+	tg, sto := dirTarget(t)
+	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	e := &env{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), log: &logCounter{}}
 	mountTmpfs(t, e.spool, "12m")
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targetsOf(tg), Logger: slog.New(e.log)})
 	path := e.path("full.db")
@@ -98,7 +98,7 @@ func TestFlushFullSpool(t *testing.T) {
 	}
 	for name, flush := range flushes(path) {
 		err := flush()
-		if !errors.Is(err, replicate.ErrSnapshotFailed) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "no space left on device") {
+		if !errors.Is(err, upload.ErrSnapshotFailed) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "no space left on device") {
 			t.Fatalf("%s()=%v, want ErrSnapshotFailed naming %s and the full disk", name, err, path)
 		}
 	}
@@ -113,7 +113,7 @@ func TestFlushFullSpool(t *testing.T) {
 	if r := flushPragma(t, db); r != "1" {
 		t.Fatalf("flush pragma once there is room=%q, want 1; log:\n%s", r, e.log)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 	var n int
 	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 5001 {
 		t.Fatalf("rows=%d, %v; want 5001", n, err)
@@ -161,7 +161,7 @@ func childKilledWriter() error {
 // staged. A flush in another process takes a new snapshot of the file, and
 // the store holds the killed writer's commit.
 func TestFlushAfterKilledWriter(t *testing.T) {
-	tg, store := dirTarget(t)
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("killed.db")
 	cmd, out := startChild(t, "killedwriter", "BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool)
@@ -183,7 +183,7 @@ func TestFlushAfterKilledWriter(t *testing.T) {
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatalf("Flush() after the writer died=%v, want nil; log:\n%s", err, e.log)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 	db := open(t, path, "boule", "mode=ro")
 	var n int
 	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 2001 {
@@ -196,7 +196,7 @@ func TestFlushAfterKilledWriter(t *testing.T) {
 // mode; the status says it is not replicated; the log says it once, at
 // ERROR. Back in rollback mode, flushes succeed and the store is current.
 func TestFlushWAL(t *testing.T) {
-	tg, store := dirTarget(t)
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("switched.db")
 	db := open(t, path, "boule", "")
@@ -241,7 +241,7 @@ func TestFlushWAL(t *testing.T) {
 	if r := flushPragma(t, db); r != "1" {
 		t.Fatalf("flush pragma back in rollback mode=%q, want 1; log:\n%s", r, e.log)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 	if st := statusOf(t, path); st.NotReplicated || st.Lag != 0 {
 		t.Fatalf("status back in rollback mode=%+v, want replicated and no lag", st)
 	}
@@ -269,10 +269,10 @@ func childNoLogger() error {
 // TestDefaultLogger: a Go program that sets no Logger is told on stderr,
 // at ERROR, that a database stopped being replicated.
 func TestDefaultLogger(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "quiet.db")
+	tmpdir := t.TempDir()
+	path := filepath.Join(tmpdir, "quiet.db")
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "BOULE_TEST_CHILD=nologger", "BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+filepath.Join(dir, "spool"))
+	cmd.Env = append(os.Environ(), "BOULE_TEST_CHILD=nologger", "BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+filepath.Join(tmpdir, "spool"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
@@ -286,7 +286,7 @@ func TestDefaultLogger(t *testing.T) {
 // already written the file (its cache spilled) fails at once, saying to
 // commit first, instead of waiting for its own lock.
 func TestFlushInsideWriteTransaction(t *testing.T) {
-	tg, store := dirTarget(t)
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("spill.db")
 	db := open(t, path, "boule", "")
@@ -314,5 +314,5 @@ func TestFlushInsideWriteTransaction(t *testing.T) {
 	if r := flushPragma(t, db); r != "1" {
 		t.Fatalf("flush pragma after the commit=%q, want 1; log:\n%s", r, e.log)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/boule-vfs/boule/internal/faultproxy"
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -54,9 +54,9 @@ func lagRun(b *testing.B, workload string, rate int, d time.Duration) {
 	proxy := faultproxy.Start(b, srv.Endpoint)
 	tg, _ := s3Target(b, proxy.URL, true)
 	_, direct := s3Target(b, srv.Endpoint, true)
-	dir := b.TempDir()
-	register(b, vfs.Config{ReplicationSpoolingDir: dir + "/spool", ReplicationTargets: targetsOf(tg)})
-	path := dir + "/lag.db"
+	tmpdir := b.TempDir()
+	register(b, vfs.Config{ReplicationSpoolingDir: tmpdir + "/spool", ReplicationTargets: targetsOf(tg)})
+	path := tmpdir + "/lag.db"
 	db := open(b, path, "boule", "_journal_mode=TRUNCATE&_sync=NORMAL")
 	db.SetMaxOpenConns(1)
 	const rows = 25_000 // × 4 KiB ≈ 100 MiB
@@ -65,12 +65,12 @@ func lagRun(b *testing.B, workload string, rate int, d time.Duration) {
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		b.Fatal(err)
 	}
-	key, err := replicate.ManifestKey(vfs.Spool().Hostname(), path)
+	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	counterNow := func() uint32 {
-		m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{direct}, key)
+		m, _, err := store.FetchManifest(context.Background(), []store.Store{direct}, key)
 		if err != nil {
 			b.Fatal(err)
 		}

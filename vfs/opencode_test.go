@@ -7,14 +7,14 @@ import (
 	"testing"
 
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
 )
 
 // TestOpenErrorCode: the SQLite code of a failed replica open, including
 // with several stores that failed differently.
 func TestOpenErrorCode(t *testing.T) {
-	notFound := &replicate.Error{Op: "get manifest", Key: "k", Kind: replicate.ErrNotFound}
-	down := &replicate.Error{Op: "get manifest", Key: "k", Err: errors.New("connection refused")}
+	notFound := &store.Error{Op: "get manifest", Key: "k", Kind: store.ErrNotFound}
+	down := &store.Error{Op: "get manifest", Key: "k", Err: errors.New("connection refused")}
 	for _, tc := range []struct {
 		name string
 		err  error
@@ -26,7 +26,7 @@ func TestOpenErrorCode(t *testing.T) {
 		{"both lack it", errors.Join(notFound, notFound), sqliteCantOpen},
 		{"timeout", fmt.Errorf("x: %w", context.DeadlineExceeded), sqliteIOErr},
 		{"checksum", fmt.Errorf("x: %w", manifest.ErrChecksum), sqliteCorrupt},
-		{"corrupt blob", fmt.Errorf("x: %w", replicate.ErrCorrupt), sqliteCorrupt},
+		{"corrupt blob", fmt.Errorf("x: %w", store.ErrCorrupt), sqliteCorrupt},
 		{"newer format", fmt.Errorf("x: %w", manifest.ErrVersion), sqliteCantOpen},
 		{"bad name", errors.New("snapshot: a name with .."), sqliteCantOpen},
 	} {

@@ -18,7 +18,10 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/dir"
+	"github.com/boule-vfs/boule/store/s3"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -31,12 +34,12 @@ import (
 // warm replica (every chunk mapped) and on the source file.
 func BenchmarkReplicaQuery(b *testing.B) {
 	tg, _ := dirTargetB(b)
-	dir, err := filepath.EvalSymlinks(b.TempDir())
+	tmpdir, err := filepath.EvalSymlinks(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
-	register(b, vfs.Config{ReplicationSpoolingDir: filepath.Join(dir, "spool"), ReplicationTargets: []config.Target{tg}})
-	path := filepath.Join(dir, "q.db")
+	register(b, vfs.Config{ReplicationSpoolingDir: filepath.Join(tmpdir, "spool"), ReplicationTargets: []config.Target{tg}})
+	path := filepath.Join(tmpdir, "q.db")
 	src := open(b, path, "boule", "")
 	const rows = 60000 // about 64 MiB
 	fill(b, src, rows)
@@ -81,13 +84,13 @@ func BenchmarkReplicaQuery(b *testing.B) {
 	}
 }
 
-func dirTargetB(b *testing.B) (config.Target, replicate.Store) {
+func dirTargetB(b *testing.B) (config.Target, store.Store) {
 	b.Helper()
 	p := filepath.Join(b.TempDir(), "store")
 	if err := os.Mkdir(p, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	s, err := replicate.NewDirStore(p)
+	s, err := dir.New(p)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -126,7 +129,7 @@ type coldFixture struct {
 	rows     int
 	size     int64
 	target   config.Target
-	store    replicate.Store
+	store    store.Store
 	manifest string
 }
 
@@ -163,18 +166,18 @@ func newColdFixture() (*coldFixture, error) {
 		k, v, _ := cutEnv(kv)
 		os.Setenv(k, v)
 	}
-	dir, err := os.MkdirTemp("", "boule-cold-")
+	tmpdir, err := os.MkdirTemp("", "boule-cold-")
 	if err != nil {
 		return nil, err
 	}
-	afterAll = append(afterAll, func() { os.RemoveAll(dir) })
-	f := &coldFixture{srv: srv, dir: dir, path: filepath.Join(dir, "cold.db"), rows: mb << 20 / 1100}
+	afterAll = append(afterAll, func() { os.RemoveAll(tmpdir) })
+	f := &coldFixture{srv: srv, dir: tmpdir, path: filepath.Join(tmpdir, "cold.db"), rows: mb << 20 / 1100}
 	tg := config.S3Target{Region: miniotest.Region, Endpoint: srv.Endpoint, ChunkBucket: "chunks", ManifestBucket: "manifests", CreateBucketsOnDemand: true}
 	f.target = config.Target{S3: &tg}
-	if f.store, err = replicate.NewS3Store(context.Background(), tg, replicate.S3Options{}); err != nil {
+	if f.store, err = s3.New(context.Background(), tg, s3.Options{}); err != nil {
 		return nil, err
 	}
-	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: filepath.Join(dir, "spool"), ReplicationTargets: []config.Target{f.target}}); err != nil {
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: filepath.Join(tmpdir, "spool"), ReplicationTargets: []config.Target{f.target}}); err != nil {
 		return nil, err
 	}
 	db, err := sql.Open("sqlite3", "file:"+f.path+"?vfs=boule")
@@ -290,11 +293,11 @@ func BenchmarkCold(b *testing.B) {
 	// written.
 	b.Run("op=copy/tool=get-only", func(b *testing.B) {
 		b.SetBytes(f.size)
-		key, err := replicate.ManifestKey(vfs.Reader().Hostname(), f.path)
+		key, err := store.ManifestKey(vfs.Reader().Hostname(), f.path)
 		if err != nil {
 			b.Fatal(err)
 		}
-		m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{f.store}, key)
+		m, _, err := store.FetchManifest(context.Background(), []store.Store{f.store}, key)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -330,7 +333,7 @@ func BenchmarkCold(b *testing.B) {
 						g := groups[k]
 						ref, packed := refs[uint32(g[0])]
 						if !packed {
-							if _, err := replicate.FetchChunk(context.Background(), []replicate.Store{f.store}, m, g[0]); err != nil {
+							if _, err := store.FetchChunk(context.Background(), []store.Store{f.store}, m, g[0]); err != nil {
 								b.Error(err)
 								return
 							}
@@ -342,7 +345,7 @@ func BenchmarkCold(b *testing.B) {
 							return
 						}
 						for _, i := range g {
-							if _, err := replicate.DecodePackMember(pack, refs[uint32(i)], m.Chunks[i]); err != nil {
+							if _, err := store.DecodePackMember(pack, refs[uint32(i)], m.Chunks[i]); err != nil {
 								b.Error(err)
 								return
 							}
@@ -355,32 +358,32 @@ func BenchmarkCold(b *testing.B) {
 	})
 	b.Run("op=copy/tool=restore-discard", func(b *testing.B) {
 		b.SetBytes(f.size)
-		stores := []replicate.Store{f.store}
-		key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), f.path)
+		stores := []store.Store{f.store}
+		key, _ := store.ManifestKey(vfs.Reader().Hostname(), f.path)
 		for range b.N {
-			m, _, err := replicate.FetchManifest(context.Background(), stores, key)
+			m, _, err := store.FetchManifest(context.Background(), stores, key)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if err := replicate.Restore(context.Background(), stores, m, io.Discard, replicate.RestoreOptions{}); err != nil {
+			if err := restore.Write(context.Background(), stores, m, io.Discard, restore.Options{}); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	b.Run("op=copy/tool=restore", func(b *testing.B) {
 		b.SetBytes(f.size)
-		stores := []replicate.Store{f.store}
-		key, err := replicate.ManifestKey(vfs.Reader().Hostname(), f.path)
+		stores := []store.Store{f.store}
+		key, err := store.ManifestKey(vfs.Reader().Hostname(), f.path)
 		if err != nil {
 			b.Fatal(err)
 		}
 		for range b.N {
 			dst := filepath.Join(b.TempDir(), "restored.db")
-			m, _, err := replicate.FetchManifest(context.Background(), stores, key)
+			m, _, err := store.FetchManifest(context.Background(), stores, key)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if err := replicate.RestoreFile(context.Background(), stores, m, dst, replicate.RestoreOptions{}); err != nil {
+			if err := restore.File(context.Background(), stores, m, dst, restore.Options{}); err != nil {
 				b.Fatal(err)
 			}
 		}

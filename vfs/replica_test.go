@@ -22,7 +22,8 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/dir"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -157,7 +158,7 @@ func TestReplicaQueries(t *testing.T) {
 
 // TestReplicaManifestFile: a replica opens from a manifest file.
 func TestReplicaManifestFile(t *testing.T) {
-	tg, store := dirTarget(t)
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("mf.db")
 	db := open(t, path, "boule", "")
@@ -165,8 +166,8 @@ func TestReplicaManifestFile(t *testing.T) {
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)
 	}
-	key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
-	b, err := store.GetManifest(context.Background(), key)
+	key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
+	b, err := sto.GetManifest(context.Background(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -492,7 +493,7 @@ func TestReplicaPragmas(t *testing.T) {
 }
 
 func TestReplicaOpenErrors(t *testing.T) {
-	tg, store := dirTarget(t)
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("errs.db")
 	src := open(t, path, "boule", "")
@@ -523,8 +524,8 @@ func TestReplicaOpenErrors(t *testing.T) {
 		t.Errorf("no error logged naming the missing database and its manifest")
 	}
 
-	key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
-	b, err := store.GetManifest(context.Background(), key)
+	key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
+	b, err := sto.GetManifest(context.Background(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -541,7 +542,7 @@ func TestReplicaOpenErrors(t *testing.T) {
 	}
 	flipped := bytes.Clone(b)
 	flipped[len(flipped)/2] ^= 0x10
-	if err := store.PutManifest(context.Background(), key, flipped); err != nil {
+	if err := sto.PutManifest(context.Background(), key, flipped); err != nil {
 		t.Fatal(err)
 	}
 	register(t, vfs.Config{ReplicationTargets: []config.Target{tg}, Logger: slog.New(e.log)}) // no manifest remembered
@@ -554,7 +555,7 @@ func TestReplicaOpenErrors(t *testing.T) {
 		}
 		db.Close()
 	}
-	if err := store.PutManifest(context.Background(), key, b); err != nil {
+	if err := sto.PutManifest(context.Background(), key, b); err != nil {
 		t.Fatal(err)
 	}
 
@@ -565,10 +566,10 @@ func TestReplicaOpenErrors(t *testing.T) {
 	}
 	// The last chunk's blob: in its pack, or an object of its own.
 	last := len(m.Chunks) - 1
-	blob := filepath.Join(store.(*replicate.DirStore).Root(), "chunks", replicate.ChunkKey(m.Chunks[last]))
+	blob := filepath.Join(sto.(*dir.Store).Root(), "chunks", store.ChunkKey(m.Chunks[last]))
 	off := -1
 	if ref, ok := m.PackRefs()[uint32(last)]; ok {
-		blob = filepath.Join(store.(*replicate.DirStore).Root(), "chunks", replicate.PackKey(ref.ID))
+		blob = filepath.Join(sto.(*dir.Store).Root(), "chunks", store.PackKey(ref.ID))
 		off = int(ref.Offset + ref.Length/2)
 	}
 	raw, err := os.ReadFile(blob)
@@ -643,7 +644,7 @@ func TestReplicaStoreDown(t *testing.T) {
 // data, swapped behind a manifest file) must not leave the old snapshot's
 // pages in a connection's cache after a refresh.
 func TestReplicaSwitchSameHeader(t *testing.T) {
-	tg, store := dirTarget(t)
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
 	manifestOf := func(name, val string) []byte {
 		t.Helper()
@@ -655,8 +656,8 @@ func TestReplicaSwitchSameHeader(t *testing.T) {
 		if err := vfs.Flush(context.Background(), path); err != nil {
 			t.Fatal(err)
 		}
-		key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
-		b, err := store.GetManifest(context.Background(), key)
+		key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
+		b, err := sto.GetManifest(context.Background(), key)
 		if err != nil {
 			t.Fatal(err)
 		}

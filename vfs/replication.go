@@ -8,8 +8,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/upload"
 )
 
 // flushTimeout bounds a flush requested through the pragma or on close.
@@ -25,17 +26,17 @@ var ErrNotReplicated = errors.New("vfs: database is not replicated by this proce
 
 // newUploader builds the targets of cfg and an uploader for them, or
 // returns nil when cfg has no target to upload to.
-func newUploader(cfg Config, targets []replicate.Target, log *slog.Logger) (*replicate.Uploader, error) {
-	upload := 0
+func newUploader(cfg Config, targets []store.Target, log *slog.Logger) (*upload.Uploader, error) {
+	stores := 0
 	for _, t := range targets {
 		if !t.Cache {
-			upload++
+			stores++
 		}
 	}
-	if upload == 0 {
+	if stores == 0 {
 		return nil, nil
 	}
-	return replicate.NewUploader(replicate.UploaderOptions{
+	return upload.New(upload.Options{
 		Targets:    targets,
 		Rate:       cfg.Rate(),
 		PackChunks: cfg.PackChunks,
@@ -50,34 +51,9 @@ func newUploader(cfg Config, targets []replicate.Target, log *slog.Logger) (*rep
 	})
 }
 
-// Targets builds the stores of cfg's replication targets: every s3 and
-// dir target, and local caches (marked Cache). read_only targets are only
-// read from, so they are not upload targets. No network call is made.
-func Targets(ctx context.Context, cfg Config) ([]replicate.Target, error) {
-	var out []replicate.Target
-	for i, t := range cfg.ReplicationTargets {
-		switch {
-		case t.S3 != nil:
-			s, err := replicate.NewS3Store(ctx, *t.S3, replicate.S3Options{Logger: cfg.Logger})
-			if err != nil {
-				return nil, fmt.Errorf("vfs: replication_targets[%d]: %w", i, err)
-			}
-			out = append(out, replicate.Target{Name: s.String(), Store: s})
-		case t.Dir != nil:
-			s, err := replicate.NewDirStore(t.Dir.Path)
-			if err != nil {
-				return nil, fmt.Errorf("vfs: replication_targets[%d]: %w", i, err)
-			}
-			out = append(out, replicate.Target{Name: s.String(), Store: s})
-		case t.Local != nil:
-			s, err := replicate.NewLocalCache(t.Local.Directory, int(t.Local.NumShards), int64(t.Local.Capacity))
-			if err != nil {
-				return nil, fmt.Errorf("vfs: replication_targets[%d]: %w", i, err)
-			}
-			out = append(out, replicate.Target{Name: s.String(), Store: s, Cache: true})
-		}
-	}
-	return out, nil
+// Targets opens the stores of cfg's replication targets (store.Open).
+func Targets(ctx context.Context, cfg Config) ([]store.Target, error) {
+	return store.Open(ctx, cfg, store.OpenOptions{})
 }
 
 func flushDB(ctx context.Context, rt *runtime, db *spool.DB) error {
@@ -126,7 +102,7 @@ func FlushAll(ctx context.Context) error {
 
 // ReplicationStatus reports, for each database this process replicates,
 // its lag, pending bytes, calls, failures and last error.
-func ReplicationStatus() []replicate.Status {
+func ReplicationStatus() []upload.Status {
 	rt := current.Load()
 	if rt == nil || rt.up == nil {
 		return nil
@@ -136,7 +112,7 @@ func ReplicationStatus() []replicate.Status {
 
 // TargetStats reports the store calls made to each replication target
 // (attempts, retries, failures, bytes), by target name.
-func TargetStats() map[string]replicate.Stats {
+func TargetStats() map[string]store.Stats {
 	rt := current.Load()
 	if rt == nil || rt.up == nil {
 		return nil

@@ -18,45 +18,49 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/faultproxy"
 	"github.com/boule-vfs/boule/internal/miniotest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/dir"
+	"github.com/boule-vfs/boule/store/s3"
+	"github.com/boule-vfs/boule/upload"
 	"github.com/boule-vfs/boule/vfs"
 )
 
 // replEnv registers boule with a spool and the given targets.
 func replEnv(t *testing.T, targets ...config.Target) *env {
 	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
+	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	e := &env{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), log: &logCounter{}}
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targets, Logger: slog.New(e.log)})
 	return e
 }
 
 func targetsOf(ts ...config.Target) []config.Target { return ts }
 
-func dirTarget(t *testing.T) (config.Target, replicate.Store) {
+func dirTarget(t *testing.T) (config.Target, store.Store) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "store")
 	if err := os.Mkdir(p, 0o755); err != nil { // a dir store never creates its root
 		t.Fatal(err)
 	}
-	s, err := replicate.NewDirStore(p)
+	s, err := dir.New(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return config.Target{Dir: &config.DirTarget{Path: p}}, s
 }
 
-func s3Target(t testing.TB, endpoint string, create bool) (config.Target, replicate.Store) {
+func s3Target(t testing.TB, endpoint string, create bool) (config.Target, store.Store) {
 	t.Helper()
 	tg := config.S3Target{
 		Region: miniotest.Region, Endpoint: endpoint,
 		ChunkBucket: "chunks", ManifestBucket: "manifests",
 		CreateBucketsOnDemand: create,
 	}
-	s, err := replicate.NewS3Store(context.Background(), tg, replicate.S3Options{})
+	s, err := s3.New(context.Background(), tg, s3.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +68,7 @@ func s3Target(t testing.TB, endpoint string, create bool) (config.Target, replic
 }
 
 // replica reassembles the newest manifest of path from s.
-func replica(t testing.TB, s replicate.Store, path string) []byte {
+func replica(t testing.TB, s store.Store, path string) []byte {
 	t.Helper()
 	b, err := fetchReplica(s, path)
 	if err != nil {
@@ -73,25 +77,25 @@ func replica(t testing.TB, s replicate.Store, path string) []byte {
 	return b
 }
 
-func fetchReplica(s replicate.Store, path string) ([]byte, error) {
-	key, err := replicate.ManifestKey(vfs.Spool().Hostname(), path)
+func fetchReplica(s store.Store, path string) ([]byte, error) {
+	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
 	if err != nil {
 		return nil, err
 	}
 	ctx := context.Background()
-	m, _, err := replicate.FetchManifest(ctx, []replicate.Store{s}, key)
+	m, _, err := store.FetchManifest(ctx, []store.Store{s}, key)
 	if err != nil {
 		return nil, err
 	}
 	var buf bytes.Buffer
-	if err := replicate.Reassemble(ctx, []replicate.Store{s}, m, &buf); err != nil {
+	if err := restore.Reassemble(ctx, []store.Store{s}, m, &buf); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
 }
 
 // checkReplica asserts the store holds exactly the file's bytes.
-func checkReplica(t testing.TB, s replicate.Store, path string) {
+func checkReplica(t testing.TB, s store.Store, path string) {
 	t.Helper()
 	want, err := os.ReadFile(path)
 	if err != nil {
@@ -129,13 +133,13 @@ func TestReplicateEndToEnd(t *testing.T) {
 	for _, kind := range []string{"dir", "s3"} {
 		t.Run(kind, func(t *testing.T) {
 			var tg config.Target
-			var store replicate.Store
+			var sto store.Store
 			if kind == "dir" {
-				tg, store = dirTarget(t)
+				tg, sto = dirTarget(t)
 			} else {
 				srv := miniotest.Start(t)
 				srv.SetEnv(t)
-				tg, store = s3Target(t, srv.Endpoint, true)
+				tg, sto = s3Target(t, srv.Endpoint, true)
 			}
 			e := replEnv(t, tg)
 			path := e.path("e2e.db")
@@ -145,15 +149,15 @@ func TestReplicateEndToEnd(t *testing.T) {
 			if r := flushPragma(t, db); r != "1" {
 				t.Fatalf("flush pragma=%q, want 1; log:\n%s", r, e.log)
 			}
-			checkReplica(t, store, path)
+			checkReplica(t, sto, path)
 			// More commits, flushed through the Go API this time.
 			runWorkload(t, db, 8, 50)
 			if err := vfs.Flush(context.Background(), path); err != nil {
 				t.Fatalf("Flush()=%v", err)
 			}
-			checkReplica(t, store, path)
+			checkReplica(t, sto, path)
 			st := vfs.ReplicationStatus()
-			i := slices.IndexFunc(st, func(s replicate.Status) bool { return s.Source == path })
+			i := slices.IndexFunc(st, func(s upload.Status) bool { return s.Source == path })
 			if i < 0 || st[i].Uploads == 0 || st[i].Lag != 0 || st[i].LastError != "" {
 				t.Fatalf("status=%+v, want uploads, no lag, no error", st)
 			}
@@ -164,7 +168,7 @@ func TestReplicateEndToEnd(t *testing.T) {
 // TestBackgroundUpload: with no flush at all, the uploader brings the store
 // to exactly the database's state once writes stop.
 func TestBackgroundUpload(t *testing.T) {
-	tg, store := dirTarget(t)
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("bg.db")
 	db := open(t, path, "boule", "")
@@ -176,7 +180,7 @@ func TestBackgroundUpload(t *testing.T) {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		got, err := fetchReplica(store, path)
+		got, err := fetchReplica(sto, path)
 		if err == nil && bytes.Equal(got, want) {
 			break
 		}
@@ -190,7 +194,7 @@ func TestBackgroundUpload(t *testing.T) {
 // TestFlushOnClose: PRAGMA boule_flush_replication_data=1 makes closing the
 // connection upload everything; the setter returns the previous value.
 func TestFlushOnClose(t *testing.T) {
-	tg, store := dirTarget(t)
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("close.db")
 	db := open(t, path, "boule", "")
@@ -209,16 +213,16 @@ func TestFlushOnClose(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 }
 
 // spoolBytes is the disk used by a database's spool directory, each inode
 // counted once.
-func spoolBytes(t testing.TB, dir string) int64 {
+func spoolBytes(t testing.TB, tmpdir string) int64 {
 	t.Helper()
 	seen := map[uint64]bool{}
 	var n int64
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(tmpdir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil // removed while walking
@@ -251,7 +255,7 @@ func median(d []time.Duration) time.Duration {
 func timedCommits(t testing.TB, db *sql.DB, n int, path string, maxRatio *float64) []time.Duration {
 	t.Helper()
 	out := make([]time.Duration, 0, n)
-	dir := spoolDir(t, path)
+	tmpdir := spoolDir(t, path)
 	for i := range n {
 		start := time.Now()
 		if _, err := db.Exec("INSERT INTO t(k, v) VALUES (?, randomblob(2000))", i); err != nil {
@@ -263,7 +267,7 @@ func timedCommits(t testing.TB, db *sql.DB, n int, path string, maxRatio *float6
 			if err != nil {
 				t.Fatal(err)
 			}
-			*maxRatio = max(*maxRatio, float64(spoolBytes(t, dir))/float64(st.Size()))
+			*maxRatio = max(*maxRatio, float64(spoolBytes(t, tmpdir))/float64(st.Size()))
 		}
 	}
 	return out
@@ -275,7 +279,7 @@ func timedCommits(t testing.TB, db *sql.DB, n int, path string, maxRatio *float6
 func TestMinioOutage(t *testing.T) {
 	srv := miniotest.Start(t)
 	srv.SetEnv(t)
-	tg, store := s3Target(t, srv.Endpoint, true)
+	tg, sto := s3Target(t, srv.Endpoint, true)
 	e := replEnv(t, tg)
 	path := e.path("outage.db")
 	db := open(t, path, "boule", "_sync=NORMAL")
@@ -287,7 +291,7 @@ func TestMinioOutage(t *testing.T) {
 	srv.Stop()
 	mustExec(t, db, "CREATE TABLE outage(i INTEGER PRIMARY KEY, v BLOB)")
 	var ratio float64
-	dir := spoolDir(t, path)
+	tmpdir := spoolDir(t, path)
 	for i := range 300 {
 		mustExec(t, db, "INSERT INTO outage(i, v) VALUES (?, randomblob(3000))", i)
 		if i%10 == 0 {
@@ -295,7 +299,7 @@ func TestMinioOutage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ratio = max(ratio, float64(spoolBytes(t, dir))/float64(st.Size()))
+			ratio = max(ratio, float64(spoolBytes(t, tmpdir))/float64(st.Size()))
 		}
 	}
 	runWorkload(t, db, 17, 100)
@@ -312,7 +316,7 @@ func TestMinioOutage(t *testing.T) {
 	if r := flushPragma(t, db); r != "1" {
 		t.Fatalf("flush after the restart=%q, want 1; log:\n%s", r, e.log)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 	var n int
 	if err := db.QueryRow("SELECT count(*) FROM outage").Scan(&n); err != nil || n != 300 {
 		t.Fatalf("rows committed during the outage=%d, %v; want 300", n, err)
@@ -327,7 +331,7 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 	srv := miniotest.Start(t)
 	srv.SetEnv(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
-	tg, store := s3Target(t, proxy.URL, true)
+	tg, sto := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)
 	path := e.path("latency.db")
 	db := open(t, path, "boule", "_sync=NORMAL")
@@ -349,7 +353,7 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 }
 
 // TestFaultProxy: 500s, 429s, connection resets, truncated bodies and 2 s
@@ -359,7 +363,7 @@ func TestFaultProxy(t *testing.T) {
 	srv.SetEnv(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, _ := s3Target(t, proxy.URL, true)
-	_, store := s3Target(t, srv.Endpoint, true) // reads bypass the proxy
+	_, sto := s3Target(t, srv.Endpoint, true) // reads bypass the proxy
 	e := replEnv(t, tg)
 	path := e.path("faults.db")
 	db := open(t, path, "boule", "")
@@ -383,7 +387,7 @@ func TestFaultProxy(t *testing.T) {
 			if got := proxy.Faulted() - faulted; got != f.Count {
 				t.Fatalf("faults injected=%d, want %d", got, f.Count)
 			}
-			checkReplica(t, store, path)
+			checkReplica(t, sto, path)
 		})
 	}
 }
@@ -405,7 +409,7 @@ func TestWrongCredentials(t *testing.T) {
 		t.Fatalf("flush with wrong credentials=%q, want 0", r)
 	}
 	err := vfs.Flush(context.Background(), path)
-	if !errors.Is(err, replicate.ErrPermanent) || strings.Contains(err.Error(), badSecret) {
+	if !errors.Is(err, store.ErrPermanent) || strings.Contains(err.Error(), badSecret) {
 		t.Fatalf("Flush()=%v, want a permanent error without the secret", err)
 	}
 	if msg := strings.ToLower(err.Error()); !strings.Contains(msg, "credential") && !strings.Contains(msg, "access") && !strings.Contains(msg, "signature") {
@@ -418,12 +422,12 @@ func TestWrongCredentials(t *testing.T) {
 	}
 	// Fixed credentials and a new configuration: replication resumes.
 	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
-	tg2, store := s3Target(t, srv.Endpoint, true)
+	tg2, sto := s3Target(t, srv.Endpoint, true)
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg2}, Logger: slog.New(e.log)})
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatalf("Flush() after fixing the credentials=%v", err)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 }
 
 // TestMissingBucket: without create_buckets_on_demand a missing bucket is a
@@ -438,17 +442,17 @@ func TestMissingBucket(t *testing.T) {
 	db.SetMaxOpenConns(1)
 	runWorkload(t, db, 16, 10)
 	err := vfs.Flush(context.Background(), path)
-	if !errors.Is(err, replicate.ErrPermanent) || !strings.Contains(err.Error(), `bucket "`) || !strings.Contains(err.Error(), "create_buckets_on_demand") {
+	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), `bucket "`) || !strings.Contains(err.Error(), "create_buckets_on_demand") {
 		t.Fatalf("Flush()=%v, want a permanent error naming the bucket and the option", err)
 	}
 	checkSnapshot(t, db, path)
 
-	tg2, store := s3Target(t, srv.Endpoint, true)
+	tg2, sto := s3Target(t, srv.Endpoint, true)
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg2}, Logger: slog.New(e.log)})
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatalf("Flush() with create_buckets_on_demand=%v", err)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 }
 
 // TestAPIBudget: small commits at full speed for 8 s (well over 1,000),
@@ -462,7 +466,7 @@ func TestAPIBudget(t *testing.T) {
 	srv := miniotest.Start(t)
 	srv.SetEnv(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
-	tg, store := s3Target(t, proxy.URL, true)
+	tg, sto := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg}, PackChunks: 1, Logger: slog.New(e.log)})
 	path := e.path("budget.db")
@@ -495,10 +499,10 @@ func TestAPIBudget(t *testing.T) {
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)
 	}
-	checkReplica(t, store, path)
+	checkReplica(t, sto, path)
 	t.Logf("the final flush: %d requests %v", proxy.Total(), proxy.Counts())
-	key, _ := replicate.ManifestKey(vfs.Reader().Hostname(), path)
-	if m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{store}, key); err != nil || len(m.Packs) != 0 {
+	key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
+	if m, _, err := store.FetchManifest(context.Background(), []store.Store{sto}, key); err != nil || len(m.Packs) != 0 {
 		t.Fatalf("with pack_chunks 1, the manifest has packs (%v)", err)
 	}
 }

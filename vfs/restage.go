@@ -17,7 +17,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/upload"
 )
 
 // restageBusyMax bounds how long a re-staging waits for a writer's lock.
@@ -32,13 +32,13 @@ const restageBusyMax = time.Minute
 // the cause (a full disk, say) of a failure. dir is the spool directory
 // the caller expects: boule must be registered with the spool holding it.
 // A database that no longer exists is an error wrapping
-// replicate.ErrSourceGone. Flushes call it (replicate.UploaderOptions).
+// upload.ErrSourceGone. Flushes call it (upload.Options).
 //
 // It waits for a writer's lock for as long as ctx allows, at most a
 // minute.
 func Restage(ctx context.Context, dir, source string) error {
 	if _, err := os.Stat(source); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %s: %w", replicate.ErrSourceGone, source, err)
+		return fmt.Errorf("%w: %s: %w", upload.ErrSourceGone, source, err)
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("vfs: re-stage %s: %w", source, err)

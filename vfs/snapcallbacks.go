@@ -20,8 +20,8 @@ import (
 	"unsafe"
 
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/snapshot"
+	"github.com/boule-vfs/boule/store"
 )
 
 // SQLite result codes the snapshot VFS returns.
@@ -235,7 +235,7 @@ func openErrorCode(err error) C.int {
 	switch {
 	case errors.Is(err, manifest.ErrVersion), errors.Is(err, manifest.ErrFlags):
 		return sqliteCantOpen
-	case errors.Is(err, replicate.ErrCorrupt), errors.Is(err, manifest.ErrTruncated),
+	case errors.Is(err, store.ErrCorrupt), errors.Is(err, manifest.ErrTruncated),
 		errors.Is(err, manifest.ErrMagic), errors.Is(err, manifest.ErrChecksum),
 		errors.Is(err, manifest.ErrInvalid), errors.Is(err, manifest.ErrInlineMismatch),
 		errors.Is(err, manifest.ErrFingerprint):
@@ -251,8 +251,8 @@ func openErrorCode(err error) C.int {
 // storeFailed reports whether err holds a store error other than "not
 // found", looking into every error that err joins.
 func storeFailed(err error) bool {
-	if se, ok := err.(*replicate.Error); ok {
-		return !errors.Is(se, replicate.ErrNotFound)
+	if se, ok := err.(*store.Error); ok {
+		return !errors.Is(se, store.ErrNotFound)
 	}
 	switch u := err.(type) {
 	case interface{ Unwrap() []error }:
@@ -283,7 +283,7 @@ func bouleGoSnapChunk(vh C.uint64_t, i C.int64_t) (rc C.int) {
 	}
 	if _, err := v.s.Chunk(context.Background(), int(i)); err != nil {
 		logger().Error("vfs: replica read failed", logKeyDB, v.s.M.SourcePath, "chunk", int64(i), logKeyErr, err)
-		if errors.Is(err, replicate.ErrCorrupt) {
+		if errors.Is(err, store.ErrCorrupt) {
 			return sqliteCorrupt
 		}
 		return sqliteIOErrRead

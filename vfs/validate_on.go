@@ -24,8 +24,9 @@ import (
 	"syscall"
 
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/upload"
 )
 
 // validateSnapshot runs after each successful snapshot, while the VFS still
@@ -75,7 +76,7 @@ func checkStaged(c *conn, src cSource) error {
 	if m.SourcePath != c.db.Path() || m.Size != size {
 		return fmt.Errorf("manifest describes %s, %d bytes; the database has %d bytes", m.SourcePath, m.Size, size)
 	}
-	var stores []replicate.Store                         // built only when a chunk has left the spool
+	var stores []store.Store                             // built only when a chunk has left the spool
 	var places map[manifest.Fingerprint]manifest.PackRef // read again on a miss
 	want := make([]byte, manifest.ChunkSize)
 	for i, fp := range m.Chunks {
@@ -101,20 +102,20 @@ func checkStaged(c *conn, src cSource) error {
 			// it. A cached read from an earlier chunk may not.
 			ref, ok := places[fp]
 			if !ok {
-				if places, err = replicate.SpoolPlaces(dir); err != nil {
+				if places, err = upload.SpoolPlaces(dir); err != nil {
 					return err
 				}
 				ref, ok = places[fp]
 			}
 			if ok {
-				pack, err := replicate.FetchPack(context.Background(), stores, ref.ID)
+				pack, err := store.FetchPack(context.Background(), stores, ref.ID)
 				if err == nil {
-					data, err = replicate.DecodePackMember(pack, ref, fp)
+					data, err = store.DecodePackMember(pack, ref, fp)
 				}
 				if err != nil {
 					return fmt.Errorf("chunk %d is neither in the spool nor in its pack: %w", i, err)
 				}
-			} else if data, err = replicate.FetchChunk(context.Background(), stores, m, i); err != nil {
+			} else if data, err = store.FetchChunk(context.Background(), stores, m, i); err != nil {
 				return fmt.Errorf("chunk %d is neither in the spool nor in the store: %w", i, err)
 			}
 		}
@@ -176,12 +177,12 @@ func invalidated(marker string) bool {
 	return err == nil && len(b) > 0 && b[0] == '1'
 }
 
-func uploadStores(cfg Config) ([]replicate.Store, error) {
+func uploadStores(cfg Config) ([]store.Store, error) {
 	targets, err := Targets(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
-	var out []replicate.Store
+	var out []store.Store
 	for _, t := range targets {
 		if !t.Cache {
 			out = append(out, t.Store)

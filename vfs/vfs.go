@@ -11,9 +11,9 @@ import (
 	"sync/atomic"
 
 	"github.com/boule-vfs/boule/config"
-	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/snapshot"
 	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/upload"
 )
 
 // Name is the name of the replicating VFS.
@@ -37,9 +37,9 @@ var ErrRegister = errors.New("vfs: cannot register the boule VFS")
 type runtime struct {
 	cfg    Config
 	log    *slog.Logger
-	spool  *spool.Spool        // nil: replication disabled
-	up     *replicate.Uploader // nil: nothing to upload to
-	reader *snapshot.Reader    // serves boule_snapshot opens
+	spool  *spool.Spool     // nil: replication disabled
+	up     *upload.Uploader // nil: nothing to upload to
+	reader *snapshot.Reader // serves boule_snapshot opens
 }
 
 var (
@@ -129,7 +129,7 @@ func notify(dir string) {
 	}
 }
 
-func closeUploader(up *replicate.Uploader) {
+func closeUploader(up *upload.Uploader) {
 	if up != nil {
 		_ = up.Close()
 	}

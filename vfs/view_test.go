@@ -9,24 +9,25 @@ import (
 	"unsafe"
 
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/snapshot"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/dir"
 )
 
 // TestViewPages: the C view of a snapshot finds each mapped chunk, on
 // either side of the boundaries of its pages of chunk pointers, and asks
 // Go for the others, whose pages need not exist.
 func TestViewPages(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "store"), 0o755); err != nil {
+	tmpdir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(tmpdir, "store"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	store, err := replicate.NewDirStore(filepath.Join(dir, "store"))
+	sto, err := dir.New(filepath.Join(tmpdir, "store"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	zeros := make([]byte, manifest.ChunkSize)
-	if err := store.PutChunk(context.Background(), manifest.ZeroChunk, zeros); err != nil {
+	if err := sto.PutChunk(context.Background(), manifest.ZeroChunk, zeros); err != nil {
 		t.Fatal(err)
 	}
 	// Three pages and a bit of chunks of zeros.
@@ -42,11 +43,11 @@ func TestViewPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "m")
+	path := filepath.Join(tmpdir, "m")
 	if err := os.WriteFile(path, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := snapshot.NewReader(snapshot.Options{Remote: []replicate.Store{store}, Prefetch: -1})
+	r := snapshot.NewReader(snapshot.Options{Remote: []store.Store{sto}, Prefetch: -1})
 	t.Cleanup(r.Close)
 	c, err := r.Open(context.Background(), path)
 	if err != nil {

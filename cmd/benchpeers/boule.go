@@ -11,7 +11,9 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/miniotest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/s3"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -28,8 +30,8 @@ type bouleSide struct {
 	c      *counter
 	path   string
 	db     *sql.DB
-	direct replicate.Store // minio itself, for polling: not counted
-	viaCtr replicate.Store // through the proxy, for restores: counted
+	direct store.Store // minio itself, for polling: not counted
+	viaCtr store.Store // through the proxy, for restores: counted
 	key    string
 	// hostname is the spool's, which names the replica: boule://HOST/path.
 	hostname string
@@ -49,7 +51,7 @@ func (s *bouleSide) Open(ctx context.Context, preload int64) (*sql.DB, int64, er
 	}
 	mk := s.target(s.b.minio.Endpoint)
 	mk.CreateBucketsOnDemand = true
-	creator, err := replicate.NewS3Store(ctx, mk, replicate.S3Options{})
+	creator, err := s3.New(ctx, mk, s3.Options{})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -58,7 +60,7 @@ func (s *bouleSide) Open(ctx context.Context, preload int64) (*sql.DB, int64, er
 	}
 	s.direct = creator
 	proxied := s.target(s.c.URL)
-	if s.viaCtr, err = replicate.NewS3Store(ctx, proxied, replicate.S3Options{}); err != nil {
+	if s.viaCtr, err = s3.New(ctx, proxied, s3.Options{}); err != nil {
 		return nil, 0, err
 	}
 	err = vfs.Register(vfs.Config{
@@ -78,7 +80,7 @@ func (s *bouleSide) Open(ctx context.Context, preload int64) (*sql.DB, int64, er
 		return nil, 0, err
 	}
 	s.hostname = vfs.Spool().Hostname()
-	if s.key, err = replicate.ManifestKey(s.hostname, s.path); err != nil {
+	if s.key, err = store.ManifestKey(s.hostname, s.path); err != nil {
 		return nil, 0, err
 	}
 	return s.db, seq, waitVisible(ctx, s, seq)
@@ -92,12 +94,12 @@ func (s *bouleSide) Flush(ctx context.Context) error { return vfs.Flush(ctx, s.p
 // which the manifest carries inline: one GET, like the lag benchmark in
 // package vfs (which reads the change counter instead).
 func (s *bouleSide) Visible(ctx context.Context) (int64, time.Time, error) {
-	m, _, err := replicate.FetchManifest(ctx, []replicate.Store{s.direct}, s.key)
+	m, _, err := store.FetchManifest(ctx, []store.Store{s.direct}, s.key)
 	at := time.Now()
 	if err != nil {
 		return -1, at, err
 	}
-	c0, err := replicate.FetchChunk(ctx, []replicate.Store{s.direct}, m, 0)
+	c0, err := store.FetchChunk(ctx, []store.Store{s.direct}, m, 0)
 	if err != nil {
 		return -1, at, err
 	}
@@ -116,26 +118,26 @@ func (s *bouleSide) Overhead() (int64, int64) {
 }
 
 func (s *bouleSide) Restore(ctx context.Context, dst string) error {
-	return restoreBoule(ctx, []replicate.Store{s.viaCtr}, s.key, dst)
+	return restoreBoule(ctx, []store.Store{s.viaCtr}, s.key, dst)
 }
 
 // restoreBoule restores the newest manifest under key into dst with
-// replicate.RestoreFile, the parallel restore behind `vfsctl restore`
+// restore.File, the parallel restore behind `vfsctl restore`
 // (default concurrency; written to a temp file, synced, renamed).
-func restoreBoule(ctx context.Context, stores []replicate.Store, key, dst string) error {
-	m, _, err := replicate.FetchManifest(ctx, stores, key)
+func restoreBoule(ctx context.Context, stores []store.Store, key, dst string) error {
+	m, _, err := store.FetchManifest(ctx, stores, key)
 	if err != nil {
 		return err
 	}
-	return replicate.RestoreFile(ctx, stores, m, dst, replicate.RestoreOptions{})
+	return restore.File(ctx, stores, m, dst, restore.Options{})
 }
 
 // ensureBuckets creates st's buckets, retrying while a freshly started
 // minio still answers 503.
-func ensureBuckets(ctx context.Context, st *replicate.S3Store) error {
+func ensureBuckets(ctx context.Context, st *s3.Store) error {
 	var err error
 	for range 60 {
-		if err = st.EnsureBuckets(ctx); err == nil || !replicate.IsRetryable(err) {
+		if err = st.EnsureBuckets(ctx); err == nil || !store.IsRetryable(err) {
 			return err
 		}
 		time.Sleep(500 * time.Millisecond) // waiting for minio to finish starting

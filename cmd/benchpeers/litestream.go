@@ -17,11 +17,11 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3store "github.com/boule-vfs/boule/store/s3"
 	"github.com/superfly/ltx"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/miniotest"
-	"github.com/boule-vfs/boule/replicate"
 )
 
 // lsSide is Litestream v0.5.18 with its defaults, run as its own process
@@ -82,10 +82,10 @@ func (s *lsSide) Open(ctx context.Context, preload int64) (*sql.DB, int64, error
 	if s.c, err = startCounter(s.b.minio.Endpoint); err != nil {
 		return nil, 0, err
 	}
-	st, err := replicate.NewS3Store(ctx, config.S3Target{
+	st, err := s3store.New(ctx, config.S3Target{
 		Region: miniotest.Region, Endpoint: s.b.minio.Endpoint,
 		ChunkBucket: s.bucket, ManifestBucket: s.bucket, CreateBucketsOnDemand: true,
-	}, replicate.S3Options{})
+	}, s3store.Options{})
 	if err != nil {
 		return nil, 0, err
 	}

@@ -29,7 +29,7 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -189,7 +189,7 @@ func run(dir string) error {
 	if !bytes.Equal(got, want) {
 		return fmt.Errorf("the restored file differs from the database")
 	}
-	key, err := replicate.ManifestKey(vfs.Spool().Hostname(), path)
+	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/internal/osuser"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
 )
 
 var (
@@ -60,10 +60,10 @@ func binary(t testing.TB) string {
 // starts with prefix open: it waits on a lock of that file.
 func hasOpen(prefix string) func(pid int) bool {
 	return func(pid int) bool {
-		dir := fmt.Sprintf("/proc/%d/fd", pid)
-		entries, _ := os.ReadDir(dir)
+		tmpdir := fmt.Sprintf("/proc/%d/fd", pid)
+		entries, _ := os.ReadDir(tmpdir)
 		for _, e := range entries {
-			if p, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(p, prefix) {
+			if p, err := os.Readlink(filepath.Join(tmpdir, e.Name())); err == nil && strings.HasPrefix(p, prefix) {
 				return true
 			}
 		}
@@ -118,7 +118,7 @@ func TestSignalEndsCommand(t *testing.T) {
 		{
 			name: "restore from a store with a named pipe at the manifest key",
 			setup: func(t *testing.T, f *fixture) ([]string, func(int) bool) {
-				key, err := replicate.ManifestKey(hostname(t), f.db)
+				key, err := store.ManifestKey(hostname(t), f.db)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -260,16 +260,16 @@ func TestCopiesArePrivate(t *testing.T) {
 		{"0644 database", 0o644, "022", 0o444, 0o755, 0o444, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir, err := filepath.EvalSymlinks(t.TempDir())
+			tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 			if err != nil {
 				t.Fatal(err)
 			}
-			osuser.Reachable(t, dir)
-			if err := os.Chmod(dir, 0o755); err != nil {
+			osuser.Reachable(t, tmpdir)
+			if err := os.Chmod(tmpdir, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			store, cache, spoolDir, db := filepath.Join(dir, "store"), filepath.Join(dir, "cache"), filepath.Join(dir, "spool"), filepath.Join(dir, "secret.db")
-			if err := os.Mkdir(store, 0o755); err != nil {
+			sto, cache, spoolDir, db := filepath.Join(tmpdir, "store"), filepath.Join(tmpdir, "cache"), filepath.Join(tmpdir, "spool"), filepath.Join(tmpdir, "secret.db")
+			if err := os.Mkdir(sto, 0o755); err != nil {
 				t.Fatal(err)
 			}
 			sdb, err := sql.Open("sqlite3", "file:"+db)
@@ -288,13 +288,13 @@ func TestCopiesArePrivate(t *testing.T) {
 			if err := os.Chmod(db, tc.mode); err != nil {
 				t.Fatal(err)
 			}
-			cfg := fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"local": {"directory": %q, "num_shards": 4, "capacity": 1000}}, {"dir": {"path": %q}}]}`, spoolDir, cache, store)
+			cfg := fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"local": {"directory": %q, "num_shards": 4, "capacity": 1000}}, {"dir": {"path": %q}}]}`, spoolDir, cache, sto)
 			if out, err := exec.Command("sh", "-c", `umask "$1" && exec "$2" --config "$3" sync "$4"`, "sh", tc.umask, bin, cfg, db).CombinedOutput(); err != nil {
 				t.Fatalf("vfsctl sync: %v %s", err, out)
 			}
 
 			files := 0
-			walk(t, store, func(rel string, mode fs.FileMode) {
+			walk(t, sto, func(rel string, mode fs.FileMode) {
 				want := tc.file
 				switch {
 				case rel == "tmp":
@@ -332,7 +332,7 @@ func TestCopiesArePrivate(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The same user restores it, under the same umask.
-			out := filepath.Join(dir, "restored.db")
+			out := filepath.Join(tmpdir, "restored.db")
 			if b, err := exec.Command("sh", "-c", `umask "$1" && exec "$2" --config "$3" restore --source-path "$4" --out "$5"`, "sh", tc.umask, bin, cfg, db, out).CombinedOutput(); err != nil {
 				t.Fatalf("vfsctl restore as the same user: %v %s", err, b)
 			}
@@ -342,23 +342,23 @@ func TestCopiesArePrivate(t *testing.T) {
 
 			// Another user: a chunk file, and a whole restore.
 			var chunk string
-			walk(t, filepath.Join(store, "chunks"), func(rel string, mode fs.FileMode) {
+			walk(t, filepath.Join(sto, "chunks"), func(rel string, mode fs.FileMode) {
 				if mode.IsRegular() && chunk == "" {
-					chunk = filepath.Join(store, "chunks", rel)
+					chunk = filepath.Join(sto, "chunks", rel)
 				}
 			})
 			_, err = other.Run("cat", chunk)
 			if (err == nil) != tc.otherCanReadChunk {
 				t.Errorf("another user reads %s: %v, want possible=%v", chunk, err, tc.otherCanReadChunk)
 			}
-			home := filepath.Join(dir, "other")
+			home := filepath.Join(tmpdir, "other")
 			if err := os.Mkdir(home, 0o700); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.Chown(home, other.UID, other.GID); err != nil {
 				t.Fatal(err)
 			}
-			ocfg := fmt.Sprintf(`{"tempdir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, home, store)
+			ocfg := fmt.Sprintf(`{"tempdir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, home, sto)
 			oout := filepath.Join(home, "restored.db")
 			b, err := other.Command(bin, "--config", ocfg, "restore", "--source-path", db, "--out", oout).CombinedOutput()
 			if (err == nil) != tc.otherCanRestore {

@@ -12,7 +12,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/dir"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -32,11 +34,11 @@ type fixture struct {
 // so that everything stays spooled for vfsctl.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
+	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "app.db")}
+	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, "app.db")}
 	if err := os.Mkdir(f.store, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -67,21 +69,21 @@ func (f *fixture) config() string {
 // checkStore asserts the dir store holds exactly the database's bytes.
 func (f *fixture) checkStore(t *testing.T, host string) {
 	t.Helper()
-	s, err := replicate.NewDirStore(f.store)
+	s, err := dir.New(f.store)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := replicate.ManifestKey(host, f.db)
+	key, err := store.ManifestKey(host, f.db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	m, _, err := replicate.FetchManifest(ctx, []replicate.Store{s}, key)
+	m, _, err := store.FetchManifest(ctx, []store.Store{s}, key)
 	if err != nil {
 		t.Fatalf("manifest %s: %v", key, err)
 	}
 	var buf bytes.Buffer
-	if err := replicate.Reassemble(ctx, []replicate.Store{s}, m, &buf); err != nil {
+	if err := restore.Reassemble(ctx, []store.Store{s}, m, &buf); err != nil {
 		t.Fatal(err)
 	}
 	want, err := os.ReadFile(f.db)
@@ -177,11 +179,11 @@ func TestFlushFailure(t *testing.T) {
 
 // TestSync: a database written without boule at all gets uploaded.
 func TestSync(t *testing.T) {
-	dir, err := filepath.EvalSymlinks(t.TempDir())
+	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "plain.db")}
+	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, "plain.db")}
 	if err := os.Mkdir(f.store, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +195,7 @@ func TestSync(t *testing.T) {
 		t.Fatalf("sqlite3: %v %s", err, out)
 	}
 	code, out, errs := vfsctl(t, "--config", f.config(), "sync", f.db)
-	want, _ := replicate.ManifestKey(hostname(t), f.db)
+	want, _ := store.ManifestKey(hostname(t), f.db)
 	if code != exitOK || strings.TrimSpace(out) != want {
 		t.Fatalf("sync=%d %q %q; want the manifest name %q", code, out, errs, want)
 	}
@@ -208,7 +210,7 @@ func TestSync(t *testing.T) {
 	}
 	f.checkStore(t, hostname(t))
 
-	if code, _, errs := vfsctl(t, "--config", f.config(), "sync", filepath.Join(dir, "nope.db")); code != exitFail || !strings.Contains(errs, "nope.db") {
+	if code, _, errs := vfsctl(t, "--config", f.config(), "sync", filepath.Join(tmpdir, "nope.db")); code != exitFail || !strings.Contains(errs, "nope.db") {
 		t.Fatalf("sync of a missing file=%d %q; want exit 1 naming it", code, errs)
 	}
 }
@@ -217,11 +219,11 @@ func TestSync(t *testing.T) {
 // gives a meaning to (%XX escapes, the query and fragment marks) is synced
 // under its own name, and restores byte for byte.
 func TestSyncOddName(t *testing.T) {
-	dir, err := filepath.EvalSymlinks(t.TempDir())
+	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "a%41 b?x=1#frag.db")}
+	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, "a%41 b?x=1#frag.db")}
 	if err := os.Mkdir(f.store, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -234,11 +236,11 @@ func TestSyncOddName(t *testing.T) {
 		t.Fatalf("sqlite3: %v %s", err, out)
 	}
 	code, out, errs := vfsctl(t, "--config", f.config(), "sync", f.db)
-	want, _ := replicate.ManifestKey(hostname(t), f.db)
+	want, _ := store.ManifestKey(hostname(t), f.db)
 	if code != exitOK || strings.TrimSpace(out) != want {
 		t.Fatalf("sync=%d %q %q; want the manifest name %q", code, out, errs, want)
 	}
-	restored := filepath.Join(dir, "restored.db")
+	restored := filepath.Join(tmpdir, "restored.db")
 	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", restored); code != exitOK {
 		t.Fatalf("restore=%d %q", code, errs)
 	}
@@ -250,13 +252,13 @@ func TestSyncOddName(t *testing.T) {
 		t.Fatalf("restored %d bytes, want the %d bytes of %s", len(got), len(src), f.db)
 	}
 	// Nothing else appeared: no database opened under a mangled name.
-	entries, err := os.ReadDir(dir)
+	entries, err := os.ReadDir(tmpdir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
 		if n := e.Name(); n != "spool" && n != "store" && n != "restored.db" && n != filepath.Base(f.db) {
-			t.Errorf("sync left %s in %s", n, dir)
+			t.Errorf("sync left %s in %s", n, tmpdir)
 		}
 	}
 }
@@ -365,23 +367,23 @@ func TestOpenedCheck(t *testing.T) {
 // (a typo such as /tmp exited 0 saying nothing), and accept a spool with
 // nothing for this boot, saying so.
 func TestNotASpool(t *testing.T) {
-	dir, err := filepath.EvalSymlinks(t.TempDir())
+	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	notSpool := filepath.Join(dir, "not-a-spool")
+	notSpool := filepath.Join(tmpdir, "not-a-spool")
 	if err := os.MkdirAll(filepath.Join(notSpool, "something"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	rebooted := filepath.Join(dir, "rebooted") // an earlier boot's state only
+	rebooted := filepath.Join(tmpdir, "rebooted") // an earlier boot's state only
 	if err := os.MkdirAll(filepath.Join(rebooted, "boule-v1.earlier-boot", "#x#a.db"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	store := filepath.Join(dir, "store")
-	if err := os.Mkdir(store, 0o755); err != nil {
+	sto := filepath.Join(tmpdir, "store")
+	if err := os.Mkdir(sto, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf(`{"replication_targets": [{"dir": {"path": %q}}]}`, store)
+	cfg := fmt.Sprintf(`{"replication_targets": [{"dir": {"path": %q}}]}`, sto)
 	for _, cmd := range [][]string{{"flush"}, {"status"}, {"status", "--json"}} {
 		t.Run(strings.Join(cmd, " "), func(t *testing.T) {
 			args := append([]string{"--config", cfg}, cmd...)

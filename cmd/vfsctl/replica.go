@@ -21,9 +21,10 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/restore"
 	"github.com/boule-vfs/boule/snapshot"
-	"github.com/boule-vfs/boule/vfs"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/cache"
 	"golang.org/x/term"
 )
 
@@ -31,12 +32,12 @@ import (
 // cache first, then the remote targets behind the read limiter, with
 // bounded retries, so that a store that is down fails a command in
 // seconds.
-func readStores(ctx context.Context, g *globals) ([]replicate.Store, error) {
+func readStores(ctx context.Context, g *globals) ([]store.Store, error) {
 	cfg, err := loadConfig(g)
 	if err != nil {
 		return nil, err
 	}
-	stores, err := vfs.ReadStores(ctx, cfg)
+	stores, err := store.OpenForReading(ctx, cfg)
 	if err != nil {
 		return nil, usageError{err.Error()}
 	}
@@ -48,7 +49,7 @@ func readStores(ctx context.Context, g *globals) ([]replicate.Store, error) {
 
 // fetchSource parses at (unless empty), builds the read stores and
 // fetches src's manifest with its encoding.
-func fetchSource(ctx context.Context, g *globals, src source, at string) (*manifest.Manifest, []byte, []replicate.Store, error) {
+func fetchSource(ctx context.Context, g *globals, src source, at string) (*manifest.Manifest, []byte, []store.Store, error) {
 	var when time.Time
 	if at != "" {
 		var err error
@@ -75,10 +76,10 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 // manifestStores are the stores that hold manifests: not the caches.
-func manifestStores(stores []replicate.Store) []replicate.Store {
-	var out []replicate.Store
+func manifestStores(stores []store.Store) []store.Store {
+	var out []store.Store
 	for _, s := range stores {
-		if _, ok := s.(*replicate.LocalCache); !ok {
+		if _, ok := s.(*cache.Store); !ok {
 			out = append(out, s)
 		}
 	}
@@ -142,7 +143,7 @@ func parseSource(arg, host string) (source, error) {
 	if err := snapshot.CheckPath(arg); err != nil {
 		return source{}, usageError{err.Error()}
 	}
-	key, err := replicate.ManifestKey(host, arg)
+	key, err := store.ManifestKey(host, arg)
 	if err != nil {
 		return source{}, usageError{err.Error()}
 	}
@@ -171,7 +172,7 @@ func manifestSource(arg string) (source, error) {
 // manifest must describe the host and path it was fetched for. The
 // encoding is nil for a manifest file: nothing prints it, and a second
 // copy of a manifest can cost gigabytes.
-func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Time) (*manifest.Manifest, []byte, error) {
+func (s source) fetch(ctx context.Context, stores []store.Store, at time.Time) (*manifest.Manifest, []byte, error) {
 	if s.file != "" {
 		if !at.IsZero() {
 			return nil, nil, usagef("--at needs a database, not a manifest file")
@@ -191,10 +192,10 @@ func (s source) fetch(ctx context.Context, stores []replicate.Store, at time.Tim
 	var raw []byte
 	var err error
 	if !at.IsZero() {
-		if m, raw, _, err = replicate.ManifestAt(ctx, ms, s.key, at); err != nil {
+		if m, raw, _, err = restore.ManifestAt(ctx, ms, s.key, at); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", s, err)
 		}
-	} else if m, raw, err = replicate.FetchManifest(ctx, ms, s.key); err != nil {
+	} else if m, raw, err = store.FetchManifest(ctx, ms, s.key); err != nil {
 		return nil, nil, fmt.Errorf("%s (manifest %s): %w", s, s.key, err)
 	}
 	// As the snapshot VFS checks: a manifest stored under another
@@ -296,7 +297,7 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 			fs.StringVar(&out, "out", "", "output file (default: standard output)")
 			fs.BoolVar(&force, "force", false, "replace an existing --out (never a database in use)")
 			fs.StringVar(&at, "at", "", "point in time: RFC 3339, Unix seconds, or a duration ago (-1h)")
-			fs.IntVar(&conc, "concurrency", replicate.DefaultRestoreConcurrency, "chunks fetched at once")
+			fs.IntVar(&conc, "concurrency", restore.DefaultConcurrency, "chunks fetched at once")
 		})
 	if err != nil {
 		return err
@@ -337,7 +338,7 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	opts := replicate.RestoreOptions{Concurrency: conc, Replace: force, Perm: outPerm(m)}
+	opts := restore.Options{Concurrency: conc, Replace: force, Perm: outPerm(m)}
 	if isTerminal(g.stderr) {
 		update, finish := progressBar(g.stderr, "restore")
 		opts.Progress = update
@@ -347,10 +348,10 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		if isTerminal(g.stdout) {
 			return usagef("refusing to write a database to a terminal; use --out FILE or a pipe")
 		}
-		return replicate.Restore(ctx, stores, m, g.stdout, opts)
+		return restore.Write(ctx, stores, m, g.stdout, opts)
 	}
-	err = replicate.RestoreFile(ctx, stores, m, out, opts)
-	if errors.Is(err, replicate.ErrNotRegularFile) || errors.Is(err, replicate.ErrOutputExists) {
+	err = restore.File(ctx, stores, m, out, opts)
+	if errors.Is(err, restore.ErrNotRegularFile) || errors.Is(err, restore.ErrOutputExists) {
 		// It appeared during the restore, after checkOut.
 		return usageError{err.Error()}
 	}
@@ -370,7 +371,7 @@ func checkOut(path string) error {
 	case st.Mode().IsRegular():
 		return nil
 	}
-	kind, hint := replicate.FileKind(st.Mode()), ""
+	kind, hint := restore.FileKind(st.Mode()), ""
 	switch {
 	case st.Mode()&fs.ModeSymlink != 0:
 		hint = " (give the path it points to)"
@@ -526,7 +527,7 @@ type versionJSON struct {
 
 // versionCreated reads the creation time of each version in vs of the
 // manifest under key in s, a few at once, into out.
-func versionCreated(ctx context.Context, s replicate.Store, key string, vs []replicate.Version, out []versionJSON) {
+func versionCreated(ctx context.Context, s store.Store, key string, vs []store.Version, out []versionJSON) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	for i, v := range vs {
@@ -642,7 +643,7 @@ func cmdLs(ctx context.Context, g *globals, args []string) error {
 		if host == "" {
 			host = defaultHostname()
 		}
-		if prefix, err = replicate.HostPrefix(host); err != nil {
+		if prefix, err = store.HostPrefix(host); err != nil {
 			return usageError{err.Error()}
 		}
 	}
@@ -657,14 +658,14 @@ func cmdLs(ctx context.Context, g *globals, args []string) error {
 	}
 	out := make([]lsJSON, 0, len(infos))
 	for _, in := range infos {
-		h, p, hashed, err := replicate.ParseManifestKey(in.Key)
+		h, p, hashed, err := store.ParseManifestKey(in.Key)
 		if err != nil {
 			g.logger.Warn("vfsctl: skipping a key that is not a manifest key", "key", in.Key, "err", err)
 			continue
 		}
 		if hashed {
 			// Too long to fit a key: the manifest has the real names.
-			if m, _, err := replicate.FetchManifest(ctx, ms[:1], in.Key); err == nil {
+			if m, _, err := store.FetchManifest(ctx, ms[:1], in.Key); err == nil {
 				h, p = m.Hostname, m.SourcePath
 			}
 		}
@@ -793,9 +794,9 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 		case err == nil:
 			t.OK++
 			okIn[fp]++
-		case errors.Is(err, replicate.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound):
 			t.Missing = append(t.Missing, fp.String())
-		case errors.Is(err, replicate.ErrCorrupt):
+		case errors.Is(err, store.ErrCorrupt):
 			t.Corrupt = append(t.Corrupt, fp.String())
 		default:
 			t.Errors = append(t.Errors, err.Error())
@@ -816,7 +817,7 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 				}
 				pack, perr := s.GetPack(ctx, o.id)
 				mu.Lock()
-				if perr != nil && !errors.Is(perr, replicate.ErrNotFound) {
+				if perr != nil && !errors.Is(perr, store.ErrNotFound) {
 					// Unreadable, not known bad: one error for the pack.
 					t.Errors = append(t.Errors, fmt.Sprintf("pack %s (%d chunks): %v", o.id, len(o.members), perr))
 					mu.Unlock()
@@ -825,7 +826,7 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 				for _, mb := range o.members {
 					err := perr
 					if err == nil {
-						_, err = replicate.DecodePackMember(pack, mb.ref, mb.fp)
+						_, err = store.DecodePackMember(pack, mb.ref, mb.fp)
 					}
 					note(t, mb.fp, err)
 				}

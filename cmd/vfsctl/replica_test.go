@@ -19,7 +19,9 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/dir"
+	"github.com/boule-vfs/boule/store/s3"
 )
 
 // flushed returns a fixture whose database is uploaded to its dir store.
@@ -139,13 +141,13 @@ func TestRestoreAt(t *testing.T) {
 
 func TestManifestCommands(t *testing.T) {
 	f := flushed(t)
-	key, _ := replicate.ManifestKey(hostname(t), f.db)
+	key, _ := store.ManifestKey(hostname(t), f.db)
 	code, out, _ := vfsctl(t, "manifest-name", f.db)
 	if code != exitOK || strings.TrimSpace(out) != key {
 		t.Fatalf("manifest-name=%d %q, want %q", code, out, key)
 	}
 	code, out, _ = vfsctl(t, "manifest-name", "--hostname", "other.example", f.db)
-	if want, _ := replicate.ManifestKey("other.example", f.db); code != exitOK || strings.TrimSpace(out) != want {
+	if want, _ := store.ManifestKey("other.example", f.db); code != exitOK || strings.TrimSpace(out) != want {
 		t.Fatalf("manifest-name --hostname=%d %q, want %q", code, out, want)
 	}
 
@@ -184,9 +186,9 @@ func TestManifestCommands(t *testing.T) {
 // file.
 func TestTampering(t *testing.T) {
 	f := flushed(t)
-	key, _ := replicate.ManifestKey(hostname(t), f.db)
-	s, _ := replicate.NewDirStore(f.store)
-	m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{s}, key)
+	key, _ := store.ManifestKey(hostname(t), f.db)
+	s, _ := dir.New(f.store)
+	m, _, err := store.FetchManifest(context.Background(), []store.Store{s}, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +197,7 @@ func TestTampering(t *testing.T) {
 	if !packed {
 		t.Fatal("chunk 2 is not in a pack")
 	}
-	flip(t, filepath.Join(f.store, "chunks", replicate.PackKey(ref.ID)), int(ref.Offset)+40)
+	flip(t, filepath.Join(f.store, "chunks", store.PackKey(ref.ID)), int(ref.Offset)+40)
 
 	code, out, errs := vfsctl(t, "--config", f.config(), "verify", f.db)
 	if code != exitFail || !strings.Contains(out, "corrupt  "+m.Chunks[2].String()) {
@@ -285,7 +287,7 @@ func TestRestoreAtS3(t *testing.T) {
 	srv := miniotest.Start(t)
 	srv.SetEnv(t)
 	tg := config.S3Target{Region: miniotest.Region, Endpoint: srv.Endpoint, ChunkBucket: "chunks", ManifestBucket: "manifests", CreateBucketsOnDemand: true}
-	s, err := replicate.NewS3Store(context.Background(), tg, replicate.S3Options{})
+	s, err := s3.New(context.Background(), tg, s3.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,12 +463,12 @@ func TestManifestFileLimits(t *testing.T) {
 func TestManifestNamesItsSource(t *testing.T) {
 	f := flushed(t)
 	ctx := context.Background()
-	s, err := replicate.NewDirStore(f.store)
+	s, err := dir.New(f.store)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _ := replicate.ManifestKey(hostname(t), f.db)
-	_, raw, err := replicate.FetchManifest(ctx, []replicate.Store{s}, key)
+	key, _ := store.ManifestKey(hostname(t), f.db)
+	_, raw, err := store.FetchManifest(ctx, []store.Store{s}, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -478,7 +480,7 @@ func TestManifestNamesItsSource(t *testing.T) {
 		{"host", "elsewhere.example", f.db},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			k, _ := replicate.ManifestKey(tc.host, tc.path)
+			k, _ := store.ManifestKey(tc.host, tc.path)
 			if err := s.PutManifest(ctx, k, raw); err != nil {
 				t.Fatal(err)
 			}
@@ -518,9 +520,9 @@ func TestVerifyEveryTarget(t *testing.T) {
 		t.Fatalf("verify of two good targets=%d %q %q; want exit 0 and two good lines", code, out, errs)
 	}
 
-	key, _ := replicate.ManifestKey(hostname(t), f.db)
-	s, _ := replicate.NewDirStore(store2)
-	m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{s}, key)
+	key, _ := store.ManifestKey(hostname(t), f.db)
+	s, _ := dir.New(store2)
+	m, _, err := store.FetchManifest(context.Background(), []store.Store{s}, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,7 +537,7 @@ func TestVerifyEveryTarget(t *testing.T) {
 		}
 	}
 	slices.Sort(lost)
-	if err := os.Remove(filepath.Join(store2, "chunks", replicate.PackKey(ref.ID))); err != nil {
+	if err := os.Remove(filepath.Join(store2, "chunks", store.PackKey(ref.ID))); err != nil {
 		t.Fatal(err)
 	}
 

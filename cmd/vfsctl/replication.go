@@ -16,8 +16,9 @@ import (
 	"github.com/mattn/go-sqlite3"
 
 	"github.com/boule-vfs/boule/config"
-	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/upload"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -38,16 +39,16 @@ func loadConfig(g *globals) (config.Config, error) {
 // uploader builds an uploader for the configuration's targets. Given a
 // spool root, its flushes re-stage databases whose staged snapshot lacks
 // committed transactions, through boule registered on that spool.
-func uploader(ctx context.Context, cfg config.Config, g *globals, root string) (*replicate.Uploader, error) {
-	targets, err := vfs.Targets(ctx, cfg)
+func uploader(ctx context.Context, cfg config.Config, g *globals, root string) (*upload.Uploader, error) {
+	targets, err := store.Open(ctx, cfg, store.OpenOptions{})
 	if err != nil {
 		return nil, usageError{err.Error()}
 	}
-	opts := replicate.UploaderOptions{Targets: targets, Rate: cfg.Rate(), Logger: g.logger}
+	opts := upload.Options{Targets: targets, Rate: cfg.Rate(), Logger: g.logger}
 	if root != "" {
 		opts.Restage = restager(cfg, root)
 	}
-	up, err := replicate.NewUploader(opts)
+	up, err := upload.New(opts)
 	if err != nil {
 		return nil, usagef("%v (set replication_targets with --config or %s)", err, config.EnvVar)
 	}
@@ -149,7 +150,7 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	results := make([]flushJSON, 0, len(dbs))
 	for _, d := range dbs {
 		err := up.Flush(ctx, d.Dir)
-		if errors.Is(err, replicate.ErrSourceGone) {
+		if errors.Is(err, upload.ErrSourceGone) {
 			// Deleted since it was spooled: nothing to flush, and no
 			// state of it to vouch for.
 			results = append(results, flushJSON{Source: d.Source, Gone: true, Error: err.Error()})
@@ -264,7 +265,7 @@ func cmdSync(ctx context.Context, g *globals, args []string) error {
 		}
 		return err
 	}
-	key, err := replicate.ManifestKey(vfs.Spool().Hostname(), path)
+	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
 	if err != nil {
 		return err
 	}
@@ -324,7 +325,7 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 	now := time.Now()
 	out := make([]statusJSON, 0, len(dbs))
 	for _, d := range dbs {
-		s, err := replicate.ReadStatus(d.Dir, now)
+		s, err := upload.ReadStatus(d.Dir, now)
 		if err != nil {
 			return err
 		}

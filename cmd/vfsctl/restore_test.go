@@ -19,7 +19,8 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/dir"
 )
 
 // TestRestoreRefusesExistingOut: restore --out leaves an existing file
@@ -220,17 +221,17 @@ func TestOutModes(t *testing.T) {
 			}
 			old := syscall.Umask(tc.umask)
 			defer syscall.Umask(old)
-			dir := t.TempDir()
+			tmpdir := t.TempDir()
 			for _, args := range [][]string{
-				{"restore", "--source-path", f.db, "--out", filepath.Join(dir, "restore.out")},
-				{"manifest", "--out", filepath.Join(dir, "manifest.out"), f.db},
+				{"restore", "--source-path", f.db, "--out", filepath.Join(tmpdir, "restore.out")},
+				{"manifest", "--out", filepath.Join(tmpdir, "manifest.out"), f.db},
 			} {
 				if code, _, errs := vfsctl(t, append([]string{"--config", f.config()}, args...)...); code != exitOK {
 					t.Fatalf("vfsctl %s=%d %q", args[0], code, errs)
 				}
 			}
 			for _, name := range []string{"restore.out", "manifest.out"} {
-				st, err := os.Stat(filepath.Join(dir, name))
+				st, err := os.Stat(filepath.Join(tmpdir, name))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -253,11 +254,11 @@ func TestRestoreAtFutureVersion(t *testing.T) {
 
 	// What a writer whose clock is a day ahead stores: a version named
 	// and dated a day from now, of a manifest created then.
-	key, err := replicate.ManifestKey(hostname(t), f.db)
+	key, err := store.ManifestKey(hostname(t), f.db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := replicate.NewDirStore(f.store)
+	s, err := dir.New(f.store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +276,7 @@ func TestRestoreAtFutureVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	planted := filepath.Join(f.store, "versions", filepath.FromSlash(key), fmt.Sprintf("%020d", future.UnixNano()))
-	if err := os.WriteFile(planted, replicate.EncodeManifestBlob(raw), 0o644); err != nil {
+	if err := os.WriteFile(planted, store.EncodeManifestBlob(raw), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chtimes(planted, future, future); err != nil {

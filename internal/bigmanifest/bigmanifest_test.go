@@ -7,7 +7,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
 )
 
 // TestDecodes: what Spec writes is a manifest that manifest.Decode
@@ -50,7 +50,7 @@ func TestDecodes(t *testing.T) {
 				if err := c.spec.Zstd(&z, declare); err != nil {
 					t.Fatalf("Zstd(%v)=%v", declare, err)
 				}
-				got, err := replicate.DecodeManifestBlob(z.Bytes())
+				got, err := store.DecodeManifestBlob(z.Bytes())
 				if err != nil || !bytes.Equal(got, raw.Bytes()) {
 					t.Fatalf("DecodeManifestBlob(Zstd(%v)): %v, equal %v", declare, err, bytes.Equal(got, raw.Bytes()))
 				}
@@ -88,7 +88,7 @@ func TestDeclareSize(t *testing.T) {
 			if err := h.Decode(frame); err != nil || !h.HasFCS || h.FrameContentSize != c.size {
 				t.Fatalf("header: %v, declares %v %d, want %d", err, h.HasFCS, h.FrameContentSize, c.size)
 			}
-			got, err := replicate.DecodeManifestBlob(frame)
+			got, err := store.DecodeManifestBlob(frame)
 			if ok := err == nil && bytes.Equal(got, raw.Bytes()); ok != c.ok {
 				t.Fatalf("DecodeManifestBlob()=%v, decoded as before %v, want %v", err, ok, c.ok)
 			}

@@ -15,8 +15,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -175,4 +178,18 @@ func DirEmpty(p string) bool {
 func Exists(p string) bool {
 	_, err := os.Lstat(p)
 	return err == nil
+}
+
+// CreateTemp creates a new file in dir, named prefix and a random suffix,
+// with mode perm less what the umask takes away (a file created read-only
+// is still open for writing).
+func CreateTemp(dir, prefix string, perm fs.FileMode) (f *os.File, err error) {
+	for range 100 {
+		name := filepath.Join(dir, prefix+strconv.FormatUint(rand.Uint64(), 36))
+		f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, perm)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
+	return f, err
 }

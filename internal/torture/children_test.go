@@ -16,8 +16,9 @@ import (
 	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/boule-vfs/boule/config"
-	"github.com/boule-vfs/boule/replicate"
 	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/upload"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -153,11 +154,11 @@ func childUploader() error {
 		return err
 	}
 	ctx := context.Background()
-	targets, err := vfs.Targets(ctx, cfg)
+	targets, err := store.Open(ctx, cfg, store.OpenOptions{})
 	if err != nil {
 		return err
 	}
-	up, err := replicate.NewUploader(replicate.UploaderOptions{
+	up, err := upload.New(upload.Options{
 		Targets:    targets,
 		Rate:       cfg.Rate(),
 		ScanPeriod: 100 * time.Millisecond,

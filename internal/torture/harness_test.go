@@ -22,7 +22,8 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/manifest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/store"
 )
 
 // progressTimeout is how long a writer may go without committing before
@@ -282,7 +283,7 @@ coalesce(sum(v IS NOT 'row-' || seq), 0) FROM log`).Scan(&count, &lo, &hi, &bad)
 // recorder keeps every manifest it sees under key in a store: it polls
 // the latest while the test runs, and at the end adds every kept version.
 type recorder struct {
-	store replicate.Store
+	store store.Store
 	key   string
 
 	mu     sync.Mutex
@@ -293,8 +294,8 @@ type recorder struct {
 	done chan struct{}
 }
 
-func startRecorder(store replicate.Store, key string) *recorder {
-	r := &recorder{store: store, key: key, blobs: map[[32]byte][]byte{}, stop: make(chan struct{}), done: make(chan struct{})}
+func startRecorder(sto store.Store, key string) *recorder {
+	r := &recorder{store: sto, key: key, blobs: map[[32]byte][]byte{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		tick := time.NewTicker(20 * time.Millisecond) // sampling the store, not synchronization
@@ -366,14 +367,14 @@ func (r *recorder) finish(t testing.TB) [][32]byte {
 }
 
 // restore reassembles the manifest m from store into a file in dir.
-func restore(t testing.TB, store replicate.Store, m *manifest.Manifest, dir string) string {
+func restoreTo(t testing.TB, sto store.Store, m *manifest.Manifest, tmpdir string) string {
 	t.Helper()
-	f, err := os.CreateTemp(dir, "restored-*.db")
+	f, err := os.CreateTemp(tmpdir, "restored-*.db")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := replicate.Reassemble(context.Background(), []replicate.Store{store}, m, f); err != nil {
+	if err := restore.Reassemble(context.Background(), []store.Store{sto}, m, f); err != nil {
 		t.Fatalf("Reassemble(manifest of %s, change counter %d)=%v", m.SourcePath, m.ChangeCounter, err)
 	}
 	if err := f.Close(); err != nil {
@@ -384,13 +385,13 @@ func restore(t testing.TB, store replicate.Store, m *manifest.Manifest, dir stri
 
 // verifyManifest restores the manifest b, checks the database passes
 // integrity_check and holds rows 1..N, and returns N.
-func verifyManifest(t testing.TB, store replicate.Store, b []byte, dir string) int64 {
+func verifyManifest(t testing.TB, sto store.Store, b []byte, tmpdir string) int64 {
 	t.Helper()
 	m, err := manifest.Decode(b)
 	if err != nil {
 		t.Fatalf("manifest.Decode()=%v", err)
 	}
-	p := restore(t, store, m, dir)
+	p := restoreTo(t, sto, m, tmpdir)
 	defer os.Remove(p)
 	if m.Size == 0 {
 		return 0 // the database before its first transaction
@@ -413,13 +414,13 @@ func verifyManifest(t testing.TB, store replicate.Store, b []byte, dir string) i
 
 // checkLatest asserts the newest manifest in store restores to exactly
 // the bytes of the database at path.
-func checkLatest(t testing.TB, store replicate.Store, key, path, dir string) {
+func checkLatest(t testing.TB, sto store.Store, key, path, tmpdir string) {
 	t.Helper()
-	m, _, err := replicate.FetchManifest(context.Background(), []replicate.Store{store}, key)
+	m, _, err := store.FetchManifest(context.Background(), []store.Store{sto}, key)
 	if err != nil {
 		t.Fatalf("FetchManifest(%s)=%v", key, err)
 	}
-	got, err := os.ReadFile(restore(t, store, m, dir))
+	got, err := os.ReadFile(restoreTo(t, sto, m, tmpdir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,32 +449,32 @@ func configJSON(t testing.TB, cfg config.Config) string {
 
 // mountTmpfs mounts a tmpfs of size on dir until the test ends. Without
 // root it skips, except under CI, which runs as root.
-func mountTmpfs(t testing.TB, dir, size string) {
+func mountTmpfs(t testing.TB, tmpdir, size string) {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(tmpdir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", tmpdir).CombinedOutput(); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
 		}
 		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
 	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", tmpdir).Run() })
 }
 
-func remountTmpfs(t testing.TB, dir, size string) {
+func remountTmpfs(t testing.TB, tmpdir, size string) {
 	t.Helper()
-	if out, err := exec.Command("mount", "-o", "remount,size="+size, dir).CombinedOutput(); err != nil {
-		t.Fatalf("remount %s: %v: %s", dir, err, out)
+	if out, err := exec.Command("mount", "-o", "remount,size="+size, tmpdir).CombinedOutput(); err != nil {
+		t.Fatalf("remount %s: %v: %s", tmpdir, err, out)
 	}
 }
 
 func mustEvalTempDir(t testing.TB) string {
 	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
+	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	return tmpdir
 }

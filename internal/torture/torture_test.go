@@ -20,7 +20,9 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/faultproxy"
 	"github.com/boule-vfs/boule/internal/miniotest"
-	"github.com/boule-vfs/boule/replicate"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/dir"
+	"github.com/boule-vfs/boule/store/s3"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -115,15 +117,15 @@ func run(t *testing.T, sc scenario) *outcome {
 	ctx := context.Background()
 	out := &outcome{faultKinds: map[faultproxy.Kind]int{}}
 
-	dir := mustEvalTempDir(t)
-	spoolDir := filepath.Join(dir, "spool")
+	tmpdir := mustEvalTempDir(t)
+	spoolDir := filepath.Join(tmpdir, "spool")
 	if sc.tmpfs != 0 {
 		mountTmpfs(t, spoolDir, "64m")
 	}
-	path := filepath.Join(dir, "torture.db")
+	path := filepath.Join(tmpdir, "torture.db")
 
 	var target config.Target
-	var store replicate.Store // read directly, never through the proxy
+	var sto store.Store // read directly, never through the proxy
 	var srv *miniotest.Server
 	if sc.s3 {
 		srv = miniotest.Start(t)
@@ -141,7 +143,7 @@ func run(t *testing.T, sc scenario) *outcome {
 		target = config.Target{S3: &tg}
 		direct := tg
 		direct.Endpoint = srv.Endpoint
-		s, err := replicate.NewS3Store(ctx, direct, replicate.S3Options{})
+		s, err := s3.New(ctx, direct, s3.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,18 +153,18 @@ func run(t *testing.T, sc scenario) *outcome {
 		if err := s.EnableVersioning(ctx); err != nil {
 			t.Fatal(err)
 		}
-		store = s
+		sto = s
 	} else {
-		root := filepath.Join(dir, "store")
+		root := filepath.Join(tmpdir, "store")
 		if err := os.Mkdir(root, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		target = config.Target{Dir: &config.DirTarget{Path: root}}
-		s, err := replicate.NewDirStore(root)
+		s, err := dir.New(root)
 		if err != nil {
 			t.Fatal(err)
 		}
-		store = s
+		sto = s
 	}
 	// A higher call rate than the default 30/s: more manifests, so more
 	// states to check, in a short run.
@@ -191,11 +193,11 @@ func run(t *testing.T, sc scenario) *outcome {
 		out.spoolSize = int64(sc.tmpfs*float64(st.Size())) &^ 4095
 		remountTmpfs(t, spoolDir, fmt.Sprint(out.spoolSize))
 	}
-	key, err := replicate.ManifestKey(vfs.Spool().Hostname(), path)
+	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := startRecorder(store, key)
+	rec := startRecorder(sto, key)
 	t.Cleanup(func() {
 		select {
 		case <-rec.stop:
@@ -325,14 +327,14 @@ func run(t *testing.T, sc scenario) *outcome {
 	}
 	versions := rec.finish(t)
 	out.versions = len(versions)
-	checkLatest(t, store, key, path, dir)
+	checkLatest(t, sto, key, path, tmpdir)
 	if st, err := os.Stat(path); err == nil {
 		out.dbSize = st.Size()
 	}
 
 	rows := map[[32]byte]int64{}
 	for sum, b := range rec.blobs {
-		n := verifyManifest(t, store, b, dir)
+		n := verifyManifest(t, sto, b, tmpdir)
 		if n > out.rows {
 			t.Fatalf("a manifest holds rows 1..%d, but the database only %d", n, out.rows)
 		}

@@ -1,0 +1,103 @@
+// Package testfs has helpers for tests of what Boule does with the file
+// system: named pipes where files should be, umasks and permission bits.
+package testfs
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Mkfifo makes a named pipe at p, creating its directory.
+func Mkfifo(t testing.TB, p string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Remove(p)
+	if err := syscall.Mkfifo(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Promptly runs f and returns its error, failing t if it is still running
+// after 10 seconds: then it opens the named pipe at fifo for writing, for
+// a few seconds, which lets each open(2) blocked on it return, so that
+// the test ends.
+func Promptly(t testing.TB, fifo string, f func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for range 500 {
+		if w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+		select {
+		case <-done:
+			t.Fatalf("blocked on the named pipe %s until something opened it for writing", fifo)
+		case <-tick.C:
+		}
+	}
+	t.Fatalf("blocked on the named pipe %s", fifo)
+	return nil
+}
+
+// WantNamedPipe fails t unless err says that p is a named pipe.
+func WantNamedPipe(t testing.TB, err error, p string) {
+	t.Helper()
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "named pipe") {
+		t.Fatalf("err=%v, want an error saying %s is a named pipe", err, p)
+	}
+}
+
+// WithUmask runs f under the umask mask. The umask is the process's: tests
+// that call it must not run in parallel.
+func WithUmask(mask int, f func()) {
+	old := syscall.Umask(mask)
+	defer syscall.Umask(old)
+	f()
+}
+
+// Modes returns the permission bits of everything under root, by path
+// relative to root.
+func Modes(t testing.TB, root string) map[string]fs.FileMode {
+	t.Helper()
+	out := map[string]fs.FileMode{}
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == root {
+			return nil
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		out[rel] = fi.Mode()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func Must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

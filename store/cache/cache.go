@@ -1,0 +1,348 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/fsutil"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store"
+)
+
+// LocalCache is a chunk cache in a local directory, shared by the processes
+// of a host: the uploader fills it as it uploads, and read replicas look in
+// it before the network. Chunks are stored raw (uncompressed, so they can
+// be mapped into memory) under <dir>/<shard>/<fingerprint>, and verified
+// against their fingerprint when read. It holds at most about capacity
+// chunks: when a shard outgrows its share, its least recently used tenth is
+// evicted (reads refresh a chunk's modification time).
+//
+// A cache belongs to one user. Its directories are created 0700 and its
+// files are read-only, at most as readable as the database they came from
+// (WithSourcePerm; owner only when the put does not say), within the
+// umask. Every file is opened without blocking, checked to be a regular
+// file, and verified; it is mapped into memory only when nobody but its
+// user can change it (OpenChunk), and read into memory otherwise.
+//
+// It is a [Store] for chunks only; it holds no manifests.
+type Store struct {
+	dir      string
+	shards   int
+	perShard int
+
+	mu      sync.Mutex
+	count   map[int]int  // approximate files per shard; -1 unknown
+	private map[int]bool // shards whose mode narrowShard checked
+}
+
+// NewLocalCache returns a cache in dir with numShards subdirectories
+// (zero means 1) and room for about capacity chunks.
+func New(dir string, numShards int, capacity int64) (*Store, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("cache: local cache directory %q must be absolute", dir)
+	}
+	if numShards <= 0 {
+		numShards = 1
+	}
+	if capacity <= 0 {
+		return nil, fmt.Errorf("cache: local cache %s: capacity must be at least 1 chunk", dir)
+	}
+	per := int((capacity + int64(numShards) - 1) / int64(numShards))
+	return &Store{dir: filepath.Clean(dir), shards: numShards, perShard: max(per, 1), count: map[int]int{}, private: map[int]bool{}}, nil
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Dir is the cache directory.
+func (c *Store) Dir() string { return c.dir }
+
+// ChunkCache marks the cache as a store.Cache.
+func (c *Store) ChunkCache() {}
+
+var _ store.Cache = (*Store)(nil)
+
+func (c *Store) String() string { return "local:" + c.dir }
+
+func (c *Store) shard(fp manifest.Fingerprint) int {
+	return int(uint16(fp[0])<<8|uint16(fp[1])) % c.shards
+}
+
+// Path is where the chunk fp lives in the cache, if it is there.
+func (c *Store) Path(fp manifest.Fingerprint) string {
+	return filepath.Join(c.dir, fmt.Sprintf("%03d", c.shard(fp)), fp.String())
+}
+
+// PutChunk stores data under fp, atomically, unless it is already there:
+// then it only takes away from the file's mode what the database (ctx,
+// WithSourcePerm) does not give, if the file is this user's.
+func (c *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
+	p := c.Path(fp)
+	perm := store.FilePerm(store.SourcePerm(ctx))
+	sdir := filepath.Dir(p)
+	c.narrowShard(c.shard(fp), sdir)
+	if fi, err := os.Lstat(p); err == nil {
+		if cur := fi.Mode().Perm(); fi.Mode().IsRegular() && cur&^perm != 0 && ownedByMe(fi) {
+			_ = os.Chmod(p, cur&perm)
+		}
+		return nil
+	}
+	// 0700 whatever the umask lets through: another user must not be
+	// able to list the cache, nor to change it under a reader.
+	if err := os.MkdirAll(sdir, 0o700); err != nil {
+		return c.fail("put chunk", fp.String(), nil, err)
+	}
+	tmp, err := fsutil.CreateTemp(sdir, ".tmp-", perm)
+	if err != nil {
+		return c.fail("put chunk", fp.String(), nil, err)
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), p)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return c.fail("put chunk", fp.String(), nil, err)
+	}
+	c.noteAdded(c.shard(fp))
+	return nil
+}
+
+// GetChunk reads and verifies the chunk fp; ErrNotFound when absent. A
+// corrupt file is deleted and reported as ErrCorrupt.
+func (c *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	p := c.Path(fp)
+	data, err := fsutil.ReadFileMax(p, manifest.ChunkSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, c.fail("get chunk", fp.String(), store.ErrNotFound, nil)
+	}
+	if errors.Is(err, fsutil.ErrNotRegular) {
+		// Not something this cache wrote: report it, leave it.
+		return nil, c.fail("get chunk", fp.String(), store.ErrCorrupt, err)
+	}
+	if errors.Is(err, fsutil.ErrTooLarge) {
+		data = nil // a chunk is never larger: deleted as corrupt below
+	} else if err != nil {
+		return nil, c.fail("get chunk", fp.String(), nil, err)
+	}
+	if data == nil || manifest.Sum(data) != fp {
+		_ = os.Remove(p)
+		return nil, c.fail("get chunk", fp.String(), store.ErrCorrupt, nil)
+	}
+	now := time.Now()
+	_ = os.Chtimes(p, now, now)
+	return data, nil
+}
+
+// PutPack implements Store: a cache holds chunks one file each, never
+// packs; the uploader puts a pack's chunks into caches one by one.
+func (c *Store) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return c.fail("put pack", id.String(), store.ErrPermanent, errors.New("a chunk cache holds no packs"))
+}
+
+// GetPack implements Store: always ErrNotFound.
+func (c *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	return nil, c.fail("get pack", id.String(), store.ErrNotFound, nil)
+}
+
+// TouchPack implements Store: always ErrNotFound.
+func (c *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
+	return c.fail("touch pack", id.String(), store.ErrNotFound, nil)
+}
+
+// TouchChunk refreshes the chunk's time, so eviction spares it.
+func (c *Store) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
+	now := time.Now()
+	if err := os.Chtimes(c.Path(fp), now, now); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return c.fail("touch chunk", fp.String(), store.ErrNotFound, nil)
+		}
+		return c.fail("touch chunk", fp.String(), nil, err)
+	}
+	return nil
+}
+
+func (c *Store) noManifests(op, key string) error { return c.fail(op, key, store.ErrNotFound, nil) }
+
+// fail describes a failed cache operation; kind is a sentinel or nil.
+func (c *Store) fail(op, key string, kind, cause error) error {
+	e := &store.Error{Op: "local cache " + op, Key: key, Target: c.dir, Kind: kind, Err: cause}
+	switch {
+	case kind == store.ErrNotFound:
+		e.Detail = "not found"
+	case kind == store.ErrCorrupt && cause != nil:
+		e.Detail = cause.Error()
+	case kind == store.ErrCorrupt:
+		e.Detail = "cached chunk does not match its fingerprint (deleted)"
+	case cause != nil:
+		e.Detail = cause.Error()
+	default:
+		e.Detail = "failed"
+	}
+	return e
+}
+
+// PutManifest is not supported: a cache holds chunks only.
+func (c *Store) PutManifest(ctx context.Context, key string, data []byte) error {
+	e := c.fail("put manifest", key, store.ErrPermanent, nil)
+	e.(*store.Error).Detail = "a local cache holds no manifests"
+	return e
+}
+
+// GetManifest always reports ErrNotFound.
+func (c *Store) GetManifest(ctx context.Context, key string) ([]byte, error) {
+	return nil, c.noManifests("get manifest", key)
+}
+
+// ListManifests lists nothing.
+func (c *Store) ListManifests(ctx context.Context, prefix string) ([]store.ManifestInfo, error) {
+	return nil, nil
+}
+
+// ManifestVersions lists nothing.
+func (c *Store) ManifestVersions(ctx context.Context, key string) ([]store.Version, error) {
+	return nil, nil
+}
+
+// GetManifestVersion always reports ErrNotFound.
+func (c *Store) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
+	return nil, c.noManifests("get manifest version", key)
+}
+
+// noteAdded counts a new file in shard s and evicts when it is over its
+// share of the capacity.
+func (c *Store) noteAdded(s int) {
+	c.mu.Lock()
+	n, known := c.count[s]
+	if known {
+		n++
+		c.count[s] = n
+	}
+	c.mu.Unlock()
+	if known && n <= c.perShard {
+		return
+	}
+	c.evict(s)
+}
+
+// evict lists shard s and, if it holds more than its share, deletes the
+// least recently used tenth beyond it.
+func (c *Store) evict(s int) {
+	sdir := filepath.Join(c.dir, fmt.Sprintf("%03d", s))
+	entries, err := fsutil.ReadDir(sdir)
+	if err != nil {
+		return
+	}
+	type file struct {
+		name string
+		mod  time.Time
+	}
+	files := make([]file, 0, len(entries))
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+			files = append(files, file{e.Name(), info.ModTime()})
+		}
+	}
+	n := len(files)
+	if n > c.perShard {
+		sort.Slice(files, func(i, j int) bool { return files[i].mod.Before(files[j].mod) })
+		drop := n - c.perShard + c.perShard/10
+		for _, f := range files[:min(drop, n)] {
+			if os.Remove(filepath.Join(sdir, f.name)) == nil {
+				n--
+			}
+		}
+	}
+	c.mu.Lock()
+	c.count[s] = n
+	c.mu.Unlock()
+}
+
+// narrowShard makes the shard directory sdir 0700 if it is this user's and
+// wider (made by an older version, which gave it 0755), once per shard.
+func (c *Store) narrowShard(s int, sdir string) {
+	c.mu.Lock()
+	done := c.private[s]
+	c.private[s] = true
+	c.mu.Unlock()
+	if done {
+		return
+	}
+	if fi, err := os.Lstat(sdir); err == nil && fi.IsDir() && fi.Mode().Perm()&0o077 != 0 && ownedByMe(fi) {
+		_ = os.Chmod(sdir, fi.Mode().Perm()&0o700)
+	}
+}
+
+// OpenChunk opens the cache file of chunk fp for reading, without
+// blocking in open(2) and without following a symbolic link, and returns
+// it with its status. Anything but a regular file is an error wrapping
+// fsutil.ErrNotRegular; a missing one wraps fs.ErrNotExist. The caller
+// verifies what it reads.
+//
+// mappable reports whether the file may be mapped into memory and served
+// from there after it was verified: nobody but this process's user (and
+// root) can change or truncate it. That holds when the open file is owned
+// by this process's effective user and has no write bit (changing it
+// takes a chmod, which only its owner may do), and every directory from
+// the file's up to the cache directory is owned by that user and writable
+// by nobody else, so that nobody else can have put it there. Otherwise
+// the caller reads the file into memory and serves that copy.
+func (c *Store) OpenChunk(fp manifest.Fingerprint) (f *os.File, fi fs.FileInfo, mappable bool, err error) {
+	p := c.Path(fp)
+	f, fi, err = fsutil.Open(p)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return f, fi, fi.Mode().Perm()&0o222 == 0 && ownedByMe(fi) && c.privateDirs(filepath.Dir(p)), nil
+}
+
+// privateDirs reports whether dir and each directory above it up to the
+// cache directory (inclusive, followed if it is a symbolic link) are owned
+// by this process's effective user and not writable by group or others.
+func (c *Store) privateDirs(dir string) bool {
+	for {
+		stat := os.Lstat
+		if dir == c.dir {
+			stat = os.Stat
+		}
+		fi, err := stat(dir)
+		if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 || !ownedByMe(fi) {
+			return false
+		}
+		if dir == c.dir {
+			return true
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir || len(parent) < len(c.dir) {
+			return false // not under the cache directory
+		}
+		dir = parent
+	}
+}
+
+// ownedByMe reports whether fi is owned by this process's effective user.
+func ownedByMe(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid()
+}
+
+func init() {
+	store.RegisterBackend(store.Backend{Name: "local", Open: func(_ context.Context, t config.Target, _ store.OpenOptions) (store.Store, bool, error) {
+		if t.Local == nil {
+			return nil, false, nil
+		}
+		s, err := New(t.Local.Directory, int(t.Local.NumShards), int64(t.Local.Capacity))
+		return s, err == nil, err
+	}})
+}

@@ -1,0 +1,112 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// Packs: several chunks in one object of the chunk bucket, so that a
+// restore or a cold scan makes one GET per pack instead of one per 64 KiB
+// chunk. doc/FORMAT.md specifies them.
+
+// PackChunks is the most chunks the uploader puts in one pack: 4 MiB of
+// raw chunks. Larger objects are served faster (minio on loopback here,
+// BenchmarkObjectSize: 115 MB/s with one chunk per object, 520 MB/s with
+// 16, 720 MB/s with 32), and S3 charges per request; but a read replica
+// fetches a whole pack for any chunk of it. doc/BENCHMARKS.md compares
+// 32 and 64 on the 1 GiB restore, cold scan and first query.
+const PackChunks = 64
+
+// PackKey returns the key of pack id in the chunk bucket: "packs/", its
+// first two hex digits, '/', and all 64.
+func PackKey(id manifest.Fingerprint) string {
+	h := id.String()
+	return "packs/" + h[:2] + "/" + h
+}
+
+// A PackedChunk is a chunk to put in a pack.
+type PackedChunk struct {
+	FP   manifest.Fingerprint
+	Data []byte // raw bytes, hashing to FP
+}
+
+// EncodePack returns the bytes of a pack holding chunks, in order, each
+// encoded as EncodeBlob would store it alone; its ID (BLAKE3-256 of those
+// bytes); and where each chunk's blob lies in it.
+func EncodePack(chunks []PackedChunk) (blob []byte, id manifest.Fingerprint, refs []manifest.PackRef) {
+	refs = make([]manifest.PackRef, len(chunks))
+	for i, c := range chunks {
+		b := EncodeBlob(c.Data)
+		refs[i].Offset, refs[i].Length = uint32(len(blob)), uint32(len(b))
+		blob = append(blob, b...)
+	}
+	id = manifest.Sum(blob)
+	for i := range refs {
+		refs[i].ID = id
+	}
+	return blob, id, refs
+}
+
+// DecodePackMember returns the raw bytes of chunk fp from pack, the bytes
+// of the pack object that ref names, verified against fp: an error
+// wrapping ErrCorrupt if the blob is out of the pack's bounds or does not
+// decode to bytes that hash to fp.
+func DecodePackMember(pack []byte, ref manifest.PackRef, fp manifest.Fingerprint) ([]byte, error) {
+	end := uint64(ref.Offset) + uint64(ref.Length)
+	if end > uint64(len(pack)) {
+		return nil, fmt.Errorf("store: pack %s: chunk %s at %d+%d is past the pack's %d bytes: %w",
+			ref.ID, fp, ref.Offset, ref.Length, len(pack), ErrCorrupt)
+	}
+	data, err := DecodeChunk(fp, pack[ref.Offset:end])
+	if err != nil {
+		return nil, fmt.Errorf("store: pack %s: chunk %s: %w", ref.ID, fp, err)
+	}
+	return data, nil
+}
+
+// FetchPack returns the bytes of pack id from the first store that has
+// it. Caches never hold packs and are skipped.
+func FetchPack(ctx context.Context, stores []Store, id manifest.Fingerprint) ([]byte, error) {
+	var errs []error
+	for _, s := range stores {
+		if IsCache(s) {
+			continue
+		}
+		b, err := s.GetPack(ctx, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return b, nil
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("store: pack %s: no store to read it from", id)
+	}
+	return nil, fmt.Errorf("store: pack %s: %w", id, errors.Join(errs...))
+}
+
+// A Cache is a store that holds chunks one file each and never packs or
+// manifests, such as the local chunk cache (package store/cache).
+type Cache interface {
+	Store
+	// ChunkCache marks the store as a cache; it does nothing.
+	ChunkCache()
+}
+
+// IsCache reports whether s is a chunk cache (a Cache, alone or behind a
+// Limited).
+func IsCache(s Store) bool {
+	for {
+		switch v := s.(type) {
+		case Cache:
+			return true
+		case *Limited:
+			s = v.s
+		default:
+			return false
+		}
+	}
+}

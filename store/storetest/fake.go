@@ -1,0 +1,486 @@
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store"
+)
+
+// Operation names recorded by Fake.
+const (
+	OpPutChunk    = "PutChunk"
+	OpGetChunk    = "GetChunk"
+	OpTouchChunk  = "TouchChunk"
+	OpPutPack     = "PutPack"
+	OpGetPack     = "GetPack"
+	OpTouchPack   = "TouchPack"
+	OpPutManifest = "PutManifest"
+	OpGetManifest = "GetManifest"
+	OpList        = "ListManifests"
+	OpVersions    = "ManifestVersions"
+	OpGetVersion  = "GetManifestVersion"
+)
+
+// Call is one call made to a Fake.
+type Call struct {
+	Op  string
+	Key string // the fingerprint in hex for chunk calls, the key for manifests
+	Err error  // what the call returned
+}
+
+func (c Call) String() string {
+	k := c.Key
+	if len(k) == 64 {
+		k = k[:8]
+	}
+	if c.Err != nil {
+		return fmt.Sprintf("%s(%s)=%v", c.Op, k, c.Err)
+	}
+	return fmt.Sprintf("%s(%s)", c.Op, k)
+}
+
+// Hook runs before every call of a Fake, outside its lock. It may
+// block (honouring ctx), and a non-nil error is returned by the call
+// instead of doing it.
+type Hook func(ctx context.Context, op, key string) error
+
+// Fake is an in-memory Store that records its calls. Tests wait on it
+// with waitFor, which wakes on every call.
+type Fake struct {
+	name string
+
+	mu        sync.Mutex
+	chunks    map[manifest.Fingerprint][]byte
+	packs     map[manifest.Fingerprint][]byte
+	manifests map[string][]byte
+	calls     []Call
+	touches   map[manifest.Fingerprint]int
+	putLog    [][]byte // every manifest stored, in order
+	// missing lists, for every manifest stored, the chunks it references
+	// (inline ones aside) that the store lacked at that moment.
+	missing []string
+	// badPuts lists chunk puts whose data did not hash to the fingerprint.
+	badPuts []string
+	changed chan struct{} // closed and replaced at every call
+	hooks   []Hook
+}
+
+var _ store.Store = (*Fake)(nil)
+
+func NewFake(name string) *Fake {
+	return &Fake{
+		name:      name,
+		chunks:    make(map[manifest.Fingerprint][]byte),
+		packs:     make(map[manifest.Fingerprint][]byte),
+		manifests: make(map[string][]byte),
+		touches:   make(map[manifest.Fingerprint]int),
+		changed:   make(chan struct{}),
+	}
+}
+
+// addHook adds h to the hooks run before each call; the first error wins.
+func (s *Fake) AddHook(h Hook) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hooks = append(s.hooks, h)
+}
+
+// clearHooks removes every hook.
+func (s *Fake) ClearHooks() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hooks = nil
+}
+
+// failOn makes the calls op whose key satisfies match (nil: every key)
+// return err.
+func (s *Fake) FailOn(op string, match func(key string) bool, err error) {
+	s.AddHook(func(_ context.Context, o, key string) error {
+		if o == op && (match == nil || match(key)) {
+			return err
+		}
+		return nil
+	})
+}
+
+// Gate holds one call inside the store until released.
+type Gate struct {
+	entered chan struct{} // closed when the call arrives
+	release chan struct{} // close to let it go on
+	once    sync.Once
+}
+
+// blockOnce makes the first call op whose key satisfies match (nil: any)
+// wait inside the store until the gate is released (or its context ends).
+func (s *Fake) BlockOnce(op string, match func(key string) bool) *Gate {
+	g := &Gate{entered: make(chan struct{}), release: make(chan struct{})}
+	s.AddHook(func(ctx context.Context, o, key string) error {
+		if o != op || (match != nil && !match(key)) {
+			return nil
+		}
+		first := false
+		g.once.Do(func() { first = true })
+		if !first {
+			return nil
+		}
+		close(g.entered)
+		select {
+		case <-g.release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	return g
+}
+
+// wait waits until the gated call has arrived.
+func (g *Gate) Wait(t testing.TB) {
+	t.Helper()
+	select {
+	case <-g.entered:
+	case <-time.After(WaitTimeout):
+		t.Fatal("timed out waiting for the gated store call")
+	}
+}
+
+// open releases the gated call; it may be called more than once.
+func (g *Gate) Open() {
+	select {
+	case <-g.release:
+	default:
+		close(g.release)
+	}
+}
+
+// WaitTimeout bounds every wait of the tests on a condition; the tests
+// never get near it unless they fail.
+const WaitTimeout = 10 * time.Second
+
+// WaitFor waits until cond holds. It evaluates cond (which may call the
+// store's methods) again after every call made to the store.
+func (s *Fake) WaitFor(t testing.TB, what string, cond func(s *Fake) bool) {
+	t.Helper()
+	deadline := time.NewTimer(WaitTimeout)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		ch := s.changed
+		s.mu.Unlock()
+		if cond(s) {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("timed out waiting for %s; calls to %s: %v", what, s.name, s.CallLog())
+		}
+	}
+}
+
+// do runs the hooks, then f under the lock, and records the call.
+func (s *Fake) do(ctx context.Context, op, key string, f func() error) error {
+	s.mu.Lock()
+	hooks := append([]Hook(nil), s.hooks...)
+	s.mu.Unlock()
+	var err error
+	for _, h := range hooks {
+		if err = h(ctx, op, key); err != nil {
+			break
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		err = f()
+	}
+	s.calls = append(s.calls, Call{Op: op, Key: key, Err: err})
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return err
+}
+
+func (s *Fake) notFound(op, key string) error {
+	return &store.Error{Op: "fake " + op, Key: key, Target: s.name, Kind: store.ErrNotFound, Detail: "not found"}
+}
+
+func (s *Fake) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
+	return s.do(ctx, OpPutChunk, fp.String(), func() error {
+		if manifest.Sum(data) != fp {
+			s.badPuts = append(s.badPuts, fp.String())
+		}
+		s.chunks[fp] = append([]byte(nil), data...)
+		return nil
+	})
+}
+
+func (s *Fake) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	var out []byte
+	err := s.do(ctx, OpGetChunk, fp.String(), func() error {
+		d, ok := s.chunks[fp]
+		if !ok {
+			return s.notFound("get chunk", fp.String())
+		}
+		out = append([]byte(nil), d...)
+		return nil
+	})
+	return out, err
+}
+
+func (s *Fake) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
+	return s.do(ctx, OpTouchChunk, fp.String(), func() error {
+		if _, ok := s.chunks[fp]; !ok {
+			return s.notFound("touch chunk", fp.String())
+		}
+		s.touches[fp]++
+		return nil
+	})
+}
+
+func (s *Fake) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return s.do(ctx, OpPutPack, id.String(), func() error {
+		if manifest.Sum(blob) != id {
+			s.badPuts = append(s.badPuts, "pack "+id.String())
+		}
+		s.packs[id] = append([]byte(nil), blob...)
+		return nil
+	})
+}
+
+func (s *Fake) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	var out []byte
+	err := s.do(ctx, OpGetPack, id.String(), func() error {
+		d, ok := s.packs[id]
+		if !ok {
+			return s.notFound("get pack", id.String())
+		}
+		out = append([]byte(nil), d...)
+		return nil
+	})
+	return out, err
+}
+
+func (s *Fake) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
+	return s.do(ctx, OpTouchPack, id.String(), func() error {
+		if _, ok := s.packs[id]; !ok {
+			return s.notFound("touch pack", id.String())
+		}
+		s.touches[id]++
+		return nil
+	})
+}
+
+func (s *Fake) PutManifest(ctx context.Context, key string, data []byte) error {
+	return s.do(ctx, OpPutManifest, key, func() error {
+		if m, err := manifest.Decode(data); err == nil {
+			refs := m.PackRefs()
+			for i, fp := range m.Chunks {
+				if _, inline := m.Inline[uint32(i)]; inline {
+					continue
+				}
+				if ref, ok := refs[uint32(i)]; ok {
+					if _, err := store.DecodePackMember(s.packs[ref.ID], ref, fp); err != nil {
+						s.missing = append(s.missing, fmt.Sprintf("manifest %d of %s: chunk %d (%s) in pack: %v", m.ChangeCounter, key, i, fp.String()[:8], err))
+					}
+					continue
+				}
+				if _, ok := s.chunks[fp]; !ok {
+					s.missing = append(s.missing, fmt.Sprintf("manifest %d of %s: chunk %d (%s)", m.ChangeCounter, key, i, fp.String()[:8]))
+				}
+			}
+		} else {
+			s.missing = append(s.missing, fmt.Sprintf("undecodable manifest put under %s: %v", key, err))
+		}
+		s.manifests[key] = append([]byte(nil), data...)
+		s.putLog = append(s.putLog, append([]byte(nil), data...))
+		return nil
+	})
+}
+
+func (s *Fake) GetManifest(ctx context.Context, key string) ([]byte, error) {
+	var out []byte
+	err := s.do(ctx, OpGetManifest, key, func() error {
+		d, ok := s.manifests[key]
+		if !ok {
+			return s.notFound("get manifest", key)
+		}
+		out = append([]byte(nil), d...)
+		return nil
+	})
+	return out, err
+}
+
+func (s *Fake) ListManifests(ctx context.Context, prefix string) ([]store.ManifestInfo, error) {
+	var out []store.ManifestInfo
+	err := s.do(ctx, OpList, prefix, func() error {
+		for k, v := range s.manifests {
+			if strings.HasPrefix(k, prefix) {
+				out = append(out, store.ManifestInfo{Key: k, Size: int64(len(v))})
+			}
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+		return nil
+	})
+	return out, err
+}
+
+func (s *Fake) ManifestVersions(ctx context.Context, key string) ([]store.Version, error) {
+	var out []store.Version
+	err := s.do(ctx, OpVersions, key, func() error {
+		if _, ok := s.manifests[key]; !ok {
+			return s.notFound("manifest versions", key)
+		}
+		out = []store.Version{{ID: "latest", IsLatest: true}}
+		return nil
+	})
+	return out, err
+}
+
+func (s *Fake) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
+	var out []byte
+	err := s.do(ctx, OpGetVersion, key, func() error {
+		d, ok := s.manifests[key]
+		if !ok || versionID != "latest" {
+			return s.notFound("get manifest version", key)
+		}
+		out = append([]byte(nil), d...)
+		return nil
+	})
+	return out, err
+}
+
+func (s *Fake) String() string { return "fake:" + s.name }
+
+// Name is the name the store was made with.
+func (s *Fake) Name() string { return s.name }
+
+// DeletePack removes pack id behind the store's back.
+func (s *Fake) DeletePack(id manifest.Fingerprint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.packs, id)
+}
+
+// FlipPackByte flips the bits of byte off of pack id behind the store's
+// back.
+func (s *Fake) FlipPackByte(id manifest.Fingerprint, off int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.packs[id][off] ^= 0xff
+}
+
+// callLog returns the calls made so far.
+func (s *Fake) CallLog() []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Call(nil), s.calls...)
+}
+
+// numCalls returns how many calls were made so far.
+func (s *Fake) NumCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.calls)
+}
+
+// callsSince returns the calls made after the first n.
+func (s *Fake) CallsSince(n int) []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Call(nil), s.calls[n:]...)
+}
+
+func (s *Fake) HasChunk(fp manifest.Fingerprint) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.chunks[fp]
+	return ok
+}
+
+func (s *Fake) DeleteChunk(fp manifest.Fingerprint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.chunks, fp)
+}
+
+func (s *Fake) ManifestAt(key string) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.manifests[key]
+}
+
+// manifestPuts returns every manifest stored so far, in order.
+func (s *Fake) ManifestPuts() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][]byte(nil), s.putLog...)
+}
+
+func (s *Fake) TouchCount(fp manifest.Fingerprint) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.touches[fp]
+}
+
+// checkIntegrity fails t if a manifest was stored before one of its chunks,
+// or a chunk was stored under the wrong fingerprint.
+func (s *Fake) CheckIntegrity(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.missing {
+		t.Errorf("%s: manifest stored before its chunk: %s", s.name, m)
+	}
+	for _, b := range s.badPuts {
+		t.Errorf("%s: chunk %s stored with data that does not hash to it", s.name, b)
+	}
+}
+
+// CountOps counts the calls named op in calls.
+func CountOps(calls []Call, op string) int {
+	n := 0
+	for _, c := range calls {
+		if c.Op == op {
+			n++
+		}
+	}
+	return n
+}
+
+// Clock is an injectable clock for UploaderOptions.Now.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func NewClock() *Clock {
+	return &Clock{now: time.Date(2031, 3, 1, 12, 0, 0, 0, time.UTC)}
+}
+
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// Errors the fake stores are told to return.
+func PermanentErr() error {
+	return &store.Error{Op: "fake put", Target: "fake", Status: 403, Code: "AccessDenied", Detail: "access denied", Kind: store.ErrPermanent}
+}
+
+func RetryableErr() error {
+	return &store.Error{Op: "fake put", Target: "fake", Status: 503, Code: "SlowDown", Detail: "slow down", Retryable: true}
+}

@@ -1,0 +1,362 @@
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store"
+)
+
+// Harness adapts one Store implementation to the conformance suite.
+type Harness struct {
+	Store store.Store
+	// tamper overwrites the stored object of the chunk fp with blob,
+	// behind the store's back.
+	Tamper func(t *testing.T, fp manifest.Fingerprint, blob []byte)
+	// enableVersions turns on manifest versioning, if the store needs it.
+	EnableVersions func(t *testing.T)
+	// chunkModTime returns the stored chunk's modification time, and
+	// backdate (if set) moves it into the past.
+	ChunkModTime func(t *testing.T, fp manifest.Fingerprint) time.Time
+	Backdate     func(t *testing.T, fp manifest.Fingerprint, when time.Time)
+	// secret must not appear in any error message or in String.
+	Secret string
+}
+
+// Run runs the behaviour every Store must share.
+func Run(t *testing.T, h Harness) {
+	ctx := context.Background()
+	s := h.Store
+	check := func(t *testing.T, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Secret != "" && strings.Contains(fmt.Sprint(err), h.Secret) {
+			t.Fatalf("error leaks the secret: %v", err)
+		}
+	}
+	wantKind := func(t *testing.T, err, kind error) {
+		t.Helper()
+		if !errors.Is(err, kind) {
+			t.Fatalf("err = %v, want %v", err, kind)
+		}
+		if !strings.HasPrefix(err.Error(), "store: ") {
+			t.Errorf("message %q does not start with \"store: \"", err)
+		}
+		if h.Secret != "" && strings.Contains(err.Error(), h.Secret) {
+			t.Fatalf("error leaks the secret: %v", err)
+		}
+		if store.IsRetryable(err) {
+			t.Errorf("%v is retryable", err)
+		}
+	}
+
+	t.Run("String", func(t *testing.T) {
+		if s.String() == "" || (h.Secret != "" && strings.Contains(s.String(), h.Secret)) {
+			t.Fatalf("String() = %q", s.String())
+		}
+	})
+
+	t.Run("ChunkRoundTrip", func(t *testing.T) {
+		for _, data := range [][]byte{
+			make([]byte, manifest.ChunkSize),
+			Compressible(manifest.ChunkSize),
+			RandomBytes(10, manifest.ChunkSize),
+			RandomBytes(11, 1234),
+			append(append([]byte(nil), []byte{0x28, 0xB5, 0x2F, 0xFD}...), RandomBytes(12, 100)...),
+		} {
+			fp := manifest.Sum(data)
+			check(t, s.PutChunk(ctx, fp, data))
+			check(t, s.PutChunk(ctx, fp, data)) // idempotent
+			got, err := s.GetChunk(ctx, fp)
+			check(t, err)
+			if !bytes.Equal(got, data) {
+				t.Fatalf("GetChunk returned %d different bytes", len(got))
+			}
+		}
+	})
+
+	t.Run("ChunkMissing", func(t *testing.T) {
+		_, err := s.GetChunk(ctx, manifest.Sum([]byte("never stored")))
+		wantKind(t, err, store.ErrNotFound)
+		err = s.TouchChunk(ctx, manifest.Sum([]byte("never stored")))
+		wantKind(t, err, store.ErrNotFound)
+	})
+
+	t.Run("ChunkTampered", func(t *testing.T) {
+		data := Compressible(5000)
+		fp := manifest.Sum(data)
+		check(t, s.PutChunk(ctx, fp, data))
+		blob := bytes.Clone(store.EncodeBlob(data))
+		blob[len(blob)-3] ^= 0x40
+		h.Tamper(t, fp, blob)
+		_, err := s.GetChunk(ctx, fp)
+		wantKind(t, err, store.ErrCorrupt)
+		// Another chunk's bytes under this key are corrupt too.
+		h.Tamper(t, fp, RandomBytes(13, 5000))
+		_, err = s.GetChunk(ctx, fp)
+		wantKind(t, err, store.ErrCorrupt)
+		// Putting it again heals it.
+		check(t, s.PutChunk(ctx, fp, data))
+		got, err := s.GetChunk(ctx, fp)
+		check(t, err)
+		if !bytes.Equal(got, data) {
+			t.Fatal("chunk not healed")
+		}
+	})
+
+	t.Run("Touch", func(t *testing.T) {
+		data := RandomBytes(14, 3000)
+		fp := manifest.Sum(data)
+		check(t, s.PutChunk(ctx, fp, data))
+		if h.Backdate != nil {
+			h.Backdate(t, fp, time.Now().Add(-48*time.Hour))
+		}
+		before := h.ChunkModTime(t, fp)
+		check(t, s.TouchChunk(ctx, fp))
+		after := h.ChunkModTime(t, fp)
+		if after.Before(before) {
+			t.Errorf("touch moved the modification time back from %v to %v", before, after)
+		}
+		if h.Backdate != nil && time.Since(after) > time.Hour {
+			t.Errorf("touch left the modification time at %v", after)
+		}
+		got, err := s.GetChunk(ctx, fp)
+		check(t, err)
+		if !bytes.Equal(got, data) {
+			t.Fatal("touch changed the chunk")
+		}
+	})
+
+	t.Run("Packs", func(t *testing.T) {
+		chunks := []store.PackedChunk{
+			{Data: Compressible(manifest.ChunkSize)},
+			{Data: RandomBytes(15, manifest.ChunkSize)},
+			{Data: RandomBytes(16, 777)},
+		}
+		for i := range chunks {
+			chunks[i].FP = manifest.Sum(chunks[i].Data)
+		}
+		blob, id, refs := store.EncodePack(chunks)
+		if id != manifest.Sum(blob) {
+			t.Fatal("pack ID is not the hash of its bytes")
+		}
+		check(t, s.PutPack(ctx, id, blob))
+		check(t, s.PutPack(ctx, id, blob)) // idempotent
+		got, err := s.GetPack(ctx, id)
+		check(t, err)
+		if !bytes.Equal(got, blob) {
+			t.Fatalf("GetPack returned %d different bytes", len(got))
+		}
+		for i, c := range chunks {
+			data, err := store.DecodePackMember(got, refs[i], c.FP)
+			check(t, err)
+			if !bytes.Equal(data, c.Data) {
+				t.Fatalf("member %d differs", i)
+			}
+		}
+		// A member is never found as a chunk object of its own.
+		_, err = s.GetChunk(ctx, chunks[1].FP)
+		wantKind(t, err, store.ErrNotFound)
+		check(t, s.TouchPack(ctx, id))
+		_, err = s.GetPack(ctx, manifest.Sum([]byte("no such pack")))
+		wantKind(t, err, store.ErrNotFound)
+		err = s.TouchPack(ctx, manifest.Sum([]byte("no such pack")))
+		wantKind(t, err, store.ErrNotFound)
+		// A member whose bytes changed, or that is named wrongly, is corrupt.
+		bad := bytes.Clone(got)
+		bad[refs[1].Offset+100] ^= 1
+		_, err = store.DecodePackMember(bad, refs[1], chunks[1].FP)
+		wantKind(t, err, store.ErrCorrupt)
+		_, err = store.DecodePackMember(got, refs[1], chunks[2].FP)
+		wantKind(t, err, store.ErrCorrupt)
+		_, err = store.DecodePackMember(got[:len(got)-1], refs[2], chunks[2].FP)
+		wantKind(t, err, store.ErrCorrupt)
+	})
+
+	hostA, hostB := "alpha.example", "beta.example"
+	keyA1 := MustKey(t, hostA, "/srv/one.db")
+	keyA2 := MustKey(t, hostA, "/srv/two with space.db")
+	keyB := MustKey(t, hostB, "/srv/one.db")
+	// A host whose name extends hostA's, to check prefixes end at '/'.
+	keyA3 := MustKey(t, hostA+"x", "/srv/one.db")
+
+	t.Run("ManifestRoundTrip", func(t *testing.T) {
+		m := Manifest(t, hostA, "/srv/one.db", 40, 1)
+		check(t, s.PutManifest(ctx, keyA1, m))
+		got, err := s.GetManifest(ctx, keyA1)
+		check(t, err)
+		if !bytes.Equal(got, m) {
+			t.Fatal("GetManifest returned different bytes")
+		}
+		if _, err := manifest.Decode(got); err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.GetManifest(ctx, MustKey(t, hostA, "/never/stored.db"))
+		wantKind(t, err, store.ErrNotFound)
+	})
+
+	t.Run("ManifestBadKey", func(t *testing.T) {
+		for _, key := range []string{"", "../../etc/passwd", "a/b/c", "nohash/x"} {
+			err := s.PutManifest(ctx, key, []byte("x"))
+			wantKind(t, err, store.ErrPermanent)
+			_, err = s.GetManifest(ctx, key)
+			wantKind(t, err, store.ErrPermanent)
+		}
+	})
+
+	t.Run("ListManifests", func(t *testing.T) {
+		for i, k := range []string{keyA1, keyA2, keyB, keyA3} {
+			check(t, s.PutManifest(ctx, k, Manifest(t, "h", "/p", i+1, 2)))
+		}
+		pa, _ := store.HostPrefix(hostA)
+		list, err := s.ListManifests(ctx, pa)
+		check(t, err)
+		want := []string{keyA1, keyA2}
+		slices.Sort(want)
+		if got := InfoKeys(list); !slices.Equal(got, want) {
+			t.Fatalf("ListManifests(%q) = %q, want %q", pa, got, want)
+		}
+		for _, mi := range list {
+			if mi.Size <= 0 || mi.LastModified.IsZero() || time.Since(mi.LastModified) > time.Hour {
+				t.Errorf("bad info %+v", mi)
+			}
+		}
+		all, err := s.ListManifests(ctx, "")
+		check(t, err)
+		for _, k := range []string{keyA1, keyA2, keyB, keyA3} {
+			if !slices.Contains(InfoKeys(all), k) {
+				t.Errorf("ListManifests(\"\") lacks %q", k)
+			}
+		}
+		if !slices.IsSorted(InfoKeys(all)) {
+			t.Errorf("ListManifests not sorted: %q", InfoKeys(all))
+		}
+		// A prefix ending inside a component.
+		part, err := s.ListManifests(ctx, keyA1[:len(keyA1)-3])
+		check(t, err)
+		if got := InfoKeys(part); !slices.Equal(got, []string{keyA1}) {
+			t.Errorf("partial prefix: %q", got)
+		}
+		none, err := s.ListManifests(ctx, "ffff-nobody/")
+		check(t, err)
+		if len(none) != 0 {
+			t.Errorf("unknown host: %q", InfoKeys(none))
+		}
+	})
+
+	t.Run("Versions", func(t *testing.T) {
+		if h.EnableVersions != nil {
+			h.EnableVersions(t)
+		}
+		key := MustKey(t, hostB, "/versioned.db")
+		var puts [][]byte
+		for i := range 3 {
+			m := Manifest(t, hostB, "/versioned.db", 3, uint32(100+i))
+			puts = append(puts, m)
+			check(t, s.PutManifest(ctx, key, m))
+		}
+		vs, err := s.ManifestVersions(ctx, key)
+		check(t, err)
+		if len(vs) != 3 {
+			t.Fatalf("%d versions, want 3: %+v", len(vs), vs)
+		}
+		if !vs[0].IsLatest || vs[1].IsLatest || vs[2].IsLatest {
+			t.Errorf("IsLatest flags wrong: %+v", vs)
+		}
+		for i := 1; i < len(vs); i++ {
+			if vs[i].LastModified.After(vs[i-1].LastModified) {
+				t.Errorf("versions not newest first: %+v", vs)
+			}
+			if vs[i].ID == vs[i-1].ID {
+				t.Errorf("duplicate version IDs: %+v", vs)
+			}
+		}
+		for i, v := range vs {
+			got, err := s.GetManifestVersion(ctx, key, v.ID)
+			check(t, err)
+			if want := puts[len(puts)-1-i]; !bytes.Equal(got, want) {
+				t.Errorf("version %d (%s) holds the wrong bytes", i, v.ID)
+			}
+		}
+		latest, err := s.GetManifest(ctx, key)
+		check(t, err)
+		if !bytes.Equal(latest, puts[2]) {
+			t.Error("GetManifest is not the newest version")
+		}
+		_, err = s.ManifestVersions(ctx, MustKey(t, hostB, "/never/versioned.db"))
+		wantKind(t, err, store.ErrNotFound)
+		// Versions of one key do not include a key it prefixes.
+		longer := MustKey(t, hostB, "/versioned.db2")
+		check(t, s.PutManifest(ctx, longer, puts[0]))
+		vs, err = s.ManifestVersions(ctx, key)
+		check(t, err)
+		if len(vs) != 3 {
+			t.Errorf("%d versions after putting a longer key, want 3", len(vs))
+		}
+	})
+
+	t.Run("Concurrent", func(t *testing.T) {
+		data := Compressible(7000)
+		fp := manifest.Sum(data)
+		key := MustKey(t, "concurrent", "/c.db")
+		m := Manifest(t, "concurrent", "/c.db", 2, 1)
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.PutChunk(ctx, fp, data); err != nil {
+					t.Error(err)
+				}
+				if err := s.PutManifest(ctx, key, m); err != nil {
+					t.Error(err)
+				}
+				if got, err := s.GetChunk(ctx, fp); err != nil || !bytes.Equal(got, data) {
+					t.Errorf("GetChunk: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		got, err := s.GetManifest(ctx, key)
+		check(t, err)
+		if !bytes.Equal(got, m) {
+			t.Fatal("manifest damaged by concurrent puts")
+		}
+	})
+
+	t.Run("Canceled", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_, err := s.GetChunk(cctx, manifest.ZeroChunk)
+		if !errors.Is(err, context.Canceled) || store.IsRetryable(err) {
+			t.Fatalf("canceled GetChunk: %v", err)
+		}
+	})
+}
+
+func MustKey(t testing.TB, host, path string) string {
+	t.Helper()
+	k, err := store.ManifestKey(host, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func InfoKeys(l []store.ManifestInfo) []string {
+	out := make([]string, len(l))
+	for i, mi := range l {
+		out[i] = mi.Key
+	}
+	return out
+}

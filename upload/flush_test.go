@@ -1,0 +1,332 @@
+package upload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/storetest"
+)
+
+// writeMarker writes the txn marker of d as the spool and the VFS do:
+// state, then since (if not zero) as 20 digits, then for "F" the error.
+func (d *testSpool) writeMarker(state byte, since time.Time, errText string) {
+	d.t.Helper()
+	b := []byte{state}
+	if !since.IsZero() {
+		b = fmt.Appendf(b, "%020d", since.UnixNano())
+	}
+	if errText != "" {
+		b = fmt.Appendf(b, "\n%s\n", errText)
+	}
+	if err := os.WriteFile(filepath.Join(d.dir, "txn"), b, 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// logRecords is an slog.Handler that keeps what it is given.
+type logRecords struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (l *logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecords) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.records = append(l.records, r.Clone())
+	return nil
+}
+func (l *logRecords) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logRecords) WithGroup(string) slog.Handler      { return l }
+
+// count returns how many records at level have substr in their message.
+func (l *logRecords) count(level slog.Level, substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range l.records {
+		if r.Level == level && strings.Contains(r.Message, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestUploaderFlushMarker: without Restage, a flush does what the txn
+// marker allows: it uploads when the marker is clean, and otherwise fails,
+// without a store call, naming the database and saying why.
+func TestUploaderFlushMarker(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		state   byte
+		errText string
+		want    error
+		says    string
+	}{
+		{"clean", '0', "", nil, ""},
+		{"set", '1', "", ErrNotStaged, "never finished"},
+		{"failed", 'F', "spool: write x: no space left on device", ErrSnapshotFailed, "no space left on device"},
+		{"wal", 'W', "", spool.ErrWAL, "WAL mode"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			d := newTestSpool(t, t.TempDir(), "/data/marker.db")
+			s := d.snapshot(testData(90, 3*manifest.ChunkSize), now.Now())
+			d.stage(s)
+			d.writeMarker(tc.state, now.Now().Add(-time.Minute), tc.errText)
+			err := u.Flush(context.Background(), d.dir)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("Flush()=%v, want nil", err)
+				}
+				checkStored(t, fake, d, s)
+				return
+			}
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), d.path) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("Flush()=%v, want %v naming %s and saying %q", err, tc.want, d.path, tc.says)
+			}
+			if n := fake.NumCalls(); n != 0 {
+				t.Fatalf("%d store calls, want none", n)
+			}
+			if err := u.FlushAll(context.Background()); !errors.Is(err, tc.want) {
+				t.Fatalf("FlushAll()=%v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestUploaderFlushRestages: with Restage, a flush has the database
+// snapshotted again when its marker is not clean or nothing is staged, and
+// uploads that; a failed Restage fails the flush with its cause.
+func TestUploaderFlushRestages(t *testing.T) {
+	type call struct{ dir, source string }
+	setup := func(t *testing.T, restage func(d *testSpool) error) (*testSpool, *storetest.Fake, *Uploader, *[]call) {
+		now := storetest.NewClock()
+		fake := storetest.NewFake("s3")
+		opts := uploadOpts(now, target(fake))
+		var calls []call
+		var d *testSpool
+		opts.Restage = func(ctx context.Context, dir, source string) error {
+			calls = append(calls, call{dir, source})
+			return restage(d)
+		}
+		u := newTestUploader(t, opts)
+		d = newTestSpool(t, t.TempDir(), "/data/restage.db")
+		return d, fake, u, &calls
+	}
+	data := testData(91, 4*manifest.ChunkSize)
+
+	t.Run("clean: not called", func(t *testing.T) {
+		d, fake, u, calls := setup(t, func(*testSpool) error { return errors.New("called") })
+		s := d.snapshot(data, time.Now())
+		d.stage(s)
+		d.writeMarker('0', time.Time{}, "")
+		mustFlush(t, u, d.dir)
+		checkStored(t, fake, d, s)
+		if len(*calls) != 0 {
+			t.Fatalf("Restage calls %v, want none", *calls)
+		}
+	})
+
+	for _, state := range []byte{'1', 'F'} {
+		t.Run(fmt.Sprintf("marker %c: the new snapshot is uploaded", state), func(t *testing.T) {
+			var fresh *snap
+			d, fake, u, calls := setup(t, func(d *testSpool) error {
+				fresh = d.snapshot(withChunk(data, 2, 92), time.Now().Add(time.Second))
+				d.stage(fresh)
+				return nil
+			})
+			old := d.snapshot(data, time.Now())
+			d.stage(old)
+			d.writeMarker(state, time.Now(), "")
+			mustFlush(t, u, d.dir)
+			if len(*calls) != 1 || (*calls)[0] != (call{d.dir, d.path}) {
+				t.Fatalf("Restage calls %v, want one for %s", *calls, d.path)
+			}
+			checkStored(t, fake, d, fresh)
+		})
+	}
+
+	t.Run("nothing staged", func(t *testing.T) {
+		var fresh *snap
+		d, fake, u, calls := setup(t, func(d *testSpool) error {
+			fresh = d.snapshot(data, time.Now())
+			d.stage(fresh)
+			return nil
+		})
+		if err := u.Flush(context.Background(), d.dir); err != nil || len(*calls) != 1 {
+			t.Fatalf("Flush()=%v with Restage calls %v, want nil and one call", err, *calls)
+		}
+		checkStored(t, fake, d, fresh)
+	})
+
+	t.Run("fails", func(t *testing.T) {
+		cause := fmt.Errorf("spool: write x: %w", syscall.ENOSPC)
+		d, fake, u, _ := setup(t, func(*testSpool) error { return cause })
+		d.stage(d.snapshot(data, time.Now()))
+		d.writeMarker('F', time.Now(), "spool: write y: no space left on device")
+		err := u.Flush(context.Background(), d.dir)
+		if !errors.Is(err, ErrSnapshotFailed) || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), d.path) {
+			t.Fatalf("Flush()=%v, want ErrSnapshotFailed wrapping ENOSPC and naming %s", err, d.path)
+		}
+		if n := fake.NumCalls(); n != 0 {
+			t.Fatalf("%d store calls, want none", n)
+		}
+		// Not an upload failure: nothing in the uploader's own record.
+		if st := u.Status(); len(st) != 1 || st[0].Failures != 0 || !st[0].NotReplicated {
+			t.Fatalf("Status()=%+v, want no upload failure, not replicated", st)
+		}
+	})
+
+	t.Run("WAL", func(t *testing.T) {
+		d, _, u, _ := setup(t, func(*testSpool) error { return fmt.Errorf("vfs: x: %w", spool.ErrWAL) })
+		d.writeMarker('W', time.Now(), "")
+		if err := u.Flush(context.Background(), d.dir); !errors.Is(err, spool.ErrWAL) || !strings.Contains(err.Error(), d.path) {
+			t.Fatalf("Flush()=%v, want ErrWAL naming %s", err, d.path)
+		}
+	})
+
+	t.Run("database gone", func(t *testing.T) {
+		d, _, u, _ := setup(t, func(*testSpool) error { return fmt.Errorf("%w: /data/restage.db", ErrSourceGone) })
+		d.writeMarker('1', time.Now(), "")
+		if err := u.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) || !errors.Is(err, ErrSourceGone) {
+			t.Fatalf("Flush()=%v, want ErrNotStaged and ErrSourceGone", err)
+		}
+		if err := u.FlushAll(context.Background()); err != nil {
+			t.Fatalf("FlushAll()=%v, want nil: the database is gone", err)
+		}
+	})
+
+	// The upload finds the targets changed and invalidates the spool:
+	// the flush has everything staged again, and uploads it.
+	t.Run("invalidated during the flush", func(t *testing.T) {
+		now := storetest.NewClock()
+		old, fake := storetest.NewFake("old"), storetest.NewFake("new")
+		d := newTestSpool(t, t.TempDir(), "/data/moved.db")
+		s1 := d.snapshot(data, now.Now())
+		d.stage(s1)
+		mustFlush(t, newTestUploader(t, uploadOpts(now, target(old))), d.dir)
+		opts := uploadOpts(now, target(fake))
+		var s2 *snap
+		opts.Restage = func(context.Context, string, string) error {
+			s2 = d.snapshot(data, now.Now().Add(time.Second))
+			d.stage(s2)
+			return nil
+		}
+		mustFlush(t, newTestUploader(t, opts), d.dir)
+		if s2 == nil {
+			t.Fatal("Flush() succeeded without staging the snapshot again")
+		}
+		checkStored(t, fake, d, s2)
+		fake.CheckIntegrity(t)
+	})
+}
+
+// TestStatusFromMarker: a failed snapshot or WAL mode makes the status say
+// the database is not replicated, and the lag count from when its
+// snapshots stopped; a clean or set marker does not.
+func TestStatusFromMarker(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		state         byte
+		errText       string
+		notReplicated bool
+		problem       string
+	}{
+		{"clean", '0', "", false, ""},
+		{"set", '1', "", false, ""},
+		{"failed", 'F', "spool: write x: no space left on device", true, "no space left on device"},
+		{"wal", 'W', "", true, "WAL mode"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			d := newTestSpool(t, t.TempDir(), "/data/status.db")
+			d.stage(d.snapshot(testData(93, 2*manifest.ChunkSize), now.Now()))
+			mustFlush(t, u, d.dir)
+			d.writeMarker(tc.state, now.Now().Add(-90*time.Second), tc.errText)
+			got, err := ReadStatus(d.dir, now.Now())
+			if err != nil {
+				t.Fatalf("ReadStatus()=%v", err)
+			}
+			st := u.Status()
+			if len(st) != 1 {
+				t.Fatalf("Status()=%+v, want one database", st)
+			}
+			for name, s := range map[string]Status{"ReadStatus": got, "Status": st[0]} {
+				wantLag := time.Duration(0)
+				if tc.notReplicated {
+					wantLag = 90 * time.Second
+				}
+				if s.NotReplicated != tc.notReplicated || !strings.Contains(s.Problem, tc.problem) || s.Lag != wantLag {
+					t.Errorf("%s()=%+v, want NotReplicated %v, problem %q, lag %v", name, s, tc.notReplicated, tc.problem, wantLag)
+				}
+			}
+		})
+	}
+}
+
+// TestUploaderFailureLogging: a store that fails is logged once at WARN;
+// once it has failed for a minute, once at ERROR; a permanent error at
+// ERROR at once; and the recovery once at WARN.
+func TestUploaderFailureLogging(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		err    error
+		steps  []time.Duration // time between flushes, all failing
+		errors int
+	}{
+		{"outage under a minute", storetest.RetryableErr(), []time.Duration{0, 20 * time.Second, 39 * time.Second}, 0},
+		{"outage over a minute", storetest.RetryableErr(), []time.Duration{0, 30 * time.Second, 30 * time.Second, 30 * time.Second}, 1},
+		{"permanent", storetest.PermanentErr(), []time.Duration{0, time.Hour}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			log := &logRecords{}
+			opts := uploadOpts(now, target(fake))
+			opts.Logger = slog.New(log)
+			u := newTestUploader(t, opts)
+			d := newTestSpool(t, t.TempDir(), "/data/log.db")
+			d.stage(d.snapshot(testData(94, 2*manifest.ChunkSize), now.Now()))
+			fake.FailOn(storetest.OpPutChunk, nil, tc.err)
+			for _, step := range tc.steps {
+				now.Advance(step)
+				if err := u.Flush(context.Background(), d.dir); err == nil || !strings.Contains(err.Error(), d.path) {
+					t.Fatalf("Flush()=%v with the store failing, want an error naming %s", err, d.path)
+				}
+			}
+			warns := 1
+			if errors.Is(tc.err, store.ErrPermanent) {
+				warns = 0
+			}
+			if got := log.count(slog.LevelWarn, "upload failed"); got != warns {
+				t.Errorf("WARN lines about the failure=%d, want %d", got, warns)
+			}
+			if got := log.count(slog.LevelError, "replication"); got != tc.errors {
+				t.Errorf("ERROR lines=%d, want %d", got, tc.errors)
+			}
+			fake.ClearHooks()
+			mustFlush(t, u, d.dir)
+			mustFlush(t, u, d.dir)
+			if got := log.count(slog.LevelWarn, "replication resumed"); got != 1 {
+				t.Errorf("recoveries logged=%d, want 1", got)
+			}
+		})
+	}
+}

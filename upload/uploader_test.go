@@ -1,0 +1,1948 @@
+package upload
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/internal/fsutil"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/cache"
+	"github.com/boule-vfs/boule/store/storetest"
+)
+
+const testHost = "uploader-test-host"
+
+// testSpool builds one database's spool directory by hand, the way package
+// spool lays it out (doc/FORMAT.md, "Spool layout").
+type testSpool struct {
+	t    testing.TB
+	dir  string
+	path string
+	seq  uint32
+}
+
+// snap is one snapshot: its manifest, encoded, and the files of its
+// non-inline chunks.
+type snap struct {
+	m     *manifest.Manifest
+	mb    []byte
+	data  []byte
+	files map[manifest.Fingerprint][]byte
+}
+
+var uniqueSeq atomic.Uint64
+
+// uniqueName returns a fresh <pid>.<unix ns>.<16 hex> name.
+func uniqueName() string {
+	return fmt.Sprintf("%d.%d.%016x", os.Getpid(), time.Now().UnixNano()+int64(uniqueSeq.Add(1)), rand.Uint64())
+}
+
+func newTestSpool(t testing.TB, root, path string) *testSpool {
+	t.Helper()
+	dir := filepath.Join(root, strings.ReplaceAll(path, "/", "#"))
+	for _, d := range []string{dir, filepath.Join(dir, "staging", "chunks"), filepath.Join(dir, "tmp")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "source"), []byte(path), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	return &testSpool{t: t, dir: dir, path: path}
+}
+
+// testData returns size pseudo-random bytes determined by seed.
+func testData(seed uint64, size int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x5eed))
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// withChunk returns a copy of data whose chunk i is rewritten from seed.
+func withChunk(data []byte, i int, seed uint64) []byte {
+	out := bytes.Clone(data)
+	end := min((i+1)*manifest.ChunkSize, len(out))
+	copy(out[i*manifest.ChunkSize:end], testData(seed, end-i*manifest.ChunkSize))
+	return out
+}
+
+// snapshot describes data as the spool would: chunk 0 inline, the others
+// as files named by fingerprint.
+func (d *testSpool) snapshot(data []byte, created time.Time) *snap {
+	d.t.Helper()
+	d.seq++
+	m := &manifest.Manifest{
+		Hostname:      testHost,
+		SourcePath:    d.path,
+		Generator:     "boule uploader test",
+		Size:          int64(len(data)),
+		PageSize:      4096,
+		ChangeCounter: d.seq,
+		Created:       created.UTC(),
+		SourceCtime:   created.UTC(),
+		Chunks:        make([]manifest.Fingerprint, manifest.NumChunks(int64(len(data)))),
+	}
+	m.VersionID[0] = byte(d.seq)
+	s := &snap{m: m, data: data, files: map[manifest.Fingerprint][]byte{}}
+	for i := range m.Chunks {
+		c := data[i*manifest.ChunkSize : i*manifest.ChunkSize+manifest.ChunkLen(m.Size, i)]
+		m.Chunks[i] = manifest.Sum(c)
+		if i == 0 {
+			m.Inline = map[uint32][]byte{0: c}
+		} else {
+			s.files[m.Chunks[i]] = c
+		}
+	}
+	mb, err := m.MarshalBinary()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	s.mb = mb
+	return s
+}
+
+// fps returns the fingerprints of the snapshot's chunk files.
+func (s *snap) fps() []manifest.Fingerprint {
+	var out []manifest.Fingerprint
+	for fp := range s.files {
+		out = append(out, fp)
+	}
+	slices.SortFunc(out, func(a, b manifest.Fingerprint) int { return bytes.Compare(a[:], b[:]) })
+	return out
+}
+
+// writeFile writes b to dst as the spool does: whole, in tmp/, read-only,
+// then renamed into place.
+func (d *testSpool) writeFile(dst string, b []byte) {
+	d.t.Helper()
+	tmp := filepath.Join(d.dir, "tmp", uniqueName())
+	if err := os.WriteFile(tmp, b, 0o444); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// stage makes s the staged snapshot, with the given chunk files in
+// staging/chunks (all of them if none are given).
+func (d *testSpool) stage(s *snap, only ...manifest.Fingerprint) {
+	d.t.Helper()
+	if only == nil {
+		only = s.fps()
+	}
+	for _, fp := range only {
+		d.writeFile(filepath.Join(d.dir, "staging", "chunks", fp.String()), s.files[fp])
+	}
+	d.writeFile(filepath.Join(d.dir, "staging", "manifest"), s.mb)
+	d.clearMarker()
+}
+
+// clearMarker does what a snapshot does once its manifest is staged: a txn
+// marker, if there is one, goes back to clean.
+func (d *testSpool) clearMarker() {
+	d.t.Helper()
+	f, err := os.OpenFile(filepath.Join(d.dir, "txn"), os.O_WRONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte{'0'}, 0); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// publish puts s, with the given chunk files (all if none are given),
+// into state ("ready" or "consuming") as <state>/<unique>/, by renaming a
+// directory built in tmp/. It returns the snapshot directory.
+func (d *testSpool) publish(state string, s *snap, only ...manifest.Fingerprint) string {
+	d.t.Helper()
+	if only == nil {
+		only = s.fps()
+	}
+	top := filepath.Join(d.dir, "tmp", uniqueName())
+	name := uniqueName()
+	sd := filepath.Join(top, name)
+	if err := os.MkdirAll(filepath.Join(sd, "chunks"), 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sd, "manifest"), s.mb, 0o444); err != nil {
+		d.t.Fatal(err)
+	}
+	for _, fp := range only {
+		if err := os.WriteFile(filepath.Join(sd, "chunks", fp.String()), s.files[fp], 0o444); err != nil {
+			d.t.Fatal(err)
+		}
+	}
+	if err := os.Rename(top, filepath.Join(d.dir, state)); err != nil {
+		d.t.Fatalf("publish %s: %v", state, err)
+	}
+	return filepath.Join(d.dir, state, name)
+}
+
+// commit is what a write transaction does to the spool: its new chunks
+// (those given, all if none are) are staged with its manifest, then, when
+// ready/ is free, the staged snapshot is published there (hard links to
+// the manifest and to the staged chunks it references, in a directory
+// renamed into place with os.Rename) and its chunks leave staging.
+// Staged chunks it does not reference are deleted. It reports whether the
+// snapshot was published; when it was not, it stays staged.
+func (d *testSpool) commit(s *snap, newChunks ...manifest.Fingerprint) (published bool) {
+	d.t.Helper()
+	d.stage(s, newChunks...)
+	if !fsutil.DirEmpty(filepath.Join(d.dir, "ready")) {
+		return false
+	}
+	top := filepath.Join(d.dir, "tmp", uniqueName())
+	sd := filepath.Join(top, uniqueName())
+	if err := os.MkdirAll(filepath.Join(sd, "chunks"), 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(d.dir, "staging", "manifest"), filepath.Join(sd, "manifest")); err != nil {
+		d.t.Fatal(err)
+	}
+	staged := filepath.Join(d.dir, "staging", "chunks")
+	entries, err := os.ReadDir(staged)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	refs := map[string]bool{}
+	for _, fp := range s.m.Chunks {
+		refs[fp.String()] = true
+	}
+	var moved []string
+	for _, e := range entries {
+		if !refs[e.Name()] {
+			_ = os.Remove(filepath.Join(staged, e.Name())) // no longer referenced
+			continue
+		}
+		if err := os.Link(filepath.Join(staged, e.Name()), filepath.Join(sd, "chunks", e.Name())); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // uploaded and removed meanwhile
+			}
+			d.t.Fatal(err)
+		}
+		moved = append(moved, e.Name())
+	}
+	if err := os.Rename(top, filepath.Join(d.dir, "ready")); err != nil {
+		_ = os.RemoveAll(top) // the spool skips the publication
+		return false
+	}
+	for _, n := range moved {
+		_ = os.Remove(filepath.Join(staged, n))
+	}
+	return true
+}
+
+func (d *testSpool) key() string {
+	d.t.Helper()
+	k, err := store.ManifestKey(testHost, d.path)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return k
+}
+
+func (d *testSpool) exists(rel string) bool {
+	_, err := os.Lstat(filepath.Join(d.dir, rel))
+	return err == nil
+}
+
+// snapshots lists the snapshot directories left in ready/ and consuming/.
+func (d *testSpool) snapshots() []string {
+	var out []string
+	for _, st := range []string{"ready", "consuming"} {
+		entries, _ := os.ReadDir(filepath.Join(d.dir, st))
+		for _, e := range entries {
+			out = append(out, filepath.Join(st, e.Name()))
+		}
+	}
+	return out
+}
+
+// files lists the regular files under rel, relative to the spool
+// directory.
+func (d *testSpool) files(rel string) []string {
+	var out []string
+	root := filepath.Join(d.dir, rel)
+	_ = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() {
+			r, _ := filepath.Rel(d.dir, p)
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out
+}
+
+// uploadOpts are the options of the tests' uploaders: no pacing, no
+// sleeping, no periodic scan, no touching.
+func uploadOpts(now *storetest.Clock, targets ...Target) Options {
+	return Options{
+		Targets:     targets,
+		Rate:        1e6,
+		Burst:       1e6,
+		FlushRate:   1e6,
+		Workers:     1,
+		ScanPeriod:  time.Hour,
+		ManifestGap: -1,
+		TouchPeriod: -1,
+		PackChunks:  1, // most tests count chunk puts; TestUploaderPacks* pack
+		Retry: store.RetryOptions{
+			MaxAttempts:   2,
+			NotFoundDelay: -1,
+			Jitter:        func() float64 { return 0 },
+		},
+		Now:    now.Now,
+		Logger: slog.New(slog.DiscardHandler),
+	}
+}
+
+func newTestUploader(t testing.TB, opts Options) *Uploader {
+	t.Helper()
+	u, err := New(opts)
+	if err != nil {
+		t.Fatalf("NewUploader()=%v", err)
+	}
+	t.Cleanup(func() { _ = u.Close() })
+	return u
+}
+
+func target(s *storetest.Fake) Target { return Target{Name: s.Name(), Store: s} }
+
+// mustFlush flushes dir and fails t on error.
+func mustFlush(t testing.TB, u *Uploader, dir string) {
+	t.Helper()
+	if err := u.Flush(context.Background(), dir); err != nil {
+		t.Fatalf("Flush()=%v, want nil", err)
+	}
+}
+
+// checkStored checks that the store's manifest for d is want, and that the
+// database reassembled from the store is want's data.
+func checkStored(t testing.TB, fake *storetest.Fake, d *testSpool, want *snap) {
+	t.Helper()
+	got := fake.ManifestAt(d.key())
+	if !bytes.Equal(got, want.mb) {
+		gm, _ := manifest.Decode(got)
+		gotN := -1
+		if gm != nil {
+			gotN = int(gm.ChangeCounter)
+		}
+		t.Fatalf("%s: stored manifest is #%d (%d bytes), want #%d", fake.Name(), gotN, len(got), want.m.ChangeCounter)
+	}
+	checkReassembled(t, fake, d, want)
+}
+
+func manifestCounters(puts [][]byte) []uint32 {
+	var out []uint32
+	for _, b := range puts {
+		if m, err := manifest.Decode(b); err == nil {
+			out = append(out, m.ChangeCounter)
+		}
+	}
+	return out
+}
+
+// 1. A published snapshot: chunks first, then the manifest, then the
+// snapshot is gone from the spool.
+func TestUploaderReadySnapshot(t *testing.T) {
+	base := storetest.NewClock().Now()
+	tests := []struct {
+		name string
+		data []byte
+	}{
+		{"empty database", nil},
+		{"one partial chunk", testData(1, 1000)},
+		{"one chunk", testData(2, manifest.ChunkSize)},
+		{"four chunks", testData(3, 4*manifest.ChunkSize)},
+		{"partial last chunk", testData(4, 2*manifest.ChunkSize+123)},
+		{"repeated chunks", bytes.Repeat(testData(5, manifest.ChunkSize), 4)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			d := newTestSpool(t, t.TempDir(), "/data/app.db")
+			s := d.snapshot(tt.data, base)
+			if !d.commit(s) {
+				t.Fatal("test setup: the snapshot was not published to ready/")
+			}
+			if got := d.files("staging/chunks"); len(got) != 0 {
+				t.Fatalf("test setup: staging/chunks=%v after publication", got)
+			}
+
+			mustFlush(t, u, d.dir)
+
+			calls := fake.CallLog()
+			firstManifest := slices.IndexFunc(calls, func(c storetest.Call) bool { return c.Op == storetest.OpPutManifest })
+			if firstManifest < 0 {
+				t.Fatalf("no manifest put; calls: %v", calls)
+			}
+			put := map[string]int{}
+			for i, c := range calls {
+				if c.Op == storetest.OpPutChunk {
+					put[c.Key]++
+					if i > firstManifest {
+						t.Errorf("chunk %s put after the manifest; calls: %v", c.Key[:8], calls)
+					}
+				}
+			}
+			for _, fp := range s.fps() {
+				if put[fp.String()] != 1 {
+					t.Errorf("chunk %s put %d times, want 1", fp.String()[:8], put[fp.String()])
+				}
+			}
+			if len(put) != len(s.files) {
+				t.Errorf("%d distinct chunks put, want %d (chunk 0 is inline)", len(put), len(s.files))
+			}
+			if n := storetest.CountOps(calls, storetest.OpPutManifest); n != 1 {
+				t.Errorf("%d manifest puts, want 1", n)
+			}
+			if got := d.snapshots(); len(got) != 0 {
+				t.Errorf("snapshots left after Flush: %v", got)
+			}
+			checkStored(t, fake, d, s)
+			fake.CheckIntegrity(t)
+			if b, err := os.ReadFile(filepath.Join(d.dir, uploadedManifestFile)); err != nil || !bytes.Equal(b, s.mb) {
+				t.Errorf("uploaded file: %v (equal %v), want the manifest", err, bytes.Equal(b, s.mb))
+			}
+			sts := u.Status()
+			if len(sts) != 1 {
+				t.Fatalf("Status()=%d entries, want 1", len(sts))
+			}
+			got := sts[0]
+			if got.Source != d.path || got.Uploads != 1 || got.Chunks != int64(len(s.files)) || got.Lag != 0 || got.Blocked || got.LastError != "" {
+				t.Errorf("Status()=%+v, want source %s, 1 upload, %d chunks, no lag", got, d.path, len(s.files))
+			}
+		})
+	}
+}
+
+// 2. What a crashed uploader left in consuming/ goes before ready/: each
+// manifest put follows its chunks, manifests are put oldest first (the
+// uploader may also squash the older ones and put only the newest), the
+// newest ends in the store, and both directories are emptied.
+func TestUploaderConsumingFirst(t *testing.T) {
+	base := storetest.NewClock().Now()
+	tests := []struct {
+		name             string
+		consuming, ready bool
+		staged           bool // staging/manifest holds the newest snapshot
+		chunksPut        bool // the crashed uploader had put s1's chunks
+		wantCounter      uint32
+	}{
+		{name: "consuming only", consuming: true, staged: true, wantCounter: 1},
+		{name: "consuming only, nothing staged", consuming: true, wantCounter: 1},
+		{name: "ready only", ready: true, staged: true, wantCounter: 2},
+		{name: "consuming and ready", consuming: true, ready: true, staged: true, wantCounter: 2},
+		{name: "consuming and ready, nothing staged", consuming: true, ready: true, wantCounter: 2},
+		{name: "consuming with chunks already put", consuming: true, ready: true, staged: true, chunksPut: true, wantCounter: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			d := newTestSpool(t, t.TempDir(), "/data/crash.db")
+			data1 := testData(10, 3*manifest.ChunkSize)
+			s1 := d.snapshot(data1, base)
+			// s2 rewrites chunk 2 and keeps chunk 1 of s1.
+			s2 := d.snapshot(withChunk(data1, 2, 11), base.Add(time.Second))
+			var want *snap
+			if tt.consuming {
+				if tt.chunksPut {
+					// The crashed uploader put the chunks and removed
+					// their files, but not the manifest.
+					for fp, c := range s1.files {
+						if err := fake.PutChunk(context.Background(), fp, c); err != nil {
+							t.Fatal(err)
+						}
+					}
+					d.publish("consuming", s1, []manifest.Fingerprint{}...)
+				} else {
+					d.publish("consuming", s1)
+				}
+				want = s1
+			}
+			if tt.ready {
+				// Only the chunks s2 adds when s1 is spooled.
+				var added []manifest.Fingerprint
+				for fp := range s2.files {
+					if _, ok := s1.files[fp]; !ok || !tt.consuming {
+						added = append(added, fp)
+					}
+				}
+				d.publish("ready", s2, added...)
+				want = s2
+			}
+			if tt.staged {
+				d.stage(want, []manifest.Fingerprint{}...)
+			}
+			before := fake.NumCalls()
+
+			mustFlush(t, u, d.dir)
+
+			got := manifestCounters(fake.ManifestPuts())
+			if len(got) == 0 || got[len(got)-1] != tt.wantCounter || !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != len(got) {
+				t.Errorf("manifests put in order %v, want increasing and ending with %d; calls: %v", got, tt.wantCounter, fake.CallsSince(before))
+			}
+			if got := d.snapshots(); len(got) != 0 {
+				t.Errorf("snapshots left after Flush: %v", got)
+			}
+			checkStored(t, fake, d, want)
+			fake.CheckIntegrity(t)
+		})
+	}
+}
+
+// After an upload, the spool can publish its next snapshot to ready/ (it
+// renames a directory there with os.Rename, which fails on any existing
+// directory, even an empty one).
+func TestUploaderReadyReusable(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	d := newTestSpool(t, t.TempDir(), "/data/reuse.db")
+	data := testData(12, 2*manifest.ChunkSize)
+	for i := range 3 {
+		data = withChunk(data, 1, uint64(13+i))
+		s := d.snapshot(data, now.Now())
+		if !d.commit(s) {
+			t.Fatalf("commit %d: not published to ready/ (ready/ left behind: %v)", i+1, d.exists("ready"))
+		}
+		mustFlush(t, u, d.dir)
+		checkStored(t, fake, d, s)
+	}
+	fake.CheckIntegrity(t)
+}
+
+// 3. Only a staged snapshot: its chunks go and leave staging, then the
+// manifest; an unchanged spool then costs no call, in this process or the
+// next.
+func TestUploaderStagingOnly(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, t.TempDir(), "/data/staged.db")
+	s := d.snapshot(testData(20, 3*manifest.ChunkSize+7), now.Now())
+	d.stage(s)
+
+	t.Run("first flush", func(t *testing.T) {
+		mustFlush(t, u, d.dir)
+		calls := fake.CallLog()
+		if n := storetest.CountOps(calls, storetest.OpPutChunk); n != len(s.files) {
+			t.Errorf("%d chunk puts, want %d; calls: %v", n, len(s.files), calls)
+		}
+		if len(calls) == 0 || calls[len(calls)-1].Op != storetest.OpPutManifest || storetest.CountOps(calls, storetest.OpPutManifest) != 1 {
+			t.Errorf("calls %v, want the chunks then one manifest", calls)
+		}
+		if got := d.files("staging/chunks"); len(got) != 0 {
+			t.Errorf("staging/chunks=%v after Flush, want empty", got)
+		}
+		if !d.exists("staging/manifest") {
+			t.Error("staging/manifest removed; it must stay")
+		}
+		checkStored(t, fake, d, s)
+		fake.CheckIntegrity(t)
+	})
+	t.Run("second flush", func(t *testing.T) {
+		before := fake.NumCalls()
+		mustFlush(t, u, d.dir)
+		if got := fake.CallsSince(before); len(got) != 0 {
+			t.Errorf("second Flush made calls %v, want none", got)
+		}
+	})
+	t.Run("new process", func(t *testing.T) {
+		u2 := newTestUploader(t, opts)
+		before := fake.NumCalls()
+		mustFlush(t, u2, d.dir)
+		if got := fake.CallsSince(before); len(got) != 0 {
+			t.Errorf("Flush by a new uploader made calls %v, want none (the uploaded file says it is done)", got)
+		}
+	})
+}
+
+// 4. A snapshot published while the staged one is being uploaded: the
+// store never goes backwards, and no manifest is put before its chunks.
+func TestUploaderStagingRace(t *testing.T) {
+	tests := []struct {
+		name    string
+		blockOp string
+	}{
+		{"published during a staged chunk put", storetest.OpPutChunk},
+		{"published during the staged manifest put", storetest.OpPutManifest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			d := newTestSpool(t, t.TempDir(), "/data/race.db")
+			data1 := testData(30, 4*manifest.ChunkSize)
+			s1 := d.snapshot(data1, now.Now())
+			d.stage(s1)
+			// The next transaction rewrites chunk 3 and adds a chunk; it
+			// still references chunks 1 and 2 of s1.
+			data2 := append(withChunk(data1, 3, 31), testData(32, 100)...)
+			s2 := d.snapshot(data2, now.Now().Add(time.Second))
+			var added []manifest.Fingerprint
+			for fp := range s2.files {
+				if _, ok := s1.files[fp]; !ok {
+					added = append(added, fp)
+				}
+			}
+
+			gate := fake.BlockOnce(tt.blockOp, nil)
+			errc := make(chan error, 1)
+			go func() { errc <- u.Flush(context.Background(), d.dir) }()
+			gate.Wait(t)
+			if !d.commit(s2, added...) {
+				t.Fatal("test setup: the transaction did not publish to ready/")
+			}
+			gate.Open()
+			if err := <-errc; err != nil {
+				t.Fatalf("Flush()=%v, want nil", err)
+			}
+
+			got := manifestCounters(fake.ManifestPuts())
+			if !slices.IsSorted(got) {
+				t.Errorf("manifests put in order %v: the store went backwards", got)
+			}
+			checkStored(t, fake, d, s2) // the newest, after Flush
+			fake.CheckIntegrity(t)      // no manifest before its chunks
+			if snaps, staged := d.snapshots(), d.files("staging/chunks"); len(snaps) != 0 || len(staged) != 0 {
+				t.Errorf("spool not drained: snapshots %v, staged chunks %v", snaps, staged)
+			}
+			// And the next flush finds the staged manifest (s2) uploaded.
+			before := fake.NumCalls()
+			mustFlush(t, u, d.dir)
+			if got := fake.CallsSince(before); len(got) != 0 {
+				t.Errorf("next Flush made calls %v, want none", got)
+			}
+		})
+	}
+}
+
+// 5. Several targets: all non-cache ones get everything; a failing one
+// fails the flush and keeps the spool; a failing cache does not matter.
+func TestUploaderTargets(t *testing.T) {
+	tests := []struct {
+		name     string
+		failing  string // target name
+		op       string
+		err      error
+		cache    bool // the failing target is a cache
+		wantErr  error
+		keepAll  bool // every spool file stays
+		keepOnly bool // only the manifest stays (the chunks reached every target)
+	}{
+		{name: "all succeed"},
+		{name: "second fails chunk put permanently", failing: "b", op: storetest.OpPutChunk, err: storetest.PermanentErr(), wantErr: store.ErrPermanent, keepAll: true},
+		{name: "second fails chunk put transiently", failing: "b", op: storetest.OpPutChunk, err: storetest.RetryableErr(), wantErr: storetest.RetryableErr(), keepAll: true},
+		{name: "second fails manifest put permanently", failing: "b", op: storetest.OpPutManifest, err: storetest.PermanentErr(), wantErr: store.ErrPermanent, keepOnly: true},
+		{name: "cache fails permanently", failing: "cache", cache: true, op: storetest.OpPutChunk, err: storetest.PermanentErr()},
+		{name: "cache fails transiently", failing: "cache", cache: true, op: storetest.OpPutChunk, err: storetest.RetryableErr()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			a, b, c := storetest.NewFake("a"), storetest.NewFake("b"), storetest.NewFake("cache")
+			byName := map[string]*storetest.Fake{"a": a, "b": b, "cache": c}
+			u := newTestUploader(t, uploadOpts(now, Target{Name: "cache", Store: c, Cache: true}, target(a), target(b)))
+			d := newTestSpool(t, t.TempDir(), "/data/multi.db")
+			s := d.snapshot(testData(40, 3*manifest.ChunkSize), now.Now())
+			d.stage(s, []manifest.Fingerprint{}...)
+			snapDir := d.publish("ready", s)
+			if tt.failing != "" {
+				byName[tt.failing].FailOn(tt.op, nil, tt.err)
+			}
+
+			err := u.Flush(context.Background(), d.dir)
+			switch {
+			case tt.wantErr == nil && err != nil:
+				t.Fatalf("Flush()=%v, want nil", err)
+			case tt.wantErr == nil:
+			case err == nil:
+				t.Fatalf("Flush()=nil, want an error like %v", tt.wantErr)
+			case errors.Is(tt.wantErr, store.ErrPermanent) && !errors.Is(err, store.ErrPermanent):
+				t.Fatalf("Flush()=%v, want ErrPermanent", err)
+			case !errors.Is(tt.wantErr, store.ErrPermanent) && !store.IsRetryable(err):
+				t.Fatalf("Flush()=%v, want a retryable error", err)
+			}
+
+			if n := storetest.CountOps(c.CallLog(), storetest.OpPutManifest); n != 0 {
+				t.Errorf("cache got %d manifest puts, want 0", n)
+			}
+			switch {
+			case tt.keepAll:
+				want := []string{"manifest"}
+				for _, fp := range s.fps() {
+					want = append(want, filepath.Join("chunks", fp.String()))
+				}
+				for _, p := range want {
+					if !inSnapshot(d, snapDir, p) {
+						t.Errorf("spool lost %s after a failed Flush", p)
+					}
+				}
+				if d.exists(uploadedManifestFile) {
+					t.Error("uploaded file written after a failed Flush")
+				}
+			case tt.keepOnly:
+				if !inSnapshot(d, snapDir, "manifest") {
+					t.Error("spool lost the manifest after a failed Flush")
+				}
+				// Retried once the target is back: everything arrives.
+				byName[tt.failing].ClearHooks()
+				mustFlush(t, u, d.dir)
+				for _, st := range []*storetest.Fake{a, b} {
+					checkStored(t, st, d, s)
+				}
+			default:
+				for _, st := range []*storetest.Fake{a, b} {
+					checkStored(t, st, d, s)
+					st.CheckIntegrity(t)
+				}
+				if got := d.snapshots(); len(got) != 0 {
+					t.Errorf("snapshots left after a successful Flush: %v", got)
+				}
+				if tt.failing == "" {
+					for _, fp := range s.fps() {
+						if !c.HasChunk(fp) {
+							t.Errorf("cache lacks chunk %s", fp.String()[:8])
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// inSnapshot reports whether the published snapshot snapDir still holds
+// rel, in ready/ or, once the uploader has taken it, in consuming/.
+func inSnapshot(d *testSpool, snapDir, rel string) bool {
+	name := filepath.Base(snapDir)
+	return d.exists(filepath.Join("ready", name, rel)) || d.exists(filepath.Join("consuming", name, rel))
+}
+
+// bgEnv runs an uploader's background path with one worker, and barrier
+// databases whose uploads tell when every wake-up queued before them has
+// been handled.
+type bgEnv struct {
+	t        *testing.T
+	root     string
+	now      *storetest.Clock
+	store    *storetest.Fake
+	u        *Uploader
+	db       *testSpool
+	barriers map[string]bool // manifest keys of the barrier databases
+}
+
+func newBGEnv(t *testing.T, tweak func(*Options)) *bgEnv {
+	t.Helper()
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	if tweak != nil {
+		tweak(&opts)
+	}
+	root := t.TempDir()
+	e := &bgEnv{
+		t:        t,
+		root:     root,
+		now:      now,
+		store:    fake,
+		u:        newTestUploader(t, opts),
+		db:       newTestSpool(t, root, "/data/bg.db"),
+		barriers: map[string]bool{},
+	}
+	return e
+}
+
+// sync waits until a free worker has handled every wake-up queued so far
+// (with one worker, or all others busy, wake-ups are handled in order):
+// it notifies a new barrier database, which holds one snapshot of one
+// inline chunk (so one manifest put and no other call), and waits for its
+// manifest in the store. A new database each time: no pass still running
+// for an earlier barrier can upload it early.
+func (e *bgEnv) sync() {
+	e.t.Helper()
+	b := newTestSpool(e.t, e.root, fmt.Sprintf("/data/barrier-%d.db", len(e.barriers)))
+	s := b.snapshot(testData(uint64(1000+len(e.barriers)), 100), e.now.Now())
+	b.commit(s)
+	key := b.key()
+	e.barriers[key] = true
+	e.u.Notify(b.dir)
+	e.store.WaitFor(e.t, "the barrier's manifest", func(f *storetest.Fake) bool {
+		return bytes.Equal(f.ManifestAt(key), s.mb)
+	})
+}
+
+// callsForDB returns the calls since the first n that are not the
+// barriers'.
+func (e *bgEnv) callsForDB(n int) []storetest.Call {
+	var out []storetest.Call
+	for _, c := range e.store.CallsSince(n) {
+		if !e.barriers[c.Key] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (e *bgEnv) status() Status {
+	e.t.Helper()
+	for _, s := range e.u.Status() {
+		if s.Dir == e.db.dir {
+			return s
+		}
+	}
+	e.t.Fatalf("Status() lacks %s", e.db.dir)
+	return Status{}
+}
+
+// 6. Errors in the background: a permanent one stops the database until a
+// flush succeeds; a transient one backs off.
+func TestUploaderBackgroundErrors(t *testing.T) {
+	t.Run("permanent", func(t *testing.T) {
+		e := newBGEnv(t, nil)
+		s1 := e.db.snapshot(testData(50, 3*manifest.ChunkSize), e.now.Now())
+		e.db.commit(s1)
+		e.store.FailOn(storetest.OpPutChunk, nil, storetest.PermanentErr())
+		e.u.Start()
+		e.u.Add(e.db.dir)
+		e.sync()
+		if got := e.callsForDB(0); len(got) != 1 || got[0].Op != storetest.OpPutChunk || !errors.Is(got[0].Err, store.ErrPermanent) {
+			t.Fatalf("calls %v, want one failed chunk put (a permanent error is not retried)", got)
+		}
+		st := e.status()
+		if !st.Blocked || st.Failures != 1 || st.LastError == "" {
+			t.Fatalf("Status()=%+v, want blocked with 1 failure and an error", st)
+		}
+
+		// Past any backoff, and with the store fixed, the background
+		// still leaves the database alone.
+		e.now.Advance(2 * maxFailureBackoff)
+		e.store.ClearHooks()
+		n := e.store.NumCalls()
+		e.u.Notify(e.db.dir)
+		e.sync()
+		if got := e.callsForDB(n); len(got) != 0 {
+			t.Fatalf("background calls %v for a blocked database, want none", got)
+		}
+		if st := e.status(); !st.Blocked {
+			t.Fatalf("Status().Blocked=false after Notify, want true")
+		}
+
+		// A flush retries, and unblocks on success.
+		mustFlush(t, e.u, e.db.dir)
+		checkStored(t, e.store, e.db, s1)
+		if st := e.status(); st.Blocked || st.LastError != "" {
+			t.Fatalf("Status()=%+v after a successful Flush, want unblocked, no error", st)
+		}
+
+		// And the background uploads again.
+		s2 := e.db.snapshot(withChunk(s1.data, 1, 51), e.now.Now())
+		e.db.commit(s2, s2.fps()[0])
+		e.u.Notify(e.db.dir)
+		e.sync()
+		checkStored(t, e.store, e.db, s2)
+		e.store.CheckIntegrity(t)
+	})
+
+	t.Run("retryable", func(t *testing.T) {
+		e := newBGEnv(t, nil)
+		s1 := e.db.snapshot(testData(60, 2*manifest.ChunkSize), e.now.Now())
+		e.db.commit(s1)
+		e.store.FailOn(storetest.OpPutChunk, nil, storetest.RetryableErr())
+		e.u.Start()
+		e.u.Add(e.db.dir)
+		e.sync()
+		if got := e.callsForDB(0); storetest.CountOps(got, storetest.OpPutChunk) != 2 || len(got) != 2 {
+			t.Fatalf("calls %v, want 2 failed chunk puts (MaxAttempts 2)", got)
+		}
+		if st := e.status(); st.Blocked || st.Failures != 1 || st.LastError == "" {
+			t.Fatalf("Status()=%+v, want not blocked, 1 failure, an error", st)
+		}
+		e.store.ClearHooks()
+
+		steps := []struct {
+			name      string
+			advance   time.Duration
+			wantCalls bool
+		}{
+			{"at once", 0, false},
+			{"within the backoff", minFailureBackoff / 2, false},
+			{"after the backoff", minFailureBackoff, true},
+		}
+		for _, step := range steps {
+			e.now.Advance(step.advance)
+			n := e.store.NumCalls()
+			e.u.Notify(e.db.dir)
+			e.sync()
+			got := e.callsForDB(n)
+			if (len(got) > 0) != step.wantCalls {
+				t.Fatalf("%s: calls %v, want calls: %v", step.name, got, step.wantCalls)
+			}
+		}
+		checkStored(t, e.store, e.db, s1)
+		if st := e.status(); st.LastError != "" || st.Uploads != 1 {
+			t.Fatalf("Status()=%+v after recovery, want no error and 1 upload", st)
+		}
+	})
+}
+
+// 7. A chunk uploaded recently by this process is not put again.
+func TestUploaderRecentChunks(t *testing.T) {
+	const ttl = time.Hour
+	tests := []struct {
+		name    string
+		advance time.Duration
+		wantPut bool
+	}{
+		{"within RecentTTL", ttl / 2, false},
+		{"after RecentTTL", ttl + time.Second, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			opts := uploadOpts(now, target(fake))
+			opts.RecentTTL = ttl
+			u := newTestUploader(t, opts)
+			d := newTestSpool(t, t.TempDir(), "/data/recent.db")
+			data := testData(70, 3*manifest.ChunkSize)
+			s1 := d.snapshot(data, now.Now())
+			d.commit(s1)
+			mustFlush(t, u, d.dir)
+			shared := s1.m.Chunks[1]
+			fake.DeleteChunk(shared)
+
+			now.Advance(tt.advance)
+			s2 := d.snapshot(withChunk(data, 2, 71), now.Now())
+			d.commit(s2) // chunk 1's file is spooled again
+			before := fake.NumCalls()
+			mustFlush(t, u, d.dir)
+			putShared := slices.ContainsFunc(fake.CallsSince(before), func(c storetest.Call) bool {
+				return c.Op == storetest.OpPutChunk && c.Key == shared.String()
+			})
+			if putShared != tt.wantPut {
+				t.Errorf("chunk put again: %v, want %v; calls: %v", putShared, tt.wantPut, fake.CallsSince(before))
+			}
+			if !fake.HasChunk(s2.m.Chunks[2]) {
+				t.Error("the new chunk was not put")
+			}
+			if got := d.snapshots(); len(got) != 0 {
+				t.Errorf("snapshots left after Flush: %v", got)
+			}
+		})
+	}
+}
+
+// 8. Touching the chunks of the uploaded manifest, and invalidating the
+// spool when one is missing.
+func TestUploaderTouch(t *testing.T) {
+	const period = 24 * time.Hour
+	tests := []struct {
+		name    string
+		missing bool
+	}{
+		{"all present", false},
+		{"one missing", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newBGEnv(t, func(o *Options) { o.TouchPeriod = period })
+			// Chunks 1 and 3 are equal: touched once.
+			c := testData(80, manifest.ChunkSize)
+			data := slices.Concat(testData(81, manifest.ChunkSize), c, testData(82, manifest.ChunkSize), c)
+			s := e.db.snapshot(data, e.now.Now())
+			e.db.stage(s)
+			mustFlush(t, e.u, e.db.dir)
+			if err := os.WriteFile(filepath.Join(e.db.dir, "txn"), []byte("0"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			e.u.Start()
+
+			// The first background pass starts the period; nothing is
+			// touched.
+			e.u.Notify(e.db.dir)
+			e.sync()
+			if got := e.callsForDB(0); storetest.CountOps(got, storetest.OpTouchChunk) != 0 {
+				t.Fatalf("touched on the first pass: %v", got)
+			}
+
+			if tt.missing {
+				e.store.DeleteChunk(s.m.Chunks[2])
+			}
+			e.now.Advance(period)
+			n := e.store.NumCalls()
+			e.u.Notify(e.db.dir)
+			e.sync()
+			got := e.callsForDB(n)
+			for _, c := range got {
+				if c.Op != storetest.OpTouchChunk {
+					t.Errorf("unexpected call %v during the touch pass", c)
+				}
+			}
+			if tt.missing {
+				if !slices.ContainsFunc(got, func(c storetest.Call) bool { return errors.Is(c.Err, store.ErrNotFound) }) {
+					t.Fatalf("calls %v, want a touch that finds the chunk missing", got)
+				}
+				if e.db.exists("staging/manifest") {
+					t.Error("staging/manifest kept after a missing chunk, want it removed")
+				}
+				if b, err := os.ReadFile(filepath.Join(e.db.dir, "txn")); err != nil || string(b) != "1" {
+					t.Errorf("txn=%q, %v, want \"1\"", b, err)
+				}
+				if e.db.exists(uploadedManifestFile) {
+					t.Error("uploaded file kept after a missing chunk, want it removed")
+				}
+				return
+			}
+			for _, fp := range s.fps() {
+				if n := e.store.TouchCount(fp); n != 1 {
+					t.Errorf("chunk %s touched %d times, want 1", fp.String()[:8], n)
+				}
+			}
+			if n := storetest.CountOps(got, storetest.OpTouchChunk); n != len(s.files) {
+				t.Errorf("%d touches, want %d", n, len(s.files))
+			}
+
+			// Within the next period nothing more is touched.
+			e.now.Advance(period / 2)
+			n = e.store.NumCalls()
+			e.u.Notify(e.db.dir)
+			e.sync()
+			if got := e.callsForDB(n); len(got) != 0 {
+				t.Errorf("calls %v within the period, want none", got)
+			}
+		})
+	}
+}
+
+// 9. A spool chunk that does not match its name is never uploaded.
+func TestUploaderCorruptSpoolChunk(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string // "ready" or "staging"
+	}{
+		{"in ready", "ready"},
+		{"in staging", "staging"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			d := newTestSpool(t, t.TempDir(), "/data/corrupt.db")
+			s := d.snapshot(testData(90, 3*manifest.ChunkSize), now.Now())
+			bad := s.m.Chunks[2]
+			var p string
+			if tt.in == "ready" {
+				d.stage(s, []manifest.Fingerprint{}...)
+				p = filepath.Join(d.publish("ready", s), "chunks", bad.String())
+			} else {
+				d.stage(s)
+				p = filepath.Join(d.dir, "staging", "chunks", bad.String())
+			}
+			corrupt := bytes.Clone(s.files[bad])
+			corrupt[100] ^= 0x40
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, corrupt, 0o444); err != nil {
+				t.Fatal(err)
+			}
+
+			err := u.Flush(context.Background(), d.dir)
+			if !errors.Is(err, ErrSpoolCorrupt) {
+				t.Fatalf("Flush()=%v, want ErrSpoolCorrupt", err)
+			}
+			for _, c := range fake.CallLog() {
+				if c.Key == bad.String() {
+					t.Errorf("corrupt chunk reached the store: %v", c)
+				}
+				if c.Op == storetest.OpPutManifest {
+					t.Errorf("manifest put although a chunk is corrupt: %v", c)
+				}
+			}
+			fake.CheckIntegrity(t)
+		})
+	}
+}
+
+// 10. Two uploaders (two processes) on one spool directory: one uploads
+// at a time.
+func TestUploaderLockDir(t *testing.T) {
+	now := storetest.NewClock()
+	s1, s2 := storetest.NewFake("first"), storetest.NewFake("second")
+	root := t.TempDir()
+	d := newTestSpool(t, root, "/data/shared.db")
+	barrier := newTestSpool(t, root, "/data/barrier.db")
+	first := newTestUploader(t, uploadOpts(now, target(s1)))
+	second := newTestUploader(t, uploadOpts(now, target(s2)))
+	snap1 := d.snapshot(testData(100, 3*manifest.ChunkSize), now.Now())
+	d.stage(snap1)
+
+	gate := s1.BlockOnce(storetest.OpPutChunk, nil)
+	errc1 := make(chan error, 1)
+	go func() { errc1 <- first.Flush(context.Background(), d.dir) }()
+	gate.Wait(t)
+
+	// The second uploader's background pass gives up at once.
+	second.Start()
+	second.Add(d.dir)
+	b := barrier.snapshot(testData(101, 10), now.Now())
+	barrier.commit(b)
+	second.Add(barrier.dir)
+	s2.WaitFor(t, "the barrier's manifest", func(f *storetest.Fake) bool { return f.ManifestAt(barrier.key()) != nil })
+	if got := s2.CallLog(); len(got) != 1 || got[0].Key != barrier.key() {
+		t.Fatalf("second uploader's calls %v while the first holds the lock, want only the barrier's manifest", got)
+	}
+
+	// Its flush waits for the lock.
+	errc2 := make(chan error, 1)
+	go func() { errc2 <- second.Flush(context.Background(), d.dir) }()
+	select {
+	case err := <-errc2:
+		t.Fatalf("second Flush()=%v returned while the first uploader held the lock", err)
+	default:
+	}
+	gate.Open()
+	if err := <-errc1; err != nil {
+		t.Fatalf("first Flush()=%v, want nil", err)
+	}
+	// Its targets differ from the first's: it invalidates the spool, and
+	// says that nothing it could upload is the database's state.
+	if err := <-errc2; !errors.Is(err, ErrNotStaged) {
+		t.Fatalf("second Flush()=%v, want ErrNotStaged", err)
+	}
+	checkStored(t, s1, d, snap1)
+	s1.CheckIntegrity(t)
+	// The first uploaded everything: the second has no chunk to put. (It
+	// may put the same manifest again: it trusts its own memory of what
+	// it uploaded, not the uploaded file.)
+	for _, c := range s2.CallLog() {
+		switch {
+		case c.Key == barrier.key():
+		case c.Op == storetest.OpPutManifest && bytes.Equal(s2.ManifestAt(d.key()), snap1.mb):
+			t.Logf("second uploader put the manifest again: %v", c)
+		default:
+			t.Errorf("second uploader made call %v after the first uploaded everything", c)
+		}
+	}
+}
+
+// 11. Lag and pending bytes.
+func TestSpoolLag(t *testing.T) {
+	base := storetest.NewClock().Now()
+	type state struct {
+		consuming, ready, staged, uploaded int // snapshot numbers, 0 for none
+	}
+	tests := []struct {
+		name    string
+		st      state
+		wantLag time.Duration
+	}{
+		{"empty", state{}, 0},
+		{"staged and uploaded", state{staged: 3, uploaded: 3}, 0},
+		{"staged, older uploaded", state{staged: 3, uploaded: 2}, 7 * time.Second},
+		{"staged, nothing uploaded", state{staged: 1}, 9 * time.Second},
+		{"ready and staged", state{ready: 2, staged: 3}, 8 * time.Second},
+		{"consuming, ready and staged", state{consuming: 1, ready: 2, staged: 3, uploaded: 0}, 9 * time.Second},
+		{"consuming and staged uploaded", state{consuming: 1, staged: 3, uploaded: 3}, 9 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newTestSpool(t, t.TempDir(), "/data/lag.db")
+			// Snapshot i was created at base+i s; now is base+10 s.
+			snaps := []*snap{nil}
+			data := testData(110, 2*manifest.ChunkSize)
+			for i := 1; i <= 3; i++ {
+				data = withChunk(data, 1, uint64(110+i))
+				snaps = append(snaps, d.snapshot(data, base.Add(time.Duration(i)*time.Second)))
+			}
+			now := base.Add(10 * time.Second)
+			var wantPending int64
+			var uploadedSum [32]byte
+			if n := tt.st.uploaded; n > 0 {
+				if err := os.WriteFile(filepath.Join(d.dir, uploadedManifestFile), snaps[n].mb, 0o444); err != nil {
+					t.Fatal(err)
+				}
+				uploadedSum = sha256.Sum256(snaps[n].mb)
+			}
+			if n := tt.st.consuming; n > 0 {
+				d.publish("consuming", snaps[n])
+				wantPending += int64(len(snaps[n].mb) + manifest.ChunkSize)
+			}
+			if n := tt.st.ready; n > 0 {
+				d.publish("ready", snaps[n])
+				wantPending += int64(len(snaps[n].mb) + manifest.ChunkSize)
+			}
+			if n := tt.st.staged; n > 0 {
+				if n == tt.st.uploaded {
+					d.stage(snaps[n], []manifest.Fingerprint{}...)
+				} else {
+					d.stage(snaps[n]) // its chunk is waiting too
+					wantPending += int64(len(snaps[n].mb) + manifest.ChunkSize)
+				}
+			}
+
+			lag, pending := SpoolLag(d.dir, uploadedSum, now)
+			if lag != tt.wantLag || pending != wantPending {
+				t.Errorf("SpoolLag()=%v, %d, want %v, %d", lag, pending, tt.wantLag, wantPending)
+			}
+			st, err := ReadStatus(d.dir, now)
+			if err != nil {
+				t.Fatalf("ReadStatus()=%v", err)
+			}
+			if st.Lag != tt.wantLag || st.PendingBytes != wantPending || st.Source != d.path || st.Dir != d.dir {
+				t.Errorf("ReadStatus()=%+v, want lag %v, pending %d, source %s", st, tt.wantLag, wantPending, d.path)
+			}
+		})
+	}
+}
+
+// ReadStatus reports what the uploader saved, with the lag computed now.
+func TestReadStatusAfterUpload(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	d := newTestSpool(t, t.TempDir(), "/data/status.db")
+	s1 := d.snapshot(testData(120, 2*manifest.ChunkSize), now.Now())
+	d.stage(s1)
+	mustFlush(t, u, d.dir)
+	now.Advance(time.Minute)
+	s2 := d.snapshot(withChunk(s1.data, 1, 121), now.Now())
+	d.stage(s2)
+	now.Advance(5 * time.Second)
+
+	st, err := ReadStatus(d.dir, now.Now())
+	if err != nil {
+		t.Fatalf("ReadStatus()=%v", err)
+	}
+	if st.Uploads != 1 || st.Chunks != 1 || st.Lag != 5*time.Second || st.PendingBytes != int64(len(s2.mb)+manifest.ChunkSize) || st.Source != d.path {
+		t.Errorf("ReadStatus()=%+v, want 1 upload, 1 chunk, lag 5s, pending %d", st, len(s2.mb)+manifest.ChunkSize)
+	}
+	if got := u.Status(); len(got) != 1 || got[0].Lag != st.Lag || got[0].PendingBytes != st.PendingBytes {
+		t.Errorf("Status()=%+v, want the same lag and pending bytes as ReadStatus", got)
+	}
+}
+
+// The status of a database that another process's uploader keeps current
+// shows no lag: the uploaded file, not this process's memory, says what
+// the store has.
+func TestStatusAfterOtherProcessUploads(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	d := newTestSpool(t, t.TempDir(), "/data/twoprocs.db")
+	s1 := d.snapshot(testData(130, 2*manifest.ChunkSize), now.Now())
+	d.stage(s1)
+	idle := newTestUploader(t, uploadOpts(now, target(fake)))
+	idle.Add(d.dir) // knows the database, never gets the lock
+	active := newTestUploader(t, uploadOpts(now, target(fake)))
+	mustFlush(t, active, d.dir)
+	now.Advance(time.Hour)
+
+	for name, u := range map[string]*Uploader{"active": active, "idle": idle} {
+		got := u.Status()
+		if len(got) != 1 || got[0].Lag != 0 || got[0].PendingBytes != 0 {
+			t.Errorf("%s uploader: Status()=%+v, want no lag and nothing pending", name, got)
+		}
+	}
+}
+
+// A wake-up for a database that another worker is uploading is not lost
+// when that worker has already looked at the spool for the last time.
+func TestUploaderWakeDuringPass(t *testing.T) {
+	const period = time.Hour
+	e := newBGEnv(t, func(o *Options) {
+		o.Workers = 2
+		o.TouchPeriod = period
+	})
+	s1 := e.db.snapshot(testData(140, 3*manifest.ChunkSize), e.now.Now())
+	e.db.stage(s1)
+	mustFlush(t, e.u, e.db.dir)
+	// The next background pass is due to touch: the period started long
+	// ago.
+	st := e.u.state(e.db.dir)
+	st.mu.Lock()
+	st.lastTouch = e.now.Now().Add(-2 * period)
+	st.mu.Unlock()
+
+	gate := e.store.BlockOnce(storetest.OpTouchChunk, nil)
+	e.u.Start()
+	e.u.Notify(e.db.dir)
+	gate.Wait(t) // one worker is touching, after its last look at the spool
+
+	s2 := e.db.snapshot(withChunk(s1.data, 2, 141), e.now.Now())
+	e.db.commit(s2, s2.m.Chunks[2])
+	e.u.Notify(e.db.dir)
+	// The other worker is the only one free: when the barrier is through,
+	// it has handled (and found busy) the database.
+	e.sync()
+	gate.Open()
+	e.store.WaitFor(t, "the new snapshot's manifest", func(f *storetest.Fake) bool {
+		return bytes.Equal(f.ManifestAt(e.db.key()), s2.mb)
+	})
+	checkStored(t, e.store, e.db, s2)
+	e.store.CheckIntegrity(t)
+}
+
+// Close ends a background upload stuck in a store call, and leaves the
+// spool as it was.
+func TestUploaderCloseDuringUpload(t *testing.T) {
+	e := newBGEnv(t, nil)
+	s1 := e.db.snapshot(testData(150, 2*manifest.ChunkSize), e.now.Now())
+	e.db.commit(s1)
+	gate := e.store.BlockOnce(storetest.OpPutChunk, nil)
+	e.u.Start()
+	e.u.Notify(e.db.dir)
+	gate.Wait(t)
+	done := make(chan error, 1)
+	go func() { done <- e.u.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Close()=%v", err)
+		}
+	case <-time.After(storetest.WaitTimeout):
+		t.Fatal("Close() did not return while an upload was in a store call")
+	}
+	if !e.db.exists("ready") && !e.db.exists("consuming") {
+		t.Fatal("the unfinished snapshot left the spool")
+	}
+	if st := e.status(); st.Failures != 0 {
+		t.Errorf("Status()=%+v, want no failure counted for a cancelled upload", st)
+	}
+}
+
+// FlushAll flushes every database, and TargetStats counts the calls to
+// each target, the retries and failures included.
+func TestUploaderFlushAllAndTargetStats(t *testing.T) {
+	now := storetest.NewClock()
+	a, b := storetest.NewFake("a"), storetest.NewFake("b")
+	u := newTestUploader(t, uploadOpts(now, target(a), target(b)))
+	root := t.TempDir()
+	var dbs []*testSpool
+	var snaps []*snap
+	for i := range 3 {
+		d := newTestSpool(t, root, fmt.Sprintf("/data/all-%d.db", i))
+		s := d.snapshot(testData(uint64(400+i), 2*manifest.ChunkSize), now.Now())
+		d.stage(s)
+		u.Add(d.dir)
+		dbs, snaps = append(dbs, d), append(snaps, s)
+	}
+	// b fails its first chunk put once, transiently: one retry.
+	var failed atomic.Bool
+	b.AddHook(func(_ context.Context, op, _ string) error {
+		if op == storetest.OpPutChunk && failed.CompareAndSwap(false, true) {
+			return storetest.RetryableErr()
+		}
+		return nil
+	})
+	if err := u.FlushAll(context.Background()); err != nil {
+		t.Fatalf("FlushAll()=%v, want nil", err)
+	}
+	for i, d := range dbs {
+		checkStored(t, a, d, snaps[i])
+		checkStored(t, b, d, snaps[i])
+	}
+	stats := u.TargetStats()
+	var mb int64
+	for _, s := range snaps {
+		mb += int64(len(s.mb))
+	}
+	up := 3*int64(manifest.ChunkSize) + mb // one non-inline chunk each
+	tests := []struct {
+		target                   string
+		calls, retries, failures int64
+	}{
+		{"a", 6, 0, 0},
+		{"b", 7, 1, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.target, func(t *testing.T) {
+			got, ok := stats[tt.target]
+			if !ok {
+				t.Fatalf("TargetStats() lacks %s: %v", tt.target, stats)
+			}
+			if got.Calls != tt.calls || got.Retries != tt.retries || got.Failures != tt.failures || got.BytesUp != up {
+				t.Errorf("TargetStats()[%s]=%+v, want %d calls, %d retries, %d failures, %d bytes up", tt.target, got, tt.calls, tt.retries, tt.failures, up)
+			}
+		})
+	}
+	// FlushAll joins the errors of the databases that fail.
+	a.FailOn(storetest.OpPutChunk, nil, storetest.PermanentErr())
+	for i, d := range dbs {
+		s := d.snapshot(withChunk(snaps[i].data, 1, uint64(500+i)), now.Now())
+		d.stage(s)
+	}
+	err := u.FlushAll(context.Background())
+	if !errors.Is(err, store.ErrPermanent) || strings.Count(err.Error(), "\n") != 2 {
+		t.Errorf("FlushAll()=%v, want 3 permanent errors joined", err)
+	}
+}
+
+// A spool directory that disappeared (the database was deleted) is
+// forgotten.
+func TestUploaderForgetsRemovedDir(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	d := newTestSpool(t, t.TempDir(), "/data/gone.db")
+	u.Add(d.dir)
+	if len(u.Status()) != 1 {
+		t.Fatalf("Status()=%v, want one database", u.Status())
+	}
+	if err := os.RemoveAll(d.dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.FlushAll(context.Background()); err != nil {
+		t.Fatalf("FlushAll()=%v with a deleted database, want nil", err)
+	}
+	if err := u.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) {
+		t.Fatalf("Flush()=%v of a deleted database, want ErrNotStaged", err)
+	}
+	if got := u.Status(); len(got) != 0 {
+		t.Errorf("Status()=%v after the directory went, want none", got)
+	}
+	if n := fake.NumCalls(); n != 0 {
+		t.Errorf("%d store calls, want none", n)
+	}
+}
+
+// Two manifests of a database are at least ManifestGap apart, and the
+// wait ends with the context.
+func TestUploaderManifestGap(t *testing.T) {
+	const gap = 50 * time.Millisecond
+	now := storetest.NewClock() // frozen: the gap is measured from the last upload
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	opts.ManifestGap = gap
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, t.TempDir(), "/data/gap.db")
+	s1 := d.snapshot(testData(600, manifest.ChunkSize+10), now.Now())
+	d.stage(s1)
+	mustFlush(t, u, d.dir)
+
+	s2 := d.snapshot(withChunk(s1.data, 1, 601), now.Now())
+	d.stage(s2)
+	start := time.Now()
+	mustFlush(t, u, d.dir)
+	if el := time.Since(start); el < gap {
+		t.Errorf("second manifest %v after the first, want at least %v", el, gap)
+	}
+	checkStored(t, fake, d, s2)
+
+	s3 := d.snapshot(withChunk(s2.data, 1, 602), now.Now())
+	d.stage(s3)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := u.Flush(ctx, d.dir); !errors.Is(err, context.Canceled) {
+		t.Errorf("Flush(cancelled)=%v, want context.Canceled", err)
+	}
+	checkStored(t, fake, d, s2)
+}
+
+// TestUploaderProgressUnderContinuousWrites: a writer commits during every
+// chunk upload, so the staged manifest always changes while a pass runs and
+// ready/ is never empty when a pass starts. Each flush must still upload a
+// complete snapshot (no livelock), never going backwards.
+func TestUploaderProgressUnderContinuousWrites(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	d := newTestSpool(t, t.TempDir(), "/data/busy.db")
+	data := testData(40, 12*manifest.ChunkSize)
+	prev := d.snapshot(data, now.Now())
+	if !d.commit(prev, prev.fps()...) {
+		t.Fatal("test setup: the first snapshot did not publish")
+	}
+	// Then a second one is staged: ready/ is occupied when the flush starts.
+	var mu sync.Mutex
+	seq := 0
+	next := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		seq++
+		data = withChunk(data, 1+seq%11, uint64(100+seq))
+		s := d.snapshot(data, now.Now().Add(time.Duration(seq)*time.Millisecond))
+		var added []manifest.Fingerprint
+		for fp := range s.files {
+			if _, ok := prev.files[fp]; !ok {
+				added = append(added, fp)
+			}
+		}
+		d.commit(s, added...)
+		prev = s
+	}
+	next()
+	fake.AddHook(func(_ context.Context, op, _ string) error {
+		if op == storetest.OpPutChunk {
+			next()
+		}
+		return nil
+	})
+	for i := range 3 {
+		before := len(fake.ManifestPuts())
+		if err := u.Flush(context.Background(), d.dir); err != nil {
+			t.Fatalf("Flush() %d=%v", i, err)
+		}
+		if len(fake.ManifestPuts()) == before {
+			t.Fatalf("Flush() %d uploaded no manifest while the writer kept committing: livelock", i)
+		}
+	}
+	got := manifestCounters(fake.ManifestPuts())
+	if !slices.IsSorted(got) {
+		t.Errorf("manifests put in order %v: the store went backwards", got)
+	}
+	fake.CheckIntegrity(t) // every manifest's chunks were stored before it
+}
+
+// TestUploaderNeverGoesBackwards: a snapshot older than the last uploaded
+// one, left behind in consuming/ while nothing is staged (the database
+// switched to WAL), is not uploaded over the newer one.
+func TestUploaderNeverGoesBackwards(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	d := newTestSpool(t, t.TempDir(), "/data/back.db")
+	data := testData(50, 3*manifest.ChunkSize)
+	older := d.snapshot(data, now.Now())
+	newer := d.snapshot(withChunk(data, 1, 51), now.Now().Add(time.Hour))
+	d.stage(newer)
+	mustFlush(t, u, d.dir)
+	checkStored(t, fake, d, newer)
+
+	d.publish("consuming", older)
+	if err := os.Remove(filepath.Join(d.dir, "staging", "manifest")); err != nil {
+		t.Fatal(err)
+	}
+	mustFlush(t, u, d.dir)
+	checkStored(t, fake, d, newer)
+	if got := manifestCounters(fake.ManifestPuts()); len(got) != 1 {
+		t.Fatalf("manifests put %v, want only the newer one", got)
+	}
+}
+
+// TestUploaderTargetsChanged: the staged snapshot assumes the store has
+// every chunk it does not stage. After the targets change, the spool is
+// invalidated, so that the next transaction stages, and the uploader sends
+// to the new store, every chunk.
+func TestUploaderTargetsChanged(t *testing.T) {
+	now := storetest.NewClock()
+	old, fake := storetest.NewFake("old"), storetest.NewFake("new")
+	d := newTestSpool(t, t.TempDir(), "/data/moved.db")
+	data := testData(60, 4*manifest.ChunkSize)
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	mustFlush(t, newTestUploader(t, uploadOpts(now, target(old))), d.dir)
+	checkStored(t, old, d, s1)
+
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	// The new store has nothing yet: the flush must not report success.
+	if err := u.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) || !strings.Contains(err.Error(), "/data/moved.db") {
+		t.Fatalf("Flush()=%v after the targets changed, want ErrNotStaged naming the database", err)
+	}
+	// It is not an upload failure: no backoff, no error in the status.
+	if st := u.Status(); len(st) != 1 || st[0].Failures != 0 || st[0].LastError != "" {
+		t.Fatalf("status after ErrNotStaged: %+v, want no failure", st)
+	}
+	if d.exists("staging/manifest") || d.exists("uploaded") {
+		t.Fatal("spool not invalidated after the targets changed")
+	}
+	if b, err := os.ReadFile(filepath.Join(d.dir, "txn")); err != nil || string(b) != "1" {
+		t.Fatalf("txn marker=%q, %v; want 1", b, err)
+	}
+	// The next transaction rebuilds: every chunk is staged again.
+	s2 := d.snapshot(withChunk(data, 2, 61), now.Now().Add(time.Second))
+	d.stage(s2)
+	mustFlush(t, u, d.dir)
+	checkStored(t, fake, d, s2)
+	fake.CheckIntegrity(t)
+	// Same targets again: no invalidation.
+	before := fake.NumCalls()
+	mustFlush(t, newTestUploader(t, uploadOpts(now, target(fake))), d.dir)
+	if !d.exists("staging/manifest") || fake.NumCalls() != before {
+		t.Fatalf("flush with unchanged targets invalidated or uploaded again: calls %v", fake.CallsSince(before))
+	}
+}
+
+// TestUploaderClockStep: after the clock steps back, a newly staged
+// manifest has an older Created than the last uploaded one; it is still the
+// newest state and must be uploaded (the age check is only for snapshots
+// left behind in ready/ or consuming/).
+func TestUploaderClockStep(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	d := newTestSpool(t, t.TempDir(), "/data/clock.db")
+	data := testData(70, 3*manifest.ChunkSize)
+	before := d.snapshot(data, now.Now().Add(time.Hour))
+	d.stage(before)
+	mustFlush(t, u, d.dir)
+	after := d.snapshot(withChunk(data, 1, 71), now.Now()) // the clock went back
+	d.stage(after)
+	mustFlush(t, u, d.dir)
+	checkStored(t, fake, d, after)
+}
+
+// TestUploaderTargetsChangedByAnotherProcess: during a rolling deploy an
+// uploader with the old targets must not drain the spool into the old
+// store after one with the new targets invalidated it.
+func TestUploaderTargetsChangedByAnotherProcess(t *testing.T) {
+	now := storetest.NewClock()
+	old, fake := storetest.NewFake("old"), storetest.NewFake("new")
+	d := newTestSpool(t, t.TempDir(), "/data/deploy.db")
+	data := testData(80, 4*manifest.ChunkSize)
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	uOld := newTestUploader(t, uploadOpts(now, target(old)))
+	mustFlush(t, uOld, d.dir)
+	if err := newTestUploader(t, uploadOpts(now, target(fake))).Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) {
+		t.Fatalf("Flush()=%v with new targets, want ErrNotStaged (it invalidates)", err)
+	}
+	s2 := d.snapshot(withChunk(data, 2, 81), now.Now().Add(time.Second))
+	d.stage(s2) // the rebuild stages every chunk
+	if err := uOld.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) {
+		t.Fatalf("Flush()=%v with the old targets, want ErrNotStaged (it invalidates)", err)
+	}
+	if d.exists("staging/manifest") {
+		t.Fatal("the old-targets uploader consumed a snapshot meant for the new targets instead of invalidating")
+	}
+}
+
+// TestUploaderPacks: a snapshot's chunks go up in packs of PackChunks, in
+// file order; the manifest says where each is; a later snapshot keeps the
+// places of the chunks it shares, across a restart of the uploader too,
+// and the touch refreshes packs.
+func TestUploaderPacks(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	opts.PackChunks = 4
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, t.TempDir(), "/data/packed.db")
+	data := testData(40, 10*manifest.ChunkSize+9) // chunk 0 inline, 10 in files
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	mustFlush(t, u, d.dir)
+	calls := fake.CallLog()
+	if n, c := storetest.CountOps(calls, storetest.OpPutPack), storetest.CountOps(calls, storetest.OpPutChunk); n != 3 || c != 0 {
+		t.Fatalf("%d pack puts and %d chunk puts, want 3 packs (4+4+2) and no chunk; calls %v", n, c, calls)
+	}
+	stored := func() *manifest.Manifest {
+		t.Helper()
+		m, err := manifest.Decode(fake.ManifestAt(d.key()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	m1 := stored()
+	refs := m1.PackRefs()
+	if len(refs) != 10 {
+		t.Fatalf("%d packed chunks, want 10", len(refs))
+	}
+	// File order: chunks 1-4 share a pack, 5-8 another.
+	if refs[1].ID != refs[4].ID || refs[5].ID != refs[8].ID || refs[4].ID == refs[5].ID || refs[9].ID != refs[10].ID {
+		t.Errorf("packs not in file order: %v", refs)
+	}
+	m1.Packs = nil
+	if plain, _ := m1.MarshalBinary(); !bytes.Equal(plain, s1.mb) {
+		t.Error("the stored manifest, without its pack table, differs from the spool's")
+	}
+	checkReassembled(t, fake, d, s1)
+	fake.CheckIntegrity(t)
+	if d.exists(packedFile) {
+		t.Error("placements file left after its manifest was uploaded")
+	}
+	if st := u.Status(); len(st) != 1 || st[0].Packs != 3 || st[0].Chunks != 10 {
+		t.Errorf("status %+v, want 3 packs and 10 chunks", st)
+	}
+
+	// Change chunk 6: one chunk put, and the other places carried over
+	// from the uploaded manifest.
+	s2 := d.snapshot(withChunk(data, 6, 41), now.Now())
+	d.stage(s2, s2.m.Chunks[6])
+	before := fake.NumCalls()
+	mustFlush(t, u, d.dir)
+	calls = fake.CallsSince(before)
+	if n, c := storetest.CountOps(calls, storetest.OpPutPack), storetest.CountOps(calls, storetest.OpPutChunk); n != 0 || c != 1 {
+		t.Fatalf("calls %v, want one chunk put and the manifest", calls)
+	}
+	if r := stored().PackRefs(); len(r) != 9 || r[5] != refs[5] {
+		t.Errorf("second manifest places %d chunks (chunk 5 at %+v), want 9 (at %+v)", len(r), r[5], refs[5])
+	}
+	checkReassembled(t, fake, d, s2)
+	fake.CheckIntegrity(t)
+
+	// Packs uploaded, then the manifest put fails and the process goes:
+	// the next process finds the places in the placements file, since
+	// the chunk files are gone from the spool.
+	s3 := d.snapshot(withChunk(withChunk(s2.data, 2, 42), 3, 43), now.Now())
+	d.stage(s3, s3.m.Chunks[2], s3.m.Chunks[3])
+	failManifest := func(ctx context.Context, op, key string) error {
+		if op == storetest.OpPutManifest {
+			return storetest.PermanentErr()
+		}
+		return nil
+	}
+	fake.AddHook(failManifest)
+	if err := u.Flush(context.Background(), d.dir); err == nil {
+		t.Fatal("Flush succeeded with the manifest put failing")
+	}
+	fake.ClearHooks()
+	if got := d.files("staging/chunks"); len(got) != 0 {
+		t.Fatalf("staging/chunks=%v, want the packed chunks uploaded and gone", got)
+	}
+	if !d.exists(packedFile) {
+		t.Fatal("no placements file while a pack waits for its manifest")
+	}
+	u2 := newTestUploader(t, opts)
+	mustFlush(t, u2, d.dir)
+	m3 := stored()
+	if m3.ChangeCounter != s3.m.ChangeCounter {
+		t.Fatalf("stored manifest #%d, want #%d", m3.ChangeCounter, s3.m.ChangeCounter)
+	}
+	if r := m3.PackRefs(); r[2].ID != r[3].ID || r[2].ID == refs[2].ID {
+		t.Errorf("chunks 2 and 3 at %+v and %+v, want a new pack of their own", r[2], r[3])
+	}
+	checkReassembled(t, fake, d, s3)
+	fake.CheckIntegrity(t)
+
+}
+
+// TestUploaderTouchPacks: the touch refreshes each pack of the uploaded
+// manifest once, and a missing pack makes the next transaction upload
+// everything again, as a missing chunk does.
+func TestUploaderTouchPacks(t *testing.T) {
+	const period = 24 * time.Hour
+	for _, missing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("missing=%v", missing), func(t *testing.T) {
+			e := newBGEnv(t, func(o *Options) { o.TouchPeriod = period; o.PackChunks = 3 })
+			s := e.db.snapshot(testData(85, 8*manifest.ChunkSize), e.now.Now()) // 7 files: packs of 3, 3, 1
+			e.db.stage(s)
+			mustFlush(t, e.u, e.db.dir)
+			m, err := manifest.Decode(e.store.ManifestAt(e.db.key()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			packs := map[manifest.Fingerprint]bool{}
+			for _, ref := range m.PackRefs() {
+				packs[ref.ID] = true
+			}
+			if len(packs) != 2 {
+				t.Fatalf("%d packs, want 2 (and one chunk alone)", len(packs))
+			}
+			if err := os.WriteFile(filepath.Join(e.db.dir, "txn"), []byte("0"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			e.u.Start()
+			e.u.Notify(e.db.dir)
+			e.sync() // starts the period
+			if missing {
+				e.store.DeletePack(m.Packs[1].ID)
+			}
+			e.now.Advance(period)
+			n := e.store.NumCalls()
+			e.u.Notify(e.db.dir)
+			e.sync()
+			got := e.callsForDB(n)
+			if missing {
+				if !slices.ContainsFunc(got, func(c storetest.Call) bool {
+					return c.Op == storetest.OpTouchPack && errors.Is(c.Err, store.ErrNotFound)
+				}) {
+					t.Fatalf("calls %v, want a pack touch that finds it missing", got)
+				}
+				if e.db.exists("staging/manifest") || e.db.exists(uploadedManifestFile) {
+					t.Error("staging/manifest or uploaded kept after a missing pack, want them removed")
+				}
+				return
+			}
+			for id := range packs {
+				if n := e.store.TouchCount(id); n != 1 {
+					t.Errorf("pack %s touched %d times, want 1", id.String()[:8], n)
+				}
+			}
+			if n, c := storetest.CountOps(got, storetest.OpTouchPack), storetest.CountOps(got, storetest.OpTouchChunk); n != 2 || c != 1 {
+				t.Errorf("%d pack and %d chunk touches, want 2 and 1; calls %v", n, c, got)
+			}
+		})
+	}
+}
+
+// checkReassembled checks that the store's manifest of d restores want's
+// bytes.
+func checkReassembled(t testing.TB, fake *storetest.Fake, d *testSpool, want *snap) {
+	t.Helper()
+	m, _, err := store.FetchManifest(context.Background(), []store.Store{fake}, d.key())
+	if err != nil {
+		t.Fatalf("FetchManifest()=%v", err)
+	}
+	var buf bytes.Buffer
+	if err := restore.Reassemble(context.Background(), []store.Store{fake}, m, &buf); err != nil {
+		t.Fatalf("Reassemble()=%v", err)
+	}
+	if !bytes.Equal(buf.Bytes(), want.data) {
+		t.Fatalf("%s: reassembled %d bytes differ from the snapshot's %d", fake.Name(), buf.Len(), len(want.data))
+	}
+}
+
+// TestUploaderPacksUploadedNotRecorded: when the record of an uploaded
+// manifest cannot be written (a full disk), the placements of its packs
+// stay, and the next manifest still says where those chunks are.
+func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	opts.PackChunks = 4
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, t.TempDir(), "/data/full.db")
+	data := testData(50, 9*manifest.ChunkSize)
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	mustFlush(t, u, d.dir)
+
+	// Chunks 2 and 3 change and go up as a pack; the uploaded file then
+	// cannot be written.
+	s2 := d.snapshot(withChunk(withChunk(data, 2, 51), 3, 52), now.Now())
+	d.stage(s2, s2.m.Chunks[2], s2.m.Chunks[3])
+	recordUploaded = func(string, []byte) error { return syscall.ENOSPC }
+	mustFlush(t, u, d.dir)
+	recordUploaded = writeFileAtomic
+	checkReassembled(t, fake, d, s2)
+	if !d.exists(packedFile) {
+		t.Fatal("placements dropped although the uploaded file was not written")
+	}
+
+	// The next snapshot keeps chunks 2 and 3: the uploaded file still
+	// describes s1, and only the placements know where they are.
+	s3 := d.snapshot(withChunk(s2.data, 7, 53), now.Now())
+	d.stage(s3, s3.m.Chunks[7])
+	mustFlush(t, newTestUploader(t, opts), d.dir)
+	checkReassembled(t, fake, d, s3)
+	fake.CheckIntegrity(t)
+	if d.exists(packedFile) {
+		t.Error("placements left after an upload that was recorded")
+	}
+}
+
+// TestUploaderFreshestUnderWrites: when a newer transaction is staged
+// during a pass, the manifest the pass read still goes up if all its
+// chunks are in the store, rather than the older snapshot waiting in
+// consuming/: under continuous writes, that one is a manifest gap stale.
+func TestUploaderFreshestUnderWrites(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	d := newTestSpool(t, t.TempDir(), "/data/fresh.db")
+	data0 := testData(60, 3*manifest.ChunkSize)
+	s0 := d.snapshot(data0, now.Now())
+	d.publish("ready", s0) // handed over, not uploaded yet
+	data1 := withChunk(data0, 2, 61)
+	s1 := d.snapshot(data1, now.Now().Add(time.Second))
+	d.stage(s1)
+	// The next transaction appends a chunk: every chunk of s1 stays.
+	s2 := d.snapshot(append(bytes.Clone(data1), testData(62, 100)...), now.Now().Add(2*time.Second))
+	var added []manifest.Fingerprint
+	for fp := range s2.files {
+		if _, ok := s1.files[fp]; !ok {
+			added = append(added, fp)
+		}
+	}
+
+	gate := fake.BlockOnce(storetest.OpPutChunk, nil)
+	errc := make(chan error, 1)
+	go func() { errc <- u.Flush(context.Background(), d.dir) }()
+	gate.Wait(t)
+	d.stage(s2, added...)
+	gate.Open()
+	if err := <-errc; err != nil {
+		t.Fatalf("Flush()=%v", err)
+	}
+	got := manifestCounters(fake.ManifestPuts())
+	if len(got) == 0 || got[0] != s1.m.ChangeCounter || slices.Contains(got, s0.m.ChangeCounter) {
+		t.Errorf("manifests put %v; want #%d first (the one the pass read, complete), never the older #%d", got, s1.m.ChangeCounter, s0.m.ChangeCounter)
+	}
+	checkStored(t, fake, d, s2)
+	fake.CheckIntegrity(t)
+}
+
+// TestUploaderOnManifest: OnManifest is called for each uploaded
+// manifest, with its host and path, once the store holds it.
+func TestUploaderOnManifest(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	d := newTestSpool(t, t.TempDir(), "/data/own.db")
+	var calls []string
+	opts.OnManifest = func(host, path string) {
+		stored := fake.ManifestAt(d.key()) != nil
+		calls = append(calls, fmt.Sprintf("%s %s %v", host, path, stored))
+	}
+	u := newTestUploader(t, opts)
+	d.stage(d.snapshot(testData(90, 2*manifest.ChunkSize), now.Now()))
+	mustFlush(t, u, d.dir)
+	mustFlush(t, u, d.dir) // nothing new: no call
+	if want := testHost + " /data/own.db true"; len(calls) != 1 || calls[0] != want {
+		t.Fatalf("OnManifest calls %q, want [%q]", calls, want)
+	}
+}
+
+// The uploader fills a local cache target on the way.
+func TestLocalCacheAsTarget(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	c, err := cache.New(t.TempDir(), 4, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := newTestUploader(t, uploadOpts(now, Target{Name: "cache", Store: c, Cache: true}, target(fake)))
+	d := newTestSpool(t, t.TempDir(), "/data/cached.db")
+	s := d.snapshot(testData(300, 4*manifest.ChunkSize), now.Now())
+	d.stage(s)
+	mustFlush(t, u, d.dir)
+	checkStored(t, fake, d, s)
+	for _, fp := range s.fps() {
+		if got, err := c.GetChunk(context.Background(), fp); err != nil || !bytes.Equal(got, s.files[fp]) {
+			t.Errorf("cache GetChunk(%s)=%v, want the chunk", fp.String()[:8], err)
+		}
+	}
+	// Readers can reassemble from the cache first, the store for the rest.
+	m, _, err := store.FetchManifest(context.Background(), []store.Store{c, fake}, d.key())
+	if err != nil {
+		t.Fatalf("FetchManifest()=%v", err)
+	}
+	var buf bytes.Buffer
+	if err := restore.Reassemble(context.Background(), []store.Store{c, fake}, m, &buf); err != nil || !bytes.Equal(buf.Bytes(), s.data) {
+		t.Errorf("Reassemble()=%v, equal %v", err, bytes.Equal(buf.Bytes(), s.data))
+	}
+}
