@@ -4,10 +4,6 @@ TOOLS     := $(CURDIR)/.tools
 BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
-# The C sources in c/ are #included by vfs/cgo.go, and Go's build cache
-# does not see them change: put their hash in the C flags, so that an edit
-# to c/ rebuilds what depends on it.
-export CGO_CFLAGS := -O2 -g -DBOULE_C_SOURCES=$(shell cat c/*.c c/*.h | sha256sum | cut -c1-16)
 
 .PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
 
@@ -44,7 +40,7 @@ ext:
 ## lib: the static library and its header, for C programs.
 lib:
 	$(GO) build -buildmode=c-archive -tags boule_lib -o $(BUILD)/libboule.a ./cmd/libboule
-	cp c/boule.h $(BUILD)/boule.h
+	cp vfs/boule.h $(BUILD)/boule.h
 
 ## demo: write a database through boule and show what was spooled.
 demo:

@@ -108,13 +108,8 @@ fi
 
 mkdir -p "$OUT"
 log "building libboule.a with the boule_validate tag"
-# The C sources live in c/ and are #included from package vfs, and the go
-# command does not notice changes to files outside a package's directory:
-# a hash of them in CGO_CFLAGS keeps the build cache from serving stale C.
-csum=$(cat c/*.c c/*.h | sha256sum | cut -c1-16)
-CGO_CFLAGS="-O2 -g -DBOULE_C_SOURCES=$csum" \
-  go build -buildmode=c-archive -tags boule_lib,boule_validate -o "$OUT/libboule.a" ./cmd/libboule
-cc -O2 -Wall -Werror -Ic -c scripts/conformance_init.c -o "$OUT/conformance_init.o"
+go build -buildmode=c-archive -tags boule_lib,boule_validate -o "$OUT/libboule.a" ./cmd/libboule
+cc -O2 -Wall -Werror -Ivfs -c scripts/conformance_init.c -o "$OUT/conformance_init.o"
 
 if [ ! -f "$BLD/Makefile" ]; then
   rm -rf "$BLD"

@@ -13,7 +13,17 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
+)
+
+// The C and Go halves agree on the sizes they share: the build fails on a
+// mismatch (an array length may not be negative).
+var (
+	_ [C.BOULE_CHUNK_SIZE - manifest.ChunkSize]struct{}
+	_ [manifest.ChunkSize - C.BOULE_CHUNK_SIZE]struct{}
+	_ [C.BOULE_HEADER_SIZE - spool.HeaderSize]struct{}
+	_ [spool.HeaderSize - C.BOULE_HEADER_SIZE]struct{}
 )
 
 // cSource reads the main database file through the VFS's own handle. It is

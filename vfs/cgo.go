@@ -1,12 +1,13 @@
 package vfs
 
-// This file compiles the C half of the VFS, which lives in ../c so that the
-// C library and the loadable extension build from the same sources. It must
-// not contain //export functions: their preamble may hold declarations only.
+// The C half of the VFS lives in this directory: boule_vfs.c (the
+// replicating VFS), boule_snapshot.c (the read-replica VFS), the internal
+// header boule_vfs.h they share with the Go half, and boule.h, the public
+// header of the C library. cgo compiles each .c file on its own, and the
+// go command rebuilds when any of them changes. This file holds no
+// //export functions: their preamble may hold declarations only.
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../c -O2 -Wall -Wextra -Wno-unused-parameter
-#include "boule_vfs.c"
-#include "boule_snapshot.c"
+#cgo CFLAGS: -O2 -Wall -Wextra -Wno-unused-parameter
 */
 import "C"

@@ -2,8 +2,8 @@
 ** The "boule_snapshot" VFS: read-only replicas of databases replicated by
 ** Boule, served from snapshots in the replication stores.
 **
-** This file is compiled in the same translation unit as boule_vfs.c, after
-** it (see vfs/cgo.go), and shares its unix VFS pointer and helpers.
+** It shares the unix VFS that boule_vfs.c finds (boule_unix_vfs), and
+** boule_register must run first.
 **
 ** Main database files are served from a BouleView: the snapshot's chunks,
 ** mapped into memory by Go. xRead, xFileSize, xLock and xUnlock run in C;
@@ -16,6 +16,14 @@
 ** Every other file (temp databases, sorter and statement journals) is a
 ** plain unix file on local disk.
 */
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "boule_vfs.h"
+
+#define unix_vfs boule_unix_vfs
 
 extern int bouleGoSnapOpen(char *zName, int flags, BouleSnapOut *out);
 extern int bouleGoSnapChunk(uint64_t view, int64_t i);
@@ -283,18 +291,7 @@ int boule_snapshot_register(void) {
     snap_vfs.xDelete = sDelete;
     snap_vfs.xAccess = sAccess;
     snap_vfs.xFullPathname = sFullPathname;
-    snap_vfs.xDlOpen = bDlOpen;
-    snap_vfs.xDlError = bDlError;
-    snap_vfs.xDlSym = bDlSym;
-    snap_vfs.xDlClose = bDlClose;
-    snap_vfs.xRandomness = bRandomness;
-    snap_vfs.xSleep = bSleep;
-    snap_vfs.xCurrentTime = bCurrentTime;
-    snap_vfs.xGetLastError = bGetLastError;
-    snap_vfs.xCurrentTimeInt64 = bCurrentTimeInt64;
-    snap_vfs.xSetSystemCall = bSetSystemCall;
-    snap_vfs.xGetSystemCall = bGetSystemCall;
-    snap_vfs.xNextSystemCall = bNextSystemCall;
+    boule_forward_vfs(&snap_vfs);
   }
   return sqlite3_vfs_register(&snap_vfs, 0);
 }

@@ -8,7 +8,19 @@
 #ifndef BOULE_VFS_H
 #define BOULE_VFS_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "boule_sqlite.h"
+
+#define ROUND8(x) (((x) + 7) & ~(size_t)7)
+
+/* The unix VFS that both VFSes wrap, found by boule_register. */
+extern sqlite3_vfs *boule_unix_vfs;
+
+/* Sets v's methods that only forward to the unix VFS: dynamic loading,
+** randomness, sleep, time, errors and system calls. */
+void boule_forward_vfs(sqlite3_vfs *v);
 
 #define BOULE_CHUNK_SHIFT 16
 #define BOULE_CHUNK_SIZE (1 << BOULE_CHUNK_SHIFT)

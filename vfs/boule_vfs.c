@@ -32,11 +32,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#define BOULE_DEFINE_API
+#include "boule_sqlite.h"
 #ifdef BOULE_EXTENSION
-#include "sqlite3ext.h"
 SQLITE_EXTENSION_INIT1
-#else
-#include "sqlite3.h"
 #endif
 
 #include "boule_vfs.h"
@@ -75,7 +74,8 @@ typedef struct BouleFile {
   int64_t hiWord;      /* one past the highest word that may be non-zero */
 } BouleFile;
 
-static sqlite3_vfs *unix_vfs;
+sqlite3_vfs *boule_unix_vfs; /* the unix VFS, found by boule_register */
+#define unix_vfs boule_unix_vfs
 static sqlite3_vfs boule_vfs;
 static const sqlite3_io_methods boule_io_methods;
 static int64_t go_calls;
@@ -83,7 +83,6 @@ static char *temp_dir; /* config "tempdir"; NULL means unix's default */
 
 int64_t boule_go_calls(void) { return __atomic_load_n(&go_calls, __ATOMIC_RELAXED); }
 
-#define ROUND8(x) (((x) + 7) & ~(size_t)7)
 
 /* ---- dirty bitmap -------------------------------------------------------- */
 
@@ -587,6 +586,21 @@ int boule_set_tempdir(const char *dir) {
   return SQLITE_OK;
 }
 
+void boule_forward_vfs(sqlite3_vfs *v) {
+  v->xDlOpen = bDlOpen;
+  v->xDlError = bDlError;
+  v->xDlSym = bDlSym;
+  v->xDlClose = bDlClose;
+  v->xRandomness = bRandomness;
+  v->xSleep = bSleep;
+  v->xCurrentTime = bCurrentTime;
+  v->xGetLastError = bGetLastError;
+  v->xCurrentTimeInt64 = bCurrentTimeInt64;
+  v->xSetSystemCall = bSetSystemCall;
+  v->xGetSystemCall = bGetSystemCall;
+  v->xNextSystemCall = bNextSystemCall;
+}
+
 int boule_register(int make_default) {
   if (unix_vfs == 0) {
     sqlite3_vfs *u = sqlite3_vfs_find("unix");
@@ -600,18 +614,7 @@ int boule_register(int make_default) {
     boule_vfs.xDelete = bDelete;
     boule_vfs.xAccess = bAccess;
     boule_vfs.xFullPathname = bFullPathname;
-    boule_vfs.xDlOpen = bDlOpen;
-    boule_vfs.xDlError = bDlError;
-    boule_vfs.xDlSym = bDlSym;
-    boule_vfs.xDlClose = bDlClose;
-    boule_vfs.xRandomness = bRandomness;
-    boule_vfs.xSleep = bSleep;
-    boule_vfs.xCurrentTime = bCurrentTime;
-    boule_vfs.xGetLastError = bGetLastError;
-    boule_vfs.xCurrentTimeInt64 = bCurrentTimeInt64;
-    boule_vfs.xSetSystemCall = bSetSystemCall;
-    boule_vfs.xGetSystemCall = bGetSystemCall;
-    boule_vfs.xNextSystemCall = bNextSystemCall;
+    boule_forward_vfs(&boule_vfs);
     unix_vfs = u;
   }
   return sqlite3_vfs_register(&boule_vfs, make_default);
