@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"path/filepath"
 
-	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -21,29 +19,20 @@ var ErrChunkMissing = errors.New("spool: chunk missing")
 // manifest. Chunks the uploader has already uploaded and removed are not in
 // the spool: this is for tests and tools that run without an uploader.
 func Assemble(dbDir string, w io.Writer) (*manifest.Manifest, error) {
-	b, err := fsutil.ReadFile(filepath.Join(dbDir, "staging", "manifest"))
+	d := OpenDir(dbDir)
+	s, err := d.Staged()
 	if err != nil {
-		return nil, fmt.Errorf("spool: read manifest: %w", err)
+		return nil, err
 	}
-	m, err := manifest.Decode(b)
-	if err != nil {
-		return nil, fmt.Errorf("spool: %s: %w", dbDir, err)
+	if s == nil {
+		return nil, fmt.Errorf("spool: read manifest of %s: %w", dbDir, fs.ErrNotExist)
 	}
-	dirs := []string{filepath.Join(dbDir, "staging", "chunks")}
-	for _, state := range []string{"ready", "consuming"} {
-		subs, _ := fsutil.ReadDir(filepath.Join(dbDir, state))
-		for _, s := range subs {
-			dirs = append(dirs, filepath.Join(dbDir, state, s.Name(), "chunks"))
-		}
-	}
+	m := s.Manifest
 	for i, fp := range m.Chunks {
 		want := manifest.ChunkLen(m.Size, i)
 		data, ok := m.Inline[uint32(i)]
-		for _, d := range dirs {
-			if ok {
-				break
-			}
-			data, err = fsutil.ReadFile(filepath.Join(d, fp.String()))
+		if !ok {
+			data, err = d.FindChunk(fp)
 			if err == nil {
 				ok = true
 			} else if !errors.Is(err, fs.ErrNotExist) {

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -120,14 +121,14 @@ func (d *DB) Dir() string { return d.dir }
 func (d *DB) MarkerPath() string { return markerPath(d.dir) }
 
 // StagingManifestPath is the staged snapshot's manifest.
-func (d *DB) StagingManifestPath() string { return filepath.Join(d.dir, "staging", "manifest") }
+func (d *DB) StagingManifestPath() string { return filepath.Join(d.dir, stagingDir, manifestFile) }
 
 // StagingChunksDir holds staged chunk files.
-func (d *DB) StagingChunksDir() string { return filepath.Join(d.dir, "staging", "chunks") }
+func (d *DB) StagingChunksDir() string { return filepath.Join(d.dir, stagingDir, chunksDir) }
 
-func (d *DB) tmpDir() string       { return filepath.Join(d.dir, "tmp") }
-func (d *DB) readyDir() string     { return filepath.Join(d.dir, "ready") }
-func (d *DB) consumingDir() string { return filepath.Join(d.dir, "consuming") }
+func (d *DB) tmpDir() string       { return filepath.Join(d.dir, tmpDir) }
+func (d *DB) readyDir() string     { return filepath.Join(d.dir, readyDir) }
+func (d *DB) consumingDir() string { return filepath.Join(d.dir, consumingDir) }
 
 // Stats returns a copy of the database's counters.
 func (d *DB) Stats() Stats {
@@ -187,47 +188,17 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 	return err
 }
 
+// snapshot brings the staged snapshot up to date: it inspects the file,
+// classifies the change (nothing to do, an incremental update, or a
+// rebuild), plans which chunks to read, reads and stages them, and
+// commits the new manifest.
 func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
-	size, err := src.Size()
+	f, err := d.inspect(src)
 	if err != nil {
-		return false, fmt.Errorf("spool: size of %s: %w", d.path, err)
-	}
-	if size > manifest.MaxSize {
-		return false, fmt.Errorf("spool: %s: %d bytes exceeds the %d-byte limit", d.path, size, int64(manifest.MaxSize))
-	}
-	var hdr [HeaderSize]byte
-	if size > 0 {
-		n := min(int64(HeaderSize), size)
-		if _, err := src.ReadAt(hdr[:n], 0); err != nil {
-			return false, fmt.Errorf("spool: read header of %s: %w", d.path, err)
-		}
-		if n == HeaderSize && !bytes.Equal(hdr[:16], sqliteMagic) {
-			return false, fmt.Errorf("%w: %s", ErrNotDatabase, d.path)
-		}
-	}
-	if size >= HeaderSize && (hdr[18] == 2 || hdr[19] == 2) {
-		// Whatever is staged predates WAL mode and is stale from now on.
-		// The marker says WAL (see Snapshot), so that flushes and status
-		// in every process know.
-		_ = d.remove(d.StagingManifestPath())
-		d.cur = nil
-		return false, ErrWAL
-	}
-	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {
 		return false, err
-	} else if hot {
-		if live, err := src.Reserved(); err != nil || !live {
-			return false, ErrHotJournal
-		}
 	}
-	st, err := os.Stat(d.path)
-	if err != nil {
-		return false, fmt.Errorf("spool: stat %s: %w", d.path, err)
-	}
-	ctime := statCtime(st)
-	mode := st.Mode().Perm()
-	d.mode = mode
-	if err := d.ensureDirs(mode); err != nil {
+	d.mode = f.mode
+	if err := d.ensureDirs(f.mode); err != nil {
 		return false, err
 	}
 	// Snapshots and invalidations of this database, in every process, take
@@ -243,82 +214,200 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 		unlock()
 	}()
 
-	version := versionID(hdr)
-	cur := d.loadCached()
-	if cur != nil && cur.m.SourcePath != d.path {
-		cur = nil
-	}
-	incremental := false
-	switch {
-	case cur == nil || ch.Force:
-	case ch.Wrote:
-		incremental = ch.PreOK && cur.m.VersionID == versionID(ch.PreHeader) &&
-			cur.m.Size == ch.PreSize && cur.m.SourceCtime.Equal(ch.PreCtime)
-	default:
-		// No write: only a check. Up to date unless another program wrote,
-		// or a transaction never finished its snapshot.
-		if cur.m.VersionID == version && cur.m.Size == size && cur.m.SourceCtime.Equal(ctime) && !d.markerSet() {
-			return false, nil
-		}
-	}
-	if !incremental {
+	cur := d.loadStaged()
+	act := classify(cur, ch, f, d.markerSet)
+	switch act {
+	case actNone:
+		return false, nil
+	case actRebuild:
 		// A rebuild trusts nothing cached: re-read what is staged.
 		d.cur = nil
-		cur = d.loadCached()
-		if cur != nil && cur.m.SourcePath != d.path {
-			cur = nil
+		cur = d.loadStaged()
+	}
+	incremental := act == actIncremental
+	var prev *manifest.Manifest
+	if incremental {
+		prev = cur.m
+	}
+	m := d.newManifest(f, prev)
+	changed, err := d.readAndStage(src, m, cur, incremental, planReads(prev, f.size, ch.Dirty))
+	if err != nil {
+		return false, err
+	}
+	if err := d.commit(m, cur, changed, incremental); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// fileState is the database file as a snapshot found it.
+type fileState struct {
+	size  int64
+	hdr   [HeaderSize]byte
+	ctime time.Time
+	mode  fs.FileMode
+}
+
+// inspect reads the size, header, ctime and mode of the database, and
+// refuses what cannot be snapshotted: a file over the format's limit, not
+// a database, in WAL mode, or with a hot journal of a transaction that
+// did not commit.
+func (d *DB) inspect(src Source) (fileState, error) {
+	var f fileState
+	size, err := src.Size()
+	if err != nil {
+		return f, fmt.Errorf("spool: size of %s: %w", d.path, err)
+	}
+	if size > manifest.MaxSize {
+		return f, fmt.Errorf("spool: %s: %d bytes exceeds the %d-byte limit", d.path, size, int64(manifest.MaxSize))
+	}
+	f.size = size
+	if size > 0 {
+		n := min(int64(HeaderSize), size)
+		if _, err := src.ReadAt(f.hdr[:n], 0); err != nil {
+			return f, fmt.Errorf("spool: read header of %s: %w", d.path, err)
+		}
+		if n == HeaderSize && !bytes.Equal(f.hdr[:16], sqliteMagic) {
+			return f, fmt.Errorf("%w: %s", ErrNotDatabase, d.path)
 		}
 	}
+	if size >= HeaderSize && (f.hdr[18] == 2 || f.hdr[19] == 2) {
+		// Whatever is staged predates WAL mode and is stale from now on.
+		// The marker says WAL (see Snapshot), so that flushes and status
+		// in every process know.
+		_ = d.remove(d.StagingManifestPath())
+		d.cur = nil
+		return f, ErrWAL
+	}
+	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {
+		return f, err
+	} else if hot {
+		if live, err := src.Reserved(); err != nil || !live {
+			return f, ErrHotJournal
+		}
+	}
+	st, err := os.Stat(d.path)
+	if err != nil {
+		return f, fmt.Errorf("spool: stat %s: %w", d.path, err)
+	}
+	f.ctime = statCtime(st)
+	f.mode = st.Mode().Perm()
+	return f, nil
+}
 
+// loadStaged returns the staged snapshot of this database, or nil.
+func (d *DB) loadStaged() *cached {
+	cur := d.loadCached()
+	if cur != nil && cur.m.SourcePath != d.path {
+		return nil
+	}
+	return cur
+}
+
+// action is what a snapshot has to do.
+type action int
+
+const (
+	actNone        action = iota // the staged snapshot is the file: nothing to do
+	actIncremental               // update the staged snapshot with the dirty chunks
+	actRebuild                   // read every chunk
+)
+
+// classify decides what a snapshot does. An incremental update is safe
+// only when the staged snapshot provably describes the file as it was
+// just before the transaction: same header (so same change counter), same
+// size, same ctime (doc.go). A transaction that did not write only checks
+// that the staged snapshot is the file, and that no transaction left the
+// marker set (markerSet is called only then).
+func classify(cur *cached, ch Change, f fileState, markerSet func() bool) action {
+	switch {
+	case cur == nil || ch.Force:
+		return actRebuild
+	case ch.Wrote:
+		if ch.PreOK && cur.m.VersionID == versionID(ch.PreHeader) &&
+			cur.m.Size == ch.PreSize && cur.m.SourceCtime.Equal(ch.PreCtime) {
+			return actIncremental
+		}
+		return actRebuild
+	}
+	if cur.m.VersionID == versionID(f.hdr) && cur.m.Size == f.size && cur.m.SourceCtime.Equal(f.ctime) && !markerSet() {
+		return actNone
+	}
+	return actRebuild
+}
+
+// planReads returns the chunk indexes a snapshot reads, in increasing
+// order, each once: all of them for a rebuild (prev nil); for an
+// incremental update of prev, the dirty ones, the inline ones (their
+// bytes go in the manifest), and those whose extent changed with the
+// file's size.
+func planReads(prev *manifest.Manifest, size int64, dirty []uint64) []int {
+	n := manifest.NumChunks(size)
+	if prev == nil {
+		return seq(0, n)
+	}
+	want := make(map[int]bool)
+	for _, i := range dirtyIndexes(dirty, n) {
+		want[i] = true
+	}
+	for i := range min(inlineChunks, n) {
+		want[i] = true
+	}
+	if size != prev.Size {
+		for i := max(min(len(prev.Chunks), n)-1, 0); i < n; i++ {
+			want[i] = true
+		}
+	}
+	out := make([]int, 0, len(want))
+	for i := range want {
+		out = append(out, i)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// newManifest returns the manifest of the file f: prev's fingerprints
+// (nil for a rebuild), to be overwritten by what is read.
+func (d *DB) newManifest(f fileState, prev *manifest.Manifest) *manifest.Manifest {
 	m := &manifest.Manifest{
 		Hostname:      d.s.host,
 		SourcePath:    d.path,
 		Generator:     d.s.opts.Generator,
-		Size:          size,
-		PageSize:      pageSize(hdr, size),
-		ChangeCounter: be32(hdr[24:28]),
-		VersionID:     version,
-		SourceCtime:   ctime,
+		Size:          f.size,
+		PageSize:      pageSize(f.hdr, f.size),
+		ChangeCounter: be32(f.hdr[24:28]),
+		VersionID:     versionID(f.hdr),
+		SourceCtime:   f.ctime,
 		Created:       time.Now().UTC(),
 	}
-	n := manifest.NumChunks(size)
-	m.Chunks = make([]manifest.Fingerprint, n)
-	oldN := 0
+	m.Chunks = make([]manifest.Fingerprint, manifest.NumChunks(f.size))
+	if prev != nil {
+		copy(m.Chunks, prev.Chunks)
+	}
+	return m
+}
+
+// readAndStage reads the chunks toRead of the file into m, stages those
+// that the staged snapshot (cur, nil if none) does not hold, and returns
+// the blob slots (index ≥ inlineChunks) whose fingerprint changed from
+// cur's in an incremental update, or all that were read in a rebuild.
+func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, incremental bool, toRead []int) (changed []int, err error) {
+	var prev []manifest.Fingerprint
 	var oldRefs map[manifest.Fingerprint]int32
 	if cur != nil {
-		oldN = len(cur.m.Chunks)
 		oldRefs = cur.refs
-	}
-
-	// Which chunks to read: all of them for a rebuild. For an incremental
-	// update, the dirty ones, the inline ones (their bytes go in the
-	// manifest), and those whose extent changed with the file size.
-	var toRead []int
-	if incremental {
-		copy(m.Chunks, cur.m.Chunks)
-		toRead = dirtyIndexes(ch.Dirty, n)
-		toRead = append(toRead, seq(0, min(inlineChunks, n))...)
-		if size != cur.m.Size {
-			toRead = append(toRead, seq(max(min(oldN, n)-1, 0), n)...)
+		if incremental {
+			prev = cur.m.Chunks
 		}
-	} else {
-		toRead = seq(0, n)
 	}
-
 	if cap(d.buf) < manifest.ChunkSize {
 		d.buf = make([]byte, manifest.ChunkSize)
 	}
-	var changed []int // blob slots whose fingerprint changed
 	staged := make(map[manifest.Fingerprint]bool)
-	seen := make(map[int]bool, len(toRead))
 	for _, i := range toRead {
-		if i >= n || seen[i] {
-			continue
-		}
-		seen[i] = true
-		buf := d.buf[:manifest.ChunkLen(size, i)]
+		buf := d.buf[:manifest.ChunkLen(m.Size, i)]
 		if _, err := src.ReadAt(buf, m.ChunkOffset(i)); err != nil {
-			return false, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
+			return nil, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
 		}
 		fp := manifest.Sum(buf)
 		m.Chunks[i] = fp
@@ -329,55 +418,34 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 			m.Inline[uint32(i)] = bytes.Clone(buf)
 			continue
 		}
-		if incremental && i < oldN && cur.m.Chunks[i] == fp {
+		if i < len(prev) && prev[i] == fp {
 			continue
 		}
 		changed = append(changed, i)
 		// A fingerprint in a blob slot of the staged manifest is uploaded
 		// or spooled already.
 		if oldRefs[fp] == 0 && !staged[fp] {
-			if err := d.stageChunk(fp, buf, mode); err != nil {
-				return false, err
+			if err := d.stageChunk(fp, buf, d.mode); err != nil {
+				return nil, err
 			}
 			staged[fp] = true
 		}
 	}
+	return changed, nil
+}
 
-	// Reference counts over blob slots (index ≥ inlineChunks).
-	var refs map[manifest.Fingerprint]int32
-	var replaced []manifest.Fingerprint
-	if incremental {
-		refs = oldRefs // updated in place; d.cur is dropped below until the manifest is written
-		for _, i := range changed {
-			if i < oldN {
-				replaced = append(replaced, cur.m.Chunks[i])
-			}
-		}
-		for i := max(n, inlineChunks); i < oldN; i++ { // cut off by a shrink
-			replaced = append(replaced, cur.m.Chunks[i])
-		}
-		for _, fp := range replaced {
-			refs[fp]--
-		}
-		for _, i := range changed {
-			refs[m.Chunks[i]]++
-		}
-	} else {
-		refs = make(map[manifest.Fingerprint]int32, n)
-		for i := inlineChunks; i < n; i++ {
-			refs[m.Chunks[i]]++
-		}
-	}
+// commit makes m, whose changed blob slots readAndStage returned, the
+// staged snapshot: it updates the reference counts of the staged chunks,
+// writes the manifest, deletes the staged chunks nothing references any
+// more, hands the snapshot over when the uploader has room, and clears the
+// txn marker.
+func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, incremental bool) error {
+	refs, replaced := nextRefs(cur, m, changed, incremental)
 	// From here on the cached state is being changed; drop it on failure.
 	d.cur = nil
-	id, err := d.writeManifest(m, mode)
+	id, err := d.writeManifest(m, d.mode)
 	if err != nil {
-		return false, err
-	}
-	for fp, c := range refs {
-		if c <= 0 {
-			delete(refs, fp)
-		}
+		return err
 	}
 	d.cur = &cached{m: m, id: id, refs: refs}
 	if incremental {
@@ -395,10 +463,46 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 		d.cleanedTemp = true
 		removeStaleTemps(d.tmpDir(), time.Now())
 	}
-	if err := d.clearMarker(); err != nil {
-		return false, err
+	return d.clearMarker()
+}
+
+// nextRefs returns the reference counts of m's blob slots (index ≥
+// inlineChunks), with no zero count, and, for an incremental update of
+// cur, the fingerprints m no longer references in the slots changed or
+// cut off by a shrink. An incremental update changes cur's counts in
+// place: the caller drops cur.
+func nextRefs(cur *cached, m *manifest.Manifest, changed []int, incremental bool) (map[manifest.Fingerprint]int32, []manifest.Fingerprint) {
+	n := len(m.Chunks)
+	if !incremental {
+		refs := make(map[manifest.Fingerprint]int32, n)
+		for i := inlineChunks; i < n; i++ {
+			refs[m.Chunks[i]]++
+		}
+		return refs, nil
 	}
-	return true, nil
+	refs := cur.refs
+	oldN := len(cur.m.Chunks)
+	var replaced []manifest.Fingerprint
+	for _, i := range changed {
+		if i < oldN {
+			replaced = append(replaced, cur.m.Chunks[i])
+		}
+	}
+	for i := max(n, inlineChunks); i < oldN; i++ { // cut off by a shrink
+		replaced = append(replaced, cur.m.Chunks[i])
+	}
+	for _, fp := range replaced {
+		refs[fp]--
+	}
+	for _, i := range changed {
+		refs[m.Chunks[i]]++
+	}
+	for fp, c := range refs {
+		if c <= 0 {
+			delete(refs, fp)
+		}
+	}
+	return refs, replaced
 }
 
 // markerSet reports whether the txn marker says a transaction is in
@@ -478,7 +582,7 @@ func (d *DB) ensureDirs(mode fs.FileMode) error {
 		return err
 	}
 	dm := dirMode(mode)
-	for _, p := range []string{d.dir, filepath.Join(d.dir, "staging"), d.StagingChunksDir(), d.tmpDir()} {
+	for _, p := range []string{d.dir, filepath.Join(d.dir, stagingDir), d.StagingChunksDir(), d.tmpDir()} {
 		if err := d.s.fault("mkdir", p); err != nil {
 			return fmt.Errorf("spool: create %s: %w", p, err)
 		}
@@ -487,7 +591,7 @@ func (d *DB) ensureDirs(mode fs.FileMode) error {
 		}
 		_ = os.Chmod(p, dm) // umask-proof
 	}
-	src := filepath.Join(d.dir, "source")
+	src := filepath.Join(d.dir, sourceFile)
 	if b, err := fsutil.ReadFile(src); err != nil || string(b) != d.path {
 		if err := d.writeFile(src, []byte(d.path), fileMode(mode)); err != nil {
 			return err
@@ -666,14 +770,14 @@ func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
 		d.s.log.Debug("spool: ready publication skipped", logKeyDB, d.path, logKeyErr, err)
 	}
 	dm := dirMode(d.mode)
-	for _, p := range []string{top, snap, filepath.Join(snap, "chunks")} {
+	for _, p := range []string{top, snap, filepath.Join(snap, chunksDir)} {
 		if err := os.Mkdir(p, dm); err != nil {
 			fail(err)
 			return
 		}
 		_ = os.Chmod(p, dm) // umask-proof
 	}
-	if err := os.Link(d.StagingManifestPath(), filepath.Join(snap, "manifest")); err != nil {
+	if err := os.Link(d.StagingManifestPath(), filepath.Join(snap, manifestFile)); err != nil {
 		fail(err)
 		return
 	}
@@ -688,7 +792,7 @@ func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
 		if err != nil || refs[fp] <= 0 {
 			continue
 		}
-		if err := os.Link(filepath.Join(d.StagingChunksDir(), e.Name()), filepath.Join(snap, "chunks", e.Name())); err != nil {
+		if err := os.Link(filepath.Join(d.StagingChunksDir(), e.Name()), filepath.Join(snap, chunksDir, e.Name())); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				continue // taken by a concurrent publisher of the same state
 			}

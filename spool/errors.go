@@ -21,6 +21,10 @@ var (
 	// directory nor an earlier boot's, and is not empty.
 	ErrNotSpool = errors.New("spool: not a spool directory")
 
+	// ErrCorrupt is returned when a manifest in the spool does not decode:
+	// it is never uploaded.
+	ErrCorrupt = errors.New("spool: spool file corrupt")
+
 	// ErrBootID is returned by [Open] when the kernel boot id cannot be
 	// read; without it the spool cannot tell a crashed boot's state apart.
 	ErrBootID = errors.New("spool: cannot read the boot id")

@@ -140,7 +140,7 @@ func parseMarker(b []byte) Marker {
 	return m
 }
 
-func markerPath(dir string) string { return filepath.Join(dir, "txn") }
+func markerPath(dir string) string { return filepath.Join(dir, markerFile) }
 
 // markerTime formats t as the marker's 20 digits.
 func markerTime(t time.Time) []byte {
@@ -206,4 +206,34 @@ func (d *DB) markState(state byte, cause error) {
 	if state == markerFailed {
 		_ = f.Truncate(int64(len(rec))) // drop a longer, older error
 	}
+}
+
+// WriteMarker writes m as the database's txn marker, as the VFS and the
+// snapshots do (doc/FORMAT.md, "Spool layout"): for tools and for tests
+// that reproduce the states a crash or a failure leaves. A zero Since is
+// left out.
+func (d Dir) WriteMarker(m Marker) error {
+	var b []byte
+	switch m.State {
+	case MarkerClean:
+		b = []byte{markerClean}
+	case MarkerSet:
+		b = []byte{markerSet}
+	case MarkerFailed:
+		b = []byte{markerFailed}
+	case MarkerWAL:
+		b = []byte{markerWAL}
+	default:
+		return fmt.Errorf("spool: write marker: unknown state %v", m.State)
+	}
+	if !m.Since.IsZero() {
+		b = append(b, markerTime(m.Since)...)
+	}
+	if m.Err != "" {
+		b = fmt.Appendf(b, "\n%s\n", m.Err)
+	}
+	if err := os.WriteFile(markerPath(d.path), b, 0o644); err != nil {
+		return fmt.Errorf("spool: write marker: %w", err)
+	}
+	return nil
 }

@@ -355,7 +355,7 @@ func List(root string) ([]DBDir, error) {
 			continue
 		}
 		d := DBDir{Dir: filepath.Join(boot, e.Name())}
-		if b, err := fsutil.ReadFile(filepath.Join(d.Dir, "source")); err == nil {
+		if b, err := fsutil.ReadFile(filepath.Join(d.Dir, sourceFile)); err == nil {
 			d.Source = string(b)
 		} else if p, ok := UnmangleName(e.Name()); ok {
 			d.Source = p
@@ -430,17 +430,17 @@ func Invalidate(dir string) error {
 		return fmt.Errorf("spool: lock %s: %w", dir, err)
 	}
 	var errs []error
-	for _, p := range []string{filepath.Join(dir, "staging", "manifest"), filepath.Join(dir, "uploaded"), filepath.Join(dir, "packed")} {
+	for _, p := range []string{filepath.Join(dir, stagingDir, manifestFile), filepath.Join(dir, uploadedFile), filepath.Join(dir, packedFile)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
-	for _, p := range []string{filepath.Join(dir, "ready"), filepath.Join(dir, "consuming")} {
+	for _, p := range []string{filepath.Join(dir, readyDir), filepath.Join(dir, consumingDir)} {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "txn"), []byte("1"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, markerFile), []byte("1"), 0o644); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {

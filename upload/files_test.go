@@ -5,7 +5,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,13 +19,16 @@ import (
 // a flush fail at once, naming it, rather than wait forever; status
 // readers do not wait either.
 func TestUploaderSpoolFIFO(t *testing.T) {
-	for _, rel := range []string{
-		"staging/manifest",
-		uploadedManifestFile,
-		packedFile,
-		"staging/chunks/",
+	for _, tc := range []struct {
+		name string
+		path func(d *testSpool, s *snap) string
+	}{
+		{"staged manifest", func(d *testSpool, _ *snap) string { return d.sp.StagedManifestFile() }},
+		{"uploaded record", func(d *testSpool, _ *snap) string { return d.sp.UploadedFile() }},
+		{"placements", func(d *testSpool, _ *snap) string { return d.sp.PlacementsFile() }},
+		{"staged chunk", func(d *testSpool, s *snap) string { return d.sp.StagedChunks().Path(s.m.Chunks[1]) }}, // the new chunk
 	} {
-		t.Run(rel, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			fake := storetest.NewFake("s3")
 			u := newTestUploader(t, uploadOpts(storetest.NewClock(), target(fake)))
 			d := newTestSpool(t, t.TempDir(), "/data/fifo.db")
@@ -35,10 +37,7 @@ func TestUploaderSpoolFIFO(t *testing.T) {
 			mustFlush(t, u, d.dir)
 			s := d.snapshot(withChunk(data, 1, 61), time.Now().Add(time.Second))
 			d.stage(s)
-			p := filepath.Join(d.dir, rel)
-			if strings.HasSuffix(rel, "/") {
-				p = filepath.Join(d.dir, rel, s.m.Chunks[1].String()) // the new chunk
-			}
+			p := tc.path(d, s)
 			testfs.Mkfifo(t, p)
 			err := testfs.Promptly(t, p, func() error { return u.Flush(context.Background(), d.dir) })
 			testfs.WantNamedPipe(t, err, p)
@@ -46,10 +45,10 @@ func TestUploaderSpoolFIFO(t *testing.T) {
 	}
 	t.Run("status", func(t *testing.T) {
 		d := newTestSpool(t, t.TempDir(), "/data/fifo.db")
-		for _, name := range []string{statusFile, uploadedManifestFile} {
-			testfs.Mkfifo(t, filepath.Join(d.dir, name))
+		for _, p := range []string{d.sp.StatusFile(), d.sp.UploadedFile()} {
+			testfs.Mkfifo(t, p)
 		}
-		_ = testfs.Promptly(t, filepath.Join(d.dir, statusFile), func() error {
+		_ = testfs.Promptly(t, d.sp.StatusFile(), func() error {
 			_, err := ReadStatus(d.dir, time.Now())
 			return err
 		})
@@ -88,7 +87,7 @@ func TestUploaderSourcePerm(t *testing.T) {
 			d := newTestSpool(t, filepath.Join(root, "spool"), "/data/perm.db")
 			s := d.snapshot(storetest.RandomBytes(61, 6*manifest.ChunkSize), time.Now())
 			d.stage(s)
-			if err := os.Chmod(filepath.Join(d.dir, "staging", "manifest"), tc.spool); err != nil {
+			if err := os.Chmod(d.sp.StagedManifestFile(), tc.spool); err != nil {
 				t.Fatal(err)
 			}
 			testfs.WithUmask(0o022, func() { mustFlush(t, u, d.dir) })

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,14 +21,8 @@ import (
 // state, then since (if not zero) as 20 digits, then for "F" the error.
 func (d *testSpool) writeMarker(state byte, since time.Time, errText string) {
 	d.t.Helper()
-	b := []byte{state}
-	if !since.IsZero() {
-		b = fmt.Appendf(b, "%020d", since.UnixNano())
-	}
-	if errText != "" {
-		b = fmt.Appendf(b, "\n%s\n", errText)
-	}
-	if err := os.WriteFile(filepath.Join(d.dir, "txn"), b, 0o644); err != nil {
+	states := map[byte]spool.MarkerState{'0': spool.MarkerClean, '1': spool.MarkerSet, 'F': spool.MarkerFailed, 'W': spool.MarkerWAL}
+	if err := d.sp.WriteMarker(spool.Marker{State: states[state], Since: since, Err: errText}); err != nil {
 		d.t.Fatal(err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -28,7 +27,7 @@ func TestUploaderFailureLogNamesTheDatabase(t *testing.T) {
 	u := newTestUploader(t, opts)
 
 	d := newTestSpool(t, t.TempDir(), "/data/opened-first.db")
-	src := filepath.Join(d.dir, "source")
+	src := d.sp.SourceFile()
 	if err := os.Remove(src); err != nil {
 		t.Fatal(err)
 	}

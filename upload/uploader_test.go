@@ -3,14 +3,11 @@ package upload
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
 	"github.com/boule-vfs/boule/store/storetest"
@@ -29,10 +26,14 @@ import (
 
 const testHost = "uploader-test-host"
 
-// testSpool builds one database's spool directory by hand, the way package
-// spool lays it out (doc/FORMAT.md, "Spool layout").
+// testSpool is one database's spool directory, driven through package
+// spool: what the tests stage and hand over goes through the spool's own
+// primitives (spool.DB's StageChunks, StageManifest and Publish, and
+// spool.Dir.PutHandover for the states that crashes and races leave).
 type testSpool struct {
 	t    testing.TB
+	db   *spool.DB
+	sp   spool.Dir
 	dir  string
 	path string
 	seq  uint32
@@ -47,25 +48,22 @@ type snap struct {
 	files map[manifest.Fingerprint][]byte
 }
 
-var uniqueSeq atomic.Uint64
-
-// uniqueName returns a fresh <pid>.<unix ns>.<16 hex> name.
-func uniqueName() string {
-	return fmt.Sprintf("%d.%d.%016x", os.Getpid(), time.Now().UnixNano()+int64(uniqueSeq.Add(1)), rand.Uint64())
-}
-
 func newTestSpool(t testing.TB, root, path string) *testSpool {
 	t.Helper()
-	dir := filepath.Join(root, strings.ReplaceAll(path, "/", "#"))
-	for _, d := range []string{dir, filepath.Join(dir, "staging", "chunks"), filepath.Join(dir, "tmp")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "source"), []byte(path), 0o444); err != nil {
+	s, err := spool.Open(spool.Options{Dir: root, BootID: "upload-test", Hostname: testHost, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &testSpool{t: t, dir: dir, path: path}
+	db, err := s.DB(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The directory and its record of the source path, as a connection's
+	// first snapshot makes them.
+	if err := db.StageChunks(nil); err != nil {
+		t.Fatal(err)
+	}
+	return &testSpool{t: t, db: db, sp: spool.OpenDir(db.Dir()), dir: db.Dir(), path: path}
 }
 
 // testData returns size pseudo-random bytes determined by seed.
@@ -131,130 +129,56 @@ func (s *snap) fps() []manifest.Fingerprint {
 	return out
 }
 
-// writeFile writes b to dst as the spool does: whole, in tmp/, read-only,
-// then renamed into place.
-func (d *testSpool) writeFile(dst string, b []byte) {
-	d.t.Helper()
-	tmp := filepath.Join(d.dir, "tmp", uniqueName())
-	if err := os.WriteFile(tmp, b, 0o444); err != nil {
-		d.t.Fatal(err)
+// subset returns s's chunk files named in only, all of them when only is
+// nil.
+func (s *snap) subset(only []manifest.Fingerprint) map[manifest.Fingerprint][]byte {
+	if only == nil {
+		return s.files
 	}
-	if err := os.Rename(tmp, dst); err != nil {
-		d.t.Fatal(err)
+	out := make(map[manifest.Fingerprint][]byte, len(only))
+	for _, fp := range only {
+		out[fp] = s.files[fp]
 	}
+	return out
 }
 
-// stage makes s the staged snapshot, with the given chunk files in
-// staging/chunks (all of them if none are given).
+// stage makes s the staged snapshot, with the given chunk files staged
+// (all of them if none are given), as a snapshot does.
 func (d *testSpool) stage(s *snap, only ...manifest.Fingerprint) {
 	d.t.Helper()
-	if only == nil {
-		only = s.fps()
+	if err := d.db.StageChunks(s.subset(only)); err != nil {
+		d.t.Fatal(err)
 	}
-	for _, fp := range only {
-		d.writeFile(filepath.Join(d.dir, "staging", "chunks", fp.String()), s.files[fp])
+	if err := d.db.StageManifest(s.m); err != nil {
+		d.t.Fatal(err)
 	}
-	d.writeFile(filepath.Join(d.dir, "staging", "manifest"), s.mb)
-	d.clearMarker()
 }
 
-// clearMarker does what a snapshot does once its manifest is staged: a txn
-// marker, if there is one, goes back to clean.
-func (d *testSpool) clearMarker() {
+// publish hands s over, with the given chunk files (all if none are
+// given), into ready/ or consuming/, without touching the staged
+// snapshot, and returns the handed-over snapshot.
+func (d *testSpool) publish(state spool.HandoverState, s *snap, only ...manifest.Fingerprint) spool.Handover {
 	d.t.Helper()
-	f, err := os.OpenFile(filepath.Join(d.dir, "txn"), os.O_WRONLY, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return
-	}
+	h, err := d.sp.PutHandover(s.m, s.subset(only), state)
 	if err != nil {
-		d.t.Fatal(err)
+		d.t.Fatalf("publish: %v", err)
 	}
-	defer f.Close()
-	if _, err := f.WriteAt([]byte{'0'}, 0); err != nil {
-		d.t.Fatal(err)
-	}
-}
-
-// publish puts s, with the given chunk files (all if none are given),
-// into state ("ready" or "consuming") as <state>/<unique>/, by renaming a
-// directory built in tmp/. It returns the snapshot directory.
-func (d *testSpool) publish(state string, s *snap, only ...manifest.Fingerprint) string {
-	d.t.Helper()
-	if only == nil {
-		only = s.fps()
-	}
-	top := filepath.Join(d.dir, "tmp", uniqueName())
-	name := uniqueName()
-	sd := filepath.Join(top, name)
-	if err := os.MkdirAll(filepath.Join(sd, "chunks"), 0o755); err != nil {
-		d.t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(sd, "manifest"), s.mb, 0o444); err != nil {
-		d.t.Fatal(err)
-	}
-	for _, fp := range only {
-		if err := os.WriteFile(filepath.Join(sd, "chunks", fp.String()), s.files[fp], 0o444); err != nil {
-			d.t.Fatal(err)
-		}
-	}
-	if err := os.Rename(top, filepath.Join(d.dir, state)); err != nil {
-		d.t.Fatalf("publish %s: %v", state, err)
-	}
-	return filepath.Join(d.dir, state, name)
+	return h
 }
 
 // commit is what a write transaction does to the spool: its new chunks
-// (those given, all if none are) are staged with its manifest, then, when
-// ready/ is free, the staged snapshot is published there (hard links to
-// the manifest and to the staged chunks it references, in a directory
-// renamed into place with os.Rename) and its chunks leave staging.
-// Staged chunks it does not reference are deleted. It reports whether the
-// snapshot was published; when it was not, it stays staged.
+// (those given, all if none are) are staged with its manifest, then
+// staged chunks it does not reference are deleted and, when ready/ is
+// free, the staged snapshot is handed over. It reports whether it was;
+// when it was not, it stays staged.
 func (d *testSpool) commit(s *snap, newChunks ...manifest.Fingerprint) (published bool) {
 	d.t.Helper()
 	d.stage(s, newChunks...)
-	if !fsutil.DirEmpty(filepath.Join(d.dir, "ready")) {
-		return false
-	}
-	top := filepath.Join(d.dir, "tmp", uniqueName())
-	sd := filepath.Join(top, uniqueName())
-	if err := os.MkdirAll(filepath.Join(sd, "chunks"), 0o755); err != nil {
-		d.t.Fatal(err)
-	}
-	if err := os.Link(filepath.Join(d.dir, "staging", "manifest"), filepath.Join(sd, "manifest")); err != nil {
-		d.t.Fatal(err)
-	}
-	staged := filepath.Join(d.dir, "staging", "chunks")
-	entries, err := os.ReadDir(staged)
+	published, err := d.db.Publish()
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	refs := map[string]bool{}
-	for _, fp := range s.m.Chunks {
-		refs[fp.String()] = true
-	}
-	var moved []string
-	for _, e := range entries {
-		if !refs[e.Name()] {
-			_ = os.Remove(filepath.Join(staged, e.Name())) // no longer referenced
-			continue
-		}
-		if err := os.Link(filepath.Join(staged, e.Name()), filepath.Join(sd, "chunks", e.Name())); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // uploaded and removed meanwhile
-			}
-			d.t.Fatal(err)
-		}
-		moved = append(moved, e.Name())
-	}
-	if err := os.Rename(top, filepath.Join(d.dir, "ready")); err != nil {
-		_ = os.RemoveAll(top) // the spool skips the publication
-		return false
-	}
-	for _, n := range moved {
-		_ = os.Remove(filepath.Join(staged, n))
-	}
-	return true
+	return published
 }
 
 func (d *testSpool) key() string {
@@ -266,36 +190,30 @@ func (d *testSpool) key() string {
 	return k
 }
 
-func (d *testSpool) exists(rel string) bool {
-	_, err := os.Lstat(filepath.Join(d.dir, rel))
-	return err == nil
+// hasStaged reports whether a snapshot is staged.
+func (d *testSpool) hasStaged() bool {
+	_, ok := d.sp.StagedID()
+	return ok
 }
 
-// snapshots lists the snapshot directories left in ready/ and consuming/.
+// snapshots lists the snapshots left in ready/ and consuming/.
 func (d *testSpool) snapshots() []string {
-	var out []string
-	for _, st := range []string{"ready", "consuming"} {
-		entries, _ := os.ReadDir(filepath.Join(d.dir, st))
-		for _, e := range entries {
-			out = append(out, filepath.Join(st, e.Name()))
-		}
+	d.t.Helper()
+	names, err := handedOverNames(d.sp)
+	if err != nil {
+		d.t.Fatal(err)
 	}
-	return out
+	return names
 }
 
-// files lists the regular files under rel, relative to the spool
-// directory.
-func (d *testSpool) files(rel string) []string {
-	var out []string
-	root := filepath.Join(d.dir, rel)
-	_ = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err == nil && e.Type().IsRegular() {
-			r, _ := filepath.Rel(d.dir, p)
-			out = append(out, r)
-		}
-		return nil
-	})
-	return out
+// stagedChunks lists the chunk files left staged.
+func (d *testSpool) stagedChunks() []manifest.Fingerprint {
+	d.t.Helper()
+	fps, err := d.sp.StagedChunks().List()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return fps
 }
 
 // uploadOpts are the options of the tests' uploaders: no pacing, no
@@ -390,10 +308,10 @@ func TestUploaderReadySnapshot(t *testing.T) {
 			d := newTestSpool(t, t.TempDir(), "/data/app.db")
 			s := d.snapshot(tt.data, base)
 			if !d.commit(s) {
-				t.Fatal("test setup: the snapshot was not published to ready/")
+				t.Fatal("test setup: the snapshot was not handed over")
 			}
-			if got := d.files("staging/chunks"); len(got) != 0 {
-				t.Fatalf("test setup: staging/chunks=%v after publication", got)
+			if got := d.stagedChunks(); len(got) != 0 {
+				t.Fatalf("test setup: staged chunks %v after publication, want none", got)
 			}
 
 			mustFlush(t, u, d.dir)
@@ -428,7 +346,7 @@ func TestUploaderReadySnapshot(t *testing.T) {
 			}
 			checkStored(t, fake, d, s)
 			fake.CheckIntegrity(t)
-			if b, err := os.ReadFile(filepath.Join(d.dir, uploadedManifestFile)); err != nil || !bytes.Equal(b, s.mb) {
+			if b, err := d.sp.Uploaded(); err != nil || !bytes.Equal(b, s.mb) {
 				t.Errorf("uploaded file: %v (equal %v), want the manifest", err, bytes.Equal(b, s.mb))
 			}
 			sts := u.Status()
@@ -483,9 +401,9 @@ func TestUploaderConsumingFirst(t *testing.T) {
 							t.Fatal(err)
 						}
 					}
-					d.publish("consuming", s1, []manifest.Fingerprint{}...)
+					d.publish(spool.InConsuming, s1, []manifest.Fingerprint{}...)
 				} else {
-					d.publish("consuming", s1)
+					d.publish(spool.InConsuming, s1)
 				}
 				want = s1
 			}
@@ -497,7 +415,7 @@ func TestUploaderConsumingFirst(t *testing.T) {
 						added = append(added, fp)
 					}
 				}
-				d.publish("ready", s2, added...)
+				d.publish(spool.InReady, s2, added...)
 				want = s2
 			}
 			if tt.staged {
@@ -533,7 +451,7 @@ func TestUploaderReadyReusable(t *testing.T) {
 		data = withChunk(data, 1, uint64(13+i))
 		s := d.snapshot(data, now.Now())
 		if !d.commit(s) {
-			t.Fatalf("commit %d: not published to ready/ (ready/ left behind: %v)", i+1, d.exists("ready"))
+			t.Fatalf("commit %d: not handed over (a snapshot left waiting: %v)", i+1, !d.sp.Idle())
 		}
 		mustFlush(t, u, d.dir)
 		checkStored(t, fake, d, s)
@@ -562,11 +480,11 @@ func TestUploaderStagingOnly(t *testing.T) {
 		if len(calls) == 0 || calls[len(calls)-1].Op != storetest.OpPutManifest || storetest.CountOps(calls, storetest.OpPutManifest) != 1 {
 			t.Errorf("calls %v, want the chunks then one manifest", calls)
 		}
-		if got := d.files("staging/chunks"); len(got) != 0 {
-			t.Errorf("staging/chunks=%v after Flush, want empty", got)
+		if got := d.stagedChunks(); len(got) != 0 {
+			t.Errorf("staged chunks %v after Flush, want none", got)
 		}
-		if !d.exists("staging/manifest") {
-			t.Error("staging/manifest removed; it must stay")
+		if !d.hasStaged() {
+			t.Error("staged snapshot removed; it must stay")
 		}
 		checkStored(t, fake, d, s)
 		fake.CheckIntegrity(t)
@@ -623,7 +541,7 @@ func TestUploaderStagingRace(t *testing.T) {
 			go func() { errc <- u.Flush(context.Background(), d.dir) }()
 			gate.Wait(t)
 			if !d.commit(s2, added...) {
-				t.Fatal("test setup: the transaction did not publish to ready/")
+				t.Fatal("test setup: the transaction did not hand its snapshot over")
 			}
 			gate.Open()
 			if err := <-errc; err != nil {
@@ -636,7 +554,7 @@ func TestUploaderStagingRace(t *testing.T) {
 			}
 			checkStored(t, fake, d, s2) // the newest, after Flush
 			fake.CheckIntegrity(t)      // no manifest before its chunks
-			if snaps, staged := d.snapshots(), d.files("staging/chunks"); len(snaps) != 0 || len(staged) != 0 {
+			if snaps, staged := d.snapshots(), d.stagedChunks(); len(snaps) != 0 || len(staged) != 0 {
 				t.Errorf("spool not drained: snapshots %v, staged chunks %v", snaps, staged)
 			}
 			// And the next flush finds the staged manifest (s2) uploaded.
@@ -678,7 +596,7 @@ func TestUploaderTargets(t *testing.T) {
 			d := newTestSpool(t, t.TempDir(), "/data/multi.db")
 			s := d.snapshot(testData(40, 3*manifest.ChunkSize), now.Now())
 			d.stage(s, []manifest.Fingerprint{}...)
-			snapDir := d.publish("ready", s)
+			h := d.publish(spool.InReady, s)
 			if tt.failing != "" {
 				byName[tt.failing].FailOn(tt.op, nil, tt.err)
 			}
@@ -701,20 +619,14 @@ func TestUploaderTargets(t *testing.T) {
 			}
 			switch {
 			case tt.keepAll:
-				want := []string{"manifest"}
-				for _, fp := range s.fps() {
-					want = append(want, filepath.Join("chunks", fp.String()))
+				if !inSnapshot(d, h, s.fps()...) {
+					t.Errorf("spool lost the manifest or a chunk of the snapshot after a failed Flush")
 				}
-				for _, p := range want {
-					if !inSnapshot(d, snapDir, p) {
-						t.Errorf("spool lost %s after a failed Flush", p)
-					}
-				}
-				if d.exists(uploadedManifestFile) {
+				if d.sp.HasUploaded() {
 					t.Error("uploaded file written after a failed Flush")
 				}
 			case tt.keepOnly:
-				if !inSnapshot(d, snapDir, "manifest") {
+				if !inSnapshot(d, h) {
 					t.Error("spool lost the manifest after a failed Flush")
 				}
 				// Retried once the target is back: everything arrives.
@@ -743,11 +655,32 @@ func TestUploaderTargets(t *testing.T) {
 	}
 }
 
-// inSnapshot reports whether the published snapshot snapDir still holds
-// rel, in ready/ or, once the uploader has taken it, in consuming/.
-func inSnapshot(d *testSpool, snapDir, rel string) bool {
-	name := filepath.Base(snapDir)
-	return d.exists(filepath.Join("ready", name, rel)) || d.exists(filepath.Join("consuming", name, rel))
+// inSnapshot reports whether the handed-over snapshot h is still there,
+// in ready/ or, once the uploader has taken it, in consuming/, with its
+// manifest and the chunk files of fps.
+func inSnapshot(d *testSpool, h spool.Handover, fps ...manifest.Fingerprint) bool {
+	d.t.Helper()
+	for _, list := range []func() ([]spool.Handover, error){d.sp.Ready, d.sp.Consuming} {
+		hs, err := list()
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		for _, x := range hs {
+			if x.Name != h.Name {
+				continue
+			}
+			if s, err := x.Snapshot(); err != nil || s == nil {
+				return false
+			}
+			for _, fp := range fps {
+				if !x.Chunks().Has(fp) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	return false
 }
 
 // bgEnv runs an uploader's background path with one worker, and barrier
@@ -984,7 +917,7 @@ func TestUploaderTouch(t *testing.T) {
 			s := e.db.snapshot(data, e.now.Now())
 			e.db.stage(s)
 			mustFlush(t, e.u, e.db.dir)
-			if err := os.WriteFile(filepath.Join(e.db.dir, "txn"), []byte("0"), 0o644); err != nil {
+			if err := e.db.sp.WriteMarker(spool.Marker{}); err != nil {
 				t.Fatal(err)
 			}
 			e.u.Start()
@@ -1014,13 +947,13 @@ func TestUploaderTouch(t *testing.T) {
 				if !slices.ContainsFunc(got, func(c storetest.Call) bool { return errors.Is(c.Err, store.ErrNotFound) }) {
 					t.Fatalf("calls %v, want a touch that finds the chunk missing", got)
 				}
-				if e.db.exists("staging/manifest") {
-					t.Error("staging/manifest kept after a missing chunk, want it removed")
+				if e.db.hasStaged() {
+					t.Error("staged snapshot kept after a missing chunk, want it removed")
 				}
-				if b, err := os.ReadFile(filepath.Join(e.db.dir, "txn")); err != nil || string(b) != "1" {
-					t.Errorf("txn=%q, %v, want \"1\"", b, err)
+				if mk, err := e.db.sp.Marker(); err != nil || mk.State != spool.MarkerSet {
+					t.Errorf("marker %+v, %v; want set", mk, err)
 				}
-				if e.db.exists(uploadedManifestFile) {
+				if e.db.sp.HasUploaded() {
 					t.Error("uploaded file kept after a missing chunk, want it removed")
 				}
 				return
@@ -1050,10 +983,10 @@ func TestUploaderTouch(t *testing.T) {
 func TestUploaderCorruptSpoolChunk(t *testing.T) {
 	tests := []struct {
 		name string
-		in   string // "ready" or "staging"
+		in   string // where the corrupt chunk waits: "ready" or "staged"
 	}{
 		{"in ready", "ready"},
-		{"in staging", "staging"},
+		{"in staging", "staged"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1066,10 +999,10 @@ func TestUploaderCorruptSpoolChunk(t *testing.T) {
 			var p string
 			if tt.in == "ready" {
 				d.stage(s, []manifest.Fingerprint{}...)
-				p = filepath.Join(d.publish("ready", s), "chunks", bad.String())
+				p = d.publish(spool.InReady, s).Chunks().Path(bad)
 			} else {
 				d.stage(s)
-				p = filepath.Join(d.dir, "staging", "chunks", bad.String())
+				p = d.sp.StagedChunks().Path(bad)
 			}
 			corrupt := bytes.Clone(s.files[bad])
 			corrupt[100] ^= 0x40
@@ -1192,17 +1125,17 @@ func TestSpoolLag(t *testing.T) {
 			var wantPending int64
 			var uploadedSum [32]byte
 			if n := tt.st.uploaded; n > 0 {
-				if err := os.WriteFile(filepath.Join(d.dir, uploadedManifestFile), snaps[n].mb, 0o444); err != nil {
+				if err := d.sp.RecordUploaded(snaps[n].mb); err != nil {
 					t.Fatal(err)
 				}
-				uploadedSum = sha256.Sum256(snaps[n].mb)
+				uploadedSum = spool.ManifestID(snaps[n].mb)
 			}
 			if n := tt.st.consuming; n > 0 {
-				d.publish("consuming", snaps[n])
+				d.publish(spool.InConsuming, snaps[n])
 				wantPending += int64(len(snaps[n].mb) + manifest.ChunkSize)
 			}
 			if n := tt.st.ready; n > 0 {
-				d.publish("ready", snaps[n])
+				d.publish(spool.InReady, snaps[n])
 				wantPending += int64(len(snaps[n].mb) + manifest.ChunkSize)
 			}
 			if n := tt.st.staged; n > 0 {
@@ -1214,9 +1147,9 @@ func TestSpoolLag(t *testing.T) {
 				}
 			}
 
-			lag, pending := SpoolLag(d.dir, uploadedSum, now)
+			lag, pending := d.sp.Lag(uploadedSum, now)
 			if lag != tt.wantLag || pending != wantPending {
-				t.Errorf("SpoolLag()=%v, %d, want %v, %d", lag, pending, tt.wantLag, wantPending)
+				t.Errorf("Lag()=%v, %d, want %v, %d", lag, pending, tt.wantLag, wantPending)
 			}
 			st, err := ReadStatus(d.dir, now)
 			if err != nil {
@@ -1335,7 +1268,7 @@ func TestUploaderCloseDuringUpload(t *testing.T) {
 	case <-time.After(storetest.WaitTimeout):
 		t.Fatal("Close() did not return while an upload was in a store call")
 	}
-	if !e.db.exists("ready") && !e.db.exists("consuming") {
+	if e.db.sp.Idle() {
 		t.Fatal("the unfinished snapshot left the spool")
 	}
 	if st := e.status(); st.Failures != 0 {
@@ -1541,8 +1474,8 @@ func TestUploaderNeverGoesBackwards(t *testing.T) {
 	mustFlush(t, u, d.dir)
 	checkStored(t, fake, d, newer)
 
-	d.publish("consuming", older)
-	if err := os.Remove(filepath.Join(d.dir, "staging", "manifest")); err != nil {
+	d.publish(spool.InConsuming, older)
+	if err := d.sp.DropStaged(); err != nil {
 		t.Fatal(err)
 	}
 	mustFlush(t, u, d.dir)
@@ -1575,11 +1508,11 @@ func TestUploaderTargetsChanged(t *testing.T) {
 	if st := u.Status(); len(st) != 1 || st[0].Failures != 0 || st[0].LastError != "" {
 		t.Fatalf("status after ErrNotStaged: %+v, want no failure", st)
 	}
-	if d.exists("staging/manifest") || d.exists("uploaded") {
+	if d.hasStaged() || d.sp.HasUploaded() {
 		t.Fatal("spool not invalidated after the targets changed")
 	}
-	if b, err := os.ReadFile(filepath.Join(d.dir, "txn")); err != nil || string(b) != "1" {
-		t.Fatalf("txn marker=%q, %v; want 1", b, err)
+	if mk, err := d.sp.Marker(); err != nil || mk.State != spool.MarkerSet {
+		t.Fatalf("marker %+v, %v; want set", mk, err)
 	}
 	// The next transaction rebuilds: every chunk is staged again.
 	s2 := d.snapshot(withChunk(data, 2, 61), now.Now().Add(time.Second))
@@ -1590,7 +1523,7 @@ func TestUploaderTargetsChanged(t *testing.T) {
 	// Same targets again: no invalidation.
 	before := fake.NumCalls()
 	mustFlush(t, newTestUploader(t, uploadOpts(now, target(fake))), d.dir)
-	if !d.exists("staging/manifest") || fake.NumCalls() != before {
+	if !d.hasStaged() || fake.NumCalls() != before {
 		t.Fatalf("flush with unchanged targets invalidated or uploaded again: calls %v", fake.CallsSince(before))
 	}
 }
@@ -1634,7 +1567,7 @@ func TestUploaderTargetsChangedByAnotherProcess(t *testing.T) {
 	if err := uOld.Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) {
 		t.Fatalf("Flush()=%v with the old targets, want ErrNotStaged (it invalidates)", err)
 	}
-	if d.exists("staging/manifest") {
+	if d.hasStaged() {
 		t.Fatal("the old-targets uploader consumed a snapshot meant for the new targets instead of invalidating")
 	}
 }
@@ -1681,7 +1614,7 @@ func TestUploaderPacks(t *testing.T) {
 	}
 	checkReassembled(t, fake, d, s1)
 	fake.CheckIntegrity(t)
-	if d.exists(packedFile) {
+	if d.sp.HasPlacements() {
 		t.Error("placements file left after its manifest was uploaded")
 	}
 	if st := u.Status(); len(st) != 1 || st[0].Packs != 3 || st[0].Chunks != 10 {
@@ -1720,10 +1653,10 @@ func TestUploaderPacks(t *testing.T) {
 		t.Fatal("Flush succeeded with the manifest put failing")
 	}
 	fake.ClearHooks()
-	if got := d.files("staging/chunks"); len(got) != 0 {
-		t.Fatalf("staging/chunks=%v, want the packed chunks uploaded and gone", got)
+	if got := d.stagedChunks(); len(got) != 0 {
+		t.Fatalf("staged chunks %v, want the packed chunks uploaded and gone", got)
 	}
-	if !d.exists(packedFile) {
+	if !d.sp.HasPlacements() {
 		t.Fatal("no placements file while a pack waits for its manifest")
 	}
 	u2 := newTestUploader(t, opts)
@@ -1762,7 +1695,7 @@ func TestUploaderTouchPacks(t *testing.T) {
 			if len(packs) != 2 {
 				t.Fatalf("%d packs, want 2 (and one chunk alone)", len(packs))
 			}
-			if err := os.WriteFile(filepath.Join(e.db.dir, "txn"), []byte("0"), 0o644); err != nil {
+			if err := e.db.sp.WriteMarker(spool.Marker{}); err != nil {
 				t.Fatal(err)
 			}
 			e.u.Start()
@@ -1782,8 +1715,8 @@ func TestUploaderTouchPacks(t *testing.T) {
 				}) {
 					t.Fatalf("calls %v, want a pack touch that finds it missing", got)
 				}
-				if e.db.exists("staging/manifest") || e.db.exists(uploadedManifestFile) {
-					t.Error("staging/manifest or uploaded kept after a missing pack, want them removed")
+				if e.db.hasStaged() || e.db.sp.HasUploaded() {
+					t.Error("staged snapshot or upload record kept after a missing pack, want them removed")
 				}
 				return
 			}
@@ -1835,11 +1768,11 @@ func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
 	// cannot be written.
 	s2 := d.snapshot(withChunk(withChunk(data, 2, 51), 3, 52), now.Now())
 	d.stage(s2, s2.m.Chunks[2], s2.m.Chunks[3])
-	recordUploaded = func(string, []byte) error { return syscall.ENOSPC }
+	recordUploaded = func(spool.Dir, []byte) error { return syscall.ENOSPC }
 	mustFlush(t, u, d.dir)
-	recordUploaded = writeFileAtomic
+	recordUploaded = func(sp spool.Dir, b []byte) error { return sp.RecordUploaded(b) }
 	checkReassembled(t, fake, d, s2)
-	if !d.exists(packedFile) {
+	if !d.sp.HasPlacements() {
 		t.Fatal("placements dropped although the uploaded file was not written")
 	}
 
@@ -1850,7 +1783,7 @@ func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
 	mustFlush(t, newTestUploader(t, opts), d.dir)
 	checkReassembled(t, fake, d, s3)
 	fake.CheckIntegrity(t)
-	if d.exists(packedFile) {
+	if d.sp.HasPlacements() {
 		t.Error("placements left after an upload that was recorded")
 	}
 }
@@ -1866,7 +1799,7 @@ func TestUploaderFreshestUnderWrites(t *testing.T) {
 	d := newTestSpool(t, t.TempDir(), "/data/fresh.db")
 	data0 := testData(60, 3*manifest.ChunkSize)
 	s0 := d.snapshot(data0, now.Now())
-	d.publish("ready", s0) // handed over, not uploaded yet
+	d.publish(spool.InReady, s0) // handed over, not uploaded yet
 	data1 := withChunk(data0, 2, 61)
 	s1 := d.snapshot(data1, now.Now().Add(time.Second))
 	d.stage(s1)

@@ -133,9 +133,12 @@ func TestFlushFullSpool(t *testing.T) {
 func childKilledWriter() error {
 	c := readChildEnv()
 	var armed atomic.Bool
-	manifest := filepath.Join("staging", "manifest")
 	vfs.SetFaultHook(func(op, path string) error {
-		if armed.Load() && op == "rename" && strings.HasSuffix(path, manifest) {
+		if !armed.Load() || op != "rename" {
+			return nil
+		}
+		db, err := vfs.Spool().DB(c.db)
+		if err == nil && path == db.StagingManifestPath() {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {} // the signal is on its way
 		}

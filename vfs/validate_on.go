@@ -20,8 +20,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"syscall"
 
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
@@ -49,17 +47,14 @@ func checkStaged(c *conn, src cSource) error {
 	dir := c.db.Dir()
 	// The spool lock keeps out snapshots of other processes and the
 	// uploader's invalidations while the spool is read.
-	lf, err := os.Open(filepath.Join(dir, spool.LockFile))
+	unlock, err := spool.OpenDir(dir).Lock()
 	if err != nil {
 		return err
 	}
-	defer lf.Close()
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("lock spool: %w", err)
-	}
+	defer unlock()
 
 	b, err := os.ReadFile(c.db.StagingManifestPath())
-	if errors.Is(err, fs.ErrNotExist) && invalidated(c.db.MarkerPath()) {
+	if errors.Is(err, fs.ErrNotExist) && invalidated(dir) {
 		return nil // the uploader invalidated the spool; the next transaction rebuilds
 	}
 	if err != nil {
@@ -86,7 +81,9 @@ func checkStaged(c *conn, src cSource) error {
 		}
 		data, ok := m.Inline[uint32(i)]
 		if !ok {
-			if data, err = spooledChunk(dir, fp); err != nil {
+			if data, err = spool.OpenDir(dir).FindChunk(fp); errors.Is(err, fs.ErrNotExist) {
+				data, err = nil, nil
+			} else if err != nil {
 				return fmt.Errorf("chunk %d: %w", i, err)
 			}
 		}
@@ -102,7 +99,7 @@ func checkStaged(c *conn, src cSource) error {
 			// it. A cached read from an earlier chunk may not.
 			ref, ok := places[fp]
 			if !ok {
-				if places, err = upload.SpoolPlaces(dir); err != nil {
+				if places, err = upload.Places(dir); err != nil {
 					return err
 				}
 				ref, ok = places[fp]
@@ -139,42 +136,11 @@ type unreadableError struct{ err error }
 func (e unreadableError) Error() string { return "read database: " + e.err.Error() }
 func (e unreadableError) Unwrap() error { return e.err }
 
-// spooledChunk looks for a chunk where the spool keeps it, in the order
-// chunks move (staging, then ready, then consuming, then the store), so
-// that a chunk the uploader moves meanwhile is still found. It returns nil
-// when the chunk is in none of them.
-func spooledChunk(dir string, fp manifest.Fingerprint) ([]byte, error) {
-	name := fp.String()
-	if data, err := readIfExists(filepath.Join(dir, "staging", "chunks", name)); data != nil || err != nil {
-		return data, err
-	}
-	for _, state := range []string{"ready", "consuming"} {
-		subs, _ := os.ReadDir(filepath.Join(dir, state))
-		for _, s := range subs {
-			if data, err := readIfExists(filepath.Join(dir, state, s.Name(), "chunks", name)); data != nil || err != nil {
-				return data, err
-			}
-		}
-	}
-	return nil, nil
-}
-
-func readIfExists(p string) ([]byte, error) {
-	b, err := os.ReadFile(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if b == nil && err == nil {
-		b = []byte{}
-	}
-	return b, err
-}
-
 // invalidated reports whether the txn marker is set, as spool.Invalidate
 // leaves it.
-func invalidated(marker string) bool {
-	b, err := os.ReadFile(marker)
-	return err == nil && len(b) > 0 && b[0] == '1'
+func invalidated(dir string) bool {
+	mk, err := spool.OpenDir(dir).Marker()
+	return err == nil && mk.State == spool.MarkerSet
 }
 
 func uploadStores(cfg Config) ([]store.Store, error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/internal/osuser"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 )
 
@@ -130,20 +132,17 @@ func TestSignalEndsCommand(t *testing.T) {
 		{
 			name: "flush waiting for another process's upload",
 			setup: func(t *testing.T, f *fixture) ([]string, func(int) bool) {
-				dirs, err := filepath.Glob(filepath.Join(f.spool, "boule-v1.*", "*", "staging"))
+				dirs, err := spool.List(f.spool)
 				if err != nil || len(dirs) != 1 {
 					t.Fatalf("spool directories %v, %v; want one", dirs, err)
 				}
-				lock := filepath.Join(filepath.Dir(dirs[0]), "upload.lock")
-				lf, err := os.OpenFile(lock, os.O_RDWR|os.O_CREATE, 0o644)
+				sp := spool.OpenDir(dirs[0].Dir)
+				unlock, err := sp.LockUpload(context.Background(), true)
 				if err != nil {
 					t.Fatal(err)
 				}
-				t.Cleanup(func() { lf.Close() })
-				if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-					t.Fatal(err)
-				}
-				return []string{"--config", f.config(), "flush", f.spool}, hasOpen(lock)
+				t.Cleanup(unlock)
+				return []string{"--config", f.config(), "flush", f.spool}, hasOpen(sp.UploadLockFile())
 			},
 			stderr: []string{"context canceled"},
 		},

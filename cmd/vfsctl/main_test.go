@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
 	"github.com/boule-vfs/boule/vfs"
@@ -494,11 +495,11 @@ func TestFlushGone(t *testing.T) {
 // does.
 func (f *fixture) leaveMarker(t *testing.T) {
 	t.Helper()
-	markers, err := filepath.Glob(filepath.Join(f.spool, "*", "*", "txn"))
-	if err != nil || len(markers) != 1 {
-		t.Fatalf("txn markers under %s: %v, %v; want one", f.spool, markers, err)
+	dirs, err := spool.List(f.spool)
+	if err != nil || len(dirs) != 1 {
+		t.Fatalf("spool directories under %s: %v, %v; want one", f.spool, dirs, err)
 	}
-	if err := os.WriteFile(markers[0], []byte("1"), 0o644); err != nil {
+	if err := spool.OpenDir(dirs[0].Dir).WriteMarker(spool.Marker{State: spool.MarkerSet}); err != nil {
 		t.Fatal(err)
 	}
 }

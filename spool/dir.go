@@ -1,0 +1,689 @@
+package spool
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/boule-vfs/boule/internal/fsutil"
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// Dir is one database's spool directory, as the uploader and the tools
+// see it: the staged snapshot, the snapshots handed over for upload, and
+// the uploader's records of what the store holds. [DB] writes snapshots
+// into it; every other package goes through Dir, so that the layout is
+// spelled only in this package. A Dir is a path: it does no I/O until a
+// method is called, and any number of Dirs may name one directory.
+type Dir struct{ path string }
+
+// OpenDir returns the spool directory at path, such as [DB.Dir] or a
+// [DBDir] from [List]. It does no I/O.
+func OpenDir(path string) Dir { return Dir{path: path} }
+
+// Path is the directory's path.
+func (d Dir) Path() string { return d.path }
+
+// String is the directory's path.
+func (d Dir) String() string { return d.path }
+
+func (d Dir) join(elem ...string) string { return filepath.Join(append([]string{d.path}, elem...)...) }
+
+// Exists reports whether the directory exists: the database was opened
+// through boule in this boot and its spool was not deleted since.
+func (d Dir) Exists() bool {
+	_, err := os.Stat(d.path)
+	return err == nil
+}
+
+// Source is the absolute path of the database the directory spools, as
+// recorded in it, or "" when it is not recorded yet (a connection opened
+// the database, no transaction snapshotted it).
+func (d Dir) Source() string {
+	b, err := fsutil.ReadFile(d.join(sourceFile))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// Perm returns the permission bits of the database, as of its last
+// snapshot, less the write bits: every file the uploader writes about it
+// is no more readable (doc/FORMAT.md, "Permissions").
+func (d Dir) Perm() fs.FileMode { return Perm(d.path) }
+
+// A Snapshot is one state of the database as the spool holds it.
+type Snapshot struct {
+	// Manifest describes the state, without a pack table: where chunks
+	// are packed is the uploader's business.
+	Manifest *manifest.Manifest
+	// ID identifies the state: equal IDs, equal snapshots.
+	ID [32]byte
+}
+
+// snapshotID is the SHA-256 of a manifest as the spool wrote it: the
+// bytes, or for a manifest the uploader gave a pack table, the encoding of
+// the same manifest without it.
+func snapshotID(b []byte) [32]byte {
+	if len(b) > 11 && b[11]&manifest.FlagPacks != 0 {
+		if m, err := manifest.Decode(b); err == nil {
+			m.Packs = nil
+			if plain, err := m.MarshalBinary(); err == nil {
+				return sha256.Sum256(plain)
+			}
+		}
+	}
+	return sha256.Sum256(b)
+}
+
+// ManifestID is the [Snapshot.ID] of the snapshot encoded as b, with or
+// without a pack table.
+func ManifestID(b []byte) [32]byte { return snapshotID(b) }
+
+// readSnapshot reads the manifest file p; a missing file is (nil, nil).
+func readSnapshot(p string) (*Snapshot, error) {
+	b, err := fsutil.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spool: read %s: %w", p, err)
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, p, err)
+	}
+	m.Packs = nil
+	return &Snapshot{Manifest: m, ID: snapshotID(b)}, nil
+}
+
+// Staged returns the staged snapshot: the database as of its last
+// snapshot. It returns nil and no error when nothing is staged (the
+// spool is new, or was invalidated, or the database is in WAL mode).
+func (d Dir) Staged() (*Snapshot, error) { return readSnapshot(d.join(stagingDir, manifestFile)) }
+
+// StagedID returns the ID of the staged snapshot, and false when nothing
+// readable is staged. It reads only the manifest's bytes.
+func (d Dir) StagedID() ([32]byte, bool) {
+	b, err := fsutil.ReadFile(d.join(stagingDir, manifestFile))
+	if err != nil {
+		return [32]byte{}, false
+	}
+	return snapshotID(b), true
+}
+
+// StagedChunks is the directory of the chunks staged for the staged
+// snapshot and not handed over yet.
+func (d Dir) StagedChunks() Chunks { return Chunks{dir: d.join(stagingDir, chunksDir)} }
+
+// Chunks is a directory of chunk files named by their fingerprints.
+type Chunks struct{ dir string }
+
+// List returns the fingerprints of the chunk files; a missing directory
+// holds none.
+func (c Chunks) List() ([]manifest.Fingerprint, error) {
+	entries, err := fsutil.ReadDir(c.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spool: list %s: %w", c.dir, err)
+	}
+	var out []manifest.Fingerprint
+	for _, e := range entries {
+		if fp, err := manifest.ParseFingerprint(e.Name()); err == nil {
+			out = append(out, fp)
+		}
+	}
+	return out, nil
+}
+
+// Read returns the bytes of chunk fp, as written; the caller verifies
+// them. It returns an error wrapping fs.ErrNotExist when the chunk is
+// gone (handed over, or uploaded and removed).
+func (c Chunks) Read(fp manifest.Fingerprint) ([]byte, error) {
+	return fsutil.ReadFile(filepath.Join(c.dir, fp.String()))
+}
+
+// Remove deletes chunk fp; a chunk already gone is not an error.
+func (c Chunks) Remove(fp manifest.Fingerprint) error {
+	p := filepath.Join(c.dir, fp.String())
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("spool: remove %s: %w", p, err)
+	}
+	return nil
+}
+
+// Bytes returns the bytes the chunk files take.
+func (c Chunks) Bytes() int64 {
+	entries, err := fsutil.ReadDir(c.dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil {
+			n += info.Size()
+		}
+	}
+	return n
+}
+
+// A Handover is a snapshot handed over to the uploader: published in
+// ready/ by a snapshot, then taken into consuming/ by the uploader.
+type Handover struct {
+	// Name is unique to the snapshot: never reused in the directory.
+	Name string
+	dir  string
+}
+
+// Snapshot returns the handed-over snapshot; nil and no error if it is
+// gone (uploaded and removed meanwhile).
+func (h Handover) Snapshot() (*Snapshot, error) {
+	return readSnapshot(filepath.Join(h.dir, manifestFile))
+}
+
+// Chunks is the directory of the snapshot's chunks not uploaded yet.
+func (h Handover) Chunks() Chunks { return Chunks{dir: filepath.Join(h.dir, chunksDir)} }
+
+// handovers lists the snapshots in state (readyDir or consumingDir).
+func (d Dir) handovers(state string) ([]Handover, error) {
+	dir := d.join(state)
+	entries, err := fsutil.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spool: list %s: %w", dir, err)
+	}
+	var out []Handover
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, Handover{Name: e.Name(), dir: filepath.Join(dir, e.Name())})
+		}
+	}
+	return out, nil
+}
+
+// Ready lists the snapshots published in ready/, not yet taken.
+func (d Dir) Ready() ([]Handover, error) { return d.handovers(readyDir) }
+
+// Consuming lists the snapshots the uploader took into consuming/.
+func (d Dir) Consuming() ([]Handover, error) { return d.handovers(consumingDir) }
+
+// readyFree reports whether ready/ is empty: a snapshot may be published.
+func (d Dir) readyFree() bool { return fsutil.DirEmpty(d.join(readyDir)) }
+
+// Idle reports whether no snapshot waits in ready/ or consuming/.
+func (d Dir) Idle() bool {
+	return fsutil.DirEmpty(d.join(readyDir)) && fsutil.DirEmpty(d.join(consumingDir))
+}
+
+// TakeReady moves every snapshot in ready/ into consuming/, then removes
+// ready/, so that the next snapshot can be published there at once: a
+// publication renames a directory onto ready/, which fails on any
+// existing directory, even an empty one.
+func (d Dir) TakeReady() error {
+	ready := d.join(readyDir)
+	snaps, err := d.Ready()
+	if err != nil {
+		return err
+	}
+	if len(snaps) > 0 {
+		consuming := d.join(consumingDir)
+		if err := os.Mkdir(consuming, 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("spool: create %s: %w", consuming, err)
+		}
+		for _, s := range snaps {
+			if err := os.Rename(s.dir, filepath.Join(consuming, s.Name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("spool: take %s: %w", s.dir, err)
+			}
+		}
+	}
+	// Fails, harmlessly, when a snapshot was published meanwhile (a
+	// publication never leaves ready/ empty) or ready/ is already gone.
+	_ = os.Remove(ready)
+	return nil
+}
+
+// RemoveConsumed deletes the snapshots in consuming/ named in names:
+// uploaded, or older than one that was.
+func (d Dir) RemoveConsumed(names []string) error {
+	snaps, err := d.Consuming()
+	if err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		if !slices.Contains(names, s.Name) {
+			continue
+		}
+		if err := os.RemoveAll(s.dir); err != nil {
+			return fmt.Errorf("spool: remove %s: %w", s.dir, err)
+		}
+	}
+	return nil
+}
+
+// NewestHandedOver returns the newest snapshot in ready/ or consuming/,
+// by creation time, or nil: what to upload when nothing is staged (the
+// database switched to WAL, or a crash lost the staged manifest).
+// Snapshots that cannot be read are skipped.
+func (d Dir) NewestHandedOver() (*Snapshot, error) {
+	var newest *Snapshot
+	for _, state := range []string{consumingDir, readyDir} {
+		snaps, err := d.handovers(state)
+		if err != nil {
+			return nil, err
+		}
+		for _, h := range snaps {
+			s, err := h.Snapshot()
+			if err != nil || s == nil {
+				continue
+			}
+			if newest == nil || s.Manifest.Created.After(newest.Manifest.Created) {
+				newest = s
+			}
+		}
+	}
+	return newest, nil
+}
+
+// FindChunk returns chunk fp from wherever the spool still holds it:
+// staged, or in a handed-over snapshot. It looks in the order chunks move
+// (staging, ready/, consuming/), listing each place just before reading
+// it, so that a chunk the uploader moves meanwhile is still found. It
+// returns an error wrapping fs.ErrNotExist when it holds it nowhere
+// (uploaded and removed).
+func (d Dir) FindChunk(fp manifest.Fingerprint) ([]byte, error) {
+	read := func(c Chunks) ([]byte, bool, error) {
+		b, err := c.Read(fp)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, false, nil
+		}
+		return b, true, err
+	}
+	if b, ok, err := read(d.StagedChunks()); ok {
+		return b, err
+	}
+	for _, state := range []string{readyDir, consumingDir} {
+		snaps, _ := d.handovers(state)
+		for _, h := range snaps {
+			if b, ok, err := read(h.Chunks()); ok {
+				return b, err
+			}
+		}
+	}
+	return nil, fmt.Errorf("spool: chunk %s of %s: %w", fp, d.path, fs.ErrNotExist)
+}
+
+// Lag reports the age of the oldest snapshot the store lacks (the
+// replication lag: the commit that made it is the oldest one the store
+// lacks) and the bytes waiting in the spool. A snapshot counts only if
+// its ID differs from uploaded, the ID of the snapshot last uploaded.
+func (d Dir) Lag(uploaded [32]byte, now time.Time) (lag time.Duration, pending int64) {
+	var oldest time.Time
+	consider := func(p string) {
+		b, err := fsutil.ReadFile(p)
+		if err != nil || snapshotID(b) == uploaded {
+			return
+		}
+		m, err := manifest.Decode(b)
+		if err != nil {
+			return
+		}
+		if oldest.IsZero() || m.Created.Before(oldest) {
+			oldest = m.Created
+		}
+		pending += int64(len(b))
+	}
+	for _, state := range []string{consumingDir, readyDir} {
+		snaps, _ := d.handovers(state)
+		for _, h := range snaps {
+			consider(filepath.Join(h.dir, manifestFile))
+			pending += h.Chunks().Bytes()
+		}
+	}
+	consider(d.join(stagingDir, manifestFile))
+	pending += d.StagedChunks().Bytes()
+	if oldest.IsZero() {
+		return 0, pending
+	}
+	return max(now.Sub(oldest), 0), pending
+}
+
+// Lock takes the database's spool lock, which snapshots and
+// invalidations of every process take: while it is held, the staged
+// snapshot does not change. Closing the returned function releases it.
+func (d Dir) Lock() (unlock func(), err error) {
+	f, err := openLockFile(d.join(LockFile))
+	if err != nil {
+		return nil, err
+	}
+	if err := flock(f, syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("spool: lock %s: %w", d.path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// Marker reads the directory's txn marker (see [ReadMarker]).
+func (d Dir) Marker() (Marker, error) { return ReadMarker(d.path) }
+
+// Invalidate makes the next transaction rebuild the snapshot and stage
+// every chunk again (see [Invalidate]).
+func (d Dir) Invalidate() error { return Invalidate(d.path) }
+
+// --- The uploader's records -----------------------------------------------
+
+// writeRecord writes b to the record name by rename, no more readable
+// than the database.
+func (d Dir) writeRecord(name string, b []byte) error {
+	dst := d.join(name)
+	tmp := fmt.Sprintf("%s.tmp.%d.%d", dst, os.Getpid(), rand.Uint64())
+	if err := os.WriteFile(tmp, b, recordPerm(d.Perm())); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("spool: write %s: %w", dst, pathless(err))
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("spool: write %s: %w", dst, pathless(err))
+	}
+	return nil
+}
+
+// readRecord reads the record name; a missing record is (nil, nil), an
+// empty one a non-nil empty slice.
+func (d Dir) readRecord(name string) ([]byte, error) {
+	b, err := fsutil.ReadFile(d.join(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spool: read %s: %w", d.join(name), err)
+	}
+	if b == nil {
+		b = []byte{}
+	}
+	return b, nil
+}
+
+// recordPerm is the mode of the uploader's records: read for the owner,
+// and the database's read bits for group and others.
+func recordPerm(db fs.FileMode) fs.FileMode { return 0o400 | db&0o044 }
+
+// Uploaded returns the manifest the uploader last put in the store, with
+// its pack table, as it recorded it; nil and no error when there is none.
+func (d Dir) Uploaded() ([]byte, error) { return d.readRecord(uploadedFile) }
+
+// RecordUploaded records b, an encoded manifest with its pack table, as
+// the one the store now holds.
+func (d Dir) RecordUploaded(b []byte) error { return d.writeRecord(uploadedFile, b) }
+
+// HasUploaded reports whether an upload of the database was recorded.
+func (d Dir) HasUploaded() bool { return fsutil.Exists(d.join(uploadedFile)) }
+
+// UploadedTime returns when the last upload was recorded, zero if none:
+// the uploaders of every process pace their manifests by it.
+func (d Dir) UploadedTime() time.Time {
+	fi, err := os.Stat(d.join(uploadedFile))
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
+}
+
+// UploadedID returns the ID of the snapshot last uploaded, zero if none.
+func (d Dir) UploadedID() [32]byte {
+	b, err := fsutil.ReadFile(d.join(uploadedFile))
+	if err != nil {
+		return [32]byte{}
+	}
+	return snapshotID(b)
+}
+
+// placementSize is the size of one record of the placements file: a chunk
+// fingerprint, a pack ID, and the blob's offset and length, big-endian.
+const placementSize = 2*manifest.FingerprintSize + 8
+
+// Placements returns where the uploader put the chunks it packed that no
+// uploaded manifest lists yet. A torn last record (a crash mid-append) is
+// ignored.
+func (d Dir) Placements() (map[manifest.Fingerprint]manifest.PackRef, error) {
+	b, err := d.readRecord(packedFile)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[manifest.Fingerprint]manifest.PackRef, len(b)/placementSize)
+	for ; len(b) >= placementSize; b = b[placementSize:] {
+		var fp manifest.Fingerprint
+		var ref manifest.PackRef
+		copy(fp[:], b)
+		copy(ref.ID[:], b[manifest.FingerprintSize:])
+		ref.Offset = binary.BigEndian.Uint32(b[2*manifest.FingerprintSize:])
+		ref.Length = binary.BigEndian.Uint32(b[2*manifest.FingerprintSize+4:])
+		out[fp] = ref
+	}
+	return out, nil
+}
+
+func appendPlacement(b []byte, fp manifest.Fingerprint, ref manifest.PackRef) []byte {
+	b = append(b, fp[:]...)
+	b = append(b, ref.ID[:]...)
+	b = binary.BigEndian.AppendUint32(b, ref.Offset)
+	return binary.BigEndian.AppendUint32(b, ref.Length)
+}
+
+// AddPlacements records, by appending, that chunk fps[i] is in pack
+// refs[i]: the uploader does it before it deletes the chunks' files, so
+// that a restart between a pack upload and its manifest's upload forgets
+// nothing.
+func (d Dir) AddPlacements(fps []manifest.Fingerprint, refs []manifest.PackRef) error {
+	var b []byte
+	for i := range fps {
+		b = appendPlacement(b, fps[i], refs[i])
+	}
+	p := d.join(packedFile)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool: record placements in %s: %w", p, pathless(err))
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("spool: record placements in %s: %w", p, pathless(err))
+	}
+	return nil
+}
+
+// SetPlacements replaces the placements with placed; none removes the
+// file.
+func (d Dir) SetPlacements(placed map[manifest.Fingerprint]manifest.PackRef) error {
+	if len(placed) == 0 {
+		return d.removeRecord(packedFile)
+	}
+	var b []byte
+	for fp, ref := range placed {
+		b = appendPlacement(b, fp, ref)
+	}
+	return d.writeRecord(packedFile, b)
+}
+
+func (d Dir) removeRecord(name string) error {
+	if err := os.Remove(d.join(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("spool: remove %s: %w", d.join(name), pathless(err))
+	}
+	return nil
+}
+
+// Targets returns the record of the targets the staged chunks were
+// uploaded to (nil when there is none); SetTargets replaces it.
+func (d Dir) Targets() ([]byte, error) { return d.readRecord(targetsFile) }
+
+// SetTargets records the targets the chunks are uploaded to.
+func (d Dir) SetTargets(b []byte) error { return d.writeRecord(targetsFile, b) }
+
+// Status returns the uploader's last saved status of the database (nil
+// when none); SetStatus replaces it.
+func (d Dir) Status() ([]byte, error) { return d.readRecord(statusFile) }
+
+// SetStatus saves the uploader's status of the database, for other
+// processes (vfsctl status).
+func (d Dir) SetStatus(b []byte) error { return d.writeRecord(statusFile, b) }
+
+// The paths of the directory's files, for messages, for tools that report
+// on a spool, and for tests that damage one.
+
+// StatusFile is the path of the uploader's saved status.
+func (d Dir) StatusFile() string { return d.join(statusFile) }
+
+// StagedManifestFile is the path of the staged snapshot's manifest.
+func (d Dir) StagedManifestFile() string { return d.join(stagingDir, manifestFile) }
+
+// SourceFile is the path of the record of the source path.
+func (d Dir) SourceFile() string { return d.join(sourceFile) }
+
+// MarkerFile is the path of the txn marker.
+func (d Dir) MarkerFile() string { return d.join(markerFile) }
+
+// UploadedFile is the path of the record of the last upload.
+func (d Dir) UploadedFile() string { return d.join(uploadedFile) }
+
+// UploadLockFile is the path of the lock LockUpload takes.
+func (d Dir) UploadLockFile() string { return d.join(uploadLock) }
+
+// PlacementsFile is the path of the record of pack placements.
+func (d Dir) PlacementsFile() string { return d.join(packedFile) }
+
+// Path is the path of chunk fp's file in the directory.
+func (c Chunks) Path(fp manifest.Fingerprint) string { return filepath.Join(c.dir, fp.String()) }
+
+// Has reports whether the directory holds a file for chunk fp.
+func (c Chunks) Has(fp manifest.Fingerprint) bool { return fsutil.Exists(c.Path(fp)) }
+
+// Path is the handed-over snapshot's directory.
+func (h Handover) Path() string { return h.dir }
+
+// HasPlacements reports whether placements are recorded.
+func (d Dir) HasPlacements() bool { return fsutil.Exists(d.join(packedFile)) }
+
+// DropStaged forgets the staged snapshot, as a crash that lost it would:
+// the uploader then uploads the newest handed-over snapshot, if any.
+func (d Dir) DropStaged() error {
+	if err := os.Remove(d.join(stagingDir, manifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("spool: remove %s: %w", d.join(stagingDir, manifestFile), pathless(err))
+	}
+	return nil
+}
+
+// HandoverState names where PutHandover puts a snapshot.
+type HandoverState int
+
+const (
+	// InReady: published, not taken by an uploader yet.
+	InReady HandoverState = iota
+	// InConsuming: taken by an uploader, not uploaded yet.
+	InConsuming
+)
+
+// PutHandover hands over a snapshot built by the caller: m, and the chunk
+// files given (the others being in the store already, or elsewhere in the
+// spool), into ready/ (which must be free) or consuming/. It is what a
+// snapshot's publication does, without touching the staged snapshot: for
+// tools that move spools, and for tests of the uploader, which build the
+// states that crashes and races leave.
+func (d Dir) PutHandover(m *manifest.Manifest, chunks map[manifest.Fingerprint][]byte, state HandoverState) (Handover, error) {
+	mb, err := m.MarshalBinary()
+	if err != nil {
+		return Handover{}, fmt.Errorf("spool: encode manifest: %w", err)
+	}
+	for _, p := range []string{d.join(tmpDir)} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return Handover{}, fmt.Errorf("spool: create %s: %w", p, pathless(err))
+		}
+	}
+	top := d.join(tmpDir, uniqueName())
+	name := uniqueName()
+	snap := filepath.Join(top, name)
+	if err := os.MkdirAll(filepath.Join(snap, chunksDir), 0o700); err != nil {
+		return Handover{}, fmt.Errorf("spool: create %s: %w", snap, pathless(err))
+	}
+	perm := fileMode(d.Perm())
+	if err := os.WriteFile(filepath.Join(snap, manifestFile), mb, perm); err != nil {
+		_ = os.RemoveAll(top)
+		return Handover{}, fmt.Errorf("spool: write %s: %w", snap, pathless(err))
+	}
+	for fp, b := range chunks {
+		if err := os.WriteFile(filepath.Join(snap, chunksDir, fp.String()), b, perm); err != nil {
+			_ = os.RemoveAll(top)
+			return Handover{}, fmt.Errorf("spool: write %s: %w", snap, pathless(err))
+		}
+	}
+	dst := d.join(readyDir)
+	if state == InConsuming {
+		dst = d.join(consumingDir)
+		if err := os.MkdirAll(dst, 0o700); err != nil {
+			_ = os.RemoveAll(top)
+			return Handover{}, fmt.Errorf("spool: create %s: %w", dst, pathless(err))
+		}
+		if err := os.Rename(snap, filepath.Join(dst, name)); err != nil {
+			_ = os.RemoveAll(top)
+			return Handover{}, fmt.Errorf("spool: hand over to %s: %w", dst, pathless(err))
+		}
+		_ = os.Remove(top)
+		return Handover{Name: name, dir: filepath.Join(dst, name)}, nil
+	}
+	if err := syscall.Rename(top, dst); err != nil {
+		_ = os.RemoveAll(top)
+		return Handover{}, fmt.Errorf("spool: publish %s: %w", dst, err)
+	}
+	return Handover{Name: name, dir: filepath.Join(dst, name)}, nil
+}
+
+// LockUpload takes the advisory lock that keeps two processes from
+// uploading one database at once. When wait is false it gives up at once,
+// returning a nil unlock; otherwise it waits, until ctx is done.
+func (d Dir) LockUpload(ctx context.Context, wait bool) (unlock func(), err error) {
+	path := d.join(uploadLock)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("spool: open lock %s: %w", path, pathless(err))
+	}
+	backoff := time.Millisecond
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() {
+				_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+				f.Close()
+			}, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("spool: lock %s: %w", path, err)
+		}
+		if !wait {
+			f.Close()
+			return nil, nil
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f.Close()
+			return nil, fmt.Errorf("spool: waiting for another process's upload of %s: %w", d.path, ctx.Err())
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 100*time.Millisecond)
+	}
+}

@@ -1,0 +1,227 @@
+package upload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/spool"
+)
+
+// Errors of Flush.
+var (
+	// ErrNotStaged is returned by Flush when nothing staged can be the
+	// database's current state, and it could not stage it: the spool
+	// was never written or was invalidated, or a transaction never
+	// finished its snapshot, and there is no Restage to take one.
+	ErrNotStaged = errors.New("upload: no current snapshot of the database is staged")
+
+	// ErrSnapshotFailed is returned by Flush when the database's staged
+	// snapshot lacks committed transactions (its last snapshot failed, or
+	// never finished) and taking one again failed: the cause, such as a
+	// full spool disk, is wrapped.
+	ErrSnapshotFailed = errors.New("upload: the store lacks committed transactions")
+
+	// ErrSourceGone is returned by Flush, together with ErrNotStaged,
+	// when the database file or its spool directory no longer exists:
+	// there is nothing to flush. FlushAll skips such databases.
+	ErrSourceGone = errors.New("upload: the database no longer exists")
+)
+
+// Flush uploads everything the spool directory dir holds, now, and
+// succeeds only if the store then holds a snapshot that includes every
+// transaction committed through boule before the flush began. When the
+// spool's txn marker says the staged snapshot lacks some (a snapshot
+// failed or never finished), or nothing is staged, it first has Restage
+// take a snapshot of the file; when that fails too, or the database is in
+// WAL mode, it fails with an error naming the database and the cause. It
+// retries a database that a permanent error had stopped.
+func (u *Uploader) Flush(ctx context.Context, dir string) error {
+	st := u.state(dir)
+	// An upload already under way finishes at the flush rate, so that the
+	// caller does not wait behind the background limiter.
+	st.hurry.Add(1)
+	defer st.hurry.Add(-1)
+	for attempt := 0; ; attempt++ {
+		want, err := u.mustHold(ctx, st)
+		if err != nil {
+			// Not an upload failure: no backoff, nothing in the status
+			// (which shows the spool's state on its own).
+			return err
+		}
+		if err := u.flushUpload(ctx, st); err != nil {
+			return fmt.Errorf("upload: flush %s: %w", st.source(), err)
+		}
+		if u.holds(st, want) {
+			return nil
+		}
+		if attempt > 0 {
+			return fmt.Errorf("%w: %s: the store does not hold the snapshot staged when the flush began: "+
+				"the spool was invalidated meanwhile (the targets changed, or the store lost a chunk)", ErrNotStaged, st.source())
+		}
+		// The upload invalidated the spool (the targets changed, or the
+		// store lost a chunk): stage and upload everything again.
+	}
+}
+
+// flushUpload is one synchronous upload of st, at the flush rate.
+func (u *Uploader) flushUpload(ctx context.Context, st *dbState) error {
+	st.upload.Lock()
+	st.unblock()
+	err := u.handle(ctx, st, u.flush, true)
+	if err != nil {
+		u.noteFailure(st, err)
+	}
+	u.saveStatus(st)
+	st.upload.Unlock()
+	u.requeue(st)
+	return err
+}
+
+// FlushAll flushes every database the uploader knows, and returns the
+// errors joined. Databases that no longer exist (ErrSourceGone) are
+// skipped.
+func (u *Uploader) FlushAll(ctx context.Context) error {
+	u.mu.Lock()
+	dirs := make([]string, 0, len(u.dbs))
+	for dir := range u.dbs {
+		dirs = append(dirs, dir)
+	}
+	u.mu.Unlock()
+	sort.Strings(dirs)
+	var errs []error
+	for _, dir := range dirs {
+		if err := u.Flush(ctx, dir); err != nil && !errors.Is(err, ErrSourceGone) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// wanted is the snapshot a flush must find in the store once it is done:
+// the one staged when the spool was known to hold every transaction
+// committed before the flush began.
+type wanted struct {
+	id      [32]byte
+	created time.Time
+	// any: the spool cannot say (nothing staged, a clean marker, no
+	// Restage); any upload will do, as before markers told the state.
+	any bool
+}
+
+// mustHold returns the snapshot the store must hold for a flush of st to
+// succeed, re-staging the database first when its spool cannot vouch for
+// the staged snapshot.
+func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
+	src := st.source()
+	if !st.sp.Exists() {
+		u.forget(st.sp.Path())
+		return wanted{}, fmt.Errorf("%w: %w: %s: its spool directory %s is gone", ErrNotStaged, ErrSourceGone, src, st.sp)
+	}
+	// The marker first, then the manifest: a clean marker means every
+	// transaction committed so far is in the snapshot staged now, or in a
+	// newer one.
+	mk, merr := st.sp.Marker()
+	if merr == nil && mk.State == spool.MarkerClean {
+		if w, ok := stagedNow(st.sp); ok {
+			return w, nil
+		}
+	}
+	if u.opts.Restage == nil {
+		return u.unrestaged(st, src, mk, merr)
+	}
+	if err := u.opts.Restage(ctx, st.sp.Path(), src); err != nil {
+		switch {
+		case errors.Is(err, spool.ErrWAL):
+			return wanted{}, walError(src)
+		case errors.Is(err, ErrSourceGone):
+			return wanted{}, fmt.Errorf("%w: flush %s: %w", ErrNotStaged, src, err)
+		}
+		why := lacking(mk, merr)
+		if mk.State == spool.MarkerFailed {
+			why = "its last snapshot failed" // the new failure says why
+		}
+		return wanted{}, fmt.Errorf("%w: %s: %s, and a new snapshot failed too: %w", ErrSnapshotFailed, src, why, err)
+	}
+	if w, ok := stagedNow(st.sp); ok {
+		return w, nil
+	}
+	return wanted{}, fmt.Errorf("%w: %s: nothing is staged even after a fresh snapshot (the spool was invalidated meanwhile?)", ErrNotStaged, src)
+}
+
+// unrestaged is mustHold without Restage: it says what the marker says.
+func (u *Uploader) unrestaged(st *dbState, src string, mk spool.Marker, merr error) (wanted, error) {
+	switch {
+	case merr != nil:
+		return wanted{}, fmt.Errorf("upload: flush %s: %w", src, merr)
+	case mk.State == spool.MarkerWAL:
+		return wanted{}, walError(src)
+	case mk.State == spool.MarkerFailed:
+		return wanted{}, fmt.Errorf("%w: %s: %s; vfsctl flush or sync takes a new one", ErrSnapshotFailed, src, lacking(mk, nil))
+	case mk.State == spool.MarkerSet:
+		return wanted{}, fmt.Errorf("%w: %s: %s; the next transaction on the database stages one, or run vfsctl sync on it now", ErrNotStaged, src, lacking(mk, nil))
+	}
+	// A clean marker and no staged manifest: handed-over snapshots, or
+	// none. Any upload is as good as this flush can know.
+	if id, _ := st.uploaded(); id != ([32]byte{}) || st.sp.HasUploaded() || !st.sp.Idle() {
+		return wanted{any: true}, nil
+	}
+	return wanted{}, fmt.Errorf("%w: %s: the spool is empty or was invalidated (the targets changed, or the store lost a chunk); "+
+		"the next transaction on the database stages a snapshot, or run vfsctl sync on it now", ErrNotStaged, src)
+}
+
+// lacking says why the staged snapshot of a database lacks transactions.
+func lacking(mk spool.Marker, merr error) string {
+	switch {
+	case merr != nil:
+		return "its txn marker is unreadable (" + merr.Error() + ")"
+	case mk.State == spool.MarkerFailed && mk.Err != "":
+		return "its last snapshot failed (" + mk.Err + ")"
+	case mk.State == spool.MarkerFailed:
+		return "its last snapshot failed"
+	case mk.State == spool.MarkerSet:
+		return "its last snapshot never finished (a transaction is in flight, or its writer died)"
+	}
+	return "nothing is staged"
+}
+
+// walError is the error of a flush of a database in WAL mode.
+func walError(src string) error {
+	return fmt.Errorf("upload: flush %s: the database is in WAL mode, which is not replicated yet: "+
+		"the store holds its state from before the switch, if any; PRAGMA journal_mode=DELETE resumes replication (%w)", src, spool.ErrWAL)
+}
+
+// stagedNow returns the snapshot staged in sp.
+func stagedNow(sp spool.Dir) (wanted, bool) {
+	s, err := sp.Staged()
+	if err != nil || s == nil {
+		return wanted{}, false
+	}
+	return wanted{id: s.ID, created: s.Manifest.Created}, true
+}
+
+// holds reports whether the store holds w, or a newer snapshot: the last
+// manifest this process uploaded, or the one the spool records.
+func (u *Uploader) holds(st *dbState, w wanted) bool {
+	id, at := st.uploaded()
+	if w.any {
+		return id != ([32]byte{}) || st.sp.HasUploaded()
+	}
+	// This process's memory: its record of the upload may have failed
+	// (a full disk).
+	if id == w.id || (id != ([32]byte{}) && !at.Before(w.created)) {
+		return true
+	}
+	b, err := st.sp.Uploaded()
+	if err != nil || b == nil {
+		return false
+	}
+	if spool.ManifestID(b) == w.id {
+		return true
+	}
+	m, err := manifest.Decode(b)
+	return err == nil && !m.Created.Before(w.created)
+}

@@ -1,0 +1,115 @@
+package upload
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/store"
+)
+
+// waitManifestGap waits until ManifestGap has passed since the database's
+// last manifest upload (some S3 clones order overwrites by the second). It
+// waits before the manifest is read, so that the upload is as fresh as it
+// can be.
+func (u *Uploader) waitManifestGap(ctx context.Context, st *dbState) error {
+	gap := u.opts.ManifestGap
+	if gap <= 0 {
+		return nil
+	}
+	st.mu.Lock()
+	last := st.lastManifest
+	st.mu.Unlock()
+	// Another process may have uploaded last: its upload left its mark on
+	// the spool.
+	if t := st.sp.UploadedTime(); t.After(last) {
+		last = t
+	}
+	wait := gap - u.opts.Now().Sub(last)
+	if wait <= 0 || wait > gap {
+		return nil // wait > gap: a clock step; do not stall on it
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// uploadManifest uploads the manifest of snapshot s to every non-cache
+// target, with the pack table that says where its packed chunks are, then
+// records it as the database's last uploaded manifest. A snapshot that
+// does not come from staging (the newest by construction) but was handed
+// over is uploaded only if it is not older than the last one uploaded, so
+// that the store never goes backwards.
+func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, s *spool.Snapshot, handedOver bool, targets []limitedTarget) error {
+	m := s.Manifest
+	key, err := store.ManifestKey(m.Hostname, m.SourcePath)
+	if err != nil {
+		return err
+	}
+	// The last uploaded manifest says where the chunks this snapshot
+	// shares with it are: without it, nothing can be relied on.
+	var prev *manifest.Manifest
+	b, err := st.sp.Uploaded()
+	if err != nil {
+		return fmt.Errorf("upload: read the last uploaded manifest of %s: %w", m.SourcePath, err)
+	}
+	if b != nil {
+		if prev, err = manifest.Decode(b); err != nil {
+			if ierr := u.invalidate(st); ierr != nil {
+				return ierr
+			}
+			return fmt.Errorf("%w: the last uploaded manifest: %w", ErrSpoolCorrupt, err)
+		}
+	}
+	// Never make the store go backwards: a snapshot taken before the last
+	// uploaded one (left behind in consuming/, say) is not uploaded.
+	if prev != nil && handedOver && m.Created.Before(prev.Created) {
+		u.log.Warn("upload: not uploading a snapshot older than the last uploaded one", logKeyDB, m.SourcePath)
+		return nil
+	}
+	// Say where packed chunks are: placements of this upload and earlier
+	// ones, then the last uploaded manifest's pack table.
+	st.mu.Lock()
+	packed := withPacks(m, st.placed, prev)
+	st.mu.Unlock()
+	mb, err := packed.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("upload: encode the manifest of %s: %w", m.SourcePath, err)
+	}
+	if st.hurry.Load() > 0 {
+		targets = u.flush
+	}
+	for _, t := range targets {
+		if t.Cache {
+			continue
+		}
+		err := t.lim.PutManifest(ctx, key, mb)
+		st.countCall()
+		if err != nil {
+			return err
+		}
+	}
+	if u.opts.OnManifest != nil {
+		u.opts.OnManifest(m.Hostname, m.SourcePath)
+	}
+	if err := recordUploaded(st.sp, mb); err != nil {
+		// The placements stay: without this record of the manifest's
+		// pack table, they are the only one the next upload has.
+		u.log.Warn("upload: cannot record the uploaded manifest", logKeyDB, m.SourcePath, logKeyErr, err)
+	} else if err := st.forgetPlacements(packed); err != nil {
+		u.log.Warn("upload: cannot update the pack placements", logKeyDB, m.SourcePath, logKeyErr, err)
+	}
+	u.noteSuccess(st, m, s.ID)
+	return nil
+}
+
+// recordUploaded records the uploaded manifest in the spool; tests make
+// it fail.
+var recordUploaded = func(sp spool.Dir, b []byte) error { return sp.RecordUploaded(b) }

@@ -1,0 +1,141 @@
+package upload
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/store"
+)
+
+// Status describes the replication of one database, for the Go API,
+// vfsctl status and metrics. The uploader also saves it in the database's
+// spool directory, so that other processes can read it (ReadStatus).
+type Status struct {
+	Dir          string        `json:"dir"`                  // spool directory
+	Source       string        `json:"source"`               // source database path, when known
+	Lag          time.Duration `json:"lag_ns"`               // age of the oldest snapshot not yet uploaded; 0 when current
+	PendingBytes int64         `json:"pending_bytes"`        // bytes in the spool waiting for upload
+	Uploads      int64         `json:"uploads"`              // snapshots (manifests) uploaded
+	Chunks       int64         `json:"chunks"`               // chunks uploaded
+	Packs        int64         `json:"packs"`                // packs uploaded (holding some of those chunks)
+	Calls        int64         `json:"calls"`                // store calls made for this database
+	Failures     int64         `json:"failures"`             // failed uploads
+	LastUpload   time.Time     `json:"last_upload,omitzero"` // when the last manifest was uploaded
+	LastError    string        `json:"last_error,omitempty"` // the last failure, "" after a success
+	Blocked      bool          `json:"blocked"`              // stopped on a permanent error
+	// NotReplicated reports that the database's commits cannot reach the
+	// store whatever the store does: its snapshots fail (a full spool
+	// disk, say), or it is in WAL mode, which is not replicated yet.
+	// Problem says which, and why.
+	NotReplicated bool   `json:"not_replicated"`
+	Problem       string `json:"problem,omitempty"`
+}
+
+// withSpool completes s with what the spool directory says now: the lag
+// (the age of the oldest commit not in the store, counting commits whose
+// snapshots failed), the pending bytes, and whether the database is
+// replicated at all.
+func withSpool(s Status, sp spool.Dir, uploaded [32]byte, now time.Time) Status {
+	s.Lag, s.PendingBytes = sp.Lag(uploaded, now)
+	mk, err := sp.Marker()
+	if err != nil {
+		s.NotReplicated, s.Problem = true, err.Error()
+		return s
+	}
+	switch mk.State {
+	case spool.MarkerFailed:
+		s.NotReplicated = true
+		s.Problem = "snapshots fail"
+		if mk.Err != "" {
+			s.Problem += ": " + mk.Err
+		}
+	case spool.MarkerWAL:
+		s.NotReplicated = true
+		s.Problem = "the database is in WAL mode, which is not replicated yet"
+	default:
+		return s
+	}
+	if !mk.Since.IsZero() {
+		s.Lag = max(s.Lag, now.Sub(mk.Since))
+	}
+	return s
+}
+
+// ReadStatus reads the status a database's uploader saved in its spool
+// directory, with the lag and pending bytes computed now from the spool.
+func ReadStatus(dir string, now time.Time) (Status, error) {
+	sp := spool.OpenDir(dir)
+	s := Status{Dir: dir}
+	b, err := sp.Status()
+	if err != nil {
+		return s, fmt.Errorf("upload: %w", err)
+	}
+	if b != nil {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return s, fmt.Errorf("upload: %s: %w", sp.StatusFile(), err)
+		}
+		s.Dir = dir
+	}
+	if s.Source == "" {
+		s.Source = sp.Source()
+	}
+	return withSpool(s, sp, sp.UploadedID(), now), nil
+}
+
+// saveStatus saves st's status in its spool directory, for ReadStatus.
+func (u *Uploader) saveStatus(st *dbState) {
+	st.mu.Lock()
+	s := st.status
+	s.Blocked = st.blocked != nil
+	st.mu.Unlock()
+	s.Lag, s.PendingBytes = 0, 0 // computed by readers
+	s.NotReplicated, s.Problem = false, ""
+	if b, err := json.Marshal(s); err == nil {
+		_ = st.sp.SetStatus(b)
+	}
+}
+
+// Status reports on every database the uploader knows, sorted by source.
+func (u *Uploader) Status() []Status {
+	u.mu.Lock()
+	sts := make([]*dbState, 0, len(u.dbs))
+	for _, st := range u.dbs {
+		sts = append(sts, st)
+	}
+	u.mu.Unlock()
+	out := make([]Status, 0, len(sts))
+	now := u.opts.Now()
+	for _, st := range sts {
+		st.mu.Lock()
+		s := st.status
+		s.Blocked = st.blocked != nil
+		st.mu.Unlock()
+		// The spool's record, not this process's memory: another process
+		// may be the one uploading this database.
+		out = append(out, withSpool(s, st.sp, st.sp.UploadedID(), now))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Source < out[j].Source })
+	return out
+}
+
+// TargetStats reports the store calls made to each target.
+func (u *Uploader) TargetStats() map[string]store.Stats {
+	out := make(map[string]store.Stats, len(u.bg))
+	for i, t := range u.bg {
+		s := t.lim.Stats()
+		f := u.flush[i].lim.Stats()
+		s.Calls += f.Calls
+		s.Retries += f.Retries
+		s.Failures += f.Failures
+		s.BytesUp += f.BytesUp
+		s.BytesDown += f.BytesDown
+		if f.LastErrorTime.After(s.LastErrorTime) {
+			s.LastError, s.LastErrorTime = f.LastError, f.LastErrorTime
+		}
+		out[t.Name] = s
+	}
+	return out
+}

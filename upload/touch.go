@@ -1,0 +1,123 @@
+package upload
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store"
+)
+
+// maybeTouch refreshes, spread over TouchPeriod, the chunks of the last
+// uploaded manifest, so that a lifecycle rule on the chunk bucket expires
+// only chunks no live manifest uses. A chunk found missing is re-uploaded
+// on the next transaction: the staged snapshot is invalidated.
+func (u *Uploader) maybeTouch(ctx context.Context, st *dbState, targets []limitedTarget) {
+	if u.opts.TouchPeriod < 0 {
+		return
+	}
+	st.mu.Lock()
+	now := u.opts.Now()
+	if st.lastTouch.IsZero() {
+		st.lastTouch = now // the first pass after start waits a full period
+	}
+	due := now.Sub(st.lastTouch) >= u.opts.TouchPeriod
+	st.mu.Unlock()
+	if !due {
+		return
+	}
+	mb, err := st.sp.Uploaded()
+	if err != nil || mb == nil {
+		return
+	}
+	m, err := manifest.Decode(mb)
+	if err != nil {
+		return
+	}
+	// Each object once: a chunk of its own, or the pack holding it.
+	refs := m.PackRefs()
+	seen := map[manifest.Fingerprint]bool{}
+	for i, fp := range m.Chunks {
+		ref, packed := refs[uint32(i)]
+		obj, what := fp, "chunk"
+		if packed {
+			obj, what = ref.ID, "pack"
+		}
+		if _, inline := m.Inline[uint32(i)]; inline || seen[obj] {
+			continue
+		}
+		seen[obj] = true
+		for _, t := range targets {
+			if t.Cache {
+				continue
+			}
+			var err error
+			if packed {
+				err = t.lim.TouchPack(ctx, obj)
+			} else {
+				err = t.lim.TouchChunk(ctx, obj)
+			}
+			st.countCall()
+			if errors.Is(err, store.ErrNotFound) {
+				u.log.Warn("upload: a "+what+" of the last uploaded snapshot is missing from the store; the next transaction re-uploads everything",
+					logKeyDB, m.SourcePath, logKeyTarget, t.Name, what, obj.String())
+				_ = u.invalidate(st)
+				return
+			}
+			if err != nil {
+				return // retried next period
+			}
+		}
+	}
+	st.mu.Lock()
+	st.lastTouch = now
+	st.mu.Unlock()
+}
+
+// invalidate makes the next transaction rebuild and re-upload the whole
+// snapshot: the spool is invalidated (spool.Invalidate), and this
+// uploader forgets what it uploaded.
+func (u *Uploader) invalidate(st *dbState) error {
+	if err := st.sp.Invalidate(); err != nil {
+		u.log.Error("upload: cannot invalidate the spool", logKeyDB, st.source(), logKeyErr, err)
+		return err
+	}
+	st.mu.Lock()
+	st.uploadedID = [32]byte{}
+	st.uploadedAt = time.Time{}
+	st.placed = nil
+	st.mu.Unlock()
+	u.mu.Lock()
+	clear(u.recent)
+	u.mu.Unlock()
+	return nil
+}
+
+// checkTargets invalidates the spool when its chunks were uploaded to other
+// targets than the uploader's: the staged snapshot assumes the store holds
+// every chunk it does not stage, which is true only of the old targets.
+func (u *Uploader) checkTargets(st *dbState) error {
+	var names []string
+	for _, t := range u.opts.Targets {
+		if !t.Cache {
+			names = append(names, t.Name)
+		}
+	}
+	slices.Sort(names)
+	want := strings.Join(names, "\n") + "\n"
+	got, err := st.sp.Targets()
+	if err == nil && string(got) == want {
+		return nil
+	}
+	if got != nil || st.sp.HasUploaded() {
+		u.log.Warn("upload: the replication targets changed; this database's snapshot is uploaded again in full",
+			logKeyDB, st.source())
+		if err := u.invalidate(st); err != nil {
+			return err // the targets record stays as it was: retried next pass
+		}
+	}
+	return st.sp.SetTargets([]byte(want))
+}
