@@ -1,3 +1,5 @@
+//go:build cgo
+
 package main
 
 import (
@@ -258,7 +260,7 @@ func TestReplicaUsage(t *testing.T) {
 		code int
 		want string
 	}{
-		{"restore nothing", []string{"restore"}, exitUsage, "want --manifest or --source-path"},
+		{"restore nothing", []string{"restore"}, exitUsage, "want one SOURCE or --manifest"},
 		{"restore both", []string{"restore", "--manifest", "x", "--source-path", "/y"}, exitUsage, "not both"},
 		{"restore bad at", []string{"restore", "--source-path", "/y", "--at", "yesterday"}, exitUsage, `--at "yesterday"`},
 		{"restore hostile path", []string{"restore", "--source-path", "/a/../etc/passwd"}, exitUsage, "not a clean file path"},
