@@ -201,8 +201,10 @@ func verifyReport(src string, p verifyPlan, targets []string, results []verifyRe
 		for _, e := range t.Errors {
 			res.Errors = append(res.Errors, t.Target+": "+e)
 		}
-		if n := t.bad(); n > 0 {
-			failed = append(failed, fmt.Sprintf("%d of %d chunks missing, corrupt or unreadable in %s", n, res.Unique, t.Target))
+		if t.bad() > 0 {
+			// The chunks not intact: an unreadable pack is one error
+			// for all its members.
+			failed = append(failed, fmt.Sprintf("%d of %d chunks missing, corrupt or unreadable in %s", res.Unique-t.OK, res.Unique, t.Target))
 		}
 	}
 	res.Missing = append(res.Missing, slices.Sorted(maps.Keys(missing))...)
