@@ -71,6 +71,20 @@ func (f *fixture) config() string {
 // checkStore asserts the dir store holds exactly the database's bytes.
 func (f *fixture) checkStore(t *testing.T, host string) {
 	t.Helper()
+	got := storedBytes(t, f, host)
+	want, err := os.ReadFile(f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("store holds %d bytes, the database %d", len(got), len(want))
+	}
+}
+
+// storedBytes returns the database as the fixture's dir store holds it,
+// under host.
+func storedBytes(t *testing.T, f *fixture, host string) []byte {
+	t.Helper()
 	s, err := dir.New(f.store)
 	if err != nil {
 		t.Fatal(err)
@@ -88,13 +102,7 @@ func (f *fixture) checkStore(t *testing.T, host string) {
 	if err := restore.Reassemble(ctx, []store.Store{s}, m, &buf); err != nil {
 		t.Fatal(err)
 	}
-	want, err := os.ReadFile(f.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(buf.Bytes(), want) {
-		t.Fatalf("store holds %d bytes, the database %d", buf.Len(), len(want))
-	}
+	return buf.Bytes()
 }
 
 func hostname(t *testing.T) string {
