@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/internal/osuser"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/store"
 )
 
@@ -396,25 +399,11 @@ func TestCopiesArePrivate(t *testing.T) {
 }
 
 // walk calls f with the path relative to root and the mode of everything
-// under root.
+// under root, in the order of the paths.
 func walk(t *testing.T, root string, f func(rel string, mode fs.FileMode)) {
 	t.Helper()
-	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p == root {
-			return nil
-		}
-		fi, err := e.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		f(rel, fi.Mode())
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	modes := testfs.Modes(t, root)
+	for _, rel := range slices.Sorted(maps.Keys(modes)) {
+		f(rel, modes[rel])
 	}
 }

@@ -4,7 +4,6 @@ package main
 
 import (
 	"bytes"
-	"database/sql"
 	"errors"
 	"os"
 	"os/exec"
@@ -106,15 +105,7 @@ func TestPureGo(t *testing.T) {
 
 		// A writer killed between its commit and its snapshot: the
 		// pure-Go flush cannot take a new snapshot, and fails.
-		f.leaveMarker(t)
-		plain, err := sql.Open("sqlite3", "file:"+f.db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := plain.Exec("INSERT INTO t(v) SELECT randomblob(1000) FROM t"); err != nil {
-			t.Fatal(err)
-		}
-		plain.Close()
+		f.killedWriter(t)
 		code, stdout, errs = runBinary(t, bin, "--config", f.config(), "flush", f.spool)
 		want := "its last snapshot never finished (a transaction is in flight, or its writer died), and a new snapshot failed too: " +
 			"this vfsctl was built without cgo (CGO_ENABLED=0), and taking a new snapshot of " + f.db + " reads it through SQLite: that needs the cgo build of vfsctl"

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
 	"github.com/boule-vfs/boule/store"
@@ -156,8 +156,7 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	var out, at string
 	var conc int
 	var force bool
-	srcArgs := sourceArgs{withManifest: true, withSourcePath: true}
-	fs, err := subcommand(g, "restore", "[--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)",
+	src, _, err := sourceCommand(g, "restore", "[--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)",
 		"Writes the replicated database SOURCE (a path or a boule:// name) to --out\n"+
 			"(default: standard output), every chunk verified against its fingerprint.\n"+
 			"--source-path PATH is another spelling of SOURCE. The file appears atomically:\n"+
@@ -166,18 +165,13 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 			"a process has open or locked. The file gets the source database's permission\n"+
 			"bits when the source is on this host, 0600 otherwise, less the umask. With\n"+
 			"--at, restores the newest version stored at or before TIME, or the newest of\n"+
-			"all when TIME is at or after its creation (see ls-versions).", args,
+			"all when TIME is at or after its creation (see ls-versions).", args, sourceArgs{withManifest: true, withSourcePath: true},
 		func(fs *flag.FlagSet) {
-			srcArgs.define(fs)
 			fs.StringVar(&out, "out", "", "output file (default: standard output)")
 			fs.BoolVar(&force, "force", false, "replace an existing --out (never a database in use)")
 			fs.StringVar(&at, "at", "", "point in time: RFC 3339, Unix seconds, or a duration ago (-1h)")
 			fs.IntVar(&conc, "concurrency", restore.DefaultConcurrency, "chunks fetched at once")
 		})
-	if err != nil {
-		return err
-	}
-	src, _, err := srcArgs.source(fs.Args())
 	if err != nil {
 		return err
 	}
@@ -244,13 +238,8 @@ func checkOut(path string) error {
 }
 
 func cmdManifestName(ctx context.Context, g *globals, args []string) error {
-	var srcArgs sourceArgs
-	fs, err := subcommand(g, "manifest-name", "[--hostname H] SOURCE",
-		"Prints the key under which the manifest of the database SOURCE (a path or a\nboule:// name) is stored. No network access.", args, srcArgs.define)
-	if err != nil {
-		return err
-	}
-	src, _, err := srcArgs.source(fs.Args())
+	src, _, err := sourceCommand(g, "manifest-name", "[--hostname H] SOURCE",
+		"Prints the key under which the manifest of the database SOURCE (a path or a\nboule:// name) is stored. No network access.", args, sourceArgs{}, nil)
 	if err != nil {
 		return err
 	}
@@ -296,19 +285,13 @@ func describeManifest(key string, m *manifest.Manifest) manifestJSON {
 func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	var out, at string
 	var asJSON bool
-	var srcArgs sourceArgs
-	fs, err := subcommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE",
-		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\nwrites it, as the binary manifest of doc/FORMAT.md, to --out or standard\noutput; with --json, prints it decoded instead.", args,
+	src, _, err := sourceCommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE",
+		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\nwrites it, as the binary manifest of doc/FORMAT.md, to --out or standard\noutput; with --json, prints it decoded instead.", args, sourceArgs{},
 		func(fs *flag.FlagSet) {
-			srcArgs.define(fs)
 			fs.StringVar(&out, "out", "", "output file (default: standard output)")
 			fs.StringVar(&at, "at", "", "the version stored at or before this time (see restore)")
 			fs.BoolVar(&asJSON, "json", false, "print the decoded manifest as JSON")
 		})
-	if err != nil {
-		return err
-	}
-	src, _, err := srcArgs.source(fs.Args())
 	if err != nil {
 		return err
 	}
@@ -343,15 +326,7 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 // permission bits perm less the umask, and renames it over path, unless
 // something other than a regular file is there.
 func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	var tmp *os.File
-	var err error
-	for range 100 {
-		name := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"."+strconv.FormatUint(uint64(rand.Uint32()), 10)+".tmp")
-		tmp, err = os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
-		if !errors.Is(err, fs.ErrExist) {
-			break
-		}
-	}
+	tmp, err := fsutil.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".", perm)
 	if err != nil {
 		return err
 	}
@@ -409,21 +384,15 @@ func versionCreated(ctx context.Context, s store.Store, key string, vs []store.V
 
 func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 	var asJSON bool
-	var srcArgs sourceArgs
-	fs, err := subcommand(g, "ls-versions", "[--hostname H] [--json] SOURCE",
+	src, _, err := sourceCommand(g, "ls-versions", "[--hostname H] [--json] SOURCE",
 		"Lists the kept versions of the manifest of the database SOURCE, newest first:\n"+
 			"the points in time restore --at can go back to. STORED is the store's time\n"+
 			"for each, CREATED the time the writer's clock gave its snapshot. S3 keeps\n"+
 			"versions when the manifest bucket has versioning enabled; a dir store keeps\n"+
-			"its own.", args,
+			"its own.", args, sourceArgs{},
 		func(fs *flag.FlagSet) {
-			srcArgs.define(fs)
 			fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
 		})
-	if err != nil {
-		return err
-	}
-	src, _, err := srcArgs.source(fs.Args())
 	if err != nil {
 		return err
 	}

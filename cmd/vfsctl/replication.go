@@ -69,10 +69,10 @@ func listSpool(g *globals, cmd, dir string) ([]spool.DBDir, error) {
 	return dbs, nil
 }
 
-// spoolRoot makes a SPOOL_DIR argument absolute, symlinks resolved, as the
-// spool names it.
-func spoolRoot(dir string) (string, error) {
-	abs, err := filepath.Abs(dir)
+// absReal makes a path absolute, symlinks resolved when it exists, as
+// the spool names databases and itself.
+func absReal(p string) (string, error) {
+	abs, err := filepath.Abs(p)
 	if err != nil {
 		return "", err
 	}
@@ -80,6 +80,20 @@ func spoolRoot(dir string) (string, error) {
 		abs = real
 	}
 	return abs, nil
+}
+
+// spoolCommand parses the arguments of a command on a spool: [--json]
+// SPOOL_DIR.
+func spoolCommand(g *globals, name, summary string, args []string) (dir string, asJSON bool, err error) {
+	fs, err := subcommand(g, name, "[--json] SPOOL_DIR", summary, args,
+		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
+	if err != nil {
+		return "", false, err
+	}
+	if fs.NArg() != 1 {
+		return "", false, usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
+	}
+	return fs.Arg(0), asJSON, nil
 }
 
 // flushJSON is one line of vfsctl flush --json.
@@ -91,21 +105,16 @@ type flushJSON struct {
 }
 
 func cmdFlush(ctx context.Context, g *globals, args []string) error {
-	var asJSON bool
-	fs, err := subcommand(g, "flush", "[--json] SPOOL_DIR",
-		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets. A database whose last snapshot failed or never\nfinished is snapshotted again first (read through boule). Exits 1 with a message\nif the store does not then hold every database's committed state (a failed\nsnapshot, a WAL database, a store error), or if SPOOL_DIR does not look like a\nspool.", args,
-		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
+	dir, asJSON, err := spoolCommand(g, "flush",
+		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets. A database whose last snapshot failed or never\nfinished is snapshotted again first (read through boule, which needs a vfsctl\nbuilt with cgo). Exits 1 with a message if the store does not then hold every\ndatabase's committed state (a failed snapshot, a WAL database, a store error),\nor if SPOOL_DIR does not look like a spool.", args)
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
 	}
 	cfg, err := loadConfig(g)
 	if err != nil {
 		return err
 	}
-	root, err := spoolRoot(fs.Arg(0))
+	root, err := absReal(dir)
 	if err != nil {
 		return err
 	}
@@ -191,17 +200,12 @@ func (s statusJSON) state() string {
 }
 
 func cmdStatus(ctx context.Context, g *globals, args []string) error {
-	var asJSON bool
-	fs, err := subcommand(g, "status", "[--json] SPOOL_DIR",
-		"Shows, for each database spooled under SPOOL_DIR in this boot, its state, its\nreplication lag (the age of the oldest commit not yet in the store, counting\ncommits whose snapshots failed), the bytes waiting, and the uploader's calls,\nfailures and last error. Exits 1 if any database is not replicated (its\nsnapshots fail, or it is in WAL mode) or blocked (a permanent store error), or\nif SPOOL_DIR does not look like a spool.", args,
-		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
+	dir, asJSON, err := spoolCommand(g, "status",
+		"Shows, for each database spooled under SPOOL_DIR in this boot, its state, its\nreplication lag (the age of the oldest commit not yet in the store, counting\ncommits whose snapshots failed), the bytes waiting, and the uploader's calls,\nfailures and last error. Exits 1 if any database is not replicated (its\nsnapshots fail, or it is in WAL mode) or blocked (a permanent store error), or\nif SPOOL_DIR does not look like a spool.", args)
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
-	}
-	dbs, err := listSpool(g, "status", fs.Arg(0))
+	dbs, err := listSpool(g, "status", dir)
 	if err != nil {
 		return err
 	}

@@ -53,18 +53,12 @@ func checkExtension(lib string) error {
 
 func cmdShell(ctx context.Context, g *globals, args []string) error {
 	var exe, lib string
-	srcArgs := sourceArgs{withManifest: true, trailing: true}
-	fs, err := subcommand(g, "shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]",
-		"Opens the sqlite3 shell on a read replica of SOURCE (a database path or a\nboule:// name): it loads the extension and opens the replica with the\nboule_snapshot VFS, with this configuration in BOULE_CONFIG. It fails, without\nstarting the shell, when the replica's manifest cannot be fetched, and exits\nwith an error when the shell cannot load the extension or open the replica.", args,
+	src, rest, err := sourceCommand(g, "shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]",
+		"Opens the sqlite3 shell on a read replica of SOURCE (a database path or a\nboule:// name): it loads the extension and opens the replica with the\nboule_snapshot VFS, with this configuration in BOULE_CONFIG. It fails, without\nstarting the shell, when the replica's manifest cannot be fetched, and exits\nwith an error when the shell cannot load the extension or open the replica.", args, sourceArgs{withManifest: true, trailing: true},
 		func(fs *flag.FlagSet) {
-			srcArgs.define(fs)
 			fs.StringVar(&exe, "executable", "sqlite3", "the sqlite3 shell to run")
 			fs.StringVar(&lib, "vfs", "", "the loadable extension (default: libboule.so next to vfsctl, then ../lib, then the loader's path)")
 		})
-	if err != nil {
-		return err
-	}
-	src, rest, err := srcArgs.source(fs.Args())
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,23 @@ type sourceArgs struct {
 	host, manifest, sourcePath string // the flags' values
 }
 
+// sourceCommand parses the arguments of a command that reads the source
+// a names: its own flags (those define adds, if not nil) and the source
+// flags, then the source. It returns the source, and the arguments after
+// it for a trailing command.
+func sourceCommand(g *globals, name, argsUsage, summary string, args []string, a sourceArgs, define func(*flag.FlagSet)) (source, []string, error) {
+	fs, err := subcommand(g, name, argsUsage, summary, args, func(fs *flag.FlagSet) {
+		a.define(fs)
+		if define != nil {
+			define(fs)
+		}
+	})
+	if err != nil {
+		return source{}, nil, err
+	}
+	return a.source(fs.Args())
+}
+
 // define adds the source flags to a command's flag set.
 func (a *sourceArgs) define(fs *flag.FlagSet) {
 	fs.StringVar(&a.host, "hostname", "", "the source's host (default: this one)")
@@ -131,12 +148,9 @@ func parseSource(arg, host string) (source, error) {
 		}
 		arg, host = src.Path, src.Hostname
 	} else if !filepath.IsAbs(arg) {
-		abs, err := filepath.Abs(arg)
+		abs, err := absReal(arg)
 		if err != nil {
 			return source{}, err
-		}
-		if real, err := filepath.EvalSymlinks(abs); err == nil {
-			abs = real
 		}
 		arg = abs
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 )
 
 func cmdSync(ctx context.Context, g *globals, args []string) error {
@@ -22,12 +21,9 @@ func cmdSync(ctx context.Context, g *globals, args []string) error {
 // syncPath makes a DB argument absolute, symlinks resolved, as the spool
 // names it, and checks that it is a regular file.
 func syncPath(arg string) (string, error) {
-	path, err := filepath.Abs(arg)
+	path, err := absReal(arg)
 	if err != nil {
 		return "", err
-	}
-	if real, err := filepath.EvalSymlinks(path); err == nil {
-		path = real
 	}
 	if st, err := os.Stat(path); err != nil {
 		return "", fmt.Errorf("database %s: %w", path, err)

@@ -241,18 +241,12 @@ func printVerify(w io.Writer, res verifyJSON) {
 func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	var at string
 	var asJSON bool
-	srcArgs := sourceArgs{withManifest: true}
-	fs, err := subcommand(g, "verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)",
-		"Checks that every chunk of the manifest of SOURCE is in every replication target\n(caches aside) and matches its fingerprint. Exits 1 and names the bad chunks,\nand the targets they are bad in, otherwise.", args,
+	src, _, err := sourceCommand(g, "verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)",
+		"Checks that every chunk of the manifest of SOURCE is in every replication target\n(caches aside) and matches its fingerprint. Exits 1 and names the bad chunks,\nand the targets they are bad in, otherwise.", args, sourceArgs{withManifest: true},
 		func(fs *flag.FlagSet) {
-			srcArgs.define(fs)
 			fs.StringVar(&at, "at", "", "verify the version stored at or before this time")
 			fs.BoolVar(&asJSON, "json", false, "print JSON")
 		})
-	if err != nil {
-		return err
-	}
-	src, _, err := srcArgs.source(fs.Args())
 	if err != nil {
 		return err
 	}
