@@ -48,6 +48,6 @@
 // the exit codes. It reads and writes stores only through package store
 // and its backends, restores through package restore, uploads through
 // package upload, reads spools through package spool's API: it spells no
-// store key, spool layout or manifest encoding itself. Only sync_cgo.go
-// may import package vfs or a SQLite driver.
+// store key, spool layout or manifest encoding itself. Of its non-test
+// files, only sync_cgo.go may import package vfs or a SQLite driver.
 package main
