@@ -5,13 +5,14 @@ BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
 
-.PHONY: all test vet fmt fmt-check tidy-check ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
+.PHONY: all test vet fmt fmt-check tidy-check crossbuild ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
 
 all: ext lib
 
 ## test: everything CI checks: formatting, vet, go.mod tidiness, all three
-## build modes, and the tests under the race detector.
-test: fmt-check vet tidy-check ext lib minio
+## build modes, the pure-Go vfsctl and its cross-compiles, and the tests
+## under the race detector.
+test: fmt-check vet tidy-check crossbuild ext lib minio
 	$(GO) test -race -count=1 -timeout 25m ./...
 
 vet:
@@ -27,6 +28,22 @@ fmt-check:
 
 tidy-check:
 	$(GO) mod tidy -diff
+
+## crossbuild: vfsctl without a C toolchain (CGO_ENABLED=0), here and for
+## the laptops and ARM hosts operators restore from; its pure-Go tests;
+## and the check that a program that only restores links no SQLite: the
+## restore and store packages import neither package vfs nor a driver.
+CROSS_TARGETS := linux/amd64 linux/arm64 darwin/arm64 darwin/amd64
+NOCGO_ONLY := ./restore/... ./store/...
+crossbuild:
+	@for t in $(CROSS_TARGETS); do \
+		echo "CGO_ENABLED=0 GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) build ./cmd/vfsctl"; \
+		CGO_ENABLED=0 GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) build -o /dev/null ./cmd/vfsctl || exit 1; \
+	done
+	CGO_ENABLED=0 $(GO) vet ./cmd/vfsctl $(NOCGO_ONLY)
+	CGO_ENABLED=0 $(GO) test -count=1 ./cmd/vfsctl
+	@bad=$$($(GO) list -deps ./restore ./store/... | grep -E '^github.com/boule-vfs/boule/vfs$$|^github.com/mattn/go-sqlite3$$'); \
+	if [ -n "$$bad" ]; then echo "restore and store must not import:" $$bad; exit 1; fi
 
 ## minio: the pinned MinIO server the integration tests run on loopback.
 minio: $(BOULE_MINIO)
@@ -71,10 +88,10 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' $(FUZZFLAGS) ./manifest
 	$(GO) test -run XXX -fuzz '^FuzzDecodeBody$$' $(FUZZFLAGS) ./manifest
 	$(GO) test -run XXX -fuzz '^FuzzParse$$' $(FUZZFLAGS) ./config
-	$(GO) test -run XXX -fuzz '^FuzzDecodeChunk$$' $(FUZZFLAGS) ./replicate
-	$(GO) test -run XXX -fuzz '^FuzzDecodePackMember$$' $(FUZZFLAGS) ./replicate
-	$(GO) test -run XXX -fuzz '^FuzzDecodeManifestBlob$$' $(FUZZFLAGS) ./replicate
-	$(GO) test -run XXX -fuzz '^FuzzManifestKey$$' $(FUZZFLAGS) ./replicate
+	$(GO) test -run XXX -fuzz '^FuzzDecodeChunk$$' $(FUZZFLAGS) ./store
+	$(GO) test -run XXX -fuzz '^FuzzDecodePackMember$$' $(FUZZFLAGS) ./store
+	$(GO) test -run XXX -fuzz '^FuzzDecodeManifestBlob$$' $(FUZZFLAGS) ./store
+	$(GO) test -run XXX -fuzz '^FuzzManifestKey$$' $(FUZZFLAGS) ./store
 	$(GO) test -run XXX -fuzz '^FuzzMangle$$' $(FUZZFLAGS) ./spool
 	$(GO) test -run XXX -fuzz '^FuzzParseName$$' $(FUZZFLAGS) ./snapshot
 

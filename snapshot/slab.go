@@ -49,7 +49,7 @@ func (a *slabs) copy(data []byte) ([]byte, func(), error) {
 			a.mu.Unlock()
 			return nil, nil, fmt.Errorf("snapshot: map a %d MiB slab: %w", slabSize>>20, err)
 		}
-		_ = syscall.Madvise(mem, 14) // MADV_HUGEPAGE; a hint only
+		hugePages(mem)
 		s := &slab{mem: mem}
 		a.all = append(a.all, s)
 		for i := slabSize/manifest.ChunkSize - 1; i >= 0; i-- {

@@ -894,7 +894,8 @@ func seq(from, to int) []int {
 
 func statCtime(st fs.FileInfo) time.Time {
 	if s, ok := st.Sys().(*syscall.Stat_t); ok {
-		return time.Unix(s.Ctim.Sec, s.Ctim.Nsec).UTC()
+		ct := statCtim(s)
+		return time.Unix(ct.Sec, ct.Nsec).UTC()
 	}
 	return st.ModTime().UTC()
 }
@@ -904,7 +905,8 @@ func identity(st fs.FileInfo) fileID {
 	if s, ok := st.Sys().(*syscall.Stat_t); ok {
 		id.ino = int64(s.Ino)
 		id.dev = uint64(s.Dev)
-		id.ctime = s.Ctim.Nano()
+		ct := statCtim(s)
+		id.ctime = ct.Nano()
 	}
 	return id
 }

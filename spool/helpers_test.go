@@ -208,7 +208,8 @@ func ctimeOf(t testing.TB, path string) time.Time {
 		t.Fatal(err)
 	}
 	s := st.Sys().(*syscall.Stat_t)
-	return time.Unix(s.Ctim.Sec, s.Ctim.Nsec).UTC()
+	c := statCtim(s)
+	return time.Unix(c.Sec, c.Nsec).UTC()
 }
 
 func dirtyBitmap(idx []int) []uint64 {

@@ -1,3 +1,5 @@
+//go:build cgo
+
 package main
 
 import (
@@ -7,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,20 +21,23 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/internal/osuser"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 )
 
-var (
-	binOnce sync.Once
-	binDir  string
-	binErr  error
-)
+// builds are the vfsctl binaries built for the tests, by their name:
+// "vfsctl", and "vfsctl-nocgo" for the pure-Go build.
+var builds struct {
+	sync.Mutex
+	dir  string
+	done map[string]error
+}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
+	if builds.dir != "" {
+		os.RemoveAll(builds.dir)
 	}
 	os.Exit(code)
 }
@@ -39,23 +46,39 @@ func TestMain(m *testing.M) {
 // test run, in a directory every user can reach.
 func binary(t testing.TB) string {
 	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "vfsctl-bin-")
-		if binErr != nil {
-			return
-		}
-		if binErr = os.Chmod(binDir, 0o755); binErr != nil {
-			return
-		}
-		out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, "vfsctl"), ".").CombinedOutput()
+	return build(t, "vfsctl")
+}
+
+// build builds this package once per test run as name, with the
+// environment env added, and returns its path.
+func build(t testing.TB, name string, env ...string) string {
+	t.Helper()
+	builds.Lock()
+	defer builds.Unlock()
+	if builds.dir == "" {
+		dir, err := os.MkdirTemp("", "vfsctl-bin-")
 		if err != nil {
-			binErr = fmt.Errorf("go build: %v %s", err, out)
+			t.Fatal(err)
 		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
+		builds.dir, builds.done = dir, map[string]error{}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return filepath.Join(binDir, "vfsctl")
+	bin := filepath.Join(builds.dir, name)
+	err, ok := builds.done[name]
+	if !ok {
+		cmd := exec.Command("go", "build", "-o", bin, ".")
+		cmd.Env = append(os.Environ(), env...)
+		if out, berr := cmd.CombinedOutput(); berr != nil {
+			err = fmt.Errorf("%s go build: %v %s", strings.Join(env, " "), berr, out)
+		}
+		builds.done[name] = err
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 // hasOpen returns a test of whether process pid has a file whose path
@@ -375,25 +398,11 @@ func TestCopiesArePrivate(t *testing.T) {
 }
 
 // walk calls f with the path relative to root and the mode of everything
-// under root.
+// under root, in the order of the paths.
 func walk(t *testing.T, root string, f func(rel string, mode fs.FileMode)) {
 	t.Helper()
-	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p == root {
-			return nil
-		}
-		fi, err := e.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		f(rel, fi.Mode())
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	modes := testfs.Modes(t, root)
+	for _, rel := range slices.Sorted(maps.Keys(modes)) {
+		f(rel, modes[rel])
 	}
 }

@@ -1,30 +1,3 @@
-// Command vfsctl operates Boule replication from the command line.
-//
-//	vfsctl [--config JSON|@FILE] COMMAND [ARGS]
-//
-// Commands:
-//
-//	flush SPOOL_DIR        upload everything spooled under SPOOL_DIR
-//	sync DB                upload a fresh snapshot of DB and print its manifest name
-//	status SPOOL_DIR       replication lag, pending bytes and errors per database
-//	restore                write a replicated database, or an older version, to a file
-//	manifest SOURCE        fetch the manifest of a replicated database
-//	manifest-name SOURCE   print the key of a database's manifest
-//	ls-versions SOURCE     list the points in time a database can be restored to
-//	ls                     list the databases a store holds
-//	verify SOURCE          check every chunk of a manifest
-//	shell SOURCE           open the sqlite3 shell on a read replica
-//
-// Run "vfsctl COMMAND --help" for each command's options. Commands whose
-// output is data take --json. Progress bars appear only on a terminal.
-//
-// The configuration comes from --config or BOULE_CONFIG (see doc/CONFIG.md).
-//
-// Exit codes: 0 success, 1 the operation failed, 2 bad usage or
-// configuration.
-//
-// SIGTERM or SIGINT stops the command: every command exits, with status 1,
-// within a second of the signal.
 package main
 
 import (
@@ -64,7 +37,7 @@ var commands = []command{
 	{"flush", "[--json] SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
 	{"sync", "DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
 	{"status", "[--json] SPOOL_DIR", "show replication lag, pending bytes, calls and errors per database", cmdStatus},
-	{"restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE [--force]] [--concurrency N]", "write a replicated database (or an older version) to a file", cmdRestore},
+	{"restore", "[--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)", "write a replicated database (or an older version) to a file", cmdRestore},
 	{"manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
 	{"manifest-name", "[--hostname H] SOURCE", "print the key of a database's manifest", cmdManifestName},
 	{"ls-versions", "[--hostname H] [--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},

@@ -1,3 +1,5 @@
+//go:build cgo
+
 package main
 
 import (
@@ -70,6 +72,20 @@ func (f *fixture) config() string {
 // checkStore asserts the dir store holds exactly the database's bytes.
 func (f *fixture) checkStore(t *testing.T, host string) {
 	t.Helper()
+	got := storedBytes(t, f, host)
+	want, err := os.ReadFile(f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("store holds %d bytes, the database %d", len(got), len(want))
+	}
+}
+
+// storedBytes returns the database as the fixture's dir store holds it,
+// under host.
+func storedBytes(t *testing.T, f *fixture, host string) []byte {
+	t.Helper()
 	s, err := dir.New(f.store)
 	if err != nil {
 		t.Fatal(err)
@@ -87,12 +103,39 @@ func (f *fixture) checkStore(t *testing.T, host string) {
 	if err := restore.Reassemble(ctx, []store.Store{s}, m, &buf); err != nil {
 		t.Fatal(err)
 	}
-	want, err := os.ReadFile(f.db)
+	return buf.Bytes()
+}
+
+// plainFixture writes the database name with the sqlite3 shell, without
+// boule, running script; it returns the fixture and the shell's path.
+func plainFixture(t *testing.T, name, script string) (*fixture, string) {
+	t.Helper()
+	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(buf.Bytes(), want) {
-		t.Fatalf("store holds %d bytes, the database %d", buf.Len(), len(want))
+	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, name)}
+	if err := os.Mkdir(f.store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sqlite3, err := exec.LookPath("sqlite3")
+	if err != nil {
+		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
+	}
+	if out, err := exec.Command(sqlite3, f.db, script).CombinedOutput(); err != nil {
+		t.Fatalf("sqlite3: %v %s", err, out)
+	}
+	return f, sqlite3
+}
+
+// sync runs vfsctl sync on the fixture's database, which must succeed and
+// print its manifest name.
+func (f *fixture) sync(t *testing.T) {
+	t.Helper()
+	code, out, errs := vfsctl(t, "--config", f.config(), "sync", f.db)
+	want, _ := store.ManifestKey(hostname(t), f.db)
+	if code != exitOK || strings.TrimSpace(out) != want {
+		t.Fatalf("sync=%d %q %q; want the manifest name %q", code, out, errs, want)
 	}
 }
 
@@ -105,13 +148,31 @@ func hostname(t *testing.T) string {
 	return h
 }
 
+// usageCase is a command line, the exit code it must end with, and what
+// its output must say.
+type usageCase struct {
+	name string
+	args []string
+	code int
+	want string
+}
+
+// checkUsage runs each case in a subtest, with BOULE_CONFIG empty.
+func checkUsage(t *testing.T, cases []usageCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("BOULE_CONFIG", "")
+			code, out, errs := vfsctl(t, tc.args...)
+			if code != tc.code || !strings.Contains(out+errs, tc.want) {
+				t.Fatalf("vfsctl %q = %d, %q %q; want %d and %q", tc.args, code, out, errs, tc.code, tc.want)
+			}
+		})
+	}
+}
+
 func TestUsage(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		args []string
-		code int
-		want string
-	}{
+	checkUsage(t, []usageCase{
 		{"no command", nil, exitUsage, "usage: vfsctl"},
 		{"help", []string{"--help"}, exitOK, "Commands:"},
 		{"unknown command", []string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
@@ -124,15 +185,7 @@ func TestUsage(t *testing.T) {
 		{"bad log level", []string{"--log", "loud", "status", "x"}, exitUsage, `--log "loud"`},
 		{"bad config key", []string{"--config", `{"replication_targetz": []}`, "flush", "/tmp"}, exitUsage, `unknown key "replication_targetz"`},
 		{"no targets", []string{"--config", `{}`, "flush", "/tmp"}, exitUsage, "no replication targets"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("BOULE_CONFIG", "")
-			code, out, errs := vfsctl(t, tc.args...)
-			if code != tc.code || !strings.Contains(out+errs, tc.want) {
-				t.Fatalf("vfsctl %q = %d, %q %q; want %d and %q", tc.args, code, out, errs, tc.code, tc.want)
-			}
-		})
-	}
+	})
 }
 
 func TestFlushAndStatus(t *testing.T) {
@@ -180,26 +233,9 @@ func TestFlushFailure(t *testing.T) {
 
 // TestSync: a database written without boule at all gets uploaded.
 func TestSync(t *testing.T) {
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, "plain.db")}
-	if err := os.Mkdir(f.store, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sqlite3, err := exec.LookPath("sqlite3")
-	if err != nil {
-		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
-	}
-	if out, err := exec.Command(sqlite3, f.db, "CREATE TABLE t(x); INSERT INTO t VALUES (zeroblob(200000)), ('hello');").CombinedOutput(); err != nil {
-		t.Fatalf("sqlite3: %v %s", err, out)
-	}
-	code, out, errs := vfsctl(t, "--config", f.config(), "sync", f.db)
-	want, _ := store.ManifestKey(hostname(t), f.db)
-	if code != exitOK || strings.TrimSpace(out) != want {
-		t.Fatalf("sync=%d %q %q; want the manifest name %q", code, out, errs, want)
-	}
+	f, sqlite3 := plainFixture(t, "plain.db", "CREATE TABLE t(x); INSERT INTO t VALUES (zeroblob(200000)), ('hello');")
+	tmpdir := f.dir
+	f.sync(t)
 	f.checkStore(t, hostname(t))
 
 	// The file changes outside boule; sync again uploads the new state.
@@ -220,27 +256,10 @@ func TestSync(t *testing.T) {
 // gives a meaning to (%XX escapes, the query and fragment marks) is synced
 // under its own name, and restores byte for byte.
 func TestSyncOddName(t *testing.T) {
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, "a%41 b?x=1#frag.db")}
-	if err := os.Mkdir(f.store, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sqlite3, err := exec.LookPath("sqlite3")
-	if err != nil {
-		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
-	}
 	// The shell takes a plain file name literally.
-	if out, err := exec.Command(sqlite3, f.db, "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000));").CombinedOutput(); err != nil {
-		t.Fatalf("sqlite3: %v %s", err, out)
-	}
-	code, out, errs := vfsctl(t, "--config", f.config(), "sync", f.db)
-	want, _ := store.ManifestKey(hostname(t), f.db)
-	if code != exitOK || strings.TrimSpace(out) != want {
-		t.Fatalf("sync=%d %q %q; want the manifest name %q", code, out, errs, want)
-	}
+	f, _ := plainFixture(t, "a%41 b?x=1#frag.db", "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000));")
+	tmpdir := f.dir
+	f.sync(t)
 	restored := filepath.Join(tmpdir, "restored.db")
 	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", restored); code != exitOK {
 		t.Fatalf("restore=%d %q", code, errs)
@@ -414,16 +433,7 @@ func TestFlushRestages(t *testing.T) {
 	if code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
 		t.Fatalf("first flush=%d %q %q", code, out, errs)
 	}
-	// The killed writer's transaction: it set the marker, wrote, committed.
-	f.leaveMarker(t)
-	plain, err := sql.Open("sqlite3", "file:"+f.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := plain.Exec("INSERT INTO t(v) SELECT randomblob(1000) FROM t"); err != nil {
-		t.Fatal(err)
-	}
-	plain.Close()
+	f.killedWriter(t)
 
 	code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool)
 	if code != exitOK || !strings.Contains(out, "ok      "+f.db) {
@@ -487,6 +497,22 @@ func TestFlushGone(t *testing.T) {
 	code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool)
 	if code != exitOK || !strings.Contains(out, "gone    "+f.db) {
 		t.Fatalf("flush of a deleted database=%d %q %q; want exit 0 and gone", code, out, errs)
+	}
+}
+
+// killedWriter leaves what a writer killed between its commit and its
+// snapshot leaves: it set the marker, wrote, committed (here without
+// boule, which would have snapshotted).
+func (f *fixture) killedWriter(t *testing.T) {
+	t.Helper()
+	f.leaveMarker(t)
+	plain, err := sql.Open("sqlite3", "file:"+f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := plain.Exec("INSERT INTO t(v) SELECT randomblob(1000) FROM t"); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -8,11 +8,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"maps"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,9 +17,9 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
-	"github.com/boule-vfs/boule/snapshot"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
 	"golang.org/x/term"
@@ -84,128 +81,6 @@ func manifestStores(stores []store.Store) []store.Store {
 		}
 	}
 	return out
-}
-
-func defaultHostname() string {
-	if h, err := os.Hostname(); err == nil && h != "" {
-		return h
-	}
-	return "localhost"
-}
-
-// source is a database to read from the stores: a manifest key, or a
-// manifest file.
-type source struct {
-	host, path string // when key is set
-	key        string
-	file       string // a manifest file
-}
-
-func (s source) String() string {
-	if s.file != "" {
-		return s.file
-	}
-	return snapshot.Scheme + s.host + s.path
-}
-
-// parseSource turns SOURCE (a database path or a boule:// name) and
-// --hostname into a source. Relative paths are made absolute, and symlinks
-// resolved when the file exists here, as the writer does.
-func parseSource(arg, host string) (source, error) {
-	if strings.HasPrefix(arg, snapshot.Scheme) {
-		src, err := snapshot.ParseName(arg)
-		if err != nil {
-			return source{}, usageError{err.Error()}
-		}
-		if host != "" && src.Hostname != "" && host != src.Hostname {
-			return source{}, usagef("--hostname %q contradicts the host in %s", host, arg)
-		}
-		if src.Hostname == "" {
-			src.Hostname = host
-		}
-		arg, host = src.Path, src.Hostname
-	} else if !filepath.IsAbs(arg) {
-		abs, err := filepath.Abs(arg)
-		if err != nil {
-			return source{}, err
-		}
-		if real, err := filepath.EvalSymlinks(abs); err == nil {
-			abs = real
-		}
-		arg = abs
-	}
-	if host == "" {
-		host = defaultHostname()
-	}
-	if err := snapshot.CheckHostname(host); err != nil {
-		return source{}, usageError{err.Error()}
-	}
-	if err := snapshot.CheckPath(arg); err != nil {
-		return source{}, usageError{err.Error()}
-	}
-	key, err := store.ManifestKey(host, arg)
-	if err != nil {
-		return source{}, usageError{err.Error()}
-	}
-	return source{host: host, path: arg, key: key}, nil
-}
-
-// manifestSource parses --manifest: a boule:// name or a manifest file,
-// which must be a regular file (opening a named pipe would block, and a
-// device such as /dev/zero never ends).
-func manifestSource(arg string) (source, error) {
-	if strings.HasPrefix(arg, snapshot.Scheme) {
-		return parseSource(arg, "")
-	}
-	st, err := os.Stat(arg)
-	if err != nil {
-		return source{}, fmt.Errorf("manifest file: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return source{}, usagef("--manifest %s is not a regular file; want a manifest file saved by vfsctl manifest --out, or a %sHOST/path name", arg, snapshot.Scheme)
-	}
-	return source{file: arg}, nil
-}
-
-// fetch returns the source's manifest and its encoding: from the file,
-// the version at at (unless at is zero), or the newest. A fetched
-// manifest must describe the host and path it was fetched for. The
-// encoding is nil for a manifest file: nothing prints it, and a second
-// copy of a manifest can cost gigabytes.
-func (s source) fetch(ctx context.Context, stores []store.Store, at time.Time) (*manifest.Manifest, []byte, error) {
-	if s.file != "" {
-		if !at.IsZero() {
-			return nil, nil, usagef("--at needs a database, not a manifest file")
-		}
-		// The snapshot VFS's reader of manifest files: it refuses what is
-		// not a regular file, and caps the size before reading.
-		r := snapshot.NewReader(snapshot.Options{})
-		defer r.Close()
-		m, err := r.Manifest(ctx, s.file)
-		if err != nil {
-			return nil, nil, err
-		}
-		return m, nil, nil
-	}
-	ms := manifestStores(stores)
-	var m *manifest.Manifest
-	var raw []byte
-	var err error
-	if !at.IsZero() {
-		if m, raw, _, err = restore.ManifestAt(ctx, ms, s.key, at); err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", s, err)
-		}
-	} else if m, raw, err = store.FetchManifest(ctx, ms, s.key); err != nil {
-		return nil, nil, fmt.Errorf("%s (manifest %s): %w", s, s.key, err)
-	}
-	// As the snapshot VFS checks: a manifest stored under another
-	// database's key (a copy, a hash collision of a long path, tampering)
-	// must not pass for it.
-	if m.Hostname != s.host || m.SourcePath != s.path {
-		return nil, nil, fmt.Errorf("%s: manifest %s describes %s%s%s instead: %w",
-			s, s.key, snapshot.Scheme, m.Hostname, m.SourcePath, manifest.ErrInvalid)
-	}
-	return m, raw, nil
 }
 
 // parseTime parses --at: RFC 3339, Unix seconds, or a negative duration
@@ -278,44 +153,25 @@ func progressBar(w io.Writer, label string) (update func(done, total int64), fin
 }
 
 func cmdRestore(ctx context.Context, g *globals, args []string) error {
-	var manifestArg, host, srcPath, out, at string
+	var out, at string
 	var conc int
 	var force bool
-	fs, err := subcommand(g, "restore", "(--manifest URI|FILE | --source-path PATH [--hostname H]) [--at TIME] [--out FILE [--force]] [--concurrency N]",
-		"Writes a replicated database to --out (default: standard output), every chunk\n"+
-			"verified against its fingerprint. The file appears atomically: a failed restore\n"+
-			"leaves nothing at --out. It refuses an existing --out unless --force, and even\n"+
-			"then a database that has a journal, WAL or shm file, or that a process has open\n"+
-			"or locked. The file gets the source database's permission bits when the source\n"+
-			"is on this host, 0600 otherwise, less the umask. With --at, restores the newest\n"+
-			"version stored at or before TIME, or the newest of all when TIME is at or after\n"+
-			"its creation (see ls-versions).", args,
+	src, _, err := sourceCommand(g, "restore", "[--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)",
+		"Writes the replicated database SOURCE (a path or a boule:// name) to --out\n"+
+			"(default: standard output), every chunk verified against its fingerprint.\n"+
+			"--source-path PATH is another spelling of SOURCE. The file appears atomically:\n"+
+			"a failed restore leaves nothing at --out. It refuses an existing --out unless\n"+
+			"--force, and even then a database that has a journal, WAL or shm file, or that\n"+
+			"a process has open or locked. The file gets the source database's permission\n"+
+			"bits when the source is on this host, 0600 otherwise, less the umask. With\n"+
+			"--at, restores the newest version stored at or before TIME, or the newest of\n"+
+			"all when TIME is at or after its creation (see ls-versions).", args, sourceArgs{withManifest: true, withSourcePath: true},
 		func(fs *flag.FlagSet) {
-			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")
-			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
-			fs.StringVar(&srcPath, "source-path", "", "the source database's absolute path on its host")
 			fs.StringVar(&out, "out", "", "output file (default: standard output)")
 			fs.BoolVar(&force, "force", false, "replace an existing --out (never a database in use)")
 			fs.StringVar(&at, "at", "", "point in time: RFC 3339, Unix seconds, or a duration ago (-1h)")
 			fs.IntVar(&conc, "concurrency", restore.DefaultConcurrency, "chunks fetched at once")
 		})
-	if err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("unexpected arguments %q", fs.Args())
-	}
-	var src source
-	switch {
-	case manifestArg != "" && (srcPath != "" || host != ""):
-		return usagef("give --manifest, or --source-path and --hostname, not both")
-	case manifestArg != "":
-		src, err = manifestSource(manifestArg)
-	case srcPath != "":
-		src, err = parseSource(srcPath, host)
-	default:
-		return usagef("want --manifest or --source-path")
-	}
 	if err != nil {
 		return err
 	}
@@ -382,17 +238,8 @@ func checkOut(path string) error {
 }
 
 func cmdManifestName(ctx context.Context, g *globals, args []string) error {
-	var host string
-	fs, err := subcommand(g, "manifest-name", "[--hostname H] SOURCE",
-		"Prints the key under which the manifest of the database SOURCE (a path or a\nboule:// name) is stored. No network access.", args,
-		func(fs *flag.FlagSet) { fs.StringVar(&host, "hostname", "", "the source's host (default: this one)") })
-	if err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SOURCE, got %d arguments", fs.NArg())
-	}
-	src, err := parseSource(fs.Arg(0), host)
+	src, _, err := sourceCommand(g, "manifest-name", "[--hostname H] SOURCE",
+		"Prints the key under which the manifest of the database SOURCE (a path or a\nboule:// name) is stored. No network access.", args, sourceArgs{}, nil)
 	if err != nil {
 		return err
 	}
@@ -436,23 +283,15 @@ func describeManifest(key string, m *manifest.Manifest) manifestJSON {
 }
 
 func cmdManifest(ctx context.Context, g *globals, args []string) error {
-	var host, out, at string
+	var out, at string
 	var asJSON bool
-	fs, err := subcommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE",
-		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\nwrites it, as the binary manifest of doc/FORMAT.md, to --out or standard\noutput; with --json, prints it decoded instead.", args,
+	src, _, err := sourceCommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE",
+		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\nwrites it, as the binary manifest of doc/FORMAT.md, to --out or standard\noutput; with --json, prints it decoded instead.", args, sourceArgs{},
 		func(fs *flag.FlagSet) {
-			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
 			fs.StringVar(&out, "out", "", "output file (default: standard output)")
 			fs.StringVar(&at, "at", "", "the version stored at or before this time (see restore)")
 			fs.BoolVar(&asJSON, "json", false, "print the decoded manifest as JSON")
 		})
-	if err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SOURCE, got %d arguments", fs.NArg())
-	}
-	src, err := parseSource(fs.Arg(0), host)
 	if err != nil {
 		return err
 	}
@@ -487,15 +326,7 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 // permission bits perm less the umask, and renames it over path, unless
 // something other than a regular file is there.
 func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	var tmp *os.File
-	var err error
-	for range 100 {
-		name := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"."+strconv.FormatUint(uint64(rand.Uint32()), 10)+".tmp")
-		tmp, err = os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
-		if !errors.Is(err, fs.ErrExist) {
-			break
-		}
-	}
+	tmp, err := fsutil.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".", perm)
 	if err != nil {
 		return err
 	}
@@ -552,25 +383,16 @@ func versionCreated(ctx context.Context, s store.Store, key string, vs []store.V
 }
 
 func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
-	var host string
 	var asJSON bool
-	fs, err := subcommand(g, "ls-versions", "[--hostname H] [--json] SOURCE",
+	src, _, err := sourceCommand(g, "ls-versions", "[--hostname H] [--json] SOURCE",
 		"Lists the kept versions of the manifest of the database SOURCE, newest first:\n"+
 			"the points in time restore --at can go back to. STORED is the store's time\n"+
 			"for each, CREATED the time the writer's clock gave its snapshot. S3 keeps\n"+
 			"versions when the manifest bucket has versioning enabled; a dir store keeps\n"+
-			"its own.", args,
+			"its own.", args, sourceArgs{},
 		func(fs *flag.FlagSet) {
-			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
 			fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
 		})
-	if err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SOURCE, got %d arguments", fs.NArg())
-	}
-	src, err := parseSource(fs.Arg(0), host)
 	if err != nil {
 		return err
 	}
@@ -680,225 +502,4 @@ func cmdLs(ctx context.Context, g *globals, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Hostname, o.Path, o.Updated)
 	}
 	return tw.Flush()
-}
-
-// verifyTargetJSON is one target's result in vfsctl verify --json.
-type verifyTargetJSON struct {
-	Target  string   `json:"target"`
-	OK      int      `json:"ok"`
-	Missing []string `json:"missing"`
-	Corrupt []string `json:"corrupt"`
-	Errors  []string `json:"errors"`
-}
-
-// verifyJSON is vfsctl verify --json. OK, Missing, Corrupt and Errors sum
-// up Targets: OK counts the distinct chunks intact in every target,
-// Missing and Corrupt list the chunks missing or corrupt in any, and
-// Errors each target's errors prefixed with its name.
-type verifyJSON struct {
-	Source  string             `json:"source"`
-	Chunks  int                `json:"chunks"`
-	Unique  int                `json:"unique_chunks"`
-	Packs   int                `json:"packs"`
-	OK      int                `json:"ok"`
-	Missing []string           `json:"missing"`
-	Corrupt []string           `json:"corrupt"`
-	Errors  []string           `json:"errors"`
-	Targets []verifyTargetJSON `json:"targets"`
-}
-
-func (t *verifyTargetJSON) bad() int { return len(t.Missing) + len(t.Corrupt) + len(t.Errors) }
-
-func cmdVerify(ctx context.Context, g *globals, args []string) error {
-	var host, manifestArg, at string
-	var asJSON bool
-	fs, err := subcommand(g, "verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)",
-		"Checks that every chunk of the manifest of SOURCE is in every replication target\n(caches aside) and matches its fingerprint. Exits 1 and names the bad chunks,\nand the targets they are bad in, otherwise.", args,
-		func(fs *flag.FlagSet) {
-			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
-			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")
-			fs.StringVar(&at, "at", "", "verify the version stored at or before this time")
-			fs.BoolVar(&asJSON, "json", false, "print JSON")
-		})
-	if err != nil {
-		return err
-	}
-	var src source
-	switch {
-	case manifestArg != "" && fs.NArg() == 0:
-		src, err = manifestSource(manifestArg)
-	case manifestArg == "" && fs.NArg() == 1:
-		src, err = parseSource(fs.Arg(0), host)
-	default:
-		return usagef("want one SOURCE or --manifest")
-	}
-	if err != nil {
-		return err
-	}
-	m, _, stores, err := fetchSource(ctx, g, src, at)
-	if err != nil {
-		return err
-	}
-	res := verifyJSON{Source: src.String(), Chunks: len(m.Chunks), Packs: len(m.Packs), Missing: []string{}, Corrupt: []string{}, Errors: []string{}}
-	// Only the remote stores, every one of them: a cache hit says nothing
-	// about a bucket, and one good target says nothing about another.
-	remote := manifestStores(stores)
-	for _, s := range remote {
-		res.Targets = append(res.Targets, verifyTargetJSON{Target: s.String(), Missing: []string{}, Corrupt: []string{}, Errors: []string{}})
-	}
-	// The work: each distinct chunk, grouped by the object that holds it
-	// (a chunk object, or a pack fetched once for all its members), in
-	// each target.
-	type member struct {
-		fp  manifest.Fingerprint
-		ref manifest.PackRef
-	}
-	type object struct {
-		pack    bool
-		id      manifest.Fingerprint
-		members []member
-	}
-	refs := m.PackRefs()
-	seen := map[manifest.Fingerprint]bool{}
-	byPack := map[manifest.Fingerprint]int{}
-	var objects []*object
-	for i, fp := range m.Chunks {
-		if _, inline := m.Inline[uint32(i)]; inline || seen[fp] {
-			continue
-		}
-		seen[fp] = true
-		res.Unique++
-		ref, packed := refs[uint32(i)]
-		if !packed {
-			objects = append(objects, &object{id: fp, members: []member{{fp: fp}}})
-			continue
-		}
-		k, ok := byPack[ref.ID]
-		if !ok {
-			k = len(objects)
-			byPack[ref.ID] = k
-			objects = append(objects, &object{pack: true, id: ref.ID})
-		}
-		objects[k].members = append(objects[k].members, member{fp, ref})
-	}
-	type job struct {
-		target int
-		o      *object
-	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	next := make(chan job)
-	okIn := map[manifest.Fingerprint]int{} // the targets a chunk is intact in
-	note := func(t *verifyTargetJSON, fp manifest.Fingerprint, err error) {
-		switch {
-		case err == nil:
-			t.OK++
-			okIn[fp]++
-		case errors.Is(err, store.ErrNotFound):
-			t.Missing = append(t.Missing, fp.String())
-		case errors.Is(err, store.ErrCorrupt):
-			t.Corrupt = append(t.Corrupt, fp.String())
-		default:
-			t.Errors = append(t.Errors, err.Error())
-		}
-	}
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range next {
-				s, t, o := remote[j.target], &res.Targets[j.target], j.o
-				if !o.pack {
-					_, err := s.GetChunk(ctx, o.id)
-					mu.Lock()
-					note(t, o.id, err)
-					mu.Unlock()
-					continue
-				}
-				pack, perr := s.GetPack(ctx, o.id)
-				mu.Lock()
-				if perr != nil && !errors.Is(perr, store.ErrNotFound) {
-					// Unreadable, not known bad: one error for the pack.
-					t.Errors = append(t.Errors, fmt.Sprintf("pack %s (%d chunks): %v", o.id, len(o.members), perr))
-					mu.Unlock()
-					continue
-				}
-				for _, mb := range o.members {
-					err := perr
-					if err == nil {
-						_, err = store.DecodePackMember(pack, mb.ref, mb.fp)
-					}
-					note(t, mb.fp, err)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	for _, o := range objects {
-		for k := range remote {
-			next <- job{k, o}
-		}
-	}
-	close(next)
-	wg.Wait()
-
-	// The summary over every target, and the failure naming the bad ones.
-	missing, corrupt := map[string]bool{}, map[string]bool{}
-	var failed []string
-	for i := range res.Targets {
-		t := &res.Targets[i]
-		slices.Sort(t.Missing)
-		slices.Sort(t.Corrupt)
-		for _, fp := range t.Missing {
-			missing[fp] = true
-		}
-		for _, fp := range t.Corrupt {
-			corrupt[fp] = true
-		}
-		for _, e := range t.Errors {
-			res.Errors = append(res.Errors, t.Target+": "+e)
-		}
-		if n := t.bad(); n > 0 {
-			failed = append(failed, fmt.Sprintf("%d of %d chunks missing, corrupt or unreadable in %s", n, res.Unique, t.Target))
-		}
-	}
-	res.Missing = slices.Sorted(maps.Keys(missing))
-	res.Corrupt = slices.Sorted(maps.Keys(corrupt))
-	if res.Missing == nil {
-		res.Missing = []string{}
-	}
-	if res.Corrupt == nil {
-		res.Corrupt = []string{}
-	}
-	for _, n := range okIn {
-		if n == len(remote) {
-			res.OK++
-		}
-	}
-	if asJSON {
-		if err := writeJSON(g.stdout, res); err != nil {
-			return err
-		}
-	} else {
-		fmt.Fprintf(g.stdout, "%s: %d chunks, %d distinct stored, %d targets\n", res.Source, res.Chunks, res.Unique, len(res.Targets))
-		for _, t := range res.Targets {
-			fmt.Fprintf(g.stdout, "  %s: %d ok, %d missing, %d corrupt, %d unreadable\n",
-				t.Target, t.OK, len(t.Missing), len(t.Corrupt), len(t.Errors))
-		}
-		for _, t := range res.Targets {
-			for _, fp := range t.Missing {
-				fmt.Fprintf(g.stdout, "missing  %s  %s\n", fp, t.Target)
-			}
-			for _, fp := range t.Corrupt {
-				fmt.Fprintf(g.stdout, "corrupt  %s  %s\n", fp, t.Target)
-			}
-			for _, e := range t.Errors {
-				fmt.Fprintf(g.stdout, "error    %s: %s\n", t.Target, e)
-			}
-		}
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%s: %s", src, strings.Join(failed, "; "))
-	}
-	return nil
 }

@@ -1,3 +1,5 @@
+//go:build cgo
+
 package main
 
 import (
@@ -252,13 +254,8 @@ func flip(t *testing.T, p string, off int) {
 
 func TestReplicaUsage(t *testing.T) {
 	f := flushed(t)
-	for _, tc := range []struct {
-		name string
-		args []string
-		code int
-		want string
-	}{
-		{"restore nothing", []string{"restore"}, exitUsage, "want --manifest or --source-path"},
+	checkUsage(t, []usageCase{
+		{"restore nothing", []string{"restore"}, exitUsage, "want one SOURCE or --manifest"},
 		{"restore both", []string{"restore", "--manifest", "x", "--source-path", "/y"}, exitUsage, "not both"},
 		{"restore bad at", []string{"restore", "--source-path", "/y", "--at", "yesterday"}, exitUsage, `--at "yesterday"`},
 		{"restore hostile path", []string{"restore", "--source-path", "/a/../etc/passwd"}, exitUsage, "not a clean file path"},
@@ -270,15 +267,7 @@ func TestReplicaUsage(t *testing.T) {
 		{"verify nothing", []string{"--config", f.config(), "verify"}, exitUsage, "want one SOURCE or --manifest"},
 		{"ls both", []string{"ls", "--all", "--hostname", "h"}, exitUsage, "not both"},
 		{"no targets", []string{"--config", "{}", "restore", "--source-path", f.db, "--out", filepath.Join(f.dir, "y")}, exitUsage, "no replication target"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("BOULE_CONFIG", "")
-			code, out, errs := vfsctl(t, tc.args...)
-			if code != tc.code || !strings.Contains(out+errs, tc.want) {
-				t.Fatalf("vfsctl %q = %d, %q %q; want %d and %q", tc.args, code, out, errs, tc.code, tc.want)
-			}
-		})
-	}
+	})
 }
 
 // TestRestoreAtS3: point-in-time restores from a versioned manifest bucket

@@ -2,24 +2,19 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
-
-	"github.com/mattn/go-sqlite3"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/upload"
-	"github.com/boule-vfs/boule/vfs"
 )
 
 // loadConfig reads --config, else BOULE_CONFIG.
@@ -74,32 +69,10 @@ func listSpool(g *globals, cmd, dir string) ([]spool.DBDir, error) {
 	return dbs, nil
 }
 
-// restager returns a Restage hook that registers boule on the spool root
-// (without targets: the flush uploads) the first time it is needed.
-func restager(cfg config.Config, root string) func(ctx context.Context, dir, source string) error {
-	var once sync.Once
-	var regErr error
-	return func(ctx context.Context, dir, source string) error {
-		once.Do(func() {
-			c := cfg
-			c.ReplicationSpoolingDir = root
-			c.ReplicationTargets = nil
-			c.MakeDefault = false
-			if err := vfs.Register(c); err != nil {
-				regErr = fmt.Errorf("register boule on %s to re-stage databases: %w", root, err)
-			}
-		})
-		if regErr != nil {
-			return regErr
-		}
-		return vfs.Restage(ctx, dir, source)
-	}
-}
-
-// spoolRoot makes a SPOOL_DIR argument absolute, symlinks resolved, as the
-// spool names it.
-func spoolRoot(dir string) (string, error) {
-	abs, err := filepath.Abs(dir)
+// absReal makes a path absolute, symlinks resolved when it exists, as
+// the spool names databases and itself.
+func absReal(p string) (string, error) {
+	abs, err := filepath.Abs(p)
 	if err != nil {
 		return "", err
 	}
@@ -107,6 +80,20 @@ func spoolRoot(dir string) (string, error) {
 		abs = real
 	}
 	return abs, nil
+}
+
+// spoolCommand parses the arguments of a command on a spool: [--json]
+// SPOOL_DIR.
+func spoolCommand(g *globals, name, summary string, args []string) (dir string, asJSON bool, err error) {
+	fs, err := subcommand(g, name, "[--json] SPOOL_DIR", summary, args,
+		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
+	if err != nil {
+		return "", false, err
+	}
+	if fs.NArg() != 1 {
+		return "", false, usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
+	}
+	return fs.Arg(0), asJSON, nil
 }
 
 // flushJSON is one line of vfsctl flush --json.
@@ -118,21 +105,16 @@ type flushJSON struct {
 }
 
 func cmdFlush(ctx context.Context, g *globals, args []string) error {
-	var asJSON bool
-	fs, err := subcommand(g, "flush", "[--json] SPOOL_DIR",
-		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets. A database whose last snapshot failed or never\nfinished is snapshotted again first (read through boule). Exits 1 with a message\nif the store does not then hold every database's committed state (a failed\nsnapshot, a WAL database, a store error), or if SPOOL_DIR does not look like a\nspool.", args,
-		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
+	dir, asJSON, err := spoolCommand(g, "flush",
+		"Uploads everything spooled under SPOOL_DIR (a replication_spooling_dir) in this\nboot to the configured targets. A database whose last snapshot failed or never\nfinished is snapshotted again first (read through boule, which needs a vfsctl\nbuilt with cgo). Exits 1 with a message if the store does not then hold every\ndatabase's committed state (a failed snapshot, a WAL database, a store error),\nor if SPOOL_DIR does not look like a spool.", args)
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
 	}
 	cfg, err := loadConfig(g)
 	if err != nil {
 		return err
 	}
-	root, err := spoolRoot(fs.Arg(0))
+	root, err := absReal(dir)
 	if err != nil {
 		return err
 	}
@@ -183,96 +165,6 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	return nil
 }
 
-// How long sync waits for another process's lock on the database, and
-// how long at a time SQLite's busy handler, which no context reaches, may
-// wait.
-const (
-	syncBusyWait = 10 * time.Second
-	syncBusyStep = 100 * time.Millisecond
-)
-
-func cmdSync(ctx context.Context, g *globals, args []string) error {
-	fs, err := subcommand(g, "sync", "DB",
-		"Uploads a fresh snapshot of the database file DB, whether or not it was written\nthrough boule, and prints its manifest name. Opens DB read-only.", args, nil)
-	if err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one DB, got %d arguments", fs.NArg())
-	}
-	cfg, err := loadConfig(g)
-	if err != nil {
-		return err
-	}
-	path, err := filepath.Abs(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	if real, err := filepath.EvalSymlinks(path); err == nil {
-		path = real
-	}
-	if st, err := os.Stat(path); err != nil {
-		return fmt.Errorf("database %s: %w", path, err)
-	} else if !st.Mode().IsRegular() {
-		return fmt.Errorf("database %s: not a regular file", path)
-	}
-	if cfg.ReplicationSpoolingDir == "" {
-		tmp, err := os.MkdirTemp("", "vfsctl-spool-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(tmp)
-		cfg.ReplicationSpoolingDir = tmp
-	}
-	cfg.MakeDefault = false
-	if err := vfs.Register(cfg); err != nil {
-		return usageError{err.Error()}
-	}
-	// A read transaction through boule brings the spool up to date with
-	// the file: its first transaction checks, and rebuilds if stale. The
-	// path is escaped, or a %, ? or # in it would name another file.
-	//
-	// SQLite's busy handler does not see the context: it waits at most
-	// syncBusyStep at a time, and the loop below waits up to syncBusyWait
-	// for a writer's lock, so that a signal ends the wait at once.
-	db, err := sql.Open("sqlite3", fmt.Sprintf("file:%s?vfs=boule&mode=ro&_busy_timeout=%d", uriPath(path), syncBusyStep.Milliseconds()))
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	var n int
-	for deadline := time.Now().Add(syncBusyWait); ; {
-		err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&n)
-		var se sqlite3.Error
-		if errors.As(err, &se) && se.Code == sqlite3.ErrBusy && ctx.Err() == nil && time.Now().Before(deadline) {
-			continue
-		}
-		if cerr := ctx.Err(); cerr != nil && err != nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("read %s: %w", path, err)
-		}
-		break
-	}
-	var mode string
-	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err == nil && mode == "wal" {
-		return fmt.Errorf("%s is in WAL mode, which this version does not replicate", path)
-	}
-	if err := vfs.Flush(ctx, path); err != nil {
-		if errors.Is(err, vfs.ErrNoTargets) {
-			return usagef("%v (set replication_targets with --config or %s)", err, config.EnvVar)
-		}
-		return err
-	}
-	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(g.stdout, key)
-	return nil
-}
-
 // statusJSON is one line of vfsctl status --json.
 type statusJSON struct {
 	Source       string  `json:"source"`
@@ -308,17 +200,12 @@ func (s statusJSON) state() string {
 }
 
 func cmdStatus(ctx context.Context, g *globals, args []string) error {
-	var asJSON bool
-	fs, err := subcommand(g, "status", "[--json] SPOOL_DIR",
-		"Shows, for each database spooled under SPOOL_DIR in this boot, its state, its\nreplication lag (the age of the oldest commit not yet in the store, counting\ncommits whose snapshots failed), the bytes waiting, and the uploader's calls,\nfailures and last error. Exits 1 if any database is not replicated (its\nsnapshots fail, or it is in WAL mode) or blocked (a permanent store error), or\nif SPOOL_DIR does not look like a spool.", args,
-		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
+	dir, asJSON, err := spoolCommand(g, "status",
+		"Shows, for each database spooled under SPOOL_DIR in this boot, its state, its\nreplication lag (the age of the oldest commit not yet in the store, counting\ncommits whose snapshots failed), the bytes waiting, and the uploader's calls,\nfailures and last error. Exits 1 if any database is not replicated (its\nsnapshots fail, or it is in WAL mode) or blocked (a permanent store error), or\nif SPOOL_DIR does not look like a spool.", args)
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
-	}
-	dbs, err := listSpool(g, "status", fs.Arg(0))
+	dbs, err := listSpool(g, "status", dir)
 	if err != nil {
 		return err
 	}

@@ -52,34 +52,15 @@ func checkExtension(lib string) error {
 }
 
 func cmdShell(ctx context.Context, g *globals, args []string) error {
-	var host, manifestArg, exe, lib string
-	fs, err := subcommand(g, "shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]",
-		"Opens the sqlite3 shell on a read replica of SOURCE (a database path or a\nboule:// name): it loads the extension and opens the replica with the\nboule_snapshot VFS, with this configuration in BOULE_CONFIG. It fails, without\nstarting the shell, when the replica's manifest cannot be fetched, and exits\nwith an error when the shell cannot load the extension or open the replica.", args,
+	var exe, lib string
+	src, rest, err := sourceCommand(g, "shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]",
+		"Opens the sqlite3 shell on a read replica of SOURCE (a database path or a\nboule:// name): it loads the extension and opens the replica with the\nboule_snapshot VFS, with this configuration in BOULE_CONFIG. It fails, without\nstarting the shell, when the replica's manifest cannot be fetched, and exits\nwith an error when the shell cannot load the extension or open the replica.", args, sourceArgs{withManifest: true, trailing: true},
 		func(fs *flag.FlagSet) {
-			fs.StringVar(&host, "hostname", "", "the source's host (default: this one)")
-			fs.StringVar(&manifestArg, "manifest", "", "boule://HOST/abs/path, or a manifest file")
 			fs.StringVar(&exe, "executable", "sqlite3", "the sqlite3 shell to run")
 			fs.StringVar(&lib, "vfs", "", "the loadable extension (default: libboule.so next to vfsctl, then ../lib, then the loader's path)")
 		})
 	if err != nil {
 		return err
-	}
-	rest := fs.Args()
-	var src source
-	switch {
-	case manifestArg != "":
-		src, err = manifestSource(manifestArg)
-	case len(rest) > 0:
-		src, err = parseSource(rest[0], host)
-		rest = rest[1:]
-	default:
-		return usagef("want a SOURCE or --manifest")
-	}
-	if err != nil {
-		return err
-	}
-	if len(rest) > 0 && rest[0] == "--" {
-		rest = rest[1:]
 	}
 	cfg, err := loadConfig(g)
 	if err != nil {

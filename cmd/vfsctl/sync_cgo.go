@@ -1,0 +1,120 @@
+//go:build cgo
+
+package main
+
+// What needs SQLite and boule's C VFS: sync, and the re-staging a flush
+// may need. The pure-Go build has sync_nocgo.go instead.
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// restager returns a Restage hook that registers boule on the spool root
+// (without targets: the flush uploads) the first time it is needed.
+func restager(cfg config.Config, root string) func(ctx context.Context, dir, source string) error {
+	var once sync.Once
+	var regErr error
+	return func(ctx context.Context, dir, source string) error {
+		once.Do(func() {
+			c := cfg
+			c.ReplicationSpoolingDir = root
+			c.ReplicationTargets = nil
+			c.MakeDefault = false
+			if err := vfs.Register(c); err != nil {
+				regErr = fmt.Errorf("register boule on %s to re-stage databases: %w", root, err)
+			}
+		})
+		if regErr != nil {
+			return regErr
+		}
+		return vfs.Restage(ctx, dir, source)
+	}
+}
+
+// How long sync waits for another process's lock on the database, and
+// how long at a time SQLite's busy handler, which no context reaches, may
+// wait.
+const (
+	syncBusyWait = 10 * time.Second
+	syncBusyStep = 100 * time.Millisecond
+)
+
+// syncDB uploads a fresh snapshot of the database arg, read through boule,
+// and prints its manifest name.
+func syncDB(ctx context.Context, g *globals, arg string) error {
+	cfg, err := loadConfig(g)
+	if err != nil {
+		return err
+	}
+	path, err := syncPath(arg)
+	if err != nil {
+		return err
+	}
+	if cfg.ReplicationSpoolingDir == "" {
+		tmp, err := os.MkdirTemp("", "vfsctl-spool-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		cfg.ReplicationSpoolingDir = tmp
+	}
+	cfg.MakeDefault = false
+	if err := vfs.Register(cfg); err != nil {
+		return usageError{err.Error()}
+	}
+	// A read transaction through boule brings the spool up to date with
+	// the file: its first transaction checks, and rebuilds if stale. The
+	// path is escaped, or a %, ? or # in it would name another file.
+	//
+	// SQLite's busy handler does not see the context: it waits at most
+	// syncBusyStep at a time, and the loop below waits up to syncBusyWait
+	// for a writer's lock, so that a signal ends the wait at once.
+	db, err := sql.Open("sqlite3", fmt.Sprintf("file:%s?vfs=boule&mode=ro&_busy_timeout=%d", uriPath(path), syncBusyStep.Milliseconds()))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var n int
+	for deadline := time.Now().Add(syncBusyWait); ; {
+		err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&n)
+		var se sqlite3.Error
+		if errors.As(err, &se) && se.Code == sqlite3.ErrBusy && ctx.Err() == nil && time.Now().Before(deadline) {
+			continue
+		}
+		if cerr := ctx.Err(); cerr != nil && err != nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+		break
+	}
+	var mode string
+	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err == nil && mode == "wal" {
+		return fmt.Errorf("%s is in WAL mode, which this version does not replicate", path)
+	}
+	if err := vfs.Flush(ctx, path); err != nil {
+		if errors.Is(err, vfs.ErrNoTargets) {
+			return usagef("%v (set replication_targets with --config or %s)", err, config.EnvVar)
+		}
+		return err
+	}
+	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(g.stdout, key)
+	return nil
+}
