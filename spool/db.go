@@ -12,8 +12,10 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
@@ -90,6 +92,15 @@ type DB struct {
 	cleanedTemp bool
 	stagedNow   []manifest.Fingerprint // chunks staged by the snapshot in progress
 	mode        fs.FileMode            // the database's permission bits, as last seen
+	ctlp        atomic.Pointer[ctl]    // the mapped txn marker, once opened
+
+	// Captures waiting for the persister (capture.go), in generation
+	// order, under qmu; persisting is set while a persister runs, and
+	// staged is signalled whenever it stores a generation.
+	qmu        sync.Mutex
+	queue      []*Capture
+	persisting bool
+	staged     *sync.Cond
 }
 
 // cached is the staged manifest as last read or written, with what
@@ -107,7 +118,9 @@ type fileID struct {
 }
 
 func newDB(s *Spool, path string) *DB {
-	return &DB{s: s, path: path, dir: filepath.Join(s.bootDir, MangleName(path))}
+	d := &DB{s: s, path: path, dir: filepath.Join(s.bootDir, MangleName(path))}
+	d.staged = sync.NewCond(&d.qmu)
+	return d
 }
 
 // Path is the source database path.
@@ -144,11 +157,18 @@ func (d *DB) Stats() Stats {
 func (d *DB) Snapshot(src Source, ch Change) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.snapshotLocked(src, ch)
+}
+
+// snapshotLocked is Snapshot, with d.mu held.
+func (d *DB) snapshotLocked(src Source, ch Change) error {
 	d.stagedNow = d.stagedNow[:0]
+	c, _ := d.ctlLocked()
 	published, err := d.snapshot(src, ch)
 	log := d.s.log
 	switch {
 	case err == nil:
+		d.settle(c, ch.Wrote)
 		if published {
 			d.stats.Snapshots++
 			d.stats.LastSnapshot = time.Now()
@@ -166,7 +186,7 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 			d.s.opts.Notify(d.dir)
 		}
 	case errors.Is(err, ErrWAL):
-		d.markState(markerWAL, nil)
+		d.markState(c, stateWAL, nil)
 		if !d.walWarned {
 			d.walWarned = true
 			log.Error("spool: replication stopped: the database is in WAL mode, which this version does not replicate; "+
@@ -174,11 +194,12 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 				logKeyDB, d.path)
 		}
 	case errors.Is(err, ErrHotJournal):
-		// The transaction did not commit; the next one rebuilds.
+		// The transaction did not commit; the marker's txn word stays
+		// set, so the next transaction rebuilds.
 	default:
 		d.stats.Failures++
 		d.stats.LastError = err.Error()
-		d.markState(markerFailed, err)
+		d.markState(c, stateFailed, err)
 		if !d.failing {
 			d.failing = true
 			log.Error("spool: replication paused: snapshot failed; the transaction itself committed, and replication resumes once the cause is gone",
@@ -186,6 +207,38 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 		}
 	}
 	return err
+}
+
+// settle records in the marker that the staged snapshot, just written
+// from the file under SHARED, holds every commit so far: a commit of this
+// process (wrote) takes a new generation.
+func (d *DB) settle(c *ctl, wrote bool) {
+	if c == nil {
+		return
+	}
+	gen := c.load(ctlCommitted)
+	if wrote {
+		gen = max(gen, c.load(ctlPersisted)) + 1
+		c.store(ctlOwner, self())
+		c.store(ctlCommitted, gen)
+	}
+	c.store(ctlPersisted, gen)
+	c.store(ctlErrLen, 0)
+	c.store(ctlState, stateOK)
+	c.store(ctlTxn, 0)
+	c.store(ctlSince, 0)
+	d.signalStaged()
+}
+
+// markState records in the marker that the last snapshot failed (with its
+// error) or found the database in WAL mode: the next transaction rebuilds.
+// The transaction that wrote is over: its txn word is cleared.
+func (d *DB) markState(c *ctl, state uint64, cause error) {
+	if c == nil || d.s.fault("write", d.MarkerPath()) != nil {
+		return
+	}
+	c.setState(state, cause)
+	c.store(ctlTxn, 0)
 }
 
 // snapshot brings the staged snapshot up to date: it inspects the file,
@@ -197,6 +250,17 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	return d.stageFile(src, ch, f, false)
+}
+
+// errNotIncremental is returned by stageFile when it may only update the
+// staged snapshot and cannot.
+var errNotIncremental = errors.New("spool: the staged snapshot is not the state before the change")
+
+// stageFile stages the snapshot of the file f that src reads, after the
+// change ch: nothing when the staged snapshot is the file already, an
+// incremental update, or a rebuild, which incremental forbids.
+func (d *DB) stageFile(src Source, ch Change, f fileState, incrementalOnly bool) (published bool, err error) {
 	d.mode = f.mode
 	if err := d.ensureDirs(f.mode); err != nil {
 		return false, err
@@ -214,8 +278,18 @@ func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
 		unlock()
 	}()
 
+	if !ch.Wrote {
+		if m, err := ReadMarker(d.dir); err == nil && m.State == MarkerPending {
+			// A live process (this one, maybe) stages commits the file
+			// holds already: the staged snapshot catches up without us.
+			return false, nil
+		}
+	}
 	cur := d.loadStaged()
 	act := classify(cur, ch, f, d.markerSet)
+	if incrementalOnly && act != actIncremental {
+		return false, errNotIncremental
+	}
 	switch act {
 	case actNone:
 		return false, nil
@@ -463,7 +537,7 @@ func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, incrementa
 		d.cleanedTemp = true
 		removeStaleTemps(d.tmpDir(), time.Now())
 	}
-	return d.clearMarker()
+	return nil
 }
 
 // nextRefs returns the reference counts of m's blob slots (index ≥
@@ -505,36 +579,50 @@ func nextRefs(cur *cached, m *manifest.Manifest, changed []int, incremental bool
 	return refs, replaced
 }
 
-// markerSet reports whether the txn marker says a transaction is in
-// flight, never finished its snapshot, or that the last snapshot failed.
+// markerSet reports whether the marker says the staged snapshot cannot be
+// trusted for a check: a writer died mid-transaction, or before staging
+// its commits, or a snapshot failed, or the uploader invalidated the
+// spool. Commits that a live process has captured and not staged yet do
+// not count: that process stages them.
 func (d *DB) markerSet() bool {
 	m, err := ReadMarker(d.dir)
-	return err != nil || m.State != MarkerClean // unusable: as if set
+	return err != nil || (m.State != MarkerClean && m.State != MarkerPending)
 }
 
-// clearMarker records that the staged snapshot is complete. The marker
-// file is only rewritten in place, never created or removed: creating files
-// is the slow part of a commit.
-func (d *DB) clearMarker() error {
-	p := d.MarkerPath()
-	if err := d.s.fault("write", p); err != nil {
-		return fmt.Errorf("spool: clear txn marker of %s: %w", d.path, err)
-	}
-	f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+// Ctl maps the database's txn marker, creating the spool directory and
+// the marker as needed, and returns the address of its txn word, which the
+// VFS exchanges at the first write of each transaction (see ctl.go).
+func (d *DB) Ctl() (unsafe.Pointer, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, err := d.ctlLocked()
 	if err != nil {
-		return fmt.Errorf("spool: clear txn marker of %s: %w", d.path, err)
+		return nil, err
 	}
-	_, err = f.WriteAt([]byte{'0'}, 0)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	return c.TxnWord(), nil
+}
+
+// ctlLocked returns the mapped txn marker, mapping it on first use; d.mu
+// is held.
+func (d *DB) ctlLocked() (*ctl, error) {
+	if c := d.ctlp.Load(); c != nil {
+		return c, nil
 	}
+	if err := d.s.Check(); err != nil {
+		return nil, err
+	}
+	dm := dirMode(d.stageMode())
+	for _, p := range []string{d.dir, d.tmpDir()} {
+		if err := os.Mkdir(p, dm); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("spool: create %s: %w", p, pathless(err))
+		}
+	}
+	c, err := openCtl(d.MarkerPath(), d.tmpDir())
 	if err != nil {
-		return fmt.Errorf("spool: clear txn marker of %s: %w", d.path, err)
+		return nil, err
 	}
-	return nil
+	d.ctlp.Store(c)
+	return c, nil
 }
 
 // loadCached returns the staged manifest, from memory when the file has not

@@ -261,9 +261,9 @@ func txnWith(t testing.TB, db *DB, fake *fakeSource, adjust func(*Change), mutat
 	return db.Snapshot(fake, ch)
 }
 
-// preChange captures what begin_txn captures and sets the marker as
-// set_marker does: a clean marker becomes '1' and the time; Force when it
-// was not clean or is unusable (no spool directory yet).
+// preChange captures what begin_txn captures and sets the marker's txn
+// word as it does: Force when a writer died in a transaction, the marker
+// asks for a rebuild, or it cannot be mapped.
 func preChange(t testing.TB, db *DB, fake *fakeSource) Change {
 	t.Helper()
 	old := fake.bytes()
@@ -275,32 +275,26 @@ func preChange(t testing.TB, db *DB, fake *fakeSource) Change {
 	return ch
 }
 
-// setMarker sets the txn marker as set_marker in c/boule_vfs.c does, and
-// reports whether it was not clean or could not be set.
+// setMarker does what begin_txn in vfs/boule_vfs.c does to the marker,
+// and reports whether the transaction must rebuild.
 func setMarker(db *DB) (force bool) {
-	f, err := os.OpenFile(db.MarkerPath(), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
-	if err != nil {
-		return true
+	c := db.ctlp.Load()
+	if c == nil {
+		if _, err := db.Ctl(); err != nil {
+			return true
+		}
+		c = db.ctlp.Load()
 	}
-	defer f.Close()
-	var c [1]byte
-	if _, err := f.ReadAt(c[:], 0); err != nil && !errors.Is(err, io.EOF) {
-		return true
-	}
-	if c[0] != 0 && c[0] != '0' {
-		return true
-	}
-	if _, err := f.WriteAt(append([]byte{'1'}, markerTime(time.Now())...), 0); err != nil {
-		return true
-	}
-	return false
+	old := atomic.SwapUint64(c.word(ctlTxn), Self())
+	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
+	return old != 0 || c.load(ctlState) != stateOK
 }
 
-// leaveMarker leaves the marker set, as a transaction that crashed before
-// its snapshot does.
+// leaveMarker leaves the marker as a writer that died in a transaction
+// leaves it.
 func leaveMarker(t testing.TB, db *DB) {
 	t.Helper()
-	if err := os.WriteFile(db.MarkerPath(), []byte{'1'}, 0o644); err != nil {
+	if err := OpenDir(db.Dir()).WriteMarker(Marker{State: MarkerSet}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,43 +1,11 @@
 package spool
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
 	"path/filepath"
-	"strconv"
-	"syscall"
 	"time"
-)
-
-// The txn marker of a database is a small file, rewritten in place and
-// never removed (creating files is the slow part of a commit):
-//
-//	byte 0        the state: '0' clean, '1' set, 'F' failed, 'W' WAL
-//	bytes 1..20   when the marker left the clean state, in Unix
-//	              nanoseconds, as 20 decimal digits (absent in markers
-//	              written by Invalidate)
-//	byte 21..     for 'F', "\n", the snapshot's error, "\n"
-//
-// The VFS (c/boule_vfs.c, set_marker) turns a clean marker into '1' and the
-// time before the first write of each transaction, and leaves any other
-// state alone, so that the time stays that of the oldest transaction the
-// staged snapshot lacks. A snapshot that succeeds writes '0'; one that
-// fails writes 'F' and its error; one that finds the database in WAL mode
-// writes 'W'. Only byte 0 and, when leaving the clean state, the time are
-// rewritten: the file's first page is allocated already, so even a full
-// disk lets the marker say what happened.
-const (
-	markerClean  = '0'
-	markerSet    = '1'
-	markerFailed = 'F'
-	markerWAL    = 'W'
-
-	markerTimeLen = 20
-	markerErrOff  = 1 + markerTimeLen
-	markerErrMax  = 1024 // bytes of the error kept in the marker
 )
 
 // MarkerState is what a database's txn marker says about its staged
@@ -48,8 +16,9 @@ const (
 	// MarkerClean: every transaction committed through boule is in the
 	// staged snapshot.
 	MarkerClean MarkerState = iota
-	// MarkerSet: a write transaction is in flight, or one committed and
-	// its process died before staging its snapshot.
+	// MarkerSet: the staged snapshot cannot be trusted until a rebuild:
+	// a writer died in a transaction or before staging its commits, or
+	// the uploader invalidated the spool.
 	MarkerSet
 	// MarkerFailed: the last snapshot failed (a full disk, say), so
 	// committed transactions are missing from the staged snapshot.
@@ -57,6 +26,9 @@ const (
 	// MarkerWAL: the database is in WAL mode, which is not replicated:
 	// nothing is staged.
 	MarkerWAL
+	// MarkerPending: commits are captured but not staged yet by their
+	// process, which is alive: the staged snapshot will catch up.
+	MarkerPending
 )
 
 func (s MarkerState) String() string {
@@ -69,171 +41,137 @@ func (s MarkerState) String() string {
 		return "failed"
 	case MarkerWAL:
 		return "wal"
+	case MarkerPending:
+		return "pending"
 	}
 	return fmt.Sprintf("MarkerState(%d)", int(s))
 }
 
-// Marker is the content of a database's txn marker.
+// Marker is what a database's txn marker says.
 type Marker struct {
 	State MarkerState
-	// Since is when the marker left the clean state: the start of the
-	// oldest transaction the staged snapshot may lack. Zero when clean,
-	// or not recorded.
+	// Since is the start of the oldest transaction the staged snapshot
+	// may lack. Zero when clean, or not recorded.
 	Since time.Time
 	// Err is the error of the snapshot that failed, for MarkerFailed;
-	// it may be empty (a disk too full to hold it).
+	// it may be empty.
 	Err string
+	// Committed and Persisted are the generations of the last commit
+	// captured and of the staged snapshot; Owner is the process that
+	// captured the last commit.
+	Committed, Persisted, Owner uint64
 }
 
 // ReadMarker reads the txn marker in the database spool directory dir. A
-// missing or empty marker is clean: no transaction has written the
-// database through boule since the directory was made.
+// missing marker is clean: no transaction has written the database
+// through boule since the directory was made.
 func ReadMarker(dir string) (Marker, error) {
-	p := markerPath(dir)
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return Marker{}, nil
-	}
+	b, err := readCtl(markerPath(dir))
 	if err != nil {
-		return Marker{}, fmt.Errorf("spool: read txn marker %s: %w", p, err)
+		return Marker{}, err
 	}
-	defer f.Close()
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return Marker{}, fmt.Errorf("spool: txn marker %s is not a regular file", p)
-	}
-	b := make([]byte, markerErrOff+1+markerErrMax+1)
-	n, err := f.ReadAt(b, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return Marker{}, fmt.Errorf("spool: read txn marker %s: %w", p, err)
-	}
-	return parseMarker(b[:n]), nil
+	return parseCtl(b), nil
 }
 
-func parseMarker(b []byte) Marker {
-	if len(b) == 0 || b[0] == markerClean {
-		return Marker{}
+// parseCtl interprets a control block's words.
+func parseCtl(b []byte) Marker {
+	m := Marker{
+		Committed: le64(b, ctlCommitted),
+		Persisted: le64(b, ctlPersisted),
+		Owner:     le64(b, ctlOwner),
 	}
-	var m Marker
-	switch b[0] {
-	case markerFailed:
+	if ns := le64(b, ctlSince); ns != 0 {
+		m.Since = time.Unix(0, int64(ns)).UTC()
+	}
+	switch state := le64(b, ctlState); {
+	case state == stateFailed:
 		m.State = MarkerFailed
-	case markerWAL:
+		if n := le64(b, ctlErrLen); n <= ctlErrMax {
+			m.Err = string(b[ctlErr : ctlErr+int(n)])
+		}
+	case state == stateWAL:
 		m.State = MarkerWAL
-	default: // '1', or anything unexpected: the snapshot cannot be trusted
+	case state != stateOK || le64(b, ctlTxn) != 0:
 		m.State = MarkerSet
-	}
-	if len(b) >= markerErrOff {
-		if ns, err := strconv.ParseInt(string(b[1:markerErrOff]), 10, 64); err == nil && ns > 0 {
-			m.Since = time.Unix(0, ns).UTC()
+	case m.Committed != m.Persisted:
+		if ownerAlive(m.Owner) {
+			m.State = MarkerPending
+		} else {
+			m.State = MarkerSet
 		}
-	}
-	if m.State == MarkerFailed && len(b) > markerErrOff+1 && b[markerErrOff] == '\n' {
-		msg := b[markerErrOff+1:]
-		for i, c := range msg {
-			if c == '\n' {
-				msg = msg[:i]
-				break
-			}
-		}
-		m.Err = string(msg)
+	default:
+		m.Since = time.Time{}
 	}
 	return m
 }
 
 func markerPath(dir string) string { return filepath.Join(dir, markerFile) }
 
-// markerTime formats t as the marker's 20 digits.
-func markerTime(t time.Time) []byte {
-	return fmt.Appendf(nil, "%0*d", markerTimeLen, t.UnixNano())
-}
-
-// markState records in the marker that the last snapshot failed (with its
-// error) or found the database in WAL mode. The time is kept if the
-// marker already left the clean state, and set to now otherwise. Errors
-// are ignored: the marker is only a record, and a marker that cannot be
-// written is already set (the VFS sets it before the transaction writes).
-func (d *DB) markState(state byte, cause error) {
-	p := d.MarkerPath()
-	if d.s.fault("write", p) != nil {
-		return
+// WaitStaged waits until the staged snapshot holds every commit captured
+// when it was called, as the marker says: for a flush, whose upload must
+// include them. It returns at once, without error, when the marker is not
+// pending (clean, or a state a flush handles on its own), and an error
+// when ctx ends first.
+func (d Dir) WaitStaged(ctx context.Context) error {
+	m, err := d.Marker()
+	if err != nil || m.State != MarkerPending {
+		return nil
 	}
-	f, err := os.OpenFile(p, os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		// No transaction wrote through boule yet: a first read found the
-		// database in WAL mode, or could not snapshot it.
-		f, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
-	}
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return
-	}
-	var cur [1]byte
-	n, _ := f.ReadAt(cur[:], 0)
-	rec := []byte{state}
-	if n == 0 || cur[0] == markerClean {
-		rec = append(rec, markerTime(time.Now())...)
-	}
-	if state == markerFailed && cause != nil {
-		msg := []byte(cause.Error())
-		if len(msg) > markerErrMax {
-			msg = msg[:markerErrMax]
+	want := m.Committed
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("spool: waiting for %s's commits to be staged: %w", d.path, ctx.Err())
+		case <-t.C:
 		}
-		for i, c := range msg {
-			if c == '\n' || c == '\r' {
-				msg[i] = ' '
-			}
+		m, err := d.Marker()
+		if err != nil || m.State != MarkerPending || m.Persisted >= want {
+			return nil
 		}
-		// The error goes after the time, which a clean marker may not
-		// have yet: write both when needed.
-		if len(rec) == 1 {
-			var t [markerTimeLen]byte
-			if n, _ := f.ReadAt(t[:], 1); n == markerTimeLen {
-				rec = append(rec, t[:]...)
-			} else {
-				rec = append(rec, markerTime(time.Now())...)
-			}
-		}
-		rec = append(rec, '\n')
-		rec = append(rec, msg...)
-		rec = append(rec, '\n')
-	}
-	if _, err := f.WriteAt(rec, 0); err != nil {
-		return
-	}
-	if state == markerFailed {
-		_ = f.Truncate(int64(len(rec))) // drop a longer, older error
 	}
 }
 
 // WriteMarker writes m as the database's txn marker, as the VFS and the
-// snapshots do (doc/FORMAT.md, "Spool layout"): for tools and for tests
-// that reproduce the states a crash or a failure leaves. A zero Since is
-// left out.
+// snapshots leave it: for tools and for tests that reproduce the states a
+// crash or a failure leaves. Committed, Persisted and Owner are written as
+// given; then MarkerSet leaves a transaction in flight by an owner that is
+// not running, MarkerFailed and MarkerWAL set the state, and
+// MarkerPending makes this process the owner of at least one commit not
+// staged yet.
 func (d Dir) WriteMarker(m Marker) error {
-	var b []byte
+	c, err := openCtl(markerPath(d.path), d.join(tmpDir))
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	c.store(ctlErrLen, 0)
+	c.store(ctlSince, 0)
+	c.store(ctlTxn, 0)
+	c.store(ctlState, stateOK)
+	c.store(ctlCommitted, m.Committed)
+	c.store(ctlPersisted, m.Persisted)
+	c.store(ctlOwner, m.Owner)
 	switch m.State {
 	case MarkerClean:
-		b = []byte{markerClean}
 	case MarkerSet:
-		b = []byte{markerSet}
+		c.store(ctlTxn, deadOwner)
 	case MarkerFailed:
-		b = []byte{markerFailed}
+		c.setState(stateFailed, errors.New(m.Err))
 	case MarkerWAL:
-		b = []byte{markerWAL}
+		c.setState(stateWAL, nil)
+	case MarkerPending:
+		c.store(ctlOwner, self())
+		c.store(ctlCommitted, max(m.Committed, m.Persisted+1))
 	default:
 		return fmt.Errorf("spool: write marker: unknown state %v", m.State)
 	}
 	if !m.Since.IsZero() {
-		b = append(b, markerTime(m.Since)...)
-	}
-	if m.Err != "" {
-		b = fmt.Appendf(b, "\n%s\n", m.Err)
-	}
-	if err := os.WriteFile(markerPath(d.path), b, 0o644); err != nil {
-		return fmt.Errorf("spool: write marker: %w", err)
+		c.store(ctlSince, uint64(m.Since.UnixNano()))
 	}
 	return nil
 }
+
+// deadOwner is an owner ID no running process has: pid 0.
+const deadOwner = 1

@@ -7,30 +7,42 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestParseMarker(t *testing.T) {
 	since := time.Date(2031, 3, 1, 12, 0, 0, 123, time.UTC)
-	digits := string(markerTime(since))
+	block := func(words map[int]uint64, errText string) []byte {
+		b := make([]byte, ctlSize)
+		copy(b, ctlMagic)
+		for off, v := range words {
+			*(*uint64)(unsafe.Pointer(&b[off])) = v
+		}
+		copy(b[ctlErr:], errText)
+		return b
+	}
+	ns := uint64(since.UnixNano())
 	for _, tc := range []struct {
 		name string
-		b    string
+		b    []byte
 		want Marker
 	}{
-		{"empty", "", Marker{}},
-		{"clean", "0", Marker{}},
-		{"clean with an old time", "0" + digits, Marker{}},
-		{"set by Invalidate", "1", Marker{State: MarkerSet}},
-		{"set by the VFS", "1" + digits, Marker{State: MarkerSet, Since: since}},
-		{"failed", "F" + digits + "\nspool: write x: no space left on device\n", Marker{State: MarkerFailed, Since: since, Err: "spool: write x: no space left on device"}},
-		{"failed, no room for the error", "F" + digits, Marker{State: MarkerFailed, Since: since}},
-		{"WAL", "W" + digits, Marker{State: MarkerWAL, Since: since}},
-		{"WAL after a failure", "W" + digits + "\nold error\n", Marker{State: MarkerWAL, Since: since}},
-		{"garbage", "?xyz", Marker{State: MarkerSet}},
+		{"new", block(nil, ""), Marker{}},
+		{"clean", block(map[int]uint64{ctlCommitted: 7, ctlPersisted: 7, ctlOwner: deadOwner}, ""), Marker{Committed: 7, Persisted: 7, Owner: deadOwner}},
+		{"clean with an old time", block(map[int]uint64{ctlSince: ns}, ""), Marker{}},
+		{"a writer died in a transaction", block(map[int]uint64{ctlTxn: deadOwner, ctlSince: ns}, ""), Marker{State: MarkerSet, Since: since}},
+		{"invalidated", block(map[int]uint64{ctlState: stateRebuild, ctlSince: ns}, ""), Marker{State: MarkerSet, Since: since}},
+		{"commits of a dead process", block(map[int]uint64{ctlCommitted: 8, ctlPersisted: 7, ctlOwner: deadOwner, ctlSince: ns}, ""),
+			Marker{State: MarkerSet, Since: since, Committed: 8, Persisted: 7, Owner: deadOwner}},
+		{"commits of this process", block(map[int]uint64{ctlCommitted: 8, ctlPersisted: 7, ctlOwner: Self(), ctlSince: ns}, ""),
+			Marker{State: MarkerPending, Since: since, Committed: 8, Persisted: 7, Owner: Self()}},
+		{"failed", block(map[int]uint64{ctlState: stateFailed, ctlSince: ns, ctlErrLen: 39}, "spool: write x: no space left on device"),
+			Marker{State: MarkerFailed, Since: since, Err: "spool: write x: no space left on device"}},
+		{"WAL", block(map[int]uint64{ctlState: stateWAL, ctlSince: ns}, ""), Marker{State: MarkerWAL, Since: since}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := parseMarker([]byte(tc.b)); got != tc.want {
-				t.Fatalf("parseMarker(%q)=%+v, want %+v", tc.b, got, tc.want)
+			if got := parseCtl(tc.b); got != tc.want {
+				t.Fatalf("parseCtl()=%+v, want %+v", got, tc.want)
 			}
 		})
 	}

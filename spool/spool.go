@@ -28,7 +28,12 @@ const (
 
 const (
 	maxSourcePath = 4096 // the manifest's limit
-	bootDirPrefix = "boule-v1."
+	bootDirPrefix = "boule-v2."
+	// oldBootDirPrefix names the boot directories of the spool's first
+	// format, whose txn marker was text. An earlier version of boule may
+	// still use one of the current boot (a rolling deploy): only those of
+	// other boots are deleted.
+	oldBootDirPrefix = "boule-v1."
 	// maxShortName is the longest mangled path kept whole. Longer paths get
 	// a hashed name of hashedNameLen bytes, so the two forms never collide
 	// and every name fits NAME_MAX (255).
@@ -61,6 +66,12 @@ type Options struct {
 	Fault func(op, path string) error
 	// Generator is recorded in manifests. Empty means "boule".
 	Generator string
+	// CaptureMemory bounds the bytes that commits have captured and the
+	// persisters not staged yet, for all the databases of the spool: a
+	// commit that would go over it waits. Zero means DefaultCaptureMemory;
+	// negative means no captures: every commit is snapshotted while
+	// SQLite holds its lock, as before captures existed.
+	CaptureMemory int64
 }
 
 // Spool is the replication buffer under one replication_spooling_dir.
@@ -76,6 +87,8 @@ type Spool struct {
 
 	cleanOnce sync.Once
 	cleanDone chan struct{}
+
+	budget *budget // captured bytes not staged yet (capture.go)
 }
 
 // Open prepares the spool under opts.Dir: it creates the directory and the
@@ -112,8 +125,12 @@ func Open(opts Options) (*Spool, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	if opts.CaptureMemory == 0 {
+		opts.CaptureMemory = DefaultCaptureMemory
+	}
 	s := &Spool{
 		opts:      opts,
+		budget:    newBudget(opts.CaptureMemory),
 		root:      filepath.Clean(opts.Dir),
 		log:       log,
 		host:      host,
@@ -180,11 +197,11 @@ func (s *Spool) removeOldBoots() {
 	}
 	for _, e := range entries {
 		name := e.Name()
-		if !strings.HasPrefix(name, bootDirPrefix) && !strings.HasPrefix(name, ".del.") {
+		if !strings.HasPrefix(name, bootDirPrefix) && !strings.HasPrefix(name, oldBootDirPrefix) && !strings.HasPrefix(name, ".del.") {
 			continue
 		}
 		p := filepath.Join(s.root, name)
-		if p == s.bootDir {
+		if p == s.bootDir || name == oldBootDirPrefix+strings.TrimPrefix(filepath.Base(s.bootDir), bootDirPrefix) {
 			continue
 		}
 		// Rename first so that nothing in this boot can mistake a
@@ -384,7 +401,7 @@ func checkRoot(root string) error {
 		return nil
 	}
 	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), bootDirPrefix) {
+		if e.IsDir() && (strings.HasPrefix(e.Name(), bootDirPrefix) || strings.HasPrefix(e.Name(), oldBootDirPrefix)) {
 			return nil
 		}
 	}

@@ -55,7 +55,7 @@ func TestOpenCreatesDirs(t *testing.T) {
 	if sp.Root() != opts.Dir {
 		t.Errorf("Root()=%q, want %q", sp.Root(), opts.Dir)
 	}
-	if want := filepath.Join(opts.Dir, "boule-v1.test-boot"); sp.BootDir() != want {
+	if want := filepath.Join(opts.Dir, "boule-v2.test-boot"); sp.BootDir() != want {
 		t.Errorf("BootDir()=%q, want %q", sp.BootDir(), want)
 	}
 	if st, err := os.Stat(sp.BootDir()); err != nil || !st.IsDir() {
@@ -96,7 +96,7 @@ func TestBootID(t *testing.T) {
 		t.Fatalf("no staged manifest under the old boot")
 	}
 	// A deletion interrupted by a crash, and a file that is not ours.
-	leftover := filepath.Join(opts.Dir, ".del.boule-v1.older", "x", "y")
+	leftover := filepath.Join(opts.Dir, ".del.boule-v2.older", "x", "y")
 	if err := os.MkdirAll(leftover, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -113,8 +113,8 @@ func TestBootID(t *testing.T) {
 	if err := sp.WaitCleaned(ctx); err != nil {
 		t.Fatalf("WaitCleaned()=%v, want nil", err)
 	}
-	if got := names(t, opts.Dir); len(got) != 2 || got[0] != "boule-v1.new" || got[1] != "not-boule" {
-		t.Errorf("spool root holds %v after cleaning, want [boule-v1.new not-boule]", got)
+	if got := names(t, opts.Dir); len(got) != 2 || got[0] != "boule-v2.new" || got[1] != "not-boule" {
+		t.Errorf("spool root holds %v after cleaning, want [boule-v2.new not-boule]", got)
 	}
 	if exists(oldDir) {
 		t.Errorf("old boot state %s not deleted", oldDir)
@@ -209,14 +209,14 @@ func TestList(t *testing.T) {
 	}{
 		{name: "empty", setup: func(t *testing.T, root string) { mkdirs(t, root) }},
 		{name: "earlier boot only", setup: func(t *testing.T, root string) {
-			mkdirs(t, filepath.Join(root, "boule-v1.earlier-boot", MangleName("/x/a.db")))
+			mkdirs(t, filepath.Join(root, "boule-v2.earlier-boot", MangleName("/x/a.db")))
 		}},
 		{name: "current boot", setup: func(t *testing.T, root string) {
 			boot, err := BootDirFor(root)
 			if err != nil {
 				t.Fatal(err)
 			}
-			mkdirs(t, filepath.Join(boot, MangleName("/x/a.db")), filepath.Join(root, "boule-v1.earlier-boot"))
+			mkdirs(t, filepath.Join(boot, MangleName("/x/a.db")), filepath.Join(root, "boule-v2.earlier-boot"))
 			if err := os.WriteFile(filepath.Join(boot, "stray-file"), nil, 0o600); err != nil {
 				t.Fatal(err)
 			}

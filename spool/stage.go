@@ -53,8 +53,8 @@ func (d *DB) StageChunks(chunks map[manifest.Fingerprint][]byte) error {
 }
 
 // StageManifest makes m the staged snapshot and records, in the txn
-// marker, that the staged snapshot is complete: the caller staged every
-// chunk of m the store may lack.
+// marker, that it holds every commit, as a new generation: the caller
+// staged every chunk of m the store may lack.
 func (d *DB) StageManifest(m *manifest.Manifest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -71,7 +71,12 @@ func (d *DB) StageManifest(m *manifest.Manifest) error {
 	if _, err := d.writeManifest(m, mode); err != nil {
 		return err
 	}
-	return d.clearMarker()
+	c, err := d.ctlLocked()
+	if err != nil {
+		return err
+	}
+	d.settle(c, true)
+	return nil
 }
 
 // Publish hands the staged snapshot over to the uploader, as a snapshot

@@ -1,0 +1,183 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// DefaultCaptureMemory is the default bound, per process (per Spool), on
+// the bytes commits have captured and their persisters not staged yet.
+const DefaultCaptureMemory = 64 << 20
+
+// captureWait bounds how long a commit waits for another process to stage
+// the commits it captured before this one, before it rebuilds instead.
+const captureWait = 5 * time.Second
+
+// A Capture is what one committed transaction changed, copied at its
+// commit while SQLite's SHARED lock kept writers out: the chunks its
+// snapshot needs, with the file's state after the commit. A persister
+// stages captures in generation order, off the commit path.
+type Capture struct {
+	gen    uint64
+	ch     Change         // what the VFS saw before the transaction
+	post   fileState      // the file after the commit
+	chunks map[int][]byte // the chunks a snapshot reads, as they were after the commit
+	bytes  int64
+}
+
+// budget bounds the bytes of the captures waiting for persisters. A
+// commit that would go over it waits (backpressure); one larger than the
+// whole budget is snapshotted synchronously instead.
+type budget struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	used int64
+	max  int64
+}
+
+func newBudget(max int64) *budget {
+	b := &budget{max: max}
+	b.cond = sync.NewCond(&b.mu)
+	return b
+}
+
+func (b *budget) acquire(n int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.used > 0 && b.used+n > b.max {
+		b.cond.Wait()
+	}
+	b.used += n
+}
+
+func (b *budget) release(n int64) {
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
+
+// Used reports the bytes captured and not staged yet, in this process.
+func (s *Spool) CaptureBytes() int64 {
+	s.budget.mu.Lock()
+	defer s.budget.mu.Unlock()
+	return s.budget.used
+}
+
+// Capture records a transaction at its commit, while the caller holds at
+// least a SHARED lock: for a transaction that wrote, the chunks it changed
+// are copied into memory and a persister stages them later, off the
+// commit path; a transaction that did not write is a check (Snapshot).
+// When capturing cannot be trusted to give the right snapshot (the marker
+// or ch asks for a rebuild, another process's commits cannot be staged
+// first, the file cannot be captured) or would exceed the memory bound on
+// its own, it snapshots synchronously, as Snapshot does. Errors are those
+// of that snapshot; a capture itself does not fail.
+func (d *DB) Capture(src Source, ch Change) error {
+	c := d.ctlp.Load()
+	if !ch.Wrote || c == nil || ch.Force || c.load(ctlState) != stateOK || d.s.budget.max <= 0 {
+		return d.Snapshot(src, ch)
+	}
+	if c.load(ctlCommitted) != c.load(ctlPersisted) {
+		if owner := c.load(ctlOwner); owner != self() && !waitStagedBy(c, owner, captureWait) {
+			return d.Snapshot(src, ch)
+		}
+	}
+	f, err := d.inspect(src)
+	if err != nil {
+		// WAL mode, a hot journal, a failure: the snapshot records it.
+		return d.Snapshot(src, ch)
+	}
+	reads := planReadsFrom(ch.PreSize, f.size, ch.Dirty)
+	var need int64
+	for _, i := range reads {
+		need += int64(manifest.ChunkLen(f.size, i))
+	}
+	if need > d.s.budget.max {
+		return d.Snapshot(src, ch)
+	}
+	// The generation first: from now on a check by another connection,
+	// in this process or another, sees a commit being staged and leaves
+	// the staged snapshot to the persister.
+	d.qmu.Lock()
+	gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
+	c.store(ctlOwner, self())
+	c.store(ctlCommitted, gen)
+	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
+	c.store(ctlTxn, 0)
+	d.qmu.Unlock()
+
+	d.s.budget.acquire(need)
+	cp := &Capture{gen: gen, ch: ch, post: f, chunks: make(map[int][]byte, len(reads)), bytes: need}
+	cp.ch.Dirty = append([]uint64(nil), ch.Dirty...) // the VFS reuses its bitmap
+	for _, i := range reads {
+		b := make([]byte, manifest.ChunkLen(f.size, i))
+		if _, err := src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
+			d.s.budget.release(need)
+			return d.Snapshot(src, ch)
+		}
+		cp.chunks[i] = b
+	}
+	d.qmu.Lock()
+	d.queue = append(d.queue, cp)
+	start := !d.persisting
+	d.persisting = true
+	d.qmu.Unlock()
+	if start {
+		go d.persistLoop()
+	}
+	return nil
+}
+
+// waitStagedBy waits until owner's captured commits are staged (persisted
+// catches up with committed), while owner runs, for at most limit. It
+// reports whether they were.
+func waitStagedBy(c *ctl, owner uint64, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for sleep := 50 * time.Microsecond; ; sleep = min(2*sleep, 5*time.Millisecond) {
+		if c.load(ctlCommitted) == c.load(ctlPersisted) {
+			return true
+		}
+		if c.load(ctlOwner) != owner {
+			owner = c.load(ctlOwner)
+		}
+		if !ownerAlive(owner) || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(sleep)
+	}
+}
+
+// planReadsFrom is planReads for an update of a snapshot of prevSize
+// bytes.
+func planReadsFrom(prevSize, size int64, dirty []uint64) []int {
+	return planReads(&manifest.Manifest{Size: prevSize, Chunks: make([]manifest.Fingerprint, manifest.NumChunks(prevSize))}, size, dirty)
+}
+
+// capturedSource serves the chunks of squashed captures as the file they
+// were taken from.
+type capturedSource struct {
+	size   int64
+	chunks map[int][]byte
+}
+
+// errNotCaptured is returned when a snapshot of captures needs a chunk no
+// capture holds: the captures do not describe the change.
+var errNotCaptured = errors.New("spool: chunk not captured")
+
+func (s capturedSource) Size() (int64, error)    { return s.size, nil }
+func (s capturedSource) Reserved() (bool, error) { return true, nil }
+
+func (s capturedSource) ReadAt(p []byte, off int64) (int, error) {
+	i := int(off / manifest.ChunkSize)
+	c, ok := s.chunks[i]
+	rel := int(off % manifest.ChunkSize)
+	if !ok || rel+len(p) > len(c) {
+		return 0, fmt.Errorf("%w: %d bytes at %d", errNotCaptured, len(p), off)
+	}
+	return copy(p, c[rel:]), nil
+}

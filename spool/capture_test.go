@@ -1,0 +1,289 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"sync"
+	"testing"
+	"time"
+)
+
+// ctxn is txn through Capture: what a commit does with captures on.
+func ctxn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dirty ...int) error {
+	t.Helper()
+	ch := preChange(t, db, fake)
+	old := fake.bytes()
+	nb := mutate(bytes.Clone(old))
+	if len(nb) >= HeaderSize {
+		binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
+		dirty = append(dirty, 0)
+	}
+	checkDirty(t, old, nb, dirty)
+	ch.Dirty = dirtyBitmap(dirty)
+	writeDBFile(t, fake.path, nb)
+	fake.set(nb)
+	return db.Capture(fake, ch)
+}
+
+func waitStaged(t testing.TB, db *DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := db.WaitStaged(ctx); err != nil {
+		t.Fatalf("WaitStaged()=%v", err)
+	}
+}
+
+// TestCaptureStagesOffTheCommit: commits captured in memory are staged by
+// the persister, consecutive ones squashed, and the staged snapshot is the
+// file, byte for byte, with a clean marker.
+func TestCaptureStagesOffTheCommit(t *testing.T) {
+	d := snapshotted(t, 40*cs)
+	before := d.db.Stats().Snapshots
+	const commits = 200
+	for i := range commits {
+		off := (1 + d.rng.IntN(37)) * cs
+		var err error
+		switch i % 4 {
+		case 0:
+			err = ctxn(t, d.db, d.src, rewrite(d.rng, off, 4096), off/cs)
+		case 1: // grow by a page
+			n := len(d.src.bytes())
+			err = ctxn(t, d.db, d.src, func(b []byte) []byte { return append(b, make([]byte, 4096)...) }, n/cs)
+		case 2: // two chunks
+			err = ctxn(t, d.db, d.src, func(b []byte) []byte {
+				return rewrite(d.rng, off+cs, 100)(rewrite(d.rng, off, 100)(b))
+			}, off/cs, off/cs+1)
+		default:
+			err = ctxn(t, d.db, d.src, unchanged)
+		}
+		if err != nil {
+			t.Fatalf("commit %d: Capture()=%v", i, err)
+		}
+	}
+	waitStaged(t, d.db)
+	assertExact(t, d.db, d.src)
+	if m := markerState(t, d.db); m != MarkerClean {
+		t.Fatalf("marker %v after the persister caught up, want clean", m)
+	}
+	snaps := d.db.Stats().Snapshots - before
+	if snaps < 1 || snaps > commits {
+		t.Fatalf("%d snapshots for %d commits", snaps, commits)
+	}
+	t.Logf("%d commits staged as %d snapshots", commits, snaps)
+	if n := d.sp.CaptureBytes(); n != 0 {
+		t.Fatalf("CaptureBytes()=%d after the persister caught up, want 0", n)
+	}
+}
+
+// TestCaptureMemoryBound: a commit whose capture would take the captured
+// bytes over the bound waits for the persister; one larger than the whole
+// bound is snapshotted at once, on the commit path.
+func TestCaptureMemoryBound(t *testing.T) {
+	opts := testOptions(t)
+	opts.CaptureMemory = 3 * cs // the chunk written and chunk 0: 2 chunks
+	fsw := &faultSwitch{}
+	opts.Fault = fsw.fault
+	sp := openSpool(t, opts)
+	rng := newRand(t)
+	src := newDBFile(t, "bound.db", makeDB(rng, 20*cs, 4096), 0o644)
+	db, err := sp.DB(src.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustTxn(t, db, src, unchanged)
+
+	// Hold the persister in its first staging step.
+	hold, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	fsw.set(func(op, p string) error {
+		if op == "rename" {
+			once.Do(func() { close(hold); <-release })
+		}
+		return nil
+	})
+	if err := ctxn(t, db, src, rewrite(rng, 3*cs, 4096), 3); err != nil {
+		t.Fatal(err)
+	}
+	<-hold
+	if n := sp.CaptureBytes(); n != 2*cs {
+		t.Fatalf("CaptureBytes()=%d with one capture of 2 chunks waiting, want %d", n, 2*cs)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ctxn(t, db, src, rewrite(rng, 5*cs, 4096), 5) }()
+	select {
+	case err := <-done:
+		t.Fatalf("a commit over the bound returned (%v) while the persister was held", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, db)
+	assertExact(t, db, src)
+
+	// A commit of 4 chunks (and chunk 0) exceeds the bound on its own: it
+	// is staged before Capture returns.
+	if err := ctxn(t, db, src, rewrite(rng, 8*cs, 4*cs), 8, 9, 10, 11); err != nil {
+		t.Fatal(err)
+	}
+	if n := sp.CaptureBytes(); n != 0 {
+		t.Fatalf("CaptureBytes()=%d after a commit over the bound, want 0", n)
+	}
+	assertExact(t, db, src)
+}
+
+// TestCaptureAfterDeadWriter: commits captured by a process that died
+// before staging them are rebuilt by the next commit; a writer that died
+// in a transaction likewise.
+func TestCaptureAfterDeadWriter(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		marker func(m Marker) Marker
+	}{
+		{"died after its commit", func(m Marker) Marker {
+			return Marker{Committed: m.Persisted + 1, Persisted: m.Persisted, Owner: deadOwner}
+		}},
+		{"died in its transaction", func(m Marker) Marker { return Marker{State: MarkerSet} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := snapshotted(t, 10*cs)
+			// The dead writer's commit changed chunk 4; nothing of it was
+			// staged.
+			nb := rewrite(d.rng, 4*cs, 4096)(d.src.bytes())
+			binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
+			writeDBFile(t, d.src.path, nb)
+			d.src.set(nb)
+			m, err := ReadMarker(d.db.Dir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := OpenDir(d.db.Dir()).WriteMarker(tc.marker(m)); err != nil {
+				t.Fatal(err)
+			}
+			// The next commit, with its pre-state taken from the file.
+			if err := ctxn(t, d.db, d.src, rewrite(d.rng, 6*cs, 4096), 6); err != nil {
+				t.Fatal(err)
+			}
+			waitStaged(t, d.db)
+			assertExact(t, d.db, d.src)
+			if m := markerState(t, d.db); m != MarkerClean {
+				t.Fatalf("marker %v, want clean", m)
+			}
+		})
+	}
+}
+
+// TestCaptureWaitsForAnotherProcess: a commit that follows commits
+// another live process captured waits until that process stages them,
+// then stages its own on top.
+func TestCaptureWaitsForAnotherProcess(t *testing.T) {
+	d := snapshotted(t, 10*cs)
+	m, err := ReadMarker(d.db.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another process (pid 1, which runs) committed chunk 2 and has not
+	// staged it: the test plays its persister.
+	start, err := processStart(1)
+	if err != nil {
+		t.Skipf("no /proc/1/stat: %v", err)
+	}
+	other := uint64(1)<<32 | uint64(uint32(start))
+	c := d.db.ctlp.Load()
+	if c == nil {
+		if _, err := d.db.Ctl(); err != nil {
+			t.Fatal(err)
+		}
+		c = d.db.ctlp.Load()
+	}
+	theirs := rewrite(d.rng, 2*cs, 4096)(d.src.bytes())
+	binary.BigEndian.PutUint32(theirs[24:], counter(theirs)+1)
+	c.store(ctlOwner, other)
+	c.store(ctlCommitted, m.Persisted+1)
+	writeDBFile(t, d.src.path, theirs)
+	d.src.set(theirs)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		// Their persister stages their commit, as a check would.
+		if err := d.db.Snapshot(d.src, Change{}); err != nil {
+			t.Error(err)
+		}
+		c.store(ctlPersisted, m.Persisted+1)
+	}()
+	t0 := time.Now()
+	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(t0); waited < 40*time.Millisecond {
+		t.Fatalf("the commit returned after %v, before the other process staged its commit", waited)
+	}
+	waitStaged(t, d.db)
+	assertExact(t, d.db, d.src)
+}
+
+// TestCheckLeavesPendingCommits: a check (a read) while commits are
+// captured and not staged yet leaves the staged snapshot to the
+// persister instead of rebuilding it.
+func TestCheckLeavesPendingCommits(t *testing.T) {
+	d := snapshotted(t, 10*cs)
+	m, err := ReadMarker(d.db.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// This process committed chunk 3 and captured it; its persister has
+	// not staged it yet.
+	nb := rewrite(d.rng, 3*cs, 4096)(d.src.bytes())
+	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
+	writeDBFile(t, d.src.path, nb)
+	d.src.set(nb)
+	if err := OpenDir(d.db.Dir()).WriteMarker(Marker{State: MarkerPending, Committed: m.Persisted + 1, Persisted: m.Persisted}); err != nil {
+		t.Fatal(err)
+	}
+	before := d.db.Stats().Snapshots
+	if err := d.db.Snapshot(d.src, Change{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.db.Stats().Snapshots - before; n != 0 {
+		t.Fatalf("a check took %d snapshots, want none: commits being staged are the persister's", n)
+	}
+	// Once that process is gone, a check rebuilds.
+	if err := OpenDir(d.db.Dir()).WriteMarker(Marker{Committed: m.Persisted + 1, Persisted: m.Persisted, Owner: deadOwner}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.db.Snapshot(d.src, Change{}); err != nil {
+		t.Fatal(err)
+	}
+	assertExact(t, d.db, d.src)
+}
+
+// TestCaptureAfterOutsideWriter: a program that does not use boule wrote
+// the file between two captured commits: the persister cannot apply the
+// second on the staged snapshot, asks for a rebuild, and the next commit
+// rebuilds.
+func TestCaptureAfterOutsideWriter(t *testing.T) {
+	d := snapshotted(t, 10*cs)
+	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2); err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, d.db)
+	// The outside writer: chunk 5 and the counter, without boule.
+	nb := rewrite(d.rng, 5*cs, 4096)(d.src.bytes())
+	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
+	writeDBFile(t, d.src.path, nb)
+	d.src.set(nb)
+	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, d.db)
+	if m := markerState(t, d.db); m != MarkerSet {
+		t.Fatalf("marker %v after a capture that does not follow the staged snapshot, want set (rebuild)", m)
+	}
+	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 8*cs, 4096), 8); err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, d.db)
+	assertExact(t, d.db, d.src)
+}
