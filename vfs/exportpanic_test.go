@@ -1,6 +1,7 @@
 package vfs_test
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/mattn/go-sqlite3"
 
+	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -87,23 +89,25 @@ func TestExportPanicThroughSQLite(t *testing.T) {
 	}
 }
 
-// TestReplicaPragmaLocked: a refresh inside a read transaction fails with
-// SQLITE_LOCKED, through SQLite.
-func TestReplicaPragmaLocked(t *testing.T) {
-	tg, _ := dirTarget(t)
+// TestReplicaPragmaCodes: through SQLite, a refresh inside a read
+// transaction fails with SQLITE_LOCKED, and a refresh that finds a damaged
+// manifest with SQLITE_ERROR (the connection keeps the snapshot it has,
+// which is intact).
+func TestReplicaPragmaCodes(t *testing.T) {
+	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("locked.db")
+	path := e.path("codes.db")
 	src := open(t, path, "boule", "")
 	mustExec(t, src, "CREATE TABLE t(x)")
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)
 	}
 	rdb := openReplica(t, path, "")
+	rdb.SetMaxOpenConns(1)
 	tx, err := rdb.Begin()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Rollback()
 	var n int
 	if err := tx.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil {
 		t.Fatal(err)
@@ -113,5 +117,26 @@ func TestReplicaPragmaLocked(t *testing.T) {
 		if code := sqliteCode(err); code != sqlite3.ErrLocked || !strings.Contains(err.Error(), "inside a transaction") {
 			t.Errorf("PRAGMA %s in a transaction=%v (code %d), want SQLITE_LOCKED", p, err, code)
 		}
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
+	b, err := sto.GetManifest(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := bytes.Clone(b)
+	flipped[len(flipped)/2] ^= 0x10
+	if err := sto.PutManifest(context.Background(), key, flipped); err != nil {
+		t.Fatal(err)
+	}
+	_, err = rdb.Exec("PRAGMA boule_snapshot_refresh=2")
+	if code := sqliteCode(err); code != sqlite3.ErrError || !strings.Contains(err.Error(), "boule_snapshot_refresh: ") {
+		t.Errorf("PRAGMA boule_snapshot_refresh=2 over a damaged manifest=%v (code %d), want SQLITE_ERROR", err, code)
+	}
+	if err := rdb.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil {
+		t.Errorf("query after a failed refresh=%v, want the snapshot it had", err)
 	}
 }
