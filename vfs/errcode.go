@@ -52,7 +52,8 @@ func sqliteError(op string, rc int) error {
 //   - a store that could not be read (down, timing out, refusing the
 //     credentials) is an I/O error: def if def is one of the SQLITE_IOERR
 //     codes (SQLITE_IOERR_READ for a chunk), else SQLITE_IOERR;
-//   - anything else, an object that no store has included, is def.
+//   - anything else (an object no store holds, a name that is refused) is
+//     def.
 func sqliteCode(err error, def resultCode) resultCode {
 	var ce *codeError
 	switch {
