@@ -21,15 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "boule_vfs.h"
+#include "boule_snapshot.h"
 
 #define unix_vfs boule_unix_vfs
-
-extern int bouleGoSnapOpen(char *zName, int flags, BouleSnapOut *out);
-extern int bouleGoSnapChunk(uint64_t view, int64_t i);
-extern int bouleGoSnapAdopt(uint64_t conn, BouleSnapOut *out);
-extern int bouleGoSnapPragma(uint64_t conn, char *zName, char *zArg, int locked, BouleSnapOut *out);
-extern void bouleGoSnapClose(uint64_t conn);
 
 #define BOULE_SCHEME "boule://"
 #define BOULE_SNAP_MAXPATH 4608 /* "boule://" + 255-byte host + 4096-byte path */

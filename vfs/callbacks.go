@@ -4,6 +4,7 @@ package vfs
 #include <stdint.h>
 #include <stdlib.h>
 #include "boule_vfs.h"
+#include "boule_snapshot.h"
 */
 import "C"
 
@@ -58,12 +59,8 @@ func (s cSource) Reserved() (bool, error) {
 
 //export bouleGoOpen
 func bouleGoOpen(zPath *C.char, zMarker *C.char, nMarker C.int) (h C.uint64_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic in open; the database is not replicated", logKeyErr, fmt.Sprint(r))
-			h = 0
-		}
-	}()
+	defer guard("bouleGoOpen", "the database is not replicated", &h, 0, nil)
+	enter("bouleGoOpen")
 	c, err := openConn(C.GoString(zPath))
 	if c == nil || err != nil {
 		return 0
@@ -82,12 +79,8 @@ func bouleGoOpen(zPath *C.char, zMarker *C.char, nMarker C.int) (h C.uint64_t) {
 
 //export bouleGoSnapshot
 func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWords C.int64_t, pre *C.BoulePre, flags C.int) (rc C.int) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic in snapshot; the transaction committed, replication of it did not", logKeyErr, fmt.Sprint(r))
-			rc = 1
-		}
-	}()
+	defer guard("bouleGoSnapshot", "the transaction committed, replication of it did not", &rc, 1, nil)
+	enter("bouleGoSnapshot")
 	c := lookupConn(uint64(h))
 	if c == nil {
 		return 1
@@ -116,12 +109,8 @@ func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWord
 
 //export bouleGoFlush
 func bouleGoFlush(h C.uint64_t, inWrite C.int) (ok C.int) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic in flush", logKeyErr, fmt.Sprint(r))
-			ok = 0
-		}
-	}()
+	defer guard("bouleGoFlush", "the flush failed", &ok, 0, nil)
+	enter("bouleGoFlush")
 	c := lookupConn(uint64(h))
 	if c == nil {
 		return 0
@@ -142,11 +131,8 @@ func bouleGoFlush(h C.uint64_t, inWrite C.int) (ok C.int) {
 
 //export bouleGoClose
 func bouleGoClose(h C.uint64_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic in close", logKeyErr, fmt.Sprint(r))
-		}
-	}()
+	defer guardVoid("bouleGoClose", "")
+	enter("bouleGoClose")
 	closeConn(uint64(h))
 }
 

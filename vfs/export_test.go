@@ -1,5 +1,7 @@
 package vfs
 
+import "testing"
+
 // SetFaultHook installs a hook called before each spool filesystem step,
 // for spools opened after the call. Tests use it to inject errors (ENOSPC)
 // or to crash the process at an exact step.
@@ -11,4 +13,12 @@ func ResetSpools() {
 	regMu.Lock()
 	defer regMu.Unlock()
 	clear(spools)
+}
+
+// SetExportHook makes hook run at the start of every //export function,
+// inside its guard, with the function's name, until the test ends.
+func SetExportHook(t testing.TB, hook func(fn string)) {
+	t.Helper()
+	old := exportHook.Swap(&hook)
+	t.Cleanup(func() { exportHook.Store(old) })
 }

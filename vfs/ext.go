@@ -9,12 +9,11 @@ package vfs
 /*
 #cgo CFLAGS: -DBOULE_EXTENSION=1
 #include <stdlib.h>
-#include <string.h>
+#include "boule_sqlite.h"
 */
 import "C"
 
 import (
-	"fmt"
 	"os"
 
 	"github.com/boule-vfs/boule/config"
@@ -22,15 +21,12 @@ import (
 
 //export bouleGoExtInit
 func bouleGoExtInit(pzErr **C.char) (rc C.int) {
-	defer func() {
-		if r := recover(); r != nil {
-			*pzErr = C.CString(fmt.Sprint("panic: ", r))
-			rc = 1
-		}
-	}()
+	defer guard("bouleGoExtInit", "the extension does not load", &rc, C.SQLITE_ERROR,
+		func(msg string) { *pzErr = C.CString("panic: " + msg) })
+	enter("bouleGoExtInit")
 	fail := func(err error) C.int {
 		*pzErr = C.CString(err.Error())
-		return 1 // SQLITE_ERROR
+		return C.SQLITE_ERROR
 	}
 	log, err := StderrLogger()
 	if err != nil {
@@ -48,5 +44,5 @@ func bouleGoExtInit(pzErr **C.char) (rc C.int) {
 		return fail(err)
 	}
 	WarnUnconfigured(cfg.Logger, src)
-	return 0
+	return C.SQLITE_OK
 }

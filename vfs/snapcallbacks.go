@@ -3,8 +3,7 @@ package vfs
 /*
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
-#include "boule_vfs.h"
+#include "boule_snapshot.h"
 */
 import "C"
 
@@ -19,24 +18,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/snapshot"
-	"github.com/boule-vfs/boule/store"
-)
-
-// SQLite result codes the snapshot VFS returns.
-const (
-	sqliteOK         = 0
-	sqliteErr        = 1
-	sqliteLocked     = 6
-	sqliteReadonly   = 8
-	sqliteCorrupt    = 11
-	sqliteNotFound   = 12
-	sqliteCantOpen   = 14
-	sqliteIOErr      = 10
-	sqliteIOErrRead  = 10 | 1<<8
-	sqliteOpenRW     = 0x00000002
-	sqliteOpenCreate = 0x00000004
 )
 
 // view is the C side of one snapshot: the BouleView C reads, filled in as
@@ -69,7 +51,7 @@ func viewFor(s *snapshot.Snapshot) *view {
 			C.free(unsafe.Pointer(v.c))
 			C.free(pages)
 			snapMu.Unlock()
-			panic("out of memory for a replica view") // recovered by the export
+			panic("out of memory for a replica view") // recovered by the export's guard
 		}
 		v.c.size = C.int64_t(s.M.Size)
 		v.c.nChunks = C.int64_t(len(s.M.Chunks))
@@ -138,7 +120,7 @@ func newestGen(rep *snapshot.Replica) *C.uint64_t {
 		// (replicaGone).
 		g = (*C.uint64_t)(C.calloc(1, 8))
 		if g == nil {
-			panic("out of memory for a replica") // recovered by the export
+			panic("out of memory for a replica") // recovered by the export's guard
 		}
 		newestGens[rep] = g
 		w := (*uint64)(unsafe.Pointer(g))
@@ -185,27 +167,23 @@ func lookupSnapConn(h C.uint64_t) *snapshot.Conn {
 
 //export bouleGoSnapOpen
 func bouleGoSnapOpen(zName *C.char, flags C.int, out *C.BouleSnapOut) (rc C.int) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic in replica open", logKeyErr, fmt.Sprint(r))
-			setMsg(out, fmt.Sprint("panic: ", r))
-			rc = sqliteCantOpen
-		}
-	}()
+	defer guard("bouleGoSnapOpen", "the replica does not open", &rc, C.SQLITE_CANTOPEN,
+		func(msg string) { setMsg(out, "panic: "+msg) })
+	enter("bouleGoSnapOpen")
 	name := C.GoString(zName)
-	if flags&sqliteOpenRW != 0 && flags&sqliteOpenCreate == 0 {
+	if flags&C.SQLITE_OPEN_READWRITE != 0 && flags&C.SQLITE_OPEN_CREATE == 0 {
 		// mode=rw asks for a writable database, which a replica is not.
 		// (The default, read-write-create, is downgraded to read-only.)
 		msg := "replicas are read-only: open with mode=ro"
 		logger().Error("vfs: cannot open replica", logKeyDB, name, logKeyErr, msg)
 		setMsg(out, msg)
-		return sqliteCantOpen
+		return C.SQLITE_CANTOPEN
 	}
 	c, err := openReplica(context.Background(), name)
 	if err != nil {
 		logger().Error("vfs: cannot open replica", logKeyDB, name, logKeyErr, err)
 		setMsg(out, err.Error())
-		return openErrorCode(err)
+		return sqliteCode(err, C.SQLITE_CANTOPEN)
 	}
 	registered := false
 	defer func() {
@@ -222,90 +200,37 @@ func bouleGoSnapOpen(zName *C.char, flags C.int, out *C.BouleSnapOut) (rc C.int)
 	snapMu.Unlock()
 	registered = true
 	out.conn = C.uint64_t(h)
-	return sqliteOK
-}
-
-// openErrorCode is the SQLite result code for a failed replica open:
-// SQLITE_CORRUPT for a manifest whose bytes are damaged or invalid (a
-// tampered or bit-rotted store), SQLITE_CANTOPEN for a replica that does
-// not exist, a name that is refused, or a manifest in a format this
-// version does not read, and SQLITE_IOERR when the store could not be
-// read (down, timing out, refusing the credentials).
-func openErrorCode(err error) C.int {
-	switch {
-	case errors.Is(err, manifest.ErrVersion), errors.Is(err, manifest.ErrFlags):
-		return sqliteCantOpen
-	case errors.Is(err, store.ErrCorrupt), errors.Is(err, manifest.ErrTruncated),
-		errors.Is(err, manifest.ErrMagic), errors.Is(err, manifest.ErrChecksum),
-		errors.Is(err, manifest.ErrInvalid), errors.Is(err, manifest.ErrInlineMismatch),
-		errors.Is(err, manifest.ErrFingerprint):
-		return sqliteCorrupt
-	case errors.Is(err, context.DeadlineExceeded), storeFailed(err):
-		// Before "not found": with several stores, the one that failed
-		// may be the one that has the manifest.
-		return sqliteIOErr
-	}
-	return sqliteCantOpen
-}
-
-// storeFailed reports whether err holds a store error other than "not
-// found", looking into every error that err joins.
-func storeFailed(err error) bool {
-	if se, ok := err.(*store.Error); ok {
-		return !errors.Is(se, store.ErrNotFound)
-	}
-	switch u := err.(type) {
-	case interface{ Unwrap() []error }:
-		for _, e := range u.Unwrap() {
-			if storeFailed(e) {
-				return true
-			}
-		}
-	case interface{ Unwrap() error }:
-		return storeFailed(u.Unwrap())
-	}
-	return false
+	return C.SQLITE_OK
 }
 
 //export bouleGoSnapChunk
 func bouleGoSnapChunk(vh C.uint64_t, i C.int64_t) (rc C.int) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic reading a replica chunk", logKeyErr, fmt.Sprint(r))
-			rc = sqliteIOErrRead
-		}
-	}()
+	defer guard("bouleGoSnapChunk", "the read fails", &rc, C.SQLITE_IOERR_READ, nil)
+	enter("bouleGoSnapChunk")
 	snapMu.Lock()
 	v := views[uint64(vh)]
 	snapMu.Unlock()
 	if v == nil {
-		return sqliteIOErrRead
+		return C.SQLITE_IOERR_READ
 	}
 	if _, err := v.s.Chunk(context.Background(), int(i)); err != nil {
 		logger().Error("vfs: replica read failed", logKeyDB, v.s.M.SourcePath, "chunk", int64(i), logKeyErr, err)
-		if errors.Is(err, store.ErrCorrupt) {
-			return sqliteCorrupt
-		}
-		return sqliteIOErrRead
+		return sqliteCode(err, C.SQLITE_IOERR_READ)
 	}
-	return sqliteOK
+	return C.SQLITE_OK
 }
 
 //export bouleGoSnapAdopt
 func bouleGoSnapAdopt(h C.uint64_t, out *C.BouleSnapOut) (rc C.int) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic adopting a snapshot", logKeyErr, fmt.Sprint(r))
-			rc = sqliteErr
-		}
-	}()
+	defer guard("bouleGoSnapAdopt", "the connection keeps its snapshot", &rc, C.SQLITE_ERROR, nil)
+	enter("bouleGoSnapAdopt")
 	c := lookupSnapConn(h)
 	if c == nil {
-		return sqliteErr
+		return C.SQLITE_ERROR
 	}
 	switchSnapshot(c, func() error { c.Adopt(); return nil })
 	fillOut(out, c)
-	return sqliteOK
+	return C.SQLITE_OK
 }
 
 // switchSnapshot runs change, which may move c to another snapshot, and
@@ -365,39 +290,41 @@ func origCounter(s *snapshot.Snapshot) uint32 {
 
 //export bouleGoSnapPragma
 func bouleGoSnapPragma(h C.uint64_t, zName, zArg *C.char, locked C.int, out *C.BouleSnapOut) (rc C.int) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic in a replica pragma", logKeyErr, fmt.Sprint(r))
-			setMsg(out, fmt.Sprint("panic: ", r))
-			rc = sqliteErr
-		}
-	}()
+	defer guard("bouleGoSnapPragma", "the pragma fails", &rc, C.SQLITE_ERROR,
+		func(msg string) { setMsg(out, "panic: "+msg) })
+	enter("bouleGoSnapPragma")
 	c := lookupSnapConn(h)
 	if c == nil {
 		setMsg(out, "unknown connection")
-		return sqliteErr
+		return C.SQLITE_ERROR
 	}
 	name := strings.ToLower(C.GoString(zName))
 	arg, hasArg := "", zArg != nil
 	if hasArg {
 		arg = strings.TrimSpace(C.GoString(zArg))
 	}
-	res, code := snapPragma(c, name, arg, hasArg, locked != 0)
-	setMsg(out, res)
-	if code == sqliteOK {
-		fillOut(out, c)
+	res, err := snapPragma(c, name, arg, hasArg, locked != 0)
+	if err != nil {
+		setMsg(out, err.Error())
+		return sqliteCode(err, C.SQLITE_ERROR)
 	}
-	return C.int(code)
+	setMsg(out, res)
+	fillOut(out, c)
+	return C.SQLITE_OK
 }
 
+// errNotSnapPragma is snapPragma's error for a pragma it does not know:
+// SQLITE_NOTFOUND tells SQLite to look for it elsewhere.
+var errNotSnapPragma = withCode(C.SQLITE_NOTFOUND, errors.New("vfs: not a boule_snapshot pragma"))
+
 // snapPragma runs one boule_snapshot_* pragma for c and returns its result
-// (or error message) and an SQLite code.
-func snapPragma(c *snapshot.Conn, name, arg string, hasArg, locked bool) (string, int) {
+// or its error (SQLITE_ERROR unless marked with another code).
+func snapPragma(c *snapshot.Conn, name, arg string, hasArg, locked bool) (string, error) {
 	switch name {
 	case "boule_snapshot_ctime":
-		return formatTime(c.Snapshot().M.SourceCtime), sqliteOK
+		return formatTime(c.Snapshot().M.SourceCtime), nil
 	case "boule_snapshot_updated":
-		return formatTime(c.Snapshot().Fetched()), sqliteOK
+		return formatTime(c.Snapshot().Fetched()), nil
 	case "boule_snapshot_refresh":
 		mode := snapshot.RefreshCached
 		if hasArg {
@@ -408,38 +335,37 @@ func snapPragma(c *snapshot.Conn, name, arg string, hasArg, locked bool) (string
 				mode = snapshot.RefreshFetch
 			case ok:
 			default:
-				return fmt.Sprintf("boule_snapshot_refresh: want 0, 1, 2 or force, got %q", arg), sqliteErr
+				return "", fmt.Errorf("boule_snapshot_refresh: want 0, 1, 2 or force, got %q", arg)
 			}
 		}
 		if locked {
-			return "boule_snapshot_refresh: a replica may not be refreshed inside a transaction", sqliteLocked
+			return "", withCode(C.SQLITE_LOCKED, errors.New("boule_snapshot_refresh: a replica may not be refreshed inside a transaction"))
 		}
 		if err := switchSnapshot(c, func() error { return c.Refresh(context.Background(), mode) }); err != nil {
-			return "boule_snapshot_refresh: " + err.Error(), sqliteErr
+			// SQLITE_ERROR whatever the store said: the connection
+			// keeps reading the snapshot it had, which is intact.
+			return "", withCode(C.SQLITE_ERROR, fmt.Errorf("boule_snapshot_refresh: %w", err))
 		}
-		return formatTime(c.Snapshot().Fetched()), sqliteOK
+		return formatTime(c.Snapshot().Fetched()), nil
 	case "boule_snapshot_async_reload":
 		if locked {
-			return "boule_snapshot_async_reload: a replica may not be refreshed inside a transaction", sqliteLocked
+			return "", withCode(C.SQLITE_LOCKED, errors.New("boule_snapshot_async_reload: a replica may not be refreshed inside a transaction"))
 		}
 		var switched bool
 		_ = switchSnapshot(c, func() error { switched = c.AsyncReload(); return nil })
-		if switched {
-			return "1", sqliteOK
-		}
-		return "0", sqliteOK
+		return boolString(switched), nil
 	case "boule_snapshot_auto_refresh":
 		prev := c.AutoRefresh()
 		if hasArg {
 			b, ok := parseBool(arg)
 			if !ok {
-				return fmt.Sprintf("boule_snapshot_auto_refresh: want a boolean, got %q", arg), sqliteErr
+				return "", fmt.Errorf("boule_snapshot_auto_refresh: want a boolean, got %q", arg)
 			}
 			c.SetAutoRefresh(b)
 		}
-		return boolString(prev), sqliteOK
+		return boolString(prev), nil
 	}
-	return "", sqliteNotFound
+	return "", errNotSnapPragma
 }
 
 func boolString(b bool) string {
@@ -467,11 +393,8 @@ func formatTime(t time.Time) string {
 
 //export bouleGoSnapClose
 func bouleGoSnapClose(h C.uint64_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			logger().Error("vfs: panic closing a replica", logKeyErr, fmt.Sprint(r))
-		}
-	}()
+	defer guardVoid("bouleGoSnapClose", "")
+	enter("bouleGoSnapClose")
 	snapMu.Lock()
 	c := snapConns[uint64(h)]
 	delete(snapConns, uint64(h))

@@ -21,8 +21,9 @@ const Name = "boule"
 
 // Log attribute keys.
 const (
-	logKeyDB  = "db"
-	logKeyErr = "err"
+	logKeyDB    = "db"
+	logKeyErr   = "err"
+	logKeyStack = "stack"
 )
 
 // Config is Boule's configuration; see package config and doc/CONFIG.md.
@@ -234,9 +235,4 @@ func closeConn(h uint64) {
 	connMu.Lock()
 	defer connMu.Unlock()
 	delete(conns, h)
-}
-
-// sqliteError describes an SQLite result code from the C side.
-func sqliteError(op string, rc int) error {
-	return fmt.Errorf("vfs: %s: sqlite error code %d", op, rc)
 }
