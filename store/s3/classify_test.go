@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -328,6 +329,39 @@ func TestClassifyForgetsMissingBucket(t *testing.T) {
 			_ = s.classify(ctx, ctx, "s3 get chunk", "c", "k", tc.err)
 			if s.ensured["c"] == tc.forget || !s.ensured["m"] {
 				t.Errorf("after classify(%v), ensured=%v, want bucket c forgotten: %v", tc.err, s.ensured, tc.forget)
+			}
+		})
+	}
+}
+
+// TestAnswerTables: every class of answer has a verdict whose detail
+// leaves no placeholder unfilled, and every S3 code with a class of its
+// own gets that class's verdict in a plain 400 answer.
+func TestAnswerTables(t *testing.T) {
+	for c := unreadableAnswer; c <= rejected; c++ {
+		t.Run(fmt.Sprintf("class %d", c), func(t *testing.T) {
+			v := answerVerdicts[c]
+			if v.detail == "" {
+				t.Fatalf("answerVerdicts[%d] has no detail", c)
+			}
+			a := answer{status: 400, code: "Code", msg: "message", cause: "cause", bucket: "b"}
+			if got := a.expand(v.detail); strings.ContainsAny(got, "{}") {
+				t.Errorf("expand(%q)=%q, want every placeholder filled", v.detail, got)
+			}
+			if (v.kind == nil) != v.retryable {
+				t.Errorf("answerVerdicts[%d]=%+v: want retryable exactly when of no kind", c, v)
+			}
+		})
+	}
+	for code, class := range codeClasses {
+		t.Run(code, func(t *testing.T) {
+			a := answer{status: 400, code: code, bucket: "b"}
+			if got := a.class(); got != class {
+				t.Errorf("answer{400 %s}.class()=%d, want %d", code, got, class)
+			}
+			if got, want := a.verdict(), answerVerdicts[class]; got.kind != want.kind || got.retryable != want.retryable ||
+				!strings.Contains(got.detail, "(400 "+code) {
+				t.Errorf("answer{400 %s}.verdict()=%+v, want %+v naming the code", code, got, want)
 			}
 		})
 	}
