@@ -145,18 +145,18 @@ func (c *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, 
 	return data, nil
 }
 
-// PutPack implements Store: a cache holds chunks one file each, never
+// PutPack implements store.Store: a cache holds chunks one file each, never
 // packs; the uploader puts a pack's chunks into caches one by one.
 func (c *Store) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
 	return c.fail("put pack", id.String(), store.ErrPermanent, errors.New("a chunk cache holds no packs"))
 }
 
-// GetPack implements Store: always ErrNotFound.
+// GetPack implements store.Store: always ErrNotFound.
 func (c *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
 	return nil, c.fail("get pack", id.String(), store.ErrNotFound, nil)
 }
 
-// TouchPack implements Store: always ErrNotFound.
+// TouchPack implements store.Store: always ErrNotFound.
 func (c *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return c.fail("touch pack", id.String(), store.ErrNotFound, nil)
 }

@@ -121,18 +121,18 @@ func (s *Store) versionDir(key string) string {
 	return filepath.Join(s.root, dirVersions, filepath.FromSlash(key))
 }
 
-// PutChunk implements Store.
+// PutChunk implements store.Store.
 func (s *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
 	return s.putObject(ctx, "dir put chunk", store.ChunkKey(fp), store.EncodeBlob(data))
 }
 
-// PutPack implements Store: packs live in the chunks directory, under
+// PutPack implements store.Store: packs live in the chunks directory, under
 // their keys.
 func (s *Store) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
 	return s.putObject(ctx, "dir put pack", store.PackKey(id), blob)
 }
 
-// GetPack implements Store.
+// GetPack implements store.Store.
 func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
 	const op = "dir get pack"
 	key := store.PackKey(id)
@@ -146,7 +146,7 @@ func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, e
 	return blob, nil
 }
 
-// TouchPack implements Store, as TouchChunk.
+// TouchPack implements store.Store, as TouchChunk.
 func (s *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touchObject(ctx, "dir touch pack", store.PackKey(id))
 }
@@ -186,7 +186,7 @@ func (s *Store) objectPath(key string) string {
 	return filepath.Join(s.root, dirChunks, filepath.FromSlash(key))
 }
 
-// GetChunk implements Store.
+// GetChunk implements store.Store.
 func (s *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
 	const op = "dir get chunk"
 	key := store.ChunkKey(fp)
@@ -204,7 +204,7 @@ func (s *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, 
 	return data, nil
 }
 
-// TouchChunk implements Store: it sets the chunk file's access and
+// TouchChunk implements store.Store: it sets the chunk file's access and
 // modification times to now.
 func (s *Store) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
 	return s.touchObject(ctx, "dir touch chunk", store.ChunkKey(fp))
@@ -221,7 +221,7 @@ func (s *Store) touchObject(ctx context.Context, op, key string) error {
 	return nil
 }
 
-// PutManifest implements Store. Besides replacing the latest manifest, it
+// PutManifest implements store.Store. Besides replacing the latest manifest, it
 // keeps the new one as a version, a hard link to the same file (a copy
 // where links are not supported), and prunes old versions.
 func (s *Store) PutManifest(ctx context.Context, key string, data []byte) error {
@@ -325,12 +325,12 @@ func (s *Store) prune(vdir string, ids []int64) {
 	}
 }
 
-// GetManifest implements Store.
+// GetManifest implements store.Store.
 func (s *Store) GetManifest(ctx context.Context, key string) ([]byte, error) {
 	return s.getManifestFile(ctx, "dir get manifest", key, s.manifestPath(key))
 }
 
-// GetManifestVersion implements Store. An empty versionID means the
+// GetManifestVersion implements store.Store. An empty versionID means the
 // latest manifest.
 func (s *Store) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
 	const op = "dir get manifest version"
@@ -362,7 +362,7 @@ func (s *Store) getManifestFile(ctx context.Context, op, key, path string) ([]by
 	return data, nil
 }
 
-// ListManifests implements Store. It reads only the host directories
+// ListManifests implements store.Store. It reads only the host directories
 // that can hold keys starting with prefix.
 func (s *Store) ListManifests(ctx context.Context, prefix string) ([]store.ManifestInfo, error) {
 	const op = "dir list manifests"
@@ -409,7 +409,7 @@ func (s *Store) ListManifests(ctx context.Context, prefix string) ([]store.Manif
 	return out, nil
 }
 
-// ManifestVersions implements Store. A manifest written without a version
+// ManifestVersions implements store.Store. A manifest written without a version
 // (by hand, say) is listed as one version with an empty ID.
 func (s *Store) ManifestVersions(ctx context.Context, key string) ([]store.Version, error) {
 	const op = "dir list manifest versions"
