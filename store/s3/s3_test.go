@@ -73,9 +73,7 @@ func TestS3(t *testing.T) {
 	})
 	t.Run("LimitedConformance", func(t *testing.T) {
 		s := newS3(t, s3Target(srv.Endpoint, true), Options{})
-		h := s3Harness(t, s, srv.SecretKey)
-		h.Store = store.NewLimited(s, nil, store.RetryOptions{Clock: &storetest.SleepClock{}})
-		storetest.Run(t, h)
+		storetest.RunLimited(t, s3Harness(t, s, srv.SecretKey))
 	})
 	t.Run("WrongCredentials", func(t *testing.T) { testWrongCredentials(t, srv) })
 	t.Run("MissingBucket", func(t *testing.T) { testMissingBucket(t, srv) })
