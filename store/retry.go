@@ -64,14 +64,19 @@ func (SystemClock) Sleep(ctx context.Context, d time.Duration) error {
 // RetryOptions tunes Limited. Zero fields take the defaults.
 type RetryOptions struct {
 	// BaseDelay is the backoff before the first retry (before jitter);
-	// each further retry multiplies it by Factor, up to MaxDelay.
+	// zero means DefaultBaseDelay.
 	BaseDelay time.Duration
-	Factor    float64
-	MaxDelay  time.Duration
-	// MaxAttempts bounds the attempts per call, the first included.
+	// Factor multiplies the backoff at each further retry; less than 1
+	// means DefaultBackoffFactor.
+	Factor float64
+	// MaxDelay bounds the backoff; zero means DefaultMaxDelay.
+	MaxDelay time.Duration
+	// MaxAttempts bounds the attempts per call, the first included;
+	// zero means DefaultMaxAttempts.
 	MaxAttempts int
-	// NotFoundDelay is the wait before retrying, once, a GetChunk or
-	// GetManifest that found nothing. Negative disables that retry.
+	// NotFoundDelay is the wait before retrying, once, a GetChunk,
+	// GetPack or GetManifest that found nothing; zero means
+	// DefaultNotFoundDelay, and negative disables that retry.
 	NotFoundDelay time.Duration
 	// Clock defaults to SystemClock.
 	Clock Clock
@@ -122,8 +127,9 @@ type Stats struct {
 	// decompression).
 	BytesUp, BytesDown int64
 	// LastError is the message of the last failed attempt (ErrNotFound
-	// aside), and LastErrorTime when it happened.
-	LastError     string
+	// aside).
+	LastError string
+	// LastErrorTime is when the last failed attempt failed.
 	LastErrorTime time.Time
 	// LimiterWait is the total time attempts waited on the rate limiter.
 	LimiterWait time.Duration

@@ -30,8 +30,8 @@ const (
 
 // Call is one call made to a Fake.
 type Call struct {
-	Op  string
-	Key string // the fingerprint in hex for chunk calls, the key for manifests
+	Op  string // the method called, one of the Op constants
+	Key string // the fingerprint in hex for chunk and pack calls, the key for manifests
 	Err error  // what the call returned
 }
 
