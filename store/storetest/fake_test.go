@@ -13,102 +13,93 @@ import (
 	"github.com/boule-vfs/boule/store"
 )
 
-// TestFakeObjects: for each kind of object, a Fake finds nothing before a
-// put, returns a copy of what was put, counts touches, and records every
-// call.
-func TestFakeObjects(t *testing.T) {
+// TestFakeBlobs: a Fake finds no chunk or pack before its put, returns a
+// copy of what was put, counts touches, and records every call.
+func TestFakeBlobs(t *testing.T) {
 	ctx := context.Background()
 	data := RandomBytes(1, 300)
 	fp := manifest.Sum(data)
-	key := MustKey(t, "h", "/fake.db")
-	m := Manifest(t, "h", "/fake.db", 0, 1) // no chunks to put first
 	for _, tc := range []struct {
-		name     string
-		want     []byte
-		put      func(s *Fake) error
-		get      func(s *Fake) ([]byte, error)
-		touch    func(s *Fake) error // nil: none
-		ops      []string            // the calls the test makes
-		notFound string              // the message of a get of nothing
+		what                  string
+		put                   func(*Fake, context.Context, manifest.Fingerprint, []byte) error
+		get                   func(*Fake, context.Context, manifest.Fingerprint) ([]byte, error)
+		touch                 func(*Fake, context.Context, manifest.Fingerprint) error
+		opPut, opGet, opTouch string
 	}{
-		{"chunk", data,
-			func(s *Fake) error { return s.PutChunk(ctx, fp, data) },
-			func(s *Fake) ([]byte, error) { return s.GetChunk(ctx, fp) },
-			func(s *Fake) error { return s.TouchChunk(ctx, fp) },
-			[]string{OpGetChunk, OpTouchChunk, OpPutChunk, OpGetChunk, OpGetChunk, OpTouchChunk},
-			"store: fake get chunk " + fp.String() + " from fake: not found"},
-		{"pack", data,
-			func(s *Fake) error { return s.PutPack(ctx, fp, data) },
-			func(s *Fake) ([]byte, error) { return s.GetPack(ctx, fp) },
-			func(s *Fake) error { return s.TouchPack(ctx, fp) },
-			[]string{OpGetPack, OpTouchPack, OpPutPack, OpGetPack, OpGetPack, OpTouchPack},
-			"store: fake get pack " + fp.String() + " from fake: not found"},
-		{"manifest", m,
-			func(s *Fake) error { return s.PutManifest(ctx, key, m) },
-			func(s *Fake) ([]byte, error) { return s.GetManifest(ctx, key) },
-			nil,
-			[]string{OpGetManifest, OpPutManifest, OpGetManifest, OpGetManifest},
-			"store: fake get manifest " + key + " from fake: not found"},
-		{"manifest version", m,
-			func(s *Fake) error { return s.PutManifest(ctx, key, m) },
-			func(s *Fake) ([]byte, error) { return s.GetManifestVersion(ctx, key, "latest") },
-			nil,
-			[]string{OpGetVersion, OpPutManifest, OpGetVersion, OpGetVersion},
-			"store: fake get manifest version " + key + " from fake: not found"},
+		{"chunk", (*Fake).PutChunk, (*Fake).GetChunk, (*Fake).TouchChunk, OpPutChunk, OpGetChunk, OpTouchChunk},
+		{"pack", (*Fake).PutPack, (*Fake).GetPack, (*Fake).TouchPack, OpPutPack, OpGetPack, OpTouchPack},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(tc.what, func(t *testing.T) {
 			s := NewFake("fake")
-			if _, err := tc.get(s); !errors.Is(err, store.ErrNotFound) || err.Error() != tc.notFound {
-				t.Fatalf("get before the put=%v, want %q", err, tc.notFound)
+			want := "store: fake get " + tc.what + " " + fp.String() + " from fake: not found"
+			if _, err := tc.get(s, ctx, fp); !errors.Is(err, store.ErrNotFound) || err.Error() != want {
+				t.Fatalf("get before the put=%v, want %q", err, want)
 			}
-			if tc.touch != nil {
-				if err := tc.touch(s); !errors.Is(err, store.ErrNotFound) {
-					t.Fatalf("touch before the put=%v, want ErrNotFound", err)
-				}
+			if err := tc.touch(s, ctx, fp); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("touch before the put=%v, want ErrNotFound", err)
 			}
-			if err := tc.put(s); err != nil {
+			if err := tc.put(s, ctx, fp, data); err != nil {
 				t.Fatalf("put=%v", err)
 			}
-			got, err := tc.get(s)
-			if err != nil || !bytes.Equal(got, tc.want) {
-				t.Fatalf("get=%d bytes, %v, want the %d put", len(got), err, len(tc.want))
+			wantCopy(t, func() ([]byte, error) { return tc.get(s, ctx, fp) }, data)
+			if err := tc.touch(s, ctx, fp); err != nil || s.TouchCount(fp) != 1 {
+				t.Errorf("touch=%v, TouchCount=%d, want nil, 1", err, s.TouchCount(fp))
 			}
-			got[0] ^= 1
-			if again, _ := tc.get(s); !bytes.Equal(again, tc.want) {
-				t.Error("changing what get returned changed what the store holds")
-			}
-			if tc.touch != nil {
-				if err := tc.touch(s); err != nil || s.TouchCount(fp) != 1 {
-					t.Errorf("touch=%v, TouchCount=%d, want nil, 1", err, s.TouchCount(fp))
-				}
-			}
-			var ops []string
-			for _, c := range s.CallLog() {
-				ops = append(ops, c.Op)
-			}
-			if !slices.Equal(ops, tc.ops) {
-				t.Errorf("CallLog()=%q, want %q", ops, tc.ops)
+			wantOps := []string{tc.opGet, tc.opTouch, tc.opPut, tc.opGet, tc.opGet, tc.opTouch}
+			if ops := callOps(s); !slices.Equal(ops, wantOps) {
+				t.Errorf("CallLog()=%q, want %q", ops, wantOps)
 			}
 			s.CheckIntegrity(t)
 		})
 	}
 }
 
-// TestFakeVersions: a Fake keeps one version of a manifest, "latest".
-func TestFakeVersions(t *testing.T) {
+// wantCopy fails t unless get returns want, twice, the second time
+// unchanged by a change to what the first returned.
+func wantCopy(t *testing.T, get func() ([]byte, error), want []byte) {
+	t.Helper()
+	got, err := get()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("get=%d bytes, %v, want the %d put", len(got), err, len(want))
+	}
+	got[0] ^= 1
+	if again, _ := get(); !bytes.Equal(again, want) {
+		t.Error("changing what get returned changed what the store holds")
+	}
+}
+
+// callOps returns the operations of the calls made to s, in order.
+func callOps(s *Fake) []string {
+	var ops []string
+	for _, c := range s.CallLog() {
+		ops = append(ops, c.Op)
+	}
+	return ops
+}
+
+// TestFakeManifests: a Fake finds no manifest before its put, returns a
+// copy of what was put, and keeps one version of it, "latest".
+func TestFakeManifests(t *testing.T) {
 	ctx := context.Background()
 	s := NewFake("fake")
 	key := MustKey(t, "h", "/v.db")
+	m := Manifest(t, "h", "/v.db", 0, 1) // no chunks to put first
+	want := "store: fake get manifest " + key + " from fake: not found"
+	if _, err := s.GetManifest(ctx, key); !errors.Is(err, store.ErrNotFound) || err.Error() != want {
+		t.Fatalf("GetManifest() of nothing=%v, want %q", err, want)
+	}
 	if _, err := s.ManifestVersions(ctx, key); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("ManifestVersions() of nothing=%v, want ErrNotFound", err)
 	}
-	if err := s.PutManifest(ctx, key, Manifest(t, "h", "/v.db", 1, 1)); err != nil {
+	if err := s.PutManifest(ctx, key, m); err != nil {
 		t.Fatal(err)
 	}
+	wantCopy(t, func() ([]byte, error) { return s.GetManifest(ctx, key) }, m)
 	vs, err := s.ManifestVersions(ctx, key)
 	if err != nil || len(vs) != 1 || vs[0].ID != "latest" || !vs[0].IsLatest {
 		t.Fatalf("ManifestVersions()=%+v, %v, want the latest only", vs, err)
 	}
+	wantCopy(t, func() ([]byte, error) { return s.GetManifestVersion(ctx, key, "latest") }, m)
 	if _, err := s.GetManifestVersion(ctx, key, "1"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetManifestVersion(1)=%v, want ErrNotFound", err)
 	}
@@ -116,6 +107,12 @@ func TestFakeVersions(t *testing.T) {
 	if err != nil || !slices.Equal(InfoKeys(list), []string{key}) {
 		t.Errorf("ListManifests()=%q, %v, want %q", InfoKeys(list), err, key)
 	}
+	wantOps := []string{OpGetManifest, OpVersions, OpPutManifest, OpGetManifest, OpGetManifest, OpVersions,
+		OpGetVersion, OpGetVersion, OpGetVersion, OpList}
+	if ops := callOps(s); !slices.Equal(ops, wantOps) {
+		t.Errorf("CallLog()=%q, want %q", ops, wantOps)
+	}
+	s.CheckIntegrity(t)
 }
 
 // recorder is a testing.TB that records what it is told is wrong.
