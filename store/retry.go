@@ -248,6 +248,10 @@ func (l *Limited) run(ctx context.Context, retryNotFound bool, f func(context.Co
 		case IsRetryable(err) && attempt < l.opts.MaxAttempts && ctx.Err() == nil:
 			l.noteError(err)
 			delay = l.backoff(attempt)
+		case IsRetryable(err) && ctx.Err() != nil && !errors.Is(err, ctx.Err()):
+			// Canceled during the attempt: say so, as when canceled
+			// during a backoff.
+			return l.fail(fmt.Errorf("%w (gave up: %w)", err, ctx.Err()))
 		default:
 			return l.fail(err)
 		}

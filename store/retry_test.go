@@ -21,13 +21,15 @@ import (
 )
 
 // scriptStore is a Store whose calls fail with scripted errors, then
-// succeed, returning data. It records the methods called.
+// succeed, returning data. It records the methods called, and runs
+// during, if set, in each call.
 type scriptStore struct {
-	mu    sync.Mutex
-	errs  []error
-	calls int
-	ops   []string
-	data  []byte
+	mu     sync.Mutex
+	errs   []error
+	calls  int
+	ops    []string
+	data   []byte
+	during func()
 }
 
 func (s *scriptStore) next(op string) error {
@@ -35,6 +37,9 @@ func (s *scriptStore) next(op string) error {
 	defer s.mu.Unlock()
 	s.calls++
 	s.ops = append(s.ops, op)
+	if s.during != nil {
+		s.during()
+	}
 	if len(s.errs) == 0 {
 		return nil
 	}
@@ -260,6 +265,24 @@ func TestLimitedMethods(t *testing.T) {
 				t.Errorf("%s() after one miss=%v after %d calls, want ErrNotFound after 1", tc.name, err, st.calls)
 			}
 		})
+	}
+}
+
+// TestLimitedCanceledDuringAttempt: a caller that cancels while an
+// attempt is under way, which then fails in a way worth retrying, gets an
+// error that says the cancellation ended the call, as when it cancels
+// during a backoff, not the attempt's error alone.
+func TestLimitedCanceledDuringAttempt(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := &scriptStore{errs: []error{errTransient, errTransient}, during: cancel}
+	l := newTestLimited(st, nil, &storetest.SleepClock{})
+	err := l.PutChunk(ctx, manifest.ZeroChunk, nil)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, errTransient) || st.calls != 1 {
+		t.Fatalf("PutChunk()=%v after %d calls, want the attempt's error and context.Canceled after 1", err, st.calls)
+	}
+	if s := l.Stats(); s.Failures != 1 || s.LastError != err.Error() {
+		t.Errorf("stats %+v, want one failure, %q", s, err)
 	}
 }
 
