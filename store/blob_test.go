@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"testing"
 
@@ -13,29 +12,11 @@ import (
 	"github.com/boule-vfs/boule/internal/bigmanifest"
 	"github.com/boule-vfs/boule/internal/memtest"
 	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store/internal/fixture"
 )
 
-func randomBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
-// compressible returns a chunk that looks like a SQLite page: mostly
-// zeros with some structure.
-func compressible(n int) []byte {
-	b := make([]byte, n)
-	for i := 0; i < n; i += 97 {
-		b[i] = byte(i / 97)
-	}
-	return b
-}
-
 func TestEncodeCompressibleChunk(t *testing.T) {
-	for _, data := range [][]byte{make([]byte, manifest.ChunkSize), compressible(manifest.ChunkSize), compressible(1000)} {
+	for _, data := range [][]byte{make([]byte, manifest.ChunkSize), fixture.Compressible(manifest.ChunkSize), fixture.Compressible(1000)} {
 		blob := EncodeBlob(data)
 		if !bytes.HasPrefix(blob, zstdMagic) || len(blob) >= len(data) {
 			t.Fatalf("%d compressible bytes encoded to %d bytes, magic %v", len(data), len(blob), bytes.HasPrefix(blob, zstdMagic))
@@ -48,7 +29,7 @@ func TestEncodeCompressibleChunk(t *testing.T) {
 }
 
 func TestEncodeRandomChunkStaysRaw(t *testing.T) {
-	data := randomBytes(1, manifest.ChunkSize)
+	data := fixture.RandomBytes(1, manifest.ChunkSize)
 	blob := EncodeBlob(data)
 	if &blob[0] != &data[0] || len(blob) != len(data) {
 		t.Fatalf("incompressible chunk was not stored raw (%d bytes)", len(blob))
@@ -68,7 +49,7 @@ func TestEncodeRandomChunkStaysRaw(t *testing.T) {
 func TestRawChunkWithZstdMagic(t *testing.T) {
 	// A raw chunk that happens to start like a zstd frame, and so is
 	// tried as one first.
-	data := append(append([]byte(nil), zstdMagic...), randomBytes(2, 4000)...)
+	data := append(append([]byte(nil), zstdMagic...), fixture.RandomBytes(2, 4000)...)
 	blob := EncodeBlob(data)
 	if !bytes.Equal(blob, data) {
 		t.Fatal("expected the chunk to be stored raw")
@@ -88,8 +69,8 @@ func TestRawChunkWithZstdMagic(t *testing.T) {
 
 func TestFlippedBitIsCorrupt(t *testing.T) {
 	for name, data := range map[string][]byte{
-		"zstd": compressible(manifest.ChunkSize),
-		"raw":  randomBytes(3, manifest.ChunkSize),
+		"zstd": fixture.Compressible(manifest.ChunkSize),
+		"raw":  fixture.RandomBytes(3, manifest.ChunkSize),
 	} {
 		blob := bytes.Clone(EncodeBlob(data))
 		fp := manifest.Sum(data)
@@ -157,7 +138,7 @@ func TestZstdBombChunk(t *testing.T) {
 
 func TestManifestBlob(t *testing.T) {
 	// An encoded manifest with repeated fingerprints compresses.
-	raw := testManifest(t, "h", "/db", 100, 1)
+	raw := fixture.Manifest(t, "h", "/db", 100, 1)
 	blob := EncodeManifestBlob(raw)
 	if !bytes.HasPrefix(blob, zstdMagic) || len(blob) >= len(raw) {
 		t.Fatalf("manifest of %d bytes encoded to %d", len(raw), len(blob))
@@ -299,7 +280,7 @@ func TestCodecConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 20 {
-				data := compressible(1000 + 500*g + i)
+				data := fixture.Compressible(1000 + 500*g + i)
 				fp := manifest.Sum(data)
 				got, err := DecodeChunk(fp, EncodeBlob(data))
 				if err != nil || !bytes.Equal(got, data) {
@@ -324,8 +305,8 @@ const maxChunkDecodeAlloc = 2*manifest.ChunkSize + 256<<10
 
 func FuzzDecodeChunk(f *testing.F) {
 	f.Add(EncodeBlob(make([]byte, manifest.ChunkSize)), false)
-	f.Add(EncodeBlob(compressible(3000)), false)
-	f.Add(randomBytes(4, 200), true)
+	f.Add(EncodeBlob(fixture.Compressible(3000)), false)
+	f.Add(fixture.RandomBytes(4, 200), true)
 	f.Add(append(append([]byte(nil), zstdMagic...), 1, 2, 3), true)
 	f.Add(bomb(f, manifest.ChunkSize+1), false)
 	f.Add(rleFrame(1<<40, 2), false)
@@ -343,24 +324,32 @@ func FuzzDecodeChunk(f *testing.F) {
 				fp = manifest.Sum(d)
 			}
 		}
-		var out []byte
-		var err error
-		if n, ok := memtest.AtMost(maxChunkDecodeAlloc, func() { out, err = DecodeChunk(fp, blob) }); !ok {
-			t.Fatalf("DecodeChunk of %d bytes allocated %d, want at most %d", len(blob), n, maxChunkDecodeAlloc)
-		}
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("error %v does not wrap ErrCorrupt", err)
-			}
-			return
-		}
-		if manifest.Sum(out) != fp {
-			t.Fatal("decoded chunk does not hash to its fingerprint")
-		}
-		if len(out) > manifest.ChunkSize {
-			t.Fatalf("decoded %d bytes, more than a chunk", len(out))
-		}
+		checkChunkDecode(t, "DecodeChunk", len(blob), fp, func() ([]byte, error) { return DecodeChunk(fp, blob) })
 	})
+}
+
+// checkChunkDecode fails t unless decode, which decodes n hostile bytes
+// into the chunk fp, allocates at most maxChunkDecodeAlloc, fails only
+// with ErrCorrupt, and returns at most a chunk's bytes that hash to fp.
+func checkChunkDecode(t *testing.T, name string, n int, fp manifest.Fingerprint, decode func() ([]byte, error)) {
+	t.Helper()
+	var out []byte
+	var err error
+	if a, ok := memtest.AtMost(maxChunkDecodeAlloc, func() { out, err = decode() }); !ok {
+		t.Fatalf("%s of %d bytes allocated %d, want at most %d", name, n, a, maxChunkDecodeAlloc)
+	}
+	if err != nil {
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("%s()=%v, want an error wrapping ErrCorrupt", name, err)
+		}
+		return
+	}
+	if manifest.Sum(out) != fp {
+		t.Fatalf("%s() returned bytes that do not hash to the fingerprint", name)
+	}
+	if len(out) > manifest.ChunkSize {
+		t.Fatalf("%s() returned %d bytes, more than a chunk", name, len(out))
+	}
 }
 
 // FuzzDecodeManifestBlob feeds DecodeManifestBlob hostile blobs, with the
@@ -371,8 +360,8 @@ func FuzzDecodeManifestBlob(f *testing.F) {
 	old := manifestDecodeLimit
 	manifestDecodeLimit = 1 << 20
 	f.Cleanup(func() { manifestDecodeLimit = old })
-	f.Add(EncodeManifestBlob(testManifest(f, "h", "/db", 100, 1)))
-	f.Add(streamed(f, compressible(5000), 1<<10))
+	f.Add(EncodeManifestBlob(fixture.Manifest(f, "h", "/db", 100, 1)))
+	f.Add(streamed(f, fixture.Compressible(5000), 1<<10))
 	f.Add(bomb(f, 2<<20))
 	f.Add(streamed(f, make([]byte, 2<<20), 1<<10))
 	f.Add(rleFrame(1<<40, 2))

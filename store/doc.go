@@ -1,9 +1,21 @@
-// Package store is where Boule's snapshots live: the narrow [Store]
-// interface every backend implements (content-addressed chunk and pack
-// blobs, manifest blobs by key, their versions), its errors, the object
-// keys and blob codecs, [Limited] (the rate-limited, retrying and
-// counting wrapper every caller goes through), and [Open], which turns
-// the configuration's replication targets into stores.
+// Package store is where Boule's snapshots live. It owns:
+//
+//   - the narrow [Store] interface every backend implements
+//     (content-addressed chunk and pack blobs, manifest blobs by key, their
+//     versions), and [Cache], the stores that hold chunks only;
+//   - its errors: [Error], the sentinels [ErrNotFound], [ErrCorrupt] and
+//     [ErrPermanent], and [IsRetryable];
+//   - the object keys ([ChunkKey], [PackKey], [ManifestKey]) and the blob
+//     and pack codecs ([EncodeBlob], [DecodeChunk], [EncodeManifestBlob],
+//     [DecodeManifestBlob], [EncodePack], [DecodePackMember]);
+//   - [Limited], the rate-limited, retrying and counting wrapper every
+//     caller goes through;
+//   - [Open], which turns the configuration's replication targets into
+//     stores through the backends that registered ([RegisterBackend]);
+//   - reading from several stores in turn ([FetchManifest], [FetchChunk],
+//     [FetchPack]);
+//   - how readable what a store writes to files may be ([WithSourcePerm],
+//     [FilePerm], [DirPerm]).
 //
 // The object keys and blob encodings are a public contract, specified in
 // doc/FORMAT.md, "Store layout and object keys"; this package is its
@@ -14,5 +26,8 @@
 // directory), store/cache (the local chunk cache). store/storetest holds
 // the conformance suite every backend runs, and a fake for unit tests.
 //
-// This package knows nothing of SQLite, the spool or the uploader.
+// It must not touch what is particular to a backend (an S3 client, a
+// directory layout, a cache's eviction), and it knows nothing of SQLite,
+// the spool or the uploader: of this module it imports config and
+// manifest only.
 package store

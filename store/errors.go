@@ -58,6 +58,7 @@ type Error struct {
 	Err error
 }
 
+// Error returns the message described at [Error].
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("store: ")

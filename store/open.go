@@ -95,9 +95,13 @@ func Open(ctx context.Context, cfg config.Config, opts OpenOptions) ([]Target, e
 // above the uploader's 30/s; the retries are bounded so that a store that
 // is down fails an open or a restore in seconds, not minutes.
 const (
+	// ReadRequestsPerSecond is the rate of the readers' limiter.
 	ReadRequestsPerSecond = 2000
-	ReadBurst             = 200
-	ReadMaxAttempts       = 4
+	// ReadBurst is the burst of the readers' limiter.
+	ReadBurst = 200
+	// ReadMaxAttempts bounds the attempts of each read, the first
+	// included.
+	ReadMaxAttempts = 4
 )
 
 // ForReading splits targets for readers: the remote stores, wrapped in

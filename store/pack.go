@@ -29,8 +29,8 @@ func PackKey(id manifest.Fingerprint) string {
 
 // A PackedChunk is a chunk to put in a pack.
 type PackedChunk struct {
-	FP   manifest.Fingerprint
-	Data []byte // raw bytes, hashing to FP
+	FP   manifest.Fingerprint // the chunk's fingerprint
+	Data []byte               // raw bytes, hashing to FP
 }
 
 // EncodePack returns the bytes of a pack holding chunks, in order, each
@@ -86,27 +86,4 @@ func FetchPack(ctx context.Context, stores []Store, id manifest.Fingerprint) ([]
 		return nil, fmt.Errorf("store: pack %s: no store to read it from", id)
 	}
 	return nil, fmt.Errorf("store: pack %s: %w", id, errors.Join(errs...))
-}
-
-// A Cache is a store that holds chunks one file each and never packs or
-// manifests, such as the local chunk cache (package store/cache).
-type Cache interface {
-	Store
-	// ChunkCache marks the store as a cache; it does nothing.
-	ChunkCache()
-}
-
-// IsCache reports whether s is a chunk cache (a Cache, alone or behind a
-// Limited).
-func IsCache(s Store) bool {
-	for {
-		switch v := s.(type) {
-		case Cache:
-			return true
-		case *Limited:
-			s = v.s
-		default:
-			return false
-		}
-	}
 }

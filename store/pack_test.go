@@ -1,11 +1,10 @@
 package store
 
 import (
-	"errors"
 	"testing"
 
-	"github.com/boule-vfs/boule/internal/memtest"
 	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store/internal/fixture"
 )
 
 // FuzzDecodePackMember feeds DecodePackMember hostile packs and member
@@ -14,8 +13,8 @@ import (
 // must hash to the fingerprint asked for.
 func FuzzDecodePackMember(f *testing.F) {
 	chunks := []PackedChunk{
-		{Data: compressible(3000)},
-		{Data: randomBytes(5, 700)},
+		{Data: fixture.Compressible(3000)},
+		{Data: fixture.RandomBytes(5, 700)},
 		{Data: make([]byte, manifest.ChunkSize)},
 	}
 	for i := range chunks {
@@ -40,22 +39,6 @@ func FuzzDecodePackMember(f *testing.F) {
 			fp = manifest.Sum(pack[off:end])
 		}
 		ref := manifest.PackRef{ID: manifest.Sum(pack), Offset: off, Length: length}
-		var out []byte
-		var err error
-		if n, ok := memtest.AtMost(maxChunkDecodeAlloc, func() { out, err = DecodePackMember(pack, ref, fp) }); !ok {
-			t.Fatalf("DecodePackMember of %d bytes allocated %d, want at most %d", len(pack), n, maxChunkDecodeAlloc)
-		}
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("error %v does not wrap ErrCorrupt", err)
-			}
-			return
-		}
-		if manifest.Sum(out) != fp {
-			t.Fatal("decoded member does not hash to its fingerprint")
-		}
-		if len(out) > manifest.ChunkSize {
-			t.Fatalf("decoded %d bytes, more than a chunk", len(out))
-		}
+		checkChunkDecode(t, "DecodePackMember", len(pack), fp, func() ([]byte, error) { return DecodePackMember(pack, ref, fp) })
 	})
 }

@@ -3,23 +3,22 @@ package store
 import (
 	"context"
 	"io/fs"
-	"os"
-	"syscall"
 )
 
 // Every copy of a database that Boule writes is at most as readable as
 // the database (doc/FORMAT.md, "Permissions"). The stores that write files,
-// DirStore and LocalCache, learn the database's permission bits from the
-// context of each put: the uploader adds those of the database it uploads
-// (WithSourcePerm). A put without them writes files only their owner can
-// read.
+// store/dir and store/cache, learn the database's permission bits from the
+// context of each put, where the caller puts those of the database whose
+// data it puts (WithSourcePerm). A put without them writes files only
+// their owner can read.
 
 type sourcePermKey struct{}
 
 // WithSourcePerm returns a context carrying perm, the permission bits of
-// the database whose chunks and manifests are put with it. A DirStore or
-// LocalCache gives what it writes for that database the database's read
-// access (see FilePerm and DirPerm), never more.
+// the database whose chunks and manifests are put with it. A store that
+// writes files (store/dir, store/cache) gives what it writes for that
+// database the database's read access (see FilePerm and DirPerm), never
+// more.
 func WithSourcePerm(ctx context.Context, perm fs.FileMode) context.Context {
 	return context.WithValue(ctx, sourcePermKey{}, perm.Perm())
 }
@@ -51,24 +50,4 @@ func DirPerm(src fs.FileMode) fs.FileMode {
 		m |= 0o005
 	}
 	return m
-}
-
-// NarrowDir takes from the directory dir the read and search bits for
-// group and others that perm does not have, if this process may (it owns
-// dir). It never adds a bit, so concurrent writers for databases of
-// different modes leave it at the narrowest.
-func NarrowDir(dir string, perm fs.FileMode) {
-	fi, err := os.Lstat(dir)
-	if err != nil || !fi.IsDir() {
-		return
-	}
-	cur := fi.Mode() & (fs.ModePerm | fs.ModeSetgid | fs.ModeSticky)
-	want := cur &^ (0o055 &^ perm)
-	if want == cur {
-		return
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
-		return
-	}
-	_ = os.Chmod(dir, want)
 }

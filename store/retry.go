@@ -14,12 +14,16 @@ import (
 	"github.com/boule-vfs/boule/manifest"
 )
 
-// Retry defaults.
+// Retry defaults, for the zero fields of RetryOptions.
 const (
-	DefaultBaseDelay     = 100 * time.Millisecond
+	// DefaultBaseDelay is the backoff before the first retry.
+	DefaultBaseDelay = 100 * time.Millisecond
+	// DefaultBackoffFactor multiplies the backoff at each further retry.
 	DefaultBackoffFactor = 4
-	DefaultMaxAttempts   = 5
-	DefaultMaxDelay      = 10 * time.Second
+	// DefaultMaxAttempts bounds the attempts per call, the first included.
+	DefaultMaxAttempts = 5
+	// DefaultMaxDelay bounds the backoff.
+	DefaultMaxDelay = 10 * time.Second
 	// DefaultNotFoundDelay is how long a read that found nothing waits
 	// before its one retry: S3 clones can make objects flicker in and
 	// out of existence right after a PUT.
@@ -60,14 +64,19 @@ func (SystemClock) Sleep(ctx context.Context, d time.Duration) error {
 // RetryOptions tunes Limited. Zero fields take the defaults.
 type RetryOptions struct {
 	// BaseDelay is the backoff before the first retry (before jitter);
-	// each further retry multiplies it by Factor, up to MaxDelay.
+	// zero means DefaultBaseDelay.
 	BaseDelay time.Duration
-	Factor    float64
-	MaxDelay  time.Duration
-	// MaxAttempts bounds the attempts per call, the first included.
+	// Factor multiplies the backoff at each further retry; less than 1
+	// means DefaultBackoffFactor.
+	Factor float64
+	// MaxDelay bounds the backoff; zero means DefaultMaxDelay.
+	MaxDelay time.Duration
+	// MaxAttempts bounds the attempts per call, the first included;
+	// zero means DefaultMaxAttempts.
 	MaxAttempts int
-	// NotFoundDelay is the wait before retrying, once, a GetChunk or
-	// GetManifest that found nothing. Negative disables that retry.
+	// NotFoundDelay is the wait before retrying, once, a GetChunk,
+	// GetPack or GetManifest that found nothing; zero means
+	// DefaultNotFoundDelay, and negative disables that retry.
 	NotFoundDelay time.Duration
 	// Clock defaults to SystemClock.
 	Clock Clock
@@ -77,18 +86,20 @@ type RetryOptions struct {
 	Jitter func() float64
 }
 
-func (o RetryOptions) withDefaults() RetryOptions {
-	if o.BaseDelay <= 0 {
-		o.BaseDelay = DefaultBaseDelay
+// positiveOr returns v if it is positive, and def otherwise.
+func positiveOr[T int | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
 	}
+	return def
+}
+
+func (o RetryOptions) withDefaults() RetryOptions {
+	o.BaseDelay = positiveOr(o.BaseDelay, DefaultBaseDelay)
+	o.MaxDelay = positiveOr(o.MaxDelay, DefaultMaxDelay)
+	o.MaxAttempts = positiveOr(o.MaxAttempts, DefaultMaxAttempts)
 	if o.Factor < 1 {
 		o.Factor = DefaultBackoffFactor
-	}
-	if o.MaxDelay <= 0 {
-		o.MaxDelay = DefaultMaxDelay
-	}
-	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = DefaultMaxAttempts
 	}
 	if o.NotFoundDelay == 0 {
 		o.NotFoundDelay = DefaultNotFoundDelay
@@ -116,8 +127,9 @@ type Stats struct {
 	// decompression).
 	BytesUp, BytesDown int64
 	// LastError is the message of the last failed attempt (ErrNotFound
-	// aside), and LastErrorTime when it happened.
-	LastError     string
+	// aside).
+	LastError string
+	// LastErrorTime is when the last failed attempt failed.
 	LastErrorTime time.Time
 	// LimiterWait is the total time attempts waited on the rate limiter.
 	LimiterWait time.Duration
@@ -236,6 +248,10 @@ func (l *Limited) run(ctx context.Context, retryNotFound bool, f func(context.Co
 		case IsRetryable(err) && attempt < l.opts.MaxAttempts && ctx.Err() == nil:
 			l.noteError(err)
 			delay = l.backoff(attempt)
+		case IsRetryable(err) && ctx.Err() != nil && !errors.Is(err, ctx.Err()):
+			// Canceled during the attempt: say so, as when canceled
+			// during a backoff.
+			return l.fail(fmt.Errorf("%w (gave up: %w)", err, ctx.Err()))
 		default:
 			return l.fail(err)
 		}
@@ -259,27 +275,44 @@ func (l *Limited) fail(err error) error {
 	return err
 }
 
-// PutChunk implements Store.
-func (l *Limited) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
-	err := l.run(ctx, false, func(ctx context.Context) error { return l.s.PutChunk(ctx, fp, data) })
+// put runs a put of n raw bytes, counting them if it succeeds.
+func (l *Limited) put(ctx context.Context, n int, f func(context.Context) error) error {
+	err := l.run(ctx, false, f)
 	if err == nil {
-		l.bytesUp.Add(int64(len(data)))
+		l.bytesUp.Add(int64(n))
 	}
 	return err
 }
 
-// GetChunk implements Store.
-func (l *Limited) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
-	var out []byte
-	err := l.run(ctx, true, func(ctx context.Context) (err error) {
-		out, err = l.s.GetChunk(ctx, fp)
-		return err
-	})
+// get runs a read, retrying one ErrNotFound if retryNotFound, and counts
+// the bytes it returns.
+func (l *Limited) get(ctx context.Context, retryNotFound bool, f func(context.Context) ([]byte, error)) ([]byte, error) {
+	out, err := call(ctx, l, retryNotFound, f)
 	if err != nil {
 		return nil, err
 	}
 	l.bytesDown.Add(int64(len(out)))
 	return out, nil
+}
+
+// call runs f through l.run and returns what its last attempt returned.
+func call[T any](ctx context.Context, l *Limited, retryNotFound bool, f func(context.Context) (T, error)) (T, error) {
+	var out T
+	err := l.run(ctx, retryNotFound, func(ctx context.Context) (err error) {
+		out, err = f(ctx)
+		return err
+	})
+	return out, err
+}
+
+// PutChunk implements Store.
+func (l *Limited) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
+	return l.put(ctx, len(data), func(ctx context.Context) error { return l.s.PutChunk(ctx, fp, data) })
+}
+
+// GetChunk implements Store.
+func (l *Limited) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return l.s.GetChunk(ctx, fp) })
 }
 
 // TouchChunk implements Store.
@@ -289,25 +322,12 @@ func (l *Limited) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error
 
 // PutPack implements Store.
 func (l *Limited) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
-	err := l.run(ctx, false, func(ctx context.Context) error { return l.s.PutPack(ctx, id, blob) })
-	if err == nil {
-		l.bytesUp.Add(int64(len(blob)))
-	}
-	return err
+	return l.put(ctx, len(blob), func(ctx context.Context) error { return l.s.PutPack(ctx, id, blob) })
 }
 
 // GetPack implements Store.
 func (l *Limited) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
-	var out []byte
-	err := l.run(ctx, true, func(ctx context.Context) (err error) {
-		out, err = l.s.GetPack(ctx, id)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	l.bytesDown.Add(int64(len(out)))
-	return out, nil
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return l.s.GetPack(ctx, id) })
 }
 
 // TouchPack implements Store.
@@ -317,57 +337,25 @@ func (l *Limited) TouchPack(ctx context.Context, id manifest.Fingerprint) error 
 
 // PutManifest implements Store.
 func (l *Limited) PutManifest(ctx context.Context, key string, data []byte) error {
-	err := l.run(ctx, false, func(ctx context.Context) error { return l.s.PutManifest(ctx, key, data) })
-	if err == nil {
-		l.bytesUp.Add(int64(len(data)))
-	}
-	return err
+	return l.put(ctx, len(data), func(ctx context.Context) error { return l.s.PutManifest(ctx, key, data) })
 }
 
 // GetManifest implements Store.
 func (l *Limited) GetManifest(ctx context.Context, key string) ([]byte, error) {
-	var out []byte
-	err := l.run(ctx, true, func(ctx context.Context) (err error) {
-		out, err = l.s.GetManifest(ctx, key)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	l.bytesDown.Add(int64(len(out)))
-	return out, nil
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return l.s.GetManifest(ctx, key) })
 }
 
 // ListManifests implements Store.
 func (l *Limited) ListManifests(ctx context.Context, prefix string) ([]ManifestInfo, error) {
-	var out []ManifestInfo
-	err := l.run(ctx, false, func(ctx context.Context) (err error) {
-		out, err = l.s.ListManifests(ctx, prefix)
-		return err
-	})
-	return out, err
+	return call(ctx, l, false, func(ctx context.Context) ([]ManifestInfo, error) { return l.s.ListManifests(ctx, prefix) })
 }
 
 // ManifestVersions implements Store.
 func (l *Limited) ManifestVersions(ctx context.Context, key string) ([]Version, error) {
-	var out []Version
-	err := l.run(ctx, false, func(ctx context.Context) (err error) {
-		out, err = l.s.ManifestVersions(ctx, key)
-		return err
-	})
-	return out, err
+	return call(ctx, l, false, func(ctx context.Context) ([]Version, error) { return l.s.ManifestVersions(ctx, key) })
 }
 
 // GetManifestVersion implements Store.
 func (l *Limited) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
-	var out []byte
-	err := l.run(ctx, false, func(ctx context.Context) (err error) {
-		out, err = l.s.GetManifestVersion(ctx, key, versionID)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	l.bytesDown.Add(int64(len(out)))
-	return out, nil
+	return l.get(ctx, false, func(ctx context.Context) ([]byte, error) { return l.s.GetManifestVersion(ctx, key, versionID) })
 }

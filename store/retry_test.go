@@ -21,18 +21,25 @@ import (
 )
 
 // scriptStore is a Store whose calls fail with scripted errors, then
-// succeed.
+// succeed, returning data. It records the methods called, and runs
+// during, if set, in each call.
 type scriptStore struct {
-	mu    sync.Mutex
-	errs  []error
-	calls int
-	data  []byte
+	mu     sync.Mutex
+	errs   []error
+	calls  int
+	ops    []string
+	data   []byte
+	during func()
 }
 
-func (s *scriptStore) next() error {
+func (s *scriptStore) next(op string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls++
+	s.ops = append(s.ops, op)
+	if s.during != nil {
+		s.during()
+	}
 	if len(s.errs) == 0 {
 		return nil
 	}
@@ -41,29 +48,46 @@ func (s *scriptStore) next() error {
 	return err
 }
 
-func (s *scriptStore) PutChunk(context.Context, manifest.Fingerprint, []byte) error { return s.next() }
-func (s *scriptStore) GetChunk(context.Context, manifest.Fingerprint) ([]byte, error) {
-	if err := s.next(); err != nil {
+// read returns data unless the call fails.
+func (s *scriptStore) read(op string) ([]byte, error) {
+	if err := s.next(op); err != nil {
 		return nil, err
 	}
 	return s.data, nil
 }
-func (s *scriptStore) TouchChunk(context.Context, manifest.Fingerprint) error      { return s.next() }
-func (s *scriptStore) PutPack(context.Context, manifest.Fingerprint, []byte) error { return s.next() }
-func (s *scriptStore) GetPack(context.Context, manifest.Fingerprint) ([]byte, error) {
-	return s.data, s.next()
+
+func (s *scriptStore) PutChunk(context.Context, manifest.Fingerprint, []byte) error {
+	return s.next("PutChunk")
 }
-func (s *scriptStore) TouchPack(context.Context, manifest.Fingerprint) error { return s.next() }
-func (s *scriptStore) PutManifest(context.Context, string, []byte) error     { return s.next() }
-func (s *scriptStore) GetManifest(context.Context, string) ([]byte, error)   { return s.data, s.next() }
+func (s *scriptStore) GetChunk(context.Context, manifest.Fingerprint) ([]byte, error) {
+	return s.read("GetChunk")
+}
+func (s *scriptStore) TouchChunk(context.Context, manifest.Fingerprint) error {
+	return s.next("TouchChunk")
+}
+func (s *scriptStore) PutPack(context.Context, manifest.Fingerprint, []byte) error {
+	return s.next("PutPack")
+}
+func (s *scriptStore) GetPack(context.Context, manifest.Fingerprint) ([]byte, error) {
+	return s.read("GetPack")
+}
+func (s *scriptStore) TouchPack(context.Context, manifest.Fingerprint) error {
+	return s.next("TouchPack")
+}
+func (s *scriptStore) PutManifest(context.Context, string, []byte) error {
+	return s.next("PutManifest")
+}
+func (s *scriptStore) GetManifest(context.Context, string) ([]byte, error) {
+	return s.read("GetManifest")
+}
 func (s *scriptStore) GetManifestVersion(context.Context, string, string) ([]byte, error) {
-	return s.data, s.next()
+	return s.read("GetManifestVersion")
 }
 func (s *scriptStore) ListManifests(context.Context, string) ([]store.ManifestInfo, error) {
-	return nil, s.next()
+	return nil, s.next("ListManifests")
 }
 func (s *scriptStore) ManifestVersions(context.Context, string) ([]store.Version, error) {
-	return nil, s.next()
+	return nil, s.next("ManifestVersions")
 }
 func (s *scriptStore) String() string { return "script" }
 
@@ -194,6 +218,71 @@ func TestLimitedNotFoundRetriedOnce(t *testing.T) {
 	l := newTestLimited(st, nil, &storetest.SleepClock{})
 	if err := l.TouchChunk(ctx, manifest.ZeroChunk); !errors.Is(err, store.ErrNotFound) || st.calls != 1 {
 		t.Errorf("TouchChunk: %v after %d calls", err, st.calls)
+	}
+}
+
+// TestLimitedMethods: each method of Limited calls the same of the store
+// it wraps, retries a miss once only where a read may see an object
+// flicker into existence, and counts the raw bytes it moves.
+func TestLimitedMethods(t *testing.T) {
+	ctx := context.Background()
+	payload := []byte("12345")
+	for _, tc := range []struct {
+		name      string
+		call      func(l *store.Limited) error
+		retryMiss bool
+		up, down  int64
+	}{
+		{"PutChunk", func(l *store.Limited) error { return l.PutChunk(ctx, manifest.ZeroChunk, payload) }, false, 5, 0},
+		{"GetChunk", func(l *store.Limited) error { _, err := l.GetChunk(ctx, manifest.ZeroChunk); return err }, true, 0, 3},
+		{"TouchChunk", func(l *store.Limited) error { return l.TouchChunk(ctx, manifest.ZeroChunk) }, false, 0, 0},
+		{"PutPack", func(l *store.Limited) error { return l.PutPack(ctx, manifest.ZeroChunk, payload) }, false, 5, 0},
+		{"GetPack", func(l *store.Limited) error { _, err := l.GetPack(ctx, manifest.ZeroChunk); return err }, true, 0, 3},
+		{"TouchPack", func(l *store.Limited) error { return l.TouchPack(ctx, manifest.ZeroChunk) }, false, 0, 0},
+		{"PutManifest", func(l *store.Limited) error { return l.PutManifest(ctx, "k", payload) }, false, 5, 0},
+		{"GetManifest", func(l *store.Limited) error { _, err := l.GetManifest(ctx, "k"); return err }, true, 0, 3},
+		{"GetManifestVersion", func(l *store.Limited) error { _, err := l.GetManifestVersion(ctx, "k", "v"); return err }, false, 0, 3},
+		{"ListManifests", func(l *store.Limited) error { _, err := l.ListManifests(ctx, "p"); return err }, false, 0, 0},
+		{"ManifestVersions", func(l *store.Limited) error { _, err := l.ManifestVersions(ctx, "k"); return err }, false, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := &scriptStore{data: []byte("abc")}
+			l := newTestLimited(st, nil, &storetest.SleepClock{})
+			if err := tc.call(l); err != nil {
+				t.Fatalf("%s()=%v, want nil", tc.name, err)
+			}
+			if s := l.Stats(); !slices.Equal(st.ops, []string{tc.name}) || s.Calls != 1 || s.BytesUp != tc.up || s.BytesDown != tc.down {
+				t.Errorf("%s() called %q; stats %+v, want BytesUp %d BytesDown %d", tc.name, st.ops, s, tc.up, tc.down)
+			}
+
+			st = &scriptStore{errs: []error{errMissing}, data: []byte("abc")}
+			l = newTestLimited(st, nil, &storetest.SleepClock{})
+			err := tc.call(l)
+			if tc.retryMiss && (err != nil || st.calls != 2) {
+				t.Errorf("%s() after one miss=%v after %d calls, want nil after 2", tc.name, err, st.calls)
+			}
+			if !tc.retryMiss && (!errors.Is(err, store.ErrNotFound) || st.calls != 1) {
+				t.Errorf("%s() after one miss=%v after %d calls, want ErrNotFound after 1", tc.name, err, st.calls)
+			}
+		})
+	}
+}
+
+// TestLimitedCanceledDuringAttempt: a caller that cancels while an
+// attempt is under way, which then fails in a way worth retrying, gets an
+// error that says the cancellation ended the call, as when it cancels
+// during a backoff, not the attempt's error alone.
+func TestLimitedCanceledDuringAttempt(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := &scriptStore{errs: []error{errTransient, errTransient}, during: cancel}
+	l := newTestLimited(st, nil, &storetest.SleepClock{})
+	err := l.PutChunk(ctx, manifest.ZeroChunk, nil)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, errTransient) || st.calls != 1 {
+		t.Fatalf("PutChunk()=%v after %d calls, want the attempt's error and context.Canceled after 1", err, st.calls)
+	}
+	if s := l.Stats(); s.Failures != 1 || s.LastError != err.Error() {
+		t.Errorf("stats %+v, want one failure, %q", s, err)
 	}
 }
 

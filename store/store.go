@@ -68,6 +68,29 @@ type Store interface {
 	String() string
 }
 
+// A Cache is a store that holds chunks one file each and never packs or
+// manifests, such as the local chunk cache (package store/cache).
+type Cache interface {
+	Store
+	// ChunkCache marks the store as a cache; it does nothing.
+	ChunkCache()
+}
+
+// IsCache reports whether s is a chunk cache (a Cache, alone or behind a
+// Limited).
+func IsCache(s Store) bool {
+	for {
+		switch v := s.(type) {
+		case Cache:
+			return true
+		case *Limited:
+			s = v.s
+		default:
+			return false
+		}
+	}
+}
+
 // ManifestInfo describes one stored manifest.
 type ManifestInfo struct {
 	// Key is the manifest's key.

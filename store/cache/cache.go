@@ -9,16 +9,16 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/internal/localfs"
 )
 
-// LocalCache is a chunk cache in a local directory, shared by the processes
+// Store is a chunk cache in a local directory, shared by the processes
 // of a host: the uploader fills it as it uploads, and read replicas look in
 // it before the network. Chunks are stored raw (uncompressed, so they can
 // be mapped into memory) under <dir>/<shard>/<fingerprint>, and verified
@@ -33,7 +33,8 @@ import (
 // file, and verified; it is mapped into memory only when nobody but its
 // user can change it (OpenChunk), and read into memory otherwise.
 //
-// It is a [Store] for chunks only; it holds no manifests.
+// It is a [store.Cache]: a store.Store for chunks only, that holds no packs
+// and no manifests.
 type Store struct {
 	dir      string
 	shards   int
@@ -44,7 +45,7 @@ type Store struct {
 	private map[int]bool // shards whose mode narrowShard checked
 }
 
-// NewLocalCache returns a cache in dir with numShards subdirectories
+// New returns a cache in dir with numShards subdirectories
 // (zero means 1) and room for about capacity chunks.
 func New(dir string, numShards int, capacity int64) (*Store, error) {
 	if !filepath.IsAbs(dir) {
@@ -70,6 +71,7 @@ func (c *Store) ChunkCache() {}
 
 var _ store.Cache = (*Store)(nil)
 
+// String implements store.Store: "local:" and the cache directory.
 func (c *Store) String() string { return "local:" + c.dir }
 
 func (c *Store) shard(fp manifest.Fingerprint) int {
@@ -85,12 +87,15 @@ func (c *Store) Path(fp manifest.Fingerprint) string {
 // then it only takes away from the file's mode what the database (ctx,
 // WithSourcePerm) does not give, if the file is this user's.
 func (c *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return c.fail("put chunk", fp.String(), nil, err)
+	}
 	p := c.Path(fp)
 	perm := store.FilePerm(store.SourcePerm(ctx))
 	sdir := filepath.Dir(p)
 	c.narrowShard(c.shard(fp), sdir)
 	if fi, err := os.Lstat(p); err == nil {
-		if cur := fi.Mode().Perm(); fi.Mode().IsRegular() && cur&^perm != 0 && ownedByMe(fi) {
+		if cur := fi.Mode().Perm(); fi.Mode().IsRegular() && cur&^perm != 0 && localfs.OwnedByMe(fi) {
 			_ = os.Chmod(p, cur&perm)
 		}
 		return nil
@@ -100,19 +105,15 @@ func (c *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []by
 	if err := os.MkdirAll(sdir, 0o700); err != nil {
 		return c.fail("put chunk", fp.String(), nil, err)
 	}
-	tmp, err := fsutil.CreateTemp(sdir, ".tmp-", perm)
-	if err != nil {
-		return c.fail("put chunk", fp.String(), nil, err)
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	// Not synced: a cached chunk that a crash damaged is verified,
+	// deleted and fetched again.
+	tmp, err := localfs.WriteTemp(sdir, ".tmp-", data, perm, false)
 	if err == nil {
-		err = os.Rename(tmp.Name(), p)
+		if err = os.Rename(tmp, p); err != nil {
+			_ = os.Remove(tmp)
+		}
 	}
 	if err != nil {
-		_ = os.Remove(tmp.Name())
 		return c.fail("put chunk", fp.String(), nil, err)
 	}
 	c.noteAdded(c.shard(fp))
@@ -122,6 +123,9 @@ func (c *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []by
 // GetChunk reads and verifies the chunk fp; ErrNotFound when absent. A
 // corrupt file is deleted and reported as ErrCorrupt.
 func (c *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, c.fail("get chunk", fp.String(), nil, err)
+	}
 	p := c.Path(fp)
 	data, err := fsutil.ReadFileMax(p, manifest.ChunkSize)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -145,24 +149,27 @@ func (c *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, 
 	return data, nil
 }
 
-// PutPack implements Store: a cache holds chunks one file each, never
+// PutPack implements store.Store: a cache holds chunks one file each, never
 // packs; the uploader puts a pack's chunks into caches one by one.
 func (c *Store) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
 	return c.fail("put pack", id.String(), store.ErrPermanent, errors.New("a chunk cache holds no packs"))
 }
 
-// GetPack implements Store: always ErrNotFound.
+// GetPack implements store.Store: always ErrNotFound.
 func (c *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
 	return nil, c.fail("get pack", id.String(), store.ErrNotFound, nil)
 }
 
-// TouchPack implements Store: always ErrNotFound.
+// TouchPack implements store.Store: always ErrNotFound.
 func (c *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return c.fail("touch pack", id.String(), store.ErrNotFound, nil)
 }
 
 // TouchChunk refreshes the chunk's time, so eviction spares it.
 func (c *Store) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
+	if err := ctx.Err(); err != nil {
+		return c.fail("touch chunk", fp.String(), nil, err)
+	}
 	now := time.Now()
 	if err := os.Chtimes(c.Path(fp), now, now); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -279,7 +286,7 @@ func (c *Store) narrowShard(s int, sdir string) {
 	if done {
 		return
 	}
-	if fi, err := os.Lstat(sdir); err == nil && fi.IsDir() && fi.Mode().Perm()&0o077 != 0 && ownedByMe(fi) {
+	if fi, err := os.Lstat(sdir); err == nil && fi.IsDir() && fi.Mode().Perm()&0o077 != 0 && localfs.OwnedByMe(fi) {
 		_ = os.Chmod(sdir, fi.Mode().Perm()&0o700)
 	}
 }
@@ -304,7 +311,7 @@ func (c *Store) OpenChunk(fp manifest.Fingerprint) (f *os.File, fi fs.FileInfo, 
 	if err != nil {
 		return nil, nil, false, err
 	}
-	return f, fi, fi.Mode().Perm()&0o222 == 0 && ownedByMe(fi) && c.privateDirs(filepath.Dir(p)), nil
+	return f, fi, fi.Mode().Perm()&0o222 == 0 && localfs.OwnedByMe(fi) && c.privateDirs(filepath.Dir(p)), nil
 }
 
 // privateDirs reports whether dir and each directory above it up to the
@@ -317,7 +324,7 @@ func (c *Store) privateDirs(dir string) bool {
 			stat = os.Stat
 		}
 		fi, err := stat(dir)
-		if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 || !ownedByMe(fi) {
+		if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 || !localfs.OwnedByMe(fi) {
 			return false
 		}
 		if dir == c.dir {
@@ -329,12 +336,6 @@ func (c *Store) privateDirs(dir string) bool {
 		}
 		dir = parent
 	}
-}
-
-// ownedByMe reports whether fi is owned by this process's effective user.
-func ownedByMe(fi fs.FileInfo) bool {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && int(st.Uid) == os.Geteuid()
 }
 
 func init() {

@@ -18,9 +18,25 @@ func newTestCache(t *testing.T, shards int, capacity int64) *Store {
 	t.Helper()
 	c, err := New(t.TempDir(), shards, capacity)
 	if err != nil {
-		t.Fatalf("NewLocalCache()=%v", err)
+		t.Fatalf("New()=%v", err)
 	}
 	return c
+}
+
+func TestLocalCacheConformance(t *testing.T) {
+	c := newTestCache(t, 4, 1000)
+	h := storetest.FileHarness(c, c.Path)
+	h.ChunksOnly = true
+	storetest.Run(t, h)
+}
+
+// TestLimitedLocalCacheConformance runs the suite through the retry
+// wrapper, which must be transparent, and keep the cache a cache.
+func TestLimitedLocalCacheConformance(t *testing.T) {
+	c := newTestCache(t, 4, 1000)
+	h := storetest.FileHarness(c, c.Path)
+	h.ChunksOnly = true
+	storetest.RunLimited(t, h)
 }
 
 // cacheChunk returns chunk bytes determined by seed, and their fingerprint.
@@ -42,7 +58,7 @@ func TestNewLocalCacheErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := New(tt.dir, 1, tt.capacity); err == nil {
-				t.Errorf("NewLocalCache(%q, 1, %d)=nil error, want an error", tt.dir, tt.capacity)
+				t.Errorf("New(%q, 1, %d)=nil error, want an error", tt.dir, tt.capacity)
 			}
 		})
 	}

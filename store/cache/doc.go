@@ -3,4 +3,10 @@
 // Uploads fill it on the way; replicas read from it first and map its
 // files when nobody but their own user can change them. It registers
 // itself with store.Open for "local" targets.
+//
+// It owns the cache's layout (raw chunks, unencoded so that they can be
+// mapped, under <dir>/<shard>/<fingerprint>), its capacity and eviction,
+// and the decision whether a file may be mapped ([Store.OpenChunk]). It is
+// a store.Cache: it holds no packs and no manifests, and leaves keys and
+// encodings to the stores that do.
 package cache

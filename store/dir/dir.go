@@ -18,6 +18,7 @@ import (
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/internal/localfs"
 )
 
 // Subdirectories of a directory store.
@@ -35,7 +36,7 @@ const (
 	maxVersions   = 1000
 	minVersions   = 10
 	versionMaxAge = 7 * 24 * time.Hour
-	// staleTmpAge is the age beyond which NewDirStore removes temporary
+	// staleTmpAge is the age beyond which New removes temporary
 	// files left behind by a crash.
 	staleTmpAge = 24 * time.Hour
 )
@@ -44,7 +45,7 @@ const (
 // nanoseconds, zero-padded to 20 digits.
 const versionIDLen = 20
 
-// DirStore is a Store in a directory of the local file system, laid out
+// Store is a store.Store in a directory of the local file system, laid out
 // like a pair of buckets (see doc/FORMAT.md):
 //
 //	<root>/chunks/<chunk key>
@@ -69,7 +70,7 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
-// NewDirStore returns a store rooted at path, a directory; its
+// New returns a store rooted at path, a directory; its
 // subdirectories are created on demand. It removes temporary files left
 // over by crashed writers. A path that exists but is not a directory is
 // an error; a missing one is not, but operations fail with ErrPermanent
@@ -93,7 +94,6 @@ func New(path string) (*Store, error) {
 	return s, nil
 }
 
-// String returns "dir:" and the store's root.
 // SetClock replaces the clock that dates the versions the store keeps,
 // for tests of point-in-time restores under clock skew. Nil restores
 // time.Now.
@@ -104,13 +104,14 @@ func (s *Store) SetClock(now func() time.Time) {
 	s.now = now
 }
 
+// String implements store.Store: "dir:" and the store's root.
 func (s *Store) String() string { return "dir:" + s.root }
 
 // Root returns the store's root directory.
 func (s *Store) Root() string { return s.root }
 
 func (s *Store) chunkPath(fp manifest.Fingerprint) string {
-	return filepath.Join(s.root, dirChunks, filepath.FromSlash(store.ChunkKey(fp)))
+	return s.objectPath(store.ChunkKey(fp))
 }
 
 func (s *Store) manifestPath(key string) string {
@@ -121,32 +122,23 @@ func (s *Store) versionDir(key string) string {
 	return filepath.Join(s.root, dirVersions, filepath.FromSlash(key))
 }
 
-// PutChunk implements Store.
+// PutChunk implements store.Store.
 func (s *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
 	return s.putObject(ctx, "dir put chunk", store.ChunkKey(fp), store.EncodeBlob(data))
 }
 
-// PutPack implements Store: packs live in the chunks directory, under
+// PutPack implements store.Store: packs live in the chunks directory, under
 // their keys.
 func (s *Store) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
 	return s.putObject(ctx, "dir put pack", store.PackKey(id), blob)
 }
 
-// GetPack implements Store.
+// GetPack implements store.Store.
 func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
-	const op = "dir get pack"
-	key := store.PackKey(id)
-	if err := ctx.Err(); err != nil {
-		return nil, s.err(op, key, err)
-	}
-	blob, err := readFileMax(s.objectPath(key), manifest.MaxPackSize)
-	if err != nil {
-		return nil, s.err(op, key, err)
-	}
-	return blob, nil
+	return s.getObject(ctx, "dir get pack", store.PackKey(id), manifest.MaxPackSize)
 }
 
-// TouchPack implements Store, as TouchChunk.
+// TouchPack implements store.Store, as TouchChunk.
 func (s *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touchObject(ctx, "dir touch pack", store.PackKey(id))
 }
@@ -186,16 +178,26 @@ func (s *Store) objectPath(key string) string {
 	return filepath.Join(s.root, dirChunks, filepath.FromSlash(key))
 }
 
-// GetChunk implements Store.
-func (s *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
-	const op = "dir get chunk"
-	key := store.ChunkKey(fp)
+// getObject reads the object under key in the chunks directory, which
+// must be a regular file of at most limit bytes.
+func (s *Store) getObject(ctx context.Context, op, key string, limit int64) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, s.err(op, key, err)
 	}
-	blob, err := readFileMax(s.chunkPath(fp), store.MaxChunkBlob)
+	blob, err := readFileMax(s.objectPath(key), limit)
 	if err != nil {
 		return nil, s.err(op, key, err)
+	}
+	return blob, nil
+}
+
+// GetChunk implements store.Store.
+func (s *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	const op = "dir get chunk"
+	key := store.ChunkKey(fp)
+	blob, err := s.getObject(ctx, op, key, store.MaxChunkBlob)
+	if err != nil {
+		return nil, err
 	}
 	data, err := store.DecodeChunk(fp, blob)
 	if err != nil {
@@ -204,7 +206,7 @@ func (s *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, 
 	return data, nil
 }
 
-// TouchChunk implements Store: it sets the chunk file's access and
+// TouchChunk implements store.Store: it sets the chunk file's access and
 // modification times to now.
 func (s *Store) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
 	return s.touchObject(ctx, "dir touch chunk", store.ChunkKey(fp))
@@ -221,7 +223,7 @@ func (s *Store) touchObject(ctx context.Context, op, key string) error {
 	return nil
 }
 
-// PutManifest implements Store. Besides replacing the latest manifest, it
+// PutManifest implements store.Store. Besides replacing the latest manifest, it
 // keeps the new one as a version, a hard link to the same file (a copy
 // where links are not supported), and prunes old versions.
 func (s *Store) PutManifest(ctx context.Context, key string, data []byte) error {
@@ -325,12 +327,12 @@ func (s *Store) prune(vdir string, ids []int64) {
 	}
 }
 
-// GetManifest implements Store.
+// GetManifest implements store.Store.
 func (s *Store) GetManifest(ctx context.Context, key string) ([]byte, error) {
 	return s.getManifestFile(ctx, "dir get manifest", key, s.manifestPath(key))
 }
 
-// GetManifestVersion implements Store. An empty versionID means the
+// GetManifestVersion implements store.Store. An empty versionID means the
 // latest manifest.
 func (s *Store) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
 	const op = "dir get manifest version"
@@ -362,7 +364,7 @@ func (s *Store) getManifestFile(ctx context.Context, op, key, path string) ([]by
 	return data, nil
 }
 
-// ListManifests implements Store. It reads only the host directories
+// ListManifests implements store.Store. It reads only the host directories
 // that can hold keys starting with prefix.
 func (s *Store) ListManifests(ctx context.Context, prefix string) ([]store.ManifestInfo, error) {
 	const op = "dir list manifests"
@@ -409,7 +411,7 @@ func (s *Store) ListManifests(ctx context.Context, prefix string) ([]store.Manif
 	return out, nil
 }
 
-// ManifestVersions implements Store. A manifest written without a version
+// ManifestVersions implements store.Store. A manifest written without a version
 // (by hand, say) is listed as one version with an empty ID.
 func (s *Store) ManifestVersions(ctx context.Context, key string) ([]store.Version, error) {
 	const op = "dir list manifest versions"
@@ -501,24 +503,7 @@ func (s *Store) writeTemp(blob []byte, perm fs.FileMode) (string, error) {
 	if err := s.mkdirs(0o700, dirTmp); err != nil {
 		return "", err
 	}
-	// Created with its final mode, so that the umask applies.
-	f, err := fsutil.CreateTemp(filepath.Join(s.root, dirTmp), "put-", perm)
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	_, err = f.Write(blob)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(name)
-		return "", err
-	}
-	return name, nil
+	return localfs.WriteTemp(filepath.Join(s.root, dirTmp), "put-", blob, perm, true)
 }
 
 // mkdirs creates the directories root/elem[0], root/elem[0]/elem[1], …
@@ -532,7 +517,7 @@ func (s *Store) mkdirs(perm fs.FileMode, elem ...string) error {
 		dir = filepath.Join(dir, e)
 		err := os.Mkdir(dir, perm)
 		if errors.Is(err, fs.ErrExist) {
-			store.NarrowDir(dir, perm)
+			localfs.NarrowDir(dir, perm)
 		} else if err != nil {
 			return err
 		}

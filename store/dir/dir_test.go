@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/storetest"
@@ -22,26 +20,7 @@ func newDirHarness(t *testing.T) (*Store, storetest.Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d, storetest.Harness{
-		Store: d,
-		Tamper: func(t *testing.T, fp manifest.Fingerprint, blob []byte) {
-			if err := os.WriteFile(d.chunkPath(fp), blob, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		},
-		ChunkModTime: func(t *testing.T, fp manifest.Fingerprint) time.Time {
-			fi, err := os.Stat(d.chunkPath(fp))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return fi.ModTime()
-		},
-		Backdate: func(t *testing.T, fp manifest.Fingerprint, when time.Time) {
-			if err := os.Chtimes(d.chunkPath(fp), when, when); err != nil {
-				t.Fatal(err)
-			}
-		},
-	}
+	return d, storetest.FileHarness(d, d.chunkPath)
 }
 
 func TestDirStoreConformance(t *testing.T) {
@@ -53,8 +32,7 @@ func TestDirStoreConformance(t *testing.T) {
 // which must be transparent.
 func TestLimitedDirConformance(t *testing.T) {
 	_, h := newDirHarness(t)
-	h.Store = store.NewLimited(h.Store, rate.NewLimiter(rate.Inf, 1), store.RetryOptions{Clock: &storetest.SleepClock{}})
-	storetest.Run(t, h)
+	storetest.RunLimited(t, h)
 }
 
 func TestDirLayout(t *testing.T) {
@@ -206,12 +184,12 @@ func TestDirVersionsWithoutHistory(t *testing.T) {
 }
 
 func TestDirMissingRoot(t *testing.T) {
-	// A missing root does not fail NewDirStore (the VFS must register
+	// A missing root does not fail New (the VFS must register
 	// before a late mount), but every operation fails permanently.
 	root := filepath.Join(t.TempDir(), "missing")
 	md, err := New(root)
 	if err != nil {
-		t.Fatalf("NewDirStore(missing): %v", err)
+		t.Fatalf("New(missing): %v", err)
 	}
 	err = md.PutManifest(context.Background(), storetest.MustKey(t, "h", "/p"), []byte("x"))
 	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), root) || store.IsRetryable(err) {
@@ -225,7 +203,7 @@ func TestDirMissingRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := New(file); !errors.Is(err, store.ErrPermanent) {
-		t.Fatalf("NewDirStore(file): %v", err)
+		t.Fatalf("New(file): %v", err)
 	}
 
 	// The root vanishing later (an unmounted file system) is permanent,

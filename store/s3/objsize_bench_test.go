@@ -18,7 +18,7 @@ import (
 // and into packs of 16 and 32 chunks, 16 GETs in flight, every chunk
 // verified. It is why the uploader packs chunks:
 //
-//	go test -run XXX -bench BenchmarkObjectSize -count 5 ./replicate
+//	go test -run XXX -bench BenchmarkObjectSize -count 5 ./store/s3
 func BenchmarkObjectSize(b *testing.B) {
 	srv := miniotest.Start(b)
 	srv.SetEnv(b)

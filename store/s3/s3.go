@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -24,22 +22,20 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
-	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
-	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 )
 
-// DefaultS3Timeout bounds each S3 request, from sending it to reading the
-// last byte of the answer, when S3Options.Timeout is zero.
+// DefaultTimeout bounds each S3 request, from sending it to reading the
+// last byte of the answer, when Options.Timeout is zero.
 const DefaultTimeout = 30 * time.Second
 
-// S3Options tunes an S3Store.
+// Options tunes a Store.
 type Options struct {
-	// Timeout bounds each request; zero means DefaultS3Timeout. A request
+	// Timeout bounds each request; zero means DefaultTimeout. A request
 	// that times out fails with a retryable error.
 	Timeout time.Duration
 	// Logger receives the SDK's own log lines (such as a response body
@@ -48,7 +44,7 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// S3Store is a Store in a pair of S3 buckets, chunks in the target's
+// Store is a store.Store in a pair of S3 buckets, chunks in the target's
 // ChunkBucket and manifests in its ManifestBucket (which may be the same
 // bucket). Credentials come only from the AWS SDK's default chain:
 // environment variables, shared config and credentials files, web
@@ -56,7 +52,7 @@ type Options struct {
 //
 // The SDK's own retries are disabled: each method makes one attempt (one
 // HTTP request, or one per page when listing). Wrap the store with
-// NewLimited to rate-limit and retry.
+// store.NewLimited to rate-limit and retry.
 type Store struct {
 	client  *s3.Client
 	target  config.S3Target
@@ -74,7 +70,7 @@ var _ store.Store = (*Store)(nil)
 // store's per-request timeout.
 var errRequestTimeout = errors.New("request timed out")
 
-// NewS3Store returns a store for target t. It loads the AWS SDK's default
+// New returns a store for target t. It loads the AWS SDK's default
 // configuration (credentials, shared config files, AWS_CA_BUNDLE) with
 // t.Region, and makes no request.
 func New(ctx context.Context, t config.S3Target, opts Options) (*Store, error) {
@@ -153,7 +149,7 @@ func New(ctx context.Context, t config.S3Target, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// String implements Store: "s3://<chunk bucket>,<manifest bucket>@<host>",
+// String implements store.Store: "s3://<chunk bucket>,<manifest bucket>@<host>",
 // where host is the endpoint's host, or "aws:<region>".
 func (s *Store) String() string { return s.desc }
 
@@ -166,12 +162,12 @@ func (s *Store) ChunkBucket() string { return s.target.ChunkBucket }
 // ManifestBucket returns the name of the bucket that holds manifests.
 func (s *Store) ManifestBucket() string { return s.target.ManifestBucket }
 
-// PutChunk implements Store.
+// PutChunk implements store.Store.
 func (s *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
 	return s.put(ctx, "s3 put chunk", s.target.ChunkBucket, store.ChunkKey(fp), store.EncodeBlob(data))
 }
 
-// GetChunk implements Store.
+// GetChunk implements store.Store.
 func (s *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
 	const op = "s3 get chunk"
 	key := store.ChunkKey(fp)
@@ -186,7 +182,7 @@ func (s *Store) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, 
 	return data, nil
 }
 
-// TouchChunk implements Store by copying the chunk onto itself, replacing
+// TouchChunk implements store.Store by copying the chunk onto itself, replacing
 // its metadata, which sets its Last-Modified time. The chunk bucket
 // should not be versioned, or each touch keeps another copy.
 func (s *Store) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
@@ -207,22 +203,22 @@ func (s *Store) touch(ctx context.Context, op, key string) error {
 	})
 }
 
-// PutPack implements Store.
+// PutPack implements store.Store.
 func (s *Store) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
 	return s.put(ctx, "s3 put pack", s.target.ChunkBucket, store.PackKey(id), blob)
 }
 
-// GetPack implements Store.
+// GetPack implements store.Store.
 func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
 	return s.get(ctx, "s3 get pack", s.target.ChunkBucket, store.PackKey(id), "", manifest.MaxPackSize)
 }
 
-// TouchPack implements Store, as TouchChunk.
+// TouchPack implements store.Store, as TouchChunk.
 func (s *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touch(ctx, "s3 touch pack", store.PackKey(id))
 }
 
-// PutManifest implements Store.
+// PutManifest implements store.Store.
 func (s *Store) PutManifest(ctx context.Context, key string, data []byte) error {
 	const op = "s3 put manifest"
 	if err := store.CheckManifestKey(key); err != nil {
@@ -231,16 +227,14 @@ func (s *Store) PutManifest(ctx context.Context, key string, data []byte) error 
 	return s.put(ctx, op, s.target.ManifestBucket, key, store.EncodeManifestBlob(data))
 }
 
-// GetManifest implements Store.
+// GetManifest implements store.Store.
 func (s *Store) GetManifest(ctx context.Context, key string) ([]byte, error) {
 	return s.getManifest(ctx, "s3 get manifest", key, "")
 }
 
-// GetManifestVersion implements Store.
+// GetManifestVersion implements store.Store. An empty versionID means the
+// latest version.
 func (s *Store) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
-	if versionID == "" {
-		return s.getManifest(ctx, "s3 get manifest version", key, "")
-	}
 	return s.getManifest(ctx, "s3 get manifest version", key, versionID)
 }
 
@@ -259,7 +253,7 @@ func (s *Store) getManifest(ctx context.Context, op, key, versionID string) ([]b
 	return data, nil
 }
 
-// ListManifests implements Store.
+// ListManifests implements store.Store.
 func (s *Store) ListManifests(ctx context.Context, prefix string) ([]store.ManifestInfo, error) {
 	const op = "s3 list manifests"
 	bucket := s.target.ManifestBucket
@@ -268,30 +262,23 @@ func (s *Store) ListManifests(ctx context.Context, prefix string) ([]store.Manif
 		Bucket: aws.String(bucket),
 		Prefix: aws.String(prefix),
 	})
-	for p.HasMorePages() {
-		err := s.do(ctx, op, bucket, prefix, func(ctx context.Context) error {
-			page, err := p.NextPage(ctx)
-			if err != nil {
-				return err
-			}
-			for _, o := range page.Contents {
-				out = append(out, store.ManifestInfo{
-					Key:          aws.ToString(o.Key),
-					LastModified: aws.ToTime(o.LastModified),
-					Size:         aws.ToInt64(o.Size),
-				})
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, err
+	err := eachPage(ctx, s, op, bucket, prefix, p, func(page *s3.ListObjectsV2Output) {
+		for _, o := range page.Contents {
+			out = append(out, store.ManifestInfo{
+				Key:          aws.ToString(o.Key),
+				LastModified: aws.ToTime(o.LastModified),
+				Size:         aws.ToInt64(o.Size),
+			})
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b store.ManifestInfo) int { return strings.Compare(a.Key, b.Key) })
 	return out, nil
 }
 
-// ManifestVersions implements Store. Delete markers are skipped. Without
+// ManifestVersions implements store.Store. Delete markers are skipped. Without
 // versioning, S3 lists the one object with version ID "null".
 func (s *Store) ManifestVersions(ctx context.Context, key string) ([]store.Version, error) {
 	const op = "s3 list manifest versions"
@@ -304,27 +291,20 @@ func (s *Store) ManifestVersions(ctx context.Context, key string) ([]store.Versi
 		Bucket: aws.String(bucket),
 		Prefix: aws.String(key),
 	})
-	for p.HasMorePages() {
-		err := s.do(ctx, op, bucket, key, func(ctx context.Context) error {
-			page, err := p.NextPage(ctx)
-			if err != nil {
-				return err
+	err := eachPage(ctx, s, op, bucket, key, p, func(page *s3.ListObjectVersionsOutput) {
+		for _, v := range page.Versions {
+			if aws.ToString(v.Key) != key {
+				continue
 			}
-			for _, v := range page.Versions {
-				if aws.ToString(v.Key) != key {
-					continue
-				}
-				out = append(out, store.Version{
-					ID:           aws.ToString(v.VersionId),
-					LastModified: aws.ToTime(v.LastModified),
-					IsLatest:     aws.ToBool(v.IsLatest),
-				})
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, err
+			out = append(out, store.Version{
+				ID:           aws.ToString(v.VersionId),
+				LastModified: aws.ToTime(v.LastModified),
+				IsLatest:     aws.ToBool(v.IsLatest),
+			})
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(out) == 0 {
 		return nil, s.newError(op, bucket, key, nil, store.ErrNotFound, "no versions")
@@ -341,6 +321,31 @@ func (s *Store) ManifestVersions(ctx context.Context, key string) ([]store.Versi
 		return b.LastModified.Compare(a.LastModified)
 	})
 	return out, nil
+}
+
+// A pager is one of the SDK's paginators.
+type pager[P any] interface {
+	HasMorePages() bool
+	NextPage(ctx context.Context, optFns ...func(*s3.Options)) (P, error)
+}
+
+// eachPage requests the pages of p one by one, each as one request of
+// s.do, and passes each to f.
+func eachPage[P any](ctx context.Context, s *Store, op, bucket, key string, p pager[P], f func(P)) error {
+	for p.HasMorePages() {
+		err := s.do(ctx, op, bucket, key, func(ctx context.Context) error {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				return err
+			}
+			f(page)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // EnableVersioning turns on versioning of the manifest bucket, which
@@ -459,7 +464,7 @@ func (s *Store) ensureBucket(ctx context.Context, bucket string) error {
 	// Concurrent first calls may each check (and create): that is
 	// harmless, and holding no lock over requests keeps classify, which
 	// may call forget, free of deadlocks.
-	const op = "s3 check"
+	const op = opCheck
 	rctx, cancel := context.WithTimeoutCause(ctx, s.timeout, errRequestTimeout)
 	defer cancel()
 	_, err := s.client.HeadBucket(rctx, &s3.HeadBucketInput{Bucket: aws.String(bucket)})
@@ -471,8 +476,8 @@ func (s *Store) ensureBucket(ctx context.Context, bucket string) error {
 		return s.classify(ctx, rctx, op, bucket, "", err)
 	}
 	if !s.target.CreateBucketsOnDemand {
-		return s.newError(op, bucket, "", err, store.ErrPermanent,
-			fmt.Sprintf("bucket %q does not exist (404) and create_buckets_on_demand is off", bucket))
+		a := answer{status: http.StatusNotFound, bucket: bucket}
+		return s.newError(op, bucket, "", err, store.ErrPermanent, a.expand(answerVerdicts[missingBucket].detail))
 	}
 	in := &s3.CreateBucketInput{Bucket: aws.String(bucket)}
 	if r := s.target.Region; r != "" && r != "us-east-1" {
@@ -508,194 +513,6 @@ func (s *Store) newError(op, bucket, key string, err, kind error, detail string)
 		Kind: kind, Detail: detail, Err: err}
 }
 
-// apiError returns the HTTP status, the S3 error code and message of an
-// error answer, or zeros if err is not one.
-func apiError(err error) (status int, code, msg string) {
-	var re *awshttp.ResponseError
-	if errors.As(err, &re) {
-		status = re.HTTPStatusCode()
-	} else {
-		var sre *smithyhttp.ResponseError
-		if errors.As(err, &sre) {
-			status = sre.HTTPStatusCode()
-		}
-	}
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		code, msg = ae.ErrorCode(), ae.ErrorMessage()
-	}
-	return status, code, msg
-}
-
-// Error codes that mean the credentials are wrong, unknown or expired.
-var credentialCodes = map[string]bool{
-	"InvalidAccessKeyId":    true,
-	"SignatureDoesNotMatch": true,
-	"InvalidToken":          true,
-	"ExpiredToken":          true,
-	"TokenRefreshRequired":  true,
-	"InvalidSecurity":       true,
-	"AccessDenied":          true,
-	"AllAccessDisabled":     true,
-	"AccountProblem":        true,
-	"Forbidden":             true,
-}
-
-// 4xx error codes that are worth retrying: the request was damaged or
-// too slow in transit (S3 answers 400 RequestTimeout to a client that
-// stops sending its body).
-var transientCodes = map[string]bool{
-	"BadDigest":                 true,
-	"IncompleteBody":            true,
-	"RequestTimeout":            true,
-	"XAmzContentSHA256Mismatch": true,
-	"SlowDown":                  true,
-	"InternalError":             true,
-}
-
-// Error codes that mean the region or endpoint is wrong.
-var regionCodes = map[string]bool{
-	"PermanentRedirect":                  true,
-	"AuthorizationHeaderMalformed":       true,
-	"IllegalLocationConstraintException": true,
-	"InvalidRegion":                      true,
-	"Redirect":                           true,
-	"TemporaryRedirect":                  true,
-}
-
-// classify turns an error from the SDK (or from reading a body) into an
-// *Error. ctx is the caller's context, rctx the request's.
-func (s *Store) classify(ctx, rctx context.Context, op, bucket, key string, err error) error {
-	var se *store.Error
-	if errors.As(err, &se) {
-		return err
-	}
-	if cerr := ctx.Err(); cerr != nil {
-		if !errors.Is(err, cerr) {
-			err = fmt.Errorf("%w: %w", cerr, err)
-		}
-		return s.newError(op, bucket, key, err, nil, cerr.Error())
-	}
-	if errors.Is(err, store.ErrCorrupt) {
-		return s.newError(op, bucket, key, err, store.ErrCorrupt, err.Error())
-	}
-	// With the caller's context alive, any deadline is the request's own
-	// (the context's, or the HTTP client's backstop).
-	var ne net.Error
-	if context.Cause(rctx) == errRequestTimeout || errors.Is(err, context.DeadlineExceeded) ||
-		(errors.As(err, &ne) && ne.Timeout()) {
-		e := s.newError(op, bucket, key, err, nil, fmt.Sprintf("timed out after %v", s.timeout))
-		e.Retryable = true
-		return e
-	}
-	status, code, msg := apiError(err)
-	if status == 0 {
-		e := s.newError(op, bucket, key, err, nil, "")
-		txt := err.Error()
-		switch {
-		case strings.Contains(txt, "get identity:") || strings.Contains(txt, "failed to retrieve credentials"):
-			e.Kind = store.ErrPermanent
-			e.Detail = "no usable credentials from the AWS default chain (environment, shared config, instance role): " + innermost(err)
-		case isTLSConfigError(err):
-			e.Kind = store.ErrPermanent
-			e.Detail = "TLS certificate verification failed (check the endpoint and AWS_CA_BUNDLE): " + innermost(err)
-		case retryableCause(err):
-			e.Retryable = true
-			e.Detail = "transport error: " + innermost(err)
-		default:
-			e.Detail = innermost(err)
-		}
-		return e
-	}
-	e := s.newError(op, bucket, key, err, nil, "")
-	e.Status, e.Code = status, code
-	what := fmt.Sprint(status)
-	if code != "" {
-		what += " " + code
-	}
-	var de *smithy.DeserializationError
-	switch {
-	case code == "" && (errors.As(err, &de) || errors.Is(err, io.ErrUnexpectedEOF)):
-		// An error status whose body could not be read or parsed: the
-		// answer was cut or mangled on the way (MinIO closes the
-		// connection after a BadDigest, and a proxy may cut the body
-		// short), so the request may well succeed if sent again.
-		e.Retryable = true
-		e.Detail = "unreadable error response (" + what + "): " + innermost(err)
-	case status == http.StatusNotFound && code == "NoSuchBucket":
-		s.forget(bucket)
-		e.Kind = store.ErrPermanent
-		if s.target.CreateBucketsOnDemand {
-			e.Detail = fmt.Sprintf("bucket %q does not exist (%s)", bucket, what)
-		} else {
-			e.Detail = fmt.Sprintf("bucket %q does not exist (%s) and create_buckets_on_demand is off", bucket, what)
-		}
-	case status == http.StatusNotFound:
-		e.Kind = store.ErrNotFound
-		e.Detail = "not found (" + what + ")"
-	case store.RetryableStatus(status):
-		e.Retryable = true
-		e.Detail = "server error (" + what + withMsg(msg) + ")"
-	case transientCodes[code]:
-		e.Retryable = true
-		e.Detail = "request damaged or timed out in transit (" + what + withMsg(msg) + ")"
-	case credentialCodes[code] || (status == http.StatusForbidden && code == "") || status == http.StatusUnauthorized:
-		e.Kind = store.ErrPermanent
-		e.Detail = "access denied (" + what + "): check credentials"
-		if code == "AccessDenied" || code == "Forbidden" {
-			e.Detail += " and the bucket policy"
-		}
-	case regionCodes[code] || (status >= 300 && status < 400) ||
-		(status == http.StatusBadRequest && op == "s3 check"):
-		// An answer to HEAD has no body, hence no code; S3 and MinIO
-		// answer 400 or 301 to a request signed for the wrong region.
-		e.Kind = store.ErrPermanent
-		e.Detail = "wrong region or endpoint (" + what + withMsg(msg) + "): check region and endpoint"
-	case code == "BucketAlreadyExists":
-		e.Kind = store.ErrPermanent
-		e.Detail = fmt.Sprintf("bucket name %q is taken by another account (%s)", bucket, what)
-	default:
-		e.Kind = store.ErrPermanent
-		e.Detail = "rejected (" + what + withMsg(msg) + ")"
-	}
-	return e
-}
-
-// isTLSConfigError reports whether err is a TLS failure that retrying
-// cannot fix: an untrusted or mismatched certificate, or an endpoint
-// that does not speak TLS.
-func isTLSConfigError(err error) bool {
-	var cve *tls.CertificateVerificationError
-	var uae x509.UnknownAuthorityError
-	var hne x509.HostnameError
-	var cie x509.CertificateInvalidError
-	var rhe tls.RecordHeaderError
-	return errors.As(err, &cve) || errors.As(err, &uae) || errors.As(err, &hne) ||
-		errors.As(err, &cie) || errors.As(err, &rhe)
-}
-
-func withMsg(msg string) string {
-	if msg == "" {
-		return ""
-	}
-	return ": " + msg
-}
-
-// innermost returns the message of the most specific error in err's
-// chain that still says something useful, skipping the SDK's wrapping
-// ("operation error S3: PutObject, https request send error: …").
-func innermost(err error) string {
-	var send *smithyhttp.RequestSendError
-	if errors.As(err, &send) && send.Err != nil {
-		err = send.Err
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) && ue.Err != nil {
-		return ue.Op + " " + redactURL(ue.URL) + ": " + ue.Err.Error()
-	}
-	return err.Error()
-}
-
 // redactURL removes any user information, query, fragment and opaque
 // part (the "secret" of "key:secret") from a URL, so that presigned
 // parameters or passwords never reach a log.
@@ -719,31 +536,6 @@ func sdkLogger(log *slog.Logger) logging.Logger {
 	return logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
 		log.Debug("s3: aws sdk: "+fmt.Sprintf(format, v...), "class", string(c))
 	})
-}
-
-// retryableCause classifies an error that the AWS SDK or net/http
-// returned: an answer with a retryable status, a request that could not
-// be sent, or a transient network failure (store.TransientCause).
-func retryableCause(err error) bool {
-	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupt) || errors.Is(err, store.ErrPermanent) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	// The SDK wraps even a request that was never answered in a
-	// response error, with status 0.
-	var re *awshttp.ResponseError
-	if errors.As(err, &re) && re.HTTPStatusCode() != 0 {
-		return store.RetryableStatus(re.HTTPStatusCode())
-	}
-	var sre *smithyhttp.ResponseError
-	if errors.As(err, &sre) && sre.HTTPStatusCode() != 0 {
-		return store.RetryableStatus(sre.HTTPStatusCode())
-	}
-	var send *smithyhttp.RequestSendError
-	if errors.As(err, &send) {
-		return true
-	}
-	return store.TransientCause(err)
 }
 
 func init() {

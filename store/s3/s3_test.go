@@ -73,9 +73,7 @@ func TestS3(t *testing.T) {
 	})
 	t.Run("LimitedConformance", func(t *testing.T) {
 		s := newS3(t, s3Target(srv.Endpoint, true), Options{})
-		h := s3Harness(t, s, srv.SecretKey)
-		h.Store = store.NewLimited(s, nil, store.RetryOptions{Clock: &storetest.SleepClock{}})
-		storetest.Run(t, h)
+		storetest.RunLimited(t, s3Harness(t, s, srv.SecretKey))
 	})
 	t.Run("WrongCredentials", func(t *testing.T) { testWrongCredentials(t, srv) })
 	t.Run("MissingBucket", func(t *testing.T) { testMissingBucket(t, srv) })
@@ -457,10 +455,7 @@ func testRequestTimeout(t *testing.T, srv *miniotest.Server) {
 }
 
 func TestS3StoreString(t *testing.T) {
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDSTRING")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret-string-value")
-	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	fakeCredentials(t)
 	s, err := New(context.Background(), config.S3Target{
 		Region: "us-east-1", Endpoint: "http://127.0.0.1:9000",
 		ChunkBucket: "c", ManifestBucket: "m",
@@ -483,15 +478,12 @@ func TestS3StoreString(t *testing.T) {
 	}
 }
 
-// TestS3EndpointRefused: NewS3Store refuses an endpoint that no request
+// TestS3EndpointRefused: New refuses an endpoint that no request
 // could use, at once and without quoting a secret it holds: the SDK would
 // accept one with a query, then fail every request with a message that
 // quotes it whole.
 func TestS3EndpointRefused(t *testing.T) {
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDSTRING")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret-string-value")
-	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	fakeCredentials(t)
 	for _, tc := range []struct{ name, endpoint, want string }{
 		{"query", "http://127.0.0.1:9000/?X-Amz-Signature=TopSecret", "must not have a query"},
 		{"empty query", "http://127.0.0.1:9000/?", "must not have a query"},
@@ -503,10 +495,10 @@ func TestS3EndpointRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(context.Background(), config.S3Target{Region: "r", Endpoint: tc.endpoint, ChunkBucket: "c", ManifestBucket: "m"}, Options{})
 			if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("NewS3Store(%q)=%v, want ErrPermanent saying %q", tc.endpoint, err, tc.want)
+				t.Fatalf("New(%q)=%v, want ErrPermanent saying %q", tc.endpoint, err, tc.want)
 			}
 			if strings.Contains(err.Error(), "TopSecret") {
-				t.Errorf("NewS3Store(%q)=%v: the message quotes a secret", tc.endpoint, err)
+				t.Errorf("New(%q)=%v: the message quotes a secret", tc.endpoint, err)
 			}
 		})
 	}
@@ -517,10 +509,7 @@ func TestS3EndpointRefused(t *testing.T) {
 // the request, so it is retried rather than taken as a permanent refusal
 // that would stop replication until the configuration changes.
 func TestS3CutErrorResponse(t *testing.T) {
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDCUT")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	fakeCredentials(t)
 	cut := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead {
 			return // the bucket exists

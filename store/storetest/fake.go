@@ -13,7 +13,7 @@ import (
 	"github.com/boule-vfs/boule/store"
 )
 
-// Operation names recorded by Fake.
+// Operation names recorded by Fake, one per method of store.Store.
 const (
 	OpPutChunk    = "PutChunk"
 	OpGetChunk    = "GetChunk"
@@ -30,11 +30,13 @@ const (
 
 // Call is one call made to a Fake.
 type Call struct {
-	Op  string
-	Key string // the fingerprint in hex for chunk calls, the key for manifests
+	Op  string // the method called, one of the Op constants
+	Key string // the fingerprint in hex for chunk and pack calls, the key for manifests
 	Err error  // what the call returned
 }
 
+// String returns "Op(key)" or "Op(key)=err", with a fingerprint cut to
+// its first 8 hex digits.
 func (c Call) String() string {
 	k := c.Key
 	if len(k) == 64 {
@@ -51,8 +53,9 @@ func (c Call) String() string {
 // instead of doing it.
 type Hook func(ctx context.Context, op, key string) error
 
-// Fake is an in-memory Store that records its calls. Tests wait on it
-// with waitFor, which wakes on every call.
+// Fake is an in-memory store.Store that records its calls. Tests wait on
+// it with WaitFor, which wakes on every call. It keeps chunks and packs
+// as they are put, never encoded, and does not verify what it returns.
 type Fake struct {
 	name string
 
@@ -74,6 +77,7 @@ type Fake struct {
 
 var _ store.Store = (*Fake)(nil)
 
+// NewFake returns an empty Fake named name.
 func NewFake(name string) *Fake {
 	return &Fake{
 		name:      name,
@@ -85,21 +89,21 @@ func NewFake(name string) *Fake {
 	}
 }
 
-// addHook adds h to the hooks run before each call; the first error wins.
+// AddHook adds h to the hooks run before each call; the first error wins.
 func (s *Fake) AddHook(h Hook) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hooks = append(s.hooks, h)
 }
 
-// clearHooks removes every hook.
+// ClearHooks removes every hook.
 func (s *Fake) ClearHooks() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hooks = nil
 }
 
-// failOn makes the calls op whose key satisfies match (nil: every key)
+// FailOn makes the calls op whose key satisfies match (nil: every key)
 // return err.
 func (s *Fake) FailOn(op string, match func(key string) bool, err error) {
 	s.AddHook(func(_ context.Context, o, key string) error {
@@ -110,14 +114,14 @@ func (s *Fake) FailOn(op string, match func(key string) bool, err error) {
 	})
 }
 
-// Gate holds one call inside the store until released.
+// Gate holds one call inside a Fake until released (BlockOnce).
 type Gate struct {
 	entered chan struct{} // closed when the call arrives
 	release chan struct{} // close to let it go on
 	once    sync.Once
 }
 
-// blockOnce makes the first call op whose key satisfies match (nil: any)
+// BlockOnce makes the first call op whose key satisfies match (nil: any)
 // wait inside the store until the gate is released (or its context ends).
 func (s *Fake) BlockOnce(op string, match func(key string) bool) *Gate {
 	g := &Gate{entered: make(chan struct{}), release: make(chan struct{})}
@@ -141,7 +145,7 @@ func (s *Fake) BlockOnce(op string, match func(key string) bool) *Gate {
 	return g
 }
 
-// wait waits until the gated call has arrived.
+// Wait waits until the gated call has arrived.
 func (g *Gate) Wait(t testing.TB) {
 	t.Helper()
 	select {
@@ -151,7 +155,7 @@ func (g *Gate) Wait(t testing.TB) {
 	}
 }
 
-// open releases the gated call; it may be called more than once.
+// Open releases the gated call; it may be called more than once.
 func (g *Gate) Open() {
 	select {
 	case <-g.release:
@@ -211,55 +215,69 @@ func (s *Fake) notFound(op, key string) error {
 	return &store.Error{Op: "fake " + op, Key: key, Target: s.name, Kind: store.ErrNotFound, Detail: "not found"}
 }
 
+// PutChunk implements store.Store. It notes a put of data that does not
+// hash to fp, for CheckIntegrity.
 func (s *Fake) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
-	return s.do(ctx, OpPutChunk, fp.String(), func() error {
-		if manifest.Sum(data) != fp {
-			s.badPuts = append(s.badPuts, fp.String())
-		}
-		s.chunks[fp] = append([]byte(nil), data...)
-		return nil
-	})
+	return s.put(ctx, OpPutChunk, "", s.chunks, fp, data)
 }
 
+// GetChunk implements store.Store.
 func (s *Fake) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
-	var out []byte
-	err := s.do(ctx, OpGetChunk, fp.String(), func() error {
-		d, ok := s.chunks[fp]
-		if !ok {
-			return s.notFound("get chunk", fp.String())
-		}
-		out = append([]byte(nil), d...)
-		return nil
-	})
-	return out, err
+	return lookup(ctx, s, OpGetChunk, "get chunk", s.chunks, fp, fp.String())
 }
 
+// TouchChunk implements store.Store, counting the touches (TouchCount).
 func (s *Fake) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
-	return s.do(ctx, OpTouchChunk, fp.String(), func() error {
-		if _, ok := s.chunks[fp]; !ok {
-			return s.notFound("touch chunk", fp.String())
+	return s.touch(ctx, OpTouchChunk, "touch chunk", s.chunks, fp)
+}
+
+// PutPack implements store.Store. It notes a pack whose bytes do not hash
+// to id, for CheckIntegrity.
+func (s *Fake) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return s.put(ctx, OpPutPack, "pack ", s.packs, id, blob)
+}
+
+// GetPack implements store.Store.
+func (s *Fake) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	return lookup(ctx, s, OpGetPack, "get pack", s.packs, id, id.String())
+}
+
+// TouchPack implements store.Store, counting the touches (TouchCount).
+func (s *Fake) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
+	return s.touch(ctx, OpTouchPack, "touch pack", s.packs, id)
+}
+
+// put stores a copy of b under fp in m, noting it in badPuts (with
+// prefix) if b does not hash to fp.
+func (s *Fake) put(ctx context.Context, op, prefix string, m map[manifest.Fingerprint][]byte, fp manifest.Fingerprint, b []byte) error {
+	return s.do(ctx, op, fp.String(), func() error {
+		if manifest.Sum(b) != fp {
+			s.badPuts = append(s.badPuts, prefix+fp.String())
+		}
+		m[fp] = append([]byte(nil), b...)
+		return nil
+	})
+}
+
+// touch counts a touch of fp, which must be in m.
+func (s *Fake) touch(ctx context.Context, op, what string, m map[manifest.Fingerprint][]byte, fp manifest.Fingerprint) error {
+	return s.do(ctx, op, fp.String(), func() error {
+		if _, ok := m[fp]; !ok {
+			return s.notFound(what, fp.String())
 		}
 		s.touches[fp]++
 		return nil
 	})
 }
 
-func (s *Fake) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
-	return s.do(ctx, OpPutPack, id.String(), func() error {
-		if manifest.Sum(blob) != id {
-			s.badPuts = append(s.badPuts, "pack "+id.String())
-		}
-		s.packs[id] = append([]byte(nil), blob...)
-		return nil
-	})
-}
-
-func (s *Fake) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+// lookup returns a copy of m[k], or an ErrNotFound that says what was
+// not found. The call is recorded as op on key.
+func lookup[K comparable](ctx context.Context, s *Fake, op, what string, m map[K][]byte, k K, key string) ([]byte, error) {
 	var out []byte
-	err := s.do(ctx, OpGetPack, id.String(), func() error {
-		d, ok := s.packs[id]
+	err := s.do(ctx, op, key, func() error {
+		d, ok := m[k]
 		if !ok {
-			return s.notFound("get pack", id.String())
+			return s.notFound(what, key)
 		}
 		out = append([]byte(nil), d...)
 		return nil
@@ -267,16 +285,8 @@ func (s *Fake) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, er
 	return out, err
 }
 
-func (s *Fake) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
-	return s.do(ctx, OpTouchPack, id.String(), func() error {
-		if _, ok := s.packs[id]; !ok {
-			return s.notFound("touch pack", id.String())
-		}
-		s.touches[id]++
-		return nil
-	})
-}
-
+// PutManifest implements store.Store. It notes, for CheckIntegrity, a
+// manifest that does not decode or that names chunks the store lacks.
 func (s *Fake) PutManifest(ctx context.Context, key string, data []byte) error {
 	return s.do(ctx, OpPutManifest, key, func() error {
 		if m, err := manifest.Decode(data); err == nil {
@@ -304,19 +314,12 @@ func (s *Fake) PutManifest(ctx context.Context, key string, data []byte) error {
 	})
 }
 
+// GetManifest implements store.Store.
 func (s *Fake) GetManifest(ctx context.Context, key string) ([]byte, error) {
-	var out []byte
-	err := s.do(ctx, OpGetManifest, key, func() error {
-		d, ok := s.manifests[key]
-		if !ok {
-			return s.notFound("get manifest", key)
-		}
-		out = append([]byte(nil), d...)
-		return nil
-	})
-	return out, err
+	return lookup(ctx, s, OpGetManifest, "get manifest", s.manifests, key, key)
 }
 
+// ListManifests implements store.Store. Times are zero.
 func (s *Fake) ListManifests(ctx context.Context, prefix string) ([]store.ManifestInfo, error) {
 	var out []store.ManifestInfo
 	err := s.do(ctx, OpList, prefix, func() error {
@@ -331,6 +334,8 @@ func (s *Fake) ListManifests(ctx context.Context, prefix string) ([]store.Manife
 	return out, err
 }
 
+// ManifestVersions implements store.Store: a Fake keeps the latest
+// version only, "latest".
 func (s *Fake) ManifestVersions(ctx context.Context, key string) ([]store.Version, error) {
 	var out []store.Version
 	err := s.do(ctx, OpVersions, key, func() error {
@@ -343,19 +348,17 @@ func (s *Fake) ManifestVersions(ctx context.Context, key string) ([]store.Versio
 	return out, err
 }
 
+// GetManifestVersion implements store.Store. The one version a Fake
+// keeps is "latest".
 func (s *Fake) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
-	var out []byte
-	err := s.do(ctx, OpGetVersion, key, func() error {
-		d, ok := s.manifests[key]
-		if !ok || versionID != "latest" {
-			return s.notFound("get manifest version", key)
-		}
-		out = append([]byte(nil), d...)
-		return nil
-	})
-	return out, err
+	m := s.manifests
+	if versionID != "latest" {
+		m = nil // finds nothing
+	}
+	return lookup(ctx, s, OpGetVersion, "get manifest version", m, key, key)
 }
 
+// String implements store.Store: "fake:" and the name.
 func (s *Fake) String() string { return "fake:" + s.name }
 
 // Name is the name the store was made with.
@@ -376,27 +379,28 @@ func (s *Fake) FlipPackByte(id manifest.Fingerprint, off int) {
 	s.packs[id][off] ^= 0xff
 }
 
-// callLog returns the calls made so far.
+// CallLog returns the calls made so far.
 func (s *Fake) CallLog() []Call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Call(nil), s.calls...)
 }
 
-// numCalls returns how many calls were made so far.
+// NumCalls returns how many calls were made so far.
 func (s *Fake) NumCalls() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.calls)
 }
 
-// callsSince returns the calls made after the first n.
+// CallsSince returns the calls made after the first n.
 func (s *Fake) CallsSince(n int) []Call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Call(nil), s.calls[n:]...)
 }
 
+// HasChunk reports whether the chunk fp is stored.
 func (s *Fake) HasChunk(fp manifest.Fingerprint) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -404,32 +408,36 @@ func (s *Fake) HasChunk(fp manifest.Fingerprint) bool {
 	return ok
 }
 
+// DeleteChunk removes the chunk fp behind the store's back.
 func (s *Fake) DeleteChunk(fp manifest.Fingerprint) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.chunks, fp)
 }
 
+// ManifestAt returns the manifest stored under key, nil if none. The
+// caller must not change it.
 func (s *Fake) ManifestAt(key string) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.manifests[key]
 }
 
-// manifestPuts returns every manifest stored so far, in order.
+// ManifestPuts returns every manifest stored so far, in order.
 func (s *Fake) ManifestPuts() [][]byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([][]byte(nil), s.putLog...)
 }
 
+// TouchCount returns how many times the chunk or pack fp was touched.
 func (s *Fake) TouchCount(fp manifest.Fingerprint) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.touches[fp]
 }
 
-// checkIntegrity fails t if a manifest was stored before one of its chunks,
+// CheckIntegrity fails t if a manifest was stored before one of its chunks,
 // or a chunk was stored under the wrong fingerprint.
 func (s *Fake) CheckIntegrity(t testing.TB) {
 	t.Helper()
@@ -454,33 +462,41 @@ func CountOps(calls []Call, op string) int {
 	return n
 }
 
-// Clock is an injectable clock for UploaderOptions.Now.
+// Clock is a clock that moves only when told to (Advance), for code that
+// takes its time from a func() time.Time. Its zero value is not ready:
+// use NewClock.
 type Clock struct {
 	mu  sync.Mutex
 	now time.Time
 }
 
+// NewClock returns a Clock set to 12:00 UTC on 1 March 2031.
 func NewClock() *Clock {
 	return &Clock{now: time.Date(2031, 3, 1, 12, 0, 0, 0, time.UTC)}
 }
 
+// Now returns the clock's time.
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.now
 }
 
+// Advance moves the clock forward by d.
 func (c *Clock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
 }
 
-// Errors the fake stores are told to return.
+// PermanentErr returns a new permanent failure (403 AccessDenied), for a
+// Fake to be told to return (FailOn).
 func PermanentErr() error {
 	return &store.Error{Op: "fake put", Target: "fake", Status: 403, Code: "AccessDenied", Detail: "access denied", Kind: store.ErrPermanent}
 }
 
+// RetryableErr returns a new retryable failure (503 SlowDown), for a Fake
+// to be told to return.
 func RetryableErr() error {
 	return &store.Error{Op: "fake put", Target: "fake", Status: 503, Code: "SlowDown", Detail: "slow down", Retryable: true}
 }
