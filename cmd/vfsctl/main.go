@@ -18,7 +18,8 @@
 // Run "vfsctl COMMAND --help" for each command's options. Commands whose
 // output is data take --json. Progress bars appear only on a terminal.
 //
-// The configuration comes from --config or BOULE_CONFIG (see doc/CONFIG.md).
+// The configuration comes from --config, BOULE_CONFIG or, when that is unset
+// or empty, VERNEUIL_CONFIG (see doc/CONFIG.md).
 //
 // Exit codes: 0 success, 1 the operation failed, 2 bad usage or
 // configuration.
@@ -122,7 +123,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := &globals{stdin: os.Stdin, stdout: stdout, stderr: stderr}
 	fs := flag.NewFlagSet("vfsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&g.config, "config", "", "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG)")
+	fs.StringVar(&g.config, "config", "", "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG, else $VERNEUIL_CONFIG)")
 	fs.StringVar(&g.log, "log", "warn", "log level on stderr: debug, info, warn or error")
 	fs.Usage = func() { usage(fs) }
 	if err := fs.Parse(args); err != nil {
