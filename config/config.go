@@ -9,6 +9,12 @@ import (
 // configuration and hand its value to [Load].
 const EnvVar = "BOULE_CONFIG"
 
+// LegacyEnvVar is Verneuil's environment variable for the same
+// configuration. Entry points read it when [EnvVar] is unset or blank
+// (see [FromEnv]), so that Verneuil's users can move over without
+// renaming it.
+const LegacyEnvVar = "VERNEUIL_CONFIG"
+
 // DefaultMaxRequestsPerSecond is the rate of API calls per second
 // allowed to each replication target when
 // [Config.MaxRequestsPerSecond] is zero. It matches the rate that
@@ -40,8 +46,9 @@ type Config struct {
 	// default VFS.
 	MakeDefault bool
 
-	// Tempdir ("tempdir") is the absolute path of the directory for
-	// temporary files; "" means SQLite's default.
+	// Tempdir ("tempdir") is the directory for temporary files; ""
+	// means SQLite's default. A relative path is relative to the
+	// working directory: Validate makes it absolute.
 	Tempdir string
 
 	// ReplicationSpoolingDir ("replication_spooling_dir") is the
@@ -108,6 +115,12 @@ type Target struct {
 type S3Target struct {
 	// Region ("region", required) is the store's region, such as
 	// "us-east-1", or a name like "minio" for a custom endpoint.
+	// Without an Endpoint, a region that is not AWS's is read as
+	// Verneuil reads it: "name.domain" is region "name" at
+	// https://domain, a bare "name" is region "name" at https://name,
+	// and the few other providers' regions that Verneuil knows (such as
+	// "nyc3") are at their provider's endpoint. Validate rewrites Region
+	// and Endpoint to that meaning.
 	Region string `json:"region"`
 
 	// Endpoint ("endpoint", optional) overrides the store's URL. When
@@ -116,7 +129,9 @@ type S3Target struct {
 	Endpoint string `json:"endpoint,omitempty"`
 
 	// ChunkBucket ("chunk_bucket", required) is the name of the bucket
-	// for content-addressed chunks.
+	// for content-addressed chunks. Names that only S3's legacy rules
+	// allow (such as "verneuil_chunks") are valid; see
+	// [Config.Warnings].
 	ChunkBucket string `json:"chunk_bucket"`
 
 	// ManifestBucket ("manifest_bucket", required) is the name of the
@@ -165,6 +180,14 @@ type ReadOnlyTarget struct {
 	// subdirectories the directory is split into; 0 means a plain
 	// directory.
 	NumShards uint32 `json:"num_shards"`
+	// AppendInstanceID ("append_instance_id", default true) is
+	// Verneuil's: true reads the directory laid out as a "local"
+	// target with the same Directory writes it, false reads Directory
+	// as given. Boule's "local" caches are not per boot (Verneuil's
+	// are kept under Directory/<boot id>), so both read Directory
+	// itself. Nil means the default; MarshalJSON writes it only when
+	// it is set.
+	AppendInstanceID *bool `json:"append_instance_id,omitempty"`
 }
 
 // LoadingPolicy says how much of a snapshot is fetched before it is

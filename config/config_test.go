@@ -131,8 +131,8 @@ var validCases = []validCase{
 	},
 	{
 		name: "null optional keys in s3 target",
-		json: `{"replication_targets":[{"s3":{"region":"r","endpoint":null,"chunk_bucket":"abc","manifest_bucket":"def","domain_addressing":true,"create_buckets_on_demand":null}}]}`,
-		want: Config{ReplicationTargets: []Target{{S3: &S3Target{Region: "r", ChunkBucket: "abc", ManifestBucket: "def", DomainAddressing: true}}}},
+		json: `{"replication_targets":[{"s3":{"region":"us-west-2","endpoint":null,"chunk_bucket":"abc","manifest_bucket":"def","domain_addressing":true,"create_buckets_on_demand":null}}]}`,
+		want: Config{ReplicationTargets: []Target{{S3: &S3Target{Region: "us-west-2", ChunkBucket: "abc", ManifestBucket: "def", DomainAddressing: true}}}},
 	},
 	{
 		name: "empty target list",
@@ -166,6 +166,21 @@ var validCases = []validCase{
 	{name: "policy partial", json: `{"snapshot_loading_policy":{"partial":{"min":2,"max":64}}}`, want: Config{SnapshotLoadingPolicy: LoadingPolicy{Kind: "partial", Min: 2, Max: 64}}},
 	{name: "policy partial without bounds", json: `{"snapshot_loading_policy":{"partial":{}}}`, want: Config{SnapshotLoadingPolicy: LoadingPolicy{Kind: "partial"}}},
 	{name: "policy partial with null bound", json: `{"snapshot_loading_policy":{"partial":{"min":null,"max":3}}}`, want: Config{SnapshotLoadingPolicy: LoadingPolicy{Kind: "partial", Max: 3}}},
+	{
+		name: "read_only target with append_instance_id",
+		json: `{"replication_targets":[{"read_only":{"directory":"/seed","num_shards":2,"append_instance_id":false}}]}`,
+		want: Config{ReplicationTargets: []Target{{ReadOnly: &ReadOnlyTarget{Directory: "/seed", NumShards: 2, AppendInstanceID: new(bool)}}}},
+	},
+	{
+		name: "legacy bucket names",
+		json: `{"replication_targets":[{"s3":{"region":"us-east-1","chunk_bucket":"Verneuil_Chunks","manifest_bucket":"a..b-","domain_addressing":false}}]}`,
+		want: Config{ReplicationTargets: []Target{{S3: &S3Target{Region: "us-east-1", ChunkBucket: "Verneuil_Chunks", ManifestBucket: "a..b-"}}}},
+	},
+	{
+		name: "region shorthand",
+		json: `{"replication_targets":[{"s3":{"region":"minio.s3.example.com:9000","chunk_bucket":"c-1","manifest_bucket":"m-1","domain_addressing":false}}]}`,
+		want: Config{ReplicationTargets: []Target{{S3: &S3Target{Region: "minio", Endpoint: "https://s3.example.com:9000", ChunkBucket: "c-1", ManifestBucket: "m-1"}}}},
+	},
 	{name: "tiny rate", json: `{"max_requests_per_second":0.001}`, want: Config{MaxRequestsPerSecond: 0.001}},
 	{name: "escaped strings", json: `{"tempdir":"/tmp/caf\u00e9 \"x\""}`, want: Config{Tempdir: "/tmp/café \"x\""}},
 }
@@ -283,16 +298,22 @@ var invalidCases = []invalidCase{
 	{name: "s3 region with an underscore", json: s3(map[string]any{"region": "us_east_1"}), key: "replication_targets[0].s3.region", want: []string{"invalid region"}},
 	{name: "s3 region with an empty label", json: s3(map[string]any{"region": "a..b"}), key: "replication_targets[0].s3.region", want: []string{"invalid region"}},
 	{name: "s3 region label ends with a dash", json: s3(map[string]any{"region": "us-east-"}), key: "replication_targets[0].s3.region", want: []string{"invalid region"}},
-	{name: "s3 bucket two dots", json: s3(map[string]any{"chunk_bucket": "a..b"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{`must not contain ".."`}},
-	{name: "s3 bucket dot dash", json: s3(map[string]any{"chunk_bucket": "a.-b"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{`must not contain ".-"`}},
-	{name: "s3 bucket dash dot", json: s3(map[string]any{"manifest_bucket": "a-.b"}), key: "replication_targets[0].s3.manifest_bucket", want: []string{`must not contain "-."`}},
+	{name: "s3 region shorthand without a domain", json: s3(map[string]any{"region": "minio."}), key: "replication_targets[0].s3.region", want: []string{`invalid region "minio."`, `region "minio" at https://`, "must have a host"}},
+	{name: "s3 region shorthand with a bad port", json: s3(map[string]any{"region": "minio.localhost:99999"}), key: "replication_targets[0].s3.region", want: []string{`invalid region "minio.localhost:99999"`, `invalid port "99999"`}},
+	{name: "s3 region shorthand with a query", json: s3(map[string]any{"region": "minio.localhost/?token=TopSecret"}), key: "replication_targets[0].s3.region", want: []string{"must not have a query"}},
+	{name: "s3 region shorthand with user information", json: s3(map[string]any{"region": "minio.key:secret@localhost"}), key: "replication_targets[0].s3.region", want: []string{"must not contain user information"}},
+	{name: "s3 region shorthand with a bad name", json: s3(map[string]any{"region": "mi_nio.localhost"}), key: "replication_targets[0].s3.region", want: []string{`"mi_nio" is not a region name`}},
+	{name: "s3 region shorthand with a bad host", json: s3(map[string]any{"region": "minio.local_host"}), key: "replication_targets[0].s3.region", want: []string{`"local_host" is not a host name`}},
 	{name: "s3 bucket IP address", json: s3(map[string]any{"chunk_bucket": "192.168.5.4"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"IP address"}},
-	{name: "s3 bucket uppercase", json: s3(map[string]any{"chunk_bucket": "Chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{`invalid S3 bucket name "Chunks"`}},
+	{name: "s3 bucket shaped like an IP address", json: s3(map[string]any{"chunk_bucket": "999.01.0.0"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"IP address"}},
 	{name: "s3 bucket too short", json: s3(map[string]any{"manifest_bucket": "ab"}), key: "replication_targets[0].s3.manifest_bucket", want: []string{"3 to 63 characters"}},
-	{name: "s3 bucket too long", json: s3(map[string]any{"manifest_bucket": strings.Repeat("a", 64)}), key: "replication_targets[0].s3.manifest_bucket", want: []string{"3 to 63 characters"}},
-	{name: "s3 bucket leading dash", json: s3(map[string]any{"chunk_bucket": "-chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"start and end"}},
-	{name: "s3 bucket trailing dot", json: s3(map[string]any{"chunk_bucket": "chunks."}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"start and end"}},
-	{name: "s3 bucket underscore", json: s3(map[string]any{"chunk_bucket": "my_chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"only lowercase letters"}},
+	{name: "s3 bucket too long even for legacy rules", json: s3(map[string]any{"manifest_bucket": strings.Repeat("a", 256)}), key: "replication_targets[0].s3.manifest_bucket", want: []string{"3 to 63 characters long (255 for legacy names)"}},
+	{name: "s3 bucket leading dash", json: s3(map[string]any{"chunk_bucket": "-chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"must start with a letter or digit"}},
+	{name: "s3 bucket leading underscore", json: s3(map[string]any{"chunk_bucket": "_chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"must start with a letter or digit"}},
+	{name: "s3 bucket leading dot", json: s3(map[string]any{"chunk_bucket": ".chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"must start with a letter or digit"}},
+	{name: "s3 bucket colon", json: s3(map[string]any{"chunk_bucket": "my:chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"only lowercase letters"}},
+	{name: "s3 bucket slash", json: s3(map[string]any{"chunk_bucket": "my/chunks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"only lowercase letters"}},
+	{name: "s3 bucket non-ASCII", json: s3(map[string]any{"chunk_bucket": "chünks"}), key: "replication_targets[0].s3.chunk_bucket", want: []string{"only lowercase letters"}},
 
 	// Directory targets.
 	{name: "dir missing path", json: `{"replication_targets":[{"dir":{}}]}`, key: "replication_targets[0].dir", want: []string{`replication_targets[0].dir: missing required key "path"`}},
@@ -324,7 +345,7 @@ var invalidCases = []invalidCase{
 	// Top-level values.
 	{name: "make_default string", json: `{"make_default":"true"}`, key: "make_default", want: []string{"config: make_default: expected a boolean, got string"}},
 	{name: "tempdir number", json: `{"tempdir":5}`, key: "tempdir", want: []string{"tempdir: expected a string, got number"}},
-	{name: "tempdir relative", json: `{"tempdir":"tmp"}`, key: "tempdir", want: []string{"tempdir: must be an absolute path"}},
+	{name: "tempdir relative with NUL", json: `{"tempdir":"t\u0000mp"}`, key: "tempdir", want: []string{"tempdir: must not contain a NUL byte"}},
 	{name: "spooling dir boolean", json: `{"replication_spooling_dir":false}`, key: "replication_spooling_dir", want: []string{"replication_spooling_dir: expected a string, got boolean"}},
 	{name: "spooling dir relative", json: `{"replication_spooling_dir":"spool"}`, key: "replication_spooling_dir", want: []string{"must be an absolute path"}},
 	{name: "spooling dir with NUL", json: `{"replication_spooling_dir":"/sp\u0000ol"}`, key: "replication_spooling_dir", want: []string{"NUL"}},
@@ -489,6 +510,28 @@ func TestEndpointErrorsHideSecrets(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(s3(map[string]any{"endpoint": tc.endpoint})))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse()=%v, want an error containing %q", err, tc.want)
+			}
+			for _, secret := range []string{"topsecret", "akiauser", "%zz"} {
+				if strings.Contains(strings.ToLower(err.Error()), secret) {
+					t.Errorf("Parse()=%v: the message contains %q", err, secret)
+				}
+			}
+		})
+	}
+	// A region without an endpoint stands for one (region.domain), and
+	// is quoted the same way.
+	for _, tc := range []struct {
+		name, region, want string
+	}{
+		{"region shorthand with user information", "minio.AKIAUSER:TopSecret@host", `invalid region "minio.REDACTED@host"`},
+		{"region shorthand with a query", "minio.host/?token=TopSecret", `invalid region "minio.host/?token=REDACTED"`},
+		{"region shorthand with a bad escape", "minio.AKIAUSER:TopSecret%zz@host", `invalid region "minio.REDACTED@host"`},
+		{"user information before the first dot", "AKIAUSER:TopSecret@host.example", `invalid region "REDACTED@host.example"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(s3(map[string]any{"region": tc.region})))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Parse()=%v, want an error containing %q", err, tc.want)
 			}

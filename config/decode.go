@@ -263,7 +263,7 @@ func decodeReadOnly(raw json.RawMessage, path string) (*ReadOnlyTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := o.allow("directory", "num_shards"); err != nil {
+	if err := o.allow("directory", "num_shards", "append_instance_id"); err != nil {
 		return nil, err
 	}
 	var t ReadOnlyTarget
@@ -275,6 +275,13 @@ func decodeReadOnly(raw json.RawMessage, path string) (*ReadOnlyTarget, error) {
 		return nil, err
 	}
 	t.NumShards = uint32(shards)
+	if _, set, _ := o.get("append_instance_id", false); set {
+		v, err := o.boolean("append_instance_id", false)
+		if err != nil {
+			return nil, err
+		}
+		t.AppendInstanceID = &v
+	}
 	return &t, nil
 }
 

@@ -3,9 +3,13 @@
 // The configuration is a JSON object that uses the same key names as
 // Verneuil's, so a Verneuil configuration file can be handed to Boule
 // unchanged. Entry points read it from the environment variable named
-// by [EnvVar] (BOULE_CONFIG) and pass the value to [Load]; this package
-// never reads the environment itself. The value is either the JSON
-// document itself or "@" followed by the path of a file that holds it.
+// by [EnvVar] (BOULE_CONFIG), or Verneuil's [LegacyEnvVar]
+// (VERNEUIL_CONFIG) when that is unset, through [FromEnv], and pass the
+// value to [Load]; this package never reads the environment itself. The
+// value is either the JSON document itself or "@" followed by the path
+// of a file that holds it. Values that are valid but likely to fail,
+// such as S3 bucket names only S3's legacy rules allow, are reported by
+// [Config.Warnings] for the entry points to log.
 //
 // Parsing is strict: unknown keys, duplicate keys, values of the wrong
 // JSON type, fractional or negative numbers where an integer is wanted,

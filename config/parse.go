@@ -32,7 +32,8 @@ var topKeys = []string{
 // in messages.
 var targetKinds = []string{kindS3, kindDir, kindLocal, kindReadOnly}
 
-// Load parses value, the value of the [EnvVar] environment variable.
+// Load parses value, the value of the [EnvVar] environment variable (as
+// [FromEnv] returns it).
 //
 // An empty or all-whitespace value yields the zero Config and a nil
 // error, so that setting the variable to "" is the same as unsetting

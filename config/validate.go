@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -15,8 +14,8 @@ import (
 // express, and returns an [*Error] naming the first field that breaks
 // one:
 //
-//   - Tempdir and ReplicationSpoolingDir, when set, are absolute paths
-//     without NUL bytes;
+//   - Tempdir and ReplicationSpoolingDir, when set, are paths without
+//     NUL bytes, and ReplicationSpoolingDir is absolute;
 //   - ReplicationSpoolingDirPermissions is at most 0o7777;
 //   - each target has exactly one kind, and its fields are valid (see
 //     the documentation of each target type);
@@ -24,12 +23,21 @@ import (
 //     unless Kind is "partial";
 //   - MaxRequestsPerSecond is zero, or positive and finite.
 //
-// Validate also normalizes c in place: it cleans the Path of each
-// DirTarget with filepath.Clean, replacing the DirTarget pointer
-// rather than writing through it. [Parse] calls Validate; call it
-// directly for a Config built in code.
+// Validate also normalizes c in place:
+//
+//   - a relative Tempdir is made absolute against the working
+//     directory, as Verneuil reads it relative to the working directory;
+//   - the Path of each DirTarget is cleaned with filepath.Clean;
+//   - an S3Target without an Endpoint whose Region is not AWS's gets the
+//     Region and Endpoint that Verneuil reads in it (see
+//     [S3Target.Region]).
+//
+// It replaces target pointers rather than writing through them. [Parse]
+// calls Validate; call it directly for a Config built in code. Names
+// that are valid but that most stores refuse are reported by
+// [Config.Warnings], not by Validate.
 func (c *Config) Validate() error {
-	if err := checkPath("tempdir", c.Tempdir, false); err != nil {
+	if err := c.validateTempdir(); err != nil {
 		return err
 	}
 	if err := checkPath("replication_spooling_dir", c.ReplicationSpoolingDir, false); err != nil {
@@ -58,14 +66,36 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// validate checks t, whose path is path, and cleans a DirTarget's Path.
+// validateTempdir checks Tempdir and makes a relative one absolute.
+func (c *Config) validateTempdir() error {
+	const key = "tempdir"
+	if c.Tempdir == "" || filepath.IsAbs(c.Tempdir) {
+		return checkPath(key, c.Tempdir, false)
+	}
+	if strings.ContainsRune(c.Tempdir, 0) {
+		return &Error{Key: key, Msg: "must not contain a NUL byte"}
+	}
+	abs, err := filepath.Abs(c.Tempdir)
+	if err != nil {
+		return &Error{Key: key, Msg: fmt.Sprintf(
+			"relative path %q: cannot find the working directory it is relative to: %v", c.Tempdir, err)}
+	}
+	c.Tempdir = abs
+	return nil
+}
+
+// validate checks t, whose path is path, and normalizes it.
 func (t *Target) validate(path string) error {
 	if kinds := t.kinds(); len(kinds) != 1 {
 		return &Error{Key: path, Msg: kindCountMessage(kinds)}
 	}
 	switch {
 	case t.S3 != nil:
-		return t.S3.validate(joinKey(path, kindS3))
+		s3, err := t.S3.validate(joinKey(path, kindS3))
+		if err != nil {
+			return err
+		}
+		t.S3 = s3
 	case t.Dir != nil:
 		p := joinKey(path, kindDir)
 		if err := checkPath(joinKey(p, "path"), t.Dir.Path, true); err != nil {
@@ -96,27 +126,40 @@ func (t *Target) validate(path string) error {
 	return nil
 }
 
-// validate checks an S3 target whose path is path.
-func (t *S3Target) validate(path string) error {
+// validate checks an S3 target whose path is path. It returns t, or a
+// copy of t with the region and endpoint that a Region without an
+// Endpoint stands for (see resolveRegion).
+func (t *S3Target) validate(path string) (*S3Target, error) {
 	if t.Region == "" {
-		return &Error{Key: joinKey(path, "region"), Msg: "must not be empty"}
+		return nil, &Error{Key: joinKey(path, "region"), Msg: "must not be empty"}
 	}
-	if !validRegion(t.Region) {
-		return &Error{Key: joinKey(path, "region"), Msg: fmt.Sprintf(
-			"invalid region %q: want labels of letters, digits and '-' separated by '.', such as \"us-east-1\"", t.Region)}
-	}
+	out := t
 	if t.Endpoint != "" {
+		if !validRegion(t.Region) {
+			return nil, &Error{Key: joinKey(path, "region"), Msg: fmt.Sprintf(
+				"invalid region %q: want labels of letters, digits and '-' separated by '.', such as \"us-east-1\"", t.Region)}
+		}
 		if msg := checkEndpoint(t.Endpoint); msg != "" {
-			return &Error{Key: joinKey(path, "endpoint"), Msg: msg}
+			return nil, &Error{Key: joinKey(path, "endpoint"), Msg: msg}
+		}
+	} else {
+		region, endpoint, msg := resolveRegion(t.Region)
+		if msg != "" {
+			return nil, &Error{Key: joinKey(path, "region"), Msg: msg}
+		}
+		if region != t.Region || endpoint != "" {
+			c := *t
+			c.Region, c.Endpoint = region, endpoint
+			out = &c
 		}
 	}
 	if msg := checkBucket(t.ChunkBucket); msg != "" {
-		return &Error{Key: joinKey(path, "chunk_bucket"), Msg: msg}
+		return nil, &Error{Key: joinKey(path, "chunk_bucket"), Msg: msg}
 	}
 	if msg := checkBucket(t.ManifestBucket); msg != "" {
-		return &Error{Key: joinKey(path, "manifest_bucket"), Msg: msg}
+		return nil, &Error{Key: joinKey(path, "manifest_bucket"), Msg: msg}
 	}
-	return nil
+	return out, nil
 }
 
 // validate checks a loading policy whose path is path.
@@ -258,31 +301,86 @@ func validRegion(region string) bool {
 	return true
 }
 
-// checkBucket returns why name is not a valid S3 bucket name, or "":
-// 3 to 63 characters, lowercase letters, digits, '.' and '-', starting
-// and ending with a letter or digit, with no '.' next to another '.' or a
-// '-', and not an IP address (S3 and MinIO refuse those).
+// Bucket name lengths: today's rules, and the legacy rules of US East
+// (N. Virginia) before March 2018.
+const (
+	maxBucketName       = 63
+	maxLegacyBucketName = 255
+)
+
+// checkBucket returns why no S3 store accepts name as a bucket name, or
+// "". Such names break even the legacy rules under which US East (N.
+// Virginia) created buckets until March 2018, which AWS still serves:
+// 3 to 255 characters, of ASCII letters, digits, '.', '-' and '_',
+// starting with a letter or digit, and not shaped like an IPv4 address
+// (which S3, legacy or not, and MinIO refuse).
 func checkBucket(name string) string {
-	if n := len(name); n < 3 || n > 63 {
-		return fmt.Sprintf("invalid S3 bucket name %q: must be 3 to 63 characters long", name)
+	if n := len(name); n < 3 || n > maxLegacyBucketName {
+		return fmt.Sprintf("invalid S3 bucket name %q: must be 3 to 63 characters long (255 for legacy names)", name)
 	}
 	for i := 0; i < len(name); i++ {
-		if b := name[i]; !isLowerAlnum(b) && b != '.' && b != '-' {
-			return fmt.Sprintf("invalid S3 bucket name %q: only lowercase letters, digits, '.' and '-' are allowed", name)
+		if b := name[i]; !isAlnum(b) && b != '.' && b != '-' && b != '_' {
+			return fmt.Sprintf("invalid S3 bucket name %q: only lowercase letters, digits, '.' and '-' are allowed (and, in legacy names, uppercase letters and '_')", name)
 		}
 	}
-	if !isLowerAlnum(name[0]) || !isLowerAlnum(name[len(name)-1]) {
-		return fmt.Sprintf("invalid S3 bucket name %q: must start and end with a lowercase letter or digit", name)
+	if !isAlnum(name[0]) {
+		return fmt.Sprintf("invalid S3 bucket name %q: must start with a letter or digit", name)
 	}
-	for _, bad := range []string{"..", ".-", "-."} {
-		if strings.Contains(name, bad) {
-			return fmt.Sprintf("invalid S3 bucket name %q: must not contain %q", name, bad)
-		}
-	}
-	if net.ParseIP(name) != nil {
+	if ipShaped(name) {
 		return fmt.Sprintf("invalid S3 bucket name %q: must not be an IP address", name)
 	}
 	return ""
+}
+
+// legacyBucket returns how name, which checkBucket accepts, breaks
+// today's rules for bucket names, or "" if it follows them: 3 to 63
+// characters, of lowercase letters, digits, '.' and '-', starting and
+// ending with a letter or digit, with no '.' next to another '.' or a '-'.
+func legacyBucket(name string) string {
+	var why []string
+	if len(name) > maxBucketName {
+		why = append(why, fmt.Sprintf("%d characters", len(name)))
+	}
+	var upper, under bool
+	for i := 0; i < len(name); i++ {
+		upper = upper || name[i] >= 'A' && name[i] <= 'Z'
+		under = under || name[i] == '_'
+	}
+	if upper {
+		why = append(why, "uppercase letters")
+	}
+	if under {
+		why = append(why, "'_'")
+	}
+	if last := name[len(name)-1]; last == '.' || last == '-' {
+		why = append(why, fmt.Sprintf("a final %q", last))
+	}
+	for _, bad := range []string{"..", ".-", "-."} {
+		if strings.Contains(name, bad) {
+			why = append(why, fmt.Sprintf("%q", bad))
+		}
+	}
+	return strings.Join(why, ", ")
+}
+
+// ipShaped reports whether name is four dot-separated runs of digits,
+// like an IPv4 address.
+func ipShaped(name string) bool {
+	labels := strings.Split(name, ".")
+	if len(labels) != 4 {
+		return false
+	}
+	for _, l := range labels {
+		if l == "" || strings.Trim(l, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// isAlnum reports whether b is an ASCII letter or digit.
+func isAlnum(b byte) bool {
+	return isLowerAlnum(b) || b >= 'A' && b <= 'Z'
 }
 
 // isLowerAlnum reports whether b is an ASCII lowercase letter or digit.

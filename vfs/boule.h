@@ -74,7 +74,8 @@ extern "C" {
 ** replicas), neither as SQLite's default unless the configuration sets
 ** make_default. json is the configuration as JSON, or
 ** "@/path/to/file.json", or NULL to read the BOULE_CONFIG environment
-** variable; an empty configuration (NULL with BOULE_CONFIG unset)
+** variable (or Verneuil's VERNEUIL_CONFIG when BOULE_CONFIG is unset or
+** empty, with a warning); an empty configuration (NULL with neither set)
 ** registers boule without replication, and logs a warning saying so. BOULE_LOG is read at each call, and
 ** a bad level fails it. Safe to call again: a later call applies to
 ** databases opened afterwards. A configuration that does not parse or

@@ -32,7 +32,7 @@ func bouleGoExtInit(pzErr **C.char) (rc C.int) {
 	if err != nil {
 		return fail(err)
 	}
-	src := os.Getenv(config.EnvVar)
+	src := config.FromEnv(os.LookupEnv, log)
 	cfg, err := config.Load(src)
 	if err != nil {
 		return fail(err)

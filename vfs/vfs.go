@@ -67,6 +67,9 @@ func Register(cfg Config) error {
 		// configured nothing.
 		log = slog.Default()
 	}
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
+	}
 	regMu.Lock()
 	defer regMu.Unlock()
 	rt := &runtime{cfg: cfg, log: log}
@@ -138,9 +141,11 @@ func closeUploader(up *upload.Uploader) {
 
 // RegisterFromEnv registers the VFS with the configuration in the
 // BOULE_CONFIG environment variable: the JSON itself, or "@/path/to.json".
-// An unset or empty variable registers boule without replication.
+// When BOULE_CONFIG is unset or empty, Verneuil's VERNEUIL_CONFIG is read
+// instead (see config.FromEnv). When neither is set, boule is registered
+// without replication.
 func RegisterFromEnv() error {
-	cfg, err := config.Load(os.Getenv(config.EnvVar))
+	cfg, err := config.Load(config.FromEnv(os.LookupEnv, nil))
 	if err != nil {
 		return err
 	}

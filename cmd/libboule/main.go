@@ -39,24 +39,29 @@ func guard(errmsg **C.char, rc *C.int) {
 }
 
 // boule_configure registers the boule and boule_snapshot VFSes from a JSON
-// configuration, or from "@/path/to/file.json", or from BOULE_CONFIG when
-// json is NULL. Logs go to standard error at the level BOULE_LOG sets.
+// configuration, or from "@/path/to/file.json", or, when json is NULL,
+// from BOULE_CONFIG (or Verneuil's VERNEUIL_CONFIG when BOULE_CONFIG is
+// unset or empty). Logs go to standard error at the level BOULE_LOG sets.
 //
 //export boule_configure
 func boule_configure(js *C.char, errmsg **C.char) (rc C.int) {
 	defer guard(errmsg, &rc)
-	src := os.Getenv(config.EnvVar)
+	log, err := vfs.StderrLogger()
+	if err != nil {
+		return fail(errmsg, err)
+	}
+	var src string
 	if js != nil {
 		src = C.GoString(js)
+	} else {
+		src = config.FromEnv(os.LookupEnv, log)
 	}
 	cfg, err := config.Load(src)
 	if err != nil {
 		return fail(errmsg, err)
 	}
 	if cfg.Logger == nil {
-		if cfg.Logger, err = vfs.StderrLogger(); err != nil {
-			return fail(errmsg, err)
-		}
+		cfg.Logger = log
 	}
 	if err := vfs.Register(cfg); err != nil {
 		return fail(errmsg, err)

@@ -22,7 +22,8 @@
 // --help" for each command's options. Commands whose output is data take
 // --json. Progress bars appear only on a terminal.
 //
-// The configuration comes from --config or BOULE_CONFIG (see doc/CONFIG.md).
+// The configuration comes from --config, BOULE_CONFIG or, when that is unset
+// or empty, VERNEUIL_CONFIG (see doc/CONFIG.md).
 //
 // Exit codes: 0 success, 1 the operation failed, 2 bad usage or
 // configuration.

@@ -95,7 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := &globals{stdin: os.Stdin, stdout: stdout, stderr: stderr}
 	fs := flag.NewFlagSet("vfsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&g.config, "config", "", "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG)")
+	fs.StringVar(&g.config, "config", "", "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG, else $VERNEUIL_CONFIG)")
 	fs.StringVar(&g.log, "log", "warn", "log level on stderr: debug, info, warn or error")
 	fs.Usage = func() { usage(fs) }
 	if err := fs.Parse(args); err != nil {

@@ -17,17 +17,20 @@ import (
 	"github.com/boule-vfs/boule/upload"
 )
 
-// loadConfig reads --config, else BOULE_CONFIG.
+// loadConfig reads --config, else BOULE_CONFIG, else VERNEUIL_CONFIG.
 func loadConfig(g *globals) (config.Config, error) {
 	src := g.config
 	if src == "" {
-		src = os.Getenv(config.EnvVar)
+		src = config.FromEnv(os.LookupEnv, g.logger)
 	}
 	cfg, err := config.Load(src)
 	if err != nil {
 		return cfg, usageError{err.Error()}
 	}
 	cfg.Logger = g.logger
+	for _, w := range cfg.Warnings() {
+		g.logger.Warn(w)
+	}
 	return cfg, nil
 }
 

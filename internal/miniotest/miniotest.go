@@ -52,6 +52,7 @@ type Server struct {
 	certsDir  string
 	ownedDirs []string // removed by Close, for servers from Launch
 	logPath   string
+	anyRegion bool // no MINIO_REGION: requests signed for any region pass
 	mu        sync.Mutex
 	cmd       *exec.Cmd
 	exited    chan struct{}
@@ -97,12 +98,25 @@ func isExecutable(p string) bool {
 // environment variable is "true".
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return start(t, false)
+}
+
+// StartAnyRegion starts a server as Start does, but without a configured
+// region, as MinIO runs with its defaults (and as Verneuil's tests run
+// it): it then accepts requests signed for any region, such as "minio".
+func StartAnyRegion(t testing.TB) *Server {
+	t.Helper()
+	return start(t, true)
+}
+
+func start(t testing.TB, anyRegion bool) *Server {
+	t.Helper()
 	bin := Binary()
 	if bin == "" {
 		SkipOrFail(t)
 	}
 	tmp := t.TempDir()
-	s, err := launch(bin, filepath.Join(tmp, "data"), filepath.Join(tmp, "certs"), filepath.Join(tmp, "minio.log"))
+	s, err := launch(bin, filepath.Join(tmp, "data"), filepath.Join(tmp, "certs"), filepath.Join(tmp, "minio.log"), anyRegion)
 	if err != nil {
 		t.Fatalf("miniotest: %v", err)
 	}
@@ -133,7 +147,7 @@ func Launch() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := launch(bin, filepath.Join(tmp, "data"), filepath.Join(tmp, "certs"), filepath.Join(tmp, "minio.log"))
+	s, err := launch(bin, filepath.Join(tmp, "data"), filepath.Join(tmp, "certs"), filepath.Join(tmp, "minio.log"), false)
 	if err != nil {
 		os.RemoveAll(tmp)
 		return nil, err
@@ -150,7 +164,7 @@ func (s *Server) Close() {
 	}
 }
 
-func launch(bin, dataDir, certsDir, logPath string) (*Server, error) {
+func launch(bin, dataDir, certsDir, logPath string, anyRegion bool) (*Server, error) {
 	for _, d := range []string{dataDir, certsDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -163,6 +177,7 @@ func launch(bin, dataDir, certsDir, logPath string) (*Server, error) {
 		bin:       bin,
 		certsDir:  certsDir,
 		logPath:   logPath,
+		anyRegion: anyRegion,
 	}
 	var err error
 	for range 5 { // ports picked by the kernel may be taken meanwhile
@@ -225,8 +240,10 @@ func (s *Server) startProcess() error {
 		"MINIO_ROOT_PASSWORD="+s.SecretKey,
 		"MINIO_BROWSER=off",
 		"MINIO_UPDATE=off",
-		"MINIO_REGION="+Region,
 	)
+	if !s.anyRegion {
+		cmd.Env = append(cmd.Env, "MINIO_REGION="+Region)
+	}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = sysProcAttr()
