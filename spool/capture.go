@@ -17,6 +17,13 @@ const DefaultCaptureMemory = 64 << 20
 // the commits it captured before this one, before it rebuilds instead.
 const captureWait = 5 * time.Second
 
+// A FullSource can also give the whole file, for builds that validate
+// every staged snapshot (Options.Validate).
+type FullSource interface {
+	Source
+	FullImage() ([]byte, error)
+}
+
 // A Capture is what one committed transaction changed, copied at its
 // commit while SQLite's SHARED lock kept writers out: the chunks its
 // snapshot needs, with the file's state after the commit. A persister
@@ -27,6 +34,7 @@ type Capture struct {
 	post   fileState      // the file after the commit
 	chunks map[int][]byte // the chunks a snapshot reads, as they were after the commit
 	bytes  int64
+	full   []byte // the whole file after the commit, when validating
 }
 
 // budget bounds the bytes of the captures waiting for persisters. A
@@ -87,6 +95,18 @@ func (d *DB) Capture(src Source, ch Change) error {
 			return d.Snapshot(src, ch)
 		}
 	}
+	// The first commit of this process snapshots synchronously, to learn
+	// what the staged snapshot is; a commit that follows a write by a
+	// program that does not use boule rebuilds now, under the lock,
+	// rather than let the persister find out. After another process's
+	// commits (expect is of an older generation), the persister checks
+	// that the capture follows the snapshot they staged.
+	d.qmu.Lock()
+	e := d.expect
+	d.qmu.Unlock()
+	if !e.ok || (e.gen == c.load(ctlCommitted) && !e.matches(ch)) {
+		return d.Snapshot(src, ch)
+	}
 	f, err := d.inspect(src)
 	if err != nil {
 		// WAL mode, a hot journal, a failure: the snapshot records it.
@@ -109,6 +129,7 @@ func (d *DB) Capture(src Source, ch Change) error {
 	c.store(ctlCommitted, gen)
 	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
 	c.store(ctlTxn, 0)
+	d.expect = expectFile(f, gen)
 	d.qmu.Unlock()
 
 	d.s.budget.acquire(need)
@@ -121,6 +142,9 @@ func (d *DB) Capture(src Source, ch Change) error {
 			return d.Snapshot(src, ch)
 		}
 		cp.chunks[i] = b
+	}
+	if fs, ok := src.(FullSource); ok && d.s.opts.Validate != nil {
+		cp.full, _ = fs.FullImage()
 	}
 	d.qmu.Lock()
 	d.queue = append(d.queue, cp)

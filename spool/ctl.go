@@ -77,6 +77,10 @@ const (
 	stateRebuild = 'R'
 )
 
+// CtlSinceFromTxn is where the since word is, in words from the txn word:
+// the VFS sets it through the address of the txn word (BOULE_CTL_SINCE_FROM_TXN).
+const CtlSinceFromTxn = (ctlSince - ctlTxn) / 8
+
 // ctl is a mapped control block.
 type ctl struct {
 	mem []byte
@@ -118,14 +122,15 @@ func (c *ctl) setState(state uint64, err error) {
 	c.store(ctlState, state)
 }
 
-// openCtl maps the control block at p, creating it when it does not exist.
-// The file is only ever created whole (written in tmp, then linked into
-// place), so that no process maps a half-made one.
-func openCtl(p, tmp string) (*ctl, error) {
+// openCtl maps the control block at p, creating it when it does not exist
+// with the database's mode db (ctlMode). The file is only ever created
+// whole (written in tmp, then linked into place), so that no process maps
+// a half-made one.
+func openCtl(p, tmp string, db fs.FileMode) (*ctl, error) {
 	for range 2 {
 		f, err := os.OpenFile(p, os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 		if errors.Is(err, fs.ErrNotExist) {
-			if err := createCtl(p, tmp); err != nil {
+			if err := createCtl(p, tmp, ctlMode(db)); err != nil {
 				return nil, err
 			}
 			continue
@@ -140,14 +145,20 @@ func openCtl(p, tmp string) (*ctl, error) {
 	return nil, fmt.Errorf("spool: open txn marker %s: %w", p, fs.ErrNotExist)
 }
 
-func createCtl(p, tmp string) error {
+// ctlMode is the mode of the control block of a database whose mode is db:
+// it holds the last error of a snapshot, which may quote the database, so
+// it is no more readable than the database; its owner (and those who may
+// write the database) map it read-write.
+func ctlMode(db fs.FileMode) fs.FileMode { return 0o600 | db&0o066 }
+
+func createCtl(p, tmp string, mode fs.FileMode) error {
 	b := make([]byte, ctlSize)
 	copy(b, ctlMagic)
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return fmt.Errorf("spool: create %s: %w", tmp, pathless(err))
 	}
 	t := fmt.Sprintf("%s/ctl.%s", tmp, uniqueName())
-	if err := os.WriteFile(t, b, 0o644); err != nil {
+	if err := writeFileMode(t, b, mode); err != nil {
 		_ = os.Remove(t)
 		return fmt.Errorf("spool: create txn marker %s: %w", p, pathless(err))
 	}
@@ -271,4 +282,21 @@ func ownerAlive(id uint64) bool {
 		return true
 	}
 	return uint32(start) == uint32(id)
+}
+
+// writeFileMode writes a new file at p with exactly mode, whatever the
+// umask.
+func writeFileMode(p string, b []byte, mode fs.FileMode) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, mode)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -101,6 +101,31 @@ type DB struct {
 	queue      []*Capture
 	persisting bool
 	staged     *sync.Cond
+	// expect is the file as the last capture or snapshot of this process
+	// left it, at generation expect.gen: a transaction whose state before
+	// it differs was preceded by a write outside boule. Under qmu.
+	expect expectation
+	// lastFile is the file as the last snapshot staged or found it
+	// (under mu).
+	lastFile fileState
+}
+
+// expectation is what a transaction's state before it must be for its
+// capture to follow the staged snapshot.
+type expectation struct {
+	ok      bool
+	gen     uint64
+	version [16]byte
+	size    int64
+	ctime   time.Time
+}
+
+func (e expectation) matches(ch Change) bool {
+	return ch.PreOK && e.version == versionID(ch.PreHeader) && e.size == ch.PreSize && e.ctime.Equal(ch.PreCtime)
+}
+
+func expectFile(f fileState, gen uint64) expectation {
+	return expectation{ok: true, gen: gen, version: versionID(f.hdr), size: f.size, ctime: f.ctime}
 }
 
 // cached is the staged manifest as last read or written, with what
@@ -164,11 +189,22 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 func (d *DB) snapshotLocked(src Source, ch Change) error {
 	d.stagedNow = d.stagedNow[:0]
 	c, _ := d.ctlLocked()
-	published, err := d.snapshot(src, ch)
+	var gen uint64
+	var settled bool
+	published, err := d.snapshot(src, ch, func(f fileState) {
+		gen, settled = d.settle(c, ch.Wrote), true
+		d.qmu.Lock()
+		d.expect = expectFile(f, gen)
+		d.qmu.Unlock()
+	})
 	log := d.s.log
 	switch {
 	case err == nil:
-		d.settle(c, ch.Wrote)
+		if fs, ok := src.(FullSource); ok && settled && d.s.opts.Validate != nil && c != nil {
+			if img, err := fs.FullImage(); err == nil {
+				d.s.opts.Validate(d, gen, img)
+			}
+		}
 		if published {
 			d.stats.Snapshots++
 			d.stats.LastSnapshot = time.Now()
@@ -194,8 +230,10 @@ func (d *DB) snapshotLocked(src Source, ch Change) error {
 				logKeyDB, d.path)
 		}
 	case errors.Is(err, ErrHotJournal):
-		// The transaction did not commit; the marker's txn word stays
-		// set, so the next transaction rebuilds.
+		// A crashed writer's transaction, to be rolled back: the staged
+		// snapshot cannot be trusted to follow it incrementally, so the
+		// next transaction rebuilds.
+		d.markState(c, stateRebuild, nil)
 	default:
 		d.stats.Failures++
 		d.stats.LastError = err.Error()
@@ -212,11 +250,11 @@ func (d *DB) snapshotLocked(src Source, ch Change) error {
 // settle records in the marker that the staged snapshot, just written
 // from the file under SHARED, holds every commit so far: a commit of this
 // process (wrote) takes a new generation.
-func (d *DB) settle(c *ctl, wrote bool) {
+func (d *DB) settle(c *ctl, wrote bool) (gen uint64) {
 	if c == nil {
-		return
+		return 0
 	}
-	gen := c.load(ctlCommitted)
+	gen = c.load(ctlCommitted)
 	if wrote {
 		gen = max(gen, c.load(ctlPersisted)) + 1
 		c.store(ctlOwner, self())
@@ -228,13 +266,14 @@ func (d *DB) settle(c *ctl, wrote bool) {
 	c.store(ctlTxn, 0)
 	c.store(ctlSince, 0)
 	d.signalStaged()
+	return gen
 }
 
 // markState records in the marker that the last snapshot failed (with its
 // error) or found the database in WAL mode: the next transaction rebuilds.
 // The transaction that wrote is over: its txn word is cleared.
 func (d *DB) markState(c *ctl, state uint64, cause error) {
-	if c == nil || d.s.fault("write", d.MarkerPath()) != nil {
+	if c == nil {
 		return
 	}
 	c.setState(state, cause)
@@ -245,12 +284,12 @@ func (d *DB) markState(c *ctl, state uint64, cause error) {
 // classifies the change (nothing to do, an incremental update, or a
 // rebuild), plans which chunks to read, reads and stages them, and
 // commits the new manifest.
-func (d *DB) snapshot(src Source, ch Change) (published bool, err error) {
+func (d *DB) snapshot(src Source, ch Change, onStaged func(f fileState)) (published bool, err error) {
 	f, err := d.inspect(src)
 	if err != nil {
 		return false, err
 	}
-	return d.stageFile(src, ch, f, false)
+	return d.stageFile(src, ch, f, false, onStaged)
 }
 
 // errNotIncremental is returned by stageFile when it may only update the
@@ -260,22 +299,36 @@ var errNotIncremental = errors.New("spool: the staged snapshot is not the state 
 // stageFile stages the snapshot of the file f that src reads, after the
 // change ch: nothing when the staged snapshot is the file already, an
 // incremental update, or a rebuild, which incremental forbids.
-func (d *DB) stageFile(src Source, ch Change, f fileState, incrementalOnly bool) (published bool, err error) {
-	d.mode = f.mode
-	if err := d.ensureDirs(f.mode); err != nil {
-		return false, err
-	}
-	// Snapshots and invalidations of this database, in every process, take
-	// turns: see Invalidate.
-	unlock, err := d.lockSpool()
+// onStaged, when the staged snapshot is the file f at the end (staged now,
+// or already), runs before the spool lock is released: the marker's
+// generations change under that lock only, so that the persisters and
+// snapshots of every process agree on them.
+func (d *DB) stageFile(src Source, ch Change, f fileState, incrementalOnly bool, onStaged func(f fileState)) (published bool, err error) {
+	unlock, err := d.lockFor(f)
 	if err != nil {
 		return false, err
 	}
+	defer unlock()
+	return d.stageFileLocked(src, ch, f, incrementalOnly, onStaged)
+}
+
+// lockFor makes the spool directories (with the database's mode f.mode)
+// and takes the spool lock: snapshots, persisters and invalidations of
+// this database, in every process, take turns (see Invalidate).
+func (d *DB) lockFor(f fileState) (unlock func(), err error) {
+	d.mode = f.mode
+	if err := d.ensureDirs(f.mode); err != nil {
+		return nil, err
+	}
+	return d.lockSpool()
+}
+
+// stageFileLocked is stageFile with the spool lock held.
+func (d *DB) stageFileLocked(src Source, ch Change, f fileState, incrementalOnly bool, onStaged func(f fileState)) (published bool, err error) {
 	defer func() {
 		if err != nil && len(d.stagedNow) > 0 {
 			d.dropUnreferenced(d.stagedNow)
 		}
-		unlock()
 	}()
 
 	if !ch.Wrote {
@@ -290,8 +343,12 @@ func (d *DB) stageFile(src Source, ch Change, f fileState, incrementalOnly bool)
 	if incrementalOnly && act != actIncremental {
 		return false, errNotIncremental
 	}
+	d.lastFile = f
 	switch act {
 	case actNone:
+		if onStaged != nil {
+			onStaged(f)
+		}
 		return false, nil
 	case actRebuild:
 		// A rebuild trusts nothing cached: re-read what is staged.
@@ -310,6 +367,9 @@ func (d *DB) stageFile(src Source, ch Change, f fileState, incrementalOnly bool)
 	}
 	if err := d.commit(m, cur, changed, incremental); err != nil {
 		return false, err
+	}
+	if onStaged != nil {
+		onStaged(f)
 	}
 	return true, nil
 }
@@ -617,7 +677,7 @@ func (d *DB) ctlLocked() (*ctl, error) {
 			return nil, fmt.Errorf("spool: create %s: %w", p, pathless(err))
 		}
 	}
-	c, err := openCtl(d.MarkerPath(), d.tmpDir())
+	c, err := openCtl(d.MarkerPath(), d.tmpDir(), d.stageMode())
 	if err != nil {
 		return nil, err
 	}

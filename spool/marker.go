@@ -91,7 +91,11 @@ func parseCtl(b []byte) Marker {
 		}
 	case state == stateWAL:
 		m.State = MarkerWAL
-	case state != stateOK || le64(b, ctlTxn) != 0:
+	case state != stateOK:
+		m.State = MarkerSet
+	case le64(b, ctlTxn) != 0 && !ownerAlive(le64(b, ctlTxn)):
+		// A writer died in a transaction. (One alive is writing: its
+		// transaction is not committed yet, so no flush waits for it.)
 		m.State = MarkerSet
 	case m.Committed != m.Persisted:
 		if ownerAlive(m.Owner) {
@@ -99,6 +103,8 @@ func parseCtl(b []byte) Marker {
 		} else {
 			m.State = MarkerSet
 		}
+	case le64(b, ctlTxn) != 0:
+		// A transaction in flight: clean, but Since says since when.
 	default:
 		m.Since = time.Time{}
 	}
@@ -141,7 +147,7 @@ func (d Dir) WaitStaged(ctx context.Context) error {
 // MarkerPending makes this process the owner of at least one commit not
 // staged yet.
 func (d Dir) WriteMarker(m Marker) error {
-	c, err := openCtl(markerPath(d.path), d.join(tmpDir))
+	c, err := openCtl(markerPath(d.path), d.join(tmpDir), d.Perm())
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ func TestParseMarker(t *testing.T) {
 		{"clean", block(map[int]uint64{ctlCommitted: 7, ctlPersisted: 7, ctlOwner: deadOwner}, ""), Marker{Committed: 7, Persisted: 7, Owner: deadOwner}},
 		{"clean with an old time", block(map[int]uint64{ctlSince: ns}, ""), Marker{}},
 		{"a writer died in a transaction", block(map[int]uint64{ctlTxn: deadOwner, ctlSince: ns}, ""), Marker{State: MarkerSet, Since: since}},
+		{"a transaction in flight", block(map[int]uint64{ctlTxn: Self(), ctlCommitted: 7, ctlPersisted: 7, ctlSince: ns}, ""), Marker{Committed: 7, Persisted: 7, Since: since}},
 		{"invalidated", block(map[int]uint64{ctlState: stateRebuild, ctlSince: ns}, ""), Marker{State: MarkerSet, Since: since}},
 		{"commits of a dead process", block(map[int]uint64{ctlCommitted: 8, ctlPersisted: 7, ctlOwner: deadOwner, ctlSince: ns}, ""),
 			Marker{State: MarkerSet, Since: since, Committed: 8, Persisted: 7, Owner: deadOwner}},

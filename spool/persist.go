@@ -44,19 +44,39 @@ func (d *DB) persist(batch []*Capture) (published bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.signalStaged()
+	last := batch[len(batch)-1]
+	published, staged := d.persistLocked(batch)
+	// Validated with the spool lock released: the validator takes it.
+	if v := d.s.opts.Validate; v != nil && staged && last.full != nil {
+		v(d, last.gen, last.full)
+	}
+	return published
+}
+
+// persistLocked is persist with d.mu held; staged reports whether the
+// batch was staged.
+func (d *DB) persistLocked(batch []*Capture) (published, staged bool) {
 	c := d.ctlp.Load()
+	last := batch[len(batch)-1]
+	// The generations change under the spool lock only: read them, and
+	// store the new one, with it held.
+	unlock, err := d.lockFor(last.post)
+	if err != nil {
+		d.failed(c, err)
+		return false, false
+	}
+	defer unlock()
 	persisted := c.load(ctlPersisted)
 	for len(batch) > 0 && batch[0].gen <= persisted {
 		batch = batch[1:]
 	}
 	if len(batch) == 0 {
-		return false
+		return false, false
 	}
 	if batch[0].gen != persisted+1 {
 		d.needRebuild(c, "a commit captured before these was lost")
-		return false
+		return false, false
 	}
-	last := batch[len(batch)-1]
 	src := capturedSource{size: last.post.size, chunks: map[int][]byte{}}
 	ch := batch[0].ch
 	ch.Force = false
@@ -74,25 +94,19 @@ func (d *DB) persist(batch []*Capture) (published bool) {
 		}
 	}
 	d.stagedNow = d.stagedNow[:0]
-	published, err := d.stageFile(src, ch, last.post, true)
+	published, err = d.stageFileLocked(src, ch, last.post, true, func(fileState) {
+		c.store(ctlPersisted, last.gen)
+		if c.load(ctlCommitted) == last.gen && c.load(ctlTxn) == 0 {
+			c.store(ctlSince, 0)
+		}
+	})
 	switch {
 	case errors.Is(err, errNotIncremental), errors.Is(err, errNotCaptured):
 		d.needRebuild(c, "the staged snapshot does not lead to these commits (another program wrote the database?)")
-		return false
+		return false, false
 	case err != nil:
-		d.stats.Failures++
-		d.stats.LastError = err.Error()
-		d.markState(c, stateFailed, err)
-		if !d.failing {
-			d.failing = true
-			d.s.log.Error("spool: replication paused: snapshot failed; the transactions themselves committed, and replication resumes once the cause is gone",
-				logKeyDB, d.path, logKeyErr, err)
-		}
-		return false
-	}
-	c.store(ctlPersisted, last.gen)
-	if c.load(ctlCommitted) == last.gen && c.load(ctlTxn) == 0 {
-		c.store(ctlSince, 0)
+		d.failed(c, err)
+		return false, false
 	}
 	d.stats.Snapshots++
 	d.stats.LastSnapshot = time.Now()
@@ -101,7 +115,20 @@ func (d *DB) persist(batch []*Capture) (published bool) {
 		d.failing = false
 		d.s.log.Warn("spool: replication resumed: snapshots succeed again", logKeyDB, d.path)
 	}
-	return published
+	return published, true
+}
+
+// failed records a snapshot that failed: counted, in the marker, and
+// logged once per episode.
+func (d *DB) failed(c *ctl, err error) {
+	d.stats.Failures++
+	d.stats.LastError = err.Error()
+	d.markState(c, stateFailed, err)
+	if !d.failing {
+		d.failing = true
+		d.s.log.Error("spool: replication paused: snapshot failed; the transaction itself committed, and replication resumes once the cause is gone",
+			logKeyDB, d.path, logKeyErr, err)
+	}
 }
 
 // needRebuild records in the marker that the staged snapshot cannot be

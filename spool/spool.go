@@ -66,6 +66,12 @@ type Options struct {
 	Fault func(op, path string) error
 	// Generator is recorded in manifests. Empty means "boule".
 	Generator string
+	// Validate, when set, is called after each snapshot is staged with
+	// the database it must be, byte for byte, when the source could give
+	// it (a FullSource): for builds that check every snapshot (the
+	// conformance suite). gen is the generation staged; the staged
+	// snapshot may have moved on by the time Validate reads it.
+	Validate func(d *DB, gen uint64, want []byte)
 	// CaptureMemory bounds the bytes that commits have captured and the
 	// persisters not staged yet, for all the databases of the spool: a
 	// commit that would go over it waits. Zero means DefaultCaptureMemory;
@@ -457,8 +463,11 @@ func Invalidate(dir string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, markerFile), []byte("1"), 0o644); err != nil {
+	if c, err := openCtl(filepath.Join(dir, markerFile), filepath.Join(dir, tmpDir), Perm(dir)); err != nil {
 		errs = append(errs, err)
+	} else {
+		c.setState(stateRebuild, nil)
+		c.close()
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("spool: invalidate %s: %w", dir, err)

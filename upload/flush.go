@@ -121,6 +121,11 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 		u.forget(st.sp.Path())
 		return wanted{}, fmt.Errorf("%w: %w: %s: its spool directory %s is gone", ErrNotStaged, ErrSourceGone, src, st.sp)
 	}
+	// Commits captured in memory and not staged yet, by this process or
+	// another live one, are staged first: wait for their persister.
+	if err := st.sp.WaitStaged(ctx); err != nil {
+		return wanted{}, fmt.Errorf("upload: flush %s: %w", src, err)
+	}
 	// The marker first, then the manifest: a clean marker means every
 	// transaction committed so far is in the snapshot staged now, or in a
 	// newer one.

@@ -240,7 +240,7 @@ func TestStatusFromMarker(t *testing.T) {
 		problem       string
 	}{
 		{"clean", '0', "", false, ""},
-		{"set", '1', "", false, ""},
+		{"set", '1', "", false, "writer died"},
 		{"failed", 'F', "spool: write x: no space left on device", true, "no space left on device"},
 		{"wal", 'W', "", true, "WAL mode"},
 	} {
@@ -262,7 +262,7 @@ func TestStatusFromMarker(t *testing.T) {
 			}
 			for name, s := range map[string]Status{"ReadStatus": got, "Status": st[0]} {
 				wantLag := time.Duration(0)
-				if tc.notReplicated {
+				if tc.notReplicated || tc.state == '1' {
 					wantLag = 90 * time.Second
 				}
 				if s.NotReplicated != tc.notReplicated || !strings.Contains(s.Problem, tc.problem) || s.Lag != wantLag {

@@ -55,6 +55,12 @@ func withSpool(s Status, sp spool.Dir, uploaded [32]byte, now time.Time) Status 
 	case spool.MarkerWAL:
 		s.NotReplicated = true
 		s.Problem = "the database is in WAL mode, which is not replicated yet"
+	case spool.MarkerSet:
+		// Commits the staged snapshot lacks, until the next transaction
+		// or a flush rebuilds it.
+		s.Problem = "a writer died before staging its commits, or the store lost a chunk: the next transaction or vfsctl flush stages the database again"
+	case spool.MarkerPending:
+		// Commits captured in memory, being staged: they count in the lag.
 	default:
 		return s
 	}

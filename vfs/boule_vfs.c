@@ -8,13 +8,15 @@
 ** the unix file, in C. The wrapper adds three things:
 **
 **   - before the first write of a transaction, it captures the database
-**     header, size and ctime, and sets the spool's transaction marker
-**     (see spool/doc.go for why);
+**     header, size and ctime, and marks the transaction in flight in the
+**     spool's txn marker, a control block shared by the writing processes
+**     (spool/ctl.go);
 **   - every write and truncate sets bits in a bitmap of dirty 64 KiB chunks;
 **   - when a write lock is released (xUnlock to SHARED or NONE), it first
 **     downgrades to SHARED, then makes ONE call into Go, bouleGoSnapshot,
-**     which updates the spool while SQLite's SHARED lock keeps every writer
-**     out, and only then releases the lock further.
+**     which copies what the transaction changed while SQLite's SHARED lock
+**     keeps every writer out (a persister stages it later, off the commit
+**     path), and only then releases the lock further.
 **
 ** The same source builds three ways: linked into a Go program next to
 ** another SQLite (default), as a loadable extension that reaches SQLite
@@ -41,14 +43,12 @@ SQLITE_EXTENSION_INIT1
 #include "boule_vfs.h"
 
 /* Implemented in Go (package vfs, callbacks.go). */
-extern uint64_t bouleGoOpen(char *zPath, char *zMarker, int nMarker);
+extern uint64_t bouleGoOpen(char *zPath, uint64_t **pTxn, uint64_t *pOwner);
 extern int bouleGoSnapshot(uint64_t handle, void *file, uint64_t *dirty,
                            int64_t nWords, BoulePre *pre, int flags);
 extern void bouleGoClose(uint64_t handle);
 extern int bouleGoFlush(uint64_t handle, int inWrite);
 
-#define BOULE_MAX_MARKER 4096
-#define BOULE_MARKER_TIME_LEN 20 /* digits of the marker's time: spool/marker.go */
 #define BOULE_TEMPNAME_MAX 512 /* tempdirs longer than 480 bytes are refused */
 
 _Static_assert(sizeof(uint64_t) == 8, "bitmap words are 64 bits");
@@ -59,8 +59,8 @@ typedef struct BouleFile {
   sqlite3_file *real;  /* the unix file, stored right after this struct */
   uint64_t handle;     /* Go-side handle (never 0 for a wrapped file) */
   const char *zPath;   /* owned by SQLite until xClose */
-  char *zMarker;       /* transaction marker path, sqlite3_malloc'd */
-  int markerFd;        /* open marker file, or -1 */
+  uint64_t *txnWord;   /* the txn word of the spool's mapped marker, or NULL */
+  uint64_t owner;      /* this process, as the marker names it */
   int eLock;           /* lock level currently held */
   int txnActive;       /* pre-transaction state captured */
   int preOk;           /* pre holds valid data */
@@ -116,36 +116,24 @@ static void clear_dirty(BouleFile *p) {
 
 /* ---- transaction start --------------------------------------------------- */
 
-/* Sets the transaction marker (its format is in spool/marker.go): a clean
-** marker ('0', or an empty file) becomes '1' and the time, in Unix
-** nanoseconds, until the snapshot is published (Go sets it back to '0').
-** Any other state is left as it is, time included: '1' (a transaction
-** never finished its snapshot), 'F' (the last snapshot failed) or 'W' (the
-** database was in WAL mode) all keep meaning that the staged snapshot
-** lacks transactions since that time. Reports whether the marker was not
-** clean, or is unusable: either way the staged state cannot be trusted.
-** The file is kept open, so that a transaction costs a read and a write,
-** not a file creation. */
+/* Marks a transaction in flight in the spool's txn marker (spool/ctl.go):
+** the txn word takes this process's owner ID, and the time of the oldest
+** commit the staged snapshot lacks is set if it was not. Reports whether
+** the word held another owner, a writer that died in a transaction (no
+** live writer can hold the EXCLUSIVE lock this write comes with), or
+** whether there is no marker: either way the staged state cannot be
+** trusted and the transaction rebuilds. No system call but the clock's. */
 static int set_marker(BouleFile *p) {
-  char c = 0;
-  char rec[1 + BOULE_MARKER_TIME_LEN + 1];
-  struct stat st;
+  uint64_t old, zero = 0;
   struct timespec now;
-  if (p->markerFd >= 0 && (fstat(p->markerFd, &st) != 0 || st.st_nlink == 0)) {
-    close(p->markerFd); /* the spool was deleted under us: reopen */
-    p->markerFd = -1;
+  if (p->txnWord == 0) return 1;
+  old = __atomic_exchange_n(p->txnWord, p->owner, __ATOMIC_SEQ_CST);
+  if (clock_gettime(CLOCK_REALTIME, &now) == 0) {
+    __atomic_compare_exchange_n(p->txnWord + BOULE_CTL_SINCE_FROM_TXN, &zero,
+                                (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec, 0,
+                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
   }
-  if (p->markerFd < 0) {
-    p->markerFd = open(p->zMarker, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (p->markerFd < 0) return 1; /* no spool directory yet, full disk... */
-  }
-  if (pread(p->markerFd, &c, 1, 0) < 0) return 1;
-  if (c != 0 && c != '0') return 1;
-  if (clock_gettime(CLOCK_REALTIME, &now) != 0) return 1;
-  snprintf(rec, sizeof(rec), "1%0*lld", BOULE_MARKER_TIME_LEN,
-           (long long)now.tv_sec * 1000000000LL + (long long)now.tv_nsec);
-  if (pwrite(p->markerFd, rec, 1 + BOULE_MARKER_TIME_LEN, 0) != 1 + BOULE_MARKER_TIME_LEN) return 1;
-  return 0;
+  return old != 0;
 }
 
 /* Called before the first write or truncate of a transaction. Captures what
@@ -265,12 +253,9 @@ static int bClose(sqlite3_file *f) {
   int rc = p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
   if (p->flushOnClose) bouleGoFlush(p->handle, 0);
   bouleGoClose(p->handle);
-  if (p->markerFd >= 0) close(p->markerFd);
-  p->markerFd = -1;
   sqlite3_free(p->dirty);
-  sqlite3_free(p->zMarker);
   p->dirty = 0;
-  p->zMarker = 0;
+  p->txnWord = 0;
   return rc;
 }
 
@@ -445,7 +430,8 @@ static const sqlite3_io_methods boule_io_methods = {
 static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags, int *outFlags) {
   BouleFile *p = (BouleFile *)f;
   uint64_t handle = 0;
-  char marker[BOULE_MAX_MARKER];
+  uint64_t *txnWord = 0;
+  uint64_t owner = 0;
   int rc;
   (void)vfs;
 
@@ -453,8 +439,7 @@ static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
   ** nolock or immutable, SQLite's locks cannot order our snapshots. */
   if ((flags & SQLITE_OPEN_MAIN_DB) && zName && !(flags & SQLITE_OPEN_DELETEONCLOSE) &&
       !sqlite3_uri_boolean(zName, "nolock", 0) && !sqlite3_uri_boolean(zName, "immutable", 0)) {
-    marker[0] = 0;
-    handle = bouleGoOpen((char *)zName, marker, (int)sizeof(marker));
+    handle = bouleGoOpen((char *)zName, &txnWord, &owner);
   }
   if (handle == 0) {
     /* Not replicated: the file is a plain unix file, methods and all. */
@@ -480,17 +465,11 @@ static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
   p->handle = handle;
   p->zPath = zName;
   p->unknown = 1;
-  p->markerFd = -1;
-  p->zMarker = sqlite3_mprintf("%s", marker);
-  if (p->zMarker == 0) {
-    bouleGoClose(handle);
-    return SQLITE_NOMEM;
-  }
+  p->txnWord = txnWord;
+  p->owner = owner;
   rc = unix_vfs->xOpen(unix_vfs, zName, p->real, flags, outFlags);
   if (rc != SQLITE_OK) {
     bouleGoClose(handle);
-    sqlite3_free(p->zMarker);
-    p->zMarker = 0;
     p->base.pMethods = 0; /* SQLite will not call xClose */
     return rc;
   }

@@ -28,6 +28,11 @@ void boule_forward_vfs(sqlite3_vfs *v);
 #define BOULE_CHUNK_SIZE (1 << BOULE_CHUNK_SHIFT)
 #define BOULE_HEADER_SIZE 100
 
+/* The word of the txn marker (spool/ctl.go) that holds the time of the
+** oldest commit the staged snapshot lacks, counted in words from the txn
+** word. */
+#define BOULE_CTL_SINCE_FROM_TXN 5
+
 /* Flags passed to bouleGoSnapshot. */
 #define BOULE_SNAP_WROTE 0x01   /* the transaction wrote or truncated the file */
 #define BOULE_SNAP_FORCE 0x02   /* incremental update is unsafe: rebuild */

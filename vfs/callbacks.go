@@ -25,6 +25,8 @@ var (
 	_ [manifest.ChunkSize - C.BOULE_CHUNK_SIZE]struct{}
 	_ [C.BOULE_HEADER_SIZE - spool.HeaderSize]struct{}
 	_ [spool.HeaderSize - C.BOULE_HEADER_SIZE]struct{}
+	_ [C.BOULE_CTL_SINCE_FROM_TXN - spool.CtlSinceFromTxn]struct{}
+	_ [spool.CtlSinceFromTxn - C.BOULE_CTL_SINCE_FROM_TXN]struct{}
 )
 
 // cSource reads the main database file through the VFS's own handle. It is
@@ -58,22 +60,23 @@ func (s cSource) Reserved() (bool, error) {
 }
 
 //export bouleGoOpen
-func bouleGoOpen(zPath *C.char, zMarker *C.char, nMarker C.int) (h C.uint64_t) {
+func bouleGoOpen(zPath *C.char, pTxn **C.uint64_t, pOwner *C.uint64_t) (h C.uint64_t) {
 	defer guard("bouleGoOpen", "the database is not replicated", &h, 0, nil)
 	enter("bouleGoOpen")
 	c, err := openConn(C.GoString(zPath))
 	if c == nil || err != nil {
 		return 0
 	}
-	marker := c.db.MarkerPath()
-	if len(marker)+1 > int(nMarker) {
-		logger().Error("vfs: spool path too long; the database is not replicated", logKeyDB, c.db.Path())
-		closeConn(c.handle)
-		return 0
+	// The marker the transactions of this connection mark themselves in.
+	// Without it (no spool directory yet, a full disk), every transaction
+	// rebuilds, and the snapshot says why.
+	if w, err := c.db.Ctl(); err == nil {
+		*pTxn = (*C.uint64_t)(w)
+	} else {
+		c.rt.log.Warn("vfs: the spool's txn marker cannot be mapped; every transaction snapshots the whole database until it can",
+			logKeyDB, c.db.Path(), logKeyErr, err)
 	}
-	dst := unsafe.Slice((*byte)(unsafe.Pointer(zMarker)), int(nMarker))
-	copy(dst, marker)
-	dst[len(marker)] = 0
+	*pOwner = C.uint64_t(spool.Self())
 	return C.uint64_t(c.handle)
 }
 
@@ -98,12 +101,11 @@ func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWord
 	if nWords > 0 {
 		ch.Dirty = unsafe.Slice((*uint64)(unsafe.Pointer(dirty)), int(nWords))
 	}
-	err := c.db.Snapshot(cSource{file}, ch)
+	err := c.db.Capture(withFull(c, cSource{file}), ch)
 	c.setSnapErr(err)
 	if err != nil {
 		return 1
 	}
-	validateSnapshot(c, cSource{file})
 	return 0
 }
 

@@ -2,6 +2,7 @@ package vfs_test
 
 import (
 	"bufio"
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -309,8 +311,18 @@ func verifyUnderSharedLock(db *sql.DB, f *os.File, path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if b, err := os.ReadFile(d.MarkerPath()); err == nil && len(b) > 0 && b[0] == '1' {
-		return false, nil
+	// Commits captured and not staged yet, by this process or another,
+	// are staged by their persisters: wait for them. A marker left set
+	// (another writer died) means the next transaction rebuilds: nothing
+	// to check now.
+	sp := spool.OpenDir(d.Dir())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := sp.WaitStaged(ctx); err != nil {
+		return false, err
+	}
+	if m, err := sp.Marker(); err != nil || m.State != spool.MarkerClean {
+		return false, err
 	}
 	st, err := f.Stat()
 	if err != nil {

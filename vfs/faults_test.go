@@ -46,6 +46,9 @@ func commitsSurvive(t *testing.T, e *env, name string, n int, fail *atomic.Bool)
 	fail.Store(true)
 	for range n {
 		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(20000))")
+		// One snapshot per commit: the persister would squash commits
+		// captured before the first failure was recorded.
+		waitStaged(t, mustDB(t, path))
 	}
 	var rows int
 	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&rows); err != nil || rows != n+1 {
@@ -55,7 +58,7 @@ func commitsSurvive(t *testing.T, e *env, name string, n int, fail *atomic.Bool)
 		t.Fatalf("errors logged during %d failing commits=%d, want 1; log:\n%s", n, got, e.log)
 	}
 	if st := mustDB(t, path).Stats(); st.Failures != int64(n) || st.LastError == "" {
-		t.Fatalf("stats=%+v, want %d failures and a last error", st, n)
+		t.Fatalf("stats=%+v, want %d failures and a last error; log:\n%s", st, n, e.log)
 	}
 
 	fail.Store(false)

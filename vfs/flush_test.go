@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/upload"
@@ -86,6 +87,7 @@ func TestFlushFullSpool(t *testing.T) {
 		t.Fatalf("flush pragma with room=%q, want 1; log:\n%s", r, e.log)
 	}
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 5000) INSERT INTO t(v) SELECT randomblob(4000) FROM n")
+	waitStaged(t, mustDB(t, path)) // the persister's attempt, which fails
 	if got := e.log.count(slog.LevelError, "replication paused"); got != 1 {
 		t.Fatalf("snapshot failures logged=%d, want 1; log:\n%s", got, e.log)
 	}
@@ -127,9 +129,10 @@ func TestFlushFullSpool(t *testing.T) {
 }
 
 // childKilledWriter commits one transaction, then a large one, and dies
-// by SIGKILL in that one's snapshot, just before its manifest is
-// published: its txn marker stays set, and the staged snapshot is the
-// first transaction's.
+// by SIGKILL between that one's commit and its staging, in the persister
+// just before the manifest is published: its commit is captured in memory
+// only, the marker says a dead process has commits not staged, and the
+// staged snapshot is the first transaction's.
 func childKilledWriter() error {
 	c := readChildEnv()
 	var armed atomic.Bool
@@ -153,10 +156,28 @@ func childKilledWriter() error {
 			return err
 		}
 	}
+	// The first transactions are staged before the hook is armed: it
+	// kills the process once its last commit is captured, before the
+	// persister has staged it.
+	d, err := vfs.Spool().DB(c.db)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.WaitStaged(ctx); err != nil {
+		return err
+	}
 	fmt.Println("first committed")
 	armed.Store(true)
 	_, err = db.Exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000) INSERT INTO t(v) SELECT randomblob(1000) FROM n")
-	return fmt.Errorf("still alive after the second commit (%v)", err)
+	if err != nil {
+		return err
+	}
+	// The persister stages the commit in the background, and is killed
+	// doing it.
+	err = d.WaitStaged(ctx)
+	return fmt.Errorf("still alive after the second commit was staged (%v)", err)
 }
 
 // TestFlushAfterKilledWriter: a writer killed between its commit and the

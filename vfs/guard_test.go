@@ -89,7 +89,7 @@ func TestExportPanic(t *testing.T) {
 		want int64
 		msg  bool // the panic's message reaches out.msg
 	}{
-		{"bouleGoOpen", func() int64 { return int64(bouleGoOpen(nil, nil, 0)) }, 0, false},
+		{"bouleGoOpen", func() int64 { return int64(bouleGoOpen(nil, nil, nil)) }, 0, false},
 		{"bouleGoSnapshot", func() int64 { return int64(bouleGoSnapshot(1, nil, nil, 0, nil, 0)) }, 1, false},
 		{"bouleGoFlush", func() int64 { return int64(bouleGoFlush(1, 0)) }, 0, false},
 		{"bouleGoClose", func() int64 { bouleGoClose(1); return 0 }, 0, false},

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	_ "github.com/mattn/go-sqlite3"
 
@@ -131,11 +132,28 @@ func assemble(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The commits this process captured are staged off the commit path.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.WaitStaged(ctx); err != nil {
+		return nil, err
+	}
 	var buf bytes.Buffer
 	if _, err := spool.Assemble(d.Dir(), &buf); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// waitStaged waits until the commits this process captured for d are
+// staged.
+func waitStaged(t testing.TB, d *spool.DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.WaitStaged(ctx); err != nil {
+		t.Fatalf("WaitStaged()=%v", err)
+	}
 }
 
 func firstDiff(a, b []byte) int {

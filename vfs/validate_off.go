@@ -2,6 +2,12 @@
 
 package vfs
 
-// validateSnapshot checks the staged snapshot against the database only in
+import "github.com/boule-vfs/boule/spool"
+
+// withFull gives the capture of a commit the whole database only in
 // builds with the boule_validate tag (validate_on.go).
-func validateSnapshot(*conn, cSource) {}
+func withFull(_ *conn, src cSource) spool.Source { return src }
+
+// validator checks staged snapshots only in builds with the
+// boule_validate tag (validate_on.go).
+var validator func(db *spool.DB, gen uint64, want []byte)

@@ -27,24 +27,43 @@ import (
 	"github.com/boule-vfs/boule/upload"
 )
 
-// validateSnapshot runs after each successful snapshot, while the VFS still
-// holds its SHARED lock, so the database cannot change under it.
-func validateSnapshot(c *conn, src cSource) {
-	err := checkStaged(c, src)
-	var unreadable unreadableError
-	if errors.As(err, &unreadable) {
-		// The database could not be read back, for instance because a
-		// test injects I/O errors: nothing to compare with.
-		return
-	}
+// fullSource gives the whole database at the commit, for the validator.
+type fullSource struct{ cSource }
+
+func (s fullSource) FullImage() ([]byte, error) {
+	n, err := s.Size()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "boule_validate: the staged snapshot of %s is not the database: %v\n", c.db.Path(), err)
+		return nil, err
+	}
+	b := make([]byte, n)
+	if n > 0 {
+		if _, err := s.ReadAt(b, 0); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// withFull makes a commit's capture carry the whole database, so that the
+// snapshot staged from it, off the commit path, can be checked against the
+// database as it was at that commit.
+func withFull(_ *conn, src cSource) spool.Source { return fullSource{src} }
+
+// validator checks each staged snapshot (spool.Options.Validate): the
+// staged snapshot, reassembled from the spool and the store, must be want,
+// the database as it was at the commit that generation gen stages. When
+// the spool has staged a later generation meanwhile, there is nothing to
+// compare with. A mismatch aborts the process.
+func validator(db *spool.DB, gen uint64, want []byte) {
+	err := checkStaged(db, gen, want)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "boule_validate: the staged snapshot of %s is not the database: %v\n", db.Path(), err)
 		C.abort()
 	}
 }
 
-func checkStaged(c *conn, src cSource) error {
-	dir := c.db.Dir()
+func checkStaged(db *spool.DB, gen uint64, want []byte) error {
+	dir := db.Dir()
 	// The spool lock keeps out snapshots of other processes and the
 	// uploader's invalidations while the spool is read.
 	unlock, err := spool.OpenDir(dir).Lock()
@@ -52,8 +71,11 @@ func checkStaged(c *conn, src cSource) error {
 		return err
 	}
 	defer unlock()
+	if mk, err := spool.OpenDir(dir).Marker(); err != nil || mk.Persisted != gen {
+		return nil // a later snapshot is staged: this one is gone
+	}
 
-	b, err := os.ReadFile(c.db.StagingManifestPath())
+	b, err := os.ReadFile(db.StagingManifestPath())
 	if errors.Is(err, fs.ErrNotExist) && invalidated(dir) {
 		return nil // the uploader invalidated the spool; the next transaction rebuilds
 	}
@@ -64,21 +86,15 @@ func checkStaged(c *conn, src cSource) error {
 	if err != nil {
 		return fmt.Errorf("staged manifest: %w", err)
 	}
-	size, err := src.Size()
-	if err != nil {
-		return unreadableError{err}
-	}
-	if m.SourcePath != c.db.Path() || m.Size != size {
-		return fmt.Errorf("manifest describes %s, %d bytes; the database has %d bytes", m.SourcePath, m.Size, size)
+	size := int64(len(want))
+	if m.SourcePath != db.Path() || m.Size != size {
+		return fmt.Errorf("manifest describes %s, %d bytes; the database had %d bytes", m.SourcePath, m.Size, size)
 	}
 	var stores []store.Store                             // built only when a chunk has left the spool
 	var places map[manifest.Fingerprint]manifest.PackRef // read again on a miss
-	want := make([]byte, manifest.ChunkSize)
 	for i, fp := range m.Chunks {
 		n := manifest.ChunkLen(size, i)
-		if _, err := src.ReadAt(want[:n], m.ChunkOffset(i)); err != nil {
-			return unreadableError{err}
-		}
+		wantChunk := want[m.ChunkOffset(i) : m.ChunkOffset(i)+int64(n)]
 		data, ok := m.Inline[uint32(i)]
 		if !ok {
 			if data, err = spool.OpenDir(dir).FindChunk(fp); errors.Is(err, fs.ErrNotExist) {
@@ -89,7 +105,7 @@ func checkStaged(c *conn, src cSource) error {
 		}
 		if data == nil {
 			if stores == nil {
-				if stores, err = uploadStores(c.rt.cfg); err != nil {
+				if stores, err = uploadStores(); err != nil {
 					return err
 				}
 			}
@@ -119,9 +135,9 @@ func checkStaged(c *conn, src cSource) error {
 		if len(data) != n || manifest.Sum(data) != fp {
 			return fmt.Errorf("chunk %d (%s): %d bytes that do not match its fingerprint", i, fp, len(data))
 		}
-		if !bytes.Equal(data, want[:n]) {
+		if !bytes.Equal(data, wantChunk) {
 			j := 0
-			for data[j] == want[j] {
+			for data[j] == wantChunk[j] {
 				j++
 			}
 			return fmt.Errorf("chunk %d (%s) differs from the database at byte %d", i, fp, m.ChunkOffset(i)+int64(j))
@@ -130,12 +146,6 @@ func checkStaged(c *conn, src cSource) error {
 	return nil
 }
 
-// unreadableError is a failure to read the database itself.
-type unreadableError struct{ err error }
-
-func (e unreadableError) Error() string { return "read database: " + e.err.Error() }
-func (e unreadableError) Unwrap() error { return e.err }
-
 // invalidated reports whether the txn marker is set, as spool.Invalidate
 // leaves it.
 func invalidated(dir string) bool {
@@ -143,8 +153,13 @@ func invalidated(dir string) bool {
 	return err == nil && mk.State == spool.MarkerSet
 }
 
-func uploadStores(cfg Config) ([]store.Store, error) {
-	targets, err := Targets(context.Background(), cfg)
+// uploadStores opens the stores of the configuration in force.
+func uploadStores() ([]store.Store, error) {
+	rt := current.Load()
+	if rt == nil {
+		return nil, fmt.Errorf("vfs: not registered")
+	}
+	targets, err := Targets(context.Background(), rt.cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/snapshot"
@@ -82,7 +83,9 @@ func Register(cfg Config) error {
 				Perm:   cfg.Permissions(),
 				Logger: log,
 				Fault:  faultHook,
-				Notify: notify,
+				// The conformance build checks every staged snapshot.
+				Validate: validator,
+				Notify:   notify,
 			})
 			if err != nil {
 				return fmt.Errorf("vfs: %w", err)
@@ -236,8 +239,32 @@ func lookupConn(h uint64) *conn {
 	return conns[h]
 }
 
+// closeWait bounds how long the close of a database's last connection
+// waits for the commits it captured to be staged.
+const closeWait = 30 * time.Second
+
+// closeConn forgets the connection h. When it was the database's last in
+// this process, it first waits (at most closeWait) until the commits
+// captured in memory are staged: a program that closes its databases and
+// exits leaves them in the spool, for any process to upload.
 func closeConn(h uint64) {
 	connMu.Lock()
-	defer connMu.Unlock()
+	c := conns[h]
 	delete(conns, h)
+	last := c != nil
+	for _, o := range conns {
+		if c != nil && o.db == c.db {
+			last = false
+			break
+		}
+	}
+	connMu.Unlock()
+	if last {
+		ctx, cancel := context.WithTimeout(context.Background(), closeWait)
+		defer cancel()
+		if err := c.db.WaitStaged(ctx); err != nil {
+			c.rt.log.Error("vfs: commits captured by this process were not staged before its last connection closed; the next transaction rebuilds the snapshot",
+				logKeyDB, c.db.Path(), logKeyErr, err)
+		}
+	}
 }

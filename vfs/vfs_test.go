@@ -2,6 +2,7 @@ package vfs_test
 
 import (
 	"bytes"
+	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/spool"
@@ -101,11 +103,14 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	db.SetMaxOpenConns(1)
 	mustExec(t, db, "CREATE TABLE t(v)")
 	mustExec(t, db, "INSERT INTO t VALUES (1)")
-	marker := mustDB(t, path).MarkerPath()
-	if b, err := os.ReadFile(marker); err != nil || len(b) == 0 || b[0] != '0' {
-		t.Fatalf("marker after a snapshot=%q, %v; want it to start with %q", b, err, "0")
+	sd := mustDB(t, path)
+	sp := spool.OpenDir(sd.Dir())
+	waitStaged(t, sd)
+	if m, err := sp.Marker(); err != nil || m.State != spool.MarkerClean {
+		t.Fatalf("marker after a snapshot=%+v, %v; want clean", m, err)
 	}
-	if err := os.WriteFile(marker, []byte("1"), 0o644); err != nil {
+	// What a writer that died in its transaction leaves.
+	if err := sp.WriteMarker(spool.Marker{State: spool.MarkerSet}); err != nil {
 		t.Fatal(err)
 	}
 	before := rebuilds(t, path)
@@ -113,8 +118,8 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	if got := rebuilds(t, path); got != before+1 {
 		t.Fatalf("rebuilds with a leftover marker=%d, want %d", got, before+1)
 	}
-	if b, err := os.ReadFile(marker); err != nil || string(b) != "0" {
-		t.Fatalf("marker after the rebuild=%q, %v; want %q (a rebuild only clears it)", b, err, "0")
+	if m, err := sp.Marker(); err != nil || m.State != spool.MarkerClean {
+		t.Fatalf("marker after the rebuild=%+v, %v; want clean", m, err)
 	}
 	checkSnapshot(t, db, path)
 }
@@ -236,6 +241,7 @@ func TestPermissions(t *testing.T) {
 			}
 			db := open(t, path, "boule", "")
 			mustExec(t, db, "CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(200000))")
+			waitStaged(t, mustDB(t, path))
 			dir := spoolDir(t, path)
 			checkMode(t, dir, tc.dir)
 			checkMode(t, mustDB(t, path).StagingManifestPath(), tc.file)
@@ -373,6 +379,11 @@ func childMakeDefault() error {
 	}
 	d, err := vfs.Spool().DB(c.db)
 	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.WaitStaged(ctx); err != nil {
 		return err
 	}
 	var buf bytes.Buffer
