@@ -16,6 +16,7 @@ type wireConfig struct {
 	SnapshotLoadingPolicy  json.RawMessage `json:"snapshot_loading_policy,omitempty"`
 	MaxRequestsPerSecond   float64         `json:"max_requests_per_second,omitempty"`
 	PackChunks             int             `json:"pack_chunks,omitempty"`
+	CaptureMemoryMiB       int             `json:"capture_memory_mib,omitempty"`
 }
 
 // wirePartial is the body of the "partial" loading policy.
@@ -41,6 +42,7 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		ReplicationTargets:     c.ReplicationTargets,
 		MaxRequestsPerSecond:   c.MaxRequestsPerSecond,
 		PackChunks:             c.PackChunks,
+		CaptureMemoryMiB:       c.CaptureMemoryMiB,
 	}
 	if w.ReplicationTargets == nil {
 		w.ReplicationTargets = []Target{}

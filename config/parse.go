@@ -26,6 +26,7 @@ var topKeys = []string{
 	"snapshot_loading_policy",
 	"max_requests_per_second",
 	"pack_chunks",
+	"capture_memory_mib",
 }
 
 // targetKinds lists the kinds of replication targets in the order used

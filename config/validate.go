@@ -63,6 +63,10 @@ func (c *Config) Validate() error {
 		return &Error{Key: "pack_chunks", Msg: fmt.Sprintf(
 			"must be from 1 to %d (0 for the default), got %d", MaxPackChunks, p)}
 	}
+	if m := c.CaptureMemoryMiB; m < 0 || m > MaxCaptureMemoryMiB {
+		return &Error{Key: "capture_memory_mib", Msg: fmt.Sprintf(
+			"must be from 1 to %d MiB (0 for the default), got %d", MaxCaptureMemoryMiB, m)}
+	}
 	return nil
 }
 

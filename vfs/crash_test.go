@@ -25,6 +25,7 @@ func init() {
 	children["writer"] = childWriter
 	children["crashpoint"] = childCrashpoint
 	children["verifier"] = childVerifyingWriter
+	children["heldwriter"] = childHeldWriter
 }
 
 // childEnv reads the parameters the parent passes to a child.
@@ -321,7 +322,9 @@ func verifyUnderSharedLock(db *sql.DB, f *os.File, path string) (bool, error) {
 	if err := sp.WaitStaged(ctx); err != nil {
 		return false, err
 	}
-	if m, err := sp.Marker(); err != nil || m.State != spool.MarkerClean {
+	// A writer between its commit and its capture holds SHARED too: its
+	// commit is in the file and not yet in the snapshot.
+	if m, err := sp.Marker(); err != nil || m.State != spool.MarkerClean || m.Writer != 0 {
 		return false, err
 	}
 	st, err := f.Stat()
@@ -384,4 +387,141 @@ func TestSeveralProcesses(t *testing.T) {
 		t.Fatalf("log rows=%d, %v; want 240", n, err)
 	}
 	checkSnapshot(t, db, path)
+}
+
+// childHeldWriter is childWriter (without VACUUM) whose persister never
+// stages anything after the first commit: from then on every commit is
+// captured in memory only. After its steps it stays alive, until the
+// parent kills it.
+func childHeldWriter() error {
+	c := readChildEnv()
+	var armed atomic.Bool
+	vfs.SetFaultHook(func(op, path string) error {
+		if armed.Load() {
+			select {} // the persister stops here, for good
+		}
+		return nil
+	})
+	db, err := c.open()
+	if err != nil {
+		return err
+	}
+	w := newWorkload(c.seed)
+	for i := 0; c.steps == 0 || i < c.steps; i++ {
+		seq, err := loggedTxn(db, w)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			// The first commit of a process is staged during the commit:
+			// the persister takes the next ones.
+			armed.Store(true)
+			fmt.Println("ready")
+		}
+		fmt.Println(seq)
+	}
+	fmt.Println("done")
+	select {} // alive, with commits its persister will never stage
+}
+
+// readSeqs reads the sequence numbers a writer child prints, until n of
+// them (all, for n < 0), into committed.
+func readSeqs(t *testing.T, out *bufio.Scanner, n int, committed map[int64]bool) {
+	t.Helper()
+	for i := 0; n < 0 || i < n; i++ {
+		if !out.Scan() {
+			if n < 0 {
+				return
+			}
+			t.Fatalf("writer exited after %d of %d commits", i, n)
+		}
+		seq, err := strconv.ParseInt(out.Text(), 10, 64)
+		if err != nil {
+			t.Fatalf("writer printed %q", out.Text())
+		}
+		committed[seq] = true
+	}
+}
+
+func killChild(t *testing.T, cmd *exec.Cmd, out *bufio.Scanner, committed map[int64]bool) {
+	t.Helper()
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	readSeqs(t, out, -1, committed) // what it printed before dying committed too
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("writer: %v, want killed by SIGKILL", err)
+	}
+}
+
+// TestKillBetweenCommitAndPersist: writers killed after commits that were
+// captured in memory and never staged. In one process, the next commit of
+// another process rebuilds from the file; with two processes, the one
+// still writing finds the dead one's unstaged commits and stages them
+// before its own. Either way every committed transaction is in the
+// database and the next snapshot equals it.
+func TestKillBetweenCommitAndPersist(t *testing.T) {
+	t.Run("one writer", func(t *testing.T) {
+		e := newEnv(t)
+		path := e.path("held.db")
+		db := parentConn(t, path)
+		committed := map[int64]bool{}
+		for i := range 5 {
+			cmd, out := startChild(t, "heldwriter",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+				fmt.Sprint("BOULE_TEST_SEED=", 100+i))
+			if !out.Scan() || out.Text() != "ready" {
+				t.Fatalf("writer %d did not start: %q", i, out.Text())
+			}
+			readSeqs(t, out, 5+3*i, committed)
+			killChild(t, cmd, out, committed)
+			m, err := spool.ReadMarker(mustDB(t, path).Dir())
+			if err != nil || m.State != spool.MarkerSet || m.Committed <= m.Persisted {
+				t.Fatalf("marker after the kill %+v, %v; want set, with commits captured and not persisted", m, err)
+			}
+			verifyAfterCrash(t, db, path, committed)
+		}
+	})
+	t.Run("two writers", func(t *testing.T) {
+		e := newEnv(t)
+		path := e.path("held2.db")
+		db := parentConn(t, path)
+		committed := map[int64]bool{}
+		held, heldOut := startChild(t, "heldwriter",
+			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_SEED=7", "BOULE_TEST_STEPS=20")
+		if !heldOut.Scan() || heldOut.Text() != "ready" {
+			t.Fatalf("held writer did not start: %q", heldOut.Text())
+		}
+		readSeqs(t, heldOut, 20, committed)
+		if !heldOut.Scan() || heldOut.Text() != "done" {
+			t.Fatalf("held writer printed %q, want done", heldOut.Text())
+		}
+		// The second writer's first commits follow commits a live process
+		// captured and does not stage: it waits for them a while, then
+		// stages the file itself. The held writer dies while it writes.
+		other, otherOut := startChild(t, "writer",
+			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_SEED=8", "BOULE_TEST_STEPS=60")
+		if !otherOut.Scan() || otherOut.Text() != "ready" {
+			t.Fatalf("second writer did not start: %q", otherOut.Text())
+		}
+		readSeqs(t, otherOut, 3, committed)
+		killChild(t, held, heldOut, committed)
+		readSeqs(t, otherOut, -1, committed)
+		if err := other.Wait(); err != nil {
+			t.Fatalf("second writer: %v", err)
+		}
+		// No commit of ours: the survivor's snapshot must be right as it is.
+		m, err := spool.ReadMarker(mustDB(t, path).Dir())
+		if err != nil || m.State != spool.MarkerClean || m.Committed != m.Persisted {
+			t.Fatalf("marker after the survivor exited %+v, %v; want clean", m, err)
+		}
+		checkSnapshot(t, db, path)
+		for seq := range committed {
+			var n int
+			if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("committed transaction %d missing (count %d, %v)", seq, n, err)
+			}
+		}
+		t.Logf("%d transactions committed", len(committed))
+	})
 }
