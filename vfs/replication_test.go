@@ -326,7 +326,11 @@ func TestMinioOutage(t *testing.T) {
 // TestOutageDoesNotSlowCommits compares commit latency with the store up
 // and down, in interleaved blocks so that both see the same machine noise:
 // the fault proxy in front of minio alternately passes requests and resets
-// every connection. The medians must be within 10%.
+// every connection. The medians must be within 50%: a commit that waited
+// for the network (a retry, a backoff, a timeout) would cost milliseconds
+// to seconds, while the machine's noise under parallel tests (persisters
+// and retries share its two cores) is tens of percent. doc/BENCHMARKS.md
+// has the measured figures.
 func TestOutageDoesNotSlowCommits(t *testing.T) {
 	srv := miniotest.Start(t)
 	srv.SetEnv(t)
@@ -347,8 +351,8 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 	proxy.Pass()
 	mu, md := median(up), median(down)
 	t.Logf("median commit: %v with the store up, %v with it down (%d commits each)", mu, md, len(up))
-	if float64(md) > 1.10*float64(mu) {
-		t.Errorf("median commit with the store down %v > 1.10 × %v with it up", md, mu)
+	if float64(md) > 1.5*float64(mu) {
+		t.Errorf("median commit with the store down %v > 1.5 × %v with it up", md, mu)
 	}
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)
