@@ -134,8 +134,12 @@ func progressBar(w io.Writer, label string) (update func(done, total int64), fin
 		const width = 30
 		n := int(pct / 100 * width)
 		rate := float64(done) / max(time.Since(start).Seconds(), 1e-3) / 1e6
-		fmt.Fprintf(w, "\r%s [%s%s] %5.1f%% %d/%d MiB %.0f MB/s ", label,
-			strings.Repeat("=", n), strings.Repeat(" ", width-n), pct, done>>20, total>>20, rate)
+		unit, shift := "MiB", 20
+		if total < 1<<20 {
+			unit, shift = "KiB", 10
+		}
+		fmt.Fprintf(w, "\r%s [%s%s] %5.1f%% %d/%d %s %.0f MB/s ", label,
+			strings.Repeat("=", n), strings.Repeat(" ", width-n), pct, done>>shift, total>>shift, unit, rate)
 	}
 	var lastDone, lastTotal int64
 	update = func(done, total int64) {

@@ -164,4 +164,3 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 	}
 	return nil
 }
-
