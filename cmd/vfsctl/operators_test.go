@@ -263,8 +263,12 @@ func TestStatusUploader(t *testing.T) {
 // standard output is not a terminal.
 func TestStatusWatch(t *testing.T) {
 	f := newFixture(t)
-	code, _, errs := vfsctl(t, "status", "--watch", f.spool)
-	if code != exitUsage || !strings.Contains(errs, "--watch redraws a terminal, and standard output is not one") {
+	// Bounded: a --watch that is not refused would run until cancelled.
+	refuse, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stop()
+	var buf, ebuf bytes.Buffer
+	code := run(refuse, []string{"status", "--watch", f.spool}, &buf, &ebuf)
+	if errs := ebuf.String(); code != exitUsage || !strings.Contains(errs, "--watch redraws a terminal, and standard output is not one") {
 		t.Fatalf("status --watch to a buffer=%d %q; want %d and a refusal", code, errs, exitUsage)
 	}
 	term, screen, closed := pty(t)
