@@ -577,4 +577,3 @@ func TestLsVersionsUnversioned(t *testing.T) {
 		t.Fatalf("ls-versions without versioning=%d %q %q; want versioning off, no null", code, out, errs)
 	}
 }
-
