@@ -171,7 +171,7 @@ func TestCollectorDescriptions(t *testing.T) {
 		{"boule_replication_blocked", "permanent error"},
 		{"boule_replication_not_replicated", "WAL mode"},
 		{"boule_replication_last_upload_timestamp_seconds", "Unix epoch"},
-		{"boule_replication_uploader_alive", "heartbeat"},
+		{"boule_replication_uploader_alive", "wrote its heartbeat"},
 		{"boule_store_retries_total", "retried"},
 		{"boule_store_bytes_up_total", "before compression"},
 		{"boule_store_bytes_down_total", "after decompression"},
