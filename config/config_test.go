@@ -585,12 +585,16 @@ func TestLoad(t *testing.T) {
 		want   Config
 		errHas []string // nil: no error
 		errIs  error
+		errNot string // the error must not contain this, if not ""
 	}{
 		{name: "empty string", value: "", want: Config{}},
 		{name: "white space", value: " \t\n ", want: Config{}},
 		{name: "inline JSON", value: verneuilExample, want: verneuilExampleConfig},
 		{name: "inline JSON with spaces", value: ` {"make_default": true} `, want: Config{MakeDefault: true}},
-		{name: "inline invalid JSON", value: `{"make_default": 1}`, errHas: []string{"config: make_default: expected a boolean, got number"}, errIs: ErrInvalid},
+		{name: "inline invalid JSON", value: `{"make_default": 1}`, errHas: []string{"config: make_default: expected a boolean, got number"}, errIs: ErrInvalid, errNot: "@"},
+		{name: "path without at sign", value: "/etc/boule.json", errHas: []string{"invalid JSON", `"@" and its path: @/etc/boule.json`}, errIs: ErrInvalid},
+		{name: "relative path without at sign", value: " boule.json\n", errHas: []string{"@boule.json"}, errIs: ErrInvalid},
+		{name: "JSON syntax error", value: `{"make_default": true`, errIs: ErrInvalid, errHas: []string{"config: "}, errNot: "@"},
 		{name: "file", value: "@" + good, want: verneuilExampleConfig},
 		{name: "missing file", value: "@" + missing, errHas: []string{"config: ", missing, "no such file"}, errIs: fs.ErrNotExist},
 		{name: "file with bad JSON", value: "@" + bad, errHas: []string{"config: " + bad + ": replication_targets[0].s3.region: expected a string, got number"}, errIs: ErrInvalid},
@@ -621,6 +625,9 @@ func TestLoad(t *testing.T) {
 			}
 			if tc.errIs != nil && !errors.Is(err, tc.errIs) {
 				t.Errorf("errors.Is(%v, %v)=false, want true", err, tc.errIs)
+			}
+			if tc.errNot != "" && strings.Contains(err.Error(), tc.errNot) {
+				t.Errorf("Load()=%v, want an error without %q", err, tc.errNot)
 			}
 		})
 	}

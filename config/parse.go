@@ -47,7 +47,13 @@ func Load(value string) (Config, error) {
 	}
 	path, ok := strings.CutPrefix(value, "@")
 	if !ok {
-		return Parse([]byte(value))
+		c, err := Parse([]byte(value))
+		var e *Error
+		if err != nil && !strings.HasPrefix(strings.TrimSpace(value), "{") && errors.As(err, &e) {
+			// Not JSON: likely a path that lacks its "@".
+			e.Msg += fmt.Sprintf(`; a configuration file is given as "@" and its path: @%s`, strings.TrimSpace(value))
+		}
+		return c, err
 	}
 	if path == "" {
 		return Config{}, &Error{Msg: `"@" must be followed by the path of a configuration file`}

@@ -38,7 +38,7 @@ type sourceArgs struct {
 // flags, then the source. It returns the source, and the arguments after
 // it for a trailing command.
 func sourceCommand(g *globals, name, argsUsage, summary string, args []string, a sourceArgs, define func(*flag.FlagSet)) (source, []string, error) {
-	fs, err := subcommand(g, name, argsUsage, summary, args, func(fs *flag.FlagSet) {
+	fs, err := parseCommand(g, name, argsUsage, summary, args, a.trailing, func(fs *flag.FlagSet) {
 		a.define(fs)
 		if define != nil {
 			define(fs)
