@@ -5,7 +5,7 @@ BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
 
-.PHONY: all test vet fmt fmt-check tidy-check crossbuild ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
+.PHONY: all install test vet fmt fmt-check tidy-check crossbuild ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
 
 all: ext lib
 
@@ -53,6 +53,18 @@ $(BOULE_MINIO):
 ## ext: the loadable extension, for the sqlite3 shell, Python and others.
 ext:
 	$(GO) build -buildmode=c-shared -tags boule_ext -o $(BUILD)/libboule.so ./cmd/libboule
+
+## install: vfsctl into PREFIX/bin, the extension (libboule.so) and the C
+## library (libboule.a) into PREFIX/lib, boule.h into PREFIX/include.
+## DESTDIR prefixes them all, for packagers.
+PREFIX ?= /usr/local
+install: ext lib
+	$(GO) build -o $(BUILD)/vfsctl ./cmd/vfsctl
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(BUILD)/vfsctl $(DESTDIR)$(PREFIX)/bin/vfsctl
+	install -m 755 $(BUILD)/libboule.so $(DESTDIR)$(PREFIX)/lib/libboule.so
+	install -m 644 $(BUILD)/libboule.a $(DESTDIR)$(PREFIX)/lib/libboule.a
+	install -m 644 vfs/boule.h $(DESTDIR)$(PREFIX)/include/boule.h
 
 ## lib: the static library and its header, for C programs.
 lib:

@@ -189,25 +189,21 @@ except sqlite3.OperationalError as e:
 }
 
 // cExample builds examples/c/example.c with the command README.md
-// documents (and the example's comment repeats), run in a directory whose
-// build/ is what `make lib` produced, plus -Wall -Werror. It returns the
-// program's path.
+// documents (and the example's comment repeats), against what make install
+// put in a temporary prefix, plus -Wall -Werror. It returns the program's
+// path.
 func cExample(t *testing.T) string {
 	t.Helper()
-	cc, mk := need(t, "cc"), need(t, "make")
+	need(t, "cc")
 	work := filepath.Join(artifacts, "c-example")
 	exe := filepath.Join(work, "example")
 	if _, err := os.Stat(exe); err == nil {
 		return exe
 	}
-	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var cmdline string
-	for _, line := range strings.Split(string(readme), "\n") {
-		if strings.HasPrefix(line, "cc ") && strings.Contains(line, "examples/c/example.c") {
-			cmdline = line
+	for _, s := range readmeTranscript(t, "Quick start: C") {
+		if strings.HasPrefix(s.cmd, "cc ") && strings.Contains(s.cmd, "examples/c/example.c") {
+			cmdline = s.cmd
 			break
 		}
 	}
@@ -218,22 +214,16 @@ func cExample(t *testing.T) string {
 	if cmdline == "" || !strings.Contains(string(src), "**     "+cmdline+"\n") {
 		t.Fatalf("README.md's command to build the C example, %q, is not the one in examples/c/example.c's comment", cmdline)
 	}
-	build := filepath.Join(work, "build")
-	if err := os.MkdirAll(build, 0o755); err != nil {
+	prefix := installed(t)
+	if err := os.MkdirAll(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink(filepath.Join(repoRoot, "examples"), filepath.Join(work, "examples")); err != nil && !os.IsExist(err) {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(mk, "lib", "BUILD="+build)
-	cmd.Dir = repoRoot
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("make lib: %v\n%s", err, b)
-	}
-	cmd = exec.Command(cc, append(strings.Fields(cmdline)[1:], "-Wall", "-Werror")...)
-	cmd.Dir = work
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s -Wall -Werror: %v\n%s", cmdline, err, b)
+	cmdline = strings.ReplaceAll(cmdline, readmePrefix, prefix)
+	if _, errs, err := run(t, nil, "", "bash", "-c", "cd "+shellQuote(work)+" && "+cmdline+" -Wall -Werror"); err != nil {
+		t.Fatalf("%s -Wall -Werror: %v\n%s", cmdline, err, errs)
 	}
 	return exe
 }
