@@ -51,15 +51,23 @@ func readmeBlock(t *testing.T, section, lang string) string {
 	if i := strings.Index(after, "\n## "); i >= 0 {
 		after = after[:i]
 	}
-	_, block, ok := strings.Cut(after, "\n```"+lang+"\n")
-	if !ok {
-		t.Fatalf("README.md's section %q has no ```%s block", section, lang)
+	var block []string
+	open, found := false, false
+	for _, line := range strings.Split(after, "\n") {
+		switch {
+		case !open && strings.HasPrefix(line, "```"):
+			open, found = true, line == "```"+lang
+		case open && line == "```":
+			if found {
+				return strings.Join(block, "\n") + "\n"
+			}
+			open = false
+		case open && found:
+			block = append(block, line)
+		}
 	}
-	block, _, ok = strings.Cut(block, "\n```")
-	if !ok {
-		t.Fatalf("README.md's section %q: unterminated ```%s block", section, lang)
-	}
-	return block + "\n"
+	t.Fatalf("README.md's section %q has no complete ```%s block", section, lang)
+	return ""
 }
 
 // step is one command of a README transcript: "$ cmd", then the lines it
@@ -197,6 +205,63 @@ func TestQuickStarts(t *testing.T) {
 		b, errB := os.ReadFile(filepath.Join(dir, "c-restored.db"))
 		if errA != nil || errB != nil || len(a) == 0 || string(a) != string(b) {
 			t.Fatalf("after the C quick start, c-restored.db (%d bytes, %v) is not c.db (%d bytes, %v)", len(b), errB, len(a), errA)
+		}
+	})
+}
+
+// TestGoFromClone: a Go program outside the clone builds with the replace
+// directive and the imports the README gives, and, as the README and
+// package vfs say, fails to link without mattn/go-sqlite3.
+func TestGoFromClone(t *testing.T) {
+	gomod := readmeBlock(t, "Install", "")
+	const clone = "/path/to/your/clone/of/boule"
+	if !strings.Contains(gomod, "replace github.com/boule-vfs/boule => "+clone) {
+		t.Fatalf("README.md's Install section has no replace directive for %s:\n%s", clone, gomod)
+	}
+	quick := readmeBlock(t, "Quick start: Go", "go")
+	start, end := strings.Index(quick, "import ("), strings.Index(quick, "\n)\n")
+	if start < 0 || end < start {
+		t.Fatalf("README.md's Go quick start has no import block:\n%s", quick)
+	}
+	imports := quick[start : end+3]
+	const mattn = `_ "github.com/mattn/go-sqlite3"`
+	if !strings.Contains(imports, mattn) {
+		t.Fatalf("README.md's Go quick start does not import %s:\n%s", mattn, imports)
+	}
+	body := "\nvar _ config.Target\n\nfunc main() {\n\t_ = vfs.RegisterFromEnv()\n\tdb, _ := sql.Open(\"sqlite3\", \"file:/x.db?vfs=boule\")\n\t_ = db\n}\n"
+
+	build := func(t *testing.T, imports string) (string, error) {
+		dir := t.TempDir()
+		sum, err := os.ReadFile(filepath.Join(repoRoot, "go.sum"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, data := range map[string]string{
+			"go.mod":  "module example.com/quickstart\n\ngo 1.26.0\n\n" + strings.ReplaceAll(gomod, clone, repoRoot),
+			"go.sum":  string(sum),
+			"main.go": "package main\n\n" + imports + body,
+		} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "quickstart"), ".")
+		cmd.Dir = dir
+		// Offline: every module comes from the module cache, checked
+		// against the clone's go.sum.
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off")
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	t.Run("with mattn", func(t *testing.T) {
+		if out, err := build(t, imports); err != nil {
+			t.Fatalf("go build of the README's Go quick start with its replace directive: %v\n%s", err, out)
+		}
+	})
+	t.Run("without mattn", func(t *testing.T) {
+		without := strings.Replace(imports, mattn, "", 1)
+		if out, err := build(t, without); err == nil || !strings.Contains(out, "undefined reference to `sqlite3_") {
+			t.Fatalf("go build without %s: %v, want a link failure with undefined sqlite3_ references:\n%s", mattn, err, out)
 		}
 	})
 }
