@@ -71,9 +71,14 @@ lib:
 	$(GO) build -buildmode=c-archive -tags boule_lib -o $(BUILD)/libboule.a ./cmd/libboule
 	cp vfs/boule.h $(BUILD)/boule.h
 
-## demo: write a database through boule and show what was spooled.
+## demo: write a database through boule, replicate it, read a replica,
+## restore it. DEMOFLAGS='-dir DIR' keeps its files.
+DEMOFLAGS ?=
 demo:
-	$(GO) run ./cmd/demo
+	@echo "Building the demo (cmd/demo). The first build compiles SQLite: a few minutes on a cold machine."
+	@mkdir -p $(BUILD)
+	$(GO) build -o $(BUILD)/demo ./cmd/demo
+	$(BUILD)/demo $(DEMOFLAGS)
 
 ## bench: the write-path benchmarks, side by side with the plain unix VFS.
 bench:

@@ -325,17 +325,85 @@ func TestVfsctlShell(t *testing.T) {
 	}
 }
 
-// TestDemo runs make demo's program end to end.
+// TestDemo runs make demo, which says it is building before it does,
+// explains its columns and shows the command equivalent to each step; then
+// the demo with -dir, whose vfsctl commands, run as printed on the files
+// it keeps, work.
 func TestDemo(t *testing.T) {
-	demo := build(t, "demo", "./cmd/demo")
-	out, errs, err := run(t, nil, "", demo, "-dir", t.TempDir())
+	mk := need(t, "make")
+	cmd := exec.Command(mk, "--no-print-directory", "demo", "BUILD="+filepath.Join(artifacts, "demo-build"))
+	cmd.Dir = repoRoot
+	b, err := cmd.Output()
+	out := string(b)
 	if err != nil {
-		t.Fatalf("demo: %v\n%s\n%s", err, out, errs)
+		t.Fatalf("make demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"caught up", `refresh: 501 rows, the newest says "hello from the writer"`, "is byte-identical to"} {
+	if first, _, _ := strings.Cut(out, "\n"); !strings.Contains(first, "Building the demo") {
+		t.Errorf("make demo's first line=%q, want it to say it is building", first)
+	}
+	for _, want := range []string{
+		"file size:", "chunks:", "new chunks:", // the columns, explained
+		"run with -dir DIR", "$ export BOULE_CONFIG=", "$ vfsctl status ", "$ vfsctl manifest --json ", "$ vfsctl shell ", "$ vfsctl restore --out ",
+		"caught up", `refresh: 501 rows, the newest says "hello from the writer"`, "is byte-identical to",
+	} {
 		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, out)
+			t.Errorf("make demo's output lacks %q:\n%s", want, out)
 		}
+	}
+	// The spool's files are internals, shown only with -internals.
+	for _, internal := range []string{"staging/", "staged manifest"} {
+		if strings.Contains(out, internal) {
+			t.Errorf("make demo's output shows the spool's internals (%q):\n%s", internal, out)
+		}
+	}
+
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	demo := build(t, "demo", "./cmd/demo")
+	out, errs, err := run(t, nil, "", demo, "-dir", dir, "-internals")
+	if err != nil {
+		t.Fatalf("demo -dir -internals: %v\n%s\n%s", err, out, errs)
+	}
+	if !strings.Contains(out, "The files stay in "+dir) || !strings.Contains(out, "staged manifest") {
+		t.Fatalf("demo -dir %s -internals does not say its files stay, or shows no internals:\n%s", dir, out)
+	}
+	// Its vfsctl lines, run as printed with the configuration it printed.
+	var env []string
+	var cmds []string
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		if cfg, ok := strings.CutPrefix(line, "$ export BOULE_CONFIG='"); ok {
+			env = append(env, "BOULE_CONFIG="+strings.TrimSuffix(cfg, "'"))
+		} else if c, ok := strings.CutPrefix(line, "$ vfsctl "); ok {
+			cmds = append(cmds, c)
+		}
+	}
+	if len(env) != 1 || len(cmds) != 4 {
+		t.Fatalf("demo printed %d configurations and %d vfsctl commands, want 1 and 4:\n%s", len(env), len(cmds), out)
+	}
+	env = append(env, "BOULE_EXTENSION="+extension(t))
+	if err := os.Remove(filepath.Join(dir, "restored.db")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cmds {
+		stdin := ""
+		if strings.HasPrefix(c, "shell ") {
+			stdin = "SELECT count(*) FROM notes;\n"
+		}
+		o, e, err := run(t, env, stdin, vfsctl(t), strings.Fields(c)...)
+		if err != nil {
+			t.Errorf("vfsctl %s, as the demo printed it: %v\n%s%s", c, err, o, e)
+		}
+		if strings.HasPrefix(c, "shell ") && o != "501\n" {
+			t.Errorf("vfsctl %s printed %q, want the replica's 501 rows", c, o)
+		}
+	}
+	a, _ := os.ReadFile(filepath.Join(dir, "app.db"))
+	r, _ := os.ReadFile(filepath.Join(dir, "restored.db"))
+	if len(a) == 0 || !bytes.Equal(a, r) {
+		t.Errorf("vfsctl restore as the demo printed it wrote %d bytes, want the database's %d", len(r), len(a))
 	}
 }
 
