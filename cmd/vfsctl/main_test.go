@@ -309,6 +309,8 @@ func TestShellSetup(t *testing.T) {
 		t.Fatal(err)
 	}
 	missingLib := filepath.Join(f.dir, "lib", "libboule.so")
+	// The fake shell loads nothing: any file will do as the extension.
+	t.Setenv("BOULE_EXTENSION", fake)
 	for _, tc := range []struct {
 		name string
 		args []string

@@ -135,7 +135,7 @@ func (s source) String() string {
 // --hostname into a source. Relative paths are made absolute, and symlinks
 // resolved when the file exists here, as the writer does.
 func parseSource(arg, host string) (source, error) {
-	if strings.HasPrefix(arg, snapshot.Scheme) {
+	if _, ok := snapshot.CutScheme(arg); ok {
 		src, err := snapshot.ParseName(arg)
 		if err != nil {
 			return source{}, usageError{err.Error()}
@@ -174,7 +174,7 @@ func parseSource(arg, host string) (source, error) {
 // which must be a regular file (opening a named pipe would block, and a
 // device such as /dev/zero never ends).
 func manifestSource(arg string) (source, error) {
-	if strings.HasPrefix(arg, snapshot.Scheme) {
+	if _, ok := snapshot.CutScheme(arg); ok {
 		return parseSource(arg, "")
 	}
 	st, err := os.Stat(arg)
