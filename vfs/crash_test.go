@@ -389,16 +389,17 @@ func TestSeveralProcesses(t *testing.T) {
 	checkSnapshot(t, db, path)
 }
 
-// childHeldWriter is childWriter (without VACUUM) whose persister never
-// stages anything after the first commit: from then on every commit is
-// captured in memory only. After its steps it stays alive, until the
-// parent kills it.
+// childHeldWriter is childWriter (without VACUUM) killed by SIGKILL at
+// the first filesystem step of its persister after its first commit (which
+// a process stages during the commit): the commits it reported after that
+// one were captured in memory and never staged.
 func childHeldWriter() error {
 	c := readChildEnv()
 	var armed atomic.Bool
 	vfs.SetFaultHook(func(op, path string) error {
 		if armed.Load() {
-			select {} // the persister stops here, for good
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
 		}
 		return nil
 	})
@@ -413,28 +414,19 @@ func childHeldWriter() error {
 			return err
 		}
 		if i == 0 {
-			// The first commit of a process is staged during the commit:
-			// the persister takes the next ones.
 			armed.Store(true)
 			fmt.Println("ready")
 		}
 		fmt.Println(seq)
 	}
-	fmt.Println("done")
-	select {} // alive, with commits its persister will never stage
+	return fmt.Errorf("not killed after %d commits", c.steps)
 }
 
-// readSeqs reads the sequence numbers a writer child prints, until n of
-// them (all, for n < 0), into committed.
-func readSeqs(t *testing.T, out *bufio.Scanner, n int, committed map[int64]bool) {
+// readSeqs reads the sequence numbers a writer child prints, until it
+// exits, into committed.
+func readSeqs(t *testing.T, out *bufio.Scanner, committed map[int64]bool) {
 	t.Helper()
-	for i := 0; n < 0 || i < n; i++ {
-		if !out.Scan() {
-			if n < 0 {
-				return
-			}
-			t.Fatalf("writer exited after %d of %d commits", i, n)
-		}
+	for out.Scan() {
 		seq, err := strconv.ParseInt(out.Text(), 10, 64)
 		if err != nil {
 			t.Fatalf("writer printed %q", out.Text())
@@ -443,10 +435,8 @@ func readSeqs(t *testing.T, out *bufio.Scanner, n int, committed map[int64]bool)
 	}
 }
 
-func killChild(t *testing.T, cmd *exec.Cmd, out *bufio.Scanner, committed map[int64]bool) {
+func waitKilled(t *testing.T, cmd *exec.Cmd) {
 	t.Helper()
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	readSeqs(t, out, -1, committed) // what it printed before dying committed too
 	err := cmd.Wait()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
@@ -455,26 +445,26 @@ func killChild(t *testing.T, cmd *exec.Cmd, out *bufio.Scanner, committed map[in
 }
 
 // TestKillBetweenCommitAndPersist: writers killed after commits that were
-// captured in memory and never staged. In one process, the next commit of
-// another process rebuilds from the file; with two processes, the one
-// still writing finds the dead one's unstaged commits and stages them
-// before its own. Either way every committed transaction is in the
-// database and the next snapshot equals it.
+// captured in memory and not staged. Alone, the next commit of another
+// process rebuilds from the file; with a second process writing at the
+// same time, that process finds the dead one's unstaged commits and
+// stages them with its own. Either way every committed transaction is in
+// the database and the snapshot equals it.
 func TestKillBetweenCommitAndPersist(t *testing.T) {
 	t.Run("one writer", func(t *testing.T) {
 		e := newEnv(t)
 		path := e.path("held.db")
 		db := parentConn(t, path)
 		committed := map[int64]bool{}
-		for i := range 5 {
+		for i := range 10 {
 			cmd, out := startChild(t, "heldwriter",
 				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
-				fmt.Sprint("BOULE_TEST_SEED=", 100+i))
+				fmt.Sprint("BOULE_TEST_SEED=", 100+i), "BOULE_TEST_STEPS=1000")
 			if !out.Scan() || out.Text() != "ready" {
 				t.Fatalf("writer %d did not start: %q", i, out.Text())
 			}
-			readSeqs(t, out, 5+3*i, committed)
-			killChild(t, cmd, out, committed)
+			readSeqs(t, out, committed)
+			waitKilled(t, cmd)
 			m, err := spool.ReadMarker(mustDB(t, path).Dir())
 			if err != nil || m.State != spool.MarkerSet || m.Committed <= m.Persisted {
 				t.Fatalf("marker after the kill %+v, %v; want set, with commits captured and not persisted", m, err)
@@ -486,42 +476,34 @@ func TestKillBetweenCommitAndPersist(t *testing.T) {
 		e := newEnv(t)
 		path := e.path("held2.db")
 		db := parentConn(t, path)
-		committed := map[int64]bool{}
-		held, heldOut := startChild(t, "heldwriter",
-			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_SEED=7", "BOULE_TEST_STEPS=20")
-		if !heldOut.Scan() || heldOut.Text() != "ready" {
-			t.Fatalf("held writer did not start: %q", heldOut.Text())
-		}
-		readSeqs(t, heldOut, 20, committed)
-		if !heldOut.Scan() || heldOut.Text() != "done" {
-			t.Fatalf("held writer printed %q, want done", heldOut.Text())
-		}
-		// The second writer's first commits follow commits a live process
-		// captured and does not stage: it waits for them a while, then
-		// stages the file itself. The held writer dies while it writes.
-		other, otherOut := startChild(t, "writer",
-			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_SEED=8", "BOULE_TEST_STEPS=60")
-		if !otherOut.Scan() || otherOut.Text() != "ready" {
-			t.Fatalf("second writer did not start: %q", otherOut.Text())
-		}
-		readSeqs(t, otherOut, 3, committed)
-		killChild(t, held, heldOut, committed)
-		readSeqs(t, otherOut, -1, committed)
-		if err := other.Wait(); err != nil {
-			t.Fatalf("second writer: %v", err)
-		}
-		// No commit of ours: the survivor's snapshot must be right as it is.
-		m, err := spool.ReadMarker(mustDB(t, path).Dir())
-		if err != nil || m.State != spool.MarkerClean || m.Committed != m.Persisted {
-			t.Fatalf("marker after the survivor exited %+v, %v; want clean", m, err)
-		}
-		checkSnapshot(t, db, path)
-		for seq := range committed {
-			var n int
-			if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
-				t.Fatalf("committed transaction %d missing (count %d, %v)", seq, n, err)
+		for i := range 5 {
+			committed := map[int64]bool{}
+			other, otherOut := startChild(t, "writer",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, fmt.Sprint("BOULE_TEST_SEED=", 200+i), "BOULE_TEST_STEPS=40")
+			if !otherOut.Scan() || otherOut.Text() != "ready" {
+				t.Fatalf("second writer did not start: %q", otherOut.Text())
 			}
+			held, heldOut := startChild(t, "heldwriter",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, fmt.Sprint("BOULE_TEST_SEED=", 300+i), "BOULE_TEST_STEPS=1000")
+			if !heldOut.Scan() || heldOut.Text() != "ready" {
+				t.Fatalf("held writer did not start: %q", heldOut.Text())
+			}
+			readSeqs(t, heldOut, committed)
+			waitKilled(t, held)
+			readSeqs(t, otherOut, committed)
+			if err := other.Wait(); err != nil {
+				t.Fatalf("second writer: %v", err)
+			}
+			// No commit of ours: the survivor's last snapshot must be right
+			// as it is, unless the dead writer committed last.
+			m, err := spool.ReadMarker(mustDB(t, path).Dir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.State == spool.MarkerClean {
+				checkSnapshot(t, db, path)
+			}
+			verifyAfterCrash(t, db, path, committed)
 		}
-		t.Logf("%d transactions committed", len(committed))
 	})
 }
