@@ -46,8 +46,17 @@ type Capture struct {
 type budget struct {
 	mu   sync.Mutex
 	cond *sync.Cond
-	used int64
-	max  int64
+	used    int64
+	max     int64
+	waiting int // commits waiting for room
+}
+
+// pressed reports whether a commit waits for room: persisters then stage
+// at once instead of waiting to squash.
+func (b *budget) pressed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.waiting > 0 || b.used > b.max/2
 }
 
 func newBudget(max int64) *budget {
@@ -60,7 +69,9 @@ func (b *budget) acquire(n int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for b.used > 0 && b.used+n > b.max {
+		b.waiting++
 		b.cond.Wait()
+		b.waiting--
 	}
 	b.used += n
 }

@@ -101,6 +101,11 @@ type DB struct {
 	queue      []*Capture
 	persisting bool
 	staged     *sync.Cond
+	// hurry cuts the persister's squash window short: someone waits for
+	// the staged snapshot (a flush, a close). lastPersist is when the
+	// persister last staged (its goroutine only).
+	hurry       chan struct{}
+	lastPersist time.Time
 	// expect is the file as the last capture or snapshot of this process
 	// left it, at generation expect.gen: a transaction whose state before
 	// it differs was preceded by a write outside boule. Under qmu.
@@ -145,6 +150,7 @@ type fileID struct {
 func newDB(s *Spool, path string) *DB {
 	d := &DB{s: s, path: path, dir: filepath.Join(s.bootDir, MangleName(path))}
 	d.staged = sync.NewCond(&d.qmu)
+	d.hurry = make(chan struct{}, 1)
 	return d
 }
 

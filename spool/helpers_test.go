@@ -527,12 +527,15 @@ type testDB struct {
 
 // newTestDB creates a database of size bytes (page size 4096, mode 0644)
 // and a spool for it with a switchable fault, without snapshotting it.
-func newTestDB(t *testing.T, size int) *testDB {
+func newTestDB(t *testing.T, size int, options ...func(*Options)) *testDB {
 	t.Helper()
 	rng := newRand(t)
 	fsw := &faultSwitch{}
 	opts := testOptions(t)
 	opts.Fault = fsw.fault
+	for _, o := range options {
+		o(&opts)
+	}
 	sp := openSpool(t, opts)
 	src := newDBFile(t, "test.db", makeDB(rng, size, 4096), 0o644)
 	db, err := sp.DB(src.path)

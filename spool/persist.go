@@ -6,11 +6,26 @@ import (
 	"time"
 )
 
+// DefaultPersistGap is the default squash window ([Options.PersistGap]):
+// a persister stages at most once per gap, so that commits in quick
+// succession squash into one snapshot (one manifest written, each chunk
+// hashed once) instead of one each. A flush or a close waiting for the
+// staged snapshot, or a capture budget half used, cuts it short.
+const DefaultPersistGap = 50 * time.Millisecond
+
 // persistLoop stages the queued captures of the database, a batch at a
 // time, until the queue is empty. One runs per database while it has
 // captures: Capture starts it.
 func (d *DB) persistLoop() {
 	for {
+		if wait := d.s.opts.PersistGap - time.Since(d.lastPersist); wait > 0 && !d.s.budget.pressed() {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-d.hurry:
+			}
+			t.Stop()
+		}
 		d.qmu.Lock()
 		batch := d.queue
 		d.queue = nil
@@ -22,6 +37,7 @@ func (d *DB) persistLoop() {
 		}
 		d.qmu.Unlock()
 		published := d.persist(batch)
+		d.lastPersist = time.Now()
 		var n int64
 		for _, cp := range batch {
 			n += cp.bytes
@@ -153,6 +169,10 @@ func (d *DB) WaitStaged(ctx context.Context) error {
 		return nil
 	}
 	want := c.load(ctlCommitted)
+	select {
+	case d.hurry <- struct{}{}:
+	default:
+	}
 	stop := context.AfterFunc(ctx, d.signalStaged)
 	defer stop()
 	d.qmu.Lock()

@@ -78,6 +78,10 @@ type Options struct {
 	// negative means no captures: every commit is snapshotted while
 	// SQLite holds its lock, as before captures existed.
 	CaptureMemory int64
+	// PersistGap is the squash window of persisters: each stages at most
+	// once per gap, unless a flush or a close waits, or the capture
+	// budget is half used. Zero means DefaultPersistGap; negative, none.
+	PersistGap time.Duration
 }
 
 // Spool is the replication buffer under one replication_spooling_dir.
@@ -133,6 +137,9 @@ func Open(opts Options) (*Spool, error) {
 	}
 	if opts.CaptureMemory == 0 {
 		opts.CaptureMemory = DefaultCaptureMemory
+	}
+	if opts.PersistGap == 0 {
+		opts.PersistGap = DefaultPersistGap
 	}
 	s := &Spool{
 		opts:      opts,
