@@ -44,8 +44,8 @@ type Capture struct {
 // commit that would go over it waits (backpressure); one larger than the
 // whole budget is snapshotted synchronously instead.
 type budget struct {
-	mu   sync.Mutex
-	cond *sync.Cond
+	mu      sync.Mutex
+	cond    *sync.Cond
 	used    int64
 	max     int64
 	waiting int // commits waiting for room
