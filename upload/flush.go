@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/boule-vfs/boule/manifest"
@@ -83,7 +85,8 @@ func (u *Uploader) flushUpload(ctx context.Context, st *dbState) error {
 
 // FlushAll flushes every database the uploader knows, and returns the
 // errors joined. Databases that no longer exist (ErrSourceGone) are
-// skipped.
+// skipped. Up to flushAllConcurrency databases are flushed at a time, as
+// one group: their small uploads share packs (batch.go).
 func (u *Uploader) FlushAll(ctx context.Context) error {
 	u.mu.Lock()
 	dirs := make([]string, 0, len(u.dbs))
@@ -92,12 +95,29 @@ func (u *Uploader) FlushAll(ctx context.Context) error {
 	}
 	u.mu.Unlock()
 	sort.Strings(dirs)
-	var errs []error
-	for _, dir := range dirs {
-		if err := u.Flush(ctx, dir); err != nil && !errors.Is(err, ErrSourceGone) {
-			errs = append(errs, err)
-		}
+	errs := make([]error, len(dirs))
+	g := u.newGroup(ctx)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(flushAllConcurrency, len(dirs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(dirs) {
+					return
+				}
+				mb := g.join(false)
+				err := u.Flush(withMember(ctx, mb), dirs[i])
+				mb.release()
+				if err != nil && !errors.Is(err, ErrSourceGone) {
+					errs[i] = err
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -97,6 +98,10 @@ type Uploader struct {
 	wg      sync.WaitGroup
 	started bool
 
+	// unitSlots bounds the units of chunks read from spools and being
+	// put, across all uploads (see uploadChunks).
+	unitSlots chan struct{}
+
 	mu     sync.Mutex
 	dbs    map[string]*dbState // by spool directory
 	recent map[manifest.Fingerprint]recentUpload
@@ -169,6 +174,9 @@ func New(opts Options) (*Uploader, error) {
 		stop:   make(chan struct{}),
 		dbs:    make(map[string]*dbState),
 		recent: make(map[manifest.Fingerprint]recentUpload),
+		// As many as the workers' uploads had in flight before they
+		// could run together: at most 4 MiB of raw chunks each.
+		unitSlots: make(chan struct{}, opts.Workers*flushConcurrency),
 	}
 	for _, t := range opts.Targets {
 		u.bg = append(u.bg, limitedTarget{t, store.NewLimited(t.Store, rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst), opts.Retry)})
@@ -272,31 +280,63 @@ func (u *Uploader) worker(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case dir := <-u.wake:
-			st := u.state(dir)
-			u.mu.Lock()
-			st.queued = false
-			u.mu.Unlock()
-			if st.waiting(u.opts.Now()) {
-				continue // backing off after a failure; the scan comes back
+			// The databases queued now are uploaded together: their
+			// small uploads share packs (batch.go).
+			dirs := []string{dir}
+		drain:
+			for len(dirs) < groupMax {
+				select {
+				case d := <-u.wake:
+					if !slices.Contains(dirs, d) {
+						dirs = append(dirs, d)
+					}
+				default:
+					break drain
+				}
 			}
-			// Set before TryLock, cleared once the lock is ours: an upload
-			// that holds the lock meanwhile may have looked at the spool
-			// for the last time already, so it queues dir again when done
-			// (requeue).
-			st.setRerun(true)
-			if !st.upload.TryLock() {
-				continue
-			}
-			st.setRerun(false)
-			err := u.handle(ctx, st, u.bg, false)
+			u.uploadGroup(ctx, dirs)
+		}
+	}
+}
+
+// uploadGroup uploads the databases whose spool directories are dirs, in
+// the background, at the same time, as one group.
+func (u *Uploader) uploadGroup(ctx context.Context, dirs []string) {
+	g := u.newGroup(ctx)
+	var wg sync.WaitGroup
+	for _, dir := range dirs {
+		st := u.state(dir)
+		u.mu.Lock()
+		st.queued = false
+		u.mu.Unlock()
+		if st.waiting(u.opts.Now()) {
+			continue // backing off after a failure; the scan comes back
+		}
+		// Set before TryLock, cleared once the lock is ours: an upload
+		// that holds the lock meanwhile may have looked at the spool for
+		// the last time already, so it queues dir again when done
+		// (requeue).
+		st.setRerun(true)
+		if !st.upload.TryLock() {
+			continue
+		}
+		st.setRerun(false)
+		// Active from now: every member's first chunks go in one round.
+		mb := g.join(true)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := u.handle(withMember(ctx, mb), st, u.bg, false)
+			mb.release()
 			if err != nil && ctx.Err() == nil {
 				u.noteFailure(st, err)
 			}
 			u.saveStatus(st)
 			st.upload.Unlock()
 			u.requeue(st)
-		}
+		}()
 	}
+	wg.Wait()
 }
 
 // requeue wakes a worker for st if a wake-up found its upload busy. It is
