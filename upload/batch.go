@@ -42,8 +42,9 @@ const flushAllConcurrency = 32
 
 // A group is a set of database uploads that share packs.
 type group struct {
-	u   *Uploader
-	ctx context.Context // the puts of a round run under it
+	u        *Uploader
+	ctx      context.Context // the puts of a round run under it
+	finished chan struct{}   // closed when a worker's group is done
 
 	mu     sync.Mutex
 	active int    // members that may submit to the open round soon
@@ -79,7 +80,7 @@ type submission struct {
 }
 
 func (u *Uploader) newGroup(ctx context.Context) *group {
-	return &group{u: u, ctx: ctx}
+	return &group{u: u, ctx: ctx, finished: make(chan struct{})}
 }
 
 // join adds a member, active or not.

@@ -303,11 +303,13 @@ func (u *Uploader) worker(ctx context.Context) {
 // the background, at the same time, as one group.
 func (u *Uploader) uploadGroup(ctx context.Context, dirs []string) {
 	g := u.newGroup(ctx)
+	defer close(g.finished)
 	var wg sync.WaitGroup
 	for _, dir := range dirs {
 		st := u.state(dir)
 		u.mu.Lock()
 		st.queued = false
+		st.group = g
 		u.mu.Unlock()
 		if st.waiting(u.opts.Now()) {
 			continue // backing off after a failure; the scan comes back
@@ -380,7 +382,15 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 		u.forget(st.sp.Path())
 		return nil
 	}
-	unlock, err := st.sp.LockUpload(ctx, flush)
+	unlock, err := st.sp.LockUpload(ctx, false)
+	if err == nil && unlock == nil && flush {
+		// Another process uploads this database: a group's round does
+		// not wait for it.
+		mb := memberOf(ctx)
+		mb.release()
+		unlock, err = st.sp.LockUpload(ctx, true)
+		mb.activate()
+	}
 	if err != nil {
 		return err
 	}
