@@ -33,6 +33,10 @@ const (
 	DefaultManifestGap = 1100 * time.Millisecond
 	DefaultFlushRate   = 1000
 	recentMemory       = 200_000
+	// wakeQueue is the capacity of the wake-up queue, where databases
+	// wait, in the order of their oldest change, while the limiter is
+	// busy; a database that does not fit is found by the periodic scan.
+	wakeQueue = 1 << 14
 )
 
 // Target is one place snapshots are uploaded to (see store.Open).
@@ -98,6 +102,9 @@ type Uploader struct {
 	wg      sync.WaitGroup
 	started bool
 
+	// admit lets one worker at a time wait for the limiter, then take
+	// the databases queued (worker).
+	admit sync.Mutex
 	// unitSlots bounds the units of chunks read from spools and being
 	// put, across all uploads (see uploadChunks).
 	unitSlots chan struct{}
@@ -116,7 +123,8 @@ type recentUpload struct {
 
 type limitedTarget struct {
 	Target
-	lim *store.Limited
+	lim  *store.Limited
+	rate *rate.Limiter // lim's limiter
 }
 
 // New returns an uploader; call Start to run its workers.
@@ -170,7 +178,7 @@ func New(opts Options) (*Uploader, error) {
 	u := &Uploader{
 		opts:   opts,
 		log:    log,
-		wake:   make(chan string, 1024),
+		wake:   make(chan string, wakeQueue),
 		stop:   make(chan struct{}),
 		dbs:    make(map[string]*dbState),
 		recent: make(map[manifest.Fingerprint]recentUpload),
@@ -179,8 +187,10 @@ func New(opts Options) (*Uploader, error) {
 		unitSlots: make(chan struct{}, opts.Workers*flushConcurrency),
 	}
 	for _, t := range opts.Targets {
-		u.bg = append(u.bg, limitedTarget{t, store.NewLimited(t.Store, rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst), opts.Retry)})
-		u.flush = append(u.flush, limitedTarget{t, store.NewLimited(t.Store, rate.NewLimiter(rate.Limit(opts.FlushRate), int(opts.FlushRate)), opts.Retry)})
+		bg := rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst)
+		u.bg = append(u.bg, limitedTarget{t, store.NewLimited(t.Store, bg, opts.Retry), bg})
+		fl := rate.NewLimiter(rate.Limit(opts.FlushRate), int(opts.FlushRate))
+		u.flush = append(u.flush, limitedTarget{t, store.NewLimited(t.Store, fl, opts.Retry), fl})
 	}
 	return u, nil
 }
@@ -276,27 +286,65 @@ func (u *Uploader) forget(dir string) {
 
 func (u *Uploader) worker(ctx context.Context) {
 	for {
+		// Under load, databases wait in the wake-up queue, in the order
+		// of their oldest change, and are taken only once the limiter
+		// can serve them: each upload then carries every commit made
+		// until it starts, rather than the state of the database when it
+		// began to wait for the limiter, and costs no more calls.
+		u.admit.Lock()
+		if err := u.waitBacklog(ctx); err != nil {
+			u.admit.Unlock()
+			return
+		}
+		var dir string
 		select {
 		case <-ctx.Done():
+			u.admit.Unlock()
 			return
-		case dir := <-u.wake:
-			// The databases queued now are uploaded together: their
-			// small uploads share packs (batch.go).
-			dirs := []string{dir}
-		drain:
-			for len(dirs) < groupMax {
-				select {
-				case d := <-u.wake:
-					if !slices.Contains(dirs, d) {
-						dirs = append(dirs, d)
-					}
-				default:
-					break drain
+		case dir = <-u.wake:
+		}
+		// The databases queued now are uploaded together: their
+		// small uploads share packs (batch.go).
+		dirs := []string{dir}
+	drain:
+		for len(dirs) < groupMax {
+			select {
+			case d := <-u.wake:
+				if !slices.Contains(dirs, d) {
+					dirs = append(dirs, d)
 				}
+			default:
+				break drain
 			}
-			u.uploadGroup(ctx, dirs)
+		}
+		u.admit.Unlock()
+		u.uploadGroup(ctx, dirs)
+	}
+}
+
+// waitBacklog waits until every background limiter has a call to give
+// now: the calls already waiting for it are served.
+func (u *Uploader) waitBacklog(ctx context.Context) error {
+	for _, t := range u.bg {
+		if t.Cache {
+			continue
+		}
+		for {
+			lack := 1 - t.rate.Tokens()
+			if lack <= 0 {
+				break
+			}
+			d := time.Duration(lack / float64(t.rate.Limit()) * float64(time.Second))
+			tm := time.NewTimer(max(d, time.Millisecond))
+			select {
+			case <-ctx.Done():
+				tm.Stop()
+				return ctx.Err()
+			case <-tm.C:
+			}
 		}
 	}
+	return nil
 }
 
 // uploadGroup uploads the databases whose spool directories are dirs, in
