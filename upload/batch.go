@@ -47,15 +47,18 @@ type group struct {
 	finished chan struct{}   // closed when a worker's group is done
 
 	mu     sync.Mutex
-	active int    // members that may submit to the open round soon
-	parked int    // members waiting in the open round
-	open   *round // nil until a submission opens one
+	first  int           // members that have not released yet
+	ready  chan struct{} // closed when every member has released once
+	active int           // members that may submit to the open round soon
+	parked int           // members waiting in the open round
+	open   *round        // nil until a submission opens one
 }
 
 // A member is one database's upload in a group.
 type member struct {
-	g      *group
-	active bool // under g.mu
+	g        *group
+	active   bool // under g.mu
+	released bool // under g.mu: released at least once
 }
 
 // A round is the set of submissions that go up together.
@@ -80,12 +83,15 @@ type submission struct {
 }
 
 func (u *Uploader) newGroup(ctx context.Context) *group {
-	return &group{u: u, ctx: ctx, finished: make(chan struct{})}
+	return &group{u: u, ctx: ctx, finished: make(chan struct{}), ready: make(chan struct{})}
 }
 
 // join adds a member, active or not.
 func (g *group) join(active bool) *member {
 	m := &member{g: g}
+	g.mu.Lock()
+	g.first++
+	g.mu.Unlock()
 	if active {
 		m.activate()
 	}
@@ -135,6 +141,16 @@ func (m *member) release() {
 	}
 	m.active = false
 	g.active--
+	if !m.released {
+		m.released = true
+		if g.first--; g.first == 0 {
+			select {
+			case <-g.ready: // a FlushAll's group: members come and go
+			default:
+				close(g.ready)
+			}
+		}
+	}
 	r := g.closeIfReady()
 	g.mu.Unlock()
 	if r != nil {

@@ -317,8 +317,7 @@ func (u *Uploader) worker(ctx context.Context) {
 				break drain
 			}
 		}
-		u.admit.Unlock()
-		u.uploadGroup(ctx, dirs)
+		u.uploadGroup(ctx, dirs, u.admit.Unlock)
 	}
 }
 
@@ -348,10 +347,16 @@ func (u *Uploader) waitBacklog(ctx context.Context) error {
 }
 
 // uploadGroup uploads the databases whose spool directories are dirs, in
-// the background, at the same time, as one group.
-func (u *Uploader) uploadGroup(ctx context.Context, dirs []string) {
+// the background, at the same time, as one group. It calls admitted once
+// every database of the group is past its chunks (their calls wait for
+// the limiter, or are done): the next group is taken when the limiter
+// can serve it.
+func (u *Uploader) uploadGroup(ctx context.Context, dirs []string, admitted func()) {
 	g := u.newGroup(ctx)
 	defer close(g.finished)
+	var once sync.Once
+	admit := func() { once.Do(admitted) }
+	defer admit()
 	var wg sync.WaitGroup
 	for _, dir := range dirs {
 		st := u.state(dir)
@@ -386,6 +391,16 @@ func (u *Uploader) uploadGroup(ctx context.Context, dirs []string) {
 			u.requeue(st)
 		}()
 	}
+	g.mu.Lock()
+	pending := g.first > 0
+	g.mu.Unlock()
+	if pending {
+		select {
+		case <-g.ready:
+		case <-ctx.Done():
+		}
+	}
+	admit()
 	wg.Wait()
 }
 
@@ -475,6 +490,7 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 			break
 		}
 	}
+	memberOf(ctx).release() // touches are calls of its own
 	if !flush {
 		u.maybeTouch(ctx, st, targets)
 	}
