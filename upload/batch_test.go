@@ -45,7 +45,7 @@ func newSharedEnv(t *testing.T, n, packChunks int, private map[int]bool, targets
 		if private[i] {
 			mode = 0o600
 		}
-		if err := os.Chmod(filepath.Join(d.dir, "staging", "manifest"), mode); err != nil {
+		if err := os.Chmod(d.db.StagingManifestPath(), mode); err != nil {
 			t.Fatal(err)
 		}
 		e.dbs, e.snap = append(e.dbs, d), append(e.snap, s)
