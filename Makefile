@@ -5,7 +5,7 @@ BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
 
-.PHONY: all install test vet fmt fmt-check tidy-check crossbuild ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
+.PHONY: all install test vet fmt fmt-check tidy-check crossbuild ext lib demo bench bench-replica bench-many bench-peers fuzz clean minio conformance
 
 all: ext lib
 
@@ -114,6 +114,13 @@ fuzz:
 
 clean:
 	rm -rf $(BUILD)
+
+## bench-many: 1,000 databases of 256 KiB in one process, 60 commits/s
+## over all of them for 60 s, to a dir store with the default limiter:
+## FlushAll time, lag, calls per 1,000 commits, memory (doc/BENCHMARKS.md).
+bench-many:
+	@mkdir -p $(BUILD)
+	$(GO) test -run XXX -bench 'BenchmarkManyDatabases' -benchtime 1x -count 3 -timeout 60m ./vfs | tee $(BUILD)/bench-many.txt
 
 ## bench-peers: Boule against Litestream v0.5.18, same workloads, same
 ## minio on loopback (about 40 minutes; BENCH_PEERS_FLAGS='-idle 1m' for

@@ -85,7 +85,6 @@ type DB struct {
 	mu          sync.Mutex
 	ensured     bool
 	cur         *cached // staged manifest, nil when unknown
-	buf         []byte
 	walWarned   bool
 	failing     bool
 	stats       Stats
@@ -533,6 +532,9 @@ func (d *DB) newManifest(f fileState, prev *manifest.Manifest) *manifest.Manifes
 // that the staged snapshot (cur, nil if none) does not hold, and returns
 // the blob slots (index ≥ inlineChunks) whose fingerprint changed from
 // cur's in an incremental update, or all that were read in a rebuild.
+// chunkBufs holds buffers of ChunkSize bytes for readAndStage.
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, manifest.ChunkSize); return &b }}
+
 func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, incremental bool, toRead []int) (changed []int, err error) {
 	var prev []manifest.Fingerprint
 	var oldRefs map[manifest.Fingerprint]int32
@@ -542,12 +544,13 @@ func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, increme
 			prev = cur.m.Chunks
 		}
 	}
-	if cap(d.buf) < manifest.ChunkSize {
-		d.buf = make([]byte, manifest.ChunkSize)
-	}
+	// A buffer from a pool, not one per database: a process with
+	// thousands of databases would keep 64 KiB for each.
+	bp := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(bp)
 	staged := make(map[manifest.Fingerprint]bool)
 	for _, i := range toRead {
-		buf := d.buf[:manifest.ChunkLen(m.Size, i)]
+		buf := (*bp)[:manifest.ChunkLen(m.Size, i)]
 		if _, err := src.ReadAt(buf, m.ChunkOffset(i)); err != nil {
 			return nil, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
 		}

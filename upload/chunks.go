@@ -44,6 +44,12 @@ func (u *Uploader) uploadChunks(ctx context.Context, st *dbState, dir spool.Chun
 		return len(m.Chunks) // not in m: a newer snapshot's, last
 	}
 	slices.SortFunc(fps, func(a, b manifest.Fingerprint) int { return pos(a) - pos(b) })
+	if mb := memberOf(ctx); mb != nil {
+		if u.opts.PackChunks > 1 && len(fps) <= u.opts.PackChunks {
+			return u.uploadShared(ctx, mb, st, dir, fps, targets)
+		}
+		mb.release() // an upload of its own, which other databases need not wait for
+	}
 	var units [][]manifest.Fingerprint
 	for len(fps) > 0 {
 		n := min(len(fps), u.opts.PackChunks)
@@ -75,7 +81,17 @@ func (u *Uploader) uploadChunks(ctx context.Context, st *dbState, dir spool.Chun
 			if k >= len(units) {
 				return
 			}
-			if err := u.uploadUnit(ctx, st, dir, units[k], targets); err != nil {
+			// A slot bounds the chunks held in memory whatever the
+			// number of uploads under way.
+			select {
+			case u.unitSlots <- struct{}{}:
+			case <-ctx.Done():
+				once.Do(func() { firstErr = ctx.Err() })
+				return
+			}
+			err := u.uploadUnit(ctx, st, dir, units[k], targets)
+			<-u.unitSlots
+			if err != nil {
 				once.Do(func() { firstErr = err; cancel() })
 				return
 			}
@@ -153,6 +169,18 @@ func (u *Uploader) uploadUnit(ctx context.Context, st *dbState, dir spool.Chunks
 }
 
 func (u *Uploader) putChunk(ctx context.Context, st *dbState, fp manifest.Fingerprint, data []byte, targets []limitedTarget) error {
+	if err := u.putChunkTo(ctx, st, fp, data, targets); err != nil {
+		return err
+	}
+	st.mu.Lock()
+	st.status.Chunks++
+	st.mu.Unlock()
+	return nil
+}
+
+// putChunkTo uploads one chunk as an object of its own to every target,
+// counting the calls in st's status, and remembers it.
+func (u *Uploader) putChunkTo(ctx context.Context, st *dbState, fp manifest.Fingerprint, data []byte, targets []limitedTarget) error {
 	for _, t := range targets {
 		err := t.lim.PutChunk(ctx, fp, data)
 		st.countCall()
@@ -165,15 +193,36 @@ func (u *Uploader) putChunk(ctx context.Context, st *dbState, fp manifest.Finger
 		}
 	}
 	u.remember([]manifest.Fingerprint{fp}, nil)
-	st.mu.Lock()
-	st.status.Chunks++
-	st.mu.Unlock()
 	return nil
 }
 
 // putPack uploads chunks as one pack to every store target, and one by
 // one to caches, then records where they are.
 func (u *Uploader) putPack(ctx context.Context, st *dbState, chunks []store.PackedChunk, targets []limitedTarget) error {
+	refs, err := u.putPackTo(ctx, st, chunks, targets)
+	if err != nil {
+		return err
+	}
+	fps := make([]manifest.Fingerprint, len(chunks))
+	for i, c := range chunks {
+		fps[i] = c.FP
+	}
+	// Recorded before the spool files go: the manifest must say where
+	// these chunks are, even after a restart.
+	if err := st.recordPlacements(fps, refs); err != nil {
+		return err
+	}
+	st.mu.Lock()
+	st.status.Chunks += int64(len(chunks))
+	st.status.Packs++
+	st.mu.Unlock()
+	return nil
+}
+
+// putPackTo uploads chunks as one pack to every store target, and one by
+// one to caches, counting the calls in st's status; it remembers them,
+// and returns where each went.
+func (u *Uploader) putPackTo(ctx context.Context, st *dbState, chunks []store.PackedChunk, targets []limitedTarget) ([]manifest.PackRef, error) {
 	blob, id, refs := store.EncodePack(chunks)
 	for _, t := range targets {
 		if t.Cache {
@@ -188,24 +237,15 @@ func (u *Uploader) putPack(ctx context.Context, st *dbState, chunks []store.Pack
 		err := t.lim.PutPack(ctx, id, blob)
 		st.countCall()
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
 	fps := make([]manifest.Fingerprint, len(chunks))
 	for i, c := range chunks {
 		fps[i] = c.FP
 	}
-	// Recorded before the spool files go: the manifest must say where
-	// these chunks are, even after a restart.
-	if err := st.recordPlacements(fps, refs); err != nil {
-		return err
-	}
 	u.remember(fps, refs)
-	st.mu.Lock()
-	st.status.Chunks += int64(len(chunks))
-	st.status.Packs++
-	st.mu.Unlock()
-	return nil
+	return refs, nil
 }
 
 // remember notes chunks just uploaded, in packs refs (nil: one object

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/boule-vfs/boule/manifest"
@@ -69,7 +71,14 @@ func (u *Uploader) Flush(ctx context.Context, dir string) error {
 
 // flushUpload is one synchronous upload of st, at the flush rate.
 func (u *Uploader) flushUpload(ctx context.Context, st *dbState) error {
-	st.upload.Lock()
+	if !st.upload.TryLock() {
+		// A background upload of this database is under way: a group's
+		// round does not wait for it.
+		mb := memberOf(ctx)
+		mb.release()
+		st.upload.Lock()
+		mb.activate()
+	}
 	st.unblock()
 	err := u.handle(ctx, st, u.flush, true)
 	if err != nil {
@@ -83,7 +92,8 @@ func (u *Uploader) flushUpload(ctx context.Context, st *dbState) error {
 
 // FlushAll flushes every database the uploader knows, and returns the
 // errors joined. Databases that no longer exist (ErrSourceGone) are
-// skipped.
+// skipped. Up to flushAllConcurrency databases are flushed at a time, as
+// one group: their small uploads share packs (batch.go).
 func (u *Uploader) FlushAll(ctx context.Context) error {
 	u.mu.Lock()
 	dirs := make([]string, 0, len(u.dbs))
@@ -92,12 +102,36 @@ func (u *Uploader) FlushAll(ctx context.Context) error {
 	}
 	u.mu.Unlock()
 	sort.Strings(dirs)
-	var errs []error
-	for _, dir := range dirs {
-		if err := u.Flush(ctx, dir); err != nil && !errors.Is(err, ErrSourceGone) {
-			errs = append(errs, err)
-		}
+	errs := make([]error, len(dirs))
+	g := u.newGroup(ctx)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(flushAllConcurrency, len(dirs)) {
+		// Active at once, before any flush starts: the first round waits
+		// for the chunks of every database of the first wave.
+		mb := g.join(true)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(dirs) {
+					mb.release()
+					return
+				}
+				if mb == nil {
+					mb = g.join(true)
+				}
+				err := u.Flush(withMember(ctx, mb), dirs[i])
+				mb.release()
+				mb = nil
+				if err != nil && !errors.Is(err, ErrSourceGone) {
+					errs[i] = err
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -138,7 +172,12 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 	if u.opts.Restage == nil {
 		return u.unrestaged(st, src, mk, merr)
 	}
-	if err := u.opts.Restage(ctx, st.sp.Path(), src); err != nil {
+	// A group's round does not wait for a snapshot of the whole file.
+	mb := memberOf(ctx)
+	mb.release()
+	err := u.opts.Restage(ctx, st.sp.Path(), src)
+	mb.activate()
+	if err != nil {
 		switch {
 		case errors.Is(err, spool.ErrWAL):
 			return wanted{}, walError(src)

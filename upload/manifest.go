@@ -31,6 +31,10 @@ func (u *Uploader) waitManifestGap(ctx context.Context, st *dbState) error {
 	if wait <= 0 || wait > gap {
 		return nil // wait > gap: a clock step; do not stall on it
 	}
+	// A group's round does not wait for a sleeping member.
+	mb := memberOf(ctx)
+	mb.release()
+	defer mb.activate()
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {

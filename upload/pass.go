@@ -32,6 +32,11 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 	if err := u.waitManifestGap(ctx, st); err != nil {
 		return false, err
 	}
+	// In a group, the open round waits for this database's chunks until
+	// it goes on to its manifest.
+	mb := memberOf(ctx)
+	defer mb.release()
+	mb.activate()
 	// Snapshots handed over before the manifest is read (in consuming/, or
 	// still in ready/): after the upload, they are entirely obsolete.
 	// Snapshots published later may be newer than the manifest: they stay.
@@ -72,6 +77,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 			}
 		}
 	}
+	mb.release() // no more chunks in this pass
 	if err := u.uploadManifest(ctx, st, c.snap, c.handedOver, targets); err != nil {
 		return false, err
 	}

@@ -17,6 +17,7 @@ type dbState struct {
 	sp     spool.Dir
 	upload sync.Mutex   // one upload of this database at a time in this process
 	queued bool         // under Uploader.mu: a wake-up is in the channel
+	group  *group       // under Uploader.mu: the last worker group that took it
 	hurry  atomic.Int32 // flushes waiting: a background upload switches to the flush rate
 
 	mu     sync.Mutex // guards the fields below

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,6 +34,10 @@ const (
 	DefaultFlushRate   = 1000
 	DefaultBeatPeriod  = 5 * time.Second
 	recentMemory       = 200_000
+	// wakeQueue is the capacity of the wake-up queue, where databases
+	// wait, in the order of their oldest change, while the limiter is
+	// busy; a database that does not fit is found by the periodic scan.
+	wakeQueue = 1 << 14
 )
 
 // Target is one place snapshots are uploaded to (see store.Open).
@@ -102,6 +107,13 @@ type Uploader struct {
 	wg      sync.WaitGroup
 	started bool
 
+	// admit lets one worker at a time wait for the limiter, then take
+	// the databases queued (worker).
+	admit sync.Mutex
+	// unitSlots bounds the units of chunks read from spools and being
+	// put, across all uploads (see uploadChunks).
+	unitSlots chan struct{}
+
 	mu     sync.Mutex
 	dbs    map[string]*dbState // by spool directory
 	recent map[manifest.Fingerprint]recentUpload
@@ -116,7 +128,8 @@ type recentUpload struct {
 
 type limitedTarget struct {
 	Target
-	lim *store.Limited
+	lim  *store.Limited
+	rate *rate.Limiter // lim's limiter
 }
 
 // New returns an uploader; call Start to run its workers.
@@ -173,14 +186,19 @@ func New(opts Options) (*Uploader, error) {
 	u := &Uploader{
 		opts:   opts,
 		log:    log,
-		wake:   make(chan string, 1024),
+		wake:   make(chan string, wakeQueue),
 		stop:   make(chan struct{}),
 		dbs:    make(map[string]*dbState),
 		recent: make(map[manifest.Fingerprint]recentUpload),
+		// As many as the workers' uploads had in flight before they
+		// could run together: at most 4 MiB of raw chunks each.
+		unitSlots: make(chan struct{}, opts.Workers*flushConcurrency),
 	}
 	for _, t := range opts.Targets {
-		u.bg = append(u.bg, limitedTarget{t, store.NewLimited(t.Store, rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst), opts.Retry)})
-		u.flush = append(u.flush, limitedTarget{t, store.NewLimited(t.Store, rate.NewLimiter(rate.Limit(opts.FlushRate), int(opts.FlushRate)), opts.Retry)})
+		bg := rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst)
+		u.bg = append(u.bg, limitedTarget{t, store.NewLimited(t.Store, bg, opts.Retry), bg})
+		fl := rate.NewLimiter(rate.Limit(opts.FlushRate), int(opts.FlushRate))
+		u.flush = append(u.flush, limitedTarget{t, store.NewLimited(t.Store, fl, opts.Retry), fl})
 	}
 	return u, nil
 }
@@ -281,35 +299,122 @@ func (u *Uploader) forget(dir string) {
 
 func (u *Uploader) worker(ctx context.Context) {
 	for {
+		// Under load, databases wait in the wake-up queue, in the order
+		// of their oldest change, and are taken only once the limiter
+		// can serve them: each upload then carries every commit made
+		// until it starts, rather than the state of the database when it
+		// began to wait for the limiter, and costs no more calls.
+		u.admit.Lock()
+		if err := u.waitBacklog(ctx); err != nil {
+			u.admit.Unlock()
+			return
+		}
+		var dir string
 		select {
 		case <-ctx.Done():
+			u.admit.Unlock()
 			return
-		case dir := <-u.wake:
-			st := u.state(dir)
-			u.mu.Lock()
-			st.queued = false
-			u.mu.Unlock()
-			if st.waiting(u.opts.Now()) {
-				continue // backing off after a failure; the scan comes back
+		case dir = <-u.wake:
+		}
+		// The databases queued now are uploaded together: their
+		// small uploads share packs (batch.go).
+		dirs := []string{dir}
+	drain:
+		for len(dirs) < groupMax {
+			select {
+			case d := <-u.wake:
+				if !slices.Contains(dirs, d) {
+					dirs = append(dirs, d)
+				}
+			default:
+				break drain
 			}
-			// Set before TryLock, cleared once the lock is ours: an upload
-			// that holds the lock meanwhile may have looked at the spool
-			// for the last time already, so it queues dir again when done
-			// (requeue).
-			st.setRerun(true)
-			if !st.upload.TryLock() {
-				continue
+		}
+		u.uploadGroup(ctx, dirs, u.admit.Unlock)
+	}
+}
+
+// waitBacklog waits until every background limiter has a call to give
+// now: the calls already waiting for it are served.
+func (u *Uploader) waitBacklog(ctx context.Context) error {
+	for _, t := range u.bg {
+		if t.Cache {
+			continue
+		}
+		for {
+			lack := 1 - t.rate.Tokens()
+			if lack <= 0 {
+				break
 			}
-			st.setRerun(false)
-			err := u.handle(ctx, st, u.bg, false)
+			d := time.Duration(lack / float64(t.rate.Limit()) * float64(time.Second))
+			tm := time.NewTimer(max(d, time.Millisecond))
+			select {
+			case <-ctx.Done():
+				tm.Stop()
+				return ctx.Err()
+			case <-tm.C:
+			}
+		}
+	}
+	return nil
+}
+
+// uploadGroup uploads the databases whose spool directories are dirs, in
+// the background, at the same time, as one group. It calls admitted once
+// every database of the group is past its chunks (their calls wait for
+// the limiter, or are done): the next group is taken when the limiter
+// can serve it.
+func (u *Uploader) uploadGroup(ctx context.Context, dirs []string, admitted func()) {
+	g := u.newGroup(ctx)
+	defer close(g.finished)
+	var once sync.Once
+	admit := func() { once.Do(admitted) }
+	defer admit()
+	var wg sync.WaitGroup
+	for _, dir := range dirs {
+		st := u.state(dir)
+		u.mu.Lock()
+		st.queued = false
+		st.group = g
+		u.mu.Unlock()
+		if st.waiting(u.opts.Now()) {
+			continue // backing off after a failure; the scan comes back
+		}
+		// Set before TryLock, cleared once the lock is ours: an upload
+		// that holds the lock meanwhile may have looked at the spool for
+		// the last time already, so it queues dir again when done
+		// (requeue).
+		st.setRerun(true)
+		if !st.upload.TryLock() {
+			continue
+		}
+		st.setRerun(false)
+		// Active from now: every member's first chunks go in one round.
+		mb := g.join(true)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := u.handle(withMember(ctx, mb), st, u.bg, false)
+			mb.release()
 			if err != nil && ctx.Err() == nil {
 				u.noteFailure(st, err)
 			}
 			u.saveStatus(st)
 			st.upload.Unlock()
 			u.requeue(st)
+		}()
+	}
+	g.mu.Lock()
+	pending := g.first > 0
+	g.mu.Unlock()
+	if pending {
+		select {
+		case <-g.ready:
+		case <-ctx.Done():
 		}
 	}
+	admit()
+	wg.Wait()
 }
 
 // requeue wakes a worker for st if a wake-up found its upload busy. It is
@@ -353,7 +458,15 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 		u.forget(st.sp.Path())
 		return nil
 	}
-	unlock, err := st.sp.LockUpload(ctx, flush)
+	unlock, err := st.sp.LockUpload(ctx, false)
+	if err == nil && unlock == nil && flush {
+		// Another process uploads this database: a group's round does
+		// not wait for it.
+		mb := memberOf(ctx)
+		mb.release()
+		unlock, err = st.sp.LockUpload(ctx, true)
+		mb.activate()
+	}
 	if err != nil {
 		return err
 	}
@@ -390,6 +503,7 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 			break
 		}
 	}
+	memberOf(ctx).release() // touches are calls of its own
 	if !flush {
 		u.maybeTouch(ctx, st, targets)
 	}

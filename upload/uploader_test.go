@@ -718,7 +718,8 @@ func newBGEnv(t *testing.T, tweak func(*Options)) *bgEnv {
 }
 
 // sync waits until a free worker has handled every wake-up queued so far
-// (with one worker, or all others busy, wake-ups are handled in order):
+// (with one worker, or all others busy, wake-ups are handled in order,
+// those queued together as one group, which it waits for):
 // it notifies a new barrier database, which holds one snapshot of one
 // inline chunk (so one manifest put and no other call), and waits for its
 // manifest in the store. A new database each time: no pass still running
@@ -734,6 +735,13 @@ func (e *bgEnv) sync() {
 	e.store.WaitFor(e.t, "the barrier's manifest", func(f *storetest.Fake) bool {
 		return bytes.Equal(f.ManifestAt(key), s.mb)
 	})
+	// The worker may have taken the barrier together with the databases
+	// queued before it, and uploads them all at once: wait for them too.
+	st := e.u.state(b.dir)
+	e.u.mu.Lock()
+	g := st.group
+	e.u.mu.Unlock()
+	<-g.finished
 }
 
 // callsForDB returns the calls since the first n that are not the
