@@ -67,11 +67,26 @@ type Options struct {
 	// OpenTimeout and ChunkTimeout default to DefaultOpenTimeout and
 	// DefaultChunkTimeout.
 	OpenTimeout, ChunkTimeout time.Duration
-	// MaxMappedChunks bounds the chunks mapped at once by the process;
-	// zero means three quarters of vm.max_map_count. The background
-	// prefetch stops at 90% of it, so that reads keep some room.
+	// MemoryLimit bounds the anonymous memory, in bytes, in which the
+	// Reader keeps chunks: half of it for copies of chunks (fetched from
+	// a store, inline in a manifest, or read from files it may not map),
+	// a quarter for packs kept for their other chunks. Zero means
+	// DefaultMemoryLimit; less than MinMemoryLimit means MinMemoryLimit.
+	// Chunks mapped from the chunk cache's files are file-backed memory
+	// that the kernel may reclaim, and are bounded by MaxMappedChunks.
+	MemoryLimit int64
+	// MaxMappedChunks bounds the chunks held at once by the process,
+	// mapped from cache files or copied; zero means
+	// DefaultMaxMappedChunks, or half of vm.max_map_count if less. Past
+	// either bound, the least recently read chunks are let go, and read
+	// again from the cache (verified again) when needed.
 	MaxMappedChunks int
-	Logger          *slog.Logger
+	// Quiesce, if set, waits until no read of a chunk that began before
+	// the call is still under way: the C side's hook, called after
+	// evicted chunks are taken out of their views and before they are
+	// unmapped.
+	Quiesce func()
+	Logger  *slog.Logger
 	// OnReplicaGone, if set, is called, outside the Reader's locks, with
 	// each replica the Reader forgets: one with no connection left whose
 	// manifest is older than the poll interval. A later open of the same
@@ -94,6 +109,7 @@ type Reader struct {
 	log      *slog.Logger
 
 	chunks chunkMaps
+	pool   pool
 	slabs  slabs
 	packs  *packCache
 	ctx    context.Context // ends with Close; loads run under it, not their callers'
@@ -133,12 +149,21 @@ func NewReader(opts Options) *Reader {
 		chunks: chunkMaps{
 			maps:     map[manifest.Fingerprint]*mapping{},
 			inflight: map[manifest.Fingerprint]*flight{},
-			limit:    opts.MaxMappedChunks,
 		},
 		replicas: map[string]*Replica{},
 		onGone:   opts.OnReplicaGone,
 	}
-	r.packs = newPackCache(defaultPackCacheBytes, r.goBG)
+	mem := opts.MemoryLimit
+	if mem == 0 {
+		mem = DefaultMemoryLimit
+	}
+	mem = max(mem, MinMemoryLimit)
+	r.pool = pool{maxLive: opts.MaxMappedChunks, maxAnon: chunkSlots(mem / 2), quiesce: opts.Quiesce}
+	if r.pool.maxLive <= 0 {
+		r.pool.maxLive = maxMappedDefault()
+	}
+	r.pool.release = func(e *entry) { r.chunks.release(e.s.M.Chunks[e.i], e.m) }
+	r.packs = newPackCache(int(min(mem/4, defaultPackCacheBytes)), r.goBG)
 	if r.host == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			r.host = h
@@ -160,9 +185,6 @@ func NewReader(opts Options) *Reader {
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
-	}
-	if r.chunks.limit <= 0 {
-		r.chunks.limit = defaultMapLimit()
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.now = time.Now
@@ -267,6 +289,11 @@ func (r *Reader) Hostname() string { return r.host }
 
 // MappedChunks reports how many distinct chunks the process has mapped.
 func (r *Reader) MappedChunks() int { return r.chunks.mapped() }
+
+// Held reports the chunks the reader's snapshots hold (one per snapshot
+// and index), how many of them are copies in anonymous memory, and how
+// many were evicted so far to stay within the bounds.
+func (r *Reader) Held() (chunks, copies int, evicted int64) { return r.pool.counts() }
 
 // Resolve parses name and fills in this machine's host name.
 func (r *Reader) Resolve(name string) (Source, error) {

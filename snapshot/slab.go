@@ -37,17 +37,18 @@ type slot struct {
 }
 
 // copy places data (at most one chunk) in a free slot and returns the
-// copy and the function that frees it.
-func (a *slabs) copy(data []byte) ([]byte, func(), error) {
+// copy and the function that frees it. The pool bounds how many slots are
+// used at once, and freed slots are reused before a slab is added.
+func (a *slabs) copy(data []byte) (loaded, error) {
 	if len(data) > manifest.ChunkSize {
-		return nil, nil, fmt.Errorf("snapshot: %d bytes do not fit a chunk slot", len(data))
+		return loaded{}, fmt.Errorf("snapshot: %d bytes do not fit a chunk slot", len(data))
 	}
 	a.mu.Lock()
 	if len(a.free) == 0 {
 		mem, err := syscall.Mmap(-1, 0, slabSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
 		if err != nil {
 			a.mu.Unlock()
-			return nil, nil, fmt.Errorf("snapshot: map a %d MiB slab: %w", slabSize>>20, err)
+			return loaded{}, fmt.Errorf("snapshot: map a %d MiB slab: %w", slabSize>>20, err)
 		}
 		hugePages(mem)
 		s := &slab{mem: mem}
@@ -63,7 +64,7 @@ func (a *slabs) copy(data []byte) ([]byte, func(), error) {
 
 	b := sl.s.mem[sl.i*manifest.ChunkSize : sl.i*manifest.ChunkSize+len(data) : sl.i*manifest.ChunkSize+len(data)]
 	copy(b, data)
-	return b, func() { a.release(sl) }, nil
+	return loaded{b: b, free: func() { a.release(sl) }, anon: true}, nil
 }
 
 func (a *slabs) release(sl slot) {

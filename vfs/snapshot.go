@@ -57,6 +57,7 @@ func newReader(cfg Config, targets []store.Target, log *slog.Logger) (*snapshot.
 		ReadOnly: ro,
 		Policy:   cfg.SnapshotLoadingPolicy,
 		Logger:   log,
+		Quiesce:  quiesce,
 
 		OnReplicaGone: replicaGone,
 	}), nil

@@ -63,6 +63,16 @@ func New(dir string, numShards int, capacity int64) (*Store, error) {
 
 var _ store.Store = (*Store)(nil)
 
+// Capacity is about how many chunks the cache holds at most.
+func (c *Store) Capacity() int64 { return int64(c.perShard) * int64(c.shards) }
+
+// HasChunk reports whether the cache has a regular file for chunk fp. It
+// neither reads nor verifies it: for a prefetch deciding what to fetch.
+func (c *Store) HasChunk(fp manifest.Fingerprint) bool {
+	fi, err := os.Lstat(c.Path(fp))
+	return err == nil && fi.Mode().IsRegular()
+}
+
 // Dir is the cache directory.
 func (c *Store) Dir() string { return c.dir }
 
