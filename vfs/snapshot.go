@@ -59,6 +59,9 @@ func newReader(cfg Config, targets []store.Target, log *slog.Logger) (*snapshot.
 		Logger:   log,
 		Quiesce:  quiesce,
 
+		MemoryLimit:     cfg.ReplicaMemoryLimit,
+		MaxMappedChunks: cfg.ReplicaMaxMappedChunks,
+
 		OnReplicaGone: replicaGone,
 	}), nil
 }
