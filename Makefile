@@ -5,7 +5,7 @@ BUILD     := $(CURDIR)/build
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 export BOULE_MINIO := $(TOOLS)/bin/minio
 
-.PHONY: all test vet fmt fmt-check tidy-check crossbuild ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
+.PHONY: all install test vet fmt fmt-check tidy-check crossbuild ext lib demo bench bench-replica bench-peers fuzz clean minio conformance
 
 all: ext lib
 
@@ -54,14 +54,31 @@ $(BOULE_MINIO):
 ext:
 	$(GO) build -buildmode=c-shared -tags boule_ext -o $(BUILD)/libboule.so ./cmd/libboule
 
+## install: vfsctl into PREFIX/bin, the extension (libboule.so) and the C
+## library (libboule.a) into PREFIX/lib, boule.h into PREFIX/include.
+## DESTDIR prefixes them all, for packagers.
+PREFIX ?= /usr/local
+install: ext lib
+	$(GO) build -o $(BUILD)/vfsctl ./cmd/vfsctl
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(BUILD)/vfsctl $(DESTDIR)$(PREFIX)/bin/vfsctl
+	install -m 755 $(BUILD)/libboule.so $(DESTDIR)$(PREFIX)/lib/libboule.so
+	install -m 644 $(BUILD)/libboule.a $(DESTDIR)$(PREFIX)/lib/libboule.a
+	install -m 644 vfs/boule.h $(DESTDIR)$(PREFIX)/include/boule.h
+
 ## lib: the static library and its header, for C programs.
 lib:
 	$(GO) build -buildmode=c-archive -tags boule_lib -o $(BUILD)/libboule.a ./cmd/libboule
 	cp vfs/boule.h $(BUILD)/boule.h
 
-## demo: write a database through boule and show what was spooled.
+## demo: write a database through boule, replicate it, read a replica,
+## restore it. DEMOFLAGS='-dir DIR' keeps its files.
+DEMOFLAGS ?=
 demo:
-	$(GO) run ./cmd/demo
+	@echo "Building the demo (cmd/demo). The first build compiles SQLite: a few minutes on a cold machine."
+	@mkdir -p $(BUILD)
+	$(GO) build -o $(BUILD)/demo ./cmd/demo
+	$(BUILD)/demo $(DEMOFLAGS)
 
 ## bench: the write-path benchmarks, side by side with the plain unix VFS.
 bench:

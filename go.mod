@@ -17,7 +17,11 @@ require (
 	gonum.org/v1/plot v0.17.0 // cmd/benchpeers: draws the charts in doc/bench
 )
 
-require golang.org/x/sys v0.48.0
+require (
+	github.com/prometheus/client_model v0.6.3 // cmd/vfsctl tests: the parsed metric families
+	github.com/prometheus/common v0.72.0 // cmd/vfsctl metrics: the Prometheus text format (expfmt)
+	golang.org/x/sys v0.48.0
+)
 
 require (
 	codeberg.org/go-fonts/liberation v0.5.0 // indirect
@@ -46,8 +50,6 @@ require (
 	github.com/kylelemons/godebug v1.1.0 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/pierrec/lz4/v4 v4.1.23 // indirect
-	github.com/prometheus/client_model v0.6.3 // indirect
-	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	golang.org/x/image v0.30.0 // indirect
 	golang.org/x/text v0.42.0 // indirect

@@ -36,6 +36,13 @@ const (
 	MaxPackChunks     = 1024
 )
 
+// DefaultCaptureMemoryMiB and MaxCaptureMemoryMiB bound
+// [Config.CaptureMemoryMiB].
+const (
+	DefaultCaptureMemoryMiB = 64
+	MaxCaptureMemoryMiB     = 1 << 16
+)
+
 // MaxLocalCapacity bounds [LocalTarget.Capacity]: 2^47 chunks of 64 KiB
 // are 8 EiB, and the size in bytes still fits an int64.
 const MaxLocalCapacity = 1 << 47
@@ -112,6 +119,14 @@ type Config struct {
 	// otherwise at least [MinReplicaMappedChunks]. This key is Boule's
 	// addition.
 	ReplicaMaxMappedChunks int
+
+	// CaptureMemoryMiB ("capture_memory_mib") bounds, in MiB per
+	// process, the data that commits have copied into memory and that
+	// the spool's persisters have not staged yet. A commit that would go
+	// over it waits for them; one larger than it on its own is staged
+	// during the commit instead. Zero means [DefaultCaptureMemoryMiB];
+	// at most [MaxCaptureMemoryMiB]. This key is Boule's addition.
+	CaptureMemoryMiB int
 
 	// Logger receives Boule's log records. It is not read from JSON;
 	// nil means slog.Default(), so that what stops replication reaches

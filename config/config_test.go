@@ -110,7 +110,8 @@ var validCases = []validCase{
 		name: "every top-level key",
 		json: `{"make_default":true,"tempdir":"/tmp/boule","replication_spooling_dir":"/spool",
 			"replication_spooling_dir_permissions":488,"replication_targets":[{"dir":{"path":"/r"}}],
-			"snapshot_loading_policy":"eager","max_requests_per_second":12.5,"pack_chunks":16}`,
+			"snapshot_loading_policy":"eager","max_requests_per_second":12.5,"pack_chunks":16,
+			"capture_memory_mib":128}`,
 		want: Config{
 			MakeDefault:                       true,
 			Tempdir:                           "/tmp/boule",
@@ -120,13 +121,15 @@ var validCases = []validCase{
 			SnapshotLoadingPolicy:             LoadingPolicy{Kind: "eager"},
 			MaxRequestsPerSecond:              12.5,
 			PackChunks:                        16,
+			CaptureMemoryMiB:                  128,
 		},
 	},
 	{
 		name: "null optional keys",
 		json: `{"make_default":null,"tempdir":null,"replication_spooling_dir":null,
 			"replication_spooling_dir_permissions":null,"replication_targets":null,
-			"snapshot_loading_policy":null,"max_requests_per_second":null,"pack_chunks":null}`,
+			"snapshot_loading_policy":null,"max_requests_per_second":null,"pack_chunks":null,
+			"capture_memory_mib":null}`,
 		want: Config{},
 	},
 	{
@@ -356,6 +359,8 @@ var invalidCases = []invalidCase{
 	{name: "pack_chunks zero", json: `{"pack_chunks":0}`, key: "pack_chunks", want: []string{"from 1 (no packs) to 1024", "got 0"}},
 	{name: "pack_chunks too large", json: `{"pack_chunks":1025}`, key: "pack_chunks", want: []string{"from 1 (no packs) to 1024", "got 1025"}},
 	{name: "pack_chunks fraction", json: `{"pack_chunks":2.5}`, key: "pack_chunks", want: []string{"got 2.5"}},
+	{name: "capture_memory_mib zero", json: `{"capture_memory_mib":0}`, key: "capture_memory_mib", want: []string{"from 1 to 65536", "got 0", "default of 64"}},
+	{name: "capture_memory_mib negative", json: `{"capture_memory_mib":-5}`, key: "capture_memory_mib", want: []string{"got -5"}},
 	{name: "pack_chunks string", json: `{"pack_chunks":"64"}`, key: "pack_chunks", want: []string{"expected a number, got string"}},
 	{name: "rate string", json: `{"max_requests_per_second":"30"}`, key: "max_requests_per_second", want: []string{"expected a number, got string"}},
 	{name: "rate zero", json: `{"max_requests_per_second":0}`, key: "max_requests_per_second", want: []string{"must be greater than 0"}},
@@ -457,6 +462,7 @@ func TestValidate(t *testing.T) {
 		{name: "permissions too large", cfg: Config{ReplicationSpoolingDirPermissions: 0o10000}, key: "replication_spooling_dir_permissions", want: "more than 4095"},
 		{name: "negative rate", cfg: Config{MaxRequestsPerSecond: -1}, key: "max_requests_per_second", want: "positive and finite"},
 		{name: "pack_chunks too large", cfg: Config{PackChunks: 5000}, key: "pack_chunks", want: "from 1 to 1024"},
+		{name: "capture_memory_mib too large", cfg: Config{CaptureMemoryMiB: 1 << 20}, key: "capture_memory_mib", want: "from 1 to 65536 MiB"},
 		{name: "NaN rate", cfg: Config{MaxRequestsPerSecond: math.NaN()}, key: "max_requests_per_second", want: "positive and finite"},
 		{name: "infinite rate", cfg: Config{MaxRequestsPerSecond: math.Inf(1)}, key: "max_requests_per_second", want: "positive and finite"},
 		{name: "unknown policy", cfg: Config{SnapshotLoadingPolicy: LoadingPolicy{Kind: "lazy"}}, key: "snapshot_loading_policy", want: `unknown policy "lazy"`},
@@ -579,12 +585,16 @@ func TestLoad(t *testing.T) {
 		want   Config
 		errHas []string // nil: no error
 		errIs  error
+		errNot string // the error must not contain this, if not ""
 	}{
 		{name: "empty string", value: "", want: Config{}},
 		{name: "white space", value: " \t\n ", want: Config{}},
 		{name: "inline JSON", value: verneuilExample, want: verneuilExampleConfig},
 		{name: "inline JSON with spaces", value: ` {"make_default": true} `, want: Config{MakeDefault: true}},
-		{name: "inline invalid JSON", value: `{"make_default": 1}`, errHas: []string{"config: make_default: expected a boolean, got number"}, errIs: ErrInvalid},
+		{name: "inline invalid JSON", value: `{"make_default": 1}`, errHas: []string{"config: make_default: expected a boolean, got number"}, errIs: ErrInvalid, errNot: "@"},
+		{name: "path without at sign", value: "/etc/boule.json", errHas: []string{"invalid JSON", `"@" and its path: @/etc/boule.json`}, errIs: ErrInvalid},
+		{name: "relative path without at sign", value: " boule.json\n", errHas: []string{"@boule.json"}, errIs: ErrInvalid},
+		{name: "JSON syntax error", value: `{"make_default": true`, errIs: ErrInvalid, errHas: []string{"config: "}, errNot: "@"},
 		{name: "file", value: "@" + good, want: verneuilExampleConfig},
 		{name: "missing file", value: "@" + missing, errHas: []string{"config: ", missing, "no such file"}, errIs: fs.ErrNotExist},
 		{name: "file with bad JSON", value: "@" + bad, errHas: []string{"config: " + bad + ": replication_targets[0].s3.region: expected a string, got number"}, errIs: ErrInvalid},
@@ -615,6 +625,9 @@ func TestLoad(t *testing.T) {
 			}
 			if tc.errIs != nil && !errors.Is(err, tc.errIs) {
 				t.Errorf("errors.Is(%v, %v)=false, want true", err, tc.errIs)
+			}
+			if tc.errNot != "" && strings.Contains(err.Error(), tc.errNot) {
+				t.Errorf("Load()=%v, want an error without %q", err, tc.errNot)
 			}
 		})
 	}

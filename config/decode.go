@@ -43,6 +43,9 @@ func decodeConfig(raw json.RawMessage) (Config, error) {
 	if c.PackChunks, err = decodePackChunks(o); err != nil {
 		return Config{}, err
 	}
+	if c.CaptureMemoryMiB, err = decodeCaptureMemory(o); err != nil {
+		return Config{}, err
+	}
 	var v uint64
 	if v, err = decodeAtLeast(o, "replica_memory_limit", MinReplicaMemoryLimit, 1<<50); err != nil {
 		return Config{}, err
@@ -53,6 +56,25 @@ func decodeConfig(raw json.RawMessage) (Config, error) {
 	}
 	c.ReplicaMaxMappedChunks = int(v)
 	return c, nil
+}
+
+// decodeCaptureMemory decodes capture_memory_mib.
+func decodeCaptureMemory(o *object) (int, error) {
+	const key = "capture_memory_mib"
+	raw, ok, _ := o.get(key, false)
+	if !ok {
+		return 0, nil
+	}
+	if jsonType(raw) != "number" {
+		return 0, typeError(key, "a number", raw)
+	}
+	v, msg := parseUint(string(raw), MaxCaptureMemoryMiB)
+	if msg != "" || v == 0 {
+		return 0, &Error{Key: key, Msg: fmt.Sprintf(
+			"expected a number of MiB from 1 to %d, got %s (omit the key for the default of %d)",
+			MaxCaptureMemoryMiB, string(raw), DefaultCaptureMemoryMiB)}
+	}
+	return int(v), nil
 }
 
 // decodeAtLeast decodes key, an integer from least to most; absent is 0.

@@ -18,6 +18,7 @@ type wireConfig struct {
 	PackChunks             int             `json:"pack_chunks,omitempty"`
 	ReplicaMemoryLimit     int64           `json:"replica_memory_limit,omitempty"`
 	ReplicaMaxMappedChunks int             `json:"replica_max_mapped_chunks,omitempty"`
+	CaptureMemoryMiB       int             `json:"capture_memory_mib,omitempty"`
 }
 
 // wirePartial is the body of the "partial" loading policy.
@@ -45,6 +46,7 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		PackChunks:             c.PackChunks,
 		ReplicaMemoryLimit:     c.ReplicaMemoryLimit,
 		ReplicaMaxMappedChunks: c.ReplicaMaxMappedChunks,
+		CaptureMemoryMiB:       c.CaptureMemoryMiB,
 	}
 	if w.ReplicationTargets == nil {
 		w.ReplicationTargets = []Target{}

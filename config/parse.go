@@ -28,6 +28,7 @@ var topKeys = []string{
 	"pack_chunks",
 	"replica_memory_limit",
 	"replica_max_mapped_chunks",
+	"capture_memory_mib",
 }
 
 // targetKinds lists the kinds of replication targets in the order used
@@ -48,7 +49,13 @@ func Load(value string) (Config, error) {
 	}
 	path, ok := strings.CutPrefix(value, "@")
 	if !ok {
-		return Parse([]byte(value))
+		c, err := Parse([]byte(value))
+		var e *Error
+		if err != nil && !strings.HasPrefix(strings.TrimSpace(value), "{") && errors.As(err, &e) {
+			// Not JSON: likely a path that lacks its "@".
+			e.Msg += fmt.Sprintf(`; a configuration file is given as "@" and its path: @%s`, strings.TrimSpace(value))
+		}
+		return c, err
 	}
 	if path == "" {
 		return Config{}, &Error{Msg: `"@" must be followed by the path of a configuration file`}

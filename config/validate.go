@@ -71,6 +71,10 @@ func (c *Config) Validate() error {
 		return &Error{Key: "replica_max_mapped_chunks", Msg: fmt.Sprintf(
 			"must be at least %d (0 for the default), got %d", MinReplicaMappedChunks, m)}
 	}
+	if m := c.CaptureMemoryMiB; m < 0 || m > MaxCaptureMemoryMiB {
+		return &Error{Key: "capture_memory_mib", Msg: fmt.Sprintf(
+			"must be from 1 to %d MiB (0 for the default), got %d", MaxCaptureMemoryMiB, m)}
+	}
 	return nil
 }
 

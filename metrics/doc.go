@@ -20,6 +20,8 @@
 //	boule_replication_blocked                         gauge, 0 or 1
 //	boule_replication_not_replicated                  gauge, 0 or 1
 //	boule_replication_last_upload_timestamp_seconds   gauge
+//	boule_replication_uploader_alive                  gauge, 0 or 1
+//	boule_replication_uploader_last_seen_timestamp_seconds  gauge
 //
 // Per replication target (label "target", the target's name):
 //

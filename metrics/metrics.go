@@ -75,6 +75,17 @@ var dbMetrics = []metric[upload.Status]{
 			}
 			return float64(s.LastUpload.Unix()) + float64(s.LastUpload.Nanosecond())/1e9
 		}),
+	newMetric("replication", "uploader_alive",
+		"1 if an uploader serving the database (in any process) wrote its heartbeat in the spool lately, else 0: a lag with no live uploader is a writer that exited before its uploads were done, not a store outage.",
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return boolValue(s.UploaderAlive) }),
+	newMetric("replication", "uploader_last_seen_timestamp_seconds",
+		"When an uploader serving the database last wrote its heartbeat, in seconds since the Unix epoch; 0 if none did in this boot.",
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 {
+			if s.UploaderSeen.IsZero() {
+				return 0
+			}
+			return float64(s.UploaderSeen.Unix()) + float64(s.UploaderSeen.Nanosecond())/1e9
+		}),
 }
 
 // targetMetrics are exported once per replication target.

@@ -42,6 +42,7 @@ var (
 		{
 			Dir: "/spool/%23x.db", Source: "/x.db", Lag: 1500 * time.Millisecond, PendingBytes: 65536 + 120,
 			Uploads: 7, Chunks: 30, Calls: 41, Failures: 2, LastUpload: lastUpload, LastError: "boom",
+			UploaderAlive: true, UploaderSeen: lastUpload.Add(2 * time.Second),
 		},
 		{
 			Dir: "/spool/%23y.db", Source: "/y.db", Blocked: true, Failures: 1, NotReplicated: true, Problem: "snapshots fail",
@@ -112,6 +113,16 @@ boule_replication_last_upload_timestamp_seconds{db="/spool/unknown"} 0
 boule_replication_last_upload_timestamp_seconds{db="/x.db"} 1.70000000025e+09
 boule_replication_last_upload_timestamp_seconds{db="/y.db"} 0
 `},
+		{"boule_replication_uploader_alive", `
+boule_replication_uploader_alive{db="/spool/unknown"} 0
+boule_replication_uploader_alive{db="/x.db"} 1
+boule_replication_uploader_alive{db="/y.db"} 0
+`},
+		{"boule_replication_uploader_last_seen_timestamp_seconds", `
+boule_replication_uploader_last_seen_timestamp_seconds{db="/spool/unknown"} 0
+boule_replication_uploader_last_seen_timestamp_seconds{db="/x.db"} 1.70000000225e+09
+boule_replication_uploader_last_seen_timestamp_seconds{db="/y.db"} 0
+`},
 		{"boule_store_calls_total", `
 boule_store_calls_total{target="dir:/mnt"} 3
 boule_store_calls_total{target="s3:backup"} 100
@@ -160,6 +171,7 @@ func TestCollectorDescriptions(t *testing.T) {
 		{"boule_replication_blocked", "permanent error"},
 		{"boule_replication_not_replicated", "WAL mode"},
 		{"boule_replication_last_upload_timestamp_seconds", "Unix epoch"},
+		{"boule_replication_uploader_alive", "wrote its heartbeat"},
 		{"boule_store_retries_total", "retried"},
 		{"boule_store_bytes_up_total", "before compression"},
 		{"boule_store_bytes_down_total", "after decompression"},

@@ -21,6 +21,20 @@ import (
 // "boule://HOST/abs/path/to.db". An empty HOST means this machine.
 const Scheme = "boule://"
 
+// VerneuilScheme is Verneuil's name for Scheme, accepted wherever Scheme
+// is so that its users' names keep working: "verneuil://HOST/abs/path"
+// names the same replica as "boule://HOST/abs/path".
+const VerneuilScheme = "verneuil://"
+
+// CutScheme returns name without its Scheme or VerneuilScheme prefix,
+// and whether it had one.
+func CutScheme(name string) (rest string, ok bool) {
+	if rest, ok := strings.CutPrefix(name, Scheme); ok {
+		return rest, true
+	}
+	return strings.CutPrefix(name, VerneuilScheme)
+}
+
 // Limits on a boule:// name, as on the manifest fields they select.
 const (
 	maxHostname = 255
@@ -50,7 +64,8 @@ func (s Source) String() string {
 }
 
 // ParseName parses the file name SQLite passes to the boule_snapshot VFS:
-// "boule://HOST/abs/path" or the path of a manifest file. It rejects names
+// "boule://HOST/abs/path" (or "verneuil://HOST/abs/path") or the path of
+// a manifest file. It rejects names
 // that could not name a replicated database: relative, "." or ".."
 // components, repeated slashes, NUL and other control characters, invalid
 // UTF-8, and over-long hosts or paths.
@@ -64,7 +79,7 @@ func ParseName(name string) (Source, error) {
 	if i := strings.IndexFunc(name, isControl); i >= 0 {
 		return Source{}, fmt.Errorf("%w: %q has a control character at byte %d", ErrBadName, name, i)
 	}
-	rest, ok := strings.CutPrefix(name, Scheme)
+	rest, ok := CutScheme(name)
 	if !ok {
 		if len(name) > maxPath {
 			return Source{}, fmt.Errorf("%w: manifest file name is %d bytes, more than %d", ErrBadName, len(name), maxPath)

@@ -14,6 +14,10 @@ func TestParseName(t *testing.T) {
 	}{
 		{name: "boule://h.example/data/app.db", want: Source{Hostname: "h.example", Path: "/data/app.db"}},
 		{name: "boule:///data/app.db", want: Source{Path: "/data/app.db"}},
+		{name: "verneuil://h.example/data/app.db", want: Source{Hostname: "h.example", Path: "/data/app.db"}},
+		{name: "verneuil:///data/app.db", want: Source{Path: "/data/app.db"}},
+		{name: "verneuil://h", bad: "no path"},
+		{name: "verneuil://h/a/../b", bad: "not a clean"},
 		{name: "/var/tmp/saved.manifest", want: Source{ManifestFile: "/var/tmp/saved.manifest"}},
 		{name: "relative.manifest", want: Source{ManifestFile: "relative.manifest"}},
 		{name: "", bad: "empty"},
@@ -37,8 +41,8 @@ func TestParseName(t *testing.T) {
 			if err != nil || got != tc.want {
 				t.Errorf("ParseName(%q)=%+v, %v; want %+v", tc.name, got, err, tc.want)
 			}
-			if got.String() != tc.name {
-				t.Errorf("ParseName(%q).String()=%q", tc.name, got.String())
+			if canon := strings.Replace(tc.name, VerneuilScheme, Scheme, 1); got.String() != canon {
+				t.Errorf("ParseName(%q).String()=%q, want %q", tc.name, got.String(), canon)
 			}
 			continue
 		}
@@ -59,7 +63,7 @@ func shorten(s string) string {
 // whose host and path are safe to put in keys and file names, and that
 // prints back as the same name.
 func FuzzParseName(f *testing.F) {
-	for _, s := range []string{"boule://h/a.db", "boule:///a/b", "/m", "boule://h/../a", "boule://h/a%00", "boule://\x00/", "boule:////"} {
+	for _, s := range []string{"boule://h/a.db", "boule:///a/b", "/m", "boule://h/../a", "boule://h/a%00", "boule://\x00/", "boule:////", "verneuil://h/a.db"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
@@ -70,8 +74,13 @@ func FuzzParseName(f *testing.F) {
 			}
 			return
 		}
-		if src.String() != name {
-			t.Fatalf("ParseName(%q).String()=%q", name, src.String())
+		// Verneuil's scheme prints back as Boule's.
+		want := name
+		if rest, ok := strings.CutPrefix(name, VerneuilScheme); ok {
+			want = Scheme + rest
+		}
+		if src.String() != want {
+			t.Fatalf("ParseName(%q).String()=%q, want %q", name, src.String(), want)
 		}
 		if src.ManifestFile != "" {
 			return

@@ -14,8 +14,11 @@ import (
 const DefaultCaptureMemory = 64 << 20
 
 // captureWait bounds how long a commit waits for another process to stage
-// the commits it captured before this one, before it rebuilds instead.
-const captureWait = 5 * time.Second
+// the commits it captured before this one, before it rebuilds instead. A
+// healthy persister stages a squash in milliseconds; the wait holds
+// SQLite's SHARED lock, so it must stay well below the busy timeouts of
+// other writers (5 s is common).
+const captureWait = 500 * time.Millisecond
 
 // A FullSource can also give the whole file, for builds that validate
 // every staged snapshot (Options.Validate).

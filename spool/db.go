@@ -286,6 +286,13 @@ func (d *DB) markState(c *ctl, state uint64, cause error) {
 // commits the new manifest.
 func (d *DB) snapshot(src Source, ch Change, onStaged func(f fileState)) (published bool, err error) {
 	f, err := d.inspect(src)
+	if errors.Is(err, ErrWAL) {
+		// Whatever is staged predates WAL mode and is stale from now on.
+		// The marker says WAL (see snapshotLocked), so that flushes and
+		// status in every process know.
+		_ = d.remove(d.StagingManifestPath())
+		d.cur = nil
+	}
 	if err != nil {
 		return false, err
 	}
@@ -385,7 +392,7 @@ type fileState struct {
 // inspect reads the size, header, ctime and mode of the database, and
 // refuses what cannot be snapshotted: a file over the format's limit, not
 // a database, in WAL mode, or with a hot journal of a transaction that
-// did not commit.
+// did not commit. It changes nothing, so Capture calls it without d.mu.
 func (d *DB) inspect(src Source) (fileState, error) {
 	var f fileState
 	size, err := src.Size()
@@ -406,11 +413,6 @@ func (d *DB) inspect(src Source) (fileState, error) {
 		}
 	}
 	if size >= HeaderSize && (f.hdr[18] == 2 || f.hdr[19] == 2) {
-		// Whatever is staged predates WAL mode and is stale from now on.
-		// The marker says WAL (see Snapshot), so that flushes and status
-		// in every process know.
-		_ = d.remove(d.StagingManifestPath())
-		d.cur = nil
 		return f, ErrWAL
 	}
 	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -541,6 +542,48 @@ func (d Dir) Status() ([]byte, error) { return d.readRecord(statusFile) }
 // processes (vfsctl status).
 func (d Dir) SetStatus(b []byte) error { return d.writeRecord(statusFile, b) }
 
+// A Beat is the heartbeat of the uploader that serves a database: it
+// rewrites it every few seconds, even with nothing to upload, and never
+// calls a store to do so. A lag with a live uploader is a store that does
+// not take the uploads; a lag without one, a writer that exited (or
+// crashed) before its uploads were done.
+type Beat struct {
+	At    time.Time     `json:"at"`       // when it was written, by the uploader's clock
+	Every time.Duration `json:"every_ns"` // how often the uploader rewrites it
+	PID   int           `json:"pid"`      // the uploader's process, in its PID namespace
+}
+
+// beatMisses is how many heartbeats may be missed before the uploader is
+// taken for gone: a loaded machine delays some.
+const beatMisses = 3
+
+// Alive reports whether the uploader that wrote b is alive at now: it
+// wrote b no more than a few of its periods ago.
+func (b Beat) Alive(now time.Time) bool {
+	return !b.At.IsZero() && b.Every > 0 && now.Sub(b.At) <= beatMisses*b.Every
+}
+
+// Beat returns the directory's last heartbeat, and false when there is
+// none (or it does not decode: no uploader wrote it).
+func (d Dir) Beat() (Beat, bool) {
+	raw, err := d.readRecord(beatFile)
+	var b Beat
+	if err != nil || raw == nil || json.Unmarshal(raw, &b) != nil {
+		return Beat{}, false
+	}
+	return b, true
+}
+
+// WriteBeat writes the heartbeat b; a directory that no longer exists
+// (the database was deleted) is an error wrapping fs.ErrNotExist.
+func (d Dir) WriteBeat(b Beat) error {
+	raw, err := json.Marshal(b)
+	if err != nil {
+		return fmt.Errorf("spool: encode heartbeat: %w", err)
+	}
+	return d.writeRecord(beatFile, raw)
+}
+
 // The paths of the directory's files, for messages, for tools that report
 // on a spool, and for tests that damage one.
 
@@ -558,6 +601,9 @@ func (d Dir) MarkerFile() string { return d.join(markerFile) }
 
 // UploadedFile is the path of the record of the last upload.
 func (d Dir) UploadedFile() string { return d.join(uploadedFile) }
+
+// BeatFile is the path of the uploader's heartbeat.
+func (d Dir) BeatFile() string { return d.join(beatFile) }
 
 // UploadLockFile is the path of the lock LockUpload takes.
 func (d Dir) UploadLockFile() string { return d.join(uploadLock) }

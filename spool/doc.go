@@ -6,7 +6,7 @@
 //
 // Under the configured replication_spooling_dir:
 //
-//	boule-v1.<boot id>/            state of this boot only
+//	boule-v2.<boot id>/            state of this boot only
 //	  <mangled source path>/       one directory per source database
 //	    source                     the absolute source path, for tools
 //	    txn                        marker: '0' clean, '1' a transaction in flight
@@ -57,7 +57,9 @@
 // most the database size), and ready/ and consuming/ hold one snapshot each
 // (each at most the database's size when it was taken), so the spool of a
 // database stays within about three times the database size however long
-// the uploader is stuck. A snapshot that fails deletes the chunks it staged.
+// the uploader is stuck. While a snapshot runs, the chunks it stages sit
+// beside those they replace until its manifest is written: about four
+// times at the peak. A snapshot that fails deletes the chunks it staged.
 // The one exception to the bound is a database that shrinks a lot while a
 // larger snapshot waits in ready/ or consuming/: that snapshot keeps its
 // size until it is uploaded.

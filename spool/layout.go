@@ -16,5 +16,6 @@ const (
 	packedFile   = "packed"      // placements of packed chunks no uploaded manifest lists yet
 	targetsFile  = "targets"     // the non-cache targets the chunks were uploaded to
 	statusFile   = "status.json" // the uploader's status of the database
+	beatFile     = "heartbeat"   // the serving uploader's heartbeat (Dir.Beat)
 	uploadLock   = "upload.lock" // flock: one uploading process at a time
 )

@@ -19,7 +19,7 @@ import (
 // are checked only as parts of a path.
 func TestLayoutSpelledOnlyHere(t *testing.T) {
 	exact := map[string]bool{}
-	for _, n := range []string{stagingDir, consumingDir, markerFile, statusFile, uploadLock, LockFile} {
+	for _, n := range []string{stagingDir, consumingDir, markerFile, statusFile, beatFile, uploadLock, LockFile} {
 		exact[n] = true
 	}
 	parts := map[string]bool{}

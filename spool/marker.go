@@ -60,6 +60,11 @@ type Marker struct {
 	// captured and of the staged snapshot; Owner is the process that
 	// captured the last commit.
 	Committed, Persisted, Owner uint64
+	// Writer is the process with a write transaction in flight (it
+	// wrote the file, and has not captured its commit yet), 0 if none.
+	// A live writer's transaction is not committed, or its commit has not
+	// returned yet: it leaves the marker clean.
+	Writer uint64
 }
 
 // ReadMarker reads the txn marker in the database spool directory dir. A
@@ -76,6 +81,7 @@ func ReadMarker(dir string) (Marker, error) {
 // parseCtl interprets a control block's words.
 func parseCtl(b []byte) Marker {
 	m := Marker{
+		Writer:    le64(b, ctlTxn),
 		Committed: le64(b, ctlCommitted),
 		Persisted: le64(b, ctlPersisted),
 		Owner:     le64(b, ctlOwner),

@@ -1,8 +1,10 @@
 package upload
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"sort"
 	"time"
 
@@ -32,6 +34,13 @@ type Status struct {
 	// Problem says which, and why.
 	NotReplicated bool   `json:"not_replicated"`
 	Problem       string `json:"problem,omitempty"`
+	// UploaderAlive reports that an uploader serving the database (in
+	// any process) wrote its heartbeat lately; UploaderSeen is when it
+	// last did, zero if none ever did in this boot. A lag without a live
+	// uploader is a writer that exited before its uploads were done, not
+	// a store outage.
+	UploaderAlive bool      `json:"uploader_alive"`
+	UploaderSeen  time.Time `json:"uploader_seen,omitzero"`
 }
 
 // withSpool completes s with what the spool directory says now: the lag
@@ -40,6 +49,10 @@ type Status struct {
 // replicated at all.
 func withSpool(s Status, sp spool.Dir, uploaded [32]byte, now time.Time) Status {
 	s.Lag, s.PendingBytes = sp.Lag(uploaded, now)
+	s.UploaderAlive, s.UploaderSeen = false, time.Time{}
+	if b, ok := sp.Beat(); ok {
+		s.UploaderAlive, s.UploaderSeen = b.Alive(now), b.At
+	}
 	mk, err := sp.Marker()
 	if err != nil {
 		s.NotReplicated, s.Problem = true, err.Error()
@@ -99,8 +112,35 @@ func (u *Uploader) saveStatus(st *dbState) {
 	st.mu.Unlock()
 	s.Lag, s.PendingBytes = 0, 0 // computed by readers
 	s.NotReplicated, s.Problem = false, ""
+	s.UploaderAlive, s.UploaderSeen = false, time.Time{}
 	if b, err := json.Marshal(s); err == nil {
 		_ = st.sp.SetStatus(b)
+	}
+}
+
+// beat rewrites the heartbeat of every database the uploader knows,
+// every BeatPeriod, until ctx is done. It makes no store call.
+func (u *Uploader) beat(ctx context.Context) {
+	pid := os.Getpid()
+	t := time.NewTicker(u.opts.BeatPeriod)
+	defer t.Stop()
+	for {
+		u.mu.Lock()
+		sps := make([]spool.Dir, 0, len(u.dbs))
+		for _, st := range u.dbs {
+			sps = append(sps, st.sp)
+		}
+		u.mu.Unlock()
+		b := spool.Beat{At: u.opts.Now(), Every: u.opts.BeatPeriod, PID: pid}
+		for _, sp := range sps {
+			// A deleted database's directory is gone: the scan forgets it.
+			_ = sp.WriteBeat(b)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 

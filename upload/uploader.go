@@ -31,6 +31,7 @@ const (
 	DefaultTouchPeriod = 24 * time.Hour
 	DefaultManifestGap = 1100 * time.Millisecond
 	DefaultFlushRate   = 1000
+	DefaultBeatPeriod  = 5 * time.Second
 	recentMemory       = 200_000
 )
 
@@ -49,6 +50,10 @@ type Options struct {
 	FlushRate float64
 	// Workers is the number of background upload goroutines.
 	Workers int
+	// BeatPeriod is how often a started uploader rewrites the heartbeat
+	// of every database it serves (spool.Beat), even when idle; zero
+	// means DefaultBeatPeriod.
+	BeatPeriod time.Duration
 	// ScanPeriod is how often every known database is looked at, as a
 	// backstop for lost wake-ups. Zero means DefaultScanPeriod.
 	ScanPeriod time.Duration
@@ -143,6 +148,9 @@ func New(opts Options) (*Uploader, error) {
 	if opts.ScanPeriod <= 0 {
 		opts.ScanPeriod = DefaultScanPeriod
 	}
+	if opts.BeatPeriod <= 0 {
+		opts.BeatPeriod = DefaultBeatPeriod
+	}
 	if opts.ManifestGap == 0 {
 		opts.ManifestGap = DefaultManifestGap
 	}
@@ -203,6 +211,11 @@ func (u *Uploader) Start() {
 	go func() {
 		defer u.wg.Done()
 		u.scanner(ctx)
+	}()
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		u.beat(ctx)
 	}()
 }
 

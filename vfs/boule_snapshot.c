@@ -29,7 +29,8 @@
 #define unix_vfs boule_unix_vfs
 
 #define BOULE_SCHEME "boule://"
-#define BOULE_SNAP_MAXPATH 4608 /* "boule://" + 255-byte host + 4096-byte path */
+#define VERNEUIL_SCHEME "verneuil://" /* Verneuil's name for it, an alias */
+#define BOULE_SNAP_MAXPATH 4608 /* "verneuil://" + 255-byte host + 4096-byte path */
 
 typedef struct SnapFile {
   sqlite3_file base;    /* pMethods == &snap_io_methods */
@@ -45,7 +46,8 @@ static sqlite3_vfs snap_vfs;
 static const sqlite3_io_methods snap_io_methods;
 
 static int is_replica_name(const char *z) {
-  return z != 0 && strncmp(z, BOULE_SCHEME, sizeof(BOULE_SCHEME) - 1) == 0;
+  return z != 0 && (strncmp(z, BOULE_SCHEME, sizeof(BOULE_SCHEME) - 1) == 0 ||
+                    strncmp(z, VERNEUIL_SCHEME, sizeof(VERNEUIL_SCHEME) - 1) == 0);
 }
 
 /* Takes the view and flags Go returned. */
@@ -191,7 +193,11 @@ static int sFileControl(sqlite3_file *f, int op, void *arg) {
       char **a = (char **)arg;
       BouleSnapOut out;
       int rc;
-      if (a[1] == 0 || sqlite3_strnicmp(a[1], "boule_snapshot", 14) != 0) return SQLITE_NOTFOUND;
+      /* verneuil_snapshot_* are Verneuil's names for the same pragmas. */
+      if (a[1] == 0 || (sqlite3_strnicmp(a[1], "boule_snapshot", 14) != 0 &&
+                        sqlite3_strnicmp(a[1], "verneuil_snapshot", 17) != 0)) {
+        return SQLITE_NOTFOUND;
+      }
       memset(&out, 0, sizeof(out));
       out.autoRefresh = p->autoRefresh;
       rc = bouleGoSnapPragma(p->conn, a[1], a[2], p->eLock != SQLITE_LOCK_NONE, &out);

@@ -357,7 +357,10 @@ static int bFileControl(sqlite3_file *f, int op, void *arg) {
   BouleFile *p = (BouleFile *)f;
   if (op == SQLITE_FCNTL_PRAGMA) {
     char **a = (char **)arg;
-    if (a[1] && sqlite3_stricmp(a[1], "boule_flush_replication_data") == 0) {
+    /* verneuil_flush_replication_data is Verneuil's name for the same
+    ** pragma, kept so that its users' SQL runs unchanged. */
+    if (a[1] && (sqlite3_stricmp(a[1], "boule_flush_replication_data") == 0 ||
+                 sqlite3_stricmp(a[1], "verneuil_flush_replication_data") == 0)) {
       const char *v = a[2];
       if (v == 0 || sqlite3_stricmp(v, "now") == 0 || sqlite3_stricmp(v, "force") == 0 || strcmp(v, "2") == 0) {
         /* Flush now: upload everything this database has spooled. Inside

@@ -25,6 +25,7 @@ func init() {
 	children["writer"] = childWriter
 	children["crashpoint"] = childCrashpoint
 	children["verifier"] = childVerifyingWriter
+	children["heldwriter"] = childHeldWriter
 }
 
 // childEnv reads the parameters the parent passes to a child.
@@ -321,7 +322,9 @@ func verifyUnderSharedLock(db *sql.DB, f *os.File, path string) (bool, error) {
 	if err := sp.WaitStaged(ctx); err != nil {
 		return false, err
 	}
-	if m, err := sp.Marker(); err != nil || m.State != spool.MarkerClean {
+	// A writer between its commit and its capture holds SHARED too: its
+	// commit is in the file and not yet in the snapshot.
+	if m, err := sp.Marker(); err != nil || m.State != spool.MarkerClean || m.Writer != 0 {
 		return false, err
 	}
 	st, err := f.Stat()
@@ -384,4 +387,123 @@ func TestSeveralProcesses(t *testing.T) {
 		t.Fatalf("log rows=%d, %v; want 240", n, err)
 	}
 	checkSnapshot(t, db, path)
+}
+
+// childHeldWriter is childWriter (without VACUUM) killed by SIGKILL at
+// the first filesystem step of its persister after its first commit (which
+// a process stages during the commit): the commits it reported after that
+// one were captured in memory and never staged.
+func childHeldWriter() error {
+	c := readChildEnv()
+	var armed atomic.Bool
+	vfs.SetFaultHook(func(op, path string) error {
+		if armed.Load() {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+		return nil
+	})
+	db, err := c.open()
+	if err != nil {
+		return err
+	}
+	w := newWorkload(c.seed)
+	for i := 0; c.steps == 0 || i < c.steps; i++ {
+		seq, err := loggedTxn(db, w)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			armed.Store(true)
+			fmt.Println("ready")
+		}
+		fmt.Println(seq)
+	}
+	return fmt.Errorf("not killed after %d commits", c.steps)
+}
+
+// readSeqs reads the sequence numbers a writer child prints, until it
+// exits, into committed.
+func readSeqs(t *testing.T, out *bufio.Scanner, committed map[int64]bool) {
+	t.Helper()
+	for out.Scan() {
+		seq, err := strconv.ParseInt(out.Text(), 10, 64)
+		if err != nil {
+			t.Fatalf("writer printed %q", out.Text())
+		}
+		committed[seq] = true
+	}
+}
+
+func waitKilled(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("writer: %v, want killed by SIGKILL", err)
+	}
+}
+
+// TestKillBetweenCommitAndPersist: writers killed after commits that were
+// captured in memory and not staged. Alone, the next commit of another
+// process rebuilds from the file; with a second process writing at the
+// same time, that process finds the dead one's unstaged commits and
+// stages them with its own. Either way every committed transaction is in
+// the database and the snapshot equals it.
+func TestKillBetweenCommitAndPersist(t *testing.T) {
+	t.Run("one writer", func(t *testing.T) {
+		e := newEnv(t)
+		path := e.path("held.db")
+		db := parentConn(t, path)
+		committed := map[int64]bool{}
+		for i := range 10 {
+			cmd, out := startChild(t, "heldwriter",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+				fmt.Sprint("BOULE_TEST_SEED=", 100+i), "BOULE_TEST_STEPS=1000")
+			if !out.Scan() || out.Text() != "ready" {
+				t.Fatalf("writer %d did not start: %q", i, out.Text())
+			}
+			readSeqs(t, out, committed)
+			waitKilled(t, cmd)
+			m, err := spool.ReadMarker(mustDB(t, path).Dir())
+			if err != nil || m.State != spool.MarkerSet || m.Committed <= m.Persisted {
+				t.Fatalf("marker after the kill %+v, %v; want set, with commits captured and not persisted", m, err)
+			}
+			verifyAfterCrash(t, db, path, committed)
+		}
+	})
+	t.Run("two writers", func(t *testing.T) {
+		e := newEnv(t)
+		path := e.path("held2.db")
+		db := parentConn(t, path)
+		for i := range 5 {
+			committed := map[int64]bool{}
+			other, otherOut := startChild(t, "writer",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, fmt.Sprint("BOULE_TEST_SEED=", 200+i), "BOULE_TEST_STEPS=40")
+			if !otherOut.Scan() || otherOut.Text() != "ready" {
+				t.Fatalf("second writer did not start: %q", otherOut.Text())
+			}
+			held, heldOut := startChild(t, "heldwriter",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, fmt.Sprint("BOULE_TEST_SEED=", 300+i), "BOULE_TEST_STEPS=1000")
+			if !heldOut.Scan() || heldOut.Text() != "ready" {
+				t.Fatalf("held writer did not start: %q", heldOut.Text())
+			}
+			readSeqs(t, heldOut, committed)
+			waitKilled(t, held)
+			readSeqs(t, otherOut, committed)
+			if err := other.Wait(); err != nil {
+				t.Fatalf("second writer: %v", err)
+			}
+			// No commit of ours: the survivor's last snapshot must be right
+			// as it is, unless the dead writer committed last.
+			m, err := spool.ReadMarker(mustDB(t, path).Dir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.State == spool.MarkerClean {
+				checkSnapshot(t, db, path)
+			}
+			verifyAfterCrash(t, db, path, committed)
+		}
+	})
 }

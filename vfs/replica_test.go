@@ -692,3 +692,77 @@ func TestReplicaSwitchSameHeader(t *testing.T) {
 		t.Fatalf("integrity_check after the switch: %q, %v", ok, err)
 	}
 }
+
+// TestVerneuilAliases: Verneuil's names, verneuil_* pragmas and
+// verneuil:// replica names, work as Boule's do, with the same arguments
+// and results.
+func TestVerneuilAliases(t *testing.T) {
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("verneuil.db")
+	src := open(t, path, "boule", "")
+	src.SetMaxOpenConns(1)
+	mustExec(t, src, "CREATE TABLE t(x); INSERT INTO t VALUES ('from verneuil')")
+	str := func(db *sql.DB, q string) string {
+		t.Helper()
+		var s string
+		if err := db.QueryRow(q).Scan(&s); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return s
+	}
+	for _, c := range []struct{ pragma, want string }{
+		{"PRAGMA verneuil_flush_replication_data", "1"},
+		{"PRAGMA verneuil_flush_replication_data=on", "0"},
+		{"PRAGMA boule_flush_replication_data=off", "1"},
+		{"PRAGMA VERNEUIL_FLUSH_REPLICATION_DATA", "1"},
+	} {
+		if got := str(src, c.pragma); got != c.want {
+			t.Errorf("%s=%q, want %q", c.pragma, got, c.want)
+		}
+	}
+	if _, err := src.Exec("PRAGMA verneuil_flush_replication_data=maybe"); err == nil || !strings.Contains(err.Error(), "want 0, 1 or no argument") {
+		t.Errorf("PRAGMA verneuil_flush_replication_data=maybe: %v, want the boule pragma's error", err)
+	}
+
+	rdb := open(t, "verneuil://"+path, "boule_snapshot", "")
+	rdb.SetMaxOpenConns(1)
+	if got := str(rdb, "SELECT x FROM t"); got != "from verneuil" {
+		t.Fatalf("replica opened as verneuil://%s reads %q, want the row written", path, got)
+	}
+	if got, want := str(rdb, "PRAGMA verneuil_snapshot_ctime"), str(rdb, "PRAGMA boule_snapshot_ctime"); got != want || got == "" {
+		t.Errorf("verneuil_snapshot_ctime=%q, want boule_snapshot_ctime's %q", got, want)
+	}
+	if got, want := str(rdb, "PRAGMA verneuil_snapshot_updated"), str(rdb, "PRAGMA boule_snapshot_updated"); got != want || got == "" {
+		t.Errorf("verneuil_snapshot_updated=%q, want boule_snapshot_updated's %q", got, want)
+	}
+	if got := str(rdb, "PRAGMA verneuil_snapshot_auto_refresh=1"); got != "0" {
+		t.Errorf("verneuil_snapshot_auto_refresh=1 returned %q, want the previous value 0", got)
+	}
+	if got := str(rdb, "PRAGMA boule_snapshot_auto_refresh"); got != "1" {
+		t.Errorf("boule_snapshot_auto_refresh=%q after verneuil_snapshot_auto_refresh=1, want 1", got)
+	}
+	if _, err := rdb.Exec("PRAGMA verneuil_snapshot_refresh=maybe"); err == nil || !strings.Contains(err.Error(), "want 0, 1, 2") {
+		t.Errorf("verneuil_snapshot_refresh=maybe: %v, want the boule pragma's error", err)
+	}
+	mustExec(t, src, "INSERT INTO t VALUES ('second')")
+	if got := str(src, "PRAGMA verneuil_flush_replication_data"); got != "1" {
+		t.Fatalf("second flush=%q, want 1", got)
+	}
+	str(rdb, "PRAGMA verneuil_snapshot_refresh=2")
+	if got := str(rdb, "SELECT count(*) FROM t"); got != "2" {
+		t.Errorf("after verneuil_snapshot_refresh=2 the replica has %s rows, want 2", got)
+	}
+	if got := str(rdb, "PRAGMA verneuil_snapshot_async_reload"); got != "0" {
+		t.Errorf("verneuil_snapshot_async_reload with nothing newer=%q, want 0", got)
+	}
+
+	out := e.path("restored.db")
+	if err := vfs.Restore(context.Background(), "verneuil://"+path, out); err != nil {
+		t.Fatalf("Restore(verneuil://%s)=%v", path, err)
+	}
+	want, _ := os.ReadFile(path)
+	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("Restore(verneuil://%s) wrote %d bytes (%v), want the database's %d", path, len(got), err, len(want))
+	}
+}

@@ -326,7 +326,11 @@ func TestMinioOutage(t *testing.T) {
 // TestOutageDoesNotSlowCommits compares commit latency with the store up
 // and down, in interleaved blocks so that both see the same machine noise:
 // the fault proxy in front of minio alternately passes requests and resets
-// every connection. The medians must be within 10%.
+// every connection. The medians must be within 50%: a commit that waited
+// for the network (a retry, a backoff, a timeout) would cost milliseconds
+// to seconds, while the machine's noise under parallel tests (persisters
+// and retries share its two cores) is tens of percent. doc/BENCHMARKS.md
+// has the measured figures.
 func TestOutageDoesNotSlowCommits(t *testing.T) {
 	srv := miniotest.Start(t)
 	srv.SetEnv(t)
@@ -347,8 +351,8 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 	proxy.Pass()
 	mu, md := median(up), median(down)
 	t.Logf("median commit: %v with the store up, %v with it down (%d commits each)", mu, md, len(up))
-	if float64(md) > 1.10*float64(mu) {
-		t.Errorf("median commit with the store down %v > 1.10 × %v with it up", md, mu)
+	if float64(md) > 1.5*float64(mu) {
+		t.Errorf("median commit with the store down %v > 1.5 × %v with it up", md, mu)
 	}
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)
@@ -480,9 +484,14 @@ func TestAPIBudget(t *testing.T) {
 	proxy.ResetCounts()
 	start := time.Now()
 	commits := 0
-	for i := 0; time.Since(start) < 8*time.Second || commits < 1000; i++ {
-		// Three rows far apart: about three chunks per commit.
-		mustExec(t, db, "UPDATE t SET v = randomblob(4000) WHERE id IN (?, ?, ?)", 1+i%4000, 1+(i*7+1333)%4000, 1+(i*13+2666)%4000)
+	// At least 8 s and 1,000 commits, and on until the uploader went past
+	// its burst (squashed snapshots may take it a while under -race).
+	past := func() bool { return proxy.Total() > 150 || time.Since(start) > 40*time.Second }
+	for i := 0; time.Since(start) < 8*time.Second || commits < 1000 || !past(); i++ {
+		// Three rows far apart: about three chunks per commit, and
+		// different chunks from one commit to the next, so that commits
+		// squashed into one snapshot still change many chunks.
+		mustExec(t, db, "UPDATE t SET v = randomblob(4000) WHERE id IN (?, ?, ?)", 1+(i*1009)%4000, 1+(i*2003+1333)%4000, 1+(i*3001+2666)%4000)
 		commits++
 	}
 	elapsed := time.Since(start)

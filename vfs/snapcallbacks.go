@@ -365,7 +365,11 @@ var errNotSnapPragma = withCode(C.SQLITE_NOTFOUND, errors.New("vfs: not a boule_
 
 // snapPragma runs one boule_snapshot_* pragma for c and returns its result
 // or its error (SQLITE_ERROR unless marked with another code).
+// Verneuil's names for them (verneuil_snapshot_*) are aliases.
 func snapPragma(c *snapshot.Conn, name, arg string, hasArg, locked bool) (string, error) {
+	if rest, ok := strings.CutPrefix(name, "verneuil_snapshot_"); ok {
+		name = "boule_snapshot_" + rest
+	}
 	switch name {
 	case "boule_snapshot_ctime":
 		return formatTime(c.Snapshot().M.SourceCtime), nil

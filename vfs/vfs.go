@@ -83,6 +83,8 @@ func Register(cfg Config) error {
 				Perm:   cfg.Permissions(),
 				Logger: log,
 				Fault:  faultHook,
+				// 0 is spool's default, the same as config's.
+				CaptureMemory: int64(cfg.CaptureMemoryMiB) << 20,
 				// The conformance build checks every staged snapshot.
 				Validate: validator,
 				Notify:   notify,

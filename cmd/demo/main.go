@@ -1,11 +1,14 @@
 // Command demo tells Boule's story on the embedded default, a dir store in
 // a temp folder, with nothing to configure: it writes a database through
-// the boule VFS, shows what each commit left in the spool and the
-// replication lag until the store caught up, opens a read replica in a
-// second process and shows a fresh commit arriving there, then restores
-// the database and proves the restore byte-identical.
+// the boule VFS, shows each commit and the replication lag until the store
+// caught up, opens a read replica in a second process and shows a fresh
+// commit arriving there, then restores the database and proves the
+// restore byte-identical. Each step shows the command that does the same
+// by hand (the sqlite3 shell with the extension, or vfsctl). With -dir the
+// files stay, to try those commands on; -internals also shows what the
+// spool holds.
 //
-//	go run ./cmd/demo [-dir DIR]
+//	go run ./cmd/demo [-dir DIR] [-internals]
 package main
 
 import (
@@ -34,7 +37,8 @@ import (
 )
 
 func main() {
-	dir := flag.String("dir", "", "working directory (default: a new temp dir, removed at exit)")
+	dir := flag.String("dir", "", "working directory, kept after the demo (default: a new temp dir, removed at exit)")
+	internals := flag.Bool("internals", false, "also show the spool's files and its staged manifest")
 	replica := flag.String("replica", "", "run as the read-replica process for this database (used by the demo itself)")
 	flag.Parse()
 	if *replica != "" {
@@ -44,13 +48,14 @@ func main() {
 		}
 		return
 	}
-	if err := run(*dir); err != nil {
+	if err := run(*dir, *internals); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir string) error {
+func run(dir string, internals bool) error {
+	keep := dir != ""
 	if dir == "" {
 		d, err := os.MkdirTemp("", "boule-demo-")
 		if err != nil {
@@ -77,7 +82,20 @@ func run(dir string) error {
 		return err
 	}
 	path := filepath.Join(dir, "app.db")
-	fmt.Printf("1. Open %s with vfs=boule, spooling to %s and replicating to the dir store %s\n\n", path, spoolDir, storeDir)
+	cfgJSON, err := json.Marshal(config.Config{ReplicationSpoolingDir: spoolDir, ReplicationTargets: cfg.ReplicationTargets})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("Boule replicates %s to the dir store %s, through the spool %s.\n", path, storeDir, spoolDir)
+	if keep {
+		fmt.Println("The files stay in", dir, "after the demo. The lines starting with $ do the same by hand, with this configuration:")
+	} else {
+		fmt.Println("The files are removed at exit; run with -dir DIR to keep them and try the lines starting with $, with this configuration:")
+	}
+	fmt.Printf("   $ export BOULE_CONFIG='%s'\n\n", cfgJSON)
+
+	fmt.Printf("1. Open the database with vfs=boule\n")
+	fmt.Printf("   $ sqlite3 -cmd '.load libboule' 'file:%s?vfs=boule'\n\n", path)
 	db, err := sql.Open("sqlite3", "file:"+path+"?vfs=boule&_journal_mode=TRUNCATE")
 	if err != nil {
 		return err
@@ -96,47 +114,40 @@ func run(dir string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println("2. Each commit leaves a complete snapshot in the spool:")
-	fmt.Printf("   %-36s %10s %7s %12s %14s\n", "transaction", "db bytes", "chunks", "incremental", "chunk files")
+	fmt.Println("2. Commit five transactions; each one leaves a complete snapshot to upload.")
+	fmt.Println("   file size:  the database file after the commit, in bytes")
+	fmt.Println("   chunks:     the 64 KiB chunks that file is cut into; a snapshot is the list of them")
+	fmt.Println("   new chunks: the chunks the commit changed, whose content the store may not have yet;")
+	fmt.Println("               only these are uploaded (a tiny file travels inside its manifest instead)")
+	fmt.Printf("   %-34s %10s %7s %11s\n", "transaction", "file size", "chunks", "new chunks")
 	for _, s := range steps {
 		before := d.Stats()
 		if _, err := db.Exec(s.sql); err != nil {
 			return fmt.Errorf("%s: %w", s.what, err)
+		}
+		// Commits are staged off the commit path: wait for this one.
+		wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := d.WaitStaged(wctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%s: staging its snapshot: %w", s.what, err)
 		}
 		st := d.Stats()
 		fi, err := os.Stat(path)
 		if err != nil {
 			return err
 		}
-		kind := "rebuild"
-		if st.Incremental > before.Incremental {
-			kind = "yes"
+		fmt.Printf("   %-34s %10d %7d %11d\n", s.what, fi.Size(), (fi.Size()+65535)/65536, st.ChunksStaged-before.ChunksStaged)
+	}
+	if internals {
+		if err := showSpool(d.Dir(), d.StagingManifestPath()); err != nil {
+			return err
 		}
-		fmt.Printf("   %-36s %10d %7d %12s %8d written\n", s.what, fi.Size(), (fi.Size()+65535)/65536, kind, st.ChunksStaged-before.ChunksStaged)
 	}
-
-	fmt.Printf("\n3. The spool directory of this database (%s):\n", d.Dir())
-	if err := printTree(d.Dir()); err != nil {
-		return err
-	}
-
-	mb, err := os.ReadFile(d.StagingManifestPath())
-	if err != nil {
-		return err
-	}
-	m, err := manifest.Decode(mb)
-	if err != nil {
-		return err
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("\n4. The staged manifest: host %q, path %s, %d bytes, page size %d, change counter %d, %d chunks (%d inline)\n",
-		m.Hostname, m.SourcePath, m.Size, m.PageSize, m.ChangeCounter, len(m.Chunks), len(m.Inline))
 
 	ctx := context.Background()
-	fmt.Println("\n5. Replication runs in the background, rate-limited; its lag, until the store has the last commit:")
+	fmt.Println("\n3. Replication runs in the background, rate-limited; its lag, until the store has the last commit:")
+	fmt.Printf("   $ vfsctl status %s\n", spoolDir)
 	start := time.Now()
 	for {
 		st := vfs.ReplicationStatus()
@@ -153,7 +164,24 @@ func run(dir string) error {
 		return fmt.Errorf("replication did not catch up in 30 s: %+v", st)
 	}
 
-	fmt.Println("\n6. A read replica in a second process (boule_snapshot), as the writer commits:")
+	stores, err := vfs.ReadStores(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
+	if err != nil {
+		return err
+	}
+	m, _, err := store.FetchManifest(ctx, stores, key)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n4. The store holds the newest snapshot's manifest, %s, and its chunks:\n", key)
+	fmt.Printf("   $ vfsctl manifest --json %s\n", path)
+	fmt.Printf("   host %q, path %s, %d bytes, page size %d, %d chunks\n", m.Hostname, m.SourcePath, m.Size, m.PageSize, len(m.Chunks))
+
+	fmt.Println("\n5. A read replica in a second process (boule_snapshot), as the writer commits:")
+	fmt.Printf("   $ vfsctl shell %s\n", path)
 	child, err := startReplica(path, cfg)
 	if err != nil {
 		return err
@@ -173,12 +201,13 @@ func run(dir string) error {
 		return err
 	}
 
-	fmt.Println("\n7. Restore (as vfsctl restore does), every chunk verified:")
 	out := filepath.Join(dir, "restored.db")
+	fmt.Println("\n6. Restore, every chunk verified:")
+	fmt.Printf("   $ vfsctl restore --out %s %s\n", out, path)
 	if err := vfs.Restore(ctx, "boule://"+path, out); err != nil {
 		return err
 	}
-	want, err = os.ReadFile(path)
+	want, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
@@ -189,11 +218,27 @@ func run(dir string) error {
 	if !bytes.Equal(got, want) {
 		return fmt.Errorf("the restored file differs from the database")
 	}
-	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
+	fmt.Printf("   %s (%d bytes) is byte-identical to %s.\n", out, len(got), path)
+	return nil
+}
+
+// showSpool prints the spool's files for the database and its staged
+// manifest: how Boule works inside, not needed to use it (doc/FORMAT.md).
+func showSpool(dir, manifestPath string) error {
+	fmt.Printf("\n   Inside: the spool directory of this database (%s):\n", dir)
+	if err := printTree(dir); err != nil {
+		return err
+	}
+	mb, err := os.ReadFile(manifestPath)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("   %s (%d bytes) is byte-identical to %s.\n   Its manifest is %s in %s.\n", out, len(got), path, key, storeDir)
+	m, err := manifest.Decode(mb)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   Inside: the staged manifest: host %q, path %s, %d bytes, page size %d, change counter %d, %d chunks (%d inline)\n",
+		m.Hostname, m.SourcePath, m.Size, m.PageSize, m.ChangeCounter, len(m.Chunks), len(m.Inline))
 	return nil
 }
 

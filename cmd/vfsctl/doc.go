@@ -1,12 +1,16 @@
 // Command vfsctl operates Boule replication from the command line.
 //
-//	vfsctl [--config JSON|@FILE] COMMAND [ARGS]
+//	vfsctl [-c|--config JSON|@FILE] [-l|--log off|error|warn|info|debug] COMMAND [ARGS]
+//	vfsctl --version
+//	vfsctl help [COMMAND]
 //
 // Commands:
 //
 //	flush SPOOL_DIR        upload everything spooled under SPOOL_DIR
 //	sync DB                upload a fresh snapshot of DB and print its manifest name
-//	status SPOOL_DIR       replication lag, pending bytes and errors per database
+//	status SPOOL_DIR       replication lag, pending bytes, uploader and errors per database;
+//	                       --max-lag D exits 1 beyond D, --watch redraws on a terminal
+//	metrics SPOOL_DIR      the same, as Prometheus metrics; --listen ADDR serves /metrics
 //	restore SOURCE         write a replicated database, or an older version, to a file
 //	manifest SOURCE        fetch the manifest of a replicated database
 //	manifest-name SOURCE   print the key of a database's manifest
@@ -14,6 +18,15 @@
 //	ls                     list the databases a store holds
 //	verify SOURCE          check every chunk of a manifest
 //	shell SOURCE           open the sqlite3 shell on a read replica
+//
+// A command's flags may come before or after its arguments (after "--",
+// everything is an argument; for shell, everything after SOURCE goes to
+// sqlite3); the global flags come before the command. A wrong flag prints
+// its error, then the command's usage, and exits 2. --version prints the
+// module version and the commit vfsctl was built from (when go build
+// stamped it: not with -buildvcs=false, nor from a git worktree). sync
+// --optimize is accepted for verneuilctl's scripts and changes nothing
+// (Verneuil rewrote the database first; Boule's sync never writes it).
 //
 // SOURCE is a database path on its host (--hostname, default this one) or
 // a boule://HOST/abs/path name; restore, verify and shell also take a

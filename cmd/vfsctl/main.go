@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -35,8 +36,9 @@ type command struct {
 
 var commands = []command{
 	{"flush", "[--json] SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
-	{"sync", "DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
-	{"status", "[--json] SPOOL_DIR", "show replication lag, pending bytes, calls and errors per database", cmdStatus},
+	{"sync", "[--optimize] DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
+	{"status", "[--json] [--max-lag DURATION] [--watch] SPOOL_DIR", "show replication lag, pending bytes, uploader, calls and errors per database; exit 1 if any is blocked, not replicated or lags more than --max-lag", cmdStatus},
+	{"metrics", "[--listen ADDR] SPOOL_DIR", "print the replication metrics of SPOOL_DIR in Prometheus' text format, or serve them on ADDR/metrics", cmdMetrics},
 	{"restore", "[--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)", "write a replicated database (or an older version) to a file", cmdRestore},
 	{"manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
 	{"manifest-name", "[--hostname H] SOURCE", "print the key of a database's manifest", cmdManifestName},
@@ -44,6 +46,7 @@ var commands = []command{
 	{"ls", "[--hostname H | --all] [--json]", "list the databases a store holds", cmdLs},
 	{"verify", "[--hostname H] [--at TIME] [--json] (SOURCE | --manifest URI|FILE)", "check every chunk of a manifest is in every target and matches its fingerprint", cmdVerify},
 	{"shell", "[--hostname H] [--executable sqlite3] [--vfs LIB] (SOURCE | --manifest URI|FILE) [-- SQLITE3_ARGS...]", "open the sqlite3 shell on a read replica", cmdShell},
+	{"help", "[COMMAND]", "show the usage of vfsctl, or of COMMAND", nil}, // run by run
 }
 
 // globals are the options before the command.
@@ -91,86 +94,267 @@ func runUntilSignal(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
+// logLevels are the values of --log; "off" logs nothing.
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// newLogger returns the logger of --log level on w.
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	if level == "off" {
+		return slog.New(slog.DiscardHandler), nil
+	}
+	l, ok := logLevels[level]
+	if !ok {
+		return nil, usagef("--log %q: want off, error, warn, info or debug", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// errUsageShown is returned when a command's flags were wrong, and the
+// error and the command's usage already printed.
+var errUsageShown = errors.New("usage shown")
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := &globals{stdin: os.Stdin, stdout: stdout, stderr: stderr}
 	fs := flag.NewFlagSet("vfsctl", flag.ContinueOnError)
+	const configHelp = "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG, else $VERNEUIL_CONFIG)"
+	const logHelp = "log level on stderr: off, error, warn, info or debug"
+	fs.StringVar(&g.config, "config", "", configHelp)
+	fs.StringVar(&g.config, "c", "", "short for --config")
+	fs.StringVar(&g.log, "log", "warn", logHelp)
+	fs.StringVar(&g.log, "l", "warn", "short for --log")
+	version := fs.Bool("version", false, "print vfsctl's version and commit, and exit")
+	fs.SetOutput(io.Discard) // errors are printed once, below
+	fs.Usage = func() {}
+	err := fs.Parse(args)
 	fs.SetOutput(stderr)
-	fs.StringVar(&g.config, "config", "", "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG, else $VERNEUIL_CONFIG)")
-	fs.StringVar(&g.log, "log", "warn", "log level on stderr: debug, info, warn or error")
-	fs.Usage = func() { usage(fs) }
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		usage(fs, stdout)
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "vfsctl: %v\n", err)
+		usage(fs, stderr)
+		return exitUsage
+	case *version:
+		fmt.Fprintln(stdout, versionLine(debug.ReadBuildInfo()))
+		return exitOK
+	}
+	logger, err := newLogger(g.log, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "vfsctl: %v\n", err)
 		return exitUsage
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(g.log)); err != nil {
-		fmt.Fprintf(stderr, "vfsctl: --log %q: want debug, info, warn or error\n", g.log)
-		return exitUsage
-	}
-	g.logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	g.logger = logger
 	if fs.NArg() == 0 {
-		usage(fs)
+		usage(fs, stderr)
 		return exitUsage
 	}
-	name := fs.Arg(0)
-	for _, c := range commands {
-		if c.name != name {
-			continue
-		}
-		err := c.run(ctx, g, fs.Args()[1:])
-		var ue usageError
-		switch {
-		case err == nil:
-			return exitOK
-		case errors.Is(err, flag.ErrHelp):
-			return exitOK
-		case errors.As(err, &ue):
-			fmt.Fprintf(stderr, "vfsctl %s: %v\n", name, err)
-			return exitUsage
-		default:
-			fmt.Fprintf(stderr, "vfsctl %s: %v\n", name, err)
-			return exitFail
-		}
+	name, rest := fs.Arg(0), fs.Args()[1:]
+	if name == "help" {
+		return help(ctx, g, fs, rest)
 	}
-	fmt.Fprintf(stderr, "vfsctl: unknown command %q\n", name)
-	usage(fs)
-	return exitUsage
+	c, ok := findCommand(name)
+	if !ok {
+		fmt.Fprintf(stderr, "vfsctl: unknown command %q\n", name)
+		usage(fs, stderr)
+		return exitUsage
+	}
+	err = c.run(ctx, g, rest)
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.Is(err, errUsageShown):
+		return exitUsage
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "vfsctl %s: %v\n", name, err)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "vfsctl %s: %v\n", name, err)
+		return exitFail
+	}
 }
 
-func usage(fs *flag.FlagSet) {
-	w := fs.Output()
-	fmt.Fprintln(w, "usage: vfsctl [--config JSON|@FILE] [--log LEVEL] COMMAND [ARGS]")
+func findCommand(name string) (command, bool) {
+	for _, c := range commands {
+		if c.name == name && c.run != nil {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+// help prints, on standard output, the usage of vfsctl, or of the command
+// args names (the command's own --help).
+func help(ctx context.Context, g *globals, fs *flag.FlagSet, args []string) int {
+	switch len(args) {
+	case 0:
+		usage(fs, g.stdout)
+		return exitOK
+	case 1:
+		if a := args[0]; a == "-h" || a == "-help" || a == "--help" {
+			fmt.Fprintln(g.stdout, "usage: vfsctl help [COMMAND]\n\nShows the usage of vfsctl, or that of COMMAND (as COMMAND --help does).")
+			return exitOK
+		}
+	default:
+		fmt.Fprintf(g.stderr, "vfsctl help: want at most one COMMAND, got %d arguments\n", len(args))
+		return exitUsage
+	}
+	c, ok := findCommand(args[0])
+	if !ok {
+		fmt.Fprintf(g.stderr, "vfsctl help: unknown command %q\n", args[0])
+		usage(fs, g.stderr)
+		return exitUsage
+	}
+	h := *g
+	h.stderr = g.stdout // a command prints its usage on stderr
+	if err := c.run(ctx, &h, []string{"--help"}); !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(g.stderr, "vfsctl help %s: %v\n", c.name, err)
+		return exitFail
+	}
+	return exitOK
+}
+
+// versionLine describes the build: the module's version ("(devel)" when
+// built from a checkout), the commit and whether the tree was modified,
+// and the Go version.
+func versionLine(bi *debug.BuildInfo, ok bool) string {
+	if !ok {
+		return "vfsctl: no build information (not built with module support)"
+	}
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	var rev, when, modified string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			when = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = ", modified"
+			}
+		}
+	}
+	commit := "commit unknown"
+	if rev != "" {
+		commit = "commit " + rev
+		if when != "" {
+			commit += " of " + when
+		}
+		commit += modified
+	}
+	path := bi.Main.Path
+	if path == "" {
+		path = bi.Path
+	}
+	return fmt.Sprintf("vfsctl %s %s (%s, %s)", path, v, commit, bi.GoVersion)
+}
+
+func usage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintln(w, "usage: vfsctl [-c|--config JSON|@FILE] [-l|--log LEVEL] COMMAND [ARGS]")
+	fmt.Fprintln(w, "       vfsctl --version")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %s %s\n        %s\n", c.name, c.args, c.summary)
 	}
-	fmt.Fprintln(w, "\nGlobal options:")
+	fmt.Fprintln(w, "\nGlobal options, before COMMAND:")
+	fs.SetOutput(w)
 	fs.PrintDefaults()
 	fmt.Fprintln(w, "\nExit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.")
-	fmt.Fprintln(w, "Run 'vfsctl COMMAND --help' for a command's options.")
+	fmt.Fprintln(w, "Run 'vfsctl help COMMAND' or 'vfsctl COMMAND --help' for a command's options.")
+	fmt.Fprintln(w, "A command's options may come before or after its arguments; after \"--\", all are arguments.")
 }
 
 // subcommand parses a command's own flags; it reports flag.ErrHelp after
 // printing help for --help.
 func subcommand(g *globals, name, argsUsage, summary string, args []string, define func(*flag.FlagSet)) (*flag.FlagSet, error) {
+	return parseCommand(g, name, argsUsage, summary, args, false, define)
+}
+
+// parseCommand parses a command's arguments: its flags, wherever they
+// are, and the arguments that are not flags, which it leaves as the flag
+// set's Args. After "--", everything is an argument. With trailing, so
+// is everything after the first argument (shell's sqlite3 arguments).
+//
+// A wrong flag prints its error, then the command's usage, and returns
+// errUsageShown; --help prints the usage and returns flag.ErrHelp.
+func parseCommand(g *globals, name, argsUsage, summary string, args []string, trailing bool, define func(*flag.FlagSet)) (*flag.FlagSet, error) {
 	fs := flag.NewFlagSet("vfsctl "+name, flag.ContinueOnError)
-	fs.SetOutput(g.stderr)
 	if define != nil {
 		define(fs)
 	}
-	fs.Usage = func() {
+	printUsage := func() {
+		fs.SetOutput(g.stderr)
 		fmt.Fprintf(g.stderr, "usage: vfsctl %s %s\n\n%s\n", name, argsUsage, summary)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
+	flags, positional := splitArgs(fs, args, trailing)
+	fs.SetOutput(io.Discard) // the error is printed once, below
+	fs.Usage = func() {}
+	err := fs.Parse(flags)
+	fs.Usage = printUsage
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		printUsage()
+		return nil, err
+	case err != nil:
+		fmt.Fprintf(g.stderr, "vfsctl %s: %v\n", name, err)
+		printUsage()
+		return nil, errUsageShown
+	}
+	// The arguments: after "--", Parse takes them all as they are.
+	if err := fs.Parse(append([]string{"--"}, positional...)); err != nil {
 		return nil, usagef("%v", err)
 	}
+	fs.SetOutput(g.stderr)
 	return fs, nil
+}
+
+// splitArgs sorts args into flags (with the values of those that take
+// one) and the other arguments, in order, so that flags may follow the
+// arguments ("verify SOURCE --json"). After "--", or with trailing after
+// the first argument, the rest are arguments (with trailing, "--" stays,
+// for the command to see).
+func splitArgs(fs *flag.FlagSet, args []string, trailing bool) (flags, positional []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			if trailing {
+				return flags, append(positional, args[i:]...)
+			}
+			return flags, append(positional, args[i+1:]...)
+		}
+		if len(a) < 2 || a[0] != '-' {
+			if trailing {
+				return flags, append(positional, args[i:]...)
+			}
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // Parse says so
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			continue
+		}
+		if i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	return flags, positional
 }
 
 // uriPath escapes a path for a file: URI (sync's sql.Open, shell's .open):

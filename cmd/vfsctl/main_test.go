@@ -177,7 +177,7 @@ func TestUsage(t *testing.T) {
 		{"help", []string{"--help"}, exitOK, "Commands:"},
 		{"unknown command", []string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
 		{"flush help", []string{"flush", "--help"}, exitOK, "usage: vfsctl flush [--json] SPOOL_DIR"},
-		{"sync help", []string{"sync", "--help"}, exitOK, "usage: vfsctl sync DB"},
+		{"sync help", []string{"sync", "--help"}, exitOK, "usage: vfsctl sync [--optimize] DB"},
 		{"status help", []string{"status", "--help"}, exitOK, "-json"},
 		{"flush without dir", []string{"flush"}, exitUsage, "want exactly one SPOOL_DIR"},
 		{"sync two dbs", []string{"sync", "a", "b"}, exitUsage, "want exactly one DB"},
@@ -309,6 +309,8 @@ func TestShellSetup(t *testing.T) {
 		t.Fatal(err)
 	}
 	missingLib := filepath.Join(f.dir, "lib", "libboule.so")
+	// The fake shell loads nothing: any file will do as the extension.
+	t.Setenv("BOULE_EXTENSION", fake)
 	for _, tc := range []struct {
 		name string
 		args []string

@@ -134,8 +134,12 @@ func progressBar(w io.Writer, label string) (update func(done, total int64), fin
 		const width = 30
 		n := int(pct / 100 * width)
 		rate := float64(done) / max(time.Since(start).Seconds(), 1e-3) / 1e6
-		fmt.Fprintf(w, "\r%s [%s%s] %5.1f%% %d/%d MiB %.0f MB/s ", label,
-			strings.Repeat("=", n), strings.Repeat(" ", width-n), pct, done>>20, total>>20, rate)
+		unit, shift := "MiB", 20
+		if total < 1<<20 {
+			unit, shift = "KiB", 10
+		}
+		fmt.Fprintf(w, "\r%s [%s%s] %5.1f%% %d/%d %s %.0f MB/s ", label,
+			strings.Repeat("=", n), strings.Repeat(" ", width-n), pct, done>>shift, total>>shift, unit, rate)
 	}
 	var lastDone, lastTotal int64
 	update = func(done, total int64) {
@@ -382,6 +386,16 @@ func versionCreated(ctx context.Context, s store.Store, key string, vs []store.V
 	wg.Wait()
 }
 
+// s3Unversioned is the version ID S3 gives an object stored while its
+// bucket's versioning was off (store.Version).
+const s3Unversioned = "null"
+
+// unversioned reports whether vs are the versions of a store that keeps
+// none: a single object stored without versioning.
+func unversioned(vs []store.Version) bool {
+	return len(vs) == 1 && vs[0].ID == s3Unversioned
+}
+
 func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 	var asJSON bool
 	src, _, err := sourceCommand(g, "ls-versions", "[--hostname H] [--json] SOURCE",
@@ -412,20 +426,27 @@ func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 			out[i] = versionJSON{ID: v.ID, Stored: v.LastModified.UTC().Format(time.RFC3339Nano), Latest: v.IsLatest}
 		}
 		versionCreated(ctx, s, src.key, vs, out)
+		if unversioned(vs) {
+			// S3 lists the one object a bucket without versioning keeps.
+			fmt.Fprintf(g.stderr, "vfsctl ls-versions: versioning is off in %s (or was when this manifest was last written): it keeps only the latest version, and restore --at cannot go back further (see doc/OPERATIONS.md)\n", s)
+		}
 		if asJSON {
 			return writeJSON(g.stdout, out)
 		}
 		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "STORED\tCREATED\tVERSION\tLATEST")
 		for _, v := range out {
-			latest, created := "", v.Created
+			latest, created, id := "", v.Created, v.ID
 			if v.Latest {
 				latest = "*"
 			}
 			if v.Error != "" {
 				created = "? (" + v.Error + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Stored, created, v.ID, latest)
+			if id == s3Unversioned {
+				id = "- (versioning off)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Stored, created, id, latest)
 		}
 		return tw.Flush()
 	}

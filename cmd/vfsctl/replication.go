@@ -7,9 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/spool"
@@ -166,109 +163,4 @@ func cmdFlush(ctx context.Context, g *globals, args []string) error {
 		return fmt.Errorf("%d of %d databases not flushed:\n%w", len(failed), len(dbs), errors.Join(failed...))
 	}
 	return nil
-}
-
-// statusJSON is one line of vfsctl status --json.
-type statusJSON struct {
-	Source       string  `json:"source"`
-	SpoolDir     string  `json:"spool_dir"`
-	LagSeconds   float64 `json:"lag_seconds"`
-	PendingBytes int64   `json:"pending_bytes"`
-	Uploads      int64   `json:"uploads"`
-	Chunks       int64   `json:"chunks"`
-	Calls        int64   `json:"calls"`
-	Failures     int64   `json:"failures"`
-	LastUpload   string  `json:"last_upload,omitempty"`
-	LastError    string  `json:"last_error,omitempty"`
-	Blocked      bool    `json:"blocked"`
-	// NotReplicated: the database's commits cannot reach the store (its
-	// snapshots fail, or it is in WAL mode); Problem says why.
-	NotReplicated bool   `json:"not_replicated"`
-	Problem       string `json:"problem,omitempty"`
-}
-
-// state is the STATE column of vfsctl status.
-func (s statusJSON) state() string {
-	switch {
-	case s.NotReplicated:
-		return "NOT REPLICATED"
-	case s.Blocked:
-		return "BLOCKED"
-	case s.LastError != "":
-		return "failing"
-	case s.LagSeconds > 0:
-		return "pending"
-	}
-	return "ok"
-}
-
-func cmdStatus(ctx context.Context, g *globals, args []string) error {
-	dir, asJSON, err := spoolCommand(g, "status",
-		"Shows, for each database spooled under SPOOL_DIR in this boot, its state, its\nreplication lag (the age of the oldest commit not yet in the store, counting\ncommits whose snapshots failed), the bytes waiting, and the uploader's calls,\nfailures and last error. Exits 1 if any database is not replicated (its\nsnapshots fail, or it is in WAL mode) or blocked (a permanent store error), or\nif SPOOL_DIR does not look like a spool.", args)
-	if err != nil {
-		return err
-	}
-	dbs, err := listSpool(g, "status", dir)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	out := make([]statusJSON, 0, len(dbs))
-	for _, d := range dbs {
-		s, err := upload.ReadStatus(d.Dir, now)
-		if err != nil {
-			return err
-		}
-		j := statusJSON{
-			Source: s.Source, SpoolDir: d.Dir, LagSeconds: s.Lag.Seconds(), PendingBytes: s.PendingBytes,
-			Uploads: s.Uploads, Chunks: s.Chunks, Calls: s.Calls, Failures: s.Failures,
-			LastError: s.LastError, Blocked: s.Blocked,
-			NotReplicated: s.NotReplicated, Problem: s.Problem,
-		}
-		if !s.LastUpload.IsZero() {
-			j.LastUpload = s.LastUpload.UTC().Format(time.RFC3339)
-		}
-		if j.Source == "" {
-			j.Source = d.Source
-		}
-		out = append(out, j)
-	}
-	var bad []string
-	for _, s := range out {
-		if s.NotReplicated || s.Blocked {
-			bad = append(bad, s.Source)
-		}
-	}
-	if asJSON {
-		if err := writeJSON(g.stdout, out); err != nil {
-			return err
-		}
-	} else if err := statusTable(g, out); err != nil {
-		return err
-	}
-	if len(bad) > 0 {
-		return fmt.Errorf("%d of %d databases are not replicated or blocked: %s", len(bad), len(out), strings.Join(bad, ", "))
-	}
-	return nil
-}
-
-func statusTable(g *globals, out []statusJSON) error {
-	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tSTATE\tLAG\tPENDING\tUPLOADS\tCALLS\tFAILURES\tLAST UPLOAD\tLAST ERROR")
-	for _, s := range out {
-		last := s.LastUpload
-		if last == "" {
-			last = "never"
-		}
-		lag := "-"
-		if s.LagSeconds > 0 {
-			lag = (time.Duration(s.LagSeconds * float64(time.Second))).Round(time.Millisecond).String()
-		}
-		errText := s.LastError
-		if s.NotReplicated {
-			errText = s.Problem
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Source, s.state(), lag, s.PendingBytes, s.Uploads, s.Calls, s.Failures, last, errText)
-	}
-	return tw.Flush()
 }

@@ -15,16 +15,60 @@ import (
 	"github.com/boule-vfs/boule/config"
 )
 
+// extensionEnv names the loadable extension when --vfs is not given.
+const extensionEnv = "BOULE_EXTENSION"
+
 // extensionCandidates are where shell looks for the loadable extension
-// when --vfs is not given: next to vfsctl, then in ../lib, then the
-// dynamic loader's search path.
-func extensionCandidates() []string {
+// when neither --vfs nor BOULE_EXTENSION names it, in order: next to
+// vfsctl; in ../lib, where make install puts it (PREFIX/bin/vfsctl,
+// PREFIX/lib/libboule.so); and in build/ of a Boule checkout, where make
+// ext puts it, for a vfsctl built in the checkout or run from it with go
+// run. exe is vfsctl's path and wd the working directory; either may be
+// empty when unknown.
+func extensionCandidates(exe, wd string) []string {
 	var out []string
-	if exe, err := os.Executable(); err == nil {
+	if exe != "" {
 		dir := filepath.Dir(exe)
 		out = append(out, filepath.Join(dir, "libboule.so"), filepath.Join(dir, "..", "lib", "libboule.so"))
+		if isCheckout(dir) {
+			out = append(out, filepath.Join(dir, "build", "libboule.so"))
+		}
+	}
+	if wd != "" && isCheckout(wd) {
+		out = append(out, filepath.Join(wd, "build", "libboule.so"))
 	}
 	return out
+}
+
+// isCheckout reports whether dir is the root of a checkout of Boule: only
+// there is build/ trusted to hold its extension.
+func isCheckout(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+	if err != nil {
+		return false
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	return strings.TrimSpace(first) == "module github.com/boule-vfs/boule"
+}
+
+// findExtension returns the extension shell loads: lib (from --vfs) when
+// set, else env (BOULE_EXTENSION) when set, else the first of the
+// candidates that exists. It fails with a usage error naming --vfs and
+// every place it looked.
+func findExtension(lib, env string, candidates []string) (string, error) {
+	switch {
+	case lib != "":
+		return lib, checkExtension("--vfs", lib)
+	case env != "":
+		return env, checkExtension(extensionEnv, env)
+	}
+	for _, c := range candidates {
+		if st, err := os.Stat(c); err == nil && st.Mode().IsRegular() {
+			return c, nil
+		}
+	}
+	return "", usagef("cannot find the loadable extension libboule.so: looked in %s (%s unset); give its path with --vfs PATH or in %s (make ext builds build/libboule.so, make install puts it in PREFIX/lib)",
+		strings.Join(candidates, ", "), extensionEnv, extensionEnv)
 }
 
 // openedCheck is a statement that fails when the shell's main database
@@ -35,11 +79,11 @@ func extensionCandidates() []string {
 // before it says why the replica did not open.
 const openedCheck = "SELECT 1 FROM pragma_database_list WHERE name = 'main' AND abs(CASE file WHEN '' THEN -9223372036854775807 - 1 ELSE 0 END);"
 
-// checkExtension returns a usage error when --vfs names a file, by a path
-// with a slash, that exists neither as given nor with ".so" appended (as
-// the shell's .load tries it). A bare name is left to the dynamic loader's
-// search path.
-func checkExtension(lib string) error {
+// checkExtension returns a usage error when lib, given by what (--vfs or
+// BOULE_EXTENSION), names a file by a path with a slash that exists
+// neither as given nor with ".so" appended (as the shell's .load tries
+// it). A bare name is left to the dynamic loader's search path.
+func checkExtension(what, lib string) error {
 	if !strings.Contains(lib, "/") {
 		return nil
 	}
@@ -48,7 +92,7 @@ func checkExtension(lib string) error {
 			return nil
 		}
 	}
-	return usagef("--vfs %s: no such library (nor %s.so)", lib, lib)
+	return usagef("%s %s: no such library (nor %s.so)", what, lib, lib)
 }
 
 func cmdShell(ctx context.Context, g *globals, args []string) error {
@@ -57,7 +101,7 @@ func cmdShell(ctx context.Context, g *globals, args []string) error {
 		"Opens the sqlite3 shell on a read replica of SOURCE (a database path or a\nboule:// name): it loads the extension and opens the replica with the\nboule_snapshot VFS, with this configuration in BOULE_CONFIG. It fails, without\nstarting the shell, when the replica's manifest cannot be fetched, and exits\nwith an error when the shell cannot load the extension or open the replica.", args, sourceArgs{withManifest: true, trailing: true},
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&exe, "executable", "sqlite3", "the sqlite3 shell to run")
-			fs.StringVar(&lib, "vfs", "", "the loadable extension (default: libboule.so next to vfsctl, then ../lib, then the loader's path)")
+			fs.StringVar(&lib, "vfs", "", "the loadable extension (default: $BOULE_EXTENSION, else libboule.so next to vfsctl, in ../lib, or in build/ of a Boule checkout)")
 		})
 	if err != nil {
 		return err
@@ -71,17 +115,9 @@ func cmdShell(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	if lib == "" {
-		for _, c := range extensionCandidates() {
-			if _, err := os.Stat(c); err == nil {
-				lib = c
-				break
-			}
-		}
-		if lib == "" {
-			lib = "libboule"
-		}
-	} else if err := checkExtension(lib); err != nil {
+	exePath, _ := os.Executable()
+	wd, _ := os.Getwd()
+	if lib, err = findExtension(lib, os.Getenv(extensionEnv), extensionCandidates(exePath, wd)); err != nil {
 		return err
 	}
 	path, err := exec.LookPath(exe)

@@ -38,7 +38,7 @@ type sourceArgs struct {
 // flags, then the source. It returns the source, and the arguments after
 // it for a trailing command.
 func sourceCommand(g *globals, name, argsUsage, summary string, args []string, a sourceArgs, define func(*flag.FlagSet)) (source, []string, error) {
-	fs, err := subcommand(g, name, argsUsage, summary, args, func(fs *flag.FlagSet) {
+	fs, err := parseCommand(g, name, argsUsage, summary, args, a.trailing, func(fs *flag.FlagSet) {
 		a.define(fs)
 		if define != nil {
 			define(fs)
@@ -135,7 +135,7 @@ func (s source) String() string {
 // --hostname into a source. Relative paths are made absolute, and symlinks
 // resolved when the file exists here, as the writer does.
 func parseSource(arg, host string) (source, error) {
-	if strings.HasPrefix(arg, snapshot.Scheme) {
+	if _, ok := snapshot.CutScheme(arg); ok {
 		src, err := snapshot.ParseName(arg)
 		if err != nil {
 			return source{}, usageError{err.Error()}
@@ -174,7 +174,7 @@ func parseSource(arg, host string) (source, error) {
 // which must be a regular file (opening a named pipe would block, and a
 // device such as /dev/zero never ends).
 func manifestSource(arg string) (source, error) {
-	if strings.HasPrefix(arg, snapshot.Scheme) {
+	if _, ok := snapshot.CutScheme(arg); ok {
 		return parseSource(arg, "")
 	}
 	st, err := os.Stat(arg)

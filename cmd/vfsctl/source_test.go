@@ -54,6 +54,8 @@ func TestSourceArgs(t *testing.T) {
 		{name: "relative path", cmd: plain, args: []string{"app.db"}, host: here, path: filepath.Join(wd, "app.db")},
 		{name: "hostname", cmd: plain, args: []string{"--hostname", "db1", "/data/app.db"}, host: "db1", path: "/data/app.db"},
 		{name: "name", cmd: plain, args: []string{"boule://db1/data/app.db"}, host: "db1", path: "/data/app.db"},
+		{name: "verneuil name", cmd: plain, args: []string{"verneuil://db1/data/app.db"}, host: "db1", path: "/data/app.db"},
+		{name: "verneuil manifest name", cmd: verify, args: []string{"--manifest", "verneuil://db1/data/app.db"}, host: "db1", path: "/data/app.db"},
 		{name: "name and its host", cmd: plain, args: []string{"--hostname", "db1", "boule://db1/data/app.db"}, host: "db1", path: "/data/app.db"},
 		{name: "name and another host", cmd: plain, args: []string{"--hostname", "db2", "boule://db1/data/app.db"}, err: `--hostname "db2" contradicts the host in boule://db1/data/app.db`},
 		{name: "hostile path", cmd: plain, args: []string{"/a/../etc/passwd"}, err: "not a clean file path"},

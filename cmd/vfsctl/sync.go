@@ -2,13 +2,24 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 )
 
 func cmdSync(ctx context.Context, g *globals, args []string) error {
-	fs, err := subcommand(g, "sync", "DB",
-		"Uploads a fresh snapshot of the database file DB, whether or not it was written\nthrough boule, and prints its manifest name. Opens DB read-only. Needs a vfsctl\nbuilt with cgo: it reads DB through SQLite.", args, nil)
+	var optimize bool
+	fs, err := subcommand(g, "sync", "[--optimize] DB",
+		"Uploads a fresh snapshot of the database file DB, whether or not it was written\n"+
+			"through boule, and prints its manifest name. Opens DB read-only. Needs a vfsctl\n"+
+			"built with cgo: it reads DB through SQLite. Shows a progress bar on a terminal.\n\n"+
+			"--optimize is accepted for verneuilctl's scripts and changes nothing: Verneuil's\n"+
+			"rewrote the database first (64 KiB pages, then VACUUM); Boule's chunks are 64 KiB\n"+
+			"whatever the page size, and sync does not write DB. To compact it, run VACUUM\n"+
+			"yourself, then sync.", args,
+		func(fs *flag.FlagSet) {
+			fs.BoolVar(&optimize, "optimize", false, "accepted for verneuilctl compatibility; does nothing different (see above)")
+		})
 	if err != nil {
 		return err
 	}

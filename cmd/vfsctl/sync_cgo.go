@@ -17,6 +17,7 @@ import (
 	"github.com/mattn/go-sqlite3"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -105,7 +106,13 @@ func syncDB(ctx context.Context, g *globals, arg string) error {
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err == nil && mode == "wal" {
 		return fmt.Errorf("%s is in WAL mode, which this version does not replicate", path)
 	}
-	if err := vfs.Flush(ctx, path); err != nil {
+	stopProgress := func() {}
+	if isTerminal(g.stderr) {
+		stopProgress = syncProgress(g, path)
+	}
+	err = vfs.Flush(ctx, path)
+	stopProgress()
+	if err != nil {
 		if errors.Is(err, vfs.ErrNoTargets) {
 			return usagef("%v (set replication_targets with --config or %s)", err, config.EnvVar)
 		}
@@ -117,4 +124,41 @@ func syncDB(ctx context.Context, g *globals, arg string) error {
 	}
 	fmt.Fprintln(g.stdout, key)
 	return nil
+}
+
+// syncProgress draws a progress bar of the upload of path's spool on
+// stderr, from the bytes waiting in it, until stop is called.
+func syncProgress(g *globals, path string) (stop func()) {
+	db, err := vfs.Spool().DB(path)
+	if err != nil {
+		return func() {}
+	}
+	sp := spool.OpenDir(db.Dir())
+	update, finish := progressBar(g.stderr, "sync")
+	var total int64
+	poll := func() {
+		_, pending := sp.Lag(sp.UploadedID(), time.Now())
+		total = max(total, pending)
+		update(total-pending, total)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			poll()
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+		poll()
+		finish()
+	}
 }

@@ -220,7 +220,7 @@ func verifyReport(src string, p verifyPlan, targets []string, results []verifyRe
 // printVerify prints the report as a table: a line per target, then a
 // line per bad chunk or error.
 func printVerify(w io.Writer, res verifyJSON) {
-	fmt.Fprintf(w, "%s: %d chunks, %d distinct stored, %d targets\n", res.Source, res.Chunks, res.Unique, len(res.Targets))
+	fmt.Fprintf(w, "%s: %s, %d distinct stored, %s\n", res.Source, plural(res.Chunks, "chunk"), res.Unique, plural(len(res.Targets), "target"))
 	for _, t := range res.Targets {
 		fmt.Fprintf(w, "  %s: %d ok, %d missing, %d corrupt, %d unreadable\n",
 			t.Target, t.OK, len(t.Missing), len(t.Corrupt), len(t.Errors))
@@ -274,4 +274,12 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 		return fmt.Errorf("%s: %s", src, strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// plural says n things: "1 target", "2 targets".
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }

@@ -8,9 +8,10 @@
 ** status, restores the replica to OUT, and checks that OUT holds the same
 ** rows. It also reads the replica through the "boule_snapshot" VFS.
 **
-** Build, after `make lib` (internal/clients TestCExample runs this very
-** command, with -Wall -Werror, on the output of `make lib`):
-**     cc -I build examples/c/example.c build/libboule.a -lsqlite3 -lpthread -lm -o example
+** Build, after `make install` (internal/clients TestCExample runs this
+** very command, with -Wall -Werror, with PREFIX a temporary directory in
+** place of /usr/local; after `make lib`, build/ holds the same files):
+**     cc -I /usr/local/include examples/c/example.c /usr/local/lib/libboule.a -lsqlite3 -lpthread -lm -o example
 */
 #define _XOPEN_SOURCE 700 /* realpath */
 

@@ -189,25 +189,21 @@ except sqlite3.OperationalError as e:
 }
 
 // cExample builds examples/c/example.c with the command README.md
-// documents (and the example's comment repeats), run in a directory whose
-// build/ is what `make lib` produced, plus -Wall -Werror. It returns the
-// program's path.
+// documents (and the example's comment repeats), against what make install
+// put in a temporary prefix, plus -Wall -Werror. It returns the program's
+// path.
 func cExample(t *testing.T) string {
 	t.Helper()
-	cc, mk := need(t, "cc"), need(t, "make")
+	need(t, "cc")
 	work := filepath.Join(artifacts, "c-example")
 	exe := filepath.Join(work, "example")
 	if _, err := os.Stat(exe); err == nil {
 		return exe
 	}
-	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var cmdline string
-	for _, line := range strings.Split(string(readme), "\n") {
-		if strings.HasPrefix(line, "cc ") && strings.Contains(line, "examples/c/example.c") {
-			cmdline = line
+	for _, s := range readmeTranscript(t, "Quick start: C") {
+		if strings.HasPrefix(s.cmd, "cc ") && strings.Contains(s.cmd, "examples/c/example.c") {
+			cmdline = s.cmd
 			break
 		}
 	}
@@ -218,22 +214,16 @@ func cExample(t *testing.T) string {
 	if cmdline == "" || !strings.Contains(string(src), "**     "+cmdline+"\n") {
 		t.Fatalf("README.md's command to build the C example, %q, is not the one in examples/c/example.c's comment", cmdline)
 	}
-	build := filepath.Join(work, "build")
-	if err := os.MkdirAll(build, 0o755); err != nil {
+	prefix := installed(t)
+	if err := os.MkdirAll(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink(filepath.Join(repoRoot, "examples"), filepath.Join(work, "examples")); err != nil && !os.IsExist(err) {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(mk, "lib", "BUILD="+build)
-	cmd.Dir = repoRoot
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("make lib: %v\n%s", err, b)
-	}
-	cmd = exec.Command(cc, append(strings.Fields(cmdline)[1:], "-Wall", "-Werror")...)
-	cmd.Dir = work
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s -Wall -Werror: %v\n%s", cmdline, err, b)
+	cmdline = strings.ReplaceAll(cmdline, readmePrefix, prefix)
+	if _, errs, err := run(t, nil, "", "bash", "-c", "cd "+shellQuote(work)+" && "+cmdline+" -Wall -Werror"); err != nil {
+		t.Fatalf("%s -Wall -Werror: %v\n%s", cmdline, err, errs)
 	}
 	return exe
 }
@@ -335,17 +325,83 @@ func TestVfsctlShell(t *testing.T) {
 	}
 }
 
-// TestDemo runs make demo's program end to end.
+// TestDemo runs make demo, which says it is building before it does,
+// explains its columns and shows the command equivalent to each step; then
+// the demo with -dir, whose vfsctl commands, run as printed on the files
+// it keeps, work.
 func TestDemo(t *testing.T) {
-	demo := build(t, "demo", "./cmd/demo")
-	out, errs, err := run(t, nil, "", demo, "-dir", t.TempDir())
+	mk := need(t, "make")
+	cmd := exec.Command(mk, "--no-print-directory", "demo", "BUILD="+filepath.Join(artifacts, "demo-build"))
+	cmd.Dir = repoRoot
+	b, err := cmd.Output()
+	out := string(b)
 	if err != nil {
-		t.Fatalf("demo: %v\n%s\n%s", err, out, errs)
+		t.Fatalf("make demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"caught up", `refresh: 501 rows, the newest says "hello from the writer"`, "is byte-identical to"} {
+	if first, _, _ := strings.Cut(out, "\n"); !strings.Contains(first, "Building the demo") {
+		t.Errorf("make demo's first line=%q, want it to say it is building", first)
+	}
+	for _, want := range []string{
+		"file size:", "chunks:", "new chunks:", // the columns, explained
+		"run with -dir DIR", "$ export BOULE_CONFIG=", "$ vfsctl status ", "$ vfsctl manifest --json ", "$ vfsctl shell ", "$ vfsctl restore --out ",
+		"caught up", `refresh: 501 rows, the newest says "hello from the writer"`, "is byte-identical to",
+	} {
 		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, out)
+			t.Errorf("make demo's output lacks %q:\n%s", want, out)
 		}
+	}
+	// The spool's files are internals, shown only with -internals.
+	if strings.Contains(out, "Inside:") || strings.Contains(out, "staged manifest") {
+		t.Errorf("make demo's output shows the spool's internals:\n%s", out)
+	}
+
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	demo := build(t, "demo", "./cmd/demo")
+	out, errs, err := run(t, nil, "", demo, "-dir", dir, "-internals")
+	if err != nil {
+		t.Fatalf("demo -dir -internals: %v\n%s\n%s", err, out, errs)
+	}
+	if !strings.Contains(out, "The files stay in "+dir) || !strings.Contains(out, "Inside: the staged manifest") {
+		t.Fatalf("demo -dir %s -internals does not say its files stay, or shows no internals:\n%s", dir, out)
+	}
+	// Its vfsctl lines, run as printed with the configuration it printed.
+	var env []string
+	var cmds []string
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		if cfg, ok := strings.CutPrefix(line, "$ export BOULE_CONFIG='"); ok {
+			env = append(env, "BOULE_CONFIG="+strings.TrimSuffix(cfg, "'"))
+		} else if c, ok := strings.CutPrefix(line, "$ vfsctl "); ok {
+			cmds = append(cmds, c)
+		}
+	}
+	if len(env) != 1 || len(cmds) != 4 {
+		t.Fatalf("demo printed %d configurations and %d vfsctl commands, want 1 and 4:\n%s", len(env), len(cmds), out)
+	}
+	env = append(env, "BOULE_EXTENSION="+extension(t))
+	if err := os.Remove(filepath.Join(dir, "restored.db")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cmds {
+		stdin := ""
+		if strings.HasPrefix(c, "shell ") {
+			stdin = "SELECT count(*) FROM notes;\n"
+		}
+		o, e, err := run(t, env, stdin, vfsctl(t), strings.Fields(c)...)
+		if err != nil {
+			t.Errorf("vfsctl %s, as the demo printed it: %v\n%s%s", c, err, o, e)
+		}
+		if strings.HasPrefix(c, "shell ") && o != "501\n" {
+			t.Errorf("vfsctl %s printed %q, want the replica's 501 rows", c, o)
+		}
+	}
+	a, _ := os.ReadFile(filepath.Join(dir, "app.db"))
+	r, _ := os.ReadFile(filepath.Join(dir, "restored.db"))
+	if len(a) == 0 || !bytes.Equal(a, r) {
+		t.Errorf("vfsctl restore as the demo printed it wrote %d bytes, want the database's %d", len(r), len(a))
 	}
 }
 
