@@ -58,6 +58,7 @@ static void snap_take(SnapFile *p, const BouleSnapOut *out) {
 
 static int sClose(sqlite3_file *f) {
   SnapFile *p = (SnapFile *)f;
+  boule_count_go_call();
   bouleGoSnapClose(p->conn);
   p->view = 0;
   return SQLITE_OK;
@@ -116,6 +117,7 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
       if (loads++ == SNAP_MAX_LOADS) return SQLITE_IOERR_READ;
       /* The slow path: Go fetches (or finds in the cache), verifies and
       ** maps the chunk. */
+      boule_count_go_call();
       int rc = bouleGoSnapChunk(v->handle, ci);
       if (rc != SQLITE_OK) return rc;
     }
@@ -166,6 +168,7 @@ static int sLock(sqlite3_file *f, int level) {
     /* A new transaction, and the process has a newer snapshot. */
     BouleSnapOut out;
     memset(&out, 0, sizeof(out));
+    boule_count_go_call();
     if (bouleGoSnapAdopt(p->conn, &out) == SQLITE_OK) snap_take(p, &out);
   }
   if (level > p->eLock) p->eLock = level;
@@ -200,6 +203,7 @@ static int sFileControl(sqlite3_file *f, int op, void *arg) {
       }
       memset(&out, 0, sizeof(out));
       out.autoRefresh = p->autoRefresh;
+      boule_count_go_call();
       rc = bouleGoSnapPragma(p->conn, a[1], a[2], p->eLock != SQLITE_LOCK_NONE, &out);
       if (rc == SQLITE_NOTFOUND) return rc;
       if (rc == SQLITE_OK) snap_take(p, &out);
@@ -250,6 +254,7 @@ static int sOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
   if (zName == 0) return SQLITE_CANTOPEN;
   memset(p, 0, sizeof(*p));
   memset(&out, 0, sizeof(out));
+  boule_count_go_call();
   rc = bouleGoSnapOpen((char *)zName, flags, &out);
   if (rc != SQLITE_OK) {
     out.msg[sizeof(out.msg) - 1] = 0;

@@ -164,3 +164,54 @@ func TestReplicaBoundedMemory(t *testing.T) {
 		t.Errorf("the chunk cache holds %d files, want 1 to %d", n, capacity)
 	}
 }
+
+// TestReplicaGoCalls: GoCalls counts the replica's calls into Go. A
+// replica that fits in the process's bounds is read again with no call;
+// one four times larger than them calls Go for the chunks it let go.
+func TestReplicaGoCalls(t *testing.T) {
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("calls.db")
+	src := open(t, path, "boule", "")
+	src.SetMaxOpenConns(1)
+	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks := int(st.Size() >> 16)
+	const scan = "SELECT sum(length(v)) FROM t"
+	for _, tc := range []struct {
+		name      string
+		memory    int64
+		held      int
+		leastCall int // fewest Go calls for the second scan
+		mostCall  int
+	}{
+		{name: "fits", mostCall: 0},
+		{name: "larger than its bounds", memory: config.MinReplicaMemoryLimit, held: config.MinReplicaMappedChunks,
+			leastCall: chunks - 2*config.MinReplicaMappedChunks, mostCall: 8 * chunks},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache := config.Target{Local: &config.LocalTarget{Directory: t.TempDir(), NumShards: 2, Capacity: 1 << 10}}
+			register(t, vfs.Config{ReplicationTargets: []config.Target{cache, tg}, ReplicaMemoryLimit: tc.memory, ReplicaMaxMappedChunks: tc.held})
+			rep := openReplica(t, path, "")
+			rep.SetMaxOpenConns(1)
+			var first, second int64
+			if err := rep.QueryRow(scan).Scan(&first); err != nil {
+				t.Fatal(err)
+			}
+			calls := vfs.GoCalls()
+			if err := rep.QueryRow(scan).Scan(&second); err != nil || second != first {
+				t.Fatalf("second scan=%d, %v, want %d", second, err, first)
+			}
+			if got := int(vfs.GoCalls() - calls); got < tc.leastCall || got > tc.mostCall {
+				t.Errorf("GoCalls() for a scan of %d chunks=%d, want %d to %d", chunks, got, tc.leastCall, tc.mostCall)
+			}
+			rep.Close()
+		})
+	}
+}
