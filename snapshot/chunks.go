@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
@@ -188,11 +189,8 @@ func (c *chunkMaps) mapped() int {
 func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef) (loaded, error) {
 	var errs []error
 	if r.cache != nil {
-		l, err := r.loadCached(fp, want)
+		l, err := r.loadCached(ctx, fp, want)
 		if err == nil {
-			// The cache evicts the least recently used chunks by mtime:
-			// a read here is a use.
-			_ = r.cache.TouchChunk(ctx, fp)
 			return l, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -299,13 +297,16 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, fp manifest.Fingerprint, dat
 		return true
 	}
 	r.cacheOnce.Do(func() {
-		r.cacheQ = make(chan cacheItem, 256)
+		r.cacheQ = make(chan cacheItem, r.cacheQLen)
 		r.goBG(func() {
 			for {
 				select {
 				case it := <-r.cacheQ:
-					if err := r.cache.PutChunk(r.ctx, it.fp, it.data); err != nil {
+					fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
+					if err != nil {
 						r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
+					} else if fi != nil {
+						r.written.note(it.fp, fi) // it.data was verified
 					}
 					r.cachePending.Done()
 				case <-r.ctx.Done():
@@ -349,7 +350,21 @@ type cacheItem struct {
 // page cache; otherwise read, verified, and copied, so that a file
 // another user rewrites or truncates later changes nothing, and cannot
 // fault a reader (SIGBUS).
-func (r *Reader) loadCached(fp manifest.Fingerprint, want int) (loaded, error) {
+//
+// A mappable file that this process wrote itself, from bytes it had
+// verified, and that is still the same file (device and inode), with the
+// same size and change time, is not hashed again: its bytes are the
+// verified ones. The change time moves with every write, truncation or
+// chmod (it cannot be set back by anyone but root), and such a file can
+// be changed only by its owner, this process's user, who could as well
+// change it after it is mapped and verified: hashing it again at each
+// map would not add to what "mappable" already trusts. A file from
+// another process, or one changed since, is hashed as before.
+//
+// The cache evicts the least recently used chunks by mtime: a read here
+// is a use, recorded unless the file's mtime is less than a minute old
+// (a chunk read a thousand times a second costs one touch a minute).
+func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want int) (loaded, error) {
 	f, st, mappable, err := r.cache.OpenChunk(fp)
 	if err != nil {
 		return loaded{}, err
@@ -364,17 +379,95 @@ func (r *Reader) loadCached(fp manifest.Fingerprint, want int) (loaded, error) {
 		if err != nil {
 			return loaded{}, err
 		}
+		r.touch(ctx, fp, st, nil, false)
 		return r.slabs.copy(data)
 	}
 	b, err := syscall.Mmap(int(f.Fd()), 0, want, syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
 		return loaded{}, fmt.Errorf("map %s: %w", p, err)
 	}
-	if manifest.Sum(b) != fp {
+	known := r.written.same(fp, st)
+	if !known && manifest.Sum(b) != fp {
 		_ = syscall.Munmap(b)
 		return loaded{}, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
 	}
+	r.touch(ctx, fp, st, f, known)
 	return loaded{b: b, free: func() { _ = syscall.Munmap(b) }}, nil
+}
+
+// touchAge is how old a cache file's mtime may be before a read refreshes
+// it.
+const touchAge = time.Minute
+
+// touch refreshes the mtime of chunk fp's cache file, st, if it is older
+// than touchAge. If the file was known to hold the verified bytes (known),
+// its new change time is recorded from f, the open file.
+func (r *Reader) touch(ctx context.Context, fp manifest.Fingerprint, st fs.FileInfo, f *os.File, known bool) {
+	if time.Since(st.ModTime()) < touchAge {
+		return
+	}
+	_ = r.cache.TouchChunk(ctx, fp)
+	if known {
+		if now, err := f.Stat(); err == nil && now.Size() == st.Size() {
+			r.written.note(fp, now)
+		}
+	}
+}
+
+// writtenFiles remembers the cache files this process wrote from verified
+// bytes, by fingerprint: their device, inode, size and change time. It
+// holds at most max entries (a fixed few MiB): past that it forgets
+// arbitrary ones, whose files are then hashed when mapped.
+type writtenFiles struct {
+	mu    sync.Mutex
+	max   int
+	files map[manifest.Fingerprint]fileStamp
+}
+
+type fileStamp struct {
+	dev, ino uint64
+	size     int64
+	ctime    syscall.Timespec
+}
+
+func stampOf(fi fs.FileInfo) (fileStamp, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileStamp{}, false
+	}
+	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: st.Ctim}, true
+}
+
+// note records that the file fi holds the verified bytes of chunk fp.
+func (w *writtenFiles) note(fp manifest.Fingerprint, fi fs.FileInfo) {
+	s, ok := stampOf(fi)
+	if !ok || w.max <= 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.files == nil {
+		w.files = map[manifest.Fingerprint]fileStamp{}
+	}
+	if _, had := w.files[fp]; !had && len(w.files) >= w.max {
+		for k := range w.files {
+			delete(w.files, k)
+			break
+		}
+	}
+	w.files[fp] = s
+}
+
+// same reports whether fi is the file recorded for chunk fp, unchanged.
+func (w *writtenFiles) same(fp manifest.Fingerprint, fi fs.FileInfo) bool {
+	s, ok := stampOf(fi)
+	if !ok {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	had, ok := w.files[fp]
+	return ok && had == s
 }
 
 // readVerified reads the file at p, without blocking in open(2) and only

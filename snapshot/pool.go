@@ -15,9 +15,11 @@ import (
 const (
 	// DefaultMemoryLimit is the anonymous memory a Reader keeps chunks
 	// in: half for copies of chunks (fetched from a store, inline in a
-	// manifest, or read from a file that may not be mapped), a quarter
-	// for packs kept for their other chunks. Chunks mapped from the
-	// cache's files are file-backed, and not counted.
+	// manifest, or read from a file that may not be mapped), an eighth
+	// for packs kept for their other chunks, the rest for the Go heap's
+	// work (decoding packs, queueing chunks for the cache's files) and
+	// its garbage. Chunks mapped from the cache's files are file-backed,
+	// and not counted.
 	DefaultMemoryLimit = 256 << 20
 	// MinMemoryLimit is the least MemoryLimit: 16 chunk copies.
 	MinMemoryLimit = 2 << 20

@@ -70,7 +70,8 @@ type Options struct {
 	// MemoryLimit bounds the anonymous memory, in bytes, in which the
 	// Reader keeps chunks: half of it for copies of chunks (fetched from
 	// a store, inline in a manifest, or read from files it may not map),
-	// a quarter for packs kept for their other chunks. Zero means
+	// an eighth for packs kept for their other chunks, and the rest for
+	// the work of fetching and decoding them. Zero means
 	// DefaultMemoryLimit; less than MinMemoryLimit means MinMemoryLimit.
 	// Chunks mapped from the chunk cache's files are file-backed memory
 	// that the kernel may reclaim, and are bounded by MaxMappedChunks.
@@ -121,9 +122,11 @@ type Reader struct {
 
 	cacheOnce    sync.Once
 	cacheQ       chan cacheItem
+	cacheQLen    int            // cacheQ's capacity
 	cachePending sync.WaitGroup // chunks queued for the cache, not yet written
 	cacheMu      sync.Mutex     // orders cachePending.Add before Close's Wait
 	cacheClosed  bool
+	written      writtenFiles                      // cache files written from verified bytes
 	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 	now          func() time.Time                  // the freshness clock; tests replace it
 
@@ -163,7 +166,13 @@ func NewReader(opts Options) *Reader {
 		r.pool.maxLive = maxMappedDefault()
 	}
 	r.pool.release = func(e *entry) { r.chunks.release(e.s.M.Chunks[e.i], e.m) }
-	r.packs = newPackCache(int(min(mem/4, defaultPackCacheBytes)), r.goBG)
+	// The rest of the limit is for the Go heap, which the garbage
+	// collector lets grow to twice what is live: packs kept (an eighth),
+	// the chunks queued for the cache's files (a sixty-fourth), and the
+	// packs and chunks being decoded.
+	r.packs = newPackCache(int(min(mem/8, defaultPackCacheBytes)), r.goBG)
+	r.cacheQLen = min(max(chunkSlots(mem/64), 4), 256)
+	r.written.max = r.pool.maxLive
 	if r.host == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			r.host = h
