@@ -396,3 +396,29 @@ func ctime(t *testing.T, p string) syscall.Timespec {
 }
 
 func statCtime(fi os.FileInfo) syscall.Timespec { return fi.Sys().(*syscall.Stat_t).Ctim }
+
+// TestClosedReaderKeepsNoSlab: once its connections and the reader are
+// closed, a reader that copied chunks into slabs gives every slab back.
+func TestClosedReaderKeepsNoSlab(t *testing.T) {
+	f := newFixture(t)
+	image := db(71, 3)
+	publish(t, f.store, "/slabs.db", image, time.Now())
+	r := f.reader(Options{Prefetch: -1})
+	c, err := r.Open(context.Background(), "boule:///slabs.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range len(c.Snapshot().M.Chunks) {
+		if _, err := c.Snapshot().Chunk(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := r.slabs.count(); n == 0 {
+		t.Fatal("slabs.count()=0 with chunks copied, want at least 1: the test proves nothing")
+	}
+	c.Close()
+	r.Close()
+	if n := r.slabs.count(); n != 0 {
+		t.Errorf("slabs.count() after Close=%d, want 0", n)
+	}
+}

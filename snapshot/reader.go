@@ -217,6 +217,7 @@ func (r *Reader) Close() {
 	r.lifeMu.Unlock()
 	r.cancel()
 	r.bg.Wait()
+	r.slabs.close()
 }
 
 // goBG runs f in a goroutine that Close waits for, and reports false,

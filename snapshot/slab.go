@@ -21,9 +21,10 @@ const slabSize = 512 * manifest.ChunkSize
 // freed slots are reused; a slab is unmapped when it is empty and another
 // slab has room.
 type slabs struct {
-	mu   sync.Mutex
-	all  []*slab
-	free []slot
+	mu     sync.Mutex
+	all    []*slab
+	free   []slot
+	closed bool // the reader is closed: empty slabs are unmapped at once
 }
 
 type slab struct {
@@ -72,11 +73,30 @@ func (a *slabs) release(sl slot) {
 	defer a.mu.Unlock()
 	sl.s.used--
 	a.free = append(a.free, sl)
-	if sl.s.used > 0 || len(a.free) < 2*slabSize/manifest.ChunkSize {
+	if sl.s.used > 0 || (!a.closed && len(a.free) < 2*slabSize/manifest.ChunkSize) {
 		return
 	}
-	// An empty slab, and another slab's worth of free slots besides:
-	// give this one back.
+	// An empty slab, and another slab's worth of free slots besides (or
+	// a closed reader): give this one back.
+	a.unmapLocked(sl.s)
+}
+
+// close unmaps the empty slabs, and from then on each slab as soon as it
+// is empty: a closed reader keeps none (it kept one, 32 MiB, for good).
+func (a *slabs) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	for _, s := range append([]*slab(nil), a.all...) {
+		if s.used == 0 {
+			a.unmapLocked(s)
+		}
+	}
+}
+
+// unmapLocked unmaps s, which is empty, and forgets its slots.
+func (a *slabs) unmapLocked(s *slab) {
+	sl := slot{s: s}
 	kept := a.free[:0]
 	for _, f := range a.free {
 		if f.s != sl.s {
