@@ -198,6 +198,7 @@ func TestReplicaGoCalls(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cache := config.Target{Local: &config.LocalTarget{Directory: t.TempDir(), NumShards: 2, Capacity: 1 << 10}}
 			register(t, vfs.Config{ReplicationTargets: []config.Target{cache, tg}, ReplicaMemoryLimit: tc.memory, ReplicaMaxMappedChunks: tc.held})
+			t.Cleanup(vfs.Reader().Close) // before the cache directory goes: its writer and prefetch stop
 			rep := openReplica(t, path, "")
 			rep.SetMaxOpenConns(1)
 			var first, second int64
