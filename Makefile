@@ -96,6 +96,7 @@ conformance:
 bench-replica: minio
 	$(GO) test -run XXX -bench 'BenchmarkReplicaQuery' -benchtime 3000x -count 6 ./vfs | tee $(BUILD)/bench-replica-query.txt
 	BOULE_BENCH_MB=1024 $(GO) test -run XXX -bench 'BenchmarkCold' -benchtime 3x -count 3 -timeout 60m ./vfs | tee $(BUILD)/bench-cold-1g.txt
+	BOULE_BENCH_MB=4096 $(GO) test -run XXX -bench 'BenchmarkLargeScan' -benchtime 1x -count 1 -timeout 60m ./vfs | tee $(BUILD)/bench-large-4g.txt
 
 ## fuzz: each fuzz target for 30 s. Minimizing a new input is capped at
 ## 2 s: left at its 60 s default, the minimization of one 64 KiB chunk

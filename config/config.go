@@ -21,6 +21,14 @@ const LegacyEnvVar = "VERNEUIL_CONFIG"
 // Verneuil hard-codes.
 const DefaultMaxRequestsPerSecond = 30
 
+// MinReplicaMemoryLimit and MinReplicaMappedChunks are the least values of
+// [Config.ReplicaMemoryLimit] and [Config.ReplicaMaxMappedChunks] (other
+// than 0, the default): 2 MiB, and 16 chunks.
+const (
+	MinReplicaMemoryLimit  = 2 << 20
+	MinReplicaMappedChunks = 16
+)
+
 // DefaultPackChunks and MaxPackChunks bound [Config.PackChunks]: packs
 // of 64 chunks are 4 MiB; a manifest allows packs of up to 64 MiB.
 const (
@@ -93,6 +101,25 @@ type Config struct {
 	// and writes manifests without a pack table, which readers older
 	// than packs can read. This key is Boule's addition.
 	PackChunks int
+
+	// ReplicaMemoryLimit ("replica_memory_limit") bounds, in bytes, the
+	// anonymous memory in which read replicas (boule_snapshot) keep
+	// chunks, whatever the databases' sizes: copies of chunks get half,
+	// packs kept for their other chunks an eighth, and the rest is for
+	// fetching and decoding them. Chunks mapped from
+	// the chunk cache's files are not counted: they are file-backed, and
+	// bounded by ReplicaMaxMappedChunks. Zero means 256 MiB; otherwise
+	// at least [MinReplicaMemoryLimit]. This key is Boule's addition.
+	ReplicaMemoryLimit int64
+
+	// ReplicaMaxMappedChunks ("replica_max_mapped_chunks") bounds the
+	// chunks of 64 KiB that read replicas hold at once, mapped or
+	// copied; past it (or past ReplicaMemoryLimit) the least recently
+	// read are let go and read again from the chunk cache when needed.
+	// Zero means 32768 (2 GiB), or half of vm.max_map_count if less;
+	// otherwise at least [MinReplicaMappedChunks]. This key is Boule's
+	// addition.
+	ReplicaMaxMappedChunks int
 
 	// CaptureMemoryMiB ("capture_memory_mib") bounds, in MiB per
 	// process, the data that commits have copied into memory and that

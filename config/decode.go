@@ -46,6 +46,15 @@ func decodeConfig(raw json.RawMessage) (Config, error) {
 	if c.CaptureMemoryMiB, err = decodeCaptureMemory(o); err != nil {
 		return Config{}, err
 	}
+	var v uint64
+	if v, err = decodeAtLeast(o, "replica_memory_limit", MinReplicaMemoryLimit, 1<<50); err != nil {
+		return Config{}, err
+	}
+	c.ReplicaMemoryLimit = int64(v)
+	if v, err = decodeAtLeast(o, "replica_max_mapped_chunks", MinReplicaMappedChunks, 1<<30); err != nil {
+		return Config{}, err
+	}
+	c.ReplicaMaxMappedChunks = int(v)
 	return c, nil
 }
 
@@ -66,6 +75,23 @@ func decodeCaptureMemory(o *object) (int, error) {
 			MaxCaptureMemoryMiB, string(raw), DefaultCaptureMemoryMiB)}
 	}
 	return int(v), nil
+}
+
+// decodeAtLeast decodes key, an integer from least to most; absent is 0.
+func decodeAtLeast(o *object, key string, least, most uint64) (uint64, error) {
+	raw, ok, _ := o.get(key, false)
+	if !ok {
+		return 0, nil
+	}
+	if jsonType(raw) != "number" {
+		return 0, typeError(key, "a number", raw)
+	}
+	v, msg := parseUint(string(raw), most)
+	if msg != "" || v < least {
+		return 0, &Error{Key: key, Msg: fmt.Sprintf(
+			"expected an integer from %d to %d, got %s (omit the key for the default)", least, most, string(raw))}
+	}
+	return v, nil
 }
 
 // decodePackChunks decodes pack_chunks.

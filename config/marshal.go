@@ -16,6 +16,8 @@ type wireConfig struct {
 	SnapshotLoadingPolicy  json.RawMessage `json:"snapshot_loading_policy,omitempty"`
 	MaxRequestsPerSecond   float64         `json:"max_requests_per_second,omitempty"`
 	PackChunks             int             `json:"pack_chunks,omitempty"`
+	ReplicaMemoryLimit     int64           `json:"replica_memory_limit,omitempty"`
+	ReplicaMaxMappedChunks int             `json:"replica_max_mapped_chunks,omitempty"`
 	CaptureMemoryMiB       int             `json:"capture_memory_mib,omitempty"`
 }
 
@@ -42,6 +44,8 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		ReplicationTargets:     c.ReplicationTargets,
 		MaxRequestsPerSecond:   c.MaxRequestsPerSecond,
 		PackChunks:             c.PackChunks,
+		ReplicaMemoryLimit:     c.ReplicaMemoryLimit,
+		ReplicaMaxMappedChunks: c.ReplicaMaxMappedChunks,
 		CaptureMemoryMiB:       c.CaptureMemoryMiB,
 	}
 	if w.ReplicationTargets == nil {

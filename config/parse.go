@@ -26,6 +26,8 @@ var topKeys = []string{
 	"snapshot_loading_policy",
 	"max_requests_per_second",
 	"pack_chunks",
+	"replica_memory_limit",
+	"replica_max_mapped_chunks",
 	"capture_memory_mib",
 }
 

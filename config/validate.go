@@ -63,6 +63,14 @@ func (c *Config) Validate() error {
 		return &Error{Key: "pack_chunks", Msg: fmt.Sprintf(
 			"must be from 1 to %d (0 for the default), got %d", MaxPackChunks, p)}
 	}
+	if m := c.ReplicaMemoryLimit; m != 0 && m < MinReplicaMemoryLimit {
+		return &Error{Key: "replica_memory_limit", Msg: fmt.Sprintf(
+			"must be at least %d bytes (0 for the default), got %d", MinReplicaMemoryLimit, m)}
+	}
+	if m := c.ReplicaMaxMappedChunks; m != 0 && m < MinReplicaMappedChunks {
+		return &Error{Key: "replica_max_mapped_chunks", Msg: fmt.Sprintf(
+			"must be at least %d (0 for the default), got %d", MinReplicaMappedChunks, m)}
+	}
 	if m := c.CaptureMemoryMiB; m < 0 || m > MaxCaptureMemoryMiB {
 		return &Error{Key: "capture_memory_mib", Msg: fmt.Sprintf(
 			"must be from 1 to %d MiB (0 for the default), got %d", MaxCaptureMemoryMiB, m)}

@@ -293,3 +293,132 @@ func TestChunkFIFO(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheFileWrittenHereIsKnown: a chunk this process fetched, verified
+// and wrote to the cache is mapped from its file later without being
+// hashed again, but only while the file is the one it wrote, unchanged: a
+// file rewritten in place or replaced since is verified, and its damage
+// found (the chunk is fetched again).
+func TestCacheFileWrittenHereIsKnown(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		spoil func(t *testing.T, p string, garbage []byte)
+		known bool // the file is still the one written
+	}{
+		{"unchanged", func(*testing.T, string, []byte) {}, true},
+		{"rewritten in place", func(t *testing.T, p string, garbage []byte) {
+			before, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chmod(t, p, 0o600)
+			if err := os.WriteFile(p, garbage, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			chmod(t, p, 0o400)
+			// The change time has the file system's clock's resolution:
+			// chmod again until it shows a change (the owner rewriting
+			// the file within one tick of its creation is trusted, as
+			// for a mapped file; see loadCached).
+			for ctime(t, p) == statCtime(before) {
+				chmod(t, p, 0o400)
+			}
+		}, false},
+		{"replaced", func(t *testing.T, p string, garbage []byte) {
+			tmp := p + ".new"
+			if err := os.WriteFile(tmp, garbage, 0o400); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, p); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			image := db(61, 3)
+			m := publish(t, f.store, "/known.db", image, time.Now())
+			want := chunkBytes(image, 1)
+			r := f.reader(Options{Prefetch: -1})
+			c, err := r.Open(context.Background(), "boule:///known.db")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := c.Snapshot().Chunk(context.Background(), 1); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("Chunk(1)=%d bytes, %v, want the chunk's %d bytes", len(got), err, len(want))
+			}
+			c.Close() // lets the chunk go: the next read maps the cache file
+			r.cachePending.Wait()
+			p := f.cache.Path(m.Chunks[1])
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatalf("the chunk was not cached: %v", err)
+			}
+			if !r.written.same(m.Chunks[1], st) {
+				t.Fatalf("written.same(the file just written)=false, want true")
+			}
+			garbage := bytes.Repeat([]byte{0xa5}, len(want))
+			tc.spoil(t, p, garbage)
+			if st, err = os.Stat(p); err != nil {
+				t.Fatal(err)
+			}
+			if got := r.written.same(m.Chunks[1], st); got != tc.known {
+				t.Errorf("written.same()=%v after the change, want %v", got, tc.known)
+			}
+
+			before := f.store.chunks.Load()
+			c, err = r.Open(context.Background(), "boule:///known.db")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got, err := c.Snapshot().Chunk(context.Background(), 1); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("Chunk(1) after the change=%d bytes, %v, want the chunk's %d bytes", len(got), err, len(want))
+			}
+			fetched := f.store.chunks.Load() - before
+			if tc.known && fetched != 0 {
+				t.Errorf("the chunk was fetched %d times from the store, want it read from the cache", fetched)
+			}
+			if !tc.known && fetched == 0 {
+				t.Errorf("the damaged cache file was served: fetched 0 times from the store, want 1")
+			}
+		})
+	}
+}
+
+func ctime(t *testing.T, p string) syscall.Timespec {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		return syscall.Timespec{}
+	}
+	return statCtime(fi)
+}
+
+func statCtime(fi os.FileInfo) syscall.Timespec { return fi.Sys().(*syscall.Stat_t).Ctim }
+
+// TestClosedReaderKeepsNoSlab: once its connections and the reader are
+// closed, a reader that copied chunks into slabs gives every slab back.
+func TestClosedReaderKeepsNoSlab(t *testing.T) {
+	f := newFixture(t)
+	image := db(71, 3)
+	publish(t, f.store, "/slabs.db", image, time.Now())
+	r := f.reader(Options{Prefetch: -1})
+	c, err := r.Open(context.Background(), "boule:///slabs.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range len(c.Snapshot().M.Chunks) {
+		if _, err := c.Snapshot().Chunk(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := r.slabs.count(); n == 0 {
+		t.Fatal("slabs.count()=0 with chunks copied, want at least 1: the test proves nothing")
+	}
+	c.Close()
+	r.Close()
+	if n := r.slabs.count(); n != 0 {
+		t.Errorf("slabs.count() after Close=%d, want 0", n)
+	}
+}

@@ -8,10 +8,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
@@ -46,6 +45,16 @@ type mapping struct {
 	b    []byte
 	refs int
 	free func() // unmaps b or frees its slab slot
+	anon bool   // b is a copy in a slab, not a file's mapping
+}
+
+// loaded is what a loadFunc returns: a chunk's bytes outside the Go
+// heap, the function that releases them, and whether they are a copy in
+// anonymous memory.
+type loaded struct {
+	b    []byte
+	free func()
+	anon bool
 }
 
 type flight struct {
@@ -55,41 +64,19 @@ type flight struct {
 	waiters int // callers waiting for it; under chunkMaps.mu
 }
 
-// chunkMaps deduplicates mappings by fingerprint, and keeps their number
-// under limit: each chunk is one memory mapping, and Linux allows a
-// process vm.max_map_count of them (65530 by default), shared with the Go
-// runtime, SQLite and the C library.
+// chunkMaps deduplicates mappings by fingerprint, and loads each chunk
+// once for all who wait for it. How many are held is the pool's business.
 type chunkMaps struct {
 	mu       sync.Mutex
 	maps     map[manifest.Fingerprint]*mapping
 	inflight map[manifest.Fingerprint]*flight
-	limit    int
-}
-
-// ErrTooManyChunks is returned for a chunk that would take the process
-// over its limit of mapped chunks.
-var ErrTooManyChunks = errors.New("snapshot: too many chunks mapped for this process; raise vm.max_map_count")
-
-// defaultMapLimit leaves a quarter of vm.max_map_count, and at least 4096
-// mappings, to the rest of the process.
-func defaultMapLimit() int {
-	n := 65530
-	if b, err := os.ReadFile("/proc/sys/vm/max_map_count"); err == nil {
-		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
-			n = v
-		}
-	}
-	return max(n-max(n/4, 4096), 1)
 }
 
 // acquire returns the mapping of chunk fp, loading it with load unless it
 // is mapped or being loaded already, and counts a reference to it. The
 // load runs on its own: a caller that gives up (ctx) does not stop it for
 // the others waiting, and load must bound itself.
-//
-// A prefetch (soft) load is refused with errPrefetchFull once 90% of the
-// limit is used, so that reads keep some room.
-func (c *chunkMaps) acquire(ctx context.Context, spawn func(func()) bool, fp manifest.Fingerprint, soft bool, load loadFunc) (*mapping, error) {
+func (c *chunkMaps) acquire(ctx context.Context, spawn func(func()) bool, fp manifest.Fingerprint, load loadFunc) (*mapping, error) {
 	for {
 		c.mu.Lock()
 		if m, ok := c.maps[fp]; ok {
@@ -100,12 +87,6 @@ func (c *chunkMaps) acquire(ctx context.Context, spawn func(func()) bool, fp man
 		f, ok := c.inflight[fp]
 		if ok {
 			f.waiters++
-		} else if used := len(c.maps) + len(c.inflight); soft && used >= c.limit*9/10 {
-			c.mu.Unlock()
-			return nil, errPrefetchFull
-		} else if used >= c.limit {
-			c.mu.Unlock()
-			return nil, fmt.Errorf("%w (%d chunks, %d MiB, mapped)", ErrTooManyChunks, c.limit, c.limit/16)
 		} else {
 			f = &flight{done: make(chan struct{}), waiters: 1}
 			if !spawn(func() { c.run(fp, f, load) }) {
@@ -135,44 +116,43 @@ func (c *chunkMaps) acquire(ctx context.Context, spawn func(func()) bool, fp man
 // no reference yet, for the waiters to take theirs. If every caller gave
 // up meanwhile, it is unmapped at once.
 func (c *chunkMaps) run(fp manifest.Fingerprint, f *flight, load loadFunc) {
-	b, free, err := safeLoad(load)
+	l, err := safeLoad(load)
 	c.mu.Lock()
 	delete(c.inflight, fp)
 	switch {
 	case err != nil:
 		f.err = err
 	case f.waiters == 0:
-		free()
+		l.free()
 		f.err = errClosed
 	default:
-		f.m = &mapping{b: b, free: free}
+		f.m = &mapping{b: l.b, free: l.free, anon: l.anon}
 		c.maps[fp] = f.m
 	}
 	c.mu.Unlock()
 	close(f.done)
 }
 
-// A loadFunc returns a chunk's bytes, outside the Go heap, and the
-// function that releases them.
-type loadFunc func() ([]byte, func(), error)
+// A loadFunc returns a chunk's bytes, outside the Go heap.
+type loadFunc func() (loaded, error)
 
 // safeLoad runs load, turning a panic into an error, so that a failed
 // load never leaves its flight registered.
-func safeLoad(load loadFunc) (b []byte, free func(), err error) {
+func safeLoad(load loadFunc) (l loaded, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			b, free, err = nil, nil, fmt.Errorf("snapshot: panic loading a chunk: %v", r)
+			l, err = loaded{}, fmt.Errorf("snapshot: panic loading a chunk: %v", r)
 		}
 	}()
 	return load()
 }
 
-// release drops a reference to the mapping of fp, unmapping it at zero.
-func (c *chunkMaps) release(fp manifest.Fingerprint) {
+// release drops a reference to the mapping of fp, m, unmapping it at
+// zero.
+func (c *chunkMaps) release(fp manifest.Fingerprint, m *mapping) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m, ok := c.maps[fp]
-	if !ok {
+	if c.maps[fp] != m {
 		return
 	}
 	m.refs--
@@ -206,15 +186,12 @@ func (c *chunkMaps) mapped() int {
 // process's user can change it: a cache file that someone else could
 // change is copied into memory after it is verified, as are chunks from
 // read-only directories and stores.
-func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef) ([]byte, func(), error) {
+func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef) (loaded, error) {
 	var errs []error
 	if r.cache != nil {
-		b, free, err := r.loadCached(fp, want)
+		l, err := r.loadCached(ctx, fp, want)
 		if err == nil {
-			// The cache evicts the least recently used chunks by mtime:
-			// a read here is a use.
-			_ = r.cache.TouchChunk(ctx, fp)
-			return b, free, nil
+			return l, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			p := r.cache.Path(fp)
@@ -248,11 +225,32 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 	if ref != nil {
 		data, err := r.packedChunk(ctx, fp, want, *ref)
 		if err != nil {
-			return nil, nil, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(append(errs, err)...))
+			return loaded{}, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(append(errs, err)...))
 		}
 		r.cacheLater(fp, data)
 		return r.slabs.copy(data)
 	}
+	data, err := r.remoteChunk(ctx, fp, want)
+	if err != nil {
+		if len(errs) == 0 {
+			return loaded{}, fmt.Errorf("snapshot: chunk %s: %w", fp, err)
+		}
+		return loaded{}, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(append(errs, err)...))
+	}
+	// Creating a file costs a few hundred microseconds on some file
+	// systems: the cache file, for the other processes of the host, is
+	// written off the read path.
+	r.cacheLater(fp, data)
+	return r.slabs.copy(data)
+}
+
+// errNoStore is returned for a chunk that no store could be asked for.
+var errNoStore = errors.New("no store to read it from")
+
+// remoteChunk fetches chunk fp, of want bytes, from each remote store in
+// turn, verified.
+func (r *Reader) remoteChunk(ctx context.Context, fp manifest.Fingerprint, want int) ([]byte, error) {
+	var errs []error
 	for _, s := range r.remote {
 		data, err := s.GetChunk(ctx, fp)
 		if err != nil {
@@ -263,16 +261,12 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 			errs = append(errs, fmt.Errorf("%s: chunk %s is %d bytes, want %d: %w", s, fp, len(data), want, ErrCorrupt))
 			continue
 		}
-		// Creating a file costs a few hundred microseconds on some file
-		// systems: the cache file, for the other processes of the host,
-		// is written off the read path.
-		r.cacheLater(fp, data)
-		return r.slabs.copy(data)
+		return data, nil
 	}
 	if len(errs) == 0 {
-		return nil, nil, fmt.Errorf("snapshot: chunk %s: no store to read it from", fp)
+		return nil, errNoStore
 	}
-	return nil, nil, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(errs...))
+	return nil, errors.Join(errs...)
 }
 
 // cacheLater queues a verified chunk for writing to the local cache; when
@@ -281,17 +275,38 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 // second writer took a cold scan of 1 GiB from 5.7 to 8 times the local
 // scan (doc/BENCHMARKS.md) for a cache that is only an optimization.
 func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
+	r.enqueueCache(nil, fp, data)
+}
+
+// cacheWait queues a verified chunk for writing to the local cache, and
+// waits for room in the queue if it is full (the prefetch of a snapshot
+// that does not fit in memory: the queue, not the prefetch, sets the
+// pace, and the files are written by one goroutine as for reads).
+func (r *Reader) cacheWait(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
+	if !r.enqueueCache(ctx.Done(), fp, data) {
+		return ctx.Err()
+	}
+	return nil
+}
+
+// enqueueCache queues fp for the cache writer; with a nil stop it gives
+// up at once if the queue is full, otherwise it waits until stop. It
+// reports whether the chunk was queued (or there is no cache).
+func (r *Reader) enqueueCache(stop <-chan struct{}, fp manifest.Fingerprint, data []byte) bool {
 	if r.cache == nil {
-		return
+		return true
 	}
 	r.cacheOnce.Do(func() {
-		r.cacheQ = make(chan cacheItem, 256)
+		r.cacheQ = make(chan cacheItem, r.cacheQLen)
 		r.goBG(func() {
 			for {
 				select {
 				case it := <-r.cacheQ:
-					if err := r.cache.PutChunk(r.ctx, it.fp, it.data); err != nil {
+					fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
+					if err != nil {
 						r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
+					} else if fi != nil {
+						r.written.note(it.fp, fi) // it.data was verified
 					}
 					r.cachePending.Done()
 				case <-r.ctx.Done():
@@ -301,16 +316,27 @@ func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
 		})
 	})
 	r.cacheMu.Lock()
-	defer r.cacheMu.Unlock()
 	if r.cacheClosed {
-		return
+		r.cacheMu.Unlock()
+		return false
 	}
 	r.cachePending.Add(1)
+	r.cacheMu.Unlock()
 	select {
 	case r.cacheQ <- cacheItem{fp, data}:
+		return true
 	default:
-		r.cachePending.Done()
 	}
+	if stop != nil {
+		select {
+		case r.cacheQ <- cacheItem{fp, data}:
+			return true
+		case <-stop:
+		case <-r.ctx.Done():
+		}
+	}
+	r.cachePending.Done()
+	return false
 }
 
 type cacheItem struct {
@@ -324,32 +350,124 @@ type cacheItem struct {
 // page cache; otherwise read, verified, and copied, so that a file
 // another user rewrites or truncates later changes nothing, and cannot
 // fault a reader (SIGBUS).
-func (r *Reader) loadCached(fp manifest.Fingerprint, want int) ([]byte, func(), error) {
+//
+// A mappable file that this process wrote itself, from bytes it had
+// verified, and that is still the same file (device and inode), with the
+// same size and change time, is not hashed again: its bytes are the
+// verified ones. The change time moves with every write, truncation or
+// chmod (it cannot be set back by anyone but root), and such a file can
+// be changed only by its owner, this process's user, who could as well
+// change it after it is mapped and verified: hashing it again at each
+// map would not add to what "mappable" already trusts. A file from
+// another process, or one changed since, is hashed as before.
+//
+// The cache evicts the least recently used chunks by mtime: a read here
+// is a use, recorded unless the file's mtime is less than a minute old
+// (a chunk read a thousand times a second costs one touch a minute).
+func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want int) (loaded, error) {
 	f, st, mappable, err := r.cache.OpenChunk(fp)
 	if err != nil {
-		return nil, nil, err
+		return loaded{}, err
 	}
 	defer f.Close()
 	p := f.Name()
 	if st.Size() != int64(want) {
-		return nil, nil, fmt.Errorf("%s is %d bytes, want %d: %w", p, st.Size(), want, ErrCorrupt)
+		return loaded{}, fmt.Errorf("%s is %d bytes, want %d: %w", p, st.Size(), want, ErrCorrupt)
 	}
 	if !mappable {
 		data, err := readAllVerified(f, p, fp, want)
 		if err != nil {
-			return nil, nil, err
+			return loaded{}, err
 		}
+		r.touch(ctx, fp, st, nil, false)
 		return r.slabs.copy(data)
 	}
 	b, err := syscall.Mmap(int(f.Fd()), 0, want, syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
-		return nil, nil, fmt.Errorf("map %s: %w", p, err)
+		return loaded{}, fmt.Errorf("map %s: %w", p, err)
 	}
-	if manifest.Sum(b) != fp {
+	known := r.written.same(fp, st)
+	if !known && manifest.Sum(b) != fp {
 		_ = syscall.Munmap(b)
-		return nil, nil, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
+		return loaded{}, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
 	}
-	return b, func() { _ = syscall.Munmap(b) }, nil
+	r.touch(ctx, fp, st, f, known)
+	return loaded{b: b, free: func() { _ = syscall.Munmap(b) }}, nil
+}
+
+// touchAge is how old a cache file's mtime may be before a read refreshes
+// it.
+const touchAge = time.Minute
+
+// touch refreshes the mtime of chunk fp's cache file, st, if it is older
+// than touchAge. If the file was known to hold the verified bytes (known),
+// its new change time is recorded from f, the open file.
+func (r *Reader) touch(ctx context.Context, fp manifest.Fingerprint, st fs.FileInfo, f *os.File, known bool) {
+	if time.Since(st.ModTime()) < touchAge {
+		return
+	}
+	_ = r.cache.TouchChunk(ctx, fp)
+	if known {
+		if now, err := f.Stat(); err == nil && now.Size() == st.Size() {
+			r.written.note(fp, now)
+		}
+	}
+}
+
+// writtenFiles remembers the cache files this process wrote from verified
+// bytes, by fingerprint: their device, inode, size and change time. It
+// holds at most max entries (a fixed few MiB): past that it forgets
+// arbitrary ones, whose files are then hashed when mapped.
+type writtenFiles struct {
+	mu    sync.Mutex
+	max   int
+	files map[manifest.Fingerprint]fileStamp
+}
+
+type fileStamp struct {
+	dev, ino uint64
+	size     int64
+	ctime    syscall.Timespec
+}
+
+func stampOf(fi fs.FileInfo) (fileStamp, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileStamp{}, false
+	}
+	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: st.Ctim}, true
+}
+
+// note records that the file fi holds the verified bytes of chunk fp.
+func (w *writtenFiles) note(fp manifest.Fingerprint, fi fs.FileInfo) {
+	s, ok := stampOf(fi)
+	if !ok || w.max <= 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.files == nil {
+		w.files = map[manifest.Fingerprint]fileStamp{}
+	}
+	if _, had := w.files[fp]; !had && len(w.files) >= w.max {
+		for k := range w.files {
+			delete(w.files, k)
+			break
+		}
+	}
+	w.files[fp] = s
+}
+
+// same reports whether fi is the file recorded for chunk fp, unchanged.
+func (w *writtenFiles) same(fp manifest.Fingerprint, fi fs.FileInfo) bool {
+	s, ok := stampOf(fi)
+	if !ok {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	had, ok := w.files[fp]
+	return ok && had == s
 }
 
 // readVerified reads the file at p, without blocking in open(2) and only

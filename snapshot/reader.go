@@ -67,11 +67,27 @@ type Options struct {
 	// OpenTimeout and ChunkTimeout default to DefaultOpenTimeout and
 	// DefaultChunkTimeout.
 	OpenTimeout, ChunkTimeout time.Duration
-	// MaxMappedChunks bounds the chunks mapped at once by the process;
-	// zero means three quarters of vm.max_map_count. The background
-	// prefetch stops at 90% of it, so that reads keep some room.
+	// MemoryLimit bounds the anonymous memory, in bytes, in which the
+	// Reader keeps chunks: half of it for copies of chunks (fetched from
+	// a store, inline in a manifest, or read from files it may not map),
+	// an eighth for packs kept for their other chunks, and the rest for
+	// the work of fetching and decoding them. Zero means
+	// DefaultMemoryLimit; less than MinMemoryLimit means MinMemoryLimit.
+	// Chunks mapped from the chunk cache's files are file-backed memory
+	// that the kernel may reclaim, and are bounded by MaxMappedChunks.
+	MemoryLimit int64
+	// MaxMappedChunks bounds the chunks held at once by the process,
+	// mapped from cache files or copied; zero means
+	// DefaultMaxMappedChunks, or half of vm.max_map_count if less. Past
+	// either bound, the least recently read chunks are let go, and read
+	// again from the cache (verified again) when needed.
 	MaxMappedChunks int
-	Logger          *slog.Logger
+	// Quiesce, if set, waits until no read of a chunk that began before
+	// the call is still under way: the C side's hook, called after
+	// evicted chunks are taken out of their views and before they are
+	// unmapped.
+	Quiesce func()
+	Logger  *slog.Logger
 	// OnReplicaGone, if set, is called, outside the Reader's locks, with
 	// each replica the Reader forgets: one with no connection left whose
 	// manifest is older than the poll interval. A later open of the same
@@ -94,6 +110,7 @@ type Reader struct {
 	log      *slog.Logger
 
 	chunks chunkMaps
+	pool   pool
 	slabs  slabs
 	packs  *packCache
 	ctx    context.Context // ends with Close; loads run under it, not their callers'
@@ -105,9 +122,11 @@ type Reader struct {
 
 	cacheOnce    sync.Once
 	cacheQ       chan cacheItem
+	cacheQLen    int            // cacheQ's capacity
 	cachePending sync.WaitGroup // chunks queued for the cache, not yet written
 	cacheMu      sync.Mutex     // orders cachePending.Add before Close's Wait
 	cacheClosed  bool
+	written      writtenFiles                      // cache files written from verified bytes
 	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 	now          func() time.Time                  // the freshness clock; tests replace it
 
@@ -133,12 +152,27 @@ func NewReader(opts Options) *Reader {
 		chunks: chunkMaps{
 			maps:     map[manifest.Fingerprint]*mapping{},
 			inflight: map[manifest.Fingerprint]*flight{},
-			limit:    opts.MaxMappedChunks,
 		},
 		replicas: map[string]*Replica{},
 		onGone:   opts.OnReplicaGone,
 	}
-	r.packs = newPackCache(defaultPackCacheBytes, r.goBG)
+	mem := opts.MemoryLimit
+	if mem == 0 {
+		mem = DefaultMemoryLimit
+	}
+	mem = max(mem, MinMemoryLimit)
+	r.pool = pool{maxLive: opts.MaxMappedChunks, maxAnon: chunkSlots(mem / 2), quiesce: opts.Quiesce}
+	if r.pool.maxLive <= 0 {
+		r.pool.maxLive = maxMappedDefault()
+	}
+	r.pool.release = func(e *entry) { r.chunks.release(e.s.M.Chunks[e.i], e.m) }
+	// The rest of the limit is for the Go heap, which the garbage
+	// collector lets grow to twice what is live: packs kept (an eighth),
+	// the chunks queued for the cache's files (a sixty-fourth), and the
+	// packs and chunks being decoded.
+	r.packs = newPackCache(int(min(mem/8, defaultPackCacheBytes)), r.goBG)
+	r.cacheQLen = min(max(chunkSlots(mem/64), 4), 256)
+	r.written.max = r.pool.maxLive
 	if r.host == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			r.host = h
@@ -160,9 +194,6 @@ func NewReader(opts Options) *Reader {
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
-	}
-	if r.chunks.limit <= 0 {
-		r.chunks.limit = defaultMapLimit()
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.now = time.Now
@@ -186,6 +217,7 @@ func (r *Reader) Close() {
 	r.lifeMu.Unlock()
 	r.cancel()
 	r.bg.Wait()
+	r.slabs.close()
 }
 
 // goBG runs f in a goroutine that Close waits for, and reports false,
@@ -267,6 +299,11 @@ func (r *Reader) Hostname() string { return r.host }
 
 // MappedChunks reports how many distinct chunks the process has mapped.
 func (r *Reader) MappedChunks() int { return r.chunks.mapped() }
+
+// Held reports the chunks the reader's snapshots hold (one per snapshot
+// and index), how many of them are copies in anonymous memory, and how
+// many were evicted so far to stay within the bounds.
+func (r *Reader) Held() (chunks, copies int, evicted int64) { return r.pool.counts() }
 
 // Resolve parses name and fills in this machine's host name.
 func (r *Reader) Resolve(name string) (Source, error) {

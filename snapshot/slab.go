@@ -21,9 +21,10 @@ const slabSize = 512 * manifest.ChunkSize
 // freed slots are reused; a slab is unmapped when it is empty and another
 // slab has room.
 type slabs struct {
-	mu   sync.Mutex
-	all  []*slab
-	free []slot
+	mu     sync.Mutex
+	all    []*slab
+	free   []slot
+	closed bool // the reader is closed: empty slabs are unmapped at once
 }
 
 type slab struct {
@@ -37,17 +38,18 @@ type slot struct {
 }
 
 // copy places data (at most one chunk) in a free slot and returns the
-// copy and the function that frees it.
-func (a *slabs) copy(data []byte) ([]byte, func(), error) {
+// copy and the function that frees it. The pool bounds how many slots are
+// used at once, and freed slots are reused before a slab is added.
+func (a *slabs) copy(data []byte) (loaded, error) {
 	if len(data) > manifest.ChunkSize {
-		return nil, nil, fmt.Errorf("snapshot: %d bytes do not fit a chunk slot", len(data))
+		return loaded{}, fmt.Errorf("snapshot: %d bytes do not fit a chunk slot", len(data))
 	}
 	a.mu.Lock()
 	if len(a.free) == 0 {
 		mem, err := syscall.Mmap(-1, 0, slabSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
 		if err != nil {
 			a.mu.Unlock()
-			return nil, nil, fmt.Errorf("snapshot: map a %d MiB slab: %w", slabSize>>20, err)
+			return loaded{}, fmt.Errorf("snapshot: map a %d MiB slab: %w", slabSize>>20, err)
 		}
 		hugePages(mem)
 		s := &slab{mem: mem}
@@ -63,7 +65,7 @@ func (a *slabs) copy(data []byte) ([]byte, func(), error) {
 
 	b := sl.s.mem[sl.i*manifest.ChunkSize : sl.i*manifest.ChunkSize+len(data) : sl.i*manifest.ChunkSize+len(data)]
 	copy(b, data)
-	return b, func() { a.release(sl) }, nil
+	return loaded{b: b, free: func() { a.release(sl) }, anon: true}, nil
 }
 
 func (a *slabs) release(sl slot) {
@@ -71,11 +73,30 @@ func (a *slabs) release(sl slot) {
 	defer a.mu.Unlock()
 	sl.s.used--
 	a.free = append(a.free, sl)
-	if sl.s.used > 0 || len(a.free) < 2*slabSize/manifest.ChunkSize {
+	if sl.s.used > 0 || (!a.closed && len(a.free) < 2*slabSize/manifest.ChunkSize) {
 		return
 	}
-	// An empty slab, and another slab's worth of free slots besides:
-	// give this one back.
+	// An empty slab, and another slab's worth of free slots besides (or
+	// a closed reader): give this one back.
+	a.unmapLocked(sl.s)
+}
+
+// close unmaps the empty slabs, and from then on each slab as soon as it
+// is empty: a closed reader keeps none (it kept one, 32 MiB, for good).
+func (a *slabs) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	for _, s := range append([]*slab(nil), a.all...) {
+		if s.used == 0 {
+			a.unmapLocked(s)
+		}
+	}
+}
+
+// unmapLocked unmaps s, which is empty, and forgets its slots.
+func (a *slabs) unmapLocked(s *slab) {
+	sl := slot{s: s}
 	kept := a.free[:0]
 	for _, f := range a.free {
 		if f.s != sl.s {

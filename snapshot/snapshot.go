@@ -2,7 +2,6 @@ package snapshot
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -12,9 +11,10 @@ import (
 )
 
 // Snapshot is one manifest of a replica, as this process reads it: the
-// chunks it has mapped so far. Connections share it.
+// chunks it holds now (the reader's pool lets the least recently read go
+// past its bounds). Connections share it.
 //
-// Opening a snapshot allocates nothing per chunk: the chunks' mappings
+// Opening a snapshot allocates nothing per chunk: the chunks' entries
 // are kept in pages allocated as chunks get mapped, and the index of the
 // pack table is built when a chunk is first looked up in it.
 type Snapshot struct {
@@ -30,6 +30,8 @@ type Snapshot struct {
 
 	fetched atomic.Int64 // Unix ns when the newest fetch that returned M started
 
+	used atomic.Pointer[func(i int) bool] // Binding.Used
+
 	mu         sync.Mutex
 	refs       int
 	closed     bool
@@ -37,8 +39,25 @@ type Snapshot struct {
 	nMapped    int
 	cancel     context.CancelFunc // stops the prefetch
 	prefetched chan struct{}      // closed when the prefetch ends; nil without one
-	onChunk    func(i int, b []byte)
-	onClose    func()
+	bound      Binding
+}
+
+// Binding is what the VFS attaches to a snapshot (Bind): its view of the
+// chunks held.
+type Binding struct {
+	// OnChunk is called with each chunk as it is mapped, under the
+	// snapshot's lock, and at once for those held already.
+	OnChunk func(i int, b []byte)
+	// OnEvict is called, under the snapshot's lock, when chunk i is let
+	// go: from then on, reads must not start on the bytes OnChunk gave.
+	// The reader waits (Options.Quiesce) before it unmaps them.
+	OnEvict func(i int)
+	// Used reports whether chunk i was read since the last call, and
+	// clears that; it may be called at any time before OnClose.
+	Used func(i int) bool
+	// OnClose is called when the last reference is released, after
+	// which no other function is called.
+	OnClose func()
 }
 
 func newSnapshot(rp *Replica, m *manifest.Manifest, sum manifest.Fingerprint, from int, fetched time.Time) *Snapshot {
@@ -58,34 +77,37 @@ func (s *Snapshot) packIndex() *manifest.PackIndex {
 // holds (32 KiB of pointers).
 const mapPage = 4096
 
-// A mapTable holds a snapshot's chunk mappings by chunk index, in pages
+// A mapTable holds a snapshot's chunks held, by chunk index, in pages
 // allocated when one of their chunks is first mapped: the table of a
 // snapshot of 2^26 chunks starts at 384 KiB rather than 512 MiB.
 type mapTable struct {
-	pages [][]*mapping // each nil or mapPage long
+	pages [][]*entry // each nil or mapPage long
 }
 
 func newMapTable(n int) mapTable {
-	return mapTable{pages: make([][]*mapping, (n+mapPage-1)/mapPage)}
+	return mapTable{pages: make([][]*entry, (n+mapPage-1)/mapPage)}
 }
 
-func (t *mapTable) get(i int) *mapping {
+func (t *mapTable) get(i int) *entry {
 	if p := t.pages[i/mapPage]; p != nil {
 		return p[i%mapPage]
 	}
 	return nil
 }
 
-func (t *mapTable) set(i int, m *mapping) {
+func (t *mapTable) set(i int, m *entry) {
 	p := &t.pages[i/mapPage]
 	if *p == nil {
-		*p = make([]*mapping, mapPage)
+		if m == nil {
+			return
+		}
+		*p = make([]*entry, mapPage)
 	}
 	(*p)[i%mapPage] = m
 }
 
-// each calls f with every mapped chunk, by increasing index.
-func (t *mapTable) each(f func(i int, m *mapping)) {
+// each calls f with every chunk held, by increasing index.
+func (t *mapTable) each(f func(i int, m *entry)) {
 	for k, p := range t.pages {
 		for j, m := range p {
 			if m != nil {
@@ -113,22 +135,52 @@ func (s *Snapshot) setFetched(t time.Time) {
 	}
 }
 
-// Mapped reports how many of the snapshot's chunks are mapped.
+// Mapped reports how many of the snapshot's chunks it holds.
 func (s *Snapshot) Mapped() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.nMapped
 }
 
-// Bind attaches the VFS's state to s. onChunk is called with each chunk as
-// it is mapped, under the snapshot's lock, and at once for those mapped
-// already; onClose is called when the last reference is released, after
-// which onChunk is never called again. A second Bind replaces the first.
-func (s *Snapshot) Bind(onChunk func(i int, b []byte), onClose func()) {
+// Bind attaches the VFS's state to s: OnChunk is called at once for the
+// chunks held already. A second Bind replaces the first.
+func (s *Snapshot) Bind(b Binding) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.onChunk, s.onClose = onChunk, onClose
-	s.maps.each(func(i int, m *mapping) { onChunk(i, m.b) })
+	s.bound = b
+	if b.Used != nil {
+		s.used.Store(&b.Used)
+	} else {
+		s.used.Store(nil)
+	}
+	if b.OnChunk != nil {
+		s.maps.each(func(i int, e *entry) { b.OnChunk(i, e.m.b) })
+	}
+}
+
+// usedByC reports, and clears, whether the VFS read chunk i since the
+// last call. The pool calls it only for entries it holds, which a
+// released snapshot has none of (unref forgets them before OnClose).
+func (s *Snapshot) usedByC(i int) bool {
+	if f := s.used.Load(); f != nil {
+		return (*f)(i)
+	}
+	return false
+}
+
+// unmapEntry takes e, which the pool evicted, out of the snapshot's table
+// and view, if it is still there.
+func (s *Snapshot) unmapEntry(e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.maps.get(e.i) != e {
+		return
+	}
+	s.maps.set(e.i, nil)
+	s.nMapped--
+	if s.bound.OnEvict != nil {
+		s.bound.OnEvict(e.i)
+	}
 }
 
 func (s *Snapshot) ref() {
@@ -137,7 +189,7 @@ func (s *Snapshot) ref() {
 	s.mu.Unlock()
 }
 
-// unref drops a reference; the last one unmaps the snapshot's chunks.
+// unref drops a reference; the last one lets go of the snapshot's chunks.
 func (s *Snapshot) unref() {
 	s.mu.Lock()
 	s.refs--
@@ -145,31 +197,69 @@ func (s *Snapshot) unref() {
 		s.mu.Unlock()
 		return
 	}
-	s.closed = true // from now on, Chunk never calls onChunk
+	s.closed = true // from now on, chunk never calls the binding
 	if s.cancel != nil {
 		s.cancel()
 	}
-	onClose := s.onClose
-	s.onChunk, s.onClose = nil, nil
+	onClose := s.bound.OnClose
+	s.bound = Binding{}
 	maps := s.maps
 	s.maps = mapTable{}
 	s.mu.Unlock()
+	var held []*entry
+	maps.each(func(_ int, e *entry) { held = append(held, e) })
+	// Forgotten by the pool before the view goes: the pool's clock
+	// asks the view about the entries it holds.
+	held = s.rep.r.pool.forget(held)
+	s.used.Store(nil)
 	if onClose != nil {
 		onClose()
 	}
-	maps.each(func(i int, _ *mapping) { s.rep.r.chunks.release(s.M.Chunks[i]) })
+	for _, e := range held {
+		s.rep.r.pool.release(e)
+	}
 }
 
-// Chunk returns chunk i, mapped read-only; the bytes stay valid while the
-// snapshot is referenced. It fetches the chunk if needed, waiting at most
-// the reader's chunk timeout.
+// Chunk returns chunk i, mapped read-only. The bytes stay valid until the
+// reader lets the chunk go (past its memory bounds) or the snapshot is
+// released: for tests; ReadAt copies safely. It fetches the chunk if
+// needed, waiting at most the reader's chunk timeout.
 func (s *Snapshot) Chunk(ctx context.Context, i int) ([]byte, error) {
-	return s.chunk(ctx, i, false)
+	return s.chunk(ctx, i)
 }
 
-// chunk is Chunk; soft marks a prefetch, which stops short of the
-// process's mapped-chunk limit.
-func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) {
+// Load makes sure chunk i is held, fetching it if needed.
+func (s *Snapshot) Load(ctx context.Context, i int) error {
+	_, err := s.chunk(ctx, i)
+	return err
+}
+
+// ReadAt copies into dst the bytes of the snapshot's database at off,
+// which must lie within one chunk.
+func (s *Snapshot) ReadAt(ctx context.Context, dst []byte, off int64) error {
+	i := int(off / manifest.ChunkSize)
+	co := int(off % manifest.ChunkSize)
+	for range 8 { // a chunk evicted between its load and the copy is loaded again
+		if _, err := s.chunk(ctx, i); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if e := s.maps.get(i); e != nil {
+			defer s.mu.Unlock()
+			if co+len(dst) > len(e.m.b) {
+				return fmt.Errorf("snapshot: read of %d bytes at %d crosses the end of chunk %d", len(dst), off, i)
+			}
+			e.used.Store(true)
+			copy(dst, e.m.b[co:])
+			return nil
+		}
+		s.mu.Unlock()
+	}
+	return fmt.Errorf("snapshot: chunk %d evicted as soon as it was loaded; the memory bounds are too small", i)
+}
+
+// chunk maps chunk i, if the snapshot does not hold it, and returns it.
+func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 	if i < 0 || i >= len(s.M.Chunks) {
 		return nil, fmt.Errorf("snapshot: chunk %d out of range [0, %d)", i, len(s.M.Chunks))
 	}
@@ -178,9 +268,10 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 		s.mu.Unlock()
 		return nil, errClosed
 	}
-	if m := s.maps.get(i); m != nil {
+	if e := s.maps.get(i); e != nil {
+		e.used.Store(true)
 		s.mu.Unlock()
-		return m.b, nil
+		return e.m.b, nil
 	}
 	s.mu.Unlock()
 
@@ -189,7 +280,7 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 	want := manifest.ChunkLen(s.M.Size, i)
 	wait, cancel := context.WithTimeout(ctx, r.chunkTO)
 	defer cancel()
-	m, err := r.chunks.acquire(wait, r.goBG, fp, soft, func() ([]byte, func(), error) {
+	m, err := r.chunks.acquire(wait, r.goBG, fp, func() (loaded, error) {
 		if data, ok := s.M.Inline[uint32(i)]; ok {
 			return r.slabs.copy(data) // verified by manifest.Decode
 		}
@@ -206,19 +297,26 @@ func (s *Snapshot) chunk(ctx context.Context, i int, soft bool) ([]byte, error) 
 		return nil, fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
-		r.chunks.release(fp)
+		s.mu.Unlock()
+		r.chunks.release(fp, m)
 		return nil, errClosed
 	}
 	if had := s.maps.get(i); had != nil {
-		r.chunks.release(fp) // mapped meanwhile: keep one reference
-		return had.b, nil
+		s.mu.Unlock()
+		r.chunks.release(fp, m) // held meanwhile: keep one reference
+		return had.m.b, nil
 	}
-	s.maps.set(i, m)
+	e := &entry{s: s, i: i, m: m}
+	s.maps.set(i, e)
 	s.nMapped++
-	if s.onChunk != nil {
-		s.onChunk(i, m.b)
+	if s.bound.OnChunk != nil {
+		s.bound.OnChunk(i, m.b)
+	}
+	over := r.pool.add(e) // under s.mu: unref finds e in maps or not at all
+	s.mu.Unlock()
+	if over {
+		r.pool.evict()
 	}
 	return m.b, nil
 }
@@ -240,13 +338,10 @@ func (s *Snapshot) load(ctx context.Context, k int) error {
 		if j == k {
 			i = n - 1
 		}
-		_, err := s.chunk(ctx, i, false)
+		_, err := s.chunk(ctx, i)
 		return err
 	})
 }
-
-// errPrefetchFull stops a prefetch that would crowd out reads.
-var errPrefetchFull = errors.New("snapshot: mapped-chunk limit nearly reached")
 
 // each runs work(ctx, j) for j from 0 to count-1 with n workers, each
 // taking the next j in turn, and returns the first error. It allocates
@@ -284,11 +379,19 @@ func (s *Snapshot) each(ctx context.Context, count, n int, work func(ctx context
 // a pack whose other chunks were replaced since is fetched once), holding
 // a slot of packSlots meanwhile, and then drop the pack from the reader's
 // memory: its chunks are mapped. The other chunks of a pack are skipped.
-func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan struct{}) error {
+// With warm set, the chunks go to the chunk cache's files instead of
+// memory (see startPrefetch).
+func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan struct{}, warm bool) error {
+	get := func(i int) error {
+		if warm {
+			return s.warm(ctx, i)
+		}
+		_, err := s.chunk(ctx, i)
+		return err
+	}
 	k, packed := s.packIndex().Pack(i)
 	if !packed {
-		_, err := s.chunk(ctx, i, true)
-		return err
+		return get(i)
 	}
 	p := &s.M.Packs[k]
 	if int(p.Members[0].Index) != i {
@@ -301,7 +404,7 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 		return ctx.Err()
 	}
 	for _, mb := range p.Members {
-		if _, err := s.chunk(ctx, int(mb.Index), true); err != nil {
+		if err := get(int(mb.Index)); err != nil {
 			return err
 		}
 	}
@@ -309,16 +412,60 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 	return nil
 }
 
-// startPrefetch maps every chunk in the background, in file order (a scan
-// then finds them ready), with the reader's prefetch concurrency, through
-// the same rate-limited stores as reads; a pack is mapped whole when its
-// first chunk's turn comes, so that the workers fetch different packs at
-// once rather than wait on one. It stops when the snapshot is released.
-// Only the default loading policy prefetches.
+// warm puts chunk i in the chunk cache's files, fetching it unless it is
+// there or held already, without holding it in memory.
+func (s *Snapshot) warm(ctx context.Context, i int) error {
+	r := s.rep.r
+	if _, ok := s.M.Inline[uint32(i)]; ok {
+		return nil
+	}
+	s.mu.Lock()
+	held := s.maps.get(i) != nil
+	s.mu.Unlock()
+	fp := s.M.Chunks[i]
+	if held || r.cache.HasChunk(fp) {
+		return nil
+	}
+	want := manifest.ChunkLen(s.M.Size, i)
+	load, cancel := context.WithTimeout(ctx, r.chunkTO)
+	defer cancel()
+	var data []byte
+	var err error
+	if ref, ok := s.packIndex().Ref(i); ok {
+		data, err = r.packedChunk(load, fp, want, ref)
+	} else {
+		data, err = r.remoteChunk(load, fp, want)
+	}
+	if err != nil {
+		return fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
+	}
+	return r.cacheWait(ctx, fp, data)
+}
+
+// startPrefetch fetches every chunk in the background, in file order (a
+// scan then finds them ready), with the reader's prefetch concurrency,
+// through the same rate-limited stores as reads; a pack is fetched whole
+// when its first chunk's turn comes, so that the workers fetch different
+// packs at once rather than wait on one. It stops when the snapshot is
+// released. Only the default loading policy prefetches.
+//
+// A snapshot that fits in half of the reader's memory bounds is mapped
+// whole: reads then never call into Go. A larger one would only evict
+// its own chunks before they are read: its chunks are written to the
+// chunk cache instead, up to three quarters of the cache's capacity, and
+// mapped from there when read; without a cache, it is not prefetched.
 func (s *Snapshot) startPrefetch() {
 	r := s.rep.r
 	if r.prefetch < 0 || (r.policy.Kind != "" && r.policy.Kind != "default") || len(s.M.Chunks) == 0 {
 		return
+	}
+	count := len(s.M.Chunks)
+	warm := count > r.pool.maxLive/2 || count > r.pool.maxAnon/2
+	if warm {
+		if r.cache == nil {
+			return
+		}
+		count = min(count, int(r.cache.Capacity()*3/4))
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	done := make(chan struct{})
@@ -333,14 +480,10 @@ func (s *Snapshot) startPrefetch() {
 	started := r.goBG(func() {
 		defer close(done)
 		defer cancel()
-		err := s.each(ctx, len(s.M.Chunks), r.prefetch, func(ctx context.Context, i int) error {
-			return s.prefetchChunk(ctx, i, packSlots)
+		err := s.each(ctx, count, r.prefetch, func(ctx context.Context, i int) error {
+			return s.prefetchChunk(ctx, i, packSlots, warm)
 		})
-		switch {
-		case errors.Is(err, errPrefetchFull):
-			r.log.Warn("snapshot: prefetch stopped at 90% of the process's mapped-chunk limit; the rest is fetched when read",
-				"replica", s.rep.id, "limit", r.chunks.limit)
-		case err != nil && ctx.Err() == nil:
+		if err != nil && ctx.Err() == nil {
 			r.log.Warn("snapshot: prefetch stopped; chunks will be fetched when read", "replica", s.rep.id, "err", err)
 		}
 	})

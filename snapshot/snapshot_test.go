@@ -545,39 +545,51 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 	}
 }
 
-// TestMappedChunkLimit: past the process's limit of mapped chunks, reads
-// fail with a clear error instead of exhausting the memory map, and the
-// prefetch stops short of the limit.
-func TestMappedChunkLimit(t *testing.T) {
-	f := newFixture(t)
-	image := db(20, 30)
-	publish(t, f.store, "/big.db", image, time.Now())
-	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 10})
-	c, err := r.Open(context.Background(), "boule:///big.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var failed error
-	for i := range 30 {
-		if _, err := c.Snapshot().Chunk(context.Background(), i); err != nil {
-			failed = err
-			break
-		}
-	}
-	if !errors.Is(failed, ErrTooManyChunks) || r.MappedChunks() != 10 {
-		t.Fatalf("reading 30 chunks with a limit of 10: %v, %d mapped", failed, r.MappedChunks())
-	}
-
-	r2 := f.reader(Options{MaxMappedChunks: 20})
-	c2, err := r2.Open(context.Background(), "boule:///big.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	<-c2.Snapshot().prefetched
-	if n := r2.MappedChunks(); n != 18 {
-		t.Fatalf("prefetch mapped %d chunks with a limit of 20, want it to stop near 90%%", n)
+// TestMemoryBounds: a replica larger than the reader's bounds (chunks
+// held, and copies among them) reads whole and correctly, twice, with
+// the chunks held never over the bounds by more than the loads under
+// way, and the least recently read let go and read again.
+func TestMemoryBounds(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		opts    Options
+		maxHeld int
+		maxCopy int
+	}{
+		{"mapped limit", Options{Prefetch: -1, MaxMappedChunks: 10}, 10, 10},
+		{"memory limit", Options{Prefetch: -1, MemoryLimit: MinMemoryLimit}, maxMappedDefault(), MinMemoryLimit / 2 / manifest.ChunkSize},
+		{"prefetch", Options{MaxMappedChunks: 12}, 12, 12},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			image := db(20, 40) // 40 chunks
+			publish(t, f.store, "/big.db", image, time.Now())
+			r := f.reader(c.opts)
+			conn, err := r.Open(context.Background(), "boule:///big.db")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			s := conn.Snapshot()
+			for pass := range 2 {
+				for i := range 40 {
+					want := image[i*manifest.ChunkSize : min((i+1)*manifest.ChunkSize, len(image))]
+					got := make([]byte, len(want))
+					if err := s.ReadAt(context.Background(), got, int64(i)*manifest.ChunkSize); err != nil {
+						t.Fatalf("pass %d: ReadAt(chunk %d)=%v", pass, i, err)
+					}
+					if !bytes.Equal(got, want) {
+						t.Fatalf("pass %d: chunk %d differs from the source", pass, i)
+					}
+					if held, copies, _ := r.Held(); held > c.maxHeld || copies > c.maxCopy {
+						t.Fatalf("pass %d, chunk %d: Held()=%d chunks, %d copies, want at most %d and %d", pass, i, held, copies, c.maxHeld, c.maxCopy)
+					}
+				}
+			}
+			if _, _, evicted := r.Held(); evicted == 0 {
+				t.Errorf("Held()=0 evicted after reading 40 chunks twice with bounds of %d and %d", c.maxHeld, c.maxCopy)
+			}
+		})
 	}
 }
 

@@ -7,8 +7,11 @@
 **
 ** Main database files are served from a BouleView: the snapshot's chunks,
 ** mapped into memory by Go. xRead, xFileSize, xLock and xUnlock run in C;
-** the only per-read path into Go is a chunk that is not mapped yet
-** (bouleGoSnapChunk), once per chunk per snapshot. A connection changes
+** the only per-read path into Go is a chunk that is not held
+** (bouleGoSnapChunk): once per chunk per snapshot while the replica fits
+** in the process's bounds, and again for a chunk Go let go since (see
+** boule_snapshot.h for how a read and an eviction stay out of each
+** other's way). A connection changes
 ** snapshot only between transactions: at the NONE->SHARED lock when
 ** auto-refresh is on and the replica has a newer one, or through the
 ** refresh pragmas, which refuse to run while a lock is held.
@@ -34,6 +37,7 @@ typedef struct SnapFile {
   uint64_t conn;        /* Go handle */
   BouleView *view;      /* the snapshot this connection reads */
   uint64_t *newestGen;  /* replica's newest generation (atomic) */
+  uint64_t *readSeq;    /* odd while a read uses a chunk's bytes (Go's) */
   int autoRefresh;
   int eLock;
 } SnapFile;
@@ -54,6 +58,7 @@ static void snap_take(SnapFile *p, const BouleSnapOut *out) {
 
 static int sClose(sqlite3_file *f) {
   SnapFile *p = (SnapFile *)f;
+  boule_count_go_call();
   bouleGoSnapClose(p->conn);
   p->view = 0;
   return SQLITE_OK;
@@ -80,11 +85,17 @@ static void patch_counter(BouleView *v, unsigned char *out, int64_t off, int64_t
   }
 }
 
+/* How many times a read asks Go for a chunk that is let go again before
+** the read gets to it, before it fails: only memory bounds far too small
+** for the readers under way can get there. */
+#define SNAP_MAX_LOADS 8
+
 static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
   SnapFile *p = (SnapFile *)f;
   BouleView *v = p->view;
   unsigned char *out = (unsigned char *)buf;
   int64_t avail, done = 0;
+  uint64_t seq = __atomic_load_n(p->readSeq, __ATOMIC_RELAXED); /* even; only this thread writes it */
 
   if (off < 0 || amt < 0) return SQLITE_IOERR_READ;
   avail = off >= v->size ? 0 : (v->size - off < amt ? v->size - off : amt);
@@ -94,18 +105,31 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
     int64_t co = pos & (BOULE_CHUNK_SIZE - 1);
     int64_t clen = v->size - (ci << BOULE_CHUNK_SHIFT);
     int64_t n;
-    const unsigned char *c = boule_view_chunk(v, ci);
-    if (c == 0) {
-      /* The slow path: Go fetches, verifies and maps the chunk. */
+    const unsigned char *c;
+    int loads = 0;
+    for (;;) {
+      /* Odd before the pointer is loaded: Go, having cleared a pointer,
+      ** sees the odd number and waits for the even one before it unmaps. */
+      __atomic_store_n(p->readSeq, ++seq, __ATOMIC_SEQ_CST);
+      c = boule_view_chunk(v, ci);
+      if (c != 0) break;
+      __atomic_store_n(p->readSeq, ++seq, __ATOMIC_RELEASE);
+      if (loads++ == SNAP_MAX_LOADS) return SQLITE_IOERR_READ;
+      /* The slow path: Go fetches (or finds in the cache), verifies and
+      ** maps the chunk. */
+      boule_count_go_call();
       int rc = bouleGoSnapChunk(v->handle, ci);
       if (rc != SQLITE_OK) return rc;
-      c = boule_view_chunk(v, ci);
-      if (c == 0) return SQLITE_IOERR_READ;
+    }
+    {
+      uint32_t *used = boule_view_used(__atomic_load_n(&v->pages[ci >> BOULE_VIEW_PAGE_SHIFT], __ATOMIC_ACQUIRE), ci);
+      if (__atomic_load_n(used, __ATOMIC_RELAXED) == 0) __atomic_store_n(used, 1, __ATOMIC_RELAXED);
     }
     if (clen > BOULE_CHUNK_SIZE) clen = BOULE_CHUNK_SIZE;
     n = clen - co;
     if (n > avail - done) n = avail - done;
     memcpy(out + done, c + co, (size_t)n);
+    __atomic_store_n(p->readSeq, ++seq, __ATOMIC_RELEASE);
     done += n;
   }
   if (__atomic_load_n(&v->patched, __ATOMIC_ACQUIRE)) patch_counter(v, out, off, avail);
@@ -144,6 +168,7 @@ static int sLock(sqlite3_file *f, int level) {
     /* A new transaction, and the process has a newer snapshot. */
     BouleSnapOut out;
     memset(&out, 0, sizeof(out));
+    boule_count_go_call();
     if (bouleGoSnapAdopt(p->conn, &out) == SQLITE_OK) snap_take(p, &out);
   }
   if (level > p->eLock) p->eLock = level;
@@ -178,6 +203,7 @@ static int sFileControl(sqlite3_file *f, int op, void *arg) {
       }
       memset(&out, 0, sizeof(out));
       out.autoRefresh = p->autoRefresh;
+      boule_count_go_call();
       rc = bouleGoSnapPragma(p->conn, a[1], a[2], p->eLock != SQLITE_LOCK_NONE, &out);
       if (rc == SQLITE_NOTFOUND) return rc;
       if (rc == SQLITE_OK) snap_take(p, &out);
@@ -228,6 +254,7 @@ static int sOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
   if (zName == 0) return SQLITE_CANTOPEN;
   memset(p, 0, sizeof(*p));
   memset(&out, 0, sizeof(out));
+  boule_count_go_call();
   rc = bouleGoSnapOpen((char *)zName, flags, &out);
   if (rc != SQLITE_OK) {
     out.msg[sizeof(out.msg) - 1] = 0;
@@ -240,6 +267,7 @@ static int sOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
   }
   p->conn = out.conn;
   p->newestGen = out.newestGen;
+  p->readSeq = out.readSeq;
   snap_take(p, &out);
   p->base.pMethods = &snap_io_methods;
   if (outFlags) {

@@ -3,9 +3,18 @@
 ** (boule_snapshot.c) and its Go half (package vfs, snapcallbacks.go). Not
 ** part of the public API: see boule.h.
 **
-** The contract: SQLite calls into C for every read; C calls into Go once
-** per chunk per snapshot (bouleGoSnapChunk), plus at open, close, pragmas,
-** and when a connection adopts a newer snapshot.
+** The contract: SQLite calls into C for every read; C calls into Go when
+** a chunk is not held (bouleGoSnapChunk): once per chunk per snapshot while
+** the process's memory bounds hold the replica, again after the chunk was
+** let go. Plus at open, close, pragmas, and when a connection adopts a
+** newer snapshot.
+**
+** Go lets a chunk go (evicts it) by clearing its entry in every view, then
+** waiting until each connection's read sequence number (readSeq), if odd,
+** has moved on, and only then unmapping it. A read makes its sequence
+** number odd (sequentially consistent) before it loads a chunk pointer, and
+** even again when it is done with the bytes, and never calls Go while it
+** is odd: so no read copies from a chunk once it is unmapped.
 */
 #ifndef BOULE_SNAPSHOT_H
 #define BOULE_SNAPSHOT_H
@@ -21,9 +30,12 @@
 #define BOULE_VIEW_PAGE (1 << BOULE_VIEW_PAGE_SHIFT)
 
 /* One snapshot of a replica as C reads it. Go allocates it (with calloc),
-** fills the pages and their entries atomically as chunks get mapped, and
-** frees it when no connection reads the snapshot any more. Chunk i's bytes
-** are pages[i >> BOULE_VIEW_PAGE_SHIFT][i & (BOULE_VIEW_PAGE - 1)]. */
+** fills the pages and their entries atomically as chunks get mapped,
+** clears entries as chunks are let go, and frees it when no connection
+** reads the snapshot any more. Chunk i's bytes are
+** pages[i >> BOULE_VIEW_PAGE_SHIFT][i & (BOULE_VIEW_PAGE - 1)]. A page is
+** BOULE_VIEW_PAGE pointers followed by BOULE_VIEW_PAGE uint32_t "used"
+** flags, which reads set and Go's clock clears (boule_view_used). */
 typedef struct BouleView {
   int64_t size;                  /* database size in bytes */
   int64_t nChunks;               /* chunks in the snapshot */
@@ -35,11 +47,17 @@ typedef struct BouleView {
   int patched;                   /* set by Go (atomic), see boule_snapshot.c */
 } BouleView;
 
-/* The mapped bytes of chunk ci of v, or NULL: ask Go. */
+/* The mapped bytes of chunk ci of v, or NULL: ask Go. Outside a read
+** (readSeq even), the bytes may be unmapped at any time. */
 static inline const unsigned char *boule_view_chunk(BouleView *v, int64_t ci) {
   const unsigned char **page = __atomic_load_n(&v->pages[ci >> BOULE_VIEW_PAGE_SHIFT], __ATOMIC_ACQUIRE);
   if (page == 0) return 0;
-  return __atomic_load_n(&page[ci & (BOULE_VIEW_PAGE - 1)], __ATOMIC_ACQUIRE);
+  return __atomic_load_n(&page[ci & (BOULE_VIEW_PAGE - 1)], __ATOMIC_SEQ_CST);
+}
+
+/* The "used" flag of chunk ci, in a page that exists. */
+static inline uint32_t *boule_view_used(const unsigned char **page, int64_t ci) {
+  return (uint32_t *)(page + BOULE_VIEW_PAGE) + (ci & (BOULE_VIEW_PAGE - 1));
 }
 
 /* What Go returns to C when a connection opens, adopts a snapshot, or runs
@@ -48,6 +66,7 @@ typedef struct BouleSnapOut {
   uint64_t conn;          /* Go handle of the connection */
   BouleView *view;        /* the snapshot the connection reads */
   uint64_t *newestGen;    /* the replica's newest generation, bumped by Go */
+  uint64_t *readSeq;      /* the connection's read sequence number */
   int autoRefresh;        /* adopt the newest snapshot at each transaction */
   char msg[512];          /* pragma result or error message */
 } BouleSnapOut;

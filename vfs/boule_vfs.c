@@ -83,6 +83,8 @@ static char *temp_dir; /* config "tempdir"; NULL means unix's default */
 
 int64_t boule_go_calls(void) { return __atomic_load_n(&go_calls, __ATOMIC_RELAXED); }
 
+void boule_count_go_call(void) { __atomic_add_fetch(&go_calls, 1, __ATOMIC_RELAXED); }
+
 
 /* ---- dirty bitmap -------------------------------------------------------- */
 
@@ -175,7 +177,7 @@ static void snapshot(BouleFile *p) {
   if (p->txnActive || p->anyDirty) flags |= BOULE_SNAP_WROTE;
   if (p->forceFull) flags |= BOULE_SNAP_FORCE;
   if (p->preOk) flags |= BOULE_SNAP_PRE_OK;
-  __atomic_add_fetch(&go_calls, 1, __ATOMIC_RELAXED);
+  boule_count_go_call();
   bouleGoSnapshot(p->handle, p, p->dirty, p->hiWord, &p->pre, flags);
   clear_dirty(p);
   p->txnActive = 0;

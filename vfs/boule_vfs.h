@@ -72,7 +72,9 @@ int boule_restage_open(const char *zPath, int busyMs, void **ppDb, uint64_t *pHa
 /* Closes a connection boule_restage_open opened. */
 void boule_restage_close(void *db);
 
-/* Test and benchmark counters: how often C called into Go. */
+/* Test and benchmark counters: how often C called into Go, from either
+** VFS (boule_snapshot.c counts its calls too). */
 int64_t boule_go_calls(void);
+void boule_count_go_call(void);
 
 #endif /* BOULE_VFS_H */

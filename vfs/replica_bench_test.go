@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -387,5 +389,133 @@ func BenchmarkCold(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	})
+}
+
+// rssAnon returns the process's RssAnon, in bytes, from /proc.
+func rssAnon() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "RssAnon:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// peakRssAnon samples RssAnon every 10 ms while f runs, and returns the
+// peak.
+func peakRssAnon(f func()) int64 {
+	stop := make(chan struct{})
+	done := make(chan int64)
+	go func() {
+		peak := rssAnon()
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				done <- max(peak, rssAnon())
+				return
+			case <-t.C:
+				peak = max(peak, rssAnon())
+			}
+		}
+	}()
+	f()
+	close(stop)
+	return <-done
+}
+
+// BenchmarkLargeScan: a full scan of a BOULE_BENCH_MB (default 64) MiB
+// database in a dir store, on the local file, on a cold replica (empty
+// chunk cache) and on a warm one (the same reader, scanned again), with
+// the default memory bounds and the process's peak RssAnon during each.
+func BenchmarkLargeScan(b *testing.B) {
+	mb := 64
+	if v := os.Getenv("BOULE_BENCH_MB"); v != "" {
+		mb, _ = strconv.Atoi(v)
+	}
+	tg, _ := dirTargetB(b)
+	tmpdir, err := filepath.EvalSymlinks(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	register(b, vfs.Config{ReplicationSpoolingDir: filepath.Join(tmpdir, "spool"), ReplicationTargets: []config.Target{tg}})
+	path := filepath.Join(tmpdir, "large.db")
+	src := open(b, path, "boule", "")
+	src.SetMaxOpenConns(1)
+	fill(b, src, mb<<20/1100)
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		b.Fatal(err)
+	}
+	src.Close()
+	const scan = "SELECT sum(length(v)) FROM t"
+	var want int64
+	run := func(b *testing.B, db *sql.DB) {
+		var got int64
+		debug.FreeOSMemory()
+		peak := peakRssAnon(func() {
+			if err := db.QueryRow(scan).Scan(&got); err != nil {
+				b.Fatal(err)
+			}
+		})
+		if want != 0 && got != want {
+			b.Fatalf("scan: %d, want %d", got, want)
+		}
+		want = got
+		b.ReportMetric(float64(peak>>20), "MiB-RssAnon")
+	}
+	b.Run("vfs=unix", func(b *testing.B) {
+		db := open(b, path, "unix", "mode=ro")
+		for range b.N {
+			run(b, db)
+		}
+	})
+	var rep *sql.DB
+	fresh := func(b *testing.B) {
+		dir, err := os.MkdirTemp(tmpdir, "cache-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		cache := config.Target{Local: &config.LocalTarget{Directory: dir, NumShards: 16, Capacity: 1 << 20}}
+		if err := vfs.Register(vfs.Config{ReplicationTargets: []config.Target{cache, tg}}); err != nil {
+			b.Fatal(err)
+		}
+		if rep, err = sql.Open("sqlite3", "file:boule://"+path+"?vfs=boule_snapshot"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Cleanup(func() {
+		if rep != nil {
+			rep.Close()
+			vfs.Reader().Close()
+		}
+	})
+	b.Run("vfs=replica-cold", func(b *testing.B) {
+		for range b.N {
+			b.StopTimer()
+			if rep != nil {
+				rep.Close()
+				vfs.Reader().Close()
+			}
+			fresh(b)
+			b.StartTimer()
+			run(b, rep)
+		}
+	})
+	b.Run("vfs=replica-warm", func(b *testing.B) {
+		run(b, rep) // the prefetch's work, if any, is done
+		b.ResetTimer()
+		calls := vfs.GoCalls()
+		for range b.N {
+			run(b, rep)
+		}
+		b.StopTimer()
+		reportGoCalls(b, calls)
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,8 +36,35 @@ var (
 	views      = map[uint64]*view{}
 	viewOf     = map[*snapshot.Snapshot]*view{}
 	newestGens = map[*snapshot.Replica]*C.uint64_t{}
+	readSeqs   = map[uint64]*C.uint64_t{} // by connection handle
 	nextSnapH  uint64
 )
+
+// quiesce waits until every read of a replica that was under way when it
+// was called is done with the chunk bytes it loaded (see
+// boule_snapshot.h): the reader's Options.Quiesce. A read takes
+// microseconds (a copy of at most a page), and never calls Go while it
+// holds chunk bytes, so holding snapMu meanwhile (which keeps the
+// sequence numbers from being freed) blocks nothing that a read needs.
+func quiesce() {
+	snapMu.Lock()
+	defer snapMu.Unlock()
+	for _, w := range readSeqs {
+		p := (*uint64)(unsafe.Pointer(w))
+		seq := atomic.LoadUint64(p)
+		for spins := 0; seq&1 == 1 && atomic.LoadUint64(p) == seq; spins++ {
+			if spins < 100 {
+				goruntime.Gosched()
+			} else {
+				time.Sleep(10 * time.Microsecond)
+			}
+		}
+	}
+}
+
+// viewSlotBytes is the size of one chunk's slots in a page of a view: its
+// pointer and its "used" flag (see BouleView).
+const viewSlotBytes = C.size_t(unsafe.Sizeof(uintptr(0)) + 4)
 
 // viewFor returns the C view of s, creating and binding it on first use.
 func viewFor(s *snapshot.Snapshot) *view {
@@ -65,11 +93,11 @@ func viewFor(s *snapshot.Snapshot) *view {
 	v.once.Do(func() {
 		pages := unsafe.Slice((*unsafe.Pointer)(unsafe.Pointer(v.c.pages)), max(viewPages(int(v.c.nChunks)), 1))
 		h := uint64(v.c.handle)
-		s.Bind(func(i int, b []byte) {
+		s.Bind(snapshot.Binding{OnChunk: func(i int, b []byte) {
 			// Called under the snapshot's lock: one caller at a time.
 			page := atomic.LoadPointer(&pages[i/viewPage])
 			if page == nil {
-				if page = C.calloc(viewPage, C.size_t(unsafe.Sizeof(uintptr(0)))); page == nil {
+				if page = C.calloc(viewPage, viewSlotBytes); page == nil {
 					// C finds no pointer and fails the read: no
 					// panic here, which may run in the prefetch.
 					logger().Error("vfs: out of memory for a page of a replica view")
@@ -77,10 +105,23 @@ func viewFor(s *snapshot.Snapshot) *view {
 				}
 				atomic.StorePointer(&pages[i/viewPage], page)
 			}
-			// b is mapped outside the Go heap: C may keep the pointer.
+			// b is mapped outside the Go heap: C may keep the pointer
+			// until OnEvict, and use it until quiesce returns.
 			slots := unsafe.Slice((*uintptr)(page), viewPage)
 			atomic.StoreUintptr(&slots[i%viewPage], uintptr(unsafe.Pointer(&b[0])))
-		}, func() {
+		}, OnEvict: func(i int) {
+			if page := atomic.LoadPointer(&pages[i/viewPage]); page != nil {
+				slots := unsafe.Slice((*uintptr)(page), viewPage)
+				atomic.StoreUintptr(&slots[i%viewPage], 0)
+			}
+		}, Used: func(i int) bool {
+			page := atomic.LoadPointer(&pages[i/viewPage])
+			if page == nil {
+				return false
+			}
+			used := unsafe.Slice((*uint32)(unsafe.Add(page, viewPage*unsafe.Sizeof(uintptr(0)))), viewPage)
+			return atomic.SwapUint32(&used[i%viewPage], 0) != 0
+		}, OnClose: func() {
 			snapMu.Lock()
 			delete(views, h)
 			delete(viewOf, s)
@@ -90,7 +131,7 @@ func viewFor(s *snapshot.Snapshot) *view {
 			}
 			C.free(unsafe.Pointer(v.c.pages))
 			C.free(unsafe.Pointer(v.c))
-		})
+		}})
 	})
 	return v
 }
@@ -193,11 +234,18 @@ func bouleGoSnapOpen(zName *C.char, flags C.int, out *C.BouleSnapOut) (rc C.int)
 	}()
 	out.newestGen = newestGen(c.Replica())
 	fillOut(out, c)
+	// A cache line of its own: only this connection's reads write it.
+	seq := (*C.uint64_t)(C.calloc(1, 64))
+	if seq == nil {
+		panic("out of memory for a replica connection") // recovered by the guard; c closed above
+	}
 	snapMu.Lock()
 	nextSnapH++
 	h := nextSnapH
 	snapConns[h] = c
+	readSeqs[h] = seq
 	snapMu.Unlock()
+	out.readSeq = seq
 	registered = true
 	out.conn = C.uint64_t(h)
 	return C.SQLITE_OK
@@ -213,7 +261,7 @@ func bouleGoSnapChunk(vh C.uint64_t, i C.int64_t) (rc C.int) {
 	if v == nil {
 		return C.SQLITE_IOERR_READ
 	}
-	if _, err := v.s.Chunk(context.Background(), int(i)); err != nil {
+	if err := v.s.Load(context.Background(), int(i)); err != nil {
 		logger().Error("vfs: replica read failed", logKeyDB, v.s.M.SourcePath, "chunk", int64(i), logKeyErr, err)
 		return sqliteCode(err, C.SQLITE_IOERR_READ)
 	}
@@ -267,11 +315,9 @@ func presentedHeader(s *snapshot.Snapshot) ([16]byte, bool) {
 	if s.M.Size < 100 {
 		return hdr, false
 	}
-	b, err := s.Chunk(context.Background(), 0)
-	if err != nil {
+	if err := s.ReadAt(context.Background(), hdr[:], 24); err != nil {
 		return hdr, false
 	}
-	copy(hdr[:], b[24:40])
 	v := viewFor(s)
 	if atomic.LoadInt32((*int32)(unsafe.Pointer(&v.c.patched))) != 0 {
 		binary.BigEndian.PutUint32(hdr[:4], atomic.LoadUint32((*uint32)(unsafe.Pointer(&v.c.patch))))
@@ -281,11 +327,11 @@ func presentedHeader(s *snapshot.Snapshot) ([16]byte, bool) {
 
 // origCounter is s's own change counter.
 func origCounter(s *snapshot.Snapshot) uint32 {
-	b, err := s.Chunk(context.Background(), 0)
-	if err != nil || len(b) < 28 {
+	var b [4]byte
+	if s.M.Size < 28 || s.ReadAt(context.Background(), b[:], 24) != nil {
 		return 0
 	}
-	return binary.BigEndian.Uint32(b[24:28])
+	return binary.BigEndian.Uint32(b[:])
 }
 
 //export bouleGoSnapPragma
@@ -402,7 +448,10 @@ func bouleGoSnapClose(h C.uint64_t) {
 	snapMu.Lock()
 	c := snapConns[uint64(h)]
 	delete(snapConns, uint64(h))
+	seq := readSeqs[uint64(h)]
+	delete(readSeqs, uint64(h))
 	snapMu.Unlock()
+	C.free(unsafe.Pointer(seq)) // SQLite reads no more through this connection
 	if c != nil {
 		c.Close()
 	}

@@ -57,6 +57,10 @@ func newReader(cfg Config, targets []store.Target, log *slog.Logger) (*snapshot.
 		ReadOnly: ro,
 		Policy:   cfg.SnapshotLoadingPolicy,
 		Logger:   log,
+		Quiesce:  quiesce,
+
+		MemoryLimit:     cfg.ReplicaMemoryLimit,
+		MaxMappedChunks: cfg.ReplicaMaxMappedChunks,
 
 		OnReplicaGone: replicaGone,
 	}), nil

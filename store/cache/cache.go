@@ -63,6 +63,16 @@ func New(dir string, numShards int, capacity int64) (*Store, error) {
 
 var _ store.Store = (*Store)(nil)
 
+// Capacity is about how many chunks the cache holds at most.
+func (c *Store) Capacity() int64 { return int64(c.perShard) * int64(c.shards) }
+
+// HasChunk reports whether the cache has a regular file for chunk fp. It
+// neither reads nor verifies it: for a prefetch deciding what to fetch.
+func (c *Store) HasChunk(fp manifest.Fingerprint) bool {
+	fi, err := os.Lstat(c.Path(fp))
+	return err == nil && fi.Mode().IsRegular()
+}
+
 // Dir is the cache directory.
 func (c *Store) Dir() string { return c.dir }
 
@@ -87,8 +97,18 @@ func (c *Store) Path(fp manifest.Fingerprint) string {
 // then it only takes away from the file's mode what the database (ctx,
 // WithSourcePerm) does not give, if the file is this user's.
 func (c *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
+	_, err := c.PutChunkFile(ctx, fp, data)
+	return err
+}
+
+// PutChunkFile is PutChunk, and returns the status of the file it
+// created, taken after the file was renamed into place; nil when the
+// file was there already (its contents are then not data's, as far as
+// the caller knows). A caller that verified data can recognize the file
+// later by its device, inode and change time (see snapshot's loadCached).
+func (c *Store) PutChunkFile(ctx context.Context, fp manifest.Fingerprint, data []byte) (fs.FileInfo, error) {
 	if err := ctx.Err(); err != nil {
-		return c.fail("put chunk", fp.String(), nil, err)
+		return nil, c.fail("put chunk", fp.String(), nil, err)
 	}
 	p := c.Path(fp)
 	perm := store.FilePerm(store.SourcePerm(ctx))
@@ -98,12 +118,12 @@ func (c *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []by
 		if cur := fi.Mode().Perm(); fi.Mode().IsRegular() && cur&^perm != 0 && localfs.OwnedByMe(fi) {
 			_ = os.Chmod(p, cur&perm)
 		}
-		return nil
+		return nil, nil
 	}
 	// 0700 whatever the umask lets through: another user must not be
 	// able to list the cache, nor to change it under a reader.
 	if err := os.MkdirAll(sdir, 0o700); err != nil {
-		return c.fail("put chunk", fp.String(), nil, err)
+		return nil, c.fail("put chunk", fp.String(), nil, err)
 	}
 	// Not synced: a cached chunk that a crash damaged is verified,
 	// deleted and fetched again.
@@ -114,10 +134,14 @@ func (c *Store) PutChunk(ctx context.Context, fp manifest.Fingerprint, data []by
 		}
 	}
 	if err != nil {
-		return c.fail("put chunk", fp.String(), nil, err)
+		return nil, c.fail("put chunk", fp.String(), nil, err)
 	}
 	c.noteAdded(c.shard(fp))
-	return nil
+	fi, err := os.Lstat(p)
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil, nil // cached, but gone or replaced already
+	}
+	return fi, nil
 }
 
 // GetChunk reads and verifies the chunk fp; ErrNotFound when absent. A
