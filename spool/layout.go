@@ -15,6 +15,7 @@ const (
 	uploadedFile = "uploaded"    // the manifest last put in the store, with its pack table
 	packedFile   = "packed"      // placements of packed chunks no uploaded manifest lists yet
 	targetsFile  = "targets"     // the non-cache targets the chunks were uploaded to
+	baseFile     = "base"        // the manifest base last put in the store (format v2)
 	statusFile   = "status.json" // the uploader's status of the database
 	beatFile     = "heartbeat"   // the serving uploader's heartbeat (Dir.Beat)
 	uploadLock   = "upload.lock" // flock: one uploading process at a time
