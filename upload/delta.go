@@ -17,7 +17,7 @@ import (
 // deltaMinChunks is the fewest chunks whose manifest goes up as a head:
 // below it, the whole fingerprint list is under 64 KiB, and a base would
 // save little.
-const deltaMinChunks = 2048
+var deltaMinChunks = 2048 // a variable for tests
 
 // storeEncoding returns the bytes to put in the store for m, whose
 // format v1 encoding is whole: whole itself for a small database or
