@@ -105,6 +105,7 @@ FUZZFLAGS = -fuzztime 30s -fuzzminimizetime 2s
 fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' $(FUZZFLAGS) ./manifest
 	$(GO) test -run XXX -fuzz '^FuzzDecodeBody$$' $(FUZZFLAGS) ./manifest
+	$(GO) test -run XXX -fuzz '^FuzzDecodeHead$$' $(FUZZFLAGS) ./manifest
 	$(GO) test -run XXX -fuzz '^FuzzParse$$' $(FUZZFLAGS) ./config
 	$(GO) test -run XXX -fuzz '^FuzzDecodeChunk$$' $(FUZZFLAGS) ./store
 	$(GO) test -run XXX -fuzz '^FuzzDecodePackMember$$' $(FUZZFLAGS) ./store

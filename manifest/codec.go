@@ -115,37 +115,9 @@ func Decode(b []byte) (*Manifest, error) {
 		return nil, ErrChecksum
 	}
 
-	// The fixed header lies within minEncodedSize, so it can be read at
-	// fixed offsets without further bounds checks.
 	m := new(Manifest)
-	if cs := binary.BigEndian.Uint32(body[12:]); cs != ChunkSize {
-		return nil, invalidf("chunk size", "%d, format v1 requires %d", cs, ChunkSize)
-	}
-	size := binary.BigEndian.Uint64(body[16:])
-	if size > MaxSize {
-		return nil, invalidf("size", "%d exceeds %d", size, uint64(MaxSize))
-	}
-	m.Size = int64(size)
-	m.PageSize = binary.BigEndian.Uint32(body[24:])
-	m.ChangeCounter = binary.BigEndian.Uint32(body[28:])
-	copy(m.VersionID[:], body[32:48])
-	ctimeSec := int64(binary.BigEndian.Uint64(body[48:]))
-	ctimeNsec := binary.BigEndian.Uint32(body[56:])
-	if ctimeNsec >= 1e9 {
-		return nil, invalidf("source ctime", "nanoseconds %d out of range [0, 1e9)", ctimeNsec)
-	}
-	m.SourceCtime = time.Unix(ctimeSec, int64(ctimeNsec)).UTC()
-	m.Created = time.Unix(0, int64(binary.BigEndian.Uint64(body[60:]))).UTC()
-
-	r := reader{buf: body[headerSize:]}
-	var err error
-	if m.Hostname, err = r.str("hostname"); err != nil {
-		return nil, err
-	}
-	if m.SourcePath, err = r.str("source path"); err != nil {
-		return nil, err
-	}
-	if m.Generator, err = r.str("generator"); err != nil {
+	r, err := decodeHeader(m, body)
+	if err != nil {
 		return nil, err
 	}
 
@@ -168,6 +140,66 @@ func Decode(b []byte) (*Manifest, error) {
 		}
 	}
 
+	if m.Inline, err = r.inline(m.Size, n); err != nil {
+		return nil, err
+	}
+	if flags&FlagPacks != 0 {
+		if m.Packs, err = r.packs(n); err != nil {
+			return nil, err
+		}
+	}
+	if r.remaining() != 0 {
+		return nil, invalidf("trailer", "%d unexpected bytes before the checksum", r.remaining())
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// decodeHeader reads the fixed header and the strings of body, a v1 or v2
+// manifest without its checksum, at least minEncodedSize bytes long, into
+// m, and returns a reader of the rest.
+func decodeHeader(m *Manifest, body []byte) (reader, error) {
+	// The fixed header lies within minEncodedSize, so it can be read at
+	// fixed offsets without further bounds checks.
+	if cs := binary.BigEndian.Uint32(body[12:]); cs != ChunkSize {
+		return reader{}, invalidf("chunk size", "%d, format v1 requires %d", cs, ChunkSize)
+	}
+	size := binary.BigEndian.Uint64(body[16:])
+	if size > MaxSize {
+		return reader{}, invalidf("size", "%d exceeds %d", size, uint64(MaxSize))
+	}
+	m.Size = int64(size)
+	m.PageSize = binary.BigEndian.Uint32(body[24:])
+	m.ChangeCounter = binary.BigEndian.Uint32(body[28:])
+	copy(m.VersionID[:], body[32:48])
+	ctimeSec := int64(binary.BigEndian.Uint64(body[48:]))
+	ctimeNsec := binary.BigEndian.Uint32(body[56:])
+	if ctimeNsec >= 1e9 {
+		return reader{}, invalidf("source ctime", "nanoseconds %d out of range [0, 1e9)", ctimeNsec)
+	}
+	m.SourceCtime = time.Unix(ctimeSec, int64(ctimeNsec)).UTC()
+	m.Created = time.Unix(0, int64(binary.BigEndian.Uint64(body[60:]))).UTC()
+
+	r := reader{buf: body[headerSize:]}
+	var err error
+	if m.Hostname, err = r.str("hostname"); err != nil {
+		return reader{}, err
+	}
+	if m.SourcePath, err = r.str("source path"); err != nil {
+		return reader{}, err
+	}
+	if m.Generator, err = r.str("generator"); err != nil {
+		return reader{}, err
+	}
+	return r, nil
+}
+
+// inline reads the inline chunks of a manifest of size bytes and n
+// chunks.
+func (r *reader) inline(size int64, n int) (map[uint32][]byte, error) {
+	var out map[uint32][]byte
 	k, ok := r.u32()
 	if !ok {
 		return nil, truncated("inline chunk count")
@@ -179,7 +211,7 @@ func Decode(b []byte) (*Manifest, error) {
 		return nil, truncated("inline chunks")
 	}
 	if k > 0 {
-		m.Inline = make(map[uint32][]byte, k)
+		out = make(map[uint32][]byte, k)
 	}
 	var last uint32
 	for j := uint32(0); j < k; j++ {
@@ -195,26 +227,15 @@ func Decode(b []byte) (*Manifest, error) {
 			return nil, invalidf(inlineField(idx), "index not strictly increasing (follows %d)", last)
 		}
 		last = idx
-		if want := ChunkLen(m.Size, int(idx)); uint64(length) != uint64(want) {
+		if want := ChunkLen(size, int(idx)); uint64(length) != uint64(want) {
 			return nil, invalidf(inlineField(idx), "length %d, want %d", length, want)
 		}
 		if uint64(r.remaining()) < uint64(length) {
 			return nil, truncated(inlineField(idx))
 		}
-		m.Inline[idx] = append([]byte(nil), r.bytes(int(length))...)
+		out[idx] = append([]byte(nil), r.bytes(int(length))...)
 	}
-	if flags&FlagPacks != 0 {
-		if m.Packs, err = r.packs(n); err != nil {
-			return nil, err
-		}
-	}
-	if r.remaining() != 0 {
-		return nil, invalidf("trailer", "%d unexpected bytes before the checksum", r.remaining())
-	}
-	if err := m.Validate(); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return out, nil
 }
 
 // inlineField names inline chunk idx in errors. It is formatted only for

@@ -17,7 +17,8 @@ var (
 	ErrMagic = errors.New("manifest: bad magic")
 
 	// ErrVersion is returned when an encoded manifest has a format version
-	// this package does not understand (anything other than 1).
+	// this package does not understand (anything other than 1 and 2), or
+	// when Decode is given a v2 head or DecodeHead a v1 manifest.
 	ErrVersion = errors.New("manifest: unsupported format version")
 
 	// ErrFlags is returned when an encoded manifest has any flag bit set;
@@ -36,6 +37,12 @@ var (
 	// ErrInlineMismatch is returned when an inline chunk's bytes do not hash
 	// to the fingerprint listed for that chunk index.
 	ErrInlineMismatch = errors.New("manifest: inline chunk does not match its fingerprint")
+
+	// ErrBase is returned when the base of a format v2 manifest does not
+	// match its head: another length, bytes that do not hash to the ID the
+	// head names, a corrupt encoding, or a chunk count, inline chunks or a
+	// database that the head does not allow.
+	ErrBase = errors.New("manifest: base does not match its head")
 
 	// ErrFingerprint is returned when a string is not a well-formed
 	// fingerprint: exactly 64 lowercase hexadecimal digits.

@@ -636,7 +636,7 @@ func ManifestAt(ctx context.Context, stores []store.Store, key string, at time.T
 			if err != nil {
 				return nil, nil, v, err
 			}
-			m, err := manifest.Decode(b)
+			m, err := store.DecodeManifest(ctx, s, b, nil)
 			if err != nil {
 				return nil, nil, v, fmt.Errorf("restore: manifest %s version %s in %s: %w", key, v.ID, s, err)
 			}

@@ -418,6 +418,9 @@ type Replica struct {
 	staleAt   time.Time            // when the store was known to hold a newer manifest (Stale)
 	stopPoll  chan struct{}
 	onNewest  []func(gen uint64)
+	// base keeps the base of the last format v2 manifest, fetched once
+	// for all the heads that name it.
+	base store.BaseMemo
 }
 
 type fetchCall struct {
@@ -617,7 +620,7 @@ func (rp *Replica) fetchManifest(ctx context.Context) ([]byte, *manifest.Manifes
 	if len(rp.r.remote) == 0 {
 		return nil, nil, -1, fmt.Errorf("snapshot: %s: no replication target to read the manifest %s from: %w", rp.id, rp.key, ErrNoManifest)
 	}
-	m, b, from, err := store.FetchManifestFrom(ctx, rp.r.remote, rp.key)
+	m, b, from, err := store.FetchManifestMemo(ctx, rp.r.remote, rp.key, &rp.base)
 	if err != nil {
 		return nil, nil, -1, fmt.Errorf("snapshot: %s (manifest %s): %w", rp.id, rp.key, err)
 	}

@@ -527,6 +527,22 @@ func (d Dir) removeRecord(name string) error {
 	return nil
 }
 
+// Base returns the manifest base (manifest.NewBase) the uploader last put
+// in every target, as it recorded it; nil and no error when there is
+// none.
+func (d Dir) Base() ([]byte, error) { return d.readRecord(baseFile) }
+
+// RecordBase records b, the encoding of a manifest base every target
+// holds, as the one the next manifests are written against.
+func (d Dir) RecordBase(b []byte) error { return d.writeRecord(baseFile, b) }
+
+// HasBase reports whether a manifest base is recorded.
+func (d Dir) HasBase() bool { return fsutil.Exists(d.join(baseFile)) }
+
+// RemoveBase removes the record of the manifest base, when manifests are
+// uploaded whole again.
+func (d Dir) RemoveBase() error { return d.removeRecord(baseFile) }
+
 // Targets returns the record of the targets the staged chunks were
 // uploaded to (nil when there is none); SetTargets replaces it.
 func (d Dir) Targets() ([]byte, error) { return d.readRecord(targetsFile) }

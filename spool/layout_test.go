@@ -23,7 +23,7 @@ func TestLayoutSpelledOnlyHere(t *testing.T) {
 		exact[n] = true
 	}
 	parts := map[string]bool{}
-	for _, n := range []string{stagingDir, readyDir, consumingDir, uploadedFile, packedFile, targetsFile} {
+	for _, n := range []string{stagingDir, readyDir, consumingDir, uploadedFile, packedFile, targetsFile, baseFile} {
 		parts[n] = true
 	}
 	root, err := filepath.Abs("..")

@@ -460,7 +460,7 @@ func Invalidate(dir string) error {
 		return fmt.Errorf("spool: lock %s: %w", dir, err)
 	}
 	var errs []error
-	for _, p := range []string{filepath.Join(dir, stagingDir, manifestFile), filepath.Join(dir, uploadedFile), filepath.Join(dir, packedFile)} {
+	for _, p := range []string{filepath.Join(dir, stagingDir, manifestFile), filepath.Join(dir, uploadedFile), filepath.Join(dir, packedFile), filepath.Join(dir, baseFile)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

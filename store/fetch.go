@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/boule-vfs/boule/manifest"
 )
@@ -21,6 +22,13 @@ func FetchManifest(ctx context.Context, stores []Store, key string) (*manifest.M
 // FetchManifestFrom is FetchManifest, and also returns the index in
 // stores of the store that answered.
 func FetchManifestFrom(ctx context.Context, stores []Store, key string) (*manifest.Manifest, []byte, int, error) {
+	return FetchManifestMemo(ctx, stores, key, nil)
+}
+
+// FetchManifestMemo is FetchManifestFrom, keeping in memo (unless nil)
+// the base of a format v2 manifest for the next call, which fetches it
+// again only if the head names another.
+func FetchManifestMemo(ctx context.Context, stores []Store, key string, memo *BaseMemo) (*manifest.Manifest, []byte, int, error) {
 	var errs []error
 	for i, s := range stores {
 		b, err := s.GetManifest(ctx, key)
@@ -28,7 +36,7 @@ func FetchManifestFrom(ctx context.Context, stores []Store, key string) (*manife
 			errs = append(errs, err)
 			continue
 		}
-		m, err := manifest.Decode(b)
+		m, err := DecodeManifest(ctx, s, b, memo)
 		if err != nil {
 			return nil, nil, -1, fmt.Errorf("store: manifest %s in %s: %w", key, s, err)
 		}
@@ -38,6 +46,59 @@ func FetchManifestFrom(ctx context.Context, stores []Store, key string) (*manife
 		return nil, nil, -1, fmt.Errorf("store: manifest %s: no store to read from", key)
 	}
 	return nil, nil, -1, errors.Join(errs...)
+}
+
+// A BaseMemo keeps the last manifest base decoded, for readers that
+// fetch the same database's manifest again and again (replicas). Bases
+// are immutable, so one found under its ID is the one a head names. The
+// zero value is empty and ready to use; it is safe for concurrent use.
+type BaseMemo struct {
+	mu   sync.Mutex
+	id   manifest.Fingerprint
+	base *manifest.Manifest // nil when empty
+}
+
+// DecodeManifest decodes b, an encoded manifest of format v1 or v2. For
+// v2 it fetches the base the head names from s (the store b came from,
+// which holds the base whenever it holds the head), or takes it from
+// memo (unless nil), checks it and applies the head. A base missing or
+// not matching its head is an error naming it.
+func DecodeManifest(ctx context.Context, s Store, b []byte, memo *BaseMemo) (*manifest.Manifest, error) {
+	v, err := manifest.FormatVersion(b)
+	if err != nil || v != 2 {
+		return manifest.Decode(b)
+	}
+	h, err := manifest.DecodeHead(b)
+	if err != nil {
+		return nil, err
+	}
+	var base *manifest.Manifest
+	if memo != nil {
+		memo.mu.Lock()
+		if memo.base != nil && memo.id == h.BaseID {
+			base = memo.base
+		}
+		memo.mu.Unlock()
+	}
+	if base == nil {
+		blob, err := s.GetBase(ctx, h.BaseID, h.BaseLen)
+		if err != nil {
+			return nil, fmt.Errorf("store: base %s (%s): %w", h.BaseID, BaseKey(h.BaseID), err)
+		}
+		if base, err = h.DecodeBase(blob); err != nil {
+			return nil, fmt.Errorf("store: base %s (%s) in %s: %w", h.BaseID, BaseKey(h.BaseID), s, err)
+		}
+		if memo != nil {
+			memo.mu.Lock()
+			memo.id, memo.base = h.BaseID, base
+			memo.mu.Unlock()
+		}
+	}
+	m, err := h.Apply(base)
+	if err != nil {
+		return nil, fmt.Errorf("store: base %s (%s) in %s: %w", h.BaseID, BaseKey(h.BaseID), s, err)
+	}
+	return m, nil
 }
 
 // FetchChunk returns chunk i of m, from the manifest itself when inline,

@@ -27,6 +27,13 @@ func PackKey(id manifest.Fingerprint) string {
 	return "packs/" + h[:2] + "/" + h
 }
 
+// BaseKey returns the key of manifest base id in the chunk bucket:
+// "bases/", its first two hex digits, '/', and all 64.
+func BaseKey(id manifest.Fingerprint) string {
+	h := id.String()
+	return "bases/" + h[:2] + "/" + h
+}
+
 // A PackedChunk is a chunk to put in a pack.
 type PackedChunk struct {
 	FP   manifest.Fingerprint // the chunk's fingerprint

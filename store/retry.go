@@ -335,6 +335,21 @@ func (l *Limited) TouchPack(ctx context.Context, id manifest.Fingerprint) error 
 	return l.run(ctx, false, func(ctx context.Context) error { return l.s.TouchPack(ctx, id) })
 }
 
+// PutBase implements Store.
+func (l *Limited) PutBase(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return l.put(ctx, len(blob), func(ctx context.Context) error { return l.s.PutBase(ctx, id, blob) })
+}
+
+// GetBase implements Store.
+func (l *Limited) GetBase(ctx context.Context, id manifest.Fingerprint, size int64) ([]byte, error) {
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return l.s.GetBase(ctx, id, size) })
+}
+
+// TouchBase implements Store.
+func (l *Limited) TouchBase(ctx context.Context, id manifest.Fingerprint) error {
+	return l.run(ctx, false, func(ctx context.Context) error { return l.s.TouchBase(ctx, id) })
+}
+
 // PutManifest implements Store.
 func (l *Limited) PutManifest(ctx context.Context, key string, data []byte) error {
 	return l.put(ctx, len(data), func(ctx context.Context) error { return l.s.PutManifest(ctx, key, data) })

@@ -74,6 +74,15 @@ func (s *scriptStore) GetPack(context.Context, manifest.Fingerprint) ([]byte, er
 func (s *scriptStore) TouchPack(context.Context, manifest.Fingerprint) error {
 	return s.next("TouchPack")
 }
+func (s *scriptStore) PutBase(context.Context, manifest.Fingerprint, []byte) error {
+	return s.next("PutBase")
+}
+func (s *scriptStore) GetBase(context.Context, manifest.Fingerprint, int64) ([]byte, error) {
+	return s.read("GetBase")
+}
+func (s *scriptStore) TouchBase(context.Context, manifest.Fingerprint) error {
+	return s.next("TouchBase")
+}
 func (s *scriptStore) PutManifest(context.Context, string, []byte) error {
 	return s.next("PutManifest")
 }

@@ -39,6 +39,22 @@ type Store interface {
 	// does for a chunk.
 	TouchPack(ctx context.Context, id manifest.Fingerprint) error
 
+	// PutBase stores blob, the encoding of a manifest base (see
+	// manifest.NewBase), under BaseKey(id) in the chunk bucket, as is.
+	// Bases are immutable: id is the BLAKE3-256 of blob.
+	PutBase(ctx context.Context, id manifest.Fingerprint, blob []byte) error
+
+	// GetBase returns the bytes of base id, as stored, reading no more
+	// than size bytes, the length the head that names it declares: a
+	// longer object is an error wrapping ErrCorrupt. Callers check the
+	// bytes against id (manifest.Head.DecodeBase). Caches return
+	// ErrNotFound.
+	GetBase(ctx context.Context, id manifest.Fingerprint, size int64) ([]byte, error)
+
+	// TouchBase refreshes the base's modification time, as TouchChunk
+	// does for a chunk.
+	TouchBase(ctx context.Context, id manifest.Fingerprint) error
+
 	// PutManifest stores data, an encoded manifest (see
 	// manifest.Manifest.MarshalBinary), under key, a key returned by
 	// ManifestKey. The store may compress it.

@@ -90,11 +90,15 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, s *spool.Sna
 	if st.hurry.Load() > 0 {
 		targets = u.flush
 	}
+	put, err := u.storeEncoding(ctx, st, packed, mb, targets)
+	if err != nil {
+		return err
+	}
 	for _, t := range targets {
 		if t.Cache {
 			continue
 		}
-		err := t.lim.PutManifest(ctx, key, mb)
+		err := t.lim.PutManifest(ctx, key, put)
 		st.countCall()
 		if err != nil {
 			return err

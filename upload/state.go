@@ -27,6 +27,7 @@ type dbState struct {
 	uploadedAt   time.Time // its manifest's Created
 	lastManifest time.Time // when a manifest was last uploaded, for ManifestGap
 	lastTouch    time.Time // when the last uploaded snapshot was last touched
+	overBytes    int64     // override bytes uploaded in heads since the last base (delta.go)
 	// placed holds the chunks this database's uploads put in packs that
 	// no uploaded manifest lists yet (see packing.go).
 	placed map[manifest.Fingerprint]manifest.PackRef

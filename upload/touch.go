@@ -72,6 +72,9 @@ func (u *Uploader) maybeTouch(ctx context.Context, st *dbState, targets []limite
 			}
 		}
 	}
+	if !u.touchBase(ctx, st, m.SourcePath, targets) {
+		return
+	}
 	st.mu.Lock()
 	st.lastTouch = now
 	st.mu.Unlock()

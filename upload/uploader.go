@@ -78,7 +78,11 @@ type Options struct {
 	// zero means store.PackChunks, and 1 puts every chunk in an object of
 	// its own.
 	PackChunks int
-	Retry      store.RetryOptions
+	// WholeManifests makes every manifest go up whole, in format v1, for
+	// readers older than format v2; otherwise large databases' manifests
+	// go up as a v2 head over a base (delta.go).
+	WholeManifests bool
+	Retry          store.RetryOptions
 	// Logger receives what stops or resumes replication, once per
 	// episode, never a line per transaction. Nil means slog.Default().
 	Logger *slog.Logger

@@ -40,8 +40,11 @@ func newUploader(cfg Config, targets []store.Target, log *slog.Logger) (*upload.
 		Targets:    targets,
 		Rate:       cfg.Rate(),
 		PackChunks: cfg.PackChunks,
-		Logger:     log,
-		Restage:    Restage,
+		// pack_chunks 1 is for readers older than packs: older than
+		// format v2 manifests too.
+		WholeManifests: cfg.PackChunks == 1,
+		Logger:         log,
+		Restage:        Restage,
 		// A replica opened in this process after a flush sees it.
 		OnManifest: func(hostname, path string) {
 			if rt := current.Load(); rt != nil && rt.reader != nil {

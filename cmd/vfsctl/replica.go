@@ -308,6 +308,13 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
+	if v, err := manifest.FormatVersion(data); err == nil && v != 1 {
+		// A head is of no use without its base: write the manifest it
+		// stands for, whole, as format v1, which reads alone.
+		if data, err = m.MarshalBinary(); err != nil {
+			return err
+		}
+	}
 	if asJSON {
 		if data, err = json.MarshalIndent(describeManifest(src.key, m), "", "  "); err != nil {
 			return err
@@ -365,6 +372,7 @@ type versionJSON struct {
 func versionCreated(ctx context.Context, s store.Store, key string, vs []store.Version, out []versionJSON) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
+	var bases store.BaseMemo // versions share their bases
 	for i, v := range vs {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -374,7 +382,7 @@ func versionCreated(ctx context.Context, s store.Store, key string, vs []store.V
 			b, err := s.GetManifestVersion(ctx, key, v.ID)
 			var m *manifest.Manifest
 			if err == nil {
-				m, err = manifest.Decode(b)
+				m, err = store.DecodeManifest(ctx, s, b, &bases)
 			}
 			if err != nil {
 				out[i].Error = err.Error()

@@ -38,6 +38,7 @@ type verifyJSON struct {
 	Chunks  int                `json:"chunks"`
 	Unique  int                `json:"unique_chunks"`
 	Packs   int                `json:"packs"`
+	Base    string             `json:"base,omitempty"` // a format v2 manifest's base
 	OK      int                `json:"ok"`
 	Missing []string           `json:"missing"`
 	Corrupt []string           `json:"corrupt"`
@@ -250,7 +251,7 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	m, _, stores, err := fetchSource(ctx, g, src, at)
+	m, raw, stores, err := fetchSource(ctx, g, src, at)
 	if err != nil {
 		return err
 	}
@@ -263,6 +264,7 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	}
 	p := planVerify(m)
 	res, failed := verifyReport(src.String(), p, names, checkTargets(ctx, remote, p))
+	failed = append(failed, checkBase(ctx, remote, raw, &res)...)
 	if asJSON {
 		if err := writeJSON(g.stdout, res); err != nil {
 			return err
@@ -274,6 +276,42 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 		return fmt.Errorf("%s: %s", src, strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// checkBase checks, when raw is a format v2 manifest, that every target
+// holds its base intact, noting it in res. It returns a line for each
+// target whose base is missing, corrupt or unreadable.
+func checkBase(ctx context.Context, targets []store.Store, raw []byte, res *verifyJSON) []string {
+	if v, err := manifest.FormatVersion(raw); err != nil || v != 2 {
+		return nil
+	}
+	h, err := manifest.DecodeHead(raw)
+	if err != nil {
+		return []string{err.Error()} // decoded once already: not expected
+	}
+	res.Base = h.BaseID.String()
+	var failed []string
+	for i, s := range targets {
+		blob, err := s.GetBase(ctx, h.BaseID, h.BaseLen)
+		if err == nil {
+			_, err = h.DecodeBase(blob)
+		}
+		if err == nil {
+			continue
+		}
+		t := &res.Targets[i]
+		what := "unreadable"
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			what = "missing"
+		case errors.Is(err, store.ErrCorrupt), errors.Is(err, manifest.ErrBase):
+			what = "corrupt"
+		}
+		t.Errors = append(t.Errors, fmt.Sprintf("manifest base %s %s: %v", h.BaseID, what, err))
+		res.Errors = append(res.Errors, t.Target+": "+t.Errors[len(t.Errors)-1])
+		failed = append(failed, fmt.Sprintf("manifest base %s %s in %s", h.BaseID, what, t.Target))
+	}
+	return failed
 }
 
 // plural says n things: "1 target", "2 targets".

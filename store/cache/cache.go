@@ -189,6 +189,21 @@ func (c *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return c.fail("touch pack", id.String(), store.ErrNotFound, nil)
 }
 
+// PutBase implements store.Store: a cache holds no manifest bases.
+func (c *Store) PutBase(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return c.fail("put base", id.String(), store.ErrPermanent, errors.New("a chunk cache holds no manifest bases"))
+}
+
+// GetBase implements store.Store: always ErrNotFound.
+func (c *Store) GetBase(ctx context.Context, id manifest.Fingerprint, size int64) ([]byte, error) {
+	return nil, c.fail("get base", id.String(), store.ErrNotFound, nil)
+}
+
+// TouchBase implements store.Store: always ErrNotFound.
+func (c *Store) TouchBase(ctx context.Context, id manifest.Fingerprint) error {
+	return c.fail("touch base", id.String(), store.ErrNotFound, nil)
+}
+
 // TouchChunk refreshes the chunk's time, so eviction spares it.
 func (c *Store) TouchChunk(ctx context.Context, fp manifest.Fingerprint) error {
 	if err := ctx.Err(); err != nil {

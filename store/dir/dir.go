@@ -143,6 +143,22 @@ func (s *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touchObject(ctx, "dir touch pack", store.PackKey(id))
 }
 
+// PutBase implements store.Store: bases live in the chunks directory,
+// under their keys.
+func (s *Store) PutBase(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return s.putObject(ctx, "dir put base", store.BaseKey(id), blob)
+}
+
+// GetBase implements store.Store.
+func (s *Store) GetBase(ctx context.Context, id manifest.Fingerprint, size int64) ([]byte, error) {
+	return s.getObject(ctx, "dir get base", store.BaseKey(id), size)
+}
+
+// TouchBase implements store.Store, as TouchChunk.
+func (s *Store) TouchBase(ctx context.Context, id manifest.Fingerprint) error {
+	return s.touchObject(ctx, "dir touch base", store.BaseKey(id))
+}
+
 // putObject writes blob under key in the chunks directory.
 //
 // Objects are shared by every database that holds the same bytes: one

@@ -218,6 +218,21 @@ func (s *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touch(ctx, "s3 touch pack", store.PackKey(id))
 }
 
+// PutBase implements store.Store.
+func (s *Store) PutBase(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return s.put(ctx, "s3 put base", s.target.ChunkBucket, store.BaseKey(id), blob)
+}
+
+// GetBase implements store.Store.
+func (s *Store) GetBase(ctx context.Context, id manifest.Fingerprint, size int64) ([]byte, error) {
+	return s.get(ctx, "s3 get base", s.target.ChunkBucket, store.BaseKey(id), "", size)
+}
+
+// TouchBase implements store.Store, as TouchChunk.
+func (s *Store) TouchBase(ctx context.Context, id manifest.Fingerprint) error {
+	return s.touch(ctx, "s3 touch base", store.BaseKey(id))
+}
+
 // PutManifest implements store.Store.
 func (s *Store) PutManifest(ctx context.Context, key string, data []byte) error {
 	const op = "s3 put manifest"

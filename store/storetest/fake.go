@@ -21,6 +21,9 @@ const (
 	OpPutPack     = "PutPack"
 	OpGetPack     = "GetPack"
 	OpTouchPack   = "TouchPack"
+	OpPutBase     = "PutBase"
+	OpGetBase     = "GetBase"
+	OpTouchBase   = "TouchBase"
 	OpPutManifest = "PutManifest"
 	OpGetManifest = "GetManifest"
 	OpList        = "ListManifests"
@@ -62,6 +65,7 @@ type Fake struct {
 	mu        sync.Mutex
 	chunks    map[manifest.Fingerprint][]byte
 	packs     map[manifest.Fingerprint][]byte
+	bases     map[manifest.Fingerprint][]byte
 	manifests map[string][]byte
 	calls     []Call
 	touches   map[manifest.Fingerprint]int
@@ -71,8 +75,10 @@ type Fake struct {
 	missing []string
 	// badPuts lists chunk puts whose data did not hash to the fingerprint.
 	badPuts []string
-	changed chan struct{} // closed and replaced at every call
-	hooks   []Hook
+	// putBytes counts the bytes put, by operation.
+	putBytes map[string]int64
+	changed  chan struct{} // closed and replaced at every call
+	hooks    []Hook
 }
 
 var _ store.Store = (*Fake)(nil)
@@ -83,6 +89,8 @@ func NewFake(name string) *Fake {
 		name:      name,
 		chunks:    make(map[manifest.Fingerprint][]byte),
 		packs:     make(map[manifest.Fingerprint][]byte),
+		bases:     make(map[manifest.Fingerprint][]byte),
+		putBytes:  make(map[string]int64),
 		manifests: make(map[string][]byte),
 		touches:   make(map[manifest.Fingerprint]int),
 		changed:   make(chan struct{}),
@@ -247,6 +255,52 @@ func (s *Fake) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touch(ctx, OpTouchPack, "touch pack", s.packs, id)
 }
 
+// PutBase implements store.Store. It notes a base whose bytes do not
+// hash to id, for CheckIntegrity.
+func (s *Fake) PutBase(ctx context.Context, id manifest.Fingerprint, blob []byte) error {
+	return s.put(ctx, OpPutBase, "base ", s.bases, id, blob)
+}
+
+// GetBase implements store.Store. A base longer than size is corrupt,
+// as in real stores.
+func (s *Fake) GetBase(ctx context.Context, id manifest.Fingerprint, size int64) ([]byte, error) {
+	b, err := lookup(ctx, s, OpGetBase, "get base", s.bases, id, id.String())
+	if err == nil && int64(len(b)) > size {
+		return nil, &store.Error{Op: "fake get base", Key: id.String(), Target: s.name, Kind: store.ErrCorrupt,
+			Detail: fmt.Sprintf("object of %d bytes, more than %d", len(b), size)}
+	}
+	return b, err
+}
+
+// TouchBase implements store.Store, counting the touches (TouchCount).
+func (s *Fake) TouchBase(ctx context.Context, id manifest.Fingerprint) error {
+	return s.touch(ctx, OpTouchBase, "touch base", s.bases, id)
+}
+
+// BytesPut returns how many bytes were put with operation op (OpPutChunk,
+// OpPutPack, OpPutBase or OpPutManifest), as given to the Fake, before
+// any encoding a real store would do.
+func (s *Fake) BytesPut(op string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.putBytes[op]
+}
+
+// DeleteBase removes base id behind the store's back.
+func (s *Fake) DeleteBase(id manifest.Fingerprint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.bases, id)
+}
+
+// FlipBaseByte flips the bits of byte off of base id behind the store's
+// back.
+func (s *Fake) FlipBaseByte(id manifest.Fingerprint, off int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bases[id][off] ^= 0xff
+}
+
 // put stores a copy of b under fp in m, noting it in badPuts (with
 // prefix) if b does not hash to fp.
 func (s *Fake) put(ctx context.Context, op, prefix string, m map[manifest.Fingerprint][]byte, fp manifest.Fingerprint, b []byte) error {
@@ -255,6 +309,7 @@ func (s *Fake) put(ctx context.Context, op, prefix string, m map[manifest.Finger
 			s.badPuts = append(s.badPuts, prefix+fp.String())
 		}
 		m[fp] = append([]byte(nil), b...)
+		s.putBytes[op] += int64(len(b))
 		return nil
 	})
 }
@@ -289,7 +344,8 @@ func lookup[K comparable](ctx context.Context, s *Fake, op, what string, m map[K
 // manifest that does not decode or that names chunks the store lacks.
 func (s *Fake) PutManifest(ctx context.Context, key string, data []byte) error {
 	return s.do(ctx, OpPutManifest, key, func() error {
-		if m, err := manifest.Decode(data); err == nil {
+		s.putBytes[OpPutManifest] += int64(len(data))
+		if m, err := s.resolveLocked(data); err == nil {
 			refs := m.PackRefs()
 			for i, fp := range m.Chunks {
 				if _, inline := m.Inline[uint32(i)]; inline {
@@ -312,6 +368,27 @@ func (s *Fake) PutManifest(ctx context.Context, key string, data []byte) error {
 		s.putLog = append(s.putLog, append([]byte(nil), data...))
 		return nil
 	})
+}
+
+// resolveLocked decodes a manifest of any format, a v2 head with the
+// base the Fake holds.
+func (s *Fake) resolveLocked(data []byte) (*manifest.Manifest, error) {
+	if v, err := manifest.FormatVersion(data); err != nil || v != 2 {
+		return manifest.Decode(data)
+	}
+	h, err := manifest.DecodeHead(data)
+	if err != nil {
+		return nil, err
+	}
+	base, ok := s.bases[h.BaseID]
+	if !ok {
+		return nil, fmt.Errorf("base %s missing", h.BaseID)
+	}
+	bm, err := h.DecodeBase(base)
+	if err != nil {
+		return nil, err
+	}
+	return h.Apply(bm)
 }
 
 // GetManifest implements store.Store.

@@ -1,0 +1,165 @@
+package upload
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/spool"
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/storetest"
+)
+
+// appendWorkload returns the manifest of upload k of a database of size
+// bytes to which each upload appends 16 KiB: the last chunk changes at
+// every upload, a new one starts every fourth, and chunk 0 (inline, for
+// its header) changes too.
+func appendWorkload(size int64, k int) *manifest.Manifest {
+	const step = 16 << 10
+	sz := size + int64(k)*step
+	n := manifest.NumChunks(sz)
+	m := &manifest.Manifest{
+		Hostname: testHost, SourcePath: "/data/append.db", Generator: "delta test",
+		Size: sz, PageSize: 4096, ChangeCounter: uint32(k),
+		Created: time.Unix(1700000000, 0).Add(time.Duration(k) * time.Second).UTC(),
+	}
+	m.SourceCtime = m.Created
+	m.Chunks = make([]manifest.Fingerprint, n)
+	for i := range m.Chunks {
+		m.Chunks[i] = manifest.Fingerprint{byte(i), byte(i >> 8), byte(i >> 16), 31: 1}
+	}
+	m.Chunks[n-1][30] = byte(k) // the last chunk grows at every upload
+	m.Chunks[n-1][29] = byte(k >> 8)
+	c0 := bytes.Repeat([]byte{byte(k)}, manifest.ChunkSize)
+	m.Chunks[0] = manifest.Sum(c0)
+	m.Inline = map[uint32][]byte{0: c0}
+	return m
+}
+
+// TestDeltaBytesPerUpload: for an append workload, the bytes of
+// manifests and bases put per upload, the inline chunk 0 aside, stay a
+// small fraction of the whole manifest for large databases, and every
+// head put reads back as the manifest it stands for. Small databases
+// keep whole v1 manifests. The logged table is doc/BENCHMARKS.md's.
+func TestDeltaBytesPerUpload(t *testing.T) {
+	sizes := []struct {
+		name    string
+		size    int64
+		maxFrac float64 // most bytes per upload, as a fraction of a whole manifest
+	}{
+		{"10MiB", 10 << 20, 1},
+		{"1GiB", 1 << 30, 0.1},
+		{"4GiB", 4 << 30, 0.1},
+	}
+	// BOULE_DELTA_BENCH=1 runs the numbers of doc/BENCHMARKS.md: 1500
+	// uploads, and 4 GiB (minutes).
+	long := os.Getenv("BOULE_DELTA_BENCH") == "1"
+	uploads := 400
+	if long {
+		uploads = 1500
+	}
+	ctx := context.Background()
+	for _, sz := range sizes {
+		t.Run(sz.name, func(t *testing.T) {
+			if !long && sz.size > 1<<30 {
+				t.Skip("4 GiB takes minutes: BOULE_DELTA_BENCH=1")
+			}
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			st := newDBState(spool.OpenDir(t.TempDir()))
+			var whole, inline int64
+			for k := range uploads {
+				m := appendWorkload(sz.size, k)
+				mb, err := m.MarshalBinary()
+				if err != nil {
+					t.Fatal(err)
+				}
+				whole += int64(len(mb))
+				inline += manifest.ChunkSize
+				put, err := u.storeEncoding(ctx, st, m, mb, u.bg)
+				if err != nil {
+					t.Fatalf("storeEncoding()=%v", err)
+				}
+				if err := fake.PutManifest(ctx, "k", put); err != nil {
+					t.Fatal(err)
+				}
+				if k%250 == 0 || k == uploads-1 {
+					got, err := store.DecodeManifest(ctx, fake, put, nil)
+					if err != nil {
+						t.Fatalf("upload %d: DecodeManifest()=%v", k, err)
+					}
+					if gb, _ := got.MarshalBinary(); !bytes.Equal(gb, mb) {
+						t.Fatalf("upload %d: the manifest put reads back as another", k)
+					}
+				}
+			}
+			putBytes := fake.BytesPut(storetest.OpPutManifest) + fake.BytesPut(storetest.OpPutBase)
+			perUpload := float64(putBytes) / float64(uploads)
+			perWhole := float64(whole) / float64(uploads)
+			frac := float64(putBytes-inline) / float64(whole-inline)
+			t.Logf("%s: whole v1 manifest %.0f bytes per upload; put %.0f bytes per upload (%.0f without the inline chunk 0; bases %d bytes in all)",
+				sz.name, perWhole, perUpload, float64(putBytes-inline)/float64(uploads), fake.BytesPut(storetest.OpPutBase))
+			if sz.maxFrac == 1 {
+				if putBytes != whole {
+					t.Errorf("put %d bytes, want the whole manifests' %d: a small database keeps v1", putBytes, whole)
+				}
+				return
+			}
+			if frac > sz.maxFrac {
+				t.Errorf("bytes per upload beyond the inline chunk = %.3f of a whole manifest's, want at most %.3f", frac, sz.maxFrac)
+			}
+		})
+	}
+}
+
+// TestUploaderDeltaManifest: with deltas on, a flush puts a base and a
+// head that reads back as the snapshot's manifest; the next flush puts
+// a head over the same base; WholeManifests puts v1 only.
+func TestUploaderDeltaManifest(t *testing.T) {
+	old := deltaMinChunks
+	deltaMinChunks = 2
+	t.Cleanup(func() { deltaMinChunks = old })
+	for _, whole := range []bool{false, true} {
+		t.Run(fmt.Sprintf("whole=%v", whole), func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s3")
+			opts := uploadOpts(now, target(fake))
+			opts.WholeManifests = whole
+			u := newTestUploader(t, opts)
+			d := newTestSpool(t, t.TempDir(), "/data/delta.db")
+			data := testData(5, 20*manifest.ChunkSize)
+			for k := range 3 {
+				data = withChunk(data, 3+k, uint64(50+k))
+				s := d.snapshot(data, now.Now())
+				d.stage(s)
+				mustFlush(t, u, d.dir)
+				put := fake.ManifestAt(d.key())
+				v, err := manifest.FormatVersion(put)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := map[bool]int{false: 2, true: 1}[whole]; v != want {
+					t.Fatalf("flush %d: stored format %d, want %d", k, v, want)
+				}
+				m, _, err := store.FetchManifest(context.Background(), []store.Store{fake}, d.key())
+				if err != nil {
+					t.Fatalf("flush %d: FetchManifest()=%v", k, err)
+				}
+				if gb, _ := m.MarshalBinary(); !bytes.Equal(gb, s.mb) {
+					t.Fatalf("flush %d: the stored manifest reads back as another", k)
+				}
+				now.Advance(time.Second)
+			}
+			fake.CheckIntegrity(t)
+			bases := storetest.CountOps(fake.CallLog(), storetest.OpPutBase)
+			if want := map[bool]int{false: 1, true: 0}[whole]; bases != want {
+				t.Errorf("%d bases put, want %d", bases, want)
+			}
+		})
+	}
+}
