@@ -58,8 +58,10 @@ ext:
 ## library (libboule.a) into PREFIX/lib, boule.h into PREFIX/include.
 ## DESTDIR prefixes them all, for packagers.
 PREFIX ?= /usr/local
+# -buildvcs=auto: vfsctl --version names the commit of a clone even where
+# GOFLAGS turns VCS stamping off, and a tarball without git still builds.
 install: ext lib
-	$(GO) build -o $(BUILD)/vfsctl ./cmd/vfsctl
+	$(GO) build -buildvcs=auto -o $(BUILD)/vfsctl ./cmd/vfsctl
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
 	install -m 755 $(BUILD)/vfsctl $(DESTDIR)$(PREFIX)/bin/vfsctl
 	install -m 755 $(BUILD)/libboule.so $(DESTDIR)$(PREFIX)/lib/libboule.so

@@ -435,7 +435,7 @@ func stampOf(fi fs.FileInfo) (fileStamp, bool) {
 	if !ok {
 		return fileStamp{}, false
 	}
-	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: st.Ctim}, true
+	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: statCtim(st)}, true
 }
 
 // note records that the file fi holds the verified bytes of chunk fp.
