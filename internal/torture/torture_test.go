@@ -261,11 +261,12 @@ func run(t *testing.T, sc scenario) *outcome {
 		}
 		switch a {
 		case killWriter:
-			n := rng.IntN(40) // mostly soon after a restart
+			c.waitCommits(t, writer, rng.IntN(40), upl) // mostly soon after a restart
 			if rng.IntN(3) == 0 {
-				n = 40 + rng.IntN(400) // sometimes long enough to upload
+				// Sometimes long enough to upload: a time, not a number of
+				// commits, since captured commits take a millisecond or less.
+				runFor(t, time.Duration(1000+rng.IntN(2000))*time.Millisecond, writer, upl)
 			}
-			c.waitCommits(t, writer, n, upl)
 			time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond) // where in the next transaction the kill lands: random
 			stopWriter()
 		case killUploader:
@@ -279,6 +280,11 @@ func run(t *testing.T, sc scenario) *outcome {
 			c.waitCommits(t, writer, 10+rng.IntN(60), upl)
 			if err := srv.Restart(); err != nil {
 				t.Fatalf("restart minio: %v", err)
+			}
+			if rng.IntN(2) == 0 {
+				// Time for the writer's backoff to end and an upload to
+				// land, before the next kill.
+				runFor(t, time.Duration(1000+rng.IntN(2000))*time.Millisecond, writer, upl)
 			}
 		case injectFault:
 			f := randomFault(rng)
