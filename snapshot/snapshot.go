@@ -88,7 +88,12 @@ func newMapTable(n int) mapTable {
 	return mapTable{pages: make([][]*entry, (n+mapPage-1)/mapPage)}
 }
 
+// get returns chunk i's entry, or nil: also once the table was let go
+// (a released snapshot's is empty), for prefetches still finishing.
 func (t *mapTable) get(i int) *entry {
+	if i/mapPage >= len(t.pages) {
+		return nil
+	}
 	if p := t.pages[i/mapPage]; p != nil {
 		return p[i%mapPage]
 	}
@@ -420,8 +425,11 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 		return nil
 	}
 	s.mu.Lock()
-	held := s.maps.get(i) != nil
+	held, closed := s.maps.get(i) != nil, s.closed
 	s.mu.Unlock()
+	if closed {
+		return errClosed
+	}
 	fp := s.M.Chunks[i]
 	if held || r.cache.HasChunk(fp) {
 		return nil
