@@ -46,44 +46,12 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 	}
 
 	b := make([]byte, 0, size)
-	b = append(b, magic...)
-	b = binary.BigEndian.AppendUint16(b, formatVersion)
-	b = binary.BigEndian.AppendUint16(b, flags)
-	b = binary.BigEndian.AppendUint32(b, ChunkSize)
-	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
-	b = binary.BigEndian.AppendUint32(b, m.PageSize)
-	b = binary.BigEndian.AppendUint32(b, m.ChangeCounter)
-	b = append(b, m.VersionID[:]...)
-	b = binary.BigEndian.AppendUint64(b, uint64(m.SourceCtime.Unix()))
-	b = binary.BigEndian.AppendUint32(b, uint32(m.SourceCtime.Nanosecond()))
-	b = binary.BigEndian.AppendUint64(b, uint64(m.Created.UnixNano()))
-	for _, s := range [...]string{m.Hostname, m.SourcePath, m.Generator} {
-		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
-		b = append(b, s...)
-	}
+	b = appendHeader(b, m, formatVersion, flags)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Chunks)))
 	for i := range m.Chunks {
 		b = append(b, m.Chunks[i][:]...)
 	}
-	b = binary.BigEndian.AppendUint32(b, uint32(len(keys)))
-	for _, k := range keys {
-		data := m.Inline[k]
-		b = binary.BigEndian.AppendUint32(b, k)
-		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-		b = append(b, data...)
-	}
-	if flags&FlagPacks != 0 {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(m.Packs)))
-		for _, p := range m.Packs {
-			b = append(b, p.ID[:]...)
-			b = binary.BigEndian.AppendUint32(b, uint32(len(p.Members)))
-			for _, mb := range p.Members {
-				b = binary.BigEndian.AppendUint32(b, mb.Index)
-				b = binary.BigEndian.AppendUint32(b, mb.Offset)
-				b = binary.BigEndian.AppendUint32(b, mb.Length)
-			}
-		}
-	}
+	b = appendTail(b, m, keys, flags)
 	sum := Sum(b)
 	b = append(b, sum[:]...)
 	return b, nil
@@ -322,4 +290,52 @@ func (r *reader) str(field string) (string, error) {
 		return "", truncated(field)
 	}
 	return string(r.bytes(int(n))), nil
+}
+
+// appendHeader appends the fields that open every manifest and head
+// (doc/FORMAT.md): magic, version, flags, chunk size, then m's header
+// fields and strings.
+func appendHeader(b []byte, m *Manifest, version, flags uint16) []byte {
+	b = append(b, magic...)
+	b = binary.BigEndian.AppendUint16(b, version)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = binary.BigEndian.AppendUint32(b, ChunkSize)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
+	b = binary.BigEndian.AppendUint32(b, m.PageSize)
+	b = binary.BigEndian.AppendUint32(b, m.ChangeCounter)
+	b = append(b, m.VersionID[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.SourceCtime.Unix()))
+	b = binary.BigEndian.AppendUint32(b, uint32(m.SourceCtime.Nanosecond()))
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Created.UnixNano()))
+	for _, s := range [...]string{m.Hostname, m.SourcePath, m.Generator} {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+// appendTail appends the inline chunks (keys, in order) and, with
+// FlagPacks, the pack table: what follows the chunk list of a manifest
+// and the overrides of a head.
+func appendTail(b []byte, m *Manifest, keys []uint32, flags uint16) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(keys)))
+	for _, k := range keys {
+		data := m.Inline[k]
+		b = binary.BigEndian.AppendUint32(b, k)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		b = append(b, data...)
+	}
+	if flags&FlagPacks != 0 {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(m.Packs)))
+		for _, p := range m.Packs {
+			b = append(b, p.ID[:]...)
+			b = binary.BigEndian.AppendUint32(b, uint32(len(p.Members)))
+			for _, mb := range p.Members {
+				b = binary.BigEndian.AppendUint32(b, mb.Index)
+				b = binary.BigEndian.AppendUint32(b, mb.Offset)
+				b = binary.BigEndian.AppendUint32(b, mb.Length)
+			}
+		}
+	}
+	return b
 }

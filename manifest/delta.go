@@ -146,21 +146,7 @@ func (h *Head) MarshalBinary() ([]byte, error) {
 		flags |= FlagPacks
 	}
 	b := make([]byte, 0, minHeadSize+len(m.Hostname)+len(m.SourcePath)+len(m.Generator)+len(h.Overrides)*overrideSize)
-	b = append(b, magic...)
-	b = binary.BigEndian.AppendUint16(b, formatVersion2)
-	b = binary.BigEndian.AppendUint16(b, flags)
-	b = binary.BigEndian.AppendUint32(b, ChunkSize)
-	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
-	b = binary.BigEndian.AppendUint32(b, m.PageSize)
-	b = binary.BigEndian.AppendUint32(b, m.ChangeCounter)
-	b = append(b, m.VersionID[:]...)
-	b = binary.BigEndian.AppendUint64(b, uint64(m.SourceCtime.Unix()))
-	b = binary.BigEndian.AppendUint32(b, uint32(m.SourceCtime.Nanosecond()))
-	b = binary.BigEndian.AppendUint64(b, uint64(m.Created.UnixNano()))
-	for _, s := range [...]string{m.Hostname, m.SourcePath, m.Generator} {
-		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
-		b = append(b, s...)
-	}
+	b = appendHeader(b, m, formatVersion2, flags)
 	b = append(b, h.BaseID[:]...)
 	b = binary.BigEndian.AppendUint64(b, uint64(h.BaseLen))
 	b = binary.BigEndian.AppendUint32(b, uint32(h.BaseChunks))
@@ -169,25 +155,7 @@ func (h *Head) MarshalBinary() ([]byte, error) {
 		b = binary.BigEndian.AppendUint32(b, o.Index)
 		b = append(b, o.FP[:]...)
 	}
-	b = binary.BigEndian.AppendUint32(b, uint32(len(keys)))
-	for _, k := range keys {
-		data := m.Inline[k]
-		b = binary.BigEndian.AppendUint32(b, k)
-		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-		b = append(b, data...)
-	}
-	if flags&FlagPacks != 0 {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(m.Packs)))
-		for _, p := range m.Packs {
-			b = append(b, p.ID[:]...)
-			b = binary.BigEndian.AppendUint32(b, uint32(len(p.Members)))
-			for _, mb := range p.Members {
-				b = binary.BigEndian.AppendUint32(b, mb.Index)
-				b = binary.BigEndian.AppendUint32(b, mb.Offset)
-				b = binary.BigEndian.AppendUint32(b, mb.Length)
-			}
-		}
-	}
+	b = appendTail(b, m, keys, flags)
 	sum := Sum(b)
 	return append(b, sum[:]...), nil
 }
