@@ -375,6 +375,14 @@ func (u *Uploader) uploadGroup(ctx context.Context, dirs []string, admitted func
 	admit := func() { once.Do(admitted) }
 	defer admit()
 	var wg sync.WaitGroup
+	// Every member joins before any starts: a member started first could
+	// otherwise find itself the only active one and send its chunks up
+	// alone.
+	type joined struct {
+		st *dbState
+		mb *member
+	}
+	var members []joined
 	for _, dir := range dirs {
 		st := u.state(dir)
 		u.mu.Lock()
@@ -394,7 +402,10 @@ func (u *Uploader) uploadGroup(ctx context.Context, dirs []string, admitted func
 		}
 		st.setRerun(false)
 		// Active from now: every member's first chunks go in one round.
-		mb := g.join(true)
+		members = append(members, joined{st, g.join(true)})
+	}
+	for _, j := range members {
+		st, mb := j.st, j.mb
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
