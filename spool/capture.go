@@ -3,6 +3,7 @@ package spool
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -100,6 +101,16 @@ func (s *Spool) CaptureBytes() int64 {
 // its own, it snapshots synchronously, as Snapshot does. Errors are those
 // of that snapshot; a capture itself does not fail.
 func (d *DB) Capture(src Source, ch Change) error {
+	if !ch.Wrote && walModeFile(src) {
+		// A check of a database in WAL mode whose log this connection
+		// does not have open (it closed it): while the log holds frames,
+		// its writers capture them; without one, the file is the
+		// database.
+		if st, err := os.Stat(d.path + "-wal"); err == nil && st.Size() > walHeaderSize {
+			return nil
+		}
+		return d.CaptureWAL(src, noWAL{}, false, false)
+	}
 	c := d.ctlp.Load()
 	if !ch.Wrote || c == nil || ch.Force || c.load(ctlState) != stateOK || d.s.budget.max <= 0 {
 		return d.Snapshot(src, ch)
@@ -144,6 +155,7 @@ func (d *DB) Capture(src Source, ch Change) error {
 	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
 	c.store(ctlTxn, 0)
 	d.expect = expectFile(f, gen)
+	walPosition(c, nil, f.size, f)
 	d.qmu.Unlock()
 
 	d.s.budget.acquire(need)
@@ -160,6 +172,12 @@ func (d *DB) Capture(src Source, ch Change) error {
 	if fs, ok := src.(FullSource); ok && d.s.opts.Validate != nil {
 		cp.full, _ = fs.FullImage()
 	}
+	d.enqueue(cp)
+	return nil
+}
+
+// enqueue hands cp to the database's persister, starting it if needed.
+func (d *DB) enqueue(cp *Capture) {
 	d.qmu.Lock()
 	d.queue = append(d.queue, cp)
 	start := !d.persisting
@@ -168,7 +186,6 @@ func (d *DB) Capture(src Source, ch Change) error {
 	if start {
 		go d.persistLoop()
 	}
-	return nil
 }
 
 // waitStagedBy waits until owner's captured commits are staged (persisted

@@ -63,6 +63,10 @@ type Change struct {
 	PreCtime  time.Time
 	// Dirty is a bitmap of the 64 KiB chunks written: bit i%64 of word i/64.
 	Dirty []uint64
+	// Chained reports that the change follows the staged snapshot by
+	// construction: a capture of a write-ahead log's frames, whose
+	// position in the log says what the capture before it held.
+	Chained bool
 }
 
 // Stats are counters for one database, for status and metrics.
@@ -85,7 +89,6 @@ type DB struct {
 	mu          sync.Mutex
 	ensured     bool
 	cur         *cached // staged manifest, nil when unknown
-	walWarned   bool
 	failing     bool
 	stats       Stats
 	cleanedTemp bool
@@ -112,6 +115,11 @@ type DB struct {
 	// lastFile is the file as the last snapshot staged or found it
 	// (under mu).
 	lastFile fileState
+
+	// walx is what this process knows of the database's write-ahead log
+	// (wal.go), under walmu, which also orders captures of the log.
+	walmu sync.Mutex
+	walx  walIndex
 }
 
 // expectation is what a transaction's state before it must be for its
@@ -192,15 +200,30 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 
 // snapshotLocked is Snapshot, with d.mu held.
 func (d *DB) snapshotLocked(src Source, ch Change) error {
+	return d.snapshotLockedWith(src, ch, func(f fileState) {
+		// The file is the database: no log is over it.
+		walPosition(d.ctlp.Load(), nil, f.size, f)
+	})
+}
+
+// snapshotLockedWith is snapshotLocked, with staged called, under the
+// spool lock, once the staged snapshot is the database f.
+func (d *DB) snapshotLockedWith(src Source, ch Change, staged func(f fileState)) error {
 	d.stagedNow = d.stagedNow[:0]
 	c, _ := d.ctlLocked()
 	var gen uint64
 	var settled bool
+	_, logical := src.(logicalSource)
 	published, err := d.snapshot(src, ch, func(f fileState) {
 		gen, settled = d.settle(c, ch.Wrote), true
 		d.qmu.Lock()
-		d.expect = expectFile(f, gen)
+		if logical {
+			d.expect = expectation{}
+		} else {
+			d.expect = expectFile(f, gen)
+		}
 		d.qmu.Unlock()
+		staged(f)
 	})
 	log := d.s.log
 	switch {
@@ -219,21 +242,17 @@ func (d *DB) snapshotLocked(src Source, ch Change) error {
 			d.failing = false
 			log.Warn("spool: replication resumed: snapshots succeed again", logKeyDB, d.path)
 		}
-		if d.walWarned {
-			d.walWarned = false
-			log.Warn("spool: replication resumed: the database left WAL mode", logKeyDB, d.path)
-		}
 		if published && d.s.opts.Notify != nil {
 			d.s.opts.Notify(d.dir)
 		}
 	case errors.Is(err, ErrWAL):
-		d.markState(c, stateWAL, nil)
-		if !d.walWarned {
-			d.walWarned = true
-			log.Error("spool: replication stopped: the database is in WAL mode, which this version does not replicate; "+
-				"the store keeps its state from before the switch, and flushes fail; PRAGMA journal_mode=DELETE resumes replication",
-				logKeyDB, d.path)
+		// The file alone is not the database: its log holds frames,
+		// and is not open through boule here. The connections that
+		// write the log capture its commits: a check leaves them be.
+		if !ch.Wrote {
+			return nil
 		}
+		d.markState(c, stateRebuild, nil)
 	case errors.Is(err, ErrHotJournal):
 		// A crashed writer's transaction, to be rolled back: the staged
 		// snapshot cannot be trusted to follow it incrementally, so the
@@ -291,13 +310,6 @@ func (d *DB) markState(c *ctl, state uint64, cause error) {
 // commits the new manifest.
 func (d *DB) snapshot(src Source, ch Change, onStaged func(f fileState)) (published bool, err error) {
 	f, err := d.inspect(src)
-	if errors.Is(err, ErrWAL) {
-		// Whatever is staged predates WAL mode and is stale from now on.
-		// The marker says WAL (see snapshotLocked), so that flushes and
-		// status in every process know.
-		_ = d.remove(d.StagingManifestPath())
-		d.cur = nil
-	}
 	if err != nil {
 		return false, err
 	}
@@ -417,12 +429,17 @@ func (d *DB) inspect(src Source) (fileState, error) {
 			return f, fmt.Errorf("%w: %s", ErrNotDatabase, d.path)
 		}
 	}
-	if size >= HeaderSize && (f.hdr[18] == 2 || f.hdr[19] == 2) {
-		return f, ErrWAL
+	_, logical := src.(logicalSource)
+	if !logical && size >= HeaderSize && (f.hdr[18] == 2 || f.hdr[19] == 2) {
+		// WAL mode: the file is the database only while no log holds
+		// frames (the commit that switched to WAL mode, say).
+		if st, err := os.Stat(d.path + "-wal"); err == nil && st.Size() > walHeaderSize {
+			return f, ErrWAL
+		}
 	}
 	if hot, err := hasHotJournal(d.path + "-journal"); err != nil {
 		return f, err
-	} else if hot {
+	} else if hot && !logical {
 		if live, err := src.Reserved(); err != nil || !live {
 			return f, ErrHotJournal
 		}
@@ -464,6 +481,8 @@ func classify(cur *cached, ch Change, f fileState, markerSet func() bool) action
 	switch {
 	case cur == nil || ch.Force:
 		return actRebuild
+	case ch.Wrote && ch.Chained:
+		return actIncremental
 	case ch.Wrote:
 		if ch.PreOK && cur.m.VersionID == versionID(ch.PreHeader) &&
 			cur.m.Size == ch.PreSize && cur.m.SourceCtime.Equal(ch.PreCtime) {

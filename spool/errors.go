@@ -3,9 +3,10 @@ package spool
 import "errors"
 
 var (
-	// ErrWAL is returned by [DB.Snapshot] when the database is in WAL mode,
-	// which this version does not replicate.
-	ErrWAL = errors.New("spool: WAL databases are not replicated")
+	// ErrWAL is returned by [DB.Snapshot] for a database in WAL mode whose
+	// log holds frames, given only the database file: the file alone is
+	// not the database. [DB.CaptureWAL] reads the log too.
+	ErrWAL = errors.New("spool: the database is in WAL mode and its log is not open through boule")
 
 	// ErrHotJournal is returned by [DB.Snapshot] when a hot rollback journal
 	// exists: the transaction did not commit, and the file is not in a state

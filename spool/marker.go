@@ -23,8 +23,10 @@ const (
 	// MarkerFailed: the last snapshot failed (a full disk, say), so
 	// committed transactions are missing from the staged snapshot.
 	MarkerFailed
-	// MarkerWAL: the database is in WAL mode, which is not replicated:
-	// nothing is staged.
+	// MarkerWAL: an earlier version of boule, which did not replicate
+	// WAL mode, stopped replicating the database when it entered it;
+	// nothing is staged. The next transaction through this version
+	// rebuilds the snapshot and clears it.
 	MarkerWAL
 	// MarkerPending: commits are captured but not staged yet by their
 	// process, which is alive: the staged snapshot will catch up.
@@ -65,6 +67,11 @@ type Marker struct {
 	// A live writer's transaction is not committed, or its commit has not
 	// returned yet: it leaves the marker clean.
 	Writer uint64
+	// WAL reports that the last commit captured was read from the
+	// database's write-ahead log. Commits made there by programs that do
+	// not use boule are captured only by the next capture: a flush
+	// re-stages rather than trust a clean marker.
+	WAL bool
 }
 
 // ReadMarker reads the txn marker in the database spool directory dir. A
@@ -85,6 +92,7 @@ func parseCtl(b []byte) Marker {
 		Committed: le64(b, ctlCommitted),
 		Persisted: le64(b, ctlPersisted),
 		Owner:     le64(b, ctlOwner),
+		WAL:       le64(b, ctlWALMode) == walAt,
 	}
 	if ns := le64(b, ctlSince); ns != 0 {
 		m.Since = time.Unix(0, int64(ns)).UTC()

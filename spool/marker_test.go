@@ -61,7 +61,7 @@ func sinceOf(t testing.TB, db *DB) time.Time {
 
 // TestMarkerRecordsFailures: a failed snapshot leaves the marker failed,
 // with its error and the time of the first transaction it lacks, which
-// later failures keep; a success makes it clean; WAL mode leaves it WAL.
+// later failures keep; a success makes it clean.
 func TestMarkerRecordsFailures(t *testing.T) {
 	d := snapshotted(t, 6*cs)
 	if got := markerState(t, d.db); got != MarkerClean {
@@ -90,24 +90,6 @@ func TestMarkerRecordsFailures(t *testing.T) {
 		t.Fatalf("marker after a success=%v, want clean", got)
 	}
 
-	var walSince time.Time
-	err = txnWith(t, d.db, d.src, func(*Change) { walSince = sinceOf(t, d.db) }, func(b []byte) []byte {
-		b[18], b[19] = 2, 2
-		return b
-	})
-	if !errors.Is(err, ErrWAL) {
-		t.Fatalf("Snapshot() of a WAL database=%v, want ErrWAL", err)
-	}
-	if m, err := ReadMarker(d.db.Dir()); err != nil || m.State != MarkerWAL || !m.Since.Equal(walSince) || walSince.Equal(first) {
-		t.Fatalf("ReadMarker() in WAL mode=%+v, %v; want WAL since %v", m, err, walSince)
-	}
-	// A check in WAL mode (a new connection's first read) keeps it so.
-	if err := d.db.Snapshot(d.src, Change{}); !errors.Is(err, ErrWAL) {
-		t.Fatalf("check of a WAL database=%v, want ErrWAL", err)
-	}
-	if m, err := ReadMarker(d.db.Dir()); err != nil || m.State != MarkerWAL || !m.Since.Equal(walSince) {
-		t.Fatalf("ReadMarker() after a check=%+v, %v; want WAL since %v", m, err, walSince)
-	}
 }
 
 // TestMarkerFirstCheckFails: a first read that cannot stage the database

@@ -164,7 +164,7 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 	// transaction committed so far is in the snapshot staged now, or in a
 	// newer one.
 	mk, merr := st.sp.Marker()
-	if merr == nil && mk.State == spool.MarkerClean {
+	if merr == nil && mk.State == spool.MarkerClean && !mk.WAL {
 		if w, ok := stagedNow(st.sp); ok {
 			return w, nil
 		}
@@ -234,8 +234,8 @@ func lacking(mk spool.Marker, merr error) string {
 
 // walError is the error of a flush of a database in WAL mode.
 func walError(src string) error {
-	return fmt.Errorf("upload: flush %s: the database is in WAL mode, which is not replicated yet: "+
-		"the store holds its state from before the switch, if any; PRAGMA journal_mode=DELETE resumes replication (%w)", src, spool.ErrWAL)
+	return fmt.Errorf("upload: flush %s: an older boule, which did not replicate WAL mode, stopped replicating the database when it entered it: "+
+		"the store holds its state from before the switch, if any; the next transaction through this version resumes replication (%w)", src, spool.ErrWAL)
 }
 
 // stagedNow returns the snapshot staged in sp.

@@ -30,7 +30,7 @@ type Status struct {
 	Blocked      bool          `json:"blocked"`              // stopped on a permanent error
 	// NotReplicated reports that the database's commits cannot reach the
 	// store whatever the store does: its snapshots fail (a full spool
-	// disk, say), or it is in WAL mode, which is not replicated yet.
+	// disk, say), or an older boule left it in WAL mode unreplicated.
 	// Problem says which, and why.
 	NotReplicated bool   `json:"not_replicated"`
 	Problem       string `json:"problem,omitempty"`
@@ -67,7 +67,7 @@ func withSpool(s Status, sp spool.Dir, uploaded [32]byte, now time.Time) Status 
 		}
 	case spool.MarkerWAL:
 		s.NotReplicated = true
-		s.Problem = "the database is in WAL mode, which is not replicated yet"
+		s.Problem = "an older boule stopped replicating it in WAL mode; the next transaction resumes"
 	case spool.MarkerSet:
 		// Commits the staged snapshot lacks, until the next transaction
 		// or a flush rebuilds it.

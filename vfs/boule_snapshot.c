@@ -133,6 +133,12 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
     done += n;
   }
   if (__atomic_load_n(&v->patched, __ATOMIC_ACQUIRE)) patch_counter(v, out, off, avail);
+  /* A snapshot of a database in WAL mode is what a full checkpoint leaves:
+  ** its header says WAL (bytes 18 and 19 are 2). Read as a rollback
+  ** database, the reading SQLite needs no log and no shm for it. */
+  for (int64_t pos = 18; pos <= 19; pos++) {
+    if (pos >= off && pos < off + avail && out[pos - off] == 2) out[pos - off] = 1;
+  }
   if (avail < amt) {
     memset(out + avail, 0, (size_t)(amt - avail));
     return SQLITE_IOERR_SHORT_READ;

@@ -48,6 +48,9 @@ extern int bouleGoSnapshot(uint64_t handle, void *file, uint64_t *dirty,
                            int64_t nWords, BoulePre *pre, int flags);
 extern void bouleGoClose(uint64_t handle);
 extern int bouleGoFlush(uint64_t handle, int inWrite);
+extern int bouleGoCaptureWAL(uint64_t handle, void *file, void *wal, int flags);
+extern void bouleGoWALReset(uint64_t handle, void *wal, const void *hdr);
+extern void bouleGoWALGone(char *zPath);
 
 #define BOULE_TEMPNAME_MAX 512 /* tempdirs longer than 480 bytes are refused */
 
@@ -72,12 +75,19 @@ typedef struct BouleFile {
   uint64_t *dirty;     /* bitmap of dirty chunk indexes */
   int64_t nWords;      /* allocated words in dirty */
   int64_t hiWord;      /* one past the highest word that may be non-zero */
+  /* WAL mode. A main file's log, opened by the same connection, is
+  ** wrapped too (boule_wal_methods): its frames are what transactions
+  ** write, and the main file is written only by checkpoints. */
+  struct BouleFile *wal;  /* main: its open log, or NULL */
+  struct BouleFile *main; /* log: its main database file */
+  int walWrote;           /* main: frames written since the last capture */
 } BouleFile;
 
 sqlite3_vfs *boule_unix_vfs; /* the unix VFS, found by boule_register */
 #define unix_vfs boule_unix_vfs
 static sqlite3_vfs boule_vfs;
 static const sqlite3_io_methods boule_io_methods;
+static const sqlite3_io_methods boule_wal_methods;
 static int64_t go_calls;
 static char *temp_dir; /* config "tempdir"; NULL means unix's default */
 
@@ -186,6 +196,17 @@ static void snapshot(BouleFile *p) {
   p->unknown = 0;
 }
 
+/* Captures the commits of the log, while this connection holds the log's
+** write lock (or, in exclusive locking mode, the database's): one call
+** into Go, which reads the frames written since the last capture. */
+static void capture_wal(BouleFile *p, int flags) {
+  p->walWrote = 0;
+  p->unknown = 0;
+  if (p->wal == 0) return;
+  boule_count_go_call();
+  bouleGoCaptureWAL(p->handle, p, p->wal, flags);
+}
+
 /* ---- helpers called from Go during bouleGoSnapshot ----------------------- */
 
 int boule_file_read(void *file, void *buf, int n, int64_t off) {
@@ -232,7 +253,25 @@ int boule_restage_open(const char *zPath, int busyMs, void **ppDb, uint64_t *pHa
   if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f);
   if (rc == SQLITE_OK && f != 0 && f->pMethods == &boule_io_methods) {
     BouleFile *p = (BouleFile *)f;
-    if (p->unknown && p->eLock >= SQLITE_LOCK_SHARED) snapshot(p);
+    if (p->wal != 0) {
+      /* WAL mode: the check reads the log, which only its write lock
+      ** keeps still. Taken here, beside SQLite, and released at once. */
+      int waited = 0;
+      while ((rc = p->real->pMethods->xShmLock(p->real, 0, 1, SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE)) == SQLITE_BUSY &&
+             waited < busyMs) {
+        unix_vfs->xSleep(unix_vfs, 1000);
+        waited++;
+      }
+      if (rc != SQLITE_OK) {
+        if (nErr > 0) sqlite3_snprintf(nErr, zErr, "the write lock of its log stayed busy for %d ms", busyMs);
+        sqlite3_close(db);
+        return rc;
+      }
+      capture_wal(p, 0);
+      p->real->pMethods->xShmLock(p->real, 0, 1, SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE);
+    } else if (p->unknown && p->eLock >= SQLITE_LOCK_SHARED) {
+      snapshot(p);
+    }
     *pHandle = p->handle;
   }
   if (rc == SQLITE_OK) rc = sqlite3_exec(db, "COMMIT", 0, 0, 0);
@@ -253,6 +292,8 @@ void boule_restage_close(void *db) { sqlite3_close((sqlite3 *)db); }
 static int bClose(sqlite3_file *f) {
   BouleFile *p = (BouleFile *)f;
   int rc = p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
+  if (p->wal) p->wal->main = 0;
+  p->wal = 0;
   if (p->flushOnClose) bouleGoFlush(p->handle, 0);
   bouleGoClose(p->handle);
   sqlite3_free(p->dirty);
@@ -268,6 +309,9 @@ static int bRead(sqlite3_file *f, void *buf, int n, sqlite3_int64 off) {
 
 static int bWrite(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off) {
   BouleFile *p = (BouleFile *)f;
+  /* With a log open, only checkpoints write the file: they copy what the
+  ** log's captures hold already. */
+  if (p->wal) return p->real->pMethods->xWrite(p->real, buf, n, off);
   if (!p->txnActive) begin_txn(p);
   if (n > 0 && mark_dirty(p, off >> BOULE_CHUNK_SHIFT, (off + n - 1) >> BOULE_CHUNK_SHIFT) != SQLITE_OK) {
     p->forceFull = 1; /* out of memory for the bitmap: rebuild instead */
@@ -278,6 +322,7 @@ static int bWrite(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off) {
 static int bTruncate(sqlite3_file *f, sqlite3_int64 size) {
   BouleFile *p = (BouleFile *)f;
   sqlite3_int64 old = 0;
+  if (p->wal) return p->real->pMethods->xTruncate(p->real, size);
   if (!p->txnActive) begin_txn(p);
   if (p->real->pMethods->xFileSize(p->real, &old) != SQLITE_OK) {
     p->forceFull = 1;
@@ -357,6 +402,12 @@ static int parse_bool(const char *z) {
 
 static int bFileControl(sqlite3_file *f, int op, void *arg) {
   BouleFile *p = (BouleFile *)f;
+  if (op == SQLITE_FCNTL_COMMIT_PHASETWO && p->walWrote) {
+    /* A commit to the log whose write lock was not taken through the
+    ** shm (exclusive locking mode): no other connection can reach the
+    ** database until this one lets go of it. */
+    capture_wal(p, BOULE_SNAP_WROTE);
+  }
   if (op == SQLITE_FCNTL_PRAGMA) {
     char **a = (char **)arg;
     /* verneuil_flush_replication_data is Verneuil's name for the same
@@ -402,6 +453,11 @@ static int bShmMap(sqlite3_file *f, int pg, int sz, int extend, void volatile **
 
 static int bShmLock(sqlite3_file *f, int offset, int n, int flags) {
   BouleFile *p = (BouleFile *)f;
+  /* Slot 0 is the log's write lock: a write transaction ends when it is
+  ** released, and its commit, if any, is captured just before. */
+  if (offset == 0 && n == 1 && flags == (SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE) && p->walWrote) {
+    capture_wal(p, BOULE_SNAP_WROTE);
+  }
   return p->real->pMethods->xShmLock(p->real, offset, n, flags);
 }
 
@@ -430,6 +486,80 @@ static const sqlite3_io_methods boule_io_methods = {
     bCheckReservedLock, bFileControl, bSectorSize, bDeviceCharacteristics,
     bShmMap, bShmLock, bShmBarrier, bShmUnmap, bFetch, bUnfetch};
 
+/* ---- io methods for the logs of replicated databases ---------------------- */
+
+static int wClose(sqlite3_file *f) {
+  BouleFile *p = (BouleFile *)f;
+  if (p->main) p->main->wal = 0;
+  p->main = 0;
+  return p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
+}
+
+/* A write at offset 0 is a new header: the log restarts. Go checks, while
+** the old log is still there to read, that its commits were captured. */
+static int wWrite(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off) {
+  BouleFile *p = (BouleFile *)f;
+  if (p->main) {
+    if (off == 0 && n >= 32) {
+      boule_count_go_call();
+      bouleGoWALReset(p->main->handle, p, buf);
+    }
+    p->main->walWrote = 1;
+  }
+  return p->real->pMethods->xWrite(p->real, buf, n, off);
+}
+
+static int wTruncate(sqlite3_file *f, sqlite3_int64 size) {
+  BouleFile *p = (BouleFile *)f;
+  if (p->main && size < 32) {
+    boule_count_go_call();
+    bouleGoWALReset(p->main->handle, p, 0);
+  }
+  return p->real->pMethods->xTruncate(p->real, size);
+}
+
+static int wLock(sqlite3_file *f, int level) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xLock(p->real, level);
+}
+
+static int wUnlock(sqlite3_file *f, int level) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xUnlock(p->real, level);
+}
+
+static int wFileControl(sqlite3_file *f, int op, void *arg) {
+  BouleFile *p = (BouleFile *)f;
+  return p->real->pMethods->xFileControl(p->real, op, arg);
+}
+
+static const sqlite3_io_methods boule_wal_methods = {
+    3, wClose, bRead, wWrite, wTruncate, bSync, bFileSize, wLock, wUnlock,
+    bCheckReservedLock, wFileControl, bSectorSize, bDeviceCharacteristics,
+    bShmMap, bShmLock, bShmBarrier, bShmUnmap, bFetch, bUnfetch};
+
+/* Opens the log of a replicated main file, wrapped, and links the two. */
+static int open_wal(const char *zName, sqlite3_file *f, int flags, int *outFlags) {
+  BouleFile *p = (BouleFile *)f;
+  sqlite3_file *m = sqlite3_database_file_object(zName);
+  int rc;
+  if (m == 0 || m->pMethods != &boule_io_methods) {
+    return unix_vfs->xOpen(unix_vfs, zName, f, flags, outFlags);
+  }
+  memset(p, 0, sizeof(*p));
+  p->real = (sqlite3_file *)((char *)f + ROUND8(sizeof(BouleFile)));
+  p->zPath = zName;
+  rc = unix_vfs->xOpen(unix_vfs, zName, p->real, flags, outFlags);
+  if (rc != SQLITE_OK) {
+    p->base.pMethods = 0;
+    return rc;
+  }
+  p->main = (BouleFile *)m;
+  p->main->wal = p;
+  p->base.pMethods = &boule_wal_methods;
+  return SQLITE_OK;
+}
+
 /* ---- VFS methods --------------------------------------------------------- */
 
 static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags, int *outFlags) {
@@ -442,6 +572,7 @@ static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
 
   /* Only named main databases with normal locking are replicated. With
   ** nolock or immutable, SQLite's locks cannot order our snapshots. */
+  if ((flags & SQLITE_OPEN_WAL) && zName) return open_wal(zName, f, flags, outFlags);
   if ((flags & SQLITE_OPEN_MAIN_DB) && zName && !(flags & SQLITE_OPEN_DELETEONCLOSE) &&
       !sqlite3_uri_boolean(zName, "nolock", 0) && !sqlite3_uri_boolean(zName, "immutable", 0)) {
     handle = bouleGoOpen((char *)zName, &txnWord, &owner);
@@ -483,8 +614,18 @@ static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
 }
 
 static int bDelete(sqlite3_vfs *vfs, const char *zName, int syncDir) {
+  int rc;
+  size_t n = zName ? strlen(zName) : 0;
   (void)vfs;
-  return unix_vfs->xDelete(unix_vfs, zName, syncDir);
+  if (n > 4 && strcmp(zName + n - 4, "-wal") == 0) {
+    /* The last connection checkpointed the log whole and deletes it: the
+    ** database file alone is the database now. Go checks, while the log
+    ** is there to read, that its commits were captured. */
+    boule_count_go_call();
+    bouleGoWALGone((char *)zName);
+  }
+  rc = unix_vfs->xDelete(unix_vfs, zName, syncDir);
+  return rc;
 }
 
 static int bAccess(sqlite3_vfs *vfs, const char *zName, int flags, int *out) {

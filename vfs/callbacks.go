@@ -11,6 +11,7 @@ import "C"
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -107,6 +108,61 @@ func bouleGoSnapshot(h C.uint64_t, file unsafe.Pointer, dirty *C.uint64_t, nWord
 		return 1
 	}
 	return 0
+}
+
+// cWAL reads a database's log through the VFS's own handle. It is valid
+// only during the call from C that gave it.
+type cWAL struct{ cSource }
+
+//export bouleGoCaptureWAL
+func bouleGoCaptureWAL(h C.uint64_t, file, wal unsafe.Pointer, flags C.int) (rc C.int) {
+	defer guard("bouleGoCaptureWAL", "the transaction committed, replication of it did not", &rc, 1, nil)
+	enter("bouleGoCaptureWAL")
+	c := lookupConn(uint64(h))
+	if c == nil {
+		return 1
+	}
+	err := c.db.CaptureWAL(cSource{file}, cWAL{cSource{wal}}, flags&C.BOULE_SNAP_WROTE != 0, flags&C.BOULE_SNAP_FORCE != 0)
+	c.setSnapErr(err)
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+//export bouleGoWALReset
+func bouleGoWALReset(h C.uint64_t, wal unsafe.Pointer, hdr unsafe.Pointer) {
+	defer guardVoid("bouleGoWALReset", "the next transaction rebuilds the snapshot")
+	enter("bouleGoWALReset")
+	c := lookupConn(uint64(h))
+	if c == nil {
+		return
+	}
+	var b []byte
+	if hdr != nil {
+		b = C.GoBytes(hdr, 32)
+	}
+	c.db.WALReset(cWAL{cSource{wal}}, b)
+}
+
+//export bouleGoWALGone
+func bouleGoWALGone(zPath *C.char) {
+	defer guardVoid("bouleGoWALGone", "the next transaction rebuilds the snapshot")
+	enter("bouleGoWALGone")
+	p := C.GoString(zPath)
+	db := strings.TrimSuffix(p, "-wal")
+	connMu.Lock()
+	var d *spool.DB
+	for _, c := range conns {
+		if c.db.Path() == db {
+			d = c.db
+			break
+		}
+	}
+	connMu.Unlock()
+	if d != nil {
+		d.WALGone()
+	}
 }
 
 //export bouleGoFlush

@@ -18,8 +18,9 @@ import (
 )
 
 // BenchmarkCommitLatency: the commit latency of a small transaction (the
-// update of a random 1 KB row and the insert of a 100-byte row, rollback
-// journal) through boule, replicating to a dir store with the uploader
+// update of a random 1 KB row and the insert of a 100-byte row) in
+// rollback-journal mode (synchronous FULL and OFF) and in WAL mode (NORMAL
+// and FULL) through boule, replicating to a dir store with the uploader
 // running, against the plain unix VFS on a copy of the same database, the
 // two interleaved commit by commit in one process. Each iteration is one
 // commit on each. It reports the median and p99 of both, and their ratios.
@@ -31,9 +32,11 @@ import (
 func BenchmarkCommitLatency(b *testing.B) {
 	for _, size := range benchSizes(b) {
 		base := buildBenchBase(b, size)
-		for _, sync := range []string{"FULL", "OFF"} {
-			b.Run(fmt.Sprintf("size=%s/sync=%s", sizeName(size), sync), func(b *testing.B) {
-				commitLatency(b, base, sync)
+		for _, m := range []struct{ journal, sync string }{
+			{"DELETE", "FULL"}, {"DELETE", "OFF"}, {"WAL", "NORMAL"}, {"WAL", "FULL"},
+		} {
+			b.Run(fmt.Sprintf("size=%s/journal=%s/sync=%s", sizeName(size), m.journal, m.sync), func(b *testing.B) {
+				commitLatency(b, base, m.journal, m.sync)
 			})
 		}
 	}
@@ -110,14 +113,14 @@ func copyFile(b *testing.B, src, dst string) {
 	}
 }
 
-func commitLatency(b *testing.B, base, sync string) {
+func commitLatency(b *testing.B, base, journal, sync string) {
 	dir, err := filepath.EvalSymlinks(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	tg, _ := dirTargetB(b)
 	register(b, vfs.Config{ReplicationSpoolingDir: filepath.Join(dir, "spool"), ReplicationTargets: targetsOf(tg)})
-	params := "_journal_mode=DELETE&_sync=" + sync
+	params := "_journal_mode=" + journal + "&_sync=" + sync
 	dbs := map[string]*sql.DB{}
 	var rows int
 	for _, name := range []string{"unix", "boule"} {

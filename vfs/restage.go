@@ -66,5 +66,10 @@ func Restage(ctx context.Context, dir, source string) error {
 	if filepath.Clean(c.db.Dir()) != filepath.Clean(dir) {
 		return fmt.Errorf("vfs: re-stage %s: it is spooled in %s under the configuration in force, not in %s", source, c.db.Dir(), dir)
 	}
-	return c.lastSnapErr()
+	if err := c.lastSnapErr(); err != nil {
+		return err
+	}
+	// In WAL mode the check captures what the log committed since the
+	// last capture, and a persister stages it.
+	return c.db.WaitStaged(ctx)
 }

@@ -124,34 +124,34 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	checkSnapshot(t, db, path)
 }
 
-// TestWAL: WAL databases work locally, are not replicated, and say so once,
-// at ERROR; leaving WAL mode resumes replication, with a WARN.
-func TestWAL(t *testing.T) {
+// TestWALReplicated: a database in WAL mode is replicated, with no error
+// or warning logged, one Go call per commit, and none for reads.
+func TestWALReplicated(t *testing.T) {
 	e := newEnv(t)
 	path := e.path("wal.db")
 	db := open(t, path, "boule", "_journal_mode=WAL")
 	db.SetMaxOpenConns(1)
 	mustExec(t, db, "CREATE TABLE t(v)")
+	calls := vfs.GoCalls()
 	for i := range 50 {
 		mustExec(t, db, "INSERT INTO t VALUES (?)", i)
 	}
-	mustExec(t, db, "PRAGMA wal_checkpoint(TRUNCATE)")
+	if got := vfs.GoCalls() - calls; got != 50 {
+		t.Fatalf("Go calls for 50 commits in WAL mode=%d, want 50", got)
+	}
+	calls = vfs.GoCalls()
 	var n int
-	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 50 {
-		t.Fatalf("count=%d, %v; want 50", n, err)
+	for range 20 {
+		if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 50 {
+			t.Fatalf("count=%d, %v; want 50", n, err)
+		}
 	}
-	if got := e.log.count(slog.LevelError, "WAL mode"); got != 1 {
-		t.Fatalf("WAL errors=%d, want 1; log:\n%s", got, e.log)
+	if got := vfs.GoCalls() - calls; got != 0 {
+		t.Fatalf("Go calls for 20 reads in WAL mode=%d, want 0", got)
 	}
-	if _, err := os.Stat(mustDB(t, path).StagingManifestPath()); !os.IsNotExist(err) {
-		t.Fatalf("staging manifest of a WAL database: %v, want none", err)
-	}
-	// Back to rollback mode: replication starts.
-	mustExec(t, db, "PRAGMA journal_mode=DELETE")
-	mustExec(t, db, "INSERT INTO t VALUES (50)")
-	checkSnapshot(t, db, path)
-	if got := e.log.count(slog.LevelWarn, "left WAL mode"); got != 1 {
-		t.Fatalf("WAL recoveries logged=%d, want 1; log:\n%s", got, e.log)
+	checkLogical(t, db, path)
+	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
+		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
 	}
 }
 

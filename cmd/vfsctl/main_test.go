@@ -447,12 +447,14 @@ func TestFlushRestages(t *testing.T) {
 	}
 }
 
-// TestStatusNotReplicated: a database in WAL mode is shown as not
-// replicated, and makes vfsctl status and flush exit 1 naming it; so does
-// a database whose uploads a permanent error blocked.
+// TestStatusNotReplicated: a database whose last snapshot failed is shown
+// as not replicated, and makes vfsctl status exit 1 naming it, until a
+// flush takes a new snapshot; a database whose uploads a permanent error
+// blocked makes status and flush exit 1. A database in WAL mode is
+// replicated like any other.
 func TestStatusNotReplicated(t *testing.T) {
-	f := newFixture(t)
-	db, err := sql.Open("sqlite3", "file:"+f.db+"?vfs=boule")
+	w := newFixture(t)
+	db, err := sql.Open("sqlite3", "file:"+w.db+"?vfs=boule")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,18 +464,37 @@ func TestStatusNotReplicated(t *testing.T) {
 		}
 	}
 	db.Close()
+	if code, out, errs := vfsctl(t, "status", w.spool); code != exitOK || strings.Contains(out, "NOT REPLICATED") {
+		t.Fatalf("status of a WAL database=%d %q %q; want exit 0, replicated", code, out, errs)
+	}
+	if code, out, errs := vfsctl(t, "--config", w.config(), "flush", w.spool); code != exitOK || !strings.Contains(out, "ok      "+w.db) {
+		t.Fatalf("flush of a WAL database=%d %q %q; want ok", code, out, errs)
+	}
+	w.checkStore(t, hostname(t))
+
+	f := newFixture(t)
+	dirs, err := spool.List(f.spool)
+	if err != nil || len(dirs) != 1 {
+		t.Fatalf("spool directories under %s: %v, %v; want one", f.spool, dirs, err)
+	}
+	if err := spool.OpenDir(dirs[0].Dir).WriteMarker(spool.Marker{State: spool.MarkerFailed, Err: "no space left on device"}); err != nil {
+		t.Fatal(err)
+	}
 	code, out, errs := vfsctl(t, "status", f.spool)
-	if code != exitFail || !strings.Contains(out, "NOT REPLICATED") || !strings.Contains(out, "WAL mode") || !strings.Contains(errs, f.db) {
-		t.Fatalf("status of a WAL database=%d %q %q; want exit 1, NOT REPLICATED, WAL mode, and its name on stderr", code, out, errs)
+	if code != exitFail || !strings.Contains(out, "NOT REPLICATED") || !strings.Contains(out, "no space left") || !strings.Contains(errs, f.db) {
+		t.Fatalf("status of a failing database=%d %q %q; want exit 1, NOT REPLICATED, the error, and its name on stderr", code, out, errs)
 	}
 	code, out, _ = vfsctl(t, "status", "--json", f.spool)
 	var st []statusJSON
-	if err := json.Unmarshal([]byte(out), &st); err != nil || code != exitFail || len(st) != 1 || !st[0].NotReplicated || !strings.Contains(st[0].Problem, "WAL mode") {
-		t.Fatalf("status --json of a WAL database=%d %s (%v); want exit 1 and not_replicated", code, out, err)
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != exitFail || len(st) != 1 || !st[0].NotReplicated || !strings.Contains(st[0].Problem, "no space left") {
+		t.Fatalf("status --json of a failing database=%d %s (%v); want exit 1 and not_replicated", code, out, err)
 	}
-	code, out, errs = vfsctl(t, "--config", f.config(), "flush", f.spool)
-	if code != exitFail || !strings.Contains(out, "FAILED  "+f.db) || !strings.Contains(errs, "WAL mode") {
-		t.Fatalf("flush of a WAL database=%d %q %q; want exit 1 saying WAL mode", code, out, errs)
+	// The flush takes a new snapshot, which succeeds: replicated again.
+	if code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK || !strings.Contains(out, "ok      "+f.db) {
+		t.Fatalf("flush of a database whose last snapshot failed=%d %q %q; want ok (a new snapshot)", code, out, errs)
+	}
+	if code, out, errs := vfsctl(t, "status", f.spool); code != exitOK || strings.Contains(out, "NOT REPLICATED") {
+		t.Fatalf("status after the flush=%d %q %q; want exit 0, replicated", code, out, errs)
 	}
 
 	g := newFixture(t)

@@ -1,0 +1,290 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// The write-ahead log, as SQLite writes it (https://sqlite.org/fileformat2.html#walformat):
+// a 32-byte header, then frames of a 24-byte header and one page. A frame
+// belongs to the log while its salts are the header's and its checksum,
+// which chains from the header's through every frame before it, is right.
+// A frame whose second word is non-zero is a commit: it ends a transaction
+// and holds the database's size in pages after it. Only frames up to the
+// last valid commit are the database's; those after it belong to a
+// transaction in progress, or one rolled back, or an older log.
+const (
+	walHeaderSize      = 32
+	walFrameHeaderSize = 24
+	walMagicLE         = 0x377f0682
+	walMagicBE         = 0x377f0683
+	walVersion         = 3007000
+)
+
+// errWALCorrupt is returned when the log changes under a reader that holds
+// no lock keeping it still.
+var errWALCorrupt = errors.New("spool: the write-ahead log changed while it was read")
+
+// walHeader is the parsed header of a log.
+type walHeader struct {
+	bigEnd   bool
+	pageSize int
+	salt     uint64 // salt-1 in the high 32 bits, salt-2 in the low
+	ck       [2]uint32
+}
+
+// parseWALHeader parses and checks a log's header; ok is false when b is
+// not a valid one (SQLite then ignores the log's content).
+func parseWALHeader(b []byte) (h walHeader, ok bool) {
+	if len(b) < walHeaderSize {
+		return h, false
+	}
+	magic := binary.BigEndian.Uint32(b[0:])
+	if magic != walMagicLE && magic != walMagicBE {
+		return h, false
+	}
+	if binary.BigEndian.Uint32(b[4:]) != walVersion {
+		return h, false
+	}
+	ps := int(binary.BigEndian.Uint32(b[8:]))
+	if ps < 512 || ps > 65536 || ps&(ps-1) != 0 {
+		return h, false
+	}
+	h.bigEnd = magic&1 == 1
+	h.pageSize = ps
+	h.salt = uint64(binary.BigEndian.Uint32(b[16:]))<<32 | uint64(binary.BigEndian.Uint32(b[20:]))
+	h.ck = walChecksum(h.bigEnd, [2]uint32{}, b[:24])
+	if h.ck[0] != binary.BigEndian.Uint32(b[24:]) || h.ck[1] != binary.BigEndian.Uint32(b[28:]) {
+		return h, false
+	}
+	return h, true
+}
+
+// walChecksum continues the log's checksum s over b, whose length is a
+// multiple of 8: words are read in the byte order the magic names.
+func walChecksum(bigEnd bool, s [2]uint32, b []byte) [2]uint32 {
+	s0, s1 := s[0], s[1]
+	if bigEnd {
+		for i := 0; i+8 <= len(b); i += 8 {
+			s0 += binary.BigEndian.Uint32(b[i:]) + s1
+			s1 += binary.BigEndian.Uint32(b[i+4:]) + s0
+		}
+	} else {
+		for i := 0; i+8 <= len(b); i += 8 {
+			s0 += binary.LittleEndian.Uint32(b[i:]) + s1
+			s1 += binary.LittleEndian.Uint32(b[i+4:]) + s0
+		}
+	}
+	return [2]uint32{s0, s1}
+}
+
+// walIndex is what a process knows of one incarnation of a database's log
+// (one salt): for each page, the last committed frame that holds it. It is
+// extended, never re-read, as the log grows: a scan reads only the frames
+// written since the last one, so that a commit's capture costs what the
+// commit wrote. A new salt (the log restarted) starts it over.
+type walIndex struct {
+	valid    bool // hdr is a valid header
+	hdr      walHeader
+	mx       int               // frames committed: the last commit is frame mx (1-based)
+	ck       [2]uint32         // the checksum after frame mx
+	nPages   uint32            // the database's size in pages after frame mx
+	latest   map[uint32]uint32 // page -> its last committed frame
+	frames   []uint32          // page of each committed frame, frames[i] for frame i+1
+	readBuf  []byte
+	scanned  int64 // bytes of frames read, for tests and metrics
+	restarts int   // times the index started over
+}
+
+// walFile is a log as the VFS reads it.
+type walFile interface {
+	io.ReaderAt
+	Size() (int64, error)
+}
+
+func (x *walIndex) reset(h walHeader, valid bool) {
+	x.valid = valid
+	x.hdr = h
+	x.mx = 0
+	x.ck = h.ck
+	x.nPages = 0
+	x.latest = map[uint32]uint32{}
+	x.frames = x.frames[:0]
+	x.restarts++
+}
+
+func (x *walIndex) frameSize() int64 { return int64(x.hdr.pageSize) + walFrameHeaderSize }
+
+// frameOffset is where frame n (1-based) starts in the log.
+func (x *walIndex) frameOffset(n int) int64 {
+	return walHeaderSize + int64(n-1)*x.frameSize()
+}
+
+// scan brings the index up to the log's last valid commit. It reads the
+// header, starts over when its salt or page size changed (or the log is
+// empty or not valid), and reads the frames after the last commit it
+// knows.
+func (x *walIndex) scan(f walFile) error {
+	size, err := f.Size()
+	if err != nil {
+		return fmt.Errorf("spool: size of the write-ahead log: %w", err)
+	}
+	var hb [walHeaderSize]byte
+	var h walHeader
+	ok := false
+	if size >= walHeaderSize {
+		if _, err := f.ReadAt(hb[:], 0); err != nil {
+			return fmt.Errorf("spool: read the write-ahead log's header: %w", err)
+		}
+		h, ok = parseWALHeader(hb[:])
+	}
+	if !ok {
+		if x.valid || x.latest == nil {
+			x.reset(walHeader{}, false)
+		}
+		return nil
+	}
+	if !x.valid || h.salt != x.hdr.salt || h.pageSize != x.hdr.pageSize || h.bigEnd != x.hdr.bigEnd {
+		x.reset(h, true)
+	}
+	fs := x.frameSize()
+	// A restarted log keeps its old length: what follows the new frames
+	// is an older log's, which the salts end. Reads start small and grow,
+	// so that a commit of a few pages reads a few frames, not the file.
+	maxBatch := max(1, int((1<<20)/fs))
+	batch := min(8, maxBatch)
+	if len(x.readBuf) < maxBatch*int(fs) {
+		x.readBuf = make([]byte, maxBatch*int(fs))
+	}
+	ck := x.ck
+	var pending []uint32
+	next := x.mx + 1
+	for ; ; batch = min(2*batch, maxBatch) {
+		off := x.frameOffset(next)
+		if off+fs > size {
+			return nil
+		}
+		n := min(int64(batch), (size-off)/fs)
+		buf := x.readBuf[:n*fs]
+		if _, err := f.ReadAt(buf, off); err != nil {
+			return fmt.Errorf("spool: read the write-ahead log at %d: %w", off, err)
+		}
+		x.scanned += int64(len(buf))
+		for i := int64(0); i < n; i++ {
+			fr := buf[i*fs : (i+1)*fs]
+			pg := binary.BigEndian.Uint32(fr[0:])
+			commit := binary.BigEndian.Uint32(fr[4:])
+			salt := uint64(binary.BigEndian.Uint32(fr[8:]))<<32 | uint64(binary.BigEndian.Uint32(fr[12:]))
+			if pg == 0 || salt != x.hdr.salt {
+				return nil
+			}
+			ck = walChecksum(x.hdr.bigEnd, ck, fr[:8])
+			ck = walChecksum(x.hdr.bigEnd, ck, fr[walFrameHeaderSize:])
+			if ck[0] != binary.BigEndian.Uint32(fr[16:]) || ck[1] != binary.BigEndian.Uint32(fr[20:]) {
+				return nil
+			}
+			pending = append(pending, pg)
+			if commit != 0 {
+				for j, p := range pending {
+					x.latest[p] = uint32(x.mx + 1 + j)
+				}
+				x.frames = append(x.frames, pending...)
+				x.mx += len(pending)
+				x.ck = ck
+				x.nPages = commit
+				pending = pending[:0]
+			}
+			next++
+		}
+	}
+}
+
+// pagesSince returns the pages of the committed frames after frame from.
+func (x *walIndex) pagesSince(from int) []uint32 {
+	if from >= x.mx {
+		return nil
+	}
+	return x.frames[max(from, 0):x.mx]
+}
+
+// logicalSource reads the database as a reader of the log's last commit
+// sees it: the file, with each page's last committed frame over it. Its
+// size is the commit's; beyond the end of the file, what no frame holds
+// reads as zeros. It is valid while the log cannot change: during the
+// capture of a commit, with the log's write lock held.
+type logicalSource struct {
+	db  Source
+	wal io.ReaderAt
+	x   *walIndex
+}
+
+func (s logicalSource) Size() (int64, error) {
+	if s.x.mx > 0 {
+		return int64(s.x.nPages) * int64(s.x.hdr.pageSize), nil
+	}
+	return s.db.Size()
+}
+
+// Reserved: a log's database has no hot journal to care about.
+func (s logicalSource) Reserved() (bool, error) { return true, nil }
+
+func (s logicalSource) ReadAt(p []byte, off int64) (int, error) {
+	fsize, err := s.db.Size()
+	if err != nil {
+		return 0, err
+	}
+	end := off + int64(len(p))
+	if off < fsize {
+		n := min(end, fsize) - off
+		if _, err := s.db.ReadAt(p[:n], off); err != nil {
+			return 0, err
+		}
+		clear(p[n:])
+	} else {
+		clear(p)
+	}
+	if s.x.mx == 0 {
+		return len(p), nil
+	}
+	ps := int64(s.x.hdr.pageSize)
+	var tmp []byte
+	for pg := off / ps; pg*ps < end; pg++ {
+		fr, ok := s.x.latest[uint32(pg+1)]
+		if !ok {
+			continue
+		}
+		at := s.x.frameOffset(int(fr)) + walFrameHeaderSize
+		lo, hi := max(pg*ps, off), min((pg+1)*ps, end)
+		if lo == pg*ps && hi == (pg+1)*ps {
+			if _, err := s.wal.ReadAt(p[lo-off:hi-off], at); err != nil {
+				return 0, fmt.Errorf("spool: read frame %d of the write-ahead log: %w", fr, err)
+			}
+			continue
+		}
+		if tmp == nil {
+			tmp = make([]byte, ps)
+		}
+		if _, err := s.wal.ReadAt(tmp, at); err != nil {
+			return 0, fmt.Errorf("spool: read frame %d of the write-ahead log: %w", fr, err)
+		}
+		copy(p[lo-off:hi-off], tmp[lo-pg*ps:hi-pg*ps])
+	}
+	return len(p), nil
+}
+
+// FullImage is the whole logical database, for validation.
+func (s logicalSource) FullImage() ([]byte, error) {
+	n, err := s.Size()
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, n)
+	if n > 0 {
+		if _, err := s.ReadAt(b, 0); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}

@@ -1,0 +1,182 @@
+package spool
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+)
+
+// memWAL is a log in memory, built frame by frame as SQLite writes one.
+type memWAL struct {
+	b        []byte
+	pageSize int
+	bigEnd   bool
+	salt     [2]uint32
+	ck       [2]uint32
+}
+
+func newMemWAL(pageSize int, salt1, salt2 uint32) *memWAL {
+	w := &memWAL{pageSize: pageSize, bigEnd: true, salt: [2]uint32{salt1, salt2}}
+	w.restart(salt1, salt2)
+	return w
+}
+
+// restart writes a new header over the start of the log, as SQLite does,
+// leaving the old frames after it.
+func (w *memWAL) restart(salt1, salt2 uint32) {
+	h := make([]byte, walHeaderSize)
+	binary.BigEndian.PutUint32(h[0:], walMagicBE)
+	binary.BigEndian.PutUint32(h[4:], walVersion)
+	binary.BigEndian.PutUint32(h[8:], uint32(w.pageSize))
+	binary.BigEndian.PutUint32(h[16:], salt1)
+	binary.BigEndian.PutUint32(h[20:], salt2)
+	w.ck = walChecksum(w.bigEnd, [2]uint32{}, h[:24])
+	binary.BigEndian.PutUint32(h[24:], w.ck[0])
+	binary.BigEndian.PutUint32(h[28:], w.ck[1])
+	w.salt = [2]uint32{salt1, salt2}
+	if len(w.b) < walHeaderSize {
+		w.b = make([]byte, walHeaderSize)
+	}
+	copy(w.b, h)
+	w.b = w.b[:max(len(w.b), walHeaderSize)]
+}
+
+// frame writes frame n (1-based) for page pg filled with fill; commit is
+// the database size in pages for a commit frame, 0 otherwise.
+func (w *memWAL) frame(n int, pg, commit uint32, fill byte) {
+	fs := walFrameHeaderSize + w.pageSize
+	off := walHeaderSize + (n-1)*fs
+	for len(w.b) < off+fs {
+		w.b = append(w.b, 0)
+	}
+	fr := w.b[off : off+fs]
+	binary.BigEndian.PutUint32(fr[0:], pg)
+	binary.BigEndian.PutUint32(fr[4:], commit)
+	binary.BigEndian.PutUint32(fr[8:], w.salt[0])
+	binary.BigEndian.PutUint32(fr[12:], w.salt[1])
+	for i := walFrameHeaderSize; i < fs; i++ {
+		fr[i] = fill
+	}
+	w.ck = walChecksum(w.bigEnd, w.ck, fr[:8])
+	w.ck = walChecksum(w.bigEnd, w.ck, fr[walFrameHeaderSize:])
+	binary.BigEndian.PutUint32(fr[16:], w.ck[0])
+	binary.BigEndian.PutUint32(fr[20:], w.ck[1])
+}
+
+func (w *memWAL) ReadAt(p []byte, off int64) (int, error) { return copy(p, w.b[off:]), nil }
+func (w *memWAL) Size() (int64, error)                    { return int64(len(w.b)), nil }
+
+func TestWALIndexScan(t *testing.T) {
+	const ps = 1024
+	w := newMemWAL(ps, 7, 9)
+	w.frame(1, 3, 0, 'a')
+	w.frame(2, 5, 6, 'b') // commit: 6 pages
+	w.frame(3, 3, 0, 'c') // a transaction in progress
+	var x walIndex
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	if x.mx != 2 || x.nPages != 6 || x.latest[3] != 1 || x.latest[5] != 2 {
+		t.Fatalf("after one commit: mx=%d nPages=%d latest=%v; want 2, 6, page 3 in frame 1, page 5 in 2", x.mx, x.nPages, x.latest)
+	}
+
+	// The transaction commits; the next scan reads only what follows.
+	w.frame(4, 1, 6, 'd')
+	scanned := x.scanned
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	if x.mx != 4 || x.latest[3] != 3 || x.latest[1] != 4 {
+		t.Fatalf("after the second commit: mx=%d latest=%v; want 4, page 3 in frame 3", x.mx, x.latest)
+	}
+	if got, want := x.scanned-scanned, int64(2*(ps+walFrameHeaderSize)); got != want {
+		t.Fatalf("the second scan read %d bytes, want %d (the two new frames)", got, want)
+	}
+	if got := x.pagesSince(2); len(got) != 2 || got[0] != 3 || got[1] != 1 {
+		t.Fatalf("pagesSince(2)=%v, want [3 1]", got)
+	}
+
+	// A torn frame (bad checksum) ends the log, as do the frames after it.
+	w.frame(5, 2, 0, 'e')
+	w.frame(6, 4, 6, 'f')
+	w.b[walHeaderSize+4*(ps+walFrameHeaderSize)+walFrameHeaderSize+10] ^= 1
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	if x.mx != 4 {
+		t.Fatalf("after a torn frame: mx=%d, want 4", x.mx)
+	}
+
+	// A restart: new salts, the old frames after the new ones are
+	// another log's and end it.
+	restarts := x.restarts
+	w.restart(8, 10)
+	w.frame(1, 2, 6, 'g')
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	if x.restarts != restarts+1 || x.mx != 1 || len(x.latest) != 1 || x.latest[2] != 1 {
+		t.Fatalf("after a restart: restarts +%d, mx=%d latest=%v; want +1, 1, page 2 in frame 1", x.restarts-restarts, x.mx, x.latest)
+	}
+
+	// A log whose header is not valid has no frames.
+	w.b[0] ^= 0xff
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	if x.valid || x.mx != 0 {
+		t.Fatalf("with a bad header: valid=%v mx=%d, want no log", x.valid, x.mx)
+	}
+}
+
+// memSource is a database file in memory.
+type memSource []byte
+
+func (m memSource) ReadAt(p []byte, off int64) (int, error) { return copy(p, m[off:]), nil }
+func (m memSource) Size() (int64, error)                    { return int64(len(m)), nil }
+func (m memSource) Reserved() (bool, error)                 { return false, nil }
+
+// TestLogicalSource: the file with each page's last committed frame over
+// it, at the size of the last commit, zeros where neither has the page.
+func TestLogicalSource(t *testing.T) {
+	const ps = 1024
+	file := memSource(bytes.Repeat([]byte{'.'}, 4*ps)) // pages 1-4
+	w := newMemWAL(ps, 1, 2)
+	w.frame(1, 2, 0, 'x')
+	w.frame(2, 6, 6, 'y') // grows to 6 pages; page 5 in neither
+	w.frame(3, 2, 6, 'z') // page 2 again
+	w.frame(4, 1, 0, 'u') // not committed
+	var x walIndex
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	src := logicalSource{db: file, wal: w, x: &x}
+	got, err := src.FullImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Join([][]byte{
+		bytes.Repeat([]byte{'.'}, ps), bytes.Repeat([]byte{'z'}, ps),
+		bytes.Repeat([]byte{'.'}, 2*ps), make([]byte, ps), bytes.Repeat([]byte{'y'}, ps),
+	}, nil)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("logical image differs from the expected at %d (%d bytes, want %d)", firstDiffBytes(got, want), len(got), len(want))
+	}
+	// An unaligned read across pages.
+	part := make([]byte, 100)
+	if _, err := src.ReadAt(part, 2*ps-50); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(part, want[2*ps-50:2*ps+50]) {
+		t.Fatalf("unaligned read=%q, want %q", part, want[2*ps-50:2*ps+50])
+	}
+}
+
+func firstDiffBytes(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}

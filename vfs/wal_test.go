@@ -1,0 +1,395 @@
+package vfs_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// logicalImage is the database at path as a reader of its last commit sees
+// it: a copy of the file and its log, checkpointed whole by plain SQLite
+// (unix VFS), which recovers the log as it would after a crash. The copy
+// opens and closes descriptors on the file, which drops this process's
+// POSIX locks on it: no transaction may be open on path meanwhile.
+func logicalImage(t testing.TB, path string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	cp := filepath.Join(dir, "copy.db")
+	for _, suffix := range []string{"", "-wal"} {
+		b, err := os.ReadFile(path + suffix)
+		if os.IsNotExist(err) && suffix != "" {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cp+suffix, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, err := sql.Open("sqlite3", "file:"+cp+"?vfs=unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var busy, logged, done int
+	if err := db.QueryRow("PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logged, &done); err != nil || busy != 0 {
+		t.Fatalf("checkpoint of the copy: busy=%d, %v", busy, err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkLogical asserts that the staged snapshot of path is its logical
+// database byte for byte, and that the database passes integrity_check.
+func checkLogical(t testing.TB, db *sql.DB, path string) {
+	t.Helper()
+	var ok string
+	if err := db.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check=%q, %v", ok, err)
+	}
+	got, err := assemble(path)
+	if err != nil {
+		t.Fatalf("assemble(%s)=%v", path, err)
+	}
+	want := logicalImage(t, path)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("snapshot of %s: %d bytes, logical database %d bytes; first difference at %d", path, len(got), len(want), firstDiff(got, want))
+	}
+}
+
+// TestWALRandomWorkload: random transactions in WAL mode, with checkpoints
+// of every kind between them; after every one, the staged snapshot is the
+// logical database, and most snapshots are incremental.
+func TestWALRandomWorkload(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		params string
+		steps  int
+	}{
+		{"normal", "_journal_mode=WAL&_sync=NORMAL", 200},
+		{"full", "_journal_mode=WAL&_sync=FULL", 100},
+		{"exclusive", "_locking_mode=EXCLUSIVE&_journal_mode=WAL", 100},
+		{"autocheckpoint", "_journal_mode=WAL&_sync=OFF&_auto_vacuum=incremental", 150},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			path := e.path("w.db")
+			db := open(t, path, "boule", tc.params)
+			db.SetMaxOpenConns(1)
+			if tc.name == "autocheckpoint" {
+				mustExec(t, db, "PRAGMA wal_autocheckpoint=20")
+			}
+			w := newWorkload(uint64(len(tc.name)) * 104729)
+			if err := w.setup(db); err != nil {
+				t.Fatal(err)
+			}
+			kinds := map[string]int{}
+			checkpoints := []string{"PASSIVE", "FULL", "RESTART", "TRUNCATE"}
+			for i := range tc.steps {
+				what, err := w.step(db)
+				if err != nil {
+					t.Fatalf("step %d (%s): %v", i, what, err)
+				}
+				kinds[what]++
+				if w.rng.IntN(10) == 0 {
+					mode := checkpoints[w.rng.IntN(len(checkpoints))]
+					mustExec(t, db, "PRAGMA wal_checkpoint("+mode+")")
+					kinds["checkpoint "+mode]++
+				}
+				if tc.name != "exclusive" {
+					checkLogical(t, db, path)
+				}
+			}
+			if tc.name == "exclusive" {
+				// The copy would need the locks this connection holds
+				// for as long as it is open.
+				waitStaged(t, mustDB(t, path))
+				db.Close()
+				checkLogical(t, open(t, path, "boule", "_journal_mode=WAL"), path)
+			}
+			st := mustDB(t, path).Stats()
+			if st.Failures != 0 || st.Incremental == 0 {
+				t.Fatalf("stats %+v: want no failures and some incremental snapshots", st)
+			}
+			t.Logf("ops %v; snapshots %d (%d incremental), %d chunks staged", kinds, st.Snapshots, st.Incremental, st.ChunksStaged)
+		})
+	}
+}
+
+// TestWALCheckpointsAreFree: checkpoints copy into the file what the
+// snapshot holds already: no snapshot, no chunk staged.
+func TestWALCheckpointsAreFree(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("ck.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	for i := range 50 {
+		mustExec(t, db, "INSERT INTO t VALUES (randomblob(3000 + ?))", i)
+	}
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	before := d.Stats()
+	for _, mode := range []string{"PASSIVE", "FULL", "RESTART", "TRUNCATE"} {
+		mustExec(t, db, "PRAGMA wal_checkpoint("+mode+")")
+	}
+	waitStaged(t, d)
+	if after := d.Stats(); after.Snapshots != before.Snapshots || after.ChunksStaged != before.ChunksStaged {
+		t.Fatalf("checkpoints staged %d snapshots and %d chunks, want none",
+			after.Snapshots-before.Snapshots, after.ChunksStaged-before.ChunksStaged)
+	}
+	mustExec(t, db, "INSERT INTO t VALUES (1)")
+	checkLogical(t, db, path)
+	if after := d.Stats(); after.Incremental != before.Incremental+1 {
+		t.Fatalf("the commit after the checkpoints: %d incremental snapshots, want 1 (no rebuild)", after.Incremental-before.Incremental)
+	}
+}
+
+// TestWALModeSwitches: rollback, WAL, rollback, WAL: replication follows
+// every switch, with no gap.
+func TestWALModeSwitches(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("sw.db")
+	db := open(t, path, "boule", "")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	for round := range 2 {
+		for _, mode := range []string{"WAL", "DELETE"} {
+			mustExec(t, db, "PRAGMA journal_mode="+mode)
+			for i := range 20 {
+				mustExec(t, db, "INSERT INTO t VALUES (?)", fmt.Sprint(round, mode, i))
+			}
+			checkLogical(t, db, path)
+		}
+	}
+}
+
+// TestWALOutsideWriter: commits by a program that does not use boule, in
+// WAL mode, are in the next snapshot: frames appended to the log, and a
+// log the other program checkpointed and restarted.
+func TestWALOutsideWriter(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("out.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	mustExec(t, db, "INSERT INTO t VALUES ('boule 1')")
+	plain := open(t, path, "unix", "_journal_mode=WAL")
+	plain.SetMaxOpenConns(1)
+	mustExec(t, plain, "INSERT INTO t VALUES ('plain 1')")
+	mustExec(t, db, "INSERT INTO t VALUES ('boule 2')")
+	checkLogical(t, db, path)
+
+	// The plain connection checkpoints and restarts the log.
+	mustExec(t, plain, "INSERT INTO t VALUES ('plain 2')")
+	mustExec(t, plain, "PRAGMA wal_checkpoint(TRUNCATE)")
+	mustExec(t, plain, "INSERT INTO t VALUES ('plain 3')")
+	mustExec(t, db, "INSERT INTO t VALUES ('boule 3')")
+	checkLogical(t, db, path)
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 6 {
+		t.Fatalf("count=%d, %v; want 6", n, err)
+	}
+}
+
+// checkLogicalReplica asserts that the store's replica of path is its
+// logical database.
+func checkLogicalReplica(t testing.TB, s store.Store, path string) {
+	t.Helper()
+	want := logicalImage(t, path)
+	if got := replica(t, s, path); !bytes.Equal(got, want) {
+		t.Fatalf("replica of %s: %d bytes, logical database %d bytes, first difference at %d", path, len(got), len(want), firstDiff(got, want))
+	}
+}
+
+// TestWALReplica: the replica of a WAL database answers queries exactly as
+// the source does, through boule_snapshot, which needs no log or shm for
+// it, and follows new commits after a flush and a refresh.
+func TestWALReplica(t *testing.T) {
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("src.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	runWorkload(t, db, 21, 120)
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	want := dump(t, db)
+	rdb := openReplica(t, path, "")
+	rdb.SetMaxOpenConns(1)
+	if got := dump(t, rdb); got != want {
+		t.Fatalf("replica differs from source:\nreplica %d bytes, source %d bytes", len(got), len(want))
+	}
+	var ok string
+	if err := rdb.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check=%q, %v", ok, err)
+	}
+	runWorkload(t, db, 22, 40)
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	want2 := dump(t, db)
+	var ts string
+	if err := rdb.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	if got := dump(t, rdb); got != want2 {
+		t.Fatal("after refresh the replica differs from the source")
+	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if _, err := os.Stat("boule:" + path + suffix); err == nil {
+			t.Fatalf("the replica made a %s file", suffix)
+		}
+	}
+}
+
+// TestWALCloseReopen: the last connection's close checkpoints the log and
+// deletes it; the next connection's commits follow the staged snapshot
+// incrementally, with nothing logged.
+func TestWALCloseReopen(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("cr.db")
+	for round := range 3 {
+		db := open(t, path, "boule", "_journal_mode=WAL")
+		db.SetMaxOpenConns(1)
+		mustExec(t, db, "CREATE TABLE IF NOT EXISTS t(v)")
+		d := mustDB(t, path)
+		waitStaged(t, d)
+		before := d.Stats()
+		mustExec(t, db, "INSERT INTO t VALUES (randomblob(5000))")
+		checkLogical(t, db, path)
+		if after := d.Stats(); round > 0 && after.Incremental != before.Incremental+1 {
+			t.Fatalf("round %d: the first commit after a reopen: %d incremental snapshots of %d, want 1 (no rebuild)",
+				round, after.Incremental-before.Incremental, after.Snapshots-before.Snapshots)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(path + "-wal"); !os.IsNotExist(err) {
+			t.Fatalf("round %d: the log after the last close: %v, want deleted", round, err)
+		}
+	}
+	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
+		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
+	}
+}
+
+// walParentConn is parentConn in WAL mode.
+func walParentConn(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	db.SetConnMaxIdleTime(0)
+	db.SetConnMaxLifetime(0)
+	if err := setupLogged(db); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// TestWALSeveralProcesses: three processes write one database in WAL mode
+// through boule at once, while this one holds it open; every commit is in
+// the database, and the staged snapshot is its logical database.
+func TestWALSeveralProcesses(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("procs.db")
+	db := walParentConn(t, path)
+	type result struct {
+		seqs []int64
+		err  error
+	}
+	results := make(chan result, 3)
+	for i := range 3 {
+		cmd, out := startChild(t, "writer",
+			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_PARAMS=_journal_mode=WAL",
+			fmt.Sprint("BOULE_TEST_SEED=", 2000+i), "BOULE_TEST_STEPS=60")
+		go func() {
+			var r result
+			for out.Scan() {
+				if seq, err := strconv.ParseInt(out.Text(), 10, 64); err == nil {
+					r.seqs = append(r.seqs, seq)
+				}
+			}
+			r.err = cmd.Wait()
+			results <- r
+		}()
+	}
+	var seqs []int64
+	for range 3 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("writer process: %v", r.err)
+		}
+		seqs = append(seqs, r.seqs...)
+	}
+	mustExec(t, db, "INSERT INTO t(k, v) VALUES (-1, randomblob(100))")
+	checkLogical(t, db, path)
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM log").Scan(&n); err != nil || n != len(seqs) || n < 150 {
+		t.Fatalf("log rows=%d, %v; want the %d the writers committed", n, err, len(seqs))
+	}
+}
+
+// TestWALSIGKILLWriter kills a writer in WAL mode at random points: in a
+// transaction, between its commit and its capture, between its capture
+// and its persister's staging. The next commit of this process heals the
+// snapshot; every committed transaction is in the database.
+func TestWALSIGKILLWriter(t *testing.T) {
+	kills := 60
+	if testing.Short() {
+		kills = 15
+	}
+	e := newEnv(t)
+	path := e.path("crash.db")
+	db := walParentConn(t, path)
+	committed := map[int64]bool{}
+	rng := rand.New(rand.NewPCG(44, 45))
+	for i := range kills {
+		cmd, out := startChild(t, "writer",
+			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+			fmt.Sprint("BOULE_TEST_SEED=", i), "BOULE_TEST_PARAMS=_journal_mode=WAL&_sync=OFF")
+		if !out.Scan() || out.Text() != "ready" {
+			t.Fatalf("child %d did not start: %q", i, out.Text())
+		}
+		for range rng.IntN(30) {
+			if !out.Scan() {
+				t.Fatalf("child %d exited early", i)
+			}
+			seq, err := strconv.ParseInt(out.Text(), 10, 64)
+			if err != nil {
+				t.Fatalf("child %d printed %q", i, out.Text())
+			}
+			committed[seq] = true
+		}
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		readSeqs(t, out, committed)
+		waitKilled(t, cmd)
+		mustExec(t, db, "INSERT INTO t(k, v) VALUES (-1, randomblob(100))")
+		checkLogical(t, db, path)
+		for seq := range committed {
+			var n int
+			if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("committed transaction %d missing after the kill (count %d, %v)", seq, n, err)
+			}
+		}
+	}
+	t.Logf("%d kills, %d transactions committed", kills, len(committed))
+}
