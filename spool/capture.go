@@ -33,6 +33,7 @@ type FullSource interface {
 // snapshot needs, with the file's state after the commit. A persister
 // stages captures in generation order, off the commit path.
 type Capture struct {
+	filled chan struct{} // closed once chunks are read (fillChunks)
 	gen    uint64
 	ch     Change         // what the VFS saw before the transaction
 	post   fileState      // the file after the commit
@@ -161,31 +162,93 @@ func (d *DB) Capture(src Source, ch Change) error {
 	d.s.budget.acquire(need)
 	cp := &Capture{gen: gen, ch: ch, post: f, chunks: make(map[int][]byte, len(reads)), bytes: need}
 	cp.ch.Dirty = append([]uint64(nil), ch.Dirty...) // the VFS reuses its bitmap
-	for _, i := range reads {
-		b := make([]byte, manifest.ChunkLen(f.size, i))
-		if _, err := src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
-			d.s.budget.release(need)
-			return d.Snapshot(src, ch)
-		}
-		cp.chunks[i] = b
-	}
 	if fs, ok := src.(FullSource); ok && d.s.opts.Validate != nil {
 		cp.full, _ = fs.FullImage()
 	}
-	d.enqueue(cp)
+	d.enqueueFilling(cp, reads, f.size)
+	if err := d.fillChunks(cp, src, reads); err != nil {
+		// The generation is taken, and its capture incomplete: this
+		// commit rebuilds now, which makes the capture obsolete.
+		return d.Snapshot(src, ch)
+	}
 	return nil
 }
 
-// enqueue hands cp to the database's persister, starting it if needed.
+// enqueueFilling hands cp, whose chunks are not read yet, to the
+// persister, and gives it the buffers of the chunks in reads that a
+// capture still queued holds: the persister stages a queue as one
+// snapshot, so only the newest copy of a chunk counts, and the new content
+// is read into the old copy's buffer. Both happen under one lock, so that
+// a capture a buffer is taken from is staged together with cp. The caller
+// has acquired the budget for every chunk of reads, cp.bytes; the bytes of
+// those found are released, as the captures they came from no longer
+// hold them. The caller then reads the chunks (fillChunks).
+func (d *DB) enqueueFilling(cp *Capture, reads []int, size int64) {
+	var found int64
+	d.qmu.Lock()
+	for _, i := range reads {
+		n := manifest.ChunkLen(size, i)
+		if old := d.queuedChunk[i]; old != nil && old != cp {
+			if b := old.chunks[i]; len(b) == n {
+				delete(old.chunks, i)
+				old.bytes -= int64(n)
+				found += int64(n)
+				cp.chunks[i] = b
+				continue
+			}
+		}
+		cp.chunks[i] = getChunkBuf(n)
+	}
+	// The buffers taken move their share of the budget from old to cp,
+	// which acquired for them too: that share is released now.
+	d.enqueueLocked(cp)
+	d.qmu.Unlock()
+	d.s.budget.release(found)
+}
+
+// enqueue hands cp, filled, to the database's persister.
 func (d *DB) enqueue(cp *Capture) {
 	d.qmu.Lock()
-	d.queue = append(d.queue, cp)
-	start := !d.persisting
-	d.persisting = true
+	d.enqueueLocked(cp)
 	d.qmu.Unlock()
-	if start {
+	cp.markFilled()
+}
+
+// enqueueLocked queues cp, starting the persister if needed.
+func (d *DB) enqueueLocked(cp *Capture) {
+	d.queue = append(d.queue, cp)
+	if d.queuedChunk == nil {
+		d.queuedChunk = map[int]*Capture{}
+	}
+	for i := range cp.chunks {
+		d.queuedChunk[i] = cp
+	}
+	if cp.filled == nil {
+		cp.filled = make(chan struct{})
+	}
+	if !d.persisting {
+		d.persisting = true
 		go d.persistLoop()
 	}
+}
+
+// markFilled says that cp's chunks are read: its persister may stage it.
+func (cp *Capture) markFilled() { close(cp.filled) }
+
+// fillChunks reads the chunks of reads into cp, after enqueueFilling. A
+// chunk that cannot be read is left out: the persister then finds the
+// captures do not describe the change, and asks for a rebuild.
+func (d *DB) fillChunks(cp *Capture, src Source, reads []int) error {
+	defer cp.markFilled()
+	for _, i := range reads {
+		if _, err := src.ReadAt(cp.chunks[i], int64(i)*manifest.ChunkSize); err != nil {
+			d.qmu.Lock()
+			delete(cp.chunks, i)
+			d.qmu.Unlock()
+			return err
+		}
+	}
+	return nil
 }
 
 // waitStagedBy waits until owner's captured commits are staged (persisted
@@ -235,4 +298,27 @@ func (s capturedSource) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%w: %d bytes at %d", errNotCaptured, len(p), off)
 	}
 	return copy(p, c[rel:]), nil
+}
+
+// capturedBufs recycles the 64 KiB buffers of captured chunks once staged,
+// so that a commit's capture does not allocate (and zero) them anew.
+var capturedBufs = sync.Pool{New: func() any { return new([manifest.ChunkSize]byte) }}
+
+func getChunkBuf(n int) []byte {
+	if n != manifest.ChunkSize {
+		return make([]byte, n)
+	}
+	return capturedBufs.Get().(*[manifest.ChunkSize]byte)[:]
+}
+
+// putChunkBufs returns the chunk buffers of staged captures to the pool.
+func putChunkBufs(batch []*Capture) {
+	for _, cp := range batch {
+		for i, b := range cp.chunks {
+			if len(b) == manifest.ChunkSize {
+				capturedBufs.Put((*[manifest.ChunkSize]byte)(b))
+			}
+			delete(cp.chunks, i)
+		}
+	}
 }

@@ -101,6 +101,9 @@ type DB struct {
 	// staged is signalled whenever it stores a generation.
 	qmu        sync.Mutex
 	queue      []*Capture
+	// queuedChunk is, for each chunk a queued capture holds, the newest
+	// such capture (takeQueued).
+	queuedChunk map[int]*Capture
 	persisting bool
 	staged     *sync.Cond
 	// hurry cuts the persister's squash window short: someone waits for
@@ -213,7 +216,7 @@ func (d *DB) snapshotLockedWith(src Source, ch Change, staged func(f fileState))
 	c, _ := d.ctlLocked()
 	var gen uint64
 	var settled bool
-	_, logical := src.(logicalSource)
+	_, logical := src.(*logicalSource)
 	published, err := d.snapshot(src, ch, func(f fileState) {
 		gen, settled = d.settle(c, ch.Wrote), true
 		d.qmu.Lock()
@@ -429,7 +432,7 @@ func (d *DB) inspect(src Source) (fileState, error) {
 			return f, fmt.Errorf("%w: %s", ErrNotDatabase, d.path)
 		}
 	}
-	_, logical := src.(logicalSource)
+	_, logical := src.(*logicalSource)
 	if !logical && size >= HeaderSize && (f.hdr[18] == 2 || f.hdr[19] == 2) {
 		// WAL mode: the file is the database only while no log holds
 		// frames (the commit that switched to WAL mode, say).

@@ -29,6 +29,7 @@ func (d *DB) persistLoop() {
 		d.qmu.Lock()
 		batch := d.queue
 		d.queue = nil
+		clear(d.queuedChunk)
 		if len(batch) == 0 {
 			d.persisting = false
 			d.staged.Broadcast()
@@ -36,12 +37,16 @@ func (d *DB) persistLoop() {
 			return
 		}
 		d.qmu.Unlock()
+		for _, cp := range batch {
+			<-cp.filled // read by its commit, which holds SQLite's lock
+		}
 		published := d.persist(batch)
 		d.lastPersist = time.Now()
 		var n int64
 		for _, cp := range batch {
 			n += cp.bytes
 		}
+		putChunkBufs(batch)
 		d.s.budget.release(n)
 		if published && d.s.opts.Notify != nil {
 			d.s.opts.Notify(d.dir)

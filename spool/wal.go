@@ -129,7 +129,7 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force bool) error {
 	if err := x.scan(wal); err != nil {
 		return d.walFailedLocked(fmt.Errorf("spool: %s: %w", d.path, err))
 	}
-	src := logicalSource{db: db, wal: wal, x: x}
+	src := newLogicalSource(db, wal, x)
 	c := d.ctlp.Load()
 	if c == nil || force || c.load(ctlState) != stateOK || d.s.budget.max <= 0 {
 		return d.walRebuild(src, wrote)
@@ -151,7 +151,7 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force bool) error {
 	if len(pages) == 0 && size == preSize {
 		return nil // nothing committed since: a rollback, or a check
 	}
-	f, err := d.inspect(src)
+	f, err := d.inspectLogical(src, size)
 	if err != nil {
 		return d.walRebuild(src, wrote)
 	}
@@ -184,27 +184,21 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force bool) error {
 	d.s.budget.acquire(need)
 	cp := &Capture{gen: gen, post: f, chunks: make(map[int][]byte, len(reads)), bytes: need}
 	cp.ch = Change{Wrote: true, Chained: true, Dirty: dirty, PreSize: preSize}
-	for _, i := range reads {
-		b := make([]byte, manifest.ChunkLen(f.size, i))
-		if _, err := src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
-			// The generation is taken: its persister finds the chunk
-			// missing and asks for a rebuild.
-			d.s.budget.release(need)
-			d.needRebuild(c, "a captured chunk could not be read: "+err.Error())
-			return fmt.Errorf("spool: capture %s: %w", d.path, err)
-		}
-		cp.chunks[i] = b
-	}
 	if d.s.opts.Validate != nil {
 		cp.full, _ = src.FullImage()
 	}
-	d.enqueue(cp)
+	d.enqueueFilling(cp, reads, f.size)
+	if err := d.fillChunks(cp, src, reads); err != nil {
+		// The generation is taken, and its capture incomplete: its
+		// persister finds a chunk missing and asks for a rebuild.
+		return fmt.Errorf("spool: capture %s: %w", d.path, err)
+	}
 	return nil
 }
 
 // walRebuild snapshots the logical database whole, synchronously, and
 // moves the position to it.
-func (d *DB) walRebuild(src logicalSource, wrote bool) error {
+func (d *DB) walRebuild(src *logicalSource, wrote bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	size, err := src.Size()
@@ -332,4 +326,28 @@ func walModeFile(src Source) bool {
 		return false
 	}
 	return b[18] == 2 || b[19] == 2
+}
+
+// inspectLogical is inspect for the logical database of size bytes: its
+// header, and the file's ctime and mode.
+func (d *DB) inspectLogical(src *logicalSource, size int64) (fileState, error) {
+	f := fileState{size: size}
+	if size > manifest.MaxSize {
+		return f, fmt.Errorf("spool: %s: %d bytes exceeds the %d-byte limit", d.path, size, int64(manifest.MaxSize))
+	}
+	if size >= HeaderSize {
+		if _, err := src.ReadAt(f.hdr[:], 0); err != nil {
+			return f, fmt.Errorf("spool: read header of %s: %w", d.path, err)
+		}
+		if string(f.hdr[:16]) != string(sqliteMagic) {
+			return f, fmt.Errorf("%w: %s", ErrNotDatabase, d.path)
+		}
+	}
+	st, err := os.Stat(d.path)
+	if err != nil {
+		return f, fmt.Errorf("spool: stat %s: %w", d.path, err)
+	}
+	f.ctime = statCtime(st)
+	f.mode = st.Mode().Perm()
+	return f, nil
 }

@@ -96,7 +96,24 @@ type walIndex struct {
 	readBuf  []byte
 	scanned  int64 // bytes of frames read, for tests and metrics
 	restarts int   // times the index started over
+
+	// pages holds the content of recently committed pages, as the scan
+	// read them (the checksum needs every byte): a capture then copies
+	// them instead of reading the log again. Bounded by walCacheMax; a
+	// page not held, or held at an older frame, is read from the log.
+	pages      map[uint32]cachedPage
+	cacheBytes int
+	pendData   []byte // the pages of the transaction being scanned
 }
+
+// cachedPage is a page's content at frame.
+type cachedPage struct {
+	frame uint32
+	data  []byte
+}
+
+// walCacheMax bounds the page content a walIndex keeps, per database.
+const walCacheMax = 8 << 20
 
 // walFile is a log as the VFS reads it.
 type walFile interface {
@@ -113,6 +130,18 @@ func (x *walIndex) reset(h walHeader, valid bool) {
 	x.latest = map[uint32]uint32{}
 	x.frames = x.frames[:0]
 	x.restarts++
+	x.pages = map[uint32]cachedPage{}
+	x.cacheBytes = 0
+}
+
+// cached returns the content of page pg at its last committed frame, if
+// the index holds it.
+func (x *walIndex) cached(pg uint32) []byte {
+	c, ok := x.pages[pg]
+	if !ok || c.frame != x.latest[pg] {
+		return nil
+	}
+	return c.data
 }
 
 func (x *walIndex) frameSize() int64 { return int64(x.hdr.pageSize) + walFrameHeaderSize }
@@ -160,6 +189,8 @@ func (x *walIndex) scan(f walFile) error {
 	}
 	ck := x.ck
 	var pending []uint32
+	x.pendData = x.pendData[:0]
+	ps := x.hdr.pageSize
 	next := x.mx + 1
 	for ; ; batch = min(2*batch, maxBatch) {
 		off := x.frameOffset(next)
@@ -186,10 +217,24 @@ func (x *walIndex) scan(f walFile) error {
 				return nil
 			}
 			pending = append(pending, pg)
+			x.pendData = append(x.pendData, fr[walFrameHeaderSize:]...)
 			if commit != 0 {
 				for j, p := range pending {
-					x.latest[p] = uint32(x.mx + 1 + j)
+					fno := uint32(x.mx + 1 + j)
+					x.latest[p] = fno
+					c, held := x.pages[p]
+					if !held && x.cacheBytes+ps > walCacheMax {
+						continue
+					}
+					if !held {
+						c.data = make([]byte, ps)
+						x.cacheBytes += ps
+					}
+					copy(c.data, x.pendData[j*ps:(j+1)*ps])
+					c.frame = fno
+					x.pages[p] = c
 				}
+				x.pendData = x.pendData[:0]
 				x.frames = append(x.frames, pending...)
 				x.mx += len(pending)
 				x.ck = ck
@@ -215,48 +260,75 @@ func (x *walIndex) pagesSince(from int) []uint32 {
 // reads as zeros. It is valid while the log cannot change: during the
 // capture of a commit, with the log's write lock held.
 type logicalSource struct {
-	db  Source
-	wal io.ReaderAt
-	x   *walIndex
+	db    Source
+	wal   io.ReaderAt
+	x     *walIndex
+	fsize int64 // the file's size, -1 until read
 }
 
-func (s logicalSource) Size() (int64, error) {
+func newLogicalSource(db Source, wal io.ReaderAt, x *walIndex) *logicalSource {
+	return &logicalSource{db: db, wal: wal, x: x, fsize: -1}
+}
+
+func (s *logicalSource) fileSize() (int64, error) {
+	if s.fsize < 0 {
+		n, err := s.db.Size()
+		if err != nil {
+			return 0, err
+		}
+		s.fsize = n
+	}
+	return s.fsize, nil
+}
+
+func (s *logicalSource) Size() (int64, error) {
 	if s.x.mx > 0 {
 		return int64(s.x.nPages) * int64(s.x.hdr.pageSize), nil
 	}
-	return s.db.Size()
+	return s.fileSize()
 }
 
 // Reserved: a log's database has no hot journal to care about.
-func (s logicalSource) Reserved() (bool, error) { return true, nil }
+func (s *logicalSource) Reserved() (bool, error) { return true, nil }
 
-func (s logicalSource) ReadAt(p []byte, off int64) (int, error) {
-	fsize, err := s.db.Size()
-	if err != nil {
-		return 0, err
-	}
+func (s *logicalSource) ReadAt(p []byte, off int64) (int, error) {
 	end := off + int64(len(p))
-	if off < fsize {
-		n := min(end, fsize) - off
-		if _, err := s.db.ReadAt(p[:n], off); err != nil {
+	ps := int64(s.x.hdr.pageSize)
+	// The file is read only where no committed frame covers the range.
+	covered := s.x.mx > 0 && off%ps == 0 && end%ps == 0
+	for pg := off / ps; covered && pg*ps < end; pg++ {
+		covered = s.x.latest[uint32(pg+1)] != 0
+	}
+	if !covered {
+		fsize, err := s.fileSize()
+		if err != nil {
 			return 0, err
 		}
-		clear(p[n:])
-	} else {
-		clear(p)
+		if off < fsize {
+			n := min(end, fsize) - off
+			if _, err := s.db.ReadAt(p[:n], off); err != nil {
+				return 0, err
+			}
+			clear(p[n:])
+		} else {
+			clear(p)
+		}
 	}
 	if s.x.mx == 0 {
 		return len(p), nil
 	}
-	ps := int64(s.x.hdr.pageSize)
 	var tmp []byte
 	for pg := off / ps; pg*ps < end; pg++ {
 		fr, ok := s.x.latest[uint32(pg+1)]
 		if !ok {
 			continue
 		}
-		at := s.x.frameOffset(int(fr)) + walFrameHeaderSize
 		lo, hi := max(pg*ps, off), min((pg+1)*ps, end)
+		if c := s.x.cached(uint32(pg + 1)); c != nil {
+			copy(p[lo-off:hi-off], c[lo-pg*ps:hi-pg*ps])
+			continue
+		}
+		at := s.x.frameOffset(int(fr)) + walFrameHeaderSize
 		if lo == pg*ps && hi == (pg+1)*ps {
 			if _, err := s.wal.ReadAt(p[lo-off:hi-off], at); err != nil {
 				return 0, fmt.Errorf("spool: read frame %d of the write-ahead log: %w", fr, err)
@@ -275,7 +347,7 @@ func (s logicalSource) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // FullImage is the whole logical database, for validation.
-func (s logicalSource) FullImage() ([]byte, error) {
+func (s *logicalSource) FullImage() ([]byte, error) {
 	n, err := s.Size()
 	if err != nil {
 		return nil, err

@@ -150,7 +150,7 @@ func TestLogicalSource(t *testing.T) {
 	if err := x.scan(w); err != nil {
 		t.Fatal(err)
 	}
-	src := logicalSource{db: file, wal: w, x: &x}
+	src := newLogicalSource(file, w, &x)
 	got, err := src.FullImage()
 	if err != nil {
 		t.Fatal(err)
@@ -161,6 +161,11 @@ func TestLogicalSource(t *testing.T) {
 	}, nil)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("logical image differs from the expected at %d (%d bytes, want %d)", firstDiffBytes(got, want), len(got), len(want))
+	}
+	// The same from the log itself, with no page held in memory.
+	x.pages, x.cacheBytes = map[uint32]cachedPage{}, 0
+	if got, err := newLogicalSource(file, w, &x).FullImage(); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("logical image read from the log differs (%v)", err)
 	}
 	// An unaligned read across pages.
 	part := make([]byte, 100)
