@@ -99,13 +99,13 @@ type DB struct {
 	// Captures waiting for the persister (capture.go), in generation
 	// order, under qmu; persisting is set while a persister runs, and
 	// staged is signalled whenever it stores a generation.
-	qmu        sync.Mutex
-	queue      []*Capture
+	qmu   sync.Mutex
+	queue []*Capture
 	// queuedChunk is, for each chunk a queued capture holds, the newest
 	// such capture (takeQueued).
 	queuedChunk map[int]*Capture
-	persisting bool
-	staged     *sync.Cond
+	persisting  bool
+	staged      *sync.Cond
 	// hurry cuts the persister's squash window short: someone waits for
 	// the staged snapshot (a flush, a close). lastPersist is when the
 	// persister last staged (its goroutine only).
