@@ -102,7 +102,7 @@ type DB struct {
 	qmu   sync.Mutex
 	queue []*Capture
 	// queuedChunk is, for each chunk a queued capture holds, the newest
-	// such capture (takeQueued).
+	// such capture (enqueueFilling).
 	queuedChunk map[int]*Capture
 	persisting  bool
 	staged      *sync.Cond
