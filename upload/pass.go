@@ -15,8 +15,10 @@ import (
 // handed-over one), then sweeps chunk files in the order the spool moves
 // them: the staged chunks, then ready/ (which it takes into consuming/),
 // then consuming/. Chunks only move forward, so after the sweep every
-// chunk the snapshot references is in the store, and its manifest can
-// follow, unless the spool staged a newer snapshot meanwhile: it deletes
+// chunk the snapshot references is in the store (in a group, the small
+// sets are gathered and go up together once the sweep has listed them:
+// a staged chunk handed over meanwhile is read where it went, see
+// chunkPhase), and its manifest can follow, unless the spool staged a newer snapshot meanwhile: it deletes
 // the staged chunks that snapshot replaced, so the newest snapshot handed
 // over since the first was read is uploaded instead (reconsider).
 // Snapshots handed over before the manifest was read are obsolete once it

@@ -320,29 +320,40 @@ func (u *Uploader) worker(ctx context.Context) {
 			return
 		case dir = <-u.wake:
 		}
-		// The databases queued now are uploaded together: their
-		// small uploads share packs (batch.go). Those with nothing to
-		// upload (queued again by a commit their last upload carried,
-		// say) cost no call, and do not count: under load the group
-		// still carries groupMax uploads, and its pack as many.
-		dirs := []string{dir}
-		uploads := 1
-	drain:
-		for uploads < groupMax && len(dirs) < drainMax {
-			select {
-			case d := <-u.wake:
-				if !slices.Contains(dirs, d) {
-					dirs = append(dirs, d)
-					if u.state(d).pending() {
-						uploads++
-					}
-				}
-			default:
-				break drain
-			}
-		}
-		u.uploadGroup(ctx, dirs, u.admit.Unlock)
+		u.uploadGroup(ctx, u.drain(dir), u.admit.Unlock)
 	}
+}
+
+// drainMax is the most databases a worker takes from the wake-up queue
+// at once, counting those with nothing to upload.
+const drainMax = 4 * groupMax
+
+// drain returns first and the databases queued now, which are uploaded
+// together: their small uploads share packs (batch.go). Those with
+// nothing to upload (queued again by a commit their last upload carried,
+// say) cost no call and do not count, so that under load a group still
+// carries groupMax uploads, and its pack as many.
+func (u *Uploader) drain(first string) []string {
+	dirs := []string{first}
+	uploads := 0
+	if u.state(first).pending() {
+		uploads++
+	}
+	for uploads < groupMax && len(dirs) < drainMax {
+		select {
+		case d := <-u.wake:
+			if slices.Contains(dirs, d) {
+				continue
+			}
+			dirs = append(dirs, d)
+			if u.state(d).pending() {
+				uploads++
+			}
+		default:
+			return dirs
+		}
+	}
+	return dirs
 }
 
 // waitBacklog waits until every background limiter has a call to give
@@ -447,10 +458,6 @@ func (u *Uploader) requeue(st *dbState) {
 	}
 }
 
-// drainMax is the most databases a worker takes from the wake-up queue
-// at once, counting those with nothing to upload.
-const drainMax = 4 * groupMax
-
 // scanner wakes, every ScanPeriod or so, the databases a wake-up may
 // have missed: those with a snapshot to upload, a touch due, or a spool
 // directory gone. The others stay out of the wake-up queue, where under
@@ -467,16 +474,21 @@ func (u *Uploader) scanner(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		u.mu.Lock()
-		dirs := make([]string, 0, len(u.dbs))
-		for dir := range u.dbs {
-			dirs = append(dirs, dir)
-		}
-		u.mu.Unlock()
-		for _, dir := range dirs {
-			if u.due(u.state(dir)) {
-				u.Notify(dir)
-			}
+		u.scan()
+	}
+}
+
+// scan wakes the databases that are due (see scanner).
+func (u *Uploader) scan() {
+	u.mu.Lock()
+	dirs := make([]string, 0, len(u.dbs))
+	for dir := range u.dbs {
+		dirs = append(dirs, dir)
+	}
+	u.mu.Unlock()
+	for _, dir := range dirs {
+		if u.due(u.state(dir)) {
+			u.Notify(dir)
 		}
 	}
 }
