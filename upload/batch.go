@@ -70,8 +70,7 @@ type round struct {
 // A submission is the chunks of one database that a round uploads.
 type submission struct {
 	st      *dbState
-	dir     spool.Chunks
-	fps     []manifest.Fingerprint
+	parts   []part
 	perm    fs.FileMode // the database's file mode in the stores (store.FilePerm)
 	hurried bool        // a flush waits for it: the round uses the flush targets
 	// Results, set before the round's done is closed: the chunks put
@@ -226,24 +225,48 @@ type batch struct {
 	index  map[manifest.Fingerprint]int // position in chunks
 }
 
+// A part is chunks of one spool directory that a submission carries.
+type part struct {
+	dir spool.Chunks
+	fps []manifest.Fingerprint
+	// staged: dir is staging, listed before the pass took ready/ into
+	// consuming/; a chunk handed over since is read from where it went.
+	staged bool
+}
+
+// read returns chunk fp of p, or an error wrapping fs.ErrNotExist when
+// the spool no longer holds it there: moved on to ready/ (found in a
+// sweep), or no longer referenced (the staged snapshot changed).
+func (p part) read(st *dbState, fp manifest.Fingerprint) ([]byte, error) {
+	data, err := p.dir.Read(fp)
+	if p.staged && errors.Is(err, fs.ErrNotExist) {
+		// Handed over after the pass took ready/: the chunk is in
+		// ready/ now, which no sweep of this pass lists.
+		data, err = st.sp.FindChunk(fp)
+	}
+	return data, err
+}
+
 // add reads and verifies s's chunks and adds them to b, putting b first
 // if they would not fit.
 func (b *batch) add(s *submission) {
 	var chunks []store.PackedChunk
-	for _, fp := range s.fps {
-		data, err := s.dir.Read(fp)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // moved on to ready/, or no longer referenced
+	for _, p := range s.parts {
+		for _, fp := range p.fps {
+			data, err := p.read(s.st, fp)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // moved on to ready/, or no longer referenced
+			}
+			if err != nil {
+				s.err = fmt.Errorf("upload: read spool chunk %s: %w", fp, err)
+				return
+			}
+			if manifest.Sum(data) != fp {
+				s.err = fmt.Errorf("%w: spool chunk %s of %s does not match its fingerprint", ErrSpoolCorrupt, fp, s.st.sp)
+				return
+			}
+			chunks = append(chunks, store.PackedChunk{FP: fp, Data: data})
 		}
-		if err != nil {
-			s.err = fmt.Errorf("upload: read spool chunk %s: %w", fp, err)
-			return
-		}
-		if manifest.Sum(data) != fp {
-			s.err = fmt.Errorf("%w: spool chunk %s of %s does not match its fingerprint", ErrSpoolCorrupt, fp, s.st.sp)
-			return
-		}
-		chunks = append(chunks, store.PackedChunk{FP: fp, Data: data})
 	}
 	if len(chunks) == 0 {
 		return
@@ -306,23 +329,36 @@ func (b *batch) put() {
 	}
 }
 
-// uploadShared uploads the chunks fps of dir (at most PackChunks) through
-// m's group: they go up in a pack shared with other databases. Then it
-// records where they went, and deletes their spool files.
-func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, dir spool.Chunks, fps []manifest.Fingerprint, targets []limitedTarget) error {
+// uploadShared uploads the chunks of parts (at most PackChunks in all)
+// through m's group: they go up, in one submission, in a pack shared
+// with other databases. Then it records where they went, and deletes
+// their spool files.
+func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, parts []part, targets []limitedTarget) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	var fresh, reused []manifest.Fingerprint
+	var fresh []part
+	var reused []manifest.Fingerprint
 	var reusedRefs []manifest.PackRef
-	for _, fp := range fps {
-		if ref, ok := u.recentlyUploaded(fp); ok {
-			if ref.ID != (manifest.Fingerprint{}) {
-				reused, reusedRefs = append(reused, fp), append(reusedRefs, ref)
+	seen := map[manifest.Fingerprint]bool{}
+	for _, p := range parts {
+		f := part{dir: p.dir, staged: p.staged}
+		for _, fp := range p.fps {
+			if seen[fp] {
+				continue // in two places (moved meanwhile): read once
 			}
-			continue
+			seen[fp] = true
+			if ref, ok := u.recentlyUploaded(fp); ok {
+				if ref.ID != (manifest.Fingerprint{}) {
+					reused, reusedRefs = append(reused, fp), append(reusedRefs, ref)
+				}
+				continue
+			}
+			f.fps = append(f.fps, fp)
 		}
-		fresh = append(fresh, fp)
+		if len(f.fps) > 0 {
+			fresh = append(fresh, f)
+		}
 	}
 	if len(reused) > 0 {
 		if err := st.recordPlacements(reused, reusedRefs); err != nil {
@@ -332,8 +368,7 @@ func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, dir
 	if len(fresh) > 0 {
 		s := &submission{
 			st:      st,
-			dir:     dir,
-			fps:     fresh,
+			parts:   fresh,
 			perm:    store.FilePerm(store.SourcePerm(ctx)),
 			hurried: u.hurried(st, targets),
 		}
@@ -362,9 +397,11 @@ func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, dir
 		}
 		st.mu.Unlock()
 	}
-	for _, fp := range fps {
-		if err := dir.Remove(fp); err != nil {
-			return err
+	for _, p := range parts {
+		for _, fp := range p.fps {
+			if err := p.dir.Remove(fp); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -20,33 +20,13 @@ import (
 // never uploaded. Chunks go up in packs of up to PackChunks, in the order
 // of their first index in m, so that a pack holds neighbouring chunks.
 func (u *Uploader) uploadChunks(ctx context.Context, st *dbState, dir spool.Chunks, need map[manifest.Fingerprint]bool, m *manifest.Manifest, targets []limitedTarget) error {
-	all, err := dir.List()
-	if err != nil {
+	fps, err := neededChunks(dir, need, m)
+	if err != nil || len(fps) == 0 {
 		return err
 	}
-	var fps []manifest.Fingerprint
-	for _, fp := range all {
-		if need == nil || need[fp] {
-			fps = append(fps, fp)
-		}
-	}
-	if len(fps) == 0 {
-		return nil
-	}
-	first := make(map[manifest.Fingerprint]int, len(m.Chunks))
-	for i := len(m.Chunks) - 1; i >= 0; i-- {
-		first[m.Chunks[i]] = i
-	}
-	pos := func(fp manifest.Fingerprint) int {
-		if i, ok := first[fp]; ok {
-			return i
-		}
-		return len(m.Chunks) // not in m: a newer snapshot's, last
-	}
-	slices.SortFunc(fps, func(a, b manifest.Fingerprint) int { return pos(a) - pos(b) })
 	if mb := memberOf(ctx); mb != nil {
 		if u.opts.PackChunks > 1 && len(fps) <= u.opts.PackChunks {
-			return u.uploadShared(ctx, mb, st, dir, fps, targets)
+			return u.uploadShared(ctx, mb, st, []part{{dir: dir, fps: fps}}, targets)
 		}
 		mb.release() // an upload of its own, which other databases need not wait for
 	}
@@ -101,6 +81,36 @@ func (u *Uploader) uploadChunks(ctx context.Context, st *dbState, dir spool.Chun
 	go work(true)
 	wg.Wait()
 	return firstErr
+}
+
+// neededChunks lists the chunk files of dir that need selects (all of
+// them when need is nil), in the order of their first index in m.
+func neededChunks(dir spool.Chunks, need map[manifest.Fingerprint]bool, m *manifest.Manifest) ([]manifest.Fingerprint, error) {
+	all, err := dir.List()
+	if err != nil {
+		return nil, err
+	}
+	var fps []manifest.Fingerprint
+	for _, fp := range all {
+		if need == nil || need[fp] {
+			fps = append(fps, fp)
+		}
+	}
+	if len(fps) == 0 {
+		return nil, nil
+	}
+	first := make(map[manifest.Fingerprint]int, len(m.Chunks))
+	for i := len(m.Chunks) - 1; i >= 0; i-- {
+		first[m.Chunks[i]] = i
+	}
+	pos := func(fp manifest.Fingerprint) int {
+		if i, ok := first[fp]; ok {
+			return i
+		}
+		return len(m.Chunks) // not in m: a newer snapshot's, last
+	}
+	slices.SortFunc(fps, func(a, b manifest.Fingerprint) int { return pos(a) - pos(b) })
+	return fps, nil
 }
 
 // flushConcurrency is the number of uploads a flush keeps in flight.

@@ -15,8 +15,10 @@ import (
 // handed-over one), then sweeps chunk files in the order the spool moves
 // them: the staged chunks, then ready/ (which it takes into consuming/),
 // then consuming/. Chunks only move forward, so after the sweep every
-// chunk the snapshot references is in the store, and its manifest can
-// follow, unless the spool staged a newer snapshot meanwhile: it deletes
+// chunk the snapshot references is in the store (in a group, the small
+// sets are gathered and go up together once the sweep has listed them:
+// a staged chunk handed over meanwhile is read where it went, see
+// chunkPhase), and its manifest can follow, unless the spool staged a newer snapshot meanwhile: it deletes
 // the staged chunks that snapshot replaced, so the newest snapshot handed
 // over since the first was read is uploaded instead (reconsider).
 // Snapshots handed over before the manifest was read are obsolete once it
@@ -25,10 +27,10 @@ import (
 // time as well as in the spool, and at most one manifest is uploaded per
 // pass.
 func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarget) (more bool, err error) {
-	uploaded, _ := st.uploaded()
-	if id, ok := st.sp.StagedID(); ok && id == uploaded && st.sp.Idle() {
+	if !st.pending() {
 		return false, nil // nothing new
 	}
+	uploaded, _ := st.uploaded()
 	if err := u.waitManifestGap(ctx, st); err != nil {
 		return false, err
 	}
@@ -59,19 +61,23 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 		return !st.sp.Idle(), nil // newer snapshots arrived meanwhile
 	}
 	// Staged chunks belong to the newest snapshot: all are uploaded.
-	if err := u.uploadChunks(ctx, st, st.sp.StagedChunks(), nil, c.snap.Manifest, targets); err != nil {
+	ph := &chunkPhase{u: u, st: st, mb: mb, targets: targets}
+	if err := ph.add(ctx, st.sp.StagedChunks(), nil, c.snap.Manifest, true); err != nil {
 		return false, err
 	}
 	if err := st.sp.TakeReady(); err != nil {
 		return false, err
 	}
-	if err := u.sweep(ctx, st, c.snap.Manifest, targets); err != nil {
+	if err := u.sweep(ctx, ph, c.snap.Manifest); err != nil {
+		return false, err
+	}
+	if err := ph.flush(ctx); err != nil {
 		return false, err
 	}
 	if c.staged {
 		if id, ok := st.sp.StagedID(); !ok || id != c.snap.ID {
 			var again bool
-			c, before, again, err = u.reconsider(ctx, st, c, before, uploaded, targets)
+			c, before, again, err = u.reconsider(ctx, ph, c, before, uploaded)
 			if err != nil || again {
 				return again, err
 			}
@@ -128,8 +134,8 @@ func (u *Uploader) candidate(st *dbState) (candidate, error) {
 // its own manifest: its chunks are in its directory, in an older one, or
 // in the store; and every snapshot left in consuming/ is older, so all of
 // them go (the returned before).
-func (u *Uploader) reconsider(ctx context.Context, st *dbState, c candidate, before []string, uploaded [32]byte,
-	targets []limitedTarget) (_ candidate, _ []string, again bool, err error) {
+func (u *Uploader) reconsider(ctx context.Context, ph *chunkPhase, c candidate, before []string, uploaded [32]byte) (_ candidate, _ []string, again bool, err error) {
+	st := ph.st
 	if err := st.sp.TakeReady(); err != nil {
 		return c, before, false, err
 	}
@@ -150,7 +156,10 @@ func (u *Uploader) reconsider(ctx context.Context, st *dbState, c candidate, bef
 	if h.ID == uploaded {
 		return c, before, true, st.sp.RemoveConsumed(all)
 	}
-	if err := u.sweep(ctx, st, h.Manifest, targets); err != nil {
+	if err := u.sweep(ctx, ph, h.Manifest); err != nil {
+		return c, before, false, err
+	}
+	if err := ph.flush(ctx); err != nil {
 		return c, before, false, err
 	}
 	return candidate{snap: h, handedOver: true}, all, false, nil
@@ -226,22 +235,80 @@ func (u *Uploader) inStore(st *dbState, m *manifest.Manifest) bool {
 	return true
 }
 
-// sweep uploads the chunks of m that the snapshots in consuming/ hold.
-func (u *Uploader) sweep(ctx context.Context, st *dbState, m *manifest.Manifest, targets []limitedTarget) error {
+// sweep uploads, through ph, the chunks of m that the snapshots in
+// consuming/ hold.
+func (u *Uploader) sweep(ctx context.Context, ph *chunkPhase, m *manifest.Manifest) error {
 	need := make(map[manifest.Fingerprint]bool, len(m.Chunks))
 	for i, fp := range m.Chunks {
 		if _, inline := m.Inline[uint32(i)]; !inline {
 			need[fp] = true
 		}
 	}
-	hs, err := st.sp.Consuming()
+	hs, err := ph.st.sp.Consuming()
 	if err != nil {
 		return err
 	}
 	for _, h := range hs {
-		if err := u.uploadChunks(ctx, st, h.Chunks(), need, m, targets); err != nil {
+		if err := ph.add(ctx, h.Chunks(), need, m, false); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// A chunkPhase is the chunk uploads of one pass. In a group, it gathers
+// the small chunk sets of the pass — the staged chunks and those of each
+// snapshot in consuming/ — into one submission to the group's round, so
+// that a database whose commits sit both in staging and in consuming/
+// costs its group one pack, not one per place: the round closes when its
+// last active member submits, and a second submission of a member goes
+// up in a round of its own, often alone.
+//
+// Staged chunks may be submitted after the pass took ready/ into
+// consuming/: the spool may hand one over to ready/ meanwhile, where no
+// sweep of the pass looks, and the submission reads it there (part.read).
+// A set too large for one pack goes up at once, on its own, as before.
+type chunkPhase struct {
+	u       *Uploader
+	st      *dbState
+	mb      *member // nil outside a group: every set goes up at once
+	targets []limitedTarget
+	parts   []part // gathered, not submitted yet
+	n       int    // chunks in parts
+}
+
+// add uploads the chunk files of dir that need selects (all of them when
+// need is nil), ordered by m, or gathers them for flush. staged says dir
+// is staging.
+func (ph *chunkPhase) add(ctx context.Context, dir spool.Chunks, need map[manifest.Fingerprint]bool, m *manifest.Manifest, staged bool) error {
+	u := ph.u
+	if ph.mb == nil || u.opts.PackChunks <= 1 {
+		return u.uploadChunks(ctx, ph.st, dir, need, m, ph.targets)
+	}
+	fps, err := neededChunks(dir, need, m)
+	if err != nil || len(fps) == 0 {
+		return err
+	}
+	if ph.n+len(fps) > u.opts.PackChunks {
+		// Not in one pack with what was gathered: that goes first.
+		if err := ph.flush(ctx); err != nil {
+			return err
+		}
+		if len(fps) > u.opts.PackChunks {
+			return u.uploadChunks(ctx, ph.st, dir, need, m, ph.targets)
+		}
+	}
+	ph.parts = append(ph.parts, part{dir: dir, fps: fps, staged: staged})
+	ph.n += len(fps)
+	return nil
+}
+
+// flush uploads the gathered chunks, in one submission.
+func (ph *chunkPhase) flush(ctx context.Context) error {
+	if len(ph.parts) == 0 {
+		return nil
+	}
+	parts := ph.parts
+	ph.parts, ph.n = nil, 0
+	return ph.u.uploadShared(ctx, ph.mb, ph.st, parts, ph.targets)
 }

@@ -85,6 +85,14 @@ func (st *dbState) uploaded() ([32]byte, time.Time) {
 	return st.uploadedID, st.uploadedAt
 }
 
+// pending reports whether st's spool holds a snapshot the store may
+// lack: a staged one other than the last uploaded, or one handed over.
+func (st *dbState) pending() bool {
+	uploaded, _ := st.uploaded()
+	id, ok := st.sp.StagedID()
+	return !ok || id != uploaded || !st.sp.Idle()
+}
+
 func (st *dbState) isBlocked() bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()

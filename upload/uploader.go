@@ -320,22 +320,40 @@ func (u *Uploader) worker(ctx context.Context) {
 			return
 		case dir = <-u.wake:
 		}
-		// The databases queued now are uploaded together: their
-		// small uploads share packs (batch.go).
-		dirs := []string{dir}
-	drain:
-		for len(dirs) < groupMax {
-			select {
-			case d := <-u.wake:
-				if !slices.Contains(dirs, d) {
-					dirs = append(dirs, d)
-				}
-			default:
-				break drain
-			}
-		}
-		u.uploadGroup(ctx, dirs, u.admit.Unlock)
+		u.uploadGroup(ctx, u.drain(dir), u.admit.Unlock)
 	}
+}
+
+// drainMax is the most databases a worker takes from the wake-up queue
+// at once, counting those with nothing to upload.
+const drainMax = 4 * groupMax
+
+// drain returns first and the databases queued now, which are uploaded
+// together: their small uploads share packs (batch.go). Those with
+// nothing to upload (queued again by a commit their last upload carried,
+// say) cost no call and do not count, so that under load a group still
+// carries groupMax uploads, and its pack as many.
+func (u *Uploader) drain(first string) []string {
+	dirs := []string{first}
+	uploads := 0
+	if u.state(first).pending() {
+		uploads++
+	}
+	for uploads < groupMax && len(dirs) < drainMax {
+		select {
+		case d := <-u.wake:
+			if slices.Contains(dirs, d) {
+				continue
+			}
+			dirs = append(dirs, d)
+			if u.state(d).pending() {
+				uploads++
+			}
+		default:
+			return dirs
+		}
+	}
+	return dirs
 }
 
 // waitBacklog waits until every background limiter has a call to give
@@ -440,6 +458,12 @@ func (u *Uploader) requeue(st *dbState) {
 	}
 }
 
+// scanner wakes, every ScanPeriod or so, the databases a wake-up may
+// have missed: those with a snapshot to upload, a touch due, or a spool
+// directory gone. The others stay out of the wake-up queue, where under
+// load they would take the place of databases waiting to upload: the
+// queue holds, in the order of their oldest change, only databases with
+// something to do.
 func (u *Uploader) scanner(ctx context.Context) {
 	for {
 		d := u.opts.ScanPeriod + time.Duration(rand.Int64N(int64(u.opts.ScanPeriod)/2+1))
@@ -450,16 +474,47 @@ func (u *Uploader) scanner(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		u.mu.Lock()
-		dirs := make([]string, 0, len(u.dbs))
-		for dir := range u.dbs {
-			dirs = append(dirs, dir)
-		}
-		u.mu.Unlock()
-		for _, dir := range dirs {
+		u.scan()
+	}
+}
+
+// scan wakes the databases that are due (see scanner).
+func (u *Uploader) scan() {
+	u.mu.Lock()
+	dirs := make([]string, 0, len(u.dbs))
+	for dir := range u.dbs {
+		dirs = append(dirs, dir)
+	}
+	u.mu.Unlock()
+	for _, dir := range dirs {
+		if u.due(u.state(dir)) {
 			u.Notify(dir)
 		}
 	}
+}
+
+// due reports whether a wake-up of st may do something (see handle): a
+// snapshot to upload, a touch due, the spool directory to forget.
+func (u *Uploader) due(st *dbState) bool {
+	if st.isBlocked() {
+		return false // until flushed or reconfigured
+	}
+	if !st.sp.Exists() {
+		return true
+	}
+	if u.opts.TouchPeriod >= 0 {
+		st.mu.Lock()
+		now := u.opts.Now()
+		if st.lastTouch.IsZero() {
+			st.lastTouch = now // as the first pass does: a full period from now
+		}
+		touch := now.Sub(st.lastTouch) >= u.opts.TouchPeriod
+		st.mu.Unlock()
+		if touch {
+			return true
+		}
+	}
+	return st.pending()
 }
 
 // handle uploads what st's spool directory holds. Only one process uploads
@@ -509,7 +564,9 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 		return err
 	}
 	st.setPlaced(placed)
+	mb := memberOf(ctx)
 	for range 3 {
+		id, _ := st.uploaded()
 		more, err := u.pass(ctx, st, targets)
 		if err != nil {
 			return err
@@ -517,8 +574,19 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 		if !more {
 			break
 		}
+		if after, _ := st.uploaded(); mb != nil && !flush && after != id {
+			// One manifest per turn in the background: a commit made
+			// during this upload queued the database again, behind
+			// those that waited longer. Another pass now would wait
+			// for the manifest gap and send its chunks in a round of
+			// its own. (requeue is the backstop.)
+			if st.pending() {
+				st.setRerun(true)
+			}
+			break
+		}
 	}
-	memberOf(ctx).release() // touches are calls of its own
+	mb.release() // touches are calls of its own
 	if !flush {
 		u.maybeTouch(ctx, st, targets)
 	}
