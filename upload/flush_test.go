@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
@@ -25,35 +25,6 @@ func (d *testSpool) writeMarker(state byte, since time.Time, errText string) {
 	if err := d.sp.WriteMarker(spool.Marker{State: states[state], Since: since, Err: errText}); err != nil {
 		d.t.Fatal(err)
 	}
-}
-
-// logRecords is an slog.Handler that keeps what it is given.
-type logRecords struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (l *logRecords) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logRecords) Handle(_ context.Context, r slog.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.records = append(l.records, r.Clone())
-	return nil
-}
-func (l *logRecords) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logRecords) WithGroup(string) slog.Handler      { return l }
-
-// count returns how many records at level have substr in their message.
-func (l *logRecords) count(level slog.Level, substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, r := range l.records {
-		if r.Level == level && strings.Contains(r.Message, substr) {
-			n++
-		}
-	}
-	return n
 }
 
 // TestUploaderFlushMarker: without Restage, a flush does what the txn
@@ -290,7 +261,7 @@ func TestUploaderFailureLogging(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			now := storetest.NewClock()
 			fake := storetest.NewFake("s3")
-			log := &logRecords{}
+			log := &testlog.Records{}
 			opts := uploadOpts(now, target(fake))
 			opts.Logger = slog.New(log)
 			u := newTestUploader(t, opts)
@@ -307,16 +278,16 @@ func TestUploaderFailureLogging(t *testing.T) {
 			if errors.Is(tc.err, store.ErrPermanent) {
 				warns = 0
 			}
-			if got := log.count(slog.LevelWarn, "upload failed"); got != warns {
+			if got := log.Count(slog.LevelWarn, "upload failed"); got != warns {
 				t.Errorf("WARN lines about the failure=%d, want %d", got, warns)
 			}
-			if got := log.count(slog.LevelError, "replication"); got != tc.errors {
+			if got := log.Count(slog.LevelError, "replication"); got != tc.errors {
 				t.Errorf("ERROR lines=%d, want %d", got, tc.errors)
 			}
 			fake.ClearHooks()
 			mustFlush(t, u, d.dir)
 			mustFlush(t, u, d.dir)
-			if got := log.count(slog.LevelWarn, "replication resumed"); got != 1 {
+			if got := log.Count(slog.LevelWarn, "replication resumed"); got != 1 {
 				t.Errorf("recoveries logged=%d, want 1", got)
 			}
 		})

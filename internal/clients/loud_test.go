@@ -3,10 +3,11 @@ package clients
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/testfs"
 )
 
 // The failures that stop replication, as the stock sqlite3 shell with the
@@ -25,21 +26,6 @@ func exitCode(t *testing.T, err error) int {
 		t.Fatalf("command did not run: %v", err)
 	}
 	return ee.ExitCode()
-}
-
-// mountTmpfs mounts a tmpfs of size on dir until the test ends.
-func mountTmpfs(t *testing.T, dir, size string) {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
 }
 
 // statusRow runs vfsctl status --json on the fixture's spool and returns
@@ -71,7 +57,7 @@ func TestShellFullSpool(t *testing.T) {
 	shell := need(t, "sqlite3")
 	lib := strings.TrimSuffix(extension(t), ".so")
 	f := newFixture(t)
-	mountTmpfs(t, f.spool, "12m")
+	testfs.MountTmpfs(t, f.spool, "12m")
 	env := []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG="}
 	script := fmt.Sprintf(`.load %s
 .open file:%s?vfs=boule
@@ -104,9 +90,7 @@ PRAGMA boule_flush_replication_data;
 		t.Fatalf("vfsctl flush with the spool full=%v, stdout %q, stderr %q; want exit 1 naming the database and the full disk", err, out, errs)
 	}
 
-	if out, err := exec.Command("mount", "-o", "remount,size=128m", f.spool).CombinedOutput(); err != nil {
-		t.Fatalf("remount: %v: %s", err, out)
-	}
+	testfs.RemountTmpfs(t, f.spool, "128m")
 	out, errs, err = run(t, env, "", vfsctl(t), "flush", f.spool)
 	if err != nil || !strings.Contains(out, "ok      "+f.db) {
 		t.Fatalf("vfsctl flush with room=%v, stdout %q, stderr %q; want ok", err, out, errs)
