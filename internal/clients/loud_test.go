@@ -54,11 +54,9 @@ func (f *fixture) statusRow(t *testing.T) (int, map[string]any) {
 // the full disk. With room again, vfsctl flush takes the snapshot itself
 // and the restore has every row.
 func TestShellFullSpool(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
+	shell, lib, f, env := shellFixture(t)
+	env = append(env, "BOULE_LOG=")
 	testfs.MountTmpfs(t, f.spool, "12m")
-	env := []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG="}
 	script := fmt.Sprintf(`.load %s
 .open file:%s?vfs=boule
 CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
@@ -105,10 +103,8 @@ PRAGMA boule_flush_replication_data;
 // The flush pragma returns 0, the shell's stderr says WAL is not
 // replicated, vfsctl flush and status exit 1 naming the database.
 func TestShellWAL(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
-	env := []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG="}
+	shell, lib, f, env := shellFixture(t)
+	env = append(env, "BOULE_LOG=")
 	script := fmt.Sprintf(`.load %s
 .open file:%s?vfs=boule
 CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
@@ -149,9 +145,7 @@ PRAGMA boule_flush_replication_data;
 // TestMissingConfig: loading the extension without BOULE_CONFIG says that
 // nothing will be replicated; with it, nothing of the kind is said.
 func TestMissingConfig(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
+	shell, lib, f, _ := shellFixture(t)
 	for _, c := range []struct {
 		name string
 		env  []string
