@@ -341,17 +341,7 @@ func TestManifestAtNewestByCreation(t *testing.T) {
 		{0, 5 * time.Second},             // newest: stored 5 s after it was made
 		{-time.Minute, -time.Minute + 1}, // older
 	} {
-		data := bytes.Repeat([]byte{byte(i)}, 100)
-		m := &manifest.Manifest{Hostname: "h", SourcePath: "/a.db", Generator: "test", Size: 100,
-			Created: base.Add(v.created), SourceCtime: base,
-			Chunks: []manifest.Fingerprint{manifest.Sum(data)}, Inline: map[uint32][]byte{0: data}}
-		b, err := m.MarshalBinary()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id := string(rune('a' + i))
-		s.bodies[id] = b
-		s.vs = append(s.vs, store.Version{ID: id, LastModified: base.Add(v.stored)})
+		s.add(t, i, base.Add(v.created), base, base.Add(v.stored))
 	}
 	for _, tc := range []struct {
 		at   time.Duration

@@ -63,6 +63,19 @@ func db(seed uint64, n int) []byte {
 	return b
 }
 
+// putManifest stores m as the newest manifest of path on testHost.
+func putManifest(t testing.TB, s store.Store, path string, m *manifest.Manifest) {
+	t.Helper()
+	b, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := store.ManifestKey(testHost, path)
+	if err := s.PutManifest(context.Background(), key, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // publish stores image as the newest snapshot of path.
 func publish(t testing.TB, s store.Store, path string, image []byte, created time.Time) *manifest.Manifest {
 	t.Helper()
@@ -86,14 +99,7 @@ func publish(t testing.TB, s store.Store, path string, image []byte, created tim
 			t.Fatal(err)
 		}
 	}
-	b, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := store.ManifestKey(testHost, path)
-	if err := s.PutManifest(ctx, key, b); err != nil {
-		t.Fatal(err)
-	}
+	putManifest(t, s, path, m)
 	return m
 }
 
