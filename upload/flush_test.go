@@ -44,10 +44,7 @@ func TestUploaderFlushMarker(t *testing.T) {
 		{"wal", 'W', "", spool.ErrWAL, "WAL mode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
-			d := newTestSpool(t, t.TempDir(), "/data/marker.db")
+			now, fake, u, d := oneTarget(t, "/data/marker.db", nil)
 			s := d.snapshot(testData(90, 3*manifest.ChunkSize), now.Now())
 			d.stage(s)
 			d.writeMarker(tc.state, now.Now().Add(-time.Minute), tc.errText)
@@ -216,10 +213,7 @@ func TestStatusFromMarker(t *testing.T) {
 		{"wal", 'W', "", true, "WAL mode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
-			d := newTestSpool(t, t.TempDir(), "/data/status.db")
+			now, _, u, d := oneTarget(t, "/data/status.db", nil)
 			d.stage(d.snapshot(testData(93, 2*manifest.ChunkSize), now.Now()))
 			mustFlush(t, u, d.dir)
 			d.writeMarker(tc.state, now.Now().Add(-90*time.Second), tc.errText)
