@@ -12,11 +12,8 @@ import (
 // but not the constraints that Validate checks.
 func decodeConfig(raw json.RawMessage) (Config, error) {
 	var c Config
-	o, err := decodeObject(raw, "")
+	o, err := decodeStrict(raw, "", topKeys...)
 	if err != nil {
-		return Config{}, err
-	}
-	if err := o.allow(topKeys...); err != nil {
 		return Config{}, err
 	}
 	if c.MakeDefault, err = o.boolean("make_default", false); err != nil {
@@ -235,12 +232,9 @@ func kindCountMessage(kinds []string) string {
 
 // decodeS3 decodes the body of an "s3" target.
 func decodeS3(raw json.RawMessage, path string) (*S3Target, error) {
-	o, err := decodeObject(raw, path)
+	o, err := decodeStrict(raw, path, "region", "endpoint", "chunk_bucket", "manifest_bucket",
+		"domain_addressing", "create_buckets_on_demand")
 	if err != nil {
-		return nil, err
-	}
-	if err := o.allow("region", "endpoint", "chunk_bucket", "manifest_bucket",
-		"domain_addressing", "create_buckets_on_demand"); err != nil {
 		return nil, err
 	}
 	var t S3Target
@@ -267,11 +261,8 @@ func decodeS3(raw json.RawMessage, path string) (*S3Target, error) {
 
 // decodeDir decodes the body of a "dir" target.
 func decodeDir(raw json.RawMessage, path string) (*DirTarget, error) {
-	o, err := decodeObject(raw, path)
+	o, err := decodeStrict(raw, path, "path")
 	if err != nil {
-		return nil, err
-	}
-	if err := o.allow("path"); err != nil {
 		return nil, err
 	}
 	var t DirTarget
@@ -283,22 +274,17 @@ func decodeDir(raw json.RawMessage, path string) (*DirTarget, error) {
 
 // decodeLocal decodes the body of a "local" target.
 func decodeLocal(raw json.RawMessage, path string) (*LocalTarget, error) {
-	o, err := decodeObject(raw, path)
+	o, err := decodeStrict(raw, path, "directory", "num_shards", "capacity")
 	if err != nil {
-		return nil, err
-	}
-	if err := o.allow("directory", "num_shards", "capacity"); err != nil {
 		return nil, err
 	}
 	var t LocalTarget
 	if t.Directory, err = o.str("directory", true); err != nil {
 		return nil, err
 	}
-	shards, err := o.uint("num_shards", true, math.MaxUint32)
-	if err != nil {
+	if t.NumShards, err = o.shards(true); err != nil {
 		return nil, err
 	}
-	t.NumShards = uint32(shards)
 	if t.Capacity, err = o.uint("capacity", true, MaxLocalCapacity); err != nil {
 		return nil, err
 	}
@@ -307,22 +293,17 @@ func decodeLocal(raw json.RawMessage, path string) (*LocalTarget, error) {
 
 // decodeReadOnly decodes the body of a "read_only" target.
 func decodeReadOnly(raw json.RawMessage, path string) (*ReadOnlyTarget, error) {
-	o, err := decodeObject(raw, path)
+	o, err := decodeStrict(raw, path, "directory", "num_shards", "append_instance_id")
 	if err != nil {
-		return nil, err
-	}
-	if err := o.allow("directory", "num_shards", "append_instance_id"); err != nil {
 		return nil, err
 	}
 	var t ReadOnlyTarget
 	if t.Directory, err = o.str("directory", true); err != nil {
 		return nil, err
 	}
-	shards, err := o.uint("num_shards", false, math.MaxUint32)
-	if err != nil {
+	if t.NumShards, err = o.shards(false); err != nil {
 		return nil, err
 	}
-	t.NumShards = uint32(shards)
 	if _, set, _ := o.get("append_instance_id", false); set {
 		v, err := o.boolean("append_instance_id", false)
 		if err != nil {
@@ -383,11 +364,8 @@ func decodePolicy(o *object) (LoadingPolicy, error) {
 	default:
 		return LoadingPolicy{}, &Error{Key: key, Msg: fmt.Sprintf("unknown policy %q (%s)", kind, policyForms)}
 	}
-	params, err := decodeObject(body, path)
+	params, err := decodeStrict(body, path, "min", "max")
 	if err != nil {
-		return LoadingPolicy{}, err
-	}
-	if err := params.allow("min", "max"); err != nil {
 		return LoadingPolicy{}, err
 	}
 	lo, err := params.uint("min", false, math.MaxUint32)
