@@ -403,6 +403,19 @@ func (o *object) boolean(key string, required bool) (bool, error) {
 	return raw[0] == 't', nil
 }
 
+// number returns the raw JSON number at key, or false when key is absent.
+// A value that is not a number is an error saying it should be want.
+func (o *object) number(key, want string) (json.RawMessage, bool, error) {
+	raw, ok, _ := o.get(key, false)
+	if !ok {
+		return nil, false, nil
+	}
+	if jsonType(raw) != "number" {
+		return nil, false, typeError(key, want, raw)
+	}
+	return raw, true, nil
+}
+
 // shards returns the "num_shards" count of a local or read-only target
 // (required or not), which fits 32 bits.
 func (o *object) shards(required bool) (uint32, error) {
