@@ -491,23 +491,39 @@ func TestConcurrentReadsAndSwitches(t *testing.T) {
 	}
 }
 
-// gated blocks chunk fetches until the gate opens, and says when one is
-// waiting.
-type gated struct {
-	*counting
-	gate    chan struct{}
-	entered chan struct{}
+// gate holds callers until it opens, and says when one is waiting.
+type gate struct {
+	open    chan struct{} // closed to let callers through
+	entered chan struct{} // receives when a caller waits (if none did since)
 }
 
-func (g *gated) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+func newGate() gate { return gate{open: make(chan struct{}), entered: make(chan struct{}, 1)} }
+
+// pass says a caller is waiting, then waits until the gate opens or ctx
+// ends.
+func (g gate) pass(ctx context.Context) error {
 	select {
 	case g.entered <- struct{}{}:
 	default:
 	}
 	select {
-	case <-g.gate:
+	case <-g.open:
+		return nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
+	}
+}
+
+// gated blocks chunk fetches until the gate opens, and says when one is
+// waiting.
+type gated struct {
+	*counting
+	gate
+}
+
+func (g *gated) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	if err := g.pass(ctx); err != nil {
+		return nil, err
 	}
 	return g.counting.GetChunk(ctx, fp)
 }
@@ -519,7 +535,7 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 	f := newFixture(t)
 	img := db(1, 3)
 	m := publish(t, f.store, "/x.db", img, time.Now())
-	g := &gated{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	g := &gated{counting: f.store, gate: newGate()}
 	r := NewReader(Options{Remote: []store.Store{g}, Cache: f.cache, Hostname: testHost, Prefetch: -1})
 	t.Cleanup(r.Close)
 	a, err := r.Open(context.Background(), "boule:///x.db")
@@ -545,7 +561,7 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 		t.Fatalf("the canceled caller got %v, want its own cancellation", err)
 	}
 	a.Close()
-	close(g.gate)
+	close(g.open)
 	if err := <-second; err != nil {
 		t.Fatalf("the caller that joined the load failed: %v", err)
 	}
@@ -905,21 +921,14 @@ func TestStale(t *testing.T) {
 // opens, and says when one is waiting.
 type gatedManifests struct {
 	*counting
-	armed   atomic.Bool
-	gate    chan struct{}
-	entered chan struct{}
+	gate
+	armed atomic.Bool
 }
 
 func (g *gatedManifests) GetManifest(ctx context.Context, key string) ([]byte, error) {
 	if g.armed.Load() {
-		select {
-		case g.entered <- struct{}{}:
-		default:
-		}
-		select {
-		case <-g.gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if err := g.pass(ctx); err != nil {
+			return nil, err
 		}
 	}
 	return g.counting.GetManifest(ctx, key)
@@ -932,7 +941,7 @@ func TestSlowFetchIsShared(t *testing.T) {
 	f := newFixture(t)
 	t0 := time.Now()
 	publish(t, f.store, "/slow.db", db(61, 2), t0)
-	g := &gatedManifests{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	g := &gatedManifests{counting: f.store, gate: newGate()}
 	r := NewReader(Options{Remote: []store.Store{g}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute})
 	t.Cleanup(r.Close)
 	var mu sync.Mutex
@@ -975,7 +984,7 @@ func TestSlowFetchIsShared(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	setClock(t0.Add(4 * time.Minute)) // the fetch outlasted the poll interval
-	close(g.gate)
+	close(g.open)
 	wg.Wait()
 	if n := f.store.manifests.Load() - before; n != 1 {
 		t.Fatalf("5 concurrent opens made %d manifest fetches, want 1", n)
