@@ -128,6 +128,16 @@ func newFixture(t *testing.T) *fixture {
 	return &fixture{t: t, dir: tmpdir, store: &counting{Store: ds}, cache: cache}
 }
 
+// mustOpen opens name on r, failing t if it cannot.
+func mustOpen(t testing.TB, r *Reader, name string) *Conn {
+	t.Helper()
+	c, err := r.Open(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func (f *fixture) reader(opts Options) *Reader {
 	opts.Remote = []store.Store{f.store}
 	if opts.Cache == nil {
@@ -158,10 +168,7 @@ func TestLazyOpen(t *testing.T) {
 	image := db(1, 20)
 	publish(t, f.store, "/data/a.db", image, time.Now())
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///data/a.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///data/a.db")
 	defer c.Close()
 	if n := f.store.chunks.Load(); n != 0 {
 		t.Fatalf("open fetched %d chunks, want 0 (lazy)", n)
@@ -336,10 +343,7 @@ func TestCorruptChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///c.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///c.db")
 	defer c.Close()
 	if _, err := c.Snapshot().Chunk(context.Background(), 3); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("chunk with flipped bits: err=%v, want ErrCorrupt", err)
@@ -356,10 +360,7 @@ func TestCorruptChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2 := f.reader(Options{Prefetch: -1})
-	c2, err := r2.Open(context.Background(), "boule:///c.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2 := mustOpen(t, r2, "boule:///c.db")
 	defer c2.Close()
 	got, err := c2.Snapshot().Chunk(context.Background(), 1)
 	if err != nil || !bytes.Equal(got, image[manifest.ChunkSize:2*manifest.ChunkSize]) {
@@ -372,10 +373,7 @@ func TestStoreDown(t *testing.T) {
 	image := db(7, 5)
 	publish(t, f.store, "/d.db", image, time.Now())
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///d.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///d.db")
 	defer c.Close()
 	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
 		t.Fatal(err)
@@ -542,10 +540,7 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := r.Open(context.Background(), "boule:///x.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := mustOpen(t, r, "boule:///x.db")
 	defer b.Close()
 	ctxA, cancelA := context.WithCancel(context.Background())
 	first := make(chan error, 1)
@@ -644,10 +639,7 @@ func TestCloseEndsBackgroundWork(t *testing.T) {
 	publish(t, f.store, "/c.db", db(7, 3), time.Now())
 	s := &stalling{counting: f.store, entered: make(chan struct{}, 1)}
 	r := NewReader(Options{Remote: []store.Store{s}, Cache: f.cache, Hostname: testHost, Prefetch: -1, OpenTimeout: time.Hour})
-	c, err := r.Open(context.Background(), "boule:///c.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///c.db")
 	defer c.Close()
 	s.armed.Store(true)
 	if c.AsyncReload() {
@@ -725,10 +717,7 @@ func TestClockStepBack(t *testing.T) {
 	t0 := time.Now()
 	publish(t, f.store, "/k.db", img1, t0)
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///k.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///k.db")
 	defer c.Close()
 	publish(t, f.store, "/k.db", img2, t0.Add(-time.Minute)) // the clock went back
 	if err := c.Refresh(context.Background(), RefreshForce); err != nil {
@@ -752,10 +741,7 @@ func TestClockStepBack(t *testing.T) {
 	publish(t, lagging, "/k.db", img3, t0.Add(-time.Hour))
 	r2 := NewReader(Options{Remote: []store.Store{f.store, lagging}, Hostname: testHost, Prefetch: -1})
 	t.Cleanup(r2.Close)
-	c2, err := r2.Open(context.Background(), "boule:///k.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2 := mustOpen(t, r2, "boule:///k.db")
 	defer c2.Close()
 	f.store.down.Store(true)
 	if err := c2.Refresh(context.Background(), RefreshForce); err != nil {
@@ -790,20 +776,14 @@ func TestIdleReplicasForgotten(t *testing.T) {
 		}
 		c.Close()
 	}
-	kept, err := r.Open(context.Background(), "boule:///many/0.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	kept := mustOpen(t, r, "boule:///many/0.db")
 	defer kept.Close()
 	if n := r.Replicas(); n != 20 {
 		t.Fatalf("%d replicas kept within the poll interval, want 20", n)
 	}
 	clock = clock.Add(2 * time.Minute)
 	publish(t, f.store, "/many/last.db", img, clock)
-	c, err := r.Open(context.Background(), "boule:///many/last.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///many/last.db")
 	defer c.Close()
 	// Kept: the one with a connection, and the one just opened.
 	if n, g := r.Replicas(), gone.Load(); n != 2 || g != 19 {
@@ -830,10 +810,7 @@ func TestCacheHitIsAUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///lru.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///lru.db")
 	defer c.Close()
 	before := f.store.chunks.Load()
 	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
@@ -889,28 +866,19 @@ func TestStale(t *testing.T) {
 	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
 	clock := t0
 	r.now = func() time.Time { return clock }
-	a, err := r.Open(context.Background(), "boule:///s.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustOpen(t, r, "boule:///s.db")
 	defer a.Close()
 	publish(t, f.store, "/s.db", img2, t0.Add(time.Second))
 	clock = t0.Add(time.Millisecond)
 	r.Stale(testHost, "/s.db")
 	clock = t0.Add(2 * time.Millisecond)
-	b, err := r.Open(context.Background(), "boule:///s.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := mustOpen(t, r, "boule:///s.db")
 	defer b.Close()
 	if !bytes.Equal(read(t, b.Snapshot()), img2) {
 		t.Fatal("an open after Stale got the snapshot from before it")
 	}
 	before := f.store.manifests.Load()
-	c, err := r.Open(context.Background(), "boule:///s.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///s.db")
 	defer c.Close()
 	if f.store.manifests.Load() != before {
 		t.Fatal("the open after a fresh fetch fetched again")
@@ -948,10 +916,7 @@ func TestSlowFetchIsShared(t *testing.T) {
 	clock := t0
 	r.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	setClock := func(c time.Time) { mu.Lock(); clock = c; mu.Unlock() }
-	hold, err := r.Open(context.Background(), "boule:///slow.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	hold := mustOpen(t, r, "boule:///slow.db")
 	defer hold.Close()
 	setClock(t0.Add(2 * time.Minute))
 	g.armed.Store(true)
