@@ -220,10 +220,7 @@ func TestPrefetchAndPolicies(t *testing.T) {
 			cache, _ := cache.New(filepath.Join(t.TempDir(), "c"), 1, 100)
 			r := f.reader(Options{Policy: tc.policy, Cache: cache})
 			t.Cleanup(r.Close) // before the cache's temp dir goes
-			c, err := r.Open(context.Background(), "boule:///p.db")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustOpen(t, r, "boule:///p.db")
 			defer c.Close()
 			if got := c.Snapshot().Mapped(); got != tc.atOpen {
 				t.Fatalf("mapped at open=%d, want %d", got, tc.atOpen)
@@ -234,10 +231,7 @@ func TestPrefetchAndPolicies(t *testing.T) {
 		cache, _ := cache.New(filepath.Join(t.TempDir(), "c"), 1, 100)
 		r := f.reader(Options{Cache: cache})
 		t.Cleanup(r.Close)
-		c, err := r.Open(context.Background(), "boule:///p.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///p.db")
 		defer c.Close()
 		// The prefetch maps everything without any read.
 		deadline := time.Now().Add(20 * time.Second)
@@ -260,10 +254,7 @@ func TestConnectionsShareFetches(t *testing.T) {
 	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
 	var conns []*Conn
 	for range 20 {
-		c, err := r.Open(context.Background(), "boule:///s.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///s.db")
 		defer c.Close()
 		conns = append(conns, c)
 	}
@@ -308,10 +299,7 @@ func TestPollOncePerInterval(t *testing.T) {
 	r.tick = func() (<-chan time.Time, func()) { return ticks, func() {} }
 	var conns []*Conn
 	for range 10 {
-		c, err := r.Open(context.Background(), "boule:///q.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///q.db")
 		c.SetAutoRefresh(true)
 		conns = append(conns, c)
 	}
@@ -472,10 +460,7 @@ func TestConcurrentReadsAndSwitches(t *testing.T) {
 	}
 	for i := 1; i < len(images); i++ {
 		publish(t, f.store, "/r.db", images[i], t0.Add(time.Duration(i)*time.Second))
-		c, err := r.Open(context.Background(), "boule:///r.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///r.db")
 		if err := c.Refresh(context.Background(), RefreshForce); err != nil {
 			t.Fatal(err)
 		}
@@ -536,10 +521,7 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 	g := &gated{counting: f.store, gate: newGate()}
 	r := NewReader(Options{Remote: []store.Store{g}, Cache: f.cache, Hostname: testHost, Prefetch: -1})
 	t.Cleanup(r.Close)
-	a, err := r.Open(context.Background(), "boule:///x.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustOpen(t, r, "boule:///x.db")
 	b := mustOpen(t, r, "boule:///x.db")
 	defer b.Close()
 	ctxA, cancelA := context.WithCancel(context.Background())
@@ -582,10 +564,7 @@ func TestMemoryBounds(t *testing.T) {
 			image := db(20, 40) // 40 chunks
 			publish(t, f.store, "/big.db", image, time.Now())
 			r := f.reader(c.opts)
-			conn, err := r.Open(context.Background(), "boule:///big.db")
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn := mustOpen(t, r, "boule:///big.db")
 			defer conn.Close()
 			s := conn.Snapshot()
 			for pass := range 2 {
@@ -679,10 +658,7 @@ func TestOpenFetchesAfterPollInterval(t *testing.T) {
 	r.now = func() time.Time { return clock }
 	open := func() *Conn {
 		t.Helper()
-		c, err := r.Open(context.Background(), "boule:///p.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///p.db")
 		t.Cleanup(c.Close)
 		return c
 	}
@@ -970,10 +946,7 @@ func TestEvictedReplicaAnnouncesNothing(t *testing.T) {
 	t.Cleanup(r.Close)
 	clock := t0
 	r.now = func() time.Time { return clock }
-	c, err := r.Open(context.Background(), "boule:///e.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///e.db")
 	rp := c.Replica()
 	var announced atomic.Int64
 	rp.OnNewest(func(uint64) { announced.Add(1) })
