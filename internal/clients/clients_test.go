@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/testfs"
 )
 
 // Built once per test binary, into a temp directory, from the sources
@@ -71,10 +73,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := testfs.TempDir(t)
 	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "x.db")}
 	if err := os.Mkdir(f.store, 0o755); err != nil {
 		t.Fatal(err)
@@ -363,10 +362,7 @@ func TestDemo(t *testing.T) {
 		t.Errorf("make demo's output shows the spool's internals:\n%s", out)
 	}
 
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := testfs.TempDir(t)
 	demo := build(t, "demo", "./cmd/demo")
 	out, errs, err := run(t, nil, "", demo, "-dir", dir, "-internals")
 	if err != nil {

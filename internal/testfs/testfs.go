@@ -96,6 +96,17 @@ func Modes(t testing.TB, root string) map[string]fs.FileMode {
 	return out
 }
 
+// TempDir returns t.TempDir() with its symbolic links resolved, as the
+// paths the VFS and vfsctl compare and print are.
+func TempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // MountTmpfs mounts a tmpfs of size (a mount option such as "64m") on dir,
 // creating dir, until the test ends. Without root it skips, except under
 // CI, which runs as root.
