@@ -27,22 +27,31 @@ func (d *testSpool) writeMarker(state byte, since time.Time, errText string) {
 	}
 }
 
+// markerCases are the states of the txn marker, with what a flush without
+// Restage (TestUploaderFlushMarker) and the status (TestStatusFromMarker)
+// make of each.
+var markerCases = []struct {
+	name    string
+	state   byte
+	errText string
+	// A flush fails with want, saying says (nil: it uploads).
+	want error
+	says string
+	// The status says notReplicated, and problem.
+	notReplicated bool
+	problem       string
+}{
+	{"clean", '0', "", nil, "", false, ""},
+	{"set", '1', "", ErrNotStaged, "never finished", false, "writer died"},
+	{"failed", 'F', "spool: write x: no space left on device", ErrSnapshotFailed, "no space left on device", true, "no space left on device"},
+	{"wal", 'W', "", spool.ErrWAL, "WAL mode", true, "WAL mode"},
+}
+
 // TestUploaderFlushMarker: without Restage, a flush does what the txn
 // marker allows: it uploads when the marker is clean, and otherwise fails,
 // without a store call, naming the database and saying why.
 func TestUploaderFlushMarker(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		state   byte
-		errText string
-		want    error
-		says    string
-	}{
-		{"clean", '0', "", nil, ""},
-		{"set", '1', "", ErrNotStaged, "never finished"},
-		{"failed", 'F', "spool: write x: no space left on device", ErrSnapshotFailed, "no space left on device"},
-		{"wal", 'W', "", spool.ErrWAL, "WAL mode"},
-	} {
+	for _, tc := range markerCases {
 		t.Run(tc.name, func(t *testing.T) {
 			now, fake, u, d := oneTarget(t, "/data/marker.db", nil)
 			s := d.snapshot(testData(90, 3*manifest.ChunkSize), now.Now())
@@ -200,18 +209,7 @@ func TestUploaderFlushRestages(t *testing.T) {
 // the database is not replicated, and the lag count from when its
 // snapshots stopped; a clean or set marker does not.
 func TestStatusFromMarker(t *testing.T) {
-	for _, tc := range []struct {
-		name          string
-		state         byte
-		errText       string
-		notReplicated bool
-		problem       string
-	}{
-		{"clean", '0', "", false, ""},
-		{"set", '1', "", false, "writer died"},
-		{"failed", 'F', "spool: write x: no space left on device", true, "no space left on device"},
-		{"wal", 'W', "", true, "WAL mode"},
-	} {
+	for _, tc := range markerCases {
 		t.Run(tc.name, func(t *testing.T) {
 			now, _, u, d := oneTarget(t, "/data/status.db", nil)
 			d.stage(d.snapshot(testData(93, 2*manifest.ChunkSize), now.Now()))
