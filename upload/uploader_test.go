@@ -273,6 +273,17 @@ func mustFlush(t testing.TB, u *Uploader, dir string) {
 	}
 }
 
+// flushNoCalls flushes dir and fails t if the flush made any call to fake,
+// naming the flush what.
+func flushNoCalls(t testing.TB, u *Uploader, fake *storetest.Fake, dir, what string) {
+	t.Helper()
+	before := fake.NumCalls()
+	mustFlush(t, u, dir)
+	if got := fake.CallsSince(before); len(got) != 0 {
+		t.Errorf("%s made calls %v, want none", what, got)
+	}
+}
+
 // checkStored checks that the store's manifest for d is want, and that the
 // database reassembled from the store is want's data.
 func checkStored(t testing.TB, fake *storetest.Fake, d *testSpool, want *snap) {
@@ -495,19 +506,11 @@ func TestUploaderStagingOnly(t *testing.T) {
 		fake.CheckIntegrity(t)
 	})
 	t.Run("second flush", func(t *testing.T) {
-		before := fake.NumCalls()
-		mustFlush(t, u, d.dir)
-		if got := fake.CallsSince(before); len(got) != 0 {
-			t.Errorf("second Flush made calls %v, want none", got)
-		}
+		flushNoCalls(t, u, fake, d.dir, "second Flush")
 	})
 	t.Run("new process", func(t *testing.T) {
 		u2 := newTestUploader(t, opts)
-		before := fake.NumCalls()
-		mustFlush(t, u2, d.dir)
-		if got := fake.CallsSince(before); len(got) != 0 {
-			t.Errorf("Flush by a new uploader made calls %v, want none (the uploaded file says it is done)", got)
-		}
+		flushNoCalls(t, u2, fake, d.dir, "Flush by a new uploader (the uploaded file says it is done)")
 	})
 }
 
@@ -560,11 +563,7 @@ func TestUploaderStagingRace(t *testing.T) {
 				t.Errorf("spool not drained: snapshots %v, staged chunks %v", snaps, staged)
 			}
 			// And the next flush finds the staged manifest (s2) uploaded.
-			before := fake.NumCalls()
-			mustFlush(t, u, d.dir)
-			if got := fake.CallsSince(before); len(got) != 0 {
-				t.Errorf("next Flush made calls %v, want none", got)
-			}
+			flushNoCalls(t, u, fake, d.dir, "next Flush")
 		})
 	}
 }
