@@ -12,11 +12,8 @@ import (
 // but not the constraints that Validate checks.
 func decodeConfig(raw json.RawMessage) (Config, error) {
 	var c Config
-	o, err := decodeObject(raw, "")
+	o, err := decodeStrict(raw, "", topKeys...)
 	if err != nil {
-		return Config{}, err
-	}
-	if err := o.allow(topKeys...); err != nil {
 		return Config{}, err
 	}
 	if c.MakeDefault, err = o.boolean("make_default", false); err != nil {
@@ -58,89 +55,71 @@ func decodeConfig(raw json.RawMessage) (Config, error) {
 	return c, nil
 }
 
-// decodeCaptureMemory decodes capture_memory_mib.
-func decodeCaptureMemory(o *object) (int, error) {
-	const key = "capture_memory_mib"
-	raw, ok, _ := o.get(key, false)
-	if !ok {
-		return 0, nil
-	}
-	if jsonType(raw) != "number" {
-		return 0, typeError(key, "a number", raw)
-	}
-	v, msg := parseUint(string(raw), MaxCaptureMemoryMiB)
-	if msg != "" || v == 0 {
-		return 0, &Error{Key: key, Msg: fmt.Sprintf(
-			"expected a number of MiB from 1 to %d, got %s (omit the key for the default of %d)",
-			MaxCaptureMemoryMiB, string(raw), DefaultCaptureMemoryMiB)}
-	}
-	return int(v), nil
+// uintKey describes an optional integer key and how its errors explain it.
+type uintKey struct {
+	key         string
+	least, most uint64
+	kind        string // what a value that is not a number should be; "" means "a number"
+	expected    string // what a bad number is told was expected
+	hint        string // what follows the bad number in its error
 }
 
-// decodeAtLeast decodes key, an integer from least to most; absent is 0.
-func decodeAtLeast(o *object, key string, least, most uint64) (uint64, error) {
-	raw, ok, _ := o.get(key, false)
-	if !ok {
-		return 0, nil
+// decodeUint decodes k.key, an integer from k.least to k.most; absent is 0.
+func decodeUint(o *object, k uintKey) (uint64, error) {
+	kind := k.kind
+	if kind == "" {
+		kind = "a number"
 	}
-	if jsonType(raw) != "number" {
-		return 0, typeError(key, "a number", raw)
+	raw, ok, err := o.number(k.key, kind)
+	if !ok || err != nil {
+		return 0, err
 	}
-	v, msg := parseUint(string(raw), most)
-	if msg != "" || v < least {
-		return 0, &Error{Key: key, Msg: fmt.Sprintf(
-			"expected an integer from %d to %d, got %s (omit the key for the default)", least, most, string(raw))}
+	v, msg := parseUint(string(raw), k.most)
+	if msg != "" || v < k.least {
+		return 0, &Error{Key: k.key, Msg: k.expected + ", got " + string(raw) + k.hint}
 	}
 	return v, nil
 }
 
+// decodeCaptureMemory decodes capture_memory_mib.
+func decodeCaptureMemory(o *object) (int, error) {
+	v, err := decodeUint(o, uintKey{key: "capture_memory_mib", least: 1, most: MaxCaptureMemoryMiB,
+		expected: fmt.Sprintf("expected a number of MiB from 1 to %d", MaxCaptureMemoryMiB),
+		hint:     fmt.Sprintf(" (omit the key for the default of %d)", DefaultCaptureMemoryMiB)})
+	return int(v), err
+}
+
+// decodeAtLeast decodes key, an integer from least to most; absent is 0.
+func decodeAtLeast(o *object, key string, least, most uint64) (uint64, error) {
+	return decodeUint(o, uintKey{key: key, least: least, most: most,
+		expected: fmt.Sprintf("expected an integer from %d to %d", least, most),
+		hint:     " (omit the key for the default)"})
+}
+
 // decodePackChunks decodes pack_chunks.
 func decodePackChunks(o *object) (int, error) {
-	const key = "pack_chunks"
-	raw, ok, _ := o.get(key, false)
-	if !ok {
-		return 0, nil
-	}
-	if jsonType(raw) != "number" {
-		return 0, typeError(key, "a number", raw)
-	}
-	v, msg := parseUint(string(raw), MaxPackChunks)
-	if msg != "" || v == 0 {
-		return 0, &Error{Key: key, Msg: fmt.Sprintf(
-			"expected an integer from 1 (no packs) to %d, got %s (omit the key for the default of %d)",
-			MaxPackChunks, string(raw), DefaultPackChunks)}
-	}
-	return int(v), nil
+	v, err := decodeUint(o, uintKey{key: "pack_chunks", least: 1, most: MaxPackChunks,
+		expected: fmt.Sprintf("expected an integer from 1 (no packs) to %d", MaxPackChunks),
+		hint:     fmt.Sprintf(" (omit the key for the default of %d)", DefaultPackChunks)})
+	return int(v), err
 }
 
 // decodePermissions decodes replication_spooling_dir_permissions.
 func decodePermissions(o *object) (uint32, error) {
-	const key = "replication_spooling_dir_permissions"
-	raw, ok, _ := o.get(key, false)
-	if !ok {
-		return 0, nil
-	}
-	if jsonType(raw) != "number" {
-		return 0, typeError(key, "a number (JSON has no octal: write 448 for 0o700)", raw)
-	}
-	v, msg := parseUint(string(raw), 0o7777)
-	if msg != "" {
-		return 0, &Error{Key: key, Msg: fmt.Sprintf(
-			"expected an integer from 0 to 4095 (0o7777), got %s; JSON has no octal: write 448 for 0o700",
-			string(raw))}
-	}
-	return uint32(v), nil
+	const octal = "JSON has no octal: write 448 for 0o700"
+	v, err := decodeUint(o, uintKey{key: "replication_spooling_dir_permissions", most: 0o7777,
+		kind:     "a number (" + octal + ")",
+		expected: "expected an integer from 0 to 4095 (0o7777)",
+		hint:     "; " + octal})
+	return uint32(v), err
 }
 
 // decodeRate decodes max_requests_per_second.
 func decodeRate(o *object) (float64, error) {
 	const key = "max_requests_per_second"
-	raw, ok, _ := o.get(key, false)
-	if !ok {
-		return 0, nil
-	}
-	if jsonType(raw) != "number" {
-		return 0, typeError(key, "a number", raw)
+	raw, ok, err := o.number(key, "a number")
+	if !ok || err != nil {
+		return 0, err
 	}
 	v, err := strconv.ParseFloat(string(raw), 64)
 	if err != nil || math.IsInf(v, 0) {
@@ -235,12 +214,9 @@ func kindCountMessage(kinds []string) string {
 
 // decodeS3 decodes the body of an "s3" target.
 func decodeS3(raw json.RawMessage, path string) (*S3Target, error) {
-	o, err := decodeObject(raw, path)
+	o, err := decodeStrict(raw, path, "region", "endpoint", "chunk_bucket", "manifest_bucket",
+		"domain_addressing", "create_buckets_on_demand")
 	if err != nil {
-		return nil, err
-	}
-	if err := o.allow("region", "endpoint", "chunk_bucket", "manifest_bucket",
-		"domain_addressing", "create_buckets_on_demand"); err != nil {
 		return nil, err
 	}
 	var t S3Target
@@ -267,11 +243,8 @@ func decodeS3(raw json.RawMessage, path string) (*S3Target, error) {
 
 // decodeDir decodes the body of a "dir" target.
 func decodeDir(raw json.RawMessage, path string) (*DirTarget, error) {
-	o, err := decodeObject(raw, path)
+	o, err := decodeStrict(raw, path, "path")
 	if err != nil {
-		return nil, err
-	}
-	if err := o.allow("path"); err != nil {
 		return nil, err
 	}
 	var t DirTarget
@@ -283,22 +256,17 @@ func decodeDir(raw json.RawMessage, path string) (*DirTarget, error) {
 
 // decodeLocal decodes the body of a "local" target.
 func decodeLocal(raw json.RawMessage, path string) (*LocalTarget, error) {
-	o, err := decodeObject(raw, path)
+	o, err := decodeStrict(raw, path, "directory", "num_shards", "capacity")
 	if err != nil {
-		return nil, err
-	}
-	if err := o.allow("directory", "num_shards", "capacity"); err != nil {
 		return nil, err
 	}
 	var t LocalTarget
 	if t.Directory, err = o.str("directory", true); err != nil {
 		return nil, err
 	}
-	shards, err := o.uint("num_shards", true, math.MaxUint32)
-	if err != nil {
+	if t.NumShards, err = o.shards(true); err != nil {
 		return nil, err
 	}
-	t.NumShards = uint32(shards)
 	if t.Capacity, err = o.uint("capacity", true, MaxLocalCapacity); err != nil {
 		return nil, err
 	}
@@ -307,22 +275,17 @@ func decodeLocal(raw json.RawMessage, path string) (*LocalTarget, error) {
 
 // decodeReadOnly decodes the body of a "read_only" target.
 func decodeReadOnly(raw json.RawMessage, path string) (*ReadOnlyTarget, error) {
-	o, err := decodeObject(raw, path)
+	o, err := decodeStrict(raw, path, "directory", "num_shards", "append_instance_id")
 	if err != nil {
-		return nil, err
-	}
-	if err := o.allow("directory", "num_shards", "append_instance_id"); err != nil {
 		return nil, err
 	}
 	var t ReadOnlyTarget
 	if t.Directory, err = o.str("directory", true); err != nil {
 		return nil, err
 	}
-	shards, err := o.uint("num_shards", false, math.MaxUint32)
-	if err != nil {
+	if t.NumShards, err = o.shards(false); err != nil {
 		return nil, err
 	}
-	t.NumShards = uint32(shards)
 	if _, set, _ := o.get("append_instance_id", false); set {
 		v, err := o.boolean("append_instance_id", false)
 		if err != nil {
@@ -383,11 +346,8 @@ func decodePolicy(o *object) (LoadingPolicy, error) {
 	default:
 		return LoadingPolicy{}, &Error{Key: key, Msg: fmt.Sprintf("unknown policy %q (%s)", kind, policyForms)}
 	}
-	params, err := decodeObject(body, path)
+	params, err := decodeStrict(body, path, "min", "max")
 	if err != nil {
-		return LoadingPolicy{}, err
-	}
-	if err := params.allow("min", "max"); err != nil {
 		return LoadingPolicy{}, err
 	}
 	lo, err := params.uint("min", false, math.MaxUint32)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -323,6 +324,19 @@ func decodeObject(raw json.RawMessage, path string) (*object, error) {
 	return &object{path: path, m: m}, nil
 }
 
+// decodeStrict decodes raw, which must be a JSON object with no key but
+// those known, at path.
+func decodeStrict(raw json.RawMessage, path string, known ...string) (*object, error) {
+	o, err := decodeObject(raw, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.allow(known...); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
 // sortedKeys returns the object's keys in sorted order.
 func (o *object) sortedKeys() []string {
 	keys := make([]string, 0, len(o.m))
@@ -387,6 +401,26 @@ func (o *object) boolean(key string, required bool) (bool, error) {
 		return false, typeError(joinKey(o.path, key), "a boolean", raw)
 	}
 	return raw[0] == 't', nil
+}
+
+// number returns the raw JSON number at key, or false when key is absent.
+// A value that is not a number is an error saying it should be want.
+func (o *object) number(key, want string) (json.RawMessage, bool, error) {
+	raw, ok, _ := o.get(key, false)
+	if !ok {
+		return nil, false, nil
+	}
+	if jsonType(raw) != "number" {
+		return nil, false, typeError(key, want, raw)
+	}
+	return raw, true, nil
+}
+
+// shards returns the "num_shards" count of a local or read-only target
+// (required or not), which fits 32 bits.
+func (o *object) shards(required bool) (uint32, error) {
+	n, err := o.uint("num_shards", required, math.MaxUint32)
+	return uint32(n), err
 }
 
 // uint decodes a non-negative integer no greater than limit.

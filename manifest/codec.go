@@ -68,19 +68,9 @@ func Decode(b []byte) (*Manifest, error) {
 	if len(b) < minEncodedSize {
 		return nil, fmt.Errorf("manifest: %d bytes, need at least %d: %w", len(b), minEncodedSize, ErrTruncated)
 	}
-	if string(b[:len(magic)]) != magic {
-		return nil, ErrMagic
-	}
-	if v := binary.BigEndian.Uint16(b[8:]); v != formatVersion {
-		return nil, fmt.Errorf("manifest: version %d: %w", v, ErrVersion)
-	}
-	flags := binary.BigEndian.Uint16(b[10:])
-	if flags&^FlagPacks != 0 {
-		return nil, fmt.Errorf("manifest: flags %#04x: %w", flags, ErrFlags)
-	}
-	body := b[:len(b)-checksumSize]
-	if Sum(body) != Fingerprint(b[len(body):]) {
-		return nil, ErrChecksum
+	body, flags, err := checkFrame(b, formatVersion, "version")
+	if err != nil {
+		return nil, err
 	}
 
 	m := new(Manifest)
@@ -108,21 +98,36 @@ func Decode(b []byte) (*Manifest, error) {
 		}
 	}
 
-	if m.Inline, err = r.inline(m.Size, n); err != nil {
+	if err := r.tail(m, n, flags); err != nil {
 		return nil, err
-	}
-	if flags&FlagPacks != 0 {
-		if m.Packs, err = r.packs(n); err != nil {
-			return nil, err
-		}
-	}
-	if r.remaining() != 0 {
-		return nil, invalidf("trailer", "%d unexpected bytes before the checksum", r.remaining())
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+// checkFrame checks what comes before the header's fields and after
+// them in b, an encoded manifest at least headerSize+checksumSize bytes
+// long: the magic, the format version (want; what names it in errors), the
+// flags and the trailing checksum. It returns b without its checksum,
+// and the flags.
+func checkFrame(b []byte, want uint16, what string) ([]byte, uint16, error) {
+	if string(b[:len(magic)]) != magic {
+		return nil, 0, ErrMagic
+	}
+	if v := binary.BigEndian.Uint16(b[8:]); v != want {
+		return nil, 0, fmt.Errorf("manifest: %s %d: %w", what, v, ErrVersion)
+	}
+	flags := binary.BigEndian.Uint16(b[10:])
+	if flags&^FlagPacks != 0 {
+		return nil, 0, fmt.Errorf("manifest: flags %#04x: %w", flags, ErrFlags)
+	}
+	body := b[:len(b)-checksumSize]
+	if Sum(body) != Fingerprint(b[len(body):]) {
+		return nil, 0, ErrChecksum
+	}
+	return body, flags, nil
 }
 
 // decodeHeader reads the fixed header and the strings of body, a v1 or v2
@@ -162,6 +167,25 @@ func decodeHeader(m *Manifest, body []byte) (reader, error) {
 		return reader{}, err
 	}
 	return r, nil
+}
+
+// tail reads what follows the chunk list in a manifest m of n chunks with
+// the given flags: its inline chunks, then its pack table when it has
+// one. Nothing may follow them but the checksum.
+func (r *reader) tail(m *Manifest, n int, flags uint16) error {
+	var err error
+	if m.Inline, err = r.inline(m.Size, n); err != nil {
+		return err
+	}
+	if flags&FlagPacks != 0 {
+		if m.Packs, err = r.packs(n); err != nil {
+			return err
+		}
+	}
+	if r.remaining() != 0 {
+		return invalidf("trailer", "%d unexpected bytes before the checksum", r.remaining())
+	}
+	return nil
 }
 
 // inline reads the inline chunks of a manifest of size bytes and n

@@ -212,19 +212,9 @@ func DecodeHead(b []byte) (*Head, error) {
 	if len(b) < minHeadSize {
 		return nil, fmt.Errorf("manifest: head of %d bytes, need at least %d: %w", len(b), minHeadSize, ErrTruncated)
 	}
-	if string(b[:len(magic)]) != magic {
-		return nil, ErrMagic
-	}
-	if v := binary.BigEndian.Uint16(b[8:]); v != formatVersion2 {
-		return nil, fmt.Errorf("manifest: head version %d: %w", v, ErrVersion)
-	}
-	flags := binary.BigEndian.Uint16(b[10:])
-	if flags&^FlagPacks != 0 {
-		return nil, fmt.Errorf("manifest: flags %#04x: %w", flags, ErrFlags)
-	}
-	body := b[:len(b)-checksumSize]
-	if Sum(body) != Fingerprint(b[len(body):]) {
-		return nil, ErrChecksum
+	body, flags, err := checkFrame(b, formatVersion2, "head version")
+	if err != nil {
+		return nil, err
 	}
 	h := new(Head)
 	m := &h.M
@@ -271,16 +261,8 @@ func DecodeHead(b []byte) (*Head, error) {
 			copy(h.Overrides[k].FP[:], r.bytes(FingerprintSize))
 		}
 	}
-	if m.Inline, err = r.inline(m.Size, n); err != nil {
+	if err := r.tail(m, n, flags); err != nil {
 		return nil, err
-	}
-	if flags&FlagPacks != 0 {
-		if m.Packs, err = r.packs(n); err != nil {
-			return nil, err
-		}
-	}
-	if r.remaining() != 0 {
-		return nil, invalidf("trailer", "%d unexpected bytes before the checksum", r.remaining())
 	}
 	if err := h.check(); err != nil {
 		return nil, err

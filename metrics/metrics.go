@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/upload"
@@ -41,6 +42,15 @@ func boolValue(b bool) float64 {
 	return 0
 }
 
+// unixSeconds returns t in seconds since the Unix epoch, or 0 for the zero
+// time (never happened).
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.Unix()) + float64(t.Nanosecond())/1e9
+}
+
 // dbMetrics are exported once per replicated database.
 var dbMetrics = []metric[upload.Status]{
 	newMetric("replication", "lag_seconds",
@@ -69,23 +79,13 @@ var dbMetrics = []metric[upload.Status]{
 		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return boolValue(s.NotReplicated) }),
 	newMetric("replication", "last_upload_timestamp_seconds",
 		"When this process last uploaded a snapshot of the database, in seconds since the Unix epoch; 0 if it has not yet.",
-		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 {
-			if s.LastUpload.IsZero() {
-				return 0
-			}
-			return float64(s.LastUpload.Unix()) + float64(s.LastUpload.Nanosecond())/1e9
-		}),
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return unixSeconds(s.LastUpload) }),
 	newMetric("replication", "uploader_alive",
 		"1 if an uploader serving the database (in any process) wrote its heartbeat in the spool lately, else 0: a lag with no live uploader is a writer that exited before its uploads were done, not a store outage.",
 		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return boolValue(s.UploaderAlive) }),
 	newMetric("replication", "uploader_last_seen_timestamp_seconds",
 		"When an uploader serving the database last wrote its heartbeat, in seconds since the Unix epoch; 0 if none did in this boot.",
-		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 {
-			if s.UploaderSeen.IsZero() {
-				return 0
-			}
-			return float64(s.UploaderSeen.Unix()) + float64(s.UploaderSeen.Nanosecond())/1e9
-		}),
+		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return unixSeconds(s.UploaderSeen) }),
 }
 
 // targetMetrics are exported once per replication target.

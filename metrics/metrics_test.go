@@ -64,89 +64,44 @@ var (
 
 func TestCollectorValues(t *testing.T) {
 	c := NewCollector(func() []upload.Status { return statuses }, func() map[string]store.Stats { return stats })
+	// Each series lists its values in the order of its labels, sorted as the
+	// text format sorts them.
+	dbs := []string{"/spool/unknown", "/x.db", "/y.db"}
+	targets := []string{"dir:/mnt", "s3:backup"}
 	tests := []struct {
 		name   string
-		series string
+		values []string
 	}{
-		{"boule_replication_lag_seconds", `
-boule_replication_lag_seconds{db="/spool/unknown"} 0
-boule_replication_lag_seconds{db="/x.db"} 1.5
-boule_replication_lag_seconds{db="/y.db"} 0
-`},
-		{"boule_replication_pending_bytes", `
-boule_replication_pending_bytes{db="/spool/unknown"} 0
-boule_replication_pending_bytes{db="/x.db"} 65656
-boule_replication_pending_bytes{db="/y.db"} 0
-`},
-		{"boule_replication_uploads_total", `
-boule_replication_uploads_total{db="/spool/unknown"} 1
-boule_replication_uploads_total{db="/x.db"} 7
-boule_replication_uploads_total{db="/y.db"} 0
-`},
-		{"boule_replication_chunks_total", `
-boule_replication_chunks_total{db="/spool/unknown"} 0
-boule_replication_chunks_total{db="/x.db"} 30
-boule_replication_chunks_total{db="/y.db"} 0
-`},
-		{"boule_replication_calls_total", `
-boule_replication_calls_total{db="/spool/unknown"} 0
-boule_replication_calls_total{db="/x.db"} 41
-boule_replication_calls_total{db="/y.db"} 0
-`},
-		{"boule_replication_failures_total", `
-boule_replication_failures_total{db="/spool/unknown"} 0
-boule_replication_failures_total{db="/x.db"} 2
-boule_replication_failures_total{db="/y.db"} 1
-`},
-		{"boule_replication_blocked", `
-boule_replication_blocked{db="/spool/unknown"} 0
-boule_replication_blocked{db="/x.db"} 0
-boule_replication_blocked{db="/y.db"} 1
-`},
-		{"boule_replication_not_replicated", `
-boule_replication_not_replicated{db="/spool/unknown"} 0
-boule_replication_not_replicated{db="/x.db"} 0
-boule_replication_not_replicated{db="/y.db"} 1
-`},
-		{"boule_replication_last_upload_timestamp_seconds", `
-boule_replication_last_upload_timestamp_seconds{db="/spool/unknown"} 0
-boule_replication_last_upload_timestamp_seconds{db="/x.db"} 1.70000000025e+09
-boule_replication_last_upload_timestamp_seconds{db="/y.db"} 0
-`},
-		{"boule_replication_uploader_alive", `
-boule_replication_uploader_alive{db="/spool/unknown"} 0
-boule_replication_uploader_alive{db="/x.db"} 1
-boule_replication_uploader_alive{db="/y.db"} 0
-`},
-		{"boule_replication_uploader_last_seen_timestamp_seconds", `
-boule_replication_uploader_last_seen_timestamp_seconds{db="/spool/unknown"} 0
-boule_replication_uploader_last_seen_timestamp_seconds{db="/x.db"} 1.70000000225e+09
-boule_replication_uploader_last_seen_timestamp_seconds{db="/y.db"} 0
-`},
-		{"boule_store_calls_total", `
-boule_store_calls_total{target="dir:/mnt"} 3
-boule_store_calls_total{target="s3:backup"} 100
-`},
-		{"boule_store_retries_total", `
-boule_store_retries_total{target="dir:/mnt"} 0
-boule_store_retries_total{target="s3:backup"} 4
-`},
-		{"boule_store_failures_total", `
-boule_store_failures_total{target="dir:/mnt"} 0
-boule_store_failures_total{target="s3:backup"} 1
-`},
-		{"boule_store_bytes_up_total", `
-boule_store_bytes_up_total{target="dir:/mnt"} 10
-boule_store_bytes_up_total{target="s3:backup"} 1.048576e+06
-`},
-		{"boule_store_bytes_down_total", `
-boule_store_bytes_down_total{target="dir:/mnt"} 0
-boule_store_bytes_down_total{target="s3:backup"} 512
-`},
+		{"boule_replication_lag_seconds", []string{"0", "1.5", "0"}},
+		{"boule_replication_pending_bytes", []string{"0", "65656", "0"}},
+		{"boule_replication_uploads_total", []string{"1", "7", "0"}},
+		{"boule_replication_chunks_total", []string{"0", "30", "0"}},
+		{"boule_replication_calls_total", []string{"0", "41", "0"}},
+		{"boule_replication_failures_total", []string{"0", "2", "1"}},
+		{"boule_replication_blocked", []string{"0", "0", "1"}},
+		{"boule_replication_not_replicated", []string{"0", "0", "1"}},
+		{"boule_replication_last_upload_timestamp_seconds", []string{"0", "1.70000000025e+09", "0"}},
+		{"boule_replication_uploader_alive", []string{"0", "1", "0"}},
+		{"boule_replication_uploader_last_seen_timestamp_seconds", []string{"0", "1.70000000225e+09", "0"}},
+		{"boule_store_calls_total", []string{"3", "100"}},
+		{"boule_store_retries_total", []string{"0", "4"}},
+		{"boule_store_failures_total", []string{"0", "1"}},
+		{"boule_store_bytes_up_total", []string{"10", "1.048576e+06"}},
+		{"boule_store_bytes_down_total", []string{"0", "512"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			want := header(t, tt.name) + strings.TrimPrefix(tt.series, "\n")
+			label, keys := "db", dbs
+			if strings.HasPrefix(tt.name, "boule_store_") {
+				label, keys = "target", targets
+			}
+			if len(tt.values) != len(keys) {
+				t.Fatalf("%d values for %d labels", len(tt.values), len(keys))
+			}
+			want := header(t, tt.name)
+			for i, key := range keys {
+				want += fmt.Sprintf("%s{%s=%q} %s\n", tt.name, label, key, tt.values[i])
+			}
 			if err := testutil.CollectAndCompare(c, strings.NewReader(want), tt.name); err != nil {
 				t.Errorf("CollectAndCompare(%s)=%v, want nil", tt.name, err)
 			}

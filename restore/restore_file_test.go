@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/sqlshell"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
@@ -161,62 +162,6 @@ func TestRestoreFileKilled(t *testing.T) {
 	}
 }
 
-// sqliteShell is a sqlite3 shell process with a database open.
-type sqliteShell struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	out   *bufio.Reader
-}
-
-// startSQLite starts the sqlite3 shell on path.
-func startSQLite(t testing.TB, path string) *sqliteShell {
-	t.Helper()
-	sqlite3, err := exec.LookPath("sqlite3")
-	if err != nil {
-		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
-	}
-	cmd := exec.Command(sqlite3, path)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("sqlite3: %v", err)
-	}
-	sh := &sqliteShell{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
-	t.Cleanup(sh.close)
-	return sh
-}
-
-// do runs sql, then waits for the shell to print mark, which tells that
-// sql has run.
-func (sh *sqliteShell) do(t testing.TB, sql, mark string) {
-	t.Helper()
-	if _, err := fmt.Fprintf(sh.stdin, "%s\nSELECT '%s';\n", sql, mark); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		line, err := sh.out.ReadString('\n')
-		if err != nil {
-			t.Fatalf("sqlite3 after %q: %v", sql, err)
-		}
-		if strings.TrimSpace(line) == mark {
-			return
-		}
-	}
-}
-
-// close ends the shell and waits for it.
-func (sh *sqliteShell) close() {
-	sh.stdin.Close()
-	_ = sh.cmd.Wait()
-}
-
 // TestRestoreFileInUse: even with Replace, RestoreFile refuses a
 // database that a sqlite3 process holds a lock on, or only has open (its
 // next write would go to the replaced file, and be lost), and leaves it
@@ -225,16 +170,16 @@ func TestRestoreFileInUse(t *testing.T) {
 	m := synthetic(5)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "live.db")
-	sh := startSQLite(t, out)
-	sh.do(t, "CREATE TABLE t(x); INSERT INTO t VALUES (1);", "created")
+	sh := sqlshell.Start(t, out)
+	sh.Do(t, "CREATE TABLE t(x); INSERT INTO t VALUES (1);", "created")
 	before, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := sh.cmd.Process.Pid
+	pid := sh.Pid()
 
 	// The kernel's lock table, as F_GETLK sees it.
-	sh.do(t, "BEGIN IMMEDIATE;", "locked")
+	sh.Do(t, "BEGIN IMMEDIATE;", "locked")
 	if got, held, err := sqliteLockHolder(out); err != nil || !held || got != pid {
 		t.Fatalf("sqliteLockHolder()=%d, %v, %v; want %d, true (sqlite3 holds RESERVED)", got, held, err, pid)
 	}
@@ -253,13 +198,13 @@ func TestRestoreFileInUse(t *testing.T) {
 	}
 	check("holds a lock on")
 
-	sh.do(t, "COMMIT;", "idle")
+	sh.Do(t, "COMMIT;", "idle")
 	if _, held, err := sqliteLockHolder(out); err != nil || held {
 		t.Fatalf("sqliteLockHolder() after COMMIT=%v, %v; want no lock", held, err)
 	}
 	check("has open, unlocked")
 
-	sh.close()
+	sh.Close()
 	if err := File(context.Background(), []store.Store{&chunkSource{}}, m, out, Options{Replace: true}); err != nil {
 		t.Fatalf("RestoreFile() once sqlite3 is gone=%v", err)
 	}
@@ -396,17 +341,7 @@ func TestManifestAtNewestByCreation(t *testing.T) {
 		{0, 5 * time.Second},             // newest: stored 5 s after it was made
 		{-time.Minute, -time.Minute + 1}, // older
 	} {
-		data := bytes.Repeat([]byte{byte(i)}, 100)
-		m := &manifest.Manifest{Hostname: "h", SourcePath: "/a.db", Generator: "test", Size: 100,
-			Created: base.Add(v.created), SourceCtime: base,
-			Chunks: []manifest.Fingerprint{manifest.Sum(data)}, Inline: map[uint32][]byte{0: data}}
-		b, err := m.MarshalBinary()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id := string(rune('a' + i))
-		s.bodies[id] = b
-		s.vs = append(s.vs, store.Version{ID: id, LastModified: base.Add(v.stored)})
+		s.add(t, i, base.Add(v.created), base, base.Add(v.stored))
 	}
 	for _, tc := range []struct {
 		at   time.Duration

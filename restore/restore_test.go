@@ -362,6 +362,24 @@ type secondStore struct {
 	bodies map[string][]byte
 }
 
+// add appends version i, older than those added before it: a 100-byte
+// database of byte i, created and with the source ctime given, that the
+// store dates stored.
+func (s *secondStore) add(t testing.TB, i int, created, ctime, stored time.Time) {
+	t.Helper()
+	data := bytes.Repeat([]byte{byte(i)}, 100)
+	m := &manifest.Manifest{Hostname: "h", SourcePath: "/a.db", Generator: "test", Size: 100,
+		Created: created, SourceCtime: ctime,
+		Chunks: []manifest.Fingerprint{manifest.Sum(data)}, Inline: map[uint32][]byte{0: data}}
+	b, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := string(rune('a' + i))
+	s.bodies[id] = b
+	s.vs = append(s.vs, store.Version{ID: id, LastModified: stored})
+}
+
 func (s *secondStore) ManifestVersions(ctx context.Context, key string) ([]store.Version, error) {
 	return s.vs, nil
 }
@@ -379,17 +397,7 @@ func TestManifestAtWithinASecond(t *testing.T) {
 	base := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
 	s := &secondStore{bodies: map[string][]byte{}}
 	for i, off := range []time.Duration{700 * time.Millisecond, 100 * time.Millisecond, -2 * time.Second} {
-		data := bytes.Repeat([]byte{byte(i)}, 100)
-		m := &manifest.Manifest{Hostname: "h", SourcePath: "/a.db", Generator: "test", Size: 100,
-			Created: base.Add(off), SourceCtime: base.Add(off),
-			Chunks: []manifest.Fingerprint{manifest.Sum(data)}, Inline: map[uint32][]byte{0: data}}
-		b, err := m.MarshalBinary()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id := string(rune('a' + i))
-		s.bodies[id] = b
-		s.vs = append(s.vs, store.Version{ID: id, LastModified: base.Add(off).Truncate(time.Second)})
+		s.add(t, i, base.Add(off), base.Add(off), base.Add(off).Truncate(time.Second))
 	}
 	for _, tc := range []struct {
 		at   time.Duration

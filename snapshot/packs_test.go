@@ -70,14 +70,7 @@ func publishPacked(t testing.TB, s store.Store, path string, image []byte, per i
 			m.Packs[j], m.Packs[j-1] = m.Packs[j-1], m.Packs[j]
 		}
 	}
-	b, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := store.ManifestKey(testHost, path)
-	if err := s.PutManifest(ctx, key, b); err != nil {
-		t.Fatal(err)
-	}
+	putManifest(t, s, path, m)
 	return m
 }
 

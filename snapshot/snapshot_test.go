@@ -63,6 +63,19 @@ func db(seed uint64, n int) []byte {
 	return b
 }
 
+// putManifest stores m as the newest manifest of path on testHost.
+func putManifest(t testing.TB, s store.Store, path string, m *manifest.Manifest) {
+	t.Helper()
+	b, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := store.ManifestKey(testHost, path)
+	if err := s.PutManifest(context.Background(), key, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // publish stores image as the newest snapshot of path.
 func publish(t testing.TB, s store.Store, path string, image []byte, created time.Time) *manifest.Manifest {
 	t.Helper()
@@ -86,14 +99,7 @@ func publish(t testing.TB, s store.Store, path string, image []byte, created tim
 			t.Fatal(err)
 		}
 	}
-	b, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := store.ManifestKey(testHost, path)
-	if err := s.PutManifest(ctx, key, b); err != nil {
-		t.Fatal(err)
-	}
+	putManifest(t, s, path, m)
 	return m
 }
 
@@ -120,6 +126,16 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	return &fixture{t: t, dir: tmpdir, store: &counting{Store: ds}, cache: cache}
+}
+
+// mustOpen opens name on r, failing t if it cannot.
+func mustOpen(t testing.TB, r *Reader, name string) *Conn {
+	t.Helper()
+	c, err := r.Open(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func (f *fixture) reader(opts Options) *Reader {
@@ -152,10 +168,7 @@ func TestLazyOpen(t *testing.T) {
 	image := db(1, 20)
 	publish(t, f.store, "/data/a.db", image, time.Now())
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///data/a.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///data/a.db")
 	defer c.Close()
 	if n := f.store.chunks.Load(); n != 0 {
 		t.Fatalf("open fetched %d chunks, want 0 (lazy)", n)
@@ -207,10 +220,7 @@ func TestPrefetchAndPolicies(t *testing.T) {
 			cache, _ := cache.New(filepath.Join(t.TempDir(), "c"), 1, 100)
 			r := f.reader(Options{Policy: tc.policy, Cache: cache})
 			t.Cleanup(r.Close) // before the cache's temp dir goes
-			c, err := r.Open(context.Background(), "boule:///p.db")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustOpen(t, r, "boule:///p.db")
 			defer c.Close()
 			if got := c.Snapshot().Mapped(); got != tc.atOpen {
 				t.Fatalf("mapped at open=%d, want %d", got, tc.atOpen)
@@ -221,10 +231,7 @@ func TestPrefetchAndPolicies(t *testing.T) {
 		cache, _ := cache.New(filepath.Join(t.TempDir(), "c"), 1, 100)
 		r := f.reader(Options{Cache: cache})
 		t.Cleanup(r.Close)
-		c, err := r.Open(context.Background(), "boule:///p.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///p.db")
 		defer c.Close()
 		// The prefetch maps everything without any read.
 		deadline := time.Now().Add(20 * time.Second)
@@ -247,10 +254,7 @@ func TestConnectionsShareFetches(t *testing.T) {
 	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
 	var conns []*Conn
 	for range 20 {
-		c, err := r.Open(context.Background(), "boule:///s.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///s.db")
 		defer c.Close()
 		conns = append(conns, c)
 	}
@@ -295,10 +299,7 @@ func TestPollOncePerInterval(t *testing.T) {
 	r.tick = func() (<-chan time.Time, func()) { return ticks, func() {} }
 	var conns []*Conn
 	for range 10 {
-		c, err := r.Open(context.Background(), "boule:///q.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///q.db")
 		c.SetAutoRefresh(true)
 		conns = append(conns, c)
 	}
@@ -330,10 +331,7 @@ func TestCorruptChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///c.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///c.db")
 	defer c.Close()
 	if _, err := c.Snapshot().Chunk(context.Background(), 3); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("chunk with flipped bits: err=%v, want ErrCorrupt", err)
@@ -350,10 +348,7 @@ func TestCorruptChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2 := f.reader(Options{Prefetch: -1})
-	c2, err := r2.Open(context.Background(), "boule:///c.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2 := mustOpen(t, r2, "boule:///c.db")
 	defer c2.Close()
 	got, err := c2.Snapshot().Chunk(context.Background(), 1)
 	if err != nil || !bytes.Equal(got, image[manifest.ChunkSize:2*manifest.ChunkSize]) {
@@ -366,10 +361,7 @@ func TestStoreDown(t *testing.T) {
 	image := db(7, 5)
 	publish(t, f.store, "/d.db", image, time.Now())
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///d.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///d.db")
 	defer c.Close()
 	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
 		t.Fatal(err)
@@ -468,10 +460,7 @@ func TestConcurrentReadsAndSwitches(t *testing.T) {
 	}
 	for i := 1; i < len(images); i++ {
 		publish(t, f.store, "/r.db", images[i], t0.Add(time.Duration(i)*time.Second))
-		c, err := r.Open(context.Background(), "boule:///r.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///r.db")
 		if err := c.Refresh(context.Background(), RefreshForce); err != nil {
 			t.Fatal(err)
 		}
@@ -485,23 +474,39 @@ func TestConcurrentReadsAndSwitches(t *testing.T) {
 	}
 }
 
-// gated blocks chunk fetches until the gate opens, and says when one is
-// waiting.
-type gated struct {
-	*counting
-	gate    chan struct{}
-	entered chan struct{}
+// gate holds callers until it opens, and says when one is waiting.
+type gate struct {
+	open    chan struct{} // closed to let callers through
+	entered chan struct{} // receives when a caller waits (if none did since)
 }
 
-func (g *gated) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+func newGate() gate { return gate{open: make(chan struct{}), entered: make(chan struct{}, 1)} }
+
+// pass says a caller is waiting, then waits until the gate opens or ctx
+// ends.
+func (g gate) pass(ctx context.Context) error {
 	select {
 	case g.entered <- struct{}{}:
 	default:
 	}
 	select {
-	case <-g.gate:
+	case <-g.open:
+		return nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
+	}
+}
+
+// gated blocks chunk fetches until the gate opens, and says when one is
+// waiting.
+type gated struct {
+	*counting
+	gate
+}
+
+func (g *gated) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	if err := g.pass(ctx); err != nil {
+		return nil, err
 	}
 	return g.counting.GetChunk(ctx, fp)
 }
@@ -513,17 +518,11 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 	f := newFixture(t)
 	img := db(1, 3)
 	m := publish(t, f.store, "/x.db", img, time.Now())
-	g := &gated{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	g := &gated{counting: f.store, gate: newGate()}
 	r := NewReader(Options{Remote: []store.Store{g}, Cache: f.cache, Hostname: testHost, Prefetch: -1})
 	t.Cleanup(r.Close)
-	a, err := r.Open(context.Background(), "boule:///x.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := r.Open(context.Background(), "boule:///x.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustOpen(t, r, "boule:///x.db")
+	b := mustOpen(t, r, "boule:///x.db")
 	defer b.Close()
 	ctxA, cancelA := context.WithCancel(context.Background())
 	first := make(chan error, 1)
@@ -539,7 +538,7 @@ func TestSharedLoadOutlivesItsStarter(t *testing.T) {
 		t.Fatalf("the canceled caller got %v, want its own cancellation", err)
 	}
 	a.Close()
-	close(g.gate)
+	close(g.open)
 	if err := <-second; err != nil {
 		t.Fatalf("the caller that joined the load failed: %v", err)
 	}
@@ -565,10 +564,7 @@ func TestMemoryBounds(t *testing.T) {
 			image := db(20, 40) // 40 chunks
 			publish(t, f.store, "/big.db", image, time.Now())
 			r := f.reader(c.opts)
-			conn, err := r.Open(context.Background(), "boule:///big.db")
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn := mustOpen(t, r, "boule:///big.db")
 			defer conn.Close()
 			s := conn.Snapshot()
 			for pass := range 2 {
@@ -622,10 +618,7 @@ func TestCloseEndsBackgroundWork(t *testing.T) {
 	publish(t, f.store, "/c.db", db(7, 3), time.Now())
 	s := &stalling{counting: f.store, entered: make(chan struct{}, 1)}
 	r := NewReader(Options{Remote: []store.Store{s}, Cache: f.cache, Hostname: testHost, Prefetch: -1, OpenTimeout: time.Hour})
-	c, err := r.Open(context.Background(), "boule:///c.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///c.db")
 	defer c.Close()
 	s.armed.Store(true)
 	if c.AsyncReload() {
@@ -665,10 +658,7 @@ func TestOpenFetchesAfterPollInterval(t *testing.T) {
 	r.now = func() time.Time { return clock }
 	open := func() *Conn {
 		t.Helper()
-		c, err := r.Open(context.Background(), "boule:///p.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///p.db")
 		t.Cleanup(c.Close)
 		return c
 	}
@@ -703,10 +693,7 @@ func TestClockStepBack(t *testing.T) {
 	t0 := time.Now()
 	publish(t, f.store, "/k.db", img1, t0)
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///k.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///k.db")
 	defer c.Close()
 	publish(t, f.store, "/k.db", img2, t0.Add(-time.Minute)) // the clock went back
 	if err := c.Refresh(context.Background(), RefreshForce); err != nil {
@@ -730,10 +717,7 @@ func TestClockStepBack(t *testing.T) {
 	publish(t, lagging, "/k.db", img3, t0.Add(-time.Hour))
 	r2 := NewReader(Options{Remote: []store.Store{f.store, lagging}, Hostname: testHost, Prefetch: -1})
 	t.Cleanup(r2.Close)
-	c2, err := r2.Open(context.Background(), "boule:///k.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2 := mustOpen(t, r2, "boule:///k.db")
 	defer c2.Close()
 	f.store.down.Store(true)
 	if err := c2.Refresh(context.Background(), RefreshForce); err != nil {
@@ -768,20 +752,14 @@ func TestIdleReplicasForgotten(t *testing.T) {
 		}
 		c.Close()
 	}
-	kept, err := r.Open(context.Background(), "boule:///many/0.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	kept := mustOpen(t, r, "boule:///many/0.db")
 	defer kept.Close()
 	if n := r.Replicas(); n != 20 {
 		t.Fatalf("%d replicas kept within the poll interval, want 20", n)
 	}
 	clock = clock.Add(2 * time.Minute)
 	publish(t, f.store, "/many/last.db", img, clock)
-	c, err := r.Open(context.Background(), "boule:///many/last.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///many/last.db")
 	defer c.Close()
 	// Kept: the one with a connection, and the one just opened.
 	if n, g := r.Replicas(), gone.Load(); n != 2 || g != 19 {
@@ -808,10 +786,7 @@ func TestCacheHitIsAUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///lru.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///lru.db")
 	defer c.Close()
 	before := f.store.chunks.Load()
 	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
@@ -867,28 +842,19 @@ func TestStale(t *testing.T) {
 	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
 	clock := t0
 	r.now = func() time.Time { return clock }
-	a, err := r.Open(context.Background(), "boule:///s.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustOpen(t, r, "boule:///s.db")
 	defer a.Close()
 	publish(t, f.store, "/s.db", img2, t0.Add(time.Second))
 	clock = t0.Add(time.Millisecond)
 	r.Stale(testHost, "/s.db")
 	clock = t0.Add(2 * time.Millisecond)
-	b, err := r.Open(context.Background(), "boule:///s.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := mustOpen(t, r, "boule:///s.db")
 	defer b.Close()
 	if !bytes.Equal(read(t, b.Snapshot()), img2) {
 		t.Fatal("an open after Stale got the snapshot from before it")
 	}
 	before := f.store.manifests.Load()
-	c, err := r.Open(context.Background(), "boule:///s.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///s.db")
 	defer c.Close()
 	if f.store.manifests.Load() != before {
 		t.Fatal("the open after a fresh fetch fetched again")
@@ -899,21 +865,14 @@ func TestStale(t *testing.T) {
 // opens, and says when one is waiting.
 type gatedManifests struct {
 	*counting
-	armed   atomic.Bool
-	gate    chan struct{}
-	entered chan struct{}
+	gate
+	armed atomic.Bool
 }
 
 func (g *gatedManifests) GetManifest(ctx context.Context, key string) ([]byte, error) {
 	if g.armed.Load() {
-		select {
-		case g.entered <- struct{}{}:
-		default:
-		}
-		select {
-		case <-g.gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if err := g.pass(ctx); err != nil {
+			return nil, err
 		}
 	}
 	return g.counting.GetManifest(ctx, key)
@@ -926,17 +885,14 @@ func TestSlowFetchIsShared(t *testing.T) {
 	f := newFixture(t)
 	t0 := time.Now()
 	publish(t, f.store, "/slow.db", db(61, 2), t0)
-	g := &gatedManifests{counting: f.store, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	g := &gatedManifests{counting: f.store, gate: newGate()}
 	r := NewReader(Options{Remote: []store.Store{g}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute})
 	t.Cleanup(r.Close)
 	var mu sync.Mutex
 	clock := t0
 	r.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	setClock := func(c time.Time) { mu.Lock(); clock = c; mu.Unlock() }
-	hold, err := r.Open(context.Background(), "boule:///slow.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	hold := mustOpen(t, r, "boule:///slow.db")
 	defer hold.Close()
 	setClock(t0.Add(2 * time.Minute))
 	g.armed.Store(true)
@@ -969,7 +925,7 @@ func TestSlowFetchIsShared(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	setClock(t0.Add(4 * time.Minute)) // the fetch outlasted the poll interval
-	close(g.gate)
+	close(g.open)
 	wg.Wait()
 	if n := f.store.manifests.Load() - before; n != 1 {
 		t.Fatalf("5 concurrent opens made %d manifest fetches, want 1", n)
@@ -990,10 +946,7 @@ func TestEvictedReplicaAnnouncesNothing(t *testing.T) {
 	t.Cleanup(r.Close)
 	clock := t0
 	r.now = func() time.Time { return clock }
-	c, err := r.Open(context.Background(), "boule:///e.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///e.db")
 	rp := c.Replica()
 	var announced atomic.Int64
 	rp.OnNewest(func(uint64) { announced.Add(1) })

@@ -126,12 +126,7 @@ func TestUploaderDeltaManifest(t *testing.T) {
 	t.Cleanup(func() { deltaMinChunks = old })
 	for _, whole := range []bool{false, true} {
 		t.Run(fmt.Sprintf("whole=%v", whole), func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			opts := uploadOpts(now, target(fake))
-			opts.WholeManifests = whole
-			u := newTestUploader(t, opts)
-			d := newTestSpool(t, t.TempDir(), "/data/delta.db")
+			now, fake, u, d := oneTarget(t, "/data/delta.db", func(o *Options) { o.WholeManifests = whole })
 			data := testData(5, 20*manifest.ChunkSize)
 			for k := range 3 {
 				data = withChunk(data, 3+k, uint64(50+k))

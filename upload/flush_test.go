@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
@@ -27,56 +27,33 @@ func (d *testSpool) writeMarker(state byte, since time.Time, errText string) {
 	}
 }
 
-// logRecords is an slog.Handler that keeps what it is given.
-type logRecords struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (l *logRecords) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logRecords) Handle(_ context.Context, r slog.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.records = append(l.records, r.Clone())
-	return nil
-}
-func (l *logRecords) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logRecords) WithGroup(string) slog.Handler      { return l }
-
-// count returns how many records at level have substr in their message.
-func (l *logRecords) count(level slog.Level, substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, r := range l.records {
-		if r.Level == level && strings.Contains(r.Message, substr) {
-			n++
-		}
-	}
-	return n
+// markerCases are the states of the txn marker, with what a flush without
+// Restage (TestUploaderFlushMarker) and the status (TestStatusFromMarker)
+// make of each.
+var markerCases = []struct {
+	name    string
+	state   byte
+	errText string
+	// A flush fails with want, saying says (nil: it uploads).
+	want error
+	says string
+	// The status says notReplicated, and problem.
+	notReplicated bool
+	problem       string
+}{
+	{"clean", '0', "", nil, "", false, ""},
+	{"set", '1', "", ErrNotStaged, "never finished", false, "writer died"},
+	{"failed", 'F', "spool: write x: no space left on device", ErrSnapshotFailed, "no space left on device", true, "no space left on device"},
+	{"wal", 'W', "", spool.ErrWAL, "WAL mode", true, "WAL mode"},
 }
 
 // TestUploaderFlushMarker: without Restage, a flush does what the txn
 // marker allows: it uploads when the marker is clean, and otherwise fails,
 // without a store call, naming the database and saying why.
 func TestUploaderFlushMarker(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		state   byte
-		errText string
-		want    error
-		says    string
-	}{
-		{"clean", '0', "", nil, ""},
-		{"set", '1', "", ErrNotStaged, "never finished"},
-		{"failed", 'F', "spool: write x: no space left on device", ErrSnapshotFailed, "no space left on device"},
-		{"wal", 'W', "", spool.ErrWAL, "WAL mode"},
-	} {
+	for _, tc := range markerCases {
 		t.Run(tc.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
-			d := newTestSpool(t, t.TempDir(), "/data/marker.db")
+			now, fake, u, d := oneTarget(t, "/data/marker.db", nil)
 			s := d.snapshot(testData(90, 3*manifest.ChunkSize), now.Now())
 			d.stage(s)
 			d.writeMarker(tc.state, now.Now().Add(-time.Minute), tc.errText)
@@ -232,23 +209,9 @@ func TestUploaderFlushRestages(t *testing.T) {
 // the database is not replicated, and the lag count from when its
 // snapshots stopped; a clean or set marker does not.
 func TestStatusFromMarker(t *testing.T) {
-	for _, tc := range []struct {
-		name          string
-		state         byte
-		errText       string
-		notReplicated bool
-		problem       string
-	}{
-		{"clean", '0', "", false, ""},
-		{"set", '1', "", false, "writer died"},
-		{"failed", 'F', "spool: write x: no space left on device", true, "no space left on device"},
-		{"wal", 'W', "", true, "WAL mode"},
-	} {
+	for _, tc := range markerCases {
 		t.Run(tc.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
-			d := newTestSpool(t, t.TempDir(), "/data/status.db")
+			now, _, u, d := oneTarget(t, "/data/status.db", nil)
 			d.stage(d.snapshot(testData(93, 2*manifest.ChunkSize), now.Now()))
 			mustFlush(t, u, d.dir)
 			d.writeMarker(tc.state, now.Now().Add(-90*time.Second), tc.errText)
@@ -290,7 +253,7 @@ func TestUploaderFailureLogging(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			now := storetest.NewClock()
 			fake := storetest.NewFake("s3")
-			log := &logRecords{}
+			log := &testlog.Records{}
 			opts := uploadOpts(now, target(fake))
 			opts.Logger = slog.New(log)
 			u := newTestUploader(t, opts)
@@ -307,16 +270,16 @@ func TestUploaderFailureLogging(t *testing.T) {
 			if errors.Is(tc.err, store.ErrPermanent) {
 				warns = 0
 			}
-			if got := log.count(slog.LevelWarn, "upload failed"); got != warns {
+			if got := log.Count(slog.LevelWarn, "upload failed"); got != warns {
 				t.Errorf("WARN lines about the failure=%d, want %d", got, warns)
 			}
-			if got := log.count(slog.LevelError, "replication"); got != tc.errors {
+			if got := log.Count(slog.LevelError, "replication"); got != tc.errors {
 				t.Errorf("ERROR lines=%d, want %d", got, tc.errors)
 			}
 			fake.ClearHooks()
 			mustFlush(t, u, d.dir)
 			mustFlush(t, u, d.dir)
-			if got := log.count(slog.LevelWarn, "replication resumed"); got != 1 {
+			if got := log.Count(slog.LevelWarn, "replication resumed"); got != 1 {
 				t.Errorf("recoveries logged=%d, want 1", got)
 			}
 		})

@@ -249,6 +249,20 @@ func newTestUploader(t testing.TB, opts Options) *Uploader {
 	return u
 }
 
+// oneTarget sets up what most tests start with: a clock, a fake S3 store,
+// an uploader to it with uploadOpts (changed by tweak, when not nil), and a
+// spool for the database source.
+func oneTarget(t testing.TB, source string, tweak func(*Options)) (*storetest.Clock, *storetest.Fake, *Uploader, *testSpool) {
+	t.Helper()
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	if tweak != nil {
+		tweak(&opts)
+	}
+	return now, fake, newTestUploader(t, opts), newTestSpool(t, t.TempDir(), source)
+}
+
 func target(s *storetest.Fake) Target { return Target{Name: s.Name(), Store: s} }
 
 // mustFlush flushes dir and fails t on error.
@@ -256,6 +270,17 @@ func mustFlush(t testing.TB, u *Uploader, dir string) {
 	t.Helper()
 	if err := u.Flush(context.Background(), dir); err != nil {
 		t.Fatalf("Flush()=%v, want nil", err)
+	}
+}
+
+// flushNoCalls flushes dir and fails t if the flush made any call to fake,
+// naming the flush what.
+func flushNoCalls(t testing.TB, u *Uploader, fake *storetest.Fake, dir, what string) {
+	t.Helper()
+	before := fake.NumCalls()
+	mustFlush(t, u, dir)
+	if got := fake.CallsSince(before); len(got) != 0 {
+		t.Errorf("%s made calls %v, want none", what, got)
 	}
 }
 
@@ -302,10 +327,7 @@ func TestUploaderReadySnapshot(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
-			d := newTestSpool(t, t.TempDir(), "/data/app.db")
+			_, fake, u, d := oneTarget(t, "/data/app.db", nil)
 			s := d.snapshot(tt.data, base)
 			if !d.commit(s) {
 				t.Fatal("test setup: the snapshot was not handed over")
@@ -383,10 +405,7 @@ func TestUploaderConsumingFirst(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
-			d := newTestSpool(t, t.TempDir(), "/data/crash.db")
+			_, fake, u, d := oneTarget(t, "/data/crash.db", nil)
 			data1 := testData(10, 3*manifest.ChunkSize)
 			s1 := d.snapshot(data1, base)
 			// s2 rewrites chunk 2 and keeps chunk 1 of s1.
@@ -442,10 +461,7 @@ func TestUploaderConsumingFirst(t *testing.T) {
 // renames a directory there with os.Rename, which fails on any existing
 // directory, even an empty one).
 func TestUploaderReadyReusable(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	u := newTestUploader(t, uploadOpts(now, target(fake)))
-	d := newTestSpool(t, t.TempDir(), "/data/reuse.db")
+	now, fake, u, d := oneTarget(t, "/data/reuse.db", nil)
 	data := testData(12, 2*manifest.ChunkSize)
 	for i := range 3 {
 		data = withChunk(data, 1, uint64(13+i))
@@ -490,19 +506,11 @@ func TestUploaderStagingOnly(t *testing.T) {
 		fake.CheckIntegrity(t)
 	})
 	t.Run("second flush", func(t *testing.T) {
-		before := fake.NumCalls()
-		mustFlush(t, u, d.dir)
-		if got := fake.CallsSince(before); len(got) != 0 {
-			t.Errorf("second Flush made calls %v, want none", got)
-		}
+		flushNoCalls(t, u, fake, d.dir, "second Flush")
 	})
 	t.Run("new process", func(t *testing.T) {
 		u2 := newTestUploader(t, opts)
-		before := fake.NumCalls()
-		mustFlush(t, u2, d.dir)
-		if got := fake.CallsSince(before); len(got) != 0 {
-			t.Errorf("Flush by a new uploader made calls %v, want none (the uploaded file says it is done)", got)
-		}
+		flushNoCalls(t, u2, fake, d.dir, "Flush by a new uploader (the uploaded file says it is done)")
 	})
 }
 
@@ -518,10 +526,7 @@ func TestUploaderStagingRace(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
-			d := newTestSpool(t, t.TempDir(), "/data/race.db")
+			now, fake, u, d := oneTarget(t, "/data/race.db", nil)
 			data1 := testData(30, 4*manifest.ChunkSize)
 			s1 := d.snapshot(data1, now.Now())
 			d.stage(s1)
@@ -558,11 +563,7 @@ func TestUploaderStagingRace(t *testing.T) {
 				t.Errorf("spool not drained: snapshots %v, staged chunks %v", snaps, staged)
 			}
 			// And the next flush finds the staged manifest (s2) uploaded.
-			before := fake.NumCalls()
-			mustFlush(t, u, d.dir)
-			if got := fake.CallsSince(before); len(got) != 0 {
-				t.Errorf("next Flush made calls %v, want none", got)
-			}
+			flushNoCalls(t, u, fake, d.dir, "next Flush")
 		})
 	}
 }
@@ -871,12 +872,7 @@ func TestUploaderRecentChunks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			opts := uploadOpts(now, target(fake))
-			opts.RecentTTL = ttl
-			u := newTestUploader(t, opts)
-			d := newTestSpool(t, t.TempDir(), "/data/recent.db")
+			now, fake, u, d := oneTarget(t, "/data/recent.db", func(o *Options) { o.RecentTTL = ttl })
 			data := testData(70, 3*manifest.ChunkSize)
 			s1 := d.snapshot(data, now.Now())
 			d.commit(s1)
@@ -998,10 +994,7 @@ func TestUploaderCorruptSpoolChunk(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s3")
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
-			d := newTestSpool(t, t.TempDir(), "/data/corrupt.db")
+			now, fake, u, d := oneTarget(t, "/data/corrupt.db", nil)
 			s := d.snapshot(testData(90, 3*manifest.ChunkSize), now.Now())
 			bad := s.m.Chunks[2]
 			var p string
@@ -1172,10 +1165,7 @@ func TestSpoolLag(t *testing.T) {
 
 // ReadStatus reports what the uploader saved, with the lag computed now.
 func TestReadStatusAfterUpload(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	u := newTestUploader(t, uploadOpts(now, target(fake)))
-	d := newTestSpool(t, t.TempDir(), "/data/status.db")
+	now, _, u, d := oneTarget(t, "/data/status.db", nil)
 	s1 := d.snapshot(testData(120, 2*manifest.ChunkSize), now.Now())
 	d.stage(s1)
 	mustFlush(t, u, d.dir)
@@ -1354,10 +1344,7 @@ func TestUploaderFlushAllAndTargetStats(t *testing.T) {
 // A spool directory that disappeared (the database was deleted) is
 // forgotten.
 func TestUploaderForgetsRemovedDir(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	u := newTestUploader(t, uploadOpts(now, target(fake)))
-	d := newTestSpool(t, t.TempDir(), "/data/gone.db")
+	_, fake, u, d := oneTarget(t, "/data/gone.db", nil)
 	u.Add(d.dir)
 	if len(u.Status()) != 1 {
 		t.Fatalf("Status()=%v, want one database", u.Status())
@@ -1417,10 +1404,7 @@ func TestUploaderManifestGap(t *testing.T) {
 // ready/ is never empty when a pass starts. Each flush must still upload a
 // complete snapshot (no livelock), never going backwards.
 func TestUploaderProgressUnderContinuousWrites(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	u := newTestUploader(t, uploadOpts(now, target(fake)))
-	d := newTestSpool(t, t.TempDir(), "/data/busy.db")
+	now, fake, u, d := oneTarget(t, "/data/busy.db", nil)
 	data := testData(40, 12*manifest.ChunkSize)
 	prev := d.snapshot(data, now.Now())
 	if !d.commit(prev, prev.fps()...) {
@@ -1471,10 +1455,7 @@ func TestUploaderProgressUnderContinuousWrites(t *testing.T) {
 // one, left behind in consuming/ while nothing is staged (the database
 // switched to WAL), is not uploaded over the newer one.
 func TestUploaderNeverGoesBackwards(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	u := newTestUploader(t, uploadOpts(now, target(fake)))
-	d := newTestSpool(t, t.TempDir(), "/data/back.db")
+	now, fake, u, d := oneTarget(t, "/data/back.db", nil)
 	data := testData(50, 3*manifest.ChunkSize)
 	older := d.snapshot(data, now.Now())
 	newer := d.snapshot(withChunk(data, 1, 51), now.Now().Add(time.Hour))
@@ -1541,10 +1522,7 @@ func TestUploaderTargetsChanged(t *testing.T) {
 // newest state and must be uploaded (the age check is only for snapshots
 // left behind in ready/ or consuming/).
 func TestUploaderClockStep(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	u := newTestUploader(t, uploadOpts(now, target(fake)))
-	d := newTestSpool(t, t.TempDir(), "/data/clock.db")
+	now, fake, u, d := oneTarget(t, "/data/clock.db", nil)
 	data := testData(70, 3*manifest.ChunkSize)
 	before := d.snapshot(data, now.Now().Add(time.Hour))
 	d.stage(before)
@@ -1801,10 +1779,7 @@ func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
 // chunks are in the store, rather than the older snapshot waiting in
 // consuming/: under continuous writes, that one is a manifest gap stale.
 func TestUploaderFreshestUnderWrites(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	u := newTestUploader(t, uploadOpts(now, target(fake)))
-	d := newTestSpool(t, t.TempDir(), "/data/fresh.db")
+	now, fake, u, d := oneTarget(t, "/data/fresh.db", nil)
 	data0 := testData(60, 3*manifest.ChunkSize)
 	s0 := d.snapshot(data0, now.Now())
 	d.publish(spool.InReady, s0) // handed over, not uploaded yet

@@ -282,10 +282,7 @@ func TestCopiesArePrivate(t *testing.T) {
 		{"0644 database", 0o644, "022", 0o444, 0o755, 0o444, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
+			tmpdir := testfs.TempDir(t)
 			osuser.Reachable(t, tmpdir)
 			if err := os.Chmod(tmpdir, 0o755); err != nil {
 				t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/restore"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
@@ -37,10 +38,7 @@ type fixture struct {
 // so that everything stays spooled for vfsctl.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmpdir := testfs.TempDir(t)
 	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, "app.db")}
 	if err := os.Mkdir(f.store, 0o755); err != nil {
 		t.Fatal(err)
@@ -110,10 +108,7 @@ func storedBytes(t *testing.T, f *fixture, host string) []byte {
 // boule, running script; it returns the fixture and the shell's path.
 func plainFixture(t *testing.T, name, script string) (*fixture, string) {
 	t.Helper()
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmpdir := testfs.TempDir(t)
 	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, name)}
 	if err := os.Mkdir(f.store, 0o755); err != nil {
 		t.Fatal(err)
@@ -389,10 +384,7 @@ func TestOpenedCheck(t *testing.T) {
 // (a typo such as /tmp exited 0 saying nothing), and accept a spool with
 // nothing for this boot, saying so.
 func TestNotASpool(t *testing.T) {
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmpdir := testfs.TempDir(t)
 	notSpool := filepath.Join(tmpdir, "not-a-spool")
 	if err := os.MkdirAll(filepath.Join(notSpool, "something"), 0o755); err != nil {
 		t.Fatal(err)

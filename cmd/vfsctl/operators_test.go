@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,31 +26,13 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/faultproxy"
 	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/s3"
 	"github.com/boule-vfs/boule/upload"
 	"github.com/boule-vfs/boule/vfs"
 )
-
-// lockedBuffer is a bytes.Buffer written by a command running in another
-// goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // waitFor waits until cond holds, failing t after a while.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -68,7 +49,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // pty opens a pseudo-terminal: the terminal end for a command, and what
 // was written to it, read from the other end until the terminal end is
 // closed (done is closed then).
-func pty(t *testing.T) (term *os.File, out *lockedBuffer, done <-chan struct{}) {
+func pty(t *testing.T) (term *os.File, out *testlog.Buffer, done <-chan struct{}) {
 	t.Helper()
 	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
@@ -87,7 +68,7 @@ func pty(t *testing.T) (term *os.File, out *lockedBuffer, done <-chan struct{}) 
 		t.Fatalf("open pty: %v", err)
 	}
 	t.Cleanup(func() { term.Close() })
-	out = &lockedBuffer{}
+	out = &testlog.Buffer{}
 	ch := make(chan struct{})
 	go func() {
 		defer close(ch)
@@ -394,7 +375,7 @@ func TestMetrics(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stdout bytes.Buffer
-	stderr := &lockedBuffer{}
+	stderr := &testlog.Buffer{}
 	exited := make(chan int, 1)
 	go func() { exited <- run(ctx, []string{"metrics", f.spool, "--listen", "127.0.0.1:0"}, &stdout, stderr) }()
 	var url string

@@ -18,12 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
-	"github.com/boule-vfs/boule/store/s3"
 )
 
 // flushed returns a fixture whose database is uploaded to its dir store.
@@ -274,21 +272,8 @@ func TestReplicaUsage(t *testing.T) {
 // in minio, byte-identical to what the source was at each time.
 func TestRestoreAtS3(t *testing.T) {
 	srv := miniotest.Start(t)
-	srv.SetEnv(t)
-	tg := config.S3Target{Region: miniotest.Region, Endpoint: srv.Endpoint, ChunkBucket: "chunks", ManifestBucket: "manifests", CreateBucketsOnDemand: true}
-	s, err := s3.New(context.Background(), tg, s3.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.EnsureBuckets(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.EnableVersioning(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	f := newFixture(t)
-	cfg := fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"s3": {"region": %q, "endpoint": %q,
-		"chunk_bucket": "chunks", "manifest_bucket": "manifests", "domain_addressing": false}}]}`, f.spool, miniotest.Region, srv.Endpoint)
+	cfg := s3Config(t, srv, f, srv.Endpoint, true)
 	var versions [][]byte
 	var times []time.Time
 	for i := range 3 {

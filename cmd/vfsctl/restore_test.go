@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"database/sql"
@@ -12,7 +11,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/sqlshell"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
@@ -52,58 +51,6 @@ func TestRestoreRefusesExistingOut(t *testing.T) {
 	}
 }
 
-// shell is a sqlite3 shell process with a database open.
-type shell struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	out   *bufio.Reader
-}
-
-func startShell(t *testing.T, db string) *shell {
-	t.Helper()
-	sqlite3, err := exec.LookPath("sqlite3")
-	if err != nil {
-		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
-	}
-	cmd := exec.Command(sqlite3, db)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sh := &shell{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
-	t.Cleanup(sh.close)
-	return sh
-}
-
-// do runs q and waits until the shell prints mark after it.
-func (sh *shell) do(t *testing.T, q, mark string) {
-	t.Helper()
-	if _, err := fmt.Fprintf(sh.stdin, "%s\nSELECT '%s';\n", q, mark); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		line, err := sh.out.ReadString('\n')
-		if err != nil {
-			t.Fatalf("sqlite3 after %q: %v", q, err)
-		}
-		if strings.TrimSpace(line) == mark {
-			return
-		}
-	}
-}
-
-func (sh *shell) close() {
-	sh.stdin.Close()
-	_ = sh.cmd.Wait()
-}
-
 // TestRestoreOverOpenDatabase: restore --force refuses to replace the
 // live source database while a sqlite3 process holds a lock on it or has
 // it open, or a boule connection of this process has it open: the writer
@@ -124,12 +71,12 @@ func TestRestoreOverOpenDatabase(t *testing.T) {
 		}
 	}
 
-	sh := startShell(t, f.db)
-	sh.do(t, "BEGIN IMMEDIATE;", "locked")
-	refused("sqlite3 holds a lock on", sh.cmd.Process.Pid)
-	sh.do(t, "COMMIT;", "committed")
-	refused("sqlite3 has open", sh.cmd.Process.Pid)
-	sh.close()
+	sh := sqlshell.Start(t, f.db)
+	sh.Do(t, "BEGIN IMMEDIATE;", "locked")
+	refused("sqlite3 holds a lock on", sh.Pid())
+	sh.Do(t, "COMMIT;", "committed")
+	refused("sqlite3 has open", sh.Pid())
+	sh.Close()
 
 	db, err := sql.Open("sqlite3", "file:"+f.db+"?vfs=boule")
 	if err != nil {

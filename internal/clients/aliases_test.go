@@ -10,10 +10,7 @@ import (
 // verneuil_* pragmas and verneuil:// replica names do what Boule's do,
 // with the same arguments and results.
 func TestVerneuilAliasesShell(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
-	env := []string{"BOULE_CONFIG=" + f.cfg()}
+	shell, lib, f, env := shellFixture(t)
 	script := fmt.Sprintf(`.load %s
 .open file:%s?vfs=boule
 CREATE TABLE t(x); INSERT INTO t VALUES ('written');

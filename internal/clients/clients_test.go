@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/testfs"
 )
 
 // Built once per test binary, into a temp directory, from the sources
@@ -71,10 +73,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := testfs.TempDir(t)
 	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "x.db")}
 	if err := os.Mkdir(f.store, 0o755); err != nil {
 		t.Fatal(err)
@@ -85,6 +84,17 @@ func newFixture(t *testing.T) *fixture {
 // cfg is the configuration JSON for the fixture.
 func (f *fixture) cfg() string {
 	return fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, f.spool, f.store)
+}
+
+// shellFixture returns what a test that drives Debian's sqlite3 shell
+// starts with: the shell, the extension to .load, a fixture, and the
+// environment that points the extension at the fixture.
+func shellFixture(t *testing.T) (shell, lib string, f *fixture, env []string) {
+	t.Helper()
+	shell = need(t, "sqlite3")
+	lib = strings.TrimSuffix(extension(t), ".so")
+	f = newFixture(t)
+	return shell, lib, f, []string{"BOULE_CONFIG=" + f.cfg()}
 }
 
 func run(t *testing.T, env []string, stdin string, name string, args ...string) (string, string, error) {
@@ -120,10 +130,7 @@ func (f *fixture) restoreAndCompare(t *testing.T) {
 }
 
 func TestSqlite3Shell(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
-	env := []string{"BOULE_CONFIG=" + f.cfg()}
+	shell, lib, f, env := shellFixture(t)
 	script := fmt.Sprintf(`.load %s
 .open file:%s?vfs=boule
 CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
@@ -355,10 +362,7 @@ func TestDemo(t *testing.T) {
 		t.Errorf("make demo's output shows the spool's internals:\n%s", out)
 	}
 
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := testfs.TempDir(t)
 	demo := build(t, "demo", "./cmd/demo")
 	out, errs, err := run(t, nil, "", demo, "-dir", dir, "-internals")
 	if err != nil {
@@ -433,9 +437,7 @@ func TestExtensionLinksNoSQLite(t *testing.T) {
 // standard error: errors and warnings show by default, only errors at
 // BOULE_LOG=error, and a bad level fails the load.
 func TestExtensionLogging(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
+	shell, lib, f, _ := shellFixture(t)
 	script := fmt.Sprintf(".load %s\n.open file:boule:///no/such/db.sqlite?vfs=boule_snapshot\nSELECT 1 FROM sqlite_schema;\n", lib)
 	_, errs, _ := run(t, []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG="}, script, shell, "-batch")
 	if !strings.Contains(errs, "level=ERROR") || !strings.Contains(errs, "cannot open replica") || !strings.Contains(errs, "/no/such/db.sqlite") {

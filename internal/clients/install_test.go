@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/testfs"
 )
 
 // The README's quick starts assume make install's default prefix and
@@ -158,10 +160,7 @@ func TestQuickStarts(t *testing.T) {
 	need(t, "sqlite3")
 	need(t, "cc")
 	py := need(t, "/usr/bin/python3")
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := testfs.TempDir(t)
 	q := &quickStart{prefix: installed(t), dir: dir}
 	for _, f := range []string{"bin/vfsctl", "lib/libboule.so", "lib/libboule.a", "include/boule.h"} {
 		if _, err := os.Stat(filepath.Join(q.prefix, f)); err != nil {

@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/testfs"
 )
 
 // The failures that stop replication, as the stock sqlite3 shell with the
@@ -27,21 +28,6 @@ func exitCode(t *testing.T, err error) int {
 		t.Fatalf("command did not run: %v", err)
 	}
 	return ee.ExitCode()
-}
-
-// mountTmpfs mounts a tmpfs of size on dir until the test ends.
-func mountTmpfs(t *testing.T, dir, size string) {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
 }
 
 // statusRow runs vfsctl status --json on the fixture's spool and returns
@@ -70,11 +56,9 @@ func (f *fixture) statusRow(t *testing.T) (int, map[string]any) {
 // the full disk. With room again, vfsctl flush takes the snapshot itself
 // and the restore has every row.
 func TestShellFullSpool(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
-	mountTmpfs(t, f.spool, "12m")
-	env := []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG="}
+	shell, lib, f, env := shellFixture(t)
+	env = append(env, "BOULE_LOG=")
+	testfs.MountTmpfs(t, f.spool, "12m")
 	script := fmt.Sprintf(`.load %s
 .open file:%s?vfs=boule
 CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
@@ -106,9 +90,7 @@ PRAGMA boule_flush_replication_data;
 		t.Fatalf("vfsctl flush with the spool full=%v, stdout %q, stderr %q; want exit 1 naming the database and the full disk", err, out, errs)
 	}
 
-	if out, err := exec.Command("mount", "-o", "remount,size=128m", f.spool).CombinedOutput(); err != nil {
-		t.Fatalf("remount: %v: %s", err, out)
-	}
+	testfs.RemountTmpfs(t, f.spool, "128m")
 	out, errs, err = run(t, env, "", vfsctl(t), "flush", f.spool)
 	if err != nil || !strings.Contains(out, "ok      "+f.db) {
 		t.Fatalf("vfsctl flush with room=%v, stdout %q, stderr %q; want ok", err, out, errs)
@@ -124,10 +106,8 @@ PRAGMA boule_flush_replication_data;
 // the log open and holding frames; vfsctl status says replicated; a
 // restore is the logical database, byte for byte.
 func TestShellWAL(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
-	env := []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG="}
+	shell, lib, f, env := shellFixture(t)
+	env = append(env, "BOULE_LOG=")
 	script := fmt.Sprintf(`.load %s
 .open file:%s?vfs=boule
 CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
@@ -176,9 +156,7 @@ PRAGMA boule_flush_replication_data;
 // TestMissingConfig: loading the extension without BOULE_CONFIG says that
 // nothing will be replicated; with it, nothing of the kind is said.
 func TestMissingConfig(t *testing.T) {
-	shell := need(t, "sqlite3")
-	lib := strings.TrimSuffix(extension(t), ".so")
-	f := newFixture(t)
+	shell, lib, f, _ := shellFixture(t)
 	for _, c := range []struct {
 		name string
 		env  []string

@@ -7,10 +7,7 @@ import "syscall"
 // again with the same data. It is safe to call when the server is not
 // running.
 func (s *Server) Kill() {
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.cmd = nil
-	s.mu.Unlock()
+	cmd, exited := s.detach()
 	if cmd == nil {
 		return
 	}

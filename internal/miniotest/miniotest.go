@@ -318,13 +318,21 @@ func (s *Server) logTail() string {
 	return string(b)
 }
 
+// detach takes the running server process from s, for one caller to stop,
+// with the channel closed when it has exited. It returns a nil cmd when
+// none runs (or another caller took it).
+func (s *Server) detach() (cmd *exec.Cmd, exited <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cmd, exited = s.cmd, s.exited
+	s.cmd = nil
+	return cmd, exited
+}
+
 // Stop stops the server: SIGTERM, then SIGKILL if it has not exited
 // within 5 seconds. It is safe to call more than once.
 func (s *Server) Stop() {
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.cmd = nil
-	s.mu.Unlock()
+	cmd, exited := s.detach()
 	if cmd == nil {
 		return
 	}

@@ -5,6 +5,7 @@ package testfs
 import (
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -95,6 +96,43 @@ func Modes(t testing.TB, root string) map[string]fs.FileMode {
 	return out
 }
 
+// TempDir returns t.TempDir() with its symbolic links resolved, as the
+// paths the VFS and vfsctl compare and print are.
+func TempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// MountTmpfs mounts a tmpfs of size (a mount option such as "64m") on dir,
+// creating dir, until the test ends. Without root it skips, except under
+// CI, which runs as root.
+func MountTmpfs(t testing.TB, dir, size string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+}
+
+// RemountTmpfs changes the size of the tmpfs MountTmpfs mounted on dir.
+func RemountTmpfs(t testing.TB, dir, size string) {
+	t.Helper()
+	if out, err := exec.Command("mount", "-o", "remount,size="+size, dir).CombinedOutput(); err != nil {
+		t.Fatalf("remount %s: %v: %s", dir, err, out)
+	}
+}
+
+// Must returns v, and panics if err is not nil.
 func Must[T any](v T, err error) T {
 	if err != nil {
 		panic(err)

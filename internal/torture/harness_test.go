@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -21,6 +20,8 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/testfs"
+	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
 	"github.com/boule-vfs/boule/store"
@@ -30,29 +31,11 @@ import (
 // the test fails as stuck.
 const progressTimeout = 2 * time.Minute
 
-// lockedBuffer keeps a child's stderr.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // proc is a child process: the test binary running one of children.
 type proc struct {
 	name   string
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *testlog.Buffer
 	exited chan struct{} // closed once its stdout is read to the end and it has exited
 	err    error         // from Wait; read only after exited is closed
 }
@@ -60,7 +43,7 @@ type proc struct {
 // startProc starts child name with the extra environment env, and hands
 // each line it prints to onLine, from one goroutine, in order. The test
 // kills it at the latest when it ends.
-func startProc(t testing.TB, name string, stderr *lockedBuffer, onLine func(string), env ...string) *proc {
+func startProc(t testing.TB, name string, stderr *testlog.Buffer, onLine func(string), env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), append([]string{envChild + "=" + name}, env...)...)
@@ -447,34 +430,8 @@ func configJSON(t testing.TB, cfg config.Config) string {
 	return config.EnvVar + "=" + string(b)
 }
 
-// mountTmpfs mounts a tmpfs of size on dir until the test ends. Without
-// root it skips, except under CI, which runs as root.
-func mountTmpfs(t testing.TB, tmpdir, size string) {
-	t.Helper()
-	if err := os.MkdirAll(tmpdir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", tmpdir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", tmpdir).Run() })
-}
-
-func remountTmpfs(t testing.TB, tmpdir, size string) {
-	t.Helper()
-	if out, err := exec.Command("mount", "-o", "remount,size="+size, tmpdir).CombinedOutput(); err != nil {
-		t.Fatalf("remount %s: %v: %s", tmpdir, err, out)
-	}
-}
-
 func mustEvalTempDir(t testing.TB) string {
 	t.Helper()
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmpdir := testfs.TempDir(t)
 	return tmpdir
 }

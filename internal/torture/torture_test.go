@@ -20,6 +20,8 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/faultproxy"
 	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/internal/testfs"
+	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
 	"github.com/boule-vfs/boule/store/s3"
@@ -120,7 +122,7 @@ func run(t *testing.T, sc scenario) *outcome {
 	tmpdir := mustEvalTempDir(t)
 	spoolDir := filepath.Join(tmpdir, "spool")
 	if sc.tmpfs != 0 {
-		mountTmpfs(t, spoolDir, "64m")
+		testfs.MountTmpfs(t, spoolDir, "64m")
 	}
 	path := filepath.Join(tmpdir, "torture.db")
 
@@ -191,7 +193,7 @@ func run(t *testing.T, sc scenario) *outcome {
 			t.Fatal(err)
 		}
 		out.spoolSize = int64(sc.tmpfs*float64(st.Size())) &^ 4095
-		remountTmpfs(t, spoolDir, fmt.Sprint(out.spoolSize))
+		testfs.RemountTmpfs(t, spoolDir, fmt.Sprint(out.spoolSize))
 	}
 	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
 	if err != nil {
@@ -208,7 +210,7 @@ func run(t *testing.T, sc scenario) *outcome {
 	})
 
 	c := newCommits()
-	writerStderr, uploaderStderr := &lockedBuffer{}, &lockedBuffer{}
+	writerStderr, uploaderStderr := &testlog.Buffer{}, &testlog.Buffer{}
 	var writer, upl *proc
 	var uplUploads *atomic.Int64
 	startWriter := func() {
@@ -322,7 +324,7 @@ func run(t *testing.T, sc scenario) *outcome {
 		out.proxy.Pass()
 	}
 	if sc.tmpfs != 0 {
-		remountTmpfs(t, spoolDir, "256m")
+		testfs.RemountTmpfs(t, spoolDir, "256m")
 	}
 	register(t, full)
 	mustExec(t, db, "UPDATE churn SET v = randomblob(100) WHERE k = 0")
