@@ -18,14 +18,15 @@ import (
 )
 
 // bouleSide is Boule with its defaults: the boule VFS registered in this
-// process, SQLite's default rollback journal (DELETE), the spool next to
-// the database on the same file system, and the default limiter (30
-// calls/s, burst 100). Only the S3 endpoint (the counting proxy) and the
-// bucket names are set.
+// process, SQLite's default rollback journal (DELETE) or WAL mode
+// (journal), the spool next to the database on the same file system, and
+// the default limiter (30 calls/s, burst 100). Only the S3 endpoint (the
+// counting proxy) and the bucket names are set.
 type bouleSide struct {
-	b      *bench
-	dir    string
-	bucket string
+	b       *bench
+	dir     string
+	bucket  string
+	journal string // DELETE or WAL
 
 	c      *counter
 	path   string
@@ -71,7 +72,7 @@ func (s *bouleSide) Open(ctx context.Context, preload int64) (*sql.DB, int64, er
 		return nil, 0, err
 	}
 	s.path = filepath.Join(s.dir, "bench.db")
-	s.db, err = openDB("file:" + s.path + "?vfs=boule&_journal_mode=DELETE&_sync=NORMAL&_busy_timeout=10000")
+	s.db, err = openDB("file:" + s.path + "?vfs=boule&_journal_mode=" + s.journal + "&_sync=NORMAL&_busy_timeout=10000")
 	if err != nil {
 		return nil, 0, err
 	}
@@ -114,7 +115,7 @@ func (s *bouleSide) Counts() counts {
 }
 
 func (s *bouleSide) Overhead() (int64, int64) {
-	return dirSize(filepath.Join(s.dir, "spool")) + fileSize(s.path+"-journal"), 0
+	return dirSize(filepath.Join(s.dir, "spool")) + fileSize(s.path+"-journal"), fileSize(s.path+"-wal") + fileSize(s.path+"-shm")
 }
 
 func (s *bouleSide) Restore(ctx context.Context, dst string) error {

@@ -81,7 +81,7 @@ func main() {
 		baselines   = flag.Bool("baselines", true, "also run the commit-rate runs on plain SQLite (rollback and WAL, no replication)")
 	)
 	lsVFS := flag.String("litestream-vfs", "", "Litestream's VFS as a loadable extension (.so), for the cold-replica query")
-	toolsFlag := flag.String("tools", "boule,litestream", "replicating tools to run")
+	toolsFlag := flag.String("tools", "boule,boule-wal,litestream", "replicating tools to run (boule-wal: Boule in WAL mode)")
 	merge := flag.Bool("merge", false, "keep the results in <out>/results.json that this run does not replace")
 	replot := flag.Bool("replot", false, "only redraw the plots and tables from <out>/results.json")
 	flag.Parse()
@@ -237,7 +237,9 @@ func (b *bench) side(tool string) side {
 	bucket := fmt.Sprintf("run%02d", b.seq)
 	switch tool {
 	case "boule":
-		return &bouleSide{b: b, dir: dir, bucket: bucket}
+		return &bouleSide{b: b, dir: dir, bucket: bucket, journal: "DELETE"}
+	case "boule-wal":
+		return &bouleSide{b: b, dir: dir, bucket: bucket, journal: "WAL"}
 	case "litestream":
 		return &lsSide{b: b, dir: dir, bucket: bucket}
 	case "sqlite-rollback":

@@ -17,12 +17,13 @@ import (
 // Colours by tool, the same in every chart.
 var toolColor = map[string]color.Color{
 	"boule":           color.RGBA{0x1f, 0x77, 0xb4, 0xff},
+	"boule-wal":       color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
 	"litestream":      color.RGBA{0xff, 0x7f, 0x0e, 0xff},
 	"sqlite-rollback": color.RGBA{0x99, 0x99, 0x99, 0xff},
 	"sqlite-wal":      color.RGBA{0x55, 0x55, 0x55, 0xff},
 }
 
-var toolOrder = []string{"boule", "litestream", "sqlite-rollback", "sqlite-wal"}
+var toolOrder = []string{"boule", "boule-wal", "litestream", "sqlite-rollback", "sqlite-wal"}
 
 // series is one tool's bars, one per group.
 type series struct {
