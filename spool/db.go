@@ -714,6 +714,13 @@ func (d *DB) ctlLocked() (*ctl, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The directory names its database from the start, so that a flush
+	// before the first snapshot (a database in WAL mode only read so far)
+	// knows what to re-stage.
+	src := filepath.Join(d.dir, sourceFile)
+	if _, err := os.Lstat(src); errors.Is(err, fs.ErrNotExist) {
+		_ = d.writeFile(src, []byte(d.path), fileMode(d.stageMode()))
+	}
 	d.ctlp.Store(c)
 	return c, nil
 }

@@ -544,3 +544,72 @@ func (f *fixture) leaveMarker(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSyncWAL: vfsctl sync of a database in WAL mode, written by a program
+// that does not use boule and that holds it open, so that its last commits
+// are only in the log: the store gets the logical database (the file with
+// the log's committed frames), not the file alone.
+func TestSyncWAL(t *testing.T) {
+	f, _ := plainFixture(t, "wal.db", "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(200000));")
+	db, err := sql.Open("sqlite3", "file:"+f.db+"?vfs=unix&_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	for i := range 20 {
+		if _, err := db.Exec("INSERT INTO t VALUES (randomblob(3000 + ?))", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, err := os.Stat(f.db + "-wal"); err != nil || st.Size() < 20*3000 {
+		t.Fatalf("the log holds %v bytes (%v); want the 20 commits in it", st, err)
+	}
+	for round := range 2 {
+		f.sync(t)
+		restored := filepath.Join(f.dir, fmt.Sprintf("restored%d.db", round))
+		if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--source-path", f.db, "--out", restored); code != exitOK {
+			t.Fatalf("restore=%d %q", code, errs)
+		}
+		got, err := os.ReadFile(restored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := checkpointedCopy(t, f.db); !bytes.Equal(got, want) {
+			t.Fatalf("round %d: restored %d bytes, want the logical database's %d", round, len(got), len(want))
+		}
+		// More commits, only in the log, for the second sync.
+		if _, err := db.Exec("DELETE FROM t WHERE rowid % 3 = 0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// checkpointedCopy is the database at path as a full checkpoint of its log
+// would leave it, made on a copy with plain SQLite.
+func checkpointedCopy(t *testing.T, path string) []byte {
+	t.Helper()
+	cp := filepath.Join(t.TempDir(), "copy.db")
+	for _, suffix := range []string{"", "-wal"} {
+		b, err := os.ReadFile(path + suffix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cp+suffix, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, err := sql.Open("sqlite3", "file:"+cp+"?vfs=unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	b, err := os.ReadFile(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -28,7 +28,7 @@ type statusJSON struct {
 	LastError    string  `json:"last_error,omitempty"`
 	Blocked      bool    `json:"blocked"`
 	// NotReplicated: the database's commits cannot reach the store (its
-	// snapshots fail, or it is in WAL mode); Problem says why.
+	// snapshots fail, or an earlier boule left it in WAL mode); Problem says why.
 	NotReplicated bool   `json:"not_replicated"`
 	Problem       string `json:"problem,omitempty"`
 	// UploaderAlive: an uploader serving the database wrote its heartbeat

@@ -102,10 +102,6 @@ func syncDB(ctx context.Context, g *globals, arg string) error {
 		}
 		break
 	}
-	var mode string
-	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err == nil && mode == "wal" {
-		return fmt.Errorf("%s is in WAL mode, which this version does not replicate", path)
-	}
 	stopProgress := func() {}
 	if isTerminal(g.stderr) {
 		stopProgress = syncProgress(g, path)
