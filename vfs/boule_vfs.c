@@ -81,6 +81,7 @@ typedef struct BouleFile {
   struct BouleFile *wal;  /* main: its open log, or NULL */
   struct BouleFile *main; /* log: its main database file */
   int walWrote;           /* main: frames written since the last capture */
+  int walLocked;          /* main: this connection holds the log's write lock */
 } BouleFile;
 
 sqlite3_vfs *boule_unix_vfs; /* the unix VFS, found by boule_register */
@@ -420,7 +421,7 @@ static int bFileControl(sqlite3_file *f, int op, void *arg) {
         ** a transaction that has written the file, the marker is this
         ** transaction's, and re-staging would wait for its own lock: Go
         ** says so and fails. */
-        a[0] = sqlite3_mprintf("%d", bouleGoFlush(p->handle, p->txnActive) ? 1 : 0);
+        a[0] = sqlite3_mprintf("%d", bouleGoFlush(p->handle, p->txnActive || p->walLocked || p->walWrote) ? 1 : 0);
       } else {
         int b = parse_bool(v);
         if (b < 0) {
@@ -455,10 +456,16 @@ static int bShmLock(sqlite3_file *f, int offset, int n, int flags) {
   BouleFile *p = (BouleFile *)f;
   /* Slot 0 is the log's write lock: a write transaction ends when it is
   ** released, and its commit, if any, is captured just before. */
-  if (offset == 0 && n == 1 && flags == (SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE) && p->walWrote) {
-    capture_wal(p, BOULE_SNAP_WROTE);
+  int rc;
+  if (offset == 0 && n == 1 && flags == (SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE)) {
+    if (p->walWrote) capture_wal(p, BOULE_SNAP_WROTE);
+    p->walLocked = 0;
   }
-  return p->real->pMethods->xShmLock(p->real, offset, n, flags);
+  rc = p->real->pMethods->xShmLock(p->real, offset, n, flags);
+  if (rc == SQLITE_OK && offset == 0 && n == 1 && flags == (SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE)) {
+    p->walLocked = 1;
+  }
+  return rc;
 }
 
 static void bShmBarrier(sqlite3_file *f) {

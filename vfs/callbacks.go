@@ -174,7 +174,7 @@ func bouleGoFlush(h C.uint64_t, inWrite C.int) (ok C.int) {
 		return 0
 	}
 	if inWrite != 0 {
-		c.rt.log.Error("vfs: flush failed: PRAGMA boule_flush_replication_data ran inside a transaction that has written to the database; commit it first",
+		c.rt.log.Error("vfs: flush failed: PRAGMA boule_flush_replication_data ran inside a write transaction (it has written to the database, or holds its log's write lock); commit it first",
 			logKeyDB, c.db.Path())
 		return 0
 	}

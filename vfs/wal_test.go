@@ -393,3 +393,40 @@ func TestWALSIGKILLWriter(t *testing.T) {
 	}
 	t.Logf("%d kills, %d transactions committed", kills, len(committed))
 }
+
+// TestWALFlushInsideWriteTransaction: in WAL mode, a flush from a
+// transaction that holds the log's write lock fails at once, saying to
+// commit first, instead of waiting for the lock its own transaction holds.
+func TestWALFlushInsideWriteTransaction(t *testing.T) {
+	tg, sto := dirTarget(t)
+	e := replEnv(t, tg)
+	path := e.path("inside.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	for i := range 2 {
+		// The insert stays in SQLite's cache until the commit: the
+		// transaction holds the log's write lock and has written no frame.
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("INSERT INTO t VALUES (randomblob(5000))"); err != nil {
+			t.Fatal(err)
+		}
+		var r string
+		if err := tx.QueryRow("PRAGMA boule_flush_replication_data").Scan(&r); err != nil || r != "0" {
+			t.Fatalf("transaction %d: flush pragma inside a write transaction=%q, %v; want 0", i, r, err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.log.count(slog.LevelError, "commit it first"); got != 2 {
+		t.Fatalf("errors saying to commit first=%d, want 2; log:\n%s", got, e.log)
+	}
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma after the commits=%q, want 1; log:\n%s", r, e.log)
+	}
+	checkLogicalReplica(t, sto, path)
+}
