@@ -41,7 +41,6 @@ type Store struct {
 	perShard int
 
 	mu      sync.Mutex
-	count   map[int]int  // approximate files per shard; -1 unknown
 	private map[int]bool // shards whose mode narrowShard checked
 }
 
@@ -58,7 +57,7 @@ func New(dir string, numShards int, capacity int64) (*Store, error) {
 		return nil, fmt.Errorf("cache: local cache %s: capacity must be at least 1 chunk", dir)
 	}
 	per := int((capacity + int64(numShards) - 1) / int64(numShards))
-	return &Store{dir: filepath.Clean(dir), shards: numShards, perShard: max(per, 1), count: map[int]int{}, private: map[int]bool{}}, nil
+	return &Store{dir: filepath.Clean(dir), shards: numShards, perShard: max(per, 1), private: map[int]bool{}}, nil
 }
 
 var _ store.Store = (*Store)(nil)
@@ -266,19 +265,10 @@ func (c *Store) GetManifestVersion(ctx context.Context, key, versionID string) (
 	return nil, c.noManifests("get manifest version", key)
 }
 
-// noteAdded counts a new file in shard s and evicts when it is over its
-// share of the capacity.
+// noteAdded notes a new file in shard s and evicts when the shard is over
+// its share of the capacity. The shard is listed every time: other
+// processes sharing the cache add files this one's count does not see.
 func (c *Store) noteAdded(s int) {
-	c.mu.Lock()
-	n, known := c.count[s]
-	if known {
-		n++
-		c.count[s] = n
-	}
-	c.mu.Unlock()
-	if known && n <= c.perShard {
-		return
-	}
 	c.evict(s)
 }
 
@@ -305,14 +295,9 @@ func (c *Store) evict(s int) {
 		sort.Slice(files, func(i, j int) bool { return files[i].mod.Before(files[j].mod) })
 		drop := n - c.perShard + c.perShard/10
 		for _, f := range files[:min(drop, n)] {
-			if os.Remove(filepath.Join(sdir, f.name)) == nil {
-				n--
-			}
+			_ = os.Remove(filepath.Join(sdir, f.name))
 		}
 	}
-	c.mu.Lock()
-	c.count[s] = n
-	c.mu.Unlock()
 }
 
 // narrowShard makes the shard directory sdir 0700 if it is this user's and
