@@ -35,11 +35,19 @@ type FullSource interface {
 type Capture struct {
 	filled chan struct{} // closed once chunks are read (fillChunks)
 	gen    uint64
-	ch     Change         // what the VFS saw before the transaction
-	post   fileState      // the file after the commit
-	chunks map[int][]byte // the chunks a snapshot reads, as they were after the commit
-	bytes  int64
-	full   []byte // the whole file after the commit, when validating
+	// wal: a capture of a log's commits. lazy: one that read nothing;
+	// the persister reads the log for it (readLazy). base and postPos
+	// are the positions in the log the capture reads from and up to;
+	// reads and src what its caller reads into chunks.
+	wal, lazy     bool
+	base, postPos walPos
+	reads         []int
+	src           Source
+	ch            Change         // what the VFS saw before the transaction
+	post          fileState      // the file after the commit
+	chunks        map[int][]byte // the chunks a snapshot reads, as they were after the commit
+	bytes         int64
+	full          []byte // the whole file after the commit, when validating
 }
 
 // budget bounds the bytes of the captures waiting for persisters. A
@@ -110,7 +118,7 @@ func (d *DB) Capture(src Source, ch Change) error {
 		if st, err := os.Stat(d.path + "-wal"); err == nil && st.Size() > walHeaderSize {
 			return nil
 		}
-		return d.CaptureWAL(src, noWAL{}, false, false)
+		return d.CaptureWAL(src, noWAL{}, false, false, true)
 	}
 	c := d.ctlp.Load()
 	if !ch.Wrote || c == nil || ch.Force || c.load(ctlState) != stateOK || d.s.budget.max <= 0 {
@@ -156,7 +164,6 @@ func (d *DB) Capture(src Source, ch Change) error {
 	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
 	c.store(ctlTxn, 0)
 	d.expect = expectFile(f, gen)
-	walPosition(c, nil, f.size, f)
 	d.qmu.Unlock()
 
 	d.s.budget.acquire(need)
@@ -217,6 +224,9 @@ func (d *DB) enqueue(cp *Capture) {
 // enqueueLocked queues cp, starting the persister if needed.
 func (d *DB) enqueueLocked(cp *Capture) {
 	d.queue = append(d.queue, cp)
+	if !cp.wal {
+		d.rollbackPending = max(d.rollbackPending, cp.gen)
+	}
 	if d.queuedChunk == nil {
 		d.queuedChunk = map[int]*Capture{}
 	}

@@ -104,8 +104,12 @@ type DB struct {
 	// queuedChunk is, for each chunk a queued capture holds, the newest
 	// such capture (enqueueFilling).
 	queuedChunk map[int]*Capture
-	persisting  bool
-	staged      *sync.Cond
+	// rollbackPending is the newest generation of a rollback commit this
+	// process captured (the switch to WAL mode, say), for the hooks of
+	// the log (walStageLocked).
+	rollbackPending uint64
+	persisting      bool
+	staged          *sync.Cond
 	// hurry cuts the persister's squash window short: someone waits for
 	// the staged snapshot (a flush, a close). lastPersist is when the
 	// persister last staged (its goroutine only).
@@ -205,7 +209,9 @@ func (d *DB) Snapshot(src Source, ch Change) error {
 func (d *DB) snapshotLocked(src Source, ch Change) error {
 	return d.snapshotLockedWith(src, ch, func(f fileState) {
 		// The file is the database: no log is over it.
-		walPosition(d.ctlp.Load(), nil, f.size, f)
+		if c := d.ctlp.Load(); c != nil {
+			storePos(c, emptyPos(f))
+		}
 	})
 }
 

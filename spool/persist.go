@@ -62,6 +62,66 @@ func (d *DB) persistLoop() {
 // transaction for a rebuild. It reports whether a snapshot was handed
 // over to the uploader.
 func (d *DB) persist(batch []*Capture) (published bool) {
+	// Rollback commits first, then those of the log: a switch to WAL
+	// mode is a rollback commit, and the log's captures start from it.
+	i := 0
+	for i < len(batch) && !batch[i].wal {
+		i++
+	}
+	if i > 0 {
+		published = d.persistRun(batch[:i])
+	}
+	if i == len(batch) {
+		return published
+	}
+	run := batch[i:]
+	for _, cp := range run {
+		if !cp.wal {
+			// Leaving WAL mode stages the log first (WALGone): a
+			// rollback commit after WAL commits not staged lost them.
+			d.mu.Lock()
+			d.needRebuild(d.ctlp.Load(), "a rollback commit follows WAL commits not staged")
+			d.mu.Unlock()
+			return published
+		}
+	}
+	if c := d.ctlp.Load(); c != nil {
+		// Lazy captures staged meanwhile (a hook of the log staged it,
+		// or another process's persister read it) need no read.
+		persisted := c.load(ctlPersisted)
+		for len(run) > 0 && run[0].gen <= persisted {
+			run = run[1:]
+		}
+		if len(run) == 0 {
+			return published
+		}
+	}
+	if run[len(run)-1].lazy {
+		cp, err := d.readLazy()
+		if err != nil {
+			d.mu.Lock()
+			d.failed(d.ctlp.Load(), err)
+			d.mu.Unlock()
+			d.signalStaged()
+			return published
+		}
+		if cp != nil {
+			defer func() {
+				d.s.budget.release(cp.bytes)
+				putChunkBufs([]*Capture{cp})
+			}()
+			run = append(run, cp)
+		}
+	}
+	if run[len(run)-1].lazy {
+		return published // nothing read: a rebuild, or the log's last close, staged it all
+	}
+	return d.persistRun(run) || published
+}
+
+// persistRun stages a run of captures of one kind: rollback commits, or
+// a log's.
+func (d *DB) persistRun(batch []*Capture) (published bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.signalStaged()
@@ -94,6 +154,9 @@ func (d *DB) persistLocked(batch []*Capture) (published, staged bool) {
 	if len(batch) == 0 {
 		return false, false
 	}
+	if batch[0].wal {
+		return d.persistWALLocked(c, batch)
+	}
 	if batch[0].gen != persisted+1 {
 		d.needRebuild(c, "a commit captured before these was lost")
 		return false, false
@@ -117,10 +180,49 @@ func (d *DB) persistLocked(batch []*Capture) (published, staged bool) {
 	d.stagedNow = d.stagedNow[:0]
 	published, err = d.stageFileLocked(src, ch, last.post, true, func(fileState) {
 		c.store(ctlPersisted, last.gen)
+		storePos(c, emptyPos(last.post))
 		if c.load(ctlCommitted) == last.gen && c.load(ctlTxn) == 0 {
 			c.store(ctlSince, 0)
 		}
 	})
+	return d.persisted(c, published, err)
+}
+
+// persistWALLocked stages captures of a log, with the spool lock held:
+// only the newest that read the log counts, as it read every page
+// changed since the snapshot staged then (lazy captures read nothing; the
+// persister read for them). It applies when the snapshot staged now is
+// on its way: between where it read from and where it read to.
+func (d *DB) persistWALLocked(c *ctl, batch []*Capture) (published, staged bool) {
+	var cp *Capture
+	for _, b := range batch {
+		if !b.lazy {
+			cp = b
+		}
+	}
+	if cp == nil {
+		return false, false
+	}
+	if !covers(cp.base, cp.postPos, loadPos(c)) {
+		d.needRebuild(c, "the staged snapshot is not where the log's capture started")
+		return false, false
+	}
+	src := capturedSource{size: cp.post.size, chunks: cp.chunks}
+	ch := cp.ch
+	ch.Force = false
+	d.stagedNow = d.stagedNow[:0]
+	published, err := d.stageFileLocked(src, ch, cp.post, true, func(fileState) {
+		c.store(ctlPersisted, max(c.load(ctlPersisted), cp.gen))
+		storePos(c, cp.postPos)
+		if c.load(ctlCommitted) == cp.gen && c.load(ctlTxn) == 0 {
+			c.store(ctlSince, 0)
+		}
+	})
+	return d.persisted(c, published, err)
+}
+
+// persisted records the outcome of a persister's staging.
+func (d *DB) persisted(c *ctl, published bool, err error) (bool, bool) {
 	switch {
 	case errors.Is(err, errNotIncremental), errors.Is(err, errNotCaptured):
 		d.needRebuild(c, "the staged snapshot does not lead to these commits (another program wrote the database?)")

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -68,22 +69,10 @@ type noWAL struct{}
 func (noWAL) ReadAt(p []byte, off int64) (int, error) { return 0, fs.ErrNotExist }
 func (noWAL) Size() (int64, error)                    { return 0, nil }
 
-// walPosition records in c that the latest capture holds the logical
-// database as x describes it.
-func walPosition(c *ctl, x *walIndex, size int64, file fileState) {
-	if c == nil {
-		return
-	}
-	c.store(ctlWALSize, uint64(size))
-	if x == nil || !x.valid {
-		c.store(ctlWALCtime, uint64(file.ctime.UnixNano()))
-		c.store(ctlWALFSize, uint64(file.size))
-		c.store(ctlWALMode, walEmpty)
-		return
-	}
-	c.store(ctlWALSalt, x.hdr.salt)
-	c.store(ctlWALFrame, uint64(x.mx))
-	c.store(ctlWALMode, walAt)
+// emptyPos is the position of a database file f over which no log holds
+// frames.
+func emptyPos(f fileState) walPos {
+	return walPos{mode: walEmpty, size: uint64(f.size), ctime: uint64(f.ctime.UnixNano()), fsize: uint64(f.size)}
 }
 
 // walDelta returns the pages the log committed since the latest capture,
@@ -117,43 +106,83 @@ func (d *DB) fileUnchanged(c *ctl) bool {
 // VFS calls it at the end of a write transaction, before it releases the
 // log's write lock (wrote), and for a check (a flush's re-staging) with
 // that lock taken for the purpose. db reads the database file, wal the
-// log. The pages of the frames committed since the latest capture are
-// copied into memory, as Capture does, and a persister stages them; when
-// the position cannot vouch for them (another program restarted the log, a
-// rebuild is due, force), the logical database is snapshotted whole,
-// synchronously.
-func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force bool) error {
+// log.
+//
+// A commit only takes a generation and wakes the persister (a lazy
+// capture): the persister reads what the log committed since the staged
+// snapshot later, off the commit path, under the log's write lock taken
+// through a connection of its own (Options.LockWAL). When that is not
+// possible (exclusive locking mode, eager, in which no other connection
+// can open the database; no LockWAL; no staged position to start from),
+// and for checks, the capture reads now: the pages of the frames
+// committed since the staged position are copied into memory, as Capture
+// does, and the persister stages them; when the position cannot vouch
+// for them (another program restarted the log, a rebuild is due, force),
+// the logical database is snapshotted whole, synchronously.
+func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error {
+	c := d.ctlp.Load()
+	if wrote && !force && !eager && c != nil && d.s.opts.LockWAL != nil && d.s.budget.max > 0 &&
+		c.load(ctlState) == stateOK && c.load(ctlWALMode) != walUnknown {
+		d.qmu.Lock()
+		gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
+		c.store(ctlOwner, self())
+		c.store(ctlCommitted, gen)
+		c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
+		d.expect = expectation{}
+		d.enqueueLocked(&Capture{gen: gen, wal: true, lazy: true, filled: closedChan})
+		d.qmu.Unlock()
+		return nil
+	}
 	d.walmu.Lock()
 	defer d.walmu.Unlock()
+	cp, err := d.walRead(db, wal, wrote, force, wrote)
+	if cp == nil || err != nil {
+		return err
+	}
+	reads := cp.reads
+	d.enqueueFilling(cp, reads, cp.post.size)
+	if err := d.fillChunks(cp, cp.src, reads); err != nil {
+		// The generation is taken, and its capture incomplete: its
+		// persister finds a chunk missing and asks for a rebuild.
+		return fmt.Errorf("spool: capture %s: %w", d.path, err)
+	}
+	cp.src = nil
+	return nil
+}
+
+// closedChan is the filled channel of captures with nothing to read.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// walRead reads, with d.walmu held and the log kept still (its write
+// lock), what the log committed since the staged position: it returns a
+// capture with a new generation whose chunks the caller reads (cp.reads
+// from cp.src), the budget for them acquired; or nil when there is
+// nothing new, or when it snapshotted the logical database whole instead.
+func (d *DB) walRead(db Source, wal WALFile, wrote, force, acquire bool) (*Capture, error) {
 	x := &d.walx
 	if err := x.scan(wal); err != nil {
-		return d.walFailedLocked(fmt.Errorf("spool: %s: %w", d.path, err))
+		return nil, d.walFailedLocked(fmt.Errorf("spool: %s: %w", d.path, err))
 	}
 	src := newLogicalSource(db, wal, x)
 	c := d.ctlp.Load()
 	if c == nil || force || c.load(ctlState) != stateOK || d.s.budget.max <= 0 {
-		return d.walRebuild(src, wrote)
+		return nil, d.walRebuild(src, wrote)
 	}
 	pages, ok := d.walDelta(c, x)
 	if !ok {
-		return d.walRebuild(src, wrote)
-	}
-	if c.load(ctlCommitted) != c.load(ctlPersisted) {
-		if owner := c.load(ctlOwner); owner != self() && !waitStagedBy(c, owner, captureWait) {
-			return d.walRebuild(src, wrote)
-		}
+		return nil, d.walRebuild(src, wrote)
 	}
 	size, err := src.Size()
 	if err != nil {
-		return d.walFailedLocked(err)
+		return nil, d.walFailedLocked(err)
 	}
-	preSize := int64(c.load(ctlWALSize))
-	if len(pages) == 0 && size == preSize {
-		return nil // nothing committed since: a rollback, or a check
+	base := loadPos(c)
+	if len(pages) == 0 && size == int64(base.size) && c.load(ctlCommitted) == c.load(ctlPersisted) {
+		return nil, nil // nothing committed since: a rollback, or a check
 	}
 	f, err := d.inspectLogical(src, size)
 	if err != nil {
-		return d.walRebuild(src, wrote)
+		return nil, d.walRebuild(src, wrote)
 	}
 	ps := int64(x.hdr.pageSize)
 	var dirty []uint64
@@ -164,36 +193,131 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force bool) error {
 		}
 		dirty[i>>6] |= 1 << (i & 63)
 	}
-	reads := planReadsFrom(preSize, f.size, dirty)
+	reads := planReadsFrom(int64(base.size), f.size, dirty)
 	var need int64
 	for _, i := range reads {
 		need += int64(manifest.ChunkLen(f.size, i))
 	}
 	if need > d.s.budget.max {
-		return d.walRebuild(src, wrote)
+		return nil, d.walRebuild(src, wrote)
 	}
 	d.qmu.Lock()
 	gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
 	c.store(ctlOwner, self())
 	c.store(ctlCommitted, gen)
 	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
-	walPosition(c, x, f.size, f)
 	d.expect = expectation{}
 	d.qmu.Unlock()
 
+	if !acquire {
+		// A persister's or a hook's read, which holds the log's write
+		// lock and must not wait for persisters: its memory is the
+		// chunks changed since the staged snapshot, and goes at once.
+		need = 0
+	}
 	d.s.budget.acquire(need)
-	cp := &Capture{gen: gen, post: f, chunks: make(map[int][]byte, len(reads)), bytes: need}
-	cp.ch = Change{Wrote: true, Chained: true, Dirty: dirty, PreSize: preSize}
+	cp := &Capture{gen: gen, wal: true, post: f, chunks: make(map[int][]byte, len(reads)), bytes: need,
+		base: base, postPos: d.posOf(x, f), reads: reads, src: src}
+	cp.ch = Change{Wrote: true, Chained: true, Dirty: dirty, PreSize: int64(base.size)}
 	if d.s.opts.Validate != nil {
 		cp.full, _ = src.FullImage()
 	}
-	d.enqueueFilling(cp, reads, f.size)
-	if err := d.fillChunks(cp, src, reads); err != nil {
-		// The generation is taken, and its capture incomplete: its
-		// persister finds a chunk missing and asks for a rebuild.
-		return fmt.Errorf("spool: capture %s: %w", d.path, err)
+	return cp, nil
+}
+
+// readLazy is the persister's read of what lazy captures left in the log:
+// through its own connection, under the log's write lock, it reads as a
+// commit's capture would, and returns the capture, chunks read. nil means
+// nothing to stage (or a rebuild staged it all).
+func (d *DB) readLazy() (*Capture, error) {
+	db, wal, release, err := d.s.opts.LockWAL(d.path)
+	if errors.Is(err, ErrNotWAL) {
+		// The log is gone. Its last connection staged it (WALGone)
+		// unless it was not boule's: then the next transaction rebuilds.
+		if c := d.ctlp.Load(); c != nil && c.load(ctlPersisted) < c.load(ctlCommitted) {
+			d.mu.Lock()
+			d.needRebuild(c, "the log was deleted before its commits were staged")
+			d.mu.Unlock()
+		}
+		return nil, nil
 	}
-	return nil
+	if err != nil {
+		return nil, fmt.Errorf("spool: read the log of %s: %w", d.path, err)
+	}
+	defer release()
+	d.walmu.Lock()
+	defer d.walmu.Unlock()
+	cp, err := d.walRead(db, wal, true, false, false)
+	if cp == nil || err != nil {
+		return nil, err
+	}
+	for _, i := range cp.reads {
+		b := getChunkBuf(manifest.ChunkLen(cp.post.size, i))
+		if _, err := cp.src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
+			d.s.budget.release(cp.bytes)
+			return nil, fmt.Errorf("spool: read %s: %w", d.path, err)
+		}
+		cp.chunks[i] = b
+	}
+	cp.src = nil
+	cp.filled = closedChan
+	return cp, nil
+}
+
+// ErrNotWAL is returned by Options.LockWAL when the database is not in WAL
+// mode (or its log does not exist).
+var ErrNotWAL = errors.New("spool: the database has no write-ahead log")
+
+// walPos is a position in a database's log (the wal* words of the control
+// block): the staged snapshot's, or a capture's.
+type walPos struct {
+	mode, salt, frame, size, ctime, fsize uint64
+}
+
+func loadPos(c *ctl) walPos {
+	return walPos{
+		mode: c.load(ctlWALMode), salt: c.load(ctlWALSalt), frame: c.load(ctlWALFrame),
+		size: c.load(ctlWALSize), ctime: c.load(ctlWALCtime), fsize: c.load(ctlWALFSize),
+	}
+}
+
+func storePos(c *ctl, p walPos) {
+	c.store(ctlWALMode, walUnknown)
+	c.store(ctlWALSalt, p.salt)
+	c.store(ctlWALFrame, p.frame)
+	c.store(ctlWALSize, p.size)
+	c.store(ctlWALCtime, p.ctime)
+	c.store(ctlWALFSize, p.fsize)
+	c.store(ctlWALMode, p.mode)
+}
+
+// posOf is the position x describes, the database being f.
+func (d *DB) posOf(x *walIndex, f fileState) walPos {
+	p := walPos{size: uint64(f.size)}
+	if x != nil && x.valid {
+		p.mode, p.salt, p.frame = walAt, x.hdr.salt, uint64(x.mx)
+		return p
+	}
+	p.mode = walEmpty
+	if st, err := os.Stat(d.path); err == nil {
+		p.ctime, p.fsize = uint64(statCtime(st).UnixNano()), uint64(st.Size())
+	} else {
+		p.mode = walUnknown
+	}
+	return p
+}
+
+// covers reports whether a capture read from base up to post applies to
+// the snapshot staged at staged: it holds every page changed between
+// staged and post.
+func covers(base, post, staged walPos) bool {
+	if base == staged {
+		return true
+	}
+	if post.mode != walAt || staged.mode != walAt || staged.salt != post.salt || staged.frame > post.frame {
+		return false
+	}
+	return base.mode == walEmpty || (base.mode == walAt && base.salt == post.salt && base.frame <= staged.frame)
 }
 
 // walRebuild snapshots the logical database whole, synchronously, and
@@ -207,7 +331,9 @@ func (d *DB) walRebuild(src *logicalSource, wrote bool) error {
 	}
 	c, _ := d.ctlLocked()
 	err = d.snapshotLockedWith(src, Change{Wrote: wrote, Force: true}, func(f fileState) {
-		walPosition(c, src.x, size, f)
+		if c != nil {
+			storePos(c, d.posOf(src.x, fileState{size: size, ctime: f.ctime}))
+		}
 	})
 	return err
 }
@@ -232,48 +358,151 @@ func (d *DB) walFailed(err error) error {
 	return err
 }
 
-// WALReset is called by a boule connection just before it restarts its
-// database's log (hdr is the new header it writes at the log's start),
-// truncates it to nothing (hdr nil), or after it deleted it (wal is
-// noWAL). When the captures hold every commit of the old log, the
-// position moves to the new one; otherwise it is forgotten, and the next
-// capture rebuilds.
-func (d *DB) WALReset(wal WALFile, hdr []byte) {
+// WALStage stages, synchronously, what the log holds beyond the staged
+// snapshot, while the caller keeps the log still (a boule connection that
+// holds its write lock, or the last connection closing it). It reports
+// whether the staged snapshot is then at the log's last commit.
+func (d *DB) WALStage(db Source, wal WALFile) bool {
+	d.walmu.Lock()
+	defer d.walmu.Unlock()
+	return d.walStageLocked(db, wal)
+}
+
+func (d *DB) walStageLocked(db Source, wal WALFile) bool {
+	c := d.ctlp.Load()
+	if c == nil {
+		return false
+	}
+	// Rollback commits this process captured (the switch to WAL mode)
+	// come first: the log starts from them. Their persister needs no
+	// lock of the log's.
+	d.qmu.Lock()
+	pending := d.rollbackPending
+	d.qmu.Unlock()
+	if pending > c.load(ctlPersisted) {
+		d.waitPersisted(c, pending, captureWait)
+	}
+	cp, err := d.walRead(db, wal, false, false, false)
+	if err != nil {
+		return false
+	}
+	if cp != nil {
+		for _, i := range cp.reads {
+			b := getChunkBuf(manifest.ChunkLen(cp.post.size, i))
+			if _, err := cp.src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
+				d.s.budget.release(cp.bytes)
+				return false
+			}
+			cp.chunks[i] = b
+		}
+		cp.src, cp.filled = nil, closedChan
+		d.persistRun([]*Capture{cp})
+		d.s.budget.release(cp.bytes)
+		putChunkBufs([]*Capture{cp})
+	}
+	pages, ok := d.walDelta(c, &d.walx)
+	return ok && len(pages) == 0 && c.load(ctlPersisted) >= c.load(ctlCommitted)
+}
+
+// waitPersisted waits, at most limit, until this process's persister has
+// staged generation gen.
+func (d *DB) waitPersisted(c *ctl, gen uint64, limit time.Duration) {
+	select {
+	case d.hurry <- struct{}{}:
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	stop := context.AfterFunc(ctx, d.signalStaged)
+	defer stop()
+	d.qmu.Lock()
+	defer d.qmu.Unlock()
+	for c.load(ctlPersisted) < gen && (d.persisting || len(d.queue) > 0) && ctx.Err() == nil {
+		d.staged.Wait()
+	}
+}
+
+// WALReset is called by a boule connection that holds the log's write
+// lock, just before it restarts the log (hdr is the new header it writes
+// at the log's start) or truncates it to nothing (hdr nil). What the old
+// log holds beyond the staged snapshot is staged first; then the staged
+// position moves to the new log, which starts from the file (the log was
+// checkpointed whole). If that staging fails, the position is forgotten
+// and the next capture rebuilds.
+func (d *DB) WALReset(db Source, wal WALFile, hdr []byte) {
 	d.walmu.Lock()
 	defer d.walmu.Unlock()
 	c := d.ctlp.Load()
 	if c == nil {
 		return
 	}
-	x := &d.walx
-	err := x.scan(wal)
-	var pages []uint32
-	ok := err == nil
-	if ok {
-		pages, ok = d.walDelta(c, x)
-	}
-	if !ok || len(pages) > 0 {
-		if c.load(ctlWALMode) != walUnknown {
-			c.store(ctlWALMode, walUnknown)
-			d.s.log.Warn("spool: the write-ahead log restarts with commits no capture holds; the next transaction rebuilds the snapshot",
-				logKeyDB, d.path)
-		}
+	if !d.walStageLocked(db, wal) {
+		d.forgetPos(c)
 		return
 	}
+	d.movePos(c, hdr)
+}
+
+// forgetPos forgets the staged position, saying why once.
+func (d *DB) forgetPos(c *ctl) {
+	if c.load(ctlWALMode) != walUnknown {
+		c.store(ctlWALMode, walUnknown)
+		d.s.log.Warn("spool: the write-ahead log restarts with commits no snapshot holds; the next transaction rebuilds the snapshot",
+			logKeyDB, d.path)
+	}
+}
+
+// movePos moves the staged position, at the end of the old log, to the
+// start of the new one (hdr), or to the file alone, under the spool lock.
+func (d *DB) movePos(c *ctl, hdr []byte) {
+	unlock, err := d.lockSpool()
+	if err != nil {
+		d.forgetPos(c)
+		return
+	}
+	defer unlock()
+	p := loadPos(c)
 	if h, valid := parseWALHeader(hdr); valid {
-		c.store(ctlWALSalt, h.salt)
-		c.store(ctlWALFrame, 0)
-		c.store(ctlWALMode, walAt)
+		p.mode, p.salt, p.frame = walAt, h.salt, 0
+		storePos(c, p)
 		return
 	}
 	st, err := os.Stat(d.path)
 	if err != nil {
-		c.store(ctlWALMode, walUnknown)
+		d.forgetPos(c)
 		return
 	}
-	c.store(ctlWALCtime, uint64(statCtime(st).UnixNano()))
-	c.store(ctlWALFSize, uint64(st.Size()))
-	c.store(ctlWALMode, walEmpty)
+	p.mode, p.ctime, p.fsize = walEmpty, uint64(statCtime(st).UnixNano()), uint64(st.Size())
+	storePos(c, p)
+}
+
+// WALGone is called by the VFS just before it deletes the log, checkpointed
+// whole by its last connection, which staged it (WALStage): the file
+// alone is the database. Anything the snapshot lacks makes the next
+// capture rebuild.
+func (d *DB) WALGone() {
+	d.walmu.Lock()
+	defer d.walmu.Unlock()
+	c := d.ctlp.Load()
+	if c == nil {
+		return
+	}
+	w, done, err := d.openWAL()
+	if err != nil {
+		d.forgetPos(c)
+		return
+	}
+	defer done()
+	x := &d.walx
+	if err := x.scan(w); err != nil {
+		d.forgetPos(c)
+		return
+	}
+	if pages, ok := d.walDelta(c, x); !ok || len(pages) > 0 || c.load(ctlPersisted) < c.load(ctlCommitted) {
+		d.forgetPos(c)
+		return
+	}
+	d.movePos(c, nil)
 }
 
 // OpenWAL opens the log of the database, for WALReset after the VFS
@@ -287,21 +516,6 @@ func (d *DB) openWAL() (WALFile, func(), error) {
 		return nil, nil, err
 	}
 	return osWAL{f}, func() { f.Close() }, nil
-}
-
-// WALGone is WALReset for a log the VFS deleted.
-func (d *DB) WALGone() {
-	w, done, err := d.openWAL()
-	if err != nil {
-		d.walmu.Lock()
-		if c := d.ctlp.Load(); c != nil {
-			c.store(ctlWALMode, walUnknown)
-		}
-		d.walmu.Unlock()
-		return
-	}
-	defer done()
-	d.WALReset(w, nil)
 }
 
 type osWAL struct{ f *os.File }

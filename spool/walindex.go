@@ -296,7 +296,7 @@ func (s *logicalSource) ReadAt(p []byte, off int64) (int, error) {
 	ps := int64(s.x.hdr.pageSize)
 	// The file is read only where no committed frame covers the range.
 	covered := s.x.mx > 0 && off%ps == 0 && end%ps == 0
-	for pg := off / ps; covered && pg*ps < end; pg++ {
+	for pg := off / max(ps, 1); covered && pg*ps < end; pg++ {
 		covered = s.x.latest[uint32(pg+1)] != 0
 	}
 	if !covered {

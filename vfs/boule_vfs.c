@@ -49,7 +49,8 @@ extern int bouleGoSnapshot(uint64_t handle, void *file, uint64_t *dirty,
 extern void bouleGoClose(uint64_t handle);
 extern int bouleGoFlush(uint64_t handle, int inWrite);
 extern int bouleGoCaptureWAL(uint64_t handle, void *file, void *wal, int flags);
-extern void bouleGoWALReset(uint64_t handle, void *wal, const void *hdr);
+extern void bouleGoWALReset(uint64_t handle, void *file, void *wal, const void *hdr);
+extern void bouleGoWALStage(uint64_t handle, void *file, void *wal);
 extern void bouleGoWALGone(char *zPath);
 
 #define BOULE_TEMPNAME_MAX 512 /* tempdirs longer than 480 bytes are refused */
@@ -288,6 +289,69 @@ int boule_restage_open(const char *zPath, int busyMs, void **ppDb, uint64_t *pHa
 
 void boule_restage_close(void *db) { sqlite3_close((sqlite3 *)db); }
 
+/* ---- the persister's own connection, for lazy captures ------------------- */
+
+/* Opens a connection of its own to the database at zPath, through unix
+** (never boule: it replicates nothing and captures nothing), and takes
+** its log's write lock, retrying for up to busyMs while a writer holds it:
+** with it held, the log neither grows nor restarts, and what it holds can
+** be read. *ppFile and *ppWal are unix's files for the database and the
+** log, read with boule_raw_read. Its close is SQLite's: if it is the
+** last connection (the application closed the database meanwhile), it
+** checkpoints and deletes the log, as the application's close would
+** have, rather than leave a log and a shm behind; the position in the log
+** is then lost, and the next capture rebuilds. Returns SQLITE_NOTFOUND when the database has no log open (not in WAL
+** mode), SQLITE_BUSY when the lock stayed taken. */
+int boule_wal_lock(const char *zPath, int busyMs, void **ppDb, void **ppFile, void **ppWal) {
+  sqlite3 *db = 0;
+  sqlite3_file *f = 0, *w = 0;
+  int rc, waited = 0;
+  *ppDb = *ppFile = *ppWal = 0;
+  rc = sqlite3_open_v2(zPath, &db, SQLITE_OPEN_READWRITE, "unix");
+  if (rc == SQLITE_OK) rc = sqlite3_busy_timeout(db, busyMs);
+  if (rc == SQLITE_OK) rc = sqlite3_exec(db, "BEGIN; SELECT count(*) FROM sqlite_master; COMMIT", 0, 0, 0);
+  if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f);
+  if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &w);
+  if (rc == SQLITE_OK && (f == 0 || w == 0 || w->pMethods == 0 || f->pMethods->iVersion < 2 || f->pMethods->xShmLock == 0)) {
+    rc = SQLITE_NOTFOUND;
+  }
+  while (rc == SQLITE_OK) {
+    rc = f->pMethods->xShmLock(f, 0, 1, SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE);
+    if (rc != SQLITE_BUSY || waited >= busyMs * 5) break;
+    unix_vfs->xSleep(unix_vfs, 200);
+    waited++;
+    rc = SQLITE_OK;
+  }
+  if (rc != SQLITE_OK) {
+    sqlite3_close(db);
+    return rc;
+  }
+  *ppDb = db;
+  *ppFile = f;
+  *ppWal = w;
+  return SQLITE_OK;
+}
+
+/* Lets go of what boule_wal_lock took. */
+void boule_wal_unlock(void *db, void *file) {
+  sqlite3_file *f = (sqlite3_file *)file;
+  f->pMethods->xShmLock(f, 0, 1, SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE);
+  sqlite3_close((sqlite3 *)db);
+}
+
+int boule_raw_read(void *file, void *buf, int n, int64_t off) {
+  sqlite3_file *f = (sqlite3_file *)file;
+  return f->pMethods->xRead(f, buf, n, off);
+}
+
+int boule_raw_size(void *file, int64_t *size) {
+  sqlite3_file *f = (sqlite3_file *)file;
+  sqlite3_int64 sz = 0;
+  int rc = f->pMethods->xFileSize(f, &sz);
+  *size = sz;
+  return rc;
+}
+
 /* ---- io methods for replicated main database files ----------------------- */
 
 static int bClose(sqlite3_file *f) {
@@ -407,7 +471,7 @@ static int bFileControl(sqlite3_file *f, int op, void *arg) {
     /* A commit to the log whose write lock was not taken through the
     ** shm (exclusive locking mode): no other connection can reach the
     ** database until this one lets go of it. */
-    capture_wal(p, BOULE_SNAP_WROTE);
+    capture_wal(p, BOULE_SNAP_WROTE | BOULE_SNAP_EAGER);
   }
   if (op == SQLITE_FCNTL_PRAGMA) {
     char **a = (char **)arg;
@@ -497,6 +561,12 @@ static const sqlite3_io_methods boule_io_methods = {
 
 static int wClose(sqlite3_file *f) {
   BouleFile *p = (BouleFile *)f;
+  if (p->main && p->main->eLock >= SQLITE_LOCK_EXCLUSIVE) {
+    /* The last connection, done checkpointing: the log may be deleted
+    ** next. What it holds beyond the staged snapshot is staged now. */
+    boule_count_go_call();
+    bouleGoWALStage(p->main->handle, p->main, p);
+  }
   if (p->main) p->main->wal = 0;
   p->main = 0;
   return p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
@@ -509,7 +579,7 @@ static int wWrite(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off) {
   if (p->main) {
     if (off == 0 && n >= 32) {
       boule_count_go_call();
-      bouleGoWALReset(p->main->handle, p, buf);
+      bouleGoWALReset(p->main->handle, p->main, p, buf);
     }
     p->main->walWrote = 1;
   }
@@ -520,7 +590,7 @@ static int wTruncate(sqlite3_file *f, sqlite3_int64 size) {
   BouleFile *p = (BouleFile *)f;
   if (p->main && size < 32) {
     boule_count_go_call();
-    bouleGoWALReset(p->main->handle, p, 0);
+    bouleGoWALReset(p->main->handle, p->main, p, 0);
   }
   return p->real->pMethods->xTruncate(p->real, size);
 }

@@ -37,6 +37,7 @@ void boule_forward_vfs(sqlite3_vfs *v);
 #define BOULE_SNAP_WROTE 0x01   /* the transaction wrote or truncated the file */
 #define BOULE_SNAP_FORCE 0x02   /* incremental update is unsafe: rebuild */
 #define BOULE_SNAP_PRE_OK 0x04  /* the pre-transaction state below is valid */
+#define BOULE_SNAP_EAGER 0x08   /* WAL: read the log now (no other connection can) */
 
 /* What the C side captured just before the first write of a transaction. */
 typedef struct BoulePre {
@@ -71,6 +72,13 @@ int boule_restage_open(const char *zPath, int busyMs, void **ppDb, uint64_t *pHa
 
 /* Closes a connection boule_restage_open opened. */
 void boule_restage_close(void *db);
+
+/* A persister's own connection to a WAL database, holding its log's write
+** lock (boule_vfs.c), and reads of unix files. */
+int boule_wal_lock(const char *zPath, int busyMs, void **ppDb, void **ppFile, void **ppWal);
+void boule_wal_unlock(void *db, void *file);
+int boule_raw_read(void *file, void *buf, int n, int64_t off);
+int boule_raw_size(void *file, int64_t *size);
 
 /* Test and benchmark counters: how often C called into Go, from either
 ** VFS (boule_snapshot.c counts its calls too). */

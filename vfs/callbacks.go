@@ -11,6 +11,7 @@ import "C"
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 	"unsafe"
@@ -122,7 +123,7 @@ func bouleGoCaptureWAL(h C.uint64_t, file, wal unsafe.Pointer, flags C.int) (rc 
 	if c == nil {
 		return 1
 	}
-	err := c.db.CaptureWAL(cSource{file}, cWAL{cSource{wal}}, flags&C.BOULE_SNAP_WROTE != 0, flags&C.BOULE_SNAP_FORCE != 0)
+	err := c.db.CaptureWAL(cSource{file}, cWAL{cSource{wal}}, flags&C.BOULE_SNAP_WROTE != 0, flags&C.BOULE_SNAP_FORCE != 0, flags&C.BOULE_SNAP_EAGER != 0)
 	c.setSnapErr(err)
 	if err != nil {
 		return 1
@@ -131,7 +132,7 @@ func bouleGoCaptureWAL(h C.uint64_t, file, wal unsafe.Pointer, flags C.int) (rc 
 }
 
 //export bouleGoWALReset
-func bouleGoWALReset(h C.uint64_t, wal unsafe.Pointer, hdr unsafe.Pointer) {
+func bouleGoWALReset(h C.uint64_t, file, wal unsafe.Pointer, hdr unsafe.Pointer) {
 	defer guardVoid("bouleGoWALReset", "the next transaction rebuilds the snapshot")
 	enter("bouleGoWALReset")
 	c := lookupConn(uint64(h))
@@ -142,7 +143,78 @@ func bouleGoWALReset(h C.uint64_t, wal unsafe.Pointer, hdr unsafe.Pointer) {
 	if hdr != nil {
 		b = C.GoBytes(hdr, 32)
 	}
-	c.db.WALReset(cWAL{cSource{wal}}, b)
+	c.db.WALReset(cSource{file}, cWAL{cSource{wal}}, b)
+}
+
+//export bouleGoWALStage
+func bouleGoWALStage(h C.uint64_t, file, wal unsafe.Pointer) {
+	defer guardVoid("bouleGoWALStage", "the next transaction rebuilds the snapshot")
+	enter("bouleGoWALStage")
+	if c := lookupConn(uint64(h)); c != nil {
+		c.db.WALStage(cSource{file}, cWAL{cSource{wal}})
+	}
+}
+
+// rawFile reads a unix file of SQLite's, for the persister's connection
+// (lockWAL).
+type rawFile struct{ file unsafe.Pointer }
+
+func (s rawFile) ReadAt(p []byte, off int64) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if rc := C.boule_raw_read(s.file, unsafe.Pointer(&p[0]), C.int(len(p)), C.int64_t(off)); rc != 0 {
+		return 0, sqliteError("read", int(rc))
+	}
+	return len(p), nil
+}
+
+func (s rawFile) Size() (int64, error) {
+	var n C.int64_t
+	if rc := C.boule_raw_size(s.file, &n); rc != 0 {
+		return 0, sqliteError("size", int(rc))
+	}
+	return int64(n), nil
+}
+
+func (s rawFile) Reserved() (bool, error) { return true, nil }
+
+// lockWALBusy bounds how long a persister waits for a writer to let go of
+// a log's write lock; the writer's own commit wakes it again anyway.
+const lockWALBusy = 5 * time.Second
+
+// lockWAL is spool.Options.LockWAL: a connection of the persister's own,
+// through unix, holding the log's write lock.
+func lockWAL(path string) (spool.Source, spool.WALFile, func(), error) {
+	// Only while the database is open here: a connection of the
+	// persister's own to a database closed meanwhile would make its log
+	// and shm anew, and leave them.
+	connMu.Lock()
+	open := false
+	for _, c := range conns {
+		if c.db.Path() == path {
+			open = true
+			break
+		}
+	}
+	connMu.Unlock()
+	if !open {
+		return nil, nil, nil, fmt.Errorf("vfs: %s is closed: %w", path, spool.ErrNotWAL)
+	}
+	if _, err := os.Lstat(path + "-wal"); err != nil {
+		return nil, nil, nil, fmt.Errorf("vfs: %s: %w", path, spool.ErrNotWAL)
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var db, file, wal unsafe.Pointer
+	rc := C.boule_wal_lock(cpath, C.int(lockWALBusy.Milliseconds()), &db, &file, &wal)
+	switch {
+	case rc == C.SQLITE_NOTFOUND:
+		return nil, nil, nil, fmt.Errorf("vfs: %s: %w", path, spool.ErrNotWAL)
+	case rc != 0:
+		return nil, nil, nil, fmt.Errorf("vfs: take the write lock of %s's log: %w", path, sqliteError("lock", int(rc)))
+	}
+	return rawFile{file}, rawFile{wal}, func() { C.boule_wal_unlock(db, file) }, nil
 }
 
 //export bouleGoWALGone
