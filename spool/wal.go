@@ -14,36 +14,41 @@ import (
 // A database in WAL mode is replicated from its logical content: the file
 // with the committed frames of its log over it, which is what a full
 // checkpoint would leave. Checkpoints change the file, not the logical
-// content: they cost no snapshot. A commit is captured while its writer
-// still holds the log's write lock (the VFS calls CaptureWAL), so that no
-// other writer appends or restarts the log meanwhile.
+// content: they cost no snapshot. A commit only takes a generation (a lazy
+// capture, CaptureWAL); the persister reads the log later, under the
+// log's write lock, taken through a connection of its own (readLazy), so
+// that no writer appends or restarts the log while it reads.
 //
-// Which commits the latest captured snapshot holds is a position in the
-// log, kept in the control block next to the generations, for every
-// process (ctl.go):
+// Which commits the staged snapshot holds is a position in the log, kept
+// in the control block next to the generations, for every process (ctl.go),
+// and changed under the spool lock with the staged snapshot:
 //
 //	2048 walMode   0 unknown, walAt, walEmpty
 //	2056 walSalt   walAt: the log's salts (salt-1 high, salt-2 low)
-//	2064 walFrame  walAt: the frames captured (the last commit captured)
+//	2064 walFrame  walAt: the frames the staged snapshot holds
 //	2072 walSize   the logical size at that position, in bytes
 //	2080 walCtime  walEmpty: the file's ctime (Unix ns)
 //	2088 walFSize  walEmpty: the file's size
 //
-// walAt: the latest capture holds the database at frame walFrame of the
-// log with salts walSalt. A capture then needs only the pages of the
-// frames after walFrame; frames committed by a program that does not use
-// boule, or by a writer that died before its capture, are among them.
+// walAt: the staged snapshot is the database at frame walFrame of the log
+// with salts walSalt. A read then needs only the pages of the frames after
+// walFrame; frames committed by a program that does not use boule, or by
+// a writer that died, are among them.
 //
-// walEmpty: the latest capture holds the file itself, with no log (a
+// walEmpty: the staged snapshot is the file itself, with no log (a
 // rollback-mode commit, or a log that a boule connection checkpointed
 // whole and deleted or truncated). The file's ctime and size say whether
-// it changed since: a capture then takes every frame of the log.
+// it changed since: a read then takes every frame of the log.
 //
-// Before a boule connection restarts, truncates or deletes the log, it
-// checks that every committed frame of the old log was captured, and
-// moves the position to the new log (WALReset). A restart by any other
-// program changes the salts and leaves the position behind: the next
-// capture rebuilds from the logical database.
+// A capture records where it read from and up to (base, postPos); it
+// applies to the staged snapshot when base is at or before the staged
+// position and postPos at or after it, in the same log (covers). Before a
+// boule connection restarts or truncates the log, and when the last one
+// closes it, what the old log holds beyond the staged snapshot is staged
+// synchronously, and the position moves to the new log (WALReset,
+// WALStage, WALGone). A restart by any other program changes the salts
+// and leaves the position behind: the next read rebuilds from the logical
+// database.
 const (
 	ctlWALMode  = 2048
 	ctlWALSalt  = 2056
