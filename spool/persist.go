@@ -203,6 +203,15 @@ func (d *DB) persistWALLocked(c *ctl, batch []*Capture) (published, staged bool)
 	if cp == nil {
 		return false, false
 	}
+	if staged := loadPos(c); within(cp.postPos, staged) && cp.postPos != staged {
+		// A read of another persister, with an older generation, went
+		// further: what this one read is staged already.
+		c.store(ctlPersisted, max(c.load(ctlPersisted), cp.gen))
+		if c.load(ctlCommitted) == cp.gen && c.load(ctlTxn) == 0 {
+			c.store(ctlSince, 0)
+		}
+		return false, true
+	}
 	if !covers(cp.base, cp.postPos, loadPos(c)) {
 		d.needRebuild(c, "the staged snapshot is not where the log's capture started")
 		return false, false

@@ -82,14 +82,12 @@ type Options struct {
 	// once per gap, unless a flush or a close waits, or the capture
 	// budget is half used. Zero means DefaultPersistGap; negative, none.
 	PersistGap time.Duration
-	// LockWAL, when set, opens a connection of its own to the database
-	// at path, takes its log's write lock, and returns readers of the
-	// database file and of the log, and release, which lets go of both.
-	// Persisters use it to read the log for commits captured lazily (see
-	// DB.CaptureWAL); without it every WAL commit reads at its capture.
-	// It returns an error wrapping ErrNotWAL when the database has no
-	// log.
-	LockWAL func(path string) (db Source, wal WALFile, release func(), err error)
+	// OpenWAL, when set, opens a connection of its own to the database
+	// at path, in a read transaction (see WALReader). Persisters use it
+	// to read the log for commits captured lazily (see DB.CaptureWAL);
+	// without it every WAL commit reads at its capture. It returns an
+	// error wrapping ErrNotWAL when the database has no log.
+	OpenWAL func(path string) (*WALReader, error)
 }
 
 // Spool is the replication buffer under one replication_spooling_dir.

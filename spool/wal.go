@@ -116,9 +116,9 @@ func (d *DB) fileUnchanged(c *ctl) bool {
 // A commit only takes a generation and wakes the persister (a lazy
 // capture): the persister reads what the log committed since the staged
 // snapshot later, off the commit path, under the log's write lock taken
-// through a connection of its own (Options.LockWAL). When that is not
+// through a connection of its own (Options.OpenWAL). When that is not
 // possible (exclusive locking mode, eager, in which no other connection
-// can open the database; no LockWAL; no staged position to start from),
+// can open the database; no OpenWAL; no staged position to start from),
 // and for checks, the capture reads now: the pages of the frames
 // committed since the staged position are copied into memory, as Capture
 // does, and the persister stages them; when the position cannot vouch
@@ -126,7 +126,7 @@ func (d *DB) fileUnchanged(c *ctl) bool {
 // the logical database is snapshotted whole, synchronously.
 func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error {
 	c := d.ctlp.Load()
-	if wrote && !force && !eager && c != nil && d.s.opts.LockWAL != nil && d.s.budget.max > 0 &&
+	if wrote && !force && !eager && c != nil && d.s.opts.OpenWAL != nil && d.s.budget.max > 0 &&
 		c.load(ctlState) == stateOK && c.load(ctlWALMode) != walUnknown {
 		d.qmu.Lock()
 		gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
@@ -164,6 +164,19 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 // from cp.src), the budget for them acquired; or nil when there is
 // nothing new, or when it snapshotted the logical database whole instead.
 func (d *DB) walRead(db Source, wal WALFile, wrote, force, acquire bool) (*Capture, error) {
+	return d.walReadGen(db, wal, wrote, force, acquire, 0)
+}
+
+// errRebuild is returned by walReadGen when only a rebuild can stage
+// what the log holds, and its caller may not rebuild (a persister that
+// does not hold the log's write lock).
+var errRebuild = errors.New("spool: a rebuild is needed")
+
+// walReadGen is walRead. A non-zero gen is the generation the caller took
+// before the read, and that the capture gets: the caller reads without
+// the log's write lock, so that every commit with an older generation is
+// in the log when it scans; it may not rebuild (errRebuild).
+func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen uint64) (*Capture, error) {
 	x := &d.walx
 	if err := x.scan(wal); err != nil {
 		return nil, d.walFailedLocked(fmt.Errorf("spool: %s: %w", d.path, err))
@@ -171,10 +184,16 @@ func (d *DB) walRead(db Source, wal WALFile, wrote, force, acquire bool) (*Captu
 	src := newLogicalSource(db, wal, x)
 	c := d.ctlp.Load()
 	if c == nil || force || c.load(ctlState) != stateOK || d.s.budget.max <= 0 {
+		if gen != 0 {
+			return nil, errRebuild
+		}
 		return nil, d.walRebuild(src, wrote)
 	}
 	pages, ok := d.walDelta(c, x)
 	if !ok {
+		if gen != 0 {
+			return nil, errRebuild
+		}
 		return nil, d.walRebuild(src, wrote)
 	}
 	size, err := src.Size()
@@ -182,11 +201,14 @@ func (d *DB) walRead(db Source, wal WALFile, wrote, force, acquire bool) (*Captu
 		return nil, d.walFailedLocked(err)
 	}
 	base := loadPos(c)
-	if len(pages) == 0 && size == int64(base.size) && c.load(ctlCommitted) == c.load(ctlPersisted) {
+	if gen == 0 && len(pages) == 0 && size == int64(base.size) && c.load(ctlCommitted) == c.load(ctlPersisted) {
 		return nil, nil // nothing committed since: a rollback, or a check
 	}
 	f, err := d.inspectLogical(src, size)
 	if err != nil {
+		if gen != 0 {
+			return nil, errRebuild
+		}
 		return nil, d.walRebuild(src, wrote)
 	}
 	ps := int64(x.hdr.pageSize)
@@ -204,15 +226,14 @@ func (d *DB) walRead(db Source, wal WALFile, wrote, force, acquire bool) (*Captu
 		need += int64(manifest.ChunkLen(f.size, i))
 	}
 	if need > d.s.budget.max {
+		if gen != 0 {
+			return nil, errRebuild
+		}
 		return nil, d.walRebuild(src, wrote)
 	}
-	d.qmu.Lock()
-	gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
-	c.store(ctlOwner, self())
-	c.store(ctlCommitted, gen)
-	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
-	d.expect = expectation{}
-	d.qmu.Unlock()
+	if gen == 0 {
+		gen = d.takeGen(c)
+	}
 
 	if !acquire {
 		// A persister's or a hook's read, which holds the log's write
@@ -235,7 +256,42 @@ func (d *DB) walRead(db Source, wal WALFile, wrote, force, acquire bool) (*Captu
 // commit's capture would, and returns the capture, chunks read. nil means
 // nothing to stage (or a rebuild staged it all).
 func (d *DB) readLazy() (*Capture, error) {
-	db, wal, release, err := d.s.opts.LockWAL(d.path)
+	for try := 0; ; try++ {
+		cp, err := d.readLazyOnce()
+		if !errors.Is(err, errWALMoved) || try == 3 {
+			return cp, err
+		}
+	}
+}
+
+// errWALMoved is returned when the log restarted during a persister's
+// read: what it read may be another log's.
+var errWALMoved = errors.New("spool: the log restarted during the read")
+
+// takeGen takes the next generation for a commit or a read of this
+// process.
+func (d *DB) takeGen(c *ctl) uint64 {
+	d.qmu.Lock()
+	defer d.qmu.Unlock()
+	gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
+	c.store(ctlOwner, self())
+	c.store(ctlCommitted, gen)
+	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
+	d.expect = expectation{}
+	return gen
+}
+
+// readLazyOnce is one try of readLazy. It reads in a read transaction of
+// its own connection, which keeps the log from restarting (unless the
+// log was checkpointed whole when it began: then the log's salts, read
+// again at the end, tell) and checkpoints from writing the pages it reads
+// from the file; writers go on meanwhile.
+func (d *DB) readLazyOnce() (*Capture, error) {
+	c := d.ctlp.Load()
+	if c == nil {
+		return nil, nil
+	}
+	r, err := d.s.opts.OpenWAL(d.path)
 	if errors.Is(err, ErrNotWAL) {
 		// The log is gone. Its last connection staged it (WALGone)
 		// unless it was not boule's: then the next transaction rebuilds.
@@ -249,27 +305,67 @@ func (d *DB) readLazy() (*Capture, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: read the log of %s: %w", d.path, err)
 	}
-	defer release()
+	defer r.Close()
+	db, wal := r.DB, r.WAL
+	// The generation first: every commit with an older one is in the log
+	// by the time of the scan.
+	gen := d.takeGen(c)
 	d.walmu.Lock()
 	defer d.walmu.Unlock()
-	cp, err := d.walRead(db, wal, true, false, false)
+	cp, err := d.walReadGen(db, wal, true, false, false, gen)
+	if errors.Is(err, errRebuild) {
+		// Another program restarted the log, say: a rebuild, with the
+		// log kept still by its write lock.
+		if err := r.Lock(); err != nil {
+			return nil, fmt.Errorf("spool: rebuild %s: %w", d.path, err)
+		}
+		x := &d.walx
+		if err := x.scan(wal); err != nil {
+			return nil, fmt.Errorf("spool: %s: %w", d.path, err)
+		}
+		return nil, d.walRebuild(newLogicalSource(db, wal, x), true)
+	}
 	if cp == nil || err != nil {
 		return nil, err
 	}
 	for _, i := range cp.reads {
 		b := getChunkBuf(manifest.ChunkLen(cp.post.size, i))
 		if _, err := cp.src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
-			d.s.budget.release(cp.bytes)
+			putChunkBufs([]*Capture{cp})
 			return nil, fmt.Errorf("spool: read %s: %w", d.path, err)
 		}
 		cp.chunks[i] = b
+	}
+	var hb [walHeaderSize]byte
+	if x := &d.walx; x.valid {
+		if _, err := wal.ReadAt(hb[:], 0); err != nil {
+			putChunkBufs([]*Capture{cp})
+			return nil, fmt.Errorf("spool: read the log of %s: %w", d.path, err)
+		}
+		if h, ok := parseWALHeader(hb[:]); !ok || h.salt != x.hdr.salt {
+			putChunkBufs([]*Capture{cp})
+			return nil, errWALMoved
+		}
 	}
 	cp.src = nil
 	cp.filled = closedChan
 	return cp, nil
 }
 
-// ErrNotWAL is returned by Options.LockWAL when the database is not in WAL
+// A WALReader is a connection of a persister's own to a database in WAL
+// mode, in a read transaction: the database file and the log, read
+// through it.
+type WALReader struct {
+	DB  Source
+	WAL WALFile
+	// Lock takes the log's write lock, for a rebuild: no writer then
+	// changes the log until Close.
+	Lock func() error
+	// Close ends the transaction and closes the connection.
+	Close func()
+}
+
+// ErrNotWAL is returned by Options.OpenWAL when the database is not in WAL
 // mode (or its log does not exist).
 var ErrNotWAL = errors.New("spool: the database has no write-ahead log")
 
@@ -310,6 +406,12 @@ func (d *DB) posOf(x *walIndex, f fileState) walPos {
 		p.mode = walUnknown
 	}
 	return p
+}
+
+// within reports whether the snapshot staged at staged holds every page
+// a capture read up to post: it is in the same log, at or after post.
+func within(post, staged walPos) bool {
+	return post.mode == walAt && staged.mode == walAt && post.salt == staged.salt && post.frame <= staged.frame
 }
 
 // covers reports whether a capture read from base up to post applies to
@@ -405,8 +507,10 @@ func (d *DB) walStageLocked(db Source, wal WALFile) bool {
 		d.s.budget.release(cp.bytes)
 		putChunkBufs([]*Capture{cp})
 	}
+	// Every frame of the log is staged. (A persister's read under way
+	// may have taken a generation meanwhile: it reads nothing newer.)
 	pages, ok := d.walDelta(c, &d.walx)
-	return ok && len(pages) == 0 && c.load(ctlPersisted) >= c.load(ctlCommitted)
+	return ok && len(pages) == 0 && pending <= c.load(ctlPersisted)
 }
 
 // waitPersisted waits, at most limit, until this process's persister has
@@ -466,6 +570,9 @@ func (d *DB) movePos(c *ctl, hdr []byte) {
 		return
 	}
 	defer unlock()
+	// The old log is staged whole: every generation taken so far (a
+	// persister's read under way included) is in the staged snapshot.
+	c.store(ctlPersisted, max(c.load(ctlPersisted), c.load(ctlCommitted)))
 	p := loadPos(c)
 	if h, valid := parseWALHeader(hdr); valid {
 		p.mode, p.salt, p.frame = walAt, h.salt, 0
@@ -503,7 +610,10 @@ func (d *DB) WALGone() {
 		d.forgetPos(c)
 		return
 	}
-	if pages, ok := d.walDelta(c, x); !ok || len(pages) > 0 || c.load(ctlPersisted) < c.load(ctlCommitted) {
+	d.qmu.Lock()
+	pending := d.rollbackPending
+	d.qmu.Unlock()
+	if pages, ok := d.walDelta(c, x); !ok || len(pages) > 0 || pending > c.load(ctlPersisted) {
 		d.forgetPos(c)
 		return
 	}

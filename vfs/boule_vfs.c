@@ -292,36 +292,29 @@ void boule_restage_close(void *db) { sqlite3_close((sqlite3 *)db); }
 /* ---- the persister's own connection, for lazy captures ------------------- */
 
 /* Opens a connection of its own to the database at zPath, through unix
-** (never boule: it replicates nothing and captures nothing), and takes
-** its log's write lock, retrying for up to busyMs while a writer holds it:
-** with it held, the log neither grows nor restarts, and what it holds can
-** be read. *ppFile and *ppWal are unix's files for the database and the
-** log, read with boule_raw_read. Its close is SQLite's: if it is the
-** last connection (the application closed the database meanwhile), it
-** checkpoints and deletes the log, as the application's close would
-** have, rather than leave a log and a shm behind; the position in the log
-** is then lost, and the next capture rebuilds. Returns SQLITE_NOTFOUND when the database has no log open (not in WAL
-** mode), SQLITE_BUSY when the lock stayed taken. */
+** (never boule: it replicates nothing and captures nothing), in a read
+** transaction: while it lasts, the log does not restart (unless it was
+** checkpointed whole when the transaction began: the caller checks the
+** log's salts after reading), and checkpoints do not write the pages the
+** log does not hold. Writers go on. *ppFile and *ppWal are unix's files
+** for the database and the log, read with boule_raw_read. Its close is
+** SQLite's: if it is the last connection (the application closed the
+** database meanwhile), it checkpoints and deletes the log, as the
+** application's close would have, rather than leave a log and a shm
+** behind; the position in the log is then lost, and the next capture
+** rebuilds. Returns SQLITE_NOTFOUND when the database has no log open
+** (not in WAL mode). */
 int boule_wal_lock(const char *zPath, int busyMs, void **ppDb, void **ppFile, void **ppWal) {
   sqlite3 *db = 0;
   sqlite3_file *f = 0, *w = 0;
-  int rc, waited = 0;
+  int rc;
   *ppDb = *ppFile = *ppWal = 0;
   rc = sqlite3_open_v2(zPath, &db, SQLITE_OPEN_READWRITE, "unix");
   if (rc == SQLITE_OK) rc = sqlite3_busy_timeout(db, busyMs);
-  if (rc == SQLITE_OK) rc = sqlite3_exec(db, "BEGIN; SELECT count(*) FROM sqlite_master; COMMIT", 0, 0, 0);
+  if (rc == SQLITE_OK) rc = sqlite3_exec(db, "BEGIN; SELECT count(*) FROM sqlite_master", 0, 0, 0);
   if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f);
   if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &w);
-  if (rc == SQLITE_OK && (f == 0 || w == 0 || w->pMethods == 0 || f->pMethods->iVersion < 2 || f->pMethods->xShmLock == 0)) {
-    rc = SQLITE_NOTFOUND;
-  }
-  while (rc == SQLITE_OK) {
-    rc = f->pMethods->xShmLock(f, 0, 1, SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE);
-    if (rc != SQLITE_BUSY || waited >= busyMs * 5) break;
-    unix_vfs->xSleep(unix_vfs, 200);
-    waited++;
-    rc = SQLITE_OK;
-  }
+  if (rc == SQLITE_OK && (f == 0 || w == 0 || w->pMethods == 0)) rc = SQLITE_NOTFOUND;
   if (rc != SQLITE_OK) {
     sqlite3_close(db);
     return rc;
@@ -332,10 +325,28 @@ int boule_wal_lock(const char *zPath, int busyMs, void **ppDb, void **ppFile, vo
   return SQLITE_OK;
 }
 
-/* Lets go of what boule_wal_lock took. */
-void boule_wal_unlock(void *db, void *file) {
+/* Takes the write lock of the log of a connection of boule_wal_lock,
+** retrying for up to busyMs while a writer holds it. */
+int boule_raw_wal_lock(void *file, int busyMs) {
+  sqlite3_file *f = (sqlite3_file *)file;
+  int rc, waited = 0;
+  if (f->pMethods->iVersion < 2 || f->pMethods->xShmLock == 0) return SQLITE_NOTFOUND;
+  while ((rc = f->pMethods->xShmLock(f, 0, 1, SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE)) == SQLITE_BUSY && waited < busyMs * 5) {
+    unix_vfs->xSleep(unix_vfs, 200);
+    waited++;
+  }
+  return rc;
+}
+
+void boule_raw_wal_unlock(void *file) {
   sqlite3_file *f = (sqlite3_file *)file;
   f->pMethods->xShmLock(f, 0, 1, SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE);
+}
+
+/* Ends what boule_wal_lock began. */
+void boule_wal_unlock(void *db, void *file) {
+  (void)file;
+  sqlite3_exec((sqlite3 *)db, "COMMIT", 0, 0, 0);
   sqlite3_close((sqlite3 *)db);
 }
 

@@ -183,9 +183,9 @@ func (s rawFile) Reserved() (bool, error) { return true, nil }
 // a log's write lock; the writer's own commit wakes it again anyway.
 const lockWALBusy = 5 * time.Second
 
-// lockWAL is spool.Options.LockWAL: a connection of the persister's own,
-// through unix, holding the log's write lock.
-func lockWAL(path string) (spool.Source, spool.WALFile, func(), error) {
+// openWAL is spool.Options.OpenWAL: a connection of the persister's own,
+// through unix, in a read transaction.
+func openWAL(path string) (*spool.WALReader, error) {
 	// Only while the database is open here: a connection of the
 	// persister's own to a database closed meanwhile would make its log
 	// and shm anew, and leave them.
@@ -199,10 +199,10 @@ func lockWAL(path string) (spool.Source, spool.WALFile, func(), error) {
 	}
 	connMu.Unlock()
 	if !open {
-		return nil, nil, nil, fmt.Errorf("vfs: %s is closed: %w", path, spool.ErrNotWAL)
+		return nil, fmt.Errorf("vfs: %s is closed: %w", path, spool.ErrNotWAL)
 	}
 	if _, err := os.Lstat(path + "-wal"); err != nil {
-		return nil, nil, nil, fmt.Errorf("vfs: %s: %w", path, spool.ErrNotWAL)
+		return nil, fmt.Errorf("vfs: %s: %w", path, spool.ErrNotWAL)
 	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
@@ -210,11 +210,28 @@ func lockWAL(path string) (spool.Source, spool.WALFile, func(), error) {
 	rc := C.boule_wal_lock(cpath, C.int(lockWALBusy.Milliseconds()), &db, &file, &wal)
 	switch {
 	case rc == C.SQLITE_NOTFOUND:
-		return nil, nil, nil, fmt.Errorf("vfs: %s: %w", path, spool.ErrNotWAL)
+		return nil, fmt.Errorf("vfs: %s: %w", path, spool.ErrNotWAL)
 	case rc != 0:
-		return nil, nil, nil, fmt.Errorf("vfs: take the write lock of %s's log: %w", path, sqliteError("lock", int(rc)))
+		return nil, fmt.Errorf("vfs: read %s's log: %w", path, sqliteError("open", int(rc)))
 	}
-	return rawFile{file}, rawFile{wal}, func() { C.boule_wal_unlock(db, file) }, nil
+	locked := false
+	return &spool.WALReader{
+		DB:  rawFile{file},
+		WAL: rawFile{wal},
+		Lock: func() error {
+			if rc := C.boule_raw_wal_lock(file, C.int(lockWALBusy.Milliseconds())); rc != 0 {
+				return fmt.Errorf("vfs: take the write lock of %s's log: %w", path, sqliteError("lock", int(rc)))
+			}
+			locked = true
+			return nil
+		},
+		Close: func() {
+			if locked {
+				C.boule_raw_wal_unlock(file)
+			}
+			C.boule_wal_unlock(db, file)
+		},
+	}, nil
 }
 
 //export bouleGoWALGone
