@@ -190,6 +190,9 @@ func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen 
 		return nil, d.walRebuild(src, wrote)
 	}
 	pages, ok := d.walDelta(c, x)
+	if ok {
+		ok = d.fileSpansLog(src)
+	}
 	if !ok {
 		if gen != 0 {
 			return nil, errRebuild
@@ -425,6 +428,29 @@ func covers(base, post, staged walPos) bool {
 		return false
 	}
 	return base.mode == walEmpty || (base.mode == walAt && base.salt == post.salt && base.frame <= staged.frame)
+}
+
+// fileSpansLog reports whether the file holds every page of the
+// database that the log does not: with boule, only checkpoints write the
+// file of a database in WAL mode, and they never drop a page the log
+// lacks. A file cut short by another program (SQLite's test suite does)
+// fails it, and the read rebuilds from what is there.
+func (d *DB) fileSpansLog(src *logicalSource) bool {
+	x := src.x
+	if x.mx == 0 {
+		return true
+	}
+	fsize, err := src.fileSize()
+	if err != nil {
+		return false
+	}
+	ps := int64(x.hdr.pageSize)
+	for pg := fsize / ps; pg < int64(x.nPages); pg++ {
+		if x.latest[uint32(pg+1)] == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // walRebuild snapshots the logical database whole, synchronously, and
