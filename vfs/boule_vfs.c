@@ -81,6 +81,7 @@ typedef struct BouleFile {
   ** write, and the main file is written only by checkpoints. */
   struct BouleFile *wal;  /* main: its open log, or NULL */
   struct BouleFile *main; /* log: its main database file */
+  struct BouleFile *next, *prev; /* main: the list of open main files */
   int walWrote;           /* main: frames written since the last capture */
   int walLocked;          /* main: this connection holds the log's write lock */
 } BouleFile;
@@ -90,6 +91,7 @@ sqlite3_vfs *boule_unix_vfs; /* the unix VFS, found by boule_register */
 static sqlite3_vfs boule_vfs;
 static const sqlite3_io_methods boule_io_methods;
 static const sqlite3_io_methods boule_wal_methods;
+static void remove_main(BouleFile *p);
 static int64_t go_calls;
 static char *temp_dir; /* config "tempdir"; NULL means unix's default */
 
@@ -368,6 +370,7 @@ int boule_raw_size(void *file, int64_t *size) {
 static int bClose(sqlite3_file *f) {
   BouleFile *p = (BouleFile *)f;
   int rc = p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
+  remove_main(p);
   if (p->wal) p->wal->main = 0;
   p->wal = 0;
   if (p->flushOnClose) bouleGoFlush(p->handle, 0);
@@ -626,12 +629,65 @@ static const sqlite3_io_methods boule_wal_methods = {
     bCheckReservedLock, wFileControl, bSectorSize, bDeviceCharacteristics,
     bShmMap, bShmLock, bShmBarrier, bShmUnmap, bFetch, bUnfetch};
 
+/* The replicated main files open in this process, for open_wal to find
+** the one a log belongs to. Under mains_mutex. */
+static BouleFile *mains;
+
+static sqlite3_mutex *mains_mutex(void) { return sqlite3_mutex_alloc(SQLITE_MUTEX_STATIC_VFS1); }
+
+static void add_main(BouleFile *p) {
+  sqlite3_mutex *m = mains_mutex();
+  sqlite3_mutex_enter(m);
+  p->prev = 0;
+  p->next = mains;
+  if (mains) mains->prev = p;
+  mains = p;
+  sqlite3_mutex_leave(m);
+}
+
+static void remove_main(BouleFile *p) {
+  sqlite3_mutex *m = mains_mutex();
+  sqlite3_mutex_enter(m);
+  if (p->prev) p->prev->next = p->next;
+  else if (mains == p) mains = p->next;
+  if (p->next) p->next->prev = p->prev;
+  p->next = p->prev = 0;
+  sqlite3_mutex_leave(m);
+}
+
+/* Finds the main file the log zName belongs to: one whose name plus
+** "-wal" is zName and that has no log open. SQLite's pager keeps the
+** log's name in the same allocation as the database's, just after it:
+** the main file whose name precedes zName there is the connection's own.
+** Otherwise (a VFS shim that builds its own names), the newest such main
+** file. sqlite3_database_file_object is not used: given a name that is
+** not the pager's, its behaviour is undefined. */
+static BouleFile *find_main(const char *zName) {
+  size_t n = strlen(zName);
+  BouleFile *found = 0;
+  sqlite3_mutex *m;
+  if (n <= 4 || strcmp(zName + n - 4, "-wal") != 0) return 0;
+  m = mains_mutex();
+  sqlite3_mutex_enter(m);
+  for (BouleFile *p = mains; p; p = p->next) {
+    uintptr_t a = (uintptr_t)p->zPath, z = (uintptr_t)zName;
+    if (p->wal != 0 || strlen(p->zPath) != n - 4 || strncmp(p->zPath, zName, n - 4) != 0) continue;
+    if (z > a && z - a < 65536) {
+      found = p;
+      break;
+    }
+    if (found == 0) found = p;
+  }
+  sqlite3_mutex_leave(m);
+  return found;
+}
+
 /* Opens the log of a replicated main file, wrapped, and links the two. */
 static int open_wal(const char *zName, sqlite3_file *f, int flags, int *outFlags) {
   BouleFile *p = (BouleFile *)f;
-  sqlite3_file *m = sqlite3_database_file_object(zName);
+  BouleFile *m = find_main(zName);
   int rc;
-  if (m == 0 || m->pMethods != &boule_io_methods) {
+  if (m == 0) {
     return unix_vfs->xOpen(unix_vfs, zName, f, flags, outFlags);
   }
   memset(p, 0, sizeof(*p));
@@ -642,7 +698,7 @@ static int open_wal(const char *zName, sqlite3_file *f, int flags, int *outFlags
     p->base.pMethods = 0;
     return rc;
   }
-  p->main = (BouleFile *)m;
+  p->main = m;
   p->main->wal = p;
   p->base.pMethods = &boule_wal_methods;
   return SQLITE_OK;
@@ -698,6 +754,7 @@ static int bOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
     return rc;
   }
   p->base.pMethods = &boule_io_methods;
+  add_main(p);
   return SQLITE_OK;
 }
 

@@ -27,6 +27,13 @@ import (
 	"github.com/boule-vfs/boule/upload"
 )
 
+// walOpener is nil in this build: WAL commits are read at the commit, not
+// by persisters through connections of their own. SQLite's test suite,
+// which this build runs, shuts SQLite down and counts its allocations
+// between test files; a connection opened from another thread meanwhile
+// crashes it or fails its leak checks.
+var walOpener func(string) (*spool.WALReader, error)
+
 // fullSource gives the whole database at the commit, for the validator.
 type fullSource struct{ cSource }
 

@@ -88,7 +88,7 @@ func Register(cfg Config) error {
 				// The conformance build checks every staged snapshot.
 				Validate: validator,
 				Notify:   notify,
-				OpenWAL:  openWAL,
+				OpenWAL:  walOpener,
 			})
 			if err != nil {
 				return fmt.Errorf("vfs: %w", err)
