@@ -75,6 +75,10 @@ func syncDB(ctx context.Context, g *globals, arg string) error {
 	if err := vfs.Register(cfg); err != nil {
 		return usageError{err.Error()}
 	}
+	// The uploader and the spool are this command's: they stop with it,
+	// rather than write to the spool after it returns (vfsctl runs in
+	// tests' processes too).
+	defer func() { _ = vfs.Register(vfs.Config{}) }()
 	// A read transaction through boule brings the spool up to date with
 	// the file: its first transaction checks, and rebuilds if stale. The
 	// path is escaped, or a %, ? or # in it would name another file.
