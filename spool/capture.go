@@ -169,7 +169,7 @@ func (d *DB) Capture(src Source, ch Change) error {
 	d.s.budget.acquire(need)
 	cp := &Capture{gen: gen, ch: ch, post: f, chunks: make(map[int][]byte, len(reads)), bytes: need}
 	cp.ch.Dirty = append([]uint64(nil), ch.Dirty...) // the VFS reuses its bitmap
-	if fs, ok := src.(FullSource); ok && d.s.opts.Validate != nil {
+	if fs, ok := src.(FullSource); ok && d.s.opts.Validate != nil && f.size <= ValidateMax {
 		cp.full, _ = fs.FullImage()
 	}
 	d.enqueueFilling(cp, reads, f.size)

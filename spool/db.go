@@ -237,7 +237,7 @@ func (d *DB) snapshotLockedWith(src Source, ch Change, staged func(f fileState))
 	log := d.s.log
 	switch {
 	case err == nil:
-		if fs, ok := src.(FullSource); ok && settled && d.s.opts.Validate != nil && c != nil {
+		if fs, ok := src.(FullSource); ok && settled && d.s.opts.Validate != nil && c != nil && d.lastFile.size <= ValidateMax {
 			if img, err := fs.FullImage(); err == nil {
 				d.s.opts.Validate(d, gen, img)
 			}

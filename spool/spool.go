@@ -42,6 +42,11 @@ const (
 	hashedNameLen = hashedKeepLen + 1 + 64 + 1 + hashedKeepLen
 )
 
+// ValidateMax is the largest database Options.Validate is given: SQLite's
+// test suite makes sparse files of several GB (bigfile, walbig), and each
+// check holds several copies of the database in memory.
+const ValidateMax = 1 << 30
+
 // Options configure a [Spool].
 type Options struct {
 	// Dir is the replication_spooling_dir. Required.
@@ -72,6 +77,7 @@ type Options struct {
 	// conformance suite). gen is the generation staged; the staged
 	// snapshot may have moved on by the time Validate reads it.
 	Validate func(d *DB, gen uint64, want []byte)
+	// Databases larger than ValidateMax are not validated.
 	// CaptureMemory bounds the bytes that commits have captured and the
 	// persisters not staged yet, for all the databases of the spool: a
 	// commit that would go over it waits. Zero means DefaultCaptureMemory;

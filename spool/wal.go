@@ -248,7 +248,7 @@ func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen 
 	cp := &Capture{gen: gen, wal: true, post: f, chunks: make(map[int][]byte, len(reads)), bytes: need,
 		base: base, postPos: d.posOf(x, f), reads: reads, src: src}
 	cp.ch = Change{Wrote: true, Chained: true, Dirty: dirty, PreSize: int64(base.size)}
-	if d.s.opts.Validate != nil {
+	if d.s.opts.Validate != nil && f.size <= ValidateMax {
 		cp.full, _ = src.FullImage()
 	}
 	return cp, nil

@@ -36,11 +36,14 @@ var (
 type cSource struct{ file unsafe.Pointer }
 
 func (s cSource) ReadAt(p []byte, off int64) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if rc := C.boule_file_read(s.file, unsafe.Pointer(&p[0]), C.int(len(p)), C.int64_t(off)); rc != 0 {
-		return 0, sqliteError("read", int(rc))
+	// xRead takes an int: larger reads (a whole image, for validation)
+	// go in pieces.
+	for done := 0; done < len(p); {
+		n := min(len(p)-done, 1<<30)
+		if rc := C.boule_file_read(s.file, unsafe.Pointer(&p[done]), C.int(n), C.int64_t(off+int64(done))); rc != 0 {
+			return done, sqliteError("read", int(rc))
+		}
+		done += n
 	}
 	return len(p), nil
 }
@@ -160,11 +163,12 @@ func bouleGoWALStage(h C.uint64_t, file, wal unsafe.Pointer) {
 type rawFile struct{ file unsafe.Pointer }
 
 func (s rawFile) ReadAt(p []byte, off int64) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if rc := C.boule_raw_read(s.file, unsafe.Pointer(&p[0]), C.int(len(p)), C.int64_t(off)); rc != 0 {
-		return 0, sqliteError("read", int(rc))
+	for done := 0; done < len(p); {
+		n := min(len(p)-done, 1<<30)
+		if rc := C.boule_raw_read(s.file, unsafe.Pointer(&p[done]), C.int(n), C.int64_t(off+int64(done))); rc != 0 {
+			return done, sqliteError("read", int(rc))
+		}
+		done += n
 	}
 	return len(p), nil
 }
