@@ -483,26 +483,21 @@ func appendPlacement(b []byte, fp manifest.Fingerprint, ref manifest.PackRef) []
 	return binary.BigEndian.AppendUint32(b, ref.Length)
 }
 
-// AddPlacements records, by appending, that chunk fps[i] is in pack
-// refs[i]: the uploader does it before it deletes the chunks' files, so
-// that a restart between a pack upload and its manifest's upload forgets
-// nothing.
+// AddPlacements records that chunk fps[i] is in pack refs[i]: the
+// uploader does it before it deletes the chunks' files, so that a restart
+// between a pack upload and its manifest's upload forgets nothing. The
+// record is rewritten whole (it is small: placements wait only for the
+// next manifest), as SetPlacements writes it read-only.
 func (d Dir) AddPlacements(fps []manifest.Fingerprint, refs []manifest.PackRef) error {
-	var b []byte
+	b, err := d.readRecord(packedFile)
+	if err != nil {
+		return fmt.Errorf("spool: record placements in %s: %w", d.join(packedFile), err)
+	}
 	for i := range fps {
 		b = appendPlacement(b, fps[i], refs[i])
 	}
-	p := d.join(packedFile)
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return fmt.Errorf("spool: record placements in %s: %w", p, pathless(err))
-	}
-	_, err = f.Write(b)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("spool: record placements in %s: %w", p, pathless(err))
+	if err := d.writeRecord(packedFile, b); err != nil {
+		return fmt.Errorf("spool: record placements: %w", err)
 	}
 	return nil
 }
