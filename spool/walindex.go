@@ -347,14 +347,17 @@ func (s *logicalSource) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // FullImage is the whole logical database, for validation.
-func (s *logicalSource) FullImage() ([]byte, error) {
-	n, err := s.Size()
+func (s *logicalSource) FullImage() ([]byte, error) { return ReadAll(s) }
+
+// ReadAll reads the whole of src, for FullSource implementations.
+func ReadAll(src Source) ([]byte, error) {
+	n, err := src.Size()
 	if err != nil {
 		return nil, err
 	}
 	b := make([]byte, n)
 	if n > 0 {
-		if _, err := s.ReadAt(b, 0); err != nil {
+		if _, err := src.ReadAt(b, 0); err != nil {
 			return nil, err
 		}
 	}

@@ -168,9 +168,9 @@ func verifyAfterCrash(t *testing.T, db *sql.DB, path string, committed map[int64
 
 // parentConn opens the long-lived connection the parent verifies with, and
 // runs its first transaction now, while no child is running.
-func parentConn(t *testing.T, path string) *sql.DB {
+func parentConn(t *testing.T, path, params string) *sql.DB {
 	t.Helper()
-	db := open(t, path, "boule", "")
+	db := open(t, path, "boule", params)
 	db.SetMaxOpenConns(1)
 	db.SetConnMaxIdleTime(0)
 	db.SetConnMaxLifetime(0)
@@ -188,7 +188,7 @@ func TestSIGKILLWriter(t *testing.T) {
 	}
 	e := newEnv(t)
 	path := e.path("crash.db")
-	db := parentConn(t, path)
+	db := parentConn(t, path, "")
 	committed := map[int64]bool{}
 	rng := rand.New(rand.NewPCG(42, 43))
 	midCommit := 0
@@ -238,7 +238,7 @@ func TestSIGKILLWriter(t *testing.T) {
 func TestCrashAtEverySpoolStep(t *testing.T) {
 	e := newEnv(t)
 	path := e.path("steps.db")
-	db := parentConn(t, path)
+	db := parentConn(t, path, "")
 	committed := map[int64]bool{}
 	steps := 60
 	if testing.Short() {
@@ -454,7 +454,7 @@ func TestKillBetweenCommitAndPersist(t *testing.T) {
 	t.Run("one writer", func(t *testing.T) {
 		e := newEnv(t)
 		path := e.path("held.db")
-		db := parentConn(t, path)
+		db := parentConn(t, path, "")
 		committed := map[int64]bool{}
 		for i := range 10 {
 			cmd, out := startChild(t, "heldwriter",
@@ -475,7 +475,7 @@ func TestKillBetweenCommitAndPersist(t *testing.T) {
 	t.Run("two writers", func(t *testing.T) {
 		e := newEnv(t)
 		path := e.path("held2.db")
-		db := parentConn(t, path)
+		db := parentConn(t, path, "")
 		for i := range 5 {
 			committed := map[int64]bool{}
 			other, otherOut := startChild(t, "writer",

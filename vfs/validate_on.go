@@ -37,19 +37,7 @@ var walOpener func(string) (*spool.WALReader, error)
 // fullSource gives the whole database at the commit, for the validator.
 type fullSource struct{ cSource }
 
-func (s fullSource) FullImage() ([]byte, error) {
-	n, err := s.Size()
-	if err != nil {
-		return nil, err
-	}
-	b := make([]byte, n)
-	if n > 0 {
-		if _, err := s.ReadAt(b, 0); err != nil {
-			return nil, err
-		}
-	}
-	return b, nil
-}
+func (s fullSource) FullImage() ([]byte, error) { return spool.ReadAll(s) }
 
 // withFull makes a commit's capture carry the whole database, so that the
 // snapshot staged from it, off the commit path, can be checked against the

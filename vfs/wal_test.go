@@ -292,26 +292,13 @@ func TestWALCloseReopen(t *testing.T) {
 	}
 }
 
-// walParentConn is parentConn in WAL mode.
-func walParentConn(t *testing.T, path string) *sql.DB {
-	t.Helper()
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
-	db.SetConnMaxIdleTime(0)
-	db.SetConnMaxLifetime(0)
-	if err := setupLogged(db); err != nil {
-		t.Fatal(err)
-	}
-	return db
-}
-
 // TestWALSeveralProcesses: three processes write one database in WAL mode
 // through boule at once, while this one holds it open; every commit is in
 // the database, and the staged snapshot is its logical database.
 func TestWALSeveralProcesses(t *testing.T) {
 	e := newEnv(t)
 	path := e.path("procs.db")
-	db := walParentConn(t, path)
+	db := parentConn(t, path, "_journal_mode=WAL")
 	type result struct {
 		seqs []int64
 		err  error
@@ -359,7 +346,7 @@ func TestWALSIGKILLWriter(t *testing.T) {
 	}
 	e := newEnv(t)
 	path := e.path("crash.db")
-	db := walParentConn(t, path)
+	db := parentConn(t, path, "_journal_mode=WAL")
 	committed := map[int64]bool{}
 	rng := rand.New(rand.NewPCG(44, 45))
 	for i := range kills {
