@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
@@ -416,4 +417,166 @@ func TestWALFlushInsideWriteTransaction(t *testing.T) {
 		t.Fatalf("flush pragma after the commits=%q, want 1; log:\n%s", r, e.log)
 	}
 	checkLogicalReplica(t, sto, path)
+}
+
+func init() { children["walleaver"] = childWALLeaver }
+
+// childWALLeaver commits logged transactions in WAL mode, waits until the
+// last is staged, prints "staged" and waits to be killed: it leaves a log
+// whose every frame is committed and staged.
+func childWALLeaver() error {
+	c := readChildEnv()
+	db, err := c.open()
+	if err != nil {
+		return err
+	}
+	if _, err := db.Exec("PRAGMA wal_autocheckpoint=0"); err != nil {
+		return err
+	}
+	if err := setupLogged(db); err != nil {
+		return err
+	}
+	w := newWorkload(c.seed)
+	for range c.steps {
+		seq, err := loggedTxn(db, w)
+		if err != nil {
+			return err
+		}
+		fmt.Println(seq)
+	}
+	d, err := vfs.Spool().DB(c.db)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.WaitStaged(ctx); err != nil {
+		return err
+	}
+	fmt.Println("staged")
+	select {}
+}
+
+// TestWALRawFrames: another program appends valid frames to a log that
+// boule staged up to its end, while no connection has the database open
+// (SQLite recovers them at the next open), or leaves a log of its own where
+// there was none. The next commit's snapshot through boule is the logical
+// database, appended frames included: frames past the staged position of
+// the same log are read like any outside writer's commits, and a log boule
+// has no position in forces a rebuild.
+func TestWALRawFrames(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		append  bool // append to the log the writer left, or replace a missing one
+		rebuild bool // the next commit must rebuild
+	}{
+		{"append to a staged log", true, false},
+		{"log left where there was none", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			path := e.path("raw.db")
+			cmd, out := startChild(t, "walleaver",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+				"BOULE_TEST_PARAMS=_journal_mode=WAL", "BOULE_TEST_SEED=7", "BOULE_TEST_STEPS=20")
+			committed := map[int64]bool{}
+			for out.Scan() && out.Text() != "staged" {
+				seq, err := strconv.ParseInt(out.Text(), 10, 64)
+				if err != nil {
+					t.Fatalf("writer printed %q", out.Text())
+				}
+				committed[seq] = true
+			}
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			readSeqs(t, out, committed)
+			waitKilled(t, cmd)
+			if len(committed) != 20 {
+				t.Fatalf("writer committed %d transactions, want 20", len(committed))
+			}
+			left, err := os.ReadFile(path + "-wal")
+			if err != nil || len(left) <= 32 {
+				t.Fatalf("log the writer left: %d bytes, %v; want frames", len(left), err)
+			}
+			if !tc.append {
+				// Checkpoint the writer's log with plain SQLite and
+				// delete it: the file alone is the database, and the
+				// staged snapshot still matches it.
+				checkpointed := logicalImage(t, path)
+				if err := os.WriteFile(path, checkpointed, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				for _, suffix := range []string{"-wal", "-shm"} {
+					if err := os.Remove(path + suffix); err != nil {
+						t.Fatal(err)
+					}
+				}
+				left = nil
+			}
+
+			// Plain SQLite writes the frames on a copy of the database
+			// and its log; their bytes past the log's end are what the
+			// other program appends.
+			scratch := filepath.Join(t.TempDir(), "scratch.db")
+			for _, suffix := range []string{"", "-wal"} {
+				b, err := os.ReadFile(path + suffix)
+				if os.IsNotExist(err) && suffix != "" {
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(scratch+suffix, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			other := open(t, scratch, "unix", "_journal_mode=WAL")
+			other.SetMaxOpenConns(1)
+			mustExec(t, other, "PRAGMA wal_autocheckpoint=0")
+			for range 5 {
+				res, err := other.Exec("INSERT INTO log DEFAULT VALUES")
+				if err != nil {
+					t.Fatal(err)
+				}
+				seq, err := res.LastInsertId()
+				if err != nil {
+					t.Fatal(err)
+				}
+				committed[seq] = true
+				mustExec(t, other, "INSERT INTO t(k, v) VALUES (?, randomblob(3000))", -seq)
+			}
+			written, err := os.ReadFile(scratch + "-wal")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.HasPrefix(written, left) || len(written) <= len(left) {
+				t.Fatalf("plain SQLite's log (%d bytes) does not extend the writer's (%d bytes)", len(written), len(left))
+			}
+			f, err := os.OpenFile(path+"-wal", os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Write(written[len(left):]); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			d := mustDB(t, path)
+			before := d.Stats()
+			db := parentConn(t, path, "_journal_mode=WAL")
+			mustExec(t, db, "INSERT INTO t(k, v) VALUES (-1000, randomblob(100))")
+			checkLogical(t, db, path)
+			for seq := range committed {
+				var n int
+				if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
+					t.Fatalf("transaction %d: count %d, %v; want 1", seq, n, err)
+				}
+			}
+			after := d.Stats()
+			if rebuilt := (after.Snapshots - after.Incremental) - (before.Snapshots - before.Incremental); tc.rebuild && rebuilt < 1 {
+				t.Fatalf("snapshots rebuilt after the raw frames=%d, want at least 1 (stats before %+v, after %+v)", rebuilt, before, after)
+			}
+		})
+	}
 }
