@@ -41,13 +41,18 @@ type Capture struct {
 	// reads and src what its caller reads into chunks.
 	wal, lazy     bool
 	base, postPos walPos
-	reads         []int
-	src           Source
-	ch            Change         // what the VFS saw before the transaction
-	post          fileState      // the file after the commit
-	chunks        map[int][]byte // the chunks a snapshot reads, as they were after the commit
-	bytes         int64
-	full          []byte // the whole file after the commit, when validating
+	carryVer      uint64 // the carry of a restart this read included (WALReset), or 0
+	// big: a persister's read larger than the capture budget; its
+	// chunks are in spill, a file, instead of chunks.
+	big    bool
+	spill  *spilledSource
+	reads  []int
+	src    Source
+	ch     Change         // what the VFS saw before the transaction
+	post   fileState      // the file after the commit
+	chunks map[int][]byte // the chunks a snapshot reads, as they were after the commit
+	bytes  int64
+	full   []byte // the whole file after the commit, when validating
 }
 
 // budget bounds the bytes of the captures waiting for persisters. A
@@ -308,6 +313,37 @@ func (s capturedSource) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%w: %d bytes at %d", errNotCaptured, len(p), off)
 	}
 	return copy(p, c[rel:]), nil
+}
+
+// spilledSource serves the chunks of a big read (spillChunks) from the
+// file they were copied to.
+type spilledSource struct {
+	size int64
+	f    *os.File
+	at   map[int]int64 // chunk index -> offset in f
+}
+
+func (s *spilledSource) Size() (int64, error)    { return s.size, nil }
+func (s *spilledSource) Reserved() (bool, error) { return true, nil }
+
+func (s *spilledSource) ReadAt(p []byte, off int64) (int, error) {
+	i := int(off / manifest.ChunkSize)
+	at, ok := s.at[i]
+	rel := off % manifest.ChunkSize
+	if !ok || rel+int64(len(p)) > int64(manifest.ChunkLen(s.size, i)) {
+		return 0, fmt.Errorf("%w: %d bytes at %d", errNotCaptured, len(p), off)
+	}
+	return s.f.ReadAt(p, at+rel)
+}
+
+// release lets go of what a capture holds: its chunk buffers, and its
+// spill file.
+func (cp *Capture) release() {
+	putChunkBufs([]*Capture{cp})
+	if cp.spill != nil {
+		cp.spill.f.Close()
+		cp.spill = nil
+	}
 }
 
 // capturedBufs recycles the 64 KiB buffers of captured chunks once staged,

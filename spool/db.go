@@ -127,6 +127,15 @@ type DB struct {
 	// (wal.go), under walmu, which also orders captures of the log.
 	walmu sync.Mutex
 	walx  walIndex
+	// carry is what a restart of the log left to stage (WALReset): the
+	// chunks the old log changed beyond the staged snapshot, which the
+	// next read of the new log reads too. carryVer counts the restarts
+	// that set it, so that staging clears only the carry it read. Under
+	// carrymu, a leaf lock (the persister's staging takes it with the
+	// spool lock held).
+	carrymu  sync.Mutex
+	carry    []uint64
+	carryVer uint64
 }
 
 // expectation is what a transaction's state before it must be for its

@@ -3,6 +3,7 @@ package spool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -108,7 +109,7 @@ func (d *DB) persist(batch []*Capture) (published bool) {
 		if cp != nil {
 			defer func() {
 				d.s.budget.release(cp.bytes)
-				putChunkBufs([]*Capture{cp})
+				cp.release()
 			}()
 			run = append(run, cp)
 		}
@@ -212,17 +213,21 @@ func (d *DB) persistWALLocked(c *ctl, batch []*Capture) (published, staged bool)
 		}
 		return false, true
 	}
-	if !covers(cp.base, cp.postPos, loadPos(c)) {
-		d.needRebuild(c, "the staged snapshot is not where the log's capture started")
+	if !covers(cp.base, cp.postPos, loadPos(c), cp.carryVer != 0) {
+		d.needRebuild(c, fmt.Sprintf("the staged snapshot (%v) is not where the log's capture started (read from %v to %v)", loadPos(c), cp.base, cp.postPos))
 		return false, false
 	}
-	src := capturedSource{size: cp.post.size, chunks: cp.chunks}
+	var src Source = capturedSource{size: cp.post.size, chunks: cp.chunks}
+	if cp.spill != nil {
+		src = cp.spill
+	}
 	ch := cp.ch
 	ch.Force = false
 	d.stagedNow = d.stagedNow[:0]
 	published, err := d.stageFileLocked(src, ch, cp.post, true, func(fileState) {
 		c.store(ctlPersisted, max(c.load(ctlPersisted), cp.gen))
 		storePos(c, cp.postPos)
+		d.dropCarry(c, cp.carryVer, false)
 		if c.load(ctlCommitted) == cp.gen && c.load(ctlTxn) == 0 {
 			c.store(ctlSince, 0)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/boule-vfs/boule/manifest"
@@ -29,6 +30,8 @@ import (
 //	2072 walSize   the logical size at that position, in bytes
 //	2080 walCtime  walEmpty: the file's ctime (Unix ns)
 //	2088 walFSize  walEmpty: the file's size
+//	2096 walCarry  the process holding a restart's carry, or 0
+//	2104 walCSalt  the salts of the log the carry leads to
 //
 // walAt: the staged snapshot is the database at frame walFrame of the log
 // with salts walSalt. A read then needs only the pages of the frames after
@@ -40,15 +43,28 @@ import (
 // whole and deleted or truncated). The file's ctime and size say whether
 // it changed since: a read then takes every frame of the log.
 //
+// A carry: a boule connection of the process named in walCarry restarted
+// the log before its persister had staged the old one, and left the
+// position where it was, in the old log. The chunks the old log changed
+// beyond the staged snapshot (the carry) are in that process's memory
+// only; its persister's next read of the log with salts walCSalt reads
+// them too, from the file, which holds the old log whole, and the new
+// log, and its staging clears walCarry. Another process's read waits for
+// that persister (waitCarry), and rebuilds if it is dead or does not
+// stage in time; so does a version of boule that knows no carry, as the
+// position's salts are the old log's.
+//
 // A capture records where it read from and up to (base, postPos); it
 // applies to the staged snapshot when base is at or before the staged
-// position and postPos at or after it, in the same log (covers). Before a
-// boule connection restarts or truncates the log, and when the last one
-// closes it, what the old log holds beyond the staged snapshot is staged
-// synchronously, and the position moves to the new log (WALReset,
-// WALStage, WALGone). A restart by any other program changes the salts
-// and leaves the position behind: the next read rebuilds from the logical
-// database.
+// position and postPos at or after it, in the same log (covers); a read
+// that takes a carry reads from the staged position, in the log before.
+// Before a boule connection restarts the log on the commit path, it
+// carries the old log over (WALReset). Before it truncates the log, restarts it in
+// exclusive locking mode, and when the last connection closes it, what
+// the old log holds beyond the staged snapshot is staged synchronously,
+// and the position moves to the new log (WALReset, WALStage, WALGone). A
+// restart by any other program changes the salts and leaves the position
+// behind: the next read rebuilds from the logical database.
 const (
 	ctlWALMode  = 2048
 	ctlWALSalt  = 2056
@@ -56,6 +72,10 @@ const (
 	ctlWALSize  = 2072
 	ctlWALCtime = 2080
 	ctlWALFSize = 2088
+	// The carry of a restart (carryRestart): the process holding it, as
+	// ctlOwner names it (0: none), and the salts of the log it leads to.
+	ctlWALCarry     = 2096
+	ctlWALCarrySalt = 2104
 
 	walUnknown = 0
 	walAt      = 1
@@ -80,22 +100,36 @@ func emptyPos(f fileState) walPos {
 	return walPos{mode: walEmpty, size: uint64(f.size), ctime: uint64(f.ctime.UnixNano()), fsize: uint64(f.size)}
 }
 
-// walDelta returns the pages the log committed since the latest capture,
-// and whether the position says so: false asks for a rebuild.
-func (d *DB) walDelta(c *ctl, x *walIndex) ([]uint32, bool) {
+// walDelta returns the pages the log committed since the staged
+// snapshot, and the chunks a restart carried over (carry, with its
+// version; nil when none), and whether the position says so: false asks
+// for a rebuild.
+func (d *DB) walDelta(c *ctl, x *walIndex) (pages []uint32, carry []uint64, ver uint64, ok bool) {
+	if owner := c.load(ctlWALCarry); owner != 0 {
+		if owner != self() || !x.valid || c.load(ctlWALCarrySalt) != x.hdr.salt {
+			return nil, nil, 0, false
+		}
+		d.carrymu.Lock()
+		carry, ver = slices.Clone(d.carry), d.carryVer
+		d.carrymu.Unlock()
+		if carry == nil {
+			return nil, nil, 0, false // this process's carry, lost with a spool closed since
+		}
+		return x.pagesSince(0), carry, ver, true
+	}
 	switch c.load(ctlWALMode) {
 	case walAt:
 		if !x.valid || c.load(ctlWALSalt) != x.hdr.salt || int(c.load(ctlWALFrame)) > x.mx {
-			return nil, false
+			return nil, nil, 0, false
 		}
-		return x.pagesSince(int(c.load(ctlWALFrame))), true
+		return x.pagesSince(int(c.load(ctlWALFrame))), nil, 0, true
 	case walEmpty:
 		if !d.fileUnchanged(c) {
-			return nil, false
+			return nil, nil, 0, false
 		}
-		return x.pagesSince(0), true
+		return x.pagesSince(0), nil, 0, true
 	}
-	return nil, false
+	return nil, nil, 0, false
 }
 
 // fileUnchanged reports whether the database file is as walEmpty left it.
@@ -128,15 +162,14 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error 
 	c := d.ctlp.Load()
 	if wrote && !force && !eager && c != nil && d.s.opts.OpenWAL != nil && d.s.budget.max > 0 &&
 		c.load(ctlState) == stateOK && c.load(ctlWALMode) != walUnknown {
-		d.qmu.Lock()
-		gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
-		c.store(ctlOwner, self())
-		c.store(ctlCommitted, gen)
-		c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
-		d.expect = expectation{}
-		d.enqueueLocked(&Capture{gen: gen, wal: true, lazy: true, filled: closedChan})
-		d.qmu.Unlock()
+		d.captureLazy(c)
 		return nil
+	}
+	if c != nil {
+		// Another process's carry is staged by its persister, which
+		// needs no lock this caller holds; waiting for it beats a
+		// rebuild.
+		waitCarry(c, captureWait)
 	}
 	d.walmu.Lock()
 	defer d.walmu.Unlock()
@@ -153,6 +186,19 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error 
 	}
 	cp.src = nil
 	return nil
+}
+
+// captureLazy takes a generation for commits the log holds and queues a
+// capture that reads nothing: the persister reads the log for it.
+func (d *DB) captureLazy(c *ctl) {
+	d.qmu.Lock()
+	defer d.qmu.Unlock()
+	gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
+	c.store(ctlOwner, self())
+	c.store(ctlCommitted, gen)
+	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
+	d.expect = expectation{}
+	d.enqueueLocked(&Capture{gen: gen, wal: true, lazy: true, filled: closedChan})
 }
 
 // closedChan is the filled channel of captures with nothing to read.
@@ -189,7 +235,7 @@ func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen 
 		}
 		return nil, d.walRebuild(src, wrote)
 	}
-	pages, ok := d.walDelta(c, x)
+	pages, carry, carryVer, ok := d.walDelta(c, x)
 	if ok {
 		ok = d.fileSpansLog(src)
 	}
@@ -204,7 +250,7 @@ func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen 
 		return nil, d.walFailedLocked(err)
 	}
 	base := loadPos(c)
-	if gen == 0 && len(pages) == 0 && size == int64(base.size) && c.load(ctlCommitted) == c.load(ctlPersisted) {
+	if gen == 0 && len(pages) == 0 && carry == nil && size == int64(base.size) && c.load(ctlCommitted) == c.load(ctlPersisted) {
 		return nil, nil // nothing committed since: a rollback, or a check
 	}
 	f, err := d.inspectLogical(src, size)
@@ -214,25 +260,21 @@ func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen 
 		}
 		return nil, d.walRebuild(src, wrote)
 	}
-	ps := int64(x.hdr.pageSize)
-	var dirty []uint64
-	for _, pg := range pages {
-		i := (int64(pg) - 1) * ps / manifest.ChunkSize
-		for int(i>>6) >= len(dirty) {
-			dirty = append(dirty, 0)
-		}
-		dirty[i>>6] |= 1 << (i & 63)
-	}
+	dirty := pageChunks(carry, pages, int64(x.hdr.pageSize))
 	reads := planReadsFrom(int64(base.size), f.size, dirty)
 	var need int64
 	for _, i := range reads {
 		need += int64(manifest.ChunkLen(f.size, i))
 	}
+	big := false
 	if need > d.s.budget.max {
-		if gen != 0 {
-			return nil, errRebuild
+		if gen == 0 {
+			return nil, d.walRebuild(src, wrote)
 		}
-		return nil, d.walRebuild(src, wrote)
+		// A persister's read: its chunks go to a file (spillChunks),
+		// not to memory, and it needs no lock but its read
+		// transaction.
+		big, need = true, 0
 	}
 	if gen == 0 {
 		gen = d.takeGen(c)
@@ -246,12 +288,25 @@ func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen 
 	}
 	d.s.budget.acquire(need)
 	cp := &Capture{gen: gen, wal: true, post: f, chunks: make(map[int][]byte, len(reads)), bytes: need,
-		base: base, postPos: d.posOf(x, f), reads: reads, src: src}
+		base: base, postPos: d.posOf(x, f), reads: reads, src: src, carryVer: carryVer, big: big}
 	cp.ch = Change{Wrote: true, Chained: true, Dirty: dirty, PreSize: int64(base.size)}
 	if d.s.opts.Validate != nil && f.size <= ValidateMax {
 		cp.full, _ = src.FullImage()
 	}
 	return cp, nil
+}
+
+// pageChunks adds to dirty, a bitmap of chunk indexes, the chunks that
+// hold pages (page numbers from 1, of ps bytes).
+func pageChunks(dirty []uint64, pages []uint32, ps int64) []uint64 {
+	for _, pg := range pages {
+		i := (int64(pg) - 1) * ps / manifest.ChunkSize
+		for int(i>>6) >= len(dirty) {
+			dirty = append(dirty, 0)
+		}
+		dirty[i>>6] |= 1 << (i & 63)
+	}
+	return dirty
 }
 
 // readLazy is the persister's read of what lazy captures left in the log:
@@ -294,6 +349,7 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 	if c == nil {
 		return nil, nil
 	}
+	waitCarry(c, captureWait)
 	r, err := d.s.opts.OpenWAL(d.path)
 	if errors.Is(err, ErrNotWAL) {
 		// The log is gone. Its last connection staged it (WALGone)
@@ -331,28 +387,70 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 	if cp == nil || err != nil {
 		return nil, err
 	}
-	for _, i := range cp.reads {
-		b := getChunkBuf(manifest.ChunkLen(cp.post.size, i))
-		if _, err := cp.src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
-			putChunkBufs([]*Capture{cp})
-			return nil, fmt.Errorf("spool: read %s: %w", d.path, err)
-		}
-		cp.chunks[i] = b
+	if cp.big {
+		err = d.spillChunks(cp)
+	} else {
+		err = fillFrom(cp)
+	}
+	if err != nil {
+		cp.release()
+		return nil, fmt.Errorf("spool: read %s: %w", d.path, err)
 	}
 	var hb [walHeaderSize]byte
 	if x := &d.walx; x.valid {
 		if _, err := wal.ReadAt(hb[:], 0); err != nil {
-			putChunkBufs([]*Capture{cp})
+			cp.release()
 			return nil, fmt.Errorf("spool: read the log of %s: %w", d.path, err)
 		}
 		if h, ok := parseWALHeader(hb[:]); !ok || h.salt != x.hdr.salt {
-			putChunkBufs([]*Capture{cp})
+			cp.release()
 			return nil, errWALMoved
 		}
 	}
 	cp.src = nil
 	cp.filled = closedChan
 	return cp, nil
+}
+
+// fillFrom reads the chunks of a capture into memory.
+func fillFrom(cp *Capture) error {
+	for _, i := range cp.reads {
+		b := getChunkBuf(manifest.ChunkLen(cp.post.size, i))
+		if _, err := cp.src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
+			return err
+		}
+		cp.chunks[i] = b
+	}
+	return nil
+}
+
+// spillChunks copies the chunks of a capture larger than the capture
+// budget into a file of the spool's, unlinked: the persister then stages
+// them from it, with the log's read transaction over, in bounded memory.
+func (d *DB) spillChunks(cp *Capture) error {
+	f, err := os.CreateTemp(d.tmpDir(), "spill-")
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return err
+	}
+	cp.spill = &spilledSource{size: cp.post.size, f: f, at: make(map[int]int64, len(cp.reads))}
+	buf := getChunkBuf(manifest.ChunkSize)
+	defer capturedBufs.Put((*[manifest.ChunkSize]byte)(buf))
+	for k, i := range cp.reads {
+		b := buf[:manifest.ChunkLen(cp.post.size, i)]
+		if _, err := cp.src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
+			return err
+		}
+		off := int64(k) * manifest.ChunkSize
+		if _, err := f.WriteAt(b, off); err != nil {
+			return err
+		}
+		cp.spill.at[i] = off
+	}
+	return nil
 }
 
 // A WALReader is a connection of a persister's own to a database in WAL
@@ -376,6 +474,17 @@ var ErrNotWAL = errors.New("spool: the database has no write-ahead log")
 // block): the staged snapshot's, or a capture's.
 type walPos struct {
 	mode, salt, frame, size, ctime, fsize uint64
+}
+
+// String is the position as the log names it, for messages.
+func (p walPos) String() string {
+	switch p.mode {
+	case walAt:
+		return fmt.Sprintf("frame %d of the log with salts %016x", p.frame, p.salt)
+	case walEmpty:
+		return "the file without a log"
+	}
+	return "unknown"
 }
 
 func loadPos(c *ctl) walPos {
@@ -419,10 +528,16 @@ func within(post, staged walPos) bool {
 
 // covers reports whether a capture read from base up to post applies to
 // the snapshot staged at staged: it holds every page changed between
-// staged and post.
-func covers(base, post, staged walPos) bool {
+// staged and post. A read that took a carry (carried) holds every page
+// changed from base, in the log before the restart, through post, in the
+// log after it.
+func covers(base, post, staged walPos, carried bool) bool {
 	if base == staged {
 		return true
+	}
+	if carried {
+		return (staged.mode == walAt && staged.salt == post.salt && staged.frame <= post.frame) ||
+			(base.mode == walAt && staged.mode == walAt && staged.salt == base.salt && staged.frame >= base.frame)
 	}
 	if post.mode != walAt || staged.mode != walAt || staged.salt != post.salt || staged.frame > post.frame {
 		return false
@@ -466,6 +581,7 @@ func (d *DB) walRebuild(src *logicalSource, wrote bool) error {
 	err = d.snapshotLockedWith(src, Change{Wrote: wrote, Force: true}, func(f fileState) {
 		if c != nil {
 			storePos(c, d.posOf(src.x, fileState{size: size, ctime: f.ctime}))
+			d.dropCarry(c, 0, true)
 		}
 	})
 	return err
@@ -535,8 +651,8 @@ func (d *DB) walStageLocked(db Source, wal WALFile) bool {
 	}
 	// Every frame of the log is staged. (A persister's read under way
 	// may have taken a generation meanwhile: it reads nothing newer.)
-	pages, ok := d.walDelta(c, &d.walx)
-	return ok && len(pages) == 0 && pending <= c.load(ctlPersisted)
+	pages, carry, _, ok := d.walDelta(c, &d.walx)
+	return ok && len(pages) == 0 && carry == nil && pending <= c.load(ctlPersisted)
 }
 
 // waitPersisted waits, at most limit, until this process's persister has
@@ -559,16 +675,26 @@ func (d *DB) waitPersisted(c *ctl, gen uint64, limit time.Duration) {
 
 // WALReset is called by a boule connection that holds the log's write
 // lock, just before it restarts the log (hdr is the new header it writes
-// at the log's start) or truncates it to nothing (hdr nil). What the old
-// log holds beyond the staged snapshot is staged first; then the staged
-// position moves to the new log, which starts from the file (the log was
-// checkpointed whole). If that staging fails, the position is forgotten
-// and the next capture rebuilds.
-func (d *DB) WALReset(db Source, wal WALFile, hdr []byte) {
+// at the log's start) or truncates it to nothing (hdr nil). The old log
+// was checkpointed whole: the file holds all of it.
+//
+// A restart on the commit path (a lazy persister, not eager: the log's
+// locks go through the shm) stages nothing and takes no spool lock: the
+// chunks the old log changed beyond the staged snapshot are carried
+// over, in this process's memory, to the persister's next read, which
+// reads them from the file and the new log (carryRestart). Otherwise,
+// and for a truncation, what the old log holds beyond the staged
+// snapshot is staged first, synchronously; then the position moves to
+// the new log, which starts from the file. If that staging fails, the
+// position is forgotten and the next capture rebuilds.
+func (d *DB) WALReset(db Source, wal WALFile, hdr []byte, eager bool) {
 	d.walmu.Lock()
 	defer d.walmu.Unlock()
 	c := d.ctlp.Load()
 	if c == nil {
+		return
+	}
+	if h, valid := parseWALHeader(hdr); valid && !eager && d.carryRestart(c, wal, h) {
 		return
 	}
 	if !d.walStageLocked(db, wal) {
@@ -576,6 +702,71 @@ func (d *DB) WALReset(db Source, wal WALFile, hdr []byte) {
 		return
 	}
 	d.movePos(c, hdr)
+}
+
+// carryRestart carries the old log over to the new one (h), with d.walmu
+// held: the chunks it changed beyond the staged snapshot, with those of
+// a carry it had itself, become the carry, and the control block names
+// this process as its holder, for the log with h's salts; a lazy capture
+// asks the persister to read. It reports false when it cannot (no lazy
+// persister; rollback commits pending; a position the log does not
+// vouch for; nothing to carry): the restart then stages synchronously.
+func (d *DB) carryRestart(c *ctl, wal WALFile, h walHeader) bool {
+	if d.s.opts.OpenWAL == nil || d.s.budget.max <= 0 || c.load(ctlState) != stateOK {
+		return false
+	}
+	d.qmu.Lock()
+	pending := d.rollbackPending
+	d.qmu.Unlock()
+	if pending > c.load(ctlPersisted) {
+		return false
+	}
+	x := &d.walx
+	if err := x.scan(wal); err != nil {
+		return false
+	}
+	pages, carry, _, ok := d.walDelta(c, x)
+	if !ok || (len(pages) == 0 && carry == nil) {
+		return false
+	}
+	carry = pageChunks(carry, pages, int64(x.hdr.pageSize))
+	d.carrymu.Lock()
+	d.carry = carry
+	d.carryVer++
+	c.store(ctlWALCarry, 0)
+	c.store(ctlWALCarrySalt, h.salt)
+	c.store(ctlWALCarry, self())
+	d.carrymu.Unlock()
+	d.captureLazy(c)
+	return true
+}
+
+// dropCarry forgets the carry, when the snapshot staged now holds what
+// it held: a read of version ver (0: none) was staged, or a rebuild.
+// Only this process's own carry goes; another's stays, for its holder.
+func (d *DB) dropCarry(c *ctl, ver uint64, rebuilt bool) {
+	d.carrymu.Lock()
+	defer d.carrymu.Unlock()
+	if rebuilt || (ver != 0 && d.carryVer == ver) {
+		d.carry = nil
+		if rebuilt || c.load(ctlWALCarry) == self() {
+			c.store(ctlWALCarry, 0)
+		}
+	}
+}
+
+// waitCarry waits, at most limit, while another live process holds the
+// carry of a restart of the log: only its persister can stage it, and
+// does so within its squash window.
+func waitCarry(c *ctl, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for sleep := 50 * time.Microsecond; ; sleep = min(2*sleep, 5*time.Millisecond) {
+		owner := c.load(ctlWALCarry)
+		if owner == 0 || owner == self() || !ownerAlive(owner) || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(sleep)
+	}
 }
 
 // forgetPos forgets the staged position, saying why once.
@@ -639,7 +830,7 @@ func (d *DB) WALGone() {
 	d.qmu.Lock()
 	pending := d.rollbackPending
 	d.qmu.Unlock()
-	if pages, ok := d.walDelta(c, x); !ok || len(pages) > 0 || pending > c.load(ctlPersisted) {
+	if pages, carry, _, ok := d.walDelta(c, x); !ok || len(pages) > 0 || carry != nil || pending > c.load(ctlPersisted) {
 		d.forgetPos(c)
 		return
 	}

@@ -50,7 +50,7 @@ extern int bouleGoSnapshot(uint64_t handle, void *file, uint64_t *dirty,
 extern void bouleGoClose(uint64_t handle);
 extern int bouleGoFlush(uint64_t handle, int inWrite);
 extern int bouleGoCaptureWAL(uint64_t handle, void *file, void *wal, int flags);
-extern void bouleGoWALReset(uint64_t handle, void *file, void *wal, const void *hdr);
+extern void bouleGoWALReset(uint64_t handle, void *file, void *wal, const void *hdr, int eager);
 extern void bouleGoWALStage(uint64_t handle, void *file, void *wal);
 extern void bouleGoWALGone(char *zPath);
 
@@ -588,13 +588,15 @@ static int wClose(sqlite3_file *f) {
 }
 
 /* A write at offset 0 is a new header: the log restarts. Go checks, while
-** the old log is still there to read, that its commits were captured. */
+** the old log is still there to read, that its commits were captured.
+** Without the shm's write lock (exclusive locking mode), captures are
+** eager, and so is the check. */
 static int wWrite(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off) {
   BouleFile *p = (BouleFile *)f;
   if (p->main) {
     if (off == 0 && n >= 32) {
       boule_count_go_call();
-      bouleGoWALReset(p->main->handle, p->main, p, buf);
+      bouleGoWALReset(p->main->handle, p->main, p, buf, !p->main->walLocked);
     }
     p->main->walWrote = 1;
   }
@@ -605,7 +607,7 @@ static int wTruncate(sqlite3_file *f, sqlite3_int64 size) {
   BouleFile *p = (BouleFile *)f;
   if (p->main && size < 32) {
     boule_count_go_call();
-    bouleGoWALReset(p->main->handle, p->main, p, 0);
+    bouleGoWALReset(p->main->handle, p->main, p, 0, !p->main->walLocked);
   }
   return p->real->pMethods->xTruncate(p->real, size);
 }

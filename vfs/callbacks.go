@@ -135,7 +135,7 @@ func bouleGoCaptureWAL(h C.uint64_t, file, wal unsafe.Pointer, flags C.int) (rc 
 }
 
 //export bouleGoWALReset
-func bouleGoWALReset(h C.uint64_t, file, wal unsafe.Pointer, hdr unsafe.Pointer) {
+func bouleGoWALReset(h C.uint64_t, file, wal unsafe.Pointer, hdr unsafe.Pointer, eager C.int) {
 	defer guardVoid("bouleGoWALReset", "the next transaction rebuilds the snapshot")
 	enter("bouleGoWALReset")
 	c := lookupConn(uint64(h))
@@ -146,7 +146,7 @@ func bouleGoWALReset(h C.uint64_t, file, wal unsafe.Pointer, hdr unsafe.Pointer)
 	if hdr != nil {
 		b = C.GoBytes(hdr, 32)
 	}
-	c.db.WALReset(cSource{file}, cWAL{cSource{wal}}, b)
+	c.db.WALReset(cSource{file}, cWAL{cSource{wal}}, b, eager != 0)
 }
 
 //export bouleGoWALStage

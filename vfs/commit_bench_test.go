@@ -184,6 +184,10 @@ func commitLatency(b *testing.B, base, journal, sync string) {
 	b.ReportMetric(us(pct("boule", 0.5)), "boule-p50-µs")
 	b.ReportMetric(us(pct("unix", 0.99)), "unix-p99-µs")
 	b.ReportMetric(us(pct("boule", 0.99)), "boule-p99-µs")
+	b.ReportMetric(us(pct("unix", 0.999)), "unix-p99.9-µs")
+	b.ReportMetric(us(pct("boule", 0.999)), "boule-p99.9-µs")
+	b.ReportMetric(us(pct("unix", 1)), "unix-max-µs")
+	b.ReportMetric(us(pct("boule", 1)), "boule-max-µs")
 	b.ReportMetric(float64(pct("boule", 0.5))/float64(pct("unix", 0.5)), "ratio-p50")
 	b.ReportMetric(float64(pct("boule", 0.99))/float64(pct("unix", 0.99)), "ratio-p99")
 	if s := vfs.Spool(); s != nil {

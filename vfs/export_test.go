@@ -1,11 +1,21 @@
 package vfs
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // SetFaultHook installs a hook called before each spool filesystem step,
 // for spools opened after the call. Tests use it to inject errors (ENOSPC)
 // or to crash the process at an exact step.
 func SetFaultHook(f func(op, path string) error) { faultHook = f }
+
+// SetPersistGap sets the persisters' squash window of spools opened
+// after the call, until the test ends (0: spool's default).
+func SetPersistGap(t testing.TB, gap time.Duration) {
+	persistGap = gap
+	t.Cleanup(func() { persistGap = 0 })
+}
 
 // ResetSpools forgets the spools opened so far, so that the next Register
 // opens a fresh one (with the current fault hook).

@@ -49,8 +49,9 @@ var (
 	current atomic.Pointer[runtime]
 	spools  = map[string]*spool.Spool{} // by directory, so that connections share per-database state
 
-	// faultHook is set only by tests (export_test.go).
-	faultHook func(op, path string) error
+	// faultHook and persistGap are set only by tests (export_test.go).
+	faultHook  func(op, path string) error
+	persistGap time.Duration
 )
 
 // Register registers the "boule" VFS with cfg, or applies cfg to the VFS
@@ -83,6 +84,8 @@ func Register(cfg Config) error {
 				Perm:   cfg.Permissions(),
 				Logger: log,
 				Fault:  faultHook,
+				// 0 is spool's default.
+				PersistGap: persistGap,
 				// 0 is spool's default, the same as config's.
 				CaptureMemory: int64(cfg.CaptureMemoryMiB) << 20,
 				// The conformance build checks every staged snapshot.

@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -127,7 +129,7 @@ func TestWALRandomWorkload(t *testing.T) {
 			}
 			st := mustDB(t, path).Stats()
 			if st.Failures != 0 || st.Incremental == 0 {
-				t.Fatalf("stats %+v: want no failures and some incremental snapshots", st)
+				t.Fatalf("stats %+v: want no failures and some incremental snapshots; log:\n%s", st, e.log)
 			}
 			t.Logf("ops %v; snapshots %d (%d incremental), %d chunks staged", kinds, st.Snapshots, st.Incremental, st.ChunksStaged)
 		})
@@ -578,5 +580,137 @@ func TestWALRawFrames(t *testing.T) {
 				t.Fatalf("snapshots rebuilt after the raw frames=%d, want at least 1 (stats before %+v, after %+v)", rebuilt, before, after)
 			}
 		})
+	}
+}
+
+// TestWALRestartCarriesOver: a commit that restarts the log stages
+// nothing. What the old log held beyond the staged snapshot is carried
+// over to the persister's next read, which stages it with the new log's
+// commits: with the persister's squash window held open, dozens of
+// restarts publish no snapshot until a flush asks for one, and that
+// snapshot is the logical database.
+func TestWALRestartCarriesOver(t *testing.T) {
+	vfs.SetPersistGap(t, time.Hour)
+	e := newEnv(t)
+	path := e.path("restart.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "PRAGMA wal_autocheckpoint=16")
+	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	var resets atomic.Int64
+	vfs.SetExportHook(t, func(fn string) {
+		if fn == "bouleGoWALReset" {
+			resets.Add(1)
+		}
+	})
+	before := d.Stats()
+	for i := range 300 {
+		mustExec(t, db, "INSERT OR REPLACE INTO t VALUES (?, randomblob(3000))", i%150)
+	}
+	during := d.Stats()
+	if n := resets.Load(); n < 20 {
+		t.Fatalf("log restarts=%d, want at least 20", n)
+	}
+	if got := during.Snapshots - before.Snapshots; got != 0 {
+		t.Fatalf("snapshots staged during %d commits and %d restarts of the log=%d, want 0 (the persister's window is open)",
+			300, resets.Load(), got)
+	}
+	waitStaged(t, d)
+	checkLogical(t, db, path)
+	after := d.Stats()
+	if got := after.Snapshots - during.Snapshots; got != 1 || after.Incremental-during.Incremental != 1 {
+		t.Fatalf("snapshots staged by the flush=%d (%d incremental), want 1 incremental", got, after.Incremental-during.Incremental)
+	}
+	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
+		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
+	}
+}
+
+// TestWALCarryOtherProcess: this process restarts the log with commits
+// its persister has not staged (carried over, in its memory only), then
+// another process commits and stages. That process's snapshot holds the
+// carried commits too (it waits for the carry's owner, then rebuilds),
+// and so does this process's next one.
+func TestWALCarryOtherProcess(t *testing.T) {
+	vfs.SetPersistGap(t, time.Hour)
+	e := newEnv(t)
+	path := e.path("carry.db")
+	db := parentConn(t, path, "_journal_mode=WAL")
+	mustExec(t, db, "PRAGMA wal_autocheckpoint=16")
+	mustExec(t, db, "CREATE TABLE big(k INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000) INSERT INTO big SELECT i, randomblob(1000) FROM n")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	var resets atomic.Int64
+	vfs.SetExportHook(t, func(fn string) {
+		if fn == "bouleGoWALReset" {
+			resets.Add(1)
+		}
+	})
+	// Changes all over the file, then small commits elsewhere until the
+	// log restarts: the carry holds chunks the new log does not.
+	mustExec(t, db, "UPDATE big SET v = randomblob(1000) WHERE k % 20 = 0")
+	for i := 0; resets.Load() < 2; i++ {
+		if i == 1000 {
+			t.Fatalf("the log did not restart in %d commits", i)
+		}
+		mustExec(t, db, "INSERT INTO t(k, v) VALUES (?, randomblob(3000))", -1-i)
+	}
+	if m, err := spool.ReadMarker(d.Dir()); err != nil || m.Committed == m.Persisted {
+		t.Fatalf("marker %+v, %v: want commits not staged", m, err)
+	}
+	cmd, out := startChild(t, "walleaver",
+		"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+		"BOULE_TEST_PARAMS=_journal_mode=WAL", "BOULE_TEST_SEED=9", "BOULE_TEST_STEPS=10")
+	for out.Scan() && out.Text() != "staged" {
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	readSeqs(t, out, map[int64]bool{})
+	waitKilled(t, cmd)
+	checkLogical(t, db, path)
+	mustExec(t, db, "INSERT INTO t(k, v) VALUES (-5000, randomblob(3000))")
+	waitStaged(t, d)
+	checkLogical(t, db, path)
+	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
+		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
+	}
+}
+
+// TestWALBigReadSpills: commits that the persister reads all at once,
+// more than the capture budget, are staged incrementally from a file the
+// read copied them to, not rebuilt under the log's write lock (which
+// stalled writers for seconds at 1 GiB).
+func TestWALBigReadSpills(t *testing.T) {
+	vfs.SetPersistGap(t, time.Hour)
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log), CaptureMemoryMiB: 1})
+	path := e.path("big.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, randomblob(1000) FROM n")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	before := d.Stats()
+	// Changes all over the file, in 40 commits the persister's open
+	// window leaves for one read: about 3 MiB of chunks.
+	for i := range 40 {
+		mustExec(t, db, "UPDATE t SET v = randomblob(1000) WHERE k % 40 = ?", i)
+	}
+	waitStaged(t, d)
+	checkLogical(t, db, path)
+	after := d.Stats()
+	if got := after.Snapshots - before.Snapshots; got != 1 || after.Incremental-before.Incremental != 1 || after.ChunksStaged-before.ChunksStaged < 16 {
+		t.Fatalf("snapshots=%d (%d incremental), chunks staged=%d; want 1 incremental snapshot of over 16 chunks (1 MiB)",
+			got, after.Incremental-before.Incremental, after.ChunksStaged-before.ChunksStaged)
+	}
+	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
+		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
 	}
 }
