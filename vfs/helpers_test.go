@@ -8,13 +8,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3"
 
+	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -176,42 +175,7 @@ func spoolDir(t testing.TB, path string) string {
 }
 
 // logCounter is an slog.Handler that keeps the records it receives.
-type logCounter struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (l *logCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logCounter) Handle(_ context.Context, r slog.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.records = append(l.records, r.Clone())
-	return nil
-}
-func (l *logCounter) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logCounter) WithGroup(string) slog.Handler      { return l }
+type logCounter struct{ testlog.Records }
 
 // count returns how many records at level contain substr.
-func (l *logCounter) count(level slog.Level, substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, r := range l.records {
-		if r.Level == level && strings.Contains(r.Message, substr) {
-			n++
-		}
-	}
-	return n
-}
-
-func (l *logCounter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var b strings.Builder
-	for _, r := range l.records {
-		fmt.Fprintf(&b, "%s %s", r.Level, r.Message)
-		r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
-		b.WriteByte('\n')
-	}
-	return b.String()
-}
+func (l *logCounter) count(level slog.Level, substr string) int { return l.Count(level, substr) }
