@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/sqlshell"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -32,7 +33,7 @@ func rebuilds(t testing.TB, path string) int64 {
 // TestOutsideWriter: a write by the plain sqlite3 shell between two boule
 // commits is detected, and the snapshot rebuilt.
 func TestOutsideWriter(t *testing.T) {
-	sqlite3 := sqlite3Shell(t)
+	sqlite3 := sqlshell.Path(t)
 	e := newEnv(t)
 	path := e.path("outside.db")
 	db := open(t, path, "boule", "")
@@ -415,13 +416,4 @@ func TestMakeDefault(t *testing.T) {
 	if strings.Join(lines, "\n") != "replicated" {
 		t.Fatalf("child said %q, want %q", lines, "replicated")
 	}
-}
-
-func sqlite3Shell(t testing.TB) string {
-	t.Helper()
-	p, err := exec.LookPath("sqlite3")
-	if err != nil {
-		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
-	}
-	return p
 }
