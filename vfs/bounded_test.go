@@ -79,9 +79,7 @@ func childDigest() error {
 func TestReplicaBoundedMemory(t *testing.T) {
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("big.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	path, src := e.writer(t, "big.db", "")
 	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)
@@ -171,9 +169,7 @@ func TestReplicaBoundedMemory(t *testing.T) {
 func TestReplicaGoCalls(t *testing.T) {
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("calls.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	path, src := e.writer(t, "calls.db", "")
 	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)

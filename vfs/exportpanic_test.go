@@ -29,9 +29,7 @@ func panicIn(t testing.TB, fn string) {
 func TestExportPanicThroughSQLite(t *testing.T) {
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("panic.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	path, src := e.writer(t, "panic.db", "")
 	mustExec(t, src, "CREATE TABLE t(x)")
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatal(err)

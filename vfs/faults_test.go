@@ -36,9 +36,7 @@ func faultEnv(t *testing.T, err error) (*env, *atomic.Bool) {
 // the rows are all there.
 func commitsSurvive(t *testing.T, e *env, name string, n int, fail *atomic.Bool) {
 	t.Helper()
-	path := e.path(name)
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, name, "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(100000))")
 	checkSnapshot(t, db, path)
@@ -97,11 +95,9 @@ func TestFullTmpfs(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", e.spool).Run() })
 	vfs.ResetSpools()
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log)})
+	e.register(t)
 
-	path := e.path("full.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "full.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	for range 40 {
 		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(50000))")
@@ -139,9 +135,7 @@ func TestUnusableSpoolDir(t *testing.T) {
 	log := &logCounter{}
 	e := &env{dir: dir, spool: filepath.Join(blocker, "spool"), log: log}
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(log)})
-	path := e.path("u.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "u.db", "")
 	for range 10 {
 		mustExec(t, db, "CREATE TABLE IF NOT EXISTS t(v); INSERT INTO t VALUES (randomblob(1000))")
 	}

@@ -71,16 +71,10 @@ func flushes(path string) map[string]func() error {
 // store holds all 5,001 rows.
 func TestFlushFullSpool(t *testing.T) {
 	tg, sto := dirTarget(t)
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), log: &logCounter{}}
+	e := tempEnv(t)
 	mountTmpfs(t, e.spool, "12m")
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targetsOf(tg), Logger: slog.New(e.log)})
-	path := e.path("full.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	e.register(t, tg)
+	path, db := e.writer(t, "full.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(100))")
 	if r := flushPragma(t, db); r != "1" {
@@ -223,9 +217,7 @@ func TestFlushAfterKilledWriter(t *testing.T) {
 func TestFlushWAL(t *testing.T) {
 	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("switched.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "switched.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
 	if r := flushPragma(t, db); r != "1" {
@@ -323,9 +315,7 @@ func TestDefaultLogger(t *testing.T) {
 func TestFlushInsideWriteTransaction(t *testing.T) {
 	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("spill.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "spill.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "PRAGMA cache_size=2")
 	tx, err := db.Begin()

@@ -13,6 +13,7 @@ import (
 
 	_ "github.com/mattn/go-sqlite3"
 
+	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
@@ -53,16 +54,38 @@ type env struct {
 	log   *logCounter
 }
 
-// newEnv registers boule with a fresh spool under a temp directory.
+// newEnv registers boule with a fresh spool under a temp directory and no
+// replication target.
 func newEnv(t testing.TB) *env {
+	t.Helper()
+	return replEnv(t)
+}
+
+// replEnv registers boule with a fresh spool under a temp directory and
+// the given targets.
+func replEnv(t testing.TB, targets ...config.Target) *env {
+	t.Helper()
+	e := tempEnv(t)
+	e.register(t, targets...)
+	return e
+}
+
+// tempEnv makes a test's directory and log, with the spool's place in it,
+// and registers nothing.
+func tempEnv(t testing.TB) *env {
 	t.Helper()
 	dir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log)})
-	return e
+	return &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+}
+
+// register registers boule with e's spool and log and the given targets,
+// in place of the configuration before.
+func (e *env) register(t testing.TB, targets ...config.Target) {
+	t.Helper()
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targets, Logger: slog.New(e.log)})
 }
 
 func register(t testing.TB, cfg vfs.Config) {
@@ -74,6 +97,17 @@ func register(t testing.TB, cfg vfs.Config) {
 }
 
 func (e *env) path(name string) string { return filepath.Join(e.dir, name) }
+
+// writer opens name, in the env's directory, through boule with a single
+// connection, so that every statement and transaction runs on it. It
+// returns the database's path and the connection.
+func (e *env) writer(t testing.TB, name, params string) (string, *sql.DB) {
+	t.Helper()
+	path := e.path(name)
+	db := open(t, path, "boule", params)
+	db.SetMaxOpenConns(1)
+	return path, db
+}
 
 // open opens path through vfsName with mattn/go-sqlite3. Extra URI
 // parameters go in params ("_journal_mode=TRUNCATE&_sync=OFF").

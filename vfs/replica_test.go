@@ -101,18 +101,9 @@ func sqliteCode(err error) sqlite3.ErrNo {
 func TestReplicaQueries(t *testing.T) {
 	for _, kind := range []string{"dir", "s3"} {
 		t.Run(kind, func(t *testing.T) {
-			var tg config.Target
-			if kind == "dir" {
-				tg, _ = dirTarget(t)
-			} else {
-				srv := miniotest.Start(t)
-				srv.SetEnv(t)
-				tg, _ = s3Target(t, srv.Endpoint, true)
-			}
+			tg, _ := kindTarget(t, kind)
 			e := replEnv(t, tg)
-			path := e.path("src.db")
-			db := open(t, path, "boule", "")
-			db.SetMaxOpenConns(1)
+			path, db := e.writer(t, "src.db", "")
 			runWorkload(t, db, 11, 120)
 			if err := vfs.Flush(context.Background(), path); err != nil {
 				t.Fatal(err)
@@ -211,13 +202,9 @@ func childReplica() error {
 // TestReplicaOtherProcess: a replica opened by another OS process, with
 // its own chunk cache, returns the same query results as the source.
 func TestReplicaOtherProcess(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
-	tg, _ := s3Target(t, srv.Endpoint, true)
+	srv, tg, _ := minioTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("other.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "other.db", "")
 	runWorkload(t, db, 21, 100)
 	// Past chunk 0 (inline in the manifest) whatever the workload's random
 	// sizes: the child must fetch, and so cache, some chunks.
@@ -252,9 +239,7 @@ func TestReplicaOtherProcess(t *testing.T) {
 func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("txn.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	path, src := e.writer(t, "txn.db", "")
 	mustExec(t, src, "CREATE TABLE a(i INTEGER PRIMARY KEY, v BLOB, n INT); CREATE TABLE b(i INTEGER PRIMARY KEY, v BLOB, n INT)")
 	commit := func(k int) {
 		tx, err := src.Begin()
@@ -598,9 +583,7 @@ func TestReplicaOpenErrors(t *testing.T) {
 // from the chunks they have, and a new process's open fails in bounded
 // time.
 func TestReplicaStoreDown(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
-	tg, _ := s3Target(t, srv.Endpoint, true)
+	srv, tg, _ := minioTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("down.db")
 	src := open(t, path, "boule", "")
@@ -699,9 +682,7 @@ func TestReplicaSwitchSameHeader(t *testing.T) {
 func TestVerneuilAliases(t *testing.T) {
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("verneuil.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	path, src := e.writer(t, "verneuil.db", "")
 	mustExec(t, src, "CREATE TABLE t(x); INSERT INTO t VALUES ('from verneuil')")
 	str := func(db *sql.DB, q string) string {
 		t.Helper()

@@ -35,9 +35,7 @@ func rebuilds(t testing.TB, path string) int64 {
 func TestOutsideWriter(t *testing.T) {
 	sqlite3 := sqlshell.Path(t)
 	e := newEnv(t)
-	path := e.path("outside.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "outside.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	for range 20 {
 		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(30000))")
@@ -69,9 +67,7 @@ func TestOutsideWriter(t *testing.T) {
 // SQLite at all (no header change) is caught by the ctime check.
 func TestOutsideRawWrite(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("raw.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "raw.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	for range 10 {
 		mustExec(t, db, "INSERT INTO t(v) VALUES (zeroblob(30000))")
@@ -99,9 +95,7 @@ func TestOutsideRawWrite(t *testing.T) {
 // rebuild even when header, size and ctime look unchanged.
 func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("marker.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "marker.db", "")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	mustExec(t, db, "INSERT INTO t VALUES (1)")
 	sd := mustDB(t, path)
@@ -129,9 +123,7 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 // or warning logged, one Go call per commit, and none for reads.
 func TestWALReplicated(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("wal.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "wal.db", "_journal_mode=WAL")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	calls := vfs.GoCalls()
 	for i := range 50 {
@@ -181,9 +173,7 @@ func TestNoSpoolDir(t *testing.T) {
 // never for reads.
 func TestOneGoCallPerCommit(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("calls.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	_, db := e.writer(t, "calls.db", "")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	calls := vfs.GoCalls()
 	for i := range 100 {
