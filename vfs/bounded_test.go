@@ -1,7 +1,6 @@
 package vfs_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
@@ -81,9 +80,7 @@ func TestReplicaBoundedMemory(t *testing.T) {
 	e := replEnv(t, tg)
 	path, src := e.writer(t, "big.db", "")
 	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	want, err := digest(src)
 	if err != nil {
 		t.Fatal(err)
@@ -171,9 +168,7 @@ func TestReplicaGoCalls(t *testing.T) {
 	e := replEnv(t, tg)
 	path, src := e.writer(t, "calls.db", "")
 	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)

@@ -31,9 +31,7 @@ func TestExportPanicThroughSQLite(t *testing.T) {
 	e := replEnv(t, tg)
 	path, src := e.writer(t, "panic.db", "")
 	mustExec(t, src, "CREATE TABLE t(x)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 
 	t.Run("snapshot", func(t *testing.T) {
 		panicIn(t, "bouleGoSnapshot")
@@ -78,9 +76,7 @@ func TestExportPanicThroughSQLite(t *testing.T) {
 	// Replication resumes after the failed snapshot, with every
 	// transaction.
 	mustExec(t, src, "INSERT INTO t VALUES (2)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	rdb := openReplica(t, path, "")
 	if got, want := dump(t, rdb), dump(t, src); got != want {
 		t.Errorf("replica after a failed snapshot:\n%s\nwant:\n%s", got, want)
@@ -97,9 +93,7 @@ func TestReplicaPragmaCodes(t *testing.T) {
 	path := e.path("codes.db")
 	src := open(t, path, "boule", "")
 	mustExec(t, src, "CREATE TABLE t(x)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	rdb := openReplica(t, path, "")
 	rdb.SetMaxOpenConns(1)
 	tx, err := rdb.Begin()

@@ -132,6 +132,14 @@ func mustExec(t testing.TB, db *sql.DB, q string, args ...any) {
 	}
 }
 
+// mustFlush flushes path's replication data to its targets.
+func mustFlush(t testing.TB, path string) {
+	t.Helper()
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatalf("Flush(%s)=%v", path, err)
+	}
+}
+
 // checkSnapshot asserts that the staged snapshot of path, reassembled from
 // its chunks, is byte-identical to the file, and that the database passes
 // integrity_check. No transaction may be open on path in this process:

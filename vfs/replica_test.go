@@ -105,9 +105,7 @@ func TestReplicaQueries(t *testing.T) {
 			e := replEnv(t, tg)
 			path, db := e.writer(t, "src.db", "")
 			runWorkload(t, db, 11, 120)
-			if err := vfs.Flush(context.Background(), path); err != nil {
-				t.Fatal(err)
-			}
+			mustFlush(t, path)
 			want := dump(t, db)
 
 			rdb := openReplica(t, path, "")
@@ -126,9 +124,7 @@ func TestReplicaQueries(t *testing.T) {
 
 			// New commits appear after a flush and a refresh, not before.
 			runWorkload(t, db, 12, 40)
-			if err := vfs.Flush(context.Background(), path); err != nil {
-				t.Fatal(err)
-			}
+			mustFlush(t, path)
 			want2 := dump(t, db)
 			if want2 == want {
 				t.Fatal("the workload changed nothing")
@@ -154,9 +150,7 @@ func TestReplicaManifestFile(t *testing.T) {
 	path := e.path("mf.db")
 	db := open(t, path, "boule", "")
 	runWorkload(t, db, 3, 60)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
 	b, err := sto.GetManifest(context.Background(), key)
 	if err != nil {
@@ -209,9 +203,7 @@ func TestReplicaOtherProcess(t *testing.T) {
 	// Past chunk 0 (inline in the manifest) whatever the workload's random
 	// sizes: the child must fetch, and so cache, some chunks.
 	mustExec(t, db, "CREATE TABLE bulk AS WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 300) SELECT i, randomblob(1000) AS v FROM c")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	cfg := fmt.Sprintf(`{"replication_targets": [{"s3": {"region": %q, "endpoint": %q, "chunk_bucket": "chunks", "manifest_bucket": "manifests", "domain_addressing": false}},
 		{"local": {"directory": %q, "num_shards": 2, "capacity": 1000}}]}`, miniotest.Region, srv.Endpoint, filepath.Join(e.dir, "child-cache"))
 	cmd := exec.Command(os.Args[0])
@@ -256,9 +248,7 @@ func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 		}
 	}
 	commit(0)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -324,9 +314,7 @@ func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 	for k := 1; k <= 60; k++ {
 		commit(k)
 		if k%5 == 0 {
-			if err := vfs.Flush(context.Background(), path); err != nil {
-				t.Fatal(err)
-			}
+			mustFlush(t, path)
 		}
 	}
 	close(stop)
@@ -355,9 +343,7 @@ func TestReplicaSwitchesBetweenTransactions(t *testing.T) {
 	path := e.path("switch.db")
 	src := open(t, path, "boule", "")
 	mustExec(t, src, "CREATE TABLE a(x); CREATE TABLE b(x); INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	ctx := context.Background()
 	reader := openReplica(t, path, "")
 	rc, err := reader.Conn(ctx)
@@ -413,9 +399,7 @@ func TestReplicaPragmas(t *testing.T) {
 	path := e.path("pragmas.db")
 	src := open(t, path, "boule", "")
 	mustExec(t, src, "CREATE TABLE t(x)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	before := time.Now()
 	rdb := openReplica(t, path, "")
 	rdb.SetMaxOpenConns(1)
@@ -457,9 +441,7 @@ func TestReplicaPragmas(t *testing.T) {
 	}
 	// New data arrives with auto-refresh once something fetched it.
 	mustExec(t, src, "INSERT INTO t VALUES (42)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	other := openReplica(t, path, "")
 	if _, err := other.Exec("PRAGMA boule_snapshot_refresh=2"); err != nil {
 		t.Fatal(err)
@@ -483,9 +465,7 @@ func TestReplicaOpenErrors(t *testing.T) {
 	path := e.path("errs.db")
 	src := open(t, path, "boule", "")
 	mustExec(t, src, "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000))")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	for _, tc := range []struct{ name, params string }{
 		{"boule://" + e.path("never-written.db"), ""},
 		{"boule://h/a/../etc/passwd", ""},
@@ -588,9 +568,7 @@ func TestReplicaStoreDown(t *testing.T) {
 	path := e.path("down.db")
 	src := open(t, path, "boule", "")
 	runWorkload(t, src, 31, 60)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	want := dump(t, src)
 	rdb := openReplica(t, path, "")
 	rdb.SetMaxOpenConns(1)
@@ -636,9 +614,7 @@ func TestReplicaSwitchSameHeader(t *testing.T) {
 		mustExec(t, db, "CREATE TABLE t(x TEXT)")
 		mustExec(t, db, "INSERT INTO t VALUES (?)", val)
 		db.Close()
-		if err := vfs.Flush(context.Background(), path); err != nil {
-			t.Fatal(err)
-		}
+		mustFlush(t, path)
 		key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
 		b, err := sto.GetManifest(context.Background(), key)
 		if err != nil {

@@ -345,9 +345,7 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 	if float64(md) > 1.5*float64(mu) {
 		t.Errorf("median commit with the store down %v > 1.5 × %v with it up", md, mu)
 	}
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	checkReplica(t, sto, path)
 }
 
@@ -461,9 +459,7 @@ func TestAPIBudget(t *testing.T) {
 	path, db := e.writer(t, "budget.db", "_sync=OFF")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB)")
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 4000) INSERT INTO t(k, v) SELECT i, randomblob(4000) FROM n")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	proxy.ResetCounts()
 	start := time.Now()
 	commits := 0
@@ -488,9 +484,7 @@ func TestAPIBudget(t *testing.T) {
 		t.Fatalf("only %d requests: the uploader never went past its burst, so the limit was not tested", calls)
 	}
 	proxy.ResetCounts()
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	checkReplica(t, sto, path)
 	t.Logf("the final flush: %d requests %v", proxy.Total(), proxy.Counts())
 	key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
