@@ -14,6 +14,7 @@ import (
 	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/testchild"
 	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
@@ -22,18 +23,7 @@ import (
 // TestMain lets the test binary double as a child process for the tests
 // that need several OS processes or that kill a writer.
 func TestMain(m *testing.M) {
-	if name := os.Getenv("BOULE_TEST_CHILD"); name != "" {
-		child, ok := children[name]
-		if !ok {
-			fmt.Fprintf(os.Stderr, "unknown child %q\n", name)
-			os.Exit(2)
-		}
-		if err := child(); err != nil {
-			fmt.Fprintf(os.Stderr, "child %s: %v\n", name, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	testchild.Run("BOULE_TEST_CHILD", children)
 	code := m.Run()
 	for _, f := range afterAll {
 		f()
