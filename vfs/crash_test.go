@@ -2,7 +2,6 @@ package vfs_test
 
 import (
 	"bufio"
-	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -317,9 +316,7 @@ func verifyUnderSharedLock(db *sql.DB, f *os.File, path string) (bool, error) {
 	// (another writer died) means the next transaction rebuilds: nothing
 	// to check now.
 	sp := spool.OpenDir(d.Dir())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := sp.WaitStaged(ctx); err != nil {
+	if err := staged(sp); err != nil {
 		return false, err
 	}
 	// A writer between its commit and its capture holds SHARED too: its

@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/upload"
@@ -157,9 +156,7 @@ func childKilledWriter() error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitStaged(ctx); err != nil {
+	if err := staged(d); err != nil {
 		return err
 	}
 	fmt.Println("first committed")
@@ -170,7 +167,7 @@ func childKilledWriter() error {
 	}
 	// The persister stages the commit in the background, and is killed
 	// doing it.
-	err = d.WaitStaged(ctx)
+	err = staged(d)
 	return fmt.Errorf("still alive after the second commit was staged (%v)", err)
 }
 

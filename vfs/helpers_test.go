@@ -163,10 +163,7 @@ func assemble(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The commits this process captured are staged off the commit path.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitStaged(ctx); err != nil {
+	if err := staged(d); err != nil {
 		return nil, err
 	}
 	var buf bytes.Buffer
@@ -180,11 +177,18 @@ func assemble(path string) ([]byte, error) {
 // staged.
 func waitStaged(t testing.TB, d *spool.DB) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitStaged(ctx); err != nil {
+	if err := staged(d); err != nil {
 		t.Fatalf("WaitStaged()=%v", err)
 	}
+}
+
+// staged waits, 30 s at most, until the commits captured for a database
+// (a *spool.DB: by this process; a *spool.Dir: by any) are staged, which
+// happens off the commit path.
+func staged(d interface{ WaitStaged(context.Context) error }) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return d.WaitStaged(ctx)
 }
 
 func firstDiff(a, b []byte) int {

@@ -2,7 +2,6 @@ package vfs_test
 
 import (
 	"bytes"
-	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
@@ -12,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/sqlshell"
@@ -368,24 +366,15 @@ func childMakeDefault() error {
 	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&name); err != nil {
 		return err
 	}
-	d, err := vfs.Spool().DB(c.db)
+	got, err := assemble(c.db)
 	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitStaged(ctx); err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	if _, err := spool.Assemble(d.Dir(), &buf); err != nil {
 		return err
 	}
 	want, err := os.ReadFile(c.db)
 	if err != nil {
 		return err
 	}
-	if !bytes.Equal(buf.Bytes(), want) {
+	if !bytes.Equal(got, want) {
 		return fmt.Errorf("snapshot differs from the file")
 	}
 	fmt.Println("replicated")
