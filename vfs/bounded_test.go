@@ -51,10 +51,7 @@ func init() {
 // childDigest prints the digest of the replica named by BOULE_TEST_DB,
 // opened with BOULE_CONFIG, computed BOULE_TEST_ROUNDS times.
 func childDigest() error {
-	if err := vfs.RegisterFromEnv(); err != nil {
-		return err
-	}
-	db, err := sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule_snapshot")
+	db, err := childReplicaDB()
 	if err != nil {
 		return err
 	}

@@ -123,14 +123,20 @@ func childWriter() error {
 func childCrashpoint() error {
 	n, _ := strconv.Atoi(os.Getenv("BOULE_TEST_CRASH_AT"))
 	var count atomic.Int64
+	killAt(func(op, path string) bool { return count.Add(1) == int64(n) })
+	return childWriter()
+}
+
+// killAt makes this process SIGKILL itself at the first spool filesystem
+// step for which at returns true, before the step runs.
+func killAt(at func(op, path string) bool) {
 	vfs.SetFaultHook(func(op, path string) error {
-		if count.Add(1) == int64(n) {
+		if at(op, path) {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {} // the signal is on its way
 		}
 		return nil
 	})
-	return childWriter()
 }
 
 // child starts the test binary as a child process running name.
@@ -393,13 +399,7 @@ func TestSeveralProcesses(t *testing.T) {
 func childHeldWriter() error {
 	c := readChildEnv()
 	var armed atomic.Bool
-	vfs.SetFaultHook(func(op, path string) error {
-		if armed.Load() {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // the signal is on its way
-		}
-		return nil
-	})
+	killAt(func(op, path string) bool { return armed.Load() })
 	db, err := c.open()
 	if err != nil {
 		return err

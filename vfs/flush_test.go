@@ -129,16 +129,12 @@ func TestFlushFullSpool(t *testing.T) {
 func childKilledWriter() error {
 	c := readChildEnv()
 	var armed atomic.Bool
-	vfs.SetFaultHook(func(op, path string) error {
+	killAt(func(op, path string) bool {
 		if !armed.Load() || op != "rename" {
-			return nil
+			return false
 		}
 		db, err := vfs.Spool().DB(c.db)
-		if err == nil && path == db.StagingManifestPath() {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // the signal is on its way
-		}
-		return nil
+		return err == nil && path == db.StagingManifestPath()
 	})
 	db, err := c.open()
 	if err != nil {

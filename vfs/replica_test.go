@@ -170,13 +170,19 @@ func init() {
 	children["replica"] = childReplica
 }
 
+// childReplicaDB registers boule from BOULE_CONFIG and opens the replica
+// named by BOULE_TEST_DB, in a child process.
+func childReplicaDB() (*sql.DB, error) {
+	if err := vfs.RegisterFromEnv(); err != nil {
+		return nil, err
+	}
+	return sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule_snapshot")
+}
+
 // childReplica opens the replica named by BOULE_TEST_DB with BOULE_CONFIG
 // and prints its dump.
 func childReplica() error {
-	if err := vfs.RegisterFromEnv(); err != nil {
-		return err
-	}
-	db, err := sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule_snapshot")
+	db, err := childReplicaDB()
 	if err != nil {
 		return err
 	}
