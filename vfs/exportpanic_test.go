@@ -27,8 +27,7 @@ func panicIn(t testing.TB, fn string) {
 // either VFS, reaches SQLite as the callback's failure value, the process
 // goes on, and the panic is logged once.
 func TestExportPanicThroughSQLite(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
+	e, _ := dirEnv(t)
 	path, src := e.writer(t, "panic.db", "")
 	mustExec(t, src, "CREATE TABLE t(x)")
 	mustFlush(t, path)
@@ -88,8 +87,7 @@ func TestExportPanicThroughSQLite(t *testing.T) {
 // manifest with SQLITE_ERROR (the connection keeps the snapshot it has,
 // which is intact).
 func TestReplicaPragmaCodes(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path := e.path("codes.db")
 	src := open(t, path, "boule", "")
 	mustExec(t, src, "CREATE TABLE t(x)")

@@ -172,8 +172,7 @@ func childKilledWriter() error {
 // staged. A flush in another process takes a new snapshot of the file, and
 // the store holds the killed writer's commit.
 func TestFlushAfterKilledWriter(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path := e.path("killed.db")
 	cmd, out := startChild(t, "killedwriter", "BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool)
 	if !out.Scan() || out.Text() != "first committed" {
@@ -208,8 +207,7 @@ func TestFlushAfterKilledWriter(t *testing.T) {
 // mode, and again once back in rollback mode. A flush right after commits
 // that a program without boule made in WAL mode includes them.
 func TestFlushWAL(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path, db := e.writer(t, "switched.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
@@ -306,8 +304,7 @@ func TestDefaultLogger(t *testing.T) {
 // already written the file (its cache spilled) fails at once, saying to
 // commit first, instead of waiting for its own lock.
 func TestFlushInsideWriteTransaction(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path, db := e.writer(t, "spill.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "PRAGMA cache_size=2")

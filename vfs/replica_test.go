@@ -145,8 +145,7 @@ func TestReplicaQueries(t *testing.T) {
 
 // TestReplicaManifestFile: a replica opens from a manifest file.
 func TestReplicaManifestFile(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path := e.path("mf.db")
 	db := open(t, path, "boule", "")
 	runWorkload(t, db, 3, 60)
@@ -235,8 +234,7 @@ func TestReplicaOtherProcess(t *testing.T) {
 // replica sees one whole snapshot: two tables that every commit grows
 // together always have equal counts and sums within a transaction.
 func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
+	e, _ := dirEnv(t)
 	path, src := e.writer(t, "txn.db", "")
 	mustExec(t, src, "CREATE TABLE a(i INTEGER PRIMARY KEY, v BLOB, n INT); CREATE TABLE b(i INTEGER PRIMARY KEY, v BLOB, n INT)")
 	commit := func(k int) {
@@ -344,8 +342,7 @@ func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 // connection's transaction is not seen by that transaction, and is seen
 // by its next one.
 func TestReplicaSwitchesBetweenTransactions(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
+	e, _ := dirEnv(t)
 	path := e.path("switch.db")
 	src := open(t, path, "boule", "")
 	mustExec(t, src, "CREATE TABLE a(x); CREATE TABLE b(x); INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)")
@@ -400,8 +397,7 @@ func TestReplicaSwitchesBetweenTransactions(t *testing.T) {
 }
 
 func TestReplicaPragmas(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
+	e, _ := dirEnv(t)
 	path := e.path("pragmas.db")
 	src := open(t, path, "boule", "")
 	mustExec(t, src, "CREATE TABLE t(x)")
@@ -611,8 +607,7 @@ func TestReplicaStoreDown(t *testing.T) {
 // data, swapped behind a manifest file) must not leave the old snapshot's
 // pages in a connection's cache after a refresh.
 func TestReplicaSwitchSameHeader(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	manifestOf := func(name, val string) []byte {
 		t.Helper()
 		path := e.path(name)
@@ -662,8 +657,7 @@ func TestReplicaSwitchSameHeader(t *testing.T) {
 // verneuil:// replica names, work as Boule's do, with the same arguments
 // and results.
 func TestVerneuilAliases(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
+	e, _ := dirEnv(t)
 	path, src := e.writer(t, "verneuil.db", "")
 	mustExec(t, src, "CREATE TABLE t(x); INSERT INTO t VALUES ('from verneuil')")
 	str := func(db *sql.DB, q string) string {

@@ -29,6 +29,14 @@ import (
 
 func targetsOf(ts ...config.Target) []config.Target { return ts }
 
+// dirEnv registers boule with a fresh spool and a target in a new
+// directory store, and returns the env and that store.
+func dirEnv(t testing.TB) (*env, store.Store) {
+	t.Helper()
+	tg, s := dirTarget(t)
+	return replEnv(t, tg), s
+}
+
 func dirTarget(t testing.TB) (config.Target, store.Store) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "store")
@@ -169,8 +177,7 @@ func TestReplicateEndToEnd(t *testing.T) {
 // TestBackgroundUpload: with no flush at all, the uploader brings the store
 // to exactly the database's state once writes stop.
 func TestBackgroundUpload(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path, db := e.writer(t, "bg.db", "")
 	runWorkload(t, db, 9, 100)
 	want, err := os.ReadFile(path)
@@ -193,8 +200,7 @@ func TestBackgroundUpload(t *testing.T) {
 // TestFlushOnClose: PRAGMA boule_flush_replication_data=1 makes closing the
 // connection upload everything; the setter returns the previous value.
 func TestFlushOnClose(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path, db := e.writer(t, "close.db", "")
 	var prev string
 	if err := db.QueryRow("PRAGMA boule_flush_replication_data=1").Scan(&prev); err != nil || prev != "0" {
