@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"sync"
@@ -12,18 +11,7 @@ import (
 // ctxn is txn through Capture: what a commit does with captures on.
 func ctxn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dirty ...int) error {
 	t.Helper()
-	ch := preChange(t, db, fake)
-	old := fake.bytes()
-	nb := mutate(bytes.Clone(old))
-	if len(nb) >= HeaderSize {
-		binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-		dirty = append(dirty, 0)
-	}
-	checkDirty(t, old, nb, dirty)
-	ch.Dirty = dirtyBitmap(dirty)
-	writeDBFile(t, fake.path, nb)
-	fake.set(nb)
-	return db.Capture(fake, ch)
+	return db.Capture(fake, commitFile(t, db, fake, mutate, dirty...))
 }
 
 func waitStaged(t testing.TB, db *DB) {

@@ -244,6 +244,19 @@ func txn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dir
 // txnWith is txn with a hook that may alter the Change before Snapshot.
 func txnWith(t testing.TB, db *DB, fake *fakeSource, adjust func(*Change), mutate func([]byte) []byte, dirty ...int) error {
 	t.Helper()
+	ch := commitFile(t, db, fake, mutate, dirty...)
+	if adjust != nil {
+		adjust(&ch)
+	}
+	return db.Snapshot(fake, ch)
+}
+
+// commitFile does to fake's file what a commit does: mutate changes its
+// bytes, which change only in the chunks dirty names (and chunk 0, whose
+// change counter it bumps), and it returns the Change the commit hands
+// the spool.
+func commitFile(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dirty ...int) Change {
+	t.Helper()
 	ch := preChange(t, db, fake)
 	old := fake.bytes()
 	nb := mutate(bytes.Clone(old))
@@ -255,10 +268,7 @@ func txnWith(t testing.TB, db *DB, fake *fakeSource, adjust func(*Change), mutat
 	ch.Dirty = dirtyBitmap(dirty)
 	writeDBFile(t, fake.path, nb)
 	fake.set(nb)
-	if adjust != nil {
-		adjust(&ch)
-	}
-	return db.Snapshot(fake, ch)
+	return ch
 }
 
 // preChange captures what begin_txn captures and sets the marker's txn
