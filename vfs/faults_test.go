@@ -3,13 +3,13 @@ package vfs_test
 import (
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -84,16 +84,7 @@ func TestInjectedEIO(t *testing.T) {
 // than that; then the tmpfs is grown and replication catches up.
 func TestFullTmpfs(t *testing.T) {
 	e := newEnv(t)
-	if err := os.MkdirAll(e.spool, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", e.spool).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", e.spool).Run() })
+	testfs.MountTmpfs(t, e.spool, "512k")
 	vfs.ResetSpools()
 	e.register(t)
 
@@ -113,9 +104,7 @@ func TestFullTmpfs(t *testing.T) {
 	if got := e.log.count(slog.LevelError, "replication paused"); got != 1 {
 		t.Fatalf("errors logged=%d, want 1; log:\n%s", got, e.log)
 	}
-	if out, err := exec.Command("mount", "-o", "remount,size=64m", e.spool).CombinedOutput(); err != nil {
-		t.Fatalf("remount: %v: %s", err, out)
-	}
+	testfs.RemountTmpfs(t, e.spool, "64m")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (x'00')")
 	checkSnapshot(t, db, path)
 	if got := e.log.count(slog.LevelWarn, "replication resumed"); got != 1 {

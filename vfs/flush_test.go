@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/upload"
 	"github.com/boule-vfs/boule/vfs"
@@ -26,21 +27,6 @@ import (
 func init() {
 	children["killedwriter"] = childKilledWriter
 	children["nologger"] = childNoLogger
-}
-
-// mountTmpfs mounts a tmpfs of size on dir until the test ends.
-func mountTmpfs(t testing.TB, tmpdir, size string) {
-	t.Helper()
-	if err := os.MkdirAll(tmpdir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", tmpdir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", tmpdir).Run() })
 }
 
 // statusOf returns the replication status of path.
@@ -71,7 +57,7 @@ func flushes(path string) map[string]func() error {
 func TestFlushFullSpool(t *testing.T) {
 	tg, sto := dirTarget(t)
 	e := tempEnv(t)
-	mountTmpfs(t, e.spool, "12m")
+	testfs.MountTmpfs(t, e.spool, "12m")
 	e.register(t, tg)
 	path, db := e.writer(t, "full.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/testchild"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
@@ -64,10 +65,7 @@ func replEnv(t testing.TB, targets ...config.Target) *env {
 // and registers nothing.
 func tempEnv(t testing.TB) *env {
 	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := testfs.TempDir(t)
 	return &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
 }
 
