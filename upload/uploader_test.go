@@ -48,6 +48,25 @@ type snap struct {
 	files map[manifest.Fingerprint][]byte
 }
 
+// addedTo returns the chunk files of s that prev does not have: what a
+// commit of s after prev adds to the spool.
+func (s *snap) addedTo(prev *snap) []manifest.Fingerprint {
+	var added []manifest.Fingerprint
+	for fp := range s.files {
+		if _, ok := prev.files[fp]; !ok {
+			added = append(added, fp)
+		}
+	}
+	return added
+}
+
+// flushAsync starts u.Flush of dir and returns where its result arrives.
+func flushAsync(u *Uploader, dir string) <-chan error {
+	errc := make(chan error, 1)
+	go func() { errc <- u.Flush(context.Background(), dir) }()
+	return errc
+}
+
 func newTestSpool(t testing.TB, root, path string) *testSpool {
 	t.Helper()
 	s, err := spool.Open(spool.Options{Dir: root, BootID: "upload-test", Hostname: testHost, Logger: slog.New(slog.DiscardHandler)})
@@ -534,16 +553,10 @@ func TestUploaderStagingRace(t *testing.T) {
 			// still references chunks 1 and 2 of s1.
 			data2 := append(withChunk(data1, 3, 31), testData(32, 100)...)
 			s2 := d.snapshot(data2, now.Now().Add(time.Second))
-			var added []manifest.Fingerprint
-			for fp := range s2.files {
-				if _, ok := s1.files[fp]; !ok {
-					added = append(added, fp)
-				}
-			}
+			added := s2.addedTo(s1)
 
 			gate := fake.BlockOnce(tt.blockOp, nil)
-			errc := make(chan error, 1)
-			go func() { errc <- u.Flush(context.Background(), d.dir) }()
+			errc := flushAsync(u, d.dir)
 			gate.Wait(t)
 			if !d.commit(s2, added...) {
 				t.Fatal("test setup: the transaction did not hand its snapshot over")
@@ -1045,8 +1058,7 @@ func TestUploaderLockDir(t *testing.T) {
 	d.stage(snap1)
 
 	gate := s1.BlockOnce(storetest.OpPutChunk, nil)
-	errc1 := make(chan error, 1)
-	go func() { errc1 <- first.Flush(context.Background(), d.dir) }()
+	errc1 := flushAsync(first, d.dir)
 	gate.Wait(t)
 
 	// The second uploader's background pass gives up at once.
@@ -1061,8 +1073,7 @@ func TestUploaderLockDir(t *testing.T) {
 	}
 
 	// Its flush waits for the lock.
-	errc2 := make(chan error, 1)
-	go func() { errc2 <- second.Flush(context.Background(), d.dir) }()
+	errc2 := flushAsync(second, d.dir)
 	select {
 	case err := <-errc2:
 		t.Fatalf("second Flush()=%v returned while the first uploader held the lock", err)
@@ -1419,12 +1430,7 @@ func TestUploaderProgressUnderContinuousWrites(t *testing.T) {
 		seq++
 		data = withChunk(data, 1+seq%11, uint64(100+seq))
 		s := d.snapshot(data, now.Now().Add(time.Duration(seq)*time.Millisecond))
-		var added []manifest.Fingerprint
-		for fp := range s.files {
-			if _, ok := prev.files[fp]; !ok {
-				added = append(added, fp)
-			}
-		}
+		added := s.addedTo(prev)
 		d.commit(s, added...)
 		prev = s
 	}
@@ -1788,16 +1794,10 @@ func TestUploaderFreshestUnderWrites(t *testing.T) {
 	d.stage(s1)
 	// The next transaction appends a chunk: every chunk of s1 stays.
 	s2 := d.snapshot(append(bytes.Clone(data1), testData(62, 100)...), now.Now().Add(2*time.Second))
-	var added []manifest.Fingerprint
-	for fp := range s2.files {
-		if _, ok := s1.files[fp]; !ok {
-			added = append(added, fp)
-		}
-	}
+	added := s2.addedTo(s1)
 
 	gate := fake.BlockOnce(storetest.OpPutChunk, nil)
-	errc := make(chan error, 1)
-	go func() { errc <- u.Flush(context.Background(), d.dir) }()
+	errc := flushAsync(u, d.dir)
 	gate.Wait(t)
 	d.stage(s2, added...)
 	gate.Open()
