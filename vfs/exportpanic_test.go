@@ -88,10 +88,7 @@ func TestExportPanicThroughSQLite(t *testing.T) {
 // which is intact).
 func TestReplicaPragmaCodes(t *testing.T) {
 	e, sto := dirEnv(t)
-	path := e.path("codes.db")
-	src := open(t, path, "boule", "")
-	mustExec(t, src, "CREATE TABLE t(x)")
-	mustFlush(t, path)
+	path, _ := e.flushedSource(t, "codes.db", "CREATE TABLE t(x)")
 	rdb := openReplica(t, path, "")
 	rdb.SetMaxOpenConns(1)
 	tx, err := rdb.Begin()

@@ -27,6 +27,18 @@ import (
 	"github.com/boule-vfs/boule/vfs"
 )
 
+// flushedSource opens name, in the env's directory, through boule, runs
+// setup on it and flushes it: the source that a replica test reads. It
+// returns the database's path and the connection.
+func (e *env) flushedSource(t testing.TB, name, setup string) (string, *sql.DB) {
+	t.Helper()
+	path := e.path(name)
+	src := open(t, path, "boule", "")
+	mustExec(t, src, setup)
+	mustFlush(t, path)
+	return path, src
+}
+
 // openReplica opens the replica of path on this host through
 // boule_snapshot.
 func openReplica(t testing.TB, path, params string) *sql.DB {
@@ -343,10 +355,7 @@ func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 // by its next one.
 func TestReplicaSwitchesBetweenTransactions(t *testing.T) {
 	e, _ := dirEnv(t)
-	path := e.path("switch.db")
-	src := open(t, path, "boule", "")
-	mustExec(t, src, "CREATE TABLE a(x); CREATE TABLE b(x); INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)")
-	mustFlush(t, path)
+	path, src := e.flushedSource(t, "switch.db", "CREATE TABLE a(x); CREATE TABLE b(x); INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)")
 	ctx := context.Background()
 	reader := openReplica(t, path, "")
 	rc, err := reader.Conn(ctx)
@@ -398,10 +407,7 @@ func TestReplicaSwitchesBetweenTransactions(t *testing.T) {
 
 func TestReplicaPragmas(t *testing.T) {
 	e, _ := dirEnv(t)
-	path := e.path("pragmas.db")
-	src := open(t, path, "boule", "")
-	mustExec(t, src, "CREATE TABLE t(x)")
-	mustFlush(t, path)
+	path, src := e.flushedSource(t, "pragmas.db", "CREATE TABLE t(x)")
 	before := time.Now()
 	rdb := openReplica(t, path, "")
 	rdb.SetMaxOpenConns(1)
@@ -464,10 +470,7 @@ func TestReplicaPragmas(t *testing.T) {
 func TestReplicaOpenErrors(t *testing.T) {
 	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("errs.db")
-	src := open(t, path, "boule", "")
-	mustExec(t, src, "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000))")
-	mustFlush(t, path)
+	path, _ := e.flushedSource(t, "errs.db", "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000))")
 	for _, tc := range []struct{ name, params string }{
 		{"boule://" + e.path("never-written.db"), ""},
 		{"boule://h/a/../etc/passwd", ""},
