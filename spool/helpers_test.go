@@ -309,6 +309,26 @@ func leaveMarker(t testing.TB, db *DB) {
 	}
 }
 
+// assertMarkerClear asserts that db's transaction marker is clear, as a
+// successful snapshot leaves it.
+func assertMarkerClear(t testing.TB, db *DB) {
+	t.Helper()
+	if markerIsSet(t, db) {
+		t.Errorf("marker still set after a successful snapshot")
+	}
+}
+
+// assertRebuilt asserts that no snapshot of d since before was
+// incremental (they were rebuilt from the file), and that the staged
+// snapshot is exact.
+func assertRebuilt(t testing.TB, d *testDB, before Stats) {
+	t.Helper()
+	if got := d.db.Stats().Incremental; got != before.Incremental {
+		t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
+	}
+	assertExact(t, d.db, d.src)
+}
+
 // markerIsSet reports whether the marker says the staged snapshot may
 // lack transactions: one in flight or unfinished, a failed snapshot, WAL.
 func markerIsSet(t testing.TB, db *DB) bool {

@@ -27,16 +27,26 @@ func (d *DB) stageMode() fs.FileMode {
 	return 0o600
 }
 
+// lockForStaging makes the spool's directories and takes the spool lock,
+// for a caller that holds d.mu and stages files with the returned mode.
+func (d *DB) lockForStaging() (mode fs.FileMode, unlock func(), err error) {
+	mode = d.stageMode()
+	if err := d.ensureDirs(mode); err != nil {
+		return 0, nil, err
+	}
+	unlock, err = d.lockSpool()
+	if err != nil {
+		return 0, nil, err
+	}
+	return mode, unlock, nil
+}
+
 // StageChunks adds chunks (raw bytes by fingerprint) to the staged
 // chunks. A chunk already staged stays as it is.
 func (d *DB) StageChunks(chunks map[manifest.Fingerprint][]byte) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	mode := d.stageMode()
-	if err := d.ensureDirs(mode); err != nil {
-		return err
-	}
-	unlock, err := d.lockSpool()
+	mode, unlock, err := d.lockForStaging()
 	if err != nil {
 		return err
 	}
@@ -58,11 +68,7 @@ func (d *DB) StageChunks(chunks map[manifest.Fingerprint][]byte) error {
 func (d *DB) StageManifest(m *manifest.Manifest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	mode := d.stageMode()
-	if err := d.ensureDirs(mode); err != nil {
-		return err
-	}
-	unlock, err := d.lockSpool()
+	mode, unlock, err := d.lockForStaging()
 	if err != nil {
 		return err
 	}
