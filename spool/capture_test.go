@@ -104,17 +104,10 @@ func TestCaptureKeepsOneCopyPerChunk(t *testing.T) {
 // bytes over the bound waits for the persister; one larger than the whole
 // bound is snapshotted at once, on the commit path.
 func TestCaptureMemoryBound(t *testing.T) {
-	opts := testOptions(t)
-	opts.CaptureMemory = 3 * cs // the chunk written and chunk 0: 2 chunks
-	fsw := &faultSwitch{}
-	opts.Fault = fsw.fault
-	sp := openSpool(t, opts)
-	rng := newRand(t)
-	src := newDBFile(t, "bound.db", makeDB(rng, 20*cs, 4096), 0o644)
-	db, err := sp.DB(src.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDB(t, 20*cs, func(o *Options) {
+		o.CaptureMemory = 3 * cs // the chunk written and chunk 0: 2 chunks
+	})
+	sp, db, src, rng, fsw := d.sp, d.db, d.src, d.rng, d.fault
 	mustTxn(t, db, src, unchanged)
 
 	// Hold the persister in its first staging step.

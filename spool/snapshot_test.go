@@ -1078,16 +1078,8 @@ func TestNonUTF8SourcePath(t *testing.T) {
 // the chunks each snapshot staged are deleted again, so a persistent
 // failure cannot fill the disk; once it clears, the snapshot is exact.
 func TestFailedSnapshotsDoNotGrowTheSpool(t *testing.T) {
-	var sw faultSwitch
-	opts := testOptions(t)
-	opts.Fault = sw.fault
-	sp := openSpool(t, opts)
-	rng := newRand(t)
-	src := newDBFile(t, "fail.db", makeDB(rng, 8*cs, 4096), 0o644)
-	db, err := sp.DB(src.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDB(t, 8*cs)
+	db, src, rng, sw := d.db, d.src, d.rng, d.fault
 	mustTxn(t, db, src, unchanged)
 	manifestPath := db.StagingManifestPath()
 	sw.set(func(op, path string) error {
@@ -1124,13 +1116,8 @@ func TestFailedSnapshotsDoNotGrowTheSpool(t *testing.T) {
 // TestPublishIntoEmptyReady: an empty ready/ (left by an uploader that took
 // its snapshot) does not block the next publication.
 func TestPublishIntoEmptyReady(t *testing.T) {
-	sp := openSpool(t, testOptions(t))
-	rng := newRand(t)
-	src := newDBFile(t, "ready.db", makeDB(rng, 4*cs, 4096), 0o644)
-	db, err := sp.DB(src.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDB(t, 4*cs)
+	db, src, rng := d.db, d.src, d.rng
 	mustTxn(t, db, src, unchanged)
 	ready := filepath.Join(db.Dir(), "ready")
 	// The uploader takes the snapshot and leaves ready/ empty.
