@@ -27,25 +27,27 @@ func (d *DB) stageMode() fs.FileMode {
 	return 0o600
 }
 
-// lockForStaging makes the spool's directories and takes the spool lock,
-// for a caller that holds d.mu and stages files with the returned mode.
+// lockForStaging takes d.mu and, once the spool's directories are made,
+// the spool lock, for a caller that stages files with the returned mode;
+// unlock releases both.
 func (d *DB) lockForStaging() (mode fs.FileMode, unlock func(), err error) {
+	d.mu.Lock()
 	mode = d.stageMode()
 	if err := d.ensureDirs(mode); err != nil {
+		d.mu.Unlock()
 		return 0, nil, err
 	}
-	unlock, err = d.lockSpool()
+	unlockSpool, err := d.lockSpool()
 	if err != nil {
+		d.mu.Unlock()
 		return 0, nil, err
 	}
-	return mode, unlock, nil
+	return mode, func() { unlockSpool(); d.mu.Unlock() }, nil
 }
 
 // StageChunks adds chunks (raw bytes by fingerprint) to the staged
 // chunks. A chunk already staged stays as it is.
 func (d *DB) StageChunks(chunks map[manifest.Fingerprint][]byte) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	mode, unlock, err := d.lockForStaging()
 	if err != nil {
 		return err
@@ -66,8 +68,6 @@ func (d *DB) StageChunks(chunks map[manifest.Fingerprint][]byte) error {
 // marker, that it holds every commit, as a new generation: the caller
 // staged every chunk of m the store may lack.
 func (d *DB) StageManifest(m *manifest.Manifest) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	mode, unlock, err := d.lockForStaging()
 	if err != nil {
 		return err
