@@ -23,16 +23,29 @@ func waitStaged(t testing.TB, db *DB) {
 	}
 }
 
+// holdPersister gives the persister a squash window longer than the test,
+// and captures all the memory they need: after the first commit's
+// snapshot, only a wait for staging makes the persister stage.
+func holdPersister(o *Options) {
+	o.PersistGap = time.Hour
+	o.CaptureMemory = 1 << 30
+}
+
+// commitUnseen writes to d's file what a commit that d's spool does not
+// see would: 4096 new bytes at off, and the change counter bumped.
+func (d *testDB) commitUnseen(t testing.TB, off int) {
+	t.Helper()
+	nb := rewrite(d.rng, off, 4096)(d.src.bytes())
+	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
+	writeDBFile(t, d.src.path, nb)
+	d.src.set(nb)
+}
+
 // TestCaptureStagesOffTheCommit: commits captured in memory are staged by
 // the persister, consecutive ones squashed, and the staged snapshot is the
 // file, byte for byte, with a clean marker.
 func TestCaptureStagesOffTheCommit(t *testing.T) {
-	d := newTestDB(t, 40*cs, func(o *Options) {
-		// A squash window longer than the test: after the first commit's
-		// snapshot, only the wait below makes the persister stage.
-		o.PersistGap = time.Hour
-		o.CaptureMemory = 1 << 30
-	})
+	d := newTestDB(t, 40*cs, holdPersister)
 	mustTxn(t, d.db, d.src, unchanged)
 	before := d.db.Stats().Snapshots
 	const commits = 200
@@ -77,10 +90,7 @@ func TestCaptureStagesOffTheCommit(t *testing.T) {
 // while the persister waits hold one copy of each chunk, not one per
 // commit: the newest, which is what the squashed snapshot stages.
 func TestCaptureKeepsOneCopyPerChunk(t *testing.T) {
-	d := newTestDB(t, 10*cs, func(o *Options) {
-		o.PersistGap = time.Hour
-		o.CaptureMemory = 1 << 30
-	})
+	d := newTestDB(t, 10*cs, holdPersister)
 	mustTxn(t, d.db, d.src, unchanged)
 	waitStaged(t, d.db)
 	for i := range 100 {
@@ -168,10 +178,7 @@ func TestCaptureAfterDeadWriter(t *testing.T) {
 			d := snapshotted(t, 10*cs)
 			// The dead writer's commit changed chunk 4; nothing of it was
 			// staged.
-			nb := rewrite(d.rng, 4*cs, 4096)(d.src.bytes())
-			binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-			writeDBFile(t, d.src.path, nb)
-			d.src.set(nb)
+			d.commitUnseen(t, 4*cs)
 			m, err := ReadMarker(d.db.Dir())
 			if err != nil {
 				t.Fatal(err)
@@ -251,10 +258,7 @@ func TestCheckLeavesPendingCommits(t *testing.T) {
 	}
 	// This process committed chunk 3 and captured it; its persister has
 	// not staged it yet.
-	nb := rewrite(d.rng, 3*cs, 4096)(d.src.bytes())
-	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-	writeDBFile(t, d.src.path, nb)
-	d.src.set(nb)
+	d.commitUnseen(t, 3*cs)
 	if err := OpenDir(d.db.Dir()).WriteMarker(Marker{State: MarkerPending, Committed: m.Persisted + 1, Persisted: m.Persisted}); err != nil {
 		t.Fatal(err)
 	}
@@ -286,10 +290,7 @@ func TestCaptureAfterOutsideWriter(t *testing.T) {
 	}
 	waitStaged(t, d.db)
 	// The outside writer: chunk 5 and the counter, without boule.
-	nb := rewrite(d.rng, 5*cs, 4096)(d.src.bytes())
-	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-	writeDBFile(t, d.src.path, nb)
-	d.src.set(nb)
+	d.commitUnseen(t, 5*cs)
 	rebuilds := d.db.Stats().Snapshots - d.db.Stats().Incremental
 	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
 		t.Fatal(err)
@@ -318,10 +319,7 @@ func TestPersisterChecksCaptures(t *testing.T) {
 	g := c.load(ctlCommitted) + 1
 	c.store(ctlCommitted, g)
 	c.store(ctlPersisted, g)
-	nb := rewrite(d.rng, 5*cs, 4096)(d.src.bytes())
-	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-	writeDBFile(t, d.src.path, nb)
-	d.src.set(nb)
+	d.commitUnseen(t, 5*cs)
 	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
 		t.Fatal(err)
 	}
