@@ -14,6 +14,14 @@ func ctxn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, di
 	return db.Capture(fake, commitFile(t, db, fake, mutate, dirty...))
 }
 
+// mustCtxn is ctxn, failing the test on an error.
+func mustCtxn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dirty ...int) {
+	t.Helper()
+	if err := ctxn(t, db, fake, mutate, dirty...); err != nil {
+		t.Fatalf("Capture()=%v, want nil", err)
+	}
+}
+
 func waitStaged(t testing.TB, db *DB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -129,9 +137,7 @@ func TestCaptureMemoryBound(t *testing.T) {
 		}
 		return nil
 	})
-	if err := ctxn(t, db, src, rewrite(rng, 3*cs, 4096), 3); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, db, src, rewrite(rng, 3*cs, 4096), 3)
 	<-hold
 	if n := sp.CaptureBytes(); n != 2*cs {
 		t.Fatalf("CaptureBytes()=%d with one capture of 2 chunks waiting, want %d", n, 2*cs)
@@ -152,9 +158,7 @@ func TestCaptureMemoryBound(t *testing.T) {
 
 	// A commit of 4 chunks (and chunk 0) exceeds the bound on its own: it
 	// is staged before Capture returns.
-	if err := ctxn(t, db, src, rewrite(rng, 8*cs, 4*cs), 8, 9, 10, 11); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, db, src, rewrite(rng, 8*cs, 4*cs), 8, 9, 10, 11)
 	if n := sp.CaptureBytes(); n != 0 {
 		t.Fatalf("CaptureBytes()=%d after a commit over the bound, want 0", n)
 	}
@@ -187,9 +191,7 @@ func TestCaptureAfterDeadWriter(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The next commit, with its pre-state taken from the file.
-			if err := ctxn(t, d.db, d.src, rewrite(d.rng, 6*cs, 4096), 6); err != nil {
-				t.Fatal(err)
-			}
+			mustCtxn(t, d.db, d.src, rewrite(d.rng, 6*cs, 4096), 6)
 			waitStaged(t, d.db)
 			assertExact(t, d.db, d.src)
 			if m := markerState(t, d.db); m != MarkerClean {
@@ -237,9 +239,7 @@ func TestCaptureWaitsForAnotherProcess(t *testing.T) {
 		}
 	}()
 	t0 := time.Now()
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7)
 	if waited := time.Since(t0); waited < 40*time.Millisecond {
 		t.Fatalf("the commit returned after %v, before the other process staged its commit", waited)
 	}
@@ -285,16 +285,12 @@ func TestCheckLeavesPendingCommits(t *testing.T) {
 // on the spot.
 func TestCaptureAfterOutsideWriter(t *testing.T) {
 	d := snapshotted(t, 10*cs)
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2)
 	waitStaged(t, d.db)
 	// The outside writer: chunk 5 and the counter, without boule.
 	d.commitUnseen(t, 5*cs)
 	rebuilds := d.db.Stats().Snapshots - d.db.Stats().Incremental
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7)
 	if n := d.db.Stats().Snapshots - d.db.Stats().Incremental - rebuilds; n != 1 {
 		t.Fatalf("%d rebuilds by the commit after an outside write, want 1", n)
 	}
@@ -308,9 +304,7 @@ func TestCaptureAfterOutsideWriter(t *testing.T) {
 // to rebuild.
 func TestPersisterChecksCaptures(t *testing.T) {
 	d := snapshotted(t, 10*cs)
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2)
 	waitStaged(t, d.db)
 	// Another process committed (and staged) since: this process's
 	// expectation is of an older generation. Then a program that does
@@ -320,16 +314,12 @@ func TestPersisterChecksCaptures(t *testing.T) {
 	c.store(ctlCommitted, g)
 	c.store(ctlPersisted, g)
 	d.commitUnseen(t, 5*cs)
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7)
 	waitStaged(t, d.db)
 	if m := markerState(t, d.db); m != MarkerSet {
 		t.Fatalf("marker %v after a capture that does not follow the staged snapshot, want set (rebuild)", m)
 	}
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 8*cs, 4096), 8); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 8*cs, 4096), 8)
 	waitStaged(t, d.db)
 	assertExact(t, d.db, d.src)
 }
