@@ -48,6 +48,19 @@ type snap struct {
 	files map[manifest.Fingerprint][]byte
 }
 
+// fakeTarget returns a test clock, a fake store named "s3", and the
+// uploadOpts of an uploader with that one target, changed by tweak when
+// it is not nil.
+func fakeTarget(tweak func(*Options)) (*storetest.Clock, *storetest.Fake, Options) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	if tweak != nil {
+		tweak(&opts)
+	}
+	return now, fake, opts
+}
+
 // addedTo returns the chunk files of s that prev does not have: what a
 // commit of s after prev adds to the spool.
 func (s *snap) addedTo(prev *snap) []manifest.Fingerprint {
@@ -273,12 +286,7 @@ func newTestUploader(t testing.TB, opts Options) *Uploader {
 // spool for the database source.
 func oneTarget(t testing.TB, source string, tweak func(*Options)) (*storetest.Clock, *storetest.Fake, *Uploader, *testSpool) {
 	t.Helper()
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
-	if tweak != nil {
-		tweak(&opts)
-	}
+	now, fake, opts := fakeTarget(tweak)
 	return now, fake, newTestUploader(t, opts), newTestSpool(t, t.TempDir(), source)
 }
 
@@ -498,9 +506,7 @@ func TestUploaderReadyReusable(t *testing.T) {
 // manifest; an unchanged spool then costs no call, in this process or the
 // next.
 func TestUploaderStagingOnly(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/staged.db")
 	s := d.snapshot(testData(20, 3*manifest.ChunkSize+7), now.Now())
@@ -710,14 +716,23 @@ type bgEnv struct {
 	barriers map[string]bool // manifest keys of the barrier databases
 }
 
+// failingChunkPuts commits a snapshot of data while every chunk put
+// fails with err, and lets the background uploader try it: it returns
+// once the uploader has done what it does for that commit.
+func (e *bgEnv) failingChunkPuts(data []byte, err error) *snap {
+	e.t.Helper()
+	s := e.db.snapshot(data, e.now.Now())
+	e.db.commit(s)
+	e.store.FailOn(storetest.OpPutChunk, nil, err)
+	e.u.Start()
+	e.u.Add(e.db.dir)
+	e.sync()
+	return s
+}
+
 func newBGEnv(t *testing.T, tweak func(*Options)) *bgEnv {
 	t.Helper()
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
-	if tweak != nil {
-		tweak(&opts)
-	}
+	now, fake, opts := fakeTarget(tweak)
 	root := t.TempDir()
 	e := &bgEnv{
 		t:        t,
@@ -786,12 +801,7 @@ func (e *bgEnv) status() Status {
 func TestUploaderBackgroundErrors(t *testing.T) {
 	t.Run("permanent", func(t *testing.T) {
 		e := newBGEnv(t, nil)
-		s1 := e.db.snapshot(testData(50, 3*manifest.ChunkSize), e.now.Now())
-		e.db.commit(s1)
-		e.store.FailOn(storetest.OpPutChunk, nil, storetest.PermanentErr())
-		e.u.Start()
-		e.u.Add(e.db.dir)
-		e.sync()
+		s1 := e.failingChunkPuts(testData(50, 3*manifest.ChunkSize), storetest.PermanentErr())
 		if got := e.callsForDB(0); len(got) != 1 || got[0].Op != storetest.OpPutChunk || !errors.Is(got[0].Err, store.ErrPermanent) {
 			t.Fatalf("calls %v, want one failed chunk put (a permanent error is not retried)", got)
 		}
@@ -832,12 +842,7 @@ func TestUploaderBackgroundErrors(t *testing.T) {
 
 	t.Run("retryable", func(t *testing.T) {
 		e := newBGEnv(t, nil)
-		s1 := e.db.snapshot(testData(60, 2*manifest.ChunkSize), e.now.Now())
-		e.db.commit(s1)
-		e.store.FailOn(storetest.OpPutChunk, nil, storetest.RetryableErr())
-		e.u.Start()
-		e.u.Add(e.db.dir)
-		e.sync()
+		s1 := e.failingChunkPuts(testData(60, 2*manifest.ChunkSize), storetest.RetryableErr())
 		if got := e.callsForDB(0); storetest.CountOps(got, storetest.OpPutChunk) != 2 || len(got) != 2 {
 			t.Fatalf("calls %v, want 2 failed chunk puts (MaxAttempts 2)", got)
 		}
@@ -1569,9 +1574,7 @@ func TestUploaderTargetsChangedByAnotherProcess(t *testing.T) {
 // places of the chunks it shares, across a restart of the uploader too,
 // and the touch refreshes packs.
 func TestUploaderPacks(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	opts.PackChunks = 4
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/packed.db")
@@ -1745,9 +1748,7 @@ func checkReassembled(t testing.TB, fake *storetest.Fake, d *testSpool, want *sn
 // manifest cannot be written (a full disk), the placements of its packs
 // stay, and the next manifest still says where those chunks are.
 func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	opts.PackChunks = 4
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/full.db")
@@ -1815,9 +1816,7 @@ func TestUploaderFreshestUnderWrites(t *testing.T) {
 // TestUploaderOnManifest: OnManifest is called for each uploaded
 // manifest, with its host and path, once the store holds it.
 func TestUploaderOnManifest(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	d := newTestSpool(t, t.TempDir(), "/data/own.db")
 	var calls []string
 	opts.OnManifest = func(host, path string) {
