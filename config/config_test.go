@@ -191,10 +191,7 @@ var validCases = []validCase{
 func TestParseValid(t *testing.T) {
 	for _, tc := range validCases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.json))
-			if err != nil {
-				t.Fatalf("Parse()=%v, want nil error", err)
-			}
+			got := mustParse(t, tc.json)
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Parse()=%+v, want %+v", got, tc.want)
 			}
@@ -515,15 +512,7 @@ func TestEndpointErrorsHideSecrets(t *testing.T) {
 		{"no slashes", "http:AKIAUSER:TopSecret", "must have a host (http://HOST), got no '//'"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse([]byte(s3(map[string]any{"endpoint": tc.endpoint})))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Parse()=%v, want an error containing %q", err, tc.want)
-			}
-			for _, secret := range []string{"topsecret", "akiauser", "%zz"} {
-				if strings.Contains(strings.ToLower(err.Error()), secret) {
-					t.Errorf("Parse()=%v: the message contains %q", err, secret)
-				}
-			}
+			checkRedacted(t, s3(map[string]any{"endpoint": tc.endpoint}), tc.want)
 		})
 	}
 	// A region without an endpoint stands for one (region.domain), and
@@ -537,15 +526,7 @@ func TestEndpointErrorsHideSecrets(t *testing.T) {
 		{"user information before the first dot", "AKIAUSER:TopSecret@host.example", `invalid region "REDACTED@host.example"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse([]byte(s3(map[string]any{"region": tc.region})))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Parse()=%v, want an error containing %q", err, tc.want)
-			}
-			for _, secret := range []string{"topsecret", "akiauser", "%zz"} {
-				if strings.Contains(strings.ToLower(err.Error()), secret) {
-					t.Errorf("Parse()=%v: the message contains %q", err, secret)
-				}
-			}
+			checkRedacted(t, s3(map[string]any{"region": tc.region}), tc.want)
 		})
 	}
 }
@@ -650,10 +631,7 @@ func TestLoadFileErrorKey(t *testing.T) {
 func TestRoundTrip(t *testing.T) {
 	for _, tc := range validCases {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := Parse([]byte(tc.json))
-			if err != nil {
-				t.Fatalf("Parse()=%v, want nil error", err)
-			}
+			cfg := mustParse(t, tc.json)
 			cfg.Logger = slog.Default() // Not part of the JSON form.
 			out, err := json.Marshal(cfg)
 			if err != nil {
@@ -857,5 +835,30 @@ func TestParseUint(t *testing.T) {
 				t.Errorf("parseUint()=%d, %q, want %d", got, msg, tc.want)
 			}
 		})
+	}
+}
+
+// mustParse parses js, failing the test on an error.
+func mustParse(t *testing.T, js string) Config {
+	t.Helper()
+	cfg, err := Parse([]byte(js))
+	if err != nil {
+		t.Fatalf("Parse()=%v, want nil error", err)
+	}
+	return cfg
+}
+
+// checkRedacted asserts that Parse rejects js with a message containing
+// want, and that the message shows no part of the secrets in js.
+func checkRedacted(t *testing.T, js, want string) {
+	t.Helper()
+	_, err := Parse([]byte(js))
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Parse()=%v, want an error containing %q", err, want)
+	}
+	for _, secret := range []string{"topsecret", "akiauser", "%zz"} {
+		if strings.Contains(strings.ToLower(err.Error()), secret) {
+			t.Errorf("Parse()=%v: the message contains %q", err, secret)
+		}
 	}
 }

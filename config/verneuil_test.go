@@ -196,15 +196,12 @@ func TestVerneuilSerializedConfig(t *testing.T) {
 		},
 		SnapshotLoadingPolicy: LoadingPolicy{Kind: "default"},
 	}
-	got, err := Parse([]byte(serialized))
-	if err != nil {
-		t.Fatalf("Parse()=%v, want nil error", err)
-	}
+	got := mustParse(t, serialized)
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Parse()=%+v, want %+v", got, want)
 	}
 	// Verneuil's partial policy with its bounds left out.
-	got, err = Parse([]byte(`{"snapshot_loading_policy":{"partial":{"min":null,"max":null}}}`))
+	got, err := Parse([]byte(`{"snapshot_loading_policy":{"partial":{"min":null,"max":null}}}`))
 	if err != nil || got.SnapshotLoadingPolicy != (LoadingPolicy{Kind: "partial"}) {
 		t.Errorf("Parse(partial with null bounds)=%+v, %v, want the partial policy", got.SnapshotLoadingPolicy, err)
 	}
@@ -440,10 +437,7 @@ func TestRegionShorthand(t *testing.T) {
 			if tc.endpoint != "" {
 				body["endpoint"] = tc.endpoint
 			}
-			got, err := Parse([]byte(s3(body)))
-			if err != nil {
-				t.Fatalf("Parse()=%v, want nil error", err)
-			}
+			got := mustParse(t, s3(body))
 			s := got.ReplicationTargets[0].S3
 			if s.Region != tc.wantRegion || s.Endpoint != tc.wantEndpoint {
 				t.Errorf("Parse() region, endpoint=%q, %q, want %q, %q", s.Region, s.Endpoint, tc.wantRegion, tc.wantEndpoint)

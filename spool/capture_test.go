@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"sync"
@@ -12,18 +11,15 @@ import (
 // ctxn is txn through Capture: what a commit does with captures on.
 func ctxn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dirty ...int) error {
 	t.Helper()
-	ch := preChange(t, db, fake)
-	old := fake.bytes()
-	nb := mutate(bytes.Clone(old))
-	if len(nb) >= HeaderSize {
-		binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-		dirty = append(dirty, 0)
+	return db.Capture(fake, commitFile(t, db, fake, mutate, dirty...))
+}
+
+// mustCtxn is ctxn, failing the test on an error.
+func mustCtxn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dirty ...int) {
+	t.Helper()
+	if err := ctxn(t, db, fake, mutate, dirty...); err != nil {
+		t.Fatalf("Capture()=%v, want nil", err)
 	}
-	checkDirty(t, old, nb, dirty)
-	ch.Dirty = dirtyBitmap(dirty)
-	writeDBFile(t, fake.path, nb)
-	fake.set(nb)
-	return db.Capture(fake, ch)
 }
 
 func waitStaged(t testing.TB, db *DB) {
@@ -35,16 +31,29 @@ func waitStaged(t testing.TB, db *DB) {
 	}
 }
 
+// holdPersister gives the persister a squash window longer than the test,
+// and captures all the memory they need: after the first commit's
+// snapshot, only a wait for staging makes the persister stage.
+func holdPersister(o *Options) {
+	o.PersistGap = time.Hour
+	o.CaptureMemory = 1 << 30
+}
+
+// commitUnseen writes to d's file what a commit that d's spool does not
+// see would: 4096 new bytes at off, and the change counter bumped.
+func (d *testDB) commitUnseen(t testing.TB, off int) {
+	t.Helper()
+	nb := rewrite(d.rng, off, 4096)(d.src.bytes())
+	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
+	writeDBFile(t, d.src.path, nb)
+	d.src.set(nb)
+}
+
 // TestCaptureStagesOffTheCommit: commits captured in memory are staged by
 // the persister, consecutive ones squashed, and the staged snapshot is the
 // file, byte for byte, with a clean marker.
 func TestCaptureStagesOffTheCommit(t *testing.T) {
-	d := newTestDB(t, 40*cs, func(o *Options) {
-		// A squash window longer than the test: after the first commit's
-		// snapshot, only the wait below makes the persister stage.
-		o.PersistGap = time.Hour
-		o.CaptureMemory = 1 << 30
-	})
+	d := newTestDB(t, 40*cs, holdPersister)
 	mustTxn(t, d.db, d.src, unchanged)
 	before := d.db.Stats().Snapshots
 	const commits = 200
@@ -89,10 +98,7 @@ func TestCaptureStagesOffTheCommit(t *testing.T) {
 // while the persister waits hold one copy of each chunk, not one per
 // commit: the newest, which is what the squashed snapshot stages.
 func TestCaptureKeepsOneCopyPerChunk(t *testing.T) {
-	d := newTestDB(t, 10*cs, func(o *Options) {
-		o.PersistGap = time.Hour
-		o.CaptureMemory = 1 << 30
-	})
+	d := newTestDB(t, 10*cs, holdPersister)
 	mustTxn(t, d.db, d.src, unchanged)
 	waitStaged(t, d.db)
 	for i := range 100 {
@@ -116,17 +122,10 @@ func TestCaptureKeepsOneCopyPerChunk(t *testing.T) {
 // bytes over the bound waits for the persister; one larger than the whole
 // bound is snapshotted at once, on the commit path.
 func TestCaptureMemoryBound(t *testing.T) {
-	opts := testOptions(t)
-	opts.CaptureMemory = 3 * cs // the chunk written and chunk 0: 2 chunks
-	fsw := &faultSwitch{}
-	opts.Fault = fsw.fault
-	sp := openSpool(t, opts)
-	rng := newRand(t)
-	src := newDBFile(t, "bound.db", makeDB(rng, 20*cs, 4096), 0o644)
-	db, err := sp.DB(src.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDB(t, 20*cs, func(o *Options) {
+		o.CaptureMemory = 3 * cs // the chunk written and chunk 0: 2 chunks
+	})
+	sp, db, src, rng, fsw := d.sp, d.db, d.src, d.rng, d.fault
 	mustTxn(t, db, src, unchanged)
 
 	// Hold the persister in its first staging step.
@@ -138,9 +137,7 @@ func TestCaptureMemoryBound(t *testing.T) {
 		}
 		return nil
 	})
-	if err := ctxn(t, db, src, rewrite(rng, 3*cs, 4096), 3); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, db, src, rewrite(rng, 3*cs, 4096), 3)
 	<-hold
 	if n := sp.CaptureBytes(); n != 2*cs {
 		t.Fatalf("CaptureBytes()=%d with one capture of 2 chunks waiting, want %d", n, 2*cs)
@@ -161,9 +158,7 @@ func TestCaptureMemoryBound(t *testing.T) {
 
 	// A commit of 4 chunks (and chunk 0) exceeds the bound on its own: it
 	// is staged before Capture returns.
-	if err := ctxn(t, db, src, rewrite(rng, 8*cs, 4*cs), 8, 9, 10, 11); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, db, src, rewrite(rng, 8*cs, 4*cs), 8, 9, 10, 11)
 	if n := sp.CaptureBytes(); n != 0 {
 		t.Fatalf("CaptureBytes()=%d after a commit over the bound, want 0", n)
 	}
@@ -187,10 +182,7 @@ func TestCaptureAfterDeadWriter(t *testing.T) {
 			d := snapshotted(t, 10*cs)
 			// The dead writer's commit changed chunk 4; nothing of it was
 			// staged.
-			nb := rewrite(d.rng, 4*cs, 4096)(d.src.bytes())
-			binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-			writeDBFile(t, d.src.path, nb)
-			d.src.set(nb)
+			d.commitUnseen(t, 4*cs)
 			m, err := ReadMarker(d.db.Dir())
 			if err != nil {
 				t.Fatal(err)
@@ -199,9 +191,7 @@ func TestCaptureAfterDeadWriter(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The next commit, with its pre-state taken from the file.
-			if err := ctxn(t, d.db, d.src, rewrite(d.rng, 6*cs, 4096), 6); err != nil {
-				t.Fatal(err)
-			}
+			mustCtxn(t, d.db, d.src, rewrite(d.rng, 6*cs, 4096), 6)
 			waitStaged(t, d.db)
 			assertExact(t, d.db, d.src)
 			if m := markerState(t, d.db); m != MarkerClean {
@@ -249,9 +239,7 @@ func TestCaptureWaitsForAnotherProcess(t *testing.T) {
 		}
 	}()
 	t0 := time.Now()
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7)
 	if waited := time.Since(t0); waited < 40*time.Millisecond {
 		t.Fatalf("the commit returned after %v, before the other process staged its commit", waited)
 	}
@@ -270,10 +258,7 @@ func TestCheckLeavesPendingCommits(t *testing.T) {
 	}
 	// This process committed chunk 3 and captured it; its persister has
 	// not staged it yet.
-	nb := rewrite(d.rng, 3*cs, 4096)(d.src.bytes())
-	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-	writeDBFile(t, d.src.path, nb)
-	d.src.set(nb)
+	d.commitUnseen(t, 3*cs)
 	if err := OpenDir(d.db.Dir()).WriteMarker(Marker{State: MarkerPending, Committed: m.Persisted + 1, Persisted: m.Persisted}); err != nil {
 		t.Fatal(err)
 	}
@@ -300,19 +285,12 @@ func TestCheckLeavesPendingCommits(t *testing.T) {
 // on the spot.
 func TestCaptureAfterOutsideWriter(t *testing.T) {
 	d := snapshotted(t, 10*cs)
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2)
 	waitStaged(t, d.db)
 	// The outside writer: chunk 5 and the counter, without boule.
-	nb := rewrite(d.rng, 5*cs, 4096)(d.src.bytes())
-	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-	writeDBFile(t, d.src.path, nb)
-	d.src.set(nb)
+	d.commitUnseen(t, 5*cs)
 	rebuilds := d.db.Stats().Snapshots - d.db.Stats().Incremental
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7)
 	if n := d.db.Stats().Snapshots - d.db.Stats().Incremental - rebuilds; n != 1 {
 		t.Fatalf("%d rebuilds by the commit after an outside write, want 1", n)
 	}
@@ -326,9 +304,7 @@ func TestCaptureAfterOutsideWriter(t *testing.T) {
 // to rebuild.
 func TestPersisterChecksCaptures(t *testing.T) {
 	d := snapshotted(t, 10*cs)
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2)
 	waitStaged(t, d.db)
 	// Another process committed (and staged) since: this process's
 	// expectation is of an older generation. Then a program that does
@@ -337,20 +313,13 @@ func TestPersisterChecksCaptures(t *testing.T) {
 	g := c.load(ctlCommitted) + 1
 	c.store(ctlCommitted, g)
 	c.store(ctlPersisted, g)
-	nb := rewrite(d.rng, 5*cs, 4096)(d.src.bytes())
-	binary.BigEndian.PutUint32(nb[24:], counter(nb)+1)
-	writeDBFile(t, d.src.path, nb)
-	d.src.set(nb)
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7); err != nil {
-		t.Fatal(err)
-	}
+	d.commitUnseen(t, 5*cs)
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 7*cs, 4096), 7)
 	waitStaged(t, d.db)
 	if m := markerState(t, d.db); m != MarkerSet {
 		t.Fatalf("marker %v after a capture that does not follow the staged snapshot, want set (rebuild)", m)
 	}
-	if err := ctxn(t, d.db, d.src, rewrite(d.rng, 8*cs, 4096), 8); err != nil {
-		t.Fatal(err)
-	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 8*cs, 4096), 8)
 	waitStaged(t, d.db)
 	assertExact(t, d.db, d.src)
 }

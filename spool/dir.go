@@ -279,23 +279,32 @@ func (d Dir) RemoveConsumed(names []string) error {
 // database switched to WAL, or a crash lost the staged manifest).
 // Snapshots that cannot be read are skipped.
 func (d Dir) NewestHandedOver() (*Snapshot, error) {
-	var newest *Snapshot
+	var all []Handover
 	for _, state := range []string{consumingDir, readyDir} {
-		snaps, err := d.handovers(state)
+		hs, err := d.handovers(state)
 		if err != nil {
 			return nil, err
 		}
-		for _, h := range snaps {
-			s, err := h.Snapshot()
-			if err != nil || s == nil {
-				continue
-			}
-			if newest == nil || s.Manifest.Created.After(newest.Manifest.Created) {
-				newest = s
-			}
+		all = append(all, hs...)
+	}
+	return Newest(all), nil
+}
+
+// Newest returns the snapshot of hs whose manifest was created last (the
+// first of those created at the same time), or nil. Snapshots that
+// cannot be read are skipped.
+func Newest(hs []Handover) *Snapshot {
+	var newest *Snapshot
+	for _, h := range hs {
+		s, err := h.Snapshot()
+		if err != nil || s == nil {
+			continue
+		}
+		if newest == nil || s.Manifest.Created.After(newest.Manifest.Created) {
+			newest = s
 		}
 	}
-	return newest, nil
+	return newest
 }
 
 // FindChunk returns chunk fp from wherever the spool still holds it:

@@ -244,6 +244,19 @@ func txn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dir
 // txnWith is txn with a hook that may alter the Change before Snapshot.
 func txnWith(t testing.TB, db *DB, fake *fakeSource, adjust func(*Change), mutate func([]byte) []byte, dirty ...int) error {
 	t.Helper()
+	ch := commitFile(t, db, fake, mutate, dirty...)
+	if adjust != nil {
+		adjust(&ch)
+	}
+	return db.Snapshot(fake, ch)
+}
+
+// commitFile does to fake's file what a commit does: mutate changes its
+// bytes, which change only in the chunks dirty names (and chunk 0, whose
+// change counter it bumps), and it returns the Change the commit hands
+// the spool.
+func commitFile(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte, dirty ...int) Change {
+	t.Helper()
 	ch := preChange(t, db, fake)
 	old := fake.bytes()
 	nb := mutate(bytes.Clone(old))
@@ -255,10 +268,7 @@ func txnWith(t testing.TB, db *DB, fake *fakeSource, adjust func(*Change), mutat
 	ch.Dirty = dirtyBitmap(dirty)
 	writeDBFile(t, fake.path, nb)
 	fake.set(nb)
-	if adjust != nil {
-		adjust(&ch)
-	}
-	return db.Snapshot(fake, ch)
+	return ch
 }
 
 // preChange captures what begin_txn captures and sets the marker's txn
@@ -297,6 +307,26 @@ func leaveMarker(t testing.TB, db *DB) {
 	if err := OpenDir(db.Dir()).WriteMarker(Marker{State: MarkerSet}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// assertMarkerClear asserts that db's transaction marker is clear, as a
+// successful snapshot leaves it.
+func assertMarkerClear(t testing.TB, db *DB) {
+	t.Helper()
+	if markerIsSet(t, db) {
+		t.Errorf("marker still set after a successful snapshot")
+	}
+}
+
+// assertRebuilt asserts that no snapshot of d since before was
+// incremental (they were rebuilt from the file), and that the staged
+// snapshot is exact.
+func assertRebuilt(t testing.TB, d *testDB, before Stats) {
+	t.Helper()
+	if got := d.db.Stats().Incremental; got != before.Incremental {
+		t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
+	}
+	assertExact(t, d.db, d.src)
 }
 
 // markerIsSet reports whether the marker says the staged snapshot may

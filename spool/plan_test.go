@@ -13,16 +13,7 @@ func TestPlanReads(t *testing.T) {
 	prev := func(size int64) *manifest.Manifest {
 		return &manifest.Manifest{Size: size, Chunks: make([]manifest.Fingerprint, manifest.NumChunks(size))}
 	}
-	bits := func(idx ...int) []uint64 {
-		var w []uint64
-		for _, i := range idx {
-			for len(w) <= i/64 {
-				w = append(w, 0)
-			}
-			w[i/64] |= 1 << (i % 64)
-		}
-		return w
-	}
+	bits := func(idx ...int) []uint64 { return dirtyBitmap(idx) }
 	for _, tc := range []struct {
 		name  string
 		prev  *manifest.Manifest

@@ -235,9 +235,7 @@ func TestIncremental(t *testing.T) {
 				t.Errorf("Size=%d, want %d", m.Size, want)
 			}
 			assertStagingReferenced(t, d.db)
-			if markerIsSet(t, d.db) {
-				t.Errorf("marker still set after a successful snapshot")
-			}
+			assertMarkerClear(t, d.db)
 		})
 	}
 
@@ -391,13 +389,8 @@ func TestMarker(t *testing.T) {
 		if err := d.db.Snapshot(d.src, ch); err != nil {
 			t.Fatalf("Snapshot()=%v, want nil", err)
 		}
-		if got := d.db.Stats().Incremental; got != before.Incremental {
-			t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
-		}
-		assertExact(t, d.db, d.src)
-		if markerIsSet(t, d.db) {
-			t.Errorf("marker still set after a successful snapshot")
-		}
+		assertRebuilt(t, d, before)
+		assertMarkerClear(t, d.db)
 	})
 
 	t.Run("leftover marker alone forces rebuild", func(t *testing.T) {
@@ -412,13 +405,8 @@ func TestMarker(t *testing.T) {
 		if !forced {
 			t.Fatalf("Change.Force=false, want true: the marker was left set")
 		}
-		if got := d.db.Stats().Incremental; got != before.Incremental {
-			t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
-		}
-		assertExact(t, d.db, d.src)
-		if markerIsSet(t, d.db) {
-			t.Errorf("marker still set after a successful snapshot")
-		}
+		assertRebuilt(t, d, before)
+		assertMarkerClear(t, d.db)
 	})
 
 	t.Run("check with leftover marker rebuilds", func(t *testing.T) {
@@ -433,9 +421,7 @@ func TestMarker(t *testing.T) {
 			t.Errorf("Stats() Snapshots=%d Incremental=%d, want %d and %d",
 				after.Snapshots, after.Incremental, before.Snapshots+1, before.Incremental)
 		}
-		if markerIsSet(t, d.db) {
-			t.Errorf("marker still set after a successful snapshot")
-		}
+		assertMarkerClear(t, d.db)
 		assertExact(t, d.db, d.src)
 	})
 
@@ -532,10 +518,7 @@ func TestSnapshotErrors(t *testing.T) {
 			x[18], x[19] = 1, 1
 			return x
 		})
-		if got := d.db.Stats().Incremental; got != before.Incremental {
-			t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
-		}
-		assertExact(t, d.db, d.src)
+		assertRebuilt(t, d, before)
 	})
 
 	journalTests := []struct {
@@ -579,10 +562,7 @@ func TestSnapshotErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			mustTxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 100), 2)
-			if got := d.db.Stats().Incremental; got != before.Incremental {
-				t.Errorf("Stats().Incremental=%d, want %d (a rebuild)", got, before.Incremental)
-			}
-			assertExact(t, d.db, d.src)
+			assertRebuilt(t, d, before)
 		})
 	}
 
@@ -663,9 +643,7 @@ func TestFaults(t *testing.T) {
 			}
 			assertExact(t, d.db, d.src)
 			assertStagingReferenced(t, d.db)
-			if markerIsSet(t, d.db) {
-				t.Errorf("marker still set after a successful snapshot")
-			}
+			assertMarkerClear(t, d.db)
 		})
 	}
 
@@ -1100,16 +1078,8 @@ func TestNonUTF8SourcePath(t *testing.T) {
 // the chunks each snapshot staged are deleted again, so a persistent
 // failure cannot fill the disk; once it clears, the snapshot is exact.
 func TestFailedSnapshotsDoNotGrowTheSpool(t *testing.T) {
-	var sw faultSwitch
-	opts := testOptions(t)
-	opts.Fault = sw.fault
-	sp := openSpool(t, opts)
-	rng := newRand(t)
-	src := newDBFile(t, "fail.db", makeDB(rng, 8*cs, 4096), 0o644)
-	db, err := sp.DB(src.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDB(t, 8*cs)
+	db, src, rng, sw := d.db, d.src, d.rng, d.fault
 	mustTxn(t, db, src, unchanged)
 	manifestPath := db.StagingManifestPath()
 	sw.set(func(op, path string) error {
@@ -1146,13 +1116,8 @@ func TestFailedSnapshotsDoNotGrowTheSpool(t *testing.T) {
 // TestPublishIntoEmptyReady: an empty ready/ (left by an uploader that took
 // its snapshot) does not block the next publication.
 func TestPublishIntoEmptyReady(t *testing.T) {
-	sp := openSpool(t, testOptions(t))
-	rng := newRand(t)
-	src := newDBFile(t, "ready.db", makeDB(rng, 4*cs, 4096), 0o644)
-	db, err := sp.DB(src.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDB(t, 4*cs)
+	db, src, rng := d.db, d.src, d.rng
 	mustTxn(t, db, src, unchanged)
 	ready := filepath.Join(db.Dir(), "ready")
 	// The uploader takes the snapshot and leaves ready/ empty.

@@ -27,16 +27,28 @@ func (d *DB) stageMode() fs.FileMode {
 	return 0o600
 }
 
+// lockForStaging takes d.mu and, once the spool's directories are made,
+// the spool lock, for a caller that stages files with the returned mode;
+// unlock releases both.
+func (d *DB) lockForStaging() (mode fs.FileMode, unlock func(), err error) {
+	d.mu.Lock()
+	mode = d.stageMode()
+	if err := d.ensureDirs(mode); err != nil {
+		d.mu.Unlock()
+		return 0, nil, err
+	}
+	unlockSpool, err := d.lockSpool()
+	if err != nil {
+		d.mu.Unlock()
+		return 0, nil, err
+	}
+	return mode, func() { unlockSpool(); d.mu.Unlock() }, nil
+}
+
 // StageChunks adds chunks (raw bytes by fingerprint) to the staged
 // chunks. A chunk already staged stays as it is.
 func (d *DB) StageChunks(chunks map[manifest.Fingerprint][]byte) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	mode := d.stageMode()
-	if err := d.ensureDirs(mode); err != nil {
-		return err
-	}
-	unlock, err := d.lockSpool()
+	mode, unlock, err := d.lockForStaging()
 	if err != nil {
 		return err
 	}
@@ -56,13 +68,7 @@ func (d *DB) StageChunks(chunks map[manifest.Fingerprint][]byte) error {
 // marker, that it holds every commit, as a new generation: the caller
 // staged every chunk of m the store may lack.
 func (d *DB) StageManifest(m *manifest.Manifest) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	mode := d.stageMode()
-	if err := d.ensureDirs(mode); err != nil {
-		return err
-	}
-	unlock, err := d.lockSpool()
+	mode, unlock, err := d.lockForStaging()
 	if err != nil {
 		return err
 	}

@@ -28,9 +28,7 @@ func waitBeat(t *testing.T, d *testSpool, want time.Time) {
 // store; ReadStatus reports it alive, then, once it is closed and a few
 // periods have passed, gone, with the time it was last seen.
 func TestUploaderBeat(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	opts.BeatPeriod = 5 * time.Millisecond
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/idle.db")

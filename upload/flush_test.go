@@ -84,9 +84,7 @@ func TestUploaderFlushMarker(t *testing.T) {
 func TestUploaderFlushRestages(t *testing.T) {
 	type call struct{ dir, source string }
 	setup := func(t *testing.T, restage func(d *testSpool) error) (*testSpool, *storetest.Fake, *Uploader, *[]call) {
-		now := storetest.NewClock()
-		fake := storetest.NewFake("s3")
-		opts := uploadOpts(now, target(fake))
+		_, fake, opts := fakeTarget(nil)
 		var calls []call
 		var d *testSpool
 		opts.Restage = func(ctx context.Context, dir, source string) error {

@@ -186,17 +186,7 @@ func newestConsumed(sp spool.Dir) (*spool.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	var newest *spool.Snapshot
-	for _, h := range hs {
-		s, err := h.Snapshot()
-		if err != nil || s == nil {
-			continue
-		}
-		if newest == nil || s.Manifest.Created.After(newest.Manifest.Created) {
-			newest = s
-		}
-	}
-	return newest, nil
+	return spool.Newest(hs), nil
 }
 
 // inStore reports whether every chunk of m that is not inline is known to

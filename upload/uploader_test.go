@@ -48,6 +48,38 @@ type snap struct {
 	files map[manifest.Fingerprint][]byte
 }
 
+// fakeTarget returns a test clock, a fake store named "s3", and the
+// uploadOpts of an uploader with that one target, changed by tweak when
+// it is not nil.
+func fakeTarget(tweak func(*Options)) (*storetest.Clock, *storetest.Fake, Options) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s3")
+	opts := uploadOpts(now, target(fake))
+	if tweak != nil {
+		tweak(&opts)
+	}
+	return now, fake, opts
+}
+
+// addedTo returns the chunk files of s that prev does not have: what a
+// commit of s after prev adds to the spool.
+func (s *snap) addedTo(prev *snap) []manifest.Fingerprint {
+	var added []manifest.Fingerprint
+	for fp := range s.files {
+		if _, ok := prev.files[fp]; !ok {
+			added = append(added, fp)
+		}
+	}
+	return added
+}
+
+// flushAsync starts u.Flush of dir and returns where its result arrives.
+func flushAsync(u *Uploader, dir string) <-chan error {
+	errc := make(chan error, 1)
+	go func() { errc <- u.Flush(context.Background(), dir) }()
+	return errc
+}
+
 func newTestSpool(t testing.TB, root, path string) *testSpool {
 	t.Helper()
 	s, err := spool.Open(spool.Options{Dir: root, BootID: "upload-test", Hostname: testHost, Logger: slog.New(slog.DiscardHandler)})
@@ -254,12 +286,7 @@ func newTestUploader(t testing.TB, opts Options) *Uploader {
 // spool for the database source.
 func oneTarget(t testing.TB, source string, tweak func(*Options)) (*storetest.Clock, *storetest.Fake, *Uploader, *testSpool) {
 	t.Helper()
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
-	if tweak != nil {
-		tweak(&opts)
-	}
+	now, fake, opts := fakeTarget(tweak)
 	return now, fake, newTestUploader(t, opts), newTestSpool(t, t.TempDir(), source)
 }
 
@@ -479,9 +506,7 @@ func TestUploaderReadyReusable(t *testing.T) {
 // manifest; an unchanged spool then costs no call, in this process or the
 // next.
 func TestUploaderStagingOnly(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/staged.db")
 	s := d.snapshot(testData(20, 3*manifest.ChunkSize+7), now.Now())
@@ -534,16 +559,10 @@ func TestUploaderStagingRace(t *testing.T) {
 			// still references chunks 1 and 2 of s1.
 			data2 := append(withChunk(data1, 3, 31), testData(32, 100)...)
 			s2 := d.snapshot(data2, now.Now().Add(time.Second))
-			var added []manifest.Fingerprint
-			for fp := range s2.files {
-				if _, ok := s1.files[fp]; !ok {
-					added = append(added, fp)
-				}
-			}
+			added := s2.addedTo(s1)
 
 			gate := fake.BlockOnce(tt.blockOp, nil)
-			errc := make(chan error, 1)
-			go func() { errc <- u.Flush(context.Background(), d.dir) }()
+			errc := flushAsync(u, d.dir)
 			gate.Wait(t)
 			if !d.commit(s2, added...) {
 				t.Fatal("test setup: the transaction did not hand its snapshot over")
@@ -697,14 +716,23 @@ type bgEnv struct {
 	barriers map[string]bool // manifest keys of the barrier databases
 }
 
+// failingChunkPuts commits a snapshot of data while every chunk put
+// fails with err, and lets the background uploader try it: it returns
+// once the uploader has done what it does for that commit.
+func (e *bgEnv) failingChunkPuts(data []byte, err error) *snap {
+	e.t.Helper()
+	s := e.db.snapshot(data, e.now.Now())
+	e.db.commit(s)
+	e.store.FailOn(storetest.OpPutChunk, nil, err)
+	e.u.Start()
+	e.u.Add(e.db.dir)
+	e.sync()
+	return s
+}
+
 func newBGEnv(t *testing.T, tweak func(*Options)) *bgEnv {
 	t.Helper()
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
-	if tweak != nil {
-		tweak(&opts)
-	}
+	now, fake, opts := fakeTarget(tweak)
 	root := t.TempDir()
 	e := &bgEnv{
 		t:        t,
@@ -773,12 +801,7 @@ func (e *bgEnv) status() Status {
 func TestUploaderBackgroundErrors(t *testing.T) {
 	t.Run("permanent", func(t *testing.T) {
 		e := newBGEnv(t, nil)
-		s1 := e.db.snapshot(testData(50, 3*manifest.ChunkSize), e.now.Now())
-		e.db.commit(s1)
-		e.store.FailOn(storetest.OpPutChunk, nil, storetest.PermanentErr())
-		e.u.Start()
-		e.u.Add(e.db.dir)
-		e.sync()
+		s1 := e.failingChunkPuts(testData(50, 3*manifest.ChunkSize), storetest.PermanentErr())
 		if got := e.callsForDB(0); len(got) != 1 || got[0].Op != storetest.OpPutChunk || !errors.Is(got[0].Err, store.ErrPermanent) {
 			t.Fatalf("calls %v, want one failed chunk put (a permanent error is not retried)", got)
 		}
@@ -819,12 +842,7 @@ func TestUploaderBackgroundErrors(t *testing.T) {
 
 	t.Run("retryable", func(t *testing.T) {
 		e := newBGEnv(t, nil)
-		s1 := e.db.snapshot(testData(60, 2*manifest.ChunkSize), e.now.Now())
-		e.db.commit(s1)
-		e.store.FailOn(storetest.OpPutChunk, nil, storetest.RetryableErr())
-		e.u.Start()
-		e.u.Add(e.db.dir)
-		e.sync()
+		s1 := e.failingChunkPuts(testData(60, 2*manifest.ChunkSize), storetest.RetryableErr())
 		if got := e.callsForDB(0); storetest.CountOps(got, storetest.OpPutChunk) != 2 || len(got) != 2 {
 			t.Fatalf("calls %v, want 2 failed chunk puts (MaxAttempts 2)", got)
 		}
@@ -1045,8 +1063,7 @@ func TestUploaderLockDir(t *testing.T) {
 	d.stage(snap1)
 
 	gate := s1.BlockOnce(storetest.OpPutChunk, nil)
-	errc1 := make(chan error, 1)
-	go func() { errc1 <- first.Flush(context.Background(), d.dir) }()
+	errc1 := flushAsync(first, d.dir)
 	gate.Wait(t)
 
 	// The second uploader's background pass gives up at once.
@@ -1061,8 +1078,7 @@ func TestUploaderLockDir(t *testing.T) {
 	}
 
 	// Its flush waits for the lock.
-	errc2 := make(chan error, 1)
-	go func() { errc2 <- second.Flush(context.Background(), d.dir) }()
+	errc2 := flushAsync(second, d.dir)
 	select {
 	case err := <-errc2:
 		t.Fatalf("second Flush()=%v returned while the first uploader held the lock", err)
@@ -1419,12 +1435,7 @@ func TestUploaderProgressUnderContinuousWrites(t *testing.T) {
 		seq++
 		data = withChunk(data, 1+seq%11, uint64(100+seq))
 		s := d.snapshot(data, now.Now().Add(time.Duration(seq)*time.Millisecond))
-		var added []manifest.Fingerprint
-		for fp := range s.files {
-			if _, ok := prev.files[fp]; !ok {
-				added = append(added, fp)
-			}
-		}
+		added := s.addedTo(prev)
 		d.commit(s, added...)
 		prev = s
 	}
@@ -1563,9 +1574,7 @@ func TestUploaderTargetsChangedByAnotherProcess(t *testing.T) {
 // places of the chunks it shares, across a restart of the uploader too,
 // and the touch refreshes packs.
 func TestUploaderPacks(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	opts.PackChunks = 4
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/packed.db")
@@ -1739,9 +1748,7 @@ func checkReassembled(t testing.TB, fake *storetest.Fake, d *testSpool, want *sn
 // manifest cannot be written (a full disk), the placements of its packs
 // stay, and the next manifest still says where those chunks are.
 func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	opts.PackChunks = 4
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/full.db")
@@ -1788,16 +1795,10 @@ func TestUploaderFreshestUnderWrites(t *testing.T) {
 	d.stage(s1)
 	// The next transaction appends a chunk: every chunk of s1 stays.
 	s2 := d.snapshot(append(bytes.Clone(data1), testData(62, 100)...), now.Now().Add(2*time.Second))
-	var added []manifest.Fingerprint
-	for fp := range s2.files {
-		if _, ok := s1.files[fp]; !ok {
-			added = append(added, fp)
-		}
-	}
+	added := s2.addedTo(s1)
 
 	gate := fake.BlockOnce(storetest.OpPutChunk, nil)
-	errc := make(chan error, 1)
-	go func() { errc <- u.Flush(context.Background(), d.dir) }()
+	errc := flushAsync(u, d.dir)
 	gate.Wait(t)
 	d.stage(s2, added...)
 	gate.Open()
@@ -1815,9 +1816,7 @@ func TestUploaderFreshestUnderWrites(t *testing.T) {
 // TestUploaderOnManifest: OnManifest is called for each uploaded
 // manifest, with its host and path, once the store holds it.
 func TestUploaderOnManifest(t *testing.T) {
-	now := storetest.NewClock()
-	fake := storetest.NewFake("s3")
-	opts := uploadOpts(now, target(fake))
+	now, fake, opts := fakeTarget(nil)
 	d := newTestSpool(t, t.TempDir(), "/data/own.db")
 	var calls []string
 	opts.OnManifest = func(host, path string) {

@@ -1,7 +1,6 @@
 package vfs_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
@@ -52,10 +51,7 @@ func init() {
 // childDigest prints the digest of the replica named by BOULE_TEST_DB,
 // opened with BOULE_CONFIG, computed BOULE_TEST_ROUNDS times.
 func childDigest() error {
-	if err := vfs.RegisterFromEnv(); err != nil {
-		return err
-	}
-	db, err := sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule_snapshot")
+	db, err := childReplicaDB()
 	if err != nil {
 		return err
 	}
@@ -79,13 +75,9 @@ func childDigest() error {
 func TestReplicaBoundedMemory(t *testing.T) {
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("big.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	path, src := e.writer(t, "big.db", "")
 	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	want, err := digest(src)
 	if err != nil {
 		t.Fatal(err)
@@ -171,13 +163,9 @@ func TestReplicaBoundedMemory(t *testing.T) {
 func TestReplicaGoCalls(t *testing.T) {
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("calls.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	path, src := e.writer(t, "calls.db", "")
 	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)

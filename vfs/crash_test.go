@@ -2,7 +2,6 @@ package vfs_test
 
 import (
 	"bufio"
-	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -124,14 +123,20 @@ func childWriter() error {
 func childCrashpoint() error {
 	n, _ := strconv.Atoi(os.Getenv("BOULE_TEST_CRASH_AT"))
 	var count atomic.Int64
+	killAt(func(op, path string) bool { return count.Add(1) == int64(n) })
+	return childWriter()
+}
+
+// killAt makes this process SIGKILL itself at the first spool filesystem
+// step for which at returns true, before the step runs.
+func killAt(at func(op, path string) bool) {
 	vfs.SetFaultHook(func(op, path string) error {
-		if count.Add(1) == int64(n) {
+		if at(op, path) {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {} // the signal is on its way
 		}
 		return nil
 	})
-	return childWriter()
 }
 
 // child starts the test binary as a child process running name.
@@ -317,9 +322,7 @@ func verifyUnderSharedLock(db *sql.DB, f *os.File, path string) (bool, error) {
 	// (another writer died) means the next transaction rebuilds: nothing
 	// to check now.
 	sp := spool.OpenDir(d.Dir())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := sp.WaitStaged(ctx); err != nil {
+	if err := staged(sp); err != nil {
 		return false, err
 	}
 	// A writer between its commit and its capture holds SHARED too: its
@@ -396,13 +399,7 @@ func TestSeveralProcesses(t *testing.T) {
 func childHeldWriter() error {
 	c := readChildEnv()
 	var armed atomic.Bool
-	vfs.SetFaultHook(func(op, path string) error {
-		if armed.Load() {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // the signal is on its way
-		}
-		return nil
-	})
+	killAt(func(op, path string) bool { return armed.Load() })
 	db, err := c.open()
 	if err != nil {
 		return err

@@ -27,15 +27,10 @@ func panicIn(t testing.TB, fn string) {
 // either VFS, reaches SQLite as the callback's failure value, the process
 // goes on, and the panic is logged once.
 func TestExportPanicThroughSQLite(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("panic.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	e, _ := dirEnv(t)
+	path, src := e.writer(t, "panic.db", "")
 	mustExec(t, src, "CREATE TABLE t(x)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 
 	t.Run("snapshot", func(t *testing.T) {
 		panicIn(t, "bouleGoSnapshot")
@@ -80,9 +75,7 @@ func TestExportPanicThroughSQLite(t *testing.T) {
 	// Replication resumes after the failed snapshot, with every
 	// transaction.
 	mustExec(t, src, "INSERT INTO t VALUES (2)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	rdb := openReplica(t, path, "")
 	if got, want := dump(t, rdb), dump(t, src); got != want {
 		t.Errorf("replica after a failed snapshot:\n%s\nwant:\n%s", got, want)
@@ -94,14 +87,8 @@ func TestExportPanicThroughSQLite(t *testing.T) {
 // manifest with SQLITE_ERROR (the connection keeps the snapshot it has,
 // which is intact).
 func TestReplicaPragmaCodes(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("codes.db")
-	src := open(t, path, "boule", "")
-	mustExec(t, src, "CREATE TABLE t(x)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	e, sto := dirEnv(t)
+	path, _ := e.flushedSource(t, "codes.db", "CREATE TABLE t(x)")
 	rdb := openReplica(t, path, "")
 	rdb.SetMaxOpenConns(1)
 	tx, err := rdb.Begin()

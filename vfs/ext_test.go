@@ -3,6 +3,7 @@
 package vfs
 
 import (
+	"log/slog"
 	"testing"
 	"unsafe"
 
@@ -32,7 +33,7 @@ func TestExtInitPanic(t *testing.T) {
 	if got := cString(unsafe.Slice((*byte)(unsafe.Pointer(*pzErr)), len(want)+1)); got != want {
 		t.Errorf("bouleGoExtInit() message %q, want %q", got, want)
 	}
-	if n := log.count("panic in bouleGoExtInit"); n != 1 {
+	if n := log.Count(slog.LevelError, "panic in bouleGoExtInit"); n != 1 {
 		t.Errorf("%d error records name the panic, want 1", n)
 	}
 }

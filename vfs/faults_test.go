@@ -3,13 +3,13 @@ package vfs_test
 import (
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -36,9 +36,7 @@ func faultEnv(t *testing.T, err error) (*env, *atomic.Bool) {
 // the rows are all there.
 func commitsSurvive(t *testing.T, e *env, name string, n int, fail *atomic.Bool) {
 	t.Helper()
-	path := e.path(name)
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, name, "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(100000))")
 	checkSnapshot(t, db, path)
@@ -86,22 +84,11 @@ func TestInjectedEIO(t *testing.T) {
 // than that; then the tmpfs is grown and replication catches up.
 func TestFullTmpfs(t *testing.T) {
 	e := newEnv(t)
-	if err := os.MkdirAll(e.spool, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", e.spool).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", e.spool).Run() })
+	testfs.MountTmpfs(t, e.spool, "512k")
 	vfs.ResetSpools()
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log)})
+	e.register(t)
 
-	path := e.path("full.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "full.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	for range 40 {
 		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(50000))")
@@ -117,9 +104,7 @@ func TestFullTmpfs(t *testing.T) {
 	if got := e.log.count(slog.LevelError, "replication paused"); got != 1 {
 		t.Fatalf("errors logged=%d, want 1; log:\n%s", got, e.log)
 	}
-	if out, err := exec.Command("mount", "-o", "remount,size=64m", e.spool).CombinedOutput(); err != nil {
-		t.Fatalf("remount: %v: %s", err, out)
-	}
+	testfs.RemountTmpfs(t, e.spool, "64m")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (x'00')")
 	checkSnapshot(t, db, path)
 	if got := e.log.count(slog.LevelWarn, "replication resumed"); got != 1 {
@@ -139,9 +124,7 @@ func TestUnusableSpoolDir(t *testing.T) {
 	log := &logCounter{}
 	e := &env{dir: dir, spool: filepath.Join(blocker, "spool"), log: log}
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(log)})
-	path := e.path("u.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "u.db", "")
 	for range 10 {
 		mustExec(t, db, "CREATE TABLE IF NOT EXISTS t(v); INSERT INTO t VALUES (randomblob(1000))")
 	}

@@ -14,8 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/upload"
 	"github.com/boule-vfs/boule/vfs"
@@ -27,21 +27,6 @@ import (
 func init() {
 	children["killedwriter"] = childKilledWriter
 	children["nologger"] = childNoLogger
-}
-
-// mountTmpfs mounts a tmpfs of size on dir until the test ends.
-func mountTmpfs(t testing.TB, tmpdir, size string) {
-	t.Helper()
-	if err := os.MkdirAll(tmpdir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", tmpdir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs (CI runs as root): %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", tmpdir).Run() })
 }
 
 // statusOf returns the replication status of path.
@@ -71,16 +56,10 @@ func flushes(path string) map[string]func() error {
 // store holds all 5,001 rows.
 func TestFlushFullSpool(t *testing.T) {
 	tg, sto := dirTarget(t)
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), log: &logCounter{}}
-	mountTmpfs(t, e.spool, "12m")
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targetsOf(tg), Logger: slog.New(e.log)})
-	path := e.path("full.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	e := tempEnv(t)
+	testfs.MountTmpfs(t, e.spool, "12m")
+	e.register(t, tg)
+	path, db := e.writer(t, "full.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(100))")
 	if r := flushPragma(t, db); r != "1" {
@@ -136,16 +115,12 @@ func TestFlushFullSpool(t *testing.T) {
 func childKilledWriter() error {
 	c := readChildEnv()
 	var armed atomic.Bool
-	vfs.SetFaultHook(func(op, path string) error {
+	killAt(func(op, path string) bool {
 		if !armed.Load() || op != "rename" {
-			return nil
+			return false
 		}
 		db, err := vfs.Spool().DB(c.db)
-		if err == nil && path == db.StagingManifestPath() {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // the signal is on its way
-		}
-		return nil
+		return err == nil && path == db.StagingManifestPath()
 	})
 	db, err := c.open()
 	if err != nil {
@@ -163,9 +138,7 @@ func childKilledWriter() error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitStaged(ctx); err != nil {
+	if err := staged(d); err != nil {
 		return err
 	}
 	fmt.Println("first committed")
@@ -176,7 +149,7 @@ func childKilledWriter() error {
 	}
 	// The persister stages the commit in the background, and is killed
 	// doing it.
-	err = d.WaitStaged(ctx)
+	err = staged(d)
 	return fmt.Errorf("still alive after the second commit was staged (%v)", err)
 }
 
@@ -185,8 +158,7 @@ func childKilledWriter() error {
 // staged. A flush in another process takes a new snapshot of the file, and
 // the store holds the killed writer's commit.
 func TestFlushAfterKilledWriter(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path := e.path("killed.db")
 	cmd, out := startChild(t, "killedwriter", "BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool)
 	if !out.Scan() || out.Text() != "first committed" {
@@ -221,11 +193,8 @@ func TestFlushAfterKilledWriter(t *testing.T) {
 // mode, and again once back in rollback mode. A flush right after commits
 // that a program without boule made in WAL mode includes them.
 func TestFlushWAL(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("switched.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	e, sto := dirEnv(t)
+	path, db := e.writer(t, "switched.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
 	if r := flushPragma(t, db); r != "1" {
@@ -321,11 +290,8 @@ func TestDefaultLogger(t *testing.T) {
 // already written the file (its cache spilled) fails at once, saying to
 // commit first, instead of waiting for its own lock.
 func TestFlushInsideWriteTransaction(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("spill.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	e, sto := dirEnv(t)
+	path, db := e.writer(t, "spill.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "PRAGMA cache_size=2")
 	tx, err := db.Begin()

@@ -1,50 +1,19 @@
 package vfs
 
 import (
-	"context"
 	"log/slog"
-	"strings"
-	"sync"
 	"testing"
 
 	"github.com/mattn/go-sqlite3"
+
+	"github.com/boule-vfs/boule/internal/testlog"
 )
-
-// records is an slog.Handler that keeps what it receives.
-type records struct {
-	mu   sync.Mutex
-	recs []slog.Record
-}
-
-func (r *records) Enabled(context.Context, slog.Level) bool { return true }
-func (r *records) Handle(_ context.Context, rec slog.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.recs = append(r.recs, rec.Clone())
-	return nil
-}
-
-// count returns how many error records contain substr.
-func (r *records) count(substr string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, rec := range r.recs {
-		if rec.Level == slog.LevelError && strings.Contains(rec.Message, substr) {
-			n++
-		}
-	}
-	return n
-}
-
-func (r *records) WithAttrs([]slog.Attr) slog.Handler { return r }
-func (r *records) WithGroup(string) slog.Handler      { return r }
 
 // captureLog sends what logger() logs to the returned handler until the
 // test ends.
-func captureLog(t testing.TB) *records {
+func captureLog(t testing.TB) *testlog.Records {
 	t.Helper()
-	h := &records{}
+	h := &testlog.Records{}
 	rt := &runtime{log: slog.New(h)}
 	if old := current.Load(); old != nil {
 		c := *old
@@ -110,7 +79,7 @@ func TestExportPanic(t *testing.T) {
 			if got := tc.call(); got != tc.want {
 				t.Errorf("%s()=%d after a panic, want %d", tc.fn, got, tc.want)
 			}
-			if n := log.count("panic in " + tc.fn); n != 1 {
+			if n := log.Count(slog.LevelError, "panic in "+tc.fn); n != 1 {
 				t.Errorf("%s: %d error records name the panic, want 1", tc.fn, n)
 			}
 			if tc.msg {

@@ -8,13 +8,15 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3"
 
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/testchild"
+	"github.com/boule-vfs/boule/internal/testfs"
+	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -22,18 +24,7 @@ import (
 // TestMain lets the test binary double as a child process for the tests
 // that need several OS processes or that kill a writer.
 func TestMain(m *testing.M) {
-	if name := os.Getenv("BOULE_TEST_CHILD"); name != "" {
-		child, ok := children[name]
-		if !ok {
-			fmt.Fprintf(os.Stderr, "unknown child %q\n", name)
-			os.Exit(2)
-		}
-		if err := child(); err != nil {
-			fmt.Fprintf(os.Stderr, "child %s: %v\n", name, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	testchild.Run("BOULE_TEST_CHILD", children)
 	code := m.Run()
 	for _, f := range afterAll {
 		f()
@@ -54,16 +45,35 @@ type env struct {
 	log   *logCounter
 }
 
-// newEnv registers boule with a fresh spool under a temp directory.
+// newEnv registers boule with a fresh spool under a temp directory and no
+// replication target.
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log)})
+	return replEnv(t)
+}
+
+// replEnv registers boule with a fresh spool under a temp directory and
+// the given targets.
+func replEnv(t testing.TB, targets ...config.Target) *env {
+	t.Helper()
+	e := tempEnv(t)
+	e.register(t, targets...)
 	return e
+}
+
+// tempEnv makes a test's directory and log, with the spool's place in it,
+// and registers nothing.
+func tempEnv(t testing.TB) *env {
+	t.Helper()
+	dir := testfs.TempDir(t)
+	return &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+}
+
+// register registers boule with e's spool and log and the given targets,
+// in place of the configuration before.
+func (e *env) register(t testing.TB, targets ...config.Target) {
+	t.Helper()
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targets, Logger: slog.New(e.log)})
 }
 
 func register(t testing.TB, cfg vfs.Config) {
@@ -75,6 +85,17 @@ func register(t testing.TB, cfg vfs.Config) {
 }
 
 func (e *env) path(name string) string { return filepath.Join(e.dir, name) }
+
+// writer opens name, in the env's directory, through boule with a single
+// connection, so that every statement and transaction runs on it. It
+// returns the database's path and the connection.
+func (e *env) writer(t testing.TB, name, params string) (string, *sql.DB) {
+	t.Helper()
+	path := e.path(name)
+	db := open(t, path, "boule", params)
+	db.SetMaxOpenConns(1)
+	return path, db
+}
 
 // open opens path through vfsName with mattn/go-sqlite3. Extra URI
 // parameters go in params ("_journal_mode=TRUNCATE&_sync=OFF").
@@ -96,6 +117,14 @@ func mustExec(t testing.TB, db *sql.DB, q string, args ...any) {
 	t.Helper()
 	if _, err := db.Exec(q, args...); err != nil {
 		t.Fatalf("Exec(%q)=%v", q, err)
+	}
+}
+
+// mustFlush flushes path's replication data to its targets.
+func mustFlush(t testing.TB, path string) {
+	t.Helper()
+	if err := vfs.Flush(context.Background(), path); err != nil {
+		t.Fatalf("Flush(%s)=%v", path, err)
 	}
 }
 
@@ -132,10 +161,7 @@ func assemble(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The commits this process captured are staged off the commit path.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitStaged(ctx); err != nil {
+	if err := staged(d); err != nil {
 		return nil, err
 	}
 	var buf bytes.Buffer
@@ -149,11 +175,18 @@ func assemble(path string) ([]byte, error) {
 // staged.
 func waitStaged(t testing.TB, d *spool.DB) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitStaged(ctx); err != nil {
+	if err := staged(d); err != nil {
 		t.Fatalf("WaitStaged()=%v", err)
 	}
+}
+
+// staged waits, 30 s at most, until the commits captured for a database
+// (a *spool.DB: by this process; a *spool.Dir: by any) are staged, which
+// happens off the commit path.
+func staged(d interface{ WaitStaged(context.Context) error }) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return d.WaitStaged(ctx)
 }
 
 func firstDiff(a, b []byte) int {
@@ -176,42 +209,7 @@ func spoolDir(t testing.TB, path string) string {
 }
 
 // logCounter is an slog.Handler that keeps the records it receives.
-type logCounter struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (l *logCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logCounter) Handle(_ context.Context, r slog.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.records = append(l.records, r.Clone())
-	return nil
-}
-func (l *logCounter) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logCounter) WithGroup(string) slog.Handler      { return l }
+type logCounter struct{ testlog.Records }
 
 // count returns how many records at level contain substr.
-func (l *logCounter) count(level slog.Level, substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, r := range l.records {
-		if r.Level == level && strings.Contains(r.Message, substr) {
-			n++
-		}
-	}
-	return n
-}
-
-func (l *logCounter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var b strings.Builder
-	for _, r := range l.records {
-		fmt.Fprintf(&b, "%s %s", r.Level, r.Message)
-		r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
-		b.WriteByte('\n')
-	}
-	return b.String()
-}
+func (l *logCounter) count(level slog.Level, substr string) int { return l.Count(level, substr) }

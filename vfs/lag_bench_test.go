@@ -62,9 +62,7 @@ func lagRun(b *testing.B, workload string, rate int, d time.Duration) {
 	const rows = 25_000 // × 4 KiB ≈ 100 MiB
 	mustExec(b, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(b, db, fmt.Sprintf("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < %d) INSERT INTO t(v) SELECT randomblob(4000) FROM n", rows))
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		b.Fatal(err)
-	}
+	mustFlush(b, path)
 	key, err := store.ManifestKey(vfs.Spool().Hostname(), path)
 	if err != nil {
 		b.Fatal(err)

@@ -1,14 +1,14 @@
 package vfs_test
 
 import (
-	"bufio"
 	"encoding/json"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/sqlshell"
 )
 
 // TestFailedExclusiveReleasesPending: when a connection at SHARED asks for
@@ -21,10 +21,7 @@ import (
 // it. The SQLite that mattn/go-sqlite3 bundles takes no PENDING lock on
 // that path, so this test runs the sqlite3 shell with the extension.
 func TestFailedExclusiveReleasesPending(t *testing.T) {
-	shell, err := exec.LookPath("sqlite3")
-	if err != nil {
-		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
-	}
+	shell := sqlshell.Path(t)
 	e := newEnv(t)
 	ext := e.path("libboule.so")
 	if out, err := exec.Command("go", "build", "-buildmode=c-shared", "-tags", "boule_ext", "-o", ext, "../cmd/libboule").CombinedOutput(); err != nil {
@@ -41,30 +38,9 @@ func TestFailedExclusiveReleasesPending(t *testing.T) {
 	cfg, _ := json.Marshal(map[string]any{"make_default": true, "replication_spooling_dir": filepath.Join(e.dir, "shell-spool")})
 	cmd := exec.Command(shell, "-batch")
 	cmd.Env = append(os.Environ(), "BOULE_CONFIG="+string(cfg))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
 	// The shell's connection is boule's; a holds SHARED, so leaving WAL
 	// mode fails, and the shell stays at SHARED in exclusive mode.
-	script := ".load " + ext + "\n.open " + p + "\nPRAGMA locking_mode=EXCLUSIVE;\nPRAGMA journal_mode=DELETE;\n.print READY\n"
-	if _, err := io.WriteString(stdin, script); err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() && sc.Text() != "READY" {
-		got = append(got, sc.Text())
-	}
+	got := sqlshell.StartCmd(t, cmd).Output(t, ".load "+ext+"\n.open "+p+"\nPRAGMA locking_mode=EXCLUSIVE;\nPRAGMA journal_mode=DELETE;", "READY")
 	if out := strings.Join(got, "\n"); !strings.Contains(out, "database is locked") {
 		t.Fatalf("shell output %q, want database is locked", out)
 	}

@@ -45,9 +45,7 @@ func BenchmarkReplicaQuery(b *testing.B) {
 	src := open(b, path, "boule", "")
 	const rows = 60000 // about 64 MiB
 	fill(b, src, rows)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		b.Fatal(err)
-	}
+	mustFlush(b, path)
 	rep := openReplica(b, path, "")
 	rep.SetMaxOpenConns(1)
 	var n int64
@@ -450,9 +448,7 @@ func BenchmarkLargeScan(b *testing.B) {
 	src := open(b, path, "boule", "")
 	src.SetMaxOpenConns(1)
 	fill(b, src, mb<<20/1100)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		b.Fatal(err)
-	}
+	mustFlush(b, path)
 	src.Close()
 	const scan = "SELECT sum(length(v)) FROM t"
 	var want int64

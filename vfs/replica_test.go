@@ -27,6 +27,18 @@ import (
 	"github.com/boule-vfs/boule/vfs"
 )
 
+// flushedSource opens name, in the env's directory, through boule, runs
+// setup on it and flushes it: the source that a replica test reads. It
+// returns the database's path and the connection.
+func (e *env) flushedSource(t testing.TB, name, setup string) (string, *sql.DB) {
+	t.Helper()
+	path := e.path(name)
+	src := open(t, path, "boule", "")
+	mustExec(t, src, setup)
+	mustFlush(t, path)
+	return path, src
+}
+
 // openReplica opens the replica of path on this host through
 // boule_snapshot.
 func openReplica(t testing.TB, path, params string) *sql.DB {
@@ -101,22 +113,11 @@ func sqliteCode(err error) sqlite3.ErrNo {
 func TestReplicaQueries(t *testing.T) {
 	for _, kind := range []string{"dir", "s3"} {
 		t.Run(kind, func(t *testing.T) {
-			var tg config.Target
-			if kind == "dir" {
-				tg, _ = dirTarget(t)
-			} else {
-				srv := miniotest.Start(t)
-				srv.SetEnv(t)
-				tg, _ = s3Target(t, srv.Endpoint, true)
-			}
+			tg, _ := kindTarget(t, kind)
 			e := replEnv(t, tg)
-			path := e.path("src.db")
-			db := open(t, path, "boule", "")
-			db.SetMaxOpenConns(1)
+			path, db := e.writer(t, "src.db", "")
 			runWorkload(t, db, 11, 120)
-			if err := vfs.Flush(context.Background(), path); err != nil {
-				t.Fatal(err)
-			}
+			mustFlush(t, path)
 			want := dump(t, db)
 
 			rdb := openReplica(t, path, "")
@@ -135,9 +136,7 @@ func TestReplicaQueries(t *testing.T) {
 
 			// New commits appear after a flush and a refresh, not before.
 			runWorkload(t, db, 12, 40)
-			if err := vfs.Flush(context.Background(), path); err != nil {
-				t.Fatal(err)
-			}
+			mustFlush(t, path)
 			want2 := dump(t, db)
 			if want2 == want {
 				t.Fatal("the workload changed nothing")
@@ -158,14 +157,11 @@ func TestReplicaQueries(t *testing.T) {
 
 // TestReplicaManifestFile: a replica opens from a manifest file.
 func TestReplicaManifestFile(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	path := e.path("mf.db")
 	db := open(t, path, "boule", "")
 	runWorkload(t, db, 3, 60)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
 	b, err := sto.GetManifest(context.Background(), key)
 	if err != nil {
@@ -185,13 +181,19 @@ func init() {
 	children["replica"] = childReplica
 }
 
+// childReplicaDB registers boule from BOULE_CONFIG and opens the replica
+// named by BOULE_TEST_DB, in a child process.
+func childReplicaDB() (*sql.DB, error) {
+	if err := vfs.RegisterFromEnv(); err != nil {
+		return nil, err
+	}
+	return sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule_snapshot")
+}
+
 // childReplica opens the replica named by BOULE_TEST_DB with BOULE_CONFIG
 // and prints its dump.
 func childReplica() error {
-	if err := vfs.RegisterFromEnv(); err != nil {
-		return err
-	}
-	db, err := sql.Open("sqlite3", "file:"+os.Getenv("BOULE_TEST_DB")+"?vfs=boule_snapshot")
+	db, err := childReplicaDB()
 	if err != nil {
 		return err
 	}
@@ -211,20 +213,14 @@ func childReplica() error {
 // TestReplicaOtherProcess: a replica opened by another OS process, with
 // its own chunk cache, returns the same query results as the source.
 func TestReplicaOtherProcess(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
-	tg, _ := s3Target(t, srv.Endpoint, true)
+	srv, tg, _ := minioTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("other.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "other.db", "")
 	runWorkload(t, db, 21, 100)
 	// Past chunk 0 (inline in the manifest) whatever the workload's random
 	// sizes: the child must fetch, and so cache, some chunks.
 	mustExec(t, db, "CREATE TABLE bulk AS WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 300) SELECT i, randomblob(1000) AS v FROM c")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	cfg := fmt.Sprintf(`{"replication_targets": [{"s3": {"region": %q, "endpoint": %q, "chunk_bucket": "chunks", "manifest_bucket": "manifests", "domain_addressing": false}},
 		{"local": {"directory": %q, "num_shards": 2, "capacity": 1000}}]}`, miniotest.Region, srv.Endpoint, filepath.Join(e.dir, "child-cache"))
 	cmd := exec.Command(os.Args[0])
@@ -250,11 +246,8 @@ func TestReplicaOtherProcess(t *testing.T) {
 // replica sees one whole snapshot: two tables that every commit grows
 // together always have equal counts and sums within a transaction.
 func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("txn.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	e, _ := dirEnv(t)
+	path, src := e.writer(t, "txn.db", "")
 	mustExec(t, src, "CREATE TABLE a(i INTEGER PRIMARY KEY, v BLOB, n INT); CREATE TABLE b(i INTEGER PRIMARY KEY, v BLOB, n INT)")
 	commit := func(k int) {
 		tx, err := src.Begin()
@@ -271,9 +264,7 @@ func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 		}
 	}
 	commit(0)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -339,9 +330,7 @@ func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 	for k := 1; k <= 60; k++ {
 		commit(k)
 		if k%5 == 0 {
-			if err := vfs.Flush(context.Background(), path); err != nil {
-				t.Fatal(err)
-			}
+			mustFlush(t, path)
 		}
 	}
 	close(stop)
@@ -365,14 +354,8 @@ func TestReplicaTransactionsSeeOneSnapshot(t *testing.T) {
 // connection's transaction is not seen by that transaction, and is seen
 // by its next one.
 func TestReplicaSwitchesBetweenTransactions(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("switch.db")
-	src := open(t, path, "boule", "")
-	mustExec(t, src, "CREATE TABLE a(x); CREATE TABLE b(x); INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	e, _ := dirEnv(t)
+	path, src := e.flushedSource(t, "switch.db", "CREATE TABLE a(x); CREATE TABLE b(x); INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)")
 	ctx := context.Background()
 	reader := openReplica(t, path, "")
 	rc, err := reader.Conn(ctx)
@@ -423,14 +406,8 @@ func TestReplicaSwitchesBetweenTransactions(t *testing.T) {
 }
 
 func TestReplicaPragmas(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("pragmas.db")
-	src := open(t, path, "boule", "")
-	mustExec(t, src, "CREATE TABLE t(x)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	e, _ := dirEnv(t)
+	path, src := e.flushedSource(t, "pragmas.db", "CREATE TABLE t(x)")
 	before := time.Now()
 	rdb := openReplica(t, path, "")
 	rdb.SetMaxOpenConns(1)
@@ -472,9 +449,7 @@ func TestReplicaPragmas(t *testing.T) {
 	}
 	// New data arrives with auto-refresh once something fetched it.
 	mustExec(t, src, "INSERT INTO t VALUES (42)")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	other := openReplica(t, path, "")
 	if _, err := other.Exec("PRAGMA boule_snapshot_refresh=2"); err != nil {
 		t.Fatal(err)
@@ -495,12 +470,7 @@ func TestReplicaPragmas(t *testing.T) {
 func TestReplicaOpenErrors(t *testing.T) {
 	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("errs.db")
-	src := open(t, path, "boule", "")
-	mustExec(t, src, "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000))")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	path, _ := e.flushedSource(t, "errs.db", "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000))")
 	for _, tc := range []struct{ name, params string }{
 		{"boule://" + e.path("never-written.db"), ""},
 		{"boule://h/a/../etc/passwd", ""},
@@ -598,16 +568,12 @@ func TestReplicaOpenErrors(t *testing.T) {
 // from the chunks they have, and a new process's open fails in bounded
 // time.
 func TestReplicaStoreDown(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
-	tg, _ := s3Target(t, srv.Endpoint, true)
+	srv, tg, _ := minioTarget(t)
 	e := replEnv(t, tg)
 	path := e.path("down.db")
 	src := open(t, path, "boule", "")
 	runWorkload(t, src, 31, 60)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	want := dump(t, src)
 	rdb := openReplica(t, path, "")
 	rdb.SetMaxOpenConns(1)
@@ -644,8 +610,7 @@ func TestReplicaStoreDown(t *testing.T) {
 // data, swapped behind a manifest file) must not leave the old snapshot's
 // pages in a connection's cache after a refresh.
 func TestReplicaSwitchSameHeader(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
+	e, sto := dirEnv(t)
 	manifestOf := func(name, val string) []byte {
 		t.Helper()
 		path := e.path(name)
@@ -653,9 +618,7 @@ func TestReplicaSwitchSameHeader(t *testing.T) {
 		mustExec(t, db, "CREATE TABLE t(x TEXT)")
 		mustExec(t, db, "INSERT INTO t VALUES (?)", val)
 		db.Close()
-		if err := vfs.Flush(context.Background(), path); err != nil {
-			t.Fatal(err)
-		}
+		mustFlush(t, path)
 		key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
 		b, err := sto.GetManifest(context.Background(), key)
 		if err != nil {
@@ -697,11 +660,8 @@ func TestReplicaSwitchSameHeader(t *testing.T) {
 // verneuil:// replica names, work as Boule's do, with the same arguments
 // and results.
 func TestVerneuilAliases(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("verneuil.db")
-	src := open(t, path, "boule", "")
-	src.SetMaxOpenConns(1)
+	e, _ := dirEnv(t)
+	path, src := e.writer(t, "verneuil.db", "")
 	mustExec(t, src, "CREATE TABLE t(x); INSERT INTO t VALUES ('from verneuil')")
 	str := func(db *sql.DB, q string) string {
 		t.Helper()

@@ -27,21 +27,17 @@ import (
 	"github.com/boule-vfs/boule/vfs"
 )
 
-// replEnv registers boule with a spool and the given targets.
-func replEnv(t *testing.T, targets ...config.Target) *env {
-	t.Helper()
-	tmpdir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), log: &logCounter{}}
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: targets, Logger: slog.New(e.log)})
-	return e
-}
-
 func targetsOf(ts ...config.Target) []config.Target { return ts }
 
-func dirTarget(t *testing.T) (config.Target, store.Store) {
+// dirEnv registers boule with a fresh spool and a target in a new
+// directory store, and returns the env and that store.
+func dirEnv(t testing.TB) (*env, store.Store) {
+	t.Helper()
+	tg, s := dirTarget(t)
+	return replEnv(t, tg), s
+}
+
+func dirTarget(t testing.TB) (config.Target, store.Store) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "store")
 	if err := os.Mkdir(p, 0o755); err != nil { // a dir store never creates its root
@@ -52,6 +48,28 @@ func dirTarget(t *testing.T) (config.Target, store.Store) {
 		t.Fatal(err)
 	}
 	return config.Target{Dir: &config.DirTarget{Path: p}}, s
+}
+
+// minioTarget starts minio, with its credentials in the environment, and
+// returns it with a target on it that creates its buckets, and that
+// target's store.
+func minioTarget(t testing.TB) (*miniotest.Server, config.Target, store.Store) {
+	t.Helper()
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	tg, s := s3Target(t, srv.Endpoint, true)
+	return srv, tg, s
+}
+
+// kindTarget returns a target of kind "dir" or "s3" (on a minio of its
+// own) and its store.
+func kindTarget(t testing.TB, kind string) (config.Target, store.Store) {
+	t.Helper()
+	if kind == "dir" {
+		return dirTarget(t)
+	}
+	_, tg, s := minioTarget(t)
+	return tg, s
 }
 
 func s3Target(t testing.TB, endpoint string, create bool) (config.Target, store.Store) {
@@ -133,19 +151,9 @@ func runWorkload(t testing.TB, db *sql.DB, seed uint64, steps int) {
 func TestReplicateEndToEnd(t *testing.T) {
 	for _, kind := range []string{"dir", "s3"} {
 		t.Run(kind, func(t *testing.T) {
-			var tg config.Target
-			var sto store.Store
-			if kind == "dir" {
-				tg, sto = dirTarget(t)
-			} else {
-				srv := miniotest.Start(t)
-				srv.SetEnv(t)
-				tg, sto = s3Target(t, srv.Endpoint, true)
-			}
+			tg, sto := kindTarget(t, kind)
 			e := replEnv(t, tg)
-			path := e.path("e2e.db")
-			db := open(t, path, "boule", "")
-			db.SetMaxOpenConns(1)
+			path, db := e.writer(t, "e2e.db", "")
 			runWorkload(t, db, 7, 150)
 			if r := flushPragma(t, db); r != "1" {
 				t.Fatalf("flush pragma=%q, want 1; log:\n%s", r, e.log)
@@ -169,11 +177,8 @@ func TestReplicateEndToEnd(t *testing.T) {
 // TestBackgroundUpload: with no flush at all, the uploader brings the store
 // to exactly the database's state once writes stop.
 func TestBackgroundUpload(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("bg.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	e, sto := dirEnv(t)
+	path, db := e.writer(t, "bg.db", "")
 	runWorkload(t, db, 9, 100)
 	want, err := os.ReadFile(path)
 	if err != nil {
@@ -195,11 +200,8 @@ func TestBackgroundUpload(t *testing.T) {
 // TestFlushOnClose: PRAGMA boule_flush_replication_data=1 makes closing the
 // connection upload everything; the setter returns the previous value.
 func TestFlushOnClose(t *testing.T) {
-	tg, sto := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("close.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	e, sto := dirEnv(t)
+	path, db := e.writer(t, "close.db", "")
 	var prev string
 	if err := db.QueryRow("PRAGMA boule_flush_replication_data=1").Scan(&prev); err != nil || prev != "0" {
 		t.Fatalf("PRAGMA boule_flush_replication_data=1 returned %q, %v; want 0", prev, err)
@@ -278,13 +280,9 @@ func timedCommits(t testing.TB, db *sql.DB, n int, path string, maxRatio *float6
 // fail, the spool stays bounded, and after the restart replication catches
 // up with nothing lost.
 func TestMinioOutage(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
-	tg, sto := s3Target(t, srv.Endpoint, true)
+	srv, tg, sto := minioTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("outage.db")
-	db := open(t, path, "boule", "_sync=NORMAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "outage.db", "_sync=NORMAL")
 	runWorkload(t, db, 11, 30)
 	if r := flushPragma(t, db); r != "1" {
 		t.Fatalf("flush before the outage=%q", r)
@@ -338,9 +336,7 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, sto := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)
-	path := e.path("latency.db")
-	db := open(t, path, "boule", "_sync=NORMAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "latency.db", "_sync=NORMAL")
 	runWorkload(t, db, 18, 30)
 	var up, down []time.Duration
 	for range 15 {
@@ -355,9 +351,7 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 	if float64(md) > 1.5*float64(mu) {
 		t.Errorf("median commit with the store down %v > 1.5 × %v with it up", md, mu)
 	}
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	checkReplica(t, sto, path)
 }
 
@@ -370,9 +364,7 @@ func TestFaultProxy(t *testing.T) {
 	tg, _ := s3Target(t, proxy.URL, true)
 	_, sto := s3Target(t, srv.Endpoint, true) // reads bypass the proxy
 	e := replEnv(t, tg)
-	path := e.path("faults.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "faults.db", "")
 	runWorkload(t, db, 12, 20)
 	for _, f := range []faultproxy.Fault{
 		faultproxy.Fail(500, 3),
@@ -406,9 +398,7 @@ func TestWrongCredentials(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", badSecret)
 	tg, _ := s3Target(t, srv.Endpoint, true)
 	e := replEnv(t, tg)
-	path := e.path("creds.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "creds.db", "")
 	runWorkload(t, db, 14, 20)
 	if r := flushPragma(t, db); r != "0" {
 		t.Fatalf("flush with wrong credentials=%q, want 0", r)
@@ -428,7 +418,7 @@ func TestWrongCredentials(t *testing.T) {
 	// Fixed credentials and a new configuration: replication resumes.
 	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
 	tg2, sto := s3Target(t, srv.Endpoint, true)
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg2}, Logger: slog.New(e.log)})
+	e.register(t, tg2)
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatalf("Flush() after fixing the credentials=%v", err)
 	}
@@ -442,9 +432,7 @@ func TestMissingBucket(t *testing.T) {
 	srv.SetEnv(t)
 	tg, _ := s3Target(t, srv.Endpoint, false)
 	e := replEnv(t, tg)
-	path := e.path("bucket.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "bucket.db", "")
 	runWorkload(t, db, 16, 10)
 	err := vfs.Flush(context.Background(), path)
 	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), `bucket "`) || !strings.Contains(err.Error(), "create_buckets_on_demand") {
@@ -453,7 +441,7 @@ func TestMissingBucket(t *testing.T) {
 	checkSnapshot(t, db, path)
 
 	tg2, sto := s3Target(t, srv.Endpoint, true)
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg2}, Logger: slog.New(e.log)})
+	e.register(t, tg2)
 	if err := vfs.Flush(context.Background(), path); err != nil {
 		t.Fatalf("Flush() with create_buckets_on_demand=%v", err)
 	}
@@ -474,14 +462,10 @@ func TestAPIBudget(t *testing.T) {
 	tg, sto := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{tg}, PackChunks: 1, Logger: slog.New(e.log)})
-	path := e.path("budget.db")
-	db := open(t, path, "boule", "_sync=OFF")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "budget.db", "_sync=OFF")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB)")
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 4000) INSERT INTO t(k, v) SELECT i, randomblob(4000) FROM n")
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	proxy.ResetCounts()
 	start := time.Now()
 	commits := 0
@@ -506,9 +490,7 @@ func TestAPIBudget(t *testing.T) {
 		t.Fatalf("only %d requests: the uploader never went past its burst, so the limit was not tested", calls)
 	}
 	proxy.ResetCounts()
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
+	mustFlush(t, path)
 	checkReplica(t, sto, path)
 	t.Logf("the final flush: %d requests %v", proxy.Total(), proxy.Counts())
 	key, _ := store.ManifestKey(vfs.Reader().Hostname(), path)
@@ -522,13 +504,9 @@ func TestAPIBudget(t *testing.T) {
 // minio; restores and a replica read each state back exactly, and a small
 // change uploads a head far smaller than the whole manifest.
 func TestDeltaManifestsMinio(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
-	tg, sto := s3Target(t, srv.Endpoint, true)
+	_, tg, sto := minioTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("delta.db")
-	db := open(t, path, "boule", "_sync=OFF")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "delta.db", "_sync=OFF")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	// 36,000 rows of 4,000 bytes: about 2,250 chunks of 64 KiB.
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 36000) INSERT INTO t(v) SELECT randomblob(4000) FROM n")

@@ -2,7 +2,6 @@ package vfs_test
 
 import (
 	"bytes"
-	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
@@ -12,9 +11,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/sqlshell"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -29,68 +28,68 @@ func rebuilds(t testing.TB, path string) int64 {
 	return st.Snapshots - st.Incremental
 }
 
-// TestOutsideWriter: a write by the plain sqlite3 shell between two boule
-// commits is detected, and the snapshot rebuilt.
-func TestOutsideWriter(t *testing.T) {
-	sqlite3 := sqlite3Shell(t)
-	e := newEnv(t)
-	path := e.path("outside.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
-	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-	for range 20 {
-		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(30000))")
-	}
-	checkSnapshot(t, db, path)
-
-	// The shell changes a row in a chunk that the next boule transaction
-	// does not touch.
-	out, err := exec.Command(sqlite3, path, "UPDATE t SET v = randomblob(30000) WHERE id = 3").CombinedOutput()
-	if err != nil {
-		t.Fatalf("sqlite3: %v: %s", err, out)
-	}
+// rebuildsIn returns how many snapshots of path the commit of q through
+// db rebuilt from scratch.
+func rebuildsIn(t testing.TB, db *sql.DB, path, q string) int64 {
+	t.Helper()
 	before := rebuilds(t, path)
-	mustExec(t, db, "INSERT INTO t(v) VALUES (x'01')")
-	if got := rebuilds(t, path); got != before+1 {
-		t.Fatalf("rebuilds after an outside write=%d, want %d", got, before+1)
-	}
-	checkSnapshot(t, db, path)
-
-	// The next transaction is incremental again.
-	mustExec(t, db, "INSERT INTO t(v) VALUES (x'02')")
-	if got := rebuilds(t, path); got != before+1 {
-		t.Fatalf("rebuilds after a normal commit=%d, want %d", got, before+1)
-	}
-	checkSnapshot(t, db, path)
+	mustExec(t, db, q)
+	return rebuilds(t, path) - before
 }
 
-// TestOutsideRawWrite: a byte changed in the file by something that is not
-// SQLite at all (no header change) is caught by the ctime check.
-func TestOutsideRawWrite(t *testing.T) {
-	e := newEnv(t)
-	path := e.path("raw.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
-	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-	for range 10 {
-		mustExec(t, db, "INSERT INTO t(v) VALUES (zeroblob(30000))")
+// TestOutsideChange: a change to the file between two boule commits by
+// something else is detected, and the snapshot rebuilt; the transaction
+// after is incremental again. The changes: a write by the plain sqlite3
+// shell, and a byte changed by something that is not SQLite at all (no
+// header change), which the ctime check catches.
+func TestOutsideChange(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		rows   int
+		blob   string // the SQL of each row's blob
+		change func(t *testing.T, path string)
+	}{
+		{"sqlite3 shell", 20, "randomblob(30000)", func(t *testing.T, path string) {
+			// The shell changes a row in a chunk that the next boule
+			// transaction does not touch.
+			out, err := exec.Command(sqlshell.Path(t), path, "UPDATE t SET v = randomblob(30000) WHERE id = 3").CombinedOutput()
+			if err != nil {
+				t.Fatalf("sqlite3: %v: %s", err, out)
+			}
+		}},
+		{"raw write", 10, "zeroblob(30000)", func(t *testing.T, path string) {
+			// Flip a byte inside a blob's payload, well past chunk 0.
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt([]byte{0x5a}, 200000); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			path, db := e.writer(t, "outside.db", "")
+			mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+			for range tc.rows {
+				mustExec(t, db, "INSERT INTO t(v) VALUES ("+tc.blob+")")
+			}
+			checkSnapshot(t, db, path)
+
+			tc.change(t, path)
+			if got := rebuildsIn(t, db, path, "INSERT INTO t(v) VALUES (x'01')"); got != 1 {
+				t.Fatalf("rebuilds after the outside change=%d, want 1", got)
+			}
+			checkSnapshot(t, db, path)
+
+			if got := rebuildsIn(t, db, path, "INSERT INTO t(v) VALUES (x'02')"); got != 0 {
+				t.Fatalf("rebuilds after a normal commit=%d, want 0", got)
+			}
+			checkSnapshot(t, db, path)
+		})
 	}
-	checkSnapshot(t, db, path)
-	// Flip a byte inside a blob's payload, well past chunk 0.
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{0x5a}, 200000); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	before := rebuilds(t, path)
-	mustExec(t, db, "INSERT INTO t(v) VALUES (x'01')")
-	if got := rebuilds(t, path); got != before+1 {
-		t.Fatalf("rebuilds after a raw write=%d, want %d", got, before+1)
-	}
-	checkSnapshot(t, db, path)
 }
 
 // TestLeftoverMarkerForcesRebuild: a transaction marker left behind (by a
@@ -98,9 +97,7 @@ func TestOutsideRawWrite(t *testing.T) {
 // rebuild even when header, size and ctime look unchanged.
 func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("marker.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "marker.db", "")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	mustExec(t, db, "INSERT INTO t VALUES (1)")
 	sd := mustDB(t, path)
@@ -113,10 +110,8 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	if err := sp.WriteMarker(spool.Marker{State: spool.MarkerSet}); err != nil {
 		t.Fatal(err)
 	}
-	before := rebuilds(t, path)
-	mustExec(t, db, "INSERT INTO t VALUES (2)")
-	if got := rebuilds(t, path); got != before+1 {
-		t.Fatalf("rebuilds with a leftover marker=%d, want %d", got, before+1)
+	if got := rebuildsIn(t, db, path, "INSERT INTO t VALUES (2)"); got != 1 {
+		t.Fatalf("rebuilds with a leftover marker=%d, want 1", got)
 	}
 	if m, err := sp.Marker(); err != nil || m.State != spool.MarkerClean {
 		t.Fatalf("marker after the rebuild=%+v, %v; want clean", m, err)
@@ -128,9 +123,7 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 // or warning logged, one Go call per commit, and none for reads.
 func TestWALReplicated(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("wal.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "wal.db", "_journal_mode=WAL")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	calls := vfs.GoCalls()
 	for i := range 50 {
@@ -180,9 +173,7 @@ func TestNoSpoolDir(t *testing.T) {
 // never for reads.
 func TestOneGoCallPerCommit(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("calls.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	_, db := e.writer(t, "calls.db", "")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	calls := vfs.GoCalls()
 	for i := range 100 {
@@ -377,24 +368,15 @@ func childMakeDefault() error {
 	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&name); err != nil {
 		return err
 	}
-	d, err := vfs.Spool().DB(c.db)
+	got, err := assemble(c.db)
 	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := d.WaitStaged(ctx); err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	if _, err := spool.Assemble(d.Dir(), &buf); err != nil {
 		return err
 	}
 	want, err := os.ReadFile(c.db)
 	if err != nil {
 		return err
 	}
-	if !bytes.Equal(buf.Bytes(), want) {
+	if !bytes.Equal(got, want) {
 		return fmt.Errorf("snapshot differs from the file")
 	}
 	fmt.Println("replicated")
@@ -415,13 +397,4 @@ func TestMakeDefault(t *testing.T) {
 	if strings.Join(lines, "\n") != "replicated" {
 		t.Fatalf("child said %q, want %q", lines, "replicated")
 	}
-}
-
-func sqlite3Shell(t testing.TB) string {
-	t.Helper()
-	p, err := exec.LookPath("sqlite3")
-	if err != nil {
-		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
-	}
-	return p
 }

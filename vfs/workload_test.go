@@ -113,9 +113,7 @@ func TestRandomWorkloadSnapshotAfterEveryCommit(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			path := e.path("w.db")
-			db := open(t, path, "boule", tc.params)
-			db.SetMaxOpenConns(1)
+			path, db := e.writer(t, "w.db", tc.params)
 			w := newWorkload(uint64(len(tc.name)) * 7919)
 			if err := w.setup(db); err != nil {
 				t.Fatal(err)

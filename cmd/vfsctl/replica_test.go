@@ -186,17 +186,8 @@ func TestManifestCommands(t *testing.T) {
 // file.
 func TestTampering(t *testing.T) {
 	f := flushed(t)
-	key, _ := store.ManifestKey(hostname(t), f.db)
-	s, _ := dir.New(f.store)
-	m, _, err := store.FetchManifest(context.Background(), []store.Store{s}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Flip a byte in the blob of chunk 2 (not inline), in its pack.
-	ref, packed := m.PackRefs()[2]
-	if !packed {
-		t.Fatal("chunk 2 is not in a pack")
-	}
+	m, ref := packedChunk(t, f.store, f.db, 2)
 	flip(t, filepath.Join(f.store, "chunks", store.PackKey(ref.ID)), int(ref.Offset)+40)
 
 	code, out, errs := vfsctl(t, "--config", f.config(), "verify", f.db)
@@ -215,6 +206,7 @@ func TestTampering(t *testing.T) {
 	// Now the manifest (stored as is in a dir store, not compressed): a
 	// byte flipped past the header fails its checksum. Not a "not found",
 	// and no fallback to another version or store.
+	key, _ := store.ManifestKey(hostname(t), f.db)
 	flip(t, filepath.Join(f.store, "manifests", key), 30)
 	want := fmt.Sprintf("manifest %s in dir:%s: %v", key, f.store, manifest.ErrChecksum)
 	for _, args := range [][]string{
@@ -494,16 +486,7 @@ func TestVerifyEveryTarget(t *testing.T) {
 		t.Fatalf("verify of two good targets=%d %q %q; want exit 0 and two good lines", code, out, errs)
 	}
 
-	key, _ := store.ManifestKey(hostname(t), f.db)
-	s, _ := dir.New(store2)
-	m, _, err := store.FetchManifest(context.Background(), []store.Store{s}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, packed := m.PackRefs()[2]
-	if !packed {
-		t.Fatal("chunk 2 is not in a pack")
-	}
+	m, ref := packedChunk(t, store2, f.db, 2)
 	var lost []string // the chunks of that pack
 	for i, fp := range m.Chunks {
 		if r, ok := m.PackRefs()[uint32(i)]; ok && r.ID == ref.ID && !slices.Contains(lost, fp.String()) {
@@ -547,4 +530,22 @@ func TestVerifyEveryTarget(t *testing.T) {
 			t.Errorf("verify table=%d %q, want a line %q", code, out, w)
 		}
 	}
+}
+
+// packedChunk returns the newest manifest of db in the dir store at root,
+// and where chunk i of it is packed; it fails the test when that chunk is
+// not in a pack.
+func packedChunk(t *testing.T, root, db string, i uint32) (*manifest.Manifest, manifest.PackRef) {
+	t.Helper()
+	key, _ := store.ManifestKey(hostname(t), db)
+	s, _ := dir.New(root)
+	m, _, err := store.FetchManifest(context.Background(), []store.Store{s}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, packed := m.PackRefs()[i]
+	if !packed {
+		t.Fatalf("chunk %d is not in a pack", i)
+	}
+	return m, ref
 }

@@ -19,15 +19,31 @@ type Shell struct {
 	out   *bufio.Reader
 }
 
-// Start starts the sqlite3 shell on path; the test's cleanup closes it.
-// It fails the test when there is no sqlite3 on the PATH.
-func Start(t testing.TB, path string) *Shell {
+// Path returns the sqlite3 shell's path. It fails the test when there is
+// no sqlite3 on the PATH.
+func Path(t testing.TB) string {
 	t.Helper()
-	sqlite3, err := exec.LookPath("sqlite3")
+	p, err := exec.LookPath("sqlite3")
 	if err != nil {
 		t.Fatalf("the sqlite3 shell is required (.ci/run installs it): %v", err)
 	}
-	cmd := exec.Command(sqlite3, path)
+	return p
+}
+
+// Start starts the sqlite3 shell on path; the test's cleanup closes it.
+// What the shell writes to stderr goes to the test's stderr.
+func Start(t testing.TB, path string) *Shell {
+	t.Helper()
+	cmd := exec.Command(Path(t), path)
+	cmd.Stderr = os.Stderr
+	return StartCmd(t, cmd)
+}
+
+// StartCmd starts cmd, a sqlite3 shell with the arguments and environment
+// the test chose; the test's cleanup closes it. When cmd.Stderr is nil,
+// what the shell writes to stderr is read with its output.
+func StartCmd(t testing.TB, cmd *exec.Cmd) *Shell {
+	t.Helper()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -36,7 +52,9 @@ func Start(t testing.TB, path string) *Shell {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = os.Stderr
+	if cmd.Stderr == nil {
+		cmd.Stderr = cmd.Stdout
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("sqlite3: %v", err)
 	}
@@ -52,17 +70,39 @@ func (sh *Shell) Pid() int { return sh.cmd.Process.Pid }
 // sql has run.
 func (sh *Shell) Do(t testing.TB, sql, mark string) {
 	t.Helper()
-	if _, err := fmt.Fprintf(sh.stdin, "%s\nSELECT '%s';\n", sql, mark); err != nil {
+	sh.send(t, fmt.Sprintf("%s\nSELECT '%s';\n", sql, mark))
+	sh.until(t, sql, mark)
+}
+
+// Output runs script (SQL and dot-commands), then has the shell print
+// mark, and returns what the shell wrote before mark, one line each.
+func (sh *Shell) Output(t testing.TB, script, mark string) []string {
+	t.Helper()
+	sh.send(t, fmt.Sprintf("%s\n.print %s\n", script, mark))
+	return sh.until(t, script, mark)
+}
+
+func (sh *Shell) send(t testing.TB, s string) {
+	t.Helper()
+	if _, err := io.WriteString(sh.stdin, s); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// until reads the shell's lines up to the one that is mark, and returns
+// those before it.
+func (sh *Shell) until(t testing.TB, sql, mark string) []string {
+	t.Helper()
+	var lines []string
 	for {
 		line, err := sh.out.ReadString('\n')
 		if err != nil {
-			t.Fatalf("sqlite3 after %q: %v", sql, err)
+			t.Fatalf("sqlite3 after %q: %v; it wrote %q", sql, err, lines)
 		}
 		if strings.TrimSpace(line) == mark {
-			return
+			return lines
 		}
+		lines = append(lines, strings.TrimSuffix(line, "\n"))
 	}
 }
 

@@ -5,6 +5,7 @@ package testlog
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -68,4 +69,18 @@ func (l *Records) Count(level slog.Level, substr string) int {
 		}
 	}
 	return n
+}
+
+// String returns every record, one a line: level, message and attributes,
+// for a failure message.
+func (l *Records) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b strings.Builder
+	for _, r := range l.records {
+		fmt.Fprintf(&b, "%s %s", r.Level, r.Message)
+		r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
+		b.WriteByte('\n')
+	}
+	return b.String()
 }

@@ -16,6 +16,7 @@ import (
 	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/testchild"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/upload"
@@ -35,18 +36,7 @@ const (
 // TestMain lets the test binary double as the writer and uploader
 // processes that the tests kill.
 func TestMain(m *testing.M) {
-	if name := os.Getenv(envChild); name != "" {
-		child, ok := children[name]
-		if !ok {
-			fmt.Fprintf(os.Stderr, "unknown child %q\n", name)
-			os.Exit(2)
-		}
-		if err := child(); err != nil {
-			fmt.Fprintf(os.Stderr, "child %s: %v\n", name, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	testchild.Run(envChild, children)
 	os.Exit(m.Run())
 }
 

@@ -1,0 +1,30 @@
+// Package testchild lets a test binary double as the child processes its
+// tests start: TestMain asks Run, before running any test, whether this
+// process is one.
+package testchild
+
+import (
+	"fmt"
+	"os"
+)
+
+// Run runs the child that the environment variable env names, then exits
+// the process: with status 0 when the child returns nil, 1 (the error on
+// stderr) when it fails, and 2 when children has no such name. When env
+// is unset or empty, Run returns and the process runs its tests.
+func Run(env string, children map[string]func() error) {
+	name := os.Getenv(env)
+	if name == "" {
+		return
+	}
+	child, ok := children[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "unknown child %q\n", name)
+		os.Exit(2)
+	}
+	if err := child(); err != nil {
+		fmt.Fprintf(os.Stderr, "child %s: %v\n", name, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
