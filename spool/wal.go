@@ -193,12 +193,7 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error 
 func (d *DB) captureLazy(c *ctl) {
 	d.qmu.Lock()
 	defer d.qmu.Unlock()
-	gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
-	c.store(ctlOwner, self())
-	c.store(ctlCommitted, gen)
-	c.cas(ctlSince, 0, uint64(time.Now().UnixNano()))
-	d.expect = expectation{}
-	d.enqueueLocked(&Capture{gen: gen, wal: true, lazy: true, filled: closedChan})
+	d.enqueueLocked(&Capture{gen: d.takeGenLocked(c), wal: true, lazy: true, filled: closedChan})
 }
 
 // closedChan is the filled channel of captures with nothing to read.
@@ -331,6 +326,11 @@ var errWALMoved = errors.New("spool: the log restarted during the read")
 func (d *DB) takeGen(c *ctl) uint64 {
 	d.qmu.Lock()
 	defer d.qmu.Unlock()
+	return d.takeGenLocked(c)
+}
+
+// takeGenLocked is takeGen with d.qmu held.
+func (d *DB) takeGenLocked(c *ctl) uint64 {
 	gen := max(c.load(ctlCommitted), c.load(ctlPersisted)) + 1
 	c.store(ctlOwner, self())
 	c.store(ctlCommitted, gen)
@@ -596,14 +596,7 @@ func (d *DB) walFailedLocked(err error) error {
 
 func (d *DB) walFailed(err error) error {
 	c, _ := d.ctlLocked()
-	d.stats.Failures++
-	d.stats.LastError = err.Error()
-	d.markState(c, stateFailed, err)
-	if !d.failing {
-		d.failing = true
-		d.s.log.Error("spool: replication paused: snapshot failed; the transaction itself committed, and replication resumes once the cause is gone",
-			logKeyDB, d.path, logKeyErr, err)
-	}
+	d.failed(c, err)
 	return err
 }
 

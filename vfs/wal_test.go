@@ -27,20 +27,8 @@ import (
 // POSIX locks on it: no transaction may be open on path meanwhile.
 func logicalImage(t testing.TB, path string) []byte {
 	t.Helper()
-	dir := t.TempDir()
-	cp := filepath.Join(dir, "copy.db")
-	for _, suffix := range []string{"", "-wal"} {
-		b, err := os.ReadFile(path + suffix)
-		if os.IsNotExist(err) && suffix != "" {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(cp+suffix, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cp := filepath.Join(t.TempDir(), "copy.db")
+	copyWithLog(t, path, cp)
 	db, err := sql.Open("sqlite3", "file:"+cp+"?vfs=unix")
 	if err != nil {
 		t.Fatal(err)
@@ -57,6 +45,24 @@ func logicalImage(t testing.TB, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// copyWithLog copies the database file at path and its log, if any, to
+// dst and dst's log.
+func copyWithLog(t testing.TB, path, dst string) {
+	t.Helper()
+	for _, suffix := range []string{"", "-wal"} {
+		b, err := os.ReadFile(path + suffix)
+		if os.IsNotExist(err) && suffix != "" {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst+suffix, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // checkLogical asserts that the staged snapshot of path is its logical
@@ -519,18 +525,7 @@ func TestWALRawFrames(t *testing.T) {
 			// and its log; their bytes past the log's end are what the
 			// other program appends.
 			scratch := filepath.Join(t.TempDir(), "scratch.db")
-			for _, suffix := range []string{"", "-wal"} {
-				b, err := os.ReadFile(path + suffix)
-				if os.IsNotExist(err) && suffix != "" {
-					continue
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(scratch+suffix, b, 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
+			copyWithLog(t, path, scratch)
 			other := open(t, scratch, "unix", "_journal_mode=WAL")
 			other.SetMaxOpenConns(1)
 			mustExec(t, other, "PRAGMA wal_autocheckpoint=0")
