@@ -11,10 +11,13 @@ import (
 func SetFaultHook(f func(op, path string) error) { faultHook = f }
 
 // SetPersistGap sets the persisters' squash window of spools opened
-// after the call, until the test ends (0: spool's default).
+// after the call, until the test ends (0: spool's default); t nil, for
+// the rest of the process (a test's child).
 func SetPersistGap(t testing.TB, gap time.Duration) {
 	persistGap = gap
-	t.Cleanup(func() { persistGap = 0 })
+	if t != nil {
+		t.Cleanup(func() { persistGap = 0 })
+	}
 }
 
 // ResetSpools forgets the spools opened so far, so that the next Register

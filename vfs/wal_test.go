@@ -2,6 +2,7 @@ package vfs_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"database/sql"
 	"fmt"
@@ -707,5 +708,92 @@ func TestWALBigReadSpills(t *testing.T) {
 	}
 	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
 		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
+	}
+}
+
+func init() { children["carrier"] = childCarrier }
+
+// childCarrier commits logged transactions in WAL mode, its persister's
+// window held open, until the log has restarted twice (the old logs'
+// commits carried over, in its memory only), prints "carried" and waits
+// to be killed.
+func childCarrier() error {
+	vfs.SetPersistGap(nil, time.Hour)
+	c := readChildEnv()
+	db, err := c.open()
+	if err != nil {
+		return err
+	}
+	if _, err := db.Exec("PRAGMA wal_autocheckpoint=16"); err != nil {
+		return err
+	}
+	w := newWorkload(c.seed)
+	var salt []byte
+	for restarts := 0; restarts < 2; {
+		seq, err := loggedTxn(db, w)
+		if err != nil {
+			return err
+		}
+		fmt.Println(seq)
+		hdr := make([]byte, 24)
+		f, err := os.Open(c.db + "-wal")
+		if err != nil {
+			return err
+		}
+		_, err = f.ReadAt(hdr, 0)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if salt != nil && !bytes.Equal(salt, hdr[16:24]) {
+			restarts++
+		}
+		salt = hdr[16:24]
+	}
+	fmt.Println("carried")
+	select {}
+}
+
+// TestWALKilledCarrier: a writer killed while it holds a restart's carry
+// (commits of the old log staged nowhere, its persister's window open).
+// The next commit of this process rebuilds: every committed transaction
+// is in the snapshot.
+func TestWALKilledCarrier(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("carrier.db")
+	db := parentConn(t, path, "_journal_mode=WAL")
+	waitStaged(t, mustDB(t, path))
+	committed := map[int64]bool{}
+	for i := range 3 {
+		cmd, out := startChild(t, "carrier",
+			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
+			"BOULE_TEST_PARAMS=_journal_mode=WAL", fmt.Sprint("BOULE_TEST_SEED=", 70+i))
+		for out.Scan() && out.Text() != "carried" {
+			seq, err := strconv.ParseInt(out.Text(), 10, 64)
+			if err != nil {
+				t.Fatalf("writer printed %q", out.Text())
+			}
+			committed[seq] = true
+		}
+		m, err := spool.ReadMarker(mustDB(t, path).Dir())
+		if err != nil || m.Committed == m.Persisted {
+			t.Fatalf("round %d: marker %+v, %v: want commits the writer did not stage", i, m, err)
+		}
+		// The control block's walCarry word (doc/FORMAT.md) names the
+		// writer.
+		if b, err := os.ReadFile(mustDB(t, path).MarkerPath()); err != nil || len(b) < 2104 || binary.LittleEndian.Uint64(b[2096:]) == 0 {
+			t.Fatalf("round %d: control block (%d bytes, %v): want a carry", i, len(b), err)
+		}
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		readSeqs(t, out, committed)
+		waitKilled(t, cmd)
+		mustExec(t, db, "INSERT INTO t(k, v) VALUES (?, randomblob(100))", -1-i)
+		checkLogical(t, db, path)
+		for seq := range committed {
+			var n int
+			if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("round %d: committed transaction %d missing after the kill (count %d, %v)", i, seq, n, err)
+			}
+		}
 	}
 }
