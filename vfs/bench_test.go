@@ -101,35 +101,42 @@ func BenchmarkCommit(b *testing.B) {
 
 // BenchmarkBulkLoad: one transaction inserting 4 MiB (4096 rows of 1 KiB).
 func BenchmarkBulkLoad(b *testing.B) {
-	for _, name := range benchVFS {
-		b.Run("vfs="+name, func(b *testing.B) {
-			db, _ := benchDB(b, name, "_journal_mode=DELETE&_sync=NORMAL", 0)
-			calls := vfs.GoCalls()
-			b.SetBytes(4096 * 1024)
-			b.ResetTimer()
-			for i := range b.N {
-				tx, err := db.Begin()
-				if err != nil {
-					b.Fatal(err)
-				}
-				stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1024))")
-				if err != nil {
-					b.Fatal(err)
-				}
-				for j := range 4096 {
-					if _, err := stmt.Exec(i*4096 + j); err != nil {
-						b.Fatal(err)
-					}
-				}
-				stmt.Close()
-				if err := tx.Commit(); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			reportGoCalls(b, calls)
-		})
+	for _, journal := range []string{"DELETE", "WAL"} {
+		for _, name := range benchVFS {
+			b.Run("journal="+journal+"/vfs="+name, func(b *testing.B) {
+				bulkLoad(b, name, journal)
+			})
+		}
 	}
+}
+
+// bulkLoad commits b.N transactions of 4,096 rows of 1 KiB (4 MiB).
+func bulkLoad(b *testing.B, name, journal string) {
+	db, _ := benchDB(b, name, "_journal_mode="+journal+"&_sync=NORMAL", 0)
+	calls := vfs.GoCalls()
+	b.SetBytes(4096 * 1024)
+	b.ResetTimer()
+	for i := range b.N {
+		tx, err := db.Begin()
+		if err != nil {
+			b.Fatal(err)
+		}
+		stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1024))")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for j := range 4096 {
+			if _, err := stmt.Exec(i*4096 + j); err != nil {
+				b.Fatal(err)
+			}
+		}
+		stmt.Close()
+		if err := tx.Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	reportGoCalls(b, calls)
 }
 
 // BenchmarkReadMix: read-only queries on a 20 MB database: 50 point

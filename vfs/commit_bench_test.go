@@ -161,17 +161,21 @@ func commitLatency(b *testing.B, base, journal, sync string) {
 		return time.Since(start)
 	}
 	b.ResetTimer()
-	for i := range b.N {
-		id, k := 1+rng.IntN(rows), rng.IntN(1000)
-		order := []string{"unix", "boule"}
-		if i%2 == 1 {
-			order = []string{"boule", "unix"}
+	peak := peakRssAnon(func() {
+		for i := range b.N {
+			id, k := 1+rng.IntN(rows), rng.IntN(1000)
+			order := []string{"unix", "boule"}
+			if i%2 == 1 {
+				order = []string{"boule", "unix"}
+			}
+			for _, name := range order {
+				lat[name] = append(lat[name], txn(dbs[name], id, k))
+			}
 		}
-		for _, name := range order {
-			lat[name] = append(lat[name], txn(dbs[name], id, k))
-		}
-	}
+	})
 	b.StopTimer()
+	// The whole process: both connections, SQLite's caches, Go's heap.
+	b.ReportMetric(float64(peak)/(1<<20), "peak-RssAnon-MiB")
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	for _, name := range []string{"unix", "boule"} {
 		slices.Sort(lat[name])
