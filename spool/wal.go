@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/bits"
 	"os"
 	"slices"
 	"time"
@@ -691,7 +692,7 @@ func (d *DB) WALReset(db Source, wal WALFile, hdr []byte, eager bool) {
 		return
 	}
 	if !d.walStageLocked(db, wal) {
-		d.forgetPos(c)
+		d.forgetPos(c, "staging the old log before its restart or truncation failed")
 		return
 	}
 	d.movePos(c, hdr)
@@ -734,6 +735,14 @@ func (d *DB) carryRestart(c *ctl, wal WALFile, h walHeader) bool {
 	return true
 }
 
+// bitCount counts the bits set in a bitmap.
+func bitCount(b []uint64) (n int) {
+	for _, w := range b {
+		n += bits.OnesCount64(w)
+	}
+	return n
+}
+
 // dropCarry forgets the carry, when the snapshot staged now holds what
 // it held: a read of version ver (0: none) was staged, or a rebuild.
 // Only this process's own carry goes; another's stays, for its holder.
@@ -763,11 +772,11 @@ func waitCarry(c *ctl, limit time.Duration) {
 }
 
 // forgetPos forgets the staged position, saying why once.
-func (d *DB) forgetPos(c *ctl) {
+func (d *DB) forgetPos(c *ctl, why string) {
 	if c.load(ctlWALMode) != walUnknown {
 		c.store(ctlWALMode, walUnknown)
-		d.s.log.Warn("spool: the write-ahead log restarts with commits no snapshot holds; the next transaction rebuilds the snapshot",
-			logKeyDB, d.path)
+		d.s.log.Warn("spool: the next transaction rebuilds the snapshot: the write-ahead log moves on with commits no snapshot holds",
+			logKeyDB, d.path, "why", why)
 	}
 }
 
@@ -776,7 +785,7 @@ func (d *DB) forgetPos(c *ctl) {
 func (d *DB) movePos(c *ctl, hdr []byte) {
 	unlock, err := d.lockSpool()
 	if err != nil {
-		d.forgetPos(c)
+		d.forgetPos(c, err.Error())
 		return
 	}
 	defer unlock()
@@ -791,7 +800,7 @@ func (d *DB) movePos(c *ctl, hdr []byte) {
 	}
 	st, err := os.Stat(d.path)
 	if err != nil {
-		d.forgetPos(c)
+		d.forgetPos(c, err.Error())
 		return
 	}
 	p.mode, p.ctime, p.fsize = walEmpty, uint64(statCtime(st).UnixNano()), uint64(st.Size())
@@ -811,20 +820,28 @@ func (d *DB) WALGone() {
 	}
 	w, done, err := d.openWAL()
 	if err != nil {
-		d.forgetPos(c)
+		d.forgetPos(c, err.Error())
 		return
 	}
 	defer done()
 	x := &d.walx
 	if err := x.scan(w); err != nil {
-		d.forgetPos(c)
+		d.forgetPos(c, err.Error())
 		return
 	}
 	d.qmu.Lock()
 	pending := d.rollbackPending
 	d.qmu.Unlock()
-	if pages, carry, _, ok := d.walDelta(c, x); !ok || len(pages) > 0 || carry != nil || pending > c.load(ctlPersisted) {
-		d.forgetPos(c)
+	pages, carry, _, ok := d.walDelta(c, x)
+	switch {
+	case !ok:
+		d.forgetPos(c, "the log being deleted is not the one the staged position is in")
+		return
+	case len(pages) > 0 || carry != nil:
+		d.forgetPos(c, fmt.Sprintf("the log being deleted holds %d pages and %d carried chunks no snapshot holds", len(pages), bitCount(carry)))
+		return
+	case pending > c.load(ctlPersisted):
+		d.forgetPos(c, "the log being deleted follows rollback commits not staged")
 		return
 	}
 	d.movePos(c, nil)
