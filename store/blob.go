@@ -123,11 +123,27 @@ func encodeWith(e *zstd.Encoder, raw []byte) []byte {
 	if len(raw) == 0 {
 		return raw
 	}
-	z := e.EncodeAll(raw, make([]byte, 0, len(raw)))
+	z := e.EncodeAll(raw, make([]byte, 0, len(raw)+blobSlack))
 	if len(z) < len(raw) {
 		return z
 	}
 	return raw
+}
+
+// blobSlack is room enough, beyond a chunk's own size, for the zstd frame
+// of a chunk that does not compress (a frame header and raw blocks' headers,
+// some 20 bytes for a chunk), which appendBlob writes before it finds so.
+const blobSlack = 64
+
+// appendBlob appends to dst what encodeWith(e, raw) returns. With
+// len(raw)+blobSlack bytes free in dst, it allocates nothing.
+func appendBlob(e *zstd.Encoder, dst, raw []byte) []byte {
+	n := len(dst)
+	z := e.EncodeAll(raw, dst)
+	if len(z)-n < len(raw) {
+		return z
+	}
+	return append(z[:n], raw...)
 }
 
 // hasZstdMagic reports whether blob starts like a zstd frame.

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -103,6 +104,9 @@ type manyResult struct {
 	// The most RssAnon sampled while creating the databases, during
 	// FlushAll, and while committing and catching up.
 	PeakAnonCreate, PeakAnonFlush, PeakAnonRun int64
+	// The most memory the Go runtime held from the system (all of it
+	// but the heap it returned), sampled with RssAnon, in each phase.
+	PeakGoCreate, PeakGoFlush, PeakGoRun int64
 	// The Go runtime's share, then: heap in use (live objects and the
 	// spans that hold them), goroutine stacks, and goroutines.
 	HeapInuse, StackInuse int64
@@ -182,7 +186,8 @@ func childManyDatabases() error {
 	vfsName := os.Getenv("BOULE_MANY_VFS")
 	tmp := os.Getenv("BOULE_MANY_TMP")
 	ctx := context.Background()
-	var peakAnon [3]atomic.Int64 // create, flush, run
+	var peakAnon, peakGo [3]atomic.Int64 // create, flush, run
+	goSample := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
 	var phase atomic.Int32
 	sampling := make(chan struct{})
 	sampled := make(chan struct{})
@@ -194,6 +199,10 @@ func childManyDatabases() error {
 			_, anon := procStatus()
 			if p := &peakAnon[phase.Load()]; anon > p.Load() {
 				p.Store(anon)
+			}
+			metrics.Read(goSample)
+			if g, p := int64(goSample[0].Value.Uint64()-goSample[1].Value.Uint64()), &peakGo[phase.Load()]; g > p.Load() {
+				p.Store(g)
 			}
 			select {
 			case <-t.C:
@@ -366,6 +375,7 @@ func childManyDatabases() error {
 	r.RSS, r.RSSAnon = st["VmRSS:"], st["RssAnon:"]
 	r.RSSFile = st["RssFile:"] + st["RssShmem:"]
 	r.PeakAnonCreate, r.PeakAnonFlush, r.PeakAnonRun = peakAnon[0].Load(), peakAnon[1].Load(), max(peakAnon[2].Load(), r.RSSAnon)
+	r.PeakGoCreate, r.PeakGoFlush, r.PeakGoRun = peakGo[0].Load(), peakGo[1].Load(), peakGo[2].Load()
 	r.PeakRSS, r.PeakAnon = st["VmHWM:"], max(r.PeakAnonCreate, r.PeakAnonFlush, r.PeakAnonRun)
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
