@@ -74,6 +74,8 @@ func BenchmarkManyDatabases(b *testing.B) {
 		b.ReportMetric(float64(boule.PeakAnonCreate-unix.PeakAnonCreate)/float64(boule.DBs)/1024, "boule-create-peak-anon-KiB/db")
 		b.ReportMetric(float64(boule.PeakAnonFlush-unix.PeakAnonCreate)/float64(boule.DBs)/1024, "boule-flush-peak-anon-KiB/db")
 		b.ReportMetric(float64(boule.PeakAnonRun-unix.PeakAnonRun)/float64(boule.DBs)/1024, "boule-run-peak-anon-KiB/db")
+		b.ReportMetric(float64(max(boule.PeakGoCreate, boule.PeakGoFlush, boule.PeakGoRun))/(1<<20), "peak-go-MiB")
+		b.ReportMetric(float64(max(unix.PeakGoCreate, unix.PeakGoRun))/(1<<20), "unix-peak-go-MiB")
 		b.ReportMetric(float64(boule.RSSFile-unix.RSSFile)/float64(boule.DBs)/1024, "boule-file-KiB/db")
 		b.ReportMetric(float64(boule.HeapInuse+boule.StackInuse-unix.HeapInuse-unix.StackInuse)/float64(boule.DBs)/1024, "boule-go-KiB/db")
 		b.ReportMetric(float64(boule.Goroutines-unix.Goroutines), "boule-goroutines")
@@ -366,10 +368,10 @@ func childManyDatabases() error {
 			r.LagP50, r.LagP99, r.LagMax = p(0.50), p(0.99), lags[len(lags)-1]
 		}
 	}
-	// What stays, not the garbage of the run that the Go runtime has
-	// not returned to the system yet.
 	close(sampling)
 	<-sampled
+	// What stays, not the garbage of the run that the Go runtime has
+	// not returned to the system yet.
 	debug.FreeOSMemory()
 	st := procStatusFields()
 	r.RSS, r.RSSAnon = st["VmRSS:"], st["RssAnon:"]
