@@ -156,8 +156,9 @@ func expectFile(f fileState, gen uint64) expectation {
 	return expectation{ok: true, gen: gen, version: versionID(f.hdr), size: f.size, ctime: f.ctime}
 }
 
-// cached is the staged manifest as last read or written, with what
-// identifies the file it came from and a reference count per chunk.
+// cached is the staged manifest as last read or written, without the
+// bytes of its inline chunks (newCached), with what identifies the file it
+// came from and a reference count per chunk.
 type cached struct {
 	m    *manifest.Manifest
 	id   fileID
@@ -629,7 +630,7 @@ func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, incrementa
 	if err != nil {
 		return err
 	}
-	d.cur = &cached{m: m, id: id, refs: refs}
+	d.cur = newCached(m, id, refs)
 	if incremental {
 		d.stats.Incremental++
 		for _, fp := range replaced {
@@ -770,8 +771,21 @@ func (d *DB) loadCached() *cached {
 			refs[fp]++
 		}
 	}
-	d.cur = &cached{m: m, id: id, refs: refs}
+	d.cur = newCached(m, id, refs)
 	return d.cur
+}
+
+// newCached returns the staged manifest m, as written or read, to keep in
+// memory between transactions. The bytes of its inline chunks stay out:
+// a snapshot reads the inline chunks anew (planReads), so they would only
+// hold a chunk of every open database, 64 KiB each, for nothing.
+func newCached(m *manifest.Manifest, id fileID, refs map[manifest.Fingerprint]int32) *cached {
+	if m.Inline != nil {
+		c := *m
+		c.Inline = nil
+		m = &c
+	}
+	return &cached{m: m, id: id, refs: refs}
 }
 
 func (d *DB) ensureDirs(mode fs.FileMode) error {

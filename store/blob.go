@@ -39,8 +39,8 @@ var manifestDecodeLimit int64 = MaxManifestDecoded
 // use; streaming manifest decoders, for the frames that do not declare
 // their size, are pooled.
 var (
-	chunkEncoder = mustEncoder(zstd.SpeedDefault)
-	fastEncoder  = mustEncoder(zstd.SpeedFastest)
+	chunkEncoder = mustEncoder(zstd.SpeedDefault, 0)
+	fastEncoder  = newManifestEncoder()
 
 	chunkDecoder = mustDecoder(
 		zstd.WithDecoderConcurrency(0),
@@ -67,12 +67,30 @@ var (
 	}}
 )
 
-func mustEncoder(level zstd.EncoderLevel) *zstd.Encoder {
-	e, err := zstd.NewWriter(nil,
+// manifestWindow is the window of the manifest encoder. Its default at
+// the fastest level, 4 MiB, cost every process a history buffer of 8 MiB
+// as soon as it encoded a manifest of more than 64 KiB (one with a single
+// inline chunk will do); this one costs none up to 128 KiB, 2 MiB above.
+// A manifest is mostly fingerprints, whose only repeats (zero chunks)
+// are near one another.
+const manifestWindow = 1 << 20
+
+func newManifestEncoder() *zstd.Encoder { return mustEncoder(zstd.SpeedFastest, manifestWindow) }
+
+// mustEncoder returns an encoder at level; window, if not zero, sets the
+// window size.
+func mustEncoder(level zstd.EncoderLevel, window int) *zstd.Encoder {
+	var opts []zstd.EOption
+	if window > 0 {
+		// Before the level, which would otherwise set it, and the block
+		// size with it.
+		opts = append(opts, zstd.WithWindowSize(window))
+	}
+	e, err := zstd.NewWriter(nil, append(opts,
 		zstd.WithEncoderLevel(level),
 		zstd.WithEncoderConcurrency(1),
 		zstd.WithEncoderCRC(false), // BLAKE3 fingerprints and manifest checksums cover integrity
-	)
+	)...)
 	if err != nil {
 		panic("store: zstd encoder: " + err.Error())
 	}
@@ -105,11 +123,27 @@ func encodeWith(e *zstd.Encoder, raw []byte) []byte {
 	if len(raw) == 0 {
 		return raw
 	}
-	z := e.EncodeAll(raw, make([]byte, 0, len(raw)))
+	z := e.EncodeAll(raw, make([]byte, 0, len(raw)+blobSlack))
 	if len(z) < len(raw) {
 		return z
 	}
 	return raw
+}
+
+// blobSlack is room enough, beyond a chunk's own size, for the zstd frame
+// of a chunk that does not compress (a frame header and raw blocks' headers,
+// some 20 bytes for a chunk), which appendBlob writes before it finds so.
+const blobSlack = 64
+
+// appendBlob appends to dst what encodeWith(e, raw) returns. With
+// len(raw)+blobSlack bytes free in dst, it allocates nothing.
+func appendBlob(e *zstd.Encoder, dst, raw []byte) []byte {
+	n := len(dst)
+	z := e.EncodeAll(raw, dst)
+	if len(z)-n < len(raw) {
+		return z
+	}
+	return append(z[:n], raw...)
 }
 
 // hasZstdMagic reports whether blob starts like a zstd frame.

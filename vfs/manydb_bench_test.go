@@ -13,10 +13,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,6 +67,20 @@ func BenchmarkManyDatabases(b *testing.B) {
 		b.ReportMetric(float64(unix.RSS)/(1<<20), "unix-rss-MiB")
 		b.ReportMetric(float64(boule.RSS-unix.RSS)/float64(boule.DBs)/1024, "boule-KiB/db")
 		b.ReportMetric(float64(boule.RSSAnon-unix.RSSAnon)/float64(boule.DBs)/1024, "boule-anon-KiB/db")
+		b.ReportMetric(float64(boule.PeakRSS)/(1<<20), "peak-rss-MiB")
+		b.ReportMetric(float64(boule.PeakAnon)/(1<<20), "peak-anon-MiB")
+		b.ReportMetric(float64(unix.PeakRSS)/(1<<20), "unix-peak-rss-MiB")
+		b.ReportMetric(float64(unix.PeakAnon)/(1<<20), "unix-peak-anon-MiB")
+		b.ReportMetric(float64(boule.PeakAnonCreate-unix.PeakAnonCreate)/float64(boule.DBs)/1024, "boule-create-peak-anon-KiB/db")
+		b.ReportMetric(float64(boule.PeakAnonFlush-unix.PeakAnonCreate)/float64(boule.DBs)/1024, "boule-flush-peak-anon-KiB/db")
+		b.ReportMetric(float64(boule.PeakAnonRun-unix.PeakAnonRun)/float64(boule.DBs)/1024, "boule-run-peak-anon-KiB/db")
+		b.ReportMetric(float64(max(boule.PeakGoCreate, boule.PeakGoFlush, boule.PeakGoRun))/(1<<20), "peak-go-MiB")
+		b.ReportMetric(float64(max(unix.PeakGoCreate, unix.PeakGoRun))/(1<<20), "unix-peak-go-MiB")
+		b.ReportMetric(float64(boule.RSSFile-unix.RSSFile)/float64(boule.DBs)/1024, "boule-file-KiB/db")
+		b.ReportMetric(float64(boule.HeapInuse+boule.StackInuse-unix.HeapInuse-unix.StackInuse)/float64(boule.DBs)/1024, "boule-go-KiB/db")
+		b.ReportMetric(float64(boule.Goroutines-unix.Goroutines), "boule-goroutines")
+		b.ReportMetric(float64(boule.FDs-unix.FDs)/float64(boule.DBs), "boule-fds/db")
+		b.ReportMetric(float64(boule.Maps-unix.Maps)/float64(boule.DBs), "boule-maps/db")
 		b.ReportMetric(boule.CatchUpSeconds, "catchup-s")
 		b.ReportMetric(float64(boule.Calls)/float64(boule.Uploads), "calls/upload")
 		b.ReportMetric(float64(boule.Chunks)/float64(boule.Uploads), "chunks/upload")
@@ -82,6 +100,20 @@ type manyResult struct {
 	Uploads, Packs  int64   // manifests and packs uploaded from the first commit until caught up
 	Chunks          int64   // chunks uploaded, alone or in packs
 	RSS, RSSAnon    int64   // bytes, after the run, with every database open, garbage returned
+	RSSFile         int64   // bytes of file mappings resident (RssFile + RssShmem), then
+	PeakRSS         int64   // VmHWM: the most resident memory of the run
+	PeakAnon        int64   // the most RssAnon sampled (every 100 ms) during the run
+	// The most RssAnon sampled while creating the databases, during
+	// FlushAll, and while committing and catching up.
+	PeakAnonCreate, PeakAnonFlush, PeakAnonRun int64
+	// The most memory the Go runtime held from the system (all of it
+	// but the heap it returned), sampled with RssAnon, in each phase.
+	PeakGoCreate, PeakGoFlush, PeakGoRun int64
+	// The Go runtime's share, then: heap in use (live objects and the
+	// spans that hold them), goroutine stacks, and goroutines.
+	HeapInuse, StackInuse int64
+	Goroutines            int
+	FDs, Maps             int // open file descriptors and memory mappings, then
 }
 
 func runManyChild(b *testing.B, vfsName string) manyResult {
@@ -116,21 +148,23 @@ func envInt(name string, def int) int {
 
 // procStatus returns VmRSS and RssAnon of this process, in bytes.
 func procStatus() (rss, anon int64) {
+	st := procStatusFields()
+	return st["VmRSS:"], st["RssAnon:"]
+}
+
+// procStatusFields returns the sizes of /proc/self/status, in bytes, by
+// name ("VmHWM:").
+func procStatusFields() map[string]int64 {
+	m := map[string]int64{}
 	b, _ := os.ReadFile("/proc/self/status")
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		n, _ := strconv.ParseInt(f[1], 10, 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = n << 10
-		case "RssAnon:":
-			anon = n << 10
+		if len(f) == 3 && f[2] == "kB" {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			m[f[0]] = n << 10
 		}
 	}
-	return rss, anon
+	return m
 }
 
 // changeCounter reads the file change counter of the database at path.
@@ -154,6 +188,31 @@ func childManyDatabases() error {
 	vfsName := os.Getenv("BOULE_MANY_VFS")
 	tmp := os.Getenv("BOULE_MANY_TMP")
 	ctx := context.Background()
+	var peakAnon, peakGo [3]atomic.Int64 // create, flush, run
+	goSample := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	var phase atomic.Int32
+	sampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			_, anon := procStatus()
+			if p := &peakAnon[phase.Load()]; anon > p.Load() {
+				p.Store(anon)
+			}
+			metrics.Read(goSample)
+			if g, p := int64(goSample[0].Value.Uint64()-goSample[1].Value.Uint64()), &peakGo[phase.Load()]; g > p.Load() {
+				p.Store(g)
+			}
+			select {
+			case <-t.C:
+			case <-sampling:
+				return
+			}
+		}
+	}()
 	root := filepath.Join(tmp, "store")
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return err
@@ -191,6 +250,7 @@ func childManyDatabases() error {
 		}
 	}
 	r := manyResult{DBs: n}
+	phase.Store(1)
 	if vfsName == "boule" {
 		start := time.Now()
 		if err := vfs.FlushAll(ctx); err != nil {
@@ -213,6 +273,7 @@ func childManyDatabases() error {
 		return
 	}
 	up0, packs0, chunks0 := counts()
+	phase.Store(2)
 
 	type commit struct {
 		db      int
@@ -307,10 +368,43 @@ func childManyDatabases() error {
 			r.LagP50, r.LagP99, r.LagMax = p(0.50), p(0.99), lags[len(lags)-1]
 		}
 	}
+	close(sampling)
+	<-sampled
 	// What stays, not the garbage of the run that the Go runtime has
 	// not returned to the system yet.
 	debug.FreeOSMemory()
-	r.RSS, r.RSSAnon = procStatus()
+	st := procStatusFields()
+	r.RSS, r.RSSAnon = st["VmRSS:"], st["RssAnon:"]
+	r.RSSFile = st["RssFile:"] + st["RssShmem:"]
+	r.PeakAnonCreate, r.PeakAnonFlush, r.PeakAnonRun = peakAnon[0].Load(), peakAnon[1].Load(), max(peakAnon[2].Load(), r.RSSAnon)
+	r.PeakGoCreate, r.PeakGoFlush, r.PeakGoRun = peakGo[0].Load(), peakGo[1].Load(), peakGo[2].Load()
+	r.PeakRSS, r.PeakAnon = st["VmHWM:"], max(r.PeakAnonCreate, r.PeakAnonFlush, r.PeakAnonRun)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	r.HeapInuse, r.StackInuse = int64(ms.HeapInuse), int64(ms.StackInuse)
+	r.Goroutines = runtime.NumGoroutine()
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		r.FDs = len(fds)
+	}
+	if maps, err := os.ReadFile("/proc/self/maps"); err == nil {
+		r.Maps = bytes.Count(maps, []byte("\n"))
+	}
+	if path := os.Getenv("BOULE_MANY_PROFILE"); path != "" {
+		// BOULE_MANY_PROFILE=p writes p.boule.heap and p.boule.goroutine
+		// (and .unix), of the end of the run.
+		for _, name := range []string{"heap", "goroutine"} {
+			f, err := os.Create(path + "." + vfsName + "." + name)
+			if err != nil {
+				return err
+			}
+			if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+				return err
+			}
+			if err := f.Close(); err != nil {
+				return err
+			}
+		}
+	}
 	out, err := json.Marshal(r)
 	if err != nil {
 		return err
