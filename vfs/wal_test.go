@@ -2,9 +2,9 @@ package vfs_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
