@@ -579,6 +579,18 @@ func TestWALRawFrames(t *testing.T) {
 	}
 }
 
+// countResets counts the calls of the hook before a restart or a
+// truncation of a log, until the test ends.
+func countResets(t testing.TB) *atomic.Int64 {
+	var n atomic.Int64
+	vfs.SetExportHook(t, func(fn string) {
+		if fn == "bouleGoWALReset" {
+			n.Add(1)
+		}
+	})
+	return &n
+}
+
 // TestWALRestartCarriesOver: a commit that restarts the log stages
 // nothing. What the old log held beyond the staged snapshot is carried
 // over to the persister's next read, which stages it with the new log's
@@ -595,12 +607,7 @@ func TestWALRestartCarriesOver(t *testing.T) {
 	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
 	d := mustDB(t, path)
 	waitStaged(t, d)
-	var resets atomic.Int64
-	vfs.SetExportHook(t, func(fn string) {
-		if fn == "bouleGoWALReset" {
-			resets.Add(1)
-		}
-	})
+	resets := countResets(t)
 	before := d.Stats()
 	for i := range 300 {
 		mustExec(t, db, "INSERT OR REPLACE INTO t VALUES (?, randomblob(3000))", i%150)
@@ -639,12 +646,7 @@ func TestWALCarryOtherProcess(t *testing.T) {
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000) INSERT INTO big SELECT i, randomblob(1000) FROM n")
 	d := mustDB(t, path)
 	waitStaged(t, d)
-	var resets atomic.Int64
-	vfs.SetExportHook(t, func(fn string) {
-		if fn == "bouleGoWALReset" {
-			resets.Add(1)
-		}
-	})
+	resets := countResets(t)
 	// Changes all over the file, then small commits elsewhere until the
 	// log restarts: the carry holds chunks the new log does not.
 	mustExec(t, db, "UPDATE big SET v = randomblob(1000) WHERE k % 20 = 0")
