@@ -239,7 +239,7 @@ func (d *DB) persistWALLocked(c *ctl, batch []*Capture) (published, staged bool)
 func (d *DB) persisted(c *ctl, published bool, err error) (bool, bool) {
 	switch {
 	case errors.Is(err, errNotIncremental), errors.Is(err, errNotCaptured):
-		d.needRebuild(c, "the staged snapshot does not lead to these commits (another program wrote the database?)")
+		d.needRebuild(c, fmt.Sprintf("the staged snapshot does not lead to these commits (another program wrote the database?): %v", err))
 		return false, false
 	case err != nil:
 		d.failed(c, err)
