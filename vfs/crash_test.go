@@ -393,9 +393,9 @@ func TestSeveralProcesses(t *testing.T) {
 }
 
 // childHeldWriter is childWriter (without VACUUM) killed by SIGKILL at
-// the first filesystem step of its persister after its first commit (which
-// a process stages during the commit): the commits it reported after that
-// one were captured in memory and never staged.
+// the first filesystem step of its persister after it reported its first
+// commit: the commits it reported after that one were captured in memory
+// and never staged.
 func childHeldWriter() error {
 	c := readChildEnv()
 	var armed atomic.Bool
@@ -411,8 +411,13 @@ func childHeldWriter() error {
 			return err
 		}
 		if i == 0 {
-			armed.Store(true)
+			// Armed once the parent knows of this commit: armed first, a
+			// filesystem step of the first commit's persister could kill
+			// the process before it said it was ready.
 			fmt.Println("ready")
+			fmt.Println(seq)
+			armed.Store(true)
+			continue
 		}
 		fmt.Println(seq)
 	}
