@@ -458,6 +458,13 @@ func (w *writtenFiles) note(fp manifest.Fingerprint, fi fs.FileInfo) {
 	w.files[fp] = s
 }
 
+// clear forgets every file recorded.
+func (w *writtenFiles) clear() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.files = nil
+}
+
 // same reports whether fi is the file recorded for chunk fp, unchanged.
 func (w *writtenFiles) same(fp manifest.Fingerprint, fi fs.FileInfo) bool {
 	s, ok := stampOf(fi)

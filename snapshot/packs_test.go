@@ -167,3 +167,63 @@ func TestPackedReplica(t *testing.T) {
 		t.Fatalf("healthy member of the damaged pack: %v", err)
 	}
 }
+
+// TestClosedReaderKeepsNoPacks: a closed reader lets go of the packs it
+// kept and forgets its idle replicas (OnReplicaGone), so that whoever
+// still refers to a replica of it (the VFS does, until it is forgotten)
+// does not keep up to an eighth of the memory limit in packs: each reader
+// a process replaced kept them for good.
+func TestClosedReaderKeepsNoPacks(t *testing.T) {
+	f := newFixture(t)
+	publishPacked(t, f.store, "/data/kept.db", db(31, 17), 8)
+	var gone []*Replica
+	r := f.reader(Options{Prefetch: -1, OnReplicaGone: func(rp *Replica) { gone = append(gone, rp) }})
+	c := mustOpen(t, r, "boule:///data/kept.db")
+	if _, err := c.Snapshot().Chunk(context.Background(), 3); err != nil {
+		t.Fatal(err)
+	}
+	rp := c.Replica()
+	if r.packs.bytes == 0 {
+		t.Fatal("packs.bytes=0 after a packed read: the test proves nothing")
+	}
+	c.Close()
+	r.Close()
+	if r.packs.bytes != 0 || len(r.packs.kept) != 0 {
+		t.Errorf("after Close, packs.bytes=%d in %d packs, want 0", r.packs.bytes, len(r.packs.kept))
+	}
+	if r.Replicas() != 0 || len(gone) != 1 || gone[0] != rp {
+		t.Errorf("after Close, Replicas()=%d and OnReplicaGone called with %d replicas, want 0 and the one opened", r.Replicas(), len(gone))
+	}
+}
+
+// TestWarmPrefetchCachesCopies: the prefetch of a snapshot larger than
+// the memory bounds writes to the chunk cache the chunks a read holds as
+// copies (a scan that overtook it), which are let go soon: it skipped
+// every chunk held, and a warm scan fetched those again from the store.
+func TestWarmPrefetchCachesCopies(t *testing.T) {
+	f := newFixture(t)
+	m := publishPacked(t, f.store, "/data/warm.db", db(32, 17), 8)
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
+	c := mustOpen(t, r, "boule:///data/warm.db")
+	defer c.Close()
+	s := c.Snapshot()
+	if _, err := s.Chunk(context.Background(), 5); err != nil {
+		t.Fatal(err)
+	}
+	r.cachePending.Wait()
+	if err := os.Remove(f.cache.Path(m.Chunks[5])); err != nil {
+		t.Fatal(err)
+	}
+	if e := s.maps.get(5); e == nil || !e.m.anon {
+		t.Fatal("chunk 5 is not held as a copy: the test proves nothing")
+	}
+	r.prefetch = 4
+	s.startPrefetch()
+	<-s.prefetched
+	r.cachePending.Wait()
+	for i := 1; i < len(m.Chunks); i++ {
+		if !f.cache.HasChunk(m.Chunks[i]) {
+			t.Errorf("chunk %d is not in the cache after the prefetch", i)
+		}
+	}
+}

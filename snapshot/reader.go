@@ -218,6 +218,20 @@ func (r *Reader) Close() {
 	r.cancel()
 	r.bg.Wait()
 	r.slabs.close()
+	// What a closed reader keeps in memory, it keeps for as long as
+	// anything refers to it (the VFS keeps a word per replica until the
+	// replica is forgotten): its packs, up to an eighth of the memory
+	// limit, went with it for good at every reader a process replaced.
+	r.packs.clear()
+	r.written.clear()
+	r.mu.Lock()
+	gone := r.forgetLocked(true)
+	r.mu.Unlock()
+	if r.onGone != nil {
+		for _, g := range gone {
+			r.onGone(g)
+		}
+	}
 }
 
 // goBG runs f in a goroutine that Close waits for, and reports false,
@@ -252,10 +266,18 @@ func (r *Reader) sweepLocked() []*Replica {
 		return nil
 	}
 	r.lastSweep = now
+	return r.forgetLocked(false)
+}
+
+// forgetLocked forgets the replicas that have no connection and no fetch
+// or poller under way, and, unless all is set, a manifest older than the
+// poll interval, and returns them; the caller holds r.mu.
+func (r *Reader) forgetLocked(all bool) []*Replica {
+	now := r.now()
 	var gone []*Replica
 	for id, rp := range r.replicas {
 		rp.mu.Lock()
-		idle := rp.conns == 0 && rp.fetching == nil && rp.stopPoll == nil && now.Sub(rp.lastStart) >= r.poll
+		idle := rp.conns == 0 && rp.fetching == nil && rp.stopPoll == nil && (all || now.Sub(rp.lastStart) >= r.poll)
 		if idle {
 			// A background fetch queued before the last connection
 			// closed may still adopt a snapshot: it must not announce

@@ -424,14 +424,18 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	if _, ok := s.M.Inline[uint32(i)]; ok {
 		return nil
 	}
+	// A chunk held as a copy (read from a pack by a scan that overtook
+	// the prefetch) is written all the same: the copy is let go soon,
+	// and the next read of it would fetch it again.
 	s.mu.Lock()
-	held, closed := s.maps.get(i) != nil, s.closed
+	e, closed := s.maps.get(i), s.closed
+	mapped := e != nil && !e.m.anon
 	s.mu.Unlock()
 	if closed {
 		return errClosed
 	}
 	fp := s.M.Chunks[i]
-	if held || r.cache.HasChunk(fp) {
+	if mapped || r.cache.HasChunk(fp) {
 		return nil
 	}
 	want := manifest.ChunkLen(s.M.Size, i)
