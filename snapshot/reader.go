@@ -68,10 +68,10 @@ type Options struct {
 	// DefaultChunkTimeout.
 	OpenTimeout, ChunkTimeout time.Duration
 	// MemoryLimit bounds the anonymous memory, in bytes, in which the
-	// Reader keeps chunks: half of it for copies of chunks (fetched from
-	// a store, inline in a manifest, or read from files it may not map),
-	// an eighth for packs kept for their other chunks, and the rest for
-	// the work of fetching and decoding them. Zero means
+	// Reader keeps chunks: a quarter of it for copies of chunks (fetched
+	// from a store, inline in a manifest, or read from files it may not
+	// map), an eighth for packs kept for their other chunks, and the rest
+	// for the work of fetching and decoding them. Zero means
 	// DefaultMemoryLimit; less than MinMemoryLimit means MinMemoryLimit.
 	// Chunks mapped from the chunk cache's files are file-backed memory
 	// that the kernel may reclaim, and are bounded by MaxMappedChunks.
@@ -161,7 +161,7 @@ func NewReader(opts Options) *Reader {
 		mem = DefaultMemoryLimit
 	}
 	mem = max(mem, MinMemoryLimit)
-	r.pool = pool{maxLive: opts.MaxMappedChunks, maxAnon: chunkSlots(mem / 2), quiesce: opts.Quiesce}
+	r.pool = pool{maxLive: opts.MaxMappedChunks, maxAnon: chunkSlots(mem / 4), quiesce: opts.Quiesce}
 	if r.pool.maxLive <= 0 {
 		r.pool.maxLive = maxMappedDefault()
 	}
