@@ -227,3 +227,98 @@ func TestWarmPrefetchCachesCopies(t *testing.T) {
 		}
 	}
 }
+
+// stallCacheWriter replaces r's cache writer with a queue of n that
+// nobody writes from: the test takes the items itself.
+func stallCacheWriter(r *Reader, n int) chan cacheItem {
+	r.cacheQ = make(chan cacheItem, n)
+	r.cacheOnce.Do(func() {})
+	return r.cacheQ
+}
+
+// TestPacedReadsCacheEveryChunk: reads of a snapshot prefetched into the
+// cache's files (larger than the memory bounds) wait for room in the
+// cache writer's queue, so that a scan faster than the writer leaves
+// every chunk it read queued for the cache. They gave up at once when
+// the queue was full, and the prefetch fetched and decoded those chunks'
+// packs again to cache them.
+func TestPacedReadsCacheEveryChunk(t *testing.T) {
+	f := newFixture(t)
+	m := publishPacked(t, f.store, "/data/paced.db", db(33, 17), 8)
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
+	r.cachePace = time.Minute // the test's writer is slow, not stuck
+	q := stallCacheWriter(r, 2)
+	c := mustOpen(t, r, "boule:///data/paced.db")
+	defer c.Close()
+	s := c.Snapshot()
+	s.paced.Store(true)
+	written := make(chan map[manifest.Fingerprint]bool)
+	stop := make(chan struct{})
+	go func() {
+		got := map[manifest.Fingerprint]bool{}
+		for {
+			select {
+			case it := <-q:
+				got[it.fp] = true
+				r.cacheDone(it.fp)
+				time.Sleep(time.Millisecond) // a writer slower than the reads
+			case <-stop:
+				written <- got
+				return
+			}
+		}
+	}()
+	for i := range len(m.Chunks) {
+		if _, err := s.Chunk(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.cachePending.Wait()
+	close(stop)
+	got := <-written
+	for i := 1; i < len(m.Chunks); i++ { // chunk 0 is inline
+		if !got[m.Chunks[i]] {
+			t.Errorf("chunk %d was not queued for the cache", i)
+		}
+	}
+}
+
+// TestWarmPrefetchSkipsQueued: the prefetch does not fetch again the
+// pack of chunks that wait in the cache writer's queue (a scan queued
+// them), nor queue them twice.
+func TestWarmPrefetchSkipsQueued(t *testing.T) {
+	f := newFixture(t)
+	sto := &countingPacks{counting: f.store}
+	m := publishPacked(t, sto, "/data/queued.db", db(34, 17), 8) // chunk 0 inline, two packs
+	r := NewReader(Options{Remote: []store.Store{sto}, Cache: f.cache, Hostname: testHost, Prefetch: -1, MaxMappedChunks: 16})
+	t.Cleanup(r.Close)
+	q := stallCacheWriter(r, 64)
+	c := mustOpen(t, r, "boule:///data/queued.db")
+	defer c.Close()
+	s := c.Snapshot()
+	s.paced.Store(true)
+	for i := 9; i <= 16; i++ { // the second pack, whole
+		if _, err := s.Chunk(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.packs.clear()
+	sto.packs.Store(0)
+	r.prefetch = 4
+	s.startPrefetch()
+	<-s.prefetched
+	if n := sto.packs.Load(); n != 1 {
+		t.Errorf("the prefetch made %d pack GETs, want 1 (the first pack; the second one's chunks are queued)", n)
+	}
+	n := map[manifest.Fingerprint]int{}
+	for len(q) > 0 {
+		it := <-q
+		n[it.fp]++
+		r.cacheDone(it.fp)
+	}
+	for i := 1; i < len(m.Chunks); i++ {
+		if n[m.Chunks[i]] != 1 {
+			t.Errorf("chunk %d queued %d times for the cache, want 1", i, n[m.Chunks[i]])
+		}
+	}
+}

@@ -126,6 +126,8 @@ type Reader struct {
 	cachePending sync.WaitGroup // chunks queued for the cache, not yet written
 	cacheMu      sync.Mutex     // orders cachePending.Add before Close's Wait
 	cacheClosed  bool
+	queued       map[manifest.Fingerprint]struct{} // chunks in cacheQ (or about to be); under cacheMu
+	cachePace    time.Duration                     // see cacheRead
 	written      writtenFiles                      // cache files written from verified bytes
 	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 	now          func() time.Time                  // the freshness clock; tests replace it
@@ -172,6 +174,7 @@ func NewReader(opts Options) *Reader {
 	// packs and chunks being decoded.
 	r.packs = newPackCache(int(min(mem/8, defaultPackCacheBytes)), r.goBG)
 	r.cacheQLen = min(max(chunkSlots(mem/64), 4), 256)
+	r.cachePace = defaultCachePace
 	r.written.max = r.pool.maxLive
 	if r.host == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {

@@ -29,6 +29,7 @@ type Snapshot struct {
 	packs     *manifest.PackIndex // built by packIndex
 
 	fetched atomic.Int64 // Unix ns when the newest fetch that returned M started
+	paced   atomic.Bool  // prefetched into the cache's files: reads wait for room in its queue
 
 	used atomic.Pointer[func(i int) bool] // Binding.Used
 
@@ -294,9 +295,9 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 		load, cancel := context.WithTimeout(r.ctx, r.chunkTO)
 		defer cancel()
 		if ref, ok := s.packIndex().Ref(i); ok {
-			return r.loadChunk(load, fp, want, &ref)
+			return r.loadChunk(load, fp, want, &ref, s.paced.Load())
 		}
-		return r.loadChunk(load, fp, want, nil)
+		return r.loadChunk(load, fp, want, nil, s.paced.Load())
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
@@ -435,7 +436,7 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 		return errClosed
 	}
 	fp := s.M.Chunks[i]
-	if mapped || r.cache.HasChunk(fp) {
+	if mapped || r.isQueued(fp) || r.cache.HasChunk(fp) {
 		return nil
 	}
 	want := manifest.ChunkLen(s.M.Size, i)
@@ -478,6 +479,7 @@ func (s *Snapshot) startPrefetch() {
 			return
 		}
 		count = min(count, int(r.cache.Capacity()*3/4))
+		s.paced.Store(true)
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	done := make(chan struct{})
