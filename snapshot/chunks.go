@@ -491,7 +491,7 @@ type writtenFiles struct {
 type fileStamp struct {
 	dev, ino uint64
 	size     int64
-	ctime    syscall.Timespec
+	ctime    int64 // ns
 }
 
 func stampOf(fi fs.FileInfo) (fileStamp, bool) {
@@ -499,7 +499,8 @@ func stampOf(fi fs.FileInfo) (fileStamp, bool) {
 	if !ok {
 		return fileStamp{}, false
 	}
-	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: statCtim(st)}, true
+	ct := statCtim(st)
+	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: ct.Nano()}, true
 }
 
 // note records that the file fi holds the verified bytes of chunk fp.

@@ -322,3 +322,29 @@ func TestWarmPrefetchSkipsQueued(t *testing.T) {
 		}
 	}
 }
+
+// TestWrittenRecordsOutnumberHeld: the records of the cache files this
+// process wrote (which it maps again without hashing them) cover a
+// snapshot larger than the chunks held, whose scans map every chunk
+// again: they were bounded by the chunks held, and a warm scan of a
+// large replica hashed most of its chunks again.
+func TestWrittenRecordsOutnumberHeld(t *testing.T) {
+	f := newFixture(t)
+	m := publishPacked(t, f.store, "/data/records.db", db(35, 41), 8)
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
+	c := mustOpen(t, r, "boule:///data/records.db")
+	defer c.Close()
+	if got := read(t, c.Snapshot()); len(got) != int(m.Size) {
+		t.Fatalf("read %d bytes, want %d", len(got), m.Size)
+	}
+	r.cachePending.Wait()
+	known := 0
+	for i := 1; i < len(m.Chunks); i++ {
+		if st, err := os.Stat(f.cache.Path(m.Chunks[i])); err == nil && r.written.same(m.Chunks[i], st) {
+			known++
+		}
+	}
+	if want := len(m.Chunks) - 2; known < want { // chunk 0 inline, chunk 2 a duplicate of 1
+		t.Errorf("%d cache files recorded as written, want %d (more than the 16 chunks held)", known, want)
+	}
+}

@@ -175,7 +175,16 @@ func NewReader(opts Options) *Reader {
 	r.packs = newPackCache(int(min(mem/8, defaultPackCacheBytes)), r.goBG)
 	r.cacheQLen = min(max(chunkSlots(mem/64), 4), 256)
 	r.cachePace = defaultCachePace
+	// A record for each cache file the replicas may map again, up to
+	// about a sixteenth of the memory limit (some 64 bytes each): a scan
+	// of a snapshot larger than the chunks held maps each chunk again,
+	// and one whose record was forgotten is hashed again (a sixth of a
+	// warm 4 GiB scan's time when the records were bounded by the
+	// chunks held).
 	r.written.max = r.pool.maxLive
+	if r.cache != nil {
+		r.written.max = max(r.written.max, int(min(r.cache.Capacity(), mem/1024)))
+	}
 	if r.host == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			r.host = h
