@@ -58,8 +58,8 @@ func maxMappedDefault() int {
 // missing and asks Go again.
 type pool struct {
 	maxLive, maxAnon int
-	quiesce          func()       // waits for the C reads under way; nil without C
-	release          func(*entry) // drops the entry's reference to its mapping
+	quiesce          func()         // waits for the C reads under way; nil without C
+	release          func([]*entry) // drops the entries' references to their mappings
 
 	evictMu sync.Mutex // one eviction at a time, outside mu
 
@@ -183,9 +183,7 @@ func (p *pool) evict() {
 	if p.quiesce != nil {
 		p.quiesce()
 	}
-	for _, e := range victims {
-		p.release(e)
-	}
+	p.release(victims)
 }
 
 // counts reports the chunks held, the copies among them, and the

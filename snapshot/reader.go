@@ -167,7 +167,7 @@ func NewReader(opts Options) *Reader {
 	if r.pool.maxLive <= 0 {
 		r.pool.maxLive = maxMappedDefault()
 	}
-	r.pool.release = func(e *entry) { r.chunks.release(e.s.M.Chunks[e.i], e.m) }
+	r.pool.release = r.release
 	// The rest of the limit is for the Go heap, which the garbage
 	// collector lets grow to twice what is live: packs kept (an eighth),
 	// the chunks queued for the cache's files (a sixty-fourth), and the

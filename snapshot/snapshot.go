@@ -221,9 +221,7 @@ func (s *Snapshot) unref() {
 	if onClose != nil {
 		onClose()
 	}
-	for _, e := range held {
-		s.rep.r.pool.release(e)
-	}
+	s.rep.r.pool.release(held)
 }
 
 // Chunk returns chunk i, mapped read-only. The bytes stay valid until the
