@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,7 +144,7 @@ func (c *Store) PutChunkFile(ctx context.Context, fp manifest.Fingerprint, data 
 	}
 	// Not synced: a cached chunk that a crash damaged is verified,
 	// deleted and fetched again.
-	tmp, err := localfs.WriteTemp(sdir, ".tmp-", data, perm, false)
+	tmp, err := localfs.WriteTemp(sdir, tempPrefix, data, perm, false)
 	if err == nil {
 		if err = os.Rename(tmp, p); err != nil {
 			_ = os.Remove(tmp)
@@ -282,6 +283,9 @@ func (c *Store) GetManifestVersion(ctx context.Context, key, versionID string) (
 	return nil, c.noManifests("get manifest version", key)
 }
 
+// tempPrefix begins the names of the files being written.
+const tempPrefix = ".tmp-"
+
 // noteAdded counts a new file in shard s, and lists the shard (evicting
 // if it is over its share of the capacity) when this process's count goes
 // over the share, or when it added a sixty-fourth of the share since the
@@ -326,16 +330,28 @@ func (c *Store) evict(s int) {
 			mod  time.Time
 		}
 		files := make([]file, 0, n)
+		now := time.Now()
 		for _, e := range entries {
 			if !e.Type().IsRegular() {
 				continue
 			}
-			if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
-				files = append(files, file{e.Name(), info.ModTime()})
+			info, err := e.Info()
+			if err != nil || !info.Mode().IsRegular() {
+				continue
 			}
+			if strings.HasPrefix(e.Name(), tempPrefix) && now.Sub(info.ModTime()) < time.Minute {
+				continue // being written by another writer; a stale one goes later
+			}
+			files = append(files, file{e.Name(), info.ModTime()})
 		}
 		sort.Slice(files, func(i, j int) bool { return files[i].mod.Before(files[j].mod) })
-		drop := len(files) - c.perShard + c.perShard/10
+		// Another writer may have removed some since the listing: the
+		// files still there decide.
+		drop := max(len(files)-c.perShard+c.perShard/10, 0)
+		if len(files) <= c.perShard {
+			drop = 0
+		}
+		n = len(files)
 		for _, f := range files[:min(drop, len(files))] {
 			if os.Remove(filepath.Join(sdir, f.name)) == nil {
 				n--

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -348,5 +349,43 @@ func TestLocalCacheTouch(t *testing.T) {
 	}
 	if fi, err := os.Stat(c.Path(fp)); err != nil || !fi.ModTime().After(old.Add(time.Hour)) {
 		t.Errorf("TouchChunk() left the modification time at %v, %v", fi.ModTime(), err)
+	}
+}
+
+// TestLocalCacheConcurrentEviction: writers of one process and of
+// another add chunks to a shard at once, each evicting while the others
+// remove files it listed; the shard stays within its share plus what
+// they add between listings.
+func TestLocalCacheConcurrentEviction(t *testing.T) {
+	ctx := context.Background()
+	const capacity = 16
+	a := newTestCache(t, 1, capacity)
+	b, err := New(a.Dir(), 1, capacity)
+	if err != nil {
+		t.Fatalf("New()=%v", err)
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		c := a
+		if w%2 == 1 {
+			c = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				data, fp := cacheChunk(uint64(10000+1000*w+i), 100)
+				if err := c.PutChunk(ctx, fp, data); err != nil {
+					t.Errorf("PutChunk()=%v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for shard, n := range shardCounts(t, a) {
+		if n == 0 || n > capacity+8 {
+			t.Errorf("shard %s holds %d chunks, want 1 to %d", shard, n, capacity+8)
+		}
 	}
 }
