@@ -337,6 +337,12 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 // cache on a stuck disk slows reads without stopping them.
 const defaultCachePace = 20 * time.Millisecond
 
+// defaultPaceAfter is the number of chunks a paced snapshot's reads load
+// before they wait for room in the cache writers' queue: 16 MiB, which a
+// scan crosses in its first tenth of a second, and a query that reads a
+// few pages never does.
+const defaultPaceAfter = 256
+
 // cacheRead queues a chunk a read fetched for the cache: at once or not
 // at all, or, if paced, waiting up to the reader's cachePace.
 func (r *Reader) cacheRead(fp manifest.Fingerprint, data []byte, paced bool) {

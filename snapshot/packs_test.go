@@ -247,6 +247,7 @@ func TestPacedReadsCacheEveryChunk(t *testing.T) {
 	m := publishPacked(t, f.store, "/data/paced.db", db(33, 17), 8)
 	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
 	r.cachePace = time.Minute // the test's writer is slow, not stuck
+	r.paceAfter = 0
 	q := stallCacheWriter(r, 2)
 	c := mustOpen(t, r, "boule:///data/paced.db")
 	defer c.Close()
@@ -347,4 +348,38 @@ func TestWrittenRecordsOutnumberHeld(t *testing.T) {
 	if want := len(m.Chunks) - 2; known < want { // chunk 0 inline, chunk 2 a duplicate of 1
 		t.Errorf("%d cache files recorded as written, want %d (more than the 16 chunks held)", known, want)
 	}
+}
+
+// TestFirstReadsNotPaced: the first reads of a snapshot prefetched into
+// the cache's files (a first query) do not wait for room in the cache
+// writers' queue, which the prefetch keeps full; reads past paceAfter
+// chunks (a scan) do.
+func TestFirstReadsNotPaced(t *testing.T) {
+	f := newFixture(t)
+	publishPacked(t, f.store, "/data/first.db", db(36, 17), 8)
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
+	r.cachePace = time.Minute
+	r.paceAfter = 2
+	q := stallCacheWriter(r, 1)
+	q <- cacheItem{} // full, and nobody writes
+	c := mustOpen(t, r, "boule:///data/first.db")
+	defer c.Close()
+	s := c.Snapshot()
+	s.paced.Store(true)
+	for _, i := range []int{9, 12} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := s.Chunk(ctx, i)
+		cancel()
+		if err != nil {
+			t.Fatalf("Chunk(%d), one of the first 2 reads, =%v, want nil at once", i, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.Chunk(ctx, 14); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Chunk(14), the third read, =%v, want it waiting for room in the queue until its deadline", err)
+	}
+	<-q // room: the waiting load queues chunk 14, and returns
+	it := <-q
+	r.cacheDone(it.fp)
 }

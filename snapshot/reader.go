@@ -128,6 +128,7 @@ type Reader struct {
 	cacheClosed  bool
 	queued       map[manifest.Fingerprint]struct{} // chunks in cacheQ (or about to be); under cacheMu
 	cachePace    time.Duration                     // see cacheRead
+	paceAfter    int64                             // see Snapshot.pacedLoad
 	written      writtenFiles                      // cache files written from verified bytes
 	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 	now          func() time.Time                  // the freshness clock; tests replace it
@@ -175,6 +176,7 @@ func NewReader(opts Options) *Reader {
 	r.packs = newPackCache(int(min(mem/8, defaultPackCacheBytes)), r.goBG)
 	r.cacheQLen = min(max(chunkSlots(mem/64), 4), 256)
 	r.cachePace = defaultCachePace
+	r.paceAfter = defaultPaceAfter
 	// A record for each cache file the replicas may map again, up to
 	// about a sixteenth of the memory limit (some 64 bytes each): a scan
 	// of a snapshot larger than the chunks held maps each chunk again,

@@ -29,7 +29,8 @@ type Snapshot struct {
 	packs     *manifest.PackIndex // built by packIndex
 
 	fetched atomic.Int64 // Unix ns when the newest fetch that returned M started
-	paced   atomic.Bool  // prefetched into the cache's files: reads wait for room in its queue
+	paced   atomic.Bool  // prefetched into the cache's files: scans wait for room in its queue
+	loads   atomic.Int64 // chunks loaded for reads (see pacedLoad)
 
 	used atomic.Pointer[func(i int) bool] // Binding.Used
 
@@ -292,10 +293,11 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 		// must not end when the caller that started it gives up.
 		load, cancel := context.WithTimeout(r.ctx, r.chunkTO)
 		defer cancel()
+		paced := s.pacedLoad()
 		if ref, ok := s.packIndex().Ref(i); ok {
-			return r.loadChunk(load, fp, want, &ref, s.paced.Load())
+			return r.loadChunk(load, fp, want, &ref, paced)
 		}
-		return r.loadChunk(load, fp, want, nil, s.paced.Load())
+		return r.loadChunk(load, fp, want, nil, paced)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
@@ -323,6 +325,15 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 		r.pool.evict()
 	}
 	return m.b, nil
+}
+
+// pacedLoad counts a load for a read, and reports whether it waits for
+// room in the cache writers' queue (Reader.loadChunk): for a snapshot
+// prefetched into the cache's files, once its reads have loaded
+// Reader.paceAfter chunks, as a scan does. The first reads, those of a
+// first query, do not wait behind the prefetch's chunks.
+func (s *Snapshot) pacedLoad() bool {
+	return s.paced.Load() && s.loads.Add(1) > s.rep.r.paceAfter
 }
 
 // load maps, before an open or refresh returns, the chunks that the
