@@ -104,7 +104,7 @@ type Config struct {
 
 	// ReplicaMemoryLimit ("replica_memory_limit") bounds, in bytes, the
 	// anonymous memory in which read replicas (boule_snapshot) keep
-	// chunks, whatever the databases' sizes: copies of chunks get half,
+	// chunks, whatever the databases' sizes: copies of chunks get a quarter,
 	// packs kept for their other chunks an eighth, and the rest is for
 	// fetching and decoding them. Chunks mapped from
 	// the chunk cache's files are not counted: they are file-backed, and

@@ -12,12 +12,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/boule-vfs/boule/internal/osuser"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
 	"github.com/boule-vfs/boule/store/dir"
+	"golang.org/x/sys/unix"
 )
 
 // mappedFiles returns the files this process has mapped, from
@@ -420,5 +422,45 @@ func TestClosedReaderKeepsNoSlab(t *testing.T) {
 	r.Close()
 	if n := r.slabs.count(); n != 0 {
 		t.Errorf("slabs.count() after Close=%d, want 0", n)
+	}
+}
+
+// TestUnmapFilesRuns: mappings released together that are adjacent in
+// memory are unmapped with one call per run (one call per mapping was a
+// quarter of a warm scan's time for a replica larger than the chunks
+// held); a mapping between them that is still held stays mapped.
+func TestUnmapFilesRuns(t *testing.T) {
+	const size = manifest.ChunkSize
+	for _, tc := range []struct {
+		name    string
+		release []int // of four adjacent regions
+		calls   int
+	}{
+		{"one run, out of order", []int{2, 0, 1}, 1},
+		{"two runs around a held one", []int{0, 2, 3}, 2},
+		{"alone", []int{1}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ptr, err := unix.MmapPtr(-1, 0, nil, 4*size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all := unsafe.Slice((*byte)(ptr), 4*size)
+			var regions [][]byte
+			released := map[int]bool{}
+			for _, k := range tc.release {
+				regions = append(regions, all[k*size:(k+1)*size])
+				released[k] = true
+			}
+			if got := unmapFiles(regions); got != tc.calls {
+				t.Errorf("unmapFiles(regions %v)=%d calls, want %d", tc.release, got, tc.calls)
+			}
+			for k := range 4 {
+				if !released[k] {
+					all[k*size] = 1 // still mapped: no fault
+					_ = unix.MunmapPtr(unsafe.Pointer(&all[k*size]), size)
+				}
+			}
+		})
 	}
 }

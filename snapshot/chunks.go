@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,13 +9,16 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
+	"golang.org/x/sys/unix"
 )
 
 // ErrCorrupt is wrapped by the errors for chunks whose bytes do not match
@@ -46,6 +50,7 @@ type mapping struct {
 	refs int
 	free func() // unmaps b or frees its slab slot
 	anon bool   // b is a copy in a slab, not a file's mapping
+	file bool   // b is a whole mapping of a file (see unmapFiles)
 }
 
 // loaded is what a loadFunc returns: a chunk's bytes outside the Go
@@ -55,6 +60,7 @@ type loaded struct {
 	b    []byte
 	free func()
 	anon bool
+	file bool // b is a whole mapping of a file, which free unmaps
 }
 
 type flight struct {
@@ -126,7 +132,7 @@ func (c *chunkMaps) run(fp manifest.Fingerprint, f *flight, load loadFunc) {
 		l.free()
 		f.err = errClosed
 	default:
-		f.m = &mapping{b: l.b, free: l.free, anon: l.anon}
+		f.m = &mapping{b: l.b, free: l.free, anon: l.anon, file: l.file}
 		c.maps[fp] = f.m
 	}
 	c.mu.Unlock()
@@ -162,6 +168,80 @@ func (c *chunkMaps) release(fp manifest.Fingerprint, m *mapping) {
 	}
 }
 
+// drop is release for many mappings at once: it drops a reference to
+// each, and returns those that nobody uses any more, which the caller
+// frees (see Reader.release).
+func (c *chunkMaps) drop(fps []manifest.Fingerprint, ms []*mapping) []*mapping {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var gone []*mapping
+	for k, m := range ms {
+		if c.maps[fps[k]] != m {
+			continue
+		}
+		m.refs--
+		if m.refs == 0 {
+			delete(c.maps, fps[k])
+			gone = append(gone, m)
+		}
+	}
+	return gone
+}
+
+// release drops the entries' references to their mappings, and frees
+// the mappings nobody uses any more: the file mappings among them with
+// as few munmap calls as their addresses allow (unmapFiles).
+func (r *Reader) release(es []*entry) {
+	fps := make([]manifest.Fingerprint, len(es))
+	ms := make([]*mapping, len(es))
+	for k, e := range es {
+		fps[k], ms[k] = e.s.M.Chunks[e.i], e.m
+	}
+	var files [][]byte
+	for _, m := range r.chunks.drop(fps, ms) {
+		if m.file {
+			files = append(files, m.b)
+		} else {
+			m.free()
+		}
+	}
+	unmapFiles(files)
+}
+
+// unmapFiles unmaps the file mappings regions, each the whole of one mmap,
+// with one munmap call for each run of regions that are adjacent in
+// memory, and returns the number of calls. The kernel tends to place the
+// mappings of a scan next to one another, and a scan of a replica larger
+// than the chunks held unmaps as many as it maps: one call per mapping
+// was a quarter of a warm 4 GiB scan's processor time (3.8 of 15.2 s;
+// 0.16 s now), each call flushing the other processors' TLBs, which on
+// a busy virtual machine waits for them.
+func unmapFiles(regions [][]byte) int {
+	if len(regions) == 0 {
+		return 0
+	}
+	page := uintptr(os.Getpagesize())
+	type span struct {
+		start unsafe.Pointer
+		size  uintptr // rounded up to whole pages
+	}
+	spans := make([]span, len(regions))
+	for k, b := range regions {
+		spans[k] = span{unsafe.Pointer(unsafe.SliceData(b)), (uintptr(len(b)) + page - 1) &^ (page - 1)}
+	}
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(uintptr(a.start), uintptr(b.start)) })
+	calls := 0
+	for k := 0; k < len(spans); {
+		run := spans[k]
+		for k++; k < len(spans) && uintptr(spans[k].start) == uintptr(run.start)+run.size; k++ {
+			run.size += spans[k].size
+		}
+		_ = unix.MunmapPtr(run.start, run.size)
+		calls++
+	}
+	return calls
+}
+
 // waiting reports how many callers wait for the load of fp; for tests.
 func (c *chunkMaps) waiting(fp manifest.Fingerprint) int {
 	c.mu.Lock()
@@ -186,7 +266,15 @@ func (c *chunkMaps) mapped() int {
 // process's user can change it: a cache file that someone else could
 // change is copied into memory after it is verified, as are chunks from
 // read-only directories and stores.
-func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef) (loaded, error) {
+//
+// With paced set (a snapshot larger than the memory bounds, whose
+// prefetch goes to the cache's files), a chunk fetched from a store
+// waits, up to DefaultCachePace, for room in the cache writer's queue rather
+// than go uncached: a scan that outran the writer left most of its
+// chunks uncached, and the prefetch fetched and decoded their packs a
+// second time to cache them (469 pack GETs for 251 packs in a cold 1 GiB
+// scan).
+func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef, paced bool) (loaded, error) {
 	var errs []error
 	if r.cache != nil {
 		l, err := r.loadCached(ctx, fp, want)
@@ -227,7 +315,7 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		if err != nil {
 			return loaded{}, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(append(errs, err)...))
 		}
-		r.cacheLater(fp, data)
+		r.cacheRead(fp, data, paced)
 		return r.slabs.copy(data)
 	}
 	data, err := r.remoteChunk(ctx, fp, want)
@@ -240,8 +328,34 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 	// Creating a file costs a few hundred microseconds on some file
 	// systems: the cache file, for the other processes of the host, is
 	// written off the read path.
-	r.cacheLater(fp, data)
+	r.cacheRead(fp, data, paced)
 	return r.slabs.copy(data)
+}
+
+// defaultCachePace is the longest a read of a paced snapshot waits for
+// room in the cache writer's queue: a few dozen files' writing, so that a
+// cache on a stuck disk slows reads without stopping them.
+const defaultCachePace = 20 * time.Millisecond
+
+// defaultPaceAfter is the number of chunks a paced snapshot's reads load
+// before they wait for room in the cache writers' queue: 16 MiB, which a
+// scan crosses in its first tenth of a second, and a query that reads a
+// few pages never does.
+const defaultPaceAfter = 256
+
+// cacheRead queues a chunk a read fetched for the cache: at once or not
+// at all, or, if paced, waiting up to the reader's cachePace.
+func (r *Reader) cacheRead(fp manifest.Fingerprint, data []byte, paced bool) {
+	if !paced {
+		r.cacheLater(fp, data)
+		return
+	}
+	if r.enqueueCache(nil, fp, data) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.cachePace)
+	defer cancel()
+	r.enqueueCache(ctx.Done(), fp, data)
 }
 
 // errNoStore is returned for a chunk that no store could be asked for.
@@ -269,11 +383,17 @@ func (r *Reader) remoteChunk(ctx context.Context, fp manifest.Fingerprint, want 
 	return nil, errors.Join(errs...)
 }
 
+// cacheWriters is the number of goroutines that write the cache's files.
+// A file per chunk costs a file creation (100 to 200 µs on the benchmark
+// machine under load), and the cold scan of a snapshot larger than memory
+// goes at the writers' pace: 4 writers took a cold 1 GiB scan from 10.2
+// to 8.6 s (median of 2, load average 8 on 2 cores), and kept its reads
+// from outrunning them (no chunk copies). (One writer once did better
+// than two, when each addition to the cache listed its shard.)
+const cacheWriters = 4
+
 // cacheLater queues a verified chunk for writing to the local cache; when
-// the queue is full the chunk is not cached. One goroutine writes: a file
-// per chunk costs a file creation and the chunk's bytes on disk, and a
-// second writer took a cold scan of 1 GiB from 5.7 to 8 times the local
-// scan (doc/BENCHMARKS.md) for a cache that is only an optimization.
+// the queue is full the chunk is not cached.
 func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
 	r.enqueueCache(nil, fp, data)
 }
@@ -291,35 +411,48 @@ func (r *Reader) cacheWait(ctx context.Context, fp manifest.Fingerprint, data []
 
 // enqueueCache queues fp for the cache writer; with a nil stop it gives
 // up at once if the queue is full, otherwise it waits until stop. It
-// reports whether the chunk was queued (or there is no cache).
+// reports whether the chunk was queued (or there is no cache). A chunk
+// queued already is not queued again, and reported queued.
 func (r *Reader) enqueueCache(stop <-chan struct{}, fp manifest.Fingerprint, data []byte) bool {
 	if r.cache == nil {
 		return true
 	}
 	r.cacheOnce.Do(func() {
 		r.cacheQ = make(chan cacheItem, r.cacheQLen)
-		r.goBG(func() {
-			for {
-				select {
-				case it := <-r.cacheQ:
-					fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
-					if err != nil {
-						r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
-					} else if fi != nil {
-						r.written.note(it.fp, fi) // it.data was verified
+		for range cacheWriters {
+			r.goBG(func() {
+				for {
+					select {
+					case it := <-r.cacheQ:
+						fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
+						if err != nil {
+							r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
+						} else if fi != nil {
+							r.written.note(it.fp, fi) // it.data was verified
+						}
+						r.cacheDone(it.fp)
+					case <-r.ctx.Done():
+						return
 					}
-					r.cachePending.Done()
-				case <-r.ctx.Done():
-					return
 				}
-			}
-		})
+			})
+		}
 	})
 	r.cacheMu.Lock()
 	if r.cacheClosed {
 		r.cacheMu.Unlock()
 		return false
 	}
+	if _, ok := r.queued[fp]; ok {
+		r.cacheMu.Unlock()
+		return true
+	}
+	if r.queued == nil {
+		r.queued = map[manifest.Fingerprint]struct{}{}
+	}
+	// Noted before it is in the queue, where the writer may take it at
+	// once.
+	r.queued[fp] = struct{}{}
 	r.cachePending.Add(1)
 	r.cacheMu.Unlock()
 	select {
@@ -335,8 +468,25 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, fp manifest.Fingerprint, dat
 		case <-r.ctx.Done():
 		}
 	}
-	r.cachePending.Done()
+	r.cacheDone(fp)
 	return false
+}
+
+// cacheDone records that chunk fp left the cache writer's queue: written,
+// or given up.
+func (r *Reader) cacheDone(fp manifest.Fingerprint) {
+	r.cacheMu.Lock()
+	delete(r.queued, fp)
+	r.cacheMu.Unlock()
+	r.cachePending.Done()
+}
+
+// isQueued reports whether chunk fp waits in the cache writer's queue.
+func (r *Reader) isQueued(fp manifest.Fingerprint) bool {
+	r.cacheMu.Lock()
+	defer r.cacheMu.Unlock()
+	_, ok := r.queued[fp]
+	return ok
 }
 
 type cacheItem struct {
@@ -382,17 +532,22 @@ func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want i
 		r.touch(ctx, fp, st, nil, false)
 		return r.slabs.copy(data)
 	}
-	b, err := syscall.Mmap(int(f.Fd()), 0, want, syscall.PROT_READ, syscall.MAP_SHARED)
+	// Mapped with MmapPtr, not syscall.Mmap, which keeps a table of its
+	// mappings and unmaps only whole ones: unmapFiles unmaps runs of
+	// them.
+	ptr, err := unix.MmapPtr(int(f.Fd()), 0, nil, uintptr(want), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
 		return loaded{}, fmt.Errorf("map %s: %w", p, err)
 	}
+	b := unsafe.Slice((*byte)(ptr), want)
+	free := func() { _ = unix.MunmapPtr(ptr, uintptr(want)) }
 	known := r.written.same(fp, st)
 	if !known && manifest.Sum(b) != fp {
-		_ = syscall.Munmap(b)
+		free()
 		return loaded{}, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
 	}
 	r.touch(ctx, fp, st, f, known)
-	return loaded{b: b, free: func() { _ = syscall.Munmap(b) }}, nil
+	return loaded{b: b, free: free, file: true}, nil
 }
 
 // touchAge is how old a cache file's mtime may be before a read refreshes
@@ -427,7 +582,7 @@ type writtenFiles struct {
 type fileStamp struct {
 	dev, ino uint64
 	size     int64
-	ctime    syscall.Timespec
+	ctime    int64 // ns
 }
 
 func stampOf(fi fs.FileInfo) (fileStamp, bool) {
@@ -435,7 +590,8 @@ func stampOf(fi fs.FileInfo) (fileStamp, bool) {
 	if !ok {
 		return fileStamp{}, false
 	}
-	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: statCtim(st)}, true
+	ct := statCtim(st)
+	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: ct.Nano()}, true
 }
 
 // note records that the file fi holds the verified bytes of chunk fp.
@@ -456,6 +612,13 @@ func (w *writtenFiles) note(fp manifest.Fingerprint, fi fs.FileInfo) {
 		}
 	}
 	w.files[fp] = s
+}
+
+// clear forgets every file recorded.
+func (w *writtenFiles) clear() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.files = nil
 }
 
 // same reports whether fi is the file recorded for chunk fp, unchanged.

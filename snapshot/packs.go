@@ -97,6 +97,14 @@ func (c *packCache) keep(id manifest.Fingerprint, b []byte) {
 	}
 }
 
+// clear forgets every pack kept.
+func (c *packCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.kept)
+	c.order, c.bytes = nil, 0
+}
+
 // drop forgets pack id (its bytes held a damaged chunk).
 func (c *packCache) drop(id manifest.Fingerprint) {
 	c.mu.Lock()

@@ -167,3 +167,219 @@ func TestPackedReplica(t *testing.T) {
 		t.Fatalf("healthy member of the damaged pack: %v", err)
 	}
 }
+
+// TestClosedReaderKeepsNoPacks: a closed reader lets go of the packs it
+// kept and forgets its idle replicas (OnReplicaGone), so that whoever
+// still refers to a replica of it (the VFS does, until it is forgotten)
+// does not keep up to an eighth of the memory limit in packs: each reader
+// a process replaced kept them for good.
+func TestClosedReaderKeepsNoPacks(t *testing.T) {
+	f := newFixture(t)
+	publishPacked(t, f.store, "/data/kept.db", db(31, 17), 8)
+	var gone []*Replica
+	r := f.reader(Options{Prefetch: -1, OnReplicaGone: func(rp *Replica) { gone = append(gone, rp) }})
+	c := mustOpen(t, r, "boule:///data/kept.db")
+	if _, err := c.Snapshot().Chunk(context.Background(), 3); err != nil {
+		t.Fatal(err)
+	}
+	rp := c.Replica()
+	if r.packs.bytes == 0 {
+		t.Fatal("packs.bytes=0 after a packed read: the test proves nothing")
+	}
+	c.Close()
+	r.Close()
+	if r.packs.bytes != 0 || len(r.packs.kept) != 0 {
+		t.Errorf("after Close, packs.bytes=%d in %d packs, want 0", r.packs.bytes, len(r.packs.kept))
+	}
+	if r.Replicas() != 0 || len(gone) != 1 || gone[0] != rp {
+		t.Errorf("after Close, Replicas()=%d and OnReplicaGone called with %d replicas, want 0 and the one opened", r.Replicas(), len(gone))
+	}
+}
+
+// TestWarmPrefetchCachesCopies: the prefetch of a snapshot larger than
+// the memory bounds writes to the chunk cache the chunks a read holds as
+// copies (a scan that overtook it), which are let go soon: it skipped
+// every chunk held, and a warm scan fetched those again from the store.
+func TestWarmPrefetchCachesCopies(t *testing.T) {
+	f := newFixture(t)
+	m := publishPacked(t, f.store, "/data/warm.db", db(32, 17), 8)
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
+	c := mustOpen(t, r, "boule:///data/warm.db")
+	defer c.Close()
+	s := c.Snapshot()
+	if _, err := s.Chunk(context.Background(), 5); err != nil {
+		t.Fatal(err)
+	}
+	r.cachePending.Wait()
+	if err := os.Remove(f.cache.Path(m.Chunks[5])); err != nil {
+		t.Fatal(err)
+	}
+	if e := s.maps.get(5); e == nil || !e.m.anon {
+		t.Fatal("chunk 5 is not held as a copy: the test proves nothing")
+	}
+	r.prefetch = 4
+	s.startPrefetch()
+	<-s.prefetched
+	r.cachePending.Wait()
+	for i := 1; i < len(m.Chunks); i++ {
+		if !f.cache.HasChunk(m.Chunks[i]) {
+			t.Errorf("chunk %d is not in the cache after the prefetch", i)
+		}
+	}
+}
+
+// stallCacheWriter replaces r's cache writer with a queue of n that
+// nobody writes from: the test takes the items itself.
+func stallCacheWriter(r *Reader, n int) chan cacheItem {
+	r.cacheQ = make(chan cacheItem, n)
+	r.cacheOnce.Do(func() {})
+	return r.cacheQ
+}
+
+// TestPacedReadsCacheEveryChunk: reads of a snapshot prefetched into the
+// cache's files (larger than the memory bounds) wait for room in the
+// cache writer's queue, so that a scan faster than the writer leaves
+// every chunk it read queued for the cache. They gave up at once when
+// the queue was full, and the prefetch fetched and decoded those chunks'
+// packs again to cache them.
+func TestPacedReadsCacheEveryChunk(t *testing.T) {
+	f := newFixture(t)
+	m := publishPacked(t, f.store, "/data/paced.db", db(33, 17), 8)
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
+	r.cachePace = time.Minute // the test's writer is slow, not stuck
+	r.paceAfter = 0
+	q := stallCacheWriter(r, 2)
+	c := mustOpen(t, r, "boule:///data/paced.db")
+	defer c.Close()
+	s := c.Snapshot()
+	s.paced.Store(true)
+	written := make(chan map[manifest.Fingerprint]bool)
+	stop := make(chan struct{})
+	go func() {
+		got := map[manifest.Fingerprint]bool{}
+		for {
+			select {
+			case it := <-q:
+				got[it.fp] = true
+				r.cacheDone(it.fp)
+				time.Sleep(time.Millisecond) // a writer slower than the reads
+			case <-stop:
+				written <- got
+				return
+			}
+		}
+	}()
+	for i := range len(m.Chunks) {
+		if _, err := s.Chunk(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.cachePending.Wait()
+	close(stop)
+	got := <-written
+	for i := 1; i < len(m.Chunks); i++ { // chunk 0 is inline
+		if !got[m.Chunks[i]] {
+			t.Errorf("chunk %d was not queued for the cache", i)
+		}
+	}
+}
+
+// TestWarmPrefetchSkipsQueued: the prefetch does not fetch again the
+// pack of chunks that wait in the cache writer's queue (a scan queued
+// them), nor queue them twice.
+func TestWarmPrefetchSkipsQueued(t *testing.T) {
+	f := newFixture(t)
+	sto := &countingPacks{counting: f.store}
+	m := publishPacked(t, sto, "/data/queued.db", db(34, 17), 8) // chunk 0 inline, two packs
+	r := NewReader(Options{Remote: []store.Store{sto}, Cache: f.cache, Hostname: testHost, Prefetch: -1, MaxMappedChunks: 16})
+	t.Cleanup(r.Close)
+	q := stallCacheWriter(r, 64)
+	c := mustOpen(t, r, "boule:///data/queued.db")
+	defer c.Close()
+	s := c.Snapshot()
+	s.paced.Store(true)
+	for i := 9; i <= 16; i++ { // the second pack, whole
+		if _, err := s.Chunk(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.packs.clear()
+	sto.packs.Store(0)
+	r.prefetch = 4
+	s.startPrefetch()
+	<-s.prefetched
+	if n := sto.packs.Load(); n != 1 {
+		t.Errorf("the prefetch made %d pack GETs, want 1 (the first pack; the second one's chunks are queued)", n)
+	}
+	n := map[manifest.Fingerprint]int{}
+	for len(q) > 0 {
+		it := <-q
+		n[it.fp]++
+		r.cacheDone(it.fp)
+	}
+	for i := 1; i < len(m.Chunks); i++ {
+		if n[m.Chunks[i]] != 1 {
+			t.Errorf("chunk %d queued %d times for the cache, want 1", i, n[m.Chunks[i]])
+		}
+	}
+}
+
+// TestWrittenRecordsOutnumberHeld: the records of the cache files this
+// process wrote (which it maps again without hashing them) cover a
+// snapshot larger than the chunks held, whose scans map every chunk
+// again: they were bounded by the chunks held, and a warm scan of a
+// large replica hashed most of its chunks again.
+func TestWrittenRecordsOutnumberHeld(t *testing.T) {
+	f := newFixture(t)
+	m := publishPacked(t, f.store, "/data/records.db", db(35, 41), 8)
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
+	c := mustOpen(t, r, "boule:///data/records.db")
+	defer c.Close()
+	if got := read(t, c.Snapshot()); len(got) != int(m.Size) {
+		t.Fatalf("read %d bytes, want %d", len(got), m.Size)
+	}
+	r.cachePending.Wait()
+	known := 0
+	for i := 1; i < len(m.Chunks); i++ {
+		if st, err := os.Stat(f.cache.Path(m.Chunks[i])); err == nil && r.written.same(m.Chunks[i], st) {
+			known++
+		}
+	}
+	if want := len(m.Chunks) - 2; known < want { // chunk 0 inline, chunk 2 a duplicate of 1
+		t.Errorf("%d cache files recorded as written, want %d (more than the 16 chunks held)", known, want)
+	}
+}
+
+// TestFirstReadsNotPaced: the first reads of a snapshot prefetched into
+// the cache's files (a first query) do not wait for room in the cache
+// writers' queue, which the prefetch keeps full; reads past paceAfter
+// chunks (a scan) do.
+func TestFirstReadsNotPaced(t *testing.T) {
+	f := newFixture(t)
+	publishPacked(t, f.store, "/data/first.db", db(36, 17), 8)
+	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
+	r.cachePace = time.Minute
+	r.paceAfter = 2
+	q := stallCacheWriter(r, 1)
+	q <- cacheItem{} // full, and nobody writes
+	c := mustOpen(t, r, "boule:///data/first.db")
+	defer c.Close()
+	s := c.Snapshot()
+	s.paced.Store(true)
+	for _, i := range []int{9, 12} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := s.Chunk(ctx, i)
+		cancel()
+		if err != nil {
+			t.Fatalf("Chunk(%d), one of the first 2 reads, =%v, want nil at once", i, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.Chunk(ctx, 14); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Chunk(14), the third read, =%v, want it waiting for room in the queue until its deadline", err)
+	}
+	<-q // room: the waiting load queues chunk 14, and returns
+	it := <-q
+	r.cacheDone(it.fp)
+}

@@ -68,10 +68,10 @@ type Options struct {
 	// DefaultChunkTimeout.
 	OpenTimeout, ChunkTimeout time.Duration
 	// MemoryLimit bounds the anonymous memory, in bytes, in which the
-	// Reader keeps chunks: half of it for copies of chunks (fetched from
-	// a store, inline in a manifest, or read from files it may not map),
-	// an eighth for packs kept for their other chunks, and the rest for
-	// the work of fetching and decoding them. Zero means
+	// Reader keeps chunks: a quarter of it for copies of chunks (fetched
+	// from a store, inline in a manifest, or read from files it may not
+	// map), an eighth for packs kept for their other chunks, and the rest
+	// for the work of fetching and decoding them. Zero means
 	// DefaultMemoryLimit; less than MinMemoryLimit means MinMemoryLimit.
 	// Chunks mapped from the chunk cache's files are file-backed memory
 	// that the kernel may reclaim, and are bounded by MaxMappedChunks.
@@ -126,6 +126,9 @@ type Reader struct {
 	cachePending sync.WaitGroup // chunks queued for the cache, not yet written
 	cacheMu      sync.Mutex     // orders cachePending.Add before Close's Wait
 	cacheClosed  bool
+	queued       map[manifest.Fingerprint]struct{} // chunks in cacheQ (or about to be); under cacheMu
+	cachePace    time.Duration                     // see cacheRead
+	paceAfter    int64                             // see Snapshot.pacedLoad
 	written      writtenFiles                      // cache files written from verified bytes
 	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
 	now          func() time.Time                  // the freshness clock; tests replace it
@@ -161,18 +164,29 @@ func NewReader(opts Options) *Reader {
 		mem = DefaultMemoryLimit
 	}
 	mem = max(mem, MinMemoryLimit)
-	r.pool = pool{maxLive: opts.MaxMappedChunks, maxAnon: chunkSlots(mem / 2), quiesce: opts.Quiesce}
+	r.pool = pool{maxLive: opts.MaxMappedChunks, maxAnon: chunkSlots(mem / 4), quiesce: opts.Quiesce}
 	if r.pool.maxLive <= 0 {
 		r.pool.maxLive = maxMappedDefault()
 	}
-	r.pool.release = func(e *entry) { r.chunks.release(e.s.M.Chunks[e.i], e.m) }
+	r.pool.release = r.release
 	// The rest of the limit is for the Go heap, which the garbage
 	// collector lets grow to twice what is live: packs kept (an eighth),
 	// the chunks queued for the cache's files (a sixty-fourth), and the
 	// packs and chunks being decoded.
 	r.packs = newPackCache(int(min(mem/8, defaultPackCacheBytes)), r.goBG)
 	r.cacheQLen = min(max(chunkSlots(mem/64), 4), 256)
+	r.cachePace = defaultCachePace
+	r.paceAfter = defaultPaceAfter
+	// A record for each cache file the replicas may map again, up to
+	// about a sixteenth of the memory limit (some 64 bytes each): a scan
+	// of a snapshot larger than the chunks held maps each chunk again,
+	// and one whose record was forgotten is hashed again (a sixth of a
+	// warm 4 GiB scan's time when the records were bounded by the
+	// chunks held).
 	r.written.max = r.pool.maxLive
+	if r.cache != nil {
+		r.written.max = max(r.written.max, int(min(r.cache.Capacity(), mem/1024)))
+	}
 	if r.host == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			r.host = h
@@ -218,6 +232,20 @@ func (r *Reader) Close() {
 	r.cancel()
 	r.bg.Wait()
 	r.slabs.close()
+	// What a closed reader keeps in memory, it keeps for as long as
+	// anything refers to it (the VFS keeps a word per replica until the
+	// replica is forgotten): its packs, up to an eighth of the memory
+	// limit, went with it for good at every reader a process replaced.
+	r.packs.clear()
+	r.written.clear()
+	r.mu.Lock()
+	gone := r.forgetLocked(true)
+	r.mu.Unlock()
+	if r.onGone != nil {
+		for _, g := range gone {
+			r.onGone(g)
+		}
+	}
 }
 
 // goBG runs f in a goroutine that Close waits for, and reports false,
@@ -252,10 +280,18 @@ func (r *Reader) sweepLocked() []*Replica {
 		return nil
 	}
 	r.lastSweep = now
+	return r.forgetLocked(false)
+}
+
+// forgetLocked forgets the replicas that have no connection and no fetch
+// or poller under way, and, unless all is set, a manifest older than the
+// poll interval, and returns them; the caller holds r.mu.
+func (r *Reader) forgetLocked(all bool) []*Replica {
+	now := r.now()
 	var gone []*Replica
 	for id, rp := range r.replicas {
 		rp.mu.Lock()
-		idle := rp.conns == 0 && rp.fetching == nil && rp.stopPoll == nil && now.Sub(rp.lastStart) >= r.poll
+		idle := rp.conns == 0 && rp.fetching == nil && rp.stopPoll == nil && (all || now.Sub(rp.lastStart) >= r.poll)
 		if idle {
 			// A background fetch queued before the last connection
 			// closed may still adopt a snapshot: it must not announce

@@ -29,6 +29,8 @@ type Snapshot struct {
 	packs     *manifest.PackIndex // built by packIndex
 
 	fetched atomic.Int64 // Unix ns when the newest fetch that returned M started
+	paced   atomic.Bool  // prefetched into the cache's files: scans wait for room in its queue
+	loads   atomic.Int64 // chunks loaded for reads (see pacedLoad)
 
 	used atomic.Pointer[func(i int) bool] // Binding.Used
 
@@ -220,9 +222,7 @@ func (s *Snapshot) unref() {
 	if onClose != nil {
 		onClose()
 	}
-	for _, e := range held {
-		s.rep.r.pool.release(e)
-	}
+	s.rep.r.pool.release(held)
 }
 
 // Chunk returns chunk i, mapped read-only. The bytes stay valid until the
@@ -293,10 +293,11 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 		// must not end when the caller that started it gives up.
 		load, cancel := context.WithTimeout(r.ctx, r.chunkTO)
 		defer cancel()
+		paced := s.pacedLoad()
 		if ref, ok := s.packIndex().Ref(i); ok {
-			return r.loadChunk(load, fp, want, &ref)
+			return r.loadChunk(load, fp, want, &ref, paced)
 		}
-		return r.loadChunk(load, fp, want, nil)
+		return r.loadChunk(load, fp, want, nil, paced)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
@@ -324,6 +325,15 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 		r.pool.evict()
 	}
 	return m.b, nil
+}
+
+// pacedLoad counts a load for a read, and reports whether it waits for
+// room in the cache writers' queue (Reader.loadChunk): for a snapshot
+// prefetched into the cache's files, once its reads have loaded
+// Reader.paceAfter chunks, as a scan does. The first reads, those of a
+// first query, do not wait behind the prefetch's chunks.
+func (s *Snapshot) pacedLoad() bool {
+	return s.paced.Load() && s.loads.Add(1) > s.rep.r.paceAfter
 }
 
 // load maps, before an open or refresh returns, the chunks that the
@@ -424,14 +434,18 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	if _, ok := s.M.Inline[uint32(i)]; ok {
 		return nil
 	}
+	// A chunk held as a copy (read from a pack by a scan that overtook
+	// the prefetch) is written all the same: the copy is let go soon,
+	// and the next read of it would fetch it again.
 	s.mu.Lock()
-	held, closed := s.maps.get(i) != nil, s.closed
+	e, closed := s.maps.get(i), s.closed
+	mapped := e != nil && !e.m.anon
 	s.mu.Unlock()
 	if closed {
 		return errClosed
 	}
 	fp := s.M.Chunks[i]
-	if held || r.cache.HasChunk(fp) {
+	if mapped || r.isQueued(fp) || r.cache.HasChunk(fp) {
 		return nil
 	}
 	want := manifest.ChunkLen(s.M.Size, i)
@@ -474,6 +488,7 @@ func (s *Snapshot) startPrefetch() {
 			return
 		}
 		count = min(count, int(r.cache.Capacity()*3/4))
+		s.paced.Store(true)
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	done := make(chan struct{})

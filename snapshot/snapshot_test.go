@@ -556,7 +556,7 @@ func TestMemoryBounds(t *testing.T) {
 		maxCopy int
 	}{
 		{"mapped limit", Options{Prefetch: -1, MaxMappedChunks: 10}, 10, 10},
-		{"memory limit", Options{Prefetch: -1, MemoryLimit: MinMemoryLimit}, maxMappedDefault(), MinMemoryLimit / 2 / manifest.ChunkSize},
+		{"memory limit", Options{Prefetch: -1, MemoryLimit: MinMemoryLimit}, maxMappedDefault(), MinMemoryLimit / 4 / manifest.ChunkSize},
 		{"prefetch", Options{MaxMappedChunks: 12}, 12, 12},
 	} {
 		t.Run(c.name, func(t *testing.T) {

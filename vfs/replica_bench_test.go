@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/metrics"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -408,19 +410,44 @@ func rssAnon() int64 {
 // peakRssAnon samples RssAnon every 10 ms while f runs, and returns the
 // peak.
 func peakRssAnon(f func()) int64 {
+	return peakMemory(f).rssAnon
+}
+
+// memPeaks are the peaks of a process's memory while something ran.
+type memPeaks struct {
+	rssAnon int64 // RssAnon
+	goHeld  int64 // what the Go runtime holds from the OS (and has not released)
+	copies  int64 // the replica reader's chunk copies, in bytes
+}
+
+// peakMemory samples the process's memory every 10 ms while f runs, and
+// returns the peaks.
+func peakMemory(f func()) memPeaks {
 	stop := make(chan struct{})
-	done := make(chan int64)
+	done := make(chan memPeaks)
+	samples := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	sample := func(p *memPeaks) {
+		p.rssAnon = max(p.rssAnon, rssAnon())
+		metrics.Read(samples)
+		p.goHeld = max(p.goHeld, int64(samples[0].Value.Uint64()-samples[1].Value.Uint64()))
+		if r := vfs.Reader(); r != nil {
+			_, copies, _ := r.Held()
+			p.copies = max(p.copies, int64(copies)*manifest.ChunkSize)
+		}
+	}
 	go func() {
-		peak := rssAnon()
+		var p memPeaks
+		sample(&p)
 		t := time.NewTicker(10 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
 			case <-stop:
-				done <- max(peak, rssAnon())
+				sample(&p)
+				done <- p
 				return
 			case <-t.C:
-				peak = max(peak, rssAnon())
+				sample(&p)
 			}
 		}
 	}()
@@ -432,30 +459,71 @@ func peakRssAnon(f func()) int64 {
 // BenchmarkLargeScan: a full scan of a BOULE_BENCH_MB (default 64) MiB
 // database in a dir store, on the local file, on a cold replica (empty
 // chunk cache) and on a warm one (the same reader, scanned again), with
-// the default memory bounds and the process's peak RssAnon during each.
+// the default memory bounds and the process's peak RssAnon during each;
+// then a restore of the database from the store against cp and sync.
+//
+// BOULE_BENCH_DIR keeps the database and its store in that directory
+// between runs (filled once per size), for the large sizes; without it
+// they are in a temp directory. Each cold run's chunk cache is removed
+// after it, and each copy as soon as it is timed: a 10 GiB run needs
+// about three times the database's size on disk.
 func BenchmarkLargeScan(b *testing.B) {
 	mb := 64
 	if v := os.Getenv("BOULE_BENCH_MB"); v != "" {
 		mb, _ = strconv.Atoi(v)
 	}
-	tg, _ := dirTargetB(b)
 	tmpdir, err := filepath.EvalSymlinks(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
-	register(b, vfs.Config{ReplicationSpoolingDir: filepath.Join(tmpdir, "spool"), ReplicationTargets: []config.Target{tg}})
+	if keep := os.Getenv("BOULE_BENCH_DIR"); keep != "" {
+		tmpdir = filepath.Join(keep, fmt.Sprintf("large-%d", mb))
+		if err := os.MkdirAll(tmpdir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	storeDir := filepath.Join(tmpdir, "store")
+	tg := config.Target{Dir: &config.DirTarget{Path: storeDir}}
 	path := filepath.Join(tmpdir, "large.db")
-	src := open(b, path, "boule", "")
-	src.SetMaxOpenConns(1)
-	fill(b, src, mb<<20/1100)
-	mustFlush(b, path)
-	src.Close()
+	register(b, vfs.Config{ReplicationSpoolingDir: filepath.Join(tmpdir, "spool"), ReplicationTargets: []config.Target{tg}})
+	filled := filepath.Join(tmpdir, "filled")
+	if _, err := os.Stat(filled); err != nil {
+		for _, p := range []string{path, storeDir, filepath.Join(tmpdir, "spool")} {
+			if err := os.RemoveAll(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := os.Mkdir(storeDir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		src := open(b, path, "boule", "")
+		src.SetMaxOpenConns(1)
+		rows := mb << 20 / 1100
+		if mb <= 4096 {
+			fill(b, src, rows)
+		} else {
+			// In transactions of about 256 MiB, which the uploader
+			// takes as they come: one transaction would hold the whole
+			// database in the spool until it is uploaded.
+			fillBatched(b, src, rows, 256<<20/1100)
+		}
+		filledIn := time.Since(start)
+		if err := vfs.Flush(context.Background(), path); err != nil {
+			b.Fatal(err)
+		}
+		src.Close()
+		fmt.Fprintf(os.Stderr, "large scan: %d MiB database filled in %v, flushed in %v more\n", mb, filledIn.Round(time.Second), (time.Since(start) - filledIn).Round(time.Second))
+		if err := os.WriteFile(filled, nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
 	const scan = "SELECT sum(length(v)) FROM t"
 	var want int64
 	run := func(b *testing.B, db *sql.DB) {
 		var got int64
 		debug.FreeOSMemory()
-		peak := peakRssAnon(func() {
+		peak := peakMemory(func() {
 			if err := db.QueryRow(scan).Scan(&got); err != nil {
 				b.Fatal(err)
 			}
@@ -464,7 +532,9 @@ func BenchmarkLargeScan(b *testing.B) {
 			b.Fatalf("scan: %d, want %d", got, want)
 		}
 		want = got
-		b.ReportMetric(float64(peak>>20), "MiB-RssAnon")
+		b.ReportMetric(float64(peak.rssAnon>>20), "MiB-RssAnon")
+		b.ReportMetric(float64(peak.goHeld>>20), "MiB-Go")
+		b.ReportMetric(float64(peak.copies>>20), "MiB-copies")
 	}
 	b.Run("vfs=unix", func(b *testing.B) {
 		db := open(b, path, "unix", "mode=ro")
@@ -473,12 +543,27 @@ func BenchmarkLargeScan(b *testing.B) {
 		}
 	})
 	var rep *sql.DB
+	var cacheDir string
+	closeReplica := func() {
+		if rep != nil {
+			rep.Close()
+			vfs.Reader().Close()
+			rep = nil
+		}
+		if cacheDir != "" {
+			if err := os.RemoveAll(cacheDir); err != nil {
+				b.Error(err)
+			}
+			cacheDir = ""
+		}
+	}
 	fresh := func(b *testing.B) {
-		dir, err := os.MkdirTemp(tmpdir, "cache-")
-		if err != nil {
+		closeReplica()
+		var err error
+		if cacheDir, err = os.MkdirTemp(tmpdir, "cache-"); err != nil {
 			b.Fatal(err)
 		}
-		cache := config.Target{Local: &config.LocalTarget{Directory: dir, NumShards: 16, Capacity: 1 << 20}}
+		cache := config.Target{Local: &config.LocalTarget{Directory: cacheDir, NumShards: 16, Capacity: 1 << 20}}
 		if err := vfs.Register(vfs.Config{ReplicationTargets: []config.Target{cache, tg}}); err != nil {
 			b.Fatal(err)
 		}
@@ -486,22 +571,13 @@ func BenchmarkLargeScan(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.Cleanup(func() {
-		if rep != nil {
-			rep.Close()
-			vfs.Reader().Close()
-		}
-	})
+	b.Cleanup(closeReplica)
 	b.Run("vfs=replica-cold", func(b *testing.B) {
 		for range b.N {
 			b.StopTimer()
-			if rep != nil {
-				rep.Close()
-				vfs.Reader().Close()
-			}
 			fresh(b)
 			b.StartTimer()
-			run(b, rep)
+			profile(b, "cold", func() { run(b, rep) })
 		}
 	})
 	b.Run("vfs=replica-warm", func(b *testing.B) {
@@ -509,9 +585,107 @@ func BenchmarkLargeScan(b *testing.B) {
 		b.ResetTimer()
 		calls := vfs.GoCalls()
 		for range b.N {
-			run(b, rep)
+			profile(b, "warm", func() { run(b, rep) })
 		}
 		b.StopTimer()
 		reportGoCalls(b, calls)
 	})
+	closeReplica()
+
+	out := filepath.Join(tmpdir, "copy.db")
+	b.Run("op=copy/tool=cp", func(b *testing.B) {
+		for range b.N {
+			if o, err := exec.Command("cp", path, out).CombinedOutput(); err != nil {
+				b.Fatalf("cp: %v %s", err, o)
+			}
+			if o, err := exec.Command("sync", out).CombinedOutput(); err != nil {
+				b.Fatalf("sync: %v %s", err, o)
+			}
+			b.StopTimer()
+			if err := os.Remove(out); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("op=copy/tool=restore", func(b *testing.B) {
+		ds, err := dir.New(storeDir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		stores := []store.Store{ds}
+		key, err := store.ManifestKey(vfs.Reader().Hostname(), path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range b.N {
+			m, _, err := store.FetchManifest(context.Background(), stores, key)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var rerr error
+			peak := peakRssAnon(func() { rerr = restore.File(context.Background(), stores, m, out, restore.Options{}) })
+			if rerr != nil {
+				b.Fatal(rerr)
+			}
+			b.StopTimer()
+			if st, err := os.Stat(out); err != nil || st.Size() != m.Size {
+				b.Fatalf("restored %v, %v; want %d bytes", st, err, m.Size)
+			}
+			if err := os.Remove(out); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(peak>>20), "MiB-RssAnon")
+			b.StartTimer()
+		}
+	})
 }
+
+// fillBatched inserts rows as fill does, in transactions of at most batch
+// rows.
+func fillBatched(b testing.TB, db *sql.DB, rows, batch int) {
+	b.Helper()
+	mustExec(b, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
+	for done := 0; done < rows; done += batch {
+		tx, err := db.Begin()
+		if err != nil {
+			b.Fatal(err)
+		}
+		stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1000))")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := done; i < min(done+batch, rows); i++ {
+			if _, err := stmt.Exec(i); err != nil {
+				b.Fatal(err)
+			}
+		}
+		stmt.Close()
+		if err := tx.Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// profile runs f under the CPU profiler when BOULE_BENCH_CPUPROFILE names
+// a file prefix: each run writes PREFIX-NAME-N.pprof.
+func profile(b *testing.B, name string, f func()) {
+	prefix := os.Getenv("BOULE_BENCH_CPUPROFILE")
+	if prefix == "" {
+		f()
+		return
+	}
+	profiles++
+	out, err := os.Create(fmt.Sprintf("%s-%s-%d.pprof", prefix, name, profiles))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer out.Close()
+	if err := pprof.StartCPUProfile(out); err != nil {
+		b.Fatal(err)
+	}
+	defer pprof.StopCPUProfile()
+	f()
+}
+
+var profiles int

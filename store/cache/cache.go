@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,7 +25,11 @@ import (
 // be mapped into memory) under <dir>/<shard>/<fingerprint>, and verified
 // against their fingerprint when read. It holds at most about capacity
 // chunks: when a shard outgrows its share, its least recently used tenth is
-// evicted (reads refresh a chunk's modification time).
+// evicted (reads refresh a chunk's modification time). Each process counts
+// what it adds and lists a shard when its count goes over the share, and
+// at least once every sixty-fourth of the share it adds, for the files
+// other processes added: a shard holds at most its share plus a
+// sixty-fourth of it per other process adding to it at the same time.
 //
 // A cache belongs to one user. Its directories are created 0700 and its
 // files are read-only, at most as readable as the database they came from
@@ -40,8 +45,19 @@ type Store struct {
 	shards   int
 	perShard int
 
+	relist int // list a shard after this many additions at most
+
 	mu      sync.Mutex
-	private map[int]bool // shards whose mode narrowShard checked
+	private map[int]bool       // shards whose mode narrowShard checked
+	count   map[int]shardCount // what this process knows of each shard
+	listed  int64              // shard listings so far; for tests
+}
+
+// shardCount is a shard's file count as last listed, plus what this
+// process added since.
+type shardCount struct {
+	files int // as listed, plus added since
+	added int // added since the last listing
 }
 
 // New returns a cache in dir with numShards subdirectories
@@ -57,7 +73,9 @@ func New(dir string, numShards int, capacity int64) (*Store, error) {
 		return nil, fmt.Errorf("cache: local cache %s: capacity must be at least 1 chunk", dir)
 	}
 	per := int((capacity + int64(numShards) - 1) / int64(numShards))
-	return &Store{dir: filepath.Clean(dir), shards: numShards, perShard: max(per, 1), private: map[int]bool{}}, nil
+	per = max(per, 1)
+	return &Store{dir: filepath.Clean(dir), shards: numShards, perShard: per, relist: max(per/64, 1),
+		private: map[int]bool{}, count: map[int]shardCount{}}, nil
 }
 
 var _ store.Store = (*Store)(nil)
@@ -126,7 +144,7 @@ func (c *Store) PutChunkFile(ctx context.Context, fp manifest.Fingerprint, data 
 	}
 	// Not synced: a cached chunk that a crash damaged is verified,
 	// deleted and fetched again.
-	tmp, err := localfs.WriteTemp(sdir, ".tmp-", data, perm, false)
+	tmp, err := localfs.WriteTemp(sdir, tempPrefix, data, perm, false)
 	if err == nil {
 		if err = os.Rename(tmp, p); err != nil {
 			_ = os.Remove(tmp)
@@ -265,39 +283,91 @@ func (c *Store) GetManifestVersion(ctx context.Context, key, versionID string) (
 	return nil, c.noManifests("get manifest version", key)
 }
 
-// noteAdded notes a new file in shard s and evicts when the shard is over
-// its share of the capacity. The shard is listed every time: other
-// processes sharing the cache add files this one's count does not see.
+// tempPrefix begins the names of the files being written.
+const tempPrefix = ".tmp-"
+
+// noteAdded counts a new file in shard s, and lists the shard (evicting
+// if it is over its share of the capacity) when this process's count goes
+// over the share, or when it added a sixty-fourth of the share since the
+// last listing: other processes sharing the cache add files this
+// process's count does not see. Listing the shard at every addition, as
+// an earlier version did, made an addition cost a stat of every file of
+// the shard: a cold scan of a 1 GiB replica spent most of its time there.
 func (c *Store) noteAdded(s int) {
+	c.mu.Lock()
+	n, known := c.count[s]
+	n.files++
+	n.added++
+	c.count[s] = n
+	c.mu.Unlock()
+	if known && n.files <= c.perShard && n.added < c.relist {
+		return
+	}
 	c.evict(s)
 }
 
 // evict lists shard s and, if it holds more than its share, deletes the
-// least recently used tenth beyond it.
+// least recently used tenth beyond it. Only then are the files' times
+// read.
 func (c *Store) evict(s int) {
 	sdir := filepath.Join(c.dir, fmt.Sprintf("%03d", s))
 	entries, err := fsutil.ReadDir(sdir)
+	c.mu.Lock()
+	c.listed++
+	c.mu.Unlock()
 	if err != nil {
 		return
 	}
-	type file struct {
-		name string
-		mod  time.Time
-	}
-	files := make([]file, 0, len(entries))
+	n := 0
 	for _, e := range entries {
-		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+		if e.Type().IsRegular() {
+			n++
+		}
+	}
+	if n > c.perShard {
+		type file struct {
+			name string
+			mod  time.Time
+		}
+		files := make([]file, 0, n)
+		now := time.Now()
+		for _, e := range entries {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			info, err := e.Info()
+			if err != nil || !info.Mode().IsRegular() {
+				continue
+			}
+			if strings.HasPrefix(e.Name(), tempPrefix) && now.Sub(info.ModTime()) < time.Minute {
+				continue // being written by another writer; a stale one goes later
+			}
 			files = append(files, file{e.Name(), info.ModTime()})
 		}
-	}
-	n := len(files)
-	if n > c.perShard {
 		sort.Slice(files, func(i, j int) bool { return files[i].mod.Before(files[j].mod) })
-		drop := n - c.perShard + c.perShard/10
-		for _, f := range files[:min(drop, n)] {
-			_ = os.Remove(filepath.Join(sdir, f.name))
+		// Another writer may have removed some since the listing: the
+		// files still there decide.
+		drop := max(len(files)-c.perShard+c.perShard/10, 0)
+		if len(files) <= c.perShard {
+			drop = 0
+		}
+		n = len(files)
+		for _, f := range files[:min(drop, len(files))] {
+			if os.Remove(filepath.Join(sdir, f.name)) == nil {
+				n--
+			}
 		}
 	}
+	c.mu.Lock()
+	c.count[s] = shardCount{files: n}
+	c.mu.Unlock()
+}
+
+// listings reports how many times a shard was listed; for tests.
+func (c *Store) listings() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.listed
 }
 
 // narrowShard makes the shard directory sdir 0700 if it is this user's and

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -239,6 +240,44 @@ func TestLocalCacheEviction(t *testing.T) {
 	}
 }
 
+// TestLocalCacheSharedEviction: two processes' caches on one directory
+// add chunks in turn. Each lists a shard only every sixty-fourth of its
+// share (listing it at every addition made a cold scan of a large replica
+// spend its time in stat), and the shard stays within its share plus a
+// sixty-fourth for the other process's additions.
+func TestLocalCacheSharedEviction(t *testing.T) {
+	ctx := context.Background()
+	const capacity = 640 // one shard: a listing every 10 additions
+	a := newTestCache(t, 1, capacity)
+	b, err := New(a.Dir(), 1, capacity)
+	if err != nil {
+		t.Fatalf("New()=%v", err)
+	}
+	const puts = 3 * capacity
+	for i := range puts {
+		c := a
+		if i%2 == 1 {
+			c = b
+		}
+		data, fp := cacheChunk(uint64(5000+i), 100)
+		if err := c.PutChunk(ctx, fp, data); err != nil {
+			t.Fatalf("PutChunk(#%d)=%v", i, err)
+		}
+		for shard, n := range shardCounts(t, a) {
+			if n > capacity+capacity/64 {
+				t.Fatalf("after %d puts, shard %s holds %d chunks, want at most %d", i+1, shard, n, capacity+capacity/64)
+			}
+		}
+	}
+	for _, c := range []*Store{a, b} {
+		// One listing per 10 additions, and some when the count goes
+		// over the share: not one per addition.
+		if got, most := c.listings(), int64(puts/2/5); got > most {
+			t.Errorf("listings()=%d after %d puts, want at most %d", got, puts/2, most)
+		}
+	}
+}
+
 // A chunk read recently survives the eviction of older ones.
 func TestLocalCacheGetRefreshes(t *testing.T) {
 	ctx := context.Background()
@@ -310,5 +349,43 @@ func TestLocalCacheTouch(t *testing.T) {
 	}
 	if fi, err := os.Stat(c.Path(fp)); err != nil || !fi.ModTime().After(old.Add(time.Hour)) {
 		t.Errorf("TouchChunk() left the modification time at %v, %v", fi.ModTime(), err)
+	}
+}
+
+// TestLocalCacheConcurrentEviction: writers of one process and of
+// another add chunks to a shard at once, each evicting while the others
+// remove files it listed; the shard stays within its share plus what
+// they add between listings.
+func TestLocalCacheConcurrentEviction(t *testing.T) {
+	ctx := context.Background()
+	const capacity = 16
+	a := newTestCache(t, 1, capacity)
+	b, err := New(a.Dir(), 1, capacity)
+	if err != nil {
+		t.Fatalf("New()=%v", err)
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		c := a
+		if w%2 == 1 {
+			c = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				data, fp := cacheChunk(uint64(10000+1000*w+i), 100)
+				if err := c.PutChunk(ctx, fp, data); err != nil {
+					t.Errorf("PutChunk()=%v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for shard, n := range shardCounts(t, a) {
+		if n == 0 || n > capacity+8 {
+			t.Errorf("shard %s holds %d chunks, want 1 to %d", shard, n, capacity+8)
+		}
 	}
 }
