@@ -630,13 +630,10 @@ func (d *DB) walStageLocked(db Source, wal WALFile) bool {
 		return false
 	}
 	if cp != nil {
-		for _, i := range cp.reads {
-			b := getChunkBuf(manifest.ChunkLen(cp.post.size, i))
-			if _, err := cp.src.ReadAt(b, int64(i)*manifest.ChunkSize); err != nil {
-				d.s.budget.release(cp.bytes)
-				return false
-			}
-			cp.chunks[i] = b
+		if err := fillFrom(cp); err != nil {
+			cp.release()
+			d.s.budget.release(cp.bytes)
+			return false
 		}
 		cp.src, cp.filled = nil, closedChan
 		d.persistRun([]*Capture{cp})
