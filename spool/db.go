@@ -71,13 +71,16 @@ type Change struct {
 
 // Stats are counters for one database, for status and metrics.
 type Stats struct {
-	Snapshots    int64     // snapshots published
-	Incremental  int64     // of which incremental
-	Failures     int64     // snapshots that failed
-	ChunksStaged int64     // chunk files written
-	BytesStaged  int64     // bytes of chunk files written
-	LastSnapshot time.Time // when the last snapshot was published
-	LastError    string    // the last failure, "" after a success
+	Snapshots    int64 // snapshots published
+	Incremental  int64 // of which incremental
+	Failures     int64 // snapshots that failed
+	ChunksStaged int64 // chunk files written
+	BytesStaged  int64 // bytes of chunk files written
+	// ManifestBytes counts the bytes of staged manifests written, heads
+	// and bases included.
+	ManifestBytes int64
+	LastSnapshot  time.Time // when the last snapshot was published
+	LastError     string    // the last failure, "" after a success
 }
 
 // DB is the spool state of one source database.
@@ -92,9 +95,13 @@ type DB struct {
 	failing     bool
 	stats       Stats
 	cleanedTemp bool
-	stagedNow   []manifest.Fingerprint // chunks staged by the snapshot in progress
-	mode        fs.FileMode            // the database's permission bits, as last seen
-	ctlp        atomic.Pointer[ctl]    // the mapped txn marker, once opened
+	// baseKept is the base file the staged manifest was last written
+	// with ("" for none, "?" before the first write): the others in
+	// staging/ are deleted when it changes.
+	baseKept  string
+	stagedNow []manifest.Fingerprint // chunks staged by the snapshot in progress
+	mode      fs.FileMode            // the database's permission bits, as last seen
+	ctlp      atomic.Pointer[ctl]    // the mapped txn marker, once opened
 
 	// Captures waiting for the persister (capture.go), in generation
 	// order, under qmu; persisting is set while a persister runs, and
@@ -163,6 +170,9 @@ type cached struct {
 	m    *manifest.Manifest
 	id   fileID
 	refs map[manifest.Fingerprint]int32
+	// base is the base the staged manifest is a head over, nil when it
+	// is whole (head.go).
+	base *baseState
 }
 
 type fileID struct {
@@ -172,7 +182,7 @@ type fileID struct {
 }
 
 func newDB(s *Spool, path string) *DB {
-	d := &DB{s: s, path: path, dir: filepath.Join(s.bootDir, MangleName(path))}
+	d := &DB{s: s, path: path, dir: filepath.Join(s.bootDir, MangleName(path)), baseKept: "?"}
 	d.staged = sync.NewCond(&d.qmu)
 	d.hurry = make(chan struct{}, 1)
 	return d
@@ -626,11 +636,18 @@ func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, incrementa
 	refs, replaced := nextRefs(cur, m, changed, incremental)
 	// From here on the cached state is being changed; drop it on failure.
 	d.cur = nil
-	id, err := d.writeManifest(m, d.mode)
+	var bs *baseState
+	if incremental && cur != nil && cur.base != nil {
+		bs = cur.base
+		for _, i := range changed {
+			bs.over[uint32(i)] = struct{}{}
+		}
+	}
+	id, bs, err := d.writeManifest(m, bs, d.mode)
 	if err != nil {
 		return err
 	}
-	d.cur = newCached(m, id, refs)
+	d.cur = newCached(m, id, refs, bs)
 	if incremental {
 		d.stats.Incremental++
 		for _, fp := range replaced {
@@ -641,7 +658,7 @@ func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, incrementa
 	} else {
 		d.gcStaging(refs)
 	}
-	d.maybePublishReady(refs)
+	d.maybePublishReady(d.cur)
 	if !d.cleanedTemp {
 		d.cleanedTemp = true
 		removeStaleTemps(d.tmpDir(), time.Now())
@@ -680,8 +697,10 @@ func nextRefs(cur *cached, m *manifest.Manifest, changed []int, incremental bool
 	for _, i := range changed {
 		refs[m.Chunks[i]]++
 	}
-	for fp, c := range refs {
-		if c <= 0 {
+	// Only a replaced chunk can have lost its last reference: this stays
+	// proportional to the change, not to the database.
+	for _, fp := range replaced {
+		if refs[fp] <= 0 {
 			delete(refs, fp)
 		}
 	}
@@ -760,7 +779,7 @@ func (d *DB) loadCached() *cached {
 	if err != nil {
 		return nil
 	}
-	m, err := manifest.Decode(b)
+	m, bs, err := decodeStaged(filepath.Join(d.dir, stagingDir), b)
 	if err != nil {
 		d.s.log.Warn("spool: staged manifest is unreadable; rebuilding", logKeyDB, d.path, logKeyErr, err)
 		return nil
@@ -771,7 +790,7 @@ func (d *DB) loadCached() *cached {
 			refs[fp]++
 		}
 	}
-	d.cur = newCached(m, id, refs)
+	d.cur = newCached(m, id, refs, bs)
 	return d.cur
 }
 
@@ -779,13 +798,13 @@ func (d *DB) loadCached() *cached {
 // memory between transactions. The bytes of its inline chunks stay out:
 // a snapshot reads the inline chunks anew (planReads), so they would only
 // hold a chunk of every open database, 64 KiB each, for nothing.
-func newCached(m *manifest.Manifest, id fileID, refs map[manifest.Fingerprint]int32) *cached {
+func newCached(m *manifest.Manifest, id fileID, refs map[manifest.Fingerprint]int32, base *baseState) *cached {
 	if m.Inline != nil {
 		c := *m
 		c.Inline = nil
 		m = &c
 	}
-	return &cached{m: m, id: id, refs: refs}
+	return &cached{m: m, id: id, refs: refs, base: base}
 }
 
 func (d *DB) ensureDirs(mode fs.FileMode) error {
@@ -833,22 +852,6 @@ func (d *DB) stageChunk(fp manifest.Fingerprint, b []byte, mode fs.FileMode) err
 	d.stats.ChunksStaged++
 	d.stats.BytesStaged += int64(len(b))
 	return nil
-}
-
-func (d *DB) writeManifest(m *manifest.Manifest, mode fs.FileMode) (fileID, error) {
-	b, err := m.MarshalBinary()
-	if err != nil {
-		return fileID{}, fmt.Errorf("spool: encode manifest of %s: %w", d.path, err)
-	}
-	p := d.StagingManifestPath()
-	if err := d.writeFile(p, b, fileMode(mode)); err != nil {
-		return fileID{}, err
-	}
-	st, err := os.Stat(p)
-	if err != nil {
-		return fileID{}, fmt.Errorf("spool: stat %s: %w", p, err)
-	}
-	return identity(st), nil
 }
 
 // writeFile writes b whole to a temp file, makes it read-only, and renames
@@ -976,10 +979,11 @@ func (d *DB) gcStaging(refs map[manifest.Fingerprint]int32) {
 // nothing waiting: ready/ gets, atomically, a directory holding hard links
 // to the manifest and to the staged chunks, which then leave staging. A
 // snapshot that finds ready/ occupied is squashed into a later one.
-func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
+func (d *DB) maybePublishReady(cur *cached) {
 	if !fsutil.DirEmpty(d.readyDir()) {
 		return
 	}
+	refs := cur.refs
 	top := filepath.Join(d.tmpDir(), uniqueName())
 	snap := filepath.Join(top, uniqueName())
 	fail := func(err error) {
@@ -997,6 +1001,13 @@ func (d *DB) maybePublishReady(refs map[manifest.Fingerprint]int32) {
 	if err := os.Link(d.StagingManifestPath(), filepath.Join(snap, manifestFile)); err != nil {
 		fail(err)
 		return
+	}
+	if cur.base != nil {
+		name := baseName(cur.base.id)
+		if err := os.Link(filepath.Join(d.dir, stagingDir, name), filepath.Join(snap, name)); err != nil {
+			fail(err)
+			return
+		}
 	}
 	entries, err := fsutil.ReadDir(d.StagingChunksDir())
 	if err != nil {

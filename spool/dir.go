@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -90,21 +91,28 @@ func snapshotID(b []byte) [32]byte {
 // without a pack table.
 func ManifestID(b []byte) [32]byte { return snapshotID(b) }
 
-// readSnapshot reads the manifest file p; a missing file is (nil, nil).
+// readSnapshot reads the manifest file p, and its base when it is a head;
+// a missing file is (nil, nil). A head whose base went (a newer snapshot
+// replaced both between the two reads) is read again.
 func readSnapshot(p string) (*Snapshot, error) {
-	b, err := fsutil.ReadFile(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+	for tries := 0; ; tries++ {
+		b, err := fsutil.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("spool: read %s: %w", p, err)
+		}
+		m, _, err := decodeStaged(filepath.Dir(p), b)
+		if errors.Is(err, errBaseGone) && tries < 3 {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, p, err)
+		}
+		m.Packs = nil
+		return &Snapshot{Manifest: m, ID: snapshotID(b)}, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("spool: read %s: %w", p, err)
-	}
-	m, err := manifest.Decode(b)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, p, err)
-	}
-	m.Packs = nil
-	return &Snapshot{Manifest: m, ID: snapshotID(b)}, nil
 }
 
 // Staged returns the staged snapshot: the database as of its last
@@ -346,7 +354,7 @@ func (d Dir) Lag(uploaded [32]byte, now time.Time) (lag time.Duration, pending i
 		if err != nil || snapshotID(b) == uploaded {
 			return
 		}
-		m, err := manifest.Decode(b)
+		m, err := headerOf(b)
 		if err != nil {
 			return
 		}
@@ -457,7 +465,36 @@ func (d Dir) UploadedID() [32]byte {
 	if err != nil {
 		return [32]byte{}
 	}
-	return snapshotID(b)
+	id := snapshotID(b)
+	// The uploader records the whole manifest it put; a staged head of the
+	// same snapshot has another ID (the hash of the head's bytes). Say it
+	// is uploaded, or every restart would put each large database's
+	// manifest again.
+	if staged, err := fsutil.ReadFile(d.join(stagingDir, manifestFile)); err != nil || snapshotID(staged) == id {
+		return id
+	} else if v, err := manifest.FormatVersion(staged); err != nil || v != 2 {
+		return id
+	}
+	if s, err := d.Staged(); err == nil && s != nil && s.ID != id {
+		if m, err := manifest.Decode(b); err == nil && sameSnapshot(m, s.Manifest) {
+			return s.ID
+		}
+	}
+	return id
+}
+
+// sameSnapshot reports whether a and b describe the same snapshot, pack
+// tables aside.
+func sameSnapshot(a, b *manifest.Manifest) bool {
+	if !a.Created.Equal(b.Created) || a.Size != b.Size || a.VersionID != b.VersionID ||
+		a.SourcePath != b.SourcePath || !slices.Equal(a.Chunks, b.Chunks) {
+		return false
+	}
+	ea, b1 := *a, *b
+	ea.Packs, b1.Packs = nil, nil
+	x, err1 := ea.MarshalBinary()
+	y, err2 := b1.MarshalBinary()
+	return err1 == nil && err2 == nil && bytes.Equal(x, y)
 }
 
 // placementSize is the size of one record of the placements file: a chunk
@@ -649,7 +686,7 @@ func (d Dir) DropStaged() error {
 	if err := os.Remove(d.join(stagingDir, manifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("spool: remove %s: %w", d.join(stagingDir, manifestFile), pathless(err))
 	}
-	return nil
+	return removeBaseFiles(d.join(stagingDir))
 }
 
 // HandoverState names where PutHandover puts a snapshot.

@@ -426,8 +426,8 @@ func resize(rng *rand.Rand, size int) func([]byte) []byte {
 func assembled(t testing.TB, db *DB) ([]byte, *manifest.Manifest) {
 	t.Helper()
 	var buf bytes.Buffer
-	if m, err := manifest.Decode(must(os.ReadFile(db.StagingManifestPath()))); err == nil {
-		buf.Grow(int(m.Size))
+	if s, err := OpenDir(db.Dir()).Staged(); err == nil && s != nil {
+		buf.Grow(int(s.Manifest.Size))
 	}
 	m, err := Assemble(db.Dir(), &buf)
 	if err != nil {
@@ -457,15 +457,11 @@ func firstDiff(got, want []byte) string {
 
 func stagedManifest(t testing.TB, db *DB) *manifest.Manifest {
 	t.Helper()
-	b, err := os.ReadFile(db.StagingManifestPath())
-	if err != nil {
-		t.Fatalf("read staged manifest: %v", err)
+	s, err := OpenDir(db.Dir()).Staged()
+	if err != nil || s == nil {
+		t.Fatalf("Staged()=%v, %v, want a snapshot", s, err)
 	}
-	m, err := manifest.Decode(b)
-	if err != nil {
-		t.Fatalf("manifest.Decode(staged)=%v, want nil", err)
-	}
-	return m
+	return s.Manifest
 }
 
 // names lists a directory; a missing directory has no names.
@@ -582,4 +578,18 @@ func snapshotted(t *testing.T, size int) *testDB {
 	mustTxn(t, d.db, d.src, unchanged)
 	assertExact(t, d.db, d.src)
 	return d
+}
+
+// sameFile reports whether a and b are links to one file.
+func sameFile(t testing.TB, a, b string) bool {
+	t.Helper()
+	sa, err := os.Stat(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := os.Stat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return os.SameFile(sa, sb)
 }

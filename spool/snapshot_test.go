@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -794,8 +795,17 @@ func TestReadyPublication(t *testing.T) {
 	}
 	first := ready[0]
 	snapDir := filepath.Join(d.db.readyDir(), first)
-	if got := names(t, snapDir); len(got) != 2 || got[0] != "chunks" || got[1] != "manifest" {
-		t.Fatalf("ready/%s holds %v, want [chunks manifest]", first, got)
+	// 7 chunks: a head (TestMain), over the base beside it in staging/.
+	bases := names(t, filepath.Join(d.db.Dir(), "staging"))
+	bases = slices.DeleteFunc(bases, func(n string) bool { return !strings.HasPrefix(n, "base.") })
+	if len(bases) != 1 {
+		t.Fatalf("staging/ holds bases %v, want one", bases)
+	}
+	if got, want := names(t, snapDir), []string{bases[0], "chunks", "manifest"}; !slices.Equal(got, want) {
+		t.Fatalf("ready/%s holds %v, want %v", first, got, want)
+	}
+	if !sameFile(t, filepath.Join(snapDir, bases[0]), filepath.Join(d.db.Dir(), "staging", bases[0])) {
+		t.Errorf("ready/%s/%s is not a link to the staged base", first, bases[0])
 	}
 	m := stagedManifest(t, d.db)
 	readyManifest, err := os.ReadFile(filepath.Join(snapDir, "manifest"))
@@ -971,15 +981,11 @@ func TestSpoolSizeAfterShrink(t *testing.T) {
 	var held int64
 	for _, state := range []string{d.db.readyDir(), d.db.consumingDir()} {
 		for _, s := range names(t, state) {
-			b, err := os.ReadFile(filepath.Join(state, s, "manifest"))
-			if err != nil {
-				t.Fatal(err)
+			snap, err := readSnapshot(filepath.Join(state, s, "manifest"))
+			if err != nil || snap == nil {
+				t.Fatalf("readSnapshot(%s)=%v, %v, want a snapshot", s, snap, err)
 			}
-			m, err := manifest.Decode(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			held += m.Size
+			held += snap.Manifest.Size
 		}
 	}
 	const overhead = 16 << 10 // manifests and the source file

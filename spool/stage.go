@@ -74,7 +74,7 @@ func (d *DB) StageManifest(m *manifest.Manifest) error {
 	}
 	defer unlock()
 	d.cur = nil
-	if _, err := d.writeManifest(m, mode); err != nil {
+	if _, _, err := d.writeManifest(m, nil, mode); err != nil {
 		return err
 	}
 	c, err := d.ctlLocked()
@@ -108,6 +108,6 @@ func (d *DB) Publish() (bool, error) {
 		return false, nil
 	}
 	d.mode = d.stageMode()
-	d.maybePublishReady(cur.refs)
+	d.maybePublishReady(cur)
 	return !OpenDir(d.dir).readyFree(), nil
 }

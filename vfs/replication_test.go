@@ -534,6 +534,14 @@ func TestDeltaManifestsMinio(t *testing.T) {
 		if v, err := manifest.FormatVersion(raw); err != nil || v != 2 {
 			t.Fatalf("flush %d: manifest format %d, %v; want 2", i, v, err)
 		}
+		// The spool stages it as a head too, over a base of its own.
+		staged, err := os.ReadFile(mustDB(t, path).StagingManifestPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, err := manifest.FormatVersion(staged); err != nil || v != 2 || len(staged) > manifest.ChunkSize+8<<10 {
+			t.Errorf("flush %d: the staged manifest has format %d (%v), %d bytes; want a head", i, v, err, len(staged))
+		}
 		m, _, err := store.FetchManifest(ctx, []store.Store{sto}, key)
 		if err != nil {
 			t.Fatalf("flush %d: FetchManifest()=%v", i, err)

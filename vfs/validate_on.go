@@ -70,17 +70,17 @@ func checkStaged(db *spool.DB, gen uint64, want []byte) error {
 		return nil // a later snapshot is staged: this one is gone
 	}
 
-	b, err := os.ReadFile(db.StagingManifestPath())
-	if errors.Is(err, fs.ErrNotExist) && invalidated(dir) {
-		return nil // the uploader invalidated the spool; the next transaction rebuilds
-	}
-	if err != nil {
-		return err
-	}
-	m, err := manifest.Decode(b)
+	s, err := spool.OpenDir(dir).Staged()
 	if err != nil {
 		return fmt.Errorf("staged manifest: %w", err)
 	}
+	if s == nil {
+		if invalidated(dir) {
+			return nil // the uploader invalidated the spool; the next transaction rebuilds
+		}
+		return fmt.Errorf("staged manifest: %w", fs.ErrNotExist)
+	}
+	m := s.Manifest
 	size := int64(len(want))
 	if m.SourcePath != db.Path() || m.Size != size {
 		return fmt.Errorf("manifest describes %s, %d bytes; the database had %d bytes", m.SourcePath, m.Size, size)

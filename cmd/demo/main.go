@@ -31,7 +31,7 @@ import (
 	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/boule-vfs/boule/config"
-	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -229,14 +229,14 @@ func showSpool(dir, manifestPath string) error {
 	if err := printTree(dir); err != nil {
 		return err
 	}
-	mb, err := os.ReadFile(manifestPath)
+	s, err := spool.OpenDir(dir).Staged()
 	if err != nil {
 		return err
 	}
-	m, err := manifest.Decode(mb)
-	if err != nil {
-		return err
+	if s == nil {
+		return fmt.Errorf("%s: %w", manifestPath, fs.ErrNotExist)
 	}
+	m := s.Manifest
 	fmt.Printf("   Inside: the staged manifest: host %q, path %s, %d bytes, page size %d, change counter %d, %d chunks (%d inline)\n",
 		m.Hostname, m.SourcePath, m.Size, m.PageSize, m.ChangeCounter, len(m.Chunks), len(m.Inline))
 	return nil
