@@ -4,14 +4,16 @@
 //
 // # Layout
 //
-// Under the configured replication_spooling_dir:
+// Under the configured replication_spooling_dir (doc/FORMAT.md, "Spool
+// layout", is the reference; layout.go spells the names):
 //
 //	boule-v2.<boot id>/            state of this boot only
 //	  <mangled source path>/       one directory per source database
 //	    source                     the absolute source path, for tools
-//	    txn                        marker: '0' clean, '1' a transaction in flight
-//	                               or unfinished, 'F' failed, 'W' WAL (marker.go)
-//	    staging/manifest           the current snapshot's manifest
+//	    txn                        the control block, mapped by every writer (ctl.go)
+//	    staging/manifest           the current snapshot: a whole manifest, or
+//	                               from 2,048 chunks a head (head.go)
+//	    staging/base.<id>          the base that head is over
 //	    staging/chunks/<fp>        chunks not yet handed to the uploader
 //	    ready/<unique>/            a snapshot published for upload
 //	    consuming/<unique>/        a snapshot the uploader is uploading
@@ -26,30 +28,20 @@
 // earlier boot is never read again: it is deleted and the next transaction
 // rebuilds the snapshot from the database itself.
 //
-// # Incremental updates
+// # Captures and incremental updates
 //
-// The VFS calls [DB.Snapshot] once per write transaction, while SQLite still
-// holds a SHARED lock, so no writer in any process can change the file
-// meanwhile. An incremental update rewrites only the dirty chunks. It is
-// used only when the staged manifest provably describes the file as it was
-// just before the transaction:
-//
-//   - the header (including the change counter at offset 24), the size and
-//     the ctime captured before the transaction's first write equal what the
-//     staged manifest recorded; a write by any other program (the sqlite3
-//     shell, a restore) changes at least the counter or the ctime;
-//   - the txn marker was clean before the transaction's first write. A
-//     writer turns a clean marker into '1' and the time before writing, and
-//     a published snapshot makes it '0' again (the file is rewritten in
-//     place, never created per transaction), so a transaction that crashed
-//     leaves it '1', one whose snapshot failed (full disk) 'F' with the
-//     error, one that found the database in WAL mode 'W', and the next
-//     writer rebuilds. The time stays that of the first transaction the
-//     staged snapshot lacks: flushes and status read the marker
-//     ([ReadMarker]) to tell whether the staged snapshot is current, and
-//     since when it is not.
-//
-// Otherwise the snapshot is rebuilt from scratch, which is always correct.
+// At each commit the VFS hands [DB.Capture] what the transaction changed,
+// copied while SQLite still holds its lock; the database's persister
+// goroutine stages queued captures as one incremental snapshot, off the
+// commit path (capture.go, persist.go; WAL mode: wal.go). The control
+// block's generations order captures across processes. An incremental
+// update rewrites only the dirty chunks, and is used only when the staged
+// snapshot provably describes the file as it was just before: the header
+// (with its change counter), the size and the ctime match what was
+// staged, and no writer died mid-transaction or left commits unstaged.
+// Otherwise the snapshot is rebuilt from the database itself, which is
+// always correct. doc/DESIGN.md, "Capture at the commit, persist after
+// it", describes the protocol.
 //
 // # Bounded size
 //

@@ -27,9 +27,6 @@ import (
 // lower it, so that their small databases take both paths.
 var headMinChunks = 2048
 
-// basePrefix starts the name of a base file: base.<ID as 64 hex digits>.
-const basePrefix = "base."
-
 // baseState is the base the staged head is written over, and what
 // changed since it was written.
 type baseState struct {

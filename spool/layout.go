@@ -8,6 +8,7 @@ const (
 	markerFile   = "txn"           // the transaction marker (marker.go)
 	stagingDir   = "staging"       // the current snapshot
 	manifestFile = "manifest"      // a snapshot's manifest, in staging/ and in each handed-over snapshot
+	basePrefix   = "base."         // base.<ID>: the base a head manifest is over, beside it (head.go)
 	chunksDir    = "chunks"        // a snapshot's chunk files, by fingerprint
 	readyDir     = "ready"         // a snapshot published for upload
 	consumingDir = "consuming"     // snapshots the uploader is uploading
