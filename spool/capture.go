@@ -44,8 +44,11 @@ type Capture struct {
 	carryVer      uint64 // the carry of a restart this read included (WALReset), or 0
 	// big: a persister's read larger than the capture budget; its
 	// chunks are in spill, a file, instead of chunks.
-	big    bool
-	spill  *spilledSource
+	big   bool
+	spill *spilledSource
+	// direct: a big read staged by a caller that keeps the log still
+	// meanwhile (walStageLocked), from the log itself.
+	direct Source
 	reads  []int
 	src    Source
 	ch     Change         // what the VFS saw before the transaction
@@ -344,6 +347,7 @@ func (cp *Capture) release() {
 		cp.spill.f.Close()
 		cp.spill = nil
 	}
+	cp.direct = nil
 }
 
 // capturedBufs recycles the 64 KiB buffers of captured chunks once staged,

@@ -218,8 +218,11 @@ func (d *DB) persistWALLocked(c *ctl, batch []*Capture) (published, staged bool)
 		return false, false
 	}
 	var src Source = capturedSource{size: cp.post.size, chunks: cp.chunks}
-	if cp.spill != nil {
+	switch {
+	case cp.spill != nil:
 		src = cp.spill
+	case cp.direct != nil:
+		src = cp.direct
 	}
 	ch := cp.ch
 	ch.Force = false

@@ -206,7 +206,7 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 // from cp.src), the budget for them acquired; or nil when there is
 // nothing new, or when it snapshotted the logical database whole instead.
 func (d *DB) walRead(db Source, wal WALFile, wrote, force, acquire bool) (*Capture, error) {
-	return d.walReadGen(db, wal, wrote, force, acquire, 0)
+	return d.walReadGen(db, wal, wrote, force, acquire, 0, false)
 }
 
 // errRebuild is returned by walReadGen when only a rebuild can stage
@@ -217,8 +217,11 @@ var errRebuild = errors.New("spool: a rebuild is needed")
 // walReadGen is walRead. A non-zero gen is the generation the caller took
 // before the read, and that the capture gets: the caller reads without
 // the log's write lock, so that every commit with an older generation is
-// in the log when it scans; it may not rebuild (errRebuild).
-func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen uint64) (*Capture, error) {
+// in the log when it scans; it may not rebuild (errRebuild). direct says
+// that the caller stages the capture itself while it keeps the log still:
+// a read larger than the capture budget is then staged straight from the
+// log (cp.big, chunks read from cp.src), not rebuilt.
+func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen uint64, direct bool) (*Capture, error) {
 	x := &d.walx
 	if err := x.scan(wal); err != nil {
 		return nil, d.walFailedLocked(fmt.Errorf("spool: %s: %w", d.path, err))
@@ -264,12 +267,13 @@ func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen 
 	}
 	big := false
 	if need > d.s.budget.max {
-		if gen == 0 {
+		if gen == 0 && !direct {
 			return nil, d.walRebuild(src, wrote)
 		}
 		// A persister's read: its chunks go to a file (spillChunks),
 		// not to memory, and it needs no lock but its read
-		// transaction.
+		// transaction. A direct read: its caller stages them from the
+		// log.
 		big, need = true, 0
 	}
 	if gen == 0 {
@@ -372,7 +376,7 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 	gen := d.takeGen(c)
 	d.walmu.Lock()
 	defer d.walmu.Unlock()
-	cp, err := d.walReadGen(db, wal, true, false, false, gen)
+	cp, err := d.walReadGen(db, wal, true, false, false, gen, false)
 	if errors.Is(err, errRebuild) {
 		// Another program restarted the log, say: a rebuild, with the
 		// log kept still by its write lock.
@@ -625,12 +629,16 @@ func (d *DB) walStageLocked(db Source, wal WALFile) bool {
 	if pending > c.load(ctlPersisted) {
 		d.waitPersisted(c, pending, captureWait)
 	}
-	cp, err := d.walRead(db, wal, false, false, false)
+	cp, err := d.walReadGen(db, wal, false, false, false, 0, true)
 	if err != nil {
 		return false
 	}
 	if cp != nil {
-		if err := fillFrom(cp); err != nil {
+		if cp.big {
+			// More than the capture budget: staged from the log, which
+			// the caller keeps still until this returns.
+			cp.direct = cp.src
+		} else if err := fillFrom(cp); err != nil {
 			cp.release()
 			d.s.budget.release(cp.bytes)
 			return false
@@ -638,7 +646,7 @@ func (d *DB) walStageLocked(db Source, wal WALFile) bool {
 		cp.src, cp.filled = nil, closedChan
 		d.persistRun([]*Capture{cp})
 		d.s.budget.release(cp.bytes)
-		putChunkBufs([]*Capture{cp})
+		cp.release()
 	}
 	// Every frame of the log is staged. (A persister's read under way
 	// may have taken a generation meanwhile: it reads nothing newer.)

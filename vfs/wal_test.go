@@ -5,7 +5,9 @@ import (
 	"context"
 	"database/sql"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -707,6 +709,53 @@ func TestWALBigReadSpills(t *testing.T) {
 	if got := after.Snapshots - before.Snapshots; got != 1 || after.Incremental-before.Incremental != 1 || after.ChunksStaged-before.ChunksStaged < 16 {
 		t.Fatalf("snapshots=%d (%d incremental), chunks staged=%d; want 1 incremental snapshot of over 16 chunks (1 MiB)",
 			got, after.Incremental-before.Incremental, after.ChunksStaged-before.ChunksStaged)
+	}
+	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
+		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
+	}
+}
+
+// TestWALCloseStagesBigRead: the last connection's close stages what the
+// log holds beyond the staged snapshot; when that is more than the
+// capture budget, it stages those chunks straight from the log it keeps
+// still, not the whole database again (at 4 GiB a close rebuilt for
+// minutes).
+func TestWALCloseStagesBigRead(t *testing.T) {
+	vfs.SetPersistGap(t, time.Hour)
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log), CaptureMemoryMiB: 1})
+	path := e.path("close.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "PRAGMA wal_autocheckpoint=0")
+	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, randomblob(1000) FROM n")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	before := d.Stats()
+	for i := range 40 { // about 3 MiB of chunks, the persister held off
+		mustExec(t, db, "UPDATE t SET v = randomblob(1000) WHERE k % 40 = ?", i)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + "-wal"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the log is still there after the last close (%v)", err)
+	}
+	after := d.Stats()
+	if got := after.Incremental - before.Incremental; got < 1 || after.Snapshots-before.Snapshots != got {
+		t.Errorf("close: %d snapshots, %d incremental; want incremental ones only", after.Snapshots-before.Snapshots, got)
+	}
+	img, err := assemble(path)
+	if err != nil {
+		t.Fatalf("assemble(%s)=%v", path, err)
+	}
+	if local, err := os.ReadFile(path); err != nil || !bytes.Equal(img, local) {
+		t.Fatalf("the staged snapshot (%d bytes) differs from the closed database (%d bytes, %v); log:\n%s", len(img), len(local), err, e.log)
 	}
 	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
 		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
