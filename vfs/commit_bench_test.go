@@ -160,6 +160,8 @@ func commitLatency(b *testing.B, base, journal, sync string) {
 		}
 		return time.Since(start)
 	}
+	spooled := mustDB(b, filepath.Join(dir, "boule.db"))
+	st0 := spooled.Stats()
 	b.ResetTimer()
 	peak := peakRssAnon(func() {
 		for i := range b.N {
@@ -196,5 +198,13 @@ func commitLatency(b *testing.B, base, journal, sync string) {
 	b.ReportMetric(float64(pct("boule", 0.99))/float64(pct("unix", 0.99)), "ratio-p99")
 	if s := vfs.Spool(); s != nil {
 		b.ReportMetric(float64(s.CaptureBytes())/(1<<20), "captured-MiB-at-end")
+	}
+	// What the persister wrote to the spool per snapshot: the chunks it
+	// changed, and the manifests (heads and their bases) that name them.
+	st := spooled.Stats()
+	if n := st.Snapshots - st0.Snapshots; n > 0 {
+		b.ReportMetric(float64(st.Snapshots-st0.Snapshots)/float64(b.N), "snapshots-per-commit")
+		b.ReportMetric(float64(st.ManifestBytes-st0.ManifestBytes)/float64(n)/1024, "spool-manifest-KiB-per-snapshot")
+		b.ReportMetric(float64(st.BytesStaged-st0.BytesStaged)/float64(n)/1024, "spool-chunk-KiB-per-snapshot")
 	}
 }
