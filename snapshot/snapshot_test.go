@@ -11,11 +11,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
@@ -809,26 +809,14 @@ func TestCacheHitIsAUse(t *testing.T) {
 func TestManifestFileFIFO(t *testing.T) {
 	f := newFixture(t)
 	p := filepath.Join(f.dir, "m.fifo")
-	if err := syscall.Mkfifo(p, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	testfs.Mkfifo(t, p)
 	r := f.reader(Options{Prefetch: -1})
-	done := make(chan error, 1)
-	go func() {
+	err := testfs.Promptly(t, p, func() error {
 		_, err := r.Open(context.Background(), p)
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
-			t.Fatalf("open of a FIFO as a manifest file: %v, want a refusal", err)
-		}
-	case <-time.After(10 * time.Second):
-		// Unblock the open so the test can end.
-		if w, err := os.OpenFile(p, os.O_WRONLY, 0); err == nil {
-			w.Close()
-		}
-		t.Fatal("open of a FIFO as a manifest file blocked")
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("open of a FIFO as a manifest file: %v, want a refusal", err)
 	}
 }
 
