@@ -135,10 +135,7 @@ func mustFlush(t testing.TB, path string) {
 // process's POSIX locks on it.
 func checkSnapshot(t testing.TB, db *sql.DB, path string) {
 	t.Helper()
-	var ok string
-	if err := db.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
-		t.Fatalf("integrity_check=%q, %v", ok, err)
-	}
+	checkIntegrity(t, db)
 	want, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -149,6 +146,15 @@ func checkSnapshot(t testing.TB, db *sql.DB, path string) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("snapshot of %s: %d bytes, file %d bytes; first difference at %d", path, len(got), len(want), firstDiff(got, want))
+	}
+}
+
+// checkIntegrity asserts that the database passes integrity_check.
+func checkIntegrity(t testing.TB, db *sql.DB) {
+	t.Helper()
+	var ok string
+	if err := db.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check=%q, %v", ok, err)
 	}
 }
 
@@ -213,3 +219,11 @@ type logCounter struct{ testlog.Records }
 
 // count returns how many records at level contain substr.
 func (l *logCounter) count(level slog.Level, substr string) int { return l.Count(level, substr) }
+
+// noWarnings asserts that nothing was logged at WARN or above.
+func (e *env) noWarnings(t testing.TB) {
+	t.Helper()
+	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
+		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
+	}
+}

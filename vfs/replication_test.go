@@ -135,6 +135,16 @@ func flushPragma(t testing.TB, db *sql.DB) string {
 	return r
 }
 
+// mustFlushPragma asserts that PRAGMA boule_flush_replication_data on db
+// returns 1: the store holds every commit. when says at which point, for
+// the failure, which shows e's log.
+func (e *env) mustFlushPragma(t testing.TB, db *sql.DB, when string) {
+	t.Helper()
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma %s=%q, want 1; log:\n%s", when, r, e.log)
+	}
+}
+
 func runWorkload(t testing.TB, db *sql.DB, seed uint64, steps int) {
 	t.Helper()
 	w := newWorkload(seed)
@@ -155,9 +165,7 @@ func TestReplicateEndToEnd(t *testing.T) {
 			e := replEnv(t, tg)
 			path, db := e.writer(t, "e2e.db", "")
 			runWorkload(t, db, 7, 150)
-			if r := flushPragma(t, db); r != "1" {
-				t.Fatalf("flush pragma=%q, want 1; log:\n%s", r, e.log)
-			}
+			e.mustFlushPragma(t, db, "after the workload")
 			checkReplica(t, sto, path)
 			// More commits, flushed through the Go API this time.
 			runWorkload(t, db, 8, 50)
@@ -284,9 +292,7 @@ func TestMinioOutage(t *testing.T) {
 	e := replEnv(t, tg)
 	path, db := e.writer(t, "outage.db", "_sync=NORMAL")
 	runWorkload(t, db, 11, 30)
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush before the outage=%q", r)
-	}
+	e.mustFlushPragma(t, db, "before the outage")
 	srv.Stop()
 	mustExec(t, db, "CREATE TABLE outage(i INTEGER PRIMARY KEY, v BLOB)")
 	var ratio float64
@@ -312,9 +318,7 @@ func TestMinioOutage(t *testing.T) {
 	if ratio > 4 {
 		t.Errorf("spool reached %.2f× the database, want ≤ 4", ratio)
 	}
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush after the restart=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "after the restart")
 	checkReplica(t, sto, path)
 	var n int
 	if err := db.QueryRow("SELECT count(*) FROM outage").Scan(&n); err != nil || n != 300 {

@@ -1,18 +1,13 @@
 package vfs_test
 
-import (
-	"log/slog"
-	"testing"
-)
+import "testing"
 
 // TestWALBulkLoad: 4 MiB transactions in WAL mode, each one restarting
 // the log (carried over): every snapshot is incremental, and the last is
 // the logical database.
 func TestWALBulkLoad(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("bulk.db")
-	db := open(t, path, "boule", "_journal_mode=WAL&_sync=NORMAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "bulk.db", "_journal_mode=WAL&_sync=NORMAL")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
 	for i := range 20 {
 		tx, err := db.Begin()
@@ -30,7 +25,5 @@ func TestWALBulkLoad(t *testing.T) {
 	}
 	waitStaged(t, mustDB(t, path))
 	checkLogical(t, db, path)
-	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
-		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
-	}
+	e.noWarnings(t)
 }
