@@ -10,10 +10,10 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
@@ -288,11 +288,7 @@ func TestRestoreFileRefusesNonRegular(t *testing.T) {
 		{"regular file", func(t *testing.T, p string) { writeFile(t, p, "old") }, ""},
 		{"regular file, not to be replaced", func(t *testing.T, p string) { writeFile(t, p, "old") }, "exists"},
 		{"absent", func(t *testing.T, p string) {}, ""},
-		{"fifo", func(t *testing.T, p string) {
-			if err := syscall.Mkfifo(p, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}, "a named pipe (FIFO)"},
+		{"fifo", func(t *testing.T, p string) { testfs.Mkfifo(t, p) }, "a named pipe (FIFO)"},
 		{"directory", func(t *testing.T, p string) {
 			if err := os.Mkdir(p, 0o755); err != nil {
 				t.Fatal(err)
