@@ -120,6 +120,30 @@ func mustExec(t testing.TB, db *sql.DB, q string, args ...any) {
 	}
 }
 
+// insertRows inserts into t(k, v), in one transaction, the rows k = from
+// to to-1, each with a random blob of size bytes.
+func insertRows(t testing.TB, db *sql.DB, from, to, size int) {
+	t.Helper()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(?))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stmt.Close()
+	for k := from; k < to; k++ {
+		if _, err := stmt.Exec(k, size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // mustFlush flushes path's replication data to its targets.
 func mustFlush(t testing.TB, path string) {
 	t.Helper()

@@ -99,27 +99,11 @@ func dirTargetB(b *testing.B) (config.Target, store.Store) {
 	return config.Target{Dir: &config.DirTarget{Path: p}}, s
 }
 
-// fill inserts rows of ~1 KiB of incompressible data, indexed by k.
+// fill inserts rows of ~1 KiB of incompressible data, indexed by k, in
+// one transaction.
 func fill(b testing.TB, db *sql.DB, rows int) {
 	b.Helper()
-	mustExec(b, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
-	tx, err := db.Begin()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1000))")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := range rows {
-		if _, err := stmt.Exec(i); err != nil {
-			b.Fatal(err)
-		}
-	}
-	stmt.Close()
-	if err := tx.Commit(); err != nil {
-		b.Fatal(err)
-	}
+	fillBatched(b, db, rows, rows)
 }
 
 // coldFixture is one database of BOULE_BENCH_MB (default 64) MiB
@@ -647,29 +631,13 @@ func BenchmarkLargeScan(b *testing.B) {
 	})
 }
 
-// fillBatched inserts rows as fill does, in transactions of at most batch
-// rows.
+// fillBatched inserts rows of ~1 KiB of incompressible data, indexed by
+// k, in transactions of at most batch rows.
 func fillBatched(b testing.TB, db *sql.DB, rows, batch int) {
 	b.Helper()
 	mustExec(b, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
 	for done := 0; done < rows; done += batch {
-		tx, err := db.Begin()
-		if err != nil {
-			b.Fatal(err)
-		}
-		stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1000))")
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := done; i < min(done+batch, rows); i++ {
-			if _, err := stmt.Exec(i); err != nil {
-				b.Fatal(err)
-			}
-		}
-		stmt.Close()
-		if err := tx.Commit(); err != nil {
-			b.Fatal(err)
-		}
+		insertRows(b, db, done, min(done+batch, rows), 1000)
 	}
 }
 

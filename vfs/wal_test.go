@@ -364,6 +364,20 @@ func childWALLeaver() error {
 	select {}
 }
 
+// leaveWAL runs childWALLeaver on path, its workload seeded with seed, for
+// steps transactions; once they are staged, it kills it, and returns the
+// log seqs it committed.
+func (e *env) leaveWAL(t testing.TB, path string, seed, steps int) map[int64]bool {
+	t.Helper()
+	cmd, out := startChild(t, "walleaver",
+		"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_PARAMS=_journal_mode=WAL",
+		fmt.Sprint("BOULE_TEST_SEED=", seed), fmt.Sprint("BOULE_TEST_STEPS=", steps))
+	committed := map[int64]bool{}
+	readSeqs(t, out, "staged", committed)
+	killWriter(t, cmd, out, committed)
+	return committed
+}
+
 // TestWALRawFrames: another program appends valid frames to a log that
 // boule staged up to its end, while no connection has the database open
 // (SQLite recovers them at the next open), or leaves a log of its own where
@@ -383,12 +397,7 @@ func TestWALRawFrames(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			path := e.path("raw.db")
-			cmd, out := startChild(t, "walleaver",
-				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
-				"BOULE_TEST_PARAMS=_journal_mode=WAL", "BOULE_TEST_SEED=7", "BOULE_TEST_STEPS=20")
-			committed := map[int64]bool{}
-			readSeqs(t, out, "staged", committed)
-			killWriter(t, cmd, out, committed)
+			committed := e.leaveWAL(t, path, 7, 20)
 			if len(committed) != 20 {
 				t.Fatalf("writer committed %d transactions, want 20", len(committed))
 			}
@@ -540,16 +549,26 @@ func TestWALCarryOtherProcess(t *testing.T) {
 	if m, err := spool.ReadMarker(d.Dir()); err != nil || m.Committed == m.Persisted {
 		t.Fatalf("marker %+v, %v: want commits not staged", m, err)
 	}
-	cmd, out := startChild(t, "walleaver",
-		"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
-		"BOULE_TEST_PARAMS=_journal_mode=WAL", "BOULE_TEST_SEED=9", "BOULE_TEST_STEPS=10")
-	committed := map[int64]bool{}
-	readSeqs(t, out, "staged", committed)
-	killWriter(t, cmd, out, committed)
+	committed := e.leaveWAL(t, path, 9, 10)
 	checkLogical(t, db, path)
 	checkCommitted(t, db, committed, "after the other process's commits")
 	mustExec(t, db, "INSERT INTO t(k, v) VALUES (-5000, randomblob(3000))")
 	waitStaged(t, d)
+	checkLogical(t, db, path)
+	e.noWarnings(t)
+}
+
+// TestWALBulkLoad: 4 MiB transactions in WAL mode, each one restarting
+// the log (carried over): every snapshot is incremental, and the last is
+// the logical database.
+func TestWALBulkLoad(t *testing.T) {
+	e := newEnv(t)
+	path, db := e.writer(t, "bulk.db", "_journal_mode=WAL&_sync=NORMAL")
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
+	for i := range 20 {
+		insertRows(t, db, i*4096, (i+1)*4096, 1024)
+	}
+	waitStaged(t, mustDB(t, path))
 	checkLogical(t, db, path)
 	e.noWarnings(t)
 }
