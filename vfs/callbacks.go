@@ -42,11 +42,7 @@ func (s cSource) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (s cSource) Size() (int64, error) {
-	var n C.int64_t
-	if rc := C.boule_file_size(s.file, &n); rc != 0 {
-		return 0, sqliteError("size", int(rc))
-	}
-	return int64(n), nil
+	return fileSize(func(n *C.int64_t) C.int { return C.boule_file_size(s.file, n) })
 }
 
 // readPieces fills p from offset off with read, a C read whose length is
@@ -61,6 +57,16 @@ func readPieces(p []byte, off int64, read func(buf unsafe.Pointer, n C.int, off 
 		done += n
 	}
 	return len(p), nil
+}
+
+// fileSize returns the size that size, a C call returning an SQLite error
+// code, reports.
+func fileSize(size func(n *C.int64_t) C.int) (int64, error) {
+	var n C.int64_t
+	if rc := size(&n); rc != 0 {
+		return 0, sqliteError("size", int(rc))
+	}
+	return int64(n), nil
 }
 
 func (s cSource) Reserved() (bool, error) {
@@ -176,11 +182,7 @@ func (s rawFile) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (s rawFile) Size() (int64, error) {
-	var n C.int64_t
-	if rc := C.boule_raw_size(s.file, &n); rc != 0 {
-		return 0, sqliteError("size", int(rc))
-	}
-	return int64(n), nil
+	return fileSize(func(n *C.int64_t) C.int { return C.boule_raw_size(s.file, n) })
 }
 
 func (s rawFile) Reserved() (bool, error) { return true, nil }

@@ -55,10 +55,17 @@ func dirTarget(t testing.TB) (config.Target, store.Store) {
 // target's store.
 func minioTarget(t testing.TB) (*miniotest.Server, config.Target, store.Store) {
 	t.Helper()
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	tg, s := s3Target(t, srv.Endpoint, true)
 	return srv, tg, s
+}
+
+// startMinio starts minio, with its credentials in the environment.
+func startMinio(t testing.TB) *miniotest.Server {
+	t.Helper()
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	return srv
 }
 
 // kindTarget returns a target of kind "dir" or "s3" (on a minio of its
@@ -335,8 +342,7 @@ func TestMinioOutage(t *testing.T) {
 // and retries share its two cores) is tens of percent. doc/BENCHMARKS.md
 // has the measured figures.
 func TestOutageDoesNotSlowCommits(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, sto := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)
@@ -362,8 +368,7 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 // TestFaultProxy: 500s, 429s, connection resets, truncated bodies and 2 s
 // stalls are retried; flushes succeed and commits are unaffected.
 func TestFaultProxy(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, _ := s3Target(t, proxy.URL, true)
 	_, sto := s3Target(t, srv.Endpoint, true) // reads bypass the proxy
@@ -396,8 +401,7 @@ func TestFaultProxy(t *testing.T) {
 // TestWrongCredentials: a clear error, the database unaffected, and
 // replication stopped until the configuration changes.
 func TestWrongCredentials(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	const badSecret = "not-the-secret-0123456789"
 	t.Setenv("AWS_SECRET_ACCESS_KEY", badSecret)
 	tg, _ := s3Target(t, srv.Endpoint, true)
@@ -421,19 +425,13 @@ func TestWrongCredentials(t *testing.T) {
 	}
 	// Fixed credentials and a new configuration: replication resumes.
 	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
-	tg2, sto := s3Target(t, srv.Endpoint, true)
-	e.register(t, tg2)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatalf("Flush() after fixing the credentials=%v", err)
-	}
-	checkReplica(t, sto, path)
+	e.flushToNewTarget(t, srv, path, "after fixing the credentials")
 }
 
 // TestMissingBucket: without create_buckets_on_demand a missing bucket is a
 // clear error naming it; with it, the bucket is created.
 func TestMissingBucket(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	tg, _ := s3Target(t, srv.Endpoint, false)
 	e := replEnv(t, tg)
 	path, db := e.writer(t, "bucket.db", "")
@@ -444,10 +442,18 @@ func TestMissingBucket(t *testing.T) {
 	}
 	checkSnapshot(t, db, path)
 
-	tg2, sto := s3Target(t, srv.Endpoint, true)
-	e.register(t, tg2)
+	e.flushToNewTarget(t, srv, path, "with create_buckets_on_demand")
+}
+
+// flushToNewTarget registers e with a new target on srv, which creates
+// its buckets, and asserts that a flush of path then succeeds and leaves
+// the database in the store; when says after what, for the failure.
+func (e *env) flushToNewTarget(t testing.TB, srv *miniotest.Server, path, when string) {
+	t.Helper()
+	tg, sto := s3Target(t, srv.Endpoint, true)
+	e.register(t, tg)
 	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatalf("Flush() with create_buckets_on_demand=%v", err)
+		t.Fatalf("Flush() %s=%v", when, err)
 	}
 	checkReplica(t, sto, path)
 }
@@ -460,8 +466,7 @@ func TestMissingBucket(t *testing.T) {
 // far under the limit: pack_chunks 1 turns them off, which also shows
 // that it writes manifests without a pack table.
 func TestAPIBudget(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, sto := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)
