@@ -210,9 +210,7 @@ func TestFlushWAL(t *testing.T) {
 	checkLogicalReplica(t, sto, path)
 	plain.Close() // leaving WAL mode takes the only connection
 
-	created := e.path("created.db")
-	wal := open(t, created, "boule", "_journal_mode=WAL")
-	wal.SetMaxOpenConns(1)
+	created, wal := e.writer(t, "created.db", "_journal_mode=WAL")
 	mustExec(t, wal, "CREATE TABLE t(v)")
 	mustExec(t, wal, "INSERT INTO t VALUES (1)")
 	e.mustFlushPragma(t, wal, "of a database created in WAL mode")

@@ -95,9 +95,7 @@ func TestWALRandomWorkload(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			path := e.path("w.db")
-			db := open(t, path, "boule", tc.params)
-			db.SetMaxOpenConns(1)
+			path, db := e.writer(t, "w.db", tc.params)
 			if tc.name == "autocheckpoint" {
 				mustExec(t, db, "PRAGMA wal_autocheckpoint=20")
 			}
@@ -579,15 +577,9 @@ func TestWALBulkLoad(t *testing.T) {
 // stalled writers for seconds at 1 GiB).
 func TestWALBigReadSpills(t *testing.T) {
 	vfs.SetPersistGap(t, time.Hour)
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	e := tempEnv(t)
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log), CaptureMemoryMiB: 1})
-	path := e.path("big.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "big.db", "_journal_mode=WAL")
 	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, randomblob(1000) FROM n")
 	d := mustDB(t, path)
