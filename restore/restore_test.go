@@ -358,12 +358,11 @@ type secondStore struct {
 	bodies map[string][]byte
 }
 
-// add appends version i, older than those added before it: a 100-byte
-// database of byte i, created and with the source ctime given, that the
-// store dates stored.
-func (s *secondStore) add(t testing.TB, i int, created, ctime, stored time.Time) {
+// tinyManifest returns the encoded manifest of h:/a.db, a 100-byte
+// database of the byte fill, created and with the source ctime given.
+func tinyManifest(t testing.TB, fill byte, created, ctime time.Time) []byte {
 	t.Helper()
-	data := bytes.Repeat([]byte{byte(i)}, 100)
+	data := bytes.Repeat([]byte{fill}, 100)
 	m := &manifest.Manifest{Hostname: "h", SourcePath: "/a.db", Generator: "test", Size: 100,
 		Created: created, SourceCtime: ctime,
 		Chunks: []manifest.Fingerprint{manifest.Sum(data)}, Inline: map[uint32][]byte{0: data}}
@@ -371,8 +370,16 @@ func (s *secondStore) add(t testing.TB, i int, created, ctime, stored time.Time)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b
+}
+
+// add appends version i, older than those added before it: a 100-byte
+// database of byte i, created and with the source ctime given, that the
+// store dates stored.
+func (s *secondStore) add(t testing.TB, i int, created, ctime, stored time.Time) {
+	t.Helper()
 	id := string(rune('a' + i))
-	s.bodies[id] = b
+	s.bodies[id] = tinyManifest(t, byte(i), created, ctime)
 	s.vs = append(s.vs, store.Version{ID: id, LastModified: stored})
 }
 
