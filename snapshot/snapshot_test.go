@@ -769,10 +769,7 @@ func TestIdleReplicasForgotten(t *testing.T) {
 	for i := range 20 {
 		name := fmt.Sprintf("/many/%d.db", i)
 		publish(t, f.store, name, img, clock.now())
-		c, err := r.Open(context.Background(), "boule://"+name)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule://"+name)
 		c.Close()
 	}
 	kept := mustOpen(t, r, "boule:///many/0.db")
