@@ -16,14 +16,7 @@ func deltaPair(t testing.TB, size int64, edit func(m *Manifest)) (base, next *Ma
 	if size != base.Size {
 		base = newManifest(size, 0)
 	}
-	blob, _, err := NewBase(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bm, err := Decode(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
+	blob, _, bm := mustBase(t, base)
 	next = newManifest(base.Size, 0)
 	next.Chunks = append([]Fingerprint(nil), base.Chunks...)
 	next.Packs = base.Packs
@@ -290,14 +283,7 @@ const goldenHeadSum = "5d2862d7f412238ee56fb3785b1c5e9490abf647b1c69e4c207313fc2
 
 func TestGoldenHead(t *testing.T) {
 	g := goldenManifest()
-	blob, id, err := NewBase(g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base, err := Decode(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
+	blob, id, base := mustBase(t, g)
 	next := goldenManifest()
 	next.Chunks[1] = Fingerprint{0xaa, 31: 0xbb}
 	enc := mustHead(t, next, base, blob)
@@ -309,10 +295,7 @@ func TestGoldenHead(t *testing.T) {
 		t.Fatalf("golden head is %d bytes, want %d", len(enc), wantLen)
 	}
 	be := binary.BigEndian
-	checks := []struct {
-		name      string
-		got, want uint64
-	}{
+	checkFields(t, []field{
 		{"version @8", uint64(be.Uint16(enc[8:])), 2},
 		{"flags @10", uint64(be.Uint16(enc[10:])), 0},
 		{"db size @16", be.Uint64(enc[16:]), 2*65536 + 4096},
@@ -323,12 +306,7 @@ func TestGoldenHead(t *testing.T) {
 		{"inline count @204", uint64(be.Uint32(enc[204:])), 1},
 		{"inline index @208", uint64(be.Uint32(enc[208:])), 2},
 		{"inline length @212", uint64(be.Uint32(enc[212:])), 4096},
-	}
-	for _, c := range checks {
-		if c.got != c.want {
-			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
-		}
-	}
+	})
 	if Fingerprint(enc[120:152]) != id {
 		t.Errorf("base ID @120 = %x, want %s", enc[120:152], id)
 	}

@@ -49,10 +49,7 @@ func TestGolden(t *testing.T) {
 		t.Fatalf("golden encoding is %d bytes, want %d", len(enc), wantLen)
 	}
 	be := binary.BigEndian
-	checks := []struct {
-		name      string
-		got, want uint64
-	}{
+	checkFields(t, []field{
 		{"version @8", uint64(be.Uint16(enc[8:])), 1},
 		{"flags @10", uint64(be.Uint16(enc[10:])), 0},
 		{"chunk size @12", uint64(be.Uint32(enc[12:])), 65536},
@@ -69,12 +66,7 @@ func TestGolden(t *testing.T) {
 		{"inline count @220", uint64(be.Uint32(enc[220:])), 1},
 		{"inline index @224", uint64(be.Uint32(enc[224:])), 2},
 		{"inline length @228", uint64(be.Uint32(enc[228:])), 4096},
-	}
-	for _, c := range checks {
-		if c.got != c.want {
-			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
-		}
-	}
+	})
 	if string(enc[:8]) != "BOULEMF\x00" {
 		t.Errorf("magic = %q", enc[:8])
 	}

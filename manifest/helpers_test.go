@@ -115,3 +115,34 @@ func sameManifest(t *testing.T, got, want *Manifest) {
 		t.Errorf("packs: got %+v, want %+v", got.Packs, want.Packs)
 	}
 }
+
+// mustBase returns the base of m, as NewBase encodes it, its ID, and the
+// manifest it decodes to.
+func mustBase(t testing.TB, m *Manifest) ([]byte, Fingerprint, *Manifest) {
+	t.Helper()
+	blob, id, err := NewBase(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := Decode(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blob, id, base
+}
+
+// field is a number that a golden encoding holds at a fixed offset.
+type field struct {
+	name      string
+	got, want uint64
+}
+
+// checkFields reports each field whose value is not the one wanted.
+func checkFields(t testing.TB, fields []field) {
+	t.Helper()
+	for _, c := range fields {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}

@@ -287,16 +287,8 @@ func TestManifestAtFutureVersion(t *testing.T) {
 	key := storetest.MustKey(t, "h", "/a.db")
 	put := func(at time.Time, fill byte) {
 		t.Helper()
-		data := bytes.Repeat([]byte{fill}, 100)
-		m := &manifest.Manifest{Hostname: "h", SourcePath: "/a.db", Generator: "test", Size: 100,
-			Created: at, SourceCtime: at,
-			Chunks: []manifest.Fingerprint{manifest.Sum(data)}, Inline: map[uint32][]byte{0: data}}
-		b, err := m.MarshalBinary()
-		if err != nil {
-			t.Fatal(err)
-		}
 		d.SetClock(func() time.Time { return at })
-		if err := d.PutManifest(ctx, key, b); err != nil {
+		if err := d.PutManifest(ctx, key, tinyManifest(t, fill, at, at)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -10,10 +10,10 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
@@ -288,11 +288,7 @@ func TestRestoreFileRefusesNonRegular(t *testing.T) {
 		{"regular file", func(t *testing.T, p string) { writeFile(t, p, "old") }, ""},
 		{"regular file, not to be replaced", func(t *testing.T, p string) { writeFile(t, p, "old") }, "exists"},
 		{"absent", func(t *testing.T, p string) {}, ""},
-		{"fifo", func(t *testing.T, p string) {
-			if err := syscall.Mkfifo(p, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}, "a named pipe (FIFO)"},
+		{"fifo", func(t *testing.T, p string) { testfs.Mkfifo(t, p) }, "a named pipe (FIFO)"},
 		{"directory", func(t *testing.T, p string) {
 			if err := os.Mkdir(p, 0o755); err != nil {
 				t.Fatal(err)
@@ -362,12 +358,11 @@ type secondStore struct {
 	bodies map[string][]byte
 }
 
-// add appends version i, older than those added before it: a 100-byte
-// database of byte i, created and with the source ctime given, that the
-// store dates stored.
-func (s *secondStore) add(t testing.TB, i int, created, ctime, stored time.Time) {
+// tinyManifest returns the encoded manifest of h:/a.db, a 100-byte
+// database of the byte fill, created and with the source ctime given.
+func tinyManifest(t testing.TB, fill byte, created, ctime time.Time) []byte {
 	t.Helper()
-	data := bytes.Repeat([]byte{byte(i)}, 100)
+	data := bytes.Repeat([]byte{fill}, 100)
 	m := &manifest.Manifest{Hostname: "h", SourcePath: "/a.db", Generator: "test", Size: 100,
 		Created: created, SourceCtime: ctime,
 		Chunks: []manifest.Fingerprint{manifest.Sum(data)}, Inline: map[uint32][]byte{0: data}}
@@ -375,8 +370,16 @@ func (s *secondStore) add(t testing.TB, i int, created, ctime, stored time.Time)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b
+}
+
+// add appends version i, older than those added before it: a 100-byte
+// database of byte i, created and with the source ctime given, that the
+// store dates stored.
+func (s *secondStore) add(t testing.TB, i int, created, ctime, stored time.Time) {
+	t.Helper()
 	id := string(rune('a' + i))
-	s.bodies[id] = b
+	s.bodies[id] = tinyManifest(t, byte(i), created, ctime)
 	s.vs = append(s.vs, store.Version{ID: id, LastModified: stored})
 }
 

@@ -73,10 +73,7 @@ func TestCacheMapsOnlyWhatNobodyElseCanChange(t *testing.T) {
 			p := f.cache.Path(m.Chunks[1])
 			tc.spoil(t, f.cache.Dir(), p)
 			r := f.reader(Options{Prefetch: -1})
-			c, err := r.Open(context.Background(), "boule:///map.db")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustOpen(t, r, "boule:///map.db")
 			defer c.Close()
 			before := f.store.chunks.Load()
 			got, err := c.Snapshot().Chunk(context.Background(), 1)
@@ -199,10 +196,7 @@ func cacheChild(t *testing.T, arg string) {
 	r := NewReader(Options{Remote: []store.Store{ds}, Cache: cache, Hostname: testHost, Prefetch: -1})
 	defer r.Close()
 	ctx := context.Background()
-	c1, err := r.Open(ctx, "boule:///shared.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c1 := mustOpen(t, r, "boule:///shared.db")
 	defer c1.Close()
 	first, err := c1.Snapshot().Chunk(ctx, 1)
 	if err != nil {
@@ -213,10 +207,7 @@ func cacheChild(t *testing.T, arg string) {
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
 		t.Fatal(err)
 	}
-	c2, err := r.Open(ctx, "boule:///shared.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2 := mustOpen(t, r, "boule:///shared.db")
 	defer c2.Close()
 	got, err := c2.Snapshot().Chunk(ctx, 1)
 	if err != nil {
@@ -255,10 +246,7 @@ func TestChunkFIFO(t *testing.T) {
 					}
 				}
 				r := f.reader(Options{Prefetch: -1, ReadOnly: []ReadOnlyDir{ro}})
-				c, err := r.Open(context.Background(), "boule:///fifo.db")
-				if err != nil {
-					t.Fatal(err)
-				}
+				c := mustOpen(t, r, "boule:///fifo.db")
 				defer c.Close()
 				type result struct {
 					b   []byte
@@ -342,10 +330,7 @@ func TestCacheFileWrittenHereIsKnown(t *testing.T) {
 			m := publish(t, f.store, "/known.db", image, time.Now())
 			want := chunkBytes(image, 1)
 			r := f.reader(Options{Prefetch: -1})
-			c, err := r.Open(context.Background(), "boule:///known.db")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustOpen(t, r, "boule:///known.db")
 			if got, err := c.Snapshot().Chunk(context.Background(), 1); err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("Chunk(1)=%d bytes, %v, want the chunk's %d bytes", len(got), err, len(want))
 			}
@@ -369,10 +354,7 @@ func TestCacheFileWrittenHereIsKnown(t *testing.T) {
 			}
 
 			before := f.store.chunks.Load()
-			c, err = r.Open(context.Background(), "boule:///known.db")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c = mustOpen(t, r, "boule:///known.db")
 			defer c.Close()
 			if got, err := c.Snapshot().Chunk(context.Background(), 1); err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("Chunk(1) after the change=%d bytes, %v, want the chunk's %d bytes", len(got), err, len(want))
@@ -406,10 +388,7 @@ func TestClosedReaderKeepsNoSlab(t *testing.T) {
 	image := db(71, 3)
 	publish(t, f.store, "/slabs.db", image, time.Now())
 	r := f.reader(Options{Prefetch: -1})
-	c, err := r.Open(context.Background(), "boule:///slabs.db")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustOpen(t, r, "boule:///slabs.db")
 	for i := range len(c.Snapshot().M.Chunks) {
 		if _, err := c.Snapshot().Chunk(context.Background(), i); err != nil {
 			t.Fatal(err)

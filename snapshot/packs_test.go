@@ -93,10 +93,7 @@ func TestPackedReplica(t *testing.T) {
 		opts.Hostname = testHost
 		r := NewReader(opts)
 		t.Cleanup(r.Close)
-		c, err := r.Open(context.Background(), "boule:///data/p.db")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := mustOpen(t, r, "boule:///data/p.db")
 		t.Cleanup(func() { c.Close() })
 		return r, c
 	}

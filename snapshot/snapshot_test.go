@@ -11,11 +11,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
@@ -644,6 +644,31 @@ func TestCloseEndsBackgroundWork(t *testing.T) {
 	}
 }
 
+// testClock is a Reader's clock that a test sets.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// fakeClock makes r read the time from a clock that starts at t0.
+func fakeClock(r *Reader, t0 time.Time) *testClock {
+	c := &testClock{t: t0}
+	r.now = c.now
+	return c
+}
+
+func (c *testClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
 // TestOpenFetchesAfterPollInterval: an open reuses the manifest another
 // connection fetched within the poll interval, and fetches after it, even
 // while other connections keep the replica open; when that fetch fails,
@@ -654,8 +679,7 @@ func TestOpenFetchesAfterPollInterval(t *testing.T) {
 	t0 := time.Now()
 	publish(t, f.store, "/p.db", img1, t0)
 	r := f.reader(Options{Prefetch: -1, PollInterval: time.Minute})
-	clock := t0
-	r.now = func() time.Time { return clock }
+	clock := fakeClock(r, t0)
 	open := func() *Conn {
 		t.Helper()
 		c := mustOpen(t, r, "boule:///p.db")
@@ -665,11 +689,11 @@ func TestOpenFetchesAfterPollInterval(t *testing.T) {
 	a := open()
 	publish(t, f.store, "/p.db", img2, t0.Add(time.Second))
 	before := f.store.manifests.Load()
-	clock = t0.Add(59 * time.Second)
+	clock.set(t0.Add(59 * time.Second))
 	if b := open(); !bytes.Equal(read(t, b.Snapshot()), img1) || f.store.manifests.Load() != before {
 		t.Fatal("an open within the poll interval did not reuse the fetched manifest")
 	}
-	clock = t0.Add(61 * time.Second)
+	clock.set(t0.Add(61 * time.Second))
 	if c := open(); !bytes.Equal(read(t, c.Snapshot()), img2) {
 		t.Fatal("an open after the poll interval, with another connection open, got the old snapshot")
 	}
@@ -677,7 +701,7 @@ func TestOpenFetchesAfterPollInterval(t *testing.T) {
 		t.Fatal("an open connection switched snapshot without asking")
 	}
 	f.store.down.Store(true)
-	clock = t0.Add(200 * time.Second)
+	clock.set(t0.Add(200 * time.Second))
 	if d := open(); !bytes.Equal(read(t, d.Snapshot()), img2) {
 		t.Fatal("with the store down, an open did not get the snapshot the process holds")
 	}
@@ -740,16 +764,12 @@ func TestIdleReplicasForgotten(t *testing.T) {
 	r := NewReader(Options{Remote: []store.Store{f.store}, Cache: f.cache, Hostname: testHost, Prefetch: -1,
 		PollInterval: time.Minute, OnReplicaGone: func(*Replica) { gone.Add(1) }})
 	t.Cleanup(r.Close)
-	clock := time.Now()
-	r.now = func() time.Time { return clock }
+	clock := fakeClock(r, time.Now())
 	img := db(31, 2)
 	for i := range 20 {
 		name := fmt.Sprintf("/many/%d.db", i)
-		publish(t, f.store, name, img, clock)
-		c, err := r.Open(context.Background(), "boule://"+name)
-		if err != nil {
-			t.Fatal(err)
-		}
+		publish(t, f.store, name, img, clock.now())
+		c := mustOpen(t, r, "boule://"+name)
 		c.Close()
 	}
 	kept := mustOpen(t, r, "boule:///many/0.db")
@@ -757,8 +777,8 @@ func TestIdleReplicasForgotten(t *testing.T) {
 	if n := r.Replicas(); n != 20 {
 		t.Fatalf("%d replicas kept within the poll interval, want 20", n)
 	}
-	clock = clock.Add(2 * time.Minute)
-	publish(t, f.store, "/many/last.db", img, clock)
+	clock.set(clock.now().Add(2 * time.Minute))
+	publish(t, f.store, "/many/last.db", img, clock.now())
 	c := mustOpen(t, r, "boule:///many/last.db")
 	defer c.Close()
 	// Kept: the one with a connection, and the one just opened.
@@ -809,26 +829,14 @@ func TestCacheHitIsAUse(t *testing.T) {
 func TestManifestFileFIFO(t *testing.T) {
 	f := newFixture(t)
 	p := filepath.Join(f.dir, "m.fifo")
-	if err := syscall.Mkfifo(p, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	testfs.Mkfifo(t, p)
 	r := f.reader(Options{Prefetch: -1})
-	done := make(chan error, 1)
-	go func() {
+	err := testfs.Promptly(t, p, func() error {
 		_, err := r.Open(context.Background(), p)
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
-			t.Fatalf("open of a FIFO as a manifest file: %v, want a refusal", err)
-		}
-	case <-time.After(10 * time.Second):
-		// Unblock the open so the test can end.
-		if w, err := os.OpenFile(p, os.O_WRONLY, 0); err == nil {
-			w.Close()
-		}
-		t.Fatal("open of a FIFO as a manifest file blocked")
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("open of a FIFO as a manifest file: %v, want a refusal", err)
 	}
 }
 
@@ -840,14 +848,13 @@ func TestStale(t *testing.T) {
 	t0 := time.Now()
 	publish(t, f.store, "/s.db", img1, t0)
 	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
-	clock := t0
-	r.now = func() time.Time { return clock }
+	clock := fakeClock(r, t0)
 	a := mustOpen(t, r, "boule:///s.db")
 	defer a.Close()
 	publish(t, f.store, "/s.db", img2, t0.Add(time.Second))
-	clock = t0.Add(time.Millisecond)
+	clock.set(t0.Add(time.Millisecond))
 	r.Stale(testHost, "/s.db")
-	clock = t0.Add(2 * time.Millisecond)
+	clock.set(t0.Add(2 * time.Millisecond))
 	b := mustOpen(t, r, "boule:///s.db")
 	defer b.Close()
 	if !bytes.Equal(read(t, b.Snapshot()), img2) {
@@ -888,13 +895,10 @@ func TestSlowFetchIsShared(t *testing.T) {
 	g := &gatedManifests{counting: f.store, gate: newGate()}
 	r := NewReader(Options{Remote: []store.Store{g}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute})
 	t.Cleanup(r.Close)
-	var mu sync.Mutex
-	clock := t0
-	r.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
-	setClock := func(c time.Time) { mu.Lock(); clock = c; mu.Unlock() }
+	clock := fakeClock(r, t0)
 	hold := mustOpen(t, r, "boule:///slow.db")
 	defer hold.Close()
-	setClock(t0.Add(2 * time.Minute))
+	clock.set(t0.Add(2 * time.Minute))
 	g.armed.Store(true)
 	before := f.store.manifests.Load()
 	var wg sync.WaitGroup
@@ -924,7 +928,7 @@ func TestSlowFetchIsShared(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	setClock(t0.Add(4 * time.Minute)) // the fetch outlasted the poll interval
+	clock.set(t0.Add(4 * time.Minute)) // the fetch outlasted the poll interval
 	close(g.open)
 	wg.Wait()
 	if n := f.store.manifests.Load() - before; n != 1 {
@@ -944,14 +948,13 @@ func TestEvictedReplicaAnnouncesNothing(t *testing.T) {
 	r := NewReader(Options{Remote: []store.Store{f.store}, Hostname: testHost, Prefetch: -1, PollInterval: time.Minute,
 		OnReplicaGone: func(*Replica) { gone.Add(1) }})
 	t.Cleanup(r.Close)
-	clock := t0
-	r.now = func() time.Time { return clock }
+	clock := fakeClock(r, t0)
 	c := mustOpen(t, r, "boule:///e.db")
 	rp := c.Replica()
 	var announced atomic.Int64
 	rp.OnNewest(func(uint64) { announced.Add(1) })
 	c.Close()
-	clock = t0.Add(2 * time.Minute)
+	clock.set(t0.Add(2 * time.Minute))
 	r.mu.Lock()
 	r.sweepLocked()
 	r.mu.Unlock()

@@ -1,11 +1,10 @@
 package spool
 
 import (
-	"os"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/boule-vfs/boule/internal/testfs"
 )
 
 // TestSpoolFileFIFO: a named pipe where the spool keeps a file does not
@@ -22,33 +21,12 @@ func TestSpoolFileFIFO(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := snapshotted(t, 5*cs)
 			p := tc.path(d.db)
-			_ = os.Remove(p)
-			if err := syscall.Mkfifo(p, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- txn(t, d.db, d.src, rewrite(d.rng, 2*cs+100, 50), 2) }()
-			select {
-			case err := <-done:
-				// The marker cannot be cleared where it is not a file:
-				// the snapshot may say so, naming it.
-				if err != nil && (tc.name != "txn marker" || !strings.Contains(err.Error(), p)) {
-					t.Fatalf("Snapshot()=%v, want nil", err)
-				}
-			case <-time.After(10 * time.Second):
-				// Let the blocked open go, so that the test can end.
-				for range 100 {
-					if w, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-						w.Close()
-					}
-					select {
-					case <-done:
-					case <-time.After(10 * time.Millisecond):
-						continue
-					}
-					break
-				}
-				t.Fatalf("a snapshot with a named pipe at the %s blocked", tc.name)
+			testfs.Mkfifo(t, p)
+			err := testfs.Promptly(t, p, func() error { return txn(t, d.db, d.src, rewrite(d.rng, 2*cs+100, 50), 2) })
+			// The marker cannot be cleared where it is not a file: the
+			// snapshot may say so, naming it.
+			if err != nil && (tc.name != "txn marker" || !strings.Contains(err.Error(), p)) {
+				t.Fatalf("Snapshot()=%v, want nil", err)
 			}
 			if tc.name != "txn marker" {
 				assertExact(t, d.db, d.src)

@@ -117,23 +117,7 @@ func bulkLoad(b *testing.B, name, journal string) {
 	b.SetBytes(4096 * 1024)
 	b.ResetTimer()
 	for i := range b.N {
-		tx, err := db.Begin()
-		if err != nil {
-			b.Fatal(err)
-		}
-		stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1024))")
-		if err != nil {
-			b.Fatal(err)
-		}
-		for j := range 4096 {
-			if _, err := stmt.Exec(i*4096 + j); err != nil {
-				b.Fatal(err)
-			}
-		}
-		stmt.Close()
-		if err := tx.Commit(); err != nil {
-			b.Fatal(err)
-		}
+		insertRows(b, db, i*4096, (i+1)*4096, 1024)
 	}
 	b.StopTimer()
 	reportGoCalls(b, calls)

@@ -66,6 +66,19 @@ func childDigest() error {
 	return nil
 }
 
+// bigSource writes a database of about 3.3 MiB (52 chunks) through boule,
+// replicated to a new directory store, and flushes it. It returns the
+// env, the store's target, and the database's path and connection.
+func bigSource(t testing.TB) (*env, config.Target, string, *sql.DB) {
+	t.Helper()
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path, src := e.writer(t, "big.db", "")
+	fill(t, src, 3000)
+	mustFlush(t, path)
+	return e, tg, path, src
+}
+
 // TestReplicaBoundedMemory: a replica about four times larger than the
 // process's bounds (2 MiB of chunk copies, 16 chunks held), and than its
 // chunk cache, reads whole and correctly from four connections at once
@@ -73,11 +86,7 @@ func childDigest() error {
 // them), and from another process sharing the chunk cache; the bounds
 // and the cache's capacity hold throughout.
 func TestReplicaBoundedMemory(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
-	path, src := e.writer(t, "big.db", "")
-	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
-	mustFlush(t, path)
+	e, tg, path, src := bigSource(t)
 	want, err := digest(src)
 	if err != nil {
 		t.Fatal(err)
@@ -161,11 +170,7 @@ func TestReplicaBoundedMemory(t *testing.T) {
 // replica that fits in the process's bounds is read again with no call;
 // one four times larger than them calls Go for the chunks it let go.
 func TestReplicaGoCalls(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
-	path, src := e.writer(t, "calls.db", "")
-	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
-	mustFlush(t, path)
+	_, tg, path, _ := bigSource(t)
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)

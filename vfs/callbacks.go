@@ -36,11 +36,22 @@ var (
 type cSource struct{ file unsafe.Pointer }
 
 func (s cSource) ReadAt(p []byte, off int64) (int, error) {
-	// xRead takes an int: larger reads (a whole image, for validation)
-	// go in pieces.
+	return readPieces(p, off, func(buf unsafe.Pointer, n C.int, off C.int64_t) C.int {
+		return C.boule_file_read(s.file, buf, n, off)
+	})
+}
+
+func (s cSource) Size() (int64, error) {
+	return fileSize(func(n *C.int64_t) C.int { return C.boule_file_size(s.file, n) })
+}
+
+// readPieces fills p from offset off with read, a C read whose length is
+// an int: larger reads (a whole image, for validation) go in pieces. A
+// failure is an SQLite error code.
+func readPieces(p []byte, off int64, read func(buf unsafe.Pointer, n C.int, off C.int64_t) C.int) (int, error) {
 	for done := 0; done < len(p); {
 		n := min(len(p)-done, 1<<30)
-		if rc := C.boule_file_read(s.file, unsafe.Pointer(&p[done]), C.int(n), C.int64_t(off+int64(done))); rc != 0 {
+		if rc := read(unsafe.Pointer(&p[done]), C.int(n), C.int64_t(off+int64(done))); rc != 0 {
 			return done, sqliteError("read", int(rc))
 		}
 		done += n
@@ -48,9 +59,11 @@ func (s cSource) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func (s cSource) Size() (int64, error) {
+// fileSize returns the size that size, a C call returning an SQLite error
+// code, reports.
+func fileSize(size func(n *C.int64_t) C.int) (int64, error) {
 	var n C.int64_t
-	if rc := C.boule_file_size(s.file, &n); rc != 0 {
+	if rc := size(&n); rc != 0 {
 		return 0, sqliteError("size", int(rc))
 	}
 	return int64(n), nil
@@ -163,22 +176,13 @@ func bouleGoWALStage(h C.uint64_t, file, wal unsafe.Pointer) {
 type rawFile struct{ file unsafe.Pointer }
 
 func (s rawFile) ReadAt(p []byte, off int64) (int, error) {
-	for done := 0; done < len(p); {
-		n := min(len(p)-done, 1<<30)
-		if rc := C.boule_raw_read(s.file, unsafe.Pointer(&p[done]), C.int(n), C.int64_t(off+int64(done))); rc != 0 {
-			return done, sqliteError("read", int(rc))
-		}
-		done += n
-	}
-	return len(p), nil
+	return readPieces(p, off, func(buf unsafe.Pointer, n C.int, off C.int64_t) C.int {
+		return C.boule_raw_read(s.file, buf, n, off)
+	})
 }
 
 func (s rawFile) Size() (int64, error) {
-	var n C.int64_t
-	if rc := C.boule_raw_size(s.file, &n); rc != 0 {
-		return 0, sqliteError("size", int(rc))
-	}
-	return int64(n), nil
+	return fileSize(func(n *C.int64_t) C.int { return C.boule_raw_size(s.file, n) })
 }
 
 func (s rawFile) Reserved() (bool, error) { return true, nil }

@@ -46,7 +46,9 @@ func readChildEnv() childEnv {
 	}
 }
 
-func (c childEnv) open() (*sql.DB, error) {
+// open registers boule with the child's spool, opens its database through
+// it with a single connection, and runs stmts on it.
+func (c childEnv) open(stmts ...string) (*sql.DB, error) {
 	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: c.spool}); err != nil {
 		return nil, err
 	}
@@ -59,6 +61,11 @@ func (c childEnv) open() (*sql.DB, error) {
 		return nil, err
 	}
 	db.SetMaxOpenConns(1)
+	for _, q := range stmts {
+		if _, err := db.Exec(q); err != nil {
+			return nil, err
+		}
+	}
 	return db, nil
 }
 
@@ -163,10 +170,17 @@ func verifyAfterCrash(t *testing.T, db *sql.DB, path string, committed map[int64
 	t.Helper()
 	mustExec(t, db, "INSERT INTO t(k, v) VALUES (-1, randomblob(100))")
 	checkSnapshot(t, db, path)
+	checkCommitted(t, db, committed, "after crash")
+}
+
+// checkCommitted asserts that every transaction in committed, by its log
+// seq, is in the database, once; when says after what, for the failure.
+func checkCommitted(t testing.TB, db *sql.DB, committed map[int64]bool, when string) {
+	t.Helper()
 	for seq := range committed {
 		var n int
 		if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
-			t.Fatalf("committed transaction %d missing after crash (count %d, %v)", seq, n, err)
+			t.Fatalf("committed transaction %d missing %s (count %d, %v)", seq, when, n, err)
 		}
 	}
 }
@@ -187,53 +201,46 @@ func parentConn(t *testing.T, path, params string) *sql.DB {
 
 // TestSIGKILLWriter kills a writer at random points, at least 200 times.
 func TestSIGKILLWriter(t *testing.T) {
-	kills := 200
+	killWriters(t, "", 200, 42, checkSnapshot)
+}
+
+// killWriters kills a writer child of the database in the given journal
+// mode (params) at random points, kills times (a fifth of that with
+// -short), rng seeding its choices: in a transaction, between its commit
+// and its capture, between its capture and its persister's staging. After
+// each kill, the next commit of this process heals the snapshot, as check
+// asserts, and every committed transaction is in the database.
+func killWriters(t *testing.T, params string, kills int, rng uint64, check func(testing.TB, *sql.DB, string)) {
+	t.Helper()
 	if testing.Short() {
-		kills = 40
+		kills /= 5
 	}
 	e := newEnv(t)
 	path := e.path("crash.db")
-	db := parentConn(t, path, "")
+	db := parentConn(t, path, params)
 	committed := map[int64]bool{}
-	rng := rand.New(rand.NewPCG(42, 43))
+	r := rand.New(rand.NewPCG(rng, rng+1))
+	childParams := "_sync=OFF"
+	if params != "" {
+		childParams = params + "&" + childParams
+	}
 	midCommit := 0
 	for i := range kills {
-		cmd, out := startChild(t, "writer",
+		cmd, out := startReady(t, "writer",
 			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
-			fmt.Sprint("BOULE_TEST_SEED=", i), "BOULE_TEST_PARAMS=_sync=OFF")
-		if !out.Scan() || out.Text() != "ready" {
-			t.Fatalf("child %d did not start: %q", i, out.Text())
-		}
+			fmt.Sprint("BOULE_TEST_SEED=", i), "BOULE_TEST_PARAMS="+childParams)
 		// Let it commit a random number of transactions, then kill it
 		// while it is in the middle of the next one.
-		target := rng.IntN(30)
-		for range target {
-			if !out.Scan() {
-				t.Fatalf("child %d exited early", i)
-			}
-			seq, err := strconv.ParseInt(out.Text(), 10, 64)
-			if err != nil {
-				t.Fatalf("child %d printed %q", i, out.Text())
-			}
-			committed[seq] = true
-		}
-		time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond) // where in the transaction to kill: random
+		readSeqsN(t, out, r.IntN(30), committed)
+		time.Sleep(time.Duration(r.IntN(3000)) * time.Microsecond) // where in the transaction to kill: random
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		// Whatever it printed before dying committed too.
-		for out.Scan() {
-			if seq, err := strconv.ParseInt(out.Text(), 10, 64); err == nil {
-				committed[seq] = true
-				midCommit++
-			}
-		}
-		err := cmd.Wait()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("child %d: %v, want killed by SIGKILL", i, err)
-		}
-		verifyAfterCrash(t, db, path, committed)
+		midCommit += reapKilled(t, cmd, out, committed, fmt.Sprint("child ", i))
+		mustExec(t, db, "INSERT INTO t(k, v) VALUES (-1, randomblob(100))")
+		check(t, db, path)
+		checkCommitted(t, db, committed, "after the kill")
 	}
-	t.Logf("%d kills, %d transactions committed", kills, len(committed))
+	t.Logf("%d kills, %d transactions committed (%d reported as the writer died)", kills, len(committed), midCommit)
 }
 
 // TestCrashAtEverySpoolStep kills the writer at each filesystem step of the
@@ -253,16 +260,7 @@ func TestCrashAtEverySpoolStep(t *testing.T) {
 		cmd, out := startChild(t, "crashpoint",
 			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
 			fmt.Sprint("BOULE_TEST_SEED=", n), fmt.Sprint("BOULE_TEST_CRASH_AT=", n))
-		for out.Scan() {
-			if seq, err := strconv.ParseInt(out.Text(), 10, 64); err == nil {
-				committed[seq] = true
-			}
-		}
-		err := cmd.Wait()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("crash at step %d: %v, want killed by SIGKILL", n, err)
-		}
+		reapKilled(t, cmd, out, committed, fmt.Sprint("crash at step ", n))
 		verifyAfterCrash(t, db, path, committed)
 	}
 }
@@ -424,11 +422,22 @@ func childHeldWriter() error {
 	return fmt.Errorf("not killed after %d commits", c.steps)
 }
 
-// readSeqs reads the sequence numbers a writer child prints, until it
-// exits, into committed.
-func readSeqs(t *testing.T, out *bufio.Scanner, committed map[int64]bool) {
+// startReady starts a child as startChild does, and waits for the
+// "ready" line it prints once it has started.
+func startReady(t testing.TB, name string, env ...string) (*exec.Cmd, *bufio.Scanner) {
 	t.Helper()
-	for out.Scan() {
+	cmd, out := startChild(t, name, env...)
+	if !out.Scan() || out.Text() != "ready" {
+		t.Fatalf("child %s %q did not start: %q", name, env, out.Text())
+	}
+	return cmd, out
+}
+
+// readSeqs reads the sequence numbers a writer child prints into
+// committed, until it prints the line until or, with until "", exits.
+func readSeqs(t testing.TB, out *bufio.Scanner, until string, committed map[int64]bool) {
+	t.Helper()
+	for out.Scan() && (until == "" || out.Text() != until) {
 		seq, err := strconv.ParseInt(out.Text(), 10, 64)
 		if err != nil {
 			t.Fatalf("writer printed %q", out.Text())
@@ -437,12 +446,56 @@ func readSeqs(t *testing.T, out *bufio.Scanner, committed map[int64]bool) {
 	}
 }
 
-func waitKilled(t *testing.T, cmd *exec.Cmd) {
+// readSeqsN reads the next n sequence numbers a writer child prints into
+// committed.
+func readSeqsN(t testing.TB, out *bufio.Scanner, n int, committed map[int64]bool) {
+	t.Helper()
+	for range n {
+		if !out.Scan() {
+			t.Fatal("writer exited early")
+		}
+		seq, err := strconv.ParseInt(out.Text(), 10, 64)
+		if err != nil {
+			t.Fatalf("writer printed %q", out.Text())
+		}
+		committed[seq] = true
+	}
+}
+
+// killWriter kills a writer child, reads the sequence numbers it printed
+// before it died into committed, and waits for it.
+func killWriter(t testing.TB, cmd *exec.Cmd, out *bufio.Scanner, committed map[int64]bool) {
+	t.Helper()
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	readSeqs(t, out, "", committed)
+	waitKilled(t, cmd, "writer")
+}
+
+// reapKilled reads what a child killed by SIGKILL printed until it exited,
+// every sequence number into committed (other lines, such as "ready", are
+// passed over), and asserts that SIGKILL killed it. It returns how many
+// sequence numbers it read.
+func reapKilled(t testing.TB, cmd *exec.Cmd, out *bufio.Scanner, committed map[int64]bool, what string) int {
+	t.Helper()
+	n := 0
+	for out.Scan() {
+		if seq, err := strconv.ParseInt(out.Text(), 10, 64); err == nil {
+			committed[seq] = true
+			n++
+		}
+	}
+	waitKilled(t, cmd, what)
+	return n
+}
+
+// waitKilled waits for a child and asserts that SIGKILL killed it; what
+// names it, for the failure.
+func waitKilled(t testing.TB, cmd *exec.Cmd, what string) {
 	t.Helper()
 	err := cmd.Wait()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("writer: %v, want killed by SIGKILL", err)
+		t.Fatalf("%s: %v, want killed by SIGKILL", what, err)
 	}
 }
 
@@ -459,14 +512,11 @@ func TestKillBetweenCommitAndPersist(t *testing.T) {
 		db := parentConn(t, path, "")
 		committed := map[int64]bool{}
 		for i := range 10 {
-			cmd, out := startChild(t, "heldwriter",
+			cmd, out := startReady(t, "heldwriter",
 				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
 				fmt.Sprint("BOULE_TEST_SEED=", 100+i), "BOULE_TEST_STEPS=1000")
-			if !out.Scan() || out.Text() != "ready" {
-				t.Fatalf("writer %d did not start: %q", i, out.Text())
-			}
-			readSeqs(t, out, committed)
-			waitKilled(t, cmd)
+			readSeqs(t, out, "", committed)
+			waitKilled(t, cmd, "writer")
 			m, err := spool.ReadMarker(mustDB(t, path).Dir())
 			if err != nil || m.State != spool.MarkerSet || m.Committed <= m.Persisted {
 				t.Fatalf("marker after the kill %+v, %v; want set, with commits captured and not persisted", m, err)
@@ -480,19 +530,13 @@ func TestKillBetweenCommitAndPersist(t *testing.T) {
 		db := parentConn(t, path, "")
 		for i := range 5 {
 			committed := map[int64]bool{}
-			other, otherOut := startChild(t, "writer",
+			other, otherOut := startReady(t, "writer",
 				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, fmt.Sprint("BOULE_TEST_SEED=", 200+i), "BOULE_TEST_STEPS=40")
-			if !otherOut.Scan() || otherOut.Text() != "ready" {
-				t.Fatalf("second writer did not start: %q", otherOut.Text())
-			}
-			held, heldOut := startChild(t, "heldwriter",
+			held, heldOut := startReady(t, "heldwriter",
 				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, fmt.Sprint("BOULE_TEST_SEED=", 300+i), "BOULE_TEST_STEPS=1000")
-			if !heldOut.Scan() || heldOut.Text() != "ready" {
-				t.Fatalf("held writer did not start: %q", heldOut.Text())
-			}
-			readSeqs(t, heldOut, committed)
-			waitKilled(t, held)
-			readSeqs(t, otherOut, committed)
+			readSeqs(t, heldOut, "", committed)
+			waitKilled(t, held, "held writer")
+			readSeqs(t, otherOut, "", committed)
 			if err := other.Wait(); err != nil {
 				t.Fatalf("second writer: %v", err)
 			}

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 
 	"github.com/boule-vfs/boule/internal/testfs"
@@ -62,9 +61,7 @@ func TestFlushFullSpool(t *testing.T) {
 	path, db := e.writer(t, "full.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(100))")
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush pragma with room=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "with room")
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 5000) INSERT INTO t(v) SELECT randomblob(4000) FROM n")
 	waitStaged(t, mustDB(t, path)) // the persister's attempt, which fails
 	if got := e.log.count(slog.LevelError, "replication paused"); got != 1 {
@@ -91,9 +88,7 @@ func TestFlushFullSpool(t *testing.T) {
 	if out, err := exec.Command("mount", "-o", "remount,size=128m", e.spool).CombinedOutput(); err != nil {
 		t.Fatalf("remount: %v: %s", err, out)
 	}
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush pragma once there is room=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "once there is room")
 	checkReplica(t, sto, path)
 	var n int
 	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 5001 {
@@ -122,14 +117,9 @@ func childKilledWriter() error {
 		db, err := vfs.Spool().DB(c.db)
 		return err == nil && path == db.StagingManifestPath()
 	})
-	db, err := c.open()
+	db, err := c.open("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)", "INSERT INTO t(v) VALUES (randomblob(100))")
 	if err != nil {
 		return err
-	}
-	for _, q := range []string{"CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)", "INSERT INTO t(v) VALUES (randomblob(100))"} {
-		if _, err := db.Exec(q); err != nil {
-			return err
-		}
 	}
 	// The first transactions are staged before the hook is armed: it
 	// kills the process once its last commit is captured, before the
@@ -164,13 +154,7 @@ func TestFlushAfterKilledWriter(t *testing.T) {
 	if !out.Scan() || out.Text() != "first committed" {
 		t.Fatalf("child printed %q, want %q", out.Text(), "first committed")
 	}
-	for out.Scan() {
-	}
-	err := cmd.Wait()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("child: %v, want killed by SIGKILL", err)
-	}
+	reapKilled(t, cmd, out, map[int64]bool{}, "child")
 	mk, err := spool.ReadMarker(mustDB(t, path).Dir())
 	if err != nil || mk.State != spool.MarkerSet {
 		t.Fatalf("ReadMarker()=%+v, %v; want the marker left set", mk, err)
@@ -197,16 +181,12 @@ func TestFlushWAL(t *testing.T) {
 	path, db := e.writer(t, "switched.db", "")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush pragma in rollback mode=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "in rollback mode")
 	mustExec(t, db, "PRAGMA journal_mode=WAL")
 	for range 20 {
 		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
 	}
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush pragma in WAL mode=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "in WAL mode")
 	checkLogicalReplica(t, sto, path)
 	for name, flush := range flushes(path) {
 		mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
@@ -230,21 +210,15 @@ func TestFlushWAL(t *testing.T) {
 	checkLogicalReplica(t, sto, path)
 	plain.Close() // leaving WAL mode takes the only connection
 
-	created := e.path("created.db")
-	wal := open(t, created, "boule", "_journal_mode=WAL")
-	wal.SetMaxOpenConns(1)
+	created, wal := e.writer(t, "created.db", "_journal_mode=WAL")
 	mustExec(t, wal, "CREATE TABLE t(v)")
 	mustExec(t, wal, "INSERT INTO t VALUES (1)")
-	if r := flushPragma(t, wal); r != "1" {
-		t.Fatalf("flush pragma of a database created in WAL mode=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, wal, "of a database created in WAL mode")
 	checkLogicalReplica(t, sto, created)
 
 	mustExec(t, db, "PRAGMA journal_mode=DELETE")
 	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(3000))")
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush pragma back in rollback mode=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "back in rollback mode")
 	checkReplica(t, sto, path)
 	if got := e.log.count(slog.LevelError, ""); got != 0 {
 		t.Fatalf("errors logged=%d, want 0; log:\n%s", got, e.log)
@@ -312,8 +286,6 @@ func TestFlushInsideWriteTransaction(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush pragma after the commit=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "after the commit")
 	checkReplica(t, sto, path)
 }

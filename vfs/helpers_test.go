@@ -120,6 +120,30 @@ func mustExec(t testing.TB, db *sql.DB, q string, args ...any) {
 	}
 }
 
+// insertRows inserts into t(k, v), in one transaction, the rows k = from
+// to to-1, each with a random blob of size bytes.
+func insertRows(t testing.TB, db *sql.DB, from, to, size int) {
+	t.Helper()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(?))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stmt.Close()
+	for k := from; k < to; k++ {
+		if _, err := stmt.Exec(k, size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // mustFlush flushes path's replication data to its targets.
 func mustFlush(t testing.TB, path string) {
 	t.Helper()
@@ -135,10 +159,7 @@ func mustFlush(t testing.TB, path string) {
 // process's POSIX locks on it.
 func checkSnapshot(t testing.TB, db *sql.DB, path string) {
 	t.Helper()
-	var ok string
-	if err := db.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
-		t.Fatalf("integrity_check=%q, %v", ok, err)
-	}
+	checkIntegrity(t, db)
 	want, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -149,6 +170,15 @@ func checkSnapshot(t testing.TB, db *sql.DB, path string) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("snapshot of %s: %d bytes, file %d bytes; first difference at %d", path, len(got), len(want), firstDiff(got, want))
+	}
+}
+
+// checkIntegrity asserts that the database passes integrity_check.
+func checkIntegrity(t testing.TB, db *sql.DB) {
+	t.Helper()
+	var ok string
+	if err := db.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check=%q, %v", ok, err)
 	}
 }
 
@@ -213,3 +243,11 @@ type logCounter struct{ testlog.Records }
 
 // count returns how many records at level contain substr.
 func (l *logCounter) count(level slog.Level, substr string) int { return l.Count(level, substr) }
+
+// noWarnings asserts that nothing was logged at WARN or above.
+func (e *env) noWarnings(t testing.TB) {
+	t.Helper()
+	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
+		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
+	}
+}

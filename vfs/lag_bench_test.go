@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/internal/faultproxy"
-	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
@@ -49,8 +48,7 @@ func BenchmarkReplicationLag(b *testing.B) {
 // MiB table (about one new distinct chunk per commit, which at 100
 // commits/s is more chunks than 30 calls/s can upload).
 func lagRun(b *testing.B, workload string, rate int, d time.Duration) {
-	srv := miniotest.Start(b)
-	srv.SetEnv(b)
+	srv := startMinio(b)
 	proxy := faultproxy.Start(b, srv.Endpoint)
 	tg, _ := s3Target(b, proxy.URL, true)
 	_, direct := s3Target(b, srv.Endpoint, true)

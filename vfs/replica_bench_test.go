@@ -99,27 +99,11 @@ func dirTargetB(b *testing.B) (config.Target, store.Store) {
 	return config.Target{Dir: &config.DirTarget{Path: p}}, s
 }
 
-// fill inserts rows of ~1 KiB of incompressible data, indexed by k.
+// fill inserts rows of ~1 KiB of incompressible data, indexed by k, in
+// one transaction.
 func fill(b testing.TB, db *sql.DB, rows int) {
 	b.Helper()
-	mustExec(b, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
-	tx, err := db.Begin()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1000))")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := range rows {
-		if _, err := stmt.Exec(i); err != nil {
-			b.Fatal(err)
-		}
-	}
-	stmt.Close()
-	if err := tx.Commit(); err != nil {
-		b.Fatal(err)
-	}
+	fillBatched(b, db, rows, rows)
 }
 
 // coldFixture is one database of BOULE_BENCH_MB (default 64) MiB
@@ -221,6 +205,28 @@ func (f *coldFixture) freshReader(b *testing.B) {
 	}
 }
 
+// openCold opens the replica of the cold fixture from a fresh reader, the
+// timer stopped while the reader is made.
+func (f *coldFixture) openCold(b *testing.B) *sql.DB {
+	b.Helper()
+	b.StopTimer()
+	f.freshReader(b)
+	b.StartTimer()
+	db, err := sql.Open("sqlite3", "file:boule://"+f.path+"?vfs=boule_snapshot")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return db
+}
+
+// closeCold stops the timer and closes a replica openCold opened, and its
+// reader.
+func closeCold(b *testing.B, db *sql.DB) {
+	b.StopTimer()
+	db.Close()
+	vfs.Reader().Close()
+}
+
 // BenchmarkCold measures, on a replica of the cold fixture, the time to
 // the first query result from a fresh process (open + one indexed
 // lookup), a full scan against the same scan of the local file, and a
@@ -230,20 +236,12 @@ func BenchmarkCold(b *testing.B) {
 	const scan = "SELECT sum(length(v)) FROM t"
 	b.Run("op=first-query", func(b *testing.B) {
 		for range b.N {
-			b.StopTimer()
-			f.freshReader(b)
-			b.StartTimer()
-			db, err := sql.Open("sqlite3", "file:boule://"+f.path+"?vfs=boule_snapshot")
-			if err != nil {
-				b.Fatal(err)
-			}
+			db := f.openCold(b)
 			var n int64
 			if err := db.QueryRow("SELECT length(v) FROM t WHERE k = ?", f.rows/2).Scan(&n); err != nil || n != 1000 {
 				b.Fatalf("first query: %d, %v", n, err)
 			}
-			b.StopTimer()
-			db.Close()
-			vfs.Reader().Close()
+			closeCold(b, db)
 		}
 		b.ReportMetric(float64(f.size>>20), "MiB")
 	})
@@ -262,20 +260,12 @@ func BenchmarkCold(b *testing.B) {
 	})
 	b.Run("op=scan/vfs=replica-cold", func(b *testing.B) {
 		for range b.N {
-			b.StopTimer()
-			f.freshReader(b)
-			b.StartTimer()
-			db, err := sql.Open("sqlite3", "file:boule://"+f.path+"?vfs=boule_snapshot")
-			if err != nil {
-				b.Fatal(err)
-			}
+			db := f.openCold(b)
 			var got int64
 			if err := db.QueryRow(scan).Scan(&got); err != nil || got != want {
 				b.Fatalf("cold scan: %d, %v; want %d", got, err, want)
 			}
-			b.StopTimer()
-			db.Close()
-			vfs.Reader().Close()
+			closeCold(b, db)
 		}
 	})
 	b.Run("op=copy/tool=cp", func(b *testing.B) {
@@ -641,29 +631,13 @@ func BenchmarkLargeScan(b *testing.B) {
 	})
 }
 
-// fillBatched inserts rows as fill does, in transactions of at most batch
-// rows.
+// fillBatched inserts rows of ~1 KiB of incompressible data, indexed by
+// k, in transactions of at most batch rows.
 func fillBatched(b testing.TB, db *sql.DB, rows, batch int) {
 	b.Helper()
 	mustExec(b, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
 	for done := 0; done < rows; done += batch {
-		tx, err := db.Begin()
-		if err != nil {
-			b.Fatal(err)
-		}
-		stmt, err := tx.Prepare("INSERT INTO t(k, v) VALUES (?, randomblob(1000))")
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := done; i < min(done+batch, rows); i++ {
-			if _, err := stmt.Exec(i); err != nil {
-				b.Fatal(err)
-			}
-		}
-		stmt.Close()
-		if err := tx.Commit(); err != nil {
-			b.Fatal(err)
-		}
+		insertRows(b, db, done, min(done+batch, rows), 1000)
 	}
 }
 

@@ -109,14 +109,22 @@ func sqliteCode(err error) sqlite3.ErrNo {
 }
 
 // TestReplicaQueries: a replica answers queries exactly as the source does,
-// sees new commits after a flush and a refresh, and refuses writes.
+// sees new commits after a flush and a refresh, and refuses writes. The
+// replica of a WAL database needs no log or shm for it.
 func TestReplicaQueries(t *testing.T) {
-	for _, kind := range []string{"dir", "s3"} {
-		t.Run(kind, func(t *testing.T) {
-			tg, _ := kindTarget(t, kind)
+	for _, tc := range []struct {
+		name, kind, params string
+		seed               uint64
+	}{
+		{"dir", "dir", "", 11},
+		{"s3", "s3", "", 11},
+		{"WAL", "dir", "_journal_mode=WAL", 21},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg, _ := kindTarget(t, tc.kind)
 			e := replEnv(t, tg)
-			path, db := e.writer(t, "src.db", "")
-			runWorkload(t, db, 11, 120)
+			path, db := e.writer(t, "src.db", tc.params)
+			runWorkload(t, db, tc.seed, 120)
 			mustFlush(t, path)
 			want := dump(t, db)
 
@@ -125,17 +133,14 @@ func TestReplicaQueries(t *testing.T) {
 			if got := dump(t, rdb); got != want {
 				t.Fatalf("replica differs from source:\nreplica %d bytes, source %d bytes", len(got), len(want))
 			}
-			var ok string
-			if err := rdb.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
-				t.Fatalf("integrity_check=%q, %v", ok, err)
-			}
+			checkIntegrity(t, rdb)
 			_, err := rdb.Exec("CREATE TABLE nope(x)")
 			if code := sqliteCode(err); code != sqlite3.ErrReadonly {
 				t.Fatalf("write to a replica: err=%v (code %d), want SQLITE_READONLY", err, code)
 			}
 
 			// New commits appear after a flush and a refresh, not before.
-			runWorkload(t, db, 12, 40)
+			runWorkload(t, db, tc.seed+1, 40)
 			mustFlush(t, path)
 			want2 := dump(t, db)
 			if want2 == want {
@@ -144,14 +149,25 @@ func TestReplicaQueries(t *testing.T) {
 			if got := dump(t, rdb); got != want {
 				t.Fatal("the replica changed without a refresh")
 			}
-			var ts string
-			if err := rdb.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
-				t.Fatalf("refresh: %v", err)
-			}
+			refresh(t, rdb)
 			if got := dump(t, rdb); got != want2 {
 				t.Fatalf("after refresh the replica differs from the source")
 			}
+			for _, suffix := range []string{"-wal", "-shm"} {
+				if _, err := os.Stat("boule:" + path + suffix); err == nil {
+					t.Fatalf("the replica made a %s file", suffix)
+				}
+			}
 		})
+	}
+}
+
+// refresh makes a replica connection read the newest snapshot now.
+func refresh(t testing.TB, rdb *sql.DB) {
+	t.Helper()
+	var ts string
+	if err := rdb.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
+		t.Fatalf("refresh: %v", err)
 	}
 }
 
@@ -643,17 +659,11 @@ func TestReplicaSwitchSameHeader(t *testing.T) {
 	if err := os.Rename(mf+".new", mf); err != nil {
 		t.Fatal(err)
 	}
-	var ts string
-	if err := rdb.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
-		t.Fatal(err)
-	}
+	refresh(t, rdb)
 	if err := rdb.QueryRow("SELECT x FROM t").Scan(&x); err != nil || x != "BBBB" {
 		t.Fatalf("after the refresh the connection reads %q (%v), want BBBB", x, err)
 	}
-	var ok string
-	if err := rdb.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
-		t.Fatalf("integrity_check after the switch: %q, %v", ok, err)
-	}
+	checkIntegrity(t, rdb)
 }
 
 // TestVerneuilAliases: Verneuil's names, verneuil_* pragmas and

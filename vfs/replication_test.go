@@ -55,10 +55,17 @@ func dirTarget(t testing.TB) (config.Target, store.Store) {
 // target's store.
 func minioTarget(t testing.TB) (*miniotest.Server, config.Target, store.Store) {
 	t.Helper()
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	tg, s := s3Target(t, srv.Endpoint, true)
 	return srv, tg, s
+}
+
+// startMinio starts minio, with its credentials in the environment.
+func startMinio(t testing.TB) *miniotest.Server {
+	t.Helper()
+	srv := miniotest.Start(t)
+	srv.SetEnv(t)
+	return srv
 }
 
 // kindTarget returns a target of kind "dir" or "s3" (on a minio of its
@@ -135,6 +142,16 @@ func flushPragma(t testing.TB, db *sql.DB) string {
 	return r
 }
 
+// mustFlushPragma asserts that PRAGMA boule_flush_replication_data on db
+// returns 1: the store holds every commit. when says at which point, for
+// the failure, which shows e's log.
+func (e *env) mustFlushPragma(t testing.TB, db *sql.DB, when string) {
+	t.Helper()
+	if r := flushPragma(t, db); r != "1" {
+		t.Fatalf("flush pragma %s=%q, want 1; log:\n%s", when, r, e.log)
+	}
+}
+
 func runWorkload(t testing.TB, db *sql.DB, seed uint64, steps int) {
 	t.Helper()
 	w := newWorkload(seed)
@@ -155,9 +172,7 @@ func TestReplicateEndToEnd(t *testing.T) {
 			e := replEnv(t, tg)
 			path, db := e.writer(t, "e2e.db", "")
 			runWorkload(t, db, 7, 150)
-			if r := flushPragma(t, db); r != "1" {
-				t.Fatalf("flush pragma=%q, want 1; log:\n%s", r, e.log)
-			}
+			e.mustFlushPragma(t, db, "after the workload")
 			checkReplica(t, sto, path)
 			// More commits, flushed through the Go API this time.
 			runWorkload(t, db, 8, 50)
@@ -284,9 +299,7 @@ func TestMinioOutage(t *testing.T) {
 	e := replEnv(t, tg)
 	path, db := e.writer(t, "outage.db", "_sync=NORMAL")
 	runWorkload(t, db, 11, 30)
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush before the outage=%q", r)
-	}
+	e.mustFlushPragma(t, db, "before the outage")
 	srv.Stop()
 	mustExec(t, db, "CREATE TABLE outage(i INTEGER PRIMARY KEY, v BLOB)")
 	var ratio float64
@@ -312,9 +325,7 @@ func TestMinioOutage(t *testing.T) {
 	if ratio > 4 {
 		t.Errorf("spool reached %.2f× the database, want ≤ 4", ratio)
 	}
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush after the restart=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "after the restart")
 	checkReplica(t, sto, path)
 	var n int
 	if err := db.QueryRow("SELECT count(*) FROM outage").Scan(&n); err != nil || n != 300 {
@@ -331,8 +342,7 @@ func TestMinioOutage(t *testing.T) {
 // and retries share its two cores) is tens of percent. doc/BENCHMARKS.md
 // has the measured figures.
 func TestOutageDoesNotSlowCommits(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, sto := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)
@@ -358,8 +368,7 @@ func TestOutageDoesNotSlowCommits(t *testing.T) {
 // TestFaultProxy: 500s, 429s, connection resets, truncated bodies and 2 s
 // stalls are retried; flushes succeed and commits are unaffected.
 func TestFaultProxy(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, _ := s3Target(t, proxy.URL, true)
 	_, sto := s3Target(t, srv.Endpoint, true) // reads bypass the proxy
@@ -392,8 +401,7 @@ func TestFaultProxy(t *testing.T) {
 // TestWrongCredentials: a clear error, the database unaffected, and
 // replication stopped until the configuration changes.
 func TestWrongCredentials(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	const badSecret = "not-the-secret-0123456789"
 	t.Setenv("AWS_SECRET_ACCESS_KEY", badSecret)
 	tg, _ := s3Target(t, srv.Endpoint, true)
@@ -417,19 +425,13 @@ func TestWrongCredentials(t *testing.T) {
 	}
 	// Fixed credentials and a new configuration: replication resumes.
 	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
-	tg2, sto := s3Target(t, srv.Endpoint, true)
-	e.register(t, tg2)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatalf("Flush() after fixing the credentials=%v", err)
-	}
-	checkReplica(t, sto, path)
+	e.flushToNewTarget(t, srv, path, "after fixing the credentials")
 }
 
 // TestMissingBucket: without create_buckets_on_demand a missing bucket is a
 // clear error naming it; with it, the bucket is created.
 func TestMissingBucket(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	tg, _ := s3Target(t, srv.Endpoint, false)
 	e := replEnv(t, tg)
 	path, db := e.writer(t, "bucket.db", "")
@@ -440,10 +442,18 @@ func TestMissingBucket(t *testing.T) {
 	}
 	checkSnapshot(t, db, path)
 
-	tg2, sto := s3Target(t, srv.Endpoint, true)
-	e.register(t, tg2)
+	e.flushToNewTarget(t, srv, path, "with create_buckets_on_demand")
+}
+
+// flushToNewTarget registers e with a new target on srv, which creates
+// its buckets, and asserts that a flush of path then succeeds and leaves
+// the database in the store; when says after what, for the failure.
+func (e *env) flushToNewTarget(t testing.TB, srv *miniotest.Server, path, when string) {
+	t.Helper()
+	tg, sto := s3Target(t, srv.Endpoint, true)
+	e.register(t, tg)
 	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatalf("Flush() with create_buckets_on_demand=%v", err)
+		t.Fatalf("Flush() %s=%v", when, err)
 	}
 	checkReplica(t, sto, path)
 }
@@ -456,8 +466,7 @@ func TestMissingBucket(t *testing.T) {
 // far under the limit: pack_chunks 1 turns them off, which also shows
 // that it writes manifests without a pack table.
 func TestAPIBudget(t *testing.T) {
-	srv := miniotest.Start(t)
-	srv.SetEnv(t)
+	srv := startMinio(t)
 	proxy := faultproxy.Start(t, srv.Endpoint)
 	tg, sto := s3Target(t, proxy.URL, true)
 	e := replEnv(t, tg)

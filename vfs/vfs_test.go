@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"database/sql"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,35 +118,6 @@ func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	checkSnapshot(t, db, path)
 }
 
-// TestWALReplicated: a database in WAL mode is replicated, with no error
-// or warning logged, one Go call per commit, and none for reads.
-func TestWALReplicated(t *testing.T) {
-	e := newEnv(t)
-	path, db := e.writer(t, "wal.db", "_journal_mode=WAL")
-	mustExec(t, db, "CREATE TABLE t(v)")
-	calls := vfs.GoCalls()
-	for i := range 50 {
-		mustExec(t, db, "INSERT INTO t VALUES (?)", i)
-	}
-	if got := vfs.GoCalls() - calls; got != 50 {
-		t.Fatalf("Go calls for 50 commits in WAL mode=%d, want 50", got)
-	}
-	calls = vfs.GoCalls()
-	var n int
-	for range 20 {
-		if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != 50 {
-			t.Fatalf("count=%d, %v; want 50", n, err)
-		}
-	}
-	if got := vfs.GoCalls() - calls; got != 0 {
-		t.Fatalf("Go calls for 20 reads in WAL mode=%d, want 0", got)
-	}
-	checkLogical(t, db, path)
-	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
-		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
-	}
-}
-
 // TestNoSpoolDir: without replication_spooling_dir boule is plain unix.
 func TestNoSpoolDir(t *testing.T) {
 	dir := t.TempDir()
@@ -170,27 +140,37 @@ func TestNoSpoolDir(t *testing.T) {
 }
 
 // TestOneGoCallPerCommit: Go is entered once per write transaction and
-// never for reads.
+// never for reads, in rollback and in WAL mode, and the database is
+// replicated, with no error or warning logged.
 func TestOneGoCallPerCommit(t *testing.T) {
-	e := newEnv(t)
-	_, db := e.writer(t, "calls.db", "")
-	mustExec(t, db, "CREATE TABLE t(v)")
-	calls := vfs.GoCalls()
-	for i := range 100 {
-		mustExec(t, db, "INSERT INTO t VALUES (randomblob(5000 + ?))", i)
-	}
-	if got := vfs.GoCalls() - calls; got != 100 {
-		t.Fatalf("Go calls for 100 commits=%d, want 100", got)
-	}
-	calls = vfs.GoCalls()
-	for range 100 {
-		var n int
-		if err := db.QueryRow("SELECT sum(length(v)) FROM t").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if got := vfs.GoCalls() - calls; got != 0 {
-		t.Fatalf("Go calls for 100 reads=%d, want 0", got)
+	for _, tc := range []struct{ name, params string }{
+		{"rollback", ""},
+		{"WAL", "_journal_mode=WAL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			path, db := e.writer(t, "calls.db", tc.params)
+			mustExec(t, db, "CREATE TABLE t(v)")
+			calls := vfs.GoCalls()
+			for i := range 100 {
+				mustExec(t, db, "INSERT INTO t VALUES (randomblob(5000 + ?))", i)
+			}
+			if got := vfs.GoCalls() - calls; got != 100 {
+				t.Fatalf("Go calls for 100 commits=%d, want 100", got)
+			}
+			calls = vfs.GoCalls()
+			for range 100 {
+				var n, size int
+				if err := db.QueryRow("SELECT count(*), sum(length(v)) FROM t").Scan(&n, &size); err != nil || n != 100 {
+					t.Fatalf("count=%d, %v; want 100", n, err)
+				}
+			}
+			if got := vfs.GoCalls() - calls; got != 0 {
+				t.Fatalf("Go calls for 100 reads=%d, want 0", got)
+			}
+			checkLogical(t, db, path)
+			e.noWarnings(t)
+		})
 	}
 }
 

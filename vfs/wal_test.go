@@ -9,12 +9,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -72,10 +70,7 @@ func copyWithLog(t testing.TB, path, dst string) {
 // database byte for byte, and that the database passes integrity_check.
 func checkLogical(t testing.TB, db *sql.DB, path string) {
 	t.Helper()
-	var ok string
-	if err := db.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
-		t.Fatalf("integrity_check=%q, %v", ok, err)
-	}
+	checkIntegrity(t, db)
 	got, err := assemble(path)
 	if err != nil {
 		t.Fatalf("assemble(%s)=%v", path, err)
@@ -102,9 +97,7 @@ func TestWALRandomWorkload(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			path := e.path("w.db")
-			db := open(t, path, "boule", tc.params)
-			db.SetMaxOpenConns(1)
+			path, db := e.writer(t, "w.db", tc.params)
 			if tc.name == "autocheckpoint" {
 				mustExec(t, db, "PRAGMA wal_autocheckpoint=20")
 			}
@@ -149,9 +142,7 @@ func TestWALRandomWorkload(t *testing.T) {
 // snapshot holds already: no snapshot, no chunk staged.
 func TestWALCheckpointsAreFree(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("ck.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "ck.db", "_journal_mode=WAL")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	for i := range 50 {
 		mustExec(t, db, "INSERT INTO t VALUES (randomblob(3000 + ?))", i)
@@ -178,9 +169,7 @@ func TestWALCheckpointsAreFree(t *testing.T) {
 // every switch, with no gap.
 func TestWALModeSwitches(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("sw.db")
-	db := open(t, path, "boule", "")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "sw.db", "")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	for round := range 2 {
 		for _, mode := range []string{"WAL", "DELETE"} {
@@ -198,9 +187,7 @@ func TestWALModeSwitches(t *testing.T) {
 // log the other program checkpointed and restarted.
 func TestWALOutsideWriter(t *testing.T) {
 	e := newEnv(t)
-	path := e.path("out.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "out.db", "_journal_mode=WAL")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	mustExec(t, db, "INSERT INTO t VALUES ('boule 1')")
 	plain := open(t, path, "unix", "_journal_mode=WAL")
@@ -231,48 +218,6 @@ func checkLogicalReplica(t testing.TB, s store.Store, path string) {
 	}
 }
 
-// TestWALReplica: the replica of a WAL database answers queries exactly as
-// the source does, through boule_snapshot, which needs no log or shm for
-// it, and follows new commits after a flush and a refresh.
-func TestWALReplica(t *testing.T) {
-	tg, _ := dirTarget(t)
-	e := replEnv(t, tg)
-	path := e.path("src.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
-	runWorkload(t, db, 21, 120)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
-	want := dump(t, db)
-	rdb := openReplica(t, path, "")
-	rdb.SetMaxOpenConns(1)
-	if got := dump(t, rdb); got != want {
-		t.Fatalf("replica differs from source:\nreplica %d bytes, source %d bytes", len(got), len(want))
-	}
-	var ok string
-	if err := rdb.QueryRow("PRAGMA integrity_check").Scan(&ok); err != nil || ok != "ok" {
-		t.Fatalf("integrity_check=%q, %v", ok, err)
-	}
-	runWorkload(t, db, 22, 40)
-	if err := vfs.Flush(context.Background(), path); err != nil {
-		t.Fatal(err)
-	}
-	want2 := dump(t, db)
-	var ts string
-	if err := rdb.QueryRow("PRAGMA boule_snapshot_refresh=1").Scan(&ts); err != nil {
-		t.Fatalf("refresh: %v", err)
-	}
-	if got := dump(t, rdb); got != want2 {
-		t.Fatal("after refresh the replica differs from the source")
-	}
-	for _, suffix := range []string{"-wal", "-shm"} {
-		if _, err := os.Stat("boule:" + path + suffix); err == nil {
-			t.Fatalf("the replica made a %s file", suffix)
-		}
-	}
-}
-
 // TestWALCloseReopen: the last connection's close checkpoints the log and
 // deletes it; the next connection's commits follow the staged snapshot
 // incrementally, with nothing logged.
@@ -299,9 +244,7 @@ func TestWALCloseReopen(t *testing.T) {
 			t.Fatalf("round %d: the log after the last close: %v, want deleted", round, err)
 		}
 	}
-	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
-		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
-	}
+	e.noWarnings(t)
 }
 
 // TestWALSeveralProcesses: three processes write one database in WAL mode
@@ -347,50 +290,10 @@ func TestWALSeveralProcesses(t *testing.T) {
 	}
 }
 
-// TestWALSIGKILLWriter kills a writer in WAL mode at random points: in a
-// transaction, between its commit and its capture, between its capture
-// and its persister's staging. The next commit of this process heals the
-// snapshot; every committed transaction is in the database.
+// TestWALSIGKILLWriter kills a writer in WAL mode at random points, at
+// least 60 times.
 func TestWALSIGKILLWriter(t *testing.T) {
-	kills := 60
-	if testing.Short() {
-		kills = 15
-	}
-	e := newEnv(t)
-	path := e.path("crash.db")
-	db := parentConn(t, path, "_journal_mode=WAL")
-	committed := map[int64]bool{}
-	rng := rand.New(rand.NewPCG(44, 45))
-	for i := range kills {
-		cmd, out := startChild(t, "writer",
-			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
-			fmt.Sprint("BOULE_TEST_SEED=", i), "BOULE_TEST_PARAMS=_journal_mode=WAL&_sync=OFF")
-		if !out.Scan() || out.Text() != "ready" {
-			t.Fatalf("child %d did not start: %q", i, out.Text())
-		}
-		for range rng.IntN(30) {
-			if !out.Scan() {
-				t.Fatalf("child %d exited early", i)
-			}
-			seq, err := strconv.ParseInt(out.Text(), 10, 64)
-			if err != nil {
-				t.Fatalf("child %d printed %q", i, out.Text())
-			}
-			committed[seq] = true
-		}
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		readSeqs(t, out, committed)
-		waitKilled(t, cmd)
-		mustExec(t, db, "INSERT INTO t(k, v) VALUES (-1, randomblob(100))")
-		checkLogical(t, db, path)
-		for seq := range committed {
-			var n int
-			if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
-				t.Fatalf("committed transaction %d missing after the kill (count %d, %v)", seq, n, err)
-			}
-		}
-	}
-	t.Logf("%d kills, %d transactions committed", kills, len(committed))
+	killWriters(t, "_journal_mode=WAL", 60, 44, checkLogical)
 }
 
 // TestWALFlushInsideWriteTransaction: in WAL mode, a flush from a
@@ -399,9 +302,7 @@ func TestWALSIGKILLWriter(t *testing.T) {
 func TestWALFlushInsideWriteTransaction(t *testing.T) {
 	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
-	path := e.path("inside.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "inside.db", "_journal_mode=WAL")
 	mustExec(t, db, "CREATE TABLE t(v)")
 	for i := range 2 {
 		// The insert stays in SQLite's cache until the commit: the
@@ -424,9 +325,7 @@ func TestWALFlushInsideWriteTransaction(t *testing.T) {
 	if got := e.log.count(slog.LevelError, "commit it first"); got != 2 {
 		t.Fatalf("errors saying to commit first=%d, want 2; log:\n%s", got, e.log)
 	}
-	if r := flushPragma(t, db); r != "1" {
-		t.Fatalf("flush pragma after the commits=%q, want 1; log:\n%s", r, e.log)
-	}
+	e.mustFlushPragma(t, db, "after the commits")
 	checkLogicalReplica(t, sto, path)
 }
 
@@ -437,11 +336,8 @@ func init() { children["walleaver"] = childWALLeaver }
 // whose every frame is committed and staged.
 func childWALLeaver() error {
 	c := readChildEnv()
-	db, err := c.open()
+	db, err := c.open("PRAGMA wal_autocheckpoint=0")
 	if err != nil {
-		return err
-	}
-	if _, err := db.Exec("PRAGMA wal_autocheckpoint=0"); err != nil {
 		return err
 	}
 	if err := setupLogged(db); err != nil {
@@ -468,6 +364,20 @@ func childWALLeaver() error {
 	select {}
 }
 
+// leaveWAL runs childWALLeaver on path, its workload seeded with seed, for
+// steps transactions; once they are staged, it kills it, and returns the
+// log seqs it committed.
+func (e *env) leaveWAL(t testing.TB, path string, seed, steps int) map[int64]bool {
+	t.Helper()
+	cmd, out := startChild(t, "walleaver",
+		"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_PARAMS=_journal_mode=WAL",
+		fmt.Sprint("BOULE_TEST_SEED=", seed), fmt.Sprint("BOULE_TEST_STEPS=", steps))
+	committed := map[int64]bool{}
+	readSeqs(t, out, "staged", committed)
+	killWriter(t, cmd, out, committed)
+	return committed
+}
+
 // TestWALRawFrames: another program appends valid frames to a log that
 // boule staged up to its end, while no connection has the database open
 // (SQLite recovers them at the next open), or leaves a log of its own where
@@ -487,20 +397,7 @@ func TestWALRawFrames(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			path := e.path("raw.db")
-			cmd, out := startChild(t, "walleaver",
-				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
-				"BOULE_TEST_PARAMS=_journal_mode=WAL", "BOULE_TEST_SEED=7", "BOULE_TEST_STEPS=20")
-			committed := map[int64]bool{}
-			for out.Scan() && out.Text() != "staged" {
-				seq, err := strconv.ParseInt(out.Text(), 10, 64)
-				if err != nil {
-					t.Fatalf("writer printed %q", out.Text())
-				}
-				committed[seq] = true
-			}
-			_ = cmd.Process.Signal(syscall.SIGKILL)
-			readSeqs(t, out, committed)
-			waitKilled(t, cmd)
+			committed := e.leaveWAL(t, path, 7, 20)
 			if len(committed) != 20 {
 				t.Fatalf("writer committed %d transactions, want 20", len(committed))
 			}
@@ -567,12 +464,7 @@ func TestWALRawFrames(t *testing.T) {
 			db := parentConn(t, path, "_journal_mode=WAL")
 			mustExec(t, db, "INSERT INTO t(k, v) VALUES (-1000, randomblob(100))")
 			checkLogical(t, db, path)
-			for seq := range committed {
-				var n int
-				if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
-					t.Fatalf("transaction %d: count %d, %v; want 1", seq, n, err)
-				}
-			}
+			checkCommitted(t, db, committed, "after the raw frames")
 			after := d.Stats()
 			if rebuilt := (after.Snapshots - after.Incremental) - (before.Snapshots - before.Incremental); tc.rebuild && rebuilt < 1 {
 				t.Fatalf("snapshots rebuilt after the raw frames=%d, want at least 1 (stats before %+v, after %+v)", rebuilt, before, after)
@@ -602,9 +494,7 @@ func countResets(t testing.TB) *atomic.Int64 {
 func TestWALRestartCarriesOver(t *testing.T) {
 	vfs.SetPersistGap(t, time.Hour)
 	e := newEnv(t)
-	path := e.path("restart.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "restart.db", "_journal_mode=WAL")
 	mustExec(t, db, "PRAGMA wal_autocheckpoint=16")
 	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
 	d := mustDB(t, path)
@@ -628,9 +518,7 @@ func TestWALRestartCarriesOver(t *testing.T) {
 	if got := after.Snapshots - during.Snapshots; got != 1 || after.Incremental-during.Incremental != 1 {
 		t.Fatalf("snapshots staged by the flush=%d (%d incremental), want 1 incremental", got, after.Incremental-during.Incremental)
 	}
-	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
-		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
-	}
+	e.noWarnings(t)
 }
 
 // TestWALCarryOtherProcess: this process restarts the log with commits
@@ -661,21 +549,28 @@ func TestWALCarryOtherProcess(t *testing.T) {
 	if m, err := spool.ReadMarker(d.Dir()); err != nil || m.Committed == m.Persisted {
 		t.Fatalf("marker %+v, %v: want commits not staged", m, err)
 	}
-	cmd, out := startChild(t, "walleaver",
-		"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
-		"BOULE_TEST_PARAMS=_journal_mode=WAL", "BOULE_TEST_SEED=9", "BOULE_TEST_STEPS=10")
-	for out.Scan() && out.Text() != "staged" {
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	readSeqs(t, out, map[int64]bool{})
-	waitKilled(t, cmd)
+	committed := e.leaveWAL(t, path, 9, 10)
 	checkLogical(t, db, path)
+	checkCommitted(t, db, committed, "after the other process's commits")
 	mustExec(t, db, "INSERT INTO t(k, v) VALUES (-5000, randomblob(3000))")
 	waitStaged(t, d)
 	checkLogical(t, db, path)
-	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
-		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
+	e.noWarnings(t)
+}
+
+// TestWALBulkLoad: 4 MiB transactions in WAL mode, each one restarting
+// the log (carried over): every snapshot is incremental, and the last is
+// the logical database.
+func TestWALBulkLoad(t *testing.T) {
+	e := newEnv(t)
+	path, db := e.writer(t, "bulk.db", "_journal_mode=WAL&_sync=NORMAL")
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
+	for i := range 20 {
+		insertRows(t, db, i*4096, (i+1)*4096, 1024)
 	}
+	waitStaged(t, mustDB(t, path))
+	checkLogical(t, db, path)
+	e.noWarnings(t)
 }
 
 // TestWALBigReadSpills: commits that the persister reads all at once,
@@ -684,15 +579,9 @@ func TestWALCarryOtherProcess(t *testing.T) {
 // stalled writers for seconds at 1 GiB).
 func TestWALBigReadSpills(t *testing.T) {
 	vfs.SetPersistGap(t, time.Hour)
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	e := tempEnv(t)
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log), CaptureMemoryMiB: 1})
-	path := e.path("big.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "big.db", "_journal_mode=WAL")
 	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, randomblob(1000) FROM n")
 	d := mustDB(t, path)
@@ -710,9 +599,7 @@ func TestWALBigReadSpills(t *testing.T) {
 		t.Fatalf("snapshots=%d (%d incremental), chunks staged=%d; want 1 incremental snapshot of over 16 chunks (1 MiB)",
 			got, after.Incremental-before.Incremental, after.ChunksStaged-before.ChunksStaged)
 	}
-	if got := e.log.count(slog.LevelWarn, ""); got != 0 {
-		t.Fatalf("warnings and errors logged=%d, want 0; log:\n%s", got, e.log)
-	}
+	e.noWarnings(t)
 }
 
 // TestWALCloseStagesBigRead: the last connection's close stages what the
@@ -771,11 +658,8 @@ func init() { children["carrier"] = childCarrier }
 func childCarrier() error {
 	vfs.SetPersistGap(nil, time.Hour)
 	c := readChildEnv()
-	db, err := c.open()
+	db, err := c.open("PRAGMA wal_autocheckpoint=16")
 	if err != nil {
-		return err
-	}
-	if _, err := db.Exec("PRAGMA wal_autocheckpoint=16"); err != nil {
 		return err
 	}
 	w := newWorkload(c.seed)
@@ -819,13 +703,7 @@ func TestWALKilledCarrier(t *testing.T) {
 		cmd, out := startChild(t, "carrier",
 			"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool,
 			"BOULE_TEST_PARAMS=_journal_mode=WAL", fmt.Sprint("BOULE_TEST_SEED=", 70+i))
-		for out.Scan() && out.Text() != "carried" {
-			seq, err := strconv.ParseInt(out.Text(), 10, 64)
-			if err != nil {
-				t.Fatalf("writer printed %q", out.Text())
-			}
-			committed[seq] = true
-		}
+		readSeqs(t, out, "carried", committed)
 		m, err := spool.ReadMarker(mustDB(t, path).Dir())
 		if err != nil || m.Committed == m.Persisted {
 			t.Fatalf("round %d: marker %+v, %v: want commits the writer did not stage", i, m, err)
@@ -835,16 +713,9 @@ func TestWALKilledCarrier(t *testing.T) {
 		if b, err := os.ReadFile(mustDB(t, path).MarkerPath()); err != nil || len(b) < 2104 || binary.LittleEndian.Uint64(b[2096:]) == 0 {
 			t.Fatalf("round %d: control block (%d bytes, %v): want a carry", i, len(b), err)
 		}
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		readSeqs(t, out, committed)
-		waitKilled(t, cmd)
+		killWriter(t, cmd, out, committed)
 		mustExec(t, db, "INSERT INTO t(k, v) VALUES (?, randomblob(100))", -1-i)
 		checkLogical(t, db, path)
-		for seq := range committed {
-			var n int
-			if err := db.QueryRow("SELECT count(*) FROM log WHERE seq = ?", seq).Scan(&n); err != nil || n != 1 {
-				t.Fatalf("round %d: committed transaction %d missing after the kill (count %d, %v)", i, seq, n, err)
-			}
-		}
+		checkCommitted(t, db, committed, fmt.Sprintf("after kill %d", i))
 	}
 }

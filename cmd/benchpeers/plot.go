@@ -161,11 +161,20 @@ func per1000(r result, v float64) float64 {
 	return v * 1000 / float64(r.Commits)
 }
 
+// tableHeader starts a Markdown table with the columns cols: a blank line
+// after the table before it, if any, the header row and its rule.
+func tableHeader(b *strings.Builder, cols ...string) {
+	if b.Len() > 0 {
+		fmt.Fprintln(b)
+	}
+	fmt.Fprintf(b, "| %s |\n", strings.Join(cols, " | "))
+	fmt.Fprintf(b, "|%s\n", strings.Repeat(" --- |", len(cols)))
+}
+
 // table renders the results as the Markdown tables of doc/BENCHMARKS.md.
 func table(rs []result) string {
 	var b strings.Builder
-	fmt.Fprintln(&b, "| workload | tool | commits | commit p50 | commit p99 | lag p50 | lag p99 | lag max | requests / 1,000 commits | KiB up / 1,000 commits | disk beyond db, max | WAL+shm, max |")
-	fmt.Fprintln(&b, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	tableHeader(&b, "workload", "tool", "commits", "commit p50", "commit p99", "lag p50", "lag p99", "lag max", "requests / 1,000 commits", "KiB up / 1,000 commits", "disk beyond db, max", "WAL+shm, max")
 	for _, r := range rs {
 		if r.Commits == 0 || r.BulkBytes > 0 {
 			continue
@@ -184,9 +193,7 @@ func table(rs []result) string {
 			r.Workload, r.Tool, r.Commits, dur(r.Commit.P50), dur(r.Commit.P99), lag[0], lag[1], lag[2],
 			req, up, mib(r.DiskMax), mib(r.WALMax))
 	}
-	fmt.Fprintln(&b)
-	fmt.Fprintln(&b, "| bulk load | tool | 4 MiB commits | load time | commit p50 | commit p99 | all in the store after | lag p50 | lag p99 | requests | MiB up | disk beyond db, max | WAL+shm, max |")
-	fmt.Fprintln(&b, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	tableHeader(&b, "bulk load", "tool", "4 MiB commits", "load time", "commit p50", "commit p99", "all in the store after", "lag p50", "lag p99", "requests", "MiB up", "disk beyond db, max", "WAL+shm, max")
 	for _, r := range rs {
 		if r.BulkBytes == 0 {
 			continue
@@ -196,9 +203,7 @@ func table(rs []result) string {
 			dur(r.Commit.P50), dur(r.Commit.P99), dur(r.AllVisible), dur(r.Lag.P50), dur(r.Lag.P99),
 			r.Counts.Requests, methods(r.Counts, 1), float64(r.Counts.BytesUp)/(1<<20), mib(r.DiskMax), mib(r.WALMax))
 	}
-	fmt.Fprintln(&b)
-	fmt.Fprintln(&b, "| idle | tool | window | requests / hour | KiB up / hour | KiB down / hour | disk beyond db | WAL+shm |")
-	fmt.Fprintln(&b, "| --- | --- | --- | --- | --- | --- | --- | --- |")
+	tableHeader(&b, "idle", "tool", "window", "requests / hour", "KiB up / hour", "KiB down / hour", "disk beyond db", "WAL+shm")
 	for _, r := range rs {
 		if r.Workload != "idle" {
 			continue
@@ -208,9 +213,7 @@ func table(rs []result) string {
 			float64(r.Counts.Requests)*h, methods(r.Counts, h), float64(r.Counts.BytesUp)*h/1024, float64(r.Counts.BytesDown)*h/1024,
 			mib(r.DiskEnd), mib(r.WALMax))
 	}
-	fmt.Fprintln(&b)
-	fmt.Fprintln(&b, "| restore | tool | size | restore | first query (restore + open + query) | requests | MiB down | first query through the tool's read-replica VFS, cold |")
-	fmt.Fprintln(&b, "| --- | --- | --- | --- | --- | --- | --- | --- |")
+	tableHeader(&b, "restore", "tool", "size", "restore", "first query (restore + open + query)", "requests", "MiB down", "first query through the tool's read-replica VFS, cold")
 	for _, r := range rs {
 		if r.Restore == 0 {
 			continue

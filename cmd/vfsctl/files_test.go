@@ -112,10 +112,7 @@ func inFIFOOpen(pid int) bool {
 // reader still blocked on it go when the test ends.
 func fifo(t *testing.T, p string) {
 	t.Helper()
-	_ = os.Remove(p)
-	if err := syscall.Mkfifo(p, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testfs.Mkfifo(t, p)
 	t.Cleanup(func() {
 		if w, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
 			w.Close()

@@ -14,11 +14,11 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
@@ -356,9 +356,7 @@ func TestRestoreRefusesStaleJournal(t *testing.T) {
 func TestOutNotRegular(t *testing.T) {
 	f := flushed(t)
 	fifo := filepath.Join(f.dir, "pipe")
-	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testfs.Mkfifo(t, fifo)
 	for _, args := range [][]string{
 		{"restore", "--source-path", f.db, "--out", fifo},
 		{"manifest", "--out", fifo, f.db},
@@ -389,9 +387,7 @@ func TestOutNotRegular(t *testing.T) {
 func TestManifestFileLimits(t *testing.T) {
 	f := flushed(t)
 	fifo := filepath.Join(f.dir, "pipe")
-	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testfs.Mkfifo(t, fifo)
 	huge := filepath.Join(f.dir, "huge.manifest")
 	if err := os.WriteFile(huge, nil, 0o644); err != nil {
 		t.Fatal(err)

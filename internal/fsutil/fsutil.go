@@ -140,27 +140,34 @@ func ReadDir(path string) ([]fs.DirEntry, error) {
 	return entries, err
 }
 
+// fileKinds names the file types FileKind tells apart, by the mode bit
+// that marks each, in the order it tests them (a character device has
+// ModeDevice set too).
+var fileKinds = []struct {
+	bit  fs.FileMode
+	name string
+}{
+	{fs.ModeDir, "a directory"},
+	{fs.ModeSymlink, "a symbolic link"},
+	{fs.ModeNamedPipe, "a named pipe (FIFO)"},
+	{fs.ModeSocket, "a socket"},
+	{fs.ModeCharDevice, "a character device"},
+	{fs.ModeDevice, "a block device"},
+}
+
 // FileKind names the type of a file mode for messages: "a named pipe
 // (FIFO)", "a character device", "a regular file".
 func FileKind(mode fs.FileMode) string {
-	switch t := mode.Type(); {
-	case t == 0:
+	t := mode.Type()
+	if t == 0 {
 		return "a regular file"
-	case t&fs.ModeDir != 0:
-		return "a directory"
-	case t&fs.ModeSymlink != 0:
-		return "a symbolic link"
-	case t&fs.ModeNamedPipe != 0:
-		return "a named pipe (FIFO)"
-	case t&fs.ModeSocket != 0:
-		return "a socket"
-	case t&fs.ModeCharDevice != 0:
-		return "a character device"
-	case t&fs.ModeDevice != 0:
-		return "a block device"
-	default:
-		return "an irregular file"
 	}
+	for _, k := range fileKinds {
+		if t&k.bit != 0 {
+			return k.name
+		}
+	}
+	return "an irregular file"
 }
 
 // DirEmpty reports whether the directory p is empty or does not exist.

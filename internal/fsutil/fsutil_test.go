@@ -115,3 +115,23 @@ func TestReadFile(t *testing.T) {
 		t.Errorf("ReadDir()=%q, %v, want fifo file link", names, err)
 	}
 }
+
+func TestFileKind(t *testing.T) {
+	for _, tc := range []struct {
+		mode fs.FileMode
+		want string
+	}{
+		{0o644, "a regular file"},
+		{fs.ModeDir | 0o755, "a directory"},
+		{fs.ModeSymlink | 0o777, "a symbolic link"},
+		{fs.ModeNamedPipe | 0o644, "a named pipe (FIFO)"},
+		{fs.ModeSocket | 0o755, "a socket"},
+		{fs.ModeDevice | fs.ModeCharDevice | 0o666, "a character device"},
+		{fs.ModeDevice | 0o660, "a block device"},
+		{fs.ModeIrregular, "an irregular file"},
+	} {
+		if got := FileKind(tc.mode); got != tc.want {
+			t.Errorf("FileKind(%v)=%q, want %q", tc.mode, got, tc.want)
+		}
+	}
+}
