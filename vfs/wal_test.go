@@ -565,11 +565,18 @@ func TestWALBulkLoad(t *testing.T) {
 	e := newEnv(t)
 	path, db := e.writer(t, "bulk.db", "_journal_mode=WAL&_sync=NORMAL")
 	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT, v BLOB); CREATE INDEX t_k ON t(k)")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	before := d.Stats()
 	for i := range 20 {
 		insertRows(t, db, i*4096, (i+1)*4096, 1024)
 	}
-	waitStaged(t, mustDB(t, path))
+	waitStaged(t, d)
 	checkLogical(t, db, path)
+	after := d.Stats()
+	if n, inc := after.Snapshots-before.Snapshots, after.Incremental-before.Incremental; n == 0 || inc != n {
+		t.Errorf("%d snapshots of the bulk load, %d incremental; want all incremental", n, inc)
+	}
 	e.noWarnings(t)
 }
 
