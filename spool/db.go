@@ -473,13 +473,18 @@ func (d *DB) inspect(src Source) (fileState, error) {
 			return f, ErrHotJournal
 		}
 	}
+	return f, d.statFile(&f)
+}
+
+// statFile records in f the database file's ctime and permission bits.
+func (d *DB) statFile(f *fileState) error {
 	st, err := os.Stat(d.path)
 	if err != nil {
-		return f, fmt.Errorf("spool: stat %s: %w", d.path, err)
+		return fmt.Errorf("spool: stat %s: %w", d.path, err)
 	}
 	f.ctime = statCtime(st)
 	f.mode = st.Mode().Perm()
-	return f, nil
+	return nil
 }
 
 // loadStaged returns the staged snapshot of this database, or nil.

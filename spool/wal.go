@@ -904,11 +904,5 @@ func (d *DB) inspectLogical(src *logicalSource, size int64) (fileState, error) {
 			return f, fmt.Errorf("%w: %s", ErrNotDatabase, d.path)
 		}
 	}
-	st, err := os.Stat(d.path)
-	if err != nil {
-		return f, fmt.Errorf("spool: stat %s: %w", d.path, err)
-	}
-	f.ctime = statCtime(st)
-	f.mode = st.Mode().Perm()
-	return f, nil
+	return f, d.statFile(&f)
 }
