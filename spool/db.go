@@ -412,13 +412,18 @@ func (d *DB) stageFileLocked(src Source, ch Change, f fileState, incrementalOnly
 	var prev *manifest.Manifest
 	if incremental {
 		prev = cur.m
+		// The new manifest takes over cur's fingerprint list, changed
+		// in place (newManifest): from here on cur is only this
+		// snapshot's, and a failure must read the staged one again.
+		d.cur = nil
 	}
+	reads := planReads(prev, f.size, ch.Dirty)
 	m := d.newManifest(f, prev)
-	changed, err := d.readAndStage(src, m, cur, incremental, planReads(prev, f.size, ch.Dirty))
+	changed, replaced, err := d.readAndStage(src, m, cur, incremental, reads)
 	if err != nil {
 		return false, err
 	}
-	if err := d.commit(m, cur, changed, incremental); err != nil {
+	if err := d.commit(m, cur, changed, replaced, incremental); err != nil {
 		return false, err
 	}
 	if onStaged != nil {
@@ -561,7 +566,10 @@ func planReads(prev *manifest.Manifest, size int64, dirty []uint64) []int {
 }
 
 // newManifest returns the manifest of the file f: prev's fingerprints
-// (nil for a rebuild), to be overwritten by what is read.
+// (nil for a rebuild), to be overwritten by what is read. It takes over
+// prev's list, cut or extended, rather than copying it: at 4 GiB a copy
+// is 2 MiB per snapshot. prev.Chunks keeps its length, and the entries a
+// shrink cut off keep their fingerprints.
 func (d *DB) newManifest(f fileState, prev *manifest.Manifest) *manifest.Manifest {
 	m := &manifest.Manifest{
 		Hostname:      d.s.host,
@@ -574,9 +582,16 @@ func (d *DB) newManifest(f fileState, prev *manifest.Manifest) *manifest.Manifes
 		SourceCtime:   f.ctime,
 		Created:       time.Now().UTC(),
 	}
-	m.Chunks = make([]manifest.Fingerprint, manifest.NumChunks(f.size))
-	if prev != nil {
-		copy(m.Chunks, prev.Chunks)
+	n := manifest.NumChunks(f.size)
+	switch {
+	case prev == nil:
+		m.Chunks = make([]manifest.Fingerprint, n)
+	case n <= len(prev.Chunks):
+		m.Chunks = prev.Chunks[:n:n] // an append must not write over what was cut off
+	default:
+		// Growth in place when the list has room: past its length the
+		// backing array holds nothing anyone reads.
+		m.Chunks = append(prev.Chunks, make([]manifest.Fingerprint, n-len(prev.Chunks))...)
 	}
 	return m
 }
@@ -584,11 +599,13 @@ func (d *DB) newManifest(f fileState, prev *manifest.Manifest) *manifest.Manifes
 // readAndStage reads the chunks toRead of the file into m, stages those
 // that the staged snapshot (cur, nil if none) does not hold, and returns
 // the blob slots (index ≥ inlineChunks) whose fingerprint changed from
-// cur's in an incremental update, or all that were read in a rebuild.
+// cur's in an incremental update, or all that were read in a rebuild,
+// and, in an update, the fingerprints those of them within cur's list
+// had (m may share cur's list, whose entries it overwrites).
 // chunkBufs holds buffers of ChunkSize bytes for readAndStage.
 var chunkBufs = sync.Pool{New: func() any { b := make([]byte, manifest.ChunkSize); return &b }}
 
-func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, incremental bool, toRead []int) (changed []int, err error) {
+func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, incremental bool, toRead []int) (changed []int, replaced []manifest.Fingerprint, err error) {
 	var prev []manifest.Fingerprint
 	var oldRefs map[manifest.Fingerprint]int32
 	if cur != nil {
@@ -605,9 +622,14 @@ func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, increme
 	for _, i := range toRead {
 		buf := (*bp)[:manifest.ChunkLen(m.Size, i)]
 		if _, err := src.ReadAt(buf, m.ChunkOffset(i)); err != nil {
-			return nil, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
+			return nil, nil, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
 		}
 		fp := manifest.Sum(buf)
+		var old manifest.Fingerprint
+		held := i < len(prev)
+		if held {
+			old = prev[i] // before m, which may share prev's entries, changes it
+		}
 		m.Chunks[i] = fp
 		if i < inlineChunks {
 			if m.Inline == nil {
@@ -616,20 +638,23 @@ func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, increme
 			m.Inline[uint32(i)] = bytes.Clone(buf)
 			continue
 		}
-		if i < len(prev) && prev[i] == fp {
+		if held && old == fp {
 			continue
 		}
 		changed = append(changed, i)
+		if held {
+			replaced = append(replaced, old)
+		}
 		// A fingerprint in a blob slot of the staged manifest is uploaded
 		// or spooled already.
 		if oldRefs[fp] == 0 && !staged[fp] {
 			if err := d.stageChunk(fp, buf, d.mode); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			staged[fp] = true
 		}
 	}
-	return changed, nil
+	return changed, replaced, nil
 }
 
 // commit makes m, whose changed blob slots readAndStage returned, the
@@ -637,8 +662,8 @@ func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, increme
 // writes the manifest, deletes the staged chunks nothing references any
 // more, hands the snapshot over when the uploader has room, and clears the
 // txn marker.
-func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, incremental bool) error {
-	refs, replaced := nextRefs(cur, m, changed, incremental)
+func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, replaced []manifest.Fingerprint, incremental bool) error {
+	refs, replaced := nextRefs(cur, m, changed, replaced, incremental)
 	// From here on the cached state is being changed; drop it on failure.
 	d.cur = nil
 	var bs *baseState
@@ -673,10 +698,10 @@ func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, incrementa
 
 // nextRefs returns the reference counts of m's blob slots (index ≥
 // inlineChunks), with no zero count, and, for an incremental update of
-// cur, the fingerprints m no longer references in the slots changed or
-// cut off by a shrink. An incremental update changes cur's counts in
-// place: the caller drops cur.
-func nextRefs(cur *cached, m *manifest.Manifest, changed []int, incremental bool) (map[manifest.Fingerprint]int32, []manifest.Fingerprint) {
+// cur, the fingerprints m no longer references: replaced, those of the
+// slots changed (readAndStage), and those cut off by a shrink. An
+// incremental update changes cur's counts in place: the caller drops cur.
+func nextRefs(cur *cached, m *manifest.Manifest, changed []int, replaced []manifest.Fingerprint, incremental bool) (map[manifest.Fingerprint]int32, []manifest.Fingerprint) {
 	n := len(m.Chunks)
 	if !incremental {
 		refs := make(map[manifest.Fingerprint]int32, n)
@@ -687,13 +712,7 @@ func nextRefs(cur *cached, m *manifest.Manifest, changed []int, incremental bool
 	}
 	refs := cur.refs
 	oldN := len(cur.m.Chunks)
-	var replaced []manifest.Fingerprint
-	for _, i := range changed {
-		if i < oldN {
-			replaced = append(replaced, cur.m.Chunks[i])
-		}
-	}
-	for i := max(n, inlineChunks); i < oldN; i++ { // cut off by a shrink
+	for i := max(n, inlineChunks); i < oldN; i++ { // cut off by a shrink (m's reads stop at n)
 		replaced = append(replaced, cur.m.Chunks[i])
 	}
 	for _, fp := range replaced {
