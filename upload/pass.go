@@ -31,7 +31,7 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 		return false, nil // nothing new
 	}
 	uploaded, _ := st.uploaded()
-	if err := u.waitManifestGap(ctx, st); err != nil {
+	if err := u.waitGap(ctx, st, u.manifestGap(targets)); err != nil {
 		return false, err
 	}
 	// In a group, the open round waits for this database's chunks until
