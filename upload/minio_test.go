@@ -174,7 +174,9 @@ func TestUploaderDelayedPutMinio(t *testing.T) {
 		const gap = 300 * time.Millisecond
 		s, p, _ := minioTarget(t, srv)
 		p.Set(faultproxy.Fault{Kind: faultproxy.Status, Status: http.StatusNotImplemented, Code: "NotImplemented",
-			Match: func(r *http.Request) bool { return r.Header.Get("If-Match") != "" || r.Header.Get("If-None-Match") != "" }})
+			Match: func(r *http.Request) bool {
+				return r.Header.Get("If-Match") != "" || r.Header.Get("If-None-Match") != ""
+			}})
 		now := storetest.NewClock() // frozen: the gap is measured from the last upload
 		opts := uploadOpts(now, Target{Name: "minio", Store: s})
 		opts.ManifestGap = gap
