@@ -20,8 +20,8 @@ import (
 // the condition that the stored manifest is still the one this uploader
 // last put (If-Match on its ETag) cannot land late: by then the ETag has
 // moved on, and the store refuses it. On targets whose conditional puts
-// are verified, manifests are spaced ConditionalGap apart instead; the
-// others keep ManifestGap.
+// are verified, passes that upload a manifest start ConditionalGap apart
+// instead, which only paces; the others keep ManifestGap.
 
 // DefaultConditionalGap is the default of Options.ConditionalGap. It
 // orders nothing: it paces, so that a database under continuous writes
@@ -63,15 +63,18 @@ func newCondState(s store.Store, disabled bool) *condState {
 var ErrNewerInStore = errors.New("upload: the store holds a newer manifest of this database")
 
 // manifestGap returns the least time between two manifests of a
-// database uploaded to targets: ConditionalGap when every target that
-// holds manifests has verified conditional puts, ManifestGap otherwise.
-func (u *Uploader) manifestGap(targets []limitedTarget) time.Duration {
+// database uploaded to targets, and whether it counts from the start of
+// the pass that uploaded the last one: ConditionalGap, from the start,
+// when every target that holds manifests has verified conditional puts;
+// otherwise ManifestGap, from the end of the last upload, as the old
+// rule wants, two puts that far apart.
+func (u *Uploader) manifestGap(targets []limitedTarget) (time.Duration, bool) {
 	for _, t := range targets {
 		if !t.Cache && t.cond.state.Load() != condVerified {
-			return u.opts.ManifestGap
+			return u.opts.ManifestGap, false
 		}
 	}
-	return u.opts.ConditionalGap
+	return u.opts.ConditionalGap, true
 }
 
 // putManifest puts the manifest m, encoded as put, under key in target
@@ -222,12 +225,21 @@ func (u *Uploader) probe(ctx context.Context, st *dbState, t limitedTarget, key 
 	// Anything else (a store down, a cancellation): probe again next time.
 }
 
-// waitGap waits until gap has passed since the database's last manifest
-// upload, by this process or another (its mark on the spool). A pass
-// waits before the manifest is read, so that the upload is as fresh as
-// it can be; the group's round does not wait for it meanwhile.
-func (u *Uploader) waitGap(ctx context.Context, st *dbState, gap time.Duration) error {
-	wait := u.gapLeft(st, gap)
+// waitGap waits out what is left of the database's manifest gap
+// (manifestGap). A pass waits before the manifest is read, so that the
+// upload is as fresh as it can be; the group's round does not wait for it
+// meanwhile.
+func (u *Uploader) waitGap(ctx context.Context, st *dbState, targets []limitedTarget) error {
+	gap, fromStart := u.manifestGap(targets)
+	var wait time.Duration
+	if fromStart {
+		st.mu.Lock()
+		last := st.lastStart
+		st.mu.Unlock()
+		wait = left(gap, u.opts.Now().Sub(last))
+	} else {
+		wait = u.gapLeft(st, gap)
+	}
 	if wait <= 0 {
 		return nil
 	}
@@ -238,24 +250,24 @@ func (u *Uploader) waitGap(ctx context.Context, st *dbState, gap time.Duration) 
 }
 
 // gapLeft returns how long is left of gap since the database's last
-// manifest upload.
+// manifest upload, by this process or another (its mark on the spool).
 func (u *Uploader) gapLeft(st *dbState, gap time.Duration) time.Duration {
-	if gap <= 0 {
-		return 0
-	}
 	st.mu.Lock()
 	last := st.lastManifest
 	st.mu.Unlock()
-	// Another process may have uploaded last: its upload left its mark on
-	// the spool.
 	if t := st.sp.UploadedTime(); t.After(last) {
 		last = t
 	}
-	wait := gap - u.opts.Now().Sub(last)
-	if wait > gap {
-		return 0 // a clock step; do not stall on it
+	return left(gap, u.opts.Now().Sub(last))
+}
+
+// left returns what is left of gap after elapsed, zero on a clock step
+// back (do not stall on it).
+func left(gap, elapsed time.Duration) time.Duration {
+	if gap <= 0 || elapsed < 0 || elapsed >= gap {
+		return 0
 	}
-	return wait
+	return gap - elapsed
 }
 
 // sleep waits for d or until ctx is done.

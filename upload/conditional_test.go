@@ -88,8 +88,8 @@ func TestUploaderConditionalGap(t *testing.T) {
 			if tc.noGap {
 				wantGap = -1
 			}
-			if got := u.manifestGap(u.bg); got != wantGap {
-				t.Errorf("manifestGap()=%v, want %v", got, wantGap)
+			if got, fromStart := u.manifestGap(u.bg); got != wantGap || fromStart != tc.noGap {
+				t.Errorf("manifestGap()=%v, %v, want %v, %v", got, fromStart, wantGap, tc.noGap)
 			}
 
 			n := fake.NumCalls()
@@ -188,4 +188,32 @@ func TestUploaderConditionalOtherWriter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUploaderConditionalGapPaces: with verified conditional puts, the
+// passes that upload a manifest start ConditionalGap apart, and
+// ManifestGap plays no part.
+func TestUploaderConditionalGapPaces(t *testing.T) {
+	const gap = 50 * time.Millisecond
+	now, fake, u, d := condTarget(t, "/data/paced.db", storetest.CondHonoured, func(o *Options) {
+		o.ManifestGap = time.Hour // a wait would outlast the test
+		o.ConditionalGap = gap
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), storetest.WaitTimeout)
+	defer cancel()
+	s1 := d.snapshot(testData(730, 3*manifest.ChunkSize), now.Now())
+	d.stage(s1)
+	if err := u.Flush(ctx, d.dir); err != nil {
+		t.Fatalf("Flush()=%v, want nil", err)
+	}
+	s2 := d.snapshot(withChunk(s1.data, 1, 731), now.Now())
+	d.stage(s2)
+	start := time.Now() // the clock is frozen: the whole gap is left
+	if err := u.Flush(ctx, d.dir); err != nil {
+		t.Fatalf("Flush()=%v, want nil", err)
+	}
+	if el := time.Since(start); el < gap {
+		t.Errorf("second manifest %v after the first, want at least %v", el, gap)
+	}
+	checkStored(t, fake, d, s2)
 }

@@ -186,7 +186,7 @@ func TestUploaderDelayedPutMinio(t *testing.T) {
 		s1 := d.snapshot(testData(810, 3*manifest.ChunkSize), now.Now())
 		d.stage(s1)
 		mustFlush(t, u, d.dir)
-		if got := u.manifestGap(u.bg); got != gap {
+		if got, _ := u.manifestGap(u.bg); got != gap {
 			t.Errorf("manifestGap()=%v, want %v", got, gap)
 		}
 		s2 := d.snapshot(withChunk(s1.data, 1, 811), now.Now())

@@ -25,7 +25,8 @@ type dbState struct {
 	// What the store holds, as far as this process knows.
 	uploadedID   [32]byte  // the snapshot last uploaded (spool.Snapshot.ID)
 	uploadedAt   time.Time // its manifest's Created
-	lastManifest time.Time // when a manifest was last uploaded, for the manifest gap
+	lastManifest time.Time // when a manifest was last uploaded, for ManifestGap
+	lastStart    time.Time // when the pass that uploaded it started, for ConditionalGap
 	// etags holds, by target, the entity tag of the manifest this
 	// process last put or read there: the condition of the next put.
 	etags     map[*condState]string
