@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -63,6 +64,9 @@ const versionIDLen = 20
 // Every file is opened without blocking and checked to be a regular file
 // before it is read.
 type Store struct {
+	// mu orders this process's manifest puts where flock(2) cannot
+	// (lockDir).
+	mu   sync.Mutex
 	root string
 	// now is the clock for version IDs, touches and pruning.
 	now func() time.Time
@@ -259,8 +263,9 @@ func (s *Store) ConditionalPuts() bool { return true }
 // manifest, conditional or not, holds an exclusive flock(2) on the
 // manifest's version directory from reading the latest to renaming the
 // new one into place, so the test and the swap are one step for every
-// process of the host. Puts are synchronous: one that returned is the
-// latest until the next, and none lands late.
+// process of the host (for this process only, on a file system without
+// flock(2)). Puts are synchronous: one that returned is the latest until
+// the next, and none lands late.
 func (s *Store) PutManifestIf(ctx context.Context, key string, data []byte, etag string) (string, error) {
 	const op = "dir put manifest if"
 	return s.putManifest(ctx, op, key, data, func(cur []byte, err error) error {
@@ -325,7 +330,7 @@ func (s *Store) putManifest(ctx context.Context, op, key string, data []byte, co
 		return "", s.err(op, key, err)
 	}
 	vdir := s.versionDir(key)
-	unlock, err := lockDir(vdir)
+	unlock, err := s.lockDir(vdir)
 	if err != nil {
 		return "", s.err(op, key, err)
 	}
@@ -358,8 +363,9 @@ func (s *Store) putManifest(ctx context.Context, op, key string, data []byte, co
 
 // lockDir takes an exclusive flock(2) on the directory dir, for every
 // process of the host (and every goroutine: each opens dir anew), and
-// returns its release.
-func lockDir(dir string) (func(), error) {
+// returns its release. On a file system without flock(2) it takes the
+// store's own mutex instead, which orders the puts of this process only.
+func (s *Store) lockDir(dir string) (func(), error) {
 	f, err := os.Open(dir)
 	if err != nil {
 		return nil, err
@@ -370,11 +376,15 @@ func lockDir(dir string) (func(), error) {
 			break
 		}
 	}
-	if err != nil {
-		f.Close()
-		return nil, &fs.PathError{Op: "flock", Path: dir, Err: err}
+	if err == nil {
+		return func() { f.Close() }, nil
 	}
-	return func() { f.Close() }, nil
+	f.Close()
+	if errors.Is(err, syscall.ENOLCK) || errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOSYS) {
+		s.mu.Lock()
+		return s.mu.Unlock, nil
+	}
+	return nil, &fs.PathError{Op: "flock", Path: dir, Err: err}
 }
 
 // addVersion links tmp into vdir under a version ID later than every ID
