@@ -88,15 +88,19 @@ func (u *Uploader) manifestGap(targets []limitedTarget) (time.Duration, bool) {
 // after whatever is left of ManifestGap (the pass waited only
 // ConditionalGap when t's conditional puts were verified).
 func (u *Uploader) putManifest(ctx context.Context, st *dbState, t limitedTarget, key string, put []byte, m *manifest.Manifest) error {
+	var refused error
 	if t.cond.state.Load() != condOff {
 		err := u.putManifestIf(ctx, st, t, key, put, m)
-		if !errors.Is(err, store.ErrUnsupported) && !(errors.Is(err, store.ErrPermanent) && t.cond.state.Load() == condUnknown) {
+		unsupported := errors.Is(err, store.ErrUnsupported)
+		if !unsupported && !(errors.Is(err, store.ErrPermanent) && t.cond.state.Load() == condUnknown) {
 			return err
 		}
-		// Refused (501, or a 4xx to the headers): as a store without.
-		// A permanent error that is not about the condition fails the
-		// plain put too.
-		u.condOff(t, "the store refused a conditional put", err)
+		// Refused (501, or a 4xx to the headers): as a store without,
+		// after the old gap.
+		refused = err
+		if unsupported {
+			u.condOff(t, "the store refused a conditional put", err)
+		}
 		if wait := u.gapLeft(st, u.opts.ManifestGap); wait > 0 {
 			if err := sleep(ctx, wait); err != nil {
 				return err
@@ -105,10 +109,16 @@ func (u *Uploader) putManifest(ctx context.Context, st *dbState, t limitedTarget
 	}
 	err := t.lim.PutManifest(ctx, key, put)
 	st.countCall()
-	if err == nil {
-		st.setETag(t.cond, "", false) // not known any more
+	if err != nil {
+		// A permanent error that fails the plain put as well (wrong
+		// credentials, say) says nothing of conditional puts.
+		return err
 	}
-	return err
+	if refused != nil {
+		u.condOff(t, "the store refused a conditional put", refused)
+	}
+	st.setETag(t.cond, "", false) // not known any more
+	return nil
 }
 
 // condOff turns t's conditional puts off, saying so once.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/storetest"
 )
 
@@ -216,4 +217,24 @@ func TestUploaderConditionalGapPaces(t *testing.T) {
 		t.Errorf("second manifest %v after the first, want at least %v", el, gap)
 	}
 	checkStored(t, fake, d, s2)
+}
+
+// TestUploaderConditionalPermanentError: a permanent error that fails
+// the plain put as well as the conditional one (wrong credentials) says
+// nothing of conditional puts: once it is fixed, they are used.
+func TestUploaderConditionalPermanentError(t *testing.T) {
+	now, fake, u, d := condTarget(t, "/data/perm.db", storetest.CondHonoured, func(o *Options) { o.ManifestGap = -1 })
+	fake.FailOn(storetest.OpPutManifestIf, nil, storetest.PermanentErr())
+	fake.FailOn(storetest.OpPutManifest, nil, storetest.PermanentErr())
+	s1 := d.snapshot(testData(740, 3*manifest.ChunkSize), now.Now())
+	d.stage(s1)
+	if err := u.Flush(context.Background(), d.dir); !errors.Is(err, store.ErrPermanent) {
+		t.Fatalf("Flush()=%v, want ErrPermanent", err)
+	}
+	fake.ClearHooks()
+	mustFlush(t, u, d.dir)
+	checkStored(t, fake, d, s1)
+	if _, fromStart := u.manifestGap(u.bg); !fromStart {
+		t.Error("manifestGap() keeps the old gap after a permanent error unrelated to conditional puts")
+	}
 }
