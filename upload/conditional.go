@@ -25,15 +25,13 @@ import (
 
 // DefaultConditionalGap is the default of Options.ConditionalGap. It
 // orders nothing: it paces, so that a database under continuous writes
-// costs about one manifest a second, as Litestream's default sync
-// interval does, rather than as many as the limiter allows. Counted from
-// the start of the last upload, it still takes the upload's own time out
-// of the lag's floor: at 100 commits/s, lag p99 went from 1.3–3.3 s with
-// the old gap to about 1.2 s, Litestream's being 1.1–1.7 s on the same
-// runs; 500 ms would halve that for 2.4 times the requests, 250 ms
-// quarter it for 5 times (doc/BENCHMARKS.md, "Boule against
-// Litestream").
-const DefaultConditionalGap = time.Second
+// costs two manifests a second rather than as many as the limiter
+// allows. Measured with make bench-peers at 100 commits/s on a loaded
+// machine (doc/BENCHMARKS.md, "Boule against Litestream"): lag p99 about
+// 1.0 s against 1.9 s with the old gap and 1.1–2.5 s for Litestream, for
+// 2.8 times the old gap's requests; 1 s barely moved the p99 (1.8 s) for
+// 1.5 times the requests, and 250 ms made it 0.5 s for 4.7 times.
+const DefaultConditionalGap = 500 * time.Millisecond
 
 // probeTag is an entity tag no store gives out: S3's are quoted hex, a
 // directory store's bare hex. A conditional put on it must fail.
