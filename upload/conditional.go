@@ -27,10 +27,10 @@ import (
 // orders nothing: it paces, so that a database under continuous writes
 // costs two manifests a second rather than as many as the limiter
 // allows. Measured with make bench-peers at 100 commits/s on a loaded
-// machine (doc/BENCHMARKS.md, "Boule against Litestream"): lag p99 about
-// 1.0 s against 1.9 s with the old gap and 1.1–2.5 s for Litestream, for
-// 2.8 times the old gap's requests; 1 s barely moved the p99 (1.8 s) for
-// 1.5 times the requests, and 250 ms made it 0.5 s for 4.7 times.
+// machine (doc/BENCHMARKS.md, "Boule against Litestream"), medians: lag
+// p99 1.05 s against 1.89 s with the old gap and 1.68 s for Litestream,
+// for 3.1 times the old gap's requests; 1 s barely moved the p99 (1.82
+// s) for 1.5 times the requests, and 250 ms made it 0.54 s for 4.7 times.
 const DefaultConditionalGap = 500 * time.Millisecond
 
 // probeTag is an entity tag no store gives out: S3's are quoted hex, a
