@@ -401,14 +401,17 @@ func (l *Limited) PutManifestIf(ctx context.Context, key string, data []byte, et
 	return tag, err
 }
 
-// GetManifestTag implements Conditional, retrying as GetManifest does.
+// GetManifestTag implements Conditional. Unlike GetManifest it does not
+// retry a manifest not found: a caller that then puts on no manifest
+// (If-None-Match) learns of one that flickered out by the put's
+// precondition failure.
 func (l *Limited) GetManifestTag(ctx context.Context, key string) ([]byte, string, error) {
 	c, ok := l.s.(Conditional)
 	if !ok {
 		return nil, "", unsupported("get manifest tag", key, l.s)
 	}
 	var tag string
-	b, err := l.get(ctx, true, func(ctx context.Context) (b []byte, err error) {
+	b, err := l.get(ctx, false, func(ctx context.Context) (b []byte, err error) {
 		b, tag, err = c.GetManifestTag(ctx, key)
 		return b, err
 	})
