@@ -2,9 +2,12 @@
 //
 //   - the narrow [Store] interface every backend implements
 //     (content-addressed chunk and pack blobs, manifest blobs by key, their
-//     versions), and [Cache], the stores that hold chunks only;
-//   - its errors: [Error], the sentinels [ErrNotFound], [ErrCorrupt] and
-//     [ErrPermanent], and [IsRetryable];
+//     versions), [Conditional], the optional puts of a manifest on the
+//     condition that the stored one is still the one last seen, and
+//     [Cache], the stores that hold chunks only;
+//   - its errors: [Error], the sentinels [ErrNotFound], [ErrCorrupt],
+//     [ErrPermanent], [ErrPrecondition] and [ErrUnsupported], and
+//     [IsRetryable];
 //   - the object keys ([ChunkKey], [PackKey], [ManifestKey]) and the blob
 //     and pack codecs ([EncodeBlob], [DecodeChunk], [EncodeManifestBlob],
 //     [DecodeManifestBlob], [EncodePack], [DecodePackMember]);

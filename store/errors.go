@@ -27,6 +27,18 @@ var (
 	// denied, a missing bucket or directory, a wrong region, an invalid
 	// key, or any other 4xx answer except 404, 408 and 429.
 	ErrPermanent = errors.New("store: permanent failure")
+
+	// ErrPrecondition is returned when a conditional put of a manifest
+	// (Conditional.PutManifestIf) found the stored manifest other than
+	// the caller expected: its entity tag is not the one given, or a
+	// manifest is there where none was expected. Nothing was stored.
+	ErrPrecondition = errors.New("store: precondition failed")
+
+	// ErrUnsupported is returned when the store cannot do what was asked
+	// of it, such as a conditional put to a store without conditional
+	// writes (an S3 clone that answers 501 Not Implemented). Nothing was
+	// stored.
+	ErrUnsupported = errors.New("store: not supported")
 )
 
 // Error describes a failed store operation. Its message starts with
@@ -50,7 +62,8 @@ type Error struct {
 	Code string
 	// Detail is the human-readable description of what went wrong.
 	Detail string
-	// Kind is ErrNotFound, ErrCorrupt, ErrPermanent or nil.
+	// Kind is ErrNotFound, ErrCorrupt, ErrPermanent, ErrPrecondition,
+	// ErrUnsupported or nil.
 	Kind error
 	// Retryable reports whether trying again may succeed.
 	Retryable bool
@@ -136,8 +149,8 @@ func preposition(op string) string {
 // IsRetryable reports whether err is a transient failure that may go away
 // if the operation is tried again: a 5xx, 408 or 429 answer, a timeout, a
 // reset or refused connection, a truncated body, or another transport
-// error. It returns false for nil, ErrNotFound, ErrCorrupt, ErrPermanent
-// and the caller's own cancellation.
+// error. It returns false for nil, ErrNotFound, ErrCorrupt, ErrPermanent,
+// ErrPrecondition, ErrUnsupported and the caller's own cancellation.
 func IsRetryable(err error) bool {
 	if err == nil {
 		return false
@@ -155,7 +168,8 @@ func IsRetryable(err error) bool {
 // connection, a timeout or another network error. Backends add what their
 // client library reports.
 func TransientCause(err error) bool {
-	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrPermanent) {
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrPermanent) ||
+		errors.Is(err, ErrPrecondition) || errors.Is(err, ErrUnsupported) {
 		return false
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {

@@ -120,14 +120,15 @@ type Stats struct {
 	Calls int64
 	// Retries counts attempts after the first of their call.
 	Retries int64
-	// Failures counts calls that returned an error, ErrNotFound aside.
+	// Failures counts calls that returned an error, ErrNotFound and
+	// ErrPrecondition aside.
 	Failures int64
 	// BytesUp counts the raw bytes of successful puts (before
 	// compression); BytesDown those returned by successful gets (after
 	// decompression).
 	BytesUp, BytesDown int64
 	// LastError is the message of the last failed attempt (ErrNotFound
-	// aside).
+	// and ErrPrecondition aside).
 	LastError string
 	// LastErrorTime is when the last failed attempt failed.
 	LastErrorTime time.Time
@@ -153,7 +154,10 @@ type Limited struct {
 	lastErrTime time.Time
 }
 
-var _ Store = (*Limited)(nil)
+var (
+	_ Store       = (*Limited)(nil)
+	_ Conditional = (*Limited)(nil)
+)
 
 // NewLimited wraps s. A nil lim means no rate limit.
 func NewLimited(s Store, lim *rate.Limiter, opts RetryOptions) *Limited {
@@ -267,8 +271,10 @@ func (l *Limited) noteError(err error) {
 	l.mu.Unlock()
 }
 
+// fail counts err as a failure, unless it is an answer rather than a
+// failure: not found, or a precondition that did not hold.
 func (l *Limited) fail(err error) error {
-	if !errors.Is(err, ErrNotFound) {
+	if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrPrecondition) {
 		l.failures.Add(1)
 		l.noteError(err)
 	}
@@ -373,4 +379,50 @@ func (l *Limited) ManifestVersions(ctx context.Context, key string) ([]Version, 
 // GetManifestVersion implements Store.
 func (l *Limited) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
 	return l.get(ctx, false, func(ctx context.Context) ([]byte, error) { return l.s.GetManifestVersion(ctx, key, versionID) })
+}
+
+// ConditionalPuts implements Conditional: whether the wrapped store
+// honours conditional puts.
+func (l *Limited) ConditionalPuts() bool { return ConditionalPuts(l.s) }
+
+// PutManifestIf implements Conditional. A precondition failure is
+// returned at once, never retried; a wrapped store that is not
+// Conditional fails with ErrUnsupported, without a call.
+func (l *Limited) PutManifestIf(ctx context.Context, key string, data []byte, etag string) (string, error) {
+	c, ok := l.s.(Conditional)
+	if !ok {
+		return "", unsupported("put manifest if", key, l.s)
+	}
+	var tag string
+	err := l.put(ctx, len(data), func(ctx context.Context) (err error) {
+		tag, err = c.PutManifestIf(ctx, key, data, etag)
+		return err
+	})
+	return tag, err
+}
+
+// GetManifestTag implements Conditional. Unlike GetManifest it does not
+// retry a manifest not found: a caller that then puts on no manifest
+// (If-None-Match) learns of one that flickered out by the put's
+// precondition failure.
+func (l *Limited) GetManifestTag(ctx context.Context, key string) ([]byte, string, error) {
+	c, ok := l.s.(Conditional)
+	if !ok {
+		return nil, "", unsupported("get manifest tag", key, l.s)
+	}
+	var tag string
+	b, err := l.get(ctx, false, func(ctx context.Context) (b []byte, err error) {
+		b, tag, err = c.GetManifestTag(ctx, key)
+		return b, err
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return b, tag, nil
+}
+
+// unsupported returns the error of a conditional call to s, a store
+// without conditional puts.
+func unsupported(op, key string, s Store) error {
+	return &Error{Op: op, Key: key, Target: s.String(), Kind: ErrUnsupported, Detail: "the store has no conditional writes"}
 }

@@ -408,3 +408,53 @@ func TestErrorMessage(t *testing.T) {
 		t.Errorf("got %s", got)
 	}
 }
+
+// TestLimitedConditional: Limited passes conditional puts through. A
+// precondition failure is an answer: returned at once, not counted as a
+// failure; a lost answer is retried, and the retry's precondition failure
+// returned. A miss of GetManifestTag is not retried. Over a store without
+// conditional puts, both fail with ErrUnsupported, without a call.
+func TestLimitedConditional(t *testing.T) {
+	ctx := context.Background()
+	key := storetest.MustKey(t, "h", "/c.db")
+	m := storetest.Manifest(t, "h", "/c.db", 1, 1)
+	fake := storetest.NewFake("fake")
+	fake.SetConditional(storetest.CondHonoured)
+	clk := &storetest.SleepClock{}
+	l := newTestLimited(fake, nil, clk)
+	if !l.ConditionalPuts() {
+		t.Fatal("ConditionalPuts()=false over a conditional store, want true")
+	}
+	if _, _, err := l.GetManifestTag(ctx, key); !errors.Is(err, store.ErrNotFound) || fake.NumCalls() != 1 || len(clk.Sleeps()) != 0 {
+		t.Fatalf("GetManifestTag(missing)=%v after %d calls, slept %v; want ErrNotFound after 1, no sleep", err, fake.NumCalls(), clk.Sleeps())
+	}
+	fake.LoseAnswers(storetest.OpPutManifestIf, 1)
+	if _, err := l.PutManifestIf(ctx, key, m, ""); !errors.Is(err, store.ErrPrecondition) {
+		t.Fatalf("PutManifestIf() with its answer lost=%v, want ErrPrecondition from the retry", err)
+	}
+	if n := storetest.CountOps(fake.CallLog(), storetest.OpPutManifestIf); n != 2 {
+		t.Errorf("%d conditional puts, want 2 (one retry)", n)
+	}
+	if _, err := l.PutManifestIf(ctx, key, m, `"stale"`); !errors.Is(err, store.ErrPrecondition) {
+		t.Fatalf("PutManifestIf(stale)=%v, want ErrPrecondition", err)
+	}
+	if n := storetest.CountOps(fake.CallLog(), storetest.OpPutManifestIf); n != 3 {
+		t.Errorf("%d conditional puts, want 3: a precondition failure is not retried", n)
+	}
+	if s := l.Stats(); s.Failures != 0 || s.LastError == "" {
+		// LastError holds the lost answer, retried; no call failed.
+		t.Errorf("Stats()=%+v, want no failure and the lost answer noted", s)
+	}
+
+	st := &scriptStore{}
+	l = newTestLimited(st, nil, &storetest.SleepClock{})
+	if l.ConditionalPuts() {
+		t.Error("ConditionalPuts()=true over a store without, want false")
+	}
+	if _, err := l.PutManifestIf(ctx, key, m, ""); !errors.Is(err, store.ErrUnsupported) || st.calls != 0 {
+		t.Errorf("PutManifestIf()=%v after %d calls, want ErrUnsupported after none", err, st.calls)
+	}
+	if _, _, err := l.GetManifestTag(ctx, key); !errors.Is(err, store.ErrUnsupported) || st.calls != 0 {
+		t.Errorf("GetManifestTag()=%v after %d calls, want ErrUnsupported after none", err, st.calls)
+	}
+}

@@ -84,6 +84,41 @@ type Store interface {
 	String() string
 }
 
+// Conditional is the capability of a store that can put a manifest on a
+// condition: only if the manifest stored under its key is still the one
+// the caller last saw, named by its entity tag (an S3 ETag). A delayed or
+// retried put then cannot land over a newer manifest, and the uploader
+// need not space its manifests out in time to keep the store from going
+// backwards (doc/DESIGN.md, "The uploader").
+//
+// An entity tag is opaque: compare it only for equality, and pass it
+// back as it was returned.
+type Conditional interface {
+	// ConditionalPuts reports whether the store means to honour the
+	// conditions of PutManifestIf. When it does not, PutManifestIf
+	// returns an error wrapping ErrUnsupported.
+	ConditionalPuts() bool
+
+	// PutManifestIf stores data under key, as PutManifest does, if the
+	// manifest stored there now has entity tag etag, or, when etag is
+	// "", if there is none; it returns the entity tag of what it stored.
+	// When the condition does not hold it stores nothing and returns an
+	// error wrapping ErrPrecondition. A retried put whose first attempt
+	// landed fails so too: compare what is stored (GetManifestTag).
+	PutManifestIf(ctx context.Context, key string, data []byte, etag string) (string, error)
+
+	// GetManifestTag returns what GetManifest returns, with the entity
+	// tag of the manifest it read.
+	GetManifestTag(ctx context.Context, key string) ([]byte, string, error)
+}
+
+// ConditionalPuts reports whether s is a Conditional store that honours
+// the conditions of PutManifestIf, alone or behind a Limited.
+func ConditionalPuts(s Store) bool {
+	c, ok := s.(Conditional)
+	return ok && c.ConditionalPuts()
+}
+
 // A Cache is a store that holds chunks one file each and never packs or
 // manifests, such as the local chunk cache (package store/cache).
 type Cache interface {

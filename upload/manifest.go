@@ -3,47 +3,11 @@ package upload
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 )
-
-// waitManifestGap waits until ManifestGap has passed since the database's
-// last manifest upload (some S3 clones order overwrites by the second). It
-// waits before the manifest is read, so that the upload is as fresh as it
-// can be.
-func (u *Uploader) waitManifestGap(ctx context.Context, st *dbState) error {
-	gap := u.opts.ManifestGap
-	if gap <= 0 {
-		return nil
-	}
-	st.mu.Lock()
-	last := st.lastManifest
-	st.mu.Unlock()
-	// Another process may have uploaded last: its upload left its mark on
-	// the spool.
-	if t := st.sp.UploadedTime(); t.After(last) {
-		last = t
-	}
-	wait := gap - u.opts.Now().Sub(last)
-	if wait <= 0 || wait > gap {
-		return nil // wait > gap: a clock step; do not stall on it
-	}
-	// A group's round does not wait for a sleeping member.
-	mb := memberOf(ctx)
-	mb.release()
-	defer mb.activate()
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
 
 // uploadManifest uploads the manifest of snapshot s to every non-cache
 // target, with the pack table that says where its packed chunks are, then
@@ -98,9 +62,7 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, s *spool.Sna
 		if t.Cache {
 			continue
 		}
-		err := t.lim.PutManifest(ctx, key, put)
-		st.countCall()
-		if err != nil {
+		if err := u.putManifest(ctx, st, t, key, put, m); err != nil {
 			return err
 		}
 	}

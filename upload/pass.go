@@ -31,9 +31,10 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 		return false, nil // nothing new
 	}
 	uploaded, _ := st.uploaded()
-	if err := u.waitManifestGap(ctx, st); err != nil {
+	if err := u.waitGap(ctx, st, targets); err != nil {
 		return false, err
 	}
+	start := u.opts.Now()
 	// In a group, the open round waits for this database's chunks until
 	// it goes on to its manifest.
 	mb := memberOf(ctx)
@@ -87,6 +88,9 @@ func (u *Uploader) pass(ctx context.Context, st *dbState, targets []limitedTarge
 	if err := u.uploadManifest(ctx, st, c.snap, c.handedOver, targets); err != nil {
 		return false, err
 	}
+	st.mu.Lock()
+	st.lastStart = start
+	st.mu.Unlock()
 	if err := st.sp.RemoveConsumed(before); err != nil {
 		return false, err
 	}

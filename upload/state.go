@@ -26,8 +26,12 @@ type dbState struct {
 	uploadedID   [32]byte  // the snapshot last uploaded (spool.Snapshot.ID)
 	uploadedAt   time.Time // its manifest's Created
 	lastManifest time.Time // when a manifest was last uploaded, for ManifestGap
-	lastTouch    time.Time // when the last uploaded snapshot was last touched
-	overBytes    int64     // override bytes uploaded in heads since the last base (delta.go)
+	lastStart    time.Time // when the pass that uploaded it started, for ConditionalGap
+	// etags holds, by target, the entity tag of the manifest this
+	// process last put or read there: the condition of the next put.
+	etags     map[*condState]string
+	lastTouch time.Time // when the last uploaded snapshot was last touched
+	overBytes int64     // override bytes uploaded in heads since the last base (delta.go)
 	// placed holds the chunks this database's uploads put in packs that
 	// no uploaded manifest lists yet (see packing.go).
 	placed map[manifest.Fingerprint]manifest.PackRef
@@ -215,4 +219,28 @@ func (st *dbState) forgetPlacements(m *manifest.Manifest) error {
 		}
 	}
 	return st.sp.SetPlacements(st.placed)
+}
+
+// etag returns the entity tag of the manifest this process last put or
+// read in the target of c ("" for none there), and whether it knows one.
+func (st *dbState) etag(c *condState) (string, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	tag, ok := st.etags[c]
+	return tag, ok
+}
+
+// setETag records tag as the one of the manifest in the target of c, or,
+// with known false, forgets it.
+func (st *dbState) setETag(c *condState, tag string, known bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !known {
+		delete(st.etags, c)
+		return
+	}
+	if st.etags == nil {
+		st.etags = make(map[*condState]string)
+	}
+	st.etags[c] = tag
 }

@@ -63,9 +63,21 @@ type Options struct {
 	// backstop for lost wake-ups. Zero means DefaultScanPeriod.
 	ScanPeriod time.Duration
 	// ManifestGap is the least time between two uploads of one database's
-	// manifest (some S3 clones reorder overwrites closer than a second).
-	// Zero means DefaultManifestGap; negative means none.
+	// manifest to targets without verified conditional puts: with last
+	// writer wins, a put delayed or retried could otherwise land over a
+	// newer manifest, and some S3 clones reorder overwrites closer than a
+	// second. Zero means DefaultManifestGap; negative means none.
 	ManifestGap time.Duration
+	// ConditionalGap is the least time between two uploads of one
+	// database's manifest when every target has verified conditional
+	// puts (conditional.go), which keep the store from going backwards
+	// at any pace: it only paces. Zero means DefaultConditionalGap;
+	// negative means none.
+	ConditionalGap time.Duration
+	// NoConditionalPuts makes the uploader put manifests as is, keeping
+	// ManifestGap, on every target, as on stores without conditional
+	// writes.
+	NoConditionalPuts bool
 	// RecentTTL: a chunk uploaded by this process within RecentTTL is not
 	// uploaded again. Zero means DefaultRecentTTL.
 	RecentTTL time.Duration
@@ -134,6 +146,7 @@ type limitedTarget struct {
 	Target
 	lim  *store.Limited
 	rate *rate.Limiter // lim's limiter
+	cond *condState    // shared by the target's background and flush limiters
 }
 
 // New returns an uploader; call Start to run its workers.
@@ -171,6 +184,9 @@ func New(opts Options) (*Uploader, error) {
 	if opts.ManifestGap == 0 {
 		opts.ManifestGap = DefaultManifestGap
 	}
+	if opts.ConditionalGap == 0 {
+		opts.ConditionalGap = DefaultConditionalGap
+	}
 	if opts.PackChunks <= 0 {
 		opts.PackChunks = store.PackChunks
 	}
@@ -199,10 +215,11 @@ func New(opts Options) (*Uploader, error) {
 		unitSlots: make(chan struct{}, opts.Workers*flushConcurrency),
 	}
 	for _, t := range opts.Targets {
+		cond := newCondState(t.Store, opts.NoConditionalPuts)
 		bg := rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst)
-		u.bg = append(u.bg, limitedTarget{t, store.NewLimited(t.Store, bg, opts.Retry), bg})
+		u.bg = append(u.bg, limitedTarget{t, store.NewLimited(t.Store, bg, opts.Retry), bg, cond})
 		fl := rate.NewLimiter(rate.Limit(opts.FlushRate), int(opts.FlushRate))
-		u.flush = append(u.flush, limitedTarget{t, store.NewLimited(t.Store, fl, opts.Retry), fl})
+		u.flush = append(u.flush, limitedTarget{t, store.NewLimited(t.Store, fl, opts.Retry), fl, cond})
 	}
 	return u, nil
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -63,12 +64,18 @@ const versionIDLen = 20
 // Every file is opened without blocking and checked to be a regular file
 // before it is read.
 type Store struct {
+	// mu orders this process's manifest puts where flock(2) cannot
+	// (lockDir).
+	mu   sync.Mutex
 	root string
 	// now is the clock for version IDs, touches and pruning.
 	now func() time.Time
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store       = (*Store)(nil)
+	_ store.Conditional = (*Store)(nil)
+)
 
 // New returns a store rooted at path, a directory; its
 // subdirectories are created on demand. It removes temporary files left
@@ -243,46 +250,141 @@ func (s *Store) touchObject(ctx context.Context, op, key string) error {
 // keeps the new one as a version, a hard link to the same file (a copy
 // where links are not supported), and prunes old versions.
 func (s *Store) PutManifest(ctx context.Context, key string, data []byte) error {
-	const op = "dir put manifest"
+	_, err := s.putManifest(ctx, "dir put manifest", key, data, nil)
+	return err
+}
+
+// ConditionalPuts implements store.Conditional: a directory store always
+// honours conditional puts.
+func (s *Store) ConditionalPuts() bool { return true }
+
+// PutManifestIf implements store.Conditional. A manifest's entity tag is
+// the BLAKE3-256 of its stored blob, in hex (manifestTag). Every put of a
+// manifest, conditional or not, holds an exclusive flock(2) on the
+// manifest's version directory from reading the latest to renaming the
+// new one into place, so the test and the swap are one step for every
+// process of the host (for this process only, on a file system without
+// flock(2)). Puts are synchronous: one that returned is the latest until
+// the next, and none lands late.
+func (s *Store) PutManifestIf(ctx context.Context, key string, data []byte, etag string) (string, error) {
+	const op = "dir put manifest if"
+	return s.putManifest(ctx, op, key, data, func(cur []byte, err error) error {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if etag == "" {
+				return nil
+			}
+			return &store.Error{Op: op, Key: key, Target: s.root, Kind: store.ErrPrecondition,
+				Detail: "precondition failed: no manifest is stored, want the one tagged " + etag}
+		case err != nil:
+			return s.err(op, key, err)
+		case etag == "":
+			return &store.Error{Op: op, Key: key, Target: s.root, Kind: store.ErrPrecondition,
+				Detail: "precondition failed: a manifest is stored, want none"}
+		case manifestTag(cur) != etag:
+			return &store.Error{Op: op, Key: key, Target: s.root, Kind: store.ErrPrecondition,
+				Detail: "precondition failed: the stored manifest is not the one tagged " + etag}
+		}
+		return nil
+	})
+}
+
+// GetManifestTag implements store.Conditional.
+func (s *Store) GetManifestTag(ctx context.Context, key string) ([]byte, string, error) {
+	const op = "dir get manifest"
+	var tag string
+	data, err := s.readManifestFile(ctx, op, key, s.manifestPath(key), func(blob []byte) { tag = manifestTag(blob) })
+	if err != nil {
+		return nil, "", err
+	}
+	return data, tag, nil
+}
+
+// manifestTag is the entity tag of a stored manifest blob.
+func manifestTag(blob []byte) string {
+	return manifest.Sum(blob).String()
+}
+
+// putManifest stores data under key, with its version, under the lock of
+// the manifest's version directory; cond, if not nil, is first given the
+// blob stored now (or the error reading it) and may refuse the put. It
+// returns the new blob's entity tag.
+func (s *Store) putManifest(ctx context.Context, op, key string, data []byte, cond func([]byte, error) error) (string, error) {
 	if err := store.CheckManifestKey(key); err != nil {
-		return s.keyErr(op, key, err)
+		return "", s.keyErr(op, key, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return s.err(op, key, err)
+		return "", s.err(op, key, err)
 	}
 	blob := store.EncodeManifestBlob(data)
 	src := store.SourcePerm(ctx)
 	perm := store.FilePerm(src)
 	tmp, err := s.writeTemp(blob, perm)
 	if err != nil {
-		return s.err(op, key, err)
+		return "", s.err(op, key, err)
 	}
 	defer os.Remove(tmp)
 
 	hostPart, namePart, _ := strings.Cut(key, "/")
 	if err := s.mkdirs(store.DirPerm(src), dirVersions, hostPart, namePart); err != nil {
-		return s.err(op, key, err)
+		return "", s.err(op, key, err)
 	}
 	vdir := s.versionDir(key)
+	unlock, err := s.lockDir(vdir)
+	if err != nil {
+		return "", s.err(op, key, err)
+	}
+	defer unlock()
+	if cond != nil {
+		if err := cond(readFileMax(s.manifestPath(key), store.MaxManifestDecoded)); err != nil {
+			return "", err
+		}
+	}
 	ids, err := s.versionIDs(vdir)
 	if err != nil {
-		return s.err(op, key, err)
+		return "", s.err(op, key, err)
 	}
 	id, err := s.addVersion(vdir, tmp, blob, perm, ids)
 	if err != nil {
-		return s.err(op, key, err)
+		return "", s.err(op, key, err)
 	}
 	ns, _ := parseVersionID(id)
 	ids = append(ids, ns) // the largest, so ids stays sorted
 
 	if err := s.mkdirs(store.DirPerm(src), dirManifests, hostPart); err != nil {
-		return s.err(op, key, err)
+		return "", s.err(op, key, err)
 	}
 	if err := os.Rename(tmp, s.manifestPath(key)); err != nil {
-		return s.err(op, key, err)
+		return "", s.err(op, key, err)
 	}
 	s.prune(vdir, ids)
-	return nil
+	return manifestTag(blob), nil
+}
+
+// lockDir takes an exclusive flock(2) on the directory dir, for every
+// process of the host (and every goroutine: each opens dir anew), and
+// returns its release. On a file system without flock(2) it takes the
+// store's own mutex instead, which orders the puts of this process only.
+func (s *Store) lockDir(dir string) (func(), error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err == nil {
+		return func() { f.Close() }, nil
+	}
+	f.Close()
+	if errors.Is(err, syscall.ENOLCK) || errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOSYS) {
+		s.mu.Lock()
+		return s.mu.Unlock, nil
+	}
+	return nil, &fs.PathError{Op: "flock", Path: dir, Err: err}
 }
 
 // addVersion links tmp into vdir under a version ID later than every ID
@@ -363,6 +465,12 @@ func (s *Store) GetManifestVersion(ctx context.Context, key, versionID string) (
 }
 
 func (s *Store) getManifestFile(ctx context.Context, op, key, path string) ([]byte, error) {
+	return s.readManifestFile(ctx, op, key, path, nil)
+}
+
+// readManifestFile reads and decodes the manifest blob at path, first
+// giving it to seen if that is not nil.
+func (s *Store) readManifestFile(ctx context.Context, op, key, path string, seen func(blob []byte)) ([]byte, error) {
 	if err := store.CheckManifestKey(key); err != nil {
 		return nil, s.keyErr(op, key, err)
 	}
@@ -372,6 +480,9 @@ func (s *Store) getManifestFile(ctx context.Context, op, key, path string) ([]by
 	blob, err := readFileMax(path, store.MaxManifestDecoded)
 	if err != nil {
 		return nil, s.err(op, key, err)
+	}
+	if seen != nil {
+		seen(blob)
 	}
 	data, err := store.DecodeManifestBlob(blob)
 	if err != nil {

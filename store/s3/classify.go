@@ -51,6 +51,8 @@ func (s *Store) classify(ctx, rctx context.Context, op, bucket, key string, err 
 		v = verdict{detail: cerr.Error()}
 	case errors.Is(err, store.ErrCorrupt):
 		v = verdict{kind: store.ErrCorrupt, detail: err.Error()}
+	case errors.Is(err, store.ErrUnsupported):
+		v = verdict{kind: store.ErrUnsupported, detail: err.Error()}
 	case timedOut(rctx, err):
 		v = verdict{retryable: true, detail: fmt.Sprintf("timed out after %v", s.timeout)}
 	default:
@@ -221,6 +223,8 @@ const (
 	unreadableAnswer   answerClass = iota // cut or mangled on the way: it says nothing of the request
 	missingBucket                         // 404 NoSuchBucket
 	notFound                              // any other 404
+	preconditionFailed                    // 412: a conditional put found the object changed
+	notImplemented                        // 501 to a conditional put: the store has no conditional writes
 	serverError                           // 5xx, 408, 429
 	damagedInTransit                      // the request was damaged or too slow on the way
 	accessDeniedPolicy                    // AccessDenied, Forbidden: credentials or the bucket policy
@@ -241,6 +245,9 @@ var codeClasses = map[string]answerClass{
 	"XAmzContentSHA256Mismatch": damagedInTransit,
 	"SlowDown":                  damagedInTransit,
 	"InternalError":             damagedInTransit,
+	// A conditional write that raced another write of the object: S3
+	// says to try again.
+	"ConditionalRequestConflict": damagedInTransit,
 
 	"AccessDenied":          accessDeniedPolicy,
 	"Forbidden":             accessDeniedPolicy,
@@ -272,6 +279,8 @@ var answerVerdicts = [...]verdict{
 	unreadableAnswer:   {nil, true, "unreadable error response ({what}): {cause}"},
 	missingBucket:      {store.ErrPermanent, false, "bucket {bucket} does not exist ({what}){nocreate}"},
 	notFound:           {store.ErrNotFound, false, "not found ({what})"},
+	preconditionFailed: {store.ErrPrecondition, false, "precondition failed ({what}): the object is not the one expected"},
+	notImplemented:     {store.ErrUnsupported, false, "conditional writes not supported ({what}{msg})"},
 	serverError:        {nil, true, "server error ({what}{msg})"},
 	damagedInTransit:   {nil, true, "request damaged or timed out in transit ({what}{msg})"},
 	accessDeniedPolicy: {store.ErrPermanent, false, "access denied ({what}): check credentials and the bucket policy"},
@@ -282,7 +291,8 @@ var answerVerdicts = [...]verdict{
 }
 
 // class returns what the answer means: first what an unreadable answer,
-// a 404 or a retryable status means whatever the code; then the earlier
+// a 404, a 412, a 501 to a conditional put or a retryable status means
+// whatever the code; then the earlier
 // of what the code and the status mean.
 func (a answer) class() answerClass {
 	switch {
@@ -292,6 +302,10 @@ func (a answer) class() answerClass {
 		return missingBucket
 	case a.status == http.StatusNotFound:
 		return notFound
+	case a.status == http.StatusPreconditionFailed:
+		return preconditionFailed
+	case a.status == http.StatusNotImplemented && a.op == opPutIf:
+		return notImplemented
 	case store.RetryableStatus(a.status):
 		return serverError
 	}

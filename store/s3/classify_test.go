@@ -129,6 +129,13 @@ func TestClassifyAnswer(t *testing.T) {
 		{name: "bucket taken", op: "s3 create", err: s3Answer(409, "BucketAlreadyExists", "taken"), kind: store.ErrPermanent,
 			detail: `bucket name "c" is taken by another account (409 BucketAlreadyExists)`},
 		{name: "invalid argument", err: s3Answer(400, "InvalidArgument", "no"), kind: store.ErrPermanent, detail: "rejected (400 InvalidArgument: no)"},
+		{name: "precondition failed", op: opPutIf, err: s3Answer(412, "PreconditionFailed", "etag"), kind: store.ErrPrecondition,
+			detail: "precondition failed (412 PreconditionFailed): the object is not the one expected"},
+		{name: "conditional put conflict", op: opPutIf, err: s3Answer(409, "ConditionalRequestConflict", "retry"), retryable: true,
+			detail: "request damaged or timed out in transit (409 ConditionalRequestConflict: retry)"},
+		{name: "conditional put not implemented", op: opPutIf, err: s3Answer(501, "NotImplemented", "no"), kind: store.ErrUnsupported,
+			detail: "conditional writes not supported (501 NotImplemented: no)"},
+		{name: "501 to a plain put", err: s3Answer(501, "NotImplemented", "no"), retryable: true, detail: "server error (501 NotImplemented: no)"},
 		{name: "unreadable error answer", err: unreadable, retryable: true, detail: "unreadable error response (400): " + unreadable.Error()},
 		{name: "error answer cut short", err: cut, retryable: true, detail: "unreadable error response (400): " + cut.Error()},
 		{name: "unreadable 500", err: cut500, retryable: true, detail: "unreadable error response (500): " + cut500.Error()},
@@ -168,7 +175,7 @@ func TestClassifyAnswer(t *testing.T) {
 // and its bucket, with the spaces around it.
 func prepositionOf(op string) string {
 	switch op {
-	case "s3 put chunk":
+	case "s3 put chunk", opPutIf:
 		return " to "
 	case "s3 check", "s3 create":
 		return " "

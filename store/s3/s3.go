@@ -64,7 +64,10 @@ type Store struct {
 	ensured map[string]bool // buckets known to exist (CreateBucketsOnDemand)
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store       = (*Store)(nil)
+	_ store.Conditional = (*Store)(nil)
+)
 
 // errRequestTimeout is the cause of a request context that hit the
 // store's per-request timeout.
@@ -242,6 +245,46 @@ func (s *Store) PutManifest(ctx context.Context, key string, data []byte) error 
 	return s.put(ctx, op, s.target.ManifestBucket, key, store.EncodeManifestBlob(data))
 }
 
+// opPutIf is the operation of a conditional put of a manifest.
+const opPutIf = "s3 put manifest if"
+
+// ConditionalPuts implements store.Conditional. S3 has honoured If-Match
+// on PUT since November 2024, and If-None-Match since August 2024; MinIO
+// does too. A clone that answers 501 Not Implemented fails PutManifestIf
+// with ErrUnsupported; one that ignores the headers is caught by the
+// uploader's probe (package upload).
+func (s *Store) ConditionalPuts() bool { return true }
+
+// PutManifestIf implements store.Conditional with PutObject's If-Match
+// (If-None-Match: * when etag is ""). It returns the ETag of the answer,
+// quotes included, as S3 expects it back. A 412 answer fails with
+// ErrPrecondition; 409 ConditionalRequestConflict, a conditional write
+// racing another, is retryable.
+func (s *Store) PutManifestIf(ctx context.Context, key string, data []byte, etag string) (string, error) {
+	if err := store.CheckManifestKey(key); err != nil {
+		return "", s.newError(opPutIf, s.target.ManifestBucket, key, err, store.ErrPermanent, err.Error())
+	}
+	return s.putIf(ctx, opPutIf, s.target.ManifestBucket, key, store.EncodeManifestBlob(data), etag)
+}
+
+// GetManifestTag implements store.Conditional.
+func (s *Store) GetManifestTag(ctx context.Context, key string) ([]byte, string, error) {
+	const op = "s3 get manifest"
+	if err := store.CheckManifestKey(key); err != nil {
+		return nil, "", s.newError(op, s.target.ManifestBucket, key, err, store.ErrPermanent, err.Error())
+	}
+	var tag string
+	blob, err := s.getTagged(ctx, op, s.target.ManifestBucket, key, "", store.MaxManifestDecoded, &tag)
+	if err != nil {
+		return nil, "", err
+	}
+	data, err := store.DecodeManifestBlob(blob)
+	if err != nil {
+		return nil, "", s.newError(op, s.target.ManifestBucket, key, err, store.ErrCorrupt, err.Error())
+	}
+	return data, tag, nil
+}
+
 // GetManifest implements store.Store.
 func (s *Store) GetManifest(ctx context.Context, key string) ([]byte, error) {
 	return s.getManifest(ctx, "s3 get manifest", key, "")
@@ -394,24 +437,57 @@ func (s *Store) EnsureBuckets(ctx context.Context) error {
 // put uploads blob. Content-MD5 lets the server reject a body damaged in
 // transit: over HTTPS the SDK does not sign the payload.
 func (s *Store) put(ctx context.Context, op, bucket, key string, blob []byte) error {
-	sum := md5.Sum(blob)
-	contentMD5 := base64.StdEncoding.EncodeToString(sum[:])
 	return s.do(ctx, op, bucket, key, func(ctx context.Context) error {
-		_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
-			Bucket:        aws.String(bucket),
-			Key:           aws.String(key),
-			Body:          bytes.NewReader(blob),
-			ContentLength: aws.Int64(int64(len(blob))),
-			ContentMD5:    aws.String(contentMD5),
-			ContentType:   aws.String("application/octet-stream"),
-		})
+		_, err := s.client.PutObject(ctx, putInput(bucket, key, blob))
 		return err
 	})
+}
+
+// putIf uploads blob as put does, if the object's ETag is etag, or, when
+// etag is "", if there is no object; it returns the new ETag.
+func (s *Store) putIf(ctx context.Context, op, bucket, key string, blob []byte, etag string) (string, error) {
+	in := putInput(bucket, key, blob)
+	if etag == "" {
+		in.IfNoneMatch = aws.String("*")
+	} else {
+		in.IfMatch = aws.String(etag)
+	}
+	var tag string
+	err := s.do(ctx, op, bucket, key, func(ctx context.Context) error {
+		out, err := s.client.PutObject(ctx, in)
+		if err != nil {
+			return err
+		}
+		if tag = aws.ToString(out.ETag); tag == "" {
+			// Without it, the next put could not name what it replaces.
+			return fmt.Errorf("the answer has no ETag: %w", store.ErrUnsupported)
+		}
+		return nil
+	})
+	return tag, err
+}
+
+func putInput(bucket, key string, blob []byte) *s3.PutObjectInput {
+	sum := md5.Sum(blob)
+	return &s3.PutObjectInput{
+		Bucket:        aws.String(bucket),
+		Key:           aws.String(key),
+		Body:          bytes.NewReader(blob),
+		ContentLength: aws.Int64(int64(len(blob))),
+		ContentMD5:    aws.String(base64.StdEncoding.EncodeToString(sum[:])),
+		ContentType:   aws.String("application/octet-stream"),
+	}
 }
 
 // get reads a whole object (one version of it if versionID is set); an
 // object larger than limit is reported as corrupt.
 func (s *Store) get(ctx context.Context, op, bucket, key, versionID string, limit int64) ([]byte, error) {
+	return s.getTagged(ctx, op, bucket, key, versionID, limit, nil)
+}
+
+// getTagged reads an object as get does and, if tag is not nil, sets
+// *tag to its ETag.
+func (s *Store) getTagged(ctx context.Context, op, bucket, key, versionID string, limit int64, tag *string) ([]byte, error) {
 	var blob []byte
 	err := s.do(ctx, op, bucket, key, func(ctx context.Context) error {
 		in := &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)}
@@ -443,6 +519,9 @@ func (s *Store) get(ctx context.Context, op, bucket, key, versionID string, limi
 			return fmt.Errorf("reading the body: got %d of %d bytes: %w", n, *cl, io.ErrUnexpectedEOF)
 		}
 		blob = buf.Bytes()
+		if tag != nil {
+			*tag = aws.ToString(out.ETag)
+		}
 		return nil
 	})
 	return blob, err

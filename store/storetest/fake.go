@@ -29,6 +29,26 @@ const (
 	OpList        = "ListManifests"
 	OpVersions    = "ManifestVersions"
 	OpGetVersion  = "GetManifestVersion"
+	// The calls of store.Conditional.
+	OpPutManifestIf  = "PutManifestIf"
+	OpGetManifestTag = "GetManifestTag"
+)
+
+// Conditional puts of a Fake (SetConditional).
+const (
+	// CondNone: a store without conditional writes. ConditionalPuts
+	// reports false and PutManifestIf fails with ErrUnsupported, as a
+	// Limited over a store that is not store.Conditional does.
+	CondNone = iota
+	// CondHonoured: conditional puts as S3's, with a new entity tag for
+	// every put, even of the same bytes.
+	CondHonoured
+	// CondIgnored: a store that claims conditional writes and ignores the
+	// conditions, as an S3 clone that drops the headers does.
+	CondIgnored
+	// CondRefused: a store that claims conditional writes and answers 501
+	// Not Implemented to them.
+	CondRefused
 )
 
 // Call is one call made to a Fake.
@@ -79,9 +99,18 @@ type Fake struct {
 	putBytes map[string]int64
 	changed  chan struct{} // closed and replaced at every call
 	hooks    []Hook
+	// Conditional puts: the mode, the entity tag of each manifest, the
+	// last tag given out, and the answers to lose (LoseAnswers).
+	cond  int
+	tags  map[string]string
+	tagN  int
+	loses map[string]int
 }
 
-var _ store.Store = (*Fake)(nil)
+var (
+	_ store.Store       = (*Fake)(nil)
+	_ store.Conditional = (*Fake)(nil)
+)
 
 // NewFake returns an empty Fake named name.
 func NewFake(name string) *Fake {
@@ -94,7 +123,26 @@ func NewFake(name string) *Fake {
 		manifests: make(map[string][]byte),
 		touches:   make(map[manifest.Fingerprint]int),
 		changed:   make(chan struct{}),
+		tags:      make(map[string]string),
+		loses:     make(map[string]int),
 	}
+}
+
+// SetConditional sets how the Fake answers conditional puts: CondNone (the
+// default), CondHonoured, CondIgnored or CondRefused.
+func (s *Fake) SetConditional(mode int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cond = mode
+}
+
+// LoseAnswers makes the next n calls op that succeed return a retryable
+// error instead, the put done: an answer lost on the way back, whose
+// request the client retries.
+func (s *Fake) LoseAnswers(op string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loses[op] += n
 }
 
 // AddHook adds h to the hooks run before each call; the first error wins.
@@ -212,6 +260,10 @@ func (s *Fake) do(ctx context.Context, op, key string, f func() error) error {
 	defer s.mu.Unlock()
 	if err == nil {
 		err = f()
+		if err == nil && s.loses[op] > 0 {
+			s.loses[op]--
+			err = &store.Error{Op: "fake " + op, Key: key, Target: s.name, Detail: "answer lost", Retryable: true}
+		}
 	}
 	s.calls = append(s.calls, Call{Op: op, Key: key, Err: err})
 	close(s.changed)
@@ -344,30 +396,86 @@ func lookup[K comparable](ctx context.Context, s *Fake, op, what string, m map[K
 // manifest that does not decode or that names chunks the store lacks.
 func (s *Fake) PutManifest(ctx context.Context, key string, data []byte) error {
 	return s.do(ctx, OpPutManifest, key, func() error {
-		s.putBytes[OpPutManifest] += int64(len(data))
-		if m, err := s.resolveLocked(data); err == nil {
-			refs := m.PackRefs()
-			for i, fp := range m.Chunks {
-				if _, inline := m.Inline[uint32(i)]; inline {
-					continue
-				}
-				if ref, ok := refs[uint32(i)]; ok {
-					if _, err := store.DecodePackMember(s.packs[ref.ID], ref, fp); err != nil {
-						s.missing = append(s.missing, fmt.Sprintf("manifest %d of %s: chunk %d (%s) in pack: %v", m.ChangeCounter, key, i, fp.String()[:8], err))
-					}
-					continue
-				}
-				if _, ok := s.chunks[fp]; !ok {
-					s.missing = append(s.missing, fmt.Sprintf("manifest %d of %s: chunk %d (%s)", m.ChangeCounter, key, i, fp.String()[:8]))
-				}
-			}
-		} else {
-			s.missing = append(s.missing, fmt.Sprintf("undecodable manifest put under %s: %v", key, err))
-		}
-		s.manifests[key] = append([]byte(nil), data...)
-		s.putLog = append(s.putLog, append([]byte(nil), data...))
+		s.putManifestLocked(OpPutManifest, key, data)
 		return nil
 	})
+}
+
+// ConditionalPuts implements store.Conditional: true unless the Fake is
+// CondNone.
+func (s *Fake) ConditionalPuts() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cond != CondNone
+}
+
+// PutManifestIf implements store.Conditional, as SetConditional says. It
+// notes what PutManifest notes.
+func (s *Fake) PutManifestIf(ctx context.Context, key string, data []byte, etag string) (string, error) {
+	var tag string
+	err := s.do(ctx, OpPutManifestIf, key, func() error {
+		fail := func(kind error, detail string) error {
+			return &store.Error{Op: "fake put manifest if", Key: key, Target: s.name, Kind: kind, Detail: detail}
+		}
+		switch s.cond {
+		case CondNone:
+			return fail(store.ErrUnsupported, "the store has no conditional writes")
+		case CondRefused:
+			return fail(store.ErrUnsupported, "conditional writes not supported (501 NotImplemented)")
+		case CondHonoured:
+			if cur, ok := s.tags[key]; ok != (etag != "") || cur != etag {
+				return fail(store.ErrPrecondition, "precondition failed (412 PreconditionFailed)")
+			}
+		}
+		tag = s.putManifestLocked(OpPutManifestIf, key, data)
+		return nil
+	})
+	return tag, err
+}
+
+// GetManifestTag implements store.Conditional.
+func (s *Fake) GetManifestTag(ctx context.Context, key string) ([]byte, string, error) {
+	var tag string
+	var out []byte
+	err := s.do(ctx, OpGetManifestTag, key, func() error {
+		d, ok := s.manifests[key]
+		if !ok {
+			return s.notFound("get manifest", key)
+		}
+		out, tag = append([]byte(nil), d...), s.tags[key]
+		return nil
+	})
+	return out, tag, err
+}
+
+// putManifestLocked stores data under key, noting what CheckIntegrity
+// checks, and returns its new entity tag.
+func (s *Fake) putManifestLocked(op, key string, data []byte) string {
+	s.putBytes[op] += int64(len(data))
+	if m, err := s.resolveLocked(data); err == nil {
+		refs := m.PackRefs()
+		for i, fp := range m.Chunks {
+			if _, inline := m.Inline[uint32(i)]; inline {
+				continue
+			}
+			if ref, ok := refs[uint32(i)]; ok {
+				if _, err := store.DecodePackMember(s.packs[ref.ID], ref, fp); err != nil {
+					s.missing = append(s.missing, fmt.Sprintf("manifest %d of %s: chunk %d (%s) in pack: %v", m.ChangeCounter, key, i, fp.String()[:8], err))
+				}
+				continue
+			}
+			if _, ok := s.chunks[fp]; !ok {
+				s.missing = append(s.missing, fmt.Sprintf("manifest %d of %s: chunk %d (%s)", m.ChangeCounter, key, i, fp.String()[:8]))
+			}
+		}
+	} else {
+		s.missing = append(s.missing, fmt.Sprintf("undecodable manifest put under %s: %v", key, err))
+	}
+	s.manifests[key] = append([]byte(nil), data...)
+	s.putLog = append(s.putLog, append([]byte(nil), data...))
+	s.tagN++
+	s.tags[key] = fmt.Sprintf("%q", fmt.Sprint(s.tagN))
+	return s.tags[key]
 }
 
 // resolveLocked decodes a manifest of any format, a v2 head with the

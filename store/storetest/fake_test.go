@@ -195,3 +195,67 @@ func TestFakeFailOn(t *testing.T) {
 		t.Errorf("PutChunk() after ClearHooks=%v, want the chunk stored", err)
 	}
 }
+
+// TestFakeConditional: a CondHonoured Fake passes the conditional part of
+// the conformance suite; the other modes answer as the stores they stand
+// for; a lost answer leaves the put done.
+func TestFakeConditional(t *testing.T) {
+	ctx := context.Background()
+	wantKind := func(t *testing.T, err, kind error) {
+		t.Helper()
+		if !errors.Is(err, kind) || store.IsRetryable(err) {
+			t.Fatalf("err=%v, want %v, not retryable", err, kind)
+		}
+	}
+	t.Run("Honoured", func(t *testing.T) {
+		s := NewFake("fake")
+		s.SetConditional(CondHonoured)
+		RunConditional(t, s, wantKind)
+	})
+	key := MustKey(t, "h", "/c.db")
+	m1, m2 := Manifest(t, "h", "/c.db", 1, 1), Manifest(t, "h", "/c.db", 1, 2)
+	for _, tc := range []struct {
+		name    string
+		mode    int
+		claims  bool
+		stale   error // what a put on a stale tag returns
+		wantNow []byte
+	}{
+		{"None", CondNone, false, store.ErrUnsupported, m1},
+		{"Refused", CondRefused, true, store.ErrUnsupported, m1},
+		{"Ignored", CondIgnored, true, nil, m2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewFake("fake")
+			s.SetConditional(tc.mode)
+			if got := s.ConditionalPuts(); got != tc.claims {
+				t.Errorf("ConditionalPuts()=%v, want %v", got, tc.claims)
+			}
+			if err := s.PutManifest(ctx, key, m1); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.PutManifestIf(ctx, key, m2, `"stale"`)
+			if tc.stale == nil && err != nil || tc.stale != nil && !errors.Is(err, tc.stale) {
+				t.Fatalf("PutManifestIf(stale)=%v, want %v", err, tc.stale)
+			}
+			if got := s.ManifestAt(key); !bytes.Equal(got, tc.wantNow) {
+				t.Errorf("stored %d bytes, want the %d of the manifest the put should leave", len(got), len(tc.wantNow))
+			}
+		})
+	}
+	t.Run("LoseAnswers", func(t *testing.T) {
+		s := NewFake("fake")
+		s.SetConditional(CondHonoured)
+		s.LoseAnswers(OpPutManifestIf, 1)
+		_, err := s.PutManifestIf(ctx, key, m1, "")
+		if !store.IsRetryable(err) {
+			t.Fatalf("PutManifestIf()=%v, want a retryable error", err)
+		}
+		// The retry finds the put landed.
+		_, err = s.PutManifestIf(ctx, key, m1, "")
+		wantKind(t, err, store.ErrPrecondition)
+		if got, tag, err := s.GetManifestTag(ctx, key); err != nil || !bytes.Equal(got, m1) || tag == "" {
+			t.Fatalf("GetManifestTag()=%d bytes, %q, %v, want the put manifest", len(got), tag, err)
+		}
+	})
+}

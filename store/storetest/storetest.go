@@ -431,6 +431,17 @@ func Run(t *testing.T, h Harness) {
 		}
 	})
 
+	if c, ok := s.(store.Conditional); ok && !h.ChunksOnly {
+		t.Run("Conditional", func(t *testing.T) {
+			if !c.ConditionalPuts() {
+				_, err := c.PutManifestIf(ctx, MustKey(t, "cond", "/no.db"), Manifest(t, "cond", "/no.db", 1, 1), "")
+				wantKind(t, err, store.ErrUnsupported)
+				return
+			}
+			RunConditional(t, c, wantKind)
+		})
+	}
+
 	t.Run("Canceled", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
@@ -458,4 +469,124 @@ func InfoKeys(l []store.ManifestInfo) []string {
 		out[i] = mi.Key
 	}
 	return out
+}
+
+// RunConditional runs the behaviour every store.Conditional that honours
+// conditional puts must share: a put on a stale entity tag, or on none
+// when a manifest is there, stores nothing and fails with
+// ErrPrecondition; of concurrent puts on the same tag, exactly one
+// lands. wantKind fails t unless an error is of the kind given (Run
+// passes its own).
+func RunConditional(t *testing.T, c store.Conditional, wantKind func(t *testing.T, err, kind error)) {
+	ctx := context.Background()
+	const host = "conditional"
+	// must(t)(c.PutManifestIf(…)) returns the tag of a put that must
+	// land.
+	must := func(t *testing.T) func(string, error) string {
+		return func(tag string, err error) string {
+			t.Helper()
+			if err != nil {
+				t.Fatalf("PutManifestIf()=%v, want nil", err)
+			}
+			if tag == "" {
+				t.Fatal("PutManifestIf() returned an empty entity tag")
+			}
+			return tag
+		}
+	}
+	stored := func(t *testing.T, key string, want []byte, wantTag string) {
+		t.Helper()
+		got, tag, err := c.GetManifestTag(ctx, key)
+		if err != nil {
+			t.Fatalf("GetManifestTag()=%v, want nil", err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("GetManifestTag() returned %d other bytes, want the %d of the last put that landed", len(got), len(want))
+		}
+		if wantTag != "" && tag != wantTag {
+			t.Fatalf("GetManifestTag() tag=%q, want %q", tag, wantTag)
+		}
+	}
+
+	t.Run("Sequence", func(t *testing.T) {
+		key := MustKey(t, host, "/seq.db")
+		m1 := Manifest(t, host, "/seq.db", 3, 1)
+		m2 := Manifest(t, host, "/seq.db", 3, 2)
+		m3 := Manifest(t, host, "/seq.db", 3, 3)
+		_, _, err := c.GetManifestTag(ctx, key)
+		wantKind(t, err, store.ErrNotFound)
+
+		tag1 := must(t)(c.PutManifestIf(ctx, key, m1, ""))
+		stored(t, key, m1, tag1)
+		// None expected, one there.
+		_, err = c.PutManifestIf(ctx, key, m2, "")
+		wantKind(t, err, store.ErrPrecondition)
+		stored(t, key, m1, tag1)
+
+		tag2 := must(t)(c.PutManifestIf(ctx, key, m2, tag1))
+		if tag2 == tag1 {
+			t.Fatalf("manifests of different bytes share the tag %q", tag1)
+		}
+		stored(t, key, m2, tag2)
+		// A stale tag: a delayed put of an older manifest, say.
+		_, err = c.PutManifestIf(ctx, key, m1, tag1)
+		wantKind(t, err, store.ErrPrecondition)
+		stored(t, key, m2, tag2)
+		_, err = c.PutManifestIf(ctx, key, m3, `"not-a-tag"`)
+		wantKind(t, err, store.ErrPrecondition)
+		stored(t, key, m2, tag2)
+
+		// Another writer, unconditionally: the tag moves on.
+		if err := c.(store.Store).PutManifest(ctx, key, m3); err != nil {
+			t.Fatalf("PutManifest()=%v", err)
+		}
+		_, err = c.PutManifestIf(ctx, key, m1, tag2)
+		wantKind(t, err, store.ErrPrecondition)
+		_, tag3, err := c.GetManifestTag(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored(t, key, m3, tag3)
+		tag4 := must(t)(c.PutManifestIf(ctx, key, m1, tag3))
+		stored(t, key, m1, tag4)
+		if got, err := c.(store.Store).GetManifest(ctx, key); err != nil || !bytes.Equal(got, m1) {
+			t.Fatalf("GetManifest()=%d bytes, %v, want the last put", len(got), err)
+		}
+	})
+
+	t.Run("Race", func(t *testing.T) {
+		key := MustKey(t, host, "/race.db")
+		tag0 := must(t)(c.PutManifestIf(ctx, key, Manifest(t, host, "/race.db", 2, 1), ""))
+		const n = 8
+		var (
+			wg   sync.WaitGroup
+			mu   sync.Mutex
+			won  []int
+			tags []string
+		)
+		ms := make([][]byte, n)
+		for i := range ms {
+			ms[i] = Manifest(t, host, "/race.db", 2, uint32(10+i))
+		}
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tag, err := c.PutManifestIf(ctx, key, ms[i], tag0)
+				switch {
+				case err == nil:
+					mu.Lock()
+					won, tags = append(won, i), append(tags, tag)
+					mu.Unlock()
+				case !errors.Is(err, store.ErrPrecondition):
+					t.Errorf("PutManifestIf() of writer %d=%v, want nil or ErrPrecondition", i, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if len(won) != 1 {
+			t.Fatalf("%d of %d puts on the same tag landed (%v), want exactly 1", len(won), n, won)
+		}
+		stored(t, key, ms[won[0]], tags[0])
+	})
 }
