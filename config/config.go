@@ -3,6 +3,7 @@ package config
 import (
 	"log/slog"
 	"os"
+	"time"
 )
 
 // EnvVar is the environment variable from which entry points read the
@@ -41,6 +42,13 @@ const (
 const (
 	DefaultCaptureMemoryMiB = 64
 	MaxCaptureMemoryMiB     = 1 << 16
+)
+
+// DefaultManifestPaceMs and MaxManifestPaceMs bound
+// [Config.ManifestPaceMs].
+const (
+	DefaultManifestPaceMs = 500
+	MaxManifestPaceMs     = 60_000
 )
 
 // MaxLocalCapacity bounds [LocalTarget.Capacity]: 2^47 chunks of 64 KiB
@@ -128,6 +136,15 @@ type Config struct {
 	// during the commit instead. Zero means [DefaultCaptureMemoryMiB];
 	// at most [MaxCaptureMemoryMiB]. This key is Boule's addition.
 	CaptureMemoryMiB int
+
+	// ManifestPaceMs ("manifest_pace_ms") is the least time, in
+	// milliseconds, between two uploads of one database's manifest to
+	// targets that honour conditional puts (If-Match): the replication
+	// lag's floor, traded against requests. Targets without them keep
+	// 1,100 ms or this, whichever is longer (doc/OPERATIONS.md,
+	// "Manifest pacing"). Zero means [DefaultManifestPaceMs]; at most
+	// [MaxManifestPaceMs]. This key is Boule's addition.
+	ManifestPaceMs int
 
 	// Logger receives Boule's log records. It is not read from JSON;
 	// nil means slog.Default(), so that what stops replication reaches
@@ -304,6 +321,15 @@ func (t Target) kinds() []string {
 // only the permission bits (0o777).
 func (c Config) Permissions() os.FileMode {
 	return os.FileMode((c.ReplicationSpoolingDirPermissions | 0o700) & 0o777)
+}
+
+// ManifestPace returns ManifestPaceMs as a duration, or
+// [DefaultManifestPaceMs] when that is zero.
+func (c Config) ManifestPace() time.Duration {
+	if c.ManifestPaceMs == 0 {
+		return DefaultManifestPaceMs * time.Millisecond
+	}
+	return time.Duration(c.ManifestPaceMs) * time.Millisecond
 }
 
 // Rate returns the rate limit in API calls per second for each

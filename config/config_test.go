@@ -111,7 +111,7 @@ var validCases = []validCase{
 		json: `{"make_default":true,"tempdir":"/tmp/boule","replication_spooling_dir":"/spool",
 			"replication_spooling_dir_permissions":488,"replication_targets":[{"dir":{"path":"/r"}}],
 			"snapshot_loading_policy":"eager","max_requests_per_second":12.5,"pack_chunks":16,
-			"capture_memory_mib":128}`,
+			"capture_memory_mib":128,"manifest_pace_ms":250}`,
 		want: Config{
 			MakeDefault:                       true,
 			Tempdir:                           "/tmp/boule",
@@ -122,6 +122,7 @@ var validCases = []validCase{
 			MaxRequestsPerSecond:              12.5,
 			PackChunks:                        16,
 			CaptureMemoryMiB:                  128,
+			ManifestPaceMs:                    250,
 		},
 	},
 	{
@@ -129,7 +130,7 @@ var validCases = []validCase{
 		json: `{"make_default":null,"tempdir":null,"replication_spooling_dir":null,
 			"replication_spooling_dir_permissions":null,"replication_targets":null,
 			"snapshot_loading_policy":null,"max_requests_per_second":null,"pack_chunks":null,
-			"capture_memory_mib":null}`,
+			"capture_memory_mib":null,"manifest_pace_ms":null}`,
 		want: Config{},
 	},
 	{
@@ -358,6 +359,9 @@ var invalidCases = []invalidCase{
 	{name: "pack_chunks fraction", json: `{"pack_chunks":2.5}`, key: "pack_chunks", want: []string{"got 2.5"}},
 	{name: "capture_memory_mib zero", json: `{"capture_memory_mib":0}`, key: "capture_memory_mib", want: []string{"from 1 to 65536", "got 0", "default of 64"}},
 	{name: "capture_memory_mib negative", json: `{"capture_memory_mib":-5}`, key: "capture_memory_mib", want: []string{"got -5"}},
+	{name: "manifest_pace_ms zero", json: `{"manifest_pace_ms":0}`, key: "manifest_pace_ms", want: []string{"from 1 to 60000", "got 0", "default of 500"}},
+	{name: "manifest_pace_ms too large", json: `{"manifest_pace_ms":60001}`, key: "manifest_pace_ms", want: []string{"got 60001"}},
+	{name: "manifest_pace_ms fraction", json: `{"manifest_pace_ms":0.5}`, key: "manifest_pace_ms", want: []string{"from 1 to 60000"}},
 	{name: "pack_chunks string", json: `{"pack_chunks":"64"}`, key: "pack_chunks", want: []string{"expected a number, got string"}},
 	{name: "rate string", json: `{"max_requests_per_second":"30"}`, key: "max_requests_per_second", want: []string{"expected a number, got string"}},
 	{name: "rate zero", json: `{"max_requests_per_second":0}`, key: "max_requests_per_second", want: []string{"must be greater than 0"}},
@@ -460,6 +464,7 @@ func TestValidate(t *testing.T) {
 		{name: "negative rate", cfg: Config{MaxRequestsPerSecond: -1}, key: "max_requests_per_second", want: "positive and finite"},
 		{name: "pack_chunks too large", cfg: Config{PackChunks: 5000}, key: "pack_chunks", want: "from 1 to 1024"},
 		{name: "capture_memory_mib too large", cfg: Config{CaptureMemoryMiB: 1 << 20}, key: "capture_memory_mib", want: "from 1 to 65536 MiB"},
+		{name: "manifest_pace_ms too large", cfg: Config{ManifestPaceMs: 1 << 20}, key: "manifest_pace_ms", want: "from 1 to 60000 ms"},
 		{name: "NaN rate", cfg: Config{MaxRequestsPerSecond: math.NaN()}, key: "max_requests_per_second", want: "positive and finite"},
 		{name: "infinite rate", cfg: Config{MaxRequestsPerSecond: math.Inf(1)}, key: "max_requests_per_second", want: "positive and finite"},
 		{name: "unknown policy", cfg: Config{SnapshotLoadingPolicy: LoadingPolicy{Kind: "lazy"}}, key: "snapshot_loading_policy", want: `unknown policy "lazy"`},

@@ -43,6 +43,13 @@ func decodeConfig(raw json.RawMessage) (Config, error) {
 	if c.CaptureMemoryMiB, err = decodeCaptureMemory(o); err != nil {
 		return Config{}, err
 	}
+	var pace uint64
+	if pace, err = decodeUint(o, uintKey{key: "manifest_pace_ms", least: 1, most: MaxManifestPaceMs,
+		expected: fmt.Sprintf("expected a number of milliseconds from 1 to %d", MaxManifestPaceMs),
+		hint:     fmt.Sprintf(" (omit the key for the default of %d)", DefaultManifestPaceMs)}); err != nil {
+		return Config{}, err
+	}
+	c.ManifestPaceMs = int(pace)
 	var v uint64
 	if v, err = decodeAtLeast(o, "replica_memory_limit", MinReplicaMemoryLimit, 1<<50); err != nil {
 		return Config{}, err

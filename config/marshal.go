@@ -19,6 +19,7 @@ type wireConfig struct {
 	ReplicaMemoryLimit     int64           `json:"replica_memory_limit,omitempty"`
 	ReplicaMaxMappedChunks int             `json:"replica_max_mapped_chunks,omitempty"`
 	CaptureMemoryMiB       int             `json:"capture_memory_mib,omitempty"`
+	ManifestPaceMs         int             `json:"manifest_pace_ms,omitempty"`
 }
 
 // wirePartial is the body of the "partial" loading policy.
@@ -47,6 +48,7 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		ReplicaMemoryLimit:     c.ReplicaMemoryLimit,
 		ReplicaMaxMappedChunks: c.ReplicaMaxMappedChunks,
 		CaptureMemoryMiB:       c.CaptureMemoryMiB,
+		ManifestPaceMs:         c.ManifestPaceMs,
 	}
 	if w.ReplicationTargets == nil {
 		w.ReplicationTargets = []Target{}

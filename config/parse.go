@@ -30,6 +30,7 @@ var topKeys = []string{
 	"replica_memory_limit",
 	"replica_max_mapped_chunks",
 	"capture_memory_mib",
+	"manifest_pace_ms",
 }
 
 // targetKinds lists the kinds of replication targets in the order used

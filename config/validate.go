@@ -75,6 +75,10 @@ func (c *Config) Validate() error {
 		return &Error{Key: "capture_memory_mib", Msg: fmt.Sprintf(
 			"must be from 1 to %d MiB (0 for the default), got %d", MaxCaptureMemoryMiB, m)}
 	}
+	if m := c.ManifestPaceMs; m < 0 || m > MaxManifestPaceMs {
+		return &Error{Key: "manifest_pace_ms", Msg: fmt.Sprintf(
+			"must be from 1 to %d ms (0 for the default), got %d", MaxManifestPaceMs, m)}
+	}
 	return nil
 }
 

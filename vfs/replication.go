@@ -37,9 +37,13 @@ func newUploader(cfg Config, targets []store.Target, log *slog.Logger) (*upload.
 		return nil, nil
 	}
 	return upload.New(upload.Options{
-		Targets:    targets,
-		Rate:       cfg.Rate(),
-		PackChunks: cfg.PackChunks,
+		Targets: targets,
+		Rate:    cfg.Rate(),
+		// The pace on stores with conditional puts; the others keep
+		// the old gap, or the pace when it is longer.
+		ConditionalGap: cfg.ManifestPace(),
+		ManifestGap:    max(upload.DefaultManifestGap, cfg.ManifestPace()),
+		PackChunks:     cfg.PackChunks,
 		// pack_chunks 1 is for readers older than packs: older than
 		// format v2 manifests too.
 		WholeManifests: cfg.PackChunks == 1,

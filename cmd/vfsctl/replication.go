@@ -39,7 +39,8 @@ func uploader(ctx context.Context, cfg config.Config, g *globals, root string) (
 	if err != nil {
 		return nil, usageError{err.Error()}
 	}
-	opts := upload.Options{Targets: targets, Rate: cfg.Rate(), Logger: g.logger}
+	opts := upload.Options{Targets: targets, Rate: cfg.Rate(), Logger: g.logger,
+		ConditionalGap: cfg.ManifestPace(), ManifestGap: max(upload.DefaultManifestGap, cfg.ManifestPace())}
 	if root != "" {
 		opts.Restage = restager(cfg, root)
 	}
