@@ -57,9 +57,37 @@ type Binding struct {
 	// Used reports whether chunk i was read since the last call, and
 	// clears that; it may be called at any time before OnClose.
 	Used func(i int) bool
+	// OnFile, if set, is called under the snapshot's lock when the
+	// reader knows that chunk i's verified bytes are in the cache file
+	// stamped st (at CacheFiles' Path): it mapped the chunk from there,
+	// or wrote the file itself. As long as a file opened at that path
+	// has that stamp (and is its user's, with no write bit), it holds
+	// chunk i: the VFS may read a chunk that is not held from there,
+	// without asking the reader again.
+	OnFile func(i int, st FileStamp)
 	// OnClose is called when the last reference is released, after
 	// which no other function is called.
 	OnClose func()
+}
+
+// CacheFiles returns the directory and the number of shards of the chunk
+// cache that Binding.OnFile speaks of (cache.Store.Path), or "" and 0
+// when the reader has none.
+func (s *Snapshot) CacheFiles() (dir string, shards int) {
+	if c := s.rep.r.cache; c != nil {
+		return c.Dir(), c.Shards()
+	}
+	return "", 0
+}
+
+// noteFile tells the VFS, if the snapshot is still in use, that chunk i's
+// verified bytes are in the cache file st (Binding.OnFile).
+func (s *Snapshot) noteFile(i int, st FileStamp) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed && s.bound.OnFile != nil {
+		s.bound.OnFile(i, st)
+	}
 }
 
 func newSnapshot(rp *Replica, m *manifest.Manifest, sum manifest.Fingerprint, from int, fetched time.Time) *Snapshot {
@@ -295,9 +323,9 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 		defer cancel()
 		paced := s.pacedLoad()
 		if ref, ok := s.packIndex().Ref(i); ok {
-			return r.loadChunk(load, fp, want, &ref, paced)
+			return r.loadChunk(load, fp, want, &ref, paced, s, i)
 		}
-		return r.loadChunk(load, fp, want, nil, paced)
+		return r.loadChunk(load, fp, want, nil, paced, s, i)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
@@ -318,6 +346,9 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 	s.nMapped++
 	if s.bound.OnChunk != nil {
 		s.bound.OnChunk(i, m.b)
+	}
+	if m.file && s.bound.OnFile != nil {
+		s.bound.OnFile(i, m.stamp)
 	}
 	over := r.pool.add(e) // under s.mu: unref finds e in maps or not at all
 	s.mu.Unlock()
@@ -461,7 +492,7 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
 	}
-	return r.cacheWait(ctx, fp, data)
+	return r.cacheWait(ctx, fp, data, s, i)
 }
 
 // startPrefetch fetches every chunk in the background, in file order (a
