@@ -462,6 +462,7 @@ func peakMemory(f func()) memPeaks {
 // the default memory bounds and the process's peak RssAnon during each;
 // then a restore of the database from the store against cp and sync.
 //
+// BOULE_BENCH_MAXMAPPED sets replica_max_mapped_chunks.
 // BOULE_BENCH_DIR keeps the database and its store in that directory
 // between runs (filled once per size), for the large sizes; without it
 // they are in a temp directory. Each cold run's chunk cache is removed
@@ -482,6 +483,10 @@ func BenchmarkLargeScan(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	// BOULE_BENCH_MAXMAPPED sets replica_max_mapped_chunks (0: the
+	// default, half of vm.max_map_count), so that a smaller replica
+	// exceeds the chunks the process may hold.
+	maxMapped, _ := strconv.Atoi(os.Getenv("BOULE_BENCH_MAXMAPPED"))
 	storeDir := filepath.Join(tmpdir, "store")
 	tg := config.Target{Dir: &config.DirTarget{Path: storeDir}}
 	path := filepath.Join(tmpdir, "large.db")
@@ -564,7 +569,7 @@ func BenchmarkLargeScan(b *testing.B) {
 			b.Fatal(err)
 		}
 		cache := config.Target{Local: &config.LocalTarget{Directory: cacheDir, NumShards: 16, Capacity: 1 << 20}}
-		if err := vfs.Register(vfs.Config{ReplicationTargets: []config.Target{cache, tg}}); err != nil {
+		if err := vfs.Register(vfs.Config{ReplicationTargets: []config.Target{cache, tg}, ReplicaMaxMappedChunks: maxMapped}); err != nil {
 			b.Fatal(err)
 		}
 		if rep, err = sql.Open("sqlite3", "file:boule://"+path+"?vfs=boule_snapshot"); err != nil {
