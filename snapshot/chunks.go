@@ -642,6 +642,14 @@ func (w *writtenFiles) clear() {
 	w.files = nil
 }
 
+// get returns the stamp recorded for chunk fp's file, if any.
+func (w *writtenFiles) get(fp manifest.Fingerprint) (FileStamp, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, ok := w.files[fp]
+	return st, ok
+}
+
 // same reports whether fi is the file recorded for chunk fp, unchanged.
 func (w *writtenFiles) same(fp manifest.Fingerprint, fi fs.FileInfo) bool {
 	s, ok := stampOf(fi)
