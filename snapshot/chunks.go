@@ -425,16 +425,7 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
 				for {
 					select {
 					case it := <-r.cacheQ:
-						fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
-						if err != nil {
-							r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
-						} else if fi != nil {
-							r.written.note(it.fp, fi) // it.data was verified
-							if st, ok := stampOf(fi); ok && it.s != nil {
-								it.s.noteFile(it.i, st)
-							}
-						}
-						r.cacheDone(it.fp)
+						r.writeCached(it)
 					case <-r.ctx.Done():
 						return
 					}
@@ -474,6 +465,21 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
 	}
 	r.cacheDone(fp)
 	return false
+}
+
+// writeCached is a cache writer's work for it: write the file, record
+// it, and tell the snapshot it was fetched for.
+func (r *Reader) writeCached(it cacheItem) {
+	fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
+	if err != nil {
+		r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
+	} else if fi != nil {
+		r.written.note(it.fp, fi) // it.data was verified
+		if st, ok := stampOf(fi); ok && it.s != nil {
+			it.s.noteFile(it.i, st)
+		}
+	}
+	r.cacheDone(it.fp)
 }
 
 // cacheDone records that chunk fp left the cache writer's queue: written,

@@ -20,6 +20,10 @@ func TestOnFileNamesCacheFiles(t *testing.T) {
 	f := newFixture(t)
 	m := publishPacked(t, f.store, "/data/files.db", db(35, 17), 8) // chunk 0 inline; 2 is 1 again
 	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 64})
+	// The cache writer waits until every chunk is loaded: a file written
+	// before its chunk's copy is held lets nothing go (the copy is let
+	// go with the others, by the pool's clock).
+	q := stallCacheWriter(r, 64)
 	c := mustOpen(t, r, "boule:///data/files.db")
 	defer c.Close()
 	s := c.Snapshot()
@@ -36,7 +40,9 @@ func TestOnFileNamesCacheFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r.cachePending.Wait()
+	for len(q) > 0 {
+		r.writeCached(<-q)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for i := 1; i < len(m.Chunks); i++ {
