@@ -43,8 +43,8 @@
 ** BOULE_VIEW_PAGE pointers followed by BOULE_VIEW_PAGE uint32_t "used"
 ** flags, which reads set and Go's clock clears (boule_view_used). */
 /* A cache file that holds a chunk's verified bytes, as Go last saw it:
-** inode and change time (ns), on the view's cacheDev. ctime is 0 while
-** the stamp is being written, or when there is none
+** inode and change time (ns), on the view's cacheDev; ctime 0 when
+** there is none. Under a lock of boule_snapshot.c's
 ** (boule_view_set_stamp). */
 typedef struct BouleStamp {
   uint64_t ino;
