@@ -46,21 +46,23 @@ func (d ReadOnlyDir) path(fp manifest.Fingerprint) string {
 // across snapshots and connections, and unmapped when the last user lets
 // go.
 type mapping struct {
-	b    []byte
-	refs int
-	free func() // unmaps b or frees its slab slot
-	anon bool   // b is a copy in a slab, not a file's mapping
-	file bool   // b is a whole mapping of a file (see unmapFiles)
+	b     []byte
+	refs  int
+	free  func()    // unmaps b or frees its slab slot
+	anon  bool      // b is a copy in a slab, not a file's mapping
+	file  bool      // b is a whole mapping of a file (see unmapFiles)
+	stamp FileStamp // the cache file b was mapped from, when file
 }
 
 // loaded is what a loadFunc returns: a chunk's bytes outside the Go
 // heap, the function that releases them, and whether they are a copy in
 // anonymous memory.
 type loaded struct {
-	b    []byte
-	free func()
-	anon bool
-	file bool // b is a whole mapping of a file, which free unmaps
+	b     []byte
+	free  func()
+	anon  bool
+	file  bool      // b is a whole mapping of a file, which free unmaps
+	stamp FileStamp // that file, verified, when file
 }
 
 type flight struct {
@@ -132,7 +134,7 @@ func (c *chunkMaps) run(fp manifest.Fingerprint, f *flight, load loadFunc) {
 		l.free()
 		f.err = errClosed
 	default:
-		f.m = &mapping{b: l.b, free: l.free, anon: l.anon, file: l.file}
+		f.m = &mapping{b: l.b, free: l.free, anon: l.anon, file: l.file, stamp: l.stamp}
 		c.maps[fp] = f.m
 	}
 	c.mu.Unlock()
@@ -274,7 +276,10 @@ func (c *chunkMaps) mapped() int {
 // chunks uncached, and the prefetch fetched and decoded their packs a
 // second time to cache them (469 pack GETs for 251 packs in a cold 1 GiB
 // scan).
-func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef, paced bool) (loaded, error) {
+//
+// A chunk fetched from a store is written to the cache for chunk i of
+// s, which learns of the file (Snapshot.noteFile) once it is written.
+func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef, paced bool, s *Snapshot, i int) (loaded, error) {
 	var errs []error
 	if r.cache != nil {
 		l, err := r.loadCached(ctx, fp, want)
@@ -315,7 +320,7 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		if err != nil {
 			return loaded{}, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(append(errs, err)...))
 		}
-		r.cacheRead(fp, data, paced)
+		r.cacheRead(fp, data, paced, s, i)
 		return r.slabs.copy(data)
 	}
 	data, err := r.remoteChunk(ctx, fp, want)
@@ -328,7 +333,7 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 	// Creating a file costs a few hundred microseconds on some file
 	// systems: the cache file, for the other processes of the host, is
 	// written off the read path.
-	r.cacheRead(fp, data, paced)
+	r.cacheRead(fp, data, paced, s, i)
 	return r.slabs.copy(data)
 }
 
@@ -345,17 +350,18 @@ const defaultPaceAfter = 256
 
 // cacheRead queues a chunk a read fetched for the cache: at once or not
 // at all, or, if paced, waiting up to the reader's cachePace.
-func (r *Reader) cacheRead(fp manifest.Fingerprint, data []byte, paced bool) {
+func (r *Reader) cacheRead(fp manifest.Fingerprint, data []byte, paced bool, s *Snapshot, i int) {
+	it := cacheItem{fp: fp, data: data, s: s, i: i}
 	if !paced {
-		r.cacheLater(fp, data)
+		r.enqueueCache(nil, it)
 		return
 	}
-	if r.enqueueCache(nil, fp, data) {
+	if r.enqueueCache(nil, it) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, r.cachePace)
 	defer cancel()
-	r.enqueueCache(ctx.Done(), fp, data)
+	r.enqueueCache(ctx.Done(), it)
 }
 
 // errNoStore is returned for a chunk that no store could be asked for.
@@ -392,28 +398,23 @@ func (r *Reader) remoteChunk(ctx context.Context, fp manifest.Fingerprint, want 
 // than two, when each addition to the cache listed its shard.)
 const cacheWriters = 4
 
-// cacheLater queues a verified chunk for writing to the local cache; when
-// the queue is full the chunk is not cached.
-func (r *Reader) cacheLater(fp manifest.Fingerprint, data []byte) {
-	r.enqueueCache(nil, fp, data)
-}
-
 // cacheWait queues a verified chunk for writing to the local cache, and
 // waits for room in the queue if it is full (the prefetch of a snapshot
 // that does not fit in memory: the queue, not the prefetch, sets the
 // pace, and the files are written by one goroutine as for reads).
-func (r *Reader) cacheWait(ctx context.Context, fp manifest.Fingerprint, data []byte) error {
-	if !r.enqueueCache(ctx.Done(), fp, data) {
+func (r *Reader) cacheWait(ctx context.Context, fp manifest.Fingerprint, data []byte, s *Snapshot, i int) error {
+	if !r.enqueueCache(ctx.Done(), cacheItem{fp: fp, data: data, s: s, i: i}) {
 		return ctx.Err()
 	}
 	return nil
 }
 
-// enqueueCache queues fp for the cache writer; with a nil stop it gives
+// enqueueCache queues it for the cache writer; with a nil stop it gives
 // up at once if the queue is full, otherwise it waits until stop. It
 // reports whether the chunk was queued (or there is no cache). A chunk
 // queued already is not queued again, and reported queued.
-func (r *Reader) enqueueCache(stop <-chan struct{}, fp manifest.Fingerprint, data []byte) bool {
+func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
+	fp := it.fp
 	if r.cache == nil {
 		return true
 	}
@@ -424,13 +425,7 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, fp manifest.Fingerprint, dat
 				for {
 					select {
 					case it := <-r.cacheQ:
-						fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
-						if err != nil {
-							r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
-						} else if fi != nil {
-							r.written.note(it.fp, fi) // it.data was verified
-						}
-						r.cacheDone(it.fp)
+						r.writeCached(it)
 					case <-r.ctx.Done():
 						return
 					}
@@ -456,13 +451,13 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, fp manifest.Fingerprint, dat
 	r.cachePending.Add(1)
 	r.cacheMu.Unlock()
 	select {
-	case r.cacheQ <- cacheItem{fp, data}:
+	case r.cacheQ <- it:
 		return true
 	default:
 	}
 	if stop != nil {
 		select {
-		case r.cacheQ <- cacheItem{fp, data}:
+		case r.cacheQ <- it:
 			return true
 		case <-stop:
 		case <-r.ctx.Done():
@@ -470,6 +465,21 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, fp manifest.Fingerprint, dat
 	}
 	r.cacheDone(fp)
 	return false
+}
+
+// writeCached is a cache writer's work for it: write the file, record
+// it, and tell the snapshot it was fetched for.
+func (r *Reader) writeCached(it cacheItem) {
+	fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
+	if err != nil {
+		r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
+	} else if fi != nil {
+		r.written.note(it.fp, fi) // it.data was verified
+		if st, ok := stampOf(fi); ok && it.s != nil {
+			it.s.noteFile(it.i, st)
+		}
+	}
+	r.cacheDone(it.fp)
 }
 
 // cacheDone records that chunk fp left the cache writer's queue: written,
@@ -489,9 +499,13 @@ func (r *Reader) isQueued(fp manifest.Fingerprint) bool {
 	return ok
 }
 
+// A cacheItem is a verified chunk for the cache writers, and the chunk
+// of a snapshot it was fetched for, if any, which learns of the file.
 type cacheItem struct {
 	fp   manifest.Fingerprint
 	data []byte
+	s    *Snapshot
+	i    int
 }
 
 // loadCached returns the want bytes of chunk fp from the local cache,
@@ -541,13 +555,19 @@ func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want i
 	}
 	b := unsafe.Slice((*byte)(ptr), want)
 	free := func() { _ = unix.MunmapPtr(ptr, uintptr(want)) }
-	known := r.written.same(fp, st)
-	if !known && manifest.Sum(b) != fp {
-		free()
-		return loaded{}, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
+	if !r.written.same(fp, st) {
+		if manifest.Sum(b) != fp {
+			free()
+			return loaded{}, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
+		}
+		// Verified now, as if this process had written it: mapped
+		// again, or read by the VFS (Binding.OnFile), it is not hashed
+		// again while it is unchanged.
+		r.written.note(fp, st)
 	}
-	r.touch(ctx, fp, st, f, known)
-	return loaded{b: b, free: free, file: true}, nil
+	cur := r.touch(ctx, fp, st, f, true)
+	stamp, _ := stampOf(cur)
+	return loaded{b: b, free: free, file: true, stamp: stamp}, nil
 }
 
 // touchAge is how old a cache file's mtime may be before a read refreshes
@@ -555,18 +575,21 @@ func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want i
 const touchAge = time.Minute
 
 // touch refreshes the mtime of chunk fp's cache file, st, if it is older
-// than touchAge. If the file was known to hold the verified bytes (known),
-// its new change time is recorded from f, the open file.
-func (r *Reader) touch(ctx context.Context, fp manifest.Fingerprint, st fs.FileInfo, f *os.File, known bool) {
+// than touchAge, and returns the file's status after it. If the file was
+// known to hold the verified bytes (known), its new change time is
+// recorded from f, the open file.
+func (r *Reader) touch(ctx context.Context, fp manifest.Fingerprint, st fs.FileInfo, f *os.File, known bool) fs.FileInfo {
 	if time.Since(st.ModTime()) < touchAge {
-		return
+		return st
 	}
 	_ = r.cache.TouchChunk(ctx, fp)
 	if known {
 		if now, err := f.Stat(); err == nil && now.Size() == st.Size() {
 			r.written.note(fp, now)
+			return now
 		}
 	}
+	return st
 }
 
 // writtenFiles remembers the cache files this process wrote from verified
@@ -576,22 +599,26 @@ func (r *Reader) touch(ctx context.Context, fp manifest.Fingerprint, st fs.FileI
 type writtenFiles struct {
 	mu    sync.Mutex
 	max   int
-	files map[manifest.Fingerprint]fileStamp
+	files map[manifest.Fingerprint]FileStamp
 }
 
-type fileStamp struct {
-	dev, ino uint64
-	size     int64
-	ctime    int64 // ns
+// A FileStamp is what identifies a cache file and its state: its device,
+// inode, size and change time (ns). Any write, truncation, chmod or
+// replacement of the file changes it (except one by the owner within the
+// same clock tick as the stamp was taken).
+type FileStamp struct {
+	Dev, Ino uint64
+	Size     int64
+	Ctime    int64
 }
 
-func stampOf(fi fs.FileInfo) (fileStamp, bool) {
+func stampOf(fi fs.FileInfo) (FileStamp, bool) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return fileStamp{}, false
+		return FileStamp{}, false
 	}
 	ct := statCtim(st)
-	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, ctime: ct.Nano()}, true
+	return FileStamp{Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size, Ctime: ct.Nano()}, true
 }
 
 // note records that the file fi holds the verified bytes of chunk fp.
@@ -603,7 +630,7 @@ func (w *writtenFiles) note(fp manifest.Fingerprint, fi fs.FileInfo) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.files == nil {
-		w.files = map[manifest.Fingerprint]fileStamp{}
+		w.files = map[manifest.Fingerprint]FileStamp{}
 	}
 	if _, had := w.files[fp]; !had && len(w.files) >= w.max {
 		for k := range w.files {
@@ -619,6 +646,14 @@ func (w *writtenFiles) clear() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.files = nil
+}
+
+// get returns the stamp recorded for chunk fp's file, if any.
+func (w *writtenFiles) get(fp manifest.Fingerprint) (FileStamp, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, ok := w.files[fp]
+	return st, ok
 }
 
 // same reports whether fi is the file recorded for chunk fp, unchanged.

@@ -114,6 +114,20 @@ func (p *pool) forget(es []*entry) []*entry {
 	return kept
 }
 
+// take marks e gone, as an eviction does, unless it is already, and
+// reports whether it did: the caller then takes e out of its snapshot's
+// view, waits for the reads (quiesce), and releases it.
+func (p *pool) take(e *entry) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e.gone {
+		return false
+	}
+	p.dropLocked(e)
+	p.compactLocked()
+	return true
+}
+
 func (p *pool) dropLocked(e *entry) {
 	e.gone = true
 	p.dead++

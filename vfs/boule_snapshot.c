@@ -11,7 +11,8 @@
 ** (bouleGoSnapChunk): once per chunk per snapshot while the replica fits
 ** in the process's bounds, and again for a chunk Go let go since (see
 ** boule_snapshot.h for how a read and an eviction stay out of each
-** other's way). A connection changes
+** other's way), unless Go vouched for the chunk's file in the chunk
+** cache: then C reads the file (snap_read_file). A connection changes
 ** snapshot only between transactions: at the NONE->SHARED lock when
 ** auto-refresh is on and the replica has a newer one, or through the
 ** refresh pragmas, which refuse to run while a lock is held.
@@ -21,8 +22,14 @@
 */
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "boule_snapshot.h"
 
@@ -40,6 +47,11 @@ typedef struct SnapFile {
   uint64_t *readSeq;    /* odd while a read uses a chunk's bytes (Go's) */
   int autoRefresh;
   int eLock;
+  int fd;               /* a chunk's cache file (snap_read_file), or -1 */
+  int64_t fdChunk;      /* the chunk of view whose file fd is */
+  unsigned char *buf;   /* BOULE_CHUNK_SIZE bytes, or NULL until needed */
+  int buffered;         /* buf holds fdChunk's bytes (fd open) */
+  int64_t lastChunk;    /* the chunk the last read from a file was in */
 } SnapFile;
 
 static sqlite3_vfs snap_vfs;
@@ -50,14 +62,226 @@ static int is_replica_name(const char *z) {
                     strncmp(z, VERNEUIL_SCHEME, sizeof(VERNEUIL_SCHEME) - 1) == 0);
 }
 
+/* Closes the connection's chunk file, if any. */
+static void snap_drop_file(SnapFile *p) {
+  if (p->fd >= 0) close(p->fd);
+  p->fd = -1;
+  p->buffered = 0;
+}
+
 /* Takes the view and flags Go returned. */
 static void snap_take(SnapFile *p, const BouleSnapOut *out) {
+  /* The file belongs to a chunk of the view: another view (which may
+  ** even be at the old one's address, once that is freed) is another
+  ** snapshot. */
+  if (out->view != p->view) snap_drop_file(p);
   p->view = out->view;
   p->autoRefresh = out->autoRefresh;
 }
 
+/*
+** Chunks read from their cache files.
+**
+** A chunk that Go does not hold (its pointer is NULL) may still have a
+** stamp: Go mapped it from a cache file it had verified, or wrote that
+** file itself from verified bytes (Binding.OnFile in package snapshot),
+** and recorded the file's inode and change time. A file with that
+** stamp, on the cache's device, still holds those bytes: any write,
+** truncation, chmod or replacement changes the change time or the inode
+** (except one by the owner within the same clock tick). So C opens the
+** file at the chunk's path in the cache (cache.Store.Path: the cache
+** directory, the shard as three digits, the fingerprint in hex) without
+** following a symbolic link or blocking, and reads from it only if it is
+** a regular file of this process's effective user, with no write bit,
+** of the chunk's size, and with that stamp: the rule by which Go maps a
+** cache file (OpenChunk, loadCached). The bytes then are the verified
+** ones, and nobody but the file's owner (who could as well change a
+** mapping of it) can change them while the file is open. A file evicted
+** from the cache while it is open stays readable through the open file;
+** one evicted before is missing, and the read asks Go, as it does for
+** any file that does not match.
+**
+** A connection keeps the file of the last chunk it read this way open
+** (one descriptor per connection) and reads it with pread: nothing is
+** mapped, so no count of mappings or memory bound is involved, and a
+** scan of a replica larger than what the process may hold costs an open
+** and an fstat per chunk, not a call into Go. A read in the chunk the
+** connection's last file read was in, or in the next one, as a scan's
+** are, reads the whole chunk into the connection's buffer (64 KiB,
+** allocated on first use), and the chunk's next reads copy from there:
+** one pread per chunk rather than one per page (a system call costs
+** about a microsecond on the benchmark's virtual machine, as much as
+** copying the page). Other reads pread just what they need.
+**
+** Stamps live in pages of BOULE_VIEW_PAGE, allocated as stamps are set,
+** at most stamp_pages_max pages in the process (Go sets it from the
+** memory limit). Go sets them, and C after it refreshes a file's times;
+** all of it under stamp_mu, which a read takes only to open a file
+** (an open costs microseconds; the lock, uncontended, nanoseconds).
+*/
+static pthread_mutex_t stamp_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t stamp_pages_used;    /* under stamp_mu */
+static int64_t stamp_pages_max = 4; /* under stamp_mu */
+
+void boule_snap_stamp_budget(int64_t pages) {
+  pthread_mutex_lock(&stamp_mu);
+  stamp_pages_max = pages;
+  pthread_mutex_unlock(&stamp_mu);
+}
+
+int boule_view_set_stamp(BouleView *v, int64_t i, uint64_t ino, int64_t ctime) {
+  BouleStamp *page;
+  int ok = 1;
+  if (v->stamps == 0 || i < 0 || i >= v->nChunks || ctime == 0) return 0;
+  pthread_mutex_lock(&stamp_mu);
+  page = v->stamps[i >> BOULE_VIEW_PAGE_SHIFT];
+  if (page == 0 && stamp_pages_used < stamp_pages_max &&
+      (page = calloc(BOULE_VIEW_PAGE, sizeof(BouleStamp))) != 0) {
+    stamp_pages_used++;
+    v->stamps[i >> BOULE_VIEW_PAGE_SHIFT] = page;
+  }
+  if (page != 0) {
+    page[i & (BOULE_VIEW_PAGE - 1)].ino = ino;
+    page[i & (BOULE_VIEW_PAGE - 1)].ctime = ctime;
+  } else {
+    ok = 0;
+  }
+  pthread_mutex_unlock(&stamp_mu);
+  return ok;
+}
+
+void boule_view_free_stamps(BouleView *v) {
+  int64_t n = (v->nChunks + BOULE_VIEW_PAGE - 1) / BOULE_VIEW_PAGE;
+  if (v->stamps == 0) return;
+  pthread_mutex_lock(&stamp_mu);
+  for (int64_t k = 0; k < n; k++) {
+    if (v->stamps[k] != 0) {
+      free(v->stamps[k]);
+      v->stamps[k] = 0;
+      stamp_pages_used--;
+    }
+  }
+  pthread_mutex_unlock(&stamp_mu);
+}
+
+/* Loads chunk ci's stamp into *out; 0 if it has none. */
+static int stamp_load(BouleView *v, int64_t ci, BouleStamp *out) {
+  BouleStamp *page;
+  if (v->stamps == 0) return 0;
+  pthread_mutex_lock(&stamp_mu);
+  page = v->stamps[ci >> BOULE_VIEW_PAGE_SHIFT];
+  if (page != 0) *out = page[ci & (BOULE_VIEW_PAGE - 1)];
+  pthread_mutex_unlock(&stamp_mu);
+  return page != 0 && out->ctime != 0;
+}
+
+static int64_t ctime_ns(const struct stat *st) {
+  return (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+}
+
+/* How old a cache file's mtime may be before a read refreshes it, in
+** seconds: the cache evicts the least recently used files by mtime (Go's
+** touchAge). */
+#define SNAP_TOUCH_AGE 60
+
+/* Opens chunk ci's cache file, of clen bytes, if it is the one stamped
+** *s (see above). Returns the descriptor, or -1. */
+static int snap_open_chunk(BouleView *v, int64_t ci, int64_t clen, const BouleStamp *s) {
+  static const char hex[] = "0123456789abcdef";
+  char path[4096 + 80];
+  const unsigned char *fp;
+  size_t dl;
+  int fd, n;
+  struct stat st;
+  if (v->fps == 0 || v->cacheDir == 0 || v->cacheShards <= 0) return -1;
+  dl = strlen(v->cacheDir);
+  if (dl > 4096) return -1;
+  fp = v->fps + (size_t)ci * 32;
+  n = snprintf(path, sizeof(path) - 66, "%s/%03d/", v->cacheDir, ((fp[0] << 8) | fp[1]) % v->cacheShards);
+  if (n < 0 || (size_t)n >= sizeof(path) - 66) return -1;
+  for (int k = 0; k < 32; k++) {
+    path[n++] = hex[fp[k] >> 4];
+    path[n++] = hex[fp[k] & 15];
+  }
+  path[n] = 0;
+  fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return -1;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 0222) != 0 ||
+      st.st_size != clen || (uint64_t)st.st_dev != v->cacheDev || (uint64_t)st.st_ino != s->ino ||
+      ctime_ns(&st) != s->ctime) {
+    close(fd);
+    return -1;
+  }
+  if (time(0) - st.st_mtim.tv_sec >= SNAP_TOUCH_AGE && futimens(fd, 0) == 0 && fstat(fd, &st) == 0 &&
+      (uint64_t)st.st_ino == s->ino && st.st_size == clen) {
+    /* Read: a use, which the cache's eviction goes by. Only the times
+    ** changed, and with them the change time, which the stamp follows. */
+    boule_view_set_stamp(v, ci, s->ino, ctime_ns(&st));
+  }
+  return fd;
+}
+
+/* Reads n bytes at co of chunk ci (clen bytes) of v into out from the
+** chunk's cache file, if Go stamped it and the file there has that stamp.
+** Returns 0 if it did not: the read asks Go. */
+/* Reads n bytes at off of fd into out; 0 if it cannot (a short file,
+** which cannot happen to a file nobody else can change: Go will see). */
+static int pread_all(int fd, unsigned char *out, int64_t n, int64_t off) {
+  while (n > 0) {
+    ssize_t r = pread(fd, out, (size_t)n, off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return 0;
+    out += r;
+    off += r;
+    n -= r;
+  }
+  return 1;
+}
+
+static int snap_read_file(SnapFile *p, BouleView *v, int64_t ci, int64_t clen, unsigned char *out, int64_t co, int64_t n) {
+  int saved = errno;
+  int sequential = ci == p->lastChunk || ci == p->lastChunk + 1;
+  if (p->fd >= 0 && p->fdChunk == ci && p->buffered) {
+    memcpy(out, p->buf + co, (size_t)n);
+    p->lastChunk = ci;
+    return 1;
+  }
+  if (p->fd < 0 || p->fdChunk != ci) {
+    BouleStamp s;
+    int fd;
+    if (!stamp_load(v, ci, &s)) return 0;
+    fd = snap_open_chunk(v, ci, clen, &s);
+    if (fd < 0) {
+      errno = saved;
+      return 0;
+    }
+    snap_drop_file(p);
+    p->fd = fd;
+    p->fdChunk = ci;
+  }
+  if (sequential && p->buf == 0) p->buf = malloc(BOULE_CHUNK_SIZE);
+  if (sequential && p->buf != 0) {
+    if (!pread_all(p->fd, p->buf, clen, 0)) {
+      snap_drop_file(p);
+      errno = saved;
+      return 0;
+    }
+    p->buffered = 1;
+    memcpy(out, p->buf + co, (size_t)n);
+  } else if (!pread_all(p->fd, out, n, co)) {
+    snap_drop_file(p);
+    errno = saved;
+    return 0;
+  }
+  p->lastChunk = ci;
+  return 1;
+}
+
 static int sClose(sqlite3_file *f) {
   SnapFile *p = (SnapFile *)f;
+  snap_drop_file(p);
+  free(p->buf);
+  p->buf = 0;
   boule_count_go_call();
   bouleGoSnapClose(p->conn);
   p->view = 0;
@@ -107,6 +331,9 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
     int64_t n;
     const unsigned char *c;
     int loads = 0;
+    if (clen > BOULE_CHUNK_SIZE) clen = BOULE_CHUNK_SIZE;
+    n = clen - co;
+    if (n > avail - done) n = avail - done;
     for (;;) {
       /* Odd before the pointer is loaded: Go, having cleared a pointer,
       ** sees the odd number and waits for the even one before it unmaps. */
@@ -114,6 +341,8 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
       c = boule_view_chunk(v, ci);
       if (c != 0) break;
       __atomic_store_n(p->readSeq, ++seq, __ATOMIC_RELEASE);
+      /* Not held: from its cache file, if Go vouched for one. */
+      if (snap_read_file(p, v, ci, clen, out + done, co, n)) break;
       if (loads++ == SNAP_MAX_LOADS) return SQLITE_IOERR_READ;
       /* The slow path: Go fetches (or finds in the cache), verifies and
       ** maps the chunk. */
@@ -121,15 +350,12 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
       int rc = bouleGoSnapChunk(v->handle, ci);
       if (rc != SQLITE_OK) return rc;
     }
-    {
+    if (c != 0) {
       uint32_t *used = boule_view_used(__atomic_load_n(&v->pages[ci >> BOULE_VIEW_PAGE_SHIFT], __ATOMIC_ACQUIRE), ci);
       if (__atomic_load_n(used, __ATOMIC_RELAXED) == 0) __atomic_store_n(used, 1, __ATOMIC_RELAXED);
+      memcpy(out + done, c + co, (size_t)n);
+      __atomic_store_n(p->readSeq, ++seq, __ATOMIC_RELEASE);
     }
-    if (clen > BOULE_CHUNK_SIZE) clen = BOULE_CHUNK_SIZE;
-    n = clen - co;
-    if (n > avail - done) n = avail - done;
-    memcpy(out + done, c + co, (size_t)n);
-    __atomic_store_n(p->readSeq, ++seq, __ATOMIC_RELEASE);
     done += n;
   }
   if (__atomic_load_n(&v->patched, __ATOMIC_ACQUIRE)) patch_counter(v, out, off, avail);
@@ -274,6 +500,8 @@ static int sOpen(sqlite3_vfs *vfs, const char *zName, sqlite3_file *f, int flags
   p->conn = out.conn;
   p->newestGen = out.newestGen;
   p->readSeq = out.readSeq;
+  p->fd = -1;
+  p->lastChunk = -2;
   snap_take(p, &out);
   p->base.pMethods = &snap_io_methods;
   if (outFlags) {

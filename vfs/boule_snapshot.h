@@ -15,6 +15,12 @@
 ** number odd (sequentially consistent) before it loads a chunk pointer, and
 ** even again when it is done with the bytes, and never calls Go while it
 ** is odd: so no read copies from a chunk once it is unmapped.
+**
+** A chunk that is not held but whose cache file Go vouched for (a
+** BouleStamp: Go mapped the chunk from that file, verified, or wrote the
+** file itself from verified bytes) is read by C from the file, with
+** pread, without calling Go, for as long as the file opened at the
+** chunk's path in the cache has that stamp: see snap_read_file.
 */
 #ifndef BOULE_SNAPSHOT_H
 #define BOULE_SNAPSHOT_H
@@ -36,6 +42,15 @@
 ** pages[i >> BOULE_VIEW_PAGE_SHIFT][i & (BOULE_VIEW_PAGE - 1)]. A page is
 ** BOULE_VIEW_PAGE pointers followed by BOULE_VIEW_PAGE uint32_t "used"
 ** flags, which reads set and Go's clock clears (boule_view_used). */
+/* A cache file that holds a chunk's verified bytes, as Go last saw it:
+** inode and change time (ns), on the view's cacheDev; ctime 0 when
+** there is none. Under a lock of boule_snapshot.c's
+** (boule_view_set_stamp). */
+typedef struct BouleStamp {
+  uint64_t ino;
+  int64_t ctime;
+} BouleStamp;
+
 typedef struct BouleView {
   int64_t size;                  /* database size in bytes */
   int64_t nChunks;               /* chunks in the snapshot */
@@ -45,6 +60,14 @@ typedef struct BouleView {
                                  ** or entry: ask Go */
   uint32_t patch;                /* if patched: the change counter reads return */
   int patched;                   /* set by Go (atomic), see boule_snapshot.c */
+  /* The chunks' cache files, set by Go before the view is used. */
+  const unsigned char *fps;      /* nChunks fingerprints of 32 bytes (the
+                                 ** manifest's, pinned), or NULL */
+  const char *cacheDir;          /* the chunk cache directory, or NULL */
+  int cacheShards;               /* its shard directories */
+  uint64_t cacheDev;             /* the device its files are on */
+  BouleStamp **stamps;           /* pages of BOULE_VIEW_PAGE stamps, a NULL
+                                 ** page until one of its stamps is set */
 } BouleView;
 
 /* The mapped bytes of chunk ci of v, or NULL: ask Go. Outside a read
@@ -73,6 +96,20 @@ typedef struct BouleSnapOut {
 
 /* Registers the "boule_snapshot" VFS. Returns an SQLite code. */
 int boule_snapshot_register(void);
+
+/* Records that chunk i of v is in the cache file stamped ino, ctime on
+** v->cacheDev (Go's Binding.OnFile). Returns 0 when the process's pages of stamps are
+** all in use (boule_snap_stamp_budget): the chunk is then read through Go
+** when it is not held. v->stamps must hold (nChunks + BOULE_VIEW_PAGE -
+** 1) / BOULE_VIEW_PAGE pointers. */
+int boule_view_set_stamp(BouleView *v, int64_t i, uint64_t ino, int64_t ctime);
+
+/* Frees v's pages of stamps, when no connection reads v any more. */
+void boule_view_free_stamps(BouleView *v);
+
+/* Sets how many pages of stamps (BOULE_VIEW_PAGE stamps each) the
+** process's views may hold at once. */
+void boule_snap_stamp_budget(int64_t pages);
 
 /* Implemented in Go (package vfs, snapcallbacks.go). Each returns an SQLite
 ** code; a panic in Go returns the function's failure code. */

@@ -16,9 +16,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
+	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/snapshot"
 )
 
@@ -28,6 +30,7 @@ type view struct {
 	c    *C.BouleView
 	s    *snapshot.Snapshot
 	once sync.Once
+	pin  goruntime.Pinner // the manifest's fingerprints, which C reads (fps)
 }
 
 var (
@@ -86,6 +89,7 @@ func viewFor(s *snapshot.Snapshot) *view {
 		v.c.handle = C.uint64_t(nextSnapH)
 		v.c.gen = C.uint64_t(s.Gen())
 		v.c.pages = (***C.uchar)(pages)
+		v.files()
 		views[nextSnapH] = v
 		viewOf[s] = v
 	}
@@ -121,6 +125,11 @@ func viewFor(s *snapshot.Snapshot) *view {
 			}
 			used := unsafe.Slice((*uint32)(unsafe.Add(page, viewPage*unsafe.Sizeof(uintptr(0)))), viewPage)
 			return atomic.SwapUint32(&used[i%viewPage], 0) != 0
+		}, OnFile: func(i int, st snapshot.FileStamp) {
+			// Called under the snapshot's lock.
+			if v.c.stamps != nil && st.Dev == uint64(v.c.cacheDev) && st.Size == int64(manifest.ChunkLen(s.M.Size, i)) {
+				C.boule_view_set_stamp(v.c, C.int64_t(i), C.uint64_t(st.Ino), C.int64_t(st.Ctime))
+			}
 		}, OnClose: func() {
 			snapMu.Lock()
 			delete(views, h)
@@ -129,11 +138,56 @@ func viewFor(s *snapshot.Snapshot) *view {
 			for _, p := range pages {
 				C.free(p)
 			}
+			C.boule_view_free_stamps(v.c)
+			C.free(unsafe.Pointer(v.c.stamps))
+			C.free(unsafe.Pointer(v.c.cacheDir))
+			v.pin.Unpin()
 			C.free(unsafe.Pointer(v.c.pages))
 			C.free(unsafe.Pointer(v.c))
 		}})
 	})
 	return v
+}
+
+// files gives C what it needs to read the chunks of v that are not held
+// from their cache files (snap_read_file in boule_snapshot.c): the
+// manifest's fingerprints, pinned, the cache's directory, shards and
+// device, and an array for pages of stamps. Without a cache, or if any
+// of it cannot be had, C asks Go for every chunk not held.
+func (v *view) files() {
+	dir, shards := v.s.CacheFiles()
+	if dir == "" || shards <= 0 || len(v.s.M.Chunks) == 0 {
+		return
+	}
+	var st syscall.Stat_t
+	if syscall.Stat(dir, &st) != nil {
+		return
+	}
+	stamps := C.calloc(C.size_t(viewPages(len(v.s.M.Chunks))), C.size_t(unsafe.Sizeof(uintptr(0))))
+	cdir := C.CString(dir)
+	if stamps == nil || cdir == nil {
+		C.free(stamps)
+		C.free(unsafe.Pointer(cdir))
+		return
+	}
+	v.pin.Pin(&v.s.M.Chunks[0])
+	v.c.fps = (*C.uchar)(unsafe.Pointer(&v.s.M.Chunks[0]))
+	v.c.cacheDir = cdir
+	v.c.cacheShards = C.int(shards)
+	v.c.cacheDev = C.uint64_t(st.Dev)
+	v.c.stamps = (**C.BouleStamp)(stamps)
+}
+
+// stampBudget sets how many pages of stamps (BOULE_VIEW_PAGE chunks'
+// cache files each, 64 KiB) the process's views may hold: enough for a
+// 1024th of the memory limit in chunks, as many as the reader keeps
+// records of the files it wrote (16 GiB of chunks, 4 MiB of stamps, at
+// the default limit), and at least 4 pages.
+func stampBudget(memoryLimit int64) {
+	if memoryLimit <= 0 {
+		memoryLimit = snapshot.DefaultMemoryLimit
+	}
+	C.boule_snap_stamp_budget(C.int64_t(max(4, memoryLimit/1024/viewPage)))
 }
 
 // mapped returns the address C reads chunk i of v at, 0 if it asks Go.

@@ -51,6 +51,7 @@ func newReader(cfg Config, targets []store.Target, log *slog.Logger) (*snapshot.
 			return nil, fmt.Errorf("vfs: chunk cache: %w", err)
 		}
 	}
+	stampBudget(cfg.ReplicaMemoryLimit)
 	return snapshot.NewReader(snapshot.Options{
 		Remote:   remote,
 		Cache:    lc,

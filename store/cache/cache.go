@@ -93,6 +93,10 @@ func (c *Store) HasChunk(fp manifest.Fingerprint) bool {
 // Dir is the cache directory.
 func (c *Store) Dir() string { return c.dir }
 
+// Shards is the number of shard directories that Path spreads chunks
+// over.
+func (c *Store) Shards() int { return c.shards }
+
 // ChunkCache marks the cache as a store.Cache.
 func (c *Store) ChunkCache() {}
 

@@ -1,0 +1,141 @@
+package vfs_test
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store/cache"
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// largeReplica is a replica about three times larger than the least
+// bounds a process may set (16 chunks held, 2 MiB of memory), whose chunk
+// cache already holds every chunk, written by another process (so this
+// one has no record of the files, and hashes each one once).
+type largeReplica struct {
+	path     string
+	want     string // digest of the source
+	chunks   int
+	cacheDir string
+	rep      *sql.DB
+}
+
+func newLargeReplica(t *testing.T) *largeReplica {
+	t.Helper()
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path, src := e.writer(t, "large.db", "")
+	fill(t, src, 3000) // about 3.3 MiB: 52 chunks
+	mustFlush(t, path)
+	want, err := digest(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &largeReplica{path: path, want: want, cacheDir: t.TempDir()}
+	c, err := cache.New(l.cacheDir, 2, 1<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(data); off += manifest.ChunkSize {
+		chunk := data[off:min(off+manifest.ChunkSize, len(data))]
+		if err := c.PutChunk(context.Background(), manifest.Sum(chunk), chunk); err != nil {
+			t.Fatal(err)
+		}
+		l.chunks++
+	}
+	if l.chunks < 3*config.MinReplicaMappedChunks {
+		t.Fatalf("the replica has %d chunks, want at least %d: it would fit", l.chunks, 3*config.MinReplicaMappedChunks)
+	}
+	local := config.Target{Local: &config.LocalTarget{Directory: l.cacheDir, NumShards: 2, Capacity: 1 << 10}}
+	register(t, vfs.Config{
+		ReplicationTargets:     []config.Target{local, tg},
+		ReplicaMemoryLimit:     config.MinReplicaMemoryLimit,
+		ReplicaMaxMappedChunks: config.MinReplicaMappedChunks,
+	})
+	t.Cleanup(vfs.Reader().Close)
+	l.rep = openReplica(t, path, "")
+	l.rep.SetMaxOpenConns(1)
+	return l
+}
+
+// check reads the whole replica (two queries, see digest) and compares
+// it with the source, and returns the Go calls it took.
+func (l *largeReplica) check(t *testing.T) int64 {
+	t.Helper()
+	calls := vfs.GoCalls()
+	got, err := digest(l.rep)
+	n := vfs.GoCalls() - calls
+	if err != nil {
+		t.Fatalf("digest()=%v", err)
+	}
+	if got != l.want {
+		t.Fatalf("digest()=%s, want the source's %s", got, l.want)
+	}
+	return n
+}
+
+// TestReplicaLargerThanHeldReadsFiles: a replica larger than the chunks
+// the process may hold is read again, once each chunk has been read from
+// its cache file, without a call into Go: C reads the chunks it does not
+// hold from the files Go verified. The only calls left are for chunk 0,
+// which is inline in the manifest (no file), and is read at the start of
+// each of the two queries.
+func TestReplicaLargerThanHeldReadsFiles(t *testing.T) {
+	l := newLargeReplica(t)
+	if first := l.check(t); first < int64(l.chunks-config.MinReplicaMappedChunks) {
+		t.Errorf("GoCalls() for the first read of %d chunks=%d, want at least %d: were they held already?", l.chunks, first, l.chunks-config.MinReplicaMappedChunks)
+	}
+	for round := range 2 {
+		if got := l.check(t); got > 2 {
+			t.Errorf("round %d: GoCalls() for a read of %d chunks=%d, want at most 2 (chunk 0, inline)", round, l.chunks, got)
+		}
+	}
+	if held, _, evicted := vfs.Reader().Held(); evicted == 0 || held > config.MinReplicaMappedChunks {
+		t.Errorf("Held()=%d chunks, %d evicted; want at most %d, and some evicted", held, evicted, config.MinReplicaMappedChunks)
+	}
+}
+
+// TestReplicaReplacedCacheFilesNotRead: a cache file replaced after Go
+// verified it (by a file of the same user, mode and size, with other
+// bytes, renamed over it) is not read from C: the replica still returns
+// the source's data (Go finds the file bad, drops it, and fetches the
+// chunk from the store). (A file changed in place is the owner's doing,
+// whom the cache trusts: chunks mapped from it would change too.)
+func TestReplicaReplacedCacheFilesNotRead(t *testing.T) {
+	l := newLargeReplica(t)
+	l.check(t)
+	files, err := filepath.Glob(filepath.Join(l.cacheDir, "*", "*"))
+	if err != nil || len(files) < l.chunks-1 {
+		t.Fatalf("the cache holds %d files (%v), want %d", len(files), err, l.chunks)
+	}
+	changed := 0
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range b {
+			b[k] ^= 0x5a
+		}
+		tmp := p + ".new"
+		if err := os.WriteFile(tmp, b, 0o400); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			t.Fatal(err)
+		}
+		changed++
+	}
+	if calls := l.check(t); calls < int64(changed-2*config.MinReplicaMappedChunks) {
+		t.Errorf("GoCalls()=%d after %d cache files were replaced, want at least %d: the files were read without Go", calls, changed, changed-2*config.MinReplicaMappedChunks)
+	}
+}
