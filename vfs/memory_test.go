@@ -68,11 +68,14 @@ func openMany(t testing.TB, dir, vfsName string, n int) []*sql.DB {
 // goroutine, and each adds to the Go heap at most maxPerDB more than a
 // database opened through unix does. The first databases pay for what
 // a process sets up once (the uploader, its encoders): the cost per
-// database is measured over those opened after them.
+// database is measured over those opened after them. The measure is
+// noisy at 100 databases (from -5 to 31 KiB seen on one machine), so
+// the bound sits above that; before the fixes that brought it down it
+// was 88 KiB.
 func TestIdleDatabasesMemory(t *testing.T) {
 	const (
 		n        = 100
-		maxPerDB = 24 << 10
+		maxPerDB = 40 << 10
 	)
 	tmp, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
