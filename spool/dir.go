@@ -686,7 +686,7 @@ func (d Dir) DropStaged() error {
 	if err := os.Remove(d.join(stagingDir, manifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("spool: remove %s: %w", d.join(stagingDir, manifestFile), pathless(err))
 	}
-	return removeBaseFiles(d.join(stagingDir))
+	return removeBaseFiles(d.join(stagingDir), "")
 }
 
 // HandoverState names where PutHandover puts a snapshot.

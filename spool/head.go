@@ -146,22 +146,14 @@ func newHead(m *manifest.Manifest, bs *baseState) *manifest.Head {
 // removeBases deletes the base files in staging/ other than keep, which
 // the staged manifest now uses ("" when it is whole).
 func (d *DB) removeBases(keep string) {
-	dir := filepath.Join(d.dir, stagingDir)
-	entries, err := fsutil.ReadDir(dir)
-	if err != nil {
-		return
+	if removeBaseFiles(filepath.Join(d.dir, stagingDir), keep) == nil {
+		d.baseKept = keep
 	}
-	for _, e := range entries {
-		if name := e.Name(); strings.HasPrefix(name, basePrefix) && name != keep {
-			_ = d.remove(filepath.Join(dir, name))
-		}
-	}
-	d.baseKept = keep
 }
 
-// removeBaseFiles deletes every base file in dir, for those who delete
-// the manifest that used them.
-func removeBaseFiles(dir string) error {
+// removeBaseFiles deletes the base files in dir other than keep ("" for
+// all: for those who delete the manifest that used them).
+func removeBaseFiles(dir, keep string) error {
 	entries, err := fsutil.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -171,7 +163,7 @@ func removeBaseFiles(dir string) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), basePrefix) {
+		if strings.HasPrefix(e.Name(), basePrefix) && e.Name() != keep {
 			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("spool: remove %s: %w", filepath.Join(dir, e.Name()), pathless(err)))
 			}

@@ -477,7 +477,7 @@ func Invalidate(dir string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := removeBaseFiles(filepath.Join(dir, stagingDir)); err != nil {
+	if err := removeBaseFiles(filepath.Join(dir, stagingDir), ""); err != nil {
 		errs = append(errs, err)
 	}
 	for _, p := range []string{filepath.Join(dir, readyDir), filepath.Join(dir, consumingDir)} {

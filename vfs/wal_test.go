@@ -616,15 +616,9 @@ func TestWALBigReadSpills(t *testing.T) {
 // minutes).
 func TestWALCloseStagesBigRead(t *testing.T) {
 	vfs.SetPersistGap(t, time.Hour)
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dir: dir, spool: filepath.Join(dir, "spool"), log: &logCounter{}}
+	e := tempEnv(t)
 	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log), CaptureMemoryMiB: 1})
-	path := e.path("close.db")
-	db := open(t, path, "boule", "_journal_mode=WAL")
-	db.SetMaxOpenConns(1)
+	path, db := e.writer(t, "close.db", "_journal_mode=WAL")
 	mustExec(t, db, "PRAGMA wal_autocheckpoint=0")
 	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
 	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, randomblob(1000) FROM n")
