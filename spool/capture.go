@@ -288,10 +288,10 @@ func waitStagedBy(c *ctl, owner uint64, limit time.Duration) bool {
 	}
 }
 
-// planReadsFrom is planReads for an update of a snapshot of prevSize
+// planReadsFrom is planUpdate for an update of a snapshot of prevSize
 // bytes.
 func planReadsFrom(prevSize, size int64, dirty []uint64) []int {
-	return planReads(&manifest.Manifest{Size: prevSize, Chunks: make([]manifest.Fingerprint, manifest.NumChunks(prevSize))}, size, dirty)
+	return planUpdate(prevSize, manifest.NumChunks(prevSize), size, dirty)
 }
 
 // capturedSource serves the chunks of squashed captures as the file they

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"slices"
@@ -537,32 +538,33 @@ func classify(cur *cached, ch Change, f fileState, markerSet func() bool) action
 
 // planReads returns the chunk indexes a snapshot reads, in increasing
 // order, each once: all of them for a rebuild (prev nil); for an
-// incremental update of prev, the dirty ones, the inline ones (their
-// bytes go in the manifest), and those whose extent changed with the
-// file's size.
+// incremental update of prev, planUpdate's.
 func planReads(prev *manifest.Manifest, size int64, dirty []uint64) []int {
-	n := manifest.NumChunks(size)
 	if prev == nil {
-		return seq(0, n)
+		return seq(0, manifest.NumChunks(size))
 	}
-	want := make(map[int]bool)
-	for _, i := range dirtyIndexes(dirty, n) {
-		want[i] = true
-	}
+	return planUpdate(prev.Size, len(prev.Chunks), size, dirty)
+}
+
+// planUpdate returns the chunk indexes an incremental update of a
+// snapshot of prevSize bytes in prevChunks chunks reads, in increasing
+// order, each once: the dirty ones, the inline ones (their bytes go in the
+// manifest), and those whose extent changed with the file's size. It runs
+// at every commit, so its cost follows the chunks read, never the size of
+// the database.
+func planUpdate(prevSize int64, prevChunks int, size int64, dirty []uint64) []int {
+	n := manifest.NumChunks(size)
+	out := dirtyIndexes(dirty, n)
 	for i := range min(inlineChunks, n) {
-		want[i] = true
-	}
-	if size != prev.Size {
-		for i := max(min(len(prev.Chunks), n)-1, 0); i < n; i++ {
-			want[i] = true
-		}
-	}
-	out := make([]int, 0, len(want))
-	for i := range want {
 		out = append(out, i)
 	}
+	if size != prevSize {
+		for i := max(min(prevChunks, n)-1, 0); i < n; i++ {
+			out = append(out, i)
+		}
+	}
 	slices.Sort(out)
-	return out
+	return slices.Compact(out)
 }
 
 // newManifest returns the manifest of the file f: prev's fingerprints
@@ -1112,28 +1114,18 @@ func be32(b []byte) uint32 {
 }
 
 func dirtyIndexes(words []uint64, n int) []int {
-	var out []int
-	for w, bits := range words {
-		for bits != 0 {
-			b := bits & -bits
-			i := w*64 + trailingZeros(b)
+	out := make([]int, 0, inlineChunks+8)
+	for w, word := range words {
+		for word != 0 {
+			i := w*64 + bits.TrailingZeros64(word)
 			if i >= n {
 				return out
 			}
 			out = append(out, i)
-			bits &^= b
+			word &= word - 1
 		}
 	}
 	return out
-}
-
-func trailingZeros(x uint64) int {
-	n := 0
-	for x&1 == 0 {
-		x >>= 1
-		n++
-	}
-	return n
 }
 
 func seq(from, to int) []int {

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -73,5 +74,30 @@ func TestClassify(t *testing.T) {
 				t.Errorf("classify()=%v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestPlanReadsFromFollowsChange: planning the reads of a commit, which
+// happens on the commit path, allocates for the chunks it reads and not
+// for the size of the database. It used to build a fingerprint list of
+// the whole database to call planReads: 2 MiB per commit at 4 GiB.
+func TestPlanReadsFromFollowsChange(t *testing.T) {
+	const c = manifest.ChunkSize
+	perCall := func(size int64) uint64 {
+		dirty := dirtyBitmap([]int{3, 17})
+		const calls = 50
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range calls {
+			if got := planReadsFrom(size, size, dirty); len(got) != 3 {
+				t.Fatalf("planReadsFrom(%d)=%v, want 3 chunks", size, got)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		return (after.TotalAlloc - before.TotalAlloc) / calls
+	}
+	small, large := perCall(160*c), perCall(65536*c) // 10 MiB, 4 GiB
+	if large > 4<<10 {
+		t.Fatalf("planReadsFrom at 4 GiB allocates %d bytes per commit (%d at 10 MiB); want under 4 KiB, whatever the size", large, small)
 	}
 }
