@@ -18,9 +18,10 @@
 **                     SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
 **
 ** The configuration keys are documented in doc/CONFIG.md; examples/c has
-** a complete program. Logs go to standard error, at the level the
-** BOULE_LOG environment variable sets (warn by default: what stops the
-** replication of a database is one ERROR line, its recovery one WARN).
+** a complete program. Logs go to standard error, or appended to the file
+** BOULE_LOG_FILE names, at the level the BOULE_LOG environment variable
+** sets (warn by default: what stops the replication of a database is one
+** ERROR line, its recovery one WARN).
 **
 ** ORDER. Call boule_configure first. Until it has succeeded once, SQLite
 ** knows neither VFS (opens naming them fail with "no such vfs"),
@@ -76,8 +77,9 @@ extern "C" {
 ** "@/path/to/file.json", or NULL to read the BOULE_CONFIG environment
 ** variable (or Verneuil's VERNEUIL_CONFIG when BOULE_CONFIG is unset or
 ** empty, with a warning); an empty configuration (NULL with neither set)
-** registers boule without replication, and logs a warning saying so. BOULE_LOG is read at each call, and
-** a bad level fails it. Safe to call again: a later call applies to
+** registers boule without replication, and logs a warning saying so.
+** BOULE_LOG and BOULE_LOG_FILE are read at each call; a bad level, or a
+** log file that cannot be opened for appending, fails it. Safe to call again: a later call applies to
 ** databases opened afterwards. A configuration that does not parse or
 ** validate changes nothing; the message names the bad key.
 ** Returns 0 on success, 1 on failure with *errmsg set (see RESULTS AND

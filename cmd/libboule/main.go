@@ -41,7 +41,8 @@ func guard(errmsg **C.char, rc *C.int) {
 // boule_configure registers the boule and boule_snapshot VFSes from a JSON
 // configuration, or from "@/path/to/file.json", or, when json is NULL,
 // from BOULE_CONFIG (or Verneuil's VERNEUIL_CONFIG when BOULE_CONFIG is
-// unset or empty). Logs go to standard error at the level BOULE_LOG sets.
+// unset or empty). Logs go to standard error, or to the file BOULE_LOG_FILE
+// names, at the level BOULE_LOG sets.
 //
 //export boule_configure
 func boule_configure(js *C.char, errmsg **C.char) (rc C.int) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/boule-vfs/boule/internal/testfs"
@@ -470,7 +471,32 @@ func TestExtensionLogging(t *testing.T) {
 		})
 	}
 
-	_, errs, err := run(t, []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG=chatty"}, ".load "+lib+"\n", shell, "-batch", "-bail")
+	// BOULE_LOG_FILE takes the log off stderr, into a file the user
+	// alone can read.
+	logf := filepath.Join(f.dir, "boule.log")
+	out, errs, err := run(t, []string{"BOULE_CONFIG=" + cfg, "BOULE_LOG=", "BOULE_LOG_FILE=" + logf}, ".load "+lib+"\nSELECT 'loaded';\n", shell, "-batch", "-bail")
+	if err != nil || out != "loaded\n" || errs != "" {
+		t.Fatalf("load with BOULE_LOG_FILE: %v, stdout %q, stderr %q; want nothing on stderr", err, out, errs)
+	}
+	b, err := os.ReadFile(logf)
+	if err != nil || !strings.Contains(string(b), "level=WARN") || !strings.Contains(string(b), cache) {
+		t.Fatalf("BOULE_LOG_FILE holds %q (%v); want the warning naming %s", b, err, cache)
+	}
+	if st, err := os.Stat(logf); err != nil || st.Mode().Perm()&0o007 != 0 {
+		t.Fatalf("BOULE_LOG_FILE mode: %v %v; want no access for others", st.Mode(), err)
+	}
+	// A FIFO in its place fails the load at once, naming it, instead of
+	// blocking at the first line until something reads.
+	fifo := filepath.Join(f.dir, "boule.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errs, err = run(t, []string{"BOULE_CONFIG=" + cfg, "BOULE_LOG_FILE=" + fifo}, ".load "+lib+"\n", shell, "-batch", "-bail")
+	if err == nil || !strings.Contains(errs, "BOULE_LOG_FILE") || !strings.Contains(errs, fifo) {
+		t.Fatalf("BOULE_LOG_FILE a FIFO: %v %q; want the load to fail naming it", err, errs)
+	}
+
+	_, errs, err = run(t, []string{"BOULE_CONFIG=" + f.cfg(), "BOULE_LOG=chatty"}, ".load "+lib+"\n", shell, "-batch", "-bail")
 	if err == nil || !strings.Contains(errs, `BOULE_LOG="chatty"`) {
 		t.Fatalf("a bad BOULE_LOG: %v %q; want the load to fail naming it", err, errs)
 	}
