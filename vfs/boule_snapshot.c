@@ -181,8 +181,9 @@ static int64_t ctime_ns(const struct stat *st) {
 
 /* How old a cache file's mtime may be before a read refreshes it, in
 ** seconds: the cache evicts the least recently used files by mtime (Go's
-** touchAge). */
-#define SNAP_TOUCH_AGE 60
+** touchAge). A variable only so that a test can see a refresh without
+** waiting a minute. */
+int boule_snap_touch_age = 60;
 
 /* Opens chunk ci's cache file, of clen bytes, if it is the one stamped
 ** *s (see above). Returns the descriptor, or -1. */
@@ -212,7 +213,7 @@ static int snap_open_chunk(BouleView *v, int64_t ci, int64_t clen, const BouleSt
     close(fd);
     return -1;
   }
-  if (time(0) - st.st_mtim.tv_sec >= SNAP_TOUCH_AGE && futimens(fd, 0) == 0 && fstat(fd, &st) == 0 &&
+  if (time(0) - st.st_mtim.tv_sec >= boule_snap_touch_age && futimens(fd, 0) == 0 && fstat(fd, &st) == 0 &&
       (uint64_t)st.st_ino == s->ino && st.st_size == clen) {
     /* Read: a use, which the cache's eviction goes by. Only the times
     ** changed, and with them the change time, which the stamp follows. */

@@ -119,4 +119,8 @@ int bouleGoSnapAdopt(uint64_t conn, BouleSnapOut *out);
 int bouleGoSnapPragma(uint64_t conn, char *zName, char *zArg, int locked, BouleSnapOut *out);
 void bouleGoSnapClose(uint64_t conn);
 
+/* How old, in seconds, a cache file's mtime may be before a read from C
+** refreshes it (60, as Go's; tests lower it). */
+extern int boule_snap_touch_age;
+
 #endif /* BOULE_SNAPSHOT_H */

@@ -20,6 +20,13 @@ func SetPersistGap(t testing.TB, gap time.Duration) {
 	}
 }
 
+// SetSnapTouchAge sets how old a cache file's mtime may be before a read
+// from C refreshes it, until the test ends.
+func SetSnapTouchAge(t testing.TB, seconds int) {
+	old := setSnapTouchAge(seconds)
+	t.Cleanup(func() { setSnapTouchAge(old) })
+}
+
 // ResetSpools forgets the spools opened so far, so that the next Register
 // opens a fresh one (with the current fault hook).
 func ResetSpools() {

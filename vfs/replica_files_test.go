@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/manifest"
@@ -137,5 +138,48 @@ func TestReplicaReplacedCacheFilesNotRead(t *testing.T) {
 	}
 	if calls := l.check(t); calls < int64(changed-2*config.MinReplicaMappedChunks) {
 		t.Errorf("GoCalls()=%d after %d cache files were replaced, want at least %d: the files were read without Go", calls, changed, changed-2*config.MinReplicaMappedChunks)
+	}
+}
+
+// TestReplicaFileReadsRefreshMtime: a chunk read from its cache file by C
+// counts as a use for the cache's eviction, which goes by mtime: the read
+// refreshes a file's mtime once it is older than the touch age (a minute;
+// zero here), and moves the file's stamp along with the change time that
+// the refresh changes, so that later reads still need no call into Go.
+func TestReplicaFileReadsRefreshMtime(t *testing.T) {
+	l := newLargeReplica(t)
+	l.check(t)
+	files, err := filepath.Glob(filepath.Join(l.cacheDir, "*", "*"))
+	if err != nil || len(files) < l.chunks-1 {
+		t.Fatalf("the cache holds %d files (%v), want %d", len(files), err, l.chunks)
+	}
+	mtimes := func() map[string]time.Time {
+		m := make(map[string]time.Time, len(files))
+		for _, p := range files {
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[p] = st.ModTime()
+		}
+		return m
+	}
+	before := mtimes()
+	vfs.SetSnapTouchAge(t, 0)
+	if calls := l.check(t); calls > 2 {
+		t.Fatalf("GoCalls()=%d for a read with every file refreshed, want at most 2 (chunk 0, inline): the refresh lost the files' stamps", calls)
+	}
+	refreshed := 0
+	for p, m := range mtimes() {
+		if m.After(before[p]) {
+			refreshed++
+		}
+	}
+	// Chunks still held in memory are not read from their files.
+	if want := len(files) - config.MinReplicaMappedChunks; refreshed < want {
+		t.Errorf("%d of %d cache files had their mtime refreshed by the read, want at least %d", refreshed, len(files), want)
+	}
+	if calls := l.check(t); calls > 2 {
+		t.Errorf("GoCalls()=%d for the read after the refresh, want at most 2: the stamps did not follow the files' change times", calls)
 	}
 }

@@ -510,3 +510,12 @@ func bouleGoSnapClose(h C.uint64_t) {
 		c.Close()
 	}
 }
+
+// setSnapTouchAge sets how old, in seconds, a cache file's mtime may be
+// before a read from C refreshes it, and returns the previous value.
+// Tests lower it to see a refresh without waiting a minute.
+func setSnapTouchAge(seconds int) int {
+	old := int(C.boule_snap_touch_age)
+	C.boule_snap_touch_age = C.int(seconds)
+	return old
+}
