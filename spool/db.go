@@ -243,9 +243,13 @@ func (d *DB) snapshotLockedWith(src Source, ch Change, staged func(f fileState))
 	c, _ := d.ctlLocked()
 	var gen uint64
 	var settled bool
-	_, logical := src.(*logicalSource)
+	ls, logical := src.(*logicalSource)
 	published, err := d.snapshot(src, ch, func(f fileState) {
-		gen, settled = d.settle(c, ch.Wrote), true
+		if logical && ls.upTo != 0 {
+			gen, settled = d.settleUpTo(c, ls.upTo), true
+		} else {
+			gen, settled = d.settle(c, ch.Wrote), true
+		}
 		d.qmu.Lock()
 		if logical {
 			d.expect = expectation{}
@@ -283,6 +287,9 @@ func (d *DB) snapshotLockedWith(src Source, ch Change, staged func(f fileState))
 			return nil
 		}
 		d.markState(c, stateRebuild, nil)
+	case errors.Is(err, errWALMoved):
+		// A rebuild in a read transaction whose log restarted under
+		// it: nothing was committed, and its caller reads again.
 	case errors.Is(err, ErrHotJournal):
 		// A crashed writer's transaction, to be rolled back: the staged
 		// snapshot cannot be trusted to follow it incrementally, so the
@@ -319,6 +326,25 @@ func (d *DB) settle(c *ctl, wrote bool) (gen uint64) {
 	c.store(ctlState, stateOK)
 	c.store(ctlTxn, 0)
 	c.store(ctlSince, 0)
+	d.signalStaged()
+	return gen
+}
+
+// settleUpTo records in the marker that the staged snapshot, just
+// rebuilt in a read transaction while writers went on, holds every
+// commit up to generation upTo. Later commits stay to be staged, their
+// transactions' words and the time of the oldest untouched.
+func (d *DB) settleUpTo(c *ctl, upTo uint64) (gen uint64) {
+	if c == nil {
+		return 0
+	}
+	gen = max(c.load(ctlPersisted), upTo)
+	c.store(ctlPersisted, gen)
+	c.store(ctlErrLen, 0)
+	c.store(ctlState, stateOK)
+	if gen >= c.load(ctlCommitted) {
+		c.store(ctlSince, 0)
+	}
 	d.signalStaged()
 	return gen
 }
@@ -423,6 +449,11 @@ func (d *DB) stageFileLocked(src Source, ch Change, f fileState, incrementalOnly
 	changed, replaced, err := d.readAndStage(src, m, cur, incremental, reads)
 	if err != nil {
 		return false, err
+	}
+	if ls, ok := src.(*logicalSource); ok && ls.verify != nil {
+		if err := ls.verify(); err != nil {
+			return false, err
+		}
 	}
 	if err := d.commit(m, cur, changed, replaced, incremental); err != nil {
 		return false, err

@@ -378,16 +378,23 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 	defer d.walmu.Unlock()
 	cp, err := d.walReadGen(db, wal, true, false, false, gen, false)
 	if errors.Is(err, errRebuild) {
-		// Another program restarted the log, say: a rebuild, with the
-		// log kept still by its write lock.
-		if err := r.Lock(); err != nil {
-			return nil, fmt.Errorf("spool: rebuild %s: %w", d.path, err)
-		}
+		// Another program restarted the log, say: a rebuild, in the read
+		// transaction, not under the log's write lock: it reads the
+		// whole database, and writers go on meanwhile. What it reads
+		// holds up to the scan's last commit, a state at or after gen's;
+		// later commits take later generations, which the next reads
+		// stage from the position the rebuild leaves.
 		x := &d.walx
 		if err := x.scan(wal); err != nil {
 			return nil, fmt.Errorf("spool: %s: %w", d.path, err)
 		}
-		return nil, d.walRebuild(newLogicalSource(db, wal, x), true)
+		src := newLogicalSource(db, wal, x)
+		src.upTo = gen
+		if x.valid {
+			salt := x.hdr.salt
+			src.verify = func() error { return sameLog(wal, salt) }
+		}
+		return nil, d.walRebuild(src, true)
 	}
 	if cp == nil || err != nil {
 		return nil, err
@@ -401,20 +408,30 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 		cp.release()
 		return nil, fmt.Errorf("spool: read %s: %w", d.path, err)
 	}
-	var hb [walHeaderSize]byte
 	if x := &d.walx; x.valid {
-		if _, err := wal.ReadAt(hb[:], 0); err != nil {
+		if err := sameLog(wal, x.hdr.salt); err != nil {
 			cp.release()
-			return nil, fmt.Errorf("spool: read the log of %s: %w", d.path, err)
-		}
-		if h, ok := parseWALHeader(hb[:]); !ok || h.salt != x.hdr.salt {
-			cp.release()
-			return nil, errWALMoved
+			return nil, fmt.Errorf("spool: %s: %w", d.path, err)
 		}
 	}
 	cp.src = nil
 	cp.filled = closedChan
 	return cp, nil
+}
+
+// sameLog returns errWALMoved unless the log's header still has salt:
+// a read transaction that began with the log checkpointed whole does not
+// keep it from restarting, and what such a read took from the log may be
+// another log's.
+func sameLog(wal WALFile, salt uint64) error {
+	var hb [walHeaderSize]byte
+	if _, err := wal.ReadAt(hb[:], 0); err != nil {
+		return fmt.Errorf("read the log's header: %w", err)
+	}
+	if h, ok := parseWALHeader(hb[:]); !ok || h.salt != salt {
+		return errWALMoved
+	}
+	return nil
 }
 
 // fillFrom reads the chunks of a capture into memory.
@@ -464,9 +481,6 @@ func (d *DB) spillChunks(cp *Capture) error {
 type WALReader struct {
 	DB  Source
 	WAL WALFile
-	// Lock takes the log's write lock, for a rebuild: no writer then
-	// changes the log until Close.
-	Lock func() error
 	// Close ends the transaction and closes the connection.
 	Close func()
 }

@@ -264,6 +264,14 @@ type logicalSource struct {
 	wal   io.ReaderAt
 	x     *walIndex
 	fsize int64 // the file's size, -1 until read
+	// upTo, when not 0, is the generation a rebuild read in a read
+	// transaction covers: commits after it may have gone on meanwhile,
+	// and stay to be staged. 0: the log was kept still, and the rebuild
+	// covers every commit so far.
+	upTo uint64
+	// verify, when not nil, says whether what was read still stands,
+	// just before the rebuild's manifest is committed.
+	verify func() error
 }
 
 func newLogicalSource(db Source, wal io.ReaderAt, x *walIndex) *logicalSource {

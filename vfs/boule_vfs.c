@@ -328,24 +328,6 @@ int boule_wal_lock(const char *zPath, int busyMs, void **ppDb, void **ppFile, vo
   return SQLITE_OK;
 }
 
-/* Takes the write lock of the log of a connection of boule_wal_lock,
-** retrying for up to busyMs while a writer holds it. */
-int boule_raw_wal_lock(void *file, int busyMs) {
-  sqlite3_file *f = (sqlite3_file *)file;
-  int rc, waited = 0;
-  if (f->pMethods->iVersion < 2 || f->pMethods->xShmLock == 0) return SQLITE_NOTFOUND;
-  while ((rc = f->pMethods->xShmLock(f, 0, 1, SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE)) == SQLITE_BUSY && waited < busyMs * 5) {
-    unix_vfs->xSleep(unix_vfs, 200);
-    waited++;
-  }
-  return rc;
-}
-
-void boule_raw_wal_unlock(void *file) {
-  sqlite3_file *f = (sqlite3_file *)file;
-  f->pMethods->xShmLock(f, 0, 1, SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE);
-}
-
 /* Ends what boule_wal_lock began. */
 void boule_wal_unlock(void *db, void *file) {
   (void)file;

@@ -73,12 +73,10 @@ int boule_restage_open(const char *zPath, int busyMs, void **ppDb, uint64_t *pHa
 /* Closes a connection boule_restage_open opened. */
 void boule_restage_close(void *db);
 
-/* A persister's own connection to a WAL database, holding its log's write
-** lock (boule_vfs.c), and reads of unix files. */
+/* A persister's own connection to a WAL database, in a read transaction
+** (boule_vfs.c), and reads of unix files. */
 int boule_wal_lock(const char *zPath, int busyMs, void **ppDb, void **ppFile, void **ppWal);
 void boule_wal_unlock(void *db, void *file);
-int boule_raw_wal_lock(void *file, int busyMs);
-void boule_raw_wal_unlock(void *file);
 int boule_raw_read(void *file, void *buf, int n, int64_t off);
 int boule_raw_size(void *file, int64_t *size);
 

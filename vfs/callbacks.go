@@ -187,8 +187,9 @@ func (s rawFile) Size() (int64, error) {
 
 func (s rawFile) Reserved() (bool, error) { return true, nil }
 
-// lockWALBusy bounds how long a persister waits for a writer to let go of
-// a log's write lock; the writer's own commit wakes it again anyway.
+// lockWALBusy bounds how long a persister's connection waits to begin its
+// read transaction (SQLite's busy handler: a recovery or a checkpoint
+// under way); the writer's own commit wakes it again anyway.
 const lockWALBusy = 5 * time.Second
 
 // openWAL is spool.Options.OpenWAL: a connection of the persister's own,
@@ -222,23 +223,10 @@ func openWAL(path string) (*spool.WALReader, error) {
 	case rc != 0:
 		return nil, fmt.Errorf("vfs: read %s's log: %w", path, sqliteError("open", int(rc)))
 	}
-	locked := false
 	return &spool.WALReader{
-		DB:  rawFile{file},
-		WAL: rawFile{wal},
-		Lock: func() error {
-			if rc := C.boule_raw_wal_lock(file, C.int(lockWALBusy.Milliseconds())); rc != 0 {
-				return fmt.Errorf("vfs: take the write lock of %s's log: %w", path, sqliteError("lock", int(rc)))
-			}
-			locked = true
-			return nil
-		},
-		Close: func() {
-			if locked {
-				C.boule_raw_wal_unlock(file)
-			}
-			C.boule_wal_unlock(db, file)
-		},
+		DB:    rawFile{file},
+		WAL:   rawFile{wal},
+		Close: func() { C.boule_wal_unlock(db, file) },
 	}, nil
 }
 

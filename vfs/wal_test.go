@@ -720,3 +720,64 @@ func TestWALKilledCarrier(t *testing.T) {
 		checkCommitted(t, db, committed, fmt.Sprintf("after kill %d", i))
 	}
 }
+
+// TestWALLazyRebuildLetsWritersOn: when the persister finds that a
+// program without boule restarted the log, it rebuilds the snapshot from
+// the logical database in a read transaction of its own connection, not
+// under the log's write lock: a rebuild reads the whole database, and
+// boule's writers must not wait for it (with a short busy timeout, they
+// would fail). Their commits during the rebuild are staged after it, and
+// a flush waits for them.
+func TestWALLazyRebuildLetsWritersOn(t *testing.T) {
+	var armed atomic.Bool
+	inRebuild, release := make(chan struct{}), make(chan struct{})
+	vfs.SetFaultHook(func(op, path string) error {
+		if op == "create" && armed.CompareAndSwap(true, false) {
+			close(inRebuild)
+			<-release
+		}
+		return nil
+	})
+	vfs.ResetSpools()
+	t.Cleanup(func() {
+		vfs.SetFaultHook(nil)
+		vfs.ResetSpools()
+	})
+	tg, s := dirTarget(t)
+	e := replEnv(t, tg)
+	path, db := e.writer(t, "rebuild.db", "_journal_mode=WAL")
+	mustExec(t, db, "CREATE TABLE t(v)")
+	mustExec(t, db, "INSERT INTO t VALUES (randomblob(300000))")
+	mustFlush(t, path)
+
+	// A plain connection checkpoints and restarts the log: the next
+	// lazy read of boule's commits finds a log it cannot follow.
+	plain := open(t, path, "unix", "_journal_mode=WAL")
+	plain.SetMaxOpenConns(1)
+	mustExec(t, plain, "PRAGMA wal_checkpoint(TRUNCATE)")
+	mustExec(t, plain, "INSERT INTO t VALUES (randomblob(200000))")
+	armed.Store(true)
+	mustExec(t, db, "INSERT INTO t VALUES (randomblob(100000))")
+	select {
+	case <-inRebuild:
+	case <-time.After(30 * time.Second):
+		close(release)
+		t.Fatal("no rebuild staged a chunk within 30 s of the commit after the plain restart")
+	}
+
+	// The rebuild is under way. A writer with a short busy timeout
+	// commits meanwhile.
+	mustExec(t, db, "PRAGMA busy_timeout=200")
+	_, err := db.Exec("INSERT INTO t VALUES ('during the rebuild')")
+	close(release)
+	if err != nil {
+		t.Fatalf("a commit during the persister's rebuild: %v; want it to go on (the rebuild holds the log's write lock?)", err)
+	}
+	checkIntegrity(t, db)
+	mustFlush(t, path)
+	checkLogicalReplica(t, s, path)
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM t WHERE v = 'during the rebuild'").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("count=%d, %v; want 1", n, err)
+	}
+}

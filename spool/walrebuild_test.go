@@ -1,0 +1,98 @@
+package spool
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"path/filepath"
+	"testing"
+
+	"github.com/boule-vfs/boule/manifest"
+)
+
+// TestWALRebuildInReadTransaction: a persister's rebuild from the logical
+// database in a read transaction (writers going on) commits nothing when
+// the log restarted under it (its verify fails): the staged snapshot and
+// the marker stay as they were, nothing counts as a failure, and the
+// chunks it staged are gone. When the log held still, the rebuild is the
+// logical database, and the marker says it holds the commits up to the
+// generation it read at, not the ones taken meanwhile.
+func TestWALRebuildInReadTransaction(t *testing.T) {
+	const ps = 4096
+	d := snapshotted(t, 6*manifest.ChunkSize)
+	before, _ := assembled(t, d.db)
+	s0, err := OpenDir(d.db.Dir()).Staged()
+	if err != nil || s0 == nil {
+		t.Fatalf("Staged()=%v, %v", s0, err)
+	}
+	files := func() int {
+		n := 0
+		err := filepath.WalkDir(d.db.Dir(), func(_ string, e fs.DirEntry, err error) error {
+			if err == nil && !e.IsDir() {
+				n++
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	nfiles := files()
+
+	// A log whose committed frames change pages in chunks 1 and 4.
+	w := newMemWAL(ps, 7, 9)
+	pages := uint32(len(before) / ps)
+	w.frame(1, 20, 0, 'a')
+	w.frame(2, 70, pages, 'b')
+	var x walIndex
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	c := d.db.ctlp.Load()
+	if c == nil {
+		t.Fatal("no control block after the first snapshot")
+	}
+	read := d.db.takeGen(c)  // the rebuild's generation
+	later := d.db.takeGen(c) // a commit while it reads
+
+	src := newLogicalSource(d.src, w, &x)
+	src.upTo = read
+	src.verify = func() error { return errWALMoved }
+	if err := d.db.walRebuild(src, true); !errors.Is(err, errWALMoved) {
+		t.Fatalf("walRebuild() with the log moved=%v, want errWALMoved", err)
+	}
+	s1, err := OpenDir(d.db.Dir()).Staged()
+	if err != nil || s1 == nil || s1.ID != s0.ID {
+		t.Fatalf("staged snapshot after a rebuild whose log moved: %v (%v); want the one before, %x", s1, err, s0.ID)
+	}
+	if got := c.load(ctlPersisted); got >= read {
+		t.Errorf("persisted generation %d after a rebuild whose log moved, want under %d", got, read)
+	}
+	if st := d.db.Stats(); st.Failures != 0 || st.LastError != "" {
+		t.Errorf("Stats()=%+v after a rebuild whose log moved, want no failure", st)
+	}
+	if n := files(); n != nfiles {
+		t.Errorf("%d files in the spool after a rebuild whose log moved, want the %d before", n, nfiles)
+	}
+
+	src = newLogicalSource(d.src, w, &x)
+	src.upTo = read
+	src.verify = func() error { return nil }
+	if err := d.db.walRebuild(src, true); err != nil {
+		t.Fatalf("walRebuild()=%v", err)
+	}
+	want, err := src.FullImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := assembled(t, d.db); !bytes.Equal(got, want) {
+		t.Fatalf("rebuilt snapshot: %s of the logical database", firstDiff(got, want))
+	}
+	if bytes.Equal(want, before) {
+		t.Fatal("the log changed nothing: the test proves nothing")
+	}
+	if p, cm := c.load(ctlPersisted), c.load(ctlCommitted); p != read || cm != later {
+		t.Errorf("marker persisted %d, committed %d; want %d (the rebuild's) and %d (the commit taken meanwhile, still to stage)", p, cm, read, later)
+	}
+}
