@@ -781,3 +781,103 @@ func TestWALLazyRebuildLetsWritersOn(t *testing.T) {
 		t.Fatalf("count=%d, %v; want 1", n, err)
 	}
 }
+
+// TestWALPersisterClosesLast: when the application closes its last
+// connection while the persister's own connection reads the log (here,
+// during a rebuild), the persister's connection closes last. Its close
+// checkpoints the log into the file, as the application's would have,
+// but keeps the log: deleted, it would take with it the position the
+// staged snapshot is at, and the next open would rebuild the whole
+// database.
+func TestWALPersisterClosesLast(t *testing.T) {
+	var armed atomic.Bool
+	inRebuild, release := make(chan struct{}), make(chan struct{})
+	vfs.SetFaultHook(func(op, path string) error {
+		if op == "create" && armed.CompareAndSwap(true, false) {
+			close(inRebuild)
+			<-release
+		}
+		return nil
+	})
+	vfs.ResetSpools()
+	t.Cleanup(func() {
+		vfs.SetFaultHook(nil)
+		vfs.ResetSpools()
+	})
+	e := newEnv(t)
+	path, db := e.writer(t, "last.db", "_journal_mode=WAL")
+	mustExec(t, db, "CREATE TABLE t(v)")
+	mustExec(t, db, "INSERT INTO t VALUES (randomblob(300000))")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	plain := open(t, path, "unix", "_journal_mode=WAL")
+	plain.SetMaxOpenConns(1)
+	mustExec(t, plain, "PRAGMA wal_checkpoint(TRUNCATE)")
+	mustExec(t, plain, "INSERT INTO t VALUES (randomblob(200000))")
+	if err := plain.Close(); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	mustExec(t, db, "INSERT INTO t VALUES (randomblob(100000))")
+	select {
+	case <-inRebuild:
+	case <-time.After(30 * time.Second):
+		close(release)
+		t.Fatal("no rebuild staged a chunk within 30 s of the commit after the plain restart")
+	}
+	// The application closes its connection. Its close waits for the
+	// persister to stage its commits; the persister's read transaction
+	// keeps it from checkpointing and deleting the log. Once it has let
+	// go of the log (one descriptor of it left open: the persister's),
+	// the rebuild goes on.
+	closed := make(chan error, 1)
+	go func() { closed <- db.Close() }()
+	waitOpen(t, path+"-wal", 1)
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, d)
+	waitOpen(t, path, 0)
+	waitOpen(t, path+"-wal", 0)
+	want := logicalImage(t, path)
+	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the file after the last close: %v; want it checkpointed (the logical database, %d bytes)", err, len(want))
+	}
+
+	db = open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	before := d.Stats()
+	mustExec(t, db, "INSERT INTO t VALUES ('after the reopen')")
+	checkLogical(t, db, path)
+	if after := d.Stats(); after.Incremental != before.Incremental+1 || after.Snapshots != before.Snapshots+1 {
+		t.Fatalf("the first commit after the reopen: %d incremental snapshots of %d, want 1 of 1 (no rebuild); log:\n%s",
+			after.Incremental-before.Incremental, after.Snapshots-before.Snapshots, e.log)
+	}
+}
+
+// waitOpen waits, 30 s at most, until this process has n descriptors of
+// path open.
+func waitOpen(t testing.TB, path string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		fds, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatalf("list this process's descriptors: %v", err)
+		}
+		open := 0
+		for _, fd := range fds {
+			if p, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && p == path {
+				open++
+			}
+		}
+		if open == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d descriptors of %s open after 30 s, want %d", open, path, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
