@@ -3,11 +3,14 @@ package upload
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 )
 
@@ -99,6 +102,26 @@ func (u *Uploader) invalidate(st *dbState) error {
 	return nil
 }
 
+// readTargets reads the record of the targets the spool's chunks went to;
+// tests make it fail.
+var readTargets = func(sp spool.Dir) ([]byte, error) { return sp.Targets() }
+
+// readPlacements reads where the chunks packed since the last uploaded
+// manifest are; tests make it fail.
+var readPlacements = func(sp spool.Dir) (map[manifest.Fingerprint]manifest.PackRef, error) { return sp.Placements() }
+
+// transient reports whether err is a shortage of the process's or the
+// system's resources (descriptors, memory), which passes: no reason to
+// invalidate a spool and upload the whole database again.
+func transient(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOMEM, syscall.EAGAIN, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // checkTargets invalidates the spool when its chunks were uploaded to other
 // targets than the uploader's: the staged snapshot assumes the store holds
 // every chunk it does not stage, which is true only of the old targets.
@@ -111,9 +134,15 @@ func (u *Uploader) checkTargets(st *dbState) error {
 	}
 	slices.Sort(names)
 	want := strings.Join(names, "\n") + "\n"
-	got, err := st.sp.Targets()
+	got, err := readTargets(st.sp)
 	if err == nil && string(got) == want {
 		return nil
+	}
+	if transient(err) {
+		// Out of descriptors, say: nothing says the targets changed,
+		// and a full upload of the database is no answer. The pass
+		// fails and is retried.
+		return fmt.Errorf("upload: read the targets record of %s: %w", st.source(), err)
 	}
 	if got != nil || st.sp.HasUploaded() {
 		u.log.Warn("upload: the replication targets changed; this database's snapshot is uploaded again in full",

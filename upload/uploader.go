@@ -3,6 +3,7 @@ package upload
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -571,7 +572,10 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 	}
 	// Another process may have uploaded since: its placements are in the
 	// spool.
-	placed, err := st.sp.Placements()
+	placed, err := readPlacements(st.sp)
+	if err != nil && transient(err) {
+		return fmt.Errorf("upload: read the pack placements of %s: %w", st.source(), err)
+	}
 	if err != nil {
 		// The next manifest could not say where those chunks are.
 		u.log.Error("upload: cannot read the pack placements; re-uploading the database", logKeyDB, st.source(), logKeyErr, err)

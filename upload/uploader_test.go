@@ -1861,3 +1861,57 @@ func TestLocalCacheAsTarget(t *testing.T) {
 		t.Errorf("Reassemble()=%v, equal %v", err, bytes.Equal(buf.Bytes(), s.data))
 	}
 }
+
+// TestUploaderTransientRecordErrors: a spool record the uploader cannot
+// read for want of descriptors (the targets it uploaded to, or where it
+// packed chunks) fails the pass, which is retried; it does not count as
+// a change of targets or a lost record, which would invalidate the spool
+// and upload the whole database again.
+func TestUploaderTransientRecordErrors(t *testing.T) {
+	emfile := fmt.Errorf("open targets: %w", syscall.EMFILE)
+	for _, tc := range []struct {
+		name string
+		fail func() (restore func())
+	}{
+		{"targets", func() func() {
+			old := readTargets
+			readTargets = func(spool.Dir) ([]byte, error) { return nil, emfile }
+			return func() { readTargets = old }
+		}},
+		{"placements", func() func() {
+			old := readPlacements
+			readPlacements = func(spool.Dir) (map[manifest.Fingerprint]manifest.PackRef, error) { return nil, emfile }
+			return func() { readPlacements = old }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := storetest.NewClock()
+			fake := storetest.NewFake("s")
+			d := newTestSpool(t, t.TempDir(), "/data/emfile.db")
+			data := testData(70, 4*manifest.ChunkSize)
+			s1 := d.snapshot(data, now.Now())
+			d.stage(s1)
+			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			mustFlush(t, u, d.dir)
+			checkStored(t, fake, d, s1)
+
+			s2 := d.snapshot(withChunk(data, 2, 71), now.Now().Add(time.Second))
+			d.stage(s2)
+			restore := tc.fail()
+			err := u.Flush(context.Background(), d.dir)
+			restore()
+			if !errors.Is(err, syscall.EMFILE) {
+				t.Fatalf("Flush()=%v with the %s record unreadable, want EMFILE", err, tc.name)
+			}
+			if !d.hasStaged() || !d.sp.HasUploaded() {
+				t.Fatalf("the spool was invalidated for want of descriptors (staged %v, uploaded %v)", d.hasStaged(), d.sp.HasUploaded())
+			}
+			before := fake.NumCalls()
+			mustFlush(t, u, d.dir)
+			if calls := fake.CallsSince(before); len(calls) > 2 {
+				t.Errorf("the flush after the failure made %d calls, want at most 2 (the changed chunk and the manifest, not the database again): %v", len(calls), calls)
+			}
+			checkStored(t, fake, d, s2)
+		})
+	}
+}
