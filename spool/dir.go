@@ -439,12 +439,49 @@ func (d Dir) readRecord(name string) ([]byte, error) {
 func recordPerm(db fs.FileMode) fs.FileMode { return 0o400 | db&0o044 }
 
 // Uploaded returns the manifest the uploader last put in the store, with
-// its pack table, as it recorded it; nil and no error when there is none.
-func (d Dir) Uploaded() ([]byte, error) { return d.readRecord(uploadedFile) }
+// its pack table, as it recorded it (a head over its base); nil and no
+// error when there is none. A record that does not decode is ErrCorrupt.
+func (d Dir) Uploaded() (*manifest.Manifest, error) {
+	for tries := 0; ; tries++ {
+		b, err := d.readRecord(uploadedFile)
+		if err != nil || b == nil {
+			return nil, err
+		}
+		m, _, err := decodeStaged(d.path, b)
+		if errors.Is(err, errBaseGone) && tries < 3 {
+			continue // a newer record replaced the base since the read
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, d.join(uploadedFile), err)
+		}
+		return m, nil
+	}
+}
 
-// RecordUploaded records b, an encoded manifest with its pack table, as
-// the one the store now holds.
-func (d Dir) RecordUploaded(b []byte) error { return d.writeRecord(uploadedFile, b) }
+// RecordUploaded records b, the manifest put in the store with its pack
+// table, as the one the store now holds: whole (base nil), or a head over
+// base, the encoded base, which is written beside it once. So a record
+// costs the spool what the upload changed, not the database's size.
+func (d Dir) RecordUploaded(b, base []byte) error {
+	keep := ""
+	if base != nil {
+		keep = baseName(manifest.Sum(base))
+		if !fsutil.Exists(d.join(keep)) {
+			if err := d.writeRecord(keep, base); err != nil {
+				return err
+			}
+		}
+	}
+	if err := d.writeRecord(uploadedFile, b); err != nil {
+		return err
+	}
+	// The bases of earlier records: readers that read a record over one
+	// read again (Uploaded).
+	if err := removeBaseFiles(d.path, keep); err != nil {
+		return fmt.Errorf("spool: remove the old bases of %s: %w", d.path, err)
+	}
+	return nil
+}
 
 // HasUploaded reports whether an upload of the database was recorded.
 func (d Dir) HasUploaded() bool { return fsutil.Exists(d.join(uploadedFile)) }
@@ -465,7 +502,20 @@ func (d Dir) UploadedID() [32]byte {
 	if err != nil {
 		return [32]byte{}
 	}
+	var um *manifest.Manifest // the record decoded, when it had to be
 	id := snapshotID(b)
+	if v, err := manifest.FormatVersion(b); err == nil && v == 2 {
+		// A head over a base: the ID of the whole manifest it gives,
+		// the one a whole record would have.
+		m, err := d.Uploaded()
+		if err != nil || m == nil {
+			return [32]byte{}
+		}
+		if id, err = plainID(m); err != nil {
+			return [32]byte{}
+		}
+		um = m
+	}
 	// The uploader records the whole manifest it put; a staged head of the
 	// same snapshot has another ID (the hash of the head's bytes). Say it
 	// is uploaded, or every restart would put each large database's
@@ -476,12 +526,30 @@ func (d Dir) UploadedID() [32]byte {
 		return id
 	}
 	if s, err := d.Staged(); err == nil && s != nil && s.ID != id {
-		if m, err := manifest.Decode(b); err == nil && sameSnapshot(m, s.Manifest) {
+		if um == nil {
+			um, _ = manifest.Decode(b)
+		}
+		if um != nil && sameSnapshot(um, s.Manifest) {
 			return s.ID
 		}
 	}
 	return id
 }
+
+// plainID is the ID of m as a whole manifest without its pack table.
+func plainID(m *manifest.Manifest) ([32]byte, error) {
+	plain := *m
+	plain.Packs = nil
+	b, err := plain.MarshalBinary()
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return sha256.Sum256(b), nil
+}
+
+// UploadedIs reports whether the last uploaded manifest is the snapshot
+// id (a [Snapshot.ID]), pack tables aside.
+func (d Dir) UploadedIs(id [32]byte) bool { return id != [32]byte{} && d.UploadedID() == id }
 
 // sameSnapshot reports whether a and b describe the same snapshot, pack
 // tables aside.

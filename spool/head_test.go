@@ -172,7 +172,7 @@ func TestUploadedHeadKeepsItsID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := dir.RecordUploaded(whole); err != nil {
+	if err := dir.RecordUploaded(whole, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := dir.UploadedID(); got != s.ID {

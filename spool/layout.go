@@ -8,12 +8,12 @@ const (
 	markerFile   = "txn"           // the transaction marker (marker.go)
 	stagingDir   = "staging"       // the current snapshot
 	manifestFile = "manifest"      // a snapshot's manifest, in staging/ and in each handed-over snapshot
-	basePrefix   = "base."         // base.<ID>: the base a head manifest is over, beside it (head.go)
+	basePrefix   = "base."         // base.<ID>: the base a head manifest is over, beside it (head.go), in staging/ and beside uploaded
 	chunksDir    = "chunks"        // a snapshot's chunk files, by fingerprint
 	readyDir     = "ready"         // a snapshot published for upload
 	consumingDir = "consuming"     // snapshots the uploader is uploading
 	tmpDir       = "tmp"           // scratch: everything is written here first
-	uploadedFile = "uploaded"      // the manifest last put in the store, with its pack table
+	uploadedFile = "uploaded"      // the manifest last put in the store, with its pack table: whole, or a head over a base.<ID> beside it
 	packedFile   = "packed"        // placements of packed chunks no uploaded manifest lists yet
 	targetsFile  = "targets"       // the non-cache targets the chunks were uploaded to
 	baseFile     = "manifest-base" // the manifest base last put in the store (format v2)

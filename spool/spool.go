@@ -477,8 +477,10 @@ func Invalidate(dir string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := removeBaseFiles(filepath.Join(dir, stagingDir), ""); err != nil {
-		errs = append(errs, err)
+	for _, d := range []string{filepath.Join(dir, stagingDir), dir} {
+		if err := removeBaseFiles(d, ""); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for _, p := range []string{filepath.Join(dir, readyDir), filepath.Join(dir, consumingDir)} {
 		if err := os.RemoveAll(p); err != nil {

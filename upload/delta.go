@@ -23,7 +23,8 @@ var deltaMinChunks = 2048 // a variable for tests
 // format v1 encoding is whole: whole itself for a small database or
 // with WholeManifests, otherwise a format v2 head, after uploading a new
 // base to every target when there is none or the last one is too far
-// behind m.
+// behind m; with a head, it also returns the encoded base the head is
+// over, which the spool's record of the upload needs.
 //
 // A new base is written when the overrides would exceed an eighth of
 // the chunks, when the database shrank by more than an eighth, or when
@@ -32,14 +33,14 @@ var deltaMinChunks = 2048 // a variable for tests
 // upload near their least: with overrides growing by r bytes per upload,
 // it writes a base of B bytes every sqrt(2B/r) uploads, which is what
 // minimizes B/k + r*k/2, the base's share plus the average head.
-func (u *Uploader) storeEncoding(ctx context.Context, st *dbState, m *manifest.Manifest, whole []byte, targets []limitedTarget) ([]byte, error) {
+func (u *Uploader) storeEncoding(ctx context.Context, st *dbState, m *manifest.Manifest, whole []byte, targets []limitedTarget) ([]byte, []byte, error) {
 	if u.opts.WholeManifests || len(m.Chunks) < deltaMinChunks {
 		if st.sp.HasBase() {
 			if err := st.sp.RemoveBase(); err != nil {
 				u.log.Warn("upload: cannot remove the record of the manifest base", logKeyDB, m.SourcePath, logKeyErr, err)
 			}
 		}
-		return whole, nil
+		return whole, nil, nil
 	}
 	n := len(m.Chunks)
 	blob, err := st.sp.Base()
@@ -50,7 +51,7 @@ func (u *Uploader) storeEncoding(ctx context.Context, st *dbState, m *manifest.M
 		if base, err := manifest.Decode(blob); err == nil {
 			h, err := manifest.NewHead(m, base, manifest.Sum(blob), len(blob))
 			if err != nil {
-				return nil, fmt.Errorf("upload: manifest head of %s: %w", m.SourcePath, err)
+				return nil, nil, fmt.Errorf("upload: manifest head of %s: %w", m.SourcePath, err)
 			}
 			over := int64(len(h.Overrides)) * (4 + manifest.FingerprintSize)
 			st.mu.Lock()
@@ -59,12 +60,12 @@ func (u *Uploader) storeEncoding(ctx context.Context, st *dbState, m *manifest.M
 			if len(h.Overrides) <= n/8 && len(base.Chunks) <= n+n/8 && spent < int64(len(blob)) {
 				b, err := h.MarshalBinary()
 				if err != nil {
-					return nil, fmt.Errorf("upload: encode the manifest head of %s: %w", m.SourcePath, err)
+					return nil, nil, fmt.Errorf("upload: encode the manifest head of %s: %w", m.SourcePath, err)
 				}
 				st.mu.Lock()
 				st.overBytes = spent
 				st.mu.Unlock()
-				return b, nil
+				return b, blob, nil
 			}
 		} else {
 			u.log.Warn("upload: the recorded manifest base does not decode; writing a new one", logKeyDB, m.SourcePath, logKeyErr, err)
@@ -73,7 +74,7 @@ func (u *Uploader) storeEncoding(ctx context.Context, st *dbState, m *manifest.M
 
 	blob, id, err := manifest.NewBase(m)
 	if err != nil {
-		return nil, fmt.Errorf("upload: encode the manifest base of %s: %w", m.SourcePath, err)
+		return nil, nil, fmt.Errorf("upload: encode the manifest base of %s: %w", m.SourcePath, err)
 	}
 	for _, t := range targets {
 		if t.Cache {
@@ -82,7 +83,7 @@ func (u *Uploader) storeEncoding(ctx context.Context, st *dbState, m *manifest.M
 		err := t.lim.PutBase(ctx, id, blob)
 		st.countCall()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if err := st.sp.RecordBase(blob); err != nil {
@@ -96,13 +97,13 @@ func (u *Uploader) storeEncoding(ctx context.Context, st *dbState, m *manifest.M
 	base.Inline = nil
 	h, err := manifest.NewHead(m, &base, id, len(blob))
 	if err != nil {
-		return nil, fmt.Errorf("upload: manifest head of %s: %w", m.SourcePath, err)
+		return nil, nil, fmt.Errorf("upload: manifest head of %s: %w", m.SourcePath, err)
 	}
 	b, err := h.MarshalBinary()
 	if err != nil {
-		return nil, fmt.Errorf("upload: encode the manifest head of %s: %w", m.SourcePath, err)
+		return nil, nil, fmt.Errorf("upload: encode the manifest head of %s: %w", m.SourcePath, err)
 	}
-	return b, nil
+	return b, blob, nil
 }
 
 // touchBase touches the recorded manifest base in every target, as

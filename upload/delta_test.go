@@ -81,7 +81,7 @@ func TestDeltaBytesPerUpload(t *testing.T) {
 				}
 				whole += int64(len(mb))
 				inline += manifest.ChunkSize
-				put, err := u.storeEncoding(ctx, st, m, mb, u.bg)
+				put, _, err := u.storeEncoding(ctx, st, m, mb, u.bg)
 				if err != nil {
 					t.Fatalf("storeEncoding()=%v", err)
 				}
@@ -156,5 +156,56 @@ func TestUploaderDeltaManifest(t *testing.T) {
 				t.Errorf("%d bases put, want %d", bases, want)
 			}
 		})
+	}
+}
+
+// TestUploadedRecordFollowsChange: the spool's record of the last upload
+// is what the store got, a head over a base written beside it once, and
+// not the whole manifest each time: at 4 GiB that was 2 MiB written to
+// the spool per upload, whatever changed. It still reads back as the
+// uploaded snapshot, and a restarted uploader still knows it uploaded it.
+func TestUploadedRecordFollowsChange(t *testing.T) {
+	old := deltaMinChunks
+	deltaMinChunks = 4
+	t.Cleanup(func() { deltaMinChunks = old })
+	const n = 64
+	now, fake, u, d := oneTarget(t, "/data/record.db", nil)
+	data := testData(7, n*manifest.ChunkSize)
+	for k := range 6 {
+		data = withChunk(data, 5+k, uint64(70+k))
+		s := d.snapshot(data, now.Now())
+		d.stage(s)
+		mustFlush(t, u, d.dir)
+		if m, _, err := store.FetchManifest(context.Background(), []store.Store{fake}, d.key()); err != nil {
+			t.Fatalf("upload %d: FetchManifest()=%v", k, err)
+		} else if gb, _ := m.MarshalBinary(); !bytes.Equal(gb, s.mb) {
+			t.Fatalf("upload %d: the stored manifest reads back as another", k)
+		}
+		now.Advance(2 * time.Second)
+		st, err := os.Stat(d.sp.UploadedFile())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Every record after the first, which comes with the base, leaves
+		// out the fingerprints of the chunks that did not change.
+		if most := int64(len(s.mb)) - (n-8)*manifest.FingerprintSize; k > 0 && st.Size() > most {
+			t.Errorf("upload %d: the spool's record of it is %d bytes, want at most %d (the whole manifest is %d)", k, st.Size(), most, len(s.mb))
+		}
+		m, err := d.sp.Uploaded()
+		if err != nil || m == nil {
+			t.Fatalf("upload %d: Uploaded()=%v, %v", k, m, err)
+		}
+		if got, want := mustPlainID(t, m), spool.ManifestID(s.mb); got != want {
+			t.Fatalf("upload %d: the record reads back as another manifest", k)
+		}
+		if id, _ := d.sp.StagedID(); d.sp.UploadedID() != id {
+			t.Fatalf("upload %d: UploadedID() is not the staged snapshot's ID after its upload", k)
+		}
+	}
+	// A new uploader (a restart) finds nothing to upload.
+	before := fake.NumCalls()
+	mustFlush(t, newTestUploader(t, uploadOpts(now, target(fake))), d.dir)
+	if calls := fake.CallsSince(before); storetest.CountOps(calls, storetest.OpPutManifest) != 0 {
+		t.Errorf("a restarted uploader put the manifest again: %v", calls)
 	}
 }

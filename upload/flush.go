@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
 )
 
@@ -259,13 +258,9 @@ func (u *Uploader) holds(st *dbState, w wanted) bool {
 	if id == w.id || (id != ([32]byte{}) && !at.Before(w.created)) {
 		return true
 	}
-	b, err := st.sp.Uploaded()
-	if err != nil || b == nil {
+	m, err := st.sp.Uploaded()
+	if err != nil || m == nil {
 		return false
 	}
-	if spool.ManifestID(b) == w.id {
-		return true
-	}
-	m, err := manifest.Decode(b)
-	return err == nil && !m.Created.Before(w.created)
+	return !m.Created.Before(w.created) || st.sp.UploadedIs(w.id)
 }

@@ -2,9 +2,9 @@ package upload
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
-	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 )
@@ -23,18 +23,15 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, s *spool.Sna
 	}
 	// The last uploaded manifest says where the chunks this snapshot
 	// shares with it are: without it, nothing can be relied on.
-	var prev *manifest.Manifest
-	b, err := st.sp.Uploaded()
+	prev, err := st.sp.Uploaded()
+	if errors.Is(err, spool.ErrCorrupt) {
+		if ierr := u.invalidate(st); ierr != nil {
+			return ierr
+		}
+		return fmt.Errorf("%w: the last uploaded manifest: %w", ErrSpoolCorrupt, err)
+	}
 	if err != nil {
 		return fmt.Errorf("upload: read the last uploaded manifest of %s: %w", m.SourcePath, err)
-	}
-	if b != nil {
-		if prev, err = manifest.Decode(b); err != nil {
-			if ierr := u.invalidate(st); ierr != nil {
-				return ierr
-			}
-			return fmt.Errorf("%w: the last uploaded manifest: %w", ErrSpoolCorrupt, err)
-		}
 	}
 	// Never make the store go backwards: a snapshot taken before the last
 	// uploaded one (left behind in consuming/, say) is not uploaded.
@@ -54,7 +51,7 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, s *spool.Sna
 	if st.hurry.Load() > 0 {
 		targets = u.flush
 	}
-	put, err := u.storeEncoding(ctx, st, packed, mb, targets)
+	put, base, err := u.storeEncoding(ctx, st, packed, mb, targets)
 	if err != nil {
 		return err
 	}
@@ -69,7 +66,7 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, s *spool.Sna
 	if u.opts.OnManifest != nil {
 		u.opts.OnManifest(m.Hostname, m.SourcePath)
 	}
-	if err := recordUploaded(st.sp, mb); err != nil {
+	if err := recordUploaded(st.sp, put, base); err != nil {
 		// The placements stay: without this record of the manifest's
 		// pack table, they are the only one the next upload has.
 		u.log.Warn("upload: cannot record the uploaded manifest", logKeyDB, m.SourcePath, logKeyErr, err)
@@ -80,6 +77,7 @@ func (u *Uploader) uploadManifest(ctx context.Context, st *dbState, s *spool.Sna
 	return nil
 }
 
-// recordUploaded records the uploaded manifest in the spool; tests make
-// it fail.
-var recordUploaded = func(sp spool.Dir, b []byte) error { return sp.RecordUploaded(b) }
+// recordUploaded records the uploaded manifest in the spool, as the store
+// got it (a head over base, or whole when base is nil); tests make it
+// fail.
+var recordUploaded = func(sp spool.Dir, b, base []byte) error { return sp.RecordUploaded(b, base) }

@@ -68,13 +68,9 @@ func Places(dir string) (map[manifest.Fingerprint]manifest.PackRef, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := sp.Uploaded()
-	if err != nil || b == nil {
+	m, err := sp.Uploaded()
+	if err != nil || m == nil {
 		return places, err
-	}
-	m, err := manifest.Decode(b)
-	if err != nil {
-		return nil, err
 	}
 	for idx, ref := range m.PackRefs() {
 		if _, ok := places[m.Chunks[idx]]; !ok {

@@ -202,12 +202,10 @@ func newestConsumed(sp spool.Dir) (*spool.Snapshot, error) {
 // older handed-over one, a manifest gap staler.
 func (u *Uploader) inStore(st *dbState, m *manifest.Manifest) bool {
 	var prev map[manifest.Fingerprint]bool
-	if b, err := st.sp.Uploaded(); err == nil && b != nil {
-		if pm, err := manifest.Decode(b); err == nil {
-			prev = make(map[manifest.Fingerprint]bool, len(pm.Chunks))
-			for _, fp := range pm.Chunks {
-				prev[fp] = true
-			}
+	if pm, err := st.sp.Uploaded(); err == nil && pm != nil {
+		prev = make(map[manifest.Fingerprint]bool, len(pm.Chunks))
+		for _, fp := range pm.Chunks {
+			prev[fp] = true
 		}
 	}
 	var rest []manifest.Fingerprint

@@ -32,12 +32,8 @@ func (u *Uploader) maybeTouch(ctx context.Context, st *dbState, targets []limite
 	if !due {
 		return
 	}
-	mb, err := st.sp.Uploaded()
-	if err != nil || mb == nil {
-		return
-	}
-	m, err := manifest.Decode(mb)
-	if err != nil {
+	m, err := st.sp.Uploaded()
+	if err != nil || m == nil {
 		return
 	}
 	// Each object once: a chunk of its own, or the pack holding it.

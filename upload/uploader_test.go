@@ -395,8 +395,8 @@ func TestUploaderReadySnapshot(t *testing.T) {
 			}
 			checkStored(t, fake, d, s)
 			fake.CheckIntegrity(t)
-			if b, err := d.sp.Uploaded(); err != nil || !bytes.Equal(b, s.mb) {
-				t.Errorf("uploaded file: %v (equal %v), want the manifest", err, bytes.Equal(b, s.mb))
+			if m, err := d.sp.Uploaded(); err != nil || m == nil || spool.ManifestID(s.mb) != mustPlainID(t, m) {
+				t.Errorf("uploaded record: %v, %v; want the manifest", m, err)
 			}
 			sts := u.Status()
 			if len(sts) != 1 {
@@ -1142,7 +1142,7 @@ func TestSpoolLag(t *testing.T) {
 			var wantPending int64
 			var uploadedSum [32]byte
 			if n := tt.st.uploaded; n > 0 {
-				if err := d.sp.RecordUploaded(snaps[n].mb); err != nil {
+				if err := d.sp.RecordUploaded(snaps[n].mb, nil); err != nil {
 					t.Fatal(err)
 				}
 				uploadedSum = spool.ManifestID(snaps[n].mb)
@@ -1761,9 +1761,9 @@ func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
 	// cannot be written.
 	s2 := d.snapshot(withChunk(withChunk(data, 2, 51), 3, 52), now.Now())
 	d.stage(s2, s2.m.Chunks[2], s2.m.Chunks[3])
-	recordUploaded = func(spool.Dir, []byte) error { return syscall.ENOSPC }
+	recordUploaded = func(spool.Dir, []byte, []byte) error { return syscall.ENOSPC }
 	mustFlush(t, u, d.dir)
-	recordUploaded = func(sp spool.Dir, b []byte) error { return sp.RecordUploaded(b) }
+	recordUploaded = func(sp spool.Dir, b, base []byte) error { return sp.RecordUploaded(b, base) }
 	checkReassembled(t, fake, d, s2)
 	if !d.sp.HasPlacements() {
 		t.Fatal("placements dropped although the uploaded file was not written")
@@ -1914,4 +1914,14 @@ func TestUploaderTransientRecordErrors(t *testing.T) {
 			checkStored(t, fake, d, s2)
 		})
 	}
+}
+
+// mustPlainID is the [spool.Snapshot.ID] of m, its pack table aside.
+func mustPlainID(t testing.TB, m *manifest.Manifest) [32]byte {
+	t.Helper()
+	b, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spool.ManifestID(b)
 }
