@@ -13,7 +13,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/restore"
 	"github.com/boule-vfs/boule/spool"
@@ -612,4 +614,64 @@ func checkpointedCopy(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestSyncAfterRestoreInPlaceWAL: OPERATIONS.md's restore in place of a
+// database in WAL mode: the writer stops, the database is restored over
+// itself from an earlier version, and vfsctl sync makes the restored
+// database the newest version in the store.
+func TestSyncAfterRestoreInPlaceWAL(t *testing.T) {
+	tmpdir := testfs.TempDir(t)
+	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, "wal.db")}
+	if err := os.Mkdir(f.store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(f.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vfs.Register(cfg); err != nil { // a writer, with its uploader
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = vfs.Register(vfs.Config{ReplicationSpoolingDir: f.spool}) })
+	db, err := sql.Open("sqlite3", "file:"+f.db+"?vfs=boule&_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(1)
+	ctx := context.Background()
+	for _, q := range []string{"CREATE TABLE t(v)", "INSERT INTO t VALUES ('one')"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := vfs.Flush(ctx, f.db); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().UTC().Format(time.RFC3339Nano)
+	if _, err := db.Exec("INSERT INTO t VALUES ('two')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := vfs.Flush(ctx, f.db); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--at", at, "--out", f.db, "--force", f.db); code != exitOK {
+		t.Fatalf("restore in place=%d %q", code, errs)
+	}
+	want, err := os.ReadFile(f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.sync(t)
+	got := filepath.Join(f.dir, "newest.db")
+	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--out", got, f.db); code != exitOK {
+		t.Fatalf("restore of the newest=%d %q", code, errs)
+	}
+	if b, err := os.ReadFile(got); err != nil || !bytes.Equal(b, want) {
+		t.Fatalf("the newest version after sync: %d bytes (%v), want the database restored in place (%d bytes): sync did not upload it", len(b), err, len(want))
+	}
 }

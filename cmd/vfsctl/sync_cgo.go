@@ -106,6 +106,13 @@ func syncDB(ctx context.Context, g *globals, arg string) error {
 		}
 		break
 	}
+	// In WAL mode a connection keeps its SHARED lock on the file while it
+	// is open, and boule checks the file against the spool when it lets go
+	// of it: at the close. Without it, a database replaced behind boule's
+	// back (restored in place) would be flushed as the spool last saw it.
+	if err := db.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", path, err)
+	}
 	stopProgress := func() {}
 	if isTerminal(g.stderr) {
 		stopProgress = syncProgress(g, path)
