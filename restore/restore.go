@@ -127,7 +127,7 @@ func Write(ctx context.Context, stores []store.Store, m *manifest.Manifest, w io
 		}
 		for _, d := range s.data {
 			if _, err := w.Write(d); err != nil {
-				return fmt.Errorf("restore: restore: write: %w", err)
+				return fmt.Errorf("restore: write: %w", err)
 			}
 			written += int64(len(d))
 		}
@@ -143,7 +143,7 @@ func Write(ctx context.Context, stores []store.Store, m *manifest.Manifest, w io
 		return err
 	}
 	if written != m.Size {
-		return fmt.Errorf("restore: restore: wrote %d bytes, manifest says %d", written, m.Size)
+		return fmt.Errorf("restore: wrote %d bytes, manifest says %d", written, m.Size)
 	}
 	return nil
 }
@@ -367,7 +367,7 @@ func checkReplaceable(path string) error {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case err != nil:
-		return fmt.Errorf("restore: restore %s: %w", path, err)
+		return fmt.Errorf("restore: %s: %w", path, err)
 	case !st.Mode().IsRegular():
 		return fmt.Errorf("%w: %s is %s; refusing to replace it", ErrNotRegularFile, path, FileKind(st.Mode()))
 	}
@@ -472,7 +472,7 @@ func createRestoreTemp(path string, perm fs.FileMode) (*os.File, error) {
 func checkJournals(path string) error {
 	for _, suffix := range []string{"-journal", "-wal", "-shm"} {
 		if _, err := os.Lstat(path + suffix); err == nil {
-			return fmt.Errorf("restore: restore %s: %s exists and SQLite would apply it to the restored database; move it away first", path, path+suffix)
+			return fmt.Errorf("restore: %s: %s exists and SQLite would apply it to the restored database; move it away first", path, path+suffix)
 		}
 	}
 	return nil
@@ -486,7 +486,7 @@ func checkInUse(path string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("restore: restore %s: %w", path, err)
+		return fmt.Errorf("restore: %s: %w", path, err)
 	}
 	// Openers first: when this process has the file open, opening and
 	// closing it here would drop its SQLite locks.
@@ -499,7 +499,7 @@ func checkInUse(path string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("restore: restore %s: %w", path, err)
+		return fmt.Errorf("restore: %s: %w", path, err)
 	}
 	if held {
 		who := "a process"
@@ -566,7 +566,7 @@ func File(ctx context.Context, stores []store.Store, m *manifest.Manifest, path 
 	}
 	tmp, err := createRestoreTemp(path, perm)
 	if err != nil {
-		return fmt.Errorf("restore: restore %s: %w", path, err)
+		return fmt.Errorf("restore: %s: %w", path, err)
 	}
 	// The temp file stays open, hence locked against the sweep of
 	// another restore, until it is renamed or removed.
@@ -578,10 +578,10 @@ func File(ctx context.Context, stores []store.Store, m *manifest.Manifest, path 
 		}
 	}()
 	if err := Write(ctx, stores, m, newWritebackWriter(tmp), opts); err != nil {
-		return fmt.Errorf("restore: restore %s: %w", path, err)
+		return fmt.Errorf("restore: %s: %w", path, err)
 	}
 	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("restore: restore %s: sync: %w", path, err)
+		return fmt.Errorf("restore: %s: sync: %w", path, err)
 	}
 	// Again: the restore took a while, and something may have appeared.
 	if err := checkOutput(path, opts.Replace); err != nil {
@@ -595,7 +595,7 @@ func File(ctx context.Context, stores []store.Store, m *manifest.Manifest, path 
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%w: %s appeared during the restore; refusing to replace it", ErrOutputExists, path)
 		}
-		return fmt.Errorf("restore: restore %s: %w", path, err)
+		return fmt.Errorf("restore: %s: %w", path, err)
 	}
 	ok = true
 	if d, err := os.Open(filepath.Clean(dir)); err == nil {

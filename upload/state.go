@@ -53,6 +53,10 @@ func newDBState(sp spool.Dir) *dbState {
 	st.status.Dir = sp.Path()
 	st.status.Source = sp.Source()
 	st.uploadedID = sp.UploadedID()
+	// Counted on from what the processes before this one saved.
+	if saved, ok := savedStatus(sp); ok {
+		st.status.carry(saved)
+	}
 	return st
 }
 

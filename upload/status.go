@@ -83,6 +83,29 @@ func withSpool(s Status, sp spool.Dir, uploaded [32]byte, now time.Time) Status 
 	return s
 }
 
+// savedStatus is the status saved in sp, if any that decodes.
+func savedStatus(sp spool.Dir) (Status, bool) {
+	var s Status
+	b, err := sp.Status()
+	if err != nil || b == nil || json.Unmarshal(b, &s) != nil {
+		return Status{}, false
+	}
+	return s, true
+}
+
+// carry raises s's counters and last upload to saved's, which another
+// process (or an earlier one) saved.
+func (s *Status) carry(saved Status) {
+	s.Uploads = max(s.Uploads, saved.Uploads)
+	s.Chunks = max(s.Chunks, saved.Chunks)
+	s.Packs = max(s.Packs, saved.Packs)
+	s.Calls = max(s.Calls, saved.Calls)
+	s.Failures = max(s.Failures, saved.Failures)
+	if saved.LastUpload.After(s.LastUpload) {
+		s.LastUpload = saved.LastUpload
+	}
+}
+
 // ReadStatus reads the status a database's uploader saved in its spool
 // directory, with the lag and pending bytes computed now from the spool.
 func ReadStatus(dir string, now time.Time) (Status, error) {
@@ -105,11 +128,19 @@ func ReadStatus(dir string, now time.Time) (Status, error) {
 }
 
 // saveStatus saves st's status in its spool directory, for ReadStatus.
+//
+// Several processes serve one database over time (a restart, a vfsctl
+// flush), each with its own counters, and status.json is shared: what it
+// saves never goes below what is saved, so that a process that uploaded
+// nothing does not make the database look as if it never was.
 func (u *Uploader) saveStatus(st *dbState) {
 	st.mu.Lock()
 	s := st.status
 	s.Blocked = st.blocked != nil
 	st.mu.Unlock()
+	if saved, ok := savedStatus(st.sp); ok {
+		s.carry(saved)
+	}
 	s.Lag, s.PendingBytes = 0, 0 // computed by readers
 	s.NotReplicated, s.Problem = false, ""
 	s.UploaderAlive, s.UploaderSeen = false, time.Time{}

@@ -1925,3 +1925,38 @@ func mustPlainID(t testing.TB, m *manifest.Manifest) [32]byte {
 	}
 	return spool.ManifestID(b)
 }
+
+// TestStatusOutlivesItsUploader: status.json is shared by the processes
+// that serve a database over time. One that uploads nothing (a vfsctl
+// flush after the writer's uploader did the work) keeps the counts and
+// the last upload that the one before saved, rather than show a database
+// the store holds as never uploaded; one that uploads counts on.
+func TestStatusOutlivesItsUploader(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s")
+	d := newTestSpool(t, t.TempDir(), "/data/status.db")
+	data := testData(80, 3*manifest.ChunkSize)
+	s1 := d.snapshot(data, now.Now())
+	d.stage(s1)
+	mustFlush(t, newTestUploader(t, uploadOpts(now, target(fake))), d.dir)
+	first, err := ReadStatus(d.dir, now.Now())
+	if err != nil || first.Uploads != 1 || first.LastUpload.IsZero() {
+		t.Fatalf("ReadStatus() after the first upload=%+v, %v; want 1 upload", first, err)
+	}
+
+	now.Advance(time.Minute)
+	mustFlush(t, newTestUploader(t, uploadOpts(now, target(fake))), d.dir) // nothing to upload
+	got, err := ReadStatus(d.dir, now.Now())
+	if err != nil || got.Uploads != first.Uploads || got.Chunks != first.Chunks || !got.LastUpload.Equal(first.LastUpload) {
+		t.Fatalf("ReadStatus() after a flush with nothing to upload=%+v, %v; want the first uploader's counts and last upload (%d uploads at %v)", got, err, first.Uploads, first.LastUpload)
+	}
+
+	u := newTestUploader(t, uploadOpts(now, target(fake)))
+	s2 := d.snapshot(withChunk(data, 1, 81), now.Now())
+	d.stage(s2)
+	mustFlush(t, u, d.dir)
+	got, err = ReadStatus(d.dir, now.Now())
+	if err != nil || got.Uploads != 2 || !got.LastUpload.After(first.LastUpload) {
+		t.Fatalf("ReadStatus() after a third uploader's upload=%+v, %v; want 2 uploads, a later last upload", got, err)
+	}
+}

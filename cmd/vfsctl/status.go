@@ -81,8 +81,9 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 			"uploads were done shows state \"stopped\" and no live uploader, a store outage\n"+
 			"a live uploader and errors), and the uploader's calls, failures and last\n"+
 			"error (cut to 60 characters; in full with --json).\n\n"+
-			"Exits 1 if any database is not replicated (its snapshots fail, or it is in WAL\n"+
-			"mode), blocked (a permanent store error), or lags more than --max-lag, or if\n"+
+			"Exits 1 if any database is not replicated (its snapshots fail, or a boule older\n"+
+			"than WAL replication left it in WAL mode), blocked (a permanent store error),\n"+
+			"or lags more than --max-lag, or if\n"+
 			"SPOOL_DIR does not look like a spool: fit for cron, systemd and probes.\n\n"+
 			"--watch redraws the table every 2s until interrupted, then exits as the last\n"+
 			"refresh would have; it needs a terminal on standard output (to log status\n"+
