@@ -1927,7 +1927,7 @@ func mustPlainID(t testing.TB, m *manifest.Manifest) [32]byte {
 }
 
 // TestStatusOutlivesItsUploader: status.json is shared by the processes
-// that serve a database over time. One that uploads nothing (a vfsctl
+// that serve a database over time, and an upload counts as a heartbeat. One that uploads nothing (a vfsctl
 // flush after the writer's uploader did the work) keeps the counts and
 // the last upload that the one before saved, rather than show a database
 // the store holds as never uploaded; one that uploads counts on.
@@ -1942,6 +1942,11 @@ func TestStatusOutlivesItsUploader(t *testing.T) {
 	first, err := ReadStatus(d.dir, now.Now())
 	if err != nil || first.Uploads != 1 || first.LastUpload.IsZero() {
 		t.Fatalf("ReadStatus() after the first upload=%+v, %v; want 1 upload", first, err)
+	}
+	// The uploader that did it was seen, though it never started its
+	// heartbeat loop (a writer that exits within a beat period).
+	if first.UploaderSeen.IsZero() {
+		t.Errorf("ReadStatus() after an upload: uploader never seen, want the upload's time")
 	}
 
 	now.Advance(time.Minute)
