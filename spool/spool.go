@@ -284,6 +284,17 @@ func (s *Spool) fault(op, path string) error {
 	return s.opts.Fault(op, path)
 }
 
+// DirOf returns the directory of the database at source (an absolute
+// path) in the spool root, in the current boot, and whether it exists.
+func DirOf(root, source string) (Dir, bool) {
+	boot, err := BootDirFor(root)
+	if err != nil {
+		return Dir{}, false
+	}
+	d := OpenDir(filepath.Join(boot, MangleName(source)))
+	return d, d.Exists()
+}
+
 // MangleName returns the spool directory name for an absolute source path.
 // Short names are an invertible escape of the path ('/' becomes '#'; '#',
 // '%' and bytes outside a safe set are percent-encoded); paths whose escape

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,8 +21,10 @@ import (
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
+	"github.com/boule-vfs/boule/upload"
 	"golang.org/x/term"
 )
 
@@ -198,6 +201,9 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
+	if at == "" {
+		warnUnflushed(g, m)
+	}
 	opts := restore.Options{Concurrency: conc, Replace: force, Perm: outPerm(m)}
 	if isTerminal(g.stderr) {
 		update, finish := progressBar(g.stderr, "restore")
@@ -216,6 +222,35 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		return usageError{err.Error()}
 	}
 	return err
+}
+
+// warnUnflushed says on stderr when this host's spool holds commits of
+// the database that m, the newest version stored, lacks: a restore made
+// before they are uploaded does not have them, and nothing else would
+// say so.
+func warnUnflushed(g *globals, m *manifest.Manifest) {
+	if host, err := os.Hostname(); err != nil || m.Hostname != host {
+		return
+	}
+	src := g.config
+	if src == "" {
+		src = config.FromEnv(os.LookupEnv, slog.New(slog.DiscardHandler))
+	}
+	cfg, err := config.Load(src)
+	if err != nil || cfg.ReplicationSpoolingDir == "" {
+		return
+	}
+	d, ok := spool.DirOf(cfg.ReplicationSpoolingDir, m.SourcePath)
+	if !ok {
+		return
+	}
+	s, err := upload.ReadStatus(d.Path(), time.Now())
+	if err != nil || (s.Lag <= 0 && s.PendingBytes <= 0) {
+		return
+	}
+	fmt.Fprintf(g.stderr, "vfsctl restore: warning: this host's spool holds commits of %s that the store does not have yet (%d bytes pending, the oldest %s old): "+
+		"this restores the newest version stored, without them; run vfsctl flush %s first to include them\n",
+		m.SourcePath, s.PendingBytes, s.Lag.Round(time.Millisecond), cfg.ReplicationSpoolingDir)
 }
 
 // checkOut returns a usage error when something other than a regular file

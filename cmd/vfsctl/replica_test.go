@@ -545,3 +545,37 @@ func packedChunk(t *testing.T, root, db string, i uint32) (*manifest.Manifest, m
 	}
 	return m, ref
 }
+
+// TestRestoreWarnsUnflushed: restoring the newest version of a database
+// whose commits this host's spool holds and the store does not says so on
+// stderr, and how to include them; once flushed, it says nothing.
+func TestRestoreWarnsUnflushed(t *testing.T) {
+	f := flushed(t)
+	out := filepath.Join(f.dir, "restored.db")
+	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--out", out, f.db); code != exitOK || errs != "" {
+		t.Fatalf("restore of a flushed database=%d %q; want 0 and nothing on stderr", code, errs)
+	}
+	f.write(t, "INSERT INTO t(v) VALUES (randomblob(20000))") // spooled, not uploaded
+	code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--out", out, "--force", f.db)
+	if code != exitOK || !strings.Contains(errs, "warning") || !strings.Contains(errs, f.db) || !strings.Contains(errs, "vfsctl flush "+f.spool) {
+		t.Fatalf("restore with commits spooled=%d %q; want 0 and a warning naming the database and the flush to run", code, errs)
+	}
+	if code, out, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
+		t.Fatalf("flush=%d %q %q", code, out, errs)
+	}
+	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--out", out, "--force", f.db); code != exitOK || errs != "" {
+		t.Fatalf("restore after the flush=%d %q; want 0 and nothing on stderr", code, errs)
+	}
+	if got := f.bytes(t); !bytes.Equal(mustRead(t, out), got) {
+		t.Fatal("the restore after the flush is not the database")
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
