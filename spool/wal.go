@@ -384,16 +384,14 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 		// holds up to the scan's last commit, a state at or after gen's;
 		// later commits take later generations, which the next reads
 		// stage from the position the rebuild leaves.
+		pos := loadPos(c)
 		x := &d.walx
 		if err := x.scan(wal); err != nil {
 			return nil, fmt.Errorf("spool: %s: %w", d.path, err)
 		}
 		src := newLogicalSource(db, wal, x)
 		src.upTo = gen
-		if x.valid {
-			salt := x.hdr.salt
-			src.verify = func() error { return sameLog(wal, salt) }
-		}
+		src.verify = rebuildCheck(c, wal, x, pos)
 		return nil, d.walRebuild(src, true)
 	}
 	if cp == nil || err != nil {
@@ -417,6 +415,27 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 	cp.src = nil
 	cp.filled = closedChan
 	return cp, nil
+}
+
+// rebuildCheck returns the check, under the spool lock and before the
+// manifest is committed, of a rebuild in a read transaction that scanned
+// x from wal with the position at pos: errWALMoved when the log restarted
+// under the read, or when someone staged meanwhile (another process's
+// rebuild or persister, this process's restart or close), whose newer
+// state this older read would undo.
+func rebuildCheck(c *ctl, wal WALFile, x *walIndex, pos walPos) func() error {
+	salt, valid := x.hdr.salt, x.valid
+	return func() error {
+		if valid {
+			if err := sameLog(wal, salt); err != nil {
+				return err
+			}
+		}
+		if loadPos(c) != pos {
+			return errWALMoved
+		}
+		return nil
+	}
 }
 
 // sameLog returns errWALMoved unless the log's header still has salt:

@@ -96,3 +96,40 @@ func TestWALRebuildInReadTransaction(t *testing.T) {
 		t.Errorf("marker persisted %d, committed %d; want %d (the rebuild's) and %d (the commit taken meanwhile, still to stage)", p, cm, read, later)
 	}
 }
+
+// TestRebuildCheck: the check of a rebuild in a read transaction fails
+// (errWALMoved, nothing committed) when the log restarted under the read,
+// or when the staged position moved meanwhile: another process's rebuild
+// staged a newer state, which this older read would undo; otherwise it
+// passes.
+func TestRebuildCheck(t *testing.T) {
+	const ps = 4096
+	d := snapshotted(t, 2*manifest.ChunkSize)
+	c := d.db.ctlp.Load()
+	if c == nil {
+		t.Fatal("no control block after the first snapshot")
+	}
+	w := newMemWAL(ps, 3, 4)
+	w.frame(1, 2, 2, 'a')
+	var x walIndex
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	pos := loadPos(c)
+	if err := rebuildCheck(c, w, &x, pos)(); err != nil {
+		t.Fatalf("check with nothing moved=%v, want nil", err)
+	}
+
+	moved := pos
+	moved.mode, moved.salt, moved.frame = walAt, x.hdr.salt, 1
+	storePos(c, moved)
+	if err := rebuildCheck(c, w, &x, pos)(); !errors.Is(err, errWALMoved) {
+		t.Errorf("check after another rebuild moved the position=%v, want errWALMoved", err)
+	}
+	storePos(c, pos)
+
+	w.restart(5, 6)
+	if err := rebuildCheck(c, w, &x, pos)(); !errors.Is(err, errWALMoved) {
+		t.Errorf("check after the log restarted=%v, want errWALMoved", err)
+	}
+}
