@@ -60,6 +60,7 @@ type pool struct {
 	maxLive, maxAnon int
 	quiesce          func()         // waits for the C reads under way; nil without C
 	release          func([]*entry) // drops the entries' references to their mappings
+	onRoom           func(bool)     // told when hasRoom changes (Options.OnRoom)
 
 	evictMu sync.Mutex // one eviction at a time, outside mu
 
@@ -70,6 +71,23 @@ type pool struct {
 	live    int // entries held
 	anon    int // of which copies in slabs
 	evicted int64
+	room    int8 // hasRoom as onRoom was last told: 0 not yet, 1 yes, -1 no
+}
+
+// noteRoomLocked tells onRoom whether the pool has room to hold more
+// chunks (an eighth of maxLive to spare), when that changed.
+func (p *pool) noteRoomLocked() {
+	if p.onRoom == nil {
+		return
+	}
+	room := int8(-1)
+	if p.live < p.maxLive-p.maxLive/8 {
+		room = 1
+	}
+	if room != p.room {
+		p.room = room
+		p.onRoom(room == 1)
+	}
 }
 
 // An entry is one chunk of one snapshot, held in the pool: it owns one
@@ -93,6 +111,7 @@ func (p *pool) add(e *entry) bool {
 	if e.m.anon {
 		p.anon++
 	}
+	p.noteRoomLocked()
 	return p.overLocked()
 }
 
@@ -135,6 +154,7 @@ func (p *pool) dropLocked(e *entry) {
 	if e.m.anon {
 		p.anon--
 	}
+	p.noteRoomLocked()
 }
 
 // compactLocked drops gone entries from the ring once they are half of

@@ -87,7 +87,13 @@ type Options struct {
 	// evicted chunks are taken out of their views and before they are
 	// unmapped.
 	Quiesce func()
-	Logger  *slog.Logger
+	// OnRoom, if set, is told whether the process holds few enough
+	// chunks to map more (below MaxMappedChunks, with an eighth to
+	// spare), each time that changes, under the pool's lock: the C side
+	// then asks Go to map a chunk it reads from a cache file, rather than
+	// read it from the file at each read, while there is room.
+	OnRoom func(room bool)
+	Logger *slog.Logger
 	// OnReplicaGone, if set, is called, outside the Reader's locks, with
 	// each replica the Reader forgets: one with no connection left whose
 	// manifest is older than the poll interval. A later open of the same
@@ -164,10 +170,13 @@ func NewReader(opts Options) *Reader {
 		mem = DefaultMemoryLimit
 	}
 	mem = max(mem, MinMemoryLimit)
-	r.pool = pool{maxLive: opts.MaxMappedChunks, maxAnon: chunkSlots(mem / 4), quiesce: opts.Quiesce}
+	r.pool = pool{maxLive: opts.MaxMappedChunks, maxAnon: chunkSlots(mem / 4), quiesce: opts.Quiesce, onRoom: opts.OnRoom}
 	if r.pool.maxLive <= 0 {
 		r.pool.maxLive = maxMappedDefault()
 	}
+	r.pool.mu.Lock()
+	r.pool.noteRoomLocked()
+	r.pool.mu.Unlock()
 	r.pool.release = r.release
 	// The rest of the limit is for the Go heap, which the garbage
 	// collector lets grow to twice what is live: packs kept (an eighth),

@@ -185,6 +185,11 @@ static int64_t ctime_ns(const struct stat *st) {
 ** waiting a minute. */
 int boule_snap_touch_age = 60;
 
+/* See boule_snap_set_map_room. */
+static int snap_map_room = 1;
+
+void boule_snap_set_map_room(int room) { __atomic_store_n(&snap_map_room, room, __ATOMIC_RELAXED); }
+
 /* Opens chunk ci's cache file, of clen bytes, if it is the one stamped
 ** *s (see above). Returns the descriptor, or -1. */
 static int snap_open_chunk(BouleView *v, int64_t ci, int64_t clen, const BouleStamp *s) {
@@ -342,8 +347,10 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
       c = boule_view_chunk(v, ci);
       if (c != 0) break;
       __atomic_store_n(p->readSeq, ++seq, __ATOMIC_RELEASE);
-      /* Not held: from its cache file, if Go vouched for one. */
-      if (snap_read_file(p, v, ci, clen, out + done, co, n)) break;
+      /* Not held: from its cache file, if Go vouched for one, once the
+      ** process holds as many chunks as it may; until then Go maps it, and
+      ** the reads after this one are from memory. */
+      if (!__atomic_load_n(&snap_map_room, __ATOMIC_RELAXED) && snap_read_file(p, v, ci, clen, out + done, co, n)) break;
       if (loads++ == SNAP_MAX_LOADS) return SQLITE_IOERR_READ;
       /* The slow path: Go fetches (or finds in the cache), verifies and
       ** maps the chunk. */

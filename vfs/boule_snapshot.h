@@ -119,6 +119,11 @@ int bouleGoSnapAdopt(uint64_t conn, BouleSnapOut *out);
 int bouleGoSnapPragma(uint64_t conn, char *zName, char *zArg, int locked, BouleSnapOut *out);
 void bouleGoSnapClose(uint64_t conn);
 
+/* Whether the process may hold more chunks mapped (set by Go): while it
+** may, a chunk not held is mapped through Go, and read from memory after,
+** rather than read from its cache file at each read. */
+void boule_snap_set_map_room(int room);
+
 /* How old, in seconds, a cache file's mtime may be before a read from C
 ** refreshes it (60, as Go's; tests lower it). */
 extern int boule_snap_touch_age;

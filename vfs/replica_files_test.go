@@ -183,3 +183,39 @@ func TestReplicaFileReadsRefreshMtime(t *testing.T) {
 		t.Errorf("GoCalls()=%d for the read after the refresh, want at most 2: the stamps did not follow the files' change times", calls)
 	}
 }
+
+// TestReplicaHeldWhileRoom: chunks a replica got from the store, as
+// copies, and let go of to keep its memory bound, are read again through
+// Go, which maps them from their cache files and holds them, while the
+// process holds fewer chunks than it may: reads of them are then from
+// memory. (Reading them from their files at each read instead made a
+// warm point query 5.7 times slower.)
+func TestReplicaHeldWhileRoom(t *testing.T) {
+	tg, _ := dirTarget(t)
+	e := replEnv(t, tg)
+	path, src := e.writer(t, "room.db", "")
+	fill(t, src, 3000) // about 3.3 MiB: 52 chunks, more than the copies allowed
+	mustFlush(t, path)
+	want, err := digest(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cacheDir := t.TempDir()
+	local := config.Target{Local: &config.LocalTarget{Directory: cacheDir, NumShards: 2, Capacity: 1 << 10}}
+	register(t, vfs.Config{
+		ReplicationTargets: []config.Target{local, tg},
+		ReplicaMemoryLimit: config.MinReplicaMemoryLimit, // copies: a quarter, 8 chunks
+	})
+	t.Cleanup(vfs.Reader().Close)
+	rep := openReplica(t, path, "")
+	rep.SetMaxOpenConns(1)
+	for round := range 4 {
+		got, err := digest(rep)
+		if err != nil || got != want {
+			t.Fatalf("round %d: digest()=%s, %v; want the source's %s", round, got, err, want)
+		}
+	}
+	if held, copies, _ := vfs.Reader().Held(); held < 40 {
+		t.Errorf("Held()=%d chunks (%d copies) after four reads of a 52-chunk replica, want nearly all: read from their files at each read?", held, copies)
+	}
+}

@@ -519,3 +519,14 @@ func setSnapTouchAge(seconds int) int {
 	C.boule_snap_touch_age = C.int(seconds)
 	return old
 }
+
+// setMapRoom tells C whether the process may hold more chunks mapped
+// (snapshot.Options.OnRoom): while it may, C asks Go to map a chunk it
+// would otherwise read from its cache file at each read.
+func setMapRoom(room bool) {
+	v := C.int(0)
+	if room {
+		v = 1
+	}
+	C.boule_snap_set_map_room(v)
+}

@@ -59,6 +59,7 @@ func newReader(cfg Config, targets []store.Target, log *slog.Logger) (*snapshot.
 		Policy:   cfg.SnapshotLoadingPolicy,
 		Logger:   log,
 		Quiesce:  quiesce,
+		OnRoom:   setMapRoom,
 
 		MemoryLimit:     cfg.ReplicaMemoryLimit,
 		MaxMappedChunks: cfg.ReplicaMaxMappedChunks,
