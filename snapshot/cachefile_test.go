@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/boule-vfs/boule/internal/osuser"
+	"github.com/boule-vfs/boule/internal/testchild"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
@@ -138,14 +139,7 @@ func TestCacheChangedByAnotherUser(t *testing.T) {
 			// only the child.
 			cmd := exec.Command(os.Args[0], "-test.run=^TestCacheChangedByAnotherUser$", "-test.v")
 			cmd.Env = append(os.Environ(), envCacheChild+"="+filepath.Join(f.dir, "store")+"|"+f.cache.Dir()+"|1")
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
+			stdin, stdout := testchild.Pipes(t, cmd)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			if err := cmd.Start(); err != nil {

@@ -649,6 +649,16 @@ func TestCloseEndsBackgroundWork(t *testing.T) {
 	}
 }
 
+// clockedReader publishes image as the snapshot of path at t0, now, and
+// returns a reader with opts whose clock stands at t0 until set.
+func (f *fixture) clockedReader(path string, image []byte, opts Options) (*Reader, *storetest.Clock, time.Time) {
+	f.t.Helper()
+	t0 := time.Now()
+	publish(f.t, f.store, path, image, t0)
+	r := f.reader(opts)
+	return r, fakeClock(r, t0), t0
+}
+
 // fakeClock makes r read the time from a clock that starts at t0.
 func fakeClock(r *Reader, t0 time.Time) *storetest.Clock {
 	c := storetest.NewClock()
@@ -664,10 +674,7 @@ func fakeClock(r *Reader, t0 time.Time) *storetest.Clock {
 func TestOpenFetchesAfterPollInterval(t *testing.T) {
 	f := newFixture(t)
 	img1, img2 := db(11, 3), db(12, 3)
-	t0 := time.Now()
-	publish(t, f.store, "/p.db", img1, t0)
-	r := f.reader(Options{Prefetch: -1, PollInterval: time.Minute})
-	clock := fakeClock(r, t0)
+	r, clock, t0 := f.clockedReader("/p.db", img1, Options{Prefetch: -1, PollInterval: time.Minute})
 	open := func() *Conn {
 		t.Helper()
 		c := mustOpen(t, r, "boule:///p.db")
@@ -829,10 +836,7 @@ func TestManifestFileFIFO(t *testing.T) {
 func TestStale(t *testing.T) {
 	f := newFixture(t)
 	img1, img2 := db(51, 3), db(52, 3)
-	t0 := time.Now()
-	publish(t, f.store, "/s.db", img1, t0)
-	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
-	clock := fakeClock(r, t0)
+	r, clock, t0 := f.clockedReader("/s.db", img1, Options{Prefetch: -1, PollInterval: time.Hour})
 	a := mustOpen(t, r, "boule:///s.db")
 	defer a.Close()
 	publish(t, f.store, "/s.db", img2, t0.Add(time.Second))
