@@ -362,13 +362,11 @@ func FileKind(mode fs.FileMode) string { return fsutil.FileKind(mode) }
 // checkReplaceable returns an error wrapping ErrNotRegularFile when path
 // exists and is not a regular file; it does not follow a symbolic link.
 func checkReplaceable(path string) error {
-	st, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
+	st, err := fsutil.Irregular(path)
+	if err != nil {
 		return fmt.Errorf("restore: restore %s: %w", path, err)
-	case !st.Mode().IsRegular():
+	}
+	if st != nil {
 		return fmt.Errorf("%w: %s is %s; refusing to replace it", ErrNotRegularFile, path, FileKind(st.Mode()))
 	}
 	return nil
