@@ -73,17 +73,13 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir := testfs.TempDir(t)
-	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "x.db")}
-	if err := os.Mkdir(f.store, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return f
+	s := testfs.NewSite(t, "x.db")
+	return &fixture{dir: s.Dir, spool: s.Spool, store: s.Store, db: s.DB}
 }
 
 // cfg is the configuration JSON for the fixture.
 func (f *fixture) cfg() string {
-	return fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, f.spool, f.store)
+	return testfs.Site{Spool: f.spool, Store: f.store}.Config()
 }
 
 // shellFixture returns what a test that drives Debian's sqlite3 shell
