@@ -3,6 +3,7 @@
 package testfs
 
 import (
+	"bytes"
 	"fmt"
 	"io/fs"
 	"os"
@@ -106,6 +107,27 @@ func TempDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// WantSameFile fails the test unless the file at got holds the bytes of
+// the file at want, saying where they first differ.
+func WantSameFile(t testing.TB, got, want string) {
+	t.Helper()
+	g, err := os.ReadFile(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(g, w) {
+		i := 0
+		for i < min(len(g), len(w)) && g[i] == w[i] {
+			i++
+		}
+		t.Fatalf("%s holds %d bytes, %s %d; first difference at %d", got, len(g), want, len(w), i)
+	}
 }
 
 // Site is where a test replicates a database to a dir store: all of it in
