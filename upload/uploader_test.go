@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -99,14 +98,7 @@ func newTestSpool(t testing.TB, root, path string) *testSpool {
 }
 
 // testData returns size pseudo-random bytes determined by seed.
-func testData(seed uint64, size int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x5eed))
-	b := make([]byte, size)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
+func testData(seed uint64, size int) []byte { return storetest.RandomBytes(seed, size) }
 
 // withChunk returns a copy of data whose chunk i is rewritten from seed.
 func withChunk(data []byte, i int, seed uint64) []byte {
@@ -840,7 +832,7 @@ func TestUploaderBackgroundErrors(t *testing.T) {
 
 		// And the background uploads again.
 		s2 := e.db.snapshot(withChunk(s1.data, 1, 51), e.now.Now())
-		e.db.commit(s2, s2.fps()[0])
+		e.db.commit(s2, s2.m.Chunks[1]) // the changed chunk
 		e.u.Notify(e.db.dir)
 		e.sync()
 		checkStored(t, e.store, e.db, s2)
