@@ -101,18 +101,8 @@ func TestWALRandomWorkload(t *testing.T) {
 			if tc.name == "autocheckpoint" {
 				mustExec(t, db, "PRAGMA wal_autocheckpoint=20")
 			}
-			w := newWorkload(uint64(len(tc.name)) * 104729)
-			if err := w.setup(db); err != nil {
-				t.Fatal(err)
-			}
-			kinds := map[string]int{}
 			checkpoints := []string{"PASSIVE", "FULL", "RESTART", "TRUNCATE"}
-			for i := range tc.steps {
-				what, err := w.step(db)
-				if err != nil {
-					t.Fatalf("step %d (%s): %v", i, what, err)
-				}
-				kinds[what]++
+			kinds := randomSteps(t, db, uint64(len(tc.name))*104729, tc.steps, func(w *workload, kinds map[string]int) {
 				if w.rng.IntN(10) == 0 {
 					mode := checkpoints[w.rng.IntN(len(checkpoints))]
 					mustExec(t, db, "PRAGMA wal_checkpoint("+mode+")")
@@ -121,7 +111,7 @@ func TestWALRandomWorkload(t *testing.T) {
 				if tc.name != "exclusive" {
 					checkLogical(t, db, path)
 				}
-			}
+			})
 			if tc.name == "exclusive" {
 				// The copy would need the locks this connection holds
 				// for as long as it is open.
@@ -129,11 +119,7 @@ func TestWALRandomWorkload(t *testing.T) {
 				db.Close()
 				checkLogical(t, open(t, path, "boule", "_journal_mode=WAL"), path)
 			}
-			st := mustDB(t, path).Stats()
-			if st.Failures != 0 || st.Incremental == 0 {
-				t.Fatalf("stats %+v: want no failures and some incremental snapshots; log:\n%s", st, e.log)
-			}
-			t.Logf("ops %v; snapshots %d (%d incremental), %d chunks staged", kinds, st.Snapshots, st.Incremental, st.ChunksStaged)
+			e.checkIncremental(t, path, kinds)
 		})
 	}
 }
