@@ -33,7 +33,7 @@ func TestUploaderSpoolFIFO(t *testing.T) {
 			u := newTestUploader(t, uploadOpts(storetest.NewClock(), target(fake)))
 			d := newTestSpool(t, t.TempDir(), "/data/fifo.db")
 			data := storetest.RandomBytes(60, 3*manifest.ChunkSize)
-			d.stage(d.snapshot(data, time.Now()))
+			d.stageNew(data, time.Now())
 			mustFlush(t, u, d.dir)
 			s := d.stageNew(withChunk(data, 1, 61), time.Now().Add(time.Second))
 			p := tc.path(d, s)

@@ -139,7 +139,7 @@ func TestUploaderFlushRestages(t *testing.T) {
 	t.Run("fails", func(t *testing.T) {
 		cause := fmt.Errorf("spool: write x: %w", syscall.ENOSPC)
 		d, fake, u, _ := setup(t, func(*testSpool) error { return cause })
-		d.stage(d.snapshot(data, time.Now()))
+		d.stageNew(data, time.Now())
 		d.writeMarker('F', time.Now(), "spool: write y: no space left on device")
 		err := u.Flush(context.Background(), d.dir)
 		if !errors.Is(err, ErrSnapshotFailed) || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), d.path) {
@@ -203,7 +203,7 @@ func TestStatusFromMarker(t *testing.T) {
 	for _, tc := range markerCases {
 		t.Run(tc.name, func(t *testing.T) {
 			now, _, u, d := oneTarget(t, "/data/status.db", nil)
-			d.stage(d.snapshot(testData(93, 2*manifest.ChunkSize), now.Now()))
+			d.stageNew(testData(93, 2*manifest.ChunkSize), now.Now())
 			mustFlush(t, u, d.dir)
 			d.writeMarker(tc.state, now.Now().Add(-90*time.Second), tc.errText)
 			got, err := ReadStatus(d.dir, now.Now())
@@ -249,7 +249,7 @@ func TestUploaderFailureLogging(t *testing.T) {
 			opts.Logger = slog.New(log)
 			u := newTestUploader(t, opts)
 			d := newTestSpool(t, t.TempDir(), "/data/log.db")
-			d.stage(d.snapshot(testData(94, 2*manifest.ChunkSize), now.Now()))
+			d.stageNew(testData(94, 2*manifest.ChunkSize), now.Now())
 			fake.FailOn(storetest.OpPutChunk, nil, tc.err)
 			for _, step := range tc.steps {
 				now.Advance(step)

@@ -1806,7 +1806,7 @@ func TestUploaderOnManifest(t *testing.T) {
 		calls = append(calls, fmt.Sprintf("%s %s %v", host, path, stored))
 	}
 	u := newTestUploader(t, opts)
-	d.stage(d.snapshot(testData(90, 2*manifest.ChunkSize), now.Now()))
+	d.stageNew(testData(90, 2*manifest.ChunkSize), now.Now())
 	mustFlush(t, u, d.dir)
 	mustFlush(t, u, d.dir) // nothing new: no call
 	if want := testHost + " /data/own.db true"; len(calls) != 1 || calls[0] != want {
