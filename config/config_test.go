@@ -638,14 +638,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := mustParse(t, tc.json)
 			cfg.Logger = slog.Default() // Not part of the JSON form.
-			out, err := json.Marshal(cfg)
-			if err != nil {
-				t.Fatalf("json.Marshal()=%v, want nil error", err)
-			}
-			got, err := Parse(out)
-			if err != nil {
-				t.Fatalf("Parse(%s)=%v, want nil error", out, err)
-			}
+			got, out := reparse(t, cfg)
 			cfg.Logger = nil
 			if !reflect.DeepEqual(got, cfg) {
 				t.Errorf("Parse(%s)=%+v, want %+v", out, got, cfg)
@@ -723,15 +716,8 @@ func TestUnmarshalJSON(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var v struct{ Wrapper Config }
 			v.Wrapper = Config{Tempdir: "/before", Logger: logger}
-			err := json.Unmarshal([]byte(tc.json), &v)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Errorf("json.Unmarshal()=%v, want an error containing %q", err, tc.wantErr)
-				}
+			if checkErr(t, "json.Unmarshal()", json.Unmarshal([]byte(tc.json), &v), tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatalf("json.Unmarshal()=%v, want nil error", err)
 			}
 			if !reflect.DeepEqual(v.Wrapper, tc.want) {
 				t.Errorf("json.Unmarshal()=%+v, want %+v", v.Wrapper, tc.want)
@@ -841,6 +827,38 @@ func TestParseUint(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reparse marshals cfg to JSON and parses that, failing the test on an
+// error; it returns what Parse made of the JSON, and the JSON.
+func reparse(t testing.TB, cfg Config) (Config, []byte) {
+	t.Helper()
+	out, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatalf("json.Marshal()=%v, want nil error", err)
+	}
+	got, err := Parse(out)
+	if err != nil {
+		t.Fatalf("Parse(%s)=%v, want nil error", out, err)
+	}
+	return got, out
+}
+
+// checkErr fails the test unless err, what call returned, contains
+// wantErr, or is nil when wantErr is empty. It reports whether an error
+// was wanted, which leaves nothing else to check.
+func checkErr(t testing.TB, call string, err error, wantErr string) bool {
+	t.Helper()
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("%s=%v, want an error containing %q", call, err, wantErr)
+		}
+		return true
+	}
+	if err != nil {
+		t.Fatalf("%s=%v, want nil error", call, err)
+	}
+	return false
 }
 
 // mustParse parses js, failing the test on an error.

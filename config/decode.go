@@ -268,10 +268,7 @@ func decodeLocal(raw json.RawMessage, path string) (*LocalTarget, error) {
 		return nil, err
 	}
 	var t LocalTarget
-	if t.Directory, err = o.str("directory", true); err != nil {
-		return nil, err
-	}
-	if t.NumShards, err = o.shards(true); err != nil {
+	if t.Directory, t.NumShards, err = o.shardedDir(true); err != nil {
 		return nil, err
 	}
 	if t.Capacity, err = o.uint("capacity", true, MaxLocalCapacity); err != nil {
@@ -287,10 +284,7 @@ func decodeReadOnly(raw json.RawMessage, path string) (*ReadOnlyTarget, error) {
 		return nil, err
 	}
 	var t ReadOnlyTarget
-	if t.Directory, err = o.str("directory", true); err != nil {
-		return nil, err
-	}
-	if t.NumShards, err = o.shards(false); err != nil {
+	if t.Directory, t.NumShards, err = o.shardedDir(false); err != nil {
 		return nil, err
 	}
 	if _, set, _ := o.get("append_instance_id", false); set {

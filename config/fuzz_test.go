@@ -1,7 +1,6 @@
 package config
 
 import (
-	"encoding/json"
 	"errors"
 	"reflect"
 	"testing"
@@ -29,14 +28,7 @@ func FuzzParse(f *testing.F) {
 		if err := cfg.Validate(); err != nil {
 			t.Fatalf("Validate()=%v, want nil for a parsed Config", err)
 		}
-		out, err := json.Marshal(cfg)
-		if err != nil {
-			t.Fatalf("json.Marshal()=%v, want nil error", err)
-		}
-		again, err := Parse(out)
-		if err != nil {
-			t.Fatalf("Parse(%s)=%v, want nil error", out, err)
-		}
+		again, out := reparse(t, cfg)
 		if !reflect.DeepEqual(again, cfg) {
 			t.Fatalf("Parse(%s)=%+v, want %+v", out, again, cfg)
 		}

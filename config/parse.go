@@ -417,11 +417,15 @@ func (o *object) number(key, want string) (json.RawMessage, bool, error) {
 	return raw, true, nil
 }
 
-// shards returns the "num_shards" count of a local or read-only target
-// (required or not), which fits 32 bits.
-func (o *object) shards(required bool) (uint32, error) {
-	n, err := o.uint("num_shards", required, math.MaxUint32)
-	return uint32(n), err
+// shardedDir returns the "directory" of a local or read-only target, and
+// its "num_shards" count (required or not), which fits 32 bits.
+func (o *object) shardedDir(shardsRequired bool) (string, uint32, error) {
+	dir, err := o.str("directory", true)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := o.uint("num_shards", shardsRequired, math.MaxUint32)
+	return dir, uint32(n), err
 }
 
 // uint decodes a non-negative integer no greater than limit.

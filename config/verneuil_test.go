@@ -229,14 +229,8 @@ func TestAppendInstanceID(t *testing.T) {
 				doc = `{"replication_targets":[{"local":{"directory":"/c","num_shards":1,"capacity":1,"append_instance_id":true}}]}`
 			}
 			got, err := Parse([]byte(doc))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("Parse()=%v, want an error containing %q", err, tc.wantErr)
-				}
+			if checkErr(t, "Parse()", err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatalf("Parse()=%v, want nil error", err)
 			}
 			ro := got.ReplicationTargets[0].ReadOnly
 			if !reflect.DeepEqual(ro.AppendInstanceID, tc.want) {

@@ -65,16 +65,8 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 // Decode never panics, and it allocates no more than a small multiple of
 // len(b) whatever the input claims.
 func Decode(b []byte) (*Manifest, error) {
-	if len(b) < minEncodedSize {
-		return nil, fmt.Errorf("manifest: %d bytes, need at least %d: %w", len(b), minEncodedSize, ErrTruncated)
-	}
-	body, flags, err := checkFrame(b, formatVersion, "version")
-	if err != nil {
-		return nil, err
-	}
-
 	m := new(Manifest)
-	r, err := decodeHeader(m, body)
+	r, flags, err := openFrame(b, m, minEncodedSize, formatVersion, "")
 	if err != nil {
 		return nil, err
 	}
@@ -105,6 +97,27 @@ func Decode(b []byte) (*Manifest, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// openFrame checks that b, an encoding of format version want (of a
+// manifest of the kind named, such as "head", if not v1), has at least
+// minLen bytes and a sound frame (checkFrame), and reads its header into m
+// (decodeHeader). It returns a reader of what follows the header, and the
+// flags.
+func openFrame(b []byte, m *Manifest, minLen int, want uint16, kind string) (reader, uint16, error) {
+	of, version := "", "version"
+	if kind != "" {
+		of, version = kind+" of ", kind+" version"
+	}
+	if len(b) < minLen {
+		return reader{}, 0, fmt.Errorf("manifest: %s%d bytes, need at least %d: %w", of, len(b), minLen, ErrTruncated)
+	}
+	body, flags, err := checkFrame(b, want, version)
+	if err != nil {
+		return reader{}, 0, err
+	}
+	r, err := decodeHeader(m, body)
+	return r, flags, err
 }
 
 // checkFrame checks what comes before the header's fields and after

@@ -209,16 +209,9 @@ func overrideField(idx uint32) string { return fmt.Sprintf("override of chunk %d
 // result is checked as far as it can be without the base; [Head.Apply]
 // checks the rest.
 func DecodeHead(b []byte) (*Head, error) {
-	if len(b) < minHeadSize {
-		return nil, fmt.Errorf("manifest: head of %d bytes, need at least %d: %w", len(b), minHeadSize, ErrTruncated)
-	}
-	body, flags, err := checkFrame(b, formatVersion2, "head version")
-	if err != nil {
-		return nil, err
-	}
 	h := new(Head)
 	m := &h.M
-	r, err := decodeHeader(m, body)
+	r, flags, err := openFrame(b, m, minHeadSize, formatVersion2, "head")
 	if err != nil {
 		return nil, err
 	}

@@ -287,13 +287,7 @@ func TestGoldenHead(t *testing.T) {
 	next := goldenManifest()
 	next.Chunks[1] = Fingerprint{0xaa, 31: 0xbb}
 	enc := mustHead(t, next, base, blob)
-	if got := Sum(enc).String(); got != goldenHeadSum {
-		t.Errorf("BLAKE3 of golden head = %s, want %s", got, goldenHeadSum)
-	}
-	wantLen := 68 + 2 + 15 + 2 + 20 + 2 + 11 + 32 + 8 + 4 + 4 + 36 + 4 + 8 + 4096 + 32
-	if len(enc) != wantLen {
-		t.Fatalf("golden head is %d bytes, want %d", len(enc), wantLen)
-	}
+	checkGolden(t, "head", enc, goldenHeadSum, 68+2+15+2+20+2+11+32+8+4+4+36+4+8+4096+32)
 	be := binary.BigEndian
 	checkFields(t, []field{
 		{"version @8", uint64(be.Uint16(enc[8:])), 2},

@@ -15,18 +15,12 @@ func goldenManifest() *Manifest {
 	for i := range data {
 		data[i] = byte(i*7 + i/251)
 	}
-	m := &Manifest{
-		Hostname:      "db1.example.com",
-		SourcePath:    "/var/lib/app/main.db",
-		Generator:     "boule 0.1.0",
-		Size:          size,
-		PageSize:      4096,
-		ChangeCounter: 0x01020304,
-		VersionID:     [16]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-		SourceCtime:   time.Unix(1700000000, 123456789),
-		Created:       time.Unix(0, 1700000001987654321),
-		Inline:        map[uint32][]byte{2: data[2*ChunkSize:]},
-	}
+	m := appManifest(size)
+	m.ChangeCounter = 0x01020304
+	m.VersionID = [16]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+	m.SourceCtime = time.Unix(1700000000, 123456789)
+	m.Created = time.Unix(0, 1700000001987654321)
+	m.Inline = map[uint32][]byte{2: data[2*ChunkSize:]}
 	for i := range NumChunks(size) {
 		off := m.ChunkOffset(i)
 		m.Chunks = append(m.Chunks, Sum(data[off:off+int64(ChunkLen(size, i))]))
@@ -41,13 +35,7 @@ const goldenSum = "d1d8b2126695386470c9076ad47a5c445e63b3056761aa8b641ea5ea0a9c4
 
 func TestGolden(t *testing.T) {
 	enc := mustMarshal(t, goldenManifest())
-	if got := Sum(enc).String(); got != goldenSum {
-		t.Errorf("BLAKE3 of golden encoding = %s, want %s", got, goldenSum)
-	}
-	wantLen := 68 + 2 + 15 + 2 + 20 + 2 + 11 + 4 + 3*32 + 4 + 8 + 4096 + 32
-	if len(enc) != wantLen {
-		t.Fatalf("golden encoding is %d bytes, want %d", len(enc), wantLen)
-	}
+	checkGolden(t, "encoding", enc, goldenSum, 68+2+15+2+20+2+11+4+3*32+4+8+4096+32)
 	be := binary.BigEndian
 	checkFields(t, []field{
 		{"version @8", uint64(be.Uint16(enc[8:])), 1},

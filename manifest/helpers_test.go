@@ -22,21 +22,39 @@ func chunkBytes(size int64, i int) []byte {
 	return b
 }
 
+// appManifest returns a manifest of size bytes, without chunks, of the
+// database /var/lib/app/main.db of host db1.example.com.
+func appManifest(size int64) *Manifest {
+	return &Manifest{
+		Hostname:   "db1.example.com",
+		SourcePath: "/var/lib/app/main.db",
+		Generator:  "boule 0.1.0",
+		Size:       size,
+		PageSize:   4096,
+	}
+}
+
+// checkGolden fails t unless enc, the golden encoding of what, hashes
+// to sum (BLAKE3-256) and is n bytes long.
+func checkGolden(t testing.TB, what string, enc []byte, sum string, n int) {
+	t.Helper()
+	if got := Sum(enc).String(); got != sum {
+		t.Errorf("BLAKE3 of golden %s = %s, want %s", what, got, sum)
+	}
+	if len(enc) != n {
+		t.Fatalf("golden %s is %d bytes, want %d", what, len(enc), n)
+	}
+}
+
 // newManifest returns a valid manifest for a file of the given size. The
 // chunks listed in inline are carried inline and their fingerprints are real;
 // the others get arbitrary fingerprints (Validate cannot check them).
 func newManifest(size int64, inline ...int) *Manifest {
-	m := &Manifest{
-		Hostname:      "db1.example.com",
-		SourcePath:    "/var/lib/app/main.db",
-		Generator:     "boule 0.1.0",
-		Size:          size,
-		PageSize:      4096,
-		ChangeCounter: 7,
-		VersionID:     [16]byte{0xde, 0xad, 0xbe, 0xef, 15: 1},
-		SourceCtime:   time.Unix(1700000000, 123456789).UTC(),
-		Created:       time.Unix(1700000001, 987654321).UTC(),
-	}
+	m := appManifest(size)
+	m.ChangeCounter = 7
+	m.VersionID = [16]byte{0xde, 0xad, 0xbe, 0xef, 15: 1}
+	m.SourceCtime = time.Unix(1700000000, 123456789).UTC()
+	m.Created = time.Unix(1700000001, 987654321).UTC()
 	if size == 0 {
 		m.PageSize = 0
 	}

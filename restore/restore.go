@@ -220,15 +220,30 @@ type packShare struct {
 }
 
 type shareEntry struct {
-	left int          // segments still to read from the pack
-	f    *shareFlight // nil until fetched, or again once let go
-	kept bool         // f's bytes count in packShare.kept
+	left int     // segments still to read from the pack
+	f    *flight // nil until fetched, or again once let go
+	kept bool    // f's bytes count in packShare.kept
 }
 
-type shareFlight struct {
+// flight is a fetch that other readers of the same bytes wait for: data
+// and err are set before done is closed.
+type flight struct {
 	done chan struct{}
 	data []byte
 	err  error
+}
+
+func newFlight() *flight { return &flight{done: make(chan struct{})} }
+
+// wait returns the fetch's result once it is in, or the context's error
+// if that ends first.
+func (f *flight) wait(ctx context.Context) ([]byte, error) {
+	select {
+	case <-f.done:
+		return f.data, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func newPackShare(segs []segment, refs map[uint32]manifest.PackRef, limit int) *packShare {
@@ -254,14 +269,9 @@ func (p *packShare) get(ctx context.Context, id manifest.Fingerprint, fetch func
 	e := p.entries[id]
 	if f := e.f; f != nil {
 		p.mu.Unlock()
-		select {
-		case <-f.done:
-			return f.data, f.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+		return f.wait(ctx)
 	}
-	f := &shareFlight{done: make(chan struct{})}
+	f := newFlight()
 	e.f = f
 	p.mu.Unlock()
 	f.data, f.err = fetch()
@@ -309,9 +319,7 @@ type chunkDedup struct {
 
 type dedupEntry struct {
 	users int
-	done  chan struct{}
-	data  []byte
-	err   error
+	*flight
 }
 
 func newChunkDedup() *chunkDedup { return &chunkDedup{m: map[manifest.Fingerprint]*dedupEntry{}} }
@@ -322,14 +330,9 @@ func (d *chunkDedup) fetch(ctx context.Context, fp manifest.Fingerprint, f func(
 	if ok {
 		e.users++
 		d.mu.Unlock()
-		select {
-		case <-e.done:
-			return e.data, e.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+		return e.wait(ctx)
 	}
-	e = &dedupEntry{users: 1, done: make(chan struct{})}
+	e = &dedupEntry{users: 1, flight: newFlight()}
 	d.m[fp] = e
 	d.mu.Unlock()
 	e.data, e.err = f()
@@ -362,13 +365,11 @@ func FileKind(mode fs.FileMode) string { return fsutil.FileKind(mode) }
 // checkReplaceable returns an error wrapping ErrNotRegularFile when path
 // exists and is not a regular file; it does not follow a symbolic link.
 func checkReplaceable(path string) error {
-	st, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
+	st, err := fsutil.Irregular(path)
+	if err != nil {
 		return fmt.Errorf("restore: %s: %w", path, err)
-	case !st.Mode().IsRegular():
+	}
+	if st != nil {
 		return fmt.Errorf("%w: %s is %s; refusing to replace it", ErrNotRegularFile, path, FileKind(st.Mode()))
 	}
 	return nil

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/internal/sqlshell"
+	"github.com/boule-vfs/boule/internal/testchild"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
@@ -94,15 +95,8 @@ func TestRestoreFileKilled(t *testing.T) {
 			out := filepath.Join(dir, "out.db")
 			cmd := exec.Command(os.Args[0], "-test.run=^TestRestoreFileKilled$", "-test.count=1")
 			cmd.Env = append(os.Environ(), restoreChildEnv+"="+out)
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
+			stdin, stdout := testchild.Pipes(t, cmd)
 			defer stdin.Close()
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
 			cmd.Stderr = os.Stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)

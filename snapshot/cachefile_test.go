@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/boule-vfs/boule/internal/osuser"
+	"github.com/boule-vfs/boule/internal/testchild"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
@@ -72,9 +73,7 @@ func TestCacheMapsOnlyWhatNobodyElseCanChange(t *testing.T) {
 			}
 			p := f.cache.Path(m.Chunks[1])
 			tc.spoil(t, f.cache.Dir(), p)
-			r := f.reader(Options{Prefetch: -1})
-			c := mustOpen(t, r, "boule:///map.db")
-			defer c.Close()
+			_, c := f.open("/map.db", Options{Prefetch: -1})
 			before := f.store.chunks.Load()
 			got, err := c.Snapshot().Chunk(context.Background(), 1)
 			if err != nil || !bytes.Equal(got, want) {
@@ -140,14 +139,7 @@ func TestCacheChangedByAnotherUser(t *testing.T) {
 			// only the child.
 			cmd := exec.Command(os.Args[0], "-test.run=^TestCacheChangedByAnotherUser$", "-test.v")
 			cmd.Env = append(os.Environ(), envCacheChild+"="+filepath.Join(f.dir, "store")+"|"+f.cache.Dir()+"|1")
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
+			stdin, stdout := testchild.Pipes(t, cmd)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			if err := cmd.Start(); err != nil {
@@ -245,9 +237,7 @@ func TestChunkFIFO(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				r := f.reader(Options{Prefetch: -1, ReadOnly: []ReadOnlyDir{ro}})
-				c := mustOpen(t, r, "boule:///fifo.db")
-				defer c.Close()
+				_, c := f.open("/fifo.db", Options{Prefetch: -1, ReadOnly: []ReadOnlyDir{ro}})
 				type result struct {
 					b   []byte
 					err error
@@ -329,8 +319,7 @@ func TestCacheFileWrittenHereIsKnown(t *testing.T) {
 			image := db(61, 3)
 			m := publish(t, f.store, "/known.db", image, time.Now())
 			want := chunkBytes(image, 1)
-			r := f.reader(Options{Prefetch: -1})
-			c := mustOpen(t, r, "boule:///known.db")
+			r, c := f.open("/known.db", Options{Prefetch: -1})
 			if got, err := c.Snapshot().Chunk(context.Background(), 1); err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("Chunk(1)=%d bytes, %v, want the chunk's %d bytes", len(got), err, len(want))
 			}
@@ -387,8 +376,7 @@ func TestClosedReaderKeepsNoSlab(t *testing.T) {
 	f := newFixture(t)
 	image := db(71, 3)
 	publish(t, f.store, "/slabs.db", image, time.Now())
-	r := f.reader(Options{Prefetch: -1})
-	c := mustOpen(t, r, "boule:///slabs.db")
+	r, c := f.open("/slabs.db", Options{Prefetch: -1})
 	for i := range len(c.Snapshot().M.Chunks) {
 		if _, err := c.Snapshot().Chunk(context.Background(), i); err != nil {
 			t.Fatal(err)

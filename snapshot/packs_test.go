@@ -174,8 +174,7 @@ func TestClosedReaderKeepsNoPacks(t *testing.T) {
 	f := newFixture(t)
 	publishPacked(t, f.store, "/data/kept.db", db(31, 17), 8)
 	var gone []*Replica
-	r := f.reader(Options{Prefetch: -1, OnReplicaGone: func(rp *Replica) { gone = append(gone, rp) }})
-	c := mustOpen(t, r, "boule:///data/kept.db")
+	r, c := f.open("/data/kept.db", Options{Prefetch: -1, OnReplicaGone: func(rp *Replica) { gone = append(gone, rp) }})
 	if _, err := c.Snapshot().Chunk(context.Background(), 3); err != nil {
 		t.Fatal(err)
 	}
@@ -200,9 +199,7 @@ func TestClosedReaderKeepsNoPacks(t *testing.T) {
 func TestWarmPrefetchCachesCopies(t *testing.T) {
 	f := newFixture(t)
 	m := publishPacked(t, f.store, "/data/warm.db", db(32, 17), 8)
-	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
-	c := mustOpen(t, r, "boule:///data/warm.db")
-	defer c.Close()
+	r, c := f.open("/data/warm.db", Options{Prefetch: -1, MaxMappedChunks: 16})
 	s := c.Snapshot()
 	if _, err := s.Chunk(context.Background(), 5); err != nil {
 		t.Fatal(err)
@@ -329,9 +326,7 @@ func TestWarmPrefetchSkipsQueued(t *testing.T) {
 func TestWrittenRecordsOutnumberHeld(t *testing.T) {
 	f := newFixture(t)
 	m := publishPacked(t, f.store, "/data/records.db", db(35, 41), 8)
-	r := f.reader(Options{Prefetch: -1, MaxMappedChunks: 16})
-	c := mustOpen(t, r, "boule:///data/records.db")
-	defer c.Close()
+	r, c := f.open("/data/records.db", Options{Prefetch: -1, MaxMappedChunks: 16})
 	if got := read(t, c.Snapshot()); len(got) != int(m.Size) {
 		t.Fatalf("read %d bytes, want %d", len(got), m.Size)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/cache"
 	"github.com/boule-vfs/boule/store/dir"
+	"github.com/boule-vfs/boule/store/storetest"
 )
 
 const testHost = "host.test"
@@ -138,6 +139,16 @@ func mustOpen(t testing.TB, r *Reader, name string) *Conn {
 	return c
 }
 
+// open opens the replica of path on a new reader with opts, failing the
+// test if it cannot; the connection is closed when the test ends.
+func (f *fixture) open(path string, opts Options) (*Reader, *Conn) {
+	f.t.Helper()
+	r := f.reader(opts)
+	c := mustOpen(f.t, r, "boule://"+path)
+	f.t.Cleanup(c.Close)
+	return r, c
+}
+
 func (f *fixture) reader(opts Options) *Reader {
 	opts.Remote = []store.Store{f.store}
 	if opts.Cache == nil {
@@ -167,9 +178,7 @@ func TestLazyOpen(t *testing.T) {
 	f := newFixture(t)
 	image := db(1, 20)
 	publish(t, f.store, "/data/a.db", image, time.Now())
-	r := f.reader(Options{Prefetch: -1})
-	c := mustOpen(t, r, "boule:///data/a.db")
-	defer c.Close()
+	r, c := f.open("/data/a.db", Options{Prefetch: -1})
 	if n := f.store.chunks.Load(); n != 0 {
 		t.Fatalf("open fetched %d chunks, want 0 (lazy)", n)
 	}
@@ -330,9 +339,7 @@ func TestCorruptChunk(t *testing.T) {
 	if err := os.WriteFile(blob, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := f.reader(Options{Prefetch: -1})
-	c := mustOpen(t, r, "boule:///c.db")
-	defer c.Close()
+	r, c := f.open("/c.db", Options{Prefetch: -1})
 	if _, err := c.Snapshot().Chunk(context.Background(), 3); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("chunk with flipped bits: err=%v, want ErrCorrupt", err)
 	}
@@ -360,9 +367,7 @@ func TestStoreDown(t *testing.T) {
 	f := newFixture(t)
 	image := db(7, 5)
 	publish(t, f.store, "/d.db", image, time.Now())
-	r := f.reader(Options{Prefetch: -1})
-	c := mustOpen(t, r, "boule:///d.db")
-	defer c.Close()
+	_, c := f.open("/d.db", Options{Prefetch: -1})
 	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
@@ -644,29 +649,22 @@ func TestCloseEndsBackgroundWork(t *testing.T) {
 	}
 }
 
-// testClock is a Reader's clock that a test sets.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
+// clockedReader publishes image as the snapshot of path at t0, now, and
+// returns a reader with opts whose clock stands at t0 until set.
+func (f *fixture) clockedReader(path string, image []byte, opts Options) (*Reader, *storetest.Clock, time.Time) {
+	f.t.Helper()
+	t0 := time.Now()
+	publish(f.t, f.store, path, image, t0)
+	r := f.reader(opts)
+	return r, fakeClock(r, t0), t0
 }
 
 // fakeClock makes r read the time from a clock that starts at t0.
-func fakeClock(r *Reader, t0 time.Time) *testClock {
-	c := &testClock{t: t0}
-	r.now = c.now
+func fakeClock(r *Reader, t0 time.Time) *storetest.Clock {
+	c := storetest.NewClock()
+	c.Set(t0)
+	r.now = c.Now
 	return c
-}
-
-func (c *testClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
 }
 
 // TestOpenFetchesAfterPollInterval: an open reuses the manifest another
@@ -676,10 +674,7 @@ func (c *testClock) set(t time.Time) {
 func TestOpenFetchesAfterPollInterval(t *testing.T) {
 	f := newFixture(t)
 	img1, img2 := db(11, 3), db(12, 3)
-	t0 := time.Now()
-	publish(t, f.store, "/p.db", img1, t0)
-	r := f.reader(Options{Prefetch: -1, PollInterval: time.Minute})
-	clock := fakeClock(r, t0)
+	r, clock, t0 := f.clockedReader("/p.db", img1, Options{Prefetch: -1, PollInterval: time.Minute})
 	open := func() *Conn {
 		t.Helper()
 		c := mustOpen(t, r, "boule:///p.db")
@@ -689,11 +684,11 @@ func TestOpenFetchesAfterPollInterval(t *testing.T) {
 	a := open()
 	publish(t, f.store, "/p.db", img2, t0.Add(time.Second))
 	before := f.store.manifests.Load()
-	clock.set(t0.Add(59 * time.Second))
+	clock.Set(t0.Add(59 * time.Second))
 	if b := open(); !bytes.Equal(read(t, b.Snapshot()), img1) || f.store.manifests.Load() != before {
 		t.Fatal("an open within the poll interval did not reuse the fetched manifest")
 	}
-	clock.set(t0.Add(61 * time.Second))
+	clock.Set(t0.Add(61 * time.Second))
 	if c := open(); !bytes.Equal(read(t, c.Snapshot()), img2) {
 		t.Fatal("an open after the poll interval, with another connection open, got the old snapshot")
 	}
@@ -701,7 +696,7 @@ func TestOpenFetchesAfterPollInterval(t *testing.T) {
 		t.Fatal("an open connection switched snapshot without asking")
 	}
 	f.store.down.Store(true)
-	clock.set(t0.Add(200 * time.Second))
+	clock.Set(t0.Add(200 * time.Second))
 	if d := open(); !bytes.Equal(read(t, d.Snapshot()), img2) {
 		t.Fatal("with the store down, an open did not get the snapshot the process holds")
 	}
@@ -716,9 +711,7 @@ func TestClockStepBack(t *testing.T) {
 	img1, img2, img3 := db(21, 3), db(22, 3), db(23, 3)
 	t0 := time.Now()
 	publish(t, f.store, "/k.db", img1, t0)
-	r := f.reader(Options{Prefetch: -1})
-	c := mustOpen(t, r, "boule:///k.db")
-	defer c.Close()
+	_, c := f.open("/k.db", Options{Prefetch: -1})
 	publish(t, f.store, "/k.db", img2, t0.Add(-time.Minute)) // the clock went back
 	if err := c.Refresh(context.Background(), RefreshForce); err != nil {
 		t.Fatal(err)
@@ -768,7 +761,7 @@ func TestIdleReplicasForgotten(t *testing.T) {
 	img := db(31, 2)
 	for i := range 20 {
 		name := fmt.Sprintf("/many/%d.db", i)
-		publish(t, f.store, name, img, clock.now())
+		publish(t, f.store, name, img, clock.Now())
 		c := mustOpen(t, r, "boule://"+name)
 		c.Close()
 	}
@@ -777,8 +770,8 @@ func TestIdleReplicasForgotten(t *testing.T) {
 	if n := r.Replicas(); n != 20 {
 		t.Fatalf("%d replicas kept within the poll interval, want 20", n)
 	}
-	clock.set(clock.now().Add(2 * time.Minute))
-	publish(t, f.store, "/many/last.db", img, clock.now())
+	clock.Set(clock.Now().Add(2 * time.Minute))
+	publish(t, f.store, "/many/last.db", img, clock.Now())
 	c := mustOpen(t, r, "boule:///many/last.db")
 	defer c.Close()
 	// Kept: the one with a connection, and the one just opened.
@@ -805,9 +798,7 @@ func TestCacheHitIsAUse(t *testing.T) {
 	if err := os.Chtimes(p, old, old); err != nil {
 		t.Fatal(err)
 	}
-	r := f.reader(Options{Prefetch: -1})
-	c := mustOpen(t, r, "boule:///lru.db")
-	defer c.Close()
+	_, c := f.open("/lru.db", Options{Prefetch: -1})
 	before := f.store.chunks.Load()
 	if _, err := c.Snapshot().Chunk(context.Background(), 1); err != nil {
 		t.Fatal(err)
@@ -845,16 +836,13 @@ func TestManifestFileFIFO(t *testing.T) {
 func TestStale(t *testing.T) {
 	f := newFixture(t)
 	img1, img2 := db(51, 3), db(52, 3)
-	t0 := time.Now()
-	publish(t, f.store, "/s.db", img1, t0)
-	r := f.reader(Options{Prefetch: -1, PollInterval: time.Hour})
-	clock := fakeClock(r, t0)
+	r, clock, t0 := f.clockedReader("/s.db", img1, Options{Prefetch: -1, PollInterval: time.Hour})
 	a := mustOpen(t, r, "boule:///s.db")
 	defer a.Close()
 	publish(t, f.store, "/s.db", img2, t0.Add(time.Second))
-	clock.set(t0.Add(time.Millisecond))
+	clock.Set(t0.Add(time.Millisecond))
 	r.Stale(testHost, "/s.db")
-	clock.set(t0.Add(2 * time.Millisecond))
+	clock.Set(t0.Add(2 * time.Millisecond))
 	b := mustOpen(t, r, "boule:///s.db")
 	defer b.Close()
 	if !bytes.Equal(read(t, b.Snapshot()), img2) {
@@ -898,7 +886,7 @@ func TestSlowFetchIsShared(t *testing.T) {
 	clock := fakeClock(r, t0)
 	hold := mustOpen(t, r, "boule:///slow.db")
 	defer hold.Close()
-	clock.set(t0.Add(2 * time.Minute))
+	clock.Set(t0.Add(2 * time.Minute))
 	g.armed.Store(true)
 	before := f.store.manifests.Load()
 	var wg sync.WaitGroup
@@ -928,7 +916,7 @@ func TestSlowFetchIsShared(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	clock.set(t0.Add(4 * time.Minute)) // the fetch outlasted the poll interval
+	clock.Set(t0.Add(4 * time.Minute)) // the fetch outlasted the poll interval
 	close(g.open)
 	wg.Wait()
 	if n := f.store.manifests.Load() - before; n != 1 {
@@ -954,7 +942,7 @@ func TestEvictedReplicaAnnouncesNothing(t *testing.T) {
 	var announced atomic.Int64
 	rp.OnNewest(func(uint64) { announced.Add(1) })
 	c.Close()
-	clock.set(t0.Add(2 * time.Minute))
+	clock.Set(t0.Add(2 * time.Minute))
 	r.mu.Lock()
 	r.sweepLocked()
 	r.mu.Unlock()

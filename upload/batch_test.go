@@ -39,8 +39,7 @@ func newSharedEnv(t *testing.T, n, packChunks int, private map[int]bool, targets
 	root := t.TempDir()
 	for i := range n {
 		d := newTestSpool(t, root, fmt.Sprintf("/data/small-%02d.db", i))
-		s := d.snapshot(testData(uint64(500+i), 3*manifest.ChunkSize+100), now.Now())
-		d.stage(s)
+		s := d.stageNew(testData(uint64(500+i), 3*manifest.ChunkSize+100), now.Now())
 		mode := os.FileMode(0o644)
 		if private[i] {
 			mode = 0o600

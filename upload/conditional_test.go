@@ -76,8 +76,7 @@ func TestUploaderConditionalGap(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), storetest.WaitTimeout)
 			defer cancel()
 
-			s1 := d.snapshot(testData(700, 3*manifest.ChunkSize), now.Now())
-			d.stage(s1)
+			s1 := d.stageNew(testData(700, 3*manifest.ChunkSize), now.Now())
 			if err := u.Flush(ctx, d.dir); err != nil {
 				t.Fatalf("Flush()=%v, want nil", err)
 			}
@@ -94,8 +93,7 @@ func TestUploaderConditionalGap(t *testing.T) {
 			}
 
 			n := fake.NumCalls()
-			s2 := d.snapshot(withChunk(s1.data, 1, 701), now.Now())
-			d.stage(s2)
+			s2 := d.stageNew(withChunk(s1.data, 1, 701), now.Now())
 			start := time.Now()
 			if err := u.Flush(ctx, d.dir); err != nil {
 				t.Fatalf("Flush()=%v, want nil", err)
@@ -123,19 +121,16 @@ func TestUploaderConditionalGap(t *testing.T) {
 // twice.
 func TestUploaderConditionalLostAnswer(t *testing.T) {
 	now, fake, u, d := condTarget(t, "/data/lost.db", storetest.CondHonoured, nil)
-	s1 := d.snapshot(testData(710, 3*manifest.ChunkSize), now.Now())
-	d.stage(s1)
+	s1 := d.stageNew(testData(710, 3*manifest.ChunkSize), now.Now())
 	mustFlush(t, u, d.dir)
 
 	fake.LoseAnswers(storetest.OpPutManifestIf, 1)
-	s2 := d.snapshot(withChunk(s1.data, 1, 711), now.Now())
-	d.stage(s2)
+	s2 := d.stageNew(withChunk(s1.data, 1, 711), now.Now())
 	mustFlush(t, u, d.dir)
 	checkStored(t, fake, d, s2)
 
 	n := fake.NumCalls()
-	s3 := d.snapshot(withChunk(s2.data, 2, 712), now.Now())
-	d.stage(s3)
+	s3 := d.stageNew(withChunk(s2.data, 2, 712), now.Now())
 	mustFlush(t, u, d.dir)
 	checkStored(t, fake, d, s3)
 	if got, want := condOps(fake.CallsSince(n)), []string{storetest.OpPutManifestIf}; !slices.Equal(got, want) {
@@ -162,8 +157,7 @@ func TestUploaderConditionalOtherWriter(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			logs := &testlog.Records{}
 			now, fake, u, d := condTarget(t, "/data/other.db", storetest.CondHonoured, func(o *Options) { o.Logger = slog.New(logs) })
-			s1 := d.snapshot(testData(720, 3*manifest.ChunkSize), now.Now())
-			d.stage(s1)
+			s1 := d.stageNew(testData(720, 3*manifest.ChunkSize), now.Now())
 			mustFlush(t, u, d.dir)
 
 			now.Advance(time.Hour)
@@ -171,8 +165,7 @@ func TestUploaderConditionalOtherWriter(t *testing.T) {
 			if err := fake.PutManifest(context.Background(), d.key(), other.mb); err != nil {
 				t.Fatal(err)
 			}
-			s2 := d.snapshot(withChunk(s1.data, 1, 722), now.Now())
-			d.stage(s2)
+			s2 := d.stageNew(withChunk(s1.data, 1, 722), now.Now())
 			err := u.Flush(context.Background(), d.dir)
 			if !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
 				t.Fatalf("Flush()=%v, want %v", err, tc.err)
@@ -202,13 +195,11 @@ func TestUploaderConditionalGapPaces(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), storetest.WaitTimeout)
 	defer cancel()
-	s1 := d.snapshot(testData(730, 3*manifest.ChunkSize), now.Now())
-	d.stage(s1)
+	s1 := d.stageNew(testData(730, 3*manifest.ChunkSize), now.Now())
 	if err := u.Flush(ctx, d.dir); err != nil {
 		t.Fatalf("Flush()=%v, want nil", err)
 	}
-	s2 := d.snapshot(withChunk(s1.data, 1, 731), now.Now())
-	d.stage(s2)
+	s2 := d.stageNew(withChunk(s1.data, 1, 731), now.Now())
 	start := time.Now() // the clock is frozen: the whole gap is left
 	if err := u.Flush(ctx, d.dir); err != nil {
 		t.Fatalf("Flush()=%v, want nil", err)
@@ -226,8 +217,7 @@ func TestUploaderConditionalPermanentError(t *testing.T) {
 	now, fake, u, d := condTarget(t, "/data/perm.db", storetest.CondHonoured, func(o *Options) { o.ManifestGap = -1 })
 	fake.FailOn(storetest.OpPutManifestIf, nil, storetest.PermanentErr())
 	fake.FailOn(storetest.OpPutManifest, nil, storetest.PermanentErr())
-	s1 := d.snapshot(testData(740, 3*manifest.ChunkSize), now.Now())
-	d.stage(s1)
+	s1 := d.stageNew(testData(740, 3*manifest.ChunkSize), now.Now())
 	if err := u.Flush(context.Background(), d.dir); !errors.Is(err, store.ErrPermanent) {
 		t.Fatalf("Flush()=%v, want ErrPermanent", err)
 	}

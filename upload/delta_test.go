@@ -130,8 +130,7 @@ func TestUploaderDeltaManifest(t *testing.T) {
 			data := testData(5, 20*manifest.ChunkSize)
 			for k := range 3 {
 				data = withChunk(data, 3+k, uint64(50+k))
-				s := d.snapshot(data, now.Now())
-				d.stage(s)
+				s := d.stageNew(data, now.Now())
 				mustFlush(t, u, d.dir)
 				put := fake.ManifestAt(d.key())
 				v, err := manifest.FormatVersion(put)

@@ -33,10 +33,9 @@ func TestUploaderSpoolFIFO(t *testing.T) {
 			u := newTestUploader(t, uploadOpts(storetest.NewClock(), target(fake)))
 			d := newTestSpool(t, t.TempDir(), "/data/fifo.db")
 			data := storetest.RandomBytes(60, 3*manifest.ChunkSize)
-			d.stage(d.snapshot(data, time.Now()))
+			d.stageNew(data, time.Now())
 			mustFlush(t, u, d.dir)
-			s := d.snapshot(withChunk(data, 1, 61), time.Now().Add(time.Second))
-			d.stage(s)
+			s := d.stageNew(withChunk(data, 1, 61), time.Now().Add(time.Second))
 			p := tc.path(d, s)
 			testfs.Mkfifo(t, p)
 			err := testfs.Promptly(t, p, func() error { return u.Flush(context.Background(), d.dir) })
@@ -85,8 +84,7 @@ func TestUploaderSourcePerm(t *testing.T) {
 			opts.PackChunks = 4
 			u := newTestUploader(t, opts)
 			d := newTestSpool(t, filepath.Join(root, "spool"), "/data/perm.db")
-			s := d.snapshot(storetest.RandomBytes(61, 6*manifest.ChunkSize), time.Now())
-			d.stage(s)
+			s := d.stageNew(storetest.RandomBytes(61, 6*manifest.ChunkSize), time.Now())
 			if err := os.Chmod(d.sp.StagedManifestFile(), tc.spool); err != nil {
 				t.Fatal(err)
 			}

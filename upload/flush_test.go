@@ -54,8 +54,7 @@ func TestUploaderFlushMarker(t *testing.T) {
 	for _, tc := range markerCases {
 		t.Run(tc.name, func(t *testing.T) {
 			now, fake, u, d := oneTarget(t, "/data/marker.db", nil)
-			s := d.snapshot(testData(90, 3*manifest.ChunkSize), now.Now())
-			d.stage(s)
+			s := d.stageNew(testData(90, 3*manifest.ChunkSize), now.Now())
 			d.writeMarker(tc.state, now.Now().Add(-time.Minute), tc.errText)
 			err := u.Flush(context.Background(), d.dir)
 			if tc.want == nil {
@@ -99,8 +98,7 @@ func TestUploaderFlushRestages(t *testing.T) {
 
 	t.Run("clean: not called", func(t *testing.T) {
 		d, fake, u, calls := setup(t, func(*testSpool) error { return errors.New("called") })
-		s := d.snapshot(data, time.Now())
-		d.stage(s)
+		s := d.stageNew(data, time.Now())
 		d.writeMarker('0', time.Time{}, "")
 		mustFlush(t, u, d.dir)
 		checkStored(t, fake, d, s)
@@ -113,12 +111,10 @@ func TestUploaderFlushRestages(t *testing.T) {
 		t.Run(fmt.Sprintf("marker %c: the new snapshot is uploaded", state), func(t *testing.T) {
 			var fresh *snap
 			d, fake, u, calls := setup(t, func(d *testSpool) error {
-				fresh = d.snapshot(withChunk(data, 2, 92), time.Now().Add(time.Second))
-				d.stage(fresh)
+				fresh = d.stageNew(withChunk(data, 2, 92), time.Now().Add(time.Second))
 				return nil
 			})
-			old := d.snapshot(data, time.Now())
-			d.stage(old)
+			d.stageNew(data, time.Now())
 			d.writeMarker(state, time.Now(), "")
 			mustFlush(t, u, d.dir)
 			if len(*calls) != 1 || (*calls)[0] != (call{d.dir, d.path}) {
@@ -131,8 +127,7 @@ func TestUploaderFlushRestages(t *testing.T) {
 	t.Run("nothing staged", func(t *testing.T) {
 		var fresh *snap
 		d, fake, u, calls := setup(t, func(d *testSpool) error {
-			fresh = d.snapshot(data, time.Now())
-			d.stage(fresh)
+			fresh = d.stageNew(data, time.Now())
 			return nil
 		})
 		if err := u.Flush(context.Background(), d.dir); err != nil || len(*calls) != 1 {
@@ -144,7 +139,7 @@ func TestUploaderFlushRestages(t *testing.T) {
 	t.Run("fails", func(t *testing.T) {
 		cause := fmt.Errorf("spool: write x: %w", syscall.ENOSPC)
 		d, fake, u, _ := setup(t, func(*testSpool) error { return cause })
-		d.stage(d.snapshot(data, time.Now()))
+		d.stageNew(data, time.Now())
 		d.writeMarker('F', time.Now(), "spool: write y: no space left on device")
 		err := u.Flush(context.Background(), d.dir)
 		if !errors.Is(err, ErrSnapshotFailed) || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), d.path) {
@@ -184,14 +179,12 @@ func TestUploaderFlushRestages(t *testing.T) {
 		now := storetest.NewClock()
 		old, fake := storetest.NewFake("old"), storetest.NewFake("new")
 		d := newTestSpool(t, t.TempDir(), "/data/moved.db")
-		s1 := d.snapshot(data, now.Now())
-		d.stage(s1)
+		d.stageNew(data, now.Now())
 		mustFlush(t, newTestUploader(t, uploadOpts(now, target(old))), d.dir)
 		opts := uploadOpts(now, target(fake))
 		var s2 *snap
 		opts.Restage = func(context.Context, string, string) error {
-			s2 = d.snapshot(data, now.Now().Add(time.Second))
-			d.stage(s2)
+			s2 = d.stageNew(data, now.Now().Add(time.Second))
 			return nil
 		}
 		mustFlush(t, newTestUploader(t, opts), d.dir)
@@ -210,7 +203,7 @@ func TestStatusFromMarker(t *testing.T) {
 	for _, tc := range markerCases {
 		t.Run(tc.name, func(t *testing.T) {
 			now, _, u, d := oneTarget(t, "/data/status.db", nil)
-			d.stage(d.snapshot(testData(93, 2*manifest.ChunkSize), now.Now()))
+			d.stageNew(testData(93, 2*manifest.ChunkSize), now.Now())
 			mustFlush(t, u, d.dir)
 			d.writeMarker(tc.state, now.Now().Add(-90*time.Second), tc.errText)
 			got, err := ReadStatus(d.dir, now.Now())
@@ -256,7 +249,7 @@ func TestUploaderFailureLogging(t *testing.T) {
 			opts.Logger = slog.New(log)
 			u := newTestUploader(t, opts)
 			d := newTestSpool(t, t.TempDir(), "/data/log.db")
-			d.stage(d.snapshot(testData(94, 2*manifest.ChunkSize), now.Now()))
+			d.stageNew(testData(94, 2*manifest.ChunkSize), now.Now())
 			fake.FailOn(storetest.OpPutChunk, nil, tc.err)
 			for _, step := range tc.steps {
 				now.Advance(step)

@@ -108,8 +108,7 @@ func TestUploaderDelayedPutMinio(t *testing.T) {
 			d := newTestSpool(t, t.TempDir(), "/data/delayed.db")
 			ctx := context.Background()
 
-			s1 := d.snapshot(testData(800, 3*manifest.ChunkSize), now.Now())
-			d.stage(s1)
+			s1 := d.stageNew(testData(800, 3*manifest.ChunkSize), now.Now())
 			mustFlush(t, u, d.dir)
 
 			// The next manifest put is held back: the proxy answers 503
@@ -134,8 +133,7 @@ func TestUploaderDelayedPutMinio(t *testing.T) {
 				held = &capturedRequest{method: r.Method, url: r.URL.RequestURI(), host: r.Host, header: r.Header.Clone(), body: body}
 			})
 			p.Set(faultproxy.Fault{Kind: faultproxy.Status, Status: http.StatusServiceUnavailable, Count: 1, Match: match})
-			s2 := d.snapshot(withChunk(s1.data, 1, 801), now.Now())
-			d.stage(s2)
+			s2 := d.stageNew(withChunk(s1.data, 1, 801), now.Now())
 			mustFlush(t, u, d.dir)
 			p.Observe(nil)
 			mu.Lock()
@@ -145,8 +143,7 @@ func TestUploaderDelayedPutMinio(t *testing.T) {
 				t.Fatal("test setup: no manifest put was held back")
 			}
 
-			s3m := d.snapshot(withChunk(s2.data, 2, 802), now.Now())
-			d.stage(s3m)
+			s3m := d.stageNew(withChunk(s2.data, 2, 802), now.Now())
 			mustFlush(t, u, d.dir)
 
 			// The held-back put of s2 arrives now.
@@ -183,14 +180,12 @@ func TestUploaderDelayedPutMinio(t *testing.T) {
 		opts.ConditionalGap = -1
 		u := newTestUploader(t, opts)
 		d := newTestSpool(t, t.TempDir(), "/data/fallback.db")
-		s1 := d.snapshot(testData(810, 3*manifest.ChunkSize), now.Now())
-		d.stage(s1)
+		s1 := d.stageNew(testData(810, 3*manifest.ChunkSize), now.Now())
 		mustFlush(t, u, d.dir)
 		if got, _ := u.manifestGap(u.bg); got != gap {
 			t.Errorf("manifestGap()=%v, want %v", got, gap)
 		}
-		s2 := d.snapshot(withChunk(s1.data, 1, 811), now.Now())
-		d.stage(s2)
+		s2 := d.stageNew(withChunk(s1.data, 1, 811), now.Now())
 		start := time.Now()
 		mustFlush(t, u, d.dir)
 		if el := time.Since(start); el < gap {

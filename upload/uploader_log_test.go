@@ -35,7 +35,7 @@ func TestUploaderFailureLogNamesTheDatabase(t *testing.T) {
 	if err := os.WriteFile(src, []byte(d.path), 0o444); err != nil {
 		t.Fatal(err)
 	}
-	d.stage(d.snapshot(testData(3, 3*manifest.ChunkSize), now.Now()))
+	d.stageNew(testData(3, 3*manifest.ChunkSize), now.Now())
 	if err := u.Flush(context.Background(), d.dir); err == nil {
 		t.Fatal("Flush()=nil, want the store's failure")
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -99,14 +98,7 @@ func newTestSpool(t testing.TB, root, path string) *testSpool {
 }
 
 // testData returns size pseudo-random bytes determined by seed.
-func testData(seed uint64, size int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x5eed))
-	b := make([]byte, size)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
+func testData(seed uint64, size int) []byte { return storetest.RandomBytes(seed, size) }
 
 // withChunk returns a copy of data whose chunk i is rewritten from seed.
 func withChunk(data []byte, i int, seed uint64) []byte {
@@ -172,6 +164,15 @@ func (s *snap) subset(only []manifest.Fingerprint) map[manifest.Fingerprint][]by
 		out[fp] = s.files[fp]
 	}
 	return out
+}
+
+// stageNew describes data as a snapshot (snapshot) and stages it with
+// all its chunk files (stage).
+func (d *testSpool) stageNew(data []byte, created time.Time) *snap {
+	d.t.Helper()
+	s := d.snapshot(data, created)
+	d.stage(s)
+	return s
 }
 
 // stage makes s the staged snapshot, with the given chunk files staged
@@ -509,8 +510,7 @@ func TestUploaderStagingOnly(t *testing.T) {
 	now, fake, opts := fakeTarget(nil)
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/staged.db")
-	s := d.snapshot(testData(20, 3*manifest.ChunkSize+7), now.Now())
-	d.stage(s)
+	s := d.stageNew(testData(20, 3*manifest.ChunkSize+7), now.Now())
 
 	t.Run("first flush", func(t *testing.T) {
 		mustFlush(t, u, d.dir)
@@ -553,8 +553,7 @@ func TestUploaderStagingRace(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			now, fake, u, d := oneTarget(t, "/data/race.db", nil)
 			data1 := testData(30, 4*manifest.ChunkSize)
-			s1 := d.snapshot(data1, now.Now())
-			d.stage(s1)
+			s1 := d.stageNew(data1, now.Now())
 			// The next transaction rewrites chunk 3 and adds a chunk; it
 			// still references chunks 1 and 2 of s1.
 			data2 := append(withChunk(data1, 3, 31), testData(32, 100)...)
@@ -833,7 +832,7 @@ func TestUploaderBackgroundErrors(t *testing.T) {
 
 		// And the background uploads again.
 		s2 := e.db.snapshot(withChunk(s1.data, 1, 51), e.now.Now())
-		e.db.commit(s2, s2.fps()[0])
+		e.db.commit(s2, s2.m.Chunks[1]) // the changed chunk
 		e.u.Notify(e.db.dir)
 		e.sync()
 		checkStored(t, e.store, e.db, s2)
@@ -1059,8 +1058,7 @@ func TestUploaderLockDir(t *testing.T) {
 	barrier := newTestSpool(t, root, "/data/barrier.db")
 	first := newTestUploader(t, uploadOpts(now, target(s1)))
 	second := newTestUploader(t, uploadOpts(now, target(s2)))
-	snap1 := d.snapshot(testData(100, 3*manifest.ChunkSize), now.Now())
-	d.stage(snap1)
+	snap1 := d.stageNew(testData(100, 3*manifest.ChunkSize), now.Now())
 
 	gate := s1.BlockOnce(storetest.OpPutChunk, nil)
 	errc1 := flushAsync(first, d.dir)
@@ -1182,12 +1180,10 @@ func TestSpoolLag(t *testing.T) {
 // ReadStatus reports what the uploader saved, with the lag computed now.
 func TestReadStatusAfterUpload(t *testing.T) {
 	now, _, u, d := oneTarget(t, "/data/status.db", nil)
-	s1 := d.snapshot(testData(120, 2*manifest.ChunkSize), now.Now())
-	d.stage(s1)
+	s1 := d.stageNew(testData(120, 2*manifest.ChunkSize), now.Now())
 	mustFlush(t, u, d.dir)
 	now.Advance(time.Minute)
-	s2 := d.snapshot(withChunk(s1.data, 1, 121), now.Now())
-	d.stage(s2)
+	s2 := d.stageNew(withChunk(s1.data, 1, 121), now.Now())
 	now.Advance(5 * time.Second)
 
 	st, err := ReadStatus(d.dir, now.Now())
@@ -1209,8 +1205,7 @@ func TestStatusAfterOtherProcessUploads(t *testing.T) {
 	now := storetest.NewClock()
 	fake := storetest.NewFake("s3")
 	d := newTestSpool(t, t.TempDir(), "/data/twoprocs.db")
-	s1 := d.snapshot(testData(130, 2*manifest.ChunkSize), now.Now())
-	d.stage(s1)
+	d.stageNew(testData(130, 2*manifest.ChunkSize), now.Now())
 	idle := newTestUploader(t, uploadOpts(now, target(fake)))
 	idle.Add(d.dir) // knows the database, never gets the lock
 	active := newTestUploader(t, uploadOpts(now, target(fake)))
@@ -1301,8 +1296,7 @@ func TestUploaderFlushAllAndTargetStats(t *testing.T) {
 	var snaps []*snap
 	for i := range 3 {
 		d := newTestSpool(t, root, fmt.Sprintf("/data/all-%d.db", i))
-		s := d.snapshot(testData(uint64(400+i), 2*manifest.ChunkSize), now.Now())
-		d.stage(s)
+		s := d.stageNew(testData(uint64(400+i), 2*manifest.ChunkSize), now.Now())
 		u.Add(d.dir)
 		dbs, snaps = append(dbs, d), append(snaps, s)
 	}
@@ -1348,8 +1342,7 @@ func TestUploaderFlushAllAndTargetStats(t *testing.T) {
 	// FlushAll joins the errors of the databases that fail.
 	a.FailOn(storetest.OpPutChunk, nil, storetest.PermanentErr())
 	for i, d := range dbs {
-		s := d.snapshot(withChunk(snaps[i].data, 1, uint64(500+i)), now.Now())
-		d.stage(s)
+		d.stageNew(withChunk(snaps[i].data, 1, uint64(500+i)), now.Now())
 	}
 	err := u.FlushAll(context.Background())
 	if !errors.Is(err, store.ErrPermanent) || strings.Count(err.Error(), "\n") != 2 {
@@ -1392,12 +1385,10 @@ func TestUploaderManifestGap(t *testing.T) {
 	opts.ManifestGap = gap
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/gap.db")
-	s1 := d.snapshot(testData(600, manifest.ChunkSize+10), now.Now())
-	d.stage(s1)
+	s1 := d.stageNew(testData(600, manifest.ChunkSize+10), now.Now())
 	mustFlush(t, u, d.dir)
 
-	s2 := d.snapshot(withChunk(s1.data, 1, 601), now.Now())
-	d.stage(s2)
+	s2 := d.stageNew(withChunk(s1.data, 1, 601), now.Now())
 	start := time.Now()
 	mustFlush(t, u, d.dir)
 	if el := time.Since(start); el < gap {
@@ -1405,8 +1396,7 @@ func TestUploaderManifestGap(t *testing.T) {
 	}
 	checkStored(t, fake, d, s2)
 
-	s3 := d.snapshot(withChunk(s2.data, 1, 602), now.Now())
-	d.stage(s3)
+	d.stageNew(withChunk(s2.data, 1, 602), now.Now())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := u.Flush(ctx, d.dir); !errors.Is(err, context.Canceled) {
@@ -1469,8 +1459,7 @@ func TestUploaderNeverGoesBackwards(t *testing.T) {
 	now, fake, u, d := oneTarget(t, "/data/back.db", nil)
 	data := testData(50, 3*manifest.ChunkSize)
 	older := d.snapshot(data, now.Now())
-	newer := d.snapshot(withChunk(data, 1, 51), now.Now().Add(time.Hour))
-	d.stage(newer)
+	newer := d.stageNew(withChunk(data, 1, 51), now.Now().Add(time.Hour))
 	mustFlush(t, u, d.dir)
 	checkStored(t, fake, d, newer)
 
@@ -1494,8 +1483,7 @@ func TestUploaderTargetsChanged(t *testing.T) {
 	old, fake := storetest.NewFake("old"), storetest.NewFake("new")
 	d := newTestSpool(t, t.TempDir(), "/data/moved.db")
 	data := testData(60, 4*manifest.ChunkSize)
-	s1 := d.snapshot(data, now.Now())
-	d.stage(s1)
+	s1 := d.stageNew(data, now.Now())
 	mustFlush(t, newTestUploader(t, uploadOpts(now, target(old))), d.dir)
 	checkStored(t, old, d, s1)
 
@@ -1515,8 +1503,7 @@ func TestUploaderTargetsChanged(t *testing.T) {
 		t.Fatalf("marker %+v, %v; want set", mk, err)
 	}
 	// The next transaction rebuilds: every chunk is staged again.
-	s2 := d.snapshot(withChunk(data, 2, 61), now.Now().Add(time.Second))
-	d.stage(s2)
+	s2 := d.stageNew(withChunk(data, 2, 61), now.Now().Add(time.Second))
 	mustFlush(t, u, d.dir)
 	checkStored(t, fake, d, s2)
 	fake.CheckIntegrity(t)
@@ -1535,8 +1522,7 @@ func TestUploaderTargetsChanged(t *testing.T) {
 func TestUploaderClockStep(t *testing.T) {
 	now, fake, u, d := oneTarget(t, "/data/clock.db", nil)
 	data := testData(70, 3*manifest.ChunkSize)
-	before := d.snapshot(data, now.Now().Add(time.Hour))
-	d.stage(before)
+	d.stageNew(data, now.Now().Add(time.Hour))
 	mustFlush(t, u, d.dir)
 	after := d.snapshot(withChunk(data, 1, 71), now.Now()) // the clock went back
 	d.stage(after)
@@ -1552,8 +1538,7 @@ func TestUploaderTargetsChangedByAnotherProcess(t *testing.T) {
 	old, fake := storetest.NewFake("old"), storetest.NewFake("new")
 	d := newTestSpool(t, t.TempDir(), "/data/deploy.db")
 	data := testData(80, 4*manifest.ChunkSize)
-	s1 := d.snapshot(data, now.Now())
-	d.stage(s1)
+	d.stageNew(data, now.Now())
 	uOld := newTestUploader(t, uploadOpts(now, target(old)))
 	mustFlush(t, uOld, d.dir)
 	if err := newTestUploader(t, uploadOpts(now, target(fake))).Flush(context.Background(), d.dir); !errors.Is(err, ErrNotStaged) {
@@ -1579,8 +1564,7 @@ func TestUploaderPacks(t *testing.T) {
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/packed.db")
 	data := testData(40, 10*manifest.ChunkSize+9) // chunk 0 inline, 10 in files
-	s1 := d.snapshot(data, now.Now())
-	d.stage(s1)
+	s1 := d.stageNew(data, now.Now())
 	mustFlush(t, u, d.dir)
 	calls := fake.CallLog()
 	if n, c := storetest.CountOps(calls, storetest.OpPutPack), storetest.CountOps(calls, storetest.OpPutChunk); n != 3 || c != 0 {
@@ -1753,8 +1737,7 @@ func TestUploaderPacksUploadedNotRecorded(t *testing.T) {
 	u := newTestUploader(t, opts)
 	d := newTestSpool(t, t.TempDir(), "/data/full.db")
 	data := testData(50, 9*manifest.ChunkSize)
-	s1 := d.snapshot(data, now.Now())
-	d.stage(s1)
+	d.stageNew(data, now.Now())
 	mustFlush(t, u, d.dir)
 
 	// Chunks 2 and 3 change and go up as a pack; the uploaded file then
@@ -1791,8 +1774,7 @@ func TestUploaderFreshestUnderWrites(t *testing.T) {
 	s0 := d.snapshot(data0, now.Now())
 	d.publish(spool.InReady, s0) // handed over, not uploaded yet
 	data1 := withChunk(data0, 2, 61)
-	s1 := d.snapshot(data1, now.Now().Add(time.Second))
-	d.stage(s1)
+	s1 := d.stageNew(data1, now.Now().Add(time.Second))
 	// The next transaction appends a chunk: every chunk of s1 stays.
 	s2 := d.snapshot(append(bytes.Clone(data1), testData(62, 100)...), now.Now().Add(2*time.Second))
 	added := s2.addedTo(s1)
@@ -1824,7 +1806,7 @@ func TestUploaderOnManifest(t *testing.T) {
 		calls = append(calls, fmt.Sprintf("%s %s %v", host, path, stored))
 	}
 	u := newTestUploader(t, opts)
-	d.stage(d.snapshot(testData(90, 2*manifest.ChunkSize), now.Now()))
+	d.stageNew(testData(90, 2*manifest.ChunkSize), now.Now())
 	mustFlush(t, u, d.dir)
 	mustFlush(t, u, d.dir) // nothing new: no call
 	if want := testHost + " /data/own.db true"; len(calls) != 1 || calls[0] != want {
@@ -1842,8 +1824,7 @@ func TestLocalCacheAsTarget(t *testing.T) {
 	}
 	u := newTestUploader(t, uploadOpts(now, Target{Name: "cache", Store: c, Cache: true}, target(fake)))
 	d := newTestSpool(t, t.TempDir(), "/data/cached.db")
-	s := d.snapshot(testData(300, 4*manifest.ChunkSize), now.Now())
-	d.stage(s)
+	s := d.stageNew(testData(300, 4*manifest.ChunkSize), now.Now())
 	mustFlush(t, u, d.dir)
 	checkStored(t, fake, d, s)
 	for _, fp := range s.fps() {

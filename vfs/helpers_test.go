@@ -97,6 +97,14 @@ func (e *env) writer(t testing.TB, name, params string) (string, *sql.DB) {
 	return path, db
 }
 
+// tableWriter is writer, with table t(v) created.
+func (e *env) tableWriter(t testing.TB, name, params string) (string, *sql.DB) {
+	t.Helper()
+	path, db := e.writer(t, name, params)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	return path, db
+}
+
 // open opens path through vfsName with mattn/go-sqlite3. Extra URI
 // parameters go in params ("_journal_mode=TRUNCATE&_sync=OFF").
 func open(t testing.TB, path, vfsName, params string) *sql.DB {

@@ -96,8 +96,7 @@ func TestOutsideChange(t *testing.T) {
 // rebuild even when header, size and ctime look unchanged.
 func TestLeftoverMarkerForcesRebuild(t *testing.T) {
 	e := newEnv(t)
-	path, db := e.writer(t, "marker.db", "")
-	mustExec(t, db, "CREATE TABLE t(v)")
+	path, db := e.tableWriter(t, "marker.db", "")
 	mustExec(t, db, "INSERT INTO t VALUES (1)")
 	sd := mustDB(t, path)
 	sp := spool.OpenDir(sd.Dir())
@@ -149,8 +148,7 @@ func TestOneGoCallPerCommit(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			path, db := e.writer(t, "calls.db", tc.params)
-			mustExec(t, db, "CREATE TABLE t(v)")
+			path, db := e.tableWriter(t, "calls.db", tc.params)
 			calls := vfs.GoCalls()
 			for i := range 100 {
 				mustExec(t, db, "INSERT INTO t VALUES (randomblob(5000 + ?))", i)

@@ -101,18 +101,8 @@ func TestWALRandomWorkload(t *testing.T) {
 			if tc.name == "autocheckpoint" {
 				mustExec(t, db, "PRAGMA wal_autocheckpoint=20")
 			}
-			w := newWorkload(uint64(len(tc.name)) * 104729)
-			if err := w.setup(db); err != nil {
-				t.Fatal(err)
-			}
-			kinds := map[string]int{}
 			checkpoints := []string{"PASSIVE", "FULL", "RESTART", "TRUNCATE"}
-			for i := range tc.steps {
-				what, err := w.step(db)
-				if err != nil {
-					t.Fatalf("step %d (%s): %v", i, what, err)
-				}
-				kinds[what]++
+			kinds := randomSteps(t, db, uint64(len(tc.name))*104729, tc.steps, func(w *workload, kinds map[string]int) {
 				if w.rng.IntN(10) == 0 {
 					mode := checkpoints[w.rng.IntN(len(checkpoints))]
 					mustExec(t, db, "PRAGMA wal_checkpoint("+mode+")")
@@ -121,7 +111,7 @@ func TestWALRandomWorkload(t *testing.T) {
 				if tc.name != "exclusive" {
 					checkLogical(t, db, path)
 				}
-			}
+			})
 			if tc.name == "exclusive" {
 				// The copy would need the locks this connection holds
 				// for as long as it is open.
@@ -129,11 +119,7 @@ func TestWALRandomWorkload(t *testing.T) {
 				db.Close()
 				checkLogical(t, open(t, path, "boule", "_journal_mode=WAL"), path)
 			}
-			st := mustDB(t, path).Stats()
-			if st.Failures != 0 || st.Incremental == 0 {
-				t.Fatalf("stats %+v: want no failures and some incremental snapshots; log:\n%s", st, e.log)
-			}
-			t.Logf("ops %v; snapshots %d (%d incremental), %d chunks staged", kinds, st.Snapshots, st.Incremental, st.ChunksStaged)
+			e.checkIncremental(t, path, kinds)
 		})
 	}
 }
@@ -142,8 +128,7 @@ func TestWALRandomWorkload(t *testing.T) {
 // snapshot holds already: no snapshot, no chunk staged.
 func TestWALCheckpointsAreFree(t *testing.T) {
 	e := newEnv(t)
-	path, db := e.writer(t, "ck.db", "_journal_mode=WAL")
-	mustExec(t, db, "CREATE TABLE t(v)")
+	path, db := e.tableWriter(t, "ck.db", "_journal_mode=WAL")
 	for i := range 50 {
 		mustExec(t, db, "INSERT INTO t VALUES (randomblob(3000 + ?))", i)
 	}
@@ -169,8 +154,7 @@ func TestWALCheckpointsAreFree(t *testing.T) {
 // every switch, with no gap.
 func TestWALModeSwitches(t *testing.T) {
 	e := newEnv(t)
-	path, db := e.writer(t, "sw.db", "")
-	mustExec(t, db, "CREATE TABLE t(v)")
+	path, db := e.tableWriter(t, "sw.db", "")
 	for round := range 2 {
 		for _, mode := range []string{"WAL", "DELETE"} {
 			mustExec(t, db, "PRAGMA journal_mode="+mode)
@@ -187,8 +171,7 @@ func TestWALModeSwitches(t *testing.T) {
 // log the other program checkpointed and restarted.
 func TestWALOutsideWriter(t *testing.T) {
 	e := newEnv(t)
-	path, db := e.writer(t, "out.db", "_journal_mode=WAL")
-	mustExec(t, db, "CREATE TABLE t(v)")
+	path, db := e.tableWriter(t, "out.db", "_journal_mode=WAL")
 	mustExec(t, db, "INSERT INTO t VALUES ('boule 1')")
 	plain := open(t, path, "unix", "_journal_mode=WAL")
 	plain.SetMaxOpenConns(1)
@@ -302,8 +285,7 @@ func TestWALSIGKILLWriter(t *testing.T) {
 func TestWALFlushInsideWriteTransaction(t *testing.T) {
 	tg, sto := dirTarget(t)
 	e := replEnv(t, tg)
-	path, db := e.writer(t, "inside.db", "_journal_mode=WAL")
-	mustExec(t, db, "CREATE TABLE t(v)")
+	path, db := e.tableWriter(t, "inside.db", "_journal_mode=WAL")
 	for i := range 2 {
 		// The insert stays in SQLite's cache until the commit: the
 		// transaction holds the log's write lock and has written no frame.
@@ -580,19 +562,32 @@ func TestWALBulkLoad(t *testing.T) {
 	e.noWarnings(t)
 }
 
+// bigReadWriter opens name in WAL mode for writing, in a spool of its own
+// whose capture budget is 1 MiB and whose persister waits an hour between
+// reads, runs pragmas, and writes 3000 rows of 1000 bytes to table t(k, v),
+// staged before it returns.
+func bigReadWriter(t testing.TB, name string, pragmas ...string) (*env, string, *sql.DB, *spool.DB) {
+	t.Helper()
+	vfs.SetPersistGap(t, time.Hour)
+	e := tempEnv(t)
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log), CaptureMemoryMiB: 1})
+	path, db := e.writer(t, name, "_journal_mode=WAL")
+	for _, p := range pragmas {
+		mustExec(t, db, p)
+	}
+	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, randomblob(1000) FROM n")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	return e, path, db, d
+}
+
 // TestWALBigReadSpills: commits that the persister reads all at once,
 // more than the capture budget, are staged incrementally from a file the
 // read copied them to, not rebuilt under the log's write lock (which
 // stalled writers for seconds at 1 GiB).
 func TestWALBigReadSpills(t *testing.T) {
-	vfs.SetPersistGap(t, time.Hour)
-	e := tempEnv(t)
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log), CaptureMemoryMiB: 1})
-	path, db := e.writer(t, "big.db", "_journal_mode=WAL")
-	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
-	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, randomblob(1000) FROM n")
-	d := mustDB(t, path)
-	waitStaged(t, d)
+	e, path, db, d := bigReadWriter(t, "big.db")
 	before := d.Stats()
 	// Changes all over the file, in 40 commits the persister's open
 	// window leaves for one read: about 3 MiB of chunks.
@@ -615,15 +610,7 @@ func TestWALBigReadSpills(t *testing.T) {
 // still, not the whole database again (at 4 GiB a close rebuilt for
 // minutes).
 func TestWALCloseStagesBigRead(t *testing.T) {
-	vfs.SetPersistGap(t, time.Hour)
-	e := tempEnv(t)
-	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, Logger: slog.New(e.log), CaptureMemoryMiB: 1})
-	path, db := e.writer(t, "close.db", "_journal_mode=WAL")
-	mustExec(t, db, "PRAGMA wal_autocheckpoint=0")
-	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
-	mustExec(t, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, randomblob(1000) FROM n")
-	d := mustDB(t, path)
-	waitStaged(t, d)
+	e, path, db, d := bigReadWriter(t, "close.db", "PRAGMA wal_autocheckpoint=0")
 	before := d.Stats()
 	for i := range 40 { // about 3 MiB of chunks, the persister held off
 		mustExec(t, db, "UPDATE t SET v = randomblob(1000) WHERE k % 40 = ?", i)

@@ -98,6 +98,39 @@ func (w *workload) dml(tx *sql.Tx) error {
 	return nil
 }
 
+// randomSteps sets up a workload seeded with seed on db and runs steps
+// random transactions, calling after after each one with the workload and
+// the count of each kind of transaction so far; it returns those counts.
+func randomSteps(t testing.TB, db *sql.DB, seed uint64, steps int, after func(w *workload, kinds map[string]int)) map[string]int {
+	t.Helper()
+	w := newWorkload(seed)
+	if err := w.setup(db); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for i := range steps {
+		what, err := w.step(db)
+		if err != nil {
+			t.Fatalf("step %d (%s): %v", i, what, err)
+		}
+		kinds[what]++
+		after(w, kinds)
+	}
+	return kinds
+}
+
+// checkIncremental fails the test unless the snapshots of the database at
+// path had no failure and some were incremental, and logs them with the
+// kinds of operations that made them.
+func (e *env) checkIncremental(t testing.TB, path string, kinds map[string]int) {
+	t.Helper()
+	st := mustDB(t, path).Stats()
+	if st.Failures != 0 || st.Incremental == 0 {
+		t.Fatalf("stats %+v: want no failures and some incremental snapshots; log:\n%s", st, e.log)
+	}
+	t.Logf("ops %v; snapshots %d (%d incremental), %d chunks staged", kinds, st.Snapshots, st.Incremental, st.ChunksStaged)
+}
+
 func TestRandomWorkloadSnapshotAfterEveryCommit(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -114,24 +147,10 @@ func TestRandomWorkloadSnapshotAfterEveryCommit(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			path, db := e.writer(t, "w.db", tc.params)
-			w := newWorkload(uint64(len(tc.name)) * 7919)
-			if err := w.setup(db); err != nil {
-				t.Fatal(err)
-			}
-			kinds := map[string]int{}
-			for i := range tc.steps {
-				what, err := w.step(db)
-				if err != nil {
-					t.Fatalf("step %d (%s): %v", i, what, err)
-				}
-				kinds[what]++
+			kinds := randomSteps(t, db, uint64(len(tc.name))*7919, tc.steps, func(*workload, map[string]int) {
 				checkSnapshot(t, db, path)
-			}
-			st := mustDB(t, path).Stats()
-			if st.Failures != 0 || st.Incremental == 0 {
-				t.Fatalf("stats %+v: want no failures and some incremental snapshots", st)
-			}
-			t.Logf("ops %v; snapshots %d (%d incremental), %d chunks staged", kinds, st.Snapshots, st.Incremental, st.ChunksStaged)
+			})
+			e.checkIncremental(t, path, kinds)
 		})
 	}
 }

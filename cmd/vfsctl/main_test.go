@@ -40,11 +40,8 @@ type fixture struct {
 // so that everything stays spooled for vfsctl.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	tmpdir := testfs.TempDir(t)
-	f := &fixture{dir: tmpdir, spool: filepath.Join(tmpdir, "spool"), store: filepath.Join(tmpdir, "store"), db: filepath.Join(tmpdir, "app.db")}
-	if err := os.Mkdir(f.store, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	s := testfs.NewSite(t, "app.db")
+	f := &fixture{dir: s.Dir, spool: s.Spool, store: s.Store, db: s.DB}
 	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: f.spool}); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +63,7 @@ func newFixture(t *testing.T) *fixture {
 }
 
 func (f *fixture) config() string {
-	return fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, f.spool, f.store)
+	return testfs.Site{Spool: f.spool, Store: f.store}.Config()
 }
 
 // checkStore asserts the dir store holds exactly the database's bytes.

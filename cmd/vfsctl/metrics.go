@@ -63,10 +63,10 @@ func cmdMetrics(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
+	dir, err := oneArg(fs, "SPOOL_DIR")
+	if err != nil {
+		return err
 	}
-	dir := fs.Arg(0)
 	if listen == "" {
 		sts, err := spoolStatus(dir, time.Now())
 		if err != nil {

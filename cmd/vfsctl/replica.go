@@ -257,13 +257,11 @@ func warnUnflushed(g *globals, m *manifest.Manifest) {
 // is at --out: the atomic rename would replace a named pipe, a device or a
 // symbolic link (as root, /dev/null) rather than write into it.
 func checkOut(path string) error {
-	st, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
+	st, err := fsutil.Irregular(path)
+	if err != nil {
 		return fmt.Errorf("--out: %w", err)
-	case st.Mode().IsRegular():
+	}
+	if st == nil {
 		return nil
 	}
 	kind, hint := restore.FileKind(st.Mode()), ""

@@ -91,10 +91,19 @@ func spoolCommand(g *globals, name, summary string, args []string) (dir string, 
 	if err != nil {
 		return "", false, err
 	}
-	if fs.NArg() != 1 {
-		return "", false, usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
+	if dir, err = oneArg(fs, "SPOOL_DIR"); err != nil {
+		return "", false, err
 	}
-	return fs.Arg(0), asJSON, nil
+	return dir, asJSON, nil
+}
+
+// oneArg returns the one argument left in fs after its flags, which the
+// usage calls name; more or fewer is a usage error.
+func oneArg(fs *flag.FlagSet, name string) (string, error) {
+	if fs.NArg() != 1 {
+		return "", usagef("want exactly one %s, got %d arguments", name, fs.NArg())
+	}
+	return fs.Arg(0), nil
 }
 
 // flushJSON is one line of vfsctl flush --json.

@@ -96,13 +96,13 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one SPOOL_DIR, got %d arguments", fs.NArg())
+	dir, err := oneArg(fs, "SPOOL_DIR")
+	if err != nil {
+		return err
 	}
 	if maxLag < 0 {
 		return usagef("--max-lag %v: want a positive duration", maxLag)
 	}
-	dir := fs.Arg(0)
 	if !watch {
 		return statusOnce(g, g.stdout, dir, asJSON, maxLag, time.Now())
 	}

@@ -23,10 +23,11 @@ func cmdSync(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one DB, got %d arguments", fs.NArg())
+	db, err := oneArg(fs, "DB")
+	if err != nil {
+		return err
 	}
-	return syncDB(ctx, g, fs.Arg(0))
+	return syncDB(ctx, g, db)
 }
 
 // syncPath makes a DB argument absolute, symlinks resolved, as the spool

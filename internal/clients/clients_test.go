@@ -74,17 +74,13 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir := testfs.TempDir(t)
-	f := &fixture{dir: dir, spool: filepath.Join(dir, "spool"), store: filepath.Join(dir, "store"), db: filepath.Join(dir, "x.db")}
-	if err := os.Mkdir(f.store, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return f
+	s := testfs.NewSite(t, "x.db")
+	return &fixture{dir: s.Dir, spool: s.Spool, store: s.Store, db: s.DB}
 }
 
 // cfg is the configuration JSON for the fixture.
 func (f *fixture) cfg() string {
-	return fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, f.spool, f.store)
+	return testfs.Site{Spool: f.spool, Store: f.store}.Config()
 }
 
 // shellFixture returns what a test that drives Debian's sqlite3 shell
@@ -100,8 +96,15 @@ func shellFixture(t *testing.T) (shell, lib string, f *fixture, env []string) {
 
 func run(t *testing.T, env []string, stdin string, name string, args ...string) (string, string, error) {
 	t.Helper()
+	return runIn(append(os.Environ(), env...), stdin, name, args...)
+}
+
+// runIn runs name with args in exactly the environment env, stdin on its
+// standard input, and returns what it wrote to its standard output and
+// error.
+func runIn(env []string, stdin string, name string, args ...string) (string, string, error) {
 	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = env
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -117,17 +120,7 @@ func (f *fixture) restoreAndCompare(t *testing.T) {
 	if o, e, err := run(t, []string{"BOULE_CONFIG=" + f.cfg()}, "", vfsctl(t), "restore", "--source-path", f.db, "--out", out); err != nil {
 		t.Fatalf("vfsctl restore: %v %s %s", err, o, e)
 	}
-	want, err := os.ReadFile(f.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("restored %d bytes differ from the database's %d", len(got), len(want))
-	}
+	testfs.WantSameFile(t, out, f.db)
 }
 
 func TestSqlite3Shell(t *testing.T) {

@@ -1,10 +1,8 @@
 package clients
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -129,13 +127,7 @@ PRAGMA boule_flush_replication_data;
 	}
 	// The restore taken while the shell had the log open is the database
 	// the shell left (its close checkpointed the log into the file).
-	want, err := os.ReadFile(f.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := os.ReadFile(filepath.Join(f.dir, "during.db")); err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("restore taken in WAL mode: %d bytes, %v; want the logical database, %d bytes", len(got), err, len(want))
-	}
+	testfs.WantSameFile(t, filepath.Join(f.dir, "during.db"), f.db)
 	if code, row := f.statusRow(t); code != 0 || row["not_replicated"] != false {
 		t.Fatalf("vfsctl status=%d %v; want exit 0 and replicated", code, row)
 	}

@@ -1,17 +1,16 @@
 package clients
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/internal/testfs"
 )
 
 // verneuilConfig returns a configuration copied byte for byte from
@@ -52,14 +51,7 @@ func runVerneuil(t *testing.T, srv *miniotest.Server, cfgFile, stdin, name strin
 			env = append(env, kv)
 		}
 	}
-	env = append(append(env, srv.Env()...), "VERNEUIL_CONFIG=@"+cfgFile)
-	cmd := exec.Command(name, args...)
-	cmd.Env = env
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	return out.String(), errb.String(), err
+	return runIn(append(append(env, srv.Env()...), "VERNEUIL_CONFIG=@"+cfgFile), stdin, name, args...)
 }
 
 // TestVerneuilUser follows Verneuil's README with Verneuil's own test
@@ -131,13 +123,7 @@ PRAGMA boule_flush_replication_data;
 	if o, e, err := runVerneuil(t, srv, cfgFile, "", vfsctl(t), "restore", "--source-path", f.db, "--out", restored); err != nil {
 		t.Fatalf("vfsctl restore: %v %s %s", err, o, e)
 	}
-	want, err := os.ReadFile(f.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := os.ReadFile(restored); err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("restored %d bytes (%v), want the database's %d, byte for byte", len(got), err, len(want))
-	}
+	testfs.WantSameFile(t, restored, f.db)
 
 	// A read replica in the shell, with the same configuration.
 	script = fmt.Sprintf(".load %s\n.open file:boule://%s?vfs=boule_snapshot\nSELECT count(*), sum(length(v)) FROM t;\nPRAGMA integrity_check;\n", lib, f.db)

@@ -170,6 +170,23 @@ func FileKind(mode fs.FileMode) string {
 	return "an irregular file"
 }
 
+// Irregular returns what is at path, not following a symbolic link, when
+// it is not a regular file (a directory, a named pipe, a device, a link),
+// for a caller about to replace path by renaming a file over it; it
+// returns nil, nil when nothing or a regular file is there.
+func Irregular(path string) (fs.FileInfo, error) {
+	st, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case st.Mode().IsRegular():
+		return nil, nil
+	}
+	return st, nil
+}
+
 // DirEmpty reports whether the directory p is empty or does not exist.
 func DirEmpty(p string) bool {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)

@@ -28,22 +28,31 @@ func TestDirEmpty(t *testing.T) {
 	}
 }
 
-// TestReadFile: only a regular file is read, never blocking, and what it
-// is not is named; a missing file is fs.ErrNotExist, as for os.ReadFile.
-func TestReadFile(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "file")
+// threeKinds returns a new directory that holds file, a read-only regular
+// file that says "contents", fifo, a named pipe, and link, a symbolic
+// link to file.
+func threeKinds(t testing.TB) (dir, file, fifo, link string) {
+	t.Helper()
+	dir = t.TempDir()
+	file = filepath.Join(dir, "file")
 	if err := os.WriteFile(file, []byte("contents"), 0o400); err != nil {
 		t.Fatal(err)
 	}
-	fifo := filepath.Join(dir, "fifo")
+	fifo = filepath.Join(dir, "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	link := filepath.Join(dir, "link")
+	link = filepath.Join(dir, "link")
 	if err := os.Symlink(file, link); err != nil {
 		t.Fatal(err)
 	}
+	return dir, file, fifo, link
+}
+
+// TestReadFile: only a regular file is read, never blocking, and what it
+// is not is named; a missing file is fs.ErrNotExist, as for os.ReadFile.
+func TestReadFile(t *testing.T) {
+	dir, file, fifo, link := threeKinds(t)
 	for _, tc := range []struct {
 		name, path string
 		open       func(string) (*os.File, fs.FileInfo, error)
@@ -133,5 +142,43 @@ func TestFileKind(t *testing.T) {
 		if got := FileKind(tc.mode); got != tc.want {
 			t.Errorf("FileKind(%v)=%q, want %q", tc.mode, got, tc.want)
 		}
+	}
+}
+
+// TestIrregular: Irregular tells what is at a path apart from nothing and
+// a regular file, without following a symbolic link.
+func TestIrregular(t *testing.T) {
+	dir, file, fifo, link := threeKinds(t)
+	for _, tc := range []struct {
+		name string
+		path string
+		want fs.FileMode // the type; 0 for none
+	}{
+		{"missing", filepath.Join(dir, "missing"), 0},
+		{"regular file", file, 0},
+		{"directory", dir, fs.ModeDir},
+		{"named pipe", fifo, fs.ModeNamedPipe},
+		{"link to a regular file", link, fs.ModeSymlink},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := Irregular(tc.path)
+			if err != nil {
+				t.Fatalf("Irregular()=%v, want nil error", err)
+			}
+			got := "nil"
+			if st != nil {
+				got = FileKind(st.Mode())
+			}
+			want := "nil"
+			if tc.want != 0 {
+				want = FileKind(tc.want)
+			}
+			if got != want {
+				t.Errorf("Irregular()=%s, want %s", got, want)
+			}
+		})
+	}
+	if _, err := Irregular(filepath.Join(file, "below")); !errors.Is(err, syscall.ENOTDIR) {
+		t.Errorf("Irregular(below a file)=%v, want ENOTDIR", err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/boule-vfs/boule/internal/testchild"
 )
 
 // Shell is a sqlite3 shell process with a database open.
@@ -44,14 +46,7 @@ func Start(t testing.TB, path string) *Shell {
 // what the shell writes to stderr is read with its output.
 func StartCmd(t testing.TB, cmd *exec.Cmd) *Shell {
 	t.Helper()
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	stdin, stdout := testchild.Pipes(t, cmd)
 	if cmd.Stderr == nil {
 		cmd.Stderr = cmd.Stdout
 	}

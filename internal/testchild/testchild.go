@@ -5,7 +5,10 @@ package testchild
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"testing"
 )
 
 // Run runs the child that the environment variable env names, then exits
@@ -27,4 +30,19 @@ func Run(env string, children map[string]func() error) {
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// Pipes returns pipes to cmd's standard input and from its standard
+// output, for a test that talks to a child process it has yet to start.
+func Pipes(t testing.TB, cmd *exec.Cmd) (io.WriteCloser, io.ReadCloser) {
+	t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stdin, stdout
 }

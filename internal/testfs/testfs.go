@@ -3,6 +3,8 @@
 package testfs
 
 import (
+	"bytes"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -105,6 +107,53 @@ func TempDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// WantSameFile fails the test unless the file at got holds the bytes of
+// the file at want, saying where they first differ.
+func WantSameFile(t testing.TB, got, want string) {
+	t.Helper()
+	g, err := os.ReadFile(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(g, w) {
+		i := 0
+		for i < min(len(g), len(w)) && g[i] == w[i] {
+			i++
+		}
+		t.Fatalf("%s holds %d bytes, %s %d; first difference at %d", got, len(g), want, len(w), i)
+	}
+}
+
+// Site is where a test replicates a database to a dir store: all of it in
+// one temporary directory, Dir.
+type Site struct {
+	Dir   string
+	Spool string // the spool directory, not created
+	Store string // the dir store's directory, created empty
+	DB    string // the database, not created
+}
+
+// NewSite makes a Site in a new TempDir, its database named db.
+func NewSite(t testing.TB, db string) Site {
+	t.Helper()
+	dir := TempDir(t)
+	s := Site{Dir: dir, Spool: filepath.Join(dir, "spool"), Store: filepath.Join(dir, "store"), DB: filepath.Join(dir, db)}
+	if err := os.Mkdir(s.Store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Config returns the configuration (JSON) that spools under s.Spool and
+// replicates to the dir store at s.Store.
+func (s Site) Config() string {
+	return fmt.Sprintf(`{"replication_spooling_dir": %q, "replication_targets": [{"dir": {"path": %q}}]}`, s.Spool, s.Store)
 }
 
 // MountTmpfs mounts a tmpfs of size (a mount option such as "64m") on dir,

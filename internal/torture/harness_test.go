@@ -4,7 +4,6 @@ package torture
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -403,21 +402,7 @@ func checkLatest(t testing.TB, sto store.Store, key, path, tmpdir string) {
 	if err != nil {
 		t.Fatalf("FetchManifest(%s)=%v", key, err)
 	}
-	got, err := os.ReadFile(restoreTo(t, sto, m, tmpdir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		i := 0
-		for i < min(len(got), len(want)) && got[i] == want[i] {
-			i++
-		}
-		t.Fatalf("after the flush the store holds %d bytes, the database %d; first difference at %d", len(got), len(want), i)
-	}
+	testfs.WantSameFile(t, restoreTo(t, sto, m, tmpdir), path)
 }
 
 // configJSON is cfg as the children read it from config.EnvVar.
