@@ -473,7 +473,9 @@ func createRestoreTemp(path string, perm fs.FileMode) (*os.File, error) {
 func checkJournals(path string) error {
 	for _, suffix := range []string{"-journal", "-wal", "-shm"} {
 		if _, err := os.Lstat(path + suffix); err == nil {
-			return fmt.Errorf("restore: %s: %s exists and SQLite would apply it to the restored database; move it away first", path, path+suffix)
+			return fmt.Errorf("restore: %s: %s exists and SQLite would apply it to the restored database; "+
+				"with no process using the database, open and close it once with sqlite3 (which checkpoints a log into the file and deletes it), "+
+				"or move it away if it is not the database's", path, path+suffix)
 		}
 	}
 	return nil

@@ -476,10 +476,9 @@ func (d Dir) RecordUploaded(b, base []byte) error {
 		return err
 	}
 	// The bases of earlier records: readers that read a record over one
-	// read again (Uploaded).
-	if err := removeBaseFiles(d.path, keep); err != nil {
-		return fmt.Errorf("spool: remove the old bases of %s: %w", d.path, err)
-	}
+	// read again (Uploaded). One left behind is removed with the next
+	// record; the record itself is written.
+	_ = removeBaseFiles(d.path, keep)
 	return nil
 }
 

@@ -17,9 +17,10 @@ import (
 // with the committed frames of its log over it, which is what a full
 // checkpoint would leave. Checkpoints change the file, not the logical
 // content: they cost no snapshot. A commit only takes a generation (a lazy
-// capture, CaptureWAL); the persister reads the log later, under the
-// log's write lock, taken through a connection of its own (readLazy), so
-// that no writer appends or restarts the log while it reads.
+// capture, CaptureWAL); the persister reads the log later, in a read
+// transaction of a connection of its own (readLazy), which keeps the log
+// from restarting (or, begun with the log checkpointed whole, has its
+// salts checked after) while writers append.
 //
 // Which commits the staged snapshot holds is a position in the log, kept
 // in the control block next to the generations, for every process (ctl.go),
@@ -150,8 +151,8 @@ func (d *DB) fileUnchanged(c *ctl) bool {
 //
 // A commit only takes a generation and wakes the persister (a lazy
 // capture): the persister reads what the log committed since the staged
-// snapshot later, off the commit path, under the log's write lock taken
-// through a connection of its own (Options.OpenWAL). When that is not
+// snapshot later, off the commit path, in a read transaction of a
+// connection of its own (Options.OpenWAL). When that is not
 // possible (exclusive locking mode, eager, in which no other connection
 // can open the database; no OpenWAL; no staged position to start from),
 // and for checks, the capture reads now: the pages of the frames
@@ -310,7 +311,7 @@ func pageChunks(dirty []uint64, pages []uint32, ps int64) []uint64 {
 }
 
 // readLazy is the persister's read of what lazy captures left in the log:
-// through its own connection, under the log's write lock, it reads as a
+// through its own connection, in a read transaction, it reads as a
 // commit's capture would, and returns the capture, chunks read. nil means
 // nothing to stage (or a rebuild staged it all).
 func (d *DB) readLazy() (*Capture, error) {

@@ -147,10 +147,12 @@ func (u *Uploader) saveStatus(st *dbState) {
 	if b, err := json.Marshal(s); err == nil {
 		_ = st.sp.SetStatus(b)
 	}
-	// A beat now too: the database's first may be a period away, and a
-	// writer that uploads and exits before it would leave status saying
-	// that no uploader ever served it.
-	if u.opts.BeatPeriod > 0 {
+	// A beat now too, after a success: the database's first may be a
+	// period away, and a writer that uploads and exits before it would
+	// leave status saying that no uploader ever served it. (Not after a
+	// failure: a short-lived vfsctl flush must not make an uploader look
+	// alive that is not.)
+	if u.opts.BeatPeriod > 0 && s.LastError == "" {
 		_ = st.sp.WriteBeat(spool.Beat{At: u.opts.Now(), Every: u.opts.BeatPeriod, PID: os.Getpid()})
 	}
 }
