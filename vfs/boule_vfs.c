@@ -302,20 +302,18 @@ void boule_restage_close(void *db) { sqlite3_close((sqlite3 *)db); }
 ** log does not hold. Writers go on. *ppFile and *ppWal are unix's files
 ** for the database and the log, read with boule_raw_read. Its close is
 ** SQLite's: if it is the last connection (the application closed the
-** database meanwhile), it checkpoints the log into the file, as the
-** application's close would have, so that the file alone is the
-** database; but it keeps the log (SQLITE_FCNTL_PERSIST_WAL), whose
-** header holds the position the staged snapshot is at: deleted, the next
-** open would rebuild the whole snapshot. Returns SQLITE_NOTFOUND when the
-** database has no log open (not in WAL mode). */
+** database meanwhile), it checkpoints and deletes the log, as the
+** application's close would have, rather than leave a log and a shm
+** behind; the position in the log is then lost, and the next capture
+** rebuilds. Returns SQLITE_NOTFOUND when the database has no log open
+** (not in WAL mode). */
 int boule_wal_lock(const char *zPath, int busyMs, void **ppDb, void **ppFile, void **ppWal) {
   sqlite3 *db = 0;
   sqlite3_file *f = 0, *w = 0;
-  int rc, persist = 1;
+  int rc;
   *ppDb = *ppFile = *ppWal = 0;
   rc = sqlite3_open_v2(zPath, &db, SQLITE_OPEN_READWRITE, "unix");
   if (rc == SQLITE_OK) rc = sqlite3_busy_timeout(db, busyMs);
-  if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
   if (rc == SQLITE_OK) rc = sqlite3_exec(db, "BEGIN; SELECT count(*) FROM sqlite_master", 0, 0, 0);
   if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f);
   if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &w);
