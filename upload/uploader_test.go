@@ -1946,3 +1946,21 @@ func TestStatusOutlivesItsUploader(t *testing.T) {
 		t.Fatalf("ReadStatus() after a third uploader's upload=%+v, %v; want 2 uploads, a later last upload", got, err)
 	}
 }
+
+// TestFailedUploadWritesNoBeat: an uploader whose upload failed writes no
+// heartbeat with its status: a short-lived vfsctl flush against a store
+// that is down must not make status show a live uploader serving the
+// database.
+func TestFailedUploadWritesNoBeat(t *testing.T) {
+	now := storetest.NewClock()
+	fake := storetest.NewFake("s")
+	fake.AddHook(func(context.Context, string, string) error { return errors.New("store down") })
+	d := newTestSpool(t, t.TempDir(), "/data/down.db")
+	d.stage(d.snapshot(testData(90, 2*manifest.ChunkSize), now.Now()))
+	if err := newTestUploader(t, uploadOpts(now, target(fake))).Flush(context.Background(), d.dir); err == nil {
+		t.Fatal("Flush()=nil with the store down, want an error")
+	}
+	if b, ok := d.sp.Beat(); ok {
+		t.Fatalf("heartbeat %+v after a failed upload, want none", b)
+	}
+}
