@@ -172,8 +172,7 @@ func TestUploadedRecordFollowsChange(t *testing.T) {
 	data := testData(7, n*manifest.ChunkSize)
 	for k := range 6 {
 		data = withChunk(data, 5+k, uint64(70+k))
-		s := d.snapshot(data, now.Now())
-		d.stage(s)
+		s := d.stageNew(data, now.Now())
 		mustFlush(t, u, d.dir)
 		if m, _, err := store.FetchManifest(context.Background(), []store.Store{fake}, d.key()); err != nil {
 			t.Fatalf("upload %d: FetchManifest()=%v", k, err)

@@ -1866,18 +1866,13 @@ func TestUploaderTransientRecordErrors(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			now := storetest.NewClock()
-			fake := storetest.NewFake("s")
-			d := newTestSpool(t, t.TempDir(), "/data/emfile.db")
+			now, fake, u, d := oneTarget(t, "/data/emfile.db", nil)
 			data := testData(70, 4*manifest.ChunkSize)
-			s1 := d.snapshot(data, now.Now())
-			d.stage(s1)
-			u := newTestUploader(t, uploadOpts(now, target(fake)))
+			s1 := d.stageNew(data, now.Now())
 			mustFlush(t, u, d.dir)
 			checkStored(t, fake, d, s1)
 
-			s2 := d.snapshot(withChunk(data, 2, 71), now.Now().Add(time.Second))
-			d.stage(s2)
+			s2 := d.stageNew(withChunk(data, 2, 71), now.Now().Add(time.Second))
 			restore := tc.fail()
 			err := u.Flush(context.Background(), d.dir)
 			restore()
@@ -1908,8 +1903,9 @@ func mustPlainID(t testing.TB, m *manifest.Manifest) [32]byte {
 }
 
 // TestStatusOutlivesItsUploader: status.json is shared by the processes
-// that serve a database over time, and an upload counts as a heartbeat. One that uploads nothing (a vfsctl
-// flush after the writer's uploader did the work) keeps the counts and
+// that serve a database over time, and an upload counts as a heartbeat.
+// One that uploads nothing (a vfsctl flush after the writer's uploader
+// did the work) keeps the counts and
 // the last upload that the one before saved, rather than show a database
 // the store holds as never uploaded; one that uploads counts on.
 func TestStatusOutlivesItsUploader(t *testing.T) {
@@ -1917,8 +1913,7 @@ func TestStatusOutlivesItsUploader(t *testing.T) {
 	fake := storetest.NewFake("s")
 	d := newTestSpool(t, t.TempDir(), "/data/status.db")
 	data := testData(80, 3*manifest.ChunkSize)
-	s1 := d.snapshot(data, now.Now())
-	d.stage(s1)
+	d.stageNew(data, now.Now())
 	mustFlush(t, newTestUploader(t, uploadOpts(now, target(fake))), d.dir)
 	first, err := ReadStatus(d.dir, now.Now())
 	if err != nil || first.Uploads != 1 || first.LastUpload.IsZero() {
@@ -1938,8 +1933,7 @@ func TestStatusOutlivesItsUploader(t *testing.T) {
 	}
 
 	u := newTestUploader(t, uploadOpts(now, target(fake)))
-	s2 := d.snapshot(withChunk(data, 1, 81), now.Now())
-	d.stage(s2)
+	d.stageNew(withChunk(data, 1, 81), now.Now())
 	mustFlush(t, u, d.dir)
 	got, err = ReadStatus(d.dir, now.Now())
 	if err != nil || got.Uploads != 2 || !got.LastUpload.After(first.LastUpload) {
@@ -1956,7 +1950,7 @@ func TestFailedUploadWritesNoBeat(t *testing.T) {
 	fake := storetest.NewFake("s")
 	fake.AddHook(func(context.Context, string, string) error { return errors.New("store down") })
 	d := newTestSpool(t, t.TempDir(), "/data/down.db")
-	d.stage(d.snapshot(testData(90, 2*manifest.ChunkSize), now.Now()))
+	d.stageNew(testData(90, 2*manifest.ChunkSize), now.Now())
 	if err := newTestUploader(t, uploadOpts(now, target(fake))).Flush(context.Background(), d.dir); err == nil {
 		t.Fatal("Flush()=nil with the store down, want an error")
 	}

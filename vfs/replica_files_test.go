@@ -84,6 +84,17 @@ func (l *largeReplica) check(t *testing.T) int64 {
 	return n
 }
 
+// cacheFiles returns the chunk cache's files, which hold every chunk but
+// the inline chunk 0.
+func (l *largeReplica) cacheFiles(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(l.cacheDir, "*", "*"))
+	if err != nil || len(files) < l.chunks-1 {
+		t.Fatalf("the cache holds %d files (%v), want %d", len(files), err, l.chunks)
+	}
+	return files
+}
+
 // TestReplicaLargerThanHeldReadsFiles: a replica larger than the chunks
 // the process may hold is read again, once each chunk has been read from
 // its cache file, without a call into Go: C reads the chunks it does not
@@ -114,10 +125,7 @@ func TestReplicaLargerThanHeldReadsFiles(t *testing.T) {
 func TestReplicaReplacedCacheFilesNotRead(t *testing.T) {
 	l := newLargeReplica(t)
 	l.check(t)
-	files, err := filepath.Glob(filepath.Join(l.cacheDir, "*", "*"))
-	if err != nil || len(files) < l.chunks-1 {
-		t.Fatalf("the cache holds %d files (%v), want %d", len(files), err, l.chunks)
-	}
+	files := l.cacheFiles(t)
 	changed := 0
 	for _, p := range files {
 		b, err := os.ReadFile(p)
@@ -149,10 +157,7 @@ func TestReplicaReplacedCacheFilesNotRead(t *testing.T) {
 func TestReplicaFileReadsRefreshMtime(t *testing.T) {
 	l := newLargeReplica(t)
 	l.check(t)
-	files, err := filepath.Glob(filepath.Join(l.cacheDir, "*", "*"))
-	if err != nil || len(files) < l.chunks-1 {
-		t.Fatalf("the cache holds %d files (%v), want %d", len(files), err, l.chunks)
-	}
+	files := l.cacheFiles(t)
 	mtimes := func() map[string]time.Time {
 		m := make(map[string]time.Time, len(files))
 		for _, p := range files {
