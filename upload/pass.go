@@ -151,8 +151,11 @@ func (u *Uploader) reconsider(ctx context.Context, ph *chunkPhase, c candidate, 
 	if err != nil {
 		return c, before, false, err
 	}
-	if (h == nil || !h.Manifest.Created.After(c.snap.Manifest.Created)) && u.inStore(st, c.snap.Manifest) {
-		return c, before, false, nil
+	if h == nil || !h.Manifest.Created.After(c.snap.Manifest.Created) {
+		ok, err := u.inStore(st, c.snap.Manifest)
+		if err != nil || ok {
+			return c, before, false, err
+		}
 	}
 	if h == nil {
 		return c, before, true, nil // look again
@@ -200,7 +203,12 @@ func newestConsumed(sp spool.Dir) (*spool.Snapshot, error) {
 // chunk of the one a pass read may have been replaced in staging before
 // it was uploaded; when none was, that manifest can go up rather than an
 // older handed-over one, a manifest gap staler.
-func (u *Uploader) inStore(st *dbState, m *manifest.Manifest) bool {
+//
+// A chunk known only as a recent upload into a pack is recorded as placed
+// there before inStore says yes: a chunk that comes back (a page written
+// back to an earlier content) may be in no uploaded manifest or placement
+// any more, and m's pack table must still say where it is.
+func (u *Uploader) inStore(st *dbState, m *manifest.Manifest) (bool, error) {
 	var prev map[manifest.Fingerprint]bool
 	if pm, err := st.sp.Uploaded(); err == nil && pm != nil {
 		prev = make(map[manifest.Fingerprint]bool, len(pm.Chunks))
@@ -219,12 +227,23 @@ func (u *Uploader) inStore(st *dbState, m *manifest.Manifest) bool {
 		}
 	}
 	st.mu.Unlock()
+	var packed []manifest.Fingerprint
+	var refs []manifest.PackRef
 	for _, fp := range rest {
-		if _, ok := u.recentlyUploaded(fp); !ok {
-			return false
+		ref, ok := u.recentlyUploaded(fp)
+		if !ok {
+			return false, nil
+		}
+		if ref.ID != (manifest.Fingerprint{}) {
+			packed, refs = append(packed, fp), append(refs, ref)
 		}
 	}
-	return true
+	if len(packed) > 0 {
+		if err := st.recordPlacements(packed, refs); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // sweep uploads, through ph, the chunks of m that the snapshots in
