@@ -80,8 +80,11 @@ type Stats struct {
 	// ManifestBytes counts the bytes of staged manifests written, heads
 	// and bases included.
 	ManifestBytes int64
-	LastSnapshot  time.Time // when the last snapshot was published
-	LastError     string    // the last failure, "" after a success
+	// LogBytesScanned counts the bytes of write-ahead log frames read
+	// and checksummed to find what commits changed (WAL mode).
+	LogBytesScanned int64
+	LastSnapshot    time.Time // when the last snapshot was published
+	LastError       string    // the last failure, "" after a success
 }
 
 // DB is the spool state of one source database.
@@ -212,8 +215,10 @@ func (d *DB) consumingDir() string { return filepath.Join(d.dir, consumingDir) }
 // Stats returns a copy of the database's counters.
 func (d *DB) Stats() Stats {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.stats
+	st := d.stats
+	d.mu.Unlock()
+	st.LogBytesScanned = d.walx.scanned.Load()
+	return st
 }
 
 // Snapshot brings the staged snapshot up to date with the database after a

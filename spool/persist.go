@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/boule-vfs/boule/internal/lowprio"
 )
 
 // DefaultPersistGap is the default squash window ([Options.PersistGap]):
@@ -41,7 +43,10 @@ func (d *DB) persistLoop() {
 		for _, cp := range batch {
 			<-cp.filled // read by its commit, which holds SQLite's lock
 		}
-		published := d.persist(batch)
+		// Below the application's priority: a commit that wakes while
+		// the batch is staged gets the core first (internal/lowprio).
+		var published bool
+		lowprio.Do(func() { published = d.persist(batch) })
 		d.lastPersist = time.Now()
 		var n int64
 		for _, cp := range batch {

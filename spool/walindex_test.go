@@ -3,6 +3,7 @@ package spool
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"testing"
 )
 
@@ -82,14 +83,14 @@ func TestWALIndexScan(t *testing.T) {
 
 	// The transaction commits; the next scan reads only what follows.
 	w.frame(4, 1, 6, 'd')
-	scanned := x.scanned
+	scanned := x.scanned.Load()
 	if err := x.scan(w); err != nil {
 		t.Fatal(err)
 	}
 	if x.mx != 4 || x.latest[3] != 3 || x.latest[1] != 4 {
 		t.Fatalf("after the second commit: mx=%d latest=%v; want 4, page 3 in frame 3", x.mx, x.latest)
 	}
-	if got, want := x.scanned-scanned, int64(2*(ps+walFrameHeaderSize)); got != want {
+	if got, want := x.scanned.Load()-scanned, int64(2*(ps+walFrameHeaderSize)); got != want {
 		t.Fatalf("the second scan read %d bytes, want %d (the two new frames)", got, want)
 	}
 	if got := x.pagesSince(2); len(got) != 2 || got[0] != 3 || got[1] != 1 {
@@ -184,4 +185,54 @@ func firstDiffBytes(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// TestWALIndexPagesAfter: the pages of the frames after a position, from
+// the index where it knows them and from frame headers past it, stopping
+// at the first frame of another log; a superset of the committed ones
+// (a transaction in progress counts), read without changing the index.
+func TestWALIndexPagesAfter(t *testing.T) {
+	const ps = 1024
+	w := newMemWAL(ps, 7, 9)
+	w.frame(1, 3, 0, 'a')
+	w.frame(2, 5, 6, 'b') // commit
+	var x walIndex
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	w.frame(3, 8, 8, 'c') // commit, not scanned
+	w.frame(4, 2, 0, 'd') // in progress
+	h, _ := parseWALHeader(w.b)
+	mx, scanned := x.mx, x.scanned.Load()
+
+	tests := []struct {
+		name      string
+		from      int
+		wantPages []uint32
+		wantLast  int
+	}{
+		{"from the start", 0, []uint32{3, 5, 8, 2}, 4},
+		{"from the index's last commit", 2, []uint32{8, 2}, 4},
+		{"from a frame the index lacks", 3, []uint32{2}, 4},
+		{"past the end", 6, nil, 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pages, last, err := x.pagesAfter(w, h, tt.from)
+			if err != nil || !slices.Equal(pages, tt.wantPages) || last != tt.wantLast {
+				t.Fatalf("pagesAfter(%d)=%v, %d, %v; want %v, %d", tt.from, pages, last, err, tt.wantPages, tt.wantLast)
+			}
+		})
+	}
+	if x.mx != mx || x.scanned.Load() != scanned {
+		t.Fatalf("pagesAfter changed the index: mx %d -> %d, scanned %d -> %d", mx, x.mx, scanned, x.scanned.Load())
+	}
+
+	// A restart: the new log's frames, then the old log's after them.
+	w.restart(8, 1)
+	w.frame(1, 9, 9, 'e')
+	h2, _ := parseWALHeader(w.b)
+	if pages, last, err := x.pagesAfter(w, h2, 0); err != nil || !slices.Equal(pages, []uint32{9}) || last != 1 {
+		t.Fatalf("pagesAfter(0) of the restarted log=%v, %d, %v; want [9], 1 (the index is the old log's; the old frames end it)", pages, last, err)
+	}
 }

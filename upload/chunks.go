@@ -77,8 +77,10 @@ func (u *Uploader) uploadChunks(ctx context.Context, st *dbState, dir spool.Chun
 			}
 		}
 	}
+	// The lead works in the caller's goroutine: a background worker's
+	// thread is lowered (internal/lowprio), and so is its upload.
 	wg.Add(1)
-	go work(true)
+	work(true)
 	wg.Wait()
 	return firstErr
 }

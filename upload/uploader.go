@@ -13,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/lowprio"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
@@ -244,6 +245,9 @@ func (u *Uploader) Start() {
 		u.wg.Add(1)
 		go func() {
 			defer u.wg.Done()
+			// Background uploads hash, compress and encode below the
+			// application's priority; a flush runs at the caller's.
+			lowprio.Lower()
 			u.worker(ctx)
 		}()
 	}
