@@ -147,6 +147,16 @@ type DB struct {
 	carrymu  sync.Mutex
 	carry    []uint64
 	carryVer uint64
+
+	// The persister's reads of the log in a connection of its own, and
+	// the VFS's holds on them (HoldReads, readhold.go), under readmu:
+	// readDone is closed when the read under way ends, holdsGone when
+	// the last hold goes.
+	readmu    sync.Mutex
+	reading   bool
+	readDone  chan struct{}
+	holds     int
+	holdsGone chan struct{}
 }
 
 // expectation is what a transaction's state before it must be for its

@@ -53,6 +53,8 @@ extern int bouleGoCaptureWAL(uint64_t handle, void *file, void *wal, int flags);
 extern void bouleGoWALReset(uint64_t handle, void *file, void *wal, const void *hdr, int eager);
 extern void bouleGoWALStage(uint64_t handle, void *file, void *wal);
 extern void bouleGoWALGone(char *zPath);
+extern void bouleGoHoldReads(uint64_t handle);
+extern void bouleGoReleaseReads(uint64_t handle);
 
 #define BOULE_TEMPNAME_MAX 512 /* tempdirs longer than 480 bytes are refused */
 
@@ -85,6 +87,7 @@ typedef struct BouleFile {
   struct BouleFile *next, *prev; /* main: the list of open main files */
   int walWrote;           /* main: frames written since the last capture */
   int walLocked;          /* main: this connection holds the log's write lock */
+  int readsHeld;          /* main: the persister's reads are held (bLock) */
 } BouleFile;
 
 sqlite3_vfs *boule_unix_vfs; /* the unix VFS, found by boule_register */
@@ -93,6 +96,7 @@ static sqlite3_vfs boule_vfs;
 static const sqlite3_io_methods boule_io_methods;
 static const sqlite3_io_methods boule_wal_methods;
 static void remove_main(BouleFile *p);
+static void release_reads(BouleFile *p);
 static int64_t go_calls;
 static char *temp_dir; /* config "tempdir"; NULL means unix's default */
 
@@ -353,6 +357,7 @@ int boule_raw_size(void *file, int64_t *size) {
 static int bClose(sqlite3_file *f) {
   BouleFile *p = (BouleFile *)f;
   int rc = p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
+  release_reads(p);
   remove_main(p);
   if (p->wal) p->wal->main = 0;
   p->wal = 0;
@@ -409,9 +414,31 @@ static int bFileSize(sqlite3_file *f, sqlite3_int64 *size) {
   return p->real->pMethods->xFileSize(p->real, size);
 }
 
+/* An EXCLUSIVE lock asked for with the log open is how SQLite's last
+** connection in WAL mode finds out that it is the last, before it
+** checkpoints the log and deletes it (wClose stages it first). The
+** persister's reads of the log, through connections of its own, are held
+** meanwhile: one open then would be the last instead, and delete the log
+** unstaged. (Exclusive locking mode holds the lock until the close; its
+** captures need no persister reads.) */
+static void release_reads(BouleFile *p) {
+  if (p->readsHeld) {
+    p->readsHeld = 0;
+    boule_count_go_call();
+    bouleGoReleaseReads(p->handle);
+  }
+}
+
 static int bLock(sqlite3_file *f, int level) {
   BouleFile *p = (BouleFile *)f;
-  int rc = p->real->pMethods->xLock(p->real, level);
+  int rc;
+  if (level == SQLITE_LOCK_EXCLUSIVE && p->wal && !p->readsHeld) {
+    p->readsHeld = 1;
+    boule_count_go_call();
+    bouleGoHoldReads(p->handle);
+  }
+  rc = p->real->pMethods->xLock(p->real, level);
+  if (rc != SQLITE_OK && level == SQLITE_LOCK_EXCLUSIVE) release_reads(p);
   if (rc == SQLITE_OK && level > p->eLock) p->eLock = level;
   /* unix keeps the PENDING lock it took for a failed EXCLUSIVE request;
   ** SQLite drops it by unlocking to SHARED, which must then reach unix. */
@@ -442,6 +469,7 @@ static int bUnlock(sqlite3_file *f, int level) {
     if (rc != SQLITE_OK) return rc;
     p->eLock = level;
   }
+  if (level < SQLITE_LOCK_EXCLUSIVE) release_reads(p);
   return SQLITE_OK;
 }
 

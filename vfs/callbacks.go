@@ -162,6 +162,24 @@ func bouleGoWALReset(h C.uint64_t, file, wal unsafe.Pointer, hdr unsafe.Pointer,
 	c.db.WALReset(cSource{file}, cWAL{cSource{wal}}, b, eager != 0)
 }
 
+//export bouleGoHoldReads
+func bouleGoHoldReads(h C.uint64_t) {
+	defer guardVoid("bouleGoHoldReads", "a persister may read the log while the connection closes")
+	enter("bouleGoHoldReads")
+	if c := lookupConn(uint64(h)); c != nil {
+		c.db.HoldReads()
+	}
+}
+
+//export bouleGoReleaseReads
+func bouleGoReleaseReads(h C.uint64_t) {
+	defer guardVoid("bouleGoReleaseReads", "")
+	enter("bouleGoReleaseReads")
+	if c := lookupConn(uint64(h)); c != nil {
+		c.db.ReleaseReads()
+	}
+}
+
 //export bouleGoWALStage
 func bouleGoWALStage(h C.uint64_t, file, wal unsafe.Pointer) {
 	defer guardVoid("bouleGoWALStage", "the next transaction rebuilds the snapshot")

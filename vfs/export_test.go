@@ -3,6 +3,8 @@ package vfs
 import (
 	"testing"
 	"time"
+
+	"github.com/boule-vfs/boule/spool"
 )
 
 // SetFaultHook installs a hook called before each spool filesystem step,
@@ -41,4 +43,19 @@ func SetExportHook(t testing.TB, hook func(fn string)) {
 	t.Helper()
 	old := exportHook.Swap(&hook)
 	t.Cleanup(func() { exportHook.Store(old) })
+}
+
+// SetWALOpenHook makes each persister read of a log call hook once its
+// connection is in its read transaction, for spools opened after the
+// call, until the test ends.
+func SetWALOpenHook(t testing.TB, hook func(path string)) {
+	old := walOpener
+	walOpener = func(path string) (*spool.WALReader, error) {
+		r, err := openWAL(path)
+		if err == nil {
+			hook(path)
+		}
+		return r, err
+	}
+	t.Cleanup(func() { walOpener = old })
 }

@@ -230,6 +230,75 @@ func TestWALCloseReopen(t *testing.T) {
 	e.noWarnings(t)
 }
 
+// TestWALCloseDuringPersisterRead: the last connection closes while the
+// persister reads the log through a connection of its own. That
+// connection must not be the one that finds itself last, checkpoints the
+// log and deletes it, through unix, unstaged: the next transaction would
+// rebuild the whole snapshot. The close waits for the read; the log is
+// staged and deleted by boule, and the next connection's first commit is
+// incremental.
+func TestWALCloseDuringPersisterRead(t *testing.T) {
+	vfs.SetPersistGap(t, time.Millisecond)
+	inRead, release := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	vfs.SetWALOpenHook(t, func(string) {
+		if armed.CompareAndSwap(true, false) {
+			close(inRead)
+			<-release
+		}
+	})
+	e := newEnv(t)
+	path := e.path("closeread.db")
+	db := open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(v)")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	armed.Store(true)
+	mustExec(t, db, "INSERT INTO t VALUES (randomblob(5000))")
+	<-inRead // the persister reads that commit, and waits
+
+	held := make(chan struct{}, 1)
+	vfs.SetExportHook(t, func(fn string) {
+		if fn == "bouleGoHoldReads" {
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+		}
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- db.Close() }()
+	var err error
+	select {
+	case <-held: // the close waits for the read
+		close(release)
+		err = <-closed
+	case err = <-closed:
+		t.Errorf("the last connection closed (%v) while the persister's connection was open: the persister's close deletes the log", err)
+		close(release)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStaged(t, d)
+	if _, err := os.Stat(path + "-wal"); !os.IsNotExist(err) {
+		t.Fatalf("the log after the last close: %v, want deleted", err)
+	}
+
+	db = open(t, path, "boule", "_journal_mode=WAL")
+	db.SetMaxOpenConns(1)
+	before := d.Stats()
+	mustExec(t, db, "INSERT INTO t VALUES (randomblob(5000))")
+	waitStaged(t, d)
+	checkLogical(t, db, path)
+	if after := d.Stats(); after.Incremental != before.Incremental+1 {
+		t.Errorf("the first commit after the reopen: %d incremental snapshots of %d, want 1 (no rebuild)",
+			after.Incremental-before.Incremental, after.Snapshots-before.Snapshots)
+	}
+	e.noWarnings(t)
+}
+
 // TestWALSeveralProcesses: three processes write one database in WAL mode
 // through boule at once, while this one holds it open; every commit is in
 // the database, and the staged snapshot is its logical database.
