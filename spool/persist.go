@@ -103,6 +103,11 @@ func (d *DB) persist(batch []*Capture) (published bool) {
 		}
 	}
 	if run[len(run)-1].lazy {
+		// Never while a connection of the database may be finding out
+		// that it is the last (HoldReads), and held until what is read
+		// is staged: a last close stages the rest of the log after it.
+		d.beginRead()
+		defer d.endRead()
 		cp, err := d.readLazy()
 		if err != nil {
 			d.mu.Lock()

@@ -10,7 +10,7 @@ const holdReadsMax = 5 * time.Second
 
 // HoldReads keeps the persister from reading the log in a connection of
 // its own until ReleaseReads, and waits (at most holdReadsMax) for a read
-// under way to end. The VFS calls it before a connection of the database
+// under way, and the staging of what it read, to end. The VFS calls it before a connection of the database
 // asks for the exclusive lock on the file in WAL mode, which is how
 // SQLite's last connection finds out that it is the last: it then
 // checkpoints the log whole and deletes it, staging what the log held

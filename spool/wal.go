@@ -356,10 +356,6 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 		return nil, nil
 	}
 	waitCarry(c, captureWait)
-	// Never while a connection of the database may be finding out that
-	// it is the last (HoldReads); ended after the connection's close.
-	d.beginRead()
-	defer d.endRead()
 	r, err := d.s.opts.OpenWAL(d.path)
 	if errors.Is(err, ErrNotWAL) {
 		// The log is gone. Its last connection staged it (WALGone)
