@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/fanout"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -422,26 +423,17 @@ func (s *Snapshot) load(ctx context.Context, k int) error {
 // taking the next j in turn, and returns the first error. It allocates
 // nothing per j.
 func (s *Snapshot) each(ctx context.Context, count, n int, work func(ctx context.Context, j int) error) error {
-	var next atomic.Int64
-	var wg sync.WaitGroup
 	errs := make(chan error, n)
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				j := int(next.Add(1)) - 1
-				if j >= count || ctx.Err() != nil {
-					return
-				}
-				if err := work(ctx, j); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	fanout.Each(n, count, func(j int) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		if err := work(ctx, j); err != nil {
+			errs <- err
+			return false
+		}
+		return true
+	})
 	close(errs)
 	if err := <-errs; err != nil {
 		return err

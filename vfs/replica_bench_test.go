@@ -15,11 +15,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/fanout"
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
@@ -311,41 +311,29 @@ func BenchmarkCold(b *testing.B) {
 			groups = append(groups, []int{i})
 		}
 		for range b.N {
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			for range 64 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for {
-						k := int(next.Add(1)) - 1
-						if k >= len(groups) {
-							return
-						}
-						g := groups[k]
-						ref, packed := refs[uint32(g[0])]
-						if !packed {
-							if _, err := store.FetchChunk(context.Background(), []store.Store{f.store}, m, g[0]); err != nil {
-								b.Error(err)
-								return
-							}
-							continue
-						}
-						pack, err := f.store.GetPack(context.Background(), ref.ID)
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						for _, i := range g {
-							if _, err := store.DecodePackMember(pack, refs[uint32(i)], m.Chunks[i]); err != nil {
-								b.Error(err)
-								return
-							}
-						}
+			fanout.Each(64, len(groups), func(k int) bool {
+				g := groups[k]
+				ref, packed := refs[uint32(g[0])]
+				if !packed {
+					if _, err := store.FetchChunk(context.Background(), []store.Store{f.store}, m, g[0]); err != nil {
+						b.Error(err)
+						return false
 					}
-				}()
-			}
-			wg.Wait()
+					return true
+				}
+				pack, err := f.store.GetPack(context.Background(), ref.ID)
+				if err != nil {
+					b.Error(err)
+					return false
+				}
+				for _, i := range g {
+					if _, err := store.DecodePackMember(pack, refs[uint32(i)], m.Chunks[i]); err != nil {
+						b.Error(err)
+						return false
+					}
+				}
+				return true
+			})
 		}
 	})
 	b.Run("op=copy/tool=restore-discard", func(b *testing.B) {

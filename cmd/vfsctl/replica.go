@@ -13,11 +13,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/internal/fanout"
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
@@ -403,28 +403,20 @@ type versionJSON struct {
 // versionCreated reads the creation time of each version in vs of the
 // manifest under key in s, a few at once, into out.
 func versionCreated(ctx context.Context, s store.Store, key string, vs []store.Version, out []versionJSON) {
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
 	var bases store.BaseMemo // versions share their bases
-	for i, v := range vs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			b, err := s.GetManifestVersion(ctx, key, v.ID)
-			var m *manifest.Manifest
-			if err == nil {
-				m, err = store.DecodeManifest(ctx, s, b, &bases)
-			}
-			if err != nil {
-				out[i].Error = err.Error()
-				return
-			}
+	fanout.Each(8, len(vs), func(i int) bool {
+		b, err := s.GetManifestVersion(ctx, key, vs[i].ID)
+		var m *manifest.Manifest
+		if err == nil {
+			m, err = store.DecodeManifest(ctx, s, b, &bases)
+		}
+		if err != nil {
+			out[i].Error = err.Error()
+		} else {
 			out[i].Created = m.Created.UTC().Format(time.RFC3339Nano)
-		}()
-	}
-	wg.Wait()
+		}
+		return true
+	})
 }
 
 // s3Unversioned is the version ID S3 gives an object stored while its

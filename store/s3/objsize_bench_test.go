@@ -3,10 +3,9 @@ package s3
 import (
 	"context"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"testing"
 
+	"github.com/boule-vfs/boule/internal/fanout"
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
@@ -60,39 +59,27 @@ func BenchmarkObjectSize(b *testing.B) {
 		b.Run(fmt.Sprintf("chunks-per-object=%d", per), func(b *testing.B) {
 			b.SetBytes(total)
 			for range b.N {
-				var next atomic.Int64
-				var wg sync.WaitGroup
-				for range 16 {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for {
-							k := int(next.Add(1)) - 1
-							if k >= len(items) {
-								return
-							}
-							it := items[k]
-							if !it.pack {
-								if _, err := s.GetChunk(ctx, it.id); err != nil {
-									b.Error(err)
-								}
-								continue
-							}
-							pack, err := s.GetPack(ctx, it.id)
-							if err != nil {
-								b.Error(err)
-								return
-							}
-							for j, ref := range it.refs {
-								if _, err := store.DecodePackMember(pack, ref, fps[it.first+j]); err != nil {
-									b.Error(err)
-									return
-								}
-							}
+				fanout.Each(16, len(items), func(k int) bool {
+					it := items[k]
+					if !it.pack {
+						if _, err := s.GetChunk(ctx, it.id); err != nil {
+							b.Error(err)
 						}
-					}()
-				}
-				wg.Wait()
+						return true
+					}
+					pack, err := s.GetPack(ctx, it.id)
+					if err != nil {
+						b.Error(err)
+						return false
+					}
+					for j, ref := range it.refs {
+						if _, err := store.DecodePackMember(pack, ref, fps[it.first+j]); err != nil {
+							b.Error(err)
+							return false
+						}
+					}
+					return true
+				})
 			}
 		})
 	}
