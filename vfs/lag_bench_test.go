@@ -7,11 +7,11 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/boule-vfs/boule/internal/faultproxy"
+	"github.com/boule-vfs/boule/internal/lagtrack"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
@@ -74,41 +74,22 @@ func lagRun(b *testing.B, workload string, rate int, d time.Duration) {
 	}
 	base := counterNow()
 
-	var mu sync.Mutex
-	committed := map[uint32]time.Time{} // change counter → commit time
-	var lags []time.Duration
+	tr := lagtrack.New(int64(base)) // commits numbered by change counter
 	stop := make(chan struct{})
 	done := make(chan struct{})
-	go func() { // the poller
+	go func() {
 		defer close(done)
-		seen := base
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
+		tr.Poll(stop, 20*time.Millisecond, func() (int64, time.Time, error) {
 			b, err := direct.GetManifest(context.Background(), key)
 			if err != nil {
-				continue
+				return 0, time.Time{}, err
 			}
 			m, err := manifest.Decode(b)
 			if err != nil {
-				continue
+				return 0, time.Time{}, err
 			}
-			now := time.Now()
-			mu.Lock()
-			for c := seen + 1; c <= m.ChangeCounter; c++ {
-				if t, ok := committed[c]; ok {
-					lags = append(lags, now.Sub(t))
-					delete(committed, c)
-				}
-			}
-			seen = max(seen, m.ChangeCounter)
-			mu.Unlock()
-		}
+			return int64(m.ChangeCounter), time.Now(), nil
+		})
 	}()
 
 	proxy.ResetCounts()
@@ -129,30 +110,18 @@ func lagRun(b *testing.B, workload string, rate int, d time.Duration) {
 			b.Fatal(err)
 		}
 		n++
-		mu.Lock()
-		committed[base+uint32(n)] = time.Now()
-		mu.Unlock()
+		tr.Committed(int64(base)+int64(n), time.Now())
 	}
 	tick.Stop()
 	requests := proxy.Total()
 	up := bytesUp() - upBefore
 	// Let the last commits arrive, then stop polling.
-	waitUntil := time.Now().Add(3 * time.Minute) // a cost-capped backlog drains at 30 chunks/s
-	for time.Now().Before(waitUntil) {
-		mu.Lock()
-		left := len(committed)
-		mu.Unlock()
-		if left == 0 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond) // waiting for the asynchronous upload
-	}
+	tr.Drain(3*time.Minute, 20*time.Millisecond) // a cost-capped backlog drains at 30 chunks/s
 	close(stop)
 	<-done
-	mu.Lock()
-	defer mu.Unlock()
-	if len(committed) > 0 {
-		b.Fatalf("%d of %d commits never reached the store", len(committed), n)
+	lags, missing, _ := tr.Result()
+	if missing > 0 {
+		b.Fatalf("%d of %d commits never reached the store", missing, n)
 	}
 	slices.Sort(lags)
 	p := func(q float64) time.Duration { return lags[min(int(q*float64(len(lags))), len(lags)-1)] }

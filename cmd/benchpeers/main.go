@@ -33,6 +33,7 @@ import (
 
 	_ "github.com/mattn/go-sqlite3"
 
+	"github.com/boule-vfs/boule/internal/lagtrack"
 	"github.com/boule-vfs/boule/internal/miniotest"
 )
 
@@ -332,56 +333,6 @@ func fill(db *sql.DB, n int64, seq *int64) error {
 	return nil
 }
 
-// tracker dates each commit's arrival in the store.
-type tracker struct {
-	mu        sync.Mutex
-	committed map[int64]time.Time // seq → commit time, until seen
-	lags      []time.Duration
-	lastSeen  time.Time
-	seen      int64
-}
-
-func (t *tracker) committedAt(seq int64, at time.Time) {
-	t.mu.Lock()
-	t.committed[seq] = at
-	t.mu.Unlock()
-}
-
-func (t *tracker) pending() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.committed)
-}
-
-// poll reads s's store every 25 ms until stop is closed.
-func (t *tracker) poll(ctx context.Context, s side, stop <-chan struct{}) {
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-tick.C:
-		}
-		v, at, err := s.Visible(ctx)
-		if err != nil {
-			continue // a manifest not there yet, or a racing upload: the next poll sees it
-		}
-		t.mu.Lock()
-		if v > t.seen {
-			for seq, c := range t.committed {
-				if seq <= v {
-					t.lags = append(t.lags, at.Sub(c))
-					delete(t.committed, seq)
-				}
-			}
-			t.seen = v
-			t.lastSeen = at
-		}
-		t.mu.Unlock()
-	}
-}
-
 // diskSampler records the largest overhead seen, every 250 ms.
 type diskSampler struct {
 	mu           sync.Mutex
@@ -424,13 +375,16 @@ const drainTimeout = 5 * time.Minute
 // back to back), and measures commit latency, lag, requests and disk.
 func drive(ctx context.Context, s side, db *sql.DB, seq *int64, pace time.Duration, n int, deadline time.Time, op func(tx *sql.Tx) error) (result, error) {
 	var r result
-	tr := &tracker{committed: map[int64]time.Time{}, seen: *seq}
+	tr := lagtrack.New(*seq)
 	stop := make(chan struct{})
 	polled := make(chan struct{})
 	_, _, verr := s.Visible(ctx)
 	replicated := !errors.Is(verr, errNoReplication)
 	if replicated {
-		go func() { defer close(polled); tr.poll(ctx, s, stop) }()
+		go func() {
+			defer close(polled)
+			tr.Poll(stop, 25*time.Millisecond, func() (int64, time.Time, error) { return s.Visible(ctx) })
+		}()
 	} else {
 		close(polled)
 	}
@@ -457,15 +411,13 @@ func drive(ctx context.Context, s side, db *sql.DB, seq *int64, pace time.Durati
 		t1 := time.Now()
 		lat = append(lat, t1.Sub(t0))
 		if replicated {
-			tr.committedAt(*seq, t1)
+			tr.Committed(*seq, t1)
 		}
 	}
 	r.Elapsed = time.Since(start)
 	r.Commits = len(lat)
 	if replicated {
-		for end := time.Now().Add(drainTimeout); tr.pending() > 0 && time.Now().Before(end); {
-			time.Sleep(25 * time.Millisecond) // waiting for the asynchronous upload
-		}
+		tr.Drain(drainTimeout, 25*time.Millisecond)
 	}
 	close(stop)
 	<-polled
@@ -475,13 +427,12 @@ func drive(ctx context.Context, s side, db *sql.DB, seq *int64, pace time.Durati
 	r.Commit = percentiles(lat)
 	r.Replicated = replicated
 	if replicated {
-		tr.mu.Lock()
-		r.Lag = percentiles(tr.lags)
-		r.Missing = len(tr.committed)
-		if !tr.lastSeen.IsZero() {
-			r.AllVisible = tr.lastSeen.Sub(start)
+		lags, missing, lastSeen := tr.Result()
+		r.Lag = percentiles(lags)
+		r.Missing = missing
+		if !lastSeen.IsZero() {
+			r.AllVisible = lastSeen.Sub(start)
 		}
-		tr.mu.Unlock()
 	}
 	return r, nil
 }
