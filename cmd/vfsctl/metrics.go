@@ -48,7 +48,7 @@ func spoolCollector(sts []upload.Status) prometheus.Collector {
 
 func cmdMetrics(ctx context.Context, g *globals, args []string) error {
 	var listen string
-	fs, err := subcommand(g, "metrics", "[--listen ADDR] SPOOL_DIR",
+	dir, err := oneArgCommand(g, "metrics", "[--listen ADDR]", "SPOOL_DIR",
 		"Prints the replication metrics of the databases spooled under SPOOL_DIR in this\n"+
 			"boot in Prometheus' text format: the per-database series of package metrics\n"+
 			"(boule_replication_*: lag, pending bytes, blocked, not replicated, uploader\n"+
@@ -60,10 +60,6 @@ func cmdMetrics(ctx context.Context, g *globals, args []string) error {
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&listen, "listen", "", "serve on this address (host:port, :9464) instead of printing")
 		})
-	if err != nil {
-		return err
-	}
-	dir, err := oneArg(fs, "SPOOL_DIR")
 	if err != nil {
 		return err
 	}

@@ -86,22 +86,21 @@ func absReal(p string) (string, error) {
 // spoolCommand parses the arguments of a command on a spool: [--json]
 // SPOOL_DIR.
 func spoolCommand(g *globals, name, summary string, args []string) (dir string, asJSON bool, err error) {
-	fs, err := subcommand(g, name, "[--json] SPOOL_DIR", summary, args,
+	dir, err = oneArgCommand(g, name, "[--json]", "SPOOL_DIR", summary, args,
 		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table") })
-	if err != nil {
-		return "", false, err
-	}
-	if dir, err = oneArg(fs, "SPOOL_DIR"); err != nil {
-		return "", false, err
-	}
-	return dir, asJSON, nil
+	return dir, asJSON, err
 }
 
-// oneArg returns the one argument left in fs after its flags, which the
-// usage calls name; more or fewer is a usage error.
-func oneArg(fs *flag.FlagSet, name string) (string, error) {
+// oneArgCommand is subcommand for a command that takes exactly one
+// argument, which its usage calls argName after flagsUsage: it returns
+// that argument, and more or fewer is a usage error.
+func oneArgCommand(g *globals, name, flagsUsage, argName, summary string, args []string, define func(*flag.FlagSet)) (string, error) {
+	fs, err := subcommand(g, name, flagsUsage+" "+argName, summary, args, define)
+	if err != nil {
+		return "", err
+	}
 	if fs.NArg() != 1 {
-		return "", usagef("want exactly one %s, got %d arguments", name, fs.NArg())
+		return "", usagef("want exactly one %s, got %d arguments", argName, fs.NArg())
 	}
 	return fs.Arg(0), nil
 }

@@ -73,7 +73,7 @@ const lastErrorWidth = 60
 func cmdStatus(ctx context.Context, g *globals, args []string) error {
 	var asJSON, watch bool
 	var maxLag time.Duration
-	fs, err := subcommand(g, "status", "[--json] [--max-lag DURATION] [--watch] SPOOL_DIR",
+	dir, err := oneArgCommand(g, "status", "[--json] [--max-lag DURATION] [--watch]", "SPOOL_DIR",
 		"Shows, for each database spooled under SPOOL_DIR in this boot, its state, its\n"+
 			"replication lag (the age of the oldest commit not yet in the store, counting\n"+
 			"commits whose snapshots failed), the bytes waiting, whether an uploader is\n"+
@@ -93,10 +93,6 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 			fs.DurationVar(&maxLag, "max-lag", 0, "exit 1 if a database lags more than this (e.g. 5m); 0: lag alone never fails")
 			fs.BoolVar(&watch, "watch", false, "redraw the table every 2s on a terminal")
 		})
-	if err != nil {
-		return err
-	}
-	dir, err := oneArg(fs, "SPOOL_DIR")
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 
 func cmdSync(ctx context.Context, g *globals, args []string) error {
 	var optimize bool
-	fs, err := subcommand(g, "sync", "[--optimize] DB",
+	db, err := oneArgCommand(g, "sync", "[--optimize]", "DB",
 		"Uploads a fresh snapshot of the database file DB, whether or not it was written\n"+
 			"through boule, and prints its manifest name. Opens DB read-only. Needs a vfsctl\n"+
 			"built with cgo: it reads DB through SQLite. Shows a progress bar on a terminal.\n\n"+
@@ -20,10 +20,6 @@ func cmdSync(ctx context.Context, g *globals, args []string) error {
 		func(fs *flag.FlagSet) {
 			fs.BoolVar(&optimize, "optimize", false, "accepted for verneuilctl compatibility; does nothing different (see above)")
 		})
-	if err != nil {
-		return err
-	}
-	db, err := oneArg(fs, "DB")
 	if err != nil {
 		return err
 	}
