@@ -239,8 +239,8 @@ func (s *Store) TouchBase(ctx context.Context, id manifest.Fingerprint) error {
 // PutManifest implements store.Store.
 func (s *Store) PutManifest(ctx context.Context, key string, data []byte) error {
 	const op = "s3 put manifest"
-	if err := store.CheckManifestKey(key); err != nil {
-		return s.newError(op, s.target.ManifestBucket, key, err, store.ErrPermanent, err.Error())
+	if err := s.checkManifestKey(op, key); err != nil {
+		return err
 	}
 	return s.put(ctx, op, s.target.ManifestBucket, key, store.EncodeManifestBlob(data))
 }
@@ -261,46 +261,40 @@ func (s *Store) ConditionalPuts() bool { return true }
 // ErrPrecondition; 409 ConditionalRequestConflict, a conditional write
 // racing another, is retryable.
 func (s *Store) PutManifestIf(ctx context.Context, key string, data []byte, etag string) (string, error) {
-	if err := store.CheckManifestKey(key); err != nil {
-		return "", s.newError(opPutIf, s.target.ManifestBucket, key, err, store.ErrPermanent, err.Error())
+	if err := s.checkManifestKey(opPutIf, key); err != nil {
+		return "", err
 	}
 	return s.putIf(ctx, opPutIf, s.target.ManifestBucket, key, store.EncodeManifestBlob(data), etag)
 }
 
 // GetManifestTag implements store.Conditional.
 func (s *Store) GetManifestTag(ctx context.Context, key string) ([]byte, string, error) {
-	const op = "s3 get manifest"
-	if err := store.CheckManifestKey(key); err != nil {
-		return nil, "", s.newError(op, s.target.ManifestBucket, key, err, store.ErrPermanent, err.Error())
-	}
 	var tag string
-	blob, err := s.getTagged(ctx, op, s.target.ManifestBucket, key, "", store.MaxManifestDecoded, &tag)
+	data, err := s.getManifest(ctx, "s3 get manifest", key, "", &tag)
 	if err != nil {
 		return nil, "", err
-	}
-	data, err := store.DecodeManifestBlob(blob)
-	if err != nil {
-		return nil, "", s.newError(op, s.target.ManifestBucket, key, err, store.ErrCorrupt, err.Error())
 	}
 	return data, tag, nil
 }
 
 // GetManifest implements store.Store.
 func (s *Store) GetManifest(ctx context.Context, key string) ([]byte, error) {
-	return s.getManifest(ctx, "s3 get manifest", key, "")
+	return s.getManifest(ctx, "s3 get manifest", key, "", nil)
 }
 
 // GetManifestVersion implements store.Store. An empty versionID means the
 // latest version.
 func (s *Store) GetManifestVersion(ctx context.Context, key, versionID string) ([]byte, error) {
-	return s.getManifest(ctx, "s3 get manifest version", key, versionID)
+	return s.getManifest(ctx, "s3 get manifest version", key, versionID, nil)
 }
 
-func (s *Store) getManifest(ctx context.Context, op, key, versionID string) ([]byte, error) {
-	if err := store.CheckManifestKey(key); err != nil {
-		return nil, s.newError(op, s.target.ManifestBucket, key, err, store.ErrPermanent, err.Error())
+// getManifest reads and decodes the manifest under key (its version
+// versionID if set) and, if tag is not nil, sets *tag to its ETag.
+func (s *Store) getManifest(ctx context.Context, op, key, versionID string, tag *string) ([]byte, error) {
+	if err := s.checkManifestKey(op, key); err != nil {
+		return nil, err
 	}
-	blob, err := s.get(ctx, op, s.target.ManifestBucket, key, versionID, store.MaxManifestDecoded)
+	blob, err := s.getTagged(ctx, op, s.target.ManifestBucket, key, versionID, store.MaxManifestDecoded, tag)
 	if err != nil {
 		return nil, err
 	}
@@ -341,8 +335,8 @@ func (s *Store) ListManifests(ctx context.Context, prefix string) ([]store.Manif
 func (s *Store) ManifestVersions(ctx context.Context, key string) ([]store.Version, error) {
 	const op = "s3 list manifest versions"
 	bucket := s.target.ManifestBucket
-	if err := store.CheckManifestKey(key); err != nil {
-		return nil, s.newError(op, bucket, key, err, store.ErrPermanent, err.Error())
+	if err := s.checkManifestKey(op, key); err != nil {
+		return nil, err
 	}
 	var out []store.Version
 	p := s3.NewListObjectVersionsPaginator(s.client, &s3.ListObjectVersionsInput{
@@ -600,6 +594,15 @@ func (s *Store) forget(bucket string) {
 	s.mu.Lock()
 	delete(s.ensured, bucket)
 	s.mu.Unlock()
+}
+
+// checkManifestKey fails op, a permanent error, unless key is a
+// well-formed manifest key.
+func (s *Store) checkManifestKey(op, key string) error {
+	if err := store.CheckManifestKey(key); err != nil {
+		return s.newError(op, s.target.ManifestBucket, key, err, store.ErrPermanent, err.Error())
+	}
+	return nil
 }
 
 func (s *Store) newError(op, bucket, key string, err, kind error, detail string) *store.Error {
