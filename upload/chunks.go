@@ -77,8 +77,8 @@ func (u *Uploader) uploadChunks(ctx context.Context, st *dbState, dir spool.Chun
 			}
 		}
 	}
-	// The lead works in the caller's goroutine: a background worker's
-	// thread is lowered (internal/lowprio), and so is its upload.
+	// The lead works in the caller's goroutine: a background worker runs
+	// on a lowered thread (internal/lowprio), and so does its upload.
 	wg.Add(1)
 	work(true)
 	wg.Wait()

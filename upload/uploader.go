@@ -243,13 +243,12 @@ func (u *Uploader) Start() {
 	}()
 	for range u.opts.Workers {
 		u.wg.Add(1)
-		go func() {
+		// Background uploads hash, compress and encode below the
+		// application's priority; a flush runs at the caller's.
+		lowprio.Go(func() {
 			defer u.wg.Done()
-			// Background uploads hash, compress and encode below the
-			// application's priority; a flush runs at the caller's.
-			lowprio.Lower()
 			u.worker(ctx)
-		}()
+		})
 	}
 	u.wg.Add(1)
 	go func() {

@@ -97,7 +97,10 @@ func TestFullTmpfs(t *testing.T) {
 	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&rows); err != nil || rows != 40 {
 		t.Fatalf("rows=%d, %v; want 40", rows, err)
 	}
-	st := mustDB(t, path).Stats()
+	// The persister stages after the commits, and fails: wait for it.
+	d := mustDB(t, path)
+	_ = staged(d)
+	st := d.Stats()
 	if st.Failures == 0 {
 		t.Fatalf("stats=%+v: 2 MB through a 512 KiB spool should have failed", st)
 	}

@@ -12,9 +12,12 @@
 // replication never stops, and a commit that waits for the persister (a
 // full capture budget) waits for a thread that makes progress.
 //
-// Niceness is per thread on Linux. A goroutine is lowered by locking it
-// to its thread for the rest of its life ([Lower]) and never unlocking:
-// when it exits, the runtime ends the thread rather than run other
-// goroutines on it at the lower priority. Elsewhere, both functions do
-// nothing special.
+// Niceness is per thread on Linux. A lowered thread is locked to a
+// goroutine of this package's pool for good ([Go], [Do]): no other code
+// ever runs on it at the lower priority, and it never ends, since the
+// kernel kills, with the thread that forked them, the children started
+// with a parent-death signal (a lowered goroutine that exited once ended
+// its thread, and with it a test's MinIO server, forked from that thread
+// earlier by another goroutine). Elsewhere, both functions run f at
+// normal priority.
 package lowprio

@@ -9,50 +9,60 @@ import (
 // the process's (capped at 19, the lowest priority).
 const Nice = 10
 
-// Lower locks the calling goroutine to its thread and lowers the thread's
-// priority by Nice, for the rest of the goroutine's life. The goroutine
-// must not call runtime.UnlockOSThread. It reports whether the priority
-// was lowered.
-func Lower() bool {
+// jobs hands work to the lowered threads that wait for it.
+var jobs = make(chan func())
+
+// Go runs f on a lowered thread, and returns at once. The thread is one
+// of a pool that grows to the number of functions running at once and
+// never shrinks: a lowered thread must never end, since the child
+// processes it forked with a parent-death signal (exec's Pdeathsig, as
+// test harnesses and supervisors use) would be killed with it, and a
+// lowered thread may be one that another goroutine of the program ran on
+// before.
+func Go(f func()) {
 	if !supported {
-		return false
+		go f()
+		return
 	}
-	runtime.LockOSThread()
-	return lower()
+	select {
+	case jobs <- f: // a lowered thread was waiting
+	default:
+		go worker(f)
+	}
+}
+
+// worker lowers its thread for good and runs f, then whatever Go hands
+// it, forever.
+func worker(f func()) {
+	runtime.LockOSThread() // never unlocked: the thread stays lowered, and ours
+	lower()
+	for {
+		f()
+		f = <-jobs
+	}
 }
 
 var (
-	startOnce sync.Once
-	work      chan func()
+	slotsOnce sync.Once
+	slots     chan struct{}
 )
 
-// Do runs f on one of a few long-lived lowered threads, and returns when f
-// has: the work of many databases shares those threads instead of each
-// making (and ending) one. The pool has max(4, 2×GOMAXPROCS) threads, so
-// work blocked on a file or a lock leaves others free to run.
+// Do runs f on a lowered thread and returns when f has. At most
+// max(4, 2×GOMAXPROCS) run at once: the work of many databases shares
+// that many threads, and work blocked on a file or a lock leaves the
+// others free to run.
 func Do(f func()) {
 	if !supported {
 		f()
 		return
 	}
-	startOnce.Do(start)
+	slotsOnce.Do(func() { slots = make(chan struct{}, max(4, 2*runtime.GOMAXPROCS(0))) })
+	slots <- struct{}{}
+	defer func() { <-slots }()
 	done := make(chan struct{})
-	work <- func() {
+	Go(func() {
 		defer close(done)
 		f()
-	}
+	})
 	<-done
-}
-
-func start() {
-	n := max(4, 2*runtime.GOMAXPROCS(0))
-	work = make(chan func())
-	for range n {
-		go func() {
-			Lower()
-			for f := range work {
-				f()
-			}
-		}()
-	}
 }

@@ -3,9 +3,14 @@
 package lowprio
 
 import (
+	"fmt"
+	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // niceness returns the niceness of the thread the calling goroutine is
@@ -26,7 +31,7 @@ func TestDoRunsLowered(t *testing.T) {
 	var got []int
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for range 20 { // more than the pool, at once
+	for range 20 { // more than Do's slots, at once
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -56,19 +61,38 @@ func TestDoRunsLowered(t *testing.T) {
 	}
 }
 
-// A goroutine that lowered itself ends its thread: no other goroutine
-// later runs at the lower priority.
-func TestLowerEndsWithItsGoroutine(t *testing.T) {
+// TestLoweredThreadsLive: a lowered thread never ends, so that children
+// forked from it with a parent-death signal live on (a thread that ended
+// killed a test's MinIO server), and stays lowered; and no other
+// goroutine ever runs lowered.
+func TestLoweredThreadsLive(t *testing.T) {
 	runtime.LockOSThread()
 	mine := niceness(t)
 	runtime.UnlockOSThread()
-	done := make(chan bool)
-	go func() { done <- Lower() }()
-	if !<-done {
-		t.Fatal("Lower()=false, want true")
-	}
-	// Every thread the runtime runs goroutines on now: none is lowered.
+	const n = 8
+	tids := make(chan int, n)
 	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		Go(func() {
+			defer wg.Done()
+			tids <- unix.Gettid()
+		})
+	}
+	wg.Wait()
+	close(tids)
+	for tid := range tids {
+		// Let a thread whose goroutine exits end first, as it would.
+		runtime.Gosched()
+		b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/stat", tid))
+		if err != nil {
+			t.Fatalf("lowered thread %d after its function: %v (it ended)", tid, err)
+		}
+		// Field 19 is the niceness; the command (field 2) has no spaces here.
+		if f := strings.Fields(string(b)); len(f) < 19 || f[18] != fmt.Sprint(min(mine+Nice, 19)) {
+			t.Fatalf("thread %d: stat %q, want niceness %d", tid, b, min(mine+Nice, 19))
+		}
+	}
 	for range 4 * runtime.GOMAXPROCS(0) {
 		wg.Add(1)
 		go func() {

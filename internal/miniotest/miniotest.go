@@ -120,7 +120,12 @@ func start(t testing.TB, anyRegion bool) *Server {
 	if err != nil {
 		t.Fatalf("miniotest: %v", err)
 	}
-	t.Cleanup(s.Stop)
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("miniotest: the server's log (%s), last lines:\n%s", s.Endpoint, s.logTail())
+		}
+	})
 	return s
 }
 
