@@ -150,10 +150,9 @@ type DB struct {
 
 	// The persister's reads of the log in a connection of its own, and
 	// the VFS's holds on them (HoldReads, readhold.go), under readmu:
-	// readDone is closed when the read under way ends, holdsGone when
-	// the last hold goes.
+	// readDone, nil when no read is under way, is closed when it ends;
+	// holdsGone when the last hold goes.
 	readmu    sync.Mutex
-	reading   bool
 	readDone  chan struct{}
 	holds     int
 	holdsGone chan struct{}

@@ -10,30 +10,23 @@ const holdReadsMax = 5 * time.Second
 
 // HoldReads keeps the persister from reading the log in a connection of
 // its own until ReleaseReads, and waits (at most holdReadsMax) for a read
-// under way, and the staging of what it read, to end. The VFS calls it before a connection of the database
-// asks for the exclusive lock on the file in WAL mode, which is how
-// SQLite's last connection finds out that it is the last: it then
-// checkpoints the log whole and deletes it, staging what the log held
-// first (WALStage, WALGone). Were the persister's connection open then,
-// it would be the last instead, and its close, through unix, would
-// delete the log unstaged: the next transaction would rebuild the whole
-// snapshot.
+// under way, and the staging of what it read, to end. The VFS calls it
+// before a connection of the database asks for the exclusive lock on the
+// file in WAL mode, which is how SQLite's last connection finds out that
+// it is the last: it then checkpoints the log whole and deletes it,
+// staging what the log held first (WALStage, WALGone). Were the
+// persister's connection open then, it would be the last instead, and its
+// close, through unix, would delete the log unstaged: the next
+// transaction would rebuild the whole snapshot.
 func (d *DB) HoldReads() {
 	d.readmu.Lock()
 	if d.holds == 0 {
 		d.holdsGone = make(chan struct{})
 	}
 	d.holds++
-	done, reading := d.readDone, d.reading
+	done := d.readDone
 	d.readmu.Unlock()
-	if !reading {
-		return
-	}
-	t := time.NewTimer(holdReadsMax)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
+	if done != nil && !waitAtMost(done, holdReadsMax) {
 		d.s.log.Warn("spool: a connection asks for the exclusive lock while the persister reads the log, still after "+holdReadsMax.String()+"; if it is the last to close, the next transaction may rebuild the snapshot",
 			logKeyDB, d.path)
 	}
@@ -59,15 +52,9 @@ func (d *DB) beginRead() {
 	if d.holds > 0 {
 		gone := d.holdsGone
 		d.readmu.Unlock()
-		t := time.NewTimer(holdReadsMax)
-		select {
-		case <-gone:
-		case <-t.C:
-		}
-		t.Stop()
+		waitAtMost(gone, holdReadsMax)
 		d.readmu.Lock()
 	}
-	d.reading = true
 	d.readDone = make(chan struct{})
 	d.readmu.Unlock()
 }
@@ -75,6 +62,19 @@ func (d *DB) beginRead() {
 func (d *DB) endRead() {
 	d.readmu.Lock()
 	defer d.readmu.Unlock()
-	d.reading = false
 	close(d.readDone)
+	d.readDone = nil
+}
+
+// waitAtMost waits until ch is closed, for at most limit, and reports
+// whether it was.
+func waitAtMost(ch <-chan struct{}, limit time.Duration) bool {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
 }

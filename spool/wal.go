@@ -107,31 +107,40 @@ func emptyPos(f fileState) walPos {
 // version; nil when none), and whether the position says so: false asks
 // for a rebuild.
 func (d *DB) walDelta(c *ctl, x *walIndex) (pages []uint32, carry []uint64, ver uint64, ok bool) {
+	from, carry, ver, ok := d.deltaStart(c, x.hdr.salt, x.valid)
+	if !ok || from > x.mx {
+		return nil, nil, 0, false
+	}
+	return x.pagesSince(from), carry, ver, true
+}
+
+// deltaStart is where, in the log whose salts are salt (valid false: no
+// log holds frames), the commits since the staged snapshot start: the
+// frame after which they follow, and the carry of a restart with its
+// version; ok false asks for a rebuild.
+func (d *DB) deltaStart(c *ctl, salt uint64, valid bool) (from int, carry []uint64, ver uint64, ok bool) {
 	if owner := c.load(ctlWALCarry); owner != 0 {
-		if owner != self() || !x.valid || c.load(ctlWALCarrySalt) != x.hdr.salt {
-			return nil, nil, 0, false
+		if owner != self() || !valid || c.load(ctlWALCarrySalt) != salt {
+			return 0, nil, 0, false
 		}
 		d.carrymu.Lock()
 		carry, ver = slices.Clone(d.carry), d.carryVer
 		d.carrymu.Unlock()
 		if carry == nil {
-			return nil, nil, 0, false // this process's carry, lost with a spool closed since
+			return 0, nil, 0, false // this process's carry, lost with a spool closed since
 		}
-		return x.pagesSince(0), carry, ver, true
+		return 0, carry, ver, true
 	}
 	switch c.load(ctlWALMode) {
 	case walAt:
-		if !x.valid || c.load(ctlWALSalt) != x.hdr.salt || int(c.load(ctlWALFrame)) > x.mx {
-			return nil, nil, 0, false
+		if !valid || c.load(ctlWALSalt) != salt {
+			return 0, nil, 0, false
 		}
-		return x.pagesSince(int(c.load(ctlWALFrame))), nil, 0, true
+		return int(c.load(ctlWALFrame)), nil, 0, true
 	case walEmpty:
-		if !d.fileUnchanged(c) {
-			return nil, nil, 0, false
-		}
-		return x.pagesSince(0), nil, 0, true
+		return 0, nil, 0, d.fileUnchanged(c)
 	}
-	return nil, nil, 0, false
+	return 0, nil, 0, false
 }
 
 // fileUnchanged reports whether the database file is as walEmpty left it.
@@ -787,31 +796,9 @@ func (d *DB) restartDelta(c *ctl, wal WALFile) (h walHeader, pages []uint32, car
 	if !valid {
 		return h, nil, nil, false
 	}
-	from := 0
-	if owner := c.load(ctlWALCarry); owner != 0 {
-		if owner != self() || c.load(ctlWALCarrySalt) != h.salt {
-			return h, nil, nil, false
-		}
-		d.carrymu.Lock()
-		carry = slices.Clone(d.carry)
-		d.carrymu.Unlock()
-		if carry == nil {
-			return h, nil, nil, false
-		}
-	} else {
-		switch c.load(ctlWALMode) {
-		case walAt:
-			if c.load(ctlWALSalt) != h.salt {
-				return h, nil, nil, false
-			}
-			from = int(c.load(ctlWALFrame))
-		case walEmpty:
-			if !d.fileUnchanged(c) {
-				return h, nil, nil, false
-			}
-		default:
-			return h, nil, nil, false
-		}
+	from, carry, _, ok := d.deltaStart(c, h.salt, true)
+	if !ok {
+		return h, nil, nil, false
 	}
 	pages, last, err := d.walx.pagesAfter(wal, h, from)
 	if err != nil || from > last {

@@ -4,21 +4,19 @@ import "golang.org/x/sys/unix"
 
 const supported = true
 
-// lower raises the niceness of the calling thread by Nice, up to 19.
-// Raising one's own niceness needs no privilege. On Linux getpriority(2)
-// returns 20 minus the niceness.
-func lower() bool {
+// lower raises the niceness of the calling thread by Nice, up to 19, or
+// leaves it as it is if it cannot (the work then runs at the process's
+// priority). Raising one's own niceness needs no privilege. On Linux
+// getpriority(2) returns 20 minus the niceness.
+func lower() {
 	tid := unix.Gettid()
 	raw, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
 	if err != nil {
-		return false
+		return
 	}
-	cur := 20 - raw
-	want := min(cur+Nice, 19)
-	if want <= cur {
-		return cur == 19
+	if cur := 20 - raw; cur < 19 {
+		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, min(cur+Nice, 19))
 	}
-	return unix.Setpriority(unix.PRIO_PROCESS, tid, want) == nil
 }
 
 // Niceness returns the niceness of the calling thread, for tests; the
