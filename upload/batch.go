@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"sync"
 
 	"github.com/boule-vfs/boule/manifest"
@@ -332,7 +333,8 @@ func (b *batch) put() {
 // uploadShared uploads the chunks of parts (at most PackChunks in all)
 // through m's group: they go up, in one submission, in a pack shared
 // with other databases. Then it records where they went, and deletes
-// their spool files.
+// their spool files: those of the chunks put or recently uploaded only,
+// as uploadUnit does.
 func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, parts []part, targets []limitedTarget) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -341,6 +343,7 @@ func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, par
 	var reused []manifest.Fingerprint
 	var reusedRefs []manifest.PackRef
 	seen := map[manifest.Fingerprint]bool{}
+	stored := map[manifest.Fingerprint]bool{} // in the store: their files go
 	for _, p := range parts {
 		f := part{dir: p.dir, staged: p.staged}
 		for _, fp := range p.fps {
@@ -349,6 +352,7 @@ func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, par
 			}
 			seen[fp] = true
 			if ref, ok := u.recentlyUploaded(fp); ok {
+				stored[fp] = true
 				if ref.ID != (manifest.Fingerprint{}) {
 					reused, reusedRefs = append(reused, fp), append(reusedRefs, ref)
 				}
@@ -360,8 +364,16 @@ func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, par
 			fresh = append(fresh, f)
 		}
 	}
+	read := func(fp manifest.Fingerprint) ([]byte, error) {
+		for _, p := range parts {
+			if slices.Contains(p.fps, fp) {
+				return p.read(st, fp)
+			}
+		}
+		return nil, fs.ErrNotExist
+	}
 	if len(reused) > 0 {
-		if err := st.recordPlacements(reused, reusedRefs); err != nil {
+		if err := u.place(ctx, st, reused, reusedRefs, read, targets); err != nil {
 			return err
 		}
 	}
@@ -386,9 +398,12 @@ func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, par
 		// Recorded before the spool files go: the manifest must say
 		// where these chunks are, even after a restart.
 		if len(packed) > 0 {
-			if err := st.recordPlacements(packed, packedRefs); err != nil {
+			if err := u.place(ctx, st, packed, packedRefs, read, targets); err != nil {
 				return err
 			}
+		}
+		for _, fp := range s.put {
+			stored[fp] = true
 		}
 		st.mu.Lock()
 		st.status.Chunks += int64(len(s.put))
@@ -399,6 +414,9 @@ func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, par
 	}
 	for _, p := range parts {
 		for _, fp := range p.fps {
+			if !stored[fp] {
+				continue
+			}
 			if err := p.dir.Remove(fp); err != nil {
 				return err
 			}

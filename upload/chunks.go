@@ -127,6 +127,11 @@ func (u *Uploader) hurried(st *dbState, targets []limitedTarget) bool {
 // uploadUnit uploads the chunks of unit in dir that were not uploaded
 // recently, verified against their fingerprints first, in one pack when
 // there are several, and deletes their files.
+//
+// A file found gone when it is read is not deleted at the end: the
+// snapshot that staged it may have failed and dropped it, and the next
+// one staged it again meanwhile, for a manifest that needs it; nothing
+// uploaded it.
 func (u *Uploader) uploadUnit(ctx context.Context, st *dbState, dir spool.Chunks, unit []manifest.Fingerprint, targets []limitedTarget) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -134,8 +139,10 @@ func (u *Uploader) uploadUnit(ctx context.Context, st *dbState, dir spool.Chunks
 	var chunks []store.PackedChunk
 	var reused []manifest.Fingerprint // recently put in a pack
 	var reusedRefs []manifest.PackRef
+	var stored []manifest.Fingerprint // in the store: their files go
 	for _, fp := range unit {
 		if ref, ok := u.recentlyUploaded(fp); ok {
+			stored = append(stored, fp)
 			if ref.ID != (manifest.Fingerprint{}) {
 				reused, reusedRefs = append(reused, fp), append(reusedRefs, ref)
 			}
@@ -153,13 +160,13 @@ func (u *Uploader) uploadUnit(ctx context.Context, st *dbState, dir spool.Chunks
 		}
 		chunks = append(chunks, store.PackedChunk{FP: fp, Data: data})
 	}
-	if len(reused) > 0 {
-		if err := st.recordPlacements(reused, reusedRefs); err != nil {
-			return err
-		}
-	}
 	if st.hurry.Load() > 0 {
 		targets = u.flush
+	}
+	if len(reused) > 0 {
+		if err := u.place(ctx, st, reused, reusedRefs, dir.Read, targets); err != nil {
+			return err
+		}
 	}
 	switch len(chunks) {
 	case 0:
@@ -172,7 +179,10 @@ func (u *Uploader) uploadUnit(ctx context.Context, st *dbState, dir spool.Chunks
 			return err
 		}
 	}
-	for _, fp := range unit {
+	for _, c := range chunks {
+		stored = append(stored, c.FP)
+	}
+	for _, fp := range stored {
 		if err := dir.Remove(fp); err != nil {
 			return err
 		}
@@ -221,7 +231,11 @@ func (u *Uploader) putPack(ctx context.Context, st *dbState, chunks []store.Pack
 	}
 	// Recorded before the spool files go: the manifest must say where
 	// these chunks are, even after a restart.
-	if err := st.recordPlacements(fps, refs); err != nil {
+	read := func(fp manifest.Fingerprint) ([]byte, error) {
+		i := slices.IndexFunc(chunks, func(c store.PackedChunk) bool { return c.FP == fp })
+		return chunks[i].Data, nil
+	}
+	if err := u.place(ctx, st, fps, refs, read, targets); err != nil {
 		return err
 	}
 	st.mu.Lock()

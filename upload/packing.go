@@ -1,8 +1,13 @@
 package upload
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"slices"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
 )
@@ -78,4 +83,36 @@ func Places(dir string) (map[manifest.Fingerprint]manifest.PackRef, error) {
 		}
 	}
 	return places, nil
+}
+
+// place records, before their spool files go, that the chunks fps went
+// up in the packs refs. When the spool has no room even for that record,
+// it uploads them again, each as an object of its own, which needs none:
+// a full spool drains through its uploads, where waiting for room to
+// record a placement would keep it full for good, uploading the same
+// pack on every pass. read returns a chunk's spool file; a chunk whose
+// file is gone was handed on or is no longer referenced, and needs
+// neither.
+func (u *Uploader) place(ctx context.Context, st *dbState, fps []manifest.Fingerprint, refs []manifest.PackRef, read func(manifest.Fingerprint) ([]byte, error), targets []limitedTarget) error {
+	err := st.recordPlacements(fps, refs)
+	if err == nil || !fsutil.NoSpace(err) {
+		return err
+	}
+	u.log.Debug("upload: no room in the spool to record pack placements; uploading the chunks one by one", logKeyDB, st.source(), logKeyErr, err)
+	for _, fp := range fps {
+		data, err := read(fp)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("upload: read spool chunk %s: %w", fp, err)
+		}
+		if manifest.Sum(data) != fp {
+			return fmt.Errorf("%w: spool chunk %s of %s does not match its fingerprint", ErrSpoolCorrupt, fp, st.sp)
+		}
+		if err := u.putChunk(ctx, st, fp, data, targets); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/spool"
 )
@@ -240,6 +241,9 @@ func (u *Uploader) inStore(st *dbState, m *manifest.Manifest) (bool, error) {
 	}
 	if len(packed) > 0 {
 		if err := st.recordPlacements(packed, refs); err != nil {
+			if fsutil.NoSpace(err) {
+				return false, nil // not known to be placed: the safe answer
+			}
 			return false, err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
 	"github.com/boule-vfs/boule/spool"
@@ -2011,4 +2013,99 @@ func TestUploaderPackedChunkComesBack(t *testing.T) {
 	}
 	fake.CheckIntegrity(t) // #3 says where x is
 	checkReassembled(t, fake, d, s4)
+}
+
+// A spool so full that not even the record of a pack's placements fits
+// still drains: the chunks go up one by one instead, their files go, and
+// the manifest follows. Waiting for room would keep the spool full for
+// good, putting the same pack on every pass.
+func TestUploaderDrainsFullSpool(t *testing.T) {
+	for _, group := range []bool{false, true} {
+		t.Run(fmt.Sprintf("group=%v", group), func(t *testing.T) { testDrainsFullSpool(t, group) })
+	}
+}
+
+// testDrainsFullSpool is TestUploaderDrainsFullSpool through Flush, or,
+// with group, through FlushAll, whose uploads share packs.
+func testDrainsFullSpool(t *testing.T, group bool) {
+	root := filepath.Join(t.TempDir(), "spool")
+	testfs.MountTmpfs(t, root, "2m")
+	now, fake, opts := fakeTarget(nil)
+	opts.PackChunks = 4
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, root, "/data/full.db")
+	s1 := d.stageNew(testData(80, 9*manifest.ChunkSize), now.Now())
+	mustFlush(t, u, d.dir)
+	data := s1.data
+	for i := 1; i < 9; i++ {
+		data = withChunk(data, i, uint64(90+i))
+	}
+	s := d.snapshot(data, now.Now().Add(time.Second))
+	d.stage(s, s.addedTo(s1)...)
+	fillUp(t, filepath.Join(root, "filler"))
+
+	if group {
+		if err := u.FlushAll(context.Background()); err != nil {
+			t.Fatalf("FlushAll()=%v, want nil", err)
+		}
+	} else {
+		mustFlush(t, u, d.dir)
+	}
+	if got := d.stagedChunks(); len(got) != 0 {
+		t.Errorf("%d chunk files still staged after the flush, want 0: the spool did not drain", len(got))
+	}
+	fake.CheckIntegrity(t)
+	checkReassembled(t, fake, d, s)
+}
+
+// fillUp writes to p until its file system is full.
+func fillUp(t testing.TB, p string) {
+	t.Helper()
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill %s: %v", p, err)
+			}
+			return
+		}
+	}
+}
+
+// A chunk file that the pass listed but found gone when it read it (a
+// snapshot that staged it failed, and dropped it) may be staged again
+// before the pass deletes the files of its upload: the next snapshot
+// needs it, and nothing uploaded it. The pass deletes only the files it
+// uploaded.
+func TestUploaderKeepsChunkStagedAgain(t *testing.T) {
+	now, fake, opts := fakeTarget(nil)
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, t.TempDir(), "/data/again.db")
+	s1 := d.stageNew(testData(81, 3*manifest.ChunkSize), now.Now())
+	s2 := d.snapshot(withChunk(s1.data, 1, 82), now.Now().Add(time.Second))
+	x := s2.m.Chunks[1]
+
+	// The pass listed s1's two chunk files and x; x is gone when it reads.
+	unit := []manifest.Fingerprint{s1.m.Chunks[1], s1.m.Chunks[2], x}
+	gate := fake.BlockOnce(storetest.OpPutPack, nil)
+	errc := make(chan error, 1)
+	go func() { errc <- u.uploadUnit(context.Background(), u.state(d.dir), d.sp.StagedChunks(), unit, u.bg) }()
+	gate.Wait(t)
+	// While s1's chunks go up, the next snapshot stages x and commits.
+	d.stage(s2, x)
+	gate.Open()
+	if err := <-errc; err != nil {
+		t.Fatalf("uploadUnit()=%v", err)
+	}
+	if !slices.Contains(d.stagedChunks(), x) {
+		t.Fatalf("the upload deleted chunk file %s, which it did not upload and the staged snapshot needs", x)
+	}
+	mustFlush(t, u, d.dir)
+	fake.CheckIntegrity(t)
+	checkReassembled(t, fake, d, s2)
 }

@@ -217,3 +217,9 @@ func CreateTemp(dir, prefix string, perm fs.FileMode) (f *os.File, err error) {
 	}
 	return f, err
 }
+
+// NoSpace reports whether err says the file system is full, or the
+// user's quota on it is used up.
+func NoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
