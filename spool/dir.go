@@ -857,3 +857,46 @@ func (d Dir) LockUpload(ctx context.Context, wait bool) (unlock func(), err erro
 		backoff = min(backoff*2, 100*time.Millisecond)
 	}
 }
+
+// FileChanged reports whether the database file at source changed after
+// its staged snapshot while the txn marker recorded nothing: a clean
+// marker, no transaction in flight, and a staged snapshot whose header
+// and size are not the file's. That is a commit no writer could record in
+// the spool (one that cannot write it: a read-only file system, a spool
+// directory it may not create), or a write by a program that does not use
+// boule; either way the staged snapshot is not the database, whatever the
+// marker says.
+//
+// It cannot tell, and reports false, when the marker is not clean or
+// changes while it looks (a transaction is under way), when the file is
+// in WAL mode (the file alone is not the database; its log's commits are
+// checked where they are captured), or when it cannot read the file.
+func (d Dir) FileChanged(source string) bool {
+	before, err := ReadMarker(d.path)
+	if err != nil || before.State != MarkerClean || before.Writer != 0 || before.WAL {
+		return false
+	}
+	f, fi, err := fsutil.OpenFollow(source)
+	if err != nil {
+		return false
+	}
+	var hdr [HeaderSize]byte
+	n, _ := f.ReadAt(hdr[:], 0)
+	f.Close()
+	if n == HeaderSize && hdr[18] == 2 && hdr[19] == 2 {
+		return false // WAL mode
+	}
+	s, err := d.Staged()
+	if err != nil || s == nil {
+		return false
+	}
+	if after, err := ReadMarker(d.path); err != nil || after.State != before.State || after.Writer != 0 ||
+		after.Committed != before.Committed || after.Persisted != before.Persisted {
+		return false
+	}
+	m := s.Manifest
+	if n < HeaderSize {
+		return m.Size != fi.Size()
+	}
+	return m.Size != fi.Size() || m.VersionID != versionID(hdr)
+}

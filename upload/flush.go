@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -151,6 +152,13 @@ type wanted struct {
 func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 	src := st.source()
 	if !st.sp.Exists() {
+		if _, err := os.Stat(src); err == nil {
+			// The database is there: its spool could not be made (the
+			// writer's log says why), or someone deleted it.
+			return wanted{}, fmt.Errorf("%w: %s: its spool directory %s does not exist: the spool could not be created there "+
+				"(permissions, a read-only or full file system, a file where a directory should be: the writer's log names the cause), "+
+				"or it was deleted", ErrNotStaged, src, st.sp)
+		}
 		u.forget(st.sp.Path())
 		return wanted{}, fmt.Errorf("%w: %w: %s: its spool directory %s is gone", ErrNotStaged, ErrSourceGone, src, st.sp)
 	}
@@ -160,16 +168,21 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 		return wanted{}, fmt.Errorf("upload: flush %s: %w", src, err)
 	}
 	// The marker first, then the manifest: a clean marker means every
-	// transaction committed so far is in the snapshot staged now, or in a
-	// newer one.
+	// transaction committed through boule so far is in the snapshot
+	// staged now, or in a newer one, unless the file says otherwise: a
+	// writer that could not write the spool recorded nothing.
 	mk, merr := st.sp.Marker()
+	changed := false
 	if merr == nil && mk.State == spool.MarkerClean && !mk.WAL {
 		if w, ok := stagedNow(st.sp); ok {
-			return w, nil
+			if !st.sp.FileChanged(src) {
+				return w, nil
+			}
+			changed = true
 		}
 	}
 	if u.opts.Restage == nil {
-		return u.unrestaged(st, src, mk, merr)
+		return u.unrestaged(st, src, mk, merr, changed)
 	}
 	// A group's round does not wait for a snapshot of the whole file.
 	mb := memberOf(ctx)
@@ -183,7 +196,7 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 		case errors.Is(err, ErrSourceGone):
 			return wanted{}, fmt.Errorf("%w: flush %s: %w", ErrNotStaged, src, err)
 		}
-		why := lacking(mk, merr)
+		why := lacking(mk, merr, changed)
 		if mk.State == spool.MarkerFailed {
 			why = "its last snapshot failed" // the new failure says why
 		}
@@ -196,16 +209,18 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 }
 
 // unrestaged is mustHold without Restage: it says what the marker says.
-func (u *Uploader) unrestaged(st *dbState, src string, mk spool.Marker, merr error) (wanted, error) {
+func (u *Uploader) unrestaged(st *dbState, src string, mk spool.Marker, merr error, changed bool) (wanted, error) {
 	switch {
+	case changed:
+		return wanted{}, fmt.Errorf("%w: %s: %s; run vfsctl sync on it", ErrNotStaged, src, lacking(mk, merr, changed))
 	case merr != nil:
 		return wanted{}, fmt.Errorf("upload: flush %s: %w", src, merr)
 	case mk.State == spool.MarkerWAL:
 		return wanted{}, walError(src)
 	case mk.State == spool.MarkerFailed:
-		return wanted{}, fmt.Errorf("%w: %s: %s; vfsctl flush or sync takes a new one", ErrSnapshotFailed, src, lacking(mk, nil))
+		return wanted{}, fmt.Errorf("%w: %s: %s; vfsctl flush or sync takes a new one", ErrSnapshotFailed, src, lacking(mk, nil, false))
 	case mk.State == spool.MarkerSet:
-		return wanted{}, fmt.Errorf("%w: %s: %s; the next transaction on the database stages one, or run vfsctl sync on it now", ErrNotStaged, src, lacking(mk, nil))
+		return wanted{}, fmt.Errorf("%w: %s: %s; the next transaction on the database stages one, or run vfsctl sync on it now", ErrNotStaged, src, lacking(mk, nil, false))
 	}
 	// A clean marker and no staged manifest: handed-over snapshots, or
 	// none. Any upload is as good as this flush can know.
@@ -216,9 +231,12 @@ func (u *Uploader) unrestaged(st *dbState, src string, mk spool.Marker, merr err
 		"the next transaction on the database stages a snapshot, or run vfsctl sync on it now", ErrNotStaged, src)
 }
 
-// lacking says why the staged snapshot of a database lacks transactions.
-func lacking(mk spool.Marker, merr error) string {
+// lacking says why the staged snapshot of a database lacks transactions;
+// changed: the file changed after it, unrecorded (spool.Dir.FileChanged).
+func lacking(mk spool.Marker, merr error, changed bool) string {
 	switch {
+	case changed:
+		return ChangedUnrecorded
 	case merr != nil:
 		return "its txn marker is unreadable (" + merr.Error() + ")"
 	case mk.State == spool.MarkerFailed && mk.Err != "":
@@ -230,6 +248,13 @@ func lacking(mk spool.Marker, merr error) string {
 	}
 	return "nothing is staged"
 }
+
+// ChangedUnrecorded says why a database with a clean txn marker is not
+// replicated when its file changed after its staged snapshot
+// (spool.Dir.FileChanged).
+const ChangedUnrecorded = "the database changed after its staged snapshot, and no writer recorded the change in the spool: " +
+	"a writer may be unable to write the spool (permissions, a read-only or full file system; its log says), " +
+	"or a program that does not use boule wrote the database"
 
 // walError is the error of a flush of a database in WAL mode.
 func walError(src string) error {

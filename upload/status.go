@@ -75,6 +75,14 @@ func withSpool(s Status, sp spool.Dir, uploaded [32]byte, now time.Time) Status 
 	case spool.MarkerPending:
 		// Commits captured in memory, being staged: they count in the lag.
 	default:
+		if s.Source != "" && sp.FileChanged(s.Source) {
+			s.NotReplicated, s.Problem = true, ChangedUnrecorded
+			if fi, err := os.Stat(s.Source); err == nil {
+				// The oldest commit the store lacks is no later than
+				// the file's last change.
+				s.Lag = max(s.Lag, now.Sub(fi.ModTime()))
+			}
+		}
 		return s
 	}
 	if !mk.Since.IsZero() {

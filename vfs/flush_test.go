@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/boule-vfs/boule/internal/sqlshell"
 	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/upload"
@@ -288,4 +289,40 @@ func TestFlushInsideWriteTransaction(t *testing.T) {
 	}
 	e.mustFlushPragma(t, db, "after the commit")
 	checkReplica(t, sto, path)
+}
+
+// TestFlushUnrecordedCommit: a commit that no writer recorded in the
+// spool leaves the txn marker clean and the staged snapshot stale. Here
+// the sqlite3 shell makes it, as a program that does not use boule does;
+// a boule writer that cannot write the spool (a read-only mount, a spool
+// directory it may not create) leaves the same state. The status says the
+// database is not replicated, and a flush takes a new snapshot rather
+// than upload the stale one and claim success: the store then holds the
+// commit.
+func TestFlushUnrecordedCommit(t *testing.T) {
+	tg, sto := dirTarget(t)
+	e := tempEnv(t)
+	e.register(t, tg)
+	path, db := e.writer(t, "unrecorded.db", "")
+	mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(100))")
+	mustFlush(t, path)
+	if st := statusOf(t, path); st.NotReplicated {
+		t.Fatalf("status after the flush=%+v, want replicated", st)
+	}
+
+	if out, err := exec.Command(sqlshell.Path(t), path, "INSERT INTO t(v) VALUES (randomblob(70000))").CombinedOutput(); err != nil {
+		t.Fatalf("sqlite3: %v: %s", err, out)
+	}
+	if m, err := spool.OpenDir(spoolDir(t, path)).Marker(); err != nil || m.State != spool.MarkerClean {
+		t.Fatalf("marker after the shell's commit=%+v, %v; want clean (the test's premise)", m, err)
+	}
+	if st := statusOf(t, path); !st.NotReplicated || st.Problem != upload.ChangedUnrecorded || st.Lag <= 0 {
+		t.Fatalf("status after an unrecorded commit=%+v, want not replicated, saying why, with a lag", st)
+	}
+	mustFlush(t, path)
+	checkReplica(t, sto, path)
+	if st := statusOf(t, path); st.NotReplicated {
+		t.Fatalf("status after the flush=%+v, want replicated", st)
+	}
 }

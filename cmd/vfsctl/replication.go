@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/spool"
@@ -65,7 +66,11 @@ func listSpool(g *globals, cmd, dir string) ([]spool.DBDir, error) {
 		return nil, err
 	}
 	if len(dbs) == 0 {
-		fmt.Fprintf(g.stderr, "vfsctl %s: nothing spooled for this boot in %s (normal after a reboot, until a database is written)\n", cmd, dir)
+		if err := syscall.Access(dir, 2 /* W_OK */); errors.Is(err, syscall.EROFS) {
+			return nil, fmt.Errorf("%s is on a read-only file system: no writer can spool its commits there, and none is replicated", dir)
+		}
+		fmt.Fprintf(g.stderr, "vfsctl %s: nothing spooled for this boot in %s: normal after a reboot, until a database is written; "+
+			"if databases were written since, their writers could not create the spool there (can their user write %s? their logs say)\n", cmd, dir, dir)
 	}
 	return dbs, nil
 }
