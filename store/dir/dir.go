@@ -37,8 +37,8 @@ const (
 	maxVersions   = 1000
 	minVersions   = 10
 	versionMaxAge = 7 * 24 * time.Hour
-	// staleTmpAge is the age beyond which New removes temporary
-	// files left behind by a crash.
+	// staleTmpAge is the age beyond which the first put of a process
+	// removes temporary files left behind by a crash.
 	staleTmpAge = 24 * time.Hour
 )
 
@@ -70,6 +70,9 @@ type Store struct {
 	root string
 	// now is the clock for version IDs, touches and pruning.
 	now func() time.Time
+	// swept: the first put has removed stale temporary files. Readers
+	// never do: they change nothing in a store.
+	swept sync.Once
 }
 
 var (
@@ -96,7 +99,6 @@ func New(path string) (*Store, error) {
 		if !fi.IsDir() {
 			return nil, &store.Error{Op: "dir open", Target: root, Detail: "not a directory", Kind: store.ErrPermanent}
 		}
-		s.removeStaleTemps()
 	}
 	return s, nil
 }
@@ -630,6 +632,7 @@ func (s *Store) writeTemp(blob []byte, perm fs.FileMode) (string, error) {
 	if err := s.mkdirs(0o700, dirTmp); err != nil {
 		return "", err
 	}
+	s.swept.Do(s.removeStaleTemps)
 	return localfs.WriteTemp(filepath.Join(s.root, dirTmp), "put-", blob, perm, true)
 }
 
@@ -657,18 +660,48 @@ func (s *Store) rootExists() bool {
 	return err == nil && fi.IsDir()
 }
 
+// removeStaleTemps removes the temporary files of puts (put-*) that a
+// crash left in tmp/ more than staleTmpAge ago. It touches nothing else:
+// not a tmp/ that is a symbolic link or that another user owns, and, in
+// it, only regular files, by name relative to the directory it opened, so
+// that nothing a store's writer put there can send it elsewhere.
 func (s *Store) removeStaleTemps() {
 	dir := filepath.Join(s.root, dirTmp)
-	entries, err := fsutil.ReadDir(dir)
+	fi, err := os.Lstat(dir)
+	if err != nil || !fi.IsDir() || !localfs.OwnedByMe(fi) {
+		return
+	}
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return
+	}
+	defer r.Close()
+	if rfi, err := r.Stat("."); err != nil || !os.SameFile(fi, rfi) {
+		return // replaced since the Lstat
+	}
+	names, err := readRootNames(r)
 	if err != nil {
 		return
 	}
 	cutoff := s.now().Add(-staleTmpAge)
-	for _, e := range entries {
-		if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) {
-			_ = os.Remove(filepath.Join(dir, e.Name()))
+	for _, name := range names {
+		if !strings.HasPrefix(name, "put-") {
+			continue
+		}
+		if fi, err := r.Lstat(name); err == nil && fi.Mode().IsRegular() && fi.ModTime().Before(cutoff) {
+			_ = r.Remove(name)
 		}
 	}
+}
+
+// readRootNames lists the names in the directory r.
+func readRootNames(r *os.Root) ([]string, error) {
+	d, err := r.Open(".")
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
 }
 
 // readFileMax reads a regular file of at most limit bytes, never

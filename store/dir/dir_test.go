@@ -254,27 +254,92 @@ func TestDirUnwritable(t *testing.T) {
 func TestDirStaleTemps(t *testing.T) {
 	root := t.TempDir()
 	tmp := filepath.Join(root, "tmp")
-	if err := os.Mkdir(tmp, 0o755); err != nil {
+	if err := os.Mkdir(tmp, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	old, fresh := filepath.Join(tmp, "put-old"), filepath.Join(tmp, "put-fresh")
-	for _, p := range []string{old, fresh} {
+	other := filepath.Join(tmp, "not-a-put") // not the store's: kept
+	for _, p := range []string{old, fresh, other} {
 		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	past := time.Now().Add(-48 * time.Hour)
-	if err := os.Chtimes(old, past, past); err != nil {
+	for _, p := range []string{old, other} {
+		if err := os.Chtimes(p, past, past); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := New(root)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(root); err != nil {
+	if _, err := os.Stat(old); err != nil {
+		t.Error("opening the store removed a temporary file: readers must change nothing")
+	}
+	if err := s.PutChunk(context.Background(), manifest.Sum([]byte("y")), []byte("y")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
-		t.Error("stale temporary file kept")
+		t.Error("stale temporary file kept after a put")
 	}
 	if _, err := os.Stat(fresh); err != nil {
 		t.Error("fresh temporary file removed")
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Error("a stale file the store did not write removed")
+	}
+}
+
+// TestDirStaleTempsStayInside: whoever can write a store may make tmp/ a
+// symbolic link, or put links in it; the sweep of stale temporary files
+// removes nothing outside the store through them.
+func TestDirStaleTempsStayInside(t *testing.T) {
+	past := time.Now().Add(-72 * time.Hour)
+	victim := t.TempDir()
+	for _, name := range []string{"put-important", "important.conf"} {
+		p := filepath.Join(victim, name)
+		if err := os.WriteFile(p, []byte("keep"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, past, past); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("tmp is a link", func(t *testing.T) {
+		root := t.TempDir()
+		if err := os.Symlink(victim, filepath.Join(root, "tmp")); err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The put may fail or not; either way nothing outside goes.
+		_ = s.PutChunk(context.Background(), manifest.Sum([]byte("y")), []byte("y"))
+	})
+	t.Run("links in tmp", func(t *testing.T) {
+		root := t.TempDir()
+		tmp := filepath.Join(root, "tmp")
+		if err := os.Mkdir(tmp, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(tmp, "put-link")
+		if err := os.Symlink(filepath.Join(victim, "put-important"), link); err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutChunk(context.Background(), manifest.Sum([]byte("y")), []byte("y")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	for _, name := range []string{"put-important", "important.conf"} {
+		if _, err := os.Stat(filepath.Join(victim, name)); err != nil {
+			t.Errorf("%s outside the store: %v", name, err)
+		}
 	}
 }
 
