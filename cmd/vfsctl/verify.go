@@ -65,26 +65,39 @@ type verifyMember struct {
 // verifyPlan is what verify checks of a manifest.
 type verifyPlan struct {
 	chunks, packs int // the manifest's chunks and packs
-	unique        int // its distinct chunks stored outside the manifest
+	unique        int // the distinct places its chunks stored outside it are read from
 	objects       []verifyObject
 }
 
+// place is where a restore reads a chunk: its own object (a zero ref),
+// or a member of a pack.
+type place struct {
+	fp  manifest.Fingerprint
+	ref manifest.PackRef
+}
+
+func (m verifyMember) place() place { return place{m.fp, m.ref} }
+
 // planVerify lists, in the manifest's order, the objects holding m's
-// distinct chunks: each chunk that is not inline, the first time it
-// appears, in its own object or grouped with the other members of its
-// pack.
+// chunks: each place a chunk that is not inline is read from, the first
+// time it appears, in its own object or grouped with the other members
+// of its pack. Places, not fingerprints: a manifest may put one
+// fingerprint in two places, and a restore reads both.
 func planVerify(m *manifest.Manifest) verifyPlan {
 	p := verifyPlan{chunks: len(m.Chunks), packs: len(m.Packs)}
 	refs := m.PackRefs()
-	seen := map[manifest.Fingerprint]bool{}
+	seen := map[place]bool{}
 	byPack := map[manifest.Fingerprint]int{} // pack ID to its index in p.objects
 	for i, fp := range m.Chunks {
-		if _, inline := m.Inline[uint32(i)]; inline || seen[fp] {
+		if _, inline := m.Inline[uint32(i)]; inline {
 			continue
 		}
-		seen[fp] = true
-		p.unique++
 		ref, packed := refs[uint32(i)]
+		if seen[place{fp, ref}] {
+			continue
+		}
+		seen[place{fp, ref}] = true
+		p.unique++
 		if !packed {
 			p.objects = append(p.objects, verifyObject{id: fp, members: []verifyMember{{fp: fp}}})
 			continue
@@ -104,7 +117,7 @@ func planVerify(m *manifest.Manifest) verifyPlan {
 // a whole pack it could not read (pack set).
 type verifyResult struct {
 	target int
-	fp     manifest.Fingerprint
+	at     place
 	pack   *verifyObject
 	err    error
 }
@@ -142,7 +155,7 @@ func checkTargets(ctx context.Context, targets []store.Store, p verifyPlan) []ve
 func checkObject(ctx context.Context, s store.Store, t int, o *verifyObject) []verifyResult {
 	if !o.pack {
 		_, err := s.GetChunk(ctx, o.id)
-		return []verifyResult{{target: t, fp: o.id, err: err}}
+		return []verifyResult{{target: t, at: place{fp: o.id}, err: err}}
 	}
 	pack, perr := s.GetPack(ctx, o.id)
 	if perr != nil && !errors.Is(perr, store.ErrNotFound) {
@@ -155,7 +168,7 @@ func checkObject(ctx context.Context, s store.Store, t int, o *verifyObject) []v
 		if err == nil {
 			_, err = store.DecodePackMember(pack, mb.ref, mb.fp)
 		}
-		out = append(out, verifyResult{target: t, fp: mb.fp, err: err})
+		out = append(out, verifyResult{target: t, at: mb.place(), err: err})
 	}
 	return out
 }
@@ -168,7 +181,7 @@ func verifyReport(src string, p verifyPlan, targets []string, results []verifyRe
 	for _, name := range targets {
 		res.Targets = append(res.Targets, verifyTargetJSON{Target: name, Missing: []string{}, Corrupt: []string{}, Errors: []string{}})
 	}
-	okIn := map[manifest.Fingerprint]int{} // the targets a chunk is intact in
+	okIn := map[place]int{} // the targets a chunk's place is intact in
 	for _, r := range results {
 		t := &res.Targets[r.target]
 		switch {
@@ -176,11 +189,11 @@ func verifyReport(src string, p verifyPlan, targets []string, results []verifyRe
 			t.Errors = append(t.Errors, fmt.Sprintf("pack %s (%d chunks): %v", r.pack.id, len(r.pack.members), r.err))
 		case r.err == nil:
 			t.OK++
-			okIn[r.fp]++
+			okIn[r.at]++
 		case errors.Is(r.err, store.ErrNotFound):
-			t.Missing = append(t.Missing, r.fp.String())
+			t.Missing = append(t.Missing, r.at.fp.String())
 		case errors.Is(r.err, store.ErrCorrupt):
-			t.Corrupt = append(t.Corrupt, r.fp.String())
+			t.Corrupt = append(t.Corrupt, r.at.fp.String())
 		default:
 			t.Errors = append(t.Errors, r.err.Error())
 		}

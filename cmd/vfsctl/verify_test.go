@@ -28,8 +28,9 @@ func planManifest() *manifest.Manifest {
 	}
 }
 
-// TestPlanVerify: verify checks each distinct stored chunk once, inline
-// ones aside, in its own object or in its pack, fetched once for all.
+// TestPlanVerify: verify checks each place a chunk is stored at once,
+// inline ones aside, in its own object or in its pack, fetched once for
+// all.
 func TestPlanVerify(t *testing.T) {
 	p, q := fp(0xf0), fp(0xf1)
 	for _, tc := range []struct {
@@ -39,14 +40,18 @@ func TestPlanVerify(t *testing.T) {
 	}{
 		{"empty", &manifest.Manifest{}, verifyPlan{}},
 		{"inline only", &manifest.Manifest{Chunks: []manifest.Fingerprint{fp('a')}, Inline: map[uint32][]byte{0: []byte("a")}}, verifyPlan{chunks: 1}},
-		{"objects and packs", planManifest(), verifyPlan{chunks: 9, packs: 2, unique: 5, objects: []verifyObject{
+		// c is in pack p twice, e in pack q and in an object of its own:
+		// a restore reads each of those places, and verify checks them.
+		{"objects and packs", planManifest(), verifyPlan{chunks: 9, packs: 2, unique: 7, objects: []verifyObject{
 			{id: fp('b'), members: []verifyMember{{fp: fp('b')}}},
 			{pack: true, id: p, members: []verifyMember{
 				{fp('c'), manifest.PackRef{ID: p, Offset: 0, Length: 10}},
 				{fp('d'), manifest.PackRef{ID: p, Offset: 10, Length: 20}},
+				{fp('c'), manifest.PackRef{ID: p, Offset: 30, Length: 10}},
 			}},
 			{pack: true, id: q, members: []verifyMember{{fp('e'), manifest.PackRef{ID: q, Offset: 0, Length: 7}}}},
 			{id: fp('a'), members: []verifyMember{{fp: fp('a')}}},
+			{id: fp('e'), members: []verifyMember{{fp: fp('e')}}},
 		}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -64,16 +69,30 @@ func TestPlanVerify(t *testing.T) {
 	}
 }
 
+// reportManifest has five stored places, each of one chunk: b, c and d
+// in pack 0xf0 (c twice, at one place), e in pack 0xf1 (twice), and a.
+func reportManifest() *manifest.Manifest {
+	p, q := fp(0xf0), fp(0xf1)
+	return &manifest.Manifest{
+		Chunks: []manifest.Fingerprint{fp('a'), fp('b'), fp('c'), fp('b'), fp('d'), fp('e'), fp('c'), fp('a'), fp('e')},
+		Inline: map[uint32][]byte{0: []byte("a")},
+		Packs: []manifest.Pack{
+			{ID: p, Members: []manifest.PackMember{{Index: 2, Offset: 0, Length: 10}, {Index: 4, Offset: 10, Length: 20}, {Index: 6, Offset: 0, Length: 10}}},
+			{ID: q, Members: []manifest.PackMember{{Index: 5, Offset: 0, Length: 7}, {Index: 8, Offset: 0, Length: 7}}},
+		},
+	}
+}
+
 // TestVerifyReport: what each target said of each chunk is classified
 // (intact, missing, corrupt, unreadable), per target and over all, and
 // each target with a bad chunk makes a failure line.
 func TestVerifyReport(t *testing.T) {
-	plan := planVerify(planManifest())
+	plan := planVerify(reportManifest())
 	pack := &plan.objects[1]
 	targets := []string{"dir:/one", "dir:/two"}
 	// ok is every chunk intact in target i.
 	ok := func(i int) []verifyResult {
-		return []verifyResult{{target: i, fp: fp('b')}, {target: i, fp: fp('c')}, {target: i, fp: fp('d')}, {target: i, fp: fp('e')}, {target: i, fp: fp('a')}}
+		return []verifyResult{{target: i, at: place{fp: fp('b')}}, {target: i, at: place{fp: fp('c')}}, {target: i, at: place{fp: fp('d')}}, {target: i, at: place{fp: fp('e')}}, {target: i, at: place{fp: fp('a')}}}
 	}
 	notFound := fmt.Errorf("get chunk: %w", store.ErrNotFound)
 	corrupt := fmt.Errorf("get chunk: %w", store.ErrCorrupt)
@@ -93,8 +112,8 @@ func TestVerifyReport(t *testing.T) {
 		{
 			name: "missing and corrupt in the second",
 			results: append(ok(0),
-				verifyResult{target: 1, fp: fp('b'), err: notFound}, verifyResult{target: 1, fp: fp('c'), err: corrupt},
-				verifyResult{target: 1, fp: fp('d')}, verifyResult{target: 1, fp: fp('e'), err: notFound}, verifyResult{target: 1, fp: fp('a')}),
+				verifyResult{target: 1, at: place{fp: fp('b')}, err: notFound}, verifyResult{target: 1, at: place{fp: fp('c')}, err: corrupt},
+				verifyResult{target: 1, at: place{fp: fp('d')}}, verifyResult{target: 1, at: place{fp: fp('e')}, err: notFound}, verifyResult{target: 1, at: place{fp: fp('a')}}),
 			ok:      [3]int{2, 5, 2},
 			missing: [][]string{{fp('b').String(), fp('e').String()}, {}, {fp('b').String(), fp('e').String()}},
 			corrupt: [][]string{{fp('c').String()}, {}, {fp('c').String()}},
@@ -104,8 +123,8 @@ func TestVerifyReport(t *testing.T) {
 		{
 			name: "bad in both",
 			results: []verifyResult{
-				{target: 0, fp: fp('b'), err: notFound}, {target: 0, pack: pack, err: refused}, {target: 0, fp: fp('e')}, {target: 0, fp: fp('a')},
-				{target: 1, fp: fp('b'), err: notFound}, {target: 1, fp: fp('c')}, {target: 1, fp: fp('d')}, {target: 1, fp: fp('e'), err: refused}, {target: 1, fp: fp('a')},
+				{target: 0, at: place{fp: fp('b')}, err: notFound}, {target: 0, pack: pack, err: refused}, {target: 0, at: place{fp: fp('e')}}, {target: 0, at: place{fp: fp('a')}},
+				{target: 1, at: place{fp: fp('b')}, err: notFound}, {target: 1, at: place{fp: fp('c')}}, {target: 1, at: place{fp: fp('d')}}, {target: 1, at: place{fp: fp('e')}, err: refused}, {target: 1, at: place{fp: fp('a')}},
 			},
 			ok:      [3]int{1, 2, 3},
 			missing: [][]string{{fp('b').String()}, {fp('b').String()}, {fp('b').String()}},
