@@ -112,12 +112,13 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// outPerm is the mode of a file written with --out from m: a manifest
-// records none, so the source database's permission bits when it is on
-// this host, and 0600 otherwise. Both are less the umask when the file is
-// created.
-func outPerm(m *manifest.Manifest) fs.FileMode {
-	if m.Hostname == defaultHostname() {
+// outPerm is the mode of a file written with --out from m, read for src:
+// a manifest records none, so the source database's permission bits when
+// it is on this host and src named it, and 0600 otherwise (a manifest
+// file, which may name any file of this host). Both are less the umask
+// when the file is created.
+func outPerm(src source, m *manifest.Manifest) fs.FileMode {
+	if src.key != "" && m.Hostname == defaultHostname() && m.SourcePath == src.path {
 		if st, err := os.Stat(m.SourcePath); err == nil && st.Mode().IsRegular() {
 			return st.Mode().Perm() & 0o666
 		}
@@ -204,7 +205,7 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 	if at == "" {
 		warnUnflushed(g, m)
 	}
-	opts := restore.Options{Concurrency: conc, Replace: force, Perm: outPerm(m)}
+	opts := restore.Options{Concurrency: conc, Replace: force, Perm: outPerm(src, m)}
 	if isTerminal(g.stderr) {
 		update, finish := progressBar(g.stderr, "restore")
 		opts.Progress = update
@@ -363,7 +364,7 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	}
 	// The manifest holds the first chunk of the database inline: it is
 	// as private as the database.
-	return writeFileAtomic(out, data, outPerm(m))
+	return writeFileAtomic(out, data, outPerm(src, m))
 }
 
 // writeFileAtomic writes data to a temp file next to path, created with

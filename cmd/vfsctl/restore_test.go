@@ -192,6 +192,31 @@ func TestOutModes(t *testing.T) {
 	}
 }
 
+// TestOutModeManifestFile: a manifest file may name any file of this
+// host as its source; a restore from one takes 0600, not that file's
+// mode, whatever it is.
+func TestOutModeManifestFile(t *testing.T) {
+	f := flushed(t)
+	if err := os.Chmod(f.db, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	tmpdir := t.TempDir()
+	mf, out := filepath.Join(tmpdir, "m.bin"), filepath.Join(tmpdir, "restore.out")
+	for _, args := range [][]string{
+		{"manifest", "--out", mf, f.db},
+		{"restore", "--manifest", mf, "--out", out},
+	} {
+		if code, _, errs := vfsctl(t, append([]string{"--config", f.config()}, args...)...); code != exitOK {
+			t.Fatalf("vfsctl %s=%d %q", args[0], code, errs)
+		}
+	}
+	if st, err := os.Stat(out); err != nil || st.Mode() != 0o600 {
+		t.Fatalf("restore --manifest: mode %v (%v), want 0600", st.Mode(), err)
+	}
+}
+
 // TestRestoreAtFutureVersion: a version stored by a writer whose clock ran
 // a day ahead does not hide the versions stored after it, although the
 // dir store names them later still; ls-versions shows when each was
