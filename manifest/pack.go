@@ -11,8 +11,11 @@ import (
 // each. See doc/FORMAT.md.
 const FlagPacks = 1
 
-// MaxPackSize bounds the size of a pack object in bytes.
-const MaxPackSize = 64 << 20
+// MaxPackSize bounds the size of a pack object in bytes: twice what a
+// writer puts in one (64 chunks of at most 64 KiB each, store.PackChunks),
+// so that a reader that fetches a whole pack for one chunk of it holds,
+// and downloads, at most this much, whatever a manifest says.
+const MaxPackSize = 8 << 20
 
 // A Pack is one object of the store holding the encoded blobs of several
 // chunks end to end. Its ID names the object (the BLAKE3-256 of its

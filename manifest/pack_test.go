@@ -66,6 +66,8 @@ func TestPacksValidate(t *testing.T) {
 		{"chunk in two packs", func(m *Manifest) { m.Packs[1].Members[0].Index = 4 }},
 		{"empty blob", func(m *Manifest) { m.Packs[1].Members[0].Length = 0 }},
 		{"blob past the limit", func(m *Manifest) { m.Packs[1].Members[0].Offset = MaxPackSize - 10 }},
+		// A pack no writer makes: a reader would fetch 64 MiB for a chunk.
+		{"blob at the end of a 64 MiB pack", func(m *Manifest) { m.Packs[1].Members[0].Offset = 64<<20 - 100 }},
 		{"offset overflow", func(m *Manifest) { m.Packs[1].Members[0].Offset = 0xffffffff }},
 	} {
 		t.Run(c.name, func(t *testing.T) {

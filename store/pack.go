@@ -21,6 +21,10 @@ import (
 // 32 and 64 on the 1 GiB restore, cold scan and first query.
 const PackChunks = 64
 
+// A pack of PackChunks stored blobs, each at most a chunk (blob.go),
+// is within what readers accept.
+var _ [manifest.MaxPackSize - PackChunks*manifest.ChunkSize]struct{}
+
 // PackKey returns the key of pack id in the chunk bucket: "packs/", its
 // first two hex digits, '/', and all 64.
 func PackKey(id manifest.Fingerprint) string {
