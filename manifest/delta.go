@@ -69,6 +69,13 @@ func FormatVersion(b []byte) (int, error) {
 	return int(binary.BigEndian.Uint16(b[8:])), nil
 }
 
+// MaxBaseChunks returns the most chunks the base of a head for a database
+// of n chunks may have. Writers start a new base once the database has
+// shrunk by an eighth (or the base outgrew it by one), so that a base of
+// a database's size costs a reader what the database declares, never
+// what a crafted head says of a base far larger.
+func MaxBaseChunks(n int) int { return 2*n + 64 }
+
 // MaxBaseLen returns the longest encoding a base of n chunks can have:
 // the longest v1 manifest with n fingerprints, no inline chunks and a
 // pack table with every chunk in a pack of its own. Readers fetch no more
@@ -168,6 +175,9 @@ func (h *Head) check() error {
 	if h.BaseChunks < 0 || h.BaseChunks > NumChunks(MaxSize) {
 		return invalidf("base chunk count", "%d out of range", h.BaseChunks)
 	}
+	if h.BaseChunks > MaxBaseChunks(n) {
+		return invalidf("base chunk count", "%d for a database of %d chunks exceeds %d", h.BaseChunks, n, MaxBaseChunks(n))
+	}
 	if h.BaseLen < minEncodedSize+int64(h.BaseChunks)*FingerprintSize || h.BaseLen > MaxBaseLen(h.BaseChunks) {
 		return invalidf("base length", "%d for %d chunks, want %d to %d", h.BaseLen, h.BaseChunks,
 			minEncodedSize+int64(h.BaseChunks)*FingerprintSize, MaxBaseLen(h.BaseChunks))
@@ -225,6 +235,9 @@ func DecodeHead(b []byte) (*Head, error) {
 	bc, _ := r.u32()
 	if uint64(bc) > uint64(NumChunks(MaxSize)) {
 		return nil, invalidf("base chunk count", "%d exceeds %d", bc, NumChunks(MaxSize))
+	}
+	if uint64(bc) > uint64(MaxBaseChunks(n)) {
+		return nil, invalidf("base chunk count", "%d for a database of %d chunks exceeds %d", bc, n, MaxBaseChunks(n))
 	}
 	if bl > uint64(MaxBaseLen(int(bc))) {
 		return nil, invalidf("base length", "%d exceeds %d for %d chunks", bl, MaxBaseLen(int(bc)), bc)

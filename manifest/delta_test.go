@@ -3,6 +3,7 @@ package manifest
 import (
 	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/boule-vfs/boule/internal/memtest"
@@ -363,4 +364,28 @@ func FuzzDecodeHead(f *testing.F) {
 			t.Fatalf("re-encoding differs from the accepted input")
 		}
 	})
+}
+
+// TestHeadRefusesOversizedBase: a head may not declare a base far larger
+// than its database, which a reader would fetch (up to the declared
+// length) before it could check the base's hash: a 182-byte head of an
+// empty database over a base of 2^26 chunks made readers load 5.4 GB.
+func TestHeadRefusesOversizedBase(t *testing.T) {
+	base, next, blob := deltaPair(t, 40*ChunkSize, func(m *Manifest) { m.Chunks[7] = Fingerprint{7} })
+	enc := mustHead(t, next, base, blob)
+	ref, _ := headOffsets(enc)
+	n := NumChunks(next.Size)
+	for _, m := range []int{MaxBaseChunks(n) + 1, 1 << 26} {
+		in := patchHead(enc, func(b []byte) []byte {
+			binary.BigEndian.PutUint32(b[ref+40:], uint32(m))
+			binary.BigEndian.PutUint64(b[ref+32:], uint64(MaxBaseLen(m)))
+			return b
+		})
+		if _, err := DecodeHead(in); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "base chunk count") {
+			t.Errorf("DecodeHead of a head of %d chunks over a base of %d=%v, want ErrInvalid naming the base chunk count", n, m, err)
+		}
+	}
+	if _, err := DecodeHead(enc); err != nil {
+		t.Fatalf("DecodeHead of the honest head=%v", err)
+	}
 }
