@@ -75,7 +75,7 @@ var dbMetrics = []metric[upload.Status]{
 		"1 if replication of the database stopped on a permanent error (such as bad credentials) until it is flushed or reconfigured, else 0.",
 		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return boolValue(s.Blocked) }),
 	newMetric("replication", "not_replicated",
-		"1 if the database's commits cannot reach the store whatever the store does (its snapshots fail, say on a full spool disk, or it is in WAL mode, which is not replicated), else 0.",
+		"1 if the database's commits cannot reach the store whatever the store does (its snapshots fail, say on a full spool disk, or a commit changed it that no writer could record in the spool), else 0.",
 		labelDB, prometheus.GaugeValue, func(s upload.Status) float64 { return boolValue(s.NotReplicated) }),
 	newMetric("replication", "last_upload_timestamp_seconds",
 		"When this process last uploaded a snapshot of the database, in seconds since the Unix epoch; 0 if it has not yet.",

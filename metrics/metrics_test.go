@@ -124,7 +124,7 @@ func TestCollectorDescriptions(t *testing.T) {
 		{"boule_replication_lag_seconds", "oldest commit"},
 		{"boule_replication_pending_bytes", "waiting for upload"},
 		{"boule_replication_blocked", "permanent error"},
-		{"boule_replication_not_replicated", "WAL mode"},
+		{"boule_replication_not_replicated", "no writer could record"},
 		{"boule_replication_last_upload_timestamp_seconds", "Unix epoch"},
 		{"boule_replication_uploader_alive", "wrote its heartbeat"},
 		{"boule_store_retries_total", "retried"},

@@ -95,7 +95,10 @@ func run(dir string, internals bool) error {
 	fmt.Printf("   $ export BOULE_CONFIG='%s'\n\n", cfgJSON)
 
 	fmt.Printf("1. Open the database with vfs=boule\n")
-	fmt.Printf("   $ sqlite3 -cmd '.load libboule' 'file:%s?vfs=boule'\n\n", path)
+	// The shell opens the database named on its command line before
+	// any -cmd: the VFS must be loaded first, and the database opened
+	// after.
+	fmt.Printf("   $ sqlite3 -cmd '.load /usr/local/lib/libboule' -cmd '.open file:%s?vfs=boule'   # after make install\n\n", path)
 	db, err := sql.Open("sqlite3", "file:"+path+"?vfs=boule&_journal_mode=TRUNCATE")
 	if err != nil {
 		return err

@@ -274,17 +274,21 @@ func TestStatusWatch(t *testing.T) {
 }
 
 // TestStatusLastErrorWidth: the table cuts a long last error to one line
-// of lastErrorWidth characters; --json keeps it whole.
+// of lastErrorWidth characters, keeping its start and its end, where the
+// cause is; --json keeps it whole.
 func TestStatusLastErrorWidth(t *testing.T) {
 	long := "upload chunk 0123: " + strings.Repeat("Service Unavailable, please reduce your request rate. ", 4) + "\nsecond line"
+	flat := strings.Join(strings.Fields(long), " ")
+	full := "snapshots fail: spool: write /tmp/fullspool/boule-v2.a5055528-d116-4a7d-891b-a5669324a4be/#tmp#x.db/tmp/1.2.3: no space left on device"
 	for _, tc := range []struct {
 		name, in, want string
 	}{
 		{"short", "boom", "boom"},
 		{"newlines", "a\nb", "a b"},
 		{"exact", strings.Repeat("x", lastErrorWidth), strings.Repeat("x", lastErrorWidth)},
-		{"long", long, long[:lastErrorWidth-1] + "…"},
-		{"runes", strings.Repeat("é", lastErrorWidth+1), strings.Repeat("é", lastErrorWidth-1) + "…"},
+		{"long", long, flat[:20] + "…" + flat[len(flat)-39:]},
+		{"runes", strings.Repeat("é", lastErrorWidth+1), strings.Repeat("é", 20) + "…" + strings.Repeat("é", 39)},
+		{"cause kept", full, "snapshots fail: spoo…x.db/tmp/1.2.3: no space left on device"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := clip(tc.in, lastErrorWidth); got != tc.want {
@@ -556,5 +560,27 @@ func TestLsVersionsUnversioned(t *testing.T) {
 	code, out, errs := vfsctl(t, "--config", cfg, "ls-versions", f.db)
 	if code != exitOK || !strings.Contains(errs, "versioning is off in ") || strings.Contains(out, "null") || !strings.Contains(out, "(versioning off)") {
 		t.Fatalf("ls-versions without versioning=%d %q %q; want versioning off, no null", code, out, errs)
+	}
+}
+
+// TestStatusState: the STATE column, in its order of precedence. A lag
+// with no live uploader is "stopped" even when the last upload failed:
+// nothing retries it (a writer that exited during a store outage).
+func TestStatusState(t *testing.T) {
+	for _, tc := range []struct {
+		s    statusJSON
+		want string
+	}{
+		{statusJSON{}, "ok"},
+		{statusJSON{LagSeconds: 3, UploaderAlive: true}, "pending"},
+		{statusJSON{LagSeconds: 3}, "stopped"},
+		{statusJSON{LagSeconds: 3, LastError: "connection refused", UploaderAlive: true}, "failing"},
+		{statusJSON{LagSeconds: 3, LastError: "connection refused"}, "stopped"},
+		{statusJSON{LagSeconds: 3, LastError: "access denied", Blocked: true}, "BLOCKED"},
+		{statusJSON{LagSeconds: 3, NotReplicated: true, Blocked: true}, "NOT REPLICATED"},
+	} {
+		if got := tc.s.state(); got != tc.want {
+			t.Errorf("%+v.state()=%q, want %q", tc.s, got, tc.want)
+		}
 	}
 }

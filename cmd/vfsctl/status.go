@@ -47,12 +47,13 @@ func (s statusJSON) state() string {
 		return "NOT REPLICATED"
 	case s.Blocked:
 		return "BLOCKED"
-	case s.LastError != "":
-		return "failing"
 	case s.LagSeconds > 0 && !s.UploaderAlive:
 		// Nothing is uploading what waits: its writer exited (or
-		// crashed) first. vfsctl flush uploads it.
+		// crashed) first, maybe while the store failed. vfsctl flush
+		// uploads it.
 		return "stopped"
+	case s.LastError != "":
+		return "failing"
 	case s.LagSeconds > 0:
 		return "pending"
 	}
@@ -80,7 +81,7 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 			"serving it (alive, or when one was last seen: a writer that exited before its\n"+
 			"uploads were done shows state \"stopped\" and no live uploader, a store outage\n"+
 			"a live uploader and errors), and the uploader's calls, failures and last\n"+
-			"error (cut to 60 characters; in full with --json).\n\n"+
+			"error (cut to 60 characters, its middle elided; in full with --json).\n\n"+
 			"Exits 1 if any database is not replicated (its snapshots fail, or a boule older\n"+
 			"than WAL replication left it in WAL mode), blocked (a permanent store error),\n"+
 			"or lags more than --max-lag, or if\n"+
@@ -205,14 +206,18 @@ func statusVerdict(out []statusJSON, maxLag time.Duration) error {
 	return fmt.Errorf("%d of %d databases are %s: %s", len(bad), len(out), what, strings.Join(bad, ", "))
 }
 
-// clip cuts s to n characters, on one line, marking the cut.
+// clip cuts s to one line of at most n characters: its start and its
+// end, the middle elided. An error's end is its cause ("no space left on
+// device", "bucket does not exist"), its start what failed; the middle is
+// paths and keys.
 func clip(s string, n int) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if utf8.RuneCountInString(s) <= n {
 		return s
 	}
 	r := []rune(s)
-	return string(r[:n-1]) + "…"
+	head := n / 3
+	return string(r[:head]) + "…" + string(r[len(r)-(n-head-1):])
 }
 
 // ago says how long before now t was, to the second.
