@@ -172,7 +172,7 @@ func (d *DB) fileUnchanged(c *ctl) bool {
 func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error {
 	c := d.ctlp.Load()
 	if wrote && !force && !eager && c != nil && d.s.opts.OpenWAL != nil && d.s.budget.max > 0 &&
-		c.load(ctlState) == stateOK && c.load(ctlWALMode) != walUnknown {
+		lazyState(c.load(ctlState)) && c.load(ctlWALMode) != walUnknown {
 		d.captureLazy(c)
 		return nil
 	}
@@ -198,6 +198,14 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error 
 	cp.src = nil
 	return nil
 }
+
+// lazyState reports whether a commit in the marker's state may leave its
+// capture to the persister. A rebuild that is due (a log restarted by
+// another program, a capture lost) or a snapshot that failed (a full
+// spool disk) is the persister's too: it rebuilds in its read
+// transaction, writers going on meanwhile, where the commit would read
+// and hash the whole database while it holds the log's write lock.
+func lazyState(s uint64) bool { return s == stateOK || s == stateRebuild || s == stateFailed }
 
 // captureLazy takes a generation for commits the log holds and queues a
 // capture that reads nothing: the persister reads the log for it.

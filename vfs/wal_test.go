@@ -843,3 +843,76 @@ func TestWALLazyRebuildLetsWritersOn(t *testing.T) {
 		t.Fatalf("count=%d, %v; want 1", n, err)
 	}
 }
+
+// TestWALRebuildDueIsLazy: when the marker says a rebuild is due (the
+// uploader invalidated the spool, a capture was lost) or the last
+// snapshot failed (a full spool disk), the next commit in WAL mode leaves the
+// rebuild to the persister, which reads the logical database in a read
+// transaction of its own: the commit returns while the rebuild is held
+// inside its first staged chunk, where a rebuild under the log's write
+// lock would hold the commit. A flush then finds every commit staged.
+func TestWALRebuildDueIsLazy(t *testing.T) {
+	for name, mark := range map[string]func(sp spool.Dir) error{
+		"invalidated": spool.Dir.Invalidate,
+		"failed": func(sp spool.Dir) error {
+			m, err := sp.Marker()
+			if err != nil {
+				return err
+			}
+			m.State, m.Err = spool.MarkerFailed, "test"
+			return sp.WriteMarker(m)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var armed atomic.Bool
+			inRebuild, release := make(chan struct{}), make(chan struct{})
+			vfs.SetFaultHook(func(op, path string) error {
+				if op == "create" && armed.CompareAndSwap(true, false) {
+					close(inRebuild)
+					<-release
+				}
+				return nil
+			})
+			vfs.ResetSpools()
+			t.Cleanup(func() {
+				vfs.SetFaultHook(nil)
+				vfs.ResetSpools()
+			})
+			tg, s := dirTarget(t)
+			e := replEnv(t, tg)
+			path, db := e.writer(t, "due.db", "_journal_mode=WAL")
+			mustExec(t, db, "CREATE TABLE t(v)")
+			mustExec(t, db, "INSERT INTO t VALUES (randomblob(300000))")
+			mustFlush(t, path)
+			if err := mark(spool.OpenDir(spoolDir(t, path))); err != nil {
+				t.Fatal(err)
+			}
+
+			armed.Store(true)
+			errc := make(chan error, 1)
+			go func() {
+				_, err := db.Exec("INSERT INTO t VALUES (randomblob(100000))")
+				errc <- err
+			}()
+			select {
+			case <-inRebuild:
+			case <-time.After(30 * time.Second):
+				close(release)
+				t.Fatal("no rebuild staged a chunk within 30 s of the commit")
+			}
+			select {
+			case err := <-errc:
+				if err != nil {
+					close(release)
+					t.Fatalf("commit=%v", err)
+				}
+			case <-time.After(10 * time.Second):
+				close(release)
+				t.Fatal("the commit waited for the rebuild: it rebuilt under the log's write lock")
+			}
+			close(release)
+			mustFlush(t, path)
+			checkLogicalReplica(t, s, path)
+		})
+	}
+}
