@@ -783,19 +783,15 @@ func TestWALKilledCarrier(t *testing.T) {
 	}
 }
 
-// TestWALLazyRebuildLetsWritersOn: when the persister finds that a
-// program without boule restarted the log, it rebuilds the snapshot from
-// the logical database in a read transaction of its own connection, not
-// under the log's write lock: a rebuild reads the whole database, and
-// boule's writers must not wait for it (with a short busy timeout, they
-// would fail). Their commits during the rebuild are staged after it, and
-// a flush waits for them.
-func TestWALLazyRebuildLetsWritersOn(t *testing.T) {
-	var armed atomic.Bool
-	inRebuild, release := make(chan struct{}), make(chan struct{})
+// holdFirstFile makes the spool, once armed, hold the first file it
+// creates until release is closed; entered is closed when it does. The
+// spools are reset, to take the hook, and again at the end of the test.
+func holdFirstFile(t testing.TB) (armed *atomic.Bool, entered, release chan struct{}) {
+	armed = new(atomic.Bool)
+	entered, release = make(chan struct{}), make(chan struct{})
 	vfs.SetFaultHook(func(op, path string) error {
 		if op == "create" && armed.CompareAndSwap(true, false) {
-			close(inRebuild)
+			close(entered)
 			<-release
 		}
 		return nil
@@ -805,6 +801,18 @@ func TestWALLazyRebuildLetsWritersOn(t *testing.T) {
 		vfs.SetFaultHook(nil)
 		vfs.ResetSpools()
 	})
+	return armed, entered, release
+}
+
+// TestWALLazyRebuildLetsWritersOn: when the persister finds that a
+// program without boule restarted the log, it rebuilds the snapshot from
+// the logical database in a read transaction of its own connection, not
+// under the log's write lock: a rebuild reads the whole database, and
+// boule's writers must not wait for it (with a short busy timeout, they
+// would fail). Their commits during the rebuild are staged after it, and
+// a flush waits for them.
+func TestWALLazyRebuildLetsWritersOn(t *testing.T) {
+	armed, inRebuild, release := holdFirstFile(t)
 	tg, s := dirTarget(t)
 	e := replEnv(t, tg)
 	path, db := e.writer(t, "rebuild.db", "_journal_mode=WAL")
@@ -864,20 +872,7 @@ func TestWALRebuildDueIsLazy(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			var armed atomic.Bool
-			inRebuild, release := make(chan struct{}), make(chan struct{})
-			vfs.SetFaultHook(func(op, path string) error {
-				if op == "create" && armed.CompareAndSwap(true, false) {
-					close(inRebuild)
-					<-release
-				}
-				return nil
-			})
-			vfs.ResetSpools()
-			t.Cleanup(func() {
-				vfs.SetFaultHook(nil)
-				vfs.ResetSpools()
-			})
+			armed, inRebuild, release := holdFirstFile(t)
 			tg, s := dirTarget(t)
 			e := replEnv(t, tg)
 			path, db := e.writer(t, "due.db", "_journal_mode=WAL")
