@@ -804,6 +804,19 @@ func holdFirstFile(t testing.TB) (armed *atomic.Bool, entered, release chan stru
 	return armed, entered, release
 }
 
+// flushedWAL makes a database in WAL mode, replicated to a dir store,
+// with a 300 KB row, flushed.
+func flushedWAL(t testing.TB, name string) (string, *sql.DB, store.Store) {
+	t.Helper()
+	tg, s := dirTarget(t)
+	e := replEnv(t, tg)
+	path, db := e.writer(t, name, "_journal_mode=WAL")
+	mustExec(t, db, "CREATE TABLE t(v)")
+	mustExec(t, db, "INSERT INTO t VALUES (randomblob(300000))")
+	mustFlush(t, path)
+	return path, db, s
+}
+
 // TestWALLazyRebuildLetsWritersOn: when the persister finds that a
 // program without boule restarted the log, it rebuilds the snapshot from
 // the logical database in a read transaction of its own connection, not
@@ -813,12 +826,7 @@ func holdFirstFile(t testing.TB) (armed *atomic.Bool, entered, release chan stru
 // a flush waits for them.
 func TestWALLazyRebuildLetsWritersOn(t *testing.T) {
 	armed, inRebuild, release := holdFirstFile(t)
-	tg, s := dirTarget(t)
-	e := replEnv(t, tg)
-	path, db := e.writer(t, "rebuild.db", "_journal_mode=WAL")
-	mustExec(t, db, "CREATE TABLE t(v)")
-	mustExec(t, db, "INSERT INTO t VALUES (randomblob(300000))")
-	mustFlush(t, path)
+	path, db, s := flushedWAL(t, "rebuild.db")
 
 	// A plain connection checkpoints and restarts the log: the next
 	// lazy read of boule's commits finds a log it cannot follow.
@@ -873,12 +881,7 @@ func TestWALRebuildDueIsLazy(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			armed, inRebuild, release := holdFirstFile(t)
-			tg, s := dirTarget(t)
-			e := replEnv(t, tg)
-			path, db := e.writer(t, "due.db", "_journal_mode=WAL")
-			mustExec(t, db, "CREATE TABLE t(v)")
-			mustExec(t, db, "INSERT INTO t VALUES (randomblob(300000))")
-			mustFlush(t, path)
+			path, db, s := flushedWAL(t, "due.db")
 			if err := mark(spool.OpenDir(spoolDir(t, path))); err != nil {
 				t.Fatal(err)
 			}

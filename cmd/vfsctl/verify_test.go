@@ -69,18 +69,15 @@ func TestPlanVerify(t *testing.T) {
 	}
 }
 
-// reportManifest has five stored places, each of one chunk: b, c and d
-// in pack 0xf0 (c twice, at one place), e in pack 0xf1 (twice), and a.
+// reportManifest is planManifest with one stored place per chunk: c's
+// second member at its first one's place, and e's second occurrence in
+// its pack too. Its five places: b, c and d in pack 0xf0, e in pack
+// 0xf1, and a.
 func reportManifest() *manifest.Manifest {
-	p, q := fp(0xf0), fp(0xf1)
-	return &manifest.Manifest{
-		Chunks: []manifest.Fingerprint{fp('a'), fp('b'), fp('c'), fp('b'), fp('d'), fp('e'), fp('c'), fp('a'), fp('e')},
-		Inline: map[uint32][]byte{0: []byte("a")},
-		Packs: []manifest.Pack{
-			{ID: p, Members: []manifest.PackMember{{Index: 2, Offset: 0, Length: 10}, {Index: 4, Offset: 10, Length: 20}, {Index: 6, Offset: 0, Length: 10}}},
-			{ID: q, Members: []manifest.PackMember{{Index: 5, Offset: 0, Length: 7}, {Index: 8, Offset: 0, Length: 7}}},
-		},
-	}
+	m := planManifest()
+	m.Packs[0].Members[2].Offset = 0
+	m.Packs[1].Members = append(m.Packs[1].Members, manifest.PackMember{Index: 8, Offset: 0, Length: 7})
+	return m
 }
 
 // TestVerifyReport: what each target said of each chunk is classified
