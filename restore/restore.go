@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -42,8 +43,15 @@ type Options struct {
 
 // Restore writes the database that m describes to w, in order, fetching up
 // to opts.Concurrency chunks at once from the first of stores that has
-// each, every one verified against its fingerprint. Identical chunks are
-// fetched once.
+// each, every one verified against its fingerprint. Identical chunks
+// within the window of chunks in flight are fetched once, and so are
+// those that keep repeating (a few recent ones are kept; see hotChunks).
+//
+// Beyond m itself, what it holds is bounded whatever the database size:
+// the window of segments in flight, the packs later segments still need
+// (restorePackMemory), the repeated chunks it keeps, and, for a manifest
+// with packs, m's PackIndex (four bytes a chunk). It allocates nothing
+// per chunk but what the stores return for it.
 func Write(ctx context.Context, stores []store.Store, m *manifest.Manifest, w io.Writer, opts Options) error {
 	conc := opts.Concurrency
 	if conc <= 0 {
@@ -59,39 +67,33 @@ func Write(ctx context.Context, stores []store.Store, m *manifest.Manifest, w io
 	}()
 
 	// The work is in segments: a chunk, or a run of chunks from one pack,
-	// which is fetched once. The feeder hands each segment to the workers
-	// and, in file order, to the writer through a queue of conc+4 slots:
-	// fetching runs at most that far ahead of writing, so memory stays
-	// near conc+4 segments (4 MiB each at most, with the default packs)
-	// whatever the database size.
-	type slot struct {
-		seg  segment
-		data [][]byte
-		err  error
-		done chan struct{} // fetched
-	}
+	// which is fetched once. The feeder cuts them one at a time, in file
+	// order, from the pack index, and hands each to the workers and to
+	// the writer in a slot; there are window slots, reused: fetching runs
+	// at most that far ahead of writing, so memory stays near window
+	// segments (4 MiB each at most, with the default packs) whatever the
+	// database size.
 	window := conc + 4
+	free := make(chan *slot, window)
+	for range window {
+		free <- &slot{data: make([][]byte, maxSegment), done: make(chan struct{}, 1)}
+	}
 	ordered := make(chan *slot, window)
 	work := make(chan *slot)
-	dedup := newChunkDedup()
-	refs := m.PackRefs()
-	segs := segments(m, refs)
-	shared := newPackShare(segs, refs, restorePackMemory)
+	x := m.PackIndex()
+	dedup := newChunkDedup(m, x)
+	shared := newPackShare(restorePackMemory)
 	for range conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for s := range work {
-				if s.seg.packed {
-					s.data, s.err = fetchSegment(ctx, stores, m, refs, s.seg, shared)
+				if s.seg.pack >= 0 {
+					s.err = fetchSegment(ctx, stores, m, x, s.seg, shared, s.data[:s.seg.n])
 				} else {
-					var d []byte
-					d, s.err = dedup.fetch(ctx, m.Chunks[s.seg.first], func() ([]byte, error) {
-						return store.FetchChunkRefs(ctx, stores, m, refs, s.seg.first, nil)
-					})
-					s.data = [][]byte{d}
+					s.data[0], s.err = store.FetchChunkRefs(ctx, stores, m, nil, s.seg.first, nil)
 				}
-				close(s.done)
+				s.done <- struct{}{} // never blocks: a slot is fetched once at a time
 			}
 		}()
 	}
@@ -100,12 +102,37 @@ func Write(ctx context.Context, stores []store.Store, m *manifest.Manifest, w io
 		defer wg.Done()
 		defer close(work)
 		defer close(ordered)
-		for _, seg := range segs {
-			s := &slot{seg: seg, done: make(chan struct{})}
+		cut := segmenter{m: m, x: x}
+		for {
+			seg, ok := cut.next()
+			if !ok {
+				return
+			}
+			var s *slot
 			select {
-			case ordered <- s: // blocks while the writer is window segments behind
+			case s = <-free: // waits while the writer is window segments behind
 			case <-ctx.Done():
 				return
+			}
+			s.seg, s.dup, s.entry, s.err = seg, false, nil, nil
+			fetch := true
+			switch {
+			case seg.pack >= 0:
+				shared.add(seg.pack, seg.last)
+			case m.Inline[uint32(seg.first)] != nil:
+				fetch = false
+			default:
+				s.entry, s.dup = dedup.claim(m.Chunks[seg.first])
+				fetch = !s.dup
+			}
+			s.fetch = fetch
+			select {
+			case ordered <- s:
+			case <-ctx.Done():
+				return
+			}
+			if !fetch {
+				continue
 			}
 			select {
 			case work <- s:
@@ -116,25 +143,49 @@ func Write(ctx context.Context, stores []store.Store, m *manifest.Manifest, w io
 	}()
 
 	var written int64
+	write := func(d []byte) error {
+		if _, err := w.Write(d); err != nil {
+			return fmt.Errorf("restore: write: %w", err)
+		}
+		written += int64(len(d))
+		return nil
+	}
 	for s := range ordered {
-		select {
-		case <-s.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if s.err != nil {
-			return s.err
-		}
-		for _, d := range s.data {
-			if _, err := w.Write(d); err != nil {
-				return fmt.Errorf("restore: write: %w", err)
+		if s.fetch {
+			select {
+			case <-s.done:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-			written += int64(len(d))
+			if s.err != nil {
+				return s.err
+			}
 		}
-		if !s.seg.packed {
-			dedup.done(m.Chunks[s.seg.first])
+		switch {
+		case s.seg.pack >= 0:
+			for k, d := range s.data[:s.seg.n] {
+				if err := write(d); err != nil {
+					return err
+				}
+				s.data[k] = nil
+			}
+		case s.entry == nil: // inline
+			if err := write(m.Inline[uint32(s.seg.first)]); err != nil {
+				return err
+			}
+		default:
+			d := s.data[0]
+			if s.dup {
+				d = dedup.bytes(s.entry)
+			}
+			if err := write(d); err != nil {
+				return err
+			}
+			dedup.release(s.entry, d, s.dup)
+			s.data[0] = nil
 		}
-		s.data = nil
+		s.entry = nil
+		free <- s // never blocks: there are window slots
 		if opts.Progress != nil {
 			opts.Progress(written, m.Size)
 		}
@@ -148,81 +199,115 @@ func Write(ctx context.Context, stores []store.Store, m *manifest.Manifest, w io
 	return nil
 }
 
+// A slot carries a segment from the feeder to a worker and to the
+// writer, and is reused for another once written.
+type slot struct {
+	seg   segment
+	fetch bool      // handed to a worker; done says when it is fetched
+	dup   bool      // a repeat: its bytes are entry's
+	entry *dupEntry // for a chunk in no pack and not inline
+	data  [][]byte  // the segment's chunks; maxSegment long
+	err   error
+	done  chan struct{} // fetched; one slot of buffer
+}
+
 // A segment is chunks first to first+n-1 of a manifest: one chunk, or a
 // run of chunks in one pack.
 type segment struct {
 	first, n int
-	packed   bool
+	pack     int  // index in the manifest's Packs, or -1 for none
+	last     bool // the last segment that reads from pack
 }
 
 // maxSegment bounds the chunks of a segment.
 const maxSegment = 64
 
-// segments cuts m's chunks into segments, in file order.
-func segments(m *manifest.Manifest, refs map[uint32]manifest.PackRef) []segment {
-	var out []segment
-	for i := 0; i < len(m.Chunks); {
-		ref, packed := refs[uint32(i)]
-		j := i + 1
-		if packed {
-			for j < len(m.Chunks) && j-i < maxSegment {
-				if r, ok := refs[uint32(j)]; !ok || r.ID != ref.ID {
-					break
-				}
-				j++
-			}
-		}
-		out = append(out, segment{first: i, n: j - i, packed: packed})
-		i = j
+// segmenter cuts a manifest's chunks into segments, in file order, one
+// at a time.
+type segmenter struct {
+	m     *manifest.Manifest
+	x     *manifest.PackIndex // m's
+	next0 int                 // the first chunk of the next segment
+}
+
+// next returns the next segment, and false after the last.
+func (c *segmenter) next() (segment, bool) {
+	n := len(c.m.Chunks)
+	i := c.next0
+	if i >= n {
+		return segment{}, false
 	}
-	return out
+	k, packed := c.x.Pack(i)
+	j := i + 1
+	if packed {
+		for j < n && j-i < maxSegment {
+			if k2, ok := c.x.Pack(j); !ok || k2 != k {
+				break
+			}
+			j++
+		}
+	}
+	c.next0 = j
+	seg := segment{first: i, n: j - i, pack: -1}
+	if packed {
+		mb := c.m.Packs[k].Members
+		seg.pack, seg.last = k, int(mb[len(mb)-1].Index) < j
+	}
+	return seg, true
 }
 
 // fetchSegment gets the pack of a packed segment through shared and
-// returns its chunks, each verified; a chunk the pack does not yield is
-// looked for chunk by chunk, caches first.
-func fetchSegment(ctx context.Context, stores []store.Store, m *manifest.Manifest, refs map[uint32]manifest.PackRef, seg segment, shared *packShare) ([][]byte, error) {
-	id := refs[uint32(seg.first)].ID
-	pack, perr := shared.get(ctx, id, func() ([]byte, error) { return store.FetchPack(ctx, stores, id) })
-	defer shared.done(id)
-	out := make([][]byte, seg.n)
+// puts its chunks in out, each verified; a chunk the pack does not yield
+// is looked for chunk by chunk, caches first.
+func fetchSegment(ctx context.Context, stores []store.Store, m *manifest.Manifest, x *manifest.PackIndex, seg segment, shared *packShare, out [][]byte) error {
+	id := m.Packs[seg.pack].ID
+	pack, perr := shared.get(ctx, seg.pack, func() ([]byte, error) { return store.FetchPack(ctx, stores, id) })
+	defer shared.done(seg.pack)
 	for k := range out {
 		i := seg.first + k
+		ref, _ := x.Ref(i)
 		if perr == nil {
-			d, err := store.DecodePackMember(pack, refs[uint32(i)], m.Chunks[i])
+			d, err := store.DecodePackMember(pack, ref, m.Chunks[i])
 			if err == nil && len(d) == manifest.ChunkLen(m.Size, i) {
 				out[k] = d
 				continue
 			}
 		}
-		d, err := store.FetchChunkRefs(ctx, stores, m, refs, i, nil)
+		d, err := store.FetchChunkRefs(ctx, stores, m, map[uint32]manifest.PackRef{uint32(i): ref}, i, nil)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		out[k] = d
 	}
-	return out, nil
+	return nil
 }
 
 // restorePackMemory bounds the packs a restore keeps for the segments
 // still to come.
 const restorePackMemory = 128 << 20
 
+// shareEntryCost is what a kept pack counts for beyond its bytes, so that
+// restorePackMemory bounds the entries of tiny packs too.
+const shareEntryCost = 256
+
 // packShare fetches a pack once for all the segments that read from it:
 // a pack whose chunks were replaced here and there since it was uploaded
 // is cut into several segments. It keeps a pack until its last segment is
-// done, within a memory bound; past it, a later segment fetches again.
+// done, within a memory bound; past it, a later segment fetches again. It
+// has entries only for the packs of the segments in flight and the packs
+// it keeps, by index in the manifest's Packs.
 type packShare struct {
 	mu      sync.Mutex
-	entries map[manifest.Fingerprint]*shareEntry
+	entries map[int]*shareEntry
 	kept    int
 	limit   int
 }
 
 type shareEntry struct {
-	left int     // segments still to read from the pack
-	f    *flight // nil until fetched, or again once let go
-	kept bool    // f's bytes count in packShare.kept
+	pending int     // segments handed out and not done
+	final   bool    // the pack's last segment has been handed out
+	f       *flight // nil until fetched, or again once let go
+	kept    bool    // f's bytes count in packShare.kept
 }
 
 // flight is a fetch that other readers of the same bytes wait for: data
@@ -246,27 +331,28 @@ func (f *flight) wait(ctx context.Context) ([]byte, error) {
 	}
 }
 
-func newPackShare(segs []segment, refs map[uint32]manifest.PackRef, limit int) *packShare {
-	p := &packShare{entries: map[manifest.Fingerprint]*shareEntry{}, limit: limit}
-	for _, s := range segs {
-		if !s.packed {
-			continue
-		}
-		id := refs[uint32(s.first)].ID
-		e := p.entries[id]
-		if e == nil {
-			e = &shareEntry{}
-			p.entries[id] = e
-		}
-		e.left++
-	}
-	return p
+func newPackShare(limit int) *packShare {
+	return &packShare{entries: map[int]*shareEntry{}, limit: limit}
 }
 
-// get returns pack id, fetched by fetch unless it is kept or on its way.
-func (p *packShare) get(ctx context.Context, id manifest.Fingerprint, fetch func() ([]byte, error)) ([]byte, error) {
+// add notes, in file order, that a segment reading pack k is handed out,
+// and whether it is the pack's last.
+func (p *packShare) add(k int, last bool) {
 	p.mu.Lock()
-	e := p.entries[id]
+	defer p.mu.Unlock()
+	e := p.entries[k]
+	if e == nil {
+		e = &shareEntry{}
+		p.entries[k] = e
+	}
+	e.pending++
+	e.final = e.final || last
+}
+
+// get returns pack k, fetched by fetch unless it is kept or on its way.
+func (p *packShare) get(ctx context.Context, k int, fetch func() ([]byte, error)) ([]byte, error) {
+	p.mu.Lock()
+	e := p.entries[k]
 	if f := e.f; f != nil {
 		p.mu.Unlock()
 		return f.wait(ctx)
@@ -276,80 +362,186 @@ func (p *packShare) get(ctx context.Context, id manifest.Fingerprint, fetch func
 	p.mu.Unlock()
 	f.data, f.err = fetch()
 	p.mu.Lock()
-	if f.err == nil && e.left > 1 && e.f == f && p.kept+len(f.data) <= p.limit {
+	more := !e.final || e.pending > 1 // segments still to read from it
+	if cost := len(f.data) + shareEntryCost; f.err == nil && more && e.f == f && p.kept+cost <= p.limit {
 		e.kept = true
-		p.kept += len(f.data)
+		p.kept += cost
 	}
 	p.mu.Unlock()
 	close(f.done)
 	return f.data, f.err
 }
 
-// done notes that a segment of pack id has its chunks. The pack is let
-// go after its last segment, at once if it is not kept or failed; a later
+// done notes that a segment of pack k has its chunks. The pack is let go
+// after its last segment, at once if it is not kept or failed; a later
 // segment then fetches it again.
-func (p *packShare) done(id manifest.Fingerprint) {
+func (p *packShare) done(k int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	e := p.entries[id]
-	e.left--
-	f := e.f
-	if f == nil {
-		return
+	e := p.entries[k]
+	e.pending--
+	if f := e.f; f != nil {
+		select {
+		case <-f.done:
+		default:
+			return // on its way for another segment
+		}
+		if e.kept && f.err == nil && (e.pending > 0 || !e.final) {
+			return
+		}
+		if e.kept {
+			p.kept -= len(f.data) + shareEntryCost
+		}
+		e.f, e.kept = nil, false
 	}
-	select {
-	case <-f.done:
-	default:
-		return // on its way for another segment
+	if e.pending == 0 {
+		delete(p.entries, k)
 	}
-	if e.left > 0 && e.kept && f.err == nil {
-		return
-	}
-	if e.kept {
-		p.kept -= len(f.data)
-	}
-	e.f, e.kept = nil, false
 }
 
-// chunkDedup fetches each fingerprint once while it is in the window.
+// hotChunks is how many chunks that repeat a restore keeps the bytes of
+// once no segment in flight reads them, so that a chunk that keeps coming
+// back (zeroed pages, say) is fetched once rather than once per window it
+// appears in.
+const hotChunks = 16
+
+// maxRepeatBits bounds the bits of each of the two bit sets that tell
+// the fingerprints that repeat: 1 MiB each.
+const maxRepeatBits = 1 << 23
+
+// chunkDedup fetches each fingerprint once while it is in the window, and
+// keeps the bytes of the hotChunks repeating ones used last. The feeder
+// claims a fingerprint for each chunk in no pack, in file order; the
+// writer releases it once the chunk is written, in the same order, so
+// the first claim of a fingerprint is written, with the bytes the others
+// read, before them.
+//
+// Which fingerprints repeat, it tells from two bit sets of a bounded
+// size, filled in a pass over the manifest: a fingerprint's bit in once,
+// then, seen again, in twice. Many distinct chunks share a bit: a chunk
+// taken for a repeating one is only kept for nothing, a while.
 type chunkDedup struct {
-	mu sync.Mutex
-	m  map[manifest.Fingerprint]*dedupEntry
+	mu    sync.Mutex
+	table map[manifest.Fingerprint]*dupEntry // in the window, or hot
+	free  []*dupEntry
+	hot   int // idle entries kept for their bytes
+	tick  uint64
+	twice []uint64 // the bits of the fingerprints seen twice or more
+	mask  uint32   // of a fingerprint's bit number
 }
 
-type dedupEntry struct {
-	users int
-	*flight
+type dupEntry struct {
+	fp       manifest.Fingerprint
+	data     []byte // once the first claim is written
+	refs     int    // claims not yet released
+	repeated bool   // claimed twice or more, or may be
+	used     uint64 // tick of the last release
 }
 
-func newChunkDedup() *chunkDedup { return &chunkDedup{m: map[manifest.Fingerprint]*dedupEntry{}} }
-
-func (d *chunkDedup) fetch(ctx context.Context, fp manifest.Fingerprint, f func() ([]byte, error)) ([]byte, error) {
-	d.mu.Lock()
-	e, ok := d.m[fp]
-	if ok {
-		e.users++
-		d.mu.Unlock()
-		return e.wait(ctx)
+// newChunkDedup returns the chunkDedup of m's chunks in no pack and not
+// inline.
+func newChunkDedup(m *manifest.Manifest, x *manifest.PackIndex) *chunkDedup {
+	bits := 64
+	for bits < 4*len(m.Chunks) && bits < maxRepeatBits {
+		bits *= 2
 	}
-	e = &dedupEntry{users: 1, flight: newFlight()}
-	d.m[fp] = e
-	d.mu.Unlock()
-	e.data, e.err = f()
-	close(e.done)
-	return e.data, e.err
+	d := &chunkDedup{table: map[manifest.Fingerprint]*dupEntry{}, twice: make([]uint64, bits/64), mask: uint32(bits - 1)}
+	once := make([]uint64, bits/64)
+	for i := range m.Chunks {
+		if _, packed := x.Pack(i); packed {
+			continue
+		}
+		if _, inline := m.Inline[uint32(i)]; inline {
+			continue
+		}
+		b := d.bit(m.Chunks[i])
+		w, bit := b/64, uint64(1)<<(b%64)
+		if once[w]&bit != 0 {
+			d.twice[w] |= bit
+		}
+		once[w] |= bit
+	}
+	return d
 }
 
-// done forgets fp once every chunk that shares it has been written.
-func (d *chunkDedup) done(fp manifest.Fingerprint) {
+// bit returns fp's bit number in the bit sets.
+func (d *chunkDedup) bit(fp manifest.Fingerprint) uint32 {
+	return binary.LittleEndian.Uint32(fp[:4]) & d.mask
+}
+
+// repeats reports whether fp may be the fingerprint of several chunks.
+func (d *chunkDedup) repeats(fp manifest.Fingerprint) bool {
+	b := d.bit(fp)
+	return d.twice[b/64]&(1<<(b%64)) != 0
+}
+
+// claim returns the entry of fp and whether it had one already: then the
+// chunk is not fetched, but written with the entry's bytes.
+func (d *chunkDedup) claim(fp manifest.Fingerprint) (*dupEntry, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if e, ok := d.m[fp]; ok {
-		e.users--
-		if e.users <= 0 {
-			delete(d.m, fp)
+	if e, ok := d.table[fp]; ok {
+		if e.refs == 0 {
+			d.hot--
 		}
+		e.refs++
+		e.repeated = true
+		return e, true
 	}
+	var e *dupEntry
+	if n := len(d.free); n > 0 {
+		e, d.free = d.free[n-1], d.free[:n-1]
+	} else {
+		e = new(dupEntry)
+	}
+	*e = dupEntry{fp: fp, refs: 1, repeated: d.repeats(fp)}
+	d.table[fp] = e
+	return e, false
+}
+
+// bytes returns the bytes of e's chunk, written already.
+func (d *chunkDedup) bytes(e *dupEntry) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return e.data
+}
+
+// release notes that a claim of e is written, with data. An entry no
+// claim holds is forgotten, unless it repeated: then it is kept, with the
+// hotChunks-1 others used last.
+func (d *chunkDedup) release(e *dupEntry, data []byte, dup bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !dup {
+		e.data = data
+	}
+	d.tick++
+	e.used = d.tick
+	e.refs--
+	if e.refs > 0 {
+		return
+	}
+	if !e.repeated {
+		d.drop(e)
+		return
+	}
+	d.hot++
+	for d.hot > hotChunks {
+		var lru *dupEntry
+		for _, c := range d.table {
+			if c.refs == 0 && (lru == nil || c.used < lru.used) {
+				lru = c
+			}
+		}
+		d.drop(lru)
+		d.hot--
+	}
+}
+
+func (d *chunkDedup) drop(e *dupEntry) {
+	delete(d.table, e.fp)
+	*e = dupEntry{}
+	d.free = append(d.free, e)
 }
 
 // ErrNotRegularFile is returned by RestoreFile when something other than a
@@ -676,9 +868,14 @@ func ManifestAt(ctx context.Context, stores []store.Store, key string, at time.T
 // Reassemble writes the database that m describes to w, chunk by chunk,
 // each verified against its fingerprint.
 func Reassemble(ctx context.Context, stores []store.Store, m *manifest.Manifest, w io.Writer) error {
-	refs := m.PackRefs()
+	x := m.PackIndex()
+	refs := map[uint32]manifest.PackRef{} // chunk i's, if packed
 	var last store.PackMemo
 	for i := range m.Chunks {
+		clear(refs)
+		if ref, ok := x.Ref(i); ok {
+			refs[uint32(i)] = ref
+		}
 		data, err := store.FetchChunkRefs(ctx, stores, m, refs, i, &last)
 		if err != nil {
 			return err

@@ -256,7 +256,7 @@ func TestRestoreFragmentedPack(t *testing.T) {
 	if err := m.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(segments(m, m.PackRefs())); n != 6 {
+	if n := len(segments(m)); n != 6 {
 		t.Fatalf("%d segments, want 6 (chunk 0, then P, Q, P, Q, P)", n)
 	}
 	for _, conc := range []int{1, 4} {

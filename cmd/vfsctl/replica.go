@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -9,8 +11,10 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -285,39 +289,74 @@ func cmdManifestName(ctx context.Context, g *globals, args []string) error {
 	return nil
 }
 
-// manifestJSON is vfsctl manifest --json.
+// manifestJSON is vfsctl manifest --json, which writeManifestJSON
+// streams.
 type manifestJSON struct {
-	Key           string   `json:"key,omitempty"`
-	Hostname      string   `json:"hostname"`
-	SourcePath    string   `json:"source_path"`
-	Generator     string   `json:"generator"`
-	Size          int64    `json:"size"`
-	PageSize      uint32   `json:"page_size"`
-	ChangeCounter uint32   `json:"change_counter"`
-	VersionID     string   `json:"version_id"`
-	SourceCtime   string   `json:"source_ctime"`
-	Created       string   `json:"created"`
-	Chunks        []string `json:"chunks"`
-	Inline        []uint32 `json:"inline_chunks"`
+	manifestHeadJSON
+	Chunks []string `json:"chunks"`
+	Inline []uint32 `json:"inline_chunks"`
 }
 
-func describeManifest(key string, m *manifest.Manifest) manifestJSON {
-	j := manifestJSON{
+// manifestHeadJSON is the fields of manifestJSON before the chunks.
+type manifestHeadJSON struct {
+	Key           string `json:"key,omitempty"`
+	Hostname      string `json:"hostname"`
+	SourcePath    string `json:"source_path"`
+	Generator     string `json:"generator"`
+	Size          int64  `json:"size"`
+	PageSize      uint32 `json:"page_size"`
+	ChangeCounter uint32 `json:"change_counter"`
+	VersionID     string `json:"version_id"`
+	SourceCtime   string `json:"source_ctime"`
+	Created       string `json:"created"`
+}
+
+// writeManifestJSON writes m as indented JSON to w, as json.MarshalIndent
+// with "  " would the header fields followed by "chunks", the
+// fingerprints in hex, and "inline_chunks", the indexes of the inline
+// chunks, in increasing order. It streams the chunks: what it holds does
+// not grow with them.
+func writeManifestJSON(w io.Writer, key string, m *manifest.Manifest) error {
+	head, err := json.MarshalIndent(manifestHeadJSON{
 		Key: key, Hostname: m.Hostname, SourcePath: m.SourcePath, Generator: m.Generator,
 		Size: m.Size, PageSize: m.PageSize, ChangeCounter: m.ChangeCounter,
 		VersionID:   fmt.Sprintf("%x", m.VersionID),
 		SourceCtime: m.SourceCtime.UTC().Format(time.RFC3339Nano),
 		Created:     m.Created.UTC().Format(time.RFC3339Nano),
-		Chunks:      make([]string, len(m.Chunks)),
-		Inline:      []uint32{},
+	}, "", "  ")
+	if err != nil {
+		return err
 	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.Write(head[:len(head)-len("\n}")])
+	bw.WriteString(",\n  \"chunks\": [")
+	var line [len("\n    \"\",") + 2*manifest.FingerprintSize]byte
 	for i, fp := range m.Chunks {
-		j.Chunks[i] = fp.String()
+		b := append(line[:0], "\n    \""...)
+		b = hex.AppendEncode(b, fp[:])
+		b = append(b, '"')
+		if i < len(m.Chunks)-1 {
+			b = append(b, ',')
+		}
+		bw.Write(b)
 	}
-	for k := range m.Inline {
-		j.Inline = append(j.Inline, k)
+	if len(m.Chunks) > 0 {
+		bw.WriteString("\n  ")
 	}
-	return j
+	bw.WriteString("],\n  \"inline_chunks\": [")
+	inline := slices.Sorted(maps.Keys(m.Inline))
+	for i, k := range inline {
+		bw.WriteString("\n    ")
+		bw.WriteString(strconv.FormatUint(uint64(k), 10))
+		if i < len(inline)-1 {
+			bw.WriteByte(',')
+		}
+	}
+	if len(inline) > 0 {
+		bw.WriteString("\n  ")
+	}
+	bw.WriteString("]\n}\n")
+	return bw.Flush()
 }
 
 func cmdManifest(ctx context.Context, g *globals, args []string) error {
@@ -342,41 +381,44 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	if v, err := manifest.FormatVersion(data); err == nil && v != 1 {
-		// A head is of no use without its base: write the manifest it
-		// stands for, whole, as format v1, which reads alone.
-		if data, err = m.MarshalBinary(); err != nil {
-			return err
-		}
-	}
+	var write func(w io.Writer) error
 	if asJSON {
-		if data, err = json.MarshalIndent(describeManifest(src.key, m), "", "  "); err != nil {
+		data = nil // streamed from m, which is all it needs
+		write = func(w io.Writer) error { return writeManifestJSON(w, src.key, m) }
+	} else {
+		if v, err := manifest.FormatVersion(data); err == nil && v != 1 {
+			// A head is of no use without its base: write the manifest it
+			// stands for, whole, as format v1, which reads alone.
+			if data, err = m.MarshalBinary(); err != nil {
+				return err
+			}
+		}
+		write = func(w io.Writer) error {
+			_, err := w.Write(data)
 			return err
 		}
-		data = append(data, '\n')
 	}
 	if out == "" || out == "-" {
 		if !asJSON && isTerminal(g.stdout) {
 			return usagef("refusing to write a binary manifest to a terminal; use --out FILE, a pipe, or --json")
 		}
-		_, err = g.stdout.Write(data)
-		return err
+		return write(g.stdout)
 	}
 	// The manifest holds the first chunk of the database inline: it is
 	// as private as the database.
-	return writeFileAtomic(out, data, outPerm(src, m))
+	return writeFileAtomic(out, outPerm(src, m), write)
 }
 
-// writeFileAtomic writes data to a temp file next to path, created with
-// permission bits perm less the umask, and renames it over path, unless
-// something other than a regular file is there.
-func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
+// writeFileAtomic writes, with write, a temp file next to path, created
+// with permission bits perm less the umask, and renames it over path,
+// unless something other than a regular file is there.
+func writeFileAtomic(path string, perm fs.FileMode, write func(w io.Writer) error) error {
 	tmp, err := fsutil.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".", perm)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
+	if err := write(tmp); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -401,21 +443,38 @@ type versionJSON struct {
 	Error   string `json:"error,omitempty"`
 }
 
+// versionMemory bounds what ls-versions holds of the versions it reads at
+// once, as far as the first tells: as many as fit, up to 8, each read
+// and decoded whole (the manifest and its decoding).
+const versionMemory = 256 << 20
+
 // versionCreated reads the creation time of each version in vs of the
-// manifest under key in s, a few at once, into out.
+// manifest under key in s into out: the first alone, then the others a
+// few at once, as many as versionMemory holds of the first's size, one
+// at a time when it is larger.
 func versionCreated(ctx context.Context, s store.Store, key string, vs []store.Version, out []versionJSON) {
 	var bases store.BaseMemo // versions share their bases
-	fanout.Each(8, len(vs), func(i int) bool {
+	read := func(i int) int64 {
 		b, err := s.GetManifestVersion(ctx, key, vs[i].ID)
+		size := int64(len(b))
 		var m *manifest.Manifest
 		if err == nil {
 			m, err = store.DecodeManifest(ctx, s, b, &bases)
 		}
 		if err != nil {
 			out[i].Error = err.Error()
-		} else {
-			out[i].Created = m.Created.UTC().Format(time.RFC3339Nano)
+			return size
 		}
+		out[i].Created = m.Created.UTC().Format(time.RFC3339Nano)
+		return size + int64(len(m.Chunks))*manifest.FingerprintSize
+	}
+	if len(vs) == 0 {
+		return
+	}
+	size := read(0)
+	n := int(min(8, max(1, versionMemory/max(size, 1))))
+	fanout.Each(n, len(vs)-1, func(i int) bool {
+		read(i + 1)
 		return true
 	})
 }
