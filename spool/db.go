@@ -812,8 +812,8 @@ func (d *DB) ctlLocked() (*ctl, error) {
 	}
 	dm := dirMode(d.stageMode())
 	for _, p := range []string{d.dir, d.tmpDir()} {
-		if err := os.Mkdir(p, dm); err != nil && !errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("spool: create %s: %w", p, pathless(err))
+		if err := mkdirSpool(p, dm, d.path); err != nil {
+			return nil, err
 		}
 	}
 	c, err := openCtl(d.MarkerPath(), d.tmpDir(), d.stageMode())
@@ -880,8 +880,13 @@ func newCached(m *manifest.Manifest, id fileID, refs map[manifest.Fingerprint]in
 
 func (d *DB) ensureDirs(mode fs.FileMode) error {
 	if d.ensured {
-		if _, err := os.Lstat(d.StagingChunksDir()); err == nil {
-			return nil
+		// Still there, and still a directory, not a link put in its
+		// place since (a shared root's boot directory is sticky, but
+		// its owner may rename what others made in it).
+		if fi, err := os.Lstat(d.dir); err == nil && fi.IsDir() {
+			if _, err := os.Lstat(d.StagingChunksDir()); err == nil {
+				return nil
+			}
 		}
 		d.ensured = false
 	}
@@ -893,10 +898,9 @@ func (d *DB) ensureDirs(mode fs.FileMode) error {
 		if err := d.s.fault("mkdir", p); err != nil {
 			return fmt.Errorf("spool: create %s: %w", p, err)
 		}
-		if err := os.Mkdir(p, dm); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("spool: create %s: %w", p, err)
+		if err := mkdirSpool(p, dm, d.path); err != nil {
+			return err
 		}
-		_ = os.Chmod(p, dm) // umask-proof
 	}
 	src := filepath.Join(d.dir, sourceFile)
 	if b, err := fsutil.ReadFile(src); err != nil || string(b) != d.path {

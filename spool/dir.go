@@ -249,7 +249,7 @@ func (d Dir) TakeReady() error {
 	}
 	if len(snaps) > 0 {
 		consuming := d.join(consumingDir)
-		if err := os.Mkdir(consuming, 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
+		if err := os.Mkdir(consuming, dirMode(d.Perm())); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("spool: create %s: %w", consuming, err)
 		}
 		for _, s := range snaps {
@@ -825,7 +825,7 @@ func (d Dir) PutHandover(m *manifest.Manifest, chunks map[manifest.Fingerprint][
 // returning a nil unlock; otherwise it waits, until ctx is done.
 func (d Dir) LockUpload(ctx context.Context, wait bool) (unlock func(), err error) {
 	path := d.join(uploadLock)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o666)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, lockMode(d.path))
 	if err != nil {
 		return nil, fmt.Errorf("spool: open lock %s: %w", path, pathless(err))
 	}

@@ -192,8 +192,8 @@ func (s *Spool) Check() error {
 	if err := s.fault("mkdir", s.bootDir); err != nil {
 		return fmt.Errorf("spool: create %s: %w", s.bootDir, err)
 	}
-	if err := os.Mkdir(s.bootDir, 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("spool: create %s: %w", s.bootDir, err)
+	if err := checkBootDir(s.bootDir); err != nil {
+		return err
 	}
 	s.cleanOnce.Do(func() { go s.removeOldBoots() })
 	return nil
@@ -449,7 +449,7 @@ func checkRoot(root string) error {
 const LockFile = "spool.lock"
 
 func openLockFile(p string) (*os.File, error) {
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o666)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, lockMode(filepath.Dir(p)))
 	if err != nil {
 		return nil, fmt.Errorf("spool: open lock %s: %w", p, err)
 	}

@@ -1,0 +1,134 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/boule-vfs/boule/internal/fsutil"
+)
+
+// A spool root may be shared by users (a 1777 directory, as /tmp is), and
+// whatever another user can create in it, they can plant before a
+// writer does: a symbolic link where a database's directory goes, or a
+// directory of their own with a default ACL that lets them read what is
+// written in it. So a writer takes, as a spool directory, only a real
+// directory that it owns or that the database's owner owns (who may read
+// the data anyway), and changes the mode of its own directories only.
+
+// mkdirSpool makes the spool directory p with mode dm, or takes the one
+// there under the rules above; dbPath is the database whose data it is
+// to hold ("" for the boot directory: this user's only). An existing
+// directory of this user gets mode dm (umask-proof); one of the
+// database's owner is left as it is.
+func mkdirSpool(p string, dm fs.FileMode, dbPath string) error {
+	created := true
+	if err := os.Mkdir(p, dm); errors.Is(err, fs.ErrExist) {
+		created = false
+	} else if err != nil {
+		return fmt.Errorf("spool: create %s: %w", p, pathless(err))
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return fmt.Errorf("spool: create %s: %w", p, pathless(err))
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("spool: %s is %s, not a directory: refusing to spool through it (another user may have put it there)", p, fsutil.FileKind(fi.Mode()))
+	}
+	uid, ok := ownerOf(fi)
+	me := os.Geteuid()
+	if ok && uid != me {
+		if dbPath == "" || !ownedBy(dbPath, uid) {
+			return fmt.Errorf("spool: %s belongs to user %d, not to this user (%d) nor to the database's owner: refusing to spool into a directory another user controls", p, uid, me)
+		}
+		return nil
+	}
+	if created || fi.Mode()&(fs.ModePerm|fs.ModeSticky) != dm&(fs.ModePerm|fs.ModeSticky) {
+		// p is this user's own directory, checked without following a
+		// link: a chmod cannot reach anyone else's.
+		if err := os.Chmod(p, dm); err != nil {
+			return fmt.Errorf("spool: set the mode of %s: %w", p, pathless(err))
+		}
+	}
+	return nil
+}
+
+// ownerOf returns the user that owns fi.
+func ownerOf(fi fs.FileInfo) (int, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return int(st.Uid), true
+}
+
+// ownedBy reports whether the file at p belongs to user uid.
+func ownedBy(p string, uid int) bool {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return false
+	}
+	u, ok := ownerOf(fi)
+	return ok && u == uid
+}
+
+// lockMode is the mode of a database's lock files: those who may write
+// the database (read-write for its owner, and for group and others as
+// far as the database's mode has their write bit, as its txn marker
+// says) may open them, and no one else. flock(2) works on any open
+// descriptor: a lock file a reader could open is one a reader could hold,
+// and keep every writer of the database waiting.
+func lockMode(dir string) fs.FileMode {
+	fi, err := os.Lstat(filepath.Join(dir, markerFile))
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0o600
+	}
+	m := fi.Mode().Perm()
+	out := fs.FileMode(0o600)
+	if m&0o020 != 0 {
+		out |= 0o060
+	}
+	if m&0o002 != 0 {
+		out |= 0o006
+	}
+	return out
+}
+
+// checkBootDir makes the directory of this boot's state, or takes the one
+// there. Every user who writes under the spool root creates the
+// directories of their databases in it: it is as open as the root (umask
+// aside), and sticky when others may write it, so that no one can rename
+// or delete another user's directories (and plant a link in their place).
+// It must be a real directory; the first user to make it sets its mode.
+func checkBootDir(p string) error {
+	root, err := os.Stat(filepath.Dir(p))
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	mode := root.Mode().Perm()
+	if mode&0o022 != 0 {
+		mode |= fs.ModeSticky
+	}
+	created := true
+	if err := os.Mkdir(p, mode); errors.Is(err, fs.ErrExist) {
+		created = false
+	} else if err != nil {
+		return fmt.Errorf("spool: create %s: %w", p, pathless(err))
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return fmt.Errorf("spool: create %s: %w", p, pathless(err))
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("spool: %s is %s, not a directory: refusing to spool through it", p, fsutil.FileKind(fi.Mode()))
+	}
+	if uid, ok := ownerOf(fi); ok && uid == os.Geteuid() && (created || fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0) {
+		if err := os.Chmod(p, mode); err != nil {
+			return fmt.Errorf("spool: set the mode of %s: %w", p, pathless(err))
+		}
+	}
+	return nil
+}
