@@ -79,3 +79,52 @@ func TestSpoolLockModes(t *testing.T) {
 		}
 	}
 }
+
+// TestSpoolGroupOfCopies: the spool's copies of a group-readable database
+// get this process's group, not the database's: they keep the group's
+// read bits only when the two are the same group. A 0640 database of
+// another group had its chunks copied 0440 with the writer's group,
+// readable by users the database's group does not include.
+func TestSpoolGroupOfCopies(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		otherGID  bool
+		wantGroup fs.FileMode
+	}{
+		{"the database's group is this process's", false, 0o040},
+		{"another group", true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newTestDB(t, 3*cs)
+			gid := os.Getegid()
+			if tc.otherGID {
+				gid += 4242
+			}
+			if err := os.Chown(d.src.path, -1, gid); err != nil {
+				t.Skipf("chown to group %d: %v (needs root)", gid, err)
+			}
+			if err := os.Chmod(d.src.path, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			mustTxn(t, d.db, d.src, unchanged)
+			n := 0
+			err := filepath.WalkDir(d.db.Dir(), func(p string, e fs.DirEntry, err error) error {
+				if err != nil || !e.Type().IsRegular() || strings.HasSuffix(p, ".lock") {
+					return err
+				}
+				fi, err := e.Info()
+				if err != nil {
+					return err
+				}
+				n++
+				if got := fi.Mode().Perm() & 0o070; got != tc.wantGroup {
+					t.Errorf("%s: group bits %v, want %v", p, got, tc.wantGroup)
+				}
+				return nil
+			})
+			if err != nil || n == 0 {
+				t.Fatalf("walk the spool: %d files, %v", n, err)
+			}
+		})
+	}
+}

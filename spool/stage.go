@@ -22,7 +22,7 @@ func (d *DB) stageMode() fs.FileMode {
 		return d.mode
 	}
 	if st, err := os.Stat(d.path); err == nil {
-		return st.Mode().Perm()
+		return spoolPerm(st)
 	}
 	return 0o600
 }

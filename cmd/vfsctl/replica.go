@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -118,13 +119,20 @@ func isTerminal(w io.Writer) bool {
 
 // outPerm is the mode of a file written with --out from m, read for src:
 // a manifest records none, so the source database's permission bits when
-// it is on this host and src named it, and 0600 otherwise (a manifest
+// it is on this host and src named it (less the group's, unless its group
+// is this process's), and 0600 otherwise (a manifest
 // file, which may name any file of this host). Both are less the umask
 // when the file is created.
 func outPerm(src source, m *manifest.Manifest) fs.FileMode {
 	if src.key != "" && m.Hostname == defaultHostname() && m.SourcePath == src.path {
 		if st, err := os.Stat(m.SourcePath); err == nil && st.Mode().IsRegular() {
-			return st.Mode().Perm() & 0o666
+			perm := st.Mode().Perm() & 0o666
+			if s, ok := st.Sys().(*syscall.Stat_t); ok && int(s.Gid) != os.Getegid() {
+				// The file gets this process's group, not the
+				// database's: the group may not read it.
+				perm &^= 0o070
+			}
+			return perm
 		}
 	}
 	return 0o600

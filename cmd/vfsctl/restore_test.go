@@ -217,6 +217,28 @@ func TestOutModeManifestFile(t *testing.T) {
 	}
 }
 
+// TestOutModeOtherGroup: the restored file gets this process's group; a
+// source database of another group lends it no group bits, which would
+// open it to a group the database does not include.
+func TestOutModeOtherGroup(t *testing.T) {
+	f := flushed(t)
+	if err := os.Chown(f.db, -1, os.Getegid()+4242); err != nil {
+		t.Skipf("chown: %v (needs root)", err)
+	}
+	if err := os.Chmod(f.db, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	out := filepath.Join(t.TempDir(), "restore.out")
+	if code, _, errs := vfsctl(t, "--config", f.config(), "restore", "--out", out, f.db); code != exitOK {
+		t.Fatalf("vfsctl restore=%d %q", code, errs)
+	}
+	if st, err := os.Stat(out); err != nil || st.Mode() != 0o600 {
+		t.Fatalf("restore of a 0640 database of another group: mode %v (%v), want 0600", st.Mode(), err)
+	}
+}
+
 // TestRestoreAtFutureVersion: a version stored by a writer whose clock ran
 // a day ahead does not hide the versions stored after it, although the
 // dir store names them later still; ls-versions shows when each was
