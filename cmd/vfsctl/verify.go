@@ -235,6 +235,10 @@ func verifyReport(src string, p verifyPlan, targets []string, results []verifyRe
 // line per bad chunk or error.
 func printVerify(w io.Writer, res verifyJSON) {
 	fmt.Fprintf(w, "%s: %s, %d distinct stored, %s\n", res.Source, plural(res.Chunks, "chunk"), res.Unique, plural(len(res.Targets), "target"))
+	if res.Unique == 0 && res.Chunks > 0 {
+		// "0 ok, 0 missing" below reads like a failure.
+		fmt.Fprintf(w, "  every chunk is inline in the manifest: nothing to check in the targets\n")
+	}
 	for _, t := range res.Targets {
 		fmt.Fprintf(w, "  %s: %d ok, %d missing, %d corrupt, %d unreadable\n",
 			t.Target, t.OK, len(t.Missing), len(t.Corrupt), len(t.Errors))
