@@ -25,18 +25,9 @@ import (
 // directory of this user gets mode dm (umask-proof); one of the
 // database's owner is left as it is.
 func mkdirSpool(p string, dm fs.FileMode, dbPath string) error {
-	created := true
-	if err := os.Mkdir(p, dm); errors.Is(err, fs.ErrExist) {
-		created = false
-	} else if err != nil {
-		return fmt.Errorf("spool: create %s: %w", p, pathless(err))
-	}
-	fi, err := os.Lstat(p)
+	created, fi, err := mkdirReal(p, dm)
 	if err != nil {
-		return fmt.Errorf("spool: create %s: %w", p, pathless(err))
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("spool: %s is %s, not a directory: refusing to spool through it (another user may have put it there)", p, fsutil.FileKind(fi.Mode()))
+		return err
 	}
 	uid, ok := ownerOf(fi)
 	me := os.Geteuid()
@@ -49,9 +40,33 @@ func mkdirSpool(p string, dm fs.FileMode, dbPath string) error {
 	if created || fi.Mode()&(fs.ModePerm|fs.ModeSticky) != dm&(fs.ModePerm|fs.ModeSticky) {
 		// p is this user's own directory, checked without following a
 		// link: a chmod cannot reach anyone else's.
-		if err := os.Chmod(p, dm); err != nil {
-			return fmt.Errorf("spool: set the mode of %s: %w", p, pathless(err))
-		}
+		return chmodDir(p, dm)
+	}
+	return nil
+}
+
+// mkdirReal makes directory p with mode dm (less the umask), or finds
+// it there, and returns it, or an error if what is at p is not a
+// directory (a symbolic link, say, which it does not follow).
+func mkdirReal(p string, dm fs.FileMode) (created bool, fi fs.FileInfo, err error) {
+	created = true
+	if err := os.Mkdir(p, dm); errors.Is(err, fs.ErrExist) {
+		created = false
+	} else if err != nil {
+		return false, nil, fmt.Errorf("spool: create %s: %w", p, pathless(err))
+	}
+	if fi, err = os.Lstat(p); err != nil {
+		return false, nil, fmt.Errorf("spool: create %s: %w", p, pathless(err))
+	}
+	if !fi.IsDir() {
+		return false, nil, fmt.Errorf("spool: %s is %s, not a directory: refusing to spool through it (another user may have put it there)", p, fsutil.FileKind(fi.Mode()))
+	}
+	return created, fi, nil
+}
+
+func chmodDir(p string, dm fs.FileMode) error {
+	if err := os.Chmod(p, dm); err != nil {
+		return fmt.Errorf("spool: set the mode of %s: %w", p, pathless(err))
 	}
 	return nil
 }
@@ -86,15 +101,9 @@ func lockMode(dir string) fs.FileMode {
 	if err != nil || !fi.Mode().IsRegular() {
 		return 0o600
 	}
-	m := fi.Mode().Perm()
-	out := fs.FileMode(0o600)
-	if m&0o020 != 0 {
-		out |= 0o060
-	}
-	if m&0o002 != 0 {
-		out |= 0o006
-	}
-	return out
+	// Each write bit of group and others (0o020, 0o002), times 3, is
+	// that class's read and write bits (0o060, 0o006).
+	return 0o600 | fi.Mode().Perm()&0o022*3
 }
 
 // checkBootDir makes the directory of this boot's state, or takes the one
@@ -112,23 +121,12 @@ func checkBootDir(p string) error {
 	if mode&0o022 != 0 {
 		mode |= fs.ModeSticky
 	}
-	created := true
-	if err := os.Mkdir(p, mode); errors.Is(err, fs.ErrExist) {
-		created = false
-	} else if err != nil {
-		return fmt.Errorf("spool: create %s: %w", p, pathless(err))
-	}
-	fi, err := os.Lstat(p)
+	created, fi, err := mkdirReal(p, mode)
 	if err != nil {
-		return fmt.Errorf("spool: create %s: %w", p, pathless(err))
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("spool: %s is %s, not a directory: refusing to spool through it", p, fsutil.FileKind(fi.Mode()))
+		return err
 	}
 	if uid, ok := ownerOf(fi); ok && uid == os.Geteuid() && (created || fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0) {
-		if err := os.Chmod(p, mode); err != nil {
-			return fmt.Errorf("spool: set the mode of %s: %w", p, pathless(err))
-		}
+		return chmodDir(p, mode)
 	}
 	return nil
 }
