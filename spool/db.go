@@ -534,7 +534,7 @@ func (d *DB) statFile(f *fileState) error {
 		return fmt.Errorf("spool: stat %s: %w", d.path, err)
 	}
 	f.ctime = statCtime(st)
-	f.mode = spoolPerm(st)
+	f.mode = fsutil.CopyPerm(st)
 	return nil
 }
 

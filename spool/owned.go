@@ -130,16 +130,3 @@ func checkBootDir(p string) error {
 	}
 	return nil
 }
-
-// spoolPerm is the database's permission bits as the spool's copies of
-// it, and the store's, may have them: without the group's when the
-// database's group is not this process's, the group its copies get. A
-// 0640 database of group payroll, copied 0440 with the writer's group
-// staff, would be readable by staff, who may not read the database.
-func spoolPerm(st fs.FileInfo) fs.FileMode {
-	m := st.Mode().Perm()
-	if s, ok := st.Sys().(*syscall.Stat_t); ok && int(s.Gid) != os.Getegid() {
-		m &^= 0o070
-	}
-	return m
-}

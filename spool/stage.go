@@ -2,6 +2,7 @@ package spool
 
 import (
 	"fmt"
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"io/fs"
 	"os"
 
@@ -22,7 +23,7 @@ func (d *DB) stageMode() fs.FileMode {
 		return d.mode
 	}
 	if st, err := os.Stat(d.path); err == nil {
-		return spoolPerm(st)
+		return fsutil.CopyPerm(st)
 	}
 	return 0o600
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"slices"
 	"sync"
 
 	"github.com/boule-vfs/boule/manifest"
@@ -366,8 +365,10 @@ func (u *Uploader) uploadShared(ctx context.Context, m *member, st *dbState, par
 	}
 	read := func(fp manifest.Fingerprint) ([]byte, error) {
 		for _, p := range parts {
-			if slices.Contains(p.fps, fp) {
-				return p.read(st, fp)
+			for _, f := range p.fps {
+				if f == fp {
+					return p.read(st, fp)
+				}
 			}
 		}
 		return nil, fs.ErrNotExist

@@ -17,7 +17,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -126,13 +125,7 @@ func isTerminal(w io.Writer) bool {
 func outPerm(src source, m *manifest.Manifest) fs.FileMode {
 	if src.key != "" && m.Hostname == defaultHostname() && m.SourcePath == src.path {
 		if st, err := os.Stat(m.SourcePath); err == nil && st.Mode().IsRegular() {
-			perm := st.Mode().Perm() & 0o666
-			if s, ok := st.Sys().(*syscall.Stat_t); ok && int(s.Gid) != os.Getegid() {
-				// The file gets this process's group, not the
-				// database's: the group may not read it.
-				perm &^= 0o070
-			}
-			return perm
+			return fsutil.CopyPerm(st) & 0o666
 		}
 	}
 	return 0o600

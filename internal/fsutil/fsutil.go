@@ -223,3 +223,16 @@ func CreateTemp(dir, prefix string, perm fs.FileMode) (f *os.File, err error) {
 func NoSpace(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
+
+// CopyPerm returns the permission bits of fi, less the group's unless
+// its group is this process's: a copy this process creates gets this
+// process's group, and the bits of the original's group would open the
+// copy to another group (a 0640 database of group payroll, copied with
+// group staff, readable by staff).
+func CopyPerm(fi fs.FileInfo) fs.FileMode {
+	m := fi.Mode().Perm()
+	if s, ok := fi.Sys().(*syscall.Stat_t); ok && int(s.Gid) != os.Getegid() {
+		m &^= 0o070
+	}
+	return m
+}
