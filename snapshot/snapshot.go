@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -336,7 +337,23 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 	want := manifest.ChunkLen(s.M.Size, i)
 	wait, cancel := context.WithTimeout(ctx, r.chunkTO)
 	defer cancel()
-	m, err := r.chunks.acquire(wait, r.goBG, fp, func() (loaded, error) {
+	// A chunk inline in the manifest, or in the chunk cache's files, is
+	// mapped by this goroutine (see chunkMaps.acquire); any other, or a
+	// cache file that fails, is loaded on its own.
+	local := func() (loaded, error) {
+		if data, ok := s.M.Inline[uint32(i)]; ok {
+			return r.slabs.copy(data) // verified by manifest.Decode
+		}
+		if r.cache == nil || r.ctx.Err() != nil {
+			return loaded{}, errNotLocal
+		}
+		l, err := r.loadCached(r.ctx, fp, want)
+		if err == nil && s.paced.Load() {
+			s.loads.Add(1) // a read's load, as pacedLoad counts them
+		}
+		return l, err
+	}
+	m, err := r.chunks.acquire(wait, r.goBG, fp, local, func() (loaded, error) {
 		if data, ok := s.M.Inline[uint32(i)]; ok {
 			return r.slabs.copy(data) // verified by manifest.Decode
 		}
@@ -387,6 +404,9 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 	}
 	return m.b, nil
 }
+
+// errNotLocal: the chunk is neither inline nor in the cache's files.
+var errNotLocal = errors.New("snapshot: chunk not local")
 
 // pacedLoad counts a load for a read, and reports whether it waits for
 // room in the cache writers' queue (Reader.loadChunk): for a snapshot
