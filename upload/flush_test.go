@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -274,5 +276,29 @@ func TestUploaderFailureLogging(t *testing.T) {
 				t.Errorf("recoveries logged=%d, want 1", got)
 			}
 		})
+	}
+}
+
+// A flush of a database whose spool directory is not there, while the
+// database is, says so: it used to say that the database no longer
+// exists, when its writer could not create the spool (a file where the
+// directory goes, permissions) and logged why.
+func TestFlushSpoolDirMissing(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "here.db")
+	if err := os.WriteFile(db, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, opts := fakeTarget(nil)
+	u := newTestUploader(t, opts)
+	d := newTestSpool(t, t.TempDir(), db)
+	if got := u.state(d.dir).source(); got != db {
+		t.Fatalf("source()=%q, want %q", got, db)
+	}
+	if err := os.RemoveAll(d.dir); err != nil {
+		t.Fatal(err)
+	}
+	err := u.Flush(context.Background(), d.dir)
+	if !errors.Is(err, ErrNotStaged) || errors.Is(err, ErrSourceGone) || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("Flush()=%v, want ErrNotStaged saying the spool directory does not exist, not ErrSourceGone", err)
 	}
 }
