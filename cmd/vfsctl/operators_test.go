@@ -26,6 +26,7 @@ import (
 	"github.com/boule-vfs/boule/config"
 	"github.com/boule-vfs/boule/internal/faultproxy"
 	"github.com/boule-vfs/boule/internal/miniotest"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
@@ -582,5 +583,20 @@ func TestStatusState(t *testing.T) {
 		if got := tc.s.state(); got != tc.want {
 			t.Errorf("%+v.state()=%q, want %q", tc.s, got, tc.want)
 		}
+	}
+}
+
+// TestStatusReadOnlySpool: an empty spool on a read-only file system is
+// not "normal after a reboot": no writer can spool there, and status
+// fails saying so.
+func TestStatusReadOnlySpool(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	testfs.MountTmpfs(t, dir, "1m")
+	if out, err := exec.Command("mount", "-o", "remount,ro", dir).CombinedOutput(); err != nil {
+		t.Fatalf("remount ro: %v: %s", err, out)
+	}
+	code, _, errs := vfsctl(t, "status", dir)
+	if code == exitOK || !strings.Contains(errs, "read-only file system") {
+		t.Fatalf("status of an empty read-only spool=%d %q, want a failure saying the file system is read-only", code, errs)
 	}
 }
