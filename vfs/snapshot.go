@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/restore"
 	"github.com/boule-vfs/boule/snapshot"
 	"github.com/boule-vfs/boule/store"
@@ -84,8 +85,17 @@ func tempChunkCache(tempdir string) (string, error) {
 		return "", fmt.Errorf("chunk cache %s: %w", dir, err)
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("chunk cache %s: not a directory private to this user", dir)
+	switch {
+	case !fi.IsDir():
+		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: it is %s", dir, fsutil.FileKind(fi.Mode()))
+	case !ok:
+		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: its owner is unknown", dir)
+	case int(st.Uid) != os.Getuid():
+		// Someone else made it first: a name under the temp directory
+		// anyone can take.
+		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: it belongs to user %d", dir, st.Uid)
+	case fi.Mode().Perm()&0o077 != 0:
+		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: its mode is %v", dir, fi.Mode().Perm())
 	}
 	return dir, nil
 }
