@@ -53,7 +53,7 @@ func mkdirReal(p string, dm fs.FileMode) (created bool, fi fs.FileInfo, err erro
 	if err := os.Mkdir(p, dm); errors.Is(err, fs.ErrExist) {
 		created = false
 	} else if err != nil {
-		return false, nil, fmt.Errorf("spool: create %s: %w", p, pathless(err))
+		return false, nil, fmt.Errorf("spool: create %s: %w%s", p, pathless(err), whoseParent(p, err))
 	}
 	if fi, err = os.Lstat(p); err != nil {
 		return false, nil, fmt.Errorf("spool: create %s: %w", p, pathless(err))
@@ -129,4 +129,22 @@ func checkBootDir(p string) error {
 		return chmodDir(p, mode)
 	}
 	return nil
+}
+
+// whoseParent says, when err is a refusal to create p, who owns the
+// directory p goes in and its mode: in a shared spool root, another user
+// may have made this boot's directory first, closed to others.
+func whoseParent(p string, err error) string {
+	if !errors.Is(err, fs.ErrPermission) {
+		return ""
+	}
+	fi, serr := os.Lstat(filepath.Dir(p))
+	if serr != nil {
+		return ""
+	}
+	uid, ok := ownerOf(fi)
+	if !ok || uid == os.Geteuid() {
+		return ""
+	}
+	return fmt.Sprintf(" (%s belongs to user %d, mode %v: give each user a spooling directory of their own)", filepath.Dir(p), uid, fi.Mode().Perm())
 }

@@ -400,3 +400,23 @@ func TestSpoolGroupOfCopies(t *testing.T) {
 		})
 	}
 }
+
+// TestWhoseParent: a refusal to create a spool directory names the owner
+// and mode of the directory it goes in, when that is another user's (in
+// a shared root, someone else made this boot's directory first).
+func TestWhoseParent(t *testing.T) {
+	parent := filepath.Join(t.TempDir(), "boot")
+	if err := os.Mkdir(parent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(parent, 4242, -1); err != nil {
+		t.Skipf("chown: %v (needs root)", err)
+	}
+	refused := &fs.PathError{Op: "mkdir", Path: parent + "/db", Err: syscall.EACCES}
+	if got := whoseParent(parent+"/db", refused); !strings.Contains(got, "belongs to user 4242") || !strings.Contains(got, "-rwxr-xr-x") {
+		t.Errorf("whoseParent()=%q, want the owner and mode of %s", got, parent)
+	}
+	if got := whoseParent(parent+"/db", syscall.ENOSPC); got != "" {
+		t.Errorf("whoseParent() of ENOSPC=%q, want nothing", got)
+	}
+}
