@@ -510,7 +510,7 @@ func (d *DB) inspect(src Source) (fileState, error) {
 		}
 	}
 	_, logical := src.(*logicalSource)
-	if !logical && size >= HeaderSize && (f.hdr[18] == 2 || f.hdr[19] == 2) {
+	if !logical && size >= HeaderSize && walModeHeader(f.hdr[:]) {
 		// WAL mode: the file is the database only while no log holds
 		// frames (the commit that switched to WAL mode, say).
 		if st, err := os.Stat(d.path + "-wal"); err == nil && st.Size() > walHeaderSize {

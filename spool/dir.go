@@ -883,18 +883,22 @@ func (d Dir) FileChanged(source string) bool {
 	var hdr [HeaderSize]byte
 	n, _ := f.ReadAt(hdr[:], 0)
 	f.Close()
-	if n == HeaderSize && hdr[18] == 2 && hdr[19] == 2 {
+	if n == HeaderSize && walModeHeader(hdr[:]) {
 		return false // WAL mode
 	}
-	s, err := d.Staged()
-	if err != nil || s == nil {
+	// The staged manifest's header: a head's base need not be read.
+	b, err := fsutil.ReadFile(d.join(stagingDir, manifestFile))
+	if err != nil {
+		return false
+	}
+	m, err := headerOf(b)
+	if err != nil {
 		return false
 	}
 	if after, err := ReadMarker(d.path); err != nil || after.State != before.State || after.Writer != 0 ||
 		after.Committed != before.Committed || after.Persisted != before.Persisted {
 		return false
 	}
-	m := s.Manifest
 	if n < HeaderSize {
 		return m.Size != fi.Size()
 	}

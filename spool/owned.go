@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/boule-vfs/boule/internal/fsutil"
 )
@@ -29,7 +28,7 @@ func mkdirSpool(p string, dm fs.FileMode, dbPath string) error {
 	if err != nil {
 		return err
 	}
-	uid, ok := ownerOf(fi)
+	uid, ok := fsutil.Owner(fi)
 	me := os.Geteuid()
 	if ok && uid != me {
 		if dbPath == "" || !ownedBy(dbPath, uid) {
@@ -71,22 +70,13 @@ func chmodDir(p string, dm fs.FileMode) error {
 	return nil
 }
 
-// ownerOf returns the user that owns fi.
-func ownerOf(fi fs.FileInfo) (int, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return 0, false
-	}
-	return int(st.Uid), true
-}
-
 // ownedBy reports whether the file at p belongs to user uid.
 func ownedBy(p string, uid int) bool {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return false
 	}
-	u, ok := ownerOf(fi)
+	u, ok := fsutil.Owner(fi)
 	return ok && u == uid
 }
 
@@ -125,7 +115,7 @@ func checkBootDir(p string) error {
 	if err != nil {
 		return err
 	}
-	if uid, ok := ownerOf(fi); ok && uid == os.Geteuid() && (created || fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0) {
+	if uid, ok := fsutil.Owner(fi); ok && uid == os.Geteuid() && (created || fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0) {
 		return chmodDir(p, mode)
 	}
 	return nil
@@ -142,7 +132,7 @@ func whoseParent(p string, err error) string {
 	if serr != nil {
 		return ""
 	}
-	uid, ok := ownerOf(fi)
+	uid, ok := fsutil.Owner(fi)
 	if !ok || uid == os.Geteuid() {
 		return ""
 	}

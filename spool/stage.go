@@ -2,10 +2,10 @@ package spool
 
 import (
 	"fmt"
-	"github.com/boule-vfs/boule/internal/fsutil"
 	"io/fs"
 	"os"
 
+	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 )
 

@@ -961,8 +961,12 @@ func walModeFile(src Source) bool {
 	if _, err := src.ReadAt(b[:], 0); err != nil {
 		return false
 	}
-	return b[18] == 2 || b[19] == 2
+	return walModeHeader(b[:])
 }
+
+// walModeHeader reports whether a database header (its first 20 bytes at
+// least) says WAL mode: file format version 2 for writing or reading.
+func walModeHeader(hdr []byte) bool { return hdr[18] == 2 || hdr[19] == 2 }
 
 // inspectLogical is inspect for the logical database of size bytes: its
 // header, and the file's ctime and mode.

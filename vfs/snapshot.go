@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/restore"
@@ -84,16 +83,16 @@ func tempChunkCache(tempdir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("chunk cache %s: %w", dir, err)
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
+	uid, ok := fsutil.Owner(fi)
 	switch {
 	case !fi.IsDir():
 		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: it is %s", dir, fsutil.FileKind(fi.Mode()))
 	case !ok:
 		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: its owner is unknown", dir)
-	case int(st.Uid) != os.Getuid():
+	case uid != os.Getuid():
 		// Someone else made it first: a name under the temp directory
 		// anyone can take.
-		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: it belongs to user %d", dir, st.Uid)
+		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: it belongs to user %d", dir, uid)
 	case fi.Mode().Perm()&0o077 != 0:
 		return "", fmt.Errorf("chunk cache %s: not a directory private to this user: its mode is %v", dir, fi.Mode().Perm())
 	}

@@ -224,6 +224,16 @@ func NoSpace(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
+// Owner returns the user that owns fi, and false where the system does
+// not say.
+func Owner(fi fs.FileInfo) (uid int, ok bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return int(st.Uid), true
+}
+
 // CopyPerm returns the permission bits of fi, less the group's unless
 // its group is this process's: a copy this process creates gets this
 // process's group, and the bits of the original's group would open the

@@ -3,7 +3,6 @@ package localfs
 import (
 	"io/fs"
 	"os"
-	"syscall"
 
 	"github.com/boule-vfs/boule/internal/fsutil"
 )
@@ -35,8 +34,8 @@ func WriteTemp(dir, prefix string, data []byte, perm fs.FileMode, sync bool) (st
 
 // OwnedByMe reports whether fi is owned by this process's effective user.
 func OwnedByMe(fi fs.FileInfo) bool {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && int(st.Uid) == os.Geteuid()
+	uid, ok := fsutil.Owner(fi)
+	return ok && uid == os.Geteuid()
 }
 
 // NarrowDir takes from the directory dir the read and search bits for
