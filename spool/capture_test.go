@@ -323,3 +323,45 @@ func TestPersisterChecksCaptures(t *testing.T) {
 	waitStaged(t, d.db)
 	assertExact(t, d.db, d.src)
 }
+
+// TestWaitIdleOutlastsPersister: the staged snapshot can hold a commit
+// (WaitStaged returns) while its persister still works on the spool: it
+// hands the snapshot over and says so. A database's last close waits
+// for WaitIdle, so that nothing of its writes to the spool after the
+// close returns (a program that then removes the directory found it not
+// empty).
+func TestWaitIdleOutlastsPersister(t *testing.T) {
+	var armed bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	d := newTestDB(t, 10*cs, func(o *Options) {
+		o.PersistGap = 0
+		o.Notify = func(string) {
+			if armed {
+				close(entered)
+				<-release
+			}
+		}
+	})
+	mustTxn(t, d.db, d.src, unchanged)
+	armed = true
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3)
+	<-entered // the persister staged, published, and is not done
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := d.db.WaitStaged(done); err != nil {
+		t.Fatalf("WaitStaged()=%v while the persister hands over, want nil (staged)", err)
+	}
+	if err := d.db.WaitIdle(done); err == nil {
+		t.Fatal("WaitIdle()=nil while the persister still runs, want the context's error")
+	}
+	close(release)
+	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	if err := d.db.WaitIdle(ctx); err != nil {
+		t.Fatalf("WaitIdle()=%v once the persister is done, want nil", err)
+	}
+	if err := d.db.WaitIdle(done); err != nil {
+		t.Fatalf("WaitIdle()=%v on an idle database, want nil even with its context done", err)
+	}
+	assertExact(t, d.db, d.src)
+}

@@ -18,9 +18,19 @@ const DefaultPersistGap = 50 * time.Millisecond
 
 // persistLoop stages the queued captures of the database, a batch at a
 // time, until the queue is empty. One runs per database while it has
-// captures: Capture starts it.
+// captures: Capture starts it. It stops as soon as the queue is empty,
+// not after a squash window: the next capture starts another, which
+// waits for what is left of the window since the last batch.
 func (d *DB) persistLoop() {
 	for {
+		d.qmu.Lock()
+		if len(d.queue) == 0 {
+			d.persisting = false
+			d.staged.Broadcast()
+			d.qmu.Unlock()
+			return
+		}
+		d.qmu.Unlock()
 		if wait := d.s.opts.PersistGap - time.Since(d.lastPersist); wait > 0 && !d.s.budget.pressed() {
 			t := time.NewTimer(wait)
 			select {
@@ -33,12 +43,6 @@ func (d *DB) persistLoop() {
 		batch := d.queue
 		d.queue = nil
 		clear(d.queuedChunk)
-		if len(batch) == 0 {
-			d.persisting = false
-			d.staged.Broadcast()
-			d.qmu.Unlock()
-			return
-		}
 		d.qmu.Unlock()
 		for _, cp := range batch {
 			<-cp.filled // read by its commit, which holds SQLite's lock
@@ -312,6 +316,29 @@ func (d *DB) WaitStaged(ctx context.Context) error {
 	d.qmu.Lock()
 	defer d.qmu.Unlock()
 	for c.load(ctlPersisted) < want && (d.persisting || len(d.queue) > 0) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d.staged.Wait()
+	}
+	return nil
+}
+
+// WaitIdle waits until this process's persister of the database has
+// nothing queued and has stopped, or ctx ends. WaitStaged can return
+// while the persister still hands the snapshot over; a last close waits
+// for this instead, so that nothing of the database's writes to the
+// spool once it returns.
+func (d *DB) WaitIdle(ctx context.Context) error {
+	select {
+	case d.hurry <- struct{}{}:
+	default:
+	}
+	stop := context.AfterFunc(ctx, d.signalStaged)
+	defer stop()
+	d.qmu.Lock()
+	defer d.qmu.Unlock()
+	for d.persisting || len(d.queue) > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

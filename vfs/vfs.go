@@ -251,8 +251,10 @@ const closeWait = 30 * time.Second
 
 // closeConn forgets the connection h. When it was the database's last in
 // this process, it first waits (at most closeWait) until the commits
-// captured in memory are staged: a program that closes its databases and
-// exits leaves them in the spool, for any process to upload.
+// captured in memory are staged and the persister is done with the spool:
+// a program that closes its databases and exits leaves them in the spool,
+// for any process to upload, and one that removes the directory next
+// finds nothing of boule's still writing there.
 func closeConn(h uint64) {
 	connMu.Lock()
 	c := conns[h]
@@ -268,7 +270,7 @@ func closeConn(h uint64) {
 	if last {
 		ctx, cancel := context.WithTimeout(context.Background(), closeWait)
 		defer cancel()
-		if err := c.db.WaitStaged(ctx); err != nil {
+		if err := c.db.WaitIdle(ctx); err != nil {
 			c.rt.log.Error("vfs: commits captured by this process were not staged before its last connection closed; the next transaction rebuilds the snapshot",
 				logKeyDB, c.db.Path(), logKeyErr, err)
 		}
