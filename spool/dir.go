@@ -858,6 +858,22 @@ func (d Dir) LockUpload(ctx context.Context, wait bool) (unlock func(), err erro
 	}
 }
 
+// WALMode reports whether the database file at source says it is in WAL
+// mode. Its staged snapshot cannot vouch for it, whatever the txn marker
+// says: a program that does not use boule commits to its log, or, once
+// that program checkpoints, to the file, and records nothing in the spool.
+// False when the file cannot be read.
+func (d Dir) WALMode(source string) bool {
+	f, _, err := fsutil.OpenFollow(source)
+	if err != nil {
+		return false
+	}
+	var hdr [HeaderSize]byte
+	n, _ := f.ReadAt(hdr[:], 0)
+	f.Close()
+	return n == HeaderSize && walModeHeader(hdr[:])
+}
+
 // FileChanged reports whether the database file at source changed after
 // its staged snapshot while the txn marker recorded nothing: a clean
 // marker, no transaction in flight, and a staged snapshot whose header
@@ -869,8 +885,8 @@ func (d Dir) LockUpload(ctx context.Context, wait bool) (unlock func(), err erro
 //
 // It cannot tell, and reports false, when the marker is not clean or
 // changes while it looks (a transaction is under way), when the file is
-// in WAL mode (the file alone is not the database; its log's commits are
-// checked where they are captured), or when it cannot read the file.
+// in WAL mode (the file alone is not the database: a flush re-stages it,
+// see WALMode), or when it cannot read the file.
 func (d Dir) FileChanged(source string) bool {
 	before, err := ReadMarker(d.path)
 	if err != nil || before.State != MarkerClean || before.Writer != 0 || before.WAL {

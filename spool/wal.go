@@ -241,7 +241,9 @@ var errRebuild = errors.New("spool: a rebuild is needed")
 // log (cp.big, chunks read from cp.src), not rebuilt.
 func (d *DB) walReadGen(db Source, wal WALFile, wrote, force, acquire bool, gen uint64, direct bool) (*Capture, error) {
 	x := &d.walx
-	if err := x.scan(wal); err != nil {
+	if err := x.scan(wal); errors.Is(err, errWALMoved) {
+		return nil, fmt.Errorf("spool: %s: %w", d.path, err) // a persister's read: it reads again
+	} else if err != nil {
 		return nil, d.walFailedLocked(fmt.Errorf("spool: %s: %w", d.path, err))
 	}
 	src := newLogicalSource(db, wal, x)
@@ -458,11 +460,15 @@ func rebuildCheck(c *ctl, wal WALFile, x *walIndex, pos walPos) func() error {
 
 // sameLog returns errWALMoved unless the log's header still has salt:
 // a read transaction that began with the log checkpointed whole does not
-// keep it from restarting, and what such a read took from the log may be
-// another log's.
+// keep it from restarting, or from being truncated (a TRUNCATE
+// checkpoint: the header's read then fails short), and what such a read
+// took from the log may be another log's.
 func sameLog(wal WALFile, salt uint64) error {
 	var hb [walHeaderSize]byte
 	if _, err := wal.ReadAt(hb[:], 0); err != nil {
+		if shrunk(wal, walHeaderSize) {
+			return errWALMoved
+		}
 		return fmt.Errorf("read the log's header: %w", err)
 	}
 	if h, ok := parseWALHeader(hb[:]); !ok || h.salt != salt {

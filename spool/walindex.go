@@ -122,6 +122,15 @@ type walFile interface {
 	Size() (int64, error)
 }
 
+// shrunk reports whether the log f now ends before end: a TRUNCATE
+// checkpoint ran under a read that does not keep the log still (a
+// persister's read transaction that began with the log checkpointed
+// whole), and a read past the new end failed short.
+func shrunk(f walFile, end int64) bool {
+	n, err := f.Size()
+	return err == nil && n < end
+}
+
 func (x *walIndex) reset(h walHeader, valid bool) {
 	x.valid = valid
 	x.hdr = h
@@ -166,6 +175,9 @@ func (x *walIndex) scan(f walFile) error {
 	ok := false
 	if size >= walHeaderSize {
 		if _, err := f.ReadAt(hb[:], 0); err != nil {
+			if shrunk(f, walHeaderSize) {
+				return errWALMoved
+			}
 			return fmt.Errorf("spool: read the write-ahead log's header: %w", err)
 		}
 		h, ok = parseWALHeader(hb[:])
@@ -201,6 +213,9 @@ func (x *walIndex) scan(f walFile) error {
 		n := min(int64(batch), (size-off)/fs)
 		buf := x.readBuf[:n*fs]
 		if _, err := f.ReadAt(buf, off); err != nil {
+			if shrunk(f, off+int64(len(buf))) {
+				return errWALMoved
+			}
 			return fmt.Errorf("spool: read the write-ahead log at %d: %w", off, err)
 		}
 		x.scanned.Add(int64(len(buf)))

@@ -3,6 +3,7 @@ package spool
 import (
 	"bytes"
 	"errors"
+	"io"
 	"io/fs"
 	"path/filepath"
 	"testing"
@@ -131,5 +132,72 @@ func TestRebuildCheck(t *testing.T) {
 	w.restart(5, 6)
 	if err := rebuildCheck(c, w, &x, pos)(); !errors.Is(err, errWALMoved) {
 		t.Errorf("check after the log restarted=%v, want errWALMoved", err)
+	}
+
+	// A TRUNCATE checkpoint under a read that began with the log
+	// checkpointed whole: the log is empty, and a read of its header
+	// fails short, as SQLite's xRead does (SQLITE_IOERR_SHORT_READ).
+	var y walIndex
+	w = newMemWAL(ps, 7, 8)
+	w.frame(1, 2, 2, 'b')
+	if err := y.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	short := shortReadWAL{w}
+	w.b = w.b[:0]
+	if err := rebuildCheck(c, short, &y, pos)(); !errors.Is(err, errWALMoved) {
+		t.Errorf("check after the log was truncated=%v, want errWALMoved", err)
+	}
+}
+
+// shortReadWAL is a log whose reads past its end fail, as SQLite's do.
+type shortReadWAL struct{ *memWAL }
+
+func (w shortReadWAL) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > int64(len(w.b)) {
+		return 0, io.ErrUnexpectedEOF
+	}
+	return w.memWAL.ReadAt(p, off)
+}
+
+// truncatingWAL is a log that a TRUNCATE checkpoint empties after the
+// scan has looked at its size, just before its read number after; reads
+// past its end then fail short, as SQLite's do.
+type truncatingWAL struct {
+	*memWAL
+	after, reads int
+}
+
+func (w *truncatingWAL) ReadAt(p []byte, off int64) (int, error) {
+	if w.reads == w.after {
+		w.b = w.b[:0]
+	}
+	w.reads++
+	return shortReadWAL{w.memWAL}.ReadAt(p, off)
+}
+
+// TestWALIndexScanTruncated: a persister's read transaction that began
+// with the log checkpointed whole does not keep the log from being
+// truncated under its scan. The scan says the log moved (the persister
+// reads again), not that it failed (a failed snapshot, logged as an
+// error).
+func TestWALIndexScanTruncated(t *testing.T) {
+	const ps = 1024
+	for _, tc := range []struct {
+		name  string
+		after int // reads before the truncation
+	}{
+		{"header", 0},
+		{"frames", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newMemWAL(ps, 7, 9)
+			w.frame(1, 3, 3, 'a')
+			w.frame(2, 2, 3, 'b')
+			var x walIndex
+			if err := x.scan(&truncatingWAL{memWAL: w, after: tc.after}); !errors.Is(err, errWALMoved) {
+				t.Fatalf("scan() of a log truncated under it=%v, want errWALMoved", err)
+			}
+		})
 	}
 }

@@ -37,10 +37,12 @@ var (
 // succeeds only if the store then holds a snapshot that includes every
 // transaction committed through boule before the flush began. When the
 // spool's txn marker says the staged snapshot lacks some (a snapshot
-// failed or never finished), or nothing is staged, it first has Restage
-// take a snapshot of the file; when that fails too, or the database is in
-// WAL mode, it fails with an error naming the database and the cause. It
-// retries a database that a permanent error had stopped.
+// failed or never finished), or nothing is staged, or the file is in WAL
+// mode (where programs that do not use boule commit unrecorded), it first
+// has Restage take a snapshot of the file, or of what its log committed;
+// when that fails too, or an older boule left the database in WAL mode
+// unreplicated, it fails with an error naming the database and the cause.
+// It retries a database that a permanent error had stopped.
 func (u *Uploader) Flush(ctx context.Context, dir string) error {
 	st := u.state(dir)
 	// An upload already under way finishes at the flush rate, so that the
@@ -170,10 +172,17 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 	// The marker first, then the manifest: a clean marker means every
 	// transaction committed through boule so far is in the snapshot
 	// staged now, or in a newer one, unless the file says otherwise: a
-	// writer that could not write the spool recorded nothing.
+	// writer that could not write the spool recorded nothing. Nor is a
+	// clean marker trusted in WAL mode, where programs that do not use
+	// boule commit unrecorded: while the last capture was read from the
+	// log (mk.WAL), and also once the last boule connection has closed,
+	// or when such a program switched the database to WAL mode.
 	mk, merr := st.sp.Marker()
-	changed := false
-	if merr == nil && mk.State == spool.MarkerClean && !mk.WAL {
+	changed, wal := false, false
+	if merr == nil && mk.State == spool.MarkerClean {
+		wal = mk.WAL || st.sp.WALMode(src)
+	}
+	if merr == nil && mk.State == spool.MarkerClean && !wal {
 		if w, ok := stagedNow(st.sp); ok {
 			if !st.sp.FileChanged(src) {
 				return w, nil
@@ -197,8 +206,11 @@ func (u *Uploader) mustHold(ctx context.Context, st *dbState) (wanted, error) {
 			return wanted{}, fmt.Errorf("%w: flush %s: %w", ErrNotStaged, src, err)
 		}
 		why := lacking(mk, merr, changed)
-		if mk.State == spool.MarkerFailed {
+		switch {
+		case mk.State == spool.MarkerFailed:
 			why = "its last snapshot failed" // the new failure says why
+		case wal:
+			why = "it is in WAL mode, where only a look at its log can tell whether the staged snapshot holds every commit"
 		}
 		return wanted{}, fmt.Errorf("%w: %s: %s, and a new snapshot failed too: %w", ErrSnapshotFailed, src, why, err)
 	}

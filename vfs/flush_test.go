@@ -326,3 +326,50 @@ func TestFlushUnrecordedCommit(t *testing.T) {
 		t.Fatalf("status after the flush=%+v, want replicated", st)
 	}
 }
+
+// TestFlushWALOutsideWriterAfterClose: a database in WAL mode whose boule
+// connections have all closed (the last close staged the log and deleted
+// it: the staged snapshot is the file alone) is written by the sqlite3
+// shell, which does not use boule. A flush must not trust the clean
+// marker: the store must then hold the shell's commits, whether the
+// shell's close checkpointed them into the file, a killed shell left them
+// in the log, or the shell switched a rollback database to WAL mode.
+func TestFlushWALOutsideWriterAfterClose(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mode string // the boule writer's journal mode
+		sql  []string
+	}{
+		{"checkpointed", "WAL", []string{"INSERT INTO t(v) VALUES (randomblob(70000));"}},
+		// .system kills the shell after its commit: the frames stay in the log.
+		{"left in the log", "WAL", []string{"INSERT INTO t(v) VALUES (randomblob(70000));", ".system kill -9 $PPID"}},
+		{"switched to WAL", "DELETE", []string{"PRAGMA journal_mode=WAL;", "INSERT INTO t(v) VALUES (randomblob(70000));"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, sto := dirEnv(t)
+			path := e.path("outside.db")
+			db := open(t, path, "boule", "_journal_mode="+tc.mode)
+			db.SetMaxOpenConns(1)
+			mustExec(t, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+			mustExec(t, db, "INSERT INTO t(v) VALUES (randomblob(100))")
+			mustFlush(t, path)
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			cmd := exec.Command(sqlshell.Path(t), path)
+			cmd.Stdin = strings.NewReader(strings.Join(tc.sql, "\n") + "\n")
+			out, err := cmd.CombinedOutput()
+			if err != nil && tc.name != "left in the log" {
+				t.Fatalf("sqlite3: %v: %s", err, out)
+			}
+			if tc.name == "left in the log" {
+				if fi, err := os.Stat(path + "-wal"); err != nil || fi.Size() == 0 {
+					t.Fatalf("the killed shell's log: %v, want frames in it (the test's premise); shell: %s", err, out)
+				}
+			}
+			mustFlush(t, path)
+			checkLogicalReplica(t, sto, path)
+		})
+	}
+}
