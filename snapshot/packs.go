@@ -137,6 +137,11 @@ func (r *Reader) packedChunk(ctx context.Context, fp manifest.Fingerprint, want 
 			return s.GetPack(fctx, ref.ID)
 		})
 		if err != nil {
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				// Gave up waiting for the pack's fetch, which has a
+				// deadline of its own: say what it waited for.
+				err = fmt.Errorf("%s: pack %s: no answer in time: %w", s, ref.ID, err)
+			}
 			errs = append(errs, err)
 			continue
 		}

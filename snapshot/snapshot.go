@@ -280,7 +280,7 @@ func (s *Snapshot) unref() {
 // Chunk returns chunk i, mapped read-only. The bytes stay valid until the
 // reader lets the chunk go (past its memory bounds) or the snapshot is
 // released: for tests; ReadAt copies safely. It fetches the chunk if
-// needed, waiting at most the reader's chunk timeout.
+// needed: the load gives up after the reader's chunk timeout.
 func (s *Snapshot) Chunk(ctx context.Context, i int) ([]byte, error) {
 	return s.chunk(ctx, i)
 }
@@ -335,7 +335,12 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 	r := s.rep.r
 	fp := s.M.Chunks[i]
 	want := manifest.ChunkLen(s.M.Size, i)
-	wait, cancel := context.WithTimeout(ctx, r.chunkTO)
+	// The load bounds itself by the chunk timeout; the wait for it is a
+	// backstop a quarter longer, so that a load that times out (a store
+	// that never answers) reports its own error, which names the store,
+	// the object and the last attempt's cause, rather than the wait
+	// giving up a moment before with a bare "context deadline exceeded".
+	wait, cancel := context.WithTimeout(ctx, r.chunkTO+r.chunkTO/4)
 	defer cancel()
 	// A chunk inline in the manifest, or in the chunk cache's files, is
 	// mapped by this goroutine (see chunkMaps.acquire); any other, or a

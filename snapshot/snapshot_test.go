@@ -516,6 +516,50 @@ func (g *gated) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, 
 	return g.counting.GetChunk(ctx, fp)
 }
 
+// hung is a store whose chunk and pack reads never answer: each waits
+// for its context and then fails, naming the store and the object, as
+// the real stores' errors do.
+type hung struct{ *counting }
+
+func (h hung) GetChunk(ctx context.Context, fp manifest.Fingerprint) ([]byte, error) {
+	<-ctx.Done()
+	return nil, fmt.Errorf("hung store: get chunk %s: %w", fp, ctx.Err())
+}
+
+func (h hung) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	<-ctx.Done()
+	return nil, fmt.Errorf("hung store: get pack %s: %w", id, ctx.Err())
+}
+
+// TestHungStoreNamesItself: a read of a chunk from a store that never
+// answers fails after the chunk timeout naming the chunk or pack it
+// waited for, not with a bare "context deadline exceeded" from a wait
+// that gave up a moment before the fetch it waited for.
+func TestHungStoreNamesItself(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("packed=%v", packed), func(t *testing.T) {
+			f := newFixture(t)
+			img := db(3, 3)
+			var want string
+			if packed {
+				m := publishPacked(t, f.store, "/hung.db", img, 2)
+				want = "pack " + m.Packs[0].ID.String()
+			} else {
+				m := publish(t, f.store, "/hung.db", img, time.Now())
+				want = "hung store: get chunk " + m.Chunks[1].String()
+			}
+			r := NewReader(Options{Remote: []store.Store{hung{f.store}}, Cache: f.cache, Hostname: testHost, Prefetch: -1, ChunkTimeout: 200 * time.Millisecond})
+			t.Cleanup(r.Close)
+			c := mustOpen(t, r, "boule:///hung.db")
+			defer c.Close()
+			_, err := c.Snapshot().Chunk(context.Background(), 1)
+			if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("Chunk(1) from a hung store: %v, want an error naming %q", err, want)
+			}
+		})
+	}
+}
+
 // TestSharedLoadOutlivesItsStarter: a chunk load started by one caller and
 // joined by another (another snapshot sharing the chunk) completes for the
 // second even when the first gives up.

@@ -320,6 +320,16 @@ static void patch_counter(BouleView *v, unsigned char *out, int64_t off, int64_t
 ** for the readers under way can get there. */
 #define SNAP_MAX_LOADS 8
 
+/* Returns rc, the code of a read that failed in Go (a store that failed,
+** a chunk that did not match), with errno cleared: SQLite reports errno
+** (unix's xGetLastError) with an I/O error as its cause, and whatever
+** system call last failed in this thread, unrelated to the read, would
+** read as the reason; Go logged the real one. As sOpen does. */
+static int snap_read_failed(int rc) {
+  errno = 0;
+  return rc;
+}
+
 static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
   SnapFile *p = (SnapFile *)f;
   BouleView *v = p->view;
@@ -351,12 +361,12 @@ static int sRead(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
       ** process holds as many chunks as it may; until then Go maps it, and
       ** the reads after this one are from memory. */
       if (!__atomic_load_n(&snap_map_room, __ATOMIC_RELAXED) && snap_read_file(p, v, ci, clen, out + done, co, n)) break;
-      if (loads++ == SNAP_MAX_LOADS) return SQLITE_IOERR_READ;
+      if (loads++ == SNAP_MAX_LOADS) return snap_read_failed(SQLITE_IOERR_READ);
       /* The slow path: Go fetches (or finds in the cache), verifies and
       ** maps the chunk. */
       boule_count_go_call();
       int rc = bouleGoSnapChunk(v->handle, ci);
-      if (rc != SQLITE_OK) return rc;
+      if (rc != SQLITE_OK) return snap_read_failed(rc);
     }
     if (c != 0) {
       uint32_t *used = boule_view_used(__atomic_load_n(&v->pages[ci >> BOULE_VIEW_PAGE_SHIFT], __ATOMIC_ACQUIRE), ci);

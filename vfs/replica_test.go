@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -735,5 +736,53 @@ func TestVerneuilAliases(t *testing.T) {
 	want, _ := os.ReadFile(path)
 	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("Restore(verneuil://%s) wrote %d bytes (%v), want the database's %d", path, len(got), err, len(want))
+	}
+}
+
+// TestReplicaReadErrorNoStaleErrno: a replica read that fails because the
+// store cannot give a chunk reports an I/O error without the errno of an
+// unrelated system call that failed earlier on the same thread: SQLite
+// takes errno (unix's xGetLastError) as the cause of an I/O error, and a
+// leftover "no such file or directory" read as the reason a store that
+// answered 500 failed.
+func TestReplicaReadErrorNoStaleErrno(t *testing.T) {
+	tg, sto := dirTarget(t)
+	e := tempEnv(t)
+	lc := config.Target{Local: &config.LocalTarget{Directory: filepath.Join(e.dir, "cache"), NumShards: 1, Capacity: 100}}
+	register(t, vfs.Config{ReplicationSpoolingDir: e.spool, ReplicationTargets: []config.Target{lc, tg}, Logger: slog.New(e.log),
+		SnapshotLoadingPolicy: config.LoadingPolicy{Kind: "partial", Min: 1, Max: 1}}) // chunk 0 only: no prefetch
+	path, _ := e.flushedSource(t, "errno.db", "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(300000))")
+	// Every chunk but the inline chunk 0 is gone from the store, and
+	// from the cache, which the writer filled too.
+	for _, d := range []string{filepath.Join(sto.(*dir.Store).Root(), "chunks"), filepath.Join(e.dir, "cache", "000")} {
+		if err := os.RemoveAll(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// errno is per thread: the failed open and the read run on this one.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ctx := context.Background()
+	rc, err := openReplica(t, path, "").Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var n int
+	if err := rc.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("schema from chunk 0: %d, %v", n, err)
+	}
+	// An open that fails with ENOENT leaves errno set on this thread.
+	if err := open(t, filepath.Join(e.dir, "no", "such.db"), "unix", "mode=ro").PingContext(ctx); err == nil {
+		t.Fatal("opened a database in a missing directory")
+	}
+	err = rc.QueryRowContext(ctx, "SELECT sum(length(hex(x))) FROM t").Scan(&n)
+	if code := sqliteCode(err); code != sqlite3.ErrIoErr {
+		t.Fatalf("read of a chunk the store lacks: %v (code %d), want SQLITE_IOERR", err, code)
+	}
+	var se sqlite3.Error
+	if errors.As(err, &se) && se.SystemErrno != 0 {
+		t.Errorf("read of a chunk the store lacks: %v: errno %d (%v), a system error that is not the cause", err, int(se.SystemErrno), se.SystemErrno)
 	}
 }
