@@ -883,10 +883,19 @@ func (d Dir) WALMode(source string) bool {
 // boule; either way the staged snapshot is not the database, whatever the
 // marker says.
 //
+// In WAL mode, while the staged snapshot is at the file alone (no boule
+// connection holds the log), frames in the log, or a size that is not the
+// snapshot's, are such commits: a program that does not use boule wrote
+// after the last boule connection closed. A commit of such a program that
+// was checkpointed without changing the size goes unseen (SQLite keeps no
+// change counter in WAL mode); a flush re-stages any WAL database anyway
+// (see WALMode). A transaction under way outside boule, or one a killed
+// program left uncommitted in the log, reads as changed until a flush.
+//
 // It cannot tell, and reports false, when the marker is not clean or
-// changes while it looks (a transaction is under way), when the file is
-// in WAL mode (the file alone is not the database: a flush re-stages it,
-// see WALMode), or when it cannot read the file.
+// changes while it looks (a transaction is under way), while the staged
+// snapshot's position is in the log (the log's captures are checked where
+// they are read), or when it cannot read the file.
 func (d Dir) FileChanged(source string) bool {
 	before, err := ReadMarker(d.path)
 	if err != nil || before.State != MarkerClean || before.Writer != 0 || before.WAL {
@@ -899,9 +908,7 @@ func (d Dir) FileChanged(source string) bool {
 	var hdr [HeaderSize]byte
 	n, _ := f.ReadAt(hdr[:], 0)
 	f.Close()
-	if n == HeaderSize && walModeHeader(hdr[:]) {
-		return false // WAL mode
-	}
+	wal := n == HeaderSize && walModeHeader(hdr[:])
 	// The staged manifest's header: a head's base need not be read.
 	b, err := fsutil.ReadFile(d.join(stagingDir, manifestFile))
 	if err != nil {
@@ -911,11 +918,25 @@ func (d Dir) FileChanged(source string) bool {
 	if err != nil {
 		return false
 	}
-	if after, err := ReadMarker(d.path); err != nil || after.State != before.State || after.Writer != 0 ||
+	// In WAL mode with the staged snapshot at the file alone (the last
+	// boule connection closed, or the database was in rollback mode),
+	// frames in the log are commits no boule process captured.
+	logFrames := false
+	if wal {
+		if lf, err := os.Lstat(source + "-wal"); err == nil && lf.Mode().IsRegular() && lf.Size() > walHeaderSize {
+			logFrames = true
+		}
+	}
+	if after, err := ReadMarker(d.path); err != nil || after.State != before.State || after.Writer != 0 || after.WAL ||
 		after.Committed != before.Committed || after.Persisted != before.Persisted {
 		return false
 	}
-	if n < HeaderSize {
+	switch {
+	case wal:
+		// SQLite does not keep the header's change counter in WAL mode:
+		// the size and the log are what tell.
+		return logFrames || m.Size != fi.Size()
+	case n < HeaderSize:
 		return m.Size != fi.Size()
 	}
 	return m.Size != fi.Size() || m.VersionID != versionID(hdr)

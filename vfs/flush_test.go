@@ -356,6 +356,9 @@ func TestFlushWALOutsideWriterAfterClose(t *testing.T) {
 			if err := db.Close(); err != nil {
 				t.Fatal(err)
 			}
+			if st := statusOf(t, path); st.NotReplicated {
+				t.Fatalf("status after the flush and the close=%+v, want replicated", st)
+			}
 
 			cmd := exec.Command(sqlshell.Path(t), path)
 			cmd.Stdin = strings.NewReader(strings.Join(tc.sql, "\n") + "\n")
@@ -368,8 +371,15 @@ func TestFlushWALOutsideWriterAfterClose(t *testing.T) {
 					t.Fatalf("the killed shell's log: %v, want frames in it (the test's premise); shell: %s", err, out)
 				}
 			}
+			// Status tells before a flush does.
+			if st := statusOf(t, path); !st.NotReplicated || st.Problem != upload.ChangedUnrecorded || st.Lag <= 0 {
+				t.Errorf("status after the shell's commit=%+v, want not replicated, saying why, with a lag", st)
+			}
 			mustFlush(t, path)
 			checkLogicalReplica(t, sto, path)
+			if st := statusOf(t, path); st.NotReplicated {
+				t.Errorf("status after the flush=%+v, want replicated", st)
+			}
 		})
 	}
 }
