@@ -265,11 +265,13 @@ int boule_restage_open(const char *zPath, int busyMs, void **ppDb, uint64_t *pHa
     if (p->wal != 0) {
       /* WAL mode: the check reads the log, which only its write lock
       ** keeps still. Taken here, beside SQLite, and released at once. */
-      int waited = 0;
+      /* Bounded by the clock, not by counting sleeps: a 1 ms sleep takes
+      ** longer, and counting them overshot busyMs by a third. */
+      sqlite3_int64 start = 0, now = 0;
+      unix_vfs->xCurrentTimeInt64(unix_vfs, &start);
       while ((rc = p->real->pMethods->xShmLock(p->real, 0, 1, SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE)) == SQLITE_BUSY &&
-             waited < busyMs) {
+             unix_vfs->xCurrentTimeInt64(unix_vfs, &now) == SQLITE_OK && now - start < busyMs) {
         unix_vfs->xSleep(unix_vfs, 1000);
-        waited++;
       }
       if (rc != SQLITE_OK) {
         if (nErr > 0) sqlite3_snprintf(nErr, zErr, "the write lock of its log stayed busy for %d ms", busyMs);
