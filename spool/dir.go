@@ -864,14 +864,20 @@ func (d Dir) LockUpload(ctx context.Context, wait bool) (unlock func(), err erro
 // that program checkpoints, to the file, and records nothing in the spool.
 // False when the file cannot be read.
 func (d Dir) WALMode(source string) bool {
-	f, _, err := fsutil.OpenFollow(source)
+	hdr, n, _, err := readFileHeader(source)
+	return err == nil && n == HeaderSize && walModeHeader(hdr[:])
+}
+
+// readFileHeader reads the database header of the file at source (n of
+// its bytes: fewer for a shorter file), and stats it.
+func readFileHeader(source string) (hdr [HeaderSize]byte, n int, fi fs.FileInfo, err error) {
+	f, fi, err := fsutil.OpenFollow(source)
 	if err != nil {
-		return false
+		return hdr, 0, nil, err
 	}
-	var hdr [HeaderSize]byte
-	n, _ := f.ReadAt(hdr[:], 0)
-	f.Close()
-	return n == HeaderSize && walModeHeader(hdr[:])
+	defer f.Close()
+	n, _ = f.ReadAt(hdr[:], 0)
+	return hdr, n, fi, nil
 }
 
 // FileChanged reports whether the database file at source changed after
@@ -901,13 +907,10 @@ func (d Dir) FileChanged(source string) bool {
 	if err != nil || before.State != MarkerClean || before.Writer != 0 || before.WAL {
 		return false
 	}
-	f, fi, err := fsutil.OpenFollow(source)
+	hdr, n, fi, err := readFileHeader(source)
 	if err != nil {
 		return false
 	}
-	var hdr [HeaderSize]byte
-	n, _ := f.ReadAt(hdr[:], 0)
-	f.Close()
 	wal := n == HeaderSize && walModeHeader(hdr[:])
 	// The staged manifest's header: a head's base need not be read.
 	b, err := fsutil.ReadFile(d.join(stagingDir, manifestFile))

@@ -307,21 +307,7 @@ func (d *DB) WaitStaged(ctx context.Context) error {
 		return nil
 	}
 	want := c.load(ctlCommitted)
-	select {
-	case d.hurry <- struct{}{}:
-	default:
-	}
-	stop := context.AfterFunc(ctx, d.signalStaged)
-	defer stop()
-	d.qmu.Lock()
-	defer d.qmu.Unlock()
-	for c.load(ctlPersisted) < want && (d.persisting || len(d.queue) > 0) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		d.staged.Wait()
-	}
-	return nil
+	return d.waitPersister(ctx, func() bool { return c.load(ctlPersisted) >= want })
 }
 
 // WaitIdle waits until this process's persister of the database has
@@ -330,6 +316,13 @@ func (d *DB) WaitStaged(ctx context.Context) error {
 // for this instead, so that nothing of the database's writes to the
 // spool once it returns.
 func (d *DB) WaitIdle(ctx context.Context) error {
+	return d.waitPersister(ctx, func() bool { return false })
+}
+
+// waitPersister cuts the persister's squash window short and waits until
+// done reports true, the persister has stopped with nothing queued, or
+// ctx ends. done is called with d.qmu held.
+func (d *DB) waitPersister(ctx context.Context, done func() bool) error {
 	select {
 	case d.hurry <- struct{}{}:
 	default:
@@ -338,7 +331,7 @@ func (d *DB) WaitIdle(ctx context.Context) error {
 	defer stop()
 	d.qmu.Lock()
 	defer d.qmu.Unlock()
-	for d.persisting || len(d.queue) > 0 {
+	for !done() && (d.persisting || len(d.queue) > 0) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

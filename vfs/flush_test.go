@@ -317,11 +317,19 @@ func TestFlushUnrecordedCommit(t *testing.T) {
 	if m, err := spool.OpenDir(spoolDir(t, path)).Marker(); err != nil || m.State != spool.MarkerClean {
 		t.Fatalf("marker after the shell's commit=%+v, %v; want clean (the test's premise)", m, err)
 	}
+	flushUnrecorded(t, path, func() { checkReplica(t, sto, path) })
+}
+
+// flushUnrecorded checks that status reports path's unrecorded commits
+// (not replicated, saying why, with a lag), then flushes, checks the store
+// with check, and that status then reports path replicated.
+func flushUnrecorded(t *testing.T, path string, check func()) {
+	t.Helper()
 	if st := statusOf(t, path); !st.NotReplicated || st.Problem != upload.ChangedUnrecorded || st.Lag <= 0 {
 		t.Fatalf("status after an unrecorded commit=%+v, want not replicated, saying why, with a lag", st)
 	}
 	mustFlush(t, path)
-	checkReplica(t, sto, path)
+	check()
 	if st := statusOf(t, path); st.NotReplicated {
 		t.Fatalf("status after the flush=%+v, want replicated", st)
 	}
@@ -372,14 +380,7 @@ func TestFlushWALOutsideWriterAfterClose(t *testing.T) {
 				}
 			}
 			// Status tells before a flush does.
-			if st := statusOf(t, path); !st.NotReplicated || st.Problem != upload.ChangedUnrecorded || st.Lag <= 0 {
-				t.Errorf("status after the shell's commit=%+v, want not replicated, saying why, with a lag", st)
-			}
-			mustFlush(t, path)
-			checkLogicalReplica(t, sto, path)
-			if st := statusOf(t, path); st.NotReplicated {
-				t.Errorf("status after the flush=%+v, want replicated", st)
-			}
+			flushUnrecorded(t, path, func() { checkLogicalReplica(t, sto, path) })
 		})
 	}
 }
