@@ -83,8 +83,12 @@ type Stats struct {
 	// LogBytesScanned counts the bytes of write-ahead log frames read
 	// and checksummed to find what commits changed (WAL mode).
 	LogBytesScanned int64
-	LastSnapshot    time.Time // when the last snapshot was published
-	LastError       string    // the last failure, "" after a success
+	// RestartBytesRead counts the bytes of the log that restarts of it on
+	// the commit path read to carry its frames over (WAL mode): frame
+	// headers, none for the frames the restarting connection wrote.
+	RestartBytesRead int64
+	LastSnapshot     time.Time // when the last snapshot was published
+	LastError        string    // the last failure, "" after a success
 }
 
 // DB is the spool state of one source database.
@@ -227,6 +231,7 @@ func (d *DB) Stats() Stats {
 	st := d.stats
 	d.mu.Unlock()
 	st.LogBytesScanned = d.walx.scanned.Load()
+	st.RestartBytesRead = d.walx.headerRead.Load()
 	return st
 }
 

@@ -90,6 +90,18 @@ type WALFile interface {
 	Size() (int64, error)
 }
 
+// A FramePager is a WALFile that knows the pages of frames of the log
+// without reading them: those its connection wrote, in order, checked
+// against the committed log (the VFS's log, during WALReset). It names
+// the log's salts (salt-1 high, salt-2 low), its page size, and the pages
+// of its frames lo to lo+len(pages)-1. A restart's carry reads from the
+// log only the frames it does not know (walIndex.pagesAfter): at 1,000
+// frames of 4 KiB, reading them all took about 1 ms of the commit that
+// restarted the log, the slowest 0.3% of a busy writer's commits.
+type FramePager interface {
+	FramePages() (salt uint64, pageSize, lo int, pages []uint32)
+}
+
 // noWAL is a log that does not exist.
 type noWAL struct{}
 

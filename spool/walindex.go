@@ -87,16 +87,18 @@ func walChecksum(bigEnd bool, s [2]uint32, b []byte) [2]uint32 {
 // written since the last one, so that a commit's capture costs what the
 // commit wrote. A new salt (the log restarted) starts it over.
 type walIndex struct {
-	valid    bool // hdr is a valid header
-	hdr      walHeader
-	mx       int               // frames committed: the last commit is frame mx (1-based)
-	ck       [2]uint32         // the checksum after frame mx
-	nPages   uint32            // the database's size in pages after frame mx
-	latest   map[uint32]uint32 // page -> its last committed frame
-	frames   []uint32          // page of each committed frame, frames[i] for frame i+1
-	readBuf  []byte
-	scanned  atomic.Int64 // bytes of frames read and checksummed, for Stats
-	restarts int          // times the index started over
+	valid   bool // hdr is a valid header
+	hdr     walHeader
+	mx      int               // frames committed: the last commit is frame mx (1-based)
+	ck      [2]uint32         // the checksum after frame mx
+	nPages  uint32            // the database's size in pages after frame mx
+	latest  map[uint32]uint32 // page -> its last committed frame
+	frames  []uint32          // page of each committed frame, frames[i] for frame i+1
+	readBuf []byte
+	scanned atomic.Int64 // bytes of frames read and checksummed, for Stats
+	// headerRead counts the bytes pagesAfter read, for Stats.
+	headerRead atomic.Int64
+	restarts   int // times the index started over
 
 	// pages holds the content of recently committed pages, as the scan
 	// read them (the checksum needs every byte): a capture then copies
@@ -269,7 +271,9 @@ func (x *walIndex) scan(f walFile) error {
 // from it; only the headers of the others are read, and x does not
 // change. The result is a superset of the pages committed after from:
 // what a restart's carry needs, quickly, on the commit path (a carried
-// chunk that did not change costs a read, nothing more).
+// chunk that did not change costs a read, nothing more). When f is a
+// FramePager, the frames it wrote are not read either: only the header
+// of the frame after them, to see that the log ends there.
 func (x *walIndex) pagesAfter(f walFile, h walHeader, from int) (pages []uint32, last int, err error) {
 	size, err := f.Size()
 	if err != nil {
@@ -280,27 +284,66 @@ func (x *walIndex) pagesAfter(f walFile, h walHeader, from int) (pages []uint32,
 		pages = append(pages, x.pagesSince(from)...)
 		next = x.mx + 1
 	}
+	// The frames the writer knows, lo to lo+len(run)-1, when they are
+	// this log's and some are still to be had.
+	var lo int
+	var run []uint32
+	if fp, ok := f.(FramePager); ok {
+		salt, ps, first, known := fp.FramePages()
+		if salt == h.salt && ps == h.pageSize && first >= 1 && first+len(known) > next {
+			lo, run = first, known
+		}
+	}
 	fs := int64(h.pageSize) + walFrameHeaderSize
 	maxBatch := max(1, int((1<<20)/fs))
-	if len(x.readBuf) < maxBatch*int(fs) {
-		x.readBuf = make([]byte, maxBatch*int(fs))
-	}
 	last = next - 1
+	probe := false
 	for {
+		if run != nil && next >= lo {
+			pages = append(pages, run[next-lo:]...)
+			next = lo + len(run)
+			last = next - 1
+			run = nil
+			// The log most likely ends there: one frame header says so,
+			// before a read of whole frames.
+			probe = true
+		}
 		off := walHeaderSize + int64(next-1)*fs
 		if off+fs > size {
 			return pages, last, nil
 		}
+		if probe {
+			var hb [walFrameHeaderSize]byte
+			x.headerRead.Add(walFrameHeaderSize)
+			if _, err := f.ReadAt(hb[:], off); err != nil {
+				return nil, 0, fmt.Errorf("spool: read the write-ahead log at %d: %w", off, err)
+			}
+			if pg, salt := frameHeader(hb[:]); pg == 0 || salt != h.salt {
+				return pages, last, nil
+			}
+			probe = false
+		}
 		n := min(int64(maxBatch), (size-off)/fs)
+		if run != nil {
+			n = min(n, int64(lo-next)) // up to the frames the writer knows
+		}
+		if len(x.readBuf) < int(n*fs) {
+			x.readBuf = make([]byte, maxBatch*int(fs))
+		}
 		buf := x.readBuf[:n*fs]
+		x.headerRead.Add(n * fs)
 		if _, err := f.ReadAt(buf, off); err != nil {
 			return nil, 0, fmt.Errorf("spool: read the write-ahead log at %d: %w", off, err)
 		}
 		for i := int64(0); i < n; i++ {
-			fr := buf[i*fs:]
-			pg := binary.BigEndian.Uint32(fr[0:])
-			salt := uint64(binary.BigEndian.Uint32(fr[8:]))<<32 | uint64(binary.BigEndian.Uint32(fr[12:]))
+			pg, salt := frameHeader(buf[i*fs:])
 			if pg == 0 || salt != h.salt {
+				if run != nil {
+					// The writer wrote frames of this log after these:
+					// its pages count too (a superset is correct).
+					pages = append(pages, run...)
+					last = lo + len(run) - 1
+				}
 				return pages, last, nil
 			}
 			pages = append(pages, pg)
@@ -308,6 +351,11 @@ func (x *walIndex) pagesAfter(f walFile, h walHeader, from int) (pages []uint32,
 			next++
 		}
 	}
+}
+
+// frameHeader returns the page and the salts a frame header names.
+func frameHeader(b []byte) (pg uint32, salt uint64) {
+	return binary.BigEndian.Uint32(b[0:]), binary.BigEndian.Uint64(b[8:])
 }
 
 // pagesSince returns the pages of the committed frames after frame from.

@@ -236,3 +236,83 @@ func TestWALIndexPagesAfter(t *testing.T) {
 		t.Fatalf("pagesAfter(0) of the restarted log=%v, %d, %v; want [9], 1 (the index is the old log's; the old frames end it)", pages, last, err)
 	}
 }
+
+// pagedWAL is a log whose writer knows the pages of some of its frames
+// (a FramePager), and that counts the bytes read from it.
+type pagedWAL struct {
+	*memWAL
+	salt  uint64
+	lo    int
+	pages []uint32
+	read  int
+}
+
+func (w *pagedWAL) FramePages() (uint64, int, int, []uint32) {
+	return w.salt, w.pageSize, w.lo, w.pages
+}
+
+func (w *pagedWAL) ReadAt(p []byte, off int64) (int, error) {
+	w.read += len(p)
+	return w.memWAL.ReadAt(p, off)
+}
+
+// TestWALIndexPagesAfterFramePager: a restart's carry takes the pages of
+// the frames the connection wrote from it, and reads from the log only
+// the frames it does not know, and one frame header to see the log end:
+// not the whole log, which cost 1 ms of the commit that restarted it.
+func TestWALIndexPagesAfterFramePager(t *testing.T) {
+	const ps = 1024
+	const n = 200
+	w := newMemWAL(ps, 7, 9)
+	var all []uint32
+	for i := 1; i <= n; i++ {
+		pg := uint32(i*7%50 + 1)
+		var commit uint32
+		if i%4 == 0 {
+			commit = 60
+		}
+		w.frame(i, pg, commit, byte(i))
+		all = append(all, pg)
+	}
+	// Frames of an older log after the end (another salt).
+	w2 := newMemWAL(ps, 6, 3)
+	for i := 1; i <= n+20; i++ {
+		w2.frame(i, 99, 0, 'x')
+	}
+	copy(w2.b, w.b)
+	w.b = w2.b
+	h, _ := parseWALHeader(w.b)
+	salt := uint64(7)<<32 | 9
+	fs := walFrameHeaderSize + ps
+
+	tests := []struct {
+		name     string
+		salt     uint64
+		pageSize int
+		lo       int
+		known    []uint32 // the pager's frames, from lo
+		from     int
+		maxRead  int
+	}{
+		{"every frame known", salt, ps, 1, all, 0, walFrameHeaderSize},
+		{"from a position inside", salt, ps, 1, all, 120, walFrameHeaderSize},
+		{"a run that starts later: the frames before it read", salt, ps, 51, all[50:], 0, 50*fs + walFrameHeaderSize},
+		{"a run that ends early: the frames after it read", salt, ps, 1, all[:150], 0, 1 << 20},
+		{"another log's run: ignored", salt + 1, ps, 1, all, 0, 1 << 30},
+		{"another page size: ignored", salt, 2 * ps, 1, all, 0, 1 << 30},
+		{"a run from a frame past the index's", salt, ps, 10, all[9:], 5, 4*fs + walFrameHeaderSize},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pw := &pagedWAL{memWAL: w, salt: tt.salt, lo: tt.lo, pages: tt.known}
+			var x walIndex
+			pages, last, err := x.pagesAfter(pw, h, tt.from)
+			if err != nil || !slices.Equal(pages, all[tt.from:]) || last != n {
+				t.Fatalf("pagesAfter(%d)=%v, %d, %v; want %v, %d", tt.from, pages, last, err, all[tt.from:], n)
+			}
+			if pw.read > tt.maxRead {
+				t.Fatalf("pagesAfter(%d) read %d bytes of the log, want at most %d", tt.from, pw.read, tt.maxRead)
+			}
+		})
+	}
+}

@@ -88,6 +88,8 @@ typedef struct BouleFile {
   int walWrote;           /* main: frames written since the last capture */
   int walLocked;          /* main: this connection holds the log's write lock */
   int readsHeld;          /* main: the persister's reads are held (bLock) */
+  const volatile unsigned char *shm0; /* main: the shm's first region, or NULL */
+  struct FrameRun *run;   /* log: the frames this connection wrote, or NULL */
 } BouleFile;
 
 sqlite3_vfs *boule_unix_vfs; /* the unix VFS, found by boule_register */
@@ -214,6 +216,164 @@ static void capture_wal(BouleFile *p, int flags) {
   if (p->wal == 0) return;
   boule_count_go_call();
   bouleGoCaptureWAL(p->handle, p, p->wal, flags);
+}
+
+/* ---- the pages of the frames a connection wrote -------------------------- */
+
+/* A restart of the log on the commit path carries the chunks its frames
+** changed over to the persister (spool's carryRestart), and needs the
+** page of each frame since the staged position: read from the old log,
+** that is a read of the whole log (4 MiB for SQLite's default 1,000
+** frames), about 1 ms of the commit that restarts it. A connection that
+** wrote those frames has seen each page number go by already: SQLite
+** writes a frame as its 24-byte header and then its page, each a write
+** of its own (walWriteOneFrame).
+**
+** A FrameRun is the frames one connection wrote in order, lo to hi, with
+** one log's salts: for each, its page and the checksum its header ends
+** with. It is trusted only as the committed log: when the connection
+** takes the log's write lock, the wal-index header (the first 48 bytes of
+** the shm, https://sqlite.org/walformat.html) names the last committed
+** frame (mxFrame), its checksum and the salts, all of them written by the
+** writer that committed it. The run is cut back to mxFrame when it holds
+** that frame with that checksum (a rollback of frames it wrote: the log's
+** cumulative checksum chains every frame before), and dropped otherwise
+** (another connection wrote since, the log restarted). Anything else
+** written over the run's frames drops it too. A restart reads only the
+** frames the run does not hold. */
+typedef struct FrameRun {
+  unsigned char salt[8];  /* the log's salts, as in its header */
+  uint32_t szPage;
+  int64_t lo, hi;         /* frames lo..hi (1-based); hi < lo: empty */
+  int64_t cap;
+  uint32_t *pgno;         /* pgno[k-lo] is frame k's page */
+  uint32_t (*cksum)[2];   /* cksum[k-lo]: the checksum in frame k's header */
+  int64_t pendOff;        /* a frame header written at pendOff, page to follow; -1 none */
+  unsigned char pend[24];
+} FrameRun;
+
+/* At most this many frames are remembered (1.5 MiB): a longer run is
+** dropped, and its restart reads the log. */
+#define FRAME_RUN_MAX (128 * 1024)
+
+static uint32_t get_be32(const unsigned char *b) {
+  return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+}
+
+static void run_drop(FrameRun *r) {
+  if (r) {
+    r->lo = 1;
+    r->hi = 0;
+  }
+}
+
+/* Records the frame whose header (hdr) and page (szPage bytes) were just
+** written at off (the header's offset). */
+static void run_frame(BouleFile *w, const unsigned char *hdr, int64_t off, int szPage) {
+  FrameRun *r = w->run;
+  int64_t k;
+  if (szPage < 512 || szPage > 65536 || off < 32 || (off - 32) % (szPage + 24) != 0) {
+    run_drop(r);
+    return;
+  }
+  k = (off - 32) / (szPage + 24) + 1;
+  if (r->hi < r->lo || k != r->hi + 1 || memcmp(r->salt, hdr + 8, 8) != 0 || r->szPage != (uint32_t)szPage) {
+    memcpy(r->salt, hdr + 8, 8);
+    r->szPage = (uint32_t)szPage;
+    r->lo = k;
+    r->hi = k - 1;
+  }
+  if (r->hi - r->lo + 1 >= r->cap) {
+    int64_t n = r->cap ? 2 * r->cap : 1024;
+    uint32_t *pg;
+    uint32_t(*ck)[2];
+    if (n > FRAME_RUN_MAX) {
+      run_drop(r);
+      return;
+    }
+    pg = sqlite3_realloc64(r->pgno, n * sizeof(*pg));
+    if (pg) r->pgno = pg;
+    ck = pg ? sqlite3_realloc64(r->cksum, n * sizeof(*ck)) : 0;
+    if (ck) r->cksum = ck;
+    if (!pg || !ck) {
+      run_drop(r);
+      return;
+    }
+    r->cap = n;
+  }
+  r->hi = k;
+  r->pgno[k - r->lo] = get_be32(hdr);
+  r->cksum[k - r->lo][0] = get_be32(hdr + 16);
+  r->cksum[k - r->lo][1] = get_be32(hdr + 20);
+}
+
+/* Sees a write of n bytes at off to the log of a replicated database,
+** before it is made. */
+static void run_write(BouleFile *w, const void *buf, int n, int64_t off) {
+  FrameRun *r = w->run;
+  if (r == 0) {
+    r = w->run = sqlite3_malloc(sizeof(FrameRun));
+    if (r == 0) return;
+    memset(r, 0, sizeof(*r));
+    r->pendOff = -1;
+    run_drop(r);
+  }
+  if (n == 24 && off >= 32) {
+    memcpy(r->pend, buf, 24);
+    r->pendOff = off;
+    return;
+  }
+  if (r->pendOff >= 0 && off == r->pendOff + 24) {
+    run_frame(w, r->pend, r->pendOff, n);
+  } else if (off < 32 || r->hi < r->lo || r->szPage == 0 ||
+             (off - 32) % (r->szPage + 24) != 24 || n != (int)r->szPage) {
+    /* Not the page of a frame alone (which rewrites a page in place, its
+    ** header unchanged): a new header, or something unforeseen. */
+    run_drop(r);
+  }
+  r->pendOff = -1;
+}
+
+/* Checks the run of main file m's log against the committed log, just
+** after m took the log's write lock: see FrameRun. */
+static void run_check(BouleFile *m) {
+  FrameRun *r = m->wal ? m->wal->run : 0;
+  const volatile unsigned char *h = m->shm0;
+  uint32_t mx, ck[2], ver;
+  if (r == 0 || r->hi < r->lo) return;
+  if (h == 0) {
+    run_drop(r);
+    return;
+  }
+  /* WalIndexHdr, in native byte order: iVersion at 0, isInit at 12,
+  ** mxFrame at 16, aFrameCksum at 24, aSalt at 32 (the bytes of the
+  ** log's header). */
+  memcpy(&ver, (const void *)h, 4);
+  memcpy(&mx, (const void *)(h + 16), 4);
+  memcpy(ck, (const void *)(h + 24), 8);
+  if (ver != 3007000 || h[12] == 0 || memcmp((const void *)(h + 32), r->salt, 8) != 0 ||
+      mx < r->lo || mx > r->hi || r->cksum[mx - r->lo][0] != ck[0] || r->cksum[mx - r->lo][1] != ck[1]) {
+    run_drop(r);
+    return;
+  }
+  r->hi = mx;
+}
+
+/* Copies out the run of log file wal: its salts (as in the log's header)
+** and page size, its first frame, and up to max pages (frames lo to
+** lo+*n-1). Returns the number of frames it holds (0: none). Only valid
+** during bouleGoWALReset. */
+int64_t boule_wal_run(void *wal, unsigned char salt[8], uint32_t *szPage, int64_t *lo, uint32_t *pages, int64_t max) {
+  BouleFile *w = (BouleFile *)wal;
+  FrameRun *r = w->run;
+  int64_t n;
+  if (r == 0 || r->hi < r->lo) return 0;
+  n = r->hi - r->lo + 1;
+  memcpy(salt, r->salt, 8);
+  *szPage = r->szPage;
+  *lo = r->lo;
+  if (pages) memcpy(pages, r->pgno, (size_t)(n < max ? n : max) * sizeof(uint32_t));
+  return n;
 }
 
 /* ---- helpers called from Go during bouleGoSnapshot ----------------------- */
@@ -540,7 +700,9 @@ static int bDeviceCharacteristics(sqlite3_file *f) {
 
 static int bShmMap(sqlite3_file *f, int pg, int sz, int extend, void volatile **pp) {
   BouleFile *p = (BouleFile *)f;
-  return p->real->pMethods->xShmMap(p->real, pg, sz, extend, pp);
+  int rc = p->real->pMethods->xShmMap(p->real, pg, sz, extend, pp);
+  if (rc == SQLITE_OK && pg == 0 && sz >= 136) p->shm0 = (const volatile unsigned char *)*pp;
+  return rc;
 }
 
 static int bShmLock(sqlite3_file *f, int offset, int n, int flags) {
@@ -555,6 +717,7 @@ static int bShmLock(sqlite3_file *f, int offset, int n, int flags) {
   rc = p->real->pMethods->xShmLock(p->real, offset, n, flags);
   if (rc == SQLITE_OK && offset == 0 && n == 1 && flags == (SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE)) {
     p->walLocked = 1;
+    run_check(p);
   }
   return rc;
 }
@@ -566,6 +729,7 @@ static void bShmBarrier(sqlite3_file *f) {
 
 static int bShmUnmap(sqlite3_file *f, int deleteFlag) {
   BouleFile *p = (BouleFile *)f;
+  p->shm0 = 0;
   return p->real->pMethods->xShmUnmap(p->real, deleteFlag);
 }
 
@@ -596,6 +760,12 @@ static int wClose(sqlite3_file *f) {
   }
   if (p->main) p->main->wal = 0;
   p->main = 0;
+  if (p->run) {
+    sqlite3_free(p->run->pgno);
+    sqlite3_free(p->run->cksum);
+    sqlite3_free(p->run);
+    p->run = 0;
+  }
   return p->real->pMethods ? p->real->pMethods->xClose(p->real) : SQLITE_OK;
 }
 
@@ -611,6 +781,7 @@ static int wWrite(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off) {
       bouleGoWALReset(p->main->handle, p->main, p, buf, !p->main->walLocked);
     }
     p->main->walWrote = 1;
+    run_write(p, buf, n, off);
   }
   return p->real->pMethods->xWrite(p->real, buf, n, off);
 }
@@ -621,6 +792,7 @@ static int wTruncate(sqlite3_file *f, sqlite3_int64 size) {
     boule_count_go_call();
     bouleGoWALReset(p->main->handle, p->main, p, 0, !p->main->walLocked);
   }
+  run_drop(p->run);
   return p->real->pMethods->xTruncate(p->real, size);
 }
 

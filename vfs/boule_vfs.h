@@ -51,6 +51,12 @@ typedef struct BoulePre {
 ** unix file. Only valid during bouleGoSnapshot. Returns an SQLite code. */
 int boule_file_read(void *file, void *buf, int n, int64_t off);
 
+/* The frames of a log its connection wrote, in order, as checked against
+** the committed log when it took the log's write lock: their salts, page
+** size, first frame (*lo) and up to max of their pages. Returns how many
+** there are (0: none known). Only valid during bouleGoWALReset. */
+int64_t boule_wal_run(void *wal, unsigned char salt[8], uint32_t *szPage, int64_t *lo, uint32_t *pages, int64_t max);
+
 /* Size of the main database file. Only valid during bouleGoSnapshot. */
 int boule_file_size(void *file, int64_t *size);
 

@@ -10,6 +10,7 @@ import "C"
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"strings"
@@ -159,7 +160,26 @@ func bouleGoWALReset(h C.uint64_t, file, wal unsafe.Pointer, hdr unsafe.Pointer,
 	if hdr != nil {
 		b = C.GoBytes(hdr, 32)
 	}
-	c.db.WALReset(cSource{file}, cWAL{cSource{wal}}, b, eager != 0)
+	c.db.WALReset(cSource{file}, resetWAL{cWAL{cSource{wal}}}, b, eager != 0)
+}
+
+// resetWAL is the log during bouleGoWALReset, which knows the pages of
+// the frames its connection wrote (boule_wal_run).
+type resetWAL struct{ cWAL }
+
+var _ spool.FramePager = resetWAL{}
+
+func (w resetWAL) FramePages() (salt uint64, pageSize, lo int, pages []uint32) {
+	var s [8]C.uchar
+	var ps C.uint32_t
+	var first C.int64_t
+	n := C.boule_wal_run(w.file, &s[0], &ps, &first, nil, 0)
+	if n <= 0 {
+		return 0, 0, 0, nil
+	}
+	pages = make([]uint32, n)
+	n = C.boule_wal_run(w.file, &s[0], &ps, &first, (*C.uint32_t)(unsafe.Pointer(&pages[0])), n)
+	return binary.BigEndian.Uint64(C.GoBytes(unsafe.Pointer(&s[0]), 8)), int(ps), int(first), pages[:n]
 }
 
 //export bouleGoHoldReads
