@@ -117,3 +117,34 @@ func TestPackedChunkReusesDecodeBuffers(t *testing.T) {
 		t.Errorf("a compressed chunk of a kept pack allocated %d bytes, want less than a chunk (%d)", n, manifest.ChunkSize)
 	}
 }
+
+// TestPrefetchLeavesReadPacksKept: the packs the prefetch fetches are
+// held until it is done with them, not kept: kept, they pushed out of
+// the packs kept (a sixteenth of the memory limit) the pack a scan was
+// reading, whose next chunks then fetched it again.
+func TestPrefetchLeavesReadPacksKept(t *testing.T) {
+	f := newFixture(t)
+	m := publishPacked(t, f.store, "/data/keep.db", db(43, 73), 8) // chunk 0 inline, 9 packs of 512 KiB
+	// 64 MiB: 8 packs kept (of the 9), and room in the buffers (8 MiB)
+	// for every pack at once, so that the prefetch never waits for room
+	// (after prefetchEvictAfter, it would drop a kept pack).
+	r, c := f.open("/data/keep.db", Options{MemoryLimit: 64 << 20, Prefetch: -1})
+	s := c.Snapshot()
+	if _, err := s.Chunk(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	read, _ := s.packIndex().Ref(1)
+	r.prefetch = 4
+	s.startPrefetch()
+	<-s.prefetched
+	r.packs.mu.Lock()
+	_, kept := r.packs.kept[read.ID]
+	held := len(r.packs.active)
+	r.packs.mu.Unlock()
+	if !kept {
+		t.Errorf("after the prefetch of %d packs, the pack a read fetched is no longer kept", len(m.Packs))
+	}
+	if held != 0 {
+		t.Errorf("after the prefetch, %d of its packs are still held, want 0", held)
+	}
+}

@@ -17,6 +17,11 @@ import (
 // Go heap, and counted by reference: the cache keeps one on each pack it
 // keeps, each caller of get one until it is done with the pack, and each
 // chunk of it queued for the cache's files one until it is written.
+//
+// A pack the prefetch fetched is not kept but held (active) until the
+// prefetch is done with its chunks (drop): reads that overtake the
+// prefetch find it there, and it does not push out of the kept packs
+// those of a scan, whose next reads would fetch them again.
 type packCache struct {
 	maxBytes int
 	spawn    func(func()) bool // the reader's goBG: fetches end before Close returns
@@ -24,7 +29,8 @@ type packCache struct {
 	mu       sync.Mutex
 	inflight map[manifest.Fingerprint]*packFlight
 	kept     map[manifest.Fingerprint]*packBuf
-	order    []manifest.Fingerprint // kept, oldest first
+	order    []manifest.Fingerprint            // kept, oldest first
+	active   map[manifest.Fingerprint]*packBuf // the prefetch's, until drop
 	bytes    int
 }
 
@@ -46,16 +52,22 @@ func newPackCache(maxBytes int, spawn func(func()) bool) *packCache {
 		spawn:    spawn,
 		inflight: map[manifest.Fingerprint]*packFlight{},
 		kept:     map[manifest.Fingerprint]*packBuf{},
+		active:   map[manifest.Fingerprint]*packBuf{},
 	}
 }
 
 // get returns pack id, with a reference the caller drops (unref) when
 // done with its bytes, from memory or fetched by fetch, once for all
 // concurrent callers. The fetch runs under fctx, not under any caller's
-// ctx: a caller that gives up does not fail the others.
-func (c *packCache) get(ctx, fctx context.Context, id manifest.Fingerprint, fetch func(context.Context) (*packBuf, error)) (*packBuf, error) {
+// ctx: a caller that gives up does not fail the others. A pack fetched
+// for the prefetch is held until drop, not kept.
+func (c *packCache) get(ctx, fctx context.Context, id manifest.Fingerprint, prefetch bool, fetch func(context.Context) (*packBuf, error)) (*packBuf, error) {
 	c.mu.Lock()
-	if b, ok := c.kept[id]; ok {
+	b, ok := c.kept[id]
+	if !ok {
+		b, ok = c.active[id]
+	}
+	if ok {
 		b.ref()
 		c.mu.Unlock()
 		return b, nil
@@ -71,9 +83,14 @@ func (c *packCache) get(ctx, fctx context.Context, id manifest.Fingerprint, fetc
 			f.buf, f.err = b, err
 			if err == nil {
 				// The fetch's reference goes to the waiters, one each,
-				// and to the cache if it keeps the pack.
+				// and to the cache if it keeps or holds the pack.
 				n := int32(f.waiters)
-				if len(b.b) <= c.maxBytes && c.keep(id, b) {
+				if prefetch {
+					if _, had := c.active[id]; !had {
+						c.active[id] = b
+						n++
+					}
+				} else if len(b.b) <= c.maxBytes && c.keep(id, b) {
 					n++
 				}
 				if n == 0 {
@@ -147,20 +164,35 @@ func (c *packCache) dropOldest() bool {
 	return true
 }
 
-// clear forgets every pack kept.
+// clear forgets every pack kept or held.
 func (c *packCache) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, b := range c.kept {
 		b.unref()
 	}
+	for _, b := range c.active {
+		b.unref()
+	}
 	clear(c.kept)
+	clear(c.active)
 	c.order, c.bytes = nil, 0
 }
 
-// drop forgets pack id (its bytes held a damaged chunk, or the prefetch
-// mapped its chunks).
+// release lets go of pack id if the prefetch holds it (it is done with
+// its chunks).
+func (c *packCache) release(id manifest.Fingerprint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b, ok := c.active[id]; ok {
+		delete(c.active, id)
+		b.unref()
+	}
+}
+
+// drop forgets pack id, kept or held (its bytes held a damaged chunk).
 func (c *packCache) drop(id manifest.Fingerprint) {
+	c.release(id)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b, ok := c.kept[id]
@@ -189,7 +221,7 @@ func (r *Reader) packedChunk(ctx context.Context, fp manifest.Fingerprint, want 
 		if store.IsCache(s) {
 			continue
 		}
-		pack, err := r.packs.get(ctx, r.ctx, ref.ID, func(fctx context.Context) (*packBuf, error) {
+		pack, err := r.packs.get(ctx, r.ctx, ref.ID, prefetch, func(fctx context.Context) (*packBuf, error) {
 			fctx, cancel := context.WithTimeout(fctx, r.chunkTO)
 			defer cancel()
 			return r.readPack(fctx, s, ref.ID, prefetch)

@@ -470,8 +470,9 @@ func (s *Snapshot) each(ctx context.Context, count, n int, work func(ctx context
 // prefetchChunk is the prefetch's work for chunk i: map it, or, if it is
 // the first chunk of a pack, map every chunk of the pack (not only a run:
 // a pack whose other chunks were replaced since is fetched once), holding
-// a slot of packSlots meanwhile, and then drop the pack from the reader's
-// memory: its chunks are mapped. The other chunks of a pack are skipped.
+// a slot of packSlots meanwhile, and then let go of the pack it fetched
+// (packCache.release): its chunks are mapped. A pack kept for reads stays
+// kept. The other chunks of a pack are skipped.
 // With warm set, the chunks go to the chunk cache's files instead of
 // memory (see startPrefetch).
 func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan struct{}, warm bool) error {
@@ -496,12 +497,12 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	defer s.rep.r.packs.release(p.ID) // its chunks are mapped or queued, or the prefetch stops
 	for _, mb := range p.Members {
 		if err := get(int(mb.Index)); err != nil {
 			return err
 		}
 	}
-	s.rep.r.packs.drop(p.ID)
 	return nil
 }
 
