@@ -113,8 +113,8 @@ type Config struct {
 	// ReplicaMemoryLimit ("replica_memory_limit") bounds, in bytes, the
 	// anonymous memory in which read replicas (boule_snapshot) keep
 	// chunks, whatever the databases' sizes: copies of chunks get a quarter,
-	// packs kept for their other chunks an eighth, and the rest is for
-	// fetching and decoding them. Chunks mapped from
+	// the buffers packs are fetched into (outside the Go heap) an eighth,
+	// and the rest is for the Go heap's work. Chunks mapped from
 	// the chunk cache's files are not counted: they are file-backed, and
 	// bounded by ReplicaMaxMappedChunks. Zero means 256 MiB; otherwise
 	// at least [MinReplicaMemoryLimit]. This key is Boule's addition.

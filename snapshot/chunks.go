@@ -307,7 +307,7 @@ func (c *chunkMaps) mapped() int {
 //
 // A chunk fetched from a store is written to the cache for chunk i of
 // s, which learns of the file (Snapshot.noteFile) once it is written.
-func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef, paced bool, s *Snapshot, i int) (loaded, error) {
+func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef, paced, prefetch bool, s *Snapshot, i int) (loaded, error) {
 	var errs []error
 	if r.cache != nil {
 		l, err := r.loadCached(ctx, fp, want)
@@ -344,11 +344,13 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		}
 	}
 	if ref != nil {
-		data, err := r.packedChunk(ctx, fp, want, *ref)
+		data, hold, err := r.packedChunk(ctx, fp, want, *ref, prefetch)
 		if err != nil {
 			return loaded{}, fmt.Errorf("snapshot: chunk %s: %w", fp, errors.Join(append(errs, err)...))
 		}
-		r.cacheRead(fp, data, paced, s, i)
+		defer hold.unref()
+		hold.ref() // the queue's, if the chunk is queued
+		r.cacheRead(fp, data, hold, paced, s, i)
 		return r.slabs.copy(data)
 	}
 	data, err := r.remoteChunk(ctx, fp, want)
@@ -361,7 +363,7 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 	// Creating a file costs a few hundred microseconds on some file
 	// systems: the cache file, for the other processes of the host, is
 	// written off the read path.
-	r.cacheRead(fp, data, paced, s, i)
+	r.cacheRead(fp, data, nil, paced, s, i)
 	return r.slabs.copy(data)
 }
 
@@ -377,14 +379,19 @@ const defaultCachePace = 20 * time.Millisecond
 const defaultPaceAfter = 256
 
 // cacheRead queues a chunk a read fetched for the cache: at once or not
-// at all, or, if paced, waiting up to the reader's cachePace.
-func (r *Reader) cacheRead(fp manifest.Fingerprint, data []byte, paced bool, s *Snapshot, i int) {
-	it := cacheItem{fp: fp, data: data, s: s, i: i}
+// at all, or, if paced, waiting up to the reader's cachePace. A reference
+// to buf, the buffer data lies in (if not nil), goes with it.
+func (r *Reader) cacheRead(fp manifest.Fingerprint, data []byte, buf bufRef, paced bool, s *Snapshot, i int) {
+	it := cacheItem{fp: fp, data: data, buf: buf, s: s, i: i}
 	if !paced {
 		r.enqueueCache(nil, it)
 		return
 	}
+	if it.buf != nil {
+		it.buf.ref() // for the second try: each try drops one
+	}
 	if r.enqueueCache(nil, it) {
+		it.unref()
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, r.cachePace)
@@ -430,8 +437,11 @@ const cacheWriters = 4
 // waits for room in the queue if it is full (the prefetch of a snapshot
 // that does not fit in memory: the queue, not the prefetch, sets the
 // pace, and the files are written by one goroutine as for reads).
-func (r *Reader) cacheWait(ctx context.Context, fp manifest.Fingerprint, data []byte, s *Snapshot, i int) error {
-	if !r.enqueueCache(ctx.Done(), cacheItem{fp: fp, data: data, s: s, i: i}) {
+//
+// A reference to buf, the buffer data lies in (if not nil), goes with
+// the chunk.
+func (r *Reader) cacheWait(ctx context.Context, fp manifest.Fingerprint, data []byte, buf bufRef, s *Snapshot, i int) error {
+	if !r.enqueueCache(ctx.Done(), cacheItem{fp: fp, data: data, buf: buf, s: s, i: i}) {
 		return ctx.Err()
 	}
 	return nil
@@ -440,10 +450,13 @@ func (r *Reader) cacheWait(ctx context.Context, fp manifest.Fingerprint, data []
 // enqueueCache queues it for the cache writer; with a nil stop it gives
 // up at once if the queue is full, otherwise it waits until stop. It
 // reports whether the chunk was queued (or there is no cache). A chunk
-// queued already is not queued again, and reported queued.
+// queued already is not queued again, and reported queued. The item's
+// reference to its pack buffer is dropped when it leaves the queue, or at
+// once if it is not queued.
 func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
 	fp := it.fp
 	if r.cache == nil {
+		it.unref()
 		return true
 	}
 	r.cacheOnce.Do(func() {
@@ -464,10 +477,12 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
 	r.cacheMu.Lock()
 	if r.cacheClosed {
 		r.cacheMu.Unlock()
+		it.unref()
 		return false
 	}
 	if _, ok := r.queued[fp]; ok {
 		r.cacheMu.Unlock()
+		it.unref()
 		return true
 	}
 	if r.queued == nil {
@@ -491,7 +506,7 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
 		case <-r.ctx.Done():
 		}
 	}
-	r.cacheDone(fp)
+	r.cacheDone(it)
 	return false
 }
 
@@ -507,15 +522,16 @@ func (r *Reader) writeCached(it cacheItem) {
 			it.s.noteFile(it.i, st)
 		}
 	}
-	r.cacheDone(it.fp)
+	r.cacheDone(it)
 }
 
-// cacheDone records that chunk fp left the cache writer's queue: written,
+// cacheDone records that chunk it left the cache writer's queue: written,
 // or given up.
-func (r *Reader) cacheDone(fp manifest.Fingerprint) {
+func (r *Reader) cacheDone(it cacheItem) {
 	r.cacheMu.Lock()
-	delete(r.queued, fp)
+	delete(r.queued, it.fp)
 	r.cacheMu.Unlock()
+	it.unref()
 	r.cachePending.Done()
 }
 
@@ -532,8 +548,16 @@ func (r *Reader) isQueued(fp manifest.Fingerprint) bool {
 type cacheItem struct {
 	fp   manifest.Fingerprint
 	data []byte
+	buf  bufRef // the buffer data lies in, with a reference; or nil
 	s    *Snapshot
 	i    int
+}
+
+// unref drops the item's reference to its pack buffer, if it has one.
+func (it cacheItem) unref() {
+	if it.buf != nil {
+		it.buf.unref()
+	}
 }
 
 // loadCached returns the want bytes of chunk fp from the local cache,

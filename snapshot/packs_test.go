@@ -255,7 +255,7 @@ func TestPacedReadsCacheEveryChunk(t *testing.T) {
 			select {
 			case it := <-q:
 				got[it.fp] = true
-				r.cacheDone(it.fp)
+				r.cacheDone(it)
 				time.Sleep(time.Millisecond) // a writer slower than the reads
 			case <-stop:
 				written <- got
@@ -309,7 +309,7 @@ func TestWarmPrefetchSkipsQueued(t *testing.T) {
 	for len(q) > 0 {
 		it := <-q
 		n[it.fp]++
-		r.cacheDone(it.fp)
+		r.cacheDone(it)
 	}
 	for i := 1; i < len(m.Chunks); i++ {
 		if n[m.Chunks[i]] != 1 {
@@ -373,5 +373,5 @@ func TestFirstReadsNotPaced(t *testing.T) {
 	}
 	<-q // room: the waiting load queues chunk 14, and returns
 	it := <-q
-	r.cacheDone(it.fp)
+	r.cacheDone(it)
 }

@@ -16,13 +16,15 @@ const (
 	// DefaultMemoryLimit is the anonymous memory a Reader keeps chunks
 	// in: a quarter for copies of chunks (fetched from a store, inline
 	// in a manifest, or read from a file that may not be mapped), an
-	// eighth for packs kept for their other chunks, the rest for the Go
-	// heap's work (decoding packs, queueing chunks for the cache's
-	// files) and its garbage, which the collector lets grow to what is
-	// live. Chunks mapped from the cache's files are file-backed, and not
-	// counted. (Copies had half: a cold scan of a 1 GiB replica, whose
-	// reads overtake the prefetch and fill the copies, peaked at 255 MiB
-	// of RssAnon, with the process's own.)
+	// eighth for the buffers packs are read into (packBufs), both
+	// outside the Go heap, and the rest for the Go heap (the manifests,
+	// the records of chunks held and of cache files written, decoded
+	// chunks waiting for the cache's files) and its garbage, which the
+	// collector lets grow to what is live. Chunks mapped from the
+	// cache's files are file-backed, and not counted. (Copies had half:
+	// a cold scan of a 1 GiB replica, whose reads overtake the prefetch
+	// and fill the copies, peaked at 255 MiB of RssAnon, with the
+	// process's own.)
 	DefaultMemoryLimit = 256 << 20
 	// MinMemoryLimit is the least MemoryLimit: 8 chunk copies.
 	MinMemoryLimit = 2 << 20

@@ -70,8 +70,10 @@ type Options struct {
 	// MemoryLimit bounds the anonymous memory, in bytes, in which the
 	// Reader keeps chunks: a quarter of it for copies of chunks (fetched
 	// from a store, inline in a manifest, or read from files it may not
-	// map), an eighth for packs kept for their other chunks, and the rest
-	// for the work of fetching and decoding them. Zero means
+	// map), an eighth for the buffers packs are read into (being
+	// fetched, kept for their other chunks, or holding chunks queued for
+	// the cache's files; but one pack at a time is read whatever its
+	// size), and the rest for the Go heap's work. Zero means
 	// DefaultMemoryLimit; less than MinMemoryLimit means MinMemoryLimit.
 	// Chunks mapped from the chunk cache's files are file-backed memory
 	// that the kernel may reclaim, and are bounded by MaxMappedChunks.
@@ -119,6 +121,7 @@ type Reader struct {
 	pool   pool
 	slabs  slabs
 	packs  *packCache
+	bufs   *packBufs
 	ctx    context.Context // ends with Close; loads run under it, not their callers'
 	cancel context.CancelFunc
 	bg     sync.WaitGroup // loads, prefetches, cache writers, pollers: started only by goBG
@@ -178,11 +181,14 @@ func NewReader(opts Options) *Reader {
 	r.pool.noteRoomLocked()
 	r.pool.mu.Unlock()
 	r.pool.release = r.release
-	// The rest of the limit is for the Go heap, which the garbage
-	// collector lets grow to twice what is live: packs kept (an eighth),
-	// the chunks queued for the cache's files (a sixty-fourth), and the
-	// packs and chunks being decoded.
-	r.packs = newPackCache(int(min(mem/8, defaultPackCacheBytes)), r.goBG)
+	// Packs are read into buffers outside the Go heap, an eighth of the
+	// limit in all, which the packs kept (up to half of them) share with
+	// those being fetched. The rest of the limit is for the Go heap,
+	// which the garbage collector lets grow to twice what is live: the
+	// chunks decoded for the cache's files (a sixty-fourth), the records
+	// below, and the manifests.
+	r.packs = newPackCache(int(min(mem/16, defaultPackCacheBytes)), r.goBG)
+	r.bufs = newPackBufs(mem/8, r.packs.dropOldest)
 	r.cacheQLen = min(max(chunkSlots(mem/64), 4), 256)
 	r.cachePace = defaultCachePace
 	r.paceAfter = defaultPaceAfter
@@ -245,7 +251,9 @@ func (r *Reader) Close() {
 	// anything refers to it (the VFS keeps a word per replica until the
 	// replica is forgotten): its packs, up to an eighth of the memory
 	// limit, went with it for good at every reader a process replaced.
+	// Their buffers are unmapped, each once its last chunk is written.
 	r.packs.clear()
+	r.bufs.close()
 	r.written.clear()
 	r.mu.Lock()
 	gone := r.forgetLocked(true)
@@ -349,6 +357,39 @@ func (r *Reader) MappedChunks() int { return r.chunks.mapped() }
 // and index), how many of them are copies in anonymous memory, and how
 // many were evicted so far to stay within the bounds.
 func (r *Reader) Held() (chunks, copies int, evicted int64) { return r.pool.counts() }
+
+// MemoryUse is what a Reader holds in anonymous memory, outside the Go
+// heap (Reader.Memory).
+type MemoryUse struct {
+	// Copies are the chunk copies held, in bytes; Slabs, the slabs
+	// mapped for them (slots used or free).
+	Copies, Slabs int64
+	// Buffers are the pack buffers mapped, in use or free: packs being
+	// fetched, kept for their other chunks, or holding chunks queued for
+	// the cache's files. BuffersPeak is the most they have been, and
+	// BuffersLimit their bound (see Options.MemoryLimit).
+	Buffers, BuffersPeak, BuffersLimit int64
+	// PacksKept are the bytes of the packs kept for their other chunks
+	// (within Buffers). BufferWaits counts the fetches that waited for
+	// room in the buffers.
+	PacksKept, BufferWaits int64
+	// CacheQueued counts the chunks queued for the cache's files.
+	CacheQueued int
+}
+
+// Memory reports what the reader holds in anonymous memory now.
+func (r *Reader) Memory() MemoryUse {
+	_, anon, _ := r.pool.counts()
+	u := MemoryUse{Copies: int64(anon) * manifest.ChunkSize, Slabs: int64(r.slabs.count()) * slabSize, BuffersLimit: r.bufs.max}
+	u.Buffers, _, u.BuffersPeak, u.BufferWaits = r.bufs.counts()
+	r.packs.mu.Lock()
+	u.PacksKept = int64(r.packs.bytes)
+	r.packs.mu.Unlock()
+	r.cacheMu.Lock()
+	u.CacheQueued = len(r.queued)
+	r.cacheMu.Unlock()
+	return u
+}
 
 // Resolve parses name and fills in this machine's host name.
 func (r *Reader) Resolve(name string) (Source, error) {

@@ -317,6 +317,12 @@ func (s *Snapshot) ReadAt(ctx context.Context, dst []byte, off int64) error {
 
 // chunk maps chunk i, if the snapshot does not hold it, and returns it.
 func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
+	return s.chunkFor(ctx, i, false)
+}
+
+// chunkFor is chunk, for the prefetch if prefetch is set: then a pack it
+// fetches leaves room to reads (packBufs).
+func (s *Snapshot) chunkFor(ctx context.Context, i int, prefetch bool) ([]byte, error) {
 	if i < 0 || i >= len(s.M.Chunks) {
 		return nil, fmt.Errorf("snapshot: chunk %d out of range [0, %d)", i, len(s.M.Chunks))
 	}
@@ -368,9 +374,9 @@ func (s *Snapshot) chunk(ctx context.Context, i int) ([]byte, error) {
 		defer cancel()
 		paced := s.pacedLoad()
 		if ref, ok := s.packIndex().Ref(i); ok {
-			return r.loadChunk(load, fp, want, &ref, paced, s, i)
+			return r.loadChunk(load, fp, want, &ref, paced, prefetch, s, i)
 		}
-		return r.loadChunk(load, fp, want, nil, paced, s, i)
+		return r.loadChunk(load, fp, want, nil, paced, prefetch, s, i)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
@@ -469,8 +475,9 @@ func (s *Snapshot) each(ctx context.Context, count, n int, work func(ctx context
 // prefetchChunk is the prefetch's work for chunk i: map it, or, if it is
 // the first chunk of a pack, map every chunk of the pack (not only a run:
 // a pack whose other chunks were replaced since is fetched once), holding
-// a slot of packSlots meanwhile, and then drop the pack from the reader's
-// memory: its chunks are mapped. The other chunks of a pack are skipped.
+// a slot of packSlots meanwhile, and then let go of the pack it fetched
+// (packCache.release): its chunks are mapped. A pack kept for reads stays
+// kept. The other chunks of a pack are skipped.
 // With warm set, the chunks go to the chunk cache's files instead of
 // memory (see startPrefetch).
 func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan struct{}, warm bool) error {
@@ -478,7 +485,7 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 		if warm {
 			return s.warm(ctx, i)
 		}
-		_, err := s.chunk(ctx, i)
+		_, err := s.chunkFor(ctx, i, true)
 		return err
 	}
 	k, packed := s.packIndex().Pack(i)
@@ -495,12 +502,12 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	defer s.rep.r.packs.release(p.ID) // its chunks are mapped or queued, or the prefetch stops
 	for _, mb := range p.Members {
 		if err := get(int(mb.Index)); err != nil {
 			return err
 		}
 	}
-	s.rep.r.packs.drop(p.ID)
 	return nil
 }
 
@@ -535,16 +542,17 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	load, cancel := context.WithTimeout(ctx, r.chunkTO)
 	defer cancel()
 	var data []byte
+	var buf bufRef // the buffer data lies in, if any; its reference goes to the queue
 	var err error
 	if ref, ok := s.packIndex().Ref(i); ok {
-		data, err = r.packedChunk(load, fp, want, ref)
+		data, buf, err = r.packedChunk(load, fp, want, ref, true)
 	} else {
 		data, err = r.remoteChunk(load, fp, want)
 	}
 	if err != nil {
 		return fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
 	}
-	return r.cacheWait(ctx, fp, data, s, i)
+	return r.cacheWait(ctx, fp, data, buf, s, i)
 }
 
 // startPrefetch fetches every chunk in the background, in file order (a

@@ -159,9 +159,18 @@ func hasZstdMagic(blob []byte) bool {
 // returned as is. Anything else is reported as an error wrapping
 // ErrCorrupt. On success the result always hashes to fp.
 func DecodeChunk(fp manifest.Fingerprint, blob []byte) ([]byte, error) {
+	return decodeChunkInto(nil, fp, blob)
+}
+
+// decodeChunkInto is DecodeChunk, decompressing into dst if its capacity
+// is at least manifest.ChunkSize, and into a new buffer otherwise.
+func decodeChunkInto(dst []byte, fp manifest.Fingerprint, blob []byte) ([]byte, error) {
 	var zerr error
 	if hasZstdMagic(blob) {
-		out, err := chunkDecoder.DecodeAll(blob, make([]byte, 0, manifest.ChunkSize))
+		if cap(dst) < manifest.ChunkSize {
+			dst = make([]byte, 0, manifest.ChunkSize)
+		}
+		out, err := chunkDecoder.DecodeAll(blob, dst[:0])
 		if err == nil && len(out) <= manifest.ChunkSize && manifest.Sum(out) == fp {
 			return out, nil
 		}

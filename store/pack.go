@@ -81,12 +81,20 @@ func EncodePack(chunks []PackedChunk) (blob []byte, id manifest.Fingerprint, ref
 // wrapping ErrCorrupt if the blob is out of the pack's bounds or does not
 // decode to bytes that hash to fp.
 func DecodePackMember(pack []byte, ref manifest.PackRef, fp manifest.Fingerprint) ([]byte, error) {
+	return DecodePackMemberInto(nil, pack, ref, fp)
+}
+
+// DecodePackMemberInto is DecodePackMember, decompressing a compressed
+// member into dst when dst has room for a chunk (cap(dst) is at least
+// manifest.ChunkSize) rather than into a new buffer. The bytes returned
+// lie in dst, or, for a member stored raw, in pack.
+func DecodePackMemberInto(dst, pack []byte, ref manifest.PackRef, fp manifest.Fingerprint) ([]byte, error) {
 	end := uint64(ref.Offset) + uint64(ref.Length)
 	if end > uint64(len(pack)) {
 		return nil, fmt.Errorf("store: pack %s: chunk %s at %d+%d is past the pack's %d bytes: %w",
 			ref.ID, fp, ref.Offset, ref.Length, len(pack), ErrCorrupt)
 	}
-	data, err := DecodeChunk(fp, pack[ref.Offset:end])
+	data, err := decodeChunkInto(dst, fp, pack[ref.Offset:end])
 	if err != nil {
 		return nil, fmt.Errorf("store: pack %s: chunk %s: %w", ref.ID, fp, err)
 	}
@@ -112,4 +120,37 @@ func FetchPack(ctx context.Context, stores []Store, id manifest.Fingerprint) ([]
 		return nil, fmt.Errorf("store: pack %s: no store to read it from", id)
 	}
 	return nil, fmt.Errorf("store: pack %s: %w", id, errors.Join(errs...))
+}
+
+// A PackReader is the capability of a store that reads a pack into memory
+// its caller provides, such as a read replica's buffers outside the Go
+// heap, rather than into a new allocation as GetPack does.
+type PackReader interface {
+	// ReadPack reads pack id, as stored, into the buffer alloc returns
+	// for its size (at most manifest.MaxPackSize), and returns that
+	// buffer, holding the pack. alloc is called at most once per
+	// attempt, before any byte is read; when ReadPack fails after alloc
+	// returned, the caller still owns the buffer.
+	ReadPack(ctx context.Context, id manifest.Fingerprint, alloc func(size int) ([]byte, error)) ([]byte, error)
+}
+
+// ReadPack reads pack id from s into alloc's buffer (see PackReader): in
+// place if s is a PackReader, alone or behind a Limited, and otherwise
+// through GetPack and a copy.
+func ReadPack(ctx context.Context, s Store, id manifest.Fingerprint, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	if pr, ok := s.(PackReader); ok {
+		return pr.ReadPack(ctx, id, alloc)
+	}
+	b, err := s.GetPack(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > manifest.MaxPackSize {
+		return nil, fmt.Errorf("store: pack %s of %d bytes, more than the %d a pack may have: %w", id, len(b), manifest.MaxPackSize, ErrCorrupt)
+	}
+	buf, err := alloc(len(b))
+	if err != nil {
+		return nil, err
+	}
+	return buf[:copy(buf, b)], nil
 }

@@ -336,6 +336,12 @@ func (l *Limited) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte,
 	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return l.s.GetPack(ctx, id) })
 }
 
+// ReadPack implements PackReader, through the store's ReadPack if it has
+// one (see store.ReadPack).
+func (l *Limited) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return ReadPack(ctx, l.s, id, alloc) })
+}
+
 // TouchPack implements Store.
 func (l *Limited) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return l.run(ctx, false, func(ctx context.Context) error { return l.s.TouchPack(ctx, id) })

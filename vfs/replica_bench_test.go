@@ -23,6 +23,7 @@ import (
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/snapshot"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
 	"github.com/boule-vfs/boule/store/s3"
@@ -393,24 +394,60 @@ func peakRssAnon(f func()) int64 {
 
 // memPeaks are the peaks of a process's memory while something ran.
 type memPeaks struct {
-	rssAnon int64 // RssAnon
-	goHeld  int64 // what the Go runtime holds from the OS (and has not released)
-	copies  int64 // the replica reader's chunk copies, in bytes
+	rssAnon int64  // RssAnon
+	goHeld  int64  // what the Go runtime holds from the OS (and has not released)
+	copies  int64  // the replica reader's chunk copies, in bytes
+	atPeak  string // where RssAnon went at its peak (BOULE_BENCH_MEMDETAIL)
 }
 
 // peakMemory samples the process's memory every 10 ms while f runs, and
-// returns the peaks.
+// returns the peaks. With BOULE_BENCH_MEMDETAIL set, it also breaks down
+// the process's memory at the RssAnon peak (the Go runtime's classes,
+// the replica reader's own accounts), and with BOULE_BENCH_HEAPPROFILE
+// set to a file prefix, writes the Go heap profile at that peak.
 func peakMemory(f func()) memPeaks {
 	stop := make(chan struct{})
 	done := make(chan memPeaks)
-	samples := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	detail := os.Getenv("BOULE_BENCH_MEMDETAIL") != ""
+	heapProf := os.Getenv("BOULE_BENCH_HEAPPROFILE")
+	names := []string{
+		"/memory/classes/total:bytes", "/memory/classes/heap/released:bytes",
+		"/memory/classes/heap/objects:bytes", "/memory/classes/heap/unused:bytes",
+		"/memory/classes/heap/free:bytes", "/memory/classes/heap/stacks:bytes",
+		"/memory/classes/os-stacks:bytes", "/gc/heap/goal:bytes", "/gc/heap/live:bytes",
+	}
+	samples := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		samples[i].Name = n
+	}
+	written := int64(0)
 	sample := func(p *memPeaks) {
-		p.rssAnon = max(p.rssAnon, rssAnon())
+		rss := rssAnon()
 		metrics.Read(samples)
-		p.goHeld = max(p.goHeld, int64(samples[0].Value.Uint64()-samples[1].Value.Uint64()))
+		v := func(i int) int64 { return int64(samples[i].Value.Uint64()) }
+		p.goHeld = max(p.goHeld, v(0)-v(1))
+		var mem snapshot.MemoryUse
 		if r := vfs.Reader(); r != nil {
 			_, copies, _ := r.Held()
 			p.copies = max(p.copies, int64(copies)*manifest.ChunkSize)
+			mem = r.Memory()
+		}
+		if rss > p.rssAnon {
+			p.rssAnon = rss
+			if detail {
+				mib := func(x int64) string { return fmt.Sprintf("%.1f", float64(x)/(1<<20)) }
+				p.atPeak = fmt.Sprintf("RssAnon %s MiB: Go held %s (heap objects %s, unused %s, free not released %s, stacks %s+%s; goal %s, live at last GC %s); "+
+					"reader: copies %s, slabs %s, %+v; not Go, not slabs: %s",
+					mib(rss), mib(v(0)-v(1)), mib(v(2)), mib(v(3)), mib(v(4)), mib(v(5)), mib(v(6)), mib(v(7)), mib(v(8)),
+					mib(mem.Copies), mib(mem.Slabs), mem, mib(rss-(v(0)-v(1))-mem.Slabs))
+			}
+			if heapProf != "" && rss > written+4<<20 && rss > 64<<20 {
+				written = rss
+				if out, err := os.Create(heapProf + "-peak.pprof"); err == nil {
+					_ = pprof.Lookup("heap").WriteTo(out, 0)
+					out.Close()
+				}
+			}
 		}
 	}
 	go func() {
@@ -520,6 +557,9 @@ func BenchmarkLargeScan(b *testing.B) {
 		b.ReportMetric(float64(peak.rssAnon>>20), "MiB-RssAnon")
 		b.ReportMetric(float64(peak.goHeld>>20), "MiB-Go")
 		b.ReportMetric(float64(peak.copies>>20), "MiB-copies")
+		if peak.atPeak != "" {
+			fmt.Fprintf(os.Stderr, "%s: at the peak: %s\n", b.Name(), peak.atPeak)
+		}
 	}
 	b.Run("vfs=unix", func(b *testing.B) {
 		db := open(b, path, "unix", "mode=ro")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -145,6 +146,21 @@ func (s *Store) PutPack(ctx context.Context, id manifest.Fingerprint, blob []byt
 // GetPack implements store.Store.
 func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
 	return s.getObject(ctx, "dir get pack", store.PackKey(id), manifest.MaxPackSize)
+}
+
+// ReadPack implements store.PackReader: the pack file is read into
+// alloc's buffer, of the file's size.
+func (s *Store) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	const op = "dir read pack"
+	key := store.PackKey(id)
+	if err := ctx.Err(); err != nil {
+		return nil, s.err(op, key, err)
+	}
+	b, err := readFileInto(s.objectPath(key), manifest.MaxPackSize, alloc)
+	if err != nil {
+		return nil, s.err(op, key, err)
+	}
+	return b, nil
 }
 
 // TouchPack implements store.Store, as TouchChunk.
@@ -714,6 +730,37 @@ func readFileMax(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %w", store.ErrCorrupt, err)
 	}
 	return b, err
+}
+
+// readFileInto reads the file at path, a regular file of at most limit
+// bytes, into the buffer alloc returns for its size.
+func readFileInto(path string, limit int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	f, fi, err := fsutil.Open(path)
+	if err != nil {
+		if errors.Is(err, fsutil.ErrNotRegular) {
+			return nil, fmt.Errorf("%w: %w", store.ErrCorrupt, err)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s is %d bytes, more than the %d it may have: %w", path, fi.Size(), limit, store.ErrCorrupt)
+	}
+	buf, err := alloc(int(fi.Size()))
+	if err != nil {
+		return nil, err
+	}
+	buf = buf[:fi.Size()]
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	// One byte more: a file that grew since its size was read is not
+	// the pack it was.
+	var more [1]byte
+	if n, _ := f.Read(more[:]); n > 0 {
+		return nil, fmt.Errorf("%s grew past %d bytes while read: %w", path, fi.Size(), store.ErrCorrupt)
+	}
+	return buf, nil
 }
 
 // readDirNames lists the directory dir, sorted, never blocking in

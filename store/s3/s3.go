@@ -216,6 +216,53 @@ func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, e
 	return s.get(ctx, "s3 get pack", s.target.ChunkBucket, store.PackKey(id), "", manifest.MaxPackSize)
 }
 
+// ReadPack implements store.PackReader: the object's body is read into
+// alloc's buffer, of its Content-Length (or, for an answer without one,
+// read first and copied).
+func (s *Store) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	const op = "s3 read pack"
+	bucket, key := s.target.ChunkBucket, store.PackKey(id)
+	var blob []byte
+	err := s.do(ctx, op, bucket, key, func(ctx context.Context) error {
+		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
+		if err != nil {
+			return err
+		}
+		defer out.Body.Close()
+		const limit = manifest.MaxPackSize
+		if out.ContentLength == nil || *out.ContentLength < 0 {
+			b, err := io.ReadAll(io.LimitReader(out.Body, limit+1))
+			if err != nil {
+				return fmt.Errorf("reading the body: %w", err)
+			}
+			if len(b) > limit {
+				return fmt.Errorf("object of more than the %d bytes a blob may have: %w", limit, store.ErrCorrupt)
+			}
+			buf, err := alloc(len(b))
+			if err != nil {
+				return err
+			}
+			blob = buf[:copy(buf, b)]
+			return nil
+		}
+		n := *out.ContentLength
+		if n > limit {
+			return fmt.Errorf("object of %d bytes, more than the %d a blob may have: %w", n, limit, store.ErrCorrupt)
+		}
+		buf, err := alloc(int(n))
+		if err != nil {
+			return err
+		}
+		buf = buf[:n]
+		if _, err := io.ReadFull(out.Body, buf); err != nil {
+			return fmt.Errorf("reading the body: got fewer than %d bytes: %w", n, err)
+		}
+		blob = buf
+		return nil
+	})
+	return blob, err
+}
+
 // TouchPack implements store.Store, as TouchChunk.
 func (s *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touch(ctx, "s3 touch pack", store.PackKey(id))

@@ -255,8 +255,27 @@ func Run(t *testing.T, h Harness) {
 					t.Fatalf("member %d differs", i)
 				}
 			}
+			// ReadPack reads the same bytes into the caller's buffer, of
+			// the pack's size, whether s is a PackReader or not; a
+			// missing pack is ErrNotFound, and allocates nothing.
+			allocs := 0
+			alloc := func(size int) ([]byte, error) {
+				allocs++
+				return make([]byte, size, size+7), nil
+			}
+			read, err := store.ReadPack(ctx, s, id, alloc)
+			check(t, err)
+			if !bytes.Equal(read, blob) || allocs != 1 {
+				t.Fatalf("ReadPack()=%d bytes in %d buffers, want the %d bytes of the pack in 1", len(read), allocs, len(blob))
+			}
+			allocs = 0
+			_, err = store.ReadPack(ctx, s, manifest.Sum([]byte("no such pack")), alloc)
+			wantKind(t, err, store.ErrNotFound)
+			if allocs != 0 {
+				t.Errorf("ReadPack() of a missing pack asked for %d buffers, want 0", allocs)
+			}
 			// A member is never found as a chunk object of its own.
-			_, err := s.GetChunk(ctx, chunks[1].FP)
+			_, err = s.GetChunk(ctx, chunks[1].FP)
 			wantKind(t, err, store.ErrNotFound)
 			check(t, s.TouchPack(ctx, id))
 			_, err = s.GetPack(ctx, manifest.Sum([]byte("no such pack")))
