@@ -11,12 +11,15 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/sqlshell"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/vfs"
@@ -987,4 +990,57 @@ func TestWALRebuildDueIsLazy(t *testing.T) {
 			checkLogicalReplica(t, s, path)
 		})
 	}
+}
+
+// TestWALRestartStaleFrameRecord: connection a spills frames and rolls
+// them back; another process (the sqlite3 shell, which this process's
+// index of the log knows nothing of) then commits over the same frame
+// numbers with pages of its own, and the log is checkpointed whole; a's
+// next write restarts the log and carries it over. a's record of the
+// frames it wrote still names its rolled-back pages at those positions:
+// the check at its write lock must drop it, or the carry takes a's pages
+// for the shell's frames and the staged snapshot misses its commit.
+func TestWALRestartStaleFrameRecord(t *testing.T) {
+	vfs.SetPersistGap(t, time.Hour)
+	e := newEnv(t)
+	path, a := e.writer(t, "stale.db", "_journal_mode=WAL")
+	const rows = 2000
+	mustExec(t, a, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, a, fmt.Sprintf("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM n WHERE i < %d) INSERT INTO t SELECT i, randomblob(3000) FROM n", rows-1))
+	mustExec(t, a, "PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=4")
+	d := mustDB(t, path)
+	waitStaged(t, d)
+	resets := countResets(t)
+
+	// A commit first, so that the log holds frames and the spill below
+	// does not restart it: the shell then writes with the same salts.
+	mustExec(t, a, "UPDATE t SET v = randomblob(3000) WHERE k = 0")
+	// a spills many frames (rows in the first half), and rolls back.
+	tx, err := a.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range 40 {
+		if _, err := tx.Exec("UPDATE t SET v = randomblob(3000) WHERE k = ?", k*20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	// The shell commits a few frames over them (rows in the second half),
+	// and checkpoints the whole log without restarting it.
+	sql := fmt.Sprintf("PRAGMA wal_autocheckpoint=0; UPDATE t SET v = randomblob(3000) WHERE k IN (%d, %d); PRAGMA wal_checkpoint(PASSIVE);", rows-7, rows/2+3)
+	out, err := exec.Command(sqlshell.Path(t), path, sql).CombinedOutput()
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if f := strings.Split(lines[len(lines)-1], "|"); err != nil || len(f) != 3 || f[0] != "0" || f[1] != f[2] || f[1] == "0" {
+		t.Fatalf("sqlite3: %v: %q; want a checkpoint of the whole log (the test's premise)", err, out)
+	}
+	before := resets.Load()
+	mustExec(t, a, "UPDATE t SET v = randomblob(3000) WHERE k = 1")
+	if resets.Load() == before {
+		t.Fatal("a's write after the checkpoint did not restart the log (the test's premise)")
+	}
+	waitStaged(t, d)
+	checkLogical(t, a, path)
 }
