@@ -365,3 +365,28 @@ func TestWaitIdleOutlastsPersister(t *testing.T) {
 	}
 	assertExact(t, d.db, d.src)
 }
+
+// TestNoHurryOutlivesPersister: a wait for the persister cuts its squash
+// window short, and only that persister's: a wait while none runs, or a
+// hurry the persister did not take before it stopped, must not leave a
+// token that the next persister would take at once, staging its first
+// commit without squashing (TestWALRestartCarriesOver saw it once).
+func TestNoHurryOutlivesPersister(t *testing.T) {
+	d := newTestDB(t, 10*cs, holdPersister)
+	mustTxn(t, d.db, d.src, unchanged)
+	waitStaged(t, d.db) // no persister runs
+	if n := len(d.db.hurry); n != 0 {
+		t.Fatalf("hurry tokens after a wait with no persister=%d, want 0", n)
+	}
+	mustCtxn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3)
+	waitStaged(t, d.db)
+	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	if err := d.db.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.db.hurry); n != 0 {
+		t.Fatalf("hurry tokens once the persister stopped=%d, want 0", n)
+	}
+	assertExact(t, d.db, d.src)
+}

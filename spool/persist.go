@@ -26,6 +26,12 @@ func (d *DB) persistLoop() {
 		d.qmu.Lock()
 		if len(d.queue) == 0 {
 			d.persisting = false
+			// A hurry left unconsumed would cut the next persister's
+			// squash window short. None is sent once this is false.
+			select {
+			case <-d.hurry:
+			default:
+			}
 			d.staged.Broadcast()
 			d.qmu.Unlock()
 			return
@@ -323,14 +329,11 @@ func (d *DB) WaitIdle(ctx context.Context) error {
 // done reports true, the persister has stopped with nothing queued, or
 // ctx ends. done is called with d.qmu held.
 func (d *DB) waitPersister(ctx context.Context, done func() bool) error {
-	select {
-	case d.hurry <- struct{}{}:
-	default:
-	}
 	stop := context.AfterFunc(ctx, d.signalStaged)
 	defer stop()
 	d.qmu.Lock()
 	defer d.qmu.Unlock()
+	d.hurryLocked()
 	for !done() && (d.persisting || len(d.queue) > 0) {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -338,4 +341,16 @@ func (d *DB) waitPersister(ctx context.Context, done func() bool) error {
 		d.staged.Wait()
 	}
 	return nil
+}
+
+// hurryLocked cuts the running persister's squash window short, with
+// d.qmu held; without a persister it does nothing, so that no hurry
+// outlives the persister it was meant for.
+func (d *DB) hurryLocked() {
+	if d.persisting {
+		select {
+		case d.hurry <- struct{}{}:
+		default:
+		}
+	}
 }

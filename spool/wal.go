@@ -726,16 +726,13 @@ func (d *DB) walStageLocked(db Source, wal WALFile) bool {
 // waitPersisted waits, at most limit, until this process's persister has
 // staged generation gen.
 func (d *DB) waitPersisted(c *ctl, gen uint64, limit time.Duration) {
-	select {
-	case d.hurry <- struct{}{}:
-	default:
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	stop := context.AfterFunc(ctx, d.signalStaged)
 	defer stop()
 	d.qmu.Lock()
 	defer d.qmu.Unlock()
+	d.hurryLocked()
 	for c.load(ctlPersisted) < gen && (d.persisting || len(d.queue) > 0) && ctx.Err() == nil {
 		d.staged.Wait()
 	}
