@@ -260,10 +260,23 @@ static uint32_t get_be32(const unsigned char *b) {
   return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
 }
 
+/* Runs longer than this many frames give their arrays back when dropped
+** (a restart, a truncation): a connection idle after a large log keeps
+** 24 KiB at most, and one of SQLite's default 1,000-frame logs reuses
+** its arrays from log to log. */
+#define FRAME_RUN_KEEP 2048
+
 static void run_drop(FrameRun *r) {
   if (r) {
     r->lo = 1;
     r->hi = 0;
+    if (r->cap > FRAME_RUN_KEEP) {
+      sqlite3_free(r->pgno);
+      sqlite3_free(r->cksum);
+      r->pgno = 0;
+      r->cksum = 0;
+      r->cap = 0;
+    }
   }
 }
 
