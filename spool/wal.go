@@ -201,7 +201,7 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error 
 		waitCarry(c, captureWait)
 	}
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	cp, err := d.walRead(db, wal, wrote, force, wrote)
 	if cp == nil || err != nil {
 		return err
@@ -440,7 +440,7 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 	// by the time of the scan.
 	gen := d.takeGen(c)
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	cp, err := d.walReadGen(db, wal, true, false, false, gen, false)
 	if errors.Is(err, errRebuild) {
 		// Another program restarted the log, say: a rebuild, in the read
@@ -713,7 +713,7 @@ func (d *DB) walFailed(err error) error {
 // whether the staged snapshot is then at the log's last commit.
 func (d *DB) WALStage(db Source, wal WALFile) bool {
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	return d.walStageLocked(db, wal)
 }
 
@@ -787,7 +787,7 @@ func (d *DB) waitPersisted(c *ctl, gen uint64, limit time.Duration) {
 // position is forgotten and the next capture rebuilds.
 func (d *DB) WALReset(db Source, wal WALFile, hdr []byte, eager bool) {
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	c := d.ctlp.Load()
 	if c == nil {
 		return
@@ -941,7 +941,7 @@ func (d *DB) movePos(c *ctl, hdr []byte) {
 // capture rebuild.
 func (d *DB) WALGone() {
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	c := d.ctlp.Load()
 	if c == nil {
 		return
@@ -1032,4 +1032,11 @@ func (d *DB) inspectLogical(src *logicalSource, size int64) (fileState, error) {
 		}
 	}
 	return f, d.statFile(&f)
+}
+
+// unlockWAL releases d.walmu, dropping the page content the log's index
+// held for the capture that just ended (walIndex.shed).
+func (d *DB) unlockWAL() {
+	d.walx.shed()
+	d.walmu.Unlock()
 }
