@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"time"
+	"unsafe"
 )
 
 // Wire format v1 constants; see doc/FORMAT.md.
@@ -65,6 +66,22 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 // Decode never panics, and it allocates no more than a small multiple of
 // len(b) whatever the input claims.
 func Decode(b []byte) (*Manifest, error) {
+	return decode(b, false)
+}
+
+// DecodeInPlace is [Decode], but the result's Chunks is not a copy: it
+// lies in b, which must not change, nor be unmapped or reused, while the
+// manifest or its Chunks is in use. The rest of the result (strings,
+// inline chunks, pack table) shares no memory with b. It allocates no
+// more than Decode does, less the fingerprint list: a reader that maps b
+// from a file keeps the list, 32 bytes per chunk, in memory the kernel
+// may page out (package snapshot).
+func DecodeInPlace(b []byte) (*Manifest, error) {
+	return decode(b, true)
+}
+
+// decode is Decode, or DecodeInPlace if inPlace is set.
+func decode(b []byte, inPlace bool) (*Manifest, error) {
 	m := new(Manifest)
 	r, flags, err := openFrame(b, m, minEncodedSize, formatVersion, "")
 	if err != nil {
@@ -83,7 +100,12 @@ func Decode(b []byte) (*Manifest, error) {
 	if uint64(r.remaining()) < uint64(n)*FingerprintSize {
 		return nil, truncated("chunk fingerprints")
 	}
-	if n > 0 {
+	switch {
+	case n > 0 && inPlace:
+		// A Fingerprint is an array of bytes: aligned anywhere.
+		list := r.bytes(n * FingerprintSize)
+		m.Chunks = unsafe.Slice((*Fingerprint)(unsafe.Pointer(&list[0])), n)
+	case n > 0:
 		m.Chunks = make([]Fingerprint, n)
 		for i := range m.Chunks {
 			copy(m.Chunks[i][:], r.bytes(FingerprintSize))

@@ -279,13 +279,23 @@ func DecodeHead(b []byte) (*Head, error) {
 // DecodeBase checks that base is the encoding h names (its length and
 // BLAKE3-256), decodes it and checks it against h. Errors wrap ErrBase.
 func (h *Head) DecodeBase(base []byte) (*Manifest, error) {
+	return h.decodeBase(base, false)
+}
+
+// DecodeBaseInPlace is [Head.DecodeBase], decoding with [DecodeInPlace]:
+// the result's Chunks lies in base.
+func (h *Head) DecodeBaseInPlace(base []byte) (*Manifest, error) {
+	return h.decodeBase(base, true)
+}
+
+func (h *Head) decodeBase(base []byte, inPlace bool) (*Manifest, error) {
 	if int64(len(base)) != h.BaseLen {
 		return nil, fmt.Errorf("manifest: base %s: %d bytes, the head says %d: %w", h.BaseID, len(base), h.BaseLen, ErrBase)
 	}
 	if Sum(base) != h.BaseID {
 		return nil, fmt.Errorf("manifest: base %s: bytes do not hash to its ID: %w", h.BaseID, ErrBase)
 	}
-	bm, err := Decode(base)
+	bm, err := decode(base, inPlace)
 	if err != nil {
 		return nil, fmt.Errorf("manifest: base %s: %w: %w", h.BaseID, ErrBase, err)
 	}
@@ -299,6 +309,15 @@ func (h *Head) DecodeBase(base []byte) (*Manifest, error) {
 // with the head's. The result satisfies [Manifest.Validate] and shares no
 // memory with h or base.
 func (h *Head) Apply(base *Manifest) (*Manifest, error) {
+	return h.ApplyInto(base, nil)
+}
+
+// ApplyInto is [Head.Apply], writing the result's fingerprint list into
+// chunks, which must then be NumChunks(h.M.Size) long (such as a mapped
+// file's), rather than into a new allocation when chunks is nil. The
+// result's Chunks is chunks; base.Chunks may lie in memory that is
+// read-only.
+func (h *Head) ApplyInto(base *Manifest, chunks []Fingerprint) (*Manifest, error) {
 	if len(base.Chunks) != h.BaseChunks {
 		return nil, fmt.Errorf("manifest: base %s: %d chunks, the head says %d: %w", h.BaseID, len(base.Chunks), h.BaseChunks, ErrBase)
 	}
@@ -314,8 +333,14 @@ func (h *Head) Apply(base *Manifest) (*Manifest, error) {
 	}
 	m := h.M
 	n := NumChunks(m.Size)
+	if chunks != nil && len(chunks) != n {
+		return nil, fmt.Errorf("manifest: head of %d chunks applied into a list of %d", n, len(chunks))
+	}
 	if n > 0 {
-		m.Chunks = make([]Fingerprint, n)
+		if chunks == nil {
+			chunks = make([]Fingerprint, n)
+		}
+		m.Chunks = chunks
 		copy(m.Chunks, base.Chunks)
 	}
 	// Overridden or inline chunks do not take the base's place.

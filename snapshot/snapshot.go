@@ -275,6 +275,7 @@ func (s *Snapshot) unref() {
 		onClose()
 	}
 	s.rep.r.pool.release(held)
+	s.rep.r.retire(s.M)
 }
 
 // Chunk returns chunk i, mapped read-only. The bytes stay valid until the

@@ -220,8 +220,27 @@ func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, e
 // alloc's buffer, of its Content-Length (or, for an answer without one,
 // read first and copied).
 func (s *Store) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc func(size int) ([]byte, error)) ([]byte, error) {
-	const op = "s3 read pack"
-	bucket, key := s.target.ChunkBucket, store.PackKey(id)
+	return s.readInto(ctx, "s3 read pack", s.target.ChunkBucket, store.PackKey(id), manifest.MaxPackSize, alloc)
+}
+
+// ReadManifestBlob implements store.BlobReader, as ReadPack.
+func (s *Store) ReadManifestBlob(ctx context.Context, key string, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	const op = "s3 read manifest"
+	if err := s.checkManifestKey(op, key); err != nil {
+		return nil, err
+	}
+	return s.readInto(ctx, op, s.target.ManifestBucket, key, store.MaxManifestDecoded, alloc)
+}
+
+// ReadBase implements store.BlobReader, as ReadPack.
+func (s *Store) ReadBase(ctx context.Context, id manifest.Fingerprint, size int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	return s.readInto(ctx, "s3 read base", s.target.ChunkBucket, store.BaseKey(id), size, alloc)
+}
+
+// readInto reads the object under key, of at most limit bytes, into
+// alloc's buffer, of its Content-Length (or, for an answer without one,
+// read first and copied).
+func (s *Store) readInto(ctx context.Context, op, bucket, key string, limit int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
 	var blob []byte
 	err := s.do(ctx, op, bucket, key, func(ctx context.Context) error {
 		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
@@ -229,13 +248,12 @@ func (s *Store) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc fun
 			return err
 		}
 		defer out.Body.Close()
-		const limit = manifest.MaxPackSize
 		if out.ContentLength == nil || *out.ContentLength < 0 {
 			b, err := io.ReadAll(io.LimitReader(out.Body, limit+1))
 			if err != nil {
 				return fmt.Errorf("reading the body: %w", err)
 			}
-			if len(b) > limit {
+			if int64(len(b)) > limit {
 				return fmt.Errorf("object of more than the %d bytes a blob may have: %w", limit, store.ErrCorrupt)
 			}
 			buf, err := alloc(len(b))
