@@ -354,6 +354,12 @@ func (l *Limited) ReadBase(ctx context.Context, id manifest.Fingerprint, size in
 	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return ReadBase(ctx, l.s, id, size, alloc) })
 }
 
+// ReadPackRange implements PackRangeReader, through the store's if it
+// has one (see store.ReadPackRange).
+func (l *Limited) ReadPackRange(ctx context.Context, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error) {
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return ReadPackRange(ctx, l.s, id, off, length, dst) })
+}
+
 // TouchPack implements Store.
 func (l *Limited) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return l.run(ctx, false, func(ctx context.Context) error { return l.s.TouchPack(ctx, id) })
