@@ -143,4 +143,3 @@ func fpBytes(fps []manifest.Fingerprint) []byte {
 	}
 	return unsafe.Slice(&fps[0][0], len(fps)*manifest.FingerprintSize)
 }
-
