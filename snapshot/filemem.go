@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"github.com/boule-vfs/boule/manifest"
 )
@@ -122,6 +123,11 @@ func (a *manifestBufs) alloc(size int) ([]byte, error) {
 	if size < fileMemMin {
 		return make([]byte, size), nil
 	}
+	return a.file(size)
+}
+
+// file returns a buffer of size bytes in a file.
+func (a *manifestBufs) file(size int) ([]byte, error) {
 	m, err := newFileMem(a.dir, size)
 	if errors.Is(err, fs.ErrNotExist) && a.dir != os.TempDir() {
 		// A chunk cache not created yet.
@@ -136,10 +142,56 @@ func (a *manifestBufs) alloc(size int) ([]byte, error) {
 	return m.b, nil
 }
 
-// keep hands over the file-backed buffer b lies in, if any, to m: it is
-// sealed, and freed once m is garbage. It reports whether b lies in a
-// file (m was decoded in place, or into it).
-func (a *manifestBufs) keep(m *manifest.Manifest, b []byte) bool {
+// lists returns the manifest.Alloc that puts a manifest's lists in a's
+// buffers: in files from fileMemMin bytes, in the Go heap (typed, so that
+// the collector sees the pointers of packs) below.
+func (a *manifestBufs) lists() *manifest.Alloc {
+	return &manifest.Alloc{
+		Chunks: func(n int) ([]manifest.Fingerprint, error) {
+			if n*manifest.FingerprintSize < fileMemMin {
+				return make([]manifest.Fingerprint, n), nil
+			}
+			b, err := a.file(n * manifest.FingerprintSize)
+			if err != nil {
+				return nil, err
+			}
+			return unsafe.Slice((*manifest.Fingerprint)(unsafe.Pointer(&b[0])), n), nil
+		},
+		Packs: func(packs, members int) ([]manifest.Pack, []manifest.PackMember, error) {
+			// The members, then the packs at an offset aligned for them:
+			// both in the file, whose packs point at its members.
+			mb := (members*int(unsafe.Sizeof(manifest.PackMember{})) + 7) &^ 7
+			size := mb + packs*int(unsafe.Sizeof(manifest.Pack{}))
+			if size < fileMemMin {
+				return make([]manifest.Pack, packs), make([]manifest.PackMember, members), nil
+			}
+			b, err := a.file(size)
+			if err != nil {
+				return nil, nil, err
+			}
+			var ms []manifest.PackMember
+			if members > 0 {
+				ms = unsafe.Slice((*manifest.PackMember)(unsafe.Pointer(&b[0])), members)
+			}
+			return unsafe.Slice((*manifest.Pack)(unsafe.Pointer(&b[mb])), packs), ms, nil
+		},
+		Index: func(n int) ([]uint32, error) {
+			if n*4 < fileMemMin {
+				return make([]uint32, n), nil
+			}
+			b, err := a.file(n * 4)
+			if err != nil {
+				return nil, err
+			}
+			return unsafe.Slice((*uint32)(unsafe.Pointer(&b[0])), n), nil
+		},
+	}
+}
+
+// keep hands over the file-backed buffer b lies in, if any, to obj: it
+// is sealed, and freed once obj is garbage. It reports whether b lies in
+// a file (obj was decoded in place, or into it).
+func keep[T any](a *manifestBufs, obj *T, b []byte) bool {
 	if len(b) == 0 {
 		return false
 	}
@@ -149,11 +201,22 @@ func (a *manifestBufs) keep(m *manifest.Manifest, b []byte) bool {
 		if len(f.b) > 0 && &f.b[0] == &b[0] {
 			a.files = append(a.files[:k], a.files[k+1:]...)
 			f.seal()
-			runtime.AddCleanup(m, func(f *fileMem) { f.free() }, f)
+			runtime.AddCleanup(obj, func(f *fileMem) { f.free() }, f)
 			return true
 		}
 	}
 	return false
+}
+
+// keepAll hands over every file-backed buffer of a to obj, as keep does.
+func keepAll[T any](a *manifestBufs, obj *T) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, f := range a.files {
+		f.seal()
+		runtime.AddCleanup(obj, func(f *fileMem) { f.free() }, f)
+	}
+	a.files = nil
 }
 
 // done frees the file-backed buffers not handed over.

@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
-	"unsafe"
 
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
@@ -102,13 +101,16 @@ func readManifestBlob(ctx context.Context, s store.Store, key string, bufs *mani
 // into a buffer of bufs. The result's fingerprint list lies in a buffer
 // of bufs, handed over to it.
 func decodeManifest(ctx context.Context, s store.Store, raw []byte, bufs *manifestBufs, memo *baseMemo) (*manifest.Manifest, error) {
+	lists := &manifestBufs{dir: bufs.dir} // the result's lists but those in raw
+	defer lists.done()
 	v, err := manifest.FormatVersion(raw)
 	if err != nil || v != 2 {
-		m, err := manifest.DecodeInPlace(raw)
+		m, err := manifest.DecodeInPlace(raw, lists.lists())
 		if err != nil {
 			return nil, err
 		}
-		bufs.keep(m, raw)
+		keep(bufs, m, raw)
+		keepAll(lists, m)
 		return m, nil
 	}
 	h, err := manifest.DecodeHead(raw)
@@ -117,30 +119,23 @@ func decodeManifest(ctx context.Context, s store.Store, raw []byte, bufs *manife
 	}
 	base := memo.get(h.BaseID)
 	if base == nil {
-		blob, err := store.ReadBase(ctx, s, h.BaseID, h.BaseLen, bufs.alloc)
+		baseBufs := &manifestBufs{dir: bufs.dir}
+		defer baseBufs.done()
+		blob, err := store.ReadBase(ctx, s, h.BaseID, h.BaseLen, baseBufs.alloc)
 		if err != nil {
 			return nil, fmt.Errorf("store: base %s (%s): %w", h.BaseID, store.BaseKey(h.BaseID), err)
 		}
-		if base, err = h.DecodeBaseInPlace(blob); err != nil {
+		if base, err = h.DecodeBaseInPlace(blob, baseBufs.lists()); err != nil {
 			return nil, fmt.Errorf("store: base %s (%s) in %s: %w", h.BaseID, store.BaseKey(h.BaseID), s, err)
 		}
-		bufs.keep(base, blob)
+		keepAll(baseBufs, base)
 		memo.set(h.BaseID, base)
 	}
-	n := manifest.NumChunks(h.M.Size)
-	var chunks []manifest.Fingerprint
-	var buf []byte
-	if n > 0 {
-		if buf, err = bufs.alloc(n * manifest.FingerprintSize); err != nil {
-			return nil, err
-		}
-		chunks = unsafe.Slice((*manifest.Fingerprint)(unsafe.Pointer(unsafe.SliceData(buf))), n)
-	}
-	m, err := h.ApplyInto(base, chunks)
+	m, err := h.ApplyInto(base, lists.lists())
 	if err != nil {
 		return nil, fmt.Errorf("store: base %s (%s) in %s: %w", h.BaseID, store.BaseKey(h.BaseID), s, err)
 	}
-	bufs.keep(m, buf)
+	keepAll(lists, m)
 	return m, nil
 }
 
@@ -177,11 +172,14 @@ func readManifestFile(p string, bufs *manifestBufs) (*manifest.Manifest, manifes
 	if err != nil {
 		return nil, manifest.Fingerprint{}, fmt.Errorf("snapshot: manifest file %s: %w", p, err)
 	}
-	m, err := manifest.DecodeInPlace(raw)
+	lists := &manifestBufs{dir: bufs.dir}
+	defer lists.done()
+	m, err := manifest.DecodeInPlace(raw, lists.lists())
 	if err != nil {
 		return nil, manifest.Fingerprint{}, fmt.Errorf("snapshot: manifest file %s: %w", p, err)
 	}
-	bufs.keep(m, raw)
+	keep(bufs, m, raw)
+	keepAll(lists, m)
 	return m, checksum(raw), nil
 }
 
