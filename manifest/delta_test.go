@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -390,6 +391,14 @@ func FuzzDecodeHead(f *testing.F) {
 		}
 		if string(out) != string(in) {
 			t.Fatalf("re-encoding differs from the accepted input")
+		}
+		// In place, the same manifest.
+		bm, err := h.DecodeBaseInPlace(blob, nil)
+		if err != nil {
+			t.Fatalf("DecodeBaseInPlace()=%v after DecodeV2 accepted the base", err)
+		}
+		if mi, err := h.ApplyInto(bm, nil); err != nil || !reflect.DeepEqual(mi, m) {
+			t.Fatalf("ApplyInto()=%v, or a manifest other than DecodeV2's", err)
 		}
 	})
 }
