@@ -287,13 +287,20 @@ func (r *Reader) packedChunk(ctx context.Context, fp manifest.Fingerprint, want 
 // memory limit).
 const wholePackMin = store.PackChunks * manifest.ChunkSize
 
+// memberBufs hold the blobs packMember reads, reused: a stored blob is
+// at most store.MaxChunkBlob (a longer one is read into a buffer of its
+// own, and is corrupt).
+var memberBufs = sync.Pool{New: func() any { b := make([]byte, 0, store.MaxChunkBlob); return &b }}
+
 // packMember returns chunk fp, of want bytes, read from the blob ref
 // names alone (store.ReadPackRange), verified, in a chunk buffer with a
 // reference the caller drops when done with its bytes.
 func (r *Reader) packMember(ctx context.Context, s store.Store, fp manifest.Fingerprint, want int, ref manifest.PackRef) ([]byte, bufRef, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.chunkTO)
 	defer cancel()
-	blob, err := store.ReadPackRange(ctx, s, ref.ID, int(ref.Offset), int(ref.Length), nil)
+	mb := memberBufs.Get().(*[]byte)
+	defer memberBufs.Put(mb)
+	blob, err := store.ReadPackRange(ctx, s, ref.ID, int(ref.Offset), int(ref.Length), *mb)
 	if err != nil {
 		return nil, nil, err
 	}
