@@ -25,9 +25,10 @@ import (
 // buffers, unlinked temporary files mapped MAP_SHARED (in the chunk
 // cache's directory, or the system's temporary directory without a
 // cache), and decoded in place (manifest.DecodeInPlace,
-// manifest.Head.ApplyInto): the fingerprint list is page cache that the
-// kernel writes back and evicts as it likes, and that the C side reads
-// through a pointer, as before, without calling Go.
+// manifest.Head.ApplyInto), with the pack table and the pack index in
+// such files too (manifestBufs.lists): the lists are page cache that the
+// kernel writes back and evicts as it likes, and the C side reads the
+// fingerprints through a pointer, as before, without calling Go.
 //
 // The space is taken at once (fallocate, or zeros written where the
 // file system has no fallocate): a disk too small for a manifest fails
