@@ -192,15 +192,25 @@ func TestWALCommitsSkipGoWhileReadQueued(t *testing.T) {
 	if got := vfs.GoCalls() - calls; got > 2 {
 		t.Fatalf("Go calls for 200 commits with a read of the log queued=%d, want at most 2", got)
 	}
+	if m := markerOf(t, path); m.Committed <= m.Persisted {
+		t.Fatalf("marker before the flush: %+v; want commits not staged yet", m)
+	}
+	checkLogical(t, db, path)
+	e.noWarnings(t)
+}
+
+// markerOf reads the transaction marker of the database at path.
+func markerOf(t testing.TB, path string) spool.Marker {
+	t.Helper()
 	d, err := vfs.Spool().DB(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, err := spool.ReadMarker(d.Dir()); err != nil || m.Committed <= m.Persisted {
-		t.Fatalf("marker before the flush: %+v, %v; want commits not staged yet", m, err)
+	m, err := spool.ReadMarker(d.Dir())
+	if err != nil {
+		t.Fatal(err)
 	}
-	checkLogical(t, db, path)
-	e.noWarnings(t)
+	return m
 }
 
 // TestWALLazyCommitsAllStaged: commits that took their generation in C
@@ -223,8 +233,8 @@ func TestWALLazyCommitsAllStaged(t *testing.T) {
 		if err := staged(d); err != nil {
 			t.Fatal(err)
 		}
-		if m, err := spool.ReadMarker(d.Dir()); err != nil || m.Committed != m.Persisted {
-			t.Fatalf("round %d: marker once the persister is done: %+v, %v; want every commit staged", round, m, err)
+		if m := markerOf(t, path); m.Committed != m.Persisted {
+			t.Fatalf("round %d: marker once the persister is done: %+v; want every commit staged", round, m)
 		}
 	}
 	t.Logf("Go calls for 1,000 commits: %d", vfs.GoCalls()-calls)
