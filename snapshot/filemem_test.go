@@ -54,32 +54,7 @@ func TestManifestInFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 3000 // 96,000 bytes of fingerprints
-	m := &manifest.Manifest{Hostname: "h", SourcePath: "/big.db", Size: n * manifest.ChunkSize,
-		Created: time.Unix(1e9, 0).UTC(), SourceCtime: time.Unix(1e9, 0).UTC()}
-	m.Chunks = make([]manifest.Fingerprint, n)
-	for i := range m.Chunks {
-		m.Chunks[i] = manifest.Sum([]byte(strconv.Itoa(i)))
-	}
-	// Chunks 1 on in packs of 64, listed by increasing ID.
-	for first := 1; first < n; first += 64 {
-		p := manifest.Pack{ID: manifest.Fingerprint{byte(first >> 8), byte(first)}}
-		for i := first; i < min(first+64, n); i++ {
-			p.Members = append(p.Members, manifest.PackMember{Index: uint32(i), Offset: uint32(i-first) * 100, Length: 100})
-		}
-		m.Packs = append(m.Packs, p)
-	}
-	enc, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	baseEnc, baseID, err := manifest.NewBase(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base, err := manifest.Decode(baseEnc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, enc, baseEnc, baseID, base := packedManifest(t, "/big.db", n)
 	grown := *m
 	grown.Size += 10 * manifest.ChunkSize
 	grown.Chunks = append(append([]manifest.Fingerprint(nil), m.Chunks...), make([]manifest.Fingerprint, 10)...)
@@ -164,6 +139,37 @@ func TestManifestInFile(t *testing.T) {
 	}
 }
 
+// packedManifest returns a manifest of n chunks of source, chunks 1 on in
+// packs of 64 listed by increasing ID, its encoding, and a base made of
+// it (encoded, its ID, decoded).
+func packedManifest(t *testing.T, source string, n int) (m *manifest.Manifest, enc, baseEnc []byte, baseID manifest.Fingerprint, base *manifest.Manifest) {
+	t.Helper()
+	m = &manifest.Manifest{Hostname: "h", SourcePath: source, Size: int64(n) * manifest.ChunkSize,
+		Created: time.Unix(1e9, 0).UTC(), SourceCtime: time.Unix(1e9, 0).UTC()}
+	m.Chunks = make([]manifest.Fingerprint, n)
+	for i := range m.Chunks {
+		m.Chunks[i] = manifest.Sum([]byte(strconv.Itoa(i)))
+	}
+	for first := 1; first < n; first += 64 {
+		p := manifest.Pack{ID: manifest.Fingerprint{byte(first >> 16), byte(first >> 8), byte(first)}}
+		for i := first; i < min(first+64, n); i++ {
+			p.Members = append(p.Members, manifest.PackMember{Index: uint32(i), Offset: uint32(i-first) * 100, Length: 100})
+		}
+		m.Packs = append(m.Packs, p)
+	}
+	var err error
+	if enc, err = m.MarshalBinary(); err != nil {
+		t.Fatal(err)
+	}
+	if baseEnc, baseID, err = manifest.NewBase(m); err != nil {
+		t.Fatal(err)
+	}
+	if base, err = manifest.Decode(baseEnc); err != nil {
+		t.Fatal(err)
+	}
+	return m, enc, baseEnc, baseID, base
+}
+
 func fpBytes(fps []manifest.Fingerprint) []byte {
 	if len(fps) == 0 {
 		return nil
@@ -188,31 +194,7 @@ func TestManifestHeapBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 1 << 20
-	m := &manifest.Manifest{Hostname: "h", SourcePath: "/v1.db", Size: n * manifest.ChunkSize,
-		Created: time.Unix(1e9, 0).UTC(), SourceCtime: time.Unix(1e9, 0).UTC()}
-	m.Chunks = make([]manifest.Fingerprint, n)
-	for i := range m.Chunks {
-		m.Chunks[i] = manifest.Sum([]byte(strconv.Itoa(i)))
-	}
-	for first := 1; first < n; first += 64 {
-		p := manifest.Pack{ID: manifest.Fingerprint{byte(first >> 16), byte(first >> 8), byte(first)}}
-		for i := first; i < min(first+64, n); i++ {
-			p.Members = append(p.Members, manifest.PackMember{Index: uint32(i), Offset: uint32(i-first) * 100, Length: 100})
-		}
-		m.Packs = append(m.Packs, p)
-	}
-	enc, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	baseEnc, baseID, err := manifest.NewBase(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base, err := manifest.Decode(baseEnc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, enc, baseEnc, baseID, base := packedManifest(t, "/v1.db", n)
 	next := *m
 	next.SourcePath = "/v1.db"
 	next.Chunks = slices.Clone(m.Chunks)
