@@ -134,7 +134,9 @@ func (d Dir) StagedID() ([32]byte, bool) {
 // snapshot and not handed over yet.
 func (d Dir) StagedChunks() Chunks { return Chunks{dir: d.join(stagingDir, chunksDir)} }
 
-// Chunks is a directory of chunk files named by their fingerprints.
+// Chunks is a directory of chunk names: each chunk's fingerprint names a
+// link to the segment file that holds it (segment.go), or, in a spool an
+// earlier version left, a file of the chunk's bytes alone.
 type Chunks struct{ dir string }
 
 // List returns the fingerprints of the chunk files; a missing directory
@@ -160,10 +162,11 @@ func (c Chunks) List() ([]manifest.Fingerprint, error) {
 // them. It returns an error wrapping fs.ErrNotExist when the chunk is
 // gone (handed over, or uploaded and removed).
 func (c Chunks) Read(fp manifest.Fingerprint) ([]byte, error) {
-	return fsutil.ReadFile(filepath.Join(c.dir, fp.String()))
+	return readChunk(filepath.Join(c.dir, fp.String()), fp)
 }
 
-// Remove deletes chunk fp; a chunk already gone is not an error.
+// Remove deletes chunk fp's name: the segment that holds it goes with
+// its last name. A chunk already gone is not an error.
 func (c Chunks) Remove(fp manifest.Fingerprint) error {
 	p := filepath.Join(c.dir, fp.String())
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -172,17 +175,38 @@ func (c Chunks) Remove(fp manifest.Fingerprint) error {
 	return nil
 }
 
-// Bytes returns the bytes the chunk files take.
-func (c Chunks) Bytes() int64 {
+// Bytes returns the bytes the files the chunk names link to take, each
+// file counted once: a segment whose other chunks were uploaded or
+// superseded counts whole until its last name goes.
+func (c Chunks) Bytes() int64 { return c.bytes(make(map[fileKey]bool)) }
+
+// fileKey identifies a file (not a name) on the machine.
+type fileKey struct {
+	dev uint64
+	ino uint64
+}
+
+// bytes is Bytes, counting no file that seen holds, and adding those it
+// counts to seen.
+func (c Chunks) bytes(seen map[fileKey]bool) int64 {
 	entries, err := fsutil.ReadDir(c.dir)
 	if err != nil {
 		return 0
 	}
 	var n int64
 	for _, e := range entries {
-		if info, err := e.Info(); err == nil {
-			n += info.Size()
+		info, err := e.Info()
+		if err != nil {
+			continue
 		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			k := fileKey{dev: uint64(st.Dev), ino: st.Ino}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+		}
+		n += info.Size()
 	}
 	return n
 }
@@ -349,6 +373,7 @@ func (d Dir) FindChunk(fp manifest.Fingerprint) ([]byte, error) {
 // its ID differs from uploaded, the ID of the snapshot last uploaded.
 func (d Dir) Lag(uploaded [32]byte, now time.Time) (lag time.Duration, pending int64) {
 	var oldest time.Time
+	seen := make(map[fileKey]bool) // a segment linked from two places counts once
 	consider := func(p string) {
 		b, err := fsutil.ReadFile(p)
 		if err != nil || snapshotID(b) == uploaded {
@@ -367,11 +392,11 @@ func (d Dir) Lag(uploaded [32]byte, now time.Time) (lag time.Duration, pending i
 		snaps, _ := d.handovers(state)
 		for _, h := range snaps {
 			consider(filepath.Join(h.dir, manifestFile))
-			pending += h.Chunks().Bytes()
+			pending += h.Chunks().bytes(seen)
 		}
 	}
 	consider(d.join(stagingDir, manifestFile))
-	pending += d.StagedChunks().Bytes()
+	pending += d.StagedChunks().bytes(seen)
 	if oldest.IsZero() {
 		return 0, pending
 	}
@@ -735,10 +760,11 @@ func (d Dir) UploadLockFile() string { return d.join(uploadLock) }
 // PlacementsFile is the path of the record of pack placements.
 func (d Dir) PlacementsFile() string { return d.join(packedFile) }
 
-// Path is the path of chunk fp's file in the directory.
+// Path is the path of chunk fp's name in the directory: a link to the
+// segment that holds it, or an earlier version's chunk file.
 func (c Chunks) Path(fp manifest.Fingerprint) string { return filepath.Join(c.dir, fp.String()) }
 
-// Has reports whether the directory holds a file for chunk fp.
+// Has reports whether the directory holds a name for chunk fp.
 func (c Chunks) Has(fp manifest.Fingerprint) bool { return fsutil.Exists(c.Path(fp)) }
 
 // Path is the handed-over snapshot's directory.
@@ -793,11 +819,9 @@ func (d Dir) PutHandover(m *manifest.Manifest, chunks map[manifest.Fingerprint][
 		_ = os.RemoveAll(top)
 		return Handover{}, fmt.Errorf("spool: write %s: %w", snap, pathless(err))
 	}
-	for fp, b := range chunks {
-		if err := os.WriteFile(filepath.Join(snap, chunksDir, fp.String()), b, perm); err != nil {
-			_ = os.RemoveAll(top)
-			return Handover{}, fmt.Errorf("spool: write %s: %w", snap, pathless(err))
-		}
+	if _, err := writeSegments(d.join(tmpDir), filepath.Join(snap, chunksDir), chunks, perm, nil); err != nil {
+		_ = os.RemoveAll(top)
+		return Handover{}, err
 	}
 	dst := d.join(readyDir)
 	if state == InConsuming {

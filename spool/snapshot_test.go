@@ -738,7 +738,11 @@ func (u *uploader) finish(t *testing.T, db *DB) {
 			t.Fatalf("consuming/%s has no manifest: %v", snap, err)
 		}
 		for _, c := range names(t, filepath.Join(dir, "chunks")) {
-			b, err := os.ReadFile(filepath.Join(dir, "chunks", c))
+			fp, err := manifest.ParseFingerprint(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := readChunk(filepath.Join(dir, "chunks", c), fp)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -771,7 +775,7 @@ func (u *uploader) assertExact(t *testing.T, db *DB, fake *fakeSource) {
 			if ok {
 				break
 			}
-			if b, err := os.ReadFile(filepath.Join(d, fp.String())); err == nil {
+			if b, err := readChunk(filepath.Join(d, fp.String()), fp); err == nil {
 				data, ok = b, true
 			}
 		}
