@@ -595,6 +595,7 @@ func TestFaults(t *testing.T) {
 		{name: "write", fault: func(*DB) func(string, string) error { return failOp("write", enospc) }},
 		{name: "rename", fault: func(*DB) func(string, string) error { return failOp("rename", enospc) }},
 		{name: "create", fault: func(*DB) func(string, string) error { return failOp("create", enospc) }},
+		{name: "link of a staged chunk", fault: func(*DB) func(string, string) error { return failOp("link", enospc) }},
 		{name: "rename of the staged manifest", fault: func(d *DB) func(string, string) error {
 			return func(op, p string) error {
 				if op == "rename" && p == d.StagingManifestPath() {
