@@ -175,40 +175,66 @@ func (c Chunks) Remove(fp manifest.Fingerprint) error {
 	return nil
 }
 
-// Bytes returns the bytes the files the chunk names link to take, each
-// file counted once: a segment whose other chunks were uploaded or
-// superseded counts whole until its last name goes.
-func (c Chunks) Bytes() int64 { return c.bytes(make(map[fileKey]bool)) }
+// Bytes returns the bytes of the chunks the directory names, as the
+// earlier chunk files did: a chunk's length, whatever file holds it.
+// Superseded chunks that a segment keeps for its other chunks, and its
+// index, are not counted.
+func (c Chunks) Bytes() int64 {
+	entries, err := fsutil.ReadDir(c.dir)
+	if err != nil {
+		return 0
+	}
+	type file struct {
+		path  string
+		size  int64
+		names map[manifest.Fingerprint]bool
+	}
+	files := make(map[fileKey]*file)
+	var n int64
+	for _, e := range entries {
+		fp, err := manifest.ParseFingerprint(e.Name())
+		if err != nil {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if !ok {
+			n += info.Size()
+			continue
+		}
+		k := fileKey{dev: uint64(st.Dev), ino: st.Ino}
+		f := files[k]
+		if f == nil {
+			f = &file{path: filepath.Join(c.dir, e.Name()), size: info.Size(), names: map[manifest.Fingerprint]bool{}}
+			files[k] = f
+		}
+		f.names[fp] = true
+	}
+	for _, f := range files {
+		index, err := segmentIndex(f.path)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if index == nil { // an earlier version's chunk file
+			n += f.size
+			continue
+		}
+		for _, e := range index {
+			if f.names[e.fp] {
+				n += int64(e.n)
+			}
+		}
+	}
+	return n
+}
 
 // fileKey identifies a file (not a name) on the machine.
 type fileKey struct {
 	dev uint64
 	ino uint64
-}
-
-// bytes is Bytes, counting no file that seen holds, and adding those it
-// counts to seen.
-func (c Chunks) bytes(seen map[fileKey]bool) int64 {
-	entries, err := fsutil.ReadDir(c.dir)
-	if err != nil {
-		return 0
-	}
-	var n int64
-	for _, e := range entries {
-		info, err := e.Info()
-		if err != nil {
-			continue
-		}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			k := fileKey{dev: uint64(st.Dev), ino: st.Ino}
-			if seen[k] {
-				continue
-			}
-			seen[k] = true
-		}
-		n += info.Size()
-	}
-	return n
 }
 
 // A Handover is a snapshot handed over to the uploader: published in
@@ -373,7 +399,6 @@ func (d Dir) FindChunk(fp manifest.Fingerprint) ([]byte, error) {
 // its ID differs from uploaded, the ID of the snapshot last uploaded.
 func (d Dir) Lag(uploaded [32]byte, now time.Time) (lag time.Duration, pending int64) {
 	var oldest time.Time
-	seen := make(map[fileKey]bool) // a segment linked from two places counts once
 	consider := func(p string) {
 		b, err := fsutil.ReadFile(p)
 		if err != nil || snapshotID(b) == uploaded {
@@ -392,11 +417,11 @@ func (d Dir) Lag(uploaded [32]byte, now time.Time) (lag time.Duration, pending i
 		snaps, _ := d.handovers(state)
 		for _, h := range snaps {
 			consider(filepath.Join(h.dir, manifestFile))
-			pending += h.Chunks().bytes(seen)
+			pending += h.Chunks().Bytes()
 		}
 	}
 	consider(d.join(stagingDir, manifestFile))
-	pending += d.StagedChunks().bytes(seen)
+	pending += d.StagedChunks().Bytes()
 	if oldest.IsZero() {
 		return 0, pending
 	}

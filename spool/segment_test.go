@@ -157,8 +157,8 @@ func TestSegmentReads(t *testing.T) {
 	for _, b := range data {
 		total += len(b)
 	}
-	if got, want := c.Bytes(), int64(total+len(data)*segEntryLen+segTrailerLen); got != want {
-		t.Errorf("Bytes()=%d, want %d: the segment counted once", got, want)
+	if got, want := c.Bytes(), int64(total); got != want {
+		t.Errorf("Bytes()=%d, want %d: the chunks' bytes", got, want)
 	}
 
 	// An earlier version's chunk file.
@@ -171,15 +171,40 @@ func TestSegmentReads(t *testing.T) {
 	if got, err := c.Read(oldFP); err != nil || !bytes.Equal(got, old) {
 		t.Errorf("Read(an old chunk file)=%d bytes, %v; want its bytes", len(got), err)
 	}
-	if got, want := c.Bytes(), int64(total+len(data)*segEntryLen+segTrailerLen+cs); got != want {
+	if got, want := c.Bytes(), int64(total+cs); got != want {
 		t.Errorf("Bytes()=%d, want %d", got, want)
+	}
+	// A chunk uploaded and released: its bytes no longer count.
+	var gone manifest.Fingerprint
+	for fp := range data {
+		gone = fp
+		break
+	}
+	if err := c.Remove(gone); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Bytes(), int64(total+cs-len(data[gone])); got != want {
+		t.Errorf("Bytes() after Remove=%d, want %d", got, want)
+	}
+	if b, err := c.Read(gone); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Read(a removed chunk)=%d bytes, %v; want fs.ErrNotExist", len(b), err)
+	}
+	for fp, want := range data {
+		if fp == gone {
+			continue
+		}
+		if got, err := c.Read(fp); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("Read(%s) after another was removed=%d bytes, %v; want its bytes", fp, len(got), err)
+		}
 	}
 
 	// A name linked to a segment that does not hold its chunk.
 	var some manifest.Fingerprint
 	for fp := range data {
-		some = fp
-		break
+		if fp != gone {
+			some = fp
+			break
+		}
 	}
 	stray := manifest.Sum([]byte("stray"))
 	if err := os.Link(c.Path(some), c.Path(stray)); err != nil {
