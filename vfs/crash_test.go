@@ -23,6 +23,7 @@ import (
 func init() {
 	children["writer"] = childWriter
 	children["crashpoint"] = childCrashpoint
+	children["crashop"] = childCrashOp
 	children["verifier"] = childVerifyingWriter
 	children["heldwriter"] = childHeldWriter
 }
@@ -131,6 +132,18 @@ func childCrashpoint() error {
 	n, _ := strconv.Atoi(os.Getenv("BOULE_TEST_CRASH_AT"))
 	var count atomic.Int64
 	killAt(func(op, path string) bool { return count.Add(1) == int64(n) })
+	return childWriter()
+}
+
+// childCrashOp is childWriter with a SIGKILL at the Nth spool step named
+// BOULE_TEST_CRASH_OP whose path contains BOULE_TEST_CRASH_PATH. It
+// writes BOULE_TEST_STEPS transactions at most: one that ends unkilled
+// never reached the step.
+func childCrashOp() error {
+	op, sub := os.Getenv("BOULE_TEST_CRASH_OP"), os.Getenv("BOULE_TEST_CRASH_PATH")
+	n, _ := strconv.Atoi(os.Getenv("BOULE_TEST_CRASH_AT"))
+	var count atomic.Int64
+	killAt(func(o, p string) bool { return o == op && strings.Contains(p, sub) && count.Add(1) == int64(n) })
 	return childWriter()
 }
 
@@ -262,6 +275,40 @@ func TestCrashAtEverySpoolStep(t *testing.T) {
 			fmt.Sprint("BOULE_TEST_SEED=", n), fmt.Sprint("BOULE_TEST_CRASH_AT=", n))
 		reapKilled(t, cmd, out, committed, fmt.Sprint("crash at step ", n))
 		verifyAfterCrash(t, db, path, committed)
+	}
+}
+
+// TestCrashAtSegmentSteps kills the writer at the steps of the segments a
+// snapshot stages its chunks in (segment.go): while a segment is written,
+// between the links of its chunks' names, before its temp name goes, and
+// between the renames of a compaction of staging (no uploader runs here,
+// so superseded chunks pile up in staging until one compacts them). Each
+// child must die at its step, and after each the next commit heals the
+// snapshot with every committed transaction in it.
+func TestCrashAtSegmentSteps(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("segments.db")
+	db := parentConn(t, path, "")
+	committed := map[int64]bool{}
+	steps := []struct {
+		op, path string // the step, and a part of its path
+		at       []int  // which of them to die at
+	}{
+		{"write", ".seg", []int{1, 2, 7}},
+		{"link", "/staging/chunks/", []int{1, 2, 9, 30}},
+		{"remove", ".seg", []int{1, 3}},
+		{"rename", "/staging/chunks/", []int{1, 4}}, // compaction only
+	}
+	for _, st := range steps {
+		for _, n := range st.at {
+			what := fmt.Sprintf("crash at %s #%d of %s", st.op, n, st.path)
+			cmd, out := startChild(t, "crashop",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_STEPS=5000",
+				fmt.Sprint("BOULE_TEST_SEED=", n), "BOULE_TEST_CRASH_OP="+st.op,
+				"BOULE_TEST_CRASH_PATH="+st.path, fmt.Sprint("BOULE_TEST_CRASH_AT=", n))
+			reapKilled(t, cmd, out, committed, what)
+			verifyAfterCrash(t, db, path, committed)
+		}
 	}
 }
 
