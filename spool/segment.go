@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/boule-vfs/boule/internal/fsutil"
@@ -60,7 +61,7 @@ func createSegment(tmp string, fault func(op, path string) error) (*segment, err
 	if fault == nil {
 		fault = func(string, string) error { return nil }
 	}
-	p := filepath.Join(tmp, uniqueName()+".seg")
+	p := filepath.Join(tmp, uniqueName()+segSuffix)
 	if err := fault("create", p); err != nil {
 		return nil, fmt.Errorf("spool: create %s: %w", p, err)
 	}
@@ -69,6 +70,13 @@ func createSegment(tmp string, fault func(op, path string) error) (*segment, err
 		return nil, fmt.Errorf("spool: create %s: %w", p, pathless(err))
 	}
 	return &segment{path: p, f: f, fault: fault}, nil
+}
+
+// IsSegmentTemp reports whether p names a segment being written, in a
+// database's tmp/: for tests that stop a writer at the steps of one
+// (Options.Fault sees the paths).
+func IsSegmentTemp(p string) bool {
+	return strings.HasSuffix(p, segSuffix) && filepath.Base(filepath.Dir(p)) == tmpDir
 }
 
 // full reports whether the segment holds as many chunks as one may.

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -136,14 +137,42 @@ func childCrashpoint() error {
 }
 
 // childCrashOp is childWriter with a SIGKILL at the Nth spool step named
-// BOULE_TEST_CRASH_OP whose path contains BOULE_TEST_CRASH_PATH. It
-// writes BOULE_TEST_STEPS transactions at most: one that ends unkilled
-// never reached the step.
+// BOULE_TEST_CRASH_OP on a path of the kind BOULE_TEST_CRASH_PATH names:
+// "segment" (a segment being written) or "staged" (a chunk name in
+// staging). It writes BOULE_TEST_STEPS transactions at most: one that
+// ends unkilled never reached the step.
 func childCrashOp() error {
-	op, sub := os.Getenv("BOULE_TEST_CRASH_OP"), os.Getenv("BOULE_TEST_CRASH_PATH")
+	c := readChildEnv()
+	op, kind := os.Getenv("BOULE_TEST_CRASH_OP"), os.Getenv("BOULE_TEST_CRASH_PATH")
 	n, _ := strconv.Atoi(os.Getenv("BOULE_TEST_CRASH_AT"))
+	var staged atomic.Pointer[string] // the staging chunks directory, once the spool is open
 	var count atomic.Int64
-	killAt(func(o, p string) bool { return o == op && strings.Contains(p, sub) && count.Add(1) == int64(n) })
+	killAt(func(o, p string) bool {
+		if o != op {
+			return false
+		}
+		switch kind {
+		case "segment":
+			if !spool.IsSegmentTemp(p) {
+				return false
+			}
+		case "staged":
+			dir := staged.Load()
+			if dir == nil || filepath.Dir(p) != *dir {
+				return false
+			}
+		}
+		return count.Add(1) == int64(n)
+	})
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: c.spool}); err != nil {
+		return err
+	}
+	d, err := vfs.Spool().DB(c.db)
+	if err != nil {
+		return err
+	}
+	dir := d.StagingChunksDir()
+	staged.Store(&dir)
 	return childWriter()
 }
 
@@ -291,13 +320,13 @@ func TestCrashAtSegmentSteps(t *testing.T) {
 	db := parentConn(t, path, "")
 	committed := map[int64]bool{}
 	steps := []struct {
-		op, path string // the step, and a part of its path
+		op, path string // the step, and the kind of its path (childCrashOp)
 		at       []int  // which of them to die at
 	}{
-		{"write", ".seg", []int{1, 2, 7}},
-		{"link", "/staging/chunks/", []int{1, 2, 9, 30}},
-		{"remove", ".seg", []int{1, 3}},
-		{"rename", "/staging/chunks/", []int{1, 4}}, // compaction only
+		{"write", "segment", []int{1, 2, 7}},
+		{"link", "staged", []int{1, 2, 9, 30}},
+		{"remove", "segment", []int{1, 3}},
+		{"rename", "staged", []int{1, 4}}, // compaction only
 	}
 	for _, st := range steps {
 		for _, n := range st.at {
