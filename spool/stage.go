@@ -111,6 +111,8 @@ func (d *DB) Publish() (bool, error) {
 		return false, nil
 	}
 	d.mode = d.stageMode()
-	d.maybePublishReady(cur)
+	if d.maybePublishReady(cur) {
+		d.pinned = 0 // staging is empty
+	}
 	return !OpenDir(d.dir).readyFree(), nil
 }
