@@ -7,8 +7,10 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store/storetest"
 )
 
@@ -87,4 +89,46 @@ func TestUploadReleasesPartOfASegment(t *testing.T) {
 	}
 	fake.CheckIntegrity(t)
 	checkReassembled(t, fake, d, s)
+}
+
+// A spool an earlier version left holds a file per chunk, not segments:
+// the uploader uploads and releases those chunks as it does segments'.
+func TestUploadEarlierChunkFiles(t *testing.T) {
+	now, fake, u, d := oneTarget(t, "/data/earlier.db", nil)
+	s1 := d.snapshot(testData(71, 6*manifest.ChunkSize), now.Now())
+	h := d.publish(spool.InConsuming, s1)
+	s2 := d.snapshot(withChunk(s1.data, 2, 72), now.Now().Add(time.Second))
+	d.stage(s2, s2.addedTo(s1)...)
+	// Rewrite every chunk name as the earlier version wrote it: a file of
+	// the chunk's bytes alone.
+	for _, c := range []spool.Chunks{h.Chunks(), d.sp.StagedChunks()} {
+		fps, err := c.List()
+		if err != nil || len(fps) == 0 {
+			t.Fatalf("List()=%v, %v; want chunks", fps, err)
+		}
+		for _, fp := range fps {
+			b, err := c.Read(fp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(c.Path(fp)); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(c.Path(fp), b, 0o444); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got, want := d.sp.StagedChunks().Bytes(), int64(manifest.ChunkSize); got != want {
+		t.Errorf("StagedChunks().Bytes()=%d, want %d", got, want)
+	}
+	mustFlush(t, u, d.dir)
+	if left := d.stagedChunks(); len(left) != 0 {
+		t.Errorf("%d chunks left staged after the flush, want none", len(left))
+	}
+	if left := d.snapshots(); len(left) != 0 {
+		t.Errorf("snapshots %v left after the flush, want none", left)
+	}
+	fake.CheckIntegrity(t)
+	checkReassembled(t, fake, d, s2)
 }
