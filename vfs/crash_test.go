@@ -286,9 +286,9 @@ func killWriters(t *testing.T, params string, kills int, rng uint64, check func(
 }
 
 // TestCrashAtEverySpoolStep kills the writer at each filesystem step of the
-// snapshot code in turn: between a chunk's write and its rename, between
-// the chunks and the manifest, during ready publication, before the marker
-// is removed.
+// snapshot code in turn: while a segment is written, between the links of
+// its chunks' names, between the chunks and the manifest, during ready
+// publication, before the marker is removed.
 func TestCrashAtEverySpoolStep(t *testing.T) {
 	e := newEnv(t)
 	path := e.path("steps.db")
