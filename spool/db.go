@@ -79,8 +79,10 @@ type Stats struct {
 	BytesStaged  int64 // bytes of chunks staged
 	Segments     int64 // segment files written (segment.go): a few per snapshot, whatever its chunks
 	// Compactions counts the segments whose staged chunks were copied
-	// out, to free the superseded chunks they kept (compactStaging).
-	Compactions int64
+	// out, to free the superseded chunks they kept (compactStaging), and
+	// BytesCompacted the bytes of the chunks copied.
+	Compactions    int64
+	BytesCompacted int64
 	// ManifestBytes counts the bytes of staged manifests written, heads
 	// and bases included.
 	ManifestBytes int64

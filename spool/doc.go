@@ -48,7 +48,7 @@
 //
 // staging/chunks holds only chunks referenced by the staged manifest (at
 // most the database size, plus the superseded chunks their segments keep:
-// an eighth of it before compaction), and ready/ and consuming/ hold one
+// an eighth of it, or 4 MiB, before compaction), and ready/ and consuming/ hold one
 // snapshot each (each at most the database's size when it was taken, plus
 // what its segments keep), so the spool of a database stays within about
 // three and a half times the database size however long the uploader is

@@ -292,11 +292,17 @@ func (d *DB) unstage(name string) {
 }
 
 // compactAt is how many bytes of superseded chunks the segments of
-// staging may keep: an eighth of the database (or two chunks for a tiny
-// one). Staging then stays within 1.125 times the database however long
-// the uploader is stuck, and so does each snapshot handed over, which
-// takes staging's segments as they are.
-func compactAt(size int64) int64 { return max(size/8, 2*manifest.ChunkSize) }
+// staging may keep: an eighth of the database, or compactFloor for one
+// under 32 MiB. Staging then stays within 1.125 times the database (plus
+// 4 MiB) however long the uploader is stuck, and so does each snapshot
+// handed over, which takes staging's segments as they are.
+func compactAt(size int64) int64 { return max(size/8, compactFloor) }
+
+// compactFloor is the fewest bytes of superseded chunks that make a
+// compaction worth it: below it, a small database that commits often
+// would copy its staged chunks about every snapshot (tests lower it, to
+// see compactions of their small databases).
+var compactFloor int64 = 4 << 20
 
 // stagedFile is a file that staged chunk names link to, in compactStaging.
 type stagedFile struct {
@@ -459,6 +465,7 @@ func (d *DB) compactStaging(size int64) {
 				fail(err)
 				return
 			}
+			d.stats.BytesCompacted += int64(len(b))
 			if seg.full() {
 				if err := flush(); err != nil {
 					fail(err)
