@@ -780,7 +780,7 @@ func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, replaced [
 	if d.maybePublishReady(d.cur) {
 		// Staging is empty: what it pinned went with the snapshot.
 		d.pinned = 0
-	} else if d.pinned >= compactAt(m.Size) {
+	} else if d.pinned >= d.compactAt(m.Size) {
 		d.compactStaging(m.Size)
 	}
 	if !d.cleanedTemp {

@@ -11,6 +11,6 @@ import (
 // that make a compaction, so that their staging is compacted.
 func TestMain(m *testing.M) {
 	headMinChunks = 4
-	compactFloor = 2 * cs
+	compactFloor = cs
 	os.Exit(m.Run())
 }

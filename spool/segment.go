@@ -292,16 +292,22 @@ func (d *DB) unstage(name string) {
 }
 
 // compactAt is how many bytes of superseded chunks the segments of
-// staging may keep: an eighth of the database, or compactFloor for one
-// under 32 MiB. Staging then stays within 1.125 times the database (plus
-// 4 MiB) however long the uploader is stuck, and so does each snapshot
-// handed over, which takes staging's segments as they are.
-func compactAt(size int64) int64 { return max(size/8, compactFloor) }
+// staging may keep: an eighth of the database, or the compaction floor
+// for one under 32 MiB. Staging then stays within 1.125 times the
+// database (plus 4 MiB) however long the uploader is stuck, and so does
+// each snapshot handed over, which takes staging's segments as they are.
+func (d *DB) compactAt(size int64) int64 {
+	floor := d.s.opts.CompactFloor
+	if floor <= 0 {
+		floor = compactFloor
+	}
+	return max(size/8, floor)
+}
 
-// compactFloor is the fewest bytes of superseded chunks that make a
-// compaction worth it: below it, a small database that commits often
-// would copy its staged chunks about every snapshot (tests lower it, to
-// see compactions of their small databases).
+// compactFloor is the default fewest bytes of superseded chunks that make
+// a compaction worth it: below it, a small database that commits often
+// would copy its staged chunks about every snapshot (the package's tests
+// lower it, to see compactions of their small databases).
 var compactFloor int64 = 4 << 20
 
 // stagedFile is a file that staged chunk names link to, in compactStaging.
@@ -408,7 +414,7 @@ func (d *DB) compactStaging(size int64) {
 		return cmp.Compare(b.dead*a.size, a.dead*b.size)
 	})
 	d.pinned = dead
-	limit := compactAt(size) / 2
+	limit := d.compactAt(size) / 2
 	var seg *segment
 	defer func() {
 		if seg != nil {

@@ -355,7 +355,7 @@ func TestStagingCompaction(t *testing.T) {
 		}, dirty...)
 		live := int64(len(names(t, d.db.StagingChunksDir()))) * cs
 		held := spoolBytes(t, d.db.StagingChunksDir())
-		if limit := live + compactAt(size) + int64(segMaxChunks*segEntryLen*4); held > limit {
+		if limit := live + d.db.compactAt(size) + int64(segMaxChunks*segEntryLen*4); held > limit {
 			t.Fatalf("round %d: staging holds %d bytes for %d bytes of staged chunks, want at most %d", round, held, live, limit)
 		}
 		assertExact(t, d.db, d.src)

@@ -164,6 +164,8 @@ func childCrashOp() error {
 		}
 		return count.Add(1) == int64(n)
 	})
+	// Compactions of this small database, not only of one over 32 MiB.
+	vfs.SetCompactFloor(128 << 10)
 	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: c.spool}); err != nil {
 		return err
 	}
