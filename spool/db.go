@@ -75,8 +75,14 @@ type Stats struct {
 	Snapshots    int64 // snapshots published
 	Incremental  int64 // of which incremental
 	Failures     int64 // snapshots that failed
-	ChunksStaged int64 // chunk files written
-	BytesStaged  int64 // bytes of chunk files written
+	ChunksStaged int64 // chunks staged
+	BytesStaged  int64 // bytes of chunks staged
+	Segments     int64 // segment files written (segment.go): a few per snapshot, whatever its chunks
+	// Compactions counts the segments whose staged chunks were copied
+	// out, to free the superseded chunks they kept (compactStaging), and
+	// BytesCompacted the bytes of the chunks copied.
+	Compactions    int64
+	BytesCompacted int64
 	// ManifestBytes counts the bytes of staged manifests written, heads
 	// and bases included.
 	ManifestBytes int64
@@ -108,8 +114,12 @@ type DB struct {
 	// staging/ are deleted when it changes.
 	baseKept  string
 	stagedNow []manifest.Fingerprint // chunks staged by the snapshot in progress
-	mode      fs.FileMode            // the database's permission bits, as last seen
-	ctlp      atomic.Pointer[ctl]    // the mapped txn marker, once opened
+	// pinned counts the bytes of the chunks this process unstaged
+	// (superseded before publication) whose segment other staged chunks
+	// keep: compactStaging frees them (segment.go).
+	pinned int64
+	mode   fs.FileMode         // the database's permission bits, as last seen
+	ctlp   atomic.Pointer[ctl] // the mapped txn marker, once opened
 
 	// Captures waiting for the persister (capture.go), in generation
 	// order, under qmu; persisting is set while a persister runs, and
@@ -671,6 +681,14 @@ func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, increme
 	bp := chunkBufs.Get().(*[]byte)
 	defer chunkBufs.Put(bp)
 	staged := make(map[manifest.Fingerprint]bool)
+	// The chunks go into segments (segment.go): one file per
+	// segMaxChunks chunks staged, not one per chunk.
+	var seg *segment
+	defer func() {
+		if seg != nil {
+			seg.discard()
+		}
+	}()
 	for _, i := range toRead {
 		buf := (*bp)[:manifest.ChunkLen(m.Size, i)]
 		if _, err := src.ReadAt(buf, m.ChunkOffset(i)); err != nil {
@@ -700,10 +718,29 @@ func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, increme
 		// A fingerprint in a blob slot of the staged manifest is uploaded
 		// or spooled already.
 		if oldRefs[fp] == 0 && !staged[fp] {
-			if err := d.stageChunk(fp, buf, d.mode); err != nil {
+			if seg == nil {
+				if seg, err = createSegment(d.tmpDir(), d.s.fault); err != nil {
+					return nil, nil, err
+				}
+			}
+			if err := seg.add(fp, buf); err != nil {
 				return nil, nil, err
 			}
 			staged[fp] = true
+			if seg.full() {
+				err := d.publishSegment(seg, d.mode)
+				seg = nil
+				if err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+	}
+	if seg != nil {
+		err := d.publishSegment(seg, d.mode)
+		seg = nil
+		if err != nil {
+			return nil, nil, err
 		}
 	}
 	return changed, replaced, nil
@@ -734,13 +771,18 @@ func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, replaced [
 		d.stats.Incremental++
 		for _, fp := range replaced {
 			if refs[fp] == 0 {
-				_ = d.remove(filepath.Join(d.StagingChunksDir(), fp.String()))
+				d.unstage(fp.String())
 			}
 		}
 	} else {
 		d.gcStaging(refs)
 	}
-	d.maybePublishReady(d.cur)
+	if d.maybePublishReady(d.cur) {
+		// Staging is empty: what it pinned went with the snapshot.
+		d.pinned = 0
+	} else if d.pinned >= d.compactAt(m.Size) {
+		d.compactStaging(m.Size)
+	}
 	if !d.cleanedTemp {
 		d.cleanedTemp = true
 		removeStaleTemps(d.tmpDir(), time.Now())
@@ -917,20 +959,29 @@ func (d *DB) ensureDirs(mode fs.FileMode) error {
 	return nil
 }
 
-// stageChunk writes a chunk file under its fingerprint.
-func (d *DB) stageChunk(fp manifest.Fingerprint, b []byte, mode fs.FileMode) error {
-	created, err := d.publishFile(filepath.Join(d.StagingChunksDir(), fp.String()), b, fileMode(mode), false)
-	if err != nil {
+// publishSegment seals seg and links each of its chunks into
+// staging/chunks under its fingerprint, then drops its temp name. A chunk
+// name that exists already is left alone: another process snapshotting
+// the same state staged it, it is theirs, and must survive a failure of
+// this snapshot. seg is discarded in any case.
+func (d *DB) publishSegment(seg *segment, mode fs.FileMode) error {
+	defer seg.discard()
+	if err := seg.seal(fileMode(mode)); err != nil {
 		return err
 	}
-	if !created {
-		// Another process snapshotting the same state staged it: it is
-		// theirs, and must survive a failure of this snapshot.
-		return nil
+	d.stats.Segments++
+	for _, e := range seg.index {
+		created, err := seg.link(filepath.Join(d.StagingChunksDir(), e.fp.String()))
+		if err != nil {
+			return err
+		}
+		if !created {
+			continue
+		}
+		d.stagedNow = append(d.stagedNow, e.fp)
+		d.stats.ChunksStaged++
+		d.stats.BytesStaged += int64(e.n)
 	}
-	d.stagedNow = append(d.stagedNow, fp)
-	d.stats.ChunksStaged++
-	d.stats.BytesStaged += int64(len(b))
 	return nil
 }
 
@@ -1036,7 +1087,7 @@ func (d *DB) dropUnreferenced(fps []manifest.Fingerprint) {
 		if cur != nil && cur.refs[fp] > 0 {
 			continue
 		}
-		_ = d.remove(filepath.Join(d.StagingChunksDir(), fp.String()))
+		d.unstage(fp.String())
 	}
 }
 
@@ -1051,7 +1102,7 @@ func (d *DB) gcStaging(refs map[manifest.Fingerprint]int32) {
 		if err == nil && refs[fp] > 0 {
 			continue
 		}
-		_ = d.remove(filepath.Join(d.StagingChunksDir(), e.Name()))
+		d.unstage(e.Name())
 	}
 }
 
@@ -1059,9 +1110,9 @@ func (d *DB) gcStaging(refs map[manifest.Fingerprint]int32) {
 // nothing waiting: ready/ gets, atomically, a directory holding hard links
 // to the manifest and to the staged chunks, which then leave staging. A
 // snapshot that finds ready/ occupied is squashed into a later one.
-func (d *DB) maybePublishReady(cur *cached) {
+func (d *DB) maybePublishReady(cur *cached) (published bool) {
 	if !fsutil.DirEmpty(d.readyDir()) {
-		return
+		return false
 	}
 	refs := cur.refs
 	top := filepath.Join(d.tmpDir(), uniqueName())
@@ -1074,25 +1125,25 @@ func (d *DB) maybePublishReady(cur *cached) {
 	for _, p := range []string{top, snap, filepath.Join(snap, chunksDir)} {
 		if err := os.Mkdir(p, dm); err != nil {
 			fail(err)
-			return
+			return false
 		}
 		_ = os.Chmod(p, dm) // umask-proof
 	}
 	if err := os.Link(d.StagingManifestPath(), filepath.Join(snap, manifestFile)); err != nil {
 		fail(err)
-		return
+		return false
 	}
 	if cur.base != nil {
 		name := baseName(cur.base.id)
 		if err := os.Link(filepath.Join(d.dir, stagingDir, name), filepath.Join(snap, name)); err != nil {
 			fail(err)
-			return
+			return false
 		}
 	}
 	entries, err := fsutil.ReadDir(d.StagingChunksDir())
 	if err != nil {
 		fail(err)
-		return
+		return false
 	}
 	var moved []string
 	for _, e := range entries {
@@ -1105,24 +1156,25 @@ func (d *DB) maybePublishReady(cur *cached) {
 				continue // taken by a concurrent publisher of the same state
 			}
 			fail(err)
-			return
+			return false
 		}
 		moved = append(moved, e.Name())
 	}
 	if err := d.s.fault("rename", d.readyDir()); err != nil {
 		fail(err)
-		return
+		return false
 	}
 	// rename(2) itself, not os.Rename, which refuses to replace even an
 	// empty directory: an empty ready/ is replaced atomically, and a
 	// non-empty one (another process published first) makes this fail.
 	if err := syscall.Rename(top, d.readyDir()); err != nil {
 		fail(err)
-		return
+		return false
 	}
 	for _, name := range moved {
 		_ = d.remove(filepath.Join(d.StagingChunksDir(), name))
 	}
+	return true
 }
 
 func hasHotJournal(p string) (bool, error) {

@@ -134,7 +134,9 @@ func (d Dir) StagedID() ([32]byte, bool) {
 // snapshot and not handed over yet.
 func (d Dir) StagedChunks() Chunks { return Chunks{dir: d.join(stagingDir, chunksDir)} }
 
-// Chunks is a directory of chunk files named by their fingerprints.
+// Chunks is a directory of chunk names: each chunk's fingerprint names a
+// link to the segment file that holds it (segment.go), or, in a spool an
+// earlier version left, a file of the chunk's bytes alone.
 type Chunks struct{ dir string }
 
 // List returns the fingerprints of the chunk files; a missing directory
@@ -160,10 +162,11 @@ func (c Chunks) List() ([]manifest.Fingerprint, error) {
 // them. It returns an error wrapping fs.ErrNotExist when the chunk is
 // gone (handed over, or uploaded and removed).
 func (c Chunks) Read(fp manifest.Fingerprint) ([]byte, error) {
-	return fsutil.ReadFile(filepath.Join(c.dir, fp.String()))
+	return readChunk(filepath.Join(c.dir, fp.String()), fp)
 }
 
-// Remove deletes chunk fp; a chunk already gone is not an error.
+// Remove deletes chunk fp's name: the segment that holds it goes with
+// its last name. A chunk already gone is not an error.
 func (c Chunks) Remove(fp manifest.Fingerprint) error {
 	p := filepath.Join(c.dir, fp.String())
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -172,19 +175,66 @@ func (c Chunks) Remove(fp manifest.Fingerprint) error {
 	return nil
 }
 
-// Bytes returns the bytes the chunk files take.
+// Bytes returns the bytes of the chunks the directory names, as the
+// earlier chunk files did: a chunk's length, whatever file holds it.
+// Superseded chunks that a segment keeps for its other chunks, and its
+// index, are not counted.
 func (c Chunks) Bytes() int64 {
 	entries, err := fsutil.ReadDir(c.dir)
 	if err != nil {
 		return 0
 	}
+	type file struct {
+		path  string
+		size  int64
+		names map[manifest.Fingerprint]bool
+	}
+	files := make(map[fileKey]*file)
 	var n int64
 	for _, e := range entries {
-		if info, err := e.Info(); err == nil {
+		fp, err := manifest.ParseFingerprint(e.Name())
+		if err != nil {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if !ok {
 			n += info.Size()
+			continue
+		}
+		k := fileKey{dev: uint64(st.Dev), ino: st.Ino}
+		f := files[k]
+		if f == nil {
+			f = &file{path: filepath.Join(c.dir, e.Name()), size: info.Size(), names: map[manifest.Fingerprint]bool{}}
+			files[k] = f
+		}
+		f.names[fp] = true
+	}
+	for _, f := range files {
+		index, err := segmentIndex(f.path)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if index == nil { // an earlier version's chunk file
+			n += f.size
+			continue
+		}
+		for _, e := range index {
+			if f.names[e.fp] {
+				n += int64(e.n)
+			}
 		}
 	}
 	return n
+}
+
+// fileKey identifies a file (not a name) on the machine.
+type fileKey struct {
+	dev uint64
+	ino uint64
 }
 
 // A Handover is a snapshot handed over to the uploader: published in
@@ -735,10 +785,11 @@ func (d Dir) UploadLockFile() string { return d.join(uploadLock) }
 // PlacementsFile is the path of the record of pack placements.
 func (d Dir) PlacementsFile() string { return d.join(packedFile) }
 
-// Path is the path of chunk fp's file in the directory.
+// Path is the path of chunk fp's name in the directory: a link to the
+// segment that holds it, or an earlier version's chunk file.
 func (c Chunks) Path(fp manifest.Fingerprint) string { return filepath.Join(c.dir, fp.String()) }
 
-// Has reports whether the directory holds a file for chunk fp.
+// Has reports whether the directory holds a name for chunk fp.
 func (c Chunks) Has(fp manifest.Fingerprint) bool { return fsutil.Exists(c.Path(fp)) }
 
 // Path is the handed-over snapshot's directory.
@@ -793,11 +844,9 @@ func (d Dir) PutHandover(m *manifest.Manifest, chunks map[manifest.Fingerprint][
 		_ = os.RemoveAll(top)
 		return Handover{}, fmt.Errorf("spool: write %s: %w", snap, pathless(err))
 	}
-	for fp, b := range chunks {
-		if err := os.WriteFile(filepath.Join(snap, chunksDir, fp.String()), b, perm); err != nil {
-			_ = os.RemoveAll(top)
-			return Handover{}, fmt.Errorf("spool: write %s: %w", snap, pathless(err))
-		}
+	if _, err := writeSegments(d.join(tmpDir), filepath.Join(snap, chunksDir), chunks, perm, nil); err != nil {
+		_ = os.RemoveAll(top)
+		return Handover{}, err
 	}
 	dst := d.join(readyDir)
 	if state == InConsuming {

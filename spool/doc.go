@@ -14,7 +14,8 @@
 //	    staging/manifest           the current snapshot: a whole manifest, or
 //	                               from 2,048 chunks a head (head.go)
 //	    staging/base.<id>          the base that head is over
-//	    staging/chunks/<fp>        chunks not yet handed to the uploader
+//	    staging/chunks/<fp>        chunks not yet handed to the uploader, each a
+//	                               link to the segment that holds it (segment.go)
 //	    ready/<unique>/            a snapshot published for upload
 //	    consuming/<unique>/        a snapshot the uploader is uploading
 //	    tmp/                       scratch; everything is written here first
@@ -46,10 +47,12 @@
 // # Bounded size
 //
 // staging/chunks holds only chunks referenced by the staged manifest (at
-// most the database size), and ready/ and consuming/ hold one snapshot each
-// (each at most the database's size when it was taken), so the spool of a
-// database stays within about three times the database size however long
-// the uploader is stuck. While a snapshot runs, the chunks it stages sit
+// most the database size, plus the superseded chunks their segments keep:
+// an eighth of it, or 4 MiB, before compaction), and ready/ and consuming/ hold one
+// snapshot each (each at most the database's size when it was taken, plus
+// what its segments keep), so the spool of a database stays within about
+// three and a half times the database size however long the uploader is
+// stuck. While a snapshot runs, the chunks it stages sit
 // beside those they replace until its manifest is written: about four
 // times at the peak. A snapshot that fails deletes the chunks it staged.
 // The one exception to the bound is a database that shrinks a lot while a

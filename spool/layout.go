@@ -13,6 +13,7 @@ const (
 	readyDir     = "ready"         // a snapshot published for upload
 	consumingDir = "consuming"     // snapshots the uploader is uploading
 	tmpDir       = "tmp"           // scratch: everything is written here first
+	segSuffix    = ".seg"          // tmp/<unique>.seg: a segment being written (segment.go)
 	uploadedFile = "uploaded"      // the manifest last put in the store, with its pack table: whole, or a head over a base.<ID> beside it
 	packedFile   = "packed"        // placements of packed chunks no uploaded manifest lists yet
 	targetsFile  = "targets"       // the non-cache targets the chunks were uploaded to

@@ -595,6 +595,7 @@ func TestFaults(t *testing.T) {
 		{name: "write", fault: func(*DB) func(string, string) error { return failOp("write", enospc) }},
 		{name: "rename", fault: func(*DB) func(string, string) error { return failOp("rename", enospc) }},
 		{name: "create", fault: func(*DB) func(string, string) error { return failOp("create", enospc) }},
+		{name: "link of a staged chunk", fault: func(*DB) func(string, string) error { return failOp("link", enospc) }},
 		{name: "rename of the staged manifest", fault: func(d *DB) func(string, string) error {
 			return func(op, p string) error {
 				if op == "rename" && p == d.StagingManifestPath() {
@@ -738,7 +739,11 @@ func (u *uploader) finish(t *testing.T, db *DB) {
 			t.Fatalf("consuming/%s has no manifest: %v", snap, err)
 		}
 		for _, c := range names(t, filepath.Join(dir, "chunks")) {
-			b, err := os.ReadFile(filepath.Join(dir, "chunks", c))
+			fp, err := manifest.ParseFingerprint(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := readChunk(filepath.Join(dir, "chunks", c), fp)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -771,7 +776,7 @@ func (u *uploader) assertExact(t *testing.T, db *DB, fake *fakeSource) {
 			if ok {
 				break
 			}
-			if b, err := os.ReadFile(filepath.Join(d, fp.String())); err == nil {
+			if b, err := readChunk(filepath.Join(d, fp.String()), fp); err == nil {
 				data, ok = b, true
 			}
 		}

@@ -69,6 +69,11 @@ type Options struct {
 	// name and path; a non-nil result makes the step fail with it. For
 	// tests that inject faults at exact points.
 	Fault func(op, path string) error
+	// CompactFloor is the fewest bytes of superseded chunks that the
+	// segments of a database's staging keep before a snapshot compacts
+	// them, when an eighth of the database is fewer (segment.go). Zero
+	// means 4 MiB. For tests that need compactions of small databases.
+	CompactFloor int64
 	// Generator is recorded in manifests. Empty means "boule".
 	Generator string
 	// Validate, when set, is called after each snapshot is staged with

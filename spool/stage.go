@@ -58,11 +58,13 @@ func (d *DB) StageChunks(chunks map[manifest.Fingerprint][]byte) error {
 		if manifest.Sum(b) != fp {
 			return fmt.Errorf("spool: stage chunk %s of %s: the bytes do not match the fingerprint", fp, d.path)
 		}
-		if err := d.stageChunk(fp, b, mode); err != nil {
-			return err
-		}
 	}
-	return nil
+	linked, err := writeSegments(d.tmpDir(), d.StagingChunksDir(), chunks, fileMode(mode), d.s.fault)
+	for _, fp := range linked {
+		d.stats.ChunksStaged++
+		d.stats.BytesStaged += int64(len(chunks[fp]))
+	}
+	return err
 }
 
 // StageManifest makes m the staged snapshot and records, in the txn
@@ -109,6 +111,8 @@ func (d *DB) Publish() (bool, error) {
 		return false, nil
 	}
 	d.mode = d.stageMode()
-	d.maybePublishReady(cur)
+	if d.maybePublishReady(cur) {
+		d.pinned = 0 // staging is empty
+	}
 	return !OpenDir(d.dir).readyFree(), nil
 }

@@ -210,4 +210,9 @@ func commitLatency(b *testing.B, base, journal, sync string) {
 		b.ReportMetric(float64(st.ManifestBytes-st0.ManifestBytes)/float64(n)/1024, "spool-manifest-KiB-per-snapshot")
 		b.ReportMetric(float64(st.BytesStaged-st0.BytesStaged)/float64(n)/1024, "spool-chunk-KiB-per-snapshot")
 	}
+	// Segments written, by snapshots and by compactions of staging.
+	b.ReportMetric(float64(st.Segments-st0.Segments)/float64(b.N), "spool-segments-per-commit")
+	b.ReportMetric(float64(st.Compactions-st0.Compactions), "spool-compactions")
+	b.ReportMetric(float64(st.BytesStaged-st0.BytesStaged)/float64(b.N)/1024, "spool-chunk-KiB-per-commit")
+	b.ReportMetric(float64(st.BytesCompacted-st0.BytesCompacted)/float64(b.N)/1024, "spool-compacted-KiB-per-commit")
 }

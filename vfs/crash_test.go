@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -23,6 +24,7 @@ import (
 func init() {
 	children["writer"] = childWriter
 	children["crashpoint"] = childCrashpoint
+	children["crashop"] = childCrashOp
 	children["verifier"] = childVerifyingWriter
 	children["heldwriter"] = childHeldWriter
 }
@@ -131,6 +133,48 @@ func childCrashpoint() error {
 	n, _ := strconv.Atoi(os.Getenv("BOULE_TEST_CRASH_AT"))
 	var count atomic.Int64
 	killAt(func(op, path string) bool { return count.Add(1) == int64(n) })
+	return childWriter()
+}
+
+// childCrashOp is childWriter with a SIGKILL at the Nth spool step named
+// BOULE_TEST_CRASH_OP on a path of the kind BOULE_TEST_CRASH_PATH names:
+// "segment" (a segment being written) or "staged" (a chunk name in
+// staging). It writes BOULE_TEST_STEPS transactions at most: one that
+// ends unkilled never reached the step.
+func childCrashOp() error {
+	c := readChildEnv()
+	op, kind := os.Getenv("BOULE_TEST_CRASH_OP"), os.Getenv("BOULE_TEST_CRASH_PATH")
+	n, _ := strconv.Atoi(os.Getenv("BOULE_TEST_CRASH_AT"))
+	var staged atomic.Pointer[string] // the staging chunks directory, once the spool is open
+	var count atomic.Int64
+	killAt(func(o, p string) bool {
+		if o != op {
+			return false
+		}
+		switch kind {
+		case "segment":
+			if !spool.IsSegmentTemp(p) {
+				return false
+			}
+		case "staged":
+			dir := staged.Load()
+			if dir == nil || filepath.Dir(p) != *dir {
+				return false
+			}
+		}
+		return count.Add(1) == int64(n)
+	})
+	// Compactions of this small database, not only of one over 32 MiB.
+	vfs.SetCompactFloor(128 << 10)
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: c.spool}); err != nil {
+		return err
+	}
+	d, err := vfs.Spool().DB(c.db)
+	if err != nil {
+		return err
+	}
+	dir := d.StagingChunksDir()
+	staged.Store(&dir)
 	return childWriter()
 }
 
@@ -244,9 +288,9 @@ func killWriters(t *testing.T, params string, kills int, rng uint64, check func(
 }
 
 // TestCrashAtEverySpoolStep kills the writer at each filesystem step of the
-// snapshot code in turn: between a chunk's write and its rename, between
-// the chunks and the manifest, during ready publication, before the marker
-// is removed.
+// snapshot code in turn: while a segment is written, between the links of
+// its chunks' names, between the chunks and the manifest, during ready
+// publication, before the marker is removed.
 func TestCrashAtEverySpoolStep(t *testing.T) {
 	e := newEnv(t)
 	path := e.path("steps.db")
@@ -262,6 +306,40 @@ func TestCrashAtEverySpoolStep(t *testing.T) {
 			fmt.Sprint("BOULE_TEST_SEED=", n), fmt.Sprint("BOULE_TEST_CRASH_AT=", n))
 		reapKilled(t, cmd, out, committed, fmt.Sprint("crash at step ", n))
 		verifyAfterCrash(t, db, path, committed)
+	}
+}
+
+// TestCrashAtSegmentSteps kills the writer at the steps of the segments a
+// snapshot stages its chunks in (segment.go): while a segment is written,
+// between the links of its chunks' names, before its temp name goes, and
+// between the renames of a compaction of staging (no uploader runs here,
+// so superseded chunks pile up in staging until one compacts them). Each
+// child must die at its step, and after each the next commit heals the
+// snapshot with every committed transaction in it.
+func TestCrashAtSegmentSteps(t *testing.T) {
+	e := newEnv(t)
+	path := e.path("segments.db")
+	db := parentConn(t, path, "")
+	committed := map[int64]bool{}
+	steps := []struct {
+		op, path string // the step, and the kind of its path (childCrashOp)
+		at       []int  // which of them to die at
+	}{
+		{"write", "segment", []int{1, 2, 7}},
+		{"link", "staged", []int{1, 2, 9, 30}},
+		{"remove", "segment", []int{1, 3}},
+		{"rename", "staged", []int{1, 4}}, // compaction only
+	}
+	for _, st := range steps {
+		for _, n := range st.at {
+			what := fmt.Sprintf("crash at %s #%d of %s", st.op, n, st.path)
+			cmd, out := startChild(t, "crashop",
+				"BOULE_TEST_DB="+path, "BOULE_TEST_SPOOL="+e.spool, "BOULE_TEST_STEPS=5000",
+				fmt.Sprint("BOULE_TEST_SEED=", n), "BOULE_TEST_CRASH_OP="+st.op,
+				"BOULE_TEST_CRASH_PATH="+st.path, fmt.Sprint("BOULE_TEST_CRASH_AT=", n))
+			reapKilled(t, cmd, out, committed, what)
+			verifyAfterCrash(t, db, path, committed)
+		}
 	}
 }
 

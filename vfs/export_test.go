@@ -12,6 +12,11 @@ import (
 // or to crash the process at an exact step.
 func SetFaultHook(f func(op, path string) error) { faultHook = f }
 
+// SetCompactFloor sets the superseded bytes that make a compaction of
+// staging in spools opened after the call, for the rest of the process
+// (a test's child): 0 is spool's default.
+func SetCompactFloor(n int64) { compactFloor = n }
+
 // SetPersistGap sets the persisters' squash window of spools opened
 // after the call, until the test ends (0: spool's default); t nil, for
 // the rest of the process (a test's child).

@@ -49,9 +49,11 @@ var (
 	current atomic.Pointer[runtime]
 	spools  = map[string]*spool.Spool{} // by directory, so that connections share per-database state
 
-	// faultHook and persistGap are set only by tests (export_test.go).
-	faultHook  func(op, path string) error
-	persistGap time.Duration
+	// faultHook, persistGap and compactFloor are set only by tests
+	// (export_test.go).
+	faultHook    func(op, path string) error
+	persistGap   time.Duration
+	compactFloor int64
 )
 
 // Register registers the "boule" VFS with cfg, or applies cfg to the VFS
@@ -84,6 +86,8 @@ func Register(cfg Config) error {
 				Perm:   cfg.Permissions(),
 				Logger: log,
 				Fault:  faultHook,
+				// 0 is spool's default.
+				CompactFloor: compactFloor,
 				// 0 is spool's default.
 				PersistGap: persistGap,
 				// 0 is spool's default, the same as config's.
