@@ -31,6 +31,18 @@ func waitStaged(t testing.TB, db *DB) {
 	}
 }
 
+// waitIdle waits until db's persister has stopped with nothing queued:
+// past WaitStaged, which returns as soon as the snapshot is staged, it has
+// also given back the capture memory of what it staged.
+func waitIdle(t testing.TB, db *DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := db.WaitIdle(ctx); err != nil {
+		t.Fatalf("WaitIdle()=%v", err)
+	}
+}
+
 // holdPersister gives the persister a squash window longer than the test,
 // and captures all the memory they need: after the first commit's
 // snapshot, only a wait for staging makes the persister stage.
@@ -89,6 +101,7 @@ func TestCaptureStagesOffTheCommit(t *testing.T) {
 		t.Fatalf("%d snapshots for %d commits in one squash window, want 1 or 2", snaps, commits)
 	}
 	t.Logf("%d commits staged as %d snapshots", commits, snaps)
+	waitIdle(t, d.db)
 	if n := d.sp.CaptureBytes(); n != 0 {
 		t.Fatalf("CaptureBytes()=%d after the persister caught up, want 0", n)
 	}
@@ -113,6 +126,7 @@ func TestCaptureKeepsOneCopyPerChunk(t *testing.T) {
 	}
 	waitStaged(t, d.db)
 	assertExact(t, d.db, d.src)
+	waitIdle(t, d.db)
 	if n := d.sp.CaptureBytes(); n != 0 {
 		t.Fatalf("CaptureBytes()=%d after the persister caught up, want 0", n)
 	}
