@@ -12,6 +12,7 @@ import (
 	"github.com/boule-vfs/boule/internal/bigmanifest"
 	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/store"
 )
 
 // TestReplicaReadOnlyCacheLargeManifest opens in the sqlite3 shell a
@@ -62,5 +63,44 @@ func TestReplicaReadOnlyCacheLargeManifest(t *testing.T) {
 				t.Errorf("replica of %d GiB with a read-only chunk cache: %v, stdout %q, stderr %.1500s; want chunk 0", size>>30, err, out, errs)
 			}
 		})
+	}
+}
+
+// TestReplicaHostileDeclaredSizeDisk puts in a dir store, as the manifest
+// of boule://h/big.db, 16 bytes: a zstd frame that declares 2 GiB of
+// content and holds none. Opening the replica must fail as a corrupt
+// manifest, without taking 2 GiB of the disk of the replica's temporary
+// directory: since the fp-file merge (58344ae) the buffer for the
+// declared size is an unlinked file, fallocated whole (strace:
+// fallocate(fd, 0, 0, 2147614736)) before a byte is decoded, so each
+// fetch of such a manifest takes 2 GiB of that disk for a moment (the
+// spool's, if they share it), and on a smaller disk the open fails with
+// "no room for a manifest of 2048 MiB" instead of naming the corrupt
+// blob. Before, the buffer was Go heap, never touched past what the
+// decoder wrote.
+func TestReplicaHostileDeclaredSizeDisk(t *testing.T) {
+	shell := need(t, "sqlite3")
+	lib := strings.TrimSuffix(extension(t), ".so")
+	f := newFixture(t)
+	key, err := store.ManifestKey("h", "/big.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(f.store, "manifests", filepath.FromSlash(key))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Magic, a single-segment frame header with an 8-byte content size
+	// of 2^31, one empty raw last block.
+	hostile := []byte{0x28, 0xb5, 0x2f, 0xfd, 0xe0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0x01, 0, 0}
+	if err := os.WriteFile(p, hostile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(f.dir, "tmp")
+	testfs.MountTmpfs(t, tmp, "256m")
+	env := []string{"BOULE_CONFIG=" + f.cfg(), "TMPDIR=" + tmp}
+	out, errs, err := run(t, env, fmt.Sprintf(".load %s\n.open file:boule://h/big.db?vfs=boule_snapshot\nSELECT 1;\n", lib), shell, "-batch")
+	if strings.Contains(errs, "no room for a manifest") || !strings.Contains(errs, "corrupt") {
+		t.Errorf("replica of a 16-byte manifest declaring 2 GiB: %v, stdout %q, stderr %.1500s; want it refused as corrupt, with no 2 GiB taken on the temporary directory's disk", err, out, errs)
 	}
 }
