@@ -3,7 +3,6 @@ package snapshot
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"runtime"
 	"sync"
@@ -130,9 +129,14 @@ func (a *manifestBufs) alloc(size int) ([]byte, error) {
 // file returns a buffer of size bytes in a file.
 func (a *manifestBufs) file(size int) ([]byte, error) {
 	m, err := newFileMem(a.dir, size)
-	if errors.Is(err, fs.ErrNotExist) && a.dir != os.TempDir() {
-		// A chunk cache not created yet.
-		m, err = newFileMem(os.TempDir(), size)
+	if err != nil && a.dir != os.TempDir() {
+		// A chunk cache not created yet, read-only, full, or not this
+		// user's to write: the system's temporary directory will do.
+		m2, err2 := newFileMem(os.TempDir(), size)
+		if err2 != nil {
+			return nil, fmt.Errorf("%w; and in the temporary directory: %w", err, err2)
+		}
+		m, err = m2, nil
 	}
 	if err != nil {
 		return nil, err

@@ -70,6 +70,16 @@ func copyInto(b []byte, alloc func(size int) ([]byte, error)) ([]byte, error) {
 	return buf[:copy(buf, b)], nil
 }
 
+// A zstd manifest frame that declares more than declareTrust bytes, and
+// more than declareRatio times its own size, is decoded once to count its
+// bytes before DecodeManifestBlobInto allocates for them: fingerprints
+// hardly compress, so only a manifest of many identical chunks (a sparse
+// database) or a crafted one declares that much.
+const (
+	declareTrust = 1 << 20
+	declareRatio = 64
+)
+
 // DecodeManifestBlobInto is DecodeManifestBlob, decompressing into the
 // buffer alloc returns for the decoded size (plus a block's slack for a
 // frame that declares its size), rather than into the Go heap, and with
@@ -93,6 +103,21 @@ func DecodeManifestBlobInto(blob []byte, alloc func(size int) ([]byte, error)) (
 		// As DecodeManifestBlob: in memory, into the declared size plus
 		// a block, which the decoder never grows.
 		size := int(h.FrameContentSize)
+		if int64(size) > declareTrust && int64(size)/declareRatio > int64(len(blob)) {
+			// A frame that declares far more than its bytes usually
+			// hold: alloc may take disk for all of it (a file-backed
+			// buffer), so count what it holds first, in bounded memory.
+			// A manifest of a sparse database decodes this fast; a
+			// hostile one of a few bytes declaring 2 GiB is refused
+			// without taking any.
+			n, err := decodeStream(blob, nil, limit)
+			if err != nil {
+				return nil, err
+			}
+			if n < int64(size) {
+				return nil, fmt.Errorf("zstd manifest blob of %d bytes declares %d bytes and holds %d: %w", len(blob), size, n, ErrCorrupt)
+			}
+		}
 		buf, err := alloc(size + zstdMaxBlock + zstdOverAlloc)
 		if err != nil {
 			return nil, err
