@@ -469,6 +469,13 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 	}
 	if err != nil {
 		cp.release()
+		if x := &d.walx; x.valid && errors.Is(sameLog(wal, x.hdr.salt), errWALMoved) {
+			// A TRUNCATE or RESTART checkpoint by another connection
+			// under a read that began with the log checkpointed whole:
+			// the frame read failed short because the log moved. Read
+			// again.
+			return nil, fmt.Errorf("spool: %s: %w", d.path, errWALMoved)
+		}
 		return nil, fmt.Errorf("spool: read %s: %w", d.path, err)
 	}
 	if x := &d.walx; x.valid {
