@@ -358,7 +358,11 @@ func (s *Snapshot) chunkFor(ctx context.Context, i int, prefetch bool) ([]byte, 
 		if r.cache == nil || r.ctx.Err() != nil {
 			return loaded{}, errNotLocal
 		}
-		l, err := r.loadCached(r.ctx, fp, want)
+		var ref *manifest.PackRef
+		if pr, ok := s.packIndex().Ref(i); ok {
+			ref = &pr
+		}
+		l, _, err := r.loadCached(r.ctx, fp, want, ref)
 		if err == nil && s.paced.Load() {
 			s.loads.Add(1) // a read's load, as pacedLoad counts them
 		}
@@ -508,6 +512,11 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 			return err
 		}
 	}
+	if s.rep.r.cache != nil {
+		// The pack's chunks are queued for its slab: seal it after
+		// them.
+		s.rep.r.enqueueCache(ctx.Done(), cacheItem{pack: p.ID, seal: true})
+	}
 	return nil
 }
 
@@ -532,7 +541,8 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	if mapped || r.isQueued(fp) {
 		return nil
 	}
-	if r.cache.HasChunk(fp) {
+	ref, packed := s.packIndex().Ref(i)
+	if (packed && r.cache.HasPacked(ref.ID, fp)) || r.cache.HasChunk(fp) {
 		if st, ok := r.written.get(fp); ok {
 			s.noteFile(i, st) // written for another chunk of the same bytes
 		}
@@ -544,7 +554,7 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	var data []byte
 	var buf bufRef // the buffer data lies in, if any; its reference goes to the queue
 	var err error
-	if ref, ok := s.packIndex().Ref(i); ok {
+	if packed {
 		data, buf, err = r.packedChunk(load, fp, want, ref, true)
 	} else {
 		data, err = r.remoteChunk(load, fp, want)
@@ -552,7 +562,7 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
 	}
-	return r.cacheWait(ctx, fp, data, buf, s, i)
+	return r.cacheWait(ctx, cacheItem{fp: fp, data: data, buf: buf, s: s, i: i, pack: ref.ID, packed: packed})
 }
 
 // startPrefetch fetches every chunk in the background, in file order (a
