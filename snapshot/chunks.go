@@ -424,12 +424,12 @@ func (r *Reader) remoteChunk(ctx context.Context, fp manifest.Fingerprint, want 
 }
 
 // cacheWriters is the number of goroutines that write the cache's files.
-// A file per chunk costs a file creation (100 to 200 µs on the benchmark
-// machine under load), and the cold scan of a snapshot larger than memory
-// goes at the writers' pace: 4 writers took a cold 1 GiB scan from 10.2
-// to 8.6 s (median of 2, load average 8 on 2 cores), and kept its reads
-// from outrunning them (no chunk copies). (One writer once did better
-// than two, when each addition to the cache listed its shard.)
+// The cold scan of a snapshot larger than memory goes at the writers'
+// pace: when each chunk cost a file creation (100 to 200 µs on the
+// benchmark machine under load), 4 writers took a cold 1 GiB scan from
+// 10.2 to 8.6 s (median of 2, load average 8 on 2 cores), and kept its
+// reads from outrunning them (no chunk copies). Packed chunks now go to
+// their pack's slab (slabwrite.go): a creation per pack.
 const cacheWriters = 4
 
 // cacheWait queues a verified chunk for writing to the local cache, and

@@ -53,6 +53,20 @@ func (r *Reader) slabAdd(it cacheItem) bool {
 	for {
 		r.slabMu.Lock()
 		b := r.building[it.pack]
+		if b == nil {
+			r.slabMu.Unlock()
+			// A read that fetched the chunk while its slab was being
+			// sealed queues it again: a slab of its own for it, merged
+			// into the pack's by its seal, was a waste.
+			if r.cache.HasPacked(it.pack, it.fp) {
+				r.cacheMu.Lock()
+				delete(r.queued, it.fp)
+				r.cacheMu.Unlock()
+				return true
+			}
+			r.slabMu.Lock()
+			b = r.building[it.pack]
+		}
 		fresh := b == nil
 		if fresh {
 			b = &slabBuild{pack: it.pack, last: time.Now()}

@@ -263,7 +263,9 @@ func BenchmarkCold(b *testing.B) {
 		for range b.N {
 			db := f.openCold(b)
 			var got int64
-			if err := db.QueryRow(scan).Scan(&got); err != nil || got != want {
+			var err error
+			profile(b, "cold", func() { err = db.QueryRow(scan).Scan(&got) })
+			if err != nil || got != want {
 				b.Fatalf("cold scan: %d, %v; want %d", got, err, want)
 			}
 			closeCold(b, db)

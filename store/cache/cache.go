@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -22,10 +23,12 @@ import (
 // Store is a chunk cache in a local directory, shared by the processes
 // of a host: the uploader fills it as it uploads, and read replicas look in
 // it before the network. Chunks are stored raw (uncompressed, so they can
-// be mapped into memory) under <dir>/<shard>/<fingerprint>, and verified
-// against their fingerprint when read. It holds at most about capacity
-// chunks: when a shard outgrows its share, its least recently used tenth is
-// evicted (reads refresh a chunk's modification time). Each process counts
+// be mapped into memory) under <dir>/<shard>/<fingerprint>, or the chunks
+// of a pack together in a slab (slab.go), and verified against their
+// fingerprint when read. It holds at most about capacity chunks: when a
+// shard outgrows its share, its least recently used files are evicted
+// until it is back within nine tenths of it (reads refresh a file's
+// modification time; a slab counts for its chunks). Each process counts
 // what it adds and lists a shard when its count goes over the share, and
 // at least once every sixty-fourth of the share it adds, for the files
 // other processes added: a shard holds at most its share plus a
@@ -113,7 +116,9 @@ func (c *Store) shard(fp manifest.Fingerprint) int {
 
 // Path is where the chunk fp lives in the cache, if it is there.
 func (c *Store) Path(fp manifest.Fingerprint) string {
-	return filepath.Join(c.dir, fmt.Sprintf("%03d", c.shard(fp)), fp.String())
+	b := make([]byte, 0, len(c.dir)+1+3+1+2*manifest.FingerprintSize)
+	b = appendShard(append(b, strings.TrimSuffix(c.dir, "/")...), c.shard(fp))
+	return string(hex.AppendEncode(b, fp[:]))
 }
 
 // PutChunk stores data under fp, atomically, unless it is already there:
