@@ -108,22 +108,25 @@ func (x *slabIndex) find(fp manifest.Fingerprint) (slot int, ok bool) {
 	return 0, false
 }
 
-// readSlabIndex reads the index of the slab open as f, of size bytes.
-func readSlabIndex(f *os.File, size int64) (*slabIndex, error) {
+// readSlabIndex reads the index of the slab f, named name, of size bytes.
+// Its bytes are untrusted: it allocates no more than the index of
+// MaxSlabChunks chunks takes, and only once the size agrees with the
+// footer.
+func readSlabIndex(f io.ReaderAt, name string, size int64) (*slabIndex, error) {
 	if size < slabFooter {
-		return nil, fmt.Errorf("slab %s: %d bytes: %w", f.Name(), size, store.ErrCorrupt)
+		return nil, fmt.Errorf("slab %s: %d bytes: %w", name, size, store.ErrCorrupt)
 	}
 	var foot [slabFooter]byte
 	if _, err := f.ReadAt(foot[:], size-slabFooter); err != nil {
-		return nil, fmt.Errorf("slab %s: read footer: %w", f.Name(), err)
+		return nil, fmt.Errorf("slab %s: read footer: %w", name, err)
 	}
 	n := int(binary.LittleEndian.Uint32(foot[8:]))
 	if string(foot[:8]) != slabMagic || binary.LittleEndian.Uint32(foot[12:]) != slabVer || n < 1 || n > MaxSlabChunks || slabSize(n) != size {
-		return nil, fmt.Errorf("slab %s: bad footer or size: %w", f.Name(), store.ErrCorrupt)
+		return nil, fmt.Errorf("slab %s: bad footer or size: %w", name, store.ErrCorrupt)
 	}
 	raw := make([]byte, n*slabEntry)
 	if _, err := f.ReadAt(raw, int64(n)*SlabSlot); err != nil {
-		return nil, fmt.Errorf("slab %s: read index: %w", f.Name(), err)
+		return nil, fmt.Errorf("slab %s: read index: %w", name, err)
 	}
 	x := &slabIndex{fps: make([]manifest.Fingerprint, n), lens: make([]uint32, n)}
 	for k := range n {
@@ -131,7 +134,7 @@ func readSlabIndex(f *os.File, size int64) (*slabIndex, error) {
 		copy(x.fps[k][:], e[:manifest.FingerprintSize])
 		x.lens[k] = binary.LittleEndian.Uint32(e[manifest.FingerprintSize:])
 		if x.lens[k] == 0 || x.lens[k] > SlabSlot {
-			return nil, fmt.Errorf("slab %s: chunk %d of %d bytes: %w", f.Name(), k, x.lens[k], store.ErrCorrupt)
+			return nil, fmt.Errorf("slab %s: chunk %d of %d bytes: %w", name, k, x.lens[k], store.ErrCorrupt)
 		}
 	}
 	return x, nil
@@ -192,7 +195,7 @@ func (c *Store) OpenPacked(pack, fp manifest.Fingerprint) (f *os.File, fi fs.Fil
 	}
 	x, id, ok := c.indexes.get(fi)
 	if !ok {
-		if x, err = readSlabIndex(f, fi.Size()); err != nil {
+		if x, err = readSlabIndex(f, f.Name(), fi.Size()); err != nil {
 			f.Close()
 			return nil, nil, 0, 0, false, err
 		}
@@ -369,7 +372,7 @@ func (w *SlabWriter) merge(p string) {
 		return
 	}
 	defer f.Close()
-	x, err := readSlabIndex(f, fi.Size())
+	x, err := readSlabIndex(f, f.Name(), fi.Size())
 	if err != nil {
 		return
 	}

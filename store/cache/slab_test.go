@@ -3,8 +3,10 @@ package cache
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -304,4 +306,69 @@ func TestSlabName(t *testing.T) {
 	if !isSlabName(filepath.Base(want)) {
 		t.Errorf("isSlabName(%s)=false", filepath.Base(want))
 	}
+}
+
+// tailReader is a slab of size bytes that is zero but for its last
+// bytes, tail.
+type tailReader struct {
+	tail []byte
+	size int64
+}
+
+func (r tailReader) ReadAt(p []byte, off int64) (int, error) {
+	start := r.size - int64(len(r.tail))
+	for k := range p {
+		o := off + int64(k)
+		switch {
+		case o >= r.size:
+			return k, io.EOF
+		case o >= start:
+			p[k] = r.tail[o-start]
+		default:
+			p[k] = 0
+		}
+	}
+	return len(p), nil
+}
+
+// FuzzSlabIndex: a slab's footer and index, which another process or user
+// may have written, never make readSlabIndex panic, allocate more than a
+// full index, or return an index that disagrees with the slab's size.
+func FuzzSlabIndex(f *testing.F) {
+	good := func(n int) []byte {
+		tail := make([]byte, n*slabEntry+slabFooter)
+		for k := range n {
+			binary.LittleEndian.PutUint32(tail[k*slabEntry+manifest.FingerprintSize:], uint32(100+k))
+		}
+		copy(tail[n*slabEntry:], slabMagic)
+		binary.LittleEndian.PutUint32(tail[n*slabEntry+8:], uint32(n))
+		binary.LittleEndian.PutUint32(tail[n*slabEntry+12:], slabVer)
+		return tail
+	}
+	f.Add(good(1), slabSize(1))
+	f.Add(good(3), slabSize(3))
+	f.Add(good(3), slabSize(3)+1)
+	f.Add(good(MaxSlabChunks), slabSize(MaxSlabChunks))
+	f.Add([]byte("BOULESLB\xff\xff\xff\xff\x01\x00\x00\x00"), int64(16))
+	f.Fuzz(func(t *testing.T, tail []byte, size int64) {
+		if size < 0 || size > slabSize(MaxSlabChunks+1) || int64(len(tail)) > size {
+			return
+		}
+		x, err := readSlabIndex(tailReader{tail, size}, "fuzz", size)
+		if err != nil {
+			if !errors.Is(err, store.ErrCorrupt) && !errors.Is(err, io.EOF) {
+				t.Fatalf("readSlabIndex()=%v, want ErrCorrupt", err)
+			}
+			return
+		}
+		n := len(x.fps)
+		if n < 1 || n > MaxSlabChunks || len(x.lens) != n || slabSize(n) != size {
+			t.Fatalf("readSlabIndex() gave %d chunks for a slab of %d bytes", n, size)
+		}
+		for k, l := range x.lens {
+			if l == 0 || l > SlabSlot {
+				t.Fatalf("chunk %d of %d bytes", k, l)
+			}
+		}
+	})
 }
