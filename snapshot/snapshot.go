@@ -485,9 +485,13 @@ func (s *Snapshot) each(ctx context.Context, count, n int, work func(ctx context
 // With warm set, the chunks go to the chunk cache's files instead of
 // memory (see startPrefetch).
 func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan struct{}, warm bool) error {
+	// A pack whose slab is not in the cache when the prefetch comes to
+	// it has none of its chunks there (or a read's, just sealed, which
+	// its writer then drops): its chunks are not looked for one by one.
+	noSlab := false
 	get := func(i int) error {
 		if warm {
-			return s.warm(ctx, i)
+			return s.warm(ctx, i, noSlab)
 		}
 		_, err := s.chunkFor(ctx, i, true)
 		return err
@@ -507,6 +511,7 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 		return ctx.Err()
 	}
 	defer s.rep.r.packs.release(p.ID) // its chunks are mapped or queued, or the prefetch stops
+	noSlab = warm && !s.rep.r.cache.HasSlab(p.ID)
 	for _, mb := range p.Members {
 		if err := get(int(mb.Index)); err != nil {
 			return err
@@ -521,8 +526,9 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 }
 
 // warm puts chunk i in the chunk cache's files, fetching it unless it is
-// there or held already, without holding it in memory.
-func (s *Snapshot) warm(ctx context.Context, i int) error {
+// there or held already, without holding it in memory. With noSlab, its
+// pack's slab is known to be missing.
+func (s *Snapshot) warm(ctx context.Context, i int, noSlab bool) error {
 	r := s.rep.r
 	if _, ok := s.M.Inline[uint32(i)]; ok {
 		return nil
@@ -542,7 +548,7 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 		return nil
 	}
 	ref, packed := s.packIndex().Ref(i)
-	if (packed && r.cache.HasPacked(ref.ID, fp)) || r.cache.HasChunk(fp) {
+	if (packed && !noSlab && r.cache.HasPacked(ref.ID, fp)) || r.cache.HasChunk(fp) {
 		if st, ok := r.written.get(fp); ok {
 			s.noteFile(i, st) // written for another chunk of the same bytes
 		}

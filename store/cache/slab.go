@@ -210,6 +210,13 @@ func (c *Store) OpenPacked(pack, fp manifest.Fingerprint) (f *os.File, fi fs.Fil
 	return f, fi, int64(slot) * SlabSlot, int(x.lens[slot]), mappable, nil
 }
 
+// HasSlab reports whether there is a regular file where pack's slab
+// would be. It neither reads nor verifies it.
+func (c *Store) HasSlab(pack manifest.Fingerprint) bool {
+	fi, err := os.Lstat(c.SlabPath(pack))
+	return err == nil && fi.Mode().IsRegular()
+}
+
 // HasPacked reports whether pack's slab holds chunk fp. It does not
 // verify the chunk: for a prefetch deciding what to fetch.
 func (c *Store) HasPacked(pack, fp manifest.Fingerprint) bool {
