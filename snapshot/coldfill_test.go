@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"context"
 	"io/fs"
 	"path/filepath"
 	"testing"
@@ -56,5 +57,42 @@ func TestColdFillFilesPerPack(t *testing.T) {
 	}
 	if n, k := sto.packs.Load(), f.store.chunks.Load(); n != 0 || k != 0 {
 		t.Errorf("reading the replica from a filled cache made %d pack and %d chunk GETs, want 0", n, k)
+	}
+}
+
+// TestChunkFilesStillRead: a cache that holds packed chunks in files of
+// their own (as the uploader writes them, and as readers did before
+// slabs) serves them: a fresh reader reads the whole replica from it
+// without a GET, and writes no slab.
+func TestChunkFilesStillRead(t *testing.T) {
+	f := newFixture(t)
+	sto := &countingPacks{counting: f.store}
+	image := db(72, 40)
+	m := publishPacked(t, sto, "/data/old.db", image, 8)
+	for i := range m.Chunks {
+		if _, inline := m.Inline[uint32(i)]; inline {
+			continue
+		}
+		b := chunkBytes(image, i)
+		if err := f.cache.PutChunk(context.Background(), m.Chunks[i], b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sto.packs.Store(0)
+	f.store.chunks.Store(0)
+	r := NewReader(Options{Remote: []store.Store{sto}, Cache: f.cache, Hostname: testHost, Prefetch: 4})
+	c := mustOpen(t, r, "boule:///data/old.db")
+	if got := read(t, c.Snapshot()); !bytes.Equal(got, image) {
+		t.Fatal("the replica read from chunk files differs from the image")
+	}
+	<-c.Snapshot().prefetched
+	c.Close()
+	r.Close()
+	if n, k := sto.packs.Load(), f.store.chunks.Load(); n != 0 || k != 0 {
+		t.Errorf("reading the replica from chunk files made %d pack and %d chunk GETs, want 0", n, k)
+	}
+	slabs, _ := filepath.Glob(filepath.Join(f.cache.Dir(), "*", "*.slab"))
+	if len(slabs) != 0 {
+		t.Errorf("the reader wrote %d slabs for chunks the cache had", len(slabs))
 	}
 }
