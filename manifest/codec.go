@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"time"
+	"unsafe"
 )
 
 // Wire format v1 constants; see doc/FORMAT.md.
@@ -65,6 +66,24 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 // Decode never panics, and it allocates no more than a small multiple of
 // len(b) whatever the input claims.
 func Decode(b []byte) (*Manifest, error) {
+	return decode(b, false, nil)
+}
+
+// DecodeInPlace is [Decode], but the result's Chunks is not a copy: it
+// lies in b, which must not change, nor be unmapped or reused, while the
+// manifest or its Chunks is in use; and its pack table lies in memory
+// from a (see [Alloc]). The rest of the result (strings, inline chunks)
+// shares no memory with b. It allocates no more than Decode does, less
+// the fingerprint list and the pack table: a reader that maps b and a's
+// memory from files keeps them, 32 bytes per chunk and 12 per packed
+// chunk, in memory the kernel may page out (package snapshot).
+func DecodeInPlace(b []byte, a *Alloc) (*Manifest, error) {
+	return decode(b, true, a)
+}
+
+// decode is Decode, or DecodeInPlace if inPlace is set, with the pack
+// table in a's memory.
+func decode(b []byte, inPlace bool, a *Alloc) (*Manifest, error) {
 	m := new(Manifest)
 	r, flags, err := openFrame(b, m, minEncodedSize, formatVersion, "")
 	if err != nil {
@@ -83,14 +102,19 @@ func Decode(b []byte) (*Manifest, error) {
 	if uint64(r.remaining()) < uint64(n)*FingerprintSize {
 		return nil, truncated("chunk fingerprints")
 	}
-	if n > 0 {
+	switch {
+	case n > 0 && inPlace:
+		// A Fingerprint is an array of bytes: aligned anywhere.
+		list := r.bytes(n * FingerprintSize)
+		m.Chunks = unsafe.Slice((*Fingerprint)(unsafe.Pointer(&list[0])), n)
+	case n > 0:
 		m.Chunks = make([]Fingerprint, n)
 		for i := range m.Chunks {
 			copy(m.Chunks[i][:], r.bytes(FingerprintSize))
 		}
 	}
 
-	if err := r.tail(m, n, flags); err != nil {
+	if err := r.tail(m, n, flags, a); err != nil {
 		return nil, err
 	}
 	if err := m.Validate(); err != nil {
@@ -185,13 +209,13 @@ func decodeHeader(m *Manifest, body []byte) (reader, error) {
 // tail reads what follows the chunk list in a manifest m of n chunks with
 // the given flags: its inline chunks, then its pack table when it has
 // one. Nothing may follow them but the checksum.
-func (r *reader) tail(m *Manifest, n int, flags uint16) error {
+func (r *reader) tail(m *Manifest, n int, flags uint16, a *Alloc) error {
 	var err error
 	if m.Inline, err = r.inline(m.Size, n); err != nil {
 		return err
 	}
 	if flags&FlagPacks != 0 {
-		if m.Packs, err = r.packs(n); err != nil {
+		if m.Packs, err = r.packs(n, a); err != nil {
 			return err
 		}
 	}
@@ -248,9 +272,9 @@ func (r *reader) inline(size int64, n int) (map[uint32][]byte, error) {
 // chunk's own bytes.
 func inlineField(idx uint32) string { return fmt.Sprintf("inline chunk %d", idx) }
 
-// packs reads the pack table of a manifest with n chunks. Members are
-// checked by Validate; here only counts and bounds.
-func (r *reader) packs(n int) ([]Pack, error) {
+// packs reads the pack table of a manifest with n chunks into a's
+// memory. Members are checked by Validate; here only counts and bounds.
+func (r *reader) packs(n int, a *Alloc) ([]Pack, error) {
 	q, ok := r.u32()
 	if !ok {
 		return nil, truncated("pack count")
@@ -264,20 +288,33 @@ func (r *reader) packs(n int) ([]Pack, error) {
 	if uint64(r.remaining()) < uint64(q)*(packHeader+packMemberSize) {
 		return nil, truncated("packs")
 	}
-	packs := make([]Pack, q)
-	for k := range packs {
-		if r.remaining() < packHeader {
+	// Count the members first, checking the bounds: they are allocated
+	// at once, with the packs.
+	c := *r
+	total := 0
+	for range q {
+		if c.remaining() < packHeader {
 			return nil, truncated("pack header")
 		}
+		id := Fingerprint(c.bytes(FingerprintSize))
+		nm, _ := c.u32()
+		if nm == 0 || uint64(nm) > uint64(n) {
+			return nil, invalidf(fmt.Sprintf("pack %s", id), "%d members, want 1 to %d", nm, n)
+		}
+		if uint64(c.remaining()) < uint64(nm)*packMemberSize {
+			return nil, truncated(fmt.Sprintf("pack %s members", id))
+		}
+		c.bytes(int(nm) * packMemberSize)
+		total += int(nm)
+	}
+	packs, members, err := a.packs(int(q), total)
+	if err != nil {
+		return nil, err
+	}
+	for k := range packs {
 		copy(packs[k].ID[:], r.bytes(FingerprintSize))
 		nm, _ := r.u32()
-		if nm == 0 || uint64(nm) > uint64(n) {
-			return nil, invalidf(fmt.Sprintf("pack %s", packs[k].ID), "%d members, want 1 to %d", nm, n)
-		}
-		if uint64(r.remaining()) < uint64(nm)*packMemberSize {
-			return nil, truncated(fmt.Sprintf("pack %s members", packs[k].ID))
-		}
-		packs[k].Members = make([]PackMember, nm)
+		packs[k].Members, members = members[:nm:nm], members[nm:]
 		for j := range packs[k].Members {
 			idx, _ := r.u32()
 			off, _ := r.u32()

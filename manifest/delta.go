@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"fmt"
@@ -267,7 +268,7 @@ func DecodeHead(b []byte) (*Head, error) {
 			copy(h.Overrides[k].FP[:], r.bytes(FingerprintSize))
 		}
 	}
-	if err := r.tail(m, n, flags); err != nil {
+	if err := r.tail(m, n, flags, nil); err != nil {
 		return nil, err
 	}
 	if err := h.check(); err != nil {
@@ -279,13 +280,23 @@ func DecodeHead(b []byte) (*Head, error) {
 // DecodeBase checks that base is the encoding h names (its length and
 // BLAKE3-256), decodes it and checks it against h. Errors wrap ErrBase.
 func (h *Head) DecodeBase(base []byte) (*Manifest, error) {
+	return h.decodeBase(base, false, nil)
+}
+
+// DecodeBaseInPlace is [Head.DecodeBase], decoding with [DecodeInPlace]:
+// the result's Chunks lies in base, its pack table in a's memory.
+func (h *Head) DecodeBaseInPlace(base []byte, a *Alloc) (*Manifest, error) {
+	return h.decodeBase(base, true, a)
+}
+
+func (h *Head) decodeBase(base []byte, inPlace bool, a *Alloc) (*Manifest, error) {
 	if int64(len(base)) != h.BaseLen {
 		return nil, fmt.Errorf("manifest: base %s: %d bytes, the head says %d: %w", h.BaseID, len(base), h.BaseLen, ErrBase)
 	}
 	if Sum(base) != h.BaseID {
 		return nil, fmt.Errorf("manifest: base %s: bytes do not hash to its ID: %w", h.BaseID, ErrBase)
 	}
-	bm, err := Decode(base)
+	bm, err := decode(base, inPlace, a)
 	if err != nil {
 		return nil, fmt.Errorf("manifest: base %s: %w: %w", h.BaseID, ErrBase, err)
 	}
@@ -299,6 +310,14 @@ func (h *Head) DecodeBase(base []byte) (*Manifest, error) {
 // with the head's. The result satisfies [Manifest.Validate] and shares no
 // memory with h or base.
 func (h *Head) Apply(base *Manifest) (*Manifest, error) {
+	return h.ApplyInto(base, nil)
+}
+
+// ApplyInto is [Head.Apply], with the result's fingerprint list and pack
+// table in memory from a (see [Alloc]). base may lie in memory that is
+// read-only. Beyond what a provides, it allocates a bit per chunk, and
+// what the head's own pack table takes.
+func (h *Head) ApplyInto(base *Manifest, a *Alloc) (*Manifest, error) {
 	if len(base.Chunks) != h.BaseChunks {
 		return nil, fmt.Errorf("manifest: base %s: %d chunks, the head says %d: %w", h.BaseID, len(base.Chunks), h.BaseChunks, ErrBase)
 	}
@@ -315,7 +334,11 @@ func (h *Head) Apply(base *Manifest) (*Manifest, error) {
 	m := h.M
 	n := NumChunks(m.Size)
 	if n > 0 {
-		m.Chunks = make([]Fingerprint, n)
+		chunks, err := a.chunks(n)
+		if err != nil {
+			return nil, err
+		}
+		m.Chunks = chunks
 		copy(m.Chunks, base.Chunks)
 	}
 	// Overridden or inline chunks do not take the base's place.
@@ -327,23 +350,13 @@ func (h *Head) Apply(base *Manifest) (*Manifest, error) {
 	for idx := range m.Inline {
 		own[idx/64] |= 1 << (idx % 64)
 	}
-	packs := map[Fingerprint][]PackMember{}
-	for _, p := range base.Packs {
-		for _, mb := range p.Members {
-			if int(mb.Index) < n && own[mb.Index/64]&(1<<(mb.Index%64)) == 0 {
-				packs[p.ID] = append(packs[p.ID], mb)
-			}
-		}
+	packs, err := mergePacks(base.Packs, h.M.Packs, func(mb PackMember) bool {
+		return int(mb.Index) < n && own[mb.Index/64]&(1<<(mb.Index%64)) == 0
+	}, a)
+	if err != nil {
+		return nil, err
 	}
-	for _, p := range h.M.Packs {
-		packs[p.ID] = append(packs[p.ID], p.Members...)
-	}
-	m.Packs = nil
-	for _, id := range slices.SortedFunc(maps.Keys(packs), func(a, b Fingerprint) int { return cmp.Compare(string(a[:]), string(b[:])) }) {
-		ms := packs[id]
-		slices.SortFunc(ms, func(a, b PackMember) int { return cmp.Compare(a.Index, b.Index) })
-		m.Packs = append(m.Packs, Pack{ID: id, Members: ms})
-	}
+	m.Packs = packs
 	if len(h.M.Inline) > 0 {
 		m.Inline = make(map[uint32][]byte, len(h.M.Inline))
 		for k, v := range h.M.Inline {
@@ -368,4 +381,105 @@ func DecodeV2(head, base []byte) (*Manifest, error) {
 		return nil, err
 	}
 	return h.Apply(bm)
+}
+
+// mergePacks returns the pack table of base's packs, with only the
+// members keep accepts, and of head's, by increasing ID, each pack's
+// members by increasing index, in a's memory. base's packs are sorted
+// (they passed Validate); head's need not be, nor have distinct IDs.
+func mergePacks(base, head []Pack, keep func(PackMember) bool, a *Alloc) ([]Pack, error) {
+	byID := func(p, q Pack) int { return bytes.Compare(p.ID[:], q.ID[:]) }
+	byIndex := func(p, q PackMember) int { return cmp.Compare(p.Index, q.Index) }
+	if !slices.IsSortedFunc(head, byID) {
+		head = slices.Clone(head)
+		slices.SortStableFunc(head, byID)
+	}
+	// Merge the head's packs of the same ID: the head is small.
+	for k := 1; k < len(head); k++ {
+		if head[k].ID == head[k-1].ID {
+			head = slices.Clone(head)
+			var out []Pack
+			for _, p := range head {
+				if len(out) > 0 && out[len(out)-1].ID == p.ID {
+					out[len(out)-1].Members = append(slices.Clip(out[len(out)-1].Members), p.Members...)
+					continue
+				}
+				out = append(out, p)
+			}
+			head = out
+			break
+		}
+	}
+	kept := func(p Pack) int {
+		c := 0
+		for _, mb := range p.Members {
+			if keep(mb) {
+				c++
+			}
+		}
+		return c
+	}
+	// Two passes over the merge: count, then fill.
+	each := func(f func(id Fingerprint, b *Pack, h *Pack)) {
+		i, j := 0, 0
+		for i < len(base) || j < len(head) {
+			switch {
+			case j == len(head) || (i < len(base) && bytes.Compare(base[i].ID[:], head[j].ID[:]) < 0):
+				f(base[i].ID, &base[i], nil)
+				i++
+			case i == len(base) || bytes.Compare(base[i].ID[:], head[j].ID[:]) > 0:
+				f(head[j].ID, nil, &head[j])
+				j++
+			default:
+				f(base[i].ID, &base[i], &head[j])
+				i++
+				j++
+			}
+		}
+	}
+	np, nm := 0, 0
+	each(func(_ Fingerprint, b, h *Pack) {
+		c := 0
+		if b != nil {
+			c = kept(*b)
+		}
+		if h != nil {
+			c += len(h.Members)
+		}
+		if c > 0 {
+			np++
+			nm += c
+		}
+	})
+	if np == 0 {
+		return nil, nil
+	}
+	packs, members, err := a.packs(np, nm)
+	if err != nil {
+		return nil, err
+	}
+	k := 0
+	each(func(id Fingerprint, b, h *Pack) {
+		ms := members[:0]
+		if b != nil {
+			for _, mb := range b.Members {
+				if keep(mb) {
+					ms = append(ms, mb)
+				}
+			}
+		}
+		if h != nil {
+			ms = append(ms, h.Members...)
+		}
+		if len(ms) == 0 {
+			return
+		}
+		if !slices.IsSortedFunc(ms, byIndex) {
+			slices.SortFunc(ms, byIndex)
+		}
+		packs[k] = Pack{ID: id, Members: ms[:len(ms):len(ms)]}
+		members = members[len(ms):]
+		k++
+	})
+	return packs, nil
 }

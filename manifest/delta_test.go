@@ -1,8 +1,10 @@
 package manifest
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -92,6 +94,33 @@ func TestHeadRoundTrip(t *testing.T) {
 				t.Fatalf("DecodeV2()=%v", err)
 			}
 			sameManifest(t, got, next)
+			// In place and in an Alloc's memory, the same manifest.
+			var a Alloc
+			var chunks []Fingerprint
+			var packs []Pack
+			a.Chunks = func(n int) ([]Fingerprint, error) { chunks = make([]Fingerprint, n); return chunks, nil }
+			a.Packs = func(p, m int) ([]Pack, []PackMember, error) {
+				packs = make([]Pack, p)
+				return packs, make([]PackMember, m), nil
+			}
+			bm, err := h.DecodeBaseInPlace(blob, &a)
+			if err != nil {
+				t.Fatalf("DecodeBaseInPlace()=%v", err)
+			}
+			if len(bm.Chunks) > 0 && &bm.Chunks[0][0] != &blob[bytes.Index(blob, bm.Chunks[0][:])] {
+				t.Errorf("DecodeBaseInPlace(): Chunks do not lie in the base's bytes")
+			}
+			inPlace, err := h.ApplyInto(bm, &a)
+			if err != nil {
+				t.Fatalf("ApplyInto()=%v", err)
+			}
+			sameManifest(t, inPlace, next)
+			if len(next.Chunks) > 0 && &inPlace.Chunks[0] != &chunks[0] {
+				t.Errorf("ApplyInto(): Chunks not in the Alloc's memory")
+			}
+			if len(next.Packs) > 0 && &inPlace.Packs[0] != &packs[0] {
+				t.Errorf("ApplyInto(): Packs not in the Alloc's memory")
+			}
 			// The v1 encoding of what a head stands for is the v1
 			// encoding of the manifest it was made from.
 			if a, b := mustMarshal(t, got), mustMarshal(t, next); string(a) != string(b) {
@@ -362,6 +391,14 @@ func FuzzDecodeHead(f *testing.F) {
 		}
 		if string(out) != string(in) {
 			t.Fatalf("re-encoding differs from the accepted input")
+		}
+		// In place, the same manifest.
+		bm, err := h.DecodeBaseInPlace(blob, nil)
+		if err != nil {
+			t.Fatalf("DecodeBaseInPlace()=%v after DecodeV2 accepted the base", err)
+		}
+		if mi, err := h.ApplyInto(bm, nil); err != nil || !reflect.DeepEqual(mi, m) {
+			t.Fatalf("ApplyInto()=%v, or a manifest other than DecodeV2's", err)
 		}
 	})
 }

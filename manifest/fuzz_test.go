@@ -36,6 +36,10 @@ func checkRoundTrip(t *testing.T, in []byte) {
 	if n, ok := memtest.AtMost(bound, func() { m, err = Decode(in) }); !ok {
 		t.Fatalf("Decode of %d bytes allocated %d, want at most %d", len(in), n, bound)
 	}
+	// In place, the same answer.
+	if mi, erri := DecodeInPlace(in, nil); (err == nil) != (erri == nil) || (err == nil && !reflect.DeepEqual(mi, m)) {
+		t.Fatalf("DecodeInPlace()=%v, Decode()=%v, or their manifests differ", erri, err)
+	}
 	if err != nil {
 		if m != nil {
 			t.Fatalf("Decode returned a manifest with error %v", err)

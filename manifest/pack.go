@@ -120,11 +120,22 @@ type PackIndex struct {
 // PackIndex returns the index of m's pack table. m must satisfy
 // [Manifest.Validate] (Decode's results do) and not change afterwards.
 func (m *Manifest) PackIndex() *PackIndex {
+	x, _ := m.PackIndexIn(nil) // fails only in an Alloc's memory
+	return x
+}
+
+// PackIndexIn is [Manifest.PackIndex], with the index in memory from a
+// (see [Alloc]).
+func (m *Manifest) PackIndexIn(a *Alloc) (*PackIndex, error) {
 	x := &PackIndex{m: m}
 	if len(m.Packs) == 0 {
-		return x
+		return x, nil
 	}
-	x.pack = make([]uint32, len(m.Chunks))
+	pack, err := a.index(len(m.Chunks))
+	if err != nil {
+		return nil, err
+	}
+	x.pack = pack
 	for k, p := range m.Packs {
 		for _, mb := range p.Members {
 			if int(mb.Index) < len(x.pack) {
@@ -132,7 +143,7 @@ func (m *Manifest) PackIndex() *PackIndex {
 			}
 		}
 	}
-	return x
+	return x, nil
 }
 
 // Pack returns the index in the manifest's Packs of the pack holding

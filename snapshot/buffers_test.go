@@ -68,14 +68,21 @@ func TestPackBuffersWithinLimit(t *testing.T) {
 }
 
 // TestPackBufferLargerThanLimit: a pack larger than the buffers' bound is
-// fetched all the same, alone, rather than waited for forever.
+// fetched all the same, alone, rather than waited for forever. Reads at
+// this limit fetch members alone (TestSmallLimitReadsMembers); the
+// prefetch into the chunk cache's files fetches packs whole.
 func TestPackBufferLargerThanLimit(t *testing.T) {
 	f := newFixture(t)
 	image := db(42, 25) // chunk 0 inline, packs of 8 chunks: 512 KiB each
 	publishPacked(t, f.store, "/data/big.db", image, 8)
-	r, c := f.open("/data/big.db", Options{MemoryLimit: MinMemoryLimit, Prefetch: -1}) // 256 KiB of buffers
+	r, c := f.open("/data/big.db", Options{MemoryLimit: MinMemoryLimit}) // 256 KiB of buffers
 	if got := read(t, c.Snapshot()); !bytes.Equal(got, image) {
 		t.Fatal("read differs from the image")
+	}
+	if p := c.Snapshot().prefetched; p != nil {
+		<-p
+	} else {
+		t.Fatal("no prefetch into the chunk cache's files")
 	}
 	if mem := r.Memory(); mem.BuffersPeak != 512<<10 {
 		t.Errorf("Memory().BuffersPeak=%d, want one pack's buffer alone, %d", mem.BuffersPeak, 512<<10)

@@ -164,6 +164,16 @@ func (c *packCache) dropOldest() bool {
 	return true
 }
 
+// has reports whether pack id is kept, held or being fetched.
+func (c *packCache) has(id manifest.Fingerprint) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, kept := c.kept[id]
+	_, active := c.active[id]
+	_, inflight := c.inflight[id]
+	return kept || active || inflight
+}
+
 // clear forgets every pack kept or held.
 func (c *packCache) clear() {
 	c.mu.Lock()
@@ -217,9 +227,18 @@ func (c *packCache) drop(id manifest.Fingerprint) {
 // room to reads (packBufs).
 func (r *Reader) packedChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref manifest.PackRef, prefetch bool) ([]byte, bufRef, error) {
 	var errs []error
+	byRange := !prefetch && r.packs.maxBytes < wholePackMin && !r.packs.has(ref.ID)
 	for _, s := range r.remote {
 		if store.IsCache(s) {
 			continue
+		}
+		if byRange {
+			data, buf, err := r.packMember(ctx, s, fp, want, ref)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", s, err))
+				continue
+			}
+			return data, buf, nil
 		}
 		pack, err := r.packs.get(ctx, r.ctx, ref.ID, prefetch, func(fctx context.Context) (*packBuf, error) {
 			fctx, cancel := context.WithTimeout(fctx, r.chunkTO)
@@ -258,6 +277,46 @@ func (r *Reader) packedChunk(ctx context.Context, fp manifest.Fingerprint, want 
 		return nil, nil, errors.New("no store to read packs from")
 	}
 	return nil, nil, errors.Join(errs...)
+}
+
+// wholePackMin is the room for packs kept under which a read (not the
+// prefetch) of a packed chunk that no pack in memory holds reads only
+// the chunk's blob from its pack: a full pack (store.PackChunks chunks)
+// would not be kept, and each read of one of its chunks would fetch it
+// whole again (315 pack reads of 4 MiB for 314 chunks, with a 2 MiB
+// memory limit).
+const wholePackMin = store.PackChunks * manifest.ChunkSize
+
+// memberBufs hold the blobs packMember reads, reused: a stored blob is
+// at most store.MaxChunkBlob (a longer one is read into a buffer of its
+// own, and is corrupt).
+var memberBufs = sync.Pool{New: func() any { b := make([]byte, 0, store.MaxChunkBlob); return &b }}
+
+// packMember returns chunk fp, of want bytes, read from the blob ref
+// names alone (store.ReadPackRange), verified, in a chunk buffer with a
+// reference the caller drops when done with its bytes.
+func (r *Reader) packMember(ctx context.Context, s store.Store, fp manifest.Fingerprint, want int, ref manifest.PackRef) ([]byte, bufRef, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.chunkTO)
+	defer cancel()
+	mb := memberBufs.Get().(*[]byte)
+	defer memberBufs.Put(mb)
+	blob, err := store.ReadPackRange(ctx, s, ref.ID, int(ref.Offset), int(ref.Length), *mb)
+	if err != nil {
+		return nil, nil, err
+	}
+	dec := getChunkBuf()
+	data, err := store.DecodePackMemberInto(dec.b[:0], blob, manifest.PackRef{ID: ref.ID, Length: ref.Length}, fp)
+	if err == nil && len(data) != want {
+		err = fmt.Errorf("pack %s: chunk %s is %d bytes, want %d: %w", ref.ID, fp, len(data), want, ErrCorrupt)
+	}
+	if err != nil {
+		dec.unref()
+		return nil, nil, err
+	}
+	if &data[0] != &dec.b[0] { // stored raw: the bytes lie in blob
+		data = dec.b[:copy(dec.b[:], data)]
+	}
+	return data, dec, nil
 }
 
 // readPack reads pack id from s into one of the reader's pack buffers,

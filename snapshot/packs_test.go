@@ -379,3 +379,54 @@ func TestFirstReadsNotPaced(t *testing.T) {
 	it := <-q
 	r.cacheDone(it)
 }
+
+// packBytes counts the bytes of packs a store returns, whole or by range.
+type packBytes struct {
+	store.Store
+	whole, ranges, bytes atomic.Int64
+}
+
+func (c *packBytes) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, error) {
+	b, err := c.Store.GetPack(ctx, id)
+	c.whole.Add(1)
+	c.bytes.Add(int64(len(b)))
+	return b, err
+}
+
+func (c *packBytes) ReadPackRange(ctx context.Context, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error) {
+	b, err := store.ReadPackRange(ctx, c.Store, id, off, length, dst)
+	c.ranges.Add(1)
+	c.bytes.Add(int64(len(b)))
+	return b, err
+}
+
+// TestSmallLimitReadsMembers: with a memory limit too small to keep a
+// pack of 64 chunks, reads of chunks of that pack fetch each chunk's
+// blob alone (a range of the pack), not the whole pack for each. The
+// prefetch still reads packs whole. Before ranged reads, 10 reads
+// fetched the 4 MiB pack 10 times.
+func TestSmallLimitReadsMembers(t *testing.T) {
+	f := newFixture(t)
+	sto := &packBytes{Store: f.store}
+	image := db(31, 65) // 65 chunks: chunk 0 inline, one pack of 64
+	m := publishPacked(t, sto, "/data/r.db", image, 64)
+	if len(m.Packs) != 1 || len(m.Packs[0].Members) != 64 {
+		t.Fatalf("%d packs, want 1 of 64 chunks", len(m.Packs))
+	}
+	r := NewReader(Options{Remote: []store.Store{sto}, Hostname: testHost, Prefetch: -1, MemoryLimit: MinMemoryLimit})
+	t.Cleanup(r.Close)
+	c := mustOpen(t, r, "boule:///data/r.db")
+	t.Cleanup(func() { c.Close() })
+
+	var want int64
+	for i := 3; i < 13; i++ { // chunk 2 repeats chunk 1
+		b, err := c.Snapshot().Chunk(context.Background(), i)
+		if err != nil || !bytes.Equal(b, image[i*manifest.ChunkSize:(i+1)*manifest.ChunkSize]) {
+			t.Fatalf("chunk %d: %v, or its bytes differ", i, err)
+		}
+		want += int64(m.Packs[0].Members[i-1].Length)
+	}
+	if w, n, got := sto.whole.Load(), sto.ranges.Load(), sto.bytes.Load(); w != 0 || n != 10 || got != want {
+		t.Errorf("10 reads fetched %d bytes of packs (%d whole, %d ranges), want %d bytes in 10 ranges", got, w, n, want)
+	}
+}

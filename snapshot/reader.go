@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 
 	"github.com/boule-vfs/boule/config"
@@ -145,6 +145,7 @@ type Reader struct {
 	building     map[manifest.Fingerprint]*slabBuild // slabs being written, by pack; under slabMu
 	tick         func() (<-chan time.Time, func())   // the poller's clock; tests replace it
 	now          func() time.Time                    // the freshness clock; tests replace it
+	gcWanted     atomic.Bool                         // see retire
 
 	mu        sync.Mutex
 	replicas  map[string]*Replica
@@ -319,6 +320,7 @@ func (r *Reader) forgetLocked(all bool) []*Replica {
 			// closed may still adopt a snapshot: it must not announce
 			// it to callbacks whose state OnReplicaGone frees.
 			rp.onNewest = nil
+			r.retire(rp.lastM)
 		}
 		rp.mu.Unlock()
 		if idle {
@@ -511,7 +513,7 @@ type Replica struct {
 	onNewest  []func(gen uint64)
 	// base keeps the base of the last format v2 manifest, fetched once
 	// for all the heads that name it.
-	base store.BaseMemo
+	base baseMemo
 }
 
 type fetchCall struct {
@@ -618,12 +620,12 @@ func (rp *Replica) fetch(ctx context.Context, force bool) (*Snapshot, error) {
 		rp.fetching = fc
 		rp.mu.Unlock()
 
-		b, m, from, err := rp.fetchManifest(ctx)
+		m, sum, from, err := rp.fetchManifest(ctx)
 		rp.mu.Lock()
 		rp.fetching = nil
 		var s, old *Snapshot
 		if err == nil {
-			s, old = rp.adoptLocked(m, checksum(b), from, start)
+			s, old = rp.adoptLocked(m, sum, from, start)
 			s.ref()
 		}
 		rp.mu.Unlock()
@@ -681,6 +683,9 @@ func (rp *Replica) adoptLocked(m *manifest.Manifest, sum manifest.Fingerprint, f
 	s.gen = rp.gen
 	old = rp.newest
 	rp.newest = s
+	if rp.lastM != m {
+		rp.r.retire(rp.lastM)
+	}
 	rp.lastM, rp.lastSum, rp.lastFrom, rp.lastStart = m, sum, from, start
 	if rp.conns > 0 {
 		s.ref() // the replica's own reference
@@ -694,63 +699,31 @@ func (rp *Replica) adoptLocked(m *manifest.Manifest, sum manifest.Fingerprint, f
 	return s, old
 }
 
-// fetchManifest returns the replica's manifest, and the index of the
-// store it came from (-1 for a manifest file).
-func (rp *Replica) fetchManifest(ctx context.Context) ([]byte, *manifest.Manifest, int, error) {
+// fetchManifest returns the replica's manifest, the checksum of its
+// encoding, and the index of the store it came from (-1 for a manifest
+// file).
+func (rp *Replica) fetchManifest(ctx context.Context) (*manifest.Manifest, manifest.Fingerprint, int, error) {
 	if rp.src.ManifestFile != "" {
-		b, err := readManifestFile(rp.src.ManifestFile)
+		bufs := &manifestBufs{dir: rp.r.tempDir()}
+		defer bufs.done()
+		m, sum, err := readManifestFile(rp.src.ManifestFile, bufs)
 		if err != nil {
-			return nil, nil, -1, err
+			return nil, sum, -1, err
 		}
-		m, err := manifest.Decode(b)
-		if err != nil {
-			return nil, nil, -1, fmt.Errorf("snapshot: manifest file %s: %w", rp.src.ManifestFile, err)
-		}
-		return b, m, -1, nil
+		return m, sum, -1, nil
 	}
 	if len(rp.r.remote) == 0 {
-		return nil, nil, -1, fmt.Errorf("snapshot: %s: no replication target to read the manifest %s from: %w", rp.id, rp.key, ErrNoManifest)
+		return nil, manifest.Fingerprint{}, -1, fmt.Errorf("snapshot: %s: no replication target to read the manifest %s from: %w", rp.id, rp.key, ErrNoManifest)
 	}
-	m, b, from, err := store.FetchManifestMemo(ctx, rp.r.remote, rp.key, &rp.base)
+	m, sum, from, err := rp.r.loadManifest(ctx, rp.key, &rp.base)
 	if err != nil {
-		return nil, nil, -1, fmt.Errorf("snapshot: %s (manifest %s): %w", rp.id, rp.key, err)
+		return nil, sum, -1, fmt.Errorf("snapshot: %s (manifest %s): %w", rp.id, rp.key, err)
 	}
 	if m.Hostname != rp.src.Hostname || m.SourcePath != rp.src.Path {
-		return nil, nil, -1, fmt.Errorf("snapshot: %s: manifest %s describes %s%s%s: %w",
+		return nil, sum, -1, fmt.Errorf("snapshot: %s: manifest %s describes %s%s%s: %w",
 			rp.id, rp.key, Scheme, m.Hostname, m.SourcePath, manifest.ErrInvalid)
 	}
-	return b, m, from, nil
-}
-
-// readManifestFile reads a manifest file, as saved by "vfsctl manifest"
-// (possibly still zstd-compressed, as stored).
-func readManifestFile(p string) ([]byte, error) {
-	// O_NONBLOCK: opening a FIFO would otherwise wait for a writer
-	// before the file type can be checked.
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot: manifest file: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("snapshot: manifest file: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("snapshot: manifest file %s is not a regular file", p)
-	}
-	if st.Size() > maxManifestFile {
-		return nil, fmt.Errorf("snapshot: manifest file %s is %d bytes, more than %d", p, st.Size(), maxManifestFile)
-	}
-	b := make([]byte, st.Size())
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return nil, fmt.Errorf("snapshot: manifest file: %w", err)
-	}
-	raw, err := store.DecodeManifestBlob(b)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot: manifest file %s: %w", p, err)
-	}
-	return raw, nil
+	return m, sum, from, nil
 }
 
 func (rp *Replica) dropConn() {
@@ -940,7 +913,7 @@ func (r *Reader) Manifest(ctx context.Context, name string) (*manifest.Manifest,
 			return nil, fmt.Errorf("snapshot: %s: %w", rp.id, err)
 		}
 	}
-	_, m, _, err := rp.fetchManifest(ctx)
+	m, _, _, err := rp.fetchManifest(ctx)
 	return m, err
 }
 

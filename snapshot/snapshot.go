@@ -121,9 +121,21 @@ func newSnapshot(rp *Replica, m *manifest.Manifest, sum manifest.Fingerprint, fr
 }
 
 // packIndex returns the index of M's pack table, building it on first
-// use: four bytes per chunk, and only for a manifest with packs.
+// use: four bytes per chunk, and only for a manifest with packs, in a
+// file from fileMemMin bytes.
 func (s *Snapshot) packIndex() *manifest.PackIndex {
-	s.packsOnce.Do(func() { s.packs = s.M.PackIndex() })
+	s.packsOnce.Do(func() {
+		// In a file if large, as the manifest's lists (filemem.go).
+		bufs := &manifestBufs{dir: s.rep.r.tempDir()}
+		x, err := s.M.PackIndexIn(bufs.lists())
+		if err != nil {
+			bufs.done()
+			s.rep.r.log.Warn("snapshot: the pack index goes in memory", "replica", s.rep.id, "err", err)
+			x = s.M.PackIndex()
+		}
+		keepAll(bufs, x)
+		s.packs = x
+	})
 	return s.packs
 }
 
@@ -275,6 +287,7 @@ func (s *Snapshot) unref() {
 		onClose()
 	}
 	s.rep.r.pool.release(held)
+	s.rep.r.retire(s.M)
 }
 
 // Chunk returns chunk i, mapped read-only. The bytes stay valid until the

@@ -81,6 +81,18 @@ const (
 // the VFS sets it through the address of the txn word (BOULE_CTL_SINCE_FROM_TXN).
 const CtlSinceFromTxn = (ctlSince - ctlTxn) / 8
 
+// Where the words a commit in WAL mode takes its generation with are, in
+// words from the txn word, for the VFS's commits that need not enter Go
+// (captureLazy): BOULE_CTL_*_FROM_TXN.
+const (
+	CtlCommittedFromTxn = (ctlCommitted - ctlTxn) / 8
+	CtlOwnerFromTxn     = (ctlOwner - ctlTxn) / 8
+	CtlPersistedFromTxn = (ctlPersisted - ctlTxn) / 8
+	CtlStateFromTxn     = (ctlState - ctlTxn) / 8
+	CtlWALModeFromTxn   = (ctlWALMode - ctlTxn) / 8
+	CtlWALLazyFromTxn   = (ctlWALLazy - ctlTxn) / 8
+)
+
 // ctl is a mapped control block.
 type ctl struct {
 	mem []byte

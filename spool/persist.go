@@ -48,6 +48,9 @@ func (d *DB) persistLoop() {
 		d.qmu.Lock()
 		batch := d.queue
 		d.queue = nil
+		if cp := d.disarmLazy(); cp != nil {
+			batch = append(batch, cp)
+		}
 		clear(d.queuedChunk)
 		d.qmu.Unlock()
 		for _, cp := range batch {

@@ -78,6 +78,12 @@ const (
 	// ctlOwner names it (0: none), and the salts of the log it leads to.
 	ctlWALCarry     = 2096
 	ctlWALCarrySalt = 2104
+	// The process whose persister has a read of the log queued and not
+	// begun (a lazy capture), as ctlOwner names it (0: none). While it
+	// is, a commit of that process in WAL mode takes its generation in C,
+	// without entering Go: the read that is queued stages it
+	// (captureLazy).
+	ctlWALLazy = 2112
 
 	walUnknown = 0
 	walAt      = 1
@@ -195,7 +201,7 @@ func (d *DB) CaptureWAL(db Source, wal WALFile, wrote, force, eager bool) error 
 		waitCarry(c, captureWait)
 	}
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	cp, err := d.walRead(db, wal, wrote, force, wrote)
 	if cp == nil || err != nil {
 		return err
@@ -221,10 +227,37 @@ func lazyState(s uint64) bool { return s == stateOK || s == stateRebuild || s ==
 
 // captureLazy takes a generation for commits the log holds and queues a
 // capture that reads nothing: the persister reads the log for it.
+//
+// It also names this process in ctlWALLazy, until the persister takes the
+// capture (disarmLazy): the commits of its connections meanwhile take
+// their generations in C, as takeGenLocked would, and do not enter Go,
+// since the queued read will find them in the log. A commit in C checks
+// the word again after it took its generation and enters Go if it was
+// cleared meanwhile: either the generation it took precedes the
+// persister's clear, and so the generation the read takes after it, or
+// the commit queues a read of its own.
 func (d *DB) captureLazy(c *ctl) {
 	d.qmu.Lock()
 	defer d.qmu.Unlock()
 	d.enqueueLocked(&Capture{gen: d.takeGenLocked(c), wal: true, lazy: true, filled: closedChan})
+	c.store(ctlWALLazy, self())
+}
+
+// disarmLazy clears ctlWALLazy when it names this process, with d.qmu
+// held, as the persister takes its queue: commits from now on enter Go
+// and queue reads of their own. When it did, it returns the capture the
+// commits that counted on the word need, to end the persister's batch: a
+// read, with their newest generation. The capture queued with the word
+// will not do: its generation is older than theirs, and a read staged
+// meanwhile (with a newer one) would let the persister drop it unread,
+// and a capture that read the log, queued after it, read before some of
+// them.
+func (d *DB) disarmLazy() *Capture {
+	c := d.ctlp.Load()
+	if c == nil || !c.cas(ctlWALLazy, self(), 0) {
+		return nil
+	}
+	return &Capture{gen: c.load(ctlCommitted), wal: true, lazy: true, filled: closedChan}
 }
 
 // closedChan is the filled channel of captures with nothing to read.
@@ -407,7 +440,7 @@ func (d *DB) readLazyOnce() (*Capture, error) {
 	// by the time of the scan.
 	gen := d.takeGen(c)
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	cp, err := d.walReadGen(db, wal, true, false, false, gen, false)
 	if errors.Is(err, errRebuild) {
 		// Another program restarted the log, say: a rebuild, in the read
@@ -680,7 +713,7 @@ func (d *DB) walFailed(err error) error {
 // whether the staged snapshot is then at the log's last commit.
 func (d *DB) WALStage(db Source, wal WALFile) bool {
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	return d.walStageLocked(db, wal)
 }
 
@@ -754,7 +787,7 @@ func (d *DB) waitPersisted(c *ctl, gen uint64, limit time.Duration) {
 // position is forgotten and the next capture rebuilds.
 func (d *DB) WALReset(db Source, wal WALFile, hdr []byte, eager bool) {
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	c := d.ctlp.Load()
 	if c == nil {
 		return
@@ -908,7 +941,7 @@ func (d *DB) movePos(c *ctl, hdr []byte) {
 // capture rebuild.
 func (d *DB) WALGone() {
 	d.walmu.Lock()
-	defer d.walmu.Unlock()
+	defer d.unlockWAL()
 	c := d.ctlp.Load()
 	if c == nil {
 		return
@@ -999,4 +1032,11 @@ func (d *DB) inspectLogical(src *logicalSource, size int64) (fileState, error) {
 		}
 	}
 	return f, d.statFile(&f)
+}
+
+// unlockWAL releases d.walmu, dropping the page content the log's index
+// held for the capture that just ended (walIndex.shed).
+func (d *DB) unlockWAL() {
+	d.walx.shed()
+	d.walmu.Unlock()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 )
 
@@ -94,8 +95,7 @@ type walIndex struct {
 	nPages  uint32            // the database's size in pages after frame mx
 	latest  map[uint32]uint32 // page -> its last committed frame
 	frames  []uint32          // page of each committed frame, frames[i] for frame i+1
-	readBuf []byte
-	scanned atomic.Int64 // bytes of frames read and checksummed, for Stats
+	scanned atomic.Int64      // bytes of frames read and checksummed, for Stats
 	// headerRead counts the bytes pagesAfter read, for Stats.
 	headerRead atomic.Int64
 	restarts   int // times the index started over
@@ -115,8 +115,35 @@ type cachedPage struct {
 	data  []byte
 }
 
-// walCacheMax bounds the page content a walIndex keeps, per database.
+// walCacheMax bounds the page content a walIndex keeps, per database,
+// while a capture holds it: shed drops it when the capture is done, so
+// that a database at rest keeps none (a process may replicate thousands).
 const walCacheMax = 8 << 20
+
+// walKeepMax is the most of its transaction buffer a walIndex keeps
+// between scans.
+const walKeepMax = 64 << 10
+
+// walBufSize is the size of the log's read buffers: reads of whole
+// frames, at most 1 MiB of them.
+const walBufSize = 1 << 20
+
+// walBufs are the read buffers of scans, shared by the databases of the
+// process rather than one held by each.
+var walBufs = sync.Pool{New: func() any { b := make([]byte, walBufSize); return &b }}
+
+func getWALBuf() *[]byte  { return walBufs.Get().(*[]byte) }
+func putWALBuf(b *[]byte) { walBufs.Put(b) }
+
+// shed drops the page content the index holds, once the capture that
+// needed it is done; the frames and pages it knows stay.
+func (x *walIndex) shed() {
+	x.pages = nil
+	x.cacheBytes = 0
+	if cap(x.pendData) > walKeepMax {
+		x.pendData = nil
+	}
+}
 
 // walFile is a log as the VFS reads it.
 type walFile interface {
@@ -199,12 +226,18 @@ func (x *walIndex) scan(f walFile) error {
 	// so that a commit of a few pages reads a few frames, not the file.
 	maxBatch := max(1, int((1<<20)/fs))
 	batch := min(8, maxBatch)
-	if len(x.readBuf) < maxBatch*int(fs) {
-		x.readBuf = make([]byte, maxBatch*int(fs))
-	}
+	rb := getWALBuf()
+	defer putWALBuf(rb)
 	ck := x.ck
 	var pending []uint32
 	x.pendData = x.pendData[:0]
+	defer func() {
+		// A transaction still being written: the next scan reads it
+		// again. Its pages are not kept for a database at rest.
+		if cap(x.pendData) > walKeepMax {
+			x.pendData = nil
+		}
+	}()
 	ps := x.hdr.pageSize
 	next := x.mx + 1
 	for ; ; batch = min(2*batch, maxBatch) {
@@ -213,7 +246,7 @@ func (x *walIndex) scan(f walFile) error {
 			return nil
 		}
 		n := min(int64(batch), (size-off)/fs)
-		buf := x.readBuf[:n*fs]
+		buf := (*rb)[:n*fs]
 		if _, err := f.ReadAt(buf, off); err != nil {
 			if shrunk(f, off+int64(len(buf))) {
 				return errWALMoved
@@ -243,6 +276,9 @@ func (x *walIndex) scan(f walFile) error {
 					c, held := x.pages[p]
 					if !held && x.cacheBytes+ps > walCacheMax {
 						continue
+					}
+					if x.pages == nil {
+						x.pages = map[uint32]cachedPage{}
 					}
 					if !held {
 						c.data = make([]byte, ps)
@@ -298,6 +334,7 @@ func (x *walIndex) pagesAfter(f walFile, h walHeader, from int) (pages []uint32,
 	maxBatch := max(1, int((1<<20)/fs))
 	last = next - 1
 	probe := false
+	var rb *[]byte
 	for {
 		if run != nil && next >= lo {
 			pages = append(pages, run[next-lo:]...)
@@ -327,10 +364,11 @@ func (x *walIndex) pagesAfter(f walFile, h walHeader, from int) (pages []uint32,
 		if run != nil {
 			n = min(n, int64(lo-next)) // up to the frames the writer knows
 		}
-		if len(x.readBuf) < int(n*fs) {
-			x.readBuf = make([]byte, maxBatch*int(fs))
+		if rb == nil {
+			rb = getWALBuf()
+			defer putWALBuf(rb)
 		}
-		buf := x.readBuf[:n*fs]
+		buf := (*rb)[:n*fs]
 		x.headerRead.Add(n * fs)
 		if _, err := f.ReadAt(buf, off); err != nil {
 			return nil, 0, fmt.Errorf("spool: read the write-ahead log at %d: %w", off, err)

@@ -154,3 +154,46 @@ func ReadPack(ctx context.Context, s Store, id manifest.Fingerprint, alloc func(
 	}
 	return buf[:copy(buf, b)], nil
 }
+
+// A PackRangeReader is the capability of a store that reads part of a
+// pack, such as one member's blob: a read replica whose memory limit
+// leaves no room to keep a whole pack reads only the member it needs
+// rather than the whole pack for each chunk (an S3 ranged GET, a pread).
+type PackRangeReader interface {
+	// ReadPackRange reads the length bytes at off in pack id, as
+	// stored, into dst if its capacity is at least length (a new buffer
+	// otherwise), and returns them. A range that ends past the pack's
+	// end is an error wrapping ErrCorrupt; a missing pack, ErrNotFound.
+	ReadPackRange(ctx context.Context, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error)
+}
+
+// ReadPackRange reads the length bytes at off in pack id from s (see
+// PackRangeReader): only those if s is a PackRangeReader, alone or
+// behind a Limited, and otherwise through GetPack, the whole pack, and
+// a copy. Caches never hold packs: they return ErrNotFound.
+func ReadPackRange(ctx context.Context, s Store, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error) {
+	if off < 0 || length <= 0 || off+length > manifest.MaxPackSize {
+		return nil, fmt.Errorf("store: pack %s: range %d+%d outside (0, %d]: %w", id, off, length, manifest.MaxPackSize, ErrCorrupt)
+	}
+	if pr, ok := s.(PackRangeReader); ok {
+		return pr.ReadPackRange(ctx, id, off, length, dst)
+	}
+	b, err := s.GetPack(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return PackRange(b, id, off, length, dst)
+}
+
+// PackRange copies the length bytes at off in pack, the bytes of pack
+// id, into dst as ReadPackRange does; a range past the pack's end is an
+// error wrapping ErrCorrupt.
+func PackRange(pack []byte, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error) {
+	if off < 0 || length < 0 || off+length > len(pack) {
+		return nil, fmt.Errorf("store: pack %s: range %d+%d past its %d bytes: %w", id, off, length, len(pack), ErrCorrupt)
+	}
+	if cap(dst) < length {
+		dst = make([]byte, length)
+	}
+	return dst[:copy(dst[:length], pack[off:off+length])], nil
+}

@@ -342,6 +342,24 @@ func (l *Limited) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc f
 	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return ReadPack(ctx, l.s, id, alloc) })
 }
 
+// ReadManifestBlob implements BlobReader, through the store's if it has
+// one (see store.ReadManifestBlob).
+func (l *Limited) ReadManifestBlob(ctx context.Context, key string, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return ReadManifestBlob(ctx, l.s, key, alloc) })
+}
+
+// ReadBase implements BlobReader, through the store's if it has one
+// (see store.ReadBase).
+func (l *Limited) ReadBase(ctx context.Context, id manifest.Fingerprint, size int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return ReadBase(ctx, l.s, id, size, alloc) })
+}
+
+// ReadPackRange implements PackRangeReader, through the store's if it
+// has one (see store.ReadPackRange).
+func (l *Limited) ReadPackRange(ctx context.Context, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error) {
+	return l.get(ctx, true, func(ctx context.Context) ([]byte, error) { return ReadPackRange(ctx, l.s, id, off, length, dst) })
+}
+
 // TouchPack implements Store.
 func (l *Limited) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return l.run(ctx, false, func(ctx context.Context) error { return l.s.TouchPack(ctx, id) })

@@ -207,13 +207,51 @@ static void snapshot(BouleFile *p) {
   p->unknown = 0;
 }
 
+/* Takes a generation for a commit in WAL mode without entering Go, and
+** reports whether it did: only while this process's persister has a read
+** of the log queued and not begun (ctlWALLazy names this process; spool's
+** captureLazy), which stages the commit, and only in the states in which
+** Go would leave the commit to it (replicating, or a rebuild or a failed
+** snapshot due, at a known position in the log). The generation is the
+** one takeGenLocked gives. A persister that took its queue meanwhile
+** cleared the word first: the word read again after the generation tells
+** whether its read comes after this commit, or whether Go must queue
+** another. No system call but the clock's. */
+static int capture_wal_lazy(BouleFile *p) {
+  uint64_t *w = p->txnWord, st, cur, gen;
+  struct timespec now;
+  uint64_t zero = 0;
+  if (w == 0) return 0;
+  if (__atomic_load_n(w + BOULE_CTL_WALLAZY_FROM_TXN, __ATOMIC_SEQ_CST) != p->owner) return 0;
+  st = __atomic_load_n(w + BOULE_CTL_STATE_FROM_TXN, __ATOMIC_SEQ_CST);
+  if (st != 0 && st != 'R' && st != 'F') return 0;
+  if (__atomic_load_n(w + BOULE_CTL_WALMODE_FROM_TXN, __ATOMIC_SEQ_CST) == 0) return 0;
+  /* The persister's read takes its generation with plain stores, under
+  ** a lock of Go's: a compare-and-swap never moves committed back. */
+  __atomic_store_n(w + BOULE_CTL_OWNER_FROM_TXN, p->owner, __ATOMIC_SEQ_CST);
+  cur = __atomic_load_n(w + BOULE_CTL_COMMITTED_FROM_TXN, __ATOMIC_SEQ_CST);
+  do {
+    uint64_t ps = __atomic_load_n(w + BOULE_CTL_PERSISTED_FROM_TXN, __ATOMIC_SEQ_CST);
+    gen = (cur > ps ? cur : ps) + 1;
+  } while (!__atomic_compare_exchange_n(w + BOULE_CTL_COMMITTED_FROM_TXN, &cur, gen, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+  if (clock_gettime(CLOCK_REALTIME, &now) == 0) {
+    __atomic_compare_exchange_n(w + BOULE_CTL_SINCE_FROM_TXN, &zero,
+                                (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec, 0,
+                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  }
+  return __atomic_load_n(w + BOULE_CTL_WALLAZY_FROM_TXN, __ATOMIC_SEQ_CST) == p->owner;
+}
+
 /* Captures the commits of the log, while this connection holds the log's
 ** write lock (or, in exclusive locking mode, the database's): one call
-** into Go, which reads the frames written since the last capture. */
+** into Go, which reads the frames written since the last capture, unless
+** a read of the log is queued already (capture_wal_lazy). */
 static void capture_wal(BouleFile *p, int flags) {
   p->walWrote = 0;
   p->unknown = 0;
   if (p->wal == 0) return;
+  if (flags == BOULE_SNAP_WROTE && capture_wal_lazy(p)) return;
   boule_count_go_call();
   bouleGoCaptureWAL(p->handle, p, p->wal, flags);
 }

@@ -33,6 +33,17 @@ void boule_forward_vfs(sqlite3_vfs *v);
 ** word. */
 #define BOULE_CTL_SINCE_FROM_TXN 5
 
+/* The words of the txn marker that a commit in WAL mode takes its
+** generation with, when its process's persister has a read of the log
+** queued already (spool's captureLazy, ctlWALLazy), also counted in words
+** from the txn word. */
+#define BOULE_CTL_COMMITTED_FROM_TXN 1
+#define BOULE_CTL_OWNER_FROM_TXN 2
+#define BOULE_CTL_PERSISTED_FROM_TXN 3
+#define BOULE_CTL_STATE_FROM_TXN 4
+#define BOULE_CTL_WALMODE_FROM_TXN 255
+#define BOULE_CTL_WALLAZY_FROM_TXN 263
+
 /* Flags passed to bouleGoSnapshot. */
 #define BOULE_SNAP_WROTE 0x01   /* the transaction wrote or truncated the file */
 #define BOULE_SNAP_FORCE 0x02   /* incremental update is unsafe: rebuild */

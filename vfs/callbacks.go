@@ -30,6 +30,18 @@ var (
 	_ [spool.HeaderSize - C.BOULE_HEADER_SIZE]struct{}
 	_ [C.BOULE_CTL_SINCE_FROM_TXN - spool.CtlSinceFromTxn]struct{}
 	_ [spool.CtlSinceFromTxn - C.BOULE_CTL_SINCE_FROM_TXN]struct{}
+	_ [C.BOULE_CTL_COMMITTED_FROM_TXN - spool.CtlCommittedFromTxn]struct{}
+	_ [spool.CtlCommittedFromTxn - C.BOULE_CTL_COMMITTED_FROM_TXN]struct{}
+	_ [C.BOULE_CTL_OWNER_FROM_TXN - spool.CtlOwnerFromTxn]struct{}
+	_ [spool.CtlOwnerFromTxn - C.BOULE_CTL_OWNER_FROM_TXN]struct{}
+	_ [C.BOULE_CTL_PERSISTED_FROM_TXN - spool.CtlPersistedFromTxn]struct{}
+	_ [spool.CtlPersistedFromTxn - C.BOULE_CTL_PERSISTED_FROM_TXN]struct{}
+	_ [C.BOULE_CTL_STATE_FROM_TXN - spool.CtlStateFromTxn]struct{}
+	_ [spool.CtlStateFromTxn - C.BOULE_CTL_STATE_FROM_TXN]struct{}
+	_ [C.BOULE_CTL_WALMODE_FROM_TXN - spool.CtlWALModeFromTxn]struct{}
+	_ [spool.CtlWALModeFromTxn - C.BOULE_CTL_WALMODE_FROM_TXN]struct{}
+	_ [C.BOULE_CTL_WALLAZY_FROM_TXN - spool.CtlWALLazyFromTxn]struct{}
+	_ [spool.CtlWALLazyFromTxn - C.BOULE_CTL_WALLAZY_FROM_TXN]struct{}
 )
 
 // cSource reads the main database file through the VFS's own handle. It is

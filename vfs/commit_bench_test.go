@@ -162,6 +162,7 @@ func commitLatency(b *testing.B, base, journal, sync string) {
 	}
 	spooled := mustDB(b, filepath.Join(dir, "boule.db"))
 	st0 := spooled.Stats()
+	calls := vfs.GoCalls()
 	b.ResetTimer()
 	peak := peakRssAnon(func() {
 		for i := range b.N {
@@ -176,6 +177,8 @@ func commitLatency(b *testing.B, base, journal, sync string) {
 		}
 	})
 	b.StopTimer()
+	// Calls from the C VFS into Go, per boule commit (unix makes none).
+	b.ReportMetric(float64(vfs.GoCalls()-calls)/float64(b.N), "gocalls-per-commit")
 	// The whole process: both connections, SQLite's caches, Go's heap.
 	b.ReportMetric(float64(peak)/(1<<20), "peak-RssAnon-MiB")
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

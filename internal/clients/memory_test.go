@@ -2,6 +2,7 @@ package clients
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/boule-vfs/boule/internal/bigmanifest"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
 )
 
@@ -149,4 +151,93 @@ func TestHostileManifestMemory(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rssAnonScript is what a shell script ends with to print the shell's
+// anonymous resident memory: RssAnon of its /proc status, in KiB, the
+// memory the kernel cannot drop without swap.
+const rssAnonScript = ".system grep '^RssAnon:' /proc/$PPID/status\n"
+
+// rssAnon parses what rssAnonScript printed into bytes.
+func rssAnon(t *testing.T, out string) uint64 {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "RssAnon:" {
+			kib, err := strconv.ParseUint(f[1], 10, 64)
+			if err == nil {
+				return kib << 10
+			}
+		}
+	}
+	t.Fatalf("no RssAnon in the shell's output %q", out)
+	return 0
+}
+
+// TestReplicaManifestAnonMemory opens in the sqlite3 shell a replica of
+// a crafted manifest that declares a 1 TiB database (16 million chunks,
+// 512 MiB of fingerprints, 104 KiB compressed), queries it, and reads
+// the shell's RssAnon: the fingerprint list lies in a file-backed
+// mapping that the kernel may evict (snapshot/filemem.go), so anonymous
+// memory does not grow with the chunk count. It measured about 1 GiB of
+// RssAnon when the manifest was decompressed and decoded into the heap.
+// On a file system without room for the list, the open fails with an
+// error that says so, and the shell is not killed by SIGBUS.
+func TestReplicaManifestAnonMemory(t *testing.T) {
+	shell := need(t, "sqlite3")
+	lib := strings.TrimSuffix(extension(t), ".so")
+	f := newFixture(t)
+	env := []string{"BOULE_CONFIG=" + f.cfg(), "TMPDIR=" + t.TempDir()}
+
+	first := filepath.Join(f.dir, "first.db")
+	if out, err := exec.Command(shell, first, "PRAGMA page_size=4096; CREATE TABLE t(x); INSERT INTO t VALUES ('chunk 0');").CombinedOutput(); err != nil {
+		t.Fatalf("sqlite3: %v %s", err, out)
+	}
+	b, err := os.ReadFile(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk0 := make([]byte, manifest.ChunkSize)
+	copy(chunk0, b)
+	var z bytes.Buffer
+	if err := (bigmanifest.Spec{Size: 1 << 40, First: chunk0}).Zstd(&z, true); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(f.dir, "m.zst")
+	if err := os.WriteFile(path, z.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf(".load %s\n.open file:%s?vfs=boule_snapshot\nSELECT x FROM t;\n%s", lib, path, rssAnonScript)
+
+	// The shell alone, for the baseline: the same script without the
+	// replica.
+	base, errs, err := run(t, env, fmt.Sprintf(".load %s\nSELECT 'chunk 0';\n%s", lib, rssAnonScript), shell, "-batch")
+	if err != nil {
+		t.Fatalf("sqlite3 shell: %v, stderr %.2000s", err, errs)
+	}
+	idle := rssAnon(t, base)
+
+	out, errs, err := run(t, env, script, shell, "-batch")
+	if err != nil || !strings.HasPrefix(out, "chunk 0\n") {
+		t.Fatalf("sqlite3 shell: %v, stdout %q, stderr %.2000s; want chunk 0", err, out, errs)
+	}
+	anon := rssAnon(t, out)
+	t.Logf("sqlite3 shell: RssAnon %d MiB with the 1 TiB replica open, %d MiB without", anon>>20, idle>>20)
+	// 64 MiB over the shell's own: an eighth of the list.
+	if anon > idle+64<<20 {
+		t.Errorf("sqlite3 shell: RssAnon %d MiB with a replica of 16 million chunks, %d MiB without; want at most 64 MiB more", anon>>20, idle>>20)
+	}
+
+	t.Run("disk full", func(t *testing.T) {
+		small := filepath.Join(t.TempDir(), "small")
+		testfs.MountTmpfs(t, small, "32m")
+		env := []string{"BOULE_CONFIG=" + f.cfg(), "TMPDIR=" + small}
+		out, errs, err := run(t, env, script, shell, "-batch")
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() < 0 {
+			t.Fatalf("sqlite3 shell killed: %v, stderr %.2000s", err, errs)
+		}
+		if strings.HasPrefix(out, "chunk 0") || !strings.Contains(errs, "no room for a manifest") || !strings.Contains(errs, "no space left on device") {
+			t.Errorf("sqlite3 shell: %v, stdout %q, stderr %.2000s; want the open refused for want of room", err, out, errs)
+		}
+	})
 }

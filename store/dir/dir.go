@@ -163,6 +163,68 @@ func (s *Store) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc fun
 	return b, nil
 }
 
+// ReadPackRange implements store.PackRangeReader with a pread of the
+// pack file.
+func (s *Store) ReadPackRange(ctx context.Context, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error) {
+	const op = "dir read pack range"
+	key := store.PackKey(id)
+	if err := ctx.Err(); err != nil {
+		return nil, s.err(op, key, err)
+	}
+	path := s.objectPath(key)
+	f, fi, err := fsutil.Open(path)
+	if err != nil {
+		if errors.Is(err, fsutil.ErrNotRegular) {
+			err = fmt.Errorf("%w: %w", store.ErrCorrupt, err)
+		}
+		return nil, s.err(op, key, err)
+	}
+	defer f.Close()
+	if int64(off)+int64(length) > fi.Size() {
+		return nil, s.err(op, key, fmt.Errorf("range %d+%d past the pack's %d bytes: %w", off, length, fi.Size(), store.ErrCorrupt))
+	}
+	if cap(dst) < length {
+		dst = make([]byte, length)
+	}
+	dst = dst[:length]
+	if _, err := f.ReadAt(dst, int64(off)); err != nil {
+		return nil, s.err(op, key, fmt.Errorf("read %s: %w", path, err))
+	}
+	return dst, nil
+}
+
+// ReadManifestBlob implements store.BlobReader: the manifest file, as
+// stored, is read into alloc's buffer, of the file's size.
+func (s *Store) ReadManifestBlob(ctx context.Context, key string, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	const op = "dir read manifest"
+	if err := store.CheckManifestKey(key); err != nil {
+		return nil, s.keyErr(op, key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, s.err(op, key, err)
+	}
+	b, err := readFileInto(s.manifestPath(key), store.MaxManifestDecoded, alloc)
+	if err != nil {
+		return nil, s.err(op, key, err)
+	}
+	return b, nil
+}
+
+// ReadBase implements store.BlobReader: the base file is read into
+// alloc's buffer, of the file's size.
+func (s *Store) ReadBase(ctx context.Context, id manifest.Fingerprint, size int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	const op = "dir read base"
+	key := store.BaseKey(id)
+	if err := ctx.Err(); err != nil {
+		return nil, s.err(op, key, err)
+	}
+	b, err := readFileInto(s.objectPath(key), size, alloc)
+	if err != nil {
+		return nil, s.err(op, key, err)
+	}
+	return b, nil
+}
+
 // TouchPack implements store.Store, as TouchChunk.
 func (s *Store) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touchObject(ctx, "dir touch pack", store.PackKey(id))

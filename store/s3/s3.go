@@ -220,8 +220,61 @@ func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, e
 // alloc's buffer, of its Content-Length (or, for an answer without one,
 // read first and copied).
 func (s *Store) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc func(size int) ([]byte, error)) ([]byte, error) {
-	const op = "s3 read pack"
+	return s.readInto(ctx, "s3 read pack", s.target.ChunkBucket, store.PackKey(id), manifest.MaxPackSize, alloc)
+}
+
+// ReadPackRange implements store.PackRangeReader with a ranged GET. A
+// range past the object's end (416 InvalidRange, or fewer bytes than
+// asked) is ErrCorrupt.
+func (s *Store) ReadPackRange(ctx context.Context, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error) {
+	const op = "s3 read pack range"
 	bucket, key := s.target.ChunkBucket, store.PackKey(id)
+	if cap(dst) < length {
+		dst = make([]byte, length)
+	}
+	dst = dst[:length]
+	err := s.do(ctx, op, bucket, key, func(ctx context.Context) error {
+		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key),
+			Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+length-1))})
+		if err != nil {
+			if a := readAnswer(err); a.code == "InvalidRange" {
+				return fmt.Errorf("range %d+%d past the pack's end: %w", off, length, store.ErrCorrupt)
+			}
+			return err
+		}
+		defer out.Body.Close()
+		if n := aws.ToInt64(out.ContentLength); out.ContentLength != nil && n != int64(length) {
+			return fmt.Errorf("range %d+%d: %d bytes in the answer: %w", off, length, n, store.ErrCorrupt)
+		}
+		if _, err := io.ReadFull(out.Body, dst); err != nil {
+			return fmt.Errorf("reading the body: got fewer than %d bytes: %w", length, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return dst, nil
+}
+
+// ReadManifestBlob implements store.BlobReader, as ReadPack.
+func (s *Store) ReadManifestBlob(ctx context.Context, key string, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	const op = "s3 read manifest"
+	if err := s.checkManifestKey(op, key); err != nil {
+		return nil, err
+	}
+	return s.readInto(ctx, op, s.target.ManifestBucket, key, store.MaxManifestDecoded, alloc)
+}
+
+// ReadBase implements store.BlobReader, as ReadPack.
+func (s *Store) ReadBase(ctx context.Context, id manifest.Fingerprint, size int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
+	return s.readInto(ctx, "s3 read base", s.target.ChunkBucket, store.BaseKey(id), size, alloc)
+}
+
+// readInto reads the object under key, of at most limit bytes, into
+// alloc's buffer, of its Content-Length (or, for an answer without one,
+// read first and copied).
+func (s *Store) readInto(ctx context.Context, op, bucket, key string, limit int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
 	var blob []byte
 	err := s.do(ctx, op, bucket, key, func(ctx context.Context) error {
 		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
@@ -229,13 +282,12 @@ func (s *Store) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc fun
 			return err
 		}
 		defer out.Body.Close()
-		const limit = manifest.MaxPackSize
 		if out.ContentLength == nil || *out.ContentLength < 0 {
 			b, err := io.ReadAll(io.LimitReader(out.Body, limit+1))
 			if err != nil {
 				return fmt.Errorf("reading the body: %w", err)
 			}
-			if len(b) > limit {
+			if int64(len(b)) > limit {
 				return fmt.Errorf("object of more than the %d bytes a blob may have: %w", limit, store.ErrCorrupt)
 			}
 			buf, err := alloc(len(b))

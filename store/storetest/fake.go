@@ -302,6 +302,22 @@ func (s *Fake) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, er
 	return lookup(ctx, s, OpGetPack, "get pack", s.packs, id, id.String())
 }
 
+// ReadPackRange implements store.PackRangeReader; hooks see it as a
+// GetPack (OpGetPack).
+func (s *Fake) ReadPackRange(ctx context.Context, id manifest.Fingerprint, off, length int, dst []byte) ([]byte, error) {
+	var out []byte
+	err := s.do(ctx, OpGetPack, id.String(), func() error {
+		d, ok := s.packs[id]
+		if !ok {
+			return s.notFound("get pack", id.String())
+		}
+		var err error
+		out, err = store.PackRange(d, id, off, length, dst)
+		return err
+	})
+	return out, err
+}
+
 // TouchPack implements store.Store, counting the touches (TouchCount).
 func (s *Fake) TouchPack(ctx context.Context, id manifest.Fingerprint) error {
 	return s.touch(ctx, OpTouchPack, "touch pack", s.packs, id)

@@ -274,6 +274,33 @@ func Run(t *testing.T, h Harness) {
 			if allocs != 0 {
 				t.Errorf("ReadPack() of a missing pack asked for %d buffers, want 0", allocs)
 			}
+			// ReadPackRange reads one member's bytes, whether s is a
+			// PackRangeReader or not, into the caller's buffer when it
+			// has room; a range past the pack's end is ErrCorrupt, a
+			// missing pack ErrNotFound.
+			for i, c := range chunks {
+				dst := make([]byte, 0, refs[i].Length)
+				part, err := store.ReadPackRange(ctx, s, id, int(refs[i].Offset), int(refs[i].Length), dst)
+				check(t, err)
+				if !bytes.Equal(part, blob[refs[i].Offset:refs[i].Offset+refs[i].Length]) || &part[0] != &dst[:1][0] {
+					t.Fatalf("ReadPackRange(member %d)=%d bytes, want the member's %d in the buffer given", i, len(part), refs[i].Length)
+				}
+				whole := manifest.PackRef{ID: id, Length: refs[i].Length}
+				if data, err := store.DecodePackMember(part, whole, c.FP); err != nil || !bytes.Equal(data, c.Data) {
+					t.Fatalf("member %d read by range: %v, or its bytes differ", i, err)
+				}
+			}
+			part, err := store.ReadPackRange(ctx, s, id, len(blob)-3, 2, nil)
+			check(t, err)
+			if !bytes.Equal(part, blob[len(blob)-3:len(blob)-1]) {
+				t.Fatalf("ReadPackRange(near the end)=%x, want %x", part, blob[len(blob)-3:len(blob)-1])
+			}
+			_, err = store.ReadPackRange(ctx, s, id, len(blob)-3, 4, nil)
+			wantKind(t, err, store.ErrCorrupt)
+			_, err = store.ReadPackRange(ctx, s, id, len(blob)+10, 4, nil)
+			wantKind(t, err, store.ErrCorrupt)
+			_, err = store.ReadPackRange(ctx, s, manifest.Sum([]byte("no such pack")), 0, 4, nil)
+			wantKind(t, err, store.ErrNotFound)
 			// A member is never found as a chunk object of its own.
 			_, err = s.GetChunk(ctx, chunks[1].FP)
 			wantKind(t, err, store.ErrNotFound)
