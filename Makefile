@@ -119,6 +119,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzManifestKey$$' -fuzztime 200000x $(FUZZFLAGS) ./store
 	$(GO) test -run XXX -fuzz '^FuzzMangle$$' -fuzztime 250000x $(FUZZFLAGS) ./spool
 	$(GO) test -run XXX -fuzz '^FuzzParseName$$' -fuzztime 400000x $(FUZZFLAGS) ./snapshot
+	$(GO) test -run XXX -fuzz '^FuzzSlabIndex$$' -fuzztime 200000x $(FUZZFLAGS) ./store/cache
 
 clean:
 	rm -rf $(BUILD)

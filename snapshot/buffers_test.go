@@ -49,7 +49,7 @@ func TestPackBuffersWithinLimit(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	r.cachePending.Wait()
+	r.flushCache()
 	mem := r.Memory()
 	if mem.BuffersLimit != 1<<20 {
 		t.Errorf("Memory().BuffersLimit=%d, want %d (an eighth of the limit)", mem.BuffersLimit, 1<<20)

@@ -18,6 +18,7 @@ import (
 	"github.com/boule-vfs/boule/internal/fsutil"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
+	"github.com/boule-vfs/boule/store/cache"
 	"golang.org/x/sys/unix"
 )
 
@@ -310,12 +311,11 @@ func (c *chunkMaps) mapped() int {
 func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef, paced, prefetch bool, s *Snapshot, i int) (loaded, error) {
 	var errs []error
 	if r.cache != nil {
-		l, err := r.loadCached(ctx, fp, want)
+		l, p, err := r.loadCached(ctx, fp, want, ref)
 		if err == nil {
 			return l, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
-			p := r.cache.Path(fp)
 			errs = append(errs, fmt.Errorf("%s: %w", r.cache, err))
 			switch {
 			case errors.Is(err, fs.ErrPermission):
@@ -350,7 +350,7 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 		}
 		defer hold.unref()
 		hold.ref() // the queue's, if the chunk is queued
-		r.cacheRead(fp, data, hold, paced, s, i)
+		r.cacheRead(cacheItem{fp: fp, data: data, buf: hold, s: s, i: i, pack: ref.ID, packed: true}, paced)
 		return r.slabs.copy(data)
 	}
 	data, err := r.remoteChunk(ctx, fp, want)
@@ -363,7 +363,7 @@ func (r *Reader) loadChunk(ctx context.Context, fp manifest.Fingerprint, want in
 	// Creating a file costs a few hundred microseconds on some file
 	// systems: the cache file, for the other processes of the host, is
 	// written off the read path.
-	r.cacheRead(fp, data, nil, paced, s, i)
+	r.cacheRead(cacheItem{fp: fp, data: data, s: s, i: i}, paced)
 	return r.slabs.copy(data)
 }
 
@@ -380,9 +380,8 @@ const defaultPaceAfter = 256
 
 // cacheRead queues a chunk a read fetched for the cache: at once or not
 // at all, or, if paced, waiting up to the reader's cachePace. A reference
-// to buf, the buffer data lies in (if not nil), goes with it.
-func (r *Reader) cacheRead(fp manifest.Fingerprint, data []byte, buf bufRef, paced bool, s *Snapshot, i int) {
-	it := cacheItem{fp: fp, data: data, buf: buf, s: s, i: i}
+// to it.buf, the buffer its data lies in (if not nil), goes with it.
+func (r *Reader) cacheRead(it cacheItem, paced bool) {
 	if !paced {
 		r.enqueueCache(nil, it)
 		return
@@ -425,12 +424,12 @@ func (r *Reader) remoteChunk(ctx context.Context, fp manifest.Fingerprint, want 
 }
 
 // cacheWriters is the number of goroutines that write the cache's files.
-// A file per chunk costs a file creation (100 to 200 µs on the benchmark
-// machine under load), and the cold scan of a snapshot larger than memory
-// goes at the writers' pace: 4 writers took a cold 1 GiB scan from 10.2
-// to 8.6 s (median of 2, load average 8 on 2 cores), and kept its reads
-// from outrunning them (no chunk copies). (One writer once did better
-// than two, when each addition to the cache listed its shard.)
+// The cold scan of a snapshot larger than memory goes at the writers'
+// pace: when each chunk cost a file creation (100 to 200 µs on the
+// benchmark machine under load), 4 writers took a cold 1 GiB scan from
+// 10.2 to 8.6 s (median of 2, load average 8 on 2 cores), and kept its
+// reads from outrunning them (no chunk copies). Packed chunks now go to
+// their pack's slab (slabwrite.go): a creation per pack.
 const cacheWriters = 4
 
 // cacheWait queues a verified chunk for writing to the local cache, and
@@ -440,8 +439,8 @@ const cacheWriters = 4
 //
 // A reference to buf, the buffer data lies in (if not nil), goes with
 // the chunk.
-func (r *Reader) cacheWait(ctx context.Context, fp manifest.Fingerprint, data []byte, buf bufRef, s *Snapshot, i int) error {
-	if !r.enqueueCache(ctx.Done(), cacheItem{fp: fp, data: data, buf: buf, s: s, i: i}) {
+func (r *Reader) cacheWait(ctx context.Context, it cacheItem) error {
+	if !r.enqueueCache(ctx.Done(), it) {
 		return ctx.Err()
 	}
 	return nil
@@ -459,25 +458,23 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
 		it.unref()
 		return true
 	}
-	r.cacheOnce.Do(func() {
-		r.cacheQ = make(chan cacheItem, r.cacheQLen)
-		for range cacheWriters {
-			r.goBG(func() {
-				for {
-					select {
-					case it := <-r.cacheQ:
-						r.writeCached(it)
-					case <-r.ctx.Done():
-						return
-					}
-				}
-			})
-		}
-	})
+	r.startCacheWriters()
 	r.cacheMu.Lock()
 	if r.cacheClosed {
 		r.cacheMu.Unlock()
 		it.unref()
+		return false
+	}
+	if it.seal {
+		r.cachePending.Add(1)
+		r.cacheMu.Unlock()
+		select {
+		case r.cacheQ <- it:
+			return true
+		case <-stop:
+		case <-r.ctx.Done():
+		}
+		r.cachePending.Done()
 		return false
 	}
 	if _, ok := r.queued[fp]; ok {
@@ -491,6 +488,12 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
 	// Noted before it is in the queue, where the writer may take it at
 	// once.
 	r.queued[fp] = struct{}{}
+	if it.packed {
+		if r.packQueued == nil {
+			r.packQueued = map[manifest.Fingerprint]int{}
+		}
+		r.packQueued[it.pack]++
+	}
 	r.cachePending.Add(1)
 	r.cacheMu.Unlock()
 	select {
@@ -510,14 +513,55 @@ func (r *Reader) enqueueCache(stop <-chan struct{}, it cacheItem) bool {
 	return false
 }
 
-// writeCached is a cache writer's work for it: write the file, record
-// it, and tell the snapshot it was fetched for.
+// startCacheWriters starts the cache writers and the slab sealer, once.
+func (r *Reader) startCacheWriters() {
+	r.cacheOnce.Do(func() {
+		r.cacheQ = make(chan cacheItem, r.cacheQLen)
+		for range cacheWriters {
+			r.goBG(func() {
+				for {
+					select {
+					case it := <-r.cacheQ:
+						r.writeCached(it)
+					case <-r.ctx.Done():
+						return
+					}
+				}
+			})
+		}
+		r.goBG(r.sealIdle)
+	})
+}
+
+// writeCached is a cache writer's work for it: write the chunk to its
+// pack's slab, or to a file of its own, record it, and tell the snapshot
+// it was fetched for; or, for a seal, seal the pack's slab.
 func (r *Reader) writeCached(it cacheItem) {
+	switch {
+	case it.seal:
+		r.sealWhenWritten(it.pack)
+		r.cachePending.Done()
+		return
+	case it.packed:
+		if r.slabAdd(it) {
+			// Its fingerprint stays queued until the slab is
+			// sealed: until then, no file holds it.
+			r.cacheMu.Lock()
+			seal := r.leftQueueLocked(it)
+			r.cacheMu.Unlock()
+			it.unref()
+			if seal {
+				r.sealPack(it.pack)
+			}
+			r.cachePending.Done()
+			return
+		}
+	}
 	fi, err := r.cache.PutChunkFile(r.ctx, it.fp, it.data)
 	if err != nil {
 		r.log.Debug("snapshot: cannot cache a chunk", "chunk", it.fp.String(), "err", err)
 	} else if fi != nil {
-		r.written.note(it.fp, fi) // it.data was verified
+		r.written.noteFile(it.fp, fi) // it.data was verified
 		if st, ok := stampOf(fi); ok && it.s != nil {
 			it.s.noteFile(it.i, st)
 		}
@@ -530,9 +574,49 @@ func (r *Reader) writeCached(it cacheItem) {
 func (r *Reader) cacheDone(it cacheItem) {
 	r.cacheMu.Lock()
 	delete(r.queued, it.fp)
+	seal := r.leftQueueLocked(it)
 	r.cacheMu.Unlock()
 	it.unref()
+	if seal {
+		r.sealPack(it.pack)
+	}
 	r.cachePending.Done()
+}
+
+// leftQueueLocked counts that it, if packed, left the queue, and reports
+// whether its pack's slab is to be sealed now: the prefetch asked for it,
+// and it was the last of the pack's chunks queued. Under cacheMu.
+func (r *Reader) leftQueueLocked(it cacheItem) bool {
+	if !it.packed {
+		return false
+	}
+	n := r.packQueued[it.pack] - 1
+	if n > 0 {
+		r.packQueued[it.pack] = n
+		return false
+	}
+	delete(r.packQueued, it.pack)
+	if r.sealDue[it.pack] {
+		delete(r.sealDue, it.pack)
+		return true
+	}
+	return false
+}
+
+// sealWhenWritten seals pack's slab once the chunks of it queued now are
+// written: at once if there are none.
+func (r *Reader) sealWhenWritten(pack manifest.Fingerprint) {
+	r.cacheMu.Lock()
+	if r.packQueued[pack] > 0 {
+		if r.sealDue == nil {
+			r.sealDue = map[manifest.Fingerprint]bool{}
+		}
+		r.sealDue[pack] = true
+		r.cacheMu.Unlock()
+		return
+	}
+	r.cacheMu.Unlock()
+	r.sealPack(pack)
 }
 
 // isQueued reports whether chunk fp waits in the cache writer's queue.
@@ -544,13 +628,17 @@ func (r *Reader) isQueued(fp manifest.Fingerprint) bool {
 }
 
 // A cacheItem is a verified chunk for the cache writers, and the chunk
-// of a snapshot it was fetched for, if any, which learns of the file.
+// of a snapshot it was fetched for, if any, which learns of the file; or
+// the order to seal a pack's slab.
 type cacheItem struct {
-	fp   manifest.Fingerprint
-	data []byte
-	buf  bufRef // the buffer data lies in, with a reference; or nil
-	s    *Snapshot
-	i    int
+	fp     manifest.Fingerprint
+	data   []byte
+	buf    bufRef // the buffer data lies in, with a reference; or nil
+	s      *Snapshot
+	i      int
+	pack   manifest.Fingerprint // the pack it came from, if packed
+	packed bool                 // written to pack's slab
+	seal   bool                 // not a chunk: seal pack's slab
 }
 
 // unref drops the item's reference to its pack buffer, if it has one.
@@ -561,11 +649,17 @@ func (it cacheItem) unref() {
 }
 
 // loadCached returns the want bytes of chunk fp from the local cache,
-// verified: mapped when nobody but this process's user can change the
-// file afterwards (LocalCache.OpenChunk), so that processes share the
-// page cache; otherwise read, verified, and copied, so that a file
-// another user rewrites or truncates later changes nothing, and cannot
-// fault a reader (SIGBUS).
+// verified: from the slab of the pack ref names, if ref is not nil and
+// the slab holds it, otherwise from the chunk's own file (which the
+// uploader writes, and older versions wrote for every chunk). It also
+// returns the path of the file it tried last, for the caller to delete if
+// it is damaged.
+//
+// The chunk is mapped when nobody but this process's user can change
+// the file afterwards (LocalCache.OpenChunk, OpenPacked), so that
+// processes share the page cache; otherwise read, verified, and copied,
+// so that a file another user rewrites or truncates later changes
+// nothing, and cannot fault a reader (SIGBUS).
 //
 // A mappable file that this process wrote itself, from bytes it had
 // verified, and that is still the same file (device and inode), with the
@@ -577,37 +671,57 @@ func (it cacheItem) unref() {
 // map would not add to what "mappable" already trusts. A file from
 // another process, or one changed since, is hashed as before.
 //
-// The cache evicts the least recently used chunks by mtime: a read here
+// The cache evicts the least recently used files by mtime: a read here
 // is a use, recorded unless the file's mtime is less than a minute old
 // (a chunk read a thousand times a second costs one touch a minute).
-func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want int) (loaded, error) {
+func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want int, ref *manifest.PackRef) (loaded, string, error) {
+	if ref != nil {
+		f, st, off, n, mappable, err := r.cache.OpenPacked(ref.ID, fp)
+		if err == nil {
+			l, err := r.loadCachedFile(ctx, fp, want, f, st, off, n, cache.SlabKey(ref.ID), mappable)
+			return l, f.Name(), err
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return loaded{}, r.cache.SlabPath(ref.ID), err
+		}
+	}
 	f, st, mappable, err := r.cache.OpenChunk(fp)
 	if err != nil {
-		return loaded{}, err
+		return loaded{}, r.cache.Path(fp), err
 	}
+	l, err := r.loadCachedFile(ctx, fp, want, f, st, 0, int(min(st.Size(), manifest.ChunkSize+1)), 0, mappable)
+	return l, f.Name(), err
+}
+
+// loadCachedFile is loadCached's work on f, the open cache file (status
+// st), whose n bytes at off are said to be chunk fp, of want bytes; slab
+// is the slab's key, or 0 for a chunk's own file. It closes f.
+func (r *Reader) loadCachedFile(ctx context.Context, fp manifest.Fingerprint, want int, f *os.File, st fs.FileInfo, off int64, n int, slab uint64, mappable bool) (loaded, error) {
 	defer f.Close()
 	p := f.Name()
-	if st.Size() != int64(want) {
-		return loaded{}, fmt.Errorf("%s is %d bytes, want %d: %w", p, st.Size(), want, ErrCorrupt)
+	if n != want {
+		return loaded{}, fmt.Errorf("%s holds %d bytes for chunk %s, want %d: %w", p, n, fp, want, ErrCorrupt)
 	}
+	stamp, _ := stampOf(st)
+	stamp.Slab, stamp.Off = slab, off
 	if !mappable {
-		data, err := readAllVerified(f, p, fp, want)
+		data, err := readAllVerified(io.NewSectionReader(f, off, int64(want)), p, fp, want)
 		if err != nil {
 			return loaded{}, err
 		}
-		r.touch(ctx, fp, st, nil, false)
+		r.touch(fp, stamp, st, f, false)
 		return r.slabs.copy(data)
 	}
 	// Mapped with MmapPtr, not syscall.Mmap, which keeps a table of its
 	// mappings and unmaps only whole ones: unmapFiles unmaps runs of
-	// them.
-	ptr, err := unix.MmapPtr(int(f.Fd()), 0, nil, uintptr(want), syscall.PROT_READ, syscall.MAP_SHARED)
+	// them. A slab's chunks start on page boundaries (SlabSlot).
+	ptr, err := unix.MmapPtr(int(f.Fd()), off, nil, uintptr(want), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
 		return loaded{}, fmt.Errorf("map %s: %w", p, err)
 	}
 	b := unsafe.Slice((*byte)(ptr), want)
 	free := func() { _ = unix.MunmapPtr(ptr, uintptr(want)) }
-	if !r.written.same(fp, st) {
+	if !r.written.same(fp, stamp) {
 		if manifest.Sum(b) != fp {
 			free()
 			return loaded{}, fmt.Errorf("%s does not match its fingerprint: %w", p, ErrCorrupt)
@@ -615,10 +729,9 @@ func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want i
 		// Verified now, as if this process had written it: mapped
 		// again, or read by the VFS (Binding.OnFile), it is not hashed
 		// again while it is unchanged.
-		r.written.note(fp, st)
+		r.written.note(fp, stamp)
 	}
-	cur := r.touch(ctx, fp, st, f, true)
-	stamp, _ := stampOf(cur)
+	stamp = r.touch(fp, stamp, st, f, true)
 	return loaded{b: b, free: free, file: true, stamp: stamp}, nil
 }
 
@@ -626,22 +739,25 @@ func (r *Reader) loadCached(ctx context.Context, fp manifest.Fingerprint, want i
 // it.
 const touchAge = time.Minute
 
-// touch refreshes the mtime of chunk fp's cache file, st, if it is older
-// than touchAge, and returns the file's status after it. If the file was
-// known to hold the verified bytes (known), its new change time is
-// recorded from f, the open file.
-func (r *Reader) touch(ctx context.Context, fp manifest.Fingerprint, st fs.FileInfo, f *os.File, known bool) fs.FileInfo {
+// touch refreshes the mtime of chunk fp's cache file, f (status st,
+// stamp), if it is older than touchAge, and returns the chunk's stamp
+// after it. If the file was known to hold the verified bytes (known), its
+// new stamp is recorded.
+func (r *Reader) touch(fp manifest.Fingerprint, stamp FileStamp, st fs.FileInfo, f *os.File, known bool) FileStamp {
 	if time.Since(st.ModTime()) < touchAge {
-		return st
+		return stamp
 	}
-	_ = r.cache.TouchChunk(ctx, fp)
+	_ = r.cache.TouchFile(f.Name())
 	if known {
 		if now, err := f.Stat(); err == nil && now.Size() == st.Size() {
-			r.written.note(fp, now)
-			return now
+			if cur, ok := stampOf(now); ok {
+				cur.Slab, cur.Off = stamp.Slab, stamp.Off
+				r.written.note(fp, cur)
+				return cur
+			}
 		}
 	}
-	return st
+	return stamp
 }
 
 // writtenFiles remembers the cache files this process wrote from verified
@@ -658,10 +774,16 @@ type writtenFiles struct {
 // inode, size and change time (ns). Any write, truncation, chmod or
 // replacement of the file changes it (except one by the owner within the
 // same clock tick as the stamp was taken).
+//
+// A chunk in a slab (store/cache's SlabWriter) has its slab's stamp, and
+// the slab's key and the chunk's offset in it; Slab is 0 for a chunk in
+// a file of its own.
 type FileStamp struct {
 	Dev, Ino uint64
-	Size     int64
+	Size     int64 // the file's
 	Ctime    int64
+	Slab     uint64 // the slab's key (cache.SlabKey), or 0
+	Off      int64  // the chunk's offset in the slab
 }
 
 func stampOf(fi fs.FileInfo) (FileStamp, bool) {
@@ -673,10 +795,18 @@ func stampOf(fi fs.FileInfo) (FileStamp, bool) {
 	return FileStamp{Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size, Ctime: ct.Nano()}, true
 }
 
-// note records that the file fi holds the verified bytes of chunk fp.
-func (w *writtenFiles) note(fp manifest.Fingerprint, fi fs.FileInfo) {
-	s, ok := stampOf(fi)
-	if !ok || w.max <= 0 {
+// noteFile records that the file fi holds the verified bytes of chunk
+// fp, alone.
+func (w *writtenFiles) noteFile(fp manifest.Fingerprint, fi fs.FileInfo) {
+	if s, ok := stampOf(fi); ok {
+		w.note(fp, s)
+	}
+}
+
+// note records that the file and place s holds the verified bytes of
+// chunk fp.
+func (w *writtenFiles) note(fp manifest.Fingerprint, s FileStamp) {
+	if w.max <= 0 {
 		return
 	}
 	w.mu.Lock()
@@ -708,12 +838,9 @@ func (w *writtenFiles) get(fp manifest.Fingerprint) (FileStamp, bool) {
 	return st, ok
 }
 
-// same reports whether fi is the file recorded for chunk fp, unchanged.
-func (w *writtenFiles) same(fp manifest.Fingerprint, fi fs.FileInfo) bool {
-	s, ok := stampOf(fi)
-	if !ok {
-		return false
-	}
+// same reports whether s is the file and place recorded for chunk fp,
+// unchanged.
+func (w *writtenFiles) same(fp manifest.Fingerprint, s FileStamp) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	had, ok := w.files[fp]
@@ -735,7 +862,7 @@ func readVerified(p string, fp manifest.Fingerprint, want int) ([]byte, error) {
 
 // readAllVerified reads f, the file at p, and checks that it holds the
 // want bytes of chunk fp, no more.
-func readAllVerified(f *os.File, p string, fp manifest.Fingerprint, want int) ([]byte, error) {
+func readAllVerified(f io.Reader, p string, fp manifest.Fingerprint, want int) ([]byte, error) {
 	data := make([]byte, want+1)
 	n, err := io.ReadFull(f, data)
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {

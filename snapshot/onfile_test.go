@@ -4,10 +4,7 @@ import (
 	"context"
 	"os"
 	"sync"
-	"syscall"
 	"testing"
-
-	"github.com/boule-vfs/boule/manifest"
 )
 
 // TestOnFileNamesCacheFiles: a snapshot larger than the memory bounds
@@ -43,6 +40,7 @@ func TestOnFileNamesCacheFiles(t *testing.T) {
 	for len(q) > 0 {
 		r.writeCached(<-q)
 	}
+	r.sealAll() // the chunks went to their packs' slabs
 	mu.Lock()
 	defer mu.Unlock()
 	for i := 1; i < len(m.Chunks); i++ {
@@ -54,16 +52,15 @@ func TestOnFileNamesCacheFiles(t *testing.T) {
 			t.Errorf("OnFile was not called for chunk %d", i)
 			continue
 		}
-		var now syscall.Stat_t
-		if err := syscall.Stat(f.cache.Path(m.Chunks[i]), &now); err != nil {
-			t.Fatal(err)
+		want, p, ok := cachedStamp(t, f.cache, m, i)
+		if !ok {
+			t.Fatalf("chunk %d is not in the cache", i)
 		}
-		ct := statCtim(&now)
-		if want := (FileStamp{Dev: uint64(now.Dev), Ino: now.Ino, Size: now.Size, Ctime: ct.Nano()}); st != want {
-			t.Errorf("OnFile(%d)=%+v, want the file's %+v", i, st, want)
+		if st != want {
+			t.Errorf("OnFile(%d)=%+v, want the file's %+v (%s)", i, st, want, p)
 		}
-		if st.Size != int64(manifest.ChunkLen(m.Size, i)) {
-			t.Errorf("OnFile(%d) size %d, want %d", i, st.Size, manifest.ChunkLen(m.Size, i))
+		if st.Slab == 0 {
+			t.Errorf("OnFile(%d) names a file of its own, want its pack's slab", i)
 		}
 	}
 	if _, err := os.Stat(f.cache.Path(m.Chunks[0])); err == nil {

@@ -119,9 +119,9 @@ func TestPackedReplica(t *testing.T) {
 	if n := sto.packs.Load(); n != 5 {
 		t.Fatalf("whole read made %d pack GETs, want 5", n)
 	}
-	r.cachePending.Wait()
-	if _, err := os.Stat(f.cache.Path(m.Chunks[20])); err != nil {
-		t.Errorf("chunk 20 not in the shared cache: %v", err)
+	r.flushCache()
+	if _, _, ok := cachedStamp(t, f.cache, m, 20); !ok {
+		t.Errorf("chunk 20 not in the shared cache")
 	}
 
 	// The prefetch of a fresh process fetches each pack once; the cache
@@ -204,8 +204,12 @@ func TestWarmPrefetchCachesCopies(t *testing.T) {
 	if _, err := s.Chunk(context.Background(), 5); err != nil {
 		t.Fatal(err)
 	}
-	r.cachePending.Wait()
-	if err := os.Remove(f.cache.Path(m.Chunks[5])); err != nil {
+	r.flushCache()
+	_, p, ok := cachedStamp(t, f.cache, m, 5)
+	if !ok {
+		t.Fatal("chunk 5 was not cached")
+	}
+	if err := os.Remove(p); err != nil { // its pack's slab
 		t.Fatal(err)
 	}
 	if e := s.maps.get(5); e == nil || !e.m.anon {
@@ -214,9 +218,9 @@ func TestWarmPrefetchCachesCopies(t *testing.T) {
 	r.prefetch = 4
 	s.startPrefetch()
 	<-s.prefetched
-	r.cachePending.Wait()
+	r.flushCache()
 	for i := 1; i < len(m.Chunks); i++ {
-		if !f.cache.HasChunk(m.Chunks[i]) {
+		if _, _, ok := cachedStamp(t, f.cache, m, i); !ok {
 			t.Errorf("chunk %d is not in the cache after the prefetch", i)
 		}
 	}
@@ -268,7 +272,7 @@ func TestPacedReadsCacheEveryChunk(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r.cachePending.Wait()
+	r.flushCache()
 	close(stop)
 	got := <-written
 	for i := 1; i < len(m.Chunks); i++ { // chunk 0 is inline
@@ -330,10 +334,10 @@ func TestWrittenRecordsOutnumberHeld(t *testing.T) {
 	if got := read(t, c.Snapshot()); len(got) != int(m.Size) {
 		t.Fatalf("read %d bytes, want %d", len(got), m.Size)
 	}
-	r.cachePending.Wait()
+	r.flushCache()
 	known := 0
 	for i := 1; i < len(m.Chunks); i++ {
-		if st, err := os.Stat(f.cache.Path(m.Chunks[i])); err == nil && r.written.same(m.Chunks[i], st) {
+		if st, _, ok := cachedStamp(t, f.cache, m, i); ok && r.written.same(m.Chunks[i], st) {
 			known++
 		}
 	}

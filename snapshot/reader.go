@@ -136,12 +136,16 @@ type Reader struct {
 	cacheMu      sync.Mutex     // orders cachePending.Add before Close's Wait
 	cacheClosed  bool
 	queued       map[manifest.Fingerprint]struct{} // chunks in cacheQ (or about to be); under cacheMu
+	packQueued   map[manifest.Fingerprint]int      // chunks of each pack in cacheQ; under cacheMu
+	sealDue      map[manifest.Fingerprint]bool     // packs whose slab to seal when packQueued is 0; under cacheMu
 	cachePace    time.Duration                     // see cacheRead
 	paceAfter    int64                             // see Snapshot.pacedLoad
 	written      writtenFiles                      // cache files written from verified bytes
-	tick         func() (<-chan time.Time, func()) // the poller's clock; tests replace it
-	now          func() time.Time                  // the freshness clock; tests replace it
-	gcWanted     atomic.Bool                       // see retire
+	slabMu       sync.Mutex
+	building     map[manifest.Fingerprint]*slabBuild // slabs being written, by pack; under slabMu
+	tick         func() (<-chan time.Time, func())   // the poller's clock; tests replace it
+	now          func() time.Time                    // the freshness clock; tests replace it
+	gcWanted     atomic.Bool                         // see retire
 
 	mu        sync.Mutex
 	replicas  map[string]*Replica
@@ -242,6 +246,7 @@ func (r *Reader) Close() {
 	r.cacheClosed = true
 	r.cacheMu.Unlock()
 	r.cachePending.Wait()
+	r.sealAll()
 	r.lifeMu.Lock()
 	r.closed = true
 	r.lifeMu.Unlock()

@@ -371,7 +371,11 @@ func (s *Snapshot) chunkFor(ctx context.Context, i int, prefetch bool) ([]byte, 
 		if r.cache == nil || r.ctx.Err() != nil {
 			return loaded{}, errNotLocal
 		}
-		l, err := r.loadCached(r.ctx, fp, want)
+		var ref *manifest.PackRef
+		if pr, ok := s.packIndex().Ref(i); ok {
+			ref = &pr
+		}
+		l, _, err := r.loadCached(r.ctx, fp, want, ref)
 		if err == nil && s.paced.Load() {
 			s.loads.Add(1) // a read's load, as pacedLoad counts them
 		}
@@ -494,9 +498,13 @@ func (s *Snapshot) each(ctx context.Context, count, n int, work func(ctx context
 // With warm set, the chunks go to the chunk cache's files instead of
 // memory (see startPrefetch).
 func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan struct{}, warm bool) error {
+	// A pack whose slab is not in the cache when the prefetch comes to
+	// it has none of its chunks there (or a read's, just sealed, which
+	// its writer then drops): its chunks are not looked for one by one.
+	noSlab := false
 	get := func(i int) error {
 		if warm {
-			return s.warm(ctx, i)
+			return s.warm(ctx, i, noSlab)
 		}
 		_, err := s.chunkFor(ctx, i, true)
 		return err
@@ -516,17 +524,24 @@ func (s *Snapshot) prefetchChunk(ctx context.Context, i int, packSlots chan stru
 		return ctx.Err()
 	}
 	defer s.rep.r.packs.release(p.ID) // its chunks are mapped or queued, or the prefetch stops
+	noSlab = warm && !s.rep.r.cache.HasSlab(p.ID)
 	for _, mb := range p.Members {
 		if err := get(int(mb.Index)); err != nil {
 			return err
 		}
 	}
+	if s.rep.r.cache != nil {
+		// The pack's chunks are queued for its slab: seal it after
+		// them.
+		s.rep.r.enqueueCache(ctx.Done(), cacheItem{pack: p.ID, seal: true})
+	}
 	return nil
 }
 
 // warm puts chunk i in the chunk cache's files, fetching it unless it is
-// there or held already, without holding it in memory.
-func (s *Snapshot) warm(ctx context.Context, i int) error {
+// there or held already, without holding it in memory. With noSlab, its
+// pack's slab is known to be missing.
+func (s *Snapshot) warm(ctx context.Context, i int, noSlab bool) error {
 	r := s.rep.r
 	if _, ok := s.M.Inline[uint32(i)]; ok {
 		return nil
@@ -545,7 +560,8 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	if mapped || r.isQueued(fp) {
 		return nil
 	}
-	if r.cache.HasChunk(fp) {
+	ref, packed := s.packIndex().Ref(i)
+	if (packed && !noSlab && r.cache.HasPacked(ref.ID, fp)) || r.cache.HasChunk(fp) {
 		if st, ok := r.written.get(fp); ok {
 			s.noteFile(i, st) // written for another chunk of the same bytes
 		}
@@ -557,7 +573,7 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	var data []byte
 	var buf bufRef // the buffer data lies in, if any; its reference goes to the queue
 	var err error
-	if ref, ok := s.packIndex().Ref(i); ok {
+	if packed {
 		data, buf, err = r.packedChunk(load, fp, want, ref, true)
 	} else {
 		data, err = r.remoteChunk(load, fp, want)
@@ -565,7 +581,7 @@ func (s *Snapshot) warm(ctx context.Context, i int) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: %s: chunk %d: %w", s.rep.id, i, err)
 	}
-	return r.cacheWait(ctx, fp, data, buf, s, i)
+	return r.cacheWait(ctx, cacheItem{fp: fp, data: data, buf: buf, s: s, i: i, pack: ref.ID, packed: packed})
 }
 
 // startPrefetch fetches every chunk in the background, in file order (a

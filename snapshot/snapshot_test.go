@@ -198,7 +198,7 @@ func TestLazyOpen(t *testing.T) {
 
 	// A second reader in "another process" finds everything in the
 	// shared cache, once it is written.
-	r.cachePending.Wait()
+	r.flushCache()
 	r2 := f.reader(Options{Prefetch: -1})
 	c2, err := r2.Open(context.Background(), "boule://"+testHost+"/data/a.db")
 	if err != nil {
@@ -348,7 +348,7 @@ func TestCorruptChunk(t *testing.T) {
 	}
 
 	// A bad file in the local cache is dropped and fetched again.
-	r.cachePending.Wait()
+	r.flushCache()
 	p := f.cache.Path(m.Chunks[1])
 	_ = os.Chmod(p, 0o644)
 	if err := os.WriteFile(p, make([]byte, manifest.ChunkSize), 0o644); err != nil {

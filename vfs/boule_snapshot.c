@@ -49,6 +49,7 @@ typedef struct SnapFile {
   int eLock;
   int fd;               /* a chunk's cache file (snap_read_file), or -1 */
   int64_t fdChunk;      /* the chunk of view whose file fd is */
+  int64_t fdOff;        /* where fdChunk starts in it (a slab's), or 0 */
   unsigned char *buf;   /* BOULE_CHUNK_SIZE bytes, or NULL until needed */
   int buffered;         /* buf holds fdChunk's bytes (fd open) */
   int64_t lastChunk;    /* the chunk the last read from a file was in */
@@ -129,10 +130,13 @@ void boule_snap_stamp_budget(int64_t pages) {
   pthread_mutex_unlock(&stamp_mu);
 }
 
-int boule_view_set_stamp(BouleView *v, int64_t i, uint64_t ino, int64_t ctime) {
+int boule_view_set_stamp(BouleView *v, int64_t i, uint64_t ino, int64_t ctime, uint64_t slab, int64_t size,
+                         int64_t off) {
   BouleStamp *page;
   int ok = 1;
-  if (v->stamps == 0 || i < 0 || i >= v->nChunks || ctime == 0) return 0;
+  if (v->stamps == 0 || i < 0 || i >= v->nChunks || ctime == 0 || size < 0 || size > UINT32_MAX || off < 0 ||
+      off > size)
+    return 0;
   pthread_mutex_lock(&stamp_mu);
   page = v->stamps[i >> BOULE_VIEW_PAGE_SHIFT];
   if (page == 0 && stamp_pages_used < stamp_pages_max &&
@@ -141,8 +145,12 @@ int boule_view_set_stamp(BouleView *v, int64_t i, uint64_t ino, int64_t ctime) {
     v->stamps[i >> BOULE_VIEW_PAGE_SHIFT] = page;
   }
   if (page != 0) {
-    page[i & (BOULE_VIEW_PAGE - 1)].ino = ino;
-    page[i & (BOULE_VIEW_PAGE - 1)].ctime = ctime;
+    BouleStamp *s = &page[i & (BOULE_VIEW_PAGE - 1)];
+    s->ino = ino;
+    s->ctime = ctime;
+    s->slab = slab;
+    s->size = (uint32_t)size;
+    s->off = (uint32_t)off;
   } else {
     ok = 0;
   }
@@ -175,6 +183,26 @@ static int stamp_load(BouleView *v, int64_t ci, BouleStamp *out) {
   return page != 0 && out->ctime != 0;
 }
 
+/* After a read refreshed the times of a slab, stamped *old, whose change
+** time is now ctime: the chunks around ci stamped with the same slab
+** (a pack's chunks are neighbours in the database, mostly) follow, so
+** that their next reads do not ask Go for want of the old change time. */
+static void stamp_follow_slab(BouleView *v, int64_t ci, const BouleStamp *old, int64_t ctime) {
+  int64_t lo = ci > 256 ? ci - 256 : 0, hi = ci + 256 < v->nChunks ? ci + 256 : v->nChunks;
+  if (v->stamps == 0 || old->slab == 0) return;
+  pthread_mutex_lock(&stamp_mu);
+  for (int64_t k = lo; k < hi; k++) {
+    BouleStamp *page = v->stamps[k >> BOULE_VIEW_PAGE_SHIFT], *s;
+    if (page == 0) {
+      k |= BOULE_VIEW_PAGE - 1;
+      continue;
+    }
+    s = &page[k & (BOULE_VIEW_PAGE - 1)];
+    if (s->ino == old->ino && s->ctime == old->ctime && s->slab == old->slab) s->ctime = ctime;
+  }
+  pthread_mutex_unlock(&stamp_mu);
+}
+
 static int64_t ctime_ns(const struct stat *st) {
   return (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
 }
@@ -198,31 +226,44 @@ static int snap_open_chunk(BouleView *v, int64_t ci, int64_t clen, const BouleSt
   const unsigned char *fp;
   size_t dl;
   int fd, n;
+  int64_t want;
   struct stat st;
   if (v->fps == 0 || v->cacheDir == 0 || v->cacheShards <= 0) return -1;
   dl = strlen(v->cacheDir);
   if (dl > 4096) return -1;
-  fp = v->fps + (size_t)ci * 32;
-  n = snprintf(path, sizeof(path) - 66, "%s/%03d/", v->cacheDir, ((fp[0] << 8) | fp[1]) % v->cacheShards);
-  if (n < 0 || (size_t)n >= sizeof(path) - 66) return -1;
-  for (int k = 0; k < 32; k++) {
-    path[n++] = hex[fp[k] >> 4];
-    path[n++] = hex[fp[k] & 15];
+  if (s->slab != 0) {
+    /* A slab: named by its key, in the shard of its pack, which the
+    ** key's first two bytes give as a chunk's fingerprint does. */
+    int shard = (int)((s->slab >> 48) % (uint64_t)v->cacheShards);
+    n = snprintf(path, sizeof(path), "%s/%03d/%016llx.slab", v->cacheDir, shard, (unsigned long long)s->slab);
+    if (n < 0 || (size_t)n >= sizeof(path)) return -1;
+    want = s->size;
+    if ((int64_t)s->off + clen > (int64_t)s->size) return -1;
+  } else {
+    fp = v->fps + (size_t)ci * 32;
+    n = snprintf(path, sizeof(path) - 66, "%s/%03d/", v->cacheDir, ((fp[0] << 8) | fp[1]) % v->cacheShards);
+    if (n < 0 || (size_t)n >= sizeof(path) - 66) return -1;
+    for (int k = 0; k < 32; k++) {
+      path[n++] = hex[fp[k] >> 4];
+      path[n++] = hex[fp[k] & 15];
+    }
+    path[n] = 0;
+    want = clen;
   }
-  path[n] = 0;
   fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return -1;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 0222) != 0 ||
-      st.st_size != clen || (uint64_t)st.st_dev != v->cacheDev || (uint64_t)st.st_ino != s->ino ||
+      st.st_size != want || (uint64_t)st.st_dev != v->cacheDev || (uint64_t)st.st_ino != s->ino ||
       ctime_ns(&st) != s->ctime) {
     close(fd);
     return -1;
   }
   if (time(0) - st.st_mtim.tv_sec >= boule_snap_touch_age && futimens(fd, 0) == 0 && fstat(fd, &st) == 0 &&
-      (uint64_t)st.st_ino == s->ino && st.st_size == clen) {
+      (uint64_t)st.st_ino == s->ino && st.st_size == want) {
     /* Read: a use, which the cache's eviction goes by. Only the times
     ** changed, and with them the change time, which the stamp follows. */
-    boule_view_set_stamp(v, ci, s->ino, ctime_ns(&st));
+    stamp_follow_slab(v, ci, s, ctime_ns(&st));
+    boule_view_set_stamp(v, ci, s->ino, ctime_ns(&st), s->slab, s->size, s->off);
   }
   return fd;
 }
@@ -264,17 +305,18 @@ static int snap_read_file(SnapFile *p, BouleView *v, int64_t ci, int64_t clen, u
     snap_drop_file(p);
     p->fd = fd;
     p->fdChunk = ci;
+    p->fdOff = s.slab != 0 ? (int64_t)s.off : 0;
   }
   if (sequential && p->buf == 0) p->buf = malloc(BOULE_CHUNK_SIZE);
   if (sequential && p->buf != 0) {
-    if (!pread_all(p->fd, p->buf, clen, 0)) {
+    if (!pread_all(p->fd, p->buf, clen, p->fdOff)) {
       snap_drop_file(p);
       errno = saved;
       return 0;
     }
     p->buffered = 1;
     memcpy(out, p->buf + co, (size_t)n);
-  } else if (!pread_all(p->fd, out, n, co)) {
+  } else if (!pread_all(p->fd, out, n, p->fdOff + co)) {
     snap_drop_file(p);
     errno = saved;
     return 0;

@@ -49,6 +49,9 @@
 typedef struct BouleStamp {
   uint64_t ino;
   int64_t ctime;
+  uint64_t slab; /* the slab's key (its file's name), or 0: the chunk's own file */
+  uint32_t size; /* a slab's file size (under 9 MiB); a chunk's own file has the chunk's */
+  uint32_t off;  /* the chunk's offset in its slab */
 } BouleStamp;
 
 typedef struct BouleView {
@@ -98,11 +101,13 @@ typedef struct BouleSnapOut {
 int boule_snapshot_register(void);
 
 /* Records that chunk i of v is in the cache file stamped ino, ctime on
-** v->cacheDev (Go's Binding.OnFile). Returns 0 when the process's pages of stamps are
+** v->cacheDev (Go's Binding.OnFile): its own file if slab is 0, otherwise
+** at off in the slab named slab, of size bytes. Returns 0 when the process's pages of stamps are
 ** all in use (boule_snap_stamp_budget): the chunk is then read through Go
 ** when it is not held. v->stamps must hold (nChunks + BOULE_VIEW_PAGE -
 ** 1) / BOULE_VIEW_PAGE pointers. */
-int boule_view_set_stamp(BouleView *v, int64_t i, uint64_t ino, int64_t ctime);
+int boule_view_set_stamp(BouleView *v, int64_t i, uint64_t ino, int64_t ctime, uint64_t slab, int64_t size,
+                         int64_t off);
 
 /* Frees v's pages of stamps, when no connection reads v any more. */
 void boule_view_free_stamps(BouleView *v);

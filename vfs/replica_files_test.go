@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,10 +24,19 @@ type largeReplica struct {
 	want     string // digest of the source
 	chunks   int
 	cacheDir string
+	slabs    bool // the cache's files are slabs, not a file per chunk
 	rep      *sql.DB
 }
 
-func newLargeReplica(t *testing.T) *largeReplica {
+// layouts are the chunk cache's two layouts: a file per chunk (as the
+// uploader writes, and older readers wrote), and a slab per pack (as
+// readers write).
+var layouts = []struct {
+	name  string
+	slabs bool
+}{{"chunk files", false}, {"slabs", true}}
+
+func newLargeReplica(t *testing.T, slabs bool) *largeReplica {
 	t.Helper()
 	tg, _ := dirTarget(t)
 	e := replEnv(t, tg)
@@ -41,15 +51,17 @@ func newLargeReplica(t *testing.T) *largeReplica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &largeReplica{path: path, want: want, cacheDir: t.TempDir()}
+	l := &largeReplica{path: path, want: want, cacheDir: t.TempDir(), slabs: slabs}
 	c, err := cache.New(l.cacheDir, 2, 1<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for off := 0; off < len(data); off += manifest.ChunkSize {
 		chunk := data[off:min(off+manifest.ChunkSize, len(data))]
-		if err := c.PutChunk(context.Background(), manifest.Sum(chunk), chunk); err != nil {
-			t.Fatal(err)
+		if !slabs {
+			if err := c.PutChunk(context.Background(), manifest.Sum(chunk), chunk); err != nil {
+				t.Fatal(err)
+			}
 		}
 		l.chunks++
 	}
@@ -57,11 +69,23 @@ func newLargeReplica(t *testing.T) *largeReplica {
 		t.Fatalf("the replica has %d chunks, want at least %d: it would fit", l.chunks, 3*config.MinReplicaMappedChunks)
 	}
 	local := config.Target{Local: &config.LocalTarget{Directory: l.cacheDir, NumShards: 2, Capacity: 1 << 10}}
-	register(t, vfs.Config{
+	cfg := vfs.Config{
 		ReplicationTargets:     []config.Target{local, tg},
 		ReplicaMemoryLimit:     config.MinReplicaMemoryLimit,
 		ReplicaMaxMappedChunks: config.MinReplicaMappedChunks,
-	})
+	}
+	if slabs {
+		// A first reader reads the replica cold, and writes the
+		// cache's slabs (all of them by its Close).
+		register(t, cfg)
+		rep := openReplica(t, path, "")
+		if got, err := digest(rep); err != nil || got != want {
+			t.Fatalf("cold read: digest()=%s, %v; want the source's %s", got, err, want)
+		}
+		rep.Close()
+		vfs.Reader().Close()
+	}
+	register(t, cfg)
 	t.Cleanup(vfs.Reader().Close)
 	l.rep = openReplica(t, path, "")
 	l.rep.SetMaxOpenConns(1)
@@ -89,8 +113,22 @@ func (l *largeReplica) check(t *testing.T) int64 {
 func (l *largeReplica) cacheFiles(t *testing.T) []string {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(l.cacheDir, "*", "*"))
-	if err != nil || len(files) < l.chunks-1 {
-		t.Fatalf("the cache holds %d files (%v), want %d", len(files), err, l.chunks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.slabs && len(files) < l.chunks-1 {
+		t.Fatalf("the cache holds %d files, want %d", len(files), l.chunks)
+	}
+	if l.slabs {
+		slabs := 0
+		for _, p := range files {
+			if strings.HasSuffix(p, ".slab") {
+				slabs++
+			}
+		}
+		if slabs == 0 || len(files) >= l.chunks/2 {
+			t.Fatalf("the cache holds %d files, %d of them slabs, for %d chunks; want slabs, a few", len(files), slabs, l.chunks)
+		}
 	}
 	return files
 }
@@ -102,7 +140,16 @@ func (l *largeReplica) cacheFiles(t *testing.T) []string {
 // which is inline in the manifest (no file), and is read at the start of
 // each of the two queries.
 func TestReplicaLargerThanHeldReadsFiles(t *testing.T) {
-	l := newLargeReplica(t)
+	for _, lay := range layouts {
+		t.Run(lay.name, func(t *testing.T) { testLargerThanHeldReadsFiles(t, lay.slabs) })
+	}
+}
+
+func testLargerThanHeldReadsFiles(t *testing.T, slabs bool) {
+	l := newLargeReplica(t, slabs)
+	if slabs {
+		l.cacheFiles(t)
+	}
 	if first := l.check(t); first < int64(l.chunks-config.MinReplicaMappedChunks) {
 		t.Errorf("GoCalls() for the first read of %d chunks=%d, want at least %d: were they held already?", l.chunks, first, l.chunks-config.MinReplicaMappedChunks)
 	}
@@ -123,7 +170,13 @@ func TestReplicaLargerThanHeldReadsFiles(t *testing.T) {
 // chunk from the store). (A file changed in place is the owner's doing,
 // whom the cache trusts: chunks mapped from it would change too.)
 func TestReplicaReplacedCacheFilesNotRead(t *testing.T) {
-	l := newLargeReplica(t)
+	for _, lay := range layouts {
+		t.Run(lay.name, func(t *testing.T) { testReplacedCacheFilesNotRead(t, lay.slabs) })
+	}
+}
+
+func testReplacedCacheFilesNotRead(t *testing.T, slabs bool) {
+	l := newLargeReplica(t, slabs)
 	l.check(t)
 	files := l.cacheFiles(t)
 	changed := 0
@@ -155,7 +208,13 @@ func TestReplicaReplacedCacheFilesNotRead(t *testing.T) {
 // zero here), and moves the file's stamp along with the change time that
 // the refresh changes, so that later reads still need no call into Go.
 func TestReplicaFileReadsRefreshMtime(t *testing.T) {
-	l := newLargeReplica(t)
+	for _, lay := range layouts {
+		t.Run(lay.name, func(t *testing.T) { testFileReadsRefreshMtime(t, lay.slabs) })
+	}
+}
+
+func testFileReadsRefreshMtime(t *testing.T, slabs bool) {
+	l := newLargeReplica(t, slabs)
 	l.check(t)
 	files := l.cacheFiles(t)
 	mtimes := func() map[string]time.Time {

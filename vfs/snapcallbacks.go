@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	goruntime "runtime"
 	"strings"
 	"sync"
@@ -127,8 +128,11 @@ func viewFor(s *snapshot.Snapshot) *view {
 			return atomic.SwapUint32(&used[i%viewPage], 0) != 0
 		}, OnFile: func(i int, st snapshot.FileStamp) {
 			// Called under the snapshot's lock.
-			if v.c.stamps != nil && st.Dev == uint64(v.c.cacheDev) && st.Size == int64(manifest.ChunkLen(s.M.Size, i)) {
-				C.boule_view_set_stamp(v.c, C.int64_t(i), C.uint64_t(st.Ino), C.int64_t(st.Ctime))
+			// A chunk's own file has the chunk's size; a slab
+			// holds it at st.Off.
+			n := int64(manifest.ChunkLen(s.M.Size, i))
+			if v.c.stamps != nil && st.Dev == uint64(v.c.cacheDev) && (st.Slab == 0 && st.Size == n || st.Slab != 0 && st.Off >= 0 && st.Off+n <= st.Size && st.Size <= math.MaxUint32) {
+				C.boule_view_set_stamp(v.c, C.int64_t(i), C.uint64_t(st.Ino), C.int64_t(st.Ctime), C.uint64_t(st.Slab), C.int64_t(st.Size), C.int64_t(st.Off))
 			}
 		}, OnClose: func() {
 			snapMu.Lock()
@@ -181,8 +185,8 @@ func (v *view) files() {
 // stampBudget sets how many pages of stamps (BOULE_VIEW_PAGE chunks'
 // cache files each, 64 KiB) the process's views may hold: enough for a
 // 1024th of the memory limit in chunks, as many as the reader keeps
-// records of the files it wrote (16 GiB of chunks, 4 MiB of stamps, at
-// the default limit), and at least 4 pages.
+// records of the files it wrote (16 GiB of chunks, 8 MiB of stamps of 32
+// bytes, at the default limit), and at least 4 pages.
 func stampBudget(memoryLimit int64) {
 	if memoryLimit <= 0 {
 		memoryLimit = snapshot.DefaultMemoryLimit

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -22,10 +23,12 @@ import (
 // Store is a chunk cache in a local directory, shared by the processes
 // of a host: the uploader fills it as it uploads, and read replicas look in
 // it before the network. Chunks are stored raw (uncompressed, so they can
-// be mapped into memory) under <dir>/<shard>/<fingerprint>, and verified
-// against their fingerprint when read. It holds at most about capacity
-// chunks: when a shard outgrows its share, its least recently used tenth is
-// evicted (reads refresh a chunk's modification time). Each process counts
+// be mapped into memory) under <dir>/<shard>/<fingerprint>, or the chunks
+// of a pack together in a slab (slab.go), and verified against their
+// fingerprint when read. It holds at most about capacity chunks: when a
+// shard outgrows its share, its least recently used files are evicted
+// until it is back within nine tenths of it (reads refresh a file's
+// modification time; a slab counts for its chunks). Each process counts
 // what it adds and lists a shard when its count goes over the share, and
 // at least once every sixty-fourth of the share it adds, for the files
 // other processes added: a shard holds at most its share plus a
@@ -51,6 +54,8 @@ type Store struct {
 	private map[int]bool       // shards whose mode narrowShard checked
 	count   map[int]shardCount // what this process knows of each shard
 	listed  int64              // shard listings so far; for tests
+
+	indexes slabIndexes // of the slabs read last
 }
 
 // shardCount is a shard's file count as last listed, plus what this
@@ -111,7 +116,9 @@ func (c *Store) shard(fp manifest.Fingerprint) int {
 
 // Path is where the chunk fp lives in the cache, if it is there.
 func (c *Store) Path(fp manifest.Fingerprint) string {
-	return filepath.Join(c.dir, fmt.Sprintf("%03d", c.shard(fp)), fp.String())
+	b := make([]byte, 0, len(c.dir)+1+3+1+2*manifest.FingerprintSize)
+	b = appendShard(append(b, strings.TrimSuffix(c.dir, "/")...), c.shard(fp))
+	return string(hex.AppendEncode(b, fp[:]))
 }
 
 // PutChunk stores data under fp, atomically, unless it is already there:
@@ -157,7 +164,7 @@ func (c *Store) PutChunkFile(ctx context.Context, fp manifest.Fingerprint, data 
 	if err != nil {
 		return nil, c.fail("put chunk", fp.String(), nil, err)
 	}
-	c.noteAdded(c.shard(fp))
+	c.noteAdded(c.shard(fp), 1)
 	fi, err := os.Lstat(p)
 	if err != nil || !fi.Mode().IsRegular() {
 		return nil, nil // cached, but gone or replaced already
@@ -290,18 +297,20 @@ func (c *Store) GetManifestVersion(ctx context.Context, key, versionID string) (
 // tempPrefix begins the names of the files being written.
 const tempPrefix = ".tmp-"
 
-// noteAdded counts a new file in shard s, and lists the shard (evicting
+// noteAdded counts a new file of chunks chunks in shard s, and lists the shard (evicting
 // if it is over its share of the capacity) when this process's count goes
 // over the share, or when it added a sixty-fourth of the share since the
 // last listing: other processes sharing the cache add files this
 // process's count does not see. Listing the shard at every addition, as
 // an earlier version did, made an addition cost a stat of every file of
 // the shard: a cold scan of a 1 GiB replica spent most of its time there.
-func (c *Store) noteAdded(s int) {
+//
+// A slab counts for its chunks (n).
+func (c *Store) noteAdded(s, chunks int) {
 	c.mu.Lock()
 	n, known := c.count[s]
-	n.files++
-	n.added++
+	n.files += chunks
+	n.added += chunks
 	c.count[s] = n
 	c.mu.Unlock()
 	if known && n.files <= c.perShard && n.added < c.relist {
@@ -310,9 +319,11 @@ func (c *Store) noteAdded(s int) {
 	c.evict(s)
 }
 
-// evict lists shard s and, if it holds more than its share, deletes the
-// least recently used tenth beyond it. Only then are the files' times
-// read.
+// evict lists shard s and, if its files hold more chunks than its share,
+// deletes the least recently used files until they hold at most nine
+// tenths of it. A file counts for its chunks: one for a chunk's file, a
+// slab's for a slab (slabWeight, from its size). Only then are the files'
+// times read.
 func (c *Store) evict(s int) {
 	sdir := filepath.Join(c.dir, fmt.Sprintf("%03d", s))
 	entries, err := fsutil.ReadDir(sdir)
@@ -322,43 +333,64 @@ func (c *Store) evict(s int) {
 	if err != nil {
 		return
 	}
+	type file struct {
+		name   string
+		mod    time.Time
+		weight int
+	}
+	var files []file
 	n := 0
 	for _, e := range entries {
-		if e.Type().IsRegular() {
-			n++
+		if !e.Type().IsRegular() {
+			continue
 		}
+		if !strings.HasSuffix(e.Name(), slabSuffix) && !strings.HasPrefix(e.Name(), tempPrefix) {
+			n++ // a chunk's file: weighed without a stat
+			files = append(files, file{name: e.Name(), weight: 1})
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		w := slabWeight(e.Name(), info.Size())
+		if strings.HasPrefix(e.Name(), tempPrefix) {
+			w = int(max(info.Size()/SlabSlot, 1))
+		}
+		n += w
+		files = append(files, file{e.Name(), info.ModTime(), w})
 	}
 	if n > c.perShard {
-		type file struct {
-			name string
-			mod  time.Time
-		}
-		files := make([]file, 0, n)
 		now := time.Now()
-		for _, e := range entries {
-			if !e.Type().IsRegular() {
-				continue
+		kept := files[:0]
+		n = 0
+		for _, f := range files {
+			if f.mod.IsZero() {
+				info, err := os.Lstat(filepath.Join(sdir, f.name))
+				if err != nil || !info.Mode().IsRegular() {
+					continue
+				}
+				f.mod = info.ModTime()
 			}
-			info, err := e.Info()
-			if err != nil || !info.Mode().IsRegular() {
-				continue
-			}
-			if strings.HasPrefix(e.Name(), tempPrefix) && now.Sub(info.ModTime()) < time.Minute {
+			if strings.HasPrefix(f.name, tempPrefix) && now.Sub(f.mod) < time.Minute {
 				continue // being written by another writer; a stale one goes later
 			}
-			files = append(files, file{e.Name(), info.ModTime()})
+			kept = append(kept, f)
+			n += f.weight
 		}
+		files = kept
 		sort.Slice(files, func(i, j int) bool { return files[i].mod.Before(files[j].mod) })
 		// Another writer may have removed some since the listing: the
 		// files still there decide.
-		drop := max(len(files)-c.perShard+c.perShard/10, 0)
-		if len(files) <= c.perShard {
-			drop = 0
-		}
-		n = len(files)
-		for _, f := range files[:min(drop, len(files))] {
-			if os.Remove(filepath.Join(sdir, f.name)) == nil {
-				n--
+		if n > c.perShard {
+			target := c.perShard - c.perShard/10
+			for _, f := range files {
+				if n <= target {
+					break
+				}
+				if os.Remove(filepath.Join(sdir, f.name)) == nil {
+					n -= f.weight
+				}
 			}
 		}
 	}
