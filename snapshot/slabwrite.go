@@ -50,6 +50,9 @@ type slabMember struct {
 // reports whether it did; if not, the caller writes it to a file of its
 // own.
 func (r *Reader) slabAdd(it cacheItem) bool {
+	if r.cache == nil || !r.cache.SlabsFit() {
+		return false
+	}
 	for {
 		r.slabMu.Lock()
 		b := r.building[it.pack]

@@ -251,6 +251,11 @@ type SlabWriter struct {
 	err   error
 }
 
+// SlabsFit reports whether a full slab fits a shard's share of the
+// capacity. In a smaller cache a sealed slab would be evicted at once,
+// whole: its chunks go in files of their own instead.
+func (c *Store) SlabsFit() bool { return c.perShard >= MaxSlabChunks }
+
 // ErrSlabFull is returned by SlabWriter.Add when the slab holds
 // MaxSlabChunks chunks.
 var ErrSlabFull = errors.New("cache: slab full")
