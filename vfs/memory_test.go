@@ -81,10 +81,13 @@ func TestIdleDatabasesMemory(t *testing.T) {
 }
 
 func idleDatabasesMemory(t *testing.T, journal string) {
-	const (
-		n        = 100
-		maxPerDB = 40 << 10
-	)
+	n, maxPerDB := 100, int64(40<<10)
+	if journal == "WAL" {
+		// More databases, against the noise (from -21 to 57 KiB per
+		// database at 100), and #14's own bound: 1.5 MiB each before
+		// their log buffers were shared.
+		n, maxPerDB = 300, 64<<10
+	}
 	tmp, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -124,8 +127,8 @@ func idleDatabasesMemory(t *testing.T, journal string) {
 	base = liveHeap(t)
 	second := openIdle("second")
 	bouleHeap := liveHeap(t) - base
-	perDB := (bouleHeap - unixHeap) / n
-	t.Logf("Go heap per database: %d bytes through boule, %d through unix: %d bytes of Boule's", bouleHeap/n, unixHeap/n, perDB)
+	perDB := (bouleHeap - unixHeap) / int64(n)
+	t.Logf("Go heap per database: %d bytes through boule, %d through unix: %d bytes of Boule's", bouleHeap/int64(n), unixHeap/int64(n), perDB)
 	if perDB > maxPerDB {
 		t.Errorf("Boule's Go heap per idle database=%d bytes, want at most %d", perDB, maxPerDB)
 	}
