@@ -72,16 +72,7 @@ func TestHostileManifestMemory(t *testing.T) {
 
 	// Chunk 0 is a real database, inline in the manifest: the shell can
 	// query it. The other chunks are zeros, never read.
-	first := filepath.Join(f.dir, "first.db")
-	if out, err := exec.Command(shell, first, "PRAGMA page_size=4096; CREATE TABLE t(x); INSERT INTO t VALUES ('chunk 0');").CombinedOutput(); err != nil {
-		t.Fatalf("sqlite3: %v %s", err, out)
-	}
-	b, err := os.ReadFile(first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk0 := make([]byte, manifest.ChunkSize)
-	copy(chunk0, b)
+	chunk0 := chunk0DB(t, shell, f.dir)
 
 	write := func(name string, blob []byte) string {
 		t.Helper()
@@ -188,16 +179,7 @@ func TestReplicaManifestAnonMemory(t *testing.T) {
 	f := newFixture(t)
 	env := []string{"BOULE_CONFIG=" + f.cfg(), "TMPDIR=" + t.TempDir()}
 
-	first := filepath.Join(f.dir, "first.db")
-	if out, err := exec.Command(shell, first, "PRAGMA page_size=4096; CREATE TABLE t(x); INSERT INTO t VALUES ('chunk 0');").CombinedOutput(); err != nil {
-		t.Fatalf("sqlite3: %v %s", err, out)
-	}
-	b, err := os.ReadFile(first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk0 := make([]byte, manifest.ChunkSize)
-	copy(chunk0, b)
+	chunk0 := chunk0DB(t, shell, f.dir)
 	var z bytes.Buffer
 	if err := (bigmanifest.Spec{Size: 1 << 40, First: chunk0}).Zstd(&z, true); err != nil {
 		t.Fatal(err)
@@ -240,4 +222,22 @@ func TestReplicaManifestAnonMemory(t *testing.T) {
 			t.Errorf("sqlite3 shell: %v, stdout %q, stderr %.2000s; want the open refused for want of room", err, out, errs)
 		}
 	})
+}
+
+// chunk0DB returns chunk 0 of a small database the sqlite3 shell made in
+// dir (a table t holding 'chunk 0'), padded to a whole chunk: crafted
+// manifests put it inline, so that the shell can query their replicas.
+func chunk0DB(t *testing.T, shell, dir string) []byte {
+	t.Helper()
+	first := filepath.Join(dir, "first.db")
+	if out, err := exec.Command(shell, first, "PRAGMA page_size=4096; CREATE TABLE t(x); INSERT INTO t VALUES ('chunk 0');").CombinedOutput(); err != nil {
+		t.Fatalf("sqlite3: %v %s", err, out)
+	}
+	b, err := os.ReadFile(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk0 := make([]byte, manifest.ChunkSize)
+	copy(chunk0, b)
+	return chunk0
 }

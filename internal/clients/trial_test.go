@@ -11,7 +11,6 @@ import (
 
 	"github.com/boule-vfs/boule/internal/bigmanifest"
 	"github.com/boule-vfs/boule/internal/testfs"
-	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 )
 
@@ -37,16 +36,7 @@ func TestReplicaReadOnlyCacheLargeManifest(t *testing.T) {
 		f.spool, cache, f.store)
 	env := []string{"BOULE_CONFIG=" + cfg, "TMPDIR=" + t.TempDir()}
 
-	first := filepath.Join(f.dir, "first.db")
-	if out, err := exec.Command(shell, first, "PRAGMA page_size=4096; CREATE TABLE t(x); INSERT INTO t VALUES ('chunk 0');").CombinedOutput(); err != nil {
-		t.Fatalf("sqlite3: %v %s", err, out)
-	}
-	b, err := os.ReadFile(first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk0 := make([]byte, manifest.ChunkSize)
-	copy(chunk0, b)
+	chunk0 := chunk0DB(t, shell, f.dir)
 	for _, size := range []int64{1 << 30, 4 << 30} {
 		t.Run(fmt.Sprintf("%dGiB", size>>30), func(t *testing.T) {
 			var z bytes.Buffer
