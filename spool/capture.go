@@ -54,8 +54,11 @@ type Capture struct {
 	ch     Change         // what the VFS saw before the transaction
 	post   fileState      // the file after the commit
 	chunks map[int][]byte // the chunks a snapshot reads, as they were after the commit
-	bytes  int64
-	full   []byte // the whole file after the commit, when validating
+	// lent: the chunks whose buffers a Lender lent (Source.Lend), which go
+	// back to it instead of the pool.
+	lent  map[int]Lender
+	bytes int64
+	full  []byte // the whole file after the commit, when validating
 }
 
 // budget bounds the bytes of the captures waiting for persisters. A
@@ -101,12 +104,17 @@ func (b *budget) release(n int64) {
 	b.cond.Broadcast()
 }
 
-// Used reports the bytes captured and not staged yet, in this process.
+// CaptureBytes reports the bytes captured and not staged yet, in this process.
 func (s *Spool) CaptureBytes() int64 {
 	s.budget.mu.Lock()
 	defer s.budget.mu.Unlock()
 	return s.budget.used
 }
+
+// CaptureLimit is the bound on the bytes captured and not staged yet, in
+// this process (Options.CaptureMemory, or its default); 0 or less when
+// captures are off.
+func (s *Spool) CaptureLimit() int64 { return s.budget.max }
 
 // Capture records a transaction at its commit, while the caller holds at
 // least a SHARED lock: for a transaction that wrote, the chunks it changed
@@ -180,8 +188,24 @@ func (d *DB) Capture(src Source, ch Change) error {
 	if fs, ok := src.(FullSource); ok && d.s.opts.Validate != nil && f.size <= ValidateMax {
 		cp.full, _ = fs.FullImage()
 	}
+	// The chunks the VFS copied as the transaction wrote them need no
+	// read: what is left is read after enqueueFilling.
+	unread := reads
+	if l, ok := src.(Lender); ok {
+		unread = unread[:0:0]
+		for _, i := range reads {
+			if b := l.Lend(i, manifest.ChunkLen(f.size, i)); b != nil {
+				if cp.lent == nil {
+					cp.lent = map[int]Lender{}
+				}
+				cp.chunks[i], cp.lent[i] = b, l
+				continue
+			}
+			unread = append(unread, i)
+		}
+	}
 	d.enqueueFilling(cp, reads, f.size)
-	if err := d.fillChunks(cp, src, reads); err != nil {
+	if err := d.fillChunks(cp, src, unread); err != nil {
 		// The generation is taken, and its capture incomplete: this
 		// commit rebuilds now, which makes the capture obsolete.
 		return d.Snapshot(src, ch)
@@ -204,15 +228,32 @@ func (d *DB) enqueueFilling(cp *Capture, reads []int, size int64) {
 	for _, i := range reads {
 		n := manifest.ChunkLen(size, i)
 		if old := d.queuedChunk[i]; old != nil && old != cp {
+			if b, ok := old.chunks[i]; ok && cp.lent[i] != nil {
+				// cp has the chunk already, lent: old's copy is stale.
+				delete(old.chunks, i)
+				old.bytes -= int64(len(b))
+				found += int64(len(b))
+				old.giveBack(i, b)
+				continue
+			}
 			if b := old.chunks[i]; len(b) == n {
 				delete(old.chunks, i)
 				old.bytes -= int64(n)
 				found += int64(n)
 				cp.chunks[i] = b
+				if l := old.lent[i]; l != nil {
+					delete(old.lent, i)
+					if cp.lent == nil {
+						cp.lent = map[int]Lender{}
+					}
+					cp.lent[i] = l
+				}
 				continue
 			}
 		}
-		cp.chunks[i] = getChunkBuf(n)
+		if cp.lent[i] == nil {
+			cp.chunks[i] = getChunkBuf(n)
+		}
 	}
 	// The buffers taken move their share of the budget from old to cp,
 	// which acquired for them too: that share is released now.
@@ -318,6 +359,21 @@ func (s capturedSource) ReadAt(p []byte, off int64) (int, error) {
 	return copy(p, c[rel:]), nil
 }
 
+// heldChunk returns chunk i's first n bytes as the capture holds them,
+// without a copy, or nil: the caller must neither change nor keep them.
+func (s capturedSource) heldChunk(i, n int) []byte {
+	if c := s.chunks[i]; len(c) >= n {
+		return c[:n]
+	}
+	return nil
+}
+
+// A chunkHolder is a Source that holds its chunks in memory already
+// (capturedSource): staging reads them in place.
+type chunkHolder interface {
+	heldChunk(i, n int) []byte
+}
+
 // spilledSource serves the chunks of a big read (spillChunks) from the
 // file they were copied to.
 type spilledSource struct {
@@ -361,14 +417,26 @@ func getChunkBuf(n int) []byte {
 	return capturedBufs.Get().(*[manifest.ChunkSize]byte)[:]
 }
 
-// putChunkBufs returns the chunk buffers of staged captures to the pool.
+// putChunkBufs returns the chunk buffers of staged captures to the pool,
+// or to the Lender that lent them.
 func putChunkBufs(batch []*Capture) {
 	for _, cp := range batch {
 		for i, b := range cp.chunks {
-			if len(b) == manifest.ChunkSize {
-				capturedBufs.Put((*[manifest.ChunkSize]byte)(b))
-			}
+			cp.giveBack(i, b)
 			delete(cp.chunks, i)
 		}
+	}
+}
+
+// giveBack lets go of b, the buffer of cp's chunk i, which cp no longer
+// holds (or is about to stop holding).
+func (cp *Capture) giveBack(i int, b []byte) {
+	if l := cp.lent[i]; l != nil {
+		delete(cp.lent, i)
+		l.ReturnLent(b)
+		return
+	}
+	if len(b) == manifest.ChunkSize {
+		capturedBufs.Put((*[manifest.ChunkSize]byte)(b))
 	}
 }

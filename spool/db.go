@@ -47,6 +47,19 @@ type Source interface {
 	Reserved() (bool, error)
 }
 
+// A Lender is a Source that may hold copies of chunks the transaction
+// wrote, made as it wrote them (boule's VFS copies a large transaction's).
+// Lend hands over chunk i's first n bytes after the commit if it holds all
+// of them, or returns nil; it is called only during Capture. ReturnLent
+// gives a lent buffer back once the spool is done with it: from any
+// goroutine, after Capture has returned, so it must not use what is valid
+// only during the call.
+type Lender interface {
+	Source
+	Lend(i, n int) []byte
+	ReturnLent(b []byte)
+}
+
 // Change describes one transaction, as captured by the VFS.
 type Change struct {
 	// Wrote reports that the transaction wrote to or truncated the file.
@@ -689,15 +702,23 @@ func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, increme
 			seg.discard()
 		}
 	}()
+	held, _ := src.(chunkHolder)
 	for _, i := range toRead {
-		buf := (*bp)[:manifest.ChunkLen(m.Size, i)]
-		if _, err := src.ReadAt(buf, m.ChunkOffset(i)); err != nil {
-			return nil, nil, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
+		n := manifest.ChunkLen(m.Size, i)
+		var buf []byte
+		if held != nil {
+			buf = held.heldChunk(i, n)
+		}
+		if buf == nil {
+			buf = (*bp)[:n]
+			if _, err := src.ReadAt(buf, m.ChunkOffset(i)); err != nil {
+				return nil, nil, fmt.Errorf("spool: read chunk %d of %s: %w", i, d.path, err)
+			}
 		}
 		fp := manifest.Sum(buf)
 		var old manifest.Fingerprint
-		held := i < len(prev)
-		if held {
+		inPrev := i < len(prev)
+		if inPrev {
 			old = prev[i] // before m, which may share prev's entries, changes it
 		}
 		m.Chunks[i] = fp
@@ -708,11 +729,11 @@ func (d *DB) readAndStage(src Source, m *manifest.Manifest, cur *cached, increme
 			m.Inline[uint32(i)] = bytes.Clone(buf)
 			continue
 		}
-		if held && old == fp {
+		if inPrev && old == fp {
 			continue
 		}
 		changed = append(changed, i)
-		if held {
+		if inPrev {
 			replaced = append(replaced, old)
 		}
 		// A fingerprint in a blob slot of the staged manifest is uploaded

@@ -75,6 +75,19 @@ int boule_file_size(void *file, int64_t *size);
 ** Only valid during bouleGoSnapshot. */
 int boule_file_reserved(void *file, int *out);
 
+/* Copies of the chunks a large transaction wrote, made as it wrote them
+** (boule_vfs.c, copy_write). boule_copy_take hands over the copy of chunk
+** if its first n bytes were all written, or returns NULL; only valid during
+** bouleGoSnapshot. Its buffer is freed with boule_copy_free, from any
+** thread, at any time. boule_set_copy_limit bounds the bytes of all copies
+** in the process (0, the default, copies nothing); boule_copy_used reports
+** them. */
+void *boule_copy_take(void *file, int64_t chunk, int n);
+void boule_copy_free(void *buf);
+void boule_set_copy_limit(int64_t n);
+int64_t boule_copy_used(void);
+int64_t boule_copy_lent(void); /* copies taken, since the process started */
+
 /* Registers the "boule" VFS on top of "unix". Safe to call again, e.g. to
 ** make it the default later. Returns an SQLite code. */
 int boule_register(int make_default);

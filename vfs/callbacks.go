@@ -45,8 +45,36 @@ var (
 )
 
 // cSource reads the main database file through the VFS's own handle. It is
-// valid only during bouleGoSnapshot.
+// valid only during bouleGoSnapshot, but for ReturnLent.
 type cSource struct{ file unsafe.Pointer }
+
+// Lend hands over the copy C made of chunk i as the transaction wrote it
+// (boule_vfs.c, copy_write), if it holds all n bytes: C memory, which the
+// spool gives back with ReturnLent.
+func (s cSource) Lend(i, n int) []byte {
+	b := C.boule_copy_take(s.file, C.int64_t(i), C.int(n))
+	if b == nil {
+		return nil
+	}
+	return unsafe.Slice((*byte)(b), manifest.ChunkSize)[:n:n]
+}
+
+// ReturnLent frees a buffer Lend handed over. It uses no file: it is
+// valid at any time.
+func (cSource) ReturnLent(b []byte) { C.boule_copy_free(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// CopiedBytes reports the bytes of C's copies of chunks written, lent or
+// not, in the process: tests use it to see copies made and freed.
+func CopiedBytes() int64 { return int64(C.boule_copy_used()) }
+
+// CopiesLent reports how many of C's copies of chunks the spool took
+// instead of reading the chunks back, since the process started.
+func CopiesLent() int64 { return int64(C.boule_copy_lent()) }
+
+// setCopyLimit bounds the bytes of C's copies of chunks written by large
+// transactions to the capture budget: beyond it, a capture reads chunks
+// back from the file instead.
+func setCopyLimit(n int64) { C.boule_set_copy_limit(C.int64_t(n)) }
 
 func (s cSource) ReadAt(p []byte, off int64) (int, error) {
 	return readPieces(p, off, func(buf unsafe.Pointer, n C.int, off C.int64_t) C.int {

@@ -64,3 +64,11 @@ func SetWALOpenHook(t testing.TB, hook func(path string)) {
 	}
 	t.Cleanup(func() { walOpener = old })
 }
+
+// SetCopyLimit bounds the bytes of C's copies of the chunks large
+// transactions write until the test ends; the next Register sets the
+// capture budget again.
+func SetCopyLimit(t testing.TB, n int64) {
+	setCopyLimit(n)
+	t.Cleanup(func() { setCopyLimit(spool.DefaultCaptureMemory) })
+}

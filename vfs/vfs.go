@@ -103,6 +103,7 @@ func Register(cfg Config) error {
 			spools[cfg.ReplicationSpoolingDir] = sp
 		}
 		rt.spool = sp
+		setCopyLimit(sp.CaptureLimit())
 	}
 	targets, err := Targets(context.Background(), cfg)
 	if err != nil {

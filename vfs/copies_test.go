@@ -1,0 +1,111 @@
+package vfs_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/vfs"
+)
+
+// TestLargeTransactionsLendCopies: a transaction that writes many chunks
+// has them copied in C as it writes them, and its capture takes those
+// copies instead of reading the chunks back; every snapshot still equals
+// the file, through savepoints rolled back after spills, truncation,
+// VACUUM and partly written chunks, and every copy is freed once staged.
+func TestLargeTransactionsLendCopies(t *testing.T) {
+	e := newEnv(t)
+	path, db := e.writer(t, "copies.db", "_sync=OFF")
+	db.SetMaxOpenConns(1)
+	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "CREATE VIEW n1024 AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1024) SELECT x FROM c")
+	d, err := vfs.Spool().DB(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := func(t *testing.T) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := d.WaitIdle(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := vfs.CopiedBytes(); n != 0 {
+			t.Fatalf("copies held once staged: %d bytes, want 0", n)
+		}
+	}
+	// step commits stmts in one transaction, which must have lent from
+	// least to most chunks (most < 0: any number).
+	step := func(t *testing.T, least, most int64, stmts ...string) {
+		t.Helper()
+		lent := vfs.CopiesLent()
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range stmts {
+			if _, err := tx.Exec(s); err != nil {
+				tx.Rollback()
+				t.Fatalf("%s: %v", s, err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if got := vfs.CopiesLent() - lent; got < least || (most >= 0 && got > most) {
+			t.Fatalf("chunks lent=%d, want %d to %d", got, least, most)
+		}
+		checkSnapshot(t, db, path)
+		idle(t)
+	}
+	t.Run("bulk", func(t *testing.T) {
+		// 4 MiB: 64 chunks, of which all but the first few are copied.
+		step(t, 16, -1, "INSERT INTO t(v) SELECT randomblob(4000) FROM n1024")
+	})
+	t.Run("small", func(t *testing.T) {
+		step(t, 0, 0, "UPDATE t SET v = randomblob(4000) WHERE k IN (3, 500, 1000)")
+	})
+	t.Run("spills and a savepoint rolled back", func(t *testing.T) {
+		mustExec(t, db, "PRAGMA cache_size = 8")
+		defer mustExec(t, db, "PRAGMA cache_size = -2000")
+		step(t, 16, -1,
+			"INSERT INTO t(v) SELECT randomblob(4000) FROM n1024",
+			"SAVEPOINT s",
+			"UPDATE t SET v = randomblob(4000) WHERE k % 3 = 0",
+			"ROLLBACK TO s",
+			"UPDATE t SET v = randomblob(4000) WHERE k % 7 = 0",
+			"RELEASE s")
+	})
+	t.Run("partly written chunks", func(t *testing.T) {
+		// Every 5th row of 4 KB: most chunks get a page or two.
+		step(t, 0, -1, "UPDATE t SET v = randomblob(3990) WHERE k % 40 = 0")
+		step(t, 0, -1, "UPDATE t SET v = randomblob(4000) WHERE k % 2 = 0")
+		step(t, 16, -1, "UPDATE t SET v = randomblob(4000)")
+	})
+	t.Run("shrink", func(t *testing.T) {
+		// Pages spilled mid-transaction are copied, then the rows are
+		// deleted, and the commit truncates the file below them.
+		mustExec(t, db, "PRAGMA auto_vacuum = FULL")
+		mustExec(t, db, "VACUUM")
+		idle(t)
+		mustExec(t, db, "PRAGMA cache_size = 8")
+		defer mustExec(t, db, "PRAGMA cache_size = -2000")
+		step(t, 0, -1,
+			"INSERT INTO t(v) SELECT randomblob(4000) FROM n1024",
+			"DELETE FROM t WHERE k > 1000")
+		step(t, 0, -1,
+			"DELETE FROM t WHERE k > 500",
+			"INSERT INTO t(v) SELECT randomblob(4000) FROM n1024 LIMIT 300")
+	})
+	t.Run("bounded", func(t *testing.T) {
+		vfs.SetCopyLimit(t, 256<<10)
+		lent := vfs.CopiesLent()
+		mustExec(t, db, "INSERT INTO t(v) SELECT randomblob(4000) FROM n1024")
+		if got := vfs.CopiesLent() - lent; got > 4 {
+			t.Fatalf("chunks lent=%d with room for 4 copies", got)
+		}
+		checkSnapshot(t, db, path)
+		idle(t)
+	})
+	e.noWarnings(t)
+}
