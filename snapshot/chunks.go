@@ -546,14 +546,7 @@ func (r *Reader) writeCached(it cacheItem) {
 		if r.slabAdd(it) {
 			// Its fingerprint stays queued until the slab is
 			// sealed: until then, no file holds it.
-			r.cacheMu.Lock()
-			seal := r.leftQueueLocked(it)
-			r.cacheMu.Unlock()
-			it.unref()
-			if seal {
-				r.sealPack(it.pack)
-			}
-			r.cachePending.Done()
+			r.leftQueue(it, true)
 			return
 		}
 	}
@@ -571,9 +564,17 @@ func (r *Reader) writeCached(it cacheItem) {
 
 // cacheDone records that chunk it left the cache writer's queue: written,
 // or given up.
-func (r *Reader) cacheDone(it cacheItem) {
+func (r *Reader) cacheDone(it cacheItem) { r.leftQueue(it, false) }
+
+// leftQueue records that chunk it left the cache writer's queue, its
+// fingerprint still counted as queued if keepQueued (added to a slab not
+// sealed yet), lets go of its data, and seals its pack's slab if it was
+// the last of the pack's chunks queued and the prefetch asked for it.
+func (r *Reader) leftQueue(it cacheItem, keepQueued bool) {
 	r.cacheMu.Lock()
-	delete(r.queued, it.fp)
+	if !keepQueued {
+		delete(r.queued, it.fp)
+	}
 	seal := r.leftQueueLocked(it)
 	r.cacheMu.Unlock()
 	it.unref()

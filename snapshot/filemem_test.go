@@ -60,17 +60,7 @@ func TestManifestInFile(t *testing.T) {
 	grown.Chunks = append(append([]manifest.Fingerprint(nil), m.Chunks...), make([]manifest.Fingerprint, 10)...)
 	grown.Chunks[7] = manifest.Sum([]byte("changed"))
 	grown.Packs = append(slices.Clone(m.Packs), manifest.Pack{ID: manifest.Fingerprint{0xff}, Members: []manifest.PackMember{{Index: n, Offset: 0, Length: 100}}})
-	h, err := manifest.NewHead(&grown, base, baseID, len(baseEnc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, err := h.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutBase(ctx, baseID, baseEnc); err != nil {
-		t.Fatal(err)
-	}
+	head := storedHead(t, s, &grown, base, baseID, baseEnc)
 	r := NewReader(Options{Remote: []store.Store{s}})
 	t.Cleanup(r.Close)
 
@@ -170,6 +160,24 @@ func packedManifest(t *testing.T, source string, n int) (m *manifest.Manifest, e
 	return m, enc, baseEnc, baseID, base
 }
 
+// storedHead returns the encoding of next as a format v2 head over base
+// (baseEnc, whose ID is baseID), and puts the base in s.
+func storedHead(t *testing.T, s store.Store, next, base *manifest.Manifest, baseID manifest.Fingerprint, baseEnc []byte) []byte {
+	t.Helper()
+	h, err := manifest.NewHead(next, base, baseID, len(baseEnc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutBase(context.Background(), baseID, baseEnc); err != nil {
+		t.Fatal(err)
+	}
+	return head
+}
+
 func fpBytes(fps []manifest.Fingerprint) []byte {
 	if len(fps) == 0 {
 		return nil
@@ -199,18 +207,8 @@ func TestManifestHeapBound(t *testing.T) {
 	next.SourcePath = "/v1.db"
 	next.Chunks = slices.Clone(m.Chunks)
 	next.Chunks[7] = manifest.Sum([]byte("changed"))
-	h, err := manifest.NewHead(&next, base, baseID, len(baseEnc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, err := h.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutBase(ctx, baseID, baseEnc); err != nil {
-		t.Fatal(err)
-	}
-	base, baseEnc, h = nil, nil, nil
+	head := storedHead(t, s, &next, base, baseID, baseEnc)
+	base, baseEnc = nil, nil
 	r := NewReader(Options{Remote: []store.Store{s}})
 	t.Cleanup(r.Close)
 	for _, c := range []struct {

@@ -24,11 +24,7 @@ func mustCtxn(t testing.TB, db *DB, fake *fakeSource, mutate func([]byte) []byte
 
 func waitStaged(t testing.TB, db *DB) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := db.WaitStaged(ctx); err != nil {
-		t.Fatalf("WaitStaged()=%v", err)
-	}
+	waitFor(t, "WaitStaged", db.WaitStaged)
 }
 
 // waitIdle waits until db's persister has stopped with nothing queued:
@@ -36,10 +32,17 @@ func waitStaged(t testing.TB, db *DB) {
 // also given back the capture memory of what it staged.
 func waitIdle(t testing.TB, db *DB) {
 	t.Helper()
+	waitFor(t, "WaitIdle", db.WaitIdle)
+}
+
+// waitFor calls wait, named name, with a 10 s deadline, and fails the test
+// on its error.
+func waitFor(t testing.TB, name string, wait func(context.Context) error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := db.WaitIdle(ctx); err != nil {
-		t.Fatalf("WaitIdle()=%v", err)
+	if err := wait(ctx); err != nil {
+		t.Fatalf("%s()=%v", name, err)
 	}
 }
 
@@ -394,11 +397,7 @@ func TestNoHurryOutlivesPersister(t *testing.T) {
 	}
 	mustCtxn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3)
 	waitStaged(t, d.db)
-	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
-	defer stop()
-	if err := d.db.WaitIdle(ctx); err != nil {
-		t.Fatal(err)
-	}
+	waitIdle(t, d.db)
 	if n := len(d.db.hurry); n != 0 {
 		t.Fatalf("hurry tokens once the persister stopped=%d, want 0", n)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // synthSource is a database of n chunks that holds no more than a version
@@ -102,7 +103,10 @@ func BenchmarkSnapshotManifest(b *testing.B) {
 	}
 }
 
-func benchSnapshots(b *testing.B, n int) {
+// synthDB returns a spool database of n synthetic chunks in a fresh
+// spool, its source, and the change time of its file, after a first full
+// snapshot.
+func synthDB(b *testing.B, n int) (*DB, *synthSource, time.Time) {
 	dir := b.TempDir()
 	sp, err := Open(Options{Dir: filepath.Join(dir, "spool"), BootID: "bench"})
 	if err != nil {
@@ -120,7 +124,11 @@ func benchSnapshots(b *testing.B, n int) {
 	if err := db.Snapshot(src, Change{Wrote: true, Force: true}); err != nil {
 		b.Fatal(err)
 	}
-	ctime := ctimeOf(b, path)
+	return db, src, ctimeOf(b, path)
+}
+
+func benchSnapshots(b *testing.B, n int) {
+	db, src, ctime := synthDB(b, n)
 	rng := rand.New(rand.NewPCG(1, 2))
 	before := db.Stats()
 	b.ResetTimer()

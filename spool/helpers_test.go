@@ -409,6 +409,28 @@ func rewrite(rng *rand.Rand, off, n int) func([]byte) []byte {
 	}
 }
 
+// rewriteChunks returns a mutation that overwrites n bytes at off within
+// each of chunks, as rewrite does.
+func rewriteChunks(rng *rand.Rand, off, n int, chunks ...int) func([]byte) []byte {
+	return func(b []byte) []byte {
+		for _, c := range chunks {
+			b = rewrite(rng, c*cs+off, n)(b)
+		}
+		return b
+	}
+}
+
+// chunksBut returns chunks 1 to n-1 but those congruent to skip modulo k.
+func chunksBut(n, k, skip int) []int {
+	var out []int
+	for c := 1; c < n; c++ {
+		if c%k != skip%k {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // resize returns a mutation that truncates or extends (with random bytes)
 // the file to size bytes.
 func resize(rng *rand.Rand, size int) func([]byte) []byte {

@@ -70,18 +70,10 @@ func TestPersistCreatesFewFiles(t *testing.T) {
 			d.fault.set(countCreates(&creates))
 			before := inodes(t, d.db.Dir())
 			var dirty []int
-			var muts []func([]byte) []byte
 			for i := range 40 {
-				c := 10 + 2*i
-				dirty = append(dirty, c)
-				muts = append(muts, rewrite(d.rng, c*cs+100, 200))
+				dirty = append(dirty, 10+2*i)
 			}
-			mustCtxn(t, d.db, d.src, func(b []byte) []byte {
-				for _, m := range muts {
-					b = m(b)
-				}
-				return b
-			}, dirty...)
+			mustCtxn(t, d.db, d.src, rewriteChunks(d.rng, 100, 200, dirty...), dirty...)
 			waitStaged(t, d.db)
 			d.fault.clear()
 			var created []string
@@ -338,21 +330,8 @@ func TestStagingCompaction(t *testing.T) {
 		// Rewrite every chunk but one of a different eighth each time:
 		// each round's segment keeps one chunk the next rounds do not
 		// supersede, and the rest of it goes dead.
-		var dirty []int
-		var muts []func([]byte) []byte
-		for c := 1; c < n; c++ {
-			if c%8 == round%8 {
-				continue
-			}
-			dirty = append(dirty, c)
-			muts = append(muts, rewrite(d.rng, c*cs+50, 10))
-		}
-		mustTxn(t, d.db, d.src, func(b []byte) []byte {
-			for _, m := range muts {
-				b = m(b)
-			}
-			return b
-		}, dirty...)
+		dirty := chunksBut(n, 8, round)
+		mustTxn(t, d.db, d.src, rewriteChunks(d.rng, 50, 10, dirty...), dirty...)
 		live := int64(len(names(t, d.db.StagingChunksDir()))) * cs
 		held := spoolBytes(t, d.db.StagingChunksDir())
 		if limit := live + d.db.compactAt(size) + int64(segMaxChunks*segEntryLen*4); held > limit {
@@ -395,21 +374,8 @@ func TestCompactionFaults(t *testing.T) {
 			})
 			for round := range 12 {
 				armed.Store(false)
-				var dirty []int
-				var muts []func([]byte) []byte
-				for c := 1; c < n; c++ {
-					if c%4 == round%4 {
-						continue
-					}
-					dirty = append(dirty, c)
-					muts = append(muts, rewrite(d.rng, c*cs+50, 10))
-				}
-				mustTxn(t, d.db, d.src, func(b []byte) []byte {
-					for _, m := range muts {
-						b = m(b)
-					}
-					return b
-				}, dirty...)
+				dirty := chunksBut(n, 4, round)
+				mustTxn(t, d.db, d.src, rewriteChunks(d.rng, 50, 10, dirty...), dirty...)
 				armed.Store(false)
 				assertExact(t, d.db, d.src)
 				assertStagingReferenced(t, d.db)
@@ -451,12 +417,7 @@ func TestSegmentLinkFails(t *testing.T) {
 				}
 				return nil
 			})
-			mut := func(b []byte) []byte {
-				for c := 2; c < 8; c++ {
-					b = rewrite(d.rng, c*cs+9, 300)(b)
-				}
-				return b
-			}
+			mut := rewriteChunks(d.rng, 9, 300, 2, 3, 4, 5, 6, 7)
 			err := txn(t, d.db, d.src, mut, 2, 3, 4, 5, 6, 7)
 			if !errors.Is(err, syscall.ENOSPC) {
 				t.Fatalf("Snapshot()=%v, want an error wrapping ENOSPC", err)

@@ -2,7 +2,6 @@ package spool
 
 import (
 	"os"
-	"path/filepath"
 	"testing"
 )
 
@@ -15,24 +14,7 @@ import (
 //	go test -run '^$' -bench Stage64Chunks -benchtime 200x ./spool
 func BenchmarkStage64Chunks(b *testing.B) {
 	const n, per = 4096, 64 // a 256 MiB database, 4 MiB per transaction
-	dir := b.TempDir()
-	sp, err := Open(Options{Dir: filepath.Join(dir, "spool"), BootID: "bench"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(dir, "synth.db")
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	db, err := sp.DB(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	src := newSynthSource(n)
-	if err := db.Snapshot(src, Change{Wrote: true, Force: true}); err != nil {
-		b.Fatal(err)
-	}
-	ctime := ctimeOf(b, path)
+	db, src, ctime := synthDB(b, n)
 	drain := func() {
 		if err := os.RemoveAll(db.readyDir()); err != nil {
 			b.Fatal(err)

@@ -205,15 +205,11 @@ func DecodeManifestBlob(blob []byte) ([]byte, error) {
 		return blob, nil
 	}
 	limit := manifestDecodeLimit
-	var h zstd.Header
-	if err := h.Decode(blob); err != nil {
-		return nil, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
+	h, err := manifestFrameHeader(blob, limit)
+	if err != nil {
+		return nil, err
 	}
 	if h.HasFCS {
-		if h.FrameContentSize > uint64(limit) {
-			return nil, fmt.Errorf("zstd manifest blob of %d bytes declares %d bytes, more than %d: %w",
-				len(blob), h.FrameContentSize, limit, ErrCorrupt)
-		}
 		// A block adds at most zstdMaxBlock bytes, and the decoder stops
 		// at the first block that ends past the declared size: the
 		// buffer never grows.
@@ -237,6 +233,20 @@ func DecodeManifestBlob(blob []byte) ([]byte, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// manifestFrameHeader returns the header of the first zstd frame of the
+// manifest blob, refusing a frame that declares more than limit bytes.
+func manifestFrameHeader(blob []byte, limit int64) (zstd.Header, error) {
+	var h zstd.Header
+	if err := h.Decode(blob); err != nil {
+		return h, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
+	}
+	if h.HasFCS && h.FrameContentSize > uint64(limit) {
+		return h, fmt.Errorf("zstd manifest blob of %d bytes declares %d bytes, more than %d: %w",
+			len(blob), h.FrameContentSize, limit, ErrCorrupt)
+	}
+	return h, nil
 }
 
 // Sizes of zstd blocks (RFC 8878).

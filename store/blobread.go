@@ -91,13 +91,9 @@ func DecodeManifestBlobInto(blob []byte, alloc func(size int) ([]byte, error)) (
 		return blob, nil
 	}
 	limit := manifestDecodeLimit
-	var h zstd.Header
-	if err := h.Decode(blob); err != nil {
-		return nil, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
-	}
-	if h.HasFCS && h.FrameContentSize > uint64(limit) {
-		return nil, fmt.Errorf("zstd manifest blob of %d bytes declares %d bytes, more than %d: %w",
-			len(blob), h.FrameContentSize, limit, ErrCorrupt)
+	h, err := manifestFrameHeader(blob, limit)
+	if err != nil {
+		return nil, err
 	}
 	if h.HasFCS {
 		// As DecodeManifestBlob: in memory, into the declared size plus

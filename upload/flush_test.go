@@ -288,9 +288,7 @@ func TestFlushSpoolDirMissing(t *testing.T) {
 	if err := os.WriteFile(db, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, _, opts := fakeTarget(nil)
-	u := newTestUploader(t, opts)
-	d := newTestSpool(t, t.TempDir(), db)
+	_, _, u, d := oneTarget(t, db, nil)
 	if got := u.state(d.dir).source(); got != db {
 		t.Fatalf("source()=%q, want %q", got, db)
 	}

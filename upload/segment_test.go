@@ -20,10 +20,7 @@ import (
 // segment; once every chunk is uploaded the segment is gone from the
 // spool.
 func TestUploadReleasesPartOfASegment(t *testing.T) {
-	now, fake, opts := fakeTarget(nil)
-	opts.PackChunks = 4
-	u := newTestUploader(t, opts)
-	d := newTestSpool(t, t.TempDir(), "/data/segment.db")
+	now, fake, u, d := oneTarget(t, "/data/segment.db", func(o *Options) { o.PackChunks = 4 })
 	s := d.stageNew(testData(61, 13*manifest.ChunkSize), now.Now())
 	staged := d.sp.StagedChunks()
 	fps := d.stagedChunks()

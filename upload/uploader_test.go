@@ -1972,10 +1972,7 @@ func TestFailedUploadWritesNoBeat(t *testing.T) {
 // TestTinySpool once restored a manifest whose chunk the store lacked
 // this way.
 func TestUploaderPackedChunkComesBack(t *testing.T) {
-	now, fake, opts := fakeTarget(nil)
-	opts.PackChunks = 4
-	u := newTestUploader(t, opts)
-	d := newTestSpool(t, t.TempDir(), "/data/back.db")
+	now, fake, u, d := oneTarget(t, "/data/back.db", func(o *Options) { o.PackChunks = 4 })
 	s1 := d.stageNew(testData(70, 9*manifest.ChunkSize), now.Now())
 	mustFlush(t, u, d.dir)
 	if m, err := manifest.Decode(fake.ManifestAt(d.key())); err != nil || len(m.PackRefs()) != 8 {
@@ -2083,9 +2080,7 @@ func fillUp(t testing.TB, p string) {
 // needs it, and nothing uploaded it. The pass deletes only the files it
 // uploaded.
 func TestUploaderKeepsChunkStagedAgain(t *testing.T) {
-	now, fake, opts := fakeTarget(nil)
-	u := newTestUploader(t, opts)
-	d := newTestSpool(t, t.TempDir(), "/data/again.db")
+	now, fake, u, d := oneTarget(t, "/data/again.db", nil)
 	s1 := d.stageNew(testData(81, 3*manifest.ChunkSize), now.Now())
 	s2 := d.snapshot(withChunk(s1.data, 1, 82), now.Now().Add(time.Second))
 	x := s2.m.Chunks[1]

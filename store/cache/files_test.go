@@ -123,15 +123,7 @@ func TestLocalCacheOpenChunk(t *testing.T) {
 			}
 		}, false, nil},
 		{"named pipe", func(t *testing.T, _ *Store, p string) { testfs.Mkfifo(t, p) }, false, fsutil.ErrNotRegular},
-		{"symbolic link", func(t *testing.T, _ *Store, p string) {
-			q := p + ".real"
-			if err := os.Rename(p, q); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(q, p); err != nil {
-				t.Fatal(err)
-			}
-		}, false, fsutil.ErrNotRegular},
+		{"symbolic link", func(t *testing.T, _ *Store, p string) { linkInPlace(t, p) }, false, fsutil.ErrNotRegular},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newTestCache(t, 2, 100)
@@ -190,6 +182,19 @@ func TestLocalCacheOpenChunk(t *testing.T) {
 func chmodT(t *testing.T, p string, mode fs.FileMode) {
 	t.Helper()
 	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// linkInPlace moves the file p to p.real and leaves a symbolic link to it
+// at p.
+func linkInPlace(t *testing.T, p string) {
+	t.Helper()
+	q := p + ".real"
+	if err := os.Rename(p, q); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(q, p); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -123,15 +123,7 @@ func TestSlabPermissions(t *testing.T) {
 			}
 			testfs.Mkfifo(t, p)
 		}, false, fsutil.ErrNotRegular},
-		{"symbolic link", 0, 0o400, func(t *testing.T, _ *Store, p string) {
-			q := p + ".real"
-			if err := os.Rename(p, q); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(q, p); err != nil {
-				t.Fatal(err)
-			}
-		}, false, fsutil.ErrNotRegular},
+		{"symbolic link", 0, 0o400, func(t *testing.T, _ *Store, p string) { linkInPlace(t, p) }, false, fsutil.ErrNotRegular},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newTestCache(t, 2, 1000)
@@ -183,30 +175,8 @@ func TestSlabDamaged(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{"bad magic", func(t *testing.T, p string) {
-			chmodT(t, p, 0o600)
-			fi := testfs.Must(os.Stat(p))
-			f, err := os.OpenFile(p, os.O_WRONLY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			if _, err := f.WriteAt([]byte("X"), fi.Size()-slabFooter); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"count past the limit", func(t *testing.T, p string) {
-			chmodT(t, p, 0o600)
-			fi := testfs.Must(os.Stat(p))
-			f, err := os.OpenFile(p, os.O_WRONLY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			if _, err := f.WriteAt([]byte{0xff, 0xff, 0xff, 0x7f}, fi.Size()-slabFooter+8); err != nil {
-				t.Fatal(err)
-			}
-		}},
+		{"bad magic", func(t *testing.T, p string) { overwriteFooter(t, p, 0, []byte("X")) }},
+		{"count past the limit", func(t *testing.T, p string) { overwriteFooter(t, p, 8, []byte{0xff, 0xff, 0xff, 0x7f}) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newTestCache(t, 1, 1000)
@@ -216,6 +186,21 @@ func TestSlabDamaged(t *testing.T) {
 				t.Errorf("OpenPacked()=%v, want store.ErrCorrupt", err)
 			}
 		})
+	}
+}
+
+// overwriteFooter writes b at off in the footer of the slab p.
+func overwriteFooter(t *testing.T, p string, off int64, b []byte) {
+	t.Helper()
+	chmodT(t, p, 0o600)
+	fi := testfs.Must(os.Stat(p))
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, fi.Size()-slabFooter+off); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -151,16 +151,8 @@ func (s *Store) GetPack(ctx context.Context, id manifest.Fingerprint) ([]byte, e
 // ReadPack implements store.PackReader: the pack file is read into
 // alloc's buffer, of the file's size.
 func (s *Store) ReadPack(ctx context.Context, id manifest.Fingerprint, alloc func(size int) ([]byte, error)) ([]byte, error) {
-	const op = "dir read pack"
 	key := store.PackKey(id)
-	if err := ctx.Err(); err != nil {
-		return nil, s.err(op, key, err)
-	}
-	b, err := readFileInto(s.objectPath(key), manifest.MaxPackSize, alloc)
-	if err != nil {
-		return nil, s.err(op, key, err)
-	}
-	return b, nil
+	return s.readInto(ctx, "dir read pack", key, s.objectPath(key), manifest.MaxPackSize, alloc)
 }
 
 // ReadPackRange implements store.PackRangeReader with a pread of the
@@ -200,25 +192,23 @@ func (s *Store) ReadManifestBlob(ctx context.Context, key string, alloc func(siz
 	if err := store.CheckManifestKey(key); err != nil {
 		return nil, s.keyErr(op, key, err)
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, s.err(op, key, err)
-	}
-	b, err := readFileInto(s.manifestPath(key), store.MaxManifestDecoded, alloc)
-	if err != nil {
-		return nil, s.err(op, key, err)
-	}
-	return b, nil
+	return s.readInto(ctx, op, key, s.manifestPath(key), store.MaxManifestDecoded, alloc)
 }
 
 // ReadBase implements store.BlobReader: the base file is read into
 // alloc's buffer, of the file's size.
 func (s *Store) ReadBase(ctx context.Context, id manifest.Fingerprint, size int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
-	const op = "dir read base"
 	key := store.BaseKey(id)
+	return s.readInto(ctx, "dir read base", key, s.objectPath(key), size, alloc)
+}
+
+// readInto reads the file at path, that of key and at most limit bytes,
+// into the buffer alloc returns for its size.
+func (s *Store) readInto(ctx context.Context, op, key, path string, limit int64, alloc func(size int) ([]byte, error)) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, s.err(op, key, err)
 	}
-	b, err := readFileInto(s.objectPath(key), size, alloc)
+	b, err := readFileInto(path, limit, alloc)
 	if err != nil {
 		return nil, s.err(op, key, err)
 	}
