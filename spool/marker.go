@@ -72,6 +72,10 @@ type Marker struct {
 	// not use boule are captured only by the next capture: a flush
 	// re-stages rather than trust a clean marker.
 	WAL bool
+	// LazyReader is the process whose persister reads the log for the
+	// commits of its connections (ctlWALLazy): they take their
+	// generations without entering Go. 0 if none.
+	LazyReader uint64
 }
 
 // ReadMarker reads the txn marker in the database spool directory dir. A
@@ -93,6 +97,8 @@ func parseCtl(b []byte) Marker {
 		Persisted: le64(b, ctlPersisted),
 		Owner:     le64(b, ctlOwner),
 		WAL:       le64(b, ctlWALMode) == walAt,
+
+		LazyReader: le64(b, ctlWALLazy),
 	}
 	if ns := le64(b, ctlSince); ns != 0 {
 		m.Since = time.Unix(0, int64(ns)).UTC()

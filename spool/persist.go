@@ -20,10 +20,20 @@ const DefaultPersistGap = 50 * time.Millisecond
 // time, until the queue is empty. One runs per database while it has
 // captures: Capture starts it. It stops as soon as the queue is empty,
 // not after a squash window: the next capture starts another, which
-// waits for what is left of the window since the last batch.
+// waits for what is left of the window since the last batch. After a
+// batch of lazy log reads, though, it lingers (lingerLocked) for
+// walLinger, so that the commits that follow need not enter Go.
 func (d *DB) persistLoop() {
+	var lingerFrom time.Time // the last batch of lazy log reads, or zero
 	for {
 		d.qmu.Lock()
+		if len(d.queue) == 0 && !lingerFrom.IsZero() {
+			if !d.lingerLocked(lingerFrom.Add(walLinger)) {
+				lingerFrom = time.Time{}
+			}
+			d.qmu.Unlock()
+			continue
+		}
 		if len(d.queue) == 0 {
 			d.persisting = false
 			// A hurry left unconsumed would cut the next persister's
@@ -53,6 +63,10 @@ func (d *DB) persistLoop() {
 		}
 		clear(d.queuedChunk)
 		d.qmu.Unlock()
+		lingerFrom = time.Time{}
+		if batch[len(batch)-1].lazy {
+			lingerFrom = time.Now()
+		}
 		for _, cp := range batch {
 			<-cp.filled // read by its commit, which holds SQLite's lock
 		}
@@ -306,6 +320,55 @@ func (d *DB) signalStaged() {
 	d.qmu.Lock()
 	d.staged.Broadcast()
 	d.qmu.Unlock()
+}
+
+// walLinger is how long a persister whose last batch read the log for
+// lazy captures stays, with nothing queued, with ctlWALLazy naming this
+// process (lingerLocked): commits meanwhile take their generations in C
+// and do not enter Go, however slowly they come (at 10 commits a second,
+// each would otherwise find the persister gone and enter Go to start
+// another). It checks for them every squash window, so a database that
+// stops committing costs walLinger/PersistGap wake-ups, then nothing.
+const walLinger = time.Second
+
+// lingerLocked arms ctlWALLazy with nothing queued, and looks for commits
+// every squash window, until one came, a hurry, or until; with d.qmu held
+// (released while it waits). Commits that took their generations in C
+// meanwhile get the read of the log they need queued (disarmLazy's
+// capture), and it reports true; so it does when something else queued a
+// capture (a commit that entered Go: a restart of the log). It reports
+// false when it stops with nothing queued: hurried (a flush, a last
+// close), past until, or when it may not arm the word: a commit not
+// staged, the word naming another process, or a marker state in which a
+// commit may not leave its capture to the persister.
+func (d *DB) lingerLocked(until time.Time) bool {
+	c := d.ctlp.Load()
+	if c == nil || !lazyState(c.load(ctlState)) || c.load(ctlWALMode) == walUnknown {
+		return false
+	}
+	persisted := c.load(ctlPersisted)
+	if c.load(ctlCommitted) != persisted || !c.cas(ctlWALLazy, 0, self()) {
+		return false
+	}
+	for {
+		d.qmu.Unlock()
+		t := time.NewTimer(min(d.s.opts.PersistGap, max(time.Until(until), 0)))
+		hurried := false
+		select {
+		case <-t.C:
+		case <-d.hurry:
+			hurried = true
+		}
+		t.Stop()
+		d.qmu.Lock()
+		if !hurried && len(d.queue) == 0 && c.load(ctlCommitted) == persisted && time.Now().Before(until) {
+			continue
+		}
+		if cp := d.disarmLazy(); cp != nil && cp.gen != persisted {
+			d.queue = append(d.queue, cp)
+		}
+		return len(d.queue) > 0
+	}
 }
 
 // WaitStaged waits until this process has staged every commit it captured

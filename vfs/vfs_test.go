@@ -199,6 +199,37 @@ func TestWALCommitsSkipGoWhileReadQueued(t *testing.T) {
 	e.noWarnings(t)
 }
 
+// TestWALSlowCommitsSkipGo: commits in WAL mode that come slower than the
+// persister's squash window, each staged before the next, do not enter Go
+// either: the persister lingers after its last read with the word armed,
+// and reads the log for the commits that took their generations in C.
+func TestWALSlowCommitsSkipGo(t *testing.T) {
+	vfs.SetPersistGap(t, 2*time.Millisecond)
+	e := newEnv(t)
+	path, db := e.tableWriter(t, "slow.db", "_journal_mode=WAL")
+	mustExec(t, db, "INSERT INTO t VALUES (1)")
+	calls := vfs.GoCalls()
+	for i := range 30 {
+		mustExec(t, db, "INSERT INTO t VALUES (randomblob(3000 + ?))", i)
+		// Staged by the persister on its own (a flush would end its
+		// linger), which then arms the word again.
+		deadline := time.Now().Add(10 * time.Second)
+		for m := markerOf(t, path); m.Committed != m.Persisted || m.LazyReader == 0; m = markerOf(t, path) {
+			if time.Now().After(deadline) {
+				t.Fatalf("commit %d: not staged, or no lazy reader, after 10 s: %+v", i, m)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// One commit may find the word disarmed at the end of a squash
+	// window, as the persister looks for commits.
+	if got := vfs.GoCalls() - calls; got > 2 {
+		t.Fatalf("Go calls for 30 commits, each staged before the next=%d, want at most 2", got)
+	}
+	checkLogical(t, db, path)
+	e.noWarnings(t)
+}
+
 // markerOf reads the transaction marker of the database at path.
 func markerOf(t testing.TB, path string) spool.Marker {
 	t.Helper()
