@@ -25,10 +25,14 @@ const DefaultPersistGap = 50 * time.Millisecond
 // walLinger, so that the commits that follow need not enter Go.
 func (d *DB) persistLoop() {
 	var lingerFrom time.Time // the last batch of lazy log reads, or zero
+	lingered := false        // the queue comes from a linger: no window to wait
 	for {
 		d.qmu.Lock()
 		if len(d.queue) == 0 && !lingerFrom.IsZero() {
-			if !d.lingerLocked(lingerFrom.Add(walLinger)) {
+			// The linger waited a window, or was hurried (and took
+			// the hurry): the batch it queued goes at once.
+			lingered = d.lingerLocked(lingerFrom.Add(walLinger))
+			if !lingered {
 				lingerFrom = time.Time{}
 			}
 			d.qmu.Unlock()
@@ -47,7 +51,7 @@ func (d *DB) persistLoop() {
 			return
 		}
 		d.qmu.Unlock()
-		if wait := d.s.opts.PersistGap - time.Since(d.lastPersist); wait > 0 && !d.s.budget.pressed() {
+		if wait := d.s.opts.PersistGap - time.Since(d.lastPersist); wait > 0 && !lingered && !d.s.budget.pressed() {
 			t := time.NewTimer(wait)
 			select {
 			case <-t.C:
@@ -63,7 +67,7 @@ func (d *DB) persistLoop() {
 		}
 		clear(d.queuedChunk)
 		d.qmu.Unlock()
-		lingerFrom = time.Time{}
+		lingered, lingerFrom = false, time.Time{}
 		if batch[len(batch)-1].lazy {
 			lingerFrom = time.Now()
 		}
