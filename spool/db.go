@@ -151,7 +151,10 @@ type DB struct {
 	// hurry cuts the persister's squash window short: someone waits for
 	// the staged snapshot (a flush, a close). lastPersist is when the
 	// persister last staged (its goroutine only).
-	hurry       chan struct{}
+	hurry chan struct{}
+	// lastLazy is when the persister last took a batch of lazy log
+	// reads: it lingers after one only if the one before was recent.
+	lastLazy    time.Time
 	lastPersist time.Time
 	// expect is the file as the last capture or snapshot of this process
 	// left it, at generation expect.gen: a transaction whose state before

@@ -66,9 +66,16 @@ func (d *DB) persistLoop() {
 			batch = append(batch, cp)
 		}
 		clear(d.queuedChunk)
+		lazy, prevLazy := batch[len(batch)-1].lazy, d.lastLazy
+		if lazy {
+			d.lastLazy = time.Now()
+		}
 		d.qmu.Unlock()
+		// Linger only for a database that commits again within
+		// walLinger: one that commits every few seconds would pay
+		// walLinger/PersistGap wake-ups a commit for nothing.
 		lingered, lingerFrom = false, time.Time{}
-		if batch[len(batch)-1].lazy {
+		if lazy && !prevLazy.IsZero() && time.Since(prevLazy) < walLinger {
 			lingerFrom = time.Now()
 		}
 		for _, cp := range batch {
@@ -332,7 +339,9 @@ func (d *DB) signalStaged() {
 // and do not enter Go, however slowly they come (at 10 commits a second,
 // each would otherwise find the persister gone and enter Go to start
 // another). It checks for them every squash window, so a database that
-// stops committing costs walLinger/PersistGap wake-ups, then nothing.
+// stops committing costs walLinger/PersistGap wake-ups, then nothing; it
+// lingers only when its previous batch of reads was within walLinger,
+// so a database that commits every few seconds costs nothing.
 const walLinger = time.Second
 
 // lingerLocked arms ctlWALLazy with nothing queued, and looks for commits
