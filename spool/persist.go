@@ -351,12 +351,14 @@ const walLinger = time.Second
 // capture), and it reports true; so it does when something else queued a
 // capture (a commit that entered Go: a restart of the log). It reports
 // false when it stops with nothing queued: hurried (a flush, a last
-// close), past until, or when it may not arm the word: a commit not
+// close), past until, or when it may not arm the word: no squash window, a commit not
 // staged, the word naming another process, or a marker state in which a
 // commit may not leave its capture to the persister.
 func (d *DB) lingerLocked(until time.Time) bool {
 	c := d.ctlp.Load()
-	if c == nil || !lazyState(c.load(ctlState)) || c.load(ctlWALMode) == walUnknown {
+	// Without a squash window (PersistGap negative) there is nothing to
+	// look every window for: a linger would spin.
+	if d.s.opts.PersistGap <= 0 || c == nil || !lazyState(c.load(ctlState)) || c.load(ctlWALMode) == walUnknown {
 		return false
 	}
 	persisted := c.load(ctlPersisted)
