@@ -195,10 +195,7 @@ func (d *DB) Capture(src Source, ch Change) error {
 		unread = unread[:0:0]
 		for _, i := range reads {
 			if b := l.Lend(i, manifest.ChunkLen(f.size, i)); b != nil {
-				if cp.lent == nil {
-					cp.lent = map[int]Lender{}
-				}
-				cp.chunks[i], cp.lent[i] = b, l
+				cp.holdLent(i, b, l)
 				continue
 			}
 			unread = append(unread, i)
@@ -240,13 +237,11 @@ func (d *DB) enqueueFilling(cp *Capture, reads []int, size int64) {
 				delete(old.chunks, i)
 				old.bytes -= int64(n)
 				found += int64(n)
-				cp.chunks[i] = b
 				if l := old.lent[i]; l != nil {
 					delete(old.lent, i)
-					if cp.lent == nil {
-						cp.lent = map[int]Lender{}
-					}
-					cp.lent[i] = l
+					cp.holdLent(i, b, l)
+				} else {
+					cp.chunks[i] = b
 				}
 				continue
 			}
@@ -426,6 +421,14 @@ func putChunkBufs(batch []*Capture) {
 			delete(cp.chunks, i)
 		}
 	}
+}
+
+// holdLent makes b, lent by l, cp's buffer of chunk i.
+func (cp *Capture) holdLent(i int, b []byte, l Lender) {
+	if cp.lent == nil {
+		cp.lent = map[int]Lender{}
+	}
+	cp.chunks[i], cp.lent[i] = b, l
 }
 
 // giveBack lets go of b, the buffer of cp's chunk i, which cp no longer
