@@ -104,9 +104,9 @@ type walIndex struct {
 	// read them (the checksum needs every byte): a capture then copies
 	// them instead of reading the log again. Bounded by walCacheMax; a
 	// page not held, or held at an older frame, is read from the log.
-	pages      map[uint32]cachedPage
-	cacheBytes int
-	pendData   []byte // the pages of the transaction being scanned
+	pages  map[uint32]cachedPage
+	blocks []*[]byte // where pages' content is kept: walBlock bytes each, the last being filled
+	used   int       // bytes of the last block handed out
 }
 
 // cachedPage is a page's content at frame.
@@ -120,9 +120,16 @@ type cachedPage struct {
 // that a database at rest keeps none (a process may replicate thousands).
 const walCacheMax = 8 << 20
 
-// walKeepMax is the most of its transaction buffer a walIndex keeps
-// between scans.
-const walKeepMax = 64 << 10
+// walBlock is the size of the blocks the cache keeps pages in: a whole
+// number of pages of any size SQLite allows (at most 64 KiB).
+const walBlock = 1 << 20
+
+// walBlocks are the cache's blocks, shared by the databases of the
+// process: a capture takes them as its scan reads pages and gives them
+// back when it is done (shed), so that a large transaction's pages land
+// in memory already faulted in, not in fresh allocations the collector
+// then has to sweep.
+var walBlocks = sync.Pool{New: func() any { b := make([]byte, walBlock); return &b }}
 
 // walBufSize is the size of the log's read buffers: reads of whole
 // frames, at most 1 MiB of them.
@@ -139,10 +146,36 @@ func putWALBuf(b *[]byte) { walBufs.Put(b) }
 // needed it is done; the frames and pages it knows stay.
 func (x *walIndex) shed() {
 	x.pages = nil
-	x.cacheBytes = 0
-	if cap(x.pendData) > walKeepMax {
-		x.pendData = nil
+	x.rewind(0, 0)
+}
+
+// slot returns room for a page of ps bytes in the cache's blocks, or nil
+// when they hold walCacheMax already. Slots are handed out in order, so
+// that a scan can give back those of a transaction it did not see end
+// (rewind).
+func (x *walIndex) slot(ps int) []byte {
+	if len(x.blocks) == 0 || x.used+ps > walBlock {
+		if (len(x.blocks)+1)*walBlock > walCacheMax {
+			return nil
+		}
+		x.blocks = append(x.blocks, walBlocks.Get().(*[]byte))
+		x.used = 0
 	}
+	b := (*x.blocks[len(x.blocks)-1])[x.used : x.used+ps : x.used+ps]
+	x.used += ps
+	return b
+}
+
+// rewind gives back the slots handed out since len(x.blocks) was n and
+// x.used was used; the blocks they emptied go back to the pool. Nothing
+// may read a slot given back.
+func (x *walIndex) rewind(n, used int) {
+	for i := n; i < len(x.blocks); i++ {
+		walBlocks.Put(x.blocks[i])
+		x.blocks[i] = nil
+	}
+	x.blocks = x.blocks[:n]
+	x.used = used
 }
 
 // walFile is a log as the VFS reads it.
@@ -170,7 +203,7 @@ func (x *walIndex) reset(h walHeader, valid bool) {
 	x.frames = x.frames[:0]
 	x.restarts++
 	x.pages = map[uint32]cachedPage{}
-	x.cacheBytes = 0
+	x.rewind(0, 0)
 }
 
 // cached returns the content of page pg at its last committed frame, if
@@ -229,15 +262,14 @@ func (x *walIndex) scan(f walFile) error {
 	rb := getWALBuf()
 	defer putWALBuf(rb)
 	ck := x.ck
+	// The pages of the transaction being read, and where the cache holds
+	// their content (nil: it is full). The cache keeps a page only once
+	// its transaction's commit frame is read; the slots of one still
+	// being written go back at the end (the next scan reads it again).
 	var pending []uint32
-	x.pendData = x.pendData[:0]
-	defer func() {
-		// A transaction still being written: the next scan reads it
-		// again. Its pages are not kept for a database at rest.
-		if cap(x.pendData) > walKeepMax {
-			x.pendData = nil
-		}
-	}()
+	var slots [][]byte
+	keep, keepUsed := len(x.blocks), x.used
+	defer func() { x.rewind(keep, keepUsed) }()
 	ps := x.hdr.pageSize
 	next := x.mx + 1
 	for ; ; batch = min(2*batch, maxBatch) {
@@ -267,33 +299,29 @@ func (x *walIndex) scan(f walFile) error {
 			if ck[0] != binary.BigEndian.Uint32(fr[16:]) || ck[1] != binary.BigEndian.Uint32(fr[20:]) {
 				return nil
 			}
+			slot := x.slot(ps)
+			copy(slot, fr[walFrameHeaderSize:])
 			pending = append(pending, pg)
-			x.pendData = append(x.pendData, fr[walFrameHeaderSize:]...)
+			slots = append(slots, slot)
 			if commit != 0 {
+				if x.pages == nil {
+					x.pages = map[uint32]cachedPage{}
+				}
 				for j, p := range pending {
 					fno := uint32(x.mx + 1 + j)
 					x.latest[p] = fno
-					c, held := x.pages[p]
-					if !held && x.cacheBytes+ps > walCacheMax {
-						continue
+					if slots[j] != nil {
+						// A slot the page held before is left
+						// unused until the capture ends.
+						x.pages[p] = cachedPage{frame: fno, data: slots[j]}
 					}
-					if x.pages == nil {
-						x.pages = map[uint32]cachedPage{}
-					}
-					if !held {
-						c.data = make([]byte, ps)
-						x.cacheBytes += ps
-					}
-					copy(c.data, x.pendData[j*ps:(j+1)*ps])
-					c.frame = fno
-					x.pages[p] = c
 				}
-				x.pendData = x.pendData[:0]
 				x.frames = append(x.frames, pending...)
 				x.mx += len(pending)
 				x.ck = ck
 				x.nPages = commit
-				pending = pending[:0]
+				pending, slots = pending[:0], slots[:0]
+				keep, keepUsed = len(x.blocks), x.used
 			}
 			next++
 		}

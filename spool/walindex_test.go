@@ -164,7 +164,7 @@ func TestLogicalSource(t *testing.T) {
 		t.Fatalf("logical image differs from the expected at %d (%d bytes, want %d)", firstDiffBytes(got, want), len(got), len(want))
 	}
 	// The same from the log itself, with no page held in memory.
-	x.pages, x.cacheBytes = map[uint32]cachedPage{}, 0
+	x.shed()
 	if got, err := newLogicalSource(file, w, &x).FullImage(); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("logical image read from the log differs (%v)", err)
 	}
@@ -315,4 +315,75 @@ func TestWALIndexPagesAfterFramePager(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWALIndexCacheSlots: the scan keeps committed pages in the blocks of
+// its cache, hands back the slots of a transaction it did not see end,
+// keeps no more than walCacheMax, and gives every block back when the
+// capture is done; what a source reads is the log's content throughout.
+func TestWALIndexCacheSlots(t *testing.T) {
+	const ps = 1024
+	file := memSource(bytes.Repeat([]byte{'.'}, 4*ps))
+	w := newMemWAL(ps, 1, 2)
+	w.frame(1, 1, 0, 'a')
+	w.frame(2, 2, 0, 'b')
+	w.frame(3, 1, 4, 'c') // commit: page 1 twice, the later wins
+	w.frame(4, 3, 0, 'd') // not committed yet
+	var x walIndex
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	if len(x.blocks) != 1 || x.used != 3*ps {
+		t.Fatalf("after a commit of 3 frames and one frame more: %d blocks, %d bytes used; want 1 and %d", len(x.blocks), x.used, 3*ps)
+	}
+	if got := x.cached(1); !bytes.Equal(got, bytes.Repeat([]byte{'c'}, ps)) {
+		t.Fatalf("page 1 cached as %.8q..., want its last frame's", got)
+	}
+	if x.cached(3) != nil {
+		t.Fatal("page 3 of a transaction not committed is cached")
+	}
+	w.frame(5, 4, 4, 'e') // commits frame 4 with it
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	if x.used != 5*ps {
+		t.Fatalf("after the next commit: %d bytes used, want %d", x.used, 5*ps)
+	}
+	want := bytes.Join([][]byte{
+		bytes.Repeat([]byte{'c'}, ps), bytes.Repeat([]byte{'b'}, ps),
+		bytes.Repeat([]byte{'d'}, ps), bytes.Repeat([]byte{'e'}, ps),
+	}, nil)
+	if got, err := newLogicalSource(file, w, &x).FullImage(); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("logical image from the cache differs at %d (%v)", firstDiffBytes(got, want), err)
+	}
+	x.shed()
+	if len(x.blocks) != 0 || x.used != 0 || x.cached(1) != nil {
+		t.Fatalf("after shed: %d blocks, %d bytes used", len(x.blocks), x.used)
+	}
+
+	// One transaction larger than the cache: it keeps walCacheMax, and
+	// the pages past it are read from the log.
+	const big = 1 << 16
+	n := walCacheMax/big + 20
+	w = newMemWAL(big, 3, 4)
+	want = nil
+	for i := 1; i <= n; i++ {
+		commit := uint32(0)
+		if i == n {
+			commit = uint32(n)
+		}
+		w.frame(i, uint32(i), commit, byte(i))
+		want = append(want, bytes.Repeat([]byte{byte(i)}, big)...)
+	}
+	x = walIndex{}
+	if err := x.scan(w); err != nil {
+		t.Fatal(err)
+	}
+	if held := len(x.blocks) * walBlock; held != walCacheMax || len(x.pages) != walCacheMax/big {
+		t.Fatalf("a %d-page transaction holds %d bytes of blocks, %d pages; want %d bytes, %d pages", n, held, len(x.pages), walCacheMax, walCacheMax/big)
+	}
+	if got, err := newLogicalSource(memSource(nil), w, &x).FullImage(); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("logical image of a transaction larger than the cache differs at %d (%v)", firstDiffBytes(got, want), err)
+	}
+	x.shed()
 }
