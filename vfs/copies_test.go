@@ -1,10 +1,13 @@
 package vfs_test
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"testing"
 	"time"
 
+	"github.com/boule-vfs/boule/internal/rawvfs"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -108,4 +111,85 @@ func TestLargeTransactionsLendCopies(t *testing.T) {
 		idle(t)
 	})
 	e.noWarnings(t)
+}
+
+// TestCopiesDroppedByTruncateAndCrossingWrites drives the file methods
+// directly (no SQL statement makes these steps in one transaction): a
+// write across two chunks, then a truncate into a copied chunk, then a
+// write past the new end, which leaves the chunks between as zeros. Each
+// must drop the copies of the chunks it touches: a copy kept would hold
+// bytes the file no longer has, and the snapshot would stage them.
+func TestCopiesDroppedByTruncateAndCrossingWrites(t *testing.T) {
+	const chunk = 64 << 10
+	e := newEnv(t)
+	path, db := e.writer(t, "raw.db", "")
+	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
+	mustExec(t, db, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500) INSERT INTO t(v) SELECT randomblob(4000) FROM c")
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d := mustDB(t, path)
+	f, err := rawvfs.Open("boule", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill := func(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
+	// A read transaction first: the first after an open checks the file.
+	must(f.Lock(rawvfs.LockShared))
+	must(f.Unlock(rawvfs.LockNone))
+	waitStaged(t, d)
+
+	lent := vfs.CopiesLent()
+	must(f.Lock(rawvfs.LockShared))
+	must(f.Lock(rawvfs.LockReserved))
+	must(f.Lock(rawvfs.LockExclusive))
+	// Chunks 2 to 25 written whole: the ninth on, 10 to 25, are copied.
+	for i := 2; i <= 25; i++ {
+		must(f.WriteAt(fill(byte('a'+i), chunk), int64(i)*chunk))
+	}
+	// Across chunks 11 and 12: both copies go.
+	must(f.WriteAt(fill('X', 8192), 12*chunk-4096))
+	// Into chunk 20, then chunk 23 again: 20's second half, 21 and 22
+	// are zeros now, and no copy of 20 to 25 may be lent.
+	must(f.Truncate(20*chunk + chunk/2))
+	must(f.WriteAt(fill('Z', chunk), 23*chunk))
+	must(f.Sync())
+	must(f.Unlock(rawvfs.LockShared))
+	must(f.Unlock(rawvfs.LockNone))
+	waitStaged(t, d)
+
+	// 10 and 13 to 19.
+	if got := vfs.CopiesLent() - lent; got != 8 {
+		t.Errorf("chunks lent=%d, want 8 (10 and 13 to 19)", got)
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want) != 24*chunk || !bytes.Equal(want[21*chunk:22*chunk], make([]byte, chunk)) {
+		t.Fatalf("the file is %d bytes, chunk 21 zero: %v; the steps did not do what this test needs", len(want), bytes.Equal(want[21*chunk:22*chunk], make([]byte, chunk)))
+	}
+	got, err := assemble(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		i := firstDiff(got, want)
+		t.Fatalf("snapshot: %d bytes, file %d; first difference at %d (chunk %d)", len(got), len(want), i, i/chunk)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := vfs.CopiedBytes(); n != 0 {
+		t.Fatalf("copies held once staged: %d bytes, want 0", n)
+	}
 }
