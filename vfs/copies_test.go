@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/internal/rawvfs"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
 )
 
@@ -26,17 +27,7 @@ func TestLargeTransactionsLendCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idle := func(t *testing.T) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := d.WaitIdle(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if n := vfs.CopiedBytes(); n != 0 {
-			t.Fatalf("copies held once staged: %d bytes, want 0", n)
-		}
-	}
+	idle := func(t *testing.T) { copiesFreed(t, d) }
 	// step commits stmts in one transaction, which must have lent from
 	// least to most chunks (most < 0: any number).
 	step := func(t *testing.T, least, most int64, stmts ...string) {
@@ -184,6 +175,13 @@ func TestCopiesDroppedByTruncateAndCrossingWrites(t *testing.T) {
 		i := firstDiff(got, want)
 		t.Fatalf("snapshot: %d bytes, file %d; first difference at %d (chunk %d)", len(got), len(want), i, i/chunk)
 	}
+	copiesFreed(t, d)
+}
+
+// copiesFreed waits until d's persister is idle, and checks that no copy
+// is held then: each is freed once staged.
+func copiesFreed(t *testing.T, d *spool.DB) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := d.WaitIdle(ctx); err != nil {
