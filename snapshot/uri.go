@@ -1,12 +1,3 @@
-// Package snapshot serves read replicas of databases replicated by Boule:
-// it finds their manifests, fetches, verifies, caches and maps their
-// chunks, and decides which snapshot each connection sees.
-//
-// It is the pure-Go half of the read-only "boule_snapshot" VFS, whose C
-// half (c/boule_snapshot.c, wired up in package vfs) serves every read from
-// the mapped chunks and enters Go only when a chunk is not mapped yet, at
-// open and close, for the freshness pragmas, and when a connection adopts a
-// newer snapshot.
 package snapshot
 
 import (

@@ -1,16 +1,3 @@
-// Command benchpeers runs Boule and Litestream side by side on the same
-// workloads, against the same minio on loopback, and reports commit
-// latency, replication lag, S3 requests and bytes, local disk, restore
-// time and time to a first query on a cold replica. `make bench-peers`
-// runs it; doc/BENCHMARKS.md ("Boule against Litestream") has the method
-// and the figures.
-//
-// Each tool talks to minio through its own counting proxy (proxy.go), so
-// requests and bytes are counted the same way for both. Every commit also
-// rewrites one marker row holding its sequence number; a poller reads the
-// store directly (not through the proxy) and finds the newest marker it
-// holds, which dates each commit's arrival the same way for both tools
-// (see Visible in boule.go and litestream.go).
 package main
 
 import (

@@ -1,14 +1,3 @@
-// Command demo tells Boule's story on the embedded default, a dir store in
-// a temp folder, with nothing to configure: it writes a database through
-// the boule VFS, shows each commit and the replication lag until the store
-// caught up, opens a read replica in a second process and shows a fresh
-// commit arriving there, then restores the database and proves the
-// restore byte-identical. Each step shows the command that does the same
-// by hand (the sqlite3 shell with the extension, or vfsctl). With -dir the
-// files stay, to try those commands on; -internals also shows what the
-// spool holds.
-//
-//	go run ./cmd/demo [-dir DIR] [-internals]
 package main
 
 import (

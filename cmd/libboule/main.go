@@ -1,9 +1,5 @@
 //go:build boule_lib || boule_ext
 
-// Command libboule is not a command: it is the main package from which the
-// loadable extension (go build -buildmode=c-shared -tags boule_ext) and the
-// static C library (go build -buildmode=c-archive) are built. See vfs/boule.h
-// for the C API.
 package main
 
 /*

@@ -1,12 +1,3 @@
-// Package bigmanifest writes the hostile inputs of Boule's memory-bound
-// tests: valid manifests of huge databases of zero chunks, which zstd
-// compresses a thousand to one, so that a blob of a few hundred kilobytes
-// decodes to gigabytes. It streams them, and never holds a decoded
-// manifest in memory.
-//
-// Tests only: the manifest package owns the format (doc/FORMAT.md); this
-// package spells the v1 layout again so that it can write a manifest
-// without building it.
 package bigmanifest
 
 import (

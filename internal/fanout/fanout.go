@@ -1,6 +1,3 @@
-// Package fanout runs the iterations of a loop on a fixed number of
-// goroutines: the fan-out that prefetching chunks, reading manifest
-// versions and the store benchmarks share.
 package fanout
 
 import (

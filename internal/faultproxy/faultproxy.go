@@ -1,12 +1,3 @@
-// Package faultproxy is an HTTP reverse proxy on loopback that injects
-// faults between a client and a server (typically the AWS SDK and a MinIO
-// server), for retry and torture tests.
-//
-// Tests switch its behaviour at run time with Set: pass requests through,
-// answer with an error status, reset the connection, stall, or cut the
-// response body short; for every request or only for the next N matching
-// ones. The proxy preserves the Host header, so SigV4 signatures made for
-// the proxy's address stay valid at the server.
 package faultproxy
 
 import (

@@ -1,13 +1,3 @@
-// Package fsutil holds small file system helpers shared by the spool, the
-// stores, the caches and the uploader.
-//
-// Every file Boule reads from a store, a cache, a read_only directory or
-// the spool is opened with [Open] (or [OpenFollow]) and read with
-// [ReadFile] or [ReadFileMax]: open(2) never waits (a named pipe at a
-// file's name would otherwise block until something writes to it, where
-// no signal can reach), and anything but a regular file is an error that
-// names it. Directories are opened with [ReadDir], which never blocks
-// either.
 package fsutil
 
 import (

@@ -1,8 +1,3 @@
-// Package lagtrack measures replication lag for the benchmarks: how long
-// each commit takes, from its return to the application, to be visible
-// in the store. Commits are numbered in order, and a store that shows
-// commit v shows every commit up to v (a manifest's change counter, or
-// benchpeers' marker row).
 package lagtrack
 
 import (

@@ -1,7 +1,3 @@
-// Package memtest measures the heap memory code allocates, for the tests
-// that bound what hostile input can cost: a decoder's tests assert that it
-// allocates at most a small multiple of the size its input declares
-// (doc/STYLE.md 13a).
 package memtest
 
 import (

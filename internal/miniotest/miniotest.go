@@ -1,9 +1,3 @@
-// Package miniotest runs a throwaway MinIO server for tests.
-//
-// The server binary is found through the BOULE_MINIO environment
-// variable, or else at .tools/bin/minio under the module root; `make
-// minio` builds it there. When it is missing, tests that need it are
-// skipped, or fail when CI=true.
 package miniotest
 
 import (

@@ -1,7 +1,3 @@
-// Package osuser gives tests a second OS user, created as
-// scripts/conformance.sh creates its user, to play another local user who
-// shares a cache or reads a store, and runs commands as that user with
-// runuser(1).
 package osuser
 
 import (

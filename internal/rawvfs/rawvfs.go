@@ -1,10 +1,3 @@
-// Package rawvfs drives the file methods of a registered SQLite VFS
-// directly, for tests that need the writes, truncations and lock steps
-// that no SQL statement makes in that order: a truncate followed by a
-// write past the new end in one transaction, or a write across two of
-// boule's chunks. It calls the SQLite the program links (the vfs
-// package's), so it is only for programs that link one: tests of package
-// vfs. Each File is one open main database file, used by one goroutine.
 package rawvfs
 
 /*

@@ -1,5 +1,3 @@
-// Package sqlshell runs Debian's sqlite3 shell on a database for tests that
-// need another process to hold the database open or locked.
 package sqlshell
 
 import (

@@ -1,6 +1,3 @@
-// Package testchild lets a test binary double as the child processes its
-// tests start: TestMain asks Run, before running any test, whether this
-// process is one.
 package testchild
 
 import (

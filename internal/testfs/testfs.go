@@ -1,5 +1,3 @@
-// Package testfs has helpers for tests of what Boule does with the file
-// system: named pipes where files should be, umasks and permission bits.
 package testfs
 
 import (

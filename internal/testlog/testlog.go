@@ -1,5 +1,3 @@
-// Package testlog keeps what tests log or what their child processes
-// write, for the tests to read while the writers may still be running.
 package testlog
 
 import (
