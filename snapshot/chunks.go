@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -35,11 +34,7 @@ type ReadOnlyDir struct {
 }
 
 func (d ReadOnlyDir) path(fp manifest.Fingerprint) string {
-	if d.Shards <= 0 {
-		return filepath.Join(d.Dir, fp.String())
-	}
-	s := int(uint16(fp[0])<<8|uint16(fp[1])) % d.Shards
-	return filepath.Join(d.Dir, fmt.Sprintf("%03d", s), fp.String())
+	return cache.ChunkPath(d.Dir, d.Shards, fp)
 }
 
 // A mapping is one chunk's bytes, mapped read-only into memory outside the

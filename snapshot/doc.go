@@ -23,7 +23,7 @@
 // SQLite, so that it is tested without them. It must not import the
 // uploader, the spool or package vfs, and spells no object key, blob
 // encoding or manifest format: it reaches stores only through package
-// store's API, the chunk cache through package store/cache, and decodes
-// manifests through package manifest. (The one layout it spells is the
-// chunk cache's again, in [ReadOnlyDir], to read read_only directories.)
+// store's API, the chunk cache through package store/cache (whose
+// [cache.ChunkPath] also finds chunks in read_only directories), and
+// decodes manifests through package manifest.
 package snapshot

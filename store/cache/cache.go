@@ -110,14 +110,29 @@ var _ store.Cache = (*Store)(nil)
 // String implements store.Store: "local:" and the cache directory.
 func (c *Store) String() string { return "local:" + c.dir }
 
-func (c *Store) shard(fp manifest.Fingerprint) int {
-	return int(uint16(fp[0])<<8|uint16(fp[1])) % c.shards
+func (c *Store) shard(fp manifest.Fingerprint) int { return shardOf(fp, c.shards) }
+
+// shardOf is the shard, of n, that holds fp: its first two bytes modulo n.
+func shardOf(fp manifest.Fingerprint, n int) int {
+	return int(uint16(fp[0])<<8|uint16(fp[1])) % n
 }
 
 // Path is where the chunk fp lives in the cache, if it is there.
-func (c *Store) Path(fp manifest.Fingerprint) string {
-	b := make([]byte, 0, len(c.dir)+1+3+1+2*manifest.FingerprintSize)
-	b = appendShard(append(b, strings.TrimSuffix(c.dir, "/")...), c.shard(fp))
+func (c *Store) Path(fp manifest.Fingerprint) string { return ChunkPath(c.dir, c.shards, fp) }
+
+// ChunkPath is where a cache laid out in dir over shards shard
+// directories keeps chunk fp, as a file of its own: dir/<shard>/<fp>, or
+// dir/<fp> when shards is 0 or less (a directory seeded by hand). Readers
+// of a directory this package does not open (a read-only seed) find
+// chunks through it.
+func ChunkPath(dir string, shards int, fp manifest.Fingerprint) string {
+	b := make([]byte, 0, len(dir)+1+3+1+2*manifest.FingerprintSize)
+	b = append(b, strings.TrimSuffix(dir, "/")...)
+	if shards > 0 {
+		b = appendShard(b, shardOf(fp, shards))
+	} else {
+		b = append(b, '/')
+	}
 	return string(hex.AppendEncode(b, fp[:]))
 }
 

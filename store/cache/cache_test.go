@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -387,5 +388,36 @@ func TestLocalCacheConcurrentEviction(t *testing.T) {
 		if n == 0 || n > capacity+8 {
 			t.Errorf("shard %s holds %d chunks, want 1 to %d", shard, n, capacity+8)
 		}
+	}
+}
+
+// TestChunkPath: ChunkPath names the file the cache writes a chunk to,
+// sharded or flat, so that a reader of a directory the cache laid out (a
+// read-only seed) finds it without opening the cache.
+func TestChunkPath(t *testing.T) {
+	for _, shards := range []int{1, 7, 256} {
+		dir := t.TempDir()
+		c, err := New(dir, shards, 1<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 20 {
+			data := []byte(fmt.Sprintf("chunk %d", i))
+			fp := manifest.Sum(data)
+			if err := c.PutChunk(context.Background(), fp, data); err != nil {
+				t.Fatal(err)
+			}
+			p := ChunkPath(dir, shards, fp)
+			if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("%d shards: ChunkPath=%s: %q, %v; want the chunk put", shards, p, got, err)
+			}
+			if p != c.Path(fp) {
+				t.Fatalf("%d shards: ChunkPath=%s, Path=%s", shards, p, c.Path(fp))
+			}
+		}
+	}
+	fp := manifest.Sum([]byte("flat"))
+	if got, want := ChunkPath("/seed/", 0, fp), "/seed/"+fp.String(); got != want {
+		t.Fatalf("ChunkPath without shards=%s, want %s", got, want)
 	}
 }
