@@ -392,8 +392,9 @@ func TestLocalCacheConcurrentEviction(t *testing.T) {
 }
 
 // TestChunkPath: ChunkPath names the file the cache writes a chunk to,
-// sharded or flat, so that a reader of a directory the cache laid out (a
-// read-only seed) finds it without opening the cache.
+// sharded or flat, in the layout FORMAT.md documents, so that a reader of
+// a directory laid out that way (a read-only seed, a cache an earlier
+// version wrote) finds it without opening the cache.
 func TestChunkPath(t *testing.T) {
 	for _, shards := range []int{1, 7, 256} {
 		dir := t.TempDir()
@@ -408,6 +409,11 @@ func TestChunkPath(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := ChunkPath(dir, shards, fp)
+			// FORMAT.md, "Local chunk caches": three digits, the first two
+			// bytes big-endian modulo the shards.
+			if want := filepath.Join(dir, fmt.Sprintf("%03d", (int(fp[0])<<8|int(fp[1]))%shards), fp.String()); p != want {
+				t.Fatalf("%d shards: ChunkPath=%s, want %s", shards, p, want)
+			}
 			if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
 				t.Fatalf("%d shards: ChunkPath=%s: %q, %v; want the chunk put", shards, p, got, err)
 			}
