@@ -3,11 +3,18 @@ package vfs_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/boule-vfs/boule/internal/rawvfs"
+	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/vfs"
 )
@@ -190,4 +197,117 @@ func copiesFreed(t *testing.T, d *spool.DB) {
 	if n := vfs.CopiedBytes(); n != 0 {
 		t.Fatalf("copies held once staged: %d bytes, want 0", n)
 	}
+}
+
+func init() { children["failedwrite"] = childFailedWrite }
+
+// TestCopiesDroppedByFailedWrite: a write that fails after changing part
+// of a chunk drops that chunk's copy. The write is an overwrite cut short
+// by the file size limit (RLIMIT_FSIZE, which cuts a write that crosses
+// it and fails the rest): 16 KiB of the 64 KiB reach the file, SQLite
+// gets SQLITE_FULL, and the copy, which holds the chunk's earlier write
+// in full, no longer equals the file. The limit is the whole process's,
+// so the steps run in a child.
+func TestCopiesDroppedByFailedWrite(t *testing.T) {
+	dir := testfs.TempDir(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "BOULE_TEST_CHILD=failedwrite",
+		"BOULE_TEST_DB="+filepath.Join(dir, "failed.db"), "BOULE_TEST_SPOOL="+filepath.Join(dir, "spool"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	// 10 to 25 but 12.
+	if !strings.Contains(string(out), "lent 15\n") {
+		t.Fatalf("child's output %q; want 15 copies lent", out)
+	}
+}
+
+// childFailedWrite runs TestCopiesDroppedByFailedWrite's transaction and
+// reports the copies lent; it fails when the snapshot differs from the
+// file.
+func childFailedWrite() error {
+	const chunk = 64 << 10
+	path := os.Getenv("BOULE_TEST_DB")
+	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: os.Getenv("BOULE_TEST_SPOOL")}); err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite3", "file:"+path+"?vfs=boule")
+	if err != nil {
+		return err
+	}
+	for _, q := range []string{
+		"CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)",
+		"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500) INSERT INTO t(v) SELECT randomblob(4000) FROM c",
+	} {
+		if _, err := db.Exec(q); err != nil {
+			return err
+		}
+	}
+	if err := db.Close(); err != nil {
+		return err
+	}
+	d, err := vfs.Spool().DB(path)
+	if err != nil {
+		return err
+	}
+	f, err := rawvfs.Open("boule", path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for _, err := range []error{f.Lock(rawvfs.LockShared), f.Unlock(rawvfs.LockNone), staged(d)} {
+		if err != nil {
+			return err
+		}
+	}
+	lent := vfs.CopiesLent()
+	for _, l := range []int{rawvfs.LockShared, rawvfs.LockReserved, rawvfs.LockExclusive} {
+		if err := f.Lock(l); err != nil {
+			return err
+		}
+	}
+	for i := 2; i <= 25; i++ {
+		if err := f.WriteAt(bytes.Repeat([]byte{byte('a' + i)}, chunk), int64(i)*chunk); err != nil {
+			return err
+		}
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+		return err
+	}
+	cut := lim
+	cut.Cur = 12*chunk + 16<<10
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &cut); err != nil {
+		return err
+	}
+	werr := f.WriteAt(bytes.Repeat([]byte{'Q'}, chunk), 12*chunk)
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+		return err
+	}
+	if werr == nil {
+		return fmt.Errorf("the write past the file size limit succeeded")
+	}
+	for _, err := range []error{f.Sync(), f.Unlock(rawvfs.LockShared), f.Unlock(rawvfs.LockNone), staged(d)} {
+		if err != nil {
+			return err
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(want[12*chunk:12*chunk+16<<10], bytes.Repeat([]byte{'Q'}, 16<<10)) || want[12*chunk+16<<10] != 'a'+12 {
+		return fmt.Errorf("chunk 12 of the file is not 16 KiB of the failed write, then the earlier one: the steps did not do what the test needs")
+	}
+	got, err := assemble(path)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, want) {
+		i := firstDiff(got, want)
+		return fmt.Errorf("snapshot: %d bytes, file %d; first difference at %d (chunk %d)", len(got), len(want), i, i/chunk)
+	}
+	fmt.Printf("lent %d\n", vfs.CopiesLent()-lent)
+	return nil
 }
