@@ -118,71 +118,131 @@ func TestLargeTransactionsLendCopies(t *testing.T) {
 // must drop the copies of the chunks it touches: a copy kept would hold
 // bytes the file no longer has, and the snapshot would stage them.
 func TestCopiesDroppedByTruncateAndCrossingWrites(t *testing.T) {
-	const chunk = 64 << 10
 	e := newEnv(t)
-	path, db := e.writer(t, "raw.db", "")
-	mustExec(t, db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
-	mustExec(t, db, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500) INSERT INTO t(v) SELECT randomblob(4000) FROM c")
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	d := mustDB(t, path)
-	f, err := rawvfs.Open("boule", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	path := e.path("raw.db")
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	fill := func(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
-	// A read transaction first: the first after an open checks the file.
-	must(f.Lock(rawvfs.LockShared))
-	must(f.Unlock(rawvfs.LockNone))
-	waitStaged(t, d)
-
-	lent := vfs.CopiesLent()
-	must(f.Lock(rawvfs.LockShared))
-	must(f.Lock(rawvfs.LockReserved))
-	must(f.Lock(rawvfs.LockExclusive))
-	// Chunks 2 to 25 written whole: the ninth on, 10 to 25, are copied.
-	for i := 2; i <= 25; i++ {
-		must(f.WriteAt(fill(byte('a'+i), chunk), int64(i)*chunk))
-	}
+	r, err := beginRawTxn(path)
+	must(err)
+	defer r.f.Close()
 	// Across chunks 11 and 12: both copies go.
-	must(f.WriteAt(fill('X', 8192), 12*chunk-4096))
+	must(r.f.WriteAt(bytes.Repeat([]byte{'X'}, 8192), 12*rawChunk-4096))
 	// Into chunk 20, then chunk 23 again: 20's second half, 21 and 22
 	// are zeros now, and no copy of 20 to 25 may be lent.
-	must(f.Truncate(20*chunk + chunk/2))
-	must(f.WriteAt(fill('Z', chunk), 23*chunk))
-	must(f.Sync())
-	must(f.Unlock(rawvfs.LockShared))
-	must(f.Unlock(rawvfs.LockNone))
-	waitStaged(t, d)
-
+	must(r.f.Truncate(20*rawChunk + rawChunk/2))
+	must(r.f.WriteAt(bytes.Repeat([]byte{'Z'}, rawChunk), 23*rawChunk))
+	lent, err := r.commit()
+	must(err)
 	// 10 and 13 to 19.
-	if got := vfs.CopiesLent() - lent; got != 8 {
-		t.Errorf("chunks lent=%d, want 8 (10 and 13 to 19)", got)
+	if lent != 8 {
+		t.Errorf("chunks lent=%d, want 8 (10 and 13 to 19)", lent)
 	}
-	want, err := os.ReadFile(path)
+	file, err := os.ReadFile(path)
+	must(err)
+	if len(file) != 24*rawChunk || !bytes.Equal(file[21*rawChunk:22*rawChunk], make([]byte, rawChunk)) {
+		t.Fatalf("the file is %d bytes, chunk 21 zero: %v; the steps did not do what this test needs", len(file), bytes.Equal(file[21*rawChunk:22*rawChunk], make([]byte, rawChunk)))
+	}
+	must(r.snapshotMatches())
+	copiesFreed(t, r.d)
+}
+
+// rawChunk is the size of boule's chunks, for the tests that write them
+// through rawvfs.
+const rawChunk = 64 << 10
+
+// A rawTxn is a write transaction driven through the file methods of a
+// replicated database (internal/rawvfs), for steps SQL does not make.
+type rawTxn struct {
+	path string
+	d    *spool.DB
+	f    *rawvfs.File
+	lent int64 // vfs.CopiesLent at the start
+}
+
+// beginRawTxn creates a database of 500 rows of 4 KB at path through
+// boule, which the caller registered, opens it through rawvfs, runs the
+// read transaction that checks the file after an open, then takes the
+// write lock and writes chunks 2 to 25 whole, with 'a'+i: the ninth
+// chunk dirtied on, 10 to 25, are copied as written.
+func beginRawTxn(path string) (*rawTxn, error) {
+	db, err := sql.Open("sqlite3", "file:"+path+"?vfs=boule")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	if len(want) != 24*chunk || !bytes.Equal(want[21*chunk:22*chunk], make([]byte, chunk)) {
-		t.Fatalf("the file is %d bytes, chunk 21 zero: %v; the steps did not do what this test needs", len(want), bytes.Equal(want[21*chunk:22*chunk], make([]byte, chunk)))
+	for _, q := range []string{
+		"CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)",
+		"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500) INSERT INTO t(v) SELECT randomblob(4000) FROM c",
+	} {
+		if _, err := db.Exec(q); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
-	got, err := assemble(path)
+	if err := db.Close(); err != nil {
+		return nil, err
+	}
+	d, err := vfs.Spool().DB(path)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
+	}
+	f, err := rawvfs.Open("boule", path)
+	if err != nil {
+		return nil, err
+	}
+	r := &rawTxn{path: path, d: d, f: f}
+	steps := []func() error{
+		func() error { return f.Lock(rawvfs.LockShared) },
+		func() error { return f.Unlock(rawvfs.LockNone) },
+		func() error { return staged(d) },
+		func() error { r.lent = vfs.CopiesLent(); return f.Lock(rawvfs.LockShared) },
+		func() error { return f.Lock(rawvfs.LockReserved) },
+		func() error { return f.Lock(rawvfs.LockExclusive) },
+	}
+	for i := 2; i <= 25; i++ {
+		steps = append(steps, func() error {
+			return f.WriteAt(bytes.Repeat([]byte{byte('a' + i)}, rawChunk), int64(i)*rawChunk)
+		})
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// commit syncs the file and ends the transaction (the capture), waits
+// until it is staged, and returns how many copies it lent.
+func (r *rawTxn) commit() (int64, error) {
+	for _, step := range []func() error{r.f.Sync, func() error { return r.f.Unlock(rawvfs.LockShared) },
+		func() error { return r.f.Unlock(rawvfs.LockNone) }, func() error { return staged(r.d) }} {
+		if err := step(); err != nil {
+			return 0, err
+		}
+	}
+	return vfs.CopiesLent() - r.lent, nil
+}
+
+// snapshotMatches reports how the staged snapshot differs from the file.
+func (r *rawTxn) snapshotMatches() error {
+	want, err := os.ReadFile(r.path)
+	if err != nil {
+		return err
+	}
+	got, err := assemble(r.path)
+	if err != nil {
+		return err
 	}
 	if !bytes.Equal(got, want) {
 		i := firstDiff(got, want)
-		t.Fatalf("snapshot: %d bytes, file %d; first difference at %d (chunk %d)", len(got), len(want), i, i/chunk)
+		return fmt.Errorf("snapshot: %d bytes, file %d; first difference at %d (chunk %d)", len(got), len(want), i, i/rawChunk)
 	}
-	copiesFreed(t, d)
+	return nil
 }
 
 // copiesFreed waits until d's persister is idle, and checks that no copy
@@ -227,87 +287,45 @@ func TestCopiesDroppedByFailedWrite(t *testing.T) {
 // reports the copies lent; it fails when the snapshot differs from the
 // file.
 func childFailedWrite() error {
-	const chunk = 64 << 10
 	path := os.Getenv("BOULE_TEST_DB")
 	if err := vfs.Register(vfs.Config{ReplicationSpoolingDir: os.Getenv("BOULE_TEST_SPOOL")}); err != nil {
 		return err
 	}
-	db, err := sql.Open("sqlite3", "file:"+path+"?vfs=boule")
+	r, err := beginRawTxn(path)
 	if err != nil {
 		return err
 	}
-	for _, q := range []string{
-		"CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)",
-		"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500) INSERT INTO t(v) SELECT randomblob(4000) FROM c",
-	} {
-		if _, err := db.Exec(q); err != nil {
-			return err
-		}
-	}
-	if err := db.Close(); err != nil {
-		return err
-	}
-	d, err := vfs.Spool().DB(path)
-	if err != nil {
-		return err
-	}
-	f, err := rawvfs.Open("boule", path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for _, err := range []error{f.Lock(rawvfs.LockShared), f.Unlock(rawvfs.LockNone), staged(d)} {
-		if err != nil {
-			return err
-		}
-	}
-	lent := vfs.CopiesLent()
-	for _, l := range []int{rawvfs.LockShared, rawvfs.LockReserved, rawvfs.LockExclusive} {
-		if err := f.Lock(l); err != nil {
-			return err
-		}
-	}
-	for i := 2; i <= 25; i++ {
-		if err := f.WriteAt(bytes.Repeat([]byte{byte('a' + i)}, chunk), int64(i)*chunk); err != nil {
-			return err
-		}
-	}
+	defer r.f.Close()
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
 		return err
 	}
 	cut := lim
-	cut.Cur = 12*chunk + 16<<10
+	cut.Cur = 12*rawChunk + 16<<10
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &cut); err != nil {
 		return err
 	}
-	werr := f.WriteAt(bytes.Repeat([]byte{'Q'}, chunk), 12*chunk)
+	werr := r.f.WriteAt(bytes.Repeat([]byte{'Q'}, rawChunk), 12*rawChunk)
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
 		return err
 	}
 	if werr == nil {
 		return fmt.Errorf("the write past the file size limit succeeded")
 	}
-	for _, err := range []error{f.Sync(), f.Unlock(rawvfs.LockShared), f.Unlock(rawvfs.LockNone), staged(d)} {
-		if err != nil {
-			return err
-		}
-	}
-	want, err := os.ReadFile(path)
+	lent, err := r.commit()
 	if err != nil {
 		return err
 	}
-	if !bytes.Equal(want[12*chunk:12*chunk+16<<10], bytes.Repeat([]byte{'Q'}, 16<<10)) || want[12*chunk+16<<10] != 'a'+12 {
+	file, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(file[12*rawChunk:12*rawChunk+16<<10], bytes.Repeat([]byte{'Q'}, 16<<10)) || file[12*rawChunk+16<<10] != 'a'+12 {
 		return fmt.Errorf("chunk 12 of the file is not 16 KiB of the failed write, then the earlier one: the steps did not do what the test needs")
 	}
-	got, err := assemble(path)
-	if err != nil {
+	if err := r.snapshotMatches(); err != nil {
 		return err
 	}
-	if !bytes.Equal(got, want) {
-		i := firstDiff(got, want)
-		return fmt.Errorf("snapshot: %d bytes, file %d; first difference at %d (chunk %d)", len(got), len(want), i, i/chunk)
-	}
-	fmt.Printf("lent %d\n", vfs.CopiesLent()-lent)
+	fmt.Printf("lent %d\n", lent)
 	return nil
 }
