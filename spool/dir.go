@@ -180,39 +180,12 @@ func (c Chunks) Remove(fp manifest.Fingerprint) error {
 // Superseded chunks that a segment keeps for its other chunks, and its
 // index, are not counted.
 func (c Chunks) Bytes() int64 {
-	entries, err := fsutil.ReadDir(c.dir)
+	files, err := filesOf(c.dir)
 	if err != nil {
 		return 0
 	}
-	type file struct {
-		path  string
-		size  int64
-		names map[manifest.Fingerprint]bool
-	}
-	files := make(map[fileKey]*file)
 	var n int64
-	for _, e := range entries {
-		fp, err := manifest.ParseFingerprint(e.Name())
-		if err != nil {
-			continue
-		}
-		info, err := e.Info()
-		if err != nil {
-			continue
-		}
-		st, ok := info.Sys().(*syscall.Stat_t)
-		if !ok {
-			n += info.Size()
-			continue
-		}
-		k := fileKey{dev: uint64(st.Dev), ino: st.Ino}
-		f := files[k]
-		if f == nil {
-			f = &file{path: filepath.Join(c.dir, e.Name()), size: info.Size(), names: map[manifest.Fingerprint]bool{}}
-			files[k] = f
-		}
-		f.names[fp] = true
-	}
+	named := map[manifest.Fingerprint]bool{}
 	for _, f := range files {
 		index, err := segmentIndex(f.path)
 		if err != nil {
@@ -222,8 +195,12 @@ func (c Chunks) Bytes() int64 {
 			n += f.size
 			continue
 		}
+		clear(named)
+		for _, fp := range f.names {
+			named[fp] = true
+		}
 		for _, e := range index {
-			if f.names[e.fp] {
+			if named[e.fp] {
 				n += int64(e.n)
 			}
 		}

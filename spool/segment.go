@@ -310,12 +310,48 @@ func (d *DB) compactAt(size int64) int64 {
 // lower it, to see compactions of their small databases).
 var compactFloor int64 = 4 << 20
 
-// stagedFile is a file that staged chunk names link to, in compactStaging.
+// stagedFile is a file that chunk names link to (filesOf).
 type stagedFile struct {
 	path  string // one of its names
 	names []manifest.Fingerprint
 	dead  int64 // bytes of the chunks it holds that no staged name names
 	size  int64
+}
+
+// filesOf lists the chunk names of the directory dir by the file each
+// names: a segment has a name for each chunk it holds that is still
+// staged, an earlier version's chunk file one. Names that are not
+// fingerprints are passed over, and so are names gone meanwhile.
+func filesOf(dir string) ([]*stagedFile, error) {
+	entries, err := fsutil.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	byFile := make(map[fileKey]*stagedFile)
+	var all []*stagedFile
+	for _, e := range entries {
+		fp, err := manifest.ParseFingerprint(e.Name())
+		if err != nil {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil, fmt.Errorf("spool: %s: the system gives no inode numbers", dir)
+		}
+		k := fileKey{dev: uint64(st.Dev), ino: st.Ino}
+		f := byFile[k]
+		if f == nil {
+			f = &stagedFile{path: filepath.Join(dir, e.Name()), size: fi.Size()}
+			byFile[k] = f
+			all = append(all, f)
+		}
+		f.names = append(f.names, fp)
+	}
+	return all, nil
 }
 
 // segmentIndex reads the index of the segment at p; a file that is not a
@@ -365,33 +401,9 @@ func segmentIndex(p string) ([]segEntry, error) {
 // The spool lock is held.
 func (d *DB) compactStaging(size int64) {
 	dir := d.StagingChunksDir()
-	entries, err := fsutil.ReadDir(dir)
+	all, err := filesOf(dir)
 	if err != nil {
 		return
-	}
-	files := make(map[fileKey]*stagedFile)
-	var all []*stagedFile
-	for _, e := range entries {
-		fp, err := manifest.ParseFingerprint(e.Name())
-		if err != nil {
-			continue
-		}
-		fi, err := e.Info()
-		if err != nil {
-			continue
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return
-		}
-		k := fileKey{dev: uint64(st.Dev), ino: st.Ino}
-		f := files[k]
-		if f == nil {
-			f = &stagedFile{path: filepath.Join(dir, e.Name()), size: fi.Size()}
-			files[k] = f
-			all = append(all, f)
-		}
-		f.names = append(f.names, fp)
 	}
 	var dead int64
 	for _, f := range all {
