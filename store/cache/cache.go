@@ -112,6 +112,11 @@ func (c *Store) String() string { return "local:" + c.dir }
 
 func (c *Store) shard(fp manifest.Fingerprint) int { return shardOf(fp, c.shards) }
 
+// shardDir is the directory of shard s.
+func (c *Store) shardDir(s int) string {
+	return strings.TrimSuffix(string(appendShard([]byte(strings.TrimSuffix(c.dir, "/")), s)), "/")
+}
+
 // shardOf is the shard, of n, that holds fp: its first two bytes modulo n.
 func shardOf(fp manifest.Fingerprint, n int) int {
 	return int(uint16(fp[0])<<8|uint16(fp[1])) % n
@@ -340,7 +345,7 @@ func (c *Store) noteAdded(s, chunks int) {
 // slab's for a slab (slabWeight, from its size). Only then are the files'
 // times read.
 func (c *Store) evict(s int) {
-	sdir := filepath.Join(c.dir, fmt.Sprintf("%03d", s))
+	sdir := c.shardDir(s)
 	entries, err := fsutil.ReadDir(sdir)
 	c.mu.Lock()
 	c.listed++

@@ -267,7 +267,7 @@ func (c *Store) NewSlab(ctx context.Context, pack manifest.Fingerprint) (*SlabWr
 		return nil, c.fail("new slab", pack.String(), nil, err)
 	}
 	s := c.shard(pack)
-	sdir := filepath.Join(c.dir, fmt.Sprintf("%03d", s))
+	sdir := c.shardDir(s)
 	c.narrowShard(s, sdir)
 	if err := os.MkdirAll(sdir, 0o700); err != nil {
 		return nil, c.fail("new slab", pack.String(), nil, err)
