@@ -116,12 +116,12 @@ type DB struct {
 	path string
 	dir  string
 
-	mu          sync.Mutex
-	ensured     bool
-	cur         *cached // staged manifest, nil when unknown
-	failing     bool
-	stats       Stats
-	cleanedTemp bool
+	mu      sync.Mutex
+	ensured bool
+	cur     *cached // staged manifest, nil when unknown
+	failing bool
+	stats   Stats
+	sweptAt time.Time // when sweepTemps last ran; zero before the first snapshot
 	// baseKept is the base file the staged manifest was last written
 	// with ("" for none, "?" before the first write): the others in
 	// staging/ are deleted when it changes.
@@ -489,6 +489,7 @@ func (d *DB) stageFileLocked(src Source, ch Change, f fileState, incrementalOnly
 		// snapshot's, and a failure must read the staged one again.
 		d.cur = nil
 	}
+	d.sweepTemps()
 	reads := planReads(prev, f.size, ch.Dirty)
 	m := d.newManifest(f, prev)
 	changed, replaced, err := d.readAndStage(src, m, cur, incremental, reads)
@@ -507,6 +508,20 @@ func (d *DB) stageFileLocked(src Source, ch Change, f fileState, incrementalOnly
 		onStaged(f)
 	}
 	return true, nil
+}
+
+// sweepTemps deletes what dead writers left in tmp/ (removeStaleTemps)
+// before a snapshot writes there: at the first of this process, after
+// every failure (a leftover may be what filled the spool; the torture
+// test's killed writers filled a small one with their segments), and
+// otherwise once a minute. A sweep reads one small directory.
+func (d *DB) sweepTemps() {
+	now := time.Now()
+	if !d.failing && !d.sweptAt.IsZero() && now.Sub(d.sweptAt) < staleTemp {
+		return
+	}
+	d.sweptAt = now
+	removeStaleTemps(d.tmpDir(), now)
 }
 
 // fileState is the database file as a snapshot found it.
@@ -806,10 +821,6 @@ func (d *DB) commit(m *manifest.Manifest, cur *cached, changed []int, replaced [
 		d.pinned = 0
 	} else if d.pinned >= d.compactAt(m.Size) {
 		d.compactStaging(m.Size)
-	}
-	if !d.cleanedTemp {
-		d.cleanedTemp = true
-		removeStaleTemps(d.tmpDir(), time.Now())
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -356,20 +357,76 @@ func UnmangleName(name string) (string, bool) {
 	return b.String(), true
 }
 
-// removeStaleTemps deletes scratch files older than a minute: leftovers of
-// a process that crashed mid-write. Live temp files exist for milliseconds.
+// Scratch files are written whole and published within milliseconds; one
+// that stays in tmp/ is what a process left when it died mid-write.
+const (
+	// staleTemp is the age past which any scratch file is a leftover.
+	staleTemp = time.Minute
+	// orphanTemp is the age past which a scratch file of a process that
+	// is gone is a leftover. It is not zero only for spools shared across
+	// pid namespaces, where a live writer's pid may name no process here:
+	// deleting its file would fail its snapshot, to be retried, and lose
+	// nothing.
+	orphanTemp = 2 * time.Second
+)
+
+// removeStaleTemps deletes the leftovers in a database's tmp/: every
+// scratch file older than staleTemp, and those older than orphanTemp of a
+// process that is gone, or of an earlier process with this one's pid (a
+// container's program restarts with the same pid). This process's own
+// files, and those of live processes, may be being written: they stay.
 func removeStaleTemps(dir string, now time.Time) {
 	entries, err := fsutil.ReadDir(dir)
 	if err != nil {
 		return
 	}
+	self := os.Getpid()
 	for _, e := range entries {
 		info, err := e.Info()
-		if err != nil || now.Sub(info.ModTime()) < time.Minute {
+		if err != nil {
 			continue
+		}
+		if age := now.Sub(info.ModTime()); age < staleTemp {
+			pid, stamp, ok := tempOwner(e.Name())
+			if !ok || age < orphanTemp {
+				continue
+			}
+			if pid == self && !stamp.Before(started) || pid != self && processExists(pid) {
+				continue
+			}
 		}
 		_ = os.RemoveAll(filepath.Join(dir, e.Name()))
 	}
+}
+
+// started is when this process began to use the spool, or earlier: every
+// scratch name it makes is stamped after it.
+var started = time.Now()
+
+// processExists reports whether a process pid exists (a zombie counts),
+// whoever owns it.
+func processExists(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// tempOwner returns the process id and the time at the front of a scratch
+// name that uniqueName made (after the control block's "ctl." prefix, if
+// any).
+func tempOwner(name string) (pid int, stamp time.Time, ok bool) {
+	parts := strings.SplitN(strings.TrimPrefix(name, ctlTempPrefix), ".", 3)
+	if len(parts) < 3 || parts[0] == "" || parts[0][0] < '1' || parts[0][0] > '9' {
+		return 0, time.Time{}, false
+	}
+	pid, err := strconv.Atoi(parts[0])
+	if err != nil {
+		return 0, time.Time{}, false
+	}
+	nanos, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil {
+		return 0, time.Time{}, false
+	}
+	return pid, time.Unix(0, nanos), true
 }
 
 // DBDir is a database's spool directory found by [List].

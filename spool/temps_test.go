@@ -1,0 +1,140 @@
+//go:build linux
+
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boule-vfs/boule/internal/testfs"
+)
+
+// TestDeadWritersTempsFreeTheSpool: scratch files that writers killed
+// mid-write left in tmp/ fill a small spool, and the snapshot that fails
+// for want of room is the last: the one after it deletes those whose
+// process is gone (or, with the same pid, started before this one) and
+// succeeds. Those of live processes (this one, another) stay, and so does
+// a dead process's that is only just written.
+// The torture test TestTinySpool once stalled for 41 s this way: its
+// killed writers' segments took 832 KiB of a 1 MiB spool.
+func TestDeadWritersTempsFreeTheSpool(t *testing.T) {
+	d := newTestDB(t, 4*cs, func(o *Options) { testfs.MountTmpfs(t, o.Dir, "1m") })
+	mustTxn(t, d.db, d.src, unchanged)
+	assertExact(t, d.db, d.src)
+
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	live := exec.Command("sleep", "600")
+	if err := live.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = live.Process.Kill(); _ = live.Wait() })
+	deadPid, livePid, self := gone.ProcessState.Pid(), live.Process.Pid, os.Getpid()
+
+	tmp := d.db.tmpDir()
+	now := time.Now()
+	temp := func(name string, age time.Duration, fill bool) string {
+		t.Helper()
+		p := filepath.Join(tmp, name)
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fill {
+			// Until the tmpfs is full, as a killed writer's segment
+			// may leave it.
+			buf := make([]byte, 64<<10)
+			for {
+				if _, err := f.Write(buf); err != nil {
+					if !errors.Is(err, syscall.ENOSPC) {
+						t.Fatal(err)
+					}
+					break
+				}
+			}
+		} else if _, err := f.Write(make([]byte, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if err := os.Chtimes(p, now.Add(-age), now.Add(-age)); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	stamped := func(pid int, at time.Time, suffix string) string {
+		return fmt.Sprintf("%d.%d.0123456789abcdef%s", pid, at.UnixNano(), suffix)
+	}
+	name := func(pid int, suffix string) string { return stamped(pid, now, suffix) }
+	keep := []string{
+		temp(name(livePid, segSuffix), 5*time.Second, false),
+		temp(name(self, ""), 5*time.Second, false),
+		temp(name(deadPid, ".young"+segSuffix), 100*time.Millisecond, false),
+	}
+	drop := []string{
+		temp(name(self, ".old"), 2*time.Minute, false),
+		// An earlier process's with this one's pid, as a container's
+		// program has after a restart.
+		temp(stamped(self, started.Add(-time.Hour), segSuffix), 5*time.Second, false),
+		temp(ctlTempPrefix+name(deadPid, ""), 5*time.Second, false),
+		temp(name(deadPid, segSuffix), 5*time.Second, true),
+	}
+
+	if err := txn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Snapshot() with the spool full of a dead writer's segment=%v, want ENOSPC", err)
+	}
+	mustTxn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3)
+	assertExact(t, d.db, d.src)
+	for _, p := range drop {
+		if exists(p) {
+			t.Errorf("%s is left in tmp/", filepath.Base(p))
+		}
+	}
+	for _, p := range keep {
+		if !exists(p) {
+			t.Errorf("%s was deleted from tmp/", filepath.Base(p))
+		}
+	}
+}
+
+// TestTempOwner: the pid and time at the front of the names uniqueName
+// makes, with or without the control block's prefix; nothing for other
+// names.
+func TestTempOwner(t *testing.T) {
+	before := time.Now()
+	for _, c := range []struct {
+		name string
+		pid  int
+	}{
+		{uniqueName(), os.Getpid()},
+		{uniqueName() + segSuffix, os.Getpid()},
+		{ctlTempPrefix + uniqueName(), os.Getpid()},
+		{"17.1733000000000000000.00ff00ff00ff00ff", 17},
+		{"spill-123456", 0},
+		{"0.1.2", 0},
+		{"-3.1.2", 0},
+		{"x17.1.2", 0},
+		{"17.x.2", 0},
+		{"17.5", 0},
+		{"17", 0},
+		{"", 0},
+	} {
+		pid, stamp, ok := tempOwner(c.name)
+		if pid != c.pid || ok != (c.pid != 0) {
+			t.Errorf("tempOwner(%q)=%d, %v, %v; want %d", c.name, pid, stamp, ok, c.pid)
+		}
+		if c.pid == os.Getpid() && (stamp.Before(before) || stamp.After(time.Now()) || !stamp.After(started)) {
+			t.Errorf("tempOwner(%q) stamp %v, want between %v and now, after %v", c.name, stamp, before, started)
+		}
+	}
+	if _, stamp, _ := tempOwner("17.1733000000000000000.00ff00ff00ff00ff"); !stamp.Equal(time.Unix(0, 1733000000000000000)) {
+		t.Errorf("stamp %v, want %v", stamp, time.Unix(0, 1733000000000000000))
+	}
+}
