@@ -10,9 +10,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -91,6 +94,15 @@ func (p *proc) exitErr() error {
 		}
 	}
 	return fmt.Errorf("%s process ended by itself (%v); stderr:\n%s", p.name, p.err, tail(p.stderr.String(), 4000))
+}
+
+// ends is s, or its first and last n bytes when it is longer than 2n:
+// how a failure started, and where it ended.
+func ends(s string, n int) string {
+	if len(s) > 2*n {
+		return s[:n] + "\n…\n" + s[len(s)-n:]
+	}
+	return s
 }
 
 func tail(s string, n int) string {
@@ -419,4 +431,32 @@ func mustEvalTempDir(t testing.TB) string {
 	t.Helper()
 	tmpdir := testfs.TempDir(t)
 	return tmpdir
+}
+
+// listTree lists the files under root, one per line: the path below root,
+// the size and the link count; for a failed run's log (what filled a
+// spool, what it held when uploads stopped).
+func listTree(root string) string {
+	var b strings.Builder
+	var total int64
+	_ = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", p, err)
+			return nil
+		}
+		info, err := e.Info()
+		if err != nil || e.IsDir() {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, p)
+		var links uint64
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			links = uint64(st.Nlink)
+		}
+		total += info.Size()
+		fmt.Fprintf(&b, "  %s %d bytes, %d links, %s\n", rel, info.Size(), links, info.ModTime().Format("15:04:05.000"))
+		return nil
+	})
+	fmt.Fprintf(&b, "  (%d bytes in all, hard links counted each time)\n", total)
+	return b.String()
 }

@@ -311,9 +311,11 @@ func run(t *testing.T, sc scenario) *outcome {
 	}
 	_, out.commits, _ = c.state()
 	out.writerStderr = writerStderr.String()
+	spoolAtEnd := listTree(spoolDir)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("writer stderr:\n%s\nuploader stderr:\n%s", tail(out.writerStderr, 3000), tail(uploaderStderr.String(), 3000))
+			t.Logf("writer stderr:\n%s\nuploader stderr:\n%s", ends(out.writerStderr, 3000), tail(uploaderStderr.String(), 3000))
+			t.Logf("the spool when the run ended:\n%s", spoolAtEnd)
 		}
 	})
 	out.manifestsMidRun = rec.count()
