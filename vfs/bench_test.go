@@ -1,6 +1,7 @@
 package vfs_test
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"math/rand/v2"
@@ -114,7 +115,7 @@ func BenchmarkBulkLoad(b *testing.B) {
 
 // bulkLoad commits b.N transactions of 4,096 rows of 1 KiB (4 MiB).
 func bulkLoad(b *testing.B, name, journal string) {
-	db, _ := benchDB(b, name, "_journal_mode="+journal+"&_sync=NORMAL", 0)
+	db, path := benchDB(b, name, "_journal_mode="+journal+"&_sync=NORMAL", 0)
 	calls, lent := vfs.GoCalls(), vfs.CopiesLent()
 	var commits []time.Duration
 	b.SetBytes(4096 * 1024)
@@ -147,6 +148,18 @@ func bulkLoad(b *testing.B, name, journal string) {
 	slices.Sort(commits)
 	b.ReportMetric(float64(commits[len(commits)/2].Microseconds()), "commit-p50-µs")
 	b.ReportMetric(float64(vfs.CopiesLent()-lent)/float64(b.N), "lent-chunks/op")
+	// What the persister wrote: the chunks staged, and those its
+	// compactions of staging copied again.
+	if sp := vfs.Spool(); sp != nil && name != "unix" {
+		if d, err := sp.DB(path); err == nil {
+			if err := d.WaitIdle(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			st := d.Stats()
+			b.ReportMetric(float64(st.BytesStaged)/float64(b.N)/(1<<20), "staged-MiB/op")
+			b.ReportMetric(float64(st.BytesCompacted)/float64(b.N)/(1<<20), "compacted-MiB/op")
+		}
+	}
 }
 
 // BenchmarkReadMix: read-only queries on a 20 MB database: 50 point
