@@ -479,6 +479,15 @@ func (d *DB) stageFileLocked(src Source, ch Change, f fileState, incrementalOnly
 		// A rebuild trusts nothing cached: re-read what is staged.
 		d.cur = nil
 		cur = d.loadStaged()
+		// A writer killed mid-snapshot may have left staged chunks that
+		// no manifest references. The rebuild's commit deletes them, but
+		// when they are what fills the spool it cannot get there: delete
+		// them first.
+		var refs map[manifest.Fingerprint]int32
+		if cur != nil {
+			refs = cur.refs
+		}
+		d.gcStaging(refs)
 	}
 	incremental := act == actIncremental
 	var prev *manifest.Manifest

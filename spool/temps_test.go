@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/boule-vfs/boule/internal/testfs"
+	"github.com/boule-vfs/boule/manifest"
 )
 
 // TestDeadWritersTempsFreeTheSpool: scratch files that writers killed
@@ -137,4 +138,47 @@ func TestTempOwner(t *testing.T) {
 	if _, stamp, _ := tempOwner("17.1733000000000000000.00ff00ff00ff00ff"); !stamp.Equal(time.Unix(0, 1733000000000000000)) {
 		t.Errorf("stamp %v, want %v", stamp, time.Unix(0, 1733000000000000000))
 	}
+}
+
+// TestOrphanStagedChunksFreeTheSpool: a writer killed between linking a
+// snapshot's chunks into staging/chunks and writing its manifest leaves
+// chunks that no manifest references; they are deleted once the snapshot
+// succeeds. When they fill the spool none can succeed, so the rebuild
+// that follows a dead writer deletes them before it stages anything.
+// TestTinySpool once ended its run with six such chunks (384 KiB of its
+// 1 MiB spool) and no snapshot staged for 38 s.
+func TestOrphanStagedChunksFreeTheSpool(t *testing.T) {
+	d := newTestDB(t, 4*cs, func(o *Options) { testfs.MountTmpfs(t, o.Dir, "1m") })
+	mustTxn(t, d.db, d.src, unchanged)
+
+	// The dead writer's chunks, one segment each, until the spool is
+	// full.
+	var orphans []manifest.Fingerprint
+	for {
+		b := make([]byte, cs)
+		fillRandom(d.rng, b)
+		fp := manifest.Sum(b)
+		if err := d.db.StageChunks(map[manifest.Fingerprint][]byte{fp: b}); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+		orphans = append(orphans, fp)
+	}
+	if len(orphans) == 0 {
+		t.Fatal("no orphan chunk fits in the spool")
+	}
+	leaveMarker(t, d.db)
+
+	before := d.db.Stats()
+	mustTxn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2)
+	assertRebuilt(t, d, before)
+	chunks := OpenDir(d.db.Dir()).StagedChunks()
+	for _, fp := range orphans {
+		if chunks.Has(fp) {
+			t.Errorf("orphan chunk %s is still staged", fp)
+		}
+	}
+	assertStagingReferenced(t, d.db)
 }

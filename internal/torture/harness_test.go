@@ -26,6 +26,7 @@ import (
 	"github.com/boule-vfs/boule/internal/testlog"
 	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/restore"
+	"github.com/boule-vfs/boule/spool"
 	"github.com/boule-vfs/boule/store"
 )
 
@@ -458,5 +459,53 @@ func listTree(root string) string {
 		return nil
 	})
 	fmt.Fprintf(&b, "  (%d bytes in all, hard links counted each time)\n", total)
+	return b.String()
+}
+
+// spoolState describes each database's spool under root for a failed
+// run's log: the marker, the staged and the uploaded manifests, and, for
+// each staged chunk file, which of the two references it.
+func spoolState(root string) string {
+	dbs, err := spool.List(root)
+	if err != nil {
+		return fmt.Sprintf("  spool.List: %v\n", err)
+	}
+	var b strings.Builder
+	for _, db := range dbs {
+		d := spool.OpenDir(db.Dir)
+		fmt.Fprintf(&b, "  %s:\n", db.Source)
+		if m, err := d.Marker(); err == nil {
+			fmt.Fprintf(&b, "    marker %v committed %d persisted %d owner %x writer %x since %v err %q\n", m.State, m.Committed, m.Persisted, m.Owner, m.Writer, m.Since, m.Err)
+		}
+		refs := func(m *manifest.Manifest) map[manifest.Fingerprint]bool {
+			out := map[manifest.Fingerprint]bool{}
+			if m != nil {
+				for _, fp := range m.Chunks {
+					out[fp] = true
+				}
+			}
+			return out
+		}
+		var staged, uploaded map[manifest.Fingerprint]bool
+		if s, err := d.Staged(); err != nil || s == nil {
+			fmt.Fprintf(&b, "    staged: none (%v)\n", err)
+		} else {
+			staged = refs(s.Manifest)
+			fmt.Fprintf(&b, "    staged: %x, %d bytes, %d chunks, created %v\n", s.ID[:6], s.Manifest.Size, len(s.Manifest.Chunks), s.Manifest.Created)
+		}
+		if m, err := d.Uploaded(); err != nil || m == nil {
+			fmt.Fprintf(&b, "    uploaded: none (%v)\n", err)
+		} else {
+			uploaded = refs(m)
+			fmt.Fprintf(&b, "    uploaded: %d bytes, %d chunks, created %v\n", m.Size, len(m.Chunks), m.Created)
+		}
+		fps, err := d.StagedChunks().List()
+		if err != nil {
+			fmt.Fprintf(&b, "    staged chunks: %v\n", err)
+		}
+		for _, fp := range fps {
+			fmt.Fprintf(&b, "    staged chunk %x: in staged %v, in uploaded %v\n", fp[:6], staged[fp], uploaded[fp])
+		}
+	}
 	return b.String()
 }

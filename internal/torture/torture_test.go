@@ -311,7 +311,7 @@ func run(t *testing.T, sc scenario) *outcome {
 	}
 	_, out.commits, _ = c.state()
 	out.writerStderr = writerStderr.String()
-	spoolAtEnd := listTree(spoolDir)
+	spoolAtEnd := listTree(spoolDir) + spoolState(spoolDir)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("writer stderr:\n%s\nuploader stderr:\n%s", ends(out.writerStderr, 3000), tail(uploaderStderr.String(), 3000))
