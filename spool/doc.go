@@ -54,7 +54,12 @@
 // three and a half times the database size however long the uploader is
 // stuck. While a snapshot runs, the chunks it stages sit
 // beside those they replace until its manifest is written: about four
-// times at the peak. A snapshot that fails deletes the chunks it staged.
+// times at the peak. A snapshot that fails deletes the chunks it staged;
+// one whose process is killed leaves them, and its scratch files in tmp/,
+// to the next snapshot: the rebuild that follows a dead writer deletes the
+// staged chunks no manifest references before it stages, and every
+// snapshot first deletes the scratch files of processes that are gone, so
+// that leftovers cannot keep a full spool full.
 // The one exception to the bound is a database that shrinks a lot while a
 // larger snapshot waits in ready/ or consuming/: that snapshot keeps its
 // size until it is uploaded.
