@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -430,11 +429,26 @@ func (d Dir) Invalidate() error { return Invalidate(d.path) }
 // --- The uploader's records -----------------------------------------------
 
 // writeRecord writes b to the record name by rename, no more readable
-// than the database.
+// than the database. It is written first under tmp/, with the name every
+// scratch file has: one that a killed uploader leaves is deleted with the
+// other leftovers (removeStaleTemps).
 func (d Dir) writeRecord(name string, b []byte) error {
 	dst := d.join(name)
-	tmp := fmt.Sprintf("%s.tmp.%d.%d", dst, os.Getpid(), rand.Uint64())
-	if err := os.WriteFile(tmp, b, recordPerm(d.Perm())); err != nil {
+	tmpdir := d.join(tmpDir)
+	tmp := filepath.Join(tmpdir, uniqueName())
+	err := os.WriteFile(tmp, b, recordPerm(d.Perm()))
+	if errors.Is(err, fs.ErrNotExist) {
+		// A directory made before tmp/ was: make it as a snapshot does.
+		dm := dirMode(d.Perm())
+		err = os.Mkdir(tmpdir, dm)
+		if err == nil {
+			_ = os.Chmod(tmpdir, dm) // umask-proof
+		}
+		if err == nil || errors.Is(err, fs.ErrExist) {
+			err = os.WriteFile(tmp, b, recordPerm(d.Perm()))
+		}
+	}
+	if err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("spool: write %s: %w", dst, pathless(err))
 	}

@@ -182,3 +182,48 @@ func TestOrphanStagedChunksFreeTheSpool(t *testing.T) {
 	}
 	assertStagingReferenced(t, d.db)
 }
+
+// TestRecordsWrittenUnderTmp: the uploader's records are written under
+// tmp/ and renamed into place, so that one a killed uploader leaves is a
+// scratch file like the others, which snapshots delete; written beside
+// the record, it stayed until the next boot. A directory without tmp/
+// gets one.
+func TestRecordsWrittenUnderTmp(t *testing.T) {
+	d := snapshotted(t, 3*cs)
+	dir := OpenDir(d.db.Dir())
+	tmp := d.db.tmpDir()
+	if err := dir.SetStatus([]byte(`{"a":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, tmp); len(got) != 0 {
+		t.Fatalf("tmp/ after a record holds %v", got)
+	}
+
+	// With tmp/ a file, the write fails: it went through tmp/.
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.SetStatus([]byte(`{"a":2}`)); !errors.Is(err, syscall.ENOTDIR) {
+		t.Fatalf("SetStatus() with tmp/ a file=%v, want ENOTDIR", err)
+	}
+	if b, err := dir.Status(); err != nil || string(b) != `{"a":1}` {
+		t.Fatalf("Status()=%q, %v; want the first record", b, err)
+	}
+
+	// Without tmp/, it is made.
+	if err := os.Remove(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.SetStatus([]byte(`{"a":3}`)); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := dir.Status(); err != nil || string(b) != `{"a":3}` {
+		t.Fatalf("Status()=%q, %v; want the third record", b, err)
+	}
+	if fi, err := os.Stat(tmp); err != nil || !fi.IsDir() {
+		t.Fatalf("tmp/ after a record in a directory without one: %v, %v", fi, err)
+	}
+}
