@@ -1323,9 +1323,20 @@ func dirMode(db fs.FileMode) fs.FileMode {
 	return m
 }
 
-// uniqueName is never reused: pid, time and 64 random bits.
+// uniqueName is never reused: pid, time, this process's incarnation and
+// 32 random bits. The pid and the incarnation tell whose scratch file it
+// is (tempOwner).
 func uniqueName() string {
-	var r [8]byte
+	var r [4]byte
 	_, _ = rand.Read(r[:])
-	return fmt.Sprintf("%d.%d.%s", os.Getpid(), time.Now().UnixNano(), hex.EncodeToString(r[:]))
+	return fmt.Sprintf("%d.%d.%s%s", os.Getpid(), time.Now().UnixNano(), incarnation, hex.EncodeToString(r[:]))
 }
+
+// incarnation tells this process from an earlier one with the same pid (a
+// container's program restarts with the same pid): 8 random hex digits,
+// drawn once per process.
+var incarnation = func() string {
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	return hex.EncodeToString(r[:])
+}()

@@ -387,21 +387,17 @@ func removeStaleTemps(dir string, now time.Time) {
 			continue
 		}
 		if age := now.Sub(info.ModTime()); age < staleTemp {
-			pid, stamp, ok := tempOwner(e.Name())
+			pid, inc, ok := tempOwner(e.Name())
 			if !ok || age < orphanTemp {
 				continue
 			}
-			if pid == self && !stamp.Before(started) || pid != self && processExists(pid) {
+			if pid == self && inc == incarnation || pid != self && processExists(pid) {
 				continue
 			}
 		}
 		_ = os.RemoveAll(filepath.Join(dir, e.Name()))
 	}
 }
-
-// started is when this process began to use the spool, or earlier: every
-// scratch name it makes is stamped after it.
-var started = time.Now()
 
 // processExists reports whether a process pid exists (a zombie counts),
 // whoever owns it.
@@ -410,23 +406,22 @@ func processExists(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// tempOwner returns the process id and the time at the front of a scratch
-// name that uniqueName made (after the control block's "ctl." prefix, if
-// any).
-func tempOwner(name string) (pid int, stamp time.Time, ok bool) {
-	parts := strings.SplitN(strings.TrimPrefix(name, ctlTempPrefix), ".", 3)
-	if len(parts) < 3 || parts[0] == "" || parts[0][0] < '1' || parts[0][0] > '9' {
-		return 0, time.Time{}, false
+// tempOwner returns the process id and the incarnation in a scratch name
+// that uniqueName made (after the control block's "ctl." prefix, if
+// any): "<pid>.<nanoseconds>.<incarnation><random>".
+func tempOwner(name string) (pid int, inc string, ok bool) {
+	parts := strings.SplitN(strings.TrimPrefix(name, ctlTempPrefix), ".", 4)
+	if len(parts) < 3 || parts[0] == "" || parts[0][0] < '1' || parts[0][0] > '9' || len(parts[2]) < len(incarnation) {
+		return 0, "", false
 	}
 	pid, err := strconv.Atoi(parts[0])
 	if err != nil {
-		return 0, time.Time{}, false
+		return 0, "", false
 	}
-	nanos, err := strconv.ParseInt(parts[1], 10, 64)
-	if err != nil {
-		return 0, time.Time{}, false
+	if _, err := strconv.ParseUint(parts[1], 10, 64); err != nil {
+		return 0, "", false
 	}
-	return pid, time.Unix(0, nanos), true
+	return pid, parts[2][:len(incarnation)], true
 }
 
 // DBDir is a database's spool directory found by [List].

@@ -19,7 +19,7 @@ import (
 // TestDeadWritersTempsFreeTheSpool: scratch files that writers killed
 // mid-write left in tmp/ fill a small spool, and the snapshot that fails
 // for want of room is the last: the one after it deletes those whose
-// process is gone (or, with the same pid, started before this one) and
+// process is gone (or, with the same pid, came before this one) and
 // succeeds. Those of live processes (this one, another) stay, and so does
 // a dead process's that is only just written.
 // The torture test TestTinySpool once stalled for 41 s this way: its
@@ -70,10 +70,14 @@ func TestDeadWritersTempsFreeTheSpool(t *testing.T) {
 		}
 		return p
 	}
-	stamped := func(pid int, at time.Time, suffix string) string {
-		return fmt.Sprintf("%d.%d.0123456789abcdef%s", pid, at.UnixNano(), suffix)
+	named := func(pid int, inc, suffix string) string {
+		return fmt.Sprintf("%d.%d.%s89abcdef%s", pid, now.UnixNano(), inc, suffix)
 	}
-	name := func(pid int, suffix string) string { return stamped(pid, now, suffix) }
+	name := func(pid int, suffix string) string { return named(pid, incarnation, suffix) }
+	earlier := "00000000" // another incarnation than this process's
+	if earlier == incarnation {
+		earlier = "11111111"
+	}
 	keep := []string{
 		temp(name(livePid, segSuffix), 5*time.Second, false),
 		temp(name(self, ""), 5*time.Second, false),
@@ -83,7 +87,7 @@ func TestDeadWritersTempsFreeTheSpool(t *testing.T) {
 		temp(name(self, ".old"), 2*time.Minute, false),
 		// An earlier process's with this one's pid, as a container's
 		// program has after a restart.
-		temp(stamped(self, started.Add(-time.Hour), segSuffix), 5*time.Second, false),
+		temp(named(self, earlier, segSuffix), 5*time.Second, false),
 		temp(ctlTempPrefix+name(deadPid, ""), 5*time.Second, false),
 		temp(name(deadPid, segSuffix), 5*time.Second, true),
 	}
@@ -105,38 +109,37 @@ func TestDeadWritersTempsFreeTheSpool(t *testing.T) {
 	}
 }
 
-// TestTempOwner: the pid and time at the front of the names uniqueName
-// makes, with or without the control block's prefix; nothing for other
-// names.
+// TestTempOwner: the pid and the incarnation at the front of the names
+// uniqueName makes, with or without the control block's prefix; nothing
+// for other names.
 func TestTempOwner(t *testing.T) {
-	before := time.Now()
 	for _, c := range []struct {
 		name string
 		pid  int
+		inc  string
 	}{
-		{uniqueName(), os.Getpid()},
-		{uniqueName() + segSuffix, os.Getpid()},
-		{ctlTempPrefix + uniqueName(), os.Getpid()},
-		{"17.1733000000000000000.00ff00ff00ff00ff", 17},
-		{"spill-123456", 0},
-		{"0.1.2", 0},
-		{"-3.1.2", 0},
-		{"x17.1.2", 0},
-		{"17.x.2", 0},
-		{"17.5", 0},
-		{"17", 0},
-		{"", 0},
+		{uniqueName(), os.Getpid(), incarnation},
+		{uniqueName() + segSuffix, os.Getpid(), incarnation},
+		{ctlTempPrefix + uniqueName(), os.Getpid(), incarnation},
+		{"17.1733000000000000000.00ff00ff00ff00ff", 17, "00ff00ff"},
+		{"17.1733000000000000000.00ff00ff.seg", 17, "00ff00ff"},
+		{"spill-123456", 0, ""},
+		{"0.1.2", 0, ""},
+		{"-3.1.00ff00ff", 0, ""},
+		{"x17.1.00ff00ff", 0, ""},
+		{"17.x.00ff00ff", 0, ""},
+		{"17.5.00ff", 0, ""},
+		{"17.5", 0, ""},
+		{"17", 0, ""},
+		{"", 0, ""},
 	} {
-		pid, stamp, ok := tempOwner(c.name)
-		if pid != c.pid || ok != (c.pid != 0) {
-			t.Errorf("tempOwner(%q)=%d, %v, %v; want %d", c.name, pid, stamp, ok, c.pid)
-		}
-		if c.pid == os.Getpid() && (stamp.Before(before) || stamp.After(time.Now()) || !stamp.After(started)) {
-			t.Errorf("tempOwner(%q) stamp %v, want between %v and now, after %v", c.name, stamp, before, started)
+		pid, inc, ok := tempOwner(c.name)
+		if pid != c.pid || inc != c.inc || ok != (c.pid != 0) {
+			t.Errorf("tempOwner(%q)=%d, %q, %v; want %d, %q", c.name, pid, inc, ok, c.pid, c.inc)
 		}
 	}
-	if _, stamp, _ := tempOwner("17.1733000000000000000.00ff00ff00ff00ff"); !stamp.Equal(time.Unix(0, 1733000000000000000)) {
-		t.Errorf("stamp %v, want %v", stamp, time.Unix(0, 1733000000000000000))
+	if a, b := uniqueName(), uniqueName(); a == b {
+		t.Errorf("uniqueName() twice gave %s", a)
 	}
 }
 
