@@ -480,14 +480,14 @@ func (d *DB) stageFileLocked(src Source, ch Change, f fileState, incrementalOnly
 		d.cur = nil
 		cur = d.loadStaged()
 		// A writer killed mid-snapshot may have left staged chunks that
-		// no manifest references. The rebuild's commit deletes them, but
-		// when they are what fills the spool it cannot get there: delete
-		// them first.
-		var refs map[manifest.Fingerprint]int32
+		// the staged manifest does not reference. The rebuild's commit
+		// deletes them, but when they are what fills the spool it cannot
+		// get there: delete them first. Only against a manifest read
+		// whole: one that could not be read this time may still be on
+		// disk, and in the middle of its upload.
 		if cur != nil {
-			refs = cur.refs
+			d.gcStaging(cur.refs)
 		}
-		d.gcStaging(refs)
 	}
 	incremental := act == actIncremental
 	var prev *manifest.Manifest

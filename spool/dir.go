@@ -431,22 +431,18 @@ func (d Dir) Invalidate() error { return Invalidate(d.path) }
 // writeRecord writes b to the record name by rename, no more readable
 // than the database. It is written first under tmp/, with the name every
 // scratch file has: one that a killed uploader leaves is deleted with the
-// other leftovers (removeStaleTemps).
+// other leftovers (removeStaleTemps), or, in a directory without tmp/,
+// beside the record.
 func (d Dir) writeRecord(name string, b []byte) error {
 	dst := d.join(name)
-	tmpdir := d.join(tmpDir)
-	tmp := filepath.Join(tmpdir, uniqueName())
+	tmp := d.join(tmpDir, uniqueName())
 	err := os.WriteFile(tmp, b, recordPerm(d.Perm()))
 	if errors.Is(err, fs.ErrNotExist) {
-		// A directory made before tmp/ was: make it as a snapshot does.
-		dm := dirMode(d.Perm())
-		err = os.Mkdir(tmpdir, dm)
-		if err == nil {
-			_ = os.Chmod(tmpdir, dm) // umask-proof
-		}
-		if err == nil || errors.Is(err, fs.ErrExist) {
-			err = os.WriteFile(tmp, b, recordPerm(d.Perm()))
-		}
+		// No tmp/: beside the record. The uploader does not make tmp/,
+		// which must be the writer's (mkdirSpool refuses a directory
+		// another user controls).
+		tmp = dst + ".tmp." + uniqueName()
+		err = os.WriteFile(tmp, b, recordPerm(d.Perm()))
 	}
 	if err != nil {
 		_ = os.Remove(tmp)

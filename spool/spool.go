@@ -386,7 +386,10 @@ func removeStaleTemps(dir string, now time.Time) {
 		if err != nil {
 			continue
 		}
-		if age := now.Sub(info.ModTime()); age < staleTemp {
+		// Either way: a file dated in the future (the clock was stepped
+		// back since) would otherwise stay until the clock caught up.
+		age := now.Sub(info.ModTime()).Abs()
+		if age < staleTemp {
 			pid, inc, ok := tempOwner(e.Name())
 			if !ok || age < orphanTemp {
 				continue

@@ -5,6 +5,7 @@ package spool
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,6 +90,8 @@ func TestDeadWritersTempsFreeTheSpool(t *testing.T) {
 		// program has after a restart.
 		temp(named(self, earlier, segSuffix), 5*time.Second, false),
 		temp(ctlTempPrefix+name(deadPid, ""), 5*time.Second, false),
+		// Dated in the future: the clock was stepped back since.
+		temp(name(deadPid, ".future"), -10*time.Minute, false),
 		temp(name(deadPid, segSuffix), 5*time.Second, true),
 	}
 
@@ -189,8 +192,8 @@ func TestOrphanStagedChunksFreeTheSpool(t *testing.T) {
 // TestRecordsWrittenUnderTmp: the uploader's records are written under
 // tmp/ and renamed into place, so that one a killed uploader leaves is a
 // scratch file like the others, which snapshots delete; written beside
-// the record, it stayed until the next boot. A directory without tmp/
-// gets one.
+// the record, it stayed until the next boot. In a directory without tmp/
+// the record is still written, and tmp/ not made.
 func TestRecordsWrittenUnderTmp(t *testing.T) {
 	d := snapshotted(t, 3*cs)
 	dir := OpenDir(d.db.Dir())
@@ -216,7 +219,8 @@ func TestRecordsWrittenUnderTmp(t *testing.T) {
 		t.Fatalf("Status()=%q, %v; want the first record", b, err)
 	}
 
-	// Without tmp/, it is made.
+	// Without tmp/, the record is written all the same, and tmp/ is not
+	// made: it must be the writer's, and this may be another user.
 	if err := os.Remove(tmp); err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +230,40 @@ func TestRecordsWrittenUnderTmp(t *testing.T) {
 	if b, err := dir.Status(); err != nil || string(b) != `{"a":3}` {
 		t.Fatalf("Status()=%q, %v; want the third record", b, err)
 	}
-	if fi, err := os.Stat(tmp); err != nil || !fi.IsDir() {
-		t.Fatalf("tmp/ after a record in a directory without one: %v, %v", fi, err)
+	if _, err := os.Lstat(tmp); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("tmp/ after a record in a directory without one: %v, want none", err)
 	}
+}
+
+// TestRebuildKeepsChunksOfAnUnreadManifest: the early deletion of staged
+// chunks is made against a staged manifest read whole. When the rebuild
+// could not use it (here it names another source path; a transient read
+// error does the same), the manifest is still on disk, maybe in the
+// middle of its upload: its chunks stay, even when the rebuild fails.
+func TestRebuildKeepsChunksOfAnUnreadManifest(t *testing.T) {
+	d := snapshotted(t, 4*cs)
+	m := stagedManifest(t, d.db)
+	m.SourcePath = d.src.path + "-elsewhere"
+	b := make([]byte, cs)
+	fillRandom(d.rng, b)
+	fp := manifest.Sum(b)
+	m.Chunks[2] = fp
+	if err := d.db.StageChunks(map[manifest.Fingerprint][]byte{fp: b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.db.StageManifest(m); err != nil {
+		t.Fatal(err)
+	}
+	leaveMarker(t, d.db)
+	d.fault.set(failOp("create", syscall.ENOSPC))
+	if err := txn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Snapshot()=%v, want ENOSPC", err)
+	}
+	if !OpenDir(d.db.Dir()).StagedChunks().Has(fp) {
+		t.Fatalf("chunk %s of the staged manifest on disk was deleted by a rebuild that did not read it", fp)
+	}
+	d.fault.clear()
+	mustTxn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3)
+	assertExact(t, d.db, d.src)
+	assertStagingReferenced(t, d.db)
 }
