@@ -341,14 +341,7 @@ func (d *DB) snapshotLockedWith(src Source, ch Change, staged func(f fileState))
 		// next transaction rebuilds.
 		d.markState(c, stateRebuild, nil)
 	default:
-		d.stats.Failures++
-		d.stats.LastError = err.Error()
-		d.markState(c, stateFailed, err)
-		if !d.failing {
-			d.failing = true
-			log.Error("spool: replication paused: snapshot failed; the transaction itself committed, and replication resumes once the cause is gone",
-				logKeyDB, d.path, logKeyErr, err)
-		}
+		d.failed(c, err)
 	}
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/boule-vfs/boule/internal/lowprio"
@@ -307,8 +308,12 @@ func (d *DB) persisted(c *ctl, published bool, err error) (bool, bool) {
 }
 
 // failed records a snapshot that failed: counted, in the marker, and
-// logged once per episode.
+// logged once per episode. One that failed for want of room sweeps the
+// dead processes' leftovers of every database first (Spool.sweepAll).
 func (d *DB) failed(c *ctl, err error) {
+	if errors.Is(err, syscall.ENOSPC) {
+		d.s.sweepAll(time.Now())
+	}
 	d.stats.Failures++
 	d.stats.LastError = err.Error()
 	d.markState(c, stateFailed, err)

@@ -117,6 +117,9 @@ type Spool struct {
 	cleanDone chan struct{}
 
 	budget *budget // captured bytes not staged yet (capture.go)
+
+	sweepMu    sync.Mutex
+	sweptAllAt time.Time // when sweepAll last ran
 }
 
 // Open prepares the spool under opts.Dir: it creates the directory and the
@@ -399,6 +402,34 @@ func removeStaleTemps(dir string, now time.Time) {
 			}
 		}
 		_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+}
+
+// sweepAllEvery is the least time between two sweeps of every database's
+// tmp/ by one process.
+const sweepAllEvery = 10 * time.Second
+
+// sweepAll deletes the leftovers of dead processes in the tmp/ of every
+// database of the boot directory (removeStaleTemps), at most once per
+// sweepAllEvery: when a snapshot fails for want of room, the leftovers
+// filling the filesystem may be another database's, one that no process
+// opens any more. It takes no database's spool lock: it deletes only the
+// files of processes that are gone, and those a minute old.
+func (s *Spool) sweepAll(now time.Time) {
+	s.sweepMu.Lock()
+	defer s.sweepMu.Unlock()
+	if !s.sweptAllAt.IsZero() && now.Sub(s.sweptAllAt).Abs() < sweepAllEvery {
+		return
+	}
+	s.sweptAllAt = now
+	entries, err := fsutil.ReadDir(s.bootDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			removeStaleTemps(filepath.Join(s.bootDir, e.Name(), tmpDir), now)
+		}
 	}
 }
 

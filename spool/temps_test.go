@@ -267,3 +267,50 @@ func TestRebuildKeepsChunksOfAnUnreadManifest(t *testing.T) {
 	assertExact(t, d.db, d.src)
 	assertStagingReferenced(t, d.db)
 }
+
+// TestOtherDatabasesLeftoversSwept: a snapshot that fails for want of
+// room sweeps the tmp/ of every database of the spool, not only its
+// own: the leftovers filling the filesystem may be those of a database
+// no process opens any more.
+func TestOtherDatabasesLeftoversSwept(t *testing.T) {
+	d := newTestDB(t, 4*cs, func(o *Options) { testfs.MountTmpfs(t, o.Dir, "1m") })
+	mustTxn(t, d.db, d.src, unchanged)
+	other := newDBFile(t, "other.db", makeDB(d.rng, 2*cs, 4096), 0o644)
+	odb, err := d.sp.DB(other.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustTxn(t, odb, other, unchanged)
+
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	left := filepath.Join(odb.tmpDir(), fmt.Sprintf("%d.%d.0000000089abcdef.seg", gone.ProcessState.Pid(), time.Now().UnixNano()))
+	f, err := os.Create(left)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for buf := make([]byte, 64<<10); ; {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	f.Close()
+	past := time.Now().Add(-5 * time.Second)
+	if err := os.Chtimes(left, past, past); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := txn(t, d.db, d.src, rewrite(d.rng, 2*cs, 4096), 2); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Snapshot() with the spool full of another database's leftover=%v, want ENOSPC", err)
+	}
+	if exists(left) {
+		t.Fatalf("the other database's leftover %s is still there after a snapshot failed for want of room", filepath.Base(left))
+	}
+	mustTxn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3)
+	assertExact(t, d.db, d.src)
+}
