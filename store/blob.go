@@ -197,12 +197,42 @@ func decodeChunkInto(dst []byte, fp manifest.Fingerprint, blob []byte) ([]byte, 
 // whatever the frame claims, and allocates the decoded bytes once: a frame
 // that declares its content size (Boule's always do) is refused at once if
 // that is over the limit, and otherwise decoded into a buffer of that size
-// plus one block (counted first when the blob is far too small to hold
-// it); a blob that declares none, or holds more frames than the first
-// declares, is decoded twice, first to count its bytes (refused past the
-// limit) and then into a buffer of exactly that size.
+// plus one block; a blob that declares none, or holds more frames than the
+// first declares, is decoded twice, first to count its bytes (refused past
+// the limit) and then into a buffer of exactly that size.
 func DecodeManifestBlob(blob []byte) ([]byte, error) {
-	return DecodeManifestBlobInto(blob, func(size int) ([]byte, error) { return make([]byte, size), nil })
+	if !hasZstdMagic(blob) {
+		return blob, nil
+	}
+	limit := manifestDecodeLimit
+	h, err := manifestFrameHeader(blob, limit)
+	if err != nil {
+		return nil, err
+	}
+	if h.HasFCS {
+		// A block adds at most zstdMaxBlock bytes, and the decoder stops
+		// at the first block that ends past the declared size: the
+		// buffer never grows.
+		out, err := manifestDecoder.DecodeAll(blob, make([]byte, 0, int(h.FrameContentSize)+zstdMaxBlock+zstdOverAlloc))
+		switch {
+		case err == nil && int64(len(out)) <= limit:
+			return out, nil
+		case err == nil:
+			return nil, fmt.Errorf("zstd manifest blob of %d bytes expands beyond %d bytes: %w", len(blob), limit, ErrCorrupt)
+		case !errors.Is(err, zstd.ErrDecoderSizeExceeded):
+			return nil, fmt.Errorf("zstd manifest blob of %d bytes: %v: %w", len(blob), err, ErrCorrupt)
+		}
+		// More frames follow the first than it declares: count them all.
+	}
+	n, err := decodeStream(blob, nil, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, n)
+	if _, err := decodeStream(blob, out, n); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // manifestFrameHeader returns the header of the first zstd frame of the

@@ -80,10 +80,10 @@ const (
 	declareRatio = 64
 )
 
-// DecodeManifestBlobInto is DecodeManifestBlob decompressing into the
+// DecodeManifestBlobInto is DecodeManifestBlob, decompressing into the
 // buffer alloc returns for the decoded size (plus a block's slack for a
-// frame that declares its size), for callers that keep large manifests
-// outside the Go heap. A blob that is not compressed is returned as is.
+// frame that declares its size), rather than into the Go heap, and with
+// the same limits. A blob that is not compressed is returned as is.
 // alloc is called at most once; when the call fails after alloc
 // returned, the caller still owns the buffer.
 func DecodeManifestBlobInto(blob []byte, alloc func(size int) ([]byte, error)) ([]byte, error) {
@@ -96,8 +96,8 @@ func DecodeManifestBlobInto(blob []byte, alloc func(size int) ([]byte, error)) (
 		return nil, err
 	}
 	if h.HasFCS {
-		// Into the declared size plus a block, which the decoder never
-		// grows.
+		// As DecodeManifestBlob: in memory, into the declared size plus
+		// a block, which the decoder never grows.
 		size := int(h.FrameContentSize)
 		if int64(size) > declareTrust && int64(size)/declareRatio > int64(len(blob)) {
 			// A frame that declares far more than its bytes usually
