@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -170,7 +169,7 @@ func createCtl(p, tmp string, mode fs.FileMode) error {
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return fmt.Errorf("spool: create %s: %w", tmp, pathless(err))
 	}
-	t := filepath.Join(tmp, ctlTempPrefix+uniqueName())
+	t := fmt.Sprintf("%s/%s%s", tmp, ctlTempPrefix, uniqueName())
 	if err := writeFileMode(t, b, mode); err != nil {
 		_ = os.Remove(t)
 		return fmt.Errorf("spool: create txn marker %s: %w", p, pathless(err))
