@@ -30,16 +30,12 @@ func TestDeadWritersTempsFreeTheSpool(t *testing.T) {
 	mustTxn(t, d.db, d.src, unchanged)
 	assertExact(t, d.db, d.src)
 
-	gone := exec.Command("true")
-	if err := gone.Run(); err != nil {
-		t.Fatal(err)
-	}
 	live := exec.Command("sleep", "600")
 	if err := live.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = live.Process.Kill(); _ = live.Wait() })
-	deadPid, livePid, self := gone.ProcessState.Pid(), live.Process.Pid, os.Getpid()
+	deadPid, livePid, self := goneProcess(t), live.Process.Pid, os.Getpid()
 
 	tmp := d.db.tmpDir()
 	now := time.Now()
@@ -51,17 +47,7 @@ func TestDeadWritersTempsFreeTheSpool(t *testing.T) {
 			t.Fatal(err)
 		}
 		if fill {
-			// Until the tmpfs is full, as a killed writer's segment
-			// may leave it.
-			buf := make([]byte, 64<<10)
-			for {
-				if _, err := f.Write(buf); err != nil {
-					if !errors.Is(err, syscall.ENOSPC) {
-						t.Fatal(err)
-					}
-					break
-				}
-			}
+			fillUntilFull(t, f)
 		} else if _, err := f.Write(make([]byte, 4096)); err != nil {
 			t.Fatal(err)
 		}
@@ -282,23 +268,12 @@ func TestOtherDatabasesLeftoversSwept(t *testing.T) {
 	}
 	mustTxn(t, odb, other, unchanged)
 
-	gone := exec.Command("true")
-	if err := gone.Run(); err != nil {
-		t.Fatal(err)
-	}
-	left := filepath.Join(odb.tmpDir(), fmt.Sprintf("%d.%d.0000000089abcdef.seg", gone.ProcessState.Pid(), time.Now().UnixNano()))
+	left := filepath.Join(odb.tmpDir(), fmt.Sprintf("%d.%d.0000000089abcdef.seg", goneProcess(t), time.Now().UnixNano()))
 	f, err := os.Create(left)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for buf := make([]byte, 64<<10); ; {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
+	fillUntilFull(t, f)
 	f.Close()
 	past := time.Now().Add(-5 * time.Second)
 	if err := os.Chtimes(left, past, past); err != nil {
@@ -313,4 +288,30 @@ func TestOtherDatabasesLeftoversSwept(t *testing.T) {
 	}
 	mustTxn(t, d.db, d.src, rewrite(d.rng, 3*cs, 4096), 3)
 	assertExact(t, d.db, d.src)
+}
+
+// goneProcess returns the pid of a process that has exited and been
+// reaped.
+func goneProcess(t *testing.T) int {
+	t.Helper()
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return gone.ProcessState.Pid()
+}
+
+// fillUntilFull writes to f until its filesystem is full, as a killed
+// writer's segment may leave it.
+func fillUntilFull(t *testing.T, f *os.File) {
+	t.Helper()
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
 }
