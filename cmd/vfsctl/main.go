@@ -36,7 +36,7 @@ type command struct {
 
 var commands = []command{
 	{"flush", "[--json] SPOOL_DIR", "upload everything spooled under SPOOL_DIR; exit 1 if anything fails", cmdFlush},
-	{"sync", "[--optimize] DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name", cmdSync},
+	{"sync", "[--full] [--optimize] DB", "upload a fresh snapshot of DB (written through boule or not) and print its manifest name; --full repairs a damaged store", cmdSync},
 	{"status", "[--json] [--max-lag DURATION] [--watch] SPOOL_DIR", "show replication lag, pending bytes, uploader, calls and errors per database; exit 1 if any is blocked, not replicated or lags more than --max-lag", cmdStatus},
 	{"metrics", "[--listen ADDR] SPOOL_DIR", "print the replication metrics of SPOOL_DIR in Prometheus' text format, or serve them on ADDR/metrics", cmdMetrics},
 	{"restore", "[--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)", "write a replicated database (or an older version) to a file", cmdRestore},

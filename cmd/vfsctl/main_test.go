@@ -171,7 +171,7 @@ func TestUsage(t *testing.T) {
 		{"help", []string{"--help"}, exitOK, "Commands:"},
 		{"unknown command", []string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
 		{"flush help", []string{"flush", "--help"}, exitOK, "usage: vfsctl flush [--json] SPOOL_DIR"},
-		{"sync help", []string{"sync", "--help"}, exitOK, "usage: vfsctl sync [--optimize] DB"},
+		{"sync help", []string{"sync", "--help"}, exitOK, "usage: vfsctl sync [--full] [--optimize] DB"},
 		{"status help", []string{"status", "--help"}, exitOK, "-json"},
 		{"flush without dir", []string{"flush"}, exitUsage, "want exactly one SPOOL_DIR"},
 		{"sync two dbs", []string{"sync", "a", "b"}, exitUsage, "want exactly one DB"},

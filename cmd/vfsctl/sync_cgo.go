@@ -53,8 +53,10 @@ const (
 )
 
 // syncDB uploads a fresh snapshot of the database arg, read through boule,
-// and prints its manifest name.
-func syncDB(ctx context.Context, g *globals, arg string) error {
+// and prints its manifest name. With full, the spool first forgets what it
+// uploaded (spool.Invalidate), so that the snapshot is staged and uploaded
+// whole: every chunk again, in new packs.
+func syncDB(ctx context.Context, g *globals, arg string, full bool) error {
 	cfg, err := loadConfig(g)
 	if err != nil {
 		return err
@@ -79,6 +81,11 @@ func syncDB(ctx context.Context, g *globals, arg string) error {
 	// rather than write to the spool after it returns (vfsctl runs in
 	// tests' processes too).
 	defer func() { _ = vfs.Register(vfs.Config{}) }()
+	if full {
+		if err := forgetUploads(path); err != nil {
+			return err
+		}
+	}
 	// A read transaction through boule brings the spool up to date with
 	// the file: its first transaction checks, and rebuilds if stale. The
 	// path is escaped, or a %, ? or # in it would name another file.
@@ -130,6 +137,24 @@ func syncDB(ctx context.Context, g *globals, arg string) error {
 		return err
 	}
 	fmt.Fprintln(g.stdout, key)
+	return nil
+}
+
+// forgetUploads makes the spool of the database path forget what it
+// uploaded, and its next transaction stage every chunk again. A database
+// this host never spooled has nothing to forget.
+func forgetUploads(path string) error {
+	d, err := vfs.Spool().DB(path)
+	if err != nil {
+		return err
+	}
+	sp := spool.OpenDir(d.Dir())
+	if !sp.Exists() {
+		return nil
+	}
+	if err := sp.Invalidate(); err != nil {
+		return fmt.Errorf("forget what was uploaded of %s: %w", path, err)
+	}
 	return nil
 }
 

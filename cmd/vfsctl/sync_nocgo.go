@@ -37,6 +37,6 @@ func restager(config.Config, string) func(ctx context.Context, dir, source strin
 }
 
 // syncDB refuses: sync reads the database through SQLite.
-func syncDB(context.Context, *globals, string) error {
+func syncDB(context.Context, *globals, string, bool) error {
 	return usagef("%v, and sync reads the database through SQLite: that needs %s", errNoCgo, cgoBuild)
 }

@@ -290,9 +290,25 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 		printVerify(g.stdout, res)
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("%s: %s", src, strings.Join(failed, "; "))
+		return fmt.Errorf("%s: %s\n%s", src, strings.Join(failed, "; "), repairHint(m))
 	}
 	return nil
+}
+
+// repairHint says how to repair a store that lost or corrupted the
+// objects of m: a full sync on the host that writes the database. A
+// plain sync would not do: it uploads what changed.
+func repairHint(m *manifest.Manifest) string {
+	return fmt.Sprintf("to upload every chunk again, run `vfsctl sync --full %s` on %s, the host that writes it, with its config", shellWord(m.SourcePath), m.Hostname)
+}
+
+// shellWord quotes s for a POSIX shell when it holds anything but
+// letters, digits and the punctuation paths usually have.
+func shellWord(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+,:@%=") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // checkBase checks, when raw is a format v2 manifest, that every target

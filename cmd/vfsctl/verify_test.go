@@ -161,3 +161,17 @@ func TestVerifyReport(t *testing.T) {
 		})
 	}
 }
+
+func TestShellWord(t *testing.T) {
+	for in, want := range map[string]string{
+		"/data/app.db":     "/data/app.db",
+		"/data/my app.db":  "'/data/my app.db'",
+		"/data/it's.db":    `'/data/it'\''s.db'`,
+		"/data/$HOME/a.db": "'/data/$HOME/a.db'",
+		"":                 "''",
+	} {
+		if got := shellWord(in); got != want {
+			t.Errorf("shellWord(%q)=%s, want %s", in, got, want)
+		}
+	}
+}
