@@ -44,7 +44,19 @@ var (
 // unreplicated, it fails with an error naming the database and the cause.
 // It retries a database that a permanent error had stopped.
 func (u *Uploader) Flush(ctx context.Context, dir string) error {
+	return u.flushState(ctx, u.state(dir))
+}
+
+// FlushSource is Flush of the database at source, whose spool directory
+// is dir. The caller knows the path, and errors name it even when the
+// spool never recorded it: a directory that could not be made.
+func (u *Uploader) FlushSource(ctx context.Context, dir, source string) error {
 	st := u.state(dir)
+	st.knowSource(source)
+	return u.flushState(ctx, st)
+}
+
+func (u *Uploader) flushState(ctx context.Context, st *dbState) error {
 	// An upload already under way finishes at the flush rate, so that the
 	// caller does not wait behind the background limiter.
 	st.hurry.Add(1)

@@ -87,6 +87,16 @@ func (st *dbState) source() string {
 	return st.sp.Path()
 }
 
+// knowSource records source as the database's path, unless the spool
+// named it already.
+func (st *dbState) knowSource(source string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.status.Source == "" {
+		st.status.Source = source
+	}
+}
+
 func (st *dbState) uploaded() ([32]byte, time.Time) {
 	st.mu.Lock()
 	defer st.mu.Unlock()

@@ -70,7 +70,7 @@ func flushDB(ctx context.Context, rt *runtime, db *spool.DB) error {
 	if rt.up == nil {
 		return ErrNoTargets
 	}
-	return rt.up.Flush(ctx, db.Dir())
+	return rt.up.FlushSource(ctx, db.Dir(), db.Path())
 }
 
 // Flush synchronously uploads everything spooled for the database at path

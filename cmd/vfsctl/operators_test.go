@@ -600,3 +600,19 @@ func TestStatusReadOnlySpool(t *testing.T) {
 		t.Fatalf("status of an empty read-only spool=%d %q, want a failure saying the file system is read-only", code, errs)
 	}
 }
+
+// TestSyncReadOnlySpool: a sync whose spool cannot be created names the
+// database, and says that its spool could not be made there, rather than
+// that the database is gone: the database is there, the spool is not.
+func TestSyncReadOnlySpool(t *testing.T) {
+	f, _ := plainFixture(t, "ro.db", "CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(100000));")
+	testfs.MountTmpfs(t, f.spool, "1m")
+	if out, err := exec.Command("mount", "-o", "remount,ro", f.spool).CombinedOutput(); err != nil {
+		t.Fatalf("remount ro: %v: %s", err, out)
+	}
+	code, _, errs := vfsctl(t, "--config", f.config(), "sync", f.db)
+	if code != exitFail || strings.Contains(errs, "no longer exists") || !strings.Contains(errs, f.db+": its spool directory") ||
+		!strings.Contains(errs, "could not be created") {
+		t.Fatalf("sync with a read-only spool=%d %q; want a failure naming %s and saying its spool could not be created", code, errs, f.db)
+	}
+}
