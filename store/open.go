@@ -28,6 +28,11 @@ type OpenOptions struct {
 	// Logger receives a backend's own diagnostics. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// ReadOnly opens the stores to be read only (restores, replicas,
+	// tools): a backend then creates and changes nothing, whatever the
+	// target's configuration allows a writer (s3: no bucket is created
+	// on demand, nor checked first).
+	ReadOnly bool
 }
 
 // A Backend opens the targets of one kind. Open reports ok false for a
@@ -125,7 +130,7 @@ func ForReading(targets []Target) (remote []Store, cache Store) {
 // the order they are tried: the local cache, if cfg has one, then the
 // remote targets behind the read limiter (see ForReading).
 func OpenForReading(ctx context.Context, cfg config.Config) ([]Store, error) {
-	targets, err := Open(ctx, cfg, OpenOptions{})
+	targets, err := Open(ctx, cfg, OpenOptions{ReadOnly: true})
 	if err != nil {
 		return nil, err
 	}

@@ -55,6 +55,10 @@ func (s *Store) classify(ctx, rctx context.Context, op, bucket, key string, err 
 		v = verdict{kind: store.ErrUnsupported, detail: err.Error()}
 	case timedOut(rctx, err):
 		v = verdict{retryable: true, detail: fmt.Sprintf("timed out after %v", s.timeout)}
+	case noCredentials(err):
+		// Before the answer: an HTTP status in err may be the instance
+		// metadata service's refusal, on the way to no credentials.
+		v = transportVerdict(err)
 	default:
 		a := readAnswer(err)
 		if a.status == 0 {
@@ -62,8 +66,13 @@ func (s *Store) classify(ctx, rctx context.Context, op, bucket, key string, err 
 			break
 		}
 		a.op, a.bucket, a.create = op, bucket, s.target.CreateBucketsOnDemand
-		if a.class() == missingBucket {
+		switch a.class() {
+		case missingBucket:
 			s.forget(bucket)
+		case accessDenied, accessDeniedPolicy:
+			// Which link of the default chain answered: an instance role
+			// or a stray shared file is a common surprise.
+			a.creds = s.credentialSource(ctx)
 		}
 		v = a.verdict()
 		e.Status, e.Code = a.status, a.code
@@ -182,7 +191,8 @@ type answer struct {
 	cause      string // innermost(err)
 
 	op, bucket string
-	create     bool // the target creates buckets on demand
+	create     bool   // the target creates buckets on demand
+	creds      string // where the credentials came from (credentialSource)
 }
 
 // readAnswer returns what err, an error of the SDK, says of the answer
@@ -273,8 +283,9 @@ var codeClasses = map[string]answerClass{
 // answerVerdicts gives each class its verdict. In a detail, {what} stands
 // for the status and code ("403 AccessDenied"), {msg} for ": " and the
 // answer's message if it has one, {bucket} for the quoted bucket name,
-// {cause} for the innermost error, and {nocreate} for what the target's
-// create_buckets_on_demand adds to a missing bucket.
+// {cause} for the innermost error, {nocreate} for what the target's
+// create_buckets_on_demand adds to a missing bucket, and {creds} for
+// where the credentials came from, when the SDK says.
 var answerVerdicts = [...]verdict{
 	unreadableAnswer:   {nil, true, "unreadable error response ({what}): {cause}"},
 	missingBucket:      {store.ErrPermanent, false, "bucket {bucket} does not exist ({what}){nocreate}"},
@@ -283,8 +294,8 @@ var answerVerdicts = [...]verdict{
 	notImplemented:     {store.ErrUnsupported, false, "conditional writes not supported ({what}{msg})"},
 	serverError:        {nil, true, "server error ({what}{msg})"},
 	damagedInTransit:   {nil, true, "request damaged or timed out in transit ({what}{msg})"},
-	accessDeniedPolicy: {store.ErrPermanent, false, "access denied ({what}): check credentials and the bucket policy"},
-	accessDenied:       {store.ErrPermanent, false, "access denied ({what}): check credentials"},
+	accessDeniedPolicy: {store.ErrPermanent, false, "access denied ({what}): check credentials{creds} and the bucket policy"},
+	accessDenied:       {store.ErrPermanent, false, "access denied ({what}): check credentials{creds}"},
 	wrongRegion:        {store.ErrPermanent, false, "wrong region or endpoint ({what}{msg}): check region and endpoint"},
 	bucketTaken:        {store.ErrPermanent, false, "bucket name {bucket} is taken by another account ({what})"},
 	rejected:           {store.ErrPermanent, false, "rejected ({what}{msg})"},
@@ -335,6 +346,16 @@ func (a answer) verdict() verdict {
 	return v
 }
 
+// readOnlyOp reports whether op only reads: gets, reads and lists.
+func readOnlyOp(op string) bool {
+	for _, p := range []string{"s3 get ", "s3 read ", "s3 list "} {
+		if strings.HasPrefix(op, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // expand fills in the placeholders of a detail (see answerVerdicts).
 func (a answer) expand(detail string) string {
 	what := strconv.Itoa(a.status)
@@ -345,8 +366,16 @@ func (a answer) expand(detail string) string {
 	if a.msg != "" {
 		msg = ": " + a.msg
 	}
+	creds := ""
+	if a.creds != "" {
+		creds = " (from " + a.creds + ")"
+	}
 	nocreate := ""
-	if !a.create {
+	switch {
+	case readOnlyOp(a.op):
+		// Nothing a reader does creates a bucket, whatever the option.
+		nocreate = ": check its name in the target's configuration"
+	case !a.create:
 		nocreate = " and create_buckets_on_demand is off"
 	}
 	return strings.NewReplacer(
@@ -355,5 +384,22 @@ func (a answer) expand(detail string) string {
 		"{bucket}", strconv.Quote(a.bucket),
 		"{cause}", a.cause,
 		"{nocreate}", nocreate,
+		"{creds}", creds,
 	).Replace(detail)
+}
+
+// credentialSource names the provider of the default chain that gave the
+// store its credentials (the SDK's name, such as EnvConfigCredentials or
+// EC2RoleProvider), or "" when it cannot say. The SDK caches them: no
+// request is made.
+func (s *Store) credentialSource(ctx context.Context) string {
+	p := s.client.Options().Credentials
+	if p == nil {
+		return ""
+	}
+	c, err := p.Retrieve(ctx)
+	if err != nil {
+		return ""
+	}
+	return c.Source
 }

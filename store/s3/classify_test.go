@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/boule-vfs/boule/config"
+	"github.com/boule-vfs/boule/manifest"
 	"github.com/boule-vfs/boule/store"
 )
 
@@ -89,6 +91,10 @@ func TestClassifyAnswer(t *testing.T) {
 		{name: "404 without a code", err: s3Answer(404, "", ""), kind: store.ErrNotFound, detail: "not found (404)"},
 		{name: "missing bucket", err: s3Answer(404, "NoSuchBucket", "no"), kind: store.ErrPermanent,
 			detail: `bucket "c" does not exist (404 NoSuchBucket) and create_buckets_on_demand is off`},
+		{name: "missing bucket, read", op: "s3 get manifest", err: s3Answer(404, "NoSuchBucket", "no"), kind: store.ErrPermanent,
+			detail: `bucket "c" does not exist (404 NoSuchBucket): check its name in the target's configuration`},
+		{name: "missing bucket, listed", op: "s3 list manifests", create: true, err: s3Answer(404, "NoSuchBucket", "no"), kind: store.ErrPermanent,
+			detail: `bucket "c" does not exist (404 NoSuchBucket): check its name in the target's configuration`},
 		{name: "missing bucket created on demand", create: true, err: s3Answer(404, "NoSuchBucket", "no"), kind: store.ErrPermanent,
 			detail: `bucket "c" does not exist (404 NoSuchBucket)`},
 		{name: "NoSuchBucket not as a 404", err: s3Answer(400, "NoSuchBucket", "odd"), kind: store.ErrPermanent, detail: "rejected (400 NoSuchBucket: odd)"},
@@ -105,16 +111,16 @@ func TestClassifyAnswer(t *testing.T) {
 		{name: "SlowDown as a 400", err: s3Answer(400, "SlowDown", ""), retryable: true, detail: "request damaged or timed out in transit (400 SlowDown)"},
 		{name: "InternalError as a 400", err: s3Answer(400, "InternalError", ""), retryable: true, detail: "request damaged or timed out in transit (400 InternalError)"},
 		{name: "unknown access key", err: s3Answer(403, "InvalidAccessKeyId", "who"), kind: store.ErrPermanent,
-			detail: "access denied (403 InvalidAccessKeyId): check credentials"},
+			detail: "access denied (403 InvalidAccessKeyId): check credentials (from EnvConfigCredentials)"},
 		{name: "wrong secret", err: s3Answer(403, "SignatureDoesNotMatch", ""), kind: store.ErrPermanent,
-			detail: "access denied (403 SignatureDoesNotMatch): check credentials"},
-		{name: "expired token", err: s3Answer(400, "ExpiredToken", ""), kind: store.ErrPermanent, detail: "access denied (400 ExpiredToken): check credentials"},
+			detail: "access denied (403 SignatureDoesNotMatch): check credentials (from EnvConfigCredentials)"},
+		{name: "expired token", err: s3Answer(400, "ExpiredToken", ""), kind: store.ErrPermanent, detail: "access denied (400 ExpiredToken): check credentials (from EnvConfigCredentials)"},
 		{name: "access denied", err: s3Answer(403, "AccessDenied", "no"), kind: store.ErrPermanent,
-			detail: "access denied (403 AccessDenied): check credentials and the bucket policy"},
+			detail: "access denied (403 AccessDenied): check credentials (from EnvConfigCredentials) and the bucket policy"},
 		{name: "forbidden", err: s3Answer(403, "Forbidden", ""), kind: store.ErrPermanent,
-			detail: "access denied (403 Forbidden): check credentials and the bucket policy"},
-		{name: "403 without a code", err: s3Answer(403, "", ""), kind: store.ErrPermanent, detail: "access denied (403): check credentials"},
-		{name: "401", err: s3Answer(401, "", ""), kind: store.ErrPermanent, detail: "access denied (401): check credentials"},
+			detail: "access denied (403 Forbidden): check credentials (from EnvConfigCredentials) and the bucket policy"},
+		{name: "403 without a code", err: s3Answer(403, "", ""), kind: store.ErrPermanent, detail: "access denied (403): check credentials (from EnvConfigCredentials)"},
+		{name: "401", err: s3Answer(401, "", ""), kind: store.ErrPermanent, detail: "access denied (401): check credentials (from EnvConfigCredentials)"},
 		{name: "403 with another code", err: s3Answer(403, "RequestTimeTooSkewed", "clock"), kind: store.ErrPermanent,
 			detail: "rejected (403 RequestTimeTooSkewed: clock)"},
 		{name: "permanent redirect", err: s3Answer(301, "PermanentRedirect", "use eu-west-3"), kind: store.ErrPermanent,
@@ -146,11 +152,11 @@ func TestClassifyAnswer(t *testing.T) {
 		{name: "500 with a credential code", err: s3Answer(500, "AccessDenied", ""), retryable: true, detail: "server error (500 AccessDenied)"},
 		{name: "401 with a transient code", err: s3Answer(401, "BadDigest", ""), retryable: true, detail: "request damaged or timed out in transit (401 BadDigest)"},
 		{name: "401 with a region code", err: s3Answer(401, "AuthorizationHeaderMalformed", ""), kind: store.ErrPermanent,
-			detail: "access denied (401 AuthorizationHeaderMalformed): check credentials"},
+			detail: "access denied (401 AuthorizationHeaderMalformed): check credentials (from EnvConfigCredentials)"},
 		{name: "401 AccessDenied", err: s3Answer(401, "AccessDenied", ""), kind: store.ErrPermanent,
-			detail: "access denied (401 AccessDenied): check credentials and the bucket policy"},
+			detail: "access denied (401 AccessDenied): check credentials (from EnvConfigCredentials) and the bucket policy"},
 		{name: "redirect with a credential code", err: s3Answer(301, "InvalidAccessKeyId", ""), kind: store.ErrPermanent,
-			detail: "access denied (301 InvalidAccessKeyId): check credentials"},
+			detail: "access denied (301 InvalidAccessKeyId): check credentials (from EnvConfigCredentials)"},
 		{name: "redirect with BucketAlreadyExists", err: s3Answer(301, "BucketAlreadyExists", "x"), kind: store.ErrPermanent,
 			detail: "wrong region or endpoint (301 BucketAlreadyExists: x): check region and endpoint"},
 		{name: "HEAD 400 with a code", op: "s3 check", err: s3Answer(400, "InvalidArgument", "x"), kind: store.ErrPermanent,
@@ -179,6 +185,10 @@ func prepositionOf(op string) string {
 		return " to "
 	case "s3 check", "s3 create":
 		return " "
+	case "s3 get manifest":
+		return " from "
+	case "s3 list manifests":
+		return " in "
 	}
 	panic("no preposition known for " + op)
 }
@@ -371,5 +381,33 @@ func TestAnswerTables(t *testing.T) {
 				t.Errorf("answer{400 %s}.verdict()=%+v, want %+v naming the code", code, got, want)
 			}
 		})
+	}
+}
+
+// TestNoCredentialsBehindAnInstanceMetadataRefusal: with no credentials in
+// the environment or the shared files, the SDK asks the instance metadata
+// service, and some hosts answer it 403. That answer is the metadata
+// service's, not the store's: the error says that no credentials were
+// found, not that the store denied access.
+func TestNoCredentialsBehindAnInstanceMetadataRefusal(t *testing.T) {
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "forbidden", http.StatusForbidden)
+	}))
+	defer imds.Close()
+	store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the store got a request: %s %s", r.Method, r.URL)
+		http.Error(w, "forbidden", http.StatusForbidden)
+	}))
+	defer store.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "")
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.URL)
+	s := newS3(t, config.S3Target{Region: "us-east-1", Endpoint: store.URL, ChunkBucket: "chunks", ManifestBucket: "manifests"}, Options{})
+	err := s.PutChunk(context.Background(), manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
+	if err == nil || !strings.Contains(err.Error(), "no usable credentials") || strings.Contains(err.Error(), "access denied") {
+		t.Fatalf("PutChunk without credentials=%v; want no usable credentials, not access denied", err)
 	}
 }

@@ -739,7 +739,11 @@ func init() {
 		if t.S3 == nil {
 			return nil, false, nil
 		}
-		s, err := New(ctx, *t.S3, Options{Logger: opts.Logger})
+		tg := *t.S3
+		if opts.ReadOnly {
+			tg.CreateBucketsOnDemand = false // a reader never writes
+		}
+		s, err := New(ctx, tg, Options{Logger: opts.Logger})
 		return s, err == nil, err
 	}})
 }

@@ -78,6 +78,7 @@ func TestS3(t *testing.T) {
 	t.Run("WrongCredentials", func(t *testing.T) { testWrongCredentials(t, srv) })
 	t.Run("MissingBucket", func(t *testing.T) { testMissingBucket(t, srv) })
 	t.Run("CreateBuckets", func(t *testing.T) { testCreateBuckets(t, srv) })
+	t.Run("ReadersCreateNothing", func(t *testing.T) { testReadersCreateNothing(t, srv) })
 	t.Run("WrongRegion", func(t *testing.T) { testWrongRegion(t, srv) })
 	t.Run("UnversionedVersions", func(t *testing.T) { testUnversioned(t, srv) })
 	t.Run("CABundle", func(t *testing.T) { testCABundle(t, srv) })
@@ -138,7 +139,7 @@ func testWrongCredentials(t *testing.T, srv *miniotest.Server) {
 					t.Fatalf("create=%v: err %v, want a permanent error", create, err)
 				}
 				msg := err.Error()
-				if !strings.Contains(msg, "access denied") || !strings.Contains(msg, "check credentials") ||
+				if !strings.Contains(msg, "access denied") || !strings.Contains(msg, "check credentials (from EnvConfigCredentials)") ||
 					!strings.HasPrefix(msg, "store: s3 ") || !strings.Contains(msg, "403") {
 					t.Errorf("message %q does not say access was denied", msg)
 				}
@@ -180,13 +181,43 @@ func testMissingBucket(t *testing.T, srv *miniotest.Server) {
 		t.Fatalf("GetChunk from a missing bucket: %v", err)
 	}
 	_, err = s.GetManifest(ctx, storetest.MustKey(t, "h", "/p"))
-	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), tg.ManifestBucket) {
-		t.Fatalf("GetManifest from a missing bucket: %v", err)
+	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), tg.ManifestBucket) ||
+		!strings.Contains(err.Error(), "check its name") || strings.Contains(err.Error(), "create_buckets_on_demand") {
+		t.Fatalf("GetManifest from a missing bucket: %v; want it to say to check the name, not to create buckets", err)
 	}
 	if err := s.EnsureBuckets(ctx); !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), "create_buckets_on_demand is off") {
 		t.Fatalf("EnsureBuckets: %v", err)
 	}
 	t.Log(err)
+}
+
+// testReadersCreateNothing: stores opened for reading, with a writer's
+// configuration that creates buckets on demand, create no bucket: a
+// reader never writes, and a missing bucket is reported as missing, with
+// a hint at its name.
+func testReadersCreateNothing(t *testing.T, srv *miniotest.Server) {
+	tg := s3Target(srv.Endpoint, true)
+	ctx := context.Background()
+	stores, err := store.OpenForReading(ctx, config.Config{ReplicationTargets: []config.Target{{S3: &tg}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stores[0].GetManifest(ctx, storetest.MustKey(t, "h", "/p"))
+	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), "check its name") {
+		t.Errorf("GetManifest from a missing bucket: %v; want it reported missing", err)
+	}
+	if _, err := stores[0].GetChunk(ctx, manifest.ZeroChunk); !errors.Is(err, store.ErrPermanent) {
+		t.Errorf("GetChunk from a missing bucket: %v; want a permanent error", err)
+	}
+	out, err := newS3(t, tg, Options{}).Client().ListBuckets(ctx, &s3.ListBucketsInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range out.Buckets {
+		if name := aws.ToString(b.Name); name == tg.ChunkBucket || name == tg.ManifestBucket {
+			t.Errorf("a reader created bucket %s", name)
+		}
+	}
 }
 
 func testCreateBuckets(t *testing.T, srv *miniotest.Server) {
