@@ -3,6 +3,7 @@
 package main
 
 import (
+	"database/sql"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -89,4 +90,39 @@ func storeObjects(t *testing.T, f *fixture) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestWarnUnflushed: restore and verify of the newest version say so when
+// this host's spool holds commits the store does not have yet; once
+// flushed, they say nothing.
+func TestWarnUnflushed(t *testing.T) {
+	f := newFixture(t)
+	if code, _, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
+		t.Fatalf("flush=%d %q", code, errs)
+	}
+	// A commit the store does not have: boule spools it, with no target.
+	db, err := sql.Open("sqlite3", "file:"+f.db+"?vfs=boule")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("INSERT INTO t(v) VALUES (randomblob(5000))"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	for _, args := range [][]string{
+		{"restore", "--out", filepath.Join(f.dir, "out.db"), f.db},
+		{"verify", f.db},
+	} {
+		code, _, errs := vfsctl(t, append([]string{"--config", f.config()}, args...)...)
+		want := "vfsctl " + args[0] + ": warning: this host's spool holds commits of " + f.db + " that the store does not have yet"
+		if code != exitOK || !strings.Contains(errs, want) {
+			t.Errorf("%s with commits spooled=%d %q; want success and %q", args[0], code, errs, want)
+		}
+	}
+	if code, _, errs := vfsctl(t, "--config", f.config(), "flush", f.spool); code != exitOK {
+		t.Fatalf("flush=%d %q", code, errs)
+	}
+	if code, _, errs := vfsctl(t, "--config", f.config(), "verify", f.db); code != exitOK || strings.Contains(errs, "warning") {
+		t.Errorf("verify once flushed=%d %q; want no warning", code, errs)
+	}
 }

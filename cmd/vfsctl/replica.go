@@ -208,7 +208,7 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	if at == "" {
-		warnUnflushed(g, m)
+		warnUnflushed(g, m, "restore", "restores")
 	}
 	opts := restore.Options{Concurrency: conc, Replace: force, Perm: outPerm(src, m)}
 	if isTerminal(g.stderr) {
@@ -232,9 +232,10 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 
 // warnUnflushed says on stderr when this host's spool holds commits of
 // the database that m, the newest version stored, lacks: a restore made
-// before they are uploaded does not have them, and nothing else would
-// say so.
-func warnUnflushed(g *globals, m *manifest.Manifest) {
+// before they are uploaded does not have them, a verify does not check
+// them, and nothing else would say so. cmd is the command, and did what
+// it does with m ("restores", "verifies").
+func warnUnflushed(g *globals, m *manifest.Manifest, cmd, did string) {
 	if host, err := os.Hostname(); err != nil || m.Hostname != host {
 		return
 	}
@@ -254,9 +255,13 @@ func warnUnflushed(g *globals, m *manifest.Manifest) {
 	if err != nil || (s.Lag <= 0 && s.PendingBytes <= 0) {
 		return
 	}
-	fmt.Fprintf(g.stderr, "vfsctl restore: warning: this host's spool holds commits of %s that the store does not have yet (%d bytes pending, the oldest %s old): "+
-		"this restores the newest version stored, without them; run vfsctl flush %s first to include them\n",
-		m.SourcePath, s.PendingBytes, s.Lag.Round(time.Millisecond), cfg.ReplicationSpoolingDir)
+	why := ""
+	if s.Blocked {
+		why = " (uploads are BLOCKED: vfsctl status says why)"
+	}
+	fmt.Fprintf(g.stderr, "vfsctl %s: warning: this host's spool holds commits of %s that the store does not have yet (%d bytes pending, the oldest %s old)%s: "+
+		"this %s the newest version stored, without them; run vfsctl flush %s first to include them\n",
+		cmd, m.SourcePath, s.PendingBytes, s.Lag.Round(time.Millisecond), why, did, cfg.ReplicationSpoolingDir)
 }
 
 // checkOut returns a usage error when something other than a regular file

@@ -272,6 +272,9 @@ func cmdVerify(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
+	if at == "" {
+		warnUnflushed(g, m, "verify", "verifies")
+	}
 	// Only the remote stores, every one of them: a cache hit says nothing
 	// about a bucket, and one good target says nothing about another.
 	remote := manifestStores(stores)
