@@ -1061,7 +1061,7 @@ func (d *DB) publishFile(dst string, b []byte, perm fs.FileMode, replace bool) (
 	}
 	if err = d.s.fault("rename", dst); err == nil {
 		if replace {
-			err = os.Rename(tmp, dst)
+			err = replaceFile(tmp, dst)
 		} else {
 			err = os.Link(tmp, dst)
 			if errors.Is(err, fs.ErrExist) {

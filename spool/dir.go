@@ -448,7 +448,7 @@ func (d Dir) writeRecord(name string, b []byte) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("spool: write %s: %w", dst, pathless(err))
 	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := replaceFile(tmp, dst); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("spool: write %s: %w", dst, pathless(err))
 	}

@@ -449,7 +449,7 @@ func (d *DB) compactStaging(size int64) {
 			dst := filepath.Join(dir, e.fp.String())
 			err := d.s.fault("rename", dst)
 			if err == nil {
-				err = os.Rename(tmp, dst)
+				err = replaceFile(tmp, dst)
 			}
 			if err != nil {
 				_ = os.Remove(tmp)
