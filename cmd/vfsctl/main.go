@@ -40,7 +40,7 @@ var commands = []command{
 	{"status", "[--json] [--max-lag DURATION] [--watch] SPOOL_DIR", "show replication lag, pending bytes, uploader, calls and errors per database; exit 1 if any is blocked, not replicated or lags more than --max-lag", cmdStatus},
 	{"metrics", "[--listen ADDR] SPOOL_DIR", "print the replication metrics of SPOOL_DIR in Prometheus' text format, or serve them on ADDR/metrics", cmdMetrics},
 	{"restore", "[--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)", "write a replicated database (or an older version) to a file", cmdRestore},
-	{"manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
+	{"manifest", "[--hostname H] [--at TIME] [--json] [--out FILE [--force]] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
 	{"manifest-name", "[--hostname H] SOURCE", "print the key of a database's manifest", cmdManifestName},
 	{"ls-versions", "[--hostname H] [--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},
 	{"ls", "[--hostname H | --all] [--json]", "list the databases a store holds", cmdLs},

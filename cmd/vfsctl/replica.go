@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -196,11 +195,8 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		return usagef("--force needs --out FILE")
 	}
 	if toFile {
-		if err := checkOut(out); err != nil {
+		if err := checkOutFile(out, force); err != nil {
 			return err
-		}
-		if _, err := os.Lstat(out); err == nil && !force {
-			return usagef("--out %s exists; refusing to replace it (give --force to replace it; see doc/OPERATIONS.md, \"Restores\")", out)
 		}
 	}
 	m, _, stores, err := fetchSource(ctx, g, src, at)
@@ -222,9 +218,29 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		}
 		return restore.Write(ctx, stores, m, g.stdout, opts)
 	}
-	err = restore.File(ctx, stores, m, out, opts)
+	return outFileError(restore.File(ctx, stores, m, out, opts))
+}
+
+// checkOutFile checks --out FILE of restore or manifest before anything
+// is fetched: anything there must be a regular file, and, without force,
+// nothing may be there at all. restore.WriteFile checks again, and also
+// refuses a database in use, even with force.
+func checkOutFile(out string, force bool) error {
+	if err := checkOut(out); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(out); err == nil && !force {
+		return usagef("--out %s exists; refusing to replace it (give --force to replace it; see doc/OPERATIONS.md, \"Restores\")", out)
+	}
+	return nil
+}
+
+// outFileError is the error of restore.File or restore.WriteFile writing
+// --out: a usage error when what it refused appeared after checkOutFile
+// (a file, or something other than a regular file), the error as it is
+// otherwise (a database in use, a journal next to it, a failure).
+func outFileError(err error) error {
 	if errors.Is(err, restore.ErrNotRegularFile) || errors.Is(err, restore.ErrOutputExists) {
-		// It appeared during the restore, after checkOut.
 		return usageError{err.Error()}
 	}
 	return err
@@ -362,19 +378,29 @@ func writeManifestJSON(w io.Writer, key string, m *manifest.Manifest) error {
 
 func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	var out, at string
-	var asJSON bool
-	src, _, err := sourceCommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE",
-		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\nwrites it, as the binary manifest of doc/FORMAT.md, to --out or standard\noutput; with --json, prints it decoded instead.", args, sourceArgs{},
+	var asJSON, force bool
+	src, _, err := sourceCommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE [--force]] SOURCE",
+		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\n"+
+			"writes it, as the binary manifest of doc/FORMAT.md, to --out or standard\n"+
+			"output; with --json, prints it decoded instead. --out is written as restore\n"+
+			"writes it: the file appears atomically, and a failure leaves nothing there.\n"+
+			"It refuses an existing --out unless --force, and even then a database that\n"+
+			"has a journal, WAL or shm file, or that a process has open or locked.", args, sourceArgs{},
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&out, "out", "", "output file (default: standard output)")
+			fs.BoolVar(&force, "force", false, "replace an existing --out (never a database in use)")
 			fs.StringVar(&at, "at", "", "the version stored at or before this time (see restore)")
 			fs.BoolVar(&asJSON, "json", false, "print the decoded manifest as JSON")
 		})
 	if err != nil {
 		return err
 	}
-	if out != "" && out != "-" {
-		if err := checkOut(out); err != nil {
+	toFile := out != "" && out != "-"
+	if force && !toFile {
+		return usagef("--force needs --out FILE")
+	}
+	if toFile {
+		if err := checkOutFile(out, force); err != nil {
 			return err
 		}
 	}
@@ -399,7 +425,7 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 			return err
 		}
 	}
-	if out == "" || out == "-" {
+	if !toFile {
 		if !asJSON && isTerminal(g.stdout) {
 			return usagef("refusing to write a binary manifest to a terminal; use --out FILE, a pipe, or --json")
 		}
@@ -407,29 +433,7 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	}
 	// The manifest holds the first chunk of the database inline: it is
 	// as private as the database.
-	return writeFileAtomic(out, outPerm(src, m), write)
-}
-
-// writeFileAtomic writes, with write, a temp file next to path, created
-// with permission bits perm less the umask, and renames it over path,
-// unless something other than a regular file is there.
-func writeFileAtomic(path string, perm fs.FileMode, write func(w io.Writer) error) error {
-	tmp, err := fsutil.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".", perm)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := write(tmp); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := checkOut(path); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return outFileError(restore.WriteFile(out, restore.Options{Replace: force, Perm: outPerm(src, m)}, write))
 }
 
 // versionJSON is one line of vfsctl ls-versions --json. Stored is the

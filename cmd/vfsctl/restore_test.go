@@ -332,3 +332,49 @@ func TestRestoreAtFutureVersion(t *testing.T) {
 		t.Errorf("ls-versions=%d %q; want a CREATED column", code, out)
 	}
 }
+
+// TestManifestRefusesExistingOut: manifest --out, like restore --out,
+// leaves an existing file alone (exit 2, naming it) unless --force, and
+// even with --force refuses a database that a process has open: the
+// manifest replacing it would lose what that process writes next.
+func TestManifestRefusesExistingOut(t *testing.T) {
+	f := flushed(t)
+	_, want, _ := vfsctl(t, "--config", f.config(), "manifest", f.db)
+	out := filepath.Join(f.dir, "existing.bin")
+	if err := os.WriteFile(out, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := vfsctl(t, "--config", f.config(), "manifest", "--out", out, f.db)
+	if code != exitUsage || !strings.Contains(errs, "--out "+out+" exists; refusing to replace it (give --force") {
+		t.Fatalf("manifest --out over an existing file=%d %q; want exit %d naming it", code, errs, exitUsage)
+	}
+	if got, _ := os.ReadFile(out); string(got) != "precious" {
+		t.Fatalf("the refused manifest --out changed %s", out)
+	}
+	if code, _, errs := vfsctl(t, "--config", f.config(), "manifest", "--force", f.db); code != exitUsage || !strings.Contains(errs, "--force needs --out") {
+		t.Fatalf("manifest --force to standard output=%d %q; want exit %d", code, errs, exitUsage)
+	}
+	if code, _, errs := vfsctl(t, "--config", f.config(), "manifest", "--out", out, "--force", f.db); code != exitOK {
+		t.Fatalf("manifest --out --force=%d %q", code, errs)
+	}
+	if got, _ := os.ReadFile(out); string(got) != want {
+		t.Fatalf("manifest --out --force: %s holds %d bytes, not the manifest's %d", out, len(got), len(want))
+	}
+
+	// Another database, which a sqlite3 process has open.
+	live := filepath.Join(f.dir, "live.db")
+	sh := sqlshell.Start(t, live)
+	sh.Do(t, "CREATE TABLE u(x); INSERT INTO u VALUES (1);", "created")
+	before, err := os.ReadFile(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = vfsctl(t, "--config", f.config(), "manifest", "--out", live, "--force", f.db)
+	if code != exitFail || !strings.Contains(errs, "in use") || !strings.Contains(errs, strconv.Itoa(sh.Pid())) {
+		t.Fatalf("manifest --out --force over a database sqlite3 has open=%d %q; want exit 1, in use by process %d", code, errs, sh.Pid())
+	}
+	if got, _ := os.ReadFile(live); !bytes.Equal(got, before) {
+		t.Fatalf("the refused manifest --out changed the database sqlite3 has open")
+	}
+	sh.Close()
+}
