@@ -772,6 +772,10 @@ func WriteFile(path string, opts Options, write func(w io.Writer) error) error {
 		perm &= st.Mode().Perm()
 	}
 	tmp, err := createRestoreTemp(path, perm)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Not the temp file's name, which means nothing to the caller.
+		return fmt.Errorf("restore: %s: directory %s does not exist", path, filepath.Clean(dir))
+	}
 	if err != nil {
 		return fmt.Errorf("restore: %s: %w", path, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -222,10 +223,21 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 }
 
 // checkOutFile checks --out FILE of restore or manifest before anything
-// is fetched: anything there must be a regular file, and, without force,
-// nothing may be there at all. restore.WriteFile checks again, and also
-// refuses a database in use, even with force.
+// is fetched: its directory must exist, anything there must be a regular
+// file, and, without force, nothing may be there at all.
+// restore.WriteFile checks again, and also refuses a database in use,
+// even with force.
 func checkOutFile(out string, force bool) error {
+	// Else the error would name the temp file that could not be made in it.
+	dir := filepath.Dir(out)
+	switch st, err := os.Stat(dir); {
+	case errors.Is(err, fs.ErrNotExist):
+		return usagef("directory %s of --out does not exist", dir)
+	case err != nil:
+		return fmt.Errorf("directory of --out: %w", err)
+	case !st.IsDir():
+		return usagef("%s, the directory of --out, is %s, not a directory", dir, restore.FileKind(st.Mode()))
+	}
 	if err := checkOut(out); err != nil {
 		return err
 	}

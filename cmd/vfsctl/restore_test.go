@@ -378,3 +378,30 @@ func TestManifestRefusesExistingOut(t *testing.T) {
 	}
 	sh.Close()
 }
+
+// TestOutMissingDir: restore --out and manifest --out into a directory
+// that does not exist name the directory, not the temp file they would
+// have written there, and create nothing.
+func TestOutMissingDir(t *testing.T) {
+	f := flushed(t)
+	missing := filepath.Join(f.dir, "nodir")
+	out := filepath.Join(missing, "x.db")
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"restore", []string{"restore", "--out", out, f.db}},
+		{"manifest", []string{"manifest", "--out", out, f.db}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errs := vfsctl(t, append([]string{"--config", f.config()}, tc.args...)...)
+			want := "vfsctl " + tc.name + ": directory " + missing + " of --out does not exist"
+			if code != exitUsage || !strings.HasPrefix(errs, want) || strings.Contains(errs, ".x.db.") {
+				t.Fatalf("vfsctl %s --out in a missing directory=%d %q; want %d and %q", tc.name, code, errs, exitUsage, want)
+			}
+			if _, err := os.Stat(missing); !os.IsNotExist(err) {
+				t.Fatalf("vfsctl %s --out created %s: %v", tc.name, missing, err)
+			}
+		})
+	}
+}
