@@ -213,7 +213,7 @@ func (s source) fetch(ctx context.Context, stores []store.Store, at time.Time) (
 	var err error
 	if !at.IsZero() {
 		if m, raw, _, err = restore.ManifestAt(ctx, ms, s.key, at); err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", s, err)
+			return nil, nil, fmt.Errorf("%s: %w", s, unprefixed{err, "restore: "})
 		}
 	} else if m, raw, err = store.FetchManifest(ctx, ms, s.key); err != nil {
 		return nil, nil, fmt.Errorf("%s (manifest %s): %w", s, s.key, err)
@@ -227,3 +227,22 @@ func (s source) fetch(ctx context.Context, stores []store.Store, at time.Time) (
 	}
 	return m, raw, nil
 }
+
+// unprefixed is err with prefix taken off the start of each of its lines
+// (errors.Join puts one per error): restore.ManifestAt's errors start
+// with the name of their package, restore, which reads as the command
+// that failed when they follow "vfsctl verify: " or "vfsctl manifest: ".
+type unprefixed struct {
+	err    error
+	prefix string
+}
+
+func (e unprefixed) Error() string {
+	lines := strings.Split(e.err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimPrefix(l, e.prefix)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e unprefixed) Unwrap() error { return e.err }
