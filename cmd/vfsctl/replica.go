@@ -131,7 +131,9 @@ func outPerm(src source, m *manifest.Manifest) fs.FileMode {
 	return 0o600
 }
 
-// progressBar draws a progress bar on w, at most ten times a second.
+// progressBar draws a progress bar on w, at most ten times a second, from
+// the first update on: finish draws it last, and draws nothing if nothing
+// was updated (the command refused, or failed, before it started).
 func progressBar(w io.Writer, label string) (update func(done, total int64), finish func()) {
 	start := time.Now()
 	var last time.Time
@@ -151,14 +153,18 @@ func progressBar(w io.Writer, label string) (update func(done, total int64), fin
 			strings.Repeat("=", n), strings.Repeat(" ", width-n), pct, done>>shift, total>>shift, unit, rate)
 	}
 	var lastDone, lastTotal int64
+	started := false
 	update = func(done, total int64) {
-		lastDone, lastTotal = done, total
+		lastDone, lastTotal, started = done, total, true
 		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond {
 			last = now
 			draw(done, total)
 		}
 	}
 	finish = func() {
+		if !started {
+			return
+		}
 		draw(lastDone, lastTotal)
 		fmt.Fprintln(w)
 	}
@@ -199,6 +205,8 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		if err := checkOutFile(out, force); err != nil {
 			return err
 		}
+	} else if isTerminal(g.stdout) {
+		return usagef("refusing to write a database to a terminal; use --out FILE or a pipe")
 	}
 	m, _, stores, err := fetchSource(ctx, g, src, at)
 	if err != nil {
@@ -214,9 +222,6 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		defer finish()
 	}
 	if !toFile {
-		if isTerminal(g.stdout) {
-			return usagef("refusing to write a database to a terminal; use --out FILE or a pipe")
-		}
 		return restore.Write(ctx, stores, m, g.stdout, opts)
 	}
 	return outFileError(restore.File(ctx, stores, m, out, opts))

@@ -405,3 +405,43 @@ func TestOutMissingDir(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoreProgress: on a terminal, restore draws its progress bar once
+// it writes, up to 100%, and none when it refuses before writing.
+func TestRestoreProgress(t *testing.T) {
+	f := flushed(t)
+	journaled := filepath.Join(f.dir, "journaled.db")
+	for _, p := range []string{journaled, journaled + "-wal"} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		toTerm   bool // standard output is the terminal too
+		code     int
+		wantDraw bool
+	}{
+		{"restored", []string{"--out", filepath.Join(f.dir, "new.db")}, false, exitOK, true},
+		{"refused: a WAL beside --out", []string{"--out", journaled, "--force"}, false, exitFail, false},
+		{"refused: standard output a terminal", nil, true, exitUsage, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			term, screen, closed := pty(t)
+			var stdout io.Writer = &bytes.Buffer{}
+			if tc.toTerm {
+				stdout = term
+			}
+			args := append([]string{"--config", f.config(), "restore", "--source-path", f.db}, tc.args...)
+			code := run(context.Background(), args, stdout, term)
+			term.Close()
+			<-closed
+			s := screen.String()
+			drew := strings.Contains(s, "\rrestore [")
+			if code != tc.code || drew != tc.wantDraw || (drew && !strings.Contains(s, "100.0%")) {
+				t.Fatalf("restore on a terminal=%d, drew %q; want %d, a progress bar to 100%%: %v", code, s, tc.code, tc.wantDraw)
+			}
+		})
+	}
+}
