@@ -105,7 +105,7 @@ func parseTime(v string, now time.Time) (time.Time, error) {
 		sec := int64(f)
 		return time.Unix(sec, int64((f-float64(sec))*1e9)), nil
 	}
-	return time.Time{}, usagef("--at %q: want RFC 3339 (2026-11-23T17:00:00Z), Unix seconds, or a duration ago (-90m)", v)
+	return time.Time{}, flagErrorf("--at %q: want RFC 3339 (2026-11-23T17:00:00Z), Unix seconds, or a duration ago (-90m)", v)
 }
 
 // isTerminal reports whether w is a terminal, for progress bars and the
@@ -195,7 +195,7 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	if conc < 1 || conc > 256 {
-		return usagef("--concurrency %d: want 1 to 256", conc)
+		return flagErrorf("--concurrency %d: want 1 to 256", conc)
 	}
 	toFile := out != "" && out != "-"
 	if force && !toFile {
