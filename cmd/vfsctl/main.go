@@ -136,9 +136,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	const configHelp = "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG, else $VERNEUIL_CONFIG)"
 	const logHelp = "log level on stderr: off, error, warn, info or debug"
 	fs.StringVar(&g.config, "config", "", configHelp)
-	fs.StringVar(&g.config, "c", "", "short for --config")
+	fs.StringVar(&g.config, "c", "", shortFor+"config")
 	fs.StringVar(&g.log, "log", "warn", logHelp)
-	fs.StringVar(&g.log, "l", "warn", "short for --log")
+	fs.StringVar(&g.log, "l", "warn", shortFor+"log")
 	version := fs.Bool("version", false, "print vfsctl's version and commit, and exit")
 	fs.SetOutput(io.Discard) // errors are printed once, below
 	fs.Usage = func() {}
@@ -289,11 +289,50 @@ func usage(fs *flag.FlagSet, w io.Writer) {
 		fmt.Fprintf(w, "  %s %s\n        %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nGlobal options, before COMMAND:")
-	fs.SetOutput(w)
-	fs.PrintDefaults()
+	printFlags(w, fs)
 	fmt.Fprintln(w, "\nExit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.")
 	fmt.Fprintln(w, "Run 'vfsctl help COMMAND' or 'vfsctl COMMAND --help' for a command's options.")
 	fmt.Fprintln(w, "A command's options may come before or after its arguments; after \"--\", all are arguments.")
+}
+
+// shortFor is how the usage of a short flag starts, followed by the
+// long flag it stands for: printFlags shows them together.
+const shortFor = "short for --"
+
+// printFlags prints the flags of fs as flag.PrintDefaults does, but with
+// two dashes, as the usage lines spell them ("--config"; Go's flag
+// package takes one or two), and a short flag beside its long one
+// ("-c, --config").
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	short := map[string]string{} // long name: short name
+	fs.VisitAll(func(f *flag.Flag) {
+		if long, ok := strings.CutPrefix(f.Usage, shortFor); ok {
+			short[long] = f.Name
+		}
+	})
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Usage, shortFor) {
+			return
+		}
+		name := "--" + f.Name
+		if s, ok := short[f.Name]; ok {
+			name = "-" + s + ", " + name
+		}
+		kind, usage := flag.UnquoteUsage(f)
+		if kind != "" {
+			name += " " + kind
+		}
+		switch f.DefValue {
+		case "", "0", "0s", "false":
+		default:
+			if kind == "string" {
+				usage += fmt.Sprintf(" (default %q)", f.DefValue)
+			} else {
+				usage += fmt.Sprintf(" (default %v)", f.DefValue)
+			}
+		}
+		fmt.Fprintf(w, "  %s\n    \t%s\n", name, strings.ReplaceAll(usage, "\n", "\n    \t"))
+	})
 }
 
 // subcommand parses a command's own flags; it reports flag.ErrHelp after
@@ -318,7 +357,7 @@ func parseCommand(g *globals, name, argsUsage, summary string, args []string, tr
 	printUsage := func() {
 		fs.SetOutput(g.stderr)
 		fmt.Fprintf(g.stderr, "usage: vfsctl %s %s\n\n%s\n", name, argsUsage, summary)
-		fs.PrintDefaults()
+		printFlags(g.stderr, fs)
 	}
 	flags, positional := splitArgs(fs, args, trailing)
 	fs.SetOutput(io.Discard) // the error is printed once, below

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -487,6 +488,41 @@ func TestFlagValues(t *testing.T) {
 			code, out, errs := vfsctl(t, tc.args...)
 			if code != exitUsage || out != "" || errs != tc.want {
 				t.Fatalf("vfsctl %q=%d %q %q; want %d and %q", tc.args, code, out, errs, exitUsage, tc.want)
+			}
+		})
+	}
+}
+
+// TestHelpFlags: help spells the flags with two dashes, as the usage
+// lines do, with a short form beside its long one.
+func TestHelpFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		want, not []string // lines that start so
+	}{
+		{"global", []string{"--help"}, []string{"  -c, --config string", "  -l, --log string", "  --version"}, []string{"  -config", "  -c string", "  -log", "  -version"}},
+		{"status", []string{"help", "status"}, []string{"  --json", "  --max-lag duration", "  --watch"}, []string{"  -json", "  -max-lag", "  -watch"}},
+		{"restore", []string{"restore", "--help"}, []string{"  --out string", "  --concurrency int"}, []string{"  -out", "  -concurrency"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := vfsctl(t, tc.args...)
+			if code != exitOK {
+				t.Fatalf("vfsctl %q=%d %q", tc.args, code, errs)
+			}
+			lines := strings.Split(out+errs, "\n")
+			has := func(prefix string) bool {
+				return slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, prefix) })
+			}
+			for _, w := range tc.want {
+				if !has(w) {
+					t.Errorf("vfsctl %q: no line starts with %q:\n%s", tc.args, w, out+errs)
+				}
+			}
+			for _, n := range tc.not {
+				if has(n) {
+					t.Errorf("vfsctl %q: a line starts with %q:\n%s", tc.args, n, out+errs)
+				}
 			}
 		})
 	}
