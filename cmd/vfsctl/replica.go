@@ -565,7 +565,8 @@ func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 		}
 		return tw.Flush()
 	}
-	return fmt.Errorf("%s (manifest %s): %w", src, src.key, errors.Join(errs...))
+	err = errors.Join(errs...)
+	return fmt.Errorf("%s (manifest %s): %w%s", src, src.key, err, notFoundHint(err))
 }
 
 // lsJSON is one line of vfsctl ls --json.

@@ -156,6 +156,28 @@ func TestAtTooEarly(t *testing.T) {
 	}
 }
 
+// TestSourceNotFound: a database the store does not hold fails with a
+// hint at how to find the names it holds, and at --hostname.
+func TestSourceNotFound(t *testing.T) {
+	f := flushed(t)
+	missing := filepath.Join(f.dir, "nope.db")
+	for _, args := range [][]string{
+		{"manifest", missing},
+		{"restore", missing},
+		{"verify", missing},
+		{"verify", "--at", "-1m", missing},
+		{"ls-versions", missing},
+		{"manifest", "--hostname", "elsewhere", f.db},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			code, _, errs := vfsctl(t, append([]string{"--config", f.config()}, args...)...)
+			if code != exitFail || !strings.Contains(errs, "not found") || !strings.Contains(errs, "vfsctl ls --all") || !strings.Contains(errs, "--hostname") {
+				t.Fatalf("vfsctl %q=%d %q; want exit 1, not found, and hints at vfsctl ls --all and --hostname", args, code, errs)
+			}
+		})
+	}
+}
+
 func TestManifestCommands(t *testing.T) {
 	f := flushed(t)
 	key, _ := store.ManifestKey(hostname(t), f.db)
