@@ -747,6 +747,18 @@ func checkOutput(path string, replace bool) error {
 // starts and again just before the rename; what it refuses, it leaves
 // untouched.
 func File(ctx context.Context, stores []store.Store, m *manifest.Manifest, path string, opts Options) error {
+	return WriteFile(path, opts, func(w io.Writer) error {
+		return Write(ctx, stores, m, w, opts)
+	})
+}
+
+// WriteFile writes the file at path as File writes a restored database,
+// with the same checks, permission bits and atomic rename, write giving
+// its contents: opts.Replace and opts.Perm count, the other options do
+// not. It is for the other files that are written where a database may
+// be, such as a manifest saved to a file, which must not replace a
+// database in use either.
+func WriteFile(path string, opts Options, write func(w io.Writer) error) error {
 	dir, base := filepath.Split(path)
 	removeStaleTemps(filepath.Clean(dir), base)
 	if err := checkOutput(path, opts.Replace); err != nil {
@@ -760,6 +772,10 @@ func File(ctx context.Context, stores []store.Store, m *manifest.Manifest, path 
 		perm &= st.Mode().Perm()
 	}
 	tmp, err := createRestoreTemp(path, perm)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Not the temp file's name, which means nothing to the caller.
+		return fmt.Errorf("restore: %s: directory %s does not exist", path, filepath.Clean(dir))
+	}
 	if err != nil {
 		return fmt.Errorf("restore: %s: %w", path, err)
 	}
@@ -772,13 +788,13 @@ func File(ctx context.Context, stores []store.Store, m *manifest.Manifest, path 
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := Write(ctx, stores, m, newWritebackWriter(tmp), opts); err != nil {
+	if err := write(newWritebackWriter(tmp)); err != nil {
 		return fmt.Errorf("restore: %s: %w", path, err)
 	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("restore: %s: sync: %w", path, err)
 	}
-	// Again: the restore took a while, and something may have appeared.
+	// Again: the write took a while, and something may have appeared.
 	if err := checkOutput(path, opts.Replace); err != nil {
 		return err
 	}

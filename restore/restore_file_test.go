@@ -224,6 +224,19 @@ func TestRestoreFileOpenHere(t *testing.T) {
 	}
 }
 
+// TestWriteFileMissingDir: a file to write in a directory that does not
+// exist fails naming that directory, not the temp file.
+func TestWriteFileMissingDir(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nodir")
+	err := WriteFile(filepath.Join(missing, "x.bin"), Options{}, func(w io.Writer) error {
+		_, err := io.WriteString(w, "x")
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "directory "+missing+" does not exist") || strings.Contains(err.Error(), restoreTempSuffix) {
+		t.Fatalf("WriteFile() in a missing directory=%v, want it naming %s", err, missing)
+	}
+}
+
 // TestRestoreFileMode: the restored file is 0600, or opts.Perm, less the
 // umask, and no more readable than a file it replaces.
 func TestRestoreFileMode(t *testing.T) {

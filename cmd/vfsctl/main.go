@@ -29,6 +29,23 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
+// flagError is a bad value of a command's flag: exit code 2, and the
+// command's usage line after the error, as for the values the flag
+// parser refuses.
+type flagError struct{ msg string }
+
+func (e flagError) Error() string { return e.msg }
+
+// flagErrorf formats a flagError: "--NAME VALUE: want WHAT", as every
+// bad flag value is reported.
+func flagErrorf(format string, args ...any) error { return flagError{fmt.Sprintf(format, args...)} }
+
+// shortUsage prints the usage line of command name, and where its
+// options are described, after an error in its flags.
+func shortUsage(w io.Writer, name, argsUsage string) {
+	fmt.Fprintf(w, "usage: vfsctl %s %s\nRun 'vfsctl help %s' for its options.\n", name, argsUsage, name)
+}
+
 type command struct {
 	name, args, summary string
 	run                 func(ctx context.Context, g *globals, args []string) error
@@ -40,7 +57,7 @@ var commands = []command{
 	{"status", "[--json] [--max-lag DURATION] [--watch] SPOOL_DIR", "show replication lag, pending bytes, uploader, calls and errors per database; exit 1 if any is blocked, not replicated or lags more than --max-lag", cmdStatus},
 	{"metrics", "[--listen ADDR] SPOOL_DIR", "print the replication metrics of SPOOL_DIR in Prometheus' text format, or serve them on ADDR/metrics", cmdMetrics},
 	{"restore", "[--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)", "write a replicated database (or an older version) to a file", cmdRestore},
-	{"manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
+	{"manifest", "[--hostname H] [--at TIME] [--json] [--out FILE [--force]] SOURCE", "fetch the manifest of a replicated database", cmdManifest},
 	{"manifest-name", "[--hostname H] SOURCE", "print the key of a database's manifest", cmdManifestName},
 	{"ls-versions", "[--hostname H] [--json] SOURCE", "list the points in time a database can be restored to", cmdLsVersions},
 	{"ls", "[--hostname H | --all] [--json]", "list the databases a store holds", cmdLs},
@@ -119,9 +136,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	const configHelp = "configuration JSON or @/path/to/file.json (default: $BOULE_CONFIG, else $VERNEUIL_CONFIG)"
 	const logHelp = "log level on stderr: off, error, warn, info or debug"
 	fs.StringVar(&g.config, "config", "", configHelp)
-	fs.StringVar(&g.config, "c", "", "short for --config")
+	fs.StringVar(&g.config, "c", "", shortFor+"config")
 	fs.StringVar(&g.log, "log", "warn", logHelp)
-	fs.StringVar(&g.log, "l", "warn", "short for --log")
+	fs.StringVar(&g.log, "l", "warn", shortFor+"log")
 	version := fs.Bool("version", false, "print vfsctl's version and commit, and exit")
 	fs.SetOutput(io.Discard) // errors are printed once, below
 	fs.Usage = func() {}
@@ -133,7 +150,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case err != nil:
 		fmt.Fprintf(stderr, "vfsctl: %v\n", err)
-		usage(fs, stderr)
+		fmt.Fprintf(stderr, "%sRun 'vfsctl --help' for the commands and options.\n", usageLines)
 		return exitUsage
 	case *version:
 		fmt.Fprintln(stdout, versionLine(debug.ReadBuildInfo()))
@@ -161,12 +178,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	err = c.run(ctx, g, rest)
 	var ue usageError
+	var fe flagError
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case errors.Is(err, errUsageShown):
+		return exitUsage
+	case errors.As(err, &fe):
+		fmt.Fprintf(stderr, "vfsctl %s: %v\n", name, err)
+		shortUsage(stderr, c.name, c.args)
 		return exitUsage
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "vfsctl %s: %v\n", name, err)
@@ -256,19 +278,61 @@ func versionLine(bi *debug.BuildInfo, ok bool) string {
 	return fmt.Sprintf("vfsctl %s %s (%s, %s)", path, v, commit, bi.GoVersion)
 }
 
+// usageLines are the usage lines of vfsctl.
+const usageLines = "usage: vfsctl [-c|--config JSON|@FILE] [-l|--log LEVEL] COMMAND [ARGS]\n" +
+	"       vfsctl --version\n"
+
 func usage(fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintln(w, "usage: vfsctl [-c|--config JSON|@FILE] [-l|--log LEVEL] COMMAND [ARGS]")
-	fmt.Fprintln(w, "       vfsctl --version")
+	fmt.Fprint(w, usageLines)
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %s %s\n        %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nGlobal options, before COMMAND:")
-	fs.SetOutput(w)
-	fs.PrintDefaults()
+	printFlags(w, fs)
 	fmt.Fprintln(w, "\nExit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.")
 	fmt.Fprintln(w, "Run 'vfsctl help COMMAND' or 'vfsctl COMMAND --help' for a command's options.")
 	fmt.Fprintln(w, "A command's options may come before or after its arguments; after \"--\", all are arguments.")
+}
+
+// shortFor is how the usage of a short flag starts, followed by the
+// long flag it stands for: printFlags shows them together.
+const shortFor = "short for --"
+
+// printFlags prints the flags of fs as flag.PrintDefaults does, but with
+// two dashes, as the usage lines spell them ("--config"; Go's flag
+// package takes one or two), and a short flag beside its long one
+// ("-c, --config").
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	short := map[string]string{} // long name: short name
+	fs.VisitAll(func(f *flag.Flag) {
+		if long, ok := strings.CutPrefix(f.Usage, shortFor); ok {
+			short[long] = f.Name
+		}
+	})
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Usage, shortFor) {
+			return
+		}
+		name := "--" + f.Name
+		if s, ok := short[f.Name]; ok {
+			name = "-" + s + ", " + name
+		}
+		kind, usage := flag.UnquoteUsage(f)
+		if kind != "" {
+			name += " " + kind
+		}
+		switch f.DefValue {
+		case "", "0", "0s", "false":
+		default:
+			if kind == "string" {
+				usage += fmt.Sprintf(" (default %q)", f.DefValue)
+			} else {
+				usage += fmt.Sprintf(" (default %v)", f.DefValue)
+			}
+		}
+		fmt.Fprintf(w, "  %s\n    \t%s\n", name, strings.ReplaceAll(usage, "\n", "\n    \t"))
+	})
 }
 
 // subcommand parses a command's own flags; it reports flag.ErrHelp after
@@ -282,8 +346,9 @@ func subcommand(g *globals, name, argsUsage, summary string, args []string, defi
 // set's Args. After "--", everything is an argument. With trailing, so
 // is everything after the first argument (shell's sqlite3 arguments).
 //
-// A wrong flag prints its error, then the command's usage, and returns
-// errUsageShown; --help prints the usage and returns flag.ErrHelp.
+// A wrong flag prints its error, then the command's usage line, and
+// returns errUsageShown; --help prints the usage and returns
+// flag.ErrHelp.
 func parseCommand(g *globals, name, argsUsage, summary string, args []string, trailing bool, define func(*flag.FlagSet)) (*flag.FlagSet, error) {
 	fs := flag.NewFlagSet("vfsctl "+name, flag.ContinueOnError)
 	if define != nil {
@@ -292,20 +357,28 @@ func parseCommand(g *globals, name, argsUsage, summary string, args []string, tr
 	printUsage := func() {
 		fs.SetOutput(g.stderr)
 		fmt.Fprintf(g.stderr, "usage: vfsctl %s %s\n\n%s\n", name, argsUsage, summary)
-		fs.PrintDefaults()
+		printFlags(g.stderr, fs)
 	}
 	flags, positional := splitArgs(fs, args, trailing)
 	fs.SetOutput(io.Discard) // the error is printed once, below
 	fs.Usage = func() {}
-	err := fs.Parse(flags)
+	var err error
+	var bad []string
+	for _, f := range flags {
+		// One at a time, to know which was wrong.
+		if err = fs.Parse(f); err != nil {
+			bad = f
+			break
+		}
+	}
 	fs.Usage = printUsage
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		printUsage()
 		return nil, err
 	case err != nil:
-		fmt.Fprintf(g.stderr, "vfsctl %s: %v\n", name, err)
-		printUsage()
+		fmt.Fprintf(g.stderr, "vfsctl %s: %v\n", name, explainFlag(fs, bad, err))
+		shortUsage(g.stderr, name, argsUsage)
 		return nil, errUsageShown
 	}
 	// The arguments: after "--", Parse takes them all as they are.
@@ -316,12 +389,47 @@ func parseCommand(g *globals, name, argsUsage, summary string, args []string, tr
 	return fs, nil
 }
 
-// splitArgs sorts args into flags (with the values of those that take
-// one) and the other arguments, in order, so that flags may follow the
-// arguments ("verify SOURCE --json"). After "--", or with trailing after
-// the first argument, the rest are arguments (with trailing, "--" stays,
-// for the command to see).
-func splitArgs(fs *flag.FlagSet, args []string, trailing bool) (flags, positional []string) {
+// explainFlag returns, for the error the flag parser returned for the
+// flag f (its argument, and its value if separate), the error in the
+// words of usagef's: "--NAME "VALUE": want WHAT". It returns err itself
+// for an undefined flag or a missing value, which the parser's words
+// say well enough.
+func explainFlag(fs *flag.FlagSet, f []string, err error) error {
+	name := strings.TrimPrefix(strings.TrimPrefix(f[0], "-"), "-")
+	name, value, hasValue := strings.Cut(name, "=")
+	if !hasValue && len(f) == 2 {
+		value, hasValue = f[1], true
+	}
+	fl := fs.Lookup(name)
+	if fl == nil || !hasValue {
+		return err
+	}
+	getter, ok := fl.Value.(flag.Getter)
+	if !ok {
+		return err
+	}
+	var want string
+	switch getter.Get().(type) {
+	case time.Duration:
+		want = "a duration, such as 90s, 5m or 1h30m"
+	case int, int64, uint, uint64:
+		want = "a whole number"
+	case float64:
+		want = "a number"
+	case bool:
+		want = "true or false"
+	default:
+		return err
+	}
+	return fmt.Errorf("--%s %q: want %s", name, value, want)
+}
+
+// splitArgs sorts args into flags, each with its value if it takes one
+// as the next argument, and the other arguments, in order, so that flags
+// may follow the arguments ("verify SOURCE --json"). After "--", or with
+// trailing after the first argument, the rest are arguments (with
+// trailing, "--" stays, for the command to see).
+func splitArgs(fs *flag.FlagSet, args []string, trailing bool) (flags [][]string, positional []string) {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "--" {
@@ -337,7 +445,7 @@ func splitArgs(fs *flag.FlagSet, args []string, trailing bool) (flags, positiona
 			positional = append(positional, a)
 			continue
 		}
-		flags = append(flags, a)
+		flags = append(flags, []string{a})
 		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
 		if strings.Contains(name, "=") {
 			continue
@@ -351,7 +459,7 @@ func splitArgs(fs *flag.FlagSet, args []string, trailing bool) (flags, positiona
 		}
 		if i+1 < len(args) {
 			i++
-			flags = append(flags, args[i])
+			flags[len(flags)-1] = append(flags[len(flags)-1], args[i])
 		}
 	}
 	return flags, positional

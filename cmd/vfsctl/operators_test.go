@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -107,7 +108,7 @@ func TestStatusMaxLag(t *testing.T) {
 		{"flag after the argument", []string{"status", f.spool, "--max-lag=1ns"}, exitFail, "lagging more than 1ns"},
 		{"json too", []string{"status", "--json", "--max-lag", "1ns", f.spool}, exitFail, `"lag_seconds"`},
 		{"negative", []string{"status", "--max-lag", "-1s", f.spool}, exitUsage, "want a positive duration"},
-		{"not a duration", []string{"status", "--max-lag", "soon", f.spool}, exitUsage, `invalid value "soon" for flag -max-lag`},
+		{"not a duration", []string{"status", "--max-lag", "soon", f.spool}, exitUsage, `--max-lag "soon": want a duration`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, errs := vfsctl(t, tc.args...)
@@ -459,6 +460,72 @@ func TestCLI(t *testing.T) {
 		}
 		f.checkStore(t, hostname(t))
 	})
+}
+
+// TestFlagValues: a bad flag value, caught by the flag parser or by the
+// command, is reported in one form: the flag and the value, what it
+// wants, then the command's usage line, not its whole help.
+func TestFlagValues(t *testing.T) {
+	f := newFixture(t)
+	statusUsage := "usage: vfsctl status [--json] [--max-lag DURATION] [--watch] SPOOL_DIR\nRun 'vfsctl help status' for its options.\n"
+	restoreUsage := "usage: vfsctl restore [--hostname H] [--at TIME] [--out FILE [--force]] [--concurrency N] (SOURCE | --source-path PATH | --manifest URI|FILE)\nRun 'vfsctl help restore' for its options.\n"
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // all of stderr
+	}{
+		{"not a duration", []string{"status", "--max-lag", "abc", f.spool}, "vfsctl status: --max-lag \"abc\": want a duration, such as 90s, 5m or 1h30m\n" + statusUsage},
+		{"not a duration, with =", []string{"status", f.spool, "--max-lag=abc"}, "vfsctl status: --max-lag \"abc\": want a duration, such as 90s, 5m or 1h30m\n" + statusUsage},
+		{"not a boolean", []string{"status", "--json=maybe", f.spool}, "vfsctl status: --json \"maybe\": want true or false\n" + statusUsage},
+		{"negative duration", []string{"status", "--max-lag", "-1s", f.spool}, "vfsctl status: --max-lag -1s: want a positive duration\n" + statusUsage},
+		{"not a number", []string{"restore", "--concurrency", "x", "--hostname", "h", f.db}, "vfsctl restore: --concurrency \"x\": want a whole number\n" + restoreUsage},
+		{"out of range", []string{"restore", "--concurrency", "0", f.db}, "vfsctl restore: --concurrency 0: want 1 to 256\n" + restoreUsage},
+		{"not a time", []string{"--config", f.config(), "restore", "--at", "soon", f.db}, "vfsctl restore: --at \"soon\": want RFC 3339 (2026-11-23T17:00:00Z), Unix seconds, or a duration ago (-90m)\n" + restoreUsage},
+		{"unknown flag", []string{"status", "--jsn", f.spool}, "vfsctl status: flag provided but not defined: -jsn\n" + statusUsage},
+		{"unknown global flag", []string{"--jsn", "status", f.spool}, "vfsctl: flag provided but not defined: -jsn\n" + usageLines + "Run 'vfsctl --help' for the commands and options.\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := vfsctl(t, tc.args...)
+			if code != exitUsage || out != "" || errs != tc.want {
+				t.Fatalf("vfsctl %q=%d %q %q; want %d and %q", tc.args, code, out, errs, exitUsage, tc.want)
+			}
+		})
+	}
+}
+
+// TestHelpFlags: help spells the flags with two dashes, as the usage
+// lines do, with a short form beside its long one.
+func TestHelpFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		want, not []string // lines that start so
+	}{
+		{"global", []string{"--help"}, []string{"  -c, --config string", "  -l, --log string", "  --version"}, []string{"  -config", "  -c string", "  -log", "  -version"}},
+		{"status", []string{"help", "status"}, []string{"  --json", "  --max-lag duration", "  --watch"}, []string{"  -json", "  -max-lag", "  -watch"}},
+		{"restore", []string{"restore", "--help"}, []string{"  --out string", "  --concurrency int"}, []string{"  -out", "  -concurrency"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := vfsctl(t, tc.args...)
+			if code != exitOK {
+				t.Fatalf("vfsctl %q=%d %q", tc.args, code, errs)
+			}
+			lines := strings.Split(out+errs, "\n")
+			has := func(prefix string) bool {
+				return slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, prefix) })
+			}
+			for _, w := range tc.want {
+				if !has(w) {
+					t.Errorf("vfsctl %q: no line starts with %q:\n%s", tc.args, w, out+errs)
+				}
+			}
+			for _, n := range tc.not {
+				if has(n) {
+					t.Errorf("vfsctl %q: a line starts with %q:\n%s", tc.args, n, out+errs)
+				}
+			}
+		})
+	}
 }
 
 // TestSyncProgress: sync draws a progress bar on a terminal, ending at

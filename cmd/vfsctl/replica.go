@@ -105,7 +105,7 @@ func parseTime(v string, now time.Time) (time.Time, error) {
 		sec := int64(f)
 		return time.Unix(sec, int64((f-float64(sec))*1e9)), nil
 	}
-	return time.Time{}, usagef("--at %q: want RFC 3339 (2026-11-23T17:00:00Z), Unix seconds, or a duration ago (-90m)", v)
+	return time.Time{}, flagErrorf("--at %q: want RFC 3339 (2026-11-23T17:00:00Z), Unix seconds, or a duration ago (-90m)", v)
 }
 
 // isTerminal reports whether w is a terminal, for progress bars and the
@@ -131,7 +131,9 @@ func outPerm(src source, m *manifest.Manifest) fs.FileMode {
 	return 0o600
 }
 
-// progressBar draws a progress bar on w, at most ten times a second.
+// progressBar draws a progress bar on w, at most ten times a second, from
+// the first update on: finish draws it last, and draws nothing if nothing
+// was updated (the command refused, or failed, before it started).
 func progressBar(w io.Writer, label string) (update func(done, total int64), finish func()) {
 	start := time.Now()
 	var last time.Time
@@ -151,14 +153,18 @@ func progressBar(w io.Writer, label string) (update func(done, total int64), fin
 			strings.Repeat("=", n), strings.Repeat(" ", width-n), pct, done>>shift, total>>shift, unit, rate)
 	}
 	var lastDone, lastTotal int64
+	started := false
 	update = func(done, total int64) {
-		lastDone, lastTotal = done, total
+		lastDone, lastTotal, started = done, total, true
 		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond {
 			last = now
 			draw(done, total)
 		}
 	}
 	finish = func() {
+		if !started {
+			return
+		}
 		draw(lastDone, lastTotal)
 		fmt.Fprintln(w)
 	}
@@ -189,19 +195,18 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	if conc < 1 || conc > 256 {
-		return usagef("--concurrency %d: want 1 to 256", conc)
+		return flagErrorf("--concurrency %d: want 1 to 256", conc)
 	}
 	toFile := out != "" && out != "-"
 	if force && !toFile {
 		return usagef("--force needs --out FILE")
 	}
 	if toFile {
-		if err := checkOut(out); err != nil {
+		if err := checkOutFile(out, force); err != nil {
 			return err
 		}
-		if _, err := os.Lstat(out); err == nil && !force {
-			return usagef("--out %s exists; refusing to replace it (give --force to replace it; see doc/OPERATIONS.md, \"Restores\")", out)
-		}
+	} else if isTerminal(g.stdout) {
+		return usagef("refusing to write a database to a terminal; use --out FILE or a pipe")
 	}
 	m, _, stores, err := fetchSource(ctx, g, src, at)
 	if err != nil {
@@ -217,14 +222,42 @@ func cmdRestore(ctx context.Context, g *globals, args []string) error {
 		defer finish()
 	}
 	if !toFile {
-		if isTerminal(g.stdout) {
-			return usagef("refusing to write a database to a terminal; use --out FILE or a pipe")
-		}
 		return restore.Write(ctx, stores, m, g.stdout, opts)
 	}
-	err = restore.File(ctx, stores, m, out, opts)
+	return outFileError(restore.File(ctx, stores, m, out, opts))
+}
+
+// checkOutFile checks --out FILE of restore or manifest before anything
+// is fetched: its directory must exist, anything there must be a regular
+// file, and, without force, nothing may be there at all.
+// restore.WriteFile checks again, and also refuses a database in use,
+// even with force.
+func checkOutFile(out string, force bool) error {
+	// Else the error would name the temp file that could not be made in it.
+	dir := filepath.Dir(out)
+	switch st, err := os.Stat(dir); {
+	case errors.Is(err, fs.ErrNotExist):
+		return usagef("directory %s of --out does not exist", dir)
+	case err != nil:
+		return fmt.Errorf("directory of --out: %w", err)
+	case !st.IsDir():
+		return usagef("%s, the directory of --out, is %s, not a directory", dir, restore.FileKind(st.Mode()))
+	}
+	if err := checkOut(out); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(out); err == nil && !force {
+		return usagef("--out %s exists; refusing to replace it (give --force to replace it; see doc/OPERATIONS.md, \"Restores\")", out)
+	}
+	return nil
+}
+
+// outFileError is the error of restore.File or restore.WriteFile writing
+// --out: a usage error when what it refused appeared after checkOutFile
+// (a file, or something other than a regular file), the error as it is
+// otherwise (a database in use, a journal next to it, a failure).
+func outFileError(err error) error {
 	if errors.Is(err, restore.ErrNotRegularFile) || errors.Is(err, restore.ErrOutputExists) {
-		// It appeared during the restore, after checkOut.
 		return usageError{err.Error()}
 	}
 	return err
@@ -367,19 +400,29 @@ func writeManifestJSON(w io.Writer, key string, m *manifest.Manifest) error {
 
 func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	var out, at string
-	var asJSON bool
-	src, _, err := sourceCommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE] SOURCE",
-		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\nwrites it, as the binary manifest of doc/FORMAT.md, to --out or standard\noutput; with --json, prints it decoded instead.", args, sourceArgs{},
+	var asJSON, force bool
+	src, _, err := sourceCommand(g, "manifest", "[--hostname H] [--at TIME] [--json] [--out FILE [--force]] SOURCE",
+		"Fetches the manifest of the database SOURCE (a path or a boule:// name) and\n"+
+			"writes it, as the binary manifest of doc/FORMAT.md, to --out or standard\n"+
+			"output; with --json, prints it decoded instead. --out is written as restore\n"+
+			"writes it: the file appears atomically, and a failure leaves nothing there.\n"+
+			"It refuses an existing --out unless --force, and even then a database that\n"+
+			"has a journal, WAL or shm file, or that a process has open or locked.", args, sourceArgs{},
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&out, "out", "", "output file (default: standard output)")
+			fs.BoolVar(&force, "force", false, "replace an existing --out (never a database in use)")
 			fs.StringVar(&at, "at", "", "the version stored at or before this time (see restore)")
 			fs.BoolVar(&asJSON, "json", false, "print the decoded manifest as JSON")
 		})
 	if err != nil {
 		return err
 	}
-	if out != "" && out != "-" {
-		if err := checkOut(out); err != nil {
+	toFile := out != "" && out != "-"
+	if force && !toFile {
+		return usagef("--force needs --out FILE")
+	}
+	if toFile {
+		if err := checkOutFile(out, force); err != nil {
 			return err
 		}
 	}
@@ -404,7 +447,7 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 			return err
 		}
 	}
-	if out == "" || out == "-" {
+	if !toFile {
 		if !asJSON && isTerminal(g.stdout) {
 			return usagef("refusing to write a binary manifest to a terminal; use --out FILE, a pipe, or --json")
 		}
@@ -412,29 +455,7 @@ func cmdManifest(ctx context.Context, g *globals, args []string) error {
 	}
 	// The manifest holds the first chunk of the database inline: it is
 	// as private as the database.
-	return writeFileAtomic(out, outPerm(src, m), write)
-}
-
-// writeFileAtomic writes, with write, a temp file next to path, created
-// with permission bits perm less the umask, and renames it over path,
-// unless something other than a regular file is there.
-func writeFileAtomic(path string, perm fs.FileMode, write func(w io.Writer) error) error {
-	tmp, err := fsutil.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".", perm)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := write(tmp); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := checkOut(path); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return outFileError(restore.WriteFile(out, restore.Options{Replace: force, Perm: outPerm(src, m)}, write))
 }
 
 // versionJSON is one line of vfsctl ls-versions --json. Stored is the
@@ -549,7 +570,8 @@ func cmdLsVersions(ctx context.Context, g *globals, args []string) error {
 		}
 		return tw.Flush()
 	}
-	return fmt.Errorf("%s (manifest %s): %w", src, src.key, errors.Join(errs...))
+	err = errors.Join(errs...)
+	return fmt.Errorf("%s (manifest %s): %w%s", src, src.key, err, notFoundHint(err))
 }
 
 // lsJSON is one line of vfsctl ls --json.

@@ -20,6 +20,7 @@ import (
 	"github.com/boule-vfs/boule/internal/miniotest"
 	"github.com/boule-vfs/boule/internal/testfs"
 	"github.com/boule-vfs/boule/manifest"
+	"github.com/boule-vfs/boule/snapshot"
 	"github.com/boule-vfs/boule/store"
 	"github.com/boule-vfs/boule/store/dir"
 )
@@ -136,6 +137,44 @@ func TestRestoreAt(t *testing.T) {
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Fatalf("a failed restore left %s behind: %v", out, err)
+	}
+}
+
+// TestAtTooEarly: --at before the first version fails naming, first, the
+// command that was run: the restore package's name, which starts the
+// error it returns, is not the command's unless it is restore.
+func TestAtTooEarly(t *testing.T) {
+	f := flushed(t)
+	for _, cmd := range []string{"restore", "manifest", "verify"} {
+		t.Run(cmd, func(t *testing.T) {
+			code, _, errs := vfsctl(t, "--config", f.config(), cmd, "--at", "2001-01-01T00:00:00Z", f.db)
+			want := "vfsctl " + cmd + ": " + snapshot.Scheme + hostname(t) + f.db + ": no manifest version at or before"
+			if code != exitFail || !strings.HasPrefix(errs, want) || strings.Contains(strings.TrimPrefix(errs, "vfsctl "+cmd+":"), "restore:") {
+				t.Fatalf("vfsctl %s --at 2001=%d %q; want exit 1 and %q, and no other command named", cmd, code, errs, want)
+			}
+		})
+	}
+}
+
+// TestSourceNotFound: a database the store does not hold fails with a
+// hint at how to find the names it holds, and at --hostname.
+func TestSourceNotFound(t *testing.T) {
+	f := flushed(t)
+	missing := filepath.Join(f.dir, "nope.db")
+	for _, args := range [][]string{
+		{"manifest", missing},
+		{"restore", missing},
+		{"verify", missing},
+		{"verify", "--at", "-1m", missing},
+		{"ls-versions", missing},
+		{"manifest", "--hostname", "elsewhere", f.db},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			code, _, errs := vfsctl(t, append([]string{"--config", f.config()}, args...)...)
+			if code != exitFail || !strings.Contains(errs, "not found") || !strings.Contains(errs, "vfsctl ls --all") || !strings.Contains(errs, "--hostname") {
+				t.Fatalf("vfsctl %q=%d %q; want exit 1, not found, and hints at vfsctl ls --all and --hostname", args, code, errs)
+			}
+		})
 	}
 }
 

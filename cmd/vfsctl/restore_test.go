@@ -332,3 +332,116 @@ func TestRestoreAtFutureVersion(t *testing.T) {
 		t.Errorf("ls-versions=%d %q; want a CREATED column", code, out)
 	}
 }
+
+// TestManifestRefusesExistingOut: manifest --out, like restore --out,
+// leaves an existing file alone (exit 2, naming it) unless --force, and
+// even with --force refuses a database that a process has open: the
+// manifest replacing it would lose what that process writes next.
+func TestManifestRefusesExistingOut(t *testing.T) {
+	f := flushed(t)
+	_, want, _ := vfsctl(t, "--config", f.config(), "manifest", f.db)
+	out := filepath.Join(f.dir, "existing.bin")
+	if err := os.WriteFile(out, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := vfsctl(t, "--config", f.config(), "manifest", "--out", out, f.db)
+	if code != exitUsage || !strings.Contains(errs, "--out "+out+" exists; refusing to replace it (give --force") {
+		t.Fatalf("manifest --out over an existing file=%d %q; want exit %d naming it", code, errs, exitUsage)
+	}
+	if got, _ := os.ReadFile(out); string(got) != "precious" {
+		t.Fatalf("the refused manifest --out changed %s", out)
+	}
+	if code, _, errs := vfsctl(t, "--config", f.config(), "manifest", "--force", f.db); code != exitUsage || !strings.Contains(errs, "--force needs --out") {
+		t.Fatalf("manifest --force to standard output=%d %q; want exit %d", code, errs, exitUsage)
+	}
+	if code, _, errs := vfsctl(t, "--config", f.config(), "manifest", "--out", out, "--force", f.db); code != exitOK {
+		t.Fatalf("manifest --out --force=%d %q", code, errs)
+	}
+	if got, _ := os.ReadFile(out); string(got) != want {
+		t.Fatalf("manifest --out --force: %s holds %d bytes, not the manifest's %d", out, len(got), len(want))
+	}
+
+	// Another database, which a sqlite3 process has open.
+	live := filepath.Join(f.dir, "live.db")
+	sh := sqlshell.Start(t, live)
+	sh.Do(t, "CREATE TABLE u(x); INSERT INTO u VALUES (1);", "created")
+	before, err := os.ReadFile(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = vfsctl(t, "--config", f.config(), "manifest", "--out", live, "--force", f.db)
+	if code != exitFail || !strings.Contains(errs, "in use") || !strings.Contains(errs, strconv.Itoa(sh.Pid())) {
+		t.Fatalf("manifest --out --force over a database sqlite3 has open=%d %q; want exit 1, in use by process %d", code, errs, sh.Pid())
+	}
+	if got, _ := os.ReadFile(live); !bytes.Equal(got, before) {
+		t.Fatalf("the refused manifest --out changed the database sqlite3 has open")
+	}
+	sh.Close()
+}
+
+// TestOutMissingDir: restore --out and manifest --out into a directory
+// that does not exist name the directory, not the temp file they would
+// have written there, and create nothing.
+func TestOutMissingDir(t *testing.T) {
+	f := flushed(t)
+	missing := filepath.Join(f.dir, "nodir")
+	out := filepath.Join(missing, "x.db")
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"restore", []string{"restore", "--out", out, f.db}},
+		{"manifest", []string{"manifest", "--out", out, f.db}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errs := vfsctl(t, append([]string{"--config", f.config()}, tc.args...)...)
+			want := "vfsctl " + tc.name + ": directory " + missing + " of --out does not exist"
+			if code != exitUsage || !strings.HasPrefix(errs, want) || strings.Contains(errs, ".x.db.") {
+				t.Fatalf("vfsctl %s --out in a missing directory=%d %q; want %d and %q", tc.name, code, errs, exitUsage, want)
+			}
+			if _, err := os.Stat(missing); !os.IsNotExist(err) {
+				t.Fatalf("vfsctl %s --out created %s: %v", tc.name, missing, err)
+			}
+		})
+	}
+}
+
+// TestRestoreProgress: on a terminal, restore draws its progress bar once
+// it writes, up to 100%, and none when it refuses before writing.
+func TestRestoreProgress(t *testing.T) {
+	f := flushed(t)
+	journaled := filepath.Join(f.dir, "journaled.db")
+	for _, p := range []string{journaled, journaled + "-wal"} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		toTerm   bool // standard output is the terminal too
+		code     int
+		wantDraw bool
+	}{
+		{"restored", []string{"--out", filepath.Join(f.dir, "new.db")}, false, exitOK, true},
+		{"refused: a WAL beside --out", []string{"--out", journaled, "--force"}, false, exitFail, false},
+		{"refused: standard output a terminal", nil, true, exitUsage, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			term, screen, closed := pty(t)
+			var stdout io.Writer = &bytes.Buffer{}
+			if tc.toTerm {
+				stdout = term
+			}
+			args := append([]string{"--config", f.config(), "restore", "--source-path", f.db}, tc.args...)
+			code := run(context.Background(), args, stdout, term)
+			term.Close()
+			<-closed
+			s := screen.String()
+			drew := strings.Contains(s, "\rrestore [")
+			if code != tc.code || drew != tc.wantDraw || (drew && !strings.Contains(s, "100.0%")) {
+				t.Fatalf("restore on a terminal=%d, drew %q; want %d, a progress bar to 100%%: %v", code, s, tc.code, tc.wantDraw)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -213,10 +214,10 @@ func (s source) fetch(ctx context.Context, stores []store.Store, at time.Time) (
 	var err error
 	if !at.IsZero() {
 		if m, raw, _, err = restore.ManifestAt(ctx, ms, s.key, at); err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", s, err)
+			return nil, nil, fmt.Errorf("%s: %w%s", s, unprefixed{err, "restore: "}, notFoundHint(err))
 		}
 	} else if m, raw, err = store.FetchManifest(ctx, ms, s.key); err != nil {
-		return nil, nil, fmt.Errorf("%s (manifest %s): %w", s, s.key, err)
+		return nil, nil, fmt.Errorf("%s (manifest %s): %w%s", s, s.key, err, notFoundHint(err))
 	}
 	// As the snapshot VFS checks: a manifest stored under another
 	// database's key (a copy, a hash collision of a long path, tampering)
@@ -226,4 +227,43 @@ func (s source) fetch(ctx context.Context, stores []store.Store, at time.Time) (
 			s, s.key, snapshot.Scheme, m.Hostname, m.SourcePath, manifest.ErrInvalid)
 	}
 	return m, raw, nil
+}
+
+// unprefixed is err with prefix taken off the start of each of its lines
+// (errors.Join puts one per error): restore.ManifestAt's errors start
+// with the name of their package, restore, which reads as the command
+// that failed when they follow "vfsctl verify: " or "vfsctl manifest: ".
+type unprefixed struct {
+	err    error
+	prefix string
+}
+
+func (e unprefixed) Error() string {
+	lines := strings.Split(e.err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimPrefix(l, e.prefix)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e unprefixed) Unwrap() error { return e.err }
+
+// notFoundHint is what to add to err, the error of fetching a source's
+// manifest or listing its versions, when every store said it has none:
+// how to find the names the store has, and --hostname, since a source is
+// looked up under this host unless told.
+func notFoundHint(err error) string {
+	// The stores' errors, joined (store.FetchManifest, ManifestAt,
+	// ls-versions); a manifest found but whose base is not is one error.
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok || len(j.Unwrap()) == 0 {
+		return ""
+	}
+	for _, e := range j.Unwrap() {
+		if !errors.Is(e, store.ErrNotFound) {
+			return ""
+		}
+	}
+	return " (vfsctl ls lists the databases stored for this host, vfsctl ls --all those of every host; " +
+		"give --hostname HOST for a database written on another host)"
 }

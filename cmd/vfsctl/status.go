@@ -98,7 +98,7 @@ func cmdStatus(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	if maxLag < 0 {
-		return usagef("--max-lag %v: want a positive duration", maxLag)
+		return flagErrorf("--max-lag %v: want a positive duration", maxLag)
 	}
 	if !watch {
 		return statusOnce(g, g.stdout, dir, asJSON, maxLag, time.Now())

@@ -6,7 +6,9 @@
 ** It configures Boule with a spool directory and a "dir" store, writes DB
 ** through the "boule" VFS, flushes it to the store, prints the replication
 ** status, restores the replica to OUT, and checks that OUT holds the same
-** rows. It also reads the replica through the "boule_snapshot" VFS.
+** rows. It also reads the replica through the "boule_snapshot" VFS. It
+** may be run again with the same arguments: it writes table t afresh, and
+** replaces OUT.
 **
 ** Build, after `make install` (internal/clients TestCExample runs this
 ** very command, with -Wall -Werror, with PREFIX a temporary directory in
@@ -144,7 +146,10 @@ int main(int argc, char **argv) {
   if (sqlite3_open_v2(argv[1], &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "boule") != SQLITE_OK) {
     return fail(argv[1], sqlite3_errmsg(db));
   }
-  if (exec(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)") ||
+  /* The table starts over, so that the example can be run again on the
+  ** same DB and find the same 1000 rows. */
+  if (exec(db, "DROP TABLE IF EXISTS t") ||
+      exec(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)") ||
       exec(db, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 1000) "
                "INSERT INTO t(v) SELECT randomblob(500) FROM c")) {
     return 1;

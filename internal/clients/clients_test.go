@@ -274,6 +274,10 @@ func TestCExample(t *testing.T) {
 			if len(a) == 0 || !bytes.Equal(a, b) {
 				t.Fatalf("restored file (%d bytes) differs from the database (%d bytes)", len(b), len(a))
 			}
+			// Again, as whoever tries the README twice runs it.
+			if stdout, stderr, err := run(t, nil, "", exe, f.db, f.spool, f.store, out); err != nil || !strings.Contains(stdout, "restored "+out+": 1000 rows\n") {
+				t.Fatalf("example run again: %v, want 1000 rows restored\n%s%s", err, stdout, stderr)
+			}
 		})
 	}
 	// JSON cannot carry a path that is not UTF-8: refused, not mangled.
