@@ -426,6 +426,18 @@ func (d Dir) Marker() (Marker, error) { return ReadMarker(d.path) }
 // every chunk again (see [Invalidate]).
 func (d Dir) Invalidate() error { return Invalidate(d.path) }
 
+// Invalidation returns the token the last [Invalidate] left: an uploader
+// that finds it changed since its last upload forgets what it knew the
+// store to hold. "" before any invalidation, or when it cannot be read
+// (an uploader then compares "" with what it saw, as before).
+func (d Dir) Invalidation() string {
+	b, err := d.readRecord(invalidFile)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
 // --- The uploader's records -----------------------------------------------
 
 // writeRecord writes b to the record name by rename, no more readable

@@ -22,4 +22,5 @@ const (
 	statusFile    = "status.json"   // the uploader's status of the database
 	beatFile      = "heartbeat"     // the serving uploader's heartbeat (Dir.Beat)
 	uploadLock    = "upload.lock"   // flock: one uploading process at a time
+	invalidFile   = "invalidated"   // a token Invalidate changes: uploaders forget what they knew of the store
 )

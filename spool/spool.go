@@ -560,10 +560,13 @@ func flock(f *os.File, how int) error {
 // directory is dir rebuild its snapshot from scratch and stage every chunk
 // again: the staged manifest, the snapshots waiting for upload and the
 // records of the last upload and of pack placements are deleted, and the
-// txn marker is set. The
-// uploader calls it when the store lacks a chunk the last upload relied
-// on, or when the replication targets changed. It takes the spool lock,
-// so it cannot interleave with a snapshot in any process.
+// txn marker is set, and the invalidation token (Dir.Invalidation)
+// changes, so that uploaders in every process forget what they knew the
+// store to hold. The uploader calls it when the store lacks a chunk the
+// last upload relied on, or when the replication targets changed;
+// vfsctl sync --full, to repair a damaged store. It takes the spool lock,
+// so it cannot interleave with a snapshot in any process; callers hold
+// the upload lock (Dir.LockUpload), so that no upload is under way.
 func Invalidate(dir string) error {
 	f, err := openLockFile(filepath.Join(dir, LockFile))
 	if err != nil {
@@ -594,6 +597,9 @@ func Invalidate(dir string) error {
 	} else {
 		c.setState(stateRebuild, nil)
 		c.close()
+	}
+	if err := OpenDir(dir).writeRecord(invalidFile, []byte(uniqueName())); err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("spool: invalidate %s: %w", dir, err)

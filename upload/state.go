@@ -35,6 +35,10 @@ type dbState struct {
 	// placed holds the chunks this database's uploads put in packs that
 	// no uploaded manifest lists yet (see packing.go).
 	placed map[manifest.Fingerprint]manifest.PackRef
+	// The spool's invalidation token when this uploader last looked
+	// (noticeInvalidation).
+	invalidation     string
+	invalidationSeen bool
 	// Scheduling after failures.
 	retryAt time.Time     // background uploads wait until then after a failure
 	backoff time.Duration // the current wait after a failure

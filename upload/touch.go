@@ -87,15 +87,42 @@ func (u *Uploader) invalidate(st *dbState) error {
 		u.log.Error("upload: cannot invalidate the spool", logKeyDB, st.source(), logKeyErr, err)
 		return err
 	}
+	u.forgetStore(st, st.sp.Invalidation())
+	return nil
+}
+
+// noticeInvalidation makes this uploader forget what it knew the store to
+// hold of st's database when another process invalidated its spool since
+// the last look (vfsctl sync --full, repairing a store that lost or
+// corrupted objects): the chunks it uploaded recently may be among them.
+// It runs under the upload lock, which invalidations also hold, so no
+// invalidation falls inside a pass.
+func (u *Uploader) noticeInvalidation(st *dbState) {
+	token := st.sp.Invalidation()
+	st.mu.Lock()
+	changed := st.invalidationSeen && token != st.invalidation
+	st.invalidation, st.invalidationSeen = token, true
+	st.mu.Unlock()
+	if changed {
+		u.log.Info("upload: the spool was invalidated by another process; uploading every chunk again", logKeyDB, st.source())
+		u.forgetStore(st, token)
+	}
+}
+
+// forgetStore forgets what this uploader knew the store to hold of st's
+// database: the last upload, the pack placements and the chunks uploaded
+// recently (of every database: they share fingerprints). token is the
+// spool's invalidation token now.
+func (u *Uploader) forgetStore(st *dbState, token string) {
 	st.mu.Lock()
 	st.uploadedID = [32]byte{}
 	st.uploadedAt = time.Time{}
 	st.placed = nil
+	st.invalidation, st.invalidationSeen = token, true
 	st.mu.Unlock()
 	u.mu.Lock()
 	clear(u.recent)
 	u.mu.Unlock()
-	return nil
 }
 
 // readTargets reads the record of the targets the spool's chunks went to;

@@ -573,6 +573,9 @@ func (u *Uploader) handle(ctx context.Context, st *dbState, targets []limitedTar
 	if err := u.checkTargets(st); err != nil {
 		return err
 	}
+	// Another process may have invalidated the spool since, and what this
+	// one uploaded may be gone from the store.
+	u.noticeInvalidation(st)
 	// Another process may have uploaded since: its placements are in the
 	// spool.
 	placed, err := readPlacements(st.sp)

@@ -920,6 +920,38 @@ func TestUploaderRecentChunks(t *testing.T) {
 	}
 }
 
+// TestUploaderForgetsOnInvalidation: another process invalidating the
+// spool (vfsctl sync --full, repairing a store that lost a chunk) makes
+// this process's uploader forget what it uploaded, recent chunks
+// included: the lost chunk is put again, and the flush's success is true.
+func TestUploaderForgetsOnInvalidation(t *testing.T) {
+	now, fake, u, d := oneTarget(t, "/data/repair.db", func(o *Options) { o.RecentTTL = time.Hour })
+	data := testData(90, 3*manifest.ChunkSize)
+	s1 := d.snapshot(data, now.Now())
+	d.commit(s1)
+	mustFlush(t, u, d.dir)
+	lost := s1.m.Chunks[1]
+	fake.DeleteChunk(lost)
+
+	// Another process repairs: under the upload lock, it invalidates the
+	// spool, and the whole snapshot is staged again.
+	sp := spool.OpenDir(d.dir)
+	unlock, err := sp.LockUpload(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	now.Advance(time.Minute)
+	d.commit(d.snapshot(data, now.Now()))
+	mustFlush(t, u, d.dir)
+	if !fake.HasChunk(lost) {
+		t.Fatal("the flush succeeded with the lost chunk still missing from the store")
+	}
+}
+
 // 8. Touching the chunks of the uploaded manifest, and invalidating the
 // spool when one is missing.
 func TestUploaderTouch(t *testing.T) {

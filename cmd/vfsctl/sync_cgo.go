@@ -82,7 +82,7 @@ func syncDB(ctx context.Context, g *globals, arg string, full bool) error {
 	// tests' processes too).
 	defer func() { _ = vfs.Register(vfs.Config{}) }()
 	if full {
-		if err := forgetUploads(path); err != nil {
+		if err := forgetUploads(ctx, path); err != nil {
 			return err
 		}
 	}
@@ -141,9 +141,12 @@ func syncDB(ctx context.Context, g *globals, arg string, full bool) error {
 }
 
 // forgetUploads makes the spool of the database path forget what it
-// uploaded, and its next transaction stage every chunk again. A database
-// this host never spooled has nothing to forget.
-func forgetUploads(path string) error {
+// uploaded, and its next transaction stage every chunk again; the
+// uploaders of live writers see it at their next upload, and forget too.
+// It holds the upload lock, waiting for an upload under way, so that none
+// straddles the invalidation. A database this host never spooled has
+// nothing to forget.
+func forgetUploads(ctx context.Context, path string) error {
 	d, err := vfs.Spool().DB(path)
 	if err != nil {
 		return err
@@ -152,6 +155,11 @@ func forgetUploads(path string) error {
 	if !sp.Exists() {
 		return nil
 	}
+	unlock, err := sp.LockUpload(ctx, true)
+	if err != nil {
+		return fmt.Errorf("forget what was uploaded of %s: %w", path, err)
+	}
+	defer unlock()
 	if err := sp.Invalidate(); err != nil {
 		return fmt.Errorf("forget what was uploaded of %s: %w", path, err)
 	}
