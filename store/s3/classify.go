@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/smithy-go"
@@ -56,9 +57,9 @@ func (s *Store) classify(ctx, rctx context.Context, op, bucket, key string, err 
 	case timedOut(rctx, err):
 		v = verdict{retryable: true, detail: fmt.Sprintf("timed out after %v", s.timeout)}
 	case noCredentials(err):
-		// Before the answer: an HTTP status in err may be the instance
-		// metadata service's refusal, on the way to no credentials.
-		v = transportVerdict(err)
+		// Before the answer: an HTTP status in err is the credential
+		// provider's, not the store's.
+		v = credentialsVerdict(err)
 	default:
 		a := readAnswer(err)
 		if a.status == 0 {
@@ -116,6 +117,18 @@ func transportVerdict(err error) verdict {
 		}
 	}
 	return verdict{detail: innermost(err)}
+}
+
+// credentialsVerdict judges a failure to get credentials from the SDK's
+// default chain, whose last provider (the instance metadata service, a
+// container's endpoint, STS) may have answered. Its trouble (408, 429,
+// 5xx) passes: retried. A refusal (401, 403, 404), or no answer at all,
+// means there are no credentials to be had here: permanent.
+func credentialsVerdict(err error) verdict {
+	if status, _, _ := apiError(err); status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500 {
+		return verdict{nil, true, fmt.Sprintf("cannot get credentials now (%d from the credential provider): %s", status, innermost(err))}
+	}
+	return transportVerdict(err)
 }
 
 // noCredentials reports whether err says that the SDK found no
@@ -397,6 +410,10 @@ func (s *Store) credentialSource(ctx context.Context) string {
 	if p == nil {
 		return ""
 	}
+	// Cached, they come at once; an expired cache would ask the chain
+	// again, which an error message must not wait long for.
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
 	c, err := p.Retrieve(ctx)
 	if err != nil {
 		return ""

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -386,28 +387,42 @@ func TestAnswerTables(t *testing.T) {
 
 // TestNoCredentialsBehindAnInstanceMetadataRefusal: with no credentials in
 // the environment or the shared files, the SDK asks the instance metadata
-// service, and some hosts answer it 403. That answer is the metadata
-// service's, not the store's: the error says that no credentials were
-// found, not that the store denied access.
+// service. Its answer is not the store's: a refusal (some hosts answer
+// 403) means there are no credentials here, which retrying cannot fix,
+// and not that the store denied access; its trouble (a 503) passes, and
+// is retried.
 func TestNoCredentialsBehindAnInstanceMetadataRefusal(t *testing.T) {
-	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "forbidden", http.StatusForbidden)
-	}))
-	defer imds.Close()
-	store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t.Errorf("the store got a request: %s %s", r.Method, r.URL)
-		http.Error(w, "forbidden", http.StatusForbidden)
-	}))
-	defer store.Close()
-	t.Setenv("AWS_ACCESS_KEY_ID", "")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
-	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "")
-	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.URL)
-	s := newS3(t, config.S3Target{Region: "us-east-1", Endpoint: store.URL, ChunkBucket: "chunks", ManifestBucket: "manifests"}, Options{})
-	err := s.PutChunk(context.Background(), manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
-	if err == nil || !strings.Contains(err.Error(), "no usable credentials") || strings.Contains(err.Error(), "access denied") {
-		t.Fatalf("PutChunk without credentials=%v; want no usable credentials, not access denied", err)
+	for _, tc := range []struct {
+		status    int
+		retryable bool
+		want      string
+	}{
+		{http.StatusForbidden, false, "no usable credentials"},
+		{http.StatusServiceUnavailable, true, "cannot get credentials now (503"},
+	} {
+		t.Run(strconv.Itoa(tc.status), func(t *testing.T) {
+			imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Error(w, "no", tc.status)
+			}))
+			defer imds.Close()
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				t.Errorf("the store got a request: %s %s", r.Method, r.URL)
+				http.Error(w, "forbidden", http.StatusForbidden)
+			}))
+			defer srv.Close()
+			t.Setenv("AWS_ACCESS_KEY_ID", "")
+			t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+			t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+			t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+			t.Setenv("AWS_EC2_METADATA_DISABLED", "")
+			t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.URL)
+			s := newS3(t, config.S3Target{Region: "us-east-1", Endpoint: srv.URL, ChunkBucket: "chunks", ManifestBucket: "manifests"}, Options{})
+			err := s.PutChunk(context.Background(), manifest.ZeroChunk, make([]byte, manifest.ChunkSize))
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "access denied") ||
+				store.IsRetryable(err) != tc.retryable || errors.Is(err, store.ErrPermanent) == tc.retryable {
+				t.Fatalf("PutChunk without credentials, metadata service answering %d: %v (retryable %v); want %q, retryable %v",
+					tc.status, err, store.IsRetryable(err), tc.want, tc.retryable)
+			}
+		})
 	}
 }
