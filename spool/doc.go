@@ -25,10 +25,11 @@
 // Every file is written whole under tmp/, made read-only, then published by
 // rename or link (a file that replaces another swaps names with it, so that
 // ext4 does not write it out: replace_linux.go); directories change state
-// only by rename. Nothing is ever fsynced. A process crash loses nothing (the page cache keeps what was
-// written), and an OS crash changes the boot id, so a torn state from an
-// earlier boot is never read again: it is deleted and the next transaction
-// rebuilds the snapshot from the database itself.
+// only by rename. Nothing is ever fsynced. A process crash loses nothing
+// (the page cache keeps what was written), and an OS crash changes the boot
+// id, so a torn state from an earlier boot is never read again: it is
+// deleted and the next transaction rebuilds the snapshot from the database
+// itself.
 //
 // # Captures and incremental updates
 //
